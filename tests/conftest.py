@@ -1,0 +1,25 @@
+"""Test set-up: without CUDA, Triton runs through its CPU interpreter (set before Triton is imported)."""
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_seed(request):
+    """A different seed per test (derived from its name), so tests never share inputs by accident."""
+    torch.manual_seed(abs(hash(request.node.nodeid)) % 2**31)
