@@ -18,16 +18,32 @@ FACTOR = 2.0
 FLOOR = {torch.float16: 2 * 2.0**-10, torch.bfloat16: 2 * 2.0**-7, torch.float32: 2 * 2.0**-10}
 
 
+def causal_mask(seqlen_q: int, seqlen_k: int, device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Bottom-right aligned causal mask: query i sees keys j <= i + seqlen_k - seqlen_q.
+
+    Returns ``(masked, live)``: ``masked`` (seqlen_q, seqlen_k) is True where a score is set to -inf;
+    ``live`` (seqlen_q, 1) is 1.0 for rows that see at least one key and 0.0 for those that see none (their
+    output is zero), or None when every row sees a key.
+    """
+    rows = torch.arange(seqlen_q, device=device)[:, None]
+    cols = torch.arange(seqlen_k, device=device)[None, :]
+    allowed = cols <= rows + (seqlen_k - seqlen_q)
+    if seqlen_q <= seqlen_k:
+        return ~allowed, None
+    live = allowed.any(dim=-1, keepdim=True)
+    return ~(allowed | ~live), live.float()  # dead rows keep finite scores, then are zeroed
+
+
 def attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = False,
-                  sm_scale: float | None = None, upcast: bool = True,
-                  dtype: torch.dtype = torch.float64) -> torch.Tensor:
+                  sm_scale: float | None = None, upcast: bool = True, dtype: torch.dtype = torch.float64,
+                  mask: tuple[torch.Tensor, torch.Tensor | None] | None = None) -> torch.Tensor:
     """Standard attention, softmax(q kᵀ · scale) v, written plainly.
 
     Layout (batch, heads, seqlen, headdim); k, v may have fewer heads (GQA/MQA: query head h reads kv head
-    h // group). Causal masking is aligned to the bottom-right corner: query i sees keys j <= i + sk - sq, and a
-    row that sees no key outputs zeros. With ``upcast`` the computation runs in ``dtype`` (float64 by default);
-    without it, in the inputs' own dtype with the softmax in float32, as a user's eager code would.
-    The result has q's dtype only when not upcast.
+    h // group). Causal masking is aligned to the bottom-right corner (``causal_mask``; pass a precomputed
+    one as ``mask``) and a row that sees no key outputs zeros. With ``upcast`` the computation runs in
+    ``dtype`` (float64 by default); without it, in the inputs' own dtype with the softmax in float32, as a
+    user's eager code would, and the result has q's dtype.
     """
     headdim = q.shape[-1]
     scale = 1.0 / math.sqrt(headdim) if sm_scale is None else sm_scale
@@ -37,16 +53,13 @@ def attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: boo
     if upcast:
         q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
     scores = torch.matmul(q, k.transpose(-2, -1)) * scale
+    live = None
     if causal:
-        sq, sk = q.shape[-2], k.shape[-2]
-        rows = torch.arange(sq, device=q.device)[:, None]
-        cols = torch.arange(sk, device=q.device)[None, :]
-        allowed = cols <= rows + (sk - sq)
-        live = allowed.any(dim=-1, keepdim=True)  # rows that see at least one key
-        scores = scores.masked_fill(~(allowed | ~live), float("-inf"))
-        probs = torch.softmax(scores.float() if not upcast else scores, dim=-1) * live
-    else:
-        probs = torch.softmax(scores.float() if not upcast else scores, dim=-1)
+        masked, live = mask if mask is not None else causal_mask(q.shape[-2], k.shape[-2], q.device)
+        scores = scores.masked_fill(masked, float("-inf"))
+    probs = torch.softmax(scores if upcast else scores.float(), dim=-1)
+    if live is not None:
+        probs = probs * live
     return torch.matmul(probs.to(v.dtype), v)
 
 
@@ -83,27 +96,45 @@ def judge(outputs: dict[str, torch.Tensor], refs: dict[str, torch.Tensor],
     return Verdict(not failures, max_err, "; ".join(failures) if failures else worst)
 
 
+# Score-matrix elements (batch * heads * seqlen_q * seqlen_k) above which only a slice is compared, and
+# above which the reference runs in float32 rather than float64 (to bound its memory and time).
+FULL_CHECK_LIMIT = 2**26
+
+
 def check_attention(fn, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool,
-                    backward: bool = True, ref_dtype: torch.dtype = torch.float64) -> Verdict:
+                    backward: bool = True, ref_dtype: torch.dtype | None = None) -> Verdict:
     """Run ``fn(q, k, v, causal)`` (and its backward with a random dO) and gate it against the reference.
 
-    Inputs are used as given (the caller draws them fresh); the reference runs in ``ref_dtype`` on the same
-    device, the baseline in the inputs' dtype.
+    Inputs are used as given (the caller draws them fresh). The reference runs in ``ref_dtype`` on the same
+    device, the baseline in the inputs' dtype. For large inputs ``fn`` still runs on everything, but only
+    batch 0 and the query heads of the first key/value head are compared (heads and batches are independent,
+    so the slice of the full result must equal the result of the slice).
     """
     leaves = [t.detach().clone().requires_grad_(backward) for t in (q, k, v)]
     out = fn(*leaves, causal)
-    outputs = {"o": out.detach()}
     do = torch.randn_like(out) if backward else None
     if backward:
         out.backward(do)
-        outputs.update(dq=leaves[0].grad, dk=leaves[1].grad, dv=leaves[2].grad)
+    batch, heads, seqlen_q, _ = q.shape
+    kv_heads, seqlen_k = k.shape[1], k.shape[2]
+    whole = (slice(None), slice(None))
+    sliced = batch * heads * seqlen_q * seqlen_k > FULL_CHECK_LIMIT
+    q_part = (slice(0, 1), slice(0, heads // kv_heads)) if sliced else whole
+    kv_part = (slice(0, 1), slice(0, 1)) if sliced else whole
+    outputs = {"o": out.detach()[q_part]}
+    if backward:
+        outputs.update(dq=leaves[0].grad[q_part], dk=leaves[1].grad[kv_part], dv=leaves[2].grad[kv_part])
+    if ref_dtype is None:
+        checked = q[q_part].shape[0] * q[q_part].shape[1] * seqlen_q * seqlen_k
+        ref_dtype = torch.float64 if checked <= FULL_CHECK_LIMIT else torch.float32
 
     def run_ref(**kw):
-        ins = [t.detach().clone().requires_grad_(backward) for t in (q, k, v)]
+        ins = [t[part].detach().clone().requires_grad_(backward)
+               for t, part in ((q, q_part), (k, kv_part), (v, kv_part))]
         o = attention_ref(*ins, causal=causal, **kw)
         res = {"o": o.detach()}
         if backward:
-            o.backward(do.to(o.dtype))
+            o.backward(do[q_part].to(o.dtype))
             res.update(dq=ins[0].grad, dk=ins[1].grad, dv=ins[2].grad)
         return res
 

@@ -1,0 +1,3 @@
+from fa2bench.cli import app
+
+app()

@@ -1,0 +1,261 @@
+"""The fa2bench command line: thin Typer commands over the library."""
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import math
+import re
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.panel import Panel
+from rich.table import Table
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  help="Benchmark and profile attention kernels around FlashAttention-2.")
+console = Console()
+err_console = Console(stderr=True)
+
+
+class Preset(str, Enum):
+    paper = "paper"
+    quick = "quick"
+    smoke = "smoke"
+
+
+class CausalChoice(str, Enum):
+    off = "off"
+    on = "on"
+    both = "both"
+
+
+def fail(message: str, code: int = 2) -> None:
+    """One clear line on stderr and a non-zero exit (2: usage error)."""
+    err_console.print(f"[bold red]fa2bench: error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+# --- sweep ----------------------------------------------------------------------------------------------
+
+
+@app.command()
+def sweep(
+    preset: Annotated[Optional[Preset], typer.Option(help="Named sweep; options below override its fields. "
+                      "Default: quick on a GPU, smoke without one.")] = None,
+    seqlen: Annotated[Optional[str], typer.Option(help="Sequence lengths: 512,1024 or 512..16384 (doubling).")] = None,
+    seqlen_k: Annotated[Optional[str], typer.Option(help="Key/value lengths for cross-attention "
+                        "(default: same as --seqlen).")] = None,
+    headdim: Annotated[Optional[str], typer.Option(help="Head dimensions, e.g. 64,128.")] = None,
+    batch: Annotated[Optional[str], typer.Option(help="Batch sizes (instead of --tokens).")] = None,
+    tokens: Annotated[Optional[int], typer.Option(help="Tokens per batch: batch = tokens // seqlen.")] = None,
+    heads: Annotated[Optional[str], typer.Option(help="Query heads (instead of --hidden).")] = None,
+    hidden: Annotated[Optional[int], typer.Option(help="Hidden size: heads = hidden // headdim.")] = None,
+    kv_heads: Annotated[Optional[str], typer.Option(help="Key/value heads for GQA/MQA (default: = heads).")] = None,
+    causal: Annotated[Optional[CausalChoice], typer.Option(help="Causal masking.")] = None,
+    dtype: Annotated[Optional[str], typer.Option(help="fp16,bf16,fp32.")] = None,
+    mode: Annotated[Optional[str], typer.Option(help="fwd,bwd,fwd_bwd.")] = None,
+    provider: Annotated[Optional[str], typer.Option(help="Providers (see `fa2bench providers`); "
+                        "default: every provider available here.")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Results folder (default results/<UTC time>-<gpu>).")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue the run in --out, skipping finished points.")] = False,
+    check: Annotated[bool, typer.Option(help="Check every point against the reference before timing.")] = True,
+    warmup_ms: Annotated[float, typer.Option(help="Warm-up budget per point (ms).")] = 25.0,
+    rep_ms: Annotated[float, typer.Option(help="Timing budget per point (ms).")] = 100.0,
+    peak_tflops: Annotated[Optional[float], typer.Option(help="Override this GPU's peak TFLOP/s.")] = None,
+):
+    """Sweep shapes x providers x modes x dtypes; check, time and write one row per point."""
+    from fa2bench import hardware, providers, runner
+    from fa2bench.flops import MODES
+    from fa2bench.presets import DTYPES, SpecError, SweepSpec, parse_ints, parse_names
+    from fa2bench.results import ResultsError, RunWriter, write_meta
+
+    gpu = _has_cuda()
+    device = "cuda" if gpu else "cpu"
+    try:
+        spec = SweepSpec.from_name((preset.value if preset else None) or ("quick" if gpu else "smoke"))
+        ints = {name: parse_ints(value, opt) for name, value, opt in (
+            ("seqlens", seqlen, "seqlen"), ("seqlens_k", seqlen_k, "seqlen-k"), ("headdims", headdim, "headdim"),
+            ("batch", batch, "batch"), ("heads", heads, "heads"), ("kv_heads", kv_heads, "kv-heads"))
+            if value is not None}
+        # --batch and --tokens (like --heads and --hidden) replace each other
+        if batch is not None:
+            spec = dataclasses.replace(spec, tokens=None)
+        if tokens is not None:
+            spec = dataclasses.replace(spec, batch=(), tokens=tokens)
+        if heads is not None:
+            spec = dataclasses.replace(spec, hidden=None)
+        if hidden is not None:
+            spec = dataclasses.replace(spec, heads=(), hidden=hidden)
+        spec = spec.replace(
+            **ints,
+            causal={"off": (False,), "on": (True,), "both": (False, True)}[causal.value] if causal else None,
+            dtypes=parse_names(dtype, "dtype", DTYPES) if dtype else None,
+            modes=parse_names(mode, "mode", MODES) if mode else None,
+            providers=parse_names(provider, "provider", providers.names()) if provider else None,
+        )
+        spec.validate()
+        if peak_tflops is not None and not (peak_tflops > 0 and math.isfinite(peak_tflops)):
+            raise SpecError("--peak-tflops must be a positive number")
+        if warmup_ms < 0 or rep_ms <= 0:
+            raise SpecError("--warmup-ms must be >= 0 and --rep-ms > 0")
+        chosen = spec.providers or tuple(n for n in providers.names()
+                                         if providers.get(n).availability(device) is None)
+        for d in spec.headdims:
+            if not any(d <= providers.get(n).max_headdim for n in chosen):
+                raise SpecError(f"head dim {d} is supported by none of the chosen providers "
+                                f"({', '.join(chosen)})")
+    except SpecError as exc:
+        fail(str(exc))
+    if resume and out is None:
+        fail("--resume needs --out DIR (the run to continue)")
+
+    unavailable = {n: providers.get(n).availability(device) for n in chosen}
+    for name, why in unavailable.items():
+        if why:
+            err_console.print(f"[yellow]note:[/] provider {name} is unavailable here ({why}); "
+                              "its points are recorded as unsupported")
+    if not gpu:
+        console.print(Panel("No CUDA GPU: Triton kernels run through the CPU interpreter and PyTorch on the "
+                            "CPU.\nThese timings are NOT GPU performance; they only prove the pipeline works.",
+                            title="NO GPU", style="bold red"))
+
+    device_name = hardware.cuda_device_name()
+    peaks = {d: hardware.device_peak(device_name, d, peak_tflops) for d in spec.dtypes}
+    out = out or Path("results") / f"{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}-{_slug(device_name)}"
+    opts = runner.RunOptions(device=device, check=check, warmup_ms=warmup_ms, rep_ms=rep_ms,
+                             peak_tflops=peak_tflops)
+    try:
+        writer = RunWriter(out, resume=resume)
+        meta = runner.collect_meta(spec, chosen, opts, peaks)
+        write_meta(out, meta)
+    except ResultsError as exc:
+        fail(str(exc))
+    points = spec.points(chosen)
+    peak_note = next(iter(peaks.values()))
+    console.print(f"[bold]{len(points)} points[/] ({len(writer.done)} already done) on "
+                  f"{device_name or 'CPU (Triton interpreter)'} -> {out}")
+    console.print(f"device peak: {peak_note.tflops or 'unknown'} TFLOP/s ({peak_note.source})", highlight=False)
+
+    interrupted = False
+    try:
+        _run_with_progress(points, writer, opts, {d: p.tflops for d, p in peaks.items()})
+    except KeyboardInterrupt:
+        interrupted = True
+    frame = writer.finish() if writer.csv_path.exists() else None
+    meta["finished_utc"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    meta["complete"] = not interrupted
+    write_meta(out, meta)
+    if frame is not None:
+        _print_summary(frame)
+    if interrupted:
+        err_console.print(f"interrupted: finished points are saved in {out}; continue with "
+                          f"--out {out} --resume")
+        raise typer.Exit(130)
+    console.print(f"results: {out}")
+
+
+def _slug(device_name: str | None) -> str:
+    if not device_name:
+        return "cpu"
+    return re.sub(r"[^a-z0-9]+", "-", device_name.lower().replace("nvidia", "")).strip("-")
+
+
+def _run_with_progress(points, writer, opts, device_peaks) -> None:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
+        TimeRemainingColumn
+
+    from fa2bench import runner
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TextColumn("eta"), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=False) as progress:
+        task = progress.add_task("sweep", total=len(points))
+
+        def on_point(point, row):
+            progress.advance(task)
+            progress.update(task, description=f"{point.provider:>14} {point.mode:>7} {point.shape.label()}")
+            if row and row["status"] in ("wrong", "error"):
+                progress.console.print(f"[red]{row['status']}[/] {point.provider} {point.mode} {point.dtype} "
+                                       f"{point.shape.label()}: {row['error']}", highlight=False)
+
+        runner.run_sweep(points, writer, opts, device_peaks, on_point=on_point)
+
+
+def _print_summary(frame) -> None:
+    from fa2bench.summary import headline
+
+    table = Table(title="Summary (best point per provider and mode)")
+    for col in ("provider", "mode", "dtype", "ok/points", "best TFLOP/s", "% A100 peak", "% device peak",
+                "x naive"):
+        table.add_column(col, justify="left" if col in ("provider", "mode", "dtype") else "right")
+    for r in headline(frame).to_dict("records"):
+        table.add_row(r["provider"], r["mode"], r["dtype"], f"{r['ok']}/{r['points']}", _num(r["best_tflops"]),
+                      _num(r["pct_a100_peak"], "%"), _num(r["pct_device_peak"], "%"), _num(r["speedup_vs_naive"], "x"))
+    console.print(table)
+    counts = frame["status"].value_counts().to_dict()
+    console.print("statuses: " + ", ".join(f"{k} {v}" for k, v in counts.items()), highlight=False)
+
+
+def _num(value, suffix: str = "") -> str:
+    try:
+        if value is None or math.isnan(float(value)):
+            return "-"
+    except (TypeError, ValueError):
+        return "-"
+    return f"{float(value):.1f}{suffix}" if float(value) >= 10 else f"{float(value):.2f}{suffix}"
+
+
+# --- providers, info -----------------------------------------------------------------------------------
+
+
+@app.command("providers")
+def list_providers():
+    """Every provider, whether it is available here, and why not."""
+    from fa2bench import providers
+
+    device = "cuda" if _has_cuda() else "cpu"
+    table = Table(title=f"Providers (device: {device})")
+    for col in ("name", "kind", "available", "dtypes", "max head dim", "description"):
+        table.add_column(col)
+    for name in providers.names():
+        p = providers.get(name)
+        why = p.availability(device)
+        table.add_row(name, p.kind, "yes" if why is None else f"no: {why}", ",".join(sorted(p.dtypes)),
+                      str(p.max_headdim) if p.max_headdim < 1 << 20 else "any", p.description)
+    console.print(table)
+
+
+@app.command()
+def info(
+    measure: Annotated[bool, typer.Option(help="Time a large matmul and a large copy: achievable ceilings.")] = False,
+    peak_tflops: Annotated[Optional[float], typer.Option(help="Override this GPU's peak TFLOP/s.")] = None,
+):
+    """GPU(s), driver, versions, and the peak fa2bench uses for this GPU."""
+    from fa2bench import hardware
+
+    versions = hardware.software_versions()
+    console.print("versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()), highlight=False)
+    gpus = hardware.gpu_info()
+    if not gpus:
+        console.print("No CUDA GPU found. `fa2bench sweep` will run the smoke preset through Triton's CPU "
+                      "interpreter; its timings are not GPU performance.")
+        return
+    for g in gpus:
+        console.print(", ".join(f"{k}={v}" for k, v in g.items()), highlight=False)
+    for d in ("fp16", "bf16", "fp32"):
+        peak = hardware.device_peak(gpus[0]["name"], d, peak_tflops)
+        console.print(f"peak {d}: {peak.tflops or 'unknown'} TFLOP/s, {peak.matched or ''} ({peak.source})",
+                      highlight=False)
+    console.print(f"A100 yardstick: {hardware.A100_PEAK_TFLOPS} TFLOP/s fp16/bf16")
+    if measure:
+        for k, v in hardware.measure_ceilings().items():
+            console.print(f"measured {k}: {v:.1f}", highlight=False)

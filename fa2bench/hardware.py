@@ -1,0 +1,167 @@
+"""What GPU this is and what it can do: peak tensor-core throughput (one table, with sources) and NVML info.
+
+Peaks are dense (no structured sparsity) tensor-core TFLOP/s from the vendor's datasheets. The fp32 column is
+the TF32 tensor-core rate, because that is the path Triton's float32 ``tl.dot`` and cuBLAS with TF32 take; a
+kernel doing true fp32 FMA will sit far below it.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+A100_PEAK_TFLOPS = 312.0  # A100 SXM4 dense fp16/bf16 tensor core: the FlashAttention-2 paper's yardstick
+
+_A100 = "NVIDIA A100 Tensor Core GPU datasheet (2021), dense rates"
+_H100 = "NVIDIA H100 Tensor Core GPU datasheet (2023), dense rates (half the sparsity figures)"
+_H200 = "NVIDIA H200 Tensor Core GPU datasheet (2024), dense rates (half the sparsity figures)"
+
+
+@dataclass(frozen=True)
+class GpuPeak:
+    name: str
+    pattern: str  # regex searched in the lower-cased device name
+    fp16: float  # dense fp16/bf16 tensor-core TFLOP/s (fp32 accumulate)
+    tf32: float  # dense TF32 tensor-core TFLOP/s
+    source: str
+
+    def tflops(self, dtype: str) -> float:
+        return self.tf32 if dtype == "fp32" else self.fp16
+
+
+# Ordered: the first match wins, so variants (PCIe, NVL) come before the plain name.
+PEAKS = (
+    GpuPeak("H100 PCIe", r"h100.*pcie", 756.0, 378.0, _H100),
+    GpuPeak("H100 NVL", r"h100.*nvl", 835.0, 417.5, _H100),
+    GpuPeak("H100 SXM5", r"h100", 989.4, 494.7, _H100),
+    GpuPeak("H200 NVL", r"h200.*nvl", 835.0, 417.5, _H200),
+    GpuPeak("H200 SXM", r"h200", 989.4, 494.7, _H200),
+    GpuPeak("H800 SXM5", r"h800", 989.4, 494.7, "NVIDIA H800 datasheet, dense rates"),
+    GpuPeak("A100 PCIe", r"a100.*pcie", 312.0, 156.0, _A100),
+    GpuPeak("A100 SXM4", r"a100", 312.0, 156.0, _A100),
+    GpuPeak("A800", r"a800", 312.0, 156.0, "NVIDIA A800 datasheet, dense rates"),
+    GpuPeak("A10G", r"a10g", 70.0, 35.0, "AWS G5 / NVIDIA A10G specifications, dense rates"),
+    GpuPeak("A10", r"\ba10\b", 125.0, 62.5, "NVIDIA A10 datasheet, dense rates"),
+    GpuPeak("L40S", r"l40s", 362.05, 183.0, "NVIDIA L40S datasheet, dense rates"),
+    GpuPeak("L4", r"\bl4\b", 121.0, 60.0, "NVIDIA L4 datasheet, dense rates"),
+    GpuPeak("V100", r"v100", 125.0, 0.0, "NVIDIA V100 datasheet (no TF32)"),
+    GpuPeak("T4", r"\bt4\b", 65.0, 0.0, "NVIDIA T4 datasheet (no TF32)"),
+    GpuPeak("RTX 4090", r"4090", 165.2, 82.6, "NVIDIA Ada whitepaper, fp16 with fp32 accumulate, dense"),
+    GpuPeak("B200", r"b200", 2250.0, 1100.0, "NVIDIA DGX B200 / HGX B200 specifications, per GPU, dense"),
+)
+
+
+@dataclass(frozen=True)
+class PeakInfo:
+    """The peak used to compute ``pct_device_peak`` and where it came from."""
+    tflops: float | None
+    source: str
+    matched: str | None = None
+
+
+def lookup_peak(device_name: str | None) -> GpuPeak | None:
+    """The table entry for a device name such as "NVIDIA H100 80GB HBM3" or "NVIDIA A100-SXM4-80GB"."""
+    if not device_name:
+        return None
+    name = device_name.lower().replace("_", " ").replace("-", " ")
+    return next((p for p in PEAKS if re.search(p.pattern, name)), None)
+
+
+def device_peak(device_name: str | None, dtype: str, override: float | None = None) -> PeakInfo:
+    if override is not None:
+        return PeakInfo(override, "--peak-tflops given on the command line")
+    if not device_name:
+        return PeakInfo(None, "no GPU: no device peak")
+    entry = lookup_peak(device_name)
+    if entry is None:
+        return PeakInfo(None, f"{device_name!r} is not in fa2bench's peak table; pass --peak-tflops")
+    value = entry.tflops(dtype)
+    return PeakInfo(value or None, entry.source, entry.name)
+
+
+def pct_of(tflops: float, peak: float | None) -> float:
+    return float("nan") if not peak else 100.0 * tflops / peak
+
+
+# --- the GPU itself -------------------------------------------------------------------------------------
+
+
+def cuda_device_name() -> str | None:
+    import torch
+
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+
+
+def _nvml_text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def gpu_info() -> list[dict]:
+    """One dict per GPU from NVML (name, clocks, power limit, memory, driver) and torch (SMs, capability).
+
+    Empty when there is no NVIDIA GPU or no NVML; never raises.
+    """
+    import torch
+
+    gpus: list[dict] = []
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+    except Exception:
+        pynvml = None
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    for i in range(count):
+        props = torch.cuda.get_device_properties(i)
+        info = {"index": i, "name": props.name, "sms": props.multi_processor_count,
+                "capability": f"{props.major}.{props.minor}", "memory_gib": round(props.total_memory / 2**30, 1)}
+        if pynvml is not None:
+            try:
+                h = pynvml.nvmlDeviceGetHandleByIndex(i)
+                info.update(
+                    driver=_nvml_text(pynvml.nvmlSystemGetDriverVersion()),
+                    max_sm_clock_mhz=pynvml.nvmlDeviceGetMaxClockInfo(h, pynvml.NVML_CLOCK_SM),
+                    max_mem_clock_mhz=pynvml.nvmlDeviceGetMaxClockInfo(h, pynvml.NVML_CLOCK_MEM),
+                    sm_clock_mhz=pynvml.nvmlDeviceGetClockInfo(h, pynvml.NVML_CLOCK_SM),
+                    power_limit_w=pynvml.nvmlDeviceGetEnforcedPowerLimit(h) / 1000.0,
+                    temperature_c=pynvml.nvmlDeviceGetTemperature(h, pynvml.NVML_TEMPERATURE_GPU),
+                )
+            except Exception as exc:  # an old driver may lack a query; keep what we have
+                info["nvml_error"] = str(exc)
+        gpus.append(info)
+    return gpus
+
+
+def software_versions() -> dict:
+    import platform
+
+    import torch
+    import triton
+
+    from fa2bench import __version__
+
+    return {"fa2bench": __version__, "python": platform.python_version(), "torch": torch.__version__,
+            "triton": triton.__version__, "cuda": torch.version.cuda, "cudnn":
+            torch.backends.cudnn.version() if torch.cuda.is_available() else None}
+
+
+def measure_ceilings() -> dict:
+    """Achievable ceilings on this GPU: a large fp16 and bf16 matmul and a large device-to-device copy.
+
+    Timed with triton.testing.do_bench (median) on random data.
+    """
+    import torch
+    from triton.testing import do_bench
+
+    out = {}
+    n = 8192
+    for dtype, label in ((torch.float16, "fp16"), (torch.bfloat16, "bf16")):
+        a = torch.randn(n, n, device="cuda", dtype=dtype)
+        b = torch.randn(n, n, device="cuda", dtype=dtype)
+        ms = do_bench(lambda: a @ b, warmup=100, rep=500, return_mode="median")
+        out[f"matmul_{label}_tflops"] = 2 * n**3 / (ms * 1e-3) / 1e12
+        del a, b
+    src = torch.empty(2**30, dtype=torch.uint8, device="cuda").random_()
+    dst = torch.empty_like(src)
+    ms = do_bench(lambda: dst.copy_(src), warmup=100, rep=500, return_mode="median")
+    out["copy_tb_per_s"] = 2 * src.numel() / (ms * 1e-3) / 1e12  # bytes read + bytes written
+    return out

@@ -1,0 +1,210 @@
+"""The one registry of attention providers: our Triton kernels and what users would pick instead.
+
+A provider is a factory: ``make(shape)`` does the set-up (masks, compilation handles, backend pinning) and
+returns ``fn(q, k, v) -> o`` for layout (batch, heads, seq, headdim); the runner times ``fn`` alone. Each
+provider declares what it supports, so unsupported points are recorded as ``unsupported`` without running.
+CLI choices, plot colours and labels and test parametrisation all come from ``REGISTRY``.
+"""
+from __future__ import annotations
+
+import functools
+import importlib.util
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from fa2bench.flops import MODES
+from fa2bench.presets import DTYPES, Shape
+
+AttnFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class Unsupported(Exception):
+    """This provider cannot run this point; the message says why."""
+
+
+@dataclass(frozen=True)
+class Provider:
+    name: str
+    label: str
+    color: str
+    kind: str  # "ours" (fa2bench's Triton kernels), "vendor" (PyTorch, flash-attn), "baseline"
+    description: str
+    make: Callable[[Shape], AttnFn]
+    devices: frozenset = frozenset({"cuda"})
+    dtypes: frozenset = frozenset(DTYPES)
+    max_headdim: int = 256
+    modes: frozenset = frozenset(MODES)
+    requires: str | None = None  # a module that must be importable
+    config: Callable[[], str] = field(default=lambda: "")  # the autotuned config of the latest launch
+
+    def availability(self, device: str) -> str | None:
+        """None if usable on ``device`` ("cuda" or "cpu"), else why not."""
+        if device not in self.devices:
+            return "needs a CUDA GPU" if device == "cpu" else f"does not run on {device}"
+        if self.requires and importlib.util.find_spec(self.requires) is None:
+            return f"the {self.requires!r} package is not installed"
+        return None
+
+    def unsupported_reason(self, shape: Shape, dtype: str, mode: str, device: str) -> str | None:
+        """Why this provider does not support the point, from its declared limits (None if it may)."""
+        reason = self.availability(device)
+        if reason:
+            return reason
+        if dtype not in self.dtypes:
+            return f"dtype {dtype} not supported (supports {', '.join(sorted(self.dtypes))})"
+        if dtype == "bf16" and device == "cpu" and self.kind == "ours":
+            return "the Triton CPU interpreter computes wrong bf16 dot products"
+        if shape.headdim > self.max_headdim:
+            return f"head dim {shape.headdim} > {self.max_headdim}"
+        if mode not in self.modes:
+            return f"mode {mode} not supported"
+        return None
+
+
+REGISTRY: dict[str, Provider] = {}
+
+
+def register(**kwargs):
+    """Decorator: register the decorated factory ``make(shape) -> fn(q, k, v)`` as a provider."""
+
+    def wrap(make):
+        provider = Provider(make=make, **kwargs)
+        if provider.name in REGISTRY:
+            raise ValueError(f"provider {provider.name!r} registered twice")
+        REGISTRY[provider.name] = provider
+        return make
+
+    return wrap
+
+
+def get(name: str) -> Provider:
+    if name not in REGISTRY:
+        raise KeyError(f"unknown provider {name!r}; known: {', '.join(REGISTRY)}")
+    return REGISTRY[name]
+
+
+def names() -> tuple[str, ...]:
+    return tuple(REGISTRY)
+
+
+# --- fa2bench's own Triton kernels ----------------------------------------------------------------------
+
+
+def _kernel_module(name: str):
+    return importlib.import_module(f"fa2bench.kernels.{name}")
+
+
+def _ours(module: str, function: str, **kwargs):
+    def make(shape: Shape) -> AttnFn:
+        fn = getattr(importlib.import_module("fa2bench.kernels"), function)
+        return functools.partial(_call_kernel, fn, shape.causal)
+
+    register(kind="ours", devices=frozenset({"cuda", "cpu"}),
+             config=lambda: _kernel_module(module).last_config(), **kwargs)(make)
+
+
+def _call_kernel(fn, causal, q, k, v):
+    return fn(q, k, v, causal=causal)
+
+_ours("naive", "naive_attention", name="naive", label="Naive (Triton)", color="#7f7f7f",
+      description="standard attention in Triton kernels that write S and P to HBM")
+_ours("flash1", "flash1_attention", name="fa1", label="FlashAttention-1 (Triton)", color="#1f77b4",
+      description="FlashAttention-1's algorithm in Triton: K/V outer loop, parallel over batch x heads")
+_ours("flash2", "flash2_attention", name="fa2", label="FlashAttention-2 (Triton)", color="#d62728",
+      description="FlashAttention-2's algorithm in Triton: sequence parallel, deferred rescaling")
+
+
+# --- PyTorch ---------------------------------------------------------------------------------------------
+
+
+@register(name="torch-eager", label="PyTorch eager", color="#8c564b", kind="baseline",
+          devices=frozenset({"cuda", "cpu"}), max_headdim=1 << 30,
+          description="standard attention in eager PyTorch: matmul, softmax in fp32, matmul")
+def _torch_eager(shape: Shape) -> AttnFn:
+    from fa2bench.reference import attention_ref, causal_mask
+
+    mask = causal_mask(shape.seqlen_q, shape.seqlen_k, _device()) if shape.causal else None
+    return functools.partial(attention_ref, causal=shape.causal, upcast=False, mask=mask)
+
+
+def _device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _sdpa(backend_name: str):
+    def make(shape: Shape) -> AttnFn:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+        from torch.nn.functional import scaled_dot_product_attention
+
+        if shape.causal and shape.seqlen_q != shape.seqlen_k:
+            raise Unsupported("SDPA's is_causal is aligned top-left; fa2bench's causal is bottom-right")
+        backend = getattr(SDPBackend, backend_name)
+        gqa = shape.kv_heads != shape.heads
+
+        def fn(q, k, v):
+            with sdpa_kernel([backend]):  # exactly one backend: a refusal raises, never falls back
+                return scaled_dot_product_attention(q, k, v, is_causal=shape.causal, enable_gqa=gqa)
+
+        return fn
+
+    return make
+
+
+_SDPA = {
+    "sdpa-flash": ("FLASH_ATTENTION", "SDPA flash", "#ff7f0e", {"fp16", "bf16"},
+                   "PyTorch SDPA pinned to its FlashAttention-2 CUDA backend"),
+    "sdpa-cudnn": ("CUDNN_ATTENTION", "SDPA cuDNN", "#2ca02c", {"fp16", "bf16"},
+                   "PyTorch SDPA pinned to its cuDNN attention backend"),
+    "sdpa-efficient": ("EFFICIENT_ATTENTION", "SDPA mem-efficient", "#9467bd", set(DTYPES),
+                       "PyTorch SDPA pinned to its memory-efficient (xFormers) backend"),
+    "sdpa-math": ("MATH", "SDPA math", "#bcbd22", set(DTYPES),
+                  "PyTorch SDPA pinned to its math (reference) backend"),
+}
+for _name, (_backend, _label, _color, _dtypes, _desc) in _SDPA.items():
+    register(name=_name, label=_label, color=_color, kind="vendor", description=_desc,
+             dtypes=frozenset(_dtypes), max_headdim=1 << 30,
+             devices=frozenset({"cuda", "cpu"}) if _backend == "MATH" else frozenset({"cuda"}))(_sdpa(_backend))
+
+
+@register(name="flex", label="FlexAttention", color="#17becf", kind="vendor",
+          description="torch.nn.attention.flex_attention, compiled (compilation outside the timed region)")
+def _flex(shape: Shape) -> AttnFn:
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    compiled = _compiled_flex()
+    block_mask = None
+    if shape.causal:
+        offset = shape.seqlen_k - shape.seqlen_q
+
+        def bottom_right(b, h, q_idx, kv_idx):
+            return kv_idx <= q_idx + offset
+
+        block_mask = create_block_mask(bottom_right, None, None, shape.seqlen_q, shape.seqlen_k, device="cuda")
+    gqa = shape.kv_heads != shape.heads
+    return functools.partial(_call_flex, compiled, block_mask, gqa)
+
+
+@functools.cache
+def _compiled_flex():
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention, dynamic=False)
+
+
+def _call_flex(compiled, block_mask, gqa, q, k, v):
+    return compiled(q, k, v, block_mask=block_mask, enable_gqa=gqa)
+
+
+@register(name="flash-attn", label="flash-attn (CUDA)", color="#e377c2", kind="vendor", requires="flash_attn",
+          dtypes=frozenset({"fp16", "bf16"}),
+          description="Dao-AILab's flash-attn package (FlashAttention-2 CUDA kernels), when installed")
+def _flash_attn(shape: Shape) -> AttnFn:
+    from flash_attn import flash_attn_func
+
+    def fn(q, k, v):  # flash-attn wants (batch, seq, heads, dim): transposed views, no copies
+        o = flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), causal=shape.causal)
+        return o.transpose(1, 2)
+
+    return fn

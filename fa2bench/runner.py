@@ -1,0 +1,180 @@
+"""Runs sweep points: for each point, set up the provider, check it against the reference, time it, and
+turn the outcome into one results row. A failing point (unsupported, wrong, out of memory, an exception)
+becomes a row with that status and the sweep goes on.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import gc
+import subprocess
+import sys
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+import torch
+
+from fa2bench import hardware, providers, telemetry, timing
+from fa2bench.flops import attention_flops, tflops
+from fa2bench.presets import Point, Shape, SweepSpec
+from fa2bench.reference import check_attention
+from fa2bench.results import RunWriter
+
+TORCH_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    device: str = "cuda" if torch.cuda.is_available() else "cpu"
+    check: bool = True
+    warmup_ms: float = 25.0
+    rep_ms: float = 100.0
+    peak_tflops: float | None = None  # override of the device peak
+
+
+def make_inputs(shape: Shape, dtype: str, device: str, requires_grad: bool = False):
+    """Fresh N(0, 1) q, k, v in layout (batch, heads, seq, headdim); never zeros."""
+    dt_ = TORCH_DTYPES[dtype]
+
+    def one(heads, seqlen):
+        return torch.randn(shape.batch, heads, seqlen, shape.headdim, dtype=dt_, device=device,
+                           requires_grad=requires_grad)
+
+    return one(shape.heads, shape.seqlen_q), one(shape.kv_heads, shape.seqlen_k), one(shape.kv_heads, shape.seqlen_k)
+
+
+def timed_call(fn, q, k, v, mode: str):
+    """The zero-argument call to time for ``mode`` and the tensors whose .grad must be reset between calls.
+
+    bwd times the backward alone (``o.backward(do, retain_graph=True)`` on one forward graph), fwd_bwd both.
+    """
+    if mode == "fwd":
+        return (lambda: fn(q, k, v)), None
+    o = fn(q, k, v)
+    do = torch.randn_like(o)
+    if mode == "bwd":
+        return (lambda: o.backward(do, retain_graph=True)), [q, k, v]
+    return (lambda: fn(q, k, v).backward(do)), [q, k, v]
+
+
+def run_point(point: Point, opts: RunOptions, device_peaks: dict[str, float | None]) -> dict:
+    """One results row for ``point``; ``device_peaks`` maps dtype to this GPU's peak TFLOP/s."""
+    provider = providers.get(point.provider)
+    shape = point.shape
+    row = {**point.fields(), "status": "ok", "error": "",
+           "flops": attention_flops(shape.batch, shape.heads, shape.seqlen_q, shape.seqlen_k, shape.headdim,
+                                    shape.causal, point.mode)}
+    reason = provider.unsupported_reason(shape, point.dtype, point.mode, opts.device)
+    if reason:
+        return {**row, "status": "unsupported", "error": reason}
+    caught: list[warnings.WarningMessage] = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            fn = provider.make(shape)
+            backward = point.mode != "fwd"
+            if opts.check:
+                q, k, v = make_inputs(shape, point.dtype, opts.device)
+                verdict = check_attention(lambda q, k, v, causal: fn(q, k, v), q, k, v, shape.causal,
+                                          backward=backward)
+                row["max_rel_error"] = verdict.max_rel_error
+                del q, k, v
+                if not verdict.ok:
+                    return {**row, "status": "wrong", "error": verdict.detail}
+            q, k, v = make_inputs(shape, point.dtype, opts.device, requires_grad=backward)
+            call, grads = timed_call(fn, q, k, v, point.mode)
+            call()  # compilation and autotuning happen here, outside the timed region
+        measured = timing.bench(call, grads, opts.warmup_ms, opts.rep_ms)
+        achieved = tflops(row["flops"], measured.ms)
+        row.update(ms=measured.ms, ms_p20=measured.ms_p20, ms_p80=measured.ms_p80, tflops=achieved,
+                   pct_a100_peak=hardware.pct_of(achieved, hardware.A100_PEAK_TFLOPS),
+                   pct_device_peak=hardware.pct_of(achieved, device_peaks.get(point.dtype)),
+                   peak_mem_mb=timing.peak_memory_mb(call), config=provider.config())
+        row.update(telemetry.measure(call, measured.ms, row["flops"]))
+        return row
+    except providers.Unsupported as exc:
+        return {**row, "status": "unsupported", "error": str(exc)}
+    except torch.cuda.OutOfMemoryError as exc:
+        return {**row, "status": "oom", "error": _first_line(exc)}
+    except Exception as exc:  # recorded, and the sweep goes on
+        return {**row, **_classify(exc, caught)}
+    finally:
+        _release()
+
+
+def _classify(exc: Exception, caught) -> dict:
+    text = str(exc)
+    if "No available kernel" in text:  # a pinned SDPA backend refused the point; its warnings say why
+        reasons = [str(w.message).splitlines()[0] for w in caught if "kernel not used" in str(w.message)
+                   or "because" in str(w.message)]
+        return {"status": "unsupported", "error": "; ".join(reasons) or _first_line(exc)}
+    if "out of memory" in text.lower():
+        return {"status": "oom", "error": _first_line(exc)}
+    return {"status": "error", "error": f"{type(exc).__name__}: {_first_line(exc)}"}
+
+
+def _first_line(exc: Exception, limit: int = 300) -> str:
+    lines = [s for s in str(exc).strip().splitlines() if s.strip()]
+    return (lines[0] if lines else type(exc).__name__)[:limit]
+
+
+def _release() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def run_sweep(points: Iterable[Point], writer: RunWriter, opts: RunOptions, device_peaks: dict,
+              on_point: Callable[[Point, dict | None], None] | None = None) -> int:
+    """Run each point not already in ``writer.done`` and append its row at once. Returns rows written.
+
+    ``on_point(point, row)`` is called after each point (row None when skipped on resume).
+    """
+    written = 0
+    for point in points:
+        if point.key() in writer.done:
+            if on_point:
+                on_point(point, None)
+            continue
+        row = run_point(point, opts, device_peaks)
+        writer.append(row)
+        written += 1
+        if on_point:
+            on_point(point, row)
+    return written
+
+
+def git_state() -> dict:
+    root = Path(__file__).resolve().parent.parent
+
+    def git(*args):
+        return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10)
+
+    try:
+        head = git("rev-parse", "HEAD")
+        if head.returncode:
+            return {"commit": None, "dirty": None}
+        dirty = git("status", "--porcelain", "--untracked-files=no")
+        return {"commit": head.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+
+
+def collect_meta(spec: SweepSpec, providers_run: tuple[str, ...], opts: RunOptions,
+                 peaks: dict[str, hardware.PeakInfo]) -> dict:
+    """Everything needed to trust and reproduce a run, for meta.json."""
+    any_peak = next(iter(peaks.values()))
+    return {
+        "started_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "argv": sys.argv,
+        "device": opts.device,
+        "interpreter": opts.device == "cpu",
+        "gpus": hardware.gpu_info(),
+        "versions": hardware.software_versions(),
+        "git": git_state(),
+        "sweep": {**asdict(spec), "providers": list(providers_run)},
+        "options": asdict(opts),
+        "peak": {"tflops_by_dtype": {d: p.tflops for d, p in peaks.items()}, "source": any_peak.source,
+                 "matched": any_peak.matched, "a100_tflops": hardware.A100_PEAK_TFLOPS},
+    }

@@ -1,0 +1,38 @@
+"""Derived tables over a results frame: speedups and the headline table. Pure functions of the frame."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+SHAPE_COLUMNS = ["mode", "dtype", "batch", "heads", "kv_heads", "seqlen_q", "seqlen_k", "headdim", "causal"]
+
+
+def speedup(frame: pd.DataFrame, over: str) -> pd.DataFrame:
+    """Per point: how many times faster each provider is than ``over`` on the same shape, mode and dtype
+    (both ``ok``). Columns: the shape columns, provider, speedup."""
+    ok = frame[frame["status"] == "ok"]
+    base = ok[ok["provider"] == over][SHAPE_COLUMNS + ["ms"]].rename(columns={"ms": "base_ms"})
+    joined = ok[ok["provider"] != over].merge(base, on=SHAPE_COLUMNS)
+    joined["speedup"] = joined["base_ms"] / joined["ms"]
+    return joined[SHAPE_COLUMNS + ["provider", "speedup"]]
+
+
+def headline(frame: pd.DataFrame, baseline: str = "naive") -> pd.DataFrame:
+    """One row per (provider, mode, dtype): points ok of points run, best TFLOP/s with its % of the A100 and
+    device peaks, and the geometric-mean speedup over ``baseline`` on shared ok points."""
+    rows = []
+    speed = speedup(frame, baseline) if (frame["provider"] == baseline).any() else None
+    for (provider, mode, dtype), group in frame.groupby(["provider", "mode", "dtype"], sort=False):
+        ok = group[group["status"] == "ok"]
+        best = ok.loc[ok["tflops"].idxmax()] if len(ok) else None
+        row = {"provider": provider, "mode": mode, "dtype": dtype, "ok": len(ok), "points": len(group),
+               "best_tflops": best["tflops"] if best is not None else np.nan,
+               "pct_a100_peak": best["pct_a100_peak"] if best is not None else np.nan,
+               "pct_device_peak": best["pct_device_peak"] if best is not None else np.nan,
+               f"speedup_vs_{baseline}": np.nan}
+        if speed is not None:
+            mine = speed[(speed["provider"] == provider) & (speed["mode"] == mode) & (speed["dtype"] == dtype)]
+            if len(mine):
+                row[f"speedup_vs_{baseline}"] = float(np.exp(np.log(mine["speedup"]).mean()))
+        rows.append(row)
+    return pd.DataFrame(rows)
