@@ -5,6 +5,7 @@ import dataclasses
 import datetime as dt
 import math
 import re
+import shutil
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
@@ -16,8 +17,9 @@ from rich.table import Table
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="Benchmark and profile attention kernels around FlashAttention-2.")
-console = Console()
-err_console = Console(stderr=True)
+_WIDTH = shutil.get_terminal_size(fallback=(160, 40)).columns  # wide tables when output is not a terminal
+console = Console(width=_WIDTH)
+err_console = Console(stderr=True, width=_WIDTH)
 
 
 class Preset(str, Enum):
@@ -196,7 +198,8 @@ def _print_summary(frame) -> None:
     table = Table(title="Summary (best point per provider and mode)")
     for col in ("provider", "mode", "dtype", "ok/points", "best TFLOP/s", "% A100 peak", "% device peak",
                 "x naive"):
-        table.add_column(col, justify="left" if col in ("provider", "mode", "dtype") else "right")
+        table.add_column(col, justify="left" if col in ("provider", "mode", "dtype") else "right",
+                         no_wrap=col in ("provider", "mode"))
     for r in headline(frame).to_dict("records"):
         table.add_row(r["provider"], r["mode"], r["dtype"], f"{r['ok']}/{r['points']}", _num(r["best_tflops"]),
                       _num(r["pct_a100_peak"], "%"), _num(r["pct_device_peak"], "%"), _num(r["speedup_vs_naive"], "x"))
@@ -225,7 +228,7 @@ def list_providers():
     device = "cuda" if _has_cuda() else "cpu"
     table = Table(title=f"Providers (device: {device})")
     for col in ("name", "kind", "available", "dtypes", "max head dim", "description"):
-        table.add_column(col)
+        table.add_column(col, no_wrap=col in ("name", "kind"))
     for name in providers.names():
         p = providers.get(name)
         why = p.availability(device)

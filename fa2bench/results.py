@@ -75,6 +75,9 @@ def read_csv(path: Path) -> pd.DataFrame:
     frame = pd.read_csv(path, dtype={"error": "string", "config": "string", "throttle_reason": "string",
                                      "provider": "string", "mode": "string", "dtype": "string",
                                      "status": "string"}, keep_default_na=False, na_values=[""])
+    missing = [c for c in KEY_COLUMNS + ("status",) if c not in frame]
+    if missing:
+        raise ResultsError(f"{path} is not a fa2bench results file (no {', '.join(missing)} column)")
     for col in COLUMNS:
         if col not in frame:
             frame[col] = pd.NA

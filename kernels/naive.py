@@ -1,14 +1,443 @@
-"""Placeholder: being written (see issue 3)."""
-TRITON_KERNELS: dict = {}
+"""Standard attention in Triton: S and P materialised in HBM (the baseline of the FlashAttention papers).
+
+Algorithm
+    FlashAttention (Dao et al., 2022), Algorithm 0 ("standard attention implementation") and the standard
+    backward pass of its Section 3.2 / Appendix B, written as separate kernels that each read their inputs
+    from HBM and write their output back to HBM:
+
+    forward     S = Q Kᵀ · sm_scale          matmul            (batch, heads, seqlen_q, seqlen_k), q's dtype
+                P = softmax(S)               softmax           same shape and dtype; S is freed after it
+                O = P V                      matmul
+    backward    dV = Pᵀ dO                   matmul            (P is what forward saves, not S)
+                dP = dO Vᵀ                   matmul            (batch, heads, seqlen_q, seqlen_k)
+                dS = P ∘ (dP - rowsum(dO ∘ O))   softmax_bwd   same shape; dP is freed after it
+                dQ = dS K · sm_scale         matmul
+                dK = dSᵀ Q · sm_scale        matmul
+
+    One generic batched matmul kernel serves all five products: every operand is passed with its four
+    strides, so Kᵀ, Vᵀ, Pᵀ, dSᵀ are free views and (b, s, h, d) inputs need no copy. GQA/MQA is a head map
+    inside the kernel (query head h reads kv head h // group); dK and dV reduce over the query heads of a
+    group inside one program, in a fixed order (no atomics, deterministic). The softmax runs in fp32 in
+    registers, one block of rows per program: a single pass when a row fits one block, otherwise a looped
+    two-pass softmax (online max / sum, then normalise and write). Rows that see no key get P = 0.
+
+HBM
+    O(N²) per head: each of S, P, dP, dS holds batch · heads · seqlen_q · seqlen_k elements of the input
+    dtype (2 bytes for fp16/bf16). Forward peaks at S + P, keeps P for backward; backward peaks at P + dP + dS.
+    At long sequences the allocation fails with torch.cuda.OutOfMemoryError, which is left to propagate
+    (that failure is the point of the baseline).
+
+Difference from the neighbour, kernels/flash1.py
+    FlashAttention-1 tiles Q, K, V into SRAM and fuses all of the above into one forward and one backward
+    kernel with an online softmax, so S and P never reach HBM (memory O(N), recomputing P in backward).
+    Here every intermediate makes an HBM round trip, which is what the FlashAttention speedups are measured
+    against. Causal masking is applied in the softmax only; the matmuls stay dense, as in eager PyTorch, so
+    causal attention costs as much as full attention here.
+
+Supported / unsupported
+    fp16, bf16, fp32 (fp32 matmuls use tf32 on the GPU); head dim 1..256 (padded to a power of two by masks);
+    any seqlen_q, seqlen_k; causal aligned to the bottom-right corner; any strides. No dropout, no attention
+    bias or ALiBi, no variable-length (packed) batches, no KV cache.
+
+Tested on: the CPU through Triton's interpreter (fp16, fp32), tests/test_kernels.py.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import triton
+import triton.language as tl
+
+from ._common import check_inputs, default_scale, interpreting
+
+LOG2E = 1.4426950408889634
+
+# Shape classes of the five matmuls, part of the autotune key (each prefers other tiles and layouts).
+QK, PV, PTV = 0, 1, 2  # S, dP: reduce over head dim | O, dQ: reduce over keys | dV, dK: over queries (Pᵀ)
+_CLASS_NAMES = {QK: "qk", PV: "pv", PTV: "ptv"}
+
+# Rows of S per softmax program: a row longer than this is handled by the looped two-pass softmax. The
+# interpreter uses a short block so that the CPU tests exercise the loop.
+_ROW_BLOCK_GPU, _ROW_BLOCK_INTERPRETER = 4096, 64
 
 
-def naive_attention(q, k, v, causal=False, sm_scale=None):
-    raise NotImplementedError("naive_attention is not written yet")
+# ----------------------------------------------------------------------------------------------------------
+# Inner loop of the matmul: acc += A[rows, :K] @ B[:K, cols]
+# ----------------------------------------------------------------------------------------------------------
+@triton.jit
+def _load_tile(ptrs, mask_r, mask_c, EVEN_R: tl.constexpr, EVEN_C: tl.constexpr):
+    if EVEN_R & EVEN_C:
+        return tl.load(ptrs)
+    elif EVEN_R:
+        return tl.load(ptrs, mask=mask_c[None, :], other=0.0)
+    elif EVEN_C:
+        return tl.load(ptrs, mask=mask_r[:, None], other=0.0)
+    else:
+        return tl.load(ptrs, mask=mask_r[:, None] & mask_c[None, :], other=0.0)
+
+
+@triton.jit
+def _matmul_inner(acc, a_ptrs, b_ptrs, mask_m, mask_n, K, stride_ak, stride_bk,
+                  BLOCK_K: tl.constexpr, EVEN_M: tl.constexpr, EVEN_N: tl.constexpr, EVEN_K: tl.constexpr):
+    offs_k = tl.arange(0, BLOCK_K)
+    for start_k in range(0, K, BLOCK_K):
+        mask_k = offs_k < K - start_k
+        a = _load_tile(a_ptrs, mask_m, mask_k, EVEN_M, EVEN_K)
+        b = _load_tile(b_ptrs, mask_k, mask_n, EVEN_K, EVEN_N)
+        acc = tl.dot(a, b, acc)  # operands in the input dtype, fp32 accumulate
+        a_ptrs += BLOCK_K * stride_ak
+        b_ptrs += BLOCK_K * stride_bk
+    return acc
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Autotune space of the matmul and its named filter
+# ----------------------------------------------------------------------------------------------------------
+_MATMUL_CONFIGS = [
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64}, num_warps=8, num_stages=3),
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 32}, num_warps=4, num_stages=4),
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 64}, num_warps=4, num_stages=3),
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 32}, num_warps=4, num_stages=4),
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 32}, num_warps=8, num_stages=3),
+    triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32}, num_warps=4, num_stages=4),  # always kept
+]
+_SMEM_BUDGET = 160 * 1024  # bytes of pipelined A and B tiles; H100 has 227 KiB per block
+
+
+def _matmul_space(configs, m_bucket: int, n_bucket: int, k_bucket: int, elem_bytes: int):
+    """Configs whose tiles do not overshoot the (power-of-two) problem and whose stages fit shared memory."""
+    kept = []
+    for cfg in configs:
+        bm, bn, bk = cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"], cfg.kwargs["BLOCK_K"]
+        if bm > max(64, m_bucket) or bn > max(64, n_bucket) or bk > max(32, k_bucket):
+            continue
+        if cfg.num_stages * (bm * bk + bk * bn) * elem_bytes > _SMEM_BUDGET:
+            continue
+        kept.append(cfg)
+    return kept
+
+
+def _prune_matmul_configs(configs, named_args, **kwargs):
+    """Named early_config_prune filter of the matmul autotuner (the key is a function of its inputs)."""
+    args = {**named_args, **kwargs}
+    return _matmul_space(configs, args["M_BUCKET"], args["N_BUCKET"], args["K_BUCKET"],
+                         args["A"].element_size())
+
+
+def configs(headdim: int) -> dict[str, list[triton.Config]]:
+    """The matmul configs a (fp16/bf16, long-sequence) problem of this head dim may autotune over."""
+    d, n = max(16, triton.next_power_of_2(headdim)), 4096
+    union = set()
+    for m_b, n_b, k_b in ((n, n, d), (n, d, n)):  # QK class; PV and PTV classes
+        union.update(id(cfg) for cfg in _matmul_space(_MATMUL_CONFIGS, m_b, n_b, k_b, 2))
+    return {"matmul": [cfg for cfg in _MATMUL_CONFIGS if id(cfg) in union]}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Forward kernels: batched matmul (also used in backward) and row softmax
+# ----------------------------------------------------------------------------------------------------------
+@triton.jit
+def _matmul_kernel(A, B, C, alpha,
+                   stride_az, stride_ah, stride_am, stride_ak,
+                   stride_bz, stride_bh, stride_bk, stride_bn,
+                   stride_cz, stride_ch, stride_cm, stride_cn,
+                   H_C, RED, A_DIV, B_DIV, M, N, K,
+                   SHAPE_CLASS, M_BUCKET, N_BUCKET, K_BUCKET,  # autotune key only
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                   EVEN_M: tl.constexpr, EVEN_N: tl.constexpr, EVEN_K: tl.constexpr):
+    """C[z, h] = alpha · Σ_{g < RED} A[z, (h·RED + g) // A_DIV] @ B[z, (h·RED + g) // B_DIV].
+
+    RED = 1 and B_DIV = group map a query head to its kv head; RED = group reduces dK, dV over a group.
+    """
+    pid = tl.program_id(0)
+    off_zh = tl.program_id(1)
+    off_z = off_zh // H_C
+    off_h = off_zh % H_C
+    num_pid_n = tl.cdiv(N, BLOCK_N)
+    # column tiles of one row block run next to each other: its A rows are read once from HBM
+    start_m = (pid // num_pid_n) * BLOCK_M
+    start_n = (pid % num_pid_n) * BLOCK_N
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+    mask_m = start_m + offs_m < M
+    mask_n = start_n + offs_n < N
+    # 64-bit tile bases: batch · heads · N² elements can exceed 2³¹
+    A += off_z.to(tl.int64) * stride_az + start_m.to(tl.int64) * stride_am
+    B += off_z.to(tl.int64) * stride_bz + start_n.to(tl.int64) * stride_bn
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for g in range(0, RED):
+        head = off_h * RED + g
+        a_ptrs = (A + (head // A_DIV).to(tl.int64) * stride_ah
+                  + offs_m[:, None] * stride_am + offs_k[None, :] * stride_ak)
+        b_ptrs = (B + (head // B_DIV).to(tl.int64) * stride_bh
+                  + offs_k[:, None] * stride_bk + offs_n[None, :] * stride_bn)
+        acc = _matmul_inner(acc, a_ptrs, b_ptrs, mask_m, mask_n, K, stride_ak, stride_bk,
+                            BLOCK_K, EVEN_M, EVEN_N, EVEN_K)
+    c = (acc * alpha).to(C.dtype.element_ty)
+    C += (off_z.to(tl.int64) * stride_cz + off_h.to(tl.int64) * stride_ch
+          + start_m.to(tl.int64) * stride_cm + start_n.to(tl.int64) * stride_cn)
+    c_ptrs = C + offs_m[:, None] * stride_cm + offs_n[None, :] * stride_cn
+    if EVEN_M & EVEN_N:
+        tl.store(c_ptrs, c)
+    else:
+        tl.store(c_ptrs, c, mask=mask_m[:, None] & mask_n[None, :])
+
+
+_matmul = triton.heuristics({
+    "EVEN_M": lambda args: args["M"] % args["BLOCK_M"] == 0,
+    "EVEN_N": lambda args: args["N"] % args["BLOCK_N"] == 0,
+    "EVEN_K": lambda args: args["K"] % args["BLOCK_K"] == 0,
+})(_matmul_kernel)
+_matmul_autotuned = triton.autotune(
+    configs=_MATMUL_CONFIGS,
+    key=["SHAPE_CLASS", "M_BUCKET", "N_BUCKET", "K_BUCKET"],  # the tensors' dtypes are added by Triton
+    prune_configs_by={"early_config_prune": _prune_matmul_configs},
+)(_matmul)
+
+
+@triton.jit
+def _load_scores(s_ptrs, start_n, offs_m, offs_n, row_ok, N_CTX_Q, N_CTX_K, CAUSAL: tl.constexpr):
+    """A [BLOCK_M, BLOCK_N] block of S in fp32, -inf where a query may not see the key."""
+    cols = start_n + offs_n
+    visible = row_ok[:, None] & (cols < N_CTX_K)[None, :]
+    if CAUSAL:  # bottom-right aligned: query i sees keys j <= i + N_CTX_K - N_CTX_Q
+        visible = visible & (cols[None, :] <= offs_m[:, None] + (N_CTX_K - N_CTX_Q))
+    s = tl.load(s_ptrs + start_n, mask=visible, other=float("-inf"))
+    return s.to(tl.float32)
+
+
+@triton.jit
+def _softmax_kernel(S, P,
+                    stride_sz, stride_sh, stride_sm, stride_sn,
+                    stride_pz, stride_ph, stride_pm, stride_pn,
+                    H, N_CTX_Q, N_CTX_K,
+                    CAUSAL: tl.constexpr, ONE_PASS: tl.constexpr,
+                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """P = softmax(S) over the key axis for BLOCK_M rows of one head; rows that see no key get zeros."""
+    start_m = tl.program_id(0) * BLOCK_M
+    off_zh = tl.program_id(1)
+    off_z = off_zh // H
+    off_h = off_zh % H
+    S += off_z.to(tl.int64) * stride_sz + off_h.to(tl.int64) * stride_sh + start_m.to(tl.int64) * stride_sm
+    P += off_z.to(tl.int64) * stride_pz + off_h.to(tl.int64) * stride_ph + start_m.to(tl.int64) * stride_pm
+    offs_m = start_m + tl.arange(0, BLOCK_M)  # query index, for the causal mask
+    offs_n = tl.arange(0, BLOCK_N)
+    row_ok = offs_m < N_CTX_Q
+    s_ptrs = S + tl.arange(0, BLOCK_M)[:, None] * stride_sm + offs_n[None, :] * stride_sn
+    p_ptrs = P + tl.arange(0, BLOCK_M)[:, None] * stride_pm + offs_n[None, :] * stride_pn
+    if ONE_PASS:  # the whole row is in registers: read S once, write P once
+        s = _load_scores(s_ptrs, 0, offs_m, offs_n, row_ok, N_CTX_Q, N_CTX_K, CAUSAL)
+        m_i = tl.max(s, 1)
+        m_i = tl.where(m_i == float("-inf"), 0.0, m_i)  # a row with no key: keep exp2 finite (all zeros)
+        p = tl.exp2((s - m_i[:, None]) * LOG2E)
+        l_i = tl.sum(p, 1)
+        l_i = tl.where(l_i == 0.0, 1.0, l_i)
+        p = p / l_i[:, None]
+        tl.store(p_ptrs, p.to(P.dtype.element_ty), mask=row_ok[:, None] & (offs_n < N_CTX_K)[None, :])
+    else:
+        # pass 1: running max m_i and running sum l_i (rescaled when the max grows)
+        m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+        l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+        for start_n in range(0, N_CTX_K, BLOCK_N):
+            s = _load_scores(s_ptrs, start_n * stride_sn, offs_m, offs_n, row_ok, N_CTX_Q, N_CTX_K, CAUSAL)
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+            l_i = l_i * tl.exp2((m_i - m_safe) * LOG2E) + tl.sum(tl.exp2((s - m_safe[:, None]) * LOG2E), 1)
+            m_i = m_new
+        m_i = tl.where(m_i == float("-inf"), 0.0, m_i)
+        l_i = tl.where(l_i == 0.0, 1.0, l_i)
+        # pass 2: normalise and write P (zeros where masked)
+        for start_n in range(0, N_CTX_K, BLOCK_N):
+            s = _load_scores(s_ptrs, start_n * stride_sn, offs_m, offs_n, row_ok, N_CTX_Q, N_CTX_K, CAUSAL)
+            p = tl.exp2((s - m_i[:, None]) * LOG2E) / l_i[:, None]
+            tl.store(p_ptrs + start_n * stride_pn, p.to(P.dtype.element_ty),
+                     mask=row_ok[:, None] & (start_n + offs_n < N_CTX_K)[None, :])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Backward kernel: dS = P ∘ (dP - rowsum(dO ∘ O)), the softmax gradient (the matmuls are shared)
+# ----------------------------------------------------------------------------------------------------------
+@triton.jit
+def _softmax_bwd_kernel(P, DP, DS, O, DO,
+                        stride_pz, stride_ph, stride_pm, stride_pn,
+                        stride_dpz, stride_dph, stride_dpm, stride_dpn,
+                        stride_dsz, stride_dsh, stride_dsm, stride_dsn,
+                        stride_oz, stride_oh, stride_om, stride_ok,
+                        stride_doz, stride_doh, stride_dom, stride_dok,
+                        H, N_CTX_Q, N_CTX_K, HEAD_DIM,
+                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    start_m = tl.program_id(0) * BLOCK_M
+    off_zh = tl.program_id(1)
+    off_z = off_zh // H
+    off_h = off_zh % H
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    row_ok = start_m + offs_m < N_CTX_Q
+    # delta_i = rowsum(dO_i ∘ O_i) = rowsum(P_i ∘ dP_i), in fp32
+    O += off_z.to(tl.int64) * stride_oz + off_h.to(tl.int64) * stride_oh + start_m.to(tl.int64) * stride_om
+    DO += (off_z.to(tl.int64) * stride_doz + off_h.to(tl.int64) * stride_doh
+           + start_m.to(tl.int64) * stride_dom)
+    mask_md = row_ok[:, None] & (offs_d < HEAD_DIM)[None, :]
+    o = tl.load(O + offs_m[:, None] * stride_om + offs_d[None, :] * stride_ok, mask=mask_md, other=0.0)
+    do = tl.load(DO + offs_m[:, None] * stride_dom + offs_d[None, :] * stride_dok, mask=mask_md, other=0.0)
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
+    P += off_z.to(tl.int64) * stride_pz + off_h.to(tl.int64) * stride_ph + start_m.to(tl.int64) * stride_pm
+    DP += (off_z.to(tl.int64) * stride_dpz + off_h.to(tl.int64) * stride_dph
+           + start_m.to(tl.int64) * stride_dpm)
+    DS += (off_z.to(tl.int64) * stride_dsz + off_h.to(tl.int64) * stride_dsh
+           + start_m.to(tl.int64) * stride_dsm)
+    p_ptrs = P + offs_m[:, None] * stride_pm + offs_n[None, :] * stride_pn
+    dp_ptrs = DP + offs_m[:, None] * stride_dpm + offs_n[None, :] * stride_dpn
+    ds_ptrs = DS + offs_m[:, None] * stride_dsm + offs_n[None, :] * stride_dsn
+    for start_n in range(0, N_CTX_K, BLOCK_N):
+        mask = row_ok[:, None] & (start_n + offs_n < N_CTX_K)[None, :]
+        p = tl.load(p_ptrs, mask=mask, other=0.0).to(tl.float32)
+        dp = tl.load(dp_ptrs, mask=mask, other=0.0).to(tl.float32)
+        ds = p * (dp - delta[:, None])  # masked keys and empty rows have P = 0, hence dS = 0
+        tl.store(ds_ptrs, ds.to(DS.dtype.element_ty), mask=mask)
+        p_ptrs += BLOCK_N * stride_pn
+        dp_ptrs += BLOCK_N * stride_dpn
+        ds_ptrs += BLOCK_N * stride_dsn
+
+
+TRITON_KERNELS = {
+    "matmul": _matmul_autotuned,  # the autotuner; its .fn chain leads to the @triton.jit _matmul_kernel
+    "softmax": _softmax_kernel,
+    "softmax_bwd": _softmax_bwd_kernel,
+}
+
+# ----------------------------------------------------------------------------------------------------------
+# Launchers, config forcing and reporting
+# ----------------------------------------------------------------------------------------------------------
+_FORCED: dict[str, triton.Config] = {}
+_LAST: dict[str, str] = {}
+
+
+@contextlib.contextmanager
+def forced_configs(**by_kernel: triton.Config):
+    """Launch the named autotuned kernels (only "matmul" here) with exactly this config, no autotuning."""
+    unknown = set(by_kernel) - {"matmul"}
+    if unknown:
+        raise ValueError(f"no autotuned kernel named {sorted(unknown)}; naive autotunes only 'matmul'")
+    saved = dict(_FORCED)
+    _FORCED.update(by_kernel)
+    try:
+        yield
+    finally:
+        _FORCED.clear()
+        _FORCED.update(saved)
 
 
 def last_config() -> str:
-    return ""
+    """The configs of the most recent forward and backward launches ("" before the first)."""
+    return " | ".join(f"{phase}: {_LAST[phase]}" for phase in ("fwd", "bwd") if phase in _LAST)
 
 
-def configs(headdim: int) -> dict:
-    return {}
+def _describe(cfg: triton.Config) -> str:
+    tiles = " ".join(f"{k}={v}" for k, v in cfg.kwargs.items())
+    return f"{tiles} w{cfg.num_warps} s{cfg.num_stages}"
+
+
+def _launch_matmul(name, a, b, c, alpha, shape_class, red=1, a_div=1, b_div=1) -> str:
+    """c[z, h] = alpha · Σ_g a[z, (h·red + g) // a_div] @ b[z, (h·red + g) // b_div]; all 4-D, any strides."""
+    Z, H_C, M, N = c.shape
+    K = a.shape[3]
+    args = (a, b, c, alpha, *a.stride(), *b.stride(), *c.stride(), H_C, red, a_div, b_div, M, N, K,
+            shape_class, triton.next_power_of_2(M), triton.next_power_of_2(N), triton.next_power_of_2(K))
+
+    def grid(META):
+        return (triton.cdiv(M, META["BLOCK_M"]) * triton.cdiv(N, META["BLOCK_N"]), Z * H_C)
+
+    cfg = _FORCED.get("matmul")
+    if cfg is None and interpreting():  # the interpreter cannot benchmark: first config of the pruned list
+        cfg = _matmul_space(_MATMUL_CONFIGS, *args[-3:], a.element_size())[0]
+    if cfg is not None:
+        _matmul[grid](*args, **cfg.kwargs, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    else:
+        _matmul_autotuned[grid](*args)
+        cfg = _matmul_autotuned.best_config
+    return f"{name}[{_CLASS_NAMES[shape_class]}] {_describe(cfg)}"
+
+
+def _row_blocks(n_ctx_k: int, interpret: bool):
+    """BLOCK_M rows x BLOCK_N keys per softmax program (about 4K elements), and its warps."""
+    block_n = min(max(16, triton.next_power_of_2(n_ctx_k)), _ROW_BLOCK_INTERPRETER if interpret else _ROW_BLOCK_GPU)
+    block_m = max(1, min(16, 4096 // block_n))
+    return block_m, block_n, 4 if block_m * block_n <= 2048 else 8
+
+
+def _launch_softmax(s, p, causal) -> str:
+    Z, H, N_CTX_Q, N_CTX_K = s.shape
+    BLOCK_M, BLOCK_N, num_warps = _row_blocks(N_CTX_K, interpreting())
+    grid = (triton.cdiv(N_CTX_Q, BLOCK_M), Z * H)
+    _softmax_kernel[grid](s, p, *s.stride(), *p.stride(), H, N_CTX_Q, N_CTX_K,
+                          CAUSAL=causal, ONE_PASS=N_CTX_K <= BLOCK_N, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N,
+                          num_warps=num_warps)
+    return f"P[softmax] BLOCK_M={BLOCK_M} BLOCK_N={BLOCK_N} w{num_warps}"
+
+
+def _launch_softmax_bwd(p, dp, ds, o, do) -> str:
+    Z, H, N_CTX_Q, N_CTX_K = p.shape
+    HEAD_DIM = o.shape[3]
+    BLOCK_M, BLOCK_N, num_warps = _row_blocks(N_CTX_K, interpreting())
+    BLOCK_D = max(16, triton.next_power_of_2(HEAD_DIM))
+    grid = (triton.cdiv(N_CTX_Q, BLOCK_M), Z * H)
+    _softmax_bwd_kernel[grid](p, dp, ds, o, do, *p.stride(), *dp.stride(), *ds.stride(), *o.stride(),
+                              *do.stride(), H, N_CTX_Q, N_CTX_K, HEAD_DIM,
+                              BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_D=BLOCK_D, num_warps=num_warps)
+    return f"dS[softmax_bwd] BLOCK_M={BLOCK_M} BLOCK_N={BLOCK_N} w{num_warps}"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Autograd function and the public entry point
+# ----------------------------------------------------------------------------------------------------------
+class _attention(torch.autograd.Function):
+
+    @staticmethod
+    def forward(ctx, q, k, v, causal, sm_scale):
+        Z, H, N_CTX_Q, HEAD_DIM = q.shape
+        N_CTX_K = k.shape[2]
+        group = H // k.shape[1]
+        s = torch.empty((Z, H, N_CTX_Q, N_CTX_K), dtype=q.dtype, device=q.device)
+        used = [_launch_matmul("S", q, k.transpose(2, 3), s, sm_scale, QK, b_div=group)]
+        p = torch.empty_like(s)
+        used.append(_launch_softmax(s, p, causal))
+        del s
+        o = torch.empty((Z, H, N_CTX_Q, HEAD_DIM), dtype=q.dtype, device=q.device)
+        used.append(_launch_matmul("O", p, v, o, 1.0, PV, b_div=group))
+        _LAST["fwd"] = ", ".join(used)
+        ctx.save_for_backward(q, k, v, o, p)
+        ctx.sm_scale = sm_scale
+        ctx.group = group
+        return o
+
+    @staticmethod
+    def backward(ctx, do):
+        q, k, v, o, p = ctx.saved_tensors
+        sm_scale, group = ctx.sm_scale, ctx.group
+        dv = torch.empty(k.shape, dtype=v.dtype, device=v.device)
+        used = [_launch_matmul("dV", p.transpose(2, 3), do, dv, 1.0, PTV, red=group)]
+        dp = torch.empty_like(p)
+        used.append(_launch_matmul("dP", do, v.transpose(2, 3), dp, 1.0, QK, b_div=group))
+        ds = torch.empty_like(p)
+        used.append(_launch_softmax_bwd(p, dp, ds, o, do))
+        del dp
+        dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+        used.append(_launch_matmul("dQ", ds, k, dq, sm_scale, PV, b_div=group))
+        dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)
+        used.append(_launch_matmul("dK", ds.transpose(2, 3), q, dk, sm_scale, PTV, red=group))
+        _LAST["bwd"] = ", ".join(used)
+        return dq, dk, dv, None, None
+
+
+def naive_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = False,
+                    sm_scale: float | None = None) -> torch.Tensor:
+    """Standard attention softmax(q kᵀ · sm_scale) v with S and P materialised; differentiable.
+
+    q: (batch, heads, seqlen_q, headdim); k, v: (batch, kv_heads, seqlen_k, headdim), any strides.
+    """
+    shape = check_inputs(q, k, v)
+    return _attention.apply(q, k, v, bool(causal), default_scale(shape.headdim, sm_scale))

@@ -1,0 +1,104 @@
+"""The runner: every outcome of a point becomes a row with a status, and the sweep goes on."""
+import math
+
+import pytest
+import torch
+
+from fa2bench import providers
+from fa2bench.presets import Point, Shape
+from fa2bench.reference import attention_ref
+from fa2bench.runner import RunOptions, run_point, timed_call
+
+SHAPE = Shape(batch=1, heads=2, kv_heads=1, seqlen_q=33, seqlen_k=40, headdim=16, causal=True)
+OPTS = RunOptions(device="cpu", rep_ms=5, warmup_ms=0)
+
+
+def _fake(monkeypatch, name, fn, **kwargs):
+    provider = providers.Provider(name=name, label=name, color="k", kind="baseline", description="test double",
+                                  make=lambda shape: (lambda q, k, v: fn(q, k, v, shape)),
+                                  devices=frozenset({"cpu", "cuda"}), **kwargs)
+    monkeypatch.setitem(providers.REGISTRY, name, provider)
+    return name
+
+
+def _right(q, k, v, shape):
+    return attention_ref(q, k, v, causal=shape.causal, upcast=False)
+
+
+def test_a_correct_provider_is_ok_with_timing_and_flops(monkeypatch):
+    row = run_point(Point(_fake(monkeypatch, "good", _right), "fwd_bwd", "fp32", SHAPE), OPTS, {})
+    assert row["status"] == "ok", row["error"]
+    assert row["ms_p20"] <= row["ms"] <= row["ms_p80"]
+    assert row["flops"] > 0 and row["tflops"] > 0
+    assert row["max_rel_error"] < 1e-5
+    assert row["pct_a100_peak"] == pytest.approx(100 * row["tflops"] / 312.0)
+    assert math.isnan(row["pct_device_peak"])  # no GPU, no device peak
+
+
+def test_a_wrong_provider_is_recorded_wrong_and_not_timed(monkeypatch):
+    wrong = _fake(monkeypatch, "wrong", lambda q, k, v, s: attention_ref(q, k, v, causal=not s.causal, upcast=False))
+    row = run_point(Point(wrong, "fwd", "fp32", SHAPE), OPTS, {})
+    assert row["status"] == "wrong"
+    assert "rel err" in row["error"]
+    assert "ms" not in row
+
+
+def test_gradients_are_checked_in_backward_modes(monkeypatch):
+    def detached_v(q, k, v, shape):  # right output, but no gradient flows to v
+        return _right(q, k, v.detach(), shape) + 0 * v.sum()
+
+    name = _fake(monkeypatch, "nograd", detached_v)
+    assert run_point(Point(name, "fwd", "fp32", SHAPE), OPTS, {})["status"] == "ok"
+    row = run_point(Point(name, "bwd", "fp32", SHAPE), OPTS, {})
+    assert row["status"] == "wrong" and "dv" in row["error"]
+
+
+def test_an_exception_is_an_error_row(monkeypatch):
+    def boom(q, k, v, shape):
+        raise RuntimeError("kernel exploded\nsecond line")
+
+    row = run_point(Point(_fake(monkeypatch, "boom", boom), "fwd", "fp32", SHAPE), OPTS, {})
+    assert row["status"] == "error"
+    assert row["error"] == "RuntimeError: kernel exploded"
+
+
+def test_out_of_memory_is_an_oom_row(monkeypatch):
+    def oom(q, k, v, shape):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 8.00 GiB")
+
+    row = run_point(Point(_fake(monkeypatch, "oom", oom), "fwd", "fp32", SHAPE), OPTS, {})
+    assert row["status"] == "oom" and "8.00 GiB" in row["error"]
+
+
+def test_declared_limits_make_unsupported_rows_without_running(monkeypatch):
+    def never(q, k, v, shape):
+        raise AssertionError("must not run")
+
+    name = _fake(monkeypatch, "fp16only", never, dtypes=frozenset({"fp16"}), max_headdim=8)
+    row = run_point(Point(name, "fwd", "fp32", SHAPE), OPTS, {})
+    assert row["status"] == "unsupported" and "fp32" in row["error"]
+    cuda_only = run_point(Point("sdpa-flash", "fwd", "fp16", SHAPE), OPTS, {})
+    assert cuda_only["status"] == "unsupported" and "CUDA" in cuda_only["error"]
+
+
+def test_unsupported_raised_by_a_provider(monkeypatch):
+    def refuse(q, k, v, shape):
+        raise providers.Unsupported("no bottom-right causal")
+
+    row = run_point(Point(_fake(monkeypatch, "refuse", refuse), "fwd", "fp32", SHAPE), OPTS, {})
+    assert row == {**row, "status": "unsupported", "error": "no bottom-right causal"}
+
+
+def test_bwd_times_backward_alone_and_resets_grads():
+    q, k, v = (torch.randn(1, 1, 8, 16, requires_grad=True) for _ in range(3))
+    calls = []
+
+    def fn(q, k, v):
+        calls.append("fwd")
+        return attention_ref(q, k, v, upcast=False)
+
+    call, grads = timed_call(fn, q, k, v, "bwd")
+    assert calls == ["fwd"] and grads == [q, k, v]
+    call()
+    call()  # retain_graph: the same forward graph serves every timed backward
+    assert calls == ["fwd"] and q.grad is not None
