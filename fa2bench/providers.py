@@ -188,8 +188,16 @@ def _flex(shape: Shape) -> AttnFn:
 
 @functools.cache
 def _compiled_flex():
+    import torch._dynamo.config
+    import torch._functorch.config
     from torch.nn.attention.flex_attention import flex_attention
 
+    # A sweep compiles one graph per shape: allow many, rather than falling back to (slow) eager flex.
+    for knob in ("recompile_limit", "cache_size_limit"):
+        if hasattr(torch._dynamo.config, knob):
+            setattr(torch._dynamo.config, knob, 1024)
+    # Timing the backward alone reuses one forward graph (retain_graph=True), which donated buffers forbid.
+    torch._functorch.config.donated_buffer = False
     return torch.compile(flex_attention, dynamic=False)
 
 
