@@ -73,6 +73,7 @@ def sweep(
     warmup_ms: Annotated[float, typer.Option(help="Warm-up budget per point (ms).")] = 25.0,
     rep_ms: Annotated[float, typer.Option(help="Timing budget per point (ms).")] = 100.0,
     peak_tflops: Annotated[Optional[float], typer.Option(help="Override this GPU's peak TFLOP/s.")] = None,
+    ceilings: Annotated[bool, typer.Option(help="Measure matmul and copy ceilings into meta.json (GPU).")] = True,
 ):
     """Sweep shapes x providers x modes x dtypes; check, time and write one row per point."""
     from fa2bench import hardware, providers, runner
@@ -138,6 +139,8 @@ def sweep(
     try:
         writer = RunWriter(out, resume=resume)
         meta = runner.collect_meta(spec, chosen, opts, peaks)
+        if gpu and ceilings:
+            meta["ceilings"] = hardware.measure_ceilings()  # achievable matmul and copy rates, for rooflines
         write_meta(out, meta)
     except ResultsError as exc:
         fail(str(exc))
