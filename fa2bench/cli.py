@@ -79,7 +79,7 @@ def sweep(
     from fa2bench import hardware, providers, runner
     from fa2bench.flops import MODES
     from fa2bench.presets import DTYPES, SpecError, SweepSpec, parse_ints, parse_names
-    from fa2bench.results import ResultsError, RunWriter, write_meta
+    from fa2bench.results import ResultsError, RunWriter, read_meta, write_meta
 
     gpu = _has_cuda()
     device = "cuda" if gpu else "cpu"
@@ -139,7 +139,11 @@ def sweep(
     try:
         writer = RunWriter(out, resume=resume)
         meta = runner.collect_meta(spec, chosen, opts, peaks)
-        if gpu and ceilings:
+        earlier = read_meta(out) if resume else {}
+        if earlier:  # a resumed run keeps its first metadata and lists each continuation
+            meta = {**earlier, "resumed": earlier.get("resumed", []) + [
+                {k: meta[k] for k in ("started_utc", "argv", "git", "versions", "gpus")}]}
+        elif gpu and ceilings:
             meta["ceilings"] = hardware.measure_ceilings()  # achievable matmul and copy rates, for rooflines
         write_meta(out, meta)
     except ResultsError as exc:
