@@ -61,8 +61,6 @@ import triton.language as tl
 
 from ._common import check_inputs, default_scale, interpreting
 
-LOG2E = 1.4426950408889634  # log2(e): exp(x) == exp2(x * log2(e))
-
 
 # ----------------------------------------------------------------------------------------------------------------
 # Tile loads and the forward inner loop
@@ -102,8 +100,8 @@ def _attn_fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kn, stride_vn, lo, 
     MASK=False: every row sees every key of these blocks (no mask at all). MASK=True: the ragged end of K and,
     if CAUSAL, the diagonal band (query i sees key j iff j <= i + diag).
     """
-    k_ptrs += lo.to(tl.int64) * stride_kn
-    v_ptrs += lo.to(tl.int64) * stride_vn
+    k_ptrs += tl.cast(lo, tl.int64) * stride_kn
+    v_ptrs += tl.cast(lo, tl.int64) * stride_vn
     for start_n in range(lo, hi, BLOCK_N):
         cols = start_n + offs_n
         k = _load_tile(k_ptrs, cols, N_CTX_K, offs_d, HEAD_DIM, BLOCK_D, MASK)
@@ -138,16 +136,17 @@ def _cfg(block_m, block_n, warps, stages):
     return triton.Config({"BLOCK_M": block_m, "BLOCK_N": block_n}, num_warps=warps, num_stages=stages)
 
 
-# Candidates, best-guess first (the CPU interpreter runs the first one that survives the filter).
+# Candidates, best-guess first: the filter keeps the first MAX_CONFIGS that fit, and the CPU interpreter runs
+# the first of those. Large tiles suit head dims <= 128; head dim 256 falls through to the small ones at the end.
 # fwd: BLOCK_M query rows per program, BLOCK_N keys per step.
 _FWD_CANDIDATES = [
-    _cfg(128, 64, 4, 3), _cfg(128, 128, 8, 3), _cfg(128, 64, 8, 3), _cfg(128, 64, 4, 4), _cfg(64, 64, 4, 3),
-    _cfg(128, 32, 8, 2), _cfg(64, 32, 4, 2),
+    _cfg(128, 64, 4, 3), _cfg(128, 128, 8, 2), _cfg(128, 64, 8, 3), _cfg(64, 64, 4, 3), _cfg(128, 128, 8, 3),
+    _cfg(128, 64, 8, 2), _cfg(128, 32, 8, 2), _cfg(64, 64, 4, 2), _cfg(64, 32, 4, 3),
 ]
 # bwd_dkdv: BLOCK_N keys per program, BLOCK_M query rows per step.
 _DKDV_CANDIDATES = [
     _cfg(32, 128, 4, 3), _cfg(64, 128, 8, 3), _cfg(32, 128, 8, 3), _cfg(64, 64, 4, 3), _cfg(32, 64, 4, 4),
-    _cfg(32, 64, 8, 2), _cfg(64, 64, 8, 1), _cfg(32, 32, 4, 2),
+    _cfg(32, 64, 8, 2), _cfg(64, 64, 8, 2), _cfg(32, 32, 4, 2),
 ]
 # bwd_dq: BLOCK_M query rows per program, BLOCK_N keys per step.
 _DQ_CANDIDATES = [
@@ -155,9 +154,12 @@ _DQ_CANDIDATES = [
     _cfg(64, 32, 4, 2), _cfg(128, 32, 8, 2), _cfg(64, 64, 8, 2),
 ]
 _CANDIDATES = {"fwd": _FWD_CANDIDATES, "bwd_dkdv": _DKDV_CANDIDATES, "bwd_dq": _DQ_CANDIDATES}
+# Used only when no candidate fits (fp32 inputs, whose tiles take twice the memory, at head dim 256).
+_FALLBACK = {"fwd": _cfg(64, 32, 4, 1), "bwd_dkdv": _cfg(16, 32, 4, 1), "bwd_dq": _cfg(32, 32, 4, 1)}
 
 SMEM_BUDGET = 200 * 1024  # bytes; H100 has 228 KB of shared memory per SM (227 KB usable by one block)
 MAX_TILE_FP32_PER_THREAD = 192  # fp32 accumulator/score values per thread (of 255 registers) before spilling
+MAX_CONFIGS = 6  # per kernel and head dim: each one costs a compile and a benchmark on the GPU
 
 
 def fits_on_h100(kernel: str, conf: triton.Config, headdim: int, elt: int = 2) -> bool:
@@ -183,15 +185,15 @@ def fits_on_h100(kernel: str, conf: triton.Config, headdim: int, elt: int = 2) -
     return smem <= SMEM_BUDGET and regs <= MAX_TILE_FP32_PER_THREAD
 
 
-def _pruned(kernel: str, headdim: int, elt: int = 2) -> list[triton.Config]:
-    return [c for c in _CANDIDATES[kernel] if fits_on_h100(kernel, c, headdim, elt)]
+def _pruned(kernel: str, configs: list[triton.Config], headdim: int, elt: int = 2) -> list[triton.Config]:
+    kept = [c for c in configs if fits_on_h100(kernel, c, headdim, elt)][:MAX_CONFIGS]
+    return kept or [_FALLBACK[kernel]]
 
 
 def _early_prune(kernel):
     def prune(configs, named_args, **kwargs):
         headdim = kwargs.get("HEAD_DIM", named_args.get("HEAD_DIM"))
-        elt = named_args["Q"].element_size()
-        return [c for c in configs if fits_on_h100(kernel, c, headdim, elt)]
+        return _pruned(kernel, configs, headdim, named_args["Q"].element_size())
     prune.__name__ = f"prune_{kernel}"
     return prune
 
@@ -201,7 +203,7 @@ _TUNE_KEY = ["HEAD_DIM", "CAUSAL", "N_CTX_Q_BUCKET", "N_CTX_K_BUCKET"]  # dtypes
 
 def configs(headdim: int) -> dict[str, list[triton.Config]]:
     """The autotune space after pruning, per autotuned kernel, for fp16/bf16 inputs of this head dim."""
-    return {name: _pruned(name, headdim) for name in _CANDIDATES}
+    return {name: _pruned(name, cands, headdim) for name, cands in _CANDIDATES.items()}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -304,8 +306,8 @@ def _attn_bwd_dkdv_inner(dk, dv, k, v, q_ptrs, do_ptrs, lse_ptrs, delta_ptrs, st
     MASK=False: every row is in range and sees every key of the block. MASK=True: rows past seqlen_q and,
     if CAUSAL, the diagonal band.
     """
-    q_ptrs += lo.to(tl.int64) * stride_qm
-    do_ptrs += lo.to(tl.int64) * stride_dom
+    q_ptrs += tl.cast(lo, tl.int64) * stride_qm
+    do_ptrs += tl.cast(lo, tl.int64) * stride_dom
     for start_m in range(lo, hi, BLOCK_M):
         offs_m = start_m + offs_m0
         q = _load_tile(q_ptrs, offs_m, N_CTX_Q, offs_d, HEAD_DIM, BLOCK_D, MASK)
@@ -416,8 +418,8 @@ def _attn_bwd_dq_inner(dq, q, do, lse, delta, k_ptrs, v_ptrs, stride_kn, stride_
                        HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
                        MASK: tl.constexpr, CAUSAL: tl.constexpr):
     """K/V blocks [lo, hi) against one Q block: accumulate dQ. Masks as in _attn_fwd_inner."""
-    k_ptrs += lo.to(tl.int64) * stride_kn
-    v_ptrs += lo.to(tl.int64) * stride_vn
+    k_ptrs += tl.cast(lo, tl.int64) * stride_kn
+    v_ptrs += tl.cast(lo, tl.int64) * stride_vn
     for start_n in range(lo, hi, BLOCK_N):
         cols = start_n + offs_n
         k = _load_tile(k_ptrs, cols, N_CTX_K, offs_d, HEAD_DIM, BLOCK_D, MASK)
@@ -538,7 +540,7 @@ def _launch(name, grid, args, headdim, elt, **kwargs):
     kernel = TRITON_KERNELS[name]
     conf = _FORCED.get(name)
     if conf is None and interpreting():
-        conf = _pruned(name, headdim, elt)[0]
+        conf = _pruned(name, _CANDIDATES[name], headdim, elt)[0]
     if conf is None:
         kernel[grid](*args, **kwargs)
         conf = kernel.best_config
@@ -589,7 +591,7 @@ class _attention(torch.autograd.Function):
 
         _attn_bwd_preprocess[(triton.cdiv(N_CTX_Q, PREPROCESS_BLOCK_M), Z * H)](
             o, do, delta, *o.stride(), *do.stride(), H, N_CTX_Q,
-            HEAD_DIM=HEAD_DIM, BLOCK_D=BLOCK_D, BLOCK_M=PREPROCESS_BLOCK_M, num_warps=4)
+            HEAD_DIM=HEAD_DIM, BLOCK_D=BLOCK_D, BLOCK_M=PREPROCESS_BLOCK_M, num_warps=4 if BLOCK_D <= 64 else 8)
 
         def grid_dkdv(META):
             return (triton.cdiv(N_CTX_K, META["BLOCK_N"]), Z * H_KV)

@@ -1,8 +1,8 @@
 """Standard attention in Triton: S and P materialised in HBM (the baseline of the FlashAttention papers).
 
 Algorithm
-    FlashAttention (Dao et al., 2022), Algorithm 0 ("standard attention implementation") and the standard
-    backward pass of its Section 3.2 / Appendix B, written as separate kernels that each read their inputs
+    FlashAttention (Dao et al., 2022), Algorithm 0 ("standard attention implementation") and its standard
+    backward pass (Algorithm 3, Appendix B), written as separate kernels that each read their inputs
     from HBM and write their output back to HBM:
 
     forward     S = Q Kᵀ · sm_scale          matmul            (batch, heads, seqlen_q, seqlen_k), q's dtype
@@ -10,7 +10,7 @@ Algorithm
                 O = P V                      matmul
     backward    dV = Pᵀ dO                   matmul            (P is what forward saves, not S)
                 dP = dO Vᵀ                   matmul            (batch, heads, seqlen_q, seqlen_k)
-                dS = P ∘ (dP - rowsum(dO ∘ O))   softmax_bwd   same shape; dP is freed after it
+                dS = P ∘ (dP - rowsum(P ∘ dP))   softmax_bwd   same shape; dP is freed after it
                 dQ = dS K · sm_scale         matmul
                 dK = dSᵀ Q · sm_scale        matmul
 
@@ -20,10 +20,14 @@ Algorithm
     group inside one program, in a fixed order (no atomics, deterministic). The softmax runs in fp32 in
     registers, one block of rows per program: a single pass when a row fits one block, otherwise a looped
     two-pass softmax (online max / sum, then normalise and write). Rows that see no key get P = 0.
+    The softmax gradient takes its row sums from the stored P and dP, as the standard backward and eager
+    PyTorch do, not from rowsum(dO ∘ O) (FlashAttention's shortcut, equal in exact
+    arithmetic): with one visible key dS is then exactly 0, as in the reference.
 
 HBM
     O(N²) per head: each of S, P, dP, dS holds batch · heads · seqlen_q · seqlen_k elements of the input
-    dtype (2 bytes for fp16/bf16). Forward peaks at S + P, keeps P for backward; backward peaks at P + dP + dS.
+    dtype (2 bytes for fp16/bf16; rows padded to 16 elements for aligned access). Forward peaks at S + P and
+    keeps P for backward; backward peaks at P + dP + dS.
     At long sequences the allocation fails with torch.cuda.OutOfMemoryError, which is left to propagate
     (that failure is the point of the baseline).
 
@@ -39,7 +43,8 @@ Supported / unsupported
     any seqlen_q, seqlen_k; causal aligned to the bottom-right corner; any strides. No dropout, no attention
     bias or ALiBi, no variable-length (packed) batches, no KV cache.
 
-Tested on: the CPU through Triton's interpreter (fp16, fp32), tests/test_kernels.py.
+Tested on: the CPU through Triton's interpreter (fp16, fp32), tests/test_kernels.py; every kernel and config
+also compiled ahead of time for sm_90 with Triton 3.9 (fp16/bf16: 3-stage cp.async + wgmma, no spills).
 """
 from __future__ import annotations
 
@@ -51,7 +56,7 @@ import triton.language as tl
 
 from ._common import check_inputs, default_scale, interpreting
 
-LOG2E = 1.4426950408889634
+LOG2E = tl.constexpr(1.4426950408889634)  # exp(x) = exp2(x · log2 e)
 
 # Shape classes of the five matmuls, part of the autotune key (each prefers other tiles and layouts).
 QK, PV, PTV = 0, 1, 2  # S, dP: reduce over head dim | O, dQ: reduce over keys | dV, dK: over queries (Pᵀ)
@@ -68,13 +73,14 @@ _ROW_BLOCK_GPU, _ROW_BLOCK_INTERPRETER = 4096, 64
 @triton.jit
 def _load_tile(ptrs, mask_r, mask_c, EVEN_R: tl.constexpr, EVEN_C: tl.constexpr):
     if EVEN_R & EVEN_C:
-        return tl.load(ptrs)
+        x = tl.load(ptrs)
     elif EVEN_R:
-        return tl.load(ptrs, mask=mask_c[None, :], other=0.0)
+        x = tl.load(ptrs, mask=mask_c[None, :], other=0.0)
     elif EVEN_C:
-        return tl.load(ptrs, mask=mask_r[:, None], other=0.0)
+        x = tl.load(ptrs, mask=mask_r[:, None], other=0.0)
     else:
-        return tl.load(ptrs, mask=mask_r[:, None] & mask_c[None, :], other=0.0)
+        x = tl.load(ptrs, mask=mask_r[:, None] & mask_c[None, :], other=0.0)
+    return x
 
 
 @triton.jit
@@ -106,7 +112,8 @@ _SMEM_BUDGET = 160 * 1024  # bytes of pipelined A and B tiles; H100 has 227 KiB 
 
 
 def _matmul_space(configs, m_bucket: int, n_bucket: int, k_bucket: int, elem_bytes: int):
-    """Configs whose tiles do not overshoot the (power-of-two) problem and whose stages fit shared memory."""
+    """Configs whose tiles do not overshoot the (power-of-two) problem, whose stages fit shared memory, and
+    which do not spill registers."""
     kept = []
     for cfg in configs:
         bm, bn, bk = cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"], cfg.kwargs["BLOCK_K"]
@@ -114,6 +121,8 @@ def _matmul_space(configs, m_bucket: int, n_bucket: int, k_bucket: int, elem_byt
             continue
         if cfg.num_stages * (bm * bk + bk * bn) * elem_bytes > _SMEM_BUDGET:
             continue
+        if elem_bytes == 4 and cfg.num_warps == 4 and bm * (bn + bk) > 128 * (64 + 32):
+            continue  # fp32 (tf32) operands: ptxas spills registers beyond 128x64x32 tiles on 4 warps
         kept.append(cfg)
     return kept
 
@@ -198,13 +207,13 @@ _matmul_autotuned = triton.autotune(
 
 
 @triton.jit
-def _load_scores(s_ptrs, start_n, offs_m, offs_n, row_ok, N_CTX_Q, N_CTX_K, CAUSAL: tl.constexpr):
-    """A [BLOCK_M, BLOCK_N] block of S in fp32, -inf where a query may not see the key."""
+def _load_scores(s_ptrs, start_n, stride_sn, offs_m, offs_n, row_ok, N_CTX_Q, N_CTX_K, CAUSAL: tl.constexpr):
+    """Keys start_n.. of S for BLOCK_M queries, in fp32, -inf where a query may not see the key."""
     cols = start_n + offs_n
     visible = row_ok[:, None] & (cols < N_CTX_K)[None, :]
     if CAUSAL:  # bottom-right aligned: query i sees keys j <= i + N_CTX_K - N_CTX_Q
         visible = visible & (cols[None, :] <= offs_m[:, None] + (N_CTX_K - N_CTX_Q))
-    s = tl.load(s_ptrs + start_n, mask=visible, other=float("-inf"))
+    s = tl.load(s_ptrs + start_n * stride_sn, mask=visible, other=float("-inf"))
     return s.to(tl.float32)
 
 
@@ -228,7 +237,7 @@ def _softmax_kernel(S, P,
     s_ptrs = S + tl.arange(0, BLOCK_M)[:, None] * stride_sm + offs_n[None, :] * stride_sn
     p_ptrs = P + tl.arange(0, BLOCK_M)[:, None] * stride_pm + offs_n[None, :] * stride_pn
     if ONE_PASS:  # the whole row is in registers: read S once, write P once
-        s = _load_scores(s_ptrs, 0, offs_m, offs_n, row_ok, N_CTX_Q, N_CTX_K, CAUSAL)
+        s = _load_scores(s_ptrs, 0, stride_sn, offs_m, offs_n, row_ok, N_CTX_Q, N_CTX_K, CAUSAL)
         m_i = tl.max(s, 1)
         m_i = tl.where(m_i == float("-inf"), 0.0, m_i)  # a row with no key: keep exp2 finite (all zeros)
         p = tl.exp2((s - m_i[:, None]) * LOG2E)
@@ -241,7 +250,7 @@ def _softmax_kernel(S, P,
         m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
         l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
         for start_n in range(0, N_CTX_K, BLOCK_N):
-            s = _load_scores(s_ptrs, start_n * stride_sn, offs_m, offs_n, row_ok, N_CTX_Q, N_CTX_K, CAUSAL)
+            s = _load_scores(s_ptrs, start_n, stride_sn, offs_m, offs_n, row_ok, N_CTX_Q, N_CTX_K, CAUSAL)
             m_new = tl.maximum(m_i, tl.max(s, 1))
             m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
             l_i = l_i * tl.exp2((m_i - m_safe) * LOG2E) + tl.sum(tl.exp2((s - m_safe[:, None]) * LOG2E), 1)
@@ -250,57 +259,59 @@ def _softmax_kernel(S, P,
         l_i = tl.where(l_i == 0.0, 1.0, l_i)
         # pass 2: normalise and write P (zeros where masked)
         for start_n in range(0, N_CTX_K, BLOCK_N):
-            s = _load_scores(s_ptrs, start_n * stride_sn, offs_m, offs_n, row_ok, N_CTX_Q, N_CTX_K, CAUSAL)
+            s = _load_scores(s_ptrs, start_n, stride_sn, offs_m, offs_n, row_ok, N_CTX_Q, N_CTX_K, CAUSAL)
             p = tl.exp2((s - m_i[:, None]) * LOG2E) / l_i[:, None]
             tl.store(p_ptrs + start_n * stride_pn, p.to(P.dtype.element_ty),
                      mask=row_ok[:, None] & (start_n + offs_n < N_CTX_K)[None, :])
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Backward kernel: dS = P ∘ (dP - rowsum(dO ∘ O)), the softmax gradient (the matmuls are shared)
+# Backward kernel: dS = P ∘ (dP - rowsum(P ∘ dP)), the softmax gradient (the matmuls are shared)
 # ----------------------------------------------------------------------------------------------------------
 @triton.jit
-def _softmax_bwd_kernel(P, DP, DS, O, DO,
+def _softmax_bwd_kernel(P, DP, DS,
                         stride_pz, stride_ph, stride_pm, stride_pn,
                         stride_dpz, stride_dph, stride_dpm, stride_dpn,
                         stride_dsz, stride_dsh, stride_dsm, stride_dsn,
-                        stride_oz, stride_oh, stride_om, stride_ok,
-                        stride_doz, stride_doh, stride_dom, stride_dok,
-                        H, N_CTX_Q, N_CTX_K, HEAD_DIM,
-                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+                        H, N_CTX_Q, N_CTX_K,
+                        ONE_PASS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """dS for BLOCK_M rows of one head; masked keys and rows that see no key have P = 0, hence dS = 0."""
     start_m = tl.program_id(0) * BLOCK_M
     off_zh = tl.program_id(1)
     off_z = off_zh // H
     off_h = off_zh % H
-    offs_m = tl.arange(0, BLOCK_M)
-    offs_n = tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, BLOCK_D)
-    row_ok = start_m + offs_m < N_CTX_Q
-    # delta_i = rowsum(dO_i ∘ O_i) = rowsum(P_i ∘ dP_i), in fp32
-    O += off_z.to(tl.int64) * stride_oz + off_h.to(tl.int64) * stride_oh + start_m.to(tl.int64) * stride_om
-    DO += (off_z.to(tl.int64) * stride_doz + off_h.to(tl.int64) * stride_doh
-           + start_m.to(tl.int64) * stride_dom)
-    mask_md = row_ok[:, None] & (offs_d < HEAD_DIM)[None, :]
-    o = tl.load(O + offs_m[:, None] * stride_om + offs_d[None, :] * stride_ok, mask=mask_md, other=0.0)
-    do = tl.load(DO + offs_m[:, None] * stride_dom + offs_d[None, :] * stride_dok, mask=mask_md, other=0.0)
-    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
     P += off_z.to(tl.int64) * stride_pz + off_h.to(tl.int64) * stride_ph + start_m.to(tl.int64) * stride_pm
     DP += (off_z.to(tl.int64) * stride_dpz + off_h.to(tl.int64) * stride_dph
            + start_m.to(tl.int64) * stride_dpm)
     DS += (off_z.to(tl.int64) * stride_dsz + off_h.to(tl.int64) * stride_dsh
            + start_m.to(tl.int64) * stride_dsm)
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    row_ok = start_m + offs_m < N_CTX_Q
     p_ptrs = P + offs_m[:, None] * stride_pm + offs_n[None, :] * stride_pn
     dp_ptrs = DP + offs_m[:, None] * stride_dpm + offs_n[None, :] * stride_dpn
     ds_ptrs = DS + offs_m[:, None] * stride_dsm + offs_n[None, :] * stride_dsn
-    for start_n in range(0, N_CTX_K, BLOCK_N):
-        mask = row_ok[:, None] & (start_n + offs_n < N_CTX_K)[None, :]
+    if ONE_PASS:  # the whole row is in registers: read P and dP once
+        mask = row_ok[:, None] & (offs_n < N_CTX_K)[None, :]
         p = tl.load(p_ptrs, mask=mask, other=0.0).to(tl.float32)
         dp = tl.load(dp_ptrs, mask=mask, other=0.0).to(tl.float32)
-        ds = p * (dp - delta[:, None])  # masked keys and empty rows have P = 0, hence dS = 0
-        tl.store(ds_ptrs, ds.to(DS.dtype.element_ty), mask=mask)
-        p_ptrs += BLOCK_N * stride_pn
-        dp_ptrs += BLOCK_N * stride_dpn
-        ds_ptrs += BLOCK_N * stride_dsn
+        delta = tl.sum(p * dp, 1)
+        tl.store(ds_ptrs, (p * (dp - delta[:, None])).to(DS.dtype.element_ty), mask=mask)
+    else:
+        # pass 1: delta_i = rowsum(P_i ∘ dP_i) in fp32
+        delta = tl.zeros([BLOCK_M], dtype=tl.float32)
+        for start_n in range(0, N_CTX_K, BLOCK_N):
+            mask = row_ok[:, None] & (start_n + offs_n < N_CTX_K)[None, :]
+            p = tl.load(p_ptrs + start_n * stride_pn, mask=mask, other=0.0).to(tl.float32)
+            dp = tl.load(dp_ptrs + start_n * stride_dpn, mask=mask, other=0.0).to(tl.float32)
+            delta += tl.sum(p * dp, 1)
+        # pass 2: dS = P ∘ (dP - delta)
+        for start_n in range(0, N_CTX_K, BLOCK_N):
+            mask = row_ok[:, None] & (start_n + offs_n < N_CTX_K)[None, :]
+            p = tl.load(p_ptrs + start_n * stride_pn, mask=mask, other=0.0).to(tl.float32)
+            dp = tl.load(dp_ptrs + start_n * stride_dpn, mask=mask, other=0.0).to(tl.float32)
+            tl.store(ds_ptrs + start_n * stride_dsn, (p * (dp - delta[:, None])).to(DS.dtype.element_ty),
+                     mask=mask)
 
 
 TRITON_KERNELS = {
@@ -364,9 +375,17 @@ def _launch_matmul(name, a, b, c, alpha, shape_class, red=1, a_div=1, b_div=1) -
 
 def _row_blocks(n_ctx_k: int, interpret: bool):
     """BLOCK_M rows x BLOCK_N keys per softmax program (about 4K elements), and its warps."""
-    block_n = min(max(16, triton.next_power_of_2(n_ctx_k)), _ROW_BLOCK_INTERPRETER if interpret else _ROW_BLOCK_GPU)
+    cap = _ROW_BLOCK_INTERPRETER if interpret else _ROW_BLOCK_GPU
+    block_n = min(max(16, triton.next_power_of_2(n_ctx_k)), cap)
     block_m = max(1, min(16, 4096 // block_n))
     return block_m, block_n, 4 if block_m * block_n <= 2048 else 8
+
+
+def _scores_buffer(q, n_ctx_k):
+    """An empty (Z, H, N_CTX_Q, N_CTX_K) tensor whose rows start 16-element aligned (vector loads/stores)."""
+    Z, H, N_CTX_Q, _ = q.shape
+    padded = triton.cdiv(n_ctx_k, 16) * 16
+    return torch.empty((Z, H, N_CTX_Q, padded), dtype=q.dtype, device=q.device)[..., :n_ctx_k]
 
 
 def _launch_softmax(s, p, causal) -> str:
@@ -379,15 +398,13 @@ def _launch_softmax(s, p, causal) -> str:
     return f"P[softmax] BLOCK_M={BLOCK_M} BLOCK_N={BLOCK_N} w{num_warps}"
 
 
-def _launch_softmax_bwd(p, dp, ds, o, do) -> str:
+def _launch_softmax_bwd(p, dp, ds) -> str:
     Z, H, N_CTX_Q, N_CTX_K = p.shape
-    HEAD_DIM = o.shape[3]
     BLOCK_M, BLOCK_N, num_warps = _row_blocks(N_CTX_K, interpreting())
-    BLOCK_D = max(16, triton.next_power_of_2(HEAD_DIM))
     grid = (triton.cdiv(N_CTX_Q, BLOCK_M), Z * H)
-    _softmax_bwd_kernel[grid](p, dp, ds, o, do, *p.stride(), *dp.stride(), *ds.stride(), *o.stride(),
-                              *do.stride(), H, N_CTX_Q, N_CTX_K, HEAD_DIM,
-                              BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_D=BLOCK_D, num_warps=num_warps)
+    _softmax_bwd_kernel[grid](p, dp, ds, *p.stride(), *dp.stride(), *ds.stride(), H, N_CTX_Q, N_CTX_K,
+                              ONE_PASS=N_CTX_K <= BLOCK_N, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N,
+                              num_warps=num_warps)
     return f"dS[softmax_bwd] BLOCK_M={BLOCK_M} BLOCK_N={BLOCK_N} w{num_warps}"
 
 
@@ -401,29 +418,29 @@ class _attention(torch.autograd.Function):
         Z, H, N_CTX_Q, HEAD_DIM = q.shape
         N_CTX_K = k.shape[2]
         group = H // k.shape[1]
-        s = torch.empty((Z, H, N_CTX_Q, N_CTX_K), dtype=q.dtype, device=q.device)
+        s = _scores_buffer(q, N_CTX_K)
         used = [_launch_matmul("S", q, k.transpose(2, 3), s, sm_scale, QK, b_div=group)]
-        p = torch.empty_like(s)
+        p = _scores_buffer(q, N_CTX_K)
         used.append(_launch_softmax(s, p, causal))
         del s
         o = torch.empty((Z, H, N_CTX_Q, HEAD_DIM), dtype=q.dtype, device=q.device)
         used.append(_launch_matmul("O", p, v, o, 1.0, PV, b_div=group))
         _LAST["fwd"] = ", ".join(used)
-        ctx.save_for_backward(q, k, v, o, p)
+        ctx.save_for_backward(q, k, v, p)  # P, not S; O is not needed
         ctx.sm_scale = sm_scale
         ctx.group = group
         return o
 
     @staticmethod
     def backward(ctx, do):
-        q, k, v, o, p = ctx.saved_tensors
+        q, k, v, p = ctx.saved_tensors
         sm_scale, group = ctx.sm_scale, ctx.group
         dv = torch.empty(k.shape, dtype=v.dtype, device=v.device)
         used = [_launch_matmul("dV", p.transpose(2, 3), do, dv, 1.0, PTV, red=group)]
-        dp = torch.empty_like(p)
+        dp = _scores_buffer(q, k.shape[2])
         used.append(_launch_matmul("dP", do, v.transpose(2, 3), dp, 1.0, QK, b_div=group))
-        ds = torch.empty_like(p)
-        used.append(_launch_softmax_bwd(p, dp, ds, o, do))
+        ds = _scores_buffer(q, k.shape[2])
+        used.append(_launch_softmax_bwd(p, dp, ds))
         del dp
         dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
         used.append(_launch_matmul("dQ", ds, k, dq, sm_scale, PV, b_div=group))
