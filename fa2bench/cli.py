@@ -165,6 +165,7 @@ def sweep(
     write_meta(out, meta)
     if frame is not None:
         _print_summary(frame)
+        _warn_throttled(frame)
     if interrupted:
         err_console.print(f"interrupted: finished points are saved in {out}; continue with "
                           f"--out {out} --resume")
@@ -269,3 +270,235 @@ def info(
     if measure:
         for k, v in hardware.measure_ceilings().items():
             console.print(f"measured {k}: {v:.1f}", highlight=False)
+
+
+# --- profile, profile-io (fa2bench/profile.py) -----------------------------------------------------------
+
+
+def _warn_throttled(frame) -> None:
+    from fa2bench.telemetry import throttle_summary
+
+    note = throttle_summary(frame)
+    if note:
+        err_console.print(f"[yellow]warning:[/] {note}", highlight=False)
+
+
+def _gb(value) -> str:
+    try:
+        return "-" if value is None or math.isnan(float(value)) else f"{float(value) / 1e9:.3f} GB"
+    except (TypeError, ValueError):
+        return "-"
+
+
+def _point_options(provider, mode, dtype):
+    from fa2bench import providers
+    from fa2bench.flops import MODES
+    from fa2bench.presets import DTYPES, SpecError
+
+    if provider not in providers.names():
+        raise SpecError(f"--provider: unknown {provider!r}; choose from {', '.join(providers.names())}")
+    if mode not in MODES:
+        raise SpecError(f"--mode: unknown {mode!r}; choose from {', '.join(MODES)}")
+    if dtype not in DTYPES:
+        raise SpecError(f"--dtype: unknown {dtype!r}; choose from {', '.join(DTYPES)}")
+
+
+def _needs_gpu_and_ncu(command: str, want_ncu: bool) -> str | None:
+    """Fail with one line without a GPU, or without ncu when it is wanted; the ncu path otherwise."""
+    from fa2bench import profile as prof
+
+    if not _has_cuda():
+        fail(f"`fa2bench {command}` needs a CUDA GPU and torch sees none (the Triton interpreter cannot be "
+             "profiled)")
+    found = prof.find_ncu() if want_ncu else None
+    if want_ncu and not found:
+        fail("Nsight Compute's `ncu` is not on PATH (needed for --ncu and profile-io); install Nsight Compute "
+             "or add its folder to PATH")
+    return found
+
+
+@app.command("profile")
+def profile_point(
+    provider: Annotated[str, typer.Option(help="Provider to profile (see `fa2bench providers`).")],
+    seqlen: Annotated[int, typer.Option(help="Query sequence length.")] = 4096,
+    headdim: Annotated[int, typer.Option(help="Head dimension.")] = 128,
+    causal: Annotated[bool, typer.Option(help="Causal masking.")] = False,
+    mode: Annotated[str, typer.Option(help="fwd, bwd or fwd_bwd.")] = "fwd",
+    dtype: Annotated[str, typer.Option(help="fp16, bf16 or fp32.")] = "fp16",
+    seqlen_k: Annotated[Optional[int], typer.Option(help="Key/value length (default: --seqlen).")] = None,
+    batch: Annotated[Optional[int], typer.Option(help="Batch size (instead of --tokens).")] = None,
+    tokens: Annotated[Optional[int], typer.Option(help="batch = tokens // seqlen (default 16384).")] = None,
+    heads: Annotated[Optional[int], typer.Option(help="Query heads (instead of --hidden).")] = None,
+    hidden: Annotated[Optional[int], typer.Option(help="heads = hidden // headdim (default 2048).")] = None,
+    kv_heads: Annotated[Optional[int], typer.Option(help="Key/value heads (default: = heads).")] = None,
+    ncu: Annotated[bool, typer.Option("--ncu", help="Nsight Compute counters of the provider's kernels "
+                                       "(DRAM bytes, occupancy, tensor pipe, SM throughput, L2 hit rate).")] = False,
+    trace: Annotated[Optional[Path], typer.Option(help="Write a torch.profiler Chrome trace to this file.")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Folder for the ncu report (default "
+                                                "results/profile/<UTC time>-<provider>-<mode>-s<seqlen>).")] = None,
+    trace_calls: Annotated[int, typer.Option(help="Calls recorded in the trace.")] = 5,
+    ncu_calls: Annotated[int, typer.Option(help="Calls profiled by ncu (counters are per call).")] = 1,
+):
+    """One point in depth: timing, telemetry, Triton kernel resources, HBM model; --trace, --ncu."""
+    from fa2bench import iomodel, providers, telemetry, timing
+    from fa2bench import profile as prof
+    from fa2bench.flops import attention_flops, tflops
+    from fa2bench.presets import Point, SpecError
+
+    try:
+        _point_options(provider, mode, dtype)
+        shape = prof.resolve_shape(seqlen, headdim, causal, seqlen_k=seqlen_k, batch=batch, tokens=tokens,
+                                   heads=heads, hidden=hidden, kv_heads=kv_heads)
+        if trace_calls < 1 or ncu_calls < 1:
+            raise SpecError("--trace-calls and --ncu-calls must be at least 1")
+    except SpecError as exc:
+        fail(str(exc))
+    ncu_path = _needs_gpu_and_ncu("profile", ncu)
+    reason = providers.get(provider).unsupported_reason(shape, dtype, mode, "cuda")
+    if reason:
+        fail(f"{provider} cannot run {mode} {dtype} {shape.label()}: {reason}")
+    point = Point(provider, mode, dtype, shape)
+    from fa2bench.hardware import cuda_device_name
+
+    console.print(f"[bold]profile[/] {provider} {mode} {dtype} {shape.label()} on {cuda_device_name()}",
+                  highlight=False)
+    try:
+        call, grads = prof.prepare(point)
+        measured = timing.bench(call, grads)
+    except Exception as exc:  # the provider itself failed: one line, like a sweep row's error
+        fail(f"{provider} failed on this point: {type(exc).__name__}: {str(exc).strip().splitlines()[0][:300]}")
+    flops = attention_flops(shape.batch, shape.heads, shape.seqlen_q, shape.seqlen_k, shape.headdim, causal, mode)
+    config = providers.get(provider).config()
+    console.print(f"time {measured.ms:.4f} ms (p20 {measured.ms_p20:.4f}, p80 {measured.ms_p80:.4f}), "
+                  f"{tflops(flops, measured.ms):.1f} TFLOP/s", highlight=False)
+    if config:
+        console.print(f"config: {config}", highlight=False)
+    tel = telemetry.measure(call, measured.ms, flops, grad_to_none=grads)
+    if tel.get("power_w") is not None or tel.get("sm_clock_mhz") is not None:
+        console.print("telemetry: " + ", ".join(f"{k}={_num(v) if isinstance(v, float) else v}"
+                                                for k, v in tel.items()), highlight=False)
+    model = None
+    if provider in iomodel.ALGORITHMS:
+        model = iomodel.hbm_bytes(provider, shape, mode, dtype, config=config)
+        assumed = " (assumed FA2-like)" if provider in iomodel.ASSUMED else ""
+        console.print(f"HBM model ({iomodel.algorithm(provider)}{assumed}): {_gb(model)} per call, "
+                      f"{model / (measured.ms * 1e-3) / 1e12:.2f} TB/s at this time; compulsory "
+                      f"{_gb(iomodel.compulsory_bytes(shape, mode, dtype))}; footprint model "
+                      f"{iomodel.theoretical_footprint_mb(provider, shape, mode, dtype):.1f} MiB", highlight=False)
+
+    resources = prof.kernel_resources(provider)
+    if resources:
+        table = Table(title="Triton kernels (compiled variants in use)")
+        for col in ("kernel", "function", "tiles", "warps", "stages", "regs", "spills", "shared_bytes"):
+            table.add_column(col, justify="left" if col in ("kernel", "function", "tiles") else "right")
+        for r in resources:
+            table.add_row(*(str(r[c]) if r[c] is not None else "-" for c in
+                            ("kernel", "function", "tiles", "warps", "stages", "regs", "spills", "shared_bytes")))
+        console.print(table)
+
+    if trace is not None:
+        rows = prof.trace(call, trace, trace_calls, grads)
+        table = Table(title=f"GPU activity over {trace_calls} calls (trace: {trace})")
+        for col in ("name", "kind", "per call", "mean us", "total us", "share"):
+            table.add_column(col, justify="left" if col in ("name", "kind") else "right", overflow="fold")
+        for r in rows:
+            table.add_row(r["name"], r["kind"], f"{r['per_call']:g}", f"{r['mean_us']:.1f}",
+                          f"{r['total_us']:.1f}", f"{r['share_pct']:.1f}%")
+        console.print(table)
+
+    if ncu:
+        folder = out or Path("results") / "profile" / (
+            f"{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}-{provider}-{mode}-s{seqlen}")
+        try:
+            result = prof.run_ncu(point, folder, ncu=ncu_path, calls=ncu_calls)
+        except prof.ProfileError as exc:
+            fail(str(exc))
+        _print_ncu(prof.by_kernel(result.kernels, result.calls), result.summary)
+        if model and result.summary.get("dram_bytes") is not None:
+            console.print(f"DRAM measured {_gb(result.summary['dram_bytes'])} per call vs model "
+                          f"{_gb(iomodel.hbm_bytes(provider, shape, mode, dtype, config=result.config))}",
+                          highlight=False)
+        console.print(f"ncu report: {result.report} (CSV {result.csv}, log {result.log})", highlight=False)
+
+
+def _print_ncu(kernels: list[dict], total: dict) -> None:
+    table = Table(title="Nsight Compute, per call")
+    cols = ("kernel", "launches", "time us", "DRAM read", "DRAM write", "occupancy", "tensor pipe", "SM thru",
+            "L2 hit")
+    for col in cols:
+        table.add_column(col, justify="left" if col == "kernel" else "right", overflow="fold")
+
+    def row(name, m):
+        time_us = m.get("duration_ns") / 1e3 if m.get("duration_ns") is not None else None
+        return (name, f"{m['kernels_per_call']:g}", _num(time_us), _gb(m.get("dram_read_bytes")),
+                _gb(m.get("dram_write_bytes")), _num(m.get("occupancy_pct"), "%"), _num(m.get("tensor_pct"), "%"),
+                _num(m.get("sm_pct"), "%"), _num(m.get("l2_hit_pct"), "%"))
+
+    for k in kernels:
+        table.add_row(*row(k["kernel"], k))
+    table.add_row(*row("[bold]all kernels[/]", total))
+    console.print(table)
+
+
+@app.command("profile-io")
+def profile_io(
+    provider: Annotated[str, typer.Option(help="Providers, e.g. naive,fa1,fa2.")] = "naive,fa1,fa2",
+    seqlen: Annotated[str, typer.Option(help="Sequence lengths: 1024..16384 (doubling) or 1024,2048.")] = "1024..16384",
+    headdim: Annotated[int, typer.Option(help="Head dimension.")] = 128,
+    causal: Annotated[bool, typer.Option(help="Causal masking.")] = False,
+    mode: Annotated[str, typer.Option(help="fwd, bwd or fwd_bwd.")] = "fwd",
+    dtype: Annotated[str, typer.Option(help="fp16, bf16 or fp32.")] = "fp16",
+    batch: Annotated[Optional[int], typer.Option(help="Batch size (instead of --tokens).")] = None,
+    tokens: Annotated[Optional[int], typer.Option(help="batch = tokens // seqlen (default 16384).")] = None,
+    heads: Annotated[Optional[int], typer.Option(help="Query heads (instead of --hidden).")] = None,
+    hidden: Annotated[Optional[int], typer.Option(help="heads = hidden // headdim (default 2048).")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Study folder; points already ok there are skipped "
+                                                "(default results/io-<UTC time>-<gpu>).")] = None,
+    calls: Annotated[int, typer.Option(help="Calls profiled per point (counters are per call).")] = 1,
+    timeout_s: Annotated[int, typer.Option(help="Limit for one point under ncu (seconds).")] = 540,
+):
+    """IO complexity, measured: DRAM bytes per call (ncu) against the HBM model across sequence lengths."""
+    from fa2bench import hardware, providers
+    from fa2bench import profile as prof
+    from fa2bench.presets import SpecError, parse_ints, parse_names
+
+    try:
+        names = parse_names(provider, "provider", providers.names())
+        lengths = parse_ints(seqlen, "seqlen")
+        for name in names:
+            _point_options(name, mode, dtype)
+        for n in lengths:
+            prof.resolve_shape(n, headdim, causal, batch=batch, tokens=tokens, heads=heads, hidden=hidden)
+        if calls < 1 or timeout_s < 1:
+            raise SpecError("--calls and --timeout-s must be at least 1")
+    except SpecError as exc:
+        fail(str(exc))
+    ncu_path = _needs_gpu_and_ncu("profile-io", True)
+    out = out or Path("results") / (f"io-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}-"
+                                     f"{_slug(hardware.cuda_device_name())}")
+    console.print(f"[bold]IO study[/] {', '.join(names)} x seqlen {', '.join(map(str, lengths))}, d={headdim}, "
+                  f"{mode} {dtype}{' causal' if causal else ''} -> {out}", highlight=False)
+
+    def on_point(point, row):
+        status = row["status"] if row["status"] != "ok" else (
+            f"ok: DRAM {_gb(row['dram_bytes'])}, model {_gb(row['model_bytes'])}")
+        console.print(f"  {point.provider:>6} s{point.shape.seqlen_q:<6} {status} {row.get('error') or ''}",
+                      highlight=False)
+
+    try:
+        frame = prof.io_study(names, lengths, headdim, out, causal=causal, mode=mode, dtype=dtype, batch=batch,
+                              tokens=tokens, heads=heads, hidden=hidden, calls=calls, ncu=ncu_path,
+                              on_point=on_point, timeout_s=timeout_s)
+    except prof.ProfileError as exc:
+        fail(str(exc))
+    table = Table(title="DRAM bytes per call: measured (ncu) vs model")
+    for col in ("provider", "seqlen", "batch x heads", "measured", "model", "measured/model", "compulsory",
+                "L2 hit", "status"):
+        table.add_column(col, justify="left" if col in ("provider", "status") else "right")
+    for r in frame.to_dict("records"):
+        table.add_row(str(r["provider"]), str(r["seqlen_q"]), f"{r['batch']} x {r['heads']}", _gb(r["dram_bytes"]),
+                      _gb(r["model_bytes"]), _num(r["measured_over_model"], "x"), _gb(r["compulsory_bytes"]),
+                      _num(r["l2_hit_pct"], "%"), str(r["status"]))
+    console.print(table)
+    console.print(f"table: {out / prof.STUDY_CSV}; figure: {out / prof.STUDY_FIGURE}; reports: {out / 'ncu'}",
+                  highlight=False)

@@ -1,20 +1,33 @@
 #!/usr/bin/env bash
 # One device call: install fa2bench on the lent GPU machine (no network), then run the named stages.
-# Usage: bash tools/gpu_session.sh STAGE [STAGE ...]; everything worth keeping goes to $OUT (8 files at most).
+# Usage: bash tools/gpu_session.sh STAGE [STAGE ...]
+#   env                  GPU, driver, versions, ncu, measured ceilings
+#   test:PATH            pytest -m gpu on PATH (log to $OUT)
+#   sweep:NAME:SECS:ARGS fa2bench sweep ARGS --out results/NAME --resume, interrupted (SIGINT) after SECS
+#                        seconds so that it ends cleanly; the folder is packed into $OUT/NAME.tgz
+# Everything worth keeping goes to $OUT (8 files at most come back).
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 python3 -m pip install -q --no-deps --no-build-isolation -e . >"$OUT/install.log" 2>&1 || { cat "$OUT/install.log"; exit 1; }
 for stage in "$@"; do
-  echo "=== stage $stage $(date -u +%T)"
+  echo "=== $stage ($(date -u +%T))"
   case "$stage" in
     env)
       nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.limit,temperature.gpu --format=csv
       python3 -c "import torch, triton; print(torch.__version__, triton.__version__, torch.version.cuda)"
-      which ncu && ncu --version | tail -1
-      fa2bench info --measure ;;
-    gpu-tests)
-      python3 -m pytest -q -m gpu -x tests 2>&1 | tee "$OUT/gpu-tests.log" | tail -40 ;;
+      command -v ncu && ncu --version | tail -1
+      fa2bench info ;;
+    test:*)
+      path=${stage#test:}
+      python3 -m pytest -q -m gpu -p no:cacheprovider "$path" >"$OUT/$(basename "$path" .py).log" 2>&1
+      echo "pytest exit $?"; grep -E "passed|failed|error" "$OUT/$(basename "$path" .py).log" | tail -3
+      grep -E "^(FAILED|ERROR)" "$OUT/$(basename "$path" .py).log" | head -30 ;;
+    sweep:*)
+      IFS=: read -r _ name secs args <<<"$stage"
+      timeout -s INT -k 60 "$secs" fa2bench sweep $args --out "results/$name" --resume >"$OUT/$name.log" 2>&1
+      echo "sweep exit $?"; tail -35 "$OUT/$name.log"
+      tar czf "$OUT/$name.tgz" -C results "$name" ;;
     *) echo "unknown stage $stage"; exit 2 ;;
   esac
 done
