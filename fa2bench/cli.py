@@ -386,29 +386,15 @@ def profile_point(
                       f"{_gb(iomodel.compulsory_bytes(shape, mode, dtype))}; footprint model "
                       f"{iomodel.theoretical_footprint_mb(provider, shape, mode, dtype):.1f} MiB", highlight=False)
 
-    resources = prof.kernel_resources(provider)
-    if resources:
-        table = Table(title="Triton kernels (compiled variants in use)")
-        for col in ("kernel", "function", "tiles", "warps", "stages", "regs", "spills", "shared_bytes"):
-            table.add_column(col, justify="left" if col in ("kernel", "function", "tiles") else "right")
-        for r in resources:
-            table.add_row(*(str(r[c]) if r[c] is not None else "-" for c in
-                            ("kernel", "function", "tiles", "warps", "stages", "regs", "spills", "shared_bytes")))
-        console.print(table)
-
+    _print_resources(provider, prof.kernel_resources(provider))
     if trace is not None:
-        rows = prof.trace(call, trace, trace_calls, grads)
-        table = Table(title=f"GPU activity over {trace_calls} calls (trace: {trace})")
-        for col in ("name", "kind", "per call", "mean us", "total us", "share"):
-            table.add_column(col, justify="left" if col in ("name", "kind") else "right", overflow="fold")
-        for r in rows:
-            table.add_row(r["name"], r["kind"], f"{r['per_call']:g}", f"{r['mean_us']:.1f}",
-                          f"{r['total_us']:.1f}", f"{r['share_pct']:.1f}%")
-        console.print(table)
+        _print_trace(prof.trace(call, trace, trace_calls, grads), trace, trace_calls)
 
     if ncu:
         folder = out or Path("results") / "profile" / (
             f"{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}-{provider}-{mode}-s{seqlen}")
+        del call, grads
+        prof.release_memory()  # the child ncu profiles needs the GPU memory this process still caches
         try:
             result = prof.run_ncu(point, folder, ncu=ncu_path, calls=ncu_calls)
         except prof.ProfileError as exc:
@@ -419,6 +405,36 @@ def profile_point(
                           f"{_gb(iomodel.hbm_bytes(provider, shape, mode, dtype, config=result.config))}",
                           highlight=False)
         console.print(f"ncu report: {result.report} (CSV {result.csv}, log {result.log})", highlight=False)
+
+
+def _print_resources(provider: str, rows: list[dict]) -> None:
+    from fa2bench import profile as prof
+
+    if provider not in prof.TRITON_MODULES:
+        console.print("kernel resources: read from Triton's compiled kernels, for fa2bench's own providers ("
+                      f"{', '.join(prof.TRITON_MODULES)}) only", highlight=False)
+    if not rows:
+        return
+    cols = ("kernel", "function", "tiles", "warps", "stages", "regs", "spills", "shared_bytes")
+    table = Table(title="Triton kernels (compiled variants in use)")
+    for col in cols:
+        table.add_column(col, justify="left" if col in ("kernel", "function", "tiles") else "right")
+    for r in rows:
+        table.add_row(*("-" if r[c] is None else str(r[c]) for c in cols))
+    console.print(table)
+
+
+def _print_trace(rows: list[dict], path: Path, calls: int) -> None:
+    if not rows:
+        console.print(f"trace: {path} (no GPU activity recorded)", highlight=False)
+        return
+    table = Table(title=f"GPU activity over {calls} calls (trace: {path})")
+    for col in ("name", "kind", "per call", "mean us", "total us", "share"):
+        table.add_column(col, justify="left" if col in ("name", "kind") else "right", overflow="fold")
+    for r in rows:
+        table.add_row(r["name"], r["kind"], f"{r['per_call']:g}", f"{r['mean_us']:.1f}", f"{r['total_us']:.1f}",
+                      f"{r['share_pct']:.1f}%")
+    console.print(table)
 
 
 def _print_ncu(kernels: list[dict], total: dict) -> None:
@@ -502,3 +518,125 @@ def profile_io(
     console.print(table)
     console.print(f"table: {out / prof.STUDY_CSV}; figure: {out / prof.STUDY_FIGURE}; reports: {out / 'ncu'}",
                   highlight=False)
+
+
+# --- plot, report, compare (fa2bench/plots.py, report.py, compare.py) ------------------------------------
+
+
+def _formats(text: str) -> tuple[str, ...]:
+    from fa2bench.plots import parse_formats
+
+    try:
+        return parse_formats(text)
+    except ValueError as exc:
+        fail(str(exc))
+
+
+def _load(run_dir: Path):
+    from fa2bench.results import ResultsError, load_run
+
+    try:
+        return load_run(run_dir)
+    except ResultsError as exc:
+        fail(str(exc))
+
+
+@app.command("plot")
+def plot_run(
+    run_dir: Annotated[Path, typer.Argument(help="A results folder (written by `fa2bench sweep`).")],
+    out: Annotated[Optional[Path], typer.Option(help="Folder for the figures (default RUN_DIR/figures).")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="Comma-separated formats: png, svg, pdf.")] = "png",
+):
+    """Figures of a run: throughput bars, speedups, fraction of peak, peak memory, roofline."""
+    from fa2bench import plots
+
+    formats = _formats(fmt)
+    frame = _load(run_dir)
+    out = out or Path(frame.attrs["run_dir"]) / "figures"
+    try:
+        plotted = plots.plot_run(frame, out, formats)
+    except OSError as exc:
+        fail(f"cannot write figures to {out}: {exc.strerror or exc}")
+    for kind, files in plotted.files.items():
+        console.print(f"{kind}: " + ", ".join(str(f) for f in files), highlight=False)
+    for kind, why in plotted.skipped.items():
+        console.print(f"[yellow]{kind}: not drawn[/] ({why})", highlight=False)
+
+
+@app.command("report")
+def report_run(
+    run_dir: Annotated[Path, typer.Argument(help="A results folder (written by `fa2bench sweep`).")],
+    fmt: Annotated[str, typer.Option("--format", help="Figure formats (the report shows the first).")] = "png",
+):
+    """RUN_DIR/report.md: metadata, headline table, speedups, failed points and the figures."""
+    from fa2bench.report import write_report
+    from fa2bench.results import ResultsError
+
+    formats = _formats(fmt)
+    try:
+        path = write_report(run_dir, formats)
+    except ResultsError as exc:
+        fail(str(exc))
+    except OSError as exc:
+        fail(f"cannot write the report in {run_dir}: {exc.strerror or exc}")
+    console.print(f"report: {path}", highlight=False)
+
+
+@app.command("compare")
+def compare_runs(
+    run_a: Annotated[Path, typer.Argument(help="Baseline results folder.")],
+    run_b: Annotated[Path, typer.Argument(help="Candidate results folder.")],
+    threshold: Annotated[float, typer.Option(help="Slowdown (B/A - 1) that counts as a regression when it also "
+                                             "exceeds the measured noise.")] = 0.05,
+    changes_only: Annotated[bool, typer.Option(help="List only points whose verdict is not `same`.")] = False,
+):
+    """Per-point time ratios of RUN_B over RUN_A; exit 1 if B regressed beyond threshold and noise."""
+    from fa2bench import compare
+    from fa2bench.report import shape_label
+
+    if not threshold >= 0:
+        fail("--threshold must be >= 0")
+    a, b = _load(run_a), _load(run_b)
+    result = compare.compare(a, b, threshold)
+    for warning in result.warnings:
+        err_console.print(f"[yellow]warning:[/] {warning}", highlight=False)
+    if result.table.empty:
+        fail(f"{run_a} and {run_b} share no points (provider, mode, dtype, shape): nothing to compare")
+    styles = {"broken": "bold red", "regression": "bold red", "noise": "yellow", "faster": "green",
+              "fixed": "green", "not ok": "dim"}
+    table = Table(title=f"B/A time per point (B: {run_b}, A: {run_a}; threshold {threshold:.0%}, noise: "
+                        "B p20 > A p80)")
+    for col in ("verdict", "provider", "mode", "dtype", "shape", "A ms (p20-p80)", "B ms (p20-p80)", "B/A"):
+        table.add_column(col, justify="right" if col in ("B/A",) or "ms" in col else "left", no_wrap=True)
+    for r in result.table.to_dict("records"):
+        if changes_only and r["verdict"] == "same":
+            continue
+        style = styles.get(r["verdict"], "")
+        table.add_row(f"[{style}]{r['verdict']}[/]" if style else r["verdict"], r["provider"], r["mode"], r["dtype"],
+                      shape_label(r), _timing(r, "a"), _timing(r, "b"),
+                      f"{r['ratio']:.3g}x" if r["ratio"] > 0 else "-")
+    console.print(table)
+    counts = ", ".join(f"{k} {v}" for k, v in result.counts.items())
+    console.print(f"{len(result.table)} shared points: {counts}; {result.only_a} only in A, {result.only_b} only "
+                  "in B", highlight=False)
+    if len(result.regressions):
+        kinds = result.regressions["verdict"].value_counts()
+        err_console.print(f"[bold red]{len(result.regressions)} regression(s):[/] {kinds.get('regression', 0)} "
+                          f"slower beyond {threshold:.0%} and the measured noise, {kinds.get('broken', 0)} broken "
+                          "(ok in A, wrong/error/oom in B)", highlight=False)
+        raise typer.Exit(1)
+
+
+def _timing(row: dict, side: str) -> str:
+    """'median (p20-p80)' in ms of run ``side`` ("a" or "b"), or its status when it did not run."""
+    if row[f"status_{side}"] != "ok":
+        return row[f"status_{side}"]
+    return f"{_ms(row[f'ms_{side}'])} ({_ms(row[f'ms_p20_{side}'])}-{_ms(row[f'ms_p80_{side}'])})"
+
+
+def _ms(value) -> str:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return "-"
+    return "-" if math.isnan(v) else f"{v:.4g}"

@@ -91,11 +91,13 @@ def default_blocks(algo: str, headdim: int) -> dict[str, tuple[int, int]]:
 _SEGMENT = re.compile(r"^\s*([\w-]+)\s*:(.*)$")
 
 
-def parse_blocks(config: str | None) -> dict[str, tuple[int, int]]:
+def parse_blocks(config) -> dict[str, tuple[int, int]]:
     """``"fwd: BLOCK_M=128 BLOCK_N=64 w8 s3 | bwd: ..."`` -> ``{"fwd": (128, 64), ...}`` (the first BLOCK_M
     and BLOCK_N of each segment; segments without both are skipped)."""
     out: dict[str, tuple[int, int]] = {}
-    for part in (config or "").split("|"):
+    if not isinstance(config, str):  # None, or a missing cell read back as NaN
+        return out
+    for part in config.split("|"):
         match = _SEGMENT.match(part)
         if not match:
             continue

@@ -11,7 +11,8 @@ measured IO-complexity study.
   ``cudaProfilerStart`` and ``cudaProfilerStop``; ncu runs with ``--profile-from-start off``, so only those
   calls are profiled, with ``--clock-control none`` (the GPU's own clocks, as in the sweep) and
   ``--cache-control all`` (caches flushed before each kernel, like ``do_bench``'s L2 flush). Every kernel of
-  a call is profiled (the naive provider launches five per forward) and the counters are summed per call.
+  a call is profiled (the naive provider launches three per forward, five per backward) and the counters
+  are summed per call.
 - ``io_study(...)``: ``run_ncu`` across sequence lengths and providers, measured DRAM bytes next to
   ``iomodel.hbm_bytes`` in a CSV and a log-log figure.
 """
@@ -22,10 +23,10 @@ import csv
 import importlib
 import io
 import json
-import math
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -91,6 +92,17 @@ def _call(call, grads) -> None:
     for t in grads or ():
         t.grad = None
     call()
+
+
+def release_memory() -> None:
+    """Return this process's cached GPU memory to the driver (before a child process needs it)."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _synchronize() -> None:
@@ -284,6 +296,24 @@ _UNITS = {"byte": 1, "kbyte": 1e3, "mbyte": 1e6, "gbyte": 1e9, "tbyte": 1e12, "k
           "gib": 2**30, "nsecond": 1, "usecond": 1e3, "msecond": 1e6, "second": 1e9}
 
 
+def run_in_group(cmd: Sequence[str], *, timeout: float | None = None, env: dict | None = None,
+                 **_ignored) -> subprocess.CompletedProcess:
+    """``subprocess.run(cmd, capture_output=True, text=True)`` in a new process group, so that a timeout or
+    Ctrl-C kills ncu *and* the Python process it profiles (which would otherwise keep the GPU)."""
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                          start_new_session=True) as proc:
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except BaseException:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.communicate()
+            raise
+    return subprocess.CompletedProcess(list(cmd), proc.returncode, out, err)
+
+
 def find_ncu() -> str | None:
     return shutil.which("ncu")
 
@@ -346,23 +376,23 @@ def parse_ncu_csv(text: str, metrics: dict[str, str]) -> list[dict]:
     before the table (``==PROF==`` and the like) are skipped.
     """
     lines = [line for line in text.splitlines() if line.strip() and not line.startswith("==")]
-    start = next((i for i, line in enumerate(lines) if line.lstrip('"').startswith("ID")), None)
+    rows = list(csv.reader(io.StringIO("\n".join(lines))))
+    start = next((i for i, r in enumerate(rows) if "Kernel Name" in r), None)
     if start is None:
         return []
-    rows = list(csv.reader(io.StringIO("\n".join(lines[start:]))))
-    header = rows[0]
+    header, body = rows[start], rows[start + 1:]
     if "Metric Name" in header:
-        return _parse_long(rows, metrics)
+        return _parse_long(header, body, metrics)
     col = {name: i for i, name in enumerate(header)}
+    name_at, id_at = col["Kernel Name"], col.get("ID")
     units = [""] * len(header)
-    body = rows[1:]
-    if body and not body[0][0].strip():  # the units row has no ID
+    if body and not body[0][name_at].strip():  # the units row names no kernel
         units, body = body[0], body[1:]
     kernels = []
-    for r in body:
+    for n, r in enumerate(body):
         if len(r) < len(header):
             continue
-        entry = {"id": int(_number(r[col["ID"]]) or 0), "kernel": r[col.get("Kernel Name", 0)]}
+        entry = {"id": int(_number(r[id_at]) or 0) if id_at is not None else n, "kernel": r[name_at]}
         for column, metric in metrics.items():
             i = col.get(metric)
             entry[column] = _number(r[i], units[i]) if i is not None else None
@@ -370,12 +400,11 @@ def parse_ncu_csv(text: str, metrics: dict[str, str]) -> list[dict]:
     return kernels
 
 
-def _parse_long(rows: list[list[str]], metrics: dict[str, str]) -> list[dict]:
-    header = rows[0]
+def _parse_long(header: list[str], body: list[list[str]], metrics: dict[str, str]) -> list[dict]:
     col = {name: i for i, name in enumerate(header)}
     by_metric = {metric: column for column, metric in metrics.items()}
     kernels: dict[str, dict] = {}
-    for r in rows[1:]:
+    for r in body:
         if len(r) < len(header):
             continue
         kid = r[col["ID"]]
@@ -429,9 +458,10 @@ class NcuResult:
     csv: Path
     log: Path
     calls: int
+    metrics: tuple[str, ...] = ()  # what ncu collected
 
 
-def query_metrics(ncu: str, run=subprocess.run) -> set[str] | None:
+def query_metrics(ncu: str, run=run_in_group) -> set[str] | None:
     """The base metrics this ncu offers on this GPU, or None when the query gives nothing readable."""
     try:
         done = run([ncu, "--query-metrics"], capture_output=True, text=True, timeout=120)
@@ -439,6 +469,12 @@ def query_metrics(ncu: str, run=subprocess.run) -> set[str] | None:
         return None
     names = parse_query_metrics(done.stdout or "")
     return names or None
+
+
+def rejected_metrics(output: str, metrics: dict[str, str]) -> dict[str, str]:
+    """The requested metrics that ncu's error lines name (a metric this ncu or GPU does not know)."""
+    errors = "\n".join(line for line in output.splitlines() if "==ERROR==" in line)
+    return {c: m for c, m in metrics.items() if m in errors or metric_base(m) in errors}
 
 
 def _why_ncu_failed(output: str, code: int) -> str:
@@ -450,7 +486,7 @@ def _why_ncu_failed(output: str, code: int) -> str:
 
 
 def run_ncu(point: Point, out_dir: Path, *, ncu: str | None = None, calls: int = 1, warmup: int = 3,
-            metrics: dict[str, str] | None = None, run=subprocess.run, timeout_s: float = 540) -> NcuResult:
+            metrics: dict[str, str] | None = None, run=run_in_group, timeout_s: float = 540) -> NcuResult:
     """Profile ``calls`` calls of ``point`` under ncu; the raw report, its CSV and ncu's log go to ``out_dir``."""
     ncu = ncu or find_ncu()
     if not ncu:
@@ -460,14 +496,19 @@ def run_ncu(point: Point, out_dir: Path, *, ncu: str | None = None, calls: int =
     metrics = metrics or select_metrics(query_metrics(ncu, run))
     stem = out_dir / "report"
     report, csv_path, log = stem.with_suffix(".ncu-rep"), stem.with_suffix(".csv"), out_dir / "ncu.log"
-    command = ncu_command(ncu, point, stem, metrics.values(), calls, warmup)
-    try:
-        done = run(command, capture_output=True, text=True, timeout=timeout_s, env={**os.environ})
-    except subprocess.TimeoutExpired:
-        raise ProfileError(f"ncu took longer than {timeout_s:.0f} s for {point.provider} "
-                           f"{point.shape.label()}") from None
-    output = (done.stdout or "") + (done.stderr or "")
-    log.write_text("$ " + " ".join(command) + "\n" + output)
+    for attempt in range(2):
+        command = ncu_command(ncu, point, stem, metrics.values(), calls, warmup)
+        try:
+            done = run(command, capture_output=True, text=True, timeout=timeout_s, env={**os.environ})
+        except subprocess.TimeoutExpired:
+            raise ProfileError(f"ncu took longer than {timeout_s:.0f} s for {point.provider} "
+                               f"{point.shape.label()}") from None
+        output = (done.stdout or "") + (done.stderr or "")
+        log.write_text("$ " + " ".join(command) + "\n" + output)
+        rejected = rejected_metrics(output, metrics) if done.returncode else {}
+        if not rejected or attempt or len(rejected) == len(metrics):
+            break
+        metrics = {c: m for c, m in metrics.items() if c not in rejected}  # ask again without them
     child = _child_report(output)
     if child.get("error"):
         raise ProfileError(f"{point.provider} failed under ncu: {child['error']}")
@@ -483,7 +524,7 @@ def run_ncu(point: Point, out_dir: Path, *, ncu: str | None = None, calls: int =
     if not kernels:
         raise ProfileError(f"ncu profiled no kernel of {point.provider} (log: {log})")
     return NcuResult(point, kernels, per_call(kernels, calls), child.get("config", ""), report, csv_path, log,
-                     calls)
+                     calls, tuple(metrics.values()))
 
 
 def _child_report(output: str) -> dict:
@@ -519,11 +560,11 @@ def child_main(argv: Sequence[str] | None = None) -> int:
         for _ in range(max(a.warmup - 1, 0)):
             _call(call, grads)
         torch.cuda.synchronize()
-        torch.cuda.cudart().cudaProfilerStart()
+        torch.cuda.profiler.start()  # cudaProfilerStart: ncu --profile-from-start off profiles from here
         for _ in range(a.calls):
             _call(call, grads)
         torch.cuda.synchronize()
-        torch.cuda.cudart().cudaProfilerStop()
+        torch.cuda.profiler.stop()
     except Exception as exc:  # reported to the parent on one line
         print(CHILD_TAG + json.dumps({"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"}),
               flush=True)
@@ -585,7 +626,7 @@ def load_study(out_dir: Path):
 def io_study(providers_: Sequence[str], seqlens: Sequence[int], headdim: int, out_dir: Path, *,
              causal: bool = False, mode: str = "fwd", dtype: str = "fp16", batch: int | None = None,
              tokens: int | None = None, heads: int | None = None, hidden: int | None = None,
-             calls: int = 1, warmup: int = 3, ncu: str | None = None, run=subprocess.run,
+             calls: int = 1, warmup: int = 3, ncu: str | None = None, run=run_in_group,
              on_point: Callable[[Point, dict], None] | None = None, timeout_s: float = 540):
     """Measured DRAM bytes (ncu) against ``iomodel.hbm_bytes`` for each provider and sequence length.
 
@@ -626,11 +667,13 @@ def io_study(providers_: Sequence[str], seqlens: Sequence[int], headdim: int, ou
 
 def plot_io(frame, path: Path) -> Path | None:
     """Log-log figure: measured DRAM bytes per (batch x head) against sequence length, with the model
-    (dashed, same colour) and the compulsory floor (grey, dotted). None when no point is ok."""
+    (dashed, same colour), the L2 request bytes where ncu gave them (crosses: what the kernels asked of the
+    memory system before L2 filtered it) and the compulsory floor (grey, dotted). None when no point is ok."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     from fa2bench import providers
 
@@ -640,19 +683,25 @@ def plot_io(frame, path: Path) -> Path | None:
     fig, ax = plt.subplots(figsize=(7, 5))
     per_head = ok["batch"].astype(float) * ok["heads"].astype(float)
     ok = ok.assign(measured=ok["dram_bytes"].astype(float) / per_head, model=ok["model_bytes"] / per_head,
-                   floor=ok["compulsory_bytes"] / per_head)
+                   floor=ok["compulsory_bytes"] / per_head, l2=ok["l2_bytes"].astype(float) / per_head)
     for name, group in ok.groupby("provider", sort=False):
         group = group.sort_values("seqlen_q")
         known = name in providers.REGISTRY
         color = providers.get(name).color if known else None
         label = providers.get(name).label if known else name
-        line, = ax.plot(group["seqlen_q"], group["measured"], "o-", color=color, label=f"{label}: measured")
+        line, = ax.plot(group["seqlen_q"], group["measured"], "o-", color=color, label=f"{label}: DRAM (ncu)")
+        if group["l2"].notna().any():
+            ax.plot(group["seqlen_q"], group["l2"], "x", color=line.get_color(), alpha=0.7,
+                    label=f"{label}: L2 requests (ncu)")
         ax.plot(group["seqlen_q"], group["model"], "--", color=line.get_color(), alpha=0.8,
                 label=f"{label}: model ({iomodel.algorithm(name) if name in iomodel.ALGORITHMS else '?'})")
     floor = ok.groupby("seqlen_q")["floor"].max().sort_index()
     ax.plot(floor.index, floor.values, ":", color="0.5", label="compulsory (Q, K, V read, O written once)")
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
+    ax.set_xticks(sorted(ok["seqlen_q"].unique()))
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda x, _: f"{x:g}"))
+    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
     first = ok.iloc[0]
     ax.set_xlabel("sequence length N")
     ax.set_ylabel("HBM bytes per call per (batch x head)")

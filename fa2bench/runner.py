@@ -91,7 +91,7 @@ def run_point(point: Point, opts: RunOptions, device_peaks: dict[str, float | No
                    pct_a100_peak=hardware.pct_of(achieved, hardware.A100_PEAK_TFLOPS),
                    pct_device_peak=hardware.pct_of(achieved, device_peaks.get(point.dtype)),
                    peak_mem_mb=timing.peak_memory_mb(call), config=provider.config())
-        row.update(telemetry.measure(call, measured.ms, row["flops"]))
+        row.update(telemetry.measure(call, measured.ms, row["flops"], grad_to_none=grads))
         return row
     except providers.Unsupported as exc:
         return {**row, "status": "unsupported", "error": str(exc)}

@@ -35,7 +35,7 @@ from typing import Callable, Sequence
 COLUMNS = ("sm_clock_mhz", "power_w", "energy_j", "tflops_per_w", "temp_c", "throttled", "throttle_reason")
 WINDOW_MS = 250.0  # NVML's energy counter moves in steps of about 10 ms: a short window would be coarse
 PERIOD_MS = 5.0
-MIN_CALLS = 5
+MIN_CALLS = 3
 MAX_CALLS = 100_000
 
 # nvmlClocksEventReason* bits (nvml.h); the old nvmlClocksThrottleReason* names carry the same values.
@@ -135,8 +135,9 @@ class NvmlDevice:
     def __init__(self, nvml, handle):
         self.nvml = nvml
         self.handle = handle
-        self._reasons = getattr(nvml, "nvmlDeviceGetCurrentClocksEventReasons", None) or getattr(
-            nvml, "nvmlDeviceGetCurrentClocksThrottleReasons", None)
+        # the newer name first; a driver older than 535 lacks it (FunctionNotFound), so the old one follows
+        self._reasons = [f for f in (getattr(nvml, "nvmlDeviceGetCurrentClocksEventReasons", None),
+                                     getattr(nvml, "nvmlDeviceGetCurrentClocksThrottleReasons", None)) if f]
 
     def _try(self, fn, *args):
         try:
@@ -153,8 +154,16 @@ class NvmlDevice:
             mem_clock_mhz=self._try(n.nvmlDeviceGetClockInfo, n.NVML_CLOCK_MEM),
             power_w=power_mw / 1000.0 if power_mw is not None else None,
             temp_c=self._try(n.nvmlDeviceGetTemperature, n.NVML_TEMPERATURE_GPU),
-            reasons=self._try(self._reasons) if self._reasons else None,
+            reasons=self._read_reasons(),
         )
+
+    def _read_reasons(self) -> int | None:
+        while self._reasons:
+            mask = self._try(self._reasons[0])
+            if mask is not None or len(self._reasons) == 1:
+                return mask
+            self._reasons.pop(0)  # this name does not work here: use the next one from now on
+        return None
 
     def energy_mj(self) -> float | None:
         """The total-energy counter in millijoules, None where the GPU has none."""
@@ -248,20 +257,19 @@ def measure(fn: Callable[[], object], ms_per_call: float, flops: int | float | N
         return empty()
     calls = calls_for(window_ms, ms_per_call)
     synchronize()
-    sampler = Sampler(device, period_ms / 1e3)
-    energy_start = device.energy_mj()
-    start = time.perf_counter()
-    sampler.start()
+    sampler = Sampler(device, period_ms / 1e3).start()
     try:
+        energy_start = device.energy_mj()  # the counter and the clock bracket exactly the same interval
+        start = time.perf_counter()
         for _ in range(calls):
             for t in grad_to_none or ():
                 t.grad = None
             fn()
         synchronize()
-    finally:
         elapsed = time.perf_counter() - start
+        energy_end = device.energy_mj()
+    finally:
         samples = sampler.stop()
-    energy_end = device.energy_mj()
     energy = None
     if energy_start is not None and energy_end is not None and energy_end > energy_start:
         energy = (energy_end - energy_start) / 1000.0

@@ -5,17 +5,10 @@ All three share one API::
     o = flash2_attention(q, k, v, causal=False, sm_scale=None)
 
 q: (batch, heads, seqlen_q, headdim); k, v: (batch, kv_heads, seqlen_k, headdim); differentiable.
-Without a CUDA device, Triton's CPU interpreter is switched on before Triton is imported.
+Without a CUDA device, ``fa2bench/__init__.py`` switches on Triton's CPU interpreter before Triton is imported.
 """
-import os
-
-import torch
-
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-
-from .naive import naive_attention  # noqa: E402
-from .flash1 import flash1_attention  # noqa: E402
-from .flash2 import flash2_attention  # noqa: E402
+from .flash1 import flash1_attention
+from .flash2 import flash2_attention
+from .naive import naive_attention
 
 __all__ = ["naive_attention", "flash1_attention", "flash2_attention"]
