@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 COLUMNS = ("sm_clock_mhz", "power_w", "energy_j", "tflops_per_w", "temp_c", "throttled", "throttle_reason")
-WINDOW_MS = 250.0  # NVML's energy counter moves in steps of about 10 ms: a short window would be coarse
+WINDOW_MS = 150.0  # NVML's energy counter moves in steps of about 10 ms: a short window would be coarse
 PERIOD_MS = 5.0
 MIN_CALLS = 3
 MAX_CALLS = 100_000

@@ -68,3 +68,14 @@ def check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> AttnShape
 
 def default_scale(headdim: int, sm_scale: float | None) -> float:
     return 1.0 / math.sqrt(headdim) if sm_scale is None else float(sm_scale)
+
+
+def tune_bench(kernel_call, quantiles):
+    """The autotuners' timer: Triton's do_bench on short budgets (5 ms warm-up, 20 ms of repetitions).
+
+    The default budgets (25 + 100 ms per config) would spend minutes of a sweep choosing configs; a ranking
+    needs far fewer repetitions than a reported measurement.
+    """
+    from triton.testing import do_bench
+
+    return do_bench(kernel_call, warmup=5, rep=20, quantiles=quantiles)

@@ -59,7 +59,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import check_inputs, default_scale, interpreting
+from ._common import check_inputs, default_scale, interpreting, tune_bench
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -209,7 +209,8 @@ def configs(headdim: int) -> dict[str, list[triton.Config]]:
 # ----------------------------------------------------------------------------------------------------------------
 # Forward kernel
 # ----------------------------------------------------------------------------------------------------------------
-@triton.autotune(configs=_FWD_CANDIDATES, key=_TUNE_KEY, prune_configs_by={"early_config_prune": _early_prune("fwd")})
+@triton.autotune(configs=_FWD_CANDIDATES, key=_TUNE_KEY, prune_configs_by={"early_config_prune": _early_prune("fwd")},
+                 do_bench=tune_bench)
 @triton.jit
 def _attn_fwd(Q, K, V, sm_scale, LSE, Out,
               stride_qz, stride_qh, stride_qm, stride_qk,
@@ -339,7 +340,7 @@ def _attn_bwd_dkdv_inner(dk, dv, k, v, q_ptrs, do_ptrs, lse_ptrs, delta_ptrs, st
 
 
 @triton.autotune(configs=_DKDV_CANDIDATES, key=_TUNE_KEY,
-                 prune_configs_by={"early_config_prune": _early_prune("bwd_dkdv")})
+                 prune_configs_by={"early_config_prune": _early_prune("bwd_dkdv")}, do_bench=tune_bench)
 @triton.jit
 def _attn_bwd_dkdv(Q, K, V, sm_scale, DO, DK, DV, LSE, Delta,
                    stride_qz, stride_qh, stride_qm, stride_qk,
@@ -440,7 +441,7 @@ def _attn_bwd_dq_inner(dq, q, do, lse, delta, k_ptrs, v_ptrs, stride_kn, stride_
 
 
 @triton.autotune(configs=_DQ_CANDIDATES, key=_TUNE_KEY,
-                 prune_configs_by={"early_config_prune": _early_prune("bwd_dq")})
+                 prune_configs_by={"early_config_prune": _early_prune("bwd_dq")}, do_bench=tune_bench)
 @triton.jit
 def _attn_bwd_dq(Q, K, V, sm_scale, DO, DQ, LSE, Delta,
                  stride_qz, stride_qh, stride_qm, stride_qk,

@@ -54,7 +54,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import check_inputs, default_scale, interpreting
+from ._common import check_inputs, default_scale, interpreting, tune_bench
 
 LOG2E = tl.constexpr(1.4426950408889634)  # exp(x) = exp2(x · log2 e)
 
@@ -202,7 +202,7 @@ _matmul = triton.heuristics({
 _matmul_autotuned = triton.autotune(
     configs=_MATMUL_CONFIGS,
     key=["SHAPE_CLASS", "M_BUCKET", "N_BUCKET", "K_BUCKET"],  # the tensors' dtypes are added by Triton
-    prune_configs_by={"early_config_prune": _prune_matmul_configs},
+    prune_configs_by={"early_config_prune": _prune_matmul_configs}, do_bench=tune_bench,
 )(_matmul)
 
 
