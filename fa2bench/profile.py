@@ -115,32 +115,70 @@ def _synchronize() -> None:
 # --- Triton kernel resources ---------------------------------------------------------------------------
 
 
-def unwrap_jit(kernel):
-    """The @triton.jit function under autotune / heuristics wrappers (each keeps the one below as ``.fn``)."""
+def _chain(kernel) -> list:
+    """``kernel`` and every object under it: ``triton.autotune`` and ``triton.heuristics`` wrappers keep the one
+    below as ``.fn``, down to the @triton.jit JITFunction (whose own ``.fn`` is the plain Python function)."""
     try:
         from triton.runtime.jit import JITFunction
     except ImportError:  # pragma: no cover - Triton is a dependency
         JITFunction = ()
-    for _ in range(8):
-        if isinstance(kernel, JITFunction) or hasattr(kernel, "device_caches") or not hasattr(kernel, "fn"):
-            return kernel
-        kernel = kernel.fn
-    return kernel
+    chain, seen = [], set()
+    while kernel is not None and id(kernel) not in seen and len(chain) < 16:
+        seen.add(id(kernel))
+        chain.append(kernel)
+        if isinstance(kernel, JITFunction) or hasattr(kernel, "device_caches"):
+            break
+        kernel = getattr(kernel, "fn", None)
+    return chain
 
 
-def compiled_kernels(jit) -> list:
-    """Every compiled variant in a JITFunction's cache (``device_caches`` in Triton 3.x: per device a tuple
-    whose first item maps a specialisation key to its CompiledKernel; ``cache`` in older Triton)."""
-    found = []
-    caches = getattr(jit, "device_caches", None)
-    if caches:
+def unwrap_jit(kernel):
+    """The @triton.jit function under autotune / heuristics wrappers (each keeps the one below as ``.fn``)."""
+    return _chain(kernel)[-1]
+
+
+def _resolved(kernel):
+    """A CompiledKernel, or None: an async compilation's future is taken once it is done, never waited for."""
+    if hasattr(kernel, "metadata"):
+        return kernel
+    done = getattr(kernel, "done", None)
+    if callable(done) and hasattr(kernel, "result"):
+        try:
+            return _resolved(kernel.result()) if done() else None
+        except Exception:  # a compilation that failed
+            return None
+    return None
+
+
+def _tables(obj) -> list[dict]:
+    """The dicts of compiled kernels ``obj`` keeps: ``device_caches`` (Triton 3.x: per device a tuple
+    ``(kernel_cache, kernel_key_cache, target, backend, binder)``, the first mapping a specialisation key to
+    its CompiledKernel) or ``cache`` (older Triton: per device a dict key -> CompiledKernel)."""
+    tables = []
+    for attr in ("device_caches", "cache"):
+        caches = getattr(obj, attr, None)
+        if not isinstance(caches, dict):
+            continue
         for entry in list(caches.values()):
-            table = entry[0] if isinstance(entry, tuple) else entry
-            found.extend(table.values())
-    else:
-        for table in (getattr(jit, "cache", None) or {}).values():
-            found.extend(table.values())
-    return [k for k in found if hasattr(k, "metadata")]  # skip futures of compilations still under way
+            table = entry[0] if isinstance(entry, (tuple, list)) and entry else entry
+            if isinstance(table, dict):
+                tables.append(table)
+    return tables
+
+
+def compiled_kernels(kernel) -> list:
+    """Every compiled variant of a kernel (a JITFunction, or autotune / heuristics wrappers around one) found in
+    Triton's in-memory caches, whichever layout this Triton uses. The autotuner and the forced-config path
+    both launch the same JITFunction, so its cache holds the variants of every config that ran."""
+    found, seen = [], set()
+    for obj in _chain(kernel):
+        for table in _tables(obj):
+            for value in list(table.values()):
+                compiled = _resolved(value)  # skips an autotuner's Configs and compilations still under way
+                if compiled is not None and id(compiled) not in seen:
+                    seen.add(id(compiled))
+                    found.append(compiled)
+    return found
 
 
 def _constants(compiled) -> dict:
@@ -150,6 +188,7 @@ def _constants(compiled) -> dict:
     names = getattr(getattr(src, "fn", None), "arg_names", None) or []
     out = {}
     for key, value in consts.items():
+        value = getattr(value, "value", value)  # a tl.constexpr
         if isinstance(key, tuple) and len(key) == 1 and isinstance(key[0], int) and key[0] < len(names):
             out[names[key[0]]] = value
         elif isinstance(key, str):
@@ -165,12 +204,22 @@ def _config_key(tiles: dict, warps, stages) -> tuple:
     return tuple(sorted(tiles.items())), warps, stages
 
 
+def _matches(key: tuple, consts: dict, warps, stages) -> bool:
+    """Whether a compiled variant is the config ``key``: same warps and stages, and every tile the config sets
+    has the same value among the variant's constexprs. A subset test: the kernel is also compiled with tiles
+    no config sets (fa2's ``BLOCK_D``, the padded head dim, passed by the launcher)."""
+    tiles, k_warps, k_stages = key
+    return k_warps == warps and k_stages == stages and all(consts.get(k) == v for k, v in tiles)
+
+
 def _chosen(kernel) -> set[tuple]:
     """The configs an autotuner picked (its per-key cache and best_config), as comparable keys."""
-    configs = list((getattr(kernel, "cache", None) or {}).values())
-    best = getattr(kernel, "best_config", None)
-    if best is not None:
-        configs.append(best)
+    configs = []
+    for obj in _chain(kernel)[:-1]:  # the wrappers; the JITFunction's own cache holds compiled kernels
+        configs.extend(c for c in (getattr(obj, "cache", None) or {}).values() if hasattr(c, "kwargs"))
+        best = getattr(obj, "best_config", None)
+        if best is not None:
+            configs.append(best)
     return {_config_key({k: v for k, v in c.kwargs.items() if k.startswith("BLOCK_")}, c.num_warps, c.num_stages)
             for c in configs if hasattr(c, "kwargs")}
 
@@ -189,14 +238,17 @@ def config_keys(config: str | None) -> set[tuple]:
 
 
 def describe_compiled(compiled) -> dict:
-    """Registers, spills, shared memory, warps, stages and tiles of one compiled variant."""
+    """Registers, spills, shared memory, warps, stages and tiles of one compiled variant. Triton sets
+    ``n_regs`` and ``n_spills`` only when it loads the binary (``_init_handles``, on the first launch): a
+    variant that was compiled but never launched is loaded here, which needs the driver."""
     if getattr(compiled, "n_regs", None) is None and hasattr(compiled, "_init_handles"):
         try:
-            compiled._init_handles()  # loads the binary: n_regs and n_spills come from the driver
-        except Exception:
+            compiled._init_handles()
+        except Exception:  # no driver, or a variant too large to load (OutOfResources)
             pass
     meta = compiled.metadata
-    tiles = _tiles(_constants(compiled))
+    consts = _constants(compiled)
+    tiles = _tiles(consts)
     return {
         "function": getattr(meta, "name", getattr(compiled, "name", "?")),
         "regs": getattr(compiled, "n_regs", None),
@@ -205,7 +257,7 @@ def describe_compiled(compiled) -> dict:
         "warps": getattr(meta, "num_warps", None),
         "stages": getattr(meta, "num_stages", None),
         "tiles": " ".join(f"{k}={v}" for k, v in sorted(tiles.items())),
-        "_key": _config_key(tiles, getattr(meta, "num_warps", None), getattr(meta, "num_stages", None)),
+        "_consts": consts,
     }
 
 
@@ -216,13 +268,13 @@ def resources_of(kernels: dict, config: str | None = None) -> list[dict]:
     named = config_keys(config)
     rows = []
     for name, kernel in kernels.items():
-        autotuned = hasattr(kernel, "fn") and hasattr(kernel, "configs")
+        autotuned = any(hasattr(obj, "configs") for obj in _chain(kernel)[:-1])
         picked = (_chosen(kernel) | named) if autotuned else set()
-        for compiled in compiled_kernels(unwrap_jit(kernel)):
+        for compiled in compiled_kernels(kernel):
             row = describe_compiled(compiled)
-            key = row.pop("_key")
-            rows.append({"kernel": name, **row, "autotuned": autotuned,
-                         "chosen": key in picked if autotuned else True})
+            consts = row.pop("_consts")
+            chosen = any(_matches(key, consts, row["warps"], row["stages"]) for key in picked)
+            rows.append({"kernel": name, **row, "autotuned": autotuned, "chosen": chosen if autotuned else True})
     return rows
 
 

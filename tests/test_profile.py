@@ -330,23 +330,74 @@ def fake_jit(*compiled):
 
 
 def test_resources_list_each_compiled_variant_and_mark_the_autotuners_pick():
-    picked = FakeCompiled("_attn_fwd", {"BLOCK_M": 128, "BLOCK_N": 64}, 8, 3, regs=168, spills=0, shared=98304)
-    other = FakeCompiled("_attn_fwd", {"BLOCK_M": 64, "BLOCK_N": 64}, 4, 3, regs=128, spills=12, shared=49152)
+    # fa2's kernels are also compiled with BLOCK_D (the padded head dim, set by the launcher, not by a config)
+    picked = FakeCompiled("_attn_fwd", {"BLOCK_D": 128, "BLOCK_M": 128, "BLOCK_N": 64}, 8, 3, regs=168, spills=0,
+                          shared=98304)
+    other = FakeCompiled("_attn_fwd", {"BLOCK_D": 128, "BLOCK_M": 64, "BLOCK_N": 64}, 4, 3, regs=128, spills=12,
+                         shared=49152)
     pre = FakeCompiled("_attn_bwd_preprocess", {"BLOCK_M": 64}, 4, 1, regs=40, spills=0, shared=0)
     autotuned = SimpleNamespace(fn=SimpleNamespace(fn=fake_jit(picked, other)),  # autotune(heuristics(jit))
                                 configs=[], cache={("key",): triton.Config({"BLOCK_M": 128, "BLOCK_N": 64},
                                                                            num_warps=8, num_stages=3)})
     rows = prof.resources_of({"fwd": autotuned, "bwd_preprocess": fake_jit(pre)})
     assert [(r["kernel"], r["tiles"], r["chosen"]) for r in rows] == [
-        ("fwd", "BLOCK_M=128 BLOCK_N=64", True), ("fwd", "BLOCK_M=64 BLOCK_N=64", False),
+        ("fwd", "BLOCK_D=128 BLOCK_M=128 BLOCK_N=64", True), ("fwd", "BLOCK_D=128 BLOCK_M=64 BLOCK_N=64", False),
         ("bwd_preprocess", "BLOCK_M=64", True)]  # a kernel that is not autotuned: every variant is in use
     assert rows[0] == {"kernel": "fwd", "function": "_attn_fwd", "regs": 168, "spills": 0,
-                            "shared_bytes": 98304, "warps": 8, "stages": 3, "tiles": "BLOCK_M=128 BLOCK_N=64",
-                            "autotuned": True, "chosen": True}
+                       "shared_bytes": 98304, "warps": 8, "stages": 3, "tiles": "BLOCK_D=128 BLOCK_M=128 BLOCK_N=64",
+                       "autotuned": True, "chosen": True}
     # a forced config (no autotuner entry) is found through the provider's config string
     autotuned.cache = {}
     rows = prof.resources_of({"fwd": autotuned}, config="fwd: BLOCK_M=64 BLOCK_N=64 w4 s3")
     assert [r["chosen"] for r in rows] == [False, True]
+    # only the autotuner's best_config: still found
+    autotuned.best_config = triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=8, num_stages=3)
+    assert [r["chosen"] for r in prof.resources_of({"fwd": autotuned})] == [True, False]
+
+
+class LazyCompiled(FakeCompiled):
+    """Like Triton's CompiledKernel: no n_regs / n_spills until ``_init_handles`` loads the binary."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._regs = (self.n_regs, self.n_spills)
+        del self.n_regs, self.n_spills
+        self.loads = 0
+
+    def _init_handles(self):
+        self.loads += 1
+        self.n_regs, self.n_spills = self._regs
+
+
+class DoneFuture:
+    def __init__(self, value, done=True):
+        self.value, self._done = value, done
+
+    def done(self):
+        return self._done
+
+    def result(self):
+        return self.value
+
+
+def test_resources_load_unlaunched_variants_and_read_every_cache_layout():
+    lazy = LazyCompiled("_attn_fwd", {"BLOCK_M": 128, "BLOCK_N": 64}, 4, 3, regs=200, spills=8, shared=65536)
+    row = prof.describe_compiled(lazy)
+    assert (row["regs"], row["spills"], lazy.loads) == (200, 8, 1)
+    a = FakeCompiled("k", {"BLOCK_M": 16}, 4, 1, regs=1, spills=0, shared=0)
+    b = FakeCompiled("k", {"BLOCK_M": 32}, 4, 1, regs=1, spills=0, shared=0)
+    # Triton 3.x: device_caches[device] = (kernel_cache, key_cache, target, backend, binder); an async compile
+    # leaves a future until it is done
+    jit = SimpleNamespace(device_caches={0: ({"a": a, "b": DoneFuture(b), "c": DoneFuture(None, done=False)},
+                                             {}, None, None, None)})
+    assert prof.compiled_kernels(jit) == [a, b]
+    assert prof.compiled_kernels(SimpleNamespace(cache={0: {"a": a}})) == [a]  # older Triton: cache[device]
+    # autotune(heuristics(jit)): the chain is walked; the autotuner's own cache holds Configs, not kernels
+    wrapped = SimpleNamespace(fn=SimpleNamespace(fn=jit, values={}),
+                              cache={("k",): triton.Config({"BLOCK_M": 16}, num_warps=4, num_stages=1)}, configs=[])
+    assert prof.unwrap_jit(wrapped) is jit
+    assert prof.compiled_kernels(wrapped) == [a, b]
+    assert [r["chosen"] for r in prof.resources_of({"k": wrapped})] == [True, False]
 
 
 def test_a_non_triton_provider_has_no_kernel_resources():
@@ -485,8 +536,11 @@ GPU_POINT = Point("fa2", "fwd", "fp16", Shape(1, 4, 4, 1024, 1024, 128, False))
 def test_on_a_gpu_fa2s_resources_and_trace_are_read(tmp_path):
     call, grads = prof.prepare(GPU_POINT)
     rows = prof.kernel_resources("fa2")
-    (fwd,) = [r for r in rows if r["kernel"] == "fwd"]
-    assert fwd["regs"] > 0 and fwd["shared_bytes"] > 0 and fwd["spills"] is not None and "BLOCK_M=" in fwd["tiles"]
+    # the variant of the config that ran (more when this worker ran fa2 at other shapes before)
+    fwd = [r for r in rows if r["kernel"] == "fwd" and "BLOCK_D=128" in r["tiles"]]
+    assert fwd, prof.kernel_resources("fa2", chosen_only=False)
+    for r in fwd:
+        assert r["regs"] > 0 and r["shared_bytes"] > 0 and r["spills"] is not None and "BLOCK_M=" in r["tiles"]
     table = prof.trace(call, tmp_path / "trace.json", calls=3)
     assert any("_attn_fwd" in r["name"] and r["per_call"] == 1 for r in table), table
 
