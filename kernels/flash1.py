@@ -30,7 +30,8 @@ over Q blocks: P = diag(l_i)^-1 e^{S_ij - m_i} is recomputed from Q_i, K_j and t
 dP = dO_i V_j^T; dS = P * (dP - D_i); dK_j += dS^T Q_i * scale; dQ_i += dS K_j * scale is read-modified-written
 in an fp32 HBM scratch, and the last K/V block a Q block sees writes dQ_i in the input dtype. D = rowsum(dO * O)
 is computed once by a small preprocessing kernel ("bwd_preprocess") instead of inside the inner loop as in
-Algorithm 4 (same values, one read of O instead of one per K/V block).
+Algorithm 4 (one read of O instead of one per K/V block), as an fp32 row sum of the elementwise product, as
+FlashAttention does.
 
 The trap: O, l, m (forward) and dQ (backward) are stored to HBM and loaded back by the same program one K/V
 block later. Triton does not order a global store and a later global load between different threads of one
@@ -46,8 +47,9 @@ pair and only batch * heads programs run, which under-fills a 132-SM H100 at sma
 algorithm being measured.
 
 Not supported: dropout, attention bias / ALiBi, sliding windows, variable-length (packed) batches, KV cache,
-head dims above 256, deterministic-free faster variants. Tested on: the CPU through Triton's interpreter
-(tests/test_kernels.py, fp16 and fp32).
+head dims above 256. Tested on: the CPU through Triton's interpreter (tests/test_kernels.py, fp16 and fp32, every
+autotune config forced); every config also compiled offline for sm_90 (Triton 3.6 and 3.9) to check shared memory
+and register spills.
 """
 from __future__ import annotations
 
@@ -57,7 +59,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import check_inputs, default_scale, interpreting
+from ._common import check_inputs, default_scale, interpreting, tune_bench
 
 # ----------------------------------------------------------------------------------------------------------------
 # Tiles of (rows, head dim), masked only where the sizes are ragged
@@ -127,15 +129,14 @@ def _attn_fwd_inner(kT, v, start_n, lo, hi,
         p = tl.exp2(qk - m_sub[:, None])  # e^{m~_ij - m_new} P~_ij
         alpha = tl.exp2(m_i - m_sub)
         l_new = alpha * l_i + tl.sum(p, 1)
-        # O_i <- diag(l_new)^-1 (diag(l_i) e^{m_i - m_new} O_i + P V_j): un-normalise, accumulate, normalise
-        acc = acc * (alpha * l_i)[:, None]
-        acc = tl.dot(p.to(v.dtype), v, acc)
+        # O_i <- diag(l_new)^-1 (diag(l_i) e^{m_i - m_new} O_i + e^{S_ij - m_new} V_j), as written
+        pv = tl.dot(p.to(v.dtype), v)
         if MASK:
             # a row that has seen no key has l = 0 and a zero accumulator: it stays (and outputs) zero
             inv_l = 1.0 / tl.where(l_new > 0.0, l_new, 1.0)
         else:
             inv_l = 1.0 / l_new
-        acc = acc * inv_l[:, None]
+        acc = acc * (alpha * l_i * inv_l)[:, None] + pv * inv_l[:, None]
         tl.store(L + offs_m, l_new, mask=row_ok)
         tl.store(M + offs_m, m_new, mask=row_ok)
         # the last K/V block this Q block sees writes the output; earlier ones the fp32 scratch
@@ -152,15 +153,18 @@ def _attn_fwd_inner(kT, v, start_n, lo, hi,
 # ----------------------------------------------------------------------------------------------------------------
 # Autotune space: (BLOCK_M, BLOCK_N, num_warps, num_stages) per head-dim bucket, and the named filter
 
+# Chosen from offline sm_90 compiles (registers, spills, shared memory) of a wider candidate set. FA1 reads and
+# writes the fp32 O (forward) and dQ (backward) scratch once per K/V block, so its HBM traffic falls as 1/BLOCK_N:
+# large BLOCK_N is preferred, and small BLOCK_M where that avoids register spills.
 _FWD_SPACE = {
-    64: [(128, 128, 8, 2), (128, 64, 4, 2), (64, 128, 4, 2), (64, 64, 4, 3)],
-    128: [(128, 64, 8, 2), (64, 128, 4, 2), (128, 128, 8, 2), (64, 64, 4, 3)],
-    256: [(64, 64, 4, 2), (64, 64, 8, 2), (64, 32, 4, 2), (32, 64, 4, 2)],
+    64: [(128, 64, 8, 2), (128, 128, 8, 2), (64, 128, 8, 2), (64, 64, 4, 3)],
+    128: [(128, 64, 8, 2), (64, 128, 8, 2), (32, 128, 8, 2), (32, 64, 4, 2)],
+    256: [(32, 128, 8, 2), (32, 64, 8, 2), (16, 128, 4, 2), (64, 64, 8, 2)],
 }
 _BWD_SPACE = {
-    64: [(64, 64, 4, 2), (64, 128, 8, 2), (128, 64, 8, 2), (32, 64, 4, 3)],
-    128: [(64, 64, 8, 2), (32, 64, 4, 2), (32, 128, 8, 2), (64, 64, 8, 3)],
-    256: [(32, 64, 8, 2), (64, 32, 8, 1), (32, 32, 8, 2)],
+    64: [(32, 128, 8, 2), (16, 128, 8, 2), (64, 64, 8, 2), (32, 64, 4, 2)],
+    128: [(16, 128, 8, 2), (32, 64, 8, 2), (64, 32, 8, 2), (32, 128, 8, 2)],
+    256: [(32, 32, 8, 2), (16, 32, 8, 2), (64, 32, 8, 1), (16, 64, 8, 2)],
 }
 # used only where nothing in the bucket fits in shared memory (fp32 at large head dims)
 _FALLBACK = (32, 32, 4, 1)
@@ -193,10 +197,11 @@ def _smem_fwd(t, block_d, esize):
 
 
 def _smem_bwd(t, block_d, esize):
-    """K_j, V_j resident; Q_i, dO_i pipelined; dQ_i's fp32 tile converted; dS transposed through shared memory."""
+    """K_j, V_j resident; Q_i, dO_i pipelined; dQ_i's fp32 tile converted; dS transposed through shared memory;
+    the dK_j, dV_j epilogue converts a (BLOCK_N, BLOCK_D) fp32 tile (in halves)."""
     block_m, block_n, _, stages = t
     return ((2 * block_n + 2 * max(stages, 1) * block_m) * block_d * esize + block_m * block_d * 4
-            + block_m * block_n * esize)
+            + block_m * block_n * esize + block_n * block_d * 2)
 
 
 def _keep(configs, space, smem, block_d, esize):
@@ -232,7 +237,7 @@ _TUNE_KEY = ["HEAD_DIM", "CAUSAL", "SEQ_BUCKET"]
 
 
 @triton.autotune(configs=_all_configs(_FWD_SPACE), key=_TUNE_KEY,
-                 prune_configs_by={"early_config_prune": _prune_fwd_configs})
+                 prune_configs_by={"early_config_prune": _prune_fwd_configs}, do_bench=tune_bench)
 @triton.heuristics(_HEURISTICS)
 @triton.jit(do_not_specialize=["SEQ_BUCKET"])
 def _attn_fwd(Q, K, V, sm_scale, Out, Acc, L, M,
@@ -319,11 +324,8 @@ def _attn_bwd_preprocess(O, DO, Delta,
                 + offs_d[None, :] * stride_ok, mask=mask, other=0.0)
     do = tl.load(DO + off_z * stride_doz + off_h * stride_doh + offs_m[:, None] * stride_dom
                  + offs_d[None, :] * stride_dok, mask=mask, other=0.0)
-    # D_i = rowsum(dO_i * O_i), taken as the diagonal of O dO^T: the same dot that forms dP = dO V^T, so that
-    # dP - D cancels exactly where it should (a row with a single visible key has O = V_j and dS = 0)
-    od = tl.dot(o, tl.trans(do))
-    diag = offs_m[:, None] == offs_m[None, :]
-    delta = tl.sum(tl.where(diag, od, 0.0), 1)
+    # D_i = rowsum(dO_i * O_i), in fp32
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
     tl.store(Delta + off_zh.to(tl.int64) * N_CTX_Q + offs_m, delta, mask=offs_m < N_CTX_Q)
 
 
@@ -371,16 +373,20 @@ def _attn_bwd_inner(dk, dv, k, v, start_n, lo, hi,
         is_last = start_n + BLOCK_N >= N_CTX_K
         if CAUSAL:
             is_last = is_last | (start_m + BLOCK_M - 1 + off_diag < start_n + BLOCK_N)
+        # the scaled, cast dQ_i is formed outside the branch: Triton 3.6's sm_90 pipeliner fails ("Failures have
+        # been detected while processing an MLIR pass pipeline" in TritonGPUPipeline) when arithmetic on the
+        # async wgmma result sits inside the scf.if (BLOCK_M = 64 configs); only the stores are conditional
+        dq_out = (dq * sm_scale).to(DQ.dtype.element_ty)
         if is_last:
             _store_tile(DQ + offs_m[:, None] * stride_dqm + offs_d[None, :] * stride_dqk,
-                        (dq * sm_scale).to(DQ.dtype.element_ty), offs_m, N_CTX_Q, offs_d, HEAD_DIM, EVEN_M, EVEN_D)
+                        dq_out, offs_m, N_CTX_Q, offs_d, HEAD_DIM, EVEN_M, EVEN_D)
         else:
             _store_tile(dq_ptrs, dq, offs_m, N_CTX_Q, offs_d, HEAD_DIM, EVEN_M, EVEN_D)
     return dk, dv
 
 
 @triton.autotune(configs=_all_configs(_BWD_SPACE), key=_TUNE_KEY,
-                 prune_configs_by={"early_config_prune": _prune_bwd_configs})
+                 prune_configs_by={"early_config_prune": _prune_bwd_configs}, do_bench=tune_bench)
 @triton.heuristics(_HEURISTICS)
 @triton.jit(do_not_specialize=["SEQ_BUCKET"])
 def _attn_bwd(Q, K, V, sm_scale, DO, DQ, DK, DV, DQacc, L, M, Delta,
