@@ -487,21 +487,25 @@ def _cell(x, y):
 
 
 def memory(frame: pd.DataFrame, meta: dict | None = None) -> Figure:
-    """Peak memory of one call against sequence length, log-log, one panel per (mode, head dim); oom points
-    are crosses above the dotted line. Non-causal points when the run has them (masking does not change
-    what a call allocates), else causal ones."""
+    """Peak memory of one call against sequence length, log-log, one panel per (mode, head dim): measured
+    (solid) and the algorithm's theoretical footprint (dashed, ``iomodel.theoretical_footprint_mb``); oom
+    points are crosses above the dotted line. Non-causal points when the run has them (masking does not
+    change what a call allocates), else causal ones."""
     frame = _one_group(frame)
     meta = meta if meta is not None else frame.attrs.get("meta", {})
     causal = not (~frame["causal"]).any()
-    frame = frame[frame["causal"] == causal]
+    frame = frame[frame["causal"] == causal].copy()
     ok = frame[(frame["status"] == "ok") & (frame["peak_mem_mb"] > 0)]
     if ok.empty:
         raise NothingToPlot("no peak-memory measurements (peak_mem_mb is measured on CUDA only)")
+    frame["model_mb"] = [_footprint_mb(r) for r in frame.itertuples()]
     names = ordered_providers(frame)
     modes = modes_of(frame)
     headdims = sorted(set(int(d) for d in frame["headdim"]))
     seqlens = sorted(frame["seqlen_q"].unique())
-    lo, hi = float(ok["peak_mem_mb"].min()), float(ok["peak_mem_mb"].max())
+    modelled = frame.loc[frame["model_mb"] > 0, "model_mb"]
+    lo = min(float(ok["peak_mem_mb"].min()), float(modelled.min()) if len(modelled) else math.inf)
+    hi = max(float(ok["peak_mem_mb"].max()), float(modelled.max()) if len(modelled) else 0.0)
     oom_y = hi * 2.5
     fig, axes = _figure(len(modes), len(headdims), 3.8, 3.0)
     for i, mode in enumerate(modes):
@@ -514,6 +518,9 @@ def memory(frame: pd.DataFrame, meta: dict | None = None) -> Figure:
                 line = good.groupby("seqlen_q")["peak_mem_mb"].max()
                 if len(line):
                     ax.plot(line.index, line.values, marker="o", markersize=3.5, color=color(p), linewidth=1.4)
+                model = mine[mine["model_mb"] > 0].groupby("seqlen_q")["model_mb"].max()
+                if len(model):
+                    ax.plot(model.index, model.values, color=color(p), linewidth=1.0, linestyle="--", alpha=0.8)
                 oom = sorted(mine.loc[mine["status"] == "oom", "seqlen_q"].unique())
                 if oom:
                     ax.scatter(oom, [oom_y] * len(oom), marker="x", s=40, color=color(p), linewidths=1.8, zorder=3)
@@ -531,6 +538,9 @@ def memory(frame: pd.DataFrame, meta: dict | None = None) -> Figure:
     drawn = [p for p in names if p in set(ok["provider"]) or
              ((frame["provider"] == p) & (frame["status"] == "oom")).any()]
     handles = _provider_handles(drawn, "line")
+    if (frame["model_mb"] > 0).any():
+        handles.append(Line2D([], [], color="#444444", linestyle="--", linewidth=1.0,
+                              label="theoretical footprint (model)"))
     if (frame["status"] == "oom").any():
         handles.append(Line2D([], [], color="#444444", marker="x", linestyle="none",
                               label="out of memory (above the dotted line)"))
@@ -542,6 +552,17 @@ def memory(frame: pd.DataFrame, meta: dict | None = None) -> Figure:
 # --- roofline -------------------------------------------------------------------------------------------
 
 
+def _shape(row) -> Shape:
+    return Shape(row.batch, row.heads, row.kv_heads, row.seqlen_q, row.seqlen_k, row.headdim, row.causal)
+
+
+def _footprint_mb(row) -> float:
+    """The modelled footprint of a results row (NaN for a provider the model does not cover)."""
+    if row.provider not in iomodel.ALGORITHMS:
+        return np.nan
+    return iomodel.theoretical_footprint_mb(row.provider, _shape(row), row.mode, row.dtype)
+
+
 def intensity(frame: pd.DataFrame) -> pd.DataFrame:
     """The ok rows with ``hbm_bytes`` (``iomodel.hbm_bytes``, per the row's provider, mode and config) and
     ``intensity`` (FLOPs per HBM byte); providers without a byte model are left out."""
@@ -549,9 +570,8 @@ def intensity(frame: pd.DataFrame) -> pd.DataFrame:
     ok = ok[(ok["status"] == "ok") & (ok["tflops"] > 0)].copy()
     modelled = []
     for r in ok.itertuples():
-        shape = Shape(r.batch, r.heads, r.kv_heads, r.seqlen_q, r.seqlen_k, r.headdim, r.causal)
         try:
-            modelled.append(iomodel.hbm_bytes(r.provider, shape, r.mode, r.dtype, config=r.config or None))
+            modelled.append(iomodel.hbm_bytes(r.provider, _shape(r), r.mode, r.dtype, config=r.config or None))
         except (ValueError, KeyError):  # a provider the byte model does not cover
             modelled.append(np.nan)
     ok["hbm_bytes"] = modelled

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import gc
+import os
 import subprocess
 import sys
 import warnings
@@ -146,6 +147,11 @@ def run_sweep(points: Iterable[Point], writer: RunWriter, opts: RunOptions, devi
 
 
 def git_state() -> dict:
+    """The commit fa2bench runs from and whether tracked files differ from it.
+
+    A copy of the tree without .git (a remote GPU machine, say) can pass them in FA2BENCH_GIT_COMMIT and
+    FA2BENCH_GIT_DIRTY (0 or 1); the record then says where they came from.
+    """
     root = Path(__file__).resolve().parent.parent
 
     def git(*args):
@@ -153,12 +159,15 @@ def git_state() -> dict:
 
     try:
         head = git("rev-parse", "HEAD")
-        if head.returncode:
-            return {"commit": None, "dirty": None}
-        dirty = git("status", "--porcelain", "--untracked-files=no")
-        return {"commit": head.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
+        if head.returncode == 0:
+            dirty = git("status", "--porcelain", "--untracked-files=no")
+            return {"commit": head.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
     except (OSError, subprocess.SubprocessError):
-        return {"commit": None, "dirty": None}
+        pass
+    if os.environ.get("FA2BENCH_GIT_COMMIT"):
+        return {"commit": os.environ["FA2BENCH_GIT_COMMIT"], "dirty": os.environ.get("FA2BENCH_GIT_DIRTY") == "1",
+                "source": "FA2BENCH_GIT_COMMIT (no .git in this copy)"}
+    return {"commit": None, "dirty": None}
 
 
 def collect_meta(spec: SweepSpec, providers_run: tuple[str, ...], opts: RunOptions,

@@ -550,8 +550,11 @@ def test_on_a_gpu_ncu_measures_at_least_the_compulsory_bytes(tmp_path):
     if prof.find_ncu() is None:
         pytest.skip("ncu is not on PATH")
     result = prof.run_ncu(GPU_POINT, tmp_path, timeout_s=300)
-    floor = iomodel.compulsory_bytes(GPU_POINT.shape, "fwd", "fp16")
+    s = GPU_POINT.shape
+    inputs = 2 * s.batch * s.headdim * (s.heads * s.seqlen_q + 2 * s.kv_heads * s.seqlen_k)
     assert result.summary["kernels_per_call"] == 1
-    assert result.summary["dram_bytes"] >= 0.9 * floor  # Q, K, V read and O written at least once
+    # Q, K and V are read from DRAM at least once. O's writes may not reach DRAM before the kernel ends: the L2
+    # is write-back, and a 1 MiB output fits in it many times over (seen on an H100: reads only).
+    assert result.summary["dram_read_bytes"] >= 0.9 * inputs
     assert result.summary["dram_bytes"] <= 1.1 * iomodel.hbm_bytes("fa2", GPU_POINT.shape, "fwd", "fp16",
                                                                    config=result.config)

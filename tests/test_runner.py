@@ -102,3 +102,20 @@ def test_bwd_times_backward_alone_and_resets_grads():
     call()
     call()  # retain_graph: the same forward graph serves every timed backward
     assert calls == ["fwd"] and q.grad is not None
+
+
+def test_git_state_comes_from_the_environment_when_there_is_no_checkout(monkeypatch):
+    import subprocess
+
+    from fa2bench import runner
+
+    def no_git(*args, **kwargs):
+        raise FileNotFoundError("git")
+
+    monkeypatch.setattr(subprocess, "run", no_git)
+    monkeypatch.delenv("FA2BENCH_GIT_COMMIT", raising=False)
+    assert runner.git_state() == {"commit": None, "dirty": None}
+    monkeypatch.setenv("FA2BENCH_GIT_COMMIT", "abc123")
+    monkeypatch.setenv("FA2BENCH_GIT_DIRTY", "1")
+    state = runner.git_state()
+    assert state["commit"] == "abc123" and state["dirty"] is True and "FA2BENCH_GIT_COMMIT" in state["source"]

@@ -6,6 +6,9 @@
 #   sweep:NAME:SECS:ARGS fa2bench sweep ARGS --out results/NAME --resume, interrupted (SIGINT) after SECS
 #                        seconds so that it ends cleanly; the folder is packed into $OUT/NAME.tgz
 # Everything worth keeping goes to $OUT (8 files at most come back).
+# The device's copy of the tree has no .git: pass the commit in, as literal values written here, e.g.
+#   FA2BENCH_GIT_COMMIT=<output of git rev-parse HEAD> FA2BENCH_GIT_DIRTY=0 bash tools/gpu_session.sh ...
+# so that meta.json records it.
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
