@@ -5,6 +5,7 @@ strides, and raises ValueError naming the problem for anything it cannot run.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from dataclasses import dataclass
@@ -79,3 +80,29 @@ def tune_bench(kernel_call, quantiles):
     from triton.testing import do_bench
 
     return do_bench(kernel_call, warmup=5, rep=20, quantiles=quantiles)
+
+
+def describe_config(cfg) -> str:
+    """A config as ``last_config()`` reports it: "BLOCK_M=128 BLOCK_N=64 w8 s3"."""
+    tiles = " ".join(f"{k}={v}" for k, v in cfg.kwargs.items())
+    return f"{tiles} w{cfg.num_warps} s{cfg.num_stages}"
+
+
+def config_forcer(forced: dict, tuned: tuple[str, ...]):
+    """The ``forced_configs(**by_kernel)`` context manager of a kernel module: while it is open, the named
+    autotuned kernels (of ``tuned``) launch with exactly the given configs (recorded in ``forced``)."""
+
+    @contextlib.contextmanager
+    def forced_configs(**by_kernel):
+        unknown = sorted(set(by_kernel) - set(tuned))
+        if unknown:
+            raise ValueError(f"no autotuned kernel named {unknown}; autotuned kernels: {list(tuned)}")
+        saved = dict(forced)
+        forced.update(by_kernel)
+        try:
+            yield
+        finally:
+            forced.clear()
+            forced.update(saved)
+
+    return forced_configs

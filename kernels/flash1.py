@@ -53,13 +53,12 @@ and register spills.
 """
 from __future__ import annotations
 
-import contextlib
 
 import torch
 import triton
 import triton.language as tl
 
-from ._common import check_inputs, default_scale, interpreting, tune_bench
+from ._common import check_inputs, config_forcer, default_scale, describe_config, interpreting, tune_bench
 
 # ----------------------------------------------------------------------------------------------------------------
 # Tiles of (rows, head dim), masked only where the sizes are ragged
@@ -474,6 +473,7 @@ _PRUNE = {"fwd": _prune_fwd_configs, "bwd": _prune_bwd_configs}
 
 _FORCED: dict[str, triton.Config] = {}
 _LAST: dict[str, triton.Config] = {}
+forced_configs = config_forcer(_FORCED, tuple(_AUTOTUNED))
 
 
 def configs(headdim: int) -> dict[str, list[triton.Config]]:
@@ -482,29 +482,9 @@ def configs(headdim: int) -> dict[str, list[triton.Config]]:
     return {name: _PRUNE[name](TRITON_KERNELS[name].configs, {}, **probe) for name in _AUTOTUNED}
 
 
-@contextlib.contextmanager
-def forced_configs(**by_kernel: triton.Config):
-    """Launch the named kernels ("fwd", "bwd") with exactly these configs, no autotuning."""
-    unknown = set(by_kernel) - set(_AUTOTUNED)
-    if unknown:
-        raise ValueError(f"unknown kernel(s) {sorted(unknown)}; autotuned kernels: {list(_AUTOTUNED)}")
-    saved = dict(_FORCED)
-    _FORCED.update(by_kernel)
-    try:
-        yield
-    finally:
-        _FORCED.clear()
-        _FORCED.update(saved)
-
-
 def last_config() -> str:
     """The configs the most recent launches used, e.g. "fwd: BLOCK_M=128 BLOCK_N=64 w8 s2 | bwd: ..."."""
-    return " | ".join(f"{name}: {_describe(cfg)}" for name, cfg in _LAST.items())
-
-
-def _describe(cfg: triton.Config) -> str:
-    tiles = " ".join(f"{k}={v}" for k, v in cfg.kwargs.items())
-    return f"{tiles} w{cfg.num_warps} s{cfg.num_stages}"
+    return " | ".join(f"{name}: {describe_config(cfg)}" for name, cfg in _LAST.items())
 
 
 def _block_d(headdim: int) -> int:

@@ -52,14 +52,13 @@ sequence lengths, GQA/MQA, head dims 16..256, causal and not, non-contiguous inp
 """
 from __future__ import annotations
 
-import contextlib
 import math
 
 import torch
 import triton
 import triton.language as tl
 
-from ._common import check_inputs, default_scale, interpreting, tune_bench
+from ._common import check_inputs, config_forcer, default_scale, describe_config, interpreting, tune_bench
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -511,25 +510,7 @@ PREPROCESS_BLOCK_M = 64  # bwd_preprocess is memory-bound and not tuned
 # ----------------------------------------------------------------------------------------------------------------
 _FORCED: dict[str, triton.Config] = {}
 _LAST: dict[str, str] = {}
-
-
-@contextlib.contextmanager
-def forced_configs(**by_kernel: triton.Config):
-    """Launch the named kernels (keys of configs()) with exactly these configs, bypassing the autotuner."""
-    unknown = sorted(set(by_kernel) - set(_CANDIDATES))
-    if unknown:
-        raise ValueError(f"unknown kernel name(s) {unknown}; tuned kernels: {sorted(_CANDIDATES)}")
-    saved = dict(_FORCED)
-    _FORCED.update(by_kernel)
-    try:
-        yield
-    finally:
-        _FORCED.clear()
-        _FORCED.update(saved)
-
-
-def _describe(conf: triton.Config) -> str:
-    return f"BLOCK_M={conf.kwargs['BLOCK_M']} BLOCK_N={conf.kwargs['BLOCK_N']} w{conf.num_warps} s{conf.num_stages}"
+forced_configs = config_forcer(_FORCED, tuple(_CANDIDATES))
 
 
 def last_config() -> str:
@@ -547,7 +528,7 @@ def _launch(name, grid, args, headdim, elt, **kwargs):
         conf = kernel.best_config
     else:
         kernel.fn[grid](*args, **kwargs, **conf.all_kwargs())
-    _LAST[name] = _describe(conf)
+    _LAST[name] = describe_config(conf)
 
 
 def _bucket(n: int) -> int:

@@ -48,13 +48,12 @@ also compiled ahead of time for sm_90 with Triton 3.9 (fp16/bf16: 3-stage cp.asy
 """
 from __future__ import annotations
 
-import contextlib
 
 import torch
 import triton
 import triton.language as tl
 
-from ._common import check_inputs, default_scale, interpreting, tune_bench
+from ._common import check_inputs, config_forcer, default_scale, describe_config, interpreting, tune_bench
 
 LOG2E = tl.constexpr(1.4426950408889634)  # exp(x) = exp2(x · log2 e)
 
@@ -325,31 +324,12 @@ TRITON_KERNELS = {
 # ----------------------------------------------------------------------------------------------------------
 _FORCED: dict[str, triton.Config] = {}
 _LAST: dict[str, str] = {}
-
-
-@contextlib.contextmanager
-def forced_configs(**by_kernel: triton.Config):
-    """Launch the named autotuned kernels (only "matmul" here) with exactly this config, no autotuning."""
-    unknown = set(by_kernel) - {"matmul"}
-    if unknown:
-        raise ValueError(f"no autotuned kernel named {sorted(unknown)}; naive autotunes only 'matmul'")
-    saved = dict(_FORCED)
-    _FORCED.update(by_kernel)
-    try:
-        yield
-    finally:
-        _FORCED.clear()
-        _FORCED.update(saved)
+forced_configs = config_forcer(_FORCED, ("matmul",))
 
 
 def last_config() -> str:
     """The configs of the most recent forward and backward launches ("" before the first)."""
     return " | ".join(f"{phase}: {_LAST[phase]}" for phase in ("fwd", "bwd") if phase in _LAST)
-
-
-def _describe(cfg: triton.Config) -> str:
-    tiles = " ".join(f"{k}={v}" for k, v in cfg.kwargs.items())
-    return f"{tiles} w{cfg.num_warps} s{cfg.num_stages}"
 
 
 def _launch_matmul(name, a, b, c, alpha, shape_class, red=1, a_div=1, b_div=1) -> str:
@@ -370,7 +350,7 @@ def _launch_matmul(name, a, b, c, alpha, shape_class, red=1, a_div=1, b_div=1) -
     else:
         _matmul_autotuned[grid](*args)
         cfg = _matmul_autotuned.best_config
-    return f"{name}[{_CLASS_NAMES[shape_class]}] {_describe(cfg)}"
+    return f"{name}[{_CLASS_NAMES[shape_class]}] {describe_config(cfg)}"
 
 
 def _row_blocks(n_ctx_k: int, interpret: bool):
