@@ -408,11 +408,11 @@ def profile_point(
 
 
 def _print_resources(provider: str, rows: list[dict]) -> None:
-    from fa2bench import profile as prof
+    from fa2bench import providers
 
-    if provider not in prof.TRITON_MODULES:
+    if provider not in providers.triton_providers():
         console.print("kernel resources: read from Triton's compiled kernels, for fa2bench's own providers ("
-                      f"{', '.join(prof.TRITON_MODULES)}) only", highlight=False)
+                      f"{', '.join(providers.triton_providers())}) only", highlight=False)
     if not rows:
         return
     cols = ("kernel", "function", "tiles", "warps", "stages", "regs", "spills", "shared_bytes")

@@ -51,6 +51,37 @@ PEAKS = (
 )
 
 
+# HBM bandwidth (TB/s) from vendor datasheets, first match wins.
+HBM_TB_PER_S = (
+    (r"h100.*pcie", 2.0, "NVIDIA H100 PCIe datasheet"),
+    (r"h100.*nvl", 3.9, "NVIDIA H100 NVL datasheet"),
+    (r"h100", 3.35, "NVIDIA H100 SXM5 datasheet"),
+    (r"h200", 4.8, "NVIDIA H200 datasheet"),
+    (r"h800", 3.35, "NVIDIA H800 SXM5 datasheet"),
+    (r"a100.*80\s*gb", 2.0, "NVIDIA A100 80GB datasheet (SXM 2.04, PCIe 1.94)"),
+    (r"a100", 1.555, "NVIDIA A100 40GB datasheet"),
+    (r"l40s", 0.864, "NVIDIA L40S datasheet"),
+    (r"a10g", 0.6, "NVIDIA A10G specifications"),
+    (r"\ba10\b", 0.6, "NVIDIA A10 datasheet"),
+    (r"\bl4\b", 0.3, "NVIDIA L4 datasheet"),
+    (r"4090", 1.008, "NVIDIA RTX 4090 specifications"),
+    (r"b200", 8.0, "NVIDIA B200 specifications"),
+)
+
+
+def hbm_bandwidth(device_name: str | None) -> tuple[float, str] | None:
+    """Datasheet HBM bandwidth (TB/s) and its source for a device name, or None if not in the table."""
+    if not device_name:
+        return None
+    name = _searchable(device_name)
+    return next(((tbs, src) for pattern, tbs, src in HBM_TB_PER_S if re.search(pattern, name)), None)
+
+
+def _searchable(device_name: str) -> str:
+    """'NVIDIA A100-SXM4-80GB' -> 'nvidia a100 sxm4 80gb': what the tables' patterns are searched in."""
+    return device_name.lower().replace("_", " ").replace("-", " ")
+
+
 @dataclass(frozen=True)
 class PeakInfo:
     """The peak used to compute ``pct_device_peak`` and where it came from."""
@@ -63,7 +94,7 @@ def lookup_peak(device_name: str | None) -> GpuPeak | None:
     """The table entry for a device name such as "NVIDIA H100 80GB HBM3" or "NVIDIA A100-SXM4-80GB"."""
     if not device_name:
         return None
-    name = device_name.lower().replace("_", " ").replace("-", " ")
+    name = _searchable(device_name)
     return next((p for p in PEAKS if re.search(p.pattern, name)), None)
 
 

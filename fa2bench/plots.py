@@ -21,7 +21,6 @@ are then suffixed with the group (``throughput-bf16.png``). Figures are built wi
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -45,24 +44,6 @@ MARK_KEY = "OOM: out of memory, n/a: unsupported, error / wrong: see report"
 FORMATS = ("png", "svg", "pdf")
 DPI = 130
 
-# HBM bandwidth (TB/s) from vendor datasheets, first match wins (a proposal for hardware.py).
-HBM_TB_PER_S = (
-    (r"h100.*pcie", 2.0, "NVIDIA H100 PCIe datasheet"),
-    (r"h100.*nvl", 3.9, "NVIDIA H100 NVL datasheet"),
-    (r"h100", 3.35, "NVIDIA H100 SXM5 datasheet"),
-    (r"h200", 4.8, "NVIDIA H200 datasheet"),
-    (r"h800", 3.35, "NVIDIA H800 SXM5 datasheet"),
-    (r"a100.*80\s*gb", 2.0, "NVIDIA A100 80GB datasheet (SXM 2.04, PCIe 1.94)"),
-    (r"a100", 1.555, "NVIDIA A100 40GB datasheet"),
-    (r"l40s", 0.864, "NVIDIA L40S datasheet"),
-    (r"a10g", 0.6, "NVIDIA A10G specifications"),
-    (r"\ba10\b", 0.6, "NVIDIA A10 datasheet"),
-    (r"\bl4\b", 0.3, "NVIDIA L4 datasheet"),
-    (r"4090", 1.008, "NVIDIA RTX 4090 specifications"),
-    (r"b200", 8.0, "NVIDIA B200 specifications"),
-)
-
-
 class NothingToPlot(Exception):
     """This figure has no data in this run; the message says why (``plot_run`` records it and goes on)."""
 
@@ -77,14 +58,6 @@ def gpu_name(meta: dict) -> str:
     return "CPU (Triton interpreter)" if meta.get("interpreter") or meta.get("device") == "cpu" else "unknown GPU"
 
 
-def hbm_bandwidth(device_name: str | None) -> tuple[float, str] | None:
-    """Datasheet HBM bandwidth (TB/s) and its source for a device name, or None if not in the table."""
-    if not device_name:
-        return None
-    name = device_name.lower().replace("_", " ").replace("-", " ")
-    return next(((tbs, src) for pattern, tbs, src in HBM_TB_PER_S if re.search(pattern, name)), None)
-
-
 @dataclass(frozen=True)
 class Ceilings:
     """The roofline's roofs for one dtype: compute (TFLOP/s) and bandwidth (TB/s), each with its source."""
@@ -97,7 +70,7 @@ class Ceilings:
 
 def ceilings(meta: dict, dtype: str) -> Ceilings:
     """Measured ceilings from meta.json's ``ceilings`` (``fa2bench sweep`` on a GPU) when present, else the
-    datasheet: the peak recorded in meta.json (or hardware's table) and ``HBM_TB_PER_S``."""
+    datasheet: the peak recorded in meta.json (or hardware's table) and ``hardware.HBM_TB_PER_S``."""
     measured = meta.get("ceilings") or {}
     name = (meta.get("gpus") or [{}])[0].get("name")
     datasheet = device_peak(meta, dtype)
@@ -107,8 +80,8 @@ def ceilings(meta: dict, dtype: str) -> Ceilings:
     bw, bw_src = None, "unknown"
     if measured.get("copy_tb_per_s"):
         bw, bw_src = float(measured["copy_tb_per_s"]), "measured copy"
-    elif hbm_bandwidth(name):
-        bw, bw_src = hbm_bandwidth(name)[0], "datasheet"
+    elif hardware.hbm_bandwidth(name):
+        bw, bw_src = hardware.hbm_bandwidth(name)[0], "datasheet"
     return Ceilings(compute, compute_src, bw, bw_src, datasheet if compute_src != "datasheet" else None)
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import importlib
 import io
 import json
 import os
@@ -33,11 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
-from fa2bench import iomodel
+from fa2bench import iomodel, providers
 from fa2bench.presets import Point, Shape, SpecError
-
-# fa2bench's Triton providers and the kernel module each one runs (fa2bench.kernels.<module>)
-TRITON_MODULES = {"naive": "naive", "fa1": "flash1", "fa2": "flash2"}
 
 
 class ProfileError(Exception):
@@ -79,7 +75,7 @@ def resolve_shape(seqlen: int, headdim: int, causal: bool, *, seqlen_k: int | No
 
 def prepare(point: Point, device: str = "cuda"):
     """``(call, grads)`` for ``point`` as the runner times it, after one call (compilation, autotuning)."""
-    from fa2bench import providers, runner
+    from fa2bench import runner
 
     fn = providers.get(point.provider).make(point.shape)
     q, k, v = runner.make_inputs(point.shape, point.dtype, device, requires_grad=point.mode != "fwd")
@@ -280,9 +276,9 @@ def resources_of(kernels: dict, config: str | None = None) -> list[dict]:
 
 def kernel_resources(provider: str, chosen_only: bool = True) -> list[dict]:
     """Resources of a Triton provider's compiled kernels (after it has run); [] for other providers."""
-    if provider not in TRITON_MODULES:
+    if provider not in providers.triton_providers():
         return []
-    module = importlib.import_module(f"fa2bench.kernels.{TRITON_MODULES[provider]}")
+    module = providers.kernel_module(provider)
     rows = resources_of(module.TRITON_KERNELS, module.last_config())
     return [r for r in rows if r["chosen"]] if chosen_only else rows
 
@@ -602,8 +598,6 @@ def child_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=3)
     a = parser.parse_args(argv)
     import torch
-
-    from fa2bench import providers
 
     shape = Shape(a.batch, a.heads, a.kv_heads, a.seqlen_q, a.seqlen_k, a.headdim, a.causal)
     point = Point(a.provider, a.mode, a.dtype, shape)

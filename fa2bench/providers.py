@@ -38,6 +38,7 @@ class Provider:
     modes: frozenset = frozenset(MODES)
     requires: str | None = None  # a module that must be importable
     config: Callable[[], str] = field(default=lambda: "")  # the autotuned config of the latest launch
+    module: str | None = None  # the fa2bench.kernels module with its Triton kernels (fa2bench's own providers)
 
     def availability(self, device: str) -> str | None:
         """None if usable on ``device`` ("cuda" or "cpu"), else why not."""
@@ -96,12 +97,25 @@ def _kernel_module(name: str):
     return importlib.import_module(f"fa2bench.kernels.{name}")
 
 
+def kernel_module(name: str):
+    """The fa2bench.kernels module of one of fa2bench's own providers (TRITON_KERNELS, last_config, ...)."""
+    module = get(name).module
+    if module is None:
+        raise KeyError(f"provider {name!r} has no Triton kernels of fa2bench's")
+    return _kernel_module(module)
+
+
+def triton_providers() -> tuple[str, ...]:
+    """The providers whose kernels are fa2bench's own Triton kernels."""
+    return tuple(n for n, p in REGISTRY.items() if p.module is not None)
+
+
 def _ours(module: str, function: str, **kwargs):
     def make(shape: Shape) -> AttnFn:
         fn = getattr(importlib.import_module("fa2bench.kernels"), function)
         return functools.partial(_call_kernel, fn, shape.causal)
 
-    register(kind="ours", devices=frozenset({"cuda", "cpu"}),
+    register(kind="ours", devices=frozenset({"cuda", "cpu"}), module=module,
              config=lambda: _kernel_module(module).last_config(), **kwargs)(make)
 
 

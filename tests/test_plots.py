@@ -6,7 +6,7 @@ import pytest
 from matplotlib.colors import to_hex
 from typer.testing import CliRunner
 
-from fa2bench import iomodel, plots, providers
+from fa2bench import hardware, iomodel, plots, providers
 from fa2bench.cli import app
 from fa2bench.presets import Shape
 from fa2bench.results import load_run
@@ -110,7 +110,7 @@ def test_memory_marks_oom_points_and_is_skipped_without_measurements(run, tmp_pa
     ("Some Future GPU", None), (None, None),
 ])
 def test_hbm_bandwidth_table(name, tb_per_s):
-    found = plots.hbm_bandwidth(name)
+    found = hardware.hbm_bandwidth(name)
     assert (found[0] if found else None) == tb_per_s
 
 
