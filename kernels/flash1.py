@@ -49,7 +49,9 @@ algorithm being measured.
 Not supported: dropout, attention bias / ALiBi, sliding windows, variable-length (packed) batches, KV cache,
 head dims above 256. Tested on: the CPU through Triton's interpreter (tests/test_kernels.py, fp16 and fp32, every
 autotune config forced); every config also compiled offline for sm_90 (Triton 3.6 and 3.9) to check shared memory
-and register spills.
+and register spills; on the GPU, an NVIDIA H100 80GB HBM3 with Triton 3.6 and torch 2.11 passes
+tests/test_kernels_gpu.py (fp16 and bf16 up to seqlen 8k, head dims 64/128/256, GQA/MQA, every autotune config
+forced, repeated runs bit-equal: the debug barriers hold).
 """
 from __future__ import annotations
 

@@ -48,7 +48,9 @@ variable-length (packed) batches, paged or cached KV, returning the LSE or the s
 deliberately not used: plain pointer loads with masks only, Triton >= 3.6.
 
 Tested on: the CPU through Triton 3.9's interpreter (tests/test_kernels.py: fp16 and fp32, ragged and unequal
-sequence lengths, GQA/MQA, head dims 16..256, causal and not, non-contiguous inputs).
+sequence lengths, GQA/MQA, head dims 16..256, causal and not, non-contiguous inputs); on the GPU, an NVIDIA H100
+80GB HBM3 with Triton 3.6 and torch 2.11 passes tests/test_kernels_gpu.py (fp16 and bf16 up to seqlen 8k, head
+dims 64/128/256, GQA/MQA, every autotune config forced, repeated runs bit-equal).
 """
 from __future__ import annotations
 

@@ -44,7 +44,9 @@ Supported / unsupported
     bias or ALiBi, no variable-length (packed) batches, no KV cache.
 
 Tested on: the CPU through Triton's interpreter (fp16, fp32), tests/test_kernels.py; every kernel and config
-also compiled ahead of time for sm_90 with Triton 3.9 (fp16/bf16: 3-stage cp.async + wgmma, no spills).
+also compiled ahead of time for sm_90 with Triton 3.9 (fp16/bf16: 3-stage cp.async + wgmma, no spills); on the
+GPU, an NVIDIA H100 80GB HBM3 with Triton 3.6 and torch 2.11 passes tests/test_kernels_gpu.py (fp16 and bf16 up to
+seqlen 8k, head dims 64/128/256, GQA/MQA, every autotune config forced, repeated runs bit-equal).
 """
 from __future__ import annotations
 

@@ -558,3 +558,13 @@ def test_on_a_gpu_ncu_measures_at_least_the_compulsory_bytes(tmp_path):
     assert result.summary["dram_read_bytes"] >= 0.9 * inputs
     assert result.summary["dram_bytes"] <= 1.1 * iomodel.hbm_bytes("fa2", GPU_POINT.shape, "fwd", "fp16",
                                                                    config=result.config)
+
+
+def test_a_real_ncu_export_from_the_h100_parses():
+    """tests/data/ncu-h100-fa2-fwd-s4096-d128.csv: what `fa2bench profile --provider fa2 --seqlen 4096
+    --headdim 128 --mode fwd --ncu` exported on the lent H100 (ncu 2025.3.1), one _attn_fwd launch."""
+    text = (Path(__file__).parent / "data" / "ncu-h100-fa2-fwd-s4096-d128.csv").read_text()
+    (kernel,) = prof.parse_ncu_csv(text, METRICS)
+    assert kernel["kernel"] == "_attn_fwd"
+    assert 0.19e9 < kernel["dram_read_bytes"] < 0.21e9  # Q, K, V of b4 h16 s4096 d128 fp16: 0.201 GB
+    assert 0 < kernel["l2_hit_pct"] <= 100 and 0 < kernel["tensor_pct"] <= 100
