@@ -525,15 +525,11 @@ def memory(frame: pd.DataFrame, meta: dict | None = None) -> Figure:
 # --- roofline -------------------------------------------------------------------------------------------
 
 
-def _shape(row) -> Shape:
-    return Shape(row.batch, row.heads, row.kv_heads, row.seqlen_q, row.seqlen_k, row.headdim, row.causal)
-
-
 def _footprint_mb(row) -> float:
     """The modelled footprint of a results row (NaN for a provider the model does not cover)."""
     if row.provider not in iomodel.ALGORITHMS:
         return np.nan
-    return iomodel.theoretical_footprint_mb(row.provider, _shape(row), row.mode, row.dtype)
+    return iomodel.theoretical_footprint_mb(row.provider, Shape.from_row(row), row.mode, row.dtype)
 
 
 def intensity(frame: pd.DataFrame) -> pd.DataFrame:
@@ -544,7 +540,7 @@ def intensity(frame: pd.DataFrame) -> pd.DataFrame:
     modelled = []
     for r in ok.itertuples():
         try:
-            modelled.append(iomodel.hbm_bytes(r.provider, _shape(r), r.mode, r.dtype, config=r.config or None))
+            modelled.append(iomodel.hbm_bytes(r.provider, Shape.from_row(r), r.mode, r.dtype, config=r.config or None))
         except (ValueError, KeyError):  # a provider the byte model does not cover
             modelled.append(np.nan)
     ok["hbm_bytes"] = modelled

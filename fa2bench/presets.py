@@ -33,6 +33,13 @@ class Shape:
     def group(self) -> int:
         return self.heads // self.kv_heads
 
+    @classmethod
+    def from_row(cls, row) -> "Shape":
+        """The shape of a results row: a dict (``to_dict("records")``) or a named tuple (``itertuples``)."""
+        get = row.__getitem__ if isinstance(row, dict) else lambda name: getattr(row, name)
+        return cls(*(int(get(f)) for f in ("batch", "heads", "kv_heads", "seqlen_q", "seqlen_k", "headdim")),
+                   bool(get("causal")))
+
     def label(self) -> str:
         gqa = f"/kv{self.kv_heads}" if self.kv_heads != self.heads else ""
         sk = f"x{self.seqlen_k}" if self.seqlen_k != self.seqlen_q else ""

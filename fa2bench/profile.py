@@ -599,7 +599,7 @@ def child_main(argv: Sequence[str] | None = None) -> int:
     a = parser.parse_args(argv)
     import torch
 
-    shape = Shape(a.batch, a.heads, a.kv_heads, a.seqlen_q, a.seqlen_k, a.headdim, a.causal)
+    shape = Shape.from_row(a)
     point = Point(a.provider, a.mode, a.dtype, shape)
     try:
         call, grads = prepare(point)

@@ -8,10 +8,11 @@ import math
 import os
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
+from fa2bench.presets import Shape
 from fa2bench.results import CSV_NAME, META_NAME, PARQUET_NAME, ResultsError, read_meta
+from fa2bench.summary import geomean
 
 REPORT_NAME, FIGURES_DIR = "report.md", "figures"
 RUN_ENV = "FA2BENCH_RUN"
@@ -76,11 +77,8 @@ def _num(value, suffix: str = "", digits: int = 3) -> str:
     return f"{v:.{digits}g}{suffix}"
 
 
-def shape_label(row) -> str:
-    gqa = f"/kv{row['kv_heads']}" if row["kv_heads"] != row["heads"] else ""
-    sk = f"x{row['seqlen_k']}" if row["seqlen_k"] != row["seqlen_q"] else ""
-    return (f"b{row['batch']} h{row['heads']}{gqa} s{row['seqlen_q']}{sk} d{row['headdim']}"
-            f"{' causal' if row['causal'] else ''}")
+def shape_label(row: dict) -> str:
+    return Shape.from_row(row).label()
 
 
 # --- sections --------------------------------------------------------------------------------------------
@@ -161,18 +159,12 @@ def speedup_section(frame: pd.DataFrame, subject: str = "fa2") -> str:
         rows = []
         for b in [p for p in plots.ordered_providers(frame) if p in set(group["baseline"])]:
             mine = group[group["baseline"] == b]
-            by_n = mine.groupby("seqlen_q")["speedup"].apply(_geomean)
+            by_n = mine.groupby("seqlen_q")["speedup"].apply(geomean)
             rows.append([f"vs {plots.label(b)}"] + [_num(by_n.get(n), "×") for n in seqlens]
-                        + [_num(_geomean(mine["speedup"]), "×")])
+                        + [_num(geomean(mine["speedup"]), "×")])
         parts.append(f"**{mode}, {dtype}**\n\n" + md_table(
             rows, ["seqlen"] + [plots.seqlen_label(n) for n in seqlens] + ["all"], "l" + "r" * (len(seqlens) + 1)))
     return "\n\n".join(parts)
-
-
-def _geomean(values) -> float:
-    values = np.asarray(values, dtype=float)
-    values = values[values > 0]
-    return float(np.exp(np.log(values).mean())) if len(values) else float("nan")
 
 
 def problems_section(frame: pd.DataFrame) -> str:

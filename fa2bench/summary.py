@@ -7,6 +7,13 @@ import pandas as pd
 SHAPE_COLUMNS = ["mode", "dtype", "batch", "heads", "kv_heads", "seqlen_q", "seqlen_k", "headdim", "causal"]
 
 
+def geomean(values) -> float:
+    """Geometric mean of the positive values (NaN when there are none): how speedups are averaged."""
+    values = np.asarray(values, dtype=float)
+    values = values[values > 0]
+    return float(np.exp(np.log(values).mean())) if len(values) else float("nan")
+
+
 def speedup(frame: pd.DataFrame, over: str) -> pd.DataFrame:
     """Per point: how many times faster each provider is than ``over`` on the same shape, mode and dtype
     (both ``ok``). Columns: the shape columns, provider, speedup."""
@@ -33,6 +40,6 @@ def headline(frame: pd.DataFrame, baseline: str = "naive") -> pd.DataFrame:
         if speed is not None:
             mine = speed[(speed["provider"] == provider) & (speed["mode"] == mode) & (speed["dtype"] == dtype)]
             if len(mine):
-                row[f"speedup_vs_{baseline}"] = float(np.exp(np.log(mine["speedup"]).mean()))
+                row[f"speedup_vs_{baseline}"] = geomean(mine["speedup"])
         rows.append(row)
     return pd.DataFrame(rows)

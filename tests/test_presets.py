@@ -1,7 +1,7 @@
 """Sweep specs: presets expand to the paper's shapes, and option strings parse or fail clearly."""
 import pytest
 
-from fa2bench.presets import SpecError, SweepSpec, parse_ints, parse_names
+from fa2bench.presets import Point, SpecError, SweepSpec, parse_ints, parse_names
 
 
 def test_paper_preset_is_the_flashattention2_sweep():
@@ -67,3 +67,13 @@ def test_invalid_specs_are_refused(changes, message):
 def test_unknown_preset():
     with pytest.raises(SpecError, match="unknown preset"):
         SweepSpec.from_name("fast")
+
+
+def test_a_results_row_gives_back_its_shape():
+    from fa2bench.presets import Shape
+
+    shape = Shape(2, 8, 2, 128, 256, 64, True)
+    row = {**Point("fa2", "fwd", "fp16", shape).fields(), "ms": 1.0}
+    assert Shape.from_row(row) == shape
+    assert Shape.from_row(type("Row", (), row)) == shape  # attribute access, as itertuples rows
+    assert shape.label() == "b2 h8/kv2 s128x256 d64 causal"
