@@ -50,29 +50,33 @@ import math
 import re
 from typing import Mapping
 
+from fa2bench import providers
+from fa2bench.flops import MODES
 from fa2bench.presets import Shape
 
 DTYPE_BYTES = {"fp16": 2, "bf16": 2, "fp32": 4}
 F32 = 4  # statistics and scratch accumulators
-MODES = ("fwd", "bwd", "fwd_bwd")
-
-ALGORITHMS = {
-    "naive": "standard", "torch-eager": "standard", "sdpa-math": "standard",
-    "fa1": "fa1",
-    "fa2": "fa2", "flex": "fa2",
-    "sdpa-flash": "fa2-atomic", "flash-attn": "fa2-atomic", "sdpa-cudnn": "fa2-atomic",
-    "sdpa-efficient": "fa2-atomic",
-}
-ASSUMED = frozenset({"flex", "sdpa-flash", "flash-attn", "sdpa-cudnn", "sdpa-efficient"})  # not our kernels
 
 Blocks = Mapping[str, tuple[int, int]]  # kernel name -> (BLOCK_M, BLOCK_N)
 
 
+def modelled(provider: str) -> bool:
+    """Whether the registry gives ``provider`` an HBM byte model (its ``io_model``)."""
+    p = providers.REGISTRY.get(provider)
+    return p is not None and p.io_model is not None
+
+
+def assumed(provider: str) -> bool:
+    """Whether ``provider``'s byte model is an assumption (a kernel that is not ours to read)."""
+    return modelled(provider) and providers.get(provider).io_model_assumed
+
+
 def algorithm(provider: str) -> str:
-    """The byte model a provider follows: standard, fa1, fa2 or fa2-atomic."""
-    if provider not in ALGORITHMS:
-        raise ValueError(f"no HBM model for provider {provider!r}; modelled: {', '.join(ALGORITHMS)}")
-    return ALGORITHMS[provider]
+    """The byte model a provider follows (its registry ``io_model``): standard, fa1, fa2 or fa2-atomic."""
+    if not modelled(provider):
+        known = ", ".join(n for n in providers.names() if modelled(n))
+        raise ValueError(f"no HBM model for provider {provider!r}; modelled: {known}")
+    return providers.get(provider).io_model
 
 
 def default_blocks(algo: str, headdim: int) -> dict[str, tuple[int, int]]:
