@@ -67,10 +67,14 @@ class SweepPlan:
         return self.spec.points(self.providers)
 
 
-def default_out(device_name: str | None, prefix: str = "", now: dt.datetime | None = None) -> Path:
+def stamp(now: dt.datetime | None = None) -> str:
+    """The UTC time that names output folders, e.g. 20261126T123000Z."""
+    return f"{now or dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}"
+
+
+def default_out(device_name: str | None, prefix: str = "") -> Path:
     """``results/<prefix><UTC time>-<gpu>``: where a run goes when no folder is named."""
-    now = now or dt.datetime.now(dt.timezone.utc)
-    return Path("results") / f"{prefix}{now:%Y%m%dT%H%M%SZ}-{slug(device_name)}"
+    return Path("results") / f"{prefix}{stamp()}-{slug(device_name)}"
 
 
 def slug(device_name: str | None) -> str:

@@ -129,6 +129,17 @@ def run_options(options: Mapping[str, Any]) -> dict:
     return {**out, "warmup_ms": warmup, "rep_ms": rep, "peak_tflops": peak}
 
 
+def merge(base: Mapping[str, Any], given: Mapping[str, Any]) -> dict:
+    """``given`` (the command line) over ``base`` (a sweep file): a field given replaces the file's, and
+    --batch/--tokens (like --heads/--hidden) replace each other, so one given drops the file's other."""
+    given = normalise(given)
+    out = dict(normalise(base))
+    for pair in (("batch", "tokens"), ("heads", "hidden")):
+        if set(pair) & set(given):
+            out = {k: v for k, v in out.items() if k not in pair}
+    return {**out, **given}
+
+
 def load(path: str | Path) -> dict:
     """The fields of a sweep file (TOML; YAML when PyYAML is installed), normalised; errors are one line."""
     path = Path(path)

@@ -13,14 +13,78 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable
 
 from fa2bench import device, providers
 from fa2bench.presets import PRESETS, Point
 
-# A profiled point unless told otherwise: the paper's workload (its tokens and hidden size) at one shape.
+if TYPE_CHECKING:
+    from fa2bench.timing import Timing
+
+# A profiled point unless told otherwise: the paper's workload (its tokens and hidden size) at one shape;
+# the IO study's sequence lengths.
 POINT_DEFAULTS = dataclasses.replace(PRESETS["paper"], seqlens=(4096,), headdims=(128,), causal=(False,),
                                      modes=("fwd",))
+IO_SEQLENS = "1024..16384"
+
+
+class PointFailed(Exception):
+    """The provider failed on the profiled point: one line, like a sweep row's error."""
+
+
+@dataclass
+class Measured:
+    """One point measured as the sweep does, with the HBM model beside it; ``call`` and ``grads`` stay alive
+    for a trace until ``release()``."""
+    point: Point
+    call: Callable[[], object] | None
+    grads: list | None
+    timing: "Timing"
+    flops: int
+    tflops: float
+    config: str
+    telemetry: dict
+    model_bytes: float | None  # None when the registry gives the provider no byte model
+    compulsory_bytes: float
+    footprint_mb: float | None
+
+    def release(self) -> "Measured":
+        """Drop the call and its tensors and return the cached GPU memory (before a child process needs it)."""
+        self.call = self.grads = None
+        release_memory()
+        return self
+
+
+def measure(point: Point) -> Measured:
+    """Time ``point`` (``timing.bench``), take its telemetry, and put the HBM model beside it."""
+    from fa2bench import iomodel, telemetry, timing
+    from fa2bench.flops import attention_flops, tflops
+
+    try:
+        call, grads = prepare(point)
+        measured = timing.bench(call, grads)
+    except Exception as exc:
+        raise PointFailed(f"{point.provider} failed on this point: {type(exc).__name__}: "
+                          f"{str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}") from None
+    s = point.shape
+    flops = attention_flops(s.batch, s.heads, s.seqlen_q, s.seqlen_k, s.headdim, s.causal, point.mode)
+    config = providers.get(point.provider).config()
+    modelled = iomodel.modelled(point.provider)
+    return Measured(
+        point, call, grads, measured, flops, tflops(flops, measured.ms), config,
+        telemetry.measure(call, measured.ms, flops, grad_to_none=grads),
+        iomodel.hbm_bytes(point.provider, s, point.mode, point.dtype, config=config) if modelled else None,
+        iomodel.compulsory_bytes(s, point.mode, point.dtype),
+        iomodel.theoretical_footprint_mb(point.provider, s, point.mode, point.dtype) if modelled else None)
+
+
+def default_out(point: Point) -> Path:
+    """``results/profile/<UTC time>-<provider>-<mode>-s<seqlen>``: where ``profile --ncu`` puts its report."""
+    from fa2bench.api import stamp
+
+    return Path("results") / "profile" / f"{stamp()}-{point.provider}-{point.mode}-s{point.shape.seqlen_q}"
 
 
 # --- calling one point ---------------------------------------------------------------------------------
