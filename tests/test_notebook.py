@@ -4,7 +4,7 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from fa2bench.report import RUN_ENV
+from fa2bench.api import RUN_ENV
 from tests.synthetic import REPO, committed_run
 
 NOTEBOOK = REPO / "notebooks" / "explore.ipynb"
