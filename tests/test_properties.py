@@ -1,0 +1,73 @@
+"""Properties over random inputs (hypothesis): the FLOPs model against the reference mask, parse_ints round
+trips, compare's verdicts under swapping the runs, and error text through the CSV store."""
+import pandas as pd
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+from fa2bench import compare
+from fa2bench.flops import attended_pairs
+from fa2bench.presets import KEY_COLUMNS, parse_ints
+from fa2bench.reference import causal_mask
+from fa2bench.results import RunWriter, load_run
+
+lengths = st.integers(min_value=1, max_value=300)
+
+
+@settings(max_examples=80, deadline=None)
+@given(seqlen_q=lengths, seqlen_k=lengths)
+def test_the_causal_pair_count_is_the_reference_masks_count(seqlen_q, seqlen_k):
+    masked, live = causal_mask(seqlen_q, seqlen_k, "cpu")
+    seen = (~masked).float() * (live if live is not None else 1.0)  # rows that see no key count nothing
+    assert attended_pairs(seqlen_q, seqlen_k, causal=True) == int(seen.sum())
+    assert attended_pairs(seqlen_q, seqlen_k, causal=False) == seqlen_q * seqlen_k
+
+
+@given(st.lists(st.integers(min_value=1, max_value=10**6), min_size=1, max_size=12, unique=True))
+def test_parse_ints_round_trips_a_list(values):
+    assert parse_ints(",".join(map(str, values)), "seqlen") == tuple(values)
+    assert parse_ints(", ".join(map(str, values)) + ",", "seqlen") == tuple(values)
+
+
+@given(st.integers(1, 4096), st.integers(0, 12), st.integers(1, 64), st.integers(0, 40))
+def test_parse_ints_ranges_are_doublings_and_steps(lo, doublings, step, steps):
+    assert parse_ints(f"{lo}..{lo * 2 ** doublings}", "seqlen") == tuple(lo * 2 ** i for i in range(doublings + 1))
+    assert parse_ints(f"{lo}:{lo + step * steps}:{step}", "seqlen") == tuple(range(lo, lo + step * steps + 1, step))
+
+
+KEY = dict(provider="fa2", mode="fwd", dtype="fp16", batch=1, heads=1, kv_heads=1, seqlen_q=128, seqlen_k=128,
+           headdim=64, causal=False)
+MIRROR = {"regression": "faster", "faster": "regression", "broken": "fixed", "fixed": "broken", "noise": "noise",
+          "same": "same", "not ok": "not ok"}
+timings = st.floats(min_value=0.01, max_value=100.0, allow_nan=False)
+
+
+def one_point(status, ms, spread):
+    return pd.DataFrame([{**KEY, "status": status, "error": "", "ms": ms, "ms_p20": ms * (1 - spread),
+                          "ms_p80": ms * (1 + spread)}])
+
+
+@settings(max_examples=150)
+@given(status_a=st.sampled_from(["ok", "ok", "ok", "wrong", "oom", "unsupported", "error"]),
+       status_b=st.sampled_from(["ok", "ok", "ok", "wrong", "oom", "unsupported", "error"]),
+       ms_a=timings, ms_b=timings, spread_a=st.floats(0, 0.3), spread_b=st.floats(0, 0.3),
+       threshold=st.floats(0, 0.5))
+def test_compare_verdicts_swap_when_the_runs_swap(status_a, status_b, ms_a, ms_b, spread_a, spread_b, threshold):
+    for ratio in (ms_b / ms_a, ms_a / ms_b):  # away from the threshold's edge, where rounding decides
+        assume(abs(ratio - 1 - threshold) > 1e-9)
+    a, b = one_point(status_a, ms_a, spread_a), one_point(status_b, ms_b, spread_b)
+    assume(abs(b["ms_p20"][0] - a["ms_p80"][0]) > 1e-12 and abs(a["ms_p20"][0] - b["ms_p80"][0]) > 1e-12)
+    forward = compare.compare(a, b, threshold).table["verdict"][0]
+    backward = compare.compare(b, a, threshold).table["verdict"][0]
+    assert backward == MIRROR[forward]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=80))
+def test_error_text_survives_the_csv_store(tmp_path_factory, error):
+    run_dir = tmp_path_factory.mktemp("run")
+    writer = RunWriter(run_dir)
+    writer.append({**KEY, "status": "error", "error": error})
+    writer.append({**KEY, "seqlen_q": 256, "status": "error", "error": f'"{error}", then, more\n"'})
+    frame = load_run(run_dir)  # from the CSV: no parquet yet
+    assert list(frame["error"]) == [error, f'"{error}", then, more\n"']
+    assert list(frame.columns[:len(KEY_COLUMNS)]) == list(KEY_COLUMNS)
