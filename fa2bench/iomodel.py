@@ -258,9 +258,11 @@ def hbm_bytes(provider: str, shape: Shape, mode: str, dtype: str, *, config: str
 
 def compulsory_bytes(shape: Shape, mode: str, dtype: str) -> float:
     """The floor of any algorithm: fwd reads Q, K, V and writes O; bwd reads Q, K, V, O, dO and writes dQ, dK,
-    dV; fwd_bwd is both passes, as the runner times it."""
+    dV; fwd_bwd is both passes, as the runner times it. Query rows that see no key (causal with seqlen_q >
+    seqlen_k) need not be read: their outputs are zeros, only written."""
     e, _, q, kv = _sizes(shape, dtype)
-    per_pass = {"fwd": e * (2 * q + 2 * kv), "bwd": e * (4 * q + 4 * kv)}
+    live = q * (min(shape.seqlen_q, shape.seqlen_k) if shape.causal else shape.seqlen_q) // shape.seqlen_q
+    per_pass = {"fwd": e * (live + q + 2 * kv), "bwd": e * (3 * live + q + 4 * kv)}
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; expected one of {', '.join(MODES)}")
     return float(per_pass["fwd"] + per_pass["bwd"] if mode == "fwd_bwd" else per_pass[mode])

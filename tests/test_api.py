@@ -35,9 +35,11 @@ def test_import_and_load_run_import_no_torch():
     assert python("import sys, fa2bench; fa2bench.load_run; print('torch' in sys.modules)") == "False"
 
 
+@pytest.mark.slow  # draws every figure of a real run
 def test_reading_plotting_reporting_comparing_and_exporting_a_run_import_neither_torch_nor_triton(tmp_path):
     run_dir = copy_of_committed_run(tmp_path)
-    code = (f"import sys, fa2bench; run = fa2bench.load_run({str(run_dir)!r}); fa2bench.plot_run(run, kinds=[\"memory\"]); "
+    code = (f"import sys, fa2bench; run = fa2bench.load_run({str(run_dir)!r}); "
+            "fa2bench.plot_run(run, kinds=['memory']); "
             f"fa2bench.report({str(run_dir)!r}); fa2bench.compare_runs(run, run).counts; "
             "fa2bench.export_run(run); print('torch' in sys.modules, 'triton' in sys.modules)")
     assert python(code) == "False False"
@@ -145,3 +147,25 @@ def test_export_command_writes_the_json_or_prints_it(tmp_path):
     assert json.loads((tmp_path / "bench.json").read_text())[0]["unit"] == "TFLOP/s"
     missing = CliRunner().invoke(app, ["export", str(tmp_path / "nope")])
     assert missing.exit_code == 2 and "Traceback" not in missing.output
+
+
+@pytest.mark.slow  # draws every figure of a real run
+def test_a_committed_run_replots_identically(tmp_path):
+    """The acceptance check of the library refactor: report.md and every figure of a committed run, redrawn
+    from its results alone, equal what is committed (PNG pixels compared, not bytes: metadata may differ)."""
+    import matplotlib.image
+    import numpy as np
+
+    from tests.synthetic import COMMITTED_RUN
+
+    copy = tmp_path / COMMITTED_RUN.name
+    for name in ("results.csv", "results.parquet", "meta.json"):
+        copy.mkdir(exist_ok=True)
+        (copy / name).write_bytes((COMMITTED_RUN / name).read_bytes())
+    report = fa2bench.report(copy)
+    assert report.read_text() == (COMMITTED_RUN / "report.md").read_text()
+    committed = sorted(p.name for p in (COMMITTED_RUN / "figures").iterdir())
+    assert sorted(p.name for p in (copy / "figures").iterdir()) == committed
+    for name in committed:
+        old, new = (matplotlib.image.imread(folder / "figures" / name) for folder in (COMMITTED_RUN, copy))
+        assert old.shape == new.shape and np.array_equal(old, new), name

@@ -86,6 +86,7 @@ def test_resume_runs_only_the_missing_points(tmp_path, counting):
     assert len(pd.read_csv(out / "results.csv")) == 2
 
 
+@pytest.mark.slow  # every provider through the CPU interpreter: about 15 s
 def test_smoke_sweep_writes_a_complete_results_folder(tmp_path):
     """What CI and a newcomer without a GPU run: every provider available here, every status known."""
     out = tmp_path / "smoke"

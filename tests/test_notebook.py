@@ -29,6 +29,7 @@ def test_notebook_only_reads_runs(notebook):
         assert forbidden not in code
 
 
+@pytest.mark.slow  # a Jupyter kernel executing the notebook
 def test_notebook_executes_headless(notebook, monkeypatch):
     monkeypatch.setenv(RUN_ENV, str(committed_run()))
     monkeypatch.delenv("FA2BENCH_RUN_B", raising=False)

@@ -182,6 +182,7 @@ def test_partial_and_odd_runs_never_crash(tmp_path):
     assert plots.plot_run(frame, tmp_path / "csv-figures").files
 
 
+@pytest.mark.slow  # draws every figure of a real run
 def test_a_real_run_on_disk_is_plotted(tmp_path):
     run_dir = copy_of_committed_run(tmp_path)
     plotted = plots.plot_run(load_run(run_dir), run_dir / "figures")

@@ -82,6 +82,7 @@ def test_a_cpu_run_says_so_and_explains_missing_figures(tmp_path):
     assert "_Not drawn: no peak-memory measurements" in text
 
 
+@pytest.mark.slow  # draws every figure of a real run
 def test_a_real_run_on_disk_gets_a_report(tmp_path):
     run_dir = copy_of_committed_run(tmp_path)
     result = runner.invoke(app, ["report", str(run_dir)])
