@@ -190,9 +190,7 @@ def _fa2_forward(shape: Shape, dtype: str, blocks: Blocks) -> dict[str, int]:
     return {"q": e * q, "o": e * q, "stats": F32 * bh * n, "kv": bh * 2 * keys * d * e}
 
 
-def _fa2(shape: Shape, dtype: str, pass_: str, blocks: Blocks) -> dict[str, int]:
-    if pass_ == "fwd":
-        return _fa2_forward(shape, dtype, blocks)
+def _fa2_backward(shape: Shape, dtype: str, blocks: Blocks) -> dict[str, int]:
     e, bh, q, kv = _sizes(shape, dtype)
     n, nk, d, causal = shape.seqlen_q, shape.seqlen_k, shape.headdim, shape.causal
     # dK/dV kernel: per K/V block, the query rows that see it (row-exact start under causal masking)
@@ -212,9 +210,7 @@ def _fa2(shape: Shape, dtype: str, pass_: str, blocks: Blocks) -> dict[str, int]
     }
 
 
-def _fa2_atomic(shape: Shape, dtype: str, pass_: str, blocks: Blocks) -> dict[str, int]:
-    if pass_ == "fwd":
-        return _fa2_forward(shape, dtype, blocks)
+def _fa2_atomic_backward(shape: Shape, dtype: str, blocks: Blocks) -> dict[str, int]:
     e, bh, q, kv = _sizes(shape, dtype)
     n, nk, d, causal = shape.seqlen_q, shape.seqlen_k, shape.headdim, shape.causal
     bm, bn = blocks["bwd"]
@@ -227,7 +223,17 @@ def _fa2_atomic(shape: Shape, dtype: str, pass_: str, blocks: Blocks) -> dict[st
     }
 
 
-_MODELS = {"standard": _standard, "fa1": _fa1, "fa2": _fa2, "fa2-atomic": _fa2_atomic}
+def _fa2_family(backward):
+    """A model whose forward pass is FA2's and whose backward pass is ``backward``."""
+
+    def model(shape: Shape, dtype: str, pass_: str, blocks: Blocks) -> dict[str, int]:
+        return _fa2_forward(shape, dtype, blocks) if pass_ == "fwd" else backward(shape, dtype, blocks)
+
+    return model
+
+
+_MODELS = {"standard": _standard, "fa1": _fa1, "fa2": _fa2_family(_fa2_backward),
+           "fa2-atomic": _fa2_family(_fa2_atomic_backward)}
 
 
 def hbm_terms(provider: str, shape: Shape, mode: str, dtype: str, *, config: str | None = None,
