@@ -6,6 +6,7 @@ from fa2bench import config
 from fa2bench.cli import app
 from fa2bench.presets import PRESETS, SpecError
 from fa2bench.results import load_run
+from tests.synthetic import REPO
 
 SMOKE = PRESETS["smoke"]
 
@@ -105,3 +106,11 @@ def test_sweep_config_runs_the_files_sweep_and_reports_bad_files_in_one_line(tmp
     path.write_text("seqlen = 'lots'\n")
     bad = CliRunner().invoke(app, ["sweep", "--config", str(path), "--out", str(tmp_path / "bad")])
     assert bad.exit_code == 2 and "--seqlen: cannot read 'lots'" in bad.output and "Traceback" not in bad.output
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "sweeps").glob("*.toml")), ids=lambda p: p.name)
+def test_the_committed_sweep_files_are_valid(path):
+    options = config.load(path)
+    spec = config.spec_from({k: v for k, v in options.items() if k not in config.RUN_OPTIONS}, SMOKE)
+    config.run_options(options)
+    assert spec.points()
