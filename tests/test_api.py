@@ -1,12 +1,14 @@
 """The public API: imported lazily (no torch for reading, plotting, reporting, comparing, exporting), a sweep
 from a notebook cell on the CPU interpreter, and the CLI's export."""
 import json
+import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 import fa2bench
@@ -169,3 +171,17 @@ def test_a_committed_run_replots_identically(tmp_path):
     for name in committed:
         old, new = (matplotlib.image.imread(folder / "figures" / name) for folder in (COMMITTED_RUN, copy))
         assert old.shape == new.shape and np.array_equal(old, new), name
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the GPU-less path")
+def test_without_a_gpu_the_library_switches_on_the_interpreter_before_triton_is_imported(tmp_path):
+    """No TRITON_INTERPRET in the environment and no test set-up: the sweep itself must set it in time."""
+    code = ("import os, sys, fa2bench; assert 'triton' not in sys.modules; "
+            f"run = fa2bench.sweep(seqlen=[32], headdim=[16], provider=['fa2'], mode=['fwd'], causal='off', "
+            f"rep_ms=1, warmup_ms=0, out={str(tmp_path / 'run')!r}); "
+            "print(run.frame['status'].tolist(), os.environ.get('TRITON_INTERPRET'))")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, env=env,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "['ok'] 1"

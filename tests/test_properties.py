@@ -46,7 +46,17 @@ def one_point(status, ms, spread):
                           "ms_p80": ms * (1 + spread)}])
 
 
-@settings(max_examples=150)
+def verdicts(a: pd.DataFrame, b: pd.DataFrame, threshold: float) -> tuple[str, str]:
+    """The verdict of the point with B against A, and with the runs swapped (through ``compare.verdict`` on
+    the row ``compare.compare`` builds; one full comparison is below)."""
+    def row(x, y):
+        return {**{f"{c}_a": x[c][0] for c in ("status", "ms", "ms_p20", "ms_p80")},
+                **{f"{c}_b": y[c][0] for c in ("status", "ms", "ms_p20", "ms_p80")}, "ratio": y["ms"][0] / x["ms"][0]}
+
+    return compare.verdict(row(a, b), threshold), compare.verdict(row(b, a), threshold)
+
+
+@settings(max_examples=300)
 @given(status_a=st.sampled_from(["ok", "ok", "ok", "wrong", "oom", "unsupported", "error"]),
        status_b=st.sampled_from(["ok", "ok", "ok", "wrong", "oom", "unsupported", "error"]),
        ms_a=timings, ms_b=timings, spread_a=st.floats(0, 0.3), spread_b=st.floats(0, 0.3),
@@ -56,12 +66,20 @@ def test_compare_verdicts_swap_when_the_runs_swap(status_a, status_b, ms_a, ms_b
         assume(abs(ratio - 1 - threshold) > 1e-9)
     a, b = one_point(status_a, ms_a, spread_a), one_point(status_b, ms_b, spread_b)
     assume(abs(b["ms_p20"][0] - a["ms_p80"][0]) > 1e-12 and abs(a["ms_p20"][0] - b["ms_p80"][0]) > 1e-12)
-    forward = compare.compare(a, b, threshold).table["verdict"][0]
-    backward = compare.compare(b, a, threshold).table["verdict"][0]
+    forward, backward = verdicts(a, b, threshold)
     assert backward == MIRROR[forward]
 
 
-@settings(max_examples=60, deadline=None)
+def test_a_full_comparison_swaps_too():
+    a, b = one_point("ok", 1.0, 0.01), one_point("ok", 1.3, 0.01)
+    assert compare.compare(a, b).table["verdict"][0] == "regression"
+    assert compare.compare(b, a).table["verdict"][0] == "faster"
+    broken = one_point("oom", float("nan"), 0.0)
+    assert (compare.compare(a, broken).table["verdict"][0], compare.compare(broken, a).table["verdict"][0]) == (
+        "broken", "fixed")
+
+
+@settings(max_examples=40, deadline=None)
 @given(st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=80))
 def test_error_text_survives_the_csv_store(tmp_path_factory, error):
     run_dir = tmp_path_factory.mktemp("run")
