@@ -17,7 +17,8 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "sweep": "fa2bench.api", "Run": "fa2bench.api", "plot_run": "fa2bench.api", "report": "fa2bench.api",
-    "compare_runs": "fa2bench.api", "export_run": "fa2bench.api", "find_run": "fa2bench.api", "list_runs": "fa2bench.api",
+    "compare_runs": "fa2bench.api", "export_run": "fa2bench.api", "find_run": "fa2bench.api",
+    "list_runs": "fa2bench.api",
     "load_run": "fa2bench.results", "SweepSpec": "fa2bench.presets", "SpecError": "fa2bench.presets",
     "register_provider": "fa2bench.providers",
 }

@@ -95,9 +95,9 @@ def headline_section(frame: pd.DataFrame) -> str:
     modes = {m: i for i, m in enumerate(plots.modes_of(frame))}
     table = table.assign(_o=table["provider"].map(order), _m=table["mode"].map(modes))
     table = table.sort_values(["_m", "dtype", "_o"], kind="stable")
-    rows = [[plots.label(r["provider"]), r["mode"], r["dtype"], f"{r['ok']}/{r['points']}", display.sig(r["best_tflops"]),
-             display.sig(r["pct_a100_peak"], "%"), display.sig(r["pct_device_peak"], "%"), display.sig(r[baseline_col], "×")]
-            for r in table.to_dict("records")]
+    rows = [[plots.label(r["provider"]), r["mode"], r["dtype"], f"{r['ok']}/{r['points']}",
+             display.sig(r["best_tflops"]), display.sig(r["pct_a100_peak"], "%"), display.sig(r["pct_device_peak"], "%"),
+             display.sig(r[baseline_col], "×")] for r in table.to_dict("records")]
     return md_table(rows, ["provider", "mode", "dtype", "ok/points", "best TFLOP/s", "% A100 peak",
                            "% device peak", f"× {baseline_col.removeprefix('speedup_vs_')} (geomean)"], "lllrrrrr")
 

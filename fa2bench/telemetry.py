@@ -200,7 +200,8 @@ class Sampler:
 
 @functools.cache
 def nvml():
-    """pynvml, initialised once for the process (telemetry and ``hardware.gpu_info`` share it); None without nvidia-ml-py or when NVML cannot start (no driver, no GPU)."""
+    """pynvml, initialised once for the process (telemetry and ``hardware.gpu_info`` share it); None without
+    nvidia-ml-py or when NVML cannot start (no driver, no GPU)."""
     try:
         import pynvml
 

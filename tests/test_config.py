@@ -90,7 +90,8 @@ def test_a_yaml_file_reads_when_pyyaml_is_installed(tmp_path):
 
 
 def test_the_command_line_wins_over_the_file():
-    merged = config.merge({"seqlen": [64], "tokens": 4096, "hidden": 512, "mode": "fwd"}, {"batch": "2", "seqlen": "32"})
+    merged = config.merge({"seqlen": [64], "tokens": 4096, "hidden": 512, "mode": "fwd"},
+                          {"batch": "2", "seqlen": "32"})
     assert merged == {"seqlen": "32", "batch": "2", "hidden": 512, "mode": "fwd"}
 
 
