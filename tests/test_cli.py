@@ -21,8 +21,16 @@ def invoke(*args):
 def test_help_lists_the_commands():
     result = invoke("--help")
     assert result.exit_code == 0
-    for command in ("sweep", "providers", "info"):
+    for command in ("sweep", "providers", "info", "profile", "plot", "report", "compare", "export"):
         assert command in result.output
+    assert "--install-completion" in result.output
+
+
+def test_sweep_help_groups_its_options_in_panels_and_lists_the_choices():
+    text = invoke("sweep", "--help").output
+    for panel in ("Shape", "Run", "Output"):
+        assert f"─ {panel} ─" in text
+    assert "paper|quick|smoke" in text and "off|on|both" in text
 
 
 def test_providers_lists_every_registered_provider_and_why_not():
