@@ -1,15 +1,21 @@
-"""Properties over random inputs (hypothesis): the FLOPs model against the reference mask, parse_ints round
-trips, compare's verdicts under swapping the runs, and error text through the CSV store."""
+"""Properties over random inputs (hypothesis): the FLOPs model against the reference mask, modelled HBM bytes
+against the compulsory floor, parse_ints round trips, compare's verdicts under swapping the runs, and error
+text through the CSV store."""
 import pandas as pd
-from hypothesis import assume, given, settings
-from hypothesis import strategies as st
+import pytest
 
-from fa2bench import compare
-from fa2bench.flops import attended_pairs
-from fa2bench.presets import KEY_COLUMNS, parse_ints
-from fa2bench.reference import causal_mask
-from fa2bench.results import RunWriter, load_run
+pytest.importorskip("hypothesis")  # in the test extra; a bare GPU image may lack it
+from hypothesis import assume, example, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
 
+from fa2bench import compare, iomodel, providers  # noqa: E402
+from fa2bench.flops import attended_pairs  # noqa: E402
+from fa2bench.iomodel import compulsory_bytes, hbm_bytes  # noqa: E402
+from fa2bench.presets import KEY_COLUMNS, Shape, parse_ints  # noqa: E402
+from fa2bench.reference import causal_mask  # noqa: E402
+from fa2bench.results import RunWriter, load_run  # noqa: E402
+
+MODELLED = [n for n in providers.names() if iomodel.modelled(n)]
 lengths = st.integers(min_value=1, max_value=300)
 
 
@@ -20,6 +26,19 @@ def test_the_causal_pair_count_is_the_reference_masks_count(seqlen_q, seqlen_k):
     seen = (~masked).float() * (live if live is not None else 1.0)  # rows that see no key count nothing
     assert attended_pairs(seqlen_q, seqlen_k, causal=True) == int(seen.sum())
     assert attended_pairs(seqlen_q, seqlen_k, causal=False) == seqlen_q * seqlen_k
+
+
+@settings(max_examples=60, deadline=None)
+@given(provider=st.sampled_from(MODELLED), mode=st.sampled_from(["fwd", "bwd", "fwd_bwd"]),
+       dtype=st.sampled_from(["fp16", "bf16", "fp32"]), batch=st.integers(1, 4), kv=st.integers(1, 4),
+       group=st.integers(1, 4), n=st.integers(1, 2048), nk=st.integers(1, 2048),
+       d=st.sampled_from([16, 32, 40, 64, 80, 96, 128, 256]), causal=st.booleans())
+@example(provider="fa1", mode="fwd", dtype="fp16", batch=1, kv=1, group=1, n=129, nk=1, d=16, causal=True)
+def test_no_model_goes_below_the_compulsory_bytes(provider, mode, dtype, batch, kv, group, n, nk, d, causal):
+    """Found by hypothesis: causal with seqlen_q > seqlen_k leaves query rows that see no key, which FA1 never
+    reads; the compulsory floor counts only the rows that see a key as read."""
+    s = Shape(batch, kv * group, kv, n, nk, d, causal)
+    assert hbm_bytes(provider, s, mode, dtype) >= compulsory_bytes(s, mode, dtype)
 
 
 @given(st.lists(st.integers(min_value=1, max_value=10**6), min_size=1, max_size=12, unique=True))
