@@ -1,49 +1,85 @@
-"""The fa2bench command line: thin Typer commands over the library."""
+"""The fa2bench command line: thin Typer shells over the library (``fa2bench.api``, ``profile``, ``ncu``,
+``iostudy``, ``plots``, ``markdown``, ``compare``, ``export``). Importing this module imports no torch:
+``fa2bench --help`` is quick. Bad input is one line on stderr and exit code 2.
+"""
 from __future__ import annotations
 
-import dataclasses
-import datetime as dt
-import math
-import re
-import shutil
+import json
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
-from rich.panel import Panel
-from rich.table import Table
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+from fa2bench import display, providers
+from fa2bench.flops import MODES
+from fa2bench.presets import DTYPES, PRESETS, SpecError
+
+app = typer.Typer(no_args_is_help=True, add_completion=True, pretty_exceptions_enable=False,
                   help="Benchmark and profile attention kernels around FlashAttention-2.")
-_WIDTH = shutil.get_terminal_size(fallback=(160, 40)).columns  # wide tables when output is not a terminal
-console = Console(width=_WIDTH)
-err_console = Console(stderr=True, width=_WIDTH)
 
 
-class Preset(str, Enum):
-    paper = "paper"
-    quick = "quick"
-    smoke = "smoke"
+def _choices(name: str, values) -> type[Enum]:
+    """A str Enum of ``values`` (Typer lists them in --help and completes them)."""
+    return Enum(name, {v: v for v in values}, type=str)
 
 
-class CausalChoice(str, Enum):
-    off = "off"
-    on = "on"
-    both = "both"
+Preset = _choices("Preset", PRESETS)
+Causal = _choices("Causal", ("off", "on", "both"))
+ProviderName = _choices("ProviderName", providers.names())
+Mode = _choices("Mode", MODES)
+Dtype = _choices("Dtype", DTYPES)
+ExportFormat = _choices("ExportFormat", ("github-benchmark",))
+Metric = _choices("Metric", ("ms", "tflops"))
+
+# --- options shared by the commands, declared once -------------------------------------------------------
+
+SHAPE, RUN, OUTPUT = "Shape", "Run", "Output"
+Seqlen = Annotated[Optional[str], typer.Option(help="Sequence lengths: 512,1024, 512..16384 (doubling) or "
+                                               "64:256:64.", rich_help_panel=SHAPE)]
+SeqlenK = Annotated[Optional[str], typer.Option(help="Key/value lengths for cross-attention (default: = seqlen).",
+                                                rich_help_panel=SHAPE)]
+Headdim = Annotated[Optional[str], typer.Option(help="Head dimensions, e.g. 64,128.", rich_help_panel=SHAPE)]
+Batch = Annotated[Optional[str], typer.Option(help="Batch sizes (instead of --tokens).", rich_help_panel=SHAPE)]
+Tokens = Annotated[Optional[int], typer.Option(help="Tokens per batch: batch = tokens // seqlen.",
+                                               rich_help_panel=SHAPE)]
+Heads = Annotated[Optional[str], typer.Option(help="Query heads (instead of --hidden).", rich_help_panel=SHAPE)]
+Hidden = Annotated[Optional[int], typer.Option(help="Hidden size: heads = hidden // headdim.",
+                                               rich_help_panel=SHAPE)]
+KvHeads = Annotated[Optional[str], typer.Option(help="Key/value heads for GQA/MQA (default: = heads).",
+                                                rich_help_panel=SHAPE)]
+CausalFlag = Annotated[Optional[bool], typer.Option("--causal/--no-causal", help="Causal masking.",
+                                                    rich_help_panel=SHAPE)]
+OneMode = Annotated[Mode, typer.Option(help="Pass to run.", rich_help_panel=SHAPE)]
+OneDtype = Annotated[Dtype, typer.Option(help="Input dtype.", rich_help_panel=SHAPE)]
+RunDir = Annotated[Path, typer.Argument(help="A results folder (written by `fa2bench sweep`).")]
+Formats = Annotated[str, typer.Option("--format", help="Comma-separated figure formats: png, svg, pdf.",
+                                      rich_help_panel=OUTPUT)]
+
+
+def _shape_options(**given) -> dict:
+    """The shape options the user gave (None: not given), keyed as ``fa2bench.config`` fields."""
+    return {k: v for k, v in given.items() if v is not None}
+
+
+def out(stderr: bool = False):
+    return display.console(stderr)
 
 
 def fail(message: str, code: int = 2) -> None:
     """One clear line on stderr and a non-zero exit (2: usage error)."""
-    err_console.print(f"[bold red]fa2bench: error:[/] {message}", highlight=False, soft_wrap=True)
+    out(stderr=True).print(f"[bold red]fa2bench: error:[/] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
-def _has_cuda() -> bool:
-    import torch
+def warn(message: str) -> None:
+    out(stderr=True).print(f"[yellow]warning:[/] {message}", highlight=False)
 
-    return torch.cuda.is_available()
+
+def _has_cuda() -> bool:
+    from fa2bench import device
+
+    return device.has_cuda()
 
 
 # --- sweep ----------------------------------------------------------------------------------------------
@@ -51,144 +87,87 @@ def _has_cuda() -> bool:
 
 @app.command()
 def sweep(
-    preset: Annotated[Optional[Preset], typer.Option(help="Named sweep; options below override its fields. "
+    config: Annotated[Optional[Path], typer.Option(help="A sweep file (TOML, or YAML with PyYAML) with the same "
+                      "fields as these options; options given here win.")] = None,
+    preset: Annotated[Optional[Preset], typer.Option(help="Named sweep; the options override its fields. "
                       "Default: quick on a GPU, smoke without one.")] = None,
-    seqlen: Annotated[Optional[str], typer.Option(help="Sequence lengths: 512,1024 or 512..16384 (doubling).")] = None,
-    seqlen_k: Annotated[Optional[str], typer.Option(help="Key/value lengths for cross-attention "
-                        "(default: same as --seqlen).")] = None,
-    headdim: Annotated[Optional[str], typer.Option(help="Head dimensions, e.g. 64,128.")] = None,
-    batch: Annotated[Optional[str], typer.Option(help="Batch sizes (instead of --tokens).")] = None,
-    tokens: Annotated[Optional[int], typer.Option(help="Tokens per batch: batch = tokens // seqlen.")] = None,
-    heads: Annotated[Optional[str], typer.Option(help="Query heads (instead of --hidden).")] = None,
-    hidden: Annotated[Optional[int], typer.Option(help="Hidden size: heads = hidden // headdim.")] = None,
-    kv_heads: Annotated[Optional[str], typer.Option(help="Key/value heads for GQA/MQA (default: = heads).")] = None,
-    causal: Annotated[Optional[CausalChoice], typer.Option(help="Causal masking.")] = None,
-    dtype: Annotated[Optional[str], typer.Option(help="fp16,bf16,fp32.")] = None,
-    mode: Annotated[Optional[str], typer.Option(help="fwd,bwd,fwd_bwd.")] = None,
-    provider: Annotated[Optional[str], typer.Option(help="Providers (see `fa2bench providers`); "
-                        "default: every provider available here.")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="Results folder (default results/<UTC time>-<gpu>).")] = None,
-    resume: Annotated[bool, typer.Option(help="Continue the run in --out, skipping finished points.")] = False,
-    check: Annotated[bool, typer.Option(help="Check every point against the reference before timing.")] = True,
-    warmup_ms: Annotated[float, typer.Option(help="Warm-up budget per point (ms).")] = 25.0,
-    rep_ms: Annotated[float, typer.Option(help="Timing budget per point (ms).")] = 100.0,
-    peak_tflops: Annotated[Optional[float], typer.Option(help="Override this GPU's peak TFLOP/s.")] = None,
-    ceilings: Annotated[bool, typer.Option(help="Measure matmul and copy ceilings into meta.json (GPU).")] = True,
+    seqlen: Seqlen = None, seqlen_k: SeqlenK = None, headdim: Headdim = None, batch: Batch = None,
+    tokens: Tokens = None, heads: Heads = None, hidden: Hidden = None, kv_heads: KvHeads = None,
+    causal: Annotated[Optional[Causal], typer.Option(help="Causal masking.", rich_help_panel=SHAPE)] = None,
+    dtype: Annotated[Optional[str], typer.Option(help="Dtypes: " + ",".join(DTYPES) + ".",
+                                                 rich_help_panel=SHAPE)] = None,
+    mode: Annotated[Optional[str], typer.Option(help="Passes: " + ",".join(MODES) + ".",
+                                                rich_help_panel=SHAPE)] = None,
+    provider: Annotated[Optional[str], typer.Option(help="Providers (see `fa2bench providers`); default: every "
+                        "provider available here.")] = None,
+    out_dir: Annotated[Optional[Path], typer.Option("--out", help="Results folder (default results/<UTC "
+                       "time>-<gpu>).", rich_help_panel=OUTPUT)] = None,
+    resume: Annotated[Optional[bool], typer.Option("--resume/--no-resume", help="Continue the run in --out, "
+                      "skipping finished points.", rich_help_panel=OUTPUT)] = None,
+    check: Annotated[Optional[bool], typer.Option("--check/--no-check", help="Check every point against the "
+                     "reference before timing (default: check).", rich_help_panel=RUN)] = None,
+    warmup_ms: Annotated[Optional[float], typer.Option(help="Warm-up budget per point (ms, default 25).",
+                                                       rich_help_panel=RUN)] = None,
+    rep_ms: Annotated[Optional[float], typer.Option(help="Timing budget per point (ms, default 100).",
+                                                    rich_help_panel=RUN)] = None,
+    peak_tflops: Annotated[Optional[float], typer.Option(help="Override this GPU's peak TFLOP/s.",
+                                                         rich_help_panel=RUN)] = None,
+    ceilings: Annotated[Optional[bool], typer.Option("--ceilings/--no-ceilings", help="Measure matmul and copy "
+                        "ceilings into meta.json (GPU; default: measure).", rich_help_panel=RUN)] = None,
 ):
     """Sweep shapes x providers x modes x dtypes; check, time and write one row per point."""
-    from fa2bench import hardware, providers, runner
-    from fa2bench.flops import MODES
-    from fa2bench.presets import DTYPES, SpecError, SweepSpec, parse_ints, parse_names
-    from fa2bench.results import ResultsError, RunWriter, read_meta, write_meta
+    from fa2bench import api
+    from fa2bench import config as sweep_config
+    from fa2bench.results import ResultsError
 
-    gpu = _has_cuda()
-    device = "cuda" if gpu else "cpu"
+    given = _shape_options(preset=preset, seqlen=seqlen, seqlen_k=seqlen_k, headdim=headdim, batch=batch,
+                           tokens=tokens, heads=heads, hidden=hidden, kv_heads=kv_heads, causal=causal, dtype=dtype,
+                           mode=mode, provider=provider, out=out_dir, resume=resume, check=check,
+                           warmup_ms=warmup_ms, rep_ms=rep_ms, peak_tflops=peak_tflops, ceilings=ceilings)
     try:
-        spec = SweepSpec.from_name((preset.value if preset else None) or ("quick" if gpu else "smoke"))
-        ints = {name: parse_ints(value, opt) for name, value, opt in (
-            ("seqlens", seqlen, "seqlen"), ("seqlens_k", seqlen_k, "seqlen-k"), ("headdims", headdim, "headdim"),
-            ("batch", batch, "batch"), ("heads", heads, "heads"), ("kv_heads", kv_heads, "kv-heads"))
-            if value is not None}
-        # --batch and --tokens (like --heads and --hidden) replace each other
-        if batch is not None:
-            spec = dataclasses.replace(spec, tokens=None)
-        if tokens is not None:
-            spec = dataclasses.replace(spec, batch=(), tokens=tokens)
-        if heads is not None:
-            spec = dataclasses.replace(spec, hidden=None)
-        if hidden is not None:
-            spec = dataclasses.replace(spec, heads=(), hidden=hidden)
-        spec = spec.replace(
-            **ints,
-            causal={"off": (False,), "on": (True,), "both": (False, True)}[causal.value] if causal else None,
-            dtypes=parse_names(dtype, "dtype", DTYPES) if dtype else None,
-            modes=parse_names(mode, "mode", MODES) if mode else None,
-            providers=parse_names(provider, "provider", providers.names()) if provider else None,
-        )
-        spec.validate()
-        if peak_tflops is not None and not (peak_tflops > 0 and math.isfinite(peak_tflops)):
-            raise SpecError("--peak-tflops must be a positive number")
-        if warmup_ms < 0 or rep_ms <= 0:
-            raise SpecError("--warmup-ms must be >= 0 and --rep-ms > 0")
-        chosen = spec.providers or tuple(n for n in providers.names()
-                                         if providers.get(n).availability(device) is None)
-        for d in spec.headdims:
-            if not any(d <= providers.get(n).max_headdim for n in chosen):
-                raise SpecError(f"head dim {d} is supported by none of the chosen providers "
-                                f"({', '.join(chosen)})")
+        options = sweep_config.merge(sweep_config.load(config) if config else {},
+                                     {k: getattr(v, "value", v) for k, v in given.items()})
+        plan = api.plan_sweep(**options)
     except SpecError as exc:
         fail(str(exc))
-    if resume and out is None:
-        fail("--resume needs --out DIR (the run to continue)")
+    for name, why in plan.unavailable.items():
+        out(stderr=True).print(f"[yellow]note:[/] provider {name} is unavailable here ({why}); its points are "
+                               "recorded as unsupported", highlight=False)
+    console = out()
+    if plan.device == "cpu":
+        from rich.panel import Panel
 
-    unavailable = {n: providers.get(n).availability(device) for n in chosen}
-    for name, why in unavailable.items():
-        if why:
-            err_console.print(f"[yellow]note:[/] provider {name} is unavailable here ({why}); "
-                              "its points are recorded as unsupported")
-    if not gpu:
         console.print(Panel("No CUDA GPU: Triton kernels run through the CPU interpreter and PyTorch on the "
                             "CPU.\nThese timings are NOT GPU performance; they only prove the pipeline works.",
                             title="NO GPU", style="bold red"))
-
-    device_name = hardware.cuda_device_name()
-    peaks = {d: hardware.device_peak(device_name, d, peak_tflops) for d in spec.dtypes}
-    out = out or Path("results") / f"{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}-{_slug(device_name)}"
-    opts = runner.RunOptions(device=device, check=check, warmup_ms=warmup_ms, rep_ms=rep_ms,
-                             peak_tflops=peak_tflops)
+    peak = next(iter(plan.peaks.values()))
+    console.print(f"[bold]{len(plan.points)} points[/] on {plan.device_name or 'CPU (Triton interpreter)'} -> "
+                  f"{plan.out}", highlight=False)
+    console.print(f"device peak: {peak.tflops or 'unknown'} TFLOP/s ({peak.source})", highlight=False)
     try:
-        writer = RunWriter(out, resume=resume)
-        meta = runner.collect_meta(spec, chosen, opts, peaks)
-        earlier = read_meta(out) if resume else {}
-        if earlier:  # a resumed run keeps its first metadata and lists each continuation
-            meta = {**earlier, "resumed": earlier.get("resumed", []) + [
-                {k: meta[k] for k in ("started_utc", "argv", "git", "versions", "gpus")}]}
-        elif gpu and ceilings:
-            meta["ceilings"] = hardware.measure_ceilings()  # achievable matmul and copy rates, for rooflines
-        write_meta(out, meta)
+        run = _run_with_progress(plan, console)
     except ResultsError as exc:
         fail(str(exc))
-    points = spec.points(chosen)
-    peak_note = next(iter(peaks.values()))
-    console.print(f"[bold]{len(points)} points[/] ({len(writer.done)} already done) on "
-                  f"{device_name or 'CPU (Triton interpreter)'} -> {out}")
-    console.print(f"device peak: {peak_note.tflops or 'unknown'} TFLOP/s ({peak_note.source})", highlight=False)
-
-    interrupted = False
-    try:
-        _run_with_progress(points, writer, opts, {d: p.tflops for d, p in peaks.items()})
-    except KeyboardInterrupt:
-        interrupted = True
-    frame = writer.finish() if writer.csv_path.exists() else None
-    meta["finished_utc"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-    meta["complete"] = not interrupted
-    write_meta(out, meta)
-    if frame is not None:
-        _print_summary(frame)
-        _warn_throttled(frame)
-    if interrupted:
-        err_console.print(f"interrupted: finished points are saved in {out}; continue with "
-                          f"--out {out} --resume")
+    if len(run.frame):
+        _print_summary(run.frame, console)
+        _warn_throttled(run.frame)
+    if not run.complete:
+        out(stderr=True).print(f"interrupted: finished points are saved in {run.path}; continue with "
+                               f"--out {run.path} --resume", highlight=False)
         raise typer.Exit(130)
-    console.print(f"results: {out}")
+    console.print(f"results: {run.path}", highlight=False)
 
 
-def _slug(device_name: str | None) -> str:
-    if not device_name:
-        return "cpu"
-    return re.sub(r"[^a-z0-9]+", "-", device_name.lower().replace("nvidia", "")).strip("-")
+def _run_with_progress(plan, console):
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                               TimeRemainingColumn)
 
-
-def _run_with_progress(points, writer, opts, device_peaks) -> None:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
-        TimeRemainingColumn
-
-    from fa2bench import runner
+    from fa2bench import api
 
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("eta"), TimeRemainingColumn())
     with Progress(*columns, console=console, transient=False) as progress:
-        task = progress.add_task("sweep", total=len(points))
+        task = progress.add_task("sweep", total=len(plan.points))
 
         def on_point(point, row):
             progress.advance(task)
@@ -197,32 +176,31 @@ def _run_with_progress(points, writer, opts, device_peaks) -> None:
                 progress.console.print(f"[red]{row['status']}[/] {point.provider} {point.mode} {point.dtype} "
                                        f"{point.shape.label()}: {row['error']}", highlight=False)
 
-        runner.run_sweep(points, writer, opts, device_peaks, on_point=on_point)
+        return api.execute(plan, on_point)
 
 
-def _print_summary(frame) -> None:
+def _print_summary(frame, console) -> None:
     from fa2bench.summary import headline
 
-    table = Table(title="Summary (best point per provider and mode)")
-    for col in ("provider", "mode", "dtype", "ok/points", "best TFLOP/s", "% A100 peak", "% device peak",
-                "x naive"):
-        table.add_column(col, justify="left" if col in ("provider", "mode", "dtype") else "right",
-                         no_wrap=col in ("provider", "mode"))
-    for r in headline(frame).to_dict("records"):
-        table.add_row(r["provider"], r["mode"], r["dtype"], f"{r['ok']}/{r['points']}", _num(r["best_tflops"]),
-                      _num(r["pct_a100_peak"], "%"), _num(r["pct_device_peak"], "%"), _num(r["speedup_vs_naive"], "x"))
-    console.print(table)
+    table = headline(frame)
+    baseline = next(c for c in table.columns if c.startswith("speedup_vs_"))
+    rows = [(r["provider"], r["mode"], r["dtype"], f"{r['ok']}/{r['points']}", display.num(r["best_tflops"]),
+             display.num(r["pct_a100_peak"], "%"), display.num(r["pct_device_peak"], "%"),
+             display.num(r[baseline], "x")) for r in table.to_dict("records")]
+    console.print(display.table("Summary (best point per provider and mode)",
+                                ("provider", "mode", "dtype", "ok/points", "best TFLOP/s", "% A100 peak",
+                                 "% device peak", f"x {baseline.removeprefix('speedup_vs_')}"), rows,
+                                left=("provider", "mode", "dtype"), no_wrap=("provider", "mode")))
     counts = frame["status"].value_counts().to_dict()
     console.print("statuses: " + ", ".join(f"{k} {v}" for k, v in counts.items()), highlight=False)
 
 
-def _num(value, suffix: str = "") -> str:
-    try:
-        if value is None or math.isnan(float(value)):
-            return "-"
-    except (TypeError, ValueError):
-        return "-"
-    return f"{float(value):.1f}{suffix}" if float(value) >= 10 else f"{float(value):.2f}{suffix}"
+def _warn_throttled(frame) -> None:
+    from fa2bench.telemetry import throttle_summary
+
+    note = throttle_summary(frame)
+    if note:
+        warn(note)
 
 
 # --- providers, info -----------------------------------------------------------------------------------
@@ -231,18 +209,17 @@ def _num(value, suffix: str = "") -> str:
 @app.command("providers")
 def list_providers():
     """Every provider, whether it is available here, and why not."""
-    from fa2bench import providers
+    from fa2bench import device
 
-    device = "cuda" if _has_cuda() else "cpu"
-    table = Table(title=f"Providers (device: {device})")
-    for col in ("name", "kind", "available", "dtypes", "max head dim", "description"):
-        table.add_column(col, no_wrap=col in ("name", "kind"))
+    where = device.name()
+    rows = []
     for name in providers.names():
         p = providers.get(name)
-        why = p.availability(device)
-        table.add_row(name, p.kind, "yes" if why is None else f"no: {why}", ",".join(sorted(p.dtypes)),
-                      str(p.max_headdim) if p.max_headdim < 1 << 20 else "any", p.description)
-    console.print(table)
+        why = p.availability(where)
+        rows.append((name, p.kind, "yes" if why is None else f"no: {why}", ",".join(sorted(p.dtypes)),
+                     str(p.max_headdim) if p.max_headdim < 1 << 20 else "any", p.description))
+    cols = ("name", "kind", "available", "dtypes", "max head dim", "description")
+    out().print(display.table(f"Providers (device: {where})", cols, rows, left=cols, no_wrap=("name", "kind")))
 
 
 @app.command()
@@ -253,6 +230,7 @@ def info(
     """GPU(s), driver, versions, and the peak fa2bench uses for this GPU."""
     from fa2bench import hardware
 
+    console = out()
     versions = hardware.software_versions()
     console.print("versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()), highlight=False)
     gpus = hardware.gpu_info()
@@ -262,55 +240,30 @@ def info(
         return
     for g in gpus:
         console.print(", ".join(f"{k}={v}" for k, v in g.items()), highlight=False)
-    for d in ("fp16", "bf16", "fp32"):
+    for d in DTYPES:
         peak = hardware.device_peak(gpus[0]["name"], d, peak_tflops)
         console.print(f"peak {d}: {peak.tflops or 'unknown'} TFLOP/s, {peak.matched or ''} ({peak.source})",
                       highlight=False)
+    hbm = hardware.hbm_bandwidth(gpus[0]["name"])
+    if hbm:
+        console.print(f"HBM bandwidth: {hbm[0]} TB/s ({hbm[1]})", highlight=False)
     console.print(f"A100 yardstick: {hardware.A100_PEAK_TFLOPS} TFLOP/s fp16/bf16")
     if measure:
         for k, v in hardware.measure_ceilings().items():
             console.print(f"measured {k}: {v:.1f}", highlight=False)
 
 
-# --- profile, profile-io (fa2bench/profile.py) -----------------------------------------------------------
-
-
-def _warn_throttled(frame) -> None:
-    from fa2bench.telemetry import throttle_summary
-
-    note = throttle_summary(frame)
-    if note:
-        err_console.print(f"[yellow]warning:[/] {note}", highlight=False)
-
-
-def _gb(value) -> str:
-    try:
-        return "-" if value is None or math.isnan(float(value)) else f"{float(value) / 1e9:.3f} GB"
-    except (TypeError, ValueError):
-        return "-"
-
-
-def _point_options(provider, mode, dtype):
-    from fa2bench import providers
-    from fa2bench.flops import MODES
-    from fa2bench.presets import DTYPES, SpecError
-
-    if provider not in providers.names():
-        raise SpecError(f"--provider: unknown {provider!r}; choose from {', '.join(providers.names())}")
-    if mode not in MODES:
-        raise SpecError(f"--mode: unknown {mode!r}; choose from {', '.join(MODES)}")
-    if dtype not in DTYPES:
-        raise SpecError(f"--dtype: unknown {dtype!r}; choose from {', '.join(DTYPES)}")
+# --- profile, profile-io -------------------------------------------------------------------------------
 
 
 def _needs_gpu_and_ncu(command: str, want_ncu: bool) -> str | None:
     """Fail with one line without a GPU, or without ncu when it is wanted; the ncu path otherwise."""
-    from fa2bench import profile as prof
+    from fa2bench import ncu
 
     if not _has_cuda():
         fail(f"`fa2bench {command}` needs a CUDA GPU and torch sees none (the Triton interpreter cannot be "
              "profiled)")
-    found = prof.find_ncu() if want_ncu else None
+    found = ncu.find_ncu() if want_ncu else None
     if want_ncu and not found:
         fail("Nsight Compute's `ncu` is not on PATH (needed for --ncu and profile-io); install Nsight Compute "
              "or add its folder to PATH")
@@ -319,208 +272,183 @@ def _needs_gpu_and_ncu(command: str, want_ncu: bool) -> str | None:
 
 @app.command("profile")
 def profile_point(
-    provider: Annotated[str, typer.Option(help="Provider to profile (see `fa2bench providers`).")],
-    seqlen: Annotated[int, typer.Option(help="Query sequence length.")] = 4096,
-    headdim: Annotated[int, typer.Option(help="Head dimension.")] = 128,
-    causal: Annotated[bool, typer.Option(help="Causal masking.")] = False,
-    mode: Annotated[str, typer.Option(help="fwd, bwd or fwd_bwd.")] = "fwd",
-    dtype: Annotated[str, typer.Option(help="fp16, bf16 or fp32.")] = "fp16",
-    seqlen_k: Annotated[Optional[int], typer.Option(help="Key/value length (default: --seqlen).")] = None,
-    batch: Annotated[Optional[int], typer.Option(help="Batch size (instead of --tokens).")] = None,
-    tokens: Annotated[Optional[int], typer.Option(help="batch = tokens // seqlen (default 16384).")] = None,
-    heads: Annotated[Optional[int], typer.Option(help="Query heads (instead of --hidden).")] = None,
-    hidden: Annotated[Optional[int], typer.Option(help="heads = hidden // headdim (default 2048).")] = None,
-    kv_heads: Annotated[Optional[int], typer.Option(help="Key/value heads (default: = heads).")] = None,
+    provider: Annotated[ProviderName, typer.Option(help="Provider to profile (see `fa2bench providers`).")],
+    seqlen: Seqlen = None, seqlen_k: SeqlenK = None, headdim: Headdim = None, batch: Batch = None,
+    tokens: Tokens = None, heads: Heads = None, hidden: Hidden = None, kv_heads: KvHeads = None,
+    causal: CausalFlag = None, mode: OneMode = Mode.fwd, dtype: OneDtype = Dtype.fp16,
     ncu: Annotated[bool, typer.Option("--ncu", help="Nsight Compute counters of the provider's kernels "
                                        "(DRAM bytes, occupancy, tensor pipe, SM throughput, L2 hit rate).")] = False,
-    trace: Annotated[Optional[Path], typer.Option(help="Write a torch.profiler Chrome trace to this file.")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="Folder for the ncu report (default "
-                                                "results/profile/<UTC time>-<provider>-<mode>-s<seqlen>).")] = None,
+    trace: Annotated[Optional[Path], typer.Option(help="Write a torch.profiler Chrome trace to this file.",
+                                                  rich_help_panel=OUTPUT)] = None,
+    out_dir: Annotated[Optional[Path], typer.Option("--out", help="Folder for the ncu report (default results/"
+                       "profile/<UTC time>-<provider>-<mode>-s<seqlen>).", rich_help_panel=OUTPUT)] = None,
     trace_calls: Annotated[int, typer.Option(help="Calls recorded in the trace.")] = 5,
     ncu_calls: Annotated[int, typer.Option(help="Calls profiled by ncu (counters are per call).")] = 1,
 ):
-    """One point in depth: timing, telemetry, Triton kernel resources, HBM model; --trace, --ncu."""
-    from fa2bench import iomodel, providers, telemetry, timing
+    """One point in depth: timing, telemetry, Triton kernel resources, HBM model; --trace, --ncu.
+
+    Shape defaults: seqlen 4096, head dim 128, the paper's 16k tokens and hidden size 2048, not causal."""
+    from fa2bench import config, iomodel
+    from fa2bench import ncu as nsight
     from fa2bench import profile as prof
-    from fa2bench.flops import attention_flops, tflops
-    from fa2bench.presets import Point, SpecError
 
     try:
-        _point_options(provider, mode, dtype)
-        shape = prof.resolve_shape(seqlen, headdim, causal, seqlen_k=seqlen_k, batch=batch, tokens=tokens,
-                                   heads=heads, hidden=hidden, kv_heads=kv_heads)
+        spec = config.spec_from(_shape_options(seqlen=seqlen, seqlen_k=seqlen_k, headdim=headdim, batch=batch,
+                                               tokens=tokens, heads=heads, hidden=hidden, kv_heads=kv_heads,
+                                               causal=causal, mode=mode.value, dtype=dtype.value,
+                                               provider=provider.value), prof.POINT_DEFAULTS)
+        points = spec.points()
+        if len(points) != 1:
+            raise SpecError(f"`fa2bench profile` takes one point; these options give {len(points)} (use "
+                            "profile-io or sweep for several)")
         if trace_calls < 1 or ncu_calls < 1:
             raise SpecError("--trace-calls and --ncu-calls must be at least 1")
     except SpecError as exc:
         fail(str(exc))
+    point = points[0]
     ncu_path = _needs_gpu_and_ncu("profile", ncu)
-    reason = providers.get(provider).unsupported_reason(shape, dtype, mode, "cuda")
+    reason = providers.get(point.provider).unsupported_reason(point.shape, point.dtype, point.mode, "cuda")
     if reason:
-        fail(f"{provider} cannot run {mode} {dtype} {shape.label()}: {reason}")
-    point = Point(provider, mode, dtype, shape)
+        fail(f"{point.provider} cannot run {point.mode} {point.dtype} {point.shape.label()}: {reason}")
     from fa2bench.hardware import cuda_device_name
 
-    console.print(f"[bold]profile[/] {provider} {mode} {dtype} {shape.label()} on {cuda_device_name()}",
-                  highlight=False)
+    console = out()
+    console.print(f"[bold]profile[/] {point.provider} {point.mode} {point.dtype} {point.shape.label()} on "
+                  f"{cuda_device_name()}", highlight=False)
     try:
-        call, grads = prof.prepare(point)
-        measured = timing.bench(call, grads)
-    except Exception as exc:  # the provider itself failed: one line, like a sweep row's error
-        fail(f"{provider} failed on this point: {type(exc).__name__}: {str(exc).strip().splitlines()[0][:300]}")
-    flops = attention_flops(shape.batch, shape.heads, shape.seqlen_q, shape.seqlen_k, shape.headdim, causal, mode)
-    config = providers.get(provider).config()
-    console.print(f"time {measured.ms:.4f} ms (p20 {measured.ms_p20:.4f}, p80 {measured.ms_p80:.4f}), "
-                  f"{tflops(flops, measured.ms):.1f} TFLOP/s", highlight=False)
-    if config:
-        console.print(f"config: {config}", highlight=False)
-    tel = telemetry.measure(call, measured.ms, flops, grad_to_none=grads)
+        measured = prof.measure(point)
+    except prof.PointFailed as exc:
+        fail(str(exc))
+    console.print(f"time {measured.timing.ms:.4f} ms (p20 {measured.timing.ms_p20:.4f}, p80 "
+                  f"{measured.timing.ms_p80:.4f}), {measured.tflops:.1f} TFLOP/s", highlight=False)
+    if measured.config:
+        console.print(f"config: {measured.config}", highlight=False)
+    tel = measured.telemetry
     if tel.get("power_w") is not None or tel.get("sm_clock_mhz") is not None:
-        console.print("telemetry: " + ", ".join(f"{k}={_num(v) if isinstance(v, float) else v}"
+        console.print("telemetry: " + ", ".join(f"{k}={display.num(v) if isinstance(v, float) else v}"
                                                 for k, v in tel.items()), highlight=False)
-    model = None
-    if provider in iomodel.ALGORITHMS:
-        model = iomodel.hbm_bytes(provider, shape, mode, dtype, config=config)
-        assumed = " (assumed FA2-like)" if provider in iomodel.ASSUMED else ""
-        console.print(f"HBM model ({iomodel.algorithm(provider)}{assumed}): {_gb(model)} per call, "
-                      f"{model / (measured.ms * 1e-3) / 1e12:.2f} TB/s at this time; compulsory "
-                      f"{_gb(iomodel.compulsory_bytes(shape, mode, dtype))}; footprint model "
-                      f"{iomodel.theoretical_footprint_mb(provider, shape, mode, dtype):.1f} MiB", highlight=False)
-
-    _print_resources(provider, prof.kernel_resources(provider))
+    if measured.model_bytes is not None:
+        name = point.provider
+        console.print(f"HBM model ({iomodel.algorithm(name)}{' (assumed FA2-like)' if iomodel.assumed(name) else ''}"
+                      f"): {display.gb(measured.model_bytes)} per call, "
+                      f"{measured.model_bytes / (measured.timing.ms * 1e-3) / 1e12:.2f} TB/s at this time; "
+                      f"compulsory {display.gb(measured.compulsory_bytes)}; footprint model "
+                      f"{measured.footprint_mb:.1f} MiB", highlight=False)
+    _print_resources(point.provider, prof.kernel_resources(point.provider), console)
     if trace is not None:
-        _print_trace(prof.trace(call, trace, trace_calls, grads), trace, trace_calls)
-
+        _print_trace(prof.trace(measured.call, trace, trace_calls, measured.grads), trace, trace_calls, console)
     if ncu:
-        folder = out or Path("results") / "profile" / (
-            f"{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}-{provider}-{mode}-s{seqlen}")
-        del call, grads
-        prof.release_memory()  # the child ncu profiles needs the GPU memory this process still caches
+        folder = out_dir or prof.default_out(point)
+        measured = measured.release()  # the child ncu profiles needs the GPU memory this process still caches
         try:
-            result = prof.run_ncu(point, folder, ncu=ncu_path, calls=ncu_calls)
-        except prof.ProfileError as exc:
+            result = nsight.run_ncu(point, folder, ncu=ncu_path, calls=ncu_calls)
+        except nsight.ProfileError as exc:
             fail(str(exc))
-        _print_ncu(prof.by_kernel(result.kernels, result.calls), result.summary)
-        if model and result.summary.get("dram_bytes") is not None:
-            console.print(f"DRAM measured {_gb(result.summary['dram_bytes'])} per call vs model "
-                          f"{_gb(iomodel.hbm_bytes(provider, shape, mode, dtype, config=result.config))}",
-                          highlight=False)
+        _print_ncu(nsight.by_kernel(result.kernels, result.calls), result.summary, console)
+        if iomodel.modelled(point.provider) and result.summary.get("dram_bytes") is not None:
+            model = iomodel.hbm_bytes(point.provider, point.shape, point.mode, point.dtype, config=result.config)
+            console.print(f"DRAM measured {display.gb(result.summary['dram_bytes'])} per call vs model "
+                          f"{display.gb(model)}", highlight=False)
         console.print(f"ncu report: {result.report} (CSV {result.csv}, log {result.log})", highlight=False)
 
 
-def _print_resources(provider: str, rows: list[dict]) -> None:
-    from fa2bench import providers
-
+def _print_resources(provider: str, rows: list[dict], console) -> None:
     if provider not in providers.triton_providers():
         console.print("kernel resources: read from Triton's compiled kernels, for fa2bench's own providers ("
                       f"{', '.join(providers.triton_providers())}) only", highlight=False)
     if not rows:
         return
     cols = ("kernel", "function", "tiles", "warps", "stages", "regs", "spills", "shared_bytes")
-    table = Table(title="Triton kernels (compiled variants in use)")
-    for col in cols:
-        table.add_column(col, justify="left" if col in ("kernel", "function", "tiles") else "right")
-    for r in rows:
-        table.add_row(*("-" if r[c] is None else str(r[c]) for c in cols))
-    console.print(table)
+    console.print(display.table("Triton kernels (compiled variants in use)", cols,
+                                [["-" if r[c] is None else r[c] for c in cols] for r in rows],
+                                left=("kernel", "function", "tiles")))
 
 
-def _print_trace(rows: list[dict], path: Path, calls: int) -> None:
+def _print_trace(rows: list[dict], path: Path, calls: int, console) -> None:
     if not rows:
         console.print(f"trace: {path} (no GPU activity recorded)", highlight=False)
         return
-    table = Table(title=f"GPU activity over {calls} calls (trace: {path})")
-    for col in ("name", "kind", "per call", "mean us", "total us", "share"):
-        table.add_column(col, justify="left" if col in ("name", "kind") else "right", overflow="fold")
-    for r in rows:
-        table.add_row(r["name"], r["kind"], f"{r['per_call']:g}", f"{r['mean_us']:.1f}", f"{r['total_us']:.1f}",
-                      f"{r['share_pct']:.1f}%")
-    console.print(table)
+    console.print(display.table(
+        f"GPU activity over {calls} calls (trace: {path})", ("name", "kind", "per call", "mean us", "total us",
+                                                              "share"),
+        [(r["name"], r["kind"], f"{r['per_call']:g}", f"{r['mean_us']:.1f}", f"{r['total_us']:.1f}",
+          f"{r['share_pct']:.1f}%") for r in rows], left=("name", "kind"), fold=True))
 
 
-def _print_ncu(kernels: list[dict], total: dict) -> None:
-    table = Table(title="Nsight Compute, per call")
-    cols = ("kernel", "launches", "time us", "DRAM read", "DRAM write", "occupancy", "tensor pipe", "SM thru",
-            "L2 hit")
-    for col in cols:
-        table.add_column(col, justify="left" if col == "kernel" else "right", overflow="fold")
-
+def _print_ncu(kernels: list[dict], total: dict, console) -> None:
     def row(name, m):
         time_us = m.get("duration_ns") / 1e3 if m.get("duration_ns") is not None else None
-        return (name, f"{m['kernels_per_call']:g}", _num(time_us), _gb(m.get("dram_read_bytes")),
-                _gb(m.get("dram_write_bytes")), _num(m.get("occupancy_pct"), "%"), _num(m.get("tensor_pct"), "%"),
-                _num(m.get("sm_pct"), "%"), _num(m.get("l2_hit_pct"), "%"))
+        return (name, f"{m['kernels_per_call']:g}", display.num(time_us), display.gb(m.get("dram_read_bytes")),
+                display.gb(m.get("dram_write_bytes")), display.num(m.get("occupancy_pct"), "%"),
+                display.num(m.get("tensor_pct"), "%"), display.num(m.get("sm_pct"), "%"),
+                display.num(m.get("l2_hit_pct"), "%"))
 
-    for k in kernels:
-        table.add_row(*row(k["kernel"], k))
-    table.add_row(*row("[bold]all kernels[/]", total))
-    console.print(table)
+    cols = ("kernel", "launches", "time us", "DRAM read", "DRAM write", "occupancy", "tensor pipe", "SM thru",
+            "L2 hit")
+    rows = [row(k["kernel"], k) for k in kernels] + [row("[bold]all kernels[/]", total)]
+    console.print(display.table("Nsight Compute, per call", cols, rows, left=("kernel",), fold=True))
 
 
 @app.command("profile-io")
 def profile_io(
     provider: Annotated[str, typer.Option(help="Providers, e.g. naive,fa1,fa2.")] = "naive,fa1,fa2",
-    seqlen: Annotated[str, typer.Option(help="Sequence lengths: 1024..16384 (doubling) or 1024,2048.")] = "1024..16384",
-    headdim: Annotated[int, typer.Option(help="Head dimension.")] = 128,
-    causal: Annotated[bool, typer.Option(help="Causal masking.")] = False,
-    mode: Annotated[str, typer.Option(help="fwd, bwd or fwd_bwd.")] = "fwd",
-    dtype: Annotated[str, typer.Option(help="fp16, bf16 or fp32.")] = "fp16",
-    batch: Annotated[Optional[int], typer.Option(help="Batch size (instead of --tokens).")] = None,
-    tokens: Annotated[Optional[int], typer.Option(help="batch = tokens // seqlen (default 16384).")] = None,
-    heads: Annotated[Optional[int], typer.Option(help="Query heads (instead of --hidden).")] = None,
-    hidden: Annotated[Optional[int], typer.Option(help="heads = hidden // headdim (default 2048).")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="Study folder; points already ok there are skipped "
-                                                "(default results/io-<UTC time>-<gpu>).")] = None,
+    seqlen: Seqlen = None, headdim: Headdim = None, batch: Batch = None, tokens: Tokens = None,
+    heads: Heads = None, hidden: Hidden = None, causal: CausalFlag = None, mode: OneMode = Mode.fwd,
+    dtype: OneDtype = Dtype.fp16,
+    out_dir: Annotated[Optional[Path], typer.Option("--out", help="Study folder; points already ok there are "
+                       "skipped (default results/io-<UTC time>-<gpu>).", rich_help_panel=OUTPUT)] = None,
     calls: Annotated[int, typer.Option(help="Calls profiled per point (counters are per call).")] = 1,
     timeout_s: Annotated[int, typer.Option(help="Limit for one point under ncu (seconds).")] = 540,
 ):
-    """IO complexity, measured: DRAM bytes per call (ncu) against the HBM model across sequence lengths."""
-    from fa2bench import hardware, providers
+    """IO complexity, measured: DRAM bytes per call (ncu) against the HBM model across sequence lengths.
+
+    Shape defaults: seqlen 1024..16384, head dim 128, the paper's 16k tokens and hidden size 2048."""
+    from fa2bench import api, config, hardware, iostudy
+    from fa2bench import ncu as nsight
     from fa2bench import profile as prof
-    from fa2bench.presets import SpecError, parse_ints, parse_names
 
     try:
-        names = parse_names(provider, "provider", providers.names())
-        lengths = parse_ints(seqlen, "seqlen")
-        for name in names:
-            _point_options(name, mode, dtype)
-        for n in lengths:
-            prof.resolve_shape(n, headdim, causal, batch=batch, tokens=tokens, heads=heads, hidden=hidden)
+        spec = config.spec_from(_shape_options(seqlen=seqlen or prof.IO_SEQLENS, headdim=headdim, batch=batch,
+                                               tokens=tokens, heads=heads, hidden=hidden, causal=causal,
+                                               mode=mode.value, dtype=dtype.value, provider=provider),
+                                prof.POINT_DEFAULTS)
+        points = spec.points()
+        if len({(p.provider, p.shape.seqlen_q) for p in points}) != len(points):
+            raise SpecError("profile-io varies the sequence length: give one value for each other shape option")
         if calls < 1 or timeout_s < 1:
             raise SpecError("--calls and --timeout-s must be at least 1")
     except SpecError as exc:
         fail(str(exc))
     ncu_path = _needs_gpu_and_ncu("profile-io", True)
-    out = out or Path("results") / (f"io-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}-"
-                                     f"{_slug(hardware.cuda_device_name())}")
-    console.print(f"[bold]IO study[/] {', '.join(names)} x seqlen {', '.join(map(str, lengths))}, d={headdim}, "
-                  f"{mode} {dtype}{' causal' if causal else ''} -> {out}", highlight=False)
+    folder = out_dir or api.default_out(hardware.cuda_device_name(), prefix="io-")
+    console = out()
+    lengths = ", ".join(map(str, spec.seqlens))
+    console.print(f"[bold]IO study[/] {', '.join(spec.providers)} x seqlen {lengths}, {points[0].shape.label()} "
+                  f"{mode.value} {dtype.value} -> {folder}", highlight=False)
 
     def on_point(point, row):
         status = row["status"] if row["status"] != "ok" else (
-            f"ok: DRAM {_gb(row['dram_bytes'])}, model {_gb(row['model_bytes'])}")
+            f"ok: DRAM {display.gb(row['dram_bytes'])}, model {display.gb(row['model_bytes'])}")
         console.print(f"  {point.provider:>6} s{point.shape.seqlen_q:<6} {status} {row.get('error') or ''}",
                       highlight=False)
 
     try:
-        frame = prof.io_study(names, lengths, headdim, out, causal=causal, mode=mode, dtype=dtype, batch=batch,
-                              tokens=tokens, heads=heads, hidden=hidden, calls=calls, ncu=ncu_path,
-                              on_point=on_point, timeout_s=timeout_s)
-    except prof.ProfileError as exc:
+        frame = iostudy.io_study(points, folder, calls=calls, ncu_path=ncu_path, on_point=on_point,
+                                 timeout_s=timeout_s)
+    except nsight.ProfileError as exc:
         fail(str(exc))
-    table = Table(title="DRAM bytes per call: measured (ncu) vs model")
-    for col in ("provider", "seqlen", "batch x heads", "measured", "model", "measured/model", "compulsory",
-                "L2 hit", "status"):
-        table.add_column(col, justify="left" if col in ("provider", "status") else "right")
-    for r in frame.to_dict("records"):
-        table.add_row(str(r["provider"]), str(r["seqlen_q"]), f"{r['batch']} x {r['heads']}", _gb(r["dram_bytes"]),
-                      _gb(r["model_bytes"]), _num(r["measured_over_model"], "x"), _gb(r["compulsory_bytes"]),
-                      _num(r["l2_hit_pct"], "%"), str(r["status"]))
-    console.print(table)
-    console.print(f"table: {out / prof.STUDY_CSV}; figure: {out / prof.STUDY_FIGURE}; reports: {out / 'ncu'}",
-                  highlight=False)
+    rows = [(r["provider"], r["seqlen_q"], f"{r['batch']} x {r['heads']}", display.gb(r["dram_bytes"]),
+             display.gb(r["model_bytes"]), display.num(r["measured_over_model"], "x"),
+             display.gb(r["compulsory_bytes"]), display.num(r["l2_hit_pct"], "%"), r["status"])
+            for r in frame.to_dict("records")]
+    console.print(display.table("DRAM bytes per call: measured (ncu) vs model",
+                                ("provider", "seqlen", "batch x heads", "measured", "model", "measured/model",
+                                 "compulsory", "L2 hit", "status"), rows, left=("provider", "status")))
+    console.print(f"table: {folder / iostudy.STUDY_CSV}; figure: {folder / iostudy.STUDY_FIGURE}; reports: "
+                  f"{folder / 'ncu'}", highlight=False)
 
 
-# --- plot, report, compare (fa2bench/plots.py, report.py, compare.py) ------------------------------------
+# --- plot, report, compare, export ------------------------------------------------------------------------
 
 
 def _formats(text: str) -> tuple[str, ...]:
@@ -543,20 +471,22 @@ def _load(run_dir: Path):
 
 @app.command("plot")
 def plot_run(
-    run_dir: Annotated[Path, typer.Argument(help="A results folder (written by `fa2bench sweep`).")],
-    out: Annotated[Optional[Path], typer.Option(help="Folder for the figures (default RUN_DIR/figures).")] = None,
-    fmt: Annotated[str, typer.Option("--format", help="Comma-separated formats: png, svg, pdf.")] = "png",
+    run_dir: RunDir,
+    out_dir: Annotated[Optional[Path], typer.Option("--out", help="Folder for the figures (default "
+                       "RUN_DIR/figures).", rich_help_panel=OUTPUT)] = None,
+    fmt: Formats = "png",
 ):
     """Figures of a run: throughput bars, speedups, fraction of peak, peak memory, roofline."""
-    from fa2bench import plots
+    from fa2bench import api
 
     formats = _formats(fmt)
     frame = _load(run_dir)
-    out = out or Path(frame.attrs["run_dir"]) / "figures"
+    folder = out_dir or Path(frame.attrs["run_dir"]) / "figures"
     try:
-        plotted = plots.plot_run(frame, out, formats)
+        plotted = api.plot_run(frame, folder, formats)
     except OSError as exc:
-        fail(f"cannot write figures to {out}: {exc.strerror or exc}")
+        fail(f"cannot write figures to {folder}: {exc.strerror or exc}")
+    console = out()
     for kind, files in plotted.files.items():
         console.print(f"{kind}: " + ", ".join(str(f) for f in files), highlight=False)
     for kind, why in plotted.skipped.items():
@@ -564,22 +494,19 @@ def plot_run(
 
 
 @app.command("report")
-def report_run(
-    run_dir: Annotated[Path, typer.Argument(help="A results folder (written by `fa2bench sweep`).")],
-    fmt: Annotated[str, typer.Option("--format", help="Figure formats (the report shows the first).")] = "png",
-):
+def report_run(run_dir: RunDir, fmt: Formats = "png"):
     """RUN_DIR/report.md: metadata, headline table, speedups, failed points and the figures."""
-    from fa2bench.report import write_report
+    from fa2bench import api
     from fa2bench.results import ResultsError
 
     formats = _formats(fmt)
     try:
-        path = write_report(run_dir, formats)
+        path = api.report(run_dir, formats)
     except ResultsError as exc:
         fail(str(exc))
     except OSError as exc:
         fail(f"cannot write the report in {run_dir}: {exc.strerror or exc}")
-    console.print(f"report: {path}", highlight=False)
+    out().print(f"report: {path}", highlight=False)
 
 
 @app.command("compare")
@@ -591,39 +518,37 @@ def compare_runs(
     changes_only: Annotated[bool, typer.Option(help="List only points whose verdict is not `same`.")] = False,
 ):
     """Per-point time ratios of RUN_B over RUN_A; exit 1 if B regressed beyond threshold and noise."""
-    from fa2bench import compare
-    from fa2bench.report import shape_label
+    from fa2bench import api
+    from fa2bench.markdown import shape_label
 
     if not threshold >= 0:
         fail("--threshold must be >= 0")
-    a, b = _load(run_a), _load(run_b)
-    result = compare.compare(a, b, threshold)
+    result = api.compare_runs(_load(run_a), _load(run_b), threshold)
     for warning in result.warnings:
-        err_console.print(f"[yellow]warning:[/] {warning}", highlight=False)
+        warn(warning)
     if result.table.empty:
         fail(f"{run_a} and {run_b} share no points (provider, mode, dtype, shape): nothing to compare")
     styles = {"broken": "bold red", "regression": "bold red", "noise": "yellow", "faster": "green",
               "fixed": "green", "not ok": "dim"}
-    table = Table(title=f"B/A time per point (B: {run_b}, A: {run_a}; threshold {threshold:.0%}, noise: "
-                        "B p20 > A p80)")
-    for col in ("verdict", "provider", "mode", "dtype", "shape", "A ms (p20-p80)", "B ms (p20-p80)", "B/A"):
-        table.add_column(col, justify="right" if col in ("B/A",) or "ms" in col else "left", no_wrap=True)
+    rows = []
     for r in result.table.to_dict("records"):
         if changes_only and r["verdict"] == "same":
             continue
         style = styles.get(r["verdict"], "")
-        table.add_row(f"[{style}]{r['verdict']}[/]" if style else r["verdict"], r["provider"], r["mode"], r["dtype"],
-                      shape_label(r), _timing(r, "a"), _timing(r, "b"),
-                      f"{r['ratio']:.3g}x" if r["ratio"] > 0 else "-")
-    console.print(table)
+        rows.append((f"[{style}]{r['verdict']}[/]" if style else r["verdict"], r["provider"], r["mode"], r["dtype"],
+                     shape_label(r), _timing(r, "a"), _timing(r, "b"), f"{r['ratio']:.3g}x" if r["ratio"] > 0 else "-"))
+    cols = ("verdict", "provider", "mode", "dtype", "shape", "A ms (p20-p80)", "B ms (p20-p80)", "B/A")
+    console = out()
+    console.print(display.table(f"B/A time per point (B: {run_b}, A: {run_a}; threshold {threshold:.0%}, noise: "
+                                "B p20 > A p80)", cols, rows, left=cols[:5], no_wrap=cols))
     counts = ", ".join(f"{k} {v}" for k, v in result.counts.items())
     console.print(f"{len(result.table)} shared points: {counts}; {result.only_a} only in A, {result.only_b} only "
                   "in B", highlight=False)
     if len(result.regressions):
         kinds = result.regressions["verdict"].value_counts()
-        err_console.print(f"[bold red]{len(result.regressions)} regression(s):[/] {kinds.get('regression', 0)} "
-                          f"slower beyond {threshold:.0%} and the measured noise, {kinds.get('broken', 0)} broken "
-                          "(ok in A, wrong/error/oom in B)", highlight=False)
+        out(stderr=True).print(f"[bold red]{len(result.regressions)} regression(s):[/] "
+                               f"{kinds.get('regression', 0)} slower beyond {threshold:.0%} and the measured noise, "
+                               f"{kinds.get('broken', 0)} broken (ok in A, wrong/error/oom in B)", highlight=False)
         raise typer.Exit(1)
 
 
@@ -631,12 +556,30 @@ def _timing(row: dict, side: str) -> str:
     """'median (p20-p80)' in ms of run ``side`` ("a" or "b"), or its status when it did not run."""
     if row[f"status_{side}"] != "ok":
         return row[f"status_{side}"]
-    return f"{_ms(row[f'ms_{side}'])} ({_ms(row[f'ms_p20_{side}'])}-{_ms(row[f'ms_p80_{side}'])})"
+    return (f"{display.ms(row[f'ms_{side}'])} ({display.ms(row[f'ms_p20_{side}'])}-"
+            f"{display.ms(row[f'ms_p80_{side}'])})")
 
 
-def _ms(value) -> str:
+@app.command("export")
+def export_run(
+    run_dir: RunDir,
+    fmt: Annotated[ExportFormat, typer.Option("--format", help="github-benchmark: the JSON list "
+                   "benchmark-action/github-action-benchmark reads.")] = ExportFormat["github-benchmark"],
+    metric: Annotated[Metric, typer.Option(help="ms (the median time; tool customSmallerIsBetter) or tflops "
+                      "(customBiggerIsBetter).")] = Metric.ms,
+    out_file: Annotated[Optional[Path], typer.Option("--out", help="Write the JSON here (default: stdout).",
+                        rich_help_panel=OUTPUT)] = None,
+):
+    """A run's ok points as JSON for CI trend charts (one entry per point: name, unit, value, range, extra)."""
+    from fa2bench import api
+
+    entries = api.export_run(_load(run_dir), fmt.value, metric.value)
+    text = json.dumps(entries, indent=2) + "\n"
+    if out_file is None:
+        typer.echo(text, nl=False)
+        return
     try:
-        v = float(value)
-    except (TypeError, ValueError):
-        return "-"
-    return "-" if math.isnan(v) else f"{v:.4g}"
+        out_file.write_text(text)
+    except OSError as exc:
+        fail(f"cannot write {out_file}: {exc.strerror or exc}")
+    out(stderr=True).print(f"{len(entries)} points -> {out_file}", highlight=False)

@@ -24,57 +24,48 @@ class GpuPeak:
     fp16: float  # dense fp16/bf16 tensor-core TFLOP/s (fp32 accumulate)
     tf32: float  # dense TF32 tensor-core TFLOP/s
     source: str
+    hbm_tb_per_s: float | None = None  # datasheet memory bandwidth (TB/s), None where not recorded
+    hbm_source: str = ""
 
     def tflops(self, dtype: str) -> float:
         return self.tf32 if dtype == "fp32" else self.fp16
 
 
-# Ordered: the first match wins, so variants (PCIe, NVL) come before the plain name.
+_A100_80 = "NVIDIA A100 80GB datasheet (SXM 2.04, PCIe 1.94)"
+_A100_40 = "NVIDIA A100 40GB datasheet"
+
+# Ordered: the first match wins, so variants (PCIe, NVL, memory sizes) come before the plain name.
 PEAKS = (
-    GpuPeak("H100 PCIe", r"h100.*pcie", 756.0, 378.0, _H100),
-    GpuPeak("H100 NVL", r"h100.*nvl", 835.0, 417.5, _H100),
-    GpuPeak("H100 SXM5", r"h100", 989.4, 494.7, _H100),
-    GpuPeak("H200 NVL", r"h200.*nvl", 835.0, 417.5, _H200),
-    GpuPeak("H200 SXM", r"h200", 989.4, 494.7, _H200),
-    GpuPeak("H800 SXM5", r"h800", 989.4, 494.7, "NVIDIA H800 datasheet, dense rates"),
-    GpuPeak("A100 PCIe", r"a100.*pcie", 312.0, 156.0, _A100),
-    GpuPeak("A100 SXM4", r"a100", 312.0, 156.0, _A100),
+    GpuPeak("H100 PCIe", r"h100.*pcie", 756.0, 378.0, _H100, 2.0, "NVIDIA H100 PCIe datasheet"),
+    GpuPeak("H100 NVL", r"h100.*nvl", 835.0, 417.5, _H100, 3.9, "NVIDIA H100 NVL datasheet"),
+    GpuPeak("H100 SXM5", r"h100", 989.4, 494.7, _H100, 3.35, "NVIDIA H100 SXM5 datasheet"),
+    GpuPeak("H200 NVL", r"h200.*nvl", 835.0, 417.5, _H200, 4.8, "NVIDIA H200 datasheet"),
+    GpuPeak("H200 SXM", r"h200", 989.4, 494.7, _H200, 4.8, "NVIDIA H200 datasheet"),
+    GpuPeak("H800 SXM5", r"h800", 989.4, 494.7, "NVIDIA H800 datasheet, dense rates", 3.35,
+            "NVIDIA H800 SXM5 datasheet"),
+    GpuPeak("A100 PCIe", r"a100.*(80\s*gb.*pcie|pcie.*80\s*gb)", 312.0, 156.0, _A100, 2.0, _A100_80),
+    GpuPeak("A100 PCIe", r"a100.*pcie", 312.0, 156.0, _A100, 1.555, _A100_40),
+    GpuPeak("A100 SXM4", r"a100.*80\s*gb", 312.0, 156.0, _A100, 2.0, _A100_80),
+    GpuPeak("A100 SXM4", r"a100", 312.0, 156.0, _A100, 1.555, _A100_40),
     GpuPeak("A800", r"a800", 312.0, 156.0, "NVIDIA A800 datasheet, dense rates"),
-    GpuPeak("A10G", r"a10g", 70.0, 35.0, "AWS G5 / NVIDIA A10G specifications, dense rates"),
-    GpuPeak("A10", r"\ba10\b", 125.0, 62.5, "NVIDIA A10 datasheet, dense rates"),
-    GpuPeak("L40S", r"l40s", 362.05, 183.0, "NVIDIA L40S datasheet, dense rates"),
-    GpuPeak("L4", r"\bl4\b", 121.0, 60.0, "NVIDIA L4 datasheet, dense rates"),
+    GpuPeak("A10G", r"a10g", 70.0, 35.0, "AWS G5 / NVIDIA A10G specifications, dense rates", 0.6,
+            "NVIDIA A10G specifications"),
+    GpuPeak("A10", r"\ba10\b", 125.0, 62.5, "NVIDIA A10 datasheet, dense rates", 0.6, "NVIDIA A10 datasheet"),
+    GpuPeak("L40S", r"l40s", 362.05, 183.0, "NVIDIA L40S datasheet, dense rates", 0.864, "NVIDIA L40S datasheet"),
+    GpuPeak("L4", r"\bl4\b", 121.0, 60.0, "NVIDIA L4 datasheet, dense rates", 0.3, "NVIDIA L4 datasheet"),
     GpuPeak("V100", r"v100", 125.0, 0.0, "NVIDIA V100 datasheet (no TF32)"),
     GpuPeak("T4", r"\bt4\b", 65.0, 0.0, "NVIDIA T4 datasheet (no TF32)"),
-    GpuPeak("RTX 4090", r"4090", 165.2, 82.6, "NVIDIA Ada whitepaper, fp16 with fp32 accumulate, dense"),
-    GpuPeak("B200", r"b200", 2250.0, 1100.0, "NVIDIA DGX B200 / HGX B200 specifications, per GPU, dense"),
-)
-
-
-# HBM bandwidth (TB/s) from vendor datasheets, first match wins.
-HBM_TB_PER_S = (
-    (r"h100.*pcie", 2.0, "NVIDIA H100 PCIe datasheet"),
-    (r"h100.*nvl", 3.9, "NVIDIA H100 NVL datasheet"),
-    (r"h100", 3.35, "NVIDIA H100 SXM5 datasheet"),
-    (r"h200", 4.8, "NVIDIA H200 datasheet"),
-    (r"h800", 3.35, "NVIDIA H800 SXM5 datasheet"),
-    (r"a100.*80\s*gb", 2.0, "NVIDIA A100 80GB datasheet (SXM 2.04, PCIe 1.94)"),
-    (r"a100", 1.555, "NVIDIA A100 40GB datasheet"),
-    (r"l40s", 0.864, "NVIDIA L40S datasheet"),
-    (r"a10g", 0.6, "NVIDIA A10G specifications"),
-    (r"\ba10\b", 0.6, "NVIDIA A10 datasheet"),
-    (r"\bl4\b", 0.3, "NVIDIA L4 datasheet"),
-    (r"4090", 1.008, "NVIDIA RTX 4090 specifications"),
-    (r"b200", 8.0, "NVIDIA B200 specifications"),
+    GpuPeak("RTX 4090", r"4090", 165.2, 82.6, "NVIDIA Ada whitepaper, fp16 with fp32 accumulate, dense", 1.008,
+            "NVIDIA RTX 4090 specifications"),
+    GpuPeak("B200", r"b200", 2250.0, 1100.0, "NVIDIA DGX B200 / HGX B200 specifications, per GPU, dense", 8.0,
+            "NVIDIA B200 specifications"),
 )
 
 
 def hbm_bandwidth(device_name: str | None) -> tuple[float, str] | None:
     """Datasheet HBM bandwidth (TB/s) and its source for a device name, or None if not in the table."""
-    if not device_name:
-        return None
-    name = _searchable(device_name)
-    return next(((tbs, src) for pattern, tbs, src in HBM_TB_PER_S if re.search(pattern, name)), None)
+    entry = lookup_peak(device_name)
+    return (entry.hbm_tb_per_s, entry.hbm_source) if entry and entry.hbm_tb_per_s else None
 
 
 def _searchable(device_name: str) -> str:
@@ -118,9 +109,13 @@ def pct_of(tflops: float, peak: float | None) -> float:
 
 
 def cuda_device_name() -> str | None:
+    from fa2bench import device
+
+    if not device.has_cuda():
+        return None
     import torch
 
-    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return torch.cuda.get_device_name(0)
 
 
 def _nvml_text(value) -> str:
@@ -134,13 +129,10 @@ def gpu_info() -> list[dict]:
     """
     import torch
 
-    gpus: list[dict] = []
-    try:
-        import pynvml
+    from fa2bench.telemetry import nvml
 
-        pynvml.nvmlInit()
-    except Exception:
-        pynvml = None
+    gpus: list[dict] = []
+    pynvml = nvml()
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     for i in range(count):
         props = torch.cuda.get_device_properties(i)
@@ -167,6 +159,10 @@ def software_versions() -> dict:
     import platform
 
     import torch
+
+    from fa2bench import device
+
+    device.prepare_triton()
     import triton
 
     from fa2bench import __version__

@@ -50,29 +50,33 @@ import math
 import re
 from typing import Mapping
 
+from fa2bench import providers
+from fa2bench.flops import MODES
 from fa2bench.presets import Shape
 
 DTYPE_BYTES = {"fp16": 2, "bf16": 2, "fp32": 4}
 F32 = 4  # statistics and scratch accumulators
-MODES = ("fwd", "bwd", "fwd_bwd")
-
-ALGORITHMS = {
-    "naive": "standard", "torch-eager": "standard", "sdpa-math": "standard",
-    "fa1": "fa1",
-    "fa2": "fa2", "flex": "fa2",
-    "sdpa-flash": "fa2-atomic", "flash-attn": "fa2-atomic", "sdpa-cudnn": "fa2-atomic",
-    "sdpa-efficient": "fa2-atomic",
-}
-ASSUMED = frozenset({"flex", "sdpa-flash", "flash-attn", "sdpa-cudnn", "sdpa-efficient"})  # not our kernels
 
 Blocks = Mapping[str, tuple[int, int]]  # kernel name -> (BLOCK_M, BLOCK_N)
 
 
+def modelled(provider: str) -> bool:
+    """Whether the registry gives ``provider`` an HBM byte model (its ``io_model``)."""
+    p = providers.REGISTRY.get(provider)
+    return p is not None and p.io_model is not None
+
+
+def assumed(provider: str) -> bool:
+    """Whether ``provider``'s byte model is an assumption (a kernel that is not ours to read)."""
+    return modelled(provider) and providers.get(provider).io_model_assumed
+
+
 def algorithm(provider: str) -> str:
-    """The byte model a provider follows: standard, fa1, fa2 or fa2-atomic."""
-    if provider not in ALGORITHMS:
-        raise ValueError(f"no HBM model for provider {provider!r}; modelled: {', '.join(ALGORITHMS)}")
-    return ALGORITHMS[provider]
+    """The byte model a provider follows (its registry ``io_model``): standard, fa1, fa2 or fa2-atomic."""
+    if not modelled(provider):
+        known = ", ".join(n for n in providers.names() if modelled(n))
+        raise ValueError(f"no HBM model for provider {provider!r}; modelled: {known}")
+    return providers.get(provider).io_model
 
 
 def default_blocks(algo: str, headdim: int) -> dict[str, tuple[int, int]]:
@@ -186,9 +190,7 @@ def _fa2_forward(shape: Shape, dtype: str, blocks: Blocks) -> dict[str, int]:
     return {"q": e * q, "o": e * q, "stats": F32 * bh * n, "kv": bh * 2 * keys * d * e}
 
 
-def _fa2(shape: Shape, dtype: str, pass_: str, blocks: Blocks) -> dict[str, int]:
-    if pass_ == "fwd":
-        return _fa2_forward(shape, dtype, blocks)
+def _fa2_backward(shape: Shape, dtype: str, blocks: Blocks) -> dict[str, int]:
     e, bh, q, kv = _sizes(shape, dtype)
     n, nk, d, causal = shape.seqlen_q, shape.seqlen_k, shape.headdim, shape.causal
     # dK/dV kernel: per K/V block, the query rows that see it (row-exact start under causal masking)
@@ -208,9 +210,7 @@ def _fa2(shape: Shape, dtype: str, pass_: str, blocks: Blocks) -> dict[str, int]
     }
 
 
-def _fa2_atomic(shape: Shape, dtype: str, pass_: str, blocks: Blocks) -> dict[str, int]:
-    if pass_ == "fwd":
-        return _fa2_forward(shape, dtype, blocks)
+def _fa2_atomic_backward(shape: Shape, dtype: str, blocks: Blocks) -> dict[str, int]:
     e, bh, q, kv = _sizes(shape, dtype)
     n, nk, d, causal = shape.seqlen_q, shape.seqlen_k, shape.headdim, shape.causal
     bm, bn = blocks["bwd"]
@@ -223,7 +223,17 @@ def _fa2_atomic(shape: Shape, dtype: str, pass_: str, blocks: Blocks) -> dict[st
     }
 
 
-_MODELS = {"standard": _standard, "fa1": _fa1, "fa2": _fa2, "fa2-atomic": _fa2_atomic}
+def _fa2_family(backward):
+    """A model whose forward pass is FA2's and whose backward pass is ``backward``."""
+
+    def model(shape: Shape, dtype: str, pass_: str, blocks: Blocks) -> dict[str, int]:
+        return _fa2_forward(shape, dtype, blocks) if pass_ == "fwd" else backward(shape, dtype, blocks)
+
+    return model
+
+
+_MODELS = {"standard": _standard, "fa1": _fa1, "fa2": _fa2_family(_fa2_backward),
+           "fa2-atomic": _fa2_family(_fa2_atomic_backward)}
 
 
 def hbm_terms(provider: str, shape: Shape, mode: str, dtype: str, *, config: str | None = None,
@@ -254,9 +264,11 @@ def hbm_bytes(provider: str, shape: Shape, mode: str, dtype: str, *, config: str
 
 def compulsory_bytes(shape: Shape, mode: str, dtype: str) -> float:
     """The floor of any algorithm: fwd reads Q, K, V and writes O; bwd reads Q, K, V, O, dO and writes dQ, dK,
-    dV; fwd_bwd is both passes, as the runner times it."""
+    dV; fwd_bwd is both passes, as the runner times it. Query rows that see no key (causal with seqlen_q >
+    seqlen_k) need not be read: their outputs are zeros, only written."""
     e, _, q, kv = _sizes(shape, dtype)
-    per_pass = {"fwd": e * (2 * q + 2 * kv), "bwd": e * (4 * q + 4 * kv)}
+    live = q * (min(shape.seqlen_q, shape.seqlen_k) if shape.causal else shape.seqlen_q) // shape.seqlen_q
+    per_pass = {"fwd": e * (live + q + 2 * kv), "bwd": e * (3 * live + q + 4 * kv)}
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; expected one of {', '.join(MODES)}")
     return float(per_pass["fwd"] + per_pass["bwd"] if mode == "fwd_bwd" else per_pass[mode])

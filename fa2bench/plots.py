@@ -30,14 +30,13 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
-from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter, NullLocator
 
-from fa2bench import hardware, iomodel, providers
+from fa2bench import display, hardware, iomodel, providers
 from fa2bench.flops import MODES
 from fa2bench.presets import Shape
 from fa2bench.summary import speedup as speedup_table
 
-SUBJECT = "fa2"  # the provider the speedup figure is about
 MODE_TITLES = {"fwd": "forward", "bwd": "backward", "fwd_bwd": "forward + backward"}
 MARKS = {"oom": "OOM", "unsupported": "n/a", "error": "error", "wrong": "wrong"}  # how a non-ok point reads
 MARK_KEY = "OOM: out of memory, n/a: unsupported, error / wrong: see report"
@@ -258,23 +257,6 @@ def _note_handle(text: str) -> Line2D:
     return Line2D([], [], linestyle="none", label=text)
 
 
-def ratio_label(v: float) -> str:
-    """2 -> "2×", 0.25 -> "1/4×"."""
-    if v <= 0 or not math.isfinite(v):
-        return ""
-    return f"{v:g}×" if v >= 1 else f"1/{1 / v:.3g}×"
-
-
-def _fmt_value(v: float) -> str:
-    if not math.isfinite(v):
-        return ""
-    if v >= 100:
-        return f"{v:.0f}"
-    if v >= 10:
-        return f"{v:.1f}" if v < 20 else f"{v:.0f}"
-    return f"{v:.2g}" if v >= 0.01 else f"{v:.1e}"
-
-
 # --- throughput -----------------------------------------------------------------------------------------
 
 
@@ -314,7 +296,7 @@ def throughput(frame: pd.DataFrame, meta: dict | None = None, mode: str | None =
                     pos = x - 0.42 + width * (k + 0.5)
                     if row["status"] == "ok" and math.isfinite(row["tflops"]):
                         ax.bar(pos, row["tflops"], width, color=color(p), edgecolor="white", linewidth=0.3)
-                        ax.text(pos, row["tflops"] + ymax * 0.01, _fmt_value(row["tflops"]), rotation=90,
+                        ax.text(pos, row["tflops"] + ymax * 0.01, display.bar_value(row["tflops"]), rotation=90,
                                 ha="center", va="bottom", fontsize=6)
                     else:
                         ax.text(pos, ymax * 0.015, MARKS.get(row["status"], row["status"] or "?"), rotation=90,
@@ -344,10 +326,11 @@ def throughput(frame: pd.DataFrame, meta: dict | None = None, mode: str | None =
 # --- speedup --------------------------------------------------------------------------------------------
 
 
-def speedups(frame: pd.DataFrame, subject: str = SUBJECT) -> pd.DataFrame:
-    """How many times faster ``subject`` is than each other provider, per point where both are ok.
-    Columns: the shape columns, baseline, speedup."""
+def speedups(frame: pd.DataFrame, subject: str | None = None) -> pd.DataFrame:
+    """How many times faster ``subject`` (default: the registry's subject, fa2) is than each other provider,
+    per point where both are ok. Columns: the shape columns, baseline, speedup."""
     frame = tidy(frame)
+    subject = subject or providers.with_role("subject")
     parts = []
     for other in ordered_providers(frame):
         if other == subject:
@@ -358,9 +341,11 @@ def speedups(frame: pd.DataFrame, subject: str = SUBJECT) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["baseline", "speedup"])
 
 
-def speedup(frame: pd.DataFrame, meta: dict | None = None, subject: str = SUBJECT) -> Figure:
-    """``subject`` (fa2) over every other provider, by sequence length; one panel per (mode, d, causal)."""
+def speedup(frame: pd.DataFrame, meta: dict | None = None, subject: str | None = None) -> Figure:
+    """``subject`` (default: the registry's subject, fa2) over every other provider, by sequence length; one
+    panel per (mode, d, causal)."""
     frame = _one_group(frame)
+    subject = subject or providers.with_role("subject")
     meta = meta if meta is not None else frame.attrs.get("meta", {})
     if not ((frame["provider"] == subject) & (frame["status"] == "ok")).any():
         raise NothingToPlot(f"{subject} has no ok points")
@@ -385,7 +370,7 @@ def speedup(frame: pd.DataFrame, meta: dict | None = None, subject: str = SUBJEC
             ax.set_yscale("log", base=2)
             ax.set_ylim(min(lo, 1.0) / 1.3, max(hi, 1.0) * 1.3)
             ax.yaxis.set_major_locator(LogLocator(base=2))
-            ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: ratio_label(v)))
+            ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: display.ratio_label(v)))
             ax.yaxis.set_minor_formatter(NullFormatter())
             ax.set_title(_panel_title(mode, d, causal), fontsize=9)
             ax.grid(alpha=0.3)
@@ -431,7 +416,7 @@ def fraction_of_peak(frame: pd.DataFrame, meta: dict | None = None, mode: str | 
                 value = getattr(r, column)
                 if r.status == "ok" and math.isfinite(value):
                     values[y, x] = value
-                    ax.text(x, y, _fmt_value(value), ha="center", va="center", fontsize=7,
+                    ax.text(x, y, display.bar_value(value), ha="center", va="center", fontsize=7,
                             color="white" if value < 0.6 * vmax else "black")
                 else:
                     ax.add_patch(_cell(x, y))
@@ -527,7 +512,7 @@ def memory(frame: pd.DataFrame, meta: dict | None = None) -> Figure:
 
 def _footprint_mb(row) -> float:
     """The modelled footprint of a results row (NaN for a provider the model does not cover)."""
-    if row.provider not in iomodel.ALGORITHMS:
+    if not iomodel.modelled(row.provider):
         return np.nan
     return iomodel.theoretical_footprint_mb(row.provider, Shape.from_row(row), row.mode, row.dtype)
 
@@ -677,3 +662,57 @@ def plot_run(frame: pd.DataFrame, out_dir: str | Path, formats=("png",), kinds=t
         if reasons:
             result.skipped[kind] = "; ".join(reasons)
     return result
+
+
+# --- the measured IO study (fa2bench profile-io) ---------------------------------------------------------
+
+
+def io_study(frame: pd.DataFrame) -> Figure:
+    """Log-log figure of an IO study (``iostudy.load_study``): measured DRAM bytes per (batch x head) against
+    sequence length, with the model (dashed, same colour), the L2 request bytes where ncu gave them (crosses:
+    what the kernels asked of the memory system before L2 filtered it) and the compulsory floor (grey,
+    dotted)."""
+    ok = frame[frame["status"] == "ok"] if len(frame) else frame
+    if not len(ok):
+        raise NothingToPlot("no ok points in the study")
+    fig = Figure(figsize=(7, 5))
+    ax = fig.subplots()
+    per_head = ok["batch"].astype(float) * ok["heads"].astype(float)
+    ok = ok.assign(measured=ok["dram_bytes"].astype(float) / per_head, model=ok["model_bytes"] / per_head,
+                   floor=ok["compulsory_bytes"] / per_head, l2=ok["l2_bytes"].astype(float) / per_head)
+    for name, group in ok.groupby("provider", sort=False):
+        group = group.sort_values("seqlen_q")
+        known = name in providers.REGISTRY
+        line, = ax.plot(group["seqlen_q"], group["measured"], "o-", color=color(name) if known else None,
+                        label=f"{label(name)}: DRAM (ncu)")
+        if group["l2"].notna().any():
+            ax.plot(group["seqlen_q"], group["l2"], "x", color=line.get_color(), alpha=0.7,
+                    label=f"{label(name)}: L2 requests (ncu)")
+        ax.plot(group["seqlen_q"], group["model"], "--", color=line.get_color(), alpha=0.8,
+                label=f"{label(name)}: model ({iomodel.algorithm(name) if iomodel.modelled(name) else '?'})")
+    floor = ok.groupby("seqlen_q")["floor"].max().sort_index()
+    ax.plot(floor.index, floor.values, ":", color="0.5", label="compulsory (Q, K, V read, O written once)")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xticks(sorted(ok["seqlen_q"].unique()))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
+    ax.xaxis.set_minor_locator(NullLocator())
+    first = ok.iloc[0]
+    ax.set_xlabel("sequence length N")
+    ax.set_ylabel("HBM bytes per call per (batch x head)")
+    ax.set_title(f"DRAM traffic, ncu vs model: {first['mode']} {first['dtype']}, d={first['headdim']}"
+                 f"{', causal' if first['causal'] else ''}")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def save_io_study(frame: pd.DataFrame, path: str | Path) -> Path | None:
+    """``io_study(frame)`` as a PNG at ``path`` (150 dpi); None when no point is ok."""
+    try:
+        fig = io_study(frame)
+    except NothingToPlot:
+        return None
+    fig.savefig(Path(path), dpi=150)
+    return Path(path)

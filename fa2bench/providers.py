@@ -10,14 +10,16 @@ from __future__ import annotations
 import functools
 import importlib.util
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-import torch
-
+from fa2bench import device
 from fa2bench.flops import MODES
 from fa2bench.presets import DTYPES, Shape
 
-AttnFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+if TYPE_CHECKING:  # the registry imports no torch: listing providers and drawing figures stay light
+    import torch
+
+AttnFn = Callable[["torch.Tensor", "torch.Tensor", "torch.Tensor"], "torch.Tensor"]
 
 
 class Unsupported(Exception):
@@ -39,6 +41,9 @@ class Provider:
     requires: str | None = None  # a module that must be importable
     config: Callable[[], str] = field(default=lambda: "")  # the autotuned config of the latest launch
     module: str | None = None  # the fa2bench.kernels module with its Triton kernels (fa2bench's own providers)
+    io_model: str | None = None  # the HBM byte model it follows (iomodel: standard, fa1, fa2, fa2-atomic)
+    io_model_assumed: bool = False  # True when that model is assumed (a kernel that is not ours to read)
+    roles: frozenset = frozenset()  # "subject" (what figures and speedups are about), "speedup-baseline"
 
     def availability(self, device: str) -> str | None:
         """None if usable on ``device`` ("cuda" or "cpu"), else why not."""
@@ -90,10 +95,26 @@ def names() -> tuple[str, ...]:
     return tuple(REGISTRY)
 
 
+def with_role(role: str) -> str:
+    """The provider that plays ``role``: "subject" (the speedup figure and the report are about it) or
+    "speedup-baseline" (the headline table's speedups are over it)."""
+    return next(n for n, p in REGISTRY.items() if role in p.roles)
+
+
+def register_provider(make: Callable[[Shape], AttnFn] | None = None, /, **fields):
+    """Add a provider to the registry: ``register_provider(make, name=..., label=..., color=..., kind=...,
+    description=..., devices=frozenset({"cuda", "cpu"}), ...)``, or the same fields as a decorator.
+    ``make(shape)`` does the set-up and returns ``fn(q, k, v) -> o`` (layout batch, heads, seq, headdim)."""
+    if make is None:
+        return register(**fields)
+    return register(**fields)(make)
+
+
 # --- fa2bench's own Triton kernels ----------------------------------------------------------------------
 
 
 def _kernel_module(name: str):
+    device.prepare_triton()
     return importlib.import_module(f"fa2bench.kernels.{name}")
 
 
@@ -112,6 +133,7 @@ def triton_providers() -> tuple[str, ...]:
 
 def _ours(module: str, function: str, **kwargs):
     def make(shape: Shape) -> AttnFn:
+        device.prepare_triton()
         fn = getattr(importlib.import_module("fa2bench.kernels"), function)
         return functools.partial(_call_kernel, fn, shape.causal)
 
@@ -122,11 +144,13 @@ def _ours(module: str, function: str, **kwargs):
 def _call_kernel(fn, causal, q, k, v):
     return fn(q, k, v, causal=causal)
 
-_ours("naive", "naive_attention", name="naive", label="Naive (Triton)", color="#7f7f7f",
+_ours("naive", "naive_attention", name="naive", label="Naive (Triton)", color="#7f7f7f", io_model="standard",
+      roles=frozenset({"speedup-baseline"}),
       description="standard attention in Triton kernels that write S and P to HBM")
-_ours("flash1", "flash1_attention", name="fa1", label="FlashAttention-1 (Triton)", color="#1f77b4",
+_ours("flash1", "flash1_attention", name="fa1", label="FlashAttention-1 (Triton)", color="#1f77b4", io_model="fa1",
       description="FlashAttention-1's algorithm in Triton: K/V outer loop, parallel over batch x heads")
-_ours("flash2", "flash2_attention", name="fa2", label="FlashAttention-2 (Triton)", color="#d62728",
+_ours("flash2", "flash2_attention", name="fa2", label="FlashAttention-2 (Triton)", color="#d62728", io_model="fa2",
+      roles=frozenset({"subject"}),
       description="FlashAttention-2's algorithm in Triton: sequence parallel, deferred rescaling")
 
 
@@ -134,17 +158,13 @@ _ours("flash2", "flash2_attention", name="fa2", label="FlashAttention-2 (Triton)
 
 
 @register(name="torch-eager", label="PyTorch eager", color="#8c564b", kind="baseline",
-          devices=frozenset({"cuda", "cpu"}), max_headdim=1 << 30,
+          devices=frozenset({"cuda", "cpu"}), max_headdim=1 << 30, io_model="standard",
           description="standard attention in eager PyTorch: matmul, softmax in fp32, matmul")
 def _torch_eager(shape: Shape) -> AttnFn:
     from fa2bench.reference import attention_ref, causal_mask
 
-    mask = causal_mask(shape.seqlen_q, shape.seqlen_k, _device()) if shape.causal else None
+    mask = causal_mask(shape.seqlen_q, shape.seqlen_k, device.name()) if shape.causal else None
     return functools.partial(attention_ref, causal=shape.causal, upcast=False, mask=mask)
-
-
-def _device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _sdpa(backend_name: str):
@@ -179,10 +199,12 @@ _SDPA = {
 for _name, (_backend, _label, _color, _dtypes, _desc) in _SDPA.items():
     register(name=_name, label=_label, color=_color, kind="vendor", description=_desc,
              dtypes=frozenset(_dtypes), max_headdim=1 << 30,
-             devices=frozenset({"cuda", "cpu"}) if _backend == "MATH" else frozenset({"cuda"}))(_sdpa(_backend))
+             devices=frozenset({"cuda", "cpu"}) if _backend == "MATH" else frozenset({"cuda"}),
+             io_model="standard" if _backend == "MATH" else "fa2-atomic",
+             io_model_assumed=_backend != "MATH")(_sdpa(_backend))
 
 
-@register(name="flex", label="FlexAttention", color="#17becf", kind="vendor",
+@register(name="flex", label="FlexAttention", color="#17becf", kind="vendor", io_model="fa2", io_model_assumed=True,
           description="torch.nn.attention.flex_attention, compiled (compilation outside the timed region)")
 def _flex(shape: Shape) -> AttnFn:
     from torch.nn.attention.flex_attention import create_block_mask
@@ -220,6 +242,7 @@ def _call_flex(compiled, block_mask, gqa, q, k, v):
 
 
 @register(name="flash-attn", label="flash-attn (CUDA)", color="#e377c2", kind="vendor", requires="flash_attn",
+          io_model="fa2-atomic", io_model_assumed=True,
           dtypes=frozenset({"fp16", "bf16"}),
           description="Dao-AILab's flash-attn package (FlashAttention-2 CUDA kernels), when installed")
 def _flash_attn(shape: Shape) -> AttnFn:

@@ -31,11 +31,14 @@ class ResultsError(Exception):
 
 
 class RunWriter:
-    """Appends rows to ``results.csv`` in ``out_dir`` as points finish."""
+    """Appends rows to ``results.csv`` in ``out_dir`` as points finish (``csv_name`` and ``columns`` name
+    another table of the same store, e.g. the IO study's ``io_study.csv``)."""
 
-    def __init__(self, out_dir: Path, resume: bool = False):
+    def __init__(self, out_dir: Path, resume: bool = False, *, csv_name: str = CSV_NAME,
+                 columns: tuple[str, ...] = COLUMNS):
         self.out_dir = Path(out_dir)
-        self.csv_path = self.out_dir / CSV_NAME
+        self.csv_path = self.out_dir / csv_name
+        self.columns = tuple(columns)
         try:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             probe = self.out_dir / ".write-test"
@@ -51,10 +54,10 @@ class RunWriter:
     def append(self, row: dict) -> None:
         new = not self.csv_path.exists() or self.csv_path.stat().st_size == 0
         with open(self.csv_path, "a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+            writer = csv.DictWriter(f, fieldnames=self.columns, extrasaction="ignore")
             if new:
                 writer.writeheader()
-            writer.writerow({c: _cell(row.get(c)) for c in COLUMNS})
+            writer.writerow({c: _cell(row.get(c)) for c in self.columns})
             f.flush()
             os.fsync(f.fileno())
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from fa2bench import providers
+
 SHAPE_COLUMNS = ["mode", "dtype", "batch", "heads", "kv_heads", "seqlen_q", "seqlen_k", "headdim", "causal"]
 
 
@@ -24,9 +26,11 @@ def speedup(frame: pd.DataFrame, over: str) -> pd.DataFrame:
     return joined[SHAPE_COLUMNS + ["provider", "speedup"]]
 
 
-def headline(frame: pd.DataFrame, baseline: str = "naive") -> pd.DataFrame:
+def headline(frame: pd.DataFrame, baseline: str | None = None) -> pd.DataFrame:
     """One row per (provider, mode, dtype): points ok of points run, best TFLOP/s with its % of the A100 and
-    device peaks, and the geometric-mean speedup over ``baseline`` on shared ok points."""
+    device peaks, and the geometric-mean speedup over ``baseline`` (default: the registry's speedup baseline,
+    naive) on shared ok points."""
+    baseline = baseline or providers.with_role("speedup-baseline")
     rows = []
     speed = speedup(frame, baseline) if (frame["provider"] == baseline).any() else None
     for (provider, mode, dtype), group in frame.groupby(["provider", "mode", "dtype"], sort=False):

@@ -199,8 +199,9 @@ class Sampler:
 
 
 @functools.cache
-def _nvml_module():
-    """pynvml, initialised once; None without nvidia-ml-py or when NVML cannot start (no driver, no GPU)."""
+def nvml():
+    """pynvml, initialised once for the process (telemetry and ``hardware.gpu_info`` share it); None without
+    nvidia-ml-py or when NVML cannot start (no driver, no GPU)."""
     try:
         import pynvml
 
@@ -227,14 +228,14 @@ def current_device() -> NvmlDevice | None:
 
     if not torch.cuda.is_available():
         return None
-    nvml = _nvml_module()
-    if nvml is None:
+    module = nvml()
+    if module is None:
         return None
     try:
-        handle = nvml.nvmlDeviceGetHandleByIndex(nvml_index(torch.cuda.current_device()))
+        handle = module.nvmlDeviceGetHandleByIndex(nvml_index(torch.cuda.current_device()))
     except Exception:
         return None
-    return NvmlDevice(nvml, handle)
+    return NvmlDevice(module, handle)
 
 
 def _cuda_synchronize() -> None:

@@ -1,12 +1,16 @@
-"""Test set-up: without CUDA, Triton runs through its CPU interpreter (set before Triton is imported)."""
+"""Test set-up: without CUDA, Triton runs through its CPU interpreter (set before Triton is imported); terminal
+output is 200 columns wide in every worker, whatever the terminal (rich would wrap tables at its width)."""
 import os
 import zlib
 
 import pytest
 import torch
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
+from fa2bench import device
+from fa2bench.display import WIDTH_ENV
+
+device.prepare_triton()
+os.environ[WIDTH_ENV] = "200"
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 

@@ -3,20 +3,13 @@
 ``results_frame`` builds a plausible H100 run in the tidy schema of ``fa2bench.results``: every provider
 reaches a fixed fraction of the device peak that grows with sequence length, the spread (p20, p80) is a few
 per cent around the median, naive runs out of memory at the longest sequence, flash-attn is not installed
-(unsupported everywhere), and one point is ``wrong`` and one ``error``. ``committed_run`` finds the run the
-tests and the notebook read from disk: the newest run under results/ (or $FA2BENCH_RUN), else a small CPU
-smoke run made once per session in a temporary folder.
+(unsupported everywhere), and one point is ``wrong`` and one ``error``. ``committed_run`` is the run the
+tests and the notebook read from disk, pinned by name.
 """
 from __future__ import annotations
 
-import atexit
-import functools
 import math
-import os
 import shutil
-import subprocess
-import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +17,6 @@ import pandas as pd
 
 from fa2bench.flops import attention_flops
 from fa2bench.hardware import A100_PEAK_TFLOPS
-from fa2bench.report import find_run
 from fa2bench.results import COLUMNS, RunWriter, write_meta
 
 REPO = Path(__file__).resolve().parents[1]
@@ -121,26 +113,14 @@ def write_run(frame: pd.DataFrame, run_dir: Path) -> Path:
 
 # --- the run on disk that tests and the notebook read ----------------------------------------------------
 
-SMOKE_ARGS = ("--preset", "smoke", "--seqlen", "32,64", "--headdim", "16", "--mode", "fwd", "--rep-ms", "1",
-              "--warmup-ms", "0")
+COMMITTED_RUN = REPO / "results" / "h100-quick"  # pinned: committing another run changes nothing the tests see
 
 
-@functools.cache
 def committed_run() -> Path:
-    """$FA2BENCH_RUN or the newest run under results/; without one, a CPU smoke run made once per session
-    (through the CLI in a subprocess: nothing here imports the runner)."""
-    found = find_run(REPO / "results")
-    if found is not None:
-        return found
-    tmp = Path(tempfile.mkdtemp(prefix="fa2bench-smoke-"))
-    atexit.register(shutil.rmtree, tmp, ignore_errors=True)
-    out = tmp / "smoke"
-    proc = subprocess.run([sys.executable, "-m", "fa2bench", "sweep", *SMOKE_ARGS, "--out", str(out)],
-                          capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "TRITON_INTERPRET": "1"}, cwd=tmp)
-    if proc.returncode != 0:
-        raise RuntimeError(f"smoke sweep failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
-    return out
+    """A real run committed under results/ (the H100 quick sweep), pinned by name."""
+    if not (COMMITTED_RUN / "meta.json").exists():
+        raise FileNotFoundError(f"the pinned fixture run {COMMITTED_RUN} is missing")
+    return COMMITTED_RUN
 
 
 def copy_of_committed_run(dest: Path) -> Path:

@@ -21,8 +21,16 @@ def invoke(*args):
 def test_help_lists_the_commands():
     result = invoke("--help")
     assert result.exit_code == 0
-    for command in ("sweep", "providers", "info"):
+    for command in ("sweep", "providers", "info", "profile", "plot", "report", "compare", "export"):
         assert command in result.output
+    assert "--install-completion" in result.output
+
+
+def test_sweep_help_groups_its_options_in_panels_and_lists_the_choices():
+    text = invoke("sweep", "--help").output
+    for panel in ("Shape", "Run", "Output"):
+        assert f"─ {panel} ─" in text
+    assert "paper|quick|smoke" in text and "off|on|both" in text
 
 
 def test_providers_lists_every_registered_provider_and_why_not():
@@ -86,6 +94,7 @@ def test_resume_runs_only_the_missing_points(tmp_path, counting):
     assert len(pd.read_csv(out / "results.csv")) == 2
 
 
+@pytest.mark.slow  # every provider through the CPU interpreter: about 15 s
 def test_smoke_sweep_writes_a_complete_results_folder(tmp_path):
     """What CI and a newcomer without a GPU run: every provider available here, every status known."""
     out = tmp_path / "smoke"

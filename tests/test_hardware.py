@@ -33,8 +33,10 @@ def test_h100_sxm_peak_is_the_dense_datasheet_rate_and_fp32_uses_tf32():
 
 
 def test_a100_is_the_papers_yardstick():
-    assert A100_PEAK_TFLOPS == 312.0
-    assert device_peak("NVIDIA A100-SXM4-80GB", "fp16").tflops == A100_PEAK_TFLOPS
+    for name in ("NVIDIA A100-SXM4-80GB", "NVIDIA A100-PCIE-40GB"):
+        entry = lookup_peak(name)
+        assert entry.fp16 == A100_PEAK_TFLOPS and "A100" in entry.source
+        assert device_peak(name, "bf16").tflops == A100_PEAK_TFLOPS
 
 
 def test_unknown_gpu_gets_a_note_not_a_crash():

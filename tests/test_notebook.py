@@ -4,7 +4,7 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from fa2bench.report import RUN_ENV
+from fa2bench.api import RUN_ENV
 from tests.synthetic import REPO, committed_run
 
 NOTEBOOK = REPO / "notebooks" / "explore.ipynb"
@@ -29,6 +29,7 @@ def test_notebook_only_reads_runs(notebook):
         assert forbidden not in code
 
 
+@pytest.mark.slow  # a Jupyter kernel executing the notebook
 def test_notebook_executes_headless(notebook, monkeypatch):
     monkeypatch.setenv(RUN_ENV, str(committed_run()))
     monkeypatch.delenv("FA2BENCH_RUN_B", raising=False)

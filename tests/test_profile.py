@@ -17,7 +17,7 @@ import torch
 import triton
 from typer.testing import CliRunner
 
-from fa2bench import cli, iomodel
+from fa2bench import cli, config, iomodel, iostudy, ncu
 from fa2bench import profile as prof
 from fa2bench.presets import Point, Shape, SpecError
 
@@ -55,7 +55,7 @@ sm__throughput                               Throughput     SM throughput assumi
 sm__warps_active                             Counter        cumulative # of warps in flight
 '''
 
-METRICS = prof.select_metrics(None)
+METRICS = ncu.select_metrics(None)
 SHAPE = Shape(batch=4, heads=16, kv_heads=16, seqlen_q=4096, seqlen_k=4096, headdim=128, causal=True)
 POINT = Point("fa2", "fwd", "fp16", SHAPE)
 
@@ -63,10 +63,15 @@ POINT = Point("fa2", "fwd", "fp16", SHAPE)
 # --- shapes ---------------------------------------------------------------------------------------------
 
 
+def profiled(**options) -> list[Shape]:
+    """The shapes `fa2bench profile` builds from its options (through SweepSpec, on the paper's workload)."""
+    return config.spec_from(options, prof.POINT_DEFAULTS).shapes()
+
+
 def test_a_profiled_shape_defaults_to_the_papers_tokens_and_hidden_size():
-    assert prof.resolve_shape(4096, 128, True) == SHAPE
-    assert prof.resolve_shape(1024, 64, False, batch=2, heads=3, kv_heads=1, seqlen_k=512) == Shape(
-        2, 3, 1, 1024, 512, 64, False)
+    assert profiled(causal=True) == [SHAPE]
+    assert profiled(seqlen="1024", headdim=64, batch=2, heads=3, kv_heads=1, seqlen_k=512) == [Shape(
+        2, 3, 1, 1024, 512, 64, False)]
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -79,14 +84,14 @@ def test_a_profiled_shape_defaults_to_the_papers_tokens_and_hidden_size():
 ])
 def test_bad_sizes_are_spec_errors(kwargs, message):
     with pytest.raises(SpecError, match=message):
-        prof.resolve_shape(4096, 128, False, **kwargs)
+        profiled(**kwargs)
 
 
 # --- ncu: command lines and parsing ---------------------------------------------------------------------
 
 
 def test_the_ncu_command_profiles_only_the_childs_timed_calls_at_the_gpus_own_clocks():
-    cmd = prof.ncu_command("/opt/ncu", POINT, Path("out/report"), METRICS.values(), calls=2, warmup=3,
+    cmd = ncu.ncu_command("/opt/ncu", POINT, Path("out/report"), METRICS.values(), calls=2, warmup=3,
                            python="/venv/bin/python")
     line = " ".join(cmd)
     assert cmd[0] == "/opt/ncu"
@@ -95,13 +100,13 @@ def test_the_ncu_command_profiles_only_the_childs_timed_calls_at_the_gpus_own_cl
     assert cmd[cmd.index("--metrics") + 1] == ",".join(METRICS.values())
     assert cmd[cmd.index("--export") + 1] == "out/report"
     child = cmd[cmd.index("/venv/bin/python") + 1:]
-    assert child[:3] == ["-m", "fa2bench.profile", "child"]
+    assert child[:3] == ["-m", "fa2bench.ncu", "child"]
     assert "--causal" in child and child[child.index("--calls") + 1] == "2"
     assert child[child.index("--seqlen-q") + 1] == "4096" and child[child.index("--batch") + 1] == "4"
 
 
 def test_the_export_reads_the_report_back_as_one_csv_row_per_kernel_in_base_units():
-    cmd = prof.export_command("ncu", Path("r.ncu-rep"))
+    cmd = ncu.export_command("ncu", Path("r.ncu-rep"))
     assert cmd == ["ncu", "--import", "r.ncu-rep", "--csv", "--page", "raw", "--print-units", "base"]
 
 
@@ -109,41 +114,41 @@ def test_metrics_asked_for_cover_the_issue_and_fall_back_to_what_ncu_offers():
     assert set(METRICS) == {"dram_read_bytes", "dram_write_bytes", "l2_bytes", "duration_ns", "occupancy_pct",
                             "tensor_pct", "sm_pct", "l2_hit_pct"}
     assert METRICS["tensor_pct"].startswith("sm__pipe_tensor_cycles_active")
-    offered = prof.parse_query_metrics(QUERY_METRICS)
+    offered = ncu.parse_query_metrics(QUERY_METRICS)
     assert "dram__bytes_read" in offered and "Device" not in offered and "Metric" not in offered
-    chosen = prof.select_metrics(offered)
+    chosen = ncu.select_metrics(offered)
     assert chosen["tensor_pct"] == "sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_active"
     assert "l2_bytes" not in chosen  # lts__t_bytes is not offered by this (fixture) ncu: left out, not fatal
 
 
 def test_raw_csv_parses_one_row_per_launch_in_base_units():
-    kernels = prof.parse_ncu_csv(RAW_CSV, METRICS)
+    kernels = ncu.parse_ncu_csv(RAW_CSV, METRICS)
     assert [k["kernel"] for k in kernels] == ["_matmul_kernel", "_softmax_kernel", "_matmul_kernel"] * 2
     assert kernels[0]["dram_read_bytes"] == 1e6 and kernels[0]["dram_write_bytes"] == 4e6
     assert kernels[1]["duration_ns"] == 1000 and kernels[2]["tensor_pct"] == 80
 
 
 def test_counters_of_one_call_sum_bytes_over_its_kernels_and_weight_percentages_by_time():
-    summary = prof.per_call(prof.parse_ncu_csv(RAW_CSV, METRICS), calls=2)
+    summary = ncu.per_call(ncu.parse_ncu_csv(RAW_CSV, METRICS), calls=2)
     assert summary["kernels_per_call"] == 3
     assert summary["dram_read_bytes"] == 10e6 and summary["dram_write_bytes"] == 9e6
     assert summary["dram_bytes"] == 19e6
     assert summary["duration_ns"] == 8000 and summary["l2_bytes"] == 22e6
     assert summary["tensor_pct"] == pytest.approx((60 * 3000 + 0 * 1000 + 80 * 4000) / 8000)
-    rows = {r["kernel"]: r for r in prof.by_kernel(prof.parse_ncu_csv(RAW_CSV, METRICS), calls=2)}
+    rows = {r["kernel"]: r for r in ncu.by_kernel(ncu.parse_ncu_csv(RAW_CSV, METRICS), calls=2)}
     assert rows["_matmul_kernel"]["kernels_per_call"] == 2 and rows["_matmul_kernel"]["dram_read_bytes"] == 6e6
 
 
 def test_raw_csv_columns_are_found_by_name_in_any_order():
     text = ('"Kernel Name","dram__bytes_write.sum","Context","dram__bytes_read.sum"\n'
             '"","Mbyte","","Gbyte"\n"_attn_fwd","2","1","1.5"\n')
-    (kernel,) = prof.parse_ncu_csv(text, METRICS)
+    (kernel,) = ncu.parse_ncu_csv(text, METRICS)
     assert kernel["kernel"] == "_attn_fwd" and kernel["id"] == 0
     assert kernel["dram_read_bytes"] == 1.5e9 and kernel["dram_write_bytes"] == 2e6
 
 
 def test_details_csv_parses_too_and_scales_units():
-    (kernel,) = prof.parse_ncu_csv(DETAILS_CSV, METRICS)
+    (kernel,) = ncu.parse_ncu_csv(DETAILS_CSV, METRICS)
     assert kernel["kernel"] == "_attn_fwd"
     assert kernel["dram_read_bytes"] == pytest.approx(12.5e6)
     assert kernel["dram_write_bytes"] == pytest.approx(4.096e6)
@@ -152,7 +157,7 @@ def test_details_csv_parses_too_and_scales_units():
 
 
 def test_text_without_a_table_parses_to_nothing():
-    assert prof.parse_ncu_csv("==PROF== Connected\n==ERROR== something\n", METRICS) == []
+    assert ncu.parse_ncu_csv("==PROF== Connected\n==ERROR== something\n", METRICS) == []
 
 
 # --- run_ncu and the IO study with a fake ncu ------------------------------------------------------------
@@ -183,7 +188,7 @@ class FakeNcu:
         Path(cmd[cmd.index("--export") + 1]).with_suffix(".ncu-rep").write_bytes(b"fake report")
         error = self.fail(provider, seqlen)
         line = {"error": error} if error else {"config": "fwd: BLOCK_M=128 BLOCK_N=64 w8 s3", "calls": 1}
-        out = f"==PROF== Connected\n{self.extra_output}{prof.CHILD_TAG}{json.dumps(line)}\n"
+        out = f"==PROF== Connected\n{self.extra_output}{ncu.CHILD_TAG}{json.dumps(line)}\n"
         return subprocess.CompletedProcess(cmd, 1 if error else self.code, stdout=out, stderr="")
 
     def _csv(self, provider, seqlen):
@@ -198,7 +203,7 @@ class FakeNcu:
 
 def test_run_ncu_keeps_the_report_its_csv_and_the_log(tmp_path):
     fake = FakeNcu(measured=lambda p, n: 2e9)
-    result = prof.run_ncu(POINT, tmp_path, ncu="ncu", run=fake)
+    result = ncu.run_ncu(POINT, tmp_path, ncu="ncu", run=fake)
     assert result.summary["dram_bytes"] == 2e9 and result.summary["kernels_per_call"] == 2
     assert result.config == "fwd: BLOCK_M=128 BLOCK_N=64 w8 s3"
     assert result.report == tmp_path / "report.ncu-rep" and result.report.exists()
@@ -211,7 +216,7 @@ def test_run_ncu_keeps_the_report_its_csv_and_the_log(tmp_path):
 
 def test_a_metric_this_ncu_rejects_is_dropped_and_the_profile_retried(tmp_path):
     fake = FakeNcu(unknown_metric="lts__t_bytes.sum")
-    result = prof.run_ncu(POINT, tmp_path, ncu="ncu", run=fake, metrics=prof.select_metrics(None))
+    result = ncu.run_ncu(POINT, tmp_path, ncu="ncu", run=fake, metrics=ncu.select_metrics(None))
     assert len(fake.collected()) == 2
     assert "lts__t_bytes.sum" not in result.metrics and result.summary["l2_bytes"] is None
     assert result.summary["dram_bytes"] == 1e9
@@ -224,16 +229,21 @@ def test_a_metric_this_ncu_rejects_is_dropped_and_the_profile_retried(tmp_path):
     (FakeNcu(code=9, extra_output="==ERROR== Failed to profile kernel\n"), "ncu exited with code 9"),
 ])
 def test_ncu_failures_are_one_line(tmp_path, fake, message):
-    with pytest.raises(prof.ProfileError, match=message):
-        prof.run_ncu(POINT, tmp_path, ncu="ncu", run=fake)
+    with pytest.raises(ncu.ProfileError, match=message):
+        ncu.run_ncu(POINT, tmp_path, ncu="ncu", run=fake)
+
+
+def study_points(providers=("naive", "fa2"), seqlens=(1024, 2048)) -> list[Point]:
+    """The points `fa2bench profile-io` builds (head dim 128, the paper's workload)."""
+    return config.spec_from({"provider": list(providers), "seqlen": list(seqlens)}, prof.POINT_DEFAULTS).points()
 
 
 def test_no_ncu_on_path_is_a_clear_error(tmp_path, monkeypatch):
-    monkeypatch.setattr(prof, "find_ncu", lambda: None)
-    with pytest.raises(prof.ProfileError, match="`ncu` is not on PATH"):
-        prof.run_ncu(POINT, tmp_path)
-    with pytest.raises(prof.ProfileError, match="`ncu` is not on PATH"):
-        prof.io_study(["fa2"], [1024], 128, tmp_path)
+    monkeypatch.setattr(ncu, "find_ncu", lambda: None)
+    with pytest.raises(ncu.ProfileError, match="`ncu` is not on PATH"):
+        ncu.run_ncu(POINT, tmp_path)
+    with pytest.raises(ncu.ProfileError, match="`ncu` is not on PATH"):
+        iostudy.io_study(study_points(("fa2",), (1024,)), tmp_path)
 
 
 def test_io_study_puts_measured_bytes_next_to_the_model_in_a_table_and_a_figure(tmp_path):
@@ -243,13 +253,13 @@ def test_io_study_puts_measured_bytes_next_to_the_model_in_a_table_and_a_figure(
     fake = FakeNcu(measured=measured, fail=lambda p, n: "OutOfMemoryError: CUDA out of memory" if (
         p, n) == ("naive", 2048) else None)
     seen = []
-    frame = prof.io_study(["naive", "fa2"], [1024, 2048], 128, tmp_path, ncu="ncu", run=fake,
-                          on_point=lambda point, row: seen.append((point.provider, row["status"])))
+    frame = iostudy.io_study(study_points(), tmp_path, ncu_path="ncu", run=fake,
+                             on_point=lambda point, row: seen.append((point.provider, row["status"])))
     assert seen == [("naive", "ok"), ("naive", "error"), ("fa2", "ok"), ("fa2", "ok")]
-    assert (tmp_path / prof.STUDY_CSV).exists() and (tmp_path / prof.STUDY_FIGURE).stat().st_size > 0
+    assert (tmp_path / iostudy.STUDY_CSV).exists() and (tmp_path / iostudy.STUDY_FIGURE).stat().st_size > 0
     ok = frame[frame["status"] == "ok"].set_index(["provider", "seqlen_q"])
     fa2 = ok.loc[("fa2", 2048)]
-    shape = prof.resolve_shape(2048, 128, False)
+    shape = Shape(8, 16, 16, 2048, 2048, 128, False)
     assert (fa2["batch"], fa2["heads"]) == (8, 16)
     assert fa2["dram_bytes"] == 0.25 * 2048e6
     assert fa2["model_bytes"] == iomodel.hbm_bytes("fa2", shape, "fwd", "fp16",
@@ -262,7 +272,7 @@ def test_io_study_puts_measured_bytes_next_to_the_model_in_a_table_and_a_figure(
 
     # a second run into the same folder profiles only what is not ok yet
     again = FakeNcu(measured=measured)
-    frame = prof.io_study(["naive", "fa2"], [1024, 2048], 128, tmp_path, ncu="ncu", run=again)
+    frame = iostudy.io_study(study_points(), tmp_path, ncu_path="ncu", run=again)
     assert [(c[c.index("--provider") + 1], c[c.index("--seqlen-q") + 1]) for c in again.collected()] == [
         ("naive", "2048")]
     assert (frame["status"] == "ok").sum() == 4
@@ -273,16 +283,16 @@ def test_io_study_puts_measured_bytes_next_to_the_model_in_a_table_and_a_figure(
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the GPU-less failure line")
 def test_the_child_reports_a_failure_on_one_line(capsys):
-    code = prof.main(["child", "--provider", "torch-eager", "--mode", "fwd", "--dtype", "fp32", "--batch", "1",
+    code = ncu.main(["child", "--provider", "torch-eager", "--mode", "fwd", "--dtype", "fp32", "--batch", "1",
                       "--heads", "1", "--kv-heads", "1", "--seqlen-q", "16", "--seqlen-k", "16", "--headdim", "16",
                       "--no-causal"])
     assert code == 1
-    (line,) = [x for x in capsys.readouterr().out.splitlines() if x.startswith(prof.CHILD_TAG)]
-    assert "error" in json.loads(line[len(prof.CHILD_TAG):])
+    (line,) = [x for x in capsys.readouterr().out.splitlines() if x.startswith(ncu.CHILD_TAG)]
+    assert "error" in json.loads(line[len(ncu.CHILD_TAG):])
 
 
 def test_the_module_without_child_prints_usage():
-    assert prof.main([]) == 2
+    assert ncu.main([]) == 2
 
 
 # --- torch.profiler trace -------------------------------------------------------------------------------
@@ -456,16 +466,17 @@ def test_without_a_gpu_profile_is_one_clear_line(args):
 @pytest.mark.parametrize("args", [["profile", "--provider", "fa2", "--ncu"], ["profile-io"]])
 def test_without_ncu_the_ncu_paths_are_one_clear_line(monkeypatch, args):
     monkeypatch.setattr(cli, "_has_cuda", lambda: True)
-    monkeypatch.setattr(prof, "find_ncu", lambda: None)
+    monkeypatch.setattr(ncu, "find_ncu", lambda: None)
     result = invoke(*args)
     assert result.exit_code == 2
     assert "`ncu` is not on PATH" in result.output and "Traceback" not in result.output
 
 
 @pytest.mark.parametrize("args, message", [
-    (["profile", "--provider", "nope"], "unknown 'nope'"),
-    (["profile", "--provider", "fa2", "--mode", "train"], "unknown 'train'"),
-    (["profile", "--provider", "fa2", "--dtype", "fp8"], "unknown 'fp8'"),
+    (["profile", "--provider", "nope"], "'nope' is not one of"),
+    (["profile", "--provider", "fa2", "--mode", "train"], "'train' is not one of"),
+    (["profile", "--provider", "fa2", "--dtype", "fp8"], "'fp8' is not one of"),
+    (["profile", "--provider", "fa2", "--seqlen", "1024,2048"], "takes one point; these options give 2"),
     (["profile", "--provider", "fa2", "--batch", "2", "--tokens", "8192"], "--batch and --tokens"),
     (["profile", "--provider", "fa2", "--hidden", "100"], "not a multiple of head dim"),
     (["profile-io", "--seqlen", "abc"], "--seqlen"),
@@ -484,11 +495,11 @@ def fake_gpu(monkeypatch):
 
     monkeypatch.setattr(cli, "_has_cuda", lambda: True)
     monkeypatch.setattr(hardware, "cuda_device_name", lambda: "Fake H100")
-    monkeypatch.setattr(prof, "find_ncu", lambda: "ncu")
+    monkeypatch.setattr(ncu, "find_ncu", lambda: "ncu")
     monkeypatch.setattr(prof, "prepare", lambda point: (lambda: torch.randn(64, 64) @ torch.randn(64, 64), None))
-    real_run_ncu, real_study = prof.run_ncu, prof.io_study
-    monkeypatch.setattr(prof, "run_ncu", lambda *a, **k: real_run_ncu(*a, **{**k, "run": FakeNcu()}))
-    monkeypatch.setattr(prof, "io_study", lambda *a, **k: real_study(*a, **{**k, "run": FakeNcu()}))
+    real_run_ncu, real_study = ncu.run_ncu, iostudy.io_study
+    monkeypatch.setattr(ncu, "run_ncu", lambda *a, **k: real_run_ncu(*a, **{**k, "run": FakeNcu()}))
+    monkeypatch.setattr(iostudy, "io_study", lambda *a, **k: real_study(*a, **{**k, "run": FakeNcu()}))
 
 
 def test_profile_prints_timing_model_trace_and_ncu_tables(fake_gpu, tmp_path, monkeypatch):
@@ -511,13 +522,13 @@ def test_profile_io_prints_the_study_table(fake_gpu, tmp_path):
     assert result.exit_code == 0, result.output
     text = " ".join(result.output.split())
     assert "DRAM bytes per call: measured (ncu) vs model" in text and "io_study.png" in text
-    assert len(prof.load_study(tmp_path)) == 4
+    assert len(iostudy.load_study(tmp_path)) == 4
 
 
 def test_a_timed_out_ncu_takes_the_profiled_process_with_it(tmp_path):
     pid_file = tmp_path / "pid"
     with pytest.raises(subprocess.TimeoutExpired):
-        prof.run_in_group(["bash", "-c", f"sleep 30 & echo $! > {pid_file}; wait"], timeout=0.5)
+        ncu.run_in_group(["bash", "-c", f"sleep 30 & echo $! > {pid_file}; wait"], timeout=0.5)
     status = Path(f"/proc/{int(pid_file.read_text())}/status")
     for _ in range(50):  # the kill is asynchronous: give it a moment
         if not status.exists() or "\tZ" in status.read_text():  # gone, or a zombie nobody has reaped yet
@@ -547,9 +558,9 @@ def test_on_a_gpu_fa2s_resources_and_trace_are_read(tmp_path):
 
 @pytest.mark.gpu
 def test_on_a_gpu_ncu_measures_at_least_the_compulsory_bytes(tmp_path):
-    if prof.find_ncu() is None:
+    if ncu.find_ncu() is None:
         pytest.skip("ncu is not on PATH")
-    result = prof.run_ncu(GPU_POINT, tmp_path, timeout_s=300)
+    result = ncu.run_ncu(GPU_POINT, tmp_path, timeout_s=300)
     s = GPU_POINT.shape
     inputs = 2 * s.batch * s.headdim * (s.heads * s.seqlen_q + 2 * s.kv_heads * s.seqlen_k)
     assert result.summary["kernels_per_call"] == 1
@@ -564,7 +575,7 @@ def test_a_real_ncu_export_from_the_h100_parses():
     """tests/data/ncu-h100-fa2-fwd-s4096-d128.csv: what `fa2bench profile --provider fa2 --seqlen 4096
     --headdim 128 --mode fwd --ncu` exported on the lent H100 (ncu 2025.3.1), one _attn_fwd launch."""
     text = (Path(__file__).parent / "data" / "ncu-h100-fa2-fwd-s4096-d128.csv").read_text()
-    (kernel,) = prof.parse_ncu_csv(text, METRICS)
+    (kernel,) = ncu.parse_ncu_csv(text, METRICS)
     assert kernel["kernel"] == "_attn_fwd"
     assert 0.19e9 < kernel["dram_read_bytes"] < 0.21e9  # Q, K, V of b4 h16 s4096 d128 fp16: 0.201 GB
     assert 0 < kernel["l2_hit_pct"] <= 100 and 0 < kernel["tensor_pct"] <= 100

@@ -6,7 +6,9 @@ import re
 import pytest
 from typer.testing import CliRunner
 
-from fa2bench import providers, report
+from fa2bench import api, providers
+from fa2bench import markdown as report
+from fa2bench.results import ResultsError
 from fa2bench.cli import app
 from fa2bench.summary import headline
 from tests.synthetic import ERROR, H100, WRONG, copy_of_committed_run, results_frame, write_run
@@ -80,6 +82,7 @@ def test_a_cpu_run_says_so_and_explains_missing_figures(tmp_path):
     assert "_Not drawn: no peak-memory measurements" in text
 
 
+@pytest.mark.slow  # draws every figure of a real run
 def test_a_real_run_on_disk_gets_a_report(tmp_path):
     run_dir = copy_of_committed_run(tmp_path)
     result = runner.invoke(app, ["report", str(run_dir)])
@@ -95,18 +98,18 @@ def test_md_table_escapes_pipes_and_newlines():
 
 
 def test_find_run_prefers_the_environment_then_the_newest_run(tmp_path, monkeypatch):
-    monkeypatch.delenv(report.RUN_ENV, raising=False)
-    assert report.find_run(tmp_path / "results") is None
+    monkeypatch.delenv(api.RUN_ENV, raising=False)
+    assert api.find_run(tmp_path / "results") is None
     frame = results_frame(providers=("fa2",), seqlens=(512,), headdims=(64,), modes=("fwd",))
     for name, started in (("b-old", "2025-01-01T00:00:00+00:00"), ("a-new", "2025-06-01T00:00:00+00:00")):
         write_run(frame, tmp_path / "results" / name)
         meta = json.loads((tmp_path / "results" / name / "meta.json").read_text())
         (tmp_path / "results" / name / "meta.json").write_text(json.dumps({**meta, "started_utc": started}))
     (tmp_path / "results" / "io-study").mkdir()  # not a sweep: no meta.json
-    assert report.find_run(tmp_path / "results") == tmp_path / "results" / "a-new"
-    assert report.runs(tmp_path / "results") == [tmp_path / "results" / "a-new", tmp_path / "results" / "b-old"]
-    monkeypatch.setenv(report.RUN_ENV, str(tmp_path / "results" / "b-old"))
-    assert report.find_run(tmp_path / "results") == tmp_path / "results" / "b-old"
-    monkeypatch.setenv(report.RUN_ENV, str(tmp_path / "missing"))
-    with pytest.raises(report.ResultsError, match="FA2BENCH_RUN"):
-        report.find_run(tmp_path / "results")
+    assert api.find_run(tmp_path / "results") == tmp_path / "results" / "a-new"
+    assert api.list_runs(tmp_path / "results") == [tmp_path / "results" / "a-new", tmp_path / "results" / "b-old"]
+    monkeypatch.setenv(api.RUN_ENV, str(tmp_path / "results" / "b-old"))
+    assert api.find_run(tmp_path / "results") == tmp_path / "results" / "b-old"
+    monkeypatch.setenv(api.RUN_ENV, str(tmp_path / "missing"))
+    with pytest.raises(ResultsError, match="FA2BENCH_RUN"):
+        api.find_run(tmp_path / "results")

@@ -195,17 +195,17 @@ def test_without_a_gpu_the_columns_are_empty_and_fn_is_not_called():
 
 
 def test_missing_nvidia_ml_py_or_a_failing_init_means_no_nvml(monkeypatch):
-    telemetry._nvml_module.cache_clear()
+    telemetry.nvml.cache_clear()
     monkeypatch.setitem(sys.modules, "pynvml", None)  # import fails
-    assert telemetry._nvml_module() is None
-    telemetry._nvml_module.cache_clear()
+    assert telemetry.nvml() is None
+    telemetry.nvml.cache_clear()
 
     def fail():
         raise NVMLError("Driver Not Loaded")
 
     monkeypatch.setitem(sys.modules, "pynvml", types.SimpleNamespace(nvmlInit=fail))
-    assert telemetry._nvml_module() is None
-    telemetry._nvml_module.cache_clear()
+    assert telemetry.nvml() is None
+    telemetry.nvml.cache_clear()
 
 
 def test_the_results_table_carries_the_telemetry_columns():

@@ -1,49 +1,19 @@
 """A run's Markdown report (``report.md`` in the run folder): metadata, headline table, speedups, the points
 that failed, and the figures (``plots.plot_run`` into ``figures/``, linked by relative paths so the report
-renders on GitHub). Also ``find_run``: which run the notebook and the tests read when none is named.
+renders on GitHub).
 """
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 
 import pandas as pd
 
+from fa2bench import display
 from fa2bench.presets import Shape
-from fa2bench.results import CSV_NAME, META_NAME, PARQUET_NAME, ResultsError, read_meta
 from fa2bench.summary import geomean
 
 REPORT_NAME, FIGURES_DIR = "report.md", "figures"
-RUN_ENV = "FA2BENCH_RUN"
-
-
-def find_run(root: str | Path = "results", env: str = RUN_ENV) -> Path | None:
-    """``$FA2BENCH_RUN`` when set, else the newest run folder directly under ``root`` (one with meta.json and
-    results), newest by meta.json's ``started_utc``; None when there is none."""
-    named = os.environ.get(env)
-    if named:
-        if not Path(named).exists():
-            raise ResultsError(f"${env} names {named}, which does not exist")
-        return Path(named)
-    return next(iter(runs(root)), None)
-
-
-def runs(root: str | Path = "results") -> list[Path]:
-    """Run folders directly under ``root``, newest first."""
-    root = Path(root)
-    if not root.is_dir():
-        return []
-    found = []
-    for folder in root.iterdir():
-        if not (folder / META_NAME).exists() or not ((folder / CSV_NAME).exists() or (folder / PARQUET_NAME).exists()):
-            continue
-        try:
-            started = str(read_meta(folder).get("started_utc") or "")
-        except ResultsError:
-            continue
-        found.append((started, folder.stat().st_mtime, folder))
-    return [f for *_, f in sorted(found, reverse=True)]
 
 
 # --- Markdown --------------------------------------------------------------------------------------------
@@ -65,18 +35,6 @@ def _cell(value) -> str:
     return text.replace("|", "\\|").replace("\n", " ").strip()
 
 
-def _num(value, suffix: str = "", digits: int = 3) -> str:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        return "-"
-    if not math.isfinite(v):
-        return "-"
-    if abs(v) >= 100:
-        return f"{v:.0f}{suffix}"
-    return f"{v:.{digits}g}{suffix}"
-
-
 def shape_label(row: dict) -> str:
     return Shape.from_row(row).label()
 
@@ -96,7 +54,7 @@ def metadata_section(frame: pd.DataFrame, meta: dict) -> str:
         if len(gpus) > 1:
             gpu += f"; {len(gpus)} GPUs, the first one used"
     peak = meta.get("peak") or {}
-    peaks = ", ".join(f"{d} {_num(v)}" for d, v in (peak.get("tflops_by_dtype") or {}).items() if v)
+    peaks = ", ".join(f"{d} {display.sig(v)}" for d, v in (peak.get("tflops_by_dtype") or {}).items() if v)
     git = meta.get("git") or {}
     commit = (git.get("commit") or "unknown")[:12] + (" (uncommitted changes)" if git.get("dirty") else "")
     versions = ", ".join(f"{k} {v}" for k, v in (meta.get("versions") or {}).items() if v)
@@ -109,7 +67,7 @@ def metadata_section(frame: pd.DataFrame, meta: dict) -> str:
     rows = [
         ["GPU", gpu],
         ["device peak (TFLOP/s)", f"{peaks or 'unknown'} ({peak.get('source', 'unknown source')})"],
-        ["measured ceilings", ", ".join(f"{k} {_num(v)}" for k, v in ceilings.items()) or "not measured"],
+        ["measured ceilings", ", ".join(f"{k} {display.sig(v)}" for k, v in ceilings.items()) or "not measured"],
         ["started / finished (UTC)", f"{meta.get('started_utc', '?')} / {meta.get('finished_utc', 'not finished')}"
          + ("" if meta.get("complete", True) else " (interrupted: partial run)")],
         ["commit", commit],
@@ -137,18 +95,19 @@ def headline_section(frame: pd.DataFrame) -> str:
     modes = {m: i for i, m in enumerate(plots.modes_of(frame))}
     table = table.assign(_o=table["provider"].map(order), _m=table["mode"].map(modes))
     table = table.sort_values(["_m", "dtype", "_o"], kind="stable")
-    rows = [[plots.label(r["provider"]), r["mode"], r["dtype"], f"{r['ok']}/{r['points']}", _num(r["best_tflops"]),
-             _num(r["pct_a100_peak"], "%"), _num(r["pct_device_peak"], "%"), _num(r[baseline_col], "×")]
-            for r in table.to_dict("records")]
+    rows = [[plots.label(r["provider"]), r["mode"], r["dtype"], f"{r['ok']}/{r['points']}",
+             display.sig(r["best_tflops"]), display.sig(r["pct_a100_peak"], "%"), display.sig(r["pct_device_peak"], "%"),
+             display.sig(r[baseline_col], "×")] for r in table.to_dict("records")]
     return md_table(rows, ["provider", "mode", "dtype", "ok/points", "best TFLOP/s", "% A100 peak",
                            "% device peak", f"× {baseline_col.removeprefix('speedup_vs_')} (geomean)"], "lllrrrrr")
 
 
-def speedup_section(frame: pd.DataFrame, subject: str = "fa2") -> str:
+def speedup_section(frame: pd.DataFrame, subject: str | None = None) -> str:
     """Per mode and dtype: the subject's speedup over each other provider by sequence length (geometric mean
     over head dims, causal and workloads) and over all."""
-    from fa2bench import plots
+    from fa2bench import plots, providers
 
+    subject = subject or providers.with_role("subject")
     table = plots.speedups(frame, subject)
     if table.empty:
         return f"No speedups: {subject} and another provider are never both ok on the same point."
@@ -160,8 +119,8 @@ def speedup_section(frame: pd.DataFrame, subject: str = "fa2") -> str:
         for b in [p for p in plots.ordered_providers(frame) if p in set(group["baseline"])]:
             mine = group[group["baseline"] == b]
             by_n = mine.groupby("seqlen_q")["speedup"].apply(geomean)
-            rows.append([f"vs {plots.label(b)}"] + [_num(by_n.get(n), "×") for n in seqlens]
-                        + [_num(geomean(mine["speedup"]), "×")])
+            rows.append([f"vs {plots.label(b)}"] + [display.sig(by_n.get(n), "×") for n in seqlens]
+                        + [display.sig(geomean(mine["speedup"]), "×")])
         parts.append(f"**{mode}, {dtype}**\n\n" + md_table(
             rows, ["seqlen"] + [plots.seqlen_label(n) for n in seqlens] + ["all"], "l" + "r" * (len(seqlens) + 1)))
     return "\n\n".join(parts)

@@ -1,0 +1,179 @@
+"""Sweep options as data: keyword arguments of ``fa2bench.sweep``, the options of ``fa2bench sweep`` and sweep
+files (``fa2bench sweep --config FILE``, TOML, or YAML when PyYAML is installed) share one set of fields and
+one validation, so a bad value reads the same wherever it came from (``SpecError``, one line).
+
+Fields (a file may spell them with dashes, as on the command line):
+
+- ``preset``: paper, quick or smoke, the base the other fields override;
+- shape lists ``seqlen``, ``seqlen_k``, ``headdim``, ``batch``, ``heads``, ``kv_heads``: a list of whole numbers,
+  one number, or text as on the command line (``"512..16384"``, ``"64:256:64"``, ``"64,128"``);
+- ``tokens``, ``hidden``: one number (batch = tokens // seqlen, heads = hidden // headdim);
+- ``causal``: ``"off"``, ``"on"``, ``"both"`` or a boolean;
+- ``dtype``, ``mode``, ``provider``: a list of names or comma-separated text;
+- run options ``check``, ``warmup_ms``, ``rep_ms``, ``peak_tflops``, ``ceilings``; and ``out``, ``resume``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+from typing import Any, Mapping
+
+from fa2bench.flops import MODES
+from fa2bench.presets import DTYPES, SpecError, SweepSpec, parse_ints, parse_names
+
+INT_LISTS = {"seqlen": "seqlens", "seqlen_k": "seqlens_k", "headdim": "headdims", "batch": "batch",
+             "heads": "heads", "kv_heads": "kv_heads"}
+NAME_LISTS = {"dtype": "dtypes", "mode": "modes", "provider": "providers"}
+CAUSAL = {"off": (False,), "on": (True,), "both": (False, True)}
+RUN_OPTIONS = {"check": True, "warmup_ms": 25.0, "rep_ms": 100.0, "peak_tflops": None, "ceilings": True}
+FIELDS = ("preset", *INT_LISTS, "tokens", "hidden", "causal", *NAME_LISTS, *RUN_OPTIONS, "out", "resume")
+
+
+def _option(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def normalise(options: Mapping[str, Any], where: str = "") -> dict:
+    """``options`` with dashes read as underscores and None values dropped; an unknown field is a SpecError."""
+    out = {}
+    for key, value in options.items():
+        name = str(key).replace("-", "_")
+        if name not in FIELDS:
+            raise SpecError(f"{where}unknown field {key!r}; fields: {', '.join(_option(f) for f in FIELDS)}")
+        if value is not None:
+            out[name] = value
+    return out
+
+
+def _ints(name: str, value) -> tuple[int, ...]:
+    if isinstance(value, str):
+        return parse_ints(value, _option(name))
+    values = value if isinstance(value, (list, tuple)) else [value]
+    if not values or any(isinstance(v, bool) or not isinstance(v, int) for v in values):
+        raise SpecError(f"--{_option(name)}: expected whole numbers, got {value!r}")
+    return parse_ints(",".join(map(str, values)), _option(name))
+
+
+def _int(name: str, value) -> int:
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise SpecError(f"--{_option(name)}: expected a whole number, got {value!r}")
+    return value
+
+
+def _names(name: str, value, allowed: tuple[str, ...]) -> tuple[str, ...]:
+    text = value if isinstance(value, str) else ",".join(map(str, value if isinstance(value, (list, tuple))
+                                                             else [value]))
+    return parse_names(text, _option(name), allowed)
+
+
+def _causal(value) -> tuple[bool, ...]:
+    if isinstance(value, bool):
+        return (value,)
+    key = getattr(value, "value", value)  # a CLI Enum
+    if key not in CAUSAL:
+        raise SpecError(f"--causal: expected off, on, both or a boolean, got {value!r}")
+    return CAUSAL[key]
+
+
+def spec_from(options: Mapping[str, Any], base: SweepSpec | str) -> SweepSpec:
+    """The sweep ``options`` describe, on top of ``base`` (a spec, or a preset name that ``preset`` replaces)."""
+    from fa2bench import providers
+
+    options = normalise(options)
+    if "preset" in options or isinstance(base, str):
+        base = SweepSpec.from_name(str(getattr(options.get("preset"), "value", options.get("preset")) or base))
+    spec = base
+    for pair in (("batch", "tokens"), ("heads", "hidden")):
+        if all(name in options for name in pair):
+            raise SpecError(f"give at most one of --{pair[0]} and --{pair[1]}")
+    changes: dict[str, Any] = {INT_LISTS[k]: _ints(k, v) for k, v in options.items() if k in INT_LISTS}
+    if "batch" in options:
+        changes["tokens"] = None
+    if "tokens" in options:
+        changes.update(batch=(), tokens=_int("tokens", options["tokens"]))
+    if "heads" in options:
+        changes["hidden"] = None
+    if "hidden" in options:
+        changes.update(heads=(), hidden=_int("hidden", options["hidden"]))
+    if "causal" in options:
+        changes["causal"] = _causal(options["causal"])
+    allowed = {"dtype": DTYPES, "mode": MODES, "provider": providers.names()}
+    for key, field in NAME_LISTS.items():
+        if key in options:
+            changes[field] = _names(key, options[key], allowed[key])
+    spec = dataclasses.replace(spec, **changes)
+    spec.validate()
+    return spec
+
+
+def run_options(options: Mapping[str, Any]) -> dict:
+    """The run options among ``options`` with their defaults, validated: check, warmup_ms, rep_ms, peak_tflops,
+    ceilings."""
+    options = normalise(options)
+    out = {k: options.get(k, default) for k, default in RUN_OPTIONS.items()}
+    for flag in ("check", "ceilings"):
+        if not isinstance(out[flag], bool):
+            raise SpecError(f"--{flag}: expected true or false, got {out[flag]!r}")
+    try:
+        warmup, rep = float(out["warmup_ms"]), float(out["rep_ms"])
+        peak = None if out["peak_tflops"] is None else float(out["peak_tflops"])
+    except (TypeError, ValueError):
+        raise SpecError("--warmup-ms, --rep-ms and --peak-tflops must be numbers") from None
+    if peak is not None and not (peak > 0 and math.isfinite(peak)):
+        raise SpecError("--peak-tflops must be a positive number")
+    if not (warmup >= 0 and rep > 0):
+        raise SpecError("--warmup-ms must be >= 0 and --rep-ms > 0")
+    return {**out, "warmup_ms": warmup, "rep_ms": rep, "peak_tflops": peak}
+
+
+def merge(base: Mapping[str, Any], given: Mapping[str, Any]) -> dict:
+    """``given`` (the command line) over ``base`` (a sweep file): a field given replaces the file's, and
+    --batch/--tokens (like --heads/--hidden) replace each other, so one given drops the file's other."""
+    given = normalise(given)
+    out = dict(normalise(base))
+    for pair in (("batch", "tokens"), ("heads", "hidden")):
+        if set(pair) & set(given):
+            out = {k: v for k, v in out.items() if k not in pair}
+    return {**out, **given}
+
+
+def load(path: str | Path) -> dict:
+    """The fields of a sweep file (TOML; YAML when PyYAML is installed), normalised; errors are one line."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise SpecError(f"cannot read sweep file {path}: {exc.strerror or exc}") from None
+    if path.suffix.lower() in (".yaml", ".yml"):
+        data = _yaml(text, path)
+    elif path.suffix.lower() == ".toml":
+        try:
+            import tomllib
+        except ImportError:  # Python 3.10
+            import tomli as tomllib
+
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise SpecError(f"sweep file {path} is not valid TOML: {exc}") from None
+    else:
+        raise SpecError(f"sweep file {path}: use a .toml, .yaml or .yml file")
+    if not isinstance(data, dict):
+        raise SpecError(f"sweep file {path} must hold a table of fields, e.g. seqlen = [1024, 4096]")
+    return normalise(data.get("sweep", data) if isinstance(data.get("sweep"), dict) else data, f"{path}: ")
+
+
+def _yaml(text: str, path: Path):
+    try:
+        import yaml
+    except ImportError:
+        raise SpecError(f"sweep file {path}: reading YAML needs PyYAML (pip install pyyaml); "
+                        "or write the file as TOML") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise SpecError(f"sweep file {path} is not valid YAML: {' '.join(str(exc).split())}") from None
+
