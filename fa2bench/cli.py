@@ -1,11 +1,13 @@
 """The fa2bench command line: thin Typer commands over the library."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import math
 import re
 import shutil
+import signal
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
@@ -69,7 +71,15 @@ def sweep(
                         "default: every provider available here.")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Results folder (default results/<UTC time>-<gpu>).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out, skipping finished points.")] = False,
+    extend: Annotated[bool, typer.Option(help="With --resume: add a different sweep's points to the run "
+                      "(meta.json records every sweep).")] = False,
     check: Annotated[bool, typer.Option(help="Check every point against the reference before timing.")] = True,
+    isolate: Annotated[Optional[bool], typer.Option("--isolate/--no-isolate", help="Run points in a worker "
+                       "process that is restarted after a crash, a fatal CUDA error or a hang (default: on with "
+                       "a GPU, off without one).")] = None,
+    point_timeout: Annotated[float, typer.Option(help="With --isolate: seconds one point may take (set-up, "
+                             "check, compilation, timing) before its worker is killed and it is recorded "
+                             "`timeout`.")] = 600.0,
     warmup_ms: Annotated[float, typer.Option(help="Warm-up budget per point (ms).")] = 25.0,
     rep_ms: Annotated[float, typer.Option(help="Timing budget per point (ms).")] = 100.0,
     peak_tflops: Annotated[Optional[float], typer.Option(help="Override this GPU's peak TFLOP/s.")] = None,
@@ -79,7 +89,8 @@ def sweep(
     from fa2bench import hardware, providers, runner
     from fa2bench.flops import MODES
     from fa2bench.presets import DTYPES, SpecError, SweepSpec, parse_ints, parse_names
-    from fa2bench.results import ResultsError, RunWriter, read_meta, write_meta
+    from fa2bench.results import ResultsError, RunWriter, continue_meta, count_done, describe_damage, read_meta, \
+        write_meta
 
     gpu = _has_cuda()
     device = "cuda" if gpu else "cpu"
@@ -110,6 +121,8 @@ def sweep(
             raise SpecError("--peak-tflops must be a positive number")
         if warmup_ms < 0 or rep_ms <= 0:
             raise SpecError("--warmup-ms must be >= 0 and --rep-ms > 0")
+        if not (point_timeout > 0 and math.isfinite(point_timeout)):
+            raise SpecError("--point-timeout must be a positive number of seconds")
         chosen = spec.providers or tuple(n for n in providers.names()
                                          if providers.get(n).availability(device) is None)
         for d in spec.headdims:
@@ -120,6 +133,8 @@ def sweep(
         fail(str(exc))
     if resume and out is None:
         fail("--resume needs --out DIR (the run to continue)")
+    if extend and not resume:
+        fail("--extend needs --resume (it extends an existing run)")
 
     unavailable = {n: providers.get(n).availability(device) for n in chosen}
     for name, why in unavailable.items():
@@ -135,28 +150,33 @@ def sweep(
     peaks = {d: hardware.device_peak(device_name, d, peak_tflops) for d in spec.dtypes}
     out = out or Path("results") / f"{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}-{_slug(device_name)}"
     opts = runner.RunOptions(device=device, check=check, warmup_ms=warmup_ms, rep_ms=rep_ms,
-                             peak_tflops=peak_tflops)
+                             peak_tflops=peak_tflops, isolate=gpu if isolate is None else isolate,
+                             point_timeout_s=point_timeout)
     try:
-        writer = RunWriter(out, resume=resume)
         meta = runner.collect_meta(spec, chosen, opts, peaks)
         earlier = read_meta(out) if resume else {}
-        if earlier:  # a resumed run keeps its first metadata and lists each continuation
-            meta = {**earlier, "resumed": earlier.get("resumed", []) + [
-                {k: meta[k] for k in ("started_utc", "argv", "git", "versions", "gpus")}]}
-        elif gpu and ceilings:
+        if earlier:  # a resumed run keeps its first metadata and lists each continuation (and sweep)
+            meta = continue_meta(earlier, meta, extend)
+        writer = RunWriter(out, resume=resume)
+        if writer.dropped:
+            err_console.print(f"[yellow]warning:[/] {describe_damage(writer.dropped, writer.csv_path)}",
+                              highlight=False, soft_wrap=True)
+        if not earlier and gpu and ceilings:
             meta["ceilings"] = hardware.measure_ceilings()  # achievable matmul and copy rates, for rooflines
         write_meta(out, meta)
     except ResultsError as exc:
         fail(str(exc))
-    points = spec.points(chosen)
-    peak_note = next(iter(peaks.values()))
-    console.print(f"[bold]{len(points)} points[/] ({len(writer.done)} already done) on "
-                  f"{device_name or 'CPU (Triton interpreter)'} -> {out}")
-    console.print(f"device peak: {peak_note.tflops or 'unknown'} TFLOP/s ({peak_note.source})", highlight=False)
-
     interrupted = False
     try:
-        _run_with_progress(points, writer, opts, {d: p.tflops for d, p in peaks.items()})
+        with _sigterm_as_interrupt():
+            points = spec.points(chosen)
+            peak_note = next(iter(peaks.values()))
+            done = count_done((p.key() for p in points), writer.done)
+            console.print(f"[bold]{len(points)} points[/] ({done} already done) on "
+                          f"{device_name or 'CPU (Triton interpreter)'} -> {out}")
+            console.print(f"device peak: {peak_note.tflops or 'unknown'} TFLOP/s ({peak_note.source})",
+                          highlight=False)
+            _run_with_progress(points, writer, opts, {d: p.tflops for d, p in peaks.items()})
     except KeyboardInterrupt:
         interrupted = True
     frame = writer.finish() if writer.csv_path.exists() else None
@@ -171,6 +191,24 @@ def sweep(
                           f"--out {out} --resume")
         raise typer.Exit(130)
     console.print(f"results: {out}")
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM (what `timeout`, schedulers and `kill` send) ends a sweep like Ctrl-C: finished rows are
+    flushed, the run is marked incomplete and the resume hint is printed."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread (an embedding application): leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _slug(device_name: str | None) -> str:

@@ -32,6 +32,9 @@ class RunOptions:
     warmup_ms: float = 25.0
     rep_ms: float = 100.0
     peak_tflops: float | None = None  # override of the device peak
+    isolate: bool = False  # run points in a worker process (fa2bench.worker)
+    point_timeout_s: float = 600.0  # with isolate: a point running longer is killed and recorded `timeout`
+    plugins: tuple[str, ...] = ()  # modules the worker imports first (they may register providers)
 
 
 def make_inputs(shape: Shape, dtype: str, device: str, requires_grad: bool = False):
