@@ -80,7 +80,7 @@ def test_resume_runs_only_the_missing_points(tmp_path, counting):
     assert first.exit_code == 0, first.output
     assert counting == [16]
     again = invoke("sweep", *TINY, "--provider", "counting", "--causal", "off", "--mode", "fwd", "--dtype", "fp32",
-                   "--out", out, "--resume")
+                   "--out", out, "--resume", "--extend")  # another sweep: extends the run explicitly
     assert again.exit_code == 0, again.output
     assert counting == [16, 33]  # 16 was done already
     assert len(pd.read_csv(out / "results.csv")) == 2
