@@ -89,6 +89,7 @@ def sweep(
     from fa2bench import hardware, providers, runner
     from fa2bench.flops import MODES
     from fa2bench.presets import DTYPES, SpecError, SweepSpec, parse_ints, parse_names
+    from fa2bench.worker import WorkerError
     from fa2bench.results import ResultsError, RunWriter, continue_meta, count_done, describe_damage, read_meta, \
         write_meta
 
@@ -166,7 +167,7 @@ def sweep(
         write_meta(out, meta)
     except ResultsError as exc:
         fail(str(exc))
-    interrupted = False
+    interrupted, broken = False, None
     try:
         with _sigterm_as_interrupt():
             points = spec.points(chosen)
@@ -179,6 +180,8 @@ def sweep(
             _run_with_progress(points, writer, opts, {d: p.tflops for d, p in peaks.items()})
     except KeyboardInterrupt:
         interrupted = True
+    except WorkerError as exc:  # the worker process cannot even start: stop with what is finished saved
+        interrupted, broken = True, str(exc)
     frame = writer.finish() if writer.csv_path.exists() else None
     meta["finished_utc"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     meta["complete"] = not interrupted
@@ -186,6 +189,8 @@ def sweep(
     if frame is not None:
         _print_summary(frame)
         _warn_throttled(frame)
+    if broken:
+        fail(f"{broken}; finished points are saved in {out}")
     if interrupted:
         err_console.print(f"interrupted: finished points are saved in {out}; continue with "
                           f"--out {out} --resume")
@@ -231,7 +236,7 @@ def _run_with_progress(points, writer, opts, device_peaks) -> None:
         def on_point(point, row):
             progress.advance(task)
             progress.update(task, description=f"{point.provider:>14} {point.mode:>7} {point.shape.label()}")
-            if row and row["status"] in ("wrong", "error"):
+            if row and row["status"] in ("wrong", "error", "timeout"):
                 progress.console.print(f"[red]{row['status']}[/] {point.provider} {point.mode} {point.dtype} "
                                        f"{point.shape.label()}: {row['error']}", highlight=False)
 

@@ -24,7 +24,7 @@ from fa2bench.presets import KEY_COLUMNS
 
 REGRESSIONS = ("regression", "broken")
 VERDICT_ORDER = ("broken", "regression", "noise", "faster", "fixed", "same", "not ok")
-_BROKEN = ("wrong", "error", "oom")
+_BROKEN = ("wrong", "error", "oom", "timeout")
 _VERSIONS = ("torch", "triton", "cuda", "cudnn", "flash_attn")
 
 

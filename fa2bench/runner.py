@@ -62,13 +62,31 @@ def timed_call(fn, q, k, v, mode: str):
     return (lambda: fn(q, k, v).backward(do)), [q, k, v]
 
 
+def base_row(point: Point) -> dict:
+    """The row of ``point`` before it runs: its key, status ok and its FLOP count."""
+    shape = point.shape
+    return {**point.fields(), "status": "ok", "error": "",
+            "flops": attention_flops(shape.batch, shape.heads, shape.seqlen_q, shape.seqlen_k, shape.headdim,
+                                     shape.causal, point.mode)}
+
+
+def cuda_context_error() -> str | None:
+    """Why this process's CUDA context is unusable (a sticky error such as an illegal memory access), or None."""
+    if not torch.cuda.is_available() or not torch.cuda.is_initialized():
+        return None
+    try:
+        torch.cuda.synchronize()
+        torch.ones(1, device="cuda").add_(1).item()
+    except Exception as exc:  # RuntimeError / torch.AcceleratorError, by torch version
+        return _first_line(exc)
+    return None
+
+
 def run_point(point: Point, opts: RunOptions, device_peaks: dict[str, float | None]) -> dict:
     """One results row for ``point``; ``device_peaks`` maps dtype to this GPU's peak TFLOP/s."""
     provider = providers.get(point.provider)
     shape = point.shape
-    row = {**point.fields(), "status": "ok", "error": "",
-           "flops": attention_flops(shape.batch, shape.heads, shape.seqlen_q, shape.seqlen_k, shape.headdim,
-                                    shape.causal, point.mode)}
+    row = base_row(point)
     reason = provider.unsupported_reason(shape, point.dtype, point.mode, opts.device)
     if reason:
         return {**row, "status": "unsupported", "error": reason}
@@ -133,19 +151,33 @@ def run_sweep(points: Iterable[Point], writer: RunWriter, opts: RunOptions, devi
               on_point: Callable[[Point, dict | None], None] | None = None) -> int:
     """Run each point not already in ``writer.done`` and append its row at once. Returns rows written.
 
-    ``on_point(point, row)`` is called after each point (row None when skipped on resume).
+    ``on_point(point, row)`` is called after each point (row None when skipped on resume). With
+    ``opts.isolate`` the points run in a ``fa2bench.worker.Worker``, restarted after a crash, a broken CUDA
+    context or a point past ``opts.point_timeout_s``.
     """
     written = 0
-    for point in points:
-        if point.key() in writer.done:
+    worker = None
+    if opts.isolate:
+        from fa2bench.worker import Worker
+
+        worker = Worker(opts.plugins)
+    try:
+        for point in points:
+            if point.key() in writer.done:
+                if on_point:
+                    on_point(point, None)
+                continue
+            if worker is not None:
+                row = worker.run(point, opts, device_peaks, opts.point_timeout_s)
+            else:
+                row = run_point(point, opts, device_peaks)
+            writer.append(row)
+            written += 1
             if on_point:
-                on_point(point, None)
-            continue
-        row = run_point(point, opts, device_peaks)
-        writer.append(row)
-        written += 1
-        if on_point:
-            on_point(point, row)
+                on_point(point, row)
+    finally:
+        if worker is not None:
+            worker.close()
     return written
 
 

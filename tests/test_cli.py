@@ -10,7 +10,7 @@ from fa2bench.reference import attention_ref
 from fa2bench.results import COLUMNS, load_run
 
 runner = CliRunner()
-TINY = ["--seqlen", "16,33", "--headdim", "16", "--batch", "1", "--heads", "2", "--rep-ms", "1",
+TINY = ["--seqlen", "16,33", "--headdim", "16", "--batch", "1", "--heads", "2", "--rep-ms", "1", "--no-isolate",
         "--warmup-ms", "0"]
 
 
