@@ -88,6 +88,7 @@ def sweep(
     """Sweep shapes x providers x modes x dtypes; check, time and write one row per point."""
     from fa2bench import hardware, providers, runner
     from fa2bench.flops import MODES
+    from fa2bench.memory import check_sizes
     from fa2bench.presets import DTYPES, SpecError, SweepSpec, parse_ints, parse_names
     from fa2bench.worker import WorkerError
     from fa2bench.results import ResultsError, RunWriter, continue_meta, count_done, describe_damage, read_meta, \
@@ -118,6 +119,7 @@ def sweep(
             providers=parse_names(provider, "provider", providers.names()) if provider else None,
         )
         spec.validate()
+        check_sizes(spec.shapes())
         if peak_tflops is not None and not (peak_tflops > 0 and math.isfinite(peak_tflops)):
             raise SpecError("--peak-tflops must be a positive number")
         if warmup_ms < 0 or rep_ms <= 0:

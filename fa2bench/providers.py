@@ -15,6 +15,7 @@ from typing import Callable
 import torch
 
 from fa2bench.flops import MODES
+from fa2bench.memory import materialising_workspace, streaming_workspace
 from fa2bench.presets import DTYPES, Shape
 
 AttnFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -39,6 +40,8 @@ class Provider:
     requires: str | None = None  # a module that must be importable
     config: Callable[[], str] = field(default=lambda: "")  # the autotuned config of the latest launch
     module: str | None = None  # the fa2bench.kernels module with its Triton kernels (fa2bench's own providers)
+    # bytes the provider allocates beyond q, k, v, o (and gradients): workspace_bytes(shape, dtype, mode)
+    workspace_bytes: Callable[[Shape, str, str], int] = streaming_workspace
 
     def availability(self, device: str) -> str | None:
         """None if usable on ``device`` ("cuda" or "cpu"), else why not."""
@@ -123,6 +126,7 @@ def _call_kernel(fn, causal, q, k, v):
     return fn(q, k, v, causal=causal)
 
 _ours("naive", "naive_attention", name="naive", label="Naive (Triton)", color="#7f7f7f",
+      workspace_bytes=materialising_workspace,
       description="standard attention in Triton kernels that write S and P to HBM")
 _ours("flash1", "flash1_attention", name="fa1", label="FlashAttention-1 (Triton)", color="#1f77b4",
       description="FlashAttention-1's algorithm in Triton: K/V outer loop, parallel over batch x heads")
@@ -134,7 +138,7 @@ _ours("flash2", "flash2_attention", name="fa2", label="FlashAttention-2 (Triton)
 
 
 @register(name="torch-eager", label="PyTorch eager", color="#8c564b", kind="baseline",
-          devices=frozenset({"cuda", "cpu"}), max_headdim=1 << 30,
+          devices=frozenset({"cuda", "cpu"}), max_headdim=1 << 30, workspace_bytes=materialising_workspace,
           description="standard attention in eager PyTorch: matmul, softmax in fp32, matmul")
 def _torch_eager(shape: Shape) -> AttnFn:
     from fa2bench.reference import attention_ref, causal_mask
@@ -179,7 +183,8 @@ _SDPA = {
 for _name, (_backend, _label, _color, _dtypes, _desc) in _SDPA.items():
     register(name=_name, label=_label, color=_color, kind="vendor", description=_desc,
              dtypes=frozenset(_dtypes), max_headdim=1 << 30,
-             devices=frozenset({"cuda", "cpu"}) if _backend == "MATH" else frozenset({"cuda"}))(_sdpa(_backend))
+             devices=frozenset({"cuda", "cpu"}) if _backend == "MATH" else frozenset({"cuda"}),
+             workspace_bytes=materialising_workspace if _backend == "MATH" else streaming_workspace)(_sdpa(_backend))
 
 
 @register(name="flex", label="FlexAttention", color="#17becf", kind="vendor",

@@ -16,7 +16,7 @@ from typing import Callable, Iterable
 
 import torch
 
-from fa2bench import hardware, providers, telemetry, timing
+from fa2bench import hardware, memory, providers, telemetry, timing
 from fa2bench.flops import attention_flops, tflops
 from fa2bench.presets import Point, Shape, SweepSpec
 from fa2bench.reference import check_attention
@@ -90,6 +90,10 @@ def run_point(point: Point, opts: RunOptions, device_peaks: dict[str, float | No
     reason = provider.unsupported_reason(shape, point.dtype, point.mode, opts.device)
     if reason:
         return {**row, "status": "unsupported", "error": reason}
+    too_big = memory.wont_fit(memory.point_bytes(shape, point.dtype, point.mode, provider.workspace_bytes, opts.check),
+                              memory.available_bytes(opts.device))
+    if too_big:  # recorded without allocating anything
+        return {**row, "status": "oom", "error": too_big}
     caught: list[warnings.WarningMessage] = []
     try:
         with warnings.catch_warnings(record=True) as caught:
