@@ -65,7 +65,7 @@ def sweep(
     hidden: Annotated[Optional[int], typer.Option(help="Hidden size: heads = hidden // headdim.")] = None,
     kv_heads: Annotated[Optional[str], typer.Option(help="Key/value heads for GQA/MQA (default: = heads).")] = None,
     causal: Annotated[Optional[CausalChoice], typer.Option(help="Causal masking.")] = None,
-    dtype: Annotated[Optional[str], typer.Option(help="fp16,bf16,fp32.")] = None,
+    dtype: Annotated[Optional[str], typer.Option(help="fp16,bf16,fp32,tf32 (tf32: fp32 inputs, TF32 matmuls).")] = None,
     mode: Annotated[Optional[str], typer.Option(help="fwd,bwd,fwd_bwd.")] = None,
     provider: Annotated[Optional[str], typer.Option(help="Providers (see `fa2bench providers`); "
                         "default: every provider available here.")] = None,
@@ -307,7 +307,9 @@ def info(
         return
     for g in gpus:
         console.print(", ".join(f"{k}={v}" for k, v in g.items()), highlight=False)
-    for d in ("fp16", "bf16", "fp32"):
+    from fa2bench.presets import DTYPES
+
+    for d in DTYPES:
         peak = hardware.device_peak(gpus[0]["name"], d, peak_tflops)
         console.print(f"peak {d}: {peak.tflops or 'unknown'} TFLOP/s, {peak.matched or ''} ({peak.source})",
                       highlight=False)

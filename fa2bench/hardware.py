@@ -1,8 +1,8 @@
 """What GPU this is and what it can do: peak tensor-core throughput (one table, with sources) and NVML info.
 
-Peaks are dense (no structured sparsity) tensor-core TFLOP/s from the vendor's datasheets. The fp32 column is
-the TF32 tensor-core rate, because that is the path Triton's float32 ``tl.dot`` and cuBLAS with TF32 take; a
-kernel doing true fp32 FMA will sit far below it.
+Peaks are dense (no structured sparsity) TFLOP/s from the vendor's datasheets: fp16/bf16 and tf32 on the tensor
+cores, fp32 on the CUDA cores (IEEE fp32 FMA: what an fp32 point computes; a tf32 point may use TF32 tensor
+cores and is measured against their rate). 0 means the table does not know the rate.
 """
 from __future__ import annotations
 
@@ -24,29 +24,30 @@ class GpuPeak:
     fp16: float  # dense fp16/bf16 tensor-core TFLOP/s (fp32 accumulate)
     tf32: float  # dense TF32 tensor-core TFLOP/s
     source: str
+    fp32: float = 0.0  # non-tensor (CUDA core) fp32 TFLOP/s
 
     def tflops(self, dtype: str) -> float:
-        return self.tf32 if dtype == "fp32" else self.fp16
+        return {"tf32": self.tf32, "fp32": self.fp32}.get(dtype, self.fp16)
 
 
 # Ordered: the first match wins, so variants (PCIe, NVL) come before the plain name.
 PEAKS = (
-    GpuPeak("H100 PCIe", r"h100.*pcie", 756.0, 378.0, _H100),
-    GpuPeak("H100 NVL", r"h100.*nvl", 835.0, 417.5, _H100),
-    GpuPeak("H100 SXM5", r"h100", 989.4, 494.7, _H100),
-    GpuPeak("H200 NVL", r"h200.*nvl", 835.0, 417.5, _H200),
-    GpuPeak("H200 SXM", r"h200", 989.4, 494.7, _H200),
-    GpuPeak("H800 SXM5", r"h800", 989.4, 494.7, "NVIDIA H800 datasheet, dense rates"),
-    GpuPeak("A100 PCIe", r"a100.*pcie", 312.0, 156.0, _A100),
-    GpuPeak("A100 SXM4", r"a100", 312.0, 156.0, _A100),
-    GpuPeak("A800", r"a800", 312.0, 156.0, "NVIDIA A800 datasheet, dense rates"),
+    GpuPeak("H100 PCIe", r"h100.*pcie", 756.0, 378.0, _H100, fp32=51.0),
+    GpuPeak("H100 NVL", r"h100.*nvl", 835.0, 417.5, _H100, fp32=60.0),
+    GpuPeak("H100 SXM5", r"h100", 989.4, 494.7, _H100, fp32=67.0),
+    GpuPeak("H200 NVL", r"h200.*nvl", 835.0, 417.5, _H200, fp32=60.0),
+    GpuPeak("H200 SXM", r"h200", 989.4, 494.7, _H200, fp32=67.0),
+    GpuPeak("H800 SXM5", r"h800", 989.4, 494.7, "NVIDIA H800 datasheet, dense rates", fp32=67.0),
+    GpuPeak("A100 PCIe", r"a100.*pcie", 312.0, 156.0, _A100, fp32=19.5),
+    GpuPeak("A100 SXM4", r"a100", 312.0, 156.0, _A100, fp32=19.5),
+    GpuPeak("A800", r"a800", 312.0, 156.0, "NVIDIA A800 datasheet, dense rates", fp32=19.5),
     GpuPeak("A10G", r"a10g", 70.0, 35.0, "AWS G5 / NVIDIA A10G specifications, dense rates"),
-    GpuPeak("A10", r"\ba10\b", 125.0, 62.5, "NVIDIA A10 datasheet, dense rates"),
-    GpuPeak("L40S", r"l40s", 362.05, 183.0, "NVIDIA L40S datasheet, dense rates"),
-    GpuPeak("L4", r"\bl4\b", 121.0, 60.0, "NVIDIA L4 datasheet, dense rates"),
-    GpuPeak("V100", r"v100", 125.0, 0.0, "NVIDIA V100 datasheet (no TF32)"),
-    GpuPeak("T4", r"\bt4\b", 65.0, 0.0, "NVIDIA T4 datasheet (no TF32)"),
-    GpuPeak("RTX 4090", r"4090", 165.2, 82.6, "NVIDIA Ada whitepaper, fp16 with fp32 accumulate, dense"),
+    GpuPeak("A10", r"\ba10\b", 125.0, 62.5, "NVIDIA A10 datasheet, dense rates", fp32=31.2),
+    GpuPeak("L40S", r"l40s", 362.05, 183.0, "NVIDIA L40S datasheet, dense rates", fp32=91.6),
+    GpuPeak("L4", r"\bl4\b", 121.0, 60.0, "NVIDIA L4 datasheet, dense rates", fp32=30.3),
+    GpuPeak("V100", r"v100", 125.0, 0.0, "NVIDIA V100 datasheet (no TF32; fp32 of the SXM2 card, PCIe 14)", fp32=15.7),
+    GpuPeak("T4", r"\bt4\b", 65.0, 0.0, "NVIDIA T4 datasheet (no TF32)", fp32=8.1),
+    GpuPeak("RTX 4090", r"4090", 165.2, 82.6, "NVIDIA Ada whitepaper, fp16 with fp32 accumulate, dense", fp32=82.6),
     GpuPeak("B200", r"b200", 2250.0, 1100.0, "NVIDIA DGX B200 / HGX B200 specifications, per GPU, dense"),
 )
 

@@ -52,7 +52,7 @@ from typing import Mapping
 
 from fa2bench.presets import Shape
 
-DTYPE_BYTES = {"fp16": 2, "bf16": 2, "fp32": 4}
+DTYPE_BYTES = {"fp16": 2, "bf16": 2, "fp32": 4, "tf32": 4}
 F32 = 4  # statistics and scratch accumulators
 MODES = ("fwd", "bwd", "fwd_bwd")
 

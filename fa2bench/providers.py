@@ -14,6 +14,7 @@ from typing import Callable
 
 import torch
 
+from fa2bench import precision
 from fa2bench.flops import MODES
 from fa2bench.memory import materialising_workspace, streaming_workspace
 from fa2bench.presets import DTYPES, Shape
@@ -123,7 +124,19 @@ def _ours(module: str, function: str, **kwargs):
 
 
 def _call_kernel(fn, causal, q, k, v):
+    """fa2bench's kernel ``fn`` with the point's matmul precision: ``tf32=True`` for a tf32 point (a kernel
+    without the keyword is called without it)."""
+    if _takes_tf32(fn):
+        return fn(q, k, v, causal=causal, tf32=precision.tf32_enabled())
     return fn(q, k, v, causal=causal)
+
+
+@functools.cache
+def _takes_tf32(fn) -> bool:
+    import inspect
+
+    return "tf32" in inspect.signature(fn).parameters
+
 
 _ours("naive", "naive_attention", name="naive", label="Naive (Triton)", color="#7f7f7f",
       workspace_bytes=materialising_workspace,

@@ -16,13 +16,14 @@ from typing import Callable, Iterable
 
 import torch
 
-from fa2bench import hardware, memory, providers, telemetry, timing
+from fa2bench import hardware, memory, precision, providers, telemetry, timing
 from fa2bench.flops import attention_flops, tflops
 from fa2bench.presets import Point, Shape, SweepSpec
 from fa2bench.reference import check_attention
 from fa2bench.results import RunWriter
 
-TORCH_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+# tf32 points take fp32 inputs; their matmuls run on TF32 tensor cores (fa2bench.precision)
+TORCH_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32, "tf32": torch.float32}
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,13 @@ def run_point(point: Point, opts: RunOptions, device_peaks: dict[str, float | No
                               memory.available_bytes(opts.device))
     if too_big:  # recorded without allocating anything
         return {**row, "status": "oom", "error": too_big}
+    with precision.matmul_precision(point.dtype):  # tf32: TF32 matmuls for this point only
+        return _check_and_time(point, provider, row, opts, device_peaks)
+
+
+def _check_and_time(point: Point, provider: providers.Provider, row: dict, opts: RunOptions,
+                    device_peaks: dict[str, float | None]) -> dict:
+    shape = point.shape
     caught: list[warnings.WarningMessage] = []
     try:
         with warnings.catch_warnings(record=True) as caught:
@@ -103,7 +111,7 @@ def run_point(point: Point, opts: RunOptions, device_peaks: dict[str, float | No
             if opts.check:
                 q, k, v = make_inputs(shape, point.dtype, opts.device)
                 verdict = check_attention(lambda q, k, v, causal: fn(q, k, v), q, k, v, shape.causal,
-                                          backward=backward)
+                                          backward=backward, tf32=point.dtype == "tf32")
                 row["max_rel_error"] = verdict.max_rel_error
                 del q, k, v
                 if not verdict.ok:
