@@ -5,9 +5,11 @@ import contextlib
 import dataclasses
 import datetime as dt
 import math
+import os
 import re
 import shutil
 import signal
+import sys
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
@@ -20,7 +22,21 @@ from rich.table import Table
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="Benchmark and profile attention kernels around FlashAttention-2.")
 _WIDTH = shutil.get_terminal_size(fallback=(160, 40)).columns  # wide tables when output is not a terminal
-console = Console(width=_WIDTH)
+
+
+class _PipeConsole(Console):
+    """A reader that stops early (`fa2bench compare A B | head`) closes stdout: the rest of the output is
+    dropped quietly and the command ends with its own exit code (rich's default exits 1, which `compare`
+    uses for a regression)."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so that Python's flush at exit does not hit the pipe again
+        os.close(devnull)
+
+
+console = _PipeConsole(width=_WIDTH)
 err_console = Console(stderr=True, width=_WIDTH)
 
 
@@ -639,7 +655,6 @@ def compare_runs(
 ):
     """Per-point time ratios of RUN_B over RUN_A; exit 1 if B regressed beyond threshold and noise."""
     from fa2bench import compare
-    from fa2bench.report import shape_label
 
     if not threshold >= 0:
         fail("--threshold must be >= 0")
@@ -649,6 +664,18 @@ def compare_runs(
         err_console.print(f"[yellow]warning:[/] {warning}", highlight=False)
     if result.table.empty:
         fail(f"{run_a} and {run_b} share no points (provider, mode, dtype, shape): nothing to compare")
+    _print_comparison(result, run_a, run_b, threshold, changes_only)
+    if len(result.regressions):
+        kinds = result.regressions["verdict"].value_counts()
+        err_console.print(f"[bold red]{len(result.regressions)} regression(s):[/] {kinds.get('regression', 0)} "
+                          f"slower beyond {threshold:.0%} and the measured noise, {kinds.get('broken', 0)} broken "
+                          "(ok in A, wrong/error/oom/timeout in B)", highlight=False)
+        raise typer.Exit(1)
+
+
+def _print_comparison(result, run_a, run_b, threshold, changes_only) -> None:
+    from fa2bench.report import shape_label
+
     styles = {"broken": "bold red", "regression": "bold red", "noise": "yellow", "faster": "green",
               "fixed": "green", "not ok": "dim"}
     table = Table(title=f"B/A time per point (B: {run_b}, A: {run_a}; threshold {threshold:.0%}, noise: "
@@ -666,12 +693,6 @@ def compare_runs(
     counts = ", ".join(f"{k} {v}" for k, v in result.counts.items())
     console.print(f"{len(result.table)} shared points: {counts}; {result.only_a} only in A, {result.only_b} only "
                   "in B", highlight=False)
-    if len(result.regressions):
-        kinds = result.regressions["verdict"].value_counts()
-        err_console.print(f"[bold red]{len(result.regressions)} regression(s):[/] {kinds.get('regression', 0)} "
-                          f"slower beyond {threshold:.0%} and the measured noise, {kinds.get('broken', 0)} broken "
-                          "(ok in A, wrong/error/oom in B)", highlight=False)
-        raise typer.Exit(1)
 
 
 def _timing(row: dict, side: str) -> str:

@@ -36,6 +36,8 @@ class RunOptions:
     isolate: bool = False  # run points in a worker process (fa2bench.worker)
     point_timeout_s: float = 600.0  # with isolate: a point running longer is killed and recorded `timeout`
     plugins: tuple[str, ...] = ()  # modules the worker imports first (they may register providers)
+    target_spread: float = timing.TARGET_SPREAD  # GPU: repeat until (p80 - p20) / median is at most this ...
+    max_ms: float = timing.MAX_MS  # ... or this much measuring time has passed
 
 
 def make_inputs(shape: Shape, dtype: str, device: str, requires_grad: bool = False):
@@ -119,9 +121,10 @@ def _check_and_time(point: Point, provider: providers.Provider, row: dict, opts:
             q, k, v = make_inputs(shape, point.dtype, opts.device, requires_grad=backward)
             call, grads = timed_call(fn, q, k, v, point.mode)
             call()  # compilation and autotuning happen here, outside the timed region
-        measured = timing.bench(call, grads, opts.warmup_ms, opts.rep_ms)
+        measured = timing.bench(call, grads, opts.warmup_ms, opts.rep_ms, opts.target_spread, opts.max_ms)
         achieved = tflops(row["flops"], measured.ms)
-        row.update(ms=measured.ms, ms_p20=measured.ms_p20, ms_p80=measured.ms_p80, tflops=achieved,
+        row.update(ms=measured.ms, ms_p20=measured.ms_p20, ms_p80=measured.ms_p80, reps=measured.reps,
+                   tflops=achieved,
                    pct_a100_peak=hardware.pct_of(achieved, hardware.A100_PEAK_TFLOPS),
                    pct_device_peak=hardware.pct_of(achieved, device_peaks.get(point.dtype)),
                    peak_mem_mb=timing.peak_memory_mb(call), config=provider.config())
