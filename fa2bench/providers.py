@@ -50,6 +50,10 @@ class Provider:
             return "needs a CUDA GPU" if device == "cpu" else f"does not run on {device}"
         if self.requires and importlib.util.find_spec(self.requires) is None:
             return f"the {self.requires!r} package is not installed"
+        if self.module is not None and device == "cpu":
+            import fa2bench
+
+            return fa2bench.INTERPRETER_PROBLEM
         return None
 
     def unsupported_reason(self, shape: Shape, dtype: str, mode: str, device: str) -> str | None:
