@@ -1,15 +1,16 @@
 """Will a point fit? Its memory, estimated before anything is allocated, and the sizes no machine can hold.
 
-A point's estimate is its tensors (q, k, v, the output, and for backward dO and the three gradients), the
+A point's estimate is its tensors (q, k, v, the output, and for backward dO and the three gradients) and the
 provider's own workspace (``Provider.workspace_bytes``: a streaming kernel keeps O(N) row statistics, one that
-materialises the score matrix S and probabilities P needs O(N^2)), and the correctness check's reference
-(float64, on at most ``reference.FULL_CHECK_LIMIT`` score elements). The runner records a point whose
+materialises the score matrix S and probabilities P needs O(N^2)) or the correctness check's reference
+(float64, on at most ``reference.FULL_CHECK_LIMIT`` score elements), whichever is larger. The runner records a point whose
 estimate exceeds the free memory of its device as ``oom`` without trying it: an allocation that would fail
 (or, on the CPU, send the machine into swap) is not worth attempting.
 """
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 from fa2bench.presets import Shape, SpecError
 
@@ -17,7 +18,9 @@ BYTES = {"fp16": 2, "bf16": 2, "fp32": 4, "tf32": 4}
 F32 = 4
 MAX_DIM = 2**31 - 1  # one tensor dimension (CUDA grids and PyTorch's 32-bit index paths stop here)
 MAX_FLOPS = 2**62  # a point's FLOP count must fit int64 (results columns): ~4.6e18, over an hour on any GPU
-FIT_FRACTION = 0.9  # of the free memory a point may plan to use (allocator fragmentation, CUDA context)
+# Estimates are lower bounds, so a point is skipped only when even its lower bound exceeds the free memory: a
+# point that might fit is tried (and recorded oom if it does not).
+FIT_FRACTION = 1.0
 
 
 def _sizes(shape: Shape, dtype: str) -> tuple[int, int, int, int]:
@@ -27,20 +30,32 @@ def _sizes(shape: Shape, dtype: str) -> tuple[int, int, int, int]:
 
 
 def streaming_workspace(shape: Shape, dtype: str, mode: str) -> int:
-    """A FlashAttention-style kernel: fp32 row statistics (log-sum-exp, and Delta in backward), an fp32 O or
-    dQ accumulator at most. The registry's default."""
-    e, bh, q, _ = _sizes(shape, dtype)
-    rows = bh * shape.seqlen_q
-    return 2 * F32 * rows + F32 * q
+    """A FlashAttention-style kernel: fp32 row statistics only (the log-sum-exp; in backward also Delta). The
+    registry's default; a lower bound (fa1 also keeps an fp32 O, some backward passes an fp32 dQ)."""
+    rows = shape.batch * shape.heads * shape.seqlen_q
+    return F32 * rows * (1 if mode == "fwd" else 2)
 
 
-def materialising_workspace(shape: Shape, dtype: str, mode: str) -> int:
-    """Standard attention (naive kernels, eager PyTorch, SDPA's math backend): S and P in the input dtype
-    plus an fp32 softmax copy; backward also dP and dS (autograd keeps the forward's S and P)."""
-    e, bh, _, _ = _sizes(shape, dtype)
-    scores = bh * shape.seqlen_q * shape.seqlen_k
-    forward = 2 * e * scores + F32 * scores
-    return forward if mode == "fwd" else forward + 2 * e * scores
+@dataclass(frozen=True)
+class Materialising:
+    """Workspace of standard attention, which writes the score matrix S (and P, and their gradients) to memory:
+    ``forward`` (``backward``) times the bytes of one S in the input dtype, for a forward (a backward, or a
+    forward and backward) call. The multiples are lower bounds measured on an H100 (``peak_mem_mb`` of the
+    committed paper sweep at 4k-16k tokens): naive (Triton) S and P in the forward, dP and dS with P kept in the
+    backward: 2 and 3; eager PyTorch (scaled and masked copies, an fp32 softmax, autograd's saved tensors): 5
+    and 8; SDPA's math backend: 4 and 6."""
+    forward: float
+    backward: float
+
+    def __call__(self, shape: Shape, dtype: str, mode: str) -> int:
+        e, bh, _, _ = _sizes(shape, dtype)
+        scores = e * bh * shape.seqlen_q * shape.seqlen_k
+        return int((self.forward if mode == "fwd" else self.backward) * scores)
+
+
+NAIVE_WORKSPACE = Materialising(forward=2, backward=3)
+EAGER_WORKSPACE = Materialising(forward=5, backward=8)
+MATH_WORKSPACE = Materialising(forward=4, backward=6)
 
 
 def tensor_bytes(shape: Shape, dtype: str, mode: str) -> int:
@@ -59,8 +74,11 @@ def reference_bytes(shape: Shape) -> int:
 
 
 def point_bytes(shape: Shape, dtype: str, mode: str, workspace, check: bool = True) -> int:
-    """Estimated peak memory of one point: tensors + ``workspace(shape, dtype, mode)`` (+ the check)."""
-    return tensor_bytes(shape, dtype, mode) + workspace(shape, dtype, mode) + (reference_bytes(shape) if check else 0)
+    """Estimated peak memory of one point: its tensors plus the larger of the provider's
+    ``workspace(shape, dtype, mode)`` and (with ``check``) the reference, which runs after the provider's
+    workspace is freed."""
+    return tensor_bytes(shape, dtype, mode) + max(workspace(shape, dtype, mode),
+                                                   reference_bytes(shape) if check else 0)
 
 
 def available_bytes(device: str) -> int | None:

@@ -16,7 +16,7 @@ import torch
 
 from fa2bench import precision
 from fa2bench.flops import MODES
-from fa2bench.memory import materialising_workspace, streaming_workspace
+from fa2bench.memory import EAGER_WORKSPACE, MATH_WORKSPACE, NAIVE_WORKSPACE, streaming_workspace
 from fa2bench.presets import DTYPES, Shape
 
 AttnFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -143,7 +143,7 @@ def _takes_tf32(fn) -> bool:
 
 
 _ours("naive", "naive_attention", name="naive", label="Naive (Triton)", color="#7f7f7f",
-      workspace_bytes=materialising_workspace,
+      workspace_bytes=NAIVE_WORKSPACE,
       description="standard attention in Triton kernels that write S and P to HBM")
 _ours("flash1", "flash1_attention", name="fa1", label="FlashAttention-1 (Triton)", color="#1f77b4",
       description="FlashAttention-1's algorithm in Triton: K/V outer loop, parallel over batch x heads")
@@ -155,7 +155,7 @@ _ours("flash2", "flash2_attention", name="fa2", label="FlashAttention-2 (Triton)
 
 
 @register(name="torch-eager", label="PyTorch eager", color="#8c564b", kind="baseline",
-          devices=frozenset({"cuda", "cpu"}), max_headdim=1 << 30, workspace_bytes=materialising_workspace,
+          devices=frozenset({"cuda", "cpu"}), max_headdim=1 << 30, workspace_bytes=EAGER_WORKSPACE,
           description="standard attention in eager PyTorch: matmul, softmax in fp32, matmul")
 def _torch_eager(shape: Shape) -> AttnFn:
     from fa2bench.reference import attention_ref, causal_mask
@@ -201,7 +201,7 @@ for _name, (_backend, _label, _color, _dtypes, _desc) in _SDPA.items():
     register(name=_name, label=_label, color=_color, kind="vendor", description=_desc,
              dtypes=frozenset(_dtypes), max_headdim=1 << 30,
              devices=frozenset({"cuda", "cpu"}) if _backend == "MATH" else frozenset({"cuda"}),
-             workspace_bytes=materialising_workspace if _backend == "MATH" else streaming_workspace)(_sdpa(_backend))
+             workspace_bytes=MATH_WORKSPACE if _backend == "MATH" else streaming_workspace)(_sdpa(_backend))
 
 
 @register(name="flex", label="FlexAttention", color="#17becf", kind="vendor",
