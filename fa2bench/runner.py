@@ -159,7 +159,10 @@ def _first_line(exc: Exception, limit: int = 300) -> str:
 def _release() -> None:
     gc.collect()
     if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+        try:
+            torch.cuda.empty_cache()
+        except Exception:  # a sticky CUDA error: the point's row already says so, the worker will be replaced
+            pass
 
 
 def run_sweep(points: Iterable[Point], writer: RunWriter, opts: RunOptions, device_peaks: dict,

@@ -19,7 +19,7 @@ from typing import Callable, Sequence
 import torch
 
 TARGET_SPREAD = 0.03  # (p80 - p20) / median at which a GPU point stops repeating
-MAX_MS = 1000.0  # measuring time a GPU point may spend trying to reach it
+MAX_MS = 500.0  # measuring time a GPU point may spend trying to reach it
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ row as it arrives), so nothing is lost.
 """
 from __future__ import annotations
 
+import atexit
 import importlib
 import multiprocessing
 import signal
@@ -37,6 +38,7 @@ class Worker:
         self._ctx = multiprocessing.get_context("spawn")
         self._proc = None
         self._conn = None
+        atexit.register(self.close)  # runs before multiprocessing joins its non-daemon children at exit
 
     def __enter__(self) -> "Worker":
         return self
@@ -77,8 +79,9 @@ class Worker:
     def _start(self) -> None:
         self._kill()
         parent, child = self._ctx.Pipe()
-        self._proc = self._ctx.Process(target=_serve, args=(child, self.plugins), name="fa2bench-worker",
-                                       daemon=True)
+        # not a daemon: providers may start processes of their own (torch.compile's compile workers); the
+        # runner closes the worker when the sweep ends, and the child exits when the parent's pipe closes
+        self._proc = self._ctx.Process(target=_serve, args=(child, self.plugins), name="fa2bench-worker")
         self._proc.start()
         child.close()
         self._conn = parent
@@ -120,7 +123,7 @@ class Worker:
         self._proc = self._conn = None
 
     def close(self) -> None:
-        """Ask the child to exit; kill it if it does not."""
+        """Ask the child to exit; kill it if it does not. Safe to call more than once."""
         if self.alive:
             try:
                 self._conn.send(None)

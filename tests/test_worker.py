@@ -16,9 +16,9 @@ OPTS = RunOptions(device=DEVICE, rep_ms=1, warmup_ms=0, isolate=True, point_time
                   plugins=("tests.fault_providers",))
 
 
-def sweep(tmp_path, names, opts=OPTS):
+def sweep(tmp_path, names, opts=OPTS, dtype="fp32"):
     writer = RunWriter(tmp_path / "run")
-    points = [Point(name, "fwd", "fp32", SHAPE) for name in names]
+    points = [Point(name, "fwd", dtype, SHAPE) for name in names]
     seen = []
     run_sweep(points, writer, opts, {}, on_point=lambda p, row: seen.append(row["status"]))
     writer.finish()
@@ -49,6 +49,6 @@ def test_a_worker_that_cannot_start_is_one_clear_error():
 
 @pytest.mark.gpu
 def test_an_illegal_memory_access_is_recorded_and_later_points_run(tmp_path):
-    frame, seen = sweep(tmp_path, ["fa2", "fault-oob", "fa2", "torch-eager"])
+    frame, seen = sweep(tmp_path, ["fa2", "fault-oob", "fa2", "torch-eager"], dtype="fp16")
     assert seen[1] == "error" and seen[0] == seen[2] == seen[3] == "ok", frame[["provider", "status", "error"]]
     assert "illegal" in frame["error"].iloc[1].lower() or "died" in frame["error"].iloc[1]
