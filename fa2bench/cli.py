@@ -599,9 +599,14 @@ def _load(run_dir: Path):
     from fa2bench.results import ResultsError, load_run
 
     try:
-        return load_run(run_dir)
+        frame = load_run(run_dir)
     except ResultsError as exc:
         fail(str(exc))
+    damaged = frame.attrs.get("damaged") or []
+    if damaged:
+        err_console.print(f"[yellow]warning:[/] {run_dir}: {len(damaged)} damaged row(s) of results.csv left out "
+                          f"({'; '.join(damaged[:3])})", highlight=False, soft_wrap=True)
+    return frame
 
 
 @app.command("plot")
@@ -674,12 +679,13 @@ def compare_runs(
 
 
 def _print_comparison(result, run_a, run_b, threshold, changes_only) -> None:
+    from fa2bench import compare
     from fa2bench.report import shape_label
 
     styles = {"broken": "bold red", "regression": "bold red", "noise": "yellow", "faster": "green",
               "fixed": "green", "not ok": "dim"}
-    table = Table(title=f"B/A time per point (B: {run_b}, A: {run_a}; threshold {threshold:.0%}, noise: "
-                        "B p20 > A p80)")
+    table = Table(title=f"B/A time per point (B: {run_b}, A: {run_a}; threshold {threshold:.0%}; noise: spreads "
+                        f"overlap or wider than {compare.MAX_SPREAD:.0%}, or CPU-interpreter runs)")
     for col in ("verdict", "provider", "mode", "dtype", "shape", "A ms (p20-p80)", "B ms (p20-p80)", "B/A"):
         table.add_column(col, justify="right" if col in ("B/A",) or "ms" in col else "left", no_wrap=True)
     for r in result.table.to_dict("records"):

@@ -83,14 +83,14 @@ def _cell(value):
 
 
 def read_csv(path: Path) -> pd.DataFrame:
-    """A results.csv as a DataFrame; damaged rows (see ``scan_csv``) are left out and listed in
+    """A results.csv as a DataFrame; damaged rows (see ``scan_csv``) are left out and described in
     ``.attrs["damaged"]``."""
     header, good, damaged = scan_csv(path)
     text = "".join(line + "\n" for line in [",".join(_quote(h) for h in header), *good]) if header else ""
     if not text:
         raise ResultsError(f"{path} is empty: not a fa2bench results file")
     frame = _parse_csv(io.StringIO(text))
-    frame.attrs["damaged"] = damaged
+    frame.attrs["damaged"] = [d.describe() for d in damaged]
     return frame
 
 
@@ -300,8 +300,13 @@ def sweep_difference(old: dict, new: dict) -> str | None:
             return ",".join(map(str, value)) or "(default)"
         return "(default)" if value is None else str(value)
 
+    def differs(key):  # a field one fa2bench version records and another lacks counts only if it is set
+        if key not in old or key not in new:
+            return (old.get(key) or new.get(key)) not in (None, [], "", False)
+        return old[key] != new[key]
+
     diffs = [f"{key} {show(old.get(key))} -> {show(new.get(key))}" for key in list(dict.fromkeys([*old, *new]))
-             if old.get(key) != new.get(key)]
+             if differs(key)]
     return "; ".join(diffs) or None
 
 

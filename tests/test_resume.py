@@ -116,3 +116,20 @@ def test_sigterm_flushes_and_prints_the_resume_hint(tmp_path):
     assert proc.returncode == 130, stdout + stderr
     assert "--resume" in stderr and "Traceback" not in stderr
     assert read_meta(out)["complete"] is False
+
+
+def test_readers_leave_out_a_damaged_row_and_say_so(tmp_path):
+    out = ok_run(tmp_path)
+    header = (out / "results.csv").read_text().splitlines()[0].split(",")
+    (out / "results.parquet").unlink()  # a crashed sweep writes no parquet: readers read the CSV
+    cut_last_row(out / "results.csv", header.index("ms"))
+    result = runner.invoke(app, ["compare", str(out), str(out)])
+    assert result.exit_code == 0, result.output
+    assert "1 damaged row(s) of results.csv left out" in result.output and "1 shared points" in result.output
+
+
+def test_a_field_recorded_by_only_one_version_is_not_a_different_sweep():
+    from fa2bench.results import sweep_difference
+
+    assert sweep_difference({"seqlens": [64]}, {"seqlens": [64], "new_field": None}) is None
+    assert sweep_difference({"seqlens": [64]}, {"seqlens": [64], "new_field": [1]}) == "new_field (default) -> 1"
