@@ -9,7 +9,10 @@ worker processes they start; never shipped, never in the CLI's list unless a tes
 import os
 import time
 
-from fa2bench import providers
+from fa2bench import providers  # first: sets TRITON_INTERPRET without a GPU, before triton is imported
+
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
 from fa2bench.reference import attention_ref
 
 
@@ -37,15 +40,14 @@ def _hang(q):
         time.sleep(1)
 
 
+@triton.jit
+def _oob_store_kernel(ptr, far):
+    offs = tl.arange(0, 16)
+    tl.store(ptr + far + offs, tl.zeros((16,), dtype=tl.float32))
+
+
 def _out_of_bounds(q):
-    import triton
-    import triton.language as tl
-
-    @triton.jit
-    def _oob_store_kernel(ptr, far):
-        tl.store(ptr + far + tl.arange(0, 16), tl.zeros((16,), dtype=tl.float32))
-
-    _oob_store_kernel[(1,)](q, 1 << 40)  # a terabyte past the buffer
+    _oob_store_kernel[(1,)](q, 1 << 40)  # 2^40 elements past the buffer: an illegal address
 
 
 _register("fault-abort", _abort)
