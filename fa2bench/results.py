@@ -86,16 +86,15 @@ def read_csv(path: Path) -> pd.DataFrame:
     """A results.csv as a DataFrame; damaged rows (see ``scan_csv``) are left out and described in
     ``.attrs["damaged"]``."""
     header, good, damaged = scan_csv(path)
-    text = "".join(line + "\n" for line in [",".join(_quote(h) for h in header), *good]) if header else ""
-    if not text:
+    if not header:
         raise ResultsError(f"{path} is empty: not a fa2bench results file")
-    frame = _parse_csv(io.StringIO(text))
+    text = io.StringIO()
+    csv.writer(text, lineterminator="\n").writerow(header)
+    text.writelines(line + "\n" for line in good)
+    text.seek(0)
+    frame = _parse_csv(text)
     frame.attrs["damaged"] = [d.describe() for d in damaged]
     return frame
-
-
-def _quote(name: str) -> str:
-    return f'"{name}"' if any(c in name for c in ',"\n') else name
 
 
 def _parse_csv(source) -> pd.DataFrame:

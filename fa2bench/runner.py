@@ -1,6 +1,9 @@
-"""Runs sweep points: for each point, set up the provider, check it against the reference, time it, and
-turn the outcome into one results row. A failing point (unsupported, wrong, out of memory, an exception)
-becomes a row with that status and the sweep goes on.
+"""Runs sweep points: for each point, estimate its memory, set up the provider, check it against the
+reference, time it, and turn the outcome into one results row. A failing point (unsupported, wrong, out of
+memory, an exception) becomes a row with that status and the sweep goes on; with ``RunOptions.isolate`` the
+points run in a worker process (``fa2bench.worker``), so a crash, a broken CUDA context or a hang costs one
+point (``error`` / ``timeout``), not the sweep. Each point runs under its dtype's matmul precision
+(``fa2bench.precision``: TF32 for tf32 points only).
 """
 from __future__ import annotations
 

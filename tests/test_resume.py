@@ -4,6 +4,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import pandas as pd
 from typer.testing import CliRunner
@@ -104,18 +105,19 @@ def test_extend_without_resume_is_a_usage_error(tmp_path):
 
 def test_sigterm_flushes_and_prints_the_resume_hint(tmp_path):
     out = tmp_path / "run"
-    args = [a if a != "1" or i != SWEEP.index("--rep-ms") + 1 else "4000" for i, a in enumerate(SWEEP)]
-    proc = subprocess.Popen([sys.executable, "-m", "fa2bench", *args, "--seqlen", "16,33", "--out", str(out)],
+    many = "16:4096:16"  # 256 points: seconds of work, so the signal lands mid-sweep
+    proc = subprocess.Popen([sys.executable, "-m", "fa2bench", *SWEEP, "--seqlen", many, "--out", str(out)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "COLUMNS": "200"})
-    for line in proc.stdout:
-        if "points" in line:  # the sweep has started
-            break
+    deadline = time.monotonic() + 120
+    while not (out / "results.csv").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)  # until the first point is on disk
     proc.send_signal(signal.SIGTERM)
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stdout + stderr
     assert "--resume" in stderr and "Traceback" not in stderr
     assert read_meta(out)["complete"] is False
+    assert 0 < len(load_run(out)) < 256  # what finished is saved; the rest is for --resume
 
 
 def test_readers_leave_out_a_damaged_row_and_say_so(tmp_path):
