@@ -106,9 +106,9 @@ def sweep(
     from fa2bench.flops import MODES
     from fa2bench.memory import check_sizes
     from fa2bench.presets import DTYPES, SpecError, SweepSpec, parse_ints, parse_names
-    from fa2bench.worker import WorkerError
     from fa2bench.results import ResultsError, RunWriter, continue_meta, count_done, describe_damage, read_meta, \
         write_meta
+    from fa2bench.worker import WorkerError
 
     gpu = _has_cuda()
     device = "cuda" if gpu else "cpu"
