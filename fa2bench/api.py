@@ -2,17 +2,21 @@
 
 ``sweep`` runs in two steps that the CLI shows between: ``plan_sweep`` resolves the spec and its overrides,
 the providers, the output folder and the peaks (every bad input is a ``SpecError`` before anything runs);
-``execute`` writes meta.json, runs the points (rows appended as they finish), merges the metadata of a resumed
-run, measures the GPU's ceilings and records completion. Ctrl-C ends a sweep early: the points done are kept
-and the ``Run`` says ``complete=False``.
+``execute`` checks a resumed folder (damaged rows of results.csv dropped and re-run, a different sweep refused
+unless ``extend``), writes meta.json, runs the points (rows appended as they finish; in a worker process with
+``isolate``, so a crash or a hang costs one point), merges the metadata of a resumed run, measures the GPU's
+ceilings and records completion. Ctrl-C or SIGTERM ends a sweep early: the points done are kept and the ``Run``
+says ``complete=False``.
 
 Reading, plotting, reporting, comparing and exporting never import torch or Triton.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import re
+import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable
@@ -21,7 +25,8 @@ import pandas as pd
 
 from fa2bench import config
 from fa2bench.presets import Point, SpecError, SweepSpec
-from fa2bench.results import CSV_NAME, META_NAME, PARQUET_NAME, ResultsError, load_run, read_meta, write_meta
+from fa2bench.results import (CSV_NAME, META_NAME, PARQUET_NAME, Damage, ResultsError, load_run, read_meta,
+                              write_meta)
 
 if TYPE_CHECKING:
     from fa2bench.compare import Comparison
@@ -30,6 +35,7 @@ if TYPE_CHECKING:
 
 RUN_ENV = "FA2BENCH_RUN"
 OnPoint = Callable[[Point, "dict | None"], None]
+OnStart = Callable[["Started"], None]
 
 
 @dataclass(frozen=True)
@@ -60,11 +66,20 @@ class SweepPlan:
     device: str  # "cuda" or "cpu"
     device_name: str | None
     peaks: dict[str, "PeakInfo"]
-    run_options: dict[str, Any]  # check, warmup_ms, rep_ms, peak_tflops, ceilings
+    run_options: dict[str, Any]  # check, warmup_ms, rep_ms, peak_tflops, ceilings, isolate, point_timeout, plugins
+    extend: bool = False  # with resume: add a different sweep's points to the run
 
     @property
     def points(self) -> list[Point]:
         return self.spec.points(self.providers)
+
+
+@dataclass(frozen=True)
+class Started:
+    """What ``execute`` found in the folder before running the first point."""
+    done: int  # this sweep's points the folder already holds (skipped)
+    dropped: tuple[Damage, ...]  # damaged rows of results.csv dropped to be re-run (kept in results.csv.damaged)
+    csv_path: Path
 
 
 def stamp(now: dt.datetime | None = None) -> str:
@@ -84,7 +99,7 @@ def slug(device_name: str | None) -> str:
 
 
 def plan_sweep(spec: SweepSpec | str | None = None, *, out: str | Path | None = None, resume: bool = False,
-               **options) -> SweepPlan:
+               extend: bool = False, **options) -> SweepPlan:
     """Resolve a sweep: ``spec`` (a SweepSpec, a preset name, or None: quick on a GPU, smoke without) with
     ``options`` on top (the fields of ``fa2bench.config``: seqlen=[1024], provider=["fa2"], rep_ms=50, ...).
     Raises ``SpecError`` (one line) for anything that cannot run."""
@@ -93,66 +108,116 @@ def plan_sweep(spec: SweepSpec | str | None = None, *, out: str | Path | None = 
     options = config.normalise(options)
     out = options.pop("out", out)
     resume = bool(options.pop("resume", resume))
+    extend = bool(options.pop("extend", extend))
     base = spec if spec is not None else ("quick" if device.has_cuda() else "smoke")
     resolved = config.spec_from(options, base)
     run_options = config.run_options(options)
     if resume and out is None:
         raise SpecError("--resume needs --out DIR (the run to continue)")
+    if extend and not resume:
+        raise SpecError("--extend needs --resume (it extends an existing run)")
     where = device.name()
     chosen = resolved.providers or tuple(n for n in providers.names()
                                          if providers.get(n).availability(where) is None)
     for d in resolved.headdims:
         if not any(d <= providers.get(n).max_headdim for n in chosen):
             raise SpecError(f"head dim {d} is supported by none of the chosen providers ({', '.join(chosen)})")
+    _isolation(run_options, chosen, where)
     unavailable = {n: why for n in chosen if (why := providers.get(n).availability(where))}
     device_name = hardware.cuda_device_name()
     peaks = {d: hardware.device_peak(device_name, d, run_options["peak_tflops"]) for d in resolved.dtypes}
     return SweepPlan(resolved, chosen, unavailable, Path(out) if out else default_out(device_name), resume, where,
-                     device_name, peaks, run_options)
+                     device_name, peaks, run_options, extend)
 
 
-def execute(plan: SweepPlan, on_point: OnPoint | None = None) -> Run:
-    """Run a planned sweep into ``plan.out``; ``on_point(point, row)`` after each point (row None when a
-    resumed run already has it). Raises ``ResultsError`` when the folder cannot be written."""
+def _isolation(run_options: dict, chosen: tuple[str, ...], where: str) -> None:
+    """Resolve ``isolate`` (default: a worker process on a GPU, in-process without one) and the ``plugins`` the
+    worker imports first: the modules of providers registered outside fa2bench (``register_provider``). A
+    provider defined in ``__main__`` (a notebook's, a script's) cannot be imported by a worker: by default such
+    a sweep runs in-process, and asking for isolation is a SpecError."""
+    from fa2bench import providers
+
+    modules = {n: getattr(providers.get(n).make, "__module__", None) or "__main__" for n in chosen}
+    local = [n for n, m in modules.items() if m == "__main__"]
+    if run_options["isolate"] is None:
+        run_options["isolate"] = where == "cuda" and not local
+    elif run_options["isolate"] and local:
+        raise SpecError(f"provider {', '.join(local)} is defined in __main__, which a worker process cannot import: "
+                        "run it with --no-isolate (isolate=False), or register it in an importable module")
+    run_options["plugins"] = tuple(sorted({m for m in modules.values()
+                                           if m != "__main__" and m.split(".")[0] != "fa2bench"}))
+
+
+def execute(plan: SweepPlan, on_point: OnPoint | None = None, on_start: OnStart | None = None) -> Run:
+    """Run a planned sweep into ``plan.out``; ``on_start(started)`` once the folder is checked, before the first
+    point (``Started``: points already done, damaged rows dropped); ``on_point(point, row)`` after each point
+    (row None when a resumed run already has it). Raises ``ResultsError`` when the folder cannot be written or
+    holds a different sweep (without ``plan.extend``), and ``worker.WorkerError`` (after saving what finished)
+    when the worker process cannot start."""
     from fa2bench import hardware, runner
-    from fa2bench.results import RunWriter
+    from fa2bench.results import RunWriter, continue_meta, count_done
+    from fa2bench.worker import WorkerError
 
     opts = runner.RunOptions(device=plan.device, check=plan.run_options["check"],
                              warmup_ms=plan.run_options["warmup_ms"], rep_ms=plan.run_options["rep_ms"],
-                             peak_tflops=plan.run_options["peak_tflops"])
-    writer = RunWriter(plan.out, resume=plan.resume)
+                             peak_tflops=plan.run_options["peak_tflops"], isolate=plan.run_options["isolate"],
+                             point_timeout_s=plan.run_options["point_timeout"],
+                             plugins=plan.run_options.get("plugins", ()))
     earlier = read_meta(plan.out) if plan.resume else {}
-    meta = merge_meta(earlier, runner.collect_meta(plan.spec, plan.providers, opts, plan.peaks))
+    # a resumed run keeps its first metadata and lists each continuation (and sweep); checked before the folder
+    # is touched
+    meta = continue_meta(earlier, runner.collect_meta(plan.spec, plan.providers, opts, plan.peaks), plan.extend)
+    writer = RunWriter(plan.out, resume=plan.resume)
     if not earlier and plan.device == "cuda" and plan.run_options["ceilings"]:
         meta["ceilings"] = hardware.measure_ceilings()  # achievable matmul and copy rates, for rooflines
     write_meta(plan.out, meta)
-    complete = True
+    points = plan.points
+    if on_start:
+        on_start(Started(count_done((p.key() for p in points), writer.done), tuple(writer.dropped),
+                         writer.csv_path))
+    complete, broken = True, None
     try:
-        runner.run_sweep(plan.points, writer, opts, {d: p.tflops for d, p in plan.peaks.items()}, on_point=on_point)
+        with _sigterm_as_interrupt():
+            runner.run_sweep(points, writer, opts, {d: p.tflops for d, p in plan.peaks.items()}, on_point=on_point)
     except KeyboardInterrupt:
         complete = False
+    except WorkerError as exc:  # the worker process cannot even start: stop with what is finished saved
+        complete, broken = False, exc
     frame = writer.finish() if writer.csv_path.exists() else pd.DataFrame()
     meta.update(finished_utc=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), complete=complete)
     write_meta(plan.out, meta)
+    if broken is not None:
+        raise broken
     frame.attrs.update(meta=meta, run_dir=str(plan.out))
     return Run(plan.out, frame, complete)
 
 
-def merge_meta(earlier: dict, meta: dict) -> dict:
-    """A resumed run keeps its first metadata and lists each continuation (start, argv, git, versions, GPUs)."""
-    if not earlier:
-        return meta
-    return {**earlier, "resumed": earlier.get("resumed", []) + [
-        {k: meta[k] for k in ("started_utc", "argv", "git", "versions", "gpus")}]}
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM (what `timeout`, schedulers and `kill` send) ends a sweep like Ctrl-C: finished rows are
+    flushed, the run is marked incomplete and the caller can say how to resume."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread (an embedding application): leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def sweep(spec: SweepSpec | str | None = None, *, out: str | Path | None = None, resume: bool = False,
-          on_point: OnPoint | None = None, **overrides) -> Run:
+          extend: bool = False, on_point: OnPoint | None = None, **overrides) -> Run:
     """Run a sweep and return its ``Run``: ``spec`` (a SweepSpec or preset name; default quick on a GPU, smoke
     without) with keyword ``overrides`` named like ``fa2bench sweep``'s options (``seqlen=[1024, 4096]``,
-    ``headdim=[64]``, ``provider=["fa2"]``, ``mode=["fwd"]``, ``causal="on"``, ``rep_ms=50``, ...).
-    ``out`` defaults to ``results/<UTC time>-<gpu>``; ``resume=True`` continues the run in ``out``."""
-    return execute(plan_sweep(spec, out=out, resume=resume, **overrides), on_point)
+    ``headdim=[64]``, ``provider=["fa2"]``, ``mode=["fwd"]``, ``causal="on"``, ``rep_ms=50``, ``isolate=False``,
+    ``point_timeout=60``, ...). ``out`` defaults to ``results/<UTC time>-<gpu>``; ``resume=True`` continues the
+    run in ``out`` (``extend=True`` adds a different sweep's points to it)."""
+    return execute(plan_sweep(spec, out=out, resume=resume, extend=extend, **overrides), on_point)
 
 
 # --- reading runs ----------------------------------------------------------------------------------------

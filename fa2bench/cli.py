@@ -73,7 +73,7 @@ def fail(message: str, code: int = 2) -> None:
 
 
 def warn(message: str) -> None:
-    out(stderr=True).print(f"[yellow]warning:[/] {message}", highlight=False)
+    out(stderr=True).print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
 
 
 def _has_cuda() -> bool:
@@ -94,8 +94,8 @@ def sweep(
     seqlen: Seqlen = None, seqlen_k: SeqlenK = None, headdim: Headdim = None, batch: Batch = None,
     tokens: Tokens = None, heads: Heads = None, hidden: Hidden = None, kv_heads: KvHeads = None,
     causal: Annotated[Optional[Causal], typer.Option(help="Causal masking.", rich_help_panel=SHAPE)] = None,
-    dtype: Annotated[Optional[str], typer.Option(help="Dtypes: " + ",".join(DTYPES) + ".",
-                                                 rich_help_panel=SHAPE)] = None,
+    dtype: Annotated[Optional[str], typer.Option(help="Dtypes: " + ",".join(DTYPES) + " (tf32: fp32 inputs, "
+                                                 "TF32 matmuls).", rich_help_panel=SHAPE)] = None,
     mode: Annotated[Optional[str], typer.Option(help="Passes: " + ",".join(MODES) + ".",
                                                 rich_help_panel=SHAPE)] = None,
     provider: Annotated[Optional[str], typer.Option(help="Providers (see `fa2bench providers`); default: every "
@@ -104,8 +104,16 @@ def sweep(
                        "time>-<gpu>).", rich_help_panel=OUTPUT)] = None,
     resume: Annotated[Optional[bool], typer.Option("--resume/--no-resume", help="Continue the run in --out, "
                       "skipping finished points.", rich_help_panel=OUTPUT)] = None,
+    extend: Annotated[Optional[bool], typer.Option("--extend/--no-extend", help="With --resume: add a different "
+                      "sweep's points to the run (meta.json records every sweep).", rich_help_panel=OUTPUT)] = None,
     check: Annotated[Optional[bool], typer.Option("--check/--no-check", help="Check every point against the "
                      "reference before timing (default: check).", rich_help_panel=RUN)] = None,
+    isolate: Annotated[Optional[bool], typer.Option("--isolate/--no-isolate", help="Run points in a worker "
+                       "process that is restarted after a crash, a fatal CUDA error or a hang (default: on with "
+                       "a GPU, off without one).", rich_help_panel=RUN)] = None,
+    point_timeout: Annotated[Optional[float], typer.Option(help="With --isolate: seconds one point may take "
+                             "(set-up, check, compilation, timing) before its worker is killed and it is recorded "
+                             "`timeout` (default 600).", rich_help_panel=RUN)] = None,
     warmup_ms: Annotated[Optional[float], typer.Option(help="Warm-up budget per point (ms, default 25).",
                                                        rich_help_panel=RUN)] = None,
     rep_ms: Annotated[Optional[float], typer.Option(help="Timing budget per point (ms, default 100).",
@@ -119,11 +127,13 @@ def sweep(
     from fa2bench import api
     from fa2bench import config as sweep_config
     from fa2bench.results import ResultsError
+    from fa2bench.worker import WorkerError
 
     given = _shape_options(preset=preset, seqlen=seqlen, seqlen_k=seqlen_k, headdim=headdim, batch=batch,
                            tokens=tokens, heads=heads, hidden=hidden, kv_heads=kv_heads, causal=causal, dtype=dtype,
-                           mode=mode, provider=provider, out=out_dir, resume=resume, check=check,
-                           warmup_ms=warmup_ms, rep_ms=rep_ms, peak_tflops=peak_tflops, ceilings=ceilings)
+                           mode=mode, provider=provider, out=out_dir, resume=resume, extend=extend, check=check,
+                           isolate=isolate, point_timeout=point_timeout, warmup_ms=warmup_ms, rep_ms=rep_ms,
+                           peak_tflops=peak_tflops, ceilings=ceilings)
     try:
         options = sweep_config.merge(sweep_config.load(config) if config else {},
                                      {k: getattr(v, "value", v) for k, v in given.items()})
@@ -140,14 +150,12 @@ def sweep(
         console.print(Panel("No CUDA GPU: Triton kernels run through the CPU interpreter and PyTorch on the "
                             "CPU.\nThese timings are NOT GPU performance; they only prove the pipeline works.",
                             title="NO GPU", style="bold red"))
-    peak = next(iter(plan.peaks.values()))
-    console.print(f"[bold]{len(plan.points)} points[/] on {plan.device_name or 'CPU (Triton interpreter)'} -> "
-                  f"{plan.out}", highlight=False)
-    console.print(f"device peak: {peak.tflops or 'unknown'} TFLOP/s ({peak.source})", highlight=False)
     try:
         run = _run_with_progress(plan, console)
     except ResultsError as exc:
         fail(str(exc))
+    except WorkerError as exc:  # the worker process cannot even start
+        fail(f"{exc}; finished points are saved in {plan.out}")
     if len(run.frame):
         _print_summary(run.frame, console)
         _warn_throttled(run.frame)
@@ -163,20 +171,31 @@ def _run_with_progress(plan, console):
                                TimeRemainingColumn)
 
     from fa2bench import api
+    from fa2bench.results import describe_damage
 
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("eta"), TimeRemainingColumn())
     with Progress(*columns, console=console, transient=False) as progress:
         task = progress.add_task("sweep", total=len(plan.points))
 
+        def on_start(started):
+            if started.dropped:
+                warn(describe_damage(list(started.dropped), started.csv_path))
+            peak = next(iter(plan.peaks.values()))
+            progress.console.print(f"[bold]{len(plan.points)} points[/] ({started.done} already done) on "
+                                   f"{plan.device_name or 'CPU (Triton interpreter)'} -> {plan.out}",
+                                   highlight=False)
+            progress.console.print(f"device peak: {peak.tflops or 'unknown'} TFLOP/s ({peak.source})",
+                                   highlight=False)
+
         def on_point(point, row):
             progress.advance(task)
             progress.update(task, description=f"{point.provider:>14} {point.mode:>7} {point.shape.label()}")
-            if row and row["status"] in ("wrong", "error"):
+            if row and row["status"] in ("wrong", "error", "timeout"):
                 progress.console.print(f"[red]{row['status']}[/] {point.provider} {point.mode} {point.dtype} "
                                        f"{point.shape.label()}: {row['error']}", highlight=False)
 
-        return api.execute(plan, on_point)
+        return api.execute(plan, on_point, on_start)
 
 
 def _print_summary(frame, console) -> None:
@@ -464,9 +483,13 @@ def _load(run_dir: Path):
     from fa2bench.results import ResultsError, load_run
 
     try:
-        return load_run(run_dir)
+        frame = load_run(run_dir)
     except ResultsError as exc:
         fail(str(exc))
+    damaged = frame.attrs.get("damaged") or []
+    if damaged:
+        warn(f"{run_dir}: {len(damaged)} damaged row(s) of results.csv left out ({'; '.join(damaged[:3])})")
+    return frame
 
 
 @app.command("plot")
@@ -519,7 +542,6 @@ def compare_runs(
 ):
     """Per-point time ratios of RUN_B over RUN_A; exit 1 if B regressed beyond threshold and noise."""
     from fa2bench import api
-    from fa2bench.markdown import shape_label
 
     if not threshold >= 0:
         fail("--threshold must be >= 0")
@@ -528,6 +550,20 @@ def compare_runs(
         warn(warning)
     if result.table.empty:
         fail(f"{run_a} and {run_b} share no points (provider, mode, dtype, shape): nothing to compare")
+    _print_comparison(result, run_a, run_b, threshold, changes_only)
+    if len(result.regressions):
+        kinds = result.regressions["verdict"].value_counts()
+        out(stderr=True).print(f"[bold red]{len(result.regressions)} regression(s):[/] "
+                               f"{kinds.get('regression', 0)} slower beyond {threshold:.0%} and the measured noise, "
+                               f"{kinds.get('broken', 0)} broken (ok in A, wrong/error/oom/timeout in B)",
+                               highlight=False)
+        raise typer.Exit(1)
+
+
+def _print_comparison(result, run_a, run_b, threshold, changes_only) -> None:
+    from fa2bench import compare
+    from fa2bench.markdown import shape_label
+
     styles = {"broken": "bold red", "regression": "bold red", "noise": "yellow", "faster": "green",
               "fixed": "green", "not ok": "dim"}
     rows = []
@@ -539,17 +575,12 @@ def compare_runs(
                      shape_label(r), _timing(r, "a"), _timing(r, "b"), f"{r['ratio']:.3g}x" if r["ratio"] > 0 else "-"))
     cols = ("verdict", "provider", "mode", "dtype", "shape", "A ms (p20-p80)", "B ms (p20-p80)", "B/A")
     console = out()
-    console.print(display.table(f"B/A time per point (B: {run_b}, A: {run_a}; threshold {threshold:.0%}, noise: "
-                                "B p20 > A p80)", cols, rows, left=cols[:5], no_wrap=cols))
+    console.print(display.table(f"B/A time per point (B: {run_b}, A: {run_a}; threshold {threshold:.0%}; noise: "
+                                f"spreads overlap or wider than {compare.MAX_SPREAD:.0%}, or CPU-interpreter runs)",
+                                cols, rows, left=cols[:5], no_wrap=cols))
     counts = ", ".join(f"{k} {v}" for k, v in result.counts.items())
     console.print(f"{len(result.table)} shared points: {counts}; {result.only_a} only in A, {result.only_b} only "
                   "in B", highlight=False)
-    if len(result.regressions):
-        kinds = result.regressions["verdict"].value_counts()
-        out(stderr=True).print(f"[bold red]{len(result.regressions)} regression(s):[/] "
-                               f"{kinds.get('regression', 0)} slower beyond {threshold:.0%} and the measured noise, "
-                               f"{kinds.get('broken', 0)} broken (ok in A, wrong/error/oom in B)", highlight=False)
-        raise typer.Exit(1)
 
 
 def _timing(row: dict, side: str) -> str:

@@ -7,7 +7,10 @@ causal). For a point ok in both, ``ratio = ms_B / ms_A`` (medians). The verdict:
   noise: the spreads do not overlap, B's 20th percentile above A's 80th (the middle 60% of B's timings all
   lie above the middle 60% of A's). Without a recorded spread in either run the threshold alone decides.
 - ``faster``: the mirror image (``1 / ratio - 1 > threshold`` and A's p20 above B's p80).
-- ``noise``: beyond the threshold but within the spreads; ``same``: within the threshold.
+- ``noise``: beyond the threshold but within the spreads, or timings that cannot be trusted: a spread wider
+  than ``MAX_SPREAD`` of the median in either run ((p80 - p20) / median: the machine was too noisy to resolve
+  the change), or a run through the CPU interpreter (its timings are not GPU performance and swing by 100x
+  with what else the machine runs); ``same``: within the threshold.
 - ``broken``: ok in A, ``wrong``/``error``/``oom`` in B (counted as a regression); ``fixed``: the reverse;
   ``not ok``: ok in neither (or unsupported in one: another environment, not a regression).
 
@@ -23,8 +26,9 @@ import pandas as pd
 from fa2bench.presets import KEY_COLUMNS
 
 REGRESSIONS = ("regression", "broken")
+MAX_SPREAD = 0.25  # a run whose (p80 - p20) / median is wider than this cannot gate a change
 VERDICT_ORDER = ("broken", "regression", "noise", "faster", "fixed", "same", "not ok")
-_BROKEN = ("wrong", "error", "oom")
+_BROKEN = ("wrong", "error", "oom", "timeout")
 _VERSIONS = ("torch", "triton", "cuda", "cudnn", "flash_attn")
 
 
@@ -60,17 +64,22 @@ def _points(frame: pd.DataFrame) -> pd.DataFrame:
     return out.drop_duplicates(list(KEY_COLUMNS), keep="last")
 
 
-def verdict(row, threshold: float) -> str:
+def verdict(row, threshold: float, trusted: bool = True, max_spread: float = MAX_SPREAD) -> str:
+    """The verdict of one joined row (see the module docstring); ``trusted=False``: timings never gate."""
     a, b = row["status_a"], row["status_b"]
     if a == "ok" and b == "ok":
         ratio = row["ratio"]
         if not np.isfinite(ratio):
             return "not ok"
         no_spread = any(not np.isfinite(row[c]) for c in ("ms_p20_a", "ms_p80_a", "ms_p20_b", "ms_p80_b"))
+        wide = not no_spread and max((row["ms_p80_a"] - row["ms_p20_a"]) / row["ms_a"],
+                                     (row["ms_p80_b"] - row["ms_p20_b"]) / row["ms_b"]) > max_spread
         if ratio - 1 > threshold:
-            return "regression" if no_spread or row["ms_p20_b"] > row["ms_p80_a"] else "noise"
+            clear = no_spread or row["ms_p20_b"] > row["ms_p80_a"]
+            return "regression" if clear and trusted and not wide else "noise"
         if 1 / ratio - 1 > threshold:
-            return "faster" if no_spread or row["ms_p20_a"] > row["ms_p80_b"] else "noise"
+            clear = no_spread or row["ms_p20_a"] > row["ms_p80_b"]
+            return "faster" if clear and trusted and not wide else "noise"
         return "same"
     if a == "ok" and b in _BROKEN:
         return "broken"
@@ -87,7 +96,8 @@ def compare(a: pd.DataFrame, b: pd.DataFrame, threshold: float = 0.05) -> Compar
     keys = list(KEY_COLUMNS)
     table = pa.merge(pb, on=keys, how="inner", suffixes=("_a", "_b"))
     table["ratio"] = table["ms_b"] / table["ms_a"]
-    table["verdict"] = [verdict(r, threshold) for r in table.to_dict("records")] if len(table) else []
+    trusted = not (interpreted(a.attrs.get("meta", {})) or interpreted(b.attrs.get("meta", {})))
+    table["verdict"] = [verdict(r, threshold, trusted) for r in table.to_dict("records")] if len(table) else []
     table["_order"] = table["verdict"].map({v: i for i, v in enumerate(VERDICT_ORDER)})
     table = table.sort_values(["_order", "ratio"], ascending=[True, False], kind="stable").drop(columns="_order")
     joined = table[keys].apply(tuple, axis=1) if len(table) else pd.Series([], dtype=object)
@@ -96,6 +106,11 @@ def compare(a: pd.DataFrame, b: pd.DataFrame, threshold: float = 0.05) -> Compar
     return Comparison(table.reset_index(drop=True), environment_warnings(a.attrs.get("meta", {}),
                                                                          b.attrs.get("meta", {})),
                       only_a, only_b, threshold)
+
+
+def interpreted(meta: dict) -> bool:
+    """Whether a run went through Triton's CPU interpreter (its timings are not GPU performance)."""
+    return bool(meta.get("interpreter")) or meta.get("device") == "cpu"
 
 
 def _gpu(meta: dict) -> str:
@@ -115,7 +130,8 @@ def environment_warnings(meta_a: dict, meta_b: dict) -> list[str]:
     if gpu_a != gpu_b:
         out.append(f"different GPUs: A ran on {gpu_a}, B on {gpu_b}; ratios compare machines, not code")
     elif "CPU" in gpu_a:
-        out.append("CPU-interpreter runs: their timings are not GPU performance")
+        out.append("CPU-interpreter runs: their timings are not GPU performance (slowdowns are reported as "
+                   "noise, never as regressions)")
     va, vb = meta_a.get("versions") or {}, meta_b.get("versions") or {}
     changed = [f"{k} {va.get(k)} -> {vb.get(k)}" for k in _VERSIONS if va.get(k) != vb.get(k)
                and (va.get(k) or vb.get(k))]

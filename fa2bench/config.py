@@ -10,7 +10,10 @@ Fields (a file may spell them with dashes, as on the command line):
 - ``tokens``, ``hidden``: one number (batch = tokens // seqlen, heads = hidden // headdim);
 - ``causal``: ``"off"``, ``"on"``, ``"both"`` or a boolean;
 - ``dtype``, ``mode``, ``provider``: a list of names or comma-separated text;
-- run options ``check``, ``warmup_ms``, ``rep_ms``, ``peak_tflops``, ``ceilings``; and ``out``, ``resume``.
+- run options ``check``, ``warmup_ms``, ``rep_ms``, ``peak_tflops``, ``ceilings``, ``isolate`` (None: on with a
+  GPU, off without one), ``point_timeout`` (seconds); and ``out``, ``resume``, ``extend``.
+
+Sizes no machine can hold are refused here too (``memory.check_sizes``), before anything runs.
 """
 from __future__ import annotations
 
@@ -20,14 +23,16 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from fa2bench.flops import MODES
+from fa2bench.memory import check_sizes
 from fa2bench.presets import DTYPES, SpecError, SweepSpec, parse_ints, parse_names
 
 INT_LISTS = {"seqlen": "seqlens", "seqlen_k": "seqlens_k", "headdim": "headdims", "batch": "batch",
              "heads": "heads", "kv_heads": "kv_heads"}
 NAME_LISTS = {"dtype": "dtypes", "mode": "modes", "provider": "providers"}
 CAUSAL = {"off": (False,), "on": (True,), "both": (False, True)}
-RUN_OPTIONS = {"check": True, "warmup_ms": 25.0, "rep_ms": 100.0, "peak_tflops": None, "ceilings": True}
-FIELDS = ("preset", *INT_LISTS, "tokens", "hidden", "causal", *NAME_LISTS, *RUN_OPTIONS, "out", "resume")
+RUN_OPTIONS = {"check": True, "warmup_ms": 25.0, "rep_ms": 100.0, "peak_tflops": None, "ceilings": True,
+               "isolate": None, "point_timeout": 600.0}
+FIELDS = ("preset", *INT_LISTS, "tokens", "hidden", "causal", *NAME_LISTS, *RUN_OPTIONS, "out", "resume", "extend")
 
 
 def _option(name: str) -> str:
@@ -106,16 +111,17 @@ def spec_from(options: Mapping[str, Any], base: SweepSpec | str) -> SweepSpec:
             changes[field] = _names(key, options[key], allowed[key])
     spec = dataclasses.replace(spec, **changes)
     spec.validate()
+    check_sizes(spec.shapes())
     return spec
 
 
 def run_options(options: Mapping[str, Any]) -> dict:
     """The run options among ``options`` with their defaults, validated: check, warmup_ms, rep_ms, peak_tflops,
-    ceilings."""
+    ceilings, isolate (None until the device is known), point_timeout."""
     options = normalise(options)
     out = {k: options.get(k, default) for k, default in RUN_OPTIONS.items()}
-    for flag in ("check", "ceilings"):
-        if not isinstance(out[flag], bool):
+    for flag in ("check", "ceilings", "isolate"):
+        if not isinstance(out[flag], bool) and not (flag == "isolate" and out[flag] is None):
             raise SpecError(f"--{flag}: expected true or false, got {out[flag]!r}")
     try:
         warmup, rep = float(out["warmup_ms"]), float(out["rep_ms"])
@@ -126,7 +132,13 @@ def run_options(options: Mapping[str, Any]) -> dict:
         raise SpecError("--peak-tflops must be a positive number")
     if not (warmup >= 0 and rep > 0):
         raise SpecError("--warmup-ms must be >= 0 and --rep-ms > 0")
-    return {**out, "warmup_ms": warmup, "rep_ms": rep, "peak_tflops": peak}
+    try:
+        timeout = float(out["point_timeout"])
+    except (TypeError, ValueError):
+        timeout = math.nan
+    if isinstance(out["point_timeout"], bool) or not (timeout > 0 and math.isfinite(timeout)):
+        raise SpecError("--point-timeout must be a positive number of seconds")
+    return {**out, "warmup_ms": warmup, "rep_ms": rep, "peak_tflops": peak, "point_timeout": timeout}
 
 
 def merge(base: Mapping[str, Any], given: Mapping[str, Any]) -> dict:

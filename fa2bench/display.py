@@ -6,6 +6,7 @@ columns (wide tables when the output is a file or a pipe; the tests set the vari
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 import shutil
@@ -90,10 +91,26 @@ def width() -> int:
 
 def console(stderr: bool = False):
     """A rich console on stdout (or stderr) at ``width()`` columns; made per command, so a test's captured
-    stdout and width apply."""
+    stdout and width apply. A reader that stops early (`fa2bench compare A B | head`) closes stdout: the rest of
+    the output is dropped quietly and the command ends with its own exit code (rich's default exits 1, which
+    `compare` uses for a regression)."""
     from rich.console import Console
 
-    return Console(stderr=stderr, width=width())
+    return (Console if stderr else _pipe_console())(stderr=stderr, width=width())
+
+
+@functools.cache
+def _pipe_console():
+    from rich.console import Console
+
+    class PipeConsole(Console):
+        def on_broken_pipe(self) -> None:
+            self.quiet = True
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())  # so that Python's flush at exit does not hit the pipe again
+            os.close(devnull)
+
+    return PipeConsole
 
 
 def table(title: str, columns: Sequence[str], rows: Iterable[Sequence], *, left: Iterable[str] = (),

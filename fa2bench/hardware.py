@@ -1,8 +1,8 @@
 """What GPU this is and what it can do: peak tensor-core throughput (one table, with sources) and NVML info.
 
-Peaks are dense (no structured sparsity) tensor-core TFLOP/s from the vendor's datasheets. The fp32 column is
-the TF32 tensor-core rate, because that is the path Triton's float32 ``tl.dot`` and cuBLAS with TF32 take; a
-kernel doing true fp32 FMA will sit far below it.
+Peaks are dense (no structured sparsity) TFLOP/s from the vendor's datasheets: fp16/bf16 and tf32 on the tensor
+cores, fp32 on the CUDA cores (IEEE fp32 FMA: what an fp32 point computes; a tf32 point may use TF32 tensor
+cores and is measured against their rate). 0 means the table does not know the rate.
 """
 from __future__ import annotations
 
@@ -26,9 +26,10 @@ class GpuPeak:
     source: str
     hbm_tb_per_s: float | None = None  # datasheet memory bandwidth (TB/s), None where not recorded
     hbm_source: str = ""
+    fp32: float = 0.0  # non-tensor (CUDA core) fp32 TFLOP/s
 
     def tflops(self, dtype: str) -> float:
-        return self.tf32 if dtype == "fp32" else self.fp16
+        return {"tf32": self.tf32, "fp32": self.fp32}.get(dtype, self.fp16)
 
 
 _A100_80 = "NVIDIA A100 80GB datasheet (SXM 2.04, PCIe 1.94)"
@@ -36,27 +37,29 @@ _A100_40 = "NVIDIA A100 40GB datasheet"
 
 # Ordered: the first match wins, so variants (PCIe, NVL, memory sizes) come before the plain name.
 PEAKS = (
-    GpuPeak("H100 PCIe", r"h100.*pcie", 756.0, 378.0, _H100, 2.0, "NVIDIA H100 PCIe datasheet"),
-    GpuPeak("H100 NVL", r"h100.*nvl", 835.0, 417.5, _H100, 3.9, "NVIDIA H100 NVL datasheet"),
-    GpuPeak("H100 SXM5", r"h100", 989.4, 494.7, _H100, 3.35, "NVIDIA H100 SXM5 datasheet"),
-    GpuPeak("H200 NVL", r"h200.*nvl", 835.0, 417.5, _H200, 4.8, "NVIDIA H200 datasheet"),
-    GpuPeak("H200 SXM", r"h200", 989.4, 494.7, _H200, 4.8, "NVIDIA H200 datasheet"),
+    GpuPeak("H100 PCIe", r"h100.*pcie", 756.0, 378.0, _H100, 2.0, "NVIDIA H100 PCIe datasheet", fp32=51.0),
+    GpuPeak("H100 NVL", r"h100.*nvl", 835.0, 417.5, _H100, 3.9, "NVIDIA H100 NVL datasheet", fp32=60.0),
+    GpuPeak("H100 SXM5", r"h100", 989.4, 494.7, _H100, 3.35, "NVIDIA H100 SXM5 datasheet", fp32=67.0),
+    GpuPeak("H200 NVL", r"h200.*nvl", 835.0, 417.5, _H200, 4.8, "NVIDIA H200 datasheet", fp32=60.0),
+    GpuPeak("H200 SXM", r"h200", 989.4, 494.7, _H200, 4.8, "NVIDIA H200 datasheet", fp32=67.0),
     GpuPeak("H800 SXM5", r"h800", 989.4, 494.7, "NVIDIA H800 datasheet, dense rates", 3.35,
-            "NVIDIA H800 SXM5 datasheet"),
-    GpuPeak("A100 PCIe", r"a100.*(80\s*gb.*pcie|pcie.*80\s*gb)", 312.0, 156.0, _A100, 2.0, _A100_80),
-    GpuPeak("A100 PCIe", r"a100.*pcie", 312.0, 156.0, _A100, 1.555, _A100_40),
-    GpuPeak("A100 SXM4", r"a100.*80\s*gb", 312.0, 156.0, _A100, 2.0, _A100_80),
-    GpuPeak("A100 SXM4", r"a100", 312.0, 156.0, _A100, 1.555, _A100_40),
-    GpuPeak("A800", r"a800", 312.0, 156.0, "NVIDIA A800 datasheet, dense rates"),
+            "NVIDIA H800 SXM5 datasheet", fp32=67.0),
+    GpuPeak("A100 PCIe", r"a100.*(80\s*gb.*pcie|pcie.*80\s*gb)", 312.0, 156.0, _A100, 2.0, _A100_80, fp32=19.5),
+    GpuPeak("A100 PCIe", r"a100.*pcie", 312.0, 156.0, _A100, 1.555, _A100_40, fp32=19.5),
+    GpuPeak("A100 SXM4", r"a100.*80\s*gb", 312.0, 156.0, _A100, 2.0, _A100_80, fp32=19.5),
+    GpuPeak("A100 SXM4", r"a100", 312.0, 156.0, _A100, 1.555, _A100_40, fp32=19.5),
+    GpuPeak("A800", r"a800", 312.0, 156.0, "NVIDIA A800 datasheet, dense rates", fp32=19.5),
     GpuPeak("A10G", r"a10g", 70.0, 35.0, "AWS G5 / NVIDIA A10G specifications, dense rates", 0.6,
             "NVIDIA A10G specifications"),
-    GpuPeak("A10", r"\ba10\b", 125.0, 62.5, "NVIDIA A10 datasheet, dense rates", 0.6, "NVIDIA A10 datasheet"),
-    GpuPeak("L40S", r"l40s", 362.05, 183.0, "NVIDIA L40S datasheet, dense rates", 0.864, "NVIDIA L40S datasheet"),
-    GpuPeak("L4", r"\bl4\b", 121.0, 60.0, "NVIDIA L4 datasheet, dense rates", 0.3, "NVIDIA L4 datasheet"),
-    GpuPeak("V100", r"v100", 125.0, 0.0, "NVIDIA V100 datasheet (no TF32)"),
-    GpuPeak("T4", r"\bt4\b", 65.0, 0.0, "NVIDIA T4 datasheet (no TF32)"),
+    GpuPeak("A10", r"\ba10\b", 125.0, 62.5, "NVIDIA A10 datasheet, dense rates", 0.6, "NVIDIA A10 datasheet",
+            fp32=31.2),
+    GpuPeak("L40S", r"l40s", 362.05, 183.0, "NVIDIA L40S datasheet, dense rates", 0.864, "NVIDIA L40S datasheet",
+            fp32=91.6),
+    GpuPeak("L4", r"\bl4\b", 121.0, 60.0, "NVIDIA L4 datasheet, dense rates", 0.3, "NVIDIA L4 datasheet", fp32=30.3),
+    GpuPeak("V100", r"v100", 125.0, 0.0, "NVIDIA V100 datasheet (no TF32; fp32 of the SXM2 card, PCIe 14)", fp32=15.7),
+    GpuPeak("T4", r"\bt4\b", 65.0, 0.0, "NVIDIA T4 datasheet (no TF32)", fp32=8.1),
     GpuPeak("RTX 4090", r"4090", 165.2, 82.6, "NVIDIA Ada whitepaper, fp16 with fp32 accumulate, dense", 1.008,
-            "NVIDIA RTX 4090 specifications"),
+            "NVIDIA RTX 4090 specifications", fp32=82.6),
     GpuPeak("B200", r"b200", 2250.0, 1100.0, "NVIDIA DGX B200 / HGX B200 specifications, per GPU, dense", 8.0,
             "NVIDIA B200 specifications"),
 )
@@ -190,4 +193,6 @@ def measure_ceilings() -> dict:
     dst = torch.empty_like(src)
     ms = do_bench(lambda: dst.copy_(src), warmup=100, rep=500, return_mode="median")
     out["copy_tb_per_s"] = 2 * src.numel() / (ms * 1e-3) / 1e12  # bytes read + bytes written
+    del a, b, src, dst
+    torch.cuda.empty_cache()  # give the memory back: the sweep's worker process needs it
     return out

@@ -54,7 +54,7 @@ from fa2bench import providers
 from fa2bench.flops import MODES
 from fa2bench.presets import Shape
 
-DTYPE_BYTES = {"fp16": 2, "bf16": 2, "fp32": 4}
+DTYPE_BYTES = {"fp16": 2, "bf16": 2, "fp32": 4, "tf32": 4}
 F32 = 4  # statistics and scratch accumulators
 
 Blocks = Mapping[str, tuple[int, int]]  # kernel name -> (BLOCK_M, BLOCK_N)

@@ -38,7 +38,7 @@ from fa2bench.presets import Shape
 from fa2bench.summary import speedup as speedup_table
 
 MODE_TITLES = {"fwd": "forward", "bwd": "backward", "fwd_bwd": "forward + backward"}
-MARKS = {"oom": "OOM", "unsupported": "n/a", "error": "error", "wrong": "wrong"}  # how a non-ok point reads
+MARKS = {"oom": "OOM", "unsupported": "n/a", "error": "error", "wrong": "wrong", "timeout": "timeout"}  # how a non-ok point reads
 MARK_KEY = "OOM: out of memory, n/a: unsupported, error / wrong: see report"
 FORMATS = ("png", "svg", "pdf")
 DPI = 130

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from fa2bench.flops import MODES
 
-DTYPES = ("fp16", "bf16", "fp32")
+DTYPES = ("fp16", "bf16", "fp32", "tf32")  # tf32: fp32 inputs, matmuls on TF32 tensor cores
 
 
 class SpecError(ValueError):

@@ -12,8 +12,10 @@ import importlib.util
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
-from fa2bench import device
+from fa2bench import device, precision
+from fa2bench.device import interpreter_problem as _interpreter_problem
 from fa2bench.flops import MODES
+from fa2bench.memory import EAGER_WORKSPACE, MATH_WORKSPACE, NAIVE_WORKSPACE, streaming_workspace
 from fa2bench.presets import DTYPES, Shape
 
 if TYPE_CHECKING:  # the registry imports no torch: listing providers and drawing figures stay light
@@ -44,6 +46,8 @@ class Provider:
     io_model: str | None = None  # the HBM byte model it follows (iomodel: standard, fa1, fa2, fa2-atomic)
     io_model_assumed: bool = False  # True when that model is assumed (a kernel that is not ours to read)
     roles: frozenset = frozenset()  # "subject" (what figures and speedups are about), "speedup-baseline"
+    # bytes the provider allocates beyond q, k, v, o (and gradients): workspace_bytes(shape, dtype, mode)
+    workspace_bytes: Callable[[Shape, str, str], int] = streaming_workspace
 
     def availability(self, device: str) -> str | None:
         """None if usable on ``device`` ("cuda" or "cpu"), else why not."""
@@ -51,6 +55,8 @@ class Provider:
             return "needs a CUDA GPU" if device == "cpu" else f"does not run on {device}"
         if self.requires and importlib.util.find_spec(self.requires) is None:
             return f"the {self.requires!r} package is not installed"
+        if self.module is not None and device == "cpu":
+            return _interpreter_problem()
         return None
 
     def unsupported_reason(self, shape: Shape, dtype: str, mode: str, device: str) -> str | None:
@@ -142,10 +148,22 @@ def _ours(module: str, function: str, **kwargs):
 
 
 def _call_kernel(fn, causal, q, k, v):
+    """fa2bench's kernel ``fn`` with the point's matmul precision: ``tf32=True`` for a tf32 point (a kernel
+    without the keyword is called without it)."""
+    if _takes_tf32(fn):
+        return fn(q, k, v, causal=causal, tf32=precision.tf32_enabled())
     return fn(q, k, v, causal=causal)
 
+
+@functools.cache
+def _takes_tf32(fn) -> bool:
+    import inspect
+
+    return "tf32" in inspect.signature(fn).parameters
+
+
 _ours("naive", "naive_attention", name="naive", label="Naive (Triton)", color="#7f7f7f", io_model="standard",
-      roles=frozenset({"speedup-baseline"}),
+      roles=frozenset({"speedup-baseline"}), workspace_bytes=NAIVE_WORKSPACE,
       description="standard attention in Triton kernels that write S and P to HBM")
 _ours("flash1", "flash1_attention", name="fa1", label="FlashAttention-1 (Triton)", color="#1f77b4", io_model="fa1",
       description="FlashAttention-1's algorithm in Triton: K/V outer loop, parallel over batch x heads")
@@ -159,6 +177,7 @@ _ours("flash2", "flash2_attention", name="fa2", label="FlashAttention-2 (Triton)
 
 @register(name="torch-eager", label="PyTorch eager", color="#8c564b", kind="baseline",
           devices=frozenset({"cuda", "cpu"}), max_headdim=1 << 30, io_model="standard",
+          workspace_bytes=EAGER_WORKSPACE,
           description="standard attention in eager PyTorch: matmul, softmax in fp32, matmul")
 def _torch_eager(shape: Shape) -> AttnFn:
     from fa2bench.reference import attention_ref, causal_mask
@@ -200,8 +219,8 @@ for _name, (_backend, _label, _color, _dtypes, _desc) in _SDPA.items():
     register(name=_name, label=_label, color=_color, kind="vendor", description=_desc,
              dtypes=frozenset(_dtypes), max_headdim=1 << 30,
              devices=frozenset({"cuda", "cpu"}) if _backend == "MATH" else frozenset({"cuda"}),
-             io_model="standard" if _backend == "MATH" else "fa2-atomic",
-             io_model_assumed=_backend != "MATH")(_sdpa(_backend))
+             io_model="standard" if _backend == "MATH" else "fa2-atomic", io_model_assumed=_backend != "MATH",
+             workspace_bytes=MATH_WORKSPACE if _backend == "MATH" else streaming_workspace)(_sdpa(_backend))
 
 
 @register(name="flex", label="FlexAttention", color="#17becf", kind="vendor", io_model="fa2", io_model_assumed=True,

@@ -8,9 +8,11 @@ plots, reports, comparisons and notebooks read runs only through it.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -18,12 +20,17 @@ import pandas as pd
 from fa2bench import telemetry
 from fa2bench.presets import KEY_COLUMNS
 
-STATUSES = ("ok", "wrong", "oom", "unsupported", "error")
+STATUSES = ("ok", "wrong", "oom", "unsupported", "error", "timeout")
 COLUMNS = KEY_COLUMNS + (
-    "status", "error", "ms", "ms_p20", "ms_p80", "flops", "tflops", "pct_a100_peak", "pct_device_peak",
+    "status", "error", "ms", "ms_p20", "ms_p80", "reps", "flops", "tflops", "pct_a100_peak", "pct_device_peak",
     "max_rel_error", "peak_mem_mb", "config",
 ) + telemetry.COLUMNS
+# columns that hold text (every other one must be empty or a number); "report" is the IO study's ncu report path
+# (io_study.csv goes through this store too)
+_TEXT_COLUMNS = ("provider", "mode", "dtype", "causal", "status", "error", "config", "throttle_reason", "throttled",
+                 "report")
 CSV_NAME, PARQUET_NAME, META_NAME = "results.csv", "results.parquet", "meta.json"
+DAMAGED_NAME = "results.csv.damaged"  # rows dropped on resume, kept for inspection (<table>.damaged for others)
 
 
 class ResultsError(Exception):
@@ -49,17 +56,24 @@ class RunWriter:
         if self.csv_path.exists() and not resume:
             raise ResultsError(f"{self.out_dir} already holds results; pass --resume to continue it, "
                                "or choose another --out")
+        self.dropped: list[Damage] = repair_csv(self.csv_path) if resume else []
         self.done = _finished_keys(self.csv_path) if resume else set()
 
     def append(self, row: dict) -> None:
         new = not self.csv_path.exists() or self.csv_path.stat().st_size == 0
-        with open(self.csv_path, "a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=self.columns, extrasaction="ignore")
+        columns = self.columns if new else self._columns()
+        with open(self.csv_path, "a", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
             if new:
                 writer.writeheader()
-            writer.writerow({c: _cell(row.get(c)) for c in self.columns})
+            writer.writerow({c: _cell(row.get(c)) for c in columns})
             f.flush()
             os.fsync(f.fileno())
+
+    def _columns(self) -> tuple[str, ...]:
+        """The header of the file being continued (a run written by an older fa2bench keeps its columns)."""
+        with open(self.csv_path, newline="", encoding="utf-8", errors="replace") as f:
+            return tuple(next(csv.reader(f)))
 
     def finish(self) -> pd.DataFrame:
         """Write results.parquet from the CSV and return the table."""
@@ -75,12 +89,24 @@ def _cell(value):
 
 
 def read_csv(path: Path) -> pd.DataFrame:
-    frame = pd.read_csv(path, dtype={"error": "string", "config": "string", "throttle_reason": "string",
+    """A results.csv as a DataFrame; damaged rows (see ``scan_csv``) are left out and described in
+    ``.attrs["damaged"]``."""
+    header, good, damaged = scan_csv(path)
+    if not header:
+        raise ResultsError(f"{path} is empty: not a fa2bench results file")
+    text = io.StringIO()
+    csv.writer(text, lineterminator="\n").writerow(header)
+    text.writelines(line + "\n" for line in good)
+    text.seek(0)
+    frame = _parse_csv(text)
+    frame.attrs["damaged"] = [d.describe() for d in damaged]
+    return frame
+
+
+def _parse_csv(source) -> pd.DataFrame:
+    frame = pd.read_csv(source, dtype={"error": "string", "config": "string", "throttle_reason": "string",
                                      "provider": "string", "mode": "string", "dtype": "string",
                                      "status": "string"}, keep_default_na=False, na_values=[""])
-    missing = [c for c in KEY_COLUMNS + ("status",) if c not in frame]
-    if missing:
-        raise ResultsError(f"{path} is not a fa2bench results file (no {', '.join(missing)} column)")
     for col in COLUMNS:
         if col not in frame:
             frame[col] = pd.NA
@@ -91,6 +117,129 @@ def read_csv(path: Path) -> pd.DataFrame:
 
 def _as_bool(value) -> bool:
     return str(value).strip().lower() in ("true", "1", "yes")
+
+
+@dataclass(frozen=True)
+class Damage:
+    """A results.csv row that cannot be trusted: where it is, why, and its raw bytes."""
+    line: int  # 1-based line number in the file
+    reason: str
+    raw: bytes
+
+    def describe(self) -> str:
+        return f"line {self.line}: {self.reason}"
+
+
+def scan_csv(path: Path) -> tuple[list[str], list[str], list[Damage]]:
+    """Read results.csv without trusting it: ``(header, good rows as text, damaged rows)``.
+
+    Every complete row ends with a newline (``RunWriter.append`` writes and fsyncs whole rows), so a last line
+    without one was cut mid-write (a crash, a full disk). A row is also damaged if it is not UTF-8 text, does
+    not have one field per column, or has a key, status or number that does not parse. A file whose header
+    is not fa2bench's raises ResultsError.
+    """
+    data = Path(path).read_bytes()
+    records = _records(data)
+    if not records:
+        return [], [], []
+    first_line, first = records[0]
+    try:
+        header = next(csv.reader([first.decode("utf-8").rstrip("\r\n")]))
+    except (UnicodeDecodeError, csv.Error):
+        raise ResultsError(f"{path} is not a fa2bench results file (its first line is not a CSV header)") from None
+    missing = [c for c in KEY_COLUMNS + ("status",) if c not in header]
+    if missing:
+        raise ResultsError(f"{path} is not a fa2bench results file (no {', '.join(missing)} column)")
+    good, damaged = [], []
+    for number, raw in records[1:]:
+        reason = _row_problem(raw, header)
+        if reason:
+            damaged.append(Damage(number, reason, raw))
+        else:
+            good.append(raw.decode("utf-8").rstrip("\r\n"))
+    return header, good, damaged
+
+
+def _records(data: bytes) -> list[tuple[int, bytes]]:
+    """Split into CSV records (a quoted field may hold a newline), each with the line number it starts on;
+    a record keeps its trailing newline, so a cut last record is recognisable."""
+    out, start, line, number = [], 0, 1, 1
+    pending = b""
+    for chunk in data.splitlines(keepends=True):
+        if not pending:
+            number = line
+        pending += chunk
+        line += 1
+        if pending.count(b'"') % 2 == 0:
+            out.append((number, pending))
+            pending = b""
+    if pending:
+        out.append((number, pending))
+    return [(n, r) for n, r in out if r.strip(b"\r\n") or not r.endswith(b"\n")]
+
+
+def _row_problem(raw: bytes, header: list[str]) -> str | None:
+    try:
+        text = raw.decode("utf-8").rstrip("\r\n")
+    except UnicodeDecodeError as exc:
+        return f"stray bytes, not UTF-8 text (byte 0x{raw[exc.start]:02x} at column {exc.start + 1})"
+    if not raw.endswith(b"\n"):
+        return "cut off mid-row (no line end: the write did not finish)"
+    try:
+        fields = next(csv.reader([text]))
+    except csv.Error as exc:
+        return f"not a CSV row ({exc})"
+    if len(fields) != len(header):
+        return f"{len(fields)} fields where the header has {len(header)}"
+    row = dict(zip(header, fields))
+    for col in KEY_COLUMNS:
+        value = row[col]
+        if col in ("provider", "mode", "dtype"):
+            if not value:
+                return f"empty {col}"
+        elif col == "causal":
+            if value.strip().lower() not in ("true", "false", "1", "0"):
+                return f"causal is {value!r}"
+        elif not value.isdigit() or int(value) < 1:
+            return f"{col} is {value!r}, not a positive whole number"
+    if row["status"] not in STATUSES:
+        return f"unknown status {row['status']!r}"
+    for col, value in row.items():
+        if col in _TEXT_COLUMNS or col in KEY_COLUMNS or value == "":
+            continue
+        try:
+            float(value)
+        except ValueError:
+            return f"{col} is {value!r}, not a number"
+    return None
+
+
+def repair_csv(csv_path: Path) -> list[Damage]:
+    """Drop damaged rows (``scan_csv``) from ``csv_path`` so that resume re-runs their points; the dropped
+    bytes are appended to results.csv.damaged beside it. Returns what was dropped."""
+    csv_path = Path(csv_path)
+    if not csv_path.exists() or csv_path.stat().st_size == 0:
+        return []
+    header, good, damaged = scan_csv(csv_path)
+    if not damaged:
+        return []
+    with open(_damaged_path(csv_path), "ab") as f:
+        for d in damaged:
+            f.write(d.raw if d.raw.endswith(b"\n") else d.raw + b"\n")
+    tmp = csv_path.with_suffix(".csv.tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerow(header)
+        for line in good:
+            f.write(line + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(csv_path)
+    return damaged
+
+
+def _damaged_path(csv_path: Path) -> Path:
+    """Where the rows dropped from ``csv_path`` go: results.csv.damaged beside results.csv."""
+    return Path(csv_path).with_name(Path(csv_path).name + ".damaged")
 
 
 def _finished_keys(csv_path: Path) -> set[tuple]:
@@ -146,3 +295,61 @@ def load_run(path: str | Path) -> pd.DataFrame:
     frame.attrs["meta"] = read_meta(run_dir)
     frame.attrs["run_dir"] = str(run_dir)
     return frame
+
+
+# --- continuing a run (--resume) -------------------------------------------------------------------------
+
+
+def sweep_difference(old: dict, new: dict) -> str | None:
+    """What differs between two resolved sweeps (meta.json's ``sweep``), as 'seqlens 64,97 -> 64,128; ...';
+    None when they are the same sweep."""
+    old, new = json.loads(json.dumps(old, default=str)), json.loads(json.dumps(new, default=str))
+
+    def show(value):
+        if isinstance(value, list):
+            return ",".join(map(str, value)) or "(default)"
+        return "(default)" if value is None else str(value)
+
+    def differs(key):  # a field one fa2bench version records and another lacks counts only if it is set
+        if key not in old or key not in new:
+            return (old.get(key) or new.get(key)) not in (None, [], "", False)
+        return old[key] != new[key]
+
+    diffs = [f"{key} {show(old.get(key))} -> {show(new.get(key))}" for key in list(dict.fromkeys([*old, *new]))
+             if differs(key)]
+    return "; ".join(diffs) or None
+
+
+def continue_meta(earlier: dict, meta: dict, extend: bool = False) -> dict:
+    """meta.json for a run continued with --resume: the first run's record, each continuation listed under
+    ``resumed``, and every sweep that wrote into the folder under ``sweeps``.
+
+    A sweep other than those already recorded raises ResultsError naming the difference, unless ``extend``
+    (the run is then explicitly extended with the new sweep's points).
+    """
+    if not earlier:
+        return meta
+    sweeps = earlier.get("sweeps") or ([earlier["sweep"]] if earlier.get("sweep") else [])
+    new = meta.get("sweep")
+    known = not sweeps or new is None or any(sweep_difference(s, new) is None for s in sweeps)
+    if not known and not extend:
+        raise ResultsError(f"--resume with a different sweep than the one this folder holds ("
+                           f"{sweep_difference(sweeps[-1], new)}); pass --extend to add these points to the run, "
+                           "or choose another --out")
+    entry = {k: meta[k] for k in ("started_utc", "argv", "git", "versions", "gpus") if k in meta}
+    out = {**earlier, "resumed": earlier.get("resumed", []) + [{**entry, "extended": not known}]}
+    if sweeps:
+        out["sweeps"] = sweeps + ([new] if not known else [])
+    return out
+
+
+def describe_damage(damaged: list[Damage], csv_path: Path) -> str:
+    """One line for the user: which rows of results.csv were dropped and where their bytes went."""
+    shown = "; ".join(d.describe() for d in damaged[:3]) + ("; ..." if len(damaged) > 3 else "")
+    return (f"dropped {len(damaged)} damaged row(s) from {csv_path} ({shown}); their points will be re-run, "
+            f"the bytes are kept in {_damaged_path(csv_path)}")
+
+
+def count_done(point_keys, done: set) -> int:
+    """How many of this sweep's points the folder already holds."""
+    return sum(1 for key in point_keys if key in done)

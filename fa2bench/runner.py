@@ -1,6 +1,9 @@
-"""Runs sweep points: for each point, set up the provider, check it against the reference, time it, and
-turn the outcome into one results row. A failing point (unsupported, wrong, out of memory, an exception)
-becomes a row with that status and the sweep goes on.
+"""Runs sweep points: for each point, estimate its memory, set up the provider, check it against the
+reference, time it, and turn the outcome into one results row. A failing point (unsupported, wrong, out of
+memory, an exception) becomes a row with that status and the sweep goes on; with ``RunOptions.isolate`` the
+points run in a worker process (``fa2bench.worker``), so a crash, a broken CUDA context or a hang costs one
+point (``error`` / ``timeout``), not the sweep. Each point runs under its dtype's matmul precision
+(``fa2bench.precision``: TF32 for tf32 points only).
 """
 from __future__ import annotations
 
@@ -16,13 +19,14 @@ from typing import Callable, Iterable
 
 import torch
 
-from fa2bench import hardware, providers, telemetry, timing
+from fa2bench import hardware, memory, precision, providers, telemetry, timing
 from fa2bench.flops import attention_flops, tflops
 from fa2bench.presets import Point, Shape, SweepSpec
 from fa2bench.reference import check_attention
 from fa2bench.results import RunWriter
 
-TORCH_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+# tf32 points take fp32 inputs; their matmuls run on TF32 tensor cores (fa2bench.precision)
+TORCH_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32, "tf32": torch.float32}
 
 
 @dataclass(frozen=True)
@@ -32,6 +36,11 @@ class RunOptions:
     warmup_ms: float = 25.0
     rep_ms: float = 100.0
     peak_tflops: float | None = None  # override of the device peak
+    isolate: bool = False  # run points in a worker process (fa2bench.worker)
+    point_timeout_s: float = 600.0  # with isolate: a point running longer is killed and recorded `timeout`
+    plugins: tuple[str, ...] = ()  # modules the worker imports first (they may register providers)
+    target_spread: float = timing.TARGET_SPREAD  # GPU: repeat until (p80 - p20) / median is at most this ...
+    max_ms: float = timing.MAX_MS  # ... or this much measuring time has passed
 
 
 def make_inputs(shape: Shape, dtype: str, device: str, requires_grad: bool = False):
@@ -59,16 +68,45 @@ def timed_call(fn, q, k, v, mode: str):
     return (lambda: fn(q, k, v).backward(do)), [q, k, v]
 
 
+def base_row(point: Point) -> dict:
+    """The row of ``point`` before it runs: its key, status ok and its FLOP count."""
+    shape = point.shape
+    return {**point.fields(), "status": "ok", "error": "",
+            "flops": attention_flops(shape.batch, shape.heads, shape.seqlen_q, shape.seqlen_k, shape.headdim,
+                                     shape.causal, point.mode)}
+
+
+def cuda_context_error() -> str | None:
+    """Why this process's CUDA context is unusable (a sticky error such as an illegal memory access), or None."""
+    if not torch.cuda.is_available() or not torch.cuda.is_initialized():
+        return None
+    try:
+        torch.cuda.synchronize()
+        torch.ones(1, device="cuda").add_(1).item()
+    except Exception as exc:  # RuntimeError / torch.AcceleratorError, by torch version
+        return _first_line(exc)
+    return None
+
+
 def run_point(point: Point, opts: RunOptions, device_peaks: dict[str, float | None]) -> dict:
     """One results row for ``point``; ``device_peaks`` maps dtype to this GPU's peak TFLOP/s."""
     provider = providers.get(point.provider)
     shape = point.shape
-    row = {**point.fields(), "status": "ok", "error": "",
-           "flops": attention_flops(shape.batch, shape.heads, shape.seqlen_q, shape.seqlen_k, shape.headdim,
-                                    shape.causal, point.mode)}
+    row = base_row(point)
     reason = provider.unsupported_reason(shape, point.dtype, point.mode, opts.device)
     if reason:
         return {**row, "status": "unsupported", "error": reason}
+    too_big = memory.wont_fit(memory.point_bytes(shape, point.dtype, point.mode, provider.workspace_bytes, opts.check),
+                              memory.available_bytes(opts.device))
+    if too_big:  # recorded without allocating anything
+        return {**row, "status": "oom", "error": too_big}
+    with precision.matmul_precision(point.dtype):  # tf32: TF32 matmuls for this point only
+        return _check_and_time(point, provider, row, opts, device_peaks)
+
+
+def _check_and_time(point: Point, provider: providers.Provider, row: dict, opts: RunOptions,
+                    device_peaks: dict[str, float | None]) -> dict:
+    shape = point.shape
     caught: list[warnings.WarningMessage] = []
     try:
         with warnings.catch_warnings(record=True) as caught:
@@ -78,7 +116,7 @@ def run_point(point: Point, opts: RunOptions, device_peaks: dict[str, float | No
             if opts.check:
                 q, k, v = make_inputs(shape, point.dtype, opts.device)
                 verdict = check_attention(lambda q, k, v, causal: fn(q, k, v), q, k, v, shape.causal,
-                                          backward=backward)
+                                          backward=backward, tf32=point.dtype == "tf32")
                 row["max_rel_error"] = verdict.max_rel_error
                 del q, k, v
                 if not verdict.ok:
@@ -86,9 +124,10 @@ def run_point(point: Point, opts: RunOptions, device_peaks: dict[str, float | No
             q, k, v = make_inputs(shape, point.dtype, opts.device, requires_grad=backward)
             call, grads = timed_call(fn, q, k, v, point.mode)
             call()  # compilation and autotuning happen here, outside the timed region
-        measured = timing.bench(call, grads, opts.warmup_ms, opts.rep_ms)
+        measured = timing.bench(call, grads, opts.warmup_ms, opts.rep_ms, opts.target_spread, opts.max_ms)
         achieved = tflops(row["flops"], measured.ms)
-        row.update(ms=measured.ms, ms_p20=measured.ms_p20, ms_p80=measured.ms_p80, tflops=achieved,
+        row.update(ms=measured.ms, ms_p20=measured.ms_p20, ms_p80=measured.ms_p80, reps=measured.reps,
+                   tflops=achieved,
                    pct_a100_peak=hardware.pct_of(achieved, hardware.A100_PEAK_TFLOPS),
                    pct_device_peak=hardware.pct_of(achieved, device_peaks.get(point.dtype)),
                    peak_mem_mb=timing.peak_memory_mb(call), config=provider.config())
@@ -123,26 +162,43 @@ def _first_line(exc: Exception, limit: int = 300) -> str:
 def _release() -> None:
     gc.collect()
     if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+        try:
+            torch.cuda.empty_cache()
+        except Exception:  # a sticky CUDA error: the point's row already says so, the worker will be replaced
+            pass
 
 
 def run_sweep(points: Iterable[Point], writer: RunWriter, opts: RunOptions, device_peaks: dict,
               on_point: Callable[[Point, dict | None], None] | None = None) -> int:
     """Run each point not already in ``writer.done`` and append its row at once. Returns rows written.
 
-    ``on_point(point, row)`` is called after each point (row None when skipped on resume).
+    ``on_point(point, row)`` is called after each point (row None when skipped on resume). With
+    ``opts.isolate`` the points run in a ``fa2bench.worker.Worker``, restarted after a crash, a broken CUDA
+    context or a point past ``opts.point_timeout_s``.
     """
     written = 0
-    for point in points:
-        if point.key() in writer.done:
+    worker = None
+    if opts.isolate:
+        from fa2bench.worker import Worker
+
+        worker = Worker(opts.plugins)
+    try:
+        for point in points:
+            if point.key() in writer.done:
+                if on_point:
+                    on_point(point, None)
+                continue
+            if worker is not None:
+                row = worker.run(point, opts, device_peaks, opts.point_timeout_s)
+            else:
+                row = run_point(point, opts, device_peaks)
+            writer.append(row)
+            written += 1
             if on_point:
-                on_point(point, None)
-            continue
-        row = run_point(point, opts, device_peaks)
-        writer.append(row)
-        written += 1
-        if on_point:
-            on_point(point, row)
+                on_point(point, row)
+    finally:
+        if worker is not None:
+            worker.close()
     return written
 
 

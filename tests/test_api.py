@@ -83,7 +83,8 @@ def recorder(monkeypatch):
     return made
 
 
-TINY = dict(headdim=16, batch=1, heads=2, causal="off", mode="fwd", dtype="fp32", rep_ms=1, warmup_ms=0)
+TINY = dict(headdim=16, batch=1, heads=2, causal="off", mode="fwd", dtype="fp32", rep_ms=1, warmup_ms=0,
+            isolate=False)  # test doubles are registered in this process only
 
 
 def test_sweep_calls_on_point_and_resume_runs_only_what_is_missing(tmp_path, recorder):
@@ -91,9 +92,11 @@ def test_sweep_calls_on_point_and_resume_runs_only_what_is_missing(tmp_path, rec
     first = fa2bench.sweep(seqlen="16", provider="recorder", out=tmp_path / "run", **TINY,
                            on_point=lambda point, row: seen.append((point.shape.seqlen_q, row["status"])))
     assert seen == [(16, "ok")] and recorder == [16] and first.complete
-    again = fa2bench.sweep(seqlen=[16, 33], provider=["recorder"], out=tmp_path / "run", resume=True, **TINY)
+    again = fa2bench.sweep(seqlen=[16, 33], provider=["recorder"], out=tmp_path / "run", resume=True, extend=True,
+                           **TINY)  # another sweep: extends the run explicitly
     assert recorder == [16, 33] and len(again.frame) == 2
     assert len(again.meta["resumed"]) == 1 and again.meta["started_utc"] == first.meta["started_utc"]
+    assert [list(s["seqlens"]) for s in again.meta["sweeps"]] == [[16], [16, 33]]
     assert api.Run.load(tmp_path / "run").frame["seqlen_q"].tolist() == [16, 33]
 
 
@@ -102,6 +105,9 @@ def test_sweep_calls_on_point_and_resume_runs_only_what_is_missing(tmp_path, rec
     ({"provider": ["nope"]}, "unknown 'nope'"),
     ({"batch": [2], "tokens": 4096}, "at most one of --batch and --tokens"),
     ({"resume": True}, "--resume needs --out"),
+    ({"out": "run", "extend": True}, "--extend needs --resume"),
+    ({"seqlen": [2**31]}, "beyond what any GPU can hold"),
+    ({"point_timeout": -1}, "--point-timeout must be a positive number"),
     ({"rep_ms": 0}, "--rep-ms > 0"),
     ({"colour": "red"}, "unknown field 'colour'"),
 ])
@@ -109,6 +115,21 @@ def test_a_sweep_that_cannot_run_is_one_spec_error_before_anything_runs(tmp_path
     with pytest.raises(SpecError, match=message):
         fa2bench.sweep(**{"seqlen": [16], "provider": ["torch-eager"], **overrides})
     assert not (tmp_path / "results").exists()
+
+
+def test_providers_registered_outside_fa2bench_reach_the_worker_or_run_in_process(recorder, monkeypatch):
+    """A GPU sweep isolates points in a worker process, which imports the modules of registered providers; one
+    defined in __main__ (a notebook's) cannot be imported there, so it runs in-process unless isolation is
+    asked for, which is then one clear error."""
+    opts = {"isolate": None}
+    api._isolation(opts, ("fa2", "recorder"), "cuda")
+    assert opts == {"isolate": True, "plugins": (__name__,)}
+    monkeypatch.setattr(providers.get("recorder").make, "__module__", "__main__")
+    opts = {"isolate": None}
+    api._isolation(opts, ("fa2", "recorder"), "cuda")
+    assert opts == {"isolate": False, "plugins": ()}
+    with pytest.raises(SpecError, match="recorder is defined in __main__.*--no-isolate"):
+        api._isolation({"isolate": True}, ("recorder",), "cuda")
 
 
 def test_register_provider_adds_to_the_one_registry(monkeypatch):

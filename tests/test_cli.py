@@ -10,7 +10,7 @@ from fa2bench.reference import attention_ref
 from fa2bench.results import COLUMNS, load_run
 
 runner = CliRunner()
-TINY = ["--seqlen", "16,33", "--headdim", "16", "--batch", "1", "--heads", "2", "--rep-ms", "1",
+TINY = ["--seqlen", "16,33", "--headdim", "16", "--batch", "1", "--heads", "2", "--rep-ms", "1", "--no-isolate",
         "--warmup-ms", "0"]
 
 
@@ -88,7 +88,7 @@ def test_resume_runs_only_the_missing_points(tmp_path, counting):
     assert first.exit_code == 0, first.output
     assert counting == [16]
     again = invoke("sweep", *TINY, "--provider", "counting", "--causal", "off", "--mode", "fwd", "--dtype", "fp32",
-                   "--out", out, "--resume")
+                   "--out", out, "--resume", "--extend")  # another sweep: extends the run explicitly
     assert again.exit_code == 0, again.output
     assert counting == [16, 33]  # 16 was done already
     assert len(pd.read_csv(out / "results.csv")) == 2

@@ -117,3 +117,31 @@ def test_a_real_run_compared_with_itself_passes():
     run = committed_run()
     result = runner.invoke(app, ["compare", str(run), str(run)])
     assert result.exit_code == 0, result.output
+
+
+def test_a_change_measured_with_wide_spreads_is_noise(base):
+    wide = base.assign(ms_p20=base["ms"] * 0.6, ms_p80=base["ms"] * 1.4)  # the middle 60% spans 80% of the median
+    result = compare.compare(wide, slower(wide, 3.0, provider="fa2"))  # even 3x: the spreads no longer overlap
+    assert result.regressions.empty
+    assert set(result.table.loc[(result.table["provider"] == "fa2") & (result.table["status_a"] == "ok"),
+                                "verdict"]) == {"noise"}
+
+
+def test_cpu_interpreter_timings_never_gate(base):
+    cpu_a, cpu_b = results_frame(**SMALL, gpu=None, seed=0), results_frame(**SMALL, gpu=None, seed=1)
+    result = compare.compare(cpu_a, slower(cpu_b, 81.0, provider="naive"))  # the 81x "regressions" of issue 10
+    assert result.regressions.empty and "noise" in result.counts
+    assert any("never as regressions" in w for w in result.warnings)
+
+
+def test_a_reader_closing_the_pipe_is_not_a_regression(base, tmp_path):
+    import subprocess
+    import sys
+
+    a = write_run(base, tmp_path / "a")
+    proc = subprocess.Popen([sys.executable, "-m", "fa2bench", "compare", str(a), str(a)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    proc.stdout.close()  # `| head -0`: the reader is gone before the first line
+    stderr = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 0, stderr
+    assert "BrokenPipeError" not in stderr and "Traceback" not in stderr

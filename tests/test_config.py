@@ -48,6 +48,9 @@ def test_bad_fields_are_one_line_spec_errors(options, message):
     ({"warmup_ms": -1}, "--warmup-ms must be >= 0"),
     ({"peak_tflops": 0}, "--peak-tflops must be a positive number"),
     ({"rep_ms": "fast"}, "must be numbers"),
+    ({"isolate": "yes"}, "--isolate: expected true or false"),
+    ({"point_timeout": 0}, "--point-timeout must be a positive number of seconds"),
+    ({"point_timeout": "soon"}, "--point-timeout must be a positive number of seconds"),
 ])
 def test_run_options_are_validated(options, message):
     with pytest.raises(SpecError, match=message):
@@ -56,7 +59,7 @@ def test_run_options_are_validated(options, message):
 
 def test_run_options_have_the_clis_defaults():
     assert config.run_options({}) == {"check": True, "warmup_ms": 25.0, "rep_ms": 100.0, "peak_tflops": None,
-                                      "ceilings": True}
+                                      "ceilings": True, "isolate": None, "point_timeout": 600.0}
 
 
 def test_a_toml_file_reads_with_dashes_or_underscores_and_an_optional_sweep_table(tmp_path):

@@ -27,9 +27,13 @@ def test_device_names_match_their_datasheet_entry(name, expected):
     assert lookup_peak(name).name == expected
 
 
-def test_h100_sxm_peak_is_the_dense_datasheet_rate_and_fp32_uses_tf32():
+def test_h100_sxm_peak_is_the_dense_datasheet_rate_and_tf32_has_its_own():
     assert device_peak("NVIDIA H100 80GB HBM3", "bf16").tflops == pytest.approx(989.4)
-    assert device_peak("NVIDIA H100 80GB HBM3", "fp32").tflops == pytest.approx(494.7)
+    assert device_peak("NVIDIA H100 80GB HBM3", "tf32").tflops == pytest.approx(494.7)
+    assert device_peak("NVIDIA H100 80GB HBM3", "fp32").tflops == pytest.approx(67.0)  # CUDA cores, no TF32
+    assert device_peak("NVIDIA A100-SXM4-80GB", "tf32").tflops == pytest.approx(156.0)
+    assert device_peak("NVIDIA A100-SXM4-80GB", "fp32").tflops == pytest.approx(19.5)
+    assert device_peak("NVIDIA B200", "fp32").tflops is None  # not in the table: unknown, not 0
 
 
 def test_a100_is_the_papers_yardstick():
