@@ -12,6 +12,7 @@ import json
 import math
 import os
 from pathlib import Path
+from typing import Callable
 
 import pandas as pd
 
@@ -31,10 +32,15 @@ class ResultsError(Exception):
 
 
 class RunWriter:
-    """Appends rows to ``results.csv`` in ``out_dir`` as points finish."""
+    """Appends rows to ``results.csv`` in ``out_dir`` as points finish.
 
-    def __init__(self, out_dir: Path, resume: bool = False):
+    ``columns`` and ``key`` (a row's identity for ``--resume``) default to the sweep's; other kinds of run
+    (``fa2bench e2e``) pass their own."""
+
+    def __init__(self, out_dir: Path, resume: bool = False, columns: tuple[str, ...] = COLUMNS,
+                 key: Callable[[dict], tuple] | None = None):
         self.out_dir = Path(out_dir)
+        self.columns = columns
         self.csv_path = self.out_dir / CSV_NAME
         try:
             self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -46,15 +52,15 @@ class RunWriter:
         if self.csv_path.exists() and not resume:
             raise ResultsError(f"{self.out_dir} already holds results; pass --resume to continue it, "
                                "or choose another --out")
-        self.done = _finished_keys(self.csv_path) if resume else set()
+        self.done = _finished_keys(self.csv_path, key or row_key) if resume else set()
 
     def append(self, row: dict) -> None:
         new = not self.csv_path.exists() or self.csv_path.stat().st_size == 0
         with open(self.csv_path, "a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+            writer = csv.DictWriter(f, fieldnames=self.columns, extrasaction="ignore")
             if new:
                 writer.writeheader()
-            writer.writerow({c: _cell(row.get(c)) for c in COLUMNS})
+            writer.writerow({c: _cell(row.get(c)) for c in self.columns})
             f.flush()
             os.fsync(f.fileno())
 
@@ -90,11 +96,11 @@ def _as_bool(value) -> bool:
     return str(value).strip().lower() in ("true", "1", "yes")
 
 
-def _finished_keys(csv_path: Path) -> set[tuple]:
+def _finished_keys(csv_path: Path, key: Callable[[dict], tuple]) -> set[tuple]:
     if not csv_path.exists() or csv_path.stat().st_size == 0:
         return set()
     frame = read_csv(csv_path)
-    return {row_key(r) for r in frame.to_dict("records")}
+    return {key(r) for r in frame.to_dict("records")}
 
 
 def row_key(row: dict) -> tuple:
