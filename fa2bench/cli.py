@@ -640,3 +640,86 @@ def _ms(value) -> str:
     except (TypeError, ValueError):
         return "-"
     return "-" if math.isnan(v) else f"{v:.4g}"
+
+
+# --- e2e (fa2bench/e2e/) -----------------------------------------------------------------------------------
+
+
+@app.command("e2e")
+def e2e_run(
+    model: Annotated[Optional[str], typer.Option(help="Models, e.g. gpt-1.3b,gpt-2.7b (default: gpt-1.3b on a GPU, "
+                     "gpt-tiny without one).")] = None,
+    seqlen: Annotated[Optional[str], typer.Option(help="Context lengths, e.g. 2048,8192 (default: 2048,8192 on a "
+                      "GPU, 64 without one).")] = None,
+    provider: Annotated[Optional[str], typer.Option(help="Attention providers (see `fa2bench providers`); "
+                        "default: every provider available here.")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Results folder (default results/e2e-<UTC time>-<gpu>).")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue the run in --out, skipping finished configurations.")] = False,
+    steps: Annotated[int, typer.Option(help="Timed optimizer steps per configuration.")] = 5,
+    warmup: Annotated[int, typer.Option(help="Untimed steps first (compilation, autotuning).")] = 2,
+    micro_batch: Annotated[Optional[int], typer.Option(help="Sequences per micro-batch (default: the largest that "
+                           "fits, at most 16k tokens).")] = None,
+    tokens_per_step: Annotated[Optional[int], typer.Option(help="Tokens per optimizer step, by gradient accumulation "
+                               "(default: one micro-batch).")] = None,
+    checkpointing: Annotated[Optional[bool], typer.Option("--checkpointing/--no-checkpointing", help="Gradient "
+                             "checkpointing per block (default: only where one sequence does not fit).")] = None,
+    shrink_on_oom: Annotated[bool, typer.Option(help="On out of memory, halve the micro-batch (same tokens per "
+                             "step) and retry.")] = True,
+    check: Annotated[bool, typer.Option(help="Check loss and gradients against a float64 model first.")] = True,
+    peak_tflops: Annotated[Optional[float], typer.Option(help="Override this GPU's peak TFLOP/s.")] = None,
+):
+    """GPT training throughput with each attention provider (the FlashAttention-2 paper's Table 1)."""
+    from fa2bench import hardware, providers
+    from fa2bench.e2e import MODELS, ConfigError, E2EOptions, E2ESpec, run_e2e
+    from fa2bench.presets import SpecError, parse_ints, parse_names
+    from fa2bench.results import ResultsError
+
+    gpu = _has_cuda()
+    device = "cuda" if gpu else "cpu"
+    try:
+        models = parse_names(model, "model", tuple(MODELS)) if model else (("gpt-1.3b",) if gpu else ("gpt-tiny",))
+        big = [m for m in models if MODELS[m].params() > 10**8]
+        if big and not gpu:
+            raise SpecError(f"model {big[0]} needs a CUDA GPU; without one, use gpt-tiny")
+        chosen = parse_names(provider, "provider", providers.names()) if provider else tuple(
+            n for n in providers.names() if providers.get(n).availability(device) is None)
+        spec = E2ESpec(models=models, seqlens=parse_ints(seqlen or ("2048,8192" if gpu else "64"), "seqlen"),
+                       providers=chosen, steps=steps, warmup=warmup, micro_batch=micro_batch,
+                       tokens_per_step=tokens_per_step, checkpointing=checkpointing, shrink_on_oom=shrink_on_oom,
+                       check=check)
+        spec.validate()
+        if peak_tflops is not None and not (peak_tflops > 0 and math.isfinite(peak_tflops)):
+            raise SpecError("--peak-tflops must be a positive number")
+    except (SpecError, ConfigError) as exc:
+        fail(str(exc))
+    if resume and out is None:
+        fail("--resume needs --out DIR (the run to continue)")
+    if not gpu:
+        console.print(Panel("No CUDA GPU: the model trains on the CPU in fp32, Triton kernels through the "
+                            "interpreter.\nThese timings are NOT GPU performance; they only prove the pipeline works.",
+                            title="NO GPU", style="bold red"))
+    out = out or Path("results") / (f"e2e-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}-"
+                                     f"{_slug(hardware.cuda_device_name())}")
+    console.print(f"[bold]{len(spec.configurations())} configurations[/] (model x seqlen x provider) -> {out}",
+                  highlight=False)
+
+    def on_row(configuration, row):
+        name = " ".join(map(str, configuration))
+        if row is None:
+            console.print(f"  {name}: done before (resume)", highlight=False)
+        elif row["status"] == "ok":
+            console.print(f"  {name}: {row['tflops']:.4g} TFLOP/s, {row['tokens_per_s']:.4g} tokens/s, step "
+                          f"{row['ms']:.4g} ms, micro-batch {row['micro_batch']} x {row['grad_accum']}"
+                          f"{', checkpointing' if row['checkpointing'] else ''}", highlight=False)
+        else:
+            console.print(f"  {name}: [red]{row['status']}[/] {row['error']}", highlight=False)
+
+    try:
+        run_e2e(spec, out, resume=resume, opts=E2EOptions(device=device, peak_tflops=peak_tflops), on_row=on_row)
+    except ResultsError as exc:
+        fail(str(exc))
+    except KeyboardInterrupt:
+        err_console.print(f"interrupted: finished configurations are saved in {out}; continue with --out {out} "
+                          "--resume")
+        raise typer.Exit(130)
+    console.print(f"results: {out} (`fa2bench report {out}` writes the Table-1 report and figure)", highlight=False)

@@ -62,7 +62,7 @@ MODELS: dict[str, GPTConfig] = {c.name: c for c in (
 # Table 1 of the paper: training speed in TFLOP/s per A100 (8 x A100 80GB SXM, bf16), by the FLOPs formula in
 # ``fa2bench.e2e.flops``. Columns: without FlashAttention (standard attention), FlashAttention, FlashAttention-2.
 PAPER_TABLE1_SOURCE = "Dao (2023), FlashAttention-2, arXiv:2307.08691, Table 1 (8 x A100 80GB SXM)"
-PAPER_TABLE1_COLUMNS = ("standard attention", "FlashAttention", "FlashAttention-2")
+PAPER_TABLE1_COLUMNS = ("standard", "FlashAttention", "FlashAttention-2")
 PAPER_TABLE1: dict[tuple[str, int], tuple[float, float, float]] = {
     ("gpt-1.3b", 2048): (142.0, 189.0, 196.0),
     ("gpt-1.3b", 8192): (72.0, 170.0, 220.0),

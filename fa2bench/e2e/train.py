@@ -6,7 +6,7 @@ the same heads and head dim), then run ``warmup`` optimizer steps (compilation a
 there) and ``steps`` timed ones. bf16 autocast on a GPU (fp32 on the CPU), AdamW, synthetic token batches. A
 step is ``grad_accum`` micro-batches of ``micro_batch`` sequences, forward and backward, then the optimizer.
 
-Recorded per configuration, one results row (``E2E_COLUMNS``): step time (median, 20th and 80th percentiles),
+Recorded per configuration, one results row (``schema.E2E_COLUMNS``): step time (median, 20th and 80th percentiles),
 tokens/s, model TFLOP/s by the paper's formula (``e2e.flops``) as % of the A100's 312 and of this GPU's peak,
 peak memory, loss of the first and last step, and NVML telemetry over the timed steps (power, energy per step
 and per token, throttling). A configuration that runs out of memory is retried with half the micro-batch (and
@@ -32,26 +32,13 @@ from fa2bench.e2e.check import attention_shape, autocast, check_start, make_atte
 from fa2bench.e2e.configs import MODELS, ConfigError, GPTConfig
 from fa2bench.e2e.flops import flops_per_step
 from fa2bench.e2e.model import GPT
+from fa2bench.e2e.schema import E2E_COLUMNS, KIND, MODE, e2e_key
 from fa2bench.flops import tflops
-from fa2bench.presets import KEY_COLUMNS
 from fa2bench.results import RunWriter, read_meta, write_meta
 
-KIND = "e2e"  # meta.json's "kind": how report and plot recognise an e2e run
-MODE = "train"  # the ``mode`` column of e2e rows
-E2E_COLUMNS = KEY_COLUMNS + (
-    "model", "layers", "hidden", "params", "micro_batch", "grad_accum", "tokens_per_step", "checkpointing",
-    "warmup", "steps", "status", "error", "note", "ms", "ms_p20", "ms_p80", "tokens_per_s", "flops", "tflops",
-    "pct_a100_peak", "pct_device_peak", "peak_mem_mb", "loss_first", "loss_last", "max_rel_error",
-    "energy_per_token_j",
-) + telemetry.COLUMNS
 MAX_TOKENS_PER_MICRO_BATCH = 16384  # the default micro-batch: at most 16k tokens (8 x 2k, 2 x 8k)
 MEMORY_FRACTION = 0.8  # of the GPU's memory that the default micro-batch may plan to use
 CHECK_SEQLEN, CHECK_BATCH, CHECK_LAYERS, CHECK_VOCAB = 128, 2, 2, 256
-
-
-def e2e_key(row: dict) -> tuple:
-    """The identity of an e2e row for --resume: (model, seqlen, provider)."""
-    return str(row["model"]), int(row["seqlen_q"]), str(row["provider"])
 
 
 @dataclass(frozen=True)
@@ -312,7 +299,7 @@ def _train(config, seqlen, provider, micro_batch, grad_accum, checkpointing, spe
 def run_e2e(spec: E2ESpec, out: str | Path, resume: bool = False, opts: E2EOptions | None = None,
             on_row: Callable[[tuple, dict | None], None] | None = None) -> "pd.DataFrame":
     """Run every (model, seqlen, provider) of ``spec`` not already in ``out`` (with ``resume``), appending each
-    row to ``out``/results.csv as it finishes; meta.json records the run (``kind: e2e``); results.parquet is
+    row (``schema.E2E_COLUMNS``) to ``out``/results.csv as it finishes; meta.json records the run (``kind: e2e``); results.parquet is
     written at the end (also after Ctrl-C, which is then re-raised). Returns the run's table.
 
     ``on_row(configuration, row)`` is called after each configuration (row None when skipped on resume).
