@@ -104,13 +104,15 @@ def estimate_bytes(config: GPTConfig, seqlen: int, micro_batch: int, checkpointi
     """A rough training-memory estimate with memory-efficient attention (nothing quadratic in seqlen).
 
     18 bytes per parameter (fp32 weights, gradients and AdamW's two moments, autocast's bf16 weight copies);
-    activations of 34 · hidden bytes per token per layer (Korthikanti et al., 2022, "Reducing Activation
-    Recomputation in Large Transformer Models", Eq. 1 without dropout masks and attention scores), or with
+    activations of 40 · hidden bytes per token per layer (what this block saves under bf16 autocast: the fp32
+    inputs of both LayerNorms, bf16 copies of the matmul inputs, Q, K, V, the attention output and the MLP's
+    hidden layer before and after GELU; Korthikanti et al., 2022, "Reducing Activation Recomputation in Large
+    Transformer Models", count 34 · hidden for a bf16 residual stream without dropout masks), or with
     checkpointing the fp32 block inputs (4 · hidden) plus one layer's activations; the logits in bf16 and fp32
     with their gradient (10 bytes per token per vocabulary entry).
     """
     tokens = micro_batch * seqlen
-    per_layer = 34 * config.hidden * tokens
+    per_layer = 40 * config.hidden * tokens
     acts = (4 * config.hidden * tokens * config.layers + per_layer) if checkpointing else per_layer * config.layers
     return 18 * config.params(seqlen) + acts + 10 * config.vocab * tokens
 
@@ -262,9 +264,10 @@ def run_config(model: str, seqlen: int, provider: str, spec: E2ESpec, opts: E2EO
                 except torch.cuda.OutOfMemoryError:
                     if not spec.shrink_on_oom or micro_batch == 1:
                         raise
-                    runner._release()
-                    micro_batch, grad_accum = micro_batch // 2, grad_accum * 2
-                    row["note"] += f"; out of memory at micro-batch {2 * micro_batch}, retried with {micro_batch}"
+                # out of the except clause, the exception's frames (and the model they hold) can be freed
+                runner._release()
+                micro_batch, grad_accum = micro_batch // 2, grad_accum * 2
+                row["note"] += f"; out of memory at micro-batch {2 * micro_batch}, retried with {micro_batch}"
         row.update(measured, batch=micro_batch, micro_batch=micro_batch, grad_accum=grad_accum)
         achieved = tflops(row["flops"], row["ms"])
         row.update(tflops=achieved, tokens_per_s=tokens_per_step / (row["ms"] * 1e-3),
