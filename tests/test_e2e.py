@@ -73,6 +73,12 @@ def test_default_plan_fits_16k_tokens_of_the_13b_model_on_80_gib_and_says_so():
     assert estimate_bytes(MODELS["gpt-1.3b"], 8192, 1, True) < estimate_bytes(MODELS["gpt-1.3b"], 8192, 1, False)
 
 
+def test_the_default_micro_batch_divides_the_tokens_asked_per_step():
+    spec = E2ESpec(models=("gpt-1.3b",), seqlens=(2048,), providers=("fa2",), tokens_per_step=3 * 2048)
+    p = plan(MODELS["gpt-1.3b"], 2048, spec, 80 * GIB)
+    assert (p.micro_batch, p.grad_accum) == (1, 3)
+
+
 def test_an_explicit_plan_is_kept_and_tokens_per_step_become_accumulation():
     spec = E2ESpec(models=("gpt-tiny",), seqlens=(32,), providers=("fa2",), micro_batch=2, tokens_per_step=256,
                    checkpointing=True)
@@ -195,6 +201,8 @@ def invoke(*args):
     (["--seqlen", "two"], "--seqlen"),
     (["--seqlen", "0"], "--seqlen"),
     (["--steps", "0"], "--steps"),
+    (["--warmup", "0"], "--warmup"),
+    (["--tokens-per-step", "100", "--seqlen", "64"], "--tokens-per-step"),
     (["--resume"], "--resume needs --out"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args, message):

@@ -66,8 +66,8 @@ class E2ESpec:
                 raise ConfigError(f"unknown provider {name!r}; known: {', '.join(providers.names())}")
         if any(n < 1 for n in self.seqlens):
             raise ConfigError("sequence lengths must be positive")
-        if self.steps < 1 or self.warmup < 0:
-            raise ConfigError("--steps must be >= 1 and --warmup >= 0")
+        if self.steps < 1 or self.warmup < 1:
+            raise ConfigError("--steps and --warmup must be >= 1 (the first step compiles and autotunes)")
         if self.micro_batch is not None and self.micro_batch < 1:
             raise ConfigError("--micro-batch must be >= 1")
         if self.tokens_per_step is not None:
@@ -119,8 +119,8 @@ def estimate_bytes(config: GPTConfig, seqlen: int, micro_batch: int, checkpointi
 
 def plan(config: GPTConfig, seqlen: int, spec: E2ESpec, memory_bytes: float | None) -> Plan:
     """Micro-batch, accumulation and checkpointing for one (model, seqlen): the spec's where it names them,
-    else the largest power-of-two micro-batch of at most 16k tokens that ``estimate_bytes`` fits in 80% of the
-    GPU's memory (checkpointing only if one sequence does not fit without it). Without a GPU, one sequence."""
+    else the largest power-of-two micro-batch of at most 16k tokens (dividing the sequences of a step) that
+    ``estimate_bytes`` fits in 80% of the GPU's memory (checkpointing only if one sequence does not fit without it). Without a GPU, one sequence."""
     notes = []
     checkpointing = spec.checkpointing
     if checkpointing is None:
@@ -130,7 +130,9 @@ def plan(config: GPTConfig, seqlen: int, spec: E2ESpec, memory_bytes: float | No
     if micro_batch is None:
         micro_batch = 1
         if memory_bytes:
-            while (2 * micro_batch * seqlen <= MAX_TOKENS_PER_MICRO_BATCH and estimate_bytes(
+            sequences = (spec.tokens_per_step or MAX_TOKENS_PER_MICRO_BATCH) // seqlen  # per step
+            while (2 * micro_batch * seqlen <= MAX_TOKENS_PER_MICRO_BATCH and sequences % (2 * micro_batch) == 0
+                   and estimate_bytes(
                     config, seqlen, 2 * micro_batch, checkpointing) <= MEMORY_FRACTION * memory_bytes):
                 micro_batch *= 2
             notes.append(f"micro-batch {micro_batch}: the largest power of two <= 16k tokens that the memory "
@@ -194,7 +196,7 @@ def measure_steps(trainer: Trainer, batches, warmup: int, steps: int, flops: int
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     loss_first = trainer.step(batches)
-    for _ in range(warmup - 1):
+    for _ in range(warmup - 1):  # the first warm-up step (above) is the one that compiles
         trainer.step(batches)
     nvml = telemetry.current_device()
     sampler = telemetry.Sampler(nvml).start() if nvml is not None else None
