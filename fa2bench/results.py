@@ -8,6 +8,7 @@ plots, reports, comparisons and notebooks read runs only through it.
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import json
 import math
 import os
@@ -68,6 +69,25 @@ class RunWriter:
         """Write results.parquet from the CSV and return the table."""
         frame = read_csv(self.csv_path)
         frame.to_parquet(self.out_dir / PARQUET_NAME, index=False)
+        return frame
+
+    def start(self, meta: dict) -> dict:
+        """Write meta.json for a run starting now and return it; a resumed run keeps its first metadata and
+        lists each continuation (its start, argv, commit, versions, GPUs) under ``resumed``."""
+        earlier = read_meta(self.out_dir) if self.done or self.csv_path.exists() else {}
+        if earlier:
+            meta = {**earlier, "resumed": earlier.get("resumed", []) + [
+                {k: meta.get(k) for k in ("started_utc", "argv", "git", "versions", "gpus")}]}
+        write_meta(self.out_dir, meta)
+        return meta
+
+    def close(self, meta: dict, complete: bool) -> pd.DataFrame | None:
+        """End the run: results.parquet (when any row was written) and meta.json with ``finished_utc`` and
+        ``complete`` (False after an interruption). Returns the table, or None without rows."""
+        frame = self.finish() if self.csv_path.exists() else None
+        meta["finished_utc"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        meta["complete"] = complete
+        write_meta(self.out_dir, meta)
         return frame
 
 

@@ -17,7 +17,6 @@ not fit it is recorded ``oom``, and the run goes on. Statuses and failure classi
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import statistics
 import time
 import warnings
@@ -34,7 +33,7 @@ from fa2bench.e2e.flops import flops_per_step
 from fa2bench.e2e.model import GPT
 from fa2bench.e2e.schema import E2E_COLUMNS, KIND, MODE, e2e_key
 from fa2bench.flops import tflops
-from fa2bench.results import RunWriter, read_meta, write_meta
+from fa2bench.results import RunWriter
 
 MAX_TOKENS_PER_MICRO_BATCH = 16384  # the default micro-batch: at most 16k tokens (8 x 2k, 2 x 8k)
 MEMORY_FRACTION = 0.8  # of the GPU's memory that the default micro-batch may plan to use
@@ -317,11 +316,7 @@ def run_e2e(spec: E2ESpec, out: str | Path, resume: bool = False, opts: E2EOptio
     meta = runner.collect_meta(spec, spec.providers, opts, {run_dtype(opts.device): peak})
     meta["kind"] = KIND
     meta["models"] = {m: dataclasses.asdict(MODELS[m]) for m in spec.models}
-    earlier = read_meta(out) if resume else {}
-    if earlier:
-        meta = {**earlier, "resumed": earlier.get("resumed", []) + [
-            {k: meta[k] for k in ("started_utc", "argv", "git", "versions", "gpus")}]}
-    write_meta(out, meta)
+    meta = writer.start(meta)
     memory = torch.cuda.get_device_properties(0).total_memory if opts.device == "cuda" else None
     cache: dict = {}
     interrupted = False
@@ -337,10 +332,7 @@ def run_e2e(spec: E2ESpec, out: str | Path, resume: bool = False, opts: E2EOptio
                 on_row(configuration, row)
     except KeyboardInterrupt:
         interrupted = True
-    frame = writer.finish() if writer.csv_path.exists() else None
-    meta["finished_utc"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-    meta["complete"] = not interrupted
-    write_meta(out, meta)
+    frame = writer.close(meta, complete=not interrupted)
     if interrupted:
         raise KeyboardInterrupt
     return frame
