@@ -29,8 +29,9 @@ def find_run(root: str | Path = "results", env: str = RUN_ENV) -> Path | None:
     return next(iter(runs(root)), None)
 
 
-def runs(root: str | Path = "results") -> list[Path]:
-    """Run folders directly under ``root``, newest first."""
+def runs(root: str | Path = "results", kind: str | None = "sweep") -> list[Path]:
+    """Run folders directly under ``root``, newest first; only those of ``kind`` (meta.json's ``kind``, "sweep"
+    when absent; ``fa2bench e2e`` writes "e2e"), or every kind with None."""
     root = Path(root)
     if not root.is_dir():
         return []
@@ -39,9 +40,12 @@ def runs(root: str | Path = "results") -> list[Path]:
         if not (folder / META_NAME).exists() or not ((folder / CSV_NAME).exists() or (folder / PARQUET_NAME).exists()):
             continue
         try:
-            started = str(read_meta(folder).get("started_utc") or "")
+            meta = read_meta(folder)
         except ResultsError:
             continue
+        if kind is not None and meta.get("kind", "sweep") != kind:
+            continue
+        started = str(meta.get("started_utc") or "")
         found.append((started, folder.stat().st_mtime, folder))
     return [f for *_, f in sorted(found, reverse=True)]
 

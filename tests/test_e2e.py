@@ -188,6 +188,18 @@ def test_report_and_plot_of_an_e2e_run_draw_table_1_with_the_papers_numbers(tmp_
     assert "| 72 | 170 | 220 |" in figures.table1(frame)
 
 
+def test_an_e2e_run_is_not_taken_for_the_newest_sweep(tmp_path):
+    from fa2bench.report import find_run, runs
+
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    (sweep / "meta.json").write_text('{"started_utc": "2026-01-01T00:00:00+00:00"}')
+    (sweep / "results.csv").write_text("")
+    run_e2e(_spec("torch-eager", check=False), tmp_path / "e2e")  # started later
+    assert runs(tmp_path) == [sweep] and find_run(tmp_path, env="FA2BENCH_TEST_UNSET") == sweep
+    assert runs(tmp_path, kind="e2e") == [tmp_path / "e2e"] and len(runs(tmp_path, kind=None)) == 2
+
+
 # --- command line ---------------------------------------------------------------------------------------
 
 
