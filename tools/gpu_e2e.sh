@@ -13,7 +13,7 @@ name=$1; secs=$2; shift 2
 python3 -m pip install -q --no-deps --no-build-isolation -e . >"$OUT/install.log" 2>&1 || { cat "$OUT/install.log"; exit 1; }
 if [ "${1:-}" = "--test" ]; then
   shift
-  timeout 240 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_e2e.py >"$OUT/test_e2e.log" 2>&1
+  timeout 150 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_e2e.py >"$OUT/test_e2e.log" 2>&1
   echo "pytest exit $?"; tail -5 "$OUT/test_e2e.log"
 fi
 providers=$(python3 -c "from fa2bench import providers as p; print(','.join(n for n in ('fa2', 'fa1', 'fa1-split',
