@@ -55,22 +55,36 @@ def _loss_and_grads(model: GPT, tokens, targets, device: str, low_precision: boo
             "grads": torch.cat(grads)}
 
 
-def check_start(config: GPTConfig, seqlen: int, batch: int, names, device: str, seed: int = 0) -> dict[str, Verdict]:
+class StartCheck:
+    """The float64 reference and the low-precision baseline of one (config, seqlen, batch), computed once;
+    ``verdict(provider)`` runs the same step with the provider's attention and gates it."""
+
+    def __init__(self, config: GPTConfig, seqlen: int, batch: int, device: str, seed: int = 0):
+        self.config, self.seqlen, self.batch, self.device = config, seqlen, batch, device
+        gen = torch.Generator().manual_seed(seed)
+        tokens = torch.randint(0, config.vocab, (batch, seqlen + 1), generator=gen).to(device)
+        self.inputs, self.targets = tokens[:, :-1], tokens[:, 1:]
+        torch.manual_seed(seed)
+        with torch.device(device):
+            ref_model = GPT(config, seqlen, functools.partial(attention_ref, causal=True, upcast=True))
+        self.state = {k: v.clone() for k, v in ref_model.state_dict().items()}
+        self.refs = _loss_and_grads(ref_model.double(), self.inputs, self.targets, device, low_precision=False)
+        del ref_model
+        self.baselines = self._low_precision(BASELINE)
+        self.dtype = torch.bfloat16 if run_dtype(device) == "bf16" else torch.float32
+
+    def _low_precision(self, provider: str) -> dict[str, torch.Tensor]:
+        with torch.device(self.device):
+            model = GPT(self.config, self.seqlen, make_attention(provider, self.config, self.seqlen, self.batch))
+        model.load_state_dict(self.state)
+        return _loss_and_grads(model, self.inputs, self.targets, self.device, low_precision=True)
+
+    def verdict(self, provider: str) -> Verdict:
+        return judge(self._low_precision(provider), self.refs, self.baselines, self.dtype)
+
+
+def check_start(config: GPTConfig, seqlen: int, batch: int, names, device: str,
+                seed: int = 0) -> dict[str, Verdict]:
     """A verdict per provider in ``names`` for one forward and backward from the same initial weights."""
-    gen = torch.Generator().manual_seed(seed)
-    tokens = torch.randint(0, config.vocab, (batch, seqlen + 1), generator=gen).to(device)
-    inputs, targets = tokens[:, :-1], tokens[:, 1:]
-    torch.manual_seed(seed)
-    ref_model = GPT(config, seqlen, functools.partial(attention_ref, causal=True, upcast=True)).to(device)
-    state = {k: v.clone() for k, v in ref_model.state_dict().items()}
-    refs = _loss_and_grads(ref_model.double(), inputs, targets, device, low_precision=False)
-    del ref_model
-
-    def low_precision(provider: str) -> dict[str, torch.Tensor]:
-        model = GPT(config, seqlen, make_attention(provider, config, seqlen, batch)).to(device)
-        model.load_state_dict(state)
-        return _loss_and_grads(model, inputs, targets, device, low_precision=True)
-
-    baselines = low_precision(BASELINE)
-    dtype = torch.bfloat16 if run_dtype(device) == "bf16" else torch.float32
-    return {name: judge(low_precision(name), refs, baselines, dtype) for name in names}
+    check = StartCheck(config, seqlen, batch, device, seed)
+    return {name: check.verdict(name) for name in names}

@@ -1,8 +1,8 @@
 """The end-to-end benchmark: train a GPT with each attention provider and measure steps after warm-up.
 
 For each (model, seqlen, provider): build the model (same seed, so the same weights for every provider), check
-one step's loss and gradients against the float64 reference (``check.check_start`` on a two-layer model with
-the same heads and head dim), then run ``warmup`` optimizer steps (compilation and Triton autotuning happen
+one step's loss and gradients against the float64 reference (``check.StartCheck`` on a two-layer, two-head
+model with the same head dim), then run ``warmup`` optimizer steps (compilation and Triton autotuning happen
 there) and ``steps`` timed ones. bf16 autocast on a GPU (fp32 on the CPU), AdamW, synthetic token batches. A
 step is ``grad_accum`` micro-batches of ``micro_batch`` sequences, forward and backward, then the optimizer.
 
@@ -27,7 +27,7 @@ from typing import Callable
 import torch
 
 from fa2bench import hardware, providers, runner, telemetry
-from fa2bench.e2e.check import attention_shape, autocast, check_start, make_attention, run_dtype
+from fa2bench.e2e.check import StartCheck, attention_shape, autocast, make_attention, run_dtype
 from fa2bench.e2e.configs import MODELS, ConfigError, GPTConfig
 from fa2bench.e2e.flops import flops_per_step
 from fa2bench.e2e.model import GPT
@@ -37,7 +37,7 @@ from fa2bench.results import RunWriter
 
 MAX_TOKENS_PER_MICRO_BATCH = 16384  # the default micro-batch: at most 16k tokens (8 x 2k, 2 x 8k)
 MEMORY_FRACTION = 0.8  # of the GPU's memory that the default micro-batch may plan to use
-CHECK_SEQLEN, CHECK_BATCH, CHECK_LAYERS, CHECK_VOCAB = 128, 2, 2, 256
+CHECK_SEQLEN, CHECK_BATCH, CHECK_LAYERS, CHECK_HEADS, CHECK_VOCAB = 128, 2, 2, 2, 256
 
 
 @dataclass(frozen=True)
@@ -220,13 +220,15 @@ def measure_steps(trainer: Trainer, batches, warmup: int, steps: int, flops: int
 
 
 def _checked(provider: str, config: GPTConfig, device: str, seed: int, cache: dict):
-    """The start-of-training verdict for ``provider`` on a small model with ``config``'s heads and head dim
-    (cached per provider and head geometry)."""
-    key = (provider, config.heads, config.headdim)
-    if key not in cache:
-        small = dataclasses.replace(config, name=f"{config.name}-check", layers=CHECK_LAYERS, vocab=CHECK_VOCAB)
-        cache[key] = check_start(small, CHECK_SEQLEN, CHECK_BATCH, [provider], device, seed)[provider]
-    return cache[key]
+    """The start-of-training verdict for ``provider`` on a small model with ``config``'s head dim (two heads,
+    two layers; the reference and baseline are cached per head dim, the verdict per provider)."""
+    if (provider, config.headdim) not in cache:
+        if config.headdim not in cache:
+            small = dataclasses.replace(config, name=f"{config.name}-check", layers=CHECK_LAYERS,
+                                        hidden=CHECK_HEADS * config.headdim, heads=CHECK_HEADS, vocab=CHECK_VOCAB)
+            cache[config.headdim] = StartCheck(small, CHECK_SEQLEN, CHECK_BATCH, device, seed)
+        cache[(provider, config.headdim)] = cache[config.headdim].verdict(provider)
+    return cache[(provider, config.headdim)]
 
 
 def run_config(model: str, seqlen: int, provider: str, spec: E2ESpec, opts: E2EOptions,
