@@ -104,7 +104,8 @@ def figure(frame: pd.DataFrame, meta: dict | None = None) -> Figure:
     slots = len(names) + 3
     max_seqlens = int(frame.groupby("model")["seqlen_q"].nunique().max())
     ymax = max([float(ok["tflops"].max()) if ok["tflops"].notna().any() else 0.0, paper_max]) * 1.18 or 1.0
-    fig = Figure(figsize=(max(6.0, 1.0 + 0.2 * slots * max_seqlens * len(models)), 4.0), dpi=plots.DPI, layout="constrained")
+    fig = Figure(figsize=(max(6.0, 1.0 + 0.2 * slots * max_seqlens * len(models)), 4.0), dpi=plots.DPI,
+                 layout="constrained")
     axes = fig.subplots(1, len(models), squeeze=False)[0]
     width = 0.86 / slots
     for ax, model in zip(axes, models):

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import pandas as pd
 import torch
 
 from fa2bench import hardware, providers, runner, telemetry
@@ -119,7 +120,8 @@ def estimate_bytes(config: GPTConfig, seqlen: int, micro_batch: int, checkpointi
 def plan(config: GPTConfig, seqlen: int, spec: E2ESpec, memory_bytes: float | None) -> Plan:
     """Micro-batch, accumulation and checkpointing for one (model, seqlen): the spec's where it names them,
     else the largest power-of-two micro-batch of at most 16k tokens (dividing the sequences of a step) that
-    ``estimate_bytes`` fits in 80% of the GPU's memory (checkpointing only if one sequence does not fit without it). Without a GPU, one sequence."""
+    ``estimate_bytes`` fits in 80% of the GPU's memory (checkpointing only if one sequence does not fit without
+    it). Without a GPU, one sequence."""
     notes = []
     checkpointing = spec.checkpointing
     if checkpointing is None:
@@ -303,10 +305,11 @@ def _train(config, seqlen, provider, micro_batch, grad_accum, checkpointing, spe
 
 
 def run_e2e(spec: E2ESpec, out: str | Path, resume: bool = False, opts: E2EOptions | None = None,
-            on_row: Callable[[tuple, dict | None], None] | None = None) -> "pd.DataFrame":
+            on_row: Callable[[tuple, dict | None], None] | None = None) -> pd.DataFrame | None:
     """Run every (model, seqlen, provider) of ``spec`` not already in ``out`` (with ``resume``), appending each
-    row (``schema.E2E_COLUMNS``) to ``out``/results.csv as it finishes; meta.json records the run (``kind: e2e``); results.parquet is
-    written at the end (also after Ctrl-C, which is then re-raised). Returns the run's table.
+    row (``schema.E2E_COLUMNS``) to ``out``/results.csv as it finishes; meta.json records the run (``kind:
+    e2e``); results.parquet is written at the end (also after Ctrl-C, which is then re-raised). Returns the
+    run's table.
 
     ``on_row(configuration, row)`` is called after each configuration (row None when skipped on resume).
     """
