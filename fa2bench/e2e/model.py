@@ -63,8 +63,10 @@ class GPT(nn.Module):
 
     def reset_parameters(self) -> None:
         for name, p in self.named_parameters():
-            if p.dim() == 1:
-                nn.init.ones_(p) if name.endswith(("ln1.weight", "ln2.weight", "ln_f.weight")) else nn.init.zeros_(p)
+            if name.endswith(("ln1.weight", "ln2.weight", "ln_f.weight")):
+                nn.init.ones_(p)
+            elif p.dim() == 1:  # biases
+                nn.init.zeros_(p)
             else:
                 residual = name.endswith(("attn.proj.weight", "out.weight"))
                 std = 0.02 / math.sqrt(2 * self.config.layers) if residual else 0.02
