@@ -25,8 +25,7 @@ import pandas as pd
 
 from fa2bench import config
 from fa2bench.presets import Point, SpecError, SweepSpec
-from fa2bench.results import (CSV_NAME, META_NAME, PARQUET_NAME, Damage, ResultsError, load_run, read_meta,
-                              write_meta)
+from fa2bench.results import CSV_NAME, META_NAME, PARQUET_NAME, Damage, ResultsError, load_run, read_meta
 
 if TYPE_CHECKING:
     from fa2bench.compare import Comparison
@@ -155,7 +154,7 @@ def execute(plan: SweepPlan, on_point: OnPoint | None = None, on_start: OnStart 
     holds a different sweep (without ``plan.extend``), and ``worker.WorkerError`` (after saving what finished)
     when the worker process cannot start."""
     from fa2bench import hardware, runner
-    from fa2bench.results import RunWriter, continue_meta, count_done
+    from fa2bench.results import RunWriter, count_done
     from fa2bench.worker import WorkerError
 
     opts = runner.RunOptions(device=plan.device, check=plan.run_options["check"],
@@ -163,14 +162,13 @@ def execute(plan: SweepPlan, on_point: OnPoint | None = None, on_start: OnStart 
                              peak_tflops=plan.run_options["peak_tflops"], isolate=plan.run_options["isolate"],
                              point_timeout_s=plan.run_options["point_timeout"],
                              plugins=plan.run_options.get("plugins", ()))
-    earlier = read_meta(plan.out) if plan.resume else {}
     # a resumed run keeps its first metadata and lists each continuation (and sweep); checked before the folder
     # is touched
-    meta = continue_meta(earlier, runner.collect_meta(plan.spec, plan.providers, opts, plan.peaks), plan.extend)
-    writer = RunWriter(plan.out, resume=plan.resume)
-    if not earlier and plan.device == "cuda" and plan.run_options["ceilings"]:
-        meta["ceilings"] = hardware.measure_ceilings()  # achievable matmul and copy rates, for rooflines
-    write_meta(plan.out, meta)
+    writer = RunWriter.start(plan.out, runner.collect_meta(plan.spec, plan.providers, opts, plan.peaks),
+                             resume=plan.resume, extend=plan.extend)
+    if not writer.resumed and plan.device == "cuda" and plan.run_options["ceilings"]:
+        writer.meta["ceilings"] = hardware.measure_ceilings()  # achievable matmul and copy rates, for rooflines
+        writer.save_meta()
     points = plan.points
     if on_start:
         on_start(Started(count_done((p.key() for p in points), writer.done), tuple(writer.dropped),
@@ -183,12 +181,11 @@ def execute(plan: SweepPlan, on_point: OnPoint | None = None, on_start: OnStart 
         complete = False
     except WorkerError as exc:  # the worker process cannot even start: stop with what is finished saved
         complete, broken = False, exc
-    frame = writer.finish() if writer.csv_path.exists() else pd.DataFrame()
-    meta.update(finished_utc=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), complete=complete)
-    write_meta(plan.out, meta)
+    frame = writer.close(complete)
     if broken is not None:
         raise broken
-    frame.attrs.update(meta=meta, run_dir=str(plan.out))
+    frame = pd.DataFrame() if frame is None else frame
+    frame.attrs.update(meta=writer.meta, run_dir=str(plan.out))
     return Run(plan.out, frame, complete)
 
 
@@ -267,19 +264,21 @@ def export_run(run, format: str = "github-benchmark", metric: str = "ms") -> lis
     return export.export(_frame(run), format, metric)
 
 
-def find_run(root: str | Path = "results", env: str = RUN_ENV) -> Path | None:
-    """``$FA2BENCH_RUN`` when set, else the newest run folder directly under ``root`` (one with meta.json and
-    results), newest by meta.json's ``started_utc``; None when there is none."""
+def find_run(root: str | Path = "results", env: str = RUN_ENV, kind: str | None = "sweep") -> Path | None:
+    """``$FA2BENCH_RUN`` when set, else the newest run folder of ``kind`` directly under ``root`` (see
+    ``list_runs``), newest by meta.json's ``started_utc``; None when there is none."""
     named = os.environ.get(env)
     if named:
         if not Path(named).exists():
             raise ResultsError(f"${env} names {named}, which does not exist")
         return Path(named)
-    return next(iter(list_runs(root)), None)
+    return next(iter(list_runs(root, kind)), None)
 
 
-def list_runs(root: str | Path = "results") -> list[Path]:
-    """Run folders directly under ``root``, newest first."""
+def list_runs(root: str | Path = "results", kind: str | None = "sweep") -> list[Path]:
+    """Run folders directly under ``root`` (meta.json and results), newest first; only those of ``kind``
+    (meta.json's ``kind``: "sweep" when absent, "e2e" for ``fa2bench e2e``), or every kind with None, so a
+    committed e2e run is never taken for the newest sweep."""
     root = Path(root)
     if not root.is_dir():
         return []
@@ -288,8 +287,10 @@ def list_runs(root: str | Path = "results") -> list[Path]:
         if not (folder / META_NAME).exists() or not ((folder / CSV_NAME).exists() or (folder / PARQUET_NAME).exists()):
             continue
         try:
-            started = str(read_meta(folder).get("started_utc") or "")
+            meta = read_meta(folder)
         except ResultsError:
             continue
-        found.append((started, folder.stat().st_mtime, folder))
+        if kind is not None and meta.get("kind", "sweep") != kind:
+            continue
+        found.append((str(meta.get("started_utc") or ""), folder.stat().st_mtime, folder))
     return [f for *_, f in sorted(found, reverse=True)]

@@ -1,5 +1,5 @@
 """The fa2bench command line: thin Typer shells over the library (``fa2bench.api``, ``profile``, ``ncu``,
-``iostudy``, ``plots``, ``markdown``, ``compare``, ``export``). Importing this module imports no torch:
+``iostudy``, ``plots``, ``markdown``, ``compare``, ``export``, ``e2e``). Importing this module imports no torch:
 ``fa2bench --help`` is quick. Bad input is one line on stderr and exit code 2.
 """
 from __future__ import annotations
@@ -12,6 +12,7 @@ from typing import Annotated, Optional
 import typer
 
 from fa2bench import display, providers
+from fa2bench.e2e.configs import MODELS as E2E_MODELS
 from fa2bench.flops import MODES
 from fa2bench.presets import DTYPES, PRESETS, SpecError
 
@@ -74,6 +75,14 @@ def fail(message: str, code: int = 2) -> None:
 
 def warn(message: str) -> None:
     out(stderr=True).print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+
+
+def _no_gpu(console, what: str) -> None:
+    """The loud panel of a run without a GPU: ``what`` runs instead, and its timings are no GPU's."""
+    from rich.panel import Panel
+
+    console.print(Panel(f"No CUDA GPU: {what}.\nThese timings are NOT GPU performance; they only prove the "
+                        "pipeline works.", title="NO GPU", style="bold red"))
 
 
 def _has_cuda() -> bool:
@@ -145,11 +154,7 @@ def sweep(
                                "recorded as unsupported", highlight=False)
     console = out()
     if plan.device == "cpu":
-        from rich.panel import Panel
-
-        console.print(Panel("No CUDA GPU: Triton kernels run through the CPU interpreter and PyTorch on the "
-                            "CPU.\nThese timings are NOT GPU performance; they only prove the pipeline works.",
-                            title="NO GPU", style="bold red"))
+        _no_gpu(console, "Triton kernels run through the CPU interpreter and PyTorch on the CPU")
     try:
         run = _run_with_progress(plan, console)
     except ResultsError as exc:
@@ -614,3 +619,78 @@ def export_run(
     except OSError as exc:
         fail(f"cannot write {out_file}: {exc.strerror or exc}")
     out(stderr=True).print(f"{len(entries)} points -> {out_file}", highlight=False)
+
+
+# --- e2e ------------------------------------------------------------------------------------------------
+
+MODEL = "Model"
+
+
+@app.command("e2e")
+def e2e_run(
+    model: Annotated[Optional[str], typer.Option(help="Models: " + ", ".join(E2E_MODELS) + " (default: gpt-1.3b on "
+                     "a GPU, gpt-tiny without one).", rich_help_panel=MODEL)] = None,
+    seqlen: Annotated[Optional[str], typer.Option(help="Context lengths, e.g. 2048,8192 (default: 2048,8192 on a "
+                      "GPU, 64 without one).", rich_help_panel=MODEL)] = None,
+    provider: Annotated[Optional[str], typer.Option(help="Attention providers (see `fa2bench providers`); "
+                        "default: every provider available here.", rich_help_panel=MODEL)] = None,
+    out_dir: Annotated[Optional[Path], typer.Option("--out", help="Results folder (default results/e2e-<UTC "
+                       "time>-<gpu>).", rich_help_panel=OUTPUT)] = None,
+    resume: Annotated[bool, typer.Option("--resume/--no-resume", help="Continue the run in --out, skipping "
+                      "finished configurations.", rich_help_panel=OUTPUT)] = False,
+    extend: Annotated[bool, typer.Option("--extend/--no-extend", help="With --resume: add configurations of "
+                      "another spec to the run (meta.json records every spec).", rich_help_panel=OUTPUT)] = False,
+    steps: Annotated[int, typer.Option(help="Timed optimizer steps per configuration.", rich_help_panel=RUN)] = 5,
+    warmup: Annotated[int, typer.Option(help="Untimed steps first (compilation, autotuning).",
+                                        rich_help_panel=RUN)] = 2,
+    micro_batch: Annotated[Optional[int], typer.Option(help="Sequences per micro-batch (default: the largest that "
+                           "fits, at most 16k tokens).", rich_help_panel=RUN)] = None,
+    tokens_per_step: Annotated[Optional[int], typer.Option(help="Tokens per optimizer step, by gradient accumulation "
+                               "(default: one micro-batch).", rich_help_panel=RUN)] = None,
+    checkpointing: Annotated[Optional[bool], typer.Option("--checkpointing/--no-checkpointing", help="Gradient "
+                             "checkpointing per block (default: only where one sequence does not fit).",
+                             rich_help_panel=RUN)] = None,
+    shrink_on_oom: Annotated[bool, typer.Option(help="On out of memory, halve the micro-batch (same tokens per "
+                             "step) and retry.", rich_help_panel=RUN)] = True,
+    check: Annotated[bool, typer.Option(help="Check loss and gradients against a float64 model first.",
+                                        rich_help_panel=RUN)] = True,
+    peak_tflops: Annotated[Optional[float], typer.Option(help="Override this GPU's peak TFLOP/s.",
+                                                         rich_help_panel=RUN)] = None,
+):
+    """GPT training throughput with each attention provider (the FlashAttention-2 paper's Table 1)."""
+    from fa2bench.e2e import plan_e2e, run_e2e
+    from fa2bench.results import ResultsError
+
+    try:
+        plan = plan_e2e(model, seqlen, provider, out=out_dir, resume=resume, extend=extend, peak_tflops=peak_tflops,
+                        steps=steps, warmup=warmup, micro_batch=micro_batch, tokens_per_step=tokens_per_step,
+                        checkpointing=checkpointing, shrink_on_oom=shrink_on_oom, check=check)
+    except SpecError as exc:
+        fail(str(exc))
+    console = out()
+    if plan.opts.device == "cpu":
+        _no_gpu(console, "the model trains on the CPU in fp32, Triton kernels through the interpreter")
+    console.print(f"[bold]{len(plan.spec.configurations())} configurations[/] (model x seqlen x provider) on "
+                  f"{plan.device_name or 'CPU'} -> {plan.out}", highlight=False)
+
+    def on_row(configuration, row):
+        name = " ".join(map(str, configuration))
+        if row is None:
+            console.print(f"  {name}: done before (resume)", highlight=False)
+        elif row["status"] == "ok":
+            console.print(f"  {name}: {row['tflops']:.4g} TFLOP/s, {row['tokens_per_s']:.4g} tokens/s, step "
+                          f"{row['ms']:.4g} ms, micro-batch {row['micro_batch']} x {row['grad_accum']}"
+                          f"{', checkpointing' if row['checkpointing'] else ''}", highlight=False)
+        else:
+            console.print(f"  {name}: [red]{row['status']}[/] {row['error']}", highlight=False)
+
+    try:
+        run_e2e(plan.spec, plan.out, resume=plan.resume, opts=plan.opts, on_row=on_row, extend=plan.extend)
+    except ResultsError as exc:
+        fail(str(exc))
+    except KeyboardInterrupt:
+        out(stderr=True).print(f"interrupted: finished configurations are saved in {plan.out}; continue with "
+                               f"--out {plan.out} --resume", highlight=False)
+        raise typer.Exit(130)
+    console.print(f"results: {plan.out} (`fa2bench report {plan.out}` writes the Table-1 report and figure)",
+                  highlight=False)

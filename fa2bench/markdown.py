@@ -199,9 +199,12 @@ def render(frame: pd.DataFrame, plotted=None, run_dir: Path | None = None) -> st
 def write_report(run_dir: str | Path, formats=("png",)) -> Path:
     """Load the run in ``run_dir``, draw its figures into ``figures/`` and write ``report.md`` there."""
     from fa2bench import plots
+    from fa2bench.e2e import figures as e2e_figures
     from fa2bench.results import load_run
 
     frame = load_run(run_dir)
+    if e2e_figures.is_e2e(frame):  # an `fa2bench e2e` run: the Table-1 report
+        return e2e_figures.write_report(frame, formats)
     run_dir = Path(frame.attrs["run_dir"])
     plotted = plots.plot_run(frame, run_dir / FIGURES_DIR, formats=formats)
     path = run_dir / REPORT_NAME

@@ -635,7 +635,12 @@ def plot_run(frame: pd.DataFrame, out_dir: str | Path, formats=("png",), kinds=t
     """Draw every figure kind for every group of the run into ``out_dir`` as ``<kind>[-<group>].<format>``
     (throughput and fraction of peak: one file per mode, ``<kind>-<mode>[-<group>].<format>``).
 
-    A kind without data is recorded in ``skipped`` with the reason; no figure kind stops the others."""
+    A kind without data is recorded in ``skipped`` with the reason; no figure kind stops the others. An e2e run
+    (``fa2bench e2e``) gets its own figure instead (``e2e.figures``)."""
+    from fa2bench.e2e import figures as e2e_figures
+
+    if e2e_figures.is_e2e(frame):
+        return e2e_figures.plot_run(frame, out_dir, formats)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     result = Plotted()

@@ -8,12 +8,14 @@ plots, reports, comparisons and notebooks read runs only through it.
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import io
 import json
 import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import pandas as pd
 
@@ -25,10 +27,10 @@ COLUMNS = KEY_COLUMNS + (
     "status", "error", "ms", "ms_p20", "ms_p80", "reps", "flops", "tflops", "pct_a100_peak", "pct_device_peak",
     "max_rel_error", "peak_mem_mb", "config",
 ) + telemetry.COLUMNS
-# columns that hold text (every other one must be empty or a number); "report" is the IO study's ncu report path
-# (io_study.csv goes through this store too)
+# columns that hold text (every other one must be empty or a number); other tables go through this store too:
+# "report" is the IO study's ncu report path, "model", "note" and "checkpointing" are e2e rows' (fa2bench.e2e.schema)
 _TEXT_COLUMNS = ("provider", "mode", "dtype", "causal", "status", "error", "config", "throttle_reason", "throttled",
-                 "report")
+                 "report", "model", "note", "checkpointing")
 CSV_NAME, PARQUET_NAME, META_NAME = "results.csv", "results.parquet", "meta.json"
 DAMAGED_NAME = "results.csv.damaged"  # rows dropped on resume, kept for inspection (<table>.damaged for others)
 
@@ -38,14 +40,21 @@ class ResultsError(Exception):
 
 
 class RunWriter:
-    """Appends rows to ``results.csv`` in ``out_dir`` as points finish (``csv_name`` and ``columns`` name
-    another table of the same store, e.g. the IO study's ``io_study.csv``)."""
+    """Appends rows to ``results.csv`` in ``out_dir`` as points finish.
+
+    A table is described by ``columns`` and ``key`` (a row's identity for ``--resume``), by default the sweep's;
+    other tables of the same store pass their own: ``csv_name`` names another file (the IO study's
+    ``io_study.csv``), and another kind of run (``fa2bench e2e``) writes its own columns into results.csv.
+    ``RunWriter.start`` begins a run (meta.json checked and written), ``close`` ends it.
+    """
 
     def __init__(self, out_dir: Path, resume: bool = False, *, csv_name: str = CSV_NAME,
-                 columns: tuple[str, ...] = COLUMNS):
+                 columns: tuple[str, ...] = COLUMNS, key: Callable[[dict], tuple] | None = None):
         self.out_dir = Path(out_dir)
         self.csv_path = self.out_dir / csv_name
         self.columns = tuple(columns)
+        self.meta: dict | None = None  # the run's meta.json, once ``start`` wrote it
+        self.resumed = False  # whether ``start`` continued a run recorded in the folder
         try:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             probe = self.out_dir / ".write-test"
@@ -57,7 +66,25 @@ class RunWriter:
             raise ResultsError(f"{self.out_dir} already holds results; pass --resume to continue it, "
                                "or choose another --out")
         self.dropped: list[Damage] = repair_csv(self.csv_path) if resume else []
-        self.done = _finished_keys(self.csv_path) if resume else set()
+        self.done = _finished_keys(self.csv_path, key or row_key) if resume else set()
+
+    @classmethod
+    def start(cls, out_dir: Path, meta: dict, resume: bool = False, extend: bool = False,
+              **table) -> "RunWriter":
+        """Begin a run in ``out_dir``: with ``resume``, ``meta`` is checked against the folder's meta.json
+        (``continue_meta``: a different sweep is refused unless ``extend``) before anything in the folder is
+        touched; then the writer opens (damaged rows dropped, finished keys read) and meta.json is written.
+        ``table``: ``csv_name``, ``columns``, ``key`` as for ``RunWriter``. The metadata is ``writer.meta``."""
+        earlier = read_meta(out_dir) if resume else {}
+        meta = continue_meta(earlier, meta, extend)
+        writer = cls(out_dir, resume, **table)
+        writer.meta, writer.resumed = meta, bool(earlier)
+        writer.save_meta()
+        return writer
+
+    def save_meta(self) -> None:
+        """Write ``self.meta`` to meta.json (after ``start``, when something is added to it)."""
+        write_meta(self.out_dir, self.meta)
 
     def append(self, row: dict) -> None:
         new = not self.csv_path.exists() or self.csv_path.stat().st_size == 0
@@ -79,6 +106,16 @@ class RunWriter:
         """Write results.parquet from the CSV and return the table."""
         frame = read_csv(self.csv_path)
         frame.to_parquet(self.out_dir / PARQUET_NAME, index=False)
+        return frame
+
+    def close(self, complete: bool) -> pd.DataFrame | None:
+        """End a run begun with ``start``: results.parquet (when any row was written) and meta.json with
+        ``finished_utc`` and ``complete`` (False after an interruption). Returns the table, or None without
+        rows."""
+        frame = self.finish() if self.csv_path.exists() else None
+        self.meta.update(finished_utc=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                         complete=complete)
+        self.save_meta()
         return frame
 
 
@@ -242,11 +279,11 @@ def _damaged_path(csv_path: Path) -> Path:
     return Path(csv_path).with_name(Path(csv_path).name + ".damaged")
 
 
-def _finished_keys(csv_path: Path) -> set[tuple]:
+def _finished_keys(csv_path: Path, key: Callable[[dict], tuple]) -> set[tuple]:
     if not csv_path.exists() or csv_path.stat().st_size == 0:
         return set()
     frame = read_csv(csv_path)
-    return {row_key(r) for r in frame.to_dict("records")}
+    return {key(r) for r in frame.to_dict("records")}
 
 
 def row_key(row: dict) -> tuple:
@@ -325,10 +362,15 @@ def continue_meta(earlier: dict, meta: dict, extend: bool = False) -> dict:
     ``resumed``, and every sweep that wrote into the folder under ``sweeps``.
 
     A sweep other than those already recorded raises ResultsError naming the difference, unless ``extend``
-    (the run is then explicitly extended with the new sweep's points).
+    (the run is then explicitly extended with the new sweep's points); so does another kind of run (meta.json's
+    ``kind``: absent for a sweep, "e2e" for ``fa2bench e2e``, whose ``sweep`` is its E2ESpec).
     """
     if not earlier:
         return meta
+    kinds = earlier.get("kind", "sweep"), meta.get("kind", "sweep")
+    if kinds[0] != kinds[1]:
+        raise ResultsError(f"--resume of a {kinds[0]} run with `fa2bench {kinds[1]}`: the folder holds another kind "
+                           "of run; choose another --out")
     sweeps = earlier.get("sweeps") or ([earlier["sweep"]] if earlier.get("sweep") else [])
     new = meta.get("sweep")
     known = not sweeps or new is None or any(sweep_difference(s, new) is None for s in sweeps)

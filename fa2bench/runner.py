@@ -84,7 +84,7 @@ def cuda_context_error() -> str | None:
         torch.cuda.synchronize()
         torch.ones(1, device="cuda").add_(1).item()
     except Exception as exc:  # RuntimeError / torch.AcceleratorError, by torch version
-        return _first_line(exc)
+        return first_line(exc)
     return None
 
 
@@ -136,30 +136,34 @@ def _check_and_time(point: Point, provider: providers.Provider, row: dict, opts:
     except providers.Unsupported as exc:
         return {**row, "status": "unsupported", "error": str(exc)}
     except torch.cuda.OutOfMemoryError as exc:
-        return {**row, "status": "oom", "error": _first_line(exc)}
+        return {**row, "status": "oom", "error": first_line(exc)}
     except Exception as exc:  # recorded, and the sweep goes on
-        return {**row, **_classify(exc, caught)}
+        return {**row, **classify(exc, caught)}
     finally:
-        _release()
+        release()
 
 
-def _classify(exc: Exception, caught) -> dict:
+def classify(exc: Exception, caught) -> dict:
+    """The status and error of a failure (``caught``: the warnings recorded while it ran): a pinned SDPA
+    backend's refusal is unsupported, out of memory is oom, anything else error. Shared with ``fa2bench.e2e``."""
     text = str(exc)
     if "No available kernel" in text:  # a pinned SDPA backend refused the point; its warnings say why
         reasons = [str(w.message).splitlines()[0] for w in caught if "kernel not used" in str(w.message)
                    or "because" in str(w.message)]
-        return {"status": "unsupported", "error": "; ".join(reasons) or _first_line(exc)}
+        return {"status": "unsupported", "error": "; ".join(reasons) or first_line(exc)}
     if "out of memory" in text.lower():
-        return {"status": "oom", "error": _first_line(exc)}
-    return {"status": "error", "error": f"{type(exc).__name__}: {_first_line(exc)}"}
+        return {"status": "oom", "error": first_line(exc)}
+    return {"status": "error", "error": f"{type(exc).__name__}: {first_line(exc)}"}
 
 
-def _first_line(exc: Exception, limit: int = 300) -> str:
+def first_line(exc: Exception, limit: int = 300) -> str:
+    """The first non-empty line of an exception's message, for a results row's ``error``."""
     lines = [s for s in str(exc).strip().splitlines() if s.strip()]
     return (lines[0] if lines else type(exc).__name__)[:limit]
 
 
-def _release() -> None:
+def release() -> None:
+    """Free what a finished point (or e2e configuration) held: its objects, then PyTorch's cached GPU memory."""
     gc.collect()
     if torch.cuda.is_available():
         try:
