@@ -74,6 +74,8 @@ def sweep(
     rep_ms: Annotated[float, typer.Option(help="Timing budget per point (ms).")] = 100.0,
     peak_tflops: Annotated[Optional[float], typer.Option(help="Override this GPU's peak TFLOP/s.")] = None,
     ceilings: Annotated[bool, typer.Option(help="Measure matmul and copy ceilings into meta.json (GPU).")] = True,
+    gpus: Annotated[Optional[str], typer.Option(help="Shard the points over N GPUs (or 'all') under torchrun; "
+                    "one merged results folder (docs/multigpu.md).")] = None,
 ):
     """Sweep shapes x providers x modes x dtypes; check, time and write one row per point."""
     from fa2bench import hardware, providers, runner
@@ -136,6 +138,9 @@ def sweep(
     out = out or Path("results") / f"{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}-{_slug(device_name)}"
     opts = runner.RunOptions(device=device, check=check, warmup_ms=warmup_ms, rep_ms=rep_ms,
                              peak_tflops=peak_tflops)
+    if gpus is not None or _under_torchrun():  # sharded over GPUs: fa2bench.distributed
+        _sharded_sweep(spec, chosen, opts, peaks, out, resume, gpus)
+        return
     try:
         writer = RunWriter(out, resume=resume)
         meta = runner.collect_meta(spec, chosen, opts, peaks)
@@ -171,6 +176,37 @@ def sweep(
                           f"--out {out} --resume")
         raise typer.Exit(130)
     console.print(f"results: {out}")
+
+
+def _under_torchrun() -> bool:
+    from fa2bench.distributed import launch
+
+    return launch.under_torchrun()
+
+
+def _sharded_sweep(spec, chosen, opts, peaks, out, resume, gpus) -> None:
+    """--gpus N: launch torchrun and merge; under torchrun: run this rank's share (rank 0 merges)."""
+    import sys
+
+    import torch
+
+    from fa2bench import runner
+    from fa2bench.distributed import launch, shard, sweep as dsweep
+
+    try:
+        if not _under_torchrun():
+            code = dsweep.launch_and_merge(gpus, out, sys.argv[1:], torch.cuda.device_count(), echo=console.print)
+        else:
+            report = dsweep.rank_main(
+                spec.points(chosen), out, resume, lambda: runner.collect_meta(spec, chosen, opts, peaks),
+                lambda p: runner.run_point(p, opts, {d: pk.tflops for d, pk in peaks.items()}))
+            if report is not None:
+                console.print(shard.describe(report, out), highlight=False)
+            code = 1 if report is not None and report.missing else 0
+    except (launch.LaunchError, shard.ShardError) as exc:
+        fail(str(exc))
+    if code:
+        raise typer.Exit(code)
 
 
 def _slug(device_name: str | None) -> str:
