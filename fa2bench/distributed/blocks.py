@@ -84,7 +84,7 @@ def _fa2_forward(q, k, v, causal, scale):
 
 def _fa2_backward(q, k, v, o, lse, do, causal, scale):
     ctx = _Ctx()
-    ctx.saved_tensors = (q, k, v, o, lse)
+    ctx.saved_tensors = (q, k, v, o, lse.contiguous())  # the kernel indexes the LSE as (batch*heads, seq)
     ctx.causal, ctx.sm_scale = bool(causal), float(scale)
     dq, dk, dv, *_ = _fa2_function().backward(ctx, do.contiguous())
     return dq, dk, dv

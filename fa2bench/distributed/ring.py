@@ -202,12 +202,12 @@ def ring_attention(q, k, v, causal: bool = False, sm_scale: float | None = None,
     return _RingAttention.apply(q, k, v, bool(causal), scale, impl, group, communicate)
 
 
-def ring_exchange_only(k, v, group=None, rounds: int | None = None) -> None:
-    """The forward's transfers alone (world-1 rounds of K/V): the communication that ring attention hides."""
+def ring_exchange_only(tensors: list[torch.Tensor], group=None, rounds: int | None = None) -> None:
+    """Ring transfers alone (default world-1 rounds of ``tensors``): what ring attention hides behind compute."""
     ring = _Ring(group)
-    kv = [k.contiguous(), v.contiguous()]
+    held = [t.contiguous() for t in tensors]
     for _ in range(ring.world - 1 if rounds is None else rounds):
-        kv, works = ring.start(kv)
+        held, works = ring.start(held)
         ring.wait(works)
 
 
