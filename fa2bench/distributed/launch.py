@@ -90,9 +90,20 @@ def strip_option(argv: list[str], option: str, takes_value: bool = True) -> list
     return out
 
 
-def run_torchrun(nproc: int, module_args: list[str]) -> int:
-    """Run fa2bench under torchrun and return its exit status (the workers' output goes to ours)."""
-    return subprocess.run(torchrun_argv(nproc, module_args), env=child_env()).returncode
+def run_torchrun(nproc: int, module_args: list[str], grace_s: float = 60.0) -> int:
+    """Run fa2bench under torchrun and return its exit status (the workers' output goes to ours).
+
+    On Ctrl-C (which the workers get too) wait up to ``grace_s`` for them to stop, then return 130."""
+    child = subprocess.Popen(torchrun_argv(nproc, module_args), env=child_env())
+    try:
+        return child.wait()
+    except KeyboardInterrupt:
+        try:
+            child.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+        return 130
 
 
 def init_process_group(backend: str | None = None, timeout_s: float = 1800.0):
