@@ -56,7 +56,7 @@ cols = key[:2] + ["seqlen_q", "causal", "rank", "ms_1gpu", "ms_4gpu", "ratio"]
 print(ok[cols].to_string(index=False, float_format=lambda x: f"{x:.3f}"))
 PY
       tar czf "$OUT/sharded4.tgz" -C "$R" sharded4 sharded4.log
-      tar czf "$OUT/single.tgz" -C "$R" sharded1 sharded1.log ;;
+      tar czf "$OUT/single.tgz" -C "$R" single single.log ;;
     check)
       timeout -k 20 90 torchrun --standalone --nproc-per-node 4 -m fa2bench.distributed.ringbench check \
         --out "$R/ring" --seqlen 8192 --heads 16 --kv-heads 4 --dtype fp16,bf16 --causal both 2>&1 \
