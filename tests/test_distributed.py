@@ -273,7 +273,7 @@ def _gloo_worker(rank, world, port, out):
     results = {}
     gen = torch.Generator().manual_seed(7)
     cases = [(m, impl, causal, kv) for m in ("ring", "allgather") for impl in ("ref", "fa2")
-             for causal in (False, True) for kv in (4, 2)]
+             for causal in (False, True) for kv in (4, 2) if impl == "ref" or kv == 2]  # the interpreter: GQA
     for method, impl, causal, kv in cases:
         dtype = torch.float64 if impl == "ref" else torch.float32
         n = 16 * world
@@ -313,7 +313,7 @@ def gloo_run(request, tmp_path_factory):
 def test_ring_and_allgather_equal_one_process_attention_forward_and_backward(gloo_run):
     world, results = gloo_run
     cases = [name for name in results if " causal=" in name]
-    assert len(cases) == 16
+    assert len(cases) == 12
     for name in cases:
         tol = 1e-12 if " ref " in name else 5e-6  # float64 PyTorch blocks; float32 Triton interpreter
         errors = dict(zip(("o", "dq", "dk", "dv"), results[name]))

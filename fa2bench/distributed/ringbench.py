@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime as dt
+import functools
 import json
 import math
 import os
@@ -72,15 +73,44 @@ def method_call(method: str, causal: bool, impl: str, communicate: bool = True):
 
 
 def _sdpa_local(causal):
-    """SDPA pinned to its flash backend; inside ``context_parallel`` PyTorch turns it into its ring."""
+    """SDPA pinned to its flash backend; inside ``context_parallel`` PyTorch turns it into its ring (it
+    replaces ``torch.nn.functional.scaled_dot_product_attention``, so look it up at each call)."""
+    import torch.nn.functional as F
     from torch.nn.attention import SDPBackend, sdpa_kernel
-    from torch.nn.functional import scaled_dot_product_attention
 
     def fn(q, k, v):
         with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
-            return scaled_dot_product_attention(q, k, v, is_causal=causal)
+            return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
 
     return fn
+
+
+def _cp_options_text() -> str:
+    """How PyTorch's context parallelism is set up in this version (load balancing, K/V rotation)."""
+    try:
+        from torch.distributed.tensor.experimental._attention import _cp_options
+    except ImportError:
+        return "sdpa-flash"
+    fields = ("enable_load_balance", "rotate_method", "convert_to_f32")
+    return "sdpa-flash " + " ".join(f"{f}={getattr(_cp_options, f)}" for f in fields if hasattr(_cp_options, f))
+
+
+def _cp_layout(local_q, q, rank, world):
+    """Which rows of the sequence PyTorch gave this rank: head-tail (= zig-zag) when it balances the load,
+    else one contiguous chunk."""
+    n = q.shape[2]
+    if torch.equal(local_q, ring.zigzag_shard(q, rank, world)):
+        return zigzag_segments(n, rank, world)
+    if torch.equal(local_q, q.chunk(world, dim=2)[rank]):
+        return [(0, rank * (n // world), n // world)]
+    raise RuntimeError("cannot tell how context_parallel sharded the sequence (neither zig-zag nor contiguous)")
+
+
+@functools.cache
+def _mesh(world: int):
+    from torch.distributed.device_mesh import init_device_mesh
+
+    return init_device_mesh("cuda", (world,))
 
 
 class _CpSdpa:
@@ -88,14 +118,13 @@ class _CpSdpa:
     order) and patches SDPA while open. K/V heads are repeated for GQA (SDPA's flash op has no GQA)."""
 
     def __init__(self, q, k, v, do, world):
-        from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.tensor.experimental import context_parallel
 
         group = q.shape[1] // k.shape[1]
         if group > 1:
             k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
-        self.buffers = [q.clone(), k.contiguous(), v.contiguous(), do.clone()]
-        mesh = init_device_mesh("cuda", (world,))
+        self.buffers = [q.clone(), k.clone(), v.clone(), do.clone()]
+        mesh = _mesh(world)
         self.ctx = context_parallel(mesh, buffers=self.buffers, buffer_seq_dims=[2, 2, 2, 2],
                                     no_restore_buffers=set(self.buffers))
 
@@ -147,23 +176,29 @@ def _max_over_ranks(x: float) -> float:
 # --- correctness on a slice --------------------------------------------------------------------------------
 
 
-def check_slice(o_local, q, k, v, causal, rank, world, impl):
-    """(error of o_local, error of one-GPU fa2) on the last CHECK_ROWS rows of each local chunk, query heads
-    of the first K/V head, batch 0; both relative to a float32 reference over the whole sequence."""
+def zigzag_segments(n: int, rank: int, world: int) -> list[tuple[int, int, int]]:
+    """(local start, global start, length) of the runs of a zig-zag shard of a sequence of ``n``."""
+    c = n // (2 * world)
+    return [(0, rank * c, c), (c, (2 * world - 1 - rank) * c, c)]
+
+
+def check_slice(o_local, q, k, v, causal, segments, impl):
+    """(error of o_local, error of one-GPU fa2) on the last CHECK_ROWS rows of each run of the local shard
+    (``segments``), query heads of the first K/V head, batch 0; both relative to a float32 reference over the
+    whole sequence. Every rank gets the worst rank's values."""
     from fa2bench.reference import attention_ref, rel_error
 
     n = q.shape[2]
-    c = n // (2 * world)
     group = q.shape[1] // k.shape[1]
-    m = min(CHECK_ROWS, c)
     worst, worst_base = 0.0, 0.0
-    for local_chunk, global_chunk in ((0, rank), (1, 2 * world - 1 - rank)):
-        end = (global_chunk + 1) * c  # global rows end-m .. end-1
+    for local_start, global_start, length in segments:
+        m = min(CHECK_ROWS, length)
+        end = global_start + length  # checked: global rows end-m .. end-1
         keys = slice(0, end) if causal else slice(0, n)
         qs = q[:1, :group, end - m:end]
         ks, vs = k[:1, :1, keys], v[:1, :1, keys]
         ref = attention_ref(qs, ks, vs, causal=causal, upcast=True, dtype=torch.float32)
-        mine = o_local[:1, :group, local_chunk * c + c - m:local_chunk * c + c]
+        mine = o_local[:1, :group, local_start + length - m:local_start + length]
         base, _ = blocks.forward(qs, ks, vs, causal, 1.0 / math.sqrt(q.shape[-1]), impl)
         scale = ref.abs().max().item()
         worst = max(worst, rel_error(mine, ref, scale))
@@ -192,16 +227,21 @@ def run_point(method, mode, dtype, batch, heads, kv_heads, seqlen, headdim, caus
         q, k, v, do = full_inputs(batch, heads, kv_heads, seqlen, headdim, DTYPES[dtype], device)
         shards = [ring.zigzag_shard(t, me.rank, world) for t in (q, k, v, do)]
         backward = mode != "fwd"
+        segments = zigzag_segments(seqlen, me.rank, world)
+        if method == "cp-sdpa":
+            row["impl"] = _cp_options_text()
         if method == "cp-sdpa" and world > 1:
             cp = _CpSdpa(q, k, v, do, world)
             with cp as local:
-                row.update(_measure(method, causal, impl, local, backward, reps, warmup, q, k, v, me, world))
+                segments = _cp_layout(local[0], q, me.rank, world)
+                row.update(_measure(method, causal, impl, local, backward, reps, warmup, q, k, v, segments,
+                                    world))
         else:
             if method == "cp-sdpa":  # one GPU: plain SDPA flash on the whole sequence (GQA repeated)
                 group = heads // kv_heads
                 shards = [shards[0], shards[1].repeat_interleave(group, 1), shards[2].repeat_interleave(group, 1),
                           shards[3]]
-            row.update(_measure(method, causal, impl, shards, backward, reps, warmup, q, k, v, me, world))
+            row.update(_measure(method, causal, impl, shards, backward, reps, warmup, q, k, v, segments, world))
         if row["status"] == "ok":
             row["tflops_per_gpu"] = row["flops"] / (row["ms"] * 1e-3) / 1e12 / world
     except torch.cuda.OutOfMemoryError as exc:
@@ -214,13 +254,13 @@ def run_point(method, mode, dtype, batch, heads, kv_heads, seqlen, headdim, caus
     return row
 
 
-def _measure(method, causal, impl, local, backward, reps, warmup, q, k, v, me, world) -> dict:
+def _measure(method, causal, impl, local, backward, reps, warmup, q, k, v, segments, world) -> dict:
     ql, kl, vl, dol = (t.detach() for t in local)
     fn = method_call(method, causal, impl)
     out = {}
     with torch.no_grad():
         o = fn(ql, kl, vl)
-    err, base = check_slice(o, q, k, v, causal, me.rank, world, impl)
+    err, base = check_slice(o, q, k, v, causal, segments, impl)
     from fa2bench.reference import FACTOR, FLOOR
 
     out.update(max_rel_error=err, baseline_rel_error=base)
