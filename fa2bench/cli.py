@@ -178,6 +178,30 @@ def sweep(
     console.print(f"results: {out}")
 
 
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def ring(
+    ctx: typer.Context,
+    gpus: Annotated[str, typer.Option(help="GPU counts, one torchrun job each: 1,2,4.")] = "1,2,4",
+    out: Annotated[Path, typer.Option(help="Results folder (ring.csv, scaling.csv, scaling.png).")] = Path(
+        "results/ring"),
+):
+    """Context-parallel attention over GPUs: ring-fa2 against all-gather K/V and PyTorch's context_parallel.
+
+    Other options go to `python -m fa2bench.distributed.ringbench run` (--seqlen, --heads, --kv-heads,
+    --headdim, --dtype, --causal, --mode, --method, --reps); see docs/multigpu.md."""
+    import torch
+
+    from fa2bench.distributed import ringbench
+    from fa2bench.presets import SpecError
+
+    try:
+        code = ringbench.scaling_run(gpus, out, list(ctx.args), torch.cuda.device_count(), echo=console.print)
+    except SpecError as exc:
+        fail(str(exc))
+    if code:
+        raise typer.Exit(code)
+
+
 def _under_torchrun() -> bool:
     from fa2bench.distributed import launch
 

@@ -347,3 +347,16 @@ def test_ring_report_computes_scaling_efficiency_against_one_gpu(tmp_path):
     table = pd.read_csv(tmp_path / "scaling.csv")
     assert table["scaling_efficiency_pct"].round(1).tolist() == [100.0, 90.9, 80.0]
     assert (tmp_path / "scaling.png").stat().st_size > 0
+
+
+def test_cli_gpu_options_fail_in_one_line_without_a_traceback(tmp_path):
+    from typer.testing import CliRunner
+
+    from fa2bench.cli import app
+
+    runner = CliRunner()
+    if not torch.cuda.is_available():
+        result = runner.invoke(app, ["sweep", "--preset", "smoke", "--gpus", "all", "--out", str(tmp_path / "a")])
+        assert result.exit_code == 2 and "no CUDA GPU here" in result.output and "Traceback" not in result.output
+    result = runner.invoke(app, ["ring", "--gpus", "1,x", "--out", str(tmp_path / "b")])
+    assert result.exit_code == 2 and "--gpus" in result.output and "Traceback" not in result.output

@@ -68,10 +68,10 @@ def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return {**os.environ, **(extra or {}), **MULTICAST_OFF}
 
 
-def torchrun_argv(nproc: int, module_args: list[str]) -> list[str]:
-    """``python -m torch.distributed.run --standalone --nproc-per-node N -m fa2bench <module_args>``."""
+def torchrun_argv(nproc: int, module_args: list[str], module: str = "fa2bench") -> list[str]:
+    """``python -m torch.distributed.run --standalone --nproc-per-node N -m <module> <module_args>``."""
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-            "-m", "fa2bench", *module_args]
+            "-m", module, *module_args]
 
 
 def strip_option(argv: list[str], option: str, takes_value: bool = True) -> list[str]:
@@ -90,11 +90,11 @@ def strip_option(argv: list[str], option: str, takes_value: bool = True) -> list
     return out
 
 
-def run_torchrun(nproc: int, module_args: list[str], grace_s: float = 60.0) -> int:
-    """Run fa2bench under torchrun and return its exit status (the workers' output goes to ours).
+def run_torchrun(nproc: int, module_args: list[str], module: str = "fa2bench", grace_s: float = 60.0) -> int:
+    """Run ``module`` under torchrun and return its exit status (the workers' output goes to ours).
 
     On Ctrl-C (which the workers get too) wait up to ``grace_s`` for them to stop, then return 130."""
-    child = subprocess.Popen(torchrun_argv(nproc, module_args), env=child_env())
+    child = subprocess.Popen(torchrun_argv(nproc, module_args, module), env=child_env())
     try:
         return child.wait()
     except KeyboardInterrupt:

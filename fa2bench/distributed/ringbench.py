@@ -484,6 +484,26 @@ def report(out: Path) -> int:
 # --- entry points ------------------------------------------------------------------------------------------
 
 
+def scaling_run(gpus: str, out: Path, run_args: list[str], available_gpus: int, echo=print) -> int:
+    """``fa2bench ring``: one torchrun job per GPU count in ``gpus`` ("1,2,4"), all into ``out``, then the
+    report. Returns 0, or the first failing job's exit status."""
+    worlds = parse_ints(gpus, "gpus")
+    too_many = [n for n in worlds if available_gpus and n > available_gpus]
+    if too_many:
+        raise SpecError(f"--gpus {too_many[0]}: only {available_gpus} CUDA GPU(s) here")
+    worst = 0
+    for n in worlds:
+        echo(f"--- {n} GPU(s)")
+        code = launch.run_torchrun(n, ["run", "--out", str(out), *run_args], module=__name__)
+        worst = worst or code
+        if code == 130:
+            break
+    if (out / CSV_NAME).exists():
+        report(out)
+    return worst
+
+
+
 def _parse(argv):
     p = argparse.ArgumentParser(prog="python -m fa2bench.distributed.ringbench",
                                 description="Context-parallel attention: ring-fa2 against its peers.")
