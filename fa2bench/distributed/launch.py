@@ -45,6 +45,17 @@ def under_torchrun() -> bool:
     return "TORCHELASTIC_RUN_ID" in os.environ or ("RANK" in os.environ and "WORLD_SIZE" in os.environ)
 
 
+def pin_local_gpu() -> None:
+    """Under torchrun, make this rank's GPU (local rank modulo the GPUs visible) the current device before
+    anything touches CUDA, so no rank opens a context on GPU 0 by accident."""
+    if not under_torchrun():
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.set_device(current().local_rank % torch.cuda.device_count())
+
+
 def resolve_gpus(text: str, available: int) -> int:
     """``--gpus N|all`` -> a process count. Without CUDA, N CPU processes (gloo) are allowed, 'all' is not."""
     text = text.strip().lower()
