@@ -4,7 +4,7 @@ The sequence is split over the ranks of a process group. With causal masking a p
 (the last rank's queries see every key, the first rank's almost none), so the sequence is cut into
 ``2 * world`` chunks and rank r holds chunks r and 2*world-1-r (zig-zag): every rank then does the same work.
 
-``ring_attention`` (provider ``ring-fa2``): each rank keeps its Q shard and passes its K/V shard around the
+``ring_attention`` (method ``ring-fa2``): each rank keeps its Q shard and passes its K/V shard around the
 ring with asynchronous point-to-point sends (``batch_isend_irecv``). At step s a rank holds the K/V of rank
 (r - s) mod world; it starts sending that K/V on to rank r+1 and receiving the next one from rank r-1, then
 runs the FlashAttention-2 forward on the block it holds while the transfer is in flight, and folds the
@@ -14,7 +14,7 @@ came from a lower rank, all local queries against its first chunk; from a higher
 chunk of queries against all of it. The backward walks the same ring: dQ accumulates locally, and dK/dV
 accumulators travel with the K/V they belong to (fp32), arriving home after a full turn.
 
-``allgather_attention`` (provider ``allgather-fa2``): all-gather K and V, then each rank's two Q chunks
+``allgather_attention`` (method ``allgather-fa2``): all-gather K and V, then each rank's two Q chunks
 attend to the keys before them (bottom-right-aligned causal masking makes a prefix exactly right); the
 backward reduce-scatters dK and dV. Simple, and its memory grows with the whole sequence.
 """
