@@ -224,7 +224,10 @@ def _sharded_sweep(spec, chosen, opts, peaks, out, resume, gpus) -> None:
             report = dsweep.rank_main(
                 spec.points(chosen), out, resume, lambda: runner.collect_meta(spec, chosen, opts, peaks),
                 lambda p: runner.run_point(p, opts, {d: pk.tflops for d, pk in peaks.items()}))
-            if report is not None:
+            if report is not None:  # rank 0: the merged run's summary
+                from fa2bench.results import load_run
+
+                _print_summary(load_run(out))
                 console.print(shard.describe(report, out), highlight=False)
             code = 1 if report is not None and report.missing else 0
     except (launch.LaunchError, shard.ShardError) as exc:
