@@ -8,6 +8,11 @@ unless ``extend``), writes meta.json, runs the points (rows appended as they fin
 ceilings and records completion. Ctrl-C or SIGTERM ends a sweep early: the points done are kept and the ``Run``
 says ``complete=False``.
 
+A sharded sweep (``gpus=N``, ``fa2bench sweep --gpus N``) goes through the same two steps: ``plan_sweep``
+resolves it once and ``execute`` runs it as ``fa2bench sweep`` on N ranks under torchrun, then merges one
+folder; a process started by torchrun (``torchrun -m fa2bench sweep ...``) plans as a rank and runs its share
+of the points (``fa2bench.distributed``), with the same checks, metadata and worker isolation as one process.
+
 Reading, plotting, reporting, comparing and exporting never import torch or Triton.
 """
 from __future__ import annotations
@@ -29,6 +34,8 @@ from fa2bench.results import CSV_NAME, META_NAME, PARQUET_NAME, Damage, ResultsE
 
 if TYPE_CHECKING:
     from fa2bench.compare import Comparison
+    from fa2bench.distributed.launch import Rank
+    from fa2bench.distributed.shard import MergeReport
     from fa2bench.hardware import PeakInfo
     from fa2bench.plots import Plotted
 
@@ -43,6 +50,7 @@ class Run:
     path: Path
     frame: pd.DataFrame = field(repr=False)
     complete: bool = True
+    merged: "MergeReport | None" = None  # a sharded sweep (its launcher, or rank 0): how the ranks' rows merged
 
     @property
     def meta(self) -> dict:
@@ -67,10 +75,17 @@ class SweepPlan:
     peaks: dict[str, "PeakInfo"]
     run_options: dict[str, Any]  # check, warmup_ms, rep_ms, peak_tflops, ceilings, isolate, point_timeout, plugins
     extend: bool = False  # with resume: add a different sweep's points to the run
+    gpus: int | None = None  # shard the points over this many ranks, launched under torchrun
+    command: tuple[str, ...] = ()  # with gpus: the resolved sweep as the ranks' `fa2bench` arguments
+    rank: "Rank | None" = None  # this process is a rank of a torchrun job: it runs its share of the points
 
     @property
     def points(self) -> list[Point]:
         return self.spec.points(self.providers)
+
+    @property
+    def sharded(self) -> bool:
+        return self.gpus is not None or self.rank is not None
 
 
 @dataclass(frozen=True)
@@ -100,14 +115,16 @@ def slug(device_name: str | None) -> str:
 def plan_sweep(spec: SweepSpec | str | None = None, *, out: str | Path | None = None, resume: bool = False,
                extend: bool = False, **options) -> SweepPlan:
     """Resolve a sweep: ``spec`` (a SweepSpec, a preset name, or None: quick on a GPU, smoke without) with
-    ``options`` on top (the fields of ``fa2bench.config``: seqlen=[1024], provider=["fa2"], rep_ms=50, ...).
-    Raises ``SpecError`` (one line) for anything that cannot run."""
+    ``options`` on top (the fields of ``fa2bench.config``: seqlen=[1024], provider=["fa2"], rep_ms=50,
+    gpus=4, ...). Raises ``SpecError`` (one line) for anything that cannot run."""
     from fa2bench import device, hardware, providers
+    from fa2bench.distributed import launch
 
     options = config.normalise(options)
     out = options.pop("out", out)
     resume = bool(options.pop("resume", resume))
     extend = bool(options.pop("extend", extend))
+    gpus = options.pop("gpus", None)
     base = spec if spec is not None else ("quick" if device.has_cuda() else "smoke")
     resolved = config.spec_from(options, base)
     run_options = config.run_options(options)
@@ -121,19 +138,40 @@ def plan_sweep(spec: SweepSpec | str | None = None, *, out: str | Path | None = 
     for d in resolved.headdims:
         if not any(d <= providers.get(n).max_headdim for n in chosen):
             raise SpecError(f"head dim {d} is supported by none of the chosen providers ({', '.join(chosen)})")
-    _isolation(run_options, chosen, where)
+    outside = _isolation(run_options, chosen, where)
+    rank, command = None, ()
+    try:
+        if launch.under_torchrun():
+            if gpus is not None:
+                raise SpecError("--gpus starts torchrun, and this process already runs under torchrun: leave "
+                                "--gpus out (the job's ranks share the points)")
+            rank = launch.current()
+        elif gpus is not None:
+            gpus = launch.resolve_gpus(str(gpus), device.cuda_count())
+            if outside:
+                raise SpecError(f"provider {', '.join(outside)} is registered outside fa2bench, and the ranks of a "
+                                "sharded sweep (--gpus) run `fa2bench sweep`, which does not import it")
+    except launch.LaunchError as exc:
+        raise SpecError(str(exc)) from None
     unavailable = {n: why for n in chosen if (why := providers.get(n).availability(where))}
     device_name = hardware.cuda_device_name()
     peaks = {d: hardware.device_peak(device_name, d, run_options["peak_tflops"]) for d in resolved.dtypes}
-    return SweepPlan(resolved, chosen, unavailable, Path(out) if out else default_out(device_name), resume, where,
-                     device_name, peaks, run_options, extend)
+    out = Path(out) if out else default_out(device_name)
+    if gpus is not None:  # the ranks resolve exactly this sweep
+        given = {k: v for k, v in run_options.items() if k != "plugins" and v is not None}
+        command = ("sweep", *config.command_line({**config.spec_fields(resolved, chosen), **given, "out": out,
+                                                  **({"resume": True} if resume else {}),
+                                                  **({"extend": True} if extend else {})}))
+    return SweepPlan(resolved, chosen, unavailable, out, resume, where, device_name, peaks, run_options, extend,
+                     gpus, command, rank)
 
 
-def _isolation(run_options: dict, chosen: tuple[str, ...], where: str) -> None:
+def _isolation(run_options: dict, chosen: tuple[str, ...], where: str) -> list[str]:
     """Resolve ``isolate`` (default: a worker process on a GPU, in-process without one) and the ``plugins`` the
     worker imports first: the modules of providers registered outside fa2bench (``register_provider``). A
     provider defined in ``__main__`` (a notebook's, a script's) cannot be imported by a worker: by default such
-    a sweep runs in-process, and asking for isolation is a SpecError."""
+    a sweep runs in-process, and asking for isolation is a SpecError. Returns the providers registered outside
+    fa2bench."""
     from fa2bench import providers
 
     modules = {n: getattr(providers.get(n).make, "__module__", None) or "__main__" for n in chosen}
@@ -145,16 +183,22 @@ def _isolation(run_options: dict, chosen: tuple[str, ...], where: str) -> None:
                         "run it with --no-isolate (isolate=False), or register it in an importable module")
     run_options["plugins"] = tuple(sorted({m for m in modules.values()
                                            if m != "__main__" and m.split(".")[0] != "fa2bench"}))
+    return [n for n, m in modules.items() if m.split(".")[0] != "fa2bench"]
 
 
-def execute(plan: SweepPlan, on_point: OnPoint | None = None, on_start: OnStart | None = None) -> Run:
+def execute(plan: SweepPlan, on_point: OnPoint | None = None, on_start: OnStart | None = None,
+            on_message: Callable[[str], None] | None = None) -> Run:
     """Run a planned sweep into ``plan.out``; ``on_start(started)`` once the folder is checked, before the first
     point (``Started``: points already done, damaged rows dropped); ``on_point(point, row)`` after each point
     (row None when a resumed run already has it). Raises ``ResultsError`` when the folder cannot be written or
     holds a different sweep (without ``plan.extend``), and ``worker.WorkerError`` (after saving what finished)
-    when the worker process cannot start."""
+    when the worker process cannot start.
+
+    A sharded sweep reports through ``on_message`` (torchrun's command line, each rank's share and points, the
+    merge) instead of ``on_start``; its ``Run.merged`` (the launcher's, rank 0's) says what was merged and
+    which points are missing (then ``complete=False``: ``resume`` runs them)."""
     from fa2bench import hardware, runner
-    from fa2bench.results import RunWriter, count_done
+    from fa2bench.results import RunWriter, continue_meta, count_done, rerun_refused
     from fa2bench.worker import WorkerError
 
     opts = runner.RunOptions(device=plan.device, check=plan.run_options["check"],
@@ -162,12 +206,30 @@ def execute(plan: SweepPlan, on_point: OnPoint | None = None, on_start: OnStart 
                              peak_tflops=plan.run_options["peak_tflops"], isolate=plan.run_options["isolate"],
                              point_timeout_s=plan.run_options["point_timeout"],
                              plugins=plan.run_options.get("plugins", ()))
+    meta = runner.collect_meta(plan.spec, plan.providers, opts, plan.peaks)
+    peaks = {d: p.tflops for d, p in plan.peaks.items()}
+
+    def with_ceilings(meta: dict, resumed: bool) -> dict:
+        """A new run on a GPU records the achievable matmul and copy rates, for rooflines."""
+        if not resumed and plan.device == "cuda" and plan.run_options["ceilings"]:
+            meta["ceilings"] = hardware.measure_ceilings()
+        return meta
+
+    if plan.gpus is not None:  # launch the ranks; the folder is checked here first, as rank 0 will
+        from fa2bench.distributed import shard
+
+        if shard.has_results(plan.out) and not plan.resume:
+            raise ResultsError(rerun_refused(plan.out))
+        continue_meta(read_meta(plan.out) if plan.resume else {}, meta, plan.extend)
+        return _launch(plan, on_message or _quiet)
+    if plan.rank is not None:  # under torchrun: this rank's share
+        return _run_rank(plan, opts, peaks, lambda resumed: with_ceilings(meta, resumed), on_point,
+                         on_message or _quiet)
     # a resumed run keeps its first metadata and lists each continuation (and sweep); checked before the folder
     # is touched
-    writer = RunWriter.start(plan.out, runner.collect_meta(plan.spec, plan.providers, opts, plan.peaks),
-                             resume=plan.resume, extend=plan.extend)
-    if not writer.resumed and plan.device == "cuda" and plan.run_options["ceilings"]:
-        writer.meta["ceilings"] = hardware.measure_ceilings()  # achievable matmul and copy rates, for rooflines
+    writer = RunWriter.start(plan.out, meta, resume=plan.resume, extend=plan.extend)
+    if not writer.resumed:
+        with_ceilings(writer.meta, resumed=False)
         writer.save_meta()
     points = plan.points
     if on_start:
@@ -176,7 +238,7 @@ def execute(plan: SweepPlan, on_point: OnPoint | None = None, on_start: OnStart 
     complete, broken = True, None
     try:
         with _sigterm_as_interrupt():
-            runner.run_sweep(points, writer, opts, {d: p.tflops for d, p in plan.peaks.items()}, on_point=on_point)
+            runner.run_sweep(points, writer, opts, peaks, on_point=on_point)
     except KeyboardInterrupt:
         complete = False
     except WorkerError as exc:  # the worker process cannot even start: stop with what is finished saved
@@ -187,6 +249,48 @@ def execute(plan: SweepPlan, on_point: OnPoint | None = None, on_start: OnStart 
     frame = pd.DataFrame() if frame is None else frame
     frame.attrs.update(meta=writer.meta, run_dir=str(plan.out))
     return Run(plan.out, frame, complete)
+
+
+def _quiet(message: str) -> None:
+    pass
+
+
+def _launch(plan: SweepPlan, echo: Callable[[str], None]) -> Run:
+    """``plan.gpus`` ranks under torchrun, then the merged folder (after Ctrl-C too: what finished is kept)."""
+    from fa2bench.distributed import sweep as dsweep
+
+    code, merged = dsweep.launch_and_merge(plan.gpus, plan.out, plan.command, echo=echo)
+    if merged is None:
+        raise ResultsError(f"no rank wrote results in {plan.out} (torchrun exit status {code})")
+    if code:
+        echo(f"torchrun exited with status {code}")
+    run = Run.load(plan.out)
+    return Run(run.path, run.frame, complete=code != 130 and not merged.missing, merged=merged)
+
+
+def _run_rank(plan: SweepPlan, opts, peaks: dict, make_meta: Callable[[bool], dict], on_point: OnPoint | None,
+              echo: Callable[[str], None]) -> Run:
+    """This torchrun rank's share of the points (through the runner, isolated as planned); rank 0 merges."""
+    from fa2bench import runner
+    from fa2bench.distributed import sweep as dsweep
+
+    def run_share(points, writer, log_point) -> None:
+        def each(point, row):
+            log_point(point, row)
+            if on_point:
+                on_point(point, row)
+
+        runner.run_sweep(points, writer, opts, peaks, on_point=each)
+
+    try:
+        with _sigterm_as_interrupt():
+            merged = dsweep.rank_main(plan.points, plan.out, plan.resume, make_meta, run_share, plan.extend, echo)
+    except KeyboardInterrupt:
+        return Run(plan.out, pd.DataFrame(), complete=False)
+    if merged is None:  # not rank 0: rank 0 reports the merged run
+        return Run(plan.out, pd.DataFrame())
+    run = Run.load(plan.out)
+    return Run(run.path, run.frame, complete=not merged.missing, merged=merged)
 
 
 @contextlib.contextmanager

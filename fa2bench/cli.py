@@ -1,6 +1,6 @@
 """The fa2bench command line: thin Typer shells over the library (``fa2bench.api``, ``profile``, ``ncu``,
-``iostudy``, ``plots``, ``markdown``, ``compare``, ``export``, ``e2e``). Importing this module imports no torch:
-``fa2bench --help`` is quick. Bad input is one line on stderr and exit code 2.
+``iostudy``, ``plots``, ``markdown``, ``compare``, ``export``, ``e2e``, ``distributed``). Importing this module
+imports no torch: ``fa2bench --help`` is quick. Bad input is one line on stderr and exit code 2.
 """
 from __future__ import annotations
 
@@ -131,6 +131,8 @@ def sweep(
                                                          rich_help_panel=RUN)] = None,
     ceilings: Annotated[Optional[bool], typer.Option("--ceilings/--no-ceilings", help="Measure matmul and copy "
                         "ceilings into meta.json (GPU; default: measure).", rich_help_panel=RUN)] = None,
+    gpus: Annotated[Optional[str], typer.Option(help="Shard the points over N GPUs (or 'all') under torchrun, "
+                    "one merged results folder (docs/multigpu.md).", rich_help_panel=RUN)] = None,
 ):
     """Sweep shapes x providers x modes x dtypes; check, time and write one row per point."""
     from fa2bench import api
@@ -142,33 +144,91 @@ def sweep(
                            tokens=tokens, heads=heads, hidden=hidden, kv_heads=kv_heads, causal=causal, dtype=dtype,
                            mode=mode, provider=provider, out=out_dir, resume=resume, extend=extend, check=check,
                            isolate=isolate, point_timeout=point_timeout, warmup_ms=warmup_ms, rep_ms=rep_ms,
-                           peak_tflops=peak_tflops, ceilings=ceilings)
+                           peak_tflops=peak_tflops, ceilings=ceilings, gpus=gpus)
     try:
         options = sweep_config.merge(sweep_config.load(config) if config else {},
                                      {k: getattr(v, "value", v) for k, v in given.items()})
         plan = api.plan_sweep(**options)
     except SpecError as exc:
         fail(str(exc))
+    leader = plan.rank is None or plan.rank.is_leader  # under torchrun, rank 0 speaks for the run
     for name, why in plan.unavailable.items():
-        out(stderr=True).print(f"[yellow]note:[/] provider {name} is unavailable here ({why}); its points are "
-                               "recorded as unsupported", highlight=False)
+        if leader:
+            out(stderr=True).print(f"[yellow]note:[/] provider {name} is unavailable here ({why}); its points are "
+                                   "recorded as unsupported", highlight=False)
     console = out()
-    if plan.device == "cpu":
+    if plan.device == "cpu" and leader:
         _no_gpu(console, "Triton kernels run through the CPU interpreter and PyTorch on the CPU")
     try:
-        run = _run_with_progress(plan, console)
+        if plan.sharded:  # --gpus N, or a rank under torchrun: log lines instead of a progress bar
+            run = api.execute(plan, on_message=lambda line: console.print(line, markup=False, highlight=False,
+                                                                           soft_wrap=True))
+        else:
+            run = _run_with_progress(plan, console)
     except ResultsError as exc:
         fail(str(exc))
     except WorkerError as exc:  # the worker process cannot even start
         fail(f"{exc}; finished points are saved in {plan.out}")
-    if len(run.frame):
+    if not leader:
+        raise typer.Exit(0 if run.complete else 130)
+    if len(run.frame) and plan.gpus is None:  # a launcher leaves the summary to rank 0
         _print_summary(run.frame, console)
         _warn_throttled(run.frame)
+    if run.merged is not None:
+        from fa2bench.distributed.shard import describe
+
+        console.print(describe(run.merged, run.path), markup=False, highlight=False)
+        if run.merged.missing:
+            raise typer.Exit(1)
     if not run.complete:
         out(stderr=True).print(f"interrupted: finished points are saved in {run.path}; continue with "
                                f"--out {run.path} --resume", highlight=False)
         raise typer.Exit(130)
     console.print(f"results: {run.path}", highlight=False)
+
+
+@app.command()
+def ring(
+    gpus: Annotated[str, typer.Option(help="GPU counts, one torchrun job each: 1,2,4.", rich_help_panel=RUN)] = "1,2,4",
+    seqlen: Annotated[Optional[str], typer.Option(help="Sequence lengths over all GPUs, e.g. 65536..262144 (the "
+                      "default) or 65536,131072.", rich_help_panel=SHAPE)] = None,
+    batch: Annotated[Optional[int], typer.Option(help="Batch size (default 1).", rich_help_panel=SHAPE)] = None,
+    heads: Annotated[Optional[int], typer.Option(help="Query heads (default 16).", rich_help_panel=SHAPE)] = None,
+    kv_heads: Annotated[Optional[int], typer.Option(help="Key/value heads for GQA (default: = heads).",
+                                                    rich_help_panel=SHAPE)] = None,
+    headdim: Annotated[Optional[int], typer.Option(help="Head dimension (default 128).",
+                                                   rich_help_panel=SHAPE)] = None,
+    dtype: Annotated[Optional[str], typer.Option(help="Dtypes: fp16, bf16, fp32 (default bf16).",
+                                                 rich_help_panel=SHAPE)] = None,
+    causal: Annotated[Optional[Causal], typer.Option(help="Causal masking (default on).",
+                                                     rich_help_panel=SHAPE)] = None,
+    mode: Annotated[Optional[str], typer.Option(help="Passes: fwd, fwd_bwd (default both).",
+                                                rich_help_panel=SHAPE)] = None,
+    method: Annotated[Optional[str], typer.Option(help="Methods: ring-fa2, allgather-fa2, cp-sdpa (default: all).",
+                                                  rich_help_panel=RUN)] = None,
+    reps: Annotated[Optional[int], typer.Option(help="Timed calls per point (default 3).", rich_help_panel=RUN)] = None,
+    warmup: Annotated[Optional[int], typer.Option(help="Untimed calls first (default 1).", rich_help_panel=RUN)] = None,
+    impl: Annotated[Optional[str], typer.Option(help="Block kernel: fa2 (default with CUDA) or ref (PyTorch; the "
+                    "default without).", rich_help_panel=RUN)] = None,
+    tune: Annotated[bool, typer.Option("--tune/--no-tune", help="Autotune fa2 on every world size (default: its "
+                    "first config, no tuning).", rich_help_panel=RUN)] = False,
+    out_dir: Annotated[Path, typer.Option("--out", help="Results folder (ring.csv, scaling.csv, scaling.png).",
+                                          rich_help_panel=OUTPUT)] = Path("results/ring"),
+):
+    """Context-parallel attention over GPUs: ring-fa2 against all-gather K/V and PyTorch's context_parallel
+    (time, TFLOP/s per GPU, scaling efficiency, communication hidden; docs/multigpu.md)."""
+    from fa2bench.distributed import ringbench
+
+    console = out()
+    try:
+        code = ringbench.scaling_run(gpus, out_dir, dict(
+            seqlen=seqlen, batch=batch, heads=heads, kv_heads=kv_heads, headdim=headdim, dtype=dtype,
+            causal=causal.value if causal else None, mode=mode, method=method, reps=reps, warmup=warmup, impl=impl,
+            tune=tune), echo=lambda line: console.print(line, markup=False, highlight=False))
+    except SpecError as exc:
+        fail(str(exc))
+    if code:
+        raise typer.Exit(code)
 
 
 def _run_with_progress(plan, console):

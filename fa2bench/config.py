@@ -11,7 +11,11 @@ Fields (a file may spell them with dashes, as on the command line):
 - ``causal``: ``"off"``, ``"on"``, ``"both"`` or a boolean;
 - ``dtype``, ``mode``, ``provider``: a list of names or comma-separated text;
 - run options ``check``, ``warmup_ms``, ``rep_ms``, ``peak_tflops``, ``ceilings``, ``isolate`` (None: on with a
-  GPU, off without one), ``point_timeout`` (seconds); and ``out``, ``resume``, ``extend``.
+  GPU, off without one), ``point_timeout`` (seconds); and ``out``, ``resume``, ``extend``;
+- ``gpus``: a number or ``"all"``: shard the points over that many GPUs under torchrun (``fa2bench.distributed``).
+
+A sharded sweep's ranks get the resolved sweep back as ``fa2bench sweep`` arguments (``spec_fields`` and
+``command_line``), so each rank resolves exactly the sweep that was planned.
 
 Sizes no machine can hold are refused here too (``memory.check_sizes``), before anything runs.
 """
@@ -32,7 +36,8 @@ NAME_LISTS = {"dtype": "dtypes", "mode": "modes", "provider": "providers"}
 CAUSAL = {"off": (False,), "on": (True,), "both": (False, True)}
 RUN_OPTIONS = {"check": True, "warmup_ms": 25.0, "rep_ms": 100.0, "peak_tflops": None, "ceilings": True,
                "isolate": None, "point_timeout": 600.0}
-FIELDS = ("preset", *INT_LISTS, "tokens", "hidden", "causal", *NAME_LISTS, *RUN_OPTIONS, "out", "resume", "extend")
+FIELDS = ("preset", *INT_LISTS, "tokens", "hidden", "causal", *NAME_LISTS, *RUN_OPTIONS, "out", "resume", "extend",
+          "gpus")
 
 
 def _option(name: str) -> str:
@@ -139,6 +144,36 @@ def run_options(options: Mapping[str, Any]) -> dict:
     if isinstance(out["point_timeout"], bool) or not (timeout > 0 and math.isfinite(timeout)):
         raise SpecError("--point-timeout must be a positive number of seconds")
     return {**out, "warmup_ms": warmup, "rep_ms": rep, "peak_tflops": peak, "point_timeout": timeout}
+
+
+def spec_fields(spec: SweepSpec, providers: tuple[str, ...] | None = None) -> dict:
+    """The fields that describe ``spec`` whatever the base (``spec_from(spec_fields(spec), any preset)`` is
+    ``spec``), with ``providers`` (default: the spec's) as its provider list."""
+    causal = next((k for k, v in CAUSAL.items() if v == tuple(spec.causal)), None)
+    if causal is None:
+        raise SpecError(f"causal {spec.causal!r} has no option value (off, on or both)")
+    fields = {"seqlen": spec.seqlens, "headdim": spec.headdims, "causal": causal, "dtype": spec.dtypes,
+              "mode": spec.modes, "provider": providers if providers is not None else spec.providers}
+    fields.update({"batch": spec.batch} if spec.batch else {"tokens": spec.tokens})
+    fields.update({"heads": spec.heads} if spec.heads else {"hidden": spec.hidden})
+    fields.update({k: v for k, v in (("seqlen_k", spec.seqlens_k), ("kv_heads", spec.kv_heads)) if v})
+    return {k: v for k, v in fields.items() if v not in ((), None)}
+
+
+def command_line(options: Mapping[str, Any]) -> list[str]:
+    """``options`` (fields) as ``fa2bench sweep`` arguments: ``--seqlen 64,97``, ``--no-check``, ``--out DIR``."""
+    args: list[str] = []
+    for key, value in normalise(options).items():
+        value = getattr(value, "value", value)  # a CLI Enum
+        if isinstance(value, bool) and key != "causal":
+            args.append(f"--{_option(key)}" if value else f"--no-{_option(key)}")
+            continue
+        if isinstance(value, bool):
+            value = "on" if value else "off"
+        elif isinstance(value, (list, tuple)):
+            value = ",".join(str(getattr(v, "value", v)) for v in value)
+        args += [f"--{_option(key)}", str(value)]
+    return args
 
 
 def merge(base: Mapping[str, Any], given: Mapping[str, Any]) -> dict:

@@ -26,6 +26,13 @@ def has_cuda() -> bool:
     return torch.cuda.is_available()
 
 
+def cuda_count() -> int:
+    """How many CUDA GPUs torch sees here (0 without CUDA)."""
+    import torch
+
+    return torch.cuda.device_count() if has_cuda() else 0
+
+
 def name() -> str:
     """"cuda" or "cpu": where sweeps run."""
     return "cuda" if has_cuda() else "cpu"

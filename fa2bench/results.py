@@ -63,8 +63,7 @@ class RunWriter:
         except OSError as exc:
             raise ResultsError(f"cannot write to results folder {self.out_dir}: {exc.strerror or exc}") from None
         if self.csv_path.exists() and not resume:
-            raise ResultsError(f"{self.out_dir} already holds results; pass --resume to continue it, "
-                               "or choose another --out")
+            raise ResultsError(rerun_refused(self.out_dir))
         self.dropped: list[Damage] = repair_csv(self.csv_path) if resume else []
         self.done = _finished_keys(self.csv_path, key or row_key) if resume else set()
 
@@ -117,6 +116,11 @@ class RunWriter:
                          complete=complete)
         self.save_meta()
         return frame
+
+
+def rerun_refused(out_dir: Path) -> str:
+    """Why a run may not write into ``out_dir``, which already holds results, without --resume."""
+    return f"{out_dir} already holds results; pass --resume to continue it, or choose another --out"
 
 
 def _cell(value):

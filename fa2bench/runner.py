@@ -185,7 +185,9 @@ def run_sweep(points: Iterable[Point], writer: RunWriter, opts: RunOptions, devi
     if opts.isolate:
         from fa2bench.worker import Worker
 
-        worker = Worker(opts.plugins)
+        # the worker uses this process's GPU (a torchrun rank's own, say), not GPU 0
+        pinned = torch.cuda.current_device() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+        worker = Worker(opts.plugins, cuda_device=pinned)
     try:
         for point in points:
             if point.key() in writer.done:

@@ -31,8 +31,10 @@ class WorkerError(Exception):
 class Worker:
     """A reusable child process that runs ``runner.run_point``; see the module docstring."""
 
-    def __init__(self, plugins: tuple[str, ...] = (), start_timeout_s: float = START_TIMEOUT_S):
+    def __init__(self, plugins: tuple[str, ...] = (), start_timeout_s: float = START_TIMEOUT_S,
+                 cuda_device: int | None = None):
         self.plugins = tuple(plugins)
+        self.cuda_device = cuda_device  # the child's current CUDA device (a torchrun rank's GPU); None: default
         self.start_timeout_s = start_timeout_s
         self.starts = 0
         self._ctx = multiprocessing.get_context("spawn")
@@ -81,7 +83,8 @@ class Worker:
         parent, child = self._ctx.Pipe()
         # not a daemon: providers may start processes of their own (torch.compile's compile workers); the
         # runner closes the worker when the sweep ends, and the child exits when the parent's pipe closes
-        self._proc = self._ctx.Process(target=_serve, args=(child, self.plugins), name="fa2bench-worker")
+        self._proc = self._ctx.Process(target=_serve, args=(child, self.plugins, self.cuda_device),
+                                       name="fa2bench-worker")
         self._proc.start()
         child.close()
         self._conn = parent
@@ -133,10 +136,14 @@ class Worker:
         self._kill()
 
 
-def _serve(conn, plugins: tuple[str, ...]) -> None:
+def _serve(conn, plugins: tuple[str, ...], cuda_device: int | None = None) -> None:
     """The child: run points until told to stop (None) or until its CUDA context is broken."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent decides
     try:
+        if cuda_device is not None:  # before anything touches CUDA
+            import torch
+
+            torch.cuda.set_device(cuda_device)
         for module in plugins:
             importlib.import_module(module)
         from fa2bench import runner

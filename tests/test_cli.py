@@ -21,7 +21,7 @@ def invoke(*args):
 def test_help_lists_the_commands():
     result = invoke("--help")
     assert result.exit_code == 0
-    for command in ("sweep", "providers", "info", "profile", "plot", "report", "compare", "export", "e2e"):
+    for command in ("sweep", "providers", "info", "profile", "plot", "report", "compare", "export", "e2e", "ring"):
         assert command in result.output
     assert "--install-completion" in result.output
 

@@ -118,3 +118,21 @@ def test_the_committed_sweep_files_are_valid(path):
     spec = config.spec_from({k: v for k, v in options.items() if k not in config.RUN_OPTIONS}, SMOKE)
     config.run_options(options)
     assert spec.points()
+
+
+@pytest.mark.parametrize("spec", [*PRESETS.values(), config.spec_from(
+    {"seqlen": [64], "seqlen_k": [128], "batch": [1, 2], "heads": [4], "kv_heads": [1, 2], "causal": "on",
+     "dtype": ["tf32"], "mode": ["fwd"], "provider": ["fa2", "naive"]}, SMOKE)])
+@pytest.mark.parametrize("base", list(PRESETS))
+def test_a_specs_fields_describe_it_on_any_base(spec, base):
+    assert config.spec_from(config.spec_fields(spec), base) == spec  # what a sharded sweep's ranks rebuild
+    with_providers = config.spec_from(config.spec_fields(spec, ("naive",)), base)
+    assert with_providers.providers == ("naive",)
+
+
+def test_fields_as_command_line_arguments():
+    args = config.command_line({"seqlen": (64, 97), "causal": "both", "check": False, "isolate": True,
+                                "rep_ms": 2.0, "out": REPO / "x", "provider": ["fa2"]})
+    assert args == ["--seqlen", "64,97", "--causal", "both", "--no-check", "--isolate", "--rep-ms", "2.0",
+                    "--out", str(REPO / "x"), "--provider", "fa2"]
+    assert config.command_line({"causal": True}) == ["--causal", "on"]

@@ -1,0 +1,13 @@
+"""fa2bench beyond one GPU, on PyTorch's own distributed engine (torch.distributed, NCCL or gloo, torchrun).
+
+- ``launch``: the torchrun environment (rank, world size), starting ``torchrun`` for ``--gpus N``, and the
+  environment every process fa2bench starts runs under (NVLink multicast kept off).
+- ``shard``: a sweep's points spread over ranks by estimated cost, one results file per rank, and the merge
+  into one results folder that names the points no rank finished.
+- ``blocks``: attention on one (Q block, K/V block) pair returning the output *and* its log-sum-exp, and its
+  backward given the final output and log-sum-exp: what ring attention is built from.
+- ``ring``: context-parallel attention over ranks: zig-zag sharding, ring attention (``ring-fa2``), the
+  all-gather-K/V baseline and PyTorch's ``context_parallel`` over SDPA (``cp-sdpa``).
+- ``ringbench``: the context-parallel scaling benchmark (time, TFLOP/s per GPU, scaling efficiency,
+  communication hidden, memory per GPU) and its figure.
+"""
