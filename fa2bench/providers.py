@@ -39,6 +39,8 @@ class Provider:
     requires: str | None = None  # a module that must be importable
     config: Callable[[], str] = field(default=lambda: "")  # the autotuned config of the latest launch
     module: str | None = None  # the fa2bench.kernels module with its Triton kernels (fa2bench's own providers)
+    rung: int | None = None  # place on the FA1 -> FA2 ablation ladder (1..7; fa1-split is 2, a side step)
+    function: str | None = None  # the public fa2bench.kernels function of one of fa2bench's own providers
 
     def availability(self, device: str) -> str | None:
         """None if usable on ``device`` ("cuda" or "cpu"), else why not."""
@@ -105,6 +107,11 @@ def kernel_module(name: str):
     return _kernel_module(module)
 
 
+def ladder() -> tuple[str, ...]:
+    """The providers of the FA1 -> FA2 ablation ladder, ordered by rung (docs/ablation-kernels.md)."""
+    return tuple(sorted((n for n, p in REGISTRY.items() if p.rung is not None), key=lambda n: REGISTRY[n].rung))
+
+
 def triton_providers() -> tuple[str, ...]:
     """The providers whose kernels are fa2bench's own Triton kernels."""
     return tuple(n for n, p in REGISTRY.items() if p.module is not None)
@@ -115,7 +122,7 @@ def _ours(module: str, function: str, **kwargs):
         fn = getattr(importlib.import_module("fa2bench.kernels"), function)
         return functools.partial(_call_kernel, fn, shape.causal)
 
-    register(kind="ours", devices=frozenset({"cuda", "cpu"}), module=module,
+    register(kind="ours", devices=frozenset({"cuda", "cpu"}), module=module, function=function,
              config=lambda: _kernel_module(module).last_config(), **kwargs)(make)
 
 
@@ -124,9 +131,20 @@ def _call_kernel(fn, causal, q, k, v):
 
 _ours("naive", "naive_attention", name="naive", label="Naive (Triton)", color="#7f7f7f",
       description="standard attention in Triton kernels that write S and P to HBM")
-_ours("flash1", "flash1_attention", name="fa1", label="FlashAttention-1 (Triton)", color="#1f77b4",
+_ours("flash1", "flash1_attention", name="fa1", label="FlashAttention-1 (Triton)", color="#1f77b4", rung=1,
       description="FlashAttention-1's algorithm in Triton: K/V outer loop, parallel over batch x heads")
-_ours("flash2", "flash2_attention", name="fa2", label="FlashAttention-2 (Triton)", color="#d62728",
+_ours("flash1", "flash1_split_attention", name="fa1-split", label="FlashAttention-1 as released (Triton)",
+      color="#aec7e8", rung=2,
+      description="fa1 split over extra programs when batch x heads is small, with flash-attn v1's heuristics")
+_ours("ladder", "r3_attention", name="r3-swap", label="R3: Q outer loop", color="#c5b0d5", rung=3,
+      description="ablation rung 3: Q blocks outer, K/V inner, O on chip, normalised every step, b x h grid")
+_ours("ladder", "r4_attention", name="r4-defer", label="R4: + deferred normalisation", color="#9edae5", rung=4,
+      description="ablation rung 4: rung 3 + unscaled accumulator, one division at the end, log-sum-exp only")
+_ours("ladder", "r5_attention", name="r5-seqpar", label="R5: + sequence parallelism", color="#dbdb8d", rung=5,
+      description="ablation rung 5: rung 4 + grid over Q blocks (fwd, dQ) and K/V blocks (dK, dV); untuned FA2")
+_ours("ladder", "r6_attention", name="r6-skip", label="R6: + causal block skipping", color="#f7b6d2", rung=6,
+      description="ablation rung 6: rung 5 + causal blocks skipped, unmasked off-diagonal blocks")
+_ours("flash2", "flash2_attention", name="fa2", label="FlashAttention-2 (Triton)", color="#d62728", rung=7,
       description="FlashAttention-2's algorithm in Triton: sequence parallel, deferred rescaling")
 
 
