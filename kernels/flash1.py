@@ -2,11 +2,14 @@
 Dao, Fu, Ermon, Rudra, Ré, "FlashAttention: Fast and Memory-Efficient Exact Attention with IO-Awareness" (2022),
 kept faithful in loop order and parallelism, so that the suite can measure what FlashAttention-2 changes.
 
-    o = flash1_attention(q, k, v, causal=False, sm_scale=None)
+    o = flash1_attention(q, k, v, causal=False, sm_scale=None, tf32=False)        # Algorithm 1 as published
+    o = flash1_split_attention(q, k, v, causal=False, sm_scale=None, tf32=False)  # as released (flash-attn v1)
 
 q: (batch, heads, seqlen_q, headdim); k, v: (batch, kv_heads, seqlen_k, headdim), any strides; GQA/MQA (query
 head h reads kv head h // (heads // kv_heads)); headdim 1..256 (padded to BLOCK_D, a power of two >= 16);
-fp16, bf16, fp32 (fp32 tl.dot runs as tf32 on the GPU); fp32 accumulation; differentiable.
+fp16, bf16, fp32 (IEEE fp32 dot products unless tf32=True); fp32 accumulation; differentiable; sm_scale finite
+and positive (default headdim ** -0.5). Shared pieces (tile I/O with 64-bit row offsets, the Delta kernel, config
+machinery) live in kernels/_common.py.
 
 Forward (Algorithm 1). One program per (batch, head), nothing else in parallel. The OUTER loop runs over K/V
 blocks j (K_j, V_j loaded once and kept on chip), the INNER loop over Q blocks i. For each (j, i) the program
@@ -38,6 +41,20 @@ block later. Triton does not order a global store and a later global load betwee
 program (the load may use another layout than the store; triton-lang/triton issue #10924), so a
 tl.debug_barrier() ends every K/V block: within one K/V block each Q block is read and written once, and the
 barrier orders those writes before the next block's reads.
+
+fa1-split (flash1_split_attention): FlashAttention-1 as released, the honest baseline for "FA2 vs FA1". The
+flash-attn v1 CUDA code splits the same algorithm over extra thread blocks when batch x heads is small. Read:
+Dao-AILab/flash-attention v1, csrc/flash_attn/src/fmha_fwd_launch_template.h (num_splits_heuristic_fwd,
+run_fmha_fwd_loop) and fmha_bwd_launch_template.h (num_splits_heuristic_bwd, run_fmha_bwd_loop). Implemented here:
+the forward grid is (batch * heads, splits), splits = fwd_splits(): the fewest splits (1..min(30, Q blocks)) whose
+wave efficiency n_waves / ceil(n_waves) is within 95% of the best, as v1 (whose max_splits expression,
+"seqlen_q + M - 1 / M", is min(30, seqlen_q + M) by precedence; we use the intended Q-block count); each split
+runs the loop nest above over a contiguous share of the Q blocks (our choice: the stored v1 sources did not show
+the kernel's assignment). The backward is v1's choice between no split and one program per K/V block
+(bwd_splits(): wave efficiency, discounted by 1 + BLOCK_N / seqlen_k, causal by half that and always from 10
+blocks); with a split, every program adds its dS K to a zeroed fp32 dQ buffer with atomics (v1's dq_tmp, so dQ is
+not bit-reproducible) that is scaled and cast after the kernel. CTAs per SM are taken as 1 (v1 asks CUDA's
+occupancy calculator; Triton has no occupancy before compiling); SMs are the GPU's (132 without a GPU).
 
 Differences from its neighbour, kernels/flash2.py (FlashAttention-2): FA2 is parallel over Q blocks too (grid
 over batch * heads * Q blocks), puts Q in the OUTER loop and K/V in the inner one, keeps an unscaled

@@ -42,8 +42,16 @@ that are not powers of two are padded to ``BLOCK_D = max(16, next_power_of_2(hea
 Forward and both backward kernels are autotuned per head dim (keys: head dim, causal, dtype and the power-of-
 two bucket of each sequence length; sequence lengths stay runtime ints, so no recompiles per length).
 
+The ablation ladder's rungs 3-6 (kernels/ladder.py) are these kernels with compile-time switches turned off:
+``DEFER`` (off: the accumulator stays normalised, rescaled by l_old / l_new every block as FA1 does, and m and l
+are stored separately, backward recomputing P = exp2(s - m) / l), ``SEQ_PAR`` (off: one program per (batch, head)
+walks its Q blocks, and per (batch, kv head) its K/V blocks in the backward) and ``SKIP`` (off: every block is
+visited and masked under causal masking, no unmasked fast path). FA2 runs with all three on. Tile I/O with 64-bit
+row offsets, the Delta kernel and the config machinery are shared with the other kernels (kernels/_common.py).
+fp32 inputs run IEEE fp32 dot products unless ``tf32=True``; ``sm_scale`` must be finite and positive.
+
 Not supported: dropout, ALiBi or any attention bias, sliding windows / local attention, softcapping,
-variable-length (packed) batches, paged or cached KV, returning the LSE or the softmax, FP8, negative
+variable-length (packed) batches, paged or cached KV, returning the LSE or the softmax, FP8, zero or negative
 ``sm_scale``. The Hopper-only paths of Triton's tutorial (tensor descriptors / TMA, warp specialisation) are
 deliberately not used: plain pointer loads with masks only, Triton >= 3.6.
 

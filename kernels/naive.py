@@ -55,10 +55,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (LOG2E as _LOG2E, check_inputs, check_scale, config_forcer, describe_config, dot_precision,
+from ._common import (LOG2E, check_inputs, check_scale, config_forcer, describe_config, dot_precision,
                       interpreting, tune_bench)
 
-LOG2E = tl.constexpr(_LOG2E)  # exp(x) = exp2(x · log2 e)
 
 # Shape classes of the five matmuls, part of the autotune key (each prefers other tiles and layouts).
 QK, PV, PTV = 0, 1, 2  # S, dP: reduce over head dim | O, dQ: reduce over keys | dV, dK: over queries (Pᵀ)
