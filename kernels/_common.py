@@ -135,6 +135,18 @@ def dot_precision(dtype: torch.dtype, tf32: bool) -> str:
     return "tf32"
 
 
+# IEEE fp32 dot products run on FMA units, not tensor cores: Triton keeps both operands in registers and unrolls the
+# product, so large tiles spill and take minutes to compile (an fa2 forward at 128 x 64 x 128: about 2 minutes).
+# For fp32 inputs without tf32, the kernels keep tiles of at most this many scores and only the first such config.
+IEEE_MAX_TILE = 64 * 64
+
+
+def ieee_configs(configs, block_m="BLOCK_M", block_n="BLOCK_N"):
+    """The configs an IEEE-fp32 launch may use: the first one whose score tile is at most IEEE_MAX_TILE."""
+    small = [c for c in configs if c.kwargs[block_m] * c.kwargs[block_n] <= IEEE_MAX_TILE]
+    return small[:1]
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Config machinery shared by the kernel modules: autotuned, forced, or (interpreter) the first pruned config
 

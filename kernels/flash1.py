@@ -78,8 +78,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (LOG2E, Launcher, block_d, check_inputs, check_scale, dot_precision, launch_preprocess,
-                      load_tile, store_tile, tile_ptrs, tune_bench)
+from ._common import (LOG2E, Launcher, block_d, check_inputs, check_scale, dot_precision, ieee_configs,
+                      launch_preprocess, load_tile, store_tile, tile_ptrs, tune_bench)
 
 # ----------------------------------------------------------------------------------------------------------------
 # Forward inner loop: one K/V block j against the Q blocks [lo, hi)
@@ -194,23 +194,25 @@ def _smem_bwd(t, block_d, esize):
             + block_m * block_n * esize + block_n * block_d * 2)
 
 
-def _keep(configs, space, smem, block_d, esize):
+def _keep(configs, space, smem, block_d, esize, precision):
     by_shape = {_shape_of(c): c for c in configs}
     kept = [by_shape[t] for t in space[_bucket(block_d)]
             if t in by_shape and smem(t, block_d, esize) <= _SMEM_BUDGET]
+    if precision == "ieee":  # FMA dot products: one small config (_common.IEEE_MAX_TILE)
+        kept = ieee_configs(kept)
     return kept or [c for c in configs if _shape_of(c) == _FALLBACK]
 
 
 def _prune_fwd_configs(configs, named_args, **kwargs):
     """The forward's configs for this head-dim bucket that fit in shared memory at this dtype."""
     args = {**named_args, **kwargs}
-    return _keep(configs, _FWD_SPACE, _smem_fwd, args["BLOCK_D"], args["Q"].element_size())
+    return _keep(configs, _FWD_SPACE, _smem_fwd, args["BLOCK_D"], args["Q"].element_size(), args.get("DOT_PRECISION"))
 
 
 def _prune_bwd_configs(configs, named_args, **kwargs):
     """The backward's configs for this head-dim bucket that fit in shared memory at this dtype."""
     args = {**named_args, **kwargs}
-    return _keep(configs, _BWD_SPACE, _smem_bwd, args["BLOCK_D"], args["Q"].element_size())
+    return _keep(configs, _BWD_SPACE, _smem_bwd, args["BLOCK_D"], args["Q"].element_size(), args.get("DOT_PRECISION"))
 
 
 # ----------------------------------------------------------------------------------------------------------------

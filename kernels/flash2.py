@@ -68,8 +68,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (LOG2E, Launcher, block_d, check_inputs, check_scale, dot_precision, launch_preprocess,
-                      load_tile, store_tile, tile_ptrs, tune_bench)
+from ._common import (LOG2E, Launcher, block_d, check_inputs, check_scale, dot_precision, ieee_configs,
+                      launch_preprocess, load_tile, store_tile, tile_ptrs, tune_bench)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -511,7 +511,11 @@ def pruned(kernel: str, configs: list[triton.Config], headdim: int, elt: int = 2
 def early_prune(kernel):
     def prune(configs, named_args, **kwargs):
         args = {**named_args, **kwargs}
-        return pruned(kernel, configs, args["HEAD_DIM"], args["Q"].element_size())
+        elt = args["Q"].element_size()
+        if args.get("DOT_PRECISION") == "ieee":  # FMA dot products: one small config (_common.IEEE_MAX_TILE)
+            return ieee_configs(pruned(kernel, configs, args["HEAD_DIM"], elt, limit=len(configs))) or [
+                _FALLBACK[kernel]]
+        return pruned(kernel, configs, args["HEAD_DIM"], elt)
     prune.__name__ = f"prune_{kernel}"
     return prune
 

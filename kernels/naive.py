@@ -56,7 +56,7 @@ import triton
 import triton.language as tl
 
 from ._common import (LOG2E, check_inputs, check_scale, config_forcer, describe_config, dot_precision,
-                      interpreting, tune_bench)
+                      ieee_configs, interpreting, tune_bench)
 
 
 # Shape classes of the five matmuls, part of the autotune key (each prefers other tiles and layouts).
@@ -132,8 +132,10 @@ def _matmul_space(configs, m_bucket: int, n_bucket: int, k_bucket: int, elem_byt
 def _prune_matmul_configs(configs, named_args, **kwargs):
     """Named early_config_prune filter of the matmul autotuner (the key is a function of its inputs)."""
     args = {**named_args, **kwargs}
-    return _matmul_space(configs, args["M_BUCKET"], args["N_BUCKET"], args["K_BUCKET"],
-                         args["A"].element_size())
+    kept = _matmul_space(configs, args["M_BUCKET"], args["N_BUCKET"], args["K_BUCKET"], args["A"].element_size())
+    if args.get("DOT_PRECISION") == "ieee":  # FMA dot products: one small config (_common.IEEE_MAX_TILE)
+        kept = ieee_configs(kept)
+    return kept
 
 
 def configs(headdim: int) -> dict[str, list[triton.Config]]:
