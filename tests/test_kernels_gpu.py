@@ -17,11 +17,17 @@ GPU_SHAPES = [
 ]
 
 
+# the ladder's rungs without sequence parallelism (same kernels as fa2's, which run every shape)
+ONE_PROGRAM_PER_HEAD = {"r3-swap", "r4-defer"}
+
+
 @pytest.mark.parametrize("shape", GPU_SHAPES, ids=shape_id)
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("kernel", KERNELS)
 def test_gpu_output_and_gradients_match_reference(kernel, dtype, causal, shape):
+    if kernel in ONE_PROGRAM_PER_HEAD and shape[0] * shape[1] * shape[3] >= 16384:
+        pytest.skip("rungs 3-4 run one program per (batch, head): minutes per call at 8k tokens on 2 heads")
     q, k, v = make_qkv(shape, dtype, "cuda")
     ref_dtype = torch.float64 if shape[3] * shape[4] * shape[1] <= 2**26 else torch.float32
     verdict = check_attention(lambda q, k, v, c: KERNELS[kernel](q, k, v, causal=c), q, k, v, causal,
