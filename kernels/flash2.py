@@ -86,9 +86,12 @@ def _attn_fwd_inner(acc, l_i, m_i, q, K, V, stride_kn, stride_kk, stride_vn, str
     if CAUSAL, the diagonal band (query i sees key j iff j <= i + diag). DEFER: acc stays unscaled (FA2);
     otherwise acc stays normalised, rescaled by l_old / l_new every block (FA1's update, rung 3).
     """
+    # 64-bit pointers to the first block, advanced by 64-bit steps
+    k_ptrs = tile_ptrs(K, lo + offs_n, stride_kn, offs_d, stride_kk)
+    v_ptrs = tile_ptrs(V, lo + offs_n, stride_vn, offs_d, stride_vk)
     for start_n in range(lo, hi, BLOCK_N):
         cols = start_n + offs_n
-        k = load_tile(tile_ptrs(K, cols, stride_kn, offs_d, stride_kk), cols, N_CTX_K, offs_d, HEAD_DIM, BLOCK_D, MASK)
+        k = load_tile(k_ptrs, cols, N_CTX_K, offs_d, HEAD_DIM, BLOCK_D, MASK)
         qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
         if MASK:
             keep = cols[None, :] < N_CTX_K
@@ -103,7 +106,7 @@ def _attn_fwd_inner(acc, l_i, m_i, q, K, V, stride_kn, stride_kk, stride_vn, str
         p = tl.math.exp2(qk)
         alpha = tl.math.exp2(m_i - m_ij)
         l_new = l_i * alpha + tl.sum(p, 1)
-        v = load_tile(tile_ptrs(V, cols, stride_vn, offs_d, stride_vk), cols, N_CTX_K, offs_d, HEAD_DIM, BLOCK_D, MASK)
+        v = load_tile(v_ptrs, cols, N_CTX_K, offs_d, HEAD_DIM, BLOCK_D, MASK)
         if DEFER:  # rescale the unnormalised accumulator to the new max
             acc = acc * alpha[:, None]
             acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PRECISION)
@@ -113,6 +116,8 @@ def _attn_fwd_inner(acc, l_i, m_i, q, K, V, stride_kn, stride_kk, stride_vn, str
             acc = acc * (alpha * l_i * inv_l)[:, None] + pv * inv_l[:, None]
         l_i = l_new
         m_i = m_ij
+        k_ptrs += tl.cast(stride_kn, tl.int64) * BLOCK_N
+        v_ptrs += tl.cast(stride_vn, tl.int64) * BLOCK_N
     return acc, l_i, m_i
 
 
@@ -211,10 +216,11 @@ def _attn_bwd_dkdv_inner(dk, dv, k, v, Q, DO, stride_qm, stride_qk, stride_dom, 
     MASK=False: every row is in range and sees every key of the block. MASK=True: rows past seqlen_q and,
     if CAUSAL, the diagonal band.
     """
+    q_ptrs = tile_ptrs(Q, lo + offs_m0, stride_qm, offs_d, stride_qk)
+    do_ptrs = tile_ptrs(DO, lo + offs_m0, stride_dom, offs_d, stride_dok)
     for start_m in range(lo, hi, BLOCK_M):
         offs_m = start_m + offs_m0
-        q = load_tile(tile_ptrs(Q, offs_m, stride_qm, offs_d, stride_qk), offs_m, N_CTX_Q, offs_d,
-                      HEAD_DIM, BLOCK_D, MASK)
+        q = load_tile(q_ptrs, offs_m, N_CTX_Q, offs_d, HEAD_DIM, BLOCK_D, MASK)
         if MASK:
             lse = tl.load(LSE + offs_m, mask=offs_m < N_CTX_Q, other=0.0)
         else:
@@ -229,8 +235,7 @@ def _attn_bwd_dkdv_inner(dk, dv, k, v, Q, DO, stride_qm, stride_qk, stride_dom, 
             if CAUSAL:
                 keep = keep & (offs_n[:, None] <= offs_m[None, :] + diag)
             pT = tl.where(keep, pT, 0.0)
-        do = load_tile(tile_ptrs(DO, offs_m, stride_dom, offs_d, stride_dok), offs_m, N_CTX_Q, offs_d,
-                       HEAD_DIM, BLOCK_D, MASK)
+        do = load_tile(do_ptrs, offs_m, N_CTX_Q, offs_d, HEAD_DIM, BLOCK_D, MASK)
         dv = tl.dot(pT.to(do.dtype), do, dv, input_precision=DOT_PRECISION)
         if MASK:
             delta = tl.load(Delta + offs_m, mask=offs_m < N_CTX_Q, other=0.0)
@@ -240,6 +245,8 @@ def _attn_bwd_dkdv_inner(dk, dv, k, v, Q, DO, stride_qm, stride_qk, stride_dom, 
         dpT = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
         dsT = pT * (dpT - delta[None, :])
         dk = tl.dot(dsT.to(q.dtype), q, dk, input_precision=DOT_PRECISION)
+        q_ptrs += tl.cast(stride_qm, tl.int64) * BLOCK_M
+        do_ptrs += tl.cast(stride_dom, tl.int64) * BLOCK_M
     return dk, dv
 
 
@@ -342,9 +349,11 @@ def _attn_bwd_dq_inner(dq, q, do, lse, inv_l, delta, K, V, stride_kn, stride_kk,
                        HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
                        MASK: tl.constexpr, CAUSAL: tl.constexpr, DEFER: tl.constexpr, DOT_PRECISION: tl.constexpr):
     """K/V blocks [lo, hi) against one Q block: accumulate dQ. Masks as in _attn_fwd_inner."""
+    k_ptrs = tile_ptrs(K, lo + offs_n, stride_kn, offs_d, stride_kk)
+    v_ptrs = tile_ptrs(V, lo + offs_n, stride_vn, offs_d, stride_vk)
     for start_n in range(lo, hi, BLOCK_N):
         cols = start_n + offs_n
-        k = load_tile(tile_ptrs(K, cols, stride_kn, offs_d, stride_kk), cols, N_CTX_K, offs_d, HEAD_DIM, BLOCK_D, MASK)
+        k = load_tile(k_ptrs, cols, N_CTX_K, offs_d, HEAD_DIM, BLOCK_D, MASK)
         qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
         p = tl.math.exp2(qk * qk_scale - lse[:, None])
         if not DEFER:
@@ -354,10 +363,12 @@ def _attn_bwd_dq_inner(dq, q, do, lse, inv_l, delta, K, V, stride_kn, stride_kk,
             if CAUSAL:
                 keep = keep & (cols[None, :] <= offs_m[:, None] + diag)
             p = tl.where(keep, p, 0.0)
-        v = load_tile(tile_ptrs(V, cols, stride_vn, offs_d, stride_vk), cols, N_CTX_K, offs_d, HEAD_DIM, BLOCK_D, MASK)
+        v = load_tile(v_ptrs, cols, N_CTX_K, offs_d, HEAD_DIM, BLOCK_D, MASK)
         dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
         ds = p * (dp - delta[:, None])
         dq = tl.dot(ds.to(k.dtype), k, dq, input_precision=DOT_PRECISION)
+        k_ptrs += tl.cast(stride_kn, tl.int64) * BLOCK_N
+        v_ptrs += tl.cast(stride_vn, tl.int64) * BLOCK_N
     return dq
 
 
