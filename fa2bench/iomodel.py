@@ -58,7 +58,10 @@ MODES = ("fwd", "bwd", "fwd_bwd")
 
 ALGORITHMS = {
     "naive": "standard", "torch-eager": "standard", "sdpa-math": "standard",
-    "fa1": "fa1",
+    "fa1": "fa1", "fa1-split": "fa1",  # the split moves the same bytes (its atomic dQ adds aside)
+    # the ladder's rungs 3-6 follow fa2's loop order; rungs 3-5 also load the K/V blocks above the causal
+    # diagonal (visited and masked), which this model, counting only the blocks a row sees, leaves out
+    "r3-swap": "fa2", "r4-defer": "fa2", "r5-seqpar": "fa2", "r6-skip": "fa2",
     "fa2": "fa2", "flex": "fa2",
     "sdpa-flash": "fa2-atomic", "flash-attn": "fa2-atomic", "sdpa-cudnn": "fa2-atomic",
     "sdpa-efficient": "fa2-atomic",

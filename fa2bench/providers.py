@@ -135,15 +135,15 @@ _ours("flash1", "flash1_attention", name="fa1", label="FlashAttention-1 (Triton)
       description="FlashAttention-1's algorithm in Triton: K/V outer loop, parallel over batch x heads")
 _ours("flash1", "flash1_split_attention", name="fa1-split", label="FlashAttention-1 as released (Triton)",
       color="#aec7e8", rung=2,
-      description="fa1 split over extra programs when batch x heads is small, with flash-attn v1's heuristics")
+      description="fa1 split over extra programs at small batch x heads, as flash-attn v1 does")
 _ours("ladder", "r3_attention", name="r3-swap", label="R3: Q outer loop", color="#c5b0d5", rung=3,
-      description="ablation rung 3: Q blocks outer, K/V inner, O on chip, normalised every step, b x h grid")
+      description="ablation rung 3: Q outer, K/V inner, O on chip, normalised every step")
 _ours("ladder", "r4_attention", name="r4-defer", label="R4: + deferred normalisation", color="#9edae5", rung=4,
-      description="ablation rung 4: rung 3 + unscaled accumulator, one division at the end, log-sum-exp only")
+      description="ablation rung 4: rung 3 + one division at the end, log-sum-exp only")
 _ours("ladder", "r5_attention", name="r5-seqpar", label="R5: + sequence parallelism", color="#dbdb8d", rung=5,
-      description="ablation rung 5: rung 4 + grid over Q blocks (fwd, dQ) and K/V blocks (dK, dV); untuned FA2")
+      description="ablation rung 5: rung 4 + sequence parallelism (FA2's algorithm, untuned)")
 _ours("ladder", "r6_attention", name="r6-skip", label="R6: + causal block skipping", color="#f7b6d2", rung=6,
-      description="ablation rung 6: rung 5 + causal blocks skipped, unmasked off-diagonal blocks")
+      description="ablation rung 6: rung 5 + causal block skipping, unmasked off-diagonal")
 _ours("flash2", "flash2_attention", name="fa2", label="FlashAttention-2 (Triton)", color="#d62728", rung=7,
       description="FlashAttention-2's algorithm in Triton: sequence parallel, deferred rescaling")
 
