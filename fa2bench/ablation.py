@@ -65,11 +65,11 @@ def steps(frame: pd.DataFrame, rungs: dict[str, int] | None = None) -> pd.DataFr
     return out[columns].sort_values(POINT + ["rung"]).reset_index(drop=True)
 
 
-def short_and_long(seqlens, short: int = 2048) -> tuple[int, int]:
-    """The sequence lengths a waterfall shows: ``short`` (or the nearest run) and the longest."""
+def short_and_long(seqlens, short: int = 2048) -> tuple[int, ...]:
+    """The sequence lengths a waterfall shows: ``short`` (or the nearest run) and the longest (one if equal)."""
     seqlens = sorted(set(int(s) for s in seqlens))
     nearest = min(seqlens, key=lambda s: (abs(math.log2(s) - math.log2(short)), s))
-    return nearest, seqlens[-1]
+    return (nearest, seqlens[-1]) if nearest != seqlens[-1] else (nearest,)
 
 
 def _label(name: str) -> str:
@@ -84,7 +84,7 @@ def _color(name: str) -> str:
     return providers.get(name).color if name in providers.REGISTRY else "#7f7f7f"
 
 
-def waterfall(table: pd.DataFrame, panel: tuple, seqlens: tuple[int, int], gpu: str = "") -> Figure:
+def waterfall(table: pd.DataFrame, panel: tuple, seqlens: tuple[int, ...], gpu: str = "") -> Figure:
     """One figure for one (dtype, mode, head dim, causal): for each of the two sequence lengths, a bar per
     rung (TFLOP/s) in ladder order, each labelled with its speedup over its base rung and the spread."""
     dtype, mode, headdim, causal = panel
@@ -99,7 +99,7 @@ def waterfall(table: pd.DataFrame, panel: tuple, seqlens: tuple[int, int], gpu: 
         bars = ax.bar(x, rows["tflops"], color=[_color(p) for p in rows["provider"]],
                       hatch=["//" if r == SIDE_STEP else "" for r in rows["rung"]], edgecolor="white")
         for bar, (_, row) in zip(bars, rows.iterrows()):
-            text = f"{row['tflops']:.0f}"
+            text = f"{row['tflops']:.3g}"
             if pd.notna(row["speedup"]):
                 text += f"\n×{row['speedup']:.2f}\n[{row['speedup_lo']:.2f}, {row['speedup_hi']:.2f}]"
             ax.annotate(text, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom",
@@ -140,8 +140,7 @@ def _step_cell(row) -> str:
 def report(frame: pd.DataFrame, table: pd.DataFrame, figures: dict[tuple, str], short: int = 2048) -> str:
     """The ablation's markdown: per panel, each rung at a short and a long sequence; the paper's claims
     beside the measurement; and FA2 over FA1 (as released and as published)."""
-    meta = frame.attrs.get("meta") or {}
-    gpu = ((meta.get("gpus") or [{}])[0] or {}).get("name") or meta.get("device", "unknown device")
+    gpu = _gpu(frame)
     lines = [f"# FA1 -> FA2 ablation on {gpu}", "",
              "Each rung adds one change to the rung it builds on (rung 2, FlashAttention-1 as released, is a "
              "side step from rung 1). Speedups are median time ratios; the bracket is the range the p20/p80 "
@@ -163,7 +162,7 @@ def report(frame: pd.DataFrame, table: pd.DataFrame, figures: dict[tuple, str], 
                 at = group[group["seqlen_q"] == n]
                 if len(at):
                     r = at.iloc[0]
-                    cells += [_fmt(r["tflops"]), _fmt(r["pct_device_peak"], 0, "%"),
+                    cells += [f"{r['tflops']:.3g}", _fmt(r["pct_device_peak"], 0, "%"),
                               _fmt(r["pct_matmul_ceiling"], 0, "%"), _step_cell(r)]
                 else:
                     cells += ["—"] * 4
@@ -203,6 +202,12 @@ def ratios(table: pd.DataFrame, subject: str, over: str) -> pd.Series:
     return (b.loc[both] / a.loc[both]).reset_index(drop=True)
 
 
+def _gpu(frame: pd.DataFrame) -> str:
+    from fa2bench.plots import gpu_name
+
+    return gpu_name(frame.attrs.get("meta") or {})
+
+
 def _geomean(values) -> float:
     from fa2bench.summary import geomean
 
@@ -212,11 +217,10 @@ def _geomean(values) -> float:
 def write(run_dir: str | Path, frame: pd.DataFrame, short: int = 2048) -> Path:
     """Draw the waterfalls into ``run_dir/figures`` and write ``run_dir/ablation.md``; returns the report."""
     run_dir = Path(run_dir)
-    table = steps(frame)
+    table = steps(frame) if len(frame) else frame
     if table.empty:
         raise ValueError(f"{run_dir}: no ladder provider ran ok; run `fa2bench ablate` first")
-    meta = frame.attrs.get("meta") or {}
-    gpu = ((meta.get("gpus") or [{}])[0] or {}).get("name", "")
+    gpu = _gpu(frame)
     (run_dir / "figures").mkdir(parents=True, exist_ok=True)
     figures = {}
     for panel in panels(table):

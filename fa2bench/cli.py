@@ -4,6 +4,7 @@ imports no torch: ``fa2bench --help`` is quick. Bad input is one line on stderr 
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from enum import Enum
 from pathlib import Path
@@ -684,6 +685,54 @@ def export_run(
 # --- e2e ------------------------------------------------------------------------------------------------
 
 MODEL = "Model"
+
+
+@app.command("ablate")
+def ablate(
+    seqlen: Seqlen = None, headdim: Headdim = None, batch: Batch = None, tokens: Tokens = None,
+    heads: Heads = None, hidden: Hidden = None,
+    causal: Annotated[Optional[Causal], typer.Option(help="Causal masking (default: both).",
+                                                     rich_help_panel=SHAPE)] = None,
+    dtype: Annotated[Optional[str], typer.Option(help="Dtypes (default fp16).", rich_help_panel=SHAPE)] = None,
+    mode: Annotated[Optional[str], typer.Option(help="Passes (default: fwd,bwd).", rich_help_panel=SHAPE)] = None,
+    out_dir: Annotated[Optional[Path], typer.Option("--out", help="Results folder (default results/ablation-<UTC "
+                       "time>-<gpu>).", rich_help_panel=OUTPUT)] = None,
+    resume: Annotated[Optional[bool], typer.Option("--resume/--no-resume", help="Continue the run in --out.",
+                      rich_help_panel=OUTPUT)] = None,
+    rep_ms: Annotated[Optional[float], typer.Option(help="Timing budget per point (ms, default 100).",
+                                                    rich_help_panel=RUN)] = None,
+):
+    """The FA1 -> FA2 ablation ladder (`providers.ladder()`) over the paper's shapes at head dims 64 and 128,
+    causal both, fwd and bwd: an ordinary results folder, one waterfall figure per (mode, head dim, causal) and
+    RUN/ablation.md beside the paper's claims."""
+    from fa2bench import ablation, api, providers
+    from fa2bench.results import ResultsError
+
+    given = _shape_options(preset="paper", seqlen=seqlen, headdim=headdim, batch=batch, tokens=tokens, heads=heads,
+                           hidden=hidden, causal=causal or "both", dtype=dtype or "fp16", mode=mode or "fwd,bwd",
+                           provider=",".join(providers.ladder()), out=out_dir, resume=resume, rep_ms=rep_ms)
+    try:
+        plan = api.plan_sweep(**{k: getattr(v, "value", v) for k, v in given.items()})
+    except SpecError as exc:
+        fail(str(exc))
+    if out_dir is None:  # name the folder for what it is
+        plan = dataclasses.replace(plan, out=plan.out.with_name("ablation-" + plan.out.name))
+    console = out()
+    if plan.device == "cpu":
+        _no_gpu(console, "Triton kernels run through the CPU interpreter")
+    try:
+        run = _run_with_progress(plan, console)
+    except ResultsError as exc:
+        fail(str(exc))
+    try:
+        path = ablation.write(run.path, run.frame)
+        console.print(f"ablation: {path}", highlight=False)
+    except ValueError as exc:
+        warn(str(exc))
+    if not run.complete:
+        out(stderr=True).print(f"interrupted: finished points are saved in {run.path}; continue with "
+                               f"--out {run.path} --resume", highlight=False)
+        raise typer.Exit(130)
 
 
 @app.command("e2e")

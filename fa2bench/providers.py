@@ -48,6 +48,8 @@ class Provider:
     roles: frozenset = frozenset()  # "subject" (what figures and speedups are about), "speedup-baseline"
     # bytes the provider allocates beyond q, k, v, o (and gradients): workspace_bytes(shape, dtype, mode)
     workspace_bytes: Callable[[Shape, str, str], int] = streaming_workspace
+    rung: int | None = None  # place on the FA1 -> FA2 ablation ladder (1..7; fa1-split is 2, a side step)
+    function: str | None = None  # the public fa2bench.kernels function of one of fa2bench's own providers
 
     def availability(self, device: str) -> str | None:
         """None if usable on ``device`` ("cuda" or "cpu"), else why not."""
@@ -132,6 +134,11 @@ def kernel_module(name: str):
     return _kernel_module(module)
 
 
+def ladder() -> tuple[str, ...]:
+    """The providers of the FA1 -> FA2 ablation ladder, ordered by rung (docs/ablation-kernels.md)."""
+    return tuple(sorted((n for n, p in REGISTRY.items() if p.rung is not None), key=lambda n: REGISTRY[n].rung))
+
+
 def triton_providers() -> tuple[str, ...]:
     """The providers whose kernels are fa2bench's own Triton kernels."""
     return tuple(n for n, p in REGISTRY.items() if p.module is not None)
@@ -143,7 +150,7 @@ def _ours(module: str, function: str, **kwargs):
         fn = getattr(importlib.import_module("fa2bench.kernels"), function)
         return functools.partial(_call_kernel, fn, shape.causal)
 
-    register(kind="ours", devices=frozenset({"cuda", "cpu"}), module=module,
+    register(kind="ours", devices=frozenset({"cuda", "cpu"}), module=module, function=function,
              config=lambda: _kernel_module(module).last_config(), **kwargs)(make)
 
 
@@ -166,9 +173,23 @@ _ours("naive", "naive_attention", name="naive", label="Naive (Triton)", color="#
       roles=frozenset({"speedup-baseline"}), workspace_bytes=NAIVE_WORKSPACE,
       description="standard attention in Triton kernels that write S and P to HBM")
 _ours("flash1", "flash1_attention", name="fa1", label="FlashAttention-1 (Triton)", color="#1f77b4", io_model="fa1",
-      description="FlashAttention-1's algorithm in Triton: K/V outer loop, parallel over batch x heads")
+      rung=1, description="FlashAttention-1's algorithm in Triton: K/V outer loop, parallel over batch x heads")
+# fa1-split moves the bytes fa1 does (its atomic dQ adds aside). Rungs 3-6 follow fa2's loop order; rungs 3-5 also
+# load the K/V blocks above the causal diagonal (visited and masked), which the fa2 model, counting only the blocks
+# a row sees, leaves out.
+_ours("flash1", "flash1_split_attention", name="fa1-split", label="FlashAttention-1 as released (Triton)",
+      color="#aec7e8", rung=2, io_model="fa1",
+      description="fa1 split over extra programs at small batch x heads, as flash-attn v1 does")
+_ours("ladder", "r3_attention", name="r3-swap", label="R3: Q outer loop", color="#c5b0d5", rung=3, io_model="fa2",
+      description="ablation rung 3: Q outer, K/V inner, O on chip, normalised every step")
+_ours("ladder", "r4_attention", name="r4-defer", label="R4: + deferred normalisation", color="#9edae5", rung=4,
+      io_model="fa2", description="ablation rung 4: rung 3 + one division at the end, log-sum-exp only")
+_ours("ladder", "r5_attention", name="r5-seqpar", label="R5: + sequence parallelism", color="#dbdb8d", rung=5,
+      io_model="fa2", description="ablation rung 5: rung 4 + sequence parallelism (FA2's algorithm, untuned)")
+_ours("ladder", "r6_attention", name="r6-skip", label="R6: + causal block skipping", color="#f7b6d2", rung=6,
+      io_model="fa2", description="ablation rung 6: rung 5 + causal block skipping, unmasked off-diagonal")
 _ours("flash2", "flash2_attention", name="fa2", label="FlashAttention-2 (Triton)", color="#d62728", io_model="fa2",
-      roles=frozenset({"subject"}),
+      rung=7, roles=frozenset({"subject"}),
       description="FlashAttention-2's algorithm in Triton: sequence parallel, deferred rescaling")
 
 

@@ -1,4 +1,4 @@
-"""Input checks and small helpers shared by the three attention kernels.
+"""The shared kernel core: input checks, tile I/O with 64-bit offsets, the bwd Delta kernel, config machinery.
 
 Every kernel takes q: (batch, heads, seqlen_q, headdim) and k, v: (batch, kv_heads, seqlen_k, headdim) in any
 strides, and raises ValueError naming the problem for anything it cannot run.
@@ -11,6 +11,10 @@ import os
 from dataclasses import dataclass
 
 import torch
+import triton
+import triton.language as tl
+
+LOG2E = tl.constexpr(1.4426950408889634)  # log2(e): exp(x) = exp2(x * LOG2E); every kernel folds it into qk_scale
 
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MAX_HEADDIM = 256
@@ -106,3 +110,157 @@ def config_forcer(forced: dict, tuned: tuple[str, ...]):
             forced.update(saved)
 
     return forced_configs
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Scalar checks shared by every kernel's public function
+
+
+def check_scale(headdim: int, sm_scale: float | None) -> float:
+    """The softmax scale to use: headdim ** -0.5 by default; otherwise it must be finite and positive.
+
+    One rule for every kernel: a scale is a softmax temperature (1 / sqrt(d) in the papers); zero, negative,
+    NaN and infinite scales are rejected rather than computed.
+    """
+    scale = default_scale(headdim, sm_scale)
+    if not (math.isfinite(scale) and scale > 0):
+        raise ValueError(f"sm_scale must be a finite positive number, got {sm_scale}")
+    return scale
+
+
+def dot_precision(dtype: torch.dtype, tf32: bool) -> str:
+    """``input_precision`` of every ``tl.dot``: IEEE fp32 for fp32 inputs unless ``tf32``; fp16/bf16 ignore it."""
+    if dtype == torch.float32 and not tf32:
+        return "ieee"
+    return "tf32"
+
+
+# IEEE fp32 dot products run on FMA units, not tensor cores: Triton keeps both operands in registers and unrolls the
+# product, so large tiles spill and take minutes to compile (an fa2 forward at 128 x 64 x 128: about 2 minutes).
+# For fp32 inputs without tf32, the kernels keep tiles of at most this many scores and only the first such config.
+IEEE_MAX_TILE = 64 * 64
+
+
+def ieee_configs(configs, block_m="BLOCK_M", block_n="BLOCK_N"):
+    """The configs an IEEE-fp32 launch may use: the first one whose score tile is at most IEEE_MAX_TILE."""
+    small = [c for c in configs if c.kwargs[block_m] * c.kwargs[block_n] <= IEEE_MAX_TILE]
+    return small[:1]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Config machinery shared by the kernel modules: autotuned, forced, or (interpreter) the first pruned config
+
+
+class Launcher:
+    """Launches a kernel module's autotuned kernels by name and remembers the configs used.
+
+    ``kernels`` maps names to ``triton.autotune`` objects; ``prune`` maps the same names to their
+    ``early_config_prune`` filters. Under the CPU interpreter (which cannot benchmark) the first config that
+    survives the filter runs; inside ``forced_configs(name=cfg)`` exactly that config runs.
+    """
+
+    def __init__(self, kernels: dict, prune: dict):
+        self.kernels, self.prune = kernels, prune
+        self.forced: dict = {}
+        self.last: dict = {}
+        self.forced_configs = config_forcer(self.forced, tuple(kernels))
+
+    def launch(self, name: str, grid, *args, **kwargs):
+        kernel = self.kernels[name]
+        cfg = self.forced.get(name)
+        if cfg is None and interpreting():
+            named = {**dict(zip(kernel.arg_names, args)), **kwargs}
+            cfg = self.prune[name](kernel.configs, named)[0]
+        if cfg is None:
+            kernel[grid](*args, **kwargs)
+            cfg = kernel.best_config
+        else:
+            kernel.fn[grid](*args, **kwargs, **cfg.all_kwargs())
+        self.last[name] = cfg
+        return cfg
+
+    def last_config(self) -> str:
+        """The configs of the most recent launches, e.g. "fwd: BLOCK_M=128 BLOCK_N=64 w8 s2 | bwd: ..."."""
+        return " | ".join(f"{name}: {describe_config(self.last[name])}" for name in self.kernels if name in self.last)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Tile I/O shared by the flash kernels: (rows, BLOCK_D) tiles with 64-bit row offsets
+
+
+@triton.jit
+def tile_ptrs(base, rows, stride_r, offs_d, stride_d):
+    """Pointers to a (rows, head dim) tile. Row offsets are 64-bit: rows * stride_r passes 2**31 elements in a
+    (batch, seq, heads, dim) layout with heads * dim = 16384 beyond 131072 tokens."""
+    return base + rows.to(tl.int64)[:, None] * stride_r + offs_d[None, :] * stride_d
+
+
+@triton.jit
+def load_tile(ptrs, rows, n_rows, offs_d, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, MASK_ROWS: tl.constexpr):
+    """Load a (rows, BLOCK_D) tile: rows past n_rows masked only when MASK_ROWS, the padded head dim only if any."""
+    if MASK_ROWS:
+        if HEAD_DIM == BLOCK_D:
+            x = tl.load(ptrs, mask=rows[:, None] < n_rows, other=0.0)
+        else:
+            x = tl.load(ptrs, mask=(rows[:, None] < n_rows) & (offs_d[None, :] < HEAD_DIM), other=0.0)
+    else:
+        if HEAD_DIM == BLOCK_D:
+            x = tl.load(ptrs)
+        else:
+            x = tl.load(ptrs, mask=offs_d[None, :] < HEAD_DIM, other=0.0)
+    return x
+
+
+@triton.jit
+def store_tile(ptrs, x, rows, n_rows, offs_d, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+               MASK_ROWS: tl.constexpr):
+    if MASK_ROWS:
+        if HEAD_DIM == BLOCK_D:
+            tl.store(ptrs, x, mask=rows[:, None] < n_rows)
+        else:
+            tl.store(ptrs, x, mask=(rows[:, None] < n_rows) & (offs_d[None, :] < HEAD_DIM))
+    else:
+        if HEAD_DIM == BLOCK_D:
+            tl.store(ptrs, x)
+        else:
+            tl.store(ptrs, x, mask=offs_d[None, :] < HEAD_DIM)
+
+
+@triton.jit
+def bwd_preprocess(O, DO, Delta,
+                   stride_oz, stride_oh, stride_om, stride_ok,
+                   stride_doz, stride_doh, stride_dom, stride_dok,
+                   H, N_CTX_Q,
+                   HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr):
+    """Delta_i = rowsum(dO_i * O_i) in fp32, one (Q block, batch * head) per program; Delta is (Z, H, N_CTX_Q)."""
+    off_hz = tl.program_id(1)
+    off_z = (off_hz // H).to(tl.int64)
+    off_h = (off_hz % H).to(tl.int64)
+    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    o = load_tile(tile_ptrs(O + off_z * stride_oz + off_h * stride_oh, offs_m, stride_om, offs_d, stride_ok),
+                  offs_m, N_CTX_Q, offs_d, HEAD_DIM, BLOCK_D, True)
+    do = load_tile(tile_ptrs(DO + off_z * stride_doz + off_h * stride_doh, offs_m, stride_dom, offs_d, stride_dok),
+                   offs_m, N_CTX_Q, offs_d, HEAD_DIM, BLOCK_D, True)
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
+    tl.store(Delta + off_hz.to(tl.int64) * N_CTX_Q + offs_m, delta, mask=offs_m < N_CTX_Q)
+
+
+PREPROCESS_BLOCK_M = 64  # bwd_preprocess is memory-bound and not tuned
+
+
+def launch_preprocess(o: torch.Tensor, do: torch.Tensor, delta: torch.Tensor, block_d: int) -> None:
+    Z, H, N_CTX_Q, HEAD_DIM = o.shape
+    bwd_preprocess[(triton.cdiv(N_CTX_Q, PREPROCESS_BLOCK_M), Z * H)](
+        o, do, delta, *o.stride(), *do.stride(), H, N_CTX_Q,
+        HEAD_DIM=HEAD_DIM, BLOCK_D=block_d, BLOCK_M=PREPROCESS_BLOCK_M, num_warps=4 if block_d <= 64 else 8)
+
+
+def block_d(headdim: int) -> int:
+    """Head dims are padded to a power of two >= 16 (masked on d)."""
+    return max(16, triton.next_power_of_2(headdim))
+
+
+def smem_fits(elems_per_stage: int, resident: int, stages: int, esize: int, budget: int = 200 * 1024) -> bool:
+    """Shared memory estimate: tiles resident for the whole program plus num_stages copies of the streamed ones."""
+    return (resident + max(stages, 1) * elems_per_stage) * esize <= budget

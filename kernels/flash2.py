@@ -42,8 +42,16 @@ that are not powers of two are padded to ``BLOCK_D = max(16, next_power_of_2(hea
 Forward and both backward kernels are autotuned per head dim (keys: head dim, causal, dtype and the power-of-
 two bucket of each sequence length; sequence lengths stay runtime ints, so no recompiles per length).
 
+The ablation ladder's rungs 3-6 (kernels/ladder.py) are these kernels with compile-time switches turned off:
+``DEFER`` (off: the accumulator stays normalised, rescaled by l_old / l_new every block as FA1 does, and m and l
+are stored separately, backward recomputing P = exp2(s - m) / l), ``SEQ_PAR`` (off: one program per (batch, head)
+walks its Q blocks, and per (batch, kv head) its K/V blocks in the backward) and ``SKIP`` (off: every block is
+visited and masked under causal masking, no unmasked fast path). FA2 runs with all three on. Tile I/O with 64-bit
+row offsets, the Delta kernel and the config machinery are shared with the other kernels (kernels/_common.py).
+fp32 inputs run IEEE fp32 dot products unless ``tf32=True``; ``sm_scale`` must be finite and positive.
+
 Not supported: dropout, ALiBi or any attention bias, sliding windows / local attention, softcapping,
-variable-length (packed) batches, paged or cached KV, returning the LSE or the softmax, FP8, negative
+variable-length (packed) batches, paged or cached KV, returning the LSE or the softmax, FP8, zero or negative
 ``sm_scale``. The Hopper-only paths of Triton's tutorial (tensor descriptors / TMA, warp specialisation) are
 deliberately not used: plain pointer loads with masks only, Triton >= 3.6.
 
@@ -54,59 +62,37 @@ dims 64/128/256, GQA/MQA, every autotune config forced, repeated runs bit-equal)
 """
 from __future__ import annotations
 
-import math
+from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
 
-from ._common import check_inputs, config_forcer, default_scale, describe_config, interpreting, tune_bench
+from ._common import (LOG2E, Launcher, block_d, bwd_preprocess, check_inputs, check_scale, dot_precision,
+                      ieee_configs, launch_preprocess, load_tile, store_tile, tile_ptrs, tune_bench)
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Tile loads and the forward inner loop
+# Forward: the inner loop over K/V blocks and one Q block
 # ----------------------------------------------------------------------------------------------------------------
 @triton.jit
-def _load_tile(ptrs, rows, n_rows, offs_d, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-               MASK_ROWS: tl.constexpr):
-    """Load a (rows, BLOCK_D) tile: rows past n_rows only when MASK_ROWS, the padded head dim only if any."""
-    if MASK_ROWS:
-        if HEAD_DIM == BLOCK_D:
-            x = tl.load(ptrs, mask=rows[:, None] < n_rows, other=0.0)
-        else:
-            x = tl.load(ptrs, mask=(rows[:, None] < n_rows) & (offs_d[None, :] < HEAD_DIM), other=0.0)
-    else:
-        if HEAD_DIM == BLOCK_D:
-            x = tl.load(ptrs)
-        else:
-            x = tl.load(ptrs, mask=offs_d[None, :] < HEAD_DIM, other=0.0)
-    return x
-
-
-@triton.jit
-def _store_tile(ptrs, x, rows, n_rows, offs_d, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr):
-    if HEAD_DIM == BLOCK_D:
-        tl.store(ptrs, x, mask=rows[:, None] < n_rows)
-    else:
-        tl.store(ptrs, x, mask=(rows[:, None] < n_rows) & (offs_d[None, :] < HEAD_DIM))
-
-
-@triton.jit
-def _attn_fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kn, stride_vn, lo, hi,
+def _attn_fwd_inner(acc, l_i, m_i, q, K, V, stride_kn, stride_kk, stride_vn, stride_vk, lo, hi,
                     offs_m, offs_n, offs_d, qk_scale, diag, N_CTX_K,
                     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
-                    MASK: tl.constexpr, CAUSAL: tl.constexpr):
-    """One stage of Algorithm 1's inner loop over K/V blocks [lo, hi): online softmax, acc left unscaled.
+                    MASK: tl.constexpr, CAUSAL: tl.constexpr, DEFER: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """One stage of Algorithm 1's inner loop over K/V blocks [lo, hi): online softmax.
 
     MASK=False: every row sees every key of these blocks (no mask at all). MASK=True: the ragged end of K and,
-    if CAUSAL, the diagonal band (query i sees key j iff j <= i + diag).
+    if CAUSAL, the diagonal band (query i sees key j iff j <= i + diag). DEFER: acc stays unscaled (FA2);
+    otherwise acc stays normalised, rescaled by l_old / l_new every block (FA1's update, rung 3).
     """
-    k_ptrs += tl.cast(lo, tl.int64) * stride_kn
-    v_ptrs += tl.cast(lo, tl.int64) * stride_vn
+    # 64-bit pointers to the first block, advanced by 64-bit steps
+    k_ptrs = tile_ptrs(K, lo + offs_n, stride_kn, offs_d, stride_kk)
+    v_ptrs = tile_ptrs(V, lo + offs_n, stride_vn, offs_d, stride_vk)
     for start_n in range(lo, hi, BLOCK_N):
         cols = start_n + offs_n
-        k = _load_tile(k_ptrs, cols, N_CTX_K, offs_d, HEAD_DIM, BLOCK_D, MASK)
-        qk = tl.dot(q, tl.trans(k))
+        k = load_tile(k_ptrs, cols, N_CTX_K, offs_d, HEAD_DIM, BLOCK_D, MASK)
+        qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
         if MASK:
             keep = cols[None, :] < N_CTX_K
             if CAUSAL:
@@ -118,17 +104,357 @@ def _attn_fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kn, stride_vn, lo, 
             m_ij = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
             qk = qk * qk_scale - m_ij[:, None]
         p = tl.math.exp2(qk)
-        # rescale the running sum and the unnormalised accumulator to the new max
         alpha = tl.math.exp2(m_i - m_ij)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None]
-        v = _load_tile(v_ptrs, cols, N_CTX_K, offs_d, HEAD_DIM, BLOCK_D, MASK)
-        acc = tl.dot(p.to(v.dtype), v, acc)
+        l_new = l_i * alpha + tl.sum(p, 1)
+        v = load_tile(v_ptrs, cols, N_CTX_K, offs_d, HEAD_DIM, BLOCK_D, MASK)
+        if DEFER:  # rescale the unnormalised accumulator to the new max
+            acc = acc * alpha[:, None]
+            acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PRECISION)
+        else:  # O_i <- diag(l_new)^-1 (diag(l_i) alpha O_i + P V_j): normalised at every step
+            inv_l = 1.0 / tl.where(l_new > 0.0, l_new, 1.0)
+            pv = tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
+            acc = acc * (alpha * l_i * inv_l)[:, None] + pv * inv_l[:, None]
+        l_i = l_new
         m_i = m_ij
-        k_ptrs += BLOCK_N * stride_kn
-        v_ptrs += BLOCK_N * stride_vn
+        k_ptrs += tl.cast(stride_kn, tl.int64) * BLOCK_N
+        v_ptrs += tl.cast(stride_vn, tl.int64) * BLOCK_N
     return acc, l_i, m_i
 
+
+@triton.jit
+def _attn_fwd_block(start_m, Q, K, V, O, LSE, LSUM, off_hz, sm_scale,
+                    stride_qm, stride_qk, stride_kn, stride_kk, stride_vn, stride_vk, stride_om, stride_ok,
+                    N_CTX_Q, N_CTX_K,
+                    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr, DEFER: tl.constexpr,
+                    SKIP: tl.constexpr, DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Q block start_m of one (batch, head) against every K/V block it sees; writes O and the statistics."""
+    offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    # q stays on chip throughout
+    q = load_tile(tile_ptrs(Q, offs_m, stride_qm, offs_d, stride_qk), offs_m, N_CTX_Q, offs_d, HEAD_DIM, BLOCK_D, True)
+    m_i = tl.zeros([BLOCK_M], dtype=tl.float32) - 1.0e30  # finite: a fully masked block gives no -inf - -inf
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    qk_scale = sm_scale * LOG2E
+    diag = N_CTX_K - N_CTX_Q  # query i sees keys j <= i + diag (bottom-right aligned)
+    if SKIP:
+        if CAUSAL:
+            # [0, lo): blocks the block's first row sees in full; [lo, hi): the diagonal band; past hi: skipped
+            lo = tl.minimum(tl.maximum(start_m * BLOCK_M + diag + 1, 0) // BLOCK_N, N_CTX_K // BLOCK_N) * BLOCK_N
+            hi = tl.minimum(tl.maximum(start_m * BLOCK_M + BLOCK_M + diag, 0), N_CTX_K)
+        else:
+            lo = (N_CTX_K // BLOCK_N) * BLOCK_N  # full blocks, then the ragged last one
+            hi = N_CTX_K
+    else:  # rungs 3-5: every K/V block is visited, every one masked
+        lo = 0
+        hi = N_CTX_K
+    acc, l_i, m_i = _attn_fwd_inner(acc, l_i, m_i, q, K, V, stride_kn, stride_kk, stride_vn, stride_vk, 0, lo,
+                                    offs_m, offs_n, offs_d, qk_scale, diag, N_CTX_K,
+                                    HEAD_DIM, BLOCK_D, BLOCK_N, False, CAUSAL, DEFER, DOT_PRECISION)
+    acc, l_i, m_i = _attn_fwd_inner(acc, l_i, m_i, q, K, V, stride_kn, stride_kk, stride_vn, stride_vk, lo, hi,
+                                    offs_m, offs_n, offs_d, qk_scale, diag, N_CTX_K,
+                                    HEAD_DIM, BLOCK_D, BLOCK_N, True, CAUSAL, DEFER, DOT_PRECISION)
+    # rows that saw no key output 0 and store statistics for which backward's P is exactly 0
+    dead = l_i == 0.0
+    l_i = tl.where(dead, 1.0, l_i)
+    row_ptrs = off_hz.to(tl.int64) * N_CTX_Q + offs_m
+    if DEFER:  # one division per row; only the log-sum-exp is stored
+        acc = acc / l_i[:, None]
+        tl.store(LSE + row_ptrs, tl.where(dead, float("inf"), m_i + tl.math.log2(l_i)), mask=offs_m < N_CTX_Q)
+    else:  # acc is already normalised; m and l are stored separately, as FA1 does
+        tl.store(LSE + row_ptrs, tl.where(dead, float("inf"), m_i), mask=offs_m < N_CTX_Q)
+        tl.store(LSUM + row_ptrs, l_i, mask=offs_m < N_CTX_Q)
+    store_tile(tile_ptrs(O, offs_m, stride_om, offs_d, stride_ok), acc.to(O.dtype.element_ty),
+               offs_m, N_CTX_Q, offs_d, HEAD_DIM, BLOCK_D, True)
+
+
+@triton.jit
+def _attn_fwd_kernel(Q, K, V, sm_scale, LSE, LSUM, Out,
+                     stride_qz, stride_qh, stride_qm, stride_qk,
+                     stride_kz, stride_kh, stride_kn, stride_kk,
+                     stride_vz, stride_vh, stride_vn, stride_vk,
+                     stride_oz, stride_oh, stride_om, stride_ok,
+                     H, GROUP, N_CTX_Q, N_CTX_K, N_CTX_Q_BUCKET, N_CTX_K_BUCKET,
+                     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr,
+                     DEFER: tl.constexpr, SEQ_PAR: tl.constexpr, SKIP: tl.constexpr, DOT_PRECISION: tl.constexpr,
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    off_hz = tl.program_id(1)
+    off_z = (off_hz // H).to(tl.int64)
+    off_h = (off_hz % H).to(tl.int64)
+    off_hkv = off_h // GROUP  # GQA: query head h reads kv head h // GROUP
+    Q += off_z * stride_qz + off_h * stride_qh
+    K += off_z * stride_kz + off_hkv * stride_kh
+    V += off_z * stride_vz + off_hkv * stride_vh
+    Out += off_z * stride_oz + off_h * stride_oh
+    if SEQ_PAR:  # one program per Q block; causal: the last Q blocks see the most keys, start them first
+        if CAUSAL:
+            start_m = tl.num_programs(0) - 1 - tl.program_id(0)
+        else:
+            start_m = tl.program_id(0)
+        _attn_fwd_block(start_m, Q, K, V, Out, LSE, LSUM, off_hz, sm_scale,
+                        stride_qm, stride_qk, stride_kn, stride_kk, stride_vn, stride_vk, stride_om, stride_ok,
+                        N_CTX_Q, N_CTX_K, HEAD_DIM, BLOCK_D, CAUSAL, DEFER, SKIP, DOT_PRECISION, BLOCK_M, BLOCK_N)
+    else:  # rungs 3-4: one program per (batch, head) walks its Q blocks in turn
+        for start_m in range(0, tl.cdiv(N_CTX_Q, BLOCK_M)):
+            _attn_fwd_block(start_m, Q, K, V, Out, LSE, LSUM, off_hz, sm_scale,
+                            stride_qm, stride_qk, stride_kn, stride_kk, stride_vn, stride_vk, stride_om, stride_ok,
+                            N_CTX_Q, N_CTX_K, HEAD_DIM, BLOCK_D, CAUSAL, DEFER, SKIP, DOT_PRECISION, BLOCK_M, BLOCK_N)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Backward: dK, dV per K/V block; dQ per Q block
+# ----------------------------------------------------------------------------------------------------------------
+@triton.jit
+def _attn_bwd_dkdv_inner(dk, dv, k, v, Q, DO, stride_qm, stride_qk, stride_dom, stride_dok,
+                         LSE, LSUM, Delta, lo, hi, offs_n, offs_m0, offs_d, qk_scale, diag, N_CTX_Q,
+                         HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
+                         MASK: tl.constexpr, CAUSAL: tl.constexpr, DEFER: tl.constexpr,
+                         DOT_PRECISION: tl.constexpr):
+    """Q rows [lo, hi) against one K/V block, everything transposed (keys on the rows): accumulate dK, dV.
+
+    MASK=False: every row is in range and sees every key of the block. MASK=True: rows past seqlen_q and,
+    if CAUSAL, the diagonal band.
+    """
+    q_ptrs = tile_ptrs(Q, lo + offs_m0, stride_qm, offs_d, stride_qk)
+    do_ptrs = tile_ptrs(DO, lo + offs_m0, stride_dom, offs_d, stride_dok)
+    for start_m in range(lo, hi, BLOCK_M):
+        offs_m = start_m + offs_m0
+        q = load_tile(q_ptrs, offs_m, N_CTX_Q, offs_d, HEAD_DIM, BLOCK_D, MASK)
+        if MASK:
+            lse = tl.load(LSE + offs_m, mask=offs_m < N_CTX_Q, other=0.0)
+        else:
+            lse = tl.load(LSE + offs_m)
+        # recompute P^T = exp2(qk_scale * K Q^T - L) from the stored statistics
+        qkT = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION)
+        pT = tl.math.exp2(qkT * qk_scale - lse[None, :])
+        if not DEFER:  # rung 3 stores m and l: P = exp2(s - m) / l
+            pT = pT * (1.0 / tl.load(LSUM + offs_m, mask=offs_m < N_CTX_Q, other=1.0))[None, :]
+        if MASK:
+            keep = offs_m[None, :] < N_CTX_Q
+            if CAUSAL:
+                keep = keep & (offs_n[:, None] <= offs_m[None, :] + diag)
+            pT = tl.where(keep, pT, 0.0)
+        do = load_tile(do_ptrs, offs_m, N_CTX_Q, offs_d, HEAD_DIM, BLOCK_D, MASK)
+        dv = tl.dot(pT.to(do.dtype), do, dv, input_precision=DOT_PRECISION)
+        if MASK:
+            delta = tl.load(Delta + offs_m, mask=offs_m < N_CTX_Q, other=0.0)
+        else:
+            delta = tl.load(Delta + offs_m)
+        # dS^T = P^T * (dP^T - Delta), dP^T = V dO^T
+        dpT = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
+        dsT = pT * (dpT - delta[None, :])
+        dk = tl.dot(dsT.to(q.dtype), q, dk, input_precision=DOT_PRECISION)
+        q_ptrs += tl.cast(stride_qm, tl.int64) * BLOCK_M
+        do_ptrs += tl.cast(stride_dom, tl.int64) * BLOCK_M
+    return dk, dv
+
+
+@triton.jit
+def _attn_bwd_dkdv_block(start_n, Q, K, V, DO, DK, DV, LSE, LSUM, Delta, sm_scale, off_z, off_hkv,
+                         stride_qz, stride_qh, stride_qm, stride_qk, stride_kn, stride_kk, stride_vn, stride_vk,
+                         stride_doz, stride_doh, stride_dom, stride_dok, stride_dkn, stride_dkk,
+                         stride_dvn, stride_dvk, H, GROUP, N_CTX_Q, N_CTX_K,
+                         HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr, DEFER: tl.constexpr,
+                         SKIP: tl.constexpr, DOT_PRECISION: tl.constexpr,
+                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    offs_n = start_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_m0 = tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    # k and v stay on chip throughout
+    k = load_tile(tile_ptrs(K, offs_n, stride_kn, offs_d, stride_kk), offs_n, N_CTX_K, offs_d, HEAD_DIM, BLOCK_D, True)
+    v = load_tile(tile_ptrs(V, offs_n, stride_vn, offs_d, stride_vk), offs_n, N_CTX_K, offs_d, HEAD_DIM, BLOCK_D, True)
+    dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    qk_scale = sm_scale * LOG2E
+    diag = N_CTX_K - N_CTX_Q  # query i sees keys j <= i + diag
+    if SKIP:
+        if CAUSAL:
+            # rows before lo see no key of this block (skipped); rows from full see all of it. [lo, mid) is the
+            # masked band, rounded up to whole steps of BLOCK_M.
+            lo = tl.maximum(start_n * BLOCK_N - diag, 0)
+            full = tl.maximum(start_n * BLOCK_N + BLOCK_N - 1 - diag, 0)
+            mid = lo + (full - lo + BLOCK_M - 1) // BLOCK_M * BLOCK_M
+        else:
+            lo = 0
+            mid = 0
+    else:  # rungs 3-5: every Q block is visited, every one masked
+        lo = 0
+        mid = tl.cdiv(N_CTX_Q, BLOCK_M) * BLOCK_M
+    # [mid, end): whole unmasked steps; [end, N_CTX_Q): the ragged last step, masked
+    end = mid + tl.maximum(N_CTX_Q - mid, 0) // BLOCK_M * BLOCK_M
+    for g in range(GROUP):  # the query heads sharing this kv head
+        off_h = off_hkv * GROUP + g
+        off_hz = off_z * H + off_h
+        Qh = Q + off_z * stride_qz + off_h * stride_qh
+        DOh = DO + off_z * stride_doz + off_h * stride_doh
+        rows = off_hz * N_CTX_Q
+        dk, dv = _attn_bwd_dkdv_inner(dk, dv, k, v, Qh, DOh, stride_qm, stride_qk, stride_dom, stride_dok,
+                                      LSE + rows, LSUM + rows, Delta + rows, lo, mid, offs_n, offs_m0, offs_d,
+                                      qk_scale, diag, N_CTX_Q, HEAD_DIM, BLOCK_D, BLOCK_M, True, CAUSAL, DEFER,
+                                      DOT_PRECISION)
+        dk, dv = _attn_bwd_dkdv_inner(dk, dv, k, v, Qh, DOh, stride_qm, stride_qk, stride_dom, stride_dok,
+                                      LSE + rows, LSUM + rows, Delta + rows, mid, end, offs_n, offs_m0, offs_d,
+                                      qk_scale, diag, N_CTX_Q, HEAD_DIM, BLOCK_D, BLOCK_M, False, CAUSAL, DEFER,
+                                      DOT_PRECISION)
+        dk, dv = _attn_bwd_dkdv_inner(dk, dv, k, v, Qh, DOh, stride_qm, stride_qk, stride_dom, stride_dok,
+                                      LSE + rows, LSUM + rows, Delta + rows, end, N_CTX_Q, offs_n, offs_m0, offs_d,
+                                      qk_scale, diag, N_CTX_Q, HEAD_DIM, BLOCK_D, BLOCK_M, True, CAUSAL, DEFER,
+                                      DOT_PRECISION)
+    dk *= sm_scale  # S = sm_scale * Q K^T
+    store_tile(tile_ptrs(DK, offs_n, stride_dkn, offs_d, stride_dkk), dk.to(DK.dtype.element_ty),
+               offs_n, N_CTX_K, offs_d, HEAD_DIM, BLOCK_D, True)
+    store_tile(tile_ptrs(DV, offs_n, stride_dvn, offs_d, stride_dvk), dv.to(DV.dtype.element_ty),
+               offs_n, N_CTX_K, offs_d, HEAD_DIM, BLOCK_D, True)
+
+
+@triton.jit
+def _attn_bwd_dkdv_kernel(Q, K, V, sm_scale, DO, DK, DV, LSE, LSUM, Delta,
+                          stride_qz, stride_qh, stride_qm, stride_qk,
+                          stride_kz, stride_kh, stride_kn, stride_kk,
+                          stride_vz, stride_vh, stride_vn, stride_vk,
+                          stride_doz, stride_doh, stride_dom, stride_dok,
+                          stride_dkz, stride_dkh, stride_dkn, stride_dkk,
+                          stride_dvz, stride_dvh, stride_dvn, stride_dvk,
+                          H, GROUP, N_CTX_Q, N_CTX_K, N_CTX_Q_BUCKET, N_CTX_K_BUCKET,
+                          HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr,
+                          DEFER: tl.constexpr, SEQ_PAR: tl.constexpr, SKIP: tl.constexpr,
+                          DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    off_hkvz = tl.program_id(1)  # over batch * kv_heads
+    H_KV = H // GROUP
+    off_z = (off_hkvz // H_KV).to(tl.int64)
+    off_hkv = (off_hkvz % H_KV).to(tl.int64)
+    K += off_z * stride_kz + off_hkv * stride_kh
+    V += off_z * stride_vz + off_hkv * stride_vh
+    DK += off_z * stride_dkz + off_hkv * stride_dkh
+    DV += off_z * stride_dvz + off_hkv * stride_dvh
+    if SEQ_PAR:  # one program per K/V block
+        _attn_bwd_dkdv_block(tl.program_id(0), Q, K, V, DO, DK, DV, LSE, LSUM, Delta, sm_scale, off_z, off_hkv,
+                             stride_qz, stride_qh, stride_qm, stride_qk, stride_kn, stride_kk, stride_vn, stride_vk,
+                             stride_doz, stride_doh, stride_dom, stride_dok, stride_dkn, stride_dkk,
+                             stride_dvn, stride_dvk, H, GROUP, N_CTX_Q, N_CTX_K,
+                             HEAD_DIM, BLOCK_D, CAUSAL, DEFER, SKIP, DOT_PRECISION, BLOCK_M, BLOCK_N)
+    else:  # rungs 3-4: one program per (batch, kv head) walks its K/V blocks in turn
+        for start_n in range(0, tl.cdiv(N_CTX_K, BLOCK_N)):
+            _attn_bwd_dkdv_block(start_n, Q, K, V, DO, DK, DV, LSE, LSUM, Delta, sm_scale, off_z, off_hkv,
+                                 stride_qz, stride_qh, stride_qm, stride_qk, stride_kn, stride_kk, stride_vn,
+                                 stride_vk, stride_doz, stride_doh, stride_dom, stride_dok, stride_dkn, stride_dkk,
+                                 stride_dvn, stride_dvk, H, GROUP, N_CTX_Q, N_CTX_K,
+                                 HEAD_DIM, BLOCK_D, CAUSAL, DEFER, SKIP, DOT_PRECISION, BLOCK_M, BLOCK_N)
+
+
+@triton.jit
+def _attn_bwd_dq_inner(dq, q, do, lse, inv_l, delta, K, V, stride_kn, stride_kk, stride_vn, stride_vk, lo, hi,
+                       offs_m, offs_n, offs_d, qk_scale, diag, N_CTX_K,
+                       HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+                       MASK: tl.constexpr, CAUSAL: tl.constexpr, DEFER: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """K/V blocks [lo, hi) against one Q block: accumulate dQ. Masks as in _attn_fwd_inner."""
+    k_ptrs = tile_ptrs(K, lo + offs_n, stride_kn, offs_d, stride_kk)
+    v_ptrs = tile_ptrs(V, lo + offs_n, stride_vn, offs_d, stride_vk)
+    for start_n in range(lo, hi, BLOCK_N):
+        cols = start_n + offs_n
+        k = load_tile(k_ptrs, cols, N_CTX_K, offs_d, HEAD_DIM, BLOCK_D, MASK)
+        qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
+        p = tl.math.exp2(qk * qk_scale - lse[:, None])
+        if not DEFER:
+            p = p * inv_l[:, None]
+        if MASK:
+            keep = cols[None, :] < N_CTX_K
+            if CAUSAL:
+                keep = keep & (cols[None, :] <= offs_m[:, None] + diag)
+            p = tl.where(keep, p, 0.0)
+        v = load_tile(v_ptrs, cols, N_CTX_K, offs_d, HEAD_DIM, BLOCK_D, MASK)
+        dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
+        ds = p * (dp - delta[:, None])
+        dq = tl.dot(ds.to(k.dtype), k, dq, input_precision=DOT_PRECISION)
+        k_ptrs += tl.cast(stride_kn, tl.int64) * BLOCK_N
+        v_ptrs += tl.cast(stride_vn, tl.int64) * BLOCK_N
+    return dq
+
+
+@triton.jit
+def _attn_bwd_dq_block(start_m, Q, K, V, DO, DQ, LSE, LSUM, Delta, sm_scale, off_hz,
+                       stride_qm, stride_qk, stride_kn, stride_kk, stride_vn, stride_vk,
+                       stride_dom, stride_dok, stride_dqm, stride_dqk, N_CTX_Q, N_CTX_K,
+                       HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr, DEFER: tl.constexpr,
+                       SKIP: tl.constexpr, DOT_PRECISION: tl.constexpr,
+                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    # q, dO, the statistics and Delta stay on chip throughout
+    q = load_tile(tile_ptrs(Q, offs_m, stride_qm, offs_d, stride_qk), offs_m, N_CTX_Q, offs_d, HEAD_DIM, BLOCK_D, True)
+    do = load_tile(tile_ptrs(DO, offs_m, stride_dom, offs_d, stride_dok), offs_m, N_CTX_Q, offs_d,
+                   HEAD_DIM, BLOCK_D, True)
+    rows = off_hz.to(tl.int64) * N_CTX_Q + offs_m
+    lse = tl.load(LSE + rows, mask=offs_m < N_CTX_Q, other=0.0)
+    if DEFER:
+        inv_l = lse  # unused
+    else:
+        inv_l = 1.0 / tl.load(LSUM + rows, mask=offs_m < N_CTX_Q, other=1.0)
+    delta = tl.load(Delta + rows, mask=offs_m < N_CTX_Q, other=0.0)
+    dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    qk_scale = sm_scale * LOG2E
+    diag = N_CTX_K - N_CTX_Q
+    if SKIP:  # the same stages as the forward pass
+        if CAUSAL:
+            lo = tl.minimum(tl.maximum(start_m * BLOCK_M + diag + 1, 0) // BLOCK_N, N_CTX_K // BLOCK_N) * BLOCK_N
+            hi = tl.minimum(tl.maximum(start_m * BLOCK_M + BLOCK_M + diag, 0), N_CTX_K)
+        else:
+            lo = (N_CTX_K // BLOCK_N) * BLOCK_N
+            hi = N_CTX_K
+    else:
+        lo = 0
+        hi = N_CTX_K
+    dq = _attn_bwd_dq_inner(dq, q, do, lse, inv_l, delta, K, V, stride_kn, stride_kk, stride_vn, stride_vk, 0, lo,
+                            offs_m, offs_n, offs_d, qk_scale, diag, N_CTX_K, HEAD_DIM, BLOCK_D, BLOCK_N, False, CAUSAL,
+                            DEFER, DOT_PRECISION)
+    dq = _attn_bwd_dq_inner(dq, q, do, lse, inv_l, delta, K, V, stride_kn, stride_kk, stride_vn, stride_vk, lo, hi,
+                            offs_m, offs_n, offs_d, qk_scale, diag, N_CTX_K, HEAD_DIM, BLOCK_D, BLOCK_N, True, CAUSAL,
+                            DEFER, DOT_PRECISION)
+    dq *= sm_scale  # S = sm_scale * Q K^T
+    store_tile(tile_ptrs(DQ, offs_m, stride_dqm, offs_d, stride_dqk), dq.to(DQ.dtype.element_ty),
+               offs_m, N_CTX_Q, offs_d, HEAD_DIM, BLOCK_D, True)
+
+
+@triton.jit
+def _attn_bwd_dq_kernel(Q, K, V, sm_scale, DO, DQ, LSE, LSUM, Delta,
+                        stride_qz, stride_qh, stride_qm, stride_qk,
+                        stride_kz, stride_kh, stride_kn, stride_kk,
+                        stride_vz, stride_vh, stride_vn, stride_vk,
+                        stride_doz, stride_doh, stride_dom, stride_dok,
+                        stride_dqz, stride_dqh, stride_dqm, stride_dqk,
+                        H, GROUP, N_CTX_Q, N_CTX_K, N_CTX_Q_BUCKET, N_CTX_K_BUCKET,
+                        HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr,
+                        DEFER: tl.constexpr, SEQ_PAR: tl.constexpr, SKIP: tl.constexpr,
+                        DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    off_hz = tl.program_id(1)
+    off_z = (off_hz // H).to(tl.int64)
+    off_h = (off_hz % H).to(tl.int64)
+    off_hkv = off_h // GROUP
+    Q += off_z * stride_qz + off_h * stride_qh
+    K += off_z * stride_kz + off_hkv * stride_kh
+    V += off_z * stride_vz + off_hkv * stride_vh
+    DO += off_z * stride_doz + off_h * stride_doh
+    DQ += off_z * stride_dqz + off_h * stride_dqh
+    if SEQ_PAR:
+        if CAUSAL:
+            start_m = tl.num_programs(0) - 1 - tl.program_id(0)
+        else:
+            start_m = tl.program_id(0)
+        _attn_bwd_dq_block(start_m, Q, K, V, DO, DQ, LSE, LSUM, Delta, sm_scale, off_hz,
+                           stride_qm, stride_qk, stride_kn, stride_kk, stride_vn, stride_vk,
+                           stride_dom, stride_dok, stride_dqm, stride_dqk, N_CTX_Q, N_CTX_K,
+                           HEAD_DIM, BLOCK_D, CAUSAL, DEFER, SKIP, DOT_PRECISION, BLOCK_M, BLOCK_N)
+    else:
+        for start_m in range(0, tl.cdiv(N_CTX_Q, BLOCK_M)):
+            _attn_bwd_dq_block(start_m, Q, K, V, DO, DQ, LSE, LSUM, Delta, sm_scale, off_hz,
+                               stride_qm, stride_qk, stride_kn, stride_kk, stride_vn, stride_vk,
+                               stride_dom, stride_dok, stride_dqm, stride_dqk, N_CTX_Q, N_CTX_K,
+                               HEAD_DIM, BLOCK_D, CAUSAL, DEFER, SKIP, DOT_PRECISION, BLOCK_M, BLOCK_N)
+
+
+JIT_KERNELS = {"fwd": _attn_fwd_kernel, "bwd_dkdv": _attn_bwd_dkdv_kernel, "bwd_dq": _attn_bwd_dq_kernel}
 
 # ----------------------------------------------------------------------------------------------------------------
 # Autotune configs and the named filter that prunes them
@@ -166,10 +492,11 @@ MAX_CONFIGS = 6  # per kernel and head dim: each one costs a compile and a bench
 def fits_on_h100(kernel: str, conf: triton.Config, headdim: int, elt: int = 2) -> bool:
     """The named filter: keep a config whose tiles fit the H100's shared memory and registers.
 
-    Shared memory: the tiles that stay on chip plus ``num_stages`` copies of the tiles streamed by the loop.
-    Registers: fp32 accumulators plus the fp32 score tiles, spread over the program's threads.
+    Shared memory: the tiles that stay on chip plus ``num_stages`` copies of the tiles streamed by the loop, at
+    ``elt`` bytes per element (4 for fp32 inputs). Registers: fp32 accumulators plus the fp32 score tiles,
+    spread over the program's threads.
     """
-    bm, bn, d = conf.kwargs["BLOCK_M"], conf.kwargs["BLOCK_N"], max(16, triton.next_power_of_2(headdim))
+    bm, bn, d = conf.kwargs["BLOCK_M"], conf.kwargs["BLOCK_N"], block_d(headdim)
     threads = 32 * conf.num_warps
     stages = max(conf.num_stages, 1)
     if kernel == "fwd":  # Q stays; K, V stream. acc (BM x D) and S/P (BM x BN)
@@ -186,424 +513,130 @@ def fits_on_h100(kernel: str, conf: triton.Config, headdim: int, elt: int = 2) -
     return smem <= SMEM_BUDGET and regs <= MAX_TILE_FP32_PER_THREAD
 
 
-def _pruned(kernel: str, configs: list[triton.Config], headdim: int, elt: int = 2) -> list[triton.Config]:
-    kept = [c for c in configs if fits_on_h100(kernel, c, headdim, elt)][:MAX_CONFIGS]
+def pruned(kernel: str, configs: list[triton.Config], headdim: int, elt: int = 2,
+           limit: int = MAX_CONFIGS) -> list[triton.Config]:
+    kept = [c for c in configs if fits_on_h100(kernel, c, headdim, elt)][:limit]
     return kept or [_FALLBACK[kernel]]
 
 
-def _early_prune(kernel):
+def early_prune(kernel):
     def prune(configs, named_args, **kwargs):
-        headdim = kwargs.get("HEAD_DIM", named_args.get("HEAD_DIM"))
-        return _pruned(kernel, configs, headdim, named_args["Q"].element_size())
+        args = {**named_args, **kwargs}
+        elt = args["Q"].element_size()
+        if args.get("DOT_PRECISION") == "ieee":  # FMA dot products: one small config (_common.IEEE_MAX_TILE)
+            return ieee_configs(pruned(kernel, configs, args["HEAD_DIM"], elt, limit=len(configs))) or [
+                _FALLBACK[kernel]]
+        return pruned(kernel, configs, args["HEAD_DIM"], elt)
     prune.__name__ = f"prune_{kernel}"
     return prune
 
 
-_TUNE_KEY = ["HEAD_DIM", "CAUSAL", "N_CTX_Q_BUCKET", "N_CTX_K_BUCKET"]  # dtypes join the key automatically
+# dtypes join the key automatically; the rung switches and the dot precision are part of it
+TUNE_KEY = ["HEAD_DIM", "CAUSAL", "DEFER", "SEQ_PAR", "SKIP", "DOT_PRECISION", "N_CTX_Q_BUCKET", "N_CTX_K_BUCKET"]
+
+
+def autotuned(candidates: dict) -> dict:
+    """The three kernels, each autotuned over ``candidates[name]`` with the named filter."""
+    return {name: triton.autotune(configs=candidates[name], key=TUNE_KEY,
+                                  prune_configs_by={"early_config_prune": early_prune(name)},
+                                  do_bench=tune_bench)(JIT_KERNELS[name])
+            for name in JIT_KERNELS}
+
+
+_AUTOTUNED = autotuned(_CANDIDATES)
+_LAUNCHER = Launcher(_AUTOTUNED, {name: early_prune(name) for name in _AUTOTUNED})
+TRITON_KERNELS = {**_AUTOTUNED, "bwd_preprocess": bwd_preprocess}  # every kernel a launch runs (for profiling)
+forced_configs = _LAUNCHER.forced_configs
+last_config = _LAUNCHER.last_config
 
 
 def configs(headdim: int) -> dict[str, list[triton.Config]]:
     """The autotune space after pruning, per autotuned kernel, for fp16/bf16 inputs of this head dim."""
-    return {name: _pruned(name, cands, headdim) for name, cands in _CANDIDATES.items()}
+    return {name: pruned(name, cands, headdim) for name, cands in _CANDIDATES.items()}
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Forward kernel
+# autograd.Function and the public entry point
 # ----------------------------------------------------------------------------------------------------------------
-@triton.autotune(configs=_FWD_CANDIDATES, key=_TUNE_KEY, prune_configs_by={"early_config_prune": _early_prune("fwd")},
-                 do_bench=tune_bench)
-@triton.jit
-def _attn_fwd(Q, K, V, sm_scale, LSE, Out,
-              stride_qz, stride_qh, stride_qm, stride_qk,
-              stride_kz, stride_kh, stride_kn, stride_kk,
-              stride_vz, stride_vh, stride_vn, stride_vk,
-              stride_oz, stride_oh, stride_om, stride_ok,
-              H, GROUP, N_CTX_Q, N_CTX_K, N_CTX_Q_BUCKET, N_CTX_K_BUCKET,
-              HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr,
-              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    if CAUSAL:  # the last Q blocks see the most keys: start them first
-        start_m = tl.num_programs(0) - 1 - tl.program_id(0)
-    else:
-        start_m = tl.program_id(0)
-    off_hz = tl.program_id(1)
-    off_z = off_hz // H
-    off_h = off_hz % H
-    off_hkv = off_h // GROUP  # GQA: query head h reads kv head h // GROUP
-    q_base = Q + off_z.to(tl.int64) * stride_qz + off_h.to(tl.int64) * stride_qh
-    k_base = K + off_z.to(tl.int64) * stride_kz + off_hkv.to(tl.int64) * stride_kh
-    v_base = V + off_z.to(tl.int64) * stride_vz + off_hkv.to(tl.int64) * stride_vh
-    o_base = Out + off_z.to(tl.int64) * stride_oz + off_h.to(tl.int64) * stride_oh
-
-    offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, BLOCK_D)
-    # q stays on chip throughout
-    q = _load_tile(q_base + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qk, offs_m, N_CTX_Q, offs_d,
-                   HEAD_DIM, BLOCK_D, True)
-    k_ptrs = k_base + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kk
-    v_ptrs = v_base + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vk
-    m_i = tl.zeros([BLOCK_M], dtype=tl.float32) - 1.0e30  # finite: a fully masked block gives no -inf - -inf
-    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-    qk_scale = sm_scale * 1.4426950408889634  # log2(e)
-
-    diag = N_CTX_K - N_CTX_Q  # query i sees keys j <= i + diag (bottom-right aligned)
-    if CAUSAL:
-        # [0, lo): blocks the block's first row sees in full; [lo, hi): the diagonal band; past hi: skipped
-        lo = tl.minimum(tl.maximum(start_m * BLOCK_M + diag + 1, 0) // BLOCK_N, N_CTX_K // BLOCK_N) * BLOCK_N
-        hi = tl.minimum(tl.maximum(start_m * BLOCK_M + BLOCK_M + diag, 0), N_CTX_K)
-    else:
-        lo = (N_CTX_K // BLOCK_N) * BLOCK_N  # full blocks, then the ragged last one
-        hi = N_CTX_K
-    acc, l_i, m_i = _attn_fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kn, stride_vn, 0, lo,
-                                    offs_m, offs_n, offs_d, qk_scale, diag, N_CTX_K,
-                                    HEAD_DIM, BLOCK_D, BLOCK_N, False, CAUSAL)
-    acc, l_i, m_i = _attn_fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kn, stride_vn, lo, hi,
-                                    offs_m, offs_n, offs_d, qk_scale, diag, N_CTX_K,
-                                    HEAD_DIM, BLOCK_D, BLOCK_N, True, CAUSAL)
-
-    # deferred normalisation: one division per row; rows that saw no key output 0 and store L = +inf
-    dead = l_i == 0.0
-    l_i = tl.where(dead, 1.0, l_i)
-    acc = acc / l_i[:, None]
-    lse = tl.where(dead, float("inf"), m_i + tl.math.log2(l_i))
-    tl.store(LSE + off_hz.to(tl.int64) * N_CTX_Q + offs_m, lse, mask=offs_m < N_CTX_Q)
-    _store_tile(o_base + offs_m[:, None] * stride_om + offs_d[None, :] * stride_ok, acc.to(Out.dtype.element_ty),
-                offs_m, N_CTX_Q, offs_d, HEAD_DIM, BLOCK_D)
+@dataclass(frozen=True)
+class Variant:
+    """Compile-time switches of the kernels above (the ablation ladder's rungs 3-6; FA2 has all of them on)
+    and the launcher (autotune space) they run with."""
+    defer: bool = True  # unscaled accumulator, one division at the end, log-sum-exp only
+    seq_par: bool = True  # grid over Q blocks (forward, dQ) and K/V blocks (dK, dV) too
+    skip: bool = True  # causal blocks above the diagonal skipped; unmasked / masked stages
+    launcher: Launcher = _LAUNCHER
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Backward kernels
-# ----------------------------------------------------------------------------------------------------------------
-@triton.jit
-def _attn_bwd_preprocess(O, DO, Delta,
-                         stride_oz, stride_oh, stride_om, stride_ok,
-                         stride_doz, stride_doh, stride_dom, stride_dok,
-                         H, N_CTX_Q,
-                         HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr):
-    """Delta_i = rowsum(dO_i * O_i), in fp32."""
-    start_m = tl.program_id(0)
-    off_hz = tl.program_id(1)
-    off_z = off_hz // H
-    off_h = off_hz % H
-    offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, BLOCK_D)
-    o = _load_tile(O + off_z.to(tl.int64) * stride_oz + off_h.to(tl.int64) * stride_oh
-                   + offs_m[:, None] * stride_om + offs_d[None, :] * stride_ok,
-                   offs_m, N_CTX_Q, offs_d, HEAD_DIM, BLOCK_D, True)
-    do = _load_tile(DO + off_z.to(tl.int64) * stride_doz + off_h.to(tl.int64) * stride_doh
-                    + offs_m[:, None] * stride_dom + offs_d[None, :] * stride_dok,
-                    offs_m, N_CTX_Q, offs_d, HEAD_DIM, BLOCK_D, True)
-    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), axis=1)
-    tl.store(Delta + off_hz.to(tl.int64) * N_CTX_Q + offs_m, delta, mask=offs_m < N_CTX_Q)
-
-
-@triton.jit
-def _attn_bwd_dkdv_inner(dk, dv, k, v, q_ptrs, do_ptrs, lse_ptrs, delta_ptrs, stride_qm, stride_dom, lo, hi,
-                         offs_n, offs_m0, offs_d, qk_scale, diag, N_CTX_Q,
-                         HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
-                         MASK: tl.constexpr, CAUSAL: tl.constexpr):
-    """Q rows [lo, hi) against one K/V block, everything transposed (keys on the rows): accumulate dK, dV.
-
-    MASK=False: every row is in range and sees every key of the block. MASK=True: rows past seqlen_q and,
-    if CAUSAL, the diagonal band.
-    """
-    q_ptrs += tl.cast(lo, tl.int64) * stride_qm
-    do_ptrs += tl.cast(lo, tl.int64) * stride_dom
-    for start_m in range(lo, hi, BLOCK_M):
-        offs_m = start_m + offs_m0
-        q = _load_tile(q_ptrs, offs_m, N_CTX_Q, offs_d, HEAD_DIM, BLOCK_D, MASK)
-        if MASK:
-            lse = tl.load(lse_ptrs + offs_m, mask=offs_m < N_CTX_Q, other=0.0)
-        else:
-            lse = tl.load(lse_ptrs + offs_m)
-        # recompute P^T = exp2(qk_scale * K Q^T - L) from the stored log-sum-exp
-        qkT = tl.dot(k, tl.trans(q))
-        pT = tl.math.exp2(qkT * qk_scale - lse[None, :])
-        if MASK:
-            keep = offs_m[None, :] < N_CTX_Q
-            if CAUSAL:
-                keep = keep & (offs_n[:, None] <= offs_m[None, :] + diag)
-            pT = tl.where(keep, pT, 0.0)
-        do = _load_tile(do_ptrs, offs_m, N_CTX_Q, offs_d, HEAD_DIM, BLOCK_D, MASK)
-        dv = tl.dot(pT.to(do.dtype), do, dv)
-        if MASK:
-            delta = tl.load(delta_ptrs + offs_m, mask=offs_m < N_CTX_Q, other=0.0)
-        else:
-            delta = tl.load(delta_ptrs + offs_m)
-        # dS^T = P^T * (dP^T - Delta), dP^T = V dO^T
-        dpT = tl.dot(v, tl.trans(do))
-        dsT = pT * (dpT - delta[None, :])
-        dk = tl.dot(dsT.to(q.dtype), q, dk)
-        q_ptrs += BLOCK_M * stride_qm
-        do_ptrs += BLOCK_M * stride_dom
-    return dk, dv
-
-
-@triton.autotune(configs=_DKDV_CANDIDATES, key=_TUNE_KEY,
-                 prune_configs_by={"early_config_prune": _early_prune("bwd_dkdv")}, do_bench=tune_bench)
-@triton.jit
-def _attn_bwd_dkdv(Q, K, V, sm_scale, DO, DK, DV, LSE, Delta,
-                   stride_qz, stride_qh, stride_qm, stride_qk,
-                   stride_kz, stride_kh, stride_kn, stride_kk,
-                   stride_vz, stride_vh, stride_vn, stride_vk,
-                   stride_doz, stride_doh, stride_dom, stride_dok,
-                   stride_dkz, stride_dkh, stride_dkn, stride_dkk,
-                   stride_dvz, stride_dvh, stride_dvn, stride_dvk,
-                   H, GROUP, N_CTX_Q, N_CTX_K, N_CTX_Q_BUCKET, N_CTX_K_BUCKET,
-                   HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr,
-                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    start_n = tl.program_id(0)
-    off_hkvz = tl.program_id(1)  # over batch * kv_heads
-    H_KV = H // GROUP
-    off_z = off_hkvz // H_KV
-    off_hkv = off_hkvz % H_KV
-
-    offs_n = start_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_m0 = tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, BLOCK_D)
-    # k and v stay on chip throughout
-    k = _load_tile(K + off_z.to(tl.int64) * stride_kz + off_hkv.to(tl.int64) * stride_kh
-                   + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kk,
-                   offs_n, N_CTX_K, offs_d, HEAD_DIM, BLOCK_D, True)
-    v = _load_tile(V + off_z.to(tl.int64) * stride_vz + off_hkv.to(tl.int64) * stride_vh
-                   + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vk,
-                   offs_n, N_CTX_K, offs_d, HEAD_DIM, BLOCK_D, True)
-    dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
-    dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
-    qk_scale = sm_scale * 1.4426950408889634  # log2(e)
-
-    diag = N_CTX_K - N_CTX_Q  # query i sees keys j <= i + diag
-    if CAUSAL:
-        # rows before lo see no key of this block (skipped); rows from full see all of it. [lo, mid) is the
-        # masked band, rounded up to whole steps of BLOCK_M.
-        lo = tl.maximum(start_n * BLOCK_N - diag, 0)
-        full = tl.maximum(start_n * BLOCK_N + BLOCK_N - 1 - diag, 0)
-        mid = lo + (full - lo + BLOCK_M - 1) // BLOCK_M * BLOCK_M
-    else:
-        lo = 0
-        mid = 0
-    # [mid, end): whole unmasked steps; [end, N_CTX_Q): the ragged last step, masked
-    end = mid + tl.maximum(N_CTX_Q - mid, 0) // BLOCK_M * BLOCK_M
-
-    for g in range(GROUP):  # the query heads sharing this kv head
-        off_h = off_hkv * GROUP + g
-        off_hz = off_z * H + off_h
-        q_ptrs = (Q + off_z.to(tl.int64) * stride_qz + off_h.to(tl.int64) * stride_qh
-                  + offs_m0[:, None] * stride_qm + offs_d[None, :] * stride_qk)
-        do_ptrs = (DO + off_z.to(tl.int64) * stride_doz + off_h.to(tl.int64) * stride_doh
-                   + offs_m0[:, None] * stride_dom + offs_d[None, :] * stride_dok)
-        lse_ptrs = LSE + off_hz.to(tl.int64) * N_CTX_Q
-        delta_ptrs = Delta + off_hz.to(tl.int64) * N_CTX_Q
-        dk, dv = _attn_bwd_dkdv_inner(dk, dv, k, v, q_ptrs, do_ptrs, lse_ptrs, delta_ptrs, stride_qm, stride_dom,
-                                      lo, mid, offs_n, offs_m0, offs_d, qk_scale, diag, N_CTX_Q,
-                                      HEAD_DIM, BLOCK_D, BLOCK_M, True, CAUSAL)
-        dk, dv = _attn_bwd_dkdv_inner(dk, dv, k, v, q_ptrs, do_ptrs, lse_ptrs, delta_ptrs, stride_qm, stride_dom,
-                                      mid, end, offs_n, offs_m0, offs_d, qk_scale, diag, N_CTX_Q,
-                                      HEAD_DIM, BLOCK_D, BLOCK_M, False, CAUSAL)
-        dk, dv = _attn_bwd_dkdv_inner(dk, dv, k, v, q_ptrs, do_ptrs, lse_ptrs, delta_ptrs, stride_qm, stride_dom,
-                                      end, N_CTX_Q, offs_n, offs_m0, offs_d, qk_scale, diag, N_CTX_Q,
-                                      HEAD_DIM, BLOCK_D, BLOCK_M, True, CAUSAL)
-
-    dk *= sm_scale  # S = sm_scale * Q K^T
-    _store_tile(DK + off_z.to(tl.int64) * stride_dkz + off_hkv.to(tl.int64) * stride_dkh
-                + offs_n[:, None] * stride_dkn + offs_d[None, :] * stride_dkk,
-                dk.to(DK.dtype.element_ty), offs_n, N_CTX_K, offs_d, HEAD_DIM, BLOCK_D)
-    _store_tile(DV + off_z.to(tl.int64) * stride_dvz + off_hkv.to(tl.int64) * stride_dvh
-                + offs_n[:, None] * stride_dvn + offs_d[None, :] * stride_dvk,
-                dv.to(DV.dtype.element_ty), offs_n, N_CTX_K, offs_d, HEAD_DIM, BLOCK_D)
-
-
-@triton.jit
-def _attn_bwd_dq_inner(dq, q, do, lse, delta, k_ptrs, v_ptrs, stride_kn, stride_vn, lo, hi,
-                       offs_m, offs_n, offs_d, qk_scale, diag, N_CTX_K,
-                       HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
-                       MASK: tl.constexpr, CAUSAL: tl.constexpr):
-    """K/V blocks [lo, hi) against one Q block: accumulate dQ. Masks as in _attn_fwd_inner."""
-    k_ptrs += tl.cast(lo, tl.int64) * stride_kn
-    v_ptrs += tl.cast(lo, tl.int64) * stride_vn
-    for start_n in range(lo, hi, BLOCK_N):
-        cols = start_n + offs_n
-        k = _load_tile(k_ptrs, cols, N_CTX_K, offs_d, HEAD_DIM, BLOCK_D, MASK)
-        qk = tl.dot(q, tl.trans(k))
-        p = tl.math.exp2(qk * qk_scale - lse[:, None])
-        if MASK:
-            keep = cols[None, :] < N_CTX_K
-            if CAUSAL:
-                keep = keep & (cols[None, :] <= offs_m[:, None] + diag)
-            p = tl.where(keep, p, 0.0)
-        v = _load_tile(v_ptrs, cols, N_CTX_K, offs_d, HEAD_DIM, BLOCK_D, MASK)
-        dp = tl.dot(do, tl.trans(v))
-        ds = p * (dp - delta[:, None])
-        dq = tl.dot(ds.to(k.dtype), k, dq)
-        k_ptrs += BLOCK_N * stride_kn
-        v_ptrs += BLOCK_N * stride_vn
-    return dq
-
-
-@triton.autotune(configs=_DQ_CANDIDATES, key=_TUNE_KEY,
-                 prune_configs_by={"early_config_prune": _early_prune("bwd_dq")}, do_bench=tune_bench)
-@triton.jit
-def _attn_bwd_dq(Q, K, V, sm_scale, DO, DQ, LSE, Delta,
-                 stride_qz, stride_qh, stride_qm, stride_qk,
-                 stride_kz, stride_kh, stride_kn, stride_kk,
-                 stride_vz, stride_vh, stride_vn, stride_vk,
-                 stride_doz, stride_doh, stride_dom, stride_dok,
-                 stride_dqz, stride_dqh, stride_dqm, stride_dqk,
-                 H, GROUP, N_CTX_Q, N_CTX_K, N_CTX_Q_BUCKET, N_CTX_K_BUCKET,
-                 HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr,
-                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    if CAUSAL:
-        start_m = tl.num_programs(0) - 1 - tl.program_id(0)
-    else:
-        start_m = tl.program_id(0)
-    off_hz = tl.program_id(1)
-    off_z = off_hz // H
-    off_h = off_hz % H
-    off_hkv = off_h // GROUP
-
-    offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, BLOCK_D)
-    # q, dO, L and Delta stay on chip throughout
-    q = _load_tile(Q + off_z.to(tl.int64) * stride_qz + off_h.to(tl.int64) * stride_qh
-                   + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qk,
-                   offs_m, N_CTX_Q, offs_d, HEAD_DIM, BLOCK_D, True)
-    do = _load_tile(DO + off_z.to(tl.int64) * stride_doz + off_h.to(tl.int64) * stride_doh
-                    + offs_m[:, None] * stride_dom + offs_d[None, :] * stride_dok,
-                    offs_m, N_CTX_Q, offs_d, HEAD_DIM, BLOCK_D, True)
-    lse = tl.load(LSE + off_hz.to(tl.int64) * N_CTX_Q + offs_m, mask=offs_m < N_CTX_Q, other=0.0)
-    delta = tl.load(Delta + off_hz.to(tl.int64) * N_CTX_Q + offs_m, mask=offs_m < N_CTX_Q, other=0.0)
-    k_ptrs = (K + off_z.to(tl.int64) * stride_kz + off_hkv.to(tl.int64) * stride_kh
-              + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kk)
-    v_ptrs = (V + off_z.to(tl.int64) * stride_vz + off_hkv.to(tl.int64) * stride_vh
-              + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vk)
-    dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-    qk_scale = sm_scale * 1.4426950408889634  # log2(e)
-
-    diag = N_CTX_K - N_CTX_Q
-    if CAUSAL:  # the same stages as the forward pass
-        lo = tl.minimum(tl.maximum(start_m * BLOCK_M + diag + 1, 0) // BLOCK_N, N_CTX_K // BLOCK_N) * BLOCK_N
-        hi = tl.minimum(tl.maximum(start_m * BLOCK_M + BLOCK_M + diag, 0), N_CTX_K)
-    else:
-        lo = (N_CTX_K // BLOCK_N) * BLOCK_N
-        hi = N_CTX_K
-    dq = _attn_bwd_dq_inner(dq, q, do, lse, delta, k_ptrs, v_ptrs, stride_kn, stride_vn, 0, lo,
-                            offs_m, offs_n, offs_d, qk_scale, diag, N_CTX_K, HEAD_DIM, BLOCK_D, BLOCK_N, False, CAUSAL)
-    dq = _attn_bwd_dq_inner(dq, q, do, lse, delta, k_ptrs, v_ptrs, stride_kn, stride_vn, lo, hi,
-                            offs_m, offs_n, offs_d, qk_scale, diag, N_CTX_K, HEAD_DIM, BLOCK_D, BLOCK_N, True, CAUSAL)
-
-    dq *= sm_scale  # S = sm_scale * Q K^T
-    _store_tile(DQ + off_z.to(tl.int64) * stride_dqz + off_h.to(tl.int64) * stride_dqh
-                + offs_m[:, None] * stride_dqm + offs_d[None, :] * stride_dqk,
-                dq.to(DQ.dtype.element_ty), offs_m, N_CTX_Q, offs_d, HEAD_DIM, BLOCK_D)
-
-
-TRITON_KERNELS = {
-    "fwd": _attn_fwd,
-    "bwd_preprocess": _attn_bwd_preprocess,
-    "bwd_dkdv": _attn_bwd_dkdv,
-    "bwd_dq": _attn_bwd_dq,
-}
-PREPROCESS_BLOCK_M = 64  # bwd_preprocess is memory-bound and not tuned
-
-# ----------------------------------------------------------------------------------------------------------------
-# Launching: autotuned, or one forced config (also the CPU interpreter's path: the autotuner cannot benchmark)
-# ----------------------------------------------------------------------------------------------------------------
-_FORCED: dict[str, triton.Config] = {}
-_LAST: dict[str, str] = {}
-forced_configs = config_forcer(_FORCED, tuple(_CANDIDATES))
-
-
-def last_config() -> str:
-    """The configs of the most recent forward and backward launches, e.g. 'fwd: BLOCK_M=128 ... | bwd_dkdv: ...'."""
-    return " | ".join(f"{name}: {_LAST[name]}" for name in _CANDIDATES if name in _LAST)
-
-
-def _launch(name, grid, args, headdim, elt, **kwargs):
-    kernel = TRITON_KERNELS[name]
-    conf = _FORCED.get(name)
-    if conf is None and interpreting():
-        conf = _pruned(name, _CANDIDATES[name], headdim, elt)[0]
-    if conf is None:
-        kernel[grid](*args, **kwargs)
-        conf = kernel.best_config
-    else:
-        kernel.fn[grid](*args, **kwargs, **conf.all_kwargs())
-    _LAST[name] = describe_config(conf)
+FA2 = Variant()
 
 
 def _bucket(n: int) -> int:
     return triton.next_power_of_2(n)
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# autograd.Function and the public entry point
-# ----------------------------------------------------------------------------------------------------------------
 class _attention(torch.autograd.Function):
 
     @staticmethod
-    def forward(ctx, q, k, v, causal, sm_scale):
+    def forward(ctx, q, k, v, causal, sm_scale, precision, variant):
         Z, H, N_CTX_Q, HEAD_DIM = q.shape
         H_KV, N_CTX_K = k.shape[1], k.shape[2]
-        BLOCK_D = max(16, triton.next_power_of_2(HEAD_DIM))
         o = torch.empty_like(q)
-        lse = torch.empty((Z, H, N_CTX_Q), device=q.device, dtype=torch.float32)  # log2 domain
-        meta = dict(HEAD_DIM=HEAD_DIM, BLOCK_D=BLOCK_D, CAUSAL=causal)
+        f32 = dict(device=q.device, dtype=torch.float32)
+        lse = torch.empty((Z, H, N_CTX_Q), **f32)  # log2 domain; the running max m when not variant.defer
+        lsum = lse if variant.defer else torch.empty((Z, H, N_CTX_Q), **f32)  # l, when not variant.defer
+        meta = dict(HEAD_DIM=HEAD_DIM, BLOCK_D=block_d(HEAD_DIM), CAUSAL=causal, DEFER=variant.defer,
+                    SEQ_PAR=variant.seq_par, SKIP=variant.skip, DOT_PRECISION=precision)
 
         def grid(META):
-            return (triton.cdiv(N_CTX_Q, META["BLOCK_M"]), Z * H)
+            return (triton.cdiv(N_CTX_Q, META["BLOCK_M"]) if variant.seq_par else 1, Z * H)
 
-        _launch("fwd", grid,
-                (q, k, v, sm_scale, lse, o, *q.stride(), *k.stride(), *v.stride(), *o.stride(),
-                 H, H // H_KV, N_CTX_Q, N_CTX_K, _bucket(N_CTX_Q), _bucket(N_CTX_K)),
-                HEAD_DIM, q.element_size(), **meta)
-        ctx.save_for_backward(q, k, v, o, lse)
-        ctx.causal, ctx.sm_scale = causal, sm_scale
+        variant.launcher.launch("fwd", grid, q, k, v, sm_scale, lse, lsum, o,
+                                *q.stride(), *k.stride(), *v.stride(), *o.stride(),
+                                H, H // H_KV, N_CTX_Q, N_CTX_K, _bucket(N_CTX_Q), _bucket(N_CTX_K), **meta)
+        ctx.save_for_backward(q, k, v, o, lse, lsum)
+        ctx.sm_scale, ctx.meta, ctx.variant = sm_scale, meta, variant
         return o
 
     @staticmethod
     def backward(ctx, do):
-        q, k, v, o, lse = ctx.saved_tensors
+        q, k, v, o, lse, lsum = ctx.saved_tensors
+        variant, meta = ctx.variant, ctx.meta
         Z, H, N_CTX_Q, HEAD_DIM = q.shape
         H_KV, N_CTX_K = k.shape[1], k.shape[2]
-        BLOCK_D = max(16, triton.next_power_of_2(HEAD_DIM))
         dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
         delta = torch.empty_like(lse)
-        meta = dict(HEAD_DIM=HEAD_DIM, BLOCK_D=BLOCK_D, CAUSAL=ctx.causal)
         tail = (H, H // H_KV, N_CTX_Q, N_CTX_K, _bucket(N_CTX_Q), _bucket(N_CTX_K))
-
-        _attn_bwd_preprocess[(triton.cdiv(N_CTX_Q, PREPROCESS_BLOCK_M), Z * H)](
-            o, do, delta, *o.stride(), *do.stride(), H, N_CTX_Q,
-            HEAD_DIM=HEAD_DIM, BLOCK_D=BLOCK_D, BLOCK_M=PREPROCESS_BLOCK_M, num_warps=4 if BLOCK_D <= 64 else 8)
+        launch_preprocess(o, do, delta, meta["BLOCK_D"])
 
         def grid_dkdv(META):
-            return (triton.cdiv(N_CTX_K, META["BLOCK_N"]), Z * H_KV)
+            return (triton.cdiv(N_CTX_K, META["BLOCK_N"]) if variant.seq_par else 1, Z * H_KV)
 
-        _launch("bwd_dkdv", grid_dkdv,
-                (q, k, v, ctx.sm_scale, do, dk, dv, lse, delta, *q.stride(), *k.stride(), *v.stride(),
-                 *do.stride(), *dk.stride(), *dv.stride(), *tail),
-                HEAD_DIM, q.element_size(), **meta)
+        variant.launcher.launch("bwd_dkdv", grid_dkdv, q, k, v, ctx.sm_scale, do, dk, dv, lse, lsum, delta,
+                                *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dk.stride(), *dv.stride(),
+                                *tail, **meta)
 
         def grid_dq(META):
-            return (triton.cdiv(N_CTX_Q, META["BLOCK_M"]), Z * H)
+            return (triton.cdiv(N_CTX_Q, META["BLOCK_M"]) if variant.seq_par else 1, Z * H)
 
-        _launch("bwd_dq", grid_dq,
-                (q, k, v, ctx.sm_scale, do, dq, lse, delta, *q.stride(), *k.stride(), *v.stride(),
-                 *do.stride(), *dq.stride(), *tail),
-                HEAD_DIM, q.element_size(), **meta)
-        return dq, dk, dv, None, None
+        variant.launcher.launch("bwd_dq", grid_dq, q, k, v, ctx.sm_scale, do, dq, lse, lsum, delta,
+                                *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dq.stride(), *tail, **meta)
+        return dq, dk, dv, None, None, None, None
+
+
+def run_variant(variant: Variant, q, k, v, causal, sm_scale, tf32) -> torch.Tensor:
+    """Check the inputs and run the kernels with ``variant``'s switches (shared by fa2 and the ladder)."""
+    shape = check_inputs(q, k, v)
+    scale = check_scale(shape.headdim, sm_scale)
+    return _attention.apply(q, k, v, bool(causal), scale, dot_precision(q.dtype, tf32), variant)
 
 
 def flash2_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = False,
-                     sm_scale: float | None = None) -> torch.Tensor:
+                     sm_scale: float | None = None, tf32: bool = False) -> torch.Tensor:
     """softmax(q k^T * sm_scale) v with FlashAttention-2; differentiable in q, k and v.
 
     q: (batch, heads, seqlen_q, headdim); k, v: (batch, kv_heads, seqlen_k, headdim), any strides, fp16, bf16 or
-    fp32. Causal masking is aligned to the bottom-right corner. sm_scale defaults to headdim ** -0.5.
+    fp32. Causal masking is aligned to the bottom-right corner. sm_scale defaults to headdim ** -0.5 and must be
+    finite and positive. fp32 inputs run IEEE fp32 dot products unless ``tf32`` (ignored for fp16/bf16).
     """
-    shape = check_inputs(q, k, v)
-    sm_scale = default_scale(shape.headdim, sm_scale)
-    if not (math.isfinite(sm_scale) and sm_scale >= 0):
-        raise ValueError(f"sm_scale must be a finite non-negative number, got {sm_scale}")
-    return _attention.apply(q, k, v, bool(causal), sm_scale)
+    return run_variant(FA2, q, k, v, causal, sm_scale, tf32)

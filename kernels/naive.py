@@ -39,7 +39,7 @@ Difference from the neighbour, kernels/flash1.py
     causal attention costs as much as full attention here.
 
 Supported / unsupported
-    fp16, bf16, fp32 (fp32 matmuls use tf32 on the GPU); head dim 1..256 (padded to a power of two by masks);
+    fp16, bf16, fp32 (IEEE fp32 matmuls; tf32=True for TF32); head dim 1..256 (padded to a power of two by masks);
     any seqlen_q, seqlen_k; causal aligned to the bottom-right corner; any strides. No dropout, no attention
     bias or ALiBi, no variable-length (packed) batches, no KV cache.
 
@@ -55,9 +55,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import check_inputs, config_forcer, default_scale, describe_config, interpreting, tune_bench
+from ._common import (LOG2E, check_inputs, check_scale, config_forcer, describe_config, dot_precision,
+                      ieee_configs, interpreting, tune_bench)
 
-LOG2E = tl.constexpr(1.4426950408889634)  # exp(x) = exp2(x · log2 e)
 
 # Shape classes of the five matmuls, part of the autotune key (each prefers other tiles and layouts).
 QK, PV, PTV = 0, 1, 2  # S, dP: reduce over head dim | O, dQ: reduce over keys | dV, dK: over queries (Pᵀ)
@@ -86,13 +86,14 @@ def _load_tile(ptrs, mask_r, mask_c, EVEN_R: tl.constexpr, EVEN_C: tl.constexpr)
 
 @triton.jit
 def _matmul_inner(acc, a_ptrs, b_ptrs, mask_m, mask_n, K, stride_ak, stride_bk,
-                  BLOCK_K: tl.constexpr, EVEN_M: tl.constexpr, EVEN_N: tl.constexpr, EVEN_K: tl.constexpr):
+                  BLOCK_K: tl.constexpr, EVEN_M: tl.constexpr, EVEN_N: tl.constexpr, EVEN_K: tl.constexpr,
+                  DOT_PRECISION: tl.constexpr):
     offs_k = tl.arange(0, BLOCK_K)
     for start_k in range(0, K, BLOCK_K):
         mask_k = offs_k < K - start_k
         a = _load_tile(a_ptrs, mask_m, mask_k, EVEN_M, EVEN_K)
         b = _load_tile(b_ptrs, mask_k, mask_n, EVEN_K, EVEN_N)
-        acc = tl.dot(a, b, acc)  # operands in the input dtype, fp32 accumulate
+        acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)  # operands in the input dtype, fp32 accumulate
         a_ptrs += BLOCK_K * stride_ak
         b_ptrs += BLOCK_K * stride_bk
     return acc
@@ -131,8 +132,10 @@ def _matmul_space(configs, m_bucket: int, n_bucket: int, k_bucket: int, elem_byt
 def _prune_matmul_configs(configs, named_args, **kwargs):
     """Named early_config_prune filter of the matmul autotuner (the key is a function of its inputs)."""
     args = {**named_args, **kwargs}
-    return _matmul_space(configs, args["M_BUCKET"], args["N_BUCKET"], args["K_BUCKET"],
-                         args["A"].element_size())
+    kept = _matmul_space(configs, args["M_BUCKET"], args["N_BUCKET"], args["K_BUCKET"], args["A"].element_size())
+    if args.get("DOT_PRECISION") == "ieee":  # FMA dot products: one small config (_common.IEEE_MAX_TILE)
+        kept = ieee_configs(kept)
+    return kept
 
 
 def configs(headdim: int) -> dict[str, list[triton.Config]]:
@@ -154,7 +157,7 @@ def _matmul_kernel(A, B, C, alpha,
                    stride_cz, stride_ch, stride_cm, stride_cn,
                    H_C, RED, A_DIV, B_DIV, M, N, K,
                    SHAPE_CLASS, M_BUCKET, N_BUCKET, K_BUCKET,  # autotune key only
-                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                   DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                    EVEN_M: tl.constexpr, EVEN_N: tl.constexpr, EVEN_K: tl.constexpr):
     """C[z, h] = alpha · Σ_{g < RED} A[z, (h·RED + g) // A_DIV] @ B[z, (h·RED + g) // B_DIV].
 
@@ -184,7 +187,7 @@ def _matmul_kernel(A, B, C, alpha,
         b_ptrs = (B + (head // B_DIV).to(tl.int64) * stride_bh
                   + offs_k[:, None] * stride_bk + offs_n[None, :] * stride_bn)
         acc = _matmul_inner(acc, a_ptrs, b_ptrs, mask_m, mask_n, K, stride_ak, stride_bk,
-                            BLOCK_K, EVEN_M, EVEN_N, EVEN_K)
+                            BLOCK_K, EVEN_M, EVEN_N, EVEN_K, DOT_PRECISION)
     c = (acc * alpha).to(C.dtype.element_ty)
     C += (off_z.to(tl.int64) * stride_cz + off_h.to(tl.int64) * stride_ch
           + start_m.to(tl.int64) * stride_cm + start_n.to(tl.int64) * stride_cn)
@@ -202,7 +205,7 @@ _matmul = triton.heuristics({
 })(_matmul_kernel)
 _matmul_autotuned = triton.autotune(
     configs=_MATMUL_CONFIGS,
-    key=["SHAPE_CLASS", "M_BUCKET", "N_BUCKET", "K_BUCKET"],  # the tensors' dtypes are added by Triton
+    key=["SHAPE_CLASS", "M_BUCKET", "N_BUCKET", "K_BUCKET", "DOT_PRECISION"],  # the tensors' dtypes are added by Triton
     prune_configs_by={"early_config_prune": _prune_matmul_configs}, do_bench=tune_bench,
 )(_matmul)
 
@@ -334,7 +337,7 @@ def last_config() -> str:
     return " | ".join(f"{phase}: {_LAST[phase]}" for phase in ("fwd", "bwd") if phase in _LAST)
 
 
-def _launch_matmul(name, a, b, c, alpha, shape_class, red=1, a_div=1, b_div=1) -> str:
+def _launch_matmul(name, a, b, c, alpha, shape_class, precision, red=1, a_div=1, b_div=1) -> str:
     """c[z, h] = alpha · Σ_g a[z, (h·red + g) // a_div] @ b[z, (h·red + g) // b_div]; all 4-D, any strides."""
     Z, H_C, M, N = c.shape
     K = a.shape[3]
@@ -348,9 +351,10 @@ def _launch_matmul(name, a, b, c, alpha, shape_class, red=1, a_div=1, b_div=1) -
     if cfg is None and interpreting():  # the interpreter cannot benchmark: first config of the pruned list
         cfg = _matmul_space(_MATMUL_CONFIGS, *args[-3:], a.element_size())[0]
     if cfg is not None:
-        _matmul[grid](*args, **cfg.kwargs, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        _matmul[grid](*args, DOT_PRECISION=precision, **cfg.kwargs, num_warps=cfg.num_warps,
+                      num_stages=cfg.num_stages)
     else:
-        _matmul_autotuned[grid](*args)
+        _matmul_autotuned[grid](*args, DOT_PRECISION=precision)
         cfg = _matmul_autotuned.best_config
     return f"{name}[{_CLASS_NAMES[shape_class]}] {describe_config(cfg)}"
 
@@ -396,47 +400,50 @@ def _launch_softmax_bwd(p, dp, ds) -> str:
 class _attention(torch.autograd.Function):
 
     @staticmethod
-    def forward(ctx, q, k, v, causal, sm_scale):
+    def forward(ctx, q, k, v, causal, sm_scale, precision):
         Z, H, N_CTX_Q, HEAD_DIM = q.shape
         N_CTX_K = k.shape[2]
         group = H // k.shape[1]
         s = _scores_buffer(q, N_CTX_K)
-        used = [_launch_matmul("S", q, k.transpose(2, 3), s, sm_scale, QK, b_div=group)]
+        used = [_launch_matmul("S", q, k.transpose(2, 3), s, sm_scale, QK, precision, b_div=group)]
         p = _scores_buffer(q, N_CTX_K)
         used.append(_launch_softmax(s, p, causal))
         del s
         o = torch.empty((Z, H, N_CTX_Q, HEAD_DIM), dtype=q.dtype, device=q.device)
-        used.append(_launch_matmul("O", p, v, o, 1.0, PV, b_div=group))
+        used.append(_launch_matmul("O", p, v, o, 1.0, PV, precision, b_div=group))
         _LAST["fwd"] = ", ".join(used)
         ctx.save_for_backward(q, k, v, p)  # P, not S; O is not needed
         ctx.sm_scale = sm_scale
         ctx.group = group
+        ctx.precision = precision
         return o
 
     @staticmethod
     def backward(ctx, do):
         q, k, v, p = ctx.saved_tensors
-        sm_scale, group = ctx.sm_scale, ctx.group
+        sm_scale, group, precision = ctx.sm_scale, ctx.group, ctx.precision
         dv = torch.empty(k.shape, dtype=v.dtype, device=v.device)
-        used = [_launch_matmul("dV", p.transpose(2, 3), do, dv, 1.0, PTV, red=group)]
+        used = [_launch_matmul("dV", p.transpose(2, 3), do, dv, 1.0, PTV, precision, red=group)]
         dp = _scores_buffer(q, k.shape[2])
-        used.append(_launch_matmul("dP", do, v.transpose(2, 3), dp, 1.0, QK, b_div=group))
+        used.append(_launch_matmul("dP", do, v.transpose(2, 3), dp, 1.0, QK, precision, b_div=group))
         ds = _scores_buffer(q, k.shape[2])
         used.append(_launch_softmax_bwd(p, dp, ds))
         del dp
         dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-        used.append(_launch_matmul("dQ", ds, k, dq, sm_scale, PV, b_div=group))
+        used.append(_launch_matmul("dQ", ds, k, dq, sm_scale, PV, precision, b_div=group))
         dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)
-        used.append(_launch_matmul("dK", ds.transpose(2, 3), q, dk, sm_scale, PTV, red=group))
+        used.append(_launch_matmul("dK", ds.transpose(2, 3), q, dk, sm_scale, PTV, precision, red=group))
         _LAST["bwd"] = ", ".join(used)
-        return dq, dk, dv, None, None
+        return dq, dk, dv, None, None, None
 
 
 def naive_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = False,
-                    sm_scale: float | None = None) -> torch.Tensor:
+                    sm_scale: float | None = None, tf32: bool = False) -> torch.Tensor:
     """Standard attention softmax(q kᵀ · sm_scale) v with S and P materialised; differentiable.
 
-    q: (batch, heads, seqlen_q, headdim); k, v: (batch, kv_heads, seqlen_k, headdim), any strides.
+    q: (batch, heads, seqlen_q, headdim); k, v: (batch, kv_heads, seqlen_k, headdim), any strides. sm_scale must
+    be finite and positive; fp32 inputs run IEEE fp32 dot products unless ``tf32`` (ignored for fp16/bf16).
     """
     shape = check_inputs(q, k, v)
-    return _attention.apply(q, k, v, bool(causal), default_scale(shape.headdim, sm_scale))
+    return _attention.apply(q, k, v, bool(causal), check_scale(shape.headdim, sm_scale),
+                            dot_precision(q.dtype, tf32))

@@ -1,10 +1,13 @@
-"""Shared cases for the kernel tests: the kernels by provider name and input makers."""
+"""Shared cases for the kernel tests: fa2bench's own Triton kernels by provider name (from the one provider
+registry, so a newly registered kernel is tested without editing the tests) and input makers."""
 import torch
 
-from fa2bench.kernels import flash1, flash1_attention, flash2, flash2_attention, naive, naive_attention
+import fa2bench.kernels
+from fa2bench import providers
 
-KERNELS = {"naive": naive_attention, "fa1": flash1_attention, "fa2": flash2_attention}
-MODULES = {"naive": naive, "fa1": flash1, "fa2": flash2}
+KERNEL_PROVIDERS = providers.triton_providers()
+KERNELS = {name: getattr(fa2bench.kernels, providers.get(name).function) for name in KERNEL_PROVIDERS}
+MODULES = {name: providers.kernel_module(name) for name in KERNEL_PROVIDERS}
 
 
 def shape_id(shape):

@@ -56,6 +56,7 @@ def test_points_that_did_not_run_ok_have_no_step():
 def test_short_and_long_pick_the_nearest_run_lengths():
     assert ablation.short_and_long([512, 1024, 4096, 16384]) == (1024, 16384)
     assert ablation.short_and_long([512, 2048, 16384]) == (2048, 16384)
+    assert ablation.short_and_long([32, 48]) == (48,)
 
 
 def test_write_draws_one_waterfall_per_panel_and_a_report_with_the_papers_claims(tmp_path, monkeypatch):
@@ -76,3 +77,21 @@ def test_write_refuses_a_run_without_ladder_providers(tmp_path, monkeypatch):
     monkeypatch.setattr(ablation, "ladder_rungs", lambda: RUNGS)
     with pytest.raises(ValueError, match="no ladder provider"):
         ablation.write(tmp_path, results_frame(providers=("sdpa-flash",)))
+
+
+def test_ablate_runs_the_ladder_and_writes_its_report_on_the_interpreter(tmp_path):
+    from typer.testing import CliRunner
+
+    from fa2bench import providers
+    from fa2bench.cli import app
+
+    out = tmp_path / "abl"
+    result = CliRunner().invoke(app, ["ablate", "--seqlen", "32", "--headdim", "32", "--mode", "fwd", "--dtype",
+                                      "fp32", "--batch", "1", "--heads", "2", "--rep-ms", "1", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    rows = pd.read_csv(out / "results.csv")
+    assert set(rows["provider"]) == set(providers.ladder()) and (rows["status"] == "ok").all()
+    assert len(rows) == 2 * len(providers.ladder())  # causal and not
+    assert sorted(p.name for p in (out / "figures").iterdir()) == ["ablation-fwd-d32-causal-fp32.png",
+                                                                  "ablation-fwd-d32-full-fp32.png"]
+    assert "## fwd, head dim 32, causal, fp32" in (out / "ablation.md").read_text()

@@ -1,8 +1,9 @@
-"""The kernels on a real GPU: fp16 and bf16 at realistic sizes, every autotune config, determinism."""
+"""The kernels on a real GPU (every one in the registry, so every rung of the ablation ladder): fp16 and bf16 at
+realistic sizes, every autotune config, determinism, IEEE fp32 vs TF32, offsets past 2**31 elements."""
 import pytest
 import torch
 
-from fa2bench.reference import check_attention
+from fa2bench.reference import attention_ref, check_attention, rel_error
 from tests.kernel_cases import KERNELS, MODULES, make_qkv, shape_id
 
 pytestmark = pytest.mark.gpu
@@ -16,11 +17,17 @@ GPU_SHAPES = [
 ]
 
 
+# the ladder's rungs without sequence parallelism (same kernels as fa2's, which run every shape)
+ONE_PROGRAM_PER_HEAD = {"r3-swap", "r4-defer"}
+
+
 @pytest.mark.parametrize("shape", GPU_SHAPES, ids=shape_id)
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("kernel", KERNELS)
 def test_gpu_output_and_gradients_match_reference(kernel, dtype, causal, shape):
+    if kernel in ONE_PROGRAM_PER_HEAD and shape[0] * shape[1] * shape[3] >= 16384:
+        pytest.skip("rungs 3-4 run one program per (batch, head): minutes per call at 8k tokens on 2 heads")
     q, k, v = make_qkv(shape, dtype, "cuda")
     ref_dtype = torch.float64 if shape[3] * shape[4] * shape[1] <= 2**26 else torch.float32
     verdict = check_attention(lambda q, k, v, c: KERNELS[kernel](q, k, v, causal=c), q, k, v, causal,
@@ -44,9 +51,14 @@ def test_every_autotune_config_is_correct(kernel, headdim):
     assert tried > 0 or kernel == "naive"
 
 
+# fa1-split's backward adds dQ from several programs with fp32 atomics (as flash-attn v1 did): dQ may differ in
+# the last bits between runs; everything else is deterministic by design
+NONDETERMINISTIC = {"fa1-split": {"dq"}}
+
+
 @pytest.mark.parametrize("kernel", KERNELS)
 def test_repeated_runs_are_bit_equal(kernel):
-    """Every kernel here is deterministic by design (no atomics): outputs and gradients repeat exactly."""
+    """Outputs and gradients repeat exactly (where no atomics are used by design; those stay close)."""
     q, k, v = make_qkv((2, 8, 4, 2048, 2048, 128), torch.bfloat16, "cuda")
     do = torch.randn_like(q)
 
@@ -57,6 +69,45 @@ def test_repeated_runs_are_bit_equal(kernel):
         return [o.detach()] + [t.grad for t in leaves]
 
     first = run()
+    loose = NONDETERMINISTIC.get(kernel, set())
     for _ in range(3):
-        for a, b in zip(first, run()):
-            assert torch.equal(a, b)
+        for name, a, b in zip(("o", "dq", "dk", "dv"), first, run()):
+            if name in loose:
+                assert rel_error(a, b) < 1e-2, name
+            else:
+                assert torch.equal(a, b), name
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_fp32_is_ieee_and_tf32_is_tf32(kernel):
+    """fp32 inputs: IEEE dot products by default (PyTorch-fp32-level error); tf32=True is measurably coarser."""
+    q, k, v = make_qkv((1, 4, 4, 512, 512, 32), torch.float32, "cuda")  # small head dim: FMA dots compile slowly
+    ref = attention_ref(q, k, v, causal=True)
+    ieee = rel_error(KERNELS[kernel](q, k, v, causal=True), ref)
+    tf32 = rel_error(KERNELS[kernel](q, k, v, causal=True, tf32=True), ref)
+    assert ieee < 2e-5, f"fp32 error {ieee:.1e}"
+    assert tf32 > 4 * ieee, f"tf32 error {tf32:.1e} vs fp32 {ieee:.1e}"
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_rows_past_2_31_elements(kernel):
+    """(batch, seq, heads, dim) inputs with heads * dim = 16384 and 131200 tokens: rows past 2**31 elements are
+    read, and O, dQ written, at the right place (one forced config per kernel keeps it short)."""
+    module = MODULES[kernel]
+    seq, heads, d, keys = 131200, 128, 128, 16
+    q = torch.randn(1, seq, heads, d, dtype=torch.float16, device="cuda").transpose(1, 2)
+    k, v = (torch.randn(1, keys, heads, d, dtype=torch.float16, device="cuda").transpose(1, 2) for _ in range(2))
+    do = torch.randn_like(q)
+    assert q.stride(2) * (seq - 1) > 2**31
+    first = {name: cfgs[0] for name, cfgs in module.configs(d).items()}
+    leaves = [t.detach().requires_grad_() for t in (q, k, v)]
+    with module.forced_configs(**first):
+        o = KERNELS[kernel](*leaves)
+        o.backward(do)
+    tail = slice(seq - 256, seq)  # rows past 2**31 elements; rows are independent without a causal mask
+    ref_leaves = [t[:, :1].detach().float().requires_grad_() for t in (q, k, v)]
+    ref = attention_ref(*ref_leaves, upcast=True, dtype=torch.float32)
+    ref.backward(do[:, :1].float())
+    assert rel_error(o[:, :1, tail], ref[:, :, tail]) < 1e-2
+    assert rel_error(leaves[0].grad[:, :1, tail], ref_leaves[0].grad[:, :, tail]) < 1e-2
+    assert rel_error(leaves[1].grad[:, :1], ref_leaves[1].grad) < 1e-2
