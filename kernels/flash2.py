@@ -575,25 +575,60 @@ def _bucket(n: int) -> int:
     return triton.next_power_of_2(n)
 
 
+def _meta(headdim, causal, precision, variant) -> dict:
+    return dict(HEAD_DIM=headdim, BLOCK_D=block_d(headdim), CAUSAL=causal, DEFER=variant.defer,
+                SEQ_PAR=variant.seq_par, SKIP=variant.skip, DOT_PRECISION=precision)
+
+
+def _forward(q, k, v, sm_scale, meta, variant):
+    """Launch the forward: (o, lse, lsum); lse in the log2 domain (the running max m when not variant.defer,
+    with lsum = l; lsum is lse itself when variant.defer)."""
+    Z, H, N_CTX_Q, HEAD_DIM = q.shape
+    H_KV, N_CTX_K = k.shape[1], k.shape[2]
+    o = torch.empty_like(q)
+    f32 = dict(device=q.device, dtype=torch.float32)
+    lse = torch.empty((Z, H, N_CTX_Q), **f32)
+    lsum = lse if variant.defer else torch.empty((Z, H, N_CTX_Q), **f32)
+
+    def grid(META):
+        return (triton.cdiv(N_CTX_Q, META["BLOCK_M"]) if variant.seq_par else 1, Z * H)
+
+    variant.launcher.launch("fwd", grid, q, k, v, sm_scale, lse, lsum, o,
+                            *q.stride(), *k.stride(), *v.stride(), *o.stride(),
+                            H, H // H_KV, N_CTX_Q, N_CTX_K, _bucket(N_CTX_Q), _bucket(N_CTX_K), **meta)
+    return o, lse, lsum
+
+
+def _backward(q, k, v, o, lse, lsum, do, sm_scale, meta, variant):
+    """Launch the backward (Delta, dK/dV, dQ): (dq, dk, dv). lse and lsum are indexed as contiguous rows."""
+    Z, H, N_CTX_Q, HEAD_DIM = q.shape
+    H_KV, N_CTX_K = k.shape[1], k.shape[2]
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    delta = torch.empty_like(lse)
+    tail = (H, H // H_KV, N_CTX_Q, N_CTX_K, _bucket(N_CTX_Q), _bucket(N_CTX_K))
+    launch_preprocess(o, do, delta, meta["BLOCK_D"])
+
+    def grid_dkdv(META):
+        return (triton.cdiv(N_CTX_K, META["BLOCK_N"]) if variant.seq_par else 1, Z * H_KV)
+
+    variant.launcher.launch("bwd_dkdv", grid_dkdv, q, k, v, sm_scale, do, dk, dv, lse, lsum, delta,
+                            *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dk.stride(), *dv.stride(),
+                            *tail, **meta)
+
+    def grid_dq(META):
+        return (triton.cdiv(N_CTX_Q, META["BLOCK_M"]) if variant.seq_par else 1, Z * H)
+
+    variant.launcher.launch("bwd_dq", grid_dq, q, k, v, sm_scale, do, dq, lse, lsum, delta,
+                            *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dq.stride(), *tail, **meta)
+    return dq, dk, dv
+
+
 class _attention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, causal, sm_scale, precision, variant):
-        Z, H, N_CTX_Q, HEAD_DIM = q.shape
-        H_KV, N_CTX_K = k.shape[1], k.shape[2]
-        o = torch.empty_like(q)
-        f32 = dict(device=q.device, dtype=torch.float32)
-        lse = torch.empty((Z, H, N_CTX_Q), **f32)  # log2 domain; the running max m when not variant.defer
-        lsum = lse if variant.defer else torch.empty((Z, H, N_CTX_Q), **f32)  # l, when not variant.defer
-        meta = dict(HEAD_DIM=HEAD_DIM, BLOCK_D=block_d(HEAD_DIM), CAUSAL=causal, DEFER=variant.defer,
-                    SEQ_PAR=variant.seq_par, SKIP=variant.skip, DOT_PRECISION=precision)
-
-        def grid(META):
-            return (triton.cdiv(N_CTX_Q, META["BLOCK_M"]) if variant.seq_par else 1, Z * H)
-
-        variant.launcher.launch("fwd", grid, q, k, v, sm_scale, lse, lsum, o,
-                                *q.stride(), *k.stride(), *v.stride(), *o.stride(),
-                                H, H // H_KV, N_CTX_Q, N_CTX_K, _bucket(N_CTX_Q), _bucket(N_CTX_K), **meta)
+        meta = _meta(q.shape[-1], causal, precision, variant)
+        o, lse, lsum = _forward(q, k, v, sm_scale, meta, variant)
         ctx.save_for_backward(q, k, v, o, lse, lsum)
         ctx.sm_scale, ctx.meta, ctx.variant = sm_scale, meta, variant
         return o
@@ -601,27 +636,28 @@ class _attention(torch.autograd.Function):
     @staticmethod
     def backward(ctx, do):
         q, k, v, o, lse, lsum = ctx.saved_tensors
-        variant, meta = ctx.variant, ctx.meta
-        Z, H, N_CTX_Q, HEAD_DIM = q.shape
-        H_KV, N_CTX_K = k.shape[1], k.shape[2]
-        dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-        delta = torch.empty_like(lse)
-        tail = (H, H // H_KV, N_CTX_Q, N_CTX_K, _bucket(N_CTX_Q), _bucket(N_CTX_K))
-        launch_preprocess(o, do, delta, meta["BLOCK_D"])
-
-        def grid_dkdv(META):
-            return (triton.cdiv(N_CTX_K, META["BLOCK_N"]) if variant.seq_par else 1, Z * H_KV)
-
-        variant.launcher.launch("bwd_dkdv", grid_dkdv, q, k, v, ctx.sm_scale, do, dk, dv, lse, lsum, delta,
-                                *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dk.stride(), *dv.stride(),
-                                *tail, **meta)
-
-        def grid_dq(META):
-            return (triton.cdiv(N_CTX_Q, META["BLOCK_M"]) if variant.seq_par else 1, Z * H)
-
-        variant.launcher.launch("bwd_dq", grid_dq, q, k, v, ctx.sm_scale, do, dq, lse, lsum, delta,
-                                *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dq.stride(), *tail, **meta)
+        dq, dk, dv = _backward(q, k, v, o, lse, lsum, do, ctx.sm_scale, ctx.meta, ctx.variant)
         return dq, dk, dv, None, None, None, None
+
+
+def flash2_forward(q, k, v, causal: bool = False, sm_scale: float | None = None, tf32: bool = False):
+    """FlashAttention-2's forward outside autograd, for callers that merge partial results (ring attention):
+    ``(o, lse)``, lse the log-sum-exp in the log2 domain (``log2(sum_j exp2(sm_scale * log2(e) * q.k_j))``),
+    fp32 of shape (batch, heads, seqlen_q), +inf for a row that sees no key."""
+    shape = check_inputs(q, k, v)
+    meta = _meta(shape.headdim, bool(causal), dot_precision(q.dtype, tf32), FA2)
+    o, lse, _ = _forward(q, k, v, check_scale(shape.headdim, sm_scale), meta, FA2)
+    return o, lse
+
+
+def flash2_backward(q, k, v, o, lse, do, causal: bool = False, sm_scale: float | None = None, tf32: bool = False):
+    """FlashAttention-2's backward outside autograd: ``(dq, dk, dv)`` of the attention whose output is ``o``,
+    given its log2-domain ``lse`` (from ``flash2_forward``, or the merged LSE of a ring: P is recomputed as
+    exp2(s - lse), so o and lse must be the final ones) and the output gradient ``do``."""
+    shape = check_inputs(q, k, v)
+    meta = _meta(shape.headdim, bool(causal), dot_precision(q.dtype, tf32), FA2)
+    lse = lse.float().contiguous()
+    return _backward(q, k, v, o, lse, lse, do.contiguous(), check_scale(shape.headdim, sm_scale), meta, FA2)
 
 
 def run_variant(variant: Variant, q, k, v, causal, sm_scale, tf32) -> torch.Tensor:

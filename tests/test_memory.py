@@ -18,7 +18,8 @@ def shape(n, d=64, b=1, h=2):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--seqlen", "1099511627776"], "--seqlen 1099511627776 is beyond what any GPU can hold"),
+    # --batch: without it a GPU's default preset derives the batch from --tokens and refuses that first
+    (["--seqlen", "1099511627776", "--batch", "1"], "--seqlen 1099511627776 is beyond what any GPU can hold"),
     (["--seqlen", "1048576", "--batch", "4096", "--heads", "4096"], "beyond what any GPU can run"),
 ])
 def test_absurd_sizes_are_refused_at_parse_time(tmp_path, args, message):

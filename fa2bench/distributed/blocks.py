@@ -4,10 +4,8 @@ Ring attention computes a rank's output from several K/V blocks and merges the p
 log-sum-exps; its backward needs each block's gradients given the *final* output and log-sum-exp. These two
 functions are that interface, with two implementations:
 
-- ``fa2``: fa2bench's FlashAttention-2 Triton kernels. ``kernels/flash2.py`` computes the LSE but its public
-  ``flash2_attention`` returns only O, so this calls the forward and backward of its autograd Function
-  (``flash2._attention``) directly with a small context object. The entry points this really wants from the
-  kernel module are ``flash2_forward(q, k, v, causal, sm_scale) -> (o, lse_log2)`` and
+- ``fa2``: fa2bench's FlashAttention-2 Triton kernels through their entry points outside autograd,
+  ``flash2_forward(q, k, v, causal, sm_scale) -> (o, lse_log2)`` and
   ``flash2_backward(q, k, v, o, lse_log2, do, causal, sm_scale) -> (dq, dk, dv)``.
 - ``ref``: plain PyTorch in float32 (float64 for float64 inputs) on any device: the CPU tests' kernel.
 
@@ -59,35 +57,16 @@ def merge(o, lse, o_blk, lse_blk):
 # --- fa2: the Triton kernels -------------------------------------------------------------------------------
 
 
-class _Ctx:
-    """Stands in for autograd's ctx so the kernel's Function can be called outside autograd."""
-
-    def save_for_backward(self, *tensors):
-        self.saved_tensors = tensors
-
-
-def _fa2_function():
-    from fa2bench.kernels import flash2
-
-    fn = getattr(flash2, "_attention", None)
-    if fn is None:
-        raise RuntimeError("fa2bench.kernels.flash2 no longer has _attention; ring attention needs the kernel's "
-                           "forward returning (o, lse) and backward taking them (see fa2bench/distributed/blocks.py)")
-    return fn
-
-
 def _fa2_forward(q, k, v, causal, scale):
-    ctx = _Ctx()
-    o = _fa2_function().forward(ctx, q, k, v, bool(causal), float(scale))
-    return o, ctx.saved_tensors[4]
+    from fa2bench.kernels.flash2 import flash2_forward
+
+    return flash2_forward(q, k, v, causal=causal, sm_scale=scale)
 
 
 def _fa2_backward(q, k, v, o, lse, do, causal, scale):
-    ctx = _Ctx()
-    ctx.saved_tensors = (q, k, v, o, lse.contiguous())  # the kernel indexes the LSE as (batch*heads, seq)
-    ctx.causal, ctx.sm_scale = bool(causal), float(scale)
-    dq, dk, dv, *_ = _fa2_function().backward(ctx, do.contiguous())
-    return dq, dk, dv
+    from fa2bench.kernels.flash2 import flash2_backward
+
+    return flash2_backward(q, k, v, o, lse, do, causal=causal, sm_scale=scale)
 
 
 # --- ref: plain PyTorch ------------------------------------------------------------------------------------
