@@ -211,9 +211,13 @@ def run_sweep(points: Iterable[Point], writer: RunWriter, opts: RunOptions, devi
 def git_state() -> dict:
     """The commit fa2bench runs from and whether tracked files differ from it.
 
-    A copy of the tree without .git (a remote GPU machine, say) can pass them in FA2BENCH_GIT_COMMIT and
-    FA2BENCH_GIT_DIRTY (0 or 1); the record then says where they came from.
+    FA2BENCH_GIT_COMMIT and FA2BENCH_GIT_DIRTY (0 or 1), when set, win: a copy of the tree on a remote GPU
+    machine may have no .git, or a stale one that names another commit (seen on the lent GPUs, 2026-11-26);
+    the record then says where they came from.
     """
+    if os.environ.get("FA2BENCH_GIT_COMMIT"):
+        return {"commit": os.environ["FA2BENCH_GIT_COMMIT"], "dirty": os.environ.get("FA2BENCH_GIT_DIRTY") == "1",
+                "source": "FA2BENCH_GIT_COMMIT"}
     root = Path(__file__).resolve().parent.parent
 
     def git(*args):
@@ -226,9 +230,6 @@ def git_state() -> dict:
             return {"commit": head.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
     except (OSError, subprocess.SubprocessError):
         pass
-    if os.environ.get("FA2BENCH_GIT_COMMIT"):
-        return {"commit": os.environ["FA2BENCH_GIT_COMMIT"], "dirty": os.environ.get("FA2BENCH_GIT_DIRTY") == "1",
-                "source": "FA2BENCH_GIT_COMMIT (no .git in this copy)"}
     return {"commit": None, "dirty": None}
 
 

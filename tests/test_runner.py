@@ -119,3 +119,12 @@ def test_git_state_comes_from_the_environment_when_there_is_no_checkout(monkeypa
     monkeypatch.setenv("FA2BENCH_GIT_DIRTY", "1")
     state = runner.git_state()
     assert state["commit"] == "abc123" and state["dirty"] is True and "FA2BENCH_GIT_COMMIT" in state["source"]
+
+
+def test_git_state_from_the_environment_wins_over_a_checkout(monkeypatch):
+    """A GPU machine's copy may carry a stale .git naming another commit: the commit passed in is recorded."""
+    from fa2bench import runner
+
+    monkeypatch.setenv("FA2BENCH_GIT_COMMIT", "cd9205e")
+    monkeypatch.setenv("FA2BENCH_GIT_DIRTY", "0")
+    assert runner.git_state() == {"commit": "cd9205e", "dirty": False, "source": "FA2BENCH_GIT_COMMIT"}
