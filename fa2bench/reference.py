@@ -17,7 +17,7 @@ FACTOR = 2.0
 # accuracy: 2^-16 (1.5e-5), three times the largest fp32 error measured on an H100 (2026-11-26: fa2 forward 5.0e-6,
 # PyTorch eager's own backward 4.0e-6 at seqlen 4096; the interpreter's IEEE kernels 9e-7), yet 100x below what
 # TF32 operands (10 mantissa bits) produce there (2.8e-3 to 4.6e-3): a kernel that silently computes fp32 in TF32
-# fails. A tf32 point gets four TF32 units: Triton's TF32 dots measured 2-3x the error of PyTorch's TF32 matmuls
+# fails. A tf32 point gets four TF32 units: Triton's TF32 dots measured 2-5x the error of PyTorch's TF32 matmuls
 # on the same H100 run (cuBLAS rounds fp32 operands to TF32; Triton's conversion appears to truncate).
 FLOOR = {torch.float16: 2 * 2.0**-10, torch.bfloat16: 2 * 2.0**-7, torch.float32: 2.0**-16}
 TF32_FLOOR = 4 * 2.0**-10
