@@ -37,19 +37,21 @@ Metric = _choices("Metric", ("ms", "tflops"))
 # --- options shared by the commands, declared once -------------------------------------------------------
 
 SHAPE, RUN, OUTPUT = "Shape", "Run", "Output"
-Seqlen = Annotated[Optional[str], typer.Option(help="Sequence lengths: 512,1024, 512..16384 (doubling) or "
-                                               "64:256:64.", rich_help_panel=SHAPE)]
-SeqlenK = Annotated[Optional[str], typer.Option(help="Key/value lengths for cross-attention (default: = seqlen).",
-                                                rich_help_panel=SHAPE)]
-Headdim = Annotated[Optional[str], typer.Option(help="Head dimensions, e.g. 64,128.", rich_help_panel=SHAPE)]
-Batch = Annotated[Optional[str], typer.Option(help="Batch sizes (instead of --tokens).", rich_help_panel=SHAPE)]
-Tokens = Annotated[Optional[int], typer.Option(help="Tokens per batch: batch = tokens // seqlen.",
-                                               rich_help_panel=SHAPE)]
-Heads = Annotated[Optional[str], typer.Option(help="Query heads (instead of --hidden).", rich_help_panel=SHAPE)]
-Hidden = Annotated[Optional[int], typer.Option(help="Hidden size: heads = hidden // headdim.",
-                                               rich_help_panel=SHAPE)]
-KvHeads = Annotated[Optional[str], typer.Option(help="Key/value heads for GQA/MQA (default: = heads).",
-                                                rich_help_panel=SHAPE)]
+
+
+def _opt(kind, help: str, panel: str):
+    """An optional option of type ``kind`` in the help panel ``panel`` (Typer names it after the parameter)."""
+    return Annotated[Optional[kind], typer.Option(help=help, rich_help_panel=panel)]
+
+
+Seqlen = _opt(str, "Sequence lengths: 512,1024, 512..16384 (doubling) or 64:256:64.", SHAPE)
+SeqlenK = _opt(str, "Key/value lengths for cross-attention (default: = seqlen).", SHAPE)
+Headdim = _opt(str, "Head dimensions, e.g. 64,128.", SHAPE)
+Batch = _opt(str, "Batch sizes (instead of --tokens).", SHAPE)
+Tokens = _opt(int, "Tokens per batch: batch = tokens // seqlen.", SHAPE)
+Heads = _opt(str, "Query heads (instead of --hidden).", SHAPE)
+Hidden = _opt(int, "Hidden size: heads = hidden // headdim.", SHAPE)
+KvHeads = _opt(str, "Key/value heads for GQA/MQA (default: = heads).", SHAPE)
 CausalFlag = Annotated[Optional[bool], typer.Option("--causal/--no-causal", help="Causal masking.",
                                                     rich_help_panel=SHAPE)]
 OneMode = Annotated[Mode, typer.Option(help="Pass to run.", rich_help_panel=SHAPE)]
@@ -103,7 +105,7 @@ def sweep(
                       "Default: quick on a GPU, smoke without one.")] = None,
     seqlen: Seqlen = None, seqlen_k: SeqlenK = None, headdim: Headdim = None, batch: Batch = None,
     tokens: Tokens = None, heads: Heads = None, hidden: Hidden = None, kv_heads: KvHeads = None,
-    causal: Annotated[Optional[Causal], typer.Option(help="Causal masking.", rich_help_panel=SHAPE)] = None,
+    causal: _opt(Causal, "Causal masking.", SHAPE) = None,
     dtype: Annotated[Optional[str], typer.Option(help="Dtypes: " + ",".join(DTYPES) + " (tf32: fp32 inputs, "
                                                  "TF32 matmuls).", rich_help_panel=SHAPE)] = None,
     mode: Annotated[Optional[str], typer.Option(help="Passes: " + ",".join(MODES) + ".",
@@ -121,19 +123,15 @@ def sweep(
     isolate: Annotated[Optional[bool], typer.Option("--isolate/--no-isolate", help="Run points in a worker "
                        "process that is restarted after a crash, a fatal CUDA error or a hang (default: on with "
                        "a GPU, off without one).", rich_help_panel=RUN)] = None,
-    point_timeout: Annotated[Optional[float], typer.Option(help="With --isolate: seconds one point may take "
-                             "(set-up, check, compilation, timing) before its worker is killed and it is recorded "
-                             "`timeout` (default 600).", rich_help_panel=RUN)] = None,
-    warmup_ms: Annotated[Optional[float], typer.Option(help="Warm-up budget per point (ms, default 25).",
-                                                       rich_help_panel=RUN)] = None,
-    rep_ms: Annotated[Optional[float], typer.Option(help="Timing budget per point (ms, default 100).",
-                                                    rich_help_panel=RUN)] = None,
-    peak_tflops: Annotated[Optional[float], typer.Option(help="Override this GPU's peak TFLOP/s.",
-                                                         rich_help_panel=RUN)] = None,
+    point_timeout: _opt(float, "With --isolate: seconds one point may take (set-up, check, compilation, timing) "
+                               "before its worker is killed and it is recorded `timeout` (default 600).", RUN) = None,
+    warmup_ms: _opt(float, "Warm-up budget per point (ms, default 25).", RUN) = None,
+    rep_ms: _opt(float, "Timing budget per point (ms, default 100).", RUN) = None,
+    peak_tflops: _opt(float, "Override this GPU's peak TFLOP/s.", RUN) = None,
     ceilings: Annotated[Optional[bool], typer.Option("--ceilings/--no-ceilings", help="Measure matmul and copy "
                         "ceilings into meta.json (GPU; default: measure).", rich_help_panel=RUN)] = None,
-    gpus: Annotated[Optional[str], typer.Option(help="Shard the points over N GPUs (or 'all') under torchrun, "
-                    "one merged results folder (docs/multigpu.md).", rich_help_panel=RUN)] = None,
+    gpus: _opt(str, "Shard the points over N GPUs (or 'all') under torchrun, one merged results folder "
+                    "(docs/multigpu.md).", RUN) = None,
 ):
     """Sweep shapes x providers x modes x dtypes; check, time and write one row per point."""
     from fa2bench import api
@@ -191,26 +189,19 @@ def sweep(
 @app.command()
 def ring(
     gpus: Annotated[str, typer.Option(help="GPU counts, one torchrun job each: 1,2,4.", rich_help_panel=RUN)] = "1,2,4",
-    seqlen: Annotated[Optional[str], typer.Option(help="Sequence lengths over all GPUs, e.g. 65536..262144 (the "
-                      "default) or 65536,131072.", rich_help_panel=SHAPE)] = None,
-    batch: Annotated[Optional[int], typer.Option(help="Batch size (default 1).", rich_help_panel=SHAPE)] = None,
-    heads: Annotated[Optional[int], typer.Option(help="Query heads (default 16).", rich_help_panel=SHAPE)] = None,
-    kv_heads: Annotated[Optional[int], typer.Option(help="Key/value heads for GQA (default: = heads).",
-                                                    rich_help_panel=SHAPE)] = None,
-    headdim: Annotated[Optional[int], typer.Option(help="Head dimension (default 128).",
-                                                   rich_help_panel=SHAPE)] = None,
-    dtype: Annotated[Optional[str], typer.Option(help="Dtypes: fp16, bf16, fp32 (default bf16).",
-                                                 rich_help_panel=SHAPE)] = None,
-    causal: Annotated[Optional[Causal], typer.Option(help="Causal masking (default on).",
-                                                     rich_help_panel=SHAPE)] = None,
-    mode: Annotated[Optional[str], typer.Option(help="Passes: fwd, fwd_bwd (default both).",
-                                                rich_help_panel=SHAPE)] = None,
-    method: Annotated[Optional[str], typer.Option(help="Methods: ring-fa2, allgather-fa2, cp-sdpa (default: all).",
-                                                  rich_help_panel=RUN)] = None,
-    reps: Annotated[Optional[int], typer.Option(help="Timed calls per point (default 3).", rich_help_panel=RUN)] = None,
-    warmup: Annotated[Optional[int], typer.Option(help="Untimed calls first (default 1).", rich_help_panel=RUN)] = None,
-    impl: Annotated[Optional[str], typer.Option(help="Block kernel: fa2 (default with CUDA) or ref (PyTorch; the "
-                    "default without).", rich_help_panel=RUN)] = None,
+    seqlen: _opt(str, "Sequence lengths over all GPUs, e.g. 65536..262144 (the default) or "
+                      "65536,131072.", SHAPE) = None,
+    batch: _opt(int, "Batch size (default 1).", SHAPE) = None,
+    heads: _opt(int, "Query heads (default 16).", SHAPE) = None,
+    kv_heads: _opt(int, "Key/value heads for GQA (default: = heads).", SHAPE) = None,
+    headdim: _opt(int, "Head dimension (default 128).", SHAPE) = None,
+    dtype: _opt(str, "Dtypes: fp16, bf16, fp32 (default bf16).", SHAPE) = None,
+    causal: _opt(Causal, "Causal masking (default on).", SHAPE) = None,
+    mode: _opt(str, "Passes: fwd, fwd_bwd (default both).", SHAPE) = None,
+    method: _opt(str, "Methods: ring-fa2, allgather-fa2, cp-sdpa (default: all).", RUN) = None,
+    reps: _opt(int, "Timed calls per point (default 3).", RUN) = None,
+    warmup: _opt(int, "Untimed calls first (default 1).", RUN) = None,
+    impl: _opt(str, "Block kernel: fa2 (default with CUDA) or ref (PyTorch; the default without).", RUN) = None,
     tune: Annotated[bool, typer.Option("--tune/--no-tune", help="Autotune fa2 on every world size (default: its "
                     "first config, no tuning).", rich_help_panel=RUN)] = False,
     out_dir: Annotated[Path, typer.Option("--out", help="Results folder (ring.csv, scaling.csv, scaling.png).",
@@ -363,8 +354,7 @@ def profile_point(
     causal: CausalFlag = None, mode: OneMode = Mode.fwd, dtype: OneDtype = Dtype.fp16,
     ncu: Annotated[bool, typer.Option("--ncu", help="Nsight Compute counters of the provider's kernels "
                                        "(DRAM bytes, occupancy, tensor pipe, SM throughput, L2 hit rate).")] = False,
-    trace: Annotated[Optional[Path], typer.Option(help="Write a torch.profiler Chrome trace to this file.",
-                                                  rich_help_panel=OUTPUT)] = None,
+    trace: _opt(Path, "Write a torch.profiler Chrome trace to this file.", OUTPUT) = None,
     out_dir: Annotated[Optional[Path], typer.Option("--out", help="Folder for the ncu report (default results/"
                        "profile/<UTC time>-<provider>-<mode>-s<seqlen>).", rich_help_panel=OUTPUT)] = None,
     trace_calls: Annotated[int, typer.Option(help="Calls recorded in the trace.")] = 5,
@@ -691,16 +681,14 @@ MODEL = "Model"
 def ablate(
     seqlen: Seqlen = None, headdim: Headdim = None, batch: Batch = None, tokens: Tokens = None,
     heads: Heads = None, hidden: Hidden = None,
-    causal: Annotated[Optional[Causal], typer.Option(help="Causal masking (default: both).",
-                                                     rich_help_panel=SHAPE)] = None,
-    dtype: Annotated[Optional[str], typer.Option(help="Dtypes (default fp16).", rich_help_panel=SHAPE)] = None,
-    mode: Annotated[Optional[str], typer.Option(help="Passes (default: fwd,bwd).", rich_help_panel=SHAPE)] = None,
+    causal: _opt(Causal, "Causal masking (default: both).", SHAPE) = None,
+    dtype: _opt(str, "Dtypes (default fp16).", SHAPE) = None,
+    mode: _opt(str, "Passes (default: fwd,bwd).", SHAPE) = None,
     out_dir: Annotated[Optional[Path], typer.Option("--out", help="Results folder (default results/ablation-<UTC "
                        "time>-<gpu>).", rich_help_panel=OUTPUT)] = None,
     resume: Annotated[Optional[bool], typer.Option("--resume/--no-resume", help="Continue the run in --out.",
                       rich_help_panel=OUTPUT)] = None,
-    rep_ms: Annotated[Optional[float], typer.Option(help="Timing budget per point (ms, default 100).",
-                                                    rich_help_panel=RUN)] = None,
+    rep_ms: _opt(float, "Timing budget per point (ms, default 100).", RUN) = None,
 ):
     """The FA1 -> FA2 ablation ladder (`providers.ladder()`) over the paper's shapes at head dims 64 and 128,
     causal both, fwd and bwd: an ordinary results folder, one waterfall figure per (mode, head dim, causal) and
@@ -739,10 +727,10 @@ def ablate(
 def e2e_run(
     model: Annotated[Optional[str], typer.Option(help="Models: " + ", ".join(E2E_MODELS) + " (default: gpt-1.3b on "
                      "a GPU, gpt-tiny without one).", rich_help_panel=MODEL)] = None,
-    seqlen: Annotated[Optional[str], typer.Option(help="Context lengths, e.g. 2048,8192 (default: 2048,8192 on a "
-                      "GPU, 64 without one).", rich_help_panel=MODEL)] = None,
-    provider: Annotated[Optional[str], typer.Option(help="Attention providers (see `fa2bench providers`); "
-                        "default: every provider available here.", rich_help_panel=MODEL)] = None,
+    seqlen: _opt(str, "Context lengths, e.g. 2048,8192 (default: 2048,8192 on a GPU, 64 without "
+                      "one).", MODEL) = None,
+    provider: _opt(str, "Attention providers (see `fa2bench providers`); default: every provider available "
+                        "here.", MODEL) = None,
     out_dir: Annotated[Optional[Path], typer.Option("--out", help="Results folder (default results/e2e-<UTC "
                        "time>-<gpu>).", rich_help_panel=OUTPUT)] = None,
     resume: Annotated[bool, typer.Option("--resume/--no-resume", help="Continue the run in --out, skipping "
@@ -752,10 +740,10 @@ def e2e_run(
     steps: Annotated[int, typer.Option(help="Timed optimizer steps per configuration.", rich_help_panel=RUN)] = 5,
     warmup: Annotated[int, typer.Option(help="Untimed steps first (compilation, autotuning).",
                                         rich_help_panel=RUN)] = 2,
-    micro_batch: Annotated[Optional[int], typer.Option(help="Sequences per micro-batch (default: the largest that "
-                           "fits, at most 16k tokens).", rich_help_panel=RUN)] = None,
-    tokens_per_step: Annotated[Optional[int], typer.Option(help="Tokens per optimizer step, by gradient accumulation "
-                               "(default: one micro-batch).", rich_help_panel=RUN)] = None,
+    micro_batch: _opt(int, "Sequences per micro-batch (default: the largest that fits, at most 16k "
+                           "tokens).", RUN) = None,
+    tokens_per_step: _opt(int, "Tokens per optimizer step, by gradient accumulation (default: one "
+                               "micro-batch).", RUN) = None,
     checkpointing: Annotated[Optional[bool], typer.Option("--checkpointing/--no-checkpointing", help="Gradient "
                              "checkpointing per block (default: only where one sequence does not fit).",
                              rich_help_panel=RUN)] = None,
@@ -763,8 +751,7 @@ def e2e_run(
                              "step) and retry.", rich_help_panel=RUN)] = True,
     check: Annotated[bool, typer.Option(help="Check loss and gradients against a float64 model first.",
                                         rich_help_panel=RUN)] = True,
-    peak_tflops: Annotated[Optional[float], typer.Option(help="Override this GPU's peak TFLOP/s.",
-                                                         rich_help_panel=RUN)] = None,
+    peak_tflops: _opt(float, "Override this GPU's peak TFLOP/s.", RUN) = None,
 ):
     """GPT training throughput with each attention provider (the FlashAttention-2 paper's Table 1)."""
     from fa2bench.e2e import plan_e2e, run_e2e
