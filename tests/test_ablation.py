@@ -79,6 +79,7 @@ def test_write_refuses_a_run_without_ladder_providers(tmp_path, monkeypatch):
         ablation.write(tmp_path, results_frame(providers=("sdpa-flash",)))
 
 
+@pytest.mark.slow
 def test_ablate_runs_the_ladder_and_writes_its_report_on_the_interpreter(tmp_path):
     from typer.testing import CliRunner
 

@@ -156,6 +156,7 @@ def _cli(*args, timeout=180):
                           timeout=timeout, env=launch.child_env({"OMP_NUM_THREADS": "1"}))
 
 
+@pytest.mark.slow
 def test_sweep_on_two_ranks_equals_one_process_point_for_point(tmp_path):
     args = ["sweep", "--preset", "smoke", "--provider", "torch-eager,sdpa-math", "--rep-ms", "2", "--warmup-ms", "0"]
     sharded = _cli(*args, "--gpus", "2", "--out", str(tmp_path / "two"))
@@ -311,6 +312,7 @@ def gloo_run(request, tmp_path_factory):
     return world, json.loads(out.read_text())
 
 
+@pytest.mark.slow
 def test_ring_and_allgather_equal_one_process_attention_forward_and_backward(gloo_run):
     world, results = gloo_run
     cases = [name for name in results if " causal=" in name]
@@ -321,6 +323,7 @@ def test_ring_and_allgather_equal_one_process_attention_forward_and_backward(glo
         assert all(e <= tol for e in errors.values()), f"world {world}, {name}: {errors}"
 
 
+@pytest.mark.slow
 def test_ring_benchmark_rows_are_checked_timed_and_report_hidden_communication(gloo_run):
     world, results = gloo_run
     if world != 2:

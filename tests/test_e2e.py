@@ -108,6 +108,7 @@ def _train(provider, steps, batch=8, lr=3e-3):
     return [trainer.step([synthetic_batch(TINY.vocab, 32, batch, "cpu", gen, period=8)]) for _ in range(steps)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("provider", ["torch-eager", "sdpa-math"])
 def test_loss_falls_on_a_learnable_copy_task(provider):
     # each sequence repeats its first 8 tokens: 24 of 32 targets are a copy from 8 places back
@@ -117,6 +118,7 @@ def test_loss_falls_on_a_learnable_copy_task(provider):
     assert sum(losses[-10:]) / 10 > math.log(TINY.vocab) * 8 / 32 * 0.9  # the 8 random tokens stay unpredictable
 
 
+@pytest.mark.slow
 def test_fa2_trains_step_for_step_like_eager_attention():
     fa2, eager = _train("fa2", 6, batch=2), _train("torch-eager", 6, batch=2)
     assert fa2 == pytest.approx(eager, rel=1e-4)

@@ -25,6 +25,7 @@ def sweep(tmp_path, names, opts=OPTS, dtype="fp32"):
     return load_run(tmp_path / "run"), seen
 
 
+@pytest.mark.slow
 def test_an_aborting_and_a_hanging_point_do_not_end_the_sweep(tmp_path):
     opts = RunOptions(**{**OPTS.__dict__, "point_timeout_s": 4})
     frame, seen = sweep(tmp_path, ["torch-eager", "fault-abort", "torch-eager", "fault-hang", "sdpa-math"], opts)
