@@ -31,15 +31,18 @@ FP32_SHAPES = [SHAPES[1], SHAPES[5], SHAPES[7]]
 CASES = ([(torch.float16, s) for s in SHAPES] + [(torch.float32, s) for s in FP32_SHAPES])
 
 
-# The fast lane (-m "not slow") runs every shape on naive, fa1 and fa2, and three shapes (ragged, causal
-# alignment, GQA) on the ladder's other rungs, which share fa1's or fa2's code; CI runs every case.
+# The fast lane (-m "not slow") runs every test on naive, fa1 and fa2, and on the ladder's other rungs (which
+# share fa1's or fa2's code) only three shapes of the reference comparison (ragged, causal alignment, GQA);
+# CI runs every case.
+FAST_KERNELS = ("naive", "fa1", "fa2")
 FAST_SHAPES = (SHAPES[1], SHAPES[4], SHAPES[6])
+KERNEL_PARAMS = [pytest.param(k, marks=[] if k in FAST_KERNELS else [pytest.mark.slow]) for k in KERNELS]
 
 
 def _kernel_cases():
     for kernel in KERNELS:
         for dtype, shape in CASES:
-            slow = kernel not in ("naive", "fa1", "fa2") and shape not in FAST_SHAPES
+            slow = kernel not in FAST_KERNELS and shape not in FAST_SHAPES
             yield pytest.param(kernel, dtype, shape, marks=[pytest.mark.slow] if slow else [],
                                id=f"{kernel}-{str(dtype)[6:]}-{shape_id(shape)}")
 
@@ -52,7 +55,7 @@ def test_output_and_gradients_match_reference(kernel, dtype, causal, shape):
     assert verdict.ok, verdict.detail
 
 
-@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("kernel", KERNEL_PARAMS)
 def test_non_contiguous_inputs(kernel):
     """A (batch, seq, heads, dim) tensor viewed with .transpose(1, 2) works as is."""
     q, k, v = make_qkv((2, 4, 2, 45, 70, 64), torch.float16, DEVICE, bshd=True)
@@ -61,7 +64,7 @@ def test_non_contiguous_inputs(kernel):
     assert verdict.ok, verdict.detail
 
 
-@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("kernel", KERNEL_PARAMS)
 def test_output_keeps_shape_and_dtype_and_custom_scale(kernel):
     q, k, v = make_qkv((1, 2, 1, 33, 20, 64), torch.float16, DEVICE)
     o = KERNELS[kernel](q, k, v, causal=False, sm_scale=0.3)
@@ -71,7 +74,7 @@ def test_output_keeps_shape_and_dtype_and_custom_scale(kernel):
     assert (o.double() - ref).abs().max() <= 4e-3 * ref.abs().max()
 
 
-@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("kernel", KERNEL_PARAMS)
 def test_checker_rejects_a_wrong_kernel(kernel):
     """The gate is not vacuous: a kernel with the mask flipped or a 5% wrong scale fails it."""
     shape = (1, 2, 2, 64, 64, 32)
@@ -100,7 +103,7 @@ def _bad_inputs():
 
 
 @pytest.mark.parametrize("case", list(_bad_inputs()))
-@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("kernel", KERNEL_PARAMS)
 def test_bad_input_raises_value_error_naming_the_problem(kernel, case):
     args, message = _bad_inputs()[case]
     with pytest.raises(ValueError, match=message):
@@ -109,7 +112,7 @@ def test_bad_input_raises_value_error_naming_the_problem(kernel, case):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
-@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("kernel", KERNEL_PARAMS)
 def test_long_ragged_sequence(kernel, causal):
     """seqlen 1025: many blocks, one past a block boundary (fa1-split splits here: one head, 1025 rows)."""
     q, k, v = make_qkv((1, 1, 1, 1025, 1025, 16), torch.float16, DEVICE)
@@ -118,7 +121,7 @@ def test_long_ragged_sequence(kernel, causal):
 
 
 @pytest.mark.parametrize("sm_scale", [0.0, -0.125, math.nan, math.inf], ids=str)
-@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("kernel", KERNEL_PARAMS)
 def test_sm_scale_must_be_finite_and_positive(kernel, sm_scale):
     """One rule for every kernel: a softmax scale is finite and positive; anything else is a ValueError."""
     q, k, v = make_qkv((1, 1, 1, 16, 16, 16), torch.float16, DEVICE)
@@ -126,7 +129,7 @@ def test_sm_scale_must_be_finite_and_positive(kernel, sm_scale):
         KERNELS[kernel](q, k, v, sm_scale=sm_scale)
 
 
-@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("kernel", KERNEL_PARAMS)
 def test_fp32_is_fp32_accurate_and_tf32_is_a_keyword(kernel):
     """fp32 inputs give fp32 accuracy (IEEE dot products by default); ``tf32=True`` is accepted by every kernel.
 
@@ -155,7 +158,7 @@ def far_rows():
 
 
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
-@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("kernel", KERNEL_PARAMS)
 def test_offsets_past_2_31_elements_are_64_bit(kernel, causal, far_rows):
     """Strided inputs whose rows lie past 2**31 elements give exactly what contiguous copies of them give."""
     q, k, v, do = far_rows
