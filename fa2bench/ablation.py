@@ -18,6 +18,9 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from fa2bench.plots import color, gpu_name, label
+from fa2bench.summary import geomean
+
 POINT = ["dtype", "mode", "batch", "heads", "kv_heads", "seqlen_q", "seqlen_k", "headdim", "causal"]
 PANEL = ["dtype", "mode", "headdim", "causal"]
 SIDE_STEP = 2  # fa1-split: the released FA1, measured against rung 1 and not built on
@@ -72,18 +75,6 @@ def short_and_long(seqlens, short: int = 2048) -> tuple[int, ...]:
     return (nearest, seqlens[-1]) if nearest != seqlens[-1] else (nearest,)
 
 
-def _label(name: str) -> str:
-    from fa2bench import providers
-
-    return providers.get(name).label if name in providers.REGISTRY else name
-
-
-def _color(name: str) -> str:
-    from fa2bench import providers
-
-    return providers.get(name).color if name in providers.REGISTRY else "#7f7f7f"
-
-
 def waterfall(table: pd.DataFrame, panel: tuple, seqlens: tuple[int, ...], gpu: str = "") -> Figure:
     """One figure for one (dtype, mode, head dim, causal): for each of the two sequence lengths, a bar per
     rung (TFLOP/s) in ladder order, each labelled with its speedup over its base rung and the spread."""
@@ -96,7 +87,7 @@ def waterfall(table: pd.DataFrame, panel: tuple, seqlens: tuple[int, ...], gpu: 
     for ax, n in zip(axes, seqlens):
         rows = sub[sub["seqlen_q"] == n].sort_values("rung")
         x = np.arange(len(rows))
-        bars = ax.bar(x, rows["tflops"], color=[_color(p) for p in rows["provider"]],
+        bars = ax.bar(x, rows["tflops"], color=[color(p) for p in rows["provider"]],
                       hatch=["//" if r == SIDE_STEP else "" for r in rows["rung"]], edgecolor="white")
         for bar, (_, row) in zip(bars, rows.iterrows()):
             text = f"{row['tflops']:.3g}"
@@ -104,7 +95,7 @@ def waterfall(table: pd.DataFrame, panel: tuple, seqlens: tuple[int, ...], gpu: 
                 text += f"\n×{row['speedup']:.2f}\n[{row['speedup_lo']:.2f}, {row['speedup_hi']:.2f}]"
             ax.annotate(text, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom",
                         fontsize=7, xytext=(0, 2), textcoords="offset points")
-        ax.set_xticks(x, [f"{r}: {_label(p)}" for r, p in zip(rows["rung"], rows["provider"])], rotation=30,
+        ax.set_xticks(x, [f"{r}: {label(p)}" for r, p in zip(rows["rung"], rows["provider"])], rotation=30,
                       ha="right", fontsize=7)
         batch = int(rows["batch"].iloc[0]) if len(rows) else 0
         heads = int(rows["heads"].iloc[0]) if len(rows) else 0
@@ -189,7 +180,7 @@ def claims(table: pd.DataFrame) -> list[str]:
     for over in ("fa1-split", "fa1"):
         ratio = ratios(table, "fa2", over)
         if len(ratio):
-            out.append(f"- Paper: {PAPER_SPEEDUP}. Here, `fa2` over `{over}`: {_geomean(ratio):.2f}x geometric mean "
+            out.append(f"- Paper: {PAPER_SPEEDUP}. Here, `fa2` over `{over}`: {geomean(ratio):.2f}x geometric mean "
                        f"({ratio.min():.2f}x to {ratio.max():.2f}x over {len(ratio)} points).")
     return out
 
@@ -203,15 +194,7 @@ def ratios(table: pd.DataFrame, subject: str, over: str) -> pd.Series:
 
 
 def _gpu(frame: pd.DataFrame) -> str:
-    from fa2bench.plots import gpu_name
-
     return gpu_name(frame.attrs.get("meta") or {})
-
-
-def _geomean(values) -> float:
-    from fa2bench.summary import geomean
-
-    return geomean(values)
 
 
 def write(run_dir: str | Path, frame: pd.DataFrame, short: int = 2048) -> Path:
