@@ -227,6 +227,56 @@ def store_tile(ptrs, x, rows, n_rows, offs_d, HEAD_DIM: tl.constexpr, BLOCK_D: t
 
 
 @triton.jit
+def tile_desc(base, n_rows, stride_r, HEAD_DIM: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
+    """A tensor descriptor (TMA on Hopper) over one (batch, head)'s (rows, head dim) matrix, moved in (BLOCK_R,
+    BLOCK_D) tiles: loads past the last row or the head dim read zeros, stores and reductions there are dropped.
+    The head dim must be contiguous and ``base`` and ``stride_r`` 16-byte aligned (``tma_layout_ok``)."""
+    return tl.make_tensor_descriptor(base, shape=[n_rows, HEAD_DIM], strides=[stride_r, 1],
+                                     block_shape=[BLOCK_R, BLOCK_D])
+
+
+@triton.jit
+def atomic_add_tile(ptrs, x, rows, n_rows, offs_d, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+                    MASK_ROWS: tl.constexpr):
+    """Add a (rows, BLOCK_D) fp32 tile into memory with relaxed atomics (no ordering: only the sum matters)."""
+    if MASK_ROWS:
+        if HEAD_DIM == BLOCK_D:
+            tl.atomic_add(ptrs, x, mask=rows[:, None] < n_rows, sem="relaxed")
+        else:
+            tl.atomic_add(ptrs, x, mask=(rows[:, None] < n_rows) & (offs_d[None, :] < HEAD_DIM), sem="relaxed")
+    else:
+        if HEAD_DIM == BLOCK_D:
+            tl.atomic_add(ptrs, x, sem="relaxed")
+        else:
+            tl.atomic_add(ptrs, x, mask=offs_d[None, :] < HEAD_DIM, sem="relaxed")
+
+
+def tma_layout_ok(*tensors: torch.Tensor) -> bool:
+    """Whether tensor descriptors can address these (batch, heads, seqlen, headdim) tensors: contiguous head
+    dim, every other stride and the base address 16-byte aligned (TMA's rules)."""
+    for t in tensors:
+        elt = t.element_size()
+        if t.stride(-1) != 1 or t.data_ptr() % 16 or any((s * elt) % 16 for s in t.stride()[:-1]):
+            return False
+        if t.shape[-1] * elt < 16:
+            return False
+    return True
+
+
+_ALLOCATOR_SET = False
+
+
+def ensure_tma_allocator() -> None:
+    """Device-side tensor descriptors live in a scratch buffer Triton asks its allocator for: use PyTorch's."""
+    global _ALLOCATOR_SET
+    if not _ALLOCATOR_SET:
+        def alloc(size: int, alignment: int, stream):
+            return torch.empty(size, dtype=torch.int8, device="cpu" if interpreting() else "cuda")
+        triton.set_allocator(alloc)
+        _ALLOCATOR_SET = True
+
+
+@triton.jit
 def bwd_preprocess(O, DO, Delta,
                    stride_oz, stride_oh, stride_om, stride_ok,
                    stride_doz, stride_doh, stride_dom, stride_dok,

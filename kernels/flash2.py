@@ -68,8 +68,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (LOG2E, Launcher, block_d, bwd_preprocess, check_inputs, check_scale, dot_precision,
-                      ieee_configs, launch_preprocess, load_tile, store_tile, tile_ptrs, tune_bench)
+from ._common import (LOG2E, Launcher, atomic_add_tile, block_d, bwd_preprocess, check_inputs, check_scale,
+                      dot_precision, ensure_tma_allocator, ieee_configs, launch_preprocess, load_tile, store_tile,
+                      tile_desc, tile_ptrs, tma_layout_ok, tune_bench)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -79,19 +80,25 @@ from ._common import (LOG2E, Launcher, block_d, bwd_preprocess, check_inputs, ch
 def _attn_fwd_inner(acc, l_i, m_i, q, K, V, stride_kn, stride_kk, stride_vn, stride_vk, lo, hi,
                     offs_m, offs_n, offs_d, qk_scale, diag, N_CTX_K,
                     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
-                    MASK: tl.constexpr, CAUSAL: tl.constexpr, DEFER: tl.constexpr, DOT_PRECISION: tl.constexpr):
+                    MASK: tl.constexpr, CAUSAL: tl.constexpr, DEFER: tl.constexpr, DOT_PRECISION: tl.constexpr,
+                    TMA: tl.constexpr, WS: tl.constexpr):
     """One stage of Algorithm 1's inner loop over K/V blocks [lo, hi): online softmax.
 
     MASK=False: every row sees every key of these blocks (no mask at all). MASK=True: the ragged end of K and,
     if CAUSAL, the diagonal band (query i sees key j iff j <= i + diag). DEFER: acc stays unscaled (FA2);
     otherwise acc stays normalised, rescaled by l_old / l_new every block (FA1's update, rung 3).
+    TMA: K and V are tensor descriptors (rows past seqlen_k and the padded head dim load as zeros); otherwise
+    base pointers. WS: ask Triton to warp-specialise the loop (producer and consumer warps).
     """
-    # 64-bit pointers to the first block, advanced by 64-bit steps
-    k_ptrs = tile_ptrs(K, lo + offs_n, stride_kn, offs_d, stride_kk)
-    v_ptrs = tile_ptrs(V, lo + offs_n, stride_vn, offs_d, stride_vk)
-    for start_n in range(lo, hi, BLOCK_N):
+    if not TMA:  # 64-bit pointers to the first block, advanced by 64-bit steps
+        k_ptrs = tile_ptrs(K, lo + offs_n, stride_kn, offs_d, stride_kk)
+        v_ptrs = tile_ptrs(V, lo + offs_n, stride_vn, offs_d, stride_vk)
+    for start_n in tl.range(lo, hi, BLOCK_N, warp_specialize=WS):
         cols = start_n + offs_n
-        k = load_tile(k_ptrs, cols, N_CTX_K, offs_d, HEAD_DIM, BLOCK_D, MASK)
+        if TMA:
+            k = K.load([start_n, 0])
+        else:
+            k = load_tile(k_ptrs, cols, N_CTX_K, offs_d, HEAD_DIM, BLOCK_D, MASK)
         qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
         if MASK:
             keep = cols[None, :] < N_CTX_K
@@ -106,7 +113,10 @@ def _attn_fwd_inner(acc, l_i, m_i, q, K, V, stride_kn, stride_kk, stride_vn, str
         p = tl.math.exp2(qk)
         alpha = tl.math.exp2(m_i - m_ij)
         l_new = l_i * alpha + tl.sum(p, 1)
-        v = load_tile(v_ptrs, cols, N_CTX_K, offs_d, HEAD_DIM, BLOCK_D, MASK)
+        if TMA:
+            v = V.load([start_n, 0])
+        else:
+            v = load_tile(v_ptrs, cols, N_CTX_K, offs_d, HEAD_DIM, BLOCK_D, MASK)
         if DEFER:  # rescale the unnormalised accumulator to the new max
             acc = acc * alpha[:, None]
             acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PRECISION)
@@ -116,8 +126,9 @@ def _attn_fwd_inner(acc, l_i, m_i, q, K, V, stride_kn, stride_kk, stride_vn, str
             acc = acc * (alpha * l_i * inv_l)[:, None] + pv * inv_l[:, None]
         l_i = l_new
         m_i = m_ij
-        k_ptrs += tl.cast(stride_kn, tl.int64) * BLOCK_N
-        v_ptrs += tl.cast(stride_vn, tl.int64) * BLOCK_N
+        if not TMA:
+            k_ptrs += tl.cast(stride_kn, tl.int64) * BLOCK_N
+            v_ptrs += tl.cast(stride_vn, tl.int64) * BLOCK_N
     return acc, l_i, m_i
 
 
@@ -126,13 +137,19 @@ def _attn_fwd_block(start_m, Q, K, V, O, LSE, LSUM, off_hz, sm_scale,
                     stride_qm, stride_qk, stride_kn, stride_kk, stride_vn, stride_vk, stride_om, stride_ok,
                     N_CTX_Q, N_CTX_K,
                     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr, DEFER: tl.constexpr,
-                    SKIP: tl.constexpr, DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """Q block start_m of one (batch, head) against every K/V block it sees; writes O and the statistics."""
+                    SKIP: tl.constexpr, DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                    TMA: tl.constexpr, WS: tl.constexpr):
+    """Q block start_m of one (batch, head) against every K/V block it sees; writes O and the statistics.
+    TMA: Q, K, V and O are tensor descriptors of this (batch, head); otherwise base pointers."""
     offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     # q stays on chip throughout
-    q = load_tile(tile_ptrs(Q, offs_m, stride_qm, offs_d, stride_qk), offs_m, N_CTX_Q, offs_d, HEAD_DIM, BLOCK_D, True)
+    if TMA:
+        q = Q.load([start_m * BLOCK_M, 0])
+    else:
+        q = load_tile(tile_ptrs(Q, offs_m, stride_qm, offs_d, stride_qk), offs_m, N_CTX_Q, offs_d, HEAD_DIM, BLOCK_D,
+                      True)
     m_i = tl.zeros([BLOCK_M], dtype=tl.float32) - 1.0e30  # finite: a fully masked block gives no -inf - -inf
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
@@ -151,10 +168,10 @@ def _attn_fwd_block(start_m, Q, K, V, O, LSE, LSUM, off_hz, sm_scale,
         hi = N_CTX_K
     acc, l_i, m_i = _attn_fwd_inner(acc, l_i, m_i, q, K, V, stride_kn, stride_kk, stride_vn, stride_vk, 0, lo,
                                     offs_m, offs_n, offs_d, qk_scale, diag, N_CTX_K,
-                                    HEAD_DIM, BLOCK_D, BLOCK_N, False, CAUSAL, DEFER, DOT_PRECISION)
+                                    HEAD_DIM, BLOCK_D, BLOCK_N, False, CAUSAL, DEFER, DOT_PRECISION, TMA, WS)
     acc, l_i, m_i = _attn_fwd_inner(acc, l_i, m_i, q, K, V, stride_kn, stride_kk, stride_vn, stride_vk, lo, hi,
                                     offs_m, offs_n, offs_d, qk_scale, diag, N_CTX_K,
-                                    HEAD_DIM, BLOCK_D, BLOCK_N, True, CAUSAL, DEFER, DOT_PRECISION)
+                                    HEAD_DIM, BLOCK_D, BLOCK_N, True, CAUSAL, DEFER, DOT_PRECISION, TMA, WS)
     # rows that saw no key output 0 and store statistics for which backward's P is exactly 0
     dead = l_i == 0.0
     l_i = tl.where(dead, 1.0, l_i)
@@ -165,8 +182,11 @@ def _attn_fwd_block(start_m, Q, K, V, O, LSE, LSUM, off_hz, sm_scale,
     else:  # acc is already normalised; m and l are stored separately, as FA1 does
         tl.store(LSE + row_ptrs, tl.where(dead, float("inf"), m_i), mask=offs_m < N_CTX_Q)
         tl.store(LSUM + row_ptrs, l_i, mask=offs_m < N_CTX_Q)
-    store_tile(tile_ptrs(O, offs_m, stride_om, offs_d, stride_ok), acc.to(O.dtype.element_ty),
-               offs_m, N_CTX_Q, offs_d, HEAD_DIM, BLOCK_D, True)
+    if TMA:  # rows past seqlen_q and the padded head dim are clipped by the descriptor
+        O.store([start_m * BLOCK_M, 0], acc.to(q.dtype))
+    else:
+        store_tile(tile_ptrs(O, offs_m, stride_om, offs_d, stride_ok), acc.to(O.dtype.element_ty),
+                   offs_m, N_CTX_Q, offs_d, HEAD_DIM, BLOCK_D, True)
 
 
 @triton.jit
@@ -178,7 +198,7 @@ def _attn_fwd_kernel(Q, K, V, sm_scale, LSE, LSUM, Out,
                      H, GROUP, N_CTX_Q, N_CTX_K, N_CTX_Q_BUCKET, N_CTX_K_BUCKET,
                      HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr,
                      DEFER: tl.constexpr, SEQ_PAR: tl.constexpr, SKIP: tl.constexpr, DOT_PRECISION: tl.constexpr,
-                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                     TMA: tl.constexpr, WS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     off_hz = tl.program_id(1)
     off_z = (off_hz // H).to(tl.int64)
     off_h = (off_hz % H).to(tl.int64)
@@ -187,6 +207,11 @@ def _attn_fwd_kernel(Q, K, V, sm_scale, LSE, LSUM, Out,
     K += off_z * stride_kz + off_hkv * stride_kh
     V += off_z * stride_vz + off_hkv * stride_vh
     Out += off_z * stride_oz + off_h * stride_oh
+    if TMA:  # Hopper: tiles move by TMA through descriptors of this (batch, head)
+        Q = tile_desc(Q, N_CTX_Q, stride_qm, HEAD_DIM, BLOCK_M, BLOCK_D)
+        K = tile_desc(K, N_CTX_K, stride_kn, HEAD_DIM, BLOCK_N, BLOCK_D)
+        V = tile_desc(V, N_CTX_K, stride_vn, HEAD_DIM, BLOCK_N, BLOCK_D)
+        Out = tile_desc(Out, N_CTX_Q, stride_om, HEAD_DIM, BLOCK_M, BLOCK_D)
     if SEQ_PAR:  # one program per Q block; causal: the last Q blocks see the most keys, start them first
         if CAUSAL:
             start_m = tl.num_programs(0) - 1 - tl.program_id(0)
@@ -194,33 +219,44 @@ def _attn_fwd_kernel(Q, K, V, sm_scale, LSE, LSUM, Out,
             start_m = tl.program_id(0)
         _attn_fwd_block(start_m, Q, K, V, Out, LSE, LSUM, off_hz, sm_scale,
                         stride_qm, stride_qk, stride_kn, stride_kk, stride_vn, stride_vk, stride_om, stride_ok,
-                        N_CTX_Q, N_CTX_K, HEAD_DIM, BLOCK_D, CAUSAL, DEFER, SKIP, DOT_PRECISION, BLOCK_M, BLOCK_N)
+                        N_CTX_Q, N_CTX_K, HEAD_DIM, BLOCK_D, CAUSAL, DEFER, SKIP, DOT_PRECISION, BLOCK_M, BLOCK_N,
+                        TMA, WS)
     else:  # rungs 3-4: one program per (batch, head) walks its Q blocks in turn
         for start_m in range(0, tl.cdiv(N_CTX_Q, BLOCK_M)):
             _attn_fwd_block(start_m, Q, K, V, Out, LSE, LSUM, off_hz, sm_scale,
                             stride_qm, stride_qk, stride_kn, stride_kk, stride_vn, stride_vk, stride_om, stride_ok,
-                            N_CTX_Q, N_CTX_K, HEAD_DIM, BLOCK_D, CAUSAL, DEFER, SKIP, DOT_PRECISION, BLOCK_M, BLOCK_N)
+                            N_CTX_Q, N_CTX_K, HEAD_DIM, BLOCK_D, CAUSAL, DEFER, SKIP, DOT_PRECISION, BLOCK_M, BLOCK_N,
+                            TMA, WS)
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Backward: dK, dV per K/V block; dQ per Q block
 # ----------------------------------------------------------------------------------------------------------------
 @triton.jit
-def _attn_bwd_dkdv_inner(dk, dv, k, v, Q, DO, stride_qm, stride_qk, stride_dom, stride_dok,
-                         LSE, LSUM, Delta, lo, hi, offs_n, offs_m0, offs_d, qk_scale, diag, N_CTX_Q,
+def _attn_bwd_dkdv_inner(dk, dv, k, v, Q, DO, DQ, stride_qm, stride_qk, stride_dom, stride_dok, stride_dqm, stride_dqk,
+                         LSE, LSUM, Delta, lo, hi, offs_n, offs_m0, offs_d, sm_scale, diag, N_CTX_Q,
                          HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
                          MASK: tl.constexpr, CAUSAL: tl.constexpr, DEFER: tl.constexpr,
-                         DOT_PRECISION: tl.constexpr):
+                         DOT_PRECISION: tl.constexpr, TMA: tl.constexpr, DQ_MODE: tl.constexpr):
     """Q rows [lo, hi) against one K/V block, everything transposed (keys on the rows): accumulate dK, dV.
 
     MASK=False: every row is in range and sees every key of the block. MASK=True: rows past seqlen_q and,
-    if CAUSAL, the diagonal band.
+    if CAUSAL, the diagonal band. TMA: Q and dO are tensor descriptors. DQ_MODE 1 and 2 also add this block's
+    share of dQ, sm_scale * dS K, into the fp32 buffer DQ (1: relaxed atomics through pointers; 2: a TMA
+    reduction through the descriptor DQ); DQ_MODE 0 leaves dQ to the dQ kernel.
     """
-    q_ptrs = tile_ptrs(Q, lo + offs_m0, stride_qm, offs_d, stride_qk)
-    do_ptrs = tile_ptrs(DO, lo + offs_m0, stride_dom, offs_d, stride_dok)
+    qk_scale = sm_scale * LOG2E
+    if not TMA:
+        q_ptrs = tile_ptrs(Q, lo + offs_m0, stride_qm, offs_d, stride_qk)
+        do_ptrs = tile_ptrs(DO, lo + offs_m0, stride_dom, offs_d, stride_dok)
+    if DQ_MODE == 1:
+        dq_ptrs = tile_ptrs(DQ, lo + offs_m0, stride_dqm, offs_d, stride_dqk)
     for start_m in range(lo, hi, BLOCK_M):
         offs_m = start_m + offs_m0
-        q = load_tile(q_ptrs, offs_m, N_CTX_Q, offs_d, HEAD_DIM, BLOCK_D, MASK)
+        if TMA:
+            q = Q.load([start_m, 0])
+        else:
+            q = load_tile(q_ptrs, offs_m, N_CTX_Q, offs_d, HEAD_DIM, BLOCK_D, MASK)
         if MASK:
             lse = tl.load(LSE + offs_m, mask=offs_m < N_CTX_Q, other=0.0)
         else:
@@ -235,7 +271,10 @@ def _attn_bwd_dkdv_inner(dk, dv, k, v, Q, DO, stride_qm, stride_qk, stride_dom, 
             if CAUSAL:
                 keep = keep & (offs_n[:, None] <= offs_m[None, :] + diag)
             pT = tl.where(keep, pT, 0.0)
-        do = load_tile(do_ptrs, offs_m, N_CTX_Q, offs_d, HEAD_DIM, BLOCK_D, MASK)
+        if TMA:
+            do = DO.load([start_m, 0])
+        else:
+            do = load_tile(do_ptrs, offs_m, N_CTX_Q, offs_d, HEAD_DIM, BLOCK_D, MASK)
         dv = tl.dot(pT.to(do.dtype), do, dv, input_precision=DOT_PRECISION)
         if MASK:
             delta = tl.load(Delta + offs_m, mask=offs_m < N_CTX_Q, other=0.0)
@@ -243,21 +282,29 @@ def _attn_bwd_dkdv_inner(dk, dv, k, v, Q, DO, stride_qm, stride_qk, stride_dom, 
             delta = tl.load(Delta + offs_m)
         # dS^T = P^T * (dP^T - Delta), dP^T = V dO^T
         dpT = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
-        dsT = pT * (dpT - delta[None, :])
-        dk = tl.dot(dsT.to(q.dtype), q, dk, input_precision=DOT_PRECISION)
-        q_ptrs += tl.cast(stride_qm, tl.int64) * BLOCK_M
-        do_ptrs += tl.cast(stride_dom, tl.int64) * BLOCK_M
+        dsT = (pT * (dpT - delta[None, :])).to(q.dtype)
+        dk = tl.dot(dsT, q, dk, input_precision=DOT_PRECISION)
+        if DQ_MODE != 0:  # dQ_i += sm_scale * dS_ij K_j (Algorithm 2, line 21)
+            dq = tl.dot(tl.trans(dsT), k, input_precision=DOT_PRECISION) * sm_scale
+            if DQ_MODE == 1:
+                atomic_add_tile(dq_ptrs, dq, offs_m, N_CTX_Q, offs_d, HEAD_DIM, BLOCK_D, MASK)
+                dq_ptrs += tl.cast(stride_dqm, tl.int64) * BLOCK_M
+            else:
+                DQ.atomic_add([start_m, 0], dq)
+        if not TMA:
+            q_ptrs += tl.cast(stride_qm, tl.int64) * BLOCK_M
+            do_ptrs += tl.cast(stride_dom, tl.int64) * BLOCK_M
     return dk, dv
 
 
 @triton.jit
-def _attn_bwd_dkdv_block(start_n, Q, K, V, DO, DK, DV, LSE, LSUM, Delta, sm_scale, off_z, off_hkv,
+def _attn_bwd_dkdv_block(start_n, Q, K, V, DO, DK, DV, DQ, LSE, LSUM, Delta, sm_scale, off_z, off_hkv,
                          stride_qz, stride_qh, stride_qm, stride_qk, stride_kn, stride_kk, stride_vn, stride_vk,
                          stride_doz, stride_doh, stride_dom, stride_dok, stride_dkn, stride_dkk,
-                         stride_dvn, stride_dvk, H, GROUP, N_CTX_Q, N_CTX_K,
-                         HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr, DEFER: tl.constexpr,
-                         SKIP: tl.constexpr, DOT_PRECISION: tl.constexpr,
-                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                         stride_dvn, stride_dvk, stride_dqz, stride_dqh, stride_dqm, stride_dqk, H, GROUP, N_CTX_Q,
+                         N_CTX_K, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr,
+                         DEFER: tl.constexpr, SKIP: tl.constexpr, DOT_PRECISION: tl.constexpr, TMA: tl.constexpr,
+                         DQ_MODE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     offs_n = start_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_m0 = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
@@ -266,7 +313,6 @@ def _attn_bwd_dkdv_block(start_n, Q, K, V, DO, DK, DV, LSE, LSUM, Delta, sm_scal
     v = load_tile(tile_ptrs(V, offs_n, stride_vn, offs_d, stride_vk), offs_n, N_CTX_K, offs_d, HEAD_DIM, BLOCK_D, True)
     dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
-    qk_scale = sm_scale * LOG2E
     diag = N_CTX_K - N_CTX_Q  # query i sees keys j <= i + diag
     if SKIP:
         if CAUSAL:
@@ -288,19 +334,24 @@ def _attn_bwd_dkdv_block(start_n, Q, K, V, DO, DK, DV, LSE, LSUM, Delta, sm_scal
         off_hz = off_z * H + off_h
         Qh = Q + off_z * stride_qz + off_h * stride_qh
         DOh = DO + off_z * stride_doz + off_h * stride_doh
+        DQh = DQ + off_z * stride_dqz + off_h * stride_dqh
+        if TMA:
+            Qh = tile_desc(Qh, N_CTX_Q, stride_qm, HEAD_DIM, BLOCK_M, BLOCK_D)
+            DOh = tile_desc(DOh, N_CTX_Q, stride_dom, HEAD_DIM, BLOCK_M, BLOCK_D)
+        if DQ_MODE == 2:
+            DQh = tile_desc(DQh, N_CTX_Q, stride_dqm, HEAD_DIM, BLOCK_M, BLOCK_D)
         rows = off_hz * N_CTX_Q
-        dk, dv = _attn_bwd_dkdv_inner(dk, dv, k, v, Qh, DOh, stride_qm, stride_qk, stride_dom, stride_dok,
-                                      LSE + rows, LSUM + rows, Delta + rows, lo, mid, offs_n, offs_m0, offs_d,
-                                      qk_scale, diag, N_CTX_Q, HEAD_DIM, BLOCK_D, BLOCK_M, True, CAUSAL, DEFER,
-                                      DOT_PRECISION)
-        dk, dv = _attn_bwd_dkdv_inner(dk, dv, k, v, Qh, DOh, stride_qm, stride_qk, stride_dom, stride_dok,
-                                      LSE + rows, LSUM + rows, Delta + rows, mid, end, offs_n, offs_m0, offs_d,
-                                      qk_scale, diag, N_CTX_Q, HEAD_DIM, BLOCK_D, BLOCK_M, False, CAUSAL, DEFER,
-                                      DOT_PRECISION)
-        dk, dv = _attn_bwd_dkdv_inner(dk, dv, k, v, Qh, DOh, stride_qm, stride_qk, stride_dom, stride_dok,
-                                      LSE + rows, LSUM + rows, Delta + rows, end, N_CTX_Q, offs_n, offs_m0, offs_d,
-                                      qk_scale, diag, N_CTX_Q, HEAD_DIM, BLOCK_D, BLOCK_M, True, CAUSAL, DEFER,
-                                      DOT_PRECISION)
+        for stage in tl.static_range(3):  # the masked band, the unmasked rows, the ragged last step
+            if stage == 0:
+                s_lo, s_hi = lo, mid
+            elif stage == 1:
+                s_lo, s_hi = mid, end
+            else:
+                s_lo, s_hi = end, N_CTX_Q
+            dk, dv = _attn_bwd_dkdv_inner(dk, dv, k, v, Qh, DOh, DQh, stride_qm, stride_qk, stride_dom, stride_dok,
+                                          stride_dqm, stride_dqk, LSE + rows, LSUM + rows, Delta + rows, s_lo, s_hi,
+                                          offs_n, offs_m0, offs_d, sm_scale, diag, N_CTX_Q, HEAD_DIM, BLOCK_D,
+                                          BLOCK_M, stage != 1, CAUSAL, DEFER, DOT_PRECISION, TMA, DQ_MODE)
     dk *= sm_scale  # S = sm_scale * Q K^T
     store_tile(tile_ptrs(DK, offs_n, stride_dkn, offs_d, stride_dkk), dk.to(DK.dtype.element_ty),
                offs_n, N_CTX_K, offs_d, HEAD_DIM, BLOCK_D, True)
@@ -309,17 +360,19 @@ def _attn_bwd_dkdv_block(start_n, Q, K, V, DO, DK, DV, LSE, LSUM, Delta, sm_scal
 
 
 @triton.jit
-def _attn_bwd_dkdv_kernel(Q, K, V, sm_scale, DO, DK, DV, LSE, LSUM, Delta,
+def _attn_bwd_dkdv_kernel(Q, K, V, sm_scale, DO, DK, DV, DQ, LSE, LSUM, Delta,
                           stride_qz, stride_qh, stride_qm, stride_qk,
                           stride_kz, stride_kh, stride_kn, stride_kk,
                           stride_vz, stride_vh, stride_vn, stride_vk,
                           stride_doz, stride_doh, stride_dom, stride_dok,
                           stride_dkz, stride_dkh, stride_dkn, stride_dkk,
                           stride_dvz, stride_dvh, stride_dvn, stride_dvk,
+                          stride_dqz, stride_dqh, stride_dqm, stride_dqk,
                           H, GROUP, N_CTX_Q, N_CTX_K, N_CTX_Q_BUCKET, N_CTX_K_BUCKET,
                           HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr,
                           DEFER: tl.constexpr, SEQ_PAR: tl.constexpr, SKIP: tl.constexpr,
-                          DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                          DOT_PRECISION: tl.constexpr, TMA: tl.constexpr, WS: tl.constexpr, DQ_MODE: tl.constexpr,
+                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     off_hkvz = tl.program_id(1)  # over batch * kv_heads
     H_KV = H // GROUP
     off_z = (off_hkvz // H_KV).to(tl.int64)
@@ -329,18 +382,20 @@ def _attn_bwd_dkdv_kernel(Q, K, V, sm_scale, DO, DK, DV, LSE, LSUM, Delta,
     DK += off_z * stride_dkz + off_hkv * stride_dkh
     DV += off_z * stride_dvz + off_hkv * stride_dvh
     if SEQ_PAR:  # one program per K/V block
-        _attn_bwd_dkdv_block(tl.program_id(0), Q, K, V, DO, DK, DV, LSE, LSUM, Delta, sm_scale, off_z, off_hkv,
+        _attn_bwd_dkdv_block(tl.program_id(0), Q, K, V, DO, DK, DV, DQ, LSE, LSUM, Delta, sm_scale, off_z, off_hkv,
                              stride_qz, stride_qh, stride_qm, stride_qk, stride_kn, stride_kk, stride_vn, stride_vk,
                              stride_doz, stride_doh, stride_dom, stride_dok, stride_dkn, stride_dkk,
-                             stride_dvn, stride_dvk, H, GROUP, N_CTX_Q, N_CTX_K,
-                             HEAD_DIM, BLOCK_D, CAUSAL, DEFER, SKIP, DOT_PRECISION, BLOCK_M, BLOCK_N)
+                             stride_dvn, stride_dvk, stride_dqz, stride_dqh, stride_dqm, stride_dqk, H, GROUP,
+                             N_CTX_Q, N_CTX_K, HEAD_DIM, BLOCK_D, CAUSAL, DEFER, SKIP, DOT_PRECISION, TMA, DQ_MODE,
+                             BLOCK_M, BLOCK_N)
     else:  # rungs 3-4: one program per (batch, kv head) walks its K/V blocks in turn
         for start_n in range(0, tl.cdiv(N_CTX_K, BLOCK_N)):
-            _attn_bwd_dkdv_block(start_n, Q, K, V, DO, DK, DV, LSE, LSUM, Delta, sm_scale, off_z, off_hkv,
+            _attn_bwd_dkdv_block(start_n, Q, K, V, DO, DK, DV, DQ, LSE, LSUM, Delta, sm_scale, off_z, off_hkv,
                                  stride_qz, stride_qh, stride_qm, stride_qk, stride_kn, stride_kk, stride_vn,
                                  stride_vk, stride_doz, stride_doh, stride_dom, stride_dok, stride_dkn, stride_dkk,
-                                 stride_dvn, stride_dvk, H, GROUP, N_CTX_Q, N_CTX_K,
-                                 HEAD_DIM, BLOCK_D, CAUSAL, DEFER, SKIP, DOT_PRECISION, BLOCK_M, BLOCK_N)
+                                 stride_dvn, stride_dvk, stride_dqz, stride_dqh, stride_dqm, stride_dqk, H, GROUP,
+                                 N_CTX_Q, N_CTX_K, HEAD_DIM, BLOCK_D, CAUSAL, DEFER, SKIP, DOT_PRECISION, TMA,
+                                 DQ_MODE, BLOCK_M, BLOCK_N)
 
 
 @triton.jit
@@ -532,13 +587,16 @@ def early_prune(kernel):
 
 
 # dtypes join the key automatically; the rung switches and the dot precision are part of it
-TUNE_KEY = ["HEAD_DIM", "CAUSAL", "DEFER", "SEQ_PAR", "SKIP", "DOT_PRECISION", "N_CTX_Q_BUCKET", "N_CTX_K_BUCKET"]
+TUNE_KEY = ["HEAD_DIM", "CAUSAL", "DEFER", "SEQ_PAR", "SKIP", "DOT_PRECISION", "TMA", "WS", "DQ_MODE", "N_CTX_Q_BUCKET",
+            "N_CTX_K_BUCKET"]
 
 
 def autotuned(candidates: dict) -> dict:
     """The three kernels, each autotuned over ``candidates[name]`` with the named filter."""
-    return {name: triton.autotune(configs=candidates[name], key=TUNE_KEY,
+    return {name: triton.autotune(configs=candidates[name],
+                                  key=[key for key in TUNE_KEY if key in JIT_KERNELS[name].arg_names],
                                   prune_configs_by={"early_config_prune": early_prune(name)},
+                                  reset_to_zero=["DQ"] if name == "bwd_dkdv" else None,  # dQ accumulates
                                   do_bench=tune_bench)(JIT_KERNELS[name])
             for name in JIT_KERNELS}
 
@@ -560,19 +618,34 @@ def configs(headdim: int) -> dict[str, list[triton.Config]]:
 # ----------------------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Variant:
-    """Compile-time switches of the kernels above (the ablation ladder's rungs 3-6; FA2 has all of them on)
-    and the launcher (autotune space) they run with."""
+    """Compile-time switches of the kernels above (the ablation ladder's rungs 3-6 turn the first three off),
+    the Hopper paths, and the launcher (autotune space) they run with."""
     defer: bool = True  # unscaled accumulator, one division at the end, log-sum-exp only
     seq_par: bool = True  # grid over Q blocks (forward, dQ) and K/V blocks (dK, dV) too
     skip: bool = True  # causal blocks above the diagonal skipped; unmasked / masked stages
     launcher: Launcher = _LAUNCHER
+    tma: str = "off"  # tensor descriptors (TMA) for Q/K/V/O/dO tiles: "auto" (sm_90+ and a TMA-able layout), "on", "off"
+    warp_specialize: bool = False  # Triton's automatic warp specialisation of the forward's K/V loop (with TMA only)
+    dq: str = "kernel"  # dQ: "kernel" (its own kernel, deterministic), "atomic" (fp32 atomics from the dK/dV
+    #                     kernel), "tma-reduce" (fp32 TMA reductions from the dK/dV kernel; needs TMA)
 
 
-FA2 = Variant()
+FA2 = Variant(tma="auto", dq="atomic")
+DQ_MODES = {"kernel": 0, "atomic": 1, "tma-reduce": 2}
 
 
 def _bucket(n: int) -> int:
     return triton.next_power_of_2(n)
+
+
+def _use_tma(variant: Variant, *tensors: torch.Tensor) -> bool:
+    """Whether this launch moves tiles through tensor descriptors: asked for, fp16/bf16, and a layout TMA can
+    address; "auto" also needs a Hopper-or-newer GPU (the CPU interpreter takes "on" only)."""
+    if variant.tma == "off" or tensors[0].dtype == torch.float32 or not tma_layout_ok(*tensors):
+        return False
+    if variant.tma == "auto":
+        return tensors[0].is_cuda and torch.cuda.get_device_capability(tensors[0].device)[0] >= 9
+    return True
 
 
 def _meta(headdim, causal, precision, variant) -> dict:
@@ -589,31 +662,46 @@ def _forward(q, k, v, sm_scale, meta, variant):
     f32 = dict(device=q.device, dtype=torch.float32)
     lse = torch.empty((Z, H, N_CTX_Q), **f32)
     lsum = lse if variant.defer else torch.empty((Z, H, N_CTX_Q), **f32)
+    tma = _use_tma(variant, q, k, v, o)
+    if tma:
+        ensure_tma_allocator()
 
     def grid(META):
         return (triton.cdiv(N_CTX_Q, META["BLOCK_M"]) if variant.seq_par else 1, Z * H)
 
     variant.launcher.launch("fwd", grid, q, k, v, sm_scale, lse, lsum, o,
                             *q.stride(), *k.stride(), *v.stride(), *o.stride(),
-                            H, H // H_KV, N_CTX_Q, N_CTX_K, _bucket(N_CTX_Q), _bucket(N_CTX_K), **meta)
+                            H, H // H_KV, N_CTX_Q, N_CTX_K, _bucket(N_CTX_Q), _bucket(N_CTX_K), **meta,
+                            TMA=tma, WS=tma and variant.warp_specialize)
     return o, lse, lsum
 
 
 def _backward(q, k, v, o, lse, lsum, do, sm_scale, meta, variant):
-    """Launch the backward (Delta, dK/dV, dQ): (dq, dk, dv). lse and lsum are indexed as contiguous rows."""
+    """Launch the backward (Delta, dK/dV with or without dQ, then dQ): (dq, dk, dv). lse and lsum are indexed as
+    contiguous rows."""
     Z, H, N_CTX_Q, HEAD_DIM = q.shape
     H_KV, N_CTX_K = k.shape[1], k.shape[2]
-    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    dk, dv = torch.empty_like(k), torch.empty_like(v)
     delta = torch.empty_like(lse)
     tail = (H, H // H_KV, N_CTX_Q, N_CTX_K, _bucket(N_CTX_Q), _bucket(N_CTX_K))
     launch_preprocess(o, do, delta, meta["BLOCK_D"])
+    tma = _use_tma(variant, q, do)
+    dq_mode = DQ_MODES[variant.dq] if variant.seq_par else 0
+    # dQ accumulates in fp32 from many programs; the dQ kernel writes it once in the input dtype
+    dq = torch.zeros(q.shape, device=q.device, dtype=torch.float32) if dq_mode else torch.empty_like(q)
+    if dq_mode == 2 and not (tma and tma_layout_ok(dq)):
+        dq_mode = 1  # TMA reductions need descriptors; plain atomics add the same terms
+    if tma or dq_mode == 2:
+        ensure_tma_allocator()
 
     def grid_dkdv(META):
         return (triton.cdiv(N_CTX_K, META["BLOCK_N"]) if variant.seq_par else 1, Z * H_KV)
 
-    variant.launcher.launch("bwd_dkdv", grid_dkdv, q, k, v, sm_scale, do, dk, dv, lse, lsum, delta,
+    variant.launcher.launch("bwd_dkdv", grid_dkdv, q, k, v, sm_scale, do, dk, dv, dq, lse, lsum, delta,
                             *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dk.stride(), *dv.stride(),
-                            *tail, **meta)
+                            *dq.stride(), *tail, **meta, TMA=tma, WS=False, DQ_MODE=dq_mode)
+    if dq_mode:
+        return dq.to(q.dtype), dk, dv
 
     def grid_dq(META):
         return (triton.cdiv(N_CTX_Q, META["BLOCK_M"]) if variant.seq_par else 1, Z * H)
