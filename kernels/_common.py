@@ -263,17 +263,15 @@ def tma_layout_ok(*tensors: torch.Tensor) -> bool:
     return True
 
 
-_ALLOCATOR_SET = False
+def _torch_scratch(size: int, alignment: int, stream):
+    return torch.empty(size, dtype=torch.int8, device="cpu" if interpreting() else "cuda")
 
 
 def ensure_tma_allocator() -> None:
-    """Device-side tensor descriptors live in a scratch buffer Triton asks its allocator for: use PyTorch's."""
-    global _ALLOCATOR_SET
-    if not _ALLOCATOR_SET:
-        def alloc(size: int, alignment: int, stream):
-            return torch.empty(size, dtype=torch.int8, device="cpu" if interpreting() else "cuda")
-        triton.set_allocator(alloc)
-        _ALLOCATOR_SET = True
+    """Device-side tensor descriptors live in a scratch buffer Triton asks its allocator for: use PyTorch's.
+    Set before every launch: Triton keeps the allocator in a ContextVar, which autograd's backward thread does
+    not inherit from the thread that ran the forward."""
+    triton.set_allocator(_torch_scratch)
 
 
 @triton.jit

@@ -69,7 +69,7 @@ import triton
 import triton.language as tl
 
 from ._common import (LOG2E, Launcher, atomic_add_tile, block_d, bwd_preprocess, check_inputs, check_scale,
-                      dot_precision, ensure_tma_allocator, ieee_configs, launch_preprocess, load_tile, store_tile,
+                      dot_precision, ensure_tma_allocator, ieee_configs, interpreting, launch_preprocess, load_tile, store_tile,
                       tile_desc, tile_ptrs, tma_layout_ok, tune_bench)
 
 
@@ -402,13 +402,18 @@ def _attn_bwd_dkdv_kernel(Q, K, V, sm_scale, DO, DK, DV, DQ, LSE, LSUM, Delta,
 def _attn_bwd_dq_inner(dq, q, do, lse, inv_l, delta, K, V, stride_kn, stride_kk, stride_vn, stride_vk, lo, hi,
                        offs_m, offs_n, offs_d, qk_scale, diag, N_CTX_K,
                        HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
-                       MASK: tl.constexpr, CAUSAL: tl.constexpr, DEFER: tl.constexpr, DOT_PRECISION: tl.constexpr):
-    """K/V blocks [lo, hi) against one Q block: accumulate dQ. Masks as in _attn_fwd_inner."""
-    k_ptrs = tile_ptrs(K, lo + offs_n, stride_kn, offs_d, stride_kk)
-    v_ptrs = tile_ptrs(V, lo + offs_n, stride_vn, offs_d, stride_vk)
+                       MASK: tl.constexpr, CAUSAL: tl.constexpr, DEFER: tl.constexpr, DOT_PRECISION: tl.constexpr,
+                       TMA: tl.constexpr):
+    """K/V blocks [lo, hi) against one Q block: accumulate dQ. Masks and TMA as in _attn_fwd_inner."""
+    if not TMA:
+        k_ptrs = tile_ptrs(K, lo + offs_n, stride_kn, offs_d, stride_kk)
+        v_ptrs = tile_ptrs(V, lo + offs_n, stride_vn, offs_d, stride_vk)
     for start_n in range(lo, hi, BLOCK_N):
         cols = start_n + offs_n
-        k = load_tile(k_ptrs, cols, N_CTX_K, offs_d, HEAD_DIM, BLOCK_D, MASK)
+        if TMA:
+            k = K.load([start_n, 0])
+        else:
+            k = load_tile(k_ptrs, cols, N_CTX_K, offs_d, HEAD_DIM, BLOCK_D, MASK)
         qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
         p = tl.math.exp2(qk * qk_scale - lse[:, None])
         if not DEFER:
@@ -418,12 +423,16 @@ def _attn_bwd_dq_inner(dq, q, do, lse, inv_l, delta, K, V, stride_kn, stride_kk,
             if CAUSAL:
                 keep = keep & (cols[None, :] <= offs_m[:, None] + diag)
             p = tl.where(keep, p, 0.0)
-        v = load_tile(v_ptrs, cols, N_CTX_K, offs_d, HEAD_DIM, BLOCK_D, MASK)
+        if TMA:
+            v = V.load([start_n, 0])
+        else:
+            v = load_tile(v_ptrs, cols, N_CTX_K, offs_d, HEAD_DIM, BLOCK_D, MASK)
         dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
         ds = p * (dp - delta[:, None])
         dq = tl.dot(ds.to(k.dtype), k, dq, input_precision=DOT_PRECISION)
-        k_ptrs += tl.cast(stride_kn, tl.int64) * BLOCK_N
-        v_ptrs += tl.cast(stride_vn, tl.int64) * BLOCK_N
+        if not TMA:
+            k_ptrs += tl.cast(stride_kn, tl.int64) * BLOCK_N
+            v_ptrs += tl.cast(stride_vn, tl.int64) * BLOCK_N
     return dq
 
 
@@ -432,15 +441,20 @@ def _attn_bwd_dq_block(start_m, Q, K, V, DO, DQ, LSE, LSUM, Delta, sm_scale, off
                        stride_qm, stride_qk, stride_kn, stride_kk, stride_vn, stride_vk,
                        stride_dom, stride_dok, stride_dqm, stride_dqk, N_CTX_Q, N_CTX_K,
                        HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr, DEFER: tl.constexpr,
-                       SKIP: tl.constexpr, DOT_PRECISION: tl.constexpr,
+                       SKIP: tl.constexpr, DOT_PRECISION: tl.constexpr, TMA: tl.constexpr,
                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     # q, dO, the statistics and Delta stay on chip throughout
-    q = load_tile(tile_ptrs(Q, offs_m, stride_qm, offs_d, stride_qk), offs_m, N_CTX_Q, offs_d, HEAD_DIM, BLOCK_D, True)
-    do = load_tile(tile_ptrs(DO, offs_m, stride_dom, offs_d, stride_dok), offs_m, N_CTX_Q, offs_d,
-                   HEAD_DIM, BLOCK_D, True)
+    if TMA:
+        q = Q.load([start_m * BLOCK_M, 0])
+        do = DO.load([start_m * BLOCK_M, 0])
+    else:
+        q = load_tile(tile_ptrs(Q, offs_m, stride_qm, offs_d, stride_qk), offs_m, N_CTX_Q, offs_d, HEAD_DIM, BLOCK_D,
+                      True)
+        do = load_tile(tile_ptrs(DO, offs_m, stride_dom, offs_d, stride_dok), offs_m, N_CTX_Q, offs_d,
+                       HEAD_DIM, BLOCK_D, True)
     rows = off_hz.to(tl.int64) * N_CTX_Q + offs_m
     lse = tl.load(LSE + rows, mask=offs_m < N_CTX_Q, other=0.0)
     if DEFER:
@@ -463,10 +477,10 @@ def _attn_bwd_dq_block(start_m, Q, K, V, DO, DQ, LSE, LSUM, Delta, sm_scale, off
         hi = N_CTX_K
     dq = _attn_bwd_dq_inner(dq, q, do, lse, inv_l, delta, K, V, stride_kn, stride_kk, stride_vn, stride_vk, 0, lo,
                             offs_m, offs_n, offs_d, qk_scale, diag, N_CTX_K, HEAD_DIM, BLOCK_D, BLOCK_N, False, CAUSAL,
-                            DEFER, DOT_PRECISION)
+                            DEFER, DOT_PRECISION, TMA)
     dq = _attn_bwd_dq_inner(dq, q, do, lse, inv_l, delta, K, V, stride_kn, stride_kk, stride_vn, stride_vk, lo, hi,
                             offs_m, offs_n, offs_d, qk_scale, diag, N_CTX_K, HEAD_DIM, BLOCK_D, BLOCK_N, True, CAUSAL,
-                            DEFER, DOT_PRECISION)
+                            DEFER, DOT_PRECISION, TMA)
     dq *= sm_scale  # S = sm_scale * Q K^T
     store_tile(tile_ptrs(DQ, offs_m, stride_dqm, offs_d, stride_dqk), dq.to(DQ.dtype.element_ty),
                offs_m, N_CTX_Q, offs_d, HEAD_DIM, BLOCK_D, True)
@@ -482,7 +496,7 @@ def _attn_bwd_dq_kernel(Q, K, V, sm_scale, DO, DQ, LSE, LSUM, Delta,
                         H, GROUP, N_CTX_Q, N_CTX_K, N_CTX_Q_BUCKET, N_CTX_K_BUCKET,
                         HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr,
                         DEFER: tl.constexpr, SEQ_PAR: tl.constexpr, SKIP: tl.constexpr,
-                        DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                        DOT_PRECISION: tl.constexpr, TMA: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     off_hz = tl.program_id(1)
     off_z = (off_hz // H).to(tl.int64)
     off_h = (off_hz % H).to(tl.int64)
@@ -492,6 +506,11 @@ def _attn_bwd_dq_kernel(Q, K, V, sm_scale, DO, DQ, LSE, LSUM, Delta,
     V += off_z * stride_vz + off_hkv * stride_vh
     DO += off_z * stride_doz + off_h * stride_doh
     DQ += off_z * stride_dqz + off_h * stride_dqh
+    if TMA:
+        Q = tile_desc(Q, N_CTX_Q, stride_qm, HEAD_DIM, BLOCK_M, BLOCK_D)
+        DO = tile_desc(DO, N_CTX_Q, stride_dom, HEAD_DIM, BLOCK_M, BLOCK_D)
+        K = tile_desc(K, N_CTX_K, stride_kn, HEAD_DIM, BLOCK_N, BLOCK_D)
+        V = tile_desc(V, N_CTX_K, stride_vn, HEAD_DIM, BLOCK_N, BLOCK_D)
     if SEQ_PAR:
         if CAUSAL:
             start_m = tl.num_programs(0) - 1 - tl.program_id(0)
@@ -500,13 +519,13 @@ def _attn_bwd_dq_kernel(Q, K, V, sm_scale, DO, DQ, LSE, LSUM, Delta,
         _attn_bwd_dq_block(start_m, Q, K, V, DO, DQ, LSE, LSUM, Delta, sm_scale, off_hz,
                            stride_qm, stride_qk, stride_kn, stride_kk, stride_vn, stride_vk,
                            stride_dom, stride_dok, stride_dqm, stride_dqk, N_CTX_Q, N_CTX_K,
-                           HEAD_DIM, BLOCK_D, CAUSAL, DEFER, SKIP, DOT_PRECISION, BLOCK_M, BLOCK_N)
+                           HEAD_DIM, BLOCK_D, CAUSAL, DEFER, SKIP, DOT_PRECISION, TMA, BLOCK_M, BLOCK_N)
     else:
         for start_m in range(0, tl.cdiv(N_CTX_Q, BLOCK_M)):
             _attn_bwd_dq_block(start_m, Q, K, V, DO, DQ, LSE, LSUM, Delta, sm_scale, off_hz,
                                stride_qm, stride_qk, stride_kn, stride_kk, stride_vn, stride_vk,
                                stride_dom, stride_dok, stride_dqm, stride_dqk, N_CTX_Q, N_CTX_K,
-                               HEAD_DIM, BLOCK_D, CAUSAL, DEFER, SKIP, DOT_PRECISION, BLOCK_M, BLOCK_N)
+                               HEAD_DIM, BLOCK_D, CAUSAL, DEFER, SKIP, DOT_PRECISION, TMA, BLOCK_M, BLOCK_N)
 
 
 JIT_KERNELS = {"fwd": _attn_fwd_kernel, "bwd_dkdv": _attn_bwd_dkdv_kernel, "bwd_dq": _attn_bwd_dq_kernel}
@@ -685,12 +704,12 @@ def _backward(q, k, v, o, lse, lsum, do, sm_scale, meta, variant):
     delta = torch.empty_like(lse)
     tail = (H, H // H_KV, N_CTX_Q, N_CTX_K, _bucket(N_CTX_Q), _bucket(N_CTX_K))
     launch_preprocess(o, do, delta, meta["BLOCK_D"])
-    tma = _use_tma(variant, q, do)
+    tma = _use_tma(variant, q, k, v, do)
     dq_mode = DQ_MODES[variant.dq] if variant.seq_par else 0
     # dQ accumulates in fp32 from many programs; the dQ kernel writes it once in the input dtype
     dq = torch.zeros(q.shape, device=q.device, dtype=torch.float32) if dq_mode else torch.empty_like(q)
-    if dq_mode == 2 and not (tma and tma_layout_ok(dq)):
-        dq_mode = 1  # TMA reductions need descriptors; plain atomics add the same terms
+    if dq_mode == 2 and (interpreting() or not (tma and tma_layout_ok(dq))):
+        dq_mode = 1  # TMA reductions need descriptors (and a GPU: the interpreter lacks them); atomics add the same
     if tma or dq_mode == 2:
         ensure_tma_allocator()
 
@@ -707,7 +726,8 @@ def _backward(q, k, v, o, lse, lsum, do, sm_scale, meta, variant):
         return (triton.cdiv(N_CTX_Q, META["BLOCK_M"]) if variant.seq_par else 1, Z * H)
 
     variant.launcher.launch("bwd_dq", grid_dq, q, k, v, sm_scale, do, dq, lse, lsum, delta,
-                            *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dq.stride(), *tail, **meta)
+                            *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dq.stride(), *tail, **meta,
+                            TMA=tma)
     return dq, dk, dv
 
 

@@ -1,0 +1,104 @@
+"""Compile fa2's kernels for a GPU target without a GPU (Triton's bundled ptxas) and print each config's
+registers, spills and shared memory: compile errors and register pressure found on the CPU machine, before any
+device time is spent.
+
+    python3 tools/compile_sm90.py --kernel fwd --headdim 128 --tma --configs 128x64w4s3,128x128w8s2
+
+Sequence lengths stay runtime ints in these kernels, so one compile per (kernel, switches, config) covers all.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import tempfile
+import warnings
+
+os.environ.pop("TRITON_INTERPRET", None)
+warnings.filterwarnings("ignore", message="triton was imported before fa2bench")
+
+import triton  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.compiler import ASTSource  # noqa: E402
+
+from fa2bench.kernels import flash2  # noqa: E402
+from fa2bench.kernels._common import block_d  # noqa: E402
+
+POINTERS = {  # pointer arguments and their element types (fp16 inputs; statistics and the dQ buffer in fp32)
+    "fwd": {"Q": "fp16", "K": "fp16", "V": "fp16", "LSE": "fp32", "LSUM": "fp32", "Out": "fp16"},
+    "bwd_dkdv": {"Q": "fp16", "K": "fp16", "V": "fp16", "DO": "fp16", "DK": "fp16", "DV": "fp16", "DQ": "fp32",
+                 "LSE": "fp32", "LSUM": "fp32", "Delta": "fp32"},
+    "bwd_dq": {"Q": "fp16", "K": "fp16", "V": "fp16", "DO": "fp16", "DQ": "fp16", "LSE": "fp32", "LSUM": "fp32",
+               "Delta": "fp32"},
+}
+
+
+def parse(spec: str) -> triton.Config:
+    bm, bn, w, s = map(int, re.fullmatch(r"(\d+)x(\d+)w(\d+)s(\d+)", spec).groups())
+    return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
+
+
+def compile_one(kernel: str, cfg: triton.Config, headdim: int, causal: bool, tma: bool, ws: bool, dq_mode: int,
+                dtype: str = "fp16", capability: int = 90):
+    fn = flash2.JIT_KERNELS[kernel]
+    consts = dict(HEAD_DIM=headdim, BLOCK_D=block_d(headdim), CAUSAL=causal, DEFER=True, SEQ_PAR=True, SKIP=True,
+                  DOT_PRECISION="tf32", TMA=tma, WS=ws, DQ_MODE=dq_mode, **cfg.kwargs)
+    consts = {k: v for k, v in consts.items() if k in fn.arg_names}
+    sig = {}
+    for name in fn.arg_names:
+        if name in consts:
+            sig[name] = "constexpr"
+        elif name in POINTERS[kernel]:
+            t = POINTERS[kernel][name]
+            sig[name] = "*" + (dtype if t == "fp16" else t)
+        elif name == "sm_scale":
+            sig[name] = "fp32"
+        elif name.startswith("stride_") and name[-1] in "kd":  # the head dim's stride: 1 (TMA needs it)
+            sig[name] = "constexpr"
+            consts[name] = 1
+        else:
+            sig[name] = "i32"
+    src = ASTSource(fn=fn, signature=sig, constexprs={(fn.arg_names.index(k),): v for k, v in consts.items()})
+    return triton.compile(src, target=GPUTarget("cuda", capability, 32),
+                          options=dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages))
+
+
+def resources(kernel) -> str:
+    """Registers, spill stores and shared memory of a compiled kernel, from cuobjdump on its cubin."""
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(kernel.asm["cubin"])
+        f.flush()
+        out = subprocess.run([tool, "--dump-resource-usage", f.name], capture_output=True, text=True).stdout
+    regs = re.search(r"REG:(\d+)", out)
+    stack = re.search(r"STACK:(\d+)", out)
+    return (f"regs {regs.group(1) if regs else '?'} stack {stack.group(1) if stack else '?'} "
+            f"smem {kernel.metadata.shared}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--kernel", default="fwd", choices=list(flash2.JIT_KERNELS))
+    ap.add_argument("--headdim", type=int, default=128)
+    ap.add_argument("--causal", action="store_true")
+    ap.add_argument("--tma", action="store_true")
+    ap.add_argument("--ws", action="store_true")
+    ap.add_argument("--dq-mode", type=int, default=0)
+    ap.add_argument("--dtype", default="fp16")
+    ap.add_argument("--configs", default="", help="comma list like 128x64w4s3; default: the candidate list")
+    a = ap.parse_args()
+    cfgs = [parse(c) for c in a.configs.split(",") if c] or flash2._CANDIDATES[a.kernel]
+    for cfg in cfgs:
+        name = f"{cfg.kwargs['BLOCK_M']}x{cfg.kwargs['BLOCK_N']}w{cfg.num_warps}s{cfg.num_stages}"
+        try:
+            k = compile_one(a.kernel, cfg, a.headdim, a.causal, a.tma, a.ws, a.dq_mode, a.dtype)
+            print(f"{a.kernel} d{a.headdim} {name}: {resources(k)}", flush=True)
+        except Exception as exc:
+            msg = str(exc).strip().splitlines()
+            print(f"{a.kernel} d{a.headdim} {name}: FAILED {type(exc).__name__}: {' | '.join(msg[-3:])[:400]}",
+                  flush=True)
+
+
+if __name__ == "__main__":
+    main()
