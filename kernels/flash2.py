@@ -546,7 +546,7 @@ _FWD_CANDIDATES = [
 ]
 # bwd_dkdv: BLOCK_N keys per program, BLOCK_M query rows per step.
 _DKDV_CANDIDATES = [
-    _cfg(32, 128, 4, 3), _cfg(64, 128, 8, 3), _cfg(32, 128, 8, 3), _cfg(64, 64, 4, 3), _cfg(32, 64, 4, 4),
+    _cfg(32, 128, 4, 3), _cfg(64, 128, 8, 2), _cfg(64, 128, 8, 3), _cfg(32, 128, 8, 3), _cfg(64, 64, 4, 3), _cfg(32, 64, 4, 4),
     _cfg(32, 64, 8, 2), _cfg(64, 64, 8, 2), _cfg(32, 32, 4, 2),
 ]
 # bwd_dq: BLOCK_M query rows per program, BLOCK_N keys per step.
@@ -558,7 +558,7 @@ _CANDIDATES = {"fwd": _FWD_CANDIDATES, "bwd_dkdv": _DKDV_CANDIDATES, "bwd_dq": _
 # Used only when no candidate fits (fp32 inputs, whose tiles take twice the memory, at head dim 256).
 _FALLBACK = {"fwd": _cfg(64, 32, 4, 1), "bwd_dkdv": _cfg(16, 32, 4, 1), "bwd_dq": _cfg(32, 32, 4, 1)}
 
-SMEM_BUDGET = 200 * 1024  # bytes; H100 has 228 KB of shared memory per SM (227 KB usable by one block)
+SMEM_BUDGET = 224 * 1024  # bytes; H100 has 228 KB of shared memory per SM (227 KB usable by one block)
 MAX_TILE_FP32_PER_THREAD = 192  # fp32 accumulator/score values per thread (of 255 registers) before spilling
 MAX_CONFIGS = 6  # per kernel and head dim: each one costs a compile and a benchmark on the GPU
 
@@ -643,13 +643,16 @@ class Variant:
     seq_par: bool = True  # grid over Q blocks (forward, dQ) and K/V blocks (dK, dV) too
     skip: bool = True  # causal blocks above the diagonal skipped; unmasked / masked stages
     launcher: Launcher = _LAUNCHER
-    tma: str = "off"  # tensor descriptors (TMA) for Q/K/V/O/dO tiles: "auto" (sm_90+ and a TMA-able layout), "on", "off"
-    warp_specialize: bool = False  # Triton's automatic warp specialisation of the forward's K/V loop (with TMA only)
+    # Tensor descriptors (TMA) for the tiles: "on" (every kernel), "off", or "auto": where they measured faster on
+    # an H100 (docs/performance.md): the backward kernels at head dims <= TMA_AUTO_MAX_HEADDIM on sm_90+.
+    tma: str = "off"
+    warp_specialize: bool = False  # Triton's automatic warp specialisation of the forward's K/V loop (TMA only)
     dq: str = "kernel"  # dQ: "kernel" (its own kernel, deterministic), "atomic" (fp32 atomics from the dK/dV
     #                     kernel), "tma-reduce" (fp32 TMA reductions from the dK/dV kernel; needs TMA)
 
 
-FA2 = Variant(tma="auto", dq="atomic")
+FA2 = Variant(tma="auto")
+TMA_AUTO_MAX_HEADDIM = 64
 DQ_MODES = {"kernel": 0, "atomic": 1, "tma-reduce": 2}
 
 
@@ -657,13 +660,15 @@ def _bucket(n: int) -> int:
     return triton.next_power_of_2(n)
 
 
-def _use_tma(variant: Variant, *tensors: torch.Tensor) -> bool:
+def _use_tma(variant: Variant, backward: bool, *tensors: torch.Tensor) -> bool:
     """Whether this launch moves tiles through tensor descriptors: asked for, fp16/bf16, and a layout TMA can
-    address; "auto" also needs a Hopper-or-newer GPU (the CPU interpreter takes "on" only)."""
+    address; "auto" only for the backward at small head dims on a Hopper-or-newer GPU (the interpreter takes
+    "on" only)."""
     if variant.tma == "off" or tensors[0].dtype == torch.float32 or not tma_layout_ok(*tensors):
         return False
     if variant.tma == "auto":
-        return tensors[0].is_cuda and torch.cuda.get_device_capability(tensors[0].device)[0] >= 9
+        return (backward and tensors[0].shape[-1] <= TMA_AUTO_MAX_HEADDIM and tensors[0].is_cuda
+                and torch.cuda.get_device_capability(tensors[0].device)[0] >= 9)
     return True
 
 
@@ -681,7 +686,7 @@ def _forward(q, k, v, sm_scale, meta, variant):
     f32 = dict(device=q.device, dtype=torch.float32)
     lse = torch.empty((Z, H, N_CTX_Q), **f32)
     lsum = lse if variant.defer else torch.empty((Z, H, N_CTX_Q), **f32)
-    tma = _use_tma(variant, q, k, v, o)
+    tma = _use_tma(variant, False, q, k, v, o)
     if tma:
         ensure_tma_allocator()
 
@@ -704,7 +709,7 @@ def _backward(q, k, v, o, lse, lsum, do, sm_scale, meta, variant):
     delta = torch.empty_like(lse)
     tail = (H, H // H_KV, N_CTX_Q, N_CTX_K, _bucket(N_CTX_Q), _bucket(N_CTX_K))
     launch_preprocess(o, do, delta, meta["BLOCK_D"])
-    tma = _use_tma(variant, q, k, v, do)
+    tma = _use_tma(variant, True, q, k, v, do)
     dq_mode = DQ_MODES[variant.dq] if variant.seq_par else 0
     # dQ accumulates in fp32 from many programs; the dQ kernel writes it once in the input dtype
     dq = torch.zeros(q.shape, device=q.device, dtype=torch.float32) if dq_mode else torch.empty_like(q)
