@@ -200,6 +200,9 @@ def plan(config: GPTConfig, seqlen: int, spec: E2ESpec, memory_bytes: float | No
     ``estimate_bytes`` fits in 80% of the GPU's memory (checkpointing only if one sequence does not fit without
     it). Without a GPU, one sequence."""
     notes = []
+    if memory_bytes and spec.parallel == "ddp":  # DDP's gradient buckets: one more fp32 copy of the gradients
+        memory_bytes -= 4 * config.params(seqlen)
+        notes.append("DDP's gradient buckets (4 bytes per parameter) set aside")
     checkpointing = spec.checkpointing
     if checkpointing is None:
         checkpointing = bool(memory_bytes) and estimate_bytes(config, seqlen, 1, False) > MEMORY_FRACTION * memory_bytes
