@@ -773,7 +773,7 @@ def e2e_run(
     leader = plan.rank is None or plan.rank.is_leader  # under torchrun, rank 0 speaks for the run
     if plan.opts.device == "cpu" and plan.rank is None:
         _no_gpu(console, "the model trains on the CPU in fp32, Triton kernels through the interpreter")
-    if leader:
+    if leader and plan.gpus is None:  # a launcher leaves it to rank 0
         where = f" x {plan.spec.gpus} ({plan.spec.parallel})" if plan.spec.gpus else ""
         console.print(f"[bold]{len(plan.spec.configurations())} configurations[/] (model x seqlen x provider) on "
                       f"{plan.device_name or 'CPU'}{where} -> {plan.out}", highlight=False)
@@ -804,6 +804,8 @@ def e2e_run(
         else:
             run_e2e(plan.spec, plan.out, resume=plan.resume, opts=plan.opts, on_row=on_row, extend=plan.extend)
     except ResultsError as exc:
+        if not leader:  # rank 0 says it once
+            raise typer.Exit(2)
         fail(str(exc))
     except KeyboardInterrupt:
         out(stderr=True).print(f"interrupted: finished configurations are saved in {plan.out}; continue with "

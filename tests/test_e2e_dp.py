@@ -207,3 +207,19 @@ def test_rows_written_before_data_parallel_runs_resume_as_one_process_rows():
     spec = train.E2ESpec(models=("gpt-tiny",), seqlens=(64,), providers=("fa2",))
     assert spec.key(("gpt-tiny", 64, "fa2")) == e2e_key(old)
     assert e2e_key({**old, "gpus": 4, "parallel": "ddp"}) != e2e_key(old)
+
+
+def test_the_launcher_refuses_a_used_folder_before_torchrun_starts(tmp_path, monkeypatch):
+    monkeypatch.setattr(launch, "run_torchrun", lambda *a, **k: pytest.fail("torchrun started"))
+    spec = train.E2ESpec(models=("gpt-tiny",), seqlens=(SEQLEN,), providers=("torch-eager",), gpus=2, parallel="ddp")
+    writer = train.start_writer(spec, train.E2EOptions(device="cpu"), train.this_peak(train.E2EOptions("cpu")),
+                                tmp_path, resume=False, extend=False)
+    writer.append({"model": "gpt-tiny", "seqlen_q": SEQLEN, "provider": "torch-eager", "mode": "train",
+                   "dtype": "fp32", "batch": 1, "heads": 4, "kv_heads": 4, "seqlen_k": SEQLEN, "headdim": 16,
+                   "causal": True, "gpus": 2, "parallel": "ddp", "status": "ok"})
+    base = ["e2e", "--gpus", "2", "--model", "gpt-tiny", "--seqlen", str(SEQLEN), "--out", str(tmp_path)]
+    for args, message in ((["--provider", "torch-eager"], "--resume"),
+                          (["--provider", "sdpa-math", "--resume"], "pass --extend")):
+        result = CliRunner().invoke(app, base + args)
+        assert result.exit_code == 2 and message in result.output, result.output
+        assert "Traceback" not in result.output

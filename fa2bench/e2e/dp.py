@@ -21,6 +21,7 @@ collective for one that left. Rank 0 alone writes the results folder (``results.
 """
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Callable
 
@@ -30,6 +31,7 @@ import torch.distributed as dist
 
 from fa2bench.distributed import launch
 from fa2bench.e2e import train
+from fa2bench.e2e.schema import KIND
 
 
 class Group:
@@ -181,11 +183,14 @@ def rank_command(plan: train.E2EPlan) -> list[str]:
 
 def launch_ranks(plan: train.E2EPlan, echo: Callable[[str], None] = print) -> int:
     """Run ``plan`` on ``plan.gpus`` ranks under torchrun; torchrun's exit status (130 after Ctrl-C). A folder
-    that holds results without ``resume`` is refused here, before torchrun starts (``ResultsError``)."""
-    from fa2bench.results import CSV_NAME, ResultsError, rerun_refused
+    that holds results without ``resume``, or another run's with it, is refused here, before torchrun starts
+    (``ResultsError``)."""
+    from fa2bench.results import CSV_NAME, ResultsError, continue_meta, read_meta, rerun_refused
 
     if (Path(plan.out) / CSV_NAME).exists() and not plan.resume:
         raise ResultsError(rerun_refused(plan.out))
+    if plan.resume:  # what rank 0 will check first (another spec needs --extend), before any rank starts
+        continue_meta(read_meta(plan.out), {"kind": KIND, "sweep": dataclasses.asdict(plan.spec)}, plan.extend)
     args = rank_command(plan)
     echo(f"launching {plan.gpus} rank(s) ({plan.spec.parallel}): torchrun --standalone "
          f"--nproc-per-node={plan.gpus} -m fa2bench " + " ".join(args))
