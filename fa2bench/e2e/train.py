@@ -136,21 +136,14 @@ def plan_e2e(model=None, seqlen=None, provider=None, *, out: str | Path | None =
         raise SpecError(f"model {big[0]} needs a CUDA GPU; without one, use gpt-tiny")
     chosen = parse_names(text(provider), "provider", providers.names()) if provider else tuple(
         n for n in providers.names() if providers.get(n).availability(where) is None)
-    rank, launched = None, None
     try:
-        if launch.under_torchrun():
-            if gpus is not None:
-                raise SpecError("--gpus starts torchrun, and this process already runs under torchrun: leave --gpus "
-                                "out (the job's ranks train together)")
-            rank = launch.current()
-            fields.update(gpus=rank.world_size, parallel=parallel or PARALLEL[0])
-        elif gpus is not None:
-            launched = launch.resolve_gpus(str(gpus), device.cuda_count())
-            fields.update(gpus=launched, parallel=parallel or PARALLEL[0])
-        elif parallel is not None:
-            raise SpecError("--parallel needs --gpus N (data parallelism over N GPUs)")
+        rank, launched = launch.place(gpus, "the job's ranks train together")
     except launch.LaunchError as exc:
         raise SpecError(str(exc)) from None
+    if rank is not None or launched is not None:
+        fields.update(gpus=rank.world_size if rank is not None else launched, parallel=parallel or PARALLEL[0])
+    elif parallel is not None:
+        raise SpecError("--parallel needs --gpus N (data parallelism over N GPUs)")
     spec = E2ESpec(models=models, seqlens=parse_ints(text(seqlen) if seqlen else ("2048,8192" if gpu else "64"),
                                                      "seqlen"), providers=chosen, **fields)
     spec.validate()
