@@ -12,7 +12,8 @@ peak memory, loss of the first and last step, and NVML telemetry over the timed 
 and per token, throttling). A configuration that runs out of memory is retried with half the micro-batch (and
 twice the accumulation, so tokens per step stay the same) when ``shrink_on_oom``; when even one sequence does
 not fit it is recorded ``oom``, and the run goes on. Statuses and failure classification are the sweep's
-(``runner``).
+(``runner``). Data parallel (``fa2bench e2e --gpus N``, ``e2e.dp``): every rank runs ``run_config`` with its
+``dp.Group``, which wraps the model and makes the ranks agree on failures (``settled``).
 """
 from __future__ import annotations
 
