@@ -139,20 +139,14 @@ def plan_sweep(spec: SweepSpec | str | None = None, *, out: str | Path | None = 
         if not any(d <= providers.get(n).max_headdim for n in chosen):
             raise SpecError(f"head dim {d} is supported by none of the chosen providers ({', '.join(chosen)})")
     outside = _isolation(run_options, chosen, where)
-    rank, command = None, ()
+    command = ()
     try:
-        if launch.under_torchrun():
-            if gpus is not None:
-                raise SpecError("--gpus starts torchrun, and this process already runs under torchrun: leave "
-                                "--gpus out (the job's ranks share the points)")
-            rank = launch.current()
-        elif gpus is not None:
-            gpus = launch.resolve_gpus(str(gpus), device.cuda_count())
-            if outside:
-                raise SpecError(f"provider {', '.join(outside)} is registered outside fa2bench, and the ranks of a "
-                                "sharded sweep (--gpus) run `fa2bench sweep`, which does not import it")
+        rank, gpus = launch.place(gpus, "the job's ranks share the points")
     except launch.LaunchError as exc:
         raise SpecError(str(exc)) from None
+    if gpus is not None and outside:
+        raise SpecError(f"provider {', '.join(outside)} is registered outside fa2bench, and the ranks of a sharded "
+                        "sweep (--gpus) run `fa2bench sweep`, which does not import it")
     unavailable = {n: why for n in chosen if (why := providers.get(n).availability(where))}
     device_name = hardware.cuda_device_name()
     peaks = {d: hardware.device_peak(device_name, d, run_options["peak_tflops"]) for d in resolved.dtypes}

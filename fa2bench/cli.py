@@ -14,6 +14,7 @@ import typer
 
 from fa2bench import display, providers
 from fa2bench.e2e.configs import MODELS as E2E_MODELS
+from fa2bench.e2e.schema import PARALLEL as E2E_PARALLEL
 from fa2bench.flops import MODES
 from fa2bench.presets import DTYPES, PRESETS, SpecError
 
@@ -752,6 +753,10 @@ def e2e_run(
     check: Annotated[bool, typer.Option(help="Check loss and gradients against a float64 model first.",
                                         rich_help_panel=RUN)] = True,
     peak_tflops: _opt(float, "Override this GPU's peak TFLOP/s.", RUN) = None,
+    gpus: _opt(str, "Train data parallel on N GPUs (or 'all') under torchrun; TFLOP/s stay per GPU "
+                    "(docs/e2e.md).", RUN) = None,
+    parallel: _opt(_choices("Parallel", E2E_PARALLEL), "With --gpus: ddp (DistributedDataParallel, the "
+                   "default) or fsdp (FSDP2).", RUN) = None,
 ):
     """GPT training throughput with each attention provider (the FlashAttention-2 paper's Table 1)."""
     from fa2bench.e2e import plan_e2e, run_e2e
@@ -760,14 +765,18 @@ def e2e_run(
     try:
         plan = plan_e2e(model, seqlen, provider, out=out_dir, resume=resume, extend=extend, peak_tflops=peak_tflops,
                         steps=steps, warmup=warmup, micro_batch=micro_batch, tokens_per_step=tokens_per_step,
-                        checkpointing=checkpointing, shrink_on_oom=shrink_on_oom, check=check)
+                        checkpointing=checkpointing, shrink_on_oom=shrink_on_oom, check=check, gpus=gpus,
+                        parallel=getattr(parallel, "value", parallel))
     except SpecError as exc:
         fail(str(exc))
     console = out()
-    if plan.opts.device == "cpu":
+    leader = plan.rank is None or plan.rank.is_leader  # under torchrun, rank 0 speaks for the run
+    if plan.opts.device == "cpu" and plan.rank is None:
         _no_gpu(console, "the model trains on the CPU in fp32, Triton kernels through the interpreter")
-    console.print(f"[bold]{len(plan.spec.configurations())} configurations[/] (model x seqlen x provider) on "
-                  f"{plan.device_name or 'CPU'} -> {plan.out}", highlight=False)
+    if leader and plan.gpus is None:  # a launcher leaves it to rank 0
+        where = f" x {plan.spec.gpus} ({plan.spec.parallel})" if plan.spec.gpus else ""
+        console.print(f"[bold]{len(plan.spec.configurations())} configurations[/] (model x seqlen x provider) on "
+                      f"{plan.device_name or 'CPU'}{where} -> {plan.out}", highlight=False)
 
     def on_row(configuration, row):
         name = " ".join(map(str, configuration))
@@ -781,8 +790,22 @@ def e2e_run(
             console.print(f"  {name}: [red]{row['status']}[/] {row['error']}", highlight=False)
 
     try:
-        run_e2e(plan.spec, plan.out, resume=plan.resume, opts=plan.opts, on_row=on_row, extend=plan.extend)
+        if plan.gpus is not None:  # --gpus N: the same run on N ranks under torchrun, rank 0 reports
+            from fa2bench.e2e import dp
+
+            code = dp.launch_ranks(plan, echo=lambda line: console.print(line, markup=False, highlight=False))
+            raise typer.Exit(code)  # rank 0 said where the results are
+        elif plan.rank is not None:
+            from fa2bench.e2e import dp
+
+            dp.run_ranks(plan.spec, plan.out, resume=plan.resume, opts=plan.opts, on_row=on_row, extend=plan.extend)
+            if not leader:
+                return
+        else:
+            run_e2e(plan.spec, plan.out, resume=plan.resume, opts=plan.opts, on_row=on_row, extend=plan.extend)
     except ResultsError as exc:
+        if not leader:  # rank 0 says it once
+            raise typer.Exit(2)
         fail(str(exc))
     except KeyboardInterrupt:
         out(stderr=True).print(f"interrupted: finished configurations are saved in {plan.out}; continue with "

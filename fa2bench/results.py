@@ -28,9 +28,10 @@ COLUMNS = KEY_COLUMNS + (
     "max_rel_error", "peak_mem_mb", "config",
 ) + telemetry.COLUMNS
 # columns that hold text (every other one must be empty or a number); other tables go through this store too:
-# "report" is the IO study's ncu report path, "model", "note" and "checkpointing" are e2e rows' (fa2bench.e2e.schema)
+# "report" is the IO study's ncu report path, "model", "note", "checkpointing" and "parallel" are e2e rows'
+# (fa2bench.e2e.schema)
 _TEXT_COLUMNS = ("provider", "mode", "dtype", "causal", "status", "error", "config", "throttle_reason", "throttled",
-                 "report", "model", "note", "checkpointing")
+                 "report", "model", "note", "checkpointing", "parallel")
 CSV_NAME, PARQUET_NAME, META_NAME = "results.csv", "results.parquet", "meta.json"
 DAMAGED_NAME = "results.csv.damaged"  # rows dropped on resume, kept for inspection (<table>.damaged for others)
 

@@ -7,10 +7,13 @@
 #              float32 reference (fp16/bf16, causal and not, MHA and GQA, seqlen 8k)
 #   4. ring    context-parallel scaling on 1, 2 and 4 GPUs: 64k/128k/256k tokens, 16 heads, d128, bf16,
 #              causal; ring-fa2, allgather-fa2, cp-sdpa; then scaling.csv and scaling.png
+#   5. e2e     (only when named) data-parallel GPT training on 4 GPUs (fa2bench e2e --gpus 4, DDP): GPT3-1.3B
+#              at seqlen 2k then 8k, fa2 and sdpa-cudnn, 3 timed steps, at most 150 s -> e2e-dp.tgz
 # Usage: FA2BENCH_GIT_COMMIT=<git rev-parse HEAD> FA2BENCH_GIT_DIRTY=0 bash tools/multigpu_session.sh [STAGE ...]
 # (default: all four; about 7.5 minutes: sweep 3 min, check 1 min, ring 3.5 min, or run them in two calls).
 # Every stage has a time limit; a run cut short keeps what it finished (sweeps stop with SIGINT and merge).
-# At most 5 files come back in $OUT: session.log, sharded4.tgz, single.tgz, compare.txt, ring.tgz.
+# At most 6 files come back in $OUT: session.log, sharded4.tgz, single.tgz, compare.txt, ring.tgz, e2e-dp.tgz.
+# The e2e stage alone (about 2.5 minutes): bash tools/multigpu_session.sh env e2e
 set -uo pipefail
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=4
 # NVLink multicast stays off in every process started here (the lent hosts require it; nothing needs it)
@@ -72,6 +75,12 @@ PY
       done
       python3 -m fa2bench.distributed.ringbench report "$R/ring"
       tar czf "$OUT/ring.tgz" -C "$R" ring ;;
+    e2e)
+      rm -rf "$R/e2e-dp"   # 130 s, then SIGINT (rank 0 keeps the finished rows), killed 20 s later: 150 s at most
+      timeout -s INT -k 20 130 fa2bench e2e --gpus 4 --model gpt-1.3b --seqlen 2048,8192 \
+        --provider fa2,sdpa-cudnn --steps 3 --warmup 2 --out "$R/e2e-dp" >"$R/e2e-dp.log" 2>&1
+      echo "e2e x4 exit $?"; grep -E "TFLOP/s|oom|error|wrong|interrupted|results:" "$R/e2e-dp.log" | head -20
+      tar czf "$OUT/e2e-dp.tgz" -C "$R" e2e-dp e2e-dp.log ;;
     *) echo "unknown stage $stage"; exit 2 ;;
   esac
 done

@@ -74,6 +74,22 @@ def resolve_gpus(text: str, available: int) -> int:
     return n
 
 
+def place(gpus: str | int | None, together: str) -> tuple[Rank | None, int | None]:
+    """Where a run asked for ``--gpus`` (None: not given) goes: ``(this rank, None)`` in a process torchrun
+    started, ``(None, N)`` to launch N ranks, ``(None, None)`` for one process. ``together`` says what the ranks
+    do, for the refusal of ``--gpus`` under torchrun (a LaunchError, as for a bad count)."""
+    if under_torchrun():
+        if gpus is not None:
+            raise LaunchError("--gpus starts torchrun, and this process already runs under torchrun: leave --gpus "
+                              f"out ({together})")
+        return current(), None
+    if gpus is None:
+        return None, None
+    from fa2bench import device
+
+    return None, resolve_gpus(str(gpus), device.cuda_count())
+
+
 def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     """The environment of a process fa2bench starts: ours, multicast forced off, plus ``extra``."""
     return {**os.environ, **(extra or {}), **MULTICAST_OFF}

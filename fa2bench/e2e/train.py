@@ -12,7 +12,8 @@ peak memory, loss of the first and last step, and NVML telemetry over the timed 
 and per token, throttling). A configuration that runs out of memory is retried with half the micro-batch (and
 twice the accumulation, so tokens per step stay the same) when ``shrink_on_oom``; when even one sequence does
 not fit it is recorded ``oom``, and the run goes on. Statuses and failure classification are the sweep's
-(``runner``).
+(``runner``). Data parallel (``fa2bench e2e --gpus N``, ``e2e.dp``): every rank runs ``run_config`` with its
+``dp.Group``, which wraps the model and makes the ranks agree on failures (``settled``).
 """
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ from fa2bench.e2e.check import StartCheck, attention_shape, autocast, make_atten
 from fa2bench.e2e.configs import MODELS, ConfigError, GPTConfig
 from fa2bench.e2e.flops import flops_per_step
 from fa2bench.e2e.model import GPT
-from fa2bench.e2e.schema import E2E_COLUMNS, KIND, MODE, e2e_key
+from fa2bench.e2e.schema import E2E_COLUMNS, KIND, MODE, PARALLEL, SINGLE, e2e_key
 from fa2bench.flops import tflops
 from fa2bench.results import RunWriter
 
@@ -55,6 +56,8 @@ class E2ESpec:
     check: bool = True
     lr: float = 2e-4
     seed: int = 0
+    gpus: int | None = None  # None: one process; N: N ranks under torchrun, data parallel (``e2e.dp``)
+    parallel: str | None = None  # with gpus: "ddp" (DistributedDataParallel) or "fsdp" (FSDP2's fully_shard)
 
     def validate(self) -> None:
         if not self.models or not self.seqlens or not self.providers:
@@ -78,6 +81,14 @@ class E2ESpec:
                                       f"x seqlen ({mb} x {n})")
         if not self.lr > 0:
             raise ConfigError("--lr must be positive")
+        if self.parallel not in (None, *PARALLEL):
+            raise ConfigError(f"--parallel: expected one of {', '.join(PARALLEL)}, got {self.parallel!r}")
+        if self.gpus is not None and self.gpus < 1:
+            raise ConfigError(f"--gpus must be at least 1, got {self.gpus}")
+
+    def key(self, configuration: tuple) -> tuple:
+        """A configuration's identity in a results folder (``schema.e2e_key`` of its row)."""
+        return (*configuration, self.gpus or 1, self.parallel or SINGLE)
 
     def configurations(self):
         return [(m, n, p) for m in self.models for n in self.seqlens for p in self.providers]
@@ -98,16 +109,21 @@ class E2EPlan:
     extend: bool
     opts: E2EOptions
     device_name: str | None
+    gpus: int | None = None  # launch the run on this many ranks under torchrun (``dp.launch_ranks``)
+    rank: object = None  # this process is a rank of a torchrun job (a ``launch.Rank``): ``dp.run_ranks``
 
 
 def plan_e2e(model=None, seqlen=None, provider=None, *, out: str | Path | None = None, resume: bool = False,
-             extend: bool = False, peak_tflops: float | None = None, **fields) -> E2EPlan:
+             extend: bool = False, peak_tflops: float | None = None, gpus: str | int | None = None,
+             parallel: str | None = None, **fields) -> E2EPlan:
     """Resolve an e2e run: ``model``, ``seqlen`` and ``provider`` as lists or text as on the command line
     (default: gpt-1.3b at 2048,8192 on a GPU, gpt-tiny at 64 without one; every provider available here), the
     other ``E2ESpec`` fields as keywords (steps, warmup, micro_batch, tokens_per_step, checkpointing, ...).
     ``out`` defaults to ``results/e2e-<UTC time>-<gpu>``. Every bad input is a ``SpecError`` (one line) before
-    anything runs."""
+    anything runs. ``gpus`` (N or 'all') runs it data parallel (``parallel``: ddp, the default, or fsdp) on N
+    ranks under torchrun; a process that torchrun started plans as one of the ranks."""
     from fa2bench import api, config, device
+    from fa2bench.distributed import launch
     from fa2bench.presets import SpecError, parse_ints, parse_names
 
     def text(value) -> str:
@@ -121,6 +137,14 @@ def plan_e2e(model=None, seqlen=None, provider=None, *, out: str | Path | None =
         raise SpecError(f"model {big[0]} needs a CUDA GPU; without one, use gpt-tiny")
     chosen = parse_names(text(provider), "provider", providers.names()) if provider else tuple(
         n for n in providers.names() if providers.get(n).availability(where) is None)
+    try:
+        rank, launched = launch.place(gpus, "the job's ranks train together")
+    except launch.LaunchError as exc:
+        raise SpecError(str(exc)) from None
+    if rank is not None or launched is not None:
+        fields.update(gpus=rank.world_size if rank is not None else launched, parallel=parallel or PARALLEL[0])
+    elif parallel is not None:
+        raise SpecError("--parallel needs --gpus N (data parallelism over N GPUs)")
     spec = E2ESpec(models=models, seqlens=parse_ints(text(seqlen) if seqlen else ("2048,8192" if gpu else "64"),
                                                      "seqlen"), providers=chosen, **fields)
     spec.validate()
@@ -130,8 +154,10 @@ def plan_e2e(model=None, seqlen=None, provider=None, *, out: str | Path | None =
     if extend and not resume:
         raise SpecError("--extend needs --resume (it extends an existing run)")
     device_name = hardware.cuda_device_name()
+    if rank is not None and out is None:
+        raise SpecError("every rank of a data-parallel run needs the same --out DIR")
     return E2EPlan(spec, Path(out) if out else api.default_out(device_name, prefix="e2e-"), bool(resume),
-                   bool(extend), E2EOptions(device=where, peak_tflops=peak), device_name)
+                   bool(extend), E2EOptions(device=where, peak_tflops=peak), device_name, launched, rank)
 
 
 # --- what fits -------------------------------------------------------------------------------------------
@@ -168,6 +194,9 @@ def plan(config: GPTConfig, seqlen: int, spec: E2ESpec, memory_bytes: float | No
     ``estimate_bytes`` fits in 80% of the GPU's memory (checkpointing only if one sequence does not fit without
     it). Without a GPU, one sequence."""
     notes = []
+    if memory_bytes and spec.parallel == "ddp":  # DDP's gradient buckets: one more fp32 copy of the gradients
+        memory_bytes -= 4 * config.params(seqlen)
+        notes.append("DDP's gradient buckets (4 bytes per parameter) set aside")
     checkpointing = spec.checkpointing
     if checkpointing is None:
         checkpointing = bool(memory_bytes) and estimate_bytes(config, seqlen, 1, False) > MEMORY_FRACTION * memory_bytes
@@ -209,10 +238,12 @@ class Trainer:
     """A model, its AdamW optimizer and one step of ``grad_accum`` micro-batches."""
 
     def __init__(self, config: GPTConfig, seqlen: int, attn, device: str, checkpointing: bool = False,
-                 lr: float = 2e-4, seed: int = 0):
+                 lr: float = 2e-4, seed: int = 0, wrap: Callable[[torch.nn.Module], torch.nn.Module] | None = None):
         torch.manual_seed(seed)
         with torch.device(device):
             self.model = GPT(config, seqlen, attn, checkpointing=checkpointing)
+        if wrap is not None:  # data parallelism (``dp.Group.wrap``): before the optimizer sees the parameters
+            self.model = wrap(self.model)
         self.device = device
         fused = {"fused": True} if device == "cuda" else {}
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.1,
@@ -221,14 +252,19 @@ class Trainer:
     def step(self, batches) -> float:
         """One optimizer step over ``batches`` (a list of (inputs, targets)); returns the mean loss (a sync)."""
         self.optimizer.zero_grad(set_to_none=True)
+        total = self.backward(batches)
+        self.optimizer.step()
+        return float(total)
+
+    def backward(self, batches) -> torch.Tensor:
+        """Forward and backward of every micro-batch, gradients accumulated; the mean loss (no sync)."""
         total = torch.zeros((), device=self.device)
         for inputs, targets in batches:
             with autocast(self.device):
                 loss = self.model(inputs, targets) / len(batches)
             loss.backward()
             total += loss.detach()
-        self.optimizer.step()
-        return float(total)
+        return total
 
 
 def _sync(device: str) -> None:
@@ -236,14 +272,20 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def measure_steps(trainer: Trainer, batches, warmup: int, steps: int, flops: int) -> dict:
-    """Warm-up steps, then ``steps`` timed ones under NVML telemetry: step times and the telemetry columns."""
+def measure_steps(trainer: Trainer, batches, warmup: int, steps: int, flops: int, group=None) -> dict:
+    """Warm-up steps, then ``steps`` timed ones under NVML telemetry: step times and the telemetry columns.
+
+    Under data parallelism (``group``, a ``dp.Group``), the first warm-up step is the group's probe (every rank
+    agrees that it ran before any rank enters a collective of the training step), the timed steps start after
+    a barrier, each step's time is the slowest rank's, and the peak memory the largest rank's."""
     device = trainer.device
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    loss_first = trainer.step(batches)
+    loss_first = trainer.step(batches) if group is None else settled(group, lambda: group.probe_step(trainer, batches))
     for _ in range(warmup - 1):  # the first warm-up step (above) is the one that compiles
         trainer.step(batches)
+    if group is not None:
+        group.barrier()
     nvml = telemetry.current_device()
     sampler = telemetry.Sampler(nvml).start() if nvml is not None else None
     energy_start = nvml.energy_mj() if nvml is not None else None
@@ -255,6 +297,8 @@ def measure_steps(trainer: Trainer, batches, warmup: int, steps: int, flops: int
         loss = trainer.step(batches)  # returns a Python float: synchronises
         times.append((time.perf_counter() - t0) * 1e3)
     elapsed = time.perf_counter() - start
+    if group is not None:
+        times = group.slowest(times)
     energy_end = nvml.energy_mj() if nvml is not None else None
     tel = telemetry.empty()
     if sampler is not None:
@@ -262,6 +306,8 @@ def measure_steps(trainer: Trainer, batches, warmup: int, steps: int, flops: int
         tel = telemetry.summarise(sampler.stop(), steps, elapsed, flops, energy)
     quantiles = statistics.quantiles(times, n=10, method="inclusive") if len(times) > 1 else [times[0]] * 9
     peak = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else float("nan")
+    if group is not None and device == "cuda":
+        peak = max(group.slowest([peak]))
     return {"ms": statistics.median(times), "ms_p20": quantiles[1], "ms_p80": quantiles[7], "loss_first": loss_first,
             "loss_last": loss, "peak_mem_mb": peak, **tel}
 
@@ -278,15 +324,61 @@ def _checked(provider: str, config: GPTConfig, device: str, seed: int, cache: di
     return cache[(provider, config.headdim)]
 
 
+class Failure(Exception):
+    """A configuration that cannot be timed, with the status and error its row records (a wrong start check;
+    under data parallelism, another rank's failure)."""
+
+    def __init__(self, status: str, error: str):
+        super().__init__(error)
+        self.status, self.error = status, error
+
+
+def failure(exc: Exception, caught=()) -> dict:
+    """The status and error of a row for ``exc`` (``caught``: warnings recorded while it ran)."""
+    if isinstance(exc, Failure):
+        return {"status": exc.status, "error": exc.error}
+    if isinstance(exc, providers.Unsupported):
+        return {"status": "unsupported", "error": str(exc)}
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        return {"status": "oom", "error": runner.first_line(exc)}
+    return runner.classify(exc, caught)
+
+
+def settled(group, fn: Callable, caught=()):
+    """``fn()``; under data parallelism every rank then agrees (``group.settle``) before going on: when any
+    rank failed, every rank raises that rank's ``Failure``, so no rank waits in a collective for one that left."""
+    if group is None:
+        return fn()
+    try:
+        result, failed = fn(), None
+    except Exception as exc:
+        result, failed = None, failure(exc, caught)
+    group.settle(failed)
+    return result
+
+
+def _start_check(provider: str, config: GPTConfig, device: str, seed: int, cache: dict, row: dict) -> None:
+    verdict = _checked(provider, config, device, seed, cache)
+    row["max_rel_error"] = verdict.max_rel_error
+    if not verdict.ok:
+        raise Failure("wrong", verdict.detail)
+
+
+def _is_oom(exc: Exception) -> bool:
+    return isinstance(exc, torch.cuda.OutOfMemoryError) or (isinstance(exc, Failure) and exc.status == "oom")
+
+
 def run_config(model: str, seqlen: int, provider: str, spec: E2ESpec, opts: E2EOptions,
-               device_peak: float | None, memory_bytes: float | None, check_cache: dict | None = None) -> dict:
-    """One results row for (model, seqlen, provider)."""
+               device_peak: float | None, memory_bytes: float | None, check_cache: dict | None = None,
+               group=None) -> dict:
+    """One results row for (model, seqlen, provider); under data parallelism (``group``, a ``dp.Group``) this
+    rank's row, the step time already the slowest rank's."""
     config = GPTConfig.from_name(model)
     p = plan(config, seqlen, spec, memory_bytes)
     dtype = run_dtype(opts.device)
     row = {"provider": provider, "mode": MODE, "dtype": dtype, "model": model, "layers": config.layers,
            "hidden": config.hidden, "params": config.params(seqlen), "warmup": spec.warmup, "steps": spec.steps,
-           "status": "ok", "error": "", "note": p.note}
+           "gpus": spec.gpus or 1, "parallel": spec.parallel or SINGLE, "status": "ok", "error": "", "note": p.note}
     micro_batch, grad_accum = p.micro_batch, p.grad_accum
     tokens_per_step = micro_batch * grad_accum * seqlen
     shape = attention_shape(config, seqlen, micro_batch)
@@ -300,19 +392,16 @@ def run_config(model: str, seqlen: int, provider: str, spec: E2ESpec, opts: E2EO
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            if spec.check:
-                verdict = _checked(provider, config, opts.device, spec.seed, check_cache if check_cache is not None
-                                   else {})
-                row["max_rel_error"] = verdict.max_rel_error
-                if not verdict.ok:
-                    return {**row, "status": "wrong", "error": verdict.detail}
+            if spec.check:  # on every rank under data parallelism, which then agree
+                cache = check_cache if check_cache is not None else {}
+                settled(group, lambda: _start_check(provider, config, opts.device, spec.seed, cache, row), caught)
             while True:
                 try:
                     measured = _train(config, seqlen, provider, micro_batch, grad_accum, p.checkpointing, spec,
-                                      opts.device, row["flops"])
+                                      opts.device, row["flops"], group)
                     break
-                except torch.cuda.OutOfMemoryError:
-                    if not spec.shrink_on_oom or micro_batch == 1:
+                except (torch.cuda.OutOfMemoryError, Failure) as exc:
+                    if not _is_oom(exc) or not spec.shrink_on_oom or micro_batch == 1:
                         raise
                 # out of the except clause, the exception's frames (and the model they hold) can be freed
                 runner.release()
@@ -321,32 +410,54 @@ def run_config(model: str, seqlen: int, provider: str, spec: E2ESpec, opts: E2EO
         row.update(measured, batch=micro_batch, micro_batch=micro_batch, grad_accum=grad_accum)
         achieved = tflops(row["flops"], row["ms"])
         row.update(tflops=achieved, tokens_per_s=tokens_per_step / (row["ms"] * 1e-3),
+                   global_tokens_per_s=row["gpus"] * tokens_per_step / (row["ms"] * 1e-3),
                    pct_a100_peak=hardware.pct_of(achieved, hardware.A100_PEAK_TFLOPS),
                    pct_device_peak=hardware.pct_of(achieved, device_peak),
                    energy_per_token_j=row["energy_j"] / tokens_per_step if row.get("energy_j") else None)
         return row
-    except providers.Unsupported as exc:
-        return {**row, "status": "unsupported", "error": str(exc)}
-    except torch.cuda.OutOfMemoryError as exc:
-        return {**row, "status": "oom", "error": runner.first_line(exc)}
     except Exception as exc:  # recorded, and the run goes on
-        return {**row, **runner.classify(exc, caught)}
+        return {**row, **failure(exc, caught)}
     finally:
         runner.release()
 
 
-def _train(config, seqlen, provider, micro_batch, grad_accum, checkpointing, spec, device, flops) -> dict:
+def data_seed(seed: int, rank: int = 0) -> int:
+    """The synthetic batches' seed: rank 0 (and a one-process run) ``seed + 1``, each other rank its own."""
+    return seed + 1 + rank
+
+
+def _train(config, seqlen, provider, micro_batch, grad_accum, checkpointing, spec, device, flops,
+           group=None) -> dict:
     attn = make_attention(provider, config, seqlen, micro_batch)
-    trainer = Trainer(config, seqlen, attn, device, checkpointing=checkpointing, lr=spec.lr, seed=spec.seed)
+    trainer = Trainer(config, seqlen, attn, device, checkpointing=checkpointing, lr=spec.lr, seed=spec.seed,
+                      wrap=group.wrap if group is not None else None)  # the same seed: the same weights everywhere
     try:
-        gen = torch.Generator().manual_seed(spec.seed + 1)
+        gen = torch.Generator().manual_seed(data_seed(spec.seed, group.rank if group is not None else 0))
         batches = [synthetic_batch(config.vocab, seqlen, micro_batch, device, gen) for _ in range(grad_accum)]
-        return measure_steps(trainer, batches, spec.warmup, spec.steps, flops)
+        return measure_steps(trainer, batches, spec.warmup, spec.steps, flops, group)
     finally:
         del trainer
 
 
 # --- a run ----------------------------------------------------------------------------------------------
+
+
+def this_peak(opts: E2EOptions) -> hardware.PeakInfo:
+    return hardware.device_peak(hardware.cuda_device_name(), run_dtype(opts.device), opts.peak_tflops)
+
+
+def device_memory(opts: E2EOptions) -> int | None:
+    """This process's GPU memory (bytes), None on the CPU."""
+    return torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory if opts.device == "cuda" else None
+
+
+def start_writer(spec: E2ESpec, opts: E2EOptions, peak: hardware.PeakInfo, out: str | Path, resume: bool,
+                 extend: bool, **extra_meta) -> RunWriter:
+    """The run's results folder opened (``RunWriter.start``: resume and extend checked) and meta.json written
+    (``kind: e2e``, the model configurations, ``extra_meta``)."""
+    meta = runner.collect_meta(spec, spec.providers, opts, {run_dtype(opts.device): peak})
+    meta.update(kind=KIND, models={m: dataclasses.asdict(MODELS[m]) for m in spec.models}, **extra_meta)
+    return RunWriter.start(Path(out), meta, resume=resume, extend=extend, columns=E2E_COLUMNS, key=e2e_key)
 
 
 def run_e2e(spec: E2ESpec, out: str | Path, resume: bool = False, opts: E2EOptions | None = None,
@@ -360,18 +471,14 @@ def run_e2e(spec: E2ESpec, out: str | Path, resume: bool = False, opts: E2EOptio
     """
     spec.validate()
     opts = opts or E2EOptions()
-    device_name = hardware.cuda_device_name()
-    peak = hardware.device_peak(device_name, run_dtype(opts.device), opts.peak_tflops)
-    meta = runner.collect_meta(spec, spec.providers, opts, {run_dtype(opts.device): peak})
-    meta["kind"] = KIND
-    meta["models"] = {m: dataclasses.asdict(MODELS[m]) for m in spec.models}
-    writer = RunWriter.start(Path(out), meta, resume=resume, extend=extend, columns=E2E_COLUMNS, key=e2e_key)
-    memory = torch.cuda.get_device_properties(0).total_memory if opts.device == "cuda" else None
+    peak = this_peak(opts)
+    writer = start_writer(spec, opts, peak, out, resume, extend)
+    memory = device_memory(opts)
     cache: dict = {}
     interrupted = False
     try:
         for configuration in spec.configurations():
-            if configuration in writer.done:
+            if spec.key(configuration) in writer.done:
                 if on_row:
                     on_row(configuration, None)
                 continue
