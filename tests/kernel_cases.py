@@ -45,3 +45,12 @@ def recorded_launches(launcher):
         yield seen
     finally:
         del launcher.launch  # the class's method again
+
+
+def expected_paths(tma: bool, dq_mode: int) -> dict:
+    """What ``recorded_launches`` sees for one fa2 forward and backward (warp specialisation off): the dQ kernel
+    only when the dK/dV kernel does not add dQ itself (dq_mode 0: kernel, 1: atomics, 2: TMA reductions)."""
+    paths = {"fwd": {"TMA": tma, "WS": False}, "bwd_dkdv": {"TMA": tma, "WS": False, "DQ_MODE": dq_mode}}
+    if dq_mode == 0:
+        paths["bwd_dq"] = {"TMA": tma}
+    return paths

@@ -15,12 +15,12 @@ from fa2bench.kernels import flash2
 from fa2bench.kernels._common import tma_layout_ok
 from fa2bench.reference import check_attention
 from tests.conftest import DEVICE
-from tests.kernel_cases import make_qkv, recorded_launches, shape_id
+from tests.kernel_cases import expected_paths, make_qkv, recorded_launches, shape_id
 
 FA2 = flash2.FA2
 TMA = {"portable": "off", "tma": "on"}
 DQ = {"dq-kernel": "kernel", "dq-atomic": "atomic"}
-DQ_MODE = {"kernel": 0, "atomic": 1}
+DQ_MODE = flash2.DQ_MODES
 
 # (batch, heads, kv_heads, seqlen_q, seqlen_k, headdim)
 SHAPES = [
@@ -39,14 +39,6 @@ FP32_SHAPES = [SHAPES[1], SHAPES[4], SHAPES[7]]
 
 def variant(tma: str, dq: str, **more) -> flash2.Variant:
     return dataclasses.replace(FA2, tma=tma, dq=dq, **more)
-
-
-def expected_paths(tma: bool, dq_mode: int) -> dict:
-    """The launches of one forward and backward: the dQ kernel only when dQ is not added by the dK/dV kernel."""
-    paths = {"fwd": {"TMA": tma, "WS": False}, "bwd_dkdv": {"TMA": tma, "WS": False, "DQ_MODE": dq_mode}}
-    if dq_mode == 0:
-        paths["bwd_dq"] = {"TMA": tma}
-    return paths
 
 
 def run_checked(var: flash2.Variant, q, k, v, causal: bool, prepare=lambda t: t):
