@@ -1,5 +1,7 @@
 """Shared cases for the kernel tests: fa2bench's own Triton kernels by provider name (from the one provider
 registry, so a newly registered kernel is tested without editing the tests) and input makers."""
+from contextlib import contextmanager
+
 import torch
 
 import fa2bench.kernels
@@ -25,3 +27,30 @@ def make_qkv(shape, dtype, device, bshd=False):
         return torch.randn(b, heads, seqlen, d, dtype=dtype, device=device)
 
     return one(h, sq), one(hkv, sk), one(hkv, sk)
+
+
+@contextmanager
+def recorded_launches(launcher):
+    """Record what ``launcher`` (a kernels._common.Launcher) launches: {kernel name: its path switches (TMA, WS,
+    DQ_MODE, those it got)} of the last launch of each, so a test can say which code path really ran."""
+    seen = {}
+    launch = launcher.launch
+
+    def recording(name, grid, *args, **kwargs):
+        seen[name] = {key: kwargs[key] for key in ("TMA", "WS", "DQ_MODE") if key in kwargs}
+        return launch(name, grid, *args, **kwargs)
+
+    launcher.launch = recording
+    try:
+        yield seen
+    finally:
+        del launcher.launch  # the class's method again
+
+
+def expected_paths(tma: bool, dq_mode: int) -> dict:
+    """What ``recorded_launches`` sees for one fa2 forward and backward (warp specialisation off): the dQ kernel
+    only when the dK/dV kernel does not add dQ itself (dq_mode 0: kernel, 1: atomics, 2: TMA reductions)."""
+    paths = {"fwd": {"TMA": tma, "WS": False}, "bwd_dkdv": {"TMA": tma, "WS": False, "DQ_MODE": dq_mode}}
+    if dq_mode == 0:
+        paths["bwd_dq"] = {"TMA": tma}
+    return paths
