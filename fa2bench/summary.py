@@ -47,3 +47,16 @@ def headline(frame: pd.DataFrame, baseline: str | None = None) -> pd.DataFrame:
                 row[f"speedup_vs_{baseline}"] = geomean(mine["speedup"])
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def ratio_table(frame: pd.DataFrame, provider: str, over: str, seqlens=None) -> pd.DataFrame:
+    """``provider``'s speed relative to ``over`` (time of ``over`` / time of ``provider``, so >1 is faster) per
+    (mode, causal, headdim, dtype), summarised over the sequence lengths ``seqlens`` (default: all) of the
+    points where both ran ok: median, min, max and the number of points. Like for like: same shape, mode, dtype."""
+    speed = speedup(frame, over)
+    speed = speed[speed["provider"] == provider]
+    if seqlens is not None:
+        speed = speed[speed["seqlen_q"].isin(list(seqlens))]
+    keys = ["mode", "causal", "headdim", "dtype"]
+    out = speed.groupby(keys)["speedup"].agg(["median", "min", "max", "count"]).reset_index()
+    return out.rename(columns={"count": "points"})
