@@ -19,7 +19,7 @@ diagonal are never visited (the loop bound stops early). Causal Q blocks are sch
 that sees no key (seqlen_q > seqlen_k) outputs 0 and stores L = +inf, so backward's ``exp2(s - L)`` is exactly
 0 for it: zero gradients, no NaN (the running max starts at a finite -1e30, never -inf - -inf).
 
-Backward (Algorithm 2), three kernels, none with atomics:
+Backward (Algorithm 2), three kernels, none with atomics (by default):
 1. ``bwd_preprocess``: ``Delta = rowsum(dO * O)`` in fp32.
 2. ``bwd_dkdv``: grid (K/V blocks) x (batch * kv_heads). A program keeps its K and V block on chip, loops over
    the query heads of its GQA group and, for each, over the Q blocks that can see this K/V block (those fully
@@ -29,7 +29,8 @@ Backward (Algorithm 2), three kernels, none with atomics:
    chip, written once. dQ uses this second kernel rather than atomic adds from the dK/dV kernel (the paper's
    Algorithm 2 adds dQ_i to HBM with atomics) for determinism: repeated runs are bit-equal, and there is no
    fp32 dQ scratch buffer to zero and convert afterwards. The cost is recomputing Q K^T and dP = dO V^T a
-   second time.
+   second time. ``Variant(dq="atomic")`` (relaxed fp32 atomics) and ``dq="tma-reduce"`` (TMA reductions) add dQ
+   from the dK/dV kernel instead; both measured no faster on an H100 (docs/performance.md) and are not fa2's.
 
 How it differs from its neighbour, ``kernels/flash1.py`` (FlashAttention-1 style, Dao et al. 2022): FA1 keeps
 the output normalised inside the loop (rescaling O by l_old / l_new every block) and stores both l and m;
@@ -52,13 +53,21 @@ fp32 inputs run IEEE fp32 dot products unless ``tf32=True``; ``sm_scale`` must b
 
 Not supported: dropout, ALiBi or any attention bias, sliding windows / local attention, softcapping,
 variable-length (packed) batches, paged or cached KV, returning the LSE or the softmax, FP8, zero or negative
-``sm_scale``. The Hopper-only paths of Triton's tutorial (tensor descriptors / TMA, warp specialisation) are
-deliberately not used: plain pointer loads with masks only, Triton >= 3.6.
+``sm_scale``.
+
+Hopper: with ``Variant(tma=...)`` the kernels move their Q, K, V, O and dO tiles through device-side tensor
+descriptors (TMA; rows past a sequence and a padded head dim read as zeros, so unmasked stages need no masks)
+instead of 64-bit pointer tiles, which also frees the registers those pointers take. fa2 (``tma="auto"``) uses
+them where they measured faster on an H100: the backward kernels at head dims <= 64 on sm_90+ (1.15x at d64);
+the forward and larger head dims stay on pointers (TMA measured 3-7% slower there). Layouts TMA cannot address
+(fp32, a non-contiguous head dim, unaligned strides) fall back to pointers. ``warp_specialize`` asks Triton 3.6
+to warp-specialise the forward loop; on sm_90 it compiles (8 warps) but does not partition the loop.
 
 Tested on: the CPU through Triton 3.9's interpreter (tests/test_kernels.py: fp16 and fp32, ragged and unequal
 sequence lengths, GQA/MQA, head dims 16..256, causal and not, non-contiguous inputs); on the GPU, an NVIDIA H100
 80GB HBM3 with Triton 3.6 and torch 2.11 passes tests/test_kernels_gpu.py (fp16 and bf16 up to seqlen 8k, head
-dims 64/128/256, GQA/MQA, every autotune config forced, repeated runs bit-equal).
+dims 64/128/256, GQA/MQA, every autotune config forced, repeated runs bit-equal; every Variant path at
+d64/128/256 in fp16 and bf16, every config on the TMA path).
 """
 from __future__ import annotations
 
