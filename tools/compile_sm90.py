@@ -77,6 +77,14 @@ def resources(kernel) -> str:
             f"smem {kernel.metadata.shared}")
 
 
+def root_cause(exc: BaseException) -> str:
+    """The innermost exception of a chain (Triton wraps a failure once per nested @jit call), as one line."""
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    return f"{type(exc).__name__}: {lines[-1] if lines else ''}"[:300]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--kernel", default="fwd", choices=list(flash2.JIT_KERNELS))
@@ -95,9 +103,7 @@ def main() -> None:
             k = compile_one(a.kernel, cfg, a.headdim, a.causal, a.tma, a.ws, a.dq_mode, a.dtype)
             print(f"{a.kernel} d{a.headdim} {name}: {resources(k)}", flush=True)
         except Exception as exc:
-            msg = str(exc).strip().splitlines()
-            print(f"{a.kernel} d{a.headdim} {name}: FAILED {type(exc).__name__}: {' | '.join(msg[-3:])[:400]}",
-                  flush=True)
+            print(f"{a.kernel} d{a.headdim} {name}: FAILED {root_cause(exc)}", flush=True)
 
 
 if __name__ == "__main__":
