@@ -26,7 +26,9 @@ STATUSES = ("ok", "wrong", "oom", "unsupported", "error", "timeout")
 COLUMNS = KEY_COLUMNS + (
     "status", "error", "ms", "ms_p20", "ms_p80", "reps", "flops", "tflops", "pct_a100_peak", "pct_device_peak",
     "max_rel_error", "peak_mem_mb", "config",
-) + telemetry.COLUMNS
+) + telemetry.COLUMNS + (
+    "point_s",  # wall time the point took: check, compile/autotune, timing, telemetry (where a sweep's time goes)
+)
 # columns that hold text (every other one must be empty or a number); other tables go through this store too:
 # "report" is the IO study's ncu report path, "model", "note", "checkpointing" and "parallel" are e2e rows'
 # (fa2bench.e2e.schema)

@@ -12,6 +12,7 @@ import gc
 import os
 import subprocess
 import sys
+import time
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -89,7 +90,14 @@ def cuda_context_error() -> str | None:
 
 
 def run_point(point: Point, opts: RunOptions, device_peaks: dict[str, float | None]) -> dict:
-    """One results row for ``point``; ``device_peaks`` maps dtype to this GPU's peak TFLOP/s."""
+    """One results row for ``point``; ``device_peaks`` maps dtype to this GPU's peak TFLOP/s. ``point_s`` is
+    the wall time it took, everything included (the check, compilation and autotuning, timing, telemetry)."""
+    start = time.perf_counter()
+    row = _run_point(point, opts, device_peaks)
+    return {**row, "point_s": round(time.perf_counter() - start, 3)}
+
+
+def _run_point(point: Point, opts: RunOptions, device_peaks: dict[str, float | None]) -> dict:
     provider = providers.get(point.provider)
     shape = point.shape
     row = base_row(point)

@@ -35,6 +35,25 @@ def test_a_correct_provider_is_ok_with_timing_and_flops(monkeypatch):
     assert math.isnan(row["pct_device_peak"])  # no GPU, no device peak
 
 
+def test_every_row_says_how_long_its_point_took_in_all(monkeypatch):
+    """point_s covers the whole point (check, compile, timing, telemetry): at least the time a slow provider
+    spent, whatever its status."""
+    import time
+
+    def slow(q, k, v, shape):
+        time.sleep(0.05)
+        return _right(q, k, v, shape)
+
+    def slow_boom(q, k, v, shape):
+        time.sleep(0.05)
+        raise RuntimeError("late failure")
+
+    ok = run_point(Point(_fake(monkeypatch, "slow", slow), "fwd", "fp32", SHAPE), OPTS, {})
+    failed = run_point(Point(_fake(monkeypatch, "slowboom", slow_boom), "fwd", "fp32", SHAPE), OPTS, {})
+    assert ok["status"] == "ok" and ok["point_s"] >= 0.05 * 3  # the check, the first call, timing (>= 1 rep)
+    assert failed["status"] == "error" and 0.05 <= failed["point_s"] < 5
+
+
 def test_a_wrong_provider_is_recorded_wrong_and_not_timed(monkeypatch):
     wrong = _fake(monkeypatch, "wrong", lambda q, k, v, s: attention_ref(q, k, v, causal=not s.causal, upcast=False))
     row = run_point(Point(wrong, "fwd", "fp32", SHAPE), OPTS, {})
