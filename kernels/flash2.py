@@ -59,7 +59,7 @@ Hopper: with ``Variant(tma=...)`` the kernels move their Q, K, V, O and dO tiles
 descriptors (TMA; rows past a sequence and a padded head dim read as zeros, so unmasked stages need no masks)
 instead of 64-bit pointer tiles, which also frees the registers those pointers take. fa2 (``tma="auto"``) uses
 them where they measured faster on an H100: the backward kernels at head dims <= 64 on sm_90+ (1.15x at d64);
-the forward and larger head dims stay on pointers (TMA measured 3-7% slower there). Layouts TMA cannot address
+the forward and larger head dims stay on pointers (TMA measured 2-7% slower there). Layouts TMA cannot address
 (fp32, a non-contiguous head dim, unaligned strides) fall back to pointers. ``warp_specialize`` asks Triton 3.6
 to warp-specialise the forward loop; on sm_90 it compiles (8 warps) but does not partition the loop.
 
