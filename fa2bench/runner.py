@@ -141,10 +141,6 @@ def _check_and_time(point: Point, provider: providers.Provider, row: dict, opts:
                    peak_mem_mb=timing.peak_memory_mb(call), config=provider.config())
         row.update(telemetry.measure(call, measured.ms, row["flops"], grad_to_none=grads))
         return row
-    except providers.Unsupported as exc:
-        return {**row, "status": "unsupported", "error": str(exc)}
-    except torch.cuda.OutOfMemoryError as exc:
-        return {**row, "status": "oom", "error": first_line(exc)}
     except Exception as exc:  # recorded, and the sweep goes on
         return {**row, **classify(exc, caught)}
     finally:
@@ -152,8 +148,13 @@ def _check_and_time(point: Point, provider: providers.Provider, row: dict, opts:
 
 
 def classify(exc: Exception, caught) -> dict:
-    """The status and error of a failure (``caught``: the warnings recorded while it ran): a pinned SDPA
-    backend's refusal is unsupported, out of memory is oom, anything else error. Shared with ``fa2bench.e2e``."""
+    """The status and error of a failure (``caught``: the warnings recorded while it ran): a provider's
+    ``Unsupported`` or a pinned SDPA backend's refusal is unsupported, out of memory is oom, anything else error.
+    Shared with ``fa2bench.e2e``."""
+    if isinstance(exc, providers.Unsupported):
+        return {"status": "unsupported", "error": str(exc)}
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        return {"status": "oom", "error": first_line(exc)}
     text = str(exc)
     if "No available kernel" in text:  # a pinned SDPA backend refused the point; its warnings say why
         reasons = [str(w.message).splitlines()[0] for w in caught if "kernel not used" in str(w.message)

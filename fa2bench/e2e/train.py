@@ -337,10 +337,6 @@ def failure(exc: Exception, caught=()) -> dict:
     """The status and error of a row for ``exc`` (``caught``: warnings recorded while it ran)."""
     if isinstance(exc, Failure):
         return {"status": exc.status, "error": exc.error}
-    if isinstance(exc, providers.Unsupported):
-        return {"status": "unsupported", "error": str(exc)}
-    if isinstance(exc, torch.cuda.OutOfMemoryError):
-        return {"status": "oom", "error": runner.first_line(exc)}
     return runner.classify(exc, caught)
 
 
