@@ -78,8 +78,8 @@ import triton
 import triton.language as tl
 
 from ._common import (LOG2E, Launcher, atomic_add_tile, block_d, bwd_preprocess, check_inputs, check_scale,
-                      dot_precision, ensure_tma_allocator, ieee_configs, interpreting, launch_preprocess, load_tile, store_tile,
-                      tile_desc, tile_ptrs, tma_layout_ok, tune_bench)
+                      dot_precision, ensure_tma_allocator, ieee_configs, interpreting, launch_preprocess, load_tile,
+                      store_tile, tile_desc, tile_ptrs, tma_layout_ok, tune_bench)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -619,11 +619,12 @@ TUNE_KEY = ["HEAD_DIM", "CAUSAL", "DEFER", "SEQ_PAR", "SKIP", "DOT_PRECISION", "
             "N_CTX_K_BUCKET"]
 
 
-def autotuned(candidates: dict) -> dict:
-    """The three kernels, each autotuned over ``candidates[name]`` with the named filter."""
+def autotuned(candidates: dict, prune=early_prune) -> dict:
+    """The three kernels, each autotuned over ``candidates[name]`` with the filter ``prune(name)`` (default: the
+    named filter)."""
     return {name: triton.autotune(configs=candidates[name],
                                   key=[key for key in TUNE_KEY if key in JIT_KERNELS[name].arg_names],
-                                  prune_configs_by={"early_config_prune": early_prune(name)},
+                                  prune_configs_by={"early_config_prune": prune(name)},
                                   reset_to_zero=["DQ"] if name == "bwd_dkdv" else None,  # dQ accumulates
                                   do_bench=tune_bench)(JIT_KERNELS[name])
             for name in JIT_KERNELS}

@@ -52,12 +52,7 @@ def wide_launcher() -> flash2.Launcher:
         return prune
 
     flash2.SMEM_BUDGET = 227 * 1024
-    kernels = {name: triton.autotune(configs=WIDE[name],
-                                     key=[k for k in flash2.TUNE_KEY if k in flash2.JIT_KERNELS[name].arg_names],
-                                     prune_configs_by={"early_config_prune": prune_for(name)},
-                                     reset_to_zero=["DQ"] if name == "bwd_dkdv" else None,
-                                     do_bench=flash2.tune_bench)(flash2.JIT_KERNELS[name])
-               for name in WIDE}
+    kernels = flash2.autotuned(WIDE, prune_for)
     return flash2.Launcher(kernels, {name: prune_for(name) for name in kernels})
 
 
