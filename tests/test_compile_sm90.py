@@ -12,14 +12,17 @@ from fa2bench.kernels import flash2
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def compile_sm90(*args: str) -> str:
+    """tools/compile_sm90.py's output for ``args``, compiled for real (not through the interpreter)."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    return subprocess.run([sys.executable, str(ROOT / "tools" / "compile_sm90.py"), *args],
+                          capture_output=True, text=True, env=env, timeout=300).stdout
+
+
 def compile_first_config(kernel: str, *flags: str) -> str:
     cfg = flash2.configs(64)[kernel][0]
     spec = f"{cfg.kwargs['BLOCK_M']}x{cfg.kwargs['BLOCK_N']}w{cfg.num_warps}s{cfg.num_stages}"
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # a real compile, not the interpreter
-    out = subprocess.run([sys.executable, str(ROOT / "tools" / "compile_sm90.py"), "--kernel", kernel,
-                          "--headdim", "64", "--configs", spec, *flags],
-                         capture_output=True, text=True, env=env, timeout=300)
-    return out.stdout
+    return compile_sm90("--kernel", kernel, "--headdim", "64", "--configs", spec, *flags)
 
 
 @pytest.mark.slow
@@ -36,8 +39,5 @@ def test_each_kernel_compiles_for_sm90_with_registers_reported(kernel, tma):
 def test_a_config_that_cannot_compile_is_one_failed_line():
     """A 48-row tile is not a power of two (tl.arange refuses it): the tool prints FAILED and the reason
     instead of resources, one line."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    out = subprocess.run([sys.executable, str(ROOT / "tools" / "compile_sm90.py"), "--kernel", "fwd",
-                          "--headdim", "64", "--configs", "48x64w4s3"],
-                         capture_output=True, text=True, env=env, timeout=300).stdout
+    out = compile_sm90("--kernel", "fwd", "--headdim", "64", "--configs", "48x64w4s3")
     assert out == "fwd d64 48x64w4s3: FAILED ValueError: arange's range must be a power of 2\n", out
