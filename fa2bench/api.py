@@ -28,16 +28,16 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import pandas as pd
 
-from fa2bench import config
-from fa2bench.presets import Point, SpecError, SweepSpec
-from fa2bench.results import CSV_NAME, META_NAME, PARQUET_NAME, Damage, ResultsError, load_run, read_meta
+from fa2bench.spec import config
+from fa2bench.spec.presets import Point, SpecError, SweepSpec
+from fa2bench.run.results import CSV_NAME, META_NAME, PARQUET_NAME, Damage, ResultsError, load_run, read_meta
 
 if TYPE_CHECKING:
-    from fa2bench.compare import Comparison
+    from fa2bench.read.compare import Comparison
     from fa2bench.distributed.launch import Rank
     from fa2bench.distributed.shard import MergeReport
-    from fa2bench.hardware import PeakInfo
-    from fa2bench.plots import Plotted
+    from fa2bench.run.hardware import PeakInfo
+    from fa2bench.read.plots import Plotted
 
 RUN_ENV = "FA2BENCH_RUN"
 OnPoint = Callable[[Point, "dict | None"], None]
@@ -115,9 +115,10 @@ def slug(device_name: str | None) -> str:
 def plan_sweep(spec: SweepSpec | str | None = None, *, out: str | Path | None = None, resume: bool = False,
                extend: bool = False, **options) -> SweepPlan:
     """Resolve a sweep: ``spec`` (a SweepSpec, a preset name, or None: quick on a GPU, smoke without) with
-    ``options`` on top (the fields of ``fa2bench.config``: seqlen=[1024], provider=["fa2"], rep_ms=50,
+    ``options`` on top (the fields of ``fa2bench.spec.config``: seqlen=[1024], provider=["fa2"], rep_ms=50,
     gpus=4, ...). Raises ``SpecError`` (one line) for anything that cannot run."""
-    from fa2bench import device, hardware, providers
+    from fa2bench.spec import device, providers
+    from fa2bench.run import hardware
     from fa2bench.distributed import launch
 
     options = config.normalise(options)
@@ -166,8 +167,7 @@ def _isolation(run_options: dict, chosen: tuple[str, ...], where: str) -> list[s
     provider defined in ``__main__`` (a notebook's, a script's) cannot be imported by a worker: by default such
     a sweep runs in-process, and asking for isolation is a SpecError. Returns the providers registered outside
     fa2bench."""
-    from fa2bench import providers
-
+    from fa2bench.spec import providers
     modules = {n: getattr(providers.get(n).make, "__module__", None) or "__main__" for n in chosen}
     local = [n for n, m in modules.items() if m == "__main__"]
     if run_options["isolate"] is None:
@@ -191,15 +191,16 @@ def execute(plan: SweepPlan, on_point: OnPoint | None = None, on_start: OnStart 
     A sharded sweep reports through ``on_message`` (torchrun's command line, each rank's share and points, the
     merge) instead of ``on_start``; its ``Run.merged`` (the launcher's, rank 0's) says what was merged and
     which points are missing (then ``complete=False``: ``resume`` runs them)."""
-    from fa2bench import hardware, runner
-    from fa2bench.results import RunWriter, continue_meta, count_done, rerun_refused
-    from fa2bench.worker import WorkerError
+    from fa2bench.run import hardware, runner
+    from fa2bench.run.point import RunOptions
+    from fa2bench.run.results import RunWriter, continue_meta, count_done, rerun_refused
+    from fa2bench.run.worker import WorkerError
 
-    opts = runner.RunOptions(device=plan.device, check=plan.run_options["check"],
-                             warmup_ms=plan.run_options["warmup_ms"], rep_ms=plan.run_options["rep_ms"],
-                             peak_tflops=plan.run_options["peak_tflops"], isolate=plan.run_options["isolate"],
-                             point_timeout_s=plan.run_options["point_timeout"],
-                             plugins=plan.run_options.get("plugins", ()))
+    opts = RunOptions(device=plan.device, check=plan.run_options["check"],
+                       warmup_ms=plan.run_options["warmup_ms"], rep_ms=plan.run_options["rep_ms"],
+                       peak_tflops=plan.run_options["peak_tflops"], isolate=plan.run_options["isolate"],
+                       point_timeout_s=plan.run_options["point_timeout"],
+                       plugins=plan.run_options.get("plugins", ()))
     meta = runner.collect_meta(plan.spec, plan.providers, opts, plan.peaks)
     peaks = {d: p.tflops for d, p in plan.peaks.items()}
 
@@ -265,7 +266,7 @@ def _launch(plan: SweepPlan, echo: Callable[[str], None]) -> Run:
 def _run_rank(plan: SweepPlan, opts, peaks: dict, make_meta: Callable[[bool], dict], on_point: OnPoint | None,
               echo: Callable[[str], None]) -> Run:
     """This torchrun rank's share of the points (through the runner, isolated as planned); rank 0 merges."""
-    from fa2bench import runner
+    from fa2bench.run import runner
     from fa2bench.distributed import sweep as dsweep
 
     def run_share(points, writer, log_point) -> None:
@@ -330,35 +331,41 @@ def _frame(run) -> pd.DataFrame:
 def plot_run(run, out: str | Path | None = None, formats: Iterable[str] = ("png",), kinds=None) -> "Plotted":
     """Draw a run's figures (a Run, a results frame or a folder) into ``out`` (default: the run's
     ``figures/``); see ``plots.plot_run``."""
-    from fa2bench import plots
+    from fa2bench.e2e import figures as e2e_figures
+    from fa2bench.read import plots
 
     frame = _frame(run)
     if out is None:
         if not frame.attrs.get("run_dir"):
             raise ValueError("this frame has no run folder: pass out=")
         out = Path(frame.attrs["run_dir"]) / "figures"
+    if e2e_figures.is_e2e(frame):  # an `fa2bench e2e` run: the Table-1 figure
+        return e2e_figures.plot_run(frame, out, tuple(formats))
     return plots.plot_run(frame, out, tuple(formats), **({"kinds": tuple(kinds)} if kinds else {}))
 
 
 def report(run, formats: Iterable[str] = ("png",)) -> Path:
     """Write ``report.md`` (and its figures) into a run's folder (a Run or a folder); returns its path."""
-    from fa2bench.markdown import write_report
+    from fa2bench.e2e import figures as e2e_figures
+    from fa2bench.read.markdown import write_report
 
-    return write_report(run.path if isinstance(run, Run) else run, tuple(formats))
+    path = run.path if isinstance(run, Run) else run
+    if e2e_figures.is_e2e(load_run(path)):  # an `fa2bench e2e` run: the Table-1 report
+        return e2e_figures.write_report(load_run(path), tuple(formats))
+    return write_report(path, tuple(formats))
 
 
 def compare_runs(a, b, threshold: float = 0.05) -> "Comparison":
-    """Run B against baseline A (each a Run, a results frame or a folder); see ``fa2bench.compare``."""
-    from fa2bench.compare import compare
+    """Run B against baseline A (each a Run, a results frame or a folder); see ``fa2bench.read.compare``."""
+    from fa2bench.read.compare import compare
 
     return compare(_frame(a), _frame(b), threshold)
 
 
 def export_run(run, format: str = "github-benchmark", metric: str = "ms") -> list[dict]:
     """A run's ok points in an exchange format (github-benchmark: the JSON list github-action-benchmark
-    reads); see ``fa2bench.export``."""
-    from fa2bench import export
-
+    reads); see ``fa2bench.read.export``."""
+    from fa2bench.read import export
     return export.export(_frame(run), format, metric)
 
 

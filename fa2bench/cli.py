@@ -12,11 +12,13 @@ from typing import Annotated, Optional
 
 import typer
 
-from fa2bench import display, providers
+from fa2bench.read import display
+
+from fa2bench.spec import providers
 from fa2bench.e2e.configs import MODELS as E2E_MODELS
 from fa2bench.e2e.schema import PARALLEL as E2E_PARALLEL
-from fa2bench.flops import MODES
-from fa2bench.presets import DTYPES, PRESETS, SpecError
+from fa2bench.spec.flops import MODES
+from fa2bench.spec.presets import DTYPES, PRESETS, SpecError
 
 app = typer.Typer(no_args_is_help=True, add_completion=True, pretty_exceptions_enable=False,
                   help="Benchmark and profile attention kernels around FlashAttention-2.")
@@ -63,7 +65,7 @@ Formats = Annotated[str, typer.Option("--format", help="Comma-separated figure f
 
 
 def _shape_options(**given) -> dict:
-    """The shape options the user gave (None: not given), keyed as ``fa2bench.config`` fields."""
+    """The shape options the user gave (None: not given), keyed as ``fa2bench.spec.config`` fields."""
     return {k: v for k, v in given.items() if v is not None}
 
 
@@ -90,8 +92,7 @@ def _no_gpu(console, what: str) -> None:
 
 
 def _has_cuda() -> bool:
-    from fa2bench import device
-
+    from fa2bench.spec import device
     return device.has_cuda()
 
 
@@ -136,9 +137,9 @@ def sweep(
 ):
     """Sweep shapes x providers x modes x dtypes; check, time and write one row per point."""
     from fa2bench import api
-    from fa2bench import config as sweep_config
-    from fa2bench.results import ResultsError
-    from fa2bench.worker import WorkerError
+    from fa2bench.spec import config as sweep_config
+    from fa2bench.run.results import ResultsError
+    from fa2bench.run.worker import WorkerError
 
     given = _shape_options(preset=preset, seqlen=seqlen, seqlen_k=seqlen_k, headdim=headdim, batch=batch,
                            tokens=tokens, heads=heads, hidden=hidden, kv_heads=kv_heads, causal=causal, dtype=dtype,
@@ -229,7 +230,7 @@ def _run_with_progress(plan, console):
                                TimeRemainingColumn)
 
     from fa2bench import api
-    from fa2bench.results import describe_damage
+    from fa2bench.run.results import describe_damage
 
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("eta"), TimeRemainingColumn())
@@ -257,7 +258,7 @@ def _run_with_progress(plan, console):
 
 
 def _print_summary(frame, console) -> None:
-    from fa2bench.summary import headline
+    from fa2bench.read.summary import headline
 
     table = headline(frame)
     baseline = next(c for c in table.columns if c.startswith("speedup_vs_"))
@@ -273,7 +274,7 @@ def _print_summary(frame, console) -> None:
 
 
 def _warn_throttled(frame) -> None:
-    from fa2bench.telemetry import throttle_summary
+    from fa2bench.run.telemetry import throttle_summary
 
     note = throttle_summary(frame)
     if note:
@@ -286,8 +287,7 @@ def _warn_throttled(frame) -> None:
 @app.command("providers")
 def list_providers():
     """Every provider, whether it is available here, and why not."""
-    from fa2bench import device
-
+    from fa2bench.spec import device
     where = device.name()
     rows = []
     for name in providers.names():
@@ -305,8 +305,7 @@ def info(
     peak_tflops: Annotated[Optional[float], typer.Option(help="Override this GPU's peak TFLOP/s.")] = None,
 ):
     """GPU(s), driver, versions, and the peak fa2bench uses for this GPU."""
-    from fa2bench import hardware
-
+    from fa2bench.run import hardware
     console = out()
     versions = hardware.software_versions()
     console.print("versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()), highlight=False)
@@ -335,8 +334,7 @@ def info(
 
 def _needs_gpu_and_ncu(command: str, want_ncu: bool) -> str | None:
     """Fail with one line without a GPU, or without ncu when it is wanted; the ncu path otherwise."""
-    from fa2bench import ncu
-
+    from fa2bench.profiling import ncu
     if not _has_cuda():
         fail(f"`fa2bench {command}` needs a CUDA GPU and torch sees none (the Triton interpreter cannot be "
              "profiled)")
@@ -364,10 +362,9 @@ def profile_point(
     """One point in depth: timing, telemetry, Triton kernel resources, HBM model; --trace, --ncu.
 
     Shape defaults: seqlen 4096, head dim 128, the paper's 16k tokens and hidden size 2048, not causal."""
-    from fa2bench import config, iomodel
-    from fa2bench import ncu as nsight
-    from fa2bench import profile as prof
-
+    from fa2bench.spec import config, iomodel
+    from fa2bench.profiling import ncu as nsight
+    from fa2bench.profiling import profile as prof
     try:
         spec = config.spec_from(_shape_options(seqlen=seqlen, seqlen_k=seqlen_k, headdim=headdim, batch=batch,
                                                tokens=tokens, heads=heads, hidden=hidden, kv_heads=kv_heads,
@@ -386,7 +383,7 @@ def profile_point(
     reason = providers.get(point.provider).unsupported_reason(point.shape, point.dtype, point.mode, "cuda")
     if reason:
         fail(f"{point.provider} cannot run {point.mode} {point.dtype} {point.shape.label()}: {reason}")
-    from fa2bench.hardware import cuda_device_name
+    from fa2bench.run.hardware import cuda_device_name
 
     console = out()
     console.print(f"[bold]profile[/] {point.provider} {point.mode} {point.dtype} {point.shape.label()} on "
@@ -479,10 +476,12 @@ def profile_io(
     """IO complexity, measured: DRAM bytes per call (ncu) against the HBM model across sequence lengths.
 
     Shape defaults: seqlen 1024..16384, head dim 128, the paper's 16k tokens and hidden size 2048."""
-    from fa2bench import api, config, hardware, iostudy
-    from fa2bench import ncu as nsight
-    from fa2bench import profile as prof
-
+    from fa2bench import api
+    from fa2bench.spec import config
+    from fa2bench.run import hardware
+    from fa2bench.profiling import iostudy
+    from fa2bench.profiling import ncu as nsight
+    from fa2bench.profiling import profile as prof
     try:
         spec = config.spec_from(_shape_options(seqlen=seqlen or prof.IO_SEQLENS, headdim=headdim, batch=batch,
                                                tokens=tokens, heads=heads, hidden=hidden, causal=causal,
@@ -528,7 +527,7 @@ def profile_io(
 
 
 def _formats(text: str) -> tuple[str, ...]:
-    from fa2bench.plots import parse_formats
+    from fa2bench.read.plots import parse_formats
 
     try:
         return parse_formats(text)
@@ -537,7 +536,7 @@ def _formats(text: str) -> tuple[str, ...]:
 
 
 def _load(run_dir: Path):
-    from fa2bench.results import ResultsError, load_run
+    from fa2bench.run.results import ResultsError, load_run
 
     try:
         frame = load_run(run_dir)
@@ -577,7 +576,7 @@ def plot_run(
 def report_run(run_dir: RunDir, fmt: Formats = "png"):
     """RUN_DIR/report.md: metadata, headline table, speedups, failed points and the figures."""
     from fa2bench import api
-    from fa2bench.results import ResultsError
+    from fa2bench.run.results import ResultsError
 
     formats = _formats(fmt)
     try:
@@ -618,8 +617,8 @@ def compare_runs(
 
 
 def _print_comparison(result, run_a, run_b, threshold, changes_only) -> None:
-    from fa2bench import compare
-    from fa2bench.markdown import shape_label
+    from fa2bench.read import compare
+    from fa2bench.read.markdown import shape_label
 
     styles = {"broken": "bold red", "regression": "bold red", "noise": "yellow", "faster": "green",
               "fixed": "green", "not ok": "dim"}
@@ -694,8 +693,10 @@ def ablate(
     """The FA1 -> FA2 ablation ladder (`providers.ladder()`) over the paper's shapes at head dims 64 and 128,
     causal both, fwd and bwd: an ordinary results folder, one waterfall figure per (mode, head dim, causal) and
     RUN/ablation.md beside the paper's claims."""
-    from fa2bench import ablation, api, providers
-    from fa2bench.results import ResultsError
+    from fa2bench import api
+    from fa2bench.read import ablation
+    from fa2bench.spec import providers
+    from fa2bench.run.results import ResultsError
 
     given = _shape_options(preset="paper", seqlen=seqlen, headdim=headdim, batch=batch, tokens=tokens, heads=heads,
                            hidden=hidden, causal=causal or "both", dtype=dtype or "fp16", mode=mode or "fwd,bwd",
@@ -760,7 +761,7 @@ def e2e_run(
 ):
     """GPT training throughput with each attention provider (the FlashAttention-2 paper's Table 1)."""
     from fa2bench.e2e import plan_e2e, run_e2e
-    from fa2bench.results import ResultsError
+    from fa2bench.run.results import ResultsError
 
     try:
         plan = plan_e2e(model, seqlen, provider, out=out_dir, resume=resume, extend=extend, peak_tflops=peak_tflops,

@@ -6,8 +6,8 @@ import zlib
 import pytest
 import torch
 
-from fa2bench import device
-from fa2bench.display import WIDTH_ENV
+from fa2bench.spec import device
+from fa2bench.read.display import WIDTH_ENV
 
 device.prepare_triton()
 os.environ[WIDTH_ENV] = "200"

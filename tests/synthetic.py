@@ -1,6 +1,6 @@
 """Results frames for tests of what reads runs (plots, report, compare), without running a kernel.
 
-``results_frame`` builds a plausible H100 run in the tidy schema of ``fa2bench.results``: every provider
+``results_frame`` builds a plausible H100 run in the tidy schema of ``fa2bench.run.results``: every provider
 reaches a fixed fraction of the device peak that grows with sequence length, the spread (p20, p80) is a few
 per cent around the median, naive runs out of memory at the longest sequence, flash-attn is not installed
 (unsupported everywhere), and one point is ``wrong`` and one ``error``. ``committed_run`` is the run the
@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fa2bench.flops import attention_flops
-from fa2bench.hardware import A100_PEAK_TFLOPS
-from fa2bench.results import COLUMNS, RunWriter, write_meta
+from fa2bench.spec.flops import attention_flops
+from fa2bench.run.hardware import A100_PEAK_TFLOPS
+from fa2bench.run.results import COLUMNS, RunWriter, write_meta
 
 REPO = Path(__file__).resolve().parents[1]
 H100 = "NVIDIA H100 80GB HBM3"

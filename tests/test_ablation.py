@@ -4,7 +4,7 @@ import math
 import pandas as pd
 import pytest
 
-from fa2bench import ablation
+from fa2bench.read import ablation
 from tests.synthetic import results_frame
 
 RUNGS = {"fa1": 1, "fa1-split": 2, "r3-swap": 3, "r4-defer": 4, "r5-seqpar": 5, "r6-skip": 6, "fa2": 7}
@@ -83,7 +83,7 @@ def test_write_refuses_a_run_without_ladder_providers(tmp_path, monkeypatch):
 def test_ablate_runs_the_ladder_and_writes_its_report_on_the_interpreter(tmp_path):
     from typer.testing import CliRunner
 
-    from fa2bench import providers
+    from fa2bench.spec import providers
     from fa2bench.cli import app
 
     out = tmp_path / "abl"

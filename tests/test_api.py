@@ -12,10 +12,11 @@ import torch
 from typer.testing import CliRunner
 
 import fa2bench
-from fa2bench import api, providers
+from fa2bench import api
+from fa2bench.spec import providers
 from fa2bench.cli import app
-from fa2bench.presets import SpecError
-from fa2bench.reference import attention_ref
+from fa2bench.spec.presets import SpecError
+from fa2bench.spec.reference import attention_ref
 from tests.synthetic import REPO, copy_of_committed_run, results_frame, write_run
 
 

@@ -4,10 +4,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from fa2bench import providers
+from fa2bench.spec import providers
 from fa2bench.cli import app
-from fa2bench.reference import attention_ref
-from fa2bench.results import COLUMNS, load_run
+from fa2bench.spec.reference import attention_ref
+from fa2bench.run.results import COLUMNS, load_run
 
 runner = CliRunner()
 TINY = ["--seqlen", "16,33", "--headdim", "16", "--batch", "1", "--heads", "2", "--rep-ms", "1", "--no-isolate",

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from fa2bench.distributed import ringbench
-from fa2bench.results import load_run
+from fa2bench.run.results import load_run
 from tests.synthetic import REPO
 
 RUN = REPO / "results" / "multigpu-h100x4"

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from fa2bench import compare
+from fa2bench.read import compare
 from fa2bench.cli import app
 from tests.synthetic import committed_run, results_frame, write_run
 

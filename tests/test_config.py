@@ -2,10 +2,10 @@
 import pytest
 from typer.testing import CliRunner
 
-from fa2bench import config
+from fa2bench.spec import config
 from fa2bench.cli import app
-from fa2bench.presets import PRESETS, SpecError
-from fa2bench.results import load_run
+from fa2bench.spec.presets import PRESETS, SpecError
+from fa2bench.run.results import load_run
 from tests.synthetic import REPO
 
 SMOKE = PRESETS["smoke"]

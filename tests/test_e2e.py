@@ -2,11 +2,13 @@
 the Table-1 report and the command line. CPU providers only (the GPU test is marked ``gpu``)."""
 import math
 
+import fa2bench
+
 import pytest
 import torch
 from typer.testing import CliRunner
 
-from fa2bench import providers
+from fa2bench.spec import providers
 from fa2bench.cli import app
 from fa2bench.e2e import figures
 from fa2bench.e2e.check import check_start, make_attention
@@ -15,9 +17,8 @@ from fa2bench.e2e.flops import flops_per_sequence, flops_per_step
 from fa2bench.e2e.model import GPT
 from fa2bench.e2e.schema import E2E_COLUMNS
 from fa2bench.e2e.train import E2ESpec, Trainer, estimate_bytes, plan, run_e2e, synthetic_batch
-from fa2bench.reference import attention_ref
-from fa2bench.markdown import write_report
-from fa2bench.results import ResultsError, load_run, read_meta
+from fa2bench.spec.reference import attention_ref
+from fa2bench.run.results import ResultsError, load_run, read_meta
 
 TINY = MODELS["gpt-tiny"]
 CPU_PROVIDERS = ("torch-eager", "sdpa-math", "fa2", "naive", "fa1")
@@ -193,7 +194,7 @@ def test_out_of_memory_halves_the_micro_batch_and_keeps_tokens_per_step(tmp_path
 def test_report_and_plot_of_an_e2e_run_draw_table_1_with_the_papers_numbers(tmp_path):
     out = tmp_path / "run"
     run_e2e(_spec("torch-eager"), out)
-    text = write_report(out).read_text()
+    text = fa2bench.report(out).read_text()
     assert "Table 1" in text and "paper A100: FlashAttention-2" in text and "6 · seqlen · params" in text
     assert (out / "figures" / f"{figures.FIGURE}.png").exists()
     frame = load_run(out)

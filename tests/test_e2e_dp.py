@@ -24,7 +24,7 @@ from fa2bench.e2e.check import make_attention
 from fa2bench.e2e.configs import MODELS
 from fa2bench.e2e.flops import flops_per_step
 from fa2bench.e2e.schema import E2E_COLUMNS, e2e_key
-from fa2bench.results import load_run
+from fa2bench.run.results import load_run
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = MODELS["gpt-tiny"]

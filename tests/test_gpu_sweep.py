@@ -2,9 +2,9 @@
 import pytest
 from typer.testing import CliRunner
 
-from fa2bench import providers
+from fa2bench.spec import providers
 from fa2bench.cli import app
-from fa2bench.results import load_run
+from fa2bench.run.results import load_run
 
 pytestmark = pytest.mark.gpu
 # PyTorch's own attention (the registry's baseline and vendor providers that need no extra package)

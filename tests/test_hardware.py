@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from fa2bench.hardware import A100_PEAK_TFLOPS, device_peak, lookup_peak, pct_of
+from fa2bench.run.hardware import A100_PEAK_TFLOPS, device_peak, lookup_peak, pct_of
 
 
 @pytest.mark.parametrize("name, expected", [

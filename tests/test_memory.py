@@ -3,11 +3,11 @@ free is recorded `oom` without being tried."""
 import pytest
 from typer.testing import CliRunner
 
-from fa2bench import memory, providers
+from fa2bench.spec import memory, providers
 from fa2bench.cli import app
-from fa2bench.presets import Point, Shape, SpecError
-from fa2bench.runner import RunOptions, run_point
-from fa2bench.results import load_run
+from fa2bench.spec.presets import Point, Shape, SpecError
+from fa2bench.run.point import RunOptions, run_point
+from fa2bench.run.results import load_run
 
 runner = CliRunner()
 OPTS = RunOptions(device="cpu", rep_ms=1, warmup_ms=0)
@@ -66,7 +66,7 @@ def test_seqlen_1m_with_naive_is_an_oom_row_and_the_parquet_is_written(tmp_path)
 
 
 def test_check_sizes_accepts_the_paper_sweep():
-    from fa2bench.presets import SweepSpec
+    from fa2bench.spec.presets import SweepSpec
 
     memory.check_sizes(SweepSpec.from_name("paper").shapes())
     with pytest.raises(SpecError):
@@ -77,7 +77,7 @@ def test_estimates_stay_under_what_the_h100_paper_sweep_measured():
     """A lower bound: no point that ran in the committed H100 run is estimated above its measured footprint
     (peak_mem_mb beyond the inputs) plus its tensors (fwd and fwd_bwd: a bwd call's peak_mem_mb leaves out the
     forward graph it keeps); the eager points that ran out of memory are estimated above 64 GiB."""
-    from fa2bench.results import load_run
+    from fa2bench.run.results import load_run
     from tests.synthetic import REPO
 
     run = REPO / "results" / "h100-paper-fp16"

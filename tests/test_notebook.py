@@ -25,7 +25,7 @@ def test_notebook_is_committed_with_outputs_cleared(notebook):
 def test_notebook_only_reads_runs(notebook):
     code = "\n".join(c.source for c in notebook.cells if c.cell_type == "code")
     assert "load_run" in code
-    for forbidden in ("fa2bench.runner", "fa2bench.kernels", "triton", "import torch"):
+    for forbidden in ("fa2bench.run.runner", "fa2bench.kernels", "triton", "import torch"):
         assert forbidden not in code
 
 

@@ -17,9 +17,13 @@ import torch
 import triton
 from typer.testing import CliRunner
 
-from fa2bench import cli, config, iomodel, iostudy, ncu
-from fa2bench import profile as prof
-from fa2bench.presets import Point, Shape, SpecError
+from fa2bench import cli
+
+from fa2bench.spec import config, iomodel
+
+from fa2bench.profiling import iostudy, ncu
+from fa2bench.profiling import profile as prof
+from fa2bench.spec.presets import Point, Shape, SpecError
 
 # --- parser fixtures (hand-written, invented numbers) -----------------------------------------------------
 
@@ -100,7 +104,7 @@ def test_the_ncu_command_profiles_only_the_childs_timed_calls_at_the_gpus_own_cl
     assert cmd[cmd.index("--metrics") + 1] == ",".join(METRICS.values())
     assert cmd[cmd.index("--export") + 1] == "out/report"
     child = cmd[cmd.index("/venv/bin/python") + 1:]
-    assert child[:3] == ["-m", "fa2bench.ncu", "child"]
+    assert child[:3] == ["-m", "fa2bench.profiling.ncu", "child"]
     assert "--causal" in child and child[child.index("--calls") + 1] == "2"
     assert child[child.index("--seqlen-q") + 1] == "4096" and child[child.index("--batch") + 1] == "4"
 
@@ -491,8 +495,7 @@ def test_bad_profile_input_is_one_clear_line_and_exit_2(args, message):
 @pytest.fixture
 def fake_gpu(monkeypatch):
     """The CLI's GPU-only path with the GPU faked: torch-eager runs on the CPU, ncu is a FakeNcu."""
-    from fa2bench import hardware
-
+    from fa2bench.run import hardware
     monkeypatch.setattr(cli, "_has_cuda", lambda: True)
     monkeypatch.setattr(hardware, "cuda_device_name", lambda: "Fake H100")
     monkeypatch.setattr(ncu, "find_ncu", lambda: "ncu")

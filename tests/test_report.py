@@ -6,11 +6,13 @@ import re
 import pytest
 from typer.testing import CliRunner
 
-from fa2bench import api, providers
-from fa2bench import markdown as report
-from fa2bench.results import ResultsError
+from fa2bench import api
+
+from fa2bench.spec import providers
+from fa2bench.read import markdown as report
+from fa2bench.run.results import ResultsError
 from fa2bench.cli import app
-from fa2bench.summary import headline
+from fa2bench.read.summary import headline
 from tests.synthetic import ERROR, H100, WRONG, copy_of_committed_run, results_frame, write_run
 
 runner = CliRunner()

@@ -10,7 +10,7 @@ import pandas as pd
 from typer.testing import CliRunner
 
 from fa2bench.cli import app
-from fa2bench.results import DAMAGED_NAME, load_run, read_meta, scan_csv
+from fa2bench.run.results import DAMAGED_NAME, load_run, read_meta, scan_csv
 
 runner = CliRunner()
 SWEEP = ["sweep", "--headdim", "16", "--batch", "1", "--heads", "2", "--rep-ms", "1", "--warmup-ms", "0",
@@ -131,7 +131,7 @@ def test_readers_leave_out_a_damaged_row_and_say_so(tmp_path):
 
 
 def test_a_field_recorded_by_only_one_version_is_not_a_different_sweep():
-    from fa2bench.results import sweep_difference
+    from fa2bench.run.results import sweep_difference
 
     assert sweep_difference({"seqlens": [64]}, {"seqlens": [64], "new_field": None}) is None
     assert sweep_difference({"seqlens": [64]}, {"seqlens": [64], "new_field": [1]}) == "new_field (default) -> 1"

@@ -4,10 +4,10 @@ import math
 import pytest
 import torch
 
-from fa2bench import providers
-from fa2bench.presets import Point, Shape
-from fa2bench.reference import attention_ref
-from fa2bench.runner import RunOptions, run_point, timed_call
+from fa2bench.spec import providers
+from fa2bench.spec.presets import Point, Shape
+from fa2bench.spec.reference import attention_ref
+from fa2bench.run.point import RunOptions, run_point, timed_call
 
 SHAPE = Shape(batch=1, heads=2, kv_heads=1, seqlen_q=33, seqlen_k=40, headdim=16, causal=True)
 OPTS = RunOptions(device="cpu", rep_ms=5, warmup_ms=0)
@@ -126,8 +126,7 @@ def test_bwd_times_backward_alone_and_resets_grads():
 def test_git_state_comes_from_the_environment_when_there_is_no_checkout(monkeypatch):
     import subprocess
 
-    from fa2bench import runner
-
+    from fa2bench.run import runner
     def no_git(*args, **kwargs):
         raise FileNotFoundError("git")
 
@@ -142,8 +141,7 @@ def test_git_state_comes_from_the_environment_when_there_is_no_checkout(monkeypa
 
 def test_git_state_from_the_environment_wins_over_a_checkout(monkeypatch):
     """A GPU machine's copy may carry a stale .git naming another commit: the commit passed in is recorded."""
-    from fa2bench import runner
-
+    from fa2bench.run import runner
     monkeypatch.setenv("FA2BENCH_GIT_COMMIT", "cd9205e")
     monkeypatch.setenv("FA2BENCH_GIT_DIRTY", "0")
     assert runner.git_state() == {"commit": "cd9205e", "dirty": False, "source": "FA2BENCH_GIT_COMMIT"}

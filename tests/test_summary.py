@@ -2,8 +2,8 @@
 import pandas as pd
 import pytest
 
-from fa2bench.results import load_run
-from fa2bench.summary import ratio_table
+from fa2bench.run.results import load_run
+from fa2bench.read.summary import ratio_table
 from tests.synthetic import results_frame
 
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from fa2bench import results, telemetry
-from fa2bench.telemetry import COLUMNS, NvmlDevice, Sample, decode_reasons, summarise, throttle_summary
+from fa2bench.run import results, telemetry
+from fa2bench.run.telemetry import COLUMNS, NvmlDevice, Sample, decode_reasons, summarise, throttle_summary
 
 IDLE, APP_CLOCKS, SW_POWER_CAP, HW_SLOWDOWN, HW_THERMAL, POWER_BRAKE = 0x1, 0x2, 0x4, 0x8, 0x40, 0x80
 

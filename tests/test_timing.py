@@ -4,9 +4,9 @@ import itertools
 
 import pytest
 
-from fa2bench import timing
-from fa2bench.presets import Point, Shape
-from fa2bench.runner import RunOptions, run_point
+from fa2bench.run import timing
+from fa2bench.spec.presets import Point, Shape
+from fa2bench.run.point import RunOptions, run_point
 
 
 class FakeClock:

@@ -5,10 +5,11 @@ import os
 import pytest
 import torch
 
-from fa2bench.presets import Point, Shape
-from fa2bench.results import RunWriter, load_run
-from fa2bench.runner import RunOptions, run_sweep
-from fa2bench.worker import Worker, WorkerError
+from fa2bench.spec.presets import Point, Shape
+from fa2bench.run.results import RunWriter, load_run
+from fa2bench.run.runner import run_sweep
+from fa2bench.run.point import RunOptions
+from fa2bench.run.worker import Worker, WorkerError
 
 SHAPE = Shape(batch=1, heads=2, kv_heads=2, seqlen_q=16, seqlen_k=16, headdim=16, causal=False)
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"

@@ -42,7 +42,7 @@ for stage in $STAGES; do
       echo "1-GPU sweep exit $?"; grep -E "^statuses|error" "$R/single.log" | head -10
       python3 - "$R/single" "$R/sharded4" <<'PY' | tee "$OUT/compare.txt"
 import sys
-from fa2bench.results import load_run
+from fa2bench.run.results import load_run
 one, four = load_run(sys.argv[1]), load_run(sys.argv[2])
 key = ["provider", "mode", "dtype", "batch", "heads", "kv_heads", "seqlen_q", "seqlen_k", "headdim", "causal"]
 j = one.merge(four, on=key, how="outer", suffixes=("_1gpu", "_4gpu"), indicator=True)

@@ -10,9 +10,9 @@ import argparse
 
 import torch
 
-from fa2bench import providers
-from fa2bench.presets import Shape
-from fa2bench.runner import make_inputs, timed_call
+from fa2bench.spec import providers
+from fa2bench.spec.presets import Shape
+from fa2bench.run.point import make_inputs, timed_call
 
 
 def main() -> None:

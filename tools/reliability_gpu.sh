@@ -26,7 +26,7 @@ cp "$run/results.csv" "$OUT/tf32-results.csv" 2>/dev/null
 python3 - "$run" <<'PY'
 import sys
 import pandas as pd
-from fa2bench.results import load_run
+from fa2bench.run.results import load_run
 f = load_run(sys.argv[1])
 f["spread_pct"] = 100 * (f["ms_p80"] - f["ms_p20"]) / f["ms"]
 cols = ["provider", "dtype", "mode", "seqlen_q", "headdim", "status", "max_rel_error", "ms", "reps", "spread_pct",

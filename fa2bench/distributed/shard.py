@@ -24,9 +24,9 @@ from typing import Callable, Sequence
 
 import pandas as pd
 
-from fa2bench.flops import attention_flops
-from fa2bench.presets import KEY_COLUMNS, Point, Shape
-from fa2bench.results import (COLUMNS, CSV_NAME, PARQUET_NAME, ResultsError, RunWriter, continue_meta, describe_damage,
+from fa2bench.spec.flops import attention_flops
+from fa2bench.spec.presets import KEY_COLUMNS, Point, Shape
+from fa2bench.run.results import (COLUMNS, CSV_NAME, PARQUET_NAME, ResultsError, RunWriter, continue_meta, describe_damage,
                               read_csv, read_meta, rerun_refused, row_key, write_meta)
 
 PLAN_NAME, MISSING_NAME = "plan.csv", "missing.csv"
@@ -43,8 +43,7 @@ class ShardError(ResultsError):
 def estimated_seconds(point: Point, device: str = "cuda") -> float:
     """How long ``point`` should take: nothing if its provider declares it unsupported, else the fixed price
     plus its FLOPs at ``ASSUMED_FLOP_PER_S``."""
-    from fa2bench import providers
-
+    from fa2bench.spec import providers
     s = point.shape
     if point.provider in providers.REGISTRY and providers.get(point.provider).unsupported_reason(
             s, point.dtype, point.mode, device):
@@ -189,8 +188,7 @@ def rank_meta(rank, share: Sequence[Point]) -> dict:
     """This rank's GPU as NVML and torch see it (name, SMs, clocks, power limit), host and share."""
     import torch
 
-    from fa2bench import hardware
-
+    from fa2bench.run import hardware
     gpu = None
     if torch.cuda.is_available():
         index = torch.cuda.current_device()

@@ -118,7 +118,7 @@ def run_ranks(spec: train.E2ESpec, out: str | Path, resume: bool = False, opts: 
               on_row: Callable[[tuple, dict | None], None] | None = None, extend: bool = False) -> pd.DataFrame | None:
     """This torchrun rank's part of a data-parallel e2e run; rank 0 writes the folder and returns its table
     (the other ranks None). ``on_row`` is called on rank 0 only."""
-    from fa2bench.results import ResultsError
+    from fa2bench.run.results import ResultsError
 
     spec.validate()
     opts = opts or train.E2EOptions()
@@ -185,7 +185,7 @@ def launch_ranks(plan: train.E2EPlan, echo: Callable[[str], None] = print) -> in
     """Run ``plan`` on ``plan.gpus`` ranks under torchrun; torchrun's exit status (130 after Ctrl-C). A folder
     that holds results without ``resume``, or another run's with it, is refused here, before torchrun starts
     (``ResultsError``)."""
-    from fa2bench.results import CSV_NAME, ResultsError, continue_meta, read_meta, rerun_refused
+    from fa2bench.run.results import CSV_NAME, ResultsError, continue_meta, read_meta, rerun_refused
 
     if (Path(plan.out) / CSV_NAME).exists() and not plan.resume:
         raise ResultsError(rerun_refused(plan.out))

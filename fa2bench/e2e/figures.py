@@ -15,10 +15,10 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from fa2bench import plots
+from fa2bench.read import plots
 from fa2bench.e2e.configs import PAPER_TABLE1, PAPER_TABLE1_COLUMNS, PAPER_TABLE1_SOURCE
 from fa2bench.e2e.schema import KIND, MODE
-from fa2bench.markdown import FIGURES_DIR, REPORT_NAME, md_table, metadata_section
+from fa2bench.read.markdown import FIGURES_DIR, REPORT_NAME, md_table, metadata_section
 
 FIGURE = "e2e-throughput"
 PAPER_SHADES = ("#d9d9d9", "#a6a6a6", "#737373")  # the paper's three columns, light to dark

@@ -28,14 +28,16 @@ from typing import Callable
 import pandas as pd
 import torch
 
-from fa2bench import hardware, providers, runner, telemetry
+from fa2bench.run import hardware, point, runner, telemetry
+
+from fa2bench.spec import providers
 from fa2bench.e2e.check import StartCheck, attention_shape, autocast, make_attention, run_dtype
 from fa2bench.e2e.configs import MODELS, ConfigError, GPTConfig
 from fa2bench.e2e.flops import flops_per_step
 from fa2bench.e2e.model import GPT
 from fa2bench.e2e.schema import E2E_COLUMNS, KIND, MODE, PARALLEL, SINGLE, e2e_key
-from fa2bench.flops import tflops
-from fa2bench.results import RunWriter
+from fa2bench.spec.flops import tflops
+from fa2bench.run.results import RunWriter
 
 MAX_TOKENS_PER_MICRO_BATCH = 16384  # the default micro-batch: at most 16k tokens (8 x 2k, 2 x 8k)
 MEMORY_FRACTION = 0.8  # of the GPU's memory that the default micro-batch may plan to use
@@ -122,9 +124,10 @@ def plan_e2e(model=None, seqlen=None, provider=None, *, out: str | Path | None =
     ``out`` defaults to ``results/e2e-<UTC time>-<gpu>``. Every bad input is a ``SpecError`` (one line) before
     anything runs. ``gpus`` (N or 'all') runs it data parallel (``parallel``: ddp, the default, or fsdp) on N
     ranks under torchrun; a process that torchrun started plans as one of the ranks."""
-    from fa2bench import api, config, device
+    from fa2bench import api
+    from fa2bench.spec import config, device
     from fa2bench.distributed import launch
-    from fa2bench.presets import SpecError, parse_ints, parse_names
+    from fa2bench.spec.presets import SpecError, parse_ints, parse_names
 
     def text(value) -> str:
         return value if isinstance(value, str) else ",".join(map(str, value))
@@ -337,7 +340,7 @@ def failure(exc: Exception, caught=()) -> dict:
     """The status and error of a row for ``exc`` (``caught``: warnings recorded while it ran)."""
     if isinstance(exc, Failure):
         return {"status": exc.status, "error": exc.error}
-    return runner.classify(exc, caught)
+    return point.classify(exc, caught)
 
 
 def settled(group, fn: Callable, caught=()):
@@ -400,7 +403,7 @@ def run_config(model: str, seqlen: int, provider: str, spec: E2ESpec, opts: E2EO
                     if not _is_oom(exc) or not spec.shrink_on_oom or micro_batch == 1:
                         raise
                 # out of the except clause, the exception's frames (and the model they hold) can be freed
-                runner.release()
+                point.release()
                 micro_batch, grad_accum = micro_batch // 2, grad_accum * 2
                 row["note"] += f"; out of memory at micro-batch {2 * micro_batch}, retried with {micro_batch}"
         row.update(measured, batch=micro_batch, micro_batch=micro_batch, grad_accum=grad_accum)
@@ -414,7 +417,7 @@ def run_config(model: str, seqlen: int, provider: str, spec: E2ESpec, opts: E2EO
     except Exception as exc:  # recorded, and the run goes on
         return {**row, **failure(exc, caught)}
     finally:
-        runner.release()
+        point.release()
 
 
 def data_seed(seed: int, rank: int = 0) -> int:

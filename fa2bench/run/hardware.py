@@ -112,8 +112,7 @@ def pct_of(tflops: float, peak: float | None) -> float:
 
 
 def cuda_device_name() -> str | None:
-    from fa2bench import device
-
+    from fa2bench.spec import device
     if not device.has_cuda():
         return None
     import torch
@@ -132,7 +131,7 @@ def gpu_info() -> list[dict]:
     """
     import torch
 
-    from fa2bench.telemetry import nvml
+    from fa2bench.run.telemetry import nvml
 
     gpus: list[dict] = []
     pynvml = nvml()
@@ -163,8 +162,7 @@ def software_versions() -> dict:
 
     import torch
 
-    from fa2bench import device
-
+    from fa2bench.spec import device
     device.prepare_triton()
     import triton
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from fa2bench import display
-from fa2bench.presets import Shape
+from fa2bench.read import display
+from fa2bench.spec.presets import Shape
 
 FORMATS = ("github-benchmark",)
 METRICS = {"ms": ("ms", "customSmallerIsBetter"), "tflops": ("TFLOP/s", "customBiggerIsBetter")}

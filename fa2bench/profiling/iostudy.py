@@ -11,9 +11,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, Sequence
 
-from fa2bench import iomodel, ncu
-from fa2bench.presets import KEY_COLUMNS, Point
-from fa2bench.results import RunWriter, read_csv, row_key
+from fa2bench.spec import iomodel
+
+from fa2bench.profiling import ncu
+from fa2bench.spec.presets import KEY_COLUMNS, Point
+from fa2bench.run.results import RunWriter, read_csv, row_key
 
 STUDY_CSV, STUDY_FIGURE = "io_study.csv", "io_study.png"
 STUDY_COLUMNS = KEY_COLUMNS + (
@@ -56,8 +58,7 @@ def io_study(points: Sequence[Point], out_dir: str | Path, *, calls: int = 1, wa
              timeout_s: float = 540):
     """Measured DRAM bytes (ncu) against the HBM model for each point, a provider at a time; returns the table.
     See the module docstring."""
-    from fa2bench import plots
-
+    from fa2bench.read import plots
     out_dir = Path(out_dir)
     ncu_path = ncu_path or ncu.find_ncu()
     if not ncu_path:

@@ -32,10 +32,14 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter, NullLocator
 
-from fa2bench import display, hardware, iomodel, providers
-from fa2bench.flops import MODES
-from fa2bench.presets import Shape
-from fa2bench.summary import speedup as speedup_table
+from fa2bench.read import display
+
+from fa2bench.run import hardware
+
+from fa2bench.spec import iomodel, providers
+from fa2bench.spec.flops import MODES
+from fa2bench.spec.presets import Shape
+from fa2bench.read.summary import speedup as speedup_table
 
 MODE_TITLES = {"fwd": "forward", "bwd": "backward", "fwd_bwd": "forward + backward"}
 MARKS = {"oom": "OOM", "unsupported": "n/a", "error": "error", "wrong": "wrong", "timeout": "timeout"}  # how a non-ok point reads
@@ -636,11 +640,7 @@ def plot_run(frame: pd.DataFrame, out_dir: str | Path, formats=("png",), kinds=t
     (throughput and fraction of peak: one file per mode, ``<kind>-<mode>[-<group>].<format>``).
 
     A kind without data is recorded in ``skipped`` with the reason; no figure kind stops the others. An e2e run
-    (``fa2bench e2e``) gets its own figure instead (``e2e.figures``)."""
-    from fa2bench.e2e import figures as e2e_figures
-
-    if e2e_figures.is_e2e(frame):
-        return e2e_figures.plot_run(frame, out_dir, formats)
+    (``fa2bench e2e``) has its own figure (``e2e.figures.plot_run``; ``api.plot_run`` picks)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     result = Plotted()

@@ -1,6 +1,6 @@
 """Nsight Compute (``ncu``) on one point: counters per call of a provider's kernels.
 
-``run_ncu(point, out_dir)`` runs ncu on a child process (``python -m fa2bench.ncu child ...``) that warms the
+``run_ncu(point, out_dir)`` runs ncu on a child process (``python -m fa2bench.profiling.ncu child ...``) that warms the
 provider up (compilation, autotuning) and then calls it ``calls`` times between ``cudaProfilerStart`` and
 ``cudaProfilerStop``; ncu runs with ``--profile-from-start off``, so only those calls are profiled, with
 ``--clock-control none`` (the GPU's own clocks, as in the sweep) and ``--cache-control all`` (caches flushed
@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from fa2bench import providers
-from fa2bench.presets import Point, Shape
+from fa2bench.spec import providers
+from fa2bench.spec.presets import Point, Shape
 
 
 class ProfileError(Exception):
@@ -95,7 +95,7 @@ def select_metrics(available: set[str] | None) -> dict[str, str]:
 
 def child_args(point: Point, calls: int, warmup: int) -> list[str]:
     s = point.shape
-    return ["-m", "fa2bench.ncu", "child", "--provider", point.provider, "--mode", point.mode,
+    return ["-m", "fa2bench.profiling.ncu", "child", "--provider", point.provider, "--mode", point.mode,
             "--dtype", point.dtype, "--batch", str(s.batch), "--heads", str(s.heads), "--kv-heads",
             str(s.kv_heads), "--seqlen-q", str(s.seqlen_q), "--seqlen-k", str(s.seqlen_k), "--headdim",
             str(s.headdim), "--causal" if s.causal else "--no-causal", "--calls", str(calls), "--warmup",
@@ -296,7 +296,7 @@ def _child_report(output: str) -> dict:
 def child_main(argv: Sequence[str] | None = None) -> int:
     """The process ncu profiles: warm up (compile, autotune), then ``calls`` calls inside cudaProfilerStart /
     cudaProfilerStop, then one ``FA2BENCH_PROFILE_CHILD {json}`` line (the provider's config, or the error)."""
-    parser = argparse.ArgumentParser(prog="python -m fa2bench.ncu child")
+    parser = argparse.ArgumentParser(prog="python -m fa2bench.profiling.ncu child")
     for name in ("--provider", "--mode", "--dtype"):
         parser.add_argument(name, required=True)
     for name in ("--batch", "--heads", "--kv-heads", "--seqlen-q", "--seqlen-k", "--headdim"):
@@ -307,7 +307,7 @@ def child_main(argv: Sequence[str] | None = None) -> int:
     a = parser.parse_args(argv)
     import torch
 
-    from fa2bench.profile import call_once, prepare
+    from fa2bench.profiling.profile import call_once, prepare
 
     shape = Shape.from_row(a)
     point = Point(a.provider, a.mode, a.dtype, shape)
@@ -332,7 +332,7 @@ def child_main(argv: Sequence[str] | None = None) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] != "child":
-        print("usage: python -m fa2bench.ncu child --provider ... (the process `fa2bench profile --ncu` "
+        print("usage: python -m fa2bench.profiling.ncu child --provider ... (the process `fa2bench profile --ncu` "
               "runs under Nsight Compute)", file=sys.stderr)
         return 2
     return child_main(argv[1:])

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from fa2bench import display
-from fa2bench.presets import Shape
-from fa2bench.summary import geomean
+from fa2bench.read import display
+from fa2bench.spec.presets import Shape
+from fa2bench.read.summary import geomean
 
 REPORT_NAME, FIGURES_DIR = "report.md", "figures"
 
@@ -43,8 +43,7 @@ def shape_label(row: dict) -> str:
 
 
 def metadata_section(frame: pd.DataFrame, meta: dict) -> str:
-    from fa2bench import plots
-
+    from fa2bench.read import plots
     gpus = meta.get("gpus") or []
     gpu = plots.gpu_name(meta)
     if gpus:
@@ -86,8 +85,8 @@ def metadata_section(frame: pd.DataFrame, meta: dict) -> str:
 
 
 def headline_section(frame: pd.DataFrame) -> str:
-    from fa2bench import plots
-    from fa2bench.summary import headline
+    from fa2bench.read import plots
+    from fa2bench.read.summary import headline
 
     table = headline(frame)
     baseline_col = next(c for c in table.columns if c.startswith("speedup_vs_"))
@@ -105,8 +104,8 @@ def headline_section(frame: pd.DataFrame) -> str:
 def speedup_section(frame: pd.DataFrame, subject: str | None = None) -> str:
     """Per mode and dtype: the subject's speedup over each other provider by sequence length (geometric mean
     over head dims, causal and workloads) and over all."""
-    from fa2bench import plots, providers
-
+    from fa2bench.read import plots
+    from fa2bench.spec import providers
     subject = subject or providers.with_role("subject")
     table = plots.speedups(frame, subject)
     if table.empty:
@@ -127,8 +126,7 @@ def speedup_section(frame: pd.DataFrame, subject: str | None = None) -> str:
 
 
 def problems_section(frame: pd.DataFrame) -> str:
-    from fa2bench import plots
-
+    from fa2bench.read import plots
     bad = frame[frame["status"].isin(["wrong", "error"])]
     parts = []
     if len(bad):
@@ -151,8 +149,7 @@ def problems_section(frame: pd.DataFrame) -> str:
 
 
 def figures_section(plotted, run_dir: Path) -> str:
-    from fa2bench import plots
-
+    from fa2bench.read import plots
     parts = []
     for kind in plots.FIGURES:
         files = [f for f in plotted.files.get(kind, []) if f.suffix in (".png", ".svg")]
@@ -176,8 +173,7 @@ def figures_section(plotted, run_dir: Path) -> str:
 
 def render(frame: pd.DataFrame, plotted=None, run_dir: Path | None = None) -> str:
     """The report's Markdown for a loaded run; ``plotted`` (``plots.plot_run``'s result) adds the figures."""
-    from fa2bench import plots
-
+    from fa2bench.read import plots
     frame = plots.tidy(frame)
     meta = frame.attrs.get("meta", {})
     run_dir = Path(run_dir or frame.attrs.get("run_dir") or ".")
@@ -197,14 +193,12 @@ def render(frame: pd.DataFrame, plotted=None, run_dir: Path | None = None) -> st
 
 
 def write_report(run_dir: str | Path, formats=("png",)) -> Path:
-    """Load the run in ``run_dir``, draw its figures into ``figures/`` and write ``report.md`` there."""
-    from fa2bench import plots
-    from fa2bench.e2e import figures as e2e_figures
-    from fa2bench.results import load_run
+    """Load the sweep in ``run_dir``, draw its figures into ``figures/`` and write ``report.md`` there (an e2e
+    run has its own report, ``e2e.figures.write_report``; ``api.report`` picks)."""
+    from fa2bench.read import plots
+    from fa2bench.run.results import load_run
 
     frame = load_run(run_dir)
-    if e2e_figures.is_e2e(frame):  # an `fa2bench e2e` run: the Table-1 report
-        return e2e_figures.write_report(frame, formats)
     run_dir = Path(frame.attrs["run_dir"])
     plotted = plots.plot_run(frame, run_dir / FIGURES_DIR, formats=formats)
     path = run_dir / REPORT_NAME

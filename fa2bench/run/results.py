@@ -19,8 +19,8 @@ from typing import Callable
 
 import pandas as pd
 
-from fa2bench import telemetry
-from fa2bench.presets import KEY_COLUMNS
+from fa2bench.run import telemetry
+from fa2bench.spec.presets import KEY_COLUMNS
 
 STATUSES = ("ok", "wrong", "oom", "unsupported", "error", "timeout")
 COLUMNS = KEY_COLUMNS + (

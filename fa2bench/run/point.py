@@ -1,9 +1,8 @@
-"""Runs sweep points: for each point, estimate its memory, set up the provider, check it against the
-reference, time it, and turn the outcome into one results row. A failing point (unsupported, wrong, out of
-memory, an exception) becomes a row with that status and the sweep goes on; with ``RunOptions.isolate`` the
-points run in a worker process (``fa2bench.worker``), so a crash, a broken CUDA context or a hang costs one
-point (``error`` / ``timeout``), not the sweep. Each point runs under its dtype's matmul precision
-(``fa2bench.precision``: TF32 for tf32 points only).
+"""One sweep point: estimate its memory, set up the provider, check it against the reference, time it, and
+turn the outcome into one results row. A failing point (unsupported, wrong, out of memory, an exception)
+becomes a row with that status. Each point runs under its dtype's matmul precision
+(``fa2bench.spec.precision``: TF32 for tf32 points only). ``runner`` runs many, in-process or in a
+``worker`` process.
 """
 from __future__ import annotations
 
@@ -20,13 +19,14 @@ from typing import Callable, Iterable
 
 import torch
 
-from fa2bench import hardware, memory, precision, providers, telemetry, timing
-from fa2bench.flops import attention_flops, tflops
-from fa2bench.presets import Point, Shape, SweepSpec
-from fa2bench.reference import check_attention
-from fa2bench.results import RunWriter
+from fa2bench.run import hardware, telemetry, timing
 
-# tf32 points take fp32 inputs; their matmuls run on TF32 tensor cores (fa2bench.precision)
+from fa2bench.spec import memory, precision, providers
+from fa2bench.spec.flops import attention_flops, tflops
+from fa2bench.spec.presets import Point, Shape, SweepSpec
+from fa2bench.spec.reference import check_attention
+
+# tf32 points take fp32 inputs; their matmuls run on TF32 tensor cores (fa2bench.spec.precision)
 TORCH_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32, "tf32": torch.float32}
 
 
@@ -37,7 +37,7 @@ class RunOptions:
     warmup_ms: float = 25.0
     rep_ms: float = 100.0
     peak_tflops: float | None = None  # override of the device peak
-    isolate: bool = False  # run points in a worker process (fa2bench.worker)
+    isolate: bool = False  # run points in a worker process (fa2bench.run.worker)
     point_timeout_s: float = 600.0  # with isolate: a point running longer is killed and recorded `timeout`
     plugins: tuple[str, ...] = ()  # modules the worker imports first (they may register providers)
     target_spread: float = timing.TARGET_SPREAD  # GPU: repeat until (p80 - p20) / median is at most this ...
@@ -179,83 +179,3 @@ def release() -> None:
             torch.cuda.empty_cache()
         except Exception:  # a sticky CUDA error: the point's row already says so, the worker will be replaced
             pass
-
-
-def run_sweep(points: Iterable[Point], writer: RunWriter, opts: RunOptions, device_peaks: dict,
-              on_point: Callable[[Point, dict | None], None] | None = None) -> int:
-    """Run each point not already in ``writer.done`` and append its row at once. Returns rows written.
-
-    ``on_point(point, row)`` is called after each point (row None when skipped on resume). With
-    ``opts.isolate`` the points run in a ``fa2bench.worker.Worker``, restarted after a crash, a broken CUDA
-    context or a point past ``opts.point_timeout_s``.
-    """
-    written = 0
-    worker = None
-    if opts.isolate:
-        from fa2bench.worker import Worker
-
-        # the worker uses this process's GPU (a torchrun rank's own, say), not GPU 0
-        pinned = torch.cuda.current_device() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
-        worker = Worker(opts.plugins, cuda_device=pinned)
-    try:
-        for point in points:
-            if point.key() in writer.done:
-                if on_point:
-                    on_point(point, None)
-                continue
-            if worker is not None:
-                row = worker.run(point, opts, device_peaks, opts.point_timeout_s)
-            else:
-                row = run_point(point, opts, device_peaks)
-            writer.append(row)
-            written += 1
-            if on_point:
-                on_point(point, row)
-    finally:
-        if worker is not None:
-            worker.close()
-    return written
-
-
-def git_state() -> dict:
-    """The commit fa2bench runs from and whether tracked files differ from it.
-
-    FA2BENCH_GIT_COMMIT and FA2BENCH_GIT_DIRTY (0 or 1), when set, win: a copy of the tree on a remote GPU
-    machine may have no .git, or a stale one that names another commit (seen on the lent GPUs, 2026-11-26);
-    the record then says where they came from.
-    """
-    if os.environ.get("FA2BENCH_GIT_COMMIT"):
-        return {"commit": os.environ["FA2BENCH_GIT_COMMIT"], "dirty": os.environ.get("FA2BENCH_GIT_DIRTY") == "1",
-                "source": "FA2BENCH_GIT_COMMIT"}
-    root = Path(__file__).resolve().parent.parent
-
-    def git(*args):
-        return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10)
-
-    try:
-        head = git("rev-parse", "HEAD")
-        if head.returncode == 0:
-            dirty = git("status", "--porcelain", "--untracked-files=no")
-            return {"commit": head.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return {"commit": None, "dirty": None}
-
-
-def collect_meta(spec: SweepSpec, providers_run: tuple[str, ...], opts: RunOptions,
-                 peaks: dict[str, hardware.PeakInfo]) -> dict:
-    """Everything needed to trust and reproduce a run, for meta.json."""
-    any_peak = next(iter(peaks.values()))
-    return {
-        "started_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "argv": sys.argv,
-        "device": opts.device,
-        "interpreter": opts.device == "cpu",
-        "gpus": hardware.gpu_info(),
-        "versions": hardware.software_versions(),
-        "git": git_state(),
-        "sweep": {**asdict(spec), "providers": list(providers_run)},
-        "options": asdict(opts),
-        "peak": {"tflops_by_dtype": {d: p.tflops for d, p in peaks.items()}, "source": any_peak.source,
-                 "matched": any_peak.matched, "a100_tflops": hardware.A100_PEAK_TFLOPS},
-    }

@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from fa2bench import device, providers
-from fa2bench.presets import PRESETS, Point
+from fa2bench.spec import device, providers
+from fa2bench.spec.presets import PRESETS, Point
 
 if TYPE_CHECKING:
-    from fa2bench.timing import Timing
+    from fa2bench.run.timing import Timing
 
 # A profiled point unless told otherwise: the paper's workload (its tokens and hidden size) at one shape;
 # the IO study's sequence lengths.
@@ -59,8 +59,9 @@ class Measured:
 
 def measure(point: Point) -> Measured:
     """Time ``point`` (``timing.bench``), take its telemetry, and put the HBM model beside it."""
-    from fa2bench import iomodel, telemetry, timing
-    from fa2bench.flops import attention_flops, tflops
+    from fa2bench.spec import iomodel
+    from fa2bench.run import telemetry, timing
+    from fa2bench.spec.flops import attention_flops, tflops
 
     try:
         call, grads = prepare(point)
@@ -92,11 +93,11 @@ def default_out(point: Point) -> Path:
 
 def prepare(point: Point, device: str = "cuda"):
     """``(call, grads)`` for ``point`` as the runner times it, after one call (compilation, autotuning)."""
-    from fa2bench import runner
+    from fa2bench.run.point import make_inputs, timed_call
 
     fn = providers.get(point.provider).make(point.shape)
-    q, k, v = runner.make_inputs(point.shape, point.dtype, device, requires_grad=point.mode != "fwd")
-    call, grads = runner.timed_call(fn, q, k, v, point.mode)
+    q, k, v = make_inputs(point.shape, point.dtype, device, requires_grad=point.mode != "fwd")
+    call, grads = timed_call(fn, q, k, v, point.mode)
     call_once(call, grads)
     return call, grads
 

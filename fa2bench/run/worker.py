@@ -29,7 +29,7 @@ class WorkerError(Exception):
 
 
 class Worker:
-    """A reusable child process that runs ``runner.run_point``; see the module docstring."""
+    """A reusable child process that runs ``point.run_point``; see the module docstring."""
 
     def __init__(self, plugins: tuple[str, ...] = (), start_timeout_s: float = START_TIMEOUT_S,
                  cuda_device: int | None = None):
@@ -50,7 +50,7 @@ class Worker:
 
     def run(self, point, opts, device_peaks: dict, timeout_s: float) -> dict:
         """The results row of ``point``, whatever happens to the child running it."""
-        from fa2bench.runner import base_row
+        from fa2bench.run.point import base_row
 
         if not self.alive:
             self._start()
@@ -146,7 +146,7 @@ def _serve(conn, plugins: tuple[str, ...], cuda_device: int | None = None) -> No
             torch.cuda.set_device(cuda_device)
         for module in plugins:
             importlib.import_module(module)
-        from fa2bench import runner
+        from fa2bench.run.point import cuda_context_error, run_point
     except Exception as exc:  # reported to the parent as a start-up failure
         conn.send(f"{type(exc).__name__}: {exc}")
         return
@@ -159,8 +159,8 @@ def _serve(conn, plugins: tuple[str, ...], cuda_device: int | None = None) -> No
         if message is None:
             return
         point, opts, device_peaks = message
-        row = runner.run_point(point, opts, device_peaks)
-        broken = runner.cuda_context_error()
+        row = run_point(point, opts, device_peaks)
+        broken = cuda_context_error()
         if broken:
             row = {**row, "status": "error", "error": row.get("error") or f"CUDA context lost: {broken}"}
         conn.send((row, bool(broken)))

@@ -4,8 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from fa2bench import providers
-
+from fa2bench.spec import providers
 SHAPE_COLUMNS = ["mode", "dtype", "batch", "heads", "kv_heads", "seqlen_q", "seqlen_k", "headdim", "causal"]
 
 

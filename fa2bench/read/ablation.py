@@ -18,8 +18,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from fa2bench.plots import color, gpu_name, label
-from fa2bench.summary import geomean
+from fa2bench.read.plots import color, gpu_name, label
+from fa2bench.read.summary import geomean
 
 POINT = ["dtype", "mode", "batch", "heads", "kv_heads", "seqlen_q", "seqlen_k", "headdim", "causal"]
 PANEL = ["dtype", "mode", "headdim", "causal"]
@@ -34,8 +34,7 @@ PAPER_SPEEDUP = "FlashAttention-2 is about 2x faster than FlashAttention-1 (1.7-
 
 def ladder_rungs() -> dict[str, int]:
     """Provider name -> rung, in ladder order (from the registry)."""
-    from fa2bench import providers
-
+    from fa2bench.spec import providers
     return {name: providers.get(name).rung for name in providers.ladder()}
 
 
@@ -167,7 +166,7 @@ def report(frame: pd.DataFrame, table: pd.DataFrame, figures: dict[tuple, str], 
 
 def claims(table: pd.DataFrame) -> list[str]:
     """The paper's A100 claims, each beside what this run measured (forward, % of the A100's 312 TFLOP/s)."""
-    from fa2bench.hardware import A100_PEAK_TFLOPS
+    from fa2bench.run.hardware import A100_PEAK_TFLOPS
 
     out = []
     fwd = table[table["mode"] == "fwd"]

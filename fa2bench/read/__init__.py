@@ -1,0 +1,2 @@
+"""Reading runs: summaries, figures, reports, comparisons and exports, from a results folder alone (no
+runner, no kernel)."""

@@ -1,0 +1,101 @@
+"""Runs sweep points: each not already in the results store is run (``point.run_point``) and its row appended
+at once. With ``RunOptions.isolate`` the points run in a worker process (``fa2bench.run.worker``), so a
+crash, a broken CUDA context or a hang costs one point (``error`` / ``timeout``), not the sweep. Also the
+run's provenance for meta.json (``collect_meta``, ``git_state``).
+"""
+from __future__ import annotations
+
+import datetime as dt
+import os
+import subprocess
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Callable, Iterable
+
+import torch
+
+from fa2bench.run import hardware
+from fa2bench.run.point import RunOptions, run_point
+from fa2bench.run.results import RunWriter
+from fa2bench.spec.presets import Point, SweepSpec
+
+
+def run_sweep(points: Iterable[Point], writer: RunWriter, opts: RunOptions, device_peaks: dict,
+              on_point: Callable[[Point, dict | None], None] | None = None) -> int:
+    """Run each point not already in ``writer.done`` and append its row at once. Returns rows written.
+
+    ``on_point(point, row)`` is called after each point (row None when skipped on resume). With
+    ``opts.isolate`` the points run in a ``fa2bench.run.worker.Worker``, restarted after a crash, a broken CUDA
+    context or a point past ``opts.point_timeout_s``.
+    """
+    written = 0
+    worker = None
+    if opts.isolate:
+        from fa2bench.run.worker import Worker
+
+        # the worker uses this process's GPU (a torchrun rank's own, say), not GPU 0
+        pinned = torch.cuda.current_device() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+        worker = Worker(opts.plugins, cuda_device=pinned)
+    try:
+        for point in points:
+            if point.key() in writer.done:
+                if on_point:
+                    on_point(point, None)
+                continue
+            if worker is not None:
+                row = worker.run(point, opts, device_peaks, opts.point_timeout_s)
+            else:
+                row = run_point(point, opts, device_peaks)
+            writer.append(row)
+            written += 1
+            if on_point:
+                on_point(point, row)
+    finally:
+        if worker is not None:
+            worker.close()
+    return written
+
+
+def git_state() -> dict:
+    """The commit fa2bench runs from and whether tracked files differ from it.
+
+    FA2BENCH_GIT_COMMIT and FA2BENCH_GIT_DIRTY (0 or 1), when set, win: a copy of the tree on a remote GPU
+    machine may have no .git, or a stale one that names another commit (seen on the lent GPUs, 2026-11-26);
+    the record then says where they came from.
+    """
+    if os.environ.get("FA2BENCH_GIT_COMMIT"):
+        return {"commit": os.environ["FA2BENCH_GIT_COMMIT"], "dirty": os.environ.get("FA2BENCH_GIT_DIRTY") == "1",
+                "source": "FA2BENCH_GIT_COMMIT"}
+    root = Path(__file__).resolve().parent.parent
+
+    def git(*args):
+        return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10)
+
+    try:
+        head = git("rev-parse", "HEAD")
+        if head.returncode == 0:
+            dirty = git("status", "--porcelain", "--untracked-files=no")
+            return {"commit": head.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return {"commit": None, "dirty": None}
+
+
+def collect_meta(spec: SweepSpec, providers_run: tuple[str, ...], opts: RunOptions,
+                 peaks: dict[str, hardware.PeakInfo]) -> dict:
+    """Everything needed to trust and reproduce a run, for meta.json."""
+    any_peak = next(iter(peaks.values()))
+    return {
+        "started_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "argv": sys.argv,
+        "device": opts.device,
+        "interpreter": opts.device == "cpu",
+        "gpus": hardware.gpu_info(),
+        "versions": hardware.software_versions(),
+        "git": git_state(),
+        "sweep": {**asdict(spec), "providers": list(providers_run)},
+        "options": asdict(opts),
+        "peak": {"tflops_by_dtype": {d: p.tflops for d, p in peaks.items()}, "source": any_peak.source,
+                 "matched": any_peak.matched, "a100_tflops": hardware.A100_PEAK_TFLOPS},
+    }
