@@ -18,6 +18,7 @@ import triton
 from typer.testing import CliRunner
 
 from fa2bench import cli
+from fa2bench.cli import profile as cli_profile
 
 from fa2bench.spec import config, iomodel
 
@@ -469,7 +470,7 @@ def test_without_a_gpu_profile_is_one_clear_line(args):
 
 @pytest.mark.parametrize("args", [["profile", "--provider", "fa2", "--ncu"], ["profile-io"]])
 def test_without_ncu_the_ncu_paths_are_one_clear_line(monkeypatch, args):
-    monkeypatch.setattr(cli, "_has_cuda", lambda: True)
+    monkeypatch.setattr(cli_profile, "has_cuda", lambda: True)
     monkeypatch.setattr(ncu, "find_ncu", lambda: None)
     result = invoke(*args)
     assert result.exit_code == 2
@@ -496,7 +497,7 @@ def test_bad_profile_input_is_one_clear_line_and_exit_2(args, message):
 def fake_gpu(monkeypatch):
     """The CLI's GPU-only path with the GPU faked: torch-eager runs on the CPU, ncu is a FakeNcu."""
     from fa2bench.run import hardware
-    monkeypatch.setattr(cli, "_has_cuda", lambda: True)
+    monkeypatch.setattr(cli_profile, "has_cuda", lambda: True)
     monkeypatch.setattr(hardware, "cuda_device_name", lambda: "Fake H100")
     monkeypatch.setattr(ncu, "find_ncu", lambda: "ncu")
     monkeypatch.setattr(prof, "prepare", lambda point: (lambda: torch.randn(64, 64) @ torch.randn(64, 64), None))
