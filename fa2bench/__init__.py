@@ -19,8 +19,8 @@ _EXPORTS = {
     "sweep": "fa2bench.api", "Run": "fa2bench.api", "plot_run": "fa2bench.api", "report": "fa2bench.api",
     "compare_runs": "fa2bench.api", "export_run": "fa2bench.api", "find_run": "fa2bench.api",
     "list_runs": "fa2bench.api",
-    "load_run": "fa2bench.run.results", "SweepSpec": "fa2bench.spec.presets", "SpecError": "fa2bench.spec.presets",
-    "register_provider": "fa2bench.spec.providers",
+    "load_run": "fa2bench.run.results", "SweepSpec": "fa2bench.core.presets", "SpecError": "fa2bench.core.presets",
+    "register_provider": "fa2bench.core.providers",
 }
 __all__ = ["__version__", *_EXPORTS]
 

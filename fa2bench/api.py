@@ -28,9 +28,10 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import pandas as pd
 
-from fa2bench.spec import config
-from fa2bench.spec.presets import Point, SpecError, SweepSpec
-from fa2bench.run.results import CSV_NAME, META_NAME, PARQUET_NAME, Damage, ResultsError, load_run, read_meta
+from fa2bench.core import config
+from fa2bench.core.presets import Point, SpecError, SweepSpec
+from fa2bench.run.results import (CSV_NAME, META_NAME, PARQUET_NAME, Damage, ResultsError, default_out, load_run,
+                                  read_meta, slug, stamp)
 
 if TYPE_CHECKING:
     from fa2bench.read.compare import Comparison
@@ -96,28 +97,12 @@ class Started:
     csv_path: Path
 
 
-def stamp(now: dt.datetime | None = None) -> str:
-    """The UTC time that names output folders, e.g. 20261126T123000Z."""
-    return f"{now or dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}"
-
-
-def default_out(device_name: str | None, prefix: str = "") -> Path:
-    """``results/<prefix><UTC time>-<gpu>``: where a run goes when no folder is named."""
-    return Path("results") / f"{prefix}{stamp()}-{slug(device_name)}"
-
-
-def slug(device_name: str | None) -> str:
-    if not device_name:
-        return "cpu"
-    return re.sub(r"[^a-z0-9]+", "-", device_name.lower().replace("nvidia", "")).strip("-")
-
-
 def plan_sweep(spec: SweepSpec | str | None = None, *, out: str | Path | None = None, resume: bool = False,
                extend: bool = False, **options) -> SweepPlan:
     """Resolve a sweep: ``spec`` (a SweepSpec, a preset name, or None: quick on a GPU, smoke without) with
-    ``options`` on top (the fields of ``fa2bench.spec.config``: seqlen=[1024], provider=["fa2"], rep_ms=50,
+    ``options`` on top (the fields of ``fa2bench.core.config``: seqlen=[1024], provider=["fa2"], rep_ms=50,
     gpus=4, ...). Raises ``SpecError`` (one line) for anything that cannot run."""
-    from fa2bench.spec import device, providers
+    from fa2bench.core import device, providers
     from fa2bench.run import hardware
     from fa2bench.distributed import launch
 
@@ -167,7 +152,7 @@ def _isolation(run_options: dict, chosen: tuple[str, ...], where: str) -> list[s
     provider defined in ``__main__`` (a notebook's, a script's) cannot be imported by a worker: by default such
     a sweep runs in-process, and asking for isolation is a SpecError. Returns the providers registered outside
     fa2bench."""
-    from fa2bench.spec import providers
+    from fa2bench.core import providers
     modules = {n: getattr(providers.get(n).make, "__module__", None) or "__main__" for n in chosen}
     local = [n for n, m in modules.items() if m == "__main__"]
     if run_options["isolate"] is None:

@@ -6,10 +6,10 @@ All share one API::
     o = flash2_attention(q, k, v, causal=False, sm_scale=None, tf32=False)
 
 q: (batch, heads, seqlen_q, headdim); k, v: (batch, kv_heads, seqlen_k, headdim); differentiable.
-Without a CUDA device, ``fa2bench.spec.device.prepare_triton`` (below) switches on Triton's CPU interpreter before
+Without a CUDA device, ``fa2bench.core.device.prepare_triton`` (below) switches on Triton's CPU interpreter before
 Triton is imported.
 """
-from fa2bench.spec import device as _device
+from fa2bench.core import device as _device
 _device.prepare_triton()
 from .flash1 import flash1_attention, flash1_split_attention
 from .flash2 import flash2_attention

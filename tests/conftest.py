@@ -6,7 +6,7 @@ import zlib
 import pytest
 import torch
 
-from fa2bench.spec import device
+from fa2bench.core import device
 from fa2bench.read.display import WIDTH_ENV
 
 device.prepare_triton()

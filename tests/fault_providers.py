@@ -9,11 +9,11 @@ worker processes they start; never shipped, never in the CLI's list unless a tes
 import os
 import time
 
-from fa2bench.spec import device, providers
+from fa2bench.core import device, providers
 device.prepare_triton()  # first: sets TRITON_INTERPRET without a GPU, before triton is imported
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
-from fa2bench.spec.reference import attention_ref
+from fa2bench.core.reference import attention_ref
 
 
 def _register(name, fn, devices=frozenset({"cpu", "cuda"})):

@@ -5,7 +5,7 @@ from contextlib import contextmanager
 import torch
 
 import fa2bench.kernels
-from fa2bench.spec import providers
+from fa2bench.core import providers
 KERNEL_PROVIDERS = providers.triton_providers()
 KERNELS = {name: getattr(fa2bench.kernels, providers.get(name).function) for name in KERNEL_PROVIDERS}
 MODULES = {name: providers.kernel_module(name) for name in KERNEL_PROVIDERS}

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fa2bench.spec.flops import attention_flops
+from fa2bench.core.flops import attention_flops
 from fa2bench.run.hardware import A100_PEAK_TFLOPS
 from fa2bench.run.results import COLUMNS, RunWriter, write_meta
 

@@ -83,7 +83,7 @@ def test_write_refuses_a_run_without_ladder_providers(tmp_path, monkeypatch):
 def test_ablate_runs_the_ladder_and_writes_its_report_on_the_interpreter(tmp_path):
     from typer.testing import CliRunner
 
-    from fa2bench.spec import providers
+    from fa2bench.core import providers
     from fa2bench.cli import app
 
     out = tmp_path / "abl"

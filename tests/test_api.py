@@ -13,10 +13,10 @@ from typer.testing import CliRunner
 
 import fa2bench
 from fa2bench import api
-from fa2bench.spec import providers
+from fa2bench.core import providers
 from fa2bench.cli import app
-from fa2bench.spec.presets import SpecError
-from fa2bench.spec.reference import attention_ref
+from fa2bench.core.presets import SpecError
+from fa2bench.core.reference import attention_ref
 from tests.synthetic import REPO, copy_of_committed_run, results_frame, write_run
 
 

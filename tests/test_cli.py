@@ -4,9 +4,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from fa2bench.spec import providers
+from fa2bench.core import providers
 from fa2bench.cli import app
-from fa2bench.spec.reference import attention_ref
+from fa2bench.core.reference import attention_ref
 from fa2bench.run.results import COLUMNS, load_run
 
 runner = CliRunner()

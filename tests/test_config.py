@@ -2,9 +2,9 @@
 import pytest
 from typer.testing import CliRunner
 
-from fa2bench.spec import config
+from fa2bench.core import config
 from fa2bench.cli import app
-from fa2bench.spec.presets import PRESETS, SpecError
+from fa2bench.core.presets import PRESETS, SpecError
 from fa2bench.run.results import load_run
 from tests.synthetic import REPO
 

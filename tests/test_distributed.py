@@ -17,11 +17,11 @@ import pandas as pd
 import pytest
 import torch
 
-from fa2bench.spec import providers
+from fa2bench.core import providers
 from fa2bench.distributed import blocks, launch, ring, shard
-from fa2bench.spec.flops import attended_pairs
-from fa2bench.spec.presets import Point, Shape, SweepSpec
-from fa2bench.spec.reference import attention_ref
+from fa2bench.core.flops import attended_pairs
+from fa2bench.core.presets import Point, Shape, SweepSpec
+from fa2bench.core.reference import attention_ref
 from fa2bench.run.results import RunWriter, load_run
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -403,7 +403,7 @@ def test_the_ranks_resolve_exactly_the_sweep_the_launcher_planned(tmp_path, spec
 
 def test_under_torchrun_a_sweep_plans_as_a_rank_and_refuses_gpus(tmp_path, monkeypatch):
     from fa2bench import api
-    from fa2bench.spec.presets import SpecError
+    from fa2bench.core.presets import SpecError
 
     monkeypatch.setenv("TORCHELASTIC_RUN_ID", "test")
     monkeypatch.setenv("RANK", "1")
@@ -417,7 +417,7 @@ def test_under_torchrun_a_sweep_plans_as_a_rank_and_refuses_gpus(tmp_path, monke
 
 def test_a_sharded_sweep_refuses_providers_its_ranks_cannot_import(tmp_path, monkeypatch):
     from fa2bench import api
-    from fa2bench.spec.presets import SpecError
+    from fa2bench.core.presets import SpecError
 
     monkeypatch.setitem(providers.REGISTRY, "mine", providers.Provider(
         name="mine", label="mine", color="k", kind="baseline", description="test double",

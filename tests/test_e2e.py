@@ -8,7 +8,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from fa2bench.spec import providers
+from fa2bench.core import providers
 from fa2bench.cli import app
 from fa2bench.e2e import figures
 from fa2bench.e2e.check import check_start, make_attention
@@ -17,7 +17,7 @@ from fa2bench.e2e.flops import flops_per_sequence, flops_per_step
 from fa2bench.e2e.model import GPT
 from fa2bench.e2e.schema import E2E_COLUMNS
 from fa2bench.e2e.train import E2ESpec, Trainer, estimate_bytes, plan, run_e2e, synthetic_batch
-from fa2bench.spec.reference import attention_ref
+from fa2bench.core.reference import attention_ref
 from fa2bench.run.results import ResultsError, load_run, read_meta
 
 TINY = MODELS["gpt-tiny"]

@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the interpreter is only used without a GPU")
 def test_triton_imported_first_on_cpu_is_explained_in_one_line():
-    code = ("import triton\nimport fa2bench\nfrom fa2bench.spec import providers\n"
+    code = ("import triton\nimport fa2bench\nfrom fa2bench.core import providers\n"
             "print(providers.get('fa2').availability('cpu'))")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)

@@ -13,7 +13,7 @@ import torch
 
 from fa2bench.kernels import flash2
 from fa2bench.kernels._common import tma_layout_ok
-from fa2bench.spec.reference import check_attention
+from fa2bench.core.reference import check_attention
 from tests.conftest import DEVICE
 from tests.kernel_cases import expected_paths, make_qkv, recorded_launches, shape_id
 

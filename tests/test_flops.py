@@ -1,7 +1,7 @@
 """The FLOPs model, against counts worked out by hand."""
 import pytest
 
-from fa2bench.spec.flops import attended_pairs, attention_flops, tflops
+from fa2bench.core.flops import attended_pairs, attention_flops, tflops
 
 
 def test_forward_is_four_b_h_n_n_d():

@@ -2,7 +2,7 @@
 import pytest
 from typer.testing import CliRunner
 
-from fa2bench.spec import providers
+from fa2bench.core import providers
 from fa2bench.cli import app
 from fa2bench.run.results import load_run
 

@@ -1,9 +1,9 @@
 """The HBM byte models: hand-computed values on small shapes, the paper's scaling laws, and the footprint."""
 import pytest
 
-from fa2bench.spec import iomodel, providers
-from fa2bench.spec.iomodel import compulsory_bytes, hbm_bytes, hbm_terms, parse_blocks, theoretical_footprint_mb
-from fa2bench.spec.presets import Shape
+from fa2bench.core import iomodel, providers
+from fa2bench.core.iomodel import compulsory_bytes, hbm_bytes, hbm_terms, parse_blocks, theoretical_footprint_mb
+from fa2bench.core.presets import Shape
 
 
 def shape(n=256, d=64, b=1, h=1, kv=None, nk=None, causal=False):

@@ -9,8 +9,8 @@ import math
 import pytest
 import torch
 
-from fa2bench.spec import providers
-from fa2bench.spec.reference import attention_ref, check_attention, rel_error
+from fa2bench.core import providers
+from fa2bench.core.reference import attention_ref, check_attention, rel_error
 from tests.conftest import DEVICE
 from tests.kernel_cases import KERNELS, make_qkv, shape_id
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from fa2bench.kernels import flash2
-from fa2bench.spec.reference import attention_ref, check_attention, rel_error
+from fa2bench.core.reference import attention_ref, check_attention, rel_error
 from tests.kernel_cases import KERNELS, MODULES, expected_paths, make_qkv, recorded_launches, shape_id
 
 pytestmark = pytest.mark.gpu

@@ -3,9 +3,9 @@ free is recorded `oom` without being tried."""
 import pytest
 from typer.testing import CliRunner
 
-from fa2bench.spec import memory, providers
+from fa2bench.core import memory, providers
 from fa2bench.cli import app
-from fa2bench.spec.presets import Point, Shape, SpecError
+from fa2bench.core.presets import Point, Shape, SpecError
 from fa2bench.run.point import RunOptions, run_point
 from fa2bench.run.results import load_run
 
@@ -66,7 +66,7 @@ def test_seqlen_1m_with_naive_is_an_oom_row_and_the_parquet_is_written(tmp_path)
 
 
 def test_check_sizes_accepts_the_paper_sweep():
-    from fa2bench.spec.presets import SweepSpec
+    from fa2bench.core.presets import SweepSpec
 
     memory.check_sizes(SweepSpec.from_name("paper").shapes())
     with pytest.raises(SpecError):

@@ -8,11 +8,11 @@ from typer.testing import CliRunner
 
 from fa2bench.run import hardware
 
-from fa2bench.spec import iomodel, providers
+from fa2bench.core import iomodel, providers
 
 from fa2bench.read import plots
 from fa2bench.cli import app
-from fa2bench.spec.presets import Shape
+from fa2bench.core.presets import Shape
 from fa2bench.run.results import load_run
 from tests.synthetic import H100, H100_PEAK, copy_of_committed_run, results_frame, write_run
 

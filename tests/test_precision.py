@@ -2,9 +2,9 @@
 and `ok` at tf32; PyTorch's TF32 switches are on for a tf32 point only; fa2bench's kernels get tf32=..."""
 import torch
 
-from fa2bench.spec import precision, providers
-from fa2bench.spec.presets import DTYPES, Point, Shape
-from fa2bench.spec.reference import attention_ref
+from fa2bench.core import precision, providers
+from fa2bench.core.presets import DTYPES, Point, Shape
+from fa2bench.core.reference import attention_ref
 from fa2bench.run.point import RunOptions, run_point
 
 SHAPE = Shape(batch=1, heads=2, kv_heads=2, seqlen_q=64, seqlen_k=64, headdim=32, causal=False)

@@ -1,7 +1,7 @@
 """Sweep specs: presets expand to the paper's shapes, and option strings parse or fail clearly."""
 import pytest
 
-from fa2bench.spec.presets import Point, SpecError, SweepSpec, parse_ints, parse_names
+from fa2bench.core.presets import Point, SpecError, SweepSpec, parse_ints, parse_names
 
 
 def test_paper_preset_is_the_flashattention2_sweep():
@@ -70,7 +70,7 @@ def test_unknown_preset():
 
 
 def test_a_results_row_gives_back_its_shape():
-    from fa2bench.spec.presets import Shape
+    from fa2bench.core.presets import Shape
 
     shape = Shape(2, 8, 2, 128, 256, 64, True)
     row = {**Point("fa2", "fwd", "fp16", shape).fields(), "ms": 1.0}

@@ -20,11 +20,11 @@ from typer.testing import CliRunner
 from fa2bench import cli
 from fa2bench.cli import profile as cli_profile
 
-from fa2bench.spec import config, iomodel
+from fa2bench.core import config, iomodel
 
 from fa2bench.profiling import iostudy, ncu
 from fa2bench.profiling import profile as prof
-from fa2bench.spec.presets import Point, Shape, SpecError
+from fa2bench.core.presets import Point, Shape, SpecError
 
 # --- parser fixtures (hand-written, invented numbers) -----------------------------------------------------
 

@@ -8,15 +8,15 @@ pytest.importorskip("hypothesis")  # in the test extra; a bare GPU image may lac
 from hypothesis import assume, example, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from fa2bench.spec import providers  # noqa: E402
+from fa2bench.core import providers  # noqa: E402
 
 from fa2bench.read import compare
 
-from fa2bench.spec import iomodel
-from fa2bench.spec.flops import attended_pairs  # noqa: E402
-from fa2bench.spec.iomodel import compulsory_bytes, hbm_bytes  # noqa: E402
-from fa2bench.spec.presets import KEY_COLUMNS, Shape, parse_ints  # noqa: E402
-from fa2bench.spec.reference import causal_mask  # noqa: E402
+from fa2bench.core import iomodel
+from fa2bench.core.flops import attended_pairs  # noqa: E402
+from fa2bench.core.iomodel import compulsory_bytes, hbm_bytes  # noqa: E402
+from fa2bench.core.presets import KEY_COLUMNS, Shape, parse_ints  # noqa: E402
+from fa2bench.core.reference import causal_mask  # noqa: E402
 from fa2bench.run.results import RunWriter, load_run  # noqa: E402
 
 MODELLED = [n for n in providers.names() if iomodel.modelled(n)]

@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 
 from fa2bench import api
 
-from fa2bench.spec import providers
+from fa2bench.core import providers
 from fa2bench.read import markdown as report
 from fa2bench.run.results import ResultsError
 from fa2bench.cli import app

@@ -4,7 +4,7 @@ import json
 import pandas as pd
 import pytest
 
-from fa2bench.spec.presets import Point, Shape
+from fa2bench.core.presets import Point, Shape
 from fa2bench.run.results import COLUMNS, STATUSES, ResultsError, RunWriter, load_run, write_meta
 
 SHAPE = Shape(batch=2, heads=4, kv_heads=2, seqlen_q=128, seqlen_k=256, headdim=64, causal=True)

@@ -4,9 +4,9 @@ import math
 import pytest
 import torch
 
-from fa2bench.spec import providers
-from fa2bench.spec.presets import Point, Shape
-from fa2bench.spec.reference import attention_ref
+from fa2bench.core import providers
+from fa2bench.core.presets import Point, Shape
+from fa2bench.core.reference import attention_ref
 from fa2bench.run.point import RunOptions, run_point, timed_call
 
 SHAPE = Shape(batch=1, heads=2, kv_heads=1, seqlen_q=33, seqlen_k=40, headdim=16, causal=True)

@@ -5,7 +5,7 @@ import itertools
 import pytest
 
 from fa2bench.run import timing
-from fa2bench.spec.presets import Point, Shape
+from fa2bench.core.presets import Point, Shape
 from fa2bench.run.point import RunOptions, run_point
 
 

@@ -5,7 +5,7 @@ import os
 import pytest
 import torch
 
-from fa2bench.spec.presets import Point, Shape
+from fa2bench.core.presets import Point, Shape
 from fa2bench.run.results import RunWriter, load_run
 from fa2bench.run.runner import run_sweep
 from fa2bench.run.point import RunOptions

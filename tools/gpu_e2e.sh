@@ -16,7 +16,7 @@ if [ "${1:-}" = "--test" ]; then
   timeout 150 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_e2e.py >"$OUT/test_e2e.log" 2>&1
   echo "pytest exit $?"; tail -5 "$OUT/test_e2e.log"
 fi
-providers=$(python3 -c "from fa2bench.spec import providers as p; print(','.join(n for n in ('fa2', 'fa1', 'fa1-split',
+providers=$(python3 -c "from fa2bench.core import providers as p; print(','.join(n for n in ('fa2', 'fa1', 'fa1-split',
  'sdpa-flash', 'sdpa-cudnn', 'naive', 'torch-eager') if n in p.names()))")
 echo "=== e2e $name ($(date -u +%T)), providers $providers, limit ${secs}s"
 timeout -s INT -k 60 "$secs" fa2bench e2e --provider "$providers" --out "results/$name" --resume "$@" \

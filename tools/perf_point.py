@@ -10,8 +10,8 @@ import argparse
 
 import torch
 
-from fa2bench.spec import providers
-from fa2bench.spec.presets import Shape
+from fa2bench.core import providers
+from fa2bench.core.presets import Shape
 from fa2bench.run.point import make_inputs, timed_call
 
 

@@ -22,7 +22,7 @@ from triton.testing import do_bench
 from fa2bench.kernels import flash2
 from fa2bench.kernels._common import describe_config
 from fa2bench.kernels.flash2 import FA2, Variant, run_variant
-from fa2bench.spec.reference import attention_ref, rel_error
+from fa2bench.core.reference import attention_ref, rel_error
 
 
 def cfg(bm, bn, w, s):

@@ -11,7 +11,7 @@ export PYTHONUNBUFFERED=1
 cat >"$LOG/sanitize_cases.py" <<'PY'
 import torch
 
-from fa2bench.spec import providers
+from fa2bench.core import providers
 import fa2bench.kernels
 
 # (batch, heads, kv_heads, seqlen_q, seqlen_k, headdim)

@@ -11,11 +11,11 @@ import typer
 
 from fa2bench.read import display
 
-from fa2bench.spec import providers
+from fa2bench.core import providers
 from fa2bench.e2e.configs import MODELS as E2E_MODELS
 from fa2bench.e2e.schema import PARALLEL as E2E_PARALLEL
-from fa2bench.spec.flops import MODES
-from fa2bench.spec.presets import DTYPES, PRESETS, SpecError
+from fa2bench.core.flops import MODES
+from fa2bench.core.presets import DTYPES, PRESETS, SpecError
 
 app = typer.Typer(no_args_is_help=True, add_completion=True, pretty_exceptions_enable=False,
                   help="Benchmark and profile attention kernels around FlashAttention-2.")
@@ -62,7 +62,7 @@ Formats = Annotated[str, typer.Option("--format", help="Comma-separated figure f
 
 
 def shape_options(**given) -> dict:
-    """The shape options the user gave (None: not given), keyed as ``fa2bench.spec.config`` fields."""
+    """The shape options the user gave (None: not given), keyed as ``fa2bench.core.config`` fields."""
     return {k: v for k, v in given.items() if v is not None}
 
 
@@ -89,5 +89,5 @@ def no_gpu(console, what: str) -> None:
 
 
 def has_cuda() -> bool:
-    from fa2bench.spec import device
+    from fa2bench.core import device
     return device.has_cuda()

@@ -15,7 +15,7 @@ from fa2bench.cli.common import app, out, DTYPES, display, providers
 @app.command("providers")
 def list_providers():
     """Every provider, whether it is available here, and why not."""
-    from fa2bench.spec import device
+    from fa2bench.core import device
     where = device.name()
     rows = []
     for name in providers.names():

@@ -46,7 +46,7 @@ def profile_point(
     """One point in depth: timing, telemetry, Triton kernel resources, HBM model; --trace, --ncu.
 
     Shape defaults: seqlen 4096, head dim 128, the paper's 16k tokens and hidden size 2048, not causal."""
-    from fa2bench.spec import config, iomodel
+    from fa2bench.core import config, iomodel
     from fa2bench.profiling import ncu as nsight
     from fa2bench.profiling import profile as prof
     try:
@@ -126,7 +126,7 @@ def profile_io(
 
     Shape defaults: seqlen 1024..16384, head dim 128, the paper's 16k tokens and hidden size 2048."""
     from fa2bench import api
-    from fa2bench.spec import config
+    from fa2bench.core import config
     from fa2bench.run import hardware
     from fa2bench.profiling import iostudy
     from fa2bench.profiling import ncu as nsight
@@ -144,7 +144,9 @@ def profile_io(
     except SpecError as exc:
         fail(str(exc))
     ncu_path = _needs_gpu_and_ncu("profile-io", True)
-    folder = out_dir or api.default_out(hardware.cuda_device_name(), prefix="io-")
+    from fa2bench.run.results import default_out
+
+    folder = out_dir or default_out(hardware.cuda_device_name(), prefix="io-")
     console = out()
     lengths = ", ".join(map(str, spec.seqlens))
     console.print(f"[bold]IO study[/] {', '.join(spec.providers)} x seqlen {lengths}, {points[0].shape.label()} "

@@ -54,7 +54,7 @@ def sweep(
 ):
     """Sweep shapes x providers x modes x dtypes; check, time and write one row per point."""
     from fa2bench import api
-    from fa2bench.spec import config as sweep_config
+    from fa2bench.core import config as sweep_config
     from fa2bench.run.results import ResultsError
     from fa2bench.run.worker import WorkerError
 

@@ -37,7 +37,7 @@ def ablate(
     RUN/ablation.md beside the paper's claims."""
     from fa2bench import api
     from fa2bench.read import ablation
-    from fa2bench.spec import providers
+    from fa2bench.core import providers
     from fa2bench.run.results import ResultsError
 
     given = shape_options(preset="paper", seqlen=seqlen, headdim=headdim, batch=batch, tokens=tokens, heads=heads,

@@ -85,7 +85,7 @@ def place(gpus: str | int | None, together: str) -> tuple[Rank | None, int | Non
         return current(), None
     if gpus is None:
         return None, None
-    from fa2bench.spec import device
+    from fa2bench.core import device
     return None, resolve_gpus(str(gpus), device.cuda_count())
 
 

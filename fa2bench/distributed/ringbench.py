@@ -37,8 +37,8 @@ import torch
 import torch.distributed as dist
 
 from fa2bench.distributed import blocks, launch, ring
-from fa2bench.spec.flops import attention_flops
-from fa2bench.spec.presets import SpecError, parse_ints
+from fa2bench.core.flops import attention_flops
+from fa2bench.core.presets import SpecError, parse_ints
 from fa2bench.run.point import first_line
 
 COLUMNS = ("method", "world_size", "mode", "dtype", "batch", "heads", "kv_heads", "seqlen", "headdim", "causal",
@@ -187,7 +187,7 @@ def check_slice(o_local, q, k, v, causal, segments, impl):
     """(error of o_local, error of one-GPU fa2) on the last CHECK_ROWS rows of each run of the local shard
     (``segments``), query heads of the first K/V head, batch 0; both relative to a float32 reference over the
     whole sequence. Every rank gets the worst rank's values."""
-    from fa2bench.spec.reference import attention_ref, rel_error
+    from fa2bench.core.reference import attention_ref, rel_error
 
     n = q.shape[2]
     group = q.shape[1] // k.shape[1]
@@ -262,7 +262,7 @@ def _measure(method, causal, impl, local, backward, reps, warmup, q, k, v, segme
     with torch.no_grad():
         o = fn(ql, kl, vl)
     err, base = check_slice(o, q, k, v, causal, segments, impl)
-    from fa2bench.spec.reference import FACTOR, FLOOR
+    from fa2bench.core.reference import FACTOR, FLOOR
 
     out.update(max_rel_error=err, baseline_rel_error=base)
     if not err <= FACTOR * base + FLOOR[q.dtype]:
@@ -310,7 +310,7 @@ def check_gradients(seqlen, heads, kv_heads, headdim, dtype, causal, impl, metho
     """Forward and backward of ``method`` on this rank's shards, gated against a float32 reference on the
     query heads of the first K/V head (every rank its own shard), with the one-GPU kernel (``impl`` on the
     whole sequence) as the baseline. Every rank returns the same row: the worst rank's verdict."""
-    from fa2bench.spec.reference import attention_ref, judge
+    from fa2bench.core.reference import attention_ref, judge
 
     me, world = launch.current(), dist.get_world_size()
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -349,7 +349,7 @@ def _one_gpu(q, k, v, causal, impl):
         from fa2bench.kernels import flash2_attention
 
         return flash2_attention(q, k, v, causal=causal)
-    from fa2bench.spec.reference import attention_ref
+    from fa2bench.core.reference import attention_ref
 
     return attention_ref(q, k, v, causal=causal, upcast=False)
 

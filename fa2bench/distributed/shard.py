@@ -24,8 +24,8 @@ from typing import Callable, Sequence
 
 import pandas as pd
 
-from fa2bench.spec.flops import attention_flops
-from fa2bench.spec.presets import KEY_COLUMNS, Point, Shape
+from fa2bench.core.flops import attention_flops
+from fa2bench.core.presets import KEY_COLUMNS, Point, Shape
 from fa2bench.run.results import (COLUMNS, CSV_NAME, PARQUET_NAME, ResultsError, RunWriter, continue_meta, describe_damage,
                               read_csv, read_meta, rerun_refused, row_key, write_meta)
 
@@ -43,7 +43,7 @@ class ShardError(ResultsError):
 def estimated_seconds(point: Point, device: str = "cuda") -> float:
     """How long ``point`` should take: nothing if its provider declares it unsupported, else the fixed price
     plus its FLOPs at ``ASSUMED_FLOP_PER_S``."""
-    from fa2bench.spec import providers
+    from fa2bench.core import providers
     s = point.shape
     if point.provider in providers.REGISTRY and providers.get(point.provider).unsupported_reason(
             s, point.dtype, point.mode, device):

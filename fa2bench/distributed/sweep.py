@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from fa2bench.distributed import launch, shard
-from fa2bench.spec.presets import Point
+from fa2bench.core.presets import Point
 
 
 def launch_and_merge(nproc: int, out: Path, args: Sequence[str],

@@ -14,11 +14,11 @@ import functools
 
 import torch
 
-from fa2bench.spec import providers
+from fa2bench.core import providers
 from fa2bench.e2e.configs import GPTConfig
 from fa2bench.e2e.model import GPT
-from fa2bench.spec.presets import Shape
-from fa2bench.spec.reference import Verdict, attention_ref, judge
+from fa2bench.core.presets import Shape
+from fa2bench.core.reference import Verdict, attention_ref, judge
 
 BASELINE = "torch-eager"
 

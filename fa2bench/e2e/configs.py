@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fa2bench.spec.presets import SpecError
+from fa2bench.core.presets import SpecError
 
 # GPT-2's BPE vocabulary (50257) padded up to a multiple of 64, a tensor-core-friendly size (nanoGPT's choice).
 GPT2_VOCAB_PADDED = 50304

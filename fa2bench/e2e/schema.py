@@ -8,7 +8,7 @@ torch, a provider or the runner, so plots and reports can import it.
 from __future__ import annotations
 
 from fa2bench.run import telemetry
-from fa2bench.spec.presets import KEY_COLUMNS
+from fa2bench.core.presets import KEY_COLUMNS
 
 KIND = "e2e"  # meta.json's "kind": how report and plot recognise an e2e run
 MODE = "train"  # the ``mode`` column of e2e rows

@@ -30,13 +30,13 @@ import torch
 
 from fa2bench.run import hardware, point, runner, telemetry
 
-from fa2bench.spec import providers
+from fa2bench.core import providers
 from fa2bench.e2e.check import StartCheck, attention_shape, autocast, make_attention, run_dtype
 from fa2bench.e2e.configs import MODELS, ConfigError, GPTConfig
 from fa2bench.e2e.flops import flops_per_step
 from fa2bench.e2e.model import GPT
 from fa2bench.e2e.schema import E2E_COLUMNS, KIND, MODE, PARALLEL, SINGLE, e2e_key
-from fa2bench.spec.flops import tflops
+from fa2bench.core.flops import tflops
 from fa2bench.run.results import RunWriter
 
 MAX_TOKENS_PER_MICRO_BATCH = 16384  # the default micro-batch: at most 16k tokens (8 x 2k, 2 x 8k)
@@ -124,10 +124,10 @@ def plan_e2e(model=None, seqlen=None, provider=None, *, out: str | Path | None =
     ``out`` defaults to ``results/e2e-<UTC time>-<gpu>``. Every bad input is a ``SpecError`` (one line) before
     anything runs. ``gpus`` (N or 'all') runs it data parallel (``parallel``: ddp, the default, or fsdp) on N
     ranks under torchrun; a process that torchrun started plans as one of the ranks."""
-    from fa2bench import api
-    from fa2bench.spec import config, device
+    from fa2bench.core import config, device
+    from fa2bench.run.results import default_out
     from fa2bench.distributed import launch
-    from fa2bench.spec.presets import SpecError, parse_ints, parse_names
+    from fa2bench.core.presets import SpecError, parse_ints, parse_names
 
     def text(value) -> str:
         return value if isinstance(value, str) else ",".join(map(str, value))
@@ -159,7 +159,7 @@ def plan_e2e(model=None, seqlen=None, provider=None, *, out: str | Path | None =
     device_name = hardware.cuda_device_name()
     if rank is not None and out is None:
         raise SpecError("every rank of a data-parallel run needs the same --out DIR")
-    return E2EPlan(spec, Path(out) if out else api.default_out(device_name, prefix="e2e-"), bool(resume),
+    return E2EPlan(spec, Path(out) if out else default_out(device_name, prefix="e2e-"), bool(resume),
                    bool(extend), E2EOptions(device=where, peak_tflops=peak), device_name, launched, rank)
 
 

@@ -11,10 +11,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, Sequence
 
-from fa2bench.spec import iomodel
+from fa2bench.core import iomodel
 
 from fa2bench.profiling import ncu
-from fa2bench.spec.presets import KEY_COLUMNS, Point
+from fa2bench.core.presets import KEY_COLUMNS, Point
 from fa2bench.run.results import RunWriter, read_csv, row_key
 
 STUDY_CSV, STUDY_FIGURE = "io_study.csv", "io_study.png"

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from fa2bench.spec import providers
-from fa2bench.spec.presets import Point, Shape
+from fa2bench.core import providers
+from fa2bench.core.presets import Point, Shape
 
 
 class ProfileError(Exception):

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from fa2bench.spec import device, providers
-from fa2bench.spec.presets import PRESETS, Point
+from fa2bench.core import device, providers
+from fa2bench.core.presets import PRESETS, Point
 
 if TYPE_CHECKING:
     from fa2bench.run.timing import Timing
@@ -59,9 +59,9 @@ class Measured:
 
 def measure(point: Point) -> Measured:
     """Time ``point`` (``timing.bench``), take its telemetry, and put the HBM model beside it."""
-    from fa2bench.spec import iomodel
+    from fa2bench.core import iomodel
     from fa2bench.run import telemetry, timing
-    from fa2bench.spec.flops import attention_flops, tflops
+    from fa2bench.core.flops import attention_flops, tflops
 
     try:
         call, grads = prepare(point)
@@ -83,7 +83,7 @@ def measure(point: Point) -> Measured:
 
 def default_out(point: Point) -> Path:
     """``results/profile/<UTC time>-<provider>-<mode>-s<seqlen>``: where ``profile --ncu`` puts its report."""
-    from fa2bench.api import stamp
+    from fa2bench.run.results import stamp
 
     return Path("results") / "profile" / f"{stamp()}-{point.provider}-{point.mode}-s{point.shape.seqlen_q}"
 

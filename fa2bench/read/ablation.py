@@ -34,7 +34,7 @@ PAPER_SPEEDUP = "FlashAttention-2 is about 2x faster than FlashAttention-1 (1.7-
 
 def ladder_rungs() -> dict[str, int]:
     """Provider name -> rung, in ladder order (from the registry)."""
-    from fa2bench.spec import providers
+    from fa2bench.core import providers
     return {name: providers.get(name).rung for name in providers.ladder()}
 
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from fa2bench.spec.presets import KEY_COLUMNS
+from fa2bench.core.presets import KEY_COLUMNS
 
 REGRESSIONS = ("regression", "broken")
 MAX_SPREAD = 0.25  # a run whose (p80 - p20) / median is wider than this cannot gate a change

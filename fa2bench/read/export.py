@@ -11,7 +11,7 @@ from __future__ import annotations
 import pandas as pd
 
 from fa2bench.read import display
-from fa2bench.spec.presets import Shape
+from fa2bench.core.presets import Shape
 
 FORMATS = ("github-benchmark",)
 METRICS = {"ms": ("ms", "customSmallerIsBetter"), "tflops": ("TFLOP/s", "customBiggerIsBetter")}

@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from fa2bench.read import display
-from fa2bench.spec.presets import Shape
+from fa2bench.core.presets import Shape
 from fa2bench.read.summary import geomean
 
 REPORT_NAME, FIGURES_DIR = "report.md", "figures"
@@ -105,7 +105,7 @@ def speedup_section(frame: pd.DataFrame, subject: str | None = None) -> str:
     """Per mode and dtype: the subject's speedup over each other provider by sequence length (geometric mean
     over head dims, causal and workloads) and over all."""
     from fa2bench.read import plots
-    from fa2bench.spec import providers
+    from fa2bench.core import providers
     subject = subject or providers.with_role("subject")
     table = plots.speedups(frame, subject)
     if table.empty:

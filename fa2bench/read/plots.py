@@ -36,9 +36,9 @@ from fa2bench.read import display
 
 from fa2bench.run import hardware
 
-from fa2bench.spec import iomodel, providers
-from fa2bench.spec.flops import MODES
-from fa2bench.spec.presets import Shape
+from fa2bench.core import iomodel, providers
+from fa2bench.core.flops import MODES
+from fa2bench.core.presets import Shape
 from fa2bench.read.summary import speedup as speedup_table
 
 MODE_TITLES = {"fwd": "forward", "bwd": "backward", "fwd_bwd": "forward + backward"}

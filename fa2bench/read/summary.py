@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from fa2bench.spec import providers
+from fa2bench.core import providers
 SHAPE_COLUMNS = ["mode", "dtype", "batch", "heads", "kv_heads", "seqlen_q", "seqlen_k", "headdim", "causal"]
 
 

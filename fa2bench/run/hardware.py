@@ -112,7 +112,7 @@ def pct_of(tflops: float, peak: float | None) -> float:
 
 
 def cuda_device_name() -> str | None:
-    from fa2bench.spec import device
+    from fa2bench.core import device
     if not device.has_cuda():
         return None
     import torch
@@ -162,7 +162,7 @@ def software_versions() -> dict:
 
     import torch
 
-    from fa2bench.spec import device
+    from fa2bench.core import device
     device.prepare_triton()
     import triton
 

@@ -1,7 +1,7 @@
 """One sweep point: estimate its memory, set up the provider, check it against the reference, time it, and
 turn the outcome into one results row. A failing point (unsupported, wrong, out of memory, an exception)
 becomes a row with that status. Each point runs under its dtype's matmul precision
-(``fa2bench.spec.precision``: TF32 for tf32 points only). ``runner`` runs many, in-process or in a
+(``fa2bench.core.precision``: TF32 for tf32 points only). ``runner`` runs many, in-process or in a
 ``worker`` process.
 """
 from __future__ import annotations
@@ -21,12 +21,12 @@ import torch
 
 from fa2bench.run import hardware, telemetry, timing
 
-from fa2bench.spec import memory, precision, providers
-from fa2bench.spec.flops import attention_flops, tflops
-from fa2bench.spec.presets import Point, Shape, SweepSpec
-from fa2bench.spec.reference import check_attention
+from fa2bench.core import memory, precision, providers
+from fa2bench.core.flops import attention_flops, tflops
+from fa2bench.core.presets import Point, Shape, SweepSpec
+from fa2bench.core.reference import check_attention
 
-# tf32 points take fp32 inputs; their matmuls run on TF32 tensor cores (fa2bench.spec.precision)
+# tf32 points take fp32 inputs; their matmuls run on TF32 tensor cores (fa2bench.core.precision)
 TORCH_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32, "tf32": torch.float32}
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import io
+import re
 import json
 import math
 import os
@@ -20,7 +21,7 @@ from typing import Callable
 import pandas as pd
 
 from fa2bench.run import telemetry
-from fa2bench.spec.presets import KEY_COLUMNS
+from fa2bench.core.presets import KEY_COLUMNS
 
 STATUSES = ("ok", "wrong", "oom", "unsupported", "error", "timeout")
 COLUMNS = KEY_COLUMNS + (
@@ -402,3 +403,22 @@ def describe_damage(damaged: list[Damage], csv_path: Path) -> str:
 def count_done(point_keys, done: set) -> int:
     """How many of this sweep's points the folder already holds."""
     return sum(1 for key in point_keys if key in done)
+
+
+# --- where runs go ----------------------------------------------------------------------------------------
+
+
+def stamp(now: dt.datetime | None = None) -> str:
+    """The UTC time that names output folders, e.g. 20261126T123000Z."""
+    return f"{now or dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}"
+
+
+def default_out(device_name: str | None, prefix: str = "") -> Path:
+    """``results/<prefix><UTC time>-<gpu>``: where a run goes when no folder is named."""
+    return Path("results") / f"{prefix}{stamp()}-{slug(device_name)}"
+
+
+def slug(device_name: str | None) -> str:
+    if not device_name:
+        return "cpu"
+    return re.sub(r"[^a-z0-9]+", "-", device_name.lower().replace("nvidia", "")).strip("-")

@@ -18,7 +18,7 @@ import torch
 from fa2bench.run import hardware
 from fa2bench.run.point import RunOptions, run_point
 from fa2bench.run.results import RunWriter
-from fa2bench.spec.presets import Point, SweepSpec
+from fa2bench.core.presets import Point, SweepSpec
 
 
 def run_sweep(points: Iterable[Point], writer: RunWriter, opts: RunOptions, device_peaks: dict,

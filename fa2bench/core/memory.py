@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from fa2bench.spec.presets import Shape, SpecError
+from fa2bench.core.presets import Shape, SpecError
 
 BYTES = {"fp16": 2, "bf16": 2, "fp32": 4, "tf32": 4}
 F32 = 4
@@ -67,7 +67,7 @@ def tensor_bytes(shape: Shape, dtype: str, mode: str) -> int:
 
 def reference_bytes(shape: Shape) -> int:
     """The float64 reference of the correctness check, on a slice when the point is large."""
-    from fa2bench.spec.reference import FULL_CHECK_LIMIT
+    from fa2bench.core.reference import FULL_CHECK_LIMIT
 
     scores = min(shape.batch * shape.heads * shape.seqlen_q * shape.seqlen_k, FULL_CHECK_LIMIT)
     return 8 * 3 * scores  # scores, probabilities and their gradient
@@ -116,7 +116,7 @@ def gib(n: int) -> str:
 def check_sizes(shapes) -> None:
     """Refuse sizes no machine can hold (SpecError, at parse time): a dimension past 2^31 - 1, or a point
     whose FLOP count does not fit 64 bits."""
-    from fa2bench.spec.flops import attention_flops
+    from fa2bench.core.flops import attention_flops
 
     names = {"batch": "--batch", "heads": "--heads", "kv_heads": "--kv-heads", "seqlen_q": "--seqlen",
              "seqlen_k": "--seqlen-k", "headdim": "--headdim"}

@@ -50,9 +50,9 @@ import math
 import re
 from typing import Mapping
 
-from fa2bench.spec import providers
-from fa2bench.spec.flops import MODES
-from fa2bench.spec.presets import Shape
+from fa2bench.core import providers
+from fa2bench.core.flops import MODES
+from fa2bench.core.presets import Shape
 
 DTYPE_BYTES = {"fp16": 2, "bf16": 2, "fp32": 4, "tf32": 4}
 F32 = 4  # statistics and scratch accumulators

@@ -12,11 +12,11 @@ import importlib.util
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
-from fa2bench.spec import device, precision
-from fa2bench.spec.device import interpreter_problem as _interpreter_problem
-from fa2bench.spec.flops import MODES
-from fa2bench.spec.memory import EAGER_WORKSPACE, MATH_WORKSPACE, NAIVE_WORKSPACE, streaming_workspace
-from fa2bench.spec.presets import DTYPES, Shape
+from fa2bench.core import device, precision
+from fa2bench.core.device import interpreter_problem as _interpreter_problem
+from fa2bench.core.flops import MODES
+from fa2bench.core.memory import EAGER_WORKSPACE, MATH_WORKSPACE, NAIVE_WORKSPACE, streaming_workspace
+from fa2bench.core.presets import DTYPES, Shape
 
 if TYPE_CHECKING:  # the registry imports no torch: listing providers and drawing figures stay light
     import torch
@@ -201,7 +201,7 @@ _ours("flash2", "flash2_attention", name="fa2", label="FlashAttention-2 (Triton)
           workspace_bytes=EAGER_WORKSPACE,
           description="standard attention in eager PyTorch: matmul, softmax in fp32, matmul")
 def _torch_eager(shape: Shape) -> AttnFn:
-    from fa2bench.spec.reference import attention_ref, causal_mask
+    from fa2bench.core.reference import attention_ref, causal_mask
 
     mask = causal_mask(shape.seqlen_q, shape.seqlen_k, device.name()) if shape.causal else None
     return functools.partial(attention_ref, causal=shape.causal, upcast=False, mask=mask)

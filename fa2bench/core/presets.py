@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from fa2bench.spec.flops import MODES
+from fa2bench.core.flops import MODES
 
 DTYPES = ("fp16", "bf16", "fp32", "tf32")  # tf32: fp32 inputs, matmuls on TF32 tensor cores
 

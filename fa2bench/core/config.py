@@ -26,9 +26,9 @@ import math
 from pathlib import Path
 from typing import Any, Mapping
 
-from fa2bench.spec.flops import MODES
-from fa2bench.spec.memory import check_sizes
-from fa2bench.spec.presets import DTYPES, SpecError, SweepSpec, parse_ints, parse_names
+from fa2bench.core.flops import MODES
+from fa2bench.core.memory import check_sizes
+from fa2bench.core.presets import DTYPES, SpecError, SweepSpec, parse_ints, parse_names
 
 INT_LISTS = {"seqlen": "seqlens", "seqlen_k": "seqlens_k", "headdim": "headdims", "batch": "batch",
              "heads": "heads", "kv_heads": "kv_heads"}
@@ -90,7 +90,7 @@ def _causal(value) -> tuple[bool, ...]:
 
 def spec_from(options: Mapping[str, Any], base: SweepSpec | str) -> SweepSpec:
     """The sweep ``options`` describe, on top of ``base`` (a spec, or a preset name that ``preset`` replaces)."""
-    from fa2bench.spec import providers
+    from fa2bench.core import providers
     options = normalise(options)
     if "preset" in options or isinstance(base, str):
         base = SweepSpec.from_name(str(getattr(options.get("preset"), "value", options.get("preset")) or base))
