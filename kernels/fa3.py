@@ -28,11 +28,10 @@ waits for its own wgmma. Backward: none (``fa3_attention`` refuses inputs that r
 
 Layout and limits: q (batch, heads, seqlen_q, headdim), k and v (batch, kv_heads, seqlen_k, headdim), heads a
 multiple of kv_heads (GQA/MQA); fp16 or bf16; head dim 64 or 128; any sequence lengths; an H100/H200 (sm_90).
-Inputs are viewed as 2-D (rows, headdim) for host-side TMA descriptors (made contiguous first if they are not).
-A block that runs past the end of one head's keys therefore reads the first rows of the next head (or TMA's
-zeros past the end of the tensor): those keys are masked to -inf, so their P is exactly 0, and 0 * v adds
-nothing as long as v is finite. Query rows past seqlen_q are computed and never stored. O is written through
-masked pointer stores.
+Inputs are viewed as 3-D (batch * heads, seqlen, headdim) for host-side TMA descriptors with [1, rows, headdim]
+blocks (made contiguous first if they are not), so rows past the end of a head's sequence load as TMA's zeros;
+keys past seqlen_k are also masked to -inf. Query rows past seqlen_q are computed and never stored. O is written
+through masked pointer stores.
 
 Tested: compiles for sm_90 under Triton 3.6 on a CPU machine (tests/test_fa3.py; SASS has HGMMA, UTMALDG and
 USETMAXREG). Not yet run on a GPU at the time of writing: see docs/fa3.md.
@@ -88,8 +87,8 @@ def _kv_blocks(m0, N_CTX_Q, N_CTX_K, CAUSAL: gl.constexpr, BLOCK_M: gl.constexpr
 @gluon.jit
 def _producer(q_desc, k_desc, v_desc, q_bufs, k_bufs, v_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty,
               H, GROUP, N_CTX_Q, N_CTX_K, n_tiles, CAUSAL: gl.constexpr, STAGES: gl.constexpr):
-    BLOCK_M: gl.constexpr = q_desc.block_type.shape[0]
-    BLOCK_N: gl.constexpr = k_desc.block_type.shape[0]
+    BLOCK_M: gl.constexpr = q_desc.block_type.shape[1]
+    BLOCK_N: gl.constexpr = k_desc.block_type.shape[1]
     n_m = gl.cdiv(N_CTX_Q, BLOCK_M)
     BH = n_tiles // n_m
     it = 0  # K/V blocks issued so far: stage it % STAGES, its use number it // STAGES
@@ -98,18 +97,18 @@ def _producer(q_desc, k_desc, v_desc, q_bufs, k_bufs, v_bufs, q_ready, q_empty, 
         mb, bh = _tile(t, n_m, BH, CAUSAL)
         m0 = mb * BLOCK_M
         n_full, n_blocks = _kv_blocks(m0, N_CTX_Q, N_CTX_K, CAUSAL, BLOCK_M, BLOCK_N)
-        kv_row = (bh // H * (H // GROUP) + bh % H // GROUP) * N_CTX_K
+        kv_bh = bh // H * (H // GROUP) + bh % H // GROUP  # batch * kv_heads index of query head bh
         qb = done % 2
         mbarrier.wait(q_empty.index(qb), (done // 2 & 1) ^ 1)  # a fresh barrier passes phase 1 at once
         mbarrier.expect(q_ready.index(qb), q_desc.block_type.nbytes)
-        tma_load(q_desc, [bh * N_CTX_Q + m0, 0], q_ready.index(qb), q_bufs.index(qb))
+        tma_load(q_desc, [bh, m0, 0], q_ready.index(qb), q_bufs.index(qb))
         for j in range(n_blocks):
             s = it % STAGES
             mbarrier.wait(kv_empty.index(s), (it // STAGES & 1) ^ 1)
             mbarrier.expect(k_ready.index(s), k_desc.block_type.nbytes)
-            tma_load(k_desc, [kv_row + j * BLOCK_N, 0], k_ready.index(s), k_bufs.index(s))
+            tma_load(k_desc, [kv_bh, j * BLOCK_N, 0], k_ready.index(s), k_bufs.index(s))
             mbarrier.expect(v_ready.index(s), v_desc.block_type.nbytes)
-            tma_load(v_desc, [kv_row + j * BLOCK_N, 0], v_ready.index(s), v_bufs.index(s))
+            tma_load(v_desc, [kv_bh, j * BLOCK_N, 0], v_ready.index(s), v_bufs.index(s))
             it += 1
         done += 1
 
@@ -125,13 +124,15 @@ def _attend(acc, m_i, l_i, q, k_bufs, v_bufs, k_ready, v_ready, kv_empty, it, lo
     """K/V blocks [lo, hi) of one query tile: online softmax with deferred normalisation (FA2's update).
     MASK: mask keys past seqlen_k and, if CAUSAL, above the diagonal; else no mask at all."""
     BLOCK_M: gl.constexpr = q.shape[0]
-    BLOCK_N: gl.constexpr = k_bufs.shape[1]
+    BLOCK_N: gl.constexpr = k_bufs.shape[2]
+    HEAD_DIM: gl.constexpr = k_bufs.shape[3]
     o_rows: gl.constexpr = gl.SliceLayout(1, acc.type.layout)
     for j in range(lo, hi):
         s = it % STAGES
         phase = it // STAGES & 1
         mbarrier.wait(k_ready.index(s), phase)
-        qk = warpgroup_mma(q, k_bufs.index(s).permute((1, 0)), gl.zeros([BLOCK_M, BLOCK_N], gl.float32, s_layout),
+        k = k_bufs.index(s).reshape([BLOCK_N, HEAD_DIM])
+        qk = warpgroup_mma(q, k.permute((1, 0)), gl.zeros([BLOCK_M, BLOCK_N], gl.float32, s_layout),
                            use_acc=False, is_async=True)
         qk = warpgroup_mma_wait(num_outstanding=0, deps=(qk,))
         if MASK:
@@ -153,7 +154,7 @@ def _attend(acc, m_i, l_i, q, k_bufs, v_bufs, k_ready, v_ready, kv_empty, it, lo
         acc = acc * gl.convert_layout(alpha, o_rows)[:, None]
         p = gl.convert_layout(p.to(v_bufs.dtype), p_layout)
         mbarrier.wait(v_ready.index(s), phase)
-        acc = warpgroup_mma(p, v_bufs.index(s), acc, is_async=True)
+        acc = warpgroup_mma(p, v_bufs.index(s).reshape([BLOCK_N, HEAD_DIM]), acc, is_async=True)
         acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
         mbarrier.arrive(kv_empty.index(s), count=1)
         it += 1
@@ -163,9 +164,9 @@ def _attend(acc, m_i, l_i, q, k_bufs, v_bufs, k_ready, v_ready, kv_empty, it, lo
 @gluon.jit
 def _consumer(q_bufs, k_bufs, v_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty, O, LSE, qk_scale,
               N_CTX_Q, N_CTX_K, n_tiles, CAUSAL: gl.constexpr, STAGES: gl.constexpr, num_warps: gl.constexpr):
-    BLOCK_M: gl.constexpr = q_bufs.shape[1]
-    HEAD_DIM: gl.constexpr = q_bufs.shape[2]
-    BLOCK_N: gl.constexpr = k_bufs.shape[1]
+    BLOCK_M: gl.constexpr = q_bufs.shape[2]
+    HEAD_DIM: gl.constexpr = q_bufs.shape[3]
+    BLOCK_N: gl.constexpr = k_bufs.shape[2]
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
                                                        instr_shape=[16, BLOCK_N, 16])
     o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
@@ -183,7 +184,7 @@ def _consumer(q_bufs, k_bufs, v_bufs, q_ready, q_empty, k_ready, v_ready, kv_emp
         n_full, n_blocks = _kv_blocks(m0, N_CTX_Q, N_CTX_K, CAUSAL, BLOCK_M, BLOCK_N)
         qb = done % 2
         mbarrier.wait(q_ready.index(qb), done // 2 & 1)
-        q = q_bufs.index(qb)
+        q = q_bufs.index(qb).reshape([BLOCK_M, HEAD_DIM])
         m_i = gl.full([BLOCK_M], -1.0e30, gl.float32, s_rows)  # finite: never -inf - -inf
         l_i = gl.zeros([BLOCK_M], gl.float32, s_rows)
         acc = gl.zeros([BLOCK_M, HEAD_DIM], gl.float32, o_layout)
@@ -275,11 +276,11 @@ def unsupported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> str | None
     return None
 
 
-def _tma_rows(t: torch.Tensor) -> torch.Tensor:
-    """``t`` as (rows, headdim), contiguous and 16-byte aligned, as host TMA descriptors need."""
+def _tma_heads(t: torch.Tensor) -> torch.Tensor:
+    """``t`` as (batch * heads, seqlen, headdim), contiguous and 16-byte aligned, as host TMA descriptors need."""
     if not t.is_contiguous() or t.data_ptr() % 16:
         t = t.clone(memory_format=torch.contiguous_format)
-    return t.view(-1, t.shape[-1])
+    return t.view(-1, t.shape[-2], t.shape[-1])
 
 
 def fa3_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = False,
@@ -295,10 +296,10 @@ def fa3_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool 
         raise ValueError(f"fa3: {reason}")
     cfg = tiles(shape.headdim)
     bm, bn, d = cfg["BLOCK_M"], cfg["BLOCK_N"], shape.headdim
-    q2, k2, v2 = _tma_rows(q), _tma_rows(k), _tma_rows(v)
-    q_desc = TensorDescriptor.from_tensor(q2, [bm, d], smem_layout([bm, d], q.dtype))
-    k_desc = TensorDescriptor.from_tensor(k2, [bn, d], smem_layout([bn, d], q.dtype))
-    v_desc = TensorDescriptor.from_tensor(v2, [bn, d], smem_layout([bn, d], q.dtype))
+    q3, k3, v3 = _tma_heads(q), _tma_heads(k), _tma_heads(v)
+    q_desc = TensorDescriptor.from_tensor(q3, [1, bm, d], smem_layout([1, bm, d], q.dtype))
+    k_desc = TensorDescriptor.from_tensor(k3, [1, bn, d], smem_layout([1, bn, d], q.dtype))
+    v_desc = TensorDescriptor.from_tensor(v3, [1, bn, d], smem_layout([1, bn, d], q.dtype))
     o = torch.empty(q.shape, device=q.device, dtype=q.dtype)
     lse = torch.empty(q.shape[:3], device=q.device, dtype=torch.float32)
     n_tiles = triton.cdiv(shape.seqlen_q, bm) * shape.batch * shape.heads

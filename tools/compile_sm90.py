@@ -98,7 +98,7 @@ def compile_fa3(headdim: int, causal: bool, dtype: str = "fp16", capability: int
     torch_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
 
     def desc(rows: int) -> str:
-        return f"tensordesc<{dtype}[{rows}, {headdim}],{fa3.smem_layout([rows, headdim], torch_dtype)!r}>"
+        return f"tensordesc<{dtype}[1, {rows}, {headdim}],{fa3.smem_layout([1, rows, headdim], torch_dtype)!r}>"
 
     sig = dict(q_desc=desc(cfg["BLOCK_M"]), k_desc=desc(cfg["BLOCK_N"]), v_desc=desc(cfg["BLOCK_N"]),
                O="*" + dtype, LSE="*fp32", qk_scale="fp32", H="i32", GROUP="i32", N_CTX_Q="i32", N_CTX_K="i32",

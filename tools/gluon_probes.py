@@ -22,6 +22,8 @@ from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared
 from compile_sm90 import compile_gluon, resources, root_cause, sass  # noqa: E402
 
 TILE = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
+TILE3 = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=3)
+TILE_LAYOUT = gl.constexpr(TILE)
 
 
 def desc(block, layout=TILE, dtype="fp16") -> str:
@@ -115,6 +117,60 @@ def persistent_device_desc_probe(x_ptr, out_ptr, rows, n_tiles, num_warps: gl.co
         fence_async_shared()
 
 
+@gluon.jit
+def rank3_desc_probe(a_desc, b_desc, out_ptr, num_warps: gl.constexpr):
+    """A rank-3 descriptor (head, row, dim) with block [1, 64, 64], its tile reshaped to 2-D for wgmma: rows past
+    one head's end would read TMA's zeros instead of the next head's rows."""
+    bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    mbarrier.init(bar, count=1)
+    a = gl.allocate_shared_memory(a_desc.dtype, a_desc.block_type.shape, a_desc.layout)
+    b = gl.allocate_shared_memory(b_desc.dtype, b_desc.block_type.shape, b_desc.layout)
+    mbarrier.expect(bar, a_desc.block_type.nbytes + b_desc.block_type.nbytes)
+    tma.async_copy_global_to_shared(a_desc, [0, 0, 0], bar, a)
+    tma.async_copy_global_to_shared(b_desc, [0, 0, 0], bar, b)
+    mbarrier.wait(bar, phase=0)
+    layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
+                                                     instr_shape=[16, 64, 16])
+    acc = warpgroup_mma(a.reshape([64, 64]), b.reshape([64, 64]).permute((1, 0)),
+                        gl.zeros([64, 64], gl.float32, layout))
+    rows = gl.arange(0, 64, gl.SliceLayout(1, layout))
+    cols = gl.arange(0, 64, gl.SliceLayout(0, layout))
+    gl.store(out_ptr + rows[:, None] * 64 + cols[None, :], acc)
+
+
+@gluon.jit
+def _mma_worker(a_smem, out_ptr):
+    layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, 64, 16])
+    acc = warpgroup_mma(a_smem, a_smem.permute((1, 0)), gl.zeros([64, 64], gl.float32, layout))
+    rows = gl.arange(0, 64, gl.SliceLayout(1, layout))
+    cols = gl.arange(0, 64, gl.SliceLayout(0, layout))
+    gl.store(out_ptr + rows[:, None] * 64 + cols[None, :], acc)
+
+
+@gluon.jit
+def _idle(a_smem, out_ptr):
+    pass
+
+
+@gluon.jit
+def wgmma_in_worker_probe(out_ptr, num_warps: gl.constexpr):
+    """wgmma in a 4-warp worker partition with 232 registers, as a second consumer warpgroup (ping-pong) needs."""
+    a_smem = gl.allocate_shared_memory(gl.float16, [64, 64], TILE_LAYOUT)
+    gl.warp_specialize([(_idle, (a_smem, out_ptr)), (_mma_worker, (a_smem, out_ptr))], [4], [232])
+
+
+@gluon.jit
+def _use_tensor(x):
+    gl.static_print(x)
+
+
+@gluon.jit
+def tensor_to_worker_probe(out_ptr, num_warps: gl.constexpr):
+    """A register tensor passed to a worker partition (the tutorial says only the default partition may)."""
+    x = gl.arange(0, 128, gl.BlockedLayout([1], [32], [num_warps], [0]))
+    gl.warp_specialize([(_use_tensor, (x,)), (_use_tensor, (x,))], [1], [24])
+
+
 PROBES = {
     "wgmma+tma+mbarrier": (wgmma_tma_probe, dict(a_desc=desc([64, 64]), b_desc=desc([64, 64]), out_ptr="*fp32"),
                            dict(num_warps=4), 4, {}),
@@ -124,6 +180,13 @@ PROBES = {
     "persistent + device-side descriptor": (
         persistent_device_desc_probe, dict(x_ptr="*fp16", out_ptr="*fp16", rows="i32", n_tiles="i32"),
         dict(num_warps=4), 4, {}),
+    "rank-3 descriptor, tile reshaped to 2-D for wgmma": (
+        rank3_desc_probe, dict(a_desc=desc([1, 64, 64], TILE3), b_desc=desc([1, 64, 64], TILE3), out_ptr="*fp32"),
+        dict(num_warps=4), 4, {}),
+    "wgmma in a 4-warp worker partition (232 regs)": (wgmma_in_worker_probe, dict(out_ptr="*fp32"),
+                                                      dict(num_warps=4), 4, {}),
+    "register tensor passed to a worker partition": (tensor_to_worker_probe, dict(out_ptr="*fp32"),
+                                                     dict(num_warps=4), 4, {}),
 }
 
 
