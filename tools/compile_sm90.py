@@ -5,6 +5,10 @@ device time is spent.
     python3 tools/compile_sm90.py --kernel fwd --headdim 128 --tma --configs 128x64w4s3,128x128w8s2
 
 Sequence lengths stay runtime ints in these kernels, so one compile per (kernel, switches, config) covers all.
+``compile_gluon`` does the same for a Gluon kernel (``triton.experimental.gluon``, Triton >= 3.6), whose source
+class differs, and ``sass`` disassembles a compiled kernel (to look for HGMMA or SETMAXNREG):
+
+    python3 tools/compile_sm90.py --kernel fa3 --headdim 128 --causal
 """
 from __future__ import annotations
 
@@ -64,6 +68,46 @@ def compile_one(kernel: str, cfg: triton.Config, headdim: int, causal: bool, tma
                           options=dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages))
 
 
+def compile_gluon(fn, signature: dict, constexprs: dict, num_warps: int, capability: int = 90, **options):
+    """Compile the Gluon kernel ``fn`` for ``sm_<capability>``: ``signature`` maps each runtime argument to its
+    Triton type string (``"*fp16"``, ``"i32"``, ``"tensordesc<fp16[128, 64],NVMMASharedLayout(...)>"``),
+    ``constexprs`` maps the compile-time arguments to their values."""
+    from triton.experimental.gluon._runtime import GluonASTSource
+    sig = {name: ("constexpr" if name in constexprs else signature[name]) for name in fn.arg_names}
+    src = GluonASTSource(fn=fn, signature=sig,
+                         constexprs={(fn.arg_names.index(k),): v for k, v in constexprs.items()})
+    return triton.compile(src, target=GPUTarget("cuda", capability, 32), options=dict(num_warps=num_warps, **options))
+
+
+def sass(kernel) -> str:
+    """The SASS of a compiled kernel, from the bundled cuobjdump."""
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(kernel.asm["cubin"])
+        f.flush()
+        return subprocess.run([tool, "--dump-sass", f.name], capture_output=True, text=True).stdout
+
+
+def compile_fa3(headdim: int, causal: bool, dtype: str = "fp16", capability: int = 90):
+    """Rung 8's Gluon forward (kernels/fa3.py) for ``sm_<capability>`` at its tiles for ``headdim``."""
+    import torch
+
+    from fa2bench.kernels import fa3
+
+    cfg = fa3.tiles(headdim)
+    torch_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
+
+    def desc(rows: int) -> str:
+        return f"tensordesc<{dtype}[1, {rows}, {headdim}],{fa3.smem_layout([1, rows, headdim], torch_dtype)!r}>"
+
+    sig = dict(q_desc=desc(cfg["BLOCK_M"]), k_desc=desc(cfg["BLOCK_N"]), v_desc=desc(cfg["BLOCK_N"]),
+               O="*" + dtype, LSE="*fp32", qk_scale="fp32", H="i32", GROUP="i32", N_CTX_Q="i32", N_CTX_K="i32",
+               n_tiles="i32")
+    return compile_gluon(fa3.TRITON_KERNELS["fwd"], sig,
+                         dict(CAUSAL=causal, STAGES=cfg["STAGES"], num_warps=fa3.NUM_WARPS), fa3.NUM_WARPS,
+                         capability)
+
+
 def resources(kernel) -> str:
     """Registers, spill stores and shared memory of a compiled kernel, from cuobjdump on its cubin."""
     tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
@@ -87,7 +131,7 @@ def root_cause(exc: BaseException) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--kernel", default="fwd", choices=list(flash2.JIT_KERNELS))
+    ap.add_argument("--kernel", default="fwd", choices=[*flash2.JIT_KERNELS, "fa3"])
     ap.add_argument("--headdim", type=int, default=128)
     ap.add_argument("--causal", action="store_true")
     ap.add_argument("--tma", action="store_true")
@@ -96,6 +140,15 @@ def main() -> None:
     ap.add_argument("--dtype", default="fp16")
     ap.add_argument("--configs", default="", help="comma list like 128x64w4s3; default: the candidate list")
     a = ap.parse_args()
+    if a.kernel == "fa3":  # one Gluon kernel, its tiles fixed per head dim
+        name = f"fa3 d{a.headdim} {a.dtype}{' causal' if a.causal else ''}"
+        try:
+            k = compile_fa3(a.headdim, a.causal, a.dtype)
+            units = sorted(set(re.findall(r"\b(HGMMA|USETMAXREG|UTMALDG)", sass(k))))
+            print(f"{name}: {resources(k)} sass {','.join(units)}", flush=True)
+        except Exception as exc:
+            print(f"{name}: FAILED {root_cause(exc)}", flush=True)
+        return
     cfgs = [parse(c) for c in a.configs.split(",") if c] or flash2._CANDIDATES[a.kernel]
     for cfg in cfgs:
         name = f"{cfg.kwargs['BLOCK_M']}x{cfg.kwargs['BLOCK_N']}w{cfg.num_warps}s{cfg.num_stages}"

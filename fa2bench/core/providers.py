@@ -50,9 +50,13 @@ class Provider:
     workspace_bytes: Callable[[Shape, str, str], int] = streaming_workspace
     rung: int | None = None  # place on the FA1 -> FA2 ablation ladder (1..7; fa1-split is 2, a side step)
     function: str | None = None  # the public fa2bench.kernels function of one of fa2bench's own providers
+    sm: int | None = None  # the one GPU architecture it runs on (90: Hopper), None for any
+    headdims: frozenset | None = None  # the head dims it supports, when not every one up to max_headdim
 
     def availability(self, device: str) -> str | None:
         """None if usable on ``device`` ("cuda" or "cpu"), else why not."""
+        if self.sm is not None and not _gpu_is(self.sm, device):
+            return f"needs {SM_NAMES.get(self.sm, 'an')} GPU (sm_{self.sm})"
         if device not in self.devices:
             return "needs a CUDA GPU" if device == "cpu" else f"does not run on {device}"
         if self.requires and importlib.util.find_spec(self.requires) is None:
@@ -72,9 +76,23 @@ class Provider:
             return "the Triton CPU interpreter computes wrong bf16 dot products"
         if shape.headdim > self.max_headdim:
             return f"head dim {shape.headdim} > {self.max_headdim}"
+        if self.headdims is not None and shape.headdim not in self.headdims:
+            return f"head dim {shape.headdim} not supported ({', '.join(map(str, sorted(self.headdims)))})"
         if mode not in self.modes:
             return f"mode {mode} not supported"
         return None
+
+
+SM_NAMES = {90: "a Hopper"}
+
+
+def _gpu_is(sm: int, device: str) -> bool:
+    """Whether ``device`` is a CUDA GPU of compute capability ``sm`` (90: 9.0)."""
+    if device != "cuda":
+        return False
+    import torch
+
+    return torch.cuda.is_available() and torch.cuda.get_device_capability() == divmod(sm, 10)
 
 
 REGISTRY: dict[str, Provider] = {}
@@ -150,8 +168,8 @@ def _ours(module: str, function: str, **kwargs):
         fn = getattr(importlib.import_module("fa2bench.kernels"), function)
         return functools.partial(_call_kernel, fn, shape.causal)
 
-    register(kind="ours", devices=frozenset({"cuda", "cpu"}), module=module, function=function,
-             config=lambda: _kernel_module(module).last_config(), **kwargs)(make)
+    register(**{"kind": "ours", "devices": frozenset({"cuda", "cpu"}), "module": module, "function": function,
+                "config": lambda: _kernel_module(module).last_config(), **kwargs})(make)
 
 
 def _call_kernel(fn, causal, q, k, v):
@@ -191,6 +209,12 @@ _ours("ladder", "r6_attention", name="r6-skip", label="R6: + causal block skippi
 _ours("flash2", "flash2_attention", name="fa2", label="FlashAttention-2 (Triton)", color="#d62728", io_model="fa2",
       rung=7, roles=frozenset({"subject"}),
       description="FlashAttention-2's algorithm in Triton: sequence parallel, deferred rescaling")
+# Rung 8 is a Gluon kernel (Triton's Hopper dialect), forward only so far: it does not run in the interpreter.
+_ours("fa3", "fa3_attention", name="fa3", label="R8: + TMA producer, wgmma consumers (Gluon)", color="#e377c2",
+      rung=8, io_model="fa2", devices=frozenset({"cuda"}), sm=90, dtypes=frozenset({"fp16", "bf16"}),
+      headdims=frozenset({64, 128}), max_headdim=128, modes=frozenset({"fwd"}),
+      description="ablation rung 8: persistent, warp-specialised (TMA producer warp, two wgmma consumer "
+                  "warpgroups, mbarrier K/V ring, setmaxnreg); Hopper, forward only")
 
 
 # --- PyTorch ---------------------------------------------------------------------------------------------

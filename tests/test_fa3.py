@@ -1,0 +1,131 @@
+"""fa3 (kernels/fa3.py): rung 8's Hopper forward in Gluon.
+
+On the CPU: the kernel compiles for sm_90 (Gluon does not run in the interpreter) with wgmma, TMA and register
+reallocation in its SASS and no spills; the provider and the function refuse what they cannot run, in one line.
+On a Hopper GPU (``-m gpu``): output and log-sum-exp against the float64 reference, fp16 and bf16, head dims 64
+and 128, causal or not, GQA/MQA, ragged and unequal lengths; repeated runs bit-equal.
+"""
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from fa2bench.core import providers
+from fa2bench.core.presets import Shape
+from fa2bench.core.reference import attention_ref, causal_mask, check_attention
+from tests.kernel_cases import make_qkv, shape_id
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _gluon_hopper_problem() -> str | None:
+    """Why this Triton cannot compile fa3 (None if it can): Gluon's Hopper API arrived in Triton 3.6."""
+    try:
+        from triton.experimental.gluon.language.nvidia.hopper import tma, warpgroup_mma  # noqa: F401
+    except ImportError as exc:
+        return f"this Triton has no Gluon Hopper API ({exc})"
+    return None
+
+
+def compile_fa3(*args: str) -> str:
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = subprocess.run([sys.executable, str(ROOT / "tools" / "compile_sm90.py"), "--kernel", "fa3", *args],
+                         capture_output=True, text=True, env=env, timeout=300)
+    return out.stdout + out.stderr[-2000:] * (out.returncode != 0)
+
+
+@pytest.mark.skipif(_gluon_hopper_problem() is not None, reason=str(_gluon_hopper_problem()))
+@pytest.mark.parametrize("args", [("--headdim", "128", "--causal"), ("--headdim", "64", "--dtype", "bf16")],
+                         ids=["d128-fp16-causal", "d64-bf16-full"])
+def test_compiles_for_sm90_with_wgmma_tma_and_register_reallocation(args):
+    out = compile_fa3(*args)
+    assert "FAILED" not in out and "sass HGMMA,USETMAXREG,UTMALDG" in out, out
+    assert "stack 0 " in out, out  # no spills
+    smem = int(out.split("smem ")[1].split()[0])
+    assert smem <= 227 * 1024, out  # fits an H100's shared memory per block
+
+
+def test_provider_is_rung_8_forward_only_and_hopper_only():
+    p = providers.get("fa3")
+    assert (p.rung, p.kind, p.module, p.function, set(p.modes)) == (8, "ours", "fa3", "fa3_attention", {"fwd"})
+    assert p.availability("cpu") == "needs a Hopper GPU (sm_90)"
+    if not torch.cuda.is_available() or torch.cuda.get_device_capability() != (9, 0):
+        assert p.availability("cuda") == "needs a Hopper GPU (sm_90)"
+    gpu = "cuda"
+    assert p.unsupported_reason(Shape(1, 2, 2, 64, 64, 96, False), "fp16", "fwd", gpu) in (
+        "head dim 96 not supported (64, 128)", p.availability(gpu))
+
+
+def test_unsupported_inputs_are_one_line_errors():
+    from fa2bench.kernels import fa3_attention
+
+    q = torch.randn(1, 2, 16, 64)
+    with pytest.raises(ValueError, match=r"^fa3: dtype torch.float32 not supported \(fp16, bf16\)$"):
+        fa3_attention(q, q, q)
+    h = torch.randn(1, 2, 16, 96, dtype=torch.float16)
+    with pytest.raises(ValueError, match=r"^fa3: head dim 96 not supported \(64, 128\)$"):
+        fa3_attention(h, h, h)
+    g = torch.randn(1, 2, 16, 64, dtype=torch.float16, requires_grad=True)
+    with pytest.raises(ValueError, match="forward-only"):
+        fa3_attention(g, g, g)
+
+
+# --- on a Hopper GPU ---------------------------------------------------------------------------------------------
+
+SHAPES = [  # (batch, heads, kv_heads, seqlen_q, seqlen_k, headdim)
+    (1, 2, 2, 128, 128, 64),  # one tile
+    (2, 4, 2, 333, 517, 128),  # GQA, ragged, seqlen_q < seqlen_k
+    (1, 4, 1, 1000, 77, 64),  # MQA, seqlen_q > seqlen_k: under causal the first rows see no key
+    (1, 2, 2, 77, 1000, 128),  # a short query block against many keys
+    (2, 3, 3, 1, 129, 64),  # one query row
+    (2, 8, 4, 2048, 2048, 128),  # 256 tiles: more than one per SM of the persistent grid
+]
+
+
+def _hopper() -> bool:
+    return torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0)
+
+
+def lse_ref(q, k, causal):
+    """log2(sum_j exp(q.k_j / sqrt(d))) in float64, +inf for a row that sees no key (written independently of
+    the kernel: full score matrix, torch.logsumexp)."""
+    group = q.shape[1] // k.shape[1]
+    k = k.double().repeat_interleave(group, dim=1)
+    s = q.double() @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
+    if causal:
+        masked, _ = causal_mask(q.shape[2], k.shape[2], q.device)
+        s = s.masked_fill(masked, float("-inf"))
+    lse = torch.logsumexp(s, dim=-1) / math.log(2)
+    return torch.where(torch.isfinite(lse), lse, torch.full_like(lse, float("inf")))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _hopper(), reason="needs a Hopper GPU (sm_90)")
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("shape", SHAPES, ids=shape_id)
+def test_output_and_lse_match_the_float64_reference(shape, dtype, causal):
+    from fa2bench.kernels.fa3 import fa3_attention, fa3_forward
+
+    q, k, v = make_qkv(shape, dtype, "cuda")
+    verdict = check_attention(lambda q, k, v, c: fa3_attention(q, k, v, causal=c), q, k, v, causal, backward=False)
+    assert verdict.ok, verdict.detail
+    o, lse = fa3_forward(q, k, v, causal=causal)
+    torch.testing.assert_close(lse.double(), lse_ref(q, k, causal), atol=1e-3, rtol=1e-5)
+    o2, lse2 = fa3_forward(q, k, v, causal=causal)
+    assert torch.equal(o, o2) and torch.equal(lse, lse2), "repeated runs differ"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _hopper(), reason="needs a Hopper GPU (sm_90)")
+def test_non_contiguous_inputs_and_custom_scale():
+    from fa2bench.kernels.fa3 import fa3_attention
+
+    q, k, v = make_qkv((2, 4, 2, 300, 300, 128), torch.float16, "cuda", bshd=True)
+    o = fa3_attention(q, k, v, causal=True, sm_scale=0.05)
+    ref = attention_ref(q, k, v, causal=True, sm_scale=0.05).to(o.dtype)
+    torch.testing.assert_close(o, ref, atol=2e-3, rtol=0)
