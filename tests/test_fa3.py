@@ -16,7 +16,7 @@ import torch
 
 from fa2bench.core import providers
 from fa2bench.core.presets import Shape
-from fa2bench.core.reference import attention_ref, causal_mask, check_attention
+from fa2bench.core.reference import attention_ref, check_attention
 from tests.kernel_cases import make_qkv, shape_id
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -96,9 +96,10 @@ def lse_ref(q, k, causal):
     group = q.shape[1] // k.shape[1]
     k = k.double().repeat_interleave(group, dim=1)
     s = q.double() @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
-    if causal:
-        masked, _ = causal_mask(q.shape[2], k.shape[2], q.device)
-        s = s.masked_fill(masked, float("-inf"))
+    if causal:  # bottom-right aligned; a row that sees no key is all -inf (causal_mask keeps such rows finite)
+        rows = torch.arange(q.shape[2], device=q.device)[:, None]
+        cols = torch.arange(k.shape[2], device=q.device)[None, :]
+        s = s.masked_fill(cols > rows + (k.shape[2] - q.shape[2]), float("-inf"))
     lse = torch.logsumexp(s, dim=-1) / math.log(2)
     return torch.where(torch.isfinite(lse), lse, torch.full_like(lse, float("inf")))
 
