@@ -110,7 +110,7 @@ def sweep(
     causal: _opt(Causal, "Causal masking.", SHAPE) = None,
     page_size: _opt(str, "Decode: KV-cache page sizes, 0 for a contiguous cache (e.g. 0,16,64,256).", SHAPE) = None,
     ragged: _opt(Causal, "Decode: KV lengths spread over the batch (on), uniform (off) or both.", SHAPE) = None,
-    max_kv_tokens: _opt(int, "Leave out shapes with batch x seqlen-k above this.", SHAPE) = None,
+    max_kv_tokens: _opt(int, "Leave out shapes with batch x seqlen-k above this (0: no cap).", SHAPE) = None,
     dtype: Annotated[Optional[str], typer.Option(help="Dtypes: " + ",".join(DTYPES) + " (tf32: fp32 inputs, "
                                                  "TF32 matmuls).", rich_help_panel=SHAPE)] = None,
     mode: Annotated[Optional[str], typer.Option(help="Passes: " + ",".join(MODES) + ", decode.",

@@ -156,7 +156,7 @@ def _parse_csv(source) -> pd.DataFrame:
         if col not in frame:
             frame[col] = pd.NA
     for col, default in KEY_DEFAULTS.items():  # a file (or row) from before decode points: the defaults
-        frame[col] = frame[col].fillna(default)
+        frame[col] = [default if pd.isna(v) else v for v in frame[col]]
     frame["page_size"] = frame["page_size"].astype(int)
     frame["ragged"] = frame["ragged"].map(_as_bool).astype(bool)
     frame["causal"] = frame["causal"].map(_as_bool).astype(bool)
@@ -343,6 +343,9 @@ def load_run(path: str | Path) -> pd.DataFrame:
         if path.suffix == ".parquet" or (path.is_dir() and parquet_path.exists() and (
                 not csv_path.exists() or parquet_path.stat().st_mtime >= csv_path.stat().st_mtime)):
             frame = pd.read_parquet(parquet_path if path.is_dir() else path)
+            for col, default in KEY_DEFAULTS.items():  # written before decode points existed
+                if col not in frame:
+                    frame[col] = default
         elif csv_path.exists() or path.suffix == ".csv":
             frame = read_csv(csv_path if path.is_dir() else path)
         else:

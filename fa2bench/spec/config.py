@@ -10,7 +10,8 @@ Fields (a file may spell them with dashes, as on the command line):
 - ``tokens``, ``hidden``: one number (batch = tokens // seqlen, heads = hidden // headdim);
 - ``causal``: ``"off"``, ``"on"``, ``"both"`` or a boolean;
 - decode only: ``page_size`` (whole numbers, 0 for a contiguous cache) and ``ragged`` (like ``causal``);
-- ``max_kv_tokens``: one number, shapes with batch * seqlen_k above it are left out (the decode preset's cap);
+- ``max_kv_tokens``: one number, shapes with batch * seqlen_k above it are left out (the decode preset's cap;
+  0: no cap);
 - ``dtype``, ``mode``, ``provider``: a list of names or comma-separated text;
 - run options ``check``, ``warmup_ms``, ``rep_ms``, ``peak_tflops``, ``ceilings``, ``isolate`` (None: on with a
   GPU, off without one), ``point_timeout`` (seconds); and ``out``, ``resume``, ``extend``;
@@ -127,7 +128,7 @@ def spec_from(options: Mapping[str, Any], base: SweepSpec | str) -> SweepSpec:
     if "page_size" in options:
         changes["page_sizes"] = _page_sizes(options["page_size"])
     if "max_kv_tokens" in options:
-        changes["max_kv_tokens"] = _int("max_kv_tokens", options["max_kv_tokens"])
+        changes["max_kv_tokens"] = _int("max_kv_tokens", options["max_kv_tokens"]) or None  # 0: no cap
     allowed = {"dtype": DTYPES, "mode": ALL_MODES, "provider": providers.names()}
     for key, field in NAME_LISTS.items():
         if key in options:
@@ -175,12 +176,8 @@ def spec_fields(spec: SweepSpec, providers: tuple[str, ...] | None = None) -> di
     fields.update({"batch": spec.batch} if spec.batch else {"tokens": spec.tokens})
     fields.update({"heads": spec.heads} if spec.heads else {"hidden": spec.hidden})
     fields.update({k: v for k, v in (("seqlen_k", spec.seqlens_k), ("kv_heads", spec.kv_heads)) if v})
-    if tuple(spec.page_sizes) != (0,):
-        fields["page_size"] = spec.page_sizes
-    if spec.max_kv_tokens is not None:
-        fields["max_kv_tokens"] = spec.max_kv_tokens
-    if tuple(spec.ragged) != (False,):
-        fields["ragged"] = next(k for k, v in CAUSAL.items() if v == tuple(spec.ragged))
+    fields.update(page_size=spec.page_sizes, max_kv_tokens=spec.max_kv_tokens or 0,
+                  ragged=next(k for k, v in CAUSAL.items() if v == tuple(spec.ragged)))
     return {k: v for k, v in fields.items() if v not in ((), None)}
 
 

@@ -193,16 +193,14 @@ PRESETS = {
     "quick": SweepSpec(seqlens=(1024, 4096), headdims=(64, 128), tokens=16384, hidden=2048,
                        modes=("fwd", "bwd")),
     # Tiny shapes that the Triton CPU interpreter gets through in seconds (what CI and a GPU-less laptop run).
+    "smoke": SweepSpec(seqlens=(64, 97), headdims=(32,), batch=(1,), heads=(2,), dtypes=("fp32",),
+                       modes=("fwd", "bwd")),
     # Decoding (issue 19): one new token per sequence; Llama-3-8B-like (32 query / 8 KV heads) and 70B-like
     # (64 / 8) attention, d128, bf16; batch x KV length pruned to 2M cached tokens per point (8 GiB of K and V), so
     # b64 stops at 16k and b256 at 4k; contiguous and 64-token pages (other page sizes: --page-size).
     "decode": SweepSpec(seqlens=(1,), seqlens_k=(1024, 4096, 16384, 65536, 131072), headdims=(128,),
                         batch=(1, 4, 16, 64, 256), heads=(32, 64), kv_heads=(8,), causal=(True,), dtypes=("bf16",),
-                        modes=(DECODE,), page_sizes=(0, 64), max_kv_tokens=2**21,
-                        providers=("fa2-decode", "sdpa-flash", "sdpa-cudnn", "sdpa-efficient", "flex",
-                                   "torch-eager")),
-    "smoke": SweepSpec(seqlens=(64, 97), headdims=(32,), batch=(1,), heads=(2,), dtypes=("fp32",),
-                       modes=("fwd", "bwd")),
+                        modes=(DECODE,), page_sizes=(0, 64), max_kv_tokens=2**21),
 }
 
 

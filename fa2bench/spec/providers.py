@@ -85,6 +85,11 @@ class Provider:
             return f"mode {mode} not supported"
         return None
 
+    def runs_mode(self, mode: str) -> bool:
+        """Whether it has a path for ``mode`` at all (a sweep's default providers are those that run one of its
+        modes: fa2-decode stays out of training sweeps, the training-only kernels out of decode sweeps)."""
+        return bool(self.decode) if mode == DECODE else mode in self.modes
+
     def _decode_reason(self, shape: Shape) -> str | None:
         if not self.decode:
             return "no decode path"
