@@ -153,7 +153,8 @@ def _decode_kernel(Q, K, V, Out, OPart, LsePart, SeqlensK, BlockTable, qk_scale,
     mask = row_ok[:, None] & d_ok
     if SPLIT:  # partial O (normalised by its own sum) and its log-sum-exp, fp32, (splits, batch, q_len, heads)
         row = ((split * BATCH + off_b) * Q_LEN + q_idx).to(tl.int64) * HEADS + head
-        tl.store(LsePart + row, tl.where(seen, m_i + tl.math.log2(tl.where(seen, l_i, 1.0)), float("-inf")), mask=row_ok)
+        lse = tl.where(seen, m_i + tl.math.log2(tl.where(seen, l_i, 1.0)), float("-inf"))
+        tl.store(LsePart + row, lse, mask=row_ok)
         tl.store(OPart + row[:, None] * HEAD_DIM + offs_d[None, :], o, mask=mask)
     else:
         o_off = off_b * stride_ob + q_idx[:, None] * stride_om + head[:, None] * stride_oh + offs_d[None, :]

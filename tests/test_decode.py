@@ -188,3 +188,54 @@ def test_gpu_repeated_runs_are_bit_equal():
     first = run(inputs)
     for _ in range(5):
         assert torch.equal(run(inputs), first)
+
+
+# --- the decode mode in a sweep (CPU: the interpreter) ---------------------------------------------------------
+
+
+def test_decode_sweep_rows_resume_and_figure(tmp_path):
+    from fa2bench import api
+    from fa2bench.read import plots
+    from fa2bench.run.results import load_run, row_key
+
+    options = dict(mode="decode", seqlen=[2], seqlen_k=[40], headdim=[16], batch=[2], heads=[4], kv_heads=[2],
+                   causal="on", dtype=["fp32"], page_size="0,16", ragged="both",
+                   provider=["fa2-decode", "torch-eager"], isolate=False)
+    run = api.sweep(out=tmp_path, **options)
+    frame = run.frame.set_index(["provider", "page_size", "ragged"]).sort_index()
+    assert len(frame) == 8 and frame.loc["fa2-decode", "status"].eq("ok").all()
+    assert frame.loc[("torch-eager", 0, False), "status"] == "ok"
+    assert frame.loc[("torch-eager", 16, False), "error"].startswith("cannot read a paged KV cache")
+    assert frame.loc[("torch-eager", 0, True), "error"].startswith("takes one KV length")
+    ok = run.frame[run.frame["status"] == "ok"]
+    assert (ok["us"] > 0).all() and (ok["gbps"] > 0).all() and ok["timer"].isin(["plain", "graph"]).all()
+    # the keys tell paged from contiguous points: a resume finds every one of them done
+    assert len({row_key(r) for r in load_run(tmp_path).to_dict("records")}) == 8
+    assert api.sweep(out=tmp_path, resume=True, **options).complete
+    assert len(load_run(tmp_path)) == 8
+    plotted = plots.plot_run(load_run(tmp_path), tmp_path / "figures")
+    assert [p.name for p in plotted.files["decode_bandwidth"]] == ["decode_bandwidth-fp32.png"]
+
+
+def test_old_rows_read_as_contiguous_uniform():
+    from fa2bench.run.results import row_key
+    from fa2bench.spec.presets import Point, Shape
+
+    old = dict(provider="fa2", mode="fwd", dtype="fp16", batch=1, heads=2, kv_heads=2, seqlen_q=64, seqlen_k=64,
+               headdim=32, causal=False)
+    assert row_key(old) == Point("fa2", "fwd", "fp16", Shape(1, 2, 2, 64, 64, 32, False)).key()
+    assert Shape.from_row(old) == Shape(1, 2, 2, 64, 64, 32, False)
+
+
+def test_decode_preset_and_bad_decode_options():
+    from fa2bench.spec import config
+    from fa2bench.spec.presets import SpecError, SweepSpec
+
+    shapes = SweepSpec.from_name("decode").shapes()
+    assert max(s.batch * s.seqlen_k for s in shapes) <= 2**21 and {s.page_size for s in shapes} == {0, 64}
+    with pytest.raises(SpecError, match="page size 48 cannot be tiled"):
+        config.spec_from({"page_size": "48"}, "decode")
+    with pytest.raises(SpecError, match="with --mode decode only"):
+        config.spec_from({"page_size": "16"}, "smoke")
+    with pytest.raises(SpecError, match="decode takes 1..16 queries"):
+        config.spec_from({"seqlen": [32]}, "decode")
