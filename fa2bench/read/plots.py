@@ -703,8 +703,9 @@ def plot_run(frame: pd.DataFrame, out_dir: str | Path, formats=("png",), kinds=t
     training.attrs = decoding.attrs = dict(frame.attrs)
     groups = split(training) if len(training) else {}
     for kind in [k for k in kinds if k in WHOLE_RUN]:
-        if decoding.empty:
-            result.skipped[kind] = "the run has no decode rows"
+        if decoding.empty:  # drawn only for runs with decode rows: a training run's report does not mention it
+            if not len(frame):
+                result.skipped[kind] = "the run has no rows"
             continue
         for dtype, rows in decoding.groupby("dtype", sort=False):
             rows.attrs = dict(frame.attrs)
