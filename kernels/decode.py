@@ -313,7 +313,7 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     lse_part = torch.empty((splits, batch, q_len, heads) if splits > 1 else (1,), **f32)
     table = block_table if paged else seqlens_k  # unread when not PAGED
     BLOCK_D = block_d(headdim)
-    warps, stages = 4, 3
+    warps, stages = (4 if block_m <= 64 else 8), 3  # a 128-row tile keeps a 128 x d fp32 accumulator
     _decode_kernel[(splits, batch * kv_heads, m_tiles)](
         q, k_cache, v_cache, out, o_part, lse_part, seqlens_k, table, scale * 1.4426950408889634,
         q.stride(0), q.stride(1), q.stride(2), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
