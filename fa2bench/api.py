@@ -120,7 +120,8 @@ def plan_sweep(spec: SweepSpec | str | None = None, *, out: str | Path | None = 
         raise SpecError("--extend needs --resume (it extends an existing run)")
     where = device.name()
     chosen = resolved.providers or tuple(n for n in providers.names()
-                                         if providers.get(n).availability(where) is None)
+                                         if providers.get(n).availability(where) is None
+                                         and any(providers.get(n).runs_mode(m) for m in resolved.modes))
     for d in resolved.headdims:
         if not any(d <= providers.get(n).max_headdim for n in chosen):
             raise SpecError(f"head dim {d} is supported by none of the chosen providers ({', '.join(chosen)})")

@@ -5,12 +5,14 @@ All share one API::
 
     o = flash2_attention(q, k, v, causal=False, sm_scale=None, tf32=False)
 
-q: (batch, heads, seqlen_q, headdim); k, v: (batch, kv_heads, seqlen_k, headdim); differentiable.
+q: (batch, heads, seqlen_q, headdim); k, v: (batch, kv_heads, seqlen_k, headdim); differentiable. Decoding
+against a KV cache has its own API, ``decode_attention`` (kernels/decode.py).
 Without a CUDA device, ``fa2bench.core.device.prepare_triton`` (below) switches on Triton's CPU interpreter before
 Triton is imported.
 """
 from fa2bench.core import device as _device
 _device.prepare_triton()
+from .decode import decode_attention
 from .flash1 import flash1_attention, flash1_split_attention
 from .fa3 import fa3_attention
 from .flash2 import flash2_attention
@@ -18,4 +20,4 @@ from .ladder import r3_attention, r4_attention, r5_attention, r6_attention
 from .naive import naive_attention
 
 __all__ = ["naive_attention", "flash1_attention", "flash1_split_attention", "r3_attention", "r4_attention",
-           "r5_attention", "r6_attention", "flash2_attention", "fa3_attention"]
+           "r5_attention", "r6_attention", "flash2_attention", "fa3_attention", "decode_attention"]

@@ -22,7 +22,7 @@ from fa2bench.distributed import blocks, launch, ring, shard
 from fa2bench.core.flops import attended_pairs
 from fa2bench.core.presets import Point, Shape, SweepSpec
 from fa2bench.core.reference import attention_ref
-from fa2bench.run.results import RunWriter, load_run
+from fa2bench.run.results import RunWriter, load_run, row_key
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -92,9 +92,7 @@ def test_merge_gives_one_row_per_point_with_its_rank(tmp_path):
     assert len(frame) == len(points)
     owner = {p.key(): r for r, s in enumerate(shares) for p in s}
     for row in frame.to_dict("records"):
-        assert row["rank"] == owner[(row["provider"], row["mode"], row["dtype"], row["batch"], row["heads"],
-                                     row["kv_heads"], row["seqlen_q"], row["seqlen_k"], row["headdim"],
-                                     row["causal"])]
+        assert row["rank"] == owner[row_key(row)]
     meta = json.loads((tmp_path / "meta.json").read_text())
     assert meta["complete"] and meta["distributed"]["merge"]["missing"] == 0
     assert shard.merge(tmp_path).rows == len(points)  # merging again changes nothing

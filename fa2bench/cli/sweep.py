@@ -25,9 +25,12 @@ def sweep(
     seqlen: Seqlen = None, seqlen_k: SeqlenK = None, headdim: Headdim = None, batch: Batch = None,
     tokens: Tokens = None, heads: Heads = None, hidden: Hidden = None, kv_heads: KvHeads = None,
     causal: option(Causal, "Causal masking.", SHAPE) = None,
+    page_size: option(str, "Decode: KV-cache page sizes, 0 for a contiguous cache (e.g. 0,16,64,256).", SHAPE) = None,
+    ragged: option(Causal, "Decode: KV lengths spread over the batch (on), uniform (off) or both.", SHAPE) = None,
+    max_kv_tokens: option(int, "Leave out shapes with batch x seqlen-k above this (0: no cap).", SHAPE) = None,
     dtype: Annotated[Optional[str], typer.Option(help="Dtypes: " + ",".join(DTYPES) + " (tf32: fp32 inputs, "
                                                  "TF32 matmuls).", rich_help_panel=SHAPE)] = None,
-    mode: Annotated[Optional[str], typer.Option(help="Passes: " + ",".join(MODES) + ".",
+    mode: Annotated[Optional[str], typer.Option(help="Passes: " + ",".join(MODES) + ", decode.",
                                                 rich_help_panel=SHAPE)] = None,
     provider: Annotated[Optional[str], typer.Option(help="Providers (see `fa2bench providers`); default: every "
                         "provider available here.")] = None,
@@ -59,7 +62,8 @@ def sweep(
     from fa2bench.run.worker import WorkerError
 
     given = shape_options(preset=preset, seqlen=seqlen, seqlen_k=seqlen_k, headdim=headdim, batch=batch,
-                           tokens=tokens, heads=heads, hidden=hidden, kv_heads=kv_heads, causal=causal, dtype=dtype,
+                           tokens=tokens, heads=heads, hidden=hidden, kv_heads=kv_heads, causal=causal,
+                           page_size=page_size, ragged=ragged, max_kv_tokens=max_kv_tokens, dtype=dtype,
                            mode=mode, provider=provider, out=out_dir, resume=resume, extend=extend, check=check,
                            isolate=isolate, point_timeout=point_timeout, warmup_ms=warmup_ms, rep_ms=rep_ms,
                            peak_tflops=peak_tflops, ceilings=ceilings, gpus=gpus)

@@ -9,6 +9,9 @@ Fields (a file may spell them with dashes, as on the command line):
   one number, or text as on the command line (``"512..16384"``, ``"64:256:64"``, ``"64,128"``);
 - ``tokens``, ``hidden``: one number (batch = tokens // seqlen, heads = hidden // headdim);
 - ``causal``: ``"off"``, ``"on"``, ``"both"`` or a boolean;
+- decode only: ``page_size`` (whole numbers, 0 for a contiguous cache) and ``ragged`` (like ``causal``);
+- ``max_kv_tokens``: one number, shapes with batch * seqlen_k above it are left out (the decode preset's cap;
+  0: no cap);
 - ``dtype``, ``mode``, ``provider``: a list of names or comma-separated text;
 - run options ``check``, ``warmup_ms``, ``rep_ms``, ``peak_tflops``, ``ceilings``, ``isolate`` (None: on with a
   GPU, off without one), ``point_timeout`` (seconds); and ``out``, ``resume``, ``extend``;
@@ -26,7 +29,7 @@ import math
 from pathlib import Path
 from typing import Any, Mapping
 
-from fa2bench.core.flops import MODES
+from fa2bench.core.flops import ALL_MODES
 from fa2bench.core.memory import check_sizes
 from fa2bench.core.presets import DTYPES, SpecError, SweepSpec, parse_ints, parse_names
 
@@ -36,7 +39,8 @@ NAME_LISTS = {"dtype": "dtypes", "mode": "modes", "provider": "providers"}
 CAUSAL = {"off": (False,), "on": (True,), "both": (False, True)}
 RUN_OPTIONS = {"check": True, "warmup_ms": 25.0, "rep_ms": 100.0, "peak_tflops": None, "ceilings": True,
                "isolate": None, "point_timeout": 600.0}
-FIELDS = ("preset", *INT_LISTS, "tokens", "hidden", "causal", *NAME_LISTS, *RUN_OPTIONS, "out", "resume", "extend",
+FIELDS = ("preset", *INT_LISTS, "tokens", "hidden", "causal", "page_size", "ragged", "max_kv_tokens",
+          *NAME_LISTS, *RUN_OPTIONS, "out", "resume", "extend",
           "gpus")
 
 
@@ -79,13 +83,23 @@ def _names(name: str, value, allowed: tuple[str, ...]) -> tuple[str, ...]:
     return parse_names(text, _option(name), allowed)
 
 
-def _causal(value) -> tuple[bool, ...]:
+def _causal(value, name: str = "causal") -> tuple[bool, ...]:
     if isinstance(value, bool):
         return (value,)
     key = getattr(value, "value", value)  # a CLI Enum
     if key not in CAUSAL:
-        raise SpecError(f"--causal: expected off, on, both or a boolean, got {value!r}")
+        raise SpecError(f"--{name}: expected off, on, both or a boolean, got {value!r}")
     return CAUSAL[key]
+
+
+def _page_sizes(value) -> tuple[int, ...]:
+    """Page sizes: whole numbers, 0 standing for a contiguous cache (parse_ints takes positive ones only)."""
+    text = value if isinstance(value, str) else ",".join(map(str, value if isinstance(value, (list, tuple))
+                                                             else [value]))
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    zero = (0,) if "0" in parts else ()
+    rest = ",".join(p for p in parts if p != "0")
+    return zero + (parse_ints(rest, "page-size") if rest else ())
 
 
 def spec_from(options: Mapping[str, Any], base: SweepSpec | str) -> SweepSpec:
@@ -109,7 +123,13 @@ def spec_from(options: Mapping[str, Any], base: SweepSpec | str) -> SweepSpec:
         changes.update(heads=(), hidden=_int("hidden", options["hidden"]))
     if "causal" in options:
         changes["causal"] = _causal(options["causal"])
-    allowed = {"dtype": DTYPES, "mode": MODES, "provider": providers.names()}
+    if "ragged" in options:
+        changes["ragged"] = _causal(options["ragged"], "ragged")
+    if "page_size" in options:
+        changes["page_sizes"] = _page_sizes(options["page_size"])
+    if "max_kv_tokens" in options:
+        changes["max_kv_tokens"] = _int("max_kv_tokens", options["max_kv_tokens"]) or None  # 0: no cap
+    allowed = {"dtype": DTYPES, "mode": ALL_MODES, "provider": providers.names()}
     for key, field in NAME_LISTS.items():
         if key in options:
             changes[field] = _names(key, options[key], allowed[key])
@@ -156,6 +176,8 @@ def spec_fields(spec: SweepSpec, providers: tuple[str, ...] | None = None) -> di
     fields.update({"batch": spec.batch} if spec.batch else {"tokens": spec.tokens})
     fields.update({"heads": spec.heads} if spec.heads else {"hidden": spec.hidden})
     fields.update({k: v for k, v in (("seqlen_k", spec.seqlens_k), ("kv_heads", spec.kv_heads)) if v})
+    fields.update(page_size=spec.page_sizes, max_kv_tokens=spec.max_kv_tokens or 0,
+                  ragged=next(k for k, v in CAUSAL.items() if v == tuple(spec.ragged)))
     return {k: v for k, v in fields.items() if v not in ((), None)}
 
 

@@ -4,12 +4,16 @@ Following the FlashAttention-2 paper (Section 4.1): the forward pass does two ma
 2 * seqlen_q * seqlen_k * headdim FLOPs each per (batch, head), so 4 * b * h * sq * sk * d; with causal
 masking only the unmasked (query, key) pairs count (about half). The backward pass counts 2.5 times the
 forward (five matmuls instead of two); forward + backward, 3.5 times. Softmax and masking are not counted.
+``decode`` is a forward pass of 1-16 queries per sequence against a KV cache (fa2bench.core.decode), counted as
+``fwd``; it is memory-bound, so its headline is bandwidth (``gbps``, ``pct_copy_bw``), not TFLOP/s.
 """
 from __future__ import annotations
 
-MODES = ("fwd", "bwd", "fwd_bwd")
+MODES = ("fwd", "bwd", "fwd_bwd")  # the training passes: what a sweep runs unless told otherwise
+DECODE = "decode"
+ALL_MODES = MODES + (DECODE,)
 # FLOPs per (query, key) pair per unit of head dim: forward 4, backward 2.5 x 4, both 3.5 x 4.
-_PER_PAIR = {"fwd": 4, "bwd": 10, "fwd_bwd": 14}
+_PER_PAIR = {"fwd": 4, "bwd": 10, "fwd_bwd": 14, DECODE: 4}
 
 
 def attended_pairs(seqlen_q: int, seqlen_k: int, causal: bool) -> int:
@@ -36,7 +40,7 @@ def attention_flops(batch: int, heads: int, seqlen_q: int, seqlen_k: int, headdi
                     mode: str) -> int:
     """FLOPs of one attention call in ``mode`` (fwd, bwd or fwd_bwd); kv_heads do not change the count."""
     if mode not in _PER_PAIR:
-        raise ValueError(f"unknown mode {mode!r}; expected one of {', '.join(MODES)}")
+        raise ValueError(f"unknown mode {mode!r}; expected one of {', '.join(ALL_MODES)}")
     return _PER_PAIR[mode] * batch * heads * attended_pairs(seqlen_q, seqlen_k, causal) * headdim
 
 

@@ -3,14 +3,16 @@
 A ``Point`` is one (shape, provider, mode, dtype); a ``SweepSpec`` expands into points. Presets follow
 nanoGPT's ``from_name`` habit: ``SweepSpec.from_name("paper")`` is the FlashAttention-2 paper's sweep
 (Section 4.1: seqlen 512..16k, head dim 64 and 128, hidden 2048, 16k tokens per batch, causal and not,
-forward, backward and both).
+forward, backward and both). The ``decode`` preset is inference: 1 query per sequence against a KV cache of
+1k-128k keys (fa2bench.core.decode), Llama-3-8B-like and 70B-like heads, contiguous and paged caches.
 """
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
 
-from fa2bench.core.flops import MODES
+from fa2bench.core import decode
+from fa2bench.core.flops import ALL_MODES, DECODE, MODES
 
 DTYPES = ("fp16", "bf16", "fp32", "tf32")  # tf32: fp32 inputs, matmuls on TF32 tensor cores
 
@@ -28,6 +30,8 @@ class Shape:
     seqlen_k: int
     headdim: int
     causal: bool
+    page_size: int = 0  # decode: tokens per KV-cache page, 0 for a contiguous cache
+    ragged: bool = False  # decode: KV lengths spread over the batch (fa2bench.core.decode.kv_lengths)
 
     @property
     def group(self) -> int:
@@ -37,14 +41,23 @@ class Shape:
     def from_row(cls, row) -> "Shape":
         """The shape of a results row: a dict (``to_dict("records")``) or a named tuple (``itertuples``)."""
         get = row.__getitem__ if isinstance(row, dict) else lambda name: getattr(row, name)
+        def extra(name, default):  # absent from rows written before decode points existed
+            try:
+                value = get(name)
+            except (KeyError, AttributeError):
+                return default
+            return default if value is None or value != value else value  # None / NaN: the default
+
         return cls(*(int(get(f)) for f in ("batch", "heads", "kv_heads", "seqlen_q", "seqlen_k", "headdim")),
-                   bool(get("causal")))
+                   bool(get("causal")), int(extra("page_size", 0)), str(extra("ragged", False)).lower()
+                   in ("true", "1"))
 
     def label(self) -> str:
         gqa = f"/kv{self.kv_heads}" if self.kv_heads != self.heads else ""
         sk = f"x{self.seqlen_k}" if self.seqlen_k != self.seqlen_q else ""
+        cache = (f" page{self.page_size}" if self.page_size else "") + (" ragged" if self.ragged else "")
         return (f"b{self.batch} h{self.heads}{gqa} s{self.seqlen_q}{sk} d{self.headdim}"
-                f"{' causal' if self.causal else ''}")
+                f"{' causal' if self.causal else ''}{cache}")
 
 
 @dataclass(frozen=True)
@@ -58,14 +71,16 @@ class Point:
         """Identity of a point in a results table (resume and compare join on it)."""
         s = self.shape
         return (self.provider, self.mode, self.dtype, s.batch, s.heads, s.kv_heads, s.seqlen_q, s.seqlen_k,
-                s.headdim, s.causal)
+                s.headdim, s.causal, s.page_size, s.ragged)
 
     def fields(self) -> dict:
         return {"provider": self.provider, "mode": self.mode, "dtype": self.dtype, **dataclasses.asdict(self.shape)}
 
 
 KEY_COLUMNS = ("provider", "mode", "dtype", "batch", "heads", "kv_heads", "seqlen_q", "seqlen_k", "headdim",
-               "causal")
+               "causal", "page_size", "ragged")
+# key columns a results file written before decode points existed lacks: read as these defaults
+KEY_DEFAULTS = {"page_size": 0, "ragged": False}
 
 
 @dataclass(frozen=True)
@@ -82,6 +97,9 @@ class SweepSpec:
     dtypes: tuple[str, ...] = ("fp16",)
     modes: tuple[str, ...] = MODES
     providers: tuple[str, ...] = field(default=())  # () means every provider available here
+    page_sizes: tuple[int, ...] = (0,)  # decode: KV-cache page sizes, 0 for a contiguous cache
+    ragged: tuple[bool, ...] = (False,)  # decode: uniform KV lengths, ragged ones, or both
+    max_kv_tokens: int | None = None  # skip shapes with batch * seqlen_k above this (a grid pruned to fit)
 
     @staticmethod
     def from_name(name: str) -> "SweepSpec":
@@ -112,8 +130,9 @@ class SweepSpec:
             if d not in DTYPES:
                 raise SpecError(f"unknown dtype {d!r}; choose from {', '.join(DTYPES)}")
         for m in self.modes:
-            if m not in MODES:
-                raise SpecError(f"unknown mode {m!r}; choose from {', '.join(MODES)}")
+            if m not in ALL_MODES:
+                raise SpecError(f"unknown mode {m!r}; choose from {', '.join(ALL_MODES)}")
+        self._validate_decode()
         if self.tokens is not None and self.tokens < max(self.seqlens):
             raise SpecError(f"--tokens {self.tokens} is smaller than seqlen {max(self.seqlens)} (batch would be 0)")
         if self.hidden is not None:
@@ -124,6 +143,19 @@ class SweepSpec:
             for kv in self.kv_heads:
                 if shape_heads % kv:
                     raise SpecError(f"--kv-heads {kv} does not divide the number of heads {shape_heads}")
+
+    def _validate_decode(self) -> None:
+        paged_or_ragged = any(self.page_sizes) or any(self.ragged)
+        if paged_or_ragged and any(m != DECODE for m in self.modes):
+            raise SpecError("--page-size and --ragged describe a KV cache: use them with --mode decode only")
+        if DECODE not in self.modes:
+            return
+        for seqlen in self.seqlens:
+            for seqlen_k in self.seqlens_k or (seqlen,):
+                for page_size in self.page_sizes:
+                    problem = decode.shape_problem(seqlen, seqlen_k, page_size, any(self.causal))
+                    if problem:
+                        raise SpecError(problem)
 
     def _heads_options(self) -> list[int]:
         if self.heads:
@@ -140,7 +172,12 @@ class SweepSpec:
                         for heads in self.heads or (self.hidden // headdim,):
                             for kv in self.kv_heads or (heads,):
                                 for causal in self.causal:
-                                    out.append(Shape(batch, heads, kv, seqlen, seqlen_k, headdim, causal))
+                                    for page_size in self.page_sizes:
+                                        for ragged in self.ragged:
+                                            out.append(Shape(batch, heads, kv, seqlen, seqlen_k, headdim, causal,
+                                                             page_size, ragged))
+        if self.max_kv_tokens is not None:
+            out = [s for s in out if s.batch * s.seqlen_k <= self.max_kv_tokens]
         return out
 
     def points(self, providers: tuple[str, ...] | None = None) -> list[Point]:
@@ -158,6 +195,12 @@ PRESETS = {
     # Tiny shapes that the Triton CPU interpreter gets through in seconds (what CI and a GPU-less laptop run).
     "smoke": SweepSpec(seqlens=(64, 97), headdims=(32,), batch=(1,), heads=(2,), dtypes=("fp32",),
                        modes=("fwd", "bwd")),
+    # Decoding (issue 19): one new token per sequence; Llama-3-8B-like (32 query / 8 KV heads) and 70B-like
+    # (64 / 8) attention, d128, bf16; batch x KV length pruned to 2M cached tokens per point (8 GiB of K and V), so
+    # b64 stops at 16k and b256 at 4k; contiguous and 64-token pages (other page sizes: --page-size).
+    "decode": SweepSpec(seqlens=(1,), seqlens_k=(1024, 4096, 16384, 65536, 131072), headdims=(128,),
+                        batch=(1, 4, 16, 64, 256), heads=(32, 64), kv_heads=(8,), causal=(True,), dtypes=("bf16",),
+                        modes=(DECODE,), page_sizes=(0, 64), max_kv_tokens=2**21),
 }
 
 

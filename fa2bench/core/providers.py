@@ -4,6 +4,12 @@ A provider is a factory: ``make(shape)`` does the set-up (masks, compilation han
 returns ``fn(q, k, v) -> o`` for layout (batch, heads, seq, headdim); the runner times ``fn`` alone. Each
 provider declares what it supports, so unsupported points are recorded as ``unsupported`` without running.
 CLI choices, plot colours and labels and test parametrisation all come from ``REGISTRY``.
+
+Decode points (mode ``decode``, fa2bench.core.decode) hand a provider a KV cache, not (q, k, v): a provider
+with ``decode="native"`` (fa2-decode) is built by ``make(shape)`` into ``fn(inputs: DecodeInputs) -> o`` of shape
+(batch, q_len, heads, head_dim) and reads contiguous and paged caches and ragged lengths itself; one with
+``decode="adapted"`` keeps its ``fn(q, k, v)``, called on (batch, heads, seq, head_dim) views of a contiguous
+cache of uniform lengths (``decode_adapter``): paged or ragged points are ``unsupported`` for it, with the
 """
 from __future__ import annotations
 
@@ -14,7 +20,7 @@ from typing import TYPE_CHECKING, Callable
 
 from fa2bench.core import device, precision
 from fa2bench.core.device import interpreter_problem as _interpreter_problem
-from fa2bench.core.flops import MODES
+from fa2bench.core.flops import DECODE, MODES
 from fa2bench.core.memory import EAGER_WORKSPACE, MATH_WORKSPACE, NAIVE_WORKSPACE, streaming_workspace
 from fa2bench.core.presets import DTYPES, Shape
 
@@ -52,6 +58,7 @@ class Provider:
     function: str | None = None  # the public fa2bench.kernels function of one of fa2bench's own providers
     sm: int | None = None  # the one GPU architecture it runs on (90: Hopper), None for any
     headdims: frozenset | None = None  # the head dims it supports, when not every one up to max_headdim
+    decode: str = ""  # how it runs decode points: "native", "adapted" (contiguous uniform caches only) or ""
 
     def availability(self, device: str) -> str | None:
         """None if usable on ``device`` ("cuda" or "cpu"), else why not."""
@@ -78,8 +85,24 @@ class Provider:
             return f"head dim {shape.headdim} > {self.max_headdim}"
         if self.headdims is not None and shape.headdim not in self.headdims:
             return f"head dim {shape.headdim} not supported ({', '.join(map(str, sorted(self.headdims)))})"
+        if mode == DECODE:
+            return self._decode_reason(shape)
         if mode not in self.modes:
             return f"mode {mode} not supported"
+        return None
+
+    def runs_mode(self, mode: str) -> bool:
+        """Whether it has a path for ``mode`` at all (a sweep's default providers are those that run one of its
+        modes: fa2-decode stays out of training sweeps, the training-only kernels out of decode sweeps)."""
+        return bool(self.decode) if mode == DECODE else mode in self.modes
+
+    def _decode_reason(self, shape: Shape) -> str | None:
+        if not self.decode:
+            return "no decode path"
+        if self.decode == "adapted" and shape.page_size:
+            return "cannot read a paged KV cache (it takes one contiguous K and V per sequence)"
+        if self.decode == "adapted" and shape.ragged:
+            return "takes one KV length for the whole batch (no per-sequence lengths)"
         return None
 
 
@@ -158,8 +181,9 @@ def ladder() -> tuple[str, ...]:
 
 
 def triton_providers() -> tuple[str, ...]:
-    """The providers whose kernels are fa2bench's own Triton kernels."""
-    return tuple(n for n, p in REGISTRY.items() if p.module is not None)
+    """The providers whose kernels are fa2bench's own Triton kernels with the attention API ``fn(q, k, v)``
+    (fa2-decode, which takes a KV cache, is not among them)."""
+    return tuple(n for n, p in REGISTRY.items() if p.module is not None and p.decode != "native")
 
 
 def _ours(module: str, function: str, **kwargs):
@@ -188,6 +212,7 @@ def _takes_tf32(fn) -> bool:
 
 
 _ours("naive", "naive_attention", name="naive", label="Naive (Triton)", color="#7f7f7f", io_model="standard",
+      decode="adapted",
       roles=frozenset({"speedup-baseline"}), workspace_bytes=NAIVE_WORKSPACE,
       description="standard attention in Triton kernels that write S and P to HBM")
 _ours("flash1", "flash1_attention", name="fa1", label="FlashAttention-1 (Triton)", color="#1f77b4", io_model="fa1",
@@ -222,7 +247,7 @@ _ours("fa3", "fa3_attention", name="fa3", label="R8: + TMA producer, wgmma consu
 
 @register(name="torch-eager", label="PyTorch eager", color="#8c564b", kind="baseline",
           devices=frozenset({"cuda", "cpu"}), max_headdim=1 << 30, io_model="standard",
-          workspace_bytes=EAGER_WORKSPACE,
+          workspace_bytes=EAGER_WORKSPACE, decode="adapted",
           description="standard attention in eager PyTorch: matmul, softmax in fp32, matmul")
 def _torch_eager(shape: Shape) -> AttnFn:
     from fa2bench.core.reference import attention_ref, causal_mask
@@ -262,13 +287,14 @@ _SDPA = {
 }
 for _name, (_backend, _label, _color, _dtypes, _desc) in _SDPA.items():
     register(name=_name, label=_label, color=_color, kind="vendor", description=_desc,
-             dtypes=frozenset(_dtypes), max_headdim=1 << 30,
+             dtypes=frozenset(_dtypes), max_headdim=1 << 30, decode="adapted",
              devices=frozenset({"cuda", "cpu"}) if _backend == "MATH" else frozenset({"cuda"}),
              io_model="standard" if _backend == "MATH" else "fa2-atomic", io_model_assumed=_backend != "MATH",
              workspace_bytes=MATH_WORKSPACE if _backend == "MATH" else streaming_workspace)(_sdpa(_backend))
 
 
 @register(name="flex", label="FlexAttention", color="#17becf", kind="vendor", io_model="fa2", io_model_assumed=True,
+          decode="adapted",
           description="torch.nn.attention.flex_attention, compiled (compilation outside the timed region)")
 def _flex(shape: Shape) -> AttnFn:
     from torch.nn.attention.flex_attention import create_block_mask
@@ -315,5 +341,42 @@ def _flash_attn(shape: Shape) -> AttnFn:
     def fn(q, k, v):  # flash-attn wants (batch, seq, heads, dim): transposed views, no copies
         o = flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), causal=shape.causal)
         return o.transpose(1, 2)
+
+    return fn
+
+
+# --- decoding against a KV cache (issue 19) ----------------------------------------------------------------
+
+
+def decode_adapter(fn: AttnFn) -> Callable:
+    """``fn(q, k, v)`` (batch, heads, seq, head_dim) as a decode ``fn(inputs)``: views of a contiguous cache
+    (batch, kv_len, kv_heads, d) of uniform lengths, transposed without a copy; o back in (batch, q_len, heads, d)."""
+
+    def call(inputs):
+        o = fn(inputs.q.transpose(1, 2), inputs.k_cache.transpose(1, 2), inputs.v_cache.transpose(1, 2))
+        return o.transpose(1, 2)
+
+    return call
+
+
+def attention_shape(shape: Shape) -> Shape:
+    """The training-style shape a decode point asks an adapted provider for: one query needs no causal mask
+    (bottom-right alignment lets it see every key), so q_len 1 is non-causal and SDPA's top-left is_causal,
+    which differs from bottom-right only when q_len > 1, is never asked for it."""
+    return Shape(shape.batch, shape.heads, shape.kv_heads, shape.seqlen_q, shape.seqlen_k, shape.headdim,
+                 shape.causal and shape.seqlen_q > 1)
+
+
+@register(name="fa2-decode", label="FA2 decode (Triton)", color="#ff9896", kind="ours",
+          devices=frozenset({"cuda", "cpu"}), module="decode", function="decode_attention",
+          modes=frozenset({DECODE}), decode="native", config=lambda: _kernel_module("decode").last_config(),
+          description="FA2 specialised for decoding: GQA-packed tiles, split-KV with an LSE combine, paged KV")
+def _fa2_decode(shape: Shape):
+    device.prepare_triton()
+    from fa2bench.kernels.decode import decode_attention
+
+    def fn(inputs):  # the point built the lengths and table itself: no host-side validation in the timed call
+        return decode_attention(inputs.q, inputs.k_cache, inputs.v_cache, inputs.seqlens_k, inputs.block_table,
+                                causal=shape.causal, tf32=precision.tf32_enabled(), validate=False)
 
     return fn

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from fa2bench.core.presets import KEY_COLUMNS
+from fa2bench.core.presets import KEY_COLUMNS, KEY_DEFAULTS
 
 REGRESSIONS = ("regression", "broken")
 MAX_SPREAD = 0.25  # a run whose (p80 - p20) / median is wider than this cannot gate a change
@@ -61,6 +61,10 @@ def _points(frame: pd.DataFrame) -> pd.DataFrame:
     for col in ("batch", "heads", "kv_heads", "seqlen_q", "seqlen_k", "headdim"):
         out[col] = pd.to_numeric(out[col], errors="coerce").astype("int64")
     out["causal"] = out["causal"].astype(bool)
+    for col, default in KEY_DEFAULTS.items():  # frames from before decode points: the defaults
+        out[col] = [default if pd.isna(v) else v for v in out[col]] if col in out else default
+    out["page_size"] = out["page_size"].astype("int64")
+    out["ragged"] = out["ragged"].astype(bool)
     return out.drop_duplicates(list(KEY_COLUMNS), keep="last")
 
 

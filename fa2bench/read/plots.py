@@ -12,6 +12,10 @@ Five kinds, each answering one question:
 - ``roofline``: arithmetic intensity (FLOPs / modelled HBM bytes, ``iomodel.hbm_bytes``) against TFLOP/s,
   under this GPU's compute and bandwidth ceilings (measured ones from meta.json when the sweep took them,
   else datasheet numbers; the legend names the source).
+- ``decode_bandwidth``: how close to the memory limit does decoding get? Decode rows only (drawn for runs that
+  have them; the other kinds leave decode rows out): % of the run's measured copy bandwidth (``pct_copy_bw``;
+  achieved GB/s when no ceiling was measured) against KV length, a panel per (heads, page size), a line per
+  (provider, batch).
 
 Labels and colours come from ``providers.REGISTRY``. A run with several dtypes (or several workloads at one
 (mode, head dim, causal, seqlen), e.g. ``--batch 1,8``) is drawn once per group: ``split(frame)``; the files
@@ -37,7 +41,7 @@ from fa2bench.read import display
 from fa2bench.run import hardware
 
 from fa2bench.core import iomodel, providers
-from fa2bench.core.flops import MODES
+from fa2bench.core.flops import DECODE, MODES
 from fa2bench.core.presets import Shape
 from fa2bench.read.summary import speedup as speedup_table
 
@@ -608,15 +612,64 @@ def roofline(frame: pd.DataFrame, meta: dict | None = None) -> Figure:
     return fig
 
 
+# --- decoding: bandwidth utilisation ---------------------------------------------------------------------
+
+_BATCH_MARKERS = "os^Dv<>ph*"
+
+
+def decode_bandwidth(frame: pd.DataFrame, meta: dict | None = None) -> Figure:
+    """% of the measured copy bandwidth (or GB/s) of decode points against KV length; see the module docstring."""
+    meta = meta if meta is not None else frame.attrs.get("meta", {})
+    rows = tidy(frame)
+    rows = rows[(rows["mode"] == DECODE) & (rows["status"] == "ok")].copy()
+    if rows.empty:
+        raise NothingToPlot("no decode point ran")
+    for col, default in (("page_size", 0), ("ragged", False), ("pct_copy_bw", np.nan), ("gbps", np.nan)):
+        rows[col] = rows[col] if col in rows else default
+    rows["page_size"] = pd.to_numeric(rows["page_size"], errors="coerce").fillna(0).astype(int)
+    metric = "pct_copy_bw" if pd.to_numeric(rows["pct_copy_bw"], errors="coerce").notna().any() else "gbps"
+    rows[metric] = pd.to_numeric(rows[metric], errors="coerce")
+    heads = sorted({(h, kv) for h, kv in zip(rows["heads"], rows["kv_heads"])})
+    pages = sorted(set(rows["page_size"]))
+    fig, axes = _figure(len(pages), len(heads), 5.0, 3.6)
+    batches = sorted(set(rows["batch"]))
+    for i, page in enumerate(pages):
+        for j, (h, kv) in enumerate(heads):
+            ax = axes[i][j]
+            panel = rows[(rows["page_size"] == page) & (rows["heads"] == h) & (rows["kv_heads"] == kv)]
+            for (name, batch, ragged, _), line in panel.groupby(["provider", "batch", "ragged", "seqlen_q"]):
+                line = line.sort_values("seqlen_k")
+                ax.plot(line["seqlen_k"], line[metric], color=color(name), linestyle="--" if ragged else "-",
+                        marker=_BATCH_MARKERS[batches.index(batch) % len(_BATCH_MARKERS)], markersize=4)
+            ax.set_xscale("log", base=2)
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: seqlen_label(int(x))))
+            ax.set_title(f"h{h}/kv{kv}, {f'pages of {page}' if page else 'contiguous'}", fontsize=9)
+            ax.set_xlabel("KV length")
+            ax.set_ylabel("% of measured copy bandwidth" if metric == "pct_copy_bw" else "GB/s (compulsory bytes)")
+            if metric == "pct_copy_bw":
+                ax.axhline(100, color="#444444", linewidth=0.8, linestyle=":")
+            ax.grid(True, alpha=0.3)
+    handles = _provider_handles(ordered_providers(rows), kind="line")
+    handles += [Line2D([], [], color="#444444", marker=_BATCH_MARKERS[k % len(_BATCH_MARKERS)], linestyle="none",
+                       label=f"batch {b}") for k, b in enumerate(batches)]
+    if rows["ragged"].astype(bool).any():
+        handles.append(Line2D([], [], color="#444444", linestyle="--", label="ragged lengths"))
+    _legend(fig, handles)
+    fig.suptitle(_title("Decode bandwidth utilisation", rows, meta), fontsize=11)
+    return fig
+
+
 # --- all figures of a run -------------------------------------------------------------------------------
 
 FIGURES: dict[str, Callable[..., Figure]] = {
     "throughput": throughput, "speedup": speedup, "fraction_of_peak": fraction_of_peak, "memory": memory,
-    "roofline": roofline,
+    "roofline": roofline, "decode_bandwidth": decode_bandwidth,
 }
+WHOLE_RUN = ("decode_bandwidth",)  # drawn once per dtype over the decode rows, not per workload group
 PER_MODE = ("throughput", "fraction_of_peak")  # one file per mode: <kind>-<mode>[-<group>].<format>
 FIGURE_TITLES = {"throughput": "Throughput", "speedup": "Speedup of FlashAttention-2",
-                 "fraction_of_peak": "Fraction of peak", "memory": "Peak memory", "roofline": "Roofline"}
+                 "fraction_of_peak": "Fraction of peak", "memory": "Peak memory", "roofline": "Roofline",
+                 "decode_bandwidth": "Decode bandwidth utilisation"}
 
 
 @dataclass
@@ -645,9 +698,30 @@ def plot_run(frame: pd.DataFrame, out_dir: str | Path, formats=("png",), kinds=t
     out_dir.mkdir(parents=True, exist_ok=True)
     result = Plotted()
     meta = frame.attrs.get("meta", {})
-    groups = split(frame) if len(frame) else {}
+    decoding = frame[frame["mode"] == DECODE] if len(frame) else frame
+    training = frame[frame["mode"] != DECODE] if len(frame) else frame
+    training.attrs = decoding.attrs = dict(frame.attrs)
+    groups = split(training) if len(training) else {}
+    for kind in [k for k in kinds if k in WHOLE_RUN]:
+        if decoding.empty:  # drawn only for runs with decode rows: a training run's report does not mention it
+            if not len(frame):
+                result.skipped[kind] = "the run has no rows"
+            continue
+        for dtype, rows in decoding.groupby("dtype", sort=False):
+            rows.attrs = dict(frame.attrs)
+            try:
+                fig = FIGURES[kind](rows, meta)
+            except NothingToPlot as exc:
+                result.skipped[kind] = str(exc)
+                continue
+            for fmt in formats:
+                path = out_dir / f"{kind}-{dtype}.{fmt}"
+                fig.savefig(path, format=fmt, bbox_inches="tight")
+                result.files.setdefault(kind, []).append(path)
+    kinds = [k for k in kinds if k not in WHOLE_RUN]
     if not groups:
-        result.skipped = {kind: "the run has no rows" for kind in kinds}
+        why = "the run has only decode rows" if len(frame) else "the run has no rows"
+        result.skipped.update({kind: why for kind in kinds})
         return result
     for kind in kinds:
         reasons = []

@@ -3,6 +3,12 @@ turn the outcome into one results row. A failing point (unsupported, wrong, out 
 becomes a row with that status. Each point runs under its dtype's matmul precision
 (``fa2bench.core.precision``: TF32 for tf32 points only). ``runner`` runs many, in-process or in a
 ``worker`` process.
+
+Besides TFLOP/s a row carries ``us`` (the median in microseconds), ``gbps`` (the compulsory bytes of the point,
+``iomodel.compulsory_bytes`` or for decode ``decode.compulsory_bytes``, over that time) and ``pct_copy_bw`` (gbps
+against the copy rate the run measured into meta.json's ``ceilings``). Decode points (mode ``decode``) get a KV
+cache (``decode_ref.make_inputs``), are checked by ``decode_ref.check_decode`` and ask for the timer in
+``PREFERRED_TIMER`` (CUDA-graph replay); the row's ``timer`` says which timer ran.
 """
 from __future__ import annotations
 
@@ -21,13 +27,17 @@ import torch
 
 from fa2bench.run import hardware, telemetry, timing
 
-from fa2bench.core import memory, precision, providers
-from fa2bench.core.flops import attention_flops, tflops
+from fa2bench.core import decode, iomodel, memory, precision, providers
+from fa2bench.core.decode_ref import check_decode, make_inputs as make_decode_inputs
+from fa2bench.core.flops import DECODE, attended_pairs, attention_flops, tflops
 from fa2bench.core.presets import Point, Shape, SweepSpec
 from fa2bench.core.reference import check_attention
 
 # tf32 points take fp32 inputs; their matmuls run on TF32 tensor cores (fa2bench.core.precision)
 TORCH_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32, "tf32": torch.float32}
+# The timer a mode's points ask fa2bench.run.timing for: a decode call takes tens of microseconds, where launch
+# overhead and the host dominate what per-call events see, so it is timed by CUDA-graph replay (``_bench``).
+PREFERRED_TIMER = {DECODE: "graph"}
 
 
 @dataclass(frozen=True)
@@ -42,6 +52,7 @@ class RunOptions:
     plugins: tuple[str, ...] = ()  # modules the worker imports first (they may register providers)
     target_spread: float = timing.TARGET_SPREAD  # GPU: repeat until (p80 - p20) / median is at most this ...
     max_ms: float = timing.MAX_MS  # ... or this much measuring time has passed
+    copy_tb_per_s: float | None = None  # the run's measured copy rate (meta.json ceilings), for pct_copy_bw
 
 
 def make_inputs(shape: Shape, dtype: str, device: str, requires_grad: bool = False):
@@ -72,9 +83,30 @@ def timed_call(fn, q, k, v, mode: str):
 def base_row(point: Point) -> dict:
     """The row of ``point`` before it runs: its key, status ok and its FLOP count."""
     shape = point.shape
-    return {**point.fields(), "status": "ok", "error": "",
-            "flops": attention_flops(shape.batch, shape.heads, shape.seqlen_q, shape.seqlen_k, shape.headdim,
-                                     shape.causal, point.mode)}
+    if point.mode == DECODE:  # ragged batches: each sequence's own length
+        pairs = sum(attended_pairs(shape.seqlen_q, n, shape.causal)
+                    for n in decode.kv_lengths(shape.batch, shape.seqlen_q, shape.seqlen_k, shape.ragged))
+        flops = 4 * shape.heads * pairs * shape.headdim
+    else:
+        flops = attention_flops(shape.batch, shape.heads, shape.seqlen_q, shape.seqlen_k, shape.headdim,
+                                shape.causal, point.mode)
+    return {**point.fields(), "status": "ok", "error": "", "flops": flops}
+
+
+def compulsory_bytes(point: Point) -> float:
+    """The bytes any algorithm must move for ``point`` (decode: K and V of every attended key once, Q, O)."""
+    s = point.shape
+    if point.mode == DECODE:
+        return float(decode.compulsory_bytes(s.batch, s.heads, s.kv_heads, s.seqlen_q, s.seqlen_k, s.headdim,
+                                             s.ragged, iomodel.DTYPE_BYTES[point.dtype]))
+    return iomodel.compulsory_bytes(s, point.mode, point.dtype)
+
+
+def bandwidth_columns(point: Point, ms: float, copy_tb_per_s: float | None) -> dict:
+    """``us``, ``gbps`` (compulsory bytes over the time) and ``pct_copy_bw`` (of the measured copy rate)."""
+    gbps = compulsory_bytes(point) / (ms * 1e-3) / 1e9
+    return {"us": ms * 1e3, "gbps": gbps,
+            "pct_copy_bw": 100.0 * gbps / (copy_tb_per_s * 1e3) if copy_tb_per_s else float("nan")}
 
 
 def cuda_context_error() -> str | None:
@@ -104,11 +136,14 @@ def _run_point(point: Point, opts: RunOptions, device_peaks: dict[str, float | N
     reason = provider.unsupported_reason(shape, point.dtype, point.mode, opts.device)
     if reason:
         return {**row, "status": "unsupported", "error": reason}
-    too_big = memory.wont_fit(memory.point_bytes(shape, point.dtype, point.mode, provider.workspace_bytes, opts.check),
+    mem_mode = "fwd" if point.mode == DECODE else point.mode
+    too_big = memory.wont_fit(memory.point_bytes(shape, point.dtype, mem_mode, provider.workspace_bytes, opts.check),
                               memory.available_bytes(opts.device))
     if too_big:  # recorded without allocating anything
         return {**row, "status": "oom", "error": too_big}
     with precision.matmul_precision(point.dtype):  # tf32: TF32 matmuls for this point only
+        if point.mode == DECODE:
+            return _check_and_time_decode(point, provider, row, opts, device_peaks)
         return _check_and_time(point, provider, row, opts, device_peaks)
 
 
@@ -138,13 +173,70 @@ def _check_and_time(point: Point, provider: providers.Provider, row: dict, opts:
                    tflops=achieved,
                    pct_a100_peak=hardware.pct_of(achieved, hardware.A100_PEAK_TFLOPS),
                    pct_device_peak=hardware.pct_of(achieved, device_peaks.get(point.dtype)),
-                   peak_mem_mb=timing.peak_memory_mb(call), config=provider.config())
+                   peak_mem_mb=timing.peak_memory_mb(call), config=provider.config(),
+                   **bandwidth_columns(point, measured.ms, opts.copy_tb_per_s))
         row.update(telemetry.measure(call, measured.ms, row["flops"], grad_to_none=grads))
         return row
     except Exception as exc:  # recorded, and the sweep goes on
         return {**row, **classify(exc, caught)}
     finally:
         release()
+
+
+def _check_and_time_decode(point: Point, provider: providers.Provider, row: dict, opts: RunOptions,
+                           device_peaks: dict[str, float | None]) -> dict:
+    """A decode point: a fresh KV cache (contiguous or paged, uniform or ragged), the check against the decode
+    reference, then the preferred timer on another fresh cache."""
+    shape = point.shape
+    caught: list[warnings.WarningMessage] = []
+
+    def inputs():
+        return make_decode_inputs(shape.batch, shape.heads, shape.kv_heads, shape.seqlen_q, shape.seqlen_k,
+                                  shape.headdim, shape.page_size, shape.ragged, TORCH_DTYPES[point.dtype], opts.device)
+
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            if provider.decode == "native":
+                fn = provider.make(shape)
+            else:
+                fn = providers.decode_adapter(provider.make(providers.attention_shape(shape)))
+            if opts.check:
+                verdict = check_decode(fn, inputs(), shape.causal, tf32=point.dtype == "tf32")
+                row["max_rel_error"] = verdict.max_rel_error
+                if not verdict.ok:
+                    return {**row, "status": "wrong", "error": verdict.detail}
+            cache = inputs()
+
+            def call():
+                return fn(cache)
+
+            call()  # compilation happens here, outside the timed region
+        measured, timer = _bench(call, opts, PREFERRED_TIMER.get(point.mode))
+        row.update(ms=measured.ms, ms_p20=measured.ms_p20, ms_p80=measured.ms_p80, reps=measured.reps,
+                   tflops=tflops(row["flops"], measured.ms), timer=timer,
+                   pct_a100_peak=hardware.pct_of(tflops(row["flops"], measured.ms), hardware.A100_PEAK_TFLOPS),
+                   pct_device_peak=hardware.pct_of(tflops(row["flops"], measured.ms), device_peaks.get(point.dtype)),
+                   peak_mem_mb=timing.peak_memory_mb(call), config=provider.config(),
+                   **bandwidth_columns(point, measured.ms, opts.copy_tb_per_s))
+        row.update(telemetry.measure(call, measured.ms, row["flops"]))
+        return row
+    except Exception as exc:  # recorded, and the sweep goes on
+        return {**row, **classify(exc, caught)}
+    finally:
+        release()
+
+
+def _bench(call, opts: RunOptions, preferred: str | None) -> tuple[timing.Timing, str]:
+    """``timing.bench`` with the ``preferred`` timer when fa2bench.run.timing offers a choice (a ``timer``
+    keyword, "plain" or "graph"), else its one timer ("plain"). Returns the timing and the timer that ran."""
+    import inspect
+
+    kwargs = dict(warmup_ms=opts.warmup_ms, rep_ms=opts.rep_ms, target_spread=opts.target_spread,
+                  max_ms=opts.max_ms)
+    if preferred and "timer" in inspect.signature(timing.bench).parameters:
+        return timing.bench(call, None, timer=preferred, **kwargs), preferred
+    return timing.bench(call, None, **kwargs), "plain"
 
 
 def classify(exc: Exception, caught) -> dict:

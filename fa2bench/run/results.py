@@ -21,19 +21,20 @@ from typing import Callable
 import pandas as pd
 
 from fa2bench.run import telemetry
-from fa2bench.core.presets import KEY_COLUMNS
+from fa2bench.core.presets import KEY_COLUMNS, KEY_DEFAULTS
 
 STATUSES = ("ok", "wrong", "oom", "unsupported", "error", "timeout")
 COLUMNS = KEY_COLUMNS + (
     "status", "error", "ms", "ms_p20", "ms_p80", "reps", "flops", "tflops", "pct_a100_peak", "pct_device_peak",
     "max_rel_error", "peak_mem_mb", "config",
+    "us", "gbps", "pct_copy_bw", "timer",  # latency; compulsory bytes / time, against the measured copy rate
 ) + telemetry.COLUMNS + (
     "point_s",  # wall time the point took: check, compile/autotune, timing, telemetry (where a sweep's time goes)
 )
 # columns that hold text (every other one must be empty or a number); other tables go through this store too:
 # "report" is the IO study's ncu report path, "model", "note", "checkpointing" and "parallel" are e2e rows'
 # (fa2bench.e2e.schema)
-_TEXT_COLUMNS = ("provider", "mode", "dtype", "causal", "status", "error", "config", "throttle_reason", "throttled",
+_TEXT_COLUMNS = ("provider", "mode", "dtype", "causal", "ragged", "timer", "status", "error", "config", "throttle_reason", "throttled",
                  "report", "model", "note", "checkpointing", "parallel")
 CSV_NAME, PARQUET_NAME, META_NAME = "results.csv", "results.parquet", "meta.json"
 DAMAGED_NAME = "results.csv.damaged"  # rows dropped on resume, kept for inspection (<table>.damaged for others)
@@ -155,6 +156,10 @@ def _parse_csv(source) -> pd.DataFrame:
     for col in COLUMNS:
         if col not in frame:
             frame[col] = pd.NA
+    for col, default in KEY_DEFAULTS.items():  # a file (or row) from before decode points: the defaults
+        frame[col] = [default if pd.isna(v) else v for v in frame[col]]
+    frame["page_size"] = frame["page_size"].astype(int)
+    frame["ragged"] = frame["ragged"].map(_as_bool).astype(bool)
     frame["causal"] = frame["causal"].map(_as_bool).astype(bool)
     frame["error"] = frame["error"].fillna("")
     return frame[list(COLUMNS) + [c for c in frame.columns if c not in COLUMNS]]
@@ -192,7 +197,7 @@ def scan_csv(path: Path) -> tuple[list[str], list[str], list[Damage]]:
         header = next(csv.reader([first.decode("utf-8").rstrip("\r\n")]))
     except (UnicodeDecodeError, csv.Error):
         raise ResultsError(f"{path} is not a fa2bench results file (its first line is not a CSV header)") from None
-    missing = [c for c in KEY_COLUMNS + ("status",) if c not in header]
+    missing = [c for c in KEY_COLUMNS + ("status",) if c not in header and c not in KEY_DEFAULTS]
     if missing:
         raise ResultsError(f"{path} is not a fa2bench results file (no {', '.join(missing)} column)")
     good, damaged = [], []
@@ -238,8 +243,11 @@ def _row_problem(raw: bytes, header: list[str]) -> str | None:
         return f"{len(fields)} fields where the header has {len(header)}"
     row = dict(zip(header, fields))
     for col in KEY_COLUMNS:
-        value = row[col]
-        if col in ("provider", "mode", "dtype"):
+        value = row.get(col, "")
+        if col in KEY_DEFAULTS:
+            if value and value.strip().lower() not in ("true", "false", "1", "0") and not value.isdigit():
+                return f"{col} is {value!r}"
+        elif col in ("provider", "mode", "dtype"):
             if not value:
                 return f"empty {col}"
         elif col == "causal":
@@ -296,8 +304,15 @@ def _finished_keys(csv_path: Path, key: Callable[[dict], tuple]) -> set[tuple]:
 
 def row_key(row: dict) -> tuple:
     """The point key of a results row (same order as ``Point.key``)."""
-    return tuple(_as_bool(row[c]) if c == "causal" else (int(row[c]) if c not in ("provider", "mode", "dtype")
-                 else str(row[c])) for c in KEY_COLUMNS)
+    def value(c):
+        v = row.get(c, KEY_DEFAULTS.get(c))
+        if c in KEY_DEFAULTS and (v is None or v is pd.NA or v != v or v == ""):
+            v = KEY_DEFAULTS[c]
+        if c in ("causal", "ragged"):
+            return _as_bool(v)
+        return str(v) if c in ("provider", "mode", "dtype") else int(v)
+
+    return tuple(value(c) for c in KEY_COLUMNS)
 
 
 def write_meta(out_dir: Path, meta: dict) -> None:
@@ -329,6 +344,9 @@ def load_run(path: str | Path) -> pd.DataFrame:
         if path.suffix == ".parquet" or (path.is_dir() and parquet_path.exists() and (
                 not csv_path.exists() or parquet_path.stat().st_mtime >= csv_path.stat().st_mtime)):
             frame = pd.read_parquet(parquet_path if path.is_dir() else path)
+            for col, default in KEY_DEFAULTS.items():  # written before decode points existed
+                if col not in frame:
+                    frame[col] = default
         elif csv_path.exists() or path.suffix == ".csv":
             frame = read_csv(csv_path if path.is_dir() else path)
         else:

@@ -5,6 +5,7 @@ run's provenance for meta.json (``collect_meta``, ``git_state``).
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import os
 import subprocess
@@ -31,6 +32,9 @@ def run_sweep(points: Iterable[Point], writer: RunWriter, opts: RunOptions, devi
     """
     written = 0
     worker = None
+    copy_rate = ((getattr(writer, "meta", None) or {}).get("ceilings") or {}).get("copy_tb_per_s")
+    if opts.copy_tb_per_s is None and copy_rate:  # the run's measured copy rate, for each row's pct_copy_bw
+        opts = dataclasses.replace(opts, copy_tb_per_s=copy_rate)
     if opts.isolate:
         from fa2bench.run.worker import Worker
 

@@ -1,0 +1,332 @@
+"""FlashAttention-2 specialised for decoding: a few new queries per sequence against a long KV cache.
+
+The algorithm is FA2's forward (kernels/flash2.py, Dao 2023, Algorithm 1): online softmax over K/V blocks in
+the log2 domain (``qk_scale = sm_scale * log2(e)``, ``exp2``), an unscaled fp32 accumulator divided once at the
+end, one log-sum-exp per row. What changes for decoding, where seqlen_q is 1-16 and FA2's parallelism over
+query blocks has nothing to split:
+
+1. **GQA packing.** The query heads of one KV group share K and V, so one program takes all of them: its tile
+   has ``q_len * group`` rows (row r is query ``r // group`` of head ``kv_head * group + r % group``) and K/V
+   are read once per group, not once per query head. Tiles of more than 128 rows (MQA with many heads) are
+   split over extra programs (``m_tiles``).
+2. **Split-KV (flash-decoding).** The grid is (splits, batch * kv_heads, m_tiles). Split s of a sequence with
+   ``n`` K/V blocks takes the contiguous blocks ``[s * ceil(n / S), (s + 1) * ceil(n / S))``; it writes its
+   partial output, *normalised by its own row sum*, in fp32 and its log-sum-exp ``L_s`` (log2 domain; -inf for
+   a split with no key). A second kernel (``_combine_kernel``, one program per output row) merges them:
+   ``O = sum_s 2^(L_s - L) O_s`` with ``L = log2 sum_s 2^L_s``. With one split the first kernel writes O
+   itself and no combine runs.
+3. **The split heuristic** (``num_splits_heuristic``): enough programs for about two per SM
+   (``2 * sm_count``: a decode program's K/V pipeline leaves room for two per SM on Hopper), so
+   ``splits = ceil(2 * sm_count / (batch * kv_heads * m_tiles))``, at most ``n_blocks // 4`` (each split
+   streams at least 4 K/V blocks, so the combine's extra pass stays small against it; n_blocks from the
+   cache's capacity, not the lengths, so no host sync) and at most 128; 1 when the grid already fills the
+   GPU. ``num_splits=`` forces a count (a benchmark compares the heuristic with the best fixed one).
+4. **Ragged and paged caches.** Each sequence has its own length (``seqlens_k``, int32); blocks past it are
+   never visited. The cache is either contiguous, (batch, kv_len, kv_heads, head_dim), or paged,
+   (num_pages, page_size, kv_heads, head_dim) with a ``block_table`` (batch, max_pages_per_seq) int32: page
+   ``p`` of sequence ``b`` holds its keys ``[p * page_size, (p + 1) * page_size)``. Both layouts index a key by
+   (page or batch, row, kv head): the constexpr ``PAGED`` switch only changes where a block's row 0 is. The
+   K/V block ``BLOCK_N = min(page_size, 64)`` (32 for fp32) divides the page, so a block never straddles two
+   pages and one table entry is read per block. Page sizes: powers of two from 16 to 256.
+5. **Causal, bottom-right.** Query i of q_len sees keys ``j <= seqlen - q_len + i``; keys
+   ``< seqlen - q_len + 1`` are seen by every row and run without a mask, the rest (the last block or two) run
+   masked, as in FA2's two-stage loop. ``causal=False`` lets every query see the whole sequence.
+
+q and the output are (batch, q_len, heads, head_dim), the cache's token-major layout (FlashInfer's and
+vLLM's); any strides. fp16, bf16, fp32 (IEEE dot products unless ``tf32``). Not supported: backward, softcap,
+windows, FP8 caches, page sizes that are not powers of two. Written for Triton 3.6 and newer (sm_90).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from ._common import LOG2E, MAX_HEADDIM, block_d, check_scale, dot_precision, interpreting
+
+PAGE_SIZES = (16, 32, 64, 128, 256)
+MAX_SPLITS = 128
+MIN_BLOCKS_PER_SPLIT = 4
+MAX_TILE_ROWS = 128  # q_len * group rows per program at most; more go to extra programs
+INTERPRETER_SMS = 8  # the SM count the heuristic assumes on the CPU interpreter (so its split path runs in tests)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The split kernel: one (split, batch, kv head, row tile) per program
+# ----------------------------------------------------------------------------------------------------------------
+@triton.jit
+def _decode_inner(acc, l_i, m_i, q, K, V, table_row, lo, hi, limit, seqlen, off_b, offs_n, offs_d, qk_scale,
+                  stride_kb, stride_kn, stride_vb, stride_vn,
+                  PAGE_SIZE: tl.constexpr, PAGED: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+                  BLOCK_N: tl.constexpr, MASK: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """Online softmax over the K/V blocks [lo, hi) of one sequence. MASK=False: every row sees every key here.
+    MASK=True: row r sees key j iff j <= limit[r] (limit < seqlen: the ragged end and the causal band)."""
+    d_ok = offs_d[None, :] < HEAD_DIM
+    for start_n in range(lo, hi, BLOCK_N):
+        cols = start_n + offs_n
+        if PAGED:  # BLOCK_N divides PAGE_SIZE: the block lies in one page
+            page = tl.load(table_row + start_n // PAGE_SIZE).to(tl.int64)
+            rows = (start_n % PAGE_SIZE + offs_n).to(tl.int64)
+            k_off = page * stride_kb + rows[:, None] * stride_kn + offs_d[None, :]
+            v_off = page * stride_vb + rows[:, None] * stride_vn + offs_d[None, :]
+        else:
+            k_off = off_b * stride_kb + cols.to(tl.int64)[:, None] * stride_kn + offs_d[None, :]
+            v_off = off_b * stride_vb + cols.to(tl.int64)[:, None] * stride_vn + offs_d[None, :]
+        if MASK:
+            live = (cols[:, None] < seqlen) & d_ok
+        else:
+            live = d_ok
+        k = tl.load(K + k_off, mask=live, other=0.0)
+        qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
+        if MASK:
+            qk = tl.where(cols[None, :] <= limit[:, None], qk, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(qk, 1))
+        if MASK:  # a row that has seen no key yet keeps m = -inf: shift it by 0 so exp2 gives 0, not NaN
+            shift = tl.where(m_new == float("-inf"), 0.0, m_new)
+        else:
+            shift = m_new
+        p = tl.math.exp2(qk - shift[:, None])
+        alpha = tl.math.exp2(m_i - shift)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = tl.load(V + v_off, mask=live, other=0.0)
+        acc = acc * alpha[:, None]
+        acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PRECISION)
+        m_i = m_new
+    return acc, l_i, m_i
+
+
+@triton.jit
+def _decode_kernel(Q, K, V, Out, OPart, LsePart, SeqlensK, BlockTable, qk_scale,
+                   stride_qb, stride_qm, stride_qh, stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh,
+                   stride_ob, stride_om, stride_oh, stride_tb,
+                   BATCH, HEADS, KV_HEADS, Q_LEN, NUM_SPLITS,
+                   GROUP: tl.constexpr, CAUSAL: tl.constexpr, PAGED: tl.constexpr, PAGE_SIZE: tl.constexpr,
+                   SPLIT: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
+                   BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    split = tl.program_id(0)
+    off_b = tl.program_id(1) // KV_HEADS
+    off_hkv = tl.program_id(1) % KV_HEADS
+    offs_r = tl.program_id(2) * BLOCK_M + tl.arange(0, BLOCK_M)  # packed rows: (query, head in the group)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    q_idx = offs_r // GROUP
+    head = off_hkv * GROUP + offs_r % GROUP
+    row_ok = offs_r < Q_LEN * GROUP
+    seqlen = tl.load(SeqlensK + off_b)
+    off_b = off_b.to(tl.int64)
+
+    # this split's contiguous range of K/V blocks of this sequence
+    n_blocks = tl.cdiv(seqlen, BLOCK_N)
+    per_split = tl.cdiv(n_blocks, NUM_SPLITS)
+    lo = tl.minimum(split * per_split, n_blocks) * BLOCK_N
+    hi = tl.minimum((split + 1) * per_split, n_blocks) * BLOCK_N
+    # keys every row sees (no mask) end at full_end; row r sees keys <= limit[r]
+    if CAUSAL:
+        limit = seqlen - Q_LEN + q_idx
+        full_end = (seqlen - Q_LEN + 1) // BLOCK_N * BLOCK_N
+    else:
+        limit = tl.zeros([BLOCK_M], dtype=tl.int32) + seqlen - 1
+        full_end = seqlen // BLOCK_N * BLOCK_N
+    limit = tl.minimum(limit, seqlen - 1)
+    mid = tl.minimum(tl.maximum(full_end, lo), hi)
+
+    d_ok = offs_d[None, :] < HEAD_DIM
+    q_off = off_b * stride_qb + q_idx[:, None] * stride_qm + head[:, None] * stride_qh + offs_d[None, :]
+    q = tl.load(Q + q_off, mask=row_ok[:, None] & d_ok, other=0.0)  # q stays on chip throughout
+    K += off_hkv * stride_kh
+    V += off_hkv * stride_vh
+    table_row = BlockTable + off_b * stride_tb
+
+    m_i = tl.zeros([BLOCK_M], dtype=tl.float32) - float("inf")
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    acc, l_i, m_i = _decode_inner(acc, l_i, m_i, q, K, V, table_row, lo, mid, limit, seqlen, off_b, offs_n, offs_d,
+                                  qk_scale, stride_kb, stride_kn, stride_vb, stride_vn, PAGE_SIZE, PAGED, HEAD_DIM,
+                                  BLOCK_D, BLOCK_N, False, DOT_PRECISION)
+    acc, l_i, m_i = _decode_inner(acc, l_i, m_i, q, K, V, table_row, mid, hi, limit, seqlen, off_b, offs_n, offs_d,
+                                  qk_scale, stride_kb, stride_kn, stride_vb, stride_vn, PAGE_SIZE, PAGED, HEAD_DIM,
+                                  BLOCK_D, BLOCK_N, True, DOT_PRECISION)
+    seen = l_i > 0.0
+    o = acc / tl.where(seen, l_i, 1.0)[:, None]
+    mask = row_ok[:, None] & d_ok
+    if SPLIT:  # partial O (normalised by its own sum) and its log-sum-exp, fp32, (splits, batch, q_len, heads)
+        row = ((split * BATCH + off_b) * Q_LEN + q_idx).to(tl.int64) * HEADS + head
+        lse = tl.where(seen, m_i + tl.math.log2(tl.where(seen, l_i, 1.0)), float("-inf"))
+        tl.store(LsePart + row, lse, mask=row_ok)
+        tl.store(OPart + row[:, None] * HEAD_DIM + offs_d[None, :], o, mask=mask)
+    else:
+        o_off = off_b * stride_ob + q_idx[:, None] * stride_om + head[:, None] * stride_oh + offs_d[None, :]
+        tl.store(Out + o_off, o.to(Out.dtype.element_ty), mask=mask)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The combine kernel: merge the splits of one output row by their log-sum-exps
+# ----------------------------------------------------------------------------------------------------------------
+@triton.jit
+def _combine_kernel(OPart, LsePart, Out, stride_ob, stride_om, stride_oh, ROWS, HEADS, Q_LEN, NUM_SPLITS,
+                    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr):
+    row = tl.program_id(0)  # (batch, query, head), flattened
+    offs_s = tl.arange(0, BLOCK_S)
+    offs_d = tl.arange(0, BLOCK_D)
+    lse = tl.load(LsePart + offs_s.to(tl.int64) * ROWS + row, mask=offs_s < NUM_SPLITS, other=float("-inf"))
+    lse_max = tl.max(lse, 0)  # finite: every row sees at least one key in some split
+    w = tl.math.exp2(lse - lse_max)
+    w = w / tl.sum(w, 0)
+    parts = tl.load(OPart + (offs_s.to(tl.int64)[:, None] * ROWS + row) * HEAD_DIM + offs_d[None, :],
+                    mask=(offs_s[:, None] < NUM_SPLITS) & (offs_d[None, :] < HEAD_DIM), other=0.0)
+    o = tl.sum(parts * w[:, None], 0)
+    off_b = row // (Q_LEN * HEADS)
+    off_m = row // HEADS % Q_LEN
+    off_h = row % HEADS
+    tl.store(Out + off_b.to(tl.int64) * stride_ob + off_m * stride_om + off_h * stride_oh + offs_d,
+             o.to(Out.dtype.element_ty), mask=offs_d < HEAD_DIM)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Host side: checks, the heuristic, launches
+# ----------------------------------------------------------------------------------------------------------------
+_last_config = ""
+
+
+def last_config() -> str:
+    """Tiles, warps, stages and splits of the latest launch (the results row's ``config``)."""
+    return _last_config
+
+
+def sm_count(device: torch.device) -> int:
+    """Streaming multiprocessors of ``device`` (INTERPRETER_SMS on the CPU interpreter)."""
+    if device.type != "cuda":
+        return INTERPRETER_SMS
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def num_splits_heuristic(programs: int, n_blocks: int, sms: int) -> int:
+    """Splits per sequence: about 2 programs per SM in all, each split at least MIN_BLOCKS_PER_SPLIT K/V blocks,
+    at most MAX_SPLITS; 1 when ``programs`` (batch * kv_heads * m_tiles) already reach 2 per SM."""
+    want = math.ceil(2 * sms / programs)
+    return max(1, min(want, n_blocks // MIN_BLOCKS_PER_SPLIT, MAX_SPLITS))
+
+
+def _check(q, k_cache, v_cache, seqlens_k, block_table, causal, num_splits):
+    """Shapes, dtypes and devices (no host sync): ValueError with one line naming the problem."""
+    for name, t in (("q", q), ("k_cache", k_cache), ("v_cache", v_cache)):
+        if not isinstance(t, torch.Tensor) or t.dim() != 4:
+            raise ValueError(f"{name} must be a 4-D tensor, got {getattr(t, 'shape', type(t).__name__)}")
+    if not (q.dtype == k_cache.dtype == v_cache.dtype) or q.dtype not in (torch.float16, torch.bfloat16,
+                                                                         torch.float32):
+        raise ValueError(f"q, k_cache, v_cache must share one of float16, bfloat16, float32; got "
+                         f"{q.dtype}, {k_cache.dtype}, {v_cache.dtype}")
+    if q.device.type != "cuda" and not interpreting():
+        raise ValueError(f"inputs are on {q.device}; the decode kernel needs a CUDA device (or TRITON_INTERPRET=1)")
+    if tuple(k_cache.shape) != tuple(v_cache.shape):
+        raise ValueError(f"k_cache and v_cache must have one shape, got {tuple(k_cache.shape)} and "
+                         f"{tuple(v_cache.shape)}")
+    batch, q_len, heads, headdim = q.shape
+    _, page, kv_heads, kd = k_cache.shape
+    if kd != headdim or not 1 <= headdim <= MAX_HEADDIM:
+        raise ValueError(f"head dims must match and lie in 1..{MAX_HEADDIM}: q has {headdim}, the cache {kd}")
+    if kv_heads < 1 or heads % kv_heads:
+        raise ValueError(f"query heads ({heads}) must be a multiple of the cache's kv heads ({kv_heads})")
+    if not 1 <= q_len <= 16:
+        raise ValueError(f"decode takes 1..16 queries per sequence, got q_len {q_len}")
+    if k_cache.stride(-1) != 1 or v_cache.stride(-1) != 1 or q.stride(-1) != 1:
+        raise ValueError("q, k_cache and v_cache need a contiguous last (head) dim")
+    if num_splits is not None and not 1 <= int(num_splits) <= MAX_SPLITS:
+        raise ValueError(f"num_splits must be in 1..{MAX_SPLITS}, got {num_splits}")
+    if seqlens_k is not None and (seqlens_k.dtype != torch.int32 or tuple(seqlens_k.shape) != (batch,)):
+        raise ValueError(f"seqlens_k must be int32 of shape ({batch},), got {seqlens_k.dtype} "
+                         f"{tuple(seqlens_k.shape)}")
+    if block_table is None:
+        if k_cache.shape[0] != batch:
+            raise ValueError(f"a contiguous cache needs batch {batch} first, got {tuple(k_cache.shape)}")
+        return
+    if seqlens_k is None:
+        raise ValueError("a paged cache (block_table given) needs seqlens_k")
+    if page not in PAGE_SIZES:
+        raise ValueError(f"page size {page} cannot be tiled; supported: {', '.join(map(str, PAGE_SIZES))}")
+    if block_table.dtype != torch.int32 or block_table.dim() != 2 or block_table.shape[0] != batch:
+        raise ValueError(f"block_table must be int32 of shape ({batch}, max_pages_per_seq), got "
+                         f"{block_table.dtype} {tuple(block_table.shape)}")
+
+
+def _check_values(q, k_cache, seqlens_k, block_table, causal):
+    """What depends on the values (one host sync): lengths within the cache and pages inside it."""
+    q_len = q.shape[1]
+    lens = seqlens_k.cpu()
+    capacity = k_cache.shape[1] * (block_table.shape[1] if block_table is not None else 1)
+    if int(lens.max()) > capacity:
+        raise ValueError(f"seqlens_k up to {int(lens.max())} exceed the cache's capacity of {capacity} per sequence")
+    low = q_len if causal else 1
+    if int(lens.min()) < low:
+        raise ValueError(f"seqlens_k down to {int(lens.min())}: causal decoding of {q_len} queries needs "
+                         f"kv length >= q_len" if causal else f"seqlens_k must be >= 1, got {int(lens.min())}")
+    if block_table is not None:
+        pages = (lens + k_cache.shape[1] - 1) // k_cache.shape[1]
+        table = block_table.cpu()
+        used = torch.arange(table.shape[1])[None, :] < pages[:, None]
+        bad = used & ((table < 0) | (table >= k_cache.shape[0]))
+        if bool(bad.any()):
+            b, p = (int(x) for x in bad.nonzero()[0])
+            raise ValueError(f"block_table[{b}, {p}] = {int(table[b, p])} is outside the cache's "
+                             f"{k_cache.shape[0]} pages")
+
+
+def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                     seqlens_k: torch.Tensor | None = None, block_table: torch.Tensor | None = None, *,
+                     causal: bool = True, sm_scale: float | None = None, num_splits: int | None = None,
+                     tf32: bool = False, validate: bool = True) -> torch.Tensor:
+    """softmax(q k^T * sm_scale) v for decoding, split over the keys; returns (batch, q_len, heads, head_dim).
+
+    q: (batch, q_len <= 16, heads, head_dim). Contiguous cache (block_table None): k_cache, v_cache
+    (batch, kv_len, kv_heads, head_dim), seqlens_k (batch,) int32 or None for kv_len everywhere. Paged cache:
+    (num_pages, page_size, kv_heads, head_dim) with block_table (batch, max_pages_per_seq) int32 and
+    seqlens_k. Causal masking is aligned bottom-right. ``num_splits`` forces the split count (default: the
+    heuristic). ``validate`` checks lengths and table entries against the cache (one host sync; a caller that
+    built them itself, or a CUDA-graph capture, passes False).
+    """
+    _check(q, k_cache, v_cache, seqlens_k, block_table, causal, num_splits)
+    batch, q_len, heads, headdim = q.shape
+    kv_heads = k_cache.shape[2]
+    group = heads // kv_heads
+    paged = block_table is not None
+    if seqlens_k is None:
+        seqlens_k = torch.full((batch,), k_cache.shape[1], dtype=torch.int32, device=q.device)
+    if validate:
+        _check_values(q, k_cache, seqlens_k, block_table, bool(causal))
+    scale = check_scale(headdim, sm_scale)
+    precision = dot_precision(q.dtype, tf32)
+    block_n = 32 if q.dtype == torch.float32 else 64
+    if paged:
+        block_n = min(block_n, k_cache.shape[1])
+    rows = q_len * group
+    block_m = min(MAX_TILE_ROWS, max(16, triton.next_power_of_2(rows)))
+    m_tiles = triton.cdiv(rows, block_m)
+    capacity = k_cache.shape[1] * (block_table.shape[1] if paged else 1)
+    programs = batch * kv_heads * m_tiles
+    splits = int(num_splits) if num_splits is not None else num_splits_heuristic(
+        programs, triton.cdiv(capacity, block_n), sm_count(q.device))
+    out = torch.empty_like(q)
+    f32 = dict(device=q.device, dtype=torch.float32)
+    o_part = torch.empty((splits, batch, q_len, heads, headdim) if splits > 1 else (1,), **f32)
+    lse_part = torch.empty((splits, batch, q_len, heads) if splits > 1 else (1,), **f32)
+    table = block_table if paged else seqlens_k  # unread when not PAGED
+    BLOCK_D = block_d(headdim)
+    warps, stages = (4 if block_m <= 64 else 8), 3  # a 128-row tile keeps a 128 x d fp32 accumulator
+    _decode_kernel[(splits, batch * kv_heads, m_tiles)](
+        q, k_cache, v_cache, out, o_part, lse_part, seqlens_k, table, scale * 1.4426950408889634,
+        q.stride(0), q.stride(1), q.stride(2), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), out.stride(0), out.stride(1), out.stride(2),
+        table.stride(0), batch, heads, kv_heads, q_len, splits,
+        GROUP=group, CAUSAL=bool(causal), PAGED=paged, PAGE_SIZE=k_cache.shape[1] if paged else 1,
+        SPLIT=splits > 1, HEAD_DIM=headdim, BLOCK_D=BLOCK_D, BLOCK_M=block_m, BLOCK_N=block_n,
+        DOT_PRECISION=precision, num_warps=warps, num_stages=stages)
+    if splits > 1:
+        _combine_kernel[(batch * q_len * heads,)](
+            o_part, lse_part, out, out.stride(0), out.stride(1), out.stride(2), batch * q_len * heads, heads, q_len,
+            splits, HEAD_DIM=headdim, BLOCK_D=BLOCK_D, BLOCK_S=max(2, triton.next_power_of_2(splits)), num_warps=4)
+    global _last_config
+    _last_config = (f"decode: BLOCK_M={block_m} BLOCK_N={block_n} w{warps} s{stages} splits={splits}"
+                    f"{f' page={k_cache.shape[1]}' if paged else ''}")
+    return out

@@ -1,0 +1,241 @@
+"""kernels/decode.py against the float64 decode reference (fa2bench/core/decode_ref.py).
+
+Interpreter cases are small (seconds in all): KV length 1, lengths off the page and block grid, one page, an
+empty tail page, a spare page no one references, very different lengths in one batch, more splits than blocks,
+q_len 1 and > 1, GQA groups 1, 4, 8 and MQA; paged equals contiguous; every split count agrees; bad input is
+one ValueError line. GPU cases (``-m gpu``) run realistic shapes in fp16 and bf16.
+"""
+import math
+
+import pytest
+import torch
+
+from tests.conftest import DEVICE
+from fa2bench.kernels.decode import MAX_SPLITS, decode_attention, num_splits_heuristic
+from fa2bench.core.decode import compulsory_bytes, kv_lengths, shape_problem
+from fa2bench.core.decode_ref import DecodeInputs, check_decode, decode_ref, gather_kv, make_inputs
+
+CPU_DTYPES = [torch.float32, torch.float16]
+
+
+def run(inputs: DecodeInputs, **kw):
+    return decode_attention(inputs.q, inputs.k_cache, inputs.v_cache, inputs.seqlens_k, inputs.block_table, **kw)
+
+
+def paged_copy(inputs: DecodeInputs, page_size: int) -> DecodeInputs:
+    """The same contiguous cache cut into pages of ``page_size``, handed out in reverse order."""
+    batch, kv_len = inputs.k_cache.shape[:2]
+    width = math.ceil(kv_len / page_size)
+    pad = width * page_size - kv_len
+    order = torch.arange(batch * width).flip(0).reshape(batch, width)
+
+    def pages(cache):
+        padded = torch.nn.functional.pad(cache, (0, 0, 0, 0, 0, pad))
+        out = torch.empty(batch * width, page_size, *cache.shape[2:], dtype=cache.dtype, device=cache.device)
+        out[order.reshape(-1)] = padded.reshape(batch * width, page_size, *cache.shape[2:])
+        return out
+
+    return DecodeInputs(inputs.q, pages(inputs.k_cache), pages(inputs.v_cache), inputs.seqlens_k,
+                        order.to(torch.int32).to(inputs.q.device))
+
+
+CASES = [  # batch, heads, kv_heads, q_len, kv_len, head dim, page size (0: contiguous), ragged, splits
+    pytest.param(1, 2, 2, 1, 1, 16, 16, False, None, id="kv-len-1"),
+    pytest.param(2, 4, 1, 1, 37, 32, 16, False, 3, id="mqa-off-grid"),
+    pytest.param(1, 8, 8, 1, 32, 16, 32, False, 2, id="one-page-group-1"),
+    pytest.param(3, 8, 2, 4, 75, 24, 16, True, 4, id="ragged-q4-gqa4"),
+    pytest.param(2, 8, 1, 2, 50, 16, 0, True, 2, id="contiguous-ragged-mqa-q2"),
+    pytest.param(2, 16, 2, 1, 40, 16, 16, False, 64, id="gqa8-more-splits-than-blocks"),
+    pytest.param(1, 4, 2, 16, 20, 16, 0, False, None, id="q16-heuristic"),
+]
+
+
+@pytest.mark.parametrize("dtype", CPU_DTYPES, ids=["fp32", "fp16"])
+@pytest.mark.parametrize("batch,heads,kv_heads,q_len,kv_len,d,page,ragged,splits", CASES)
+def test_matches_reference(batch, heads, kv_heads, q_len, kv_len, d, page, ragged, splits, dtype):
+    inputs = make_inputs(batch, heads, kv_heads, q_len, kv_len, d, page, ragged, dtype, DEVICE)
+    verdict = check_decode(lambda i: run(i, num_splits=splits), inputs)
+    assert verdict.ok, verdict.detail
+
+
+def test_lengths_far_apart_and_empty_tail_page():
+    """Lengths 1, 17 and 96 over pages of 16: a short sequence beside a long one, 17 keys leaving a page with
+    one key; the table is wider than any sequence needs (its tail entries are -1 and never read). Then the same
+    with a spare last page that no sequence references."""
+    q = torch.randn(3, 1, 4, 16)
+    k, v = torch.randn(2, 9, 16, 2, 16)
+    table = torch.full((3, 8), -1, dtype=torch.int32)
+    table[0, 0] = 8
+    table[1, :2] = torch.tensor([3, 0])
+    table[2, :6] = torch.tensor([1, 2, 4, 5, 6, 7])
+    lengths = torch.tensor([1, 17, 96], dtype=torch.int32)
+    every_page_used = DecodeInputs(q, k, v, lengths, table)
+    spare = DecodeInputs(q, torch.cat([k, torch.randn(1, 16, 2, 16)]), torch.cat([v, torch.randn(1, 16, 2, 16)]),
+                         lengths, table)
+    for case in (every_page_used, spare):
+        for splits in (1, 3, 8):
+            verdict = check_decode(lambda i: run(i, num_splits=splits), case)
+            assert verdict.ok, verdict.detail
+
+
+@pytest.mark.parametrize("page", [16, 32, 64])
+def test_paged_equals_contiguous(page):
+    inputs = make_inputs(2, 8, 2, 3, 90, 32, 0, True, torch.float32, DEVICE)
+    contiguous = run(inputs, num_splits=2)
+    paged = run(paged_copy(inputs, page), num_splits=2)
+    torch.testing.assert_close(paged, contiguous, rtol=1e-6, atol=1e-6)
+
+
+def test_split_counts_agree():
+    inputs = make_inputs(2, 4, 2, 2, 130, 32, 16, True, torch.float32, DEVICE)
+    outs = [run(inputs, num_splits=s) for s in (1, 2, 3, 5, 9, 20)]
+    for out in outs[1:]:
+        torch.testing.assert_close(out, outs[0], rtol=1e-5, atol=1e-6)
+
+
+def test_heuristic():
+    assert num_splits_heuristic(programs=512, n_blocks=2048, sms=132) == 1  # the grid fills the GPU already
+    assert num_splits_heuristic(programs=8, n_blocks=2048, sms=132) == 33  # ~2 programs per SM
+    assert num_splits_heuristic(programs=8, n_blocks=16, sms=132) == 4  # >= 4 blocks per split
+    assert num_splits_heuristic(programs=1, n_blocks=10**6, sms=1000) == MAX_SPLITS
+    assert num_splits_heuristic(programs=8, n_blocks=2, sms=132) == 1
+
+
+def test_reference_gathers_pages_in_table_order():
+    cache = torch.arange(3 * 4, dtype=torch.float32).reshape(3, 4, 1, 1)
+    table = torch.tensor([[2, 0, -1]], dtype=torch.int32)
+    assert gather_kv(cache, table, 0, 6).flatten().tolist() == [8, 9, 10, 11, 0, 1]
+
+
+def test_reference_causal_is_bottom_right():
+    """The last query sees every key; the first of q_len sees kv_len - q_len + 1 of them."""
+    q = torch.zeros(1, 2, 1, 4, dtype=torch.float64)  # equal scores: the output averages the values seen
+    v = torch.arange(5, dtype=torch.float64).reshape(1, 5, 1, 1).expand(1, 5, 1, 4).contiguous()
+    out = decode_ref(DecodeInputs(q, torch.randn(1, 5, 1, 4), v, torch.tensor([5], dtype=torch.int32)))
+    assert out[0, :, 0, 0].tolist() == [1.5, 2.0]  # mean of 0..3, mean of 0..4
+
+
+def test_ragged_lengths_and_bytes():
+    assert kv_lengths(4, 1, 100, ragged=True) == [25, 50, 75, 100]
+    assert kv_lengths(2, 1, 100, ragged=False) == [100, 100]
+    # b1 h32/kv8 one query over 1024 keys, d128, fp16: K, V of 8 heads x 1024 keys, plus Q and O of 32 heads
+    assert compulsory_bytes(1, 32, 8, 1, 1024, 128, False, 2) == 2 * (2 * 1024 * 8 * 128 + 2 * 32 * 128)
+    assert shape_problem(17, 1000, 0, True).startswith("decode takes 1..16")
+    assert "page size 48" in shape_problem(1, 1000, 48, True)
+
+
+def _valid():
+    q = torch.randn(2, 2, 4, 16)
+    k, v = torch.randn(2, 6, 16, 2, 16)
+    table = torch.tensor([[0, 1, -1], [2, 3, 4]], dtype=torch.int32)
+    return dict(q=q, k_cache=k, v_cache=v, seqlens_k=torch.tensor([20, 40], dtype=torch.int32), block_table=table)
+
+
+def _with(**changes):
+    args = _valid()
+    args.update(changes)
+    return args
+
+
+BAD = [
+    pytest.param(_with(block_table=torch.tensor([[0, 6, -1], [2, 3, 4]], dtype=torch.int32)),
+                 r"block_table\[0, 1\] = 6 is outside the cache's 6 pages", id="table-entry-outside"),
+    pytest.param(_with(block_table=torch.tensor([[0, -1, -1], [2, 3, 4]], dtype=torch.int32)),
+                 r"block_table\[0, 1\] = -1 is outside", id="table-entry-negative"),
+    pytest.param(_with(seqlens_k=torch.tensor([20, 49], dtype=torch.int32)),
+                 "seqlens_k up to 49 exceed the cache's capacity of 48", id="lengths-over-capacity"),
+    pytest.param(_with(k_cache=torch.randn(6, 24, 2, 16), v_cache=torch.randn(6, 24, 2, 16)),
+                 "page size 24 cannot be tiled", id="page-size"),
+    pytest.param(_with(seqlens_k=torch.tensor([1, 40], dtype=torch.int32)),
+                 "causal decoding of 2 queries needs kv length >= q_len", id="q-len-over-kv-len"),
+    pytest.param(_with(q=torch.randn(2, 2, 3, 16)), r"query heads \(3\) must be a multiple of the cache's kv heads",
+                 id="heads-vs-groups"),
+    pytest.param(_with(q=torch.randn(2, 17, 4, 16)), "decode takes 1..16 queries", id="q-len-17"),
+    pytest.param(_with(seqlens_k=torch.tensor([20, 40])), "seqlens_k must be int32", id="lengths-int64"),
+    pytest.param(_with(seqlens_k=None), "a paged cache .* needs seqlens_k", id="paged-without-lengths"),
+]
+
+
+@pytest.mark.parametrize("args,message", BAD)
+def test_bad_input_is_one_line(args, message):
+    with pytest.raises(ValueError, match=message) as info:
+        decode_attention(**args)
+    assert "\n" not in str(info.value)
+
+
+def test_valid_input_passes_the_checks():
+    assert decode_attention(**_valid()).shape == (2, 2, 4, 16)
+
+
+# --- GPU: realistic shapes in fp16 and bf16 -------------------------------------------------------------------
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("page", [0, 16, 64, 256])
+@pytest.mark.parametrize("ragged", [False, True], ids=["uniform", "ragged"])
+@pytest.mark.parametrize("q_len", [1, 4])
+def test_gpu_llama8b_shapes(dtype, page, ragged, q_len):
+    inputs = make_inputs(8, 32, 8, q_len, 8192, 128, page, ragged, dtype, "cuda")
+    for splits in (None, 1, 7):
+        verdict = check_decode(lambda i: run(i, num_splits=splits), inputs)
+        assert verdict.ok, f"splits {splits}: {verdict.detail}"
+
+
+@pytest.mark.gpu
+def test_gpu_repeated_runs_are_bit_equal():
+    inputs = make_inputs(4, 64, 8, 1, 20000, 128, 64, True, torch.bfloat16, "cuda")
+    first = run(inputs)
+    for _ in range(5):
+        assert torch.equal(run(inputs), first)
+
+
+# --- the decode mode in a sweep (CPU: the interpreter) ---------------------------------------------------------
+
+
+def test_decode_sweep_rows_resume_and_figure(tmp_path):
+    from fa2bench import api
+    from fa2bench.read import plots
+    from fa2bench.run.results import load_run, row_key
+
+    options = dict(mode="decode", seqlen=[2], seqlen_k=[40], headdim=[16], batch=[2], heads=[4], kv_heads=[2],
+                   causal="on", dtype=["fp32"], page_size="0,16", ragged="both",
+                   provider=["fa2-decode", "torch-eager"], isolate=False)
+    run = api.sweep(out=tmp_path, **options)
+    frame = run.frame.set_index(["provider", "page_size", "ragged"]).sort_index()
+    assert len(frame) == 8 and frame.loc["fa2-decode", "status"].eq("ok").all()
+    assert frame.loc[("torch-eager", 0, False), "status"] == "ok"
+    assert frame.loc[("torch-eager", 16, False), "error"].startswith("cannot read a paged KV cache")
+    assert frame.loc[("torch-eager", 0, True), "error"].startswith("takes one KV length")
+    ok = run.frame[run.frame["status"] == "ok"]
+    assert (ok["us"] > 0).all() and (ok["gbps"] > 0).all() and ok["timer"].isin(["plain", "graph"]).all()
+    # the keys tell paged from contiguous points: a resume finds every one of them done
+    assert len({row_key(r) for r in load_run(tmp_path).to_dict("records")}) == 8
+    assert api.sweep(out=tmp_path, resume=True, **options).complete
+    assert len(load_run(tmp_path)) == 8
+    plotted = plots.plot_run(load_run(tmp_path), tmp_path / "figures")
+    assert [p.name for p in plotted.files["decode_bandwidth"]] == ["decode_bandwidth-fp32.png"]
+
+
+def test_old_rows_read_as_contiguous_uniform():
+    from fa2bench.run.results import row_key
+    from fa2bench.core.presets import Point, Shape
+
+    old = dict(provider="fa2", mode="fwd", dtype="fp16", batch=1, heads=2, kv_heads=2, seqlen_q=64, seqlen_k=64,
+               headdim=32, causal=False)
+    assert row_key(old) == Point("fa2", "fwd", "fp16", Shape(1, 2, 2, 64, 64, 32, False)).key()
+    assert Shape.from_row(old) == Shape(1, 2, 2, 64, 64, 32, False)
+
+
+def test_decode_preset_and_bad_decode_options():
+    from fa2bench.core import config
+    from fa2bench.core.presets import SpecError, SweepSpec
+
+    shapes = SweepSpec.from_name("decode").shapes()
+    assert max(s.batch * s.seqlen_k for s in shapes) <= 2**21 and {s.page_size for s in shapes} == {0, 64}
+    with pytest.raises(SpecError, match="page size 48 cannot be tiled"):
+        config.spec_from({"page_size": "48"}, "decode")
+    with pytest.raises(SpecError, match="with --mode decode only"):
+        config.spec_from({"page_size": "16"}, "smoke")
+    with pytest.raises(SpecError, match="decode takes 1..16 queries"):
+        config.spec_from({"seqlen": [32]}, "decode")
