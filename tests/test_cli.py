@@ -30,7 +30,7 @@ def test_sweep_help_groups_its_options_in_panels_and_lists_the_choices():
     text = invoke("sweep", "--help").output
     for panel in ("Shape", "Run", "Output"):
         assert f"─ {panel} ─" in text
-    assert "paper|quick|smoke" in text and "off|on|both" in text
+    assert all(name in text for name in ("default", "paper", "quick", "smoke")) and "off|on|both" in text
 
 
 def test_providers_lists_every_registered_provider_and_why_not():

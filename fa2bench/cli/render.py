@@ -130,3 +130,11 @@ def timing_cell(row: dict, side: str) -> str:
         return row[f"status_{side}"]
     return (f"{display.ms(row[f'ms_{side}'])} ({display.ms(row[f'ms_p20_{side}'])}-"
             f"{display.ms(row[f'ms_p80_{side}'])})")
+
+
+def print_next_steps(run_dir, console) -> None:
+    """What to run after a sweep: its figures and report, the ablation ladder, the paper's sweep."""
+    console.print(f"next: `fa2bench plot {run_dir}` and `fa2bench report {run_dir}` (figures, report.md); "
+                  "`fa2bench ablate` (what each step from FlashAttention-1 to -2 buys); "
+                  "`fa2bench sweep --preset paper` (the paper's shapes); `fa2bench sweep --help` for the rest",
+                  highlight=False, markup=False, soft_wrap=True)

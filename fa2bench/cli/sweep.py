@@ -9,8 +9,8 @@ import typer
 
 from fa2bench.cli.common import (
     app, Preset, Causal, SHAPE, RUN, OUTPUT, option, Seqlen, SeqlenK, Headdim, Batch, Tokens, Heads, Hidden,
-    KvHeads, shape_options, out, fail, no_gpu, DTYPES, MODES, SpecError, providers)
-from fa2bench.cli.render import run_with_progress, print_summary, warn_throttled
+    KvHeads, shape_options, out, fail, no_gpu, has_cuda, DTYPES, MODES, SpecError, providers)
+from fa2bench.cli.render import print_next_steps, print_summary, run_with_progress, warn_throttled
 
 
 # --- sweep ----------------------------------------------------------------------------------------------
@@ -21,7 +21,8 @@ def sweep(
     config: Annotated[Optional[Path], typer.Option(help="A sweep file (TOML, or YAML with PyYAML) with the same "
                       "fields as these options; options given here win.")] = None,
     preset: Annotated[Optional[Preset], typer.Option(help="Named sweep; the options override its fields. "
-                      "Default: quick on a GPU, smoke without one.")] = None,
+                      "Default: default on a GPU (fa2 against cuDNN, FlashAttention-2, FlexAttention and naive at 4k, about a "
+                      "minute), smoke without one.")] = None,
     seqlen: Seqlen = None, seqlen_k: SeqlenK = None, headdim: Headdim = None, batch: Batch = None,
     tokens: Tokens = None, heads: Heads = None, hidden: Hidden = None, kv_heads: KvHeads = None,
     causal: option(Causal, "Causal masking.", SHAPE) = None,
@@ -107,6 +108,10 @@ def sweep(
                                f"--out {run.path} --resume", highlight=False)
         raise typer.Exit(130)
     console.print(f"results: {run.path}", highlight=False)
+    if len(run.frame) and (run.frame["status"] == "unsupported").all():
+        fail(f"no point ran: every provider refused every point here ({run.frame['error'].iloc[0]}); see "
+             "`fa2bench providers`", code=1)
+    print_next_steps(run.path, console)
 
 
 @app.command()
@@ -134,6 +139,9 @@ def ring(
     (time, TFLOP/s per GPU, scaling efficiency, communication hidden; docs/multigpu.md)."""
     from fa2bench.distributed import ringbench
 
+    if not has_cuda():  # ring attention is NCCL between GPUs: nothing on a CPU would say anything about it
+        fail("fa2bench ring measures attention across CUDA GPUs and this machine has none; the gloo check of its "
+             "algorithm on the CPU is `python -m pytest tests/test_distributed.py`")
     console = out()
     try:
         code = ringbench.scaling_run(gpus, out_dir, dict(

@@ -190,6 +190,14 @@ class SweepSpec:
 PRESETS = {
     "paper": SweepSpec(seqlens=(512, 1024, 2048, 4096, 8192, 16384), headdims=(64, 128), tokens=16384,
                        hidden=2048),
+    # What `fa2bench sweep` runs on a GPU when told nothing: fa2 against what users pick instead (PyTorch SDPA's
+    # cuDNN and FlashAttention-2 backends, FlexAttention) and the naive baseline, fwd and bwd, causal and not, at
+    # the paper's sizing (16k tokens, hidden 2048) at 4k, d128: 20 points. Predicted on a fresh H200 from the
+    # per-point costs of 2026-12-02 (compile and autotune dominate: fa2 ~6 s, flex ~4 s, naive ~4 s, SDPA ~1 s):
+    # 4 x 6 + 4 x 4 + 4 x 4 + 8 x 1 = 64 s of points plus ~20 s of start-up; a second run reads fa2's and naive's
+    # autotune decisions from disk. The ladder is `fa2bench ablate`; everything else is a --preset away.
+    "default": SweepSpec(seqlens=(4096,), headdims=(128,), tokens=16384, hidden=2048, modes=("fwd", "bwd"),
+                         providers=("fa2", "sdpa-cudnn", "sdpa-flash", "flex", "naive")),
     "quick": SweepSpec(seqlens=(1024, 4096), headdims=(64, 128), tokens=16384, hidden=2048,
                        modes=("fwd", "bwd")),
     # Tiny shapes that the Triton CPU interpreter gets through in seconds (what CI and a GPU-less laptop run).
