@@ -134,6 +134,9 @@ def sweep(
                         "ceilings into meta.json (GPU; default: measure).", rich_help_panel=RUN)] = None,
     gpus: _opt(str, "Shard the points over N GPUs (or 'all') under torchrun, one merged results folder "
                     "(docs/multigpu.md).", RUN) = None,
+    clear_autotune_cache: Annotated[bool, typer.Option("--clear-autotune-cache", help="Forget fa2bench's kernels' "
+                                    "autotune decisions (kept on disk across runs) before sweeping, so every config "
+                                    "is searched again.", rich_help_panel=RUN)] = False,
 ):
     """Sweep shapes x providers x modes x dtypes; check, time and write one row per point."""
     from fa2bench import api
@@ -160,6 +163,10 @@ def sweep(
     console = out()
     if plan.device == "cpu" and leader:
         _no_gpu(console, "Triton kernels run through the CPU interpreter and PyTorch on the CPU")
+    if clear_autotune_cache and plan.rank is None:  # once, before any rank or worker tunes
+        from fa2bench.kernels import clear_autotune_cache as clear
+
+        console.print(f"cleared {clear()} autotune results", highlight=False)
     try:
         if plan.sharded:  # --gpus N, or a rank under torchrun: log lines instead of a progress bar
             run = api.execute(plan, on_message=lambda line: console.print(line, markup=False, highlight=False,
