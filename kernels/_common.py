@@ -1,18 +1,28 @@
-"""The shared kernel core: input checks, tile I/O with 64-bit offsets, the bwd Delta kernel, config machinery.
+"""The shared kernel core: input checks, tile I/O (64-bit pointers or TMA), the bwd Delta kernel, config machinery.
 
 Every kernel takes q: (batch, heads, seqlen_q, headdim) and k, v: (batch, kv_heads, seqlen_k, headdim) in any
-strides, and raises ValueError naming the problem for anything it cannot run.
+strides, and raises ValueError naming the problem for anything it cannot run. Every kernel module imports this
+one before Triton: importing it switches on Triton's CPU interpreter where there is no GPU.
 """
 from __future__ import annotations
 
 import contextlib
+import functools
+import glob
 import math
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-import torch
-import triton
-import triton.language as tl
+from fa2bench.core import device as _device
+
+_device.prepare_triton()  # before Triton is imported: Triton's CPU interpreter when torch sees no CUDA GPU
+
+import torch  # noqa: E402
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
+
+from .configs import IEEE_MAX_TILE  # noqa: E402
 
 LOG2E = tl.constexpr(1.4426950408889634)  # log2(e): exp(x) = exp2(x * LOG2E); every kernel folds it into qk_scale
 
@@ -135,16 +145,128 @@ def dot_precision(dtype: torch.dtype, tf32: bool) -> str:
     return "tf32"
 
 
-# IEEE fp32 dot products run on FMA units, not tensor cores: Triton keeps both operands in registers and unrolls the
-# product, so large tiles spill and take minutes to compile (an fa2 forward at 128 x 64 x 128: about 2 minutes).
-# For fp32 inputs without tf32, the kernels keep tiles of at most this many scores and only the first such config.
-IEEE_MAX_TILE = 64 * 64
-
-
 def ieee_configs(configs, block_m="BLOCK_M", block_n="BLOCK_N"):
-    """The configs an IEEE-fp32 launch may use: the first one whose score tile is at most IEEE_MAX_TILE."""
+    """The configs an IEEE-fp32 launch may use: the first one whose score tile is at most IEEE_MAX_TILE (FMA dot
+    products keep both operands in registers: configs.IEEE_MAX_TILE says why)."""
     small = [c for c in configs if c.kwargs[block_m] * c.kwargs[block_n] <= IEEE_MAX_TILE]
     return small[:1]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Autotuning once, not every run: Triton's on-disk autotune cache, with what its key misses added
+#
+# ``triton.autotune(..., cache_results=True)`` stores each decision (every candidate's time) as
+# ``<kernel name>.autotune.json`` in Triton's cache directory (TRITON_CACHE_DIR, default ~/.triton/cache) and reads
+# it back instead of searching (Triton 3.6 and 3.9: ``Autotuner.check_disk_cache``; never under the interpreter).
+# Its key hashes Triton's version and its compiler, language and libtriton files (``triton_key``); the backend
+# (ptxas version and GPU architecture, e.g. sm_90); the kernel's source and every @jit function it calls, its line
+# and the constexpr globals it reads (``JITFunction.cache_key``); Triton's cache-invalidating environment
+# variables; the autotune key's values with every tensor argument's dtype; and the pruned configs (so what the
+# filter kept, not the filter's code). It misses the GPU model (an H100 and an H200 are both sm_90), the driver
+# and torch (whose events and L2 flush our timer uses): ``machine_key`` adds them.
+
+_TUNERS: list = []  # every autotuner built by ``autotune`` (clear_autotune_files removes their files)
+COMPILE_THREADS = int(os.environ.get("FA2BENCH_COMPILE_THREADS", min(8, os.cpu_count() or 1)))
+
+
+@functools.cache
+def _machine_key(device_index: int) -> str:
+    props = torch.cuda.get_device_properties(device_index)
+    return (f"{props.name} sm_{props.major}{props.minor} {props.multi_processor_count} SMs, torch {torch.__version__}"
+            f" cuda {torch.version.cuda}")
+
+
+def machine_key() -> str:
+    """What a timing depends on that Triton's autotune key leaves out: the current GPU's model and SM count, the
+    CUDA and torch versions ("cpu" and torch's version without a GPU)."""
+    if not torch.cuda.is_available():
+        return f"cpu, torch {torch.__version__}"
+    return _machine_key(torch.cuda.current_device())
+
+
+def autotune(configs, key, prune, **kwargs):
+    """``triton.autotune`` as every fa2bench kernel uses it: our timer (``tune_bench``), the named filter
+    ``prune``, decisions kept on disk under Triton's key plus ``machine_key()``, and a search's candidates compiled
+    in parallel first. ``kwargs`` go to ``triton.autotune`` (reset_to_zero, ...)."""
+    def decorate(fn):
+        tuner = triton.autotune(configs=configs, key=key, prune_configs_by={"early_config_prune": prune},
+                                do_bench=tune_bench, cache_results=True, **kwargs)(fn)
+        _persist(tuner)
+        _TUNERS.append(tuner)
+        return tuner
+
+    return decorate
+
+
+def _persist(tuner) -> None:
+    """Route the tuner's disk lookup through ``machine_key`` and record which configs came back from disk."""
+    lookup = tuner.check_disk_cache  # Triton's own; called only when the key is not in memory yet
+    tuner.from_disk = []  # Config objects read back from disk: a launch whose best_config is one of them was cached
+    tuner.pending = None  # (grid, args, kwargs) of the launch in progress, for _precompile
+
+    def check_disk_cache(tuning_key, configs, bench_fn):
+        extended = (*tuning_key, machine_key())
+
+        def search():
+            _precompile(tuner, configs)
+            bench_fn()  # Triton's search: times every config, keeps the best under tuning_key
+
+        if not lookup(extended, configs, search):
+            return False
+        tuner.cache[tuning_key] = tuner.cache.pop(extended)
+        tuner.from_disk.append(tuner.cache[tuning_key])
+        return True
+
+    tuner.check_disk_cache = check_disk_cache
+
+
+def _precompile(tuner, configs) -> None:
+    """Compile the configs a search is about to time, in parallel (``triton.AsyncCompileMode`` on a thread pool;
+    ptxas runs as a subprocess), so that the search only times them. Best effort: a config that fails to compile
+    here is compiled, and skipped, by the search itself."""
+    if tuner.pending is None or len(configs) < 2 or COMPILE_THREADS < 2:
+        return
+    grid, args, kwargs = tuner.pending
+    try:
+        with ThreadPoolExecutor(COMPILE_THREADS) as pool, triton.AsyncCompileMode(pool, ignore_errors=True):
+            for cfg in configs:
+                tuner.fn.run(*args, grid=grid, warmup=True, **kwargs, **cfg.all_kwargs())
+    except Exception:  # noqa: BLE001  (an optimisation only: the search compiles whatever is missing)
+        pass
+
+
+def launch_tuned(tuner, grid, *args, **kwargs):
+    """Launch an ``autotune``d kernel: ``(config, cached)``, cached saying whether the config came from the disk
+    cache (False: a search in this process found it)."""
+    tuner.pending = (grid, args, kwargs)
+    try:
+        tuner[grid](*args, **kwargs)
+    finally:
+        tuner.pending = None
+    cfg = tuner.best_config
+    return cfg, any(cfg is c for c in tuner.from_disk)
+
+
+def all_cached(flags) -> bool | None:
+    """Whether every autotuned launch among ``flags`` (None: not autotuned) took its config from the disk cache;
+    None when none was autotuned."""
+    known = [f for f in flags if f is not None]
+    return all(known) if known else None
+
+
+def clear_autotune_files() -> int:
+    """Delete the on-disk decisions of every autotuner built so far (compiled kernels stay) and forget the
+    in-memory ones: the next launch of each key searches again. Returns the number of files removed."""
+    names = {f"{tuner.base_fn.__name__[:150]}.autotune.json" for tuner in _TUNERS}
+    removed = 0
+    for name in names:
+        for path in glob.glob(os.path.join(glob.escape(triton.knobs.cache.dir), "*", name)):
+            os.remove(path)
+            removed += 1
+    for tuner in _TUNERS:
+        tuner.cache.clear()
+        tuner.from_disk.clear()
+    return removed
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -154,7 +276,7 @@ def ieee_configs(configs, block_m="BLOCK_M", block_n="BLOCK_N"):
 class Launcher:
     """Launches a kernel module's autotuned kernels by name and remembers the configs used.
 
-    ``kernels`` maps names to ``triton.autotune`` objects; ``prune`` maps the same names to their
+    ``kernels`` maps names to ``autotune``d kernels; ``prune`` maps the same names to their
     ``early_config_prune`` filters. Under the CPU interpreter (which cannot benchmark) the first config that
     survives the filter runs; inside ``forced_configs(name=cfg)`` exactly that config runs.
     """
@@ -163,25 +285,29 @@ class Launcher:
         self.kernels, self.prune = kernels, prune
         self.forced: dict = {}
         self.last: dict = {}
+        self.cached: dict = {}  # name -> whether its latest config came from the disk cache (None: not autotuned)
         self.forced_configs = config_forcer(self.forced, tuple(kernels))
 
     def launch(self, name: str, grid, *args, **kwargs):
         kernel = self.kernels[name]
-        cfg = self.forced.get(name)
+        cfg, cached = self.forced.get(name), None
         if cfg is None and interpreting():
             named = {**dict(zip(kernel.arg_names, args)), **kwargs}
             cfg = self.prune[name](kernel.configs, named)[0]
         if cfg is None:
-            kernel[grid](*args, **kwargs)
-            cfg = kernel.best_config
+            cfg, cached = launch_tuned(kernel, grid, *args, **kwargs)
         else:
             kernel.fn[grid](*args, **kwargs, **cfg.all_kwargs())
-        self.last[name] = cfg
+        self.last[name], self.cached[name] = cfg, cached
         return cfg
 
     def last_config(self) -> str:
         """The configs of the most recent launches, e.g. "fwd: BLOCK_M=128 BLOCK_N=64 w8 s2 | bwd: ..."."""
         return " | ".join(f"{name}: {describe_config(self.last[name])}" for name in self.kernels if name in self.last)
+
+    def config_cached(self) -> bool | None:
+        """Whether the configs of the most recent launches all came from the disk cache (None: none autotuned)."""
+        return all_cached(self.cached.values())
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -226,29 +352,66 @@ def store_tile(ptrs, x, rows, n_rows, offs_d, HEAD_DIM: tl.constexpr, BLOCK_D: t
             tl.store(ptrs, x, mask=offs_d[None, :] < HEAD_DIM)
 
 
-@triton.jit
-def tile_desc(base, n_rows, stride_r, HEAD_DIM: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
-    """A tensor descriptor (TMA on Hopper) over one (batch, head)'s (rows, head dim) matrix, moved in (BLOCK_R,
-    BLOCK_D) tiles: loads past the last row or the head dim read zeros, stores and reductions there are dropped.
-    The head dim must be contiguous and ``base`` and ``stride_r`` 16-byte aligned (``tma_layout_ok``)."""
-    return tl.make_tensor_descriptor(base, shape=[n_rows, HEAD_DIM], strides=[stride_r, 1],
-                                     block_shape=[BLOCK_R, BLOCK_D])
+# ----------------------------------------------------------------------------------------------------------------
+# Tile loaders: a kernel moves each (rows, head dim) matrix through 64-bit pointers or, on Hopper, a tensor
+# descriptor (TMA), chosen once per matrix by the constexpr TMA; the algorithm's code calls the same four helpers
+# either way. A *source* is the tuple (base or descriptor, row stride, head-dim stride); a *cursor* is where a
+# loop over row blocks stands: a tile of pointers advanced by one block per step, or the descriptor itself.
 
 
 @triton.jit
-def atomic_add_tile(ptrs, x, rows, n_rows, offs_d, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-                    MASK_ROWS: tl.constexpr):
-    """Add a (rows, BLOCK_D) fp32 tile into memory with relaxed atomics (no ordering: only the sum matters)."""
-    if MASK_ROWS:
-        if HEAD_DIM == BLOCK_D:
-            tl.atomic_add(ptrs, x, mask=rows[:, None] < n_rows, sem="relaxed")
-        else:
-            tl.atomic_add(ptrs, x, mask=(rows[:, None] < n_rows) & (offs_d[None, :] < HEAD_DIM), sem="relaxed")
+def head_source(base, strides, off_z, off_h, n_rows, HEAD_DIM: tl.constexpr, BLOCK_R: tl.constexpr,
+                BLOCK_D: tl.constexpr, TMA: tl.constexpr):
+    """The source of one (batch, head)'s (n_rows, HEAD_DIM) matrix of a (batch, heads, rows, head dim) tensor with
+    ``strides`` (z, h, row, d), moved in (BLOCK_R, BLOCK_D) tiles. TMA: a tensor descriptor, whose loads past the
+    last row or the head dim read zeros and whose stores there are dropped; the head dim must be contiguous and
+    the base and row stride 16-byte aligned (``tma_layout_ok``)."""
+    base += off_z * strides[0] + off_h * strides[1]
+    if TMA:
+        desc = tl.make_tensor_descriptor(base, shape=[n_rows, HEAD_DIM], strides=[strides[2], 1],
+                                         block_shape=[BLOCK_R, BLOCK_D])
+        return desc, strides[2], strides[3]
     else:
-        if HEAD_DIM == BLOCK_D:
-            tl.atomic_add(ptrs, x, sem="relaxed")
-        else:
-            tl.atomic_add(ptrs, x, mask=offs_d[None, :] < HEAD_DIM, sem="relaxed")
+        return base, strides[2], strides[3]
+
+
+@triton.jit
+def row_cursor(src, rows, offs_d, TMA: tl.constexpr):
+    """A cursor at the tile whose rows are ``rows``."""
+    if TMA:
+        return src[0]
+    else:
+        return tile_ptrs(src[0], rows, src[1], offs_d, src[2])
+
+
+@triton.jit
+def advance(cursor, src, BLOCK_R: tl.constexpr, TMA: tl.constexpr):
+    """The cursor BLOCK_R rows further on (64-bit steps)."""
+    if TMA:
+        return cursor
+    else:
+        return cursor + tl.cast(src[1], tl.int64) * BLOCK_R
+
+
+@triton.jit
+def load_rows(cursor, row0, rows, n_rows, offs_d, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+              MASK_ROWS: tl.constexpr, TMA: tl.constexpr):
+    """The (rows, BLOCK_D) tile at the cursor, rows = row0 + arange: rows past n_rows and the padded head dim
+    read as zeros (by masks only where MASK_ROWS and a padded head dim need them; TMA fills them itself)."""
+    if TMA:
+        return cursor.load([row0, 0])
+    else:
+        return load_tile(cursor, rows, n_rows, offs_d, HEAD_DIM, BLOCK_D, MASK_ROWS)
+
+
+@triton.jit
+def store_rows(cursor, x, row0, rows, n_rows, offs_d, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+               TMA: tl.constexpr):
+    """Store the (rows, BLOCK_D) tile x at the cursor; rows past n_rows and the padded head dim are dropped."""
+    if TMA:
+        cursor.store([row0, 0], x)
+    else:
+        store_tile(cursor, x, rows, n_rows, offs_d, HEAD_DIM, BLOCK_D, True)
 
 
 def tma_layout_ok(*tensors: torch.Tensor) -> bool:
@@ -302,13 +465,3 @@ def launch_preprocess(o: torch.Tensor, do: torch.Tensor, delta: torch.Tensor, bl
     bwd_preprocess[(triton.cdiv(N_CTX_Q, PREPROCESS_BLOCK_M), Z * H)](
         o, do, delta, *o.stride(), *do.stride(), H, N_CTX_Q,
         HEAD_DIM=HEAD_DIM, BLOCK_D=block_d, BLOCK_M=PREPROCESS_BLOCK_M, num_warps=4 if block_d <= 64 else 8)
-
-
-def block_d(headdim: int) -> int:
-    """Head dims are padded to a power of two >= 16 (masked on d)."""
-    return max(16, triton.next_power_of_2(headdim))
-
-
-def smem_fits(elems_per_stage: int, resident: int, stages: int, esize: int, budget: int = 200 * 1024) -> bool:
-    """Shared memory estimate: tiles resident for the whole program plus num_stages copies of the streamed ones."""
-    return (resident + max(stages, 1) * elems_per_stage) * esize <= budget

@@ -40,11 +40,12 @@ from __future__ import annotations
 
 import math
 
-import torch
-import triton
-import triton.language as tl
+from ._common import LOG2E, MAX_HEADDIM, check_scale, dot_precision, interpreting  # first: the interpreter
+from .configs import block_d
 
-from ._common import LOG2E, MAX_HEADDIM, block_d, check_scale, dot_precision, interpreting
+import torch  # noqa: E402,I001
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
 
 PAGE_SIZES = (16, 32, 64, 128, 256)
 MAX_SPLITS = 128

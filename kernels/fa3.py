@@ -38,13 +38,13 @@ USETMAXREG). Not yet run on a GPU at the time of writing: see docs/fa3.md.
 """
 from __future__ import annotations
 
-import torch
-import triton
-from triton.experimental import gluon
-from triton.experimental.gluon import language as gl
-from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma, warpgroup_mma, warpgroup_mma_wait
+from ._common import check_inputs, check_scale  # first: Triton's interpreter switch, before Triton is imported
 
-from ._common import check_inputs, check_scale
+import torch  # noqa: E402,I001
+import triton  # noqa: E402
+from triton.experimental import gluon  # noqa: E402
+from triton.experimental.gluon import language as gl  # noqa: E402
+from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma, warpgroup_mma, warpgroup_mma_wait  # noqa: E402
 
 # Triton 3.6 names the TMA load async_copy_global_to_shared; later versions call it async_load
 tma_load = tma.async_load if hasattr(tma, "async_load") else tma.async_copy_global_to_shared

@@ -74,12 +74,15 @@ from __future__ import annotations
 
 import math
 
+from . import _common  # noqa: F401  (first: importing it picks the CPU interpreter before Triton loads)
 import torch
 import triton
 import triton.language as tl
 
-from ._common import (LOG2E, Launcher, block_d, bwd_preprocess, check_inputs, check_scale, dot_precision,
-                      ieee_configs, launch_preprocess, load_tile, store_tile, tile_ptrs, tune_bench)
+from . import configs as spaces
+from ._common import (LOG2E, Launcher, autotune, bwd_preprocess, check_inputs, check_scale, dot_precision,
+                      ieee_configs, launch_preprocess, load_tile, store_tile, tile_ptrs)
+from .configs import block_d
 
 # ----------------------------------------------------------------------------------------------------------------
 # Forward inner loop: one K/V block j against the Q blocks [lo, hi)
@@ -141,29 +144,7 @@ def _attn_fwd_inner(kT, v, start_n, lo, hi,
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Autotune space: (BLOCK_M, BLOCK_N, num_warps, num_stages) per head-dim bucket, and the named filter
-
-# Chosen from offline sm_90 compiles (registers, spills, shared memory) of a wider candidate set. FA1 reads and
-# writes the fp32 O (forward) and dQ (backward) scratch once per K/V block, so its HBM traffic falls as 1/BLOCK_N:
-# large BLOCK_N is preferred, and small BLOCK_M where that avoids register spills.
-_FWD_SPACE = {
-    64: [(128, 64, 8, 2), (128, 128, 8, 2), (64, 128, 8, 2), (64, 64, 4, 3)],
-    128: [(128, 64, 8, 2), (64, 128, 8, 2), (32, 128, 8, 2), (32, 64, 4, 2)],
-    256: [(32, 128, 8, 2), (32, 64, 8, 2), (16, 128, 4, 2), (64, 64, 8, 2)],
-}
-_BWD_SPACE = {
-    64: [(32, 128, 8, 2), (16, 128, 8, 2), (64, 64, 8, 2), (32, 64, 4, 2)],
-    128: [(16, 128, 8, 2), (32, 64, 8, 2), (64, 32, 8, 2), (32, 128, 8, 2)],
-    256: [(32, 32, 8, 2), (16, 32, 8, 2), (64, 32, 8, 1), (16, 64, 8, 2)],
-}
-# used only where nothing in the bucket fits in shared memory (fp32 at large head dims)
-_FALLBACK = (32, 32, 4, 1)
-# conservative shared-memory budget per program (H100: 227 KiB), for the estimates below
-_SMEM_BUDGET = 200 * 1024
-
-
-def _bucket(block_d: int) -> int:
-    return 64 if block_d <= 64 else block_d
+# Autotune space (kernels/configs.py: FA1, one list per head-dim bucket) and the named filter
 
 
 def _as_config(t) -> triton.Config:
@@ -175,44 +156,24 @@ def _shape_of(cfg: triton.Config):
     return (cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"], cfg.num_warps, cfg.num_stages)
 
 
-def _all_configs(space) -> list[triton.Config]:
-    shapes = list(dict.fromkeys([t for ts in space.values() for t in ts] + [_FALLBACK]))
-    return [_as_config(t) for t in shapes]
-
-
-def _smem_fwd(t, block_d, esize):
-    """K_j, V_j resident; Q_i pipelined over num_stages buffers; O_i's fp32 tile through a layout conversion."""
-    block_m, block_n, _, stages = t
-    return (2 * block_n + max(stages, 1) * block_m) * block_d * esize + block_m * block_d * 4
-
-
-def _smem_bwd(t, block_d, esize):
-    """K_j, V_j resident; Q_i, dO_i pipelined; dQ_i's fp32 tile converted; dS transposed through shared memory;
-    the dK_j, dV_j epilogue converts a (BLOCK_N, BLOCK_D) fp32 tile (in halves)."""
-    block_m, block_n, _, stages = t
-    return ((2 * block_n + 2 * max(stages, 1) * block_m) * block_d * esize + block_m * block_d * 4
-            + block_m * block_n * esize + block_n * block_d * 2)
-
-
-def _keep(configs, space, smem, block_d, esize, precision):
+def _keep(kernel, configs, headdim, esize, precision):
+    """The configs of ``kernel``'s head-dim bucket that fit in shared memory at this dtype (one small one for
+    IEEE fp32), or the fallback."""
     by_shape = {_shape_of(c): c for c in configs}
-    kept = [by_shape[t] for t in space[_bucket(block_d)]
-            if t in by_shape and smem(t, block_d, esize) <= _SMEM_BUDGET]
-    if precision == "ieee":  # FMA dot products: one small config (_common.IEEE_MAX_TILE)
+    kept = [by_shape[t] for t in spaces.fa1_space(kernel, headdim, esize) if t in by_shape]
+    if precision == "ieee":  # FMA dot products: one small config (configs.IEEE_MAX_TILE)
         kept = ieee_configs(kept)
-    return kept or [c for c in configs if _shape_of(c) == _FALLBACK]
+    return kept or [by_shape[spaces.FA1_FALLBACK]]
 
 
 def _prune_fwd_configs(configs, named_args, **kwargs):
-    """The forward's configs for this head-dim bucket that fit in shared memory at this dtype."""
     args = {**named_args, **kwargs}
-    return _keep(configs, _FWD_SPACE, _smem_fwd, args["BLOCK_D"], args["Q"].element_size(), args.get("DOT_PRECISION"))
+    return _keep("fwd", configs, args["BLOCK_D"], args["Q"].element_size(), args.get("DOT_PRECISION"))
 
 
 def _prune_bwd_configs(configs, named_args, **kwargs):
-    """The backward's configs for this head-dim bucket that fit in shared memory at this dtype."""
     args = {**named_args, **kwargs}
-    return _keep(configs, _BWD_SPACE, _smem_bwd, args["BLOCK_D"], args["Q"].element_size(), args.get("DOT_PRECISION"))
+    return _keep("bwd", configs, args["BLOCK_D"], args["Q"].element_size(), args.get("DOT_PRECISION"))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -278,8 +239,7 @@ _TUNE_KEY = ["HEAD_DIM", "CAUSAL", "SPLIT", "DOT_PRECISION", "SEQ_BUCKET"]
 # Forward kernel: one program per (batch, head) and split; K/V blocks outer, Q blocks (of the split) inner
 
 
-@triton.autotune(configs=_all_configs(_FWD_SPACE), key=_TUNE_KEY,
-                 prune_configs_by={"early_config_prune": _prune_fwd_configs}, do_bench=tune_bench)
+@autotune([_as_config(t) for t in spaces.fa1_all("fwd")], _TUNE_KEY, _prune_fwd_configs)
 @triton.heuristics(_HEURISTICS)
 @triton.jit(do_not_specialize=["SEQ_BUCKET"])
 def _attn_fwd(Q, K, V, sm_scale, Out, Acc, L, M,
@@ -416,8 +376,7 @@ def _attn_bwd_inner(dk, dv, k, v, start_n, lo, hi,
     return dk, dv
 
 
-@triton.autotune(configs=_all_configs(_BWD_SPACE), key=_TUNE_KEY, reset_to_zero=["DQacc"],
-                 prune_configs_by={"early_config_prune": _prune_bwd_configs}, do_bench=tune_bench)
+@autotune([_as_config(t) for t in spaces.fa1_all("bwd")], _TUNE_KEY, _prune_bwd_configs, reset_to_zero=["DQacc"])
 @triton.heuristics(_BWD_HEURISTICS)
 @triton.jit(do_not_specialize=["SEQ_BUCKET"])
 def _attn_bwd(Q, K, V, sm_scale, DO, DQ, DK, DV, DQacc, L, M, Delta,
@@ -508,6 +467,7 @@ _LAUNCHER = Launcher(_AUTOTUNED, _PRUNE)
 TRITON_KERNELS = {**_AUTOTUNED, "bwd_preprocess": bwd_preprocess}  # every kernel a launch runs (for profiling)
 forced_configs = _LAUNCHER.forced_configs
 last_config = _LAUNCHER.last_config
+config_cached = _LAUNCHER.config_cached
 
 
 def configs(headdim: int) -> dict[str, list[triton.Config]]:

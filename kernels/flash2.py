@@ -19,7 +19,7 @@ diagonal are never visited (the loop bound stops early). Causal Q blocks are sch
 that sees no key (seqlen_q > seqlen_k) outputs 0 and stores L = +inf, so backward's ``exp2(s - L)`` is exactly
 0 for it: zero gradients, no NaN (the running max starts at a finite -1e30, never -inf - -inf).
 
-Backward (Algorithm 2), three kernels, none with atomics (by default):
+Backward (Algorithm 2), three kernels, none with atomics:
 1. ``bwd_preprocess``: ``Delta = rowsum(dO * O)`` in fp32.
 2. ``bwd_dkdv``: grid (K/V blocks) x (batch * kv_heads). A program keeps its K and V block on chip, loops over
    the query heads of its GQA group and, for each, over the Q blocks that can see this K/V block (those fully
@@ -29,8 +29,8 @@ Backward (Algorithm 2), three kernels, none with atomics (by default):
    chip, written once. dQ uses this second kernel rather than atomic adds from the dK/dV kernel (the paper's
    Algorithm 2 adds dQ_i to HBM with atomics) for determinism: repeated runs are bit-equal, and there is no
    fp32 dQ scratch buffer to zero and convert afterwards. The cost is recomputing Q K^T and dP = dO V^T a
-   second time. ``Variant(dq="atomic")`` (relaxed fp32 atomics) and ``dq="tma-reduce"`` (TMA reductions) add dQ
-   from the dK/dV kernel instead; both measured no faster on an H100 (docs/performance.md) and are not fa2's.
+   second time. Adding dQ from the dK/dV kernel instead (fp32 atomics, or TMA reductions) measured no faster on
+   an H100 and was removed (docs/performance.md keeps the numbers).
 
 How it differs from its neighbour, ``kernels/flash1.py`` (FlashAttention-1 style, Dao et al. 2022): FA1 keeps
 the output normalised inside the loop (rescaling O by l_old / l_new every block) and stores both l and m;
@@ -57,58 +57,94 @@ variable-length (packed) batches, paged or cached KV, returning the LSE or the s
 
 Hopper: with ``Variant(tma=...)`` the kernels move their Q, K, V, O and dO tiles through device-side tensor
 descriptors (TMA; rows past a sequence and a padded head dim read as zeros, so unmasked stages need no masks)
-instead of 64-bit pointer tiles, which also frees the registers those pointers take. fa2 (``tma="auto"``) uses
-them where they measured faster on an H100: the backward kernels at head dims <= 64 on sm_90+ (1.15x at d64);
-the forward and larger head dims stay on pointers (TMA measured 2-7% slower there). Layouts TMA cannot address
-(fp32, a non-contiguous head dim, unaligned strides) fall back to pointers. ``warp_specialize`` asks Triton 3.6
-to warp-specialise the forward loop; on sm_90 it compiles (8 warps) but does not partition the loop.
+instead of 64-bit pointer tiles, which also frees the registers those pointers take. The choice is made once per
+matrix (``head_source``) and the algorithm reads and writes tiles through the same four loaders either way
+(kernels/_common.py). fa2 (``tma="auto"``) uses TMA where it measured faster on an H100: the backward kernels at
+head dims <= 64 on sm_90+ (1.15x at d64); the forward and larger head dims stay on pointers (TMA measured 2-7%
+slower there). Layouts TMA cannot address (fp32, a non-contiguous head dim, unaligned strides) fall back to
+pointers. Triton's warp specialisation of the forward loop compiled on sm_90 but did not partition it; it was
+removed with the atomic dQ paths.
 
 Tested on: the CPU through Triton 3.9's interpreter (tests/test_kernels.py: fp16 and fp32, ragged and unequal
 sequence lengths, GQA/MQA, head dims 16..256, causal and not, non-contiguous inputs); on the GPU, an NVIDIA H100
 80GB HBM3 with Triton 3.6 and torch 2.11 passes tests/test_kernels_gpu.py (fp16 and bf16 up to seqlen 8k, head
 dims 64/128/256, GQA/MQA, every autotune config forced, repeated runs bit-equal; every Variant path at
-d64/128/256 in fp16 and bf16, every config on the TMA path).
+d64/128/256 in fp16 and bf16, every config on the TMA path). Those GPU runs predate the tile-loader redesign,
+which compiles for sm_90 (tools/compile_sm90.py, Triton 3.6) to the same registers and spills as before.
+Autotune spaces and the shared-memory budget live in kernels/configs.py (read by the IO model too).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from . import _common  # noqa: F401  (first: importing it picks the CPU interpreter before Triton loads)
 import torch
 import triton
 import triton.language as tl
 
-from ._common import (LOG2E, Launcher, atomic_add_tile, block_d, bwd_preprocess, check_inputs, check_scale,
-                      dot_precision, ensure_tma_allocator, ieee_configs, interpreting, launch_preprocess, load_tile,
-                      store_tile, tile_desc, tile_ptrs, tma_layout_ok, tune_bench)
+from . import configs as spaces
+from ._common import (LOG2E, Launcher, advance, autotune, bwd_preprocess, check_inputs, check_scale, dot_precision,
+                      ensure_tma_allocator, head_source, ieee_configs, launch_preprocess, load_rows, row_cursor,
+                      store_rows, tma_layout_ok)
+from .configs import block_d
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Forward: the inner loop over K/V blocks and one Q block
+# Shared by the three kernels: which blocks a program computes, and which K/V blocks a Q block sees
 # ----------------------------------------------------------------------------------------------------------------
 @triton.jit
-def _attn_fwd_inner(acc, l_i, m_i, q, K, V, stride_kn, stride_kk, stride_vn, stride_vk, lo, hi,
-                    offs_m, offs_n, offs_d, qk_scale, diag, N_CTX_K,
-                    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
-                    MASK: tl.constexpr, CAUSAL: tl.constexpr, DEFER: tl.constexpr, DOT_PRECISION: tl.constexpr,
-                    TMA: tl.constexpr, WS: tl.constexpr):
-    """One stage of Algorithm 1's inner loop over K/V blocks [lo, hi): online softmax.
+def _program_blocks(n_blocks, SEQ_PAR: tl.constexpr, LONGEST_FIRST: tl.constexpr):
+    """(first, count) of the blocks this program computes: its own one when SEQ_PAR (LONGEST_FIRST: in reverse
+    order, so that under causal masking the blocks that see the most keys start first), otherwise all of them in
+    turn (rungs 3-4: one program per (batch, head))."""
+    if SEQ_PAR:
+        if LONGEST_FIRST:
+            return tl.num_programs(0) - 1 - tl.program_id(0), 1
+        else:
+            return tl.program_id(0), 1
+    else:
+        return 0, n_blocks
+
+
+@triton.jit
+def _kv_stages(start_m, N_CTX_Q, N_CTX_K, CAUSAL: tl.constexpr, SKIP: tl.constexpr, BLOCK_M: tl.constexpr,
+               BLOCK_N: tl.constexpr):
+    """The K/V rows Q block start_m visits, split at lo: [0, lo) are seen in full by every row of the block (run
+    without a mask), [lo, hi) cross the causal diagonal or end ragged (run masked); keys from hi on are never
+    visited. Without SKIP (rungs 3-5) every block is visited and masked."""
+    diag = N_CTX_K - N_CTX_Q  # query i sees keys j <= i + diag (bottom-right aligned)
+    if SKIP:
+        if CAUSAL:
+            lo = tl.minimum(tl.maximum(start_m * BLOCK_M + diag + 1, 0) // BLOCK_N, N_CTX_K // BLOCK_N) * BLOCK_N
+            hi = tl.minimum(tl.maximum(start_m * BLOCK_M + BLOCK_M + diag, 0), N_CTX_K)
+        else:
+            lo = (N_CTX_K // BLOCK_N) * BLOCK_N  # full blocks, then the ragged last one
+            hi = N_CTX_K
+    else:
+        lo = 0
+        hi = N_CTX_K
+    return lo, hi
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Forward (Algorithm 1): the inner loop over K/V blocks, one Q block, the kernel
+# ----------------------------------------------------------------------------------------------------------------
+@triton.jit
+def _attn_fwd_inner(acc, l_i, m_i, q, K, V, lo, hi, offs_m, offs_n, offs_d, qk_scale, diag, N_CTX_K,
+                    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, MASK: tl.constexpr,
+                    CAUSAL: tl.constexpr, DEFER: tl.constexpr, DOT_PRECISION: tl.constexpr, TMA: tl.constexpr):
+    """K/V rows [lo, hi) against one Q block: the online softmax (Algorithm 1, lines 6-10).
 
     MASK=False: every row sees every key of these blocks (no mask at all). MASK=True: the ragged end of K and,
-    if CAUSAL, the diagonal band (query i sees key j iff j <= i + diag). DEFER: acc stays unscaled (FA2);
-    otherwise acc stays normalised, rescaled by l_old / l_new every block (FA1's update, rung 3).
-    TMA: K and V are tensor descriptors (rows past seqlen_k and the padded head dim load as zeros); otherwise
-    base pointers. WS: ask Triton to warp-specialise the loop (producer and consumer warps).
+    if CAUSAL, the diagonal band. DEFER: acc stays unscaled (FA2); otherwise acc stays normalised, rescaled by
+    l_old / l_new every block (FA1's update, rung 3).
     """
-    if not TMA:  # 64-bit pointers to the first block, advanced by 64-bit steps
-        k_ptrs = tile_ptrs(K, lo + offs_n, stride_kn, offs_d, stride_kk)
-        v_ptrs = tile_ptrs(V, lo + offs_n, stride_vn, offs_d, stride_vk)
-    for start_n in tl.range(lo, hi, BLOCK_N, warp_specialize=WS):
+    k_cur = row_cursor(K, lo + offs_n, offs_d, TMA)
+    v_cur = row_cursor(V, lo + offs_n, offs_d, TMA)
+    for start_n in range(lo, hi, BLOCK_N):
         cols = start_n + offs_n
-        if TMA:
-            k = K.load([start_n, 0])
-        else:
-            k = load_tile(k_ptrs, cols, N_CTX_K, offs_d, HEAD_DIM, BLOCK_D, MASK)
-        qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
+        k = load_rows(k_cur, start_n, cols, N_CTX_K, offs_d, HEAD_DIM, BLOCK_D, MASK, TMA)
+        qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)  # S_ij = Q_i K_j^T
         if MASK:
             keep = cols[None, :] < N_CTX_K
             if CAUSAL:
@@ -119,14 +155,11 @@ def _attn_fwd_inner(acc, l_i, m_i, q, K, V, stride_kn, stride_kk, stride_vn, str
         else:
             m_ij = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
             qk = qk * qk_scale - m_ij[:, None]
-        p = tl.math.exp2(qk)
+        p = tl.math.exp2(qk)  # P~_ij = exp(S_ij - m_ij)
         alpha = tl.math.exp2(m_i - m_ij)
         l_new = l_i * alpha + tl.sum(p, 1)
-        if TMA:
-            v = V.load([start_n, 0])
-        else:
-            v = load_tile(v_ptrs, cols, N_CTX_K, offs_d, HEAD_DIM, BLOCK_D, MASK)
-        if DEFER:  # rescale the unnormalised accumulator to the new max
+        v = load_rows(v_cur, start_n, cols, N_CTX_K, offs_d, HEAD_DIM, BLOCK_D, MASK, TMA)
+        if DEFER:  # O_i <- diag(e^{m_old - m_new}) O_i + P~_ij V_j: unnormalised
             acc = acc * alpha[:, None]
             acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PRECISION)
         else:  # O_i <- diag(l_new)^-1 (diag(l_i) alpha O_i + P V_j): normalised at every step
@@ -135,67 +168,49 @@ def _attn_fwd_inner(acc, l_i, m_i, q, K, V, stride_kn, stride_kk, stride_vn, str
             acc = acc * (alpha * l_i * inv_l)[:, None] + pv * inv_l[:, None]
         l_i = l_new
         m_i = m_ij
-        if not TMA:
-            k_ptrs += tl.cast(stride_kn, tl.int64) * BLOCK_N
-            v_ptrs += tl.cast(stride_vn, tl.int64) * BLOCK_N
+        k_cur = advance(k_cur, K, BLOCK_N, TMA)
+        v_cur = advance(v_cur, V, BLOCK_N, TMA)
     return acc, l_i, m_i
 
 
 @triton.jit
-def _attn_fwd_block(start_m, Q, K, V, O, LSE, LSUM, off_hz, sm_scale,
-                    stride_qm, stride_qk, stride_kn, stride_kk, stride_vn, stride_vk, stride_om, stride_ok,
-                    N_CTX_Q, N_CTX_K,
+def _attn_fwd_block(start_m, Q, K, V, O, LSE, LSUM, sm_scale, N_CTX_Q, N_CTX_K,
                     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr, DEFER: tl.constexpr,
-                    SKIP: tl.constexpr, DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                    TMA: tl.constexpr, WS: tl.constexpr):
-    """Q block start_m of one (batch, head) against every K/V block it sees; writes O and the statistics.
-    TMA: Q, K, V and O are tensor descriptors of this (batch, head); otherwise base pointers."""
+                    SKIP: tl.constexpr, DOT_PRECISION: tl.constexpr, TMA: tl.constexpr, BLOCK_M: tl.constexpr,
+                    BLOCK_N: tl.constexpr):
+    """Q block start_m of one (batch, head) against every K/V block it sees (Algorithm 1, lines 3-15): writes
+    O_i and the statistics. Q, K, V, O are tile sources of this (batch, head); LSE, LSUM point at its rows."""
     offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     # q stays on chip throughout
-    if TMA:
-        q = Q.load([start_m * BLOCK_M, 0])
-    else:
-        q = load_tile(tile_ptrs(Q, offs_m, stride_qm, offs_d, stride_qk), offs_m, N_CTX_Q, offs_d, HEAD_DIM, BLOCK_D,
-                      True)
+    q = load_rows(row_cursor(Q, offs_m, offs_d, TMA), start_m * BLOCK_M, offs_m, N_CTX_Q, offs_d, HEAD_DIM,
+                  BLOCK_D, True, TMA)
     m_i = tl.zeros([BLOCK_M], dtype=tl.float32) - 1.0e30  # finite: a fully masked block gives no -inf - -inf
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     qk_scale = sm_scale * LOG2E
-    diag = N_CTX_K - N_CTX_Q  # query i sees keys j <= i + diag (bottom-right aligned)
-    if SKIP:
-        if CAUSAL:
-            # [0, lo): blocks the block's first row sees in full; [lo, hi): the diagonal band; past hi: skipped
-            lo = tl.minimum(tl.maximum(start_m * BLOCK_M + diag + 1, 0) // BLOCK_N, N_CTX_K // BLOCK_N) * BLOCK_N
-            hi = tl.minimum(tl.maximum(start_m * BLOCK_M + BLOCK_M + diag, 0), N_CTX_K)
+    diag = N_CTX_K - N_CTX_Q
+    lo, hi = _kv_stages(start_m, N_CTX_Q, N_CTX_K, CAUSAL, SKIP, BLOCK_M, BLOCK_N)
+    for stage in tl.static_range(2):  # the blocks seen in full, without a mask; then the masked ones
+        if stage == 0:
+            s_lo, s_hi = 0, lo
         else:
-            lo = (N_CTX_K // BLOCK_N) * BLOCK_N  # full blocks, then the ragged last one
-            hi = N_CTX_K
-    else:  # rungs 3-5: every K/V block is visited, every one masked
-        lo = 0
-        hi = N_CTX_K
-    acc, l_i, m_i = _attn_fwd_inner(acc, l_i, m_i, q, K, V, stride_kn, stride_kk, stride_vn, stride_vk, 0, lo,
-                                    offs_m, offs_n, offs_d, qk_scale, diag, N_CTX_K,
-                                    HEAD_DIM, BLOCK_D, BLOCK_N, False, CAUSAL, DEFER, DOT_PRECISION, TMA, WS)
-    acc, l_i, m_i = _attn_fwd_inner(acc, l_i, m_i, q, K, V, stride_kn, stride_kk, stride_vn, stride_vk, lo, hi,
-                                    offs_m, offs_n, offs_d, qk_scale, diag, N_CTX_K,
-                                    HEAD_DIM, BLOCK_D, BLOCK_N, True, CAUSAL, DEFER, DOT_PRECISION, TMA, WS)
+            s_lo, s_hi = lo, hi
+        acc, l_i, m_i = _attn_fwd_inner(acc, l_i, m_i, q, K, V, s_lo, s_hi, offs_m, offs_n, offs_d, qk_scale, diag,
+                                        N_CTX_K, HEAD_DIM, BLOCK_D, BLOCK_N, stage == 1, CAUSAL, DEFER,
+                                        DOT_PRECISION, TMA)
     # rows that saw no key output 0 and store statistics for which backward's P is exactly 0
     dead = l_i == 0.0
     l_i = tl.where(dead, 1.0, l_i)
-    row_ptrs = off_hz.to(tl.int64) * N_CTX_Q + offs_m
     if DEFER:  # one division per row; only the log-sum-exp is stored
         acc = acc / l_i[:, None]
-        tl.store(LSE + row_ptrs, tl.where(dead, float("inf"), m_i + tl.math.log2(l_i)), mask=offs_m < N_CTX_Q)
+        tl.store(LSE + offs_m, tl.where(dead, float("inf"), m_i + tl.math.log2(l_i)), mask=offs_m < N_CTX_Q)
     else:  # acc is already normalised; m and l are stored separately, as FA1 does
-        tl.store(LSE + row_ptrs, tl.where(dead, float("inf"), m_i), mask=offs_m < N_CTX_Q)
-        tl.store(LSUM + row_ptrs, l_i, mask=offs_m < N_CTX_Q)
-    if TMA:  # rows past seqlen_q and the padded head dim are clipped by the descriptor
-        O.store([start_m * BLOCK_M, 0], acc.to(q.dtype))
-    else:
-        store_tile(tile_ptrs(O, offs_m, stride_om, offs_d, stride_ok), acc.to(O.dtype.element_ty),
-                   offs_m, N_CTX_Q, offs_d, HEAD_DIM, BLOCK_D, True)
+        tl.store(LSE + offs_m, tl.where(dead, float("inf"), m_i), mask=offs_m < N_CTX_Q)
+        tl.store(LSUM + offs_m, l_i, mask=offs_m < N_CTX_Q)
+    store_rows(row_cursor(O, offs_m, offs_d, TMA), acc.to(q.dtype), start_m * BLOCK_M, offs_m, N_CTX_Q, offs_d,
+               HEAD_DIM, BLOCK_D, TMA)
 
 
 @triton.jit
@@ -207,65 +222,46 @@ def _attn_fwd_kernel(Q, K, V, sm_scale, LSE, LSUM, Out,
                      H, GROUP, N_CTX_Q, N_CTX_K, N_CTX_Q_BUCKET, N_CTX_K_BUCKET,
                      HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr,
                      DEFER: tl.constexpr, SEQ_PAR: tl.constexpr, SKIP: tl.constexpr, DOT_PRECISION: tl.constexpr,
-                     TMA: tl.constexpr, WS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                     TMA: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     off_hz = tl.program_id(1)
     off_z = (off_hz // H).to(tl.int64)
     off_h = (off_hz % H).to(tl.int64)
     off_hkv = off_h // GROUP  # GQA: query head h reads kv head h // GROUP
-    Q += off_z * stride_qz + off_h * stride_qh
-    K += off_z * stride_kz + off_hkv * stride_kh
-    V += off_z * stride_vz + off_hkv * stride_vh
-    Out += off_z * stride_oz + off_h * stride_oh
-    if TMA:  # Hopper: tiles move by TMA through descriptors of this (batch, head)
-        Q = tile_desc(Q, N_CTX_Q, stride_qm, HEAD_DIM, BLOCK_M, BLOCK_D)
-        K = tile_desc(K, N_CTX_K, stride_kn, HEAD_DIM, BLOCK_N, BLOCK_D)
-        V = tile_desc(V, N_CTX_K, stride_vn, HEAD_DIM, BLOCK_N, BLOCK_D)
-        Out = tile_desc(Out, N_CTX_Q, stride_om, HEAD_DIM, BLOCK_M, BLOCK_D)
-    if SEQ_PAR:  # one program per Q block; causal: the last Q blocks see the most keys, start them first
-        if CAUSAL:
-            start_m = tl.num_programs(0) - 1 - tl.program_id(0)
-        else:
-            start_m = tl.program_id(0)
-        _attn_fwd_block(start_m, Q, K, V, Out, LSE, LSUM, off_hz, sm_scale,
-                        stride_qm, stride_qk, stride_kn, stride_kk, stride_vn, stride_vk, stride_om, stride_ok,
-                        N_CTX_Q, N_CTX_K, HEAD_DIM, BLOCK_D, CAUSAL, DEFER, SKIP, DOT_PRECISION, BLOCK_M, BLOCK_N,
-                        TMA, WS)
-    else:  # rungs 3-4: one program per (batch, head) walks its Q blocks in turn
-        for start_m in range(0, tl.cdiv(N_CTX_Q, BLOCK_M)):
-            _attn_fwd_block(start_m, Q, K, V, Out, LSE, LSUM, off_hz, sm_scale,
-                            stride_qm, stride_qk, stride_kn, stride_kk, stride_vn, stride_vk, stride_om, stride_ok,
-                            N_CTX_Q, N_CTX_K, HEAD_DIM, BLOCK_D, CAUSAL, DEFER, SKIP, DOT_PRECISION, BLOCK_M, BLOCK_N,
-                            TMA, WS)
+    Qs = head_source(Q, (stride_qz, stride_qh, stride_qm, stride_qk), off_z, off_h, N_CTX_Q, HEAD_DIM, BLOCK_M,
+                     BLOCK_D, TMA)
+    Ks = head_source(K, (stride_kz, stride_kh, stride_kn, stride_kk), off_z, off_hkv, N_CTX_K, HEAD_DIM, BLOCK_N,
+                     BLOCK_D, TMA)
+    Vs = head_source(V, (stride_vz, stride_vh, stride_vn, stride_vk), off_z, off_hkv, N_CTX_K, HEAD_DIM, BLOCK_N,
+                     BLOCK_D, TMA)
+    Os = head_source(Out, (stride_oz, stride_oh, stride_om, stride_ok), off_z, off_h, N_CTX_Q, HEAD_DIM, BLOCK_M,
+                     BLOCK_D, TMA)
+    rows = off_hz.to(tl.int64) * N_CTX_Q  # this (batch, head)'s statistics
+    first, count = _program_blocks(tl.cdiv(N_CTX_Q, BLOCK_M), SEQ_PAR, CAUSAL)
+    for i in range(count):
+        _attn_fwd_block(first + i, Qs, Ks, Vs, Os, LSE + rows, LSUM + rows, sm_scale, N_CTX_Q, N_CTX_K,
+                        HEAD_DIM, BLOCK_D, CAUSAL, DEFER, SKIP, DOT_PRECISION, TMA, BLOCK_M, BLOCK_N)
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Backward: dK, dV per K/V block; dQ per Q block
+# Backward (Algorithm 2): dK, dV per K/V block (Q blocks inner); dQ per Q block (K/V blocks inner)
 # ----------------------------------------------------------------------------------------------------------------
 @triton.jit
-def _attn_bwd_dkdv_inner(dk, dv, k, v, Q, DO, DQ, stride_qm, stride_qk, stride_dom, stride_dok, stride_dqm, stride_dqk,
-                         LSE, LSUM, Delta, lo, hi, offs_n, offs_m0, offs_d, sm_scale, diag, N_CTX_Q,
-                         HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
+def _attn_bwd_dkdv_inner(dk, dv, k, v, Q, DO, LSE, LSUM, Delta, lo, hi, offs_n, offs_m0, offs_d, sm_scale, diag,
+                         N_CTX_Q, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
                          MASK: tl.constexpr, CAUSAL: tl.constexpr, DEFER: tl.constexpr,
-                         DOT_PRECISION: tl.constexpr, TMA: tl.constexpr, DQ_MODE: tl.constexpr):
-    """Q rows [lo, hi) against one K/V block, everything transposed (keys on the rows): accumulate dK, dV.
+                         DOT_PRECISION: tl.constexpr, TMA: tl.constexpr):
+    """Q rows [lo, hi) against one K/V block, everything transposed (keys on the rows): accumulate dK_j, dV_j
+    (Algorithm 2, lines 11-20; dQ is left to the dQ kernel).
 
     MASK=False: every row is in range and sees every key of the block. MASK=True: rows past seqlen_q and,
-    if CAUSAL, the diagonal band. TMA: Q and dO are tensor descriptors. DQ_MODE 1 and 2 also add this block's
-    share of dQ, sm_scale * dS K, into the fp32 buffer DQ (1: relaxed atomics through pointers; 2: a TMA
-    reduction through the descriptor DQ); DQ_MODE 0 leaves dQ to the dQ kernel.
+    if CAUSAL, the diagonal band.
     """
     qk_scale = sm_scale * LOG2E
-    if not TMA:
-        q_ptrs = tile_ptrs(Q, lo + offs_m0, stride_qm, offs_d, stride_qk)
-        do_ptrs = tile_ptrs(DO, lo + offs_m0, stride_dom, offs_d, stride_dok)
-    if DQ_MODE == 1:
-        dq_ptrs = tile_ptrs(DQ, lo + offs_m0, stride_dqm, offs_d, stride_dqk)
+    q_cur = row_cursor(Q, lo + offs_m0, offs_d, TMA)
+    do_cur = row_cursor(DO, lo + offs_m0, offs_d, TMA)
     for start_m in range(lo, hi, BLOCK_M):
         offs_m = start_m + offs_m0
-        if TMA:
-            q = Q.load([start_m, 0])
-        else:
-            q = load_tile(q_ptrs, offs_m, N_CTX_Q, offs_d, HEAD_DIM, BLOCK_D, MASK)
+        q = load_rows(q_cur, start_m, offs_m, N_CTX_Q, offs_d, HEAD_DIM, BLOCK_D, MASK, TMA)
         if MASK:
             lse = tl.load(LSE + offs_m, mask=offs_m < N_CTX_Q, other=0.0)
         else:
@@ -280,11 +276,8 @@ def _attn_bwd_dkdv_inner(dk, dv, k, v, Q, DO, DQ, stride_qm, stride_qk, stride_d
             if CAUSAL:
                 keep = keep & (offs_n[:, None] <= offs_m[None, :] + diag)
             pT = tl.where(keep, pT, 0.0)
-        if TMA:
-            do = DO.load([start_m, 0])
-        else:
-            do = load_tile(do_ptrs, offs_m, N_CTX_Q, offs_d, HEAD_DIM, BLOCK_D, MASK)
-        dv = tl.dot(pT.to(do.dtype), do, dv, input_precision=DOT_PRECISION)
+        do = load_rows(do_cur, start_m, offs_m, N_CTX_Q, offs_d, HEAD_DIM, BLOCK_D, MASK, TMA)
+        dv = tl.dot(pT.to(do.dtype), do, dv, input_precision=DOT_PRECISION)  # dV_j += P^T dO_i
         if MASK:
             delta = tl.load(Delta + offs_m, mask=offs_m < N_CTX_Q, other=0.0)
         else:
@@ -292,34 +285,28 @@ def _attn_bwd_dkdv_inner(dk, dv, k, v, Q, DO, DQ, stride_qm, stride_qk, stride_d
         # dS^T = P^T * (dP^T - Delta), dP^T = V dO^T
         dpT = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
         dsT = (pT * (dpT - delta[None, :])).to(q.dtype)
-        dk = tl.dot(dsT, q, dk, input_precision=DOT_PRECISION)
-        if DQ_MODE != 0:  # dQ_i += sm_scale * dS_ij K_j (Algorithm 2, line 21)
-            dq = tl.dot(tl.trans(dsT), k, input_precision=DOT_PRECISION) * sm_scale
-            if DQ_MODE == 1:
-                atomic_add_tile(dq_ptrs, dq, offs_m, N_CTX_Q, offs_d, HEAD_DIM, BLOCK_D, MASK)
-                dq_ptrs += tl.cast(stride_dqm, tl.int64) * BLOCK_M
-            else:
-                DQ.atomic_add([start_m, 0], dq)
-        if not TMA:
-            q_ptrs += tl.cast(stride_qm, tl.int64) * BLOCK_M
-            do_ptrs += tl.cast(stride_dom, tl.int64) * BLOCK_M
+        dk = tl.dot(dsT, q, dk, input_precision=DOT_PRECISION)  # dK_j += dS^T Q_i (sm_scale at the end)
+        q_cur = advance(q_cur, Q, BLOCK_M, TMA)
+        do_cur = advance(do_cur, DO, BLOCK_M, TMA)
     return dk, dv
 
 
 @triton.jit
-def _attn_bwd_dkdv_block(start_n, Q, K, V, DO, DK, DV, DQ, LSE, LSUM, Delta, sm_scale, off_z, off_hkv,
-                         stride_qz, stride_qh, stride_qm, stride_qk, stride_kn, stride_kk, stride_vn, stride_vk,
-                         stride_doz, stride_doh, stride_dom, stride_dok, stride_dkn, stride_dkk,
-                         stride_dvn, stride_dvk, stride_dqz, stride_dqh, stride_dqm, stride_dqk, H, GROUP, N_CTX_Q,
-                         N_CTX_K, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr,
-                         DEFER: tl.constexpr, SKIP: tl.constexpr, DOT_PRECISION: tl.constexpr, TMA: tl.constexpr,
-                         DQ_MODE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+def _attn_bwd_dkdv_block(start_n, Q, q_strides, DO, do_strides, K, V, DK, DV, LSE, LSUM, Delta, sm_scale, off_z,
+                         off_hkv, H, GROUP, N_CTX_Q, N_CTX_K, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+                         CAUSAL: tl.constexpr, DEFER: tl.constexpr, SKIP: tl.constexpr, DOT_PRECISION: tl.constexpr,
+                         TMA: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """K/V block start_n of one (batch, kv head) against the rows of every query head of its GQA group that see
+    it (Algorithm 2, lines 5-23): writes dK_j and dV_j once. K, V, DK, DV are pointer sources of this (batch, kv
+    head); Q and dO are found per query head from their (z, h, row, d) strides."""
     offs_n = start_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_m0 = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     # k and v stay on chip throughout
-    k = load_tile(tile_ptrs(K, offs_n, stride_kn, offs_d, stride_kk), offs_n, N_CTX_K, offs_d, HEAD_DIM, BLOCK_D, True)
-    v = load_tile(tile_ptrs(V, offs_n, stride_vn, offs_d, stride_vk), offs_n, N_CTX_K, offs_d, HEAD_DIM, BLOCK_D, True)
+    k = load_rows(row_cursor(K, offs_n, offs_d, False), start_n * BLOCK_N, offs_n, N_CTX_K, offs_d, HEAD_DIM,
+                  BLOCK_D, True, False)
+    v = load_rows(row_cursor(V, offs_n, offs_d, False), start_n * BLOCK_N, offs_n, N_CTX_K, offs_d, HEAD_DIM,
+                  BLOCK_D, True, False)
     dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     diag = N_CTX_K - N_CTX_Q  # query i sees keys j <= i + diag
@@ -340,16 +327,9 @@ def _attn_bwd_dkdv_block(start_n, Q, K, V, DO, DK, DV, DQ, LSE, LSUM, Delta, sm_
     end = mid + tl.maximum(N_CTX_Q - mid, 0) // BLOCK_M * BLOCK_M
     for g in range(GROUP):  # the query heads sharing this kv head
         off_h = off_hkv * GROUP + g
-        off_hz = off_z * H + off_h
-        Qh = Q + off_z * stride_qz + off_h * stride_qh
-        DOh = DO + off_z * stride_doz + off_h * stride_doh
-        DQh = DQ + off_z * stride_dqz + off_h * stride_dqh
-        if TMA:
-            Qh = tile_desc(Qh, N_CTX_Q, stride_qm, HEAD_DIM, BLOCK_M, BLOCK_D)
-            DOh = tile_desc(DOh, N_CTX_Q, stride_dom, HEAD_DIM, BLOCK_M, BLOCK_D)
-        if DQ_MODE == 2:
-            DQh = tile_desc(DQh, N_CTX_Q, stride_dqm, HEAD_DIM, BLOCK_M, BLOCK_D)
-        rows = off_hz * N_CTX_Q
+        rows = (off_z * H + off_h) * N_CTX_Q  # this query head's statistics
+        Qh = head_source(Q, q_strides, off_z, off_h, N_CTX_Q, HEAD_DIM, BLOCK_M, BLOCK_D, TMA)
+        DOh = head_source(DO, do_strides, off_z, off_h, N_CTX_Q, HEAD_DIM, BLOCK_M, BLOCK_D, TMA)
         for stage in tl.static_range(3):  # the masked band, the unmasked rows, the ragged last step
             if stage == 0:
                 s_lo, s_hi = lo, mid
@@ -357,72 +337,60 @@ def _attn_bwd_dkdv_block(start_n, Q, K, V, DO, DK, DV, DQ, LSE, LSUM, Delta, sm_
                 s_lo, s_hi = mid, end
             else:
                 s_lo, s_hi = end, N_CTX_Q
-            dk, dv = _attn_bwd_dkdv_inner(dk, dv, k, v, Qh, DOh, DQh, stride_qm, stride_qk, stride_dom, stride_dok,
-                                          stride_dqm, stride_dqk, LSE + rows, LSUM + rows, Delta + rows, s_lo, s_hi,
+            dk, dv = _attn_bwd_dkdv_inner(dk, dv, k, v, Qh, DOh, LSE + rows, LSUM + rows, Delta + rows, s_lo, s_hi,
                                           offs_n, offs_m0, offs_d, sm_scale, diag, N_CTX_Q, HEAD_DIM, BLOCK_D,
-                                          BLOCK_M, stage != 1, CAUSAL, DEFER, DOT_PRECISION, TMA, DQ_MODE)
+                                          BLOCK_M, stage != 1, CAUSAL, DEFER, DOT_PRECISION, TMA)
     dk *= sm_scale  # S = sm_scale * Q K^T
-    store_tile(tile_ptrs(DK, offs_n, stride_dkn, offs_d, stride_dkk), dk.to(DK.dtype.element_ty),
-               offs_n, N_CTX_K, offs_d, HEAD_DIM, BLOCK_D, True)
-    store_tile(tile_ptrs(DV, offs_n, stride_dvn, offs_d, stride_dvk), dv.to(DV.dtype.element_ty),
-               offs_n, N_CTX_K, offs_d, HEAD_DIM, BLOCK_D, True)
+    store_rows(row_cursor(DK, offs_n, offs_d, False), dk.to(k.dtype), start_n * BLOCK_N, offs_n, N_CTX_K, offs_d,
+               HEAD_DIM, BLOCK_D, False)
+    store_rows(row_cursor(DV, offs_n, offs_d, False), dv.to(v.dtype), start_n * BLOCK_N, offs_n, N_CTX_K, offs_d,
+               HEAD_DIM, BLOCK_D, False)
 
 
 @triton.jit
-def _attn_bwd_dkdv_kernel(Q, K, V, sm_scale, DO, DK, DV, DQ, LSE, LSUM, Delta,
+def _attn_bwd_dkdv_kernel(Q, K, V, sm_scale, DO, DK, DV, LSE, LSUM, Delta,
                           stride_qz, stride_qh, stride_qm, stride_qk,
                           stride_kz, stride_kh, stride_kn, stride_kk,
                           stride_vz, stride_vh, stride_vn, stride_vk,
                           stride_doz, stride_doh, stride_dom, stride_dok,
                           stride_dkz, stride_dkh, stride_dkn, stride_dkk,
                           stride_dvz, stride_dvh, stride_dvn, stride_dvk,
-                          stride_dqz, stride_dqh, stride_dqm, stride_dqk,
                           H, GROUP, N_CTX_Q, N_CTX_K, N_CTX_Q_BUCKET, N_CTX_K_BUCKET,
                           HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr,
                           DEFER: tl.constexpr, SEQ_PAR: tl.constexpr, SKIP: tl.constexpr,
-                          DOT_PRECISION: tl.constexpr, TMA: tl.constexpr, WS: tl.constexpr, DQ_MODE: tl.constexpr,
-                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                          DOT_PRECISION: tl.constexpr, TMA: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     off_hkvz = tl.program_id(1)  # over batch * kv_heads
     H_KV = H // GROUP
     off_z = (off_hkvz // H_KV).to(tl.int64)
     off_hkv = (off_hkvz % H_KV).to(tl.int64)
-    K += off_z * stride_kz + off_hkv * stride_kh
-    V += off_z * stride_vz + off_hkv * stride_vh
-    DK += off_z * stride_dkz + off_hkv * stride_dkh
-    DV += off_z * stride_dvz + off_hkv * stride_dvh
-    if SEQ_PAR:  # one program per K/V block
-        _attn_bwd_dkdv_block(tl.program_id(0), Q, K, V, DO, DK, DV, DQ, LSE, LSUM, Delta, sm_scale, off_z, off_hkv,
-                             stride_qz, stride_qh, stride_qm, stride_qk, stride_kn, stride_kk, stride_vn, stride_vk,
-                             stride_doz, stride_doh, stride_dom, stride_dok, stride_dkn, stride_dkk,
-                             stride_dvn, stride_dvk, stride_dqz, stride_dqh, stride_dqm, stride_dqk, H, GROUP,
-                             N_CTX_Q, N_CTX_K, HEAD_DIM, BLOCK_D, CAUSAL, DEFER, SKIP, DOT_PRECISION, TMA, DQ_MODE,
-                             BLOCK_M, BLOCK_N)
-    else:  # rungs 3-4: one program per (batch, kv head) walks its K/V blocks in turn
-        for start_n in range(0, tl.cdiv(N_CTX_K, BLOCK_N)):
-            _attn_bwd_dkdv_block(start_n, Q, K, V, DO, DK, DV, DQ, LSE, LSUM, Delta, sm_scale, off_z, off_hkv,
-                                 stride_qz, stride_qh, stride_qm, stride_qk, stride_kn, stride_kk, stride_vn,
-                                 stride_vk, stride_doz, stride_doh, stride_dom, stride_dok, stride_dkn, stride_dkk,
-                                 stride_dvn, stride_dvk, stride_dqz, stride_dqh, stride_dqm, stride_dqk, H, GROUP,
-                                 N_CTX_Q, N_CTX_K, HEAD_DIM, BLOCK_D, CAUSAL, DEFER, SKIP, DOT_PRECISION, TMA,
-                                 DQ_MODE, BLOCK_M, BLOCK_N)
+    # K, V, dK, dV: pointers (the resident tiles are loaded and stored once)
+    Ks = head_source(K, (stride_kz, stride_kh, stride_kn, stride_kk), off_z, off_hkv, N_CTX_K, HEAD_DIM, BLOCK_N,
+                     BLOCK_D, False)
+    Vs = head_source(V, (stride_vz, stride_vh, stride_vn, stride_vk), off_z, off_hkv, N_CTX_K, HEAD_DIM, BLOCK_N,
+                     BLOCK_D, False)
+    DKs = head_source(DK, (stride_dkz, stride_dkh, stride_dkn, stride_dkk), off_z, off_hkv, N_CTX_K, HEAD_DIM,
+                      BLOCK_N, BLOCK_D, False)
+    DVs = head_source(DV, (stride_dvz, stride_dvh, stride_dvn, stride_dvk), off_z, off_hkv, N_CTX_K, HEAD_DIM,
+                      BLOCK_N, BLOCK_D, False)
+    first, count = _program_blocks(tl.cdiv(N_CTX_K, BLOCK_N), SEQ_PAR, False)
+    for i in range(count):
+        _attn_bwd_dkdv_block(first + i, Q, (stride_qz, stride_qh, stride_qm, stride_qk), DO,
+                             (stride_doz, stride_doh, stride_dom, stride_dok), Ks, Vs, DKs, DVs, LSE, LSUM, Delta,
+                             sm_scale, off_z, off_hkv, H, GROUP, N_CTX_Q, N_CTX_K, HEAD_DIM, BLOCK_D, CAUSAL, DEFER,
+                             SKIP, DOT_PRECISION, TMA, BLOCK_M, BLOCK_N)
 
 
 @triton.jit
-def _attn_bwd_dq_inner(dq, q, do, lse, inv_l, delta, K, V, stride_kn, stride_kk, stride_vn, stride_vk, lo, hi,
-                       offs_m, offs_n, offs_d, qk_scale, diag, N_CTX_K,
-                       HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
-                       MASK: tl.constexpr, CAUSAL: tl.constexpr, DEFER: tl.constexpr, DOT_PRECISION: tl.constexpr,
-                       TMA: tl.constexpr):
-    """K/V blocks [lo, hi) against one Q block: accumulate dQ. Masks and TMA as in _attn_fwd_inner."""
-    if not TMA:
-        k_ptrs = tile_ptrs(K, lo + offs_n, stride_kn, offs_d, stride_kk)
-        v_ptrs = tile_ptrs(V, lo + offs_n, stride_vn, offs_d, stride_vk)
+def _attn_bwd_dq_inner(dq, q, do, lse, inv_l, delta, K, V, lo, hi, offs_m, offs_n, offs_d, qk_scale, diag, N_CTX_K,
+                       HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, MASK: tl.constexpr,
+                       CAUSAL: tl.constexpr, DEFER: tl.constexpr, DOT_PRECISION: tl.constexpr, TMA: tl.constexpr):
+    """K/V rows [lo, hi) against one Q block: accumulate dQ_i += dS_ij K_j (Algorithm 2, line 21, without atomics).
+    Masks as in _attn_fwd_inner."""
+    k_cur = row_cursor(K, lo + offs_n, offs_d, TMA)
+    v_cur = row_cursor(V, lo + offs_n, offs_d, TMA)
     for start_n in range(lo, hi, BLOCK_N):
         cols = start_n + offs_n
-        if TMA:
-            k = K.load([start_n, 0])
-        else:
-            k = load_tile(k_ptrs, cols, N_CTX_K, offs_d, HEAD_DIM, BLOCK_D, MASK)
+        k = load_rows(k_cur, start_n, cols, N_CTX_K, offs_d, HEAD_DIM, BLOCK_D, MASK, TMA)
         qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
         p = tl.math.exp2(qk * qk_scale - lse[:, None])
         if not DEFER:
@@ -432,67 +400,51 @@ def _attn_bwd_dq_inner(dq, q, do, lse, inv_l, delta, K, V, stride_kn, stride_kk,
             if CAUSAL:
                 keep = keep & (cols[None, :] <= offs_m[:, None] + diag)
             p = tl.where(keep, p, 0.0)
-        if TMA:
-            v = V.load([start_n, 0])
-        else:
-            v = load_tile(v_ptrs, cols, N_CTX_K, offs_d, HEAD_DIM, BLOCK_D, MASK)
+        v = load_rows(v_cur, start_n, cols, N_CTX_K, offs_d, HEAD_DIM, BLOCK_D, MASK, TMA)
         dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
         ds = p * (dp - delta[:, None])
         dq = tl.dot(ds.to(k.dtype), k, dq, input_precision=DOT_PRECISION)
-        if not TMA:
-            k_ptrs += tl.cast(stride_kn, tl.int64) * BLOCK_N
-            v_ptrs += tl.cast(stride_vn, tl.int64) * BLOCK_N
+        k_cur = advance(k_cur, K, BLOCK_N, TMA)
+        v_cur = advance(v_cur, V, BLOCK_N, TMA)
     return dq
 
 
 @triton.jit
-def _attn_bwd_dq_block(start_m, Q, K, V, DO, DQ, LSE, LSUM, Delta, sm_scale, off_hz,
-                       stride_qm, stride_qk, stride_kn, stride_kk, stride_vn, stride_vk,
-                       stride_dom, stride_dok, stride_dqm, stride_dqk, N_CTX_Q, N_CTX_K,
+def _attn_bwd_dq_block(start_m, Q, K, V, DO, DQ, LSE, LSUM, Delta, sm_scale, N_CTX_Q, N_CTX_K,
                        HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr, DEFER: tl.constexpr,
                        SKIP: tl.constexpr, DOT_PRECISION: tl.constexpr, TMA: tl.constexpr,
                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Q block start_m of one (batch, head) against every K/V block it sees: writes dQ_i once. Sources and
+    statistics as in _attn_fwd_block; DQ is a pointer source."""
     offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     # q, dO, the statistics and Delta stay on chip throughout
-    if TMA:
-        q = Q.load([start_m * BLOCK_M, 0])
-        do = DO.load([start_m * BLOCK_M, 0])
-    else:
-        q = load_tile(tile_ptrs(Q, offs_m, stride_qm, offs_d, stride_qk), offs_m, N_CTX_Q, offs_d, HEAD_DIM, BLOCK_D,
-                      True)
-        do = load_tile(tile_ptrs(DO, offs_m, stride_dom, offs_d, stride_dok), offs_m, N_CTX_Q, offs_d,
-                       HEAD_DIM, BLOCK_D, True)
-    rows = off_hz.to(tl.int64) * N_CTX_Q + offs_m
-    lse = tl.load(LSE + rows, mask=offs_m < N_CTX_Q, other=0.0)
+    q = load_rows(row_cursor(Q, offs_m, offs_d, TMA), start_m * BLOCK_M, offs_m, N_CTX_Q, offs_d, HEAD_DIM,
+                  BLOCK_D, True, TMA)
+    do = load_rows(row_cursor(DO, offs_m, offs_d, TMA), start_m * BLOCK_M, offs_m, N_CTX_Q, offs_d, HEAD_DIM,
+                   BLOCK_D, True, TMA)
+    lse = tl.load(LSE + offs_m, mask=offs_m < N_CTX_Q, other=0.0)
     if DEFER:
         inv_l = lse  # unused
     else:
-        inv_l = 1.0 / tl.load(LSUM + rows, mask=offs_m < N_CTX_Q, other=1.0)
-    delta = tl.load(Delta + rows, mask=offs_m < N_CTX_Q, other=0.0)
+        inv_l = 1.0 / tl.load(LSUM + offs_m, mask=offs_m < N_CTX_Q, other=1.0)
+    delta = tl.load(Delta + offs_m, mask=offs_m < N_CTX_Q, other=0.0)
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     qk_scale = sm_scale * LOG2E
     diag = N_CTX_K - N_CTX_Q
-    if SKIP:  # the same stages as the forward pass
-        if CAUSAL:
-            lo = tl.minimum(tl.maximum(start_m * BLOCK_M + diag + 1, 0) // BLOCK_N, N_CTX_K // BLOCK_N) * BLOCK_N
-            hi = tl.minimum(tl.maximum(start_m * BLOCK_M + BLOCK_M + diag, 0), N_CTX_K)
+    lo, hi = _kv_stages(start_m, N_CTX_Q, N_CTX_K, CAUSAL, SKIP, BLOCK_M, BLOCK_N)  # the forward's stages
+    for stage in tl.static_range(2):
+        if stage == 0:
+            s_lo, s_hi = 0, lo
         else:
-            lo = (N_CTX_K // BLOCK_N) * BLOCK_N
-            hi = N_CTX_K
-    else:
-        lo = 0
-        hi = N_CTX_K
-    dq = _attn_bwd_dq_inner(dq, q, do, lse, inv_l, delta, K, V, stride_kn, stride_kk, stride_vn, stride_vk, 0, lo,
-                            offs_m, offs_n, offs_d, qk_scale, diag, N_CTX_K, HEAD_DIM, BLOCK_D, BLOCK_N, False, CAUSAL,
-                            DEFER, DOT_PRECISION, TMA)
-    dq = _attn_bwd_dq_inner(dq, q, do, lse, inv_l, delta, K, V, stride_kn, stride_kk, stride_vn, stride_vk, lo, hi,
-                            offs_m, offs_n, offs_d, qk_scale, diag, N_CTX_K, HEAD_DIM, BLOCK_D, BLOCK_N, True, CAUSAL,
-                            DEFER, DOT_PRECISION, TMA)
+            s_lo, s_hi = lo, hi
+        dq = _attn_bwd_dq_inner(dq, q, do, lse, inv_l, delta, K, V, s_lo, s_hi, offs_m, offs_n, offs_d, qk_scale,
+                                diag, N_CTX_K, HEAD_DIM, BLOCK_D, BLOCK_N, stage == 1, CAUSAL, DEFER, DOT_PRECISION,
+                                TMA)
     dq *= sm_scale  # S = sm_scale * Q K^T
-    store_tile(tile_ptrs(DQ, offs_m, stride_dqm, offs_d, stride_dqk), dq.to(DQ.dtype.element_ty),
-               offs_m, N_CTX_Q, offs_d, HEAD_DIM, BLOCK_D, True)
+    store_rows(row_cursor(DQ, offs_m, offs_d, False), dq.to(q.dtype), start_m * BLOCK_M, offs_m, N_CTX_Q, offs_d,
+               HEAD_DIM, BLOCK_D, False)
 
 
 @triton.jit
@@ -510,131 +462,85 @@ def _attn_bwd_dq_kernel(Q, K, V, sm_scale, DO, DQ, LSE, LSUM, Delta,
     off_z = (off_hz // H).to(tl.int64)
     off_h = (off_hz % H).to(tl.int64)
     off_hkv = off_h // GROUP
-    Q += off_z * stride_qz + off_h * stride_qh
-    K += off_z * stride_kz + off_hkv * stride_kh
-    V += off_z * stride_vz + off_hkv * stride_vh
-    DO += off_z * stride_doz + off_h * stride_doh
-    DQ += off_z * stride_dqz + off_h * stride_dqh
-    if TMA:
-        Q = tile_desc(Q, N_CTX_Q, stride_qm, HEAD_DIM, BLOCK_M, BLOCK_D)
-        DO = tile_desc(DO, N_CTX_Q, stride_dom, HEAD_DIM, BLOCK_M, BLOCK_D)
-        K = tile_desc(K, N_CTX_K, stride_kn, HEAD_DIM, BLOCK_N, BLOCK_D)
-        V = tile_desc(V, N_CTX_K, stride_vn, HEAD_DIM, BLOCK_N, BLOCK_D)
-    if SEQ_PAR:
-        if CAUSAL:
-            start_m = tl.num_programs(0) - 1 - tl.program_id(0)
-        else:
-            start_m = tl.program_id(0)
-        _attn_bwd_dq_block(start_m, Q, K, V, DO, DQ, LSE, LSUM, Delta, sm_scale, off_hz,
-                           stride_qm, stride_qk, stride_kn, stride_kk, stride_vn, stride_vk,
-                           stride_dom, stride_dok, stride_dqm, stride_dqk, N_CTX_Q, N_CTX_K,
-                           HEAD_DIM, BLOCK_D, CAUSAL, DEFER, SKIP, DOT_PRECISION, TMA, BLOCK_M, BLOCK_N)
-    else:
-        for start_m in range(0, tl.cdiv(N_CTX_Q, BLOCK_M)):
-            _attn_bwd_dq_block(start_m, Q, K, V, DO, DQ, LSE, LSUM, Delta, sm_scale, off_hz,
-                               stride_qm, stride_qk, stride_kn, stride_kk, stride_vn, stride_vk,
-                               stride_dom, stride_dok, stride_dqm, stride_dqk, N_CTX_Q, N_CTX_K,
-                               HEAD_DIM, BLOCK_D, CAUSAL, DEFER, SKIP, DOT_PRECISION, TMA, BLOCK_M, BLOCK_N)
+    Qs = head_source(Q, (stride_qz, stride_qh, stride_qm, stride_qk), off_z, off_h, N_CTX_Q, HEAD_DIM, BLOCK_M,
+                     BLOCK_D, TMA)
+    Ks = head_source(K, (stride_kz, stride_kh, stride_kn, stride_kk), off_z, off_hkv, N_CTX_K, HEAD_DIM, BLOCK_N,
+                     BLOCK_D, TMA)
+    Vs = head_source(V, (stride_vz, stride_vh, stride_vn, stride_vk), off_z, off_hkv, N_CTX_K, HEAD_DIM, BLOCK_N,
+                     BLOCK_D, TMA)
+    DOs = head_source(DO, (stride_doz, stride_doh, stride_dom, stride_dok), off_z, off_h, N_CTX_Q, HEAD_DIM,
+                      BLOCK_M, BLOCK_D, TMA)
+    DQs = head_source(DQ, (stride_dqz, stride_dqh, stride_dqm, stride_dqk), off_z, off_h, N_CTX_Q, HEAD_DIM,
+                      BLOCK_M, BLOCK_D, False)
+    rows = off_hz.to(tl.int64) * N_CTX_Q  # this (batch, head)'s statistics
+    first, count = _program_blocks(tl.cdiv(N_CTX_Q, BLOCK_M), SEQ_PAR, CAUSAL)
+    for i in range(count):
+        _attn_bwd_dq_block(first + i, Qs, Ks, Vs, DOs, DQs, LSE + rows, LSUM + rows, Delta + rows, sm_scale,
+                           N_CTX_Q, N_CTX_K, HEAD_DIM, BLOCK_D, CAUSAL, DEFER, SKIP, DOT_PRECISION, TMA, BLOCK_M,
+                           BLOCK_N)
 
 
 JIT_KERNELS = {"fwd": _attn_fwd_kernel, "bwd_dkdv": _attn_bwd_dkdv_kernel, "bwd_dq": _attn_bwd_dq_kernel}
 
 # ----------------------------------------------------------------------------------------------------------------
-# Autotune configs and the named filter that prunes them
+# Autotune configs (kernels/spaces.py) and the named filter that prunes them
 # ----------------------------------------------------------------------------------------------------------------
-def _cfg(block_m, block_n, warps, stages):
+def _config(tile) -> triton.Config:
+    block_m, block_n, warps, stages = tile
     return triton.Config({"BLOCK_M": block_m, "BLOCK_N": block_n}, num_warps=warps, num_stages=stages)
 
 
-# Candidates, best-guess first: the filter keeps the first MAX_CONFIGS that fit, and the CPU interpreter runs
-# the first of those. Large tiles suit head dims <= 128; head dim 256 falls through to the small ones at the end.
-# fwd: BLOCK_M query rows per program, BLOCK_N keys per step.
-_FWD_CANDIDATES = [
-    _cfg(128, 64, 4, 3), _cfg(128, 128, 8, 2), _cfg(128, 64, 8, 3), _cfg(64, 64, 4, 3), _cfg(128, 128, 8, 3),
-    _cfg(128, 64, 8, 2), _cfg(128, 32, 8, 2), _cfg(64, 64, 4, 2), _cfg(64, 32, 4, 3),
-]
-# bwd_dkdv: BLOCK_N keys per program, BLOCK_M query rows per step.
-_DKDV_CANDIDATES = [
-    _cfg(32, 128, 4, 3), _cfg(64, 128, 8, 2), _cfg(64, 128, 8, 3), _cfg(32, 128, 8, 3), _cfg(64, 64, 4, 3), _cfg(32, 64, 4, 4),
-    _cfg(32, 64, 8, 2), _cfg(64, 64, 8, 2), _cfg(32, 32, 4, 2),
-]
-# bwd_dq: BLOCK_M query rows per program, BLOCK_N keys per step.
-_DQ_CANDIDATES = [
-    _cfg(128, 32, 4, 3), _cfg(128, 64, 8, 3), _cfg(64, 64, 4, 3), _cfg(128, 32, 8, 3), _cfg(64, 32, 4, 4),
-    _cfg(64, 32, 4, 2), _cfg(128, 32, 8, 2), _cfg(64, 64, 8, 2),
-]
-_CANDIDATES = {"fwd": _FWD_CANDIDATES, "bwd_dkdv": _DKDV_CANDIDATES, "bwd_dq": _DQ_CANDIDATES}
-# Used only when no candidate fits (fp32 inputs, whose tiles take twice the memory, at head dim 256).
-_FALLBACK = {"fwd": _cfg(64, 32, 4, 1), "bwd_dkdv": _cfg(16, 32, 4, 1), "bwd_dq": _cfg(32, 32, 4, 1)}
-
-SMEM_BUDGET = 224 * 1024  # bytes; H100 has 228 KB of shared memory per SM (227 KB usable by one block)
-MAX_TILE_FP32_PER_THREAD = 192  # fp32 accumulator/score values per thread (of 255 registers) before spilling
-MAX_CONFIGS = 6  # per kernel and head dim: each one costs a compile and a benchmark on the GPU
+def _tile(conf: triton.Config) -> tuple:
+    return conf.kwargs["BLOCK_M"], conf.kwargs["BLOCK_N"], conf.num_warps, conf.num_stages
 
 
-def fits_on_h100(kernel: str, conf: triton.Config, headdim: int, elt: int = 2) -> bool:
-    """The named filter: keep a config whose tiles fit the H100's shared memory and registers.
-
-    Shared memory: the tiles that stay on chip plus ``num_stages`` copies of the tiles streamed by the loop, at
-    ``elt`` bytes per element (4 for fp32 inputs). Registers: fp32 accumulators plus the fp32 score tiles,
-    spread over the program's threads.
-    """
-    bm, bn, d = conf.kwargs["BLOCK_M"], conf.kwargs["BLOCK_N"], block_d(headdim)
-    threads = 32 * conf.num_warps
-    stages = max(conf.num_stages, 1)
-    if kernel == "fwd":  # Q stays; K, V stream. acc (BM x D) and S/P (BM x BN)
-        smem = elt * (bm * d + stages * 2 * bn * d)
-        regs = (bm * d + bm * bn) / threads
-    elif kernel == "bwd_dkdv":  # K, V stay; Q, dO stream. dK, dV (BN x D) and P^T, dS^T (BN x BM)
-        smem = elt * (2 * bn * d + stages * 2 * bm * d)
-        regs = (2 * bn * d + 2 * bn * bm) / threads
-    elif kernel == "bwd_dq":  # Q, dO stay; K, V stream. dQ (BM x D) and P, dS (BM x BN)
-        smem = elt * (2 * bm * d + stages * 2 * bn * d)
-        regs = (bm * d + 2 * bm * bn) / threads
-    else:
-        raise ValueError(f"unknown kernel {kernel!r}")
-    return smem <= SMEM_BUDGET and regs <= MAX_TILE_FP32_PER_THREAD
+def candidates(tiles: dict) -> dict[str, list[triton.Config]]:
+    """{kernel: [triton.Config]} of a tile table of kernels/configs.py (FA2, LADDER)."""
+    return {name: [_config(t) for t in ts] for name, ts in tiles.items()}
 
 
-def pruned(kernel: str, configs: list[triton.Config], headdim: int, elt: int = 2,
-           limit: int = MAX_CONFIGS) -> list[triton.Config]:
-    kept = [c for c in configs if fits_on_h100(kernel, c, headdim, elt)][:limit]
-    return kept or [_FALLBACK[kernel]]
+_CANDIDATES = candidates(spaces.FA2)
+
+
+def pruned(kernel: str, confs: list[triton.Config], headdim: int, elt: int = 2,
+           limit: int = spaces.MAX_CONFIGS) -> list[triton.Config]:
+    """The first ``limit`` of ``confs`` that fit shared memory and registers (configs.fa2_fits), or the fallback."""
+    kept = [c for c in confs if spaces.fa2_fits(kernel, _tile(c), headdim, elt)][:limit]
+    return kept or [_config(spaces.FA2_FALLBACK[kernel])]
 
 
 def early_prune(kernel):
-    def prune(configs, named_args, **kwargs):
+    def prune(confs, named_args, **kwargs):
         args = {**named_args, **kwargs}
         elt = args["Q"].element_size()
-        if args.get("DOT_PRECISION") == "ieee":  # FMA dot products: one small config (_common.IEEE_MAX_TILE)
-            return ieee_configs(pruned(kernel, configs, args["HEAD_DIM"], elt, limit=len(configs))) or [
-                _FALLBACK[kernel]]
-        return pruned(kernel, configs, args["HEAD_DIM"], elt)
+        if args.get("DOT_PRECISION") == "ieee":  # FMA dot products: one small config (configs.IEEE_MAX_TILE)
+            return ieee_configs(pruned(kernel, confs, args["HEAD_DIM"], elt, limit=len(confs))) or [
+                _config(spaces.FA2_FALLBACK[kernel])]
+        return pruned(kernel, confs, args["HEAD_DIM"], elt)
     prune.__name__ = f"prune_{kernel}"
     return prune
 
 
 # dtypes join the key automatically; the rung switches and the dot precision are part of it
-TUNE_KEY = ["HEAD_DIM", "CAUSAL", "DEFER", "SEQ_PAR", "SKIP", "DOT_PRECISION", "TMA", "WS", "DQ_MODE", "N_CTX_Q_BUCKET",
+TUNE_KEY = ["HEAD_DIM", "CAUSAL", "DEFER", "SEQ_PAR", "SKIP", "DOT_PRECISION", "TMA", "N_CTX_Q_BUCKET",
             "N_CTX_K_BUCKET"]
 
 
-def autotuned(candidates: dict, prune=early_prune) -> dict:
-    """The three kernels, each autotuned over ``candidates[name]`` with the filter ``prune(name)`` (default: the
-    named filter)."""
-    return {name: triton.autotune(configs=candidates[name],
-                                  key=[key for key in TUNE_KEY if key in JIT_KERNELS[name].arg_names],
-                                  prune_configs_by={"early_config_prune": prune(name)},
-                                  reset_to_zero=["DQ"] if name == "bwd_dkdv" else None,  # dQ accumulates
-                                  do_bench=tune_bench)(JIT_KERNELS[name])
+def autotuned(tiles: dict, prune=early_prune) -> dict:
+    """The three kernels, each autotuned over the tiles ``tiles[name]`` (a table of kernels/configs.py) with the
+    filter ``prune(name)`` (default: the named filter)."""
+    confs = candidates(tiles)
+    return {name: autotune(confs[name], [key for key in TUNE_KEY if key in JIT_KERNELS[name].arg_names],
+                           prune(name))(JIT_KERNELS[name])
             for name in JIT_KERNELS}
 
 
-_AUTOTUNED = autotuned(_CANDIDATES)
+_AUTOTUNED = autotuned(spaces.FA2)
 _LAUNCHER = Launcher(_AUTOTUNED, {name: early_prune(name) for name in _AUTOTUNED})
 TRITON_KERNELS = {**_AUTOTUNED, "bwd_preprocess": bwd_preprocess}  # every kernel a launch runs (for profiling)
 forced_configs = _LAUNCHER.forced_configs
 last_config = _LAUNCHER.last_config
+config_cached = _LAUNCHER.config_cached
 
 
 def configs(headdim: int) -> dict[str, list[triton.Config]]:
@@ -647,8 +553,8 @@ def configs(headdim: int) -> dict[str, list[triton.Config]]:
 # ----------------------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Variant:
-    """Compile-time switches of the kernels above (the ablation ladder's rungs 3-6 turn the first three off),
-    the Hopper paths, and the launcher (autotune space) they run with."""
+    """Compile-time switches of the kernels above (the ablation ladder's rungs 3-6 turn the first three off), the
+    Hopper tile path, and the launcher (autotune space) they run with."""
     defer: bool = True  # unscaled accumulator, one division at the end, log-sum-exp only
     seq_par: bool = True  # grid over Q blocks (forward, dQ) and K/V blocks (dK, dV) too
     skip: bool = True  # causal blocks above the diagonal skipped; unmasked / masked stages
@@ -656,14 +562,10 @@ class Variant:
     # Tensor descriptors (TMA) for the tiles: "on" (every kernel), "off", or "auto": where they measured faster on
     # an H100 (docs/performance.md): the backward kernels at head dims <= TMA_AUTO_MAX_HEADDIM on sm_90+.
     tma: str = "off"
-    warp_specialize: bool = False  # Triton's automatic warp specialisation of the forward's K/V loop (TMA only)
-    dq: str = "kernel"  # dQ: "kernel" (its own kernel, deterministic), "atomic" (fp32 atomics from the dK/dV
-    #                     kernel), "tma-reduce" (fp32 TMA reductions from the dK/dV kernel; needs TMA)
 
 
 FA2 = Variant(tma="auto")
 TMA_AUTO_MAX_HEADDIM = 64
-DQ_MODES = {"kernel": 0, "atomic": 1, "tma-reduce": 2}
 
 
 def _bucket(n: int) -> int:
@@ -705,37 +607,29 @@ def _forward(q, k, v, sm_scale, meta, variant):
 
     variant.launcher.launch("fwd", grid, q, k, v, sm_scale, lse, lsum, o,
                             *q.stride(), *k.stride(), *v.stride(), *o.stride(),
-                            H, H // H_KV, N_CTX_Q, N_CTX_K, _bucket(N_CTX_Q), _bucket(N_CTX_K), **meta,
-                            TMA=tma, WS=tma and variant.warp_specialize)
+                            H, H // H_KV, N_CTX_Q, N_CTX_K, _bucket(N_CTX_Q), _bucket(N_CTX_K), **meta, TMA=tma)
     return o, lse, lsum
 
 
 def _backward(q, k, v, o, lse, lsum, do, sm_scale, meta, variant):
-    """Launch the backward (Delta, dK/dV with or without dQ, then dQ): (dq, dk, dv). lse and lsum are indexed as
-    contiguous rows."""
+    """Launch the backward (Delta, then dK/dV, then dQ): (dq, dk, dv). lse and lsum are indexed as contiguous
+    rows."""
     Z, H, N_CTX_Q, HEAD_DIM = q.shape
     H_KV, N_CTX_K = k.shape[1], k.shape[2]
-    dk, dv = torch.empty_like(k), torch.empty_like(v)
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     delta = torch.empty_like(lse)
     tail = (H, H // H_KV, N_CTX_Q, N_CTX_K, _bucket(N_CTX_Q), _bucket(N_CTX_K))
     launch_preprocess(o, do, delta, meta["BLOCK_D"])
     tma = _use_tma(variant, True, q, k, v, do)
-    dq_mode = DQ_MODES[variant.dq] if variant.seq_par else 0
-    # dQ accumulates in fp32 from many programs; the dQ kernel writes it once in the input dtype
-    dq = torch.zeros(q.shape, device=q.device, dtype=torch.float32) if dq_mode else torch.empty_like(q)
-    if dq_mode == 2 and (interpreting() or not (tma and tma_layout_ok(dq))):
-        dq_mode = 1  # TMA reductions need descriptors (and a GPU: the interpreter lacks them); atomics add the same
-    if tma or dq_mode == 2:
+    if tma:
         ensure_tma_allocator()
 
     def grid_dkdv(META):
         return (triton.cdiv(N_CTX_K, META["BLOCK_N"]) if variant.seq_par else 1, Z * H_KV)
 
-    variant.launcher.launch("bwd_dkdv", grid_dkdv, q, k, v, sm_scale, do, dk, dv, dq, lse, lsum, delta,
+    variant.launcher.launch("bwd_dkdv", grid_dkdv, q, k, v, sm_scale, do, dk, dv, lse, lsum, delta,
                             *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dk.stride(), *dv.stride(),
-                            *dq.stride(), *tail, **meta, TMA=tma, WS=False, DQ_MODE=dq_mode)
-    if dq_mode:
-        return dq.to(q.dtype), dk, dv
+                            *tail, **meta, TMA=tma)
 
     def grid_dq(META):
         return (triton.cdiv(N_CTX_Q, META["BLOCK_M"]) if variant.seq_par else 1, Z * H)

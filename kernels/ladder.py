@@ -27,8 +27,8 @@ rowsum(dO * O) first, then a dK/dV kernel (K/V block outer, Q blocks inner) and 
 blocks inner). Rungs 3-4 run them with one program per (batch, kv head) and (batch, head), walking their blocks in
 turn; rung 5 gives each K/V block (dK, dV) and each Q block (dQ) its own program; rung 6 skips causal blocks.
 
-Autotuning: rungs 3-6 share one small config list (``LADDER_CONFIGS``: three configs per kernel, the same for every
-rung and head dim, pruned only where shared memory or registers would not fit), so that the ladder isolates the
+Autotuning: rungs 3-6 share one small config list (``LADDER`` in kernels/configs.py: three configs per kernel, the
+same for every rung and head dim, pruned only where shared memory or registers would not fit), so that the ladder isolates the
 algorithm, not the tuning, and GPU autotuning stays cheap. fa1 and fa1-split keep flash1.py's space; fa2 keeps its
 own tuned space. Warp partitioning (the FA2 paper's third change, split-Q instead of split-K) is not a rung:
 Triton's compiler lays a Q tile over warps, not the kernel author; see docs/ablation-kernels.md.
@@ -38,28 +38,23 @@ backward, causal and not, GQA/MQA, ragged lengths). GPU: not yet run (tests/test
 """
 from __future__ import annotations
 
+from . import _common  # noqa: F401  (first: importing it picks the CPU interpreter before Triton loads)
 import triton
 
+from . import configs as spaces
 from ._common import Launcher, bwd_preprocess
-from .flash2 import Variant, autotuned, early_prune, run_variant
+from .flash2 import Variant, autotuned, candidates, early_prune, pruned, run_variant
 
 
-def _cfg(block_m, block_n, warps, stages):
-    return triton.Config({"BLOCK_M": block_m, "BLOCK_N": block_n}, num_warps=warps, num_stages=stages)
-
-
-# One small list for every rung and head dim (BLOCK_M x BLOCK_N, warps, stages); the first one that fits runs on
-# the CPU interpreter. fwd and bwd_dq: BLOCK_M query rows per program; bwd_dkdv: BLOCK_N keys per program.
-LADDER_CONFIGS = {
-    "fwd": [_cfg(64, 64, 4, 2), _cfg(128, 64, 8, 2), _cfg(64, 32, 4, 2)],
-    "bwd_dkdv": [_cfg(32, 64, 4, 2), _cfg(64, 64, 8, 2), _cfg(32, 128, 8, 2)],
-    "bwd_dq": [_cfg(64, 32, 4, 2), _cfg(128, 64, 8, 2), _cfg(64, 64, 4, 2)],
-}
-_AUTOTUNED = autotuned(LADDER_CONFIGS)
+# One small list for every rung and head dim (kernels/configs.py: LADDER); the first one that fits runs on the CPU
+# interpreter. fwd and bwd_dq: BLOCK_M query rows per program; bwd_dkdv: BLOCK_N keys per program.
+LADDER_CONFIGS = candidates(spaces.LADDER)
+_AUTOTUNED = autotuned(spaces.LADDER)
 _LAUNCHER = Launcher(_AUTOTUNED, {name: early_prune(name) for name in _AUTOTUNED})
 TRITON_KERNELS = {**_AUTOTUNED, "bwd_preprocess": bwd_preprocess}  # every kernel a launch runs (for profiling)
 forced_configs = _LAUNCHER.forced_configs
 last_config = _LAUNCHER.last_config
+config_cached = _LAUNCHER.config_cached
 
 RUNGS = {
     3: Variant(defer=False, seq_par=False, skip=False, launcher=_LAUNCHER),
@@ -71,8 +66,6 @@ RUNGS = {
 
 def configs(headdim: int) -> dict[str, list[triton.Config]]:
     """The ladder's configs after pruning, per kernel, for fp16/bf16 inputs of this head dim."""
-    from .flash2 import pruned
-
     return {name: pruned(name, cands, headdim) for name, cands in LADDER_CONFIGS.items()}
 
 

@@ -50,13 +50,14 @@ seqlen 8k, head dims 64/128/256, GQA/MQA, every autotune config forced, repeated
 """
 from __future__ import annotations
 
-
+from . import _common  # noqa: F401  (first: importing it picks the CPU interpreter before Triton loads)
 import torch
 import triton
 import triton.language as tl
 
-from ._common import (LOG2E, check_inputs, check_scale, config_forcer, describe_config, dot_precision,
-                      ieee_configs, interpreting, tune_bench)
+from . import configs as spaces
+from ._common import (LOG2E, all_cached, autotune, check_inputs, check_scale, config_forcer, describe_config,
+                      dot_precision, ieee_configs, interpreting, launch_tuned)
 
 
 # Shape classes of the five matmuls, part of the autotune key (each prefers other tiles and layouts).
@@ -102,31 +103,17 @@ def _matmul_inner(acc, a_ptrs, b_ptrs, mask_m, mask_n, K, stride_ak, stride_bk,
 # ----------------------------------------------------------------------------------------------------------
 # Autotune space of the matmul and its named filter
 # ----------------------------------------------------------------------------------------------------------
-_MATMUL_CONFIGS = [
-    triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64}, num_warps=8, num_stages=3),
-    triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 32}, num_warps=4, num_stages=4),
-    triton.Config({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 64}, num_warps=4, num_stages=3),
-    triton.Config({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 32}, num_warps=4, num_stages=4),
-    triton.Config({"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 32}, num_warps=8, num_stages=3),
-    triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32}, num_warps=4, num_stages=4),  # always kept
+_MATMUL_CONFIGS = [  # kernels/configs.py: NAIVE_MATMUL
+    triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=warps, num_stages=stages)
+    for bm, bn, bk, warps, stages in spaces.NAIVE_MATMUL
 ]
-_SMEM_BUDGET = 160 * 1024  # bytes of pipelined A and B tiles; H100 has 227 KiB per block
 
 
 def _matmul_space(configs, m_bucket: int, n_bucket: int, k_bucket: int, elem_bytes: int):
-    """Configs whose tiles do not overshoot the (power-of-two) problem, whose stages fit shared memory, and
-    which do not spill registers."""
-    kept = []
-    for cfg in configs:
-        bm, bn, bk = cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"], cfg.kwargs["BLOCK_K"]
-        if bm > max(64, m_bucket) or bn > max(64, n_bucket) or bk > max(32, k_bucket):
-            continue
-        if cfg.num_stages * (bm * bk + bk * bn) * elem_bytes > _SMEM_BUDGET:
-            continue
-        if elem_bytes == 4 and cfg.num_warps == 4 and bm * (bn + bk) > 128 * (64 + 32):
-            continue  # fp32 (tf32) operands: ptxas spills registers beyond 128x64x32 tiles on 4 warps
-        kept.append(cfg)
-    return kept
+    """The configs whose tiles fit the problem, shared memory and the registers (configs.naive_matmul_fits)."""
+    return [cfg for cfg in configs
+            if spaces.naive_matmul_fits((cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"], cfg.kwargs["BLOCK_K"],
+                                         cfg.num_warps, cfg.num_stages), m_bucket, n_bucket, k_bucket, elem_bytes)]
 
 
 def _prune_matmul_configs(configs, named_args, **kwargs):
@@ -203,11 +190,8 @@ _matmul = triton.heuristics({
     "EVEN_N": lambda args: args["N"] % args["BLOCK_N"] == 0,
     "EVEN_K": lambda args: args["K"] % args["BLOCK_K"] == 0,
 })(_matmul_kernel)
-_matmul_autotuned = triton.autotune(
-    configs=_MATMUL_CONFIGS,
-    key=["SHAPE_CLASS", "M_BUCKET", "N_BUCKET", "K_BUCKET", "DOT_PRECISION"],  # the tensors' dtypes are added by Triton
-    prune_configs_by={"early_config_prune": _prune_matmul_configs}, do_bench=tune_bench,
-)(_matmul)
+_matmul_autotuned = autotune(_MATMUL_CONFIGS, ["SHAPE_CLASS", "M_BUCKET", "N_BUCKET", "K_BUCKET", "DOT_PRECISION"],
+                             _prune_matmul_configs)(_matmul)  # the tensors' dtypes join the key (Triton adds them)
 
 
 @triton.jit
@@ -329,6 +313,7 @@ TRITON_KERNELS = {
 # ----------------------------------------------------------------------------------------------------------
 _FORCED: dict[str, triton.Config] = {}
 _LAST: dict[str, str] = {}
+_CACHED: dict[str, bool | None] = {}  # phase -> whether its matmuls' configs came from the disk cache
 forced_configs = config_forcer(_FORCED, ("matmul",))
 
 
@@ -337,8 +322,15 @@ def last_config() -> str:
     return " | ".join(f"{phase}: {_LAST[phase]}" for phase in ("fwd", "bwd") if phase in _LAST)
 
 
-def _launch_matmul(name, a, b, c, alpha, shape_class, precision, red=1, a_div=1, b_div=1) -> str:
-    """c[z, h] = alpha · Σ_g a[z, (h·red + g) // a_div] @ b[z, (h·red + g) // b_div]; all 4-D, any strides."""
+def config_cached() -> bool | None:
+    """Whether the matmul configs of the most recent launches all came from the disk cache (None: not tuned)."""
+    return all_cached(_CACHED.values())
+
+
+def _launch_matmul(name, a, b, c, alpha, shape_class, precision, cached, red=1, a_div=1, b_div=1) -> str:
+    """c[z, h] = alpha · Σ_g a[z, (h·red + g) // a_div] @ b[z, (h·red + g) // b_div]; all 4-D, any strides.
+    Appends to ``cached`` whether an autotuned config came from the disk cache (None when forced or
+    interpreted)."""
     Z, H_C, M, N = c.shape
     K = a.shape[3]
     args = (a, b, c, alpha, *a.stride(), *b.stride(), *c.stride(), H_C, red, a_div, b_div, M, N, K,
@@ -353,9 +345,10 @@ def _launch_matmul(name, a, b, c, alpha, shape_class, precision, red=1, a_div=1,
     if cfg is not None:
         _matmul[grid](*args, DOT_PRECISION=precision, **cfg.kwargs, num_warps=cfg.num_warps,
                       num_stages=cfg.num_stages)
+        cached.append(None)
     else:
-        _matmul_autotuned[grid](*args, DOT_PRECISION=precision)
-        cfg = _matmul_autotuned.best_config
+        cfg, from_disk = launch_tuned(_matmul_autotuned, grid, *args, DOT_PRECISION=precision)
+        cached.append(from_disk)
     return f"{name}[{_CLASS_NAMES[shape_class]}] {describe_config(cfg)}"
 
 
@@ -405,13 +398,14 @@ class _attention(torch.autograd.Function):
         N_CTX_K = k.shape[2]
         group = H // k.shape[1]
         s = _scores_buffer(q, N_CTX_K)
-        used = [_launch_matmul("S", q, k.transpose(2, 3), s, sm_scale, QK, precision, b_div=group)]
+        cached = []
+        used = [_launch_matmul("S", q, k.transpose(2, 3), s, sm_scale, QK, precision, cached, b_div=group)]
         p = _scores_buffer(q, N_CTX_K)
         used.append(_launch_softmax(s, p, causal))
         del s
         o = torch.empty((Z, H, N_CTX_Q, HEAD_DIM), dtype=q.dtype, device=q.device)
-        used.append(_launch_matmul("O", p, v, o, 1.0, PV, precision, b_div=group))
-        _LAST["fwd"] = ", ".join(used)
+        used.append(_launch_matmul("O", p, v, o, 1.0, PV, precision, cached, b_div=group))
+        _LAST["fwd"], _CACHED["fwd"] = ", ".join(used), all_cached(cached)
         ctx.save_for_backward(q, k, v, p)  # P, not S; O is not needed
         ctx.sm_scale = sm_scale
         ctx.group = group
@@ -423,17 +417,18 @@ class _attention(torch.autograd.Function):
         q, k, v, p = ctx.saved_tensors
         sm_scale, group, precision = ctx.sm_scale, ctx.group, ctx.precision
         dv = torch.empty(k.shape, dtype=v.dtype, device=v.device)
-        used = [_launch_matmul("dV", p.transpose(2, 3), do, dv, 1.0, PTV, precision, red=group)]
+        cached = []
+        used = [_launch_matmul("dV", p.transpose(2, 3), do, dv, 1.0, PTV, precision, cached, red=group)]
         dp = _scores_buffer(q, k.shape[2])
-        used.append(_launch_matmul("dP", do, v.transpose(2, 3), dp, 1.0, QK, precision, b_div=group))
+        used.append(_launch_matmul("dP", do, v.transpose(2, 3), dp, 1.0, QK, precision, cached, b_div=group))
         ds = _scores_buffer(q, k.shape[2])
         used.append(_launch_softmax_bwd(p, dp, ds))
         del dp
         dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-        used.append(_launch_matmul("dQ", ds, k, dq, sm_scale, PV, precision, b_div=group))
+        used.append(_launch_matmul("dQ", ds, k, dq, sm_scale, PV, precision, cached, b_div=group))
         dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)
-        used.append(_launch_matmul("dK", ds.transpose(2, 3), q, dk, sm_scale, PTV, precision, red=group))
-        _LAST["bwd"] = ", ".join(used)
+        used.append(_launch_matmul("dK", ds.transpose(2, 3), q, dk, sm_scale, PTV, precision, cached, red=group))
+        _LAST["bwd"], _CACHED["bwd"] = ", ".join(used), all_cached(cached)
         return dq, dk, dv, None, None, None
 
 

@@ -31,13 +31,13 @@ def make_qkv(shape, dtype, device, bshd=False):
 
 @contextmanager
 def recorded_launches(launcher):
-    """Record what ``launcher`` (a kernels._common.Launcher) launches: {kernel name: its path switches (TMA, WS,
-    DQ_MODE, those it got)} of the last launch of each, so a test can say which code path really ran."""
+    """Record what ``launcher`` (a kernels._common.Launcher) launches: {kernel name: whether it moved its tiles
+    through TMA descriptors} of the last launch of each, so a test can say which code path really ran."""
     seen = {}
     launch = launcher.launch
 
     def recording(name, grid, *args, **kwargs):
-        seen[name] = {key: kwargs[key] for key in ("TMA", "WS", "DQ_MODE") if key in kwargs}
+        seen[name] = kwargs["TMA"]
         return launch(name, grid, *args, **kwargs)
 
     launcher.launch = recording
@@ -47,10 +47,6 @@ def recorded_launches(launcher):
         del launcher.launch  # the class's method again
 
 
-def expected_paths(tma: bool, dq_mode: int) -> dict:
-    """What ``recorded_launches`` sees for one fa2 forward and backward (warp specialisation off): the dQ kernel
-    only when the dK/dV kernel does not add dQ itself (dq_mode 0: kernel, 1: atomics, 2: TMA reductions)."""
-    paths = {"fwd": {"TMA": tma, "WS": False}, "bwd_dkdv": {"TMA": tma, "WS": False, "DQ_MODE": dq_mode}}
-    if dq_mode == 0:
-        paths["bwd_dq"] = {"TMA": tma}
-    return paths
+def expected_paths(tma: bool) -> dict:
+    """What ``recorded_launches`` sees for one fa2 forward and backward that all take (or all skip) TMA."""
+    return {"fwd": tma, "bwd_dkdv": tma, "bwd_dq": tma}

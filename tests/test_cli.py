@@ -146,3 +146,20 @@ def test_existing_results_folder_needs_resume(tmp_path):
     assert invoke(*args).exit_code == 0
     second = invoke(*args)
     assert second.exit_code == 2 and "--resume" in second.output
+
+
+def test_sweep_clear_autotune_cache_removes_fa2bench_decisions_only(tmp_path, monkeypatch):
+    """--clear-autotune-cache deletes fa2bench's kernels' autotune files in Triton's cache dir (another library's
+    and compiled kernels stay) and says how many, then sweeps."""
+    cache = tmp_path / "triton"
+    ours, theirs, compiled = (cache / "a" / "_attn_fwd_kernel.autotune.json", cache / "b" / "other.autotune.json",
+                              cache / "a" / "_attn_fwd_kernel.cubin")
+    for path in (ours, theirs, compiled):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("{}")
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(cache))
+    result = invoke("sweep", *TINY, "--seqlen", "16", "--provider", "fa2", "--mode", "fwd", "--dtype", "fp16",
+                    "--causal", "off", "--clear-autotune-cache", "--out", tmp_path / "run")
+    assert result.exit_code == 0, result.output
+    assert "cleared 1 autotune results" in result.output
+    assert not ours.exists() and theirs.exists() and compiled.exists()

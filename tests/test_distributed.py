@@ -377,7 +377,7 @@ def _rank_plan(plan):
     command = typer.main.get_command(app).commands[plan.command[0]]
     params = command.make_context(plan.command[0], list(plan.command[1:])).params
     given = {("out" if k == "out_dir" else k): getattr(v, "value", v) for k, v in params.items()
-             if v is not None and k != "config"}
+             if v is not None and k not in ("config", "clear_autotune_cache")}  # the latter: an action, not an option
     return api.plan_sweep(**given)
 
 

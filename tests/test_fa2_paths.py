@@ -1,10 +1,10 @@
-"""fa2's kernel paths (issue 9) on the CPU interpreter: every combination of tile movement {portable pointers,
-TMA tensor descriptors} and dQ accumulation {its own kernel, fp32 atomics from the dK/dV kernel} matches the
-float64 reference (output and all three gradients), and each test also checks which path really ran.
+"""fa2's tile paths (issue 9) on the CPU interpreter: tiles moved by portable pointers or by TMA tensor
+descriptors (kernels/_common.py's loaders) match the float64 reference (output and all three gradients), and each
+test also checks which path really ran.
 
-The interpreter never takes ``tma="auto"``'s TMA path and has no descriptor reductions ("tma-reduce" falls back to
-atomics), so these tests force ``tma="on"``. fp32 inputs and layouts TMA cannot address must fall back to the
-portable path silently and still be right. bf16 and "tma-reduce" itself run on the GPU (test_kernels_gpu.py).
+The interpreter never takes ``tma="auto"``'s TMA path, so these tests force ``tma="on"``. fp32 inputs and layouts
+TMA cannot address must fall back to the portable path silently and still be right. bf16 runs on the GPU
+(test_kernels_gpu.py).
 """
 import dataclasses
 
@@ -19,8 +19,6 @@ from tests.kernel_cases import expected_paths, make_qkv, recorded_launches, shap
 
 FA2 = flash2.FA2
 TMA = {"portable": "off", "tma": "on"}
-DQ = {"dq-kernel": "kernel", "dq-atomic": "atomic"}
-DQ_MODE = flash2.DQ_MODES
 
 # (batch, heads, kv_heads, seqlen_q, seqlen_k, headdim)
 SHAPES = [
@@ -37,8 +35,8 @@ SHAPES = [
 FP32_SHAPES = [SHAPES[1], SHAPES[4], SHAPES[7]]
 
 
-def variant(tma: str, dq: str, **more) -> flash2.Variant:
-    return dataclasses.replace(FA2, tma=tma, dq=dq, **more)
+def variant(tma: str) -> flash2.Variant:
+    return dataclasses.replace(FA2, tma=tma)
 
 
 def run_checked(var: flash2.Variant, q, k, v, causal: bool, prepare=lambda t: t):
@@ -52,35 +50,33 @@ def run_checked(var: flash2.Variant, q, k, v, causal: bool, prepare=lambda t: t)
 
 
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
-@pytest.mark.parametrize("dq", DQ)
 @pytest.mark.parametrize("tma", TMA)
 @pytest.mark.parametrize("shape", SHAPES, ids=shape_id)
-def test_every_path_matches_reference_fp16(shape, tma, dq, causal):
+def test_every_path_matches_reference_fp16(shape, tma, causal):
     q, k, v = make_qkv(shape, torch.float16, DEVICE)
-    verdict, paths = run_checked(variant(TMA[tma], DQ[dq]), q, k, v, causal)
+    verdict, paths = run_checked(variant(TMA[tma]), q, k, v, causal)
     assert verdict.ok, verdict.detail
-    assert paths == expected_paths(tma == "tma", DQ_MODE[DQ[dq]])
+    assert paths == expected_paths(tma == "tma")
 
 
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
-@pytest.mark.parametrize("dq", DQ)
 @pytest.mark.parametrize("shape", FP32_SHAPES, ids=shape_id)
-def test_fp32_with_tma_on_runs_the_portable_path_and_is_right(shape, dq, causal):
+def test_fp32_with_tma_on_runs_the_portable_path_and_is_right(shape, causal):
     """TMA moves fp16/bf16 tiles only: fp32 inputs with tma="on" silently take the pointer path, at fp32 accuracy."""
     q, k, v = make_qkv(shape, torch.float32, DEVICE)
-    verdict, paths = run_checked(variant("on", DQ[dq]), q, k, v, causal)
+    verdict, paths = run_checked(variant("on"), q, k, v, causal)
     assert verdict.ok, verdict.detail
-    assert paths == expected_paths(False, DQ_MODE[DQ[dq]])
+    assert paths == expected_paths(False)
 
 
-@pytest.mark.parametrize("dq", DQ)
-def test_non_contiguous_bshd_view_takes_tma(dq):
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_non_contiguous_bshd_view_takes_tma(causal):
     """A (batch, seq, heads, dim) tensor viewed as (batch, heads, seq, dim): strides TMA can address, so TMA runs."""
     q, k, v = make_qkv((2, 4, 2, 45, 70, 64), torch.float16, DEVICE, bshd=True)
     assert not q.is_contiguous() and tma_layout_ok(q, k, v)
-    verdict, paths = run_checked(variant("on", DQ[dq]), q, k, v, True)
+    verdict, paths = run_checked(variant("on"), q, k, v, causal)
     assert verdict.ok, verdict.detail
-    assert paths == expected_paths(True, DQ_MODE[DQ[dq]])
+    assert paths == expected_paths(True)
 
 
 def misaligned(t: torch.Tensor) -> torch.Tensor:
@@ -89,23 +85,21 @@ def misaligned(t: torch.Tensor) -> torch.Tensor:
     return buf.copy_(t)
 
 
-@pytest.mark.parametrize("dq", DQ)
-def test_misaligned_base_falls_back_to_portable(dq):
+def test_misaligned_base_falls_back_to_portable():
     q, k, v = make_qkv((1, 2, 1, 33, 40, 64), torch.float16, DEVICE)
     assert not tma_layout_ok(misaligned(q))
     # check_attention clones its inputs (aligned again): misalign them inside the differentiated function
-    verdict, paths = run_checked(variant("on", DQ[dq]), q, k, v, True, prepare=misaligned)
+    verdict, paths = run_checked(variant("on"), q, k, v, True, prepare=misaligned)
     assert verdict.ok, verdict.detail
-    assert paths == expected_paths(False, DQ_MODE[DQ[dq]])
+    assert paths == expected_paths(False)
 
 
-@pytest.mark.parametrize("dq", DQ)
-def test_head_dim_under_16_bytes_falls_back_to_portable(dq):
+def test_head_dim_under_16_bytes_falls_back_to_portable():
     """Head dim 4 in fp16 is 8 bytes a row: under TMA's 16-byte minimum box width."""
     q, k, v = make_qkv((1, 2, 2, 33, 33, 4), torch.float16, DEVICE)
-    verdict, paths = run_checked(variant("on", DQ[dq]), q, k, v, True)
+    verdict, paths = run_checked(variant("on"), q, k, v, True)
     assert verdict.ok, verdict.detail
-    assert paths == expected_paths(False, DQ_MODE[DQ[dq]])
+    assert paths == expected_paths(False)
 
 
 def test_fa2_auto_never_takes_tma_on_the_interpreter():
@@ -113,24 +107,18 @@ def test_fa2_auto_never_takes_tma_on_the_interpreter():
     assert FA2.tma == "auto"
     verdict, paths = run_checked(FA2, q, k, v, True)
     assert verdict.ok, verdict.detail
-    assert paths == expected_paths(False, DQ_MODE[FA2.dq])
+    assert paths == expected_paths(False)
 
 
-@pytest.mark.parametrize("tma", TMA)
-def test_tma_reduce_falls_back_to_atomics_on_the_interpreter(tma):
-    q, k, v = make_qkv((1, 2, 1, 97, 65, 64), torch.float16, DEVICE)
-    verdict, paths = run_checked(variant(TMA[tma], "tma-reduce"), q, k, v, True)
+@pytest.mark.parametrize("rung", [3, 6])
+def test_ladder_rungs_take_the_tma_loaders_too(rung):
+    """The loaders serve every switch setting: rung 3 (no DEFER, SEQ_PAR, SKIP) and rung 6 on TMA descriptors."""
+    from fa2bench.kernels import ladder
+
+    q, k, v = make_qkv((1, 4, 2, 97, 70, 64), torch.float16, DEVICE)
+    verdict, paths = run_checked(dataclasses.replace(ladder.RUNGS[rung], tma="on"), q, k, v, True)
     assert verdict.ok, verdict.detail
-    assert paths == expected_paths(tma == "tma", DQ_MODE["atomic"])
-
-
-def test_warp_specialize_only_applies_with_tma():
-    """warp_specialize is asked of the forward's loop only where TMA runs; the result is right either way."""
-    q, k, v = make_qkv((1, 2, 2, 97, 97, 64), torch.float16, DEVICE)
-    for tma, ws in (("on", True), ("off", False)):
-        verdict, paths = run_checked(variant(tma, "kernel", warp_specialize=True), q, k, v, True)
-        assert verdict.ok, verdict.detail
-        assert paths["fwd"] == {"TMA": tma == "on", "WS": ws}
+    assert paths == expected_paths(True)
 
 
 # ---- kernels._common.tma_layout_ok: TMA's layout rules --------------------------------------------------------

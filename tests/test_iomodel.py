@@ -137,10 +137,23 @@ def test_flash1_beats_standard_attention_only_while_d_is_small_against_its_tile(
     """Θ(N²d²/M) against Θ(N²): FA1 moves Q (e bytes) and its fp32 O scratch (read and written) per row per K/V
     block, about (e + 8)·d / BLOCK_N bytes per score, against standard attention's 4·e."""
     s64, s128 = shape(n=8192, d=64, h=16), shape(n=8192, d=128, h=16)
-    assert hbm_bytes("fa1", s64, "fwd", "fp16") < hbm_bytes("naive", s64, "fwd", "fp16")  # BLOCK_N=128 at d=64
-    assert hbm_bytes("fa1", s128, "fwd", "fp16") > hbm_bytes("naive", s128, "fwd", "fp16")  # BLOCK_N=64 at d=128
-    assert hbm_bytes("fa1", s128, "fwd", "fp16", blocks={"fwd": (128, 256)}) < hbm_bytes("naive", s128, "fwd",
-                                                                                         "fp16")
+    naive64, naive128 = (hbm_bytes("naive", s, "fwd", "fp16") for s in (s64, s128))
+    assert hbm_bytes("fa1", s64, "fwd", "fp16", blocks={"fwd": (128, 128)}) < naive64  # 10·64/128 < 8 bytes
+    assert hbm_bytes("fa1", s64, "fwd", "fp16", blocks={"fwd": (128, 64)}) > naive64  # 10·64/64 > 8
+    assert hbm_bytes("fa1", s128, "fwd", "fp16", blocks={"fwd": (128, 64)}) > naive128
+    assert hbm_bytes("fa1", s128, "fwd", "fp16", blocks={"fwd": (128, 256)}) < naive128
+
+
+@pytest.mark.parametrize("headdim", [32, 64, 80, 128, 256])
+def test_default_blocks_are_the_kernels_first_autotune_candidates(headdim):
+    """The IO model's default tiles are read from kernels/configs.py, the space the kernels tune over: the first
+    config each kernel module keeps for fp16 at this head dim (the interpreter's choice, the autotuner's first)."""
+    from fa2bench.kernels import flash1, flash2
+
+    for algo, module in (("fa1", flash1), ("fa2", flash2)):
+        first = {name: (cfgs[0].kwargs["BLOCK_M"], cfgs[0].kwargs["BLOCK_N"])
+                 for name, cfgs in module.configs(headdim).items()}
+        assert iomodel.default_blocks(algo, headdim) == first, algo
 
 
 def test_gqa_shrinks_what_standard_attention_reads_of_k_and_v():

@@ -116,29 +116,24 @@ def test_rows_past_2_31_elements(kernel):
     assert rel_error(leaves[1].grad[:, :1], ref_leaves[1].grad) < 1e-2
 
 
-# ---- fa2's paths (issue 9): tiles by pointers or TMA descriptors x dQ by its own kernel, atomics or TMA reductions
+# ---- fa2's tile paths (issue 9): pointers or TMA descriptors
 FA2_PATH_SHAPES = [(1, 8, 2, 2048, 2048, 64), (1, 8, 2, 2048, 2048, 128), (1, 4, 4, 1000, 1500, 256)]
 
 
-def _fa2_path(tma: str, dq: str):
-    """The variant and the dQ mode it must run on the GPU: "tma-reduce" needs descriptors, else it adds by atomics."""
+def _fa2_path(tma: str) -> flash2.Variant:
     if tma == "on" and torch.cuda.get_device_capability()[0] < 9:
         pytest.skip("TMA tensor descriptors need sm_90 or newer")
-    mode = flash2.DQ_MODES[dq]
-    if mode == 2 and tma != "on":
-        mode = flash2.DQ_MODES["atomic"]
-    return dataclasses.replace(flash2.FA2, tma=tma, dq=dq), mode
+    return dataclasses.replace(flash2.FA2, tma=tma)
 
 
 @pytest.mark.parametrize("shape", FA2_PATH_SHAPES, ids=shape_id)
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
-@pytest.mark.parametrize("dq", list(flash2.DQ_MODES))
 @pytest.mark.parametrize("tma", ["off", "on"], ids=["portable", "tma"])
-def test_gpu_fa2_paths_match_reference(tma, dq, dtype, causal, shape):
-    """Each path right at realistic sizes. One config per kernel (the first the filter keeps), not autotuning: 72
-    cases would compile hundreds of configs; every config is tested on its own below (head dims 64 and 128)."""
-    variant, dq_mode = _fa2_path(tma, dq)
+def test_gpu_fa2_paths_match_reference(tma, dtype, causal, shape):
+    """Each path right at realistic sizes. One config per kernel (the first the filter keeps), not autotuning: 24
+    cases would compile many configs; every config is tested on its own below (head dims 64 and 128)."""
+    variant = _fa2_path(tma)
     q, k, v = make_qkv(shape, dtype, "cuda")
     ref_dtype = torch.float64 if shape[3] * shape[4] * shape[1] <= 2**26 else torch.float32
     first = {name: cfgs[0] for name, cfgs in flash2.configs(shape[-1]).items()}
@@ -146,27 +141,23 @@ def test_gpu_fa2_paths_match_reference(tma, dq, dtype, causal, shape):
         verdict = check_attention(lambda q, k, v, c: flash2.run_variant(variant, q, k, v, c, None, False),
                                   q, k, v, causal, ref_dtype=ref_dtype)
     assert verdict.ok, verdict.detail
-    assert paths == expected_paths(tma == "on", dq_mode)
+    assert paths == expected_paths(tma == "on")
 
 
-@pytest.mark.parametrize("dq", list(flash2.DQ_MODES))
 @pytest.mark.parametrize("headdim", [64, 128])
-def test_every_autotune_config_is_correct_on_the_tma_path(headdim, dq):
-    """tma="on": each config the autotuner may pick, forced one kernel at a time, compiles and is right (the dK/dV
-    kernel under every dQ mode; the forward and the dQ kernel once, with dq="kernel")."""
-    variant, dq_mode = _fa2_path("on", dq)
+def test_every_autotune_config_is_correct_on_the_tma_path(headdim):
+    """tma="on": each config the autotuner may pick, forced one kernel at a time, compiles and is right."""
+    variant = _fa2_path("on")
     q, k, v = make_qkv((1, 4, 2, 1000, 1111, headdim), torch.float16, "cuda")
     space = flash2.configs(headdim)
     first = {name: cfgs[0] for name, cfgs in space.items()}  # the other kernels: no autotuning in between
     tried = 0
     for name, cfgs in space.items():
-        if dq != "kernel" and name != "bwd_dkdv":
-            continue
         for cfg in cfgs:
             with flash2.forced_configs(**{**first, name: cfg}), recorded_launches(variant.launcher) as paths:
                 verdict = check_attention(lambda q, k, v, c: flash2.run_variant(variant, q, k, v, c, None, False),
                                           q, k, v, True)
             assert verdict.ok, f"{name} {cfg}: {verdict.detail}"
-            assert paths == expected_paths(True, dq_mode), f"{name} {cfg}"
+            assert paths == expected_paths(True), f"{name} {cfg}"
             tried += 1
     assert tried > 0

@@ -27,12 +27,12 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
 from fa2bench.kernels import flash2  # noqa: E402
-from fa2bench.kernels._common import block_d  # noqa: E402
+from fa2bench.kernels.configs import block_d  # noqa: E402
 
-POINTERS = {  # pointer arguments and their element types (fp16 inputs; statistics and the dQ buffer in fp32)
+POINTERS = {  # pointer arguments and their element types (fp16 inputs; statistics in fp32)
     "fwd": {"Q": "fp16", "K": "fp16", "V": "fp16", "LSE": "fp32", "LSUM": "fp32", "Out": "fp16"},
-    "bwd_dkdv": {"Q": "fp16", "K": "fp16", "V": "fp16", "DO": "fp16", "DK": "fp16", "DV": "fp16", "DQ": "fp32",
-                 "LSE": "fp32", "LSUM": "fp32", "Delta": "fp32"},
+    "bwd_dkdv": {"Q": "fp16", "K": "fp16", "V": "fp16", "DO": "fp16", "DK": "fp16", "DV": "fp16", "LSE": "fp32",
+                 "LSUM": "fp32", "Delta": "fp32"},
     "bwd_dq": {"Q": "fp16", "K": "fp16", "V": "fp16", "DO": "fp16", "DQ": "fp16", "LSE": "fp32", "LSUM": "fp32",
                "Delta": "fp32"},
 }
@@ -43,11 +43,11 @@ def parse(spec: str) -> triton.Config:
     return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
 
 
-def compile_one(kernel: str, cfg: triton.Config, headdim: int, causal: bool, tma: bool, ws: bool, dq_mode: int,
-                dtype: str = "fp16", capability: int = 90):
+def compile_one(kernel: str, cfg: triton.Config, headdim: int, causal: bool, tma: bool, dtype: str = "fp16",
+                capability: int = 90):
     fn = flash2.JIT_KERNELS[kernel]
     consts = dict(HEAD_DIM=headdim, BLOCK_D=block_d(headdim), CAUSAL=causal, DEFER=True, SEQ_PAR=True, SKIP=True,
-                  DOT_PRECISION="tf32", TMA=tma, WS=ws, DQ_MODE=dq_mode, **cfg.kwargs)
+                  DOT_PRECISION="tf32", TMA=tma, **cfg.kwargs)
     consts = {k: v for k, v in consts.items() if k in fn.arg_names}
     sig = {}
     for name in fn.arg_names:
@@ -135,8 +135,6 @@ def main() -> None:
     ap.add_argument("--headdim", type=int, default=128)
     ap.add_argument("--causal", action="store_true")
     ap.add_argument("--tma", action="store_true")
-    ap.add_argument("--ws", action="store_true")
-    ap.add_argument("--dq-mode", type=int, default=0)
     ap.add_argument("--dtype", default="fp16")
     ap.add_argument("--configs", default="", help="comma list like 128x64w4s3; default: the candidate list")
     a = ap.parse_args()
@@ -153,7 +151,7 @@ def main() -> None:
     for cfg in cfgs:
         name = f"{cfg.kwargs['BLOCK_M']}x{cfg.kwargs['BLOCK_N']}w{cfg.num_warps}s{cfg.num_stages}"
         try:
-            k = compile_one(a.kernel, cfg, a.headdim, a.causal, a.tma, a.ws, a.dq_mode, a.dtype)
+            k = compile_one(a.kernel, cfg, a.headdim, a.causal, a.tma, a.dtype)
             print(f"{a.kernel} d{a.headdim} {name}: {resources(k)}", flush=True)
         except Exception as exc:
             print(f"{a.kernel} d{a.headdim} {name}: FAILED {root_cause(exc)}", flush=True)

@@ -9,7 +9,7 @@ import typer
 
 from fa2bench.cli.common import (
     app, Preset, Causal, SHAPE, RUN, OUTPUT, option, Seqlen, SeqlenK, Headdim, Batch, Tokens, Heads, Hidden,
-    KvHeads, shape_options, out, fail, no_gpu, has_cuda, DTYPES, MODES, SpecError, providers)
+    KvHeads, shape_options, out, fail, no_gpu, DTYPES, MODES, SpecError, providers)
 from fa2bench.cli.render import print_next_steps, print_summary, run_with_progress, warn_throttled
 
 
@@ -55,6 +55,9 @@ def sweep(
                         "ceilings into meta.json (GPU; default: measure).", rich_help_panel=RUN)] = None,
     gpus: option(str, "Shard the points over N GPUs (or 'all') under torchrun, one merged results folder "
                     "(docs/multigpu.md).", RUN) = None,
+    clear_autotune_cache: Annotated[bool, typer.Option("--clear-autotune-cache", help="Forget fa2bench's kernels' "
+                                    "autotune decisions (kept on disk across runs) before sweeping, so every config "
+                                    "is searched again.", rich_help_panel=RUN)] = False,
 ):
     """Sweep shapes x providers x modes x dtypes; check, time and write one row per point."""
     from fa2bench import api
@@ -82,6 +85,10 @@ def sweep(
     console = out()
     if plan.device == "cpu" and leader:
         no_gpu(console, "Triton kernels run through the CPU interpreter and PyTorch on the CPU")
+    if clear_autotune_cache and plan.rank is None:  # once, before any rank or worker tunes
+        from fa2bench.kernels import clear_autotune_cache as clear
+
+        console.print(f"cleared {clear()} autotune results", highlight=False)
     try:
         if plan.sharded:  # --gpus N, or a rank under torchrun: log lines instead of a progress bar
             run = api.execute(plan, on_message=lambda line: console.print(line, markup=False, highlight=False,
@@ -139,9 +146,6 @@ def ring(
     (time, TFLOP/s per GPU, scaling efficiency, communication hidden; docs/multigpu.md)."""
     from fa2bench.distributed import ringbench
 
-    if not has_cuda():  # ring attention is NCCL between GPUs: nothing on a CPU would say anything about it
-        fail("fa2bench ring measures attention across CUDA GPUs and this machine has none; the gloo check of its "
-             "algorithm on the CPU is `python -m pytest tests/test_distributed.py`")
     console = out()
     try:
         code = ringbench.scaling_run(gpus, out_dir, dict(

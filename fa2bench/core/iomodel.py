@@ -50,6 +50,7 @@ import math
 import re
 from typing import Mapping
 
+from fa2bench.kernels import configs
 from fa2bench.core import providers
 from fa2bench.core.flops import MODES
 from fa2bench.core.presets import Shape
@@ -80,16 +81,11 @@ def algorithm(provider: str) -> str:
 
 
 def default_blocks(algo: str, headdim: int) -> dict[str, tuple[int, int]]:
-    """The first autotune candidate of each kernel (kernels/flash1.py and flash2.py), or the fa2 forward's."""
-    if algo == "fa1":  # flash1's _FWD_SPACE / _BWD_SPACE, bucketed by the padded head dim
-        bucket = 64 if headdim <= 64 else (128 if headdim <= 128 else 256)
-        return {"fwd": {64: (128, 128), 128: (128, 64), 256: (64, 64)}[bucket],
-                "bwd": {64: (64, 64), 128: (64, 64), 256: (32, 64)}[bucket]}
-    if algo == "fa2":
-        return {"fwd": (128, 64), "bwd_dkdv": (32, 128), "bwd_dq": (128, 32)}
+    """The first fp16/bf16 autotune candidate of each of our kernels (read from kernels/configs.py, the space the
+    kernels tune over), or an assumed tiling for kernels that are not ours (fa2-atomic)."""
     if algo == "fa2-atomic":
         return {"fwd": (128, 64), "bwd": (64, 128)}
-    return {}
+    return configs.first_tiles(algo, headdim)
 
 
 _SEGMENT = re.compile(r"^\s*([\w-]+)\s*:(.*)$")

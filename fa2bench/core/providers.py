@@ -48,6 +48,8 @@ class Provider:
     modes: frozenset = frozenset(MODES)
     requires: str | None = None  # a module that must be importable
     config: Callable[[], str] = field(default=lambda: "")  # the autotuned config of the latest launch
+    # whether the latest launch's autotuned configs came from the disk cache (None: nothing autotuned)
+    config_cached: Callable[[], bool | None] = field(default=lambda: None)
     module: str | None = None  # the fa2bench.kernels module with its Triton kernels (fa2bench's own providers)
     io_model: str | None = None  # the HBM byte model it follows (iomodel: standard, fa1, fa2, fa2-atomic)
     io_model_assumed: bool = False  # True when that model is assumed (a kernel that is not ours to read)
@@ -193,7 +195,9 @@ def _ours(module: str, function: str, **kwargs):
         return functools.partial(_call_kernel, fn, shape.causal)
 
     register(**{"kind": "ours", "devices": frozenset({"cuda", "cpu"}), "module": module, "function": function,
-                "config": lambda: _kernel_module(module).last_config(), **kwargs})(make)
+                "config": lambda: _kernel_module(module).last_config(),
+                "config_cached": lambda: getattr(_kernel_module(module), "config_cached", lambda: None)(),
+                **kwargs})(make)
 
 
 def _call_kernel(fn, causal, q, k, v):

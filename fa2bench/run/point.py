@@ -174,7 +174,8 @@ def _check_and_time(point: Point, provider: providers.Provider, row: dict, opts:
                    pct_a100_peak=hardware.pct_of(achieved, hardware.A100_PEAK_TFLOPS),
                    pct_device_peak=hardware.pct_of(achieved, device_peaks.get(point.dtype)),
                    peak_mem_mb=timing.peak_memory_mb(call), config=provider.config(),
-                   **bandwidth_columns(point, measured.ms, opts.copy_tb_per_s))
+                   **bandwidth_columns(point, measured.ms, opts.copy_tb_per_s),
+                   config_cached=provider.config_cached())
         row.update(telemetry.measure(call, measured.ms, row["flops"], grad_to_none=grads))
         return row
     except Exception as exc:  # recorded, and the sweep goes on

@@ -27,6 +27,7 @@ STATUSES = ("ok", "wrong", "oom", "unsupported", "error", "timeout")
 COLUMNS = KEY_COLUMNS + (
     "status", "error", "ms", "ms_p20", "ms_p80", "reps", "flops", "tflops", "pct_a100_peak", "pct_device_peak",
     "max_rel_error", "peak_mem_mb", "config",
+    "config_cached",  # True: every autotuned config came from the disk cache; False: searched in this run
     "us", "gbps", "pct_copy_bw", "timer",  # latency; compulsory bytes / time, against the measured copy rate
 ) + telemetry.COLUMNS + (
     "point_s",  # wall time the point took: check, compile/autotune, timing, telemetry (where a sweep's time goes)
@@ -34,7 +35,8 @@ COLUMNS = KEY_COLUMNS + (
 # columns that hold text (every other one must be empty or a number); other tables go through this store too:
 # "report" is the IO study's ncu report path, "model", "note", "checkpointing" and "parallel" are e2e rows'
 # (fa2bench.e2e.schema)
-_TEXT_COLUMNS = ("provider", "mode", "dtype", "causal", "ragged", "timer", "status", "error", "config", "throttle_reason", "throttled",
+_TEXT_COLUMNS = ("provider", "mode", "dtype", "causal", "ragged", "timer", "status", "error", "config",
+                 "config_cached", "throttle_reason", "throttled",
                  "report", "model", "note", "checkpointing", "parallel")
 CSV_NAME, PARQUET_NAME, META_NAME = "results.csv", "results.parquet", "meta.json"
 DAMAGED_NAME = "results.csv.damaged"  # rows dropped on resume, kept for inspection (<table>.damaged for others)
