@@ -99,7 +99,7 @@ class Started:
 
 def plan_sweep(spec: SweepSpec | str | None = None, *, out: str | Path | None = None, resume: bool = False,
                extend: bool = False, **options) -> SweepPlan:
-    """Resolve a sweep: ``spec`` (a SweepSpec, a preset name, or None: quick on a GPU, smoke without) with
+    """Resolve a sweep: ``spec`` (a SweepSpec, a preset name, or None: default on a GPU, smoke without) with
     ``options`` on top (the fields of ``fa2bench.core.config``: seqlen=[1024], provider=["fa2"], rep_ms=50,
     gpus=4, ...). Raises ``SpecError`` (one line) for anything that cannot run."""
     from fa2bench.core import device, providers
@@ -111,7 +111,7 @@ def plan_sweep(spec: SweepSpec | str | None = None, *, out: str | Path | None = 
     resume = bool(options.pop("resume", resume))
     extend = bool(options.pop("extend", extend))
     gpus = options.pop("gpus", None)
-    base = spec if spec is not None else ("quick" if device.has_cuda() else "smoke")
+    base = spec if spec is not None else ("default" if device.has_cuda() else "smoke")
     resolved = config.spec_from(options, base)
     run_options = config.run_options(options)
     if resume and out is None:
@@ -293,8 +293,8 @@ def _sigterm_as_interrupt():
 
 def sweep(spec: SweepSpec | str | None = None, *, out: str | Path | None = None, resume: bool = False,
           extend: bool = False, on_point: OnPoint | None = None, **overrides) -> Run:
-    """Run a sweep and return its ``Run``: ``spec`` (a SweepSpec or preset name; default quick on a GPU, smoke
-    without) with keyword ``overrides`` named like ``fa2bench sweep``'s options (``seqlen=[1024, 4096]``,
+    """Run a sweep and return its ``Run``: ``spec`` (a SweepSpec or preset name; default: the default preset on a
+    GPU, smoke without) with keyword ``overrides`` named like ``fa2bench sweep``'s options (``seqlen=[1024, 4096]``,
     ``headdim=[64]``, ``provider=["fa2"]``, ``mode=["fwd"]``, ``causal="on"``, ``rep_ms=50``, ``isolate=False``,
     ``point_timeout=60``, ...). ``out`` defaults to ``results/<UTC time>-<gpu>``; ``resume=True`` continues the
     run in ``out`` (``extend=True`` adds a different sweep's points to it)."""

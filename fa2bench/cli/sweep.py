@@ -21,7 +21,8 @@ def sweep(
     config: Annotated[Optional[Path], typer.Option(help="A sweep file (TOML, or YAML with PyYAML) with the same "
                       "fields as these options; options given here win.")] = None,
     preset: Annotated[Optional[Preset], typer.Option(help="Named sweep; the options override its fields. "
-                      "Default: quick on a GPU, smoke without one.")] = None,
+                      "Default: default (fa2 against its fastest peers, about a minute) on a GPU, smoke "
+                      "without one.")] = None,
     seqlen: Seqlen = None, seqlen_k: SeqlenK = None, headdim: Headdim = None, batch: Batch = None,
     tokens: Tokens = None, heads: Heads = None, hidden: Hidden = None, kv_heads: KvHeads = None,
     causal: option(Causal, "Causal masking.", SHAPE) = None,
@@ -29,8 +30,9 @@ def sweep(
                                                  "TF32 matmuls).", rich_help_panel=SHAPE)] = None,
     mode: Annotated[Optional[str], typer.Option(help="Passes: " + ",".join(MODES) + ".",
                                                 rich_help_panel=SHAPE)] = None,
-    provider: Annotated[Optional[str], typer.Option(help="Providers (see `fa2bench providers`); default: every "
-                        "provider available here.")] = None,
+    provider: Annotated[Optional[str], typer.Option(help="Providers (see `fa2bench providers`); default: the "
+                        "preset's (default preset: fa2, sdpa-cudnn, sdpa-flash, flex, naive), else every provider "
+                        "available here.")] = None,
     out_dir: Annotated[Optional[Path], typer.Option("--out", help="Results folder (default results/<UTC "
                        "time>-<gpu>).", rich_help_panel=OUTPUT)] = None,
     resume: Annotated[Optional[bool], typer.Option("--resume/--no-resume", help="Continue the run in --out, "

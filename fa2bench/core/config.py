@@ -4,7 +4,7 @@ one validation, so a bad value reads the same wherever it came from (``SpecError
 
 Fields (a file may spell them with dashes, as on the command line):
 
-- ``preset``: paper, quick or smoke, the base the other fields override;
+- ``preset``: default, paper, quick or smoke, the base the other fields override;
 - shape lists ``seqlen``, ``seqlen_k``, ``headdim``, ``batch``, ``heads``, ``kv_heads``: a list of whole numbers,
   one number, or text as on the command line (``"512..16384"``, ``"64:256:64"``, ``"64,128"``);
 - ``tokens``, ``hidden``: one number (batch = tokens // seqlen, heads = hidden // headdim);
