@@ -10,7 +10,7 @@ import typer
 from fa2bench.cli.common import (
     app, Preset, Causal, SHAPE, RUN, OUTPUT, option, Seqlen, SeqlenK, Headdim, Batch, Tokens, Heads, Hidden,
     KvHeads, shape_options, out, fail, no_gpu, DTYPES, MODES, SpecError, providers)
-from fa2bench.cli.render import run_with_progress, print_summary, warn_throttled
+from fa2bench.cli.render import run_with_progress, print_summary, print_time_split, print_next, warn_throttled
 
 
 # --- sweep ----------------------------------------------------------------------------------------------
@@ -91,8 +91,12 @@ def sweep(
         fail(f"{exc}; finished points are saved in {plan.out}")
     if not leader:
         raise typer.Exit(0 if run.complete else 130)
+    if run.complete and len(run.frame) and (run.frame["status"] == "unsupported").all():
+        fail(f"every point of this sweep is unsupported here ({run.frame['error'].iloc[0]}); `fa2bench providers` "
+             f"says what runs on this machine (rows: {run.path})", code=1)
     if len(run.frame) and plan.gpus is None:  # a launcher leaves the summary to rank 0
         print_summary(run.frame, console)
+        print_time_split(run.frame, console)
         warn_throttled(run.frame)
     if run.merged is not None:
         from fa2bench.distributed.shard import describe
@@ -105,6 +109,7 @@ def sweep(
                                f"--out {run.path} --resume", highlight=False)
         raise typer.Exit(130)
     console.print(f"results: {run.path}", highlight=False)
+    print_next(run.path, console)
 
 
 @app.command()
