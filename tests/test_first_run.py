@@ -1,73 +1,159 @@
-"""A first result fast, and every command sensible without a GPU: the default preset answers "how fast is
-attention here, against what I would use instead?", `ablate` and `ring` finish or refuse within a minute on a
-CPU and write nothing outside ignored ``results/*-cpu`` folders, and a sweep where nothing ran says so."""
+"""A new user's first minutes (issue 21): the default sweep's size and predicted cost, where a sweep's time goes,
+what to run next, and every command sensible without a GPU (finishing or refusing in one line, in under a
+minute, leaving nothing untracked in the checkout)."""
 import subprocess
-import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
+from typer.testing import CliRunner
 
+from fa2bench.cli import app
+from fa2bench.cli.render import Tally, clock, print_next, print_time_split
 from fa2bench.core import providers
-from fa2bench.core.presets import PRESETS
+from fa2bench.core.presets import POINT_COST_S, PRESETS, STARTUP_S, Point, Shape, SweepSpec
+from fa2bench.read import display
 
 REPO = Path(__file__).resolve().parent.parent
-CPU_ONLY = pytest.mark.skipif(torch.cuda.is_available(), reason="checks what happens without a GPU")
+no_gpu = pytest.mark.skipif(torch.cuda.is_available(), reason="what a machine without a CUDA GPU does")
 
 
-def fa2bench(*args, cwd, timeout=120):
-    start = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "fa2bench", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout)
-    return proc, time.monotonic() - start
+def invoke(*args):
+    return CliRunner().invoke(app, [str(a) for a in args])
 
 
-def untracked(folder: Path) -> set[str]:
-    return {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()}
+def untracked() -> str:
+    """The checkout's changes and untracked files (ignored ones excluded): what a command must not add to."""
+    return subprocess.run(["git", "-C", str(REPO), "status", "--porcelain"], capture_output=True, text=True).stdout
 
 
-def test_the_default_preset_is_fa2_against_the_fastest_peers_and_naive_at_a_few_shapes():
+@pytest.fixture
+def clean_checkout(tmp_path, monkeypatch):
+    """Run in a scratch folder, and fail if the checkout gained a file meanwhile."""
+    before = untracked()
+    monkeypatch.chdir(tmp_path)
+    yield tmp_path
+    assert untracked() == before
+
+
+# --- the default sweep -------------------------------------------------------------------------------------
+
+
+def test_the_default_preset_is_fa2_against_its_fastest_peers_and_the_naive_baseline():
+    spec = SweepSpec.from_name("default")
+    assert spec.providers == ("fa2", "sdpa-cudnn", "sdpa-flash", "flex", "naive")
+    assert providers.with_role("speedup-baseline") in spec.providers  # the summary's speedup column
+    assert set(spec.modes) == {"fwd", "bwd"} and spec.dtypes == ("fp16",)
+    assert not set(spec.providers) & set(providers.ladder()) - {"fa2"}  # the ladder stays in `ablate`
+    assert len(spec.points()) == 10
+
+
+def test_the_default_preset_is_predicted_well_under_90_s_on_an_h200():
     spec = PRESETS["default"]
-    assert spec.providers[0] == "fa2" and {"sdpa-cudnn", "sdpa-flash", "flex", "naive"} <= set(spec.providers)
-    assert not set(spec.providers) & set(providers.ladder()) - {"fa2"}, "the ladder belongs to `fa2bench ablate`"
-    assert set(spec.modes) == {"fwd", "bwd"}
-    assert len(spec.points()) <= 24, "every point costs seconds of compiling on a fresh GPU"
+    predicted = spec.predicted_s()
+    by_hand = STARTUP_S + sum(2 * POINT_COST_S[p] for p in spec.providers)  # one shape, fwd and bwd
+    assert predicted == pytest.approx(by_hand) and predicted <= 60
+    # the cost model is not a blank cheque: one more shape and it is at the limit
+    assert spec.replace(causal=(False, True)).predicted_s() > 85
+    assert PRESETS["quick"].predicted_s() is None  # ladder rungs etc.: no measured cost here, no prediction
 
 
-@CPU_ONLY
-def test_ablate_on_a_cpu_runs_the_smoke_ladder_in_under_a_minute_into_an_ignored_folder(tmp_path):
-    proc, seconds = fa2bench("ablate", cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr
-    assert seconds < 60
-    assert "NOT GPU performance" in proc.stdout
-    written = untracked(tmp_path)
-    assert written and all(p.startswith("results/ablation-") and p.split("/")[1].endswith("-cpu") for p in written)
-    ignored = subprocess.run(["git", "check-ignore", "-q", "results/ablation-x-cpu/results.csv"], cwd=REPO)
-    assert ignored.returncode == 0, "results/*-cpu must stay ignored by git"
+@no_gpu
+def test_without_a_gpu_the_default_sweep_is_still_the_smoke_preset(tmp_path):
+    from fa2bench import api
+
+    assert api.plan_sweep(out=tmp_path / "r").spec == PRESETS["smoke"]
 
 
-@CPU_ONLY
-@pytest.mark.parametrize("args", [["ring"], ["ring", "--gpus", "1,2"]], ids=["default", "gpus"])
-def test_ring_on_a_cpu_refuses_in_one_line_and_writes_nothing(tmp_path, args):
-    proc, seconds = fa2bench(*args, cwd=tmp_path)
-    assert proc.returncode == 2 and seconds < 60
-    assert "no" in proc.stderr and "pytest tests/test_distributed.py" in proc.stderr
-    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
-    assert not untracked(tmp_path)
+# --- where the time goes -----------------------------------------------------------------------------------
 
 
-@CPU_ONLY
-def test_a_sweep_where_every_point_is_unsupported_exits_non_zero_with_one_line(tmp_path):
-    proc, _ = fa2bench("sweep", "--provider", "sdpa-cudnn", "--seqlen", "16", "--headdim", "16", "--batch", "1",
-                       "--heads", "2", "--mode", "fwd", "--causal", "off", cwd=tmp_path)
-    assert proc.returncode == 1
-    assert "no point ran" in proc.stderr and "needs a CUDA GPU" in proc.stderr
+def _point(provider):
+    return Point(provider, "fwd", "fp16", Shape(1, 2, 2, 64, 64, 32, False))
 
 
-@CPU_ONLY
-def test_a_finished_sweep_says_what_to_run_next(tmp_path):
-    proc, _ = fa2bench("sweep", "--provider", "torch-eager", "--seqlen", "16", "--headdim", "16", "--batch", "1",
-                       "--heads", "2", "--mode", "fwd", "--causal", "off", "--rep-ms", "1", cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr
-    assert "fa2bench plot" in proc.stdout and "fa2bench ablate" in proc.stdout and "--preset paper" in proc.stdout
+def test_the_eta_predicts_each_remaining_point_by_its_providers_mean_so_far():
+    points = [_point(p) for p in ("slow", "fast", "slow", "fast", "new")]
+    tally = Tally(points)
+    assert tally.eta_s() is None  # nothing ran yet: no guess
+    tally.add(points[0], {"point_s": 6.0, "setup_s": 5.0, "timing_s": 0.5})
+    tally.add(points[1], {"point_s": 1.0, "setup_s": 0.2, "timing_s": 0.7})
+    # slow 6 + fast 1 + a provider not seen yet at the mean of all points so far (3.5)
+    assert tally.eta_s() == pytest.approx(6.0 + 1.0 + 3.5)
+    tally.add(points[2], None)  # done before (resume): costs nothing and changes no mean
+    tally.add(points[3], {"point_s": 0.2, "status": "unsupported"})  # no split: counted as other
+    assert tally.eta_s() == pytest.approx((6.0 + 1.0 + 0.2) / 3)
+    assert (tally.setup_s, tally.timing_s) == pytest.approx((5.2, 1.2))
+    assert tally.other_s == pytest.approx(0.5 + 0.1 + 0.2)
+    assert tally.split() == "set-up 5 s · timing 1 s"
+    assert [clock(s) for s in (None, 12.4, 185, 3729)] == ["?", "12 s", "3:05", "1:02:09"]
+
+
+def test_the_end_of_a_run_says_how_long_set_up_and_timing_took_and_what_to_run_next():
+    console = display.console()
+    frame = pd.DataFrame({"point_s": [6.0, 1.0, 0.5], "setup_s": [5.0, 0.2, None], "timing_s": [0.5, 0.7, None]})
+    with console.capture() as captured:
+        print_time_split(frame, console)
+        print_time_split(frame.drop(columns=["setup_s", "timing_s"]), console)  # an older run: silent
+        print_next(Path("results/run"), console)
+    text = captured.get()
+    assert "time in points: 8 s = set-up 5 s" in text and "timing 1 s + other 1 s" in text
+    assert text.count("time in points") == 1
+    for command in ("fa2bench plot results/run", "fa2bench ablate", "fa2bench sweep --preset paper"):
+        assert command in text
+
+
+def test_a_finished_sweep_ends_with_the_time_split_and_the_next_steps(clean_checkout):
+    result = invoke("sweep", "--seqlen", "16", "--headdim", "16", "--batch", "1", "--heads", "2", "--mode", "fwd",
+                    "--provider", "torch-eager", "--rep-ms", "1", "--warmup-ms", "0", "--no-isolate", "--out",
+                    clean_checkout / "r")
+    assert result.exit_code == 0, result.output
+    assert "time in points:" in result.output and "fa2bench plot" in result.output
+    assert "fa2bench sweep --preset paper" in result.output
+    assert {"setup_s", "timing_s"} <= set(pd.read_csv(clean_checkout / "r" / "results.csv").columns)
+
+
+@no_gpu
+def test_a_sweep_of_only_unsupported_points_exits_1_with_one_line(clean_checkout):
+    result = invoke("sweep", "--seqlen", "16", "--headdim", "16", "--batch", "1", "--heads", "2", "--provider",
+                    "sdpa-flash", "--no-isolate", "--out", clean_checkout / "r")
+    assert result.exit_code == 1
+    errors = [line for line in result.output.splitlines() if "error:" in line]
+    assert len(errors) == 1 and "every point of this sweep is unsupported" in errors[0]
+    assert "needs a CUDA GPU" in errors[0] and "Traceback" not in result.output
+    assert "Summary" not in result.output and "fa2bench plot" not in result.output
+
+
+# --- every command sensible without a GPU --------------------------------------------------------------------
+
+
+@no_gpu
+def test_ablate_without_a_gpu_runs_a_smoke_ladder_under_a_minute_into_an_ignored_folder(clean_checkout):
+    started = time.monotonic()
+    result = invoke("ablate")
+    assert time.monotonic() - started < 60
+    assert result.exit_code == 0, result.output
+    assert "NO GPU" in result.output and "NOT GPU performance" in result.output
+    (run,) = (clean_checkout / "results").iterdir()
+    assert run.name.startswith("ablation-") and run.name.endswith("-cpu")  # .gitignore: /results/*-cpu/
+    frame = pd.read_csv(run / "results.csv")
+    assert set(frame["provider"]) == set(providers.ladder())
+    on_cpu = frame[frame["provider"].map(lambda n: providers.get(n).availability("cpu") is None)]
+    assert (on_cpu["status"] == "ok").all() and len(on_cpu) < len(frame)  # fa3 (Gluon, Hopper): unsupported
+    assert (run / "ablation.md").exists()
+
+
+@no_gpu
+@pytest.mark.parametrize("gpus", [None, "1,2"])
+def test_ring_without_a_gpu_refuses_in_one_line_and_writes_nothing(clean_checkout, monkeypatch, gpus):
+    from fa2bench.distributed import launch
+
+    monkeypatch.setattr(launch, "run_torchrun", lambda *a, **k: pytest.fail("torchrun started"))
+    started = time.monotonic()
+    result = invoke("ring", *(["--gpus", gpus] if gpus else []))
+    assert time.monotonic() - started < 60
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "no CUDA GPU here" in result.output and "fa2bench sweep" in result.output
+    assert not any(clean_checkout.iterdir())  # no results/ring

@@ -54,6 +54,28 @@ def test_every_row_says_how_long_its_point_took_in_all(monkeypatch):
     assert failed["status"] == "error" and 0.05 <= failed["point_s"] < 5
 
 
+def test_a_timed_point_splits_its_time_into_set_up_and_timing(monkeypatch):
+    """setup_s holds the check and the first call (where compilation happens), timing_s the timed calls; the
+    two are within point_s (which also holds the registry look-up and the clean-up after). A point failing during
+    set-up has neither."""
+    import time
+
+    calls = []
+
+    def compiles_once(q, k, v, shape):
+        calls.append(1)
+        if len(calls) <= 2:  # the check's call and the first call: a slow compilation
+            time.sleep(0.2)
+        return _right(q, k, v, shape)
+
+    row = run_point(Point(_fake(monkeypatch, "compiling", compiles_once), "fwd", "fp32", SHAPE), OPTS, {})
+    assert row["status"] == "ok"
+    assert row["setup_s"] >= 0.4 and row["timing_s"] < row["setup_s"]
+    assert row["setup_s"] + row["timing_s"] <= row["point_s"]
+    failed = run_point(Point(_fake(monkeypatch, "boom", lambda *a: 1 / 0), "fwd", "fp32", SHAPE), OPTS, {})
+    assert failed["status"] == "error" and "setup_s" not in failed and "timing_s" not in failed
+
+
 def test_a_wrong_provider_is_recorded_wrong_and_not_timed(monkeypatch):
     wrong = _fake(monkeypatch, "wrong", lambda q, k, v, s: attention_ref(q, k, v, causal=not s.causal, upcast=False))
     row = run_point(Point(wrong, "fwd", "fp32", SHAPE), OPTS, {})

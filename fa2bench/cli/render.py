@@ -8,17 +8,76 @@ from pathlib import Path
 from fa2bench.cli.common import out, warn, display, providers
 
 
+class Tally:
+    """Where a running sweep's time goes, and an ETA from it.
+
+    Points differ by a factor of ten or more (a Triton kernel compiling and autotuning against an SDPA call), so
+    a moving average of speed (rich's TimeRemainingColumn) swings with whichever provider ran last. Here each
+    remaining point is predicted by the mean ``point_s`` of its provider's points so far (the mean of all points
+    so far for a provider not yet seen): honest once every provider has run once, which in a sweep ordered
+    shapes-outer is after the first shape.
+    """
+
+    def __init__(self, points):
+        self.points = list(points)
+        self.next = 0  # index of the next point to finish
+        self.setup_s = self.timing_s = self.other_s = 0.0
+        self.by_provider: dict[str, list[float]] = {}
+
+    def add(self, point, row: dict | None) -> None:
+        self.next += 1
+        if row is None:  # done before (resume): costs nothing now
+            return
+        spent = number(row.get("point_s")) or 0.0
+        self.by_provider.setdefault(point.provider, []).append(spent)
+        setup, timing = number(row.get("setup_s")), number(row.get("timing_s"))
+        if setup is not None and timing is not None:
+            self.setup_s += setup
+            self.timing_s += timing
+            self.other_s += max(spent - setup - timing, 0.0)
+        else:  # unsupported, wrong, failed: no timed calls
+            self.other_s += spent
+
+    def eta_s(self) -> float | None:
+        """Seconds the points left should take, or None before any point ran."""
+        seen = [s for spent in self.by_provider.values() for s in spent]
+        if not seen:
+            return None
+        overall = sum(seen) / len(seen)
+        means = {p: sum(v) / len(v) for p, v in self.by_provider.items()}
+        return sum(means.get(p.provider, overall) for p in self.points[self.next:])
+
+    def split(self) -> str:
+        return f"set-up {clock(self.setup_s)} · timing {clock(self.timing_s)}"
+
+
+def number(value) -> float | None:
+    """A row's cell as a float, None when empty or NaN."""
+    return None if value is None or value != value else float(value)
+
+
+def clock(seconds: float | None) -> str:
+    """12 s, 3:05, 1:02:09; '?' for None."""
+    if seconds is None:
+        return "?"
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds} s"
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
+
+
 def run_with_progress(plan, console):
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                               TimeRemainingColumn)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from fa2bench import api
     from fa2bench.run.results import describe_damage
 
+    tally = Tally(plan.points)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-               TextColumn("eta"), TimeRemainingColumn())
+               TextColumn("eta {task.fields[eta]}  ({task.fields[split]})"))
     with Progress(*columns, console=console, transient=False) as progress:
-        task = progress.add_task("sweep", total=len(plan.points))
+        task = progress.add_task("sweep", total=len(plan.points), eta="?", split=tally.split())
 
         def on_start(started):
             if started.dropped:
@@ -31,13 +90,38 @@ def run_with_progress(plan, console):
                                    highlight=False)
 
         def on_point(point, row):
+            tally.add(point, row)
             progress.advance(task)
-            progress.update(task, description=f"{point.provider:>14} {point.mode:>7} {point.shape.label()}")
+            progress.update(task, description=f"{point.provider:>14} {point.mode:>7} {point.shape.label()}",
+                            eta=clock(tally.eta_s()), split=tally.split())
             if row and row["status"] in ("wrong", "error", "timeout"):
                 progress.console.print(f"[red]{row['status']}[/] {point.provider} {point.mode} {point.dtype} "
                                        f"{point.shape.label()}: {row['error']}", highlight=False)
 
         return api.execute(plan, on_point, on_start)
+
+
+def print_time_split(frame, console) -> None:
+    """How long the run's points took, summed over its rows: set-up (check, compilation, autotuning), timing
+    (timed calls, telemetry) and the rest (points that were not timed, clean-up). Silent for runs written
+    before rows carried the split."""
+    if not {"point_s", "setup_s", "timing_s"} <= set(frame.columns) or frame["point_s"].isna().all():
+        return
+    total, setup, timing = (float(frame[c].fillna(0).sum()) for c in ("point_s", "setup_s", "timing_s"))
+    console.print(f"time in points: {clock(total)} = set-up {clock(setup)} (check, compile, autotune) + timing "
+                  f"{clock(timing)} + other {clock(max(total - setup - timing, 0.0))} (points not timed, "
+                  "clean-up)", highlight=False)
+
+
+def print_next(run_path, console) -> None:
+    """What to run after a sweep, one command a line."""
+    steps = ((f"fa2bench plot {run_path}", "figures of this run"),
+             ("fa2bench ablate", "the FA1 -> FA2 ladder, rung by rung"),
+             ("fa2bench sweep --preset paper", "the paper's full sweep, every provider"))
+    width = max(len(command) for command, _ in steps)
+    console.print("next:", highlight=False)
+    for command, why in steps:
+        console.print(f"  {command:<{width}}  # {why}", highlight=False, markup=False, soft_wrap=True)
 
 
 def print_summary(frame, console) -> None:
@@ -130,11 +214,3 @@ def timing_cell(row: dict, side: str) -> str:
         return row[f"status_{side}"]
     return (f"{display.ms(row[f'ms_{side}'])} ({display.ms(row[f'ms_p20_{side}'])}-"
             f"{display.ms(row[f'ms_p80_{side}'])})")
-
-
-def print_next_steps(run_dir, console) -> None:
-    """What to run after a sweep: its figures and report, the ablation ladder, the paper's sweep."""
-    console.print(f"next: `fa2bench plot {run_dir}` and `fa2bench report {run_dir}` (figures, report.md); "
-                  "`fa2bench ablate` (what each step from FlashAttention-1 to -2 buys); "
-                  "`fa2bench sweep --preset paper` (the paper's shapes); `fa2bench sweep --help` for the rest",
-                  highlight=False, markup=False, soft_wrap=True)

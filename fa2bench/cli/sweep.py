@@ -10,7 +10,7 @@ import typer
 from fa2bench.cli.common import (
     app, Preset, Causal, SHAPE, RUN, OUTPUT, option, Seqlen, SeqlenK, Headdim, Batch, Tokens, Heads, Hidden,
     KvHeads, shape_options, out, fail, no_gpu, DTYPES, MODES, SpecError, providers)
-from fa2bench.cli.render import print_next_steps, print_summary, run_with_progress, warn_throttled
+from fa2bench.cli.render import run_with_progress, print_summary, print_time_split, print_next, warn_throttled
 
 
 # --- sweep ----------------------------------------------------------------------------------------------
@@ -21,8 +21,8 @@ def sweep(
     config: Annotated[Optional[Path], typer.Option(help="A sweep file (TOML, or YAML with PyYAML) with the same "
                       "fields as these options; options given here win.")] = None,
     preset: Annotated[Optional[Preset], typer.Option(help="Named sweep; the options override its fields. "
-                      "Default: default on a GPU (fa2 against cuDNN, FlashAttention-2, FlexAttention and naive at 4k, about a "
-                      "minute), smoke without one.")] = None,
+                      "Default: default (fa2 against its fastest peers, about a minute) on a GPU, smoke "
+                      "without one.")] = None,
     seqlen: Seqlen = None, seqlen_k: SeqlenK = None, headdim: Headdim = None, batch: Batch = None,
     tokens: Tokens = None, heads: Heads = None, hidden: Hidden = None, kv_heads: KvHeads = None,
     causal: option(Causal, "Causal masking.", SHAPE) = None,
@@ -33,8 +33,9 @@ def sweep(
                                                  "TF32 matmuls).", rich_help_panel=SHAPE)] = None,
     mode: Annotated[Optional[str], typer.Option(help="Passes: " + ",".join(MODES) + ", decode.",
                                                 rich_help_panel=SHAPE)] = None,
-    provider: Annotated[Optional[str], typer.Option(help="Providers (see `fa2bench providers`); default: every "
-                        "provider available here.")] = None,
+    provider: Annotated[Optional[str], typer.Option(help="Providers (see `fa2bench providers`); default: the "
+                        "preset's (default preset: fa2, sdpa-cudnn, sdpa-flash, flex, naive), else every provider "
+                        "available here.")] = None,
     out_dir: Annotated[Optional[Path], typer.Option("--out", help="Results folder (default results/<UTC "
                        "time>-<gpu>).", rich_help_panel=OUTPUT)] = None,
     resume: Annotated[Optional[bool], typer.Option("--resume/--no-resume", help="Continue the run in --out, "
@@ -101,8 +102,12 @@ def sweep(
         fail(f"{exc}; finished points are saved in {plan.out}")
     if not leader:
         raise typer.Exit(0 if run.complete else 130)
+    if run.complete and len(run.frame) and (run.frame["status"] == "unsupported").all():
+        fail(f"every point of this sweep is unsupported here ({run.frame['error'].iloc[0]}); `fa2bench providers` "
+             f"says what runs on this machine (rows: {run.path})", code=1)
     if len(run.frame) and plan.gpus is None:  # a launcher leaves the summary to rank 0
         print_summary(run.frame, console)
+        print_time_split(run.frame, console)
         warn_throttled(run.frame)
     if run.merged is not None:
         from fa2bench.distributed.shard import describe
@@ -115,10 +120,7 @@ def sweep(
                                f"--out {run.path} --resume", highlight=False)
         raise typer.Exit(130)
     console.print(f"results: {run.path}", highlight=False)
-    if len(run.frame) and (run.frame["status"] == "unsupported").all():
-        fail(f"no point ran: every provider refused every point here ({run.frame['error'].iloc[0]}); see "
-             "`fa2bench providers`", code=1)
-    print_next_steps(run.path, console)
+    print_next(run.path, console)
 
 
 @app.command()

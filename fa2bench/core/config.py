@@ -168,7 +168,8 @@ def run_options(options: Mapping[str, Any]) -> dict:
 
 def spec_fields(spec: SweepSpec, providers: tuple[str, ...] | None = None) -> dict:
     """The fields that describe ``spec`` whatever the base (``spec_from(spec_fields(spec), any preset)`` is
-    ``spec``), with ``providers`` (default: the spec's) as its provider list."""
+    ``spec``), with ``providers`` (default: the spec's) as its provider list. An empty list (every provider
+    available here) has no field: on a base with its own list (the default preset) pass ``providers``."""
     causal = next((k for k, v in CAUSAL.items() if v == tuple(spec.causal)), None)
     if causal is None:
         raise SpecError(f"causal {spec.causal!r} has no option value (off, on or both)")

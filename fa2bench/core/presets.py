@@ -107,6 +107,15 @@ class SweepSpec:
             raise SpecError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
         return PRESETS[name]
 
+    def predicted_s(self, providers: tuple[str, ...] | None = None) -> float | None:
+        """Predicted wall time on a fresh H200 from ``POINT_COST_S`` (issue 21's measured seconds per point),
+        start-up included; None when a provider's cost is not known."""
+        names = providers if providers is not None else self.providers
+        if not names or any(n not in POINT_COST_S for n in names):
+            return None
+        per_shape = len(self.dtypes) * len(self.modes) * sum(POINT_COST_S[n] for n in names)
+        return STARTUP_S + len(self.shapes()) * per_shape
+
     def replace(self, **changes) -> "SweepSpec":
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
 
@@ -187,17 +196,24 @@ class SweepSpec:
                 for mode in self.modes for p in names]
 
 
+# The default question, "how fast is attention here, against what I would use instead?", answered in about a
+# minute on a fresh GPU: fa2, the fastest peers (cuDNN and FlashAttention-2 through SDPA, FlexAttention) and the
+# naive baseline (the summary's speedups are over it), at one long-context training shape (16 heads of 128,
+# 4 x 4096 tokens, causal: what a GPT layer runs), forward and backward, checked as every sweep is.
+# Predicted on an H200 from issue 21's measured cost per point (mostly compilation and autotuning on a fresh
+# machine): fa2 2 x 6 s + flex 2 x 4 s + naive 2 x 7.5 s (what quick's 13 minutes leave for it) + SDPA
+# 4 x 1.2 s = 40 s of points, plus about 10 s of start-up (imports, ceilings, the worker) = about 50 s.
+# Each further shape costs about 40 s more: `--causal both` makes it about 90 s.
+DEFAULT_PROVIDERS = ("fa2", "sdpa-cudnn", "sdpa-flash", "flex", "naive")
+POINT_COST_S = {"fa2": 6.0, "flex": 4.0, "naive": 7.5, "sdpa-cudnn": 1.2, "sdpa-flash": 1.2}
+STARTUP_S = 10.0
+
 PRESETS = {
+    "default": SweepSpec(seqlens=(4096,), headdims=(128,), tokens=16384, hidden=2048, causal=(True,),
+                         modes=("fwd", "bwd"), providers=DEFAULT_PROVIDERS),
     "paper": SweepSpec(seqlens=(512, 1024, 2048, 4096, 8192, 16384), headdims=(64, 128), tokens=16384,
                        hidden=2048),
-    # What `fa2bench sweep` runs on a GPU when told nothing: fa2 against what users pick instead (PyTorch SDPA's
-    # cuDNN and FlashAttention-2 backends, FlexAttention) and the naive baseline, fwd and bwd, causal and not, at
-    # the paper's sizing (16k tokens, hidden 2048) at 4k, d128: 20 points. Predicted on a fresh H200 from the
-    # per-point costs of 2026-12-02 (compile and autotune dominate: fa2 ~6 s, flex ~4 s, naive ~4 s, SDPA ~1 s):
-    # 4 x 6 + 4 x 4 + 4 x 4 + 8 x 1 = 64 s of points plus ~20 s of start-up; a second run reads fa2's and naive's
-    # autotune decisions from disk. The ladder is `fa2bench ablate`; everything else is a --preset away.
-    "default": SweepSpec(seqlens=(4096,), headdims=(128,), tokens=16384, hidden=2048, modes=("fwd", "bwd"),
-                         providers=("fa2", "sdpa-cudnn", "sdpa-flash", "flex", "naive")),
+    # Every provider, the ladder's rungs among them, at eight shapes: about 13 minutes on a fresh H200.
     "quick": SweepSpec(seqlens=(1024, 4096), headdims=(64, 128), tokens=16384, hidden=2048,
                        modes=("fwd", "bwd")),
     # Tiny shapes that the Triton CPU interpreter gets through in seconds (what CI and a GPU-less laptop run).

@@ -541,9 +541,10 @@ def scaling_run(gpus: str, out: Path, options: dict, available_gpus: int | None 
     if too_many:
         raise SpecError(f"--gpus {too_many[0]}: only {available_gpus} CUDA GPU(s) here")
     args = run_args(**options)
-    if not available_gpus:  # NCCL between GPUs: a run on the CPU would measure nothing anyone asked about
-        raise SpecError("fa2bench ring measures attention across CUDA GPUs and this machine has none; the gloo "
-                        "check of its algorithm on the CPU is `python -m pytest tests/test_distributed.py`")
+    if not available_gpus:  # the CPU would take minutes per point, at lengths that need hundreds of GB
+        raise SpecError("no CUDA GPU here: `fa2bench ring` times attention over GPUs (docs/multigpu.md); without "
+                        "one, `fa2bench sweep` runs the kernels through the interpreter and `python -m pytest "
+                        "tests/test_distributed.py` checks ring attention over CPU processes")
     worst = 0
     for n in worlds:
         echo(f"--- {n} GPU(s)")

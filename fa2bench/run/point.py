@@ -123,7 +123,9 @@ def cuda_context_error() -> str | None:
 
 def run_point(point: Point, opts: RunOptions, device_peaks: dict[str, float | None]) -> dict:
     """One results row for ``point``; ``device_peaks`` maps dtype to this GPU's peak TFLOP/s. ``point_s`` is
-    the wall time it took, everything included (the check, compilation and autotuning, timing, telemetry)."""
+    the wall time it took, everything included (the check, compilation and autotuning, timing, telemetry);
+    a point that got as far as timing splits it into ``setup_s`` (provider, inputs, check, first call: where
+    compilation and autotuning happen) and ``timing_s`` (the timed calls and telemetry)."""
     start = time.perf_counter()
     row = _run_point(point, opts, device_peaks)
     return {**row, "point_s": round(time.perf_counter() - start, 3)}
@@ -151,6 +153,7 @@ def _check_and_time(point: Point, provider: providers.Provider, row: dict, opts:
                     device_peaks: dict[str, float | None]) -> dict:
     shape = point.shape
     caught: list[warnings.WarningMessage] = []
+    started = time.perf_counter()
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -167,6 +170,8 @@ def _check_and_time(point: Point, provider: providers.Provider, row: dict, opts:
             q, k, v = make_inputs(shape, point.dtype, opts.device, requires_grad=backward)
             call, grads = timed_call(fn, q, k, v, point.mode)
             call()  # compilation and autotuning happen here, outside the timed region
+        row["setup_s"] = round(time.perf_counter() - started, 3)
+        started = time.perf_counter()
         measured = timing.bench(call, grads, opts.warmup_ms, opts.rep_ms, opts.target_spread, opts.max_ms)
         achieved = tflops(row["flops"], measured.ms)
         row.update(ms=measured.ms, ms_p20=measured.ms_p20, ms_p80=measured.ms_p80, reps=measured.reps,
@@ -177,6 +182,7 @@ def _check_and_time(point: Point, provider: providers.Provider, row: dict, opts:
                    **bandwidth_columns(point, measured.ms, opts.copy_tb_per_s),
                    config_cached=provider.config_cached())
         row.update(telemetry.measure(call, measured.ms, row["flops"], grad_to_none=grads))
+        row["timing_s"] = round(time.perf_counter() - started, 3)
         return row
     except Exception as exc:  # recorded, and the sweep goes on
         return {**row, **classify(exc, caught)}

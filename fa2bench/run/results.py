@@ -31,6 +31,7 @@ COLUMNS = KEY_COLUMNS + (
     "us", "gbps", "pct_copy_bw", "timer",  # latency; compulsory bytes / time, against the measured copy rate
 ) + telemetry.COLUMNS + (
     "point_s",  # wall time the point took: check, compile/autotune, timing, telemetry (where a sweep's time goes)
+    "setup_s", "timing_s",  # of point_s: set-up (provider, inputs, check, first call: compile/autotune), timing
 )
 # columns that hold text (every other one must be empty or a number); other tables go through this store too:
 # "report" is the IO study's ncu report path, "model", "note", "checkpointing" and "parallel" are e2e rows'
