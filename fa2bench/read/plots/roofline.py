@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from fa2bench.core import iomodel
 from fa2bench.core.flops import MODES
@@ -72,6 +73,10 @@ def roofline(frame: pd.DataFrame, meta: dict | None = None) -> Figure:
                                marker=marker, color=color(p), alpha=0.8, edgecolors="white", linewidths=0.4)
         ax.set_xscale("log")
         ax.set_yscale("log")
+        for axis in (ax.xaxis, ax.yaxis):  # 1-2-5 steps as plain numbers: "2×10³×4×10" labels ran together
+            axis.set_major_locator(LogLocator(base=10, subs=(1, 2, 5), numticks=12))
+            axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            axis.set_minor_formatter(NullFormatter())
         ax.set_xlim(x_lo, x_hi)
         ax.set_ylim(y_lo, y_hi)
         ax.set_title(MODE_TITLES.get(mode, mode), fontsize=9)
