@@ -210,3 +210,10 @@ def test_plot_command(tmp_path):
     assert result.exit_code == 2 and "no results folder" in result.output
     result = runner.invoke(app, ["plot", str(run_dir), "--format", "gif"])
     assert result.exit_code == 2 and "--format" in result.output
+
+
+def test_ratio_labels_read_as_plain_numbers():
+    from fa2bench.read.display import ratio_label
+
+    assert [ratio_label(v) for v in (2, 0.25, 1 / 1024, 0.3, 1024)] == ["2×", "1/4×", "1/1024×", "0.3×", "1024×"]
+    assert "e+" not in ratio_label(1 / 1.02e3)

@@ -62,11 +62,23 @@ def plot_run(
 
 
 @app.command("report")
-def report_run(run_dir: RunDir, fmt: Formats = "png"):
+def report_run(
+    run_dir: Annotated[Optional[Path], typer.Argument(help="A results folder (written by `fa2bench sweep`).")] = None,
+    fmt: Formats = "png",
+    readme: Annotated[bool, typer.Option("--readme", help="Instead: rewrite the marked result blocks of README.md "
+                      "and docs/*.md from the runs under results/ (run from the repository root).")] = False,
+):
     """RUN_DIR/report.md: metadata, headline table, speedups, failed points and the figures."""
     from fa2bench import api
     from fa2bench.run.results import ResultsError
 
+    if readme:
+        if run_dir is not None:
+            fail("--readme rewrites README.md and docs/*.md from results/: give no RUN_DIR")
+        _readme()
+        return
+    if run_dir is None:
+        fail("give a RUN_DIR (or --readme)")
     formats = _formats(fmt)
     try:
         path = api.report(run_dir, formats)
@@ -75,6 +87,20 @@ def report_run(run_dir: RunDir, fmt: Formats = "png"):
     except OSError as exc:
         fail(f"cannot write the report in {run_dir}: {exc.strerror or exc}")
     out().print(f"report: {path}", highlight=False)
+
+
+def _readme() -> None:
+    from fa2bench.read import docnumbers
+
+    if not Path("README.md").exists() or not Path("results").is_dir():
+        fail("--readme: run it from the repository root (README.md and results/ not found here)")
+    paths = [Path("README.md"), *sorted(Path("docs").glob("*.md"))]
+    try:
+        changed = docnumbers.update(paths, "results")
+    except (ValueError, KeyError, OSError) as exc:
+        fail(f"--readme: {exc}")
+    out().print(f"{len(changed)} of {len(paths)} files rewritten" + (f": {', '.join(map(str, changed))}"
+                if changed else ""), highlight=False)
 
 
 @app.command("compare")

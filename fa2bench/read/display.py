@@ -71,10 +71,13 @@ def ms(value) -> str:
 
 
 def ratio_label(v: float) -> str:
-    """2 -> "2×", 0.25 -> "1/4×"."""
+    """2 -> "2×", 0.25 -> "1/4×", 1/1024 -> "1/1024×" (a whole reciprocal in full), 0.3 -> "0.3×"."""
     if v <= 0 or not math.isfinite(v):
         return ""
-    return f"{v:g}×" if v >= 1 else f"1/{1 / v:.3g}×"
+    if v >= 1:
+        return f"{v:.4g}×" if v < 1e4 else f"{v:.0f}×"
+    inverse = 1 / v
+    return f"1/{round(inverse)}×" if abs(inverse - round(inverse)) < 1e-6 * inverse else f"{v:.3g}×"
 
 
 # --- the terminal ----------------------------------------------------------------------------------------

@@ -7,17 +7,15 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import os
-import subprocess
 import sys
 from dataclasses import asdict
-from pathlib import Path
 from typing import Callable, Iterable
 
 import torch
 
 from fa2bench.run import hardware
 from fa2bench.run.point import RunOptions, run_point
+from fa2bench.run.provenance import git_state
 from fa2bench.run.results import RunWriter
 from fa2bench.core.presets import Point, SweepSpec
 
@@ -59,31 +57,6 @@ def run_sweep(points: Iterable[Point], writer: RunWriter, opts: RunOptions, devi
         if worker is not None:
             worker.close()
     return written
-
-
-def git_state() -> dict:
-    """The commit fa2bench runs from and whether tracked files differ from it.
-
-    FA2BENCH_GIT_COMMIT and FA2BENCH_GIT_DIRTY (0 or 1), when set, win: a copy of the tree on a remote GPU
-    machine may have no .git, or a stale one that names another commit (seen on the lent GPUs, 2026-11-26);
-    the record then says where they came from.
-    """
-    if os.environ.get("FA2BENCH_GIT_COMMIT"):
-        return {"commit": os.environ["FA2BENCH_GIT_COMMIT"], "dirty": os.environ.get("FA2BENCH_GIT_DIRTY") == "1",
-                "source": "FA2BENCH_GIT_COMMIT"}
-    root = Path(__file__).resolve().parent.parent
-
-    def git(*args):
-        return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10)
-
-    try:
-        head = git("rev-parse", "HEAD")
-        if head.returncode == 0:
-            dirty = git("status", "--porcelain", "--untracked-files=no")
-            return {"commit": head.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return {"commit": None, "dirty": None}
 
 
 def collect_meta(spec: SweepSpec, providers_run: tuple[str, ...], opts: RunOptions,

@@ -1,0 +1,239 @@
+"""Numbers in the docs that cannot drift: README.md (and docs/*.md) quote results only inside marked blocks,
+``<!-- fa2bench:begin NAME -->`` ... ``<!-- fa2bench:end NAME -->``, whose text ``BLOCKS[NAME]`` computes from
+the committed runs under ``results/``. ``render`` rewrites the blocks of a text (``fa2bench report --readme``);
+``stale`` lists the blocks whose text is not what the data gives (``tests/test_docs_numbers.py``).
+
+A block is a table or a whole sentence, so the words around a number cannot say something the number does not.
+"The measured ceiling" of a run is the one in its meta.json: ``ceilings.matmul_<dtype>_tflops``, the median
+time of one 8192 x 8192 x 8192 ``torch.matmul`` timed at the start of that run (``hardware.measure_ceilings``).
+No block reads a legacy folder (one without a tool-written meta.json; ``results/README.md``).
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+
+from fa2bench.read.summary import geomean, ratio_table, speedup
+
+BEGIN, END = "<!-- fa2bench:begin {} -->", "<!-- fa2bench:end {} -->"
+_BLOCK = re.compile(r"<!-- fa2bench:begin ([\w-]+) -->(.*?)<!-- fa2bench:end \1 -->", re.S)
+TOP, E2E, ABLATION = "h100-top", "h100-e2e", "h100-ablation"
+NAMES = {"fa2": "fa2", "sdpa-cudnn": "cuDNN", "sdpa-flash": "flash"}
+
+
+def _load(root: Path, run: str) -> pd.DataFrame:
+    from fa2bench.run.results import load_run
+
+    frame = load_run(root / run)
+    keys = [c for c in ("provider", "mode", "dtype", "batch", "heads", "kv_heads", "seqlen_q", "seqlen_k", "headdim",
+                        "causal", "model") if c in frame]
+    return frame.drop_duplicates(keys, keep="last").reset_index(drop=True)
+
+
+def _meta(root: Path, run: str) -> dict:
+    return json.loads((root / run / "meta.json").read_text())
+
+
+def _k(n: int) -> str:
+    return f"{n // 1024}k"
+
+
+def _ok(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame[frame["status"] == "ok"]
+
+
+# --- results/h100-top ------------------------------------------------------------------------------------
+
+
+def top_points(root: Path) -> str:
+    frame = _load(root, TOP)
+    wrong = int((frame["status"] == "wrong").sum())
+    throttled = frame[frame["throttled"].astype(str) == "True"]
+    share = {p: 100 * (throttled["provider"] == p).sum() / (frame["provider"] == p).sum() for p in ("sdpa-cudnn", "fa2")}
+    return (f"{len(_ok(frame))} ok of {len(frame)}, {wrong or 'none'} wrong. In the telemetry window sampled right "
+            f"after each point's timed calls (not during them), the GPU was at its software power cap for "
+            f"{len(throttled)} of them (the `throttled` column): {share['sdpa-cudnn']:.0f}% of cuDNN's points, "
+            f"{share['fa2']:.0f}% of fa2's.")
+
+
+def top_table(root: Path) -> str:
+    """fp16 TFLOP/s of fa2, cuDNN and flash at 4k and 16k, and fa2/cuDNN's median over 2k and longer, naming
+    the lengths it covers."""
+    frame = _load(root, TOP)
+    frame = frame[frame["dtype"] == "fp16"]
+    longer = sorted(n for n in frame["seqlen_q"].unique() if n >= 2048)
+    ratios = ratio_table(frame, "fa2", "sdpa-cudnn", longer).set_index(["mode", "causal", "headdim"])
+    speed = speedup(frame, "sdpa-cudnn")
+    ok = _ok(frame).set_index(["provider", "mode", "causal", "headdim", "seqlen_q"])["tflops"]
+    head = ["mode", "head dim", "causal"] + [f"{NAMES[p]} {_k(n)}" for p in NAMES for n in (4096, 16384)]
+    head.append(f"fa2 / cuDNN (median, {_k(longer[0])}-{_k(longer[-1])})")
+    lines = ["| " + " | ".join(head) + " |", "| --- | --- | --- |" + " ---: |" * (len(head) - 3)]
+    for mode in ("fwd", "bwd"):
+        for d in sorted(frame["headdim"].unique()):
+            for causal in (False, True):
+                cells = [mode, str(d), "yes" if causal else "no"]
+                for p in NAMES:
+                    cells += [f"{ok[(p, mode, causal, d, n)]:.0f}" if (p, mode, causal, d, n) in ok.index else "-"
+                              for n in (4096, 16384)]
+                mine = speed[(speed["provider"] == "fa2") & (speed["mode"] == mode) & (speed["causal"] == causal)
+                             & (speed["headdim"] == d) & speed["seqlen_q"].isin(longer)]["seqlen_q"]
+                cell = f"{ratios.loc[(mode, causal, d), 'median']:.2f}"
+                if mine.max() != longer[-1]:
+                    cell += f" ({_k(mine.min())}-{_k(mine.max())})"
+                cells.append(cell)
+                lines.append("| " + " | ".join(cells) + " |")
+    return "\n" + "\n".join(lines) + "\n"
+
+
+def top_versus(root: Path) -> str:
+    """fa2 against each other provider over every shared point, the best points, and the best forward points
+    as a share of the run's measured fp16 matmul ceiling."""
+    frame = _load(root, TOP)
+    speed = speedup(frame, "fa2")
+    parts = []
+    for other, name in (("sdpa-flash", "`sdpa-flash`"), ("flex", "FlexAttention"), ("sdpa-cudnn", "cuDNN")):
+        s = 1 / speed.loc[speed["provider"] == other, "speedup"]
+        parts.append(f"{geomean(s):.2f}x the speed of {name} ({s.min():.2f}x to {s.max():.2f}x)")
+    best = _ok(frame[frame["dtype"] == "fp16"]).groupby(["provider", "mode"])["tflops"].max()
+    shown = [("fa2", "`fa2`"), ("sdpa-cudnn", "cuDNN"), ("flex", "FlexAttention"), ("sdpa-flash", "`sdpa-flash`"),
+             ("sdpa-efficient", "`sdpa-efficient`"), ("fa1", "`fa1`")]
+    bests = ", ".join(f"{name} {best[(p, 'fwd')]:.0f} / {best[(p, 'bwd')]:.0f}" for p, name in shown)
+    ceiling = _meta(root, TOP)["ceilings"]["matmul_fp16_tflops"]
+    fwd16 = _ok(frame[(frame["mode"] == "fwd") & (frame["dtype"] == "fp16")]).groupby("provider")["tflops"].max()
+    return (f"Over every shared point (fp16 and bf16, head dims 64-256, geometric mean): `fa2` runs at "
+            f"{'; '.join(parts)}. Best fp16 points (TFLOP/s, fwd / bwd): {bests}. In fp16 the best forward points are "
+            f"{100 * fwd16['sdpa-cudnn'] / ceiling:.0f}% (cuDNN) and {100 * fwd16['fa2'] / ceiling:.0f}% (`fa2`) of "
+            f"this run's measured ceiling, its fp16 matmul rate ({ceiling:.0f} TFLOP/s: meta.json's "
+            f"`ceilings.matmul_fp16_tflops`, one 8192³ `torch.matmul` timed at the start of the run).")
+
+
+# --- results/h100-ablation -------------------------------------------------------------------------------
+
+
+def _fa2_over(table: pd.DataFrame, over: str) -> pd.Series:
+    from fa2bench.read.ablation import POINT
+
+    a = table[table["provider"] == "fa2"].set_index(POINT)
+    b = table[table["provider"] == over].set_index(POINT)
+    both = a.index.intersection(b.index)
+    return (b.loc[both, "ms"] / a.loc[both, "ms"])
+
+
+def ablation_versus(root: Path) -> str:
+    from fa2bench.read.ablation import steps
+
+    table = steps(_load(root, ABLATION))
+    split = _fa2_over(table, "fa1-split")
+    modes = split.groupby(level="mode").apply(geomean)
+    return (f"`fa2` is **{geomean(split):.1f}x faster** (geometric mean over {len(split)} points; "
+            f"{split.min():.1f}x to {split.max():.1f}x; forward {modes['fwd']:.1f}x, backward {modes['bwd']:.1f}x)")
+
+
+def ablation_fa1(root: Path) -> str:
+    from fa2bench.read.ablation import steps
+
+    plain = _fa2_over(steps(_load(root, ABLATION)), "fa1")
+    return f"it is {geomean(plain):.1f}x, up to {plain.max():.0f}x at 16k tokens"
+
+
+def ablation_steps(root: Path) -> str:
+    """Speedup of each rung over the one before, head dim 128, at 2k and 16k."""
+    from fa2bench.read.ablation import steps
+
+    table = steps(_load(root, ABLATION))
+    table = table[(table["headdim"] == 128) & table["seqlen_q"].isin([2048, 16384])]
+    changes = {3: "Q outer, K/V inner, O on chip (from `fa1`)", 4: "+ deferred normalisation, LSE only",
+               5: "+ sequence parallelism", 6: "+ causal block skipping", 7: "tuned (`fa2`)"}
+    columns = [("fwd", False), ("fwd", True), ("bwd", False), ("bwd", True)]
+    lines = ["| rung | change | fwd | fwd causal | bwd | bwd causal |", "| --- | --- | ---: | ---: | ---: | ---: |"]
+    for rung, change in changes.items():
+        cells = []
+        for mode, causal in columns:
+            mine = table[(table["rung"] == rung) & (table["mode"] == mode) & (table["causal"] == causal)]
+            by_n = mine.set_index("seqlen_q")["speedup"]
+            cells.append(" / ".join(f"{by_n[n]:.2f}" if n in by_n.index else "-" for n in (2048, 16384)))
+        lines.append(f"| {rung} | {change} | " + " | ".join(cells) + " |")
+    return "\n" + "\n".join(lines) + "\n"
+
+
+# --- results/h100-e2e -------------------------------------------------------------------------------------
+
+
+def e2e_tokens(root: Path) -> str:
+    """Tokens per optimizer step, the common count and the (model, seqlen) points that differ from it."""
+    frame = _ok(_load(root, E2E))
+    per = frame.groupby(["model", "seqlen_q"])["tokens_per_step"].max().astype(int)
+    common = int(per.mode().iloc[0])
+    others = [f"{n:,} for {model.upper().replace('GPT-', 'GPT-')} at {_k(int(s))}" for (model, s), n in per.items()
+              if n != common]
+    return f"{common:,} tokens per step" + (f" ({', '.join(others)})" if others else "")
+
+
+def e2e_table(root: Path) -> str:
+    from fa2bench.e2e.figures import table1
+
+    return "\n" + table1(_load(root, E2E)).strip("\n") + "\n"
+
+
+def e2e_versus(root: Path) -> str:
+    frame = _ok(_load(root, E2E))
+    t = frame.pivot_table(index=["model", "seqlen_q"], columns="provider", values="tflops")
+    flash, cudnn = t["fa2"] / t["sdpa-flash"], t["fa2"] / t["sdpa-cudnn"]
+    split = t["fa1-split"] / t["fa2"]
+    short = split[split.index.get_level_values("seqlen_q") == 2048]
+    long = split[split.index.get_level_values("seqlen_q") == 8192]
+    return (f"`fa2` trains {flash.min():.2f}-{flash.max():.2f}x faster than `sdpa-flash` and at "
+            f"{cudnn.min():.2f}-{cudnn.max():.2f}x of `sdpa-cudnn`; `fa1-split` reaches {long.min():.2f}-"
+            f"{long.max():.2f}x of `fa2` at 8k and {short.min():.2f}-{short.max():.2f}x at 2k, where attention is "
+            f"a smaller share of the step.")
+
+
+BLOCKS: dict[str, Callable[[Path], str]] = {
+    "top-points": top_points, "top-table": top_table, "top-versus": top_versus,
+    "ablation-versus": ablation_versus, "ablation-fa1": ablation_fa1, "ablation-steps": ablation_steps,
+    "e2e-tokens": e2e_tokens, "e2e-table": e2e_table, "e2e-versus": e2e_versus,
+}
+
+
+def blocks(text: str) -> list[tuple[str, str]]:
+    """(name, text) of every marked block, in order."""
+    return [(m.group(1), m.group(2)) for m in _BLOCK.finditer(text)]
+
+
+def render(text: str, root: str | Path = "results") -> str:
+    """``text`` with every marked block's contents recomputed from the runs under ``root``; an unknown block
+    name is a ValueError."""
+    root, cache = Path(root), {}
+
+    def fill(match: re.Match) -> str:
+        name = match.group(1)
+        if name not in BLOCKS:
+            raise ValueError(f"unknown block {name!r} (known: {', '.join(BLOCKS)})")
+        if name not in cache:
+            cache[name] = BLOCKS[name](root)
+        return BEGIN.format(name) + cache[name] + END.format(name)
+
+    return _BLOCK.sub(fill, text)
+
+
+def stale(text: str, root: str | Path = "results") -> list[str]:
+    """Names of the blocks whose text differs from what the data gives."""
+    fresh = dict(blocks(render(text, root)))
+    return [name for name, body in blocks(text) if fresh[name] != body]
+
+
+def update(paths, root: str | Path = "results") -> list[Path]:
+    """Rewrite the marked blocks of each file in ``paths``; returns the files that changed."""
+    changed = []
+    for path in map(Path, paths):
+        text = path.read_text()
+        new = render(text, root)
+        if new != text:
+            path.write_text(new)
+            changed.append(path)
+    return changed
+

@@ -1,0 +1,53 @@
+"""Every number the README and docs/ quote from results/ sits in a marked block that the suite recomputes from the
+committed runs (``fa2bench.read.docnumbers``); these tests fail when text and data disagree."""
+import re
+from pathlib import Path
+
+import pytest
+
+from fa2bench.read import docnumbers
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
+@pytest.fixture(scope="module")
+def readme() -> str:
+    return (ROOT / "README.md").read_text()
+
+
+def test_readme_has_the_result_blocks(readme):
+    assert set(docnumbers.BLOCKS) <= {name for name, _ in docnumbers.blocks(readme)}
+
+
+@pytest.mark.parametrize("path", DOCS, ids=lambda p: p.name)
+def test_marked_blocks_agree_with_the_committed_runs(path):
+    text = path.read_text()
+    assert docnumbers.stale(text, ROOT / "results") == [], f"run `fa2bench report --readme` and commit {path.name}"
+
+
+def test_an_edited_number_is_caught(readme):
+    """A changed digit in a copy of the README (inside a table and inside a sentence) makes the check fail."""
+    body = dict(docnumbers.blocks(readme))
+    for name, old in (("top-table", "| 411 |"), ("top-versus", "73%")):
+        assert old in body[name]
+        edited = readme.replace(body[name], body[name].replace(old, old.replace("1", "2").replace("7", "8"), 1))
+        assert docnumbers.stale(edited, ROOT / "results") == [name]
+
+
+def test_render_restores_an_edited_block(readme):
+    edited = readme.replace("16,384 tokens per step", "16k tokens per step")
+    assert edited != readme
+    assert docnumbers.render(edited, ROOT / "results") == readme
+
+
+def test_an_unknown_block_is_one_clear_error():
+    with pytest.raises(ValueError, match="unknown block 'nope'"):
+        docnumbers.render("<!-- fa2bench:begin nope -->1<!-- fa2bench:end nope -->", ROOT / "results")
+
+
+def test_no_block_reads_a_legacy_folder():
+    """The blocks read only runs with a tool-written meta.json (legacy folders are listed in results/README.md)."""
+    source = Path(docnumbers.__file__).read_text()
+    runs = set(re.findall(r'"(h100-[\w-]+|io-[\w-]+|ncu-[\w-]+)"', source))
+    assert runs and all((ROOT / "results" / run / "meta.json").exists() for run in runs)
