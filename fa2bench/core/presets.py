@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from fa2bench.core.flops import MODES
 
 DTYPES = ("fp16", "bf16", "fp32", "tf32")  # tf32: fp32 inputs, matmuls on TF32 tensor cores
+TIMERS = ("auto", "plain", "graph")  # how a point is timed (fa2bench.run.timing says what each does)
 
 
 class SpecError(ValueError):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
@@ -16,7 +17,7 @@ from fa2bench.core import device, precision
 from fa2bench.core.device import interpreter_problem as _interpreter_problem
 from fa2bench.core.flops import MODES
 from fa2bench.core.memory import EAGER_WORKSPACE, MATH_WORKSPACE, NAIVE_WORKSPACE, streaming_workspace
-from fa2bench.core.presets import DTYPES, Shape
+from fa2bench.core.presets import DTYPES, TIMERS, Shape
 
 if TYPE_CHECKING:  # the registry imports no torch: listing providers and drawing figures stay light
     import torch
@@ -50,6 +51,15 @@ class Provider:
     workspace_bytes: Callable[[Shape, str, str], int] = streaming_workspace
     rung: int | None = None  # place on the FA1 -> FA2 ablation ladder (1..7; fa1-split is 2, a side step)
     function: str | None = None  # the public fa2bench.kernels function of one of fa2bench's own providers
+    timer: str | None = None  # a timer this provider's points need (presets.TIMERS); None: the sweep's choice
+
+    def __post_init__(self):
+        if self.timer is not None and self.timer not in TIMERS:
+            raise ValueError(f"provider {self.name!r}: timer must be one of {', '.join(TIMERS)} or None, "
+                             f"got {self.timer!r}")
+        if not _is_colour(self.color):
+            raise ValueError(f"provider {self.name!r}: color {self.color!r} is not a colour (use '#rrggbb' or "
+                             "a matplotlib colour name)")
 
     def availability(self, device: str) -> str | None:
         """None if usable on ``device`` ("cuda" or "cpu"), else why not."""
@@ -75,6 +85,19 @@ class Provider:
         if mode not in self.modes:
             return f"mode {mode} not supported"
         return None
+
+
+def _is_colour(value) -> bool:
+    """A colour plots can draw: '#rgb', '#rrggbb(aa)', or a name matplotlib knows (when it is installed)."""
+    if not isinstance(value, str):
+        return False
+    if re.fullmatch(r"#(?:[0-9a-fA-F]{3}|[0-9a-fA-F]{6}|[0-9a-fA-F]{8})", value):
+        return True
+    try:
+        from matplotlib.colors import is_color_like
+    except ImportError:
+        return False
+    return is_color_like(value)
 
 
 REGISTRY: dict[str, Provider] = {}

@@ -42,6 +42,7 @@ class RunOptions:
     plugins: tuple[str, ...] = ()  # modules the worker imports first (they may register providers)
     target_spread: float = timing.TARGET_SPREAD  # GPU: repeat until (p80 - p20) / median is at most this ...
     max_ms: float = timing.MAX_MS  # ... or this much measuring time has passed
+    timer: str = "auto"  # timing.TIMERS; a provider's own ``timer`` wins
 
 
 def make_inputs(shape: Shape, dtype: str, device: str, requires_grad: bool = False):
@@ -67,6 +68,23 @@ def timed_call(fn, q, k, v, mode: str):
     if mode == "bwd":
         return (lambda: o.backward(do, retain_graph=True)), [q, k, v]
     return (lambda: fn(q, k, v).backward(do)), [q, k, v]
+
+
+def _rotation(fn, point: Point, device: str) -> timing.Rotate:
+    """``n`` more timed calls of ``point``, each over fresh inputs (the graph timer's L2 rotation)."""
+    def rotate(n: int):
+        calls = []
+        for _ in range(n):
+            q, k, v = make_inputs(point.shape, point.dtype, device, requires_grad=point.mode != "fwd")
+            calls.append(timed_call(fn, q, k, v, point.mode))
+        return calls
+
+    return rotate
+
+
+def _input_bytes(*tensors) -> int:
+    """Bytes one call reads at least (its inputs; backward reads about as much again)."""
+    return sum(t.numel() * t.element_size() for t in tensors)
 
 
 def base_row(point: Point) -> dict:
@@ -132,14 +150,17 @@ def _check_and_time(point: Point, provider: providers.Provider, row: dict, opts:
             q, k, v = make_inputs(shape, point.dtype, opts.device, requires_grad=backward)
             call, grads = timed_call(fn, q, k, v, point.mode)
             call()  # compilation and autotuning happen here, outside the timed region
-        measured = timing.bench(call, grads, opts.warmup_ms, opts.rep_ms, opts.target_spread, opts.max_ms)
+        with telemetry.Window() as window:  # NVML sampled while the timed calls run
+            measured = timing.bench(call, grads, timer=provider.timer or opts.timer,
+                                    rotate=_rotation(fn, point, opts.device), input_bytes=_input_bytes(q, k, v),
+                                    warmup_ms=opts.warmup_ms, rep_ms=opts.rep_ms, target_spread=opts.target_spread,
+                                    max_ms=opts.max_ms)
         achieved = tflops(row["flops"], measured.ms)
-        row.update(ms=measured.ms, ms_p20=measured.ms_p20, ms_p80=measured.ms_p80, reps=measured.reps,
-                   tflops=achieved,
+        row.update(**measured.row(), tflops=achieved,
                    pct_a100_peak=hardware.pct_of(achieved, hardware.A100_PEAK_TFLOPS),
                    pct_device_peak=hardware.pct_of(achieved, device_peaks.get(point.dtype)),
                    peak_mem_mb=timing.peak_memory_mb(call), config=provider.config())
-        row.update(telemetry.measure(call, measured.ms, row["flops"], grad_to_none=grads))
+        row.update(window.columns(measured.ms, row["flops"]))
         return row
     except Exception as exc:  # recorded, and the sweep goes on
         return {**row, **classify(exc, caught)}
