@@ -377,6 +377,11 @@ def report(run, formats: Iterable[str] = ("png",)) -> Path:
     from fa2bench.e2e import figures as e2e_figures
     from fa2bench.read.markdown import write_report
 
+    if isinstance(run, pd.DataFrame):  # a loaded run knows its folder; a frame built by hand has none
+        if not run.attrs.get("run_dir"):
+            raise ResultsError("report writes report.md into a run folder: pass a Run or a folder (this DataFrame "
+                               "has no run folder)")
+        run = run.attrs["run_dir"]
     path = run.path if isinstance(run, Run) else run
     if e2e_figures.is_e2e(load_run(path)):  # an `fa2bench e2e` run: the Table-1 report
         return e2e_figures.write_report(load_run(path), tuple(formats))
@@ -385,9 +390,15 @@ def report(run, formats: Iterable[str] = ("png",)) -> Path:
 
 def compare_runs(a, b, threshold: float = 0.05) -> "Comparison":
     """Run B against baseline A (each a Run, a results frame or a folder); see ``fa2bench.read.compare``."""
+    from fa2bench.core.presets import KEY_COLUMNS
     from fa2bench.read.compare import compare
 
-    return compare(_frame(a), _frame(b), threshold)
+    frames = _frame(a), _frame(b)
+    for name, frame in zip("ab", frames):
+        missing = [c for c in (*KEY_COLUMNS, "status", "ms") if c not in frame]
+        if missing:
+            raise ResultsError(f"compare_runs: run {name} is not a results table (no {', '.join(missing)} column)")
+    return compare(*frames, threshold)
 
 
 def export_run(run, format: str = "github-benchmark", metric: str = "ms") -> list[dict]:

@@ -73,7 +73,7 @@ def sweep(
         options = sweep_config.merge(sweep_config.load(config) if config else {},
                                      {k: getattr(v, "value", v) for k, v in given.items()})
         plan = api.plan_sweep(**options)
-    except SpecError as exc:
+    except (SpecError, ResultsError) as exc:
         fail(str(exc))
     leader = plan.rank is None or plan.rank.is_leader  # under torchrun, rank 0 speaks for the run
     for name, why in plan.unavailable.items():

@@ -375,6 +375,10 @@ def load_run(path: str | Path) -> pd.DataFrame:
         raise
     except Exception as exc:  # a truncated or foreign file
         raise ResultsError(f"cannot read results in {run_dir}: {exc}") from None
+    if "ms_p20" in frame:  # a sweep table written before a column existed: the column, empty
+        for col in COLUMNS:
+            if col not in frame:
+                frame[col] = pd.NA
     frame.attrs["meta"] = read_meta(run_dir)
     frame.attrs["run_dir"] = str(run_dir)
     return frame
