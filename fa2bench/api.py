@@ -266,6 +266,9 @@ def execute(plan: SweepPlan, on_point: OnPoint | None = None, on_start: OnStart 
         complete = False
     except WorkerError as exc:  # the worker process cannot even start: stop with what is finished saved
         complete, broken = False, exc
+    except BaseException:  # a full disk (ResultsError), a bug: the folder's lock goes with the run
+        writer.release()
+        raise
     frame = writer.close(complete)
     if broken is not None:
         raise broken
@@ -339,8 +342,8 @@ def sweep(spec: SweepSpec | str | None = None, *, out: str | Path | None = None,
     """Run a sweep and return its ``Run``: ``spec`` (a SweepSpec or preset name; default quick on a GPU, smoke
     without) with keyword ``overrides`` named like ``fa2bench sweep``'s options (``seqlen=[1024, 4096]``,
     ``headdim=[64]``, ``provider=["fa2"]``, ``mode=["fwd"]``, ``causal="on"``, ``rep_ms=50``, ``isolate=False``,
-    ``point_timeout=60``, ``timer="graph"``, ...). ``out`` defaults to ``results/<UTC time>-<gpu>``; ``resume=True`` continues the
-    run in ``out`` (``extend=True`` adds a different sweep's points to it)."""
+    ``point_timeout=60``, ``timer="graph"``, ...). ``out`` defaults to ``results/<UTC time>-<gpu>``;
+    ``resume=True`` continues the run in ``out`` (``extend=True`` adds a different sweep's points to it)."""
     return execute(plan_sweep(spec, out=out, resume=resume, extend=extend, **overrides), on_point)
 
 
