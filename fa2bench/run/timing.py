@@ -24,7 +24,7 @@ Timers (``timer=``):
   the provider's wrapper, autograd) and the event's own cost are a visible share of what is measured, and a
   queue the host cannot keep full times the host; a graph replays the same kernels with no host in between.
   ``GRAPH_BELOW_MS`` is a bound, not a tuned value: on the CPU side ``launch_overhead_us`` measures what a
-  Python call costs here, and ``tests/test_gpu_sweep.py`` shows how far the two timers disagree on the GPU.
+  Python call costs here, and ``tests/test_timing.py`` (gpu) prints how far the two timers disagree.
 - On the CPU (the interpreter smoke run) a wall-clock loop stands in (``timer = "cpu"``); its numbers are no
   GPU's performance.
 
