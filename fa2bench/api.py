@@ -74,7 +74,8 @@ class SweepPlan:
     device: str  # "cuda" or "cpu"
     device_name: str | None
     peaks: dict[str, "PeakInfo"]
-    run_options: dict[str, Any]  # check, warmup_ms, rep_ms, peak_tflops, ceilings, isolate, point_timeout, plugins
+    run_options: dict[str, Any]  # check, warmup_ms, rep_ms, peak_tflops, ceilings, isolate, point_timeout, timer,
+    # plugins
     extend: bool = False  # with resume: add a different sweep's points to the run
     gpus: int | None = None  # shard the points over this many ranks, launched under torchrun
     command: tuple[str, ...] = ()  # with gpus: the resolved sweep as the ranks' `fa2bench` arguments
@@ -108,9 +109,11 @@ def plan_sweep(spec: SweepSpec | str | None = None, *, out: str | Path | None = 
 
     options = config.normalise(options)
     out = options.pop("out", out)
-    resume = bool(options.pop("resume", resume))
-    extend = bool(options.pop("extend", extend))
+    resume = config.flag("resume", options.pop("resume", resume))
+    extend = config.flag("extend", options.pop("extend", extend))
     gpus = options.pop("gpus", None)
+    if out is not None and str(out).strip() in ("", "."):
+        raise SpecError("--out is empty: name a folder for the results (default results/<UTC time>-<gpu>)")
     base = spec if spec is not None else ("default" if device.has_cuda() else "smoke")
     resolved = config.spec_from(options, base)
     run_options = config.run_options(options)
@@ -118,6 +121,12 @@ def plan_sweep(spec: SweepSpec | str | None = None, *, out: str | Path | None = 
         raise SpecError("--resume needs --out DIR (the run to continue)")
     if extend and not resume:
         raise SpecError("--extend needs --resume (it extends an existing run)")
+    recorded = _recorded(Path(out)) if resume else {}
+    if recorded:  # the run's own sweep and run options are the base; options given must agree with them
+        options = _agree(options, recorded["options"])
+    base = spec if spec is not None else recorded.get("spec") or ("quick" if device.has_cuda() else "smoke")
+    resolved = config.spec_from(options, base)
+    run_options = config.run_options(options)
     where = device.name()
     chosen = resolved.providers or tuple(n for n in providers.names()
                                          if providers.get(n).availability(where) is None
@@ -126,6 +135,9 @@ def plan_sweep(spec: SweepSpec | str | None = None, *, out: str | Path | None = 
         if not any(d <= providers.get(n).max_headdim for n in chosen):
             raise SpecError(f"head dim {d} is supported by none of the chosen providers ({', '.join(chosen)})")
     outside = _isolation(run_options, chosen, where)
+    if "point_timeout" in options and not run_options["isolate"]:
+        raise SpecError("--point-timeout works with --isolate only (a point in this process cannot be stopped); "
+                        "add --isolate or leave --point-timeout out")
     command = ()
     try:
         rank, gpus = launch.place(gpus, "the job's ranks share the points")
@@ -139,12 +151,46 @@ def plan_sweep(spec: SweepSpec | str | None = None, *, out: str | Path | None = 
     peaks = {d: hardware.device_peak(device_name, d, run_options["peak_tflops"]) for d in resolved.dtypes}
     out = Path(out) if out else default_out(device_name)
     if gpus is not None:  # the ranks resolve exactly this sweep
-        given = {k: v for k, v in run_options.items() if k != "plugins" and v is not None}
+        given = {k: v for k, v in run_options.items() if k != "plugins" and v is not None
+                 and not (k == "point_timeout" and not run_options["isolate"])}
         command = ("sweep", *config.command_line({**config.spec_fields(resolved, chosen), **given, "out": out,
                                                   **({"resume": True} if resume else {}),
                                                   **({"extend": True} if extend else {})}))
     return SweepPlan(resolved, chosen, unavailable, out, resume, where, device_name, peaks, run_options, extend,
                      gpus, command, rank)
+
+
+RESUMED_OPTIONS = ("check", "warmup_ms", "rep_ms", "timer")  # run options a resumed run keeps from its meta.json
+
+
+def _recorded(out: Path) -> dict:
+    """What a run folder recorded of its sweep (the last one: an extended run's newest) for ``--resume``:
+    ``spec`` (a SweepSpec) and the run ``options`` it was measured with; {} when there is none."""
+    import dataclasses
+
+    meta = read_meta(out) if out.is_dir() else {}
+    sweeps = meta.get("sweeps") or ([meta["sweep"]] if meta.get("sweep") else [])
+    if not sweeps or meta.get("kind", "sweep") != "sweep":
+        return {}
+    names = {f.name for f in dataclasses.fields(SweepSpec)}
+    try:
+        spec = SweepSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in sweeps[-1].items() if k in names})
+    except TypeError:
+        return {}
+    options = meta.get("options") or {}
+    return {"spec": spec, "options": {k: options[k] for k in RESUMED_OPTIONS if k in options}}
+
+
+def _agree(options: dict, recorded: dict) -> dict:
+    """``options`` with the resumed run's recorded run options filled in; one given that differs is refused by
+    name (rows timed two ways would share one table)."""
+    given = config.run_options(options)
+    differ = [f"--{k.replace('_', '-')} {given[k]} (the run has {v})" for k, v in recorded.items()
+              if k in options and given[k] != v]
+    if differ:
+        raise SpecError(f"--resume with run options other than the run's own: {'; '.join(differ)}; leave them out "
+                        "to continue the run as it was measured, or choose another --out")
+    return {**{k: v for k, v in recorded.items()}, **options}
 
 
 def _isolation(run_options: dict, chosen: tuple[str, ...], where: str) -> list[str]:
@@ -182,7 +228,7 @@ def execute(plan: SweepPlan, on_point: OnPoint | None = None, on_start: OnStart 
     from fa2bench.run.results import RunWriter, continue_meta, count_done, rerun_refused
     from fa2bench.run.worker import WorkerError
 
-    opts = RunOptions(device=plan.device, check=plan.run_options["check"],
+    opts = RunOptions(device=plan.device, check=plan.run_options["check"], timer=plan.run_options["timer"],
                        warmup_ms=plan.run_options["warmup_ms"], rep_ms=plan.run_options["rep_ms"],
                        peak_tflops=plan.run_options["peak_tflops"], isolate=plan.run_options["isolate"],
                        point_timeout_s=plan.run_options["point_timeout"],
@@ -224,6 +270,9 @@ def execute(plan: SweepPlan, on_point: OnPoint | None = None, on_start: OnStart 
         complete = False
     except WorkerError as exc:  # the worker process cannot even start: stop with what is finished saved
         complete, broken = False, exc
+    except BaseException:  # a full disk (ResultsError), a bug: the folder's lock goes with the run
+        writer.release()
+        raise
     frame = writer.close(complete)
     if broken is not None:
         raise broken
@@ -297,8 +346,8 @@ def sweep(spec: SweepSpec | str | None = None, *, out: str | Path | None = None,
     """Run a sweep and return its ``Run``: ``spec`` (a SweepSpec or preset name; default: the default preset on a
     GPU, smoke without) with keyword ``overrides`` named like ``fa2bench sweep``'s options (``seqlen=[1024, 4096]``,
     ``headdim=[64]``, ``provider=["fa2"]``, ``mode=["fwd"]``, ``causal="on"``, ``rep_ms=50``, ``isolate=False``,
-    ``point_timeout=60``, ...). ``out`` defaults to ``results/<UTC time>-<gpu>``; ``resume=True`` continues the
-    run in ``out`` (``extend=True`` adds a different sweep's points to it)."""
+    ``point_timeout=60``, ``timer="graph"``, ...). ``out`` defaults to ``results/<UTC time>-<gpu>``;
+    ``resume=True`` continues the run in ``out`` (``extend=True`` adds a different sweep's points to it)."""
     return execute(plan_sweep(spec, out=out, resume=resume, extend=extend, **overrides), on_point)
 
 
@@ -335,6 +384,11 @@ def report(run, formats: Iterable[str] = ("png",)) -> Path:
     from fa2bench.e2e import figures as e2e_figures
     from fa2bench.read.markdown import write_report
 
+    if isinstance(run, pd.DataFrame):  # a loaded run knows its folder; a frame built by hand has none
+        if not run.attrs.get("run_dir"):
+            raise ResultsError("report writes report.md into a run folder: pass a Run or a folder (this DataFrame "
+                               "has no run folder)")
+        run = run.attrs["run_dir"]
     path = run.path if isinstance(run, Run) else run
     if e2e_figures.is_e2e(load_run(path)):  # an `fa2bench e2e` run: the Table-1 report
         return e2e_figures.write_report(load_run(path), tuple(formats))
@@ -343,9 +397,15 @@ def report(run, formats: Iterable[str] = ("png",)) -> Path:
 
 def compare_runs(a, b, threshold: float = 0.05) -> "Comparison":
     """Run B against baseline A (each a Run, a results frame or a folder); see ``fa2bench.read.compare``."""
+    from fa2bench.core.presets import KEY_COLUMNS
     from fa2bench.read.compare import compare
 
-    return compare(_frame(a), _frame(b), threshold)
+    frames = _frame(a), _frame(b)
+    for name, frame in zip("ab", frames):
+        missing = [c for c in (*KEY_COLUMNS, "status", "ms") if c not in frame]
+        if missing:
+            raise ResultsError(f"compare_runs: run {name} is not a results table (no {', '.join(missing)} column)")
+    return compare(*frames, threshold)
 
 
 def export_run(run, format: str = "github-benchmark", metric: str = "ms") -> list[dict]:

@@ -59,7 +59,7 @@ def test_run_options_are_validated(options, message):
 
 def test_run_options_have_the_clis_defaults():
     assert config.run_options({}) == {"check": True, "warmup_ms": 25.0, "rep_ms": 100.0, "peak_tflops": None,
-                                      "ceilings": True, "isolate": None, "point_timeout": 600.0}
+                                      "ceilings": True, "isolate": None, "point_timeout": 600.0, "timer": "auto"}
 
 
 def test_a_toml_file_reads_with_dashes_or_underscores_and_an_optional_sweep_table(tmp_path):

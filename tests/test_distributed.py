@@ -384,7 +384,7 @@ def _rank_plan(plan):
 @pytest.mark.parametrize("spec, options", [
     ("smoke", {"provider": ["torch-eager", "sdpa-math"], "rep_ms": 2, "check": False}),
     (SweepSpec(seqlens=(512, 2048), headdims=(64,), tokens=4096, hidden=256, causal=(True,), dtypes=("bf16",),
-               modes=("fwd",)), {"provider": ["fa2"], "point_timeout": 30}),
+               modes=("fwd",)), {"provider": ["fa2"], "point_timeout": 30, "isolate": True}),
 ])
 def test_the_ranks_resolve_exactly_the_sweep_the_launcher_planned(tmp_path, spec, options):
     from fa2bench import api

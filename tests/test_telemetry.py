@@ -1,4 +1,5 @@
-"""Telemetry: the sampler's arithmetic with a fake NVML, throttle flags, and empty columns without NVML."""
+"""Telemetry over the timed calls: the sampler's arithmetic with a fake NVML, throttle flags and their
+fraction, the window around timing, and empty columns without NVML."""
 import sys
 import time
 import types
@@ -68,27 +69,33 @@ def samples(*masks, power=300.0, sm=1800.0, temp=60):
 # --- the arithmetic -------------------------------------------------------------------------------------
 
 
-def test_energy_per_call_comes_from_the_energy_counter():
-    # 10 calls in 0.1 s, 30 J by the counter: 3 J per call, 300 W; 6e12 FLOPs per call -> 2 TFLOP/s per W
-    row = summarise(samples(0, 0, 0, power=250.0), calls=10, elapsed_s=0.1, flops=6e12, energy_j=30.0)
-    assert row["energy_j"] == pytest.approx(3.0)
+def test_energy_per_call_is_window_power_times_the_median_call():
+    # 30 J by the counter over 0.1 s: 300 W; a call of 10 ms takes 3 J; 6e12 FLOPs per call -> 2 TFLOP/s per W
+    row = summarise(samples(0, 0, 0, power=250.0), elapsed_s=0.1, ms_per_call=10.0, flops=6e12, energy_j=30.0)
     assert row["power_w"] == pytest.approx(300.0)  # the counter wins over the (averaged) power samples
+    assert row["energy_j"] == pytest.approx(3.0)
     assert row["tflops_per_w"] == pytest.approx(2.0)
     assert row["sm_clock_mhz"] == 1800.0
 
 
-def test_without_an_energy_counter_energy_is_mean_power_times_time():
+def test_without_an_energy_counter_power_is_the_mean_sample():
     window = [Sample(0.0, power_w=200.0), Sample(0.05, power_w=300.0), Sample(0.1, power_w=400.0)]
-    row = summarise(window, calls=4, elapsed_s=0.2, flops=1e12, energy_j=None)
+    row = summarise(window, elapsed_s=0.2, ms_per_call=50.0, flops=1e12, energy_j=None)
     assert row["power_w"] == pytest.approx(300.0)
-    assert row["energy_j"] == pytest.approx(300.0 * 0.2 / 4)  # 15 J per call
+    assert row["energy_j"] == pytest.approx(300.0 * 0.05)  # 15 J per call
     assert row["tflops_per_w"] == pytest.approx(1e12 / 15 / 1e12)
 
 
-def test_temperature_is_the_hottest_sample_and_clocks_the_mean():
+def test_temperature_is_the_hottest_sample_and_clocks_the_mean_and_the_lowest():
     window = [Sample(0.0, sm_clock_mhz=1700.0, temp_c=58), Sample(0.1, sm_clock_mhz=1900.0, temp_c=71)]
-    row = summarise(window, calls=1, elapsed_s=0.1, flops=1)
-    assert row["temp_c"] == 71 and row["sm_clock_mhz"] == 1800.0
+    row = summarise(window, elapsed_s=0.1, ms_per_call=1.0, flops=1)
+    assert row["temp_c"] == 71 and row["sm_clock_mhz"] == 1800.0 and row["sm_clock_min_mhz"] == 1700.0
+
+
+def test_the_throttled_fraction_counts_samples_that_slowed_the_clocks():
+    row = summarise(samples(0, SW_POWER_CAP, IDLE, HW_THERMAL | IDLE), elapsed_s=0.02, ms_per_call=1.0, flops=1)
+    assert row["throttled"] is True and row["throttled_frac"] == pytest.approx(0.5)
+    assert summarise(samples(0, IDLE), elapsed_s=0.01, ms_per_call=1.0, flops=1)["throttled_frac"] == 0.0
 
 
 @pytest.mark.parametrize("masks, throttled, reason", [
@@ -100,14 +107,14 @@ def test_temperature_is_the_hottest_sample_and_clocks_the_mean():
     ((SW_POWER_CAP | HW_SLOWDOWN,), True, "sw_power_cap;hw_slowdown"),
 ])
 def test_throttle_flags_or_every_sample_and_ignore_idle(masks, throttled, reason):
-    row = summarise(samples(*masks), calls=1, elapsed_s=0.01, flops=1, energy_j=1.0)
+    row = summarise(samples(*masks), elapsed_s=0.01, ms_per_call=1.0, flops=1, energy_j=1.0)
     assert row["throttled"] is throttled
     assert row["throttle_reason"] == reason
 
 
 def test_no_throttle_reasons_reported_means_unknown_not_false():
-    row = summarise([Sample(0.0, power_w=100.0)], calls=1, elapsed_s=0.01, flops=1)
-    assert row["throttled"] is None and row["throttle_reason"] is None
+    row = summarise([Sample(0.0, power_w=100.0)], elapsed_s=0.01, ms_per_call=1.0, flops=1)
+    assert row["throttled"] is None and row["throttle_reason"] is None and row["throttled_frac"] is None
 
 
 def test_decode_reasons_names_every_bit_and_keeps_unknown_ones():
@@ -115,13 +122,6 @@ def test_decode_reasons_names_every_bit_and_keeps_unknown_ones():
     assert decode_reasons(IDLE | SW_POWER_CAP) == ["gpu_idle", "sw_power_cap"]
     assert decode_reasons(0x200 | 0x400) == ["board_limit", "reliability"]
     assert decode_reasons(0x1000 | HW_SLOWDOWN) == ["hw_slowdown", "0x1000"]
-
-
-def test_the_window_has_at_least_a_few_calls_and_a_bounded_count():
-    assert telemetry.calls_for(250, 100.0) == telemetry.MIN_CALLS
-    assert telemetry.calls_for(250, 1.0) == 250
-    assert telemetry.calls_for(250, 1e-6) == telemetry.MAX_CALLS
-    assert telemetry.calls_for(250, float("nan")) == telemetry.MIN_CALLS
 
 
 # --- the NVML device and the sampler -------------------------------------------------------------------
@@ -145,42 +145,38 @@ def test_older_drivers_throttle_reason_name_is_used_when_the_new_one_is_absent_o
     assert device.read().reasons == HW_SLOWDOWN and device.read().reasons == HW_SLOWDOWN
 
 
-def test_measure_with_a_fake_gpu_fills_every_column():
+def test_the_window_samples_while_the_timed_calls_run():
+    """NVML is read by the background thread during what runs inside the window (the timing itself), and the
+    row describes that window: a GPU that throttles during the calls is throttled in the row."""
     nvml = FakeNvml(watts=300.0, reasons=IDLE | HW_THERMAL)
-    calls = []
-
-    def fn():
-        calls.append(1)
-        time.sleep(0.002)
-
-    row = telemetry.measure(fn, ms_per_call=2.0, flops=3e9, device=NvmlDevice(nvml, 0), window_ms=40,
-                            period_ms=2, synchronize=lambda: None)
+    reads_inside = []
+    with telemetry.Window(NvmlDevice(nvml, 0), period_ms=2, synchronize=lambda: None) as window:
+        for _ in range(20):
+            time.sleep(0.002)
+        reads_inside.append(nvml.reads)
+    row = window.columns(ms_per_call=2.0, flops=3e9)
     assert set(row) == set(COLUMNS)
-    assert len(calls) == 20
-    assert nvml.reads >= 4  # the background thread sampled during the window, plus one read at each end
+    assert reads_inside[0] >= 2 * 3  # the thread sampled during the calls (two clock reads per sample)
     assert row["power_w"] == pytest.approx(300.0, rel=0.1)
-    assert 0.55 <= row["energy_j"] <= 3.0  # 300 W for a call of at least 2 ms: 0.6 J and up
+    assert row["energy_j"] == pytest.approx(0.6, rel=0.1)  # 300 W x 2 ms
     assert row["tflops_per_w"] == pytest.approx(3e9 / row["energy_j"] / 1e12)
-    assert row["throttled"] is True and row["throttle_reason"] == "hw_thermal_slowdown"
+    assert row["throttled"] is True and row["throttled_frac"] == 1.0
+    assert row["throttle_reason"] == "hw_thermal_slowdown"
 
 
-def test_measure_resets_gradients_before_each_call():
-    x = torch.ones(3, requires_grad=True)
-    seen = []
-
-    def fn():
-        seen.append(x.grad is None)
-        x.sum().backward()
-
-    telemetry.measure(fn, 10.0, 1, device=NvmlDevice(FakeNvml(), 0), window_ms=1, synchronize=lambda: None,
-                      grad_to_none=[x])
-    assert seen and all(seen)
+def test_the_window_stops_its_thread_when_the_timing_raises():
+    window = telemetry.Window(NvmlDevice(FakeNvml(), 0), period_ms=1, synchronize=lambda: None)
+    with pytest.raises(RuntimeError):
+        with window:
+            raise RuntimeError("the point failed")
+    assert not window._sampler._thread.is_alive()
 
 
 def test_nvml_failing_mid_window_leaves_fields_empty_and_never_raises():
-    row = telemetry.measure(lambda: None, 1.0, 1e9, device=NvmlDevice(FakeNvml(missing={"clock", "power", "energy",
-                                                                                        "temperature", "reasons"}), 0),
-                            window_ms=5, synchronize=lambda: None)
+    dead = FakeNvml(missing={"clock", "power", "energy", "temperature", "reasons"})
+    with telemetry.Window(NvmlDevice(dead, 0), period_ms=1, synchronize=lambda: None) as window:
+        time.sleep(0.005)
+    row = window.columns(1.0, 1e9)
     assert row == telemetry.empty()
 
 
@@ -188,10 +184,10 @@ def test_nvml_failing_mid_window_leaves_fields_empty_and_never_raises():
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the GPU-less path")
-def test_without_a_gpu_the_columns_are_empty_and_fn_is_not_called():
-    called = []
-    assert telemetry.measure(lambda: called.append(1), 1.0, 1e9) == {c: None for c in COLUMNS}
-    assert not called
+def test_without_a_gpu_the_columns_are_empty():
+    with telemetry.Window() as window:
+        pass
+    assert window.columns(1.0, 1e9) == {c: None for c in COLUMNS}
 
 
 def test_missing_nvidia_ml_py_or_a_failing_init_means_no_nvml(monkeypatch):
@@ -240,10 +236,10 @@ def test_throttle_summary_is_silent_when_nothing_was_throttled(frame):
 def test_the_sweep_warns_when_points_were_throttled(tmp_path, monkeypatch):
     from fa2bench.cli import app
 
-    def throttled(fn, ms, flops, **kwargs):
+    def throttled(self, ms, flops):
         return {**telemetry.empty(), "throttled": True, "throttle_reason": "sw_thermal_slowdown"}
 
-    monkeypatch.setattr(telemetry, "measure", throttled)
+    monkeypatch.setattr(telemetry.Window, "columns", throttled)
     result = CliRunner().invoke(app, ["sweep", "--seqlen", "16", "--headdim", "16", "--batch", "1", "--heads", "1",
                                       "--provider", "torch-eager", "--mode", "fwd", "--causal", "off", "--dtype",
                                       "fp32", "--rep-ms", "1", "--warmup-ms", "0", "--out", str(tmp_path / "run")])
@@ -256,10 +252,15 @@ def test_the_sweep_warns_when_points_were_throttled(tmp_path, monkeypatch):
 
 
 @pytest.mark.gpu
-def test_on_a_gpu_every_column_is_filled():
+def test_on_a_gpu_every_column_is_filled_from_the_timed_window():
+    from fa2bench.run import timing
+
     a = torch.randn(4096, 4096, device="cuda", dtype=torch.float16)
     flops = 2 * 4096**3
-    row = telemetry.measure(lambda: a @ a, 0.2, flops)
+    with telemetry.Window() as window:
+        measured = timing.bench(lambda: a @ a, timer="plain")
+    row = window.columns(measured.ms, flops)
+    assert row["sm_clock_min_mhz"] <= row["sm_clock_mhz"] and 0 <= row["throttled_frac"] <= 1
     assert row["sm_clock_mhz"] > 100 and row["power_w"] > 10 and row["temp_c"] > 0
     assert row["energy_j"] > 0 and row["tflops_per_w"] == pytest.approx(flops / row["energy_j"] / 1e12)
     assert row["throttled"] in (True, False) and isinstance(row["throttle_reason"], str)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Optional
 
 import typer
 
-from fa2bench.cli.common import app, out, DTYPES, display, providers
+from fa2bench.cli.common import app, out, fail, DTYPES, display, providers
 
 
 # --- providers, info -----------------------------------------------------------------------------------
@@ -34,11 +35,15 @@ def info(
 ):
     """GPU(s), driver, versions, and the peak fa2bench uses for this GPU."""
     from fa2bench.run import hardware
+    if peak_tflops is not None and not (peak_tflops > 0 and math.isfinite(peak_tflops)):
+        fail(f"--peak-tflops must be a positive number, got {peak_tflops}")
     console = out()
     versions = hardware.software_versions()
     console.print("versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()), highlight=False)
     gpus = hardware.gpu_info()
     if not gpus:
+        if measure:
+            fail("--measure times the GPU's matmul and copy ceilings: no CUDA GPU here")
         console.print("No CUDA GPU found. `fa2bench sweep` will run the smoke preset through Triton's CPU "
                       "interpreter; its timings are not GPU performance.")
         return

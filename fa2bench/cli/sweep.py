@@ -9,8 +9,11 @@ import typer
 
 from fa2bench.cli.common import (
     app, Preset, Causal, SHAPE, RUN, OUTPUT, option, Seqlen, SeqlenK, Headdim, Batch, Tokens, Heads, Hidden,
-    KvHeads, shape_options, out, fail, no_gpu, DTYPES, MODES, SpecError, providers)
-from fa2bench.cli.render import run_with_progress, print_summary, print_time_split, print_next, warn_throttled
+    KvHeads, shape_options, out, fail, warn, no_gpu, choices, DTYPES, MODES, SpecError, providers)
+from fa2bench.cli.render import print_next, print_summary, print_time_split, run_with_progress, warn_throttled
+from fa2bench.core.presets import TIMERS
+
+Timer = choices("Timer", TIMERS)
 
 
 # --- sweep ----------------------------------------------------------------------------------------------
@@ -52,6 +55,9 @@ def sweep(
     warmup_ms: option(float, "Warm-up budget per point (ms, default 25).", RUN) = None,
     rep_ms: option(float, "Timing budget per point (ms, default 100).", RUN) = None,
     peak_tflops: option(float, "Override this GPU's peak TFLOP/s.", RUN) = None,
+    timer: option(Timer, "How points are timed: plain (CUDA events per call, L2 flushed), graph (CUDA-graph "
+                         "replay over rotated inputs) or auto (graph where a call is under 100 us; the default).",
+                  RUN) = None,
     ceilings: Annotated[Optional[bool], typer.Option("--ceilings/--no-ceilings", help="Measure matmul and copy "
                         "ceilings into meta.json (GPU; default: measure).", rich_help_panel=RUN)] = None,
     gpus: option(str, "Shard the points over N GPUs (or 'all') under torchrun, one merged results folder "
@@ -71,12 +77,12 @@ def sweep(
                            page_size=page_size, ragged=ragged, max_kv_tokens=max_kv_tokens, dtype=dtype,
                            mode=mode, provider=provider, out=out_dir, resume=resume, extend=extend, check=check,
                            isolate=isolate, point_timeout=point_timeout, warmup_ms=warmup_ms, rep_ms=rep_ms,
-                           peak_tflops=peak_tflops, ceilings=ceilings, gpus=gpus)
+                           peak_tflops=peak_tflops, ceilings=ceilings, gpus=gpus, timer=timer)
     try:
         options = sweep_config.merge(sweep_config.load(config) if config else {},
                                      {k: getattr(v, "value", v) for k, v in given.items()})
         plan = api.plan_sweep(**options)
-    except SpecError as exc:
+    except (SpecError, ResultsError) as exc:
         fail(str(exc))
     leader = plan.rank is None or plan.rank.is_leader  # under torchrun, rank 0 speaks for the run
     for name, why in plan.unavailable.items():
@@ -84,6 +90,8 @@ def sweep(
             out(stderr=True).print(f"[yellow]note:[/] provider {name} is unavailable here ({why}); its points are "
                                    "recorded as unsupported", highlight=False)
     console = out()
+    if plan.gpus is not None and plan.device == "cpu":
+        warn(f"no CUDA GPU here: --gpus {plan.gpus} runs {plan.gpus} CPU processes (gloo), not GPUs")
     if plan.device == "cpu" and leader:
         no_gpu(console, "Triton kernels run through the CPU interpreter and PyTorch on the CPU")
     if clear_autotune_cache and plan.rank is None:  # once, before any rank or worker tunes

@@ -15,7 +15,10 @@ Fields (a file may spell them with dashes, as on the command line):
   0: no cap);
 - ``dtype``, ``mode``, ``provider``: a list of names or comma-separated text;
 - run options ``check``, ``warmup_ms``, ``rep_ms``, ``peak_tflops``, ``ceilings``, ``isolate`` (None: on with a
-  GPU, off without one), ``point_timeout`` (seconds); and ``out``, ``resume``, ``extend``;
+  GPU, off without one), ``point_timeout`` (seconds, with isolation only), ``timer`` (auto, plain or graph:
+  ``fa2bench.run.timing``); and ``out``, ``resume``, ``extend``;
+- booleans (``check``, ``ceilings``, ``isolate``, ``resume``, ``extend``) must be booleans: the text "no" (or
+  any other value) is an error, never read as true (``flag``);
 - ``gpus``: a number or ``"all"``: shard the points over that many GPUs under torchrun (``fa2bench.distributed``).
 
 A sharded sweep's ranks get the resolved sweep back as ``fa2bench sweep`` arguments (``spec_fields`` and
@@ -32,14 +35,14 @@ from typing import Any, Mapping
 
 from fa2bench.core.flops import ALL_MODES
 from fa2bench.core.memory import check_sizes
-from fa2bench.core.presets import DTYPES, SpecError, SweepSpec, parse_ints, parse_names
+from fa2bench.core.presets import DTYPES, TIMERS, SpecError, SweepSpec, parse_ints, parse_names
 
 INT_LISTS = {"seqlen": "seqlens", "seqlen_k": "seqlens_k", "headdim": "headdims", "batch": "batch",
              "heads": "heads", "kv_heads": "kv_heads"}
 NAME_LISTS = {"dtype": "dtypes", "mode": "modes", "provider": "providers"}
 CAUSAL = {"off": (False,), "on": (True,), "both": (False, True)}
 RUN_OPTIONS = {"check": True, "warmup_ms": 25.0, "rep_ms": 100.0, "peak_tflops": None, "ceilings": True,
-               "isolate": None, "point_timeout": 600.0}
+               "isolate": None, "point_timeout": 600.0, "timer": "auto"}
 FIELDS = ("preset", *INT_LISTS, "tokens", "hidden", "causal", "page_size", "ragged", "max_kv_tokens",
           *NAME_LISTS, *RUN_OPTIONS, "out", "resume", "extend",
           "gpus")
@@ -59,6 +62,14 @@ def normalise(options: Mapping[str, Any], where: str = "") -> dict:
         if value is not None:
             out[name] = value
     return out
+
+
+def flag(name: str, value) -> bool:
+    """A boolean option, strictly: True or False (a TOML/YAML boolean, a CLI flag); text such as "no" or a number
+    is a SpecError, never read as true."""
+    if isinstance(value, bool):
+        return value
+    raise SpecError(f"--{_option(name)}: expected true or false, got {value!r}")
 
 
 def _ints(name: str, value) -> tuple[int, ...]:
@@ -142,12 +153,15 @@ def spec_from(options: Mapping[str, Any], base: SweepSpec | str) -> SweepSpec:
 
 def run_options(options: Mapping[str, Any]) -> dict:
     """The run options among ``options`` with their defaults, validated: check, warmup_ms, rep_ms, peak_tflops,
-    ceilings, isolate (None until the device is known), point_timeout."""
+    ceilings, isolate (None until the device is known), point_timeout, timer."""
     options = normalise(options)
     out = {k: options.get(k, default) for k, default in RUN_OPTIONS.items()}
-    for flag in ("check", "ceilings", "isolate"):
-        if not isinstance(out[flag], bool) and not (flag == "isolate" and out[flag] is None):
-            raise SpecError(f"--{flag}: expected true or false, got {out[flag]!r}")
+    for name in ("check", "ceilings", "isolate"):
+        if out[name] is not None:
+            out[name] = flag(name, out[name])
+    out["timer"] = str(getattr(out["timer"], "value", out["timer"]))
+    if out["timer"] not in TIMERS:
+        raise SpecError(f"--timer: expected one of {', '.join(TIMERS)}, got {out['timer']!r}")
     try:
         warmup, rep = float(out["warmup_ms"]), float(out["rep_ms"])
         peak = None if out["peak_tflops"] is None else float(out["peak_tflops"])
@@ -214,9 +228,12 @@ def load(path: str | Path) -> dict:
     """The fields of a sweep file (TOML; YAML when PyYAML is installed), normalised; errors are one line."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise SpecError(f"cannot read sweep file {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise SpecError(f"sweep file {path} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset "
+                        f"{exc.start})") from None
     if path.suffix.lower() in (".yaml", ".yml"):
         data = _yaml(text, path)
     elif path.suffix.lower() == ".toml":

@@ -15,6 +15,7 @@ from fa2bench.core import decode
 from fa2bench.core.flops import ALL_MODES, DECODE, MODES
 
 DTYPES = ("fp16", "bf16", "fp32", "tf32")  # tf32: fp32 inputs, matmuls on TF32 tensor cores
+TIMERS = ("auto", "plain", "graph")  # how a point is timed (fa2bench.run.timing says what each does)
 
 
 class SpecError(ValueError):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
@@ -22,7 +23,7 @@ from fa2bench.core import device, precision
 from fa2bench.core.device import interpreter_problem as _interpreter_problem
 from fa2bench.core.flops import DECODE, MODES
 from fa2bench.core.memory import EAGER_WORKSPACE, MATH_WORKSPACE, NAIVE_WORKSPACE, streaming_workspace
-from fa2bench.core.presets import DTYPES, Shape
+from fa2bench.core.presets import DTYPES, TIMERS, Shape
 
 if TYPE_CHECKING:  # the registry imports no torch: listing providers and drawing figures stay light
     import torch
@@ -61,6 +62,15 @@ class Provider:
     sm: int | None = None  # the one GPU architecture it runs on (90: Hopper), None for any
     headdims: frozenset | None = None  # the head dims it supports, when not every one up to max_headdim
     decode: str = ""  # how it runs decode points: "native", "adapted" (contiguous uniform caches only) or ""
+    timer: str | None = None  # a timer this provider's points need (presets.TIMERS); None: the sweep's choice
+
+    def __post_init__(self):
+        if self.timer is not None and self.timer not in TIMERS:
+            raise ValueError(f"provider {self.name!r}: timer must be one of {', '.join(TIMERS)} or None, "
+                             f"got {self.timer!r}")
+        if not _is_colour(self.color):
+            raise ValueError(f"provider {self.name!r}: color {self.color!r} is not a colour (use '#rrggbb' or "
+                             "a matplotlib colour name)")
 
     def availability(self, device: str) -> str | None:
         """None if usable on ``device`` ("cuda" or "cpu"), else why not."""
@@ -118,6 +128,19 @@ def _gpu_is(sm: int, device: str) -> bool:
     import torch
 
     return torch.cuda.is_available() and torch.cuda.get_device_capability() == divmod(sm, 10)
+
+
+def _is_colour(value) -> bool:
+    """A colour plots can draw: '#rgb', '#rrggbb(aa)', or a name matplotlib knows (when it is installed)."""
+    if not isinstance(value, str):
+        return False
+    if re.fullmatch(r"#(?:[0-9a-fA-F]{3}|[0-9a-fA-F]{6}|[0-9a-fA-F]{8})", value):
+        return True
+    try:
+        from matplotlib.colors import is_color_like
+    except ImportError:
+        return False
+    return is_color_like(value)
 
 
 REGISTRY: dict[str, Provider] = {}

@@ -307,7 +307,7 @@ def measure_steps(trainer: Trainer, batches, warmup: int, steps: int, flops: int
     tel = telemetry.empty()
     if sampler is not None:
         energy = (energy_end - energy_start) / 1e3 if energy_start is not None and energy_end is not None else None
-        tel = telemetry.summarise(sampler.stop(), steps, elapsed, flops, energy)
+        tel = telemetry.summarise(sampler.stop(), elapsed, elapsed * 1e3 / steps, flops, energy)  # per step: mean
     quantiles = statistics.quantiles(times, n=10, method="inclusive") if len(times) > 1 else [times[0]] * 9
     peak = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else float("nan")
     if group is not None and device == "cuda":

@@ -64,21 +64,25 @@ def io_study(points: Sequence[Point], out_dir: str | Path, *, calls: int = 1, wa
     if not ncu_path:
         raise ncu.ProfileError("Nsight Compute's `ncu` is not on PATH; install Nsight Compute or add it to PATH")
     writer = RunWriter(out_dir, resume=True, csv_name=STUDY_CSV, columns=STUDY_COLUMNS)
-    done = {row_key(r) for r in load_study(out_dir).to_dict("records") if r.get("status") == "ok"}
-    order = list(dict.fromkeys(p.provider for p in points))
-    metrics = ncu.select_metrics(ncu.query_metrics(ncu_path, run))
-    for point in sorted(points, key=lambda p: order.index(p.provider)):
-        if point.key() in done:
-            continue
-        try:
-            result = ncu.run_ncu(point, out_dir / "ncu" / f"{point.provider}-s{point.shape.seqlen_q}", ncu=ncu_path,
-                                 calls=calls, warmup=warmup, metrics=metrics, run=run, timeout_s=timeout_s)
-            row = study_row(result)
-        except ncu.ProfileError as exc:
-            row = {**point.fields(), "status": "error", "error": str(exc)}
-        writer.append(row)
-        if on_point:
-            on_point(point, row)
+    try:
+        done = {row_key(r) for r in load_study(out_dir).to_dict("records") if r.get("status") == "ok"}
+        order = list(dict.fromkeys(p.provider for p in points))
+        metrics = ncu.select_metrics(ncu.query_metrics(ncu_path, run))
+        for point in sorted(points, key=lambda p: order.index(p.provider)):
+            if point.key() in done:
+                continue
+            try:
+                result = ncu.run_ncu(point, out_dir / "ncu" / f"{point.provider}-s{point.shape.seqlen_q}",
+                                     ncu=ncu_path, calls=calls, warmup=warmup, metrics=metrics, run=run,
+                                     timeout_s=timeout_s)
+                row = study_row(result)
+            except ncu.ProfileError as exc:
+                row = {**point.fields(), "status": "error", "error": str(exc)}
+            writer.append(row)
+            if on_point:
+                on_point(point, row)
+    finally:
+        writer.release()  # the folder's lock, for the next study in this process
     frame = load_study(out_dir)
     plots.save_io_study(frame, out_dir / STUDY_FIGURE)
     return frame

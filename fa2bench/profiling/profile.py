@@ -65,7 +65,8 @@ def measure(point: Point) -> Measured:
 
     try:
         call, grads = prepare(point)
-        measured = timing.bench(call, grads)
+        with telemetry.Window() as window:  # NVML over the timed calls themselves
+            measured = timing.bench(call, grads)
     except Exception as exc:
         raise PointFailed(f"{point.provider} failed on this point: {type(exc).__name__}: "
                           f"{str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}") from None
@@ -75,7 +76,7 @@ def measure(point: Point) -> Measured:
     modelled = iomodel.modelled(point.provider)
     return Measured(
         point, call, grads, measured, flops, tflops(flops, measured.ms), config,
-        telemetry.measure(call, measured.ms, flops, grad_to_none=grads),
+        window.columns(measured.ms, flops),
         iomodel.hbm_bytes(point.provider, s, point.mode, point.dtype, config=config) if modelled else None,
         iomodel.compulsory_bytes(s, point.mode, point.dtype),
         iomodel.theoretical_footprint_mb(point.provider, s, point.mode, point.dtype) if modelled else None)

@@ -36,7 +36,8 @@ from fa2bench.core.reference import check_attention
 # tf32 points take fp32 inputs; their matmuls run on TF32 tensor cores (fa2bench.core.precision)
 TORCH_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32, "tf32": torch.float32}
 # The timer a mode's points ask fa2bench.run.timing for: a decode call takes tens of microseconds, where launch
-# overhead and the host dominate what per-call events see, so it is timed by CUDA-graph replay (``_bench``).
+# overhead and the host dominate what per-call events see, so it is timed by CUDA-graph replay (over fresh
+# caches, so L2 stays cold).
 PREFERRED_TIMER = {DECODE: "graph"}
 
 
@@ -53,6 +54,7 @@ class RunOptions:
     target_spread: float = timing.TARGET_SPREAD  # GPU: repeat until (p80 - p20) / median is at most this ...
     max_ms: float = timing.MAX_MS  # ... or this much measuring time has passed
     copy_tb_per_s: float | None = None  # the run's measured copy rate (meta.json ceilings), for pct_copy_bw
+    timer: str = "auto"  # timing.TIMERS; a provider's own ``timer`` wins
 
 
 def make_inputs(shape: Shape, dtype: str, device: str, requires_grad: bool = False):
@@ -78,6 +80,23 @@ def timed_call(fn, q, k, v, mode: str):
     if mode == "bwd":
         return (lambda: o.backward(do, retain_graph=True)), [q, k, v]
     return (lambda: fn(q, k, v).backward(do)), [q, k, v]
+
+
+def _rotation(fn, point: Point, device: str) -> timing.Rotate:
+    """``n`` more timed calls of ``point``, each over fresh inputs (the graph timer's L2 rotation)."""
+    def rotate(n: int):
+        calls = []
+        for _ in range(n):
+            q, k, v = make_inputs(point.shape, point.dtype, device, requires_grad=point.mode != "fwd")
+            calls.append(timed_call(fn, q, k, v, point.mode))
+        return calls
+
+    return rotate
+
+
+def _input_bytes(*tensors) -> int:
+    """Bytes one call reads at least (its inputs; backward reads about as much again)."""
+    return sum(t.numel() * t.element_size() for t in tensors)
 
 
 def base_row(point: Point) -> dict:
@@ -172,16 +191,19 @@ def _check_and_time(point: Point, provider: providers.Provider, row: dict, opts:
             call()  # compilation and autotuning happen here, outside the timed region
         row["setup_s"] = round(time.perf_counter() - started, 3)
         started = time.perf_counter()
-        measured = timing.bench(call, grads, opts.warmup_ms, opts.rep_ms, opts.target_spread, opts.max_ms)
+        with telemetry.Window() as window:  # NVML sampled while the timed calls run
+            measured = timing.bench(call, grads, timer=provider.timer or opts.timer,
+                                    rotate=_rotation(fn, point, opts.device), input_bytes=_input_bytes(q, k, v),
+                                    warmup_ms=opts.warmup_ms, rep_ms=opts.rep_ms, target_spread=opts.target_spread,
+                                    max_ms=opts.max_ms)
         achieved = tflops(row["flops"], measured.ms)
-        row.update(ms=measured.ms, ms_p20=measured.ms_p20, ms_p80=measured.ms_p80, reps=measured.reps,
-                   tflops=achieved,
+        row.update(**measured.row(), tflops=achieved,
                    pct_a100_peak=hardware.pct_of(achieved, hardware.A100_PEAK_TFLOPS),
                    pct_device_peak=hardware.pct_of(achieved, device_peaks.get(point.dtype)),
                    peak_mem_mb=timing.peak_memory_mb(call), config=provider.config(),
                    **bandwidth_columns(point, measured.ms, opts.copy_tb_per_s),
                    config_cached=provider.config_cached())
-        row.update(telemetry.measure(call, measured.ms, row["flops"], grad_to_none=grads))
+        row.update(window.columns(measured.ms, row["flops"]))
         row["timing_s"] = round(time.perf_counter() - started, 3)
         return row
     except Exception as exc:  # recorded, and the sweep goes on
@@ -196,6 +218,7 @@ def _check_and_time_decode(point: Point, provider: providers.Provider, row: dict
     reference, then the preferred timer on another fresh cache."""
     shape = point.shape
     caught: list[warnings.WarningMessage] = []
+    started = time.perf_counter()
 
     def inputs():
         return make_decode_inputs(shape.batch, shape.heads, shape.kv_heads, shape.seqlen_q, shape.seqlen_k,
@@ -219,31 +242,31 @@ def _check_and_time_decode(point: Point, provider: providers.Provider, row: dict
                 return fn(cache)
 
             call()  # compilation happens here, outside the timed region
-        measured, timer = _bench(call, opts, PREFERRED_TIMER.get(point.mode))
-        row.update(ms=measured.ms, ms_p20=measured.ms_p20, ms_p80=measured.ms_p80, reps=measured.reps,
-                   tflops=tflops(row["flops"], measured.ms), timer=timer,
-                   pct_a100_peak=hardware.pct_of(tflops(row["flops"], measured.ms), hardware.A100_PEAK_TFLOPS),
-                   pct_device_peak=hardware.pct_of(tflops(row["flops"], measured.ms), device_peaks.get(point.dtype)),
+        row["setup_s"] = round(time.perf_counter() - started, 3)
+        started = time.perf_counter()
+
+        def rotate(n: int):  # the graph timer's L2 rotation: the same call over fresh caches
+            return [((lambda c=c: fn(c)), None) for c in (inputs() for _ in range(n))]
+
+        with telemetry.Window() as window:  # NVML sampled while the timed calls run
+            measured = timing.bench(call, None, timer=provider.timer or PREFERRED_TIMER.get(point.mode, opts.timer),
+                                    rotate=rotate, input_bytes=_input_bytes(cache.q, cache.k_cache, cache.v_cache),
+                                    warmup_ms=opts.warmup_ms, rep_ms=opts.rep_ms, target_spread=opts.target_spread,
+                                    max_ms=opts.max_ms)
+        achieved = tflops(row["flops"], measured.ms)
+        row.update(**measured.row(), tflops=achieved,
+                   pct_a100_peak=hardware.pct_of(achieved, hardware.A100_PEAK_TFLOPS),
+                   pct_device_peak=hardware.pct_of(achieved, device_peaks.get(point.dtype)),
                    peak_mem_mb=timing.peak_memory_mb(call), config=provider.config(),
-                   **bandwidth_columns(point, measured.ms, opts.copy_tb_per_s))
-        row.update(telemetry.measure(call, measured.ms, row["flops"]))
+                   **bandwidth_columns(point, measured.ms, opts.copy_tb_per_s),
+                   config_cached=provider.config_cached())
+        row.update(window.columns(measured.ms, row["flops"]))
+        row["timing_s"] = round(time.perf_counter() - started, 3)
         return row
     except Exception as exc:  # recorded, and the sweep goes on
         return {**row, **classify(exc, caught)}
     finally:
         release()
-
-
-def _bench(call, opts: RunOptions, preferred: str | None) -> tuple[timing.Timing, str]:
-    """``timing.bench`` with the ``preferred`` timer when fa2bench.run.timing offers a choice (a ``timer``
-    keyword, "plain" or "graph"), else its one timer ("plain"). Returns the timing and the timer that ran."""
-    import inspect
-
-    kwargs = dict(warmup_ms=opts.warmup_ms, rep_ms=opts.rep_ms, target_spread=opts.target_spread,
-                  max_ms=opts.max_ms)
-    if preferred and "timer" in inspect.signature(timing.bench).parameters:
-        return timing.bench(call, None, timer=preferred, **kwargs), preferred
-    return timing.bench(call, None, **kwargs), "plain"
 
 
 def classify(exc: Exception, caught) -> dict:

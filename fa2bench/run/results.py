@@ -2,7 +2,8 @@
 
 A run folder holds ``results.csv`` (appended and flushed row by row, so a crash or Ctrl-C loses nothing and
 ``--resume`` skips what is there), ``results.parquet`` (written when the sweep ends) and ``meta.json``
-(machine, versions, commit, the sweep as resolved). ``load_run`` reads a folder back into a DataFrame;
+(machine, versions, commit, the sweep as resolved). One writer at a time: a ``RunWriter`` holds an exclusive
+lock on its folder (``.fa2bench.lock``, released by ``close``) and a second writer is refused with one line. ``load_run`` reads a folder back into a DataFrame;
 plots, reports, comparisons and notebooks read runs only through it.
 """
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Callable
 
 import pandas as pd
+from filelock import FileLock, Timeout
 
 from fa2bench.run import telemetry
 from fa2bench.core.presets import KEY_COLUMNS, KEY_DEFAULTS
@@ -28,7 +30,10 @@ COLUMNS = KEY_COLUMNS + (
     "status", "error", "ms", "ms_p20", "ms_p80", "reps", "flops", "tflops", "pct_a100_peak", "pct_device_peak",
     "max_rel_error", "peak_mem_mb", "config",
     "config_cached",  # True: every autotuned config came from the disk cache; False: searched in this run
-    "us", "gbps", "pct_copy_bw", "timer",  # latency; compulsory bytes / time, against the measured copy rate
+    "us", "gbps", "pct_copy_bw",  # latency; compulsory bytes / time, against the measured copy rate
+    # the timing's own record (fa2bench.run.timing): samples behind the quantiles, (p80 - p20) / median, the
+    # timer, and noisy = the spread stayed above the target (the row stays ok); empty in runs before them
+    "samples", "spread", "timer", "noisy",
 ) + telemetry.COLUMNS + (
     "point_s",  # wall time the point took: check, compile/autotune, timing, telemetry (where a sweep's time goes)
     "setup_s", "timing_s",  # of point_s: set-up (provider, inputs, check, first call: compile/autotune), timing
@@ -36,10 +41,11 @@ COLUMNS = KEY_COLUMNS + (
 # columns that hold text (every other one must be empty or a number); other tables go through this store too:
 # "report" is the IO study's ncu report path, "model", "note", "checkpointing" and "parallel" are e2e rows'
 # (fa2bench.e2e.schema)
-_TEXT_COLUMNS = ("provider", "mode", "dtype", "causal", "ragged", "timer", "status", "error", "config",
-                 "config_cached", "throttle_reason", "throttled",
-                 "report", "model", "note", "checkpointing", "parallel")
+_TEXT_COLUMNS = ("provider", "mode", "dtype", "causal", "ragged", "status", "error", "config", "config_cached",
+                 "throttle_reason", "throttled", "timer", "noisy", "report", "model", "note", "checkpointing",
+                 "parallel")
 CSV_NAME, PARQUET_NAME, META_NAME = "results.csv", "results.parquet", "meta.json"
+LOCK_NAME = ".fa2bench.lock"
 DAMAGED_NAME = "results.csv.damaged"  # rows dropped on resume, kept for inspection (<table>.damaged for others)
 
 
@@ -70,6 +76,7 @@ class RunWriter:
             probe.unlink()
         except OSError as exc:
             raise ResultsError(f"cannot write to results folder {self.out_dir}: {exc.strerror or exc}") from None
+        self._lock = lock_folder(self.out_dir)
         if self.csv_path.exists() and not resume:
             raise ResultsError(rerun_refused(self.out_dir))
         self.dropped: list[Damage] = repair_csv(self.csv_path) if resume else []
@@ -94,15 +101,20 @@ class RunWriter:
         write_meta(self.out_dir, self.meta)
 
     def append(self, row: dict) -> None:
-        new = not self.csv_path.exists() or self.csv_path.stat().st_size == 0
-        columns = self.columns if new else self._columns()
-        with open(self.csv_path, "a", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
-            if new:
-                writer.writeheader()
-            writer.writerow({c: _cell(row.get(c)) for c in columns})
-            f.flush()
-            os.fsync(f.fileno())
+        """Append one row and fsync it; a failing write (a full disk) is a ResultsError, one line."""
+        try:
+            new = not self.csv_path.exists() or self.csv_path.stat().st_size == 0
+            columns = self.columns if new else self._columns()
+            with open(self.csv_path, "a", newline="", encoding="utf-8") as f:
+                writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+                if new:
+                    writer.writeheader()
+                writer.writerow({c: _cell(row.get(c)) for c in columns})
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as exc:
+            raise ResultsError(f"cannot write results to {self.csv_path}: {exc.strerror or exc} (the rows before "
+                               "this one are saved; free space and continue with --resume)") from None
 
     def _columns(self) -> tuple[str, ...]:
         """The header of the file being continued (a run written by an older fa2bench keeps its columns)."""
@@ -119,11 +131,31 @@ class RunWriter:
         """End a run begun with ``start``: results.parquet (when any row was written) and meta.json with
         ``finished_utc`` and ``complete`` (False after an interruption). Returns the table, or None without
         rows."""
-        frame = self.finish() if self.csv_path.exists() else None
-        self.meta.update(finished_utc=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                         complete=complete)
-        self.save_meta()
+        try:
+            frame = self.finish() if self.csv_path.exists() else None
+            self.meta.update(finished_utc=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                             complete=complete)
+            self.save_meta()
+        except OSError as exc:
+            raise ResultsError(f"cannot finish the run in {self.out_dir}: {exc.strerror or exc}") from None
+        finally:
+            self.release()
         return frame
+
+    def release(self) -> None:
+        """Give up the folder's lock (``close`` does; a writer that never closes releases when collected)."""
+        self._lock.release()
+
+
+def lock_folder(out_dir: Path) -> FileLock:
+    """The exclusive lock on a results folder, held; ResultsError (one line) when another writer holds it."""
+    lock = FileLock(str(Path(out_dir) / LOCK_NAME))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise ResultsError(f"another fa2bench run is writing {out_dir} (it holds {LOCK_NAME}); wait for it to "
+                           "finish, or choose another --out") from None
+    return lock
 
 
 def rerun_refused(out_dir: Path) -> str:
@@ -154,6 +186,7 @@ def read_csv(path: Path) -> pd.DataFrame:
 
 def _parse_csv(source) -> pd.DataFrame:
     frame = pd.read_csv(source, dtype={"error": "string", "config": "string", "throttle_reason": "string",
+                                     "timer": "string",
                                      "provider": "string", "mode": "string", "dtype": "string",
                                      "status": "string"}, keep_default_na=False, na_values=[""])
     for col in COLUMNS:
@@ -321,8 +354,11 @@ def row_key(row: dict) -> tuple:
 def write_meta(out_dir: Path, meta: dict) -> None:
     path = Path(out_dir) / META_NAME
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(meta, indent=2, default=str) + "\n")
-    tmp.replace(path)
+    try:
+        tmp.write_text(json.dumps(meta, indent=2, default=str) + "\n")
+        tmp.replace(path)
+    except OSError as exc:
+        raise ResultsError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 def read_meta(run_dir: Path) -> dict:
@@ -338,6 +374,8 @@ def read_meta(run_dir: Path) -> dict:
 def load_run(path: str | Path) -> pd.DataFrame:
     """Load a run folder (or its results.csv / results.parquet) as a DataFrame; ``.attrs["meta"]`` holds
     meta.json and ``.attrs["run_dir"]`` the folder."""
+    if not isinstance(path, (str, os.PathLike)) or not str(path).strip():
+        raise ResultsError(f"load_run needs a results folder or file, got {path!r}")
     path = Path(path)
     run_dir = path if path.is_dir() else path.parent
     if not path.exists():
@@ -358,6 +396,10 @@ def load_run(path: str | Path) -> pd.DataFrame:
         raise
     except Exception as exc:  # a truncated or foreign file
         raise ResultsError(f"cannot read results in {run_dir}: {exc}") from None
+    if "ms_p20" in frame:  # a sweep table written before a column existed: the column, empty
+        for col in COLUMNS:
+            if col not in frame:
+                frame[col] = pd.NA
     frame.attrs["meta"] = read_meta(run_dir)
     frame.attrs["run_dir"] = str(run_dir)
     return frame
@@ -400,6 +442,11 @@ def continue_meta(earlier: dict, meta: dict, extend: bool = False) -> dict:
     if kinds[0] != kinds[1]:
         raise ResultsError(f"--resume of a {kinds[0]} run with `fa2bench {kinds[1]}`: the folder holds another kind "
                            "of run; choose another --out")
+    devices = earlier.get("device"), meta.get("device")
+    if None not in devices and devices[0] != devices[1]:
+        raise ResultsError(f"--resume of a run measured on {devices[0]} from a {devices[1]} machine: its rows would "
+                           f"mix {devices[1]} timings into a {devices[0]} run; resume it on a {devices[0]} machine, or "
+                           "choose another --out")
     sweeps = earlier.get("sweeps") or ([earlier["sweep"]] if earlier.get("sweep") else [])
     new = meta.get("sweep")
     known = not sweeps or new is None or any(sweep_difference(s, new) is None for s in sweeps)

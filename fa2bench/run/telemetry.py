@@ -1,21 +1,24 @@
-"""GPU telemetry around a sweep point (NVML): clocks, power, energy, temperature and clock-throttle reasons.
+"""GPU telemetry over a sweep point's timed calls (NVML): clocks, power, energy, temperature and throttle reasons.
 
-``measure(fn, ms_per_call, flops)`` runs ``fn`` back to back for about ``WINDOW_MS`` (at least ``MIN_CALLS``
-calls) while a background ``Sampler`` thread reads NVML every ``PERIOD_MS``: SM and memory clocks, power,
-temperature and the clock-event (throttle) reasons. The columns it returns:
+``Window`` brackets the timing itself: while ``timing.bench`` runs the point's timed calls, a background
+``Sampler`` thread reads NVML every ``PERIOD_MS`` (SM and memory clocks, power, temperature, clock-event
+reasons), and NVML's energy counter is read at both ends. So the row says what the GPU did during *those*
+calls, not in a separate window after them (an earlier version ran a back-to-back window for telemetry; it no
+longer serves anything the timed window does not, and it described other calls, so it is gone). The window
+also holds what the timer does between calls (the plain timer's L2 flush, a few microseconds per call, and
+its warm-up): the power is that of the timing as a whole. The columns ``Window.columns`` returns:
 
-- ``sm_clock_mhz``: mean SM clock over the samples.
-- ``energy_j``: joules per call, from NVML's total-energy counter (Volta and later: the delta across the
-  window over the calls); without the counter, mean sampled power x window time / calls.
-- ``power_w``: mean power over the window, energy / time when the counter exists (on Ampere and later,
-  ``nvmlDeviceGetPowerUsage`` is averaged over about a second, too slow for a window this short), else the
-  mean of the power samples.
+- ``sm_clock_mhz`` / ``sm_clock_min_mhz``: mean and lowest SM clock over the samples.
+- ``power_w``: mean power over the window, energy / time when the energy counter exists (Volta and later; on
+  Ampere and later ``nvmlDeviceGetPowerUsage`` is averaged over about a second, too slow for a short window),
+  else the mean of the power samples.
+- ``energy_j``: joules per call, mean power x the point's median time per call.
 - ``tflops_per_w``: FLOPs per call / joules per call, in TFLOP/s per watt (= TFLOP per joule).
 - ``temp_c``: the hottest GPU temperature sample.
-- ``throttled``: whether any sample carried a reason that *slows the clocks*: software power cap, hardware
-  slowdown, software or hardware thermal slowdown, power-brake slowdown, sync boost, display clock setting,
-  board limit, reliability. Not counted: ``gpu_idle`` (the GPU between launches) and
-  ``applications_clocks_setting`` (clocks a user pinned; a setting, not a slowdown).
+- ``throttled`` / ``throttled_frac``: whether any sample, and which fraction of the samples, carried a reason
+  that *slows the clocks*: software power cap, hardware slowdown, software or hardware thermal slowdown,
+  power-brake slowdown, sync boost, display clock setting, board limit, reliability. Not counted: ``gpu_idle``
+  (the GPU between launches) and ``applications_clocks_setting`` (clocks a user pinned; a setting).
 - ``throttle_reason``: the counted reasons seen, joined by ";" ("" when not throttled).
 
 Without CUDA, without nvidia-ml-py, or when NVML fails to start, every column is empty (None) and nothing
@@ -32,11 +35,9 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-COLUMNS = ("sm_clock_mhz", "power_w", "energy_j", "tflops_per_w", "temp_c", "throttled", "throttle_reason")
-WINDOW_MS = 150.0  # NVML's energy counter moves in steps of about 10 ms: a short window would be coarse
+COLUMNS = ("sm_clock_mhz", "sm_clock_min_mhz", "power_w", "energy_j", "tflops_per_w", "temp_c", "throttled",
+           "throttled_frac", "throttle_reason")
 PERIOD_MS = 5.0
-MIN_CALLS = 3
-MAX_CALLS = 100_000
 
 # nvmlClocksEventReason* bits (nvml.h); the old nvmlClocksThrottleReason* names carry the same values.
 REASON_BITS = {
@@ -90,40 +91,34 @@ def _mean(values) -> float | None:
     return statistics.fmean(values) if values else None
 
 
-def summarise(samples: Sequence[Sample], calls: int, elapsed_s: float, flops: int | float | None,
+def summarise(samples: Sequence[Sample], elapsed_s: float, ms_per_call: float | None, flops: int | float | None,
               energy_j: float | None = None) -> dict:
-    """The telemetry columns of one window: ``calls`` calls in ``elapsed_s`` seconds, ``energy_j`` joules by
-    the energy counter over the window (None where the GPU has none)."""
+    """The telemetry columns of one window of ``elapsed_s`` seconds whose calls took ``ms_per_call`` each,
+    ``energy_j`` joules by the energy counter over the window (None where the GPU has none)."""
     power = _mean(s.power_w for s in samples)
     if energy_j is not None and energy_j > 0 and elapsed_s > 0:
         power = energy_j / elapsed_s
-        per_call = energy_j / calls
-    elif power is not None and elapsed_s > 0:
-        per_call = power * elapsed_s / calls
-    else:
-        per_call = None
+    per_call = power * ms_per_call / 1e3 if power is not None and ms_per_call and math.isfinite(ms_per_call) \
+        else None
     temps = [s.temp_c for s in samples if s.temp_c is not None]
+    clocks = [s.sm_clock_mhz for s in samples if s.sm_clock_mhz is not None]
     masks = [s.reasons for s in samples if s.reasons is not None]
     seen = 0
     for mask in masks:
         seen |= mask
     names = throttle_reasons(seen)
+    slowed = sum(1 for mask in masks if throttle_reasons(mask))
     return {
-        "sm_clock_mhz": _mean(s.sm_clock_mhz for s in samples),
+        "sm_clock_mhz": _mean(clocks),
+        "sm_clock_min_mhz": min(clocks) if clocks else None,
         "power_w": power,
         "energy_j": per_call,
         "tflops_per_w": flops / per_call / 1e12 if per_call and flops else None,
         "temp_c": max(temps) if temps else None,
         "throttled": bool(names) if masks else None,
+        "throttled_frac": slowed / len(masks) if masks else None,
         "throttle_reason": ";".join(names) if masks else None,
     }
-
-
-def calls_for(window_ms: float, ms_per_call: float) -> int:
-    """How many calls fill the window (at least MIN_CALLS, at most MAX_CALLS)."""
-    if not ms_per_call or not math.isfinite(ms_per_call) or ms_per_call <= 0:
-        return MIN_CALLS
-    return int(min(MAX_CALLS, max(MIN_CALLS, math.ceil(window_ms / ms_per_call))))
 
 
 # --- NVML ------------------------------------------------------------------------------------------------
@@ -245,36 +240,48 @@ def _cuda_synchronize() -> None:
         torch.cuda.synchronize()
 
 
-def measure(fn: Callable[[], object], ms_per_call: float, flops: int | float | None, *,
-            device: NvmlDevice | None = None, window_ms: float = WINDOW_MS, period_ms: float = PERIOD_MS,
-            grad_to_none: Sequence | None = None, synchronize: Callable[[], None] = _cuda_synchronize) -> dict:
-    """Telemetry columns for ``fn`` called back to back for ``window_ms``; empty where NVML is absent.
+class Window:
+    """Telemetry over what runs inside ``with Window() as w:`` (the timed calls), then ``w.columns(ms, flops)``.
 
-    ``ms_per_call`` (the timing just measured) sizes the window; ``grad_to_none`` tensors get ``.grad = None``
-    before each call, as in timing. ``device`` and ``synchronize`` are for tests (a fake NVML device).
+    ``device`` and ``synchronize`` are for tests (a fake NVML device); by default the current CUDA device,
+    and without one the window records nothing and ``columns`` is ``empty()``.
     """
-    device = device if device is not None else current_device()
-    if device is None:
-        return empty()
-    calls = calls_for(window_ms, ms_per_call)
-    synchronize()
-    sampler = Sampler(device, period_ms / 1e3).start()
-    try:
-        energy_start = device.energy_mj()  # the counter and the clock bracket exactly the same interval
-        start = time.perf_counter()
-        for _ in range(calls):
-            for t in grad_to_none or ():
-                t.grad = None
-            fn()
-        synchronize()
-        elapsed = time.perf_counter() - start
-        energy_end = device.energy_mj()
-    finally:
-        samples = sampler.stop()
-    energy = None
-    if energy_start is not None and energy_end is not None and energy_end > energy_start:
-        energy = (energy_end - energy_start) / 1000.0
-    return summarise(samples, calls, elapsed, flops, energy)
+
+    def __init__(self, device: NvmlDevice | None = None, period_ms: float = PERIOD_MS,
+                 synchronize: Callable[[], None] = _cuda_synchronize):
+        self.device = device if device is not None else current_device()
+        self.period_s = period_ms / 1e3
+        self.synchronize = synchronize
+        self.samples: list[Sample] = []
+        self.elapsed_s = 0.0
+        self.energy_j: float | None = None
+
+    def __enter__(self) -> "Window":
+        if self.device is None:
+            return self
+        self.synchronize()
+        self._sampler = Sampler(self.device, self.period_s).start()
+        self._energy = self.device.energy_mj()  # the counter and the clock bracket exactly the same interval
+        self._start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.device is None:
+            return
+        try:
+            self.synchronize()
+            self.elapsed_s = time.perf_counter() - self._start
+            end = self.device.energy_mj()
+        finally:
+            self.samples = self._sampler.stop()
+        if self._energy is not None and end is not None and end > self._energy:
+            self.energy_j = (end - self._energy) / 1000.0
+
+    def columns(self, ms_per_call: float | None, flops: int | float | None) -> dict:
+        """The telemetry columns of the window; ``ms_per_call`` is the median the timing found."""
+        if self.device is None:
+            return empty()
+        return summarise(self.samples, self.elapsed_s, ms_per_call, flops, self.energy_j)
 
 
 # --- the sweep's warning ---------------------------------------------------------------------------------

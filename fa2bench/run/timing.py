@@ -1,16 +1,39 @@
-"""Timing one call: median and 20th/80th percentiles, repeated until the spread is small or time runs out.
+"""Timing one call: median and 20th/80th percentiles over at least ``MIN_SAMPLES`` samples, more while the
+spread is above its target and the budget allows, and a ``noisy`` flag when the target was not reached.
 
-On a GPU each batch of measurements is ``triton.testing.do_bench``: CUDA events around each call, the L2
-cache flushed before every call, ``grad_to_none`` so backward passes don't accumulate, and warm-up and
-repetition budgets in milliseconds. Batches are added until the relative spread (p80 - p20) / median of all
-measurements is at most ``target_spread`` or ``max_ms`` of measuring has passed: nvbench's stopping
-criterion (a noise target with a time cap), with the interquantile range instead of a standard deviation. The
-number of measurements is recorded (``reps``), so a point that hit the cap with a wide spread says so. The
-caller runs the function once before (compilation and autotuning stay out of the timing). On the CPU (the
-interpreter smoke run) a plain wall-clock loop stands in; its numbers are not GPU performance.
+Stopping rule (nvbench's noise target with a time cap, the interquantile range instead of a standard
+deviation): samples are collected in batches until there are at least ``MIN_SAMPLES`` of them *and* either the
+relative spread (p80 - p20) / median is at most ``target_spread`` or ``max_ms`` of measuring has passed. The
+minimum is kept even past the cap: a long point times fewer calls, never one (a single sample has spread 0 by
+construction and would "meet" any target). A point that stops at the cap above its target is ``noisy``; its row
+stays ``ok`` with ``noisy=True`` (the numbers are real, but a reader must not trust them to the target).
+
+Timers (``timer=``):
+
+- ``plain``: CUDA events around each call, the L2 cache flushed (a buffer of twice the L2 size zeroed) before
+  every call, ``grad_to_none`` reset between calls; one sample is one call. Honest while the call is long
+  against the host's launch gap and the event resolution (about 0.5 us), the reason for ``auto``'s threshold.
+- ``graph``: the calls captured once in a CUDA graph and replayed; one sample is one replay divided by the calls
+  in it. L2 is kept cold by *rotating inputs*: the graph holds one call over each of several copies of the
+  inputs (``rotate``), enough that the bytes between two uses of one copy exceed the L2 size, so every call reads
+  its inputs from HBM without a flush kernel inside the graph whose time would have to be subtracted. Without
+  copies the inputs stay hot in L2 and the timing says so (``timer = "graph-warm"``).
+  A call that cannot be captured (host synchronisation, a non-capturable library) falls back to ``plain``.
+- ``auto`` (the default): ``plain`` first; when its median is below ``GRAPH_BELOW_MS`` (100 us) the point is
+  timed again with ``graph``. Below ~100 us the few microseconds of host launch overhead per call (Python,
+  the provider's wrapper, autograd) and the event's own cost are a visible share of what is measured, and a
+  queue the host cannot keep full times the host; a graph replays the same kernels with no host in between.
+  ``GRAPH_BELOW_MS`` is a bound, not a tuned value: on the CPU side ``launch_overhead_us`` measures what a
+  Python call costs here, and ``tests/test_timing.py`` (gpu) prints how far the two timers disagree.
+- On the CPU (the interpreter smoke run) a wall-clock loop stands in (``timer = "cpu"``); its numbers are no
+  GPU's performance.
+
+``bench(fn, timer=...)`` is the one entry point (sweep points and the decode work use it); the caller runs the
+function once before (compilation and autotuning stay out of the timing).
 """
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from dataclasses import dataclass
@@ -18,69 +41,234 @@ from typing import Callable, Sequence
 
 import torch
 
-TARGET_SPREAD = 0.03  # (p80 - p20) / median at which a GPU point stops repeating
-MAX_MS = 500.0  # measuring time a GPU point may spend trying to reach it
+from fa2bench.core.presets import TIMERS
+
+TARGET_SPREAD = 0.03  # (p80 - p20) / median at which a point stops repeating
+MAX_MS = 500.0  # measuring time a point may spend trying to reach it
+MIN_SAMPLES = 5  # no point rests on fewer samples, whatever its length
+GRAPH_BELOW_MS = 0.1  # auto: a plain median below this is re-timed with the graph timer
+GRAPH_CALLS_MAX = 256  # calls captured in one graph (copies x repeats), to bound capture time and memory
 
 
 @dataclass(frozen=True)
 class Timing:
-    ms: float  # median
+    ms: float  # median of the samples
     ms_p20: float
     ms_p80: float
-    reps: int = 0  # measurements behind the quantiles
+    reps: int = 0  # timed calls behind the samples (a graph sample holds many calls)
+    samples: int = 0  # independent measurements the quantiles are over
+    timer: str = ""  # plain, graph, graph-warm or cpu
+    noisy: bool = False  # the spread stayed above the target when the budget ran out
 
     @property
     def spread(self) -> float:
         """Relative spread (p80 - p20) / median."""
         return (self.ms_p80 - self.ms_p20) / self.ms if self.ms > 0 else float("inf")
 
+    def row(self) -> dict:
+        """The results columns of this timing."""
+        return {"ms": self.ms, "ms_p20": self.ms_p20, "ms_p80": self.ms_p80, "reps": self.reps,
+                "samples": self.samples, "spread": self.spread, "timer": self.timer, "noisy": self.noisy}
 
-def summarise(times: Sequence[float]) -> Timing:
-    """Median, 20th and 80th percentiles (linear interpolation) of ``times`` in ms."""
+
+def summarise(times: Sequence[float], calls_per_sample: int = 1, timer: str = "",
+              target_spread: float | None = None) -> Timing:
+    """Median, 20th and 80th percentiles (linear interpolation) of ``times`` in ms; ``noisy`` when fewer than
+    ``MIN_SAMPLES`` or (with ``target_spread``) a wider spread."""
+    if not times:
+        raise ValueError("no samples to summarise")
     if len(times) == 1:
-        return Timing(times[0], times[0], times[0], 1)
-    q = statistics.quantiles(times, n=10, method="inclusive")
-    return Timing(statistics.median(times), q[1], q[7], len(times))
+        t = Timing(times[0], times[0], times[0], calls_per_sample, 1, timer)
+    else:
+        q = statistics.quantiles(times, n=10, method="inclusive")
+        t = Timing(statistics.median(times), q[1], q[7], len(times) * calls_per_sample, len(times), timer)
+    noisy = t.samples < MIN_SAMPLES or (target_spread is not None and t.spread > target_spread)
+    return Timing(t.ms, t.ms_p20, t.ms_p80, t.reps, t.samples, timer, noisy)
 
 
-def until_stable(batch: Callable[[], Sequence[float]], target_spread: float = TARGET_SPREAD,
-                 max_ms: float = MAX_MS, clock: Callable[[], float] = time.perf_counter) -> Timing:
-    """Call ``batch()`` (one batch of measurements in ms) until the spread of all of them is at most
-    ``target_spread`` or ``max_ms`` of wall time has passed; at least one batch."""
+def until_stable(batch: Callable[[int], Sequence[float]], target_spread: float = TARGET_SPREAD,
+                 max_ms: float = MAX_MS, clock: Callable[[], float] = time.perf_counter,
+                 min_samples: int = MIN_SAMPLES, calls_per_sample: int = 1, timer: str = "") -> Timing:
+    """The stopping rule. ``batch(n)`` returns at least one new sample (ms), ``n`` the samples still missing to
+    the minimum (a hint: a batcher may return more). Batches are added while there are fewer than
+    ``min_samples`` samples, or while the spread is above ``target_spread`` and less than ``max_ms`` of wall
+    time has passed."""
     start = clock()
-    times = list(batch())
-    while summarise(times).spread > target_spread and (clock() - start) * 1e3 < max_ms:
-        times.extend(batch())
-    return summarise(times)
-
-
-def bench(fn: Callable[[], object], grad_to_none: Sequence[torch.Tensor] | None = None,
-          warmup_ms: float = 25, rep_ms: float = 100, target_spread: float = TARGET_SPREAD,
-          max_ms: float = MAX_MS) -> Timing:
-    if torch.cuda.is_available():
-        from triton.testing import do_bench
-
-        warm = [warmup_ms]
-
-        def batch():
-            times = do_bench(fn, warmup=warm[0], rep=rep_ms, grad_to_none=grad_to_none, return_mode="all")
-            warm[0] = 0  # warm already: later batches only measure
-            return times
-
-        return until_stable(batch, target_spread, max(max_ms, rep_ms))
-    return _bench_cpu(fn, grad_to_none, rep_ms)
-
-
-def _bench_cpu(fn, grad_to_none, rep_ms: float, min_reps: int = 3, max_reps: int = 50) -> Timing:
     times: list[float] = []
-    deadline = time.perf_counter() + rep_ms / 1e3
-    while len(times) < min_reps or (len(times) < max_reps and time.perf_counter() < deadline):
-        for t in grad_to_none or ():
-            t.grad = None
-        start = time.perf_counter()
+    while True:
+        new = list(batch(max(1, min_samples - len(times))))
+        if not new:
+            raise RuntimeError("a timing batch returned no samples")
+        times.extend(new)
+        if len(times) < min_samples:
+            continue
+        if summarise(times).spread <= target_spread or (clock() - start) * 1e3 >= max_ms:
+            break
+    return summarise(times, calls_per_sample, timer, target_spread)
+
+
+Rotate = Callable[[int], Sequence[tuple[Callable[[], object], Sequence[torch.Tensor] | None]]]
+
+
+def bench(fn: Callable[[], object], grad_to_none: Sequence[torch.Tensor] | None = None, *,
+          timer: str = "auto", rotate: Rotate | None = None, input_bytes: int = 0, rep_ms: float = 100,
+          target_spread: float = TARGET_SPREAD, max_ms: float = MAX_MS, warmup_ms: float = 25) -> Timing:
+    """Time ``fn`` (run once already) with ``timer`` (``TIMERS``). For the graph timer's input rotation,
+    ``rotate(n)`` returns ``n`` more ``(call, grad_to_none)`` pairs, the same call over fresh copies of its
+    inputs (``input_bytes`` each; ``rotation_copies`` says how many are needed); without it the graph's inputs
+    stay in L2. ``rep_ms`` sizes one batch of samples, ``max_ms`` caps the measuring of a noisy point (never
+    below ``rep_ms``)."""
+    if timer not in TIMERS:
+        raise ValueError(f"timer must be one of {', '.join(TIMERS)}, got {timer!r}")
+    max_ms = max(max_ms, rep_ms)
+    if not torch.cuda.is_available():
+        return _bench_cpu(fn, grad_to_none, rep_ms, target_spread, max_ms)
+    flush = _l2_flusher()
+    _warm(fn, grad_to_none, flush, warmup_ms)
+    plain = None
+    if timer in ("plain", "auto"):
+        plain = until_stable(lambda n: _plain_batch(fn, grad_to_none, flush, n, rep_ms), target_spread, max_ms,
+                             timer="plain")
+        if timer == "plain" or not use_graph(plain.ms):
+            return plain
+    try:
+        return _bench_graph(fn, grad_to_none, rotate, input_bytes, rep_ms, target_spread, max_ms)
+    except Exception:  # not capturable: the plain timer is the honest fallback
+        torch.cuda.synchronize()
+        return plain or until_stable(lambda n: _plain_batch(fn, grad_to_none, flush, n, rep_ms), target_spread,
+                                     max_ms, timer="plain")
+
+
+def use_graph(plain_ms: float, threshold_ms: float = GRAPH_BELOW_MS) -> bool:
+    """``auto``'s choice: re-time with the graph timer when the plain median is below ``threshold_ms``."""
+    return math.isfinite(plain_ms) and plain_ms < threshold_ms
+
+
+def rotation_copies(input_bytes: int, l2_bytes: int, limit: int = GRAPH_CALLS_MAX) -> int:
+    """How many copies of the inputs keep L2 cold when calls rotate through them: enough that the other
+    copies' bytes exceed twice the L2 size (at least 1; at most ``limit``; 1 when ``input_bytes`` is unknown)."""
+    if input_bytes <= 0 or l2_bytes <= 0:
+        return 1
+    return int(min(limit, 1 + math.ceil(2 * l2_bytes / input_bytes)))
+
+
+def l2_bytes() -> int:
+    """This GPU's L2 size (0 without CUDA)."""
+    if not torch.cuda.is_available():
+        return 0
+    return int(getattr(torch.cuda.get_device_properties(torch.cuda.current_device()), "L2_cache_size", 0) or 0)
+
+
+def launch_overhead_us(calls: int = 2000) -> float:
+    """Host cost of one Python call through a closure and a lambda, in microseconds (the floor under any
+    per-call host overhead; a provider's wrapper and a kernel launch add to it)."""
+    fn = (lambda x: x)
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn(None)
+    return (time.perf_counter() - start) / calls * 1e6
+
+
+# --- GPU timers -------------------------------------------------------------------------------------------
+
+
+def _reset(grad_to_none) -> None:
+    for t in grad_to_none or ():
+        t.grad = None
+
+
+def _l2_flusher() -> Callable[[], None]:
+    buffer = torch.empty(max(2 * l2_bytes(), 64 << 20) // 4, dtype=torch.int32, device="cuda")
+    return buffer.zero_
+
+
+def _warm(fn, grad_to_none, flush, warmup_ms: float) -> None:
+    deadline = time.perf_counter() + warmup_ms / 1e3
+    while True:
+        _reset(grad_to_none)
+        flush()
         fn()
-        times.append((time.perf_counter() - start) * 1e3)
-    return summarise(times)
+        torch.cuda.synchronize()
+        if time.perf_counter() >= deadline:
+            return
+
+
+def _plain_batch(fn, grad_to_none, flush, at_least: int, rep_ms: float) -> list[float]:
+    """One call per sample, L2 flushed before each: enough calls to fill ``rep_ms`` (estimated from the
+    first), at least ``at_least``."""
+    def one() -> tuple:
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        _reset(grad_to_none)
+        flush()
+        start.record()
+        fn()
+        end.record()
+        return start, end
+
+    first = one()
+    torch.cuda.synchronize()
+    times = [first[0].elapsed_time(first[1])]
+    more = max(at_least - 1, int(rep_ms / max(times[0], 1e-3)) - 1)
+    events = [one() for _ in range(min(more, 10_000))]
+    torch.cuda.synchronize()
+    return times + [s.elapsed_time(e) for s, e in events]
+
+
+def _bench_graph(fn, grad_to_none, rotate: Rotate | None, input_bytes: int, rep_ms: float, target_spread: float,
+                 max_ms: float) -> Timing:
+    """Capture one call over each input copy (repeated to at least 8 calls), replay, divide."""
+    wanted = rotation_copies(input_bytes, l2_bytes())
+    pairs = [(fn, grad_to_none)] + (list(rotate(wanted - 1)) if rotate is not None and wanted > 1 else [])
+    name = "graph-warm" if len(pairs) < wanted else "graph"  # too few copies: inputs hot in L2 between calls
+    calls = [f for f, _ in pairs] * max(1, math.ceil(8 / len(pairs)))
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):  # warm-up on a side stream, as capture requires
+        for f, grads in pairs:
+            _reset(grads)
+            f()
+    torch.cuda.current_stream().wait_stream(stream)
+    torch.cuda.synchronize()
+    for _, grads in pairs:  # gradients assigned, not accumulated, inside the graph
+        _reset(grads)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for f in calls:
+            f()
+    graph.replay()
+    torch.cuda.synchronize()
+
+    def batch(at_least: int) -> list[float]:
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        torch.cuda.synchronize()
+        first = start.elapsed_time(end)
+        out = [first / len(calls)]
+        for _ in range(max(at_least - 1, min(1000, int(rep_ms / max(first, 1e-3)) - 1))):
+            start.record()
+            graph.replay()
+            end.record()
+            torch.cuda.synchronize()  # one replay per sample: the event pair brackets the graph alone
+            out.append(start.elapsed_time(end) / len(calls))
+        return out
+
+    return until_stable(batch, target_spread, max_ms, calls_per_sample=len(calls), timer=name)
+
+
+def _bench_cpu(fn, grad_to_none, rep_ms: float, target_spread: float, max_ms: float) -> Timing:
+    def batch(at_least: int) -> list[float]:
+        times: list[float] = []
+        deadline = time.perf_counter() + rep_ms / 1e3
+        while len(times) < at_least or (len(times) < 50 and time.perf_counter() < deadline):
+            _reset(grad_to_none)
+            start = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - start) * 1e3)
+        return times
+
+    return until_stable(batch, target_spread, max_ms, timer="cpu")
 
 
 def peak_memory_mb(fn: Callable[[], object]) -> float:
