@@ -281,14 +281,25 @@ def _my_turn(turn, g, WG: gl.constexpr):
 
 
 @gluon.jit
-def _pp_blocks(acc, m_i, l_i, p, q, k_bufs, v_bufs, k_ready, v_ready, kv_empty, turn, it, g, lo, hi, r0, qk_scale,
+def _release(kv_empty, it, it0, STAGES: gl.constexpr):
+    """Give the producer back the stage of block ``it - 2`` once its P V has been waited for (blocks ``it0 + 1``
+    on; block ``it - 1`` is still in use). Done at the top of the next step, not right after that wait: ptxas
+    hoists an mbarrier arrive, and the wgmma wait before it, above the softmax in the same basic block, which
+    would undo rung 10's overlap (seen in the SASS: WARPGROUP.DEPBAR.LE gsb0, 0x0 ahead of every MUFU.EX2)."""
+    mbarrier.arrive(kv_empty.index((it + STAGES - 2) % STAGES), count=1, pred=it >= it0 + 2)
+
+
+@gluon.jit
+def _pp_blocks(acc, m_i, l_i, p, q, k_bufs, v_bufs, k_ready, v_ready, kv_empty, turn, it, it0, g, lo, hi, r0,
+               qk_scale,
                N_CTX_Q, N_CTX_K, MASK: gl.constexpr, CAUSAL: gl.constexpr, STAGES: gl.constexpr,
                OVERLAP: gl.constexpr, WG: gl.constexpr):
     """K/V blocks [lo, hi) of one warpgroup's rows. On entry ``p`` holds block lo-1's P (for the rows' current
     max) and ``acc`` O without it. Each step issues, in this warpgroup's turn, O += P_{j-1} V_{j-1} and
     S_j = Q K_j^T as one group (ping-pong: the other warpgroup's group runs while this one does its softmax).
     OVERLAP (rung 10): S_j is issued first and only S_j is waited for before the softmax of block j, so the
-    softmax runs under this warpgroup's own P V; without it (rung 9) both are waited for first."""
+    softmax runs under this warpgroup's own P V; without it (rung 9) both are waited for first.
+    ``it0``: the counter of the tile's block 0 (see ``_release``)."""
     BLOCK_N: gl.constexpr = k_bufs.shape[2]
     HEAD_DIM: gl.constexpr = k_bufs.shape[3]
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
@@ -296,6 +307,7 @@ def _pp_blocks(acc, m_i, l_i, p, q, k_bufs, v_bufs, k_ready, v_ready, kv_empty, 
     ROWS: gl.constexpr = q.shape[0]
     o_rows: gl.constexpr = gl.SliceLayout(1, acc.type.layout)
     for j in range(lo, hi):
+        _release(kv_empty, it, it0, STAGES)
         s = it % STAGES
         s_prev = (it - 1) % STAGES
         mbarrier.wait(k_ready.index(s), it // STAGES & 1)
@@ -316,10 +328,10 @@ def _pp_blocks(acc, m_i, l_i, p, q, k_bufs, v_bufs, k_ready, v_ready, kv_empty, 
             acc, qk = warpgroup_mma_wait(num_outstanding=0, deps=(acc, qk))
         g += 1
         p_new, m_i, l_i, alpha = _softmax_step(qk, m_i, l_i, j, r0, qk_scale, N_CTX_Q, N_CTX_K, MASK, CAUSAL)
-        acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
-        mbarrier.arrive(kv_empty.index(s_prev), count=1)
+        p_new = gl.convert_layout(p_new.to(v_bufs.dtype), p.type.layout)
+        acc, p = warpgroup_mma_wait(num_outstanding=0, deps=(acc, p))
         acc = acc * gl.convert_layout(alpha, o_rows)[:, None]
-        p = gl.convert_layout(p_new.to(v_bufs.dtype), p.type.layout)
+        p = p_new
         it += 1
     return acc, m_i, l_i, p, it, g
 
@@ -360,6 +372,7 @@ def _pp_consumer(q_bufs, k_bufs, v_bufs, q_ready, q_empty, k_ready, v_ready, kv_
         acc = gl.zeros([ROWS, HEAD_DIM], gl.float32, o_layout)
         if n_blocks > 0:
             # block 0 alone (S only, masked: it may hold the diagonal or the ragged end)
+            it0 = it
             s = it % STAGES
             mbarrier.wait(k_ready.index(s), it // STAGES & 1)
             _my_turn(turn, g, WG)
@@ -372,12 +385,13 @@ def _pp_consumer(q_bufs, k_bufs, v_bufs, q_ready, q_empty, k_ready, v_ready, kv_
             p = gl.convert_layout(p.to(v_bufs.dtype), p_layout)
             it += 1
             acc, m_i, l_i, p, it, g = _pp_blocks(acc, m_i, l_i, p, q, k_bufs, v_bufs, k_ready, v_ready, kv_empty,
-                                                 turn, it, g, 1, n_full, r0, qk_scale, N_CTX_Q, N_CTX_K, False,
+                                                 turn, it, it0, g, 1, n_full, r0, qk_scale, N_CTX_Q, N_CTX_K, False,
                                                  CAUSAL, STAGES, OVERLAP, WG)
             acc, m_i, l_i, p, it, g = _pp_blocks(acc, m_i, l_i, p, q, k_bufs, v_bufs, k_ready, v_ready, kv_empty,
-                                                 turn, it, g, gl.maximum(n_full, 1), n_blocks, r0, qk_scale,
+                                                 turn, it, it0, g, gl.maximum(n_full, 1), n_blocks, r0, qk_scale,
                                                  N_CTX_Q, N_CTX_K, True, CAUSAL, STAGES, OVERLAP, WG)
             # the last block's P V alone
+            _release(kv_empty, it, it0, STAGES)
             s_prev = (it - 1) % STAGES
             mbarrier.wait(v_ready.index(s_prev), (it - 1) // STAGES & 1)
             _my_turn(turn, g, WG)
