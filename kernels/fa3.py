@@ -22,9 +22,12 @@ deferred normalisation (one division at the end), the log-sum-exp stored as ``L 
 the loop split into unmasked blocks and masked blocks (the diagonal band and the ragged last block of K), blocks
 above the diagonal never visited, and a row that sees no key giving O = 0 and L = +inf.
 
-Not in rung 8 (later rungs, not built yet): ping-pong scheduling of the two consumer warpgroups (rung 9) and
-overlap of the softmax with the next block's QK^T inside a warpgroup (rung 10); each consumer iteration here
-waits for its own wgmma. Backward: none (``fa3_attention`` refuses inputs that require grad).
+Rung 9 (``_fa3_pp_fwd_kernel``, provider ``fa3-pingpong``): the two consumer warpgroups become two 4-warp
+partitions with their own 64-row Q slices, whose wgmma groups (P_{j-1} V_{j-1} with S_j) alternate through two
+``turn`` mbarriers, so one's softmax runs under the other's GEMMs. The same kernel with ``OVERLAP`` (provider
+``fa3-overlap``, not a rung) issues S_j first and waits for it alone before the softmax, FA3's intra-warpgroup
+overlap (rung 10) in the PTX; Triton 3.6's ptxas moves the second wait above the softmax, so the SASS does not
+overlap (docs/fa3.md, section 5). Backward: none (the ``*_attention`` functions refuse inputs that require grad).
 
 Layout and limits: q (batch, heads, seqlen_q, headdim), k and v (batch, kv_heads, seqlen_k, headdim), heads a
 multiple of kv_heads (GQA/MQA); fp16 or bf16; head dim 64 or 128; any sequence lengths; an H100/H200 (sm_90).
