@@ -1,5 +1,6 @@
 """Triton attention kernels: naive (materialised S and P), FlashAttention-1-style (as published and split as
-released), the ablation ladder's rungs 3-6, FlashAttention-2, and rung 8's Hopper forward in Gluon (fa3).
+released), the ablation ladder's rungs 3-6, FlashAttention-2, and rung 8's Hopper forward in Gluon (fa3), rung 9's
+ping-pong variant of it (fa3-pingpong) and an attempt at rung 10 (fa3-overlap).
 
 All share one API::
 
@@ -19,7 +20,8 @@ import importlib
 
 _EXPORTS = {"naive_attention": "naive", "flash1_attention": "flash1", "flash1_split_attention": "flash1",
             "r3_attention": "ladder", "r4_attention": "ladder", "r5_attention": "ladder", "r6_attention": "ladder",
-            "flash2_attention": "flash2", "fa3_attention": "fa3", "decode_attention": "decode"}
+            "flash2_attention": "flash2", "fa3_attention": "fa3", "fa3_pingpong_attention": "fa3",
+            "fa3_overlap_attention": "fa3", "decode_attention": "decode"}
 __all__ = [*_EXPORTS, "clear_autotune_cache"]
 _MODULES = ("naive", "flash1", "flash2", "ladder")
 

@@ -22,9 +22,12 @@ deferred normalisation (one division at the end), the log-sum-exp stored as ``L 
 the loop split into unmasked blocks and masked blocks (the diagonal band and the ragged last block of K), blocks
 above the diagonal never visited, and a row that sees no key giving O = 0 and L = +inf.
 
-Not in rung 8 (later rungs, not built yet): ping-pong scheduling of the two consumer warpgroups (rung 9) and
-overlap of the softmax with the next block's QK^T inside a warpgroup (rung 10); each consumer iteration here
-waits for its own wgmma. Backward: none (``fa3_attention`` refuses inputs that require grad).
+Rung 9 (``_fa3_pp_fwd_kernel``, provider ``fa3-pingpong``): the two consumer warpgroups become two 4-warp
+partitions with their own 64-row Q slices, whose wgmma groups (P_{j-1} V_{j-1} with S_j) alternate through two
+``turn`` mbarriers, so one's softmax runs under the other's GEMMs. The same kernel with ``OVERLAP`` (provider
+``fa3-overlap``, not a rung) issues S_j first and waits for it alone before the softmax, FA3's intra-warpgroup
+overlap (rung 10) in the PTX; Triton 3.6's ptxas moves the second wait above the softmax, so the SASS does not
+overlap (docs/fa3.md, section 5). Backward: none (the ``*_attention`` functions refuse inputs that require grad).
 
 Layout and limits: q (batch, heads, seqlen_q, headdim), k and v (batch, kv_heads, seqlen_k, headdim), heads a
 multiple of kv_heads (GQA/MQA); fp16 or bf16; head dim 64 or 128; any sequence lengths; an H100/H200 (sm_90).
@@ -51,6 +54,7 @@ tma_load = tma.async_load if hasattr(tma, "async_load") else tma.async_copy_glob
 LOG2E = 1.4426950408889634
 HEAD_DIMS = (64, 128)
 DTYPES = {torch.float16: gl.float16, torch.bfloat16: gl.bfloat16}
+PP_CONSUMER_REGS = gl.constexpr(240)  # the worker consumer warpgroup's registers under setmaxnreg (rungs 9, 10)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -86,8 +90,12 @@ def _kv_blocks(m0, N_CTX_Q, N_CTX_K, CAUSAL: gl.constexpr, BLOCK_M: gl.constexpr
 
 @gluon.jit
 def _producer(q_desc, k_desc, v_desc, q_bufs, k_bufs, v_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty,
-              H, GROUP, N_CTX_Q, N_CTX_K, n_tiles, CAUSAL: gl.constexpr, STAGES: gl.constexpr):
-    BLOCK_M: gl.constexpr = q_desc.block_type.shape[1]
+              H, GROUP, N_CTX_Q, N_CTX_K, n_tiles, CAUSAL: gl.constexpr, STAGES: gl.constexpr,
+              Q_PARTS: gl.constexpr = 1):
+    """Per tile: its Q (in ``Q_PARTS`` row slices, one per consumer partition, behind one barrier), then every
+    K/V block the tile sees, K and V behind separate barriers."""
+    Q_ROWS: gl.constexpr = q_desc.block_type.shape[1]
+    BLOCK_M: gl.constexpr = Q_ROWS * Q_PARTS
     BLOCK_N: gl.constexpr = k_desc.block_type.shape[1]
     n_m = gl.cdiv(N_CTX_Q, BLOCK_M)
     BH = n_tiles // n_m
@@ -100,8 +108,9 @@ def _producer(q_desc, k_desc, v_desc, q_bufs, k_bufs, v_bufs, q_ready, q_empty, 
         kv_bh = bh // H * (H // GROUP) + bh % H // GROUP  # batch * kv_heads index of query head bh
         qb = done % 2
         mbarrier.wait(q_empty.index(qb), (done // 2 & 1) ^ 1)  # a fresh barrier passes phase 1 at once
-        mbarrier.expect(q_ready.index(qb), q_desc.block_type.nbytes)
-        tma_load(q_desc, [bh, m0, 0], q_ready.index(qb), q_bufs.index(qb))
+        mbarrier.expect(q_ready.index(qb), Q_PARTS * q_desc.block_type.nbytes)
+        for h in gl.static_range(Q_PARTS):
+            tma_load(q_desc, [bh, m0 + h * Q_ROWS, 0], q_ready.index(qb), q_bufs.index(qb * Q_PARTS + h))
         for j in range(n_blocks):
             s = it % STAGES
             mbarrier.wait(kv_empty.index(s), (it // STAGES & 1) ^ 1)
@@ -240,17 +249,237 @@ def _fa3_fwd_kernel(q_desc, k_desc, v_desc, O, LSE, qk_scale, H, GROUP, N_CTX_Q,
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# Rungs 9 and 10: two consumer partitions of one warpgroup each, taking turns at the tensor cores
+
+
+@gluon.jit
+def _softmax_step(qk, m_i, l_i, j, r0, qk_scale, N_CTX_Q, N_CTX_K, MASK: gl.constexpr, CAUSAL: gl.constexpr):
+    """One block's online-softmax update (FA2's, log2 domain) on the scores ``qk`` of rows [r0, r0 + rows) and
+    keys of block ``j``: (P, new m, new l, alpha = the factor that rescales O to the new m)."""
+    s_layout: gl.constexpr = qk.type.layout
+    ROWS: gl.constexpr = qk.shape[0]
+    BLOCK_N: gl.constexpr = qk.shape[1]
+    if MASK:
+        cols = j * BLOCK_N + gl.arange(0, BLOCK_N, gl.SliceLayout(0, s_layout))
+        keep = cols[None, :] < N_CTX_K
+        if CAUSAL:
+            rows = r0 + gl.arange(0, ROWS, gl.SliceLayout(1, s_layout))
+            keep = keep & (cols[None, :] <= rows[:, None] + (N_CTX_K - N_CTX_Q))
+        qk = gl.where(keep, qk * qk_scale, float("-inf"))
+        m_new = gl.maximum(m_i, gl.max(qk, 1))
+        qk = qk - m_new[:, None]
+    else:
+        m_new = gl.maximum(m_i, gl.max(qk, 1) * qk_scale)
+        qk = qk * qk_scale - m_new[:, None]
+    p = gl.exp2(qk)
+    alpha = gl.exp2(m_i - m_new)
+    return p, m_new, l_i * alpha + gl.sum(p, 1), alpha
+
+
+@gluon.jit
+def _my_turn(turn, g, WG: gl.constexpr):
+    """Wait until this warpgroup may issue its ``g``-th group of wgmmas: the groups of the two consumer
+    partitions alternate, warpgroup 0 first (a fresh barrier passes a wait on phase 1 at once)."""
+    mbarrier.wait(turn.index(WG), (g & 1) ^ (1 - WG))
+
+
+@gluon.jit
+def _release(kv_empty, it, it0, STAGES: gl.constexpr):
+    """Give the producer back the stage of block ``it - 2`` once its P V has been waited for (blocks ``it0 + 1``
+    on; block ``it - 1`` is still in use). Done at the top of the next step, not right after that wait: ptxas
+    hoists an mbarrier arrive, and the wgmma wait before it, above the softmax in the same basic block, which
+    would undo rung 10's overlap (seen in the SASS: WARPGROUP.DEPBAR.LE gsb0, 0x0 ahead of every MUFU.EX2)."""
+    mbarrier.arrive(kv_empty.index((it + STAGES - 2) % STAGES), count=1, pred=it >= it0 + 2)
+
+
+@gluon.jit
+def _pp_blocks(acc, m_i, l_i, p, q, k_bufs, v_bufs, k_ready, v_ready, kv_empty, turn, it, it0, g, lo, hi, r0,
+               qk_scale,
+               N_CTX_Q, N_CTX_K, MASK: gl.constexpr, CAUSAL: gl.constexpr, STAGES: gl.constexpr,
+               OVERLAP: gl.constexpr, WG: gl.constexpr):
+    """K/V blocks [lo, hi) of one warpgroup's rows. On entry ``p`` holds block lo-1's P (for the rows' current
+    max) and ``acc`` O without it. Each step issues, in this warpgroup's turn, O += P_{j-1} V_{j-1} and
+    S_j = Q K_j^T as one group (ping-pong: the other warpgroup's group runs while this one does its softmax).
+    OVERLAP (rung 10): S_j is issued first and only S_j is waited for before the softmax of block j, so the
+    softmax runs under this warpgroup's own P V; without it (rung 9) both are waited for first.
+    ``it0``: the counter of the tile's block 0 (see ``_release``)."""
+    BLOCK_N: gl.constexpr = k_bufs.shape[2]
+    HEAD_DIM: gl.constexpr = k_bufs.shape[3]
+    s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                       instr_shape=[16, BLOCK_N, 16])
+    ROWS: gl.constexpr = q.shape[0]
+    o_rows: gl.constexpr = gl.SliceLayout(1, acc.type.layout)
+    for j in range(lo, hi):
+        _release(kv_empty, it, it0, STAGES)
+        s = it % STAGES
+        s_prev = (it - 1) % STAGES
+        mbarrier.wait(k_ready.index(s), it // STAGES & 1)
+        mbarrier.wait(v_ready.index(s_prev), (it - 1) // STAGES & 1)
+        k = k_bufs.index(s).reshape([BLOCK_N, HEAD_DIM]).permute((1, 0))
+        v = v_bufs.index(s_prev).reshape([BLOCK_N, HEAD_DIM])
+        zeros = gl.zeros([ROWS, BLOCK_N], gl.float32, s_layout)
+        _my_turn(turn, g, WG)
+        if OVERLAP:
+            qk = warpgroup_mma(q, k, zeros, use_acc=False, is_async=True)
+            acc = warpgroup_mma(p, v, acc, is_async=True)
+            mbarrier.arrive(turn.index(1 - WG), count=1)
+            qk = warpgroup_mma_wait(num_outstanding=1, deps=(qk,))
+        else:
+            acc = warpgroup_mma(p, v, acc, is_async=True)
+            qk = warpgroup_mma(q, k, zeros, use_acc=False, is_async=True)
+            mbarrier.arrive(turn.index(1 - WG), count=1)
+            acc, qk = warpgroup_mma_wait(num_outstanding=0, deps=(acc, qk))
+        g += 1
+        p_new, m_i, l_i, alpha = _softmax_step(qk, m_i, l_i, j, r0, qk_scale, N_CTX_Q, N_CTX_K, MASK, CAUSAL)
+        p_new = gl.convert_layout(p_new.to(v_bufs.dtype), p.type.layout)
+        acc, p = warpgroup_mma_wait(num_outstanding=0, deps=(acc, p))
+        acc = acc * gl.convert_layout(alpha, o_rows)[:, None]
+        p = p_new
+        it += 1
+    return acc, m_i, l_i, p, it, g
+
+
+@gluon.jit
+def _pp_consumer(q_bufs, k_bufs, v_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty, turn, O, LSE, qk_scale,
+                 N_CTX_Q, N_CTX_K, n_tiles, CAUSAL: gl.constexpr, STAGES: gl.constexpr, OVERLAP: gl.constexpr,
+                 WG: gl.constexpr):
+    """One consumer warpgroup (4 warps): rows [WG * 64, WG * 64 + 64) of every 128-row tile, its own Q slice,
+    the K/V ring shared with the other warpgroup (each arrives once on ``kv_empty``). Both warpgroups walk the
+    same K/V blocks (the tile's), so their turn counters stay in step."""
+    ROWS: gl.constexpr = q_bufs.shape[2]
+    HEAD_DIM: gl.constexpr = q_bufs.shape[3]
+    BLOCK_N: gl.constexpr = k_bufs.shape[2]
+    BLOCK_M: gl.constexpr = 2 * ROWS
+    s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                       instr_shape=[16, BLOCK_N, 16])
+    o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                       instr_shape=[16, HEAD_DIM, 16])
+    p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
+    s_rows: gl.constexpr = gl.SliceLayout(1, s_layout)
+    o_rows: gl.constexpr = gl.SliceLayout(1, o_layout)
+    n_m = gl.cdiv(N_CTX_Q, BLOCK_M)
+    BH = n_tiles // n_m
+    it = 0  # K/V blocks consumed so far (the producer's count)
+    g = 0  # wgmma groups this warpgroup has issued (its turns)
+    done = 0
+    for t in range(gl.program_id(0), n_tiles, gl.num_programs(0)):
+        mb, bh = _tile(t, n_m, BH, CAUSAL)
+        m0 = mb * BLOCK_M
+        r0 = m0 + WG * ROWS
+        n_full, n_blocks = _kv_blocks(m0, N_CTX_Q, N_CTX_K, CAUSAL, BLOCK_M, BLOCK_N)
+        qb = done % 2
+        mbarrier.wait(q_ready.index(qb), done // 2 & 1)
+        q = q_bufs.index(qb * 2 + WG).reshape([ROWS, HEAD_DIM])
+        m_i = gl.full([ROWS], -1.0e30, gl.float32, s_rows)  # finite: never -inf - -inf
+        l_i = gl.zeros([ROWS], gl.float32, s_rows)
+        acc = gl.zeros([ROWS, HEAD_DIM], gl.float32, o_layout)
+        if n_blocks > 0:
+            # block 0 alone (S only, masked: it may hold the diagonal or the ragged end)
+            it0 = it
+            s = it % STAGES
+            mbarrier.wait(k_ready.index(s), it // STAGES & 1)
+            _my_turn(turn, g, WG)
+            qk = warpgroup_mma(q, k_bufs.index(s).reshape([BLOCK_N, HEAD_DIM]).permute((1, 0)),
+                               gl.zeros([ROWS, BLOCK_N], gl.float32, s_layout), use_acc=False, is_async=True)
+            mbarrier.arrive(turn.index(1 - WG), count=1)
+            g += 1
+            qk = warpgroup_mma_wait(num_outstanding=0, deps=(qk,))
+            p, m_i, l_i, alpha = _softmax_step(qk, m_i, l_i, 0, r0, qk_scale, N_CTX_Q, N_CTX_K, True, CAUSAL)
+            p = gl.convert_layout(p.to(v_bufs.dtype), p_layout)
+            it += 1
+            acc, m_i, l_i, p, it, g = _pp_blocks(acc, m_i, l_i, p, q, k_bufs, v_bufs, k_ready, v_ready, kv_empty,
+                                                 turn, it, it0, g, 1, n_full, r0, qk_scale, N_CTX_Q, N_CTX_K, False,
+                                                 CAUSAL, STAGES, OVERLAP, WG)
+            acc, m_i, l_i, p, it, g = _pp_blocks(acc, m_i, l_i, p, q, k_bufs, v_bufs, k_ready, v_ready, kv_empty,
+                                                 turn, it, it0, g, gl.maximum(n_full, 1), n_blocks, r0, qk_scale,
+                                                 N_CTX_Q, N_CTX_K, True, CAUSAL, STAGES, OVERLAP, WG)
+            # the last block's P V alone
+            _release(kv_empty, it, it0, STAGES)
+            s_prev = (it - 1) % STAGES
+            mbarrier.wait(v_ready.index(s_prev), (it - 1) // STAGES & 1)
+            _my_turn(turn, g, WG)
+            acc = warpgroup_mma(p, v_bufs.index(s_prev).reshape([BLOCK_N, HEAD_DIM]), acc, is_async=True)
+            mbarrier.arrive(turn.index(1 - WG), count=1)
+            g += 1
+            acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
+            mbarrier.arrive(kv_empty.index(s_prev), count=1)
+        mbarrier.arrive(q_empty.index(qb), count=1)
+        done += 1
+        seen = l_i > 0.0
+        lse = gl.where(seen, m_i + gl.log2(gl.where(seen, l_i, 1.0)), float("inf"))
+        inv_l = gl.convert_layout(1.0 / gl.where(seen, l_i, 1.0), o_rows)
+        out = (acc * inv_l[:, None]).to(q_bufs.dtype)
+        rows = r0 + gl.arange(0, ROWS, o_rows)
+        cols = gl.arange(0, HEAD_DIM, gl.SliceLayout(0, o_layout))
+        row_off = (bh * N_CTX_Q + rows).to(gl.int64) * HEAD_DIM
+        gl.store(O + row_off[:, None] + cols[None, :], out, mask=(rows < N_CTX_Q)[:, None])
+        lse_rows = r0 + gl.arange(0, ROWS, s_rows)
+        gl.store(LSE + bh.to(gl.int64) * N_CTX_Q + lse_rows, lse, mask=lse_rows < N_CTX_Q)
+
+
+@gluon.jit
+def _pp_consumer_0(q_bufs, k_bufs, v_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty, turn, O, LSE, qk_scale,
+                   N_CTX_Q, N_CTX_K, n_tiles, CAUSAL: gl.constexpr, STAGES: gl.constexpr, OVERLAP: gl.constexpr):
+    _pp_consumer(q_bufs, k_bufs, v_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty, turn, O, LSE, qk_scale,
+                 N_CTX_Q, N_CTX_K, n_tiles, CAUSAL, STAGES, OVERLAP, 0)
+
+
+@gluon.jit
+def _pp_consumer_1(q_bufs, k_bufs, v_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty, turn, O, LSE, qk_scale,
+                   N_CTX_Q, N_CTX_K, n_tiles, CAUSAL: gl.constexpr, STAGES: gl.constexpr, OVERLAP: gl.constexpr):
+    _pp_consumer(q_bufs, k_bufs, v_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty, turn, O, LSE, qk_scale,
+                 N_CTX_Q, N_CTX_K, n_tiles, CAUSAL, STAGES, OVERLAP, 1)
+
+
+@gluon.jit
+def _fa3_pp_fwd_kernel(q_desc, k_desc, v_desc, O, LSE, qk_scale, H, GROUP, N_CTX_Q, N_CTX_K, n_tiles,
+                       CAUSAL: gl.constexpr, STAGES: gl.constexpr, OVERLAP: gl.constexpr, num_warps: gl.constexpr):
+    """Rung 9 (OVERLAP=False) and rung 10 (OVERLAP=True): the default partition and a 4-warp worker are the two
+    consumer warpgroups (64 rows each of a 128-row tile), a 1-warp worker the TMA producer. Q descriptor blocks
+    are 64 rows (one warpgroup's slice); two Q buffers of two slices each."""
+    dtype: gl.constexpr = q_desc.dtype
+    q_bufs = gl.allocate_shared_memory(dtype, [4] + q_desc.block_type.shape, q_desc.layout)
+    k_bufs = gl.allocate_shared_memory(dtype, [STAGES] + k_desc.block_type.shape, k_desc.layout)
+    v_bufs = gl.allocate_shared_memory(dtype, [STAGES] + v_desc.block_type.shape, v_desc.layout)
+    q_ready = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+    q_empty = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+    k_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    v_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    kv_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    turn = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+    for i in gl.static_range(2):
+        mbarrier.init(q_ready.index(i), count=1)
+        mbarrier.init(q_empty.index(i), count=2)
+        mbarrier.init(turn.index(i), count=1)
+    for i in gl.static_range(STAGES):
+        mbarrier.init(k_ready.index(i), count=1)
+        mbarrier.init(v_ready.index(i), count=1)
+        mbarrier.init(kv_empty.index(i), count=2)
+    gl.warp_specialize([  # (a tuple bound to a name first would turn the constexprs in it into tensors)
+        (_pp_consumer_0, (q_bufs, k_bufs, v_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty, turn, O, LSE,
+                          qk_scale, N_CTX_Q, N_CTX_K, n_tiles, CAUSAL, STAGES, OVERLAP)),
+        (_pp_consumer_1, (q_bufs, k_bufs, v_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty, turn, O, LSE,
+                          qk_scale, N_CTX_Q, N_CTX_K, n_tiles, CAUSAL, STAGES, OVERLAP)),
+        (_producer, (q_desc, k_desc, v_desc, q_bufs, k_bufs, v_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty,
+                     H, GROUP, N_CTX_Q, N_CTX_K, n_tiles, CAUSAL, STAGES, 2)),
+    ], [4, 1], [PP_CONSUMER_REGS, 24])
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # Host side
 
 
-TRITON_KERNELS = {"fwd": _fa3_fwd_kernel}  # every kernel a launch runs (for profiling)
-NUM_WARPS = 8  # the consumer partition: two warpgroups; the producer warp comes on top
+TRITON_KERNELS = {"fwd": _fa3_fwd_kernel, "fwd_pp": _fa3_pp_fwd_kernel}  # every kernel a launch runs
+NUM_WARPS = 8  # rung 8's consumer partition: two warpgroups; the producer warp comes on top
+PP_NUM_WARPS = 4  # rungs 9, 10: the default partition is one consumer warpgroup; the other and the producer on top
+RUNGS = {8: "fa3", 9: "fa3-pingpong", 10: "fa3-overlap"}
 
 
-def tiles(headdim: int) -> dict:
+def tiles(headdim: int, rung: int = 8) -> dict:
     """Tile sizes and ring depth per head dim (shared memory: 2 Q buffers + STAGES x (K + V) stages, fp16/bf16):
-    d64: 128 x 128, 3 stages (128 KiB); d128: 128 x 128, 2 stages (192 KiB)."""
-    return dict(BLOCK_M=128, BLOCK_N=128, STAGES=3 if headdim <= 64 else 2)
+    d64: 128 x 128, 3 stages (128 KiB); d128: 128 x 128, 2 stages (192 KiB). Rungs 9 and 10 split the 128 query
+    rows into two 64-row slices (Q_ROWS), one per consumer warpgroup."""
+    return dict(BLOCK_M=128, BLOCK_N=128, STAGES=3 if headdim <= 64 else 2, Q_ROWS=128 if rung == 8 else 64)
 
 
 def smem_layout(block: list[int], dtype: torch.dtype) -> gl.NVMMASharedLayout:
@@ -284,37 +513,66 @@ def _tma_heads(t: torch.Tensor) -> torch.Tensor:
 
 
 def fa3_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = False,
-                sm_scale: float | None = None):
-    """Rung 8's forward: ``(o, lse)``, lse the log2-domain log-sum-exp (fp32, (batch, heads, seqlen_q), +inf for
-    a row that sees no key), the same convention as ``flash2_forward``."""
+                sm_scale: float | None = None, rung: int = 8):
+    """The forward of rung ``rung`` (8: one 8-warp consumer partition; 9: ping-pong of two 4-warp consumer
+    partitions; 10: ping-pong plus the softmax overlapped with the warpgroup's own P V): ``(o, lse)``, lse the
+    log2-domain log-sum-exp (fp32, (batch, heads, seqlen_q), +inf for a row that sees no key), the same
+    convention as ``flash2_forward``."""
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
+    name = RUNGS.get(rung)
+    if name is None:
+        raise ValueError(f"fa3: rung {rung} not built ({', '.join(map(str, RUNGS))})")
     shape = check_inputs(q, k, v)
     scale = check_scale(shape.headdim, sm_scale)
     reason = unsupported(q, k, v)
     if reason:
-        raise ValueError(f"fa3: {reason}")
-    cfg = tiles(shape.headdim)
-    bm, bn, d = cfg["BLOCK_M"], cfg["BLOCK_N"], shape.headdim
+        raise ValueError(f"{name}: {reason}")
+    cfg = tiles(shape.headdim, rung)
+    bm, bn, qr, d = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["Q_ROWS"], shape.headdim
     q3, k3, v3 = _tma_heads(q), _tma_heads(k), _tma_heads(v)
-    q_desc = TensorDescriptor.from_tensor(q3, [1, bm, d], smem_layout([1, bm, d], q.dtype))
+    q_desc = TensorDescriptor.from_tensor(q3, [1, qr, d], smem_layout([1, qr, d], q.dtype))
     k_desc = TensorDescriptor.from_tensor(k3, [1, bn, d], smem_layout([1, bn, d], q.dtype))
     v_desc = TensorDescriptor.from_tensor(v3, [1, bn, d], smem_layout([1, bn, d], q.dtype))
     o = torch.empty(q.shape, device=q.device, dtype=q.dtype)
     lse = torch.empty(q.shape[:3], device=q.device, dtype=torch.float32)
     n_tiles = triton.cdiv(shape.seqlen_q, bm) * shape.batch * shape.heads
     sms = torch.cuda.get_device_properties(q.device).multi_processor_count
-    _fa3_fwd_kernel[(min(sms, n_tiles),)](
-        q_desc, k_desc, v_desc, o, lse, scale * LOG2E, shape.heads, shape.group, shape.seqlen_q, shape.seqlen_k,
-        n_tiles, CAUSAL=bool(causal), STAGES=cfg["STAGES"], num_warps=NUM_WARPS)
-    _last["fwd"] = f"BLOCK_M={bm} BLOCK_N={bn} STAGES={cfg['STAGES']} w{NUM_WARPS}+1"
+    args = (q_desc, k_desc, v_desc, o, lse, scale * LOG2E, shape.heads, shape.group, shape.seqlen_q,
+            shape.seqlen_k, n_tiles)
+    if rung == 8:
+        _fa3_fwd_kernel[(min(sms, n_tiles),)](*args, CAUSAL=bool(causal), STAGES=cfg["STAGES"], num_warps=NUM_WARPS)
+        warps = f"w{NUM_WARPS}+1"
+    else:
+        _fa3_pp_fwd_kernel[(min(sms, n_tiles),)](*args, CAUSAL=bool(causal), STAGES=cfg["STAGES"],
+                                                 OVERLAP=rung == 10, num_warps=PP_NUM_WARPS)
+        warps = f"w{PP_NUM_WARPS}+{PP_NUM_WARPS}+1"
+    _last["fwd"] = f"{name} BLOCK_M={bm} BLOCK_N={bn} STAGES={cfg['STAGES']} {warps}"
     return o, lse
+
+
+def _forward_only(name: str, q, k, v) -> None:
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
+        raise ValueError(f"{name} is forward-only (no backward yet): call it under torch.no_grad() or detach inputs")
 
 
 def fa3_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = False,
                   sm_scale: float | None = None) -> torch.Tensor:
     """softmax(q k^T * sm_scale) v with rung 8's Hopper forward (forward only: inputs that require grad under
     autograd are refused). Layout (batch, heads, seq, headdim); causal aligned bottom-right."""
-    if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
-        raise ValueError("fa3 is forward-only (no backward yet): call it under torch.no_grad() or detach inputs")
+    _forward_only("fa3", q, k, v)
     return fa3_forward(q, k, v, causal, sm_scale)[0]
+
+
+def fa3_pingpong_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = False,
+                           sm_scale: float | None = None) -> torch.Tensor:
+    """As ``fa3_attention`` with rung 9's forward: two consumer warpgroups in ping-pong."""
+    _forward_only("fa3-pingpong", q, k, v)
+    return fa3_forward(q, k, v, causal, sm_scale, rung=9)[0]
+
+
+def fa3_overlap_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = False,
+                          sm_scale: float | None = None) -> torch.Tensor:
+    """As ``fa3_attention`` with rung 10's forward: ping-pong plus the softmax overlapped with P V."""
+    _forward_only("fa3-overlap", q, k, v)
+    return fa3_forward(q, k, v, causal, sm_scale, rung=10)[0]

@@ -1,12 +1,15 @@
-"""fa3 (kernels/fa3.py): rung 8's Hopper forward in Gluon.
+"""fa3 (kernels/fa3.py): rung 8's Hopper forward in Gluon, rung 9's ping-pong variant (fa3-pingpong) and the
+rung-10 attempt (fa3-overlap).
 
 On the CPU: the kernel compiles for sm_90 (Gluon does not run in the interpreter) with wgmma, TMA and register
 reallocation in its SASS and no spills; the provider and the function refuse what they cannot run, in one line.
 On a Hopper GPU (``-m gpu``): output and log-sum-exp against the float64 reference, fp16 and bf16, head dims 64
-and 128, causal or not, GQA/MQA, ragged and unequal lengths; repeated runs bit-equal.
+and 128, causal or not, GQA/MQA, ragged and unequal lengths; repeated runs bit-equal. A wrong mbarrier phase
+hangs rather than fails: each GPU test has a 60 s limit (pytest-timeout, on the GPU image).
 """
 import math
 import os
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -39,19 +42,51 @@ def compile_fa3(*args: str) -> str:
 
 
 @pytest.mark.skipif(_gluon_hopper_problem() is not None, reason=str(_gluon_hopper_problem()))
+@pytest.mark.parametrize("rung", ["8", "9", "10"])
 @pytest.mark.parametrize("args", [("--headdim", "128", "--causal"), ("--headdim", "64", "--dtype", "bf16")],
                          ids=["d128-fp16-causal", "d64-bf16-full"])
-def test_compiles_for_sm90_with_wgmma_tma_and_register_reallocation(args):
-    out = compile_fa3(*args)
+def test_compiles_for_sm90_with_wgmma_tma_and_register_reallocation(args, rung):
+    out = compile_fa3(*args, "--rung", rung)
     assert "FAILED" not in out and "sass HGMMA,USETMAXREG,UTMALDG" in out, out
     assert "stack 0 " in out, out  # no spills
     smem = int(out.split("smem ")[1].split()[0])
     assert smem <= 227 * 1024, out  # fits an H100's shared memory per block
 
 
-def test_provider_is_rung_8_forward_only_and_hopper_only():
-    p = providers.get("fa3")
-    assert (p.rung, p.kind, p.module, p.function, set(p.modes)) == (8, "ours", "fa3", "fa3_attention", {"fwd"})
+@pytest.mark.skipif(_gluon_hopper_problem() is not None, reason=str(_gluon_hopper_problem()))
+def test_pingpong_kernel_gives_each_consumer_warpgroup_240_registers_and_waits_as_written():
+    """Rungs 9/10: two consumer partitions at 240 registers and the producer at 24 (65,536 = 128 x (240 + 240 +
+    24) + spare); rung 9 waits for every wgmma group at once, rung 10's PTX waits for S alone first. ptxas moves
+    rung 10's second wait above the softmax (docs/fa3.md): if it stops doing so, fa3-overlap becomes rung 10."""
+    import re
+
+    # in a fresh process: this one may have imported the kernels under Triton's interpreter
+    code = ("import json, sys; sys.path.insert(0, sys.argv[1]); import compile_sm90; "
+            "k = compile_sm90.compile_fa3(128, False, rung=int(sys.argv[2])); "
+            "print(json.dumps({'ptx': k.asm['ptx'], 'sass': compile_sm90.sass(k)}))")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    for rung, waits in ((9, {"0"}), (10, {"0", "1"})):
+        proc = subprocess.run([sys.executable, "-c", code, str(ROOT / "tools"), str(rung)], capture_output=True,
+                              text=True, env=env, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        asm = json.loads(proc.stdout.strip().splitlines()[-1])
+        ptx = asm["ptx"]
+        assert {"240", "24"} <= set(re.findall(r"setmaxnreg\.\w+\.sync\.aligned\.u32\s+(\d+)", ptx))
+        assert set(re.findall(r"wgmma\.wait_group\.sync\.aligned (\d+)", ptx)) == waits
+        sass = asm["sass"].splitlines()
+        first = [i for i, line in enumerate(sass) if "WARPGROUP.DEPBAR.LE gsb0, 0x1" in line]
+        assert bool(first) == (rung == 10)
+        for i in first:  # the exp2s of the softmax come after the next wait: the overlap is not in the SASS
+            nxt = next(j for j in range(i + 1, len(sass)) if "WARPGROUP.DEPBAR.LE gsb0, 0x0" in sass[j])
+            assert not any("MUFU.EX2" in line for line in sass[i:nxt])
+
+
+@pytest.mark.parametrize("name,rung,function", [("fa3", 8, "fa3_attention"),
+                                                ("fa3-pingpong", 9, "fa3_pingpong_attention"),
+                                                ("fa3-overlap", None, "fa3_overlap_attention")])
+def test_providers_are_their_rungs_forward_only_and_hopper_only(name, rung, function):
+    p = providers.get(name)
+    assert (p.rung, p.kind, p.module, p.function, set(p.modes)) == (rung, "ours", "fa3", function, {"fwd"})
     assert p.availability("cpu") == "needs a Hopper GPU (sm_90)"
     if not torch.cuda.is_available() or torch.cuda.get_device_capability() != (9, 0):
         assert p.availability("cuda") == "needs a Hopper GPU (sm_90)"
@@ -61,8 +96,14 @@ def test_provider_is_rung_8_forward_only_and_hopper_only():
 
 
 def test_unsupported_inputs_are_one_line_errors():
-    from fa2bench.kernels import fa3_attention
+    from fa2bench.kernels import fa3_attention, fa3_pingpong_attention
+    from fa2bench.kernels.fa3 import fa3_forward
 
+    h = torch.randn(1, 2, 16, 96, dtype=torch.float16)
+    with pytest.raises(ValueError, match=r"^fa3-pingpong: head dim 96 not supported \(64, 128\)$"):
+        fa3_pingpong_attention(h, h, h)
+    with pytest.raises(ValueError, match=r"^fa3: rung 11 not built \(8, 9, 10\)$"):
+        fa3_forward(h, h, h, rung=11)
     q = torch.randn(1, 2, 16, 64)
     with pytest.raises(ValueError, match=r"^fa3: dtype torch.float32 not supported \(fp16, bf16\)$"):
         fa3_attention(q, q, q)
@@ -105,28 +146,33 @@ def lse_ref(q, k, causal):
 
 
 @pytest.mark.gpu
+@pytest.mark.timeout(60)
 @pytest.mark.skipif(not _hopper(), reason="needs a Hopper GPU (sm_90)")
+@pytest.mark.parametrize("rung", [8, 9, 10], ids=["fa3", "fa3-pingpong", "fa3-overlap"])
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
 @pytest.mark.parametrize("shape", SHAPES, ids=shape_id)
-def test_output_and_lse_match_the_float64_reference(shape, dtype, causal):
-    from fa2bench.kernels.fa3 import fa3_attention, fa3_forward
+def test_output_and_lse_match_the_float64_reference(shape, dtype, causal, rung):
+    from fa2bench.kernels.fa3 import fa3_forward
 
     q, k, v = make_qkv(shape, dtype, "cuda")
-    verdict = check_attention(lambda q, k, v, c: fa3_attention(q, k, v, causal=c), q, k, v, causal, backward=False)
+    verdict = check_attention(lambda q, k, v, c: fa3_forward(q, k, v, causal=c, rung=rung)[0], q, k, v, causal,
+                              backward=False)
     assert verdict.ok, verdict.detail
-    o, lse = fa3_forward(q, k, v, causal=causal)
+    o, lse = fa3_forward(q, k, v, causal=causal, rung=rung)
     torch.testing.assert_close(lse.double(), lse_ref(q, k, causal), atol=1e-3, rtol=1e-5)
-    o2, lse2 = fa3_forward(q, k, v, causal=causal)
+    o2, lse2 = fa3_forward(q, k, v, causal=causal, rung=rung)
     assert torch.equal(o, o2) and torch.equal(lse, lse2), "repeated runs differ"
 
 
 @pytest.mark.gpu
+@pytest.mark.timeout(60)
 @pytest.mark.skipif(not _hopper(), reason="needs a Hopper GPU (sm_90)")
-def test_non_contiguous_inputs_and_custom_scale():
-    from fa2bench.kernels.fa3 import fa3_attention
+@pytest.mark.parametrize("name", ["fa3", "fa3-pingpong", "fa3-overlap"])
+def test_non_contiguous_inputs_and_custom_scale(name):
+    import fa2bench.kernels as kernels
 
     q, k, v = make_qkv((2, 4, 2, 300, 300, 128), torch.float16, "cuda", bshd=True)
-    o = fa3_attention(q, k, v, causal=True, sm_scale=0.05)
+    o = getattr(kernels, providers.get(name).function)(q, k, v, causal=True, sm_scale=0.05)
     ref = attention_ref(q, k, v, causal=True, sm_scale=0.05).to(o.dtype)
     torch.testing.assert_close(o, ref, atol=2e-3, rtol=0)

@@ -88,24 +88,29 @@ def sass(kernel) -> str:
         return subprocess.run([tool, "--dump-sass", f.name], capture_output=True, text=True).stdout
 
 
-def compile_fa3(headdim: int, causal: bool, dtype: str = "fp16", capability: int = 90):
-    """Rung 8's Gluon forward (kernels/fa3.py) for ``sm_<capability>`` at its tiles for ``headdim``."""
+def compile_fa3(headdim: int, causal: bool, dtype: str = "fp16", capability: int = 90, rung: int = 8):
+    """Rung ``rung``'s Gluon forward (kernels/fa3.py: 8, 9 ping-pong, 10 overlap) for ``sm_<capability>`` at its
+    tiles for ``headdim``."""
     import torch
 
     from fa2bench.kernels import fa3
 
-    cfg = fa3.tiles(headdim)
+    cfg = fa3.tiles(headdim, rung)
     torch_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
 
     def desc(rows: int) -> str:
         return f"tensordesc<{dtype}[1, {rows}, {headdim}],{fa3.smem_layout([1, rows, headdim], torch_dtype)!r}>"
 
-    sig = dict(q_desc=desc(cfg["BLOCK_M"]), k_desc=desc(cfg["BLOCK_N"]), v_desc=desc(cfg["BLOCK_N"]),
+    sig = dict(q_desc=desc(cfg["Q_ROWS"]), k_desc=desc(cfg["BLOCK_N"]), v_desc=desc(cfg["BLOCK_N"]),
                O="*" + dtype, LSE="*fp32", qk_scale="fp32", H="i32", GROUP="i32", N_CTX_Q="i32", N_CTX_K="i32",
                n_tiles="i32")
-    return compile_gluon(fa3.TRITON_KERNELS["fwd"], sig,
-                         dict(CAUSAL=causal, STAGES=cfg["STAGES"], num_warps=fa3.NUM_WARPS), fa3.NUM_WARPS,
-                         capability)
+    if rung == 8:
+        return compile_gluon(fa3.TRITON_KERNELS["fwd"], sig,
+                             dict(CAUSAL=causal, STAGES=cfg["STAGES"], num_warps=fa3.NUM_WARPS), fa3.NUM_WARPS,
+                             capability)
+    return compile_gluon(fa3.TRITON_KERNELS["fwd_pp"], sig,
+                         dict(CAUSAL=causal, STAGES=cfg["STAGES"], OVERLAP=rung == 10, num_warps=fa3.PP_NUM_WARPS),
+                         fa3.PP_NUM_WARPS, capability)
 
 
 def resources(kernel) -> str:
@@ -136,12 +141,13 @@ def main() -> None:
     ap.add_argument("--causal", action="store_true")
     ap.add_argument("--tma", action="store_true")
     ap.add_argument("--dtype", default="fp16")
+    ap.add_argument("--rung", type=int, default=8, choices=(8, 9, 10), help="fa3's rung (--kernel fa3)")
     ap.add_argument("--configs", default="", help="comma list like 128x64w4s3; default: the candidate list")
     a = ap.parse_args()
     if a.kernel == "fa3":  # one Gluon kernel, its tiles fixed per head dim
-        name = f"fa3 d{a.headdim} {a.dtype}{' causal' if a.causal else ''}"
+        name = f"fa3 rung {a.rung} d{a.headdim} {a.dtype}{' causal' if a.causal else ''}"
         try:
-            k = compile_fa3(a.headdim, a.causal, a.dtype)
+            k = compile_fa3(a.headdim, a.causal, a.dtype, rung=a.rung)
             units = sorted(set(re.findall(r"\b(HGMMA|USETMAXREG|UTMALDG)", sass(k))))
             print(f"{name}: {resources(k)} sass {','.join(units)}", flush=True)
         except Exception as exc:

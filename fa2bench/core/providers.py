@@ -267,6 +267,18 @@ _ours("fa3", "fa3_attention", name="fa3", label="R8: + TMA producer, wgmma consu
       headdims=frozenset({64, 128}), max_headdim=128, modes=frozenset({"fwd"}),
       description="ablation rung 8: persistent, warp-specialised (TMA producer warp, two wgmma consumer "
                   "warpgroups, mbarrier K/V ring, setmaxnreg); Hopper, forward only")
+_ours("fa3", "fa3_pingpong_attention", name="fa3-pingpong", label="R9: + ping-pong consumer warpgroups (Gluon)",
+      color="#c49c94", rung=9, io_model="fa2", devices=frozenset({"cuda"}), sm=90, dtypes=frozenset({"fp16", "bf16"}),
+      headdims=frozenset({64, 128}), max_headdim=128, modes=frozenset({"fwd"}),
+      description="ablation rung 9: rung 8 with two 4-warp consumer partitions (64 rows each) whose wgmma "
+                  "groups alternate through mbarriers, so one's softmax runs under the other's matmuls")
+# Not rung 10: its PTX waits for S before the softmax and for P V after it, but Triton 3.6's ptxas schedules the
+# P V wait (WARPGROUP.DEPBAR 0x0) above the softmax's exp2s, so the SASS does not overlap them (docs/fa3.md).
+_ours("fa3", "fa3_overlap_attention", name="fa3-overlap", label="R9 + P V issued before the softmax (Gluon)",
+      color="#9c755f", io_model="fa2", devices=frozenset({"cuda"}), sm=90, dtypes=frozenset({"fp16", "bf16"}),
+      headdims=frozenset({64, 128}), max_headdim=128, modes=frozenset({"fwd"}),
+      description="rung 9 with S_j and P_{j-1} V issued together and only S_j waited for before the softmax "
+                  "(FA3's intra-warpgroup overlap in PTX; ptxas serialises it in SASS, so not rung 10)")
 
 
 # --- PyTorch ---------------------------------------------------------------------------------------------
