@@ -98,6 +98,13 @@ class Started:
     csv_path: Path
 
 
+def default_preset() -> str:
+    """The preset a sweep runs when given none: ``default`` on a GPU (about a minute), ``smoke`` without one."""
+    from fa2bench.core import device
+
+    return "default" if device.has_cuda() else "smoke"
+
+
 def plan_sweep(spec: SweepSpec | str | None = None, *, out: str | Path | None = None, resume: bool = False,
                extend: bool = False, **options) -> SweepPlan:
     """Resolve a sweep: ``spec`` (a SweepSpec, a preset name, or None: default on a GPU, smoke without) with
@@ -114,9 +121,6 @@ def plan_sweep(spec: SweepSpec | str | None = None, *, out: str | Path | None = 
     gpus = options.pop("gpus", None)
     if out is not None and str(out).strip() in ("", "."):
         raise SpecError("--out is empty: name a folder for the results (default results/<UTC time>-<gpu>)")
-    base = spec if spec is not None else ("default" if device.has_cuda() else "smoke")
-    resolved = config.spec_from(options, base)
-    run_options = config.run_options(options)
     if resume and out is None:
         raise SpecError("--resume needs --out DIR (the run to continue)")
     if extend and not resume:
@@ -124,7 +128,7 @@ def plan_sweep(spec: SweepSpec | str | None = None, *, out: str | Path | None = 
     recorded = _recorded(Path(out)) if resume else {}
     if recorded:  # the run's own sweep and run options are the base; options given must agree with them
         options = _agree(options, recorded["options"])
-    base = spec if spec is not None else recorded.get("spec") or ("quick" if device.has_cuda() else "smoke")
+    base = spec if spec is not None else recorded.get("spec") or default_preset()
     resolved = config.spec_from(options, base)
     run_options = config.run_options(options)
     where = device.name()

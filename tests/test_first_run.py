@@ -67,6 +67,18 @@ def test_without_a_gpu_the_default_sweep_is_still_the_smoke_preset(tmp_path):
     assert api.plan_sweep(out=tmp_path / "r").spec == PRESETS["smoke"]
 
 
+def test_with_a_gpu_the_default_sweep_is_the_default_preset(tmp_path, monkeypatch):
+    """What `fa2bench sweep` plans when a GPU is there (a merge once left a second resolution that fell back to
+    quick: 272 points, 6 minutes on an H200, 2026-12-02)."""
+    from fa2bench import api
+    from fa2bench.core import device
+
+    monkeypatch.setattr(device, "has_cuda", lambda: True)
+    assert api.default_preset() == "default"
+    monkeypatch.setattr(device, "has_cuda", lambda: False)
+    assert api.plan_sweep(out=tmp_path / "r").spec == PRESETS[api.default_preset()] == PRESETS["smoke"]
+
+
 # --- where the time goes -----------------------------------------------------------------------------------
 
 
