@@ -22,31 +22,38 @@ import torch
 from fa2bench.run import hardware, telemetry, timing
 
 from fa2bench.core import memory, precision, providers
+from fa2bench.core.config import RUN_OPTIONS
 from fa2bench.core.flops import attention_flops, tflops
 from fa2bench.core.presets import Point, Shape, SweepSpec
 from fa2bench.core.reference import check_attention
 
-# tf32 points take fp32 inputs; their matmuls run on TF32 tensor cores (fa2bench.core.precision)
-TORCH_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32, "tf32": torch.float32}
-
 
 @dataclass(frozen=True)
 class RunOptions:
+    """How points run; the defaults are the sweep's (``fa2bench.core.config.RUN_OPTIONS``)."""
     device: str = "cuda" if torch.cuda.is_available() else "cpu"
-    check: bool = True
-    warmup_ms: float = 25.0
-    rep_ms: float = 100.0
-    peak_tflops: float | None = None  # override of the device peak
+    check: bool = RUN_OPTIONS["check"]
+    warmup_ms: float = RUN_OPTIONS["warmup_ms"]
+    rep_ms: float = RUN_OPTIONS["rep_ms"]
+    peak_tflops: float | None = RUN_OPTIONS["peak_tflops"]  # override of the device peak
     isolate: bool = False  # run points in a worker process (fa2bench.run.worker)
-    point_timeout_s: float = 600.0  # with isolate: a point running longer is killed and recorded `timeout`
+    point_timeout_s: float = RUN_OPTIONS["point_timeout"]  # with isolate: a point running longer is killed
     plugins: tuple[str, ...] = ()  # modules the worker imports first (they may register providers)
     target_spread: float = timing.TARGET_SPREAD  # GPU: repeat until (p80 - p20) / median is at most this ...
     max_ms: float = timing.MAX_MS  # ... or this much measuring time has passed
 
+    @classmethod
+    def of(cls, device: str, run_options: dict) -> "RunOptions":
+        """The options of a resolved sweep (``config.run_options`` with isolate and plugins settled)."""
+        return cls(device=device, check=run_options["check"], warmup_ms=run_options["warmup_ms"],
+                   rep_ms=run_options["rep_ms"], peak_tflops=run_options["peak_tflops"],
+                   isolate=run_options["isolate"], point_timeout_s=run_options["point_timeout"],
+                   plugins=run_options.get("plugins", ()))
+
 
 def make_inputs(shape: Shape, dtype: str, device: str, requires_grad: bool = False):
     """Fresh N(0, 1) q, k, v in layout (batch, heads, seq, headdim); never zeros."""
-    dt_ = TORCH_DTYPES[dtype]
+    dt_ = precision.torch_dtype(dtype)
 
     def one(heads, seqlen):
         return torch.randn(shape.batch, heads, seqlen, shape.headdim, dtype=dt_, device=device,
