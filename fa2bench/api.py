@@ -232,11 +232,7 @@ def execute(plan: SweepPlan, on_point: OnPoint | None = None, on_start: OnStart 
     from fa2bench.run.results import RunWriter, continue_meta, count_done, rerun_refused
     from fa2bench.run.worker import WorkerError
 
-    opts = RunOptions(device=plan.device, check=plan.run_options["check"], timer=plan.run_options["timer"],
-                       warmup_ms=plan.run_options["warmup_ms"], rep_ms=plan.run_options["rep_ms"],
-                       peak_tflops=plan.run_options["peak_tflops"], isolate=plan.run_options["isolate"],
-                       point_timeout_s=plan.run_options["point_timeout"],
-                       plugins=plan.run_options.get("plugins", ()))
+    opts = RunOptions.of(plan.device, plan.run_options)
     meta = runner.collect_meta(plan.spec, plan.providers, opts, plan.peaks)
     peaks = {d: p.tflops for d, p in plan.peaks.items()}
 

@@ -24,32 +24,20 @@ import triton.language as tl  # noqa: E402
 
 from .configs import IEEE_MAX_TILE  # noqa: E402
 
+from fa2bench.core.presets import Shape
+
 LOG2E = tl.constexpr(1.4426950408889634)  # log2(e): exp(x) = exp2(x * LOG2E); every kernel folds it into qk_scale
 
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MAX_HEADDIM = 256
 
 
-@dataclass(frozen=True)
-class AttnShape:
-    batch: int
-    heads: int
-    kv_heads: int
-    seqlen_q: int
-    seqlen_k: int
-    headdim: int
-
-    @property
-    def group(self) -> int:
-        """Query heads per key/value head (1 for MHA, heads for MQA)."""
-        return self.heads // self.kv_heads
-
-
 def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-def check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> AttnShape:
+def check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = False) -> Shape:
+    """The shape of valid inputs (the suite's one ``Shape``); a ValueError naming the problem otherwise."""
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor):
             raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
@@ -78,7 +66,7 @@ def check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> AttnShape
         raise ValueError(f"heads ({heads}) must be a multiple of kv_heads ({kv_heads})")
     if not 1 <= headdim <= MAX_HEADDIM:
         raise ValueError(f"head dim {headdim} is not supported (1..{MAX_HEADDIM})")
-    return AttnShape(batch, heads, kv_heads, seqlen_q, seqlen_k, headdim)
+    return Shape(batch, heads, kv_heads, seqlen_q, seqlen_k, headdim, causal)
 
 
 def default_scale(headdim: int, sm_scale: float | None) -> float:

@@ -31,10 +31,10 @@ Autotuning: rungs 3-6 share one small config list (``LADDER`` in kernels/configs
 same for every rung and head dim, pruned only where shared memory or registers would not fit), so that the ladder isolates the
 algorithm, not the tuning, and GPU autotuning stays cheap. fa1 and fa1-split keep flash1.py's space; fa2 keeps its
 own tuned space. Warp partitioning (the FA2 paper's third change, split-Q instead of split-K) is not a rung:
-Triton's compiler lays a Q tile over warps, not the kernel author; see docs/ablation-kernels.md.
+Triton's compiler lays a Q tile over warps, not the kernel author; see docs/ablation.md.
 
 Tested on: the CPU through Triton 3.9's interpreter (tests/test_kernels.py, fp16 and fp32, every rung forward and
-backward, causal and not, GQA/MQA, ragged lengths). GPU: not yet run (tests/test_kernels_gpu.py covers every rung).
+backward, causal and not, GQA/MQA, ragged lengths). GPU: H100 (tests/test_kernels_gpu.py; results/h100-ablation).
 """
 from __future__ import annotations
 

@@ -1,21 +1,18 @@
-"""tools/compile_sm90.py compiles fa2's kernels for an H100 (sm_90) on a machine without a GPU, with Triton's
-bundled ptxas: a compile error on the Hopper target is caught on the CPU, before any device time is spent."""
+"""fa2bench.profiling.compile_sm90 compiles fa2's kernels for an H100 (sm_90) on a machine without a GPU, with
+Triton's bundled ptxas: a compile error on the Hopper target is caught on the CPU, before any device time is spent."""
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from fa2bench.kernels import flash2
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def compile_sm90(*args: str) -> str:
-    """tools/compile_sm90.py's output for ``args``, compiled for real (not through the interpreter)."""
+    """compile_sm90's output for ``args``, compiled for real (not through the interpreter)."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    return subprocess.run([sys.executable, str(ROOT / "tools" / "compile_sm90.py"), *args],
+    return subprocess.run([sys.executable, "-m", "fa2bench.profiling.compile_sm90", *args],
                           capture_output=True, text=True, env=env, timeout=300).stdout
 
 

@@ -36,7 +36,7 @@ def _gluon_hopper_problem() -> str | None:
 
 def compile_fa3(*args: str) -> str:
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    out = subprocess.run([sys.executable, str(ROOT / "tools" / "compile_sm90.py"), "--kernel", "fa3", *args],
+    out = subprocess.run([sys.executable, "-m", "fa2bench.profiling.compile_sm90", "--kernel", "fa3", *args],
                          capture_output=True, text=True, env=env, timeout=300)
     return out.stdout + out.stderr[-2000:] * (out.returncode != 0)
 
@@ -61,12 +61,12 @@ def test_pingpong_kernel_gives_each_consumer_warpgroup_240_registers_and_waits_a
     import re
 
     # in a fresh process: this one may have imported the kernels under Triton's interpreter
-    code = ("import json, sys; sys.path.insert(0, sys.argv[1]); import compile_sm90; "
+    code = ("import json, sys; from fa2bench.profiling import compile_sm90; "
             "k = compile_sm90.compile_fa3(128, False, rung=int(sys.argv[2])); "
             "print(json.dumps({'ptx': k.asm['ptx'], 'sass': compile_sm90.sass(k)}))")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     for rung, waits in ((9, {"0"}), (10, {"0", "1"})):
-        proc = subprocess.run([sys.executable, "-c", code, str(ROOT / "tools"), str(rung)], capture_output=True,
+        proc = subprocess.run([sys.executable, "-c", code, "unused", str(rung)], capture_output=True,
                               text=True, env=env, timeout=600)
         assert proc.returncode == 0, proc.stderr[-2000:]
         asm = json.loads(proc.stdout.strip().splitlines()[-1])

@@ -92,6 +92,7 @@ def test_fp32_is_ieee_and_tf32_is_tf32(kernel):
     assert tf32 > 4 * ieee, f"tf32 error {tf32:.1e} vs fp32 {ieee:.1e}"
 
 
+@pytest.mark.big_memory
 @pytest.mark.parametrize("kernel", KERNELS)
 def test_rows_past_2_31_elements(kernel):
     """(batch, seq, heads, dim) inputs with heads * dim = 16384 and 131200 tokens: rows past 2**31 elements are

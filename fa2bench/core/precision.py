@@ -12,6 +12,15 @@ import contextlib
 import contextvars
 
 _TF32 = contextvars.ContextVar("fa2bench_tf32", default=False)
+# the torch dtype of each input dtype name (fa2bench.core.presets.DTYPES); tf32 points take fp32 inputs
+TORCH_DTYPE_NAMES = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32", "tf32": "float32"}
+
+
+def torch_dtype(name: str):
+    """The torch dtype of the inputs of a ``name`` point (fp16, bf16, fp32, tf32); torch is imported here."""
+    import torch
+
+    return getattr(torch, TORCH_DTYPE_NAMES[name])
 
 
 @contextlib.contextmanager

@@ -201,7 +201,7 @@ def kernel_module(name: str):
 
 
 def ladder() -> tuple[str, ...]:
-    """The providers of the FA1 -> FA2 ablation ladder, ordered by rung (docs/ablation-kernels.md)."""
+    """The providers of the FA1 -> FA2 ablation ladder, ordered by rung (docs/ablation.md)."""
     return tuple(sorted((n for n, p in REGISTRY.items() if p.rung is not None), key=lambda n: REGISTRY[n].rung))
 
 

@@ -28,13 +28,12 @@ import torch
 from fa2bench.run import hardware, telemetry, timing
 
 from fa2bench.core import decode, iomodel, memory, precision, providers
+from fa2bench.core.config import RUN_OPTIONS
 from fa2bench.core.decode_ref import check_decode, make_inputs as make_decode_inputs
 from fa2bench.core.flops import DECODE, attended_pairs, attention_flops, tflops
 from fa2bench.core.presets import Point, Shape, SweepSpec
 from fa2bench.core.reference import check_attention
 
-# tf32 points take fp32 inputs; their matmuls run on TF32 tensor cores (fa2bench.core.precision)
-TORCH_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32, "tf32": torch.float32}
 # The timer a mode's points ask fa2bench.run.timing for: a decode call takes tens of microseconds, where launch
 # overhead and the host dominate what per-call events see, so it is timed by CUDA-graph replay (over fresh
 # caches, so L2 stays cold).
@@ -43,23 +42,32 @@ PREFERRED_TIMER = {DECODE: "graph"}
 
 @dataclass(frozen=True)
 class RunOptions:
+    """How points run; the defaults are the sweep's (``fa2bench.core.config.RUN_OPTIONS``)."""
     device: str = "cuda" if torch.cuda.is_available() else "cpu"
-    check: bool = True
-    warmup_ms: float = 25.0
-    rep_ms: float = 100.0
-    peak_tflops: float | None = None  # override of the device peak
+    check: bool = RUN_OPTIONS["check"]
+    warmup_ms: float = RUN_OPTIONS["warmup_ms"]
+    rep_ms: float = RUN_OPTIONS["rep_ms"]
+    peak_tflops: float | None = RUN_OPTIONS["peak_tflops"]  # override of the device peak
     isolate: bool = False  # run points in a worker process (fa2bench.run.worker)
-    point_timeout_s: float = 600.0  # with isolate: a point running longer is killed and recorded `timeout`
+    point_timeout_s: float = RUN_OPTIONS["point_timeout"]  # with isolate: a point running longer is killed
     plugins: tuple[str, ...] = ()  # modules the worker imports first (they may register providers)
     target_spread: float = timing.TARGET_SPREAD  # GPU: repeat until (p80 - p20) / median is at most this ...
     max_ms: float = timing.MAX_MS  # ... or this much measuring time has passed
     copy_tb_per_s: float | None = None  # the run's measured copy rate (meta.json ceilings), for pct_copy_bw
     timer: str = "auto"  # timing.TIMERS; a provider's own ``timer`` wins
 
+    @classmethod
+    def of(cls, device: str, run_options: dict) -> "RunOptions":
+        """The options of a resolved sweep (``config.run_options`` with isolate and plugins settled)."""
+        return cls(device=device, check=run_options["check"], warmup_ms=run_options["warmup_ms"],
+                   rep_ms=run_options["rep_ms"], peak_tflops=run_options["peak_tflops"],
+                   isolate=run_options["isolate"], point_timeout_s=run_options["point_timeout"],
+                   timer=run_options["timer"], plugins=run_options.get("plugins", ()))
+
 
 def make_inputs(shape: Shape, dtype: str, device: str, requires_grad: bool = False):
     """Fresh N(0, 1) q, k, v in layout (batch, heads, seq, headdim); never zeros."""
-    dt_ = TORCH_DTYPES[dtype]
+    dt_ = precision.torch_dtype(dtype)
 
     def one(heads, seqlen):
         return torch.randn(shape.batch, heads, seqlen, shape.headdim, dtype=dt_, device=device,
@@ -222,7 +230,7 @@ def _check_and_time_decode(point: Point, provider: providers.Provider, row: dict
 
     def inputs():
         return make_decode_inputs(shape.batch, shape.heads, shape.kv_heads, shape.seqlen_q, shape.seqlen_k,
-                                  shape.headdim, shape.page_size, shape.ragged, TORCH_DTYPES[point.dtype], opts.device)
+                                  shape.headdim, shape.page_size, shape.ragged, precision.torch_dtype(point.dtype), opts.device)
 
     try:
         with warnings.catch_warnings(record=True) as caught:

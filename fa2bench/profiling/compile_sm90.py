@@ -2,7 +2,7 @@
 registers, spills and shared memory: compile errors and register pressure found on the CPU machine, before any
 device time is spent.
 
-    python3 tools/compile_sm90.py --kernel fwd --headdim 128 --tma --configs 128x64w4s3,128x128w8s2
+    python -m fa2bench.profiling.compile_sm90 --kernel fwd --headdim 128 --tma --configs 128x64w4s3,128x128w8s2
 
 Sequence lengths stay runtime ints in these kernels, so one compile per (kernel, switches, config) covers all.
 ``compile_gluon`` does the same for a Gluon kernel (``triton.experimental.gluon``, Triton >= 3.6), whose source

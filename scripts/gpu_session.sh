@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# One GPU session: install fa2bench, run the GPU tests, run a sweep, and leave everything worth keeping in $OUT.
+# Anyone with a CUDA GPU can run it from the repository root; it needs no network once the dependencies are in.
+#
+#   FA2BENCH_GIT_COMMIT=$(git rev-parse HEAD) FA2BENCH_GIT_DIRTY=0 OUT=/tmp/out bash scripts/gpu_session.sh [STAGE ...]
+#
+# Stages (default: env tests sweep), in the order given:
+#   env          GPU, driver, clocks and power limit, versions, ncu, fa2bench's peaks and measured ceilings
+#   tests        pytest -m gpu with 8 workers on the one GPU (Triton's autotuning compiles in parallel), then the
+#                big-memory tests (tens of GB each) alone -> $OUT/gpu-tests.log, $OUT/gpu-tests-big.log
+#   sweep        fa2bench sweep $SWEEP (default: the quick preset) into results/$NAME, stopped with SIGINT after
+#                $SECS seconds (default 500) so it ends cleanly; run the stage again to --resume -> $OUT/$NAME.tgz
+#   report       fa2bench report results/$NAME, packed with the run -> $OUT/$NAME.tgz
+#
+# On a lent GPU machine (a copy of the work tree, one command of at most 10 minutes per call):
+# - the copy may carry a stale .git (HEAD = the commit the session started from): pass the commit in as a literal
+#   value (FA2BENCH_GIT_COMMIT=<git rev-parse HEAD here>, FA2BENCH_GIT_DIRTY=0) so meta.json records the right one;
+# - split long work over calls: `bash scripts/gpu_session.sh env tests`, then `... sweep` (again to resume), then
+#   `... report`; keep the next call within the machine's idle time so Triton's disk cache stays warm;
+# - see CONTRIBUTING.md for the lessons behind each step.
+set -uo pipefail
+export PYTHONUNBUFFERED=1
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+NAME=${NAME:-gpu-session}
+SECS=${SECS:-500}
+SWEEP=${SWEEP:---preset quick}
+[ -n "${FA2BENCH_GIT_COMMIT:-}" ] || echo "warning: FA2BENCH_GIT_COMMIT is not set; meta.json may record a stale commit"
+python3 -m pip install -q --no-deps --no-build-isolation -e . >"$OUT/install.log" 2>&1 || { cat "$OUT/install.log"; exit 1; }
+for stage in ${*:-env tests sweep}; do
+  echo "=== $stage ($(date -u +%T))"
+  case "$stage" in
+    env)
+      nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.limit,temperature.gpu --format=csv
+      python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, 'cuda', torch.version.cuda)"
+      command -v ncu >/dev/null && ncu --version | tail -1
+      fa2bench info --measure ;;
+    tests)
+      python3 -m pytest -q -n 8 -m "gpu and not big_memory" -p no:cacheprovider tests >"$OUT/gpu-tests.log" 2>&1
+      echo "gpu tests exit $?"; tail -1 "$OUT/gpu-tests.log"; grep -E "^(FAILED|ERROR)" "$OUT/gpu-tests.log" | head -30
+      python3 -m pytest -q -m "gpu and big_memory" -p no:cacheprovider tests >"$OUT/gpu-tests-big.log" 2>&1
+      echo "big-memory tests exit $?"; tail -1 "$OUT/gpu-tests-big.log" ;;
+    sweep)
+      # shellcheck disable=SC2086  # $SWEEP is a list of options
+      timeout -s INT -k 60 "$SECS" fa2bench sweep $SWEEP --out "results/$NAME" --resume >"$OUT/$NAME.log" 2>&1
+      echo "sweep exit $? (130: stopped at $SECS s; run the stage again to resume)"; tail -25 "$OUT/$NAME.log"
+      tar czf "$OUT/$NAME.tgz" -C results "$NAME" ;;
+    report)
+      fa2bench report "results/$NAME" && tar czf "$OUT/$NAME.tgz" -C results "$NAME" ;;
+    *) echo "unknown stage $stage (env, tests, sweep, report)"; exit 2 ;;
+  esac
+done
