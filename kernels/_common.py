@@ -294,8 +294,12 @@ class Launcher:
         return " | ".join(f"{name}: {describe_config(self.last[name])}" for name in self.kernels if name in self.last)
 
     def config_cached(self) -> bool | None:
-        """Whether the configs of the most recent launches all came from the disk cache (None: none autotuned)."""
-        return all_cached(self.cached.values())
+        """Whether the configs of the launches since the last call all came from the disk cache (None: none
+        autotuned). Reading resets it, so a sweep row speaks for its own point, not for an earlier one's kernels
+        (a bwd point's dK/dV and dQ flags used to stay in every later fwd row)."""
+        flags = list(self.cached.values())
+        self.cached.clear()
+        return all_cached(flags)
 
 
 # ----------------------------------------------------------------------------------------------------------------

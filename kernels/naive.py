@@ -323,8 +323,11 @@ def last_config() -> str:
 
 
 def config_cached() -> bool | None:
-    """Whether the matmul configs of the most recent launches all came from the disk cache (None: not tuned)."""
-    return all_cached(_CACHED.values())
+    """Whether the matmul configs of the launches since the last call all came from the disk cache (None: not
+    tuned); reading resets it (``Launcher.config_cached``)."""
+    flags = list(_CACHED.values())
+    _CACHED.clear()
+    return all_cached(flags)
 
 
 def _launch_matmul(name, a, b, c, alpha, shape_class, precision, cached, red=1, a_div=1, b_div=1) -> str:
