@@ -197,23 +197,8 @@ def _check_and_time(point: Point, provider: providers.Provider, row: dict, opts:
             q, k, v = make_inputs(shape, point.dtype, opts.device, requires_grad=backward)
             call, grads = timed_call(fn, q, k, v, point.mode)
             call()  # compilation and autotuning happen here, outside the timed region
-        row["setup_s"] = round(time.perf_counter() - started, 3)
-        started = time.perf_counter()
-        with telemetry.Window() as window:  # NVML sampled while the timed calls run
-            measured = timing.bench(call, grads, timer=provider.timer or opts.timer,
-                                    rotate=_rotation(fn, point, opts.device), input_bytes=_input_bytes(q, k, v),
-                                    warmup_ms=opts.warmup_ms, rep_ms=opts.rep_ms, target_spread=opts.target_spread,
-                                    max_ms=opts.max_ms)
-        achieved = tflops(row["flops"], measured.ms)
-        row.update(**measured.row(), tflops=achieved,
-                   pct_a100_peak=hardware.pct_of(achieved, hardware.A100_PEAK_TFLOPS),
-                   pct_device_peak=hardware.pct_of(achieved, device_peaks.get(point.dtype)),
-                   peak_mem_mb=timing.peak_memory_mb(call), config=provider.config(),
-                   **bandwidth_columns(point, measured.ms, opts.copy_tb_per_s),
-                   config_cached=provider.config_cached())
-        row.update(window.columns(measured.ms, row["flops"]))
-        row["timing_s"] = round(time.perf_counter() - started, 3)
-        return row
+        return _timed(row, point, provider, opts, device_peaks, started, call, grads, provider.timer or opts.timer,
+                      _rotation(fn, point, opts.device), _input_bytes(q, k, v))
     except Exception as exc:  # recorded, and the sweep goes on
         return {**row, **classify(exc, caught)}
     finally:
@@ -250,31 +235,39 @@ def _check_and_time_decode(point: Point, provider: providers.Provider, row: dict
                 return fn(cache)
 
             call()  # compilation happens here, outside the timed region
-        row["setup_s"] = round(time.perf_counter() - started, 3)
-        started = time.perf_counter()
 
         def rotate(n: int):  # the graph timer's L2 rotation: the same call over fresh caches
             return [((lambda c=c: fn(c)), None) for c in (inputs() for _ in range(n))]
 
-        with telemetry.Window() as window:  # NVML sampled while the timed calls run
-            measured = timing.bench(call, None, timer=provider.timer or PREFERRED_TIMER.get(point.mode, opts.timer),
-                                    rotate=rotate, input_bytes=_input_bytes(cache.q, cache.k_cache, cache.v_cache),
-                                    warmup_ms=opts.warmup_ms, rep_ms=opts.rep_ms, target_spread=opts.target_spread,
-                                    max_ms=opts.max_ms)
-        achieved = tflops(row["flops"], measured.ms)
-        row.update(**measured.row(), tflops=achieved,
-                   pct_a100_peak=hardware.pct_of(achieved, hardware.A100_PEAK_TFLOPS),
-                   pct_device_peak=hardware.pct_of(achieved, device_peaks.get(point.dtype)),
-                   peak_mem_mb=timing.peak_memory_mb(call), config=provider.config(),
-                   **bandwidth_columns(point, measured.ms, opts.copy_tb_per_s),
-                   config_cached=provider.config_cached())
-        row.update(window.columns(measured.ms, row["flops"]))
-        row["timing_s"] = round(time.perf_counter() - started, 3)
-        return row
+        return _timed(row, point, provider, opts, device_peaks, started, call, None,
+                      provider.timer or PREFERRED_TIMER.get(point.mode, opts.timer), rotate,
+                      _input_bytes(cache.q, cache.k_cache, cache.v_cache))
     except Exception as exc:  # recorded, and the sweep goes on
         return {**row, **classify(exc, caught)}
     finally:
         release()
+
+
+def _timed(row: dict, point: Point, provider: providers.Provider, opts: RunOptions, device_peaks: dict,
+           started: float, call, grads, timer: str, rotate, input_bytes: int) -> dict:
+    """The set-up (begun at ``started``) is over: time ``call`` with ``timer`` while NVML samples the GPU, and fill
+    the row with the timing, throughput, bandwidth, config and telemetry of those calls."""
+    row["setup_s"] = round(time.perf_counter() - started, 3)
+    started = time.perf_counter()
+    with telemetry.Window() as window:  # NVML sampled while the timed calls run
+        measured = timing.bench(call, grads, timer=timer, rotate=rotate, input_bytes=input_bytes,
+                                warmup_ms=opts.warmup_ms, rep_ms=opts.rep_ms, target_spread=opts.target_spread,
+                                max_ms=opts.max_ms)
+    achieved = tflops(row["flops"], measured.ms)
+    row.update(**measured.row(), tflops=achieved,
+               pct_a100_peak=hardware.pct_of(achieved, hardware.A100_PEAK_TFLOPS),
+               pct_device_peak=hardware.pct_of(achieved, device_peaks.get(point.dtype)),
+               peak_mem_mb=timing.peak_memory_mb(call), config=provider.config(),
+               **bandwidth_columns(point, measured.ms, opts.copy_tb_per_s),
+               config_cached=provider.config_cached())
+    row.update(window.columns(measured.ms, row["flops"]))
+    row["timing_s"] = round(time.perf_counter() - started, 3)
+    return row
 
 
 def classify(exc: Exception, caught) -> dict:
