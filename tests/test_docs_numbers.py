@@ -1,11 +1,11 @@
 """Every number the README and docs/ quote from results/ sits in a marked block that the suite recomputes from the
-committed runs (``fa2bench.read.docnumbers``); these tests fail when text and data disagree."""
+committed runs (``fa2bench.docnumbers``); these tests fail when text and data disagree."""
 import re
 from pathlib import Path
 
 import pytest
 
-from fa2bench.read import docnumbers
+from fa2bench import docnumbers
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]

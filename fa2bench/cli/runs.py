@@ -90,7 +90,7 @@ def report_run(
 
 
 def _readme() -> None:
-    from fa2bench.read import docnumbers
+    from fa2bench import docnumbers
 
     if not Path("README.md").exists() or not Path("results").is_dir():
         fail("--readme: run it from the repository root (README.md and results/ not found here)")

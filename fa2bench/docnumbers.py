@@ -4,6 +4,7 @@ the committed runs under ``results/``. ``render`` rewrites the blocks of a text 
 ``stale`` lists the blocks whose text is not what the data gives (``tests/test_docs_numbers.py``).
 
 A block is a table or a whole sentence, so the words around a number cannot say something the number does not.
+It reads every kind of run (sweeps, the ablation, e2e's Table 1), so it sits above ``read`` and ``e2e``.
 "The measured ceiling" of a run is the one in its meta.json: ``ceilings.matmul_<dtype>_tflops``, the median
 time of one 8192 x 8192 x 8192 ``torch.matmul`` timed at the start of that run (``hardware.measure_ceilings``).
 No block reads a legacy folder (one without a tool-written meta.json; ``results/README.md``).
