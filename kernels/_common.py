@@ -153,6 +153,14 @@ def ieee_configs(configs, block_m="BLOCK_M", block_n="BLOCK_N"):
 # filter kept, not the filter's code). It misses the GPU model (an H100 and an H200 are both sm_90), the driver
 # and torch (whose events and L2 flush our timer uses): ``machine_key`` adds them.
 
+# One cache directory for the whole process. TorchInductor (FlexAttention's compiler) sets TRITON_CACHE_DIR to its
+# own folder (/tmp/torchinductor_$USER/triton/0) when it builds its first kernel, if the variable is unset; every
+# later Triton lookup of ours then looks there. Whether that happens depends on whether Inductor compiled in this
+# process or in its compile workers, so a sweep's first run and its second looked in different folders after the
+# first flex point and the second run searched again (results/h200-default-second). Setting the variable to the
+# folder Triton would use anyway, before anything else runs, keeps Triton, Inductor and us on one folder.
+os.environ.setdefault("TRITON_CACHE_DIR", triton.knobs.cache.dir)
+
 _TUNERS: list = []  # every autotuner built by ``autotune`` (clear_autotune_files removes their files)
 COMPILE_THREADS = int(os.environ.get("FA2BENCH_COMPILE_THREADS", min(8, os.cpu_count() or 1)))
 

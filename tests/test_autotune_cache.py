@@ -92,3 +92,17 @@ def test_gpu_second_process_reuses_the_config_without_searching(tmp_path):
                                       timeout=600, check=True).stdout.splitlines()[-1]) for _ in range(2)]
     assert runs[0][1] is False and runs[1][1] is True
     assert runs[0][0] == runs[1][0]
+
+
+def test_flexattention_cannot_move_the_cache_folder_under_our_tuners(tmp_path):
+    """TorchInductor points TRITON_CACHE_DIR at its own folder when it is unset; after importing the kernels it is
+    set to Triton's own folder, so a flex point in the middle of a sweep leaves the autotune lookups where they were."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_CACHE_DIR"}
+    env["HOME"] = str(tmp_path)
+    code = ("import fa2bench.kernels._common, triton\n"
+            "from torch._inductor.runtime.cache_dir_utils import triton_cache_dir\n"
+            "print(triton_cache_dir(0)); print(triton.knobs.cache.dir)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    inductor_dir, triton_dir = out.stdout.split()
+    assert inductor_dir == triton_dir == str(tmp_path / ".triton" / "cache")
