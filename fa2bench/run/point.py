@@ -8,7 +8,8 @@ Besides TFLOP/s a row carries ``us`` (the median in microseconds), ``gbps`` (the
 ``iomodel.compulsory_bytes`` or for decode ``decode.compulsory_bytes``, over that time) and ``pct_copy_bw`` (gbps
 against the copy rate the run measured into meta.json's ``ceilings``). Decode points (mode ``decode``) get a KV
 cache (``decode_ref.make_inputs``), are checked by ``decode_ref.check_decode`` and ask for the timer in
-``PREFERRED_TIMER`` (CUDA-graph replay); the row's ``timer`` says which timer ran.
+``PREFERRED_TIMER`` (CUDA-graph replay) unless ``--timer`` names another; the row's ``timer`` says which
+timer ran.
 """
 from __future__ import annotations
 
@@ -240,12 +241,17 @@ def _check_and_time_decode(point: Point, provider: providers.Provider, row: dict
             return [((lambda c=c: fn(c)), None) for c in (inputs() for _ in range(n))]
 
         return _timed(row, point, provider, opts, device_peaks, started, call, None,
-                      provider.timer or PREFERRED_TIMER.get(point.mode, opts.timer), rotate,
+                      provider.timer or _decode_timer(point, opts), rotate,
                       _input_bytes(cache.q, cache.k_cache, cache.v_cache))
     except Exception as exc:  # recorded, and the sweep goes on
         return {**row, **classify(exc, caught)}
     finally:
         release()
+
+
+def _decode_timer(point: Point, opts: RunOptions) -> str:
+    """The sweep's ``--timer`` when it names one; under ``auto`` the mode's preferred timer."""
+    return PREFERRED_TIMER.get(point.mode, "auto") if opts.timer == "auto" else opts.timer
 
 
 def _timed(row: dict, point: Point, provider: providers.Provider, opts: RunOptions, device_peaks: dict,

@@ -64,15 +64,23 @@ def collect_meta(spec: SweepSpec, providers_run: tuple[str, ...], opts: RunOptio
     """Everything needed to trust and reproduce a run, for meta.json."""
     any_peak = next(iter(peaks.values()))
     return {
-        "started_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "argv": sys.argv,
-        "device": opts.device,
-        "interpreter": opts.device == "cpu",
-        "gpus": hardware.gpu_info(),
-        "versions": hardware.software_versions(),
-        "git": git_state(),
+        **environment_meta(opts.device),
         "sweep": {**asdict(spec), "providers": list(providers_run)},
         "options": asdict(opts),
         "peak": {"tflops_by_dtype": {d: p.tflops for d, p in peaks.items()}, "source": any_peak.source,
                  "matched": any_peak.matched, "a100_tflops": hardware.A100_PEAK_TFLOPS},
+    }
+
+
+def environment_meta(device: str) -> dict:
+    """Where and from what a measurement came (start time, command line, GPUs, versions, commit and whether the
+    tree was dirty): the part of meta.json that every tool writing results shares."""
+    return {
+        "started_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "argv": sys.argv,
+        "device": device,
+        "interpreter": device == "cpu",
+        "gpus": hardware.gpu_info(),
+        "versions": hardware.software_versions(),
+        "git": git_state(),
     }
