@@ -214,6 +214,8 @@ def test_run_ncu_keeps_the_report_its_csv_and_the_log(tmp_path):
     assert result.report == tmp_path / "report.ncu-rep" and result.report.exists()
     assert "dram__bytes_read.sum" in result.csv.read_text()
     assert result.log.read_text().startswith("$ ncu --clock-control none")
+    meta = json.loads((tmp_path / "meta.json").read_text())  # provenance beside the report, as for a sweep
+    assert meta["kind"] == "ncu" and meta["point"]["provider"] == POINT.provider and "commit" in meta["git"]
     # the metrics were chosen from what this ncu offers (the fixture lacks lts__t_bytes)
     collect = fake.collected()[0]
     assert "lts__t_bytes.sum" not in collect[collect.index("--metrics") + 1]
@@ -281,6 +283,8 @@ def test_io_study_puts_measured_bytes_next_to_the_model_in_a_table_and_a_figure(
     assert [(c[c.index("--provider") + 1], c[c.index("--seqlen-q") + 1]) for c in again.collected()] == [
         ("naive", "2048")]
     assert (frame["status"] == "ok").sum() == 4
+    meta = json.loads((tmp_path / "meta.json").read_text())
+    assert meta["kind"] == "io-study" and "versions" in meta and len(meta["resumed"]) == 1
 
 
 # --- the child process ----------------------------------------------------------------------------------

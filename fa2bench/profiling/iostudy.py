@@ -16,6 +16,7 @@ from fa2bench.core import iomodel
 from fa2bench.profiling import ncu
 from fa2bench.core.presets import KEY_COLUMNS, Point
 from fa2bench.run.results import RunWriter, read_csv, row_key
+from fa2bench.run.runner import environment_meta
 
 STUDY_CSV, STUDY_FIGURE = "io_study.csv", "io_study.png"
 STUDY_COLUMNS = KEY_COLUMNS + (
@@ -63,7 +64,8 @@ def io_study(points: Sequence[Point], out_dir: str | Path, *, calls: int = 1, wa
     ncu_path = ncu_path or ncu.find_ncu()
     if not ncu_path:
         raise ncu.ProfileError("Nsight Compute's `ncu` is not on PATH; install Nsight Compute or add it to PATH")
-    writer = RunWriter(out_dir, resume=True, csv_name=STUDY_CSV, columns=STUDY_COLUMNS)
+    writer = RunWriter.start(out_dir, {**environment_meta("cuda"), "kind": "io-study"}, resume=True,
+                             csv_name=STUDY_CSV, columns=STUDY_COLUMNS)
     try:
         done = {row_key(r) for r in load_study(out_dir).to_dict("records") if r.get("status") == "ok"}
         order = list(dict.fromkeys(p.provider for p in points))

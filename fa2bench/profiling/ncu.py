@@ -250,6 +250,11 @@ def run_ncu(point: Point, out_dir: Path, *, ncu: str | None = None, calls: int =
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics = metrics or select_metrics(query_metrics(ncu, run))
+    from fa2bench.run.results import write_meta
+    from fa2bench.run.runner import environment_meta
+
+    write_meta(out_dir, {**environment_meta("cuda"), "kind": "ncu", "point": point.fields(), "calls": calls,
+                         "warmup": warmup, "metrics": metrics})
     stem = out_dir / "report"
     report, csv_path, log = stem.with_suffix(".ncu-rep"), stem.with_suffix(".csv"), out_dir / "ncu.log"
     for attempt in range(2):
