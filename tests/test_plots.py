@@ -149,6 +149,22 @@ def test_roofline_intensity_is_flops_over_the_byte_model(run):
     assert "not-modelled" not in set(plots.intensity(stranger)["provider"])
 
 
+def test_roofline_places_points_by_measured_bytes_where_an_io_study_measured_them(run, tmp_path):
+    """fa2's modelled bytes count no L2 reuse; with the run's folder holding Nsight Compute's DRAM bytes for a
+    point, that point is drawn again, hollow, at FLOPs per measured byte."""
+    points = plots.intensity(run)
+    fa2 = points[(points["provider"] == "fa2") & (points["mode"] == "fwd")].iloc[[0]]
+    keys = ["provider", "mode", "dtype", "batch", "heads", "kv_heads", "seqlen_q", "seqlen_k", "headdim", "causal"]
+    fa2[keys].assign(status="ok", dram_bytes=fa2["hbm_bytes"] / 4).to_csv(tmp_path / "io_study.csv", index=False)
+    framed = run.copy()
+    framed.attrs = {**run.attrs, "run_dir": str(tmp_path)}
+    measured = plots.measured_intensity(points, str(tmp_path))
+    assert len(measured) == 1 and measured["measured_intensity"].iloc[0] == pytest.approx(4 * fa2["intensity"].iloc[0])
+    fig = plots.roofline(framed)
+    assert "hollow: at the DRAM bytes Nsight Compute measured" in _legend_labels(fig)
+    assert "hollow: at the DRAM bytes Nsight Compute measured" not in _legend_labels(plots.roofline(run))
+
+
 def test_a_run_with_several_dtypes_or_batches_is_drawn_once_per_group(tmp_path):
     two = results_frame(dtypes=("fp16", "bf16"), providers=("fa2", "naive"), seqlens=(512, 1024), headdims=(64,),
                         modes=("fwd",))

@@ -15,10 +15,10 @@ from fa2bench.core import iomodel
 
 from fa2bench.profiling import ncu
 from fa2bench.core.presets import KEY_COLUMNS, Point
-from fa2bench.run.results import RunWriter, read_csv, row_key
+from fa2bench.run.results import IO_STUDY_CSV, RunWriter, read_csv, row_key
 from fa2bench.run.runner import environment_meta
 
-STUDY_CSV, STUDY_FIGURE = "io_study.csv", "io_study.png"
+STUDY_CSV, STUDY_FIGURE = IO_STUDY_CSV, "io_study.png"
 STUDY_COLUMNS = KEY_COLUMNS + (
     "status", "error", "config", "kernels_per_call", "dram_read_bytes", "dram_write_bytes", "dram_bytes",
     "model_bytes", "compulsory_bytes", "measured_over_model", "l2_bytes", "duration_ms", "occupancy_pct",

@@ -45,6 +45,7 @@ _TEXT_COLUMNS = ("provider", "mode", "dtype", "causal", "ragged", "status", "err
                  "throttle_reason", "throttled", "timer", "noisy", "report", "model", "note", "checkpointing",
                  "parallel")
 CSV_NAME, PARQUET_NAME, META_NAME = "results.csv", "results.parquet", "meta.json"
+IO_STUDY_CSV = "io_study.csv"  # Nsight Compute's DRAM bytes per point (fa2bench.profiling.iostudy), in a run folder or its own
 LOCK_NAME = ".fa2bench.lock"
 DAMAGED_NAME = "results.csv.damaged"  # rows dropped on resume, kept for inspection (<table>.damaged for others)
 

@@ -38,13 +38,13 @@ from fa2bench.read.plots.common import (DPI, FORMATS, MARKS, MODE_TITLES, Ceilin
 from fa2bench.read.plots.decode import decode_bandwidth
 from fa2bench.read.plots.iostudy import io_study, save_io_study
 from fa2bench.read.plots.memory import memory
-from fa2bench.read.plots.roofline import intensity, roofline
+from fa2bench.read.plots.roofline import intensity, measured_intensity, roofline
 
 __all__ = ["DPI", "FIGURES", "FIGURE_TITLES", "FORMATS", "MARKS", "MODE_TITLES", "PER_MODE", "Ceilings",
            "NothingToPlot", "Plotted", "a100_peak", "ceilings", "color", "decode_bandwidth", "describe_workload",
            "device_peak",
            "fraction_of_peak", "gpu_name", "intensity", "io_study", "label", "memory", "modes_of",
-           "ordered_providers", "parse_formats", "plot_run", "roofline", "save_io_study", "seqlen_label", "speedup",
+           "measured_intensity", "ordered_providers", "parse_formats", "plot_run", "roofline", "save_io_study", "seqlen_label", "speedup",
            "speedups", "split", "throughput", "tidy"]
 
 
