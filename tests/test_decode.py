@@ -215,6 +215,7 @@ def test_decode_sweep_rows_resume_and_figure(tmp_path):
     assert len(load_run(tmp_path)) == 8
     plotted = plots.plot_run(load_run(tmp_path), tmp_path / "figures")
     assert [p.name for p in plotted.files["decode_bandwidth"]] == ["decode_bandwidth-fp32.png"]
+    assert [p.name for p in plotted.files["decode_latency"]] == ["decode_latency-fp32.png"]
 
 
 def test_old_rows_read_as_contiguous_uniform():

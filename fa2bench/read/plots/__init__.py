@@ -12,7 +12,8 @@ Five kinds, each answering one question:
 - ``roofline``: arithmetic intensity (FLOPs / modelled HBM bytes, ``iomodel.hbm_bytes``) against TFLOP/s,
   under this GPU's compute and bandwidth ceilings (measured ones from meta.json when the sweep took them,
   else datasheet numbers; the legend names the source).
-- ``decode_bandwidth``: how close to the memory limit does decoding get? Decode rows only (``decode``).
+- ``decode_bandwidth``, ``decode_latency``: how close to the memory limit does decoding get, and how long does a
+  call take? Decode rows only (``decode``).
 
 Labels and colours come from ``providers.REGISTRY``. A run with several dtypes (or several workloads at one
 (mode, head dim, causal, seqlen), e.g. ``--batch 1,8``) is drawn once per group: ``split(frame)``; the files
@@ -35,13 +36,13 @@ from fa2bench.read.plots.bars import fraction_of_peak, speedup, speedups, throug
 from fa2bench.read.plots.common import (DPI, FORMATS, MARKS, MODE_TITLES, Ceilings, NothingToPlot, a100_peak,
                                         ceilings, color, describe_workload, device_peak, gpu_name, label, modes_of,
                                         ordered_providers, seqlen_label, split, tidy)
-from fa2bench.read.plots.decode import decode_bandwidth
+from fa2bench.read.plots.decode import decode_bandwidth, decode_latency
 from fa2bench.read.plots.iostudy import io_study, save_io_study
 from fa2bench.read.plots.memory import memory
 from fa2bench.read.plots.roofline import intensity, measured_intensity, roofline
 
 __all__ = ["DPI", "FIGURES", "FIGURE_TITLES", "FORMATS", "MARKS", "MODE_TITLES", "PER_MODE", "Ceilings",
-           "NothingToPlot", "Plotted", "a100_peak", "ceilings", "color", "decode_bandwidth", "describe_workload",
+           "NothingToPlot", "Plotted", "a100_peak", "ceilings", "color", "decode_bandwidth", "decode_latency", "describe_workload",
            "device_peak",
            "fraction_of_peak", "gpu_name", "intensity", "io_study", "label", "memory", "modes_of",
            "measured_intensity", "ordered_providers", "parse_formats", "plot_run", "roofline", "save_io_study", "seqlen_label", "speedup",
@@ -50,13 +51,13 @@ __all__ = ["DPI", "FIGURES", "FIGURE_TITLES", "FORMATS", "MARKS", "MODE_TITLES",
 
 FIGURES: dict[str, Callable[..., Figure]] = {
     "throughput": throughput, "speedup": speedup, "fraction_of_peak": fraction_of_peak, "memory": memory,
-    "roofline": roofline, "decode_bandwidth": decode_bandwidth,
+    "roofline": roofline, "decode_bandwidth": decode_bandwidth, "decode_latency": decode_latency,
 }
-WHOLE_RUN = ("decode_bandwidth",)  # drawn once per dtype over the decode rows, not per workload group
+WHOLE_RUN = ("decode_bandwidth", "decode_latency")  # drawn once per dtype over the decode rows, not per workload group
 PER_MODE = ("throughput", "fraction_of_peak")  # one file per mode: <kind>-<mode>[-<group>].<format>
 FIGURE_TITLES = {"throughput": "Throughput", "speedup": "Speedup of FlashAttention-2",
                  "fraction_of_peak": "Fraction of peak", "memory": "Peak memory", "roofline": "Roofline",
-                 "decode_bandwidth": "Decode bandwidth utilisation"}
+                 "decode_bandwidth": "Decode bandwidth utilisation", "decode_latency": "Decode latency"}
 
 
 @dataclass

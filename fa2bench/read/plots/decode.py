@@ -1,6 +1,7 @@
-"""How close to the memory limit does decoding get? Decode rows only (drawn for runs that have them; the other
-figure kinds leave decode rows out): % of the run's measured copy bandwidth (``pct_copy_bw``; achieved GB/s when
-no ceiling was measured) against KV length, a panel per (heads, page size), a line per (provider, batch)."""
+"""How close to the memory limit does decoding get, and how long does a step take? Decode rows only (drawn for runs
+that have them; the other figure kinds leave decode rows out), against KV length, a panel per (heads, page size),
+a line per (provider, batch): ``decode_bandwidth``, % of the run's measured copy bandwidth (``pct_copy_bw``;
+achieved GB/s when no ceiling was measured), and ``decode_latency``, microseconds per call (``us``)."""
 from __future__ import annotations
 
 import numpy as np
@@ -14,10 +15,21 @@ from fa2bench.read.plots.common import (NothingToPlot, color, legend, new_figure
                                         provider_handles, seqlen_label, tidy, title)
 
 _BATCH_MARKERS = "os^Dv<>ph*"
+_Y_LABELS = {"pct_copy_bw": "% of measured copy bandwidth", "gbps": "GB/s (compulsory bytes)",
+             "us": "microseconds per call"}
 
 
 def decode_bandwidth(frame: pd.DataFrame, meta: dict | None = None) -> Figure:
     """% of the measured copy bandwidth (or GB/s) of decode points against KV length; see the module docstring."""
+    return _decode_figure(frame, meta, latency=False)
+
+
+def decode_latency(frame: pd.DataFrame, meta: dict | None = None) -> Figure:
+    """Microseconds per decode call against KV length (log-log); see the module docstring."""
+    return _decode_figure(frame, meta, latency=True)
+
+
+def _decode_figure(frame: pd.DataFrame, meta: dict | None, latency: bool) -> Figure:
     meta = meta if meta is not None else frame.attrs.get("meta", {})
     rows = tidy(frame)
     rows = rows[(rows["mode"] == DECODE) & (rows["status"] == "ok")].copy()
@@ -27,6 +39,7 @@ def decode_bandwidth(frame: pd.DataFrame, meta: dict | None = None) -> Figure:
         rows[col] = rows[col] if col in rows else default
     rows["page_size"] = pd.to_numeric(rows["page_size"], errors="coerce").fillna(0).astype(int)
     metric = "pct_copy_bw" if pd.to_numeric(rows["pct_copy_bw"], errors="coerce").notna().any() else "gbps"
+    metric = "us" if latency else metric
     rows[metric] = pd.to_numeric(rows[metric], errors="coerce")
     heads = sorted({(h, kv) for h, kv in zip(rows["heads"], rows["kv_heads"])})
     pages = sorted(set(rows["page_size"]))
@@ -44,7 +57,9 @@ def decode_bandwidth(frame: pd.DataFrame, meta: dict | None = None) -> Figure:
             ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: seqlen_label(int(x))))
             ax.set_title(f"h{h}/kv{kv}, {f'pages of {page}' if page else 'contiguous'}", fontsize=9)
             ax.set_xlabel("KV length")
-            ax.set_ylabel("% of measured copy bandwidth" if metric == "pct_copy_bw" else "GB/s (compulsory bytes)")
+            ax.set_ylabel(_Y_LABELS[metric])
+            if latency:
+                ax.set_yscale("log")
             if metric == "pct_copy_bw":
                 ax.axhline(100, color="#444444", linewidth=0.8, linestyle=":")
             ax.grid(True, alpha=0.3)
@@ -54,5 +69,5 @@ def decode_bandwidth(frame: pd.DataFrame, meta: dict | None = None) -> Figure:
     if rows["ragged"].astype(bool).any():
         handles.append(Line2D([], [], color="#444444", linestyle="--", label="ragged lengths"))
     legend(fig, handles)
-    fig.suptitle(title("Decode bandwidth utilisation", rows, meta), fontsize=11)
+    fig.suptitle(title("Decode latency" if latency else "Decode bandwidth utilisation", rows, meta), fontsize=11)
     return fig
