@@ -23,6 +23,8 @@ from fa2bench.read.summary import geomean, ratio_table, speedup
 BEGIN, END = "<!-- fa2bench:begin {} -->", "<!-- fa2bench:end {} -->"
 _BLOCK = re.compile(r"<!-- fa2bench:begin ([\w-]+) -->(.*?)<!-- fa2bench:end \1 -->", re.S)
 TOP, E2E, ABLATION = "h100-top", "h100-e2e", "h100-ablation"
+FIRST, SECOND = "h200-default-run1", "h200-default-run2"  # issue 21: the default sweep twice on a fresh machine
+DECODE, SPLITS = "h200-decode", "h200-decode-splits"
 NAMES = {"fa2": "fa2", "sdpa-cudnn": "cuDNN", "sdpa-flash": "flash"}
 
 
@@ -31,7 +33,7 @@ def _load(root: Path, run: str) -> pd.DataFrame:
 
     frame = load_run(root / run)
     keys = [c for c in ("provider", "mode", "dtype", "batch", "heads", "kv_heads", "seqlen_q", "seqlen_k", "headdim",
-                        "causal", "model") if c in frame]
+                        "causal", "page_size", "ragged", "model") if c in frame]
     return frame.drop_duplicates(keys, keep="last").reset_index(drop=True)
 
 
@@ -193,10 +195,79 @@ def e2e_versus(root: Path) -> str:
             f"a smaller share of the step.")
 
 
+# --- the first result (results/h200-default-run1, -run2) --------------------------------------------------
+
+
+def _wall_s(meta: dict) -> float:
+    import datetime as dt
+
+    start, end = (dt.datetime.fromisoformat(meta[k]) for k in ("started_utc", "finished_utc"))
+    return (end - start).total_seconds()
+
+
+def first_run(root: Path) -> str:
+    """The default sweep's two runs on one fresh machine: wall time (meta.json), set-up and timing, cached configs."""
+    said = []
+    for run in (FIRST, SECOND):
+        frame, meta = _load(root, run), _meta(root, run)
+        tuned = frame[frame["config_cached"].notna()]
+        cached = int(tuned["config_cached"].astype(str).eq("True").sum())
+        said.append(f"{_wall_s(meta):.0f} s ({frame['setup_s'].sum():.0f} s of set-up: checks, compilation, "
+                    f"autotuning; {frame['timing_s'].sum():.0f} s of timing; {cached} of {len(tuned)} autotuned "
+                    f"points with their configs from the disk cache)")
+    return f"the first run took {said[0]} and the second {said[1]}, from meta.json's start to finish"
+
+
+# --- decoding (results/h200-decode, -splits) ---------------------------------------------------------------
+
+_DECODE_KEYS = ["dtype", "batch", "heads", "kv_heads", "seqlen_q", "seqlen_k", "headdim", "page_size", "ragged"]
+
+
+def _decode_fa2(root: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    frame = _ok(_load(root, DECODE))
+    return frame[frame["provider"] == "fa2-decode"], frame[frame["provider"] != "fa2-decode"]
+
+
+def decode_versus(root: Path) -> str:
+    """fa2-decode's share of the copy bandwidth, its rank among the providers, and what paging costs it."""
+    fa2, others = _decode_fa2(root)
+    big = fa2[(fa2["page_size"] == 0) & (fa2["seqlen_k"] >= 8192) & (fa2["batch"] * fa2["kv_heads"] >= 64)]
+    best = others.groupby(_DECODE_KEYS)["us"].min().rename("best")
+    fastest = others.loc[others.groupby(_DECODE_KEYS)["us"].idxmin(), "provider"].value_counts()
+    shared = fa2.set_index(_DECODE_KEYS)["us"].to_frame("fa2").join(best, how="inner")
+    ratio = shared["best"] / shared["fa2"]
+    flat = [k for k in _DECODE_KEYS if k != "page_size"]
+    contiguous = fa2[fa2["page_size"] == 0].set_index(flat)["us"]
+    paged = fa2[fa2["page_size"] >= 64].set_index(flat)["us"]
+    cost = (paged / contiguous.reindex(paged.index) - 1).dropna() * 100
+    slow = ratio.idxmin()
+    return (f"On contiguous caches at KV length 8k and longer with batch x KV heads >= 64, `fa2-decode` moves its "
+            f"compulsory bytes at a median {big['pct_copy_bw'].median():.0f}% of the run's measured copy bandwidth "
+            f"({len(big)} points, {big['pct_copy_bw'].min():.0f}-{big['pct_copy_bw'].max():.0f}%; a copy reads and "
+            f"writes, a decode call almost only reads, so it can pass 100%). It is the "
+            f"fastest provider at {int((ratio >= 1).sum())} of the {len(ratio)} points where another provider "
+            f"also ran (geometric mean {geomean(ratio):.2f}x the best other; its slowest, {ratio.min():.2f}x, at "
+            f"batch {slow[1]}, {slow[2]} heads, KV length {_k(slow[5])}; the best other provider is "
+            f"{', '.join(f'`{p}` at {n}' for p, n in fastest.items())} of them). A paged cache (64-token pages) costs "
+            f"it a median {cost.median():.0f}% over a contiguous one of the same lengths (at most "
+            f"{cost.max():.0f}%, {len(cost)} points).")
+
+
+def decode_splits(root: Path) -> str:
+    """The split heuristic against the best fixed split count."""
+    frame = pd.read_csv(root / SPLITS / "decode_splits.csv")
+    chosen = frame[frame["heuristic"].astype(str) == "True"]
+    worst = chosen.loc[chosen["vs_best"].idxmax()]
+    return (f"the heuristic's split count runs within {100 * (chosen['vs_best'].median() - 1):.0f}% of the best "
+            f"fixed count at the median of {len(chosen)} shapes (at worst {chosen['vs_best'].max():.2f}x its "
+            f"time, batch {worst['batch']} at KV length {_k(worst['kv_len'])})")
+
+
 BLOCKS: dict[str, Callable[[Path], str]] = {
     "top-points": top_points, "top-table": top_table, "top-versus": top_versus,
     "ablation-versus": ablation_versus, "ablation-fa1": ablation_fa1, "ablation-steps": ablation_steps,
     "e2e-tokens": e2e_tokens, "e2e-table": e2e_table, "e2e-versus": e2e_versus,
+    "first-run": first_run, "decode-versus": decode_versus, "decode-splits": decode_splits,
 }
 
 

@@ -277,7 +277,8 @@ def _check_values(q, k_cache, seqlens_k, block_table, causal):
 def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                      seqlens_k: torch.Tensor | None = None, block_table: torch.Tensor | None = None, *,
                      causal: bool = True, sm_scale: float | None = None, num_splits: int | None = None,
-                     tf32: bool = False, validate: bool = True) -> torch.Tensor:
+                     tf32: bool = False, validate: bool = True, tiles: tuple[int, int, int] | None = None
+                     ) -> torch.Tensor:
     """softmax(q k^T * sm_scale) v for decoding, split over the keys; returns (batch, q_len, heads, head_dim).
 
     q: (batch, q_len <= 16, heads, head_dim). Contiguous cache (block_table None): k_cache, v_cache
@@ -285,7 +286,8 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     (num_pages, page_size, kv_heads, head_dim) with block_table (batch, max_pages_per_seq) int32 and
     seqlens_k. Causal masking is aligned bottom-right. ``num_splits`` forces the split count (default: the
     heuristic). ``validate`` checks lengths and table entries against the cache (one host sync; a caller that
-    built them itself, or a CUDA-graph capture, passes False).
+    built them itself, or a CUDA-graph capture, passes False). ``tiles`` = (BLOCK_N, warps, stages) overrides
+    the kernel's tiling (a study of the choice: fa2bench.profiling.decode_splits); BLOCK_N must divide the page.
     """
     _check(q, k_cache, v_cache, seqlens_k, block_table, causal, num_splits)
     batch, q_len, heads, headdim = q.shape
@@ -298,7 +300,7 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
         _check_values(q, k_cache, seqlens_k, block_table, bool(causal))
     scale = check_scale(headdim, sm_scale)
     precision = dot_precision(q.dtype, tf32)
-    block_n = 32 if q.dtype == torch.float32 else 64
+    block_n = tiles[0] if tiles else 32 if q.dtype == torch.float32 else 64
     if paged:
         block_n = min(block_n, k_cache.shape[1])
     rows = q_len * group
@@ -315,6 +317,8 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     table = block_table if paged else seqlens_k  # unread when not PAGED
     BLOCK_D = block_d(headdim)
     warps, stages = (4 if block_m <= 64 else 8), 3  # a 128-row tile keeps a 128 x d fp32 accumulator
+    if tiles:
+        warps, stages = tiles[1], tiles[2]
     _decode_kernel[(splits, batch * kv_heads, m_tiles)](
         q, k_cache, v_cache, out, o_part, lse_part, seqlens_k, table, scale * 1.4426950408889634,
         q.stride(0), q.stride(1), q.stride(2), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),

@@ -49,5 +49,5 @@ def test_an_unknown_block_is_one_clear_error():
 def test_no_block_reads_a_legacy_folder():
     """The blocks read only runs with a tool-written meta.json (legacy folders are listed in results/README.md)."""
     source = Path(docnumbers.__file__).read_text()
-    runs = set(re.findall(r'"(h100-[\w-]+|io-[\w-]+|ncu-[\w-]+)"', source))
+    runs = set(re.findall(r'"(h[12]00-[\w-]+|io-[\w-]+|ncu-[\w-]+)"', source))
     assert runs and all((ROOT / "results" / run / "meta.json").exists() for run in runs)

@@ -5,10 +5,11 @@ at least four K/V blocks per split). This study times ``decode_attention`` at ea
 count and with fixed counts 1, 2, 4, ... 128, with the suite's graph timer over fresh caches (L2 cold, as decode
 sweep points are timed), and writes ``decode_splits.csv`` with meta.json::
 
-    python -m fa2bench.profiling.decode_splits --out results/<name>
+    python -m fa2bench.profiling.decode_splits --out results/<name> [--study splits|tiles|both]
 
 Each row is one (shape, split count); ``heuristic`` marks the heuristic's own count, ``vs_best`` its time over
-the fastest count's.
+the fastest count's. ``--study tiles`` writes ``decode_tiles.csv``: every (BLOCK_N, warps, stages) of ``TILES``
+at split counts 1-32, the data behind the kernel's tiling and heuristic.
 """
 from __future__ import annotations
 
@@ -27,9 +28,18 @@ HEADDIM, DTYPE = 128, "bf16"
 CSV = "decode_splits.csv"
 
 
-def study(shapes=SHAPES, splits=SPLITS) -> pd.DataFrame:
+# the tile study: (BLOCK_N, warps, stages) x split counts at shapes from each regime of the decode preset
+TILE_SHAPES = ((1, 32, 8, 1024), (1, 32, 8, 16384), (4, 32, 8, 32768), (16, 32, 8, 8192), (64, 32, 8, 4096),
+               (64, 32, 8, 16384), (256, 32, 8, 4096))
+TILES = ((32, 4, 3), (64, 4, 2), (64, 4, 3), (64, 4, 4), (64, 8, 3), (128, 4, 2), (128, 4, 3), (128, 8, 2),
+         (128, 8, 3))
+TILE_SPLITS = (1, 2, 4, 8, 16, 32)
+TILES_CSV = "decode_tiles.csv"
+
+
+def _timer(batch: int, heads: int, kv_heads: int, kv_len: int):
+    """time(splits, tiles) -> a row: decode_attention on fresh caches of this shape, graph timer, L2 cold."""
     import torch
-    import triton
 
     from fa2bench.core import precision
     from fa2bench.core.decode import compulsory_bytes
@@ -38,50 +48,87 @@ def study(shapes=SHAPES, splits=SPLITS) -> pd.DataFrame:
     from fa2bench.run.timing import bench
 
     dtype = precision.torch_dtype(DTYPE)
+    nbytes = compulsory_bytes(batch, heads, kv_heads, 1, kv_len, HEADDIM, False, dtype.itemsize)
+
+    def inputs():
+        return make_inputs(batch, heads, kv_heads, 1, kv_len, HEADDIM, 0, False, dtype, "cuda")
+
+    def time(count: int | None, tiles=None) -> dict:
+        def run(cache):
+            return decode.decode_attention(cache.q, cache.k_cache, cache.v_cache, cache.seqlens_k,
+                                           num_splits=count, validate=False, tiles=tiles)
+
+        cache = inputs()
+        run(cache)
+        timing = bench(lambda: run(cache), timer="graph", input_bytes=nbytes,
+                       rotate=lambda n: [((lambda c=c: run(c)), None) for c in (inputs() for _ in range(n))])
+        torch.cuda.synchronize()
+        return dict(batch=batch, heads=heads, kv_heads=kv_heads, kv_len=kv_len, headdim=HEADDIM, dtype=DTYPE,
+                    splits=count, us=timing.ms * 1e3, gbps=nbytes / (timing.ms * 1e-3) / 1e9,
+                    samples=timing.samples, spread=timing.spread, noisy=timing.noisy, timer=timing.timer)
+
+    return time
+
+
+def heuristic_splits(batch: int, kv_heads: int, kv_len: int) -> int:
+    """The split count decode_attention picks for one query per sequence (one M tile per KV group)."""
+    import torch
+    import triton
+
+    from fa2bench.kernels import decode
+
+    return decode.num_splits_heuristic(batch * kv_heads, triton.cdiv(kv_len, 64),
+                                       decode.sm_count(torch.device("cuda")))
+
+
+def study(shapes=SHAPES, splits=SPLITS) -> pd.DataFrame:
+    """The heuristic's split count against each fixed count (default tiles)."""
     rows = []
     for batch, heads, kv_heads, kv_len in shapes:
-        def inputs():
-            return make_inputs(batch, heads, kv_heads, 1, kv_len, HEADDIM, 0, False, dtype, "cuda")
-
-        programs = batch * kv_heads  # one query per sequence: one M tile per KV group
-        chosen = decode.num_splits_heuristic(programs, triton.cdiv(kv_len, 64), decode.sm_count(torch.device("cuda")))
-        nbytes = compulsory_bytes(batch, heads, kv_heads, 1, kv_len, HEADDIM, False, dtype.itemsize)
-        for count in sorted({*splits, chosen}):
-            def run(cache, count=count):
-                return decode.decode_attention(cache.q, cache.k_cache, cache.v_cache, cache.seqlens_k,
-                                               num_splits=count, validate=False)
-
-            cache = inputs()
-            run(cache)
-            timing = bench(lambda: run(cache), timer="graph", input_bytes=nbytes,
-                           rotate=lambda n, count=count: [((lambda c=c: run(c, count)), None)
-                                                          for c in (inputs() for _ in range(n))])
-            rows.append(dict(batch=batch, heads=heads, kv_heads=kv_heads, kv_len=kv_len, headdim=HEADDIM,
-                             dtype=DTYPE, splits=count, heuristic=count == chosen, us=timing.ms * 1e3,
-                             gbps=nbytes / (timing.ms * 1e-3) / 1e9, samples=timing.samples,
-                             spread=timing.spread, noisy=timing.noisy, timer=timing.timer))
+        time, chosen = _timer(batch, heads, kv_heads, kv_len), heuristic_splits(batch, kv_heads, kv_len)
+        rows += [{**time(count), "heuristic": count == chosen} for count in sorted({*splits, chosen})]
     frame = pd.DataFrame(rows)
-    best = frame.groupby(["batch", "heads", "kv_len"])["us"].transform("min")
-    frame["vs_best"] = frame["us"] / best
+    frame["vs_best"] = frame["us"] / frame.groupby(["batch", "heads", "kv_len"])["us"].transform("min")
+    return frame
+
+
+def tile_study(shapes=TILE_SHAPES, tiles=TILES, splits=TILE_SPLITS) -> pd.DataFrame:
+    """Every (BLOCK_N, warps, stages) of ``tiles`` at every split count of ``splits`` and the heuristic's."""
+    rows = []
+    for batch, heads, kv_heads, kv_len in shapes:
+        time, chosen = _timer(batch, heads, kv_heads, kv_len), heuristic_splits(batch, kv_heads, kv_len)
+        for tile in tiles:
+            for count in sorted({*splits, chosen}):
+                try:
+                    row = time(count, tile)
+                except Exception as exc:  # a tile that does not compile or fit: recorded, the study goes on
+                    row = dict(batch=batch, heads=heads, kv_heads=kv_heads, kv_len=kv_len, splits=count,
+                               error=f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
+                rows.append({**row, "block_n": tile[0], "warps": tile[1], "stages": tile[2],
+                             "heuristic": count == chosen})
+    frame = pd.DataFrame(rows)
+    frame["vs_best"] = frame["us"] / frame.groupby(["batch", "heads", "kv_len"])["us"].transform("min")
     return frame
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
-    out = parser.parse_args(argv).out
+    parser.add_argument("--study", choices=("splits", "tiles", "both"), default="splits")
+    args = parser.parse_args(argv)
     from fa2bench.run import hardware
     from fa2bench.run.runner import environment_meta
 
-    out.mkdir(parents=True, exist_ok=True)
-    meta = {**environment_meta("cuda"), "study": "decode split count", "ceilings": hardware.measure_ceilings()}
-    frame = study()
-    copy_tbps = meta["ceilings"].get("copy_tb_per_s")
-    if copy_tbps:
-        frame["pct_copy_bw"] = 100 * frame["gbps"] / (copy_tbps * 1e3)
-    frame.to_csv(out / CSV, index=False)
-    (out / "meta.json").write_text(json.dumps(meta, indent=1, default=str))
-    print(frame[frame["heuristic"]].to_string(index=False))
+    args.out.mkdir(parents=True, exist_ok=True)
+    meta = {**environment_meta("cuda"), "study": f"decode {args.study}", "ceilings": hardware.measure_ceilings()}
+    (args.out / "meta.json").write_text(json.dumps(meta, indent=1, default=str))
+    copy_gbps = 1e3 * (meta["ceilings"].get("copy_tb_per_s") or float("nan"))
+    for name, csv, run in (("splits", CSV, study), ("tiles", TILES_CSV, tile_study)):
+        if args.study in (name, "both"):
+            frame = run()
+            frame["pct_copy_bw"] = 100 * frame["gbps"] / copy_gbps
+            frame.to_csv(args.out / csv, index=False)
+            print(frame[frame["vs_best"] == 1].to_string(index=False))
 
 
 if __name__ == "__main__":
