@@ -215,7 +215,13 @@ def first_run(root: Path) -> str:
         said.append(f"{_wall_s(meta):.0f} s ({frame['setup_s'].sum():.0f} s of set-up: checks, compilation, "
                     f"autotuning; {frame['timing_s'].sum():.0f} s of timing; {cached} of {len(tuned)} autotuned "
                     f"points with their configs from the disk cache)")
-    return f"the first run took {said[0]} and the second {said[1]}, from meta.json's start to finish"
+    from fa2bench.read.compare import compare
+    from fa2bench.run.results import load_run
+
+    same = compare(load_run(root / FIRST), load_run(root / SECOND)).counts
+    return (f"the first run took {said[0]} and the second {said[1]}, from meta.json's start to finish; `fa2bench "
+            f"compare` finds {same.get('same', 0)} of the second run's {sum(same.values())} points the same as the "
+            f"first's within their noise")
 
 
 # --- decoding (results/h200-decode, -splits) ---------------------------------------------------------------
