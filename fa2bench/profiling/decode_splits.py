@@ -81,19 +81,22 @@ def heuristic_splits(batch: int, kv_heads: int, kv_len: int) -> int:
                                        decode.sm_count(torch.device("cuda")))
 
 
-def study(shapes=SHAPES, splits=SPLITS) -> pd.DataFrame:
-    """The heuristic's split count against each fixed count (default tiles)."""
+def study(shapes=SHAPES, splits=SPLITS, save=None) -> pd.DataFrame:
+    """The heuristic's split count against each fixed count (default tiles); ``save(frame)`` at the end."""
     rows = []
     for batch, heads, kv_heads, kv_len in shapes:
         time, chosen = _timer(batch, heads, kv_heads, kv_len), heuristic_splits(batch, kv_heads, kv_len)
         rows += [{**time(count), "heuristic": count == chosen} for count in sorted({*splits, chosen})]
     frame = pd.DataFrame(rows)
     frame["vs_best"] = frame["us"] / frame.groupby(["batch", "heads", "kv_len"])["us"].transform("min")
+    if save:
+        save(frame)
     return frame
 
 
-def tile_study(shapes=TILE_SHAPES, tiles=TILES, splits=TILE_SPLITS) -> pd.DataFrame:
-    """Every (BLOCK_N, warps, stages) of ``tiles`` at every split count of ``splits`` and the heuristic's."""
+def tile_study(shapes=TILE_SHAPES, tiles=TILES, splits=TILE_SPLITS, save=None) -> pd.DataFrame:
+    """Every (BLOCK_N, warps, stages) of ``tiles`` at every split count of ``splits`` and the heuristic's;
+    ``save(frame)`` after each shape (a study stopped by a time limit keeps what it measured)."""
     rows = []
     for batch, heads, kv_heads, kv_len in shapes:
         time, chosen = _timer(batch, heads, kv_heads, kv_len), heuristic_splits(batch, kv_heads, kv_len)
@@ -106,8 +109,10 @@ def tile_study(shapes=TILE_SHAPES, tiles=TILES, splits=TILE_SPLITS) -> pd.DataFr
                                error=f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
                 rows.append({**row, "block_n": tile[0], "warps": tile[1], "stages": tile[2],
                              "heuristic": count == chosen})
-    frame = pd.DataFrame(rows)
-    frame["vs_best"] = frame["us"] / frame.groupby(["batch", "heads", "kv_len"])["us"].transform("min")
+        frame = pd.DataFrame(rows)
+        frame["vs_best"] = frame["us"] / frame.groupby(["batch", "heads", "kv_len"])["us"].transform("min")
+        if save:
+            save(frame)
     return frame
 
 
@@ -123,11 +128,14 @@ def main(argv=None) -> None:
     meta = {**environment_meta("cuda"), "study": f"decode {args.study}", "ceilings": hardware.measure_ceilings()}
     (args.out / "meta.json").write_text(json.dumps(meta, indent=1, default=str))
     copy_gbps = 1e3 * (meta["ceilings"].get("copy_tb_per_s") or float("nan"))
+    def saver(csv):
+        def save(frame):
+            frame.assign(pct_copy_bw=100 * frame["gbps"] / copy_gbps).to_csv(args.out / csv, index=False)
+        return save
+
     for name, csv, run in (("splits", CSV, study), ("tiles", TILES_CSV, tile_study)):
         if args.study in (name, "both"):
-            frame = run()
-            frame["pct_copy_bw"] = 100 * frame["gbps"] / copy_gbps
-            frame.to_csv(args.out / csv, index=False)
+            frame = run(save=saver(csv))
             print(frame[frame["vs_best"] == 1].to_string(index=False))
 
 
