@@ -15,18 +15,19 @@ query blocks has nothing to split:
    a split with no key). A second kernel (``_combine_kernel``, one program per output row) merges them:
    ``O = sum_s 2^(L_s - L) O_s`` with ``L = log2 sum_s 2^L_s``. With one split the first kernel writes O
    itself and no combine runs.
-3. **The split heuristic** (``num_splits_heuristic``): enough programs for about two per SM
-   (``2 * sm_count``: a decode program's K/V pipeline leaves room for two per SM on Hopper), so
-   ``splits = ceil(2 * sm_count / (batch * kv_heads * m_tiles))``, at most ``n_blocks // 4`` (each split
-   streams at least 4 K/V blocks, so the combine's extra pass stays small against it; n_blocks from the
-   cache's capacity, not the lengths, so no host sync) and at most 128; 1 when the grid already fills the
-   GPU. ``num_splits=`` forces a count (a benchmark compares the heuristic with the best fixed one).
+3. **Tiles and splits** (``choose_tile``, ``num_splits_heuristic``), from a measured study
+   (results/h200-decode-tiles): 128-key blocks, 3 stages, one program per SM when the cache gives every SM a
+   block, else 64-key blocks, 2 stages, two per SM; then as many splits as keep the grid within one wave of
+   resident programs, ``splits = (per_sm * sm_count) // (batch * kv_heads * m_tiles)``, at least one block
+   each (n_blocks from the cache's capacity, not the lengths, so no host sync), at most 128, 1 when the grid
+   already fills a wave. A second wave of splits costs more than it hides: at batch 1 and 16k keys, 16 splits
+   ran in 23 us and 32 in 29 us. ``num_splits=`` forces a count and ``tiles=`` a tiling (the studies use them).
 4. **Ragged and paged caches.** Each sequence has its own length (``seqlens_k``, int32); blocks past it are
    never visited. The cache is either contiguous, (batch, kv_len, kv_heads, head_dim), or paged,
    (num_pages, page_size, kv_heads, head_dim) with a ``block_table`` (batch, max_pages_per_seq) int32: page
    ``p`` of sequence ``b`` holds its keys ``[p * page_size, (p + 1) * page_size)``. Both layouts index a key by
    (page or batch, row, kv head): the constexpr ``PAGED`` switch only changes where a block's row 0 is. The
-   K/V block ``BLOCK_N = min(page_size, 64)`` (32 for fp32) divides the page, so a block never straddles two
+   K/V block is at most the page, so it divides the page (both powers of two), a block never straddles two
    pages and one table entry is read per block. Page sizes: powers of two from 16 to 256.
 5. **Causal, bottom-right.** Query i of q_len sees keys ``j <= seqlen - q_len + i``; keys
    ``< seqlen - q_len + 1`` are seen by every row and run without a mask, the rest (the last block or two) run
@@ -38,10 +39,9 @@ windows, FP8 caches, page sizes that are not powers of two. Written for Triton 3
 """
 from __future__ import annotations
 
-import math
 
 from ._common import LOG2E, MAX_HEADDIM, check_scale, dot_precision, interpreting  # first: the interpreter
-from .configs import block_d
+from .configs import SMEM_BUDGET, block_d
 
 import torch  # noqa: E402,I001
 import triton  # noqa: E402
@@ -49,7 +49,6 @@ import triton.language as tl  # noqa: E402
 
 PAGE_SIZES = (16, 32, 64, 128, 256)
 MAX_SPLITS = 128
-MIN_BLOCKS_PER_SPLIT = 4
 MAX_TILE_ROWS = 128  # q_len * group rows per program at most; more go to extra programs
 INTERPRETER_SMS = 8  # the SM count the heuristic assumes on the CPU interpreter (so its split path runs in tests)
 
@@ -203,11 +202,36 @@ def sm_count(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-def num_splits_heuristic(programs: int, n_blocks: int, sms: int) -> int:
-    """Splits per sequence: about 2 programs per SM in all, each split at least MIN_BLOCKS_PER_SPLIT K/V blocks,
-    at most MAX_SPLITS; 1 when ``programs`` (batch * kv_heads * m_tiles) already reach 2 per SM."""
-    want = math.ceil(2 * sms / programs)
-    return max(1, min(want, n_blocks // MIN_BLOCKS_PER_SPLIT, MAX_SPLITS))
+def choose_tile(programs: int, capacity: int, page_size: int, elt: int, block_d: int, sms: int) -> tuple[int, int]:
+    """(BLOCK_N, stages) for a decode launch of ``programs`` (batch * kv_heads * m_tiles) over ``capacity`` keys.
+
+    Measured on an H200 (results/h200-decode-tiles, bf16, d128, one query): 128-key blocks with 3 stages (one
+    program per SM, 192 KiB of K/V in flight) stream fastest once every SM gets at least one block; when the
+    cache is too short for that, 64-key blocks with 2 stages (two programs per SM) give the splits more blocks
+    to share. fp32 keeps 32-key blocks. A paged cache caps the block at its page, and the stages shrink to fit
+    the shared-memory budget (head dim 256: 64-key blocks, 2 stages)."""
+    if elt >= 4:
+        block_n, stages = 32, 3
+    elif programs * triton.cdiv(capacity, 128) >= sms:
+        block_n, stages = 128, 3
+    else:
+        block_n, stages = 64, 2
+    if page_size:
+        block_n = min(block_n, page_size)
+        stages = stages if block_n >= 128 else min(stages, 2 if elt < 4 else 3)
+    while stages * 2 * block_n * block_d * elt > SMEM_BUDGET:  # fewer stages down to 2, then smaller blocks
+        if stages > 2 or block_n <= 16:
+            stages -= 1
+        else:
+            block_n //= 2
+    return block_n, stages
+
+
+def num_splits_heuristic(programs: int, n_blocks: int, sms: int, per_sm: int = 1) -> int:
+    """Splits per sequence: as many as keep every program in the first wave (``per_sm`` resident programs per
+    SM: 1 for 128-key tiles, 2 for 64-key ones), at least one K/V block each, at most MAX_SPLITS; 1 when
+    ``programs`` (batch * kv_heads * m_tiles) already fill a wave."""
+    return max(1, min(per_sm * sms // programs, n_blocks, MAX_SPLITS))
 
 
 def _check(q, k_cache, v_cache, seqlens_k, block_table, causal, num_splits):
@@ -300,23 +324,24 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
         _check_values(q, k_cache, seqlens_k, block_table, bool(causal))
     scale = check_scale(headdim, sm_scale)
     precision = dot_precision(q.dtype, tf32)
-    block_n = tiles[0] if tiles else 32 if q.dtype == torch.float32 else 64
-    if paged:
-        block_n = min(block_n, k_cache.shape[1])
     rows = q_len * group
     block_m = min(MAX_TILE_ROWS, max(16, triton.next_power_of_2(rows)))
     m_tiles = triton.cdiv(rows, block_m)
     capacity = k_cache.shape[1] * (block_table.shape[1] if paged else 1)
     programs = batch * kv_heads * m_tiles
+    BLOCK_D = block_d(headdim)
+    sms = sm_count(q.device)
+    block_n, stages = choose_tile(programs, capacity, k_cache.shape[1] if paged else 0, q.element_size(), BLOCK_D, sms)
+    if tiles:
+        block_n = min(tiles[0], k_cache.shape[1]) if paged else tiles[0]
     splits = int(num_splits) if num_splits is not None else num_splits_heuristic(
-        programs, triton.cdiv(capacity, block_n), sm_count(q.device))
+        programs, triton.cdiv(capacity, block_n), sms, per_sm=1 if block_n >= 128 else 2)
     out = torch.empty_like(q)
     f32 = dict(device=q.device, dtype=torch.float32)
     o_part = torch.empty((splits, batch, q_len, heads, headdim) if splits > 1 else (1,), **f32)
     lse_part = torch.empty((splits, batch, q_len, heads) if splits > 1 else (1,), **f32)
     table = block_table if paged else seqlens_k  # unread when not PAGED
-    BLOCK_D = block_d(headdim)
-    warps, stages = (4 if block_m <= 64 else 8), 3  # a 128-row tile keeps a 128 x d fp32 accumulator
+    warps = 4 if block_m <= 64 else 8  # a 128-row tile keeps a 128 x d fp32 accumulator
     if tiles:
         warps, stages = tiles[1], tiles[2]
     _decode_kernel[(splits, batch * kv_heads, m_tiles)](

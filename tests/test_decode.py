@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from tests.conftest import DEVICE
-from fa2bench.kernels.decode import MAX_SPLITS, decode_attention, num_splits_heuristic
+from fa2bench.kernels.configs import SMEM_BUDGET
+from fa2bench.kernels.decode import MAX_SPLITS, choose_tile, decode_attention, num_splits_heuristic
 from fa2bench.core.decode import compulsory_bytes, kv_lengths, shape_problem
 from fa2bench.core.decode_ref import DecodeInputs, check_decode, decode_ref, gather_kv, make_inputs
 
@@ -95,10 +96,22 @@ def test_split_counts_agree():
 
 def test_heuristic():
     assert num_splits_heuristic(programs=512, n_blocks=2048, sms=132) == 1  # the grid fills the GPU already
-    assert num_splits_heuristic(programs=8, n_blocks=2048, sms=132) == 33  # ~2 programs per SM
-    assert num_splits_heuristic(programs=8, n_blocks=16, sms=132) == 4  # >= 4 blocks per split
+    assert num_splits_heuristic(programs=8, n_blocks=2048, sms=132) == 16  # one wave of one program per SM
+    assert num_splits_heuristic(programs=8, n_blocks=2048, sms=132, per_sm=2) == 33
+    assert num_splits_heuristic(programs=8, n_blocks=5, sms=132) == 5  # at least one block per split
     assert num_splits_heuristic(programs=1, n_blocks=10**6, sms=1000) == MAX_SPLITS
-    assert num_splits_heuristic(programs=8, n_blocks=2, sms=132) == 1
+    assert num_splits_heuristic(programs=200, n_blocks=2, sms=132) == 1
+
+
+def test_tiles_follow_the_cache_and_fit_shared_memory():
+    # every SM gets a 128-key block: 128 keys, 3 stages; a short cache: 64 keys, 2 stages; fp32: 32 keys
+    assert choose_tile(programs=8, capacity=16384, page_size=0, elt=2, block_d=128, sms=132) == (128, 3)
+    assert choose_tile(programs=8, capacity=1024, page_size=0, elt=2, block_d=128, sms=132) == (64, 2)
+    assert choose_tile(programs=8, capacity=16384, page_size=0, elt=4, block_d=128, sms=132) == (32, 3)
+    assert choose_tile(programs=512, capacity=4096, page_size=16, elt=2, block_d=128, sms=132) == (16, 2)
+    # head dim 256: 3 stages of 128 x 256 K and V would not fit, nor 2; 2 stages of 64 keys do
+    block_n, stages = choose_tile(programs=512, capacity=4096, page_size=0, elt=2, block_d=256, sms=132)
+    assert (block_n, stages) == (64, 2) and stages * 2 * block_n * 256 * 2 <= SMEM_BUDGET
 
 
 def test_reference_gathers_pages_in_table_order():

@@ -1,7 +1,7 @@
 """Split-KV's split count: the heuristic against every fixed count, on a few decode shapes (issue 19).
 
-``kernels/decode.py`` picks the number of key splits with ``num_splits_heuristic`` (about two programs per SM,
-at least four K/V blocks per split). This study times ``decode_attention`` at each shape with the heuristic's
+``kernels/decode.py`` picks its tiling with ``choose_tile`` and the number of key splits with
+``num_splits_heuristic`` (one wave of resident programs). This study times ``decode_attention`` at each shape with the heuristic's
 count and with fixed counts 1, 2, 4, ... 128, with the suite's graph timer over fresh caches (L2 cold, as decode
 sweep points are timed), and writes ``decode_splits.csv`` with meta.json::
 
@@ -77,8 +77,10 @@ def heuristic_splits(batch: int, kv_heads: int, kv_len: int) -> int:
 
     from fa2bench.kernels import decode
 
-    return decode.num_splits_heuristic(batch * kv_heads, triton.cdiv(kv_len, 64),
-                                       decode.sm_count(torch.device("cuda")))
+    sms, programs = decode.sm_count(torch.device("cuda")), batch * kv_heads
+    block_n, _ = decode.choose_tile(programs, kv_len, 0, 2, HEADDIM, sms)
+    return decode.num_splits_heuristic(programs, triton.cdiv(kv_len, block_n), sms,
+                                       per_sm=1 if block_n >= 128 else 2)
 
 
 def study(shapes=SHAPES, splits=SPLITS, save=None) -> pd.DataFrame:
