@@ -49,9 +49,11 @@ def measured_intensity(points: pd.DataFrame, run_dir: str | None) -> pd.DataFram
     bytes_ = read_csv(study)
     bytes_ = bytes_[(bytes_["status"] == "ok") & (bytes_["dram_bytes"] > 0)]
     keys = [k for k in KEY_COLUMNS if k in bytes_ and k in points]
-    defaults = {k: v for k, v in KEY_DEFAULTS.items() if k in keys}
-    both = points.fillna(defaults).astype({k: type(v) for k, v in defaults.items()}).merge(
-        bytes_[keys + ["dram_bytes"]].fillna(defaults).drop_duplicates(keys, keep="last"), on=keys)
+    def filled(frame):  # key columns a run written before they existed lacks: their defaults
+        return frame.assign(**{k: frame[k].astype(object).fillna(v).astype(type(v))
+                               for k, v in KEY_DEFAULTS.items() if k in keys})
+
+    both = filled(points).merge(filled(bytes_[keys + ["dram_bytes"]]).drop_duplicates(keys, keep="last"), on=keys)
     return both.assign(measured_intensity=both["flops"] / both["dram_bytes"])
 
 
