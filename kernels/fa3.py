@@ -171,6 +171,25 @@ def _attend(acc, m_i, l_i, q, k_bufs, v_bufs, k_ready, v_ready, kv_empty, it, lo
 
 
 @gluon.jit
+def _epilogue(acc, m_i, l_i, O, LSE, bh, r0, N_CTX_Q, ROWS: gl.constexpr, HEAD_DIM: gl.constexpr,
+              DTYPE: gl.constexpr):
+    """One division per row (a row that saw no key has l = 0: O = 0, L = +inf), then rows r0.. of O and L."""
+    o_layout: gl.constexpr = acc.type.layout
+    o_rows: gl.constexpr = gl.SliceLayout(1, o_layout)
+    s_rows: gl.constexpr = m_i.type.layout
+    seen = l_i > 0.0
+    lse = gl.where(seen, m_i + gl.log2(gl.where(seen, l_i, 1.0)), float("inf"))
+    inv_l = gl.convert_layout(1.0 / gl.where(seen, l_i, 1.0), o_rows)
+    out = (acc * inv_l[:, None]).to(DTYPE)
+    rows = r0 + gl.arange(0, ROWS, o_rows)
+    cols = gl.arange(0, HEAD_DIM, gl.SliceLayout(0, o_layout))
+    row_off = (bh * N_CTX_Q + rows).to(gl.int64) * HEAD_DIM
+    gl.store(O + row_off[:, None] + cols[None, :], out, mask=(rows < N_CTX_Q)[:, None])
+    lse_rows = r0 + gl.arange(0, ROWS, s_rows)
+    gl.store(LSE + bh.to(gl.int64) * N_CTX_Q + lse_rows, lse, mask=lse_rows < N_CTX_Q)
+
+
+@gluon.jit
 def _consumer(q_bufs, k_bufs, v_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty, O, LSE, qk_scale,
               N_CTX_Q, N_CTX_K, n_tiles, CAUSAL: gl.constexpr, STAGES: gl.constexpr, num_warps: gl.constexpr):
     BLOCK_M: gl.constexpr = q_bufs.shape[2]
@@ -182,7 +201,6 @@ def _consumer(q_bufs, k_bufs, v_bufs, q_ready, q_empty, k_ready, v_ready, kv_emp
                                                        instr_shape=[16, HEAD_DIM, 16])
     p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
     s_rows: gl.constexpr = gl.SliceLayout(1, s_layout)
-    o_rows: gl.constexpr = gl.SliceLayout(1, o_layout)
     n_m = gl.cdiv(N_CTX_Q, BLOCK_M)
     BH = n_tiles // n_m
     it = 0
@@ -204,17 +222,7 @@ def _consumer(q_bufs, k_bufs, v_bufs, q_ready, q_empty, k_ready, v_ready, kv_emp
                                     STAGES)
         mbarrier.arrive(q_empty.index(qb), count=1)
         done += 1
-        # epilogue: one division per row; a row that saw no key has l = 0: O = 0, L = +inf
-        seen = l_i > 0.0
-        lse = gl.where(seen, m_i + gl.log2(gl.where(seen, l_i, 1.0)), float("inf"))
-        inv_l = gl.convert_layout(1.0 / gl.where(seen, l_i, 1.0), o_rows)
-        out = (acc * inv_l[:, None]).to(q_bufs.dtype)
-        rows = m0 + gl.arange(0, BLOCK_M, o_rows)
-        cols = gl.arange(0, HEAD_DIM, gl.SliceLayout(0, o_layout))
-        row_off = (bh * N_CTX_Q + rows).to(gl.int64) * HEAD_DIM
-        gl.store(O + row_off[:, None] + cols[None, :], out, mask=(rows < N_CTX_Q)[:, None])
-        lse_rows = m0 + gl.arange(0, BLOCK_M, s_rows)
-        gl.store(LSE + bh.to(gl.int64) * N_CTX_Q + lse_rows, lse, mask=lse_rows < N_CTX_Q)
+        _epilogue(acc, m_i, l_i, O, LSE, bh, m0, N_CTX_Q, BLOCK_M, HEAD_DIM, q_bufs.dtype)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -356,7 +364,6 @@ def _pp_consumer(q_bufs, k_bufs, v_bufs, q_ready, q_empty, k_ready, v_ready, kv_
                                                        instr_shape=[16, HEAD_DIM, 16])
     p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
     s_rows: gl.constexpr = gl.SliceLayout(1, s_layout)
-    o_rows: gl.constexpr = gl.SliceLayout(1, o_layout)
     n_m = gl.cdiv(N_CTX_Q, BLOCK_M)
     BH = n_tiles // n_m
     it = 0  # K/V blocks consumed so far (the producer's count)
@@ -405,16 +412,7 @@ def _pp_consumer(q_bufs, k_bufs, v_bufs, q_ready, q_empty, k_ready, v_ready, kv_
             mbarrier.arrive(kv_empty.index(s_prev), count=1)
         mbarrier.arrive(q_empty.index(qb), count=1)
         done += 1
-        seen = l_i > 0.0
-        lse = gl.where(seen, m_i + gl.log2(gl.where(seen, l_i, 1.0)), float("inf"))
-        inv_l = gl.convert_layout(1.0 / gl.where(seen, l_i, 1.0), o_rows)
-        out = (acc * inv_l[:, None]).to(q_bufs.dtype)
-        rows = r0 + gl.arange(0, ROWS, o_rows)
-        cols = gl.arange(0, HEAD_DIM, gl.SliceLayout(0, o_layout))
-        row_off = (bh * N_CTX_Q + rows).to(gl.int64) * HEAD_DIM
-        gl.store(O + row_off[:, None] + cols[None, :], out, mask=(rows < N_CTX_Q)[:, None])
-        lse_rows = r0 + gl.arange(0, ROWS, s_rows)
-        gl.store(LSE + bh.to(gl.int64) * N_CTX_Q + lse_rows, lse, mask=lse_rows < N_CTX_Q)
+        _epilogue(acc, m_i, l_i, O, LSE, bh, r0, N_CTX_Q, ROWS, HEAD_DIM, q_bufs.dtype)
 
 
 @gluon.jit
