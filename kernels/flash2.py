@@ -155,20 +155,20 @@ def _band(first, last, n_other, shift, before, after, DS, DE, DOCS: tl.constexpr
 
 
 @triton.jit
-def _variant_args(args, off_z, off_h, n_ctx, ALIBI: tl.constexpr, DOCS: tl.constexpr):
-    """``mods``, the variants' runtime values for query head off_h of batch off_z, from the kernel's arguments
-    ``args`` = (sm_scale, window left, window right, softcap, ALIBI_SLOPES, DOC_START, DOC_END): (sm_scale, left,
-    right, softcap, this head's ALiBi slope, this batch's document starts, its document ends); unused entries are
-    placeholders."""
-    slope = args[0]
+def _variant_args(sm_scale, win_left, win_right, softcap, ALIBI_SLOPES, DOC_START, DOC_END, off_z, off_h, n_ctx,
+                  ALIBI: tl.constexpr, DOCS: tl.constexpr):
+    """``mods``, the variants' runtime values for query head off_h of batch off_z: (sm_scale, window left, window
+    right, softcap, this head's ALiBi slope, this batch's document starts, its document ends). Entries of switches
+    that are off are placeholders (never None: a tuple of a compiled kernel cannot carry it)."""
+    slope = sm_scale
     if ALIBI:
-        slope = tl.load(args[4] + off_h)
-    ds = args[5]
-    de = args[6]
+        slope = tl.load(ALIBI_SLOPES + off_h)
+    ds = off_z
+    de = off_z
     if DOCS:
-        ds = args[5] + off_z * n_ctx
-        de = args[6] + off_z * n_ctx
-    return args[0], args[1], args[2], args[3], slope, ds, de
+        ds = DOC_START + off_z * n_ctx
+        de = DOC_END + off_z * n_ctx
+    return sm_scale, win_left, win_right, softcap, slope, ds, de
 
 
 @triton.jit
@@ -352,7 +352,7 @@ def _attn_fwd_kernel(Q, K, V, sm_scale, LSE, LSUM, Out,
         Out += q_start * stride_om
         K += k_start * stride_kn
         V += k_start * stride_vn
-    mods = _variant_args((sm_scale, win_left, win_right, softcap, ALIBI_SLOPES, DOC_START, DOC_END), off_z, off_h,
+    mods = _variant_args(sm_scale, win_left, win_right, softcap, ALIBI_SLOPES, DOC_START, DOC_END, off_z, off_h,
                          N_CTX_K, ALIBI, DOCS)
     Qs = head_source(Q, (stride_qz, stride_qh, stride_qm, stride_qk), off_z, off_h, N_CTX_Q, HEAD_DIM, BLOCK_M,
                      BLOCK_D, TMA)
@@ -437,7 +437,7 @@ def _attn_bwd_dkdv_inner(dk, dv, k, v, Q, DO, LSE, LSUM, Delta, lo, hi, offs_n, 
 
 @triton.jit
 def _attn_bwd_dkdv_block(start_n, Q, q_strides, DO, do_strides, K, V, DK, DV, LSE, LSUM, Delta, sm_scale, off_z,
-                         off_hkv, H, GROUP, N_CTX_Q, N_CTX_K, stats, variant_args, HEAD_DIM: tl.constexpr,
+                         off_hkv, H, GROUP, N_CTX_Q, N_CTX_K, stats, mods, ALIBI_SLOPES, HEAD_DIM: tl.constexpr,
                          BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr, DEFER: tl.constexpr, SKIP: tl.constexpr,
                          DOT_PRECISION: tl.constexpr, TMA: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                          WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, ALIBI: tl.constexpr, DOCS: tl.constexpr,
@@ -445,7 +445,8 @@ def _attn_bwd_dkdv_block(start_n, Q, q_strides, DO, do_strides, K, V, DK, DV, LS
     """K/V block start_n of one (batch, kv head) against the rows of every query head of its GQA group that see
     it (Algorithm 2, lines 5-23): writes dK_j and dV_j once. K, V, DK, DV are pointer sources of this (batch, kv
     head); Q and dO are found per query head from their (z, h, row, d) strides. VARLEN: stats = (first row, rows
-    per head) of the statistics; variant_args: _variant_args's arguments but the head."""
+    per head) of the statistics; mods: _variant_args's of the group's first query head (the ALiBi slope is loaded
+    per query head)."""
     offs_n = start_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_m0 = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
@@ -457,7 +458,6 @@ def _attn_bwd_dkdv_block(start_n, Q, q_strides, DO, do_strides, K, V, DK, DV, LS
     dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     diag = N_CTX_K - N_CTX_Q  # query i sees keys j <= i + diag
-    mods = _variant_args(variant_args, off_z, off_hkv * GROUP, N_CTX_K, ALIBI, DOCS)
     ds_k = offs_n
     if DOCS:
         ds_k = tl.load(mods[5] + offs_n, mask=offs_n < N_CTX_K, other=-2)
@@ -488,7 +488,7 @@ def _attn_bwd_dkdv_block(start_n, Q, q_strides, DO, do_strides, K, V, DK, DV, LS
         else:
             rows = (off_z * H + off_h) * N_CTX_Q  # this query head's statistics
         if ALIBI:
-            mods = _variant_args(variant_args, off_z, off_h, N_CTX_K, ALIBI, DOCS)
+            mods = (mods[0], mods[1], mods[2], mods[3], tl.load(ALIBI_SLOPES + off_h), mods[5], mods[6])
         Qh = head_source(Q, q_strides, off_z, off_h, N_CTX_Q, HEAD_DIM, BLOCK_M, BLOCK_D, TMA)
         DOh = head_source(DO, do_strides, off_z, off_h, N_CTX_Q, HEAD_DIM, BLOCK_M, BLOCK_D, TMA)
         for stage in tl.static_range(3):  # the masked band, the unmasked rows, the ragged last step
@@ -552,11 +552,12 @@ def _attn_bwd_dkdv_kernel(Q, K, V, sm_scale, DO, DK, DV, LSE, LSUM, Delta,
     first, count = _program_blocks(tl.cdiv(N_CTX_K, BLOCK_N), SEQ_PAR, False)
     if VARLEN:
         count = tl.minimum(tl.cdiv(N_CTX_K, BLOCK_N) - first, count)
-    variant_args = (sm_scale, win_left, win_right, softcap, ALIBI_SLOPES, DOC_START, DOC_END)
+    mods = _variant_args(sm_scale, win_left, win_right, softcap, ALIBI_SLOPES, DOC_START, DOC_END, off_z,
+                         off_hkv * GROUP, N_CTX_K, ALIBI, DOCS)
     for i in range(count):
         _attn_bwd_dkdv_block(first + i, Q, (stride_qz, stride_qh, stride_qm, stride_qk), DO,
                              (stride_doz, stride_doh, stride_dom, stride_dok), Ks, Vs, DKs, DVs, LSE, LSUM, Delta,
-                             sm_scale, off_z, off_hkv, H, GROUP, N_CTX_Q, N_CTX_K, stats, variant_args, HEAD_DIM,
+                             sm_scale, off_z, off_hkv, H, GROUP, N_CTX_Q, N_CTX_K, stats, mods, ALIBI_SLOPES, HEAD_DIM,
                              BLOCK_D, CAUSAL, DEFER, SKIP, DOT_PRECISION, TMA, BLOCK_M, BLOCK_N, WINDOW, SOFTCAP,
                              ALIBI, DOCS, VARLEN)
 
@@ -682,7 +683,7 @@ def _attn_bwd_dq_kernel(Q, K, V, sm_scale, DO, DQ, LSE, LSUM, Delta,
         DQ += q_start * stride_dqm
         K += k_start * stride_kn
         V += k_start * stride_vn
-    mods = _variant_args((sm_scale, win_left, win_right, softcap, ALIBI_SLOPES, DOC_START, DOC_END), off_z, off_h,
+    mods = _variant_args(sm_scale, win_left, win_right, softcap, ALIBI_SLOPES, DOC_START, DOC_END, off_z, off_h,
                          N_CTX_K, ALIBI, DOCS)
     Qs = head_source(Q, (stride_qz, stride_qh, stride_qm, stride_qk), off_z, off_h, N_CTX_Q, HEAD_DIM, BLOCK_M,
                      BLOCK_D, TMA)
