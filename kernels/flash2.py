@@ -51,9 +51,22 @@ visited and masked under causal masking, no unmasked fast path). FA2 runs with a
 row offsets, the Delta kernel and the config machinery are shared with the other kernels (kernels/_common.py).
 fp32 inputs run IEEE fp32 dot products unless ``tf32=True``; ``sm_scale`` must be finite and positive.
 
-Not supported: dropout, ALiBi or any attention bias, sliding windows / local attention, softcapping,
-variable-length (packed) batches, paged or cached KV, returning the LSE or the softmax, FP8, zero or negative
-``sm_scale``.
+Variants (issue 18), compile-time switches of the same three kernels, forward and backward; all off, each kernel's
+instructions are the dense/causal kernel's (only three unused scalar parameters are added):
+- ``WINDOW``: sliding window ``(left, right)``, query i (aligned i' = i + seqlen_k - seqlen_q) sees keys
+  [i' - left, i' + right]. ``DOCS``: document masking for self-attention; a host pre-pass turns ``doc_ids`` into each
+  token's document start and end, which give the block ranges and the mask (same document = same start). With either,
+  ``_band`` gives each Q block (forward, dQ) its K/V range and each K/V block (dK/dV) its Q range, both as masked edge
+  blocks around unmasked middle blocks; blocks outside are skipped, as causal skipping does (kernels/tiles.py counts
+  the visited tiles on the host).
+- ``SOFTCAP``: s = softcap * tanh(s / softcap), backward through dS_raw = dS * (1 - tanh^2). ``ALIBI``: s - slope_h *
+  |i' - j|, the bias computed in-kernel from one slope per query head. Both apply in every stage, masked or not.
+- ``VARLEN``: packed batches (``flash2_varlen_attention``): the grid covers the longest sequence, each program finds
+  its sequence's rows from cu_seqlens and returns early past its end; statistics are (heads, total_q).
+
+Not supported: dropout, arbitrary attention bias tensors, paged or cached KV, returning the LSE or the softmax, FP8,
+zero or negative ``sm_scale``; documents with varlen (one packed sequence per document does the same); TMA tiles
+for packed batches (they take the pointer path).
 
 Hopper: with ``Variant(tma=...)`` the kernels move their Q, K, V, O and dO tiles through device-side tensor
 descriptors (TMA; rows past a sequence and a padded head dim read as zeros, so unmasked stages need no masks)
