@@ -215,7 +215,9 @@ VARLEN = {  # {name: (q lengths, k lengths)}
 }
 
 
-@pytest.mark.parametrize("variant", [{}, {"window": (4, 2)}, {"softcap": 2.0}, {"alibi": True}], ids=str)
+@pytest.mark.parametrize("variant", [{}, {"window": (4, 2)},  # the score mods per sequence: the slow lane
+                                     pytest.param({"softcap": 2.0}, marks=pytest.mark.slow),
+                                     pytest.param({"alibi": True}, marks=pytest.mark.slow)], ids=str)
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
 @pytest.mark.parametrize("case", list(VARLEN))
 def test_varlen_matches_reference_per_sequence(case, causal, variant):
