@@ -474,7 +474,7 @@ def _attn_bwd_dkdv_block(start_n, Q, q_strides, DO, do_strides, K, V, DK, DV, LS
     ds_k = offs_n
     if DOCS:
         ds_k = tl.load(mods[5] + offs_n, mask=offs_n < N_CTX_K, other=-2)
-    if WINDOW or DOCS:  # the Q rows that see this block: query i sees key j iff j - diag - right <= i <= j - diag + left
+    if WINDOW or DOCS:  # the Q rows that see this block: i sees key j iff j - diag - right <= i <= j - diag + left
         lo, mid, end, stop = _band(start_n * BLOCK_N, tl.minimum(start_n * BLOCK_N + BLOCK_N, N_CTX_K) - 1, N_CTX_Q,
                                    -diag, mods[2], mods[1], mods[5], mods[6], DOCS, BLOCK_M)
     elif SKIP:

@@ -123,7 +123,7 @@ def test_window_fp16():
     check((2, 2, 1, 61, 61, 32), torch.float16, causal=True, window=(17, 0))
 
 
-# ---- softcapping and ALiBi -------------------------------------------------------------------------------------------
+# ---- softcapping and ALiBi -----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("softcap", [0.5, 1e4], ids=["tiny", "huge"])
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
 def test_softcap_matches_reference(softcap, causal):
@@ -180,7 +180,7 @@ def test_default_tiles_too():
           doc_ids=docs(1, [[13, 27]]))
 
 
-# ---- rows that see no key ----------------------------------------------------------------------------------------------
+# ---- rows that see no key ------------------------------------------------------------------------------------------
 def test_rows_that_see_no_key_output_zero_and_pass_zero_gradient():
     """seqlen_q > seqlen_k under causal: the first rows see no key; the window (0, 0) keeps one key a row at most."""
     got = check((1, 2, 1, 50, 20, 16), causal=True, window=(0, 0))
@@ -193,7 +193,7 @@ def test_window_far_from_the_keys_masks_rows():
     check((1, 1, 1, 64, 8, 16), window=(2, 0))
 
 
-# ---- packed batches (varlen) ------------------------------------------------------------------------------------------
+# ---- packed batches (varlen) ---------------------------------------------------------------------------------------
 def packed(lengths, heads, d):
     cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32, device=DEVICE)
     return torch.randn(sum(lengths), heads, d, device=DEVICE), cu
@@ -303,7 +303,7 @@ def test_varlen_q_must_be_3d():
         flash2_varlen_attention(q, q, q, cu, cu, 10, 10)
 
 
-# ---- the switches: off means the dense kernel ---------------------------------------------------------------------------
+# ---- the switches: off means the dense kernel ----------------------------------------------------------------------
 def test_dense_calls_compile_with_every_variant_switch_off():
     meta = flash2._meta(64, True, "tf32", flash2.FA2)
     assert {k: meta[k] for k in ("WINDOW", "SOFTCAP", "ALIBI", "DOCS", "VARLEN")} == dict.fromkeys(
@@ -311,7 +311,7 @@ def test_dense_calls_compile_with_every_variant_switch_off():
     assert {"WINDOW", "SOFTCAP", "ALIBI", "DOCS", "VARLEN"} <= set(flash2.TUNE_KEY)
 
 
-# ---- which tiles are visited (kernels/tiles.py) ---------------------------------------------------------------------
+# ---- which tiles are visited (kernels/tiles.py) --------------------------------------------------------------------
 def attended_tiles(seqlen_q, seqlen_k, bm, bn, causal=False, window=None, doc_lengths=None):
     """Brute force: for each Q block, the K blocks holding at least one attended pair."""
     ids = None
@@ -345,7 +345,7 @@ def test_tile_fractions_of_the_variants():
     assert tile_fraction(n, n, 128, 64, doc_lengths=[n]) == 1.0
 
 
-# ---- the GPU: bf16 and longer sequences --------------------------------------------------------------------------------
+# ---- the GPU: bf16 and longer sequences ----------------------------------------------------------------------------
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 @pytest.mark.parametrize("variant", ["window", "softcap", "alibi", "docs", "all"])
