@@ -51,9 +51,22 @@ visited and masked under causal masking, no unmasked fast path). FA2 runs with a
 row offsets, the Delta kernel and the config machinery are shared with the other kernels (kernels/_common.py).
 fp32 inputs run IEEE fp32 dot products unless ``tf32=True``; ``sm_scale`` must be finite and positive.
 
-Not supported: dropout, ALiBi or any attention bias, sliding windows / local attention, softcapping,
-variable-length (packed) batches, paged or cached KV, returning the LSE or the softmax, FP8, zero or negative
-``sm_scale``.
+Variants (issue 18), compile-time switches of the same three kernels, forward and backward; all off, each kernel's
+instructions are the dense/causal kernel's (only three unused scalar parameters are added):
+- ``WINDOW``: sliding window ``(left, right)``, query i (aligned i' = i + seqlen_k - seqlen_q) sees keys
+  [i' - left, i' + right]. ``DOCS``: document masking for self-attention; a host pre-pass turns ``doc_ids`` into each
+  token's document start and end, which give the block ranges and the mask (same document = same start). With either,
+  ``_band`` gives each Q block (forward, dQ) its K/V range and each K/V block (dK/dV) its Q range, both as masked edge
+  blocks around unmasked middle blocks; blocks outside are skipped, as causal skipping does (kernels/tiles.py counts
+  the visited tiles on the host).
+- ``SOFTCAP``: s = softcap * tanh(s / softcap), backward through dS_raw = dS * (1 - tanh^2). ``ALIBI``: s - slope_h *
+  |i' - j|, the bias computed in-kernel from one slope per query head. Both apply in every stage, masked or not.
+- ``VARLEN``: packed batches (``flash2_varlen_attention``): the grid covers the longest sequence, each program finds
+  its sequence's rows from cu_seqlens and returns early past its end; statistics are (heads, total_q).
+
+Not supported: dropout, arbitrary attention bias tensors, paged or cached KV, returning the LSE or the softmax, FP8,
+zero or negative ``sm_scale``; documents with varlen (one packed sequence per document does the same); TMA tiles
+for packed batches (they take the pointer path).
 
 Hopper: with ``Variant(tma=...)`` the kernels move their Q, K, V, O and dO tiles through device-side tensor
 descriptors (TMA; rows past a sequence and a padded head dim read as zeros, so unmasked stages need no masks)
@@ -75,6 +88,7 @@ Autotune spaces and the shared-memory budget live in kernels/configs.py (read by
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from . import _common  # noqa: F401  (first: importing it picks the CPU interpreter before Triton loads)
@@ -127,17 +141,107 @@ def _kv_stages(start_m, N_CTX_Q, N_CTX_K, CAUSAL: tl.constexpr, SKIP: tl.constex
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# Attention variants, compile-time switches of the same kernels: WINDOW (sliding window), DOCS (document masking),
+# SOFTCAP (tanh score capping), ALIBI (linear position bias). All off: the code is the dense/causal kernel's.
+# ----------------------------------------------------------------------------------------------------------------
+@triton.jit
+def _band(first, last, n_other, shift, before, after, DS, DE, DOCS: tl.constexpr, BLOCK: tl.constexpr):
+    """Rows first..last (one block) attend, on the other axis (length n_other), the y with
+    x + shift - before <= y <= x + shift + after and, with DOCS, y in x's document [DS[x], DE[x]). Both bounds grow
+    with x, so the block's stages are (lo, full_lo, full_hi, hi), in whole BLOCKs: [lo, full_lo) masked,
+    [full_lo, full_hi) seen in full by every row (no mask), [full_hi, hi) masked; the rest is skipped."""
+    lo = first + shift - before  # the first row's lowest key
+    full_lo = last + shift - before  # the last row's lowest key
+    full_hi = first + shift + after + 1  # past the first row's highest key
+    hi = last + shift + after + 1  # past the last row's highest key
+    if DOCS:
+        lo = tl.maximum(lo, tl.load(DS + first))
+        full_lo = tl.maximum(full_lo, tl.load(DS + last))
+        full_hi = tl.minimum(full_hi, tl.load(DE + first))
+        hi = tl.minimum(hi, tl.load(DE + last))
+    hi = tl.minimum(tl.maximum(hi, 0), n_other)
+    lo = tl.minimum(tl.maximum(lo, 0), n_other) // BLOCK * BLOCK
+    full_lo = tl.minimum(tl.maximum((tl.maximum(full_lo, 0) + BLOCK - 1) // BLOCK * BLOCK, lo), hi)
+    full_hi = tl.minimum(tl.maximum(full_hi, 0), n_other // BLOCK * BLOCK) // BLOCK * BLOCK  # ragged end: masked
+    full_hi = tl.maximum(full_hi, full_lo)
+    return lo, full_lo, full_hi, hi
+
+
+@triton.jit
+def _variant_args(sm_scale, win_left, win_right, softcap, ALIBI_SLOPES, DOC_START, DOC_END, off_z, off_h, n_ctx,
+                  ALIBI: tl.constexpr, DOCS: tl.constexpr):
+    """``mods``, the variants' runtime values for query head off_h of batch off_z: (sm_scale, window left, window
+    right, softcap, this head's ALiBi slope, this batch's document starts, its document ends). Entries of switches
+    that are off are placeholders (never None: a tuple of a compiled kernel cannot carry it)."""
+    slope = sm_scale
+    if ALIBI:
+        slope = tl.load(ALIBI_SLOPES + off_h)
+    ds = off_z
+    de = off_z
+    if DOCS:
+        ds = DOC_START + off_z * n_ctx
+        de = DOC_END + off_z * n_ctx
+    return sm_scale, win_left, win_right, softcap, slope, ds, de
+
+
+@triton.jit
+def _packed(CU_SEQLENS, off_z):
+    """(first row, length) of sequence off_z of a packed batch."""
+    start = tl.load(CU_SEQLENS + off_z)
+    return start.to(tl.int64), tl.load(CU_SEQLENS + off_z + 1) - start
+
+
+@triton.jit
+def _tanh(x):
+    """tanh in fp32 from exp2 (Triton has none); a short series near 0, where 1 - exp(-2|x|) would cancel."""
+    ax = tl.abs(x)
+    e = tl.math.exp2(ax * (-2.0 * 1.4426950408889634))  # exp(-2|x|)
+    far = (1.0 - e) / (1.0 + e)
+    x2 = x * x
+    near = x * (1.0 + x2 * (-1.0 / 3.0 + x2 * (2.0 / 15.0 - x2 * (17.0 / 315.0))))
+    return tl.where(ax < 0.125, near, tl.where(x < 0, -far, far))
+
+
+@triton.jit
+def _score_mod(qk, r, c, sm_scale, diag, softcap, slope, SOFTCAP: tl.constexpr, ALIBI: tl.constexpr):
+    """Scores of the dot products qk in the log2 domain, query rows r and key columns c broadcast against qk:
+    s = sm_scale q.k; softcap * tanh(s / softcap) (SOFTCAP); minus slope * |r + diag - c| (ALIBI, the bias computed
+    here, never stored). Also dS_raw / dS = 1 - tanh^2, softcap's derivative (only meaningful with SOFTCAP)."""
+    s = qk * sm_scale
+    dtanh = s
+    if SOFTCAP:
+        t = _tanh(s / softcap)
+        s = softcap * t
+        dtanh = 1.0 - t * t
+    if ALIBI:
+        s = s - slope * tl.abs(r + diag - c).to(tl.float32)
+    return s * LOG2E, dtanh
+
+
+@triton.jit
+def _variant_keep(keep, r, c, diag, left, right, ds_r, ds_c, WINDOW: tl.constexpr, DOCS: tl.constexpr):
+    """keep & the window (key c in [r' - left, r' + right], r' = r + diag) & the same document (doc starts equal)."""
+    if WINDOW:
+        keep = keep & (c >= r + diag - left) & (c <= r + diag + right)
+    if DOCS:
+        keep = keep & (ds_r == ds_c)
+    return keep
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # Forward (Algorithm 1): the inner loop over K/V blocks, one Q block, the kernel
 # ----------------------------------------------------------------------------------------------------------------
 @triton.jit
-def _attn_fwd_inner(acc, l_i, m_i, q, K, V, lo, hi, offs_m, offs_n, offs_d, qk_scale, diag, N_CTX_K,
+def _attn_fwd_inner(acc, l_i, m_i, q, K, V, lo, hi, offs_m, offs_n, offs_d, qk_scale, diag, N_CTX_K, mods, ds_q,
                     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, MASK: tl.constexpr,
-                    CAUSAL: tl.constexpr, DEFER: tl.constexpr, DOT_PRECISION: tl.constexpr, TMA: tl.constexpr):
+                    CAUSAL: tl.constexpr, DEFER: tl.constexpr, DOT_PRECISION: tl.constexpr, TMA: tl.constexpr,
+                    WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, ALIBI: tl.constexpr, DOCS: tl.constexpr):
     """K/V rows [lo, hi) against one Q block: the online softmax (Algorithm 1, lines 6-10).
 
     MASK=False: every row sees every key of these blocks (no mask at all). MASK=True: the ragged end of K and,
     if CAUSAL, the diagonal band. DEFER: acc stays unscaled (FA2); otherwise acc stays normalised, rescaled by
-    l_old / l_new every block (FA1's update, rung 3).
+    l_old / l_new every block (FA1's update, rung 3). Variants: ``mods`` = (sm_scale, left, right, softcap, slope,
+    doc starts of K, -), ds_q the document starts of the block's rows (_score_mod, _variant_keep).
     """
     k_cur = row_cursor(K, lo + offs_n, offs_d, TMA)
     v_cur = row_cursor(V, lo + offs_n, offs_d, TMA)
@@ -145,16 +249,27 @@ def _attn_fwd_inner(acc, l_i, m_i, q, K, V, lo, hi, offs_m, offs_n, offs_d, qk_s
         cols = start_n + offs_n
         k = load_rows(k_cur, start_n, cols, N_CTX_K, offs_d, HEAD_DIM, BLOCK_D, MASK, TMA)
         qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)  # S_ij = Q_i K_j^T
+        if SOFTCAP or ALIBI:  # the score in the log2 domain, scaled already
+            qk, _ = _score_mod(qk, offs_m[:, None], cols[None, :], mods[0], diag, mods[3], mods[4], SOFTCAP, ALIBI)
+            scale = 1.0
+        else:
+            scale = qk_scale
         if MASK:
             keep = cols[None, :] < N_CTX_K
             if CAUSAL:
                 keep = keep & (cols[None, :] <= offs_m[:, None] + diag)
-            qk = tl.where(keep, qk * qk_scale, float("-inf"))
+            if WINDOW or DOCS:
+                ds_k = ds_q
+                if DOCS:
+                    ds_k = tl.load(mods[5] + cols, mask=cols < N_CTX_K, other=-1)
+                keep = _variant_keep(keep, offs_m[:, None], cols[None, :], diag, mods[1], mods[2], ds_q[:, None],
+                                     ds_k[None, :], WINDOW, DOCS)
+            qk = tl.where(keep, qk * scale, float("-inf"))
             m_ij = tl.maximum(m_i, tl.max(qk, 1))
             qk = qk - m_ij[:, None]
         else:
-            m_ij = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
-            qk = qk * qk_scale - m_ij[:, None]
+            m_ij = tl.maximum(m_i, tl.max(qk, 1) * scale)
+            qk = qk * scale - m_ij[:, None]
         p = tl.math.exp2(qk)  # P~_ij = exp(S_ij - m_ij)
         alpha = tl.math.exp2(m_i - m_ij)
         l_new = l_i * alpha + tl.sum(p, 1)
@@ -174,10 +289,11 @@ def _attn_fwd_inner(acc, l_i, m_i, q, K, V, lo, hi, offs_m, offs_n, offs_d, qk_s
 
 
 @triton.jit
-def _attn_fwd_block(start_m, Q, K, V, O, LSE, LSUM, sm_scale, N_CTX_Q, N_CTX_K,
+def _attn_fwd_block(start_m, Q, K, V, O, LSE, LSUM, sm_scale, N_CTX_Q, N_CTX_K, mods,
                     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr, DEFER: tl.constexpr,
                     SKIP: tl.constexpr, DOT_PRECISION: tl.constexpr, TMA: tl.constexpr, BLOCK_M: tl.constexpr,
-                    BLOCK_N: tl.constexpr):
+                    BLOCK_N: tl.constexpr, WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, ALIBI: tl.constexpr,
+                    DOCS: tl.constexpr):
     """Q block start_m of one (batch, head) against every K/V block it sees (Algorithm 1, lines 3-15): writes
     O_i and the statistics. Q, K, V, O are tile sources of this (batch, head); LSE, LSUM point at its rows."""
     offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -191,15 +307,25 @@ def _attn_fwd_block(start_m, Q, K, V, O, LSE, LSUM, sm_scale, N_CTX_Q, N_CTX_K,
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     qk_scale = sm_scale * LOG2E
     diag = N_CTX_K - N_CTX_Q
-    lo, hi = _kv_stages(start_m, N_CTX_Q, N_CTX_K, CAUSAL, SKIP, BLOCK_M, BLOCK_N)
-    for stage in tl.static_range(2):  # the blocks seen in full, without a mask; then the masked ones
-        if stage == 0:
-            s_lo, s_hi = 0, lo
-        else:
-            s_lo, s_hi = lo, hi
-        acc, l_i, m_i = _attn_fwd_inner(acc, l_i, m_i, q, K, V, s_lo, s_hi, offs_m, offs_n, offs_d, qk_scale, diag,
-                                        N_CTX_K, HEAD_DIM, BLOCK_D, BLOCK_N, stage == 1, CAUSAL, DEFER,
-                                        DOT_PRECISION, TMA)
+    ds_q = offs_m
+    if DOCS:  # the document start of each row: a key is in the row's document iff its start is the same
+        ds_q = tl.load(mods[5] + offs_m, mask=offs_m < N_CTX_Q, other=-1)
+    if WINDOW or DOCS:  # the K/V blocks the band of this Q block touches: masked edges around an unmasked middle
+        lo, full_lo, full_hi, hi = _band(start_m * BLOCK_M, tl.minimum(start_m * BLOCK_M + BLOCK_M, N_CTX_Q) - 1,
+                                         N_CTX_K, diag, mods[1], mods[2], mods[5], mods[6], DOCS, BLOCK_N)
+        acc, l_i, m_i = _attn_fwd_inner(acc, l_i, m_i, q, K, V, lo, full_lo, offs_m, offs_n, offs_d, qk_scale, diag,
+                                        N_CTX_K, mods, ds_q, HEAD_DIM, BLOCK_D, BLOCK_N, True, CAUSAL, DEFER,
+                                        DOT_PRECISION, TMA, WINDOW, SOFTCAP, ALIBI, DOCS)
+    else:
+        full_hi, hi = _kv_stages(start_m, N_CTX_Q, N_CTX_K, CAUSAL, SKIP, BLOCK_M, BLOCK_N)
+        full_lo = 0
+    # the blocks seen in full, without a mask; then the masked ones
+    acc, l_i, m_i = _attn_fwd_inner(acc, l_i, m_i, q, K, V, full_lo, full_hi, offs_m, offs_n, offs_d, qk_scale, diag,
+                                    N_CTX_K, mods, ds_q, HEAD_DIM, BLOCK_D, BLOCK_N, False, CAUSAL, DEFER,
+                                    DOT_PRECISION, TMA, WINDOW, SOFTCAP, ALIBI, DOCS)
+    acc, l_i, m_i = _attn_fwd_inner(acc, l_i, m_i, q, K, V, full_hi, hi, offs_m, offs_n, offs_d, qk_scale, diag,
+                                    N_CTX_K, mods, ds_q, HEAD_DIM, BLOCK_D, BLOCK_N, True, CAUSAL, DEFER,
+                                    DOT_PRECISION, TMA, WINDOW, SOFTCAP, ALIBI, DOCS)
     # rows that saw no key output 0 and store statistics for which backward's P is exactly 0
     dead = l_i == 0.0
     l_i = tl.where(dead, 1.0, l_i)
@@ -220,13 +346,27 @@ def _attn_fwd_kernel(Q, K, V, sm_scale, LSE, LSUM, Out,
                      stride_vz, stride_vh, stride_vn, stride_vk,
                      stride_oz, stride_oh, stride_om, stride_ok,
                      H, GROUP, N_CTX_Q, N_CTX_K, N_CTX_Q_BUCKET, N_CTX_K_BUCKET,
+                     win_left, win_right, softcap, ALIBI_SLOPES, DOC_START, DOC_END, CU_SEQLENS_Q, CU_SEQLENS_K,
                      HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr,
                      DEFER: tl.constexpr, SEQ_PAR: tl.constexpr, SKIP: tl.constexpr, DOT_PRECISION: tl.constexpr,
-                     TMA: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                     TMA: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, WINDOW: tl.constexpr,
+                     SOFTCAP: tl.constexpr, ALIBI: tl.constexpr, DOCS: tl.constexpr, VARLEN: tl.constexpr):
     off_hz = tl.program_id(1)
     off_z = (off_hz // H).to(tl.int64)
     off_h = (off_hz % H).to(tl.int64)
     off_hkv = off_h // GROUP  # GQA: query head h reads kv head h // GROUP
+    rows = off_hz.to(tl.int64) * N_CTX_Q  # this (batch, head)'s statistics
+    if VARLEN:  # sequence off_z of a packed batch (batch strides 0): its rows start at cu_seqlens
+        q_start, n_q = _packed(CU_SEQLENS_Q, off_z)
+        k_start, N_CTX_K = _packed(CU_SEQLENS_K, off_z)
+        rows = off_h * N_CTX_Q + q_start  # the statistics are (heads, total_q)
+        N_CTX_Q = n_q
+        Q += q_start * stride_qm
+        Out += q_start * stride_om
+        K += k_start * stride_kn
+        V += k_start * stride_vn
+    mods = _variant_args(sm_scale, win_left, win_right, softcap, ALIBI_SLOPES, DOC_START, DOC_END, off_z, off_h,
+                         N_CTX_K, ALIBI, DOCS)
     Qs = head_source(Q, (stride_qz, stride_qh, stride_qm, stride_qk), off_z, off_h, N_CTX_Q, HEAD_DIM, BLOCK_M,
                      BLOCK_D, TMA)
     Ks = head_source(K, (stride_kz, stride_kh, stride_kn, stride_kk), off_z, off_hkv, N_CTX_K, HEAD_DIM, BLOCK_N,
@@ -235,11 +375,13 @@ def _attn_fwd_kernel(Q, K, V, sm_scale, LSE, LSUM, Out,
                      BLOCK_D, TMA)
     Os = head_source(Out, (stride_oz, stride_oh, stride_om, stride_ok), off_z, off_h, N_CTX_Q, HEAD_DIM, BLOCK_M,
                      BLOCK_D, TMA)
-    rows = off_hz.to(tl.int64) * N_CTX_Q  # this (batch, head)'s statistics
     first, count = _program_blocks(tl.cdiv(N_CTX_Q, BLOCK_M), SEQ_PAR, CAUSAL)
+    if VARLEN:  # the grid covers the longest sequence: no block past this one's end
+        count = tl.minimum(tl.cdiv(N_CTX_Q, BLOCK_M) - first, count)
     for i in range(count):
-        _attn_fwd_block(first + i, Qs, Ks, Vs, Os, LSE + rows, LSUM + rows, sm_scale, N_CTX_Q, N_CTX_K,
-                        HEAD_DIM, BLOCK_D, CAUSAL, DEFER, SKIP, DOT_PRECISION, TMA, BLOCK_M, BLOCK_N)
+        _attn_fwd_block(first + i, Qs, Ks, Vs, Os, LSE + rows, LSUM + rows, sm_scale, N_CTX_Q, N_CTX_K, mods,
+                        HEAD_DIM, BLOCK_D, CAUSAL, DEFER, SKIP, DOT_PRECISION, TMA, BLOCK_M, BLOCK_N, WINDOW, SOFTCAP,
+                        ALIBI, DOCS)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -247,9 +389,10 @@ def _attn_fwd_kernel(Q, K, V, sm_scale, LSE, LSUM, Out,
 # ----------------------------------------------------------------------------------------------------------------
 @triton.jit
 def _attn_bwd_dkdv_inner(dk, dv, k, v, Q, DO, LSE, LSUM, Delta, lo, hi, offs_n, offs_m0, offs_d, sm_scale, diag,
-                         N_CTX_Q, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
+                         N_CTX_Q, mods, ds_k, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
                          MASK: tl.constexpr, CAUSAL: tl.constexpr, DEFER: tl.constexpr,
-                         DOT_PRECISION: tl.constexpr, TMA: tl.constexpr):
+                         DOT_PRECISION: tl.constexpr, TMA: tl.constexpr, WINDOW: tl.constexpr, SOFTCAP: tl.constexpr,
+                         ALIBI: tl.constexpr, DOCS: tl.constexpr):
     """Q rows [lo, hi) against one K/V block, everything transposed (keys on the rows): accumulate dK_j, dV_j
     (Algorithm 2, lines 11-20; dQ is left to the dQ kernel).
 
@@ -268,13 +411,24 @@ def _attn_bwd_dkdv_inner(dk, dv, k, v, Q, DO, LSE, LSUM, Delta, lo, hi, offs_n, 
             lse = tl.load(LSE + offs_m)
         # recompute P^T = exp2(qk_scale * K Q^T - L) from the stored statistics
         qkT = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION)
-        pT = tl.math.exp2(qkT * qk_scale - lse[None, :])
+        if SOFTCAP or ALIBI:
+            sT, dtanhT = _score_mod(qkT, offs_m[None, :], offs_n[:, None], sm_scale, diag, mods[3], mods[4], SOFTCAP,
+                                    ALIBI)
+            pT = tl.math.exp2(sT - lse[None, :])
+        else:
+            pT = tl.math.exp2(qkT * qk_scale - lse[None, :])
         if not DEFER:  # rung 3 stores m and l: P = exp2(s - m) / l
             pT = pT * (1.0 / tl.load(LSUM + offs_m, mask=offs_m < N_CTX_Q, other=1.0))[None, :]
         if MASK:
             keep = offs_m[None, :] < N_CTX_Q
             if CAUSAL:
                 keep = keep & (offs_n[:, None] <= offs_m[None, :] + diag)
+            if WINDOW or DOCS:
+                ds_q = ds_k
+                if DOCS:
+                    ds_q = tl.load(mods[5] + offs_m, mask=offs_m < N_CTX_Q, other=-1)
+                keep = _variant_keep(keep, offs_m[None, :], offs_n[:, None], diag, mods[1], mods[2], ds_q[None, :],
+                                     ds_k[:, None], WINDOW, DOCS)
             pT = tl.where(keep, pT, 0.0)
         do = load_rows(do_cur, start_m, offs_m, N_CTX_Q, offs_d, HEAD_DIM, BLOCK_D, MASK, TMA)
         dv = tl.dot(pT.to(do.dtype), do, dv, input_precision=DOT_PRECISION)  # dV_j += P^T dO_i
@@ -284,7 +438,10 @@ def _attn_bwd_dkdv_inner(dk, dv, k, v, Q, DO, LSE, LSUM, Delta, lo, hi, offs_n, 
             delta = tl.load(Delta + offs_m)
         # dS^T = P^T * (dP^T - Delta), dP^T = V dO^T
         dpT = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
-        dsT = (pT * (dpT - delta[None, :])).to(q.dtype)
+        dsT = pT * (dpT - delta[None, :])
+        if SOFTCAP:  # through the tanh: dS_raw = dS * (1 - tanh^2)
+            dsT = dsT * dtanhT
+        dsT = dsT.to(q.dtype)
         dk = tl.dot(dsT, q, dk, input_precision=DOT_PRECISION)  # dK_j += dS^T Q_i (sm_scale at the end)
         q_cur = advance(q_cur, Q, BLOCK_M, TMA)
         do_cur = advance(do_cur, DO, BLOCK_M, TMA)
@@ -293,12 +450,16 @@ def _attn_bwd_dkdv_inner(dk, dv, k, v, Q, DO, LSE, LSUM, Delta, lo, hi, offs_n, 
 
 @triton.jit
 def _attn_bwd_dkdv_block(start_n, Q, q_strides, DO, do_strides, K, V, DK, DV, LSE, LSUM, Delta, sm_scale, off_z,
-                         off_hkv, H, GROUP, N_CTX_Q, N_CTX_K, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-                         CAUSAL: tl.constexpr, DEFER: tl.constexpr, SKIP: tl.constexpr, DOT_PRECISION: tl.constexpr,
-                         TMA: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                         off_hkv, H, GROUP, N_CTX_Q, N_CTX_K, stats, mods, ALIBI_SLOPES, HEAD_DIM: tl.constexpr,
+                         BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr, DEFER: tl.constexpr, SKIP: tl.constexpr,
+                         DOT_PRECISION: tl.constexpr, TMA: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                         WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, ALIBI: tl.constexpr, DOCS: tl.constexpr,
+                         VARLEN: tl.constexpr):
     """K/V block start_n of one (batch, kv head) against the rows of every query head of its GQA group that see
     it (Algorithm 2, lines 5-23): writes dK_j and dV_j once. K, V, DK, DV are pointer sources of this (batch, kv
-    head); Q and dO are found per query head from their (z, h, row, d) strides."""
+    head); Q and dO are found per query head from their (z, h, row, d) strides. VARLEN: stats = (first row, rows
+    per head) of the statistics; mods: _variant_args's of the group's first query head (the ALiBi slope is loaded
+    per query head)."""
     offs_n = start_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_m0 = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
@@ -310,7 +471,13 @@ def _attn_bwd_dkdv_block(start_n, Q, q_strides, DO, do_strides, K, V, DK, DV, LS
     dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     diag = N_CTX_K - N_CTX_Q  # query i sees keys j <= i + diag
-    if SKIP:
+    ds_k = offs_n
+    if DOCS:
+        ds_k = tl.load(mods[5] + offs_n, mask=offs_n < N_CTX_K, other=-2)
+    if WINDOW or DOCS:  # the Q rows that see this block: i sees key j iff j - diag - right <= i <= j - diag + left
+        lo, mid, end, stop = _band(start_n * BLOCK_N, tl.minimum(start_n * BLOCK_N + BLOCK_N, N_CTX_K) - 1, N_CTX_Q,
+                                   -diag, mods[2], mods[1], mods[5], mods[6], DOCS, BLOCK_M)
+    elif SKIP:
         if CAUSAL:
             # rows before lo see no key of this block (skipped); rows from full see all of it. [lo, mid) is the
             # masked band, rounded up to whole steps of BLOCK_M.
@@ -323,11 +490,18 @@ def _attn_bwd_dkdv_block(start_n, Q, q_strides, DO, do_strides, K, V, DK, DV, LS
     else:  # rungs 3-5: every Q block is visited, every one masked
         lo = 0
         mid = tl.cdiv(N_CTX_Q, BLOCK_M) * BLOCK_M
-    # [mid, end): whole unmasked steps; [end, N_CTX_Q): the ragged last step, masked
-    end = mid + tl.maximum(N_CTX_Q - mid, 0) // BLOCK_M * BLOCK_M
+    if not (WINDOW or DOCS):
+        # [mid, end): whole unmasked steps; [end, N_CTX_Q): the ragged last step, masked
+        end = mid + tl.maximum(N_CTX_Q - mid, 0) // BLOCK_M * BLOCK_M
+        stop = N_CTX_Q
     for g in range(GROUP):  # the query heads sharing this kv head
         off_h = off_hkv * GROUP + g
-        rows = (off_z * H + off_h) * N_CTX_Q  # this query head's statistics
+        if VARLEN:
+            rows = stats[0] + off_h * stats[1]
+        else:
+            rows = (off_z * H + off_h) * N_CTX_Q  # this query head's statistics
+        if ALIBI:
+            mods = (mods[0], mods[1], mods[2], mods[3], tl.load(ALIBI_SLOPES + off_h), mods[5], mods[6])
         Qh = head_source(Q, q_strides, off_z, off_h, N_CTX_Q, HEAD_DIM, BLOCK_M, BLOCK_D, TMA)
         DOh = head_source(DO, do_strides, off_z, off_h, N_CTX_Q, HEAD_DIM, BLOCK_M, BLOCK_D, TMA)
         for stage in tl.static_range(3):  # the masked band, the unmasked rows, the ragged last step
@@ -336,10 +510,11 @@ def _attn_bwd_dkdv_block(start_n, Q, q_strides, DO, do_strides, K, V, DK, DV, LS
             elif stage == 1:
                 s_lo, s_hi = mid, end
             else:
-                s_lo, s_hi = end, N_CTX_Q
+                s_lo, s_hi = end, stop
             dk, dv = _attn_bwd_dkdv_inner(dk, dv, k, v, Qh, DOh, LSE + rows, LSUM + rows, Delta + rows, s_lo, s_hi,
-                                          offs_n, offs_m0, offs_d, sm_scale, diag, N_CTX_Q, HEAD_DIM, BLOCK_D,
-                                          BLOCK_M, stage != 1, CAUSAL, DEFER, DOT_PRECISION, TMA)
+                                          offs_n, offs_m0, offs_d, sm_scale, diag, N_CTX_Q, mods, ds_k, HEAD_DIM,
+                                          BLOCK_D, BLOCK_M, stage != 1, CAUSAL, DEFER, DOT_PRECISION, TMA, WINDOW,
+                                          SOFTCAP, ALIBI, DOCS)
     dk *= sm_scale  # S = sm_scale * Q K^T
     store_rows(row_cursor(DK, offs_n, offs_d, False), dk.to(k.dtype), start_n * BLOCK_N, offs_n, N_CTX_K, offs_d,
                HEAD_DIM, BLOCK_D, False)
@@ -356,13 +531,28 @@ def _attn_bwd_dkdv_kernel(Q, K, V, sm_scale, DO, DK, DV, LSE, LSUM, Delta,
                           stride_dkz, stride_dkh, stride_dkn, stride_dkk,
                           stride_dvz, stride_dvh, stride_dvn, stride_dvk,
                           H, GROUP, N_CTX_Q, N_CTX_K, N_CTX_Q_BUCKET, N_CTX_K_BUCKET,
+                          win_left, win_right, softcap, ALIBI_SLOPES, DOC_START, DOC_END, CU_SEQLENS_Q, CU_SEQLENS_K,
                           HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr,
                           DEFER: tl.constexpr, SEQ_PAR: tl.constexpr, SKIP: tl.constexpr,
-                          DOT_PRECISION: tl.constexpr, TMA: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                          DOT_PRECISION: tl.constexpr, TMA: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                          WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, ALIBI: tl.constexpr, DOCS: tl.constexpr,
+                          VARLEN: tl.constexpr):
     off_hkvz = tl.program_id(1)  # over batch * kv_heads
     H_KV = H // GROUP
     off_z = (off_hkvz // H_KV).to(tl.int64)
     off_hkv = (off_hkvz % H_KV).to(tl.int64)
+    stats = (0, 0)
+    if VARLEN:  # as in the forward kernel
+        q_start, n_q = _packed(CU_SEQLENS_Q, off_z)
+        k_start, N_CTX_K = _packed(CU_SEQLENS_K, off_z)
+        stats = (q_start, N_CTX_Q)
+        N_CTX_Q = n_q
+        Q += q_start * stride_qm
+        DO += q_start * stride_dom
+        K += k_start * stride_kn
+        V += k_start * stride_vn
+        DK += k_start * stride_dkn
+        DV += k_start * stride_dvn
     # K, V, dK, dV: pointers (the resident tiles are loaded and stored once)
     Ks = head_source(K, (stride_kz, stride_kh, stride_kn, stride_kk), off_z, off_hkv, N_CTX_K, HEAD_DIM, BLOCK_N,
                      BLOCK_D, False)
@@ -373,17 +563,24 @@ def _attn_bwd_dkdv_kernel(Q, K, V, sm_scale, DO, DK, DV, LSE, LSUM, Delta,
     DVs = head_source(DV, (stride_dvz, stride_dvh, stride_dvn, stride_dvk), off_z, off_hkv, N_CTX_K, HEAD_DIM,
                       BLOCK_N, BLOCK_D, False)
     first, count = _program_blocks(tl.cdiv(N_CTX_K, BLOCK_N), SEQ_PAR, False)
+    if VARLEN:
+        count = tl.minimum(tl.cdiv(N_CTX_K, BLOCK_N) - first, count)
+    mods = _variant_args(sm_scale, win_left, win_right, softcap, ALIBI_SLOPES, DOC_START, DOC_END, off_z,
+                         off_hkv * GROUP, N_CTX_K, ALIBI, DOCS)
     for i in range(count):
         _attn_bwd_dkdv_block(first + i, Q, (stride_qz, stride_qh, stride_qm, stride_qk), DO,
                              (stride_doz, stride_doh, stride_dom, stride_dok), Ks, Vs, DKs, DVs, LSE, LSUM, Delta,
-                             sm_scale, off_z, off_hkv, H, GROUP, N_CTX_Q, N_CTX_K, HEAD_DIM, BLOCK_D, CAUSAL, DEFER,
-                             SKIP, DOT_PRECISION, TMA, BLOCK_M, BLOCK_N)
+                             sm_scale, off_z, off_hkv, H, GROUP, N_CTX_Q, N_CTX_K, stats, mods, ALIBI_SLOPES, HEAD_DIM,
+                             BLOCK_D, CAUSAL, DEFER, SKIP, DOT_PRECISION, TMA, BLOCK_M, BLOCK_N, WINDOW, SOFTCAP,
+                             ALIBI, DOCS, VARLEN)
 
 
 @triton.jit
 def _attn_bwd_dq_inner(dq, q, do, lse, inv_l, delta, K, V, lo, hi, offs_m, offs_n, offs_d, qk_scale, diag, N_CTX_K,
-                       HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, MASK: tl.constexpr,
-                       CAUSAL: tl.constexpr, DEFER: tl.constexpr, DOT_PRECISION: tl.constexpr, TMA: tl.constexpr):
+                       mods, ds_q, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+                       MASK: tl.constexpr, CAUSAL: tl.constexpr, DEFER: tl.constexpr, DOT_PRECISION: tl.constexpr,
+                       TMA: tl.constexpr, WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, ALIBI: tl.constexpr,
+                       DOCS: tl.constexpr):
     """K/V rows [lo, hi) against one Q block: accumulate dQ_i += dS_ij K_j (Algorithm 2, line 21, without atomics).
     Masks as in _attn_fwd_inner."""
     k_cur = row_cursor(K, lo + offs_n, offs_d, TMA)
@@ -392,17 +589,29 @@ def _attn_bwd_dq_inner(dq, q, do, lse, inv_l, delta, K, V, lo, hi, offs_m, offs_
         cols = start_n + offs_n
         k = load_rows(k_cur, start_n, cols, N_CTX_K, offs_d, HEAD_DIM, BLOCK_D, MASK, TMA)
         qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
-        p = tl.math.exp2(qk * qk_scale - lse[:, None])
+        if SOFTCAP or ALIBI:
+            s, dtanh = _score_mod(qk, offs_m[:, None], cols[None, :], mods[0], diag, mods[3], mods[4], SOFTCAP, ALIBI)
+            p = tl.math.exp2(s - lse[:, None])
+        else:
+            p = tl.math.exp2(qk * qk_scale - lse[:, None])
         if not DEFER:
             p = p * inv_l[:, None]
         if MASK:
             keep = cols[None, :] < N_CTX_K
             if CAUSAL:
                 keep = keep & (cols[None, :] <= offs_m[:, None] + diag)
+            if WINDOW or DOCS:
+                ds_k = ds_q
+                if DOCS:
+                    ds_k = tl.load(mods[5] + cols, mask=cols < N_CTX_K, other=-1)
+                keep = _variant_keep(keep, offs_m[:, None], cols[None, :], diag, mods[1], mods[2], ds_q[:, None],
+                                     ds_k[None, :], WINDOW, DOCS)
             p = tl.where(keep, p, 0.0)
         v = load_rows(v_cur, start_n, cols, N_CTX_K, offs_d, HEAD_DIM, BLOCK_D, MASK, TMA)
         dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
         ds = p * (dp - delta[:, None])
+        if SOFTCAP:  # through the tanh: dS_raw = dS * (1 - tanh^2)
+            ds = ds * dtanh
         dq = tl.dot(ds.to(k.dtype), k, dq, input_precision=DOT_PRECISION)
         k_cur = advance(k_cur, K, BLOCK_N, TMA)
         v_cur = advance(v_cur, V, BLOCK_N, TMA)
@@ -410,10 +619,11 @@ def _attn_bwd_dq_inner(dq, q, do, lse, inv_l, delta, K, V, lo, hi, offs_m, offs_
 
 
 @triton.jit
-def _attn_bwd_dq_block(start_m, Q, K, V, DO, DQ, LSE, LSUM, Delta, sm_scale, N_CTX_Q, N_CTX_K,
+def _attn_bwd_dq_block(start_m, Q, K, V, DO, DQ, LSE, LSUM, Delta, sm_scale, N_CTX_Q, N_CTX_K, mods,
                        HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr, DEFER: tl.constexpr,
                        SKIP: tl.constexpr, DOT_PRECISION: tl.constexpr, TMA: tl.constexpr,
-                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, WINDOW: tl.constexpr, SOFTCAP: tl.constexpr,
+                       ALIBI: tl.constexpr, DOCS: tl.constexpr):
     """Q block start_m of one (batch, head) against every K/V block it sees: writes dQ_i once. Sources and
     statistics as in _attn_fwd_block; DQ is a pointer source."""
     offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -433,15 +643,25 @@ def _attn_bwd_dq_block(start_m, Q, K, V, DO, DQ, LSE, LSUM, Delta, sm_scale, N_C
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     qk_scale = sm_scale * LOG2E
     diag = N_CTX_K - N_CTX_Q
-    lo, hi = _kv_stages(start_m, N_CTX_Q, N_CTX_K, CAUSAL, SKIP, BLOCK_M, BLOCK_N)  # the forward's stages
-    for stage in tl.static_range(2):
-        if stage == 0:
-            s_lo, s_hi = 0, lo
-        else:
-            s_lo, s_hi = lo, hi
-        dq = _attn_bwd_dq_inner(dq, q, do, lse, inv_l, delta, K, V, s_lo, s_hi, offs_m, offs_n, offs_d, qk_scale,
-                                diag, N_CTX_K, HEAD_DIM, BLOCK_D, BLOCK_N, stage == 1, CAUSAL, DEFER, DOT_PRECISION,
-                                TMA)
+    ds_q = offs_m
+    if DOCS:
+        ds_q = tl.load(mods[5] + offs_m, mask=offs_m < N_CTX_Q, other=-1)
+    # the forward's stages
+    if WINDOW or DOCS:
+        lo, full_lo, full_hi, hi = _band(start_m * BLOCK_M, tl.minimum(start_m * BLOCK_M + BLOCK_M, N_CTX_Q) - 1,
+                                         N_CTX_K, diag, mods[1], mods[2], mods[5], mods[6], DOCS, BLOCK_N)
+        dq = _attn_bwd_dq_inner(dq, q, do, lse, inv_l, delta, K, V, lo, full_lo, offs_m, offs_n, offs_d, qk_scale,
+                                diag, N_CTX_K, mods, ds_q, HEAD_DIM, BLOCK_D, BLOCK_N, True, CAUSAL, DEFER,
+                                DOT_PRECISION, TMA, WINDOW, SOFTCAP, ALIBI, DOCS)
+    else:
+        full_hi, hi = _kv_stages(start_m, N_CTX_Q, N_CTX_K, CAUSAL, SKIP, BLOCK_M, BLOCK_N)
+        full_lo = 0
+    dq = _attn_bwd_dq_inner(dq, q, do, lse, inv_l, delta, K, V, full_lo, full_hi, offs_m, offs_n, offs_d, qk_scale,
+                            diag, N_CTX_K, mods, ds_q, HEAD_DIM, BLOCK_D, BLOCK_N, False, CAUSAL, DEFER,
+                            DOT_PRECISION, TMA, WINDOW, SOFTCAP, ALIBI, DOCS)
+    dq = _attn_bwd_dq_inner(dq, q, do, lse, inv_l, delta, K, V, full_hi, hi, offs_m, offs_n, offs_d, qk_scale,
+                            diag, N_CTX_K, mods, ds_q, HEAD_DIM, BLOCK_D, BLOCK_N, True, CAUSAL, DEFER,
+                            DOT_PRECISION, TMA, WINDOW, SOFTCAP, ALIBI, DOCS)
     dq *= sm_scale  # S = sm_scale * Q K^T
     store_rows(row_cursor(DQ, offs_m, offs_d, False), dq.to(q.dtype), start_m * BLOCK_M, offs_m, N_CTX_Q, offs_d,
                HEAD_DIM, BLOCK_D, False)
@@ -455,13 +675,29 @@ def _attn_bwd_dq_kernel(Q, K, V, sm_scale, DO, DQ, LSE, LSUM, Delta,
                         stride_doz, stride_doh, stride_dom, stride_dok,
                         stride_dqz, stride_dqh, stride_dqm, stride_dqk,
                         H, GROUP, N_CTX_Q, N_CTX_K, N_CTX_Q_BUCKET, N_CTX_K_BUCKET,
+                        win_left, win_right, softcap, ALIBI_SLOPES, DOC_START, DOC_END, CU_SEQLENS_Q, CU_SEQLENS_K,
                         HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr,
                         DEFER: tl.constexpr, SEQ_PAR: tl.constexpr, SKIP: tl.constexpr,
-                        DOT_PRECISION: tl.constexpr, TMA: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                        DOT_PRECISION: tl.constexpr, TMA: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                        WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, ALIBI: tl.constexpr, DOCS: tl.constexpr,
+                        VARLEN: tl.constexpr):
     off_hz = tl.program_id(1)
     off_z = (off_hz // H).to(tl.int64)
     off_h = (off_hz % H).to(tl.int64)
     off_hkv = off_h // GROUP
+    rows = off_hz.to(tl.int64) * N_CTX_Q  # this (batch, head)'s statistics
+    if VARLEN:  # as in the forward kernel
+        q_start, n_q = _packed(CU_SEQLENS_Q, off_z)
+        k_start, N_CTX_K = _packed(CU_SEQLENS_K, off_z)
+        rows = off_h * N_CTX_Q + q_start
+        N_CTX_Q = n_q
+        Q += q_start * stride_qm
+        DO += q_start * stride_dom
+        DQ += q_start * stride_dqm
+        K += k_start * stride_kn
+        V += k_start * stride_vn
+    mods = _variant_args(sm_scale, win_left, win_right, softcap, ALIBI_SLOPES, DOC_START, DOC_END, off_z, off_h,
+                         N_CTX_K, ALIBI, DOCS)
     Qs = head_source(Q, (stride_qz, stride_qh, stride_qm, stride_qk), off_z, off_h, N_CTX_Q, HEAD_DIM, BLOCK_M,
                      BLOCK_D, TMA)
     Ks = head_source(K, (stride_kz, stride_kh, stride_kn, stride_kk), off_z, off_hkv, N_CTX_K, HEAD_DIM, BLOCK_N,
@@ -472,12 +708,13 @@ def _attn_bwd_dq_kernel(Q, K, V, sm_scale, DO, DQ, LSE, LSUM, Delta,
                       BLOCK_M, BLOCK_D, TMA)
     DQs = head_source(DQ, (stride_dqz, stride_dqh, stride_dqm, stride_dqk), off_z, off_h, N_CTX_Q, HEAD_DIM,
                       BLOCK_M, BLOCK_D, False)
-    rows = off_hz.to(tl.int64) * N_CTX_Q  # this (batch, head)'s statistics
     first, count = _program_blocks(tl.cdiv(N_CTX_Q, BLOCK_M), SEQ_PAR, CAUSAL)
+    if VARLEN:
+        count = tl.minimum(tl.cdiv(N_CTX_Q, BLOCK_M) - first, count)
     for i in range(count):
         _attn_bwd_dq_block(first + i, Qs, Ks, Vs, DOs, DQs, LSE + rows, LSUM + rows, Delta + rows, sm_scale,
-                           N_CTX_Q, N_CTX_K, HEAD_DIM, BLOCK_D, CAUSAL, DEFER, SKIP, DOT_PRECISION, TMA, BLOCK_M,
-                           BLOCK_N)
+                           N_CTX_Q, N_CTX_K, mods, HEAD_DIM, BLOCK_D, CAUSAL, DEFER, SKIP, DOT_PRECISION, TMA, BLOCK_M,
+                           BLOCK_N, WINDOW, SOFTCAP, ALIBI, DOCS)
 
 
 JIT_KERNELS = {"fwd": _attn_fwd_kernel, "bwd_dkdv": _attn_bwd_dkdv_kernel, "bwd_dq": _attn_bwd_dq_kernel}
@@ -523,7 +760,7 @@ def early_prune(kernel):
 
 # dtypes join the key automatically; the rung switches and the dot precision are part of it
 TUNE_KEY = ["HEAD_DIM", "CAUSAL", "DEFER", "SEQ_PAR", "SKIP", "DOT_PRECISION", "TMA", "N_CTX_Q_BUCKET",
-            "N_CTX_K_BUCKET"]
+            "N_CTX_K_BUCKET", "WINDOW", "SOFTCAP", "ALIBI", "DOCS", "VARLEN"]
 
 
 def autotuned(tiles: dict, prune=early_prune) -> dict:
@@ -584,77 +821,110 @@ def _use_tma(variant: Variant, backward: bool, *tensors: torch.Tensor) -> bool:
     return True
 
 
-def _meta(headdim, causal, precision, variant) -> dict:
+@dataclass(frozen=True)
+class Mods:
+    """An attention variant as the kernels take it: the compile-time switches (``switches()``) and the runtime
+    arguments (``args()``, in the kernels' order). Built by ``mods`` from the public arguments; ``DENSE`` is none."""
+    window: tuple[int, int] | None = None  # (left, right), already clamped and with right = 0 under causal
+    softcap: float | None = None
+    alibi_slopes: torch.Tensor | None = None
+    doc_bounds: tuple[torch.Tensor, torch.Tensor] | None = None  # (start, end) of each token's document
+    cu_seqlens: tuple[torch.Tensor, torch.Tensor] | None = None  # packed batches (varlen)
+    band: tuple[int, int] = (0, 0)  # (left, right) the kernels use for block ranges (WINDOW or DOCS)
+
+    def switches(self) -> dict:
+        return dict(WINDOW=self.window is not None, SOFTCAP=self.softcap is not None,
+                    ALIBI=self.alibi_slopes is not None, DOCS=self.doc_bounds is not None,
+                    VARLEN=self.cu_seqlens is not None)
+
+    def args(self) -> tuple:
+        docs = self.doc_bounds or (None, None)
+        cu = self.cu_seqlens or (None, None)
+        return (*self.band, 0.0 if self.softcap is None else self.softcap, self.alibi_slopes, *docs, *cu)
+
+
+DENSE = Mods()
+
+
+def _meta(headdim, causal, precision, variant, mods: Mods = DENSE) -> dict:
     return dict(HEAD_DIM=headdim, BLOCK_D=block_d(headdim), CAUSAL=causal, DEFER=variant.defer,
-                SEQ_PAR=variant.seq_par, SKIP=variant.skip, DOT_PRECISION=precision)
+                SEQ_PAR=variant.seq_par, SKIP=variant.skip, DOT_PRECISION=precision, **mods.switches())
 
 
-def _forward(q, k, v, sm_scale, meta, variant):
+def _strides(t: torch.Tensor, packed) -> tuple:
+    """A (batch, heads, rows, d) tensor's strides; a packed batch's (1, heads, total, d) view has batch stride 0."""
+    return t.stride() if packed is None else (0, *t.stride()[1:])
+
+
+def _forward(q, k, v, sm_scale, meta, variant, mods: Mods = DENSE, packed=None):
     """Launch the forward: (o, lse, lsum); lse in the log2 domain (the running max m when not variant.defer,
-    with lsum = l; lsum is lse itself when variant.defer)."""
+    with lsum = l; lsum is lse itself when variant.defer). ``packed``: (batch, max_seqlen_q, max_seqlen_k) of a
+    packed batch, whose q, k, v are (1, heads, total, d) views."""
     Z, H, N_CTX_Q, HEAD_DIM = q.shape
     H_KV, N_CTX_K = k.shape[1], k.shape[2]
+    Z, max_q, max_k = (Z, N_CTX_Q, N_CTX_K) if packed is None else packed
     o = torch.empty_like(q)
     f32 = dict(device=q.device, dtype=torch.float32)
-    lse = torch.empty((Z, H, N_CTX_Q), **f32)
-    lsum = lse if variant.defer else torch.empty((Z, H, N_CTX_Q), **f32)
-    tma = _use_tma(variant, False, q, k, v, o)
+    lse = torch.empty(q.shape[:3], **f32)
+    lsum = lse if variant.defer else torch.empty(q.shape[:3], **f32)
+    tma = packed is None and _use_tma(variant, False, q, k, v, o)
     if tma:
         ensure_tma_allocator()
 
     def grid(META):
-        return (triton.cdiv(N_CTX_Q, META["BLOCK_M"]) if variant.seq_par else 1, Z * H)
+        return (triton.cdiv(max_q, META["BLOCK_M"]) if variant.seq_par else 1, Z * H)
 
     variant.launcher.launch("fwd", grid, q, k, v, sm_scale, lse, lsum, o,
-                            *q.stride(), *k.stride(), *v.stride(), *o.stride(),
-                            H, H // H_KV, N_CTX_Q, N_CTX_K, _bucket(N_CTX_Q), _bucket(N_CTX_K), **meta, TMA=tma)
+                            *_strides(q, packed), *_strides(k, packed), *_strides(v, packed), *_strides(o, packed),
+                            H, H // H_KV, N_CTX_Q, N_CTX_K, _bucket(max_q), _bucket(max_k), *mods.args(), **meta,
+                            TMA=tma)
     return o, lse, lsum
 
 
-def _backward(q, k, v, o, lse, lsum, do, sm_scale, meta, variant):
+def _backward(q, k, v, o, lse, lsum, do, sm_scale, meta, variant, mods: Mods = DENSE, packed=None):
     """Launch the backward (Delta, then dK/dV, then dQ): (dq, dk, dv). lse and lsum are indexed as contiguous
-    rows."""
+    rows. ``packed`` as in _forward."""
     Z, H, N_CTX_Q, HEAD_DIM = q.shape
     H_KV, N_CTX_K = k.shape[1], k.shape[2]
+    Z, max_q, max_k = (Z, N_CTX_Q, N_CTX_K) if packed is None else packed
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     delta = torch.empty_like(lse)
-    tail = (H, H // H_KV, N_CTX_Q, N_CTX_K, _bucket(N_CTX_Q), _bucket(N_CTX_K))
+    tail = (H, H // H_KV, N_CTX_Q, N_CTX_K, _bucket(max_q), _bucket(max_k), *mods.args())
     launch_preprocess(o, do, delta, meta["BLOCK_D"])
-    tma = _use_tma(variant, True, q, k, v, do)
+    tma = packed is None and _use_tma(variant, True, q, k, v, do)
     if tma:
         ensure_tma_allocator()
 
     def grid_dkdv(META):
-        return (triton.cdiv(N_CTX_K, META["BLOCK_N"]) if variant.seq_par else 1, Z * H_KV)
+        return (triton.cdiv(max_k, META["BLOCK_N"]) if variant.seq_par else 1, Z * H_KV)
 
+    st = [_strides(t, packed) for t in (q, k, v, do, dk, dv, dq)]
     variant.launcher.launch("bwd_dkdv", grid_dkdv, q, k, v, sm_scale, do, dk, dv, lse, lsum, delta,
-                            *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dk.stride(), *dv.stride(),
-                            *tail, **meta, TMA=tma)
+                            *st[0], *st[1], *st[2], *st[3], *st[4], *st[5], *tail, **meta, TMA=tma)
 
     def grid_dq(META):
-        return (triton.cdiv(N_CTX_Q, META["BLOCK_M"]) if variant.seq_par else 1, Z * H)
+        return (triton.cdiv(max_q, META["BLOCK_M"]) if variant.seq_par else 1, Z * H)
 
     variant.launcher.launch("bwd_dq", grid_dq, q, k, v, sm_scale, do, dq, lse, lsum, delta,
-                            *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dq.stride(), *tail, **meta,
-                            TMA=tma)
+                            *st[0], *st[1], *st[2], *st[3], *st[6], *tail, **meta, TMA=tma)
     return dq, dk, dv
 
 
 class _attention(torch.autograd.Function):
 
     @staticmethod
-    def forward(ctx, q, k, v, causal, sm_scale, precision, variant):
-        meta = _meta(q.shape[-1], causal, precision, variant)
-        o, lse, lsum = _forward(q, k, v, sm_scale, meta, variant)
+    def forward(ctx, q, k, v, causal, sm_scale, precision, variant, mods=DENSE, packed=None):
+        meta = _meta(q.shape[-1], causal, precision, variant, mods)
+        o, lse, lsum = _forward(q, k, v, sm_scale, meta, variant, mods, packed)
         ctx.save_for_backward(q, k, v, o, lse, lsum)
-        ctx.sm_scale, ctx.meta, ctx.variant = sm_scale, meta, variant
+        ctx.sm_scale, ctx.meta, ctx.variant, ctx.mods, ctx.packed = sm_scale, meta, variant, mods, packed
         return o
 
     @staticmethod
     def backward(ctx, do):
         q, k, v, o, lse, lsum = ctx.saved_tensors
-        dq, dk, dv = _backward(q, k, v, o, lse, lsum, do, ctx.sm_scale, ctx.meta, ctx.variant)
-        return dq, dk, dv, None, None, None, None
+        dq, dk, dv = _backward(q, k, v, o, lse, lsum, do, ctx.sm_scale, ctx.meta, ctx.variant, ctx.mods, ctx.packed)
+        return dq, dk, dv, None, None, None, None, None, None
 
 
 def flash2_forward(q, k, v, causal: bool = False, sm_scale: float | None = None, tf32: bool = False):
@@ -684,12 +954,139 @@ def run_variant(variant: Variant, q, k, v, causal, sm_scale, tf32) -> torch.Tens
     return _attention.apply(q, k, v, bool(causal), scale, dot_precision(q.dtype, tf32), variant)
 
 
+def _check_window(window) -> tuple[int, int] | None:
+    if window is None:
+        return None
+    if (not isinstance(window, (tuple, list)) or len(window) != 2
+            or not all(isinstance(w, int) and not isinstance(w, bool) for w in window)):
+        raise ValueError(f"window must be a pair of ints (left, right), got {window!r}")
+    if min(window) < 0:
+        raise ValueError(f"window sizes must be >= 0, got {tuple(window)}")
+    return int(window[0]), int(window[1])
+
+
+def _check_softcap(softcap) -> float | None:
+    if softcap is None:
+        return None
+    if isinstance(softcap, bool) or not isinstance(softcap, (int, float)) or not (math.isfinite(softcap)
+                                                                                   and softcap > 0):
+        raise ValueError(f"softcap must be a finite number > 0, got {softcap!r}")
+    return float(softcap)
+
+
+def _check_alibi(slopes, heads: int, device) -> torch.Tensor | None:
+    if slopes is None:
+        return None
+    if not isinstance(slopes, torch.Tensor) or slopes.dtype != torch.float32 or tuple(slopes.shape) != (heads,):
+        what = f"{tuple(slopes.shape)} {slopes.dtype}" if isinstance(slopes, torch.Tensor) else type(slopes).__name__
+        raise ValueError(f"alibi_slopes must be a float32 tensor of shape ({heads},) (one slope per query head), "
+                         f"got {what}")
+    if slopes.device != device:
+        raise ValueError(f"alibi_slopes must be on {device}, got {slopes.device}")
+    return slopes.contiguous()
+
+
+def _doc_bounds(doc_ids, batch: int, seqlen_q: int, seqlen_k: int, device) -> tuple | None:
+    """The start and end (int32, (batch, seqlen)) of each token's document: the kernels' per-block document
+    ranges (a token attends keys in [start, end) only) and their mask (same document iff same start)."""
+    if doc_ids is None:
+        return None
+    if seqlen_q != seqlen_k:
+        raise ValueError(f"doc_ids needs self-attention (seqlen_q == seqlen_k), got {seqlen_q} and {seqlen_k}")
+    if (not isinstance(doc_ids, torch.Tensor) or doc_ids.dtype != torch.int32
+            or tuple(doc_ids.shape) != (batch, seqlen_q)):
+        what = f"{tuple(doc_ids.shape)} {doc_ids.dtype}" if isinstance(doc_ids, torch.Tensor) else type(doc_ids)
+        raise ValueError(f"doc_ids must be an int32 tensor of shape (batch, seqlen) = ({batch}, {seqlen_q}), "
+                         f"got {what}")
+    if doc_ids.device != device:
+        raise ValueError(f"doc_ids must be on {device}, got {doc_ids.device}")
+    if bool((doc_ids[:, 1:] < doc_ids[:, :-1]).any()):
+        raise ValueError("doc_ids must be non-decreasing along each row")
+    pos = torch.arange(seqlen_q, device=device, dtype=torch.int32).expand(batch, seqlen_q)
+    first = torch.ones_like(doc_ids, dtype=torch.bool)
+    first[:, 1:] = doc_ids[:, 1:] != doc_ids[:, :-1]
+    last = torch.ones_like(first)
+    last[:, :-1] = first[:, 1:]
+    start = torch.where(first, pos, 0).cummax(1).values
+    end = torch.where(last, pos + 1, seqlen_q).flip(1).cummin(1).values.flip(1)
+    return start.to(torch.int32).contiguous(), end.to(torch.int32).contiguous()
+
+
+def mods(causal, seqlen_q, seqlen_k, heads, batch, device, window=None, softcap=None, alibi_slopes=None,
+         doc_ids=None, cu_seqlens=None) -> Mods:
+    """The checked ``Mods`` of the public arguments (ValueError naming the problem otherwise)."""
+    window = _check_window(window)
+    softcap = _check_softcap(softcap)
+    alibi_slopes = _check_alibi(alibi_slopes, heads, device)
+    docs = _doc_bounds(doc_ids, batch, seqlen_q, seqlen_k, device)
+    big = seqlen_q + seqlen_k  # a window side this wide is no limit
+    left, right = (big, big) if window is None else (min(window[0], big), min(window[1], big))
+    if causal:
+        right = min(right, 0)
+    return Mods(None if window is None else (left, right), softcap, alibi_slopes, docs, cu_seqlens, (left, right))
+
+
 def flash2_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = False,
-                     sm_scale: float | None = None, tf32: bool = False) -> torch.Tensor:
+                     sm_scale: float | None = None, tf32: bool = False, *, window: tuple[int, int] | None = None,
+                     softcap: float | None = None, alibi_slopes: torch.Tensor | None = None,
+                     doc_ids: torch.Tensor | None = None) -> torch.Tensor:
     """softmax(q k^T * sm_scale) v with FlashAttention-2; differentiable in q, k and v.
 
     q: (batch, heads, seqlen_q, headdim); k, v: (batch, kv_heads, seqlen_k, headdim), any strides, fp16, bf16 or
     fp32. Causal masking is aligned to the bottom-right corner. sm_scale defaults to headdim ** -0.5 and must be
     finite and positive. fp32 inputs run IEEE fp32 dot products unless ``tf32`` (ignored for fp16/bf16).
+
+    Variants (compile-time specialisations of the same kernels; positions aligned as causal is, i' = i + seqlen_k
+    - seqlen_q): ``window=(left, right)``: query i sees keys j in [i' - left, i' + right]; ``softcap``: scores s
+    become softcap * tanh(s / softcap); ``alibi_slopes`` (float32, (heads,)): s - slope_h * |i' - j|; ``doc_ids``
+    (int32, (batch, seqlen), non-decreasing rows, self-attention only): query i sees key j only within its document.
+    A row that sees no key outputs zeros.
     """
-    return run_variant(FA2, q, k, v, causal, sm_scale, tf32)
+    shape = check_inputs(q, k, v)
+    scale = check_scale(shape.headdim, sm_scale)
+    m = mods(causal, shape.seqlen_q, shape.seqlen_k, shape.heads, shape.batch, q.device, window, softcap,
+             alibi_slopes, doc_ids)
+    return _attention.apply(q, k, v, bool(causal), scale, dot_precision(q.dtype, tf32), FA2, m)
+
+
+def _check_cu_seqlens(cu, name: str, total: int, max_seqlen: int, device) -> int:
+    """The batch size of a valid cu_seqlens (int32 prefix sums from 0 to total); ValueError otherwise."""
+    if not isinstance(cu, torch.Tensor) or cu.dtype != torch.int32 or cu.dim() != 1 or cu.numel() < 2:
+        raise ValueError(f"{name} must be a 1-D int32 tensor (batch + 1,), got "
+                         f"{tuple(cu.shape) if isinstance(cu, torch.Tensor) else type(cu).__name__}")
+    if cu.device != device:
+        raise ValueError(f"{name} must be on {device}, got {cu.device}")
+    lengths = (cu[1:] - cu[:-1]).tolist()
+    if int(cu[0]) != 0 or int(cu[-1]) != total or min(lengths) < 0:
+        raise ValueError(f"{name} must start at 0, never decrease and end at the packed length {total}, got "
+                         f"{cu.tolist()}")
+    if not isinstance(max_seqlen, int) or max_seqlen < max(lengths) or max_seqlen < 1:
+        raise ValueError(f"max_seqlen for {name} must be an int >= its longest sequence ({max(lengths)}), "
+                         f"got {max_seqlen!r}")
+    return cu.numel() - 1
+
+
+def flash2_varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q: int, max_seqlen_k: int,
+                            causal: bool = False, sm_scale: float | None = None, *,
+                            window: tuple[int, int] | None = None, softcap: float | None = None,
+                            alibi_slopes: torch.Tensor | None = None) -> torch.Tensor:
+    """FlashAttention-2 over a packed batch of sequences of different lengths, with no padding: q (total_q, heads,
+    d), k and v (total_k, kv_heads, d); sequence b is rows cu_seqlens_q[b]:cu_seqlens_q[b+1] of q against rows
+    cu_seqlens_k[b]:cu_seqlens_k[b+1] of k and v (int32 prefix sums starting at 0). Causal, window, softcap and
+    ALiBi as in ``flash2_attention``, aligned per sequence. Differentiable in q, k and v."""
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor) or t.dim() != 3:
+            raise ValueError(f"{name} must be 3-D (total, heads, headdim), got "
+                             f"{tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}")
+    qv, kv, vv = (t.unsqueeze(0).transpose(1, 2) for t in (q, k, v))  # (1, heads, total, d) views
+    shape = check_inputs(qv, kv, vv)
+    batch = _check_cu_seqlens(cu_seqlens_q, "cu_seqlens_q", q.shape[0], max_seqlen_q, q.device)
+    if _check_cu_seqlens(cu_seqlens_k, "cu_seqlens_k", k.shape[0], max_seqlen_k, q.device) != batch:
+        raise ValueError(f"cu_seqlens_q and cu_seqlens_k must have one length, got {cu_seqlens_q.numel()} and "
+                         f"{cu_seqlens_k.numel()}")
+    scale = check_scale(shape.headdim, sm_scale)
+    m = mods(causal, max_seqlen_q, max_seqlen_k, shape.heads, batch, q.device, window, softcap, alibi_slopes,
+             cu_seqlens=(cu_seqlens_q.contiguous(), cu_seqlens_k.contiguous()))
+    o = _attention.apply(qv, kv, vv, bool(causal), scale, dot_precision(q.dtype, False), FA2, m,
+                         (batch, max_seqlen_q, max_seqlen_k))
+    return o.transpose(1, 2).squeeze(0)

@@ -33,6 +33,16 @@ def test_each_kernel_compiles_for_sm90_with_registers_reported(kernel, tma):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("variants", ["window,docs", "softcap,alibi", "varlen,window,softcap,alibi"])
+@pytest.mark.parametrize("kernel", ["fwd", "bwd_dkdv", "bwd_dq"])
+def test_variant_switches_compile_for_sm90(kernel, variants):
+    """fa2's variant specialisations (issue 18) build for Hopper too, not only on the interpreter."""
+    out = compile_first_config(kernel, "--causal", "--variants", variants)
+    assert "FAILED" not in out, out
+    assert variants.replace(",", "+") in out
+
+
+@pytest.mark.slow
 def test_a_config_that_cannot_compile_is_one_failed_line():
     """A 48-row tile is not a power of two (tl.arange refuses it): the tool prints FAILED and the reason
     instead of resources, one line."""

@@ -3,6 +3,7 @@ registers, spills and shared memory: compile errors and register pressure found 
 device time is spent.
 
     python -m fa2bench.profiling.compile_sm90 --kernel fwd --headdim 128 --tma --configs 128x64w4s3,128x128w8s2
+    python -m fa2bench.profiling.compile_sm90 --kernel bwd_dq --headdim 64 --causal --variants window,softcap,docs
 
 Sequence lengths stay runtime ints in these kernels, so one compile per (kernel, switches, config) covers all.
 ``compile_gluon`` does the same for a Gluon kernel (``triton.experimental.gluon``, Triton >= 3.6), whose source
@@ -36,6 +37,15 @@ POINTERS = {  # pointer arguments and their element types (fp16 inputs; statisti
     "bwd_dq": {"Q": "fp16", "K": "fp16", "V": "fp16", "DO": "fp16", "DQ": "fp16", "LSE": "fp32", "LSUM": "fp32",
                "Delta": "fp32"},
 }
+VARIANTS = {  # fa2's variant switches (flash2.Mods), the runtime arguments each one uses and their types
+    "window": ("WINDOW", {}),
+    "softcap": ("SOFTCAP", {"softcap": "fp32"}),
+    "alibi": ("ALIBI", {"ALIBI_SLOPES": "*fp32"}),
+    "docs": ("DOCS", {"DOC_START": "*i32", "DOC_END": "*i32"}),
+    "varlen": ("VARLEN", {"CU_SEQLENS_Q": "*i32", "CU_SEQLENS_K": "*i32"}),
+}
+UNUSED = {"softcap": 0.0, "ALIBI_SLOPES": None, "DOC_START": None, "DOC_END": None, "CU_SEQLENS_Q": None,
+          "CU_SEQLENS_K": None}  # what a launch passes for the arguments of switches that are off
 
 
 def parse(spec: str) -> triton.Config:
@@ -44,14 +54,21 @@ def parse(spec: str) -> triton.Config:
 
 
 def compile_one(kernel: str, cfg: triton.Config, headdim: int, causal: bool, tma: bool, dtype: str = "fp16",
-                capability: int = 90):
+                capability: int = 90, variants: tuple[str, ...] = ()):
     fn = flash2.JIT_KERNELS[kernel]
+    switches = {flag: name in variants for name, (flag, _) in VARIANTS.items()}
+    used = {arg: t for name in variants for arg, t in VARIANTS[name][1].items()}
     consts = dict(HEAD_DIM=headdim, BLOCK_D=block_d(headdim), CAUSAL=causal, DEFER=True, SEQ_PAR=True, SKIP=True,
-                  DOT_PRECISION="tf32", TMA=tma, **cfg.kwargs)
+                  DOT_PRECISION="tf32", TMA=tma, **switches, **cfg.kwargs)
+    consts.update({arg: value for arg, value in UNUSED.items() if arg not in used and value is None})
     consts = {k: v for k, v in consts.items() if k in fn.arg_names}
     sig = {}
     for name in fn.arg_names:
-        if name in consts:
+        if name in used:
+            sig[name] = used[name]
+        elif name == "softcap":
+            sig[name] = "fp32"
+        elif name in consts:
             sig[name] = "constexpr"
         elif name in POINTERS[kernel]:
             t = POINTERS[kernel][name]
@@ -143,7 +160,12 @@ def main() -> None:
     ap.add_argument("--dtype", default="fp16")
     ap.add_argument("--rung", type=int, default=8, choices=(8, 9, 10), help="fa3's rung (--kernel fa3)")
     ap.add_argument("--configs", default="", help="comma list like 128x64w4s3; default: the candidate list")
+    ap.add_argument("--variants", default="", help=f"fa2's variant switches to turn on, comma list of {list(VARIANTS)}")
     a = ap.parse_args()
+    variants = tuple(v for v in a.variants.split(",") if v)
+    unknown = sorted(set(variants) - set(VARIANTS))
+    if unknown:
+        ap.error(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
     if a.kernel == "fa3":  # one Gluon kernel, its tiles fixed per head dim
         name = f"fa3 rung {a.rung} d{a.headdim} {a.dtype}{' causal' if a.causal else ''}"
         try:
@@ -157,8 +179,8 @@ def main() -> None:
     for cfg in cfgs:
         name = f"{cfg.kwargs['BLOCK_M']}x{cfg.kwargs['BLOCK_N']}w{cfg.num_warps}s{cfg.num_stages}"
         try:
-            k = compile_one(a.kernel, cfg, a.headdim, a.causal, a.tma, a.dtype)
-            print(f"{a.kernel} d{a.headdim} {name}: {resources(k)}", flush=True)
+            k = compile_one(a.kernel, cfg, a.headdim, a.causal, a.tma, a.dtype, variants=variants)
+            print(f"{a.kernel} d{a.headdim} {name} {'+'.join(variants) or 'dense'}: {resources(k)}", flush=True)
         except Exception as exc:
             print(f"{a.kernel} d{a.headdim} {name}: FAILED {root_cause(exc)}", flush=True)
 
