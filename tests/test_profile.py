@@ -460,7 +460,7 @@ def test_help_lists_the_profile_commands():
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the GPU-less message")
 @pytest.mark.parametrize("args", [["profile", "--provider", "fa2", "--seqlen", "4096", "--headdim", "128",
-                                   "--causal", "--mode", "fwd"],
+                                   "--causal", "on", "--mode", "fwd"],
                                   ["profile-io", "--provider", "naive,fa2", "--seqlen", "1024..4096"]])
 def test_without_a_gpu_profile_is_one_clear_line(args):
     result = invoke(*args)

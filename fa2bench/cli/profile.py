@@ -9,7 +9,7 @@ import typer
 
 from fa2bench.cli.common import (
     app, ProviderName, Mode, Dtype, OUTPUT, option, Seqlen, SeqlenK, Headdim, Batch, Tokens, Heads, Hidden,
-    KvHeads, CausalFlag, OneMode, OneDtype, shape_options, out, fail, has_cuda, SpecError, display, providers)
+    KvHeads, CausalOption, OneMode, OneDtype, shape_options, out, fail, has_cuda, SpecError, display, providers)
 from fa2bench.cli.render import print_resources, print_trace, print_ncu
 
 
@@ -34,7 +34,7 @@ def profile_point(
     provider: Annotated[ProviderName, typer.Option(help="Provider to profile (see `fa2bench providers`).")],
     seqlen: Seqlen = None, seqlen_k: SeqlenK = None, headdim: Headdim = None, batch: Batch = None,
     tokens: Tokens = None, heads: Heads = None, hidden: Hidden = None, kv_heads: KvHeads = None,
-    causal: CausalFlag = None, mode: OneMode = Mode.fwd, dtype: OneDtype = Dtype.fp16,
+    causal: CausalOption = None, mode: OneMode = Mode.fwd, dtype: OneDtype = Dtype.fp16,
     ncu: Annotated[bool, typer.Option("--ncu", help="Nsight Compute counters of the provider's kernels "
                                        "(DRAM bytes, occupancy, tensor pipe, SM throughput, L2 hit rate).")] = False,
     trace: option(Path, "Write a torch.profiler Chrome trace to this file.", OUTPUT) = None,
@@ -52,7 +52,8 @@ def profile_point(
     try:
         spec = config.spec_from(shape_options(seqlen=seqlen, seqlen_k=seqlen_k, headdim=headdim, batch=batch,
                                                tokens=tokens, heads=heads, hidden=hidden, kv_heads=kv_heads,
-                                               causal=causal, mode=mode.value, dtype=dtype.value,
+                                               causal=getattr(causal, "value", None), mode=mode.value,
+                                               dtype=dtype.value,
                                                provider=provider.value), prof.POINT_DEFAULTS)
         points = spec.points()
         if len(points) != 1:
@@ -115,7 +116,7 @@ def profile_point(
 def profile_io(
     provider: Annotated[str, typer.Option(help="Providers, e.g. naive,fa1,fa2.")] = "naive,fa1,fa2",
     seqlen: Seqlen = None, headdim: Headdim = None, batch: Batch = None, tokens: Tokens = None,
-    heads: Heads = None, hidden: Hidden = None, causal: CausalFlag = None, mode: OneMode = Mode.fwd,
+    heads: Heads = None, hidden: Hidden = None, causal: CausalOption = None, mode: OneMode = Mode.fwd,
     dtype: OneDtype = Dtype.fp16,
     out_dir: Annotated[Optional[Path], typer.Option("--out", help="Study folder; points already ok there are "
                        "skipped (default results/io-<UTC time>-<gpu>).", rich_help_panel=OUTPUT)] = None,
@@ -133,7 +134,8 @@ def profile_io(
     from fa2bench.profiling import profile as prof
     try:
         spec = config.spec_from(shape_options(seqlen=seqlen or prof.IO_SEQLENS, headdim=headdim, batch=batch,
-                                               tokens=tokens, heads=heads, hidden=hidden, causal=causal,
+                                               tokens=tokens, heads=heads, hidden=hidden,
+                                               causal=getattr(causal, "value", None),
                                                mode=mode.value, dtype=dtype.value, provider=provider),
                                 prof.POINT_DEFAULTS)
         points = spec.points()
