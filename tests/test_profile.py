@@ -290,7 +290,7 @@ def test_io_study_puts_measured_bytes_next_to_the_model_in_a_table_and_a_figure(
 def test_the_child_reports_a_failure_on_one_line(capsys):
     code = ncu.main(["child", "--provider", "torch-eager", "--mode", "fwd", "--dtype", "fp32", "--batch", "1",
                       "--heads", "1", "--kv-heads", "1", "--seqlen-q", "16", "--seqlen-k", "16", "--headdim", "16",
-                      "--no-causal"])
+                      "--causal", "off"])
     assert code == 1
     (line,) = [x for x in capsys.readouterr().out.splitlines() if x.startswith(ncu.CHILD_TAG)]
     assert "error" in json.loads(line[len(ncu.CHILD_TAG):])

@@ -25,10 +25,11 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime as dt
-import json
+import itertools
 import math
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -48,11 +49,28 @@ from fa2bench.run.point import first_line
 COLUMNS = ("method", "world_size", "mode", "dtype", "batch", "heads", "kv_heads", "seqlen", "headdim", "causal",
            "status", "error", "ms", "ms_p20", "ms_p80", "ms_compute", "ms_comm", "comm_hidden_pct", "flops",
            "tflops_per_gpu", "peak_mem_gb", "max_rel_error", "baseline_rel_error", "impl", "gpu")
-META_NAME = "meta.json"
 DTYPES = ("fp16", "bf16", "fp32")
 
 
-# --- one point ---------------------------------------------------------------------------------------------
+# --- points ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RingPoint:
+    """One row of ring.csv to measure at this world size (the shape's batch, heads and head dim are the run's)."""
+    method: str
+    mode: str
+    dtype: str
+    seqlen: int
+    causal: bool
+
+
+def ring_points(methods, seqlens, dtypes, causals, modes, world: int) -> list[RingPoint]:
+    """The points of a run at ``world`` ranks, methods outermost (PyTorch's experimental one runs last);
+    all-gather is left out on one GPU, where it is ring-fa2 (one fa2 call on the whole sequence)."""
+    return [RingPoint(m, mode, dtype, seqlen, causal)
+            for m, seqlen, dtype, causal, mode in itertools.product(methods, seqlens, dtypes, causals, modes)
+            if not (m == "allgather-fa2" and world == 1)]
 
 
 def run_point(method, mode, dtype, batch, heads, kv_heads, seqlen, headdim, causal, impl, reps, warmup):
@@ -165,17 +183,17 @@ def append_row(path: Path, row: dict, columns=COLUMNS) -> None:
 
 
 def write_meta(out: Path, args: argparse.Namespace) -> None:
-    """meta.json: one entry per world size run into this folder (GPUs, versions, commit, arguments)."""
-    from fa2bench.run import hardware, runner
-    path = out / META_NAME
-    meta = json.loads(path.read_text()) if path.exists() else {"runs": []}
+    """meta.json (through the results store): one entry per world size run into this folder (GPUs, versions,
+    commit, arguments)."""
+    from fa2bench.run import hardware, results, runner
+    meta = results.read_meta(out) or {"runs": []}
     meta["runs"].append({
         "started_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "argv": sys.argv, "world_size": dist.get_world_size(), "gpus": hardware.gpu_info(),
         "versions": hardware.software_versions(), "git": runner.git_state(),
         "env": {k: os.environ.get(k) for k in launch.MULTICAST_OFF},
         "args": {k: v for k, v in vars(args).items() if k != "func"}})
-    path.write_text(json.dumps(meta, indent=2, default=str) + "\n")
+    results.write_meta(out, meta)
 
 
 def _pinned_configs(impl: str, headdim: int):
@@ -326,18 +344,12 @@ def main(argv=None) -> int:
         with (_pinned_configs(impl, args.headdim) if not args.tune else _nullcontext()):
             if args.command == "check":
                 return _run_checks(args, seqlens, dtypes, causals, kv_heads, impl, me)
-            for method in methods:  # methods outermost: PyTorch's (experimental) one runs last
-                if method == "allgather-fa2" and me.world_size == 1:
-                    continue  # on one GPU it is ring-fa2: one fa2 call on the whole sequence
-                for seqlen in seqlens:
-                    for dtype in dtypes:
-                        for causal in causals:
-                            for mode in modes:
-                                row = run_point(method, mode, dtype, args.batch, args.heads, kv_heads, seqlen,
-                                                args.headdim, causal, impl, args.reps, args.warmup)
-                                if me.is_leader:
-                                    append_row(args.out / CSV_NAME, row)
-                                    print(_line(row), flush=True)
+            for point in ring_points(methods, seqlens, dtypes, causals, modes, me.world_size):
+                row = run_point(point.method, point.mode, point.dtype, args.batch, args.heads, kv_heads,
+                                point.seqlen, args.headdim, point.causal, impl, args.reps, args.warmup)
+                if me.is_leader:
+                    append_row(args.out / CSV_NAME, row)
+                    print(_line(row), flush=True)
         return 0
     finally:
         dist.destroy_process_group()

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import functools
 import math
-import statistics
 import time
 
 import torch
 import torch.distributed as dist
 
 from fa2bench.distributed import blocks, ring
+from fa2bench.run.timing import summarise
 
 CHECK_ROWS = 128  # query rows per local chunk compared with the reference
 
@@ -127,9 +127,8 @@ def time_call(call, reps: int, warmup: int, grads=()) -> tuple[float, float, flo
         call()
         sync()
         times.append((time.perf_counter() - start) * 1e3)
-    times.sort()
-    q = lambda f: times[min(len(times) - 1, int(round(f * (len(times) - 1))))]  # noqa: E731
-    stats = torch.tensor([statistics.median(times), q(0.2), q(0.8)], dtype=torch.float64,
+    timing = summarise(times, timer="barrier")  # the suite's statistics (fa2bench.run.timing)
+    stats = torch.tensor([timing.ms, timing.ms_p20, timing.ms_p80], dtype=torch.float64,
                          device="cuda" if torch.cuda.is_available() else "cpu")
     dist.all_reduce(stats, op=dist.ReduceOp.MAX)
     return tuple(stats.tolist())
