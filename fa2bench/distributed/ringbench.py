@@ -15,7 +15,8 @@ barrier; the slowest rank's median counts). For ``ring-fa2`` it also times the s
 transfer skipped (compute only) and the transfers alone (comm only):
 communication hidden = (compute + comm - total) / comm, clipped to 0..100%.
 
-Columns of ring.csv: ``COLUMNS``. TFLOP/s per GPU = FLOPs of the whole attention (fa2bench's model) / time /
+Columns of ring.csv (written through the results store, ``fa2bench.run.results``; a job skips the points the
+folder already holds): ``COLUMNS``. TFLOP/s per GPU = FLOPs of the whole attention (fa2bench's model) / time /
 world size; scaling efficiency (report) = time on 1 GPU / (N x time on N GPUs), per method (all-gather
 shares ring-fa2's one-GPU time: on one GPU both are one fa2 call). Memory per GPU = the method's peak beyond
 what the rank held before the timed calls, plus the rank's own Q, K, V (and dO) shards.
@@ -23,10 +24,8 @@ what the rank held before the timed calls, plus the rank's own Q, K, V (and dO) 
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime as dt
 import itertools
-import math
 import os
 import sys
 from dataclasses import dataclass
@@ -45,9 +44,13 @@ from fa2bench.distributed.ringcalls import (CpSdpa, cp_layout, cp_options_text, 
 from fa2bench.distributed.ringcheck import check_gradients
 from fa2bench.distributed.ringreport import CSV_NAME, report
 from fa2bench.run.point import first_line
+from fa2bench.run.results import ResultsError, RunWriter, row_key
 
-COLUMNS = ("method", "world_size", "mode", "dtype", "batch", "heads", "kv_heads", "seqlen", "headdim", "causal",
-           "status", "error", "ms", "ms_p20", "ms_p80", "ms_compute", "ms_comm", "comm_hidden_pct", "flops",
+# ring.csv in the results store's terms: the sweep's key columns (provider = the method, seqlen_q = seqlen_k = the
+# sequence over all ranks), the world size, then what the benchmark measures
+KEY = ("provider", "world_size", "mode", "dtype", "batch", "heads", "kv_heads", "seqlen_q", "seqlen_k", "headdim",
+       "causal")
+COLUMNS = (*KEY, "status", "error", "ms", "ms_p20", "ms_p80", "ms_compute", "ms_comm", "comm_hidden_pct", "flops",
            "tflops_per_gpu", "peak_mem_gb", "max_rel_error", "baseline_rel_error", "impl", "gpu")
 DTYPES = ("fp16", "bf16", "fp32")
 
@@ -73,13 +76,23 @@ def ring_points(methods, seqlens, dtypes, causals, modes, world: int) -> list[Ri
             if not (m == "allgather-fa2" and world == 1)]
 
 
+def key_fields(method, mode, dtype, batch, heads, kv_heads, seqlen, headdim, causal, world) -> dict:
+    """A ring point's key columns (``KEY``) as a row of the results store holds them."""
+    return {"provider": method, "world_size": world, "mode": mode, "dtype": dtype, "batch": batch, "heads": heads,
+            "kv_heads": kv_heads, "seqlen_q": seqlen, "seqlen_k": seqlen, "headdim": headdim, "causal": causal}
+
+
+def ring_key(row: dict) -> tuple:
+    """A ring.csv row's identity: the sweep's point key and the world size (finished points are skipped)."""
+    return (*row_key(row), int(row["world_size"]))
+
+
 def run_point(method, mode, dtype, batch, heads, kv_heads, seqlen, headdim, causal, impl, reps, warmup):
     """One row of ring.csv (every rank calls this; every rank returns the same row)."""
     me = launch.current()
     world = dist.get_world_size()
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    row = {"method": method, "world_size": world, "mode": mode, "dtype": dtype, "batch": batch, "heads": heads,
-           "kv_heads": kv_heads, "seqlen": seqlen, "headdim": headdim, "causal": causal, "status": "ok",
+    row = {**key_fields(method, mode, dtype, batch, heads, kv_heads, seqlen, headdim, causal, world), "status": "ok",
            "error": "", "impl": impl, "gpu": torch.cuda.get_device_name() if device == "cuda" else "cpu",
            "flops": attention_flops(batch, heads, seqlen, seqlen, headdim, causal, mode)}
     if seqlen % (2 * world):
@@ -170,23 +183,21 @@ def _comm_only(k, v, backward):
 # --- results folder ----------------------------------------------------------------------------------------
 
 
-def append_row(path: Path, row: dict, columns=COLUMNS) -> None:
-    new = not path.exists() or path.stat().st_size == 0
-    with open(path, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
-        if new:
-            writer.writeheader()
-        writer.writerow({c: "" if row.get(c) is None or (isinstance(row.get(c), float) and math.isnan(row[c]))
-                         else row[c] for c in columns})
-        f.flush()
-        os.fsync(f.fileno())
+def open_store(out: Path, csv_name: str = CSV_NAME, columns: tuple[str, ...] = COLUMNS) -> RunWriter:
+    """ring.csv (or check.csv) through the results store, continued by every world size's job: rows appended
+    and fsynced as they finish, damaged rows set aside, finished points known (``writer.done``)."""
+    path = Path(out) / csv_name
+    if path.exists() and "method" in path.open(encoding="utf-8", errors="replace").readline().split(","):
+        raise ResultsError(f"{path} was written by an older fa2bench (a method column, read by `ringbench "
+                           "report` only): choose another --out")
+    return RunWriter(out, resume=True, csv_name=csv_name, columns=columns, key=ring_key)
 
 
 def write_meta(out: Path, args: argparse.Namespace) -> None:
     """meta.json (through the results store): one entry per world size run into this folder (GPUs, versions,
     commit, arguments)."""
     from fa2bench.run import hardware, results, runner
-    meta = results.read_meta(out) or {"runs": []}
+    meta = results.read_meta(out) or {"kind": "ring", "runs": []}
     meta["runs"].append({
         "started_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "argv": sys.argv, "world_size": dist.get_world_size(), "gpus": hardware.gpu_info(),
@@ -337,21 +348,32 @@ def main(argv=None) -> int:
     launch.init_process_group(timeout_s=300.0)
     me = launch.current()
     impl = args.impl or ("fa2" if torch.cuda.is_available() else "ref")
+    writer = None
     try:
         if me.is_leader:
-            args.out.mkdir(parents=True, exist_ok=True)
+            writer = open_store(args.out, *(("check.csv", CHECK_COLUMNS) if args.command == "check" else ()))
             write_meta(args.out, args)
         with (_pinned_configs(impl, args.headdim) if not args.tune else _nullcontext()):
             if args.command == "check":
-                return _run_checks(args, seqlens, dtypes, causals, kv_heads, impl, me)
+                return _run_checks(args, seqlens, dtypes, causals, kv_heads, impl, me, writer)
+            done = [writer.done if writer else None]
+            dist.broadcast_object_list(done, src=0)  # every rank skips the same finished points
             for point in ring_points(methods, seqlens, dtypes, causals, modes, me.world_size):
-                row = run_point(point.method, point.mode, point.dtype, args.batch, args.heads, kv_heads,
-                                point.seqlen, args.headdim, point.causal, impl, args.reps, args.warmup)
-                if me.is_leader:
-                    append_row(args.out / CSV_NAME, row)
+                fields = (point.method, point.mode, point.dtype, args.batch, args.heads, kv_heads, point.seqlen,
+                          args.headdim, point.causal)
+                if ring_key(key_fields(*fields, me.world_size)) in done[0]:
+                    continue
+                row = run_point(*fields, impl, args.reps, args.warmup)
+                if writer:
+                    writer.append(row)
                     print(_line(row), flush=True)
         return 0
+    except ResultsError as exc:
+        print(f"fa2bench: error: {exc}", file=sys.stderr)
+        return 2
     finally:
+        if writer:
+            writer.release()
         dist.destroy_process_group()
 
 
@@ -361,25 +383,20 @@ def _nullcontext():
     return contextlib.nullcontext()
 
 
-CHECK_COLUMNS = ("method", "world_size", "dtype", "seqlen", "heads", "kv_heads", "headdim", "causal", "impl",
-                 "status", "max_rel_error", "detail")
+CHECK_COLUMNS = (*KEY, "impl", "status", "max_rel_error", "detail")
 
 
-def _run_checks(args, seqlens, dtypes, causals, kv_heads, impl, me) -> int:
+def _run_checks(args, seqlens, dtypes, causals, kv_heads, impl, me, writer) -> int:
     failed = 0
-    for seqlen in seqlens:
-        for dtype in dtypes:
-            for causal in causals:
-                for kv in dict.fromkeys((args.heads, kv_heads)):
-                    for method in ("ring-fa2", "allgather-fa2"):
-                        row = check_gradients(seqlen, args.heads, kv, args.headdim, dtype, causal, impl, method,
-                                              args.batch)
-                        failed += row["status"] != "ok"
-                        if me.is_leader:
-                            append_row(args.out / "check.csv", row, CHECK_COLUMNS)
-                            print(f"{row['status']:>5} {method} x{row['world_size']} {dtype} s{seqlen} "
-                                  f"h{args.heads}/kv{kv} {'causal' if causal else 'full'}: "
-                                  f"max rel err {row['max_rel_error']:.2e}", flush=True)
+    for seqlen, dtype, causal, kv, method in itertools.product(seqlens, dtypes, causals,
+                                                                dict.fromkeys((args.heads, kv_heads)),
+                                                                ("ring-fa2", "allgather-fa2")):
+        row = check_gradients(seqlen, args.heads, kv, args.headdim, dtype, causal, impl, method, args.batch)
+        failed += row["status"] != "ok"
+        if writer:
+            writer.append(row)
+            print(f"{row['status']:>5} {method} x{row['world_size']} {dtype} s{seqlen} h{args.heads}/kv{kv} "
+                  f"{'causal' if causal else 'full'}: max rel err {row['max_rel_error']:.2e}", flush=True)
     return 1 if failed else 0
 
 
@@ -388,8 +405,8 @@ def _line(row) -> str:
     tf = f"{row['tflops_per_gpu']:.0f} TFLOP/s/GPU" if row.get("tflops_per_gpu") is not None else ""
     hid = f"hidden {row['comm_hidden_pct']:.0f}%" if row.get("comm_hidden_pct") is not None else ""
     mem = f"{row['peak_mem_gb']:.1f} GB" if row.get("peak_mem_gb") is not None else ""
-    return (f"{row['status']:>5} {row['method']:>13} x{row['world_size']} {row['mode']:>7} {row['dtype']} "
-            f"s{row['seqlen']}{' causal' if row['causal'] else ''} {ms} {tf} {hid} {mem} {row['error']}")
+    return (f"{row['status']:>5} {row['provider']:>13} x{row['world_size']} {row['mode']:>7} {row['dtype']} "
+            f"s{row['seqlen_q']}{' causal' if row['causal'] else ''} {ms} {tf} {hid} {mem} {row['error']}")
 
 
 if __name__ == "__main__":

@@ -42,8 +42,9 @@ def check_gradients(seqlen, heads, kv_heads, headdim, dtype, causal, impl, metho
     ok = max_over_ranks(0.0 if verdict.ok else 1.0) == 0.0
     details = [None] * world
     dist.all_gather_object(details, verdict.detail)
-    return {"method": method, "world_size": world, "dtype": dtype, "seqlen": seqlen, "heads": heads,
-            "kv_heads": kv_heads, "headdim": headdim, "causal": causal, "impl": impl,
+    return {"provider": method, "world_size": world, "mode": "fwd_bwd", "dtype": dtype, "batch": batch,
+            "heads": heads, "kv_heads": kv_heads, "seqlen_q": seqlen, "seqlen_k": seqlen, "headdim": headdim,
+            "causal": causal, "impl": impl,
             "status": "ok" if ok else "wrong", "max_rel_error": worst,
             "detail": " | ".join(f"rank {r}: {d}" for r, d in enumerate(details))}
 

@@ -8,12 +8,14 @@ from pathlib import Path
 from fa2bench.distributed import ring
 
 CSV_NAME = "ring.csv"
+STORE_NAMES = {"provider": "method", "seqlen_q": "seqlen"}  # ring.csv's columns in the results store -> the report's
 
 
 def scaling(frame):
     """ring.csv rows that ran, with scaling efficiency against the same method on one GPU."""
     import pandas as pd
 
+    frame = frame.rename(columns=STORE_NAMES)
     ok = frame[frame["status"] == "ok"].copy()
     keys = ["method", "mode", "dtype", "batch", "heads", "kv_heads", "seqlen", "headdim", "causal"]
     one = ok[ok["world_size"] == 1][keys + ["ms"]].rename(columns={"ms": "ms_1gpu"})
@@ -77,7 +79,7 @@ def report(out: Path) -> int:
     if not path.exists():
         print(f"fa2bench: error: no {CSV_NAME} in {out}", file=sys.stderr)
         return 2
-    frame = pd.read_csv(path, keep_default_na=False, na_values=[""])
+    frame = pd.read_csv(path, keep_default_na=False, na_values=[""]).rename(columns=STORE_NAMES)
     frame["causal"] = frame["causal"].astype(str).str.lower().isin(["true", "1"])
     table = scaling(frame)
     table.to_csv(out / "scaling.csv", index=False)
