@@ -583,3 +583,10 @@ def test_a_real_ncu_export_from_the_h100_parses():
     assert kernel["kernel"] == "_attn_fwd"
     assert 0.19e9 < kernel["dram_read_bytes"] < 0.21e9  # Q, K, V of b4 h16 s4096 d128 fp16: 0.201 GB
     assert 0 < kernel["l2_hit_pct"] <= 100 and 0 < kernel["tensor_pct"] <= 100
+
+
+def test_profile_plans_exactly_one_point_with_the_paper_defaults():
+    point = prof.plan_point(provider="fa2", seqlen="1024", causal="on")
+    assert (point.provider, point.shape.seqlen_q, point.shape.headdim, point.shape.causal) == ("fa2", 1024, 128, True)
+    with pytest.raises(SpecError, match="takes one point; these options give 2"):
+        prof.plan_point(provider="fa2", causal="both")

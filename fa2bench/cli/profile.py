@@ -46,24 +46,18 @@ def profile_point(
     """One point in depth: timing, telemetry, Triton kernel resources, HBM model; --trace, --ncu.
 
     Shape defaults: seqlen 4096, head dim 128, the paper's 16k tokens and hidden size 2048, not causal."""
-    from fa2bench.core import config, iomodel
+    from fa2bench.core import iomodel
     from fa2bench.profiling import ncu as nsight
     from fa2bench.profiling import profile as prof
     try:
-        spec = config.spec_from(shape_options(seqlen=seqlen, seqlen_k=seqlen_k, headdim=headdim, batch=batch,
-                                               tokens=tokens, heads=heads, hidden=hidden, kv_heads=kv_heads,
-                                               causal=getattr(causal, "value", None), mode=mode.value,
-                                               dtype=dtype.value,
-                                               provider=provider.value), prof.POINT_DEFAULTS)
-        points = spec.points()
-        if len(points) != 1:
-            raise SpecError(f"`fa2bench profile` takes one point; these options give {len(points)} (use "
-                            "profile-io or sweep for several)")
+        point = prof.plan_point(**shape_options(seqlen=seqlen, seqlen_k=seqlen_k, headdim=headdim, batch=batch,
+                                                tokens=tokens, heads=heads, hidden=hidden, kv_heads=kv_heads,
+                                                causal=getattr(causal, "value", None), mode=mode.value,
+                                                dtype=dtype.value, provider=provider.value))
         if trace_calls < 1 or ncu_calls < 1:
             raise SpecError("--trace-calls and --ncu-calls must be at least 1")
     except SpecError as exc:
         fail(str(exc))
-    point = points[0]
     ncu_path = _needs_gpu_and_ncu("profile", ncu)
     reason = providers.get(point.provider).unsupported_reason(point.shape, point.dtype, point.mode, "cuda")
     if reason:
