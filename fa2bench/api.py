@@ -164,6 +164,26 @@ def plan_sweep(spec: SweepSpec | str | None = None, *, out: str | Path | None = 
                      gpus, command, rank)
 
 
+def plan_ablation(out: str | Path | None = None, resume: bool = False, **options) -> SweepPlan:
+    """Plan the FA1 -> FA2 ablation ladder (``providers.ladder()``): the paper's shapes at head dims 64 and
+    128, causal both, fwd and bwd, in fp16, into ``results/ablation-<UTC time>-<gpu>``; without a GPU the
+    smoke preset at seqlen 64 in fp32 through the interpreter (the paper's shapes would take it hours).
+    ``options`` (the fields of ``fa2bench.core.config``) override these; run it with ``execute``."""
+    import dataclasses
+
+    from fa2bench.core import device, providers
+
+    cpu = not device.has_cuda()
+    given = {k: v for k, v in options.items() if v is not None}
+    ladder = {"seqlen": "64"} if cpu else {}
+    ladder.update(causal="both", dtype="fp32" if cpu else "fp16", mode="fwd,bwd",
+                  provider=",".join(providers.ladder()))
+    plan = plan_sweep("smoke" if cpu else "paper", out=out, resume=resume, **{**ladder, **given})
+    if out is None:  # name the folder for what it is
+        plan = dataclasses.replace(plan, out=plan.out.with_name("ablation-" + plan.out.name))
+    return plan
+
+
 RESUMED_OPTIONS = ("check", "warmup_ms", "rep_ms", "timer")  # run options a resumed run keeps from its meta.json
 
 
@@ -227,10 +247,10 @@ def execute(plan: SweepPlan, on_point: OnPoint | None = None, on_start: OnStart 
     A sharded sweep reports through ``on_message`` (torchrun's command line, each rank's share and points, the
     merge) instead of ``on_start``; its ``Run.merged`` (the launcher's, rank 0's) says what was merged and
     which points are missing (then ``complete=False``: ``resume`` runs them)."""
+    from fa2bench.distributed import launch
     from fa2bench.run import hardware, runner
     from fa2bench.run.point import RunOptions
-    from fa2bench.run.results import RunWriter, continue_meta, count_done, rerun_refused
-    from fa2bench.run.worker import WorkerError
+    from fa2bench.run.results import continue_meta, rerun_refused
 
     opts = RunOptions.of(plan.device, plan.run_options)
     meta = runner.collect_meta(plan.spec, plan.providers, opts, plan.peaks)
@@ -242,18 +262,29 @@ def execute(plan: SweepPlan, on_point: OnPoint | None = None, on_start: OnStart 
             meta["ceilings"] = hardware.measure_ceilings()
         return meta
 
-    if plan.gpus is not None:  # launch the ranks; the folder is checked here first, as rank 0 will
+    def launcher() -> Run:  # the folder is checked here first, as rank 0 will
         from fa2bench.distributed import shard
 
         if shard.has_results(plan.out) and not plan.resume:
             raise ResultsError(rerun_refused(plan.out))
         continue_meta(read_meta(plan.out) if plan.resume else {}, meta, plan.extend)
         return _launch(plan, on_message or _quiet)
-    if plan.rank is not None:  # under torchrun: this rank's share
-        return _run_rank(plan, opts, peaks, lambda resumed: with_ceilings(meta, resumed), on_point,
-                         on_message or _quiet)
-    # a resumed run keeps its first metadata and lists each continuation (and sweep); checked before the folder
-    # is touched
+
+    return launch.dispatch(
+        plan.gpus, plan.rank, launcher=launcher,
+        as_rank=lambda: _run_rank(plan, opts, peaks, lambda resumed: with_ceilings(meta, resumed), on_point,
+                                  on_message or _quiet),
+        alone=lambda: _run_alone(plan, opts, peaks, meta, with_ceilings, on_point, on_start))
+
+
+def _run_alone(plan: SweepPlan, opts, peaks: dict, meta: dict, with_ceilings: Callable[[dict, bool], dict],
+               on_point: OnPoint | None, on_start: OnStart | None) -> Run:
+    """The sweep in this process: a resumed run keeps its first metadata and lists each continuation (and
+    sweep), checked before the folder is touched."""
+    from fa2bench.run import runner
+    from fa2bench.run.results import RunWriter, count_done
+    from fa2bench.run.worker import WorkerError
+
     writer = RunWriter.start(plan.out, meta, resume=plan.resume, extend=plan.extend)
     if not writer.resumed:
         with_ceilings(writer.meta, resumed=False)

@@ -1,12 +1,12 @@
 """The committed 4 x H100 run (results/multigpu-h100x4) says what docs/multigpu.md part 4 says it does, and the
 project's own code still reads it: the sharded sweep merged every point and matches the one-GPU run's statuses,
-and ringbench's report recomputes the committed scaling table from ring.csv."""
+and ringreport recomputes the committed scaling table from ring.csv."""
 from __future__ import annotations
 
 import pandas as pd
 import pytest
 
-from fa2bench.distributed import ringbench
+from fa2bench.distributed import ringreport
 from fa2bench.run.results import load_run
 from tests.synthetic import REPO
 
@@ -28,7 +28,7 @@ def test_sharded_sweep_has_every_point_of_the_one_gpu_sweep_with_the_same_status
 def test_ring_report_recomputes_the_committed_scaling_table():
     frame = pd.read_csv(RUN / "ring" / "ring.csv", keep_default_na=False, na_values=[""])
     frame["causal"] = frame["causal"].astype(str).str.lower().isin(["true", "1"])
-    table = ringbench.scaling(frame)
+    table = ringreport.scaling(frame)
     committed = pd.read_csv(RUN / "ring" / "scaling.csv")
     assert len(table) == len(committed) == 48
     cols = ["method", "mode", "seqlen", "world_size"]

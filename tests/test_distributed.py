@@ -267,7 +267,7 @@ def _gloo_worker(rank, world, port, out):
                       LOCAL_RANK=str(rank))
     import torch.distributed as dist
 
-    from fa2bench.distributed import ringbench
+    from fa2bench.distributed import ringbench, ringcheck
 
     dist.init_process_group("gloo", rank=rank, world_size=world)
     results = {}
@@ -294,7 +294,7 @@ def _gloo_worker(rank, world, port, out):
         results["bench"] = [ringbench.run_point("ring-fa2", "fwd_bwd", "fp32", 1, 2, 1, 64, 16, True, "ref", 2, 1),
                             ringbench.run_point("allgather-fa2", "fwd", "fp32", 1, 2, 2, 64, 16, False, "ref", 2, 1),
                             ringbench.run_point("cp-sdpa", "fwd", "fp32", 1, 2, 2, 64, 16, False, "ref", 2, 1)]
-        results["check"] = ringbench.check_gradients(64, 4, 2, 16, "fp32", True, "fa2")
+        results["check"] = ringcheck.check_gradients(64, 4, 2, 16, "fp32", True, "fa2")
     if rank == 0:
         Path(out).write_text(json.dumps(results, default=str))
     dist.destroy_process_group()
@@ -336,19 +336,20 @@ def test_ring_benchmark_rows_are_checked_timed_and_report_hidden_communication(g
 
 
 def test_ring_report_computes_scaling_efficiency_against_one_gpu(tmp_path):
-    from fa2bench.distributed import ringbench
+    from fa2bench.distributed import ringbench, ringreport
 
-    base = {"method": "ring-fa2", "mode": "fwd", "dtype": "bf16", "batch": 1, "heads": 16, "kv_heads": 16,
-            "seqlen": 65536, "headdim": 128, "causal": True, "status": "ok", "error": "", "gpu": "H100",
-            "flops": 1e15}
+    writer = ringbench.open_store(tmp_path)
     for world, ms, hidden in ((1, 100.0, None), (2, 55.0, 80.0), (4, 31.25, 60.0)):
-        ringbench.append_row(tmp_path / "ring.csv", {**base, "world_size": world, "ms": ms,
-                                                      "tflops_per_gpu": 1e15 / (ms * 1e-3) / 1e12 / world,
-                                                      "comm_hidden_pct": hidden})
-    assert ringbench.report(tmp_path) == 0
+        writer.append({**ringbench.key_fields("ring-fa2", "fwd", "bf16", 1, 16, 16, 65536, 128, True, world),
+                       "status": "ok", "error": "", "gpu": "H100", "flops": 1e15, "ms": ms,
+                       "tflops_per_gpu": 1e15 / (ms * 1e-3) / 1e12 / world, "comm_hidden_pct": hidden})
+    writer.release()
+    assert ringreport.report(tmp_path) == 0
     table = pd.read_csv(tmp_path / "scaling.csv")
     assert table["scaling_efficiency_pct"].round(1).tolist() == [100.0, 90.9, 80.0]
     assert (tmp_path / "scaling.png").stat().st_size > 0
+    again = ringbench.open_store(tmp_path)  # the next world size's job continues the folder
+    assert len(again.done) == 3 and not again.dropped
 
 
 def test_cli_gpu_options_fail_in_one_line_without_a_traceback(tmp_path):

@@ -294,7 +294,7 @@ def test_io_study_puts_measured_bytes_next_to_the_model_in_a_table_and_a_figure(
 def test_the_child_reports_a_failure_on_one_line(capsys):
     code = ncu.main(["child", "--provider", "torch-eager", "--mode", "fwd", "--dtype", "fp32", "--batch", "1",
                       "--heads", "1", "--kv-heads", "1", "--seqlen-q", "16", "--seqlen-k", "16", "--headdim", "16",
-                      "--no-causal"])
+                      "--causal", "off"])
     assert code == 1
     (line,) = [x for x in capsys.readouterr().out.splitlines() if x.startswith(ncu.CHILD_TAG)]
     assert "error" in json.loads(line[len(ncu.CHILD_TAG):])
@@ -464,7 +464,7 @@ def test_help_lists_the_profile_commands():
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the GPU-less message")
 @pytest.mark.parametrize("args", [["profile", "--provider", "fa2", "--seqlen", "4096", "--headdim", "128",
-                                   "--causal", "--mode", "fwd"],
+                                   "--causal", "on", "--mode", "fwd"],
                                   ["profile-io", "--provider", "naive,fa2", "--seqlen", "1024..4096"]])
 def test_without_a_gpu_profile_is_one_clear_line(args):
     result = invoke(*args)
@@ -587,3 +587,10 @@ def test_a_real_ncu_export_from_the_h100_parses():
     assert kernel["kernel"] == "_attn_fwd"
     assert 0.19e9 < kernel["dram_read_bytes"] < 0.21e9  # Q, K, V of b4 h16 s4096 d128 fp16: 0.201 GB
     assert 0 < kernel["l2_hit_pct"] <= 100 and 0 < kernel["tensor_pct"] <= 100
+
+
+def test_profile_plans_exactly_one_point_with_the_paper_defaults():
+    point = prof.plan_point(provider="fa2", seqlen="1024", causal="on")
+    assert (point.provider, point.shape.seqlen_q, point.shape.headdim, point.shape.causal) == ("fa2", 1024, 128, True)
+    with pytest.raises(SpecError, match="takes one point; these options give 2"):
+        prof.plan_point(provider="fa2", causal="both")

@@ -52,8 +52,7 @@ Tokens = option(int, "Tokens per batch: batch = tokens // seqlen.", SHAPE)
 Heads = option(str, "Query heads (instead of --hidden).", SHAPE)
 Hidden = option(int, "Hidden size: heads = hidden // headdim.", SHAPE)
 KvHeads = option(str, "Key/value heads for GQA/MQA (default: = heads).", SHAPE)
-CausalFlag = Annotated[Optional[bool], typer.Option("--causal/--no-causal", help="Causal masking.",
-                                                    rich_help_panel=SHAPE)]
+CausalOption = option(Causal, "Causal masking: off, on or both.", SHAPE)
 OneMode = Annotated[Mode, typer.Option(help="Pass to run.", rich_help_panel=SHAPE)]
 OneDtype = Annotated[Dtype, typer.Option(help="Input dtype.", rich_help_panel=SHAPE)]
 RunDir = Annotated[Path, typer.Argument(help="A results folder (written by `fa2bench sweep`).")]

@@ -9,7 +9,7 @@ import typer
 
 from fa2bench.cli.common import (
     app, ProviderName, Mode, Dtype, OUTPUT, option, Seqlen, SeqlenK, Headdim, Batch, Tokens, Heads, Hidden,
-    KvHeads, CausalFlag, OneMode, OneDtype, shape_options, out, fail, has_cuda, SpecError, display, providers)
+    KvHeads, CausalOption, OneMode, OneDtype, shape_options, out, fail, has_cuda, SpecError, display, providers)
 from fa2bench.cli.render import print_resources, print_trace, print_ncu
 
 
@@ -34,7 +34,7 @@ def profile_point(
     provider: Annotated[ProviderName, typer.Option(help="Provider to profile (see `fa2bench providers`).")],
     seqlen: Seqlen = None, seqlen_k: SeqlenK = None, headdim: Headdim = None, batch: Batch = None,
     tokens: Tokens = None, heads: Heads = None, hidden: Hidden = None, kv_heads: KvHeads = None,
-    causal: CausalFlag = None, mode: OneMode = Mode.fwd, dtype: OneDtype = Dtype.fp16,
+    causal: CausalOption = None, mode: OneMode = Mode.fwd, dtype: OneDtype = Dtype.fp16,
     ncu: Annotated[bool, typer.Option("--ncu", help="Nsight Compute counters of the provider's kernels "
                                        "(DRAM bytes, occupancy, tensor pipe, SM throughput, L2 hit rate).")] = False,
     trace: option(Path, "Write a torch.profiler Chrome trace to this file.", OUTPUT) = None,
@@ -46,23 +46,18 @@ def profile_point(
     """One point in depth: timing, telemetry, Triton kernel resources, HBM model; --trace, --ncu.
 
     Shape defaults: seqlen 4096, head dim 128, the paper's 16k tokens and hidden size 2048, not causal."""
-    from fa2bench.core import config, iomodel
+    from fa2bench.core import iomodel
     from fa2bench.profiling import ncu as nsight
     from fa2bench.profiling import profile as prof
     try:
-        spec = config.spec_from(shape_options(seqlen=seqlen, seqlen_k=seqlen_k, headdim=headdim, batch=batch,
-                                               tokens=tokens, heads=heads, hidden=hidden, kv_heads=kv_heads,
-                                               causal=causal, mode=mode.value, dtype=dtype.value,
-                                               provider=provider.value), prof.POINT_DEFAULTS)
-        points = spec.points()
-        if len(points) != 1:
-            raise SpecError(f"`fa2bench profile` takes one point; these options give {len(points)} (use "
-                            "profile-io or sweep for several)")
+        point = prof.plan_point(**shape_options(seqlen=seqlen, seqlen_k=seqlen_k, headdim=headdim, batch=batch,
+                                                tokens=tokens, heads=heads, hidden=hidden, kv_heads=kv_heads,
+                                                causal=getattr(causal, "value", None), mode=mode.value,
+                                                dtype=dtype.value, provider=provider.value))
         if trace_calls < 1 or ncu_calls < 1:
             raise SpecError("--trace-calls and --ncu-calls must be at least 1")
     except SpecError as exc:
         fail(str(exc))
-    point = points[0]
     ncu_path = _needs_gpu_and_ncu("profile", ncu)
     reason = providers.get(point.provider).unsupported_reason(point.shape, point.dtype, point.mode, "cuda")
     if reason:
@@ -115,7 +110,7 @@ def profile_point(
 def profile_io(
     provider: Annotated[str, typer.Option(help="Providers, e.g. naive,fa1,fa2.")] = "naive,fa1,fa2",
     seqlen: Seqlen = None, headdim: Headdim = None, batch: Batch = None, tokens: Tokens = None,
-    heads: Heads = None, hidden: Hidden = None, causal: CausalFlag = None, mode: OneMode = Mode.fwd,
+    heads: Heads = None, hidden: Hidden = None, causal: CausalOption = None, mode: OneMode = Mode.fwd,
     dtype: OneDtype = Dtype.fp16,
     out_dir: Annotated[Optional[Path], typer.Option("--out", help="Study folder; points already ok there are "
                        "skipped (default results/io-<UTC time>-<gpu>).", rich_help_panel=OUTPUT)] = None,
@@ -133,7 +128,8 @@ def profile_io(
     from fa2bench.profiling import profile as prof
     try:
         spec = config.spec_from(shape_options(seqlen=seqlen or prof.IO_SEQLENS, headdim=headdim, batch=batch,
-                                               tokens=tokens, heads=heads, hidden=hidden, causal=causal,
+                                               tokens=tokens, heads=heads, hidden=hidden,
+                                               causal=getattr(causal, "value", None),
                                                mode=mode.value, dtype=dtype.value, provider=provider),
                                 prof.POINT_DEFAULTS)
         points = spec.points()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -10,7 +9,7 @@ import typer
 
 from fa2bench.cli.common import (
     app, choices, Causal, SHAPE, RUN, OUTPUT, option, Seqlen, Headdim, Batch, Tokens, Heads, Hidden,
-    shape_options, out, fail, warn, no_gpu, has_cuda, SpecError, providers, E2E_MODELS, E2E_PARALLEL)
+    shape_options, out, fail, warn, no_gpu, SpecError, E2E_MODELS, E2E_PARALLEL)
 from fa2bench.cli.render import run_with_progress
 
 
@@ -37,21 +36,15 @@ def ablate(
     RUN/ablation.md beside the paper's claims. Without a GPU, a smoke version through the interpreter (the
     smoke preset at seqlen 64 in fp32, about 15 s) into an ignored results/ablation-...-cpu folder."""
     from fa2bench import api
-    from fa2bench.core import device, providers
     from fa2bench.read import ablation
     from fa2bench.run.results import ResultsError
 
-    cpu = not has_cuda()  # the paper's shapes would take the interpreter hours: the smoke shapes instead
-    given = shape_options(preset="smoke" if cpu else "paper", seqlen=seqlen or ("64" if cpu else None),
-                           headdim=headdim, batch=batch, tokens=tokens, heads=heads, hidden=hidden,
-                           causal=causal or "both", dtype=dtype or ("fp32" if cpu else "fp16"), mode=mode or "fwd,bwd",
-                           provider=",".join(providers.ladder()), out=out_dir, resume=resume, rep_ms=rep_ms)
+    given = shape_options(seqlen=seqlen, headdim=headdim, batch=batch, tokens=tokens, heads=heads, hidden=hidden,
+                          causal=causal, dtype=dtype, mode=mode, rep_ms=rep_ms)
     try:
-        plan = api.plan_sweep(**{k: getattr(v, "value", v) for k, v in given.items()})
+        plan = api.plan_ablation(out_dir, bool(resume), **{k: getattr(v, "value", v) for k, v in given.items()})
     except SpecError as exc:
         fail(str(exc))
-    if out_dir is None:  # name the folder for what it is
-        plan = dataclasses.replace(plan, out=plan.out.with_name("ablation-" + plan.out.name))
     console = out()
     if plan.device == "cpu":
         no_gpu(console, "the ladder runs at the smoke preset's tiny shapes, Triton kernels through the CPU "
@@ -106,7 +99,7 @@ def e2e_run(
                    "default) or fsdp (FSDP2).", RUN) = None,
 ):
     """GPT training throughput with each attention provider (the FlashAttention-2 paper's Table 1)."""
-    from fa2bench.e2e import plan_e2e, run_e2e
+    from fa2bench.e2e import execute_e2e, plan_e2e
     from fa2bench.run.results import ResultsError
 
     try:
@@ -137,19 +130,11 @@ def e2e_run(
             console.print(f"  {name}: [red]{row['status']}[/] {row['error']}", highlight=False)
 
     try:
-        if plan.gpus is not None:  # --gpus N: the same run on N ranks under torchrun, rank 0 reports
-            from fa2bench.e2e import dp
-
-            code = dp.launch_ranks(plan, echo=lambda line: console.print(line, markup=False, highlight=False))
-            raise typer.Exit(code)  # rank 0 said where the results are
-        elif plan.rank is not None:
-            from fa2bench.e2e import dp
-
-            dp.run_ranks(plan.spec, plan.out, resume=plan.resume, opts=plan.opts, on_row=on_row, extend=plan.extend)
-            if not leader:
-                return
-        else:
-            run_e2e(plan.spec, plan.out, resume=plan.resume, opts=plan.opts, on_row=on_row, extend=plan.extend)
+        code = execute_e2e(plan, on_row, echo=lambda line: console.print(line, markup=False, highlight=False))
+        if plan.gpus is not None:  # the launcher: rank 0 said where the results are
+            raise typer.Exit(code)
+        if not leader:
+            return
     except ResultsError as exc:
         if not leader:  # rank 0 says it once
             raise typer.Exit(2)

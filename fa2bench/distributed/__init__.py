@@ -1,7 +1,8 @@
 """fa2bench beyond one GPU, on PyTorch's own distributed engine (torch.distributed, NCCL or gloo, torchrun).
 
-- ``launch``: the torchrun environment (rank, world size), starting ``torchrun`` for ``--gpus N``, and the
-  environment every process fa2bench starts runs under (NVLink multicast kept off).
+- ``launch``: the torchrun environment (rank, world size), starting ``torchrun`` for ``--gpus N``, the
+  environment every process fa2bench starts runs under (NVLink multicast kept off), and ``dispatch``: the one
+  way a planned sweep or e2e run goes (launch the ranks, run as a rank, or run alone).
 - ``shard``: a sweep's points spread over ranks by estimated cost, one results file per rank, and the merge
   into one results folder that names the points no rank finished.
 - ``blocks``: attention on one (Q block, K/V block) pair returning the output *and* its log-sum-exp, and its
@@ -9,5 +10,7 @@
 - ``ring``: context-parallel attention over ranks: zig-zag sharding, ring attention (``ring-fa2``), the
   all-gather-K/V baseline and PyTorch's ``context_parallel`` over SDPA (``cp-sdpa``).
 - ``ringbench``: the context-parallel scaling benchmark (time, TFLOP/s per GPU, scaling efficiency,
-  communication hidden, memory per GPU) and its figure.
+  communication hidden, memory per GPU): its points, options and entry points (``scaling_run`` is what
+  ``fa2bench ring`` calls); ``ringcalls`` what every rank runs (inputs, method calls, rank-synchronised
+  timing, the slice check), ``ringcheck`` the gradient check, ``ringreport`` the scaling table and figure.
 """

@@ -1,4 +1,5 @@
-"""The torchrun environment, and starting torchrun for ``fa2bench sweep --gpus N``.
+"""The torchrun environment, starting torchrun for ``--gpus N`` (sweep, e2e, ring), and ``dispatch``: where a
+planned run goes (launch the ranks, run as a rank, or run alone).
 
 fa2bench does not launch ranks itself: ``--gpus N`` runs the sweep as planned (``SweepPlan.command``, the
 resolved sweep as ``fa2bench sweep`` arguments) under ``python -m torch.distributed.run --standalone
@@ -12,8 +13,11 @@ import os
 import subprocess
 import sys
 from dataclasses import dataclass
+from typing import Callable, TypeVar
 
 MULTICAST_OFF = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
+
+T = TypeVar("T")
 
 
 class LaunchError(ValueError):
@@ -87,6 +91,17 @@ def place(gpus: str | int | None, together: str) -> tuple[Rank | None, int | Non
         return None, None
     from fa2bench.core import device
     return None, resolve_gpus(str(gpus), device.cuda_count())
+
+
+def dispatch(gpus: int | None, rank: Rank | None, *, launcher: Callable[[], T], as_rank: Callable[[], T],
+             alone: Callable[[], T]) -> T:
+    """The one way a planned run goes where ``place`` put it: ``launcher()`` starts ``gpus`` ranks under
+    torchrun, ``as_rank()`` runs this rank's share in a process torchrun started, ``alone()`` runs it all here."""
+    if gpus is not None:
+        return launcher()
+    if rank is not None:
+        return as_rank()
+    return alone()
 
 
 def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:

@@ -1,6 +1,7 @@
 """The context-parallel scaling benchmark: ring attention against its peers on 1, 2, 4 ... GPUs.
 
-Run once per world size under torchrun, into one folder (rank 0 appends rows to ``ring.csv`` as they finish)::
+Run once per world size under torchrun, into one folder (rank 0 appends rows to ``ring.csv`` as they finish;
+``ringcalls`` holds what every rank runs, ``ringcheck`` the gradient check, ``ringreport`` the scaling report)::
 
     torchrun --standalone --nproc-per-node 4 -m fa2bench.distributed.ringbench run --out R --seqlen 65536..262144
     python -m fa2bench.distributed.ringbench report R      # scaling.csv and scaling.png
@@ -14,7 +15,8 @@ barrier; the slowest rank's median counts). For ``ring-fa2`` it also times the s
 transfer skipped (compute only) and the transfers alone (comm only):
 communication hidden = (compute + comm - total) / comm, clipped to 0..100%.
 
-Columns of ring.csv: ``COLUMNS``. TFLOP/s per GPU = FLOPs of the whole attention (fa2bench's model) / time /
+Columns of ring.csv (written through the results store, ``fa2bench.run.results``; a job skips the points the
+folder already holds): ``COLUMNS``. TFLOP/s per GPU = FLOPs of the whole attention (fa2bench's model) / time /
 world size; scaling efficiency (report) = time on 1 GPU / (N x time on N GPUs), per method (all-gather
 shares ring-fa2's one-GPU time: on one GPU both are one fa2 call). Memory per GPU = the method's peak beyond
 what the rank held before the timed calls, plus the rank's own Q, K, V (and dO) shards.
@@ -22,192 +24,67 @@ what the rank held before the timed calls, plus the rank's own Q, K, V (and dO) 
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime as dt
-import functools
-import json
-import math
+import itertools
 import os
-import statistics
 import sys
-import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
-from fa2bench.distributed import blocks, launch, ring
+from fa2bench.core.config import CAUSAL
 from fa2bench.core.flops import attention_flops
+from fa2bench.core.precision import torch_dtype
 from fa2bench.core.presets import SpecError, parse_ints
+from fa2bench.distributed import blocks, launch, ring
+from fa2bench.distributed.ringcalls import (CpSdpa, cp_layout, cp_options_text, full_inputs, max_over_ranks,
+                                            method_call, check_slice, time_call, zigzag_segments, sync)
+from fa2bench.distributed.ringcheck import check_gradients
+from fa2bench.distributed.ringreport import CSV_NAME, report
 from fa2bench.run.point import first_line
+from fa2bench.run.results import ResultsError, RunWriter, row_key
 
-COLUMNS = ("method", "world_size", "mode", "dtype", "batch", "heads", "kv_heads", "seqlen", "headdim", "causal",
-           "status", "error", "ms", "ms_p20", "ms_p80", "ms_compute", "ms_comm", "comm_hidden_pct", "flops",
+# ring.csv in the results store's terms: the sweep's key columns (provider = the method, seqlen_q = seqlen_k = the
+# sequence over all ranks), the world size, then what the benchmark measures
+KEY = ("provider", "world_size", "mode", "dtype", "batch", "heads", "kv_heads", "seqlen_q", "seqlen_k", "headdim",
+       "causal")
+COLUMNS = (*KEY, "status", "error", "ms", "ms_p20", "ms_p80", "ms_compute", "ms_comm", "comm_hidden_pct", "flops",
            "tflops_per_gpu", "peak_mem_gb", "max_rel_error", "baseline_rel_error", "impl", "gpu")
-CSV_NAME, META_NAME = "ring.csv", "meta.json"
-DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
-CHECK_ROWS = 128  # query rows per local chunk compared with the reference
+DTYPES = ("fp16", "bf16", "fp32")
 
 
-# --- inputs and calls --------------------------------------------------------------------------------------
+# --- points ---------------------------------------------------------------------------------------------
 
 
-def full_inputs(batch, heads, kv_heads, seqlen, headdim, dtype, device, seed=0):
-    """The same full q, k, v, dO on every rank (one seed)."""
-    gen = torch.Generator(device=device).manual_seed(seed)
-
-    def draw(h):
-        return torch.randn(batch, h, seqlen, headdim, generator=gen, device=device, dtype=torch.float32).to(dtype)
-
-    return draw(heads), draw(kv_heads), draw(kv_heads), draw(heads)
-
-
-def method_call(method: str, causal: bool, impl: str, communicate: bool = True):
-    """fn(q, k, v) -> this rank's output shard, for zig-zag shards."""
-    if method == "ring-fa2":
-        return lambda q, k, v: ring.ring_attention(q, k, v, causal, impl=impl, communicate=communicate)
-    if method == "allgather-fa2":
-        return lambda q, k, v: ring.allgather_attention(q, k, v, causal, impl=impl)
-    if method == "cp-sdpa":
-        return _sdpa_local(causal)
-    raise ValueError(f"unknown method {method!r}; choose from {', '.join(ring.METHODS)}")
+@dataclass(frozen=True)
+class RingPoint:
+    """One row of ring.csv to measure at this world size (the shape's batch, heads and head dim are the run's)."""
+    method: str
+    mode: str
+    dtype: str
+    seqlen: int
+    causal: bool
 
 
-def _sdpa_local(causal):
-    """SDPA pinned to its flash backend; inside ``context_parallel`` PyTorch turns it into its ring (it
-    replaces ``torch.nn.functional.scaled_dot_product_attention``, so look it up at each call)."""
-    import torch.nn.functional as F
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    def fn(q, k, v):
-        with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
-            return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
-
-    return fn
+def ring_points(methods, seqlens, dtypes, causals, modes, world: int) -> list[RingPoint]:
+    """The points of a run at ``world`` ranks, methods outermost (PyTorch's experimental one runs last);
+    all-gather is left out on one GPU, where it is ring-fa2 (one fa2 call on the whole sequence)."""
+    return [RingPoint(m, mode, dtype, seqlen, causal)
+            for m, seqlen, dtype, causal, mode in itertools.product(methods, seqlens, dtypes, causals, modes)
+            if not (m == "allgather-fa2" and world == 1)]
 
 
-def _cp_options_text() -> str:
-    """How PyTorch's context parallelism is set up in this version (load balancing, K/V rotation)."""
-    try:
-        from torch.distributed.tensor.experimental._attention import _cp_options
-    except ImportError:
-        return "sdpa-flash"
-    fields = ("enable_load_balance", "rotate_method", "convert_to_f32")
-    return "sdpa-flash " + " ".join(f"{f}={getattr(_cp_options, f)}" for f in fields if hasattr(_cp_options, f))
+def key_fields(method, mode, dtype, batch, heads, kv_heads, seqlen, headdim, causal, world) -> dict:
+    """A ring point's key columns (``KEY``) as a row of the results store holds them."""
+    return {"provider": method, "world_size": world, "mode": mode, "dtype": dtype, "batch": batch, "heads": heads,
+            "kv_heads": kv_heads, "seqlen_q": seqlen, "seqlen_k": seqlen, "headdim": headdim, "causal": causal}
 
 
-def _cp_layout(local_q, q, rank, world):
-    """Which rows of the sequence PyTorch gave this rank: head-tail (= zig-zag) when it balances the load,
-    else one contiguous chunk."""
-    n = q.shape[2]
-    if torch.equal(local_q, ring.zigzag_shard(q, rank, world)):
-        return zigzag_segments(n, rank, world)
-    if torch.equal(local_q, q.chunk(world, dim=2)[rank]):
-        return [(0, rank * (n // world), n // world)]
-    raise RuntimeError("cannot tell how context_parallel sharded the sequence (neither zig-zag nor contiguous)")
-
-
-@functools.cache
-def _mesh(world: int):
-    from torch.distributed.device_mesh import init_device_mesh
-
-    return init_device_mesh("cuda", (world,))
-
-
-class _CpSdpa:
-    """PyTorch's context parallelism around the timed calls: shards the full buffers (head-tail = zig-zag
-    order) and patches SDPA while open. K/V heads are repeated for GQA (SDPA's flash op has no GQA)."""
-
-    def __init__(self, q, k, v, do, world):
-        from torch.distributed.tensor.experimental import context_parallel
-
-        group = q.shape[1] // k.shape[1]
-        if group > 1:
-            k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
-        self.buffers = [q.clone(), k.clone(), v.clone(), do.clone()]
-        mesh = _mesh(world)
-        self.ctx = context_parallel(mesh, buffers=self.buffers, buffer_seq_dims=[2, 2, 2, 2],
-                                    no_restore_buffers=set(self.buffers))
-
-    def __enter__(self):
-        self.ctx.__enter__()
-        return self.buffers
-
-    def __exit__(self, *exc):
-        return self.ctx.__exit__(*exc)
-
-
-# --- timing ------------------------------------------------------------------------------------------------
-
-
-def _sync():
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
-def time_call(call, reps: int, warmup: int, grads=()) -> tuple[float, float, float]:
-    """(median, p20, p80) in ms of ``call`` on this rank, every repetition between barriers, and the slowest
-    rank's values (all-reduced MAX)."""
-    for _ in range(warmup):
-        call()
-    times = []
-    for _ in range(reps):
-        for t in grads:
-            t.grad = None
-        _sync()
-        dist.barrier()
-        start = time.perf_counter()
-        call()
-        _sync()
-        times.append((time.perf_counter() - start) * 1e3)
-    times.sort()
-    q = lambda f: times[min(len(times) - 1, int(round(f * (len(times) - 1))))]  # noqa: E731
-    stats = torch.tensor([statistics.median(times), q(0.2), q(0.8)], dtype=torch.float64,
-                         device="cuda" if torch.cuda.is_available() else "cpu")
-    dist.all_reduce(stats, op=dist.ReduceOp.MAX)
-    return tuple(stats.tolist())
-
-
-def _max_over_ranks(x: float) -> float:
-    t = torch.tensor([x], dtype=torch.float64, device="cuda" if torch.cuda.is_available() else "cpu")
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return t.item()
-
-
-# --- correctness on a slice --------------------------------------------------------------------------------
-
-
-def zigzag_segments(n: int, rank: int, world: int) -> list[tuple[int, int, int]]:
-    """(local start, global start, length) of the runs of a zig-zag shard of a sequence of ``n``."""
-    c = n // (2 * world)
-    return [(0, rank * c, c), (c, (2 * world - 1 - rank) * c, c)]
-
-
-def check_slice(o_local, q, k, v, causal, segments, impl):
-    """(error of o_local, error of one-GPU fa2) on the last CHECK_ROWS rows of each run of the local shard
-    (``segments``), query heads of the first K/V head, batch 0; both relative to a float32 reference over the
-    whole sequence. Every rank gets the worst rank's values."""
-    from fa2bench.core.reference import attention_ref, rel_error
-
-    n = q.shape[2]
-    group = q.shape[1] // k.shape[1]
-    worst, worst_base = 0.0, 0.0
-    for local_start, global_start, length in segments:
-        m = min(CHECK_ROWS, length)
-        end = global_start + length  # checked: global rows end-m .. end-1
-        keys = slice(0, end) if causal else slice(0, n)
-        qs = q[:1, :group, end - m:end]
-        ks, vs = k[:1, :1, keys], v[:1, :1, keys]
-        ref = attention_ref(qs, ks, vs, causal=causal, upcast=True, dtype=torch.float32)
-        mine = o_local[:1, :group, local_start + length - m:local_start + length]
-        base, _ = blocks.forward(qs, ks, vs, causal, 1.0 / math.sqrt(q.shape[-1]), impl)
-        scale = ref.abs().max().item()
-        worst = max(worst, rel_error(mine, ref, scale))
-        worst_base = max(worst_base, rel_error(base, ref, scale))
-    return _max_over_ranks(worst), _max_over_ranks(worst_base)
-
-
-# --- one point ---------------------------------------------------------------------------------------------
+def ring_key(row: dict) -> tuple:
+    """A ring.csv row's identity: the sweep's point key and the world size (finished points are skipped)."""
+    return (*row_key(row), int(row["world_size"]))
 
 
 def run_point(method, mode, dtype, batch, heads, kv_heads, seqlen, headdim, causal, impl, reps, warmup):
@@ -215,8 +92,7 @@ def run_point(method, mode, dtype, batch, heads, kv_heads, seqlen, headdim, caus
     me = launch.current()
     world = dist.get_world_size()
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    row = {"method": method, "world_size": world, "mode": mode, "dtype": dtype, "batch": batch, "heads": heads,
-           "kv_heads": kv_heads, "seqlen": seqlen, "headdim": headdim, "causal": causal, "status": "ok",
+    row = {**key_fields(method, mode, dtype, batch, heads, kv_heads, seqlen, headdim, causal, world), "status": "ok",
            "error": "", "impl": impl, "gpu": torch.cuda.get_device_name() if device == "cuda" else "cpu",
            "flops": attention_flops(batch, heads, seqlen, seqlen, headdim, causal, mode)}
     if seqlen % (2 * world):
@@ -225,16 +101,16 @@ def run_point(method, mode, dtype, batch, heads, kv_heads, seqlen, headdim, caus
         return {**row, "status": "unsupported", "error": "PyTorch's context parallelism needs CUDA SDPA "
                 "(flash backend: fp16/bf16)"}
     try:
-        q, k, v, do = full_inputs(batch, heads, kv_heads, seqlen, headdim, DTYPES[dtype], device)
+        q, k, v, do = full_inputs(batch, heads, kv_heads, seqlen, headdim, torch_dtype(dtype), device)
         shards = [ring.zigzag_shard(t, me.rank, world) for t in (q, k, v, do)]
         backward = mode != "fwd"
         segments = zigzag_segments(seqlen, me.rank, world)
         if method == "cp-sdpa":
-            row["impl"] = _cp_options_text()
+            row["impl"] = cp_options_text()
         if method == "cp-sdpa" and world > 1:
-            cp = _CpSdpa(q, k, v, do, world)
+            cp = CpSdpa(q, k, v, do, world)
             with cp as local:
-                segments = _cp_layout(local[0], q, me.rank, world)
+                segments = cp_layout(local[0], q, me.rank, world)
                 row.update(_measure(method, causal, impl, local, backward, reps, warmup, q, k, v, segments,
                                     world))
         else:
@@ -276,14 +152,14 @@ def _measure(method, causal, impl, local, backward, reps, warmup, q, k, v, segme
         return lambda: f(*leaves).backward(dol)
 
     if torch.cuda.is_available():
-        _sync()
+        sync()
         held = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
     ms, p20, p80 = time_call(timed(fn), reps, warmup, leaves if backward else ())
     out.update(ms=ms, ms_p20=p20, ms_p80=p80)
     if torch.cuda.is_available():  # the method's own peak beyond what was held, plus this rank's input shards
         shards = sum(t.numel() * t.element_size() for t in (ql, kl, vl) + ((dol,) if backward else ()))
-        out["peak_mem_gb"] = _max_over_ranks((torch.cuda.max_memory_allocated() - held + shards) / 2**30)
+        out["peak_mem_gb"] = max_over_ranks((torch.cuda.max_memory_allocated() - held + shards) / 2**30)
     if method == "ring-fa2" and world > 1:
         compute = time_call(timed(method_call(method, causal, impl, communicate=False)), reps, 1,
                             leaves if backward else ())[0]
@@ -303,84 +179,32 @@ def _comm_only(k, v, backward):
         ring.ring_exchange_only(acc, rounds=dist.get_world_size())
 
 
-# --- gradients: ring against the one-GPU kernel ------------------------------------------------------------
-
-
-def check_gradients(seqlen, heads, kv_heads, headdim, dtype, causal, impl, method="ring-fa2", batch=1) -> dict:
-    """Forward and backward of ``method`` on this rank's shards, gated against a float32 reference on the
-    query heads of the first K/V head (every rank its own shard), with the one-GPU kernel (``impl`` on the
-    whole sequence) as the baseline. Every rank returns the same row: the worst rank's verdict."""
-    from fa2bench.core.reference import attention_ref, judge
-
-    me, world = launch.current(), dist.get_world_size()
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    q, k, v, do = full_inputs(batch, heads, kv_heads, seqlen, headdim, DTYPES[dtype], device, seed=1)
-    group = heads // kv_heads
-    qs, ks, vs = (slice(None), slice(0, group)), (slice(None), slice(0, 1)), (slice(None), slice(0, 1))
-
-    def grads(fn, q_, k_, v_, do_, upcast=None):
-        leaves = [t.detach().clone().requires_grad_() for t in (q_, k_, v_)]
-        o = fn(*leaves)
-        o.backward(do_.to(o.dtype))
-        return {"o": o.detach(), "dq": leaves[0].grad, "dk": leaves[1].grad, "dv": leaves[2].grad}
-
-    shard = lambda t: ring.zigzag_shard(t, me.rank, world)  # noqa: E731
-    mine = grads(method_call(method, causal, impl), *(shard(t) for t in (q, k, v, do)))
-    ref = grads(lambda a, b, c: attention_ref(a, b, c, causal=causal, upcast=True, dtype=torch.float32),
-                q[qs], k[ks], v[vs], do[qs])
-    one = grads(lambda a, b, c: _one_gpu(a, b, c, causal, impl), q[qs], k[ks], v[vs], do[qs])
-    parts = {"o": qs, "dq": qs, "dk": ks, "dv": vs}
-    outputs = {n: mine[n][parts[n]] for n in parts}
-    refs = {n: shard(ref[n]) for n in parts}
-    baselines = {n: shard(one[n]) for n in parts}
-    verdict = judge(outputs, refs, baselines, q.dtype)
-    worst = _max_over_ranks(verdict.max_rel_error)
-    ok = _max_over_ranks(0.0 if verdict.ok else 1.0) == 0.0
-    details = [None] * world
-    dist.all_gather_object(details, verdict.detail)
-    return {"method": method, "world_size": world, "dtype": dtype, "seqlen": seqlen, "heads": heads,
-            "kv_heads": kv_heads, "headdim": headdim, "causal": causal, "impl": impl,
-            "status": "ok" if ok else "wrong", "max_rel_error": worst,
-            "detail": " | ".join(f"rank {r}: {d}" for r, d in enumerate(details))}
-
-
-def _one_gpu(q, k, v, causal, impl):
-    if impl == "fa2":
-        from fa2bench.kernels import flash2_attention
-
-        return flash2_attention(q, k, v, causal=causal)
-    from fa2bench.core.reference import attention_ref
-
-    return attention_ref(q, k, v, causal=causal, upcast=False)
-
 
 # --- results folder ----------------------------------------------------------------------------------------
 
 
-def append_row(path: Path, row: dict, columns=COLUMNS) -> None:
-    new = not path.exists() or path.stat().st_size == 0
-    with open(path, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
-        if new:
-            writer.writeheader()
-        writer.writerow({c: "" if row.get(c) is None or (isinstance(row.get(c), float) and math.isnan(row[c]))
-                         else row[c] for c in columns})
-        f.flush()
-        os.fsync(f.fileno())
+def open_store(out: Path, csv_name: str = CSV_NAME, columns: tuple[str, ...] = COLUMNS) -> RunWriter:
+    """ring.csv (or check.csv) through the results store, continued by every world size's job: rows appended
+    and fsynced as they finish, damaged rows set aside, finished points known (``writer.done``)."""
+    path = Path(out) / csv_name
+    if path.exists() and "method" in path.open(encoding="utf-8", errors="replace").readline().split(","):
+        raise ResultsError(f"{path} was written by an older fa2bench (a method column, read by `ringbench "
+                           "report` only): choose another --out")
+    return RunWriter(out, resume=True, csv_name=csv_name, columns=columns, key=ring_key)
 
 
 def write_meta(out: Path, args: argparse.Namespace) -> None:
-    """meta.json: one entry per world size run into this folder (GPUs, versions, commit, arguments)."""
-    from fa2bench.run import hardware, runner
-    path = out / META_NAME
-    meta = json.loads(path.read_text()) if path.exists() else {"runs": []}
+    """meta.json (through the results store): one entry per world size run into this folder (GPUs, versions,
+    commit, arguments)."""
+    from fa2bench.run import hardware, results, runner
+    meta = results.read_meta(out) or {"kind": "ring", "runs": []}
     meta["runs"].append({
         "started_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "argv": sys.argv, "world_size": dist.get_world_size(), "gpus": hardware.gpu_info(),
         "versions": hardware.software_versions(), "git": runner.git_state(),
         "env": {k: os.environ.get(k) for k in launch.MULTICAST_OFF},
         "args": {k: v for k, v in vars(args).items() if k != "func"}})
-    path.write_text(json.dumps(meta, indent=2, default=str) + "\n")
+    results.write_meta(out, meta)
 
 
 def _pinned_configs(impl: str, headdim: int):
@@ -395,91 +219,6 @@ def _pinned_configs(impl: str, headdim: int):
     return flash2.forced_configs(**{name: cfgs[0] for name, cfgs in flash2.configs(headdim).items()})
 
 
-# --- report: scaling table and figure ----------------------------------------------------------------------
-
-
-def scaling(frame):
-    """ring.csv rows that ran, with scaling efficiency against the same method on one GPU."""
-    import pandas as pd
-
-    ok = frame[frame["status"] == "ok"].copy()
-    keys = ["method", "mode", "dtype", "batch", "heads", "kv_heads", "seqlen", "headdim", "causal"]
-    one = ok[ok["world_size"] == 1][keys + ["ms"]].rename(columns={"ms": "ms_1gpu"})
-    # all-gather on one GPU is ring-fa2 on one GPU (one fa2 call): it shares that baseline
-    shared = one[one["method"] == "ring-fa2"].assign(method="allgather-fa2")
-    one = pd.concat([one, shared[~shared.set_index(keys).index.isin(one.set_index(keys).index)]])
-    ok = ok.merge(one, on=keys, how="left")
-    ok["speedup"] = ok["ms_1gpu"] / ok["ms"]
-    ok["scaling_efficiency_pct"] = 100.0 * ok["speedup"] / ok["world_size"]
-    return ok.sort_values(keys + ["world_size"]).reset_index(drop=True) if len(ok) else pd.DataFrame(
-        columns=list(ok.columns))
-
-
-def figure(table):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    modes = list(dict.fromkeys(table["mode"]))
-    fig, axes = plt.subplots(len(modes), 3, figsize=(15, 4.2 * len(modes)), squeeze=False)
-    styles = ["-", "--", ":", "-."]
-    seqlens = sorted(set(table["seqlen"]))
-    for i, mode in enumerate(modes):
-        part = table[table["mode"] == mode]
-        ax_t, ax_e, ax_h = axes[i]
-        for (method, seqlen), g in part.groupby(["method", "seqlen"]):
-            m = ring.METHODS[method]
-            style = styles[seqlens.index(seqlen) % len(styles)]
-            label = f"{m.label}, {seqlen // 1024}k"
-            ax_t.plot(g["world_size"], g["tflops_per_gpu"], style, marker="o", color=m.color, label=label)
-            ax_e.plot(g["world_size"], g["scaling_efficiency_pct"], style, marker="o", color=m.color, label=label)
-            if method == "ring-fa2":
-                multi = g[g["world_size"] > 1]
-                ax_h.plot(multi["world_size"], multi["comm_hidden_pct"], style, marker="o", color=m.color,
-                          label=label)
-        worlds = sorted(set(part["world_size"]))
-        for ax, title, ylabel in ((ax_t, "TFLOP/s per GPU", "TFLOP/s"), (ax_e, "scaling efficiency", "%"),
-                                  (ax_h, "ring-fa2: communication hidden", "%")):
-            ax.set_xscale("log", base=2)
-            ax.set_xticks(worlds, [str(w) for w in worlds])
-            ax.set_xlabel("GPUs")
-            ax.set_ylabel(ylabel)
-            ax.set_title(f"{mode}: {title}")
-            ax.grid(alpha=0.3)
-        ax_e.set_ylim(0, 110)
-        ax_h.set_ylim(0, 105)
-        ax_t.legend(fontsize=7)
-    first = table.iloc[0]
-    fig.suptitle(f"Context-parallel attention, {first['gpu']}: batch {first['batch']}, {first['heads']} heads "
-                 f"(kv {first['kv_heads']}), d{first['headdim']}, {first['dtype']}, "
-                 f"{'causal' if first['causal'] else 'non-causal'}")
-    fig.tight_layout()
-    return fig
-
-
-def report(out: Path) -> int:
-    import pandas as pd
-
-    path = out / CSV_NAME
-    if not path.exists():
-        print(f"fa2bench: error: no {CSV_NAME} in {out}", file=sys.stderr)
-        return 2
-    frame = pd.read_csv(path, keep_default_na=False, na_values=[""])
-    frame["causal"] = frame["causal"].astype(str).str.lower().isin(["true", "1"])
-    table = scaling(frame)
-    table.to_csv(out / "scaling.csv", index=False)
-    if len(table):
-        figure(table).savefig(out / "scaling.png", dpi=120)
-    cols = ["method", "mode", "seqlen", "world_size", "ms", "tflops_per_gpu", "scaling_efficiency_pct",
-            "comm_hidden_pct", "peak_mem_gb"]
-    with pd.option_context("display.width", 200, "display.max_columns", 20):
-        print(table[cols].to_string(index=False, float_format=lambda x: f"{x:.1f}") if len(table) else "no ok rows")
-    bad = frame[frame["status"] != "ok"]
-    for r in bad.to_dict("records"):
-        print(f"{r['status']}: {r['method']} {r['mode']} s{r['seqlen']} x{r['world_size']}: {r['error']}")
-    return 0
-
 
 # --- entry points ------------------------------------------------------------------------------------------
 
@@ -488,7 +227,6 @@ def report(out: Path) -> int:
 RUN_OPTIONS = {"seqlen": "65536..262144", "batch": 1, "heads": 16, "kv_heads": None, "headdim": 128, "dtype": "bf16",
                "causal": "on", "mode": "fwd,fwd_bwd", "method": ",".join(ring.METHODS), "reps": 3, "warmup": 1,
                "impl": None, "tune": False}
-CAUSAL = {"on": [True], "off": [False], "both": [False, True]}
 
 
 def resolve(seqlen: str, dtype: str, causal: str, heads: int, kv_heads: int | None, batch: int = 1,
@@ -507,7 +245,7 @@ def resolve(seqlen: str, dtype: str, causal: str, heads: int, kv_heads: int | No
     kv_heads = kv_heads or heads
     if heads % kv_heads:
         raise SpecError(f"--kv-heads {kv_heads} does not divide --heads {heads}")
-    return {"seqlens": parse_ints(seqlen, "seqlen"), "dtypes": _names(dtype, tuple(DTYPES), "dtype"),
+    return {"seqlens": parse_ints(seqlen, "seqlen"), "dtypes": _names(dtype, DTYPES, "dtype"),
             "causals": CAUSAL[causal], "kv_heads": kv_heads,
             "modes": _names(mode, ("fwd", "fwd_bwd"), "mode") if mode is not None else None,
             "methods": _names(method, tuple(ring.METHODS), "method") if method is not None else None}
@@ -610,27 +348,32 @@ def main(argv=None) -> int:
     launch.init_process_group(timeout_s=300.0)
     me = launch.current()
     impl = args.impl or ("fa2" if torch.cuda.is_available() else "ref")
+    writer = None
     try:
         if me.is_leader:
-            args.out.mkdir(parents=True, exist_ok=True)
+            writer = open_store(args.out, *(("check.csv", CHECK_COLUMNS) if args.command == "check" else ()))
             write_meta(args.out, args)
         with (_pinned_configs(impl, args.headdim) if not args.tune else _nullcontext()):
             if args.command == "check":
-                return _run_checks(args, seqlens, dtypes, causals, kv_heads, impl, me)
-            for method in methods:  # methods outermost: PyTorch's (experimental) one runs last
-                if method == "allgather-fa2" and me.world_size == 1:
-                    continue  # on one GPU it is ring-fa2: one fa2 call on the whole sequence
-                for seqlen in seqlens:
-                    for dtype in dtypes:
-                        for causal in causals:
-                            for mode in modes:
-                                row = run_point(method, mode, dtype, args.batch, args.heads, kv_heads, seqlen,
-                                                args.headdim, causal, impl, args.reps, args.warmup)
-                                if me.is_leader:
-                                    append_row(args.out / CSV_NAME, row)
-                                    print(_line(row), flush=True)
+                return _run_checks(args, seqlens, dtypes, causals, kv_heads, impl, me, writer)
+            done = [writer.done if writer else None]
+            dist.broadcast_object_list(done, src=0)  # every rank skips the same finished points
+            for point in ring_points(methods, seqlens, dtypes, causals, modes, me.world_size):
+                fields = (point.method, point.mode, point.dtype, args.batch, args.heads, kv_heads, point.seqlen,
+                          args.headdim, point.causal)
+                if ring_key(key_fields(*fields, me.world_size)) in done[0]:
+                    continue
+                row = run_point(*fields, impl, args.reps, args.warmup)
+                if writer:
+                    writer.append(row)
+                    print(_line(row), flush=True)
         return 0
+    except ResultsError as exc:
+        print(f"fa2bench: error: {exc}", file=sys.stderr)
+        return 2
     finally:
+        if writer:
+            writer.release()
         dist.destroy_process_group()
 
 
@@ -640,25 +383,20 @@ def _nullcontext():
     return contextlib.nullcontext()
 
 
-CHECK_COLUMNS = ("method", "world_size", "dtype", "seqlen", "heads", "kv_heads", "headdim", "causal", "impl",
-                 "status", "max_rel_error", "detail")
+CHECK_COLUMNS = (*KEY, "impl", "status", "max_rel_error", "detail")
 
 
-def _run_checks(args, seqlens, dtypes, causals, kv_heads, impl, me) -> int:
+def _run_checks(args, seqlens, dtypes, causals, kv_heads, impl, me, writer) -> int:
     failed = 0
-    for seqlen in seqlens:
-        for dtype in dtypes:
-            for causal in causals:
-                for kv in dict.fromkeys((args.heads, kv_heads)):
-                    for method in ("ring-fa2", "allgather-fa2"):
-                        row = check_gradients(seqlen, args.heads, kv, args.headdim, dtype, causal, impl, method,
-                                              args.batch)
-                        failed += row["status"] != "ok"
-                        if me.is_leader:
-                            append_row(args.out / "check.csv", row, CHECK_COLUMNS)
-                            print(f"{row['status']:>5} {method} x{row['world_size']} {dtype} s{seqlen} "
-                                  f"h{args.heads}/kv{kv} {'causal' if causal else 'full'}: "
-                                  f"max rel err {row['max_rel_error']:.2e}", flush=True)
+    for seqlen, dtype, causal, kv, method in itertools.product(seqlens, dtypes, causals,
+                                                                dict.fromkeys((args.heads, kv_heads)),
+                                                                ("ring-fa2", "allgather-fa2")):
+        row = check_gradients(seqlen, args.heads, kv, args.headdim, dtype, causal, impl, method, args.batch)
+        failed += row["status"] != "ok"
+        if writer:
+            writer.append(row)
+            print(f"{row['status']:>5} {method} x{row['world_size']} {dtype} s{seqlen} h{args.heads}/kv{kv} "
+                  f"{'causal' if causal else 'full'}: max rel err {row['max_rel_error']:.2e}", flush=True)
     return 1 if failed else 0
 
 
@@ -667,8 +405,8 @@ def _line(row) -> str:
     tf = f"{row['tflops_per_gpu']:.0f} TFLOP/s/GPU" if row.get("tflops_per_gpu") is not None else ""
     hid = f"hidden {row['comm_hidden_pct']:.0f}%" if row.get("comm_hidden_pct") is not None else ""
     mem = f"{row['peak_mem_gb']:.1f} GB" if row.get("peak_mem_gb") is not None else ""
-    return (f"{row['status']:>5} {row['method']:>13} x{row['world_size']} {row['mode']:>7} {row['dtype']} "
-            f"s{row['seqlen']}{' causal' if row['causal'] else ''} {ms} {tf} {hid} {mem} {row['error']}")
+    return (f"{row['status']:>5} {row['provider']:>13} x{row['world_size']} {row['mode']:>7} {row['dtype']} "
+            f"s{row['seqlen_q']}{' causal' if row['causal'] else ''} {ms} {tf} {hid} {mem} {row['error']}")
 
 
 if __name__ == "__main__":

@@ -98,7 +98,7 @@ def child_args(point: Point, calls: int, warmup: int) -> list[str]:
     return ["-m", "fa2bench.profiling.ncu", "child", "--provider", point.provider, "--mode", point.mode,
             "--dtype", point.dtype, "--batch", str(s.batch), "--heads", str(s.heads), "--kv-heads",
             str(s.kv_heads), "--seqlen-q", str(s.seqlen_q), "--seqlen-k", str(s.seqlen_k), "--headdim",
-            str(s.headdim), "--causal" if s.causal else "--no-causal", "--calls", str(calls), "--warmup",
+            str(s.headdim), "--causal", "on" if s.causal else "off", "--calls", str(calls), "--warmup",
             str(warmup)]
 
 
@@ -306,10 +306,11 @@ def child_main(argv: Sequence[str] | None = None) -> int:
         parser.add_argument(name, required=True)
     for name in ("--batch", "--heads", "--kv-heads", "--seqlen-q", "--seqlen-k", "--headdim"):
         parser.add_argument(name, type=int, required=True)
-    parser.add_argument("--causal", action=argparse.BooleanOptionalAction, default=False)
+    parser.add_argument("--causal", choices=("off", "on"), default="off")  # one point: fa2bench's spelling
     parser.add_argument("--calls", type=int, default=1)
     parser.add_argument("--warmup", type=int, default=3)
     a = parser.parse_args(argv)
+    a.causal = a.causal == "on"
     import torch
 
     from fa2bench.profiling.profile import call_once, prepare

@@ -30,6 +30,19 @@ POINT_DEFAULTS = dataclasses.replace(PRESETS["paper"], seqlens=(4096,), headdims
 IO_SEQLENS = "1024..16384"
 
 
+def plan_point(**options) -> Point:
+    """The one point ``fa2bench profile`` measures: ``options`` (the fields of ``fa2bench.core.config``) over
+    ``POINT_DEFAULTS``; a SpecError (one line) when they give more or fewer than one point."""
+    from fa2bench.core import config
+    from fa2bench.core.presets import SpecError
+
+    points = config.spec_from(options, POINT_DEFAULTS).points()
+    if len(points) != 1:
+        raise SpecError(f"`fa2bench profile` takes one point; these options give {len(points)} (use profile-io or "
+                        "sweep for several)")
+    return points[0]
+
+
 class PointFailed(Exception):
     """The provider failed on the profiled point: one line, like a sweep row's error."""
 

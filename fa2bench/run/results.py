@@ -40,10 +40,10 @@ COLUMNS = KEY_COLUMNS + (
 )
 # columns that hold text (every other one must be empty or a number); other tables go through this store too:
 # "report" is the IO study's ncu report path, "model", "note", "checkpointing" and "parallel" are e2e rows'
-# (fa2bench.e2e.schema)
+# (fa2bench.e2e.schema), "impl", "gpu" and "detail" ring rows' (fa2bench.distributed.ringbench)
 _TEXT_COLUMNS = ("provider", "mode", "dtype", "causal", "ragged", "status", "error", "config", "config_cached",
                  "throttle_reason", "throttled", "timer", "noisy", "report", "model", "note", "checkpointing",
-                 "parallel")
+                 "parallel", "impl", "gpu", "detail")
 CSV_NAME, PARQUET_NAME, META_NAME = "results.csv", "results.parquet", "meta.json"
 IO_STUDY_CSV = "io_study.csv"  # Nsight Compute's DRAM bytes per point (fa2bench.profiling.iostudy), in a run folder or its own
 LOCK_NAME = ".fa2bench.lock"
