@@ -245,6 +245,15 @@ PRESETS = {
     "decode": SweepSpec(seqlens=(1,), seqlens_k=(1024, 4096, 16384, 65536, 131072), headdims=(128,),
                         batch=(1, 4, 16, 64, 256), heads=(32, 64), kv_heads=(8,), causal=(True,), dtypes=("bf16",),
                         modes=(DECODE,), page_sizes=(0, 64), max_kv_tokens=2**21),
+    # Attention variants (issue 18) at Gemma-2-like (16 query / 8 KV heads of 256) and Mistral-like (GQA, d128)
+    # training shapes: causal, bf16 (fp16 with --dtype), 32k tokens per batch at seqlen 8k and 32k; dense as the
+    # yardstick beside a 4096-token sliding window (Mistral), window + softcap 50 (Gemma 2) and packed documents of
+    # mixed lengths (fa2-varlen runs those). 2 head dims x 2 seqlens x 4 variants x 2 modes x 4 providers = 128
+    # points, of which fa2-varlen's non-document ones and SDPA's softcap ones are recorded unsupported at once.
+    "variants": SweepSpec(seqlens=(8192, 32768), headdims=(128, 256), tokens=32768, heads=(16,), kv_heads=(8,),
+                          causal=(True,), dtypes=("bf16",), modes=("fwd", "bwd"),
+                          variants=("dense", "window4096", "window4096+softcap50", "docs"),
+                          providers=("fa2", "fa2-varlen", "flex", "sdpa-efficient")),
 }
 
 
