@@ -293,8 +293,7 @@ _ours("flash2", "flash2_attention", name="fa2", label="FlashAttention-2 (Triton)
 
 
 @register(name="fa2-varlen", label="FA2 varlen (Triton)", color="#8b0000", kind="ours", io_model="fa2",
-          devices=frozenset({"cuda", "cpu"}), module="flash2", function="flash2_varlen_attention",
-          variants=ALL_VARIANT_PARTS, config=lambda: _kernel_module("flash2").last_config(),
+          devices=frozenset({"cuda", "cpu"}), variants=ALL_VARIANT_PARTS,  # no module: not fn(q, k, v) of the kernels config=lambda: _kernel_module("flash2").last_config(),
           description="fa2 on packed documents: every document one variable-length sequence (cu_seqlens), no "
                       "padding and no masked tiles across documents; docs variants only (the (batch, heads, seq, d) "
                       "to (tokens, heads, d) transposes are inside the timed call)")
