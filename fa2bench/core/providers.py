@@ -233,7 +233,7 @@ def _ours(module: str, function: str, **kwargs):
         fn = getattr(importlib.import_module("fa2bench.kernels"), function)
         extra = variant_kwargs(shape, device.name())
         _require_keywords(fn, extra, kwargs["name"])
-        return functools.partial(_call_kernel, fn, shape.causal, extra)
+        return functools.partial(_call_kernel, fn, shape.causal, extra=extra)
 
     register(**{"kind": "ours", "devices": frozenset({"cuda", "cpu"}), "module": module, "function": function,
                 "config": lambda: _kernel_module(module).last_config(),
@@ -241,12 +241,12 @@ def _ours(module: str, function: str, **kwargs):
                 **kwargs})(make)
 
 
-def _call_kernel(fn, causal, extra, q, k, v):
+def _call_kernel(fn, causal, q, k, v, extra=None):
     """fa2bench's kernel ``fn`` with the point's matmul precision (``tf32=True`` for a tf32 point; a kernel
     without the keyword is called without it) and the variant's keywords ``extra``."""
     if _takes(fn, "tf32"):
-        return fn(q, k, v, causal=causal, tf32=precision.tf32_enabled(), **extra)
-    return fn(q, k, v, causal=causal, **extra)
+        return fn(q, k, v, causal=causal, tf32=precision.tf32_enabled(), **(extra or {}))
+    return fn(q, k, v, causal=causal, **(extra or {}))
 
 
 @functools.cache

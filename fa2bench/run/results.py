@@ -349,7 +349,7 @@ def row_key(row: dict) -> tuple:
             v = KEY_DEFAULTS[c]
         if c in ("causal", "ragged"):
             return _as_bool(v)
-        return str(v) if c in ("provider", "mode", "dtype") else int(v)
+        return str(v) if c in ("provider", "mode", "dtype", "variant") else int(v)
 
     return tuple(value(c) for c in KEY_COLUMNS)
 
