@@ -31,6 +31,8 @@ def sweep(
     causal: option(Causal, "Causal masking.", SHAPE) = None,
     page_size: option(str, "Decode: KV-cache page sizes, 0 for a contiguous cache (e.g. 0,16,64,256).", SHAPE) = None,
     ragged: option(Causal, "Decode: KV lengths spread over the batch (on), uniform (off) or both.", SHAPE) = None,
+    variant: option(str, "Attention variants, comma list: dense, window4096[:0], softcap50, alibi, docs[:512/512], "
+                         "joined by + (e.g. window4096+softcap50).", SHAPE) = None,
     max_kv_tokens: option(int, "Leave out shapes with batch x seqlen-k above this (0: no cap).", SHAPE) = None,
     dtype: Annotated[Optional[str], typer.Option(help="Dtypes: " + ",".join(DTYPES) + " (tf32: fp32 inputs, "
                                                  "TF32 matmuls).", rich_help_panel=SHAPE)] = None,
@@ -74,7 +76,7 @@ def sweep(
 
     given = shape_options(preset=preset, seqlen=seqlen, seqlen_k=seqlen_k, headdim=headdim, batch=batch,
                            tokens=tokens, heads=heads, hidden=hidden, kv_heads=kv_heads, causal=causal,
-                           page_size=page_size, ragged=ragged, max_kv_tokens=max_kv_tokens, dtype=dtype,
+                           page_size=page_size, ragged=ragged, variant=variant, max_kv_tokens=max_kv_tokens, dtype=dtype,
                            mode=mode, provider=provider, out=out_dir, resume=resume, extend=extend, check=check,
                            isolate=isolate, point_timeout=point_timeout, warmup_ms=warmup_ms, rep_ms=rep_ms,
                            peak_tflops=peak_tflops, ceilings=ceilings, gpus=gpus, timer=timer)

@@ -11,6 +11,8 @@ Fields (a file may spell them with dashes, as on the command line):
 - ``tokens``, ``hidden``: one number (batch = tokens // seqlen, heads = hidden // headdim);
 - ``causal``: ``"off"``, ``"on"``, ``"both"`` or a boolean;
 - decode only: ``page_size`` (whole numbers, 0 for a contiguous cache) and ``ragged`` (like ``causal``);
+- ``variant``: attention variants, a list or comma-separated spellings (``fa2bench.core.variants``: dense,
+  window4096, softcap50, alibi, docs, window4096+softcap50, ...);
 - ``max_kv_tokens``: one number, shapes with batch * seqlen_k above it are left out (the decode preset's cap;
   0: no cap);
 - ``dtype``, ``mode``, ``provider``: a list of names or comma-separated text;
@@ -43,7 +45,7 @@ NAME_LISTS = {"dtype": "dtypes", "mode": "modes", "provider": "providers"}
 CAUSAL = {"off": (False,), "on": (True,), "both": (False, True)}
 RUN_OPTIONS = {"check": True, "warmup_ms": 25.0, "rep_ms": 100.0, "peak_tflops": None, "ceilings": True,
                "isolate": None, "point_timeout": 600.0, "timer": "auto"}
-FIELDS = ("preset", *INT_LISTS, "tokens", "hidden", "causal", "page_size", "ragged", "max_kv_tokens",
+FIELDS = ("preset", *INT_LISTS, "tokens", "hidden", "causal", "page_size", "ragged", "variant", "max_kv_tokens",
           *NAME_LISTS, *RUN_OPTIONS, "out", "resume", "extend",
           "gpus")
 
@@ -114,6 +116,17 @@ def _page_sizes(value) -> tuple[int, ...]:
     return zero + (parse_ints(rest, "page-size") if rest else ())
 
 
+def _variant_list(value) -> tuple[str, ...]:
+    from fa2bench.core import variants
+
+    text = value if isinstance(value, str) else ",".join(map(str, value if isinstance(value, (list, tuple))
+                                                             else [value]))
+    try:
+        return variants.parse_list(text)
+    except variants.VariantError as exc:
+        raise SpecError(f"--variant: {exc}") from None
+
+
 def spec_from(options: Mapping[str, Any], base: SweepSpec | str) -> SweepSpec:
     """The sweep ``options`` describe, on top of ``base`` (a spec, or a preset name that ``preset`` replaces)."""
     from fa2bench.core import providers
@@ -139,6 +152,8 @@ def spec_from(options: Mapping[str, Any], base: SweepSpec | str) -> SweepSpec:
         changes["ragged"] = _causal(options["ragged"], "ragged")
     if "page_size" in options:
         changes["page_sizes"] = _page_sizes(options["page_size"])
+    if "variant" in options:
+        changes["variants"] = _variant_list(options["variant"])
     if "max_kv_tokens" in options:
         changes["max_kv_tokens"] = _int("max_kv_tokens", options["max_kv_tokens"]) or None  # 0: no cap
     allowed = {"dtype": DTYPES, "mode": ALL_MODES, "provider": providers.names()}
@@ -192,7 +207,7 @@ def spec_fields(spec: SweepSpec, providers: tuple[str, ...] | None = None) -> di
     fields.update({"batch": spec.batch} if spec.batch else {"tokens": spec.tokens})
     fields.update({"heads": spec.heads} if spec.heads else {"hidden": spec.hidden})
     fields.update({k: v for k, v in (("seqlen_k", spec.seqlens_k), ("kv_heads", spec.kv_heads)) if v})
-    fields.update(page_size=spec.page_sizes, max_kv_tokens=spec.max_kv_tokens or 0,
+    fields.update(page_size=spec.page_sizes, variant=spec.variants, max_kv_tokens=spec.max_kv_tokens or 0,
                   ragged=next(k for k, v in CAUSAL.items() if v == tuple(spec.ragged)))
     return {k: v for k, v in fields.items() if v not in ((), None)}
 

@@ -5,7 +5,10 @@ Following the FlashAttention-2 paper (Section 4.1): the forward pass does two ma
 masking only the unmasked (query, key) pairs count (about half). The backward pass counts 2.5 times the
 forward (five matmuls instead of two); forward + backward, 3.5 times. Softmax and masking are not counted.
 ``decode`` is a forward pass of 1-16 queries per sequence against a KV cache (fa2bench.core.decode), counted as
-``fwd``; it is memory-bound, so its headline is bandwidth (``gbps``, ``pct_copy_bw``), not TFLOP/s.
+``fwd``; attention variants (fa2bench.core.variants) count only the pairs they attend (a window of w at seqlen
+n about n * w, documents the sum over documents), for every provider alike; softcap's tanh and ALiBi's add are
+element-wise work on the score like softmax and are not counted (they are not matmul FLOPs). Report tables show
+the dense-equivalent rate beside it (``read.markdown``). Decode is memory-bound, so its headline is bandwidth (``gbps``, ``pct_copy_bw``), not TFLOP/s.
 """
 from __future__ import annotations
 
@@ -37,10 +40,16 @@ def attended_pairs(seqlen_q: int, seqlen_k: int, causal: bool) -> int:
 
 
 def attention_flops(batch: int, heads: int, seqlen_q: int, seqlen_k: int, headdim: int, causal: bool,
-                    mode: str) -> int:
-    """FLOPs of one attention call in ``mode`` (fwd, bwd or fwd_bwd); kv_heads do not change the count."""
+                    mode: str, variant: str = "dense") -> int:
+    """FLOPs of one attention call in ``mode`` (fwd, bwd or fwd_bwd); kv_heads do not change the count; a
+    ``variant`` spelling counts its attended pairs only."""
     if mode not in _PER_PAIR:
         raise ValueError(f"unknown mode {mode!r}; expected one of {', '.join(ALL_MODES)}")
+    if variant != "dense":
+        from fa2bench.core import variants
+
+        pairs = variants.attended_pairs(variants.parse(variant), batch, seqlen_q, seqlen_k, causal)
+        return _PER_PAIR[mode] * heads * pairs * headdim
     return _PER_PAIR[mode] * batch * heads * attended_pairs(seqlen_q, seqlen_k, causal) * headdim
 
 

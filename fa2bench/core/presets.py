@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from fa2bench.core import decode
+from fa2bench.core import decode, variants
 from fa2bench.core.flops import ALL_MODES, DECODE, MODES
 
 DTYPES = ("fp16", "bf16", "fp32", "tf32")  # tf32: fp32 inputs, matmuls on TF32 tensor cores
@@ -33,6 +33,7 @@ class Shape:
     causal: bool
     page_size: int = 0  # decode: tokens per KV-cache page, 0 for a contiguous cache
     ragged: bool = False  # decode: KV lengths spread over the batch (fa2bench.core.decode.kv_lengths)
+    variant: str = variants.DENSE  # an attention variant's canonical spelling (fa2bench.core.variants)
 
     @property
     def group(self) -> int:
@@ -51,14 +52,15 @@ class Shape:
 
         return cls(*(int(get(f)) for f in ("batch", "heads", "kv_heads", "seqlen_q", "seqlen_k", "headdim")),
                    bool(get("causal")), int(extra("page_size", 0)), str(extra("ragged", False)).lower()
-                   in ("true", "1"))
+                   in ("true", "1"), str(extra("variant", variants.DENSE)) or variants.DENSE)
 
     def label(self) -> str:
         gqa = f"/kv{self.kv_heads}" if self.kv_heads != self.heads else ""
         sk = f"x{self.seqlen_k}" if self.seqlen_k != self.seqlen_q else ""
         cache = (f" page{self.page_size}" if self.page_size else "") + (" ragged" if self.ragged else "")
+        variant = f" {self.variant}" if self.variant != variants.DENSE else ""
         return (f"b{self.batch} h{self.heads}{gqa} s{self.seqlen_q}{sk} d{self.headdim}"
-                f"{' causal' if self.causal else ''}{cache}")
+                f"{' causal' if self.causal else ''}{cache}{variant}")
 
 
 @dataclass(frozen=True)
@@ -72,16 +74,16 @@ class Point:
         """Identity of a point in a results table (resume and compare join on it)."""
         s = self.shape
         return (self.provider, self.mode, self.dtype, s.batch, s.heads, s.kv_heads, s.seqlen_q, s.seqlen_k,
-                s.headdim, s.causal, s.page_size, s.ragged)
+                s.headdim, s.causal, s.page_size, s.ragged, s.variant)
 
     def fields(self) -> dict:
         return {"provider": self.provider, "mode": self.mode, "dtype": self.dtype, **dataclasses.asdict(self.shape)}
 
 
 KEY_COLUMNS = ("provider", "mode", "dtype", "batch", "heads", "kv_heads", "seqlen_q", "seqlen_k", "headdim",
-               "causal", "page_size", "ragged")
-# key columns a results file written before decode points existed lacks: read as these defaults
-KEY_DEFAULTS = {"page_size": 0, "ragged": False}
+               "causal", "page_size", "ragged", "variant")
+# key columns a results file written before decode points (or variants) existed lacks: read as these defaults
+KEY_DEFAULTS = {"page_size": 0, "ragged": False, "variant": variants.DENSE}
 
 
 @dataclass(frozen=True)
@@ -100,6 +102,7 @@ class SweepSpec:
     providers: tuple[str, ...] = field(default=())  # () means every provider available here
     page_sizes: tuple[int, ...] = (0,)  # decode: KV-cache page sizes, 0 for a contiguous cache
     ragged: tuple[bool, ...] = (False,)  # decode: uniform KV lengths, ragged ones, or both
+    variants: tuple[str, ...] = (variants.DENSE,)  # attention variants' spellings (fa2bench.core.variants)
     max_kv_tokens: int | None = None  # skip shapes with batch * seqlen_k above this (a grid pruned to fit)
 
     @staticmethod
@@ -143,6 +146,7 @@ class SweepSpec:
             if m not in ALL_MODES:
                 raise SpecError(f"unknown mode {m!r}; choose from {', '.join(ALL_MODES)}")
         self._validate_decode()
+        self._validate_variants()
         if self.tokens is not None and self.tokens < max(self.seqlens):
             raise SpecError(f"--tokens {self.tokens} is smaller than seqlen {max(self.seqlens)} (batch would be 0)")
         if self.hidden is not None:
@@ -167,6 +171,20 @@ class SweepSpec:
                     if problem:
                         raise SpecError(problem)
 
+    def _validate_variants(self) -> None:
+        try:
+            parsed = [variants.parse(v) for v in self.variants]
+        except variants.VariantError as exc:
+            raise SpecError(str(exc)) from None
+        if any(not v.is_dense for v in parsed) and DECODE in self.modes:
+            raise SpecError("--variant describes training attention: use it with fwd, bwd or fwd_bwd, not decode")
+        for seqlen in self.seqlens:
+            for seqlen_k in self.seqlens_k or (seqlen,):
+                for v in parsed:
+                    problem = variants.shape_problem(v, seqlen, seqlen_k, 1)
+                    if problem:
+                        raise SpecError(problem)
+
     def _heads_options(self) -> list[int]:
         if self.heads:
             return list(self.heads)
@@ -184,8 +202,9 @@ class SweepSpec:
                                 for causal in self.causal:
                                     for page_size in self.page_sizes:
                                         for ragged in self.ragged:
-                                            out.append(Shape(batch, heads, kv, seqlen, seqlen_k, headdim, causal,
-                                                             page_size, ragged))
+                                            out.extend(Shape(batch, heads, kv, seqlen, seqlen_k, headdim, causal,
+                                                             page_size, ragged, variant)
+                                                       for variant in self.variants)
         if self.max_kv_tokens is not None:
             out = [s for s in out if s.batch * s.seqlen_k <= self.max_kv_tokens]
         return out
@@ -226,6 +245,15 @@ PRESETS = {
     "decode": SweepSpec(seqlens=(1,), seqlens_k=(1024, 4096, 16384, 65536, 131072), headdims=(128,),
                         batch=(1, 4, 16, 64, 256), heads=(32, 64), kv_heads=(8,), causal=(True,), dtypes=("bf16",),
                         modes=(DECODE,), page_sizes=(0, 64), max_kv_tokens=2**21),
+    # Attention variants (issue 18) at Gemma-2-like (16 query / 8 KV heads of 256) and Mistral-like (GQA, d128)
+    # training shapes: causal, bf16 (fp16 with --dtype), 32k tokens per batch at seqlen 8k and 32k; dense as the
+    # yardstick beside a 4096-token sliding window (Mistral), window + softcap 50 (Gemma 2) and packed documents of
+    # mixed lengths (fa2-varlen runs those). 2 head dims x 2 seqlens x 4 variants x 2 modes x 4 providers = 128
+    # points, of which fa2-varlen's non-document ones and SDPA's softcap ones are recorded unsupported at once.
+    "variants": SweepSpec(seqlens=(8192, 32768), headdims=(128, 256), tokens=32768, heads=(16,), kv_heads=(8,),
+                          causal=(True,), dtypes=("bf16",), modes=("fwd", "bwd"),
+                          variants=("dense", "window4096", "window4096+softcap50", "docs"),
+                          providers=("fa2", "fa2-varlen", "flex", "sdpa-efficient")),
 }
 
 

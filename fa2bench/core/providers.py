@@ -24,6 +24,7 @@ from fa2bench.core.device import interpreter_problem as _interpreter_problem
 from fa2bench.core.flops import DECODE, MODES
 from fa2bench.core.memory import EAGER_WORKSPACE, MATH_WORKSPACE, NAIVE_WORKSPACE, streaming_workspace
 from fa2bench.core.presets import DTYPES, TIMERS, Shape
+from fa2bench.core import variants as _variants
 
 if TYPE_CHECKING:  # the registry imports no torch: listing providers and drawing figures stay light
     import torch
@@ -63,6 +64,8 @@ class Provider:
     headdims: frozenset | None = None  # the head dims it supports, when not every one up to max_headdim
     decode: str = ""  # how it runs decode points: "native", "adapted" (contiguous uniform caches only) or ""
     timer: str | None = None  # a timer this provider's points need (presets.TIMERS); None: the sweep's choice
+    # the parts of attention variants it can express (variants.Variant.features: window, softcap, alibi, docs)
+    variants: frozenset = frozenset()
 
     def __post_init__(self):
         if self.timer is not None and self.timer not in TIMERS:
@@ -97,6 +100,10 @@ class Provider:
             return f"head dim {shape.headdim} > {self.max_headdim}"
         if self.headdims is not None and shape.headdim not in self.headdims:
             return f"head dim {shape.headdim} not supported ({', '.join(map(str, sorted(self.headdims)))})"
+        if shape.variant != _variants.DENSE:
+            missing = sorted(_variants.parse(shape.variant).features() - self.variants)
+            if missing:
+                return f"cannot express variant {', '.join(missing)}"
         if mode == DECODE:
             return self._decode_reason(shape)
         if mode not in self.modes:
@@ -144,6 +151,15 @@ def _is_colour(value) -> bool:
 
 
 REGISTRY: dict[str, Provider] = {}
+ALL_VARIANT_PARTS = frozenset({"window", "softcap", "alibi", "docs"})
+
+
+def variant_kwargs(shape: Shape, device_name: str) -> dict:
+    """The kernel keywords of the shape's variant (``variants.kernel_kwargs``); {} for dense attention."""
+    if shape.variant == _variants.DENSE:
+        return {}
+    return _variants.kernel_kwargs(_variants.parse(shape.variant), shape.batch, shape.heads, shape.seqlen_q,
+                                   device_name)
 
 
 def register(**kwargs):
@@ -215,7 +231,9 @@ def _ours(module: str, function: str, **kwargs):
     def make(shape: Shape) -> AttnFn:
         device.prepare_triton()
         fn = getattr(importlib.import_module("fa2bench.kernels"), function)
-        return functools.partial(_call_kernel, fn, shape.causal)
+        extra = variant_kwargs(shape, device.name())
+        _require_keywords(fn, extra, kwargs["name"])
+        return functools.partial(_call_kernel, fn, shape.causal, extra=extra)
 
     register(**{"kind": "ours", "devices": frozenset({"cuda", "cpu"}), "module": module, "function": function,
                 "config": lambda: _kernel_module(module).last_config(),
@@ -223,19 +241,30 @@ def _ours(module: str, function: str, **kwargs):
                 **kwargs})(make)
 
 
-def _call_kernel(fn, causal, q, k, v):
-    """fa2bench's kernel ``fn`` with the point's matmul precision: ``tf32=True`` for a tf32 point (a kernel
-    without the keyword is called without it)."""
-    if _takes_tf32(fn):
-        return fn(q, k, v, causal=causal, tf32=precision.tf32_enabled())
-    return fn(q, k, v, causal=causal)
+def _call_kernel(fn, causal, q, k, v, extra=None):
+    """fa2bench's kernel ``fn`` with the point's matmul precision (``tf32=True`` for a tf32 point; a kernel
+    without the keyword is called without it) and the variant's keywords ``extra``."""
+    if _takes(fn, "tf32"):
+        return fn(q, k, v, causal=causal, tf32=precision.tf32_enabled(), **(extra or {}))
+    return fn(q, k, v, causal=causal, **(extra or {}))
 
 
 @functools.cache
-def _takes_tf32(fn) -> bool:
+def _takes(fn, keyword: str) -> bool:
     import inspect
 
-    return "tf32" in inspect.signature(fn).parameters
+    return keyword in inspect.signature(fn).parameters
+
+
+# the kernel keyword that carries each part of a variant (variants.kernel_kwargs)
+_KEYWORD_PART = {"window": "window", "softcap": "softcap", "alibi_slopes": "alibi", "doc_ids": "docs"}
+
+
+def _require_keywords(fn, extra: dict, name: str) -> None:
+    """Unsupported ("<name> kernel lacks variant X") when the installed kernel ``fn`` lacks a keyword of ``extra``."""
+    lacking = [_KEYWORD_PART.get(kw, kw) for kw in extra if fn is None or not _takes(fn, kw)]
+    if lacking:
+        raise Unsupported(f"{name.split('-')[0]} kernel lacks variant {', '.join(lacking)}")
 
 
 _ours("naive", "naive_attention", name="naive", label="Naive (Triton)", color="#7f7f7f", io_model="standard",
@@ -259,8 +288,35 @@ _ours("ladder", "r5_attention", name="r5-seqpar", label="R5: + sequence parallel
 _ours("ladder", "r6_attention", name="r6-skip", label="R6: + causal block skipping", color="#f7b6d2", rung=6,
       io_model="fa2", description="ablation rung 6: rung 5 + causal block skipping, unmasked off-diagonal")
 _ours("flash2", "flash2_attention", name="fa2", label="FlashAttention-2 (Triton)", color="#d62728", io_model="fa2",
-      rung=7, roles=frozenset({"subject"}),
+      rung=7, roles=frozenset({"subject"}), variants=ALL_VARIANT_PARTS,
       description="FlashAttention-2's algorithm in Triton: sequence parallel, deferred rescaling")
+
+
+@register(name="fa2-varlen", label="FA2 varlen (Triton)", color="#8b0000", kind="ours", io_model="fa2",
+          devices=frozenset({"cuda", "cpu"}), variants=ALL_VARIANT_PARTS,  # no module: not fn(q, k, v) of the kernels config=lambda: _kernel_module("flash2").last_config(),
+          description="fa2 on packed documents: every document one variable-length sequence (cu_seqlens), no "
+                      "padding and no masked tiles across documents; docs variants only (the (batch, heads, seq, d) "
+                      "to (tokens, heads, d) transposes are inside the timed call)")
+def _fa2_varlen(shape: Shape) -> AttnFn:
+    device.prepare_triton()
+    variant = _variants.parse(shape.variant)
+    if variant.docs is None:
+        raise Unsupported("runs packed documents only (a docs variant)")
+    fn = getattr(importlib.import_module("fa2bench.kernels"), "flash2_varlen_attention", None)
+    extra = {k: v for k, v in variant_kwargs(shape, device.name()).items() if k != "doc_ids"}
+    if fn is None:
+        raise Unsupported("fa2 kernel lacks variant docs (no flash2_varlen_attention)")
+    _require_keywords(fn, extra, "fa2")
+    cu, longest = _variants.cu_seqlens(variant, shape.batch, shape.seqlen_q, device.name())
+
+    def call(q, k, v):
+        def packed(t):
+            return t.transpose(1, 2).reshape(-1, t.shape[1], t.shape[3])
+
+        o = fn(packed(q), packed(k), packed(v), cu, cu, longest, longest, causal=shape.causal, **extra)
+        return o.reshape(shape.batch, shape.seqlen_q, shape.heads, shape.headdim).transpose(1, 2)
+
+    return call
 # Rung 8 is a Gluon kernel (Triton's Hopper dialect), forward only so far: it does not run in the interpreter.
 _ours("fa3", "fa3_attention", name="fa3", label="R8: + TMA producer, wgmma consumers (Gluon)", color="#e377c2",
       rung=8, io_model="fa2", devices=frozenset({"cuda"}), sm=90, dtypes=frozenset({"fp16", "bf16"}),
@@ -286,24 +342,38 @@ _ours("fa3", "fa3_overlap_attention", name="fa3-overlap", label="R9 + P V issued
 
 @register(name="torch-eager", label="PyTorch eager", color="#8c564b", kind="baseline",
           devices=frozenset({"cuda", "cpu"}), max_headdim=1 << 30, io_model="standard",
-          workspace_bytes=EAGER_WORKSPACE, decode="adapted",
+          workspace_bytes=EAGER_WORKSPACE, decode="adapted", variants=ALL_VARIANT_PARTS,
           description="standard attention in eager PyTorch: matmul, softmax in fp32, matmul")
 def _torch_eager(shape: Shape) -> AttnFn:
     from fa2bench.core.reference import attention_ref, causal_mask
 
+    if shape.variant != _variants.DENSE:
+        return functools.partial(attention_ref, causal=shape.causal, upcast=False,
+                                 **variant_kwargs(shape, device.name()))
     mask = causal_mask(shape.seqlen_q, shape.seqlen_k, device.name()) if shape.causal else None
     return functools.partial(attention_ref, causal=shape.causal, upcast=False, mask=mask)
 
 
 def _sdpa(backend_name: str):
     def make(shape: Shape) -> AttnFn:
+        import torch
         from torch.nn.attention import SDPBackend, sdpa_kernel
         from torch.nn.functional import scaled_dot_product_attention
 
-        if shape.causal and shape.seqlen_q != shape.seqlen_k:
+        if shape.causal and shape.seqlen_q != shape.seqlen_k and shape.variant == _variants.DENSE:
             raise Unsupported("SDPA's is_causal is aligned top-left; fa2bench's causal is bottom-right")
         backend = getattr(SDPBackend, backend_name)
         gqa = shape.kv_heads != shape.heads
+        if shape.variant != _variants.DENSE:
+            mask = _sdpa_mask(shape)
+            cast = {}  # an additive bias in q's dtype, cast once (the first call is outside the timed region)
+
+            def masked(q, k, v):
+                m = mask if mask.dtype == torch.bool else cast.setdefault(q.dtype, mask.to(q.dtype))
+                with sdpa_kernel([backend]):
+                    return scaled_dot_product_attention(q, k, v, attn_mask=m, enable_gqa=gqa)
+
+            return masked
 
         def fn(q, k, v):
             with sdpa_kernel([backend]):  # exactly one backend: a refusal raises, never falls back
@@ -312,6 +382,25 @@ def _sdpa(backend_name: str):
         return fn
 
     return make
+
+
+def _sdpa_mask(shape: Shape):
+    """A variant as SDPA's explicit ``attn_mask``, built once outside the timed call: boolean (batch or 1, 1, sq,
+    sk) for causal, window and documents; with ALiBi an additive float bias (-slope_h |i' - j|, -inf where
+    masked) of (batch or 1, heads, sq, sk). Softcap has no mask form (``variants`` leaves it out)."""
+    import torch
+
+    from fa2bench.core.reference import variant_allowed
+
+    extra = variant_kwargs(shape, device.name())
+    allowed = variant_allowed(shape.seqlen_q, shape.seqlen_k, shape.causal, extra.get("window"),
+                              extra.get("doc_ids"), device.name())
+    if "alibi_slopes" not in extra:
+        return allowed
+    pos = torch.arange(shape.seqlen_q, device=allowed.device)[:, None] + (shape.seqlen_k - shape.seqlen_q)
+    distance = (pos - torch.arange(shape.seqlen_k, device=allowed.device)[None, :]).abs().float()
+    bias = -extra["alibi_slopes"][None, :, None, None] * distance
+    return bias.masked_fill(~allowed, float("-inf"))
 
 
 _SDPA = {
@@ -329,16 +418,22 @@ for _name, (_backend, _label, _color, _dtypes, _desc) in _SDPA.items():
              dtypes=frozenset(_dtypes), max_headdim=1 << 30, decode="adapted",
              devices=frozenset({"cuda", "cpu"}) if _backend == "MATH" else frozenset({"cuda"}),
              io_model="standard" if _backend == "MATH" else "fa2-atomic", io_model_assumed=_backend != "MATH",
-             workspace_bytes=MATH_WORKSPACE if _backend == "MATH" else streaming_workspace)(_sdpa(_backend))
+             workspace_bytes=MATH_WORKSPACE if _backend == "MATH" else streaming_workspace,
+             # an explicit attn_mask runs on the efficient and math backends only; softcap has no mask form
+             variants=frozenset({"window", "alibi", "docs"}) if _backend in ("EFFICIENT_ATTENTION", "MATH")
+             else frozenset(), config=lambda b=_backend: b)(_sdpa(_backend))
 
 
 @register(name="flex", label="FlexAttention", color="#17becf", kind="vendor", io_model="fa2", io_model_assumed=True,
-          decode="adapted",
-          description="torch.nn.attention.flex_attention, compiled (compilation outside the timed region)")
+          decode="adapted", variants=ALL_VARIANT_PARTS, config=lambda: _flex_recompiles(),
+          description="torch.nn.attention.flex_attention, compiled (compilation outside the timed region); "
+                      "variants as mask_mod and score_mod, the block mask built in set-up")
 def _flex(shape: Shape) -> AttnFn:
     from torch.nn.attention.flex_attention import create_block_mask
 
     compiled = _compiled_flex()
+    if shape.variant != _variants.DENSE:
+        return _flex_variant(shape, compiled)
     block_mask = None
     if shape.causal:
         offset = shape.seqlen_k - shape.seqlen_q
@@ -366,14 +461,61 @@ def _compiled_flex():
     return torch.compile(flex_attention, dynamic=False)
 
 
-def _call_flex(compiled, block_mask, gqa, q, k, v):
-    return compiled(q, k, v, block_mask=block_mask, enable_gqa=gqa)
+def _call_flex(compiled, block_mask, gqa, q, k, v, score_mod=None):
+    return compiled(q, k, v, block_mask=block_mask, enable_gqa=gqa, score_mod=score_mod)
+
+
+def _flex_variant(shape: Shape, compiled) -> AttnFn:
+    """A variant as FlexAttention data: mask_mod (causal, window, documents) for the block mask, built here,
+    and score_mod (softcap, then ALiBi), both on bottom-right aligned positions."""
+    import torch
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    extra = variant_kwargs(shape, device.name())
+    offset = shape.seqlen_k - shape.seqlen_q
+    window, softcap = extra.get("window"), extra.get("softcap")
+    slopes, docs = extra.get("alibi_slopes"), extra.get("doc_ids")
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        pos = q_idx + offset
+        keep = kv_idx >= 0
+        if shape.causal:
+            keep = keep & (kv_idx <= pos)
+        if window is not None:
+            keep = keep & (kv_idx >= pos - window[0]) & (kv_idx <= pos + window[1])
+        if docs is not None:
+            keep = keep & (docs[b, q_idx] == docs[b, kv_idx])
+        return keep
+
+    score_mod = None
+    if softcap is not None or slopes is not None:
+        def score_mod(score, b, h, q_idx, kv_idx):
+            if softcap is not None:
+                score = softcap * torch.tanh(score / softcap)
+            if slopes is not None:
+                score = score - slopes[h] * (q_idx + offset - kv_idx).abs()
+            return score
+
+    block_mask = create_block_mask(mask_mod, shape.batch if docs is not None else None, None, shape.seqlen_q,
+                                   shape.seqlen_k, device=device.name())
+    return functools.partial(_call_flex, compiled, block_mask, shape.kv_heads != shape.heads, score_mod=score_mod)
+
+
+def _flex_recompiles() -> str:
+    """Dynamo's recompile count so far (torch._dynamo.utils.counters), for the row's config column."""
+    try:
+        from torch._dynamo.utils import counters
+    except ImportError:
+        return ""
+    n = sum(counters["recompiles"].values()) if "recompiles" in counters else 0
+    return f"recompiles={n}"
 
 
 @register(name="flash-attn", label="flash-attn (CUDA)", color="#e377c2", kind="vendor", requires="flash_attn",
           io_model="fa2-atomic", io_model_assumed=True,
           dtypes=frozenset({"fp16", "bf16"}),
-          description="Dao-AILab's flash-attn package (FlashAttention-2 CUDA kernels), when installed")
+          description="Dao-AILab's flash-attn package (FlashAttention-2 CUDA kernels), when installed; not "
+                      "installed on the GPU image, so its points (dense and variants) are unsupported there")
 def _flash_attn(shape: Shape) -> AttnFn:
     from flash_attn import flash_attn_func
 

@@ -39,9 +39,30 @@ def causal_mask(seqlen_q: int, seqlen_k: int, device) -> tuple[torch.Tensor, tor
     return ~(allowed | ~live), live.float()  # dead rows keep finite scores, then are zeroed
 
 
+def variant_allowed(seqlen_q: int, seqlen_k: int, causal: bool, window: tuple[int, int] | None,
+                    doc_ids: torch.Tensor | None, device) -> torch.Tensor:
+    """Which (query, key) pairs a variant attends, from positions alone: (batch or 1, 1, seqlen_q, seqlen_k) bool.
+
+    Query i sits at i' = i + seqlen_k - seqlen_q; causal keeps j <= i', a window (left, right) keeps
+    i' - left <= j <= i' + right, documents (doc_ids (batch, seqlen), self-attention) keep j in i's document."""
+    pos = torch.arange(seqlen_q, device=device)[:, None] + (seqlen_k - seqlen_q)
+    cols = torch.arange(seqlen_k, device=device)[None, :]
+    allowed = torch.ones(seqlen_q, seqlen_k, dtype=torch.bool, device=device)
+    if causal:
+        allowed &= cols <= pos
+    if window is not None:
+        allowed &= (cols >= pos - window[0]) & (cols <= pos + window[1])
+    allowed = allowed[None, None]
+    if doc_ids is not None:
+        allowed = allowed & (doc_ids[:, None, :, None] == doc_ids[:, None, None, :])
+    return allowed
+
+
 def attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = False,
                   sm_scale: float | None = None, upcast: bool = True, dtype: torch.dtype = torch.float64,
-                  mask: tuple[torch.Tensor, torch.Tensor | None] | None = None) -> torch.Tensor:
+                  mask: tuple[torch.Tensor, torch.Tensor | None] | None = None, *,
+                  window: tuple[int, int] | None = None, softcap: float | None = None,
+                  alibi_slopes: torch.Tensor | None = None, doc_ids: torch.Tensor | None = None) -> torch.Tensor:
     """Standard attention, softmax(q kᵀ · scale) v, written plainly.
 
     Layout (batch, heads, seqlen, headdim); k, v may have fewer heads (GQA/MQA: query head h reads kv head
@@ -49,7 +70,13 @@ def attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: boo
     one as ``mask``) and a row that sees no key outputs zeros. With ``upcast`` the computation runs in
     ``dtype`` (float64 by default); without it, in the inputs' own dtype with the softmax in float32, as a
     user's eager code would, and the result has q's dtype.
+
+    Variants (fa2bench.core.variants; the kernels' keywords): ``softcap`` c turns a score s into c tanh(s / c),
+    ``alibi_slopes`` (one per query head) subtract slope_h |i' - j|, then ``window`` and ``doc_ids`` mask
+    (``variant_allowed``); a row that sees no key outputs zeros and passes back no gradient.
     """
+    if window is not None or softcap is not None or alibi_slopes is not None or doc_ids is not None:
+        return _variant_ref(q, k, v, causal, sm_scale, upcast, dtype, window, softcap, alibi_slopes, doc_ids)
     headdim = q.shape[-1]
     scale = 1.0 / math.sqrt(headdim) if sm_scale is None else sm_scale
     group = q.shape[1] // k.shape[1]
@@ -65,6 +92,30 @@ def attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: boo
     probs = torch.softmax(scores if upcast else scores.float(), dim=-1)
     if live is not None:
         probs = probs * live
+    return torch.matmul(probs.to(v.dtype), v)
+
+
+def _variant_ref(q, k, v, causal, sm_scale, upcast, dtype, window, softcap, alibi_slopes, doc_ids):
+    scale = 1.0 / math.sqrt(q.shape[-1]) if sm_scale is None else sm_scale
+    group = q.shape[1] // k.shape[1]
+    if group > 1:
+        k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+    if upcast:
+        q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
+    scores = torch.matmul(q, k.transpose(-2, -1)) * scale
+    if not upcast:
+        scores = scores.float()
+    if softcap is not None:
+        scores = softcap * torch.tanh(scores / softcap)
+    seqlen_q, seqlen_k = q.shape[-2], k.shape[-2]
+    if alibi_slopes is not None:
+        pos = torch.arange(seqlen_q, device=q.device)[:, None] + (seqlen_k - seqlen_q)
+        distance = (pos - torch.arange(seqlen_k, device=q.device)[None, :]).abs().to(scores.dtype)
+        scores = scores - alibi_slopes.to(scores.dtype)[None, :, None, None] * distance
+    allowed = variant_allowed(seqlen_q, seqlen_k, causal, window, doc_ids, q.device)
+    live = allowed.any(dim=-1, keepdim=True)
+    # dead rows keep finite scores (no NaN through softmax), then are zeroed: zero output, zero gradient
+    probs = torch.softmax(scores.masked_fill(~allowed & live, float("-inf")), dim=-1) * live
     return torch.matmul(probs.to(v.dtype), v)
 
 
@@ -107,13 +158,23 @@ def judge(outputs: dict[str, torch.Tensor], refs: dict[str, torch.Tensor],
     return Verdict(not failures, max_err, "; ".join(failures) if failures else worst)
 
 
+def _sliced(kwargs: dict, q_part: tuple) -> dict:
+    out = dict(kwargs)
+    if "alibi_slopes" in out:
+        out["alibi_slopes"] = out["alibi_slopes"][q_part[1]]
+    if "doc_ids" in out:
+        out["doc_ids"] = out["doc_ids"][q_part[0]]
+    return out
+
+
 # Score-matrix elements (batch * heads * seqlen_q * seqlen_k) above which only a slice is compared, and
 # above which the reference runs in float32 rather than float64 (to bound its memory and time).
 FULL_CHECK_LIMIT = 2**26
 
 
 def check_attention(fn, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool,
-                    backward: bool = True, ref_dtype: torch.dtype | None = None, tf32: bool = False) -> Verdict:
+                    backward: bool = True, ref_dtype: torch.dtype | None = None, tf32: bool = False,
+                    variant_kwargs: dict | None = None) -> Verdict:
     """Run ``fn(q, k, v, causal)`` (and its backward with a random dO) and gate it against the reference.
 
     Inputs are used as given (the caller draws them fresh). The reference runs in ``ref_dtype`` on the same
@@ -121,6 +182,8 @@ def check_attention(fn, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causa
     batch 0 and the query heads of the first key/value head are compared (heads and batches are independent,
     so the slice of the full result must equal the result of the slice). ``tf32``: float32 inputs whose
     matmuls may use TF32 (the floor is TF32's; the caller enables TF32 for the baseline too).
+    ``variant_kwargs``: the variant's keywords (``variants.kernel_kwargs``) for the reference and the baseline,
+    sliced with the inputs (alibi_slopes by query head, doc_ids by batch).
     """
     leaves = [t.detach().clone().requires_grad_(backward) for t in (q, k, v)]
     out = fn(*leaves, causal)
@@ -143,7 +206,7 @@ def check_attention(fn, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causa
     def run_ref(**kw):
         ins = [t[part].detach().clone().requires_grad_(backward)
                for t, part in ((q, q_part), (k, kv_part), (v, kv_part))]
-        o = attention_ref(*ins, causal=causal, **kw)
+        o = attention_ref(*ins, causal=causal, **kw, **_sliced(variant_kwargs or {}, q_part))
         res = {"o": o.detach()}
         if backward:
             o.backward(do[q_part].to(o.dtype))

@@ -101,6 +101,33 @@ def headline_section(frame: pd.DataFrame) -> str:
                            "% device peak", f"× {baseline_col.removeprefix('speedup_vs_')} (geomean)"], "lllrrrrr")
 
 
+def variants_section(frame: pd.DataFrame) -> str:
+    """Per variant, provider, mode and dtype: the best attended-pairs TFLOP/s (the FLOPs the variant does, the
+    row's ``tflops``) and beside it the dense-equivalent rate (the dense attention FLOPs of the same shape over
+    the same time: how fast the variant is as a replacement for dense attention). Computed here only."""
+    from fa2bench.core.flops import attention_flops
+    from fa2bench.read import plots
+
+    ok = frame[(frame["status"] == "ok") & frame["tflops"].notna()].copy()
+    if ok.empty:
+        return "No ok points."
+    dense = [attention_flops(r["batch"], r["heads"], r["seqlen_q"], r["seqlen_k"], r["headdim"], r["causal"],
+                             r["mode"]) for r in ok.to_dict("records")]
+    ok["tflops_dense_equiv"] = ok["tflops"] * pd.Series(dense, index=ok.index, dtype=float) / ok["flops"].astype(float)
+    order = {p: i for i, p in enumerate(plots.ordered_providers(frame))}
+    rows = []
+    for (variant, mode, dtype, provider), group in sorted(
+            ok.groupby(["variant", "mode", "dtype", "provider"]), key=lambda kv: (kv[0][0] != "dense", kv[0][0],
+                                                                              kv[0][1], kv[0][2], order.get(kv[0][3], 0))):
+        best = group.loc[group["tflops"].idxmax()]
+        rows.append([f"`{variant}`", plots.label(provider), mode, dtype, display.sig(best["tflops"]),
+                     display.sig(best["tflops_dense_equiv"]), shape_label(best.to_dict())])
+    return ("TFLOP/s count the (query, key) pairs a variant attends; dense-equivalent TFLOP/s count the dense "
+            "attention of the same shape over the same time.\n\n"
+            + md_table(rows, ["variant", "provider", "mode", "dtype", "best TFLOP/s (attended)",
+                              "dense-equivalent TFLOP/s", "at"], "llllrrl"))
+
+
 def speedup_section(frame: pd.DataFrame, subject: str | None = None) -> str:
     """Per mode and dtype: the subject's speedup over each other provider by sequence length (geometric mean
     over head dims, causal and workloads) and over all."""
@@ -186,6 +213,8 @@ def render(frame: pd.DataFrame, plotted=None, run_dir: Path | None = None) -> st
     if len(frame):
         sections += ["## Headline (best point per provider and mode)", headline_section(frame),
                      "## Speedups", speedup_section(frame),
+                     *(["## Attention variants", variants_section(frame)]
+                       if (frame["variant"] != "dense").any() else []),
                      "## Failures", problems_section(frame)]
     if plotted is not None:
         sections += ["## Figures", figures_section(plotted, run_dir) or "_No figures._"]

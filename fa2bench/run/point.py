@@ -117,7 +117,7 @@ def base_row(point: Point) -> dict:
         flops = 4 * shape.heads * pairs * shape.headdim
     else:
         flops = attention_flops(shape.batch, shape.heads, shape.seqlen_q, shape.seqlen_k, shape.headdim,
-                                shape.causal, point.mode)
+                                shape.causal, point.mode, shape.variant)
     return {**point.fields(), "status": "ok", "error": "", "flops": flops}
 
 
@@ -190,7 +190,8 @@ def _check_and_time(point: Point, provider: providers.Provider, row: dict, opts:
             if opts.check:
                 q, k, v = make_inputs(shape, point.dtype, opts.device)
                 verdict = check_attention(lambda q, k, v, causal: fn(q, k, v), q, k, v, shape.causal,
-                                          backward=backward, tf32=point.dtype == "tf32")
+                                          backward=backward, tf32=point.dtype == "tf32",
+                                          variant_kwargs=providers.variant_kwargs(shape, opts.device))
                 row["max_rel_error"] = verdict.max_rel_error
                 del q, k, v
                 if not verdict.ok:

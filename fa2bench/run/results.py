@@ -41,7 +41,8 @@ COLUMNS = KEY_COLUMNS + (
 # columns that hold text (every other one must be empty or a number); other tables go through this store too:
 # "report" is the IO study's ncu report path, "model", "note", "checkpointing" and "parallel" are e2e rows'
 # (fa2bench.e2e.schema), "impl", "gpu" and "detail" ring rows' (fa2bench.distributed.ringbench)
-_TEXT_COLUMNS = ("provider", "mode", "dtype", "causal", "ragged", "status", "error", "config", "config_cached",
+_TEXT_COLUMNS = ("provider", "mode", "dtype", "causal", "ragged", "variant", "status", "error", "config",
+                 "config_cached",
                  "throttle_reason", "throttled", "timer", "noisy", "report", "model", "note", "checkpointing",
                  "parallel", "impl", "gpu", "detail")
 CSV_NAME, PARQUET_NAME, META_NAME = "results.csv", "results.parquet", "meta.json"
@@ -189,7 +190,7 @@ def _parse_csv(source) -> pd.DataFrame:
     frame = pd.read_csv(source, dtype={"error": "string", "config": "string", "throttle_reason": "string",
                                      "timer": "string",
                                      "provider": "string", "mode": "string", "dtype": "string",
-                                     "status": "string"}, keep_default_na=False, na_values=[""])
+                                     "variant": "string", "status": "string"}, keep_default_na=False, na_values=[""])
     for col in COLUMNS:
         if col not in frame:
             frame[col] = pd.NA
@@ -197,6 +198,7 @@ def _parse_csv(source) -> pd.DataFrame:
         frame[col] = [default if pd.isna(v) else v for v in frame[col]]
     frame["page_size"] = frame["page_size"].astype(int)
     frame["ragged"] = frame["ragged"].map(_as_bool).astype(bool)
+    frame["variant"] = frame["variant"].astype("string")
     frame["causal"] = frame["causal"].map(_as_bool).astype(bool)
     frame["error"] = frame["error"].fillna("")
     return frame[list(COLUMNS) + [c for c in frame.columns if c not in COLUMNS]]
@@ -281,6 +283,8 @@ def _row_problem(raw: bytes, header: list[str]) -> str | None:
     row = dict(zip(header, fields))
     for col in KEY_COLUMNS:
         value = row.get(col, "")
+        if col == "variant":
+            continue  # any spelling (read back through fa2bench.core.variants)
         if col in KEY_DEFAULTS:
             if value and value.strip().lower() not in ("true", "false", "1", "0") and not value.isdigit():
                 return f"{col} is {value!r}"
@@ -347,7 +351,7 @@ def row_key(row: dict) -> tuple:
             v = KEY_DEFAULTS[c]
         if c in ("causal", "ragged"):
             return _as_bool(v)
-        return str(v) if c in ("provider", "mode", "dtype") else int(v)
+        return str(v) if c in ("provider", "mode", "dtype", "variant") else int(v)
 
     return tuple(value(c) for c in KEY_COLUMNS)
 

@@ -130,7 +130,7 @@ def title(what: str, frame: pd.DataFrame, meta: dict) -> str:
 # --- one figure per group ---------------------------------------------------------------------------------
 
 _PANEL = ["mode", "headdim", "causal", "seqlen_q", "provider"]
-_WORKLOAD = ["batch", "heads", "kv_heads", "seqlen_k"]
+_WORKLOAD = ["batch", "heads", "kv_heads", "seqlen_k", "variant"]  # variant: one figure (of panels) per variant
 
 
 def tidy(frame: pd.DataFrame) -> pd.DataFrame:
@@ -145,6 +145,8 @@ def tidy(frame: pd.DataFrame) -> pd.DataFrame:
     for col in ("batch", "heads", "kv_heads", "seqlen_q", "seqlen_k", "headdim"):
         out[col] = pd.to_numeric(out[col], errors="coerce").fillna(0).astype(int)
     out["causal"] = out["causal"].astype(bool)
+    variant = out["variant"] if "variant" in out else pd.Series("dense", index=out.index)
+    out["variant"] = variant.astype(object).where(variant.notna() & (variant.astype(str) != ""), "dense").astype(str)
     out.attrs = dict(frame.attrs)
     return out
 
@@ -160,7 +162,8 @@ def split(frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
         parts = by_dtype.groupby(varying, sort=True) if varying else [((), by_dtype)]
         for values, group in parts:
             values = values if isinstance(values, tuple) else (values,)
-            name = "-".join([dtype] + [f"{c[0] if c != 'kv_heads' else 'kv'}{v}" for c, v in zip(varying, values)])
+            name = "-".join([dtype] + [str(v).replace("+", "_").replace(":", "-").replace("/", "-") if c == "variant"
+                                       else f"{c[0] if c != 'kv_heads' else 'kv'}{v}" for c, v in zip(varying, values)])
             group = group.copy()
             group.attrs = dict(frame.attrs)
             groups[name] = group
