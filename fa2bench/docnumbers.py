@@ -34,7 +34,7 @@ def _load(root: Path, run: str) -> pd.DataFrame:
 
     frame = load_run(root / run)
     keys = [c for c in ("provider", "mode", "dtype", "batch", "heads", "kv_heads", "seqlen_q", "seqlen_k", "headdim",
-                        "causal", "page_size", "ragged", "model") if c in frame]
+                        "causal", "page_size", "ragged", "variant", "model") if c in frame]
     return frame.drop_duplicates(keys, keep="last").reset_index(drop=True)
 
 
