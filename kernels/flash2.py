@@ -772,12 +772,16 @@ def autotuned(tiles: dict, prune=early_prune) -> dict:
             for name in JIT_KERNELS}
 
 
-_AUTOTUNED = autotuned(spaces.FA2)
-_LAUNCHER = Launcher(_AUTOTUNED, {name: early_prune(name) for name in _AUTOTUNED})
+def tuned_launcher(tiles: dict) -> Launcher:
+    """The three kernels autotuned over ``tiles`` (``autotuned``) behind one Launcher (``.kernels`` holds them)."""
+    tuned = autotuned(tiles)
+    return Launcher(tuned, {name: early_prune(name) for name in tuned})
+
+
+_LAUNCHER = tuned_launcher(spaces.FA2)
+_AUTOTUNED = _LAUNCHER.kernels
 TRITON_KERNELS = {**_AUTOTUNED, "bwd_preprocess": bwd_preprocess}  # every kernel a launch runs (for profiling)
-forced_configs = _LAUNCHER.forced_configs
-last_config = _LAUNCHER.last_config
-config_cached = _LAUNCHER.config_cached
+forced_configs, last_config, config_cached = _LAUNCHER.forced_configs, _LAUNCHER.last_config, _LAUNCHER.config_cached
 
 
 def configs(headdim: int) -> dict[str, list[triton.Config]]:

@@ -42,19 +42,17 @@ from . import _common  # noqa: F401  (first: importing it picks the CPU interpre
 import triton
 
 from . import configs as spaces
-from ._common import Launcher, bwd_preprocess
-from .flash2 import Variant, autotuned, candidates, early_prune, pruned, run_variant
+from ._common import bwd_preprocess
+from .flash2 import Variant, candidates, pruned, run_variant, tuned_launcher
 
 
 # One small list for every rung and head dim (kernels/configs.py: LADDER); the first one that fits runs on the CPU
 # interpreter. fwd and bwd_dq: BLOCK_M query rows per program; bwd_dkdv: BLOCK_N keys per program.
 LADDER_CONFIGS = candidates(spaces.LADDER)
-_AUTOTUNED = autotuned(spaces.LADDER)
-_LAUNCHER = Launcher(_AUTOTUNED, {name: early_prune(name) for name in _AUTOTUNED})
+_LAUNCHER = tuned_launcher(spaces.LADDER)
+_AUTOTUNED = _LAUNCHER.kernels
 TRITON_KERNELS = {**_AUTOTUNED, "bwd_preprocess": bwd_preprocess}  # every kernel a launch runs (for profiling)
-forced_configs = _LAUNCHER.forced_configs
-last_config = _LAUNCHER.last_config
-config_cached = _LAUNCHER.config_cached
+forced_configs, last_config, config_cached = _LAUNCHER.forced_configs, _LAUNCHER.last_config, _LAUNCHER.config_cached
 
 RUNGS = {
     3: Variant(defer=False, seq_par=False, skip=False, launcher=_LAUNCHER),

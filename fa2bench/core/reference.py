@@ -77,14 +77,7 @@ def attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: boo
     """
     if window is not None or softcap is not None or alibi_slopes is not None or doc_ids is not None:
         return _variant_ref(q, k, v, causal, sm_scale, upcast, dtype, window, softcap, alibi_slopes, doc_ids)
-    headdim = q.shape[-1]
-    scale = 1.0 / math.sqrt(headdim) if sm_scale is None else sm_scale
-    group = q.shape[1] // k.shape[1]
-    if group > 1:
-        k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
-    if upcast:
-        q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
-    scores = torch.matmul(q, k.transpose(-2, -1)) * scale
+    scores, v = _scores(q, k, v, sm_scale, upcast, dtype)
     live = None
     if causal:
         masked, live = mask if mask is not None else causal_mask(q.shape[-2], k.shape[-2], q.device)
@@ -95,14 +88,19 @@ def attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: boo
     return torch.matmul(probs.to(v.dtype), v)
 
 
-def _variant_ref(q, k, v, causal, sm_scale, upcast, dtype, window, softcap, alibi_slopes, doc_ids):
+def _scores(q, k, v, sm_scale, upcast, dtype):
+    """(S = q k^T * scale, v) with K/V repeated over each GQA group, in ``dtype`` when ``upcast``."""
     scale = 1.0 / math.sqrt(q.shape[-1]) if sm_scale is None else sm_scale
     group = q.shape[1] // k.shape[1]
     if group > 1:
         k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
     if upcast:
         q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
-    scores = torch.matmul(q, k.transpose(-2, -1)) * scale
+    return torch.matmul(q, k.transpose(-2, -1)) * scale, v
+
+
+def _variant_ref(q, k, v, causal, sm_scale, upcast, dtype, window, softcap, alibi_slopes, doc_ids):
+    scores, v = _scores(q, k, v, sm_scale, upcast, dtype)
     if not upcast:
         scores = scores.float()
     if softcap is not None:
