@@ -144,22 +144,7 @@ def _attend(acc, m_i, l_i, q, k_bufs, v_bufs, k_ready, v_ready, kv_empty, it, lo
         qk = warpgroup_mma(q, k.permute((1, 0)), gl.zeros([BLOCK_M, BLOCK_N], gl.float32, s_layout),
                            use_acc=False, is_async=True)
         qk = warpgroup_mma_wait(num_outstanding=0, deps=(qk,))
-        if MASK:
-            cols = j * BLOCK_N + gl.arange(0, BLOCK_N, gl.SliceLayout(0, s_layout))
-            keep = cols[None, :] < N_CTX_K
-            if CAUSAL:
-                rows = m0 + gl.arange(0, BLOCK_M, gl.SliceLayout(1, s_layout))
-                keep = keep & (cols[None, :] <= rows[:, None] + (N_CTX_K - N_CTX_Q))
-            qk = gl.where(keep, qk * qk_scale, float("-inf"))
-            m_new = gl.maximum(m_i, gl.max(qk, 1))
-            qk = qk - m_new[:, None]
-        else:
-            m_new = gl.maximum(m_i, gl.max(qk, 1) * qk_scale)
-            qk = qk * qk_scale - m_new[:, None]
-        p = gl.exp2(qk)
-        alpha = gl.exp2(m_i - m_new)
-        l_i = l_i * alpha + gl.sum(p, 1)
-        m_i = m_new
+        p, m_i, l_i, alpha = _softmax_step(qk, m_i, l_i, j, m0, qk_scale, N_CTX_Q, N_CTX_K, MASK, CAUSAL)
         acc = acc * gl.convert_layout(alpha, o_rows)[:, None]
         p = gl.convert_layout(p.to(v_bufs.dtype), p_layout)
         mbarrier.wait(v_ready.index(s), phase)
