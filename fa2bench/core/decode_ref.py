@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from fa2bench.core.decode import kv_lengths
+from fa2bench.core.presets import Shape
 from fa2bench.core.reference import FLOOR, TF32_FLOOR, Verdict, judge
 
 
@@ -112,3 +113,22 @@ def check_decode(fn, inputs: DecodeInputs, causal: bool = True, tf32: bool = Fal
     base = decode_ref(inputs, causal, upcast=False, sequences=sequences)
     floor = TF32_FLOOR if tf32 else FLOOR[inputs.q.dtype]
     return judge({"o": out[sequences]}, {"o": ref}, {"o": base}, inputs.q.dtype, floor=floor)
+
+
+def decode_adapter(fn):
+    """``fn(q, k, v)`` (batch, heads, seq, head_dim) as a decode ``fn(inputs)``: views of a contiguous cache
+    (batch, kv_len, kv_heads, d) of uniform lengths, transposed without a copy; o back in (batch, q_len, heads, d)."""
+
+    def call(inputs):
+        o = fn(inputs.q.transpose(1, 2), inputs.k_cache.transpose(1, 2), inputs.v_cache.transpose(1, 2))
+        return o.transpose(1, 2)
+
+    return call
+
+
+def attention_shape(shape: Shape) -> Shape:
+    """The training-style shape a decode point asks an adapted provider for: one query needs no causal mask
+    (bottom-right alignment lets it see every key), so q_len 1 is non-causal and SDPA's top-left is_causal,
+    which differs from bottom-right only when q_len > 1, is never asked for it."""
+    return Shape(shape.batch, shape.heads, shape.kv_heads, shape.seqlen_q, shape.seqlen_k, shape.headdim,
+                 shape.causal and shape.seqlen_q > 1)

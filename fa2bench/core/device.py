@@ -56,3 +56,12 @@ def interpreter_problem() -> str | None:
     """Why fa2bench's Triton kernels cannot run on the CPU in this process (None when they can)."""
     prepare_triton()
     return INTERPRETER_PROBLEM
+
+
+def device_is_sm(sm: int, device: str) -> bool:
+    """Whether ``device`` ("cuda" or "cpu") is a CUDA GPU of compute capability ``sm`` (90: 9.0)."""
+    if device != "cuda":
+        return False
+    import torch
+
+    return torch.cuda.is_available() and torch.cuda.get_device_capability() == divmod(sm, 10)

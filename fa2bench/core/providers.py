@@ -9,7 +9,7 @@ Decode points (mode ``decode``, fa2bench.core.decode) hand a provider a KV cache
 with ``decode="native"`` (fa2-decode) is built by ``make(shape)`` into ``fn(inputs: DecodeInputs) -> o`` of shape
 (batch, q_len, heads, head_dim) and reads contiguous and paged caches and ragged lengths itself; one with
 ``decode="adapted"`` keeps its ``fn(q, k, v)``, called on (batch, heads, seq, head_dim) views of a contiguous
-cache of uniform lengths (``decode_adapter``): paged or ragged points are ``unsupported`` for it, with the
+cache of uniform lengths (``decode_ref.decode_adapter``): paged or ragged points are ``unsupported`` for it, with the
 """
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
-from fa2bench.core import device, precision
-from fa2bench.core.device import interpreter_problem as _interpreter_problem
+from fa2bench.core import device, precision, variant_mods
+from fa2bench.core.device import device_is_sm, interpreter_problem as _interpreter_problem
 from fa2bench.core.flops import DECODE, MODES
 from fa2bench.core.memory import EAGER_WORKSPACE, MATH_WORKSPACE, NAIVE_WORKSPACE, streaming_workspace
 from fa2bench.core.presets import DTYPES, TIMERS, Shape
@@ -77,7 +77,7 @@ class Provider:
 
     def availability(self, device: str) -> str | None:
         """None if usable on ``device`` ("cuda" or "cpu"), else why not."""
-        if self.sm is not None and not _gpu_is(self.sm, device):
+        if self.sm is not None and not device_is_sm(self.sm, device):
             return f"needs {SM_NAMES.get(self.sm, 'an')} GPU (sm_{self.sm})"
         if device not in self.devices:
             return "needs a CUDA GPU" if device == "cpu" else f"does not run on {device}"
@@ -126,15 +126,6 @@ class Provider:
 
 
 SM_NAMES = {90: "a Hopper"}
-
-
-def _gpu_is(sm: int, device: str) -> bool:
-    """Whether ``device`` is a CUDA GPU of compute capability ``sm`` (90: 9.0)."""
-    if device != "cuda":
-        return False
-    import torch
-
-    return torch.cuda.is_available() and torch.cuda.get_device_capability() == divmod(sm, 10)
 
 
 def _is_colour(value) -> bool:
@@ -365,7 +356,7 @@ def _sdpa(backend_name: str):
         backend = getattr(SDPBackend, backend_name)
         gqa = shape.kv_heads != shape.heads
         if shape.variant != _variants.DENSE:
-            mask = _sdpa_mask(shape)
+            mask = variant_mods.sdpa_mask(shape, variant_kwargs(shape, device.name()), device.name())
             cast = {}  # an additive bias in q's dtype, cast once (the first call is outside the timed region)
 
             def masked(q, k, v):
@@ -382,25 +373,6 @@ def _sdpa(backend_name: str):
         return fn
 
     return make
-
-
-def _sdpa_mask(shape: Shape):
-    """A variant as SDPA's explicit ``attn_mask``, built once outside the timed call: boolean (batch or 1, 1, sq,
-    sk) for causal, window and documents; with ALiBi an additive float bias (-slope_h |i' - j|, -inf where
-    masked) of (batch or 1, heads, sq, sk). Softcap has no mask form (``variants`` leaves it out)."""
-    import torch
-
-    from fa2bench.core.reference import variant_allowed
-
-    extra = variant_kwargs(shape, device.name())
-    allowed = variant_allowed(shape.seqlen_q, shape.seqlen_k, shape.causal, extra.get("window"),
-                              extra.get("doc_ids"), device.name())
-    if "alibi_slopes" not in extra:
-        return allowed
-    pos = torch.arange(shape.seqlen_q, device=allowed.device)[:, None] + (shape.seqlen_k - shape.seqlen_q)
-    distance = (pos - torch.arange(shape.seqlen_k, device=allowed.device)[None, :]).abs().float()
-    bias = -extra["alibi_slopes"][None, :, None, None] * distance
-    return bias.masked_fill(~allowed, float("-inf"))
 
 
 _SDPA = {
@@ -466,37 +438,12 @@ def _call_flex(compiled, block_mask, gqa, q, k, v, score_mod=None):
 
 
 def _flex_variant(shape: Shape, compiled) -> AttnFn:
-    """A variant as FlexAttention data: mask_mod (causal, window, documents) for the block mask, built here,
-    and score_mod (softcap, then ALiBi), both on bottom-right aligned positions."""
-    import torch
+    """A variant as FlexAttention data (``variant_mods.flex_mods``), its block mask built here."""
     from torch.nn.attention.flex_attention import create_block_mask
 
     extra = variant_kwargs(shape, device.name())
-    offset = shape.seqlen_k - shape.seqlen_q
-    window, softcap = extra.get("window"), extra.get("softcap")
-    slopes, docs = extra.get("alibi_slopes"), extra.get("doc_ids")
-
-    def mask_mod(b, h, q_idx, kv_idx):
-        pos = q_idx + offset
-        keep = kv_idx >= 0
-        if shape.causal:
-            keep = keep & (kv_idx <= pos)
-        if window is not None:
-            keep = keep & (kv_idx >= pos - window[0]) & (kv_idx <= pos + window[1])
-        if docs is not None:
-            keep = keep & (docs[b, q_idx] == docs[b, kv_idx])
-        return keep
-
-    score_mod = None
-    if softcap is not None or slopes is not None:
-        def score_mod(score, b, h, q_idx, kv_idx):
-            if softcap is not None:
-                score = softcap * torch.tanh(score / softcap)
-            if slopes is not None:
-                score = score - slopes[h] * (q_idx + offset - kv_idx).abs()
-            return score
-
-    block_mask = create_block_mask(mask_mod, shape.batch if docs is not None else None, None, shape.seqlen_q,
+    mask_mod, score_mod = variant_mods.flex_mods(shape, extra)
+    block_mask = create_block_mask(mask_mod, shape.batch if "doc_ids" in extra else None, None, shape.seqlen_q,
                                    shape.seqlen_k, device=device.name())
     return functools.partial(_call_flex, compiled, block_mask, shape.kv_heads != shape.heads, score_mod=score_mod)
 
@@ -527,25 +474,6 @@ def _flash_attn(shape: Shape) -> AttnFn:
 
 
 # --- decoding against a KV cache (issue 19) ----------------------------------------------------------------
-
-
-def decode_adapter(fn: AttnFn) -> Callable:
-    """``fn(q, k, v)`` (batch, heads, seq, head_dim) as a decode ``fn(inputs)``: views of a contiguous cache
-    (batch, kv_len, kv_heads, d) of uniform lengths, transposed without a copy; o back in (batch, q_len, heads, d)."""
-
-    def call(inputs):
-        o = fn(inputs.q.transpose(1, 2), inputs.k_cache.transpose(1, 2), inputs.v_cache.transpose(1, 2))
-        return o.transpose(1, 2)
-
-    return call
-
-
-def attention_shape(shape: Shape) -> Shape:
-    """The training-style shape a decode point asks an adapted provider for: one query needs no causal mask
-    (bottom-right alignment lets it see every key), so q_len 1 is non-causal and SDPA's top-left is_causal,
-    which differs from bottom-right only when q_len > 1, is never asked for it."""
-    return Shape(shape.batch, shape.heads, shape.kv_heads, shape.seqlen_q, shape.seqlen_k, shape.headdim,
-                 shape.causal and shape.seqlen_q > 1)
 
 
 @register(name="fa2-decode", label="FA2 decode (Triton)", color="#ff9896", kind="ours",

@@ -30,7 +30,7 @@ from fa2bench.run import hardware, telemetry, timing
 
 from fa2bench.core import decode, iomodel, memory, precision, providers
 from fa2bench.core.config import RUN_OPTIONS
-from fa2bench.core.decode_ref import check_decode, make_inputs as make_decode_inputs
+from fa2bench.core.decode_ref import attention_shape, check_decode, decode_adapter, make_inputs as make_decode_inputs
 from fa2bench.core.flops import DECODE, attended_pairs, attention_flops, tflops
 from fa2bench.core.presets import Point, Shape, SweepSpec
 from fa2bench.core.reference import check_attention
@@ -225,7 +225,7 @@ def _check_and_time_decode(point: Point, provider: providers.Provider, row: dict
             if provider.decode == "native":
                 fn = provider.make(shape)
             else:
-                fn = providers.decode_adapter(provider.make(providers.attention_shape(shape)))
+                fn = decode_adapter(provider.make(attention_shape(shape)))
             if opts.check:
                 verdict = check_decode(fn, inputs(), shape.causal, tf32=point.dtype == "tf32")
                 row["max_rel_error"] = verdict.max_rel_error
