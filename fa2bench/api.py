@@ -134,7 +134,8 @@ def plan_sweep(spec: SweepSpec | str | None = None, *, out: str | Path | None = 
     where = device.name()
     chosen = resolved.providers or tuple(n for n in providers.names()
                                          if providers.get(n).availability(where) is None
-                                         and any(providers.get(n).runs_mode(m) for m in resolved.modes))
+                                         and any(providers.get(n).runs_mode(m) for m in resolved.modes)
+                                         and any(providers.get(n).runs_variant(v) for v in resolved.variants))
     for d in resolved.headdims:
         if not any(d <= providers.get(n).max_headdim for n in chosen):
             raise SpecError(f"head dim {d} is supported by none of the chosen providers ({', '.join(chosen)})")

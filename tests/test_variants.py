@@ -176,6 +176,7 @@ def test_a_cpu_sweep_of_variants_checks_every_provider_that_can_express_them(tmp
         name, status, error = r["provider"], r["status"], r["error"]
         if name == "fa2" or (name == "fa2-varlen" and "docs" in r["variant"]):  # the kernel's own switches
             assert status == "ok", (name, r["variant"], error)
+            assert "BLOCK_M=" in r["config"], (name, r["config"])  # the config the kernel launched with
         elif name == "fa2-varlen":
             assert status == "unsupported" and "packed documents only" in error
         elif name in ("torch-eager",) or (name == "sdpa-math" and "softcap" not in r["variant"]):
@@ -184,3 +185,12 @@ def test_a_cpu_sweep_of_variants_checks_every_provider_that_can_express_them(tmp
             assert status in ("ok", "unsupported")  # FlexAttention needs a GPU (no CPU backward)
         elif name == "naive" and r["variant"] != "dense":
             assert status == "unsupported" and "cannot express variant" in error
+
+
+def test_fa2_varlen_joins_only_sweeps_with_packed_documents():
+    from fa2bench import api
+
+    dense = api.plan_sweep("smoke", out="results/x-cpu")
+    docs = api.plan_sweep("smoke", out="results/x-cpu", variant=["docs:40/24"], seqlen=[64])
+    assert "fa2-varlen" not in dense.providers and "fa2" in dense.providers
+    assert "fa2-varlen" in docs.providers

@@ -64,6 +64,7 @@ class Provider:
     headdims: frozenset | None = None  # the head dims it supports, when not every one up to max_headdim
     decode: str = ""  # how it runs decode points: "native", "adapted" (contiguous uniform caches only) or ""
     timer: str | None = None  # a timer this provider's points need (presets.TIMERS); None: the sweep's choice
+    needs_variant: str | None = None  # a variant part without which it has nothing to run ("docs": fa2-varlen)
     # the parts of attention variants it can express (variants.Variant.features: window, softcap, alibi, docs)
     variants: frozenset = frozenset()
 
@@ -114,6 +115,11 @@ class Provider:
         """Whether it has a path for ``mode`` at all (a sweep's default providers are those that run one of its
         modes: fa2-decode stays out of training sweeps, the training-only kernels out of decode sweeps)."""
         return bool(self.decode) if mode == DECODE else mode in self.modes
+
+    def runs_variant(self, variant: str) -> bool:
+        """Whether it has a path for points of this variant at all (a sweep's default providers are those that
+        run one of its variants: fa2-varlen stays out of sweeps without packed documents)."""
+        return self.needs_variant is None or self.needs_variant in _variants.parse(variant).features()
 
     def _decode_reason(self, shape: Shape) -> str | None:
         if not self.decode:
@@ -284,7 +290,8 @@ _ours("flash2", "flash2_attention", name="fa2", label="FlashAttention-2 (Triton)
 
 
 @register(name="fa2-varlen", label="FA2 varlen (Triton)", color="#8b0000", kind="ours", io_model="fa2",
-          devices=frozenset({"cuda", "cpu"}), variants=ALL_VARIANT_PARTS,  # no module: not fn(q, k, v) of the kernels config=lambda: _kernel_module("flash2").last_config(),
+          devices=frozenset({"cuda", "cpu"}), variants=ALL_VARIANT_PARTS, needs_variant="docs",
+          config=lambda: _kernel_module("flash2").last_config(),  # no module: not fn(q, k, v) of the kernels
           description="fa2 on packed documents: every document one variable-length sequence (cu_seqlens), no "
                       "padding and no masked tiles across documents; docs variants only (the (batch, heads, seq, d) "
                       "to (tokens, heads, d) transposes are inside the timed call)")

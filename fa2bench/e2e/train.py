@@ -140,7 +140,7 @@ def plan_e2e(model=None, seqlen=None, provider=None, *, out: str | Path | None =
         raise SpecError(f"model {big[0]} needs a CUDA GPU; without one, use gpt-tiny")
     chosen = parse_names(text(provider), "provider", providers.names()) if provider else tuple(
         n for n in providers.names() if providers.get(n).availability(where) is None
-        and providers.get(n).runs_mode("fwd_bwd"))
+        and providers.get(n).runs_mode("fwd_bwd") and providers.get(n).runs_variant("dense"))
     try:
         rank, launched = launch.place(gpus, "the job's ranks train together")
     except launch.LaunchError as exc:
