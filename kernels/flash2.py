@@ -89,6 +89,7 @@ Autotune spaces and the shared-memory budget live in kernels/configs.py (read by
 from __future__ import annotations
 
 import math
+import weakref
 from dataclasses import dataclass
 
 from . import _common  # noqa: F401  (first: importing it picks the CPU interpreter before Triton loads)
@@ -990,11 +991,39 @@ def _check_alibi(slopes, heads: int, device) -> torch.Tensor | None:
     return slopes.contiguous()
 
 
+class _Memo:
+    """The last value computed from one index tensor (doc_ids, cu_seqlens): a model passes the same one to every
+    layer, and checking it reads it on the host (a sync that would stall the GPU each call). Recomputed when a
+    different tensor, the same one modified in place (its version), or other arguments (``key``) come."""
+
+    def __init__(self):
+        self.ref, self.stamp, self.value = None, None, None
+
+    def get(self, t, key, compute):
+        if not isinstance(t, torch.Tensor):
+            return compute()
+        stamp = (t._version, key)
+        if self.ref is None or self.ref() is not t or self.stamp != stamp:
+            self.ref, self.stamp, self.value = None, None, None
+            self.value = compute()  # raises before anything is remembered
+            self.ref, self.stamp = weakref.ref(t), stamp
+        return self.value
+
+
+_DOCS_MEMO, _CU_MEMO_Q, _CU_MEMO_K = _Memo(), _Memo(), _Memo()
+
+
 def _doc_bounds(doc_ids, batch: int, seqlen_q: int, seqlen_k: int, device) -> tuple | None:
-    """The start and end (int32, (batch, seqlen)) of each token's document: the kernels' per-block document
-    ranges (a token attends keys in [start, end) only) and their mask (same document iff same start)."""
+    """``_find_doc_bounds``, remembered for the last doc_ids tensor (no sync when the same one comes again)."""
     if doc_ids is None:
         return None
+    return _DOCS_MEMO.get(doc_ids, (batch, seqlen_q, seqlen_k, str(device)),
+                          lambda: _find_doc_bounds(doc_ids, batch, seqlen_q, seqlen_k, device))
+
+
+def _find_doc_bounds(doc_ids, batch: int, seqlen_q: int, seqlen_k: int, device) -> tuple:
+    """The start and end (int32, (batch, seqlen)) of each token's document: the kernels' per-block document
+    ranges (a token attends keys in [start, end) only) and their mask (same document iff same start)."""
     if seqlen_q != seqlen_k:
         raise ValueError(f"doc_ids needs self-attention (seqlen_q == seqlen_k), got {seqlen_q} and {seqlen_k}")
     if (not isinstance(doc_ids, torch.Tensor) or doc_ids.dtype != torch.int32
@@ -1053,8 +1082,14 @@ def flash2_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: 
     return _attention.apply(q, k, v, bool(causal), scale, dot_precision(q.dtype, tf32), FA2, m)
 
 
-def _check_cu_seqlens(cu, name: str, total: int, max_seqlen: int, device) -> int:
-    """The batch size of a valid cu_seqlens (int32 prefix sums from 0 to total); ValueError otherwise."""
+def _check_cu_seqlens(cu, name: str, total: int, max_seqlen: int, device, memo: _Memo) -> int:
+    """The batch size of a valid cu_seqlens (int32 prefix sums from 0 to total); ValueError otherwise. Remembered
+    for the last tensor checked (``memo``): no sync when the same one comes again."""
+    return memo.get(cu, (name, total, max_seqlen, str(device)),
+                    lambda: _find_cu_batch(cu, name, total, max_seqlen, device))
+
+
+def _find_cu_batch(cu, name: str, total: int, max_seqlen: int, device) -> int:
     if not isinstance(cu, torch.Tensor) or cu.dtype != torch.int32 or cu.dim() != 1 or cu.numel() < 2:
         raise ValueError(f"{name} must be a 1-D int32 tensor (batch + 1,), got "
                          f"{tuple(cu.shape) if isinstance(cu, torch.Tensor) else type(cu).__name__}")
@@ -1084,8 +1119,8 @@ def flash2_varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q: i
                              f"{tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}")
     qv, kv, vv = (t.unsqueeze(0).transpose(1, 2) for t in (q, k, v))  # (1, heads, total, d) views
     shape = check_inputs(qv, kv, vv)
-    batch = _check_cu_seqlens(cu_seqlens_q, "cu_seqlens_q", q.shape[0], max_seqlen_q, q.device)
-    if _check_cu_seqlens(cu_seqlens_k, "cu_seqlens_k", k.shape[0], max_seqlen_k, q.device) != batch:
+    batch = _check_cu_seqlens(cu_seqlens_q, "cu_seqlens_q", q.shape[0], max_seqlen_q, q.device, _CU_MEMO_Q)
+    if _check_cu_seqlens(cu_seqlens_k, "cu_seqlens_k", k.shape[0], max_seqlen_k, q.device, _CU_MEMO_K) != batch:
         raise ValueError(f"cu_seqlens_q and cu_seqlens_k must have one length, got {cu_seqlens_q.numel()} and "
                          f"{cu_seqlens_k.numel()}")
     scale = check_scale(shape.headdim, sm_scale)

@@ -277,6 +277,30 @@ def test_doc_ids_need_self_attention():
         flash2_attention(q, k, k, doc_ids=torch.zeros(1, 16, dtype=torch.int32, device=DEVICE))
 
 
+def test_doc_ids_are_checked_once_per_tensor_and_again_after_an_in_place_change(monkeypatch):
+    calls, dev = [], torch.device(DEVICE)
+    find = flash2._find_doc_bounds
+    monkeypatch.setattr(flash2, "_find_doc_bounds", lambda *a: calls.append(1) or find(*a))
+    doc_ids = torch.tensor([[0] * 8 + [1] * 8], dtype=torch.int32, device=DEVICE)
+    first = flash2._doc_bounds(doc_ids, 1, 16, 16, dev)
+    assert flash2._doc_bounds(doc_ids, 1, 16, 16, dev) is first and len(calls) == 1  # no second host sync
+    assert flash2._doc_bounds(doc_ids.clone(), 1, 16, 16, dev) is not first  # another tensor: checked anew
+    doc_ids[0, 12:] = 0  # now decreasing: the change is seen, not the remembered answer
+    with pytest.raises(ValueError, match="non-decreasing"):
+        flash2._doc_bounds(doc_ids, 1, 16, 16, dev)
+
+
+def test_cu_seqlens_are_checked_once_per_tensor():
+    cu, dev = torch.tensor([0, 6, 10], dtype=torch.int32, device=DEVICE), torch.device(DEVICE)
+    memo = flash2._Memo()
+    assert flash2._check_cu_seqlens(cu, "cu_seqlens_q", 10, 6, dev, memo) == 2
+    with pytest.raises(ValueError, match="max_seqlen"):  # other arguments are checked again
+        flash2._check_cu_seqlens(cu, "cu_seqlens_q", 10, 5, dev, memo)
+    cu[1] = 12
+    with pytest.raises(ValueError, match="never decrease"):
+        flash2._check_cu_seqlens(cu, "cu_seqlens_q", 10, 6, dev, memo)
+
+
 def _bad_cu():
     i32 = dict(dtype=torch.int32, device=DEVICE)
     return {

@@ -130,6 +130,22 @@ def test_flops_count_the_pairs_of_the_dense_mask(spelling, causal, sq, sk):
     assert attention_flops(2, 4, sq, sk, 8, causal, "fwd", variants.canonical(spelling)) == 4 * 4 * pairs * 8
 
 
+@pytest.mark.parametrize("spelling, causal, sq, sk", CASES + [("docs", True, 512, 512)])
+def test_sdpas_mask_is_built_apart_from_the_reference_and_agrees_with_it(spelling, causal, sq, sk):
+    from fa2bench.core.presets import Shape
+    from fa2bench.core.reference import variant_allowed
+    from fa2bench.core.variant_mods import sdpa_mask
+
+    shape = Shape(batch=2, heads=4, kv_heads=2, seqlen_q=sq, seqlen_k=sk, headdim=8, causal=causal,
+                  variant=variants.canonical(spelling))
+    kw = variants.kernel_kwargs(variants.parse(spelling), 2, 4, sq, "cpu")
+    mask = sdpa_mask(shape, kw, "cpu")
+    allowed = variant_allowed(sq, sk, causal, kw.get("window"), kw.get("doc_ids"), "cpu")
+    if "alibi_slopes" in kw:  # an additive bias: -inf where masked
+        mask = mask > float("-inf")
+    assert torch.equal(mask.expand(2, mask.shape[1], sq, sk), allowed.expand(2, mask.shape[1], sq, sk))
+
+
 def test_softcap_and_alibi_cost_what_dense_costs():
     dense = attention_flops(2, 4, 64, 64, 32, True, "bwd")
     assert attention_flops(2, 4, 64, 64, 32, True, "bwd", "softcap50+alibi") == dense
@@ -194,3 +210,29 @@ def test_fa2_varlen_joins_only_sweeps_with_packed_documents():
     docs = api.plan_sweep("smoke", out="results/x-cpu", variant=["docs:40/24"], seqlen=[64])
     assert "fa2-varlen" not in dense.providers and "fa2" in dense.providers
     assert "fa2-varlen" in docs.providers
+
+
+def test_sdpa_runs_a_masked_variant_with_gqa_as_users_do():
+    from fa2bench.core import providers
+    from fa2bench.core.presets import Shape
+
+    shape = Shape(batch=2, heads=4, kv_heads=2, seqlen_q=40, seqlen_k=40, headdim=8, causal=True,
+                  variant="window8+docs:16/24")
+    q, k, v = torch.randn(2, 4, 40, 8), torch.randn(2, 2, 40, 8), torch.randn(2, 2, 40, 8)
+    kw = providers.variant_kwargs(shape, "cpu")
+    got = providers.get("sdpa-math").make(shape)(q, k, v)
+    torch.testing.assert_close(got.double(), attention_ref(q, k, v, True, **kw), atol=1e-5, rtol=1e-5)
+
+
+def test_fa2_varlen_is_handed_token_major_inputs_so_packing_them_is_a_view():
+    from fa2bench.core import providers
+    from fa2bench.run.point import make_inputs
+
+    from fa2bench.core.presets import Shape
+
+    shape = Shape(batch=2, heads=4, kv_heads=2, seqlen_q=24, seqlen_k=24, headdim=8, causal=True, variant="docs:8/16")
+    q, k, v = make_inputs(shape, "fp32", "cpu", True, providers.get("fa2-varlen").layout)
+    assert q.shape == (2, 4, 24, 8) and q.is_leaf and q.requires_grad
+    packed = q.transpose(1, 2).reshape(-1, 4, 8)
+    assert packed.data_ptr() == q.data_ptr() and packed._base is not None  # a view, no copy
+    assert providers.get("fa2").layout == "bhsd" and make_inputs(shape, "fp32", "cpu")[0].is_contiguous()

@@ -26,6 +26,8 @@ from fa2bench.core.memory import EAGER_WORKSPACE, MATH_WORKSPACE, NAIVE_WORKSPAC
 from fa2bench.core.presets import DTYPES, TIMERS, Shape
 from fa2bench.core import variants as _variants
 
+LAYOUTS = ("bhsd", "bshd")  # the memory orders a provider's inputs come in (Provider.layout)
+
 if TYPE_CHECKING:  # the registry imports no torch: listing providers and drawing figures stay light
     import torch
 
@@ -65,6 +67,9 @@ class Provider:
     decode: str = ""  # how it runs decode points: "native", "adapted" (contiguous uniform caches only) or ""
     timer: str | None = None  # a timer this provider's points need (presets.TIMERS); None: the sweep's choice
     needs_variant: str | None = None  # a variant part without which it has nothing to run ("docs": fa2-varlen)
+    # the memory order of the inputs it is handed, always seen as (batch, heads, seq, headdim) views: "bhsd", or
+    # "bshd" (tokens outermost: a packed (tokens, heads, headdim) batch is then a view, as varlen users hold it)
+    layout: str = "bhsd"
     # the parts of attention variants it can express (variants.Variant.features: window, softcap, alibi, docs)
     variants: frozenset = frozenset()
 
@@ -72,6 +77,9 @@ class Provider:
         if self.timer is not None and self.timer not in TIMERS:
             raise ValueError(f"provider {self.name!r}: timer must be one of {', '.join(TIMERS)} or None, "
                              f"got {self.timer!r}")
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"provider {self.name!r}: layout must be one of {', '.join(LAYOUTS)}, got "
+                             f"{self.layout!r}")
         if not _is_colour(self.color):
             raise ValueError(f"provider {self.name!r}: color {self.color!r} is not a colour (use '#rrggbb' or "
                              "a matplotlib colour name)")
@@ -292,9 +300,10 @@ _ours("flash2", "flash2_attention", name="fa2", label="FlashAttention-2 (Triton)
 @register(name="fa2-varlen", label="FA2 varlen (Triton)", color="#8b0000", kind="ours", io_model="fa2",
           devices=frozenset({"cuda", "cpu"}), variants=ALL_VARIANT_PARTS, needs_variant="docs",
           config=lambda: _kernel_module("flash2").last_config(),  # no module: not fn(q, k, v) of the kernels
+          layout="bshd",
           description="fa2 on packed documents: every document one variable-length sequence (cu_seqlens), no "
-                      "padding and no masked tiles across documents; docs variants only (the (batch, heads, seq, d) "
-                      "to (tokens, heads, d) transposes are inside the timed call)")
+                      "padding and no masked tiles across documents; docs variants only (inputs held as "
+                      "(tokens, heads, d), as varlen users hold them: the packing is a view)")
 def _fa2_varlen(shape: Shape) -> AttnFn:
     device.prepare_triton()
     variant = _variants.parse(shape.variant)
@@ -308,7 +317,7 @@ def _fa2_varlen(shape: Shape) -> AttnFn:
     cu, longest = _variants.cu_seqlens(variant, shape.batch, shape.seqlen_q, device.name())
 
     def call(q, k, v):
-        def packed(t):
+        def packed(t):  # a view of the (batch, seq, heads, d) memory the sweep hands it (layout "bshd")
             return t.transpose(1, 2).reshape(-1, t.shape[1], t.shape[3])
 
         o = fn(packed(q), packed(k), packed(v), cu, cu, longest, longest, causal=shape.causal, **extra)
@@ -366,10 +375,15 @@ def _sdpa(backend_name: str):
             mask = variant_mods.sdpa_mask(shape, variant_kwargs(shape, device.name()), device.name())
             cast = {}  # an additive bias in q's dtype, cast once (the first call is outside the timed region)
 
+            group = shape.heads // shape.kv_heads
+
             def masked(q, k, v):
                 m = mask if mask.dtype == torch.bool else cast.setdefault(q.dtype, mask.to(q.dtype))
+                if gqa:  # as users run a mask with GQA (transformers' repeat_kv): SDPA's fused backends take an
+                    # attn_mask or enable_gqa, not both; the copies are in the timed call, as they are for users
+                    k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
                 with sdpa_kernel([backend]):
-                    return scaled_dot_product_attention(q, k, v, attn_mask=m, enable_gqa=gqa)
+                    return scaled_dot_product_attention(q, k, v, attn_mask=m)
 
             return masked
 

@@ -14,16 +14,34 @@ def sdpa_mask(shape: Shape, extra: dict, device_name: str):
     mask form (the SDPA providers do not declare it)."""
     import torch
 
-    from fa2bench.core.reference import variant_allowed
-
-    allowed = variant_allowed(shape.seqlen_q, shape.seqlen_k, shape.causal, extra.get("window"),
-                              extra.get("doc_ids"), device_name)
+    allowed = _allowed(shape, extra.get("window"), extra.get("doc_ids"), device_name)
     if "alibi_slopes" not in extra:
         return allowed
     pos = torch.arange(shape.seqlen_q, device=allowed.device)[:, None] + (shape.seqlen_k - shape.seqlen_q)
     distance = (pos - torch.arange(shape.seqlen_k, device=allowed.device)[None, :]).abs().float()
     bias = -extra["alibi_slopes"][None, :, None, None] * distance
     return bias.masked_fill(~allowed, float("-inf"))
+
+
+def _allowed(shape: Shape, window, doc_ids, device_name: str):
+    """The pairs attended, as diagonal bands (tril/triu offsets from the bottom-right aligned diagonal) and blocks
+    of ones per document (torch.block_diag), written apart from the reference's position comparisons so that the
+    check of an SDPA point does not share its mask."""
+    import torch
+
+    offset = shape.seqlen_k - shape.seqlen_q
+    allowed = torch.ones(shape.seqlen_q, shape.seqlen_k, dtype=torch.bool, device=device_name)
+    if shape.causal:
+        allowed = allowed.tril(offset)
+    if window is not None:
+        allowed = allowed.tril(offset + window[1]).triu(offset - window[0])
+    allowed = allowed[None, None]
+    if doc_ids is not None:
+        blocks = [torch.block_diag(*(torch.ones(n, n, dtype=torch.bool, device=device_name)
+                                     for n in torch.unique_consecutive(row, return_counts=True)[1].tolist()))
+                  for row in doc_ids]
+        allowed = allowed & torch.stack(blocks)[:, None]
+    return allowed
 
 
 def flex_mods(shape: Shape, extra: dict):

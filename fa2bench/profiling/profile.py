@@ -109,8 +109,9 @@ def prepare(point: Point, device: str = "cuda"):
     """``(call, grads)`` for ``point`` as the runner times it, after one call (compilation, autotuning)."""
     from fa2bench.run.point import make_inputs, timed_call
 
-    fn = providers.get(point.provider).make(point.shape)
-    q, k, v = make_inputs(point.shape, point.dtype, device, requires_grad=point.mode != "fwd")
+    provider = providers.get(point.provider)
+    fn = provider.make(point.shape)
+    q, k, v = make_inputs(point.shape, point.dtype, device, point.mode != "fwd", provider.layout)
     call, grads = timed_call(fn, q, k, v, point.mode)
     call_once(call, grads)
     return call, grads

@@ -66,11 +66,15 @@ class RunOptions:
                    timer=run_options["timer"], plugins=run_options.get("plugins", ()))
 
 
-def make_inputs(shape: Shape, dtype: str, device: str, requires_grad: bool = False):
-    """Fresh N(0, 1) q, k, v in layout (batch, heads, seq, headdim); never zeros."""
+def make_inputs(shape: Shape, dtype: str, device: str, requires_grad: bool = False, layout: str = "bhsd"):
+    """Fresh N(0, 1) q, k, v seen as (batch, heads, seq, headdim), never zeros; ``layout`` "bshd" lays them out
+    in memory as (batch, seq, heads, headdim) (a provider's ``layout``: packed varlen batches are then views)."""
     dt_ = precision.torch_dtype(dtype)
 
     def one(heads, seqlen):
+        if layout == "bshd":
+            t = torch.randn(shape.batch, seqlen, heads, shape.headdim, dtype=dt_, device=device).transpose(1, 2)
+            return t.requires_grad_(requires_grad)
         return torch.randn(shape.batch, heads, seqlen, shape.headdim, dtype=dt_, device=device,
                            requires_grad=requires_grad)
 
@@ -91,12 +95,12 @@ def timed_call(fn, q, k, v, mode: str):
     return (lambda: fn(q, k, v).backward(do)), [q, k, v]
 
 
-def _rotation(fn, point: Point, device: str) -> timing.Rotate:
+def _rotation(fn, point: Point, device: str, layout: str = "bhsd") -> timing.Rotate:
     """``n`` more timed calls of ``point``, each over fresh inputs (the graph timer's L2 rotation)."""
     def rotate(n: int):
         calls = []
         for _ in range(n):
-            q, k, v = make_inputs(point.shape, point.dtype, device, requires_grad=point.mode != "fwd")
+            q, k, v = make_inputs(point.shape, point.dtype, device, point.mode != "fwd", layout)
             calls.append(timed_call(fn, q, k, v, point.mode))
         return calls
 
@@ -188,7 +192,7 @@ def _check_and_time(point: Point, provider: providers.Provider, row: dict, opts:
             fn = provider.make(shape)
             backward = point.mode != "fwd"
             if opts.check:
-                q, k, v = make_inputs(shape, point.dtype, opts.device)
+                q, k, v = make_inputs(shape, point.dtype, opts.device, layout=provider.layout)
                 verdict = check_attention(lambda q, k, v, causal: fn(q, k, v), q, k, v, shape.causal,
                                           backward=backward, tf32=point.dtype == "tf32",
                                           variant_kwargs=providers.variant_kwargs(shape, opts.device))
@@ -196,11 +200,11 @@ def _check_and_time(point: Point, provider: providers.Provider, row: dict, opts:
                 del q, k, v
                 if not verdict.ok:
                     return {**row, "status": "wrong", "error": verdict.detail}
-            q, k, v = make_inputs(shape, point.dtype, opts.device, requires_grad=backward)
+            q, k, v = make_inputs(shape, point.dtype, opts.device, backward, provider.layout)
             call, grads = timed_call(fn, q, k, v, point.mode)
             call()  # compilation and autotuning happen here, outside the timed region
         return _timed(row, point, provider, opts, device_peaks, started, call, grads, provider.timer or opts.timer,
-                      _rotation(fn, point, opts.device), _input_bytes(q, k, v))
+                      _rotation(fn, point, opts.device, provider.layout), _input_bytes(q, k, v))
     except Exception as exc:  # recorded, and the sweep goes on
         return {**row, **classify(exc, caught)}
     finally:
