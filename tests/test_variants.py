@@ -158,10 +158,11 @@ def test_the_variants_preset_stays_modest():
     assert len(SweepSpec.from_name("variants").points()) <= 150
 
 
-def test_a_bad_variant_on_the_command_line_is_one_line_and_exit_2():
+@pytest.mark.parametrize("command", [["sweep", "--preset", "smoke"], ["profile", "--provider", "fa2"]])
+def test_a_bad_variant_on_the_command_line_is_one_line_and_exit_2(command):
     from fa2bench.cli import app
 
-    result = CliRunner().invoke(app, ["sweep", "--preset", "smoke", "--variant", "softcap0"])
+    result = CliRunner().invoke(app, [*command, "--variant", "softcap0"])
     assert result.exit_code == 2
     assert "softcap" in result.output and "Traceback" not in result.output
     assert len([line for line in result.output.splitlines() if line.strip()]) == 1

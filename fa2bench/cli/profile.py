@@ -35,6 +35,8 @@ def profile_point(
     seqlen: Seqlen = None, seqlen_k: SeqlenK = None, headdim: Headdim = None, batch: Batch = None,
     tokens: Tokens = None, heads: Heads = None, hidden: Hidden = None, kv_heads: KvHeads = None,
     causal: CausalOption = None, mode: OneMode = Mode.fwd, dtype: OneDtype = Dtype.fp16,
+    variant: Annotated[Optional[str], typer.Option(help="Attention variant, e.g. docs, window4096+softcap50 "
+                                                   "(`fa2bench sweep --help`).")] = None,
     ncu: Annotated[bool, typer.Option("--ncu", help="Nsight Compute counters of the provider's kernels "
                                        "(DRAM bytes, occupancy, tensor pipe, SM throughput, L2 hit rate).")] = False,
     trace: option(Path, "Write a torch.profiler Chrome trace to this file.", OUTPUT) = None,
@@ -53,7 +55,7 @@ def profile_point(
         point = prof.plan_point(**shape_options(seqlen=seqlen, seqlen_k=seqlen_k, headdim=headdim, batch=batch,
                                                 tokens=tokens, heads=heads, hidden=hidden, kv_heads=kv_heads,
                                                 causal=getattr(causal, "value", None), mode=mode.value,
-                                                dtype=dtype.value, provider=provider.value))
+                                                dtype=dtype.value, provider=provider.value, variant=variant))
         if trace_calls < 1 or ncu_calls < 1:
             raise SpecError("--trace-calls and --ncu-calls must be at least 1")
     except SpecError as exc:
