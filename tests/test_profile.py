@@ -525,6 +525,17 @@ def test_profile_prints_timing_model_trace_and_ncu_tables(fake_gpu, tmp_path, mo
     assert (tmp_path / "trace.json").exists() and (tmp_path / "ncu" / "report.ncu-rep").exists()
 
 
+def test_a_profiled_variant_counts_its_attended_pairs_and_claims_no_dense_hbm_model(fake_gpu):
+    from fa2bench.core.flops import attention_flops
+
+    point = prof.plan_point(provider="torch-eager", seqlen=[1024], headdim=[64], batch=[1], heads=[2], causal="on",
+                            variant="window128")
+    measured = prof.measure(point)
+    assert measured.flops == attention_flops(1, 2, 1024, 1024, 64, True, "fwd", "window128")
+    assert measured.flops < attention_flops(1, 2, 1024, 1024, 64, True, "fwd") / 3
+    assert measured.model_bytes is None
+
+
 def test_profile_io_prints_the_study_table(fake_gpu, tmp_path):
     result = invoke("profile-io", "--provider", "naive,fa2", "--seqlen", "1024,2048", "--out", tmp_path)
     assert result.exit_code == 0, result.output

@@ -130,6 +130,24 @@ def test_unsupported_raised_by_a_provider(monkeypatch):
     assert row == {**row, "status": "unsupported", "error": "no bottom-right causal"}
 
 
+def test_a_pinned_sdpa_backends_refusal_is_unsupported_with_the_checks_that_failed():
+    import warnings
+
+    from fa2bench.run.point import classify
+
+    at = "(Triggered internally at /pytorch/aten/src/ATen/native/transformers/cuda/sdp_utils.cpp:986.)"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        warnings.warn(f"Memory efficient kernel not used because: {at}")
+        warnings.warn("For dense inputs, both fused kernels require query, key and value to have the same num_heads. "
+                      f"Query.sizes(1): 16, Key.sizes(1): 8 {at}")
+        warnings.warn("an unrelated warning")
+    row = classify(RuntimeError("No available kernel. Aborting execution."), caught)
+    assert row == {"status": "unsupported", "error": "Memory efficient kernel not used because: For dense inputs, "
+                   "both fused kernels require query, key and value to have the same num_heads. Query.sizes(1): 16, "
+                   "Key.sizes(1): 8"}
+
+
 def test_bwd_times_backward_alone_and_resets_grads():
     q, k, v = (torch.randn(1, 1, 8, 16, requires_grad=True) for _ in range(3))
     calls = []

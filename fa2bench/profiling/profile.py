@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Callable
 
 from fa2bench.core import device, providers
 from fa2bench.core.presets import PRESETS, Point
+from fa2bench.core.variants import DENSE
 
 if TYPE_CHECKING:
     from fa2bench.run.timing import Timing
@@ -74,7 +75,8 @@ def measure(point: Point) -> Measured:
     """Time ``point`` (``timing.bench``), take its telemetry, and put the HBM model beside it."""
     from fa2bench.core import iomodel
     from fa2bench.run import telemetry, timing
-    from fa2bench.core.flops import attention_flops, tflops
+    from fa2bench.core.flops import tflops
+    from fa2bench.run.point import base_row
 
     try:
         call, grads = prepare(point)
@@ -84,9 +86,9 @@ def measure(point: Point) -> Measured:
         raise PointFailed(f"{point.provider} failed on this point: {type(exc).__name__}: "
                           f"{str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}") from None
     s = point.shape
-    flops = attention_flops(s.batch, s.heads, s.seqlen_q, s.seqlen_k, s.headdim, s.causal, point.mode)
+    flops = base_row(point)["flops"]  # the sweep's count: a variant's attended pairs only
     config = providers.get(point.provider).config()
-    modelled = iomodel.modelled(point.provider)
+    modelled = iomodel.modelled(point.provider) and s.variant == DENSE  # the HBM model knows dense attention only
     return Measured(
         point, call, grads, measured, flops, tflops(flops, measured.ms), config,
         window.columns(measured.ms, flops),

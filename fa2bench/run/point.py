@@ -16,6 +16,7 @@ from __future__ import annotations
 import datetime as dt
 import gc
 import os
+import re
 import subprocess
 import sys
 import time
@@ -291,12 +292,27 @@ def classify(exc: Exception, caught) -> dict:
         return {"status": "oom", "error": first_line(exc)}
     text = str(exc)
     if "No available kernel" in text:  # a pinned SDPA backend refused the point; its warnings say why
-        reasons = [str(w.message).splitlines()[0] for w in caught if "kernel not used" in str(w.message)
-                   or "because" in str(w.message)]
-        return {"status": "unsupported", "error": "; ".join(reasons) or first_line(exc)}
+        said = ""
+        for reason in sdpa_reasons(caught):  # "<backend> kernel not used because:" reads on into its checks
+            said += (" " if said.endswith(":") else "; " if said else "") + reason
+        return {"status": "unsupported", "error": said or first_line(exc)}
     if "out of memory" in text.lower():
         return {"status": "oom", "error": first_line(exc)}
     return {"status": "error", "error": f"{type(exc).__name__}: {first_line(exc)}"}
+
+
+def sdpa_reasons(caught) -> list[str]:
+    """SDPA's reasons for refusing a point, from its warnings: each backend's "<name> kernel not used because:"
+    and the checks that failed after it, without the "(Triggered internally at ...)" source locations."""
+    reasons = []
+    for w in caught:
+        message = str(w.message)
+        if "Triggered internally" not in message or "sdp_utils" not in message:
+            continue
+        line = re.sub(r"\s*\(Triggered internally at [^)]*\)\.?", "", message).strip().splitlines()
+        if line and line[0] not in reasons:
+            reasons.append(line[0])
+    return reasons
 
 
 def first_line(exc: Exception, limit: int = 300) -> str:
