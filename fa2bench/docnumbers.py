@@ -18,7 +18,7 @@ from typing import Callable
 
 import pandas as pd
 
-from fa2bench.read.summary import geomean, ratio_table, speedup
+from fa2bench.read.summary import SHAPE_COLUMNS, geomean, ratio_table, speedup
 
 BEGIN, END = "<!-- fa2bench:begin {} -->", "<!-- fa2bench:end {} -->"
 _BLOCK = re.compile(r"<!-- fa2bench:begin ([\w-]+) -->(.*?)<!-- fa2bench:end \1 -->", re.S)
@@ -26,6 +26,7 @@ TOP, E2E, ABLATION = "h100-top", "h100-e2e", "h100-ablation"
 FIRST, SECOND = "h200-default-run1", "h200-default-run2"  # issue 21: the default sweep twice on a fresh machine
 DECODE, SPLITS = "h200-decode-v2", "h200-decode-splits-v2"  # the decode preset and split study, tiles retuned
 DECODE_BEFORE, PLAIN = "h200-decode", "h200-decode-plain"  # before the retuning; the plain-timer subset of it
+VARIANTS = "h200-variants"  # issue 18: the variants preset, fp16 and bf16
 NAMES = {"fa2": "fa2", "sdpa-cudnn": "cuDNN", "sdpa-flash": "flash"}
 
 
@@ -285,12 +286,79 @@ def decode_splits(root: Path) -> str:
             f"length {_k(worst['kv_len'])})")
 
 
+# --- results/h200-variants -------------------------------------------------------------------------------
+
+
+def _variant_ms(root: Path) -> pd.DataFrame:
+    """Time per ok point of the variants run: one column per provider, one row per (shape, variant)."""
+    return _ok(_load(root, VARIANTS)).pivot_table(index=SHAPE_COLUMNS + ["variant"], columns="provider",
+                                                  values="ms")
+
+
+def _median_ratio(ms: pd.DataFrame, slow: str, fast: str, **where) -> float:
+    """Median over the matching points (both ran) of time(slow) / time(fast): above 1, ``fast`` is faster."""
+    rows = ms
+    for column, value in where.items():
+        rows = rows[rows.index.get_level_values(column) == value]
+    ratio = (rows[slow] / rows[fast]).dropna()
+    return float(ratio.median()) if len(ratio) else float("nan")
+
+
+def variants_table(root: Path) -> str:
+    """fa2 against FlexAttention and SDPA's efficient backend per (variant, mode, head dim, dtype): the median over
+    the run's sequence lengths of the time ratios (FLOPs count the same attended pairs for every provider)."""
+    ms = _variant_ms(root)
+    tflops = _ok(_load(root, VARIANTS)).set_index(SHAPE_COLUMNS + ["variant", "provider"])["tflops"]
+    longest = int(ms.index.get_level_values("seqlen_q").max())
+    head = ["variant", "mode", "head dim", f"fa2 TFLOP/s (bf16, {_k(longest)})", "fa2 / flex bf16", "fa2 / flex fp16",
+            "fa2 / sdpa-efficient bf16"]
+    lines = ["| " + " | ".join(head) + " |", "| --- | --- | --- |" + " ---: |" * (len(head) - 3)]
+    for variant in ("dense", "window4096", "window4096+softcap50", "docs"):
+        for mode in ("fwd", "bwd"):
+            for d in sorted(ms.index.get_level_values("headdim").unique()):
+                key = dict(variant=variant, mode=mode, headdim=d)
+                fa2 = tflops.xs((mode, "bf16", longest, d, variant, "fa2"),
+                                level=("mode", "dtype", "seqlen_q", "headdim", "variant", "provider"))
+                cells = [_median_ratio(ms, other, "fa2", dtype=dtype, **key)
+                         for other, dtype in (("flex", "bf16"), ("flex", "fp16"), ("sdpa-efficient", "bf16"))]
+                shown = ["-" if c != c else f"{c:.2f}" for c in cells]
+                lines.append(f"| {variant} | {mode} | {d} | {fa2.iloc[0]:.0f} | " + " | ".join(shown) + " |")
+    return "\n" + "\n".join(lines) + "\n"
+
+
+def variants_varlen(root: Path) -> str:
+    """fa2's varlen path against its padded document mask on the same packed documents."""
+    ms = _variant_ms(root)
+    parts = []
+    for mode in ("fwd", "bwd"):
+        ratios = [_median_ratio(ms, "fa2", "fa2-varlen", mode=mode, headdim=d, dtype=t)
+                  for d in sorted(ms.index.get_level_values("headdim").unique()) for t in ("bf16", "fp16")]
+        parts.append(f"{mode} {min(ratios):.2f}x-{max(ratios):.2f}x")
+    both = ms[["fa2", "fa2-varlen"]].dropna()
+    return (f"on the packed documents, `fa2-varlen` runs at {' and '.join(parts)} the speed of `fa2`'s padded "
+            f"document mask (above 1: varlen faster; per head dim and dtype, the median over the sequence lengths; "
+            f"{len(both)} points in all)")
+
+
+def variants_power(root: Path) -> str:
+    """What the GPU did during fa2's and FlexAttention's timed calls in the variants run (their own telemetry)."""
+    ok = _ok(_load(root, VARIANTS))
+    limit = _meta(root, VARIANTS)["gpus"][0]["power_limit_w"]
+    said = []
+    for provider, name in (("fa2", "`fa2`"), ("flex", "FlexAttention")):
+        mine = ok[ok["provider"] == provider]
+        said.append(f"{name} drew {mine['power_w'].mean():.0f} W at {mine['sm_clock_mhz'].mean():.0f} MHz on average "
+                    f"and was held at the {limit:.0f} W cap in {100 * mine['throttled_frac'].mean():.0f}% of the samples")
+    return "during their timed calls " + "; ".join(said)
+
+
 BLOCKS: dict[str, Callable[[Path], str]] = {
     "top-points": top_points, "top-table": top_table, "top-versus": top_versus,
     "ablation-versus": ablation_versus, "ablation-fa1": ablation_fa1, "ablation-steps": ablation_steps,
     "e2e-tokens": e2e_tokens, "e2e-table": e2e_table, "e2e-versus": e2e_versus,
     "first-run": first_run, "decode-versus": decode_versus, "decode-splits": decode_splits,
-    "decode-timers": decode_timers,
+    "decode-timers": decode_timers, "variants-table": variants_table, "variants-varlen": variants_varlen,
+    "variants-power": variants_power,
 }
 
 
