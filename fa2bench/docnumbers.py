@@ -352,13 +352,69 @@ def variants_power(root: Path) -> str:
     return "during their timed calls " + "; ".join(said)
 
 
+def variants_cost(root: Path) -> str:
+    """Each variant's TFLOP/s (attended pairs) as a share of dense causal's at the same shape, fa2 and Flex, bf16,
+    the longest sequence: what masking and score modification cost beyond the pairs they remove."""
+    ok = _ok(_load(root, VARIANTS))
+    ok = ok[(ok["dtype"] == "bf16") & (ok["seqlen_q"] == ok["seqlen_q"].max())]
+    tf = ok.set_index(["provider", "mode", "headdim", "variant"])["tflops"]
+    lines = ["| mode | head dim | provider | window4096 | window4096+softcap50 | docs |", "| --- | --- | --- |" +
+             " ---: |" * 3]
+    for mode in ("fwd", "bwd"):
+        for d in sorted(ok["headdim"].unique()):
+            for provider in ("fa2", "flex"):
+                dense = tf[(provider, mode, d, "dense")]
+                cells = [f"{100 * tf[(provider, mode, d, v)] / dense:.0f}%" for v in
+                         ("window4096", "window4096+softcap50", "docs")]
+                lines.append(f"| {mode} | {d} | {provider} | " + " | ".join(cells) + " |")
+    return "\n" + "\n".join(lines) + "\n"
+
+
+def variants_tiles(root: Path) -> str:
+    """The share of (Q block, K block) tiles fa2's forward visits for each variant of the run, 128 x 128 tiles,
+    against the share of (query, key) pairs attended (kernels/tiles.py and core.variants: computed, not timed)."""
+    from fa2bench.core.variants import attended_pairs, doc_lengths, parse
+    from fa2bench.kernels.tiles import tile_fraction
+
+    frame = _load(root, VARIANTS)
+    tokens = int((frame["batch"] * frame["seqlen_q"]).iloc[0])
+    parts = []
+    for n in sorted(frame["seqlen_q"].unique()):
+        for name in ("dense", "window4096", "docs"):
+            v, batch = parse(name), tokens // n
+            docs = doc_lengths(v, batch, n) if v.docs is not None else [None] * batch
+            tiles = sum(tile_fraction(n, n, 128, 128, True, v.window, d) for d in docs) / batch
+            pairs = attended_pairs(v, batch, n, n, True) / (batch * n * n)
+            parts.append(f"{name} at {_k(n)}: {100 * tiles:.1f}% of the tiles for {100 * pairs:.1f}% of the pairs")
+    return "; ".join(parts)
+
+
+def variants_profile(root: Path) -> str:
+    """GPU kernel time per backward call by kernel, from the profiles the run folder keeps (profiles.log, written by
+    ``fa2bench profile --variant ... --trace``)."""
+    text = (root / VARIANTS / "profiles.log").read_text()
+    lines = ["| provider | variant | kernels (us per call) | total us | dK/dV kernel: tiles, registers, spilled 32-bit words per thread |",
+             "| --- | --- | --- | ---: | --- |"]
+    for head, body in re.findall(r"^=== (\S+ bwd \S+) .*?\n(.*?)(?=^=== |\Z)", text, re.S | re.M):
+        provider, _, variant = head.split()
+        kernels = re.findall(r"│ (\w+) +│ kernel │ +\d+ │ +([\d.]+) │", body)
+        total = sum(float(us) for _, us in kernels)
+        shown = ", ".join(f"`{name}` {float(us):.0f}" for name, us in kernels)
+        dkdv = re.search(r"│ bwd_dkdv +│ \w+ +│ BLOCK_D=\d+ (BLOCK_M=\d+ BLOCK_N=\d+) +│ +(\d+) │ +(\d+) │ +(\d+) │ +(\d+) │",
+                         body)
+        resources = f"{dkdv[1]} w{dkdv[2]} s{dkdv[3]}, {dkdv[4]}, {dkdv[5]}" if dkdv else "-"
+        lines.append(f"| {provider} | {variant} | {shown} | {total:.0f} | {resources} |")
+    return "\n" + "\n".join(lines) + "\n"
+
+
 BLOCKS: dict[str, Callable[[Path], str]] = {
     "top-points": top_points, "top-table": top_table, "top-versus": top_versus,
     "ablation-versus": ablation_versus, "ablation-fa1": ablation_fa1, "ablation-steps": ablation_steps,
     "e2e-tokens": e2e_tokens, "e2e-table": e2e_table, "e2e-versus": e2e_versus,
     "first-run": first_run, "decode-versus": decode_versus, "decode-splits": decode_splits,
     "decode-timers": decode_timers, "variants-table": variants_table, "variants-varlen": variants_varlen,
-    "variants-power": variants_power,
+    "variants-power": variants_power, "variants-cost": variants_cost, "variants-tiles": variants_tiles,
+    "variants-profile": variants_profile,
 }
 
 
