@@ -220,10 +220,24 @@ def _score_mod(qk, r, c, sm_scale, diag, softcap, slope, SOFTCAP: tl.constexpr, 
 
 
 @triton.jit
-def _variant_keep(keep, r, c, diag, left, right, ds_r, ds_c, WINDOW: tl.constexpr, DOCS: tl.constexpr):
-    """keep & the window (key c in [r' - left, r' + right], r' = r + diag) & the same document (doc starts equal)."""
+def _doc_starts(mods, idx, n, other, DOCS: tl.constexpr):
+    """With DOCS, the document start of each position idx (``other`` past n); otherwise idx (a placeholder)."""
+    if DOCS:
+        return tl.load(mods[5] + idx, mask=idx < n, other=other)
+    else:
+        return idx
+
+
+@triton.jit
+def _keep(in_range, r, c, diag, mods, ds_r, ds_c, CAUSAL: tl.constexpr, WINDOW: tl.constexpr, DOCS: tl.constexpr):
+    """The mask of a masked block, query rows r against key columns c (broadcast against each other): in range,
+    causal (c <= r + diag), in the window (c in [r' - left, r' + right], r' = r + diag) and in the same document
+    (document starts ds_r and ds_c equal)."""
+    keep = in_range
+    if CAUSAL:
+        keep = keep & (c <= r + diag)
     if WINDOW:
-        keep = keep & (c >= r + diag - left) & (c <= r + diag + right)
+        keep = keep & (c >= r + diag - mods[1]) & (c <= r + diag + mods[2])
     if DOCS:
         keep = keep & (ds_r == ds_c)
     return keep
@@ -242,7 +256,7 @@ def _attn_fwd_inner(acc, l_i, m_i, q, K, V, lo, hi, offs_m, offs_n, offs_d, qk_s
     MASK=False: every row sees every key of these blocks (no mask at all). MASK=True: the ragged end of K and,
     if CAUSAL, the diagonal band. DEFER: acc stays unscaled (FA2); otherwise acc stays normalised, rescaled by
     l_old / l_new every block (FA1's update, rung 3). Variants: ``mods`` = (sm_scale, left, right, softcap, slope,
-    doc starts of K, -), ds_q the document starts of the block's rows (_score_mod, _variant_keep).
+    doc starts of K, -), ds_q the document starts of the block's rows (_score_mod, _keep).
     """
     k_cur = row_cursor(K, lo + offs_n, offs_d, TMA)
     v_cur = row_cursor(V, lo + offs_n, offs_d, TMA)
@@ -256,15 +270,8 @@ def _attn_fwd_inner(acc, l_i, m_i, q, K, V, lo, hi, offs_m, offs_n, offs_d, qk_s
         else:
             scale = qk_scale
         if MASK:
-            keep = cols[None, :] < N_CTX_K
-            if CAUSAL:
-                keep = keep & (cols[None, :] <= offs_m[:, None] + diag)
-            if WINDOW or DOCS:
-                ds_k = ds_q
-                if DOCS:
-                    ds_k = tl.load(mods[5] + cols, mask=cols < N_CTX_K, other=-1)
-                keep = _variant_keep(keep, offs_m[:, None], cols[None, :], diag, mods[1], mods[2], ds_q[:, None],
-                                     ds_k[None, :], WINDOW, DOCS)
+            keep = _keep(cols[None, :] < N_CTX_K, offs_m[:, None], cols[None, :], diag, mods, ds_q[:, None],
+                         _doc_starts(mods, cols, N_CTX_K, -1, DOCS)[None, :], CAUSAL, WINDOW, DOCS)
             qk = tl.where(keep, qk * scale, float("-inf"))
             m_ij = tl.maximum(m_i, tl.max(qk, 1))
             qk = qk - m_ij[:, None]
@@ -308,9 +315,7 @@ def _attn_fwd_block(start_m, Q, K, V, O, LSE, LSUM, sm_scale, N_CTX_Q, N_CTX_K, 
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     qk_scale = sm_scale * LOG2E
     diag = N_CTX_K - N_CTX_Q
-    ds_q = offs_m
-    if DOCS:  # the document start of each row: a key is in the row's document iff its start is the same
-        ds_q = tl.load(mods[5] + offs_m, mask=offs_m < N_CTX_Q, other=-1)
+    ds_q = _doc_starts(mods, offs_m, N_CTX_Q, -1, DOCS)  # a key is in a row's document iff their starts are equal
     if WINDOW or DOCS:  # the K/V blocks the band of this Q block touches: masked edges around an unmasked middle
         lo, full_lo, full_hi, hi = _band(start_m * BLOCK_M, tl.minimum(start_m * BLOCK_M + BLOCK_M, N_CTX_Q) - 1,
                                          N_CTX_K, diag, mods[1], mods[2], mods[5], mods[6], DOCS, BLOCK_N)
@@ -420,16 +425,9 @@ def _attn_bwd_dkdv_inner(dk, dv, k, v, Q, DO, LSE, LSUM, Delta, lo, hi, offs_n, 
             pT = tl.math.exp2(qkT * qk_scale - lse[None, :])
         if not DEFER:  # rung 3 stores m and l: P = exp2(s - m) / l
             pT = pT * (1.0 / tl.load(LSUM + offs_m, mask=offs_m < N_CTX_Q, other=1.0))[None, :]
-        if MASK:
-            keep = offs_m[None, :] < N_CTX_Q
-            if CAUSAL:
-                keep = keep & (offs_n[:, None] <= offs_m[None, :] + diag)
-            if WINDOW or DOCS:
-                ds_q = ds_k
-                if DOCS:
-                    ds_q = tl.load(mods[5] + offs_m, mask=offs_m < N_CTX_Q, other=-1)
-                keep = _variant_keep(keep, offs_m[None, :], offs_n[:, None], diag, mods[1], mods[2], ds_q[None, :],
-                                     ds_k[:, None], WINDOW, DOCS)
+        if MASK:  # transposed: keys on the rows
+            keep = _keep(offs_m[None, :] < N_CTX_Q, offs_m[None, :], offs_n[:, None], diag, mods,
+                         _doc_starts(mods, offs_m, N_CTX_Q, -1, DOCS)[None, :], ds_k[:, None], CAUSAL, WINDOW, DOCS)
             pT = tl.where(keep, pT, 0.0)
         do = load_rows(do_cur, start_m, offs_m, N_CTX_Q, offs_d, HEAD_DIM, BLOCK_D, MASK, TMA)
         dv = tl.dot(pT.to(do.dtype), do, dv, input_precision=DOT_PRECISION)  # dV_j += P^T dO_i
@@ -472,9 +470,7 @@ def _attn_bwd_dkdv_block(start_n, Q, q_strides, DO, do_strides, K, V, DK, DV, LS
     dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     diag = N_CTX_K - N_CTX_Q  # query i sees keys j <= i + diag
-    ds_k = offs_n
-    if DOCS:
-        ds_k = tl.load(mods[5] + offs_n, mask=offs_n < N_CTX_K, other=-2)
+    ds_k = _doc_starts(mods, offs_n, N_CTX_K, -2, DOCS)  # -2: keys past the end match no row
     if WINDOW or DOCS:  # the Q rows that see this block: i sees key j iff j - diag - right <= i <= j - diag + left
         lo, mid, end, stop = _band(start_n * BLOCK_N, tl.minimum(start_n * BLOCK_N + BLOCK_N, N_CTX_K) - 1, N_CTX_Q,
                                    -diag, mods[2], mods[1], mods[5], mods[6], DOCS, BLOCK_M)
@@ -598,15 +594,8 @@ def _attn_bwd_dq_inner(dq, q, do, lse, inv_l, delta, K, V, lo, hi, offs_m, offs_
         if not DEFER:
             p = p * inv_l[:, None]
         if MASK:
-            keep = cols[None, :] < N_CTX_K
-            if CAUSAL:
-                keep = keep & (cols[None, :] <= offs_m[:, None] + diag)
-            if WINDOW or DOCS:
-                ds_k = ds_q
-                if DOCS:
-                    ds_k = tl.load(mods[5] + cols, mask=cols < N_CTX_K, other=-1)
-                keep = _variant_keep(keep, offs_m[:, None], cols[None, :], diag, mods[1], mods[2], ds_q[:, None],
-                                     ds_k[None, :], WINDOW, DOCS)
+            keep = _keep(cols[None, :] < N_CTX_K, offs_m[:, None], cols[None, :], diag, mods, ds_q[:, None],
+                         _doc_starts(mods, cols, N_CTX_K, -1, DOCS)[None, :], CAUSAL, WINDOW, DOCS)
             p = tl.where(keep, p, 0.0)
         v = load_rows(v_cur, start_n, cols, N_CTX_K, offs_d, HEAD_DIM, BLOCK_D, MASK, TMA)
         dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
@@ -644,9 +633,7 @@ def _attn_bwd_dq_block(start_m, Q, K, V, DO, DQ, LSE, LSUM, Delta, sm_scale, N_C
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     qk_scale = sm_scale * LOG2E
     diag = N_CTX_K - N_CTX_Q
-    ds_q = offs_m
-    if DOCS:
-        ds_q = tl.load(mods[5] + offs_m, mask=offs_m < N_CTX_Q, other=-1)
+    ds_q = _doc_starts(mods, offs_m, N_CTX_Q, -1, DOCS)
     # the forward's stages
     if WINDOW or DOCS:
         lo, full_lo, full_hi, hi = _band(start_m * BLOCK_M, tl.minimum(start_m * BLOCK_M + BLOCK_M, N_CTX_Q) - 1,
