@@ -15,7 +15,7 @@ query blocks has nothing to split:
    a split with no key). A second kernel (``_combine_kernel``, one program per output row) merges them:
    ``O = sum_s 2^(L_s - L) O_s`` with ``L = log2 sum_s 2^L_s``. With one split the first kernel writes O
    itself and no combine runs.
-3. **Tiles and splits** (``choose_tile``, ``num_splits_heuristic``), from a measured study
+3. **Tiles and splits** (``plan``: ``choose_tile``, ``num_splits_heuristic``), from a measured study
    (results/h200-decode-tiles): 128-key blocks, 3 stages, one program per SM when the cache gives every SM a
    block, else 64-key blocks, 2 stages, two per SM; then as many splits as keep the grid within one wave of
    resident programs, ``splits = (per_sm * sm_count) // (batch * kv_heads * m_tiles)``, at least one block
@@ -39,6 +39,7 @@ windows, FP8 caches, page sizes that are not powers of two. Written for Triton 3
 """
 from __future__ import annotations
 
+from typing import NamedTuple
 
 from ._common import LOG2E, MAX_HEADDIM, check_scale, dot_precision, interpreting  # first: the interpreter
 from .configs import SMEM_BUDGET, block_d
@@ -234,6 +235,39 @@ def num_splits_heuristic(programs: int, n_blocks: int, sms: int, per_sm: int = 1
     return max(1, min(per_sm * sms // programs, n_blocks, MAX_SPLITS))
 
 
+class Plan(NamedTuple):
+    """One decode launch: the row tile and how many there are per KV group, the key block, the pipeline stages,
+    the warps and the splits per sequence."""
+    block_m: int
+    m_tiles: int
+    block_n: int
+    stages: int
+    warps: int
+    splits: int
+
+
+def plan(batch: int, q_len: int, heads: int, kv_heads: int, headdim: int, capacity: int, page_size: int, elt: int,
+         sms: int, num_splits: int | None = None, tiles: tuple[int, int, int] | None = None) -> Plan:
+    """The launch ``decode_attention`` makes for a cache of ``capacity`` keys per sequence (``page_size`` 0: a
+    contiguous cache) of ``elt``-byte elements on ``sms`` SMs; the split study asks it the same question.
+
+    GQA-packed rows in tiles of at most MAX_TILE_ROWS, ``choose_tile``'s key block and stages, and
+    ``num_splits_heuristic``'s count with one resident program per SM for 128-key blocks, two for smaller ones.
+    ``tiles`` = (BLOCK_N, warps, stages) overrides the tiling (capped at the page), ``num_splits`` the count."""
+    rows = q_len * (heads // kv_heads)
+    block_m = min(MAX_TILE_ROWS, max(16, triton.next_power_of_2(rows)))
+    m_tiles = triton.cdiv(rows, block_m)
+    programs = batch * kv_heads * m_tiles
+    block_n, stages = choose_tile(programs, capacity, page_size, elt, block_d(headdim), sms)
+    warps = 4 if block_m <= 64 else 8  # a 128-row tile keeps a 128 x d fp32 accumulator
+    if tiles:
+        block_n = min(tiles[0], page_size) if page_size else tiles[0]
+        warps, stages = tiles[1], tiles[2]
+    splits = int(num_splits) if num_splits is not None else num_splits_heuristic(
+        programs, triton.cdiv(capacity, block_n), sms, per_sm=1 if block_n >= 128 else 2)
+    return Plan(block_m, m_tiles, block_n, stages, warps, splits)
+
+
 def _check(q, k_cache, v_cache, seqlens_k, block_table, causal, num_splits):
     """Shapes, dtypes and devices (no host sync): ValueError with one line naming the problem."""
     for name, t in (("q", q), ("k_cache", k_cache), ("v_cache", v_cache)):
@@ -324,26 +358,16 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
         _check_values(q, k_cache, seqlens_k, block_table, bool(causal))
     scale = check_scale(headdim, sm_scale)
     precision = dot_precision(q.dtype, tf32)
-    rows = q_len * group
-    block_m = min(MAX_TILE_ROWS, max(16, triton.next_power_of_2(rows)))
-    m_tiles = triton.cdiv(rows, block_m)
     capacity = k_cache.shape[1] * (block_table.shape[1] if paged else 1)
-    programs = batch * kv_heads * m_tiles
+    block_m, m_tiles, block_n, stages, warps, splits = plan(
+        batch, q_len, heads, kv_heads, headdim, capacity, k_cache.shape[1] if paged else 0, q.element_size(),
+        sm_count(q.device), num_splits, tiles)
     BLOCK_D = block_d(headdim)
-    sms = sm_count(q.device)
-    block_n, stages = choose_tile(programs, capacity, k_cache.shape[1] if paged else 0, q.element_size(), BLOCK_D, sms)
-    if tiles:
-        block_n = min(tiles[0], k_cache.shape[1]) if paged else tiles[0]
-    splits = int(num_splits) if num_splits is not None else num_splits_heuristic(
-        programs, triton.cdiv(capacity, block_n), sms, per_sm=1 if block_n >= 128 else 2)
     out = torch.empty_like(q)
     f32 = dict(device=q.device, dtype=torch.float32)
     o_part = torch.empty((splits, batch, q_len, heads, headdim) if splits > 1 else (1,), **f32)
     lse_part = torch.empty((splits, batch, q_len, heads) if splits > 1 else (1,), **f32)
     table = block_table if paged else seqlens_k  # unread when not PAGED
-    warps = 4 if block_m <= 64 else 8  # a 128-row tile keeps a 128 x d fp32 accumulator
-    if tiles:
-        warps, stages = tiles[1], tiles[2]
     _decode_kernel[(splits, batch * kv_heads, m_tiles)](
         q, k_cache, v_cache, out, o_part, lse_part, seqlens_k, table, scale * 1.4426950408889634,
         q.stride(0), q.stride(1), q.stride(2), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),

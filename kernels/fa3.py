@@ -215,10 +215,14 @@ def _consumer(q_bufs, k_bufs, v_bufs, q_ready, q_empty, k_ready, v_ready, kv_emp
 
 
 @gluon.jit
-def _fa3_fwd_kernel(q_desc, k_desc, v_desc, O, LSE, qk_scale, H, GROUP, N_CTX_Q, N_CTX_K, n_tiles,
-                    CAUSAL: gl.constexpr, STAGES: gl.constexpr, num_warps: gl.constexpr):
+def _buffers(q_desc, k_desc, v_desc, STAGES: gl.constexpr, PINGPONG: gl.constexpr):
+    """The shared memory the producer fills and the consumers read: two Q tiles, a ring of ``STAGES`` K and V
+    blocks, and their mbarriers: ``*_ready`` completed by the TMA loads, ``q_empty`` and ``kv_empty`` by each
+    consumer partition that reads the buffer. ``PINGPONG`` (rungs 9, 10): two consumer partitions, each with its
+    own Q slice of a tile, and two ``turn`` barriers that order their wgmma groups (returned last)."""
     dtype: gl.constexpr = q_desc.dtype
-    q_bufs = gl.allocate_shared_memory(dtype, [2] + q_desc.block_type.shape, q_desc.layout)
+    CONSUMERS: gl.constexpr = 2 if PINGPONG else 1
+    q_bufs = gl.allocate_shared_memory(dtype, [2 * CONSUMERS] + q_desc.block_type.shape, q_desc.layout)
     k_bufs = gl.allocate_shared_memory(dtype, [STAGES] + k_desc.block_type.shape, k_desc.layout)
     v_bufs = gl.allocate_shared_memory(dtype, [STAGES] + v_desc.block_type.shape, v_desc.layout)
     q_ready = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
@@ -226,13 +230,28 @@ def _fa3_fwd_kernel(q_desc, k_desc, v_desc, O, LSE, qk_scale, H, GROUP, N_CTX_Q,
     k_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     v_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     kv_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    if PINGPONG:
+        turn = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
     for i in gl.static_range(2):
         mbarrier.init(q_ready.index(i), count=1)
-        mbarrier.init(q_empty.index(i), count=1)
+        mbarrier.init(q_empty.index(i), count=CONSUMERS)
+        if PINGPONG:
+            mbarrier.init(turn.index(i), count=1)
     for i in gl.static_range(STAGES):
         mbarrier.init(k_ready.index(i), count=1)
         mbarrier.init(v_ready.index(i), count=1)
-        mbarrier.init(kv_empty.index(i), count=1)
+        mbarrier.init(kv_empty.index(i), count=CONSUMERS)
+    if PINGPONG:
+        return q_bufs, k_bufs, v_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty, turn
+    else:
+        return q_bufs, k_bufs, v_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty
+
+
+@gluon.jit
+def _fa3_fwd_kernel(q_desc, k_desc, v_desc, O, LSE, qk_scale, H, GROUP, N_CTX_Q, N_CTX_K, n_tiles,
+                    CAUSAL: gl.constexpr, STAGES: gl.constexpr, num_warps: gl.constexpr):
+    q_bufs, k_bufs, v_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty = _buffers(
+        q_desc, k_desc, v_desc, STAGES, PINGPONG=False)
     gl.warp_specialize([
         (_consumer, (q_bufs, k_bufs, v_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty, O, LSE, qk_scale,
                      N_CTX_Q, N_CTX_K, n_tiles, CAUSAL, STAGES, num_warps)),
@@ -420,24 +439,8 @@ def _fa3_pp_fwd_kernel(q_desc, k_desc, v_desc, O, LSE, qk_scale, H, GROUP, N_CTX
     """Rung 9 (OVERLAP=False) and rung 10 (OVERLAP=True): the default partition and a 4-warp worker are the two
     consumer warpgroups (64 rows each of a 128-row tile), a 1-warp worker the TMA producer. Q descriptor blocks
     are 64 rows (one warpgroup's slice); two Q buffers of two slices each."""
-    dtype: gl.constexpr = q_desc.dtype
-    q_bufs = gl.allocate_shared_memory(dtype, [4] + q_desc.block_type.shape, q_desc.layout)
-    k_bufs = gl.allocate_shared_memory(dtype, [STAGES] + k_desc.block_type.shape, k_desc.layout)
-    v_bufs = gl.allocate_shared_memory(dtype, [STAGES] + v_desc.block_type.shape, v_desc.layout)
-    q_ready = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
-    q_empty = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
-    k_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    v_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    kv_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    turn = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
-    for i in gl.static_range(2):
-        mbarrier.init(q_ready.index(i), count=1)
-        mbarrier.init(q_empty.index(i), count=2)
-        mbarrier.init(turn.index(i), count=1)
-    for i in gl.static_range(STAGES):
-        mbarrier.init(k_ready.index(i), count=1)
-        mbarrier.init(v_ready.index(i), count=1)
-        mbarrier.init(kv_empty.index(i), count=2)
+    q_bufs, k_bufs, v_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty, turn = _buffers(
+        q_desc, k_desc, v_desc, STAGES, PINGPONG=True)
     gl.warp_specialize([  # (a tuple bound to a name first would turn the constexprs in it into tensors)
         (_pp_consumer_0, (q_bufs, k_bufs, v_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty, turn, O, LSE,
                           qk_scale, N_CTX_Q, N_CTX_K, n_tiles, CAUSAL, STAGES, OVERLAP)),

@@ -226,6 +226,15 @@ def _bwd_split_count(args) -> int:
                       bool(args["CAUSAL"]), args["NUM_SMS"])
 
 
+@triton.jit
+def _split_rows(n_ctx, BLOCK: tl.constexpr):
+    """This program's rows [lo, hi) of ``n_ctx``: a contiguous share of the ``BLOCK``-row blocks, split over the
+    programs of grid axis 1 (all of them without a split)."""
+    chunk = tl.cdiv(tl.cdiv(n_ctx, BLOCK), tl.num_programs(1)) * BLOCK
+    lo = tl.program_id(1) * chunk
+    return lo, tl.minimum(lo + chunk, n_ctx)
+
+
 _HEURISTICS = {
     "MASK_M": lambda args: args["N_CTX_Q"] % args["BLOCK_M"] != 0,
     "MASK_N": lambda args: args["N_CTX_K"] % args["BLOCK_N"] != 0,
@@ -263,10 +272,7 @@ def _attn_fwd(Q, K, V, sm_scale, Out, Acc, L, M,
     L += row0
     M += row0
     Acc += row0 * HEAD_DIM
-    # this program's Q rows [q_lo, q_hi): a contiguous share of the Q blocks (all of them without a split)
-    chunk = tl.cdiv(tl.cdiv(N_CTX_Q, BLOCK_M), tl.num_programs(1)) * BLOCK_M
-    q_lo = tl.program_id(1) * chunk
-    q_hi = tl.minimum(q_lo + chunk, N_CTX_Q)
+    q_lo, q_hi = _split_rows(N_CTX_Q, BLOCK_M)  # this program's Q rows (all of them without a split)
     qk_scale = sm_scale * LOG2E  # the loop uses exp2
     offs_d = tl.arange(0, BLOCK_D)
     off_diag = N_CTX_K - N_CTX_Q
@@ -399,10 +405,7 @@ def _attn_bwd(Q, K, V, sm_scale, DO, DQ, DK, DV, DQacc, L, M, Delta,
     V += off_z * stride_vz + off_hk * stride_vh
     DK += off_z * stride_dkz + off_hk * stride_dkh
     DV += off_z * stride_dvz + off_hk * stride_dvh
-    # this program's K/V rows [n_lo, n_hi): a contiguous share of the K/V blocks (all of them without a split)
-    chunk = tl.cdiv(tl.cdiv(N_CTX_K, BLOCK_N), tl.num_programs(1)) * BLOCK_N
-    n_lo = tl.program_id(1) * chunk
-    n_hi = tl.minimum(n_lo + chunk, N_CTX_K)
+    n_lo, n_hi = _split_rows(N_CTX_K, BLOCK_N)  # this program's K/V rows (all of them without a split)
     qk_scale = sm_scale * LOG2E  # the loop uses exp2
     offs_d = tl.arange(0, BLOCK_D)
     off_diag = N_CTX_K - N_CTX_Q

@@ -12,7 +12,8 @@ import torch
 
 from tests.conftest import DEVICE
 from fa2bench.kernels.configs import SMEM_BUDGET
-from fa2bench.kernels.decode import MAX_SPLITS, choose_tile, decode_attention, num_splits_heuristic
+from fa2bench.kernels.decode import (MAX_SPLITS, choose_tile, decode_attention, last_config, num_splits_heuristic,
+                                     plan, sm_count)
 from fa2bench.core.decode import compulsory_bytes, kv_lengths, shape_problem
 from fa2bench.core.decode_ref import DecodeInputs, check_decode, decode_ref, gather_kv, make_inputs
 
@@ -113,6 +114,16 @@ def test_tiles_follow_the_cache_and_fit_shared_memory():
     block_n, stages = choose_tile(programs=512, capacity=4096, page_size=0, elt=2, block_d=256, sms=132)
     assert (block_n, stages) == (64, 2) and stages * 2 * block_n * 256 * 2 <= SMEM_BUDGET
 
+
+def test_one_launch_plan_for_the_kernel_and_the_split_study():
+    # batch 1, 8 KV groups of 4 heads, 16k keys on 132 SMs: 128-key blocks, one program per SM, so 132 // 8 splits
+    assert plan(1, 1, 32, 8, 128, 16384, 0, 2, 132) == (16, 1, 128, 3, 4, 16)
+    # a short cache: 64-key blocks, two programs per SM, at most one split per block
+    assert plan(1, 1, 32, 8, 128, 1024, 0, 2, 132).splits == 16
+    assert plan(1, 16, 128, 1, 64, 4096, 64, 2, 132, tiles=(128, 8, 2))[:5] == (128, 16, 64, 2, 8)
+    run(make_inputs(2, 4, 2, 2, 130, 32, 0, False, torch.float32, DEVICE))  # the kernel launches as planned
+    block_m, _, block_n, stages, warps, splits = plan(2, 2, 4, 2, 32, 130, 0, 4, sm_count(torch.device(DEVICE)))
+    assert last_config() == f"decode: BLOCK_M={block_m} BLOCK_N={block_n} w{warps} s{stages} splits={splits}"
 
 def test_reference_gathers_pages_in_table_order():
     cache = torch.arange(3 * 4, dtype=torch.float32).reshape(3, 4, 1, 1)

@@ -453,3 +453,22 @@ def test_ring_options_are_checked_before_any_job_starts(tmp_path, monkeypatch):
                                     "--dtype", "bf16", "--causal", "on", "--mode", "fwd,fwd_bwd", "--method",
                                     "ring-fa2,allgather-fa2,cp-sdpa", "--reps", "3", "--warmup", "1"]
     assert ringbench.run_args(seqlen="8192", tune=True, impl="ref")[-3:] == ["--impl", "ref", "--tune"]
+
+
+@pytest.mark.parametrize("check", [False, True])
+def test_ring_ranks_enter_through_fa2bench_ring_with_the_launchers_options(tmp_path, monkeypatch, check):
+    import typer
+
+    from fa2bench.cli import app
+    from fa2bench.distributed import ringbench
+
+    calls = []
+    monkeypatch.setattr(launch, "run_torchrun", lambda n, args, **kw: calls.append((n, args, kw)) or 0)
+    options = dict(seqlen="8192,16384", heads=8, kv_heads=2, dtype="fp16", method="ring-fa2", impl="ref", tune=True)
+    assert ringbench.scaling_run("1,2", tmp_path, options, check, available_gpus=2) == 0
+    assert [(n, kw) for n, _, kw in calls] == [(1, {}), (2, {})]  # `fa2bench ring` (no second CLI), no --gpus
+    args = calls[0][1]
+    params = typer.main.get_command(app).commands[args[0]].make_context(args[0], list(args[1:])).params
+    assert args[0] == "ring" and params["gpus"] is None and params["check"] == check
+    given = {k: getattr(v, "value", v) for k, v in params.items() if k in ringbench.RUN_OPTIONS}
+    assert given == {**ringbench.RUN_OPTIONS, **(ringbench.CHECK_DEFAULTS if check else {}), **options}

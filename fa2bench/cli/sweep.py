@@ -135,7 +135,8 @@ def sweep(
 
 @app.command()
 def ring(
-    gpus: Annotated[str, typer.Option(help="GPU counts, one torchrun job each: 1,2,4.", rich_help_panel=RUN)] = "1,2,4",
+    gpus: option(str, "GPU counts, one torchrun job each (default 1,2,4; left out in a process torchrun "
+                      "started).", RUN) = None,
     seqlen: option(str, "Sequence lengths over all GPUs, e.g. 65536..262144 (the default) or "
                       "65536,131072.", SHAPE) = None,
     batch: option(int, "Batch size (default 1).", SHAPE) = None,
@@ -151,20 +152,24 @@ def ring(
     impl: option(str, "Block kernel: fa2 (default with CUDA) or ref (PyTorch; the default without).", RUN) = None,
     tune: Annotated[bool, typer.Option("--tune/--no-tune", help="Autotune fa2 on every world size (default: its "
                     "first config, no tuning).", rich_help_panel=RUN)] = False,
+    check: Annotated[bool, typer.Option("--check", help="Check the gradients of ring-fa2 and allgather-fa2 against "
+                     "the one-GPU kernel (check.csv; default seqlen 8192, causal both) instead of timing.",
+                     rich_help_panel=RUN)] = False,
     out_dir: Annotated[Path, typer.Option("--out", help="Results folder (ring.csv, scaling.csv, scaling.png).",
                                           rich_help_panel=OUTPUT)] = Path("results/ring"),
 ):
     """Context-parallel attention over GPUs: ring-fa2 against all-gather K/V and PyTorch's context_parallel
     (time, TFLOP/s per GPU, scaling efficiency, communication hidden; docs/multigpu.md)."""
     from fa2bench.distributed import ringbench
+    from fa2bench.run.results import ResultsError
 
     console = out()
     try:
-        code = ringbench.scaling_run(gpus, out_dir, dict(
+        code = ringbench.execute(gpus, out_dir, dict(
             seqlen=seqlen, batch=batch, heads=heads, kv_heads=kv_heads, headdim=headdim, dtype=dtype,
             causal=causal.value if causal else None, mode=mode, method=method, reps=reps, warmup=warmup, impl=impl,
-            tune=tune), echo=lambda line: console.print(line, markup=False, highlight=False))
-    except SpecError as exc:
+            tune=tune), check, echo=lambda line: console.print(line, markup=False, highlight=False))
+    except (SpecError, ResultsError) as exc:
         fail(str(exc))
     if code:
         raise typer.Exit(code)

@@ -58,6 +58,9 @@ def interpreter_problem() -> str | None:
     return INTERPRETER_PROBLEM
 
 
+SM_NAMES = {90: "a Hopper"}  # GPU architectures by compute capability, as messages name them
+
+
 def device_is_sm(sm: int, device: str) -> bool:
     """Whether ``device`` ("cuda" or "cpu") is a CUDA GPU of compute capability ``sm`` (90: 9.0)."""
     if device != "cuda":

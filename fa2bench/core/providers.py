@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
 from fa2bench.core import device, precision, variant_mods
-from fa2bench.core.device import device_is_sm, interpreter_problem as _interpreter_problem
+from fa2bench.core.device import SM_NAMES, device_is_sm, interpreter_problem as _interpreter_problem
 from fa2bench.core.flops import DECODE, MODES
 from fa2bench.core.memory import EAGER_WORKSPACE, MATH_WORKSPACE, NAIVE_WORKSPACE, streaming_workspace
 from fa2bench.core.presets import DTYPES, TIMERS, Shape
@@ -139,9 +139,6 @@ class Provider:
         return None
 
 
-SM_NAMES = {90: "a Hopper"}
-
-
 def _is_colour(value) -> bool:
     """A colour plots can draw: '#rgb', '#rrggbb(aa)', or a name matplotlib knows (when it is installed)."""
     if not isinstance(value, str):
@@ -167,17 +164,22 @@ def variant_kwargs(shape: Shape, device_name: str) -> dict:
                                    device_name)
 
 
-def register(**kwargs):
-    """Decorator: register the decorated factory ``make(shape) -> fn(q, k, v)`` as a provider."""
+def register(make: Callable[[Shape], AttnFn] | None = None, /, **fields):
+    """Add a provider to the registry: ``register(make, name=..., label=..., color=..., kind=..., description=...,
+    devices=frozenset({"cuda", "cpu"}), ...)``, or the same fields as a decorator of ``make``. ``make(shape)`` does
+    the set-up and returns ``fn(q, k, v) -> o`` (layout batch, heads, seq, headdim)."""
 
-    def wrap(make):
-        provider = Provider(make=make, **kwargs)
+    def add(make):
+        provider = Provider(make=make, **fields)
         if provider.name in REGISTRY:
             raise ValueError(f"provider {provider.name!r} registered twice")
         REGISTRY[provider.name] = provider
         return make
 
-    return wrap
+    return add if make is None else add(make)
+
+
+register_provider = register  # its public name (fa2bench.register_provider)
 
 
 def get(name: str) -> Provider:
@@ -194,15 +196,6 @@ def with_role(role: str) -> str:
     """The provider that plays ``role``: "subject" (the speedup figure and the report are about it) or
     "speedup-baseline" (the headline table's speedups are over it)."""
     return next(n for n, p in REGISTRY.items() if role in p.roles)
-
-
-def register_provider(make: Callable[[Shape], AttnFn] | None = None, /, **fields):
-    """Add a provider to the registry: ``register_provider(make, name=..., label=..., color=..., kind=...,
-    description=..., devices=frozenset({"cuda", "cpu"}), ...)``, or the same fields as a decorator.
-    ``make(shape)`` does the set-up and returns ``fn(q, k, v) -> o`` (layout batch, heads, seq, headdim)."""
-    if make is None:
-        return register(**fields)
-    return register(**fields)(make)
 
 
 # --- fa2bench's own Triton kernels ----------------------------------------------------------------------
@@ -324,22 +317,23 @@ def _fa2_varlen(shape: Shape) -> AttnFn:
         return o.reshape(shape.batch, shape.seqlen_q, shape.heads, shape.headdim).transpose(1, 2)
 
     return call
-# Rung 8 is a Gluon kernel (Triton's Hopper dialect), forward only so far: it does not run in the interpreter.
+
+
+# fa3's kernels are Gluon (Triton's Hopper dialect), Hopper and forward only so far: not run by the interpreter.
+_FA3 = dict(io_model="fa2", devices=frozenset({"cuda"}), sm=90, dtypes=frozenset({"fp16", "bf16"}),
+            headdims=frozenset({64, 128}), max_headdim=128, modes=frozenset({"fwd"}))
 _ours("fa3", "fa3_attention", name="fa3", label="R8: + TMA producer, wgmma consumers (Gluon)", color="#e377c2",
-      rung=8, io_model="fa2", devices=frozenset({"cuda"}), sm=90, dtypes=frozenset({"fp16", "bf16"}),
-      headdims=frozenset({64, 128}), max_headdim=128, modes=frozenset({"fwd"}),
+      rung=8, **_FA3,
       description="ablation rung 8: persistent, warp-specialised (TMA producer warp, two wgmma consumer "
                   "warpgroups, mbarrier K/V ring, setmaxnreg); Hopper, forward only")
 _ours("fa3", "fa3_pingpong_attention", name="fa3-pingpong", label="R9: + ping-pong consumer warpgroups (Gluon)",
-      color="#c49c94", rung=9, io_model="fa2", devices=frozenset({"cuda"}), sm=90, dtypes=frozenset({"fp16", "bf16"}),
-      headdims=frozenset({64, 128}), max_headdim=128, modes=frozenset({"fwd"}),
+      color="#c49c94", rung=9, **_FA3,
       description="ablation rung 9: rung 8 with two 4-warp consumer partitions (64 rows each) whose wgmma "
                   "groups alternate through mbarriers, so one's softmax runs under the other's matmuls")
 # Not rung 10: its PTX waits for S before the softmax and for P V after it, but Triton 3.6's ptxas schedules the
 # P V wait (WARPGROUP.DEPBAR 0x0) above the softmax's exp2s, so the SASS does not overlap them (docs/fa3.md).
 _ours("fa3", "fa3_overlap_attention", name="fa3-overlap", label="R9 + P V issued before the softmax (Gluon)",
-      color="#9c755f", io_model="fa2", devices=frozenset({"cuda"}), sm=90, dtypes=frozenset({"fp16", "bf16"}),
-      headdims=frozenset({64, 128}), max_headdim=128, modes=frozenset({"fwd"}),
+      color="#9c755f", **_FA3,
       description="rung 9 with S_j and P_{j-1} V issued together and only S_j waited for before the softmax "
                   "(FA3's intra-warpgroup overlap in PTX; ptxas serialises it in SASS, so not rung 10)")
 
@@ -422,21 +416,23 @@ for _name, (_backend, _label, _color, _dtypes, _desc) in _SDPA.items():
           description="torch.nn.attention.flex_attention, compiled (compilation outside the timed region); "
                       "variants as mask_mod and score_mod, the block mask built in set-up")
 def _flex(shape: Shape) -> AttnFn:
+    """Compiled flex_attention with a block mask built here: none (dense), causal, or the variant's."""
     from torch.nn.attention.flex_attention import create_block_mask
 
     compiled = _compiled_flex()
-    if shape.variant != _variants.DENSE:
-        return _flex_variant(shape, compiled)
-    block_mask = None
-    if shape.causal:
-        offset = shape.seqlen_k - shape.seqlen_q
+    extra = variant_kwargs(shape, device.name())
+    if shape.variant != _variants.DENSE:  # a variant as FlexAttention data
+        mask_mod, score_mod = variant_mods.flex_mods(shape, extra)
+    elif shape.causal:
+        offset, score_mod = shape.seqlen_k - shape.seqlen_q, None
 
-        def bottom_right(b, h, q_idx, kv_idx):
+        def mask_mod(b, h, q_idx, kv_idx):  # causal, aligned bottom-right
             return kv_idx <= q_idx + offset
-
-        block_mask = create_block_mask(bottom_right, None, None, shape.seqlen_q, shape.seqlen_k, device="cuda")
-    gqa = shape.kv_heads != shape.heads
-    return functools.partial(_call_flex, compiled, block_mask, gqa)
+    else:
+        return functools.partial(_call_flex, compiled, None, shape.kv_heads != shape.heads)
+    block_mask = create_block_mask(mask_mod, shape.batch if "doc_ids" in extra else None, None, shape.seqlen_q,
+                                   shape.seqlen_k, device=device.name())
+    return functools.partial(_call_flex, compiled, block_mask, shape.kv_heads != shape.heads, score_mod=score_mod)
 
 
 @functools.cache
@@ -456,17 +452,6 @@ def _compiled_flex():
 
 def _call_flex(compiled, block_mask, gqa, q, k, v, score_mod=None):
     return compiled(q, k, v, block_mask=block_mask, enable_gqa=gqa, score_mod=score_mod)
-
-
-def _flex_variant(shape: Shape, compiled) -> AttnFn:
-    """A variant as FlexAttention data (``variant_mods.flex_mods``), its block mask built here."""
-    from torch.nn.attention.flex_attention import create_block_mask
-
-    extra = variant_kwargs(shape, device.name())
-    mask_mod, score_mod = variant_mods.flex_mods(shape, extra)
-    block_mask = create_block_mask(mask_mod, shape.batch if "doc_ids" in extra else None, None, shape.seqlen_q,
-                                   shape.seqlen_k, device=device.name())
-    return functools.partial(_call_flex, compiled, block_mask, shape.kv_heads != shape.heads, score_mod=score_mod)
 
 
 def _flex_recompiles() -> str:

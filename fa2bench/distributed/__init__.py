@@ -10,7 +10,8 @@
 - ``ring``: context-parallel attention over ranks: zig-zag sharding, ring attention (``ring-fa2``), the
   all-gather-K/V baseline and PyTorch's ``context_parallel`` over SDPA (``cp-sdpa``).
 - ``ringbench``: the context-parallel scaling benchmark (time, TFLOP/s per GPU, scaling efficiency,
-  communication hidden, memory per GPU): its points, options and entry points (``scaling_run`` is what
-  ``fa2bench ring`` calls); ``ringcalls`` what every rank runs (inputs, method calls, rank-synchronised
-  timing, the slice check), ``ringcheck`` the gradient check, ``ringreport`` the scaling table and figure.
+  communication hidden, memory per GPU): its points, options and ``execute``, what ``fa2bench ring`` calls (a
+  torchrun job per GPU count whose ranks enter through ``fa2bench ring`` too, as a sharded sweep's do);
+  ``ringcalls`` what every rank runs (inputs, method calls, rank-synchronised timing, the slice check),
+  ``ringcheck`` the gradient check, ``ringreport`` the scaling table and figure.
 """

@@ -1,11 +1,13 @@
 """The context-parallel scaling benchmark: ring attention against its peers on 1, 2, 4 ... GPUs.
 
-Run once per world size under torchrun, into one folder (rank 0 appends rows to ``ring.csv`` as they finish;
+``fa2bench ring`` (``execute``) runs once per world size under torchrun, into one folder; its ranks enter as a
+sharded sweep's do, through the same command under torchrun (rank 0 appends rows to ``ring.csv`` as they finish;
 ``ringcalls`` holds what every rank runs, ``ringcheck`` the gradient check, ``ringreport`` the scaling report)::
 
-    torchrun --standalone --nproc-per-node 4 -m fa2bench.distributed.ringbench run --out R --seqlen 65536..262144
-    python -m fa2bench.distributed.ringbench report R      # scaling.csv and scaling.png
-    torchrun --standalone --nproc-per-node 4 -m fa2bench.distributed.ringbench check --out R   # gradients
+    fa2bench ring --gpus 1,2,4 --out R --seqlen 65536..262144   # a torchrun job per GPU count, then the report
+    torchrun --standalone --nproc-per-node 4 -m fa2bench ring --out R --seqlen 65536   # one world size by hand
+    python -m fa2bench.distributed.ringreport R      # scaling.csv and scaling.png again
+    fa2bench ring --gpus 4 --check --out R           # gradients (check.csv)
 
 Every rank draws the same full Q, K, V (one seed) and keeps its zig-zag shard. For each point it first checks
 the output on a slice (the last rows of each local chunk, one K/V head group) against a float32 reference over
@@ -23,7 +25,7 @@ what the rank held before the timed calls, plus the rank's own Q, K, V (and dO) 
 """
 from __future__ import annotations
 
-import argparse
+import contextlib
 import datetime as dt
 import itertools
 import os
@@ -193,9 +195,9 @@ def open_store(out: Path, csv_name: str = CSV_NAME, columns: tuple[str, ...] = C
     return RunWriter(out, resume=True, csv_name=csv_name, columns=columns, key=ring_key)
 
 
-def write_meta(out: Path, args: argparse.Namespace) -> None:
+def write_meta(out: Path, options: dict) -> None:
     """meta.json (through the results store): one entry per world size run into this folder (GPUs, versions,
-    commit, arguments)."""
+    commit, options)."""
     from fa2bench.run import hardware, results, runner
     meta = results.read_meta(out) or {"kind": "ring", "runs": []}
     meta["runs"].append({
@@ -203,15 +205,13 @@ def write_meta(out: Path, args: argparse.Namespace) -> None:
         "argv": sys.argv, "world_size": dist.get_world_size(), "gpus": hardware.gpu_info(),
         "versions": hardware.software_versions(), "git": runner.git_state(),
         "env": {k: os.environ.get(k) for k in launch.MULTICAST_OFF},
-        "args": {k: v for k, v in vars(args).items() if k != "func"}})
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in options.items()}})
     results.write_meta(out, meta)
 
 
 def _pinned_configs(impl: str, headdim: int):
     """With ``--no-tune``: launch fa2 with the first candidate config of each kernel (no autotuning: each
     world size gives new sequence-length buckets, and every rank would tune again)."""
-    import contextlib
-
     if impl != "fa2":
         return contextlib.nullcontext()
     from fa2bench.kernels import flash2
@@ -223,7 +223,9 @@ def _pinned_configs(impl: str, headdim: int):
 # --- entry points ------------------------------------------------------------------------------------------
 
 
-# ``run``'s options and their defaults (``check`` defaults to seqlen 8192 and causal both)
+GPUS = "1,2,4"  # the world sizes of a scaling run
+# the options of a run and their defaults; a gradient check (``check``) defaults to CHECK_DEFAULTS
+CHECK_DEFAULTS = {"seqlen": "8192", "causal": "both"}
 RUN_OPTIONS = {"seqlen": "65536..262144", "batch": 1, "heads": 16, "kv_heads": None, "headdim": 128, "dtype": "bf16",
                "causal": "on", "mode": "fwd,fwd_bwd", "method": ",".join(ring.METHODS), "reps": 3, "warmup": 1,
                "impl": None, "tune": False}
@@ -268,17 +270,31 @@ def run_args(**options) -> list[str]:
     return args
 
 
-def scaling_run(gpus: str, out: Path, options: dict, available_gpus: int | None = None, echo=print) -> int:
-    """``fa2bench ring``: one torchrun job per GPU count in ``gpus`` ("1,2,4"), each running ``run`` with
-    ``options`` (``run_args``) into ``out``, then the report. Returns 0, or the first failing job's exit
-    status."""
+def execute(gpus: str | None, out: Path, options: dict, check: bool = False, echo=print) -> int:
+    """``fa2bench ring``: without torchrun, one torchrun job per GPU count in ``gpus`` (default ``GPUS``), each
+    running ``fa2bench ring`` with ``options`` into ``out`` (``scaling_run``); in a process torchrun started (one
+    of those jobs' ranks, or one started by hand), this rank's part of that world size (``rank_run``)."""
+    if launch.under_torchrun():
+        if gpus is not None:
+            raise SpecError("--gpus starts torchrun, and this process already runs under torchrun: leave --gpus out "
+                            "(the ranks share every ring point)")
+        return rank_run(out, options, check, echo)
+    return scaling_run(gpus or GPUS, out, options, check, echo=echo)
+
+
+def scaling_run(gpus: str, out: Path, options: dict, check: bool = False, available_gpus: int | None = None,
+                echo=print) -> int:
+    """One torchrun job per GPU count in ``gpus`` ("1,2,4"), each running ``fa2bench ring`` with ``options``
+    (``run_args``; ``--check``: the gradient check) into ``out``, then the report. Returns 0, or the first
+    failing job's exit status."""
     worlds = parse_ints(gpus, "gpus")
     if available_gpus is None:
         available_gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     too_many = [n for n in worlds if available_gpus and n > available_gpus]
     if too_many:
         raise SpecError(f"--gpus {too_many[0]}: only {available_gpus} CUDA GPU(s) here")
-    args = run_args(**options)
+    given = {k: v for k, v in options.items() if v is not None}
+    args = run_args(**({**CHECK_DEFAULTS, **given} if check else given))
     if not available_gpus:  # the CPU would take minutes per point, at lengths that need hundreds of GB
         raise SpecError("no CUDA GPU here: `fa2bench ring` times attention over GPUs (docs/multigpu.md); without "
                         "one, `fa2bench sweep` runs the kernels through the interpreter and `python -m pytest "
@@ -286,40 +302,13 @@ def scaling_run(gpus: str, out: Path, options: dict, available_gpus: int | None 
     worst = 0
     for n in worlds:
         echo(f"--- {n} GPU(s)")
-        code = launch.run_torchrun(n, ["run", "--out", str(out), *args], module=__name__)
+        code = launch.run_torchrun(n, ["ring", "--out", str(out), *args, *(["--check"] if check else [])])
         worst = worst or code
         if code == 130:
             break
-    if (out / CSV_NAME).exists():
+    if not check and (out / CSV_NAME).exists():
         report(out)
     return worst
-
-
-def _parse(argv):
-    p = argparse.ArgumentParser(prog="python -m fa2bench.distributed.ringbench",
-                                description="Context-parallel attention: ring-fa2 against its peers.")
-    sub = p.add_subparsers(dest="command", required=True)
-    for name in ("run", "check"):
-        s = sub.add_parser(name)
-        s.add_argument("--out", type=Path, required=True)
-        s.add_argument("--seqlen", default=RUN_OPTIONS["seqlen"] if name == "run" else "8192")
-        s.add_argument("--batch", type=int, default=RUN_OPTIONS["batch"])
-        s.add_argument("--heads", type=int, default=RUN_OPTIONS["heads"])
-        s.add_argument("--kv-heads", type=int, default=RUN_OPTIONS["kv_heads"])
-        s.add_argument("--headdim", type=int, default=RUN_OPTIONS["headdim"])
-        s.add_argument("--dtype", default=RUN_OPTIONS["dtype"])
-        s.add_argument("--causal", choices=tuple(CAUSAL), default=RUN_OPTIONS["causal"] if name == "run" else "both")
-        s.add_argument("--impl", choices=blocks.IMPLS, default=None,
-                       help="block kernel: fa2 (default with CUDA) or ref (PyTorch; default on the CPU)")
-        s.add_argument("--tune", action="store_true", help="autotune fa2 (default: first config, no tuning)")
-        if name == "run":
-            s.add_argument("--mode", default=RUN_OPTIONS["mode"])
-            s.add_argument("--method", default=RUN_OPTIONS["method"])
-            s.add_argument("--reps", type=int, default=RUN_OPTIONS["reps"])
-            s.add_argument("--warmup", type=int, default=RUN_OPTIONS["warmup"])
-    r = sub.add_parser("report")
-    r.add_argument("out", type=Path)
-    return p.parse_args(argv)
 
 
 def _names(text, allowed, what):
@@ -331,72 +320,58 @@ def _names(text, allowed, what):
     return values
 
 
-def main(argv=None) -> int:
-    args = _parse(sys.argv[1:] if argv is None else argv)
-    if args.command == "report":
-        return report(args.out)
-    try:
-        run = args.command == "run"
-        parsed = resolve(args.seqlen, args.dtype, args.causal, args.heads, args.kv_heads, args.batch, args.headdim,
-                         args.mode if run else None, args.method if run else None,
-                         args.reps if run else 1, args.warmup if run else 0, args.impl)
-    except SpecError as exc:
-        print(f"fa2bench: error: {exc}", file=sys.stderr)
-        return 2
+def rank_run(out: Path, options: dict, check: bool = False, echo=print) -> int:
+    """This rank's part of one world size's job (every rank calls it under torchrun): the ring points of
+    ``options`` (named like ``RUN_OPTIONS``; None or absent: the default) not yet in ``out``'s ring.csv, or with
+    ``check`` the gradient check into check.csv; rank 0 writes the rows and meta.json. Returns the exit status."""
+    given = {k: v for k, v in options.items() if v is not None}
+    options = {**RUN_OPTIONS, **(CHECK_DEFAULTS if check else {}), **given}
+    parsed = resolve(**{**options, **({"mode": None, "method": None, "reps": 1, "warmup": 0} if check else {})})
     seqlens, dtypes, causals, kv_heads = parsed["seqlens"], parsed["dtypes"], parsed["causals"], parsed["kv_heads"]
-    modes, methods = parsed["modes"] or [], parsed["methods"] or []
+    batch, heads, headdim = options["batch"], options["heads"], options["headdim"]
     launch.init_process_group(timeout_s=300.0)
     me = launch.current()
-    impl = args.impl or ("fa2" if torch.cuda.is_available() else "ref")
+    impl = options["impl"] or ("fa2" if torch.cuda.is_available() else "ref")
     writer = None
     try:
         if me.is_leader:
-            writer = open_store(args.out, *(("check.csv", CHECK_COLUMNS) if args.command == "check" else ()))
-            write_meta(args.out, args)
-        with (_pinned_configs(impl, args.headdim) if not args.tune else _nullcontext()):
-            if args.command == "check":
-                return _run_checks(args, seqlens, dtypes, causals, kv_heads, impl, me, writer)
+            writer = open_store(out, *(("check.csv", CHECK_COLUMNS) if check else ()))
+            write_meta(out, {**options, "check": check})
+        with _pinned_configs(impl, headdim) if not options["tune"] else contextlib.nullcontext():
+            if check:
+                return _run_checks(seqlens, dtypes, causals, batch, heads, kv_heads, headdim, impl, writer, echo)
             done = [writer.done if writer else None]
             dist.broadcast_object_list(done, src=0)  # every rank skips the same finished points
-            for point in ring_points(methods, seqlens, dtypes, causals, modes, me.world_size):
-                fields = (point.method, point.mode, point.dtype, args.batch, args.heads, kv_heads, point.seqlen,
-                          args.headdim, point.causal)
+            for point in ring_points(parsed["methods"], seqlens, dtypes, causals, parsed["modes"], me.world_size):
+                fields = (point.method, point.mode, point.dtype, batch, heads, kv_heads, point.seqlen, headdim,
+                          point.causal)
                 if ring_key(key_fields(*fields, me.world_size)) in done[0]:
                     continue
-                row = run_point(*fields, impl, args.reps, args.warmup)
+                row = run_point(*fields, impl, options["reps"], options["warmup"])
                 if writer:
                     writer.append(row)
-                    print(_line(row), flush=True)
+                    echo(_line(row))
         return 0
-    except ResultsError as exc:
-        print(f"fa2bench: error: {exc}", file=sys.stderr)
-        return 2
     finally:
         if writer:
             writer.release()
         dist.destroy_process_group()
 
 
-def _nullcontext():
-    import contextlib
-
-    return contextlib.nullcontext()
-
-
 CHECK_COLUMNS = (*KEY, "impl", "status", "max_rel_error", "detail")
 
 
-def _run_checks(args, seqlens, dtypes, causals, kv_heads, impl, me, writer) -> int:
+def _run_checks(seqlens, dtypes, causals, batch, heads, kv_heads, headdim, impl, writer, echo) -> int:
     failed = 0
     for seqlen, dtype, causal, kv, method in itertools.product(seqlens, dtypes, causals,
-                                                                dict.fromkeys((args.heads, kv_heads)),
+                                                                dict.fromkeys((heads, kv_heads)),
                                                                 ("ring-fa2", "allgather-fa2")):
-        row = check_gradients(seqlen, args.heads, kv, args.headdim, dtype, causal, impl, method, args.batch)
+        row = check_gradients(seqlen, heads, kv, headdim, dtype, causal, impl, method, batch)
         failed += row["status"] != "ok"
         if writer:
             writer.append(row)
-            print(f"{row['status']:>5} {method} x{row['world_size']} {dtype} s{seqlen} h{args.heads}/kv{kv} "
-                  f"{'causal' if causal else 'full'}: max rel err {row['max_rel_error']:.2e}", flush=True)
+            echo(f"{row['status']:>5} {method} x{row['world_size']} {dtype} s{seqlen} h{heads}/kv{kv} "
+                 f"{'causal' if causal else 'full'}: max rel err {row['max_rel_error']:.2e}")
     return 1 if failed else 0
 
 
@@ -408,6 +383,3 @@ def _line(row) -> str:
     return (f"{row['status']:>5} {row['provider']:>13} x{row['world_size']} {row['mode']:>7} {row['dtype']} "
             f"s{row['seqlen_q']}{' causal' if row['causal'] else ''} {ms} {tf} {hid} {mem} {row['error']}")
 
-
-if __name__ == "__main__":
-    sys.exit(main())

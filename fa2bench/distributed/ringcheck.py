@@ -1,4 +1,4 @@
-"""Gradients of context-parallel attention against the one-GPU kernel (``ringbench check``): every rank's
+"""Gradients of context-parallel attention against the one-GPU kernel (``fa2bench ring --check``): every rank's
 shard of O, dQ, dK and dV gated like a sweep point, with the one-GPU kernel's error as the yardstick."""
 from __future__ import annotations
 

@@ -94,3 +94,17 @@ def report(out: Path) -> int:
         print(f"{r['status']}: {r['method']} {r['mode']} s{r['seqlen']} x{r['world_size']}: {r['error']}")
     return 0
 
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m fa2bench.distributed.ringreport OUT``: scaling.csv and scaling.png from OUT's ring.csv again
+    (``fa2bench ring`` writes them after its last world size)."""
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m fa2bench.distributed.ringreport RUN_DIR", file=sys.stderr)
+        return 2
+    return report(Path(args[0]))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

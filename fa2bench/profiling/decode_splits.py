@@ -1,9 +1,9 @@
 """Split-KV's split count: the heuristic against every fixed count, on a few decode shapes (issue 19).
 
-``kernels/decode.py`` picks its tiling with ``choose_tile`` and the number of key splits with
-``num_splits_heuristic`` (one wave of resident programs). This study times ``decode_attention`` at each shape with the heuristic's
-count and with fixed counts 1, 2, 4, ... 128, with the suite's graph timer over fresh caches (L2 cold, as decode
-sweep points are timed), and writes ``decode_splits.csv`` with meta.json::
+``kernels/decode.py`` plans a launch (``decode.plan``): its tiling with ``choose_tile`` and the number of key
+splits with ``num_splits_heuristic`` (one wave of resident programs). This study times ``decode_attention`` at
+each shape with the plan's count and with fixed counts 1, 2, 4, ... 128, with the suite's graph timer over fresh
+caches (L2 cold, as decode sweep points are timed), and writes ``decode_splits.csv`` with meta.json::
 
     python -m fa2bench.profiling.decode_splits --out results/<name> [--study splits|tiles|both]
 
@@ -70,24 +70,22 @@ def _timer(batch: int, heads: int, kv_heads: int, kv_len: int):
     return time
 
 
-def heuristic_splits(batch: int, kv_heads: int, kv_len: int) -> int:
-    """The split count decode_attention picks for one query per sequence (one M tile per KV group)."""
+def heuristic_splits(batch: int, heads: int, kv_heads: int, kv_len: int) -> int:
+    """The split count decode_attention picks for one query per sequence (its launch plan, ``decode.plan``)."""
     import torch
-    import triton
 
+    from fa2bench.core import precision
     from fa2bench.kernels import decode
 
-    sms, programs = decode.sm_count(torch.device("cuda")), batch * kv_heads
-    block_n, _ = decode.choose_tile(programs, kv_len, 0, 2, HEADDIM, sms)
-    return decode.num_splits_heuristic(programs, triton.cdiv(kv_len, block_n), sms,
-                                       per_sm=1 if block_n >= 128 else 2)
+    elt = precision.torch_dtype(DTYPE).itemsize
+    return decode.plan(batch, 1, heads, kv_heads, HEADDIM, kv_len, 0, elt, decode.sm_count(torch.device("cuda"))).splits
 
 
 def study(shapes=SHAPES, splits=SPLITS, save=None) -> pd.DataFrame:
     """The heuristic's split count against each fixed count (default tiles); ``save(frame)`` at the end."""
     rows = []
     for batch, heads, kv_heads, kv_len in shapes:
-        time, chosen = _timer(batch, heads, kv_heads, kv_len), heuristic_splits(batch, kv_heads, kv_len)
+        time, chosen = _timer(batch, heads, kv_heads, kv_len), heuristic_splits(batch, heads, kv_heads, kv_len)
         rows += [{**time(count), "heuristic": count == chosen} for count in sorted({*splits, chosen})]
     frame = pd.DataFrame(rows)
     frame["vs_best"] = frame["us"] / frame.groupby(["batch", "heads", "kv_len"])["us"].transform("min")
@@ -101,7 +99,7 @@ def tile_study(shapes=TILE_SHAPES, tiles=TILES, splits=TILE_SPLITS, save=None) -
     ``save(frame)`` after each shape (a study stopped by a time limit keeps what it measured)."""
     rows = []
     for batch, heads, kv_heads, kv_len in shapes:
-        time, chosen = _timer(batch, heads, kv_heads, kv_len), heuristic_splits(batch, kv_heads, kv_len)
+        time, chosen = _timer(batch, heads, kv_heads, kv_len), heuristic_splits(batch, heads, kv_heads, kv_len)
         for tile in tiles:
             for count in sorted({*splits, chosen}):
                 try:
