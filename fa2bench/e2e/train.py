@@ -149,10 +149,14 @@ def plan_e2e(model=None, seqlen=None, provider=None, *, out: str | Path | None =
         fields.update(gpus=rank.world_size if rank is not None else launched, parallel=parallel or PARALLEL[0])
     elif parallel is not None:
         raise SpecError("--parallel needs --gpus N (data parallelism over N GPUs)")
+    for name in ("checkpointing", "shrink_on_oom", "check"):  # booleans as strictly as a sweep's
+        if fields.get(name) is not None:
+            fields[name] = config.flag(name, fields[name])
     spec = E2ESpec(models=models, seqlens=parse_ints(text(seqlen) if seqlen else ("2048,8192" if gpu else "64"),
                                                      "seqlen"), providers=chosen, **fields)
     spec.validate()
     peak = config.run_options({"peak_tflops": peak_tflops})["peak_tflops"]  # the sweep's validation
+    out, resume, extend = config.out_folder(out), config.flag("resume", resume), config.flag("extend", extend)
     if resume and out is None:
         raise SpecError("--resume needs --out DIR (the run to continue)")
     if extend and not resume:
@@ -160,8 +164,8 @@ def plan_e2e(model=None, seqlen=None, provider=None, *, out: str | Path | None =
     device_name = hardware.cuda_device_name()
     if rank is not None and out is None:
         raise SpecError("every rank of a data-parallel run needs the same --out DIR")
-    return E2EPlan(spec, Path(out) if out else default_out(device_name, prefix="e2e-"), bool(resume),
-                   bool(extend), E2EOptions(device=where, peak_tflops=peak), device_name, launched, rank)
+    return E2EPlan(spec, out or default_out(device_name, prefix="e2e-"), resume, extend,
+                   E2EOptions(device=where, peak_tflops=peak), device_name, launched, rank)
 
 
 # --- what fits -------------------------------------------------------------------------------------------
