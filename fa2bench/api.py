@@ -115,17 +115,15 @@ def plan_sweep(spec: SweepSpec | str | None = None, *, out: str | Path | None = 
     from fa2bench.distributed import launch
 
     options = config.normalise(options)
-    out = options.pop("out", out)
+    out = config.out_folder(options.pop("out", out))
     resume = config.flag("resume", options.pop("resume", resume))
     extend = config.flag("extend", options.pop("extend", extend))
     gpus = options.pop("gpus", None)
-    if out is not None and str(out).strip() in ("", "."):
-        raise SpecError("--out is empty: name a folder for the results (default results/<UTC time>-<gpu>)")
     if resume and out is None:
         raise SpecError("--resume needs --out DIR (the run to continue)")
     if extend and not resume:
         raise SpecError("--extend needs --resume (it extends an existing run)")
-    recorded = _recorded(Path(out)) if resume else {}
+    recorded = _recorded(out) if resume else {}
     if recorded:  # the run's own sweep and run options are the base; options given must agree with them
         options = _agree(options, recorded["options"])
     base = spec if spec is not None else recorded.get("spec") or default_preset()
@@ -154,7 +152,7 @@ def plan_sweep(spec: SweepSpec | str | None = None, *, out: str | Path | None = 
     unavailable = {n: why for n in chosen if (why := providers.get(n).availability(where))}
     device_name = hardware.cuda_device_name()
     peaks = {d: hardware.device_peak(device_name, d, run_options["peak_tflops"]) for d in resolved.dtypes}
-    out = Path(out) if out else default_out(device_name)
+    out = out or default_out(device_name)
     if gpus is not None:  # the ranks resolve exactly this sweep
         given = {k: v for k, v in run_options.items() if k != "plugins" and v is not None
                  and not (k == "point_timeout" and not run_options["isolate"])}
@@ -176,6 +174,9 @@ def plan_ablation(out: str | Path | None = None, resume: bool = False, **options
 
     cpu = not device.has_cuda()
     given = {k: v for k, v in options.items() if v is not None}
+    out = config.out_folder(out)
+    if config.flag("resume", resume) and out is not None and _recorded(out):  # the run's recorded sweep is the
+        return plan_sweep(out=out, resume=True, **given)  # base, not the ladder's defaults: the hint works
     ladder = {"seqlen": "64"} if cpu else {}
     ladder.update(causal="both", dtype="fp32" if cpu else "fp16", mode="fwd,bwd",
                   provider=",".join(providers.ladder()))
@@ -395,6 +396,18 @@ def _frame(run) -> pd.DataFrame:
     return load_run(run)
 
 
+def _table(run, who: str) -> pd.DataFrame:
+    """``_frame(run)``, refused in one line (naming ``who``) when it lacks a results table's key columns, status
+    or ms (a frame built by hand, another table)."""
+    from fa2bench.core.presets import KEY_COLUMNS
+
+    frame = _frame(run)
+    missing = [c for c in (*KEY_COLUMNS, "status", "ms") if c not in frame]
+    if missing:
+        raise ResultsError(f"{who} is not a results table (no {', '.join(missing)} column)")
+    return frame
+
+
 def plot_run(run, out: str | Path | None = None, formats: Iterable[str] = ("png",), kinds=None) -> "Plotted":
     """Draw a run's figures (a Run, a results frame or a folder) into ``out`` (default: the run's
     ``figures/``); see ``plots.plot_run``."""
@@ -429,22 +442,16 @@ def report(run, formats: Iterable[str] = ("png",)) -> Path:
 
 def compare_runs(a, b, threshold: float = 0.05) -> "Comparison":
     """Run B against baseline A (each a Run, a results frame or a folder); see ``fa2bench.read.compare``."""
-    from fa2bench.core.presets import KEY_COLUMNS
     from fa2bench.read.compare import compare
 
-    frames = _frame(a), _frame(b)
-    for name, frame in zip("ab", frames):
-        missing = [c for c in (*KEY_COLUMNS, "status", "ms") if c not in frame]
-        if missing:
-            raise ResultsError(f"compare_runs: run {name} is not a results table (no {', '.join(missing)} column)")
-    return compare(*frames, threshold)
+    return compare(_table(a, "compare_runs: run a"), _table(b, "compare_runs: run b"), threshold)
 
 
 def export_run(run, format: str = "github-benchmark", metric: str = "ms") -> list[dict]:
     """A run's ok points in an exchange format (github-benchmark: the JSON list github-action-benchmark
     reads); see ``fa2bench.read.export``."""
     from fa2bench.read import export
-    return export.export(_frame(run), format, metric)
+    return export.export(_table(run, "export_run: the run"), format, metric)
 
 
 def find_run(root: str | Path = "results", env: str = RUN_ENV, kind: str | None = "sweep") -> Path | None:

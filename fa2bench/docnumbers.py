@@ -62,7 +62,16 @@ def top_points(root: Path) -> str:
     return (f"{len(_ok(frame))} ok of {len(frame)}, {wrong or 'none'} wrong. In the telemetry window sampled right "
             f"after each point's timed calls (not during them), the GPU was at its software power cap for "
             f"{len(throttled)} of them (the `throttled` column): {share['sdpa-cudnn']:.0f}% of cuDNN's points, "
-            f"{share['fa2']:.0f}% of fa2's.")
+            f"{share['fa2']:.0f}% of fa2's. {_few_samples(frame)}")
+
+
+def _few_samples(frame: pd.DataFrame) -> str:
+    """How many ok points of a run from before the stopping rule rest on fewer timed calls than it now asks."""
+    from fa2bench.run.timing import MIN_SAMPLES
+
+    calls = pd.to_numeric(_ok(frame)["reps"], errors="coerce")
+    return (f"{int((calls < MIN_SAMPLES).sum())} ok points rest on fewer than {MIN_SAMPLES} timed calls "
+            f"({int((calls == 1).sum())} on one; the run predates the suite's minimum of {MIN_SAMPLES} samples).")
 
 
 def top_table(root: Path) -> str:

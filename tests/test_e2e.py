@@ -139,6 +139,9 @@ def test_a_run_writes_rows_meta_and_parquet_and_resumes(tmp_path, monkeypatch):
     assert list(frame["status"]) == ["ok", "unsupported"]
     ok = frame.iloc[0]
     assert ok["ms_p20"] <= ok["ms"] <= ok["ms_p80"]
+    # two timed steps: the row says so and is flagged noisy, as a sweep point on fewer than 5 samples would be
+    assert (ok["samples"], ok["timer"], bool(ok["noisy"])) == (2, "step", True)
+    assert ok["spread"] == pytest.approx((ok["ms_p80"] - ok["ms_p20"]) / ok["ms"])
     assert ok["tflops"] == pytest.approx(flops_per_step(TINY, 32, 1) / (ok["ms"] * 1e-3) / 1e12)
     assert ok["tokens_per_s"] == pytest.approx(32 / (ok["ms"] * 1e-3))
     assert ok["pct_a100_peak"] == pytest.approx(100 * ok["tflops"] / 312)

@@ -56,3 +56,21 @@ def test_override_wins_and_no_gpu_has_no_peak():
 
 def test_percent_of_peak():
     assert pct_of(156.0, 312.0) == pytest.approx(50.0)
+
+
+def test_meta_versions_name_nccl_and_cudnn_on_a_gpu_and_leave_them_empty_without(monkeypatch):
+    """Provenance (issue 20, item 5): a GPU run records the NCCL its multi-GPU runs use beside cuDNN's version."""
+    import torch
+
+    from fa2bench.run import hardware
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cpu = hardware.software_versions()
+    assert cpu["nccl"] is None and cpu["cudnn"] is None and cpu["torch"] == torch.__version__
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.backends.cudnn, "version", lambda: 91900)
+    monkeypatch.setattr(torch.cuda.nccl, "version", lambda: (2, 27, 5))
+    gpu = hardware.software_versions()
+    assert gpu["nccl"] == "2.27.5" and gpu["cudnn"] == 91900
+    monkeypatch.setattr(torch.cuda.nccl, "version", lambda: torch._C._nccl_version_missing())
+    assert hardware.nccl_version() is None  # torch built without NCCL

@@ -1,6 +1,9 @@
 """Figures from a results frame alone: every kind is drawn from a synthetic H100 run and from a real run on
 disk; points that did not run are labelled, never drawn as zero; labels and colours come from the provider
 registry; partial, CPU-interpreter and odd runs never crash ``plot``."""
+import re
+from pathlib import Path
+
 import pandas as pd
 import pytest
 from matplotlib.colors import to_hex
@@ -233,3 +236,41 @@ def test_ratio_labels_read_as_plain_numbers():
 
     assert [ratio_label(v) for v in (2, 0.25, 1 / 1024, 0.3, 1024)] == ["2×", "1/4×", "1/1024×", "0.3×", "1024×"]
     assert "e+" not in ratio_label(1 / 1.02e3)
+
+
+def _tick_labels(fig, axis: str) -> list[list]:
+    """Per panel, the drawn tick labels (major and minor) of ``axis`` ("x" or "y") inside the view: (text, box)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    panels = []
+    for ax in fig.axes:
+        which = getattr(ax, f"get_{axis}axis")()
+        ticks = which.get_major_ticks() + which.get_minor_ticks()
+        lo, hi = sorted(getattr(ax, f"get_{axis}lim")())
+        panels.append([(t.label1.get_text(), t.label1.get_window_extent(renderer)) for t in ticks
+                       if t.label1.get_visible() and t.label1.get_text() and lo <= t.get_loc() <= hi])
+    return panels
+
+
+def test_roofline_log_ticks_are_plain_numbers_that_do_not_run_together():
+    """The committed H100 roofline's axes once read "2×10³×4×10 6×10¹": every label is now a plain number and no
+    two labels of one axis overlap."""
+    frame = load_run(Path(__file__).resolve().parents[1] / "results" / "h100-top")
+    fig = plots.roofline(frame[frame["dtype"] == "fp16"], frame.attrs["meta"])
+    for axis in ("x", "y"):
+        for labels in _tick_labels(fig, axis):
+            assert len(labels) >= 2
+            assert all(re.fullmatch(r"\d+(\.\d+)?", text) for text, _ in labels), [t for t, _ in labels]
+            boxes = [box for _, box in labels]
+            assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:]), [t for t, _ in labels]
+
+
+def test_a_speedup_axis_a_thousand_times_below_one_reads_as_a_fraction(run):
+    """A CPU run's fa2 is about a thousand times slower than the eager baselines: its ticks read "1/1024×",
+    never "1/1.02e+03×"."""
+    slow = run.assign(ms=run["ms"].where(run["provider"] != "fa2", run["ms"] * 1500))
+    labels = [text for panel in _tick_labels(plots.speedup(slow), "y") for text, _ in panel]
+    assert "1/1024×" in labels and not any("e+" in t or "e-" in t for t in labels), labels

@@ -121,6 +121,42 @@ def test_rows_record_samples_spread_timer_and_noisy():
     assert row["spread"] == pytest.approx((row["ms_p80"] - row["ms_p20"]) / row["ms"])
 
 
+def test_a_noisy_point_stays_ok_but_the_sweep_and_the_report_say_so(tmp_path, monkeypatch):
+    """A point that stopped at the time cap above the target is never silently ok: the sweep ends with a
+    warning, report.md names it, and the row keeps its noisy flag."""
+    import dataclasses
+
+    from typer.testing import CliRunner
+
+    from fa2bench.cli import app
+    from fa2bench.read.markdown import write_report
+    from fa2bench.run.results import load_run
+
+    real = timing.bench
+    monkeypatch.setattr(timing, "bench", lambda *a, **k: dataclasses.replace(real(*a, **k), noisy=True))
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, ["sweep", "--seqlen", "16,32", "--headdim", "16", "--batch", "1", "--heads", "1",
+                                      "--provider", "torch-eager", "--mode", "fwd", "--causal", "off", "--dtype",
+                                      "fp32", "--rep-ms", "1", "--warmup-ms", "0", "--no-isolate", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    said = "2 of 2 ok points are noisy: their spread (p80 - p20) / median stayed above the target"
+    assert said in " ".join(result.output.split())
+    frame = load_run(out)
+    assert (frame["status"] == "ok").all() and frame["noisy"].astype(str).str.lower().eq("true").all()
+    assert said in write_report(out).read_text()
+
+
+def test_a_run_without_noisy_points_has_no_note(tmp_path):
+    from fa2bench.read.summary import noisy_note
+
+    import pandas as pd
+
+    quiet = pd.DataFrame({"status": ["ok", "error"], "noisy": [False, True], "spread": [0.01, 0.5]})
+    assert noisy_note(quiet) is None and noisy_note(quiet.drop(columns="noisy")) is None
+    assert noisy_note(quiet.assign(status="ok")).startswith("1 of 2 ok points are noisy")
+    assert "(up to 50%)" in noisy_note(quiet.assign(status="ok"))
+
+
 # --- on a GPU --------------------------------------------------------------------------------------------
 
 

@@ -85,6 +85,21 @@ def test_the_resume_hint_continues_a_custom_sweep_with_no_other_options(run):
     assert sorted(load_run(run)["seqlen_q"]) == [16, 33]
 
 
+def test_the_resume_hint_continues_a_custom_ablation_with_no_other_options(tmp_path):
+    """`fa2bench ablate` prints the same hint: a ladder at other shapes than its defaults continues from its
+    meta.json, not from the ladder's default shapes (which would be 'a different sweep')."""
+    out = tmp_path / "ablation"
+    first = invoke("ablate", "--seqlen", "16", "--headdim", "16", "--mode", "fwd", "--causal", "off", "--out", out)
+    assert first.exit_code == 0, first.output
+    lines = (out / "results.csv").read_text().splitlines(keepends=True)
+    (out / "results.csv").write_text("".join(lines[:-1]))
+    again = invoke("ablate", "--out", out, "--resume")
+    assert again.exit_code == 0, again.output
+    assert f"({len(lines) - 2} already done)" in again.output
+    assert set(load_run(out)["seqlen_q"]) == {16} and len(load_run(out)) == len(lines) - 1
+    one_line_error(invoke("ablate", "--out", out, "--resume", "--seqlen", "32"), "different sweep", "seqlens")
+
+
 def test_resume_refuses_a_run_option_other_than_the_runs_by_name(run):
     one_line_error(invoke("sweep", "--out", run, "--resume", "--rep-ms", "7"), "--rep-ms 7.0 (the run has 1.0)")
     one_line_error(invoke("sweep", "--out", run, "--resume", "--timer", "plain"), "--timer plain (the run has auto)")
@@ -112,6 +127,14 @@ def test_resume_no_in_a_config_file_is_an_error(tmp_path):
     one_line_error(invoke("sweep", "--config", path, "--out", tmp_path / "x"), "--resume: expected true or false")
 
 
+@pytest.mark.parametrize("field", ["resume", "extend", "check", "shrink_on_oom", "checkpointing"])
+def test_e2e_booleans_are_booleans_too(field, tmp_path):
+    from fa2bench.e2e import plan_e2e
+
+    with pytest.raises(SpecError, match=f"--{field.replace('_', '-')}: expected true or false, got 'no'"):
+        plan_e2e(out=tmp_path / "x", **{field: "no"})
+
+
 def test_a_config_file_that_is_not_utf8_is_one_line(tmp_path):
     path = tmp_path / "sweep.toml"
     path.write_bytes(b"seqlen = [16]\n# caf\xe9\n")
@@ -127,9 +150,10 @@ def test_a_full_disk_while_writing_results_is_one_line(tmp_path, monkeypatch):
                    "--resume")
 
 
-def test_out_empty_is_refused_and_writes_nothing_here(tmp_path, monkeypatch):
+@pytest.mark.parametrize("command", [[*SWEEP, "--seqlen", "16"], ["ablate"], ["e2e"]], ids=lambda c: c[0])
+def test_out_empty_is_refused_and_writes_nothing_here(command, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    one_line_error(invoke(*SWEEP, "--seqlen", "16", "--out", ""), "--out is empty")
+    one_line_error(invoke(*command, "--out", ""), "--out is empty")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -150,6 +174,14 @@ def test_load_run_of_nothing_is_one_line(path):
 def test_compare_runs_on_a_frame_without_the_key_columns_is_one_line(run):
     with pytest.raises(ResultsError, match="run b is not a results table .no provider, mode"):
         api.compare_runs(run, pd.DataFrame({"ms": [1.0]}))
+    with pytest.raises(ResultsError, match="run a is not a results table .no provider, .*, status column"):
+        api.compare_runs(pd.DataFrame({"ms": [1.0]}), run)
+
+
+def test_export_run_of_a_frame_without_the_key_columns_is_one_line(run):
+    with pytest.raises(ResultsError, match="export_run: the run is not a results table .no provider"):
+        api.export_run(pd.DataFrame({"a": [1]}))
+    assert api.export_run(run)  # a real run exports
 
 
 @pytest.mark.parametrize("colour", ["#12345", "not-a-colour", 7])

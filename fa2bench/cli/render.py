@@ -140,12 +140,14 @@ def print_summary(frame, console) -> None:
     console.print("statuses: " + ", ".join(f"{k} {v}" for k, v in counts.items()), highlight=False)
 
 
-def warn_throttled(frame) -> None:
+def warn_untrusted(frame) -> None:
+    """Warn of ok points whose timings a reader must not trust to the target: noisy or throttled ones."""
+    from fa2bench.read.summary import noisy_note
     from fa2bench.run.telemetry import throttle_summary
 
-    note = throttle_summary(frame)
-    if note:
-        warn(note)
+    for note in (noisy_note(frame), throttle_summary(frame)):
+        if note:
+            warn(note)
 
 
 def print_resources(provider: str, rows: list[dict], console) -> None:

@@ -10,7 +10,7 @@ import typer
 from fa2bench.cli.common import (
     app, Preset, Causal, SHAPE, RUN, OUTPUT, option, Seqlen, SeqlenK, Headdim, Batch, Tokens, Heads, Hidden,
     KvHeads, shape_options, out, fail, warn, no_gpu, choices, DTYPES, MODES, SpecError, providers)
-from fa2bench.cli.render import print_next, print_summary, print_time_split, run_with_progress, warn_throttled
+from fa2bench.cli.render import print_next, print_summary, print_time_split, run_with_progress, warn_untrusted
 from fa2bench.core.presets import TIMERS
 
 Timer = choices("Timer", TIMERS)
@@ -118,7 +118,7 @@ def sweep(
     if len(run.frame) and plan.gpus is None:  # a launcher leaves the summary to rank 0
         print_summary(run.frame, console)
         print_time_split(run.frame, console)
-        warn_throttled(run.frame)
+        warn_untrusted(run.frame)
     if run.merged is not None:
         from fa2bench.distributed.shard import describe
 

@@ -74,6 +74,15 @@ def flag(name: str, value) -> bool:
     raise SpecError(f"--{_option(name)}: expected true or false, got {value!r}")
 
 
+def out_folder(out) -> Path | None:
+    """A results folder named by ``--out`` (None: not given, the caller's default); an empty name (or ".", which
+    is how a shell's "" reaches a Path) is a SpecError, never the current directory."""
+    if out is not None and str(out).strip() in ("", "."):
+        raise SpecError("--out is empty: name a folder for the results, or leave --out out for a new one under "
+                        "results/")
+    return None if out is None else Path(out)
+
+
 def _ints(name: str, value) -> tuple[int, ...]:
     if isinstance(value, str):
         return parse_ints(value, _option(name))

@@ -18,7 +18,8 @@ PARALLEL = ("ddp", "fsdp")  # data parallelism over ranks (``fa2bench e2e --gpus
 # GPUs' (gpus x tokens_per_s).
 E2E_COLUMNS = KEY_COLUMNS + (
     "model", "layers", "hidden", "params", "gpus", "parallel", "micro_batch", "grad_accum", "tokens_per_step",
-    "checkpointing", "warmup", "steps", "status", "error", "note", "ms", "ms_p20", "ms_p80", "tokens_per_s",
+    "checkpointing", "warmup", "steps", "status", "error", "note", "ms", "ms_p20", "ms_p80", "samples", "spread",
+    "timer", "noisy", "tokens_per_s",
     "global_tokens_per_s", "flops", "tflops", "pct_a100_peak", "pct_device_peak", "peak_mem_mb", "loss_first",
     "loss_last", "max_rel_error", "energy_per_token_j",
 ) + telemetry.COLUMNS

@@ -6,10 +6,11 @@ model with the same head dim), then run ``warmup`` optimizer steps (compilation 
 there) and ``steps`` timed ones. bf16 autocast on a GPU (fp32 on the CPU), AdamW, synthetic token batches. A
 step is ``grad_accum`` micro-batches of ``micro_batch`` sequences, forward and backward, then the optimizer.
 
-Recorded per configuration, one results row (``schema.E2E_COLUMNS``): step time (median, 20th and 80th percentiles),
-tokens/s, model TFLOP/s by the paper's formula (``e2e.flops``) as % of the A100's 312 and of this GPU's peak,
-peak memory, loss of the first and last step, and NVML telemetry over the timed steps (power, energy per step
-and per token, throttling). A configuration that runs out of memory is retried with half the micro-batch (and
+Recorded per configuration, one results row (``schema.E2E_COLUMNS``): step time (median, 20th and 80th percentiles,
+the timed steps as ``samples``, ``noisy`` below the sweep's minimum of 5: ``run.timing.summarise``), tokens/s,
+model TFLOP/s by the paper's formula (``e2e.flops``) as % of the A100's 312 and of this GPU's peak, peak memory,
+loss of the first and last step, and NVML telemetry over the timed steps (power, energy per step and per token,
+throttling). A configuration that runs out of memory is retried with half the micro-batch (and
 twice the accumulation, so tokens per step stay the same) when ``shrink_on_oom``; when even one sequence does
 not fit it is recorded ``oom``, and the run goes on. Statuses and failure classification are the sweep's
 (``runner``). Data parallel (``fa2bench e2e --gpus N``, ``e2e.dp``): every rank runs ``run_config`` with its
@@ -18,7 +19,6 @@ not fit it is recorded ``oom``, and the run goes on. Statuses and failure classi
 from __future__ import annotations
 
 import dataclasses
-import statistics
 import time
 import warnings
 from dataclasses import dataclass
@@ -28,7 +28,7 @@ from typing import Callable
 import pandas as pd
 import torch
 
-from fa2bench.run import hardware, point, runner, telemetry
+from fa2bench.run import hardware, point, runner, telemetry, timing
 
 from fa2bench.core import providers
 from fa2bench.e2e.check import StartCheck, attention_shape, autocast, make_attention, run_dtype
@@ -149,10 +149,14 @@ def plan_e2e(model=None, seqlen=None, provider=None, *, out: str | Path | None =
         fields.update(gpus=rank.world_size if rank is not None else launched, parallel=parallel or PARALLEL[0])
     elif parallel is not None:
         raise SpecError("--parallel needs --gpus N (data parallelism over N GPUs)")
+    for name in ("checkpointing", "shrink_on_oom", "check"):  # booleans as strictly as a sweep's
+        if fields.get(name) is not None:
+            fields[name] = config.flag(name, fields[name])
     spec = E2ESpec(models=models, seqlens=parse_ints(text(seqlen) if seqlen else ("2048,8192" if gpu else "64"),
                                                      "seqlen"), providers=chosen, **fields)
     spec.validate()
     peak = config.run_options({"peak_tflops": peak_tflops})["peak_tflops"]  # the sweep's validation
+    out, resume, extend = config.out_folder(out), config.flag("resume", resume), config.flag("extend", extend)
     if resume and out is None:
         raise SpecError("--resume needs --out DIR (the run to continue)")
     if extend and not resume:
@@ -160,8 +164,8 @@ def plan_e2e(model=None, seqlen=None, provider=None, *, out: str | Path | None =
     device_name = hardware.cuda_device_name()
     if rank is not None and out is None:
         raise SpecError("every rank of a data-parallel run needs the same --out DIR")
-    return E2EPlan(spec, Path(out) if out else default_out(device_name, prefix="e2e-"), bool(resume),
-                   bool(extend), E2EOptions(device=where, peak_tflops=peak), device_name, launched, rank)
+    return E2EPlan(spec, out or default_out(device_name, prefix="e2e-"), resume, extend,
+                   E2EOptions(device=where, peak_tflops=peak), device_name, launched, rank)
 
 
 # --- what fits -------------------------------------------------------------------------------------------
@@ -308,12 +312,11 @@ def measure_steps(trainer: Trainer, batches, warmup: int, steps: int, flops: int
     if sampler is not None:
         energy = (energy_end - energy_start) / 1e3 if energy_start is not None and energy_end is not None else None
         tel = telemetry.summarise(sampler.stop(), elapsed, elapsed * 1e3 / steps, flops, energy)  # per step: mean
-    quantiles = statistics.quantiles(times, n=10, method="inclusive") if len(times) > 1 else [times[0]] * 9
+    timed = timing.summarise(times, timer="step")  # the sweep's statistics: noisy below its minimum of samples
     peak = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else float("nan")
     if group is not None and device == "cuda":
         peak = max(group.slowest([peak]))
-    return {"ms": statistics.median(times), "ms_p20": quantiles[1], "ms_p80": quantiles[7], "loss_first": loss_first,
-            "loss_last": loss, "peak_mem_mb": peak, **tel}
+    return {**timed.row(), "loss_first": loss_first, "loss_last": loss, "peak_mem_mb": peak, **tel}
 
 
 def _checked(provider: str, config: GPTConfig, device: str, seed: int, cache: dict):

@@ -11,7 +11,7 @@ import pandas as pd
 
 from fa2bench.read import display
 from fa2bench.core.presets import Shape
-from fa2bench.read.summary import geomean
+from fa2bench.read.summary import geomean, noisy_note
 
 REPORT_NAME, FIGURES_DIR = "report.md", "figures"
 
@@ -75,6 +75,9 @@ def metadata_section(frame: pd.DataFrame, meta: dict) -> str:
         ["command", f"`{' '.join(meta['argv'])}`" if meta.get("argv") else "unknown"],
         ["points", f"{len(frame)}: {statuses}"],
     ]
+    noisy = noisy_note(frame)
+    if noisy:
+        rows.append(["noisy", noisy])
     if meta.get("resumed"):
         rows.append(["resumed", f"{len(meta['resumed'])} time(s)"])
     text = md_table(rows, ["", ""])

@@ -15,6 +15,21 @@ def geomean(values) -> float:
     return float(np.exp(np.log(values).mean())) if len(values) else float("nan")
 
 
+def noisy_note(frame: pd.DataFrame) -> str | None:
+    """One line on the ok points a reader must not trust to the timing target (the ``noisy`` column,
+    ``fa2bench.run.timing``), or None when there are none (or the run predates the column)."""
+    if "noisy" not in frame or not len(frame):
+        return None
+    ok = frame[frame["status"] == "ok"]
+    noisy = ok[ok["noisy"].astype(str).str.lower() == "true"]
+    if not len(noisy):
+        return None
+    widest = pd.to_numeric(noisy["spread"], errors="coerce").max() if "spread" in noisy else np.nan
+    return (f"{len(noisy)} of {len(ok)} ok points are noisy: their spread (p80 - p20) / median stayed above the "
+            f"target until the time cap{f' (up to {100 * widest:.0f}%)' if widest == widest else ''}, or too few "
+            "samples were timed; the noisy column marks them")
+
+
 def speedup(frame: pd.DataFrame, over: str) -> pd.DataFrame:
     """Per point: how many times faster each provider is than ``over`` on the same shape, mode and dtype
     (both ``ok``). Columns: the shape columns, provider, speedup."""

@@ -168,9 +168,21 @@ def software_versions() -> dict:
 
     from fa2bench import __version__
 
+    gpu = torch.cuda.is_available()
     return {"fa2bench": __version__, "python": platform.python_version(), "torch": torch.__version__,
-            "triton": triton.__version__, "cuda": torch.version.cuda, "cudnn":
-            torch.backends.cudnn.version() if torch.cuda.is_available() else None}
+            "triton": triton.__version__, "cuda": torch.version.cuda,
+            "cudnn": torch.backends.cudnn.version() if gpu else None, "nccl": nccl_version() if gpu else None}
+
+
+def nccl_version() -> str | None:
+    """The NCCL that torch.distributed's multi-GPU runs use ("2.27.5"), None where torch was built without it."""
+    import torch
+
+    try:
+        version = torch.cuda.nccl.version()
+    except (AttributeError, RuntimeError):
+        return None
+    return ".".join(map(str, version)) if isinstance(version, tuple) else str(version)
 
 
 def measure_ceilings() -> dict:
