@@ -92,6 +92,13 @@ def test_auto_uses_the_graph_timer_below_100_us(ms, graph):
     assert timing.use_graph(ms) is graph
 
 
+@pytest.mark.parametrize("ms, host_ms, graph", [(0.3, 0.25, True), (0.3, 0.15, True), (0.3, 0.1, False),
+                                                (5.0, 0.3, False), (5.0, 4.0, True), (math.nan, 1.0, False)])
+def test_auto_uses_the_graph_timer_when_the_host_cannot_keep_up(ms, host_ms, graph):
+    """A call the host issues more slowly than half its plain median is host-bound under the plain timer."""
+    assert timing.use_graph(ms, host_ms) is graph
+
+
 @pytest.mark.parametrize("inputs, l2, copies", [
     (0, 50 << 20, 1),  # unknown size: no rotation
     (200 << 20, 50 << 20, 2),  # inputs larger than L2: one other copy already evicts

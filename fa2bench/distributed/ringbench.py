@@ -382,4 +382,3 @@ def _line(row) -> str:
     mem = f"{row['peak_mem_gb']:.1f} GB" if row.get("peak_mem_gb") is not None else ""
     return (f"{row['status']:>5} {row['provider']:>13} x{row['world_size']} {row['mode']:>7} {row['dtype']} "
             f"s{row['seqlen_q']}{' causal' if row['causal'] else ''} {ms} {tf} {hid} {mem} {row['error']}")
-

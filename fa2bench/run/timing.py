@@ -19,10 +19,14 @@ Timers (``timer=``):
   its inputs from HBM without a flush kernel inside the graph whose time would have to be subtracted. Without
   copies the inputs stay hot in L2 and the timing says so (``timer = "graph-warm"``).
   A call that cannot be captured (host synchronisation, a non-capturable library) falls back to ``plain``.
-- ``auto`` (the default): ``plain`` first; when its median is below ``GRAPH_BELOW_MS`` (100 us) the point is
-  timed again with ``graph``. Below ~100 us the few microseconds of host launch overhead per call (Python,
-  the provider's wrapper, autograd) and the event's own cost are a visible share of what is measured, and a
-  queue the host cannot keep full times the host; a graph replays the same kernels with no host in between.
+- ``auto`` (the default): ``plain`` first; when its median is below ``GRAPH_BELOW_MS`` (100 us), or when the
+  host takes at least ``HOST_BOUND`` (half) of that median to issue one timed call, the point is timed again with
+  ``graph``. Below ~100 us the few microseconds of host launch overhead per call (Python, the provider's wrapper,
+  autograd) and the event's own cost are a visible share of what is measured; and at any length, a host that
+  issues a call more slowly than the GPU runs it (the L2 flush before each call is its only head start) leaves
+  the GPU waiting between the two events, so the plain timer times the host. A graph replays the same kernels
+  with no host in between. ``HOST_BOUND`` is a bound, not a tuned value: half leaves the flush and jitter their
+  share before the GPU can run dry.
   ``GRAPH_BELOW_MS`` is a bound, not a tuned value: on the CPU side ``launch_overhead_us`` measures what a
   Python call costs here, and ``tests/test_timing.py`` (gpu) prints how far the two timers disagree.
 - On the CPU (the interpreter smoke run) a wall-clock loop stands in (``timer = "cpu"``); its numbers are no
@@ -47,6 +51,7 @@ TARGET_SPREAD = 0.03  # (p80 - p20) / median at which a point stops repeating
 MAX_MS = 500.0  # measuring time a point may spend trying to reach it
 MIN_SAMPLES = 5  # no point rests on fewer samples, whatever its length
 GRAPH_BELOW_MS = 0.1  # auto: a plain median below this is re-timed with the graph timer
+HOST_BOUND = 0.5  # auto: so is one whose host issue time per call is at least this share of the plain median
 GRAPH_CALLS_MAX = 256  # calls captured in one graph (copies x repeats), to bound capture time and memory
 
 
@@ -129,7 +134,7 @@ def bench(fn: Callable[[], object], grad_to_none: Sequence[torch.Tensor] | None 
     if timer in ("plain", "auto"):
         plain = until_stable(lambda n: _plain_batch(fn, grad_to_none, flush, n, rep_ms), target_spread, max_ms,
                              timer="plain")
-        if timer == "plain" or not use_graph(plain.ms):
+        if timer == "plain" or not use_graph(plain.ms, host_issue_ms(fn, grad_to_none, flush)):
             return plain
     try:
         return _bench_graph(fn, grad_to_none, rotate, input_bytes, rep_ms, target_spread, max_ms)
@@ -139,9 +144,23 @@ def bench(fn: Callable[[], object], grad_to_none: Sequence[torch.Tensor] | None 
                                      max_ms, timer="plain")
 
 
-def use_graph(plain_ms: float, threshold_ms: float = GRAPH_BELOW_MS) -> bool:
-    """``auto``'s choice: re-time with the graph timer when the plain median is below ``threshold_ms``."""
-    return math.isfinite(plain_ms) and plain_ms < threshold_ms
+def use_graph(plain_ms: float, host_ms: float = 0.0, threshold_ms: float = GRAPH_BELOW_MS) -> bool:
+    """``auto``'s choice: re-time with the graph timer when the plain median is below ``threshold_ms``, or when
+    the host's time to issue one call (``host_ms``) is at least ``HOST_BOUND`` of it (the GPU waits for it)."""
+    return math.isfinite(plain_ms) and (plain_ms < threshold_ms or host_ms >= HOST_BOUND * plain_ms)
+
+
+def host_issue_ms(fn, grad_to_none, flush, calls: int = 10) -> float:
+    """Host time to issue one timed call (gradients reset, L2 flush, the call) without waiting for the GPU, ms."""
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(calls):
+        _reset(grad_to_none)
+        flush()
+        fn()
+    issued = (time.perf_counter() - start) * 1e3 / calls
+    torch.cuda.synchronize()
+    return issued
 
 
 def rotation_copies(input_bytes: int, l2_bytes: int, limit: int = GRAPH_CALLS_MAX) -> int:
