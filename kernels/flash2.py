@@ -61,8 +61,9 @@ instructions are the dense/causal kernel's (only three unused scalar parameters 
   the visited tiles on the host).
 - ``SOFTCAP``: s = softcap * tanh(s / softcap), backward through dS_raw = dS * (1 - tanh^2). ``ALIBI``: s - slope_h *
   |i' - j|, the bias computed in-kernel from one slope per query head. Both apply in every stage, masked or not.
-- ``VARLEN``: packed batches (``flash2_varlen_attention``): the grid covers the longest sequence, each program finds
-  its sequence's rows from cu_seqlens and returns early past its end; statistics are (heads, total_q).
+- ``VARLEN``: packed batches (``flash2_varlen_attention``): the grid is (blocks of all sequences) x heads, each
+  program reads its (sequence, block) from a table built once per cu_seqlens tensor (``varlen_blocks``, the last
+  blocks first) and its sequence's rows from cu_seqlens; statistics are (heads, total_q).
 
 Not supported: dropout, arbitrary attention bias tensors, paged or cached KV, returning the LSE or the softmax, FP8,
 zero or negative ``sm_scale``; documents with varlen (one packed sequence per document does the same); TMA tiles
@@ -190,6 +191,27 @@ def _packed(CU_SEQLENS, off_z):
     """(first row, length) of sequence off_z of a packed batch."""
     start = tl.load(CU_SEQLENS + off_z)
     return start.to(tl.int64), tl.load(CU_SEQLENS + off_z + 1) - start
+
+
+@triton.jit
+def _varlen_block(BLOCKS, REVERSE: tl.constexpr, BLOCK: tl.constexpr):
+    """(sequence, block) of a packed batch that this program computes: entry program_id(0) of the table for
+    blocks of BLOCK rows (``varlen_blocks``: every block of every sequence, the last blocks first; REVERSE: the
+    first blocks first). The grid covers exactly the blocks there are."""
+    tl.static_assert(BLOCK <= 128)  # VARLEN_BLOCKS
+    if BLOCK <= 16:
+        table = 0
+    elif BLOCK <= 32:
+        table = 1
+    elif BLOCK <= 64:
+        table = 2
+    else:
+        table = 3
+    pid = tl.program_id(0)
+    if REVERSE:
+        pid = tl.num_programs(0) - 1 - pid
+    at = BLOCKS + tl.load(BLOCKS + table) + 2 * pid
+    return tl.load(at).to(tl.int64), tl.load(at + 1)
 
 
 @triton.jit
@@ -352,7 +374,7 @@ def _attn_fwd_kernel(Q, K, V, sm_scale, LSE, LSUM, Out,
                      stride_vz, stride_vh, stride_vn, stride_vk,
                      stride_oz, stride_oh, stride_om, stride_ok,
                      H, GROUP, N_CTX_Q, N_CTX_K, N_CTX_Q_BUCKET, N_CTX_K_BUCKET,
-                     win_left, win_right, softcap, ALIBI_SLOPES, DOC_START, DOC_END, CU_SEQLENS_Q, CU_SEQLENS_K,
+                     win_left, win_right, softcap, ALIBI_SLOPES, DOC_START, DOC_END, CU_SEQLENS_Q, CU_SEQLENS_K, BLOCKS_Q, BLOCKS_K,
                      HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr,
                      DEFER: tl.constexpr, SEQ_PAR: tl.constexpr, SKIP: tl.constexpr, DOT_PRECISION: tl.constexpr,
                      TMA: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, WINDOW: tl.constexpr,
@@ -362,7 +384,8 @@ def _attn_fwd_kernel(Q, K, V, sm_scale, LSE, LSUM, Out,
     off_h = (off_hz % H).to(tl.int64)
     off_hkv = off_h // GROUP  # GQA: query head h reads kv head h // GROUP
     rows = off_hz.to(tl.int64) * N_CTX_Q  # this (batch, head)'s statistics
-    if VARLEN:  # sequence off_z of a packed batch (batch strides 0): its rows start at cu_seqlens
+    if VARLEN:  # block `start` of sequence off_z of a packed batch (batch strides 0; grid: blocks x heads)
+        off_z, start = _varlen_block(BLOCKS_Q, False, BLOCK_M)
         q_start, n_q = _packed(CU_SEQLENS_Q, off_z)
         k_start, N_CTX_K = _packed(CU_SEQLENS_K, off_z)
         rows = off_h * N_CTX_Q + q_start  # the statistics are (heads, total_q)
@@ -382,8 +405,8 @@ def _attn_fwd_kernel(Q, K, V, sm_scale, LSE, LSUM, Out,
     Os = head_source(Out, (stride_oz, stride_oh, stride_om, stride_ok), off_z, off_h, N_CTX_Q, HEAD_DIM, BLOCK_M,
                      BLOCK_D, TMA)
     first, count = _program_blocks(tl.cdiv(N_CTX_Q, BLOCK_M), SEQ_PAR, CAUSAL)
-    if VARLEN:  # the grid covers the longest sequence: no block past this one's end
-        count = tl.minimum(tl.cdiv(N_CTX_Q, BLOCK_M) - first, count)
+    if VARLEN:
+        first, count = start, 1
     for i in range(count):
         _attn_fwd_block(first + i, Qs, Ks, Vs, Os, LSE + rows, LSUM + rows, sm_scale, N_CTX_Q, N_CTX_K, mods,
                         HEAD_DIM, BLOCK_D, CAUSAL, DEFER, SKIP, DOT_PRECISION, TMA, BLOCK_M, BLOCK_N, WINDOW, SOFTCAP,
@@ -528,7 +551,7 @@ def _attn_bwd_dkdv_kernel(Q, K, V, sm_scale, DO, DK, DV, LSE, LSUM, Delta,
                           stride_dkz, stride_dkh, stride_dkn, stride_dkk,
                           stride_dvz, stride_dvh, stride_dvn, stride_dvk,
                           H, GROUP, N_CTX_Q, N_CTX_K, N_CTX_Q_BUCKET, N_CTX_K_BUCKET,
-                          win_left, win_right, softcap, ALIBI_SLOPES, DOC_START, DOC_END, CU_SEQLENS_Q, CU_SEQLENS_K,
+                          win_left, win_right, softcap, ALIBI_SLOPES, DOC_START, DOC_END, CU_SEQLENS_Q, CU_SEQLENS_K, BLOCKS_Q, BLOCKS_K,
                           HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr,
                           DEFER: tl.constexpr, SEQ_PAR: tl.constexpr, SKIP: tl.constexpr,
                           DOT_PRECISION: tl.constexpr, TMA: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -539,7 +562,8 @@ def _attn_bwd_dkdv_kernel(Q, K, V, sm_scale, DO, DK, DV, LSE, LSUM, Delta,
     off_z = (off_hkvz // H_KV).to(tl.int64)
     off_hkv = (off_hkvz % H_KV).to(tl.int64)
     stats = (0, 0)
-    if VARLEN:  # as in the forward kernel
+    if VARLEN:  # as in the forward kernel (first blocks first: under causal masking they see the most rows)
+        off_z, start = _varlen_block(BLOCKS_K, True, BLOCK_N)
         q_start, n_q = _packed(CU_SEQLENS_Q, off_z)
         k_start, N_CTX_K = _packed(CU_SEQLENS_K, off_z)
         stats = (q_start, N_CTX_Q)
@@ -561,7 +585,7 @@ def _attn_bwd_dkdv_kernel(Q, K, V, sm_scale, DO, DK, DV, LSE, LSUM, Delta,
                       BLOCK_N, BLOCK_D, False)
     first, count = _program_blocks(tl.cdiv(N_CTX_K, BLOCK_N), SEQ_PAR, False)
     if VARLEN:
-        count = tl.minimum(tl.cdiv(N_CTX_K, BLOCK_N) - first, count)
+        first, count = start, 1
     mods = _variant_args(sm_scale, win_left, win_right, softcap, ALIBI_SLOPES, DOC_START, DOC_END, off_z,
                          off_hkv * GROUP, N_CTX_K, ALIBI, DOCS)
     for i in range(count):
@@ -663,7 +687,7 @@ def _attn_bwd_dq_kernel(Q, K, V, sm_scale, DO, DQ, LSE, LSUM, Delta,
                         stride_doz, stride_doh, stride_dom, stride_dok,
                         stride_dqz, stride_dqh, stride_dqm, stride_dqk,
                         H, GROUP, N_CTX_Q, N_CTX_K, N_CTX_Q_BUCKET, N_CTX_K_BUCKET,
-                        win_left, win_right, softcap, ALIBI_SLOPES, DOC_START, DOC_END, CU_SEQLENS_Q, CU_SEQLENS_K,
+                        win_left, win_right, softcap, ALIBI_SLOPES, DOC_START, DOC_END, CU_SEQLENS_Q, CU_SEQLENS_K, BLOCKS_Q, BLOCKS_K,
                         HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr,
                         DEFER: tl.constexpr, SEQ_PAR: tl.constexpr, SKIP: tl.constexpr,
                         DOT_PRECISION: tl.constexpr, TMA: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -675,6 +699,7 @@ def _attn_bwd_dq_kernel(Q, K, V, sm_scale, DO, DQ, LSE, LSUM, Delta,
     off_hkv = off_h // GROUP
     rows = off_hz.to(tl.int64) * N_CTX_Q  # this (batch, head)'s statistics
     if VARLEN:  # as in the forward kernel
+        off_z, start = _varlen_block(BLOCKS_Q, False, BLOCK_M)
         q_start, n_q = _packed(CU_SEQLENS_Q, off_z)
         k_start, N_CTX_K = _packed(CU_SEQLENS_K, off_z)
         rows = off_h * N_CTX_Q + q_start
@@ -698,7 +723,7 @@ def _attn_bwd_dq_kernel(Q, K, V, sm_scale, DO, DQ, LSE, LSUM, Delta,
                       BLOCK_M, BLOCK_D, False)
     first, count = _program_blocks(tl.cdiv(N_CTX_Q, BLOCK_M), SEQ_PAR, CAUSAL)
     if VARLEN:
-        count = tl.minimum(tl.cdiv(N_CTX_Q, BLOCK_M) - first, count)
+        first, count = start, 1
     for i in range(count):
         _attn_bwd_dq_block(first + i, Qs, Ks, Vs, DOs, DQs, LSE + rows, LSUM + rows, Delta + rows, sm_scale,
                            N_CTX_Q, N_CTX_K, mods, HEAD_DIM, BLOCK_D, CAUSAL, DEFER, SKIP, DOT_PRECISION, TMA, BLOCK_M,
@@ -822,6 +847,7 @@ class Mods:
     alibi_slopes: torch.Tensor | None = None
     doc_bounds: tuple[torch.Tensor, torch.Tensor] | None = None  # (start, end) of each token's document
     cu_seqlens: tuple[torch.Tensor, torch.Tensor] | None = None  # packed batches (varlen)
+    blocks: tuple[torch.Tensor, torch.Tensor] | None = None  # their block tables, Q and K side (varlen_blocks)
     band: tuple[int, int] = (0, 0)  # (left, right) the kernels use for block ranges (WINDOW or DOCS)
 
     def switches(self) -> dict:
@@ -832,7 +858,8 @@ class Mods:
     def args(self) -> tuple:
         docs = self.doc_bounds or (None, None)
         cu = self.cu_seqlens or (None, None)
-        return (*self.band, 0.0 if self.softcap is None else self.softcap, self.alibi_slopes, *docs, *cu)
+        blocks = self.blocks or (None, None)
+        return (*self.band, 0.0 if self.softcap is None else self.softcap, self.alibi_slopes, *docs, *cu, *blocks)
 
 
 DENSE = Mods()
@@ -850,11 +877,11 @@ def _strides(t: torch.Tensor, packed) -> tuple:
 
 def _forward(q, k, v, sm_scale, meta, variant, mods: Mods = DENSE, packed=None):
     """Launch the forward: (o, lse, lsum); lse in the log2 domain (the running max m when not variant.defer,
-    with lsum = l; lsum is lse itself when variant.defer). ``packed``: (batch, max_seqlen_q, max_seqlen_k) of a
-    packed batch, whose q, k, v are (1, heads, total, d) views."""
+    with lsum = l; lsum is lse itself when variant.defer). ``packed``: a packed batch's ``Packed``, whose q, k, v are
+    (1, heads, total, d) views."""
     Z, H, N_CTX_Q, HEAD_DIM = q.shape
     H_KV, N_CTX_K = k.shape[1], k.shape[2]
-    Z, max_q, max_k = (Z, N_CTX_Q, N_CTX_K) if packed is None else packed
+    max_q, max_k = (N_CTX_Q, N_CTX_K) if packed is None else (packed.max_q, packed.max_k)
     o = torch.empty_like(q)
     f32 = dict(device=q.device, dtype=torch.float32)
     lse = torch.empty(q.shape[:3], **f32)
@@ -864,6 +891,8 @@ def _forward(q, k, v, sm_scale, meta, variant, mods: Mods = DENSE, packed=None):
         ensure_tma_allocator()
 
     def grid(META):
+        if packed is not None:  # every block of every sequence, once
+            return (packed.blocks_q[META["BLOCK_M"]], H)
         return (triton.cdiv(max_q, META["BLOCK_M"]) if variant.seq_par else 1, Z * H)
 
     variant.launcher.launch("fwd", grid, q, k, v, sm_scale, lse, lsum, o,
@@ -878,7 +907,7 @@ def _backward(q, k, v, o, lse, lsum, do, sm_scale, meta, variant, mods: Mods = D
     rows. ``packed`` as in _forward."""
     Z, H, N_CTX_Q, HEAD_DIM = q.shape
     H_KV, N_CTX_K = k.shape[1], k.shape[2]
-    Z, max_q, max_k = (Z, N_CTX_Q, N_CTX_K) if packed is None else packed
+    max_q, max_k = (N_CTX_Q, N_CTX_K) if packed is None else (packed.max_q, packed.max_k)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     delta = torch.empty_like(lse)
     tail = (H, H // H_KV, N_CTX_Q, N_CTX_K, _bucket(max_q), _bucket(max_k), *mods.args())
@@ -888,6 +917,8 @@ def _backward(q, k, v, o, lse, lsum, do, sm_scale, meta, variant, mods: Mods = D
         ensure_tma_allocator()
 
     def grid_dkdv(META):
+        if packed is not None:
+            return (packed.blocks_k[META["BLOCK_N"]], H_KV)
         return (triton.cdiv(max_k, META["BLOCK_N"]) if variant.seq_par else 1, Z * H_KV)
 
     st = [_strides(t, packed) for t in (q, k, v, do, dk, dv, dq)]
@@ -895,6 +926,8 @@ def _backward(q, k, v, o, lse, lsum, do, sm_scale, meta, variant, mods: Mods = D
                             *st[0], *st[1], *st[2], *st[3], *st[4], *st[5], *tail, **meta, TMA=tma)
 
     def grid_dq(META):
+        if packed is not None:
+            return (packed.blocks_q[META["BLOCK_M"]], H)
         return (triton.cdiv(max_q, META["BLOCK_M"]) if variant.seq_par else 1, Z * H)
 
     variant.launcher.launch("bwd_dq", grid_dq, q, k, v, sm_scale, do, dq, lse, lsum, delta,
@@ -1033,7 +1066,7 @@ def _find_doc_bounds(doc_ids, batch: int, seqlen_q: int, seqlen_k: int, device) 
 
 
 def mods(causal, seqlen_q, seqlen_k, heads, batch, device, window=None, softcap=None, alibi_slopes=None,
-         doc_ids=None, cu_seqlens=None) -> Mods:
+         doc_ids=None, cu_seqlens=None, blocks=None) -> Mods:
     """The checked ``Mods`` of the public arguments (ValueError naming the problem otherwise)."""
     window = _check_window(window)
     softcap = _check_softcap(softcap)
@@ -1043,7 +1076,8 @@ def mods(causal, seqlen_q, seqlen_k, heads, batch, device, window=None, softcap=
     left, right = (big, big) if window is None else (min(window[0], big), min(window[1], big))
     if causal:
         right = min(right, 0)
-    return Mods(None if window is None else (left, right), softcap, alibi_slopes, docs, cu_seqlens, (left, right))
+    return Mods(None if window is None else (left, right), softcap, alibi_slopes, docs, cu_seqlens, blocks,
+                (left, right))
 
 
 def flash2_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = False,
@@ -1069,14 +1103,41 @@ def flash2_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: 
     return _attention.apply(q, k, v, bool(causal), scale, dot_precision(q.dtype, tf32), FA2, m)
 
 
-def _check_cu_seqlens(cu, name: str, total: int, max_seqlen: int, device, memo: _Memo) -> int:
-    """The batch size of a valid cu_seqlens (int32 prefix sums from 0 to total); ValueError otherwise. Remembered
-    for the last tensor checked (``memo``): no sync when the same one comes again."""
+VARLEN_BLOCKS = (16, 32, 64, 128)  # the block sizes a packed batch's block tables serve (every tile's BLOCK_M/N)
+
+
+def varlen_blocks(lengths: list[int], device) -> tuple[torch.Tensor, dict[int, int]]:
+    """The block tables of a packed batch of sequences of these lengths, one per size in VARLEN_BLOCKS: every
+    (sequence, block) pair, the last blocks of all sequences first (under causal masking they see the most keys),
+    as one int32 tensor (a header of each table's offset, then the pairs), and each table's length (the grid)."""
+    header, pairs, counts = [], [], {}
+    for size in VARLEN_BLOCKS:
+        table = sorted(((seq, b) for seq, n in enumerate(lengths) for b in range(-(-n // size))), key=lambda p: -p[1])
+        header.append(len(VARLEN_BLOCKS) + len(pairs))
+        pairs += [x for pair in table for x in pair]
+        counts[size] = len(table)
+    return torch.tensor(header + pairs, dtype=torch.int32, device=device), counts
+
+
+@dataclass(frozen=True)
+class Packed:
+    """A packed batch as the launches need it: its size, longest sequences, and block counts per size (grids)."""
+    batch: int
+    max_q: int
+    max_k: int
+    blocks_q: dict
+    blocks_k: dict
+
+
+def _check_cu_seqlens(cu, name: str, total: int, max_seqlen: int, device, memo: _Memo):
+    """(batch size, block tables, their lengths) of a valid cu_seqlens (int32 prefix sums from 0 to total);
+    ValueError otherwise. Remembered for the last tensor checked (``memo``): no sync when the same one comes
+    again."""
     return memo.get(cu, (name, total, max_seqlen, str(device)),
                     lambda: _find_cu_batch(cu, name, total, max_seqlen, device))
 
 
-def _find_cu_batch(cu, name: str, total: int, max_seqlen: int, device) -> int:
+def _find_cu_batch(cu, name: str, total: int, max_seqlen: int, device):
     if not isinstance(cu, torch.Tensor) or cu.dtype != torch.int32 or cu.dim() != 1 or cu.numel() < 2:
         raise ValueError(f"{name} must be a 1-D int32 tensor (batch + 1,), got "
                          f"{tuple(cu.shape) if isinstance(cu, torch.Tensor) else type(cu).__name__}")
@@ -1089,7 +1150,7 @@ def _find_cu_batch(cu, name: str, total: int, max_seqlen: int, device) -> int:
     if not isinstance(max_seqlen, int) or max_seqlen < max(lengths) or max_seqlen < 1:
         raise ValueError(f"max_seqlen for {name} must be an int >= its longest sequence ({max(lengths)}), "
                          f"got {max_seqlen!r}")
-    return cu.numel() - 1
+    return (cu.numel() - 1, *varlen_blocks(lengths, device))
 
 
 def flash2_varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q: int, max_seqlen_k: int,
@@ -1106,13 +1167,16 @@ def flash2_varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q: i
                              f"{tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}")
     qv, kv, vv = (t.unsqueeze(0).transpose(1, 2) for t in (q, k, v))  # (1, heads, total, d) views
     shape = check_inputs(qv, kv, vv)
-    batch = _check_cu_seqlens(cu_seqlens_q, "cu_seqlens_q", q.shape[0], max_seqlen_q, q.device, _CU_MEMO_Q)
-    if _check_cu_seqlens(cu_seqlens_k, "cu_seqlens_k", k.shape[0], max_seqlen_k, q.device, _CU_MEMO_K) != batch:
+    batch, blocks_q, counts_q = _check_cu_seqlens(cu_seqlens_q, "cu_seqlens_q", q.shape[0], max_seqlen_q, q.device,
+                                                  _CU_MEMO_Q)
+    batch_k, blocks_k, counts_k = _check_cu_seqlens(cu_seqlens_k, "cu_seqlens_k", k.shape[0], max_seqlen_k, q.device,
+                                                    _CU_MEMO_K)
+    if batch_k != batch:
         raise ValueError(f"cu_seqlens_q and cu_seqlens_k must have one length, got {cu_seqlens_q.numel()} and "
                          f"{cu_seqlens_k.numel()}")
     scale = check_scale(shape.headdim, sm_scale)
     m = mods(causal, max_seqlen_q, max_seqlen_k, shape.heads, batch, q.device, window, softcap, alibi_slopes,
-             cu_seqlens=(cu_seqlens_q.contiguous(), cu_seqlens_k.contiguous()))
+             cu_seqlens=(cu_seqlens_q.contiguous(), cu_seqlens_k.contiguous()), blocks=(blocks_q, blocks_k))
     o = _attention.apply(qv, kv, vv, bool(causal), scale, dot_precision(q.dtype, False), FA2, m,
-                         (batch, max_seqlen_q, max_seqlen_k))
+                         Packed(batch, max_seqlen_q, max_seqlen_k, counts_q, counts_k))
     return o.transpose(1, 2).squeeze(0)

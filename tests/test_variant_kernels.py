@@ -234,6 +234,19 @@ def test_varlen_matches_reference_per_sequence(case, causal, variant):
     assert_close(got, (ref, *torch.autograd.grad(ref, leaves, do.double())), torch.float32)
 
 
+def test_the_varlen_grid_covers_each_block_of_each_sequence_once_the_last_blocks_first():
+    from fa2bench.kernels.flash2 import VARLEN_BLOCKS, varlen_blocks
+
+    lengths = [3, 0, 20, 16, 33]
+    table, counts = varlen_blocks(lengths, "cpu")
+    flat = table.tolist()
+    for i, size in enumerate(VARLEN_BLOCKS):
+        pairs = list(zip(flat[flat[i]:flat[i] + 2 * counts[size]:2], flat[flat[i] + 1:flat[i] + 2 * counts[size]:2]))
+        assert sorted(pairs) == [(seq, b) for seq, n in enumerate(lengths) for b in range(-(-n // size))]
+        assert [b for _, b in pairs] == sorted((b for _, b in pairs), reverse=True)
+    assert counts == {16: 1 + 0 + 2 + 1 + 3, 32: 1 + 0 + 1 + 1 + 2, 64: 4, 128: 4}
+
+
 def test_varlen_fp16_causal_window():
     (q, cu_q), (k, cu_k), (v, _) = packed([30, 1, 18], 2, 32), packed([30, 1, 18], 2, 32), packed([30, 1, 18], 2, 32)
     with small_tiles():
@@ -293,7 +306,7 @@ def test_doc_ids_are_checked_once_per_tensor_and_again_after_an_in_place_change(
 def test_cu_seqlens_are_checked_once_per_tensor():
     cu, dev = torch.tensor([0, 6, 10], dtype=torch.int32, device=DEVICE), torch.device(DEVICE)
     memo = flash2._Memo()
-    assert flash2._check_cu_seqlens(cu, "cu_seqlens_q", 10, 6, dev, memo) == 2
+    assert flash2._check_cu_seqlens(cu, "cu_seqlens_q", 10, 6, dev, memo)[0] == 2
     with pytest.raises(ValueError, match="max_seqlen"):  # other arguments are checked again
         flash2._check_cu_seqlens(cu, "cu_seqlens_q", 10, 5, dev, memo)
     cu[1] = 12

@@ -42,10 +42,10 @@ VARIANTS = {  # fa2's variant switches (flash2.Mods), the runtime arguments each
     "softcap": ("SOFTCAP", {"softcap": "fp32"}),
     "alibi": ("ALIBI", {"ALIBI_SLOPES": "*fp32"}),
     "docs": ("DOCS", {"DOC_START": "*i32", "DOC_END": "*i32"}),
-    "varlen": ("VARLEN", {"CU_SEQLENS_Q": "*i32", "CU_SEQLENS_K": "*i32"}),
+    "varlen": ("VARLEN", {"CU_SEQLENS_Q": "*i32", "CU_SEQLENS_K": "*i32", "BLOCKS_Q": "*i32", "BLOCKS_K": "*i32"}),
 }
 UNUSED = {"softcap": 0.0, "ALIBI_SLOPES": None, "DOC_START": None, "DOC_END": None, "CU_SEQLENS_Q": None,
-          "CU_SEQLENS_K": None}  # what a launch passes for the arguments of switches that are off
+          "CU_SEQLENS_K": None, "BLOCKS_Q": None, "BLOCKS_K": None}  # what a launch passes for the arguments of switches that are off
 
 
 def parse(spec: str) -> triton.Config:
