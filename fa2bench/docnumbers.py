@@ -363,7 +363,8 @@ def variants_power(root: Path) -> str:
     for provider, name in (("fa2", "`fa2`"), ("flex", "FlexAttention")):
         mine = ok[ok["provider"] == provider]
         said.append(f"{name} drew {mine['power_w'].mean():.0f} W at {mine['sm_clock_mhz'].mean():.0f} MHz on average "
-                    f"and was held at the {limit:.0f} W cap in {100 * mine['throttled_frac'].mean():.0f}% of the samples")
+                    f"and was held at the {limit:.0f} W cap in {100 * mine['throttled_frac'].mean():.0f}% of the "
+                    f"samples")
     return "during their timed calls " + "; ".join(said)
 
 
@@ -408,15 +409,16 @@ def variants_profile(root: Path) -> str:
     """GPU kernel time per backward call by kernel, from the profiles the run folder keeps (profiles.log, written by
     ``fa2bench profile --variant ... --trace``)."""
     text = (root / VARIANTS / "profiles.log").read_text()
-    lines = ["| provider | variant | kernels (us per call) | total us | dK/dV kernel: tiles, registers, spilled 32-bit words per thread |",
+    lines = ["| provider | variant | kernels (us per call) | total us | dK/dV kernel: tiles, registers, spilled "
+             "32-bit words per thread |",
              "| --- | --- | --- | ---: | --- |"]
     for head, body in re.findall(r"^=== (\S+ bwd \S+) .*?\n(.*?)(?=^=== |\Z)", text, re.S | re.M):
         provider, _, variant = head.split()
         kernels = re.findall(r"│ (\w+) +│ kernel │ +\d+ │ +([\d.]+) │", body)
         total = sum(float(us) for _, us in kernels)
         shown = ", ".join(f"`{name}` {float(us):.0f}" for name, us in kernels)
-        dkdv = re.search(r"│ bwd_dkdv +│ \w+ +│ BLOCK_D=\d+ (BLOCK_M=\d+ BLOCK_N=\d+) +│ +(\d+) │ +(\d+) │ +(\d+) │ +(\d+) │",
-                         body)
+        dkdv = re.search(r"│ bwd_dkdv +│ \w+ +│ BLOCK_D=\d+ (BLOCK_M=\d+ BLOCK_N=\d+) +│ +(\d+) │ +(\d+) │ "
+                         r"+(\d+) │ +(\d+) │", body)
         resources = f"{dkdv[1]} w{dkdv[2]} s{dkdv[3]}, {dkdv[4]}, {dkdv[5]}" if dkdv else "-"
         lines.append(f"| {provider} | {variant} | {shown} | {total:.0f} | {resources} |")
     return "\n" + "\n".join(lines) + "\n"
