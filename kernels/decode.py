@@ -67,11 +67,16 @@ def _decode_inner(acc, l_i, m_i, q, K, V, table_row, lo, hi, limit, seqlen, off_
     d_ok = offs_d[None, :] < HEAD_DIM
     for start_n in range(lo, hi, BLOCK_N):
         cols = start_n + offs_n
-        if PAGED:  # BLOCK_N divides PAGE_SIZE: the block lies in one page
+        if PAGED and BLOCK_N <= PAGE_SIZE:  # BLOCK_N divides PAGE_SIZE: the block lies in one page
             page = tl.load(table_row + start_n // PAGE_SIZE).to(tl.int64)
             rows = (start_n % PAGE_SIZE + offs_n).to(tl.int64)
             k_off = page * stride_kb + rows[:, None] * stride_kn + offs_d[None, :]
             v_off = page * stride_vb + rows[:, None] * stride_vn + offs_d[None, :]
+        elif PAGED:  # the block spans BLOCK_N // PAGE_SIZE pages: each key row finds its page in the table
+            pages = tl.load(table_row + cols // PAGE_SIZE, mask=cols < seqlen, other=0).to(tl.int64)
+            rows = (cols % PAGE_SIZE).to(tl.int64)
+            k_off = pages[:, None] * stride_kb + rows[:, None] * stride_kn + offs_d[None, :]
+            v_off = pages[:, None] * stride_vb + rows[:, None] * stride_vn + offs_d[None, :]
         else:
             k_off = off_b * stride_kb + cols.to(tl.int64)[:, None] * stride_kn + offs_d[None, :]
             v_off = off_b * stride_vb + cols.to(tl.int64)[:, None] * stride_vn + offs_d[None, :]
@@ -253,7 +258,8 @@ def plan(batch: int, q_len: int, heads: int, kv_heads: int, headdim: int, capaci
 
     GQA-packed rows in tiles of at most MAX_TILE_ROWS, ``choose_tile``'s key block and stages, and
     ``num_splits_heuristic``'s count with one resident program per SM for 128-key blocks, two for smaller ones.
-    ``tiles`` = (BLOCK_N, warps, stages) overrides the tiling (capped at the page), ``num_splits`` the count."""
+    ``tiles`` = (BLOCK_N, warps, stages) overrides the tiling (a block larger than a page spans several: the
+    kernel finds each key row's page), ``num_splits`` the count."""
     rows = q_len * (heads // kv_heads)
     block_m = min(MAX_TILE_ROWS, max(16, triton.next_power_of_2(rows)))
     m_tiles = triton.cdiv(rows, block_m)
@@ -261,7 +267,7 @@ def plan(batch: int, q_len: int, heads: int, kv_heads: int, headdim: int, capaci
     block_n, stages = choose_tile(programs, capacity, page_size, elt, block_d(headdim), sms)
     warps = 4 if block_m <= 64 else 8  # a 128-row tile keeps a 128 x d fp32 accumulator
     if tiles:
-        block_n = min(tiles[0], page_size) if page_size else tiles[0]
+        block_n = tiles[0]
         warps, stages = tiles[1], tiles[2]
     splits = int(num_splits) if num_splits is not None else num_splits_heuristic(
         programs, triton.cdiv(capacity, block_n), sms, per_sm=1 if block_n >= 128 else 2)

@@ -120,10 +120,24 @@ def test_one_launch_plan_for_the_kernel_and_the_split_study():
     assert plan(1, 1, 32, 8, 128, 16384, 0, 2, 132) == (16, 1, 128, 3, 4, 16)
     # a short cache: 64-key blocks, two programs per SM, at most one split per block
     assert plan(1, 1, 32, 8, 128, 1024, 0, 2, 132).splits == 16
-    assert plan(1, 16, 128, 1, 64, 4096, 64, 2, 132, tiles=(128, 8, 2))[:5] == (128, 16, 64, 2, 8)
+    assert plan(1, 16, 128, 1, 64, 4096, 64, 2, 132, tiles=(128, 8, 2))[:5] == (128, 16, 128, 2, 8)
     run(make_inputs(2, 4, 2, 2, 130, 32, 0, False, torch.float32, DEVICE))  # the kernel launches as planned
     block_m, _, block_n, stages, warps, splits = plan(2, 2, 4, 2, 32, 130, 0, 4, sm_count(torch.device(DEVICE)))
     assert last_config() == f"decode: BLOCK_M={block_m} BLOCK_N={block_n} w{warps} s{stages} splits={splits}"
+
+
+@pytest.mark.parametrize("page", [16, 32])
+def test_a_block_may_span_pages(page):
+    """tiles= asks for 64-key blocks over smaller pages: each key row is read from its own page (pages handed out
+    in reverse order, ragged lengths, a split count that cuts blocks mid-sequence)."""
+    inputs = make_inputs(2, 8, 2, 3, 150, 32, 0, True, torch.float32, DEVICE)
+    contiguous = run(inputs, num_splits=2)
+    paged = run(paged_copy(inputs, page), num_splits=2, tiles=(64, 4, 2))
+    assert last_config().startswith("decode: BLOCK_M=16 BLOCK_N=64")
+    torch.testing.assert_close(paged, contiguous, rtol=1e-6, atol=1e-6)
+    verdict = check_decode(lambda i: run(i, num_splits=3, tiles=(64, 4, 2)), paged_copy(inputs, page))
+    assert verdict.ok, verdict.detail
+
 
 def test_reference_gathers_pages_in_table_order():
     cache = torch.arange(3 * 4, dtype=torch.float32).reshape(3, 4, 1, 1)

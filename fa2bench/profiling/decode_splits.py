@@ -9,7 +9,8 @@ caches (L2 cold, as decode sweep points are timed), and writes ``decode_splits.c
 
 Each row is one (shape, split count); ``heuristic`` marks the heuristic's own count, ``vs_best`` its time over
 the fastest count's. ``--study tiles`` writes ``decode_tiles.csv``: every (BLOCK_N, warps, stages) of ``TILES``
-at split counts 1-32, the data behind the kernel's tiling and heuristic.
+at split counts 1-32, the data behind the kernel's tiling and heuristic; ``--page-size N`` runs either study on a
+cache in pages of N keys (a block larger than a page spans several; the plan caps it at the page).
 """
 from __future__ import annotations
 
@@ -37,8 +38,9 @@ TILE_SPLITS = (1, 2, 4, 8, 16, 32)
 TILES_CSV = "decode_tiles.csv"
 
 
-def _timer(batch: int, heads: int, kv_heads: int, kv_len: int):
-    """time(splits, tiles) -> a row: decode_attention on fresh caches of this shape, graph timer, L2 cold."""
+def _timer(batch: int, heads: int, kv_heads: int, kv_len: int, page: int = 0):
+    """time(splits, tiles) -> a row: decode_attention on fresh caches of this shape (pages of ``page`` keys; 0:
+    contiguous), graph timer, L2 cold."""
     import torch
 
     from fa2bench.core import precision
@@ -51,11 +53,11 @@ def _timer(batch: int, heads: int, kv_heads: int, kv_len: int):
     nbytes = compulsory_bytes(batch, heads, kv_heads, 1, kv_len, HEADDIM, False, dtype.itemsize)
 
     def inputs():
-        return make_inputs(batch, heads, kv_heads, 1, kv_len, HEADDIM, 0, False, dtype, "cuda")
+        return make_inputs(batch, heads, kv_heads, 1, kv_len, HEADDIM, page, False, dtype, "cuda")
 
     def time(count: int | None, tiles=None) -> dict:
         def run(cache):
-            return decode.decode_attention(cache.q, cache.k_cache, cache.v_cache, cache.seqlens_k,
+            return decode.decode_attention(cache.q, cache.k_cache, cache.v_cache, cache.seqlens_k, cache.block_table,
                                            num_splits=count, validate=False, tiles=tiles)
 
         cache = inputs()
@@ -64,13 +66,13 @@ def _timer(batch: int, heads: int, kv_heads: int, kv_len: int):
                        rotate=lambda n: [((lambda c=c: run(c)), None) for c in (inputs() for _ in range(n))])
         torch.cuda.synchronize()
         return dict(batch=batch, heads=heads, kv_heads=kv_heads, kv_len=kv_len, headdim=HEADDIM, dtype=DTYPE,
-                    splits=count, us=timing.ms * 1e3, gbps=nbytes / (timing.ms * 1e-3) / 1e9,
+                    page_size=page, splits=count, us=timing.ms * 1e3, gbps=nbytes / (timing.ms * 1e-3) / 1e9,
                     samples=timing.samples, spread=timing.spread, noisy=timing.noisy, timer=timing.timer)
 
     return time
 
 
-def heuristic_splits(batch: int, heads: int, kv_heads: int, kv_len: int) -> int:
+def heuristic_splits(batch: int, heads: int, kv_heads: int, kv_len: int, page: int = 0) -> int:
     """The split count decode_attention picks for one query per sequence (its launch plan, ``decode.plan``)."""
     import torch
 
@@ -78,14 +80,16 @@ def heuristic_splits(batch: int, heads: int, kv_heads: int, kv_len: int) -> int:
     from fa2bench.kernels import decode
 
     elt = precision.torch_dtype(DTYPE).itemsize
-    return decode.plan(batch, 1, heads, kv_heads, HEADDIM, kv_len, 0, elt, decode.sm_count(torch.device("cuda"))).splits
+    return decode.plan(batch, 1, heads, kv_heads, HEADDIM, kv_len, page, elt,
+                       decode.sm_count(torch.device("cuda"))).splits
 
 
-def study(shapes=SHAPES, splits=SPLITS, save=None) -> pd.DataFrame:
+def study(shapes=SHAPES, splits=SPLITS, save=None, page: int = 0) -> pd.DataFrame:
     """The heuristic's split count against each fixed count (default tiles); ``save(frame)`` at the end."""
     rows = []
     for batch, heads, kv_heads, kv_len in shapes:
-        time, chosen = _timer(batch, heads, kv_heads, kv_len), heuristic_splits(batch, heads, kv_heads, kv_len)
+        time = _timer(batch, heads, kv_heads, kv_len, page)
+        chosen = heuristic_splits(batch, heads, kv_heads, kv_len, page)
         rows += [{**time(count), "heuristic": count == chosen} for count in sorted({*splits, chosen})]
     frame = pd.DataFrame(rows)
     frame["vs_best"] = frame["us"] / frame.groupby(["batch", "heads", "kv_len"])["us"].transform("min")
@@ -94,12 +98,13 @@ def study(shapes=SHAPES, splits=SPLITS, save=None) -> pd.DataFrame:
     return frame
 
 
-def tile_study(shapes=TILE_SHAPES, tiles=TILES, splits=TILE_SPLITS, save=None) -> pd.DataFrame:
+def tile_study(shapes=TILE_SHAPES, tiles=TILES, splits=TILE_SPLITS, save=None, page: int = 0) -> pd.DataFrame:
     """Every (BLOCK_N, warps, stages) of ``tiles`` at every split count of ``splits`` and the heuristic's;
     ``save(frame)`` after each shape (a study stopped by a time limit keeps what it measured)."""
     rows = []
     for batch, heads, kv_heads, kv_len in shapes:
-        time, chosen = _timer(batch, heads, kv_heads, kv_len), heuristic_splits(batch, heads, kv_heads, kv_len)
+        time = _timer(batch, heads, kv_heads, kv_len, page)
+        chosen = heuristic_splits(batch, heads, kv_heads, kv_len, page)
         for tile in tiles:
             for count in sorted({*splits, chosen}):
                 try:
@@ -120,12 +125,14 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--study", choices=("splits", "tiles", "both"), default="splits")
+    parser.add_argument("--page-size", type=int, default=0, help="a paged cache of pages of this many keys")
     args = parser.parse_args(argv)
     from fa2bench.run import hardware
     from fa2bench.run.runner import environment_meta
 
     args.out.mkdir(parents=True, exist_ok=True)
-    meta = {**environment_meta("cuda"), "study": f"decode {args.study}", "ceilings": hardware.measure_ceilings()}
+    meta = {**environment_meta("cuda"), "study": f"decode {args.study}", "page_size": args.page_size,
+            "ceilings": hardware.measure_ceilings()}
     (args.out / "meta.json").write_text(json.dumps(meta, indent=1, default=str))
     copy_gbps = 1e3 * (meta["ceilings"].get("copy_tb_per_s") or float("nan"))
     def saver(csv):
@@ -135,7 +142,7 @@ def main(argv=None) -> None:
 
     for name, csv, run in (("splits", CSV, study), ("tiles", TILES_CSV, tile_study)):
         if args.study in (name, "both"):
-            frame = run(save=saver(csv))
+            frame = run(save=saver(csv), page=args.page_size)
             print(frame[frame["vs_best"] == 1].to_string(index=False))
 
 
