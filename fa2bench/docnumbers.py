@@ -27,6 +27,7 @@ FIRST, SECOND = "h200-default-run1", "h200-default-run2"  # issue 21: the defaul
 DECODE, SPLITS = "h200-decode-v2", "h200-decode-splits-v2"  # the decode preset and split study, tiles retuned
 DECODE_BEFORE, PLAIN = "h200-decode", "h200-decode-plain"  # before the retuning; the plain-timer subset of it
 VARIANTS = "h200-variants"  # issue 18: the variants preset, fp16 and bf16
+HEADLINE = "h200-headline"  # issue 20: the paper's shapes at d64-256 on the H200, six providers
 NAMES = {"fa2": "fa2", "sdpa-cudnn": "cuDNN", "sdpa-flash": "flash"}
 
 
@@ -74,10 +75,10 @@ def _few_samples(frame: pd.DataFrame) -> str:
             f"({int((calls == 1).sum())} on one; the run predates the suite's minimum of {MIN_SAMPLES} samples).")
 
 
-def top_table(root: Path) -> str:
+def top_table(root: Path, run: str = TOP) -> str:
     """fp16 TFLOP/s of fa2, cuDNN and flash at 4k and 16k, and fa2/cuDNN's median over 2k and longer, naming
     the lengths it covers."""
-    frame = _load(root, TOP)
+    frame = _load(root, run)
     frame = frame[frame["dtype"] == "fp16"]
     longer = sorted(n for n in frame["seqlen_q"].unique() if n >= 2048)
     ratios = ratio_table(frame, "fa2", "sdpa-cudnn", longer).set_index(["mode", "causal", "headdim"])
@@ -101,6 +102,26 @@ def top_table(root: Path) -> str:
                 cells.append(cell)
                 lines.append("| " + " | ".join(cells) + " |")
     return "\n" + "\n".join(lines) + "\n"
+
+
+def headline_table(root: Path) -> str:
+    """``top_table`` of the H200 headline run, and what stands behind it (points, noisy ones, whether complete)."""
+    frame = _load(root, HEADLINE)
+    fp16 = _ok(frame[frame["dtype"] == "fp16"])
+    noisy = fp16[fp16["noisy"].astype(str) == "True"]
+    done = "complete" if _meta(root, HEADLINE).get("complete") else "not yet complete: its bf16 half is unfinished"
+
+    def ratios(run):
+        fp = _load(root, run)
+        fp = fp[fp["dtype"] == "fp16"]
+        longer = [n for n in fp["seqlen_q"].unique() if n >= 2048]
+        return ratio_table(fp, "fa2", "sdpa-cudnn", longer).set_index(["mode", "causal", "headdim"])["median"]
+
+    apart = (ratios(HEADLINE) - ratios(TOP)).abs().dropna()
+    return (top_table(root, HEADLINE) + f"\n{len(fp16)} fp16 points ok (the run is {done}); {len(noisy)} of them "
+            f"`noisy` (spread above 3% at the time cap), {int((noisy['provider'] == 'fa2').sum())} of those fa2's. "
+            f"The fa2 / cuDNN medians differ from the H100 run's (`{TOP}`, above) by at most {apart.max():.2f} "
+            f"over the {len(apart)} rows.\n")
 
 
 def top_versus(root: Path) -> str:
@@ -431,7 +452,7 @@ BLOCKS: dict[str, Callable[[Path], str]] = {
     "first-run": first_run, "decode-versus": decode_versus, "decode-splits": decode_splits,
     "decode-timers": decode_timers, "variants-table": variants_table, "variants-varlen": variants_varlen,
     "variants-power": variants_power, "variants-cost": variants_cost, "variants-tiles": variants_tiles,
-    "variants-profile": variants_profile,
+    "variants-profile": variants_profile, "headline-table": headline_table,
 }
 
 
