@@ -75,13 +75,19 @@ def _few_samples(frame: pd.DataFrame) -> str:
             f"({int((calls == 1).sum())} on one; the run predates the suite's minimum of {MIN_SAMPLES} samples).")
 
 
-def top_table(root: Path, run: str = TOP) -> str:
-    """fp16 TFLOP/s of fa2, cuDNN and flash at 4k and 16k, and fa2/cuDNN's median over 2k and longer, naming
-    the lengths it covers."""
+def _versus_cudnn(root: Path, run: str) -> tuple[pd.DataFrame, list[int], pd.DataFrame]:
+    """A run's fp16 points, its sequence lengths of 2k and longer, and fa2 / cuDNN over those per (mode, causal,
+    head dim) (``ratio_table``: median, min, max, points)."""
     frame = _load(root, run)
     frame = frame[frame["dtype"] == "fp16"]
     longer = sorted(n for n in frame["seqlen_q"].unique() if n >= 2048)
-    ratios = ratio_table(frame, "fa2", "sdpa-cudnn", longer).set_index(["mode", "causal", "headdim"])
+    return frame, longer, ratio_table(frame, "fa2", "sdpa-cudnn", longer).set_index(["mode", "causal", "headdim"])
+
+
+def top_table(root: Path, run: str = TOP) -> str:
+    """fp16 TFLOP/s of fa2, cuDNN and flash at 4k and 16k, and fa2/cuDNN's median over 2k and longer, naming
+    the lengths it covers."""
+    frame, longer, ratios = _versus_cudnn(root, run)
     speed = speedup(frame, "sdpa-cudnn")
     ok = _ok(frame).set_index(["provider", "mode", "causal", "headdim", "seqlen_q"])["tflops"]
     head = ["mode", "head dim", "causal"] + [f"{NAMES[p]} {_k(n)}" for p in NAMES for n in (4096, 16384)]
@@ -110,14 +116,7 @@ def headline_table(root: Path) -> str:
     fp16 = _ok(frame[frame["dtype"] == "fp16"])
     noisy = fp16[fp16["noisy"].astype(str) == "True"]
     done = "complete" if _meta(root, HEADLINE).get("complete") else "not yet complete: its bf16 half is unfinished"
-
-    def ratios(run):
-        fp = _load(root, run)
-        fp = fp[fp["dtype"] == "fp16"]
-        longer = [n for n in fp["seqlen_q"].unique() if n >= 2048]
-        return ratio_table(fp, "fa2", "sdpa-cudnn", longer).set_index(["mode", "causal", "headdim"])["median"]
-
-    apart = (ratios(HEADLINE) - ratios(TOP)).abs().dropna()
+    apart = (_versus_cudnn(root, HEADLINE)[2]["median"] - _versus_cudnn(root, TOP)[2]["median"]).abs().dropna()
     return (top_table(root, HEADLINE) + f"\n{len(fp16)} fp16 points ok (the run is {done}); {len(noisy)} of them "
             f"`noisy` (spread above 3% at the time cap), {int((noisy['provider'] == 'fa2').sum())} of those fa2's. "
             f"The fa2 / cuDNN medians differ from the H100 run's (`{TOP}`, above) by at most {apart.max():.2f} "

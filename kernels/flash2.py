@@ -1124,8 +1124,8 @@ def varlen_blocks(lengths: list[int], device) -> tuple[torch.Tensor, dict[int, i
 
 @dataclass(frozen=True)
 class Packed:
-    """A packed batch as the launches need it: its size, longest sequences, and block counts per size (grids)."""
-    batch: int
+    """A packed batch as the launches need it: its longest sequences (autotune buckets) and its block counts per
+    block size (grids)."""
     max_q: int
     max_k: int
     blocks_q: dict
@@ -1181,5 +1181,5 @@ def flash2_varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q: i
     m = mods(causal, max_seqlen_q, max_seqlen_k, shape.heads, batch, q.device, window, softcap, alibi_slopes,
              cu_seqlens=(cu_seqlens_q.contiguous(), cu_seqlens_k.contiguous()), blocks=(blocks_q, blocks_k))
     o = _attention.apply(qv, kv, vv, bool(causal), scale, dot_precision(q.dtype, False), FA2, m,
-                         Packed(batch, max_seqlen_q, max_seqlen_k, counts_q, counts_k))
+                         Packed(max_seqlen_q, max_seqlen_k, counts_q, counts_k))
     return o.transpose(1, 2).squeeze(0)
