@@ -138,12 +138,25 @@ def bench(fn: Callable[[], object], grad_to_none: Sequence[torch.Tensor] | None 
         host_ms = 0.0 if timer == "plain" or use_graph(plain.ms) else host_issue_ms(fn, grad_to_none, flush)
         if timer == "plain" or not use_graph(plain.ms, host_ms):
             return plain
+    stream = torch.cuda.current_stream()
     try:
         return _bench_graph(fn, grad_to_none, rotate, input_bytes, rep_ms, target_spread, max_ms)
     except Exception:  # not capturable: the plain timer is the honest fallback
-        torch.cuda.synchronize()
+        _after_failed_capture(stream)
         return plain or until_stable(lambda n: _plain_batch(fn, grad_to_none, flush, n, rep_ms), target_spread,
                                      max_ms, timer="plain")
+
+
+def _after_failed_capture(stream: torch.cuda.Stream) -> None:
+    """Leave the process as it was before a capture that failed. torch's ``graph`` context skips both its
+    epilogues when the capture ends in an error: the capture stream stays current, and every CUDA generator
+    stays in capture mode, so the next ``torch.randn`` fails with "Offset increment outside graph capture"
+    (every later point of a sweep did). A generator pointed at a clone of its own state (same seed and offset,
+    not capturing) is usable again."""
+    torch.cuda.set_stream(stream)
+    torch.cuda.synchronize()
+    for generator in torch.cuda.default_generators:
+        generator.graphsafe_set_state(generator.clone_state())
 
 
 def use_graph(plain_ms: float, host_ms: float = 0.0, threshold_ms: float = GRAPH_BELOW_MS) -> bool:
@@ -239,21 +252,23 @@ def _bench_graph(fn, grad_to_none, rotate: Rotate | None, input_bytes: int, rep_
                  max_ms: float) -> Timing:
     """Capture one call over each input copy (repeated to at least 8 calls), replay, divide."""
     wanted = rotation_copies(input_bytes, l2_bytes())
-    pairs = [(fn, grad_to_none)] + (list(rotate(wanted - 1)) if rotate is not None and wanted > 1 else [])
-    name = "graph-warm" if len(pairs) < wanted else "graph"  # too few copies: inputs hot in L2 between calls
-    calls = [f for f, _ in pairs] * max(1, math.ceil(8 / len(pairs)))
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):  # warm-up on a side stream, as capture requires
-        for f, grads in pairs:
+    with torch.cuda.stream(stream):  # capture needs a side stream; so do the calls' inputs and forward graphs,
+        # since autograd runs each backward op on its forward's stream: a forward run on the default stream puts
+        # the backward there, outside the capture
+        pairs = list(rotate(wanted)) if rotate is not None else [(fn, grad_to_none)]
+        for f, grads in pairs:  # warm-up
             _reset(grads)
             f()
     torch.cuda.current_stream().wait_stream(stream)
     torch.cuda.synchronize()
+    name = "graph-warm" if len(pairs) < wanted else "graph"  # too few copies: inputs hot in L2 between calls
+    calls = [f for f, _ in pairs] * max(1, math.ceil(8 / len(pairs)))
     for _, grads in pairs:  # gradients assigned, not accumulated, inside the graph
         _reset(grads)
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
+    with torch.cuda.graph(graph, stream=stream):
         for f in calls:
             f()
     graph.replay()
