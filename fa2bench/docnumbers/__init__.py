@@ -1,0 +1,78 @@
+"""Numbers in the docs that cannot drift: README.md (and docs/*.md) quote results only inside marked blocks,
+``<!-- fa2bench:begin NAME -->`` ... ``<!-- fa2bench:end NAME -->``, whose text ``BLOCKS[NAME]`` computes from
+the committed runs under ``results/``. ``render`` rewrites the blocks of a text (``fa2bench report --readme``);
+``stale`` lists the blocks whose text is not what the data gives (``tests/test_docs_numbers.py``).
+
+A block is a table or a whole sentence, so the words around a number cannot say something the number does not.
+It reads every kind of run (sweeps, the ablation, e2e's Table 1), so it sits above ``read`` and ``e2e``.
+"The measured ceiling" of a run is the one in its meta.json: ``ceilings.matmul_<dtype>_tflops``, the median
+time of one 8192 x 8192 x 8192 ``torch.matmul`` timed at the start of that run (``hardware.measure_ceilings``).
+No block reads a legacy folder (one without a tool-written meta.json; ``results/README.md``).
+
+The blocks live by the runs they read: ``h100`` (top, ablation, e2e), ``h200`` (headline, first result,
+decoding), ``variants``; ``data`` names the runs.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Callable
+
+from fa2bench.docnumbers.h100 import (ablation_fa1, ablation_steps, ablation_versus, e2e_table, e2e_tokens,
+                                      e2e_versus, top_points, top_table, top_versus)
+from fa2bench.docnumbers.h200 import decode_splits, decode_timers, decode_versus, first_run, headline_table
+from fa2bench.docnumbers.variants import (variants_cost, variants_power, variants_profile, variants_table,
+                                          variants_tiles, variants_varlen)
+
+BEGIN, END = "<!-- fa2bench:begin {} -->", "<!-- fa2bench:end {} -->"
+_BLOCK = re.compile(r"<!-- fa2bench:begin ([\w-]+) -->(.*?)<!-- fa2bench:end \1 -->", re.S)
+
+BLOCKS: dict[str, Callable[[Path], str]] = {
+    "top-points": top_points, "top-table": top_table, "top-versus": top_versus,
+    "ablation-versus": ablation_versus, "ablation-fa1": ablation_fa1, "ablation-steps": ablation_steps,
+    "e2e-tokens": e2e_tokens, "e2e-table": e2e_table, "e2e-versus": e2e_versus,
+    "first-run": first_run, "decode-versus": decode_versus, "decode-splits": decode_splits,
+    "decode-timers": decode_timers, "variants-table": variants_table, "variants-varlen": variants_varlen,
+    "variants-power": variants_power, "variants-cost": variants_cost, "variants-tiles": variants_tiles,
+    "variants-profile": variants_profile, "headline-table": headline_table,
+}
+
+
+def blocks(text: str) -> list[tuple[str, str]]:
+    """(name, text) of every marked block, in order."""
+    return [(m.group(1), m.group(2)) for m in _BLOCK.finditer(text)]
+
+
+def render(text: str, root: str | Path = "results") -> str:
+    """``text`` with every marked block's contents recomputed from the runs under ``root``; an unknown block
+    name is a ValueError."""
+    root, cache = Path(root), {}
+
+    def fill(match: re.Match) -> str:
+        name = match.group(1)
+        if name not in BLOCKS:
+            raise ValueError(f"unknown block {name!r} (known: {', '.join(BLOCKS)})")
+        if name not in cache:
+            cache[name] = BLOCKS[name](root)
+        return BEGIN.format(name) + cache[name] + END.format(name)
+
+    return _BLOCK.sub(fill, text)
+
+
+def stale(text: str, root: str | Path = "results") -> list[str]:
+    """Names of the blocks whose text differs from what the data gives."""
+    fresh = dict(blocks(render(text, root)))
+    return [name for name, body in blocks(text) if fresh[name] != body]
+
+
+def update(paths, root: str | Path = "results") -> list[Path]:
+    """Rewrite the marked blocks of each file in ``paths``; returns the files that changed."""
+    changed = []
+    for path in map(Path, paths):
+        text = path.read_text()
+        new = render(text, root)
+        if new != text:
+            path.write_text(new)
+            changed.append(path)
+    return changed
+

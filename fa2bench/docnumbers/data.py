@@ -1,0 +1,37 @@
+"""The committed runs the blocks read, by name, and the small readers they share."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+TOP, E2E, ABLATION = "h100-top", "h100-e2e", "h100-ablation"
+FIRST, SECOND = "h200-default-run1", "h200-default-run2"  # issue 21: the default sweep twice on a fresh machine
+DECODE, SPLITS = "h200-decode-v2", "h200-decode-splits-v2"  # the decode preset and split study, tiles retuned
+DECODE_BEFORE, PLAIN = "h200-decode", "h200-decode-plain"  # before the retuning; the plain-timer subset of it
+VARIANTS = "h200-variants"  # issue 18: the variants preset, fp16 and bf16
+HEADLINE = "h200-headline"  # issue 20: the paper's shapes at d64-256 on the H200, six providers
+NAMES = {"fa2": "fa2", "sdpa-cudnn": "cuDNN", "sdpa-flash": "flash"}
+
+
+def load(root: Path, run: str) -> pd.DataFrame:
+    from fa2bench.run.results import load_run
+
+    frame = load_run(root / run)
+    keys = [c for c in ("provider", "mode", "dtype", "batch", "heads", "kv_heads", "seqlen_q", "seqlen_k", "headdim",
+                        "causal", "page_size", "ragged", "variant", "model") if c in frame]
+    return frame.drop_duplicates(keys, keep="last").reset_index(drop=True)
+
+
+def read_meta(root: Path, run: str) -> dict:
+    return json.loads((root / run / "meta.json").read_text())
+
+
+def kilo(n: int) -> str:
+    return f"{n // 1024}k"
+
+
+def ok_rows(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame[frame["status"] == "ok"]
+

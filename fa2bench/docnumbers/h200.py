@@ -1,0 +1,116 @@
+"""Blocks from the H200 runs: the headline (the paper's shapes, six providers) and its rerun, the first result
+on a fresh machine, and decoding."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from fa2bench.docnumbers.data import (DECODE, DECODE_BEFORE, FIRST, HEADLINE, PLAIN, SECOND, SPLITS, TOP, kilo,
+                                      load, ok_rows, read_meta)
+from fa2bench.docnumbers.h100 import top_table, versus_cudnn
+from fa2bench.read.summary import geomean
+
+
+def headline_table(root: Path) -> str:
+    """``top_table`` of the H200 headline run, and what stands behind it (points, noisy ones, whether complete)."""
+    frame = load(root, HEADLINE)
+    fp16 = ok_rows(frame[frame["dtype"] == "fp16"])
+    noisy = fp16[fp16["noisy"].astype(str) == "True"]
+    done = "complete" if read_meta(root, HEADLINE).get("complete") else "not yet complete: its bf16 half is unfinished"
+    apart = (versus_cudnn(root, HEADLINE)[2]["median"] - versus_cudnn(root, TOP)[2]["median"]).abs().dropna()
+    return (top_table(root, HEADLINE) + f"\n{len(fp16)} fp16 points ok (the run is {done}); {len(noisy)} of them "
+            f"`noisy` (spread above 3% at the time cap), {int((noisy['provider'] == 'fa2').sum())} of those fa2's. "
+            f"The fa2 / cuDNN medians differ from the H100 run's (`{TOP}`, above) by at most {apart.max():.2f} "
+            f"over the {len(apart)} rows.\n")
+
+
+# --- the first result (results/h200-default-run1, -run2) --------------------------------------------------
+
+
+def _wall_s(meta: dict) -> float:
+    import datetime as dt
+
+    start, end = (dt.datetime.fromisoformat(meta[k]) for k in ("started_utc", "finished_utc"))
+    return (end - start).total_seconds()
+
+
+def first_run(root: Path) -> str:
+    """The default sweep's two runs on one fresh machine: wall time (meta.json), set-up and timing, cached configs."""
+    said = []
+    for run in (FIRST, SECOND):
+        frame, meta = load(root, run), read_meta(root, run)
+        tuned = frame[frame["config_cached"].notna()]
+        cached = int(tuned["config_cached"].astype(str).eq("True").sum())
+        said.append(f"{_wall_s(meta):.0f} s ({frame['setup_s'].sum():.0f} s of set-up: checks, compilation, "
+                    f"autotuning; {frame['timing_s'].sum():.0f} s of timing; {cached} of {len(tuned)} autotuned "
+                    f"points with their configs from the disk cache)")
+    from fa2bench.read.compare import compare
+    from fa2bench.run.results import load_run
+
+    same = compare(load_run(root / FIRST), load_run(root / SECOND)).counts
+    return (f"the first run took {said[0]} and the second {said[1]}, from meta.json's start to finish; `fa2bench "
+            f"compare` finds {same.get('same', 0)} of the second run's {sum(same.values())} points the same as the "
+            f"first's within their noise")
+
+
+# --- decoding (results/h200-decode, -splits) ---------------------------------------------------------------
+
+_DECODE_KEYS = ["dtype", "batch", "heads", "kv_heads", "seqlen_q", "seqlen_k", "headdim", "page_size", "ragged"]
+
+
+def _decode_fa2(root: Path, run: str = DECODE) -> tuple[pd.DataFrame, pd.DataFrame]:
+    frame = ok_rows(load(root, run))
+    return frame[frame["provider"] == "fa2-decode"], frame[frame["provider"] != "fa2-decode"]
+
+
+def decode_versus(root: Path) -> str:
+    """fa2-decode's share of the copy bandwidth, its rank among the providers, and what paging costs it."""
+    fa2, others = _decode_fa2(root)
+    big = fa2[(fa2["page_size"] == 0) & (fa2["seqlen_k"] >= 8192) & (fa2["batch"] * fa2["kv_heads"] >= 64)]
+    best = others.groupby(_DECODE_KEYS)["us"].min().rename("best")
+    fastest = others.loc[others.groupby(_DECODE_KEYS)["us"].idxmin(), "provider"].value_counts()
+    shared = fa2.set_index(_DECODE_KEYS)["us"].to_frame("fa2").join(best, how="inner")
+    ratio = shared["best"] / shared["fa2"]
+    flat = [k for k in _DECODE_KEYS if k != "page_size"]
+    contiguous = fa2[fa2["page_size"] == 0].set_index(flat)["us"]
+    paged = fa2[fa2["page_size"] >= 64].set_index(flat)["us"]
+    cost = (paged / contiguous.reindex(paged.index) - 1).dropna() * 100
+    slow = ratio.idxmin()
+    return (f"On contiguous caches at KV length 8k and longer with batch x KV heads >= 64, `fa2-decode` moves its "
+            f"compulsory bytes at a median {big['pct_copy_bw'].median():.0f}% of the run's measured copy bandwidth "
+            f"({len(big)} points, {big['pct_copy_bw'].min():.0f}-{big['pct_copy_bw'].max():.0f}%; a copy reads and "
+            f"writes, a decode call almost only reads, so it can pass 100%). It is the "
+            f"fastest provider at {int((ratio >= 1).sum())} of the {len(ratio)} points where another provider "
+            f"also ran (geometric mean {geomean(ratio):.2f}x the best other; its slowest, {ratio.min():.2f}x, at "
+            f"batch {slow[1]}, {slow[2]} heads, KV length {kilo(slow[5])}; the best other provider is "
+            f"{', '.join(f'`{p}` at {n}' for p, n in fastest.items())} of them). A paged cache (64-token pages) costs "
+            f"it a median {cost.median():.0f}% over a contiguous one of the same lengths (at most "
+            f"{cost.max():.0f}%, {len(cost)} points).")
+
+
+def decode_timers(root: Path) -> str:
+    """How far the plain timer (events around each call) and the graph timer disagree on fa2-decode's points."""
+    fa2 = _decode_fa2(root, DECODE_BEFORE)[0].set_index(_DECODE_KEYS)["us"]
+    plain = ok_rows(load(root, PLAIN))
+    plain = plain[plain["provider"] == "fa2-decode"].set_index(_DECODE_KEYS)["us"]
+    ratio = (plain / fa2.reindex(plain.index)).dropna()
+    long = ratio[fa2.reindex(ratio.index) >= 250]
+    return (f"on the {len(ratio)} contiguous points the plain timer reads {ratio.min():.2f}x to {ratio.max():.1f}x "
+            f"the graph timer's time: it never reads below {plain.min():.0f} us, a floor the kernels do not explain "
+            f"(the host's time to issue a call between the two events, which a graph replay removes), while the "
+            f"graph timer goes down to {fa2.reindex(ratio.index).min():.0f} us; on calls of 250 us and "
+            f"longer the two agree within {100 * (long - 1).abs().max():.0f}% ({len(long)} points)")
+
+
+def decode_splits(root: Path) -> str:
+    """The split heuristic against the best fixed split count."""
+    frame = pd.read_csv(root / SPLITS / "decode_splits.csv")
+    chosen = frame[frame["heuristic"].astype(str) == "True"]
+    worst = chosen.loc[chosen["vs_best"].idxmax()]
+    best = int((chosen["vs_best"] <= 1.0).sum())
+    return (f"the heuristic's split count is the fastest of the fixed counts 1-128 at {best} of {len(chosen)} "
+            f"shapes (at worst {chosen['vs_best'].max():.2f}x the best one's time, batch {worst['batch']} at KV "
+            f"length {kilo(worst['kv_len'])})")
+
+

@@ -1,0 +1,135 @@
+"""Blocks from the H200 variants run (issue 18): fa2 against FlexAttention and SDPA per variant, varlen against
+the padded document mask, telemetry, cost per attended pair, visited tiles and the backward's kernels."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pandas as pd
+
+from fa2bench.docnumbers.data import VARIANTS, kilo, load, ok_rows, read_meta
+from fa2bench.read.summary import SHAPE_COLUMNS, geomean
+
+
+# --- results/h200-variants -------------------------------------------------------------------------------
+
+
+def _variant_ms(root: Path) -> pd.DataFrame:
+    """Time per ok point of the variants run: one column per provider, one row per (shape, variant)."""
+    return ok_rows(load(root, VARIANTS)).pivot_table(index=SHAPE_COLUMNS + ["variant"], columns="provider",
+                                                  values="ms")
+
+
+def _median_ratio(ms: pd.DataFrame, slow: str, fast: str, **where) -> float:
+    """Median over the matching points (both ran) of time(slow) / time(fast): above 1, ``fast`` is faster."""
+    rows = ms
+    for column, value in where.items():
+        rows = rows[rows.index.get_level_values(column) == value]
+    ratio = (rows[slow] / rows[fast]).dropna()
+    return float(ratio.median()) if len(ratio) else float("nan")
+
+
+def variants_table(root: Path) -> str:
+    """fa2 against FlexAttention and SDPA's efficient backend per (variant, mode, head dim, dtype): the median over
+    the run's sequence lengths of the time ratios (FLOPs count the same attended pairs for every provider)."""
+    ms = _variant_ms(root)
+    tflops = ok_rows(load(root, VARIANTS)).set_index(SHAPE_COLUMNS + ["variant", "provider"])["tflops"]
+    longest = int(ms.index.get_level_values("seqlen_q").max())
+    head = ["variant", "mode", "head dim", f"fa2 TFLOP/s (bf16, {kilo(longest)})", "fa2 / flex bf16", "fa2 / flex fp16",
+            "fa2 / sdpa-efficient bf16"]
+    lines = ["| " + " | ".join(head) + " |", "| --- | --- | --- |" + " ---: |" * (len(head) - 3)]
+    for variant in ("dense", "window4096", "window4096+softcap50", "docs"):
+        for mode in ("fwd", "bwd"):
+            for d in sorted(ms.index.get_level_values("headdim").unique()):
+                key = dict(variant=variant, mode=mode, headdim=d)
+                fa2 = tflops.xs((mode, "bf16", longest, d, variant, "fa2"),
+                                level=("mode", "dtype", "seqlen_q", "headdim", "variant", "provider"))
+                cells = [_median_ratio(ms, other, "fa2", dtype=dtype, **key)
+                         for other, dtype in (("flex", "bf16"), ("flex", "fp16"), ("sdpa-efficient", "bf16"))]
+                shown = ["-" if c != c else f"{c:.2f}" for c in cells]
+                lines.append(f"| {variant} | {mode} | {d} | {fa2.iloc[0]:.0f} | " + " | ".join(shown) + " |")
+    return "\n" + "\n".join(lines) + "\n"
+
+
+def variants_varlen(root: Path) -> str:
+    """fa2's varlen path against its padded document mask on the same packed documents."""
+    ms = _variant_ms(root)
+    parts = []
+    for mode in ("fwd", "bwd"):
+        ratios = [_median_ratio(ms, "fa2", "fa2-varlen", mode=mode, headdim=d, dtype=t)
+                  for d in sorted(ms.index.get_level_values("headdim").unique()) for t in ("bf16", "fp16")]
+        parts.append(f"{mode} {min(ratios):.2f}x-{max(ratios):.2f}x")
+    both = ms[["fa2", "fa2-varlen"]].dropna()
+    return (f"on the packed documents, `fa2-varlen` runs at {' and '.join(parts)} the speed of `fa2`'s padded "
+            f"document mask (above 1: varlen faster; per head dim and dtype, the median over the sequence lengths; "
+            f"{len(both)} points in all)")
+
+
+def variants_power(root: Path) -> str:
+    """What the GPU did during fa2's and FlexAttention's timed calls in the variants run (their own telemetry)."""
+    ok = ok_rows(load(root, VARIANTS))
+    limit = read_meta(root, VARIANTS)["gpus"][0]["power_limit_w"]
+    said = []
+    for provider, name in (("fa2", "`fa2`"), ("flex", "FlexAttention")):
+        mine = ok[ok["provider"] == provider]
+        said.append(f"{name} drew {mine['power_w'].mean():.0f} W at {mine['sm_clock_mhz'].mean():.0f} MHz on average "
+                    f"and was held at the {limit:.0f} W cap in {100 * mine['throttled_frac'].mean():.0f}% of the "
+                    f"samples")
+    return "during their timed calls " + "; ".join(said)
+
+
+def variants_cost(root: Path) -> str:
+    """Each variant's TFLOP/s (attended pairs) as a share of dense causal's at the same shape, fa2 and Flex, bf16,
+    the longest sequence: what masking and score modification cost beyond the pairs they remove."""
+    ok = ok_rows(load(root, VARIANTS))
+    ok = ok[(ok["dtype"] == "bf16") & (ok["seqlen_q"] == ok["seqlen_q"].max())]
+    tf = ok.set_index(["provider", "mode", "headdim", "variant"])["tflops"]
+    lines = ["| mode | head dim | provider | window4096 | window4096+softcap50 | docs |", "| --- | --- | --- |" +
+             " ---: |" * 3]
+    for mode in ("fwd", "bwd"):
+        for d in sorted(ok["headdim"].unique()):
+            for provider in ("fa2", "flex"):
+                dense = tf[(provider, mode, d, "dense")]
+                cells = [f"{100 * tf[(provider, mode, d, v)] / dense:.0f}%" for v in
+                         ("window4096", "window4096+softcap50", "docs")]
+                lines.append(f"| {mode} | {d} | {provider} | " + " | ".join(cells) + " |")
+    return "\n" + "\n".join(lines) + "\n"
+
+
+def variants_tiles(root: Path) -> str:
+    """The share of (Q block, K block) tiles fa2's forward visits for each variant of the run, 128 x 128 tiles,
+    against the share of (query, key) pairs attended (kernels/tiles.py and core.variants: computed, not timed)."""
+    from fa2bench.core.variants import attended_pairs, doc_lengths, parse
+    from fa2bench.kernels.tiles import tile_fraction
+
+    frame = load(root, VARIANTS)
+    tokens = int((frame["batch"] * frame["seqlen_q"]).iloc[0])
+    parts = []
+    for n in sorted(frame["seqlen_q"].unique()):
+        for name in ("dense", "window4096", "docs"):
+            v, batch = parse(name), tokens // n
+            docs = doc_lengths(v, batch, n) if v.docs is not None else [None] * batch
+            tiles = sum(tile_fraction(n, n, 128, 128, True, v.window, d) for d in docs) / batch
+            pairs = attended_pairs(v, batch, n, n, True) / (batch * n * n)
+            parts.append(f"{name} at {kilo(n)}: {100 * tiles:.1f}% of the tiles for {100 * pairs:.1f}% of the pairs")
+    return "; ".join(parts)
+
+
+def variants_profile(root: Path) -> str:
+    """GPU kernel time per backward call by kernel, from the profiles the run folder keeps (profiles.log, written by
+    ``fa2bench profile --variant ... --trace``)."""
+    text = (root / VARIANTS / "profiles.log").read_text()
+    lines = ["| provider | variant | kernels (us per call) | total us | dK/dV kernel: tiles, registers, spilled "
+             "32-bit words per thread |",
+             "| --- | --- | --- | ---: | --- |"]
+    for head, body in re.findall(r"^=== (\S+ bwd \S+) .*?\n(.*?)(?=^=== |\Z)", text, re.S | re.M):
+        provider, _, variant = head.split()
+        kernels = re.findall(r"│ (\w+) +│ kernel │ +\d+ │ +([\d.]+) │", body)
+        total = sum(float(us) for _, us in kernels)
+        shown = ", ".join(f"`{name}` {float(us):.0f}" for name, us in kernels)
+        dkdv = re.search(r"│ bwd_dkdv +│ \w+ +│ BLOCK_D=\d+ (BLOCK_M=\d+ BLOCK_N=\d+) +│ +(\d+) │ +(\d+) │ "
+                         r"+(\d+) │ +(\d+) │", body)
+        resources = f"{dkdv[1]} w{dkdv[2]} s{dkdv[3]}, {dkdv[4]}, {dkdv[5]}" if dkdv else "-"
+        lines.append(f"| {provider} | {variant} | {shown} | {total:.0f} | {resources} |")
+    return "\n" + "\n".join(lines) + "\n"
+
