@@ -33,11 +33,11 @@ def _few_samples(frame: pd.DataFrame) -> str:
             f"({int((calls == 1).sum())} on one; the run predates the suite's minimum of {MIN_SAMPLES} samples).")
 
 
-def versus_cudnn(root: Path, run: str) -> tuple[pd.DataFrame, list[int], pd.DataFrame]:
-    """A run's fp16 points, its sequence lengths of 2k and longer, and fa2 / cuDNN over those per (mode, causal,
-    head dim) (``ratio_table``: median, min, max, points)."""
+def versus_cudnn(root: Path, run: str, dtype: str = "fp16") -> tuple[pd.DataFrame, list[int], pd.DataFrame]:
+    """A run's ``dtype`` points, its sequence lengths of 2k and longer, and fa2 / cuDNN over those per (mode,
+    causal, head dim) (``ratio_table``: median, min, max, points)."""
     frame = load(root, run)
-    frame = frame[frame["dtype"] == "fp16"]
+    frame = frame[frame["dtype"] == dtype]
     longer = sorted(n for n in frame["seqlen_q"].unique() if n >= 2048)
     return frame, longer, ratio_table(frame, "fa2", "sdpa-cudnn", longer).set_index(["mode", "causal", "headdim"])
 

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from fa2bench.docnumbers.data import (DECODE, DECODE_BEFORE, FIRST, HEADLINE, PLAIN, SECOND, SPLITS, TOP, kilo,
-                                      load, ok_rows, read_meta)
+from fa2bench.docnumbers.data import (DECODE, DECODE_BEFORE, FIRST, HEADLINE, LADDER, PLAIN, RERUN, SECOND, SPLITS, TOP,
+                                      kilo, load, ok_rows, read_meta)
+from fa2bench.run.results import KEY_COLUMNS
 from fa2bench.docnumbers.h100 import top_table, versus_cudnn
 from fa2bench.read.summary import geomean
 
@@ -19,10 +20,52 @@ def headline_table(root: Path) -> str:
     noisy = fp16[fp16["noisy"].astype(str) == "True"]
     done = "complete" if read_meta(root, HEADLINE).get("complete") else "not yet complete: its bf16 half is unfinished"
     apart = (versus_cudnn(root, HEADLINE)[2]["median"] - versus_cudnn(root, TOP)[2]["median"]).abs().dropna()
+    bf16 = versus_cudnn(root, HEADLINE, "bf16")[2]["median"]
     return (top_table(root, HEADLINE) + f"\n{len(fp16)} fp16 points ok (the run is {done}); {len(noisy)} of them "
             f"`noisy` (spread above 3% at the time cap), {int((noisy['provider'] == 'fa2').sum())} of those fa2's. "
             f"The fa2 / cuDNN medians differ from the H100 run's (`{TOP}`, above) by at most {apart.max():.2f} "
-            f"over the {len(apart)} rows.\n")
+            f"over the {len(apart)} rows. In bf16 ({len(ok_rows(frame[frame['dtype'] == 'bf16']))} points ok) the "
+            f"same {len(bf16)} medians run from {bf16.min():.2f} to {bf16.max():.2f}.\n")
+
+
+def headline_rerun(root: Path) -> str:
+    """The rerun's points against the headline's (``fa2bench compare``), split by how each was timed."""
+    from fa2bench.read.compare import compare
+
+    first, again = load(root, HEADLINE), load(root, RERUN)
+    table = compare(first, again).table
+    for run, frame in (("a", first), ("b", again)):
+        table = table.merge(frame[list(KEY_COLUMNS) + ["timer"]].rename(columns={"timer": f"timer_{run}"}),
+                            on=list(KEY_COLUMNS))
+    alike = table[table["timer_a"] == table["timer_b"]]
+    agree = alike["verdict"].isin(("same", "noise"))
+    off = alike.loc[~agree]
+    worst = (alike["ratio"] - 1).abs().max()
+    regraphed = table[table["timer_a"] != table["timer_b"]]
+    parts = [f"Rerun on the same card (`{RERUN}`, {len(table)} points: fp16, head dim 128, fa2 and cuDNN, fwd and "
+             f"bwd, causal both, 512 to 16k tokens): of the {len(alike)} points timed the same way both times, "
+             f"{int(agree.sum())} agree within 5% or within the spreads the suite reports (`fa2bench compare`: same "
+             f"or noise), the largest difference {100 * worst:.1f}%"]
+    if len(off):
+        parts.append(("the other: " if len(off) == 1 else "the others: ") + ", ".join(f"{r.provider} {r.mode} {r.seqlen_q} tokens{' causal' if r.causal else ''} "
+                               f"{r.ratio:.2f}x" for r in off.itertuples()))
+    if len(regraphed):
+        spans = [f"its {len(f)} {mode} points {f['ratio'].min():.2f}x to {f['ratio'].max():.2f}x"
+                 for mode, f in regraphed.groupby("mode", sort=False)]
+        parts.append(f"the rerun timed {len(regraphed)} points with the CUDA graph instead (the host could not keep "
+                     f"up with them under the current `auto` rule), against the first run's plain times: "
+                     + " and ".join(spans))
+    return "; ".join(parts) + "."
+
+
+def ladder_state(root: Path) -> str:
+    """What the H200 ablation holds: points, completeness, the commit, its graph-timed backward rows."""
+    frame, meta = load(root, LADDER), read_meta(root, LADDER)
+    graphed = frame[(frame["status"] == "ok") & (frame["mode"] == "bwd") & frame["timer"].str.startswith("graph")]
+    return (f"The H200 ablation ([`results/{LADDER}`](results/{LADDER}/ablation.md), {len(frame)} points, "
+            f"{len(ok_rows(frame))} of them ok; meta.json `complete: {str(bool(meta.get('complete'))).lower()}`) "
+            f"was measured at `{meta['git']['commit'][:7]}`, so its {len(graphed)} graph-timed backward rows carry "
+            f"the same adds")
 
 
 # --- the first result (results/h200-default-run1, -run2) --------------------------------------------------
