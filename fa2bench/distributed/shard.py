@@ -243,7 +243,9 @@ def run_sharded(points: Sequence[Point], out: Path | None, resume: bool, make_me
             f"({len(done)} done before), about {sum(map(estimated_seconds, mine)):.0f} s")
         run_share(mine, writer)
         dist.barrier()
-        return merge(out) if me.is_leader else None
+        merged = merge(out) if me.is_leader else None
+        dist.barrier()  # and leave together: a rank that tears its group down while rank 0 merges can abort at exit
+        return merged
     finally:
         dist.destroy_process_group()
 

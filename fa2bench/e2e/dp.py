@@ -157,6 +157,9 @@ def run_ranks(spec: train.E2ESpec, out: str | Path, resume: bool = False, opts: 
         frame = writer.close(complete=not interrupted) if writer is not None else None
         if interrupted:
             raise KeyboardInterrupt
+        # every rank leaves together: a rank that tore its group down while rank 0 was still closing the folder
+        # aborted at exit now and then under gloo ("terminate called without an active exception")
+        dist.barrier()
         return frame
     finally:
         dist.destroy_process_group()
