@@ -17,8 +17,11 @@ Timers (``timer=``):
   in it. L2 is kept cold by *rotating inputs*: the graph holds one call over each of several copies of the
   inputs (``rotate``), enough that the bytes between two uses of one copy exceed the L2 size, so every call reads
   its inputs from HBM without a flush kernel inside the graph whose time would have to be subtracted. Without
-  copies the inputs stay hot in L2 and the timing says so (``timer = "graph-warm"``).
-  A call that cannot be captured (host synchronisation, a non-capturable library) falls back to ``plain``.
+  copies the inputs stay hot in L2 and the timing says so (``timer = "graph-warm"``). A backward is captured
+  like any call: its copies are made (forward included) on the capture stream, since autograd runs each
+  backward op on its forward's stream, and each captured call starts from reset gradients, as under ``plain``.
+  A call that cannot be captured (host synchronisation, a non-capturable library) falls back to ``plain``, with
+  the process as it was (``_after_failed_capture``).
 - ``auto`` (the default): ``plain`` first; when its median is below ``GRAPH_BELOW_MS`` (100 us), or when the
   host takes at least ``HOST_BOUND`` (half) of that median to issue one timed call, the point is timed again with
   ``graph``. Below ~100 us the few microseconds of host launch overhead per call (Python, the provider's wrapper,
