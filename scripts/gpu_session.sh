@@ -11,6 +11,13 @@
 #   sweep        fa2bench sweep $SWEEP (default: the quick preset) into results/$NAME, stopped with SIGINT after
 #                $SECS seconds (default 500) so it ends cleanly; run the stage again to --resume -> $OUT/$NAME.tgz
 #   report       fa2bench report results/$NAME, packed with the run -> $OUT/$NAME.tgz
+#   jobs         each line of $JOBS (default .carry/jobs.txt) is `NAME SECONDS COMMAND...`: the command runs under
+#                `timeout -s INT` (a sweep stops cleanly and resumes next time) and results/NAME is packed after
+#                it -> $OUT/NAME.tgz, every job's output in $OUT/jobs.log. Several runs fit one call this way.
+#
+# A Triton cache packed by an earlier call ($TRITON_TGZ, default .carry/triton.tgz, carried with the tree) is
+# unpacked first, so a fresh machine skips the compiles and autotuning that call already did; with KEEP_TRITON=1
+# the cache is packed again -> $OUT/triton.tgz (about 25 MB; more than a call may return when it grows).
 #
 # On a lent GPU machine (a copy of the work tree, one command of at most 10 minutes per call):
 # - the copy may carry a stale .git (HEAD = the commit the session started from): pass the commit in as a literal
@@ -26,6 +33,9 @@ SECS=${SECS:-500}
 SWEEP=${SWEEP:---preset quick}
 [ -n "${FA2BENCH_GIT_COMMIT:-}" ] || echo "warning: FA2BENCH_GIT_COMMIT is not set; meta.json may record a stale commit"
 python3 -m pip install -q --no-deps --no-build-isolation -e . >"$OUT/install.log" 2>&1 || { cat "$OUT/install.log"; exit 1; }
+TRITON_CACHE=$HOME/.triton/cache; TRITON_TGZ=${TRITON_TGZ:-.carry/triton.tgz}
+[ -f "$TRITON_TGZ" ] && mkdir -p "$TRITON_CACHE" && tar xzf "$TRITON_TGZ" -C "$TRITON_CACHE" \
+  && echo "Triton cache restored: $(ls "$TRITON_CACHE" | wc -l) entries"
 for stage in ${*:-env tests sweep}; do
   echo "=== $stage ($(date -u +%T))"
   case "$stage" in
@@ -46,6 +56,17 @@ for stage in ${*:-env tests sweep}; do
       tar czf "$OUT/$NAME.tgz" -C results "$NAME" ;;
     report)
       fa2bench report "results/$NAME" && tar czf "$OUT/$NAME.tgz" -C results "$NAME" ;;
-    *) echo "unknown stage $stage (env, tests, sweep, report)"; exit 2 ;;
+    jobs)
+      while read -r job secs cmd; do
+        [[ -z "$job" || "$job" == \#* ]] && continue
+        echo "--- $job ($secs s) $(date -u +%T)"
+        # shellcheck disable=SC2086  # $cmd is a command line
+        timeout -s INT -k 30 "$secs" $cmd >>"$OUT/jobs.log" 2>&1 </dev/null
+        echo "$job exit $?"; [ -d "results/$job" ] && tar czf "$OUT/$job.tgz" -C results "$job"
+      done <"${JOBS:-.carry/jobs.txt}"
+      tail -c 4000 "$OUT/jobs.log" ;;
+    *) echo "unknown stage $stage (env, tests, sweep, report, jobs)"; exit 2 ;;
   esac
 done
+[ -n "${KEEP_TRITON:-}" ] && (cd "$TRITON_CACHE" && find . -name '*.json' -o -name '*.cubin' -o -name '*.so' \
+  | tar czf "$OUT/triton.tgz" -T -)
