@@ -1,5 +1,10 @@
 """The one registry of attention providers: our Triton kernels and what users would pick instead.
 
+fa2bench's own Triton kernels are registered here; PyTorch's attention (eager, SDPA, FlexAttention, flash-attn,
+varlen_attn) is written in ``fa2bench.core.providers_torch`` and registered here from its ``PROVIDERS``, so that
+importing this module registers every provider and imports run one way (the provider modules never import the
+registry; what they share is in ``fa2bench.core.providers_common``, re-exported here).
+
 A provider is a factory: ``make(shape)`` does the set-up (masks, compilation handles, backend pinning) and
 returns ``fn(q, k, v) -> o`` for layout (batch, heads, seq, headdim); the runner times ``fn`` alone. Each
 provider declares what it supports, so unsupported points are recorded as ``unsupported`` without running.
@@ -10,6 +15,7 @@ with ``decode="native"`` (fa2-decode) is built by ``make(shape)`` into ``fn(inpu
 (batch, q_len, heads, head_dim) and reads contiguous and paged caches and ragged lengths itself; one with
 ``decode="adapted"`` keeps its ``fn(q, k, v)``, called on (batch, heads, seq, head_dim) views of a contiguous
 cache of uniform lengths (``decode_ref.decode_adapter``): paged or ragged points are ``unsupported`` for it, with the
+reason.
 """
 from __future__ import annotations
 
@@ -17,25 +23,17 @@ import functools
 import importlib.util
 import re
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
-from fa2bench.core import device, precision, variant_mods
+from fa2bench.core import device, precision, providers_torch
 from fa2bench.core.device import SM_NAMES, device_is_sm, interpreter_problem as _interpreter_problem
 from fa2bench.core.flops import DECODE, MODES
-from fa2bench.core.memory import EAGER_WORKSPACE, MATH_WORKSPACE, NAIVE_WORKSPACE, streaming_workspace
+from fa2bench.core.memory import NAIVE_WORKSPACE, streaming_workspace
 from fa2bench.core.presets import DTYPES, TIMERS, Shape
 from fa2bench.core import variants as _variants
+from fa2bench.core.providers_common import ALL_VARIANT_PARTS, AttnFn, Unsupported, variant_kwargs
 
 LAYOUTS = ("bhsd", "bshd")  # the memory orders a provider's inputs come in (Provider.layout)
-
-if TYPE_CHECKING:  # the registry imports no torch: listing providers and drawing figures stay light
-    import torch
-
-AttnFn = Callable[["torch.Tensor", "torch.Tensor", "torch.Tensor"], "torch.Tensor"]
-
-
-class Unsupported(Exception):
-    """This provider cannot run this point; the message says why."""
 
 
 @dataclass(frozen=True)
@@ -72,6 +70,9 @@ class Provider:
     layout: str = "bhsd"
     # the parts of attention variants it can express (variants.Variant.features: window, softcap, alibi, docs)
     variants: frozenset = frozenset()
+    # what the installed software lacks for it, as a reason (None: nothing), checked after ``requires`` (torch
+    # without varlen_attn)
+    lacks: Callable[[], str | None] | None = None
 
     def __post_init__(self):
         if self.timer is not None and self.timer not in TIMERS:
@@ -92,6 +93,8 @@ class Provider:
             return "needs a CUDA GPU" if device == "cpu" else f"does not run on {device}"
         if self.requires and importlib.util.find_spec(self.requires) is None:
             return f"the {self.requires!r} package is not installed"
+        if self.lacks is not None and (why := self.lacks()):
+            return why
         if self.module is not None and device == "cpu":
             return _interpreter_problem()
         return None
@@ -153,15 +156,6 @@ def _is_colour(value) -> bool:
 
 
 REGISTRY: dict[str, Provider] = {}
-ALL_VARIANT_PARTS = frozenset({"window", "softcap", "alibi", "docs"})
-
-
-def variant_kwargs(shape: Shape, device_name: str) -> dict:
-    """The kernel keywords of the shape's variant (``variants.kernel_kwargs``); {} for dense attention."""
-    if shape.variant == _variants.DENSE:
-        return {}
-    return _variants.kernel_kwargs(_variants.parse(shape.variant), shape.batch, shape.heads, shape.seqlen_q,
-                                   device_name)
 
 
 def register(make: Callable[[Shape], AttnFn] | None = None, /, **fields):
@@ -341,142 +335,9 @@ _ours("fa3", "fa3_overlap_attention", name="fa3-overlap", label="R9 + P V issued
 # --- PyTorch ---------------------------------------------------------------------------------------------
 
 
-@register(name="torch-eager", label="PyTorch eager", color="#8c564b", kind="baseline",
-          devices=frozenset({"cuda", "cpu"}), max_headdim=1 << 30, io_model="standard",
-          workspace_bytes=EAGER_WORKSPACE, decode="adapted", variants=ALL_VARIANT_PARTS,
-          description="standard attention in eager PyTorch: matmul, softmax in fp32, matmul")
-def _torch_eager(shape: Shape) -> AttnFn:
-    from fa2bench.core.reference import attention_ref, causal_mask
-
-    if shape.variant != _variants.DENSE:
-        return functools.partial(attention_ref, causal=shape.causal, upcast=False,
-                                 **variant_kwargs(shape, device.name()))
-    mask = causal_mask(shape.seqlen_q, shape.seqlen_k, device.name()) if shape.causal else None
-    return functools.partial(attention_ref, causal=shape.causal, upcast=False, mask=mask)
-
-
-def _sdpa(backend_name: str):
-    def make(shape: Shape) -> AttnFn:
-        import torch
-        from torch.nn.attention import SDPBackend, sdpa_kernel
-        from torch.nn.functional import scaled_dot_product_attention
-
-        if shape.causal and shape.seqlen_q != shape.seqlen_k and shape.variant == _variants.DENSE:
-            raise Unsupported("SDPA's is_causal is aligned top-left; fa2bench's causal is bottom-right")
-        backend = getattr(SDPBackend, backend_name)
-        gqa = shape.kv_heads != shape.heads
-        if shape.variant != _variants.DENSE:
-            mask = variant_mods.sdpa_mask(shape, variant_kwargs(shape, device.name()), device.name())
-            cast = {}  # an additive bias in q's dtype, cast once (the first call is outside the timed region)
-
-            group = shape.heads // shape.kv_heads
-
-            def masked(q, k, v):
-                m = mask if mask.dtype == torch.bool else cast.setdefault(q.dtype, mask.to(q.dtype))
-                if gqa:  # as users run a mask with GQA (transformers' repeat_kv): SDPA's fused backends take an
-                    # attn_mask or enable_gqa, not both; the copies are in the timed call, as they are for users
-                    k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
-                with sdpa_kernel([backend]):
-                    return scaled_dot_product_attention(q, k, v, attn_mask=m)
-
-            return masked
-
-        def fn(q, k, v):
-            with sdpa_kernel([backend]):  # exactly one backend: a refusal raises, never falls back
-                return scaled_dot_product_attention(q, k, v, is_causal=shape.causal, enable_gqa=gqa)
-
-        return fn
-
-    return make
-
-
-_SDPA = {
-    "sdpa-flash": ("FLASH_ATTENTION", "SDPA flash", "#ff7f0e", {"fp16", "bf16"},
-                   "PyTorch SDPA pinned to its FlashAttention-2 CUDA backend"),
-    "sdpa-cudnn": ("CUDNN_ATTENTION", "SDPA cuDNN", "#2ca02c", {"fp16", "bf16"},
-                   "PyTorch SDPA pinned to its cuDNN attention backend"),
-    "sdpa-efficient": ("EFFICIENT_ATTENTION", "SDPA mem-efficient", "#9467bd", set(DTYPES),
-                       "PyTorch SDPA pinned to its memory-efficient (xFormers) backend"),
-    "sdpa-math": ("MATH", "SDPA math", "#bcbd22", set(DTYPES),
-                  "PyTorch SDPA pinned to its math (reference) backend"),
-}
-for _name, (_backend, _label, _color, _dtypes, _desc) in _SDPA.items():
-    register(name=_name, label=_label, color=_color, kind="vendor", description=_desc,
-             dtypes=frozenset(_dtypes), max_headdim=1 << 30, decode="adapted",
-             devices=frozenset({"cuda", "cpu"}) if _backend == "MATH" else frozenset({"cuda"}),
-             io_model="standard" if _backend == "MATH" else "fa2-atomic", io_model_assumed=_backend != "MATH",
-             workspace_bytes=MATH_WORKSPACE if _backend == "MATH" else streaming_workspace,
-             # an explicit attn_mask runs on the efficient and math backends only; softcap has no mask form
-             variants=frozenset({"window", "alibi", "docs"}) if _backend in ("EFFICIENT_ATTENTION", "MATH")
-             else frozenset(), config=lambda b=_backend: b)(_sdpa(_backend))
-
-
-@register(name="flex", label="FlexAttention", color="#17becf", kind="vendor", io_model="fa2", io_model_assumed=True,
-          decode="adapted", variants=ALL_VARIANT_PARTS, config=lambda: _flex_recompiles(),
-          description="torch.nn.attention.flex_attention, compiled (compilation outside the timed region); "
-                      "variants as mask_mod and score_mod, the block mask built in set-up")
-def _flex(shape: Shape) -> AttnFn:
-    """Compiled flex_attention with a block mask built here: none (dense), causal, or the variant's."""
-    from torch.nn.attention.flex_attention import create_block_mask
-
-    compiled = _compiled_flex()
-    extra = variant_kwargs(shape, device.name())
-    if shape.variant != _variants.DENSE:  # a variant as FlexAttention data
-        mask_mod, score_mod = variant_mods.flex_mods(shape, extra)
-    elif shape.causal:
-        offset, score_mod = shape.seqlen_k - shape.seqlen_q, None
-
-        def mask_mod(b, h, q_idx, kv_idx):  # causal, aligned bottom-right
-            return kv_idx <= q_idx + offset
-    else:
-        return functools.partial(_call_flex, compiled, None, shape.kv_heads != shape.heads)
-    block_mask = create_block_mask(mask_mod, shape.batch if "doc_ids" in extra else None, None, shape.seqlen_q,
-                                   shape.seqlen_k, device=device.name())
-    return functools.partial(_call_flex, compiled, block_mask, shape.kv_heads != shape.heads, score_mod=score_mod)
-
-
-@functools.cache
-def _compiled_flex():
-    import torch._dynamo.config
-    import torch._functorch.config
-    from torch.nn.attention.flex_attention import flex_attention
-
-    # A sweep compiles one graph per shape: allow many, rather than falling back to (slow) eager flex.
-    for knob in ("recompile_limit", "cache_size_limit"):
-        if hasattr(torch._dynamo.config, knob):
-            setattr(torch._dynamo.config, knob, 1024)
-    # Timing the backward alone reuses one forward graph (retain_graph=True), which donated buffers forbid.
-    torch._functorch.config.donated_buffer = False
-    return torch.compile(flex_attention, dynamic=False)
-
-
-def _call_flex(compiled, block_mask, gqa, q, k, v, score_mod=None):
-    return compiled(q, k, v, block_mask=block_mask, enable_gqa=gqa, score_mod=score_mod)
-
-
-def _flex_recompiles() -> str:
-    """Dynamo's recompile count so far (torch._dynamo.utils.counters), for the row's config column."""
-    try:
-        from torch._dynamo.utils import counters
-    except ImportError:
-        return ""
-    n = sum(counters["recompiles"].values()) if "recompiles" in counters else 0
-    return f"recompiles={n}"
-
-
-@register(name="flash-attn", label="flash-attn (CUDA)", color="#e377c2", kind="vendor", requires="flash_attn",
-          io_model="fa2-atomic", io_model_assumed=True,
-          dtypes=frozenset({"fp16", "bf16"}),
-          description="Dao-AILab's flash-attn package (FlashAttention-2 CUDA kernels), when installed; not "
-                      "installed on the GPU image, so its points (dense and variants) are unsupported there")
-def _flash_attn(shape: Shape) -> AttnFn:
-    from flash_attn import flash_attn_func
-
-    def fn(q, k, v):  # flash-attn wants (batch, seq, heads, dim): transposed views, no copies
-        o = flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), causal=shape.causal)
-        return o.transpose(1, 2)
-
-    return fn
+# eager PyTorch, SDPA per backend, FlexAttention, flash-attn and varlen_attn (fa2bench.core.providers_torch)
+for _make, _fields in providers_torch.PROVIDERS:
+    register(_make, **_fields)
 
 
 # --- decoding against a KV cache (issue 19) ----------------------------------------------------------------
