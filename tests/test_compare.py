@@ -113,6 +113,23 @@ def test_compare_command_exit_codes(base, tmp_path):
     assert result.exit_code == 2 and "share no points" in result.output
 
 
+def test_points_timed_with_another_timer_are_named(base, tmp_path):
+    """A plain timer that times the host reads slower than the graph over the same kernels: a rerun that switched
+    timers compares the timers too, and compare says which points did."""
+    first = base.assign(timer="plain")
+    again = slower(base, 0.4, provider="fa2").assign(timer="plain")
+    again.loc[again["provider"] == "fa2", "timer"] = "graph"
+    result = compare.compare(first, again)
+    fa2_ok = int(((base["provider"] == "fa2") & (base["status"] == "ok")).sum())
+    assert fa2_ok and len(result.retimed) == fa2_ok and set(result.retimed["provider"]) == {"fa2"}
+    assert compare.compare(base, base).retimed.empty  # runs that do not record the timer claim nothing
+
+    shown = runner.invoke(app, ["compare", str(write_run(first, tmp_path / "a")), str(write_run(again, tmp_path / "b"))],
+                          terminal_width=200)
+    assert f"{fa2_ok} of them timed with another timer in B (plain -> graph: {fa2_ok})" in shown.output, shown.output
+    assert shown.output.count("graph*") == fa2_ok
+
+
 def test_a_real_run_compared_with_itself_passes():
     run = committed_run()
     result = runner.invoke(app, ["compare", str(run), str(run)])

@@ -208,11 +208,18 @@ def print_comparison(result, run_a, run_b, threshold, changes_only) -> None:
     counts = ", ".join(f"{k} {v}" for k, v in result.counts.items())
     console.print(f"{len(result.table)} shared points: {counts}; {result.only_a} only in A, {result.only_b} only "
                   "in B", highlight=False)
+    retimed = result.retimed
+    if len(retimed):
+        pairs = (retimed["timer_a"] + " -> " + retimed["timer_b"]).value_counts()
+        console.print(f"{len(retimed)} of them timed with another timer in B ("
+                      + ", ".join(f"{k}: {v}" for k, v in pairs.items()) + "): their ratios compare the timers as "
+                      "well as the code (marked * in B's column)", highlight=False)
 
 
 def timing_cell(row: dict, side: str) -> str:
     """'median (p20-p80)' in ms of run ``side`` ("a" or "b"), or its status when it did not run."""
     if row[f"status_{side}"] != "ok":
         return row[f"status_{side}"]
+    retimed = side == "b" and row.get("timer_a") and row.get("timer_b") and row["timer_a"] != row["timer_b"]
     return (f"{display.ms(row[f'ms_{side}'])} ({display.ms(row[f'ms_p20_{side}'])}-"
-            f"{display.ms(row[f'ms_p80_{side}'])})")
+            f"{display.ms(row[f'ms_p80_{side}'])})" + (f" {row['timer_b']}*" if retimed else ""))

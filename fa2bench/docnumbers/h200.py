@@ -8,7 +8,6 @@ import pandas as pd
 
 from fa2bench.docnumbers.data import (DECODE, DECODE_BEFORE, FIRST, HEADLINE, LADDER, PLAIN, RERUN, SECOND, SPLITS, TOP,
                                       kilo, load, ok_rows, read_meta)
-from fa2bench.run.results import KEY_COLUMNS
 from fa2bench.docnumbers.h100 import top_table, versus_cudnn
 from fa2bench.read.summary import geomean
 
@@ -32,16 +31,12 @@ def headline_rerun(root: Path) -> str:
     """The rerun's points against the headline's (``fa2bench compare``), split by how each was timed."""
     from fa2bench.read.compare import compare
 
-    first, again = load(root, HEADLINE), load(root, RERUN)
-    table = compare(first, again).table
-    for run, frame in (("a", first), ("b", again)):
-        table = table.merge(frame[list(KEY_COLUMNS) + ["timer"]].rename(columns={"timer": f"timer_{run}"}),
-                            on=list(KEY_COLUMNS))
-    alike = table[table["timer_a"] == table["timer_b"]]
+    result = compare(load(root, HEADLINE), load(root, RERUN))
+    table, regraphed = result.table, result.retimed
+    alike = table.drop(regraphed.index)
     agree = alike["verdict"].isin(("same", "noise"))
     off = alike.loc[~agree]
     worst = (alike["ratio"] - 1).abs().max()
-    regraphed = table[table["timer_a"] != table["timer_b"]]
     parts = [f"Rerun on the same card (`{RERUN}`, {len(table)} points: fp16, head dim 128, fa2 and cuDNN, fwd and "
              f"bwd, causal both, 512 to 16k tokens): of the {len(alike)} points timed the same way both times, "
              f"{int(agree.sum())} agree within 5% or within the spreads the suite reports (`fa2bench compare`: same "

@@ -14,7 +14,9 @@ causal). For a point ok in both, ``ratio = ms_B / ms_A`` (medians). The verdict:
 - ``broken``: ok in A, ``wrong``/``error``/``oom`` in B (counted as a regression); ``fixed``: the reverse;
   ``not ok``: ok in neither (or unsupported in one: another environment, not a regression).
 
-Runs from different GPUs, software versions or devices compare with warnings (``Comparison.warnings``).
+Runs from different GPUs, software versions or devices compare with warnings (``Comparison.warnings``). A point
+timed with another timer in B than in A (plain against graph: ``Comparison.retimed``) compares the timers as well
+as the code: a plain timer that times the host reads slower than the graph over the same kernels.
 """
 from __future__ import annotations
 
@@ -45,6 +47,13 @@ class Comparison:
         return self.table[self.table["verdict"].isin(REGRESSIONS)]
 
     @property
+    def retimed(self) -> pd.DataFrame:
+        """Points ok in both runs but timed with different timers (runs that record the timer)."""
+        t = self.table
+        both = (t["status_a"] == "ok") & (t["status_b"] == "ok") & (t["timer_a"] != "") & (t["timer_b"] != "")
+        return t[both & (t["timer_a"] != t["timer_b"])]
+
+    @property
     def counts(self) -> dict[str, int]:
         counts = self.table["verdict"].value_counts()
         return {v: int(counts[v]) for v in VERDICT_ORDER if v in counts}
@@ -52,9 +61,11 @@ class Comparison:
 
 def _points(frame: pd.DataFrame) -> pd.DataFrame:
     """One row per point key (a resumed run may hold a point twice: the later row wins)."""
-    keep = list(KEY_COLUMNS) + ["status", "error", "ms", "ms_p20", "ms_p80"]
+    keep = list(KEY_COLUMNS) + ["status", "error", "ms", "ms_p20", "ms_p80", "timer"]
     out = frame[[c for c in keep if c in frame]].copy()
-    for col in ("provider", "mode", "dtype", "status"):
+    if "timer" not in out:  # a run from before the timer column
+        out["timer"] = ""
+    for col in ("provider", "mode", "dtype", "status", "timer"):
         out[col] = out[col].astype(object).where(out[col].notna(), "").astype(str)
     for col in ("ms", "ms_p20", "ms_p80"):
         out[col] = pd.to_numeric(out[col], errors="coerce").astype(float)
