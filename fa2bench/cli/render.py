@@ -220,6 +220,5 @@ def timing_cell(row: dict, side: str) -> str:
     """'median (p20-p80)' in ms of run ``side`` ("a" or "b"), or its status when it did not run."""
     if row[f"status_{side}"] != "ok":
         return row[f"status_{side}"]
-    retimed = side == "b" and row.get("timer_a") and row.get("timer_b") and row["timer_a"] != row["timer_b"]
     return (f"{display.ms(row[f'ms_{side}'])} ({display.ms(row[f'ms_p20_{side}'])}-"
-            f"{display.ms(row[f'ms_p80_{side}'])})" + (f" {row['timer_b']}*" if retimed else ""))
+            f"{display.ms(row[f'ms_p80_{side}'])})" + (f" {row['timer_b']}*" if side == "b" and row["retimed"] else ""))

@@ -8,12 +8,13 @@ resolved sweep as ``fa2bench sweep`` arguments) under ``python -m torch.distribu
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import subprocess
 import sys
 from dataclasses import dataclass
-from typing import Callable, TypeVar
+from typing import Callable, Iterator, TypeVar
 
 MULTICAST_OFF = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
 
@@ -163,3 +164,19 @@ def init_process_group(backend: str | None = None, timeout_s: float = 1800.0):
         kwargs = {"device_id": torch.device("cuda", torch.cuda.current_device())} if backend == "nccl" else {}
         dist.init_process_group(backend, timeout=dt.timedelta(seconds=timeout_s), **kwargs)
     return me
+
+
+@contextlib.contextmanager
+def process_group(backend: str | None = None, timeout_s: float = 1800.0) -> Iterator[Rank]:
+    """``init_process_group`` for the body, then every rank leaves together: a barrier where the body ended
+    normally (under gloo, a rank that tore its group down while rank 0 was still writing aborted at exit now and
+    then: "terminate called without an active exception"), and the group destroyed however it ended (after an
+    error no barrier: the other ranks may never reach it)."""
+    import torch.distributed as dist
+
+    me = init_process_group(backend, timeout_s)
+    try:
+        yield me
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()

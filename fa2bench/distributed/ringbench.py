@@ -329,40 +329,32 @@ def rank_run(out: Path, options: dict, check: bool = False, echo=print) -> int:
     parsed = resolve(**{**options, **({"mode": None, "method": None, "reps": 1, "warmup": 0} if check else {})})
     seqlens, dtypes, causals, kv_heads = parsed["seqlens"], parsed["dtypes"], parsed["causals"], parsed["kv_heads"]
     batch, heads, headdim = options["batch"], options["heads"], options["headdim"]
-    launch.init_process_group(timeout_s=300.0)
-    me = launch.current()
-    impl = options["impl"] or ("fa2" if torch.cuda.is_available() else "ref")
-    writer = None
-    try:
-        if me.is_leader:
-            writer = open_store(out, *(("check.csv", CHECK_COLUMNS) if check else ()))
-            write_meta(out, {**options, "check": check})
-        with _pinned_configs(impl, headdim) if not options["tune"] else contextlib.nullcontext():
-            code = _run_checks(seqlens, dtypes, causals, batch, heads, kv_heads, headdim, impl, writer, echo) \
-                if check else _run_points(parsed, seqlens, dtypes, causals, batch, heads, kv_heads, headdim, impl,
-                                          options, writer, echo, me.world_size)
-        dist.barrier()  # leave together: a rank that tears its group down while another still works can abort
-        return code
-    finally:
-        if writer:
-            writer.release()
-        dist.destroy_process_group()
-
-
-def _run_points(parsed, seqlens, dtypes, causals, batch, heads, kv_heads, headdim, impl, options, writer, echo,
-                world_size: int) -> int:
-    """Time every ring point not done before (rank 0 writes the rows); 0."""
-    done = [writer.done if writer else None]
-    dist.broadcast_object_list(done, src=0)  # every rank skips the same finished points
-    for point in ring_points(parsed["methods"], seqlens, dtypes, causals, parsed["modes"], world_size):
-        fields = (point.method, point.mode, point.dtype, batch, heads, kv_heads, point.seqlen, headdim, point.causal)
-        if ring_key(key_fields(*fields, world_size)) in done[0]:
-            continue
-        row = run_point(*fields, impl, options["reps"], options["warmup"])
-        if writer:
-            writer.append(row)
-            echo(_line(row))
-    return 0
+    with launch.process_group(timeout_s=300.0) as me:
+        impl = options["impl"] or ("fa2" if torch.cuda.is_available() else "ref")
+        writer = None
+        try:
+            if me.is_leader:
+                writer = open_store(out, *(("check.csv", CHECK_COLUMNS) if check else ()))
+                write_meta(out, {**options, "check": check})
+            with _pinned_configs(impl, headdim) if not options["tune"] else contextlib.nullcontext():
+                if check:
+                    return _run_checks(seqlens, dtypes, causals, batch, heads, kv_heads, headdim, impl, writer, echo)
+                done = [writer.done if writer else None]
+                dist.broadcast_object_list(done, src=0)  # every rank skips the same finished points
+                for point in ring_points(parsed["methods"], seqlens, dtypes, causals, parsed["modes"],
+                                         me.world_size):
+                    fields = (point.method, point.mode, point.dtype, batch, heads, kv_heads, point.seqlen, headdim,
+                              point.causal)
+                    if ring_key(key_fields(*fields, me.world_size)) in done[0]:
+                        continue
+                    row = run_point(*fields, impl, options["reps"], options["warmup"])
+                    if writer:
+                        writer.append(row)
+                        echo(_line(row))
+            return 0
+        finally:
+            if writer:
+                writer.release()
 
 
 CHECK_COLUMNS = (*KEY, "impl", "status", "max_rel_error", "detail")

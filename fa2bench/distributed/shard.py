@@ -213,8 +213,7 @@ def run_sharded(points: Sequence[Point], out: Path | None, resume: bool, make_me
 
     from fa2bench.distributed import launch
 
-    me = launch.init_process_group("gloo", timeout_s=6 * 3600.0)  # the sweep exchanges only small objects
-    try:
+    with launch.process_group("gloo", timeout_s=6 * 3600.0) as me:  # the sweep exchanges only small objects
         box = [str(out) if out is not None else None, None]
         meta = None
         if me.is_leader:
@@ -243,11 +242,7 @@ def run_sharded(points: Sequence[Point], out: Path | None, resume: bool, make_me
             f"({len(done)} done before), about {sum(map(estimated_seconds, mine)):.0f} s")
         run_share(mine, writer)
         dist.barrier()
-        merged = merge(out) if me.is_leader else None
-        dist.barrier()  # and leave together: a rank that tears its group down while rank 0 merges can abort at exit
-        return merged
-    finally:
-        dist.destroy_process_group()
+        return merge(out) if me.is_leader else None
 
 
 def _check_out(out: Path, resume: bool, make_meta: Callable[[bool], dict],

@@ -42,8 +42,9 @@ def headline_rerun(root: Path) -> str:
              f"{int(agree.sum())} agree within 5% or within the spreads the suite reports (`fa2bench compare`: same "
              f"or noise), the largest difference {100 * worst:.1f}%"]
     if len(off):
-        parts.append(("the other: " if len(off) == 1 else "the others: ") + ", ".join(f"{r.provider} {r.mode} {r.seqlen_q} tokens{' causal' if r.causal else ''} "
-                               f"{r.ratio:.2f}x" for r in off.itertuples()))
+        parts.append(("the other: " if len(off) == 1 else "the others: ") + ", ".join(
+            f"{r.provider} {r.mode} {r.seqlen_q} tokens{' causal' if r.causal else ''} {r.ratio:.2f}x"
+            for r in off.itertuples()))
     if len(regraphed):
         spans = [f"its {len(f)} {mode} points {f['ratio'].min():.2f}x to {f['ratio'].max():.2f}x"
                  for mode, f in regraphed.groupby("mode", sort=False)]

@@ -122,8 +122,7 @@ def run_ranks(spec: train.E2ESpec, out: str | Path, resume: bool = False, opts: 
 
     spec.validate()
     opts = opts or train.E2EOptions()
-    me = launch.init_process_group()  # NCCL with CUDA, gloo without
-    try:
+    with launch.process_group() as me:  # NCCL with CUDA, gloo without
         group = Group(me, spec.parallel or "ddp", opts.device)
         ranks = group._gather(_rank_gpu(me))
         peak = train.this_peak(opts)
@@ -157,12 +156,7 @@ def run_ranks(spec: train.E2ESpec, out: str | Path, resume: bool = False, opts: 
         frame = writer.close(complete=not interrupted) if writer is not None else None
         if interrupted:
             raise KeyboardInterrupt
-        # every rank leaves together: a rank that tore its group down while rank 0 was still closing the folder
-        # aborted at exit now and then under gloo ("terminate called without an active exception")
-        dist.barrier()
         return frame
-    finally:
-        dist.destroy_process_group()
 
 
 # --- the launcher ------------------------------------------------------------------------------------------

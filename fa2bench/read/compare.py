@@ -49,9 +49,7 @@ class Comparison:
     @property
     def retimed(self) -> pd.DataFrame:
         """Points ok in both runs but timed with different timers (runs that record the timer)."""
-        t = self.table
-        both = (t["status_a"] == "ok") & (t["status_b"] == "ok") & (t["timer_a"] != "") & (t["timer_b"] != "")
-        return t[both & (t["timer_a"] != t["timer_b"])]
+        return self.table[self.table["retimed"]]
 
     @property
     def counts(self) -> dict[str, int]:
@@ -111,6 +109,9 @@ def compare(a: pd.DataFrame, b: pd.DataFrame, threshold: float = 0.05) -> Compar
     keys = list(KEY_COLUMNS)
     table = pa.merge(pb, on=keys, how="inner", suffixes=("_a", "_b"))
     table["ratio"] = table["ms_b"] / table["ms_a"]
+    ok = (table["status_a"] == "ok") & (table["status_b"] == "ok")
+    known = (table["timer_a"] != "") & (table["timer_b"] != "")
+    table["retimed"] = ok & known & (table["timer_a"] != table["timer_b"])
     trusted = not (interpreted(a.attrs.get("meta", {})) or interpreted(b.attrs.get("meta", {})))
     table["verdict"] = [verdict(r, threshold, trusted) for r in table.to_dict("records")] if len(table) else []
     table["_order"] = table["verdict"].map({v: i for i, v in enumerate(VERDICT_ORDER)})
