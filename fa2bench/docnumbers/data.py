@@ -12,8 +12,8 @@ DECODE, SPLITS = "h200-decode-v2", "h200-decode-splits-v2"  # the decode preset 
 DECODE_BEFORE, PLAIN = "h200-decode", "h200-decode-plain"  # before the retuning; the plain-timer subset of it
 VARIANTS = "h200-variants"  # issue 18: the variants preset, fp16 and bf16
 HEADLINE = "h200-headline"  # issue 20: the paper's shapes at d64-256 on the H200, six providers
-LADDER = "h200-ablation"  # issue 20: the FA1 -> FA2 ladder on the H200
-RERUN = "h200-headline-rerun"  # issue 20: its fp16 d128 fa2 and cuDNN points again, on the same card
+LADDER = "h200-ablation-2"  # issue 20: the FA1 -> FA2 -> FA3 ladder on the H200 (the graph timer fixed)
+RERUN = "h200-headline-rerun-2"  # issue 20: its fp16 d128 fa2 and cuDNN points again, on the same card
 NAMES = {"fa2": "fa2", "sdpa-cudnn": "cuDNN", "sdpa-flash": "flash"}
 
 

@@ -103,46 +103,55 @@ def _fa2_over(table: pd.DataFrame, over: str) -> pd.Series:
     return (b.loc[both, "ms"] / a.loc[both, "ms"])
 
 
-def ablation_versus(root: Path) -> str:
+def ablation_versus(root: Path, run: str = ABLATION) -> str:
     from fa2bench.read.ablation import steps
 
-    table = steps(load(root, ABLATION))
+    table = steps(load(root, run))
     split = _fa2_over(table, "fa1-split")
     modes = split.groupby(level="mode").apply(geomean)
     return (f"`fa2` is **{geomean(split):.1f}x faster** (geometric mean over {len(split)} points; "
             f"{split.min():.1f}x to {split.max():.1f}x; forward {modes['fwd']:.1f}x, backward {modes['bwd']:.1f}x)")
 
 
-def ablation_fa1(root: Path) -> str:
-    from fa2bench.read.ablation import steps
+def ablation_fa1(root: Path, run: str = ABLATION) -> str:
+    from fa2bench.read.ablation import POINT, steps
+    from fa2bench.run.timing import MIN_SAMPLES
 
-    from fa2bench.read.ablation import POINT
-
-    frame = load(root, ABLATION)
+    frame = load(root, run)
     plain = _fa2_over(steps(frame), "fa1")
+    worst = plain.idxmax()
     calls = frame.set_index(["provider", *POINT])["reps"]
-    fa1, fa2 = (int(calls[(p, *plain.idxmax())]) for p in ("fa1", "fa2"))
-    return (f"it is {geomean(plain):.1f}x, up to {plain.max():.0f}x at 16k tokens (that point rests on {fa1} timed "
-            f"call{'s' * (fa1 != 1)} of fa1 and {fa2} of fa2: the run predates the suite's minimum of five samples)")
+    fa1, fa2 = (int(calls[(p, *worst)]) for p in ("fa1", "fa2"))
+    where = dict(zip(POINT, worst))
+    point = f"{where['mode']} at {kilo(where['seqlen_q'])} tokens, head dim {where['headdim']}"
+    rests = f"{fa1} timed call{'s' * (fa1 != 1)} of fa1 and {fa2} of fa2"
+    if fa1 < MIN_SAMPLES:
+        rests += ": the run predates the suite's minimum of five samples"
+    return f"it is {geomean(plain):.1f}x, up to {plain.max():.0f}x ({point}; that point rests on {rests})"
 
 
-def ablation_steps(root: Path) -> str:
-    """Speedup of each rung over the one before, head dim 128, at 2k and 16k."""
+CHANGES = {3: "Q outer, K/V inner, O on chip (from `fa1`)", 4: "+ deferred normalisation, LSE only",
+           5: "+ sequence parallelism", 6: "+ causal block skipping", 7: "tuned (`fa2`)",
+           8: "+ TMA producer warp, wgmma consumers, persistent grid (`fa3`, Gluon)",
+           9: "+ ping-pong consumer warpgroups (`fa3-pingpong`)"}
+
+
+def ablation_steps(root: Path, run: str = ABLATION) -> str:
+    """Speedup of each rung over the one before, head dim 128, at 2k and 16k ("-": the rung does not run that
+    mode, as fa3's rungs have no backward)."""
     from fa2bench.read.ablation import steps
 
-    table = steps(load(root, ABLATION))
+    table = steps(load(root, run))
     table = table[(table["headdim"] == 128) & table["seqlen_q"].isin([2048, 16384])]
-    changes = {3: "Q outer, K/V inner, O on chip (from `fa1`)", 4: "+ deferred normalisation, LSE only",
-               5: "+ sequence parallelism", 6: "+ causal block skipping", 7: "tuned (`fa2`)"}
     columns = [("fwd", False), ("fwd", True), ("bwd", False), ("bwd", True)]
     lines = ["| rung | change | fwd | fwd causal | bwd | bwd causal |", "| --- | --- | ---: | ---: | ---: | ---: |"]
-    for rung, change in changes.items():
+    for rung in sorted(set(table["rung"]) & set(CHANGES)):
         cells = []
         for mode, causal in columns:
             mine = table[(table["rung"] == rung) & (table["mode"] == mode) & (table["causal"] == causal)]
             by_n = mine.set_index("seqlen_q")["speedup"]
             cells.append(" / ".join(f"{by_n[n]:.2f}" if n in by_n.index else "-" for n in (2048, 16384)))
-        lines.append(f"| {rung} | {change} | " + " | ".join(cells) + " |")
+        lines.append(f"| {rung} | {CHANGES[rung]} | " + " | ".join(cells) + " |")
     return "\n" + "\n".join(lines) + "\n"
 
 

@@ -8,7 +8,7 @@ import pandas as pd
 
 from fa2bench.docnumbers.data import (DECODE, DECODE_BEFORE, FIRST, HEADLINE, LADDER, PLAIN, RERUN, SECOND, SPLITS, TOP,
                                       kilo, load, ok_rows, read_meta)
-from fa2bench.docnumbers.h100 import top_table, versus_cudnn
+from fa2bench.docnumbers.h100 import ablation_fa1, ablation_steps, ablation_versus, top_table, versus_cudnn
 from fa2bench.read.summary import geomean
 
 
@@ -37,7 +37,10 @@ def headline_rerun(root: Path) -> str:
     agree = alike["verdict"].isin(("same", "noise"))
     off = alike.loc[~agree]
     worst = (alike["ratio"] - 1).abs().max()
-    parts = [f"Rerun on the same card (`{RERUN}`, {len(table)} points: fp16, head dim 128, fa2 and cuDNN, fwd and "
+    cards = [read_meta(root, run)["gpus"][0].get("uuid") for run in (HEADLINE, RERUN)]
+    card = ("the same card" if None not in cards and cards[0] == cards[1] else
+            "another H200" if None not in cards else "an H200 (meta.json does not record whether the same card)")
+    parts = [f"Rerun on {card} (`{RERUN}`, {len(table)} points: fp16, head dim 128, fa2 and cuDNN, fwd and "
              f"bwd, causal both, 512 to 16k tokens): of the {len(alike)} points timed the same way both times, "
              f"{int(agree.sum())} agree within 5% or within the spreads the suite reports (`fa2bench compare`: same "
              f"or noise), the largest difference {100 * worst:.1f}%"]
@@ -55,13 +58,27 @@ def headline_rerun(root: Path) -> str:
 
 
 def ladder_state(root: Path) -> str:
-    """What the H200 ablation holds: points, completeness, the commit, its graph-timed backward rows."""
+    """What the H200 ablation holds: points, statuses, completeness, the commit."""
     frame, meta = load(root, LADDER), read_meta(root, LADDER)
-    graphed = frame[(frame["status"] == "ok") & (frame["mode"] == "bwd") & frame["timer"].str.startswith("graph")]
-    return (f"The H200 ablation ([`results/{LADDER}`](results/{LADDER}/ablation.md), {len(frame)} points, "
-            f"{len(ok_rows(frame))} of them ok; meta.json `complete: {str(bool(meta.get('complete'))).lower()}`) "
-            f"was measured at `{meta['git']['commit'][:7]}`, so its {len(graphed)} graph-timed backward rows carry "
-            f"the same adds")
+    counts = frame["status"].value_counts()
+    others = ", ".join(f"{n} `{status}`" for status, n in counts.items() if status != "ok")
+    missing = sorted(set(frame.loc[frame["status"] == "unsupported", "provider"]))
+    return (f"[`results/{LADDER}`](results/{LADDER}/ablation.md): {len(frame)} points, {counts.get('ok', 0)} ok"
+            + (f", {others} ({', '.join(f'`{p}`' for p in missing)} backward)" if others else "")
+            + f"; meta.json `complete: {str(bool(meta.get('complete'))).lower()}`, commit "
+            f"`{meta['git']['commit'][:7]}`")
+
+
+def ladder_versus(root: Path) -> str:
+    return ablation_versus(root, LADDER)
+
+
+def ladder_fa1(root: Path) -> str:
+    return ablation_fa1(root, LADDER)
+
+
+def ladder_steps(root: Path) -> str:
+    return ablation_steps(root, LADDER)
 
 
 # --- the first result (results/h200-default-run1, -run2) --------------------------------------------------

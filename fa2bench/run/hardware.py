@@ -125,7 +125,7 @@ def _nvml_text(value) -> str:
 
 
 def gpu_info() -> list[dict]:
-    """One dict per GPU from NVML (name, clocks, power limit, memory, driver) and torch (SMs, capability).
+    """One dict per GPU from NVML (name, clocks, power limit, memory, driver) and torch (SMs, capability, UUID).
 
     Empty when there is no NVIDIA GPU or no NVML; never raises.
     """
@@ -140,6 +140,8 @@ def gpu_info() -> list[dict]:
         props = torch.cuda.get_device_properties(i)
         info = {"index": i, "name": props.name, "sms": props.multi_processor_count,
                 "capability": f"{props.major}.{props.minor}", "memory_gib": round(props.total_memory / 2**30, 1)}
+        if getattr(props, "uuid", None) is not None:  # which physical card: two runs on "an H200" may not share one
+            info["uuid"] = str(props.uuid)
         if pynvml is not None:
             try:
                 h = pynvml.nvmlDeviceGetHandleByIndex(i)
