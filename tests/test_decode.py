@@ -281,3 +281,14 @@ def test_decode_preset_and_bad_decode_options():
         config.spec_from({"page_size": "16"}, "smoke")
     with pytest.raises(SpecError, match="decode takes 1..16 queries"):
         config.spec_from({"seqlen": [32]}, "decode")
+
+
+def test_the_tile_study_takes_shapes_and_refuses_a_bad_one_in_one_line(capsys):
+    from fa2bench.profiling import decode_splits
+
+    assert decode_splits._shape("64,32,8,1024") == (64, 32, 8, 1024)
+    for bad in ("1,2,3", "64,30,8,1024", "0,32,8,1024"):
+        with pytest.raises(SystemExit):
+            decode_splits.main(["--out", "unused", "--study", "tiles", "--shape", bad])
+        last = capsys.readouterr().err.strip().splitlines()[-1]
+        assert "argument --shape:" in last and bad in last and "Traceback" not in last

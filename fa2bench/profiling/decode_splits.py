@@ -121,11 +121,23 @@ def tile_study(shapes=TILE_SHAPES, tiles=TILES, splits=TILE_SPLITS, save=None, p
     return frame
 
 
+def _shape(text: str) -> tuple[int, int, int, int]:
+    try:
+        batch, heads, kv_heads, kv_len = (int(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a shape is BATCH,HEADS,KV_HEADS,KV_LEN (four integers), not {text!r}")
+    if min(batch, heads, kv_heads, kv_len) < 1 or heads % kv_heads:
+        raise argparse.ArgumentTypeError(f"{text!r}: sizes must be positive and heads a multiple of kv_heads")
+    return batch, heads, kv_heads, kv_len
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--study", choices=("splits", "tiles", "both"), default="splits")
     parser.add_argument("--page-size", type=int, default=0, help="a paged cache of pages of this many keys")
+    parser.add_argument("--shape", action="append", type=_shape, metavar="BATCH,HEADS,KV_HEADS,KV_LEN",
+                        help="study these shapes instead of the study's own (repeat the option for several)")
     args = parser.parse_args(argv)
     from fa2bench.run import hardware
     from fa2bench.run.runner import environment_meta
@@ -142,7 +154,8 @@ def main(argv=None) -> None:
 
     for name, csv, run in (("splits", CSV, study), ("tiles", TILES_CSV, tile_study)):
         if args.study in (name, "both"):
-            frame = run(save=saver(csv), page=args.page_size)
+            shapes = {"shapes": tuple(args.shape)} if args.shape else {}
+            frame = run(save=saver(csv), page=args.page_size, **shapes)
             print(frame[frame["vs_best"] == 1].to_string(index=False))
 
 
