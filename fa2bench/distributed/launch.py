@@ -209,7 +209,6 @@ class LeaderWriter:
         if box[0]:
             raise ResultsError(box[0])
         self.done = set(box[1])
-        self.meta = self.writer.meta if self.writer else None
 
     def append(self, row: dict) -> None:
         if self.writer is not None:

@@ -19,8 +19,8 @@ runs it, so nothing is assigned per rank and nothing is merged; nor can it run i
 timeout (``worker``): its ranks must call every collective together in one process group, and a rank stopped
 alone would leave the others waiting. A point that fails on every rank alike (unsupported, wrong, out of
 memory, an exception) is a row with its status and the run goes on; a hang or a rank that dies ends the world
-size's job at the process group's timeout, and the next job (or ``--resume``-like rerun: a job always skips the
-points the folder holds at its world size) continues.
+size's job at the process group's timeout, and running the job again continues it (a job skips the points the
+folder holds at its world size).
 
 Columns of ring.csv (``COLUMNS``): the sweep's key columns (provider = the method, seqlen_q = seqlen_k = the
 sequence over all ranks), the world size, then what the benchmark measures. TFLOP/s per GPU = FLOPs of the whole
@@ -130,8 +130,8 @@ class RingPlan:
 def plan_ring(gpus: str | None = None, out: str | Path = "results/ring", check: bool = False,
               **options) -> RingPlan:
     """Resolve ``fa2bench ring``: ``options`` named like ``RUN_OPTIONS`` (None or absent: the default; with
-    ``check``, ``CHECK_DEFAULTS`` first, and the gradients of ``CHECK_METHODS`` in both directions at
-    kv_heads = heads and the given kv_heads); ``gpus`` the GPU counts to launch ("1,2,4", the default), refused
+    ``check``, ``CHECK_DEFAULTS`` first, and the points are ``CHECK_METHODS``' forward and backward at
+    kv_heads = heads and at the given kv_heads); ``gpus`` the GPU counts to launch ("1,2,4", the default), refused
     in a process torchrun started. Raises ``SpecError`` (one line) for anything that cannot run."""
     given = {k: v for k, v in options.items() if v is not None}
     unknown = set(given) - set(RUN_OPTIONS)

@@ -1,7 +1,11 @@
 """How one ring point runs (``run_point``, the collective every rank calls with the same point): the same full
-inputs on every rank, each method's call on zig-zag shards, the output check on a slice against a float32
-reference, rank-synchronised timing (the slowest rank counts) and, for ring-fa2, compute and communication
-timed apart. ``ringbench`` runs points with it through the runner; ``ringcheck`` checks gradients."""
+inputs on every rank (one seed), each method's call on zig-zag shards, the output checked on a slice (the last
+rows of each local chunk, one K/V head group) against a float32 reference over the whole sequence with the
+single-GPU fa2 kernel's error on the same slice as the yardstick (the sweep's ``2 x baseline + floor`` gate),
+then timed: the median of ``reps`` calls, each between barriers, the slowest rank's median. For ring-fa2 the
+same schedule is also timed with every transfer skipped (compute) and the transfers alone (comm):
+communication hidden = (compute + comm - total) / comm, clipped to 0..100%. ``ringbench`` runs points with it
+through the runner; ``ringcheck`` checks gradients."""
 from __future__ import annotations
 
 import functools

@@ -1,6 +1,7 @@
 """The report of a ring run (``fa2bench report R``, through ``api.report``, as every kind of run): ring.csv ->
-scaling.csv (scaling efficiency against the same method on one GPU), scaling.png (TFLOP/s per GPU, efficiency,
-communication hidden) and report.md. Torch-free: it reads the folder only."""
+scaling.csv (scaling efficiency = time on 1 GPU / (N x time on N GPUs), per method; all-gather shares ring-fa2's
+one-GPU time: on one GPU both are one fa2 call), scaling.png (TFLOP/s per GPU, efficiency, communication hidden)
+and report.md. Torch-free: it reads the folder only."""
 from __future__ import annotations
 
 import sys
