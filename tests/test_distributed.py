@@ -352,7 +352,8 @@ def _ring_job(rank, world, port, out):
     assert plan.rank == launch.Rank(rank, world, rank)
     assert ringbench.execute_ring(plan, echo=lines.append) == 0
     if rank == 0:
-        Path(out, f"log{world}.txt").open("a").write("".join(line + "\n" for line in lines) + "--\n")
+        with Path(out, f"log{world}.txt").open("a") as log:
+            log.write("".join(line + "\n" for line in lines) + "--\n")
 
 
 def test_ring_points_run_through_the_runner_into_one_folder_and_report(tmp_path):
