@@ -425,7 +425,10 @@ def plot_run(run, out: str | Path | None = None, formats: Iterable[str] = ("png"
 
 
 def report(run, formats: Iterable[str] = ("png",)) -> Path:
-    """Write ``report.md`` (and its figures) into a run's folder (a Run or a folder); returns its path."""
+    """Write ``report.md`` (and its figures) into a run's folder (a Run or a folder); returns its path. Each kind
+    of run has its report: a sweep's (``read.markdown``), an e2e run's (``e2e.figures``), a ring run's
+    (``distributed.ringreport``: scaling.csv and its figure too)."""
+    from fa2bench.distributed import ringreport
     from fa2bench.e2e import figures as e2e_figures
     from fa2bench.read.markdown import write_report
 
@@ -435,6 +438,8 @@ def report(run, formats: Iterable[str] = ("png",)) -> Path:
                                "has no run folder)")
         run = run.attrs["run_dir"]
     path = run.path if isinstance(run, Run) else run
+    if ringreport.is_ring(path):  # an `fa2bench ring` run: the scaling report
+        return ringreport.write_report(Path(path), tuple(formats))
     if e2e_figures.is_e2e(load_run(path)):  # an `fa2bench e2e` run: the Table-1 report
         return e2e_figures.write_report(load_run(path), tuple(formats))
     return write_report(path, tuple(formats))

@@ -1,6 +1,6 @@
 """The committed 4 x H100 run (results/multigpu-h100x4) says what docs/multigpu.md part 4 says it does, and the
 project's own code still reads it: the sharded sweep merged every point and matches the one-GPU run's statuses,
-and ringreport recomputes the committed scaling table from ring.csv."""
+and ringreport recomputes the committed scaling table from ring.csv (through the report path too)."""
 from __future__ import annotations
 
 import pandas as pd
@@ -38,3 +38,23 @@ def test_ring_report_recomputes_the_committed_scaling_table():
         assert merged[col].to_numpy() == pytest.approx(merged[f"{col}_committed"].to_numpy(), rel=1e-9)
     at_256k = merged[(merged["seqlen"] == 262144) & (merged["world_size"] == 4)]
     assert set(at_256k["method"]) == {"ring-fa2", "allgather-fa2", "cp-sdpa"}
+
+
+def test_the_report_path_regenerates_the_committed_scaling_table_and_figure(tmp_path):
+    """``fa2bench report`` on the ring folder (``api.report``, as for every kind of run) writes scaling.csv byte
+    for byte as committed and scaling.png pixel for pixel (ring.csv from before the results store's spelling)."""
+    import shutil
+
+    import numpy as np
+    from PIL import Image
+
+    from fa2bench import api
+
+    folder = tmp_path / "ring"
+    shutil.copytree(RUN / "ring", folder)
+    (folder / "scaling.csv").unlink()
+    (folder / "scaling.png").unlink()
+    assert api.report(folder) == folder / "report.md"
+    assert (folder / "scaling.csv").read_bytes() == (RUN / "ring" / "scaling.csv").read_bytes()
+    drawn, committed = (np.asarray(Image.open(p / "scaling.png")) for p in (folder, RUN / "ring"))
+    assert drawn.shape == committed.shape and (drawn == committed).all()

@@ -267,7 +267,7 @@ def _gloo_worker(rank, world, port, out):
                       LOCAL_RANK=str(rank))
     import torch.distributed as dist
 
-    from fa2bench.distributed import ringbench, ringcheck
+    from fa2bench.distributed import ringcalls, ringcheck
 
     dist.init_process_group("gloo", rank=rank, world_size=world)
     results = {}
@@ -291,10 +291,12 @@ def _gloo_worker(rank, world, port, out):
         results[f"{method} {impl} causal={causal} kv={kv}"] = [
             ((g - w).abs().max() / w.abs().max()).item() for g, w in zip(got, want)]
     if world == 2:
-        results["bench"] = [ringbench.run_point("ring-fa2", "fwd_bwd", "fp32", 1, 2, 1, 64, 16, True, "ref", 2, 1),
-                            ringbench.run_point("allgather-fa2", "fwd", "fp32", 1, 2, 2, 64, 16, False, "ref", 2, 1),
-                            ringbench.run_point("cp-sdpa", "fwd", "fp32", 1, 2, 2, 64, 16, False, "ref", 2, 1)]
-        results["check"] = ringcheck.check_gradients(64, 4, 2, 16, "fp32", True, "fa2")
+        results["bench"] = [
+            ringcalls.run_point(Point("ring-fa2", "fwd_bwd", "fp32", Shape(1, 2, 1, 64, 64, 16, True)), "ref", 2, 1),
+            ringcalls.run_point(Point("allgather-fa2", "fwd", "fp32", Shape(1, 2, 2, 64, 64, 16, False)), "ref", 2, 1),
+            ringcalls.run_point(Point("cp-sdpa", "fwd", "fp32", Shape(1, 2, 2, 64, 64, 16, False)), "ref", 2, 1)]
+        results["check"] = ringcheck.check_gradients(Point("ring-fa2", "fwd_bwd", "fp32",
+                                                           Shape(1, 4, 2, 64, 64, 16, True)), "fa2")
     if rank == 0:
         Path(out).write_text(json.dumps(results, default=str))
     dist.destroy_process_group()
@@ -335,21 +337,75 @@ def test_ring_benchmark_rows_are_checked_timed_and_report_hidden_communication(g
     assert results["check"]["status"] == "ok", results["check"]["detail"]
 
 
+RING_JOB = dict(seqlen="64,66", heads=2, kv_heads=1, headdim=16, dtype="fp32", mode="fwd,fwd_bwd",
+                method="ring-fa2,allgather-fa2,cp-sdpa", reps=1, warmup=0, impl="ref")
+
+
+def _ring_job(rank, world, port, out):
+    """One world size's job of ``fa2bench ring`` as torchrun's ranks run it (``plan_ring`` under torchrun)."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank), OMP_NUM_THREADS="1")
+    from fa2bench.distributed import ringbench
+
+    lines = []
+    plan = ringbench.plan_ring(None, out, **RING_JOB)
+    assert plan.rank == launch.Rank(rank, world, rank)
+    assert ringbench.execute_ring(plan, echo=lines.append) == 0
+    if rank == 0:
+        with Path(out, f"log{world}.txt").open("a") as log:
+            log.write("".join(line + "\n" for line in lines) + "--\n")
+
+
+def test_ring_points_run_through_the_runner_into_one_folder_and_report(tmp_path):
+    """Jobs at 1 and 2 ranks (gloo) run the ring's points through ``runner.run_points`` into one ring.csv: a point
+    that cannot run is a row with its status, a job run again skips the points its world size holds, and the
+    folder reports through ``api.report`` like any run."""
+    import torch.multiprocessing as mp
+
+    from fa2bench import api
+    from fa2bench.distributed import ringbench
+
+    for world in (1, 2, 2):
+        mp.spawn(_ring_job, args=(world, _free_port(), str(tmp_path)), nprocs=world)
+    rows = pd.read_csv(tmp_path / "ring.csv", keep_default_na=False, na_values=[""])
+    assert list(rows.columns) == list(ringbench.COLUMNS)
+    # 2 seqlens x 2 modes x (3 methods at 2 ranks, 2 at 1: all-gather is ring-fa2 on one GPU), each point once
+    assert len(rows) == 2 * 2 * (3 + 2) and not rows.duplicated(list(ringbench.KEY)).any()
+    status = rows.groupby(["provider", "world_size", "seqlen_q"])["status"].agg(set).to_dict()
+    assert status[("ring-fa2", 1, 66)] == {"ok"} and status[("ring-fa2", 2, 66)] == {"unsupported"}
+    assert status[("allgather-fa2", 2, 64)] == {"ok"} and status[("cp-sdpa", 2, 64)] == {"unsupported"}
+    ok = rows[rows["status"] == "ok"]
+    assert (ok["ms"] > 0).all() and (ok["tflops_per_gpu"] > 0).all()
+    assert ok[(ok["provider"] == "ring-fa2") & (ok["world_size"] == 2)]["ms_comm"].gt(0).all()
+    assert (tmp_path / "log2.txt").read_text().split("--\n")[1] == ""  # the second job found every point done
+    meta = json.loads((tmp_path / "meta.json").read_text())
+    assert meta["kind"] == "ring" and [r["world_size"] for r in meta["runs"]] == [1, 2, 2]
+    api.report(tmp_path)
+    table = pd.read_csv(tmp_path / "scaling.csv")
+    assert set(table["world_size"]) == {1, 2} and table["scaling_efficiency_pct"].notna().all()
+
+
 def test_ring_report_computes_scaling_efficiency_against_one_gpu(tmp_path):
+    from fa2bench import api
     from fa2bench.distributed import ringbench, ringreport
 
-    writer = ringbench.open_store(tmp_path)
+    point = Point("ring-fa2", "fwd", "bf16", Shape(1, 16, 16, 65536, 65536, 128, True))
+    writer = ringbench.open_store(tmp_path, 1)
     for world, ms, hidden in ((1, 100.0, None), (2, 55.0, 80.0), (4, 31.25, 60.0)):
-        writer.append({**ringbench.key_fields("ring-fa2", "fwd", "bf16", 1, 16, 16, 65536, 128, True, world),
-                       "status": "ok", "error": "", "gpu": "H100", "flops": 1e15, "ms": ms,
-                       "tflops_per_gpu": 1e15 / (ms * 1e-3) / 1e12 / world, "comm_hidden_pct": hidden})
+        writer.append({**point.fields(), "world_size": world, "status": "ok", "error": "", "gpu": "H100",
+                       "flops": 1e15, "ms": ms, "tflops_per_gpu": 1e15 / (ms * 1e-3) / 1e12 / world,
+                       "comm_hidden_pct": hidden})
     writer.release()
-    assert ringreport.report(tmp_path) == 0
+    assert ringreport.is_ring(tmp_path)
+    assert api.report(tmp_path) == tmp_path / "report.md"  # the report path of every kind of run
     table = pd.read_csv(tmp_path / "scaling.csv")
     assert table["scaling_efficiency_pct"].round(1).tolist() == [100.0, 90.9, 80.0]
     assert (tmp_path / "scaling.png").stat().st_size > 0
-    again = ringbench.open_store(tmp_path)  # the next world size's job continues the folder
-    assert len(again.done) == 3 and not again.dropped
+    assert "| ring-fa2 | fwd | 65536 | 4 |" in (tmp_path / "report.md").read_text()
+    for world in (2, 8):  # the next world size's job continues the folder and skips only its own points
+        again = ringbench.open_store(tmp_path, world)
+        assert again.done == ({point.key()} if world == 2 else set()) and not again.dropped
+        again.release()
 
 
 def test_cli_gpu_options_fail_in_one_line_without_a_traceback(tmp_path):
@@ -465,7 +521,8 @@ def test_ring_ranks_enter_through_fa2bench_ring_with_the_launchers_options(tmp_p
     calls = []
     monkeypatch.setattr(launch, "run_torchrun", lambda n, args, **kw: calls.append((n, args, kw)) or 0)
     options = dict(seqlen="8192,16384", heads=8, kv_heads=2, dtype="fp16", method="ring-fa2", impl="ref", tune=True)
-    assert ringbench.scaling_run("1,2", tmp_path, options, check, available_gpus=2) == 0
+    plan = ringbench.plan_ring("1,2", tmp_path, check, **options)
+    assert ringbench.execute_ring(plan, available_gpus=2) == 0
     assert [(n, kw) for n, _, kw in calls] == [(1, {}), (2, {})]  # `fa2bench ring` (no second CLI), no --gpus
     args = calls[0][1]
     params = typer.main.get_command(app).commands[args[0]].make_context(args[0], list(args[1:])).params

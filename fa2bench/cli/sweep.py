@@ -165,10 +165,10 @@ def ring(
 
     console = out()
     try:
-        code = ringbench.execute(gpus, out_dir, dict(
-            seqlen=seqlen, batch=batch, heads=heads, kv_heads=kv_heads, headdim=headdim, dtype=dtype,
-            causal=causal.value if causal else None, mode=mode, method=method, reps=reps, warmup=warmup, impl=impl,
-            tune=tune), check, echo=lambda line: console.print(line, markup=False, highlight=False))
+        plan = ringbench.plan_ring(gpus, out_dir, check, seqlen=seqlen, batch=batch, heads=heads, kv_heads=kv_heads,
+                                   headdim=headdim, dtype=dtype, causal=causal.value if causal else None, mode=mode,
+                                   method=method, reps=reps, warmup=warmup, impl=impl, tune=tune)
+        code = ringbench.execute_ring(plan, echo=lambda line: console.print(line, markup=False, highlight=False))
     except (SpecError, ResultsError) as exc:
         fail(str(exc))
     if code:

@@ -1,5 +1,6 @@
-"""The torchrun environment, starting torchrun for ``--gpus N`` (sweep, e2e, ring), and ``dispatch``: where a
-planned run goes (launch the ranks, run as a rank, or run alone).
+"""The torchrun environment, starting torchrun for ``--gpus N`` (sweep, e2e, ring), ``dispatch``: where a
+planned run goes (launch the ranks, run as a rank, or run alone), the process group every rank leaves together
+(``process_group``), and the results store as the ranks of a collective run share it (``LeaderWriter``).
 
 fa2bench does not launch ranks itself: ``--gpus N`` runs the sweep as planned (``SweepPlan.command``, the
 resolved sweep as ``fa2bench sweep`` arguments) under ``python -m torch.distributed.run --standalone
@@ -14,7 +15,10 @@ import os
 import subprocess
 import sys
 from dataclasses import dataclass
-from typing import Callable, Iterator, TypeVar
+from typing import TYPE_CHECKING, Callable, Iterator, TypeVar
+
+if TYPE_CHECKING:
+    from fa2bench.run.results import RunWriter
 
 MULTICAST_OFF = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
 
@@ -180,3 +184,36 @@ def process_group(backend: str | None = None, timeout_s: float = 1800.0) -> Iter
         dist.barrier()
     finally:
         dist.destroy_process_group()
+
+
+class LeaderWriter:
+    """The results store as the ranks of a collective run see it (every rank runs every point together): rank
+    0 opens the folder (``open_writer()``, a ``RunWriter``) and appends each row, the other ranks' ``append``
+    does nothing; every rank gets rank 0's ``done``, so all skip the same finished points and run the rest in
+    lockstep; a folder that cannot be used (a ResultsError on rank 0) is raised on every rank. Call it on every
+    rank of an initialised process group; ``release`` gives the folder up."""
+
+    def __init__(self, me: Rank, open_writer: Callable[[], "RunWriter"]):
+        import torch.distributed as dist
+
+        from fa2bench.run.results import ResultsError
+
+        self.writer, box = None, [None, None]
+        if me.is_leader:
+            try:
+                self.writer = open_writer()
+                box = [None, list(self.writer.done)]
+            except ResultsError as exc:
+                box = [str(exc), None]
+        dist.broadcast_object_list(box, src=0)
+        if box[0]:
+            raise ResultsError(box[0])
+        self.done = set(box[1])
+
+    def append(self, row: dict) -> None:
+        if self.writer is not None:
+            self.writer.append(row)
+
+    def release(self) -> None:
+        if self.writer is not None:
+            self.writer.release()

@@ -21,32 +21,11 @@ backward reduce-scatters dK and dV. Simple, and its memory grows with the whole 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
 from fa2bench.distributed import blocks
-
-
-@dataclass(frozen=True)
-class CPMethod:
-    """A context-parallel attention method (what ``ringbench`` measures), named like a provider."""
-    name: str
-    label: str
-    color: str
-    description: str
-
-
-METHODS = {m.name: m for m in (
-    CPMethod("ring-fa2", "Ring attention (fa2 Triton)", "#d62728",
-             "fa2bench's ring attention: zig-zag shards, K/V passed around the ring with async P2P, "
-             "overlapped with the fa2 forward, partial outputs merged by log-sum-exp"),
-    CPMethod("allgather-fa2", "All-gather K/V (fa2 Triton)", "#9467bd",
-             "all-gather K/V over the ranks, fa2 on the local queries; reduce-scatter dK/dV"),
-    CPMethod("cp-sdpa", "PyTorch context_parallel (SDPA)", "#2ca02c",
-             "torch.distributed.tensor.experimental.context_parallel over SDPA (its ring, head-tail balanced)"),
-)}
 
 
 # --- zig-zag sharding --------------------------------------------------------------------------------------

@@ -1,6 +1,11 @@
-"""The context-parallel benchmark's pieces every rank runs: the same full inputs on every rank, each method's
-call on zig-zag shards, rank-synchronised timing (the slowest rank counts) and the output check on a slice
-against a float32 reference (``ringbench`` runs points with them, ``ringcheck`` checks gradients)."""
+"""How one ring point runs (``run_point``, the collective every rank calls with the same point): the same full
+inputs on every rank (one seed), each method's call on zig-zag shards, the output checked on a slice (the last
+rows of each local chunk, one K/V head group) against a float32 reference over the whole sequence with the
+single-GPU fa2 kernel's error on the same slice as the yardstick (the sweep's ``2 x baseline + floor`` gate),
+then timed: the median of ``reps`` calls, each between barriers, the slowest rank's median. For ring-fa2 the
+same schedule is also timed with every transfer skipped (compute) and the transfers alone (comm):
+communication hidden = (compute + comm - total) / comm, clipped to 0..100%. ``ringbench`` runs points with it
+through the runner; ``ringcheck`` checks gradients."""
 from __future__ import annotations
 
 import functools
@@ -10,7 +15,12 @@ import time
 import torch
 import torch.distributed as dist
 
+from fa2bench.core.flops import attention_flops
+from fa2bench.core.precision import torch_dtype
+from fa2bench.core.presets import Point
 from fa2bench.distributed import blocks, ring
+from fa2bench.distributed.methods import METHODS
+from fa2bench.run.point import first_line
 from fa2bench.run.timing import summarise
 
 CHECK_ROWS = 128  # query rows per local chunk compared with the reference
@@ -37,7 +47,7 @@ def method_call(method: str, causal: bool, impl: str, communicate: bool = True):
         return lambda q, k, v: ring.allgather_attention(q, k, v, causal, impl=impl)
     if method == "cp-sdpa":
         return _sdpa_local(causal)
-    raise ValueError(f"unknown method {method!r}; choose from {', '.join(ring.METHODS)}")
+    raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
 
 
 def _sdpa_local(causal):
@@ -172,3 +182,100 @@ def check_slice(o_local, q, k, v, causal, segments, impl):
         worst_base = max(worst_base, rel_error(base, ref, scale))
     return max_over_ranks(worst), max_over_ranks(worst_base)
 
+
+# --- one point -------------------------------------------------------------------------------------------
+
+
+def run_point(point: Point, impl: str, reps: int, warmup: int) -> dict:
+    """One row of ring.csv: ``point`` (provider = the method, its shape the sequence over all ranks) as a
+    collective. Every rank of the process group calls this with the same point; every rank returns the same
+    row (the slowest rank's times, the worst rank's errors). A failure is a row with its status."""
+    method, mode, dtype, s = point.provider, point.mode, point.dtype, point.shape
+    batch, heads, kv_heads, seqlen, headdim, causal = s.batch, s.heads, s.kv_heads, s.seqlen_q, s.headdim, s.causal
+    rank, world = dist.get_rank(), dist.get_world_size()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    row = {**point.fields(), "world_size": world, "status": "ok", "error": "", "impl": impl,
+           "gpu": torch.cuda.get_device_name() if device == "cuda" else "cpu",
+           "flops": attention_flops(batch, heads, seqlen, seqlen, headdim, causal, mode)}
+    if seqlen % (2 * world):
+        return {**row, "status": "unsupported", "error": f"seqlen {seqlen} is not a multiple of 2 x {world}"}
+    if method == "cp-sdpa" and (device != "cuda" or dtype == "fp32"):
+        return {**row, "status": "unsupported", "error": "PyTorch's context parallelism needs CUDA SDPA "
+                "(flash backend: fp16/bf16)"}
+    try:
+        q, k, v, do = full_inputs(batch, heads, kv_heads, seqlen, headdim, torch_dtype(dtype), device)
+        shards = [ring.zigzag_shard(t, rank, world) for t in (q, k, v, do)]
+        backward = mode != "fwd"
+        segments = zigzag_segments(seqlen, rank, world)
+        if method == "cp-sdpa":
+            row["impl"] = cp_options_text()
+        if method == "cp-sdpa" and world > 1:
+            cp = CpSdpa(q, k, v, do, world)
+            with cp as local:
+                segments = cp_layout(local[0], q, rank, world)
+                row.update(_measure(method, causal, impl, local, backward, reps, warmup, q, k, v, segments,
+                                    world))
+        else:
+            if method == "cp-sdpa":  # one GPU: plain SDPA flash on the whole sequence (GQA repeated)
+                group = heads // kv_heads
+                shards = [shards[0], shards[1].repeat_interleave(group, 1), shards[2].repeat_interleave(group, 1),
+                          shards[3]]
+            row.update(_measure(method, causal, impl, shards, backward, reps, warmup, q, k, v, segments, world))
+        if row["status"] == "ok":
+            row["tflops_per_gpu"] = row["flops"] / (row["ms"] * 1e-3) / 1e12 / world
+    except torch.cuda.OutOfMemoryError as exc:
+        row.update(status="oom", error=first_line(exc))
+    except Exception as exc:  # recorded; the next point runs
+        row.update(status="error", error=f"{type(exc).__name__}: {first_line(exc)}")
+    finally:
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    return row
+
+
+def _measure(method, causal, impl, local, backward, reps, warmup, q, k, v, segments, world) -> dict:
+    ql, kl, vl, dol = (t.detach() for t in local)
+    fn = method_call(method, causal, impl)
+    out = {}
+    with torch.no_grad():
+        o = fn(ql, kl, vl)
+    err, base = check_slice(o, q, k, v, causal, segments, impl)
+    from fa2bench.core.reference import FACTOR, FLOOR
+
+    out.update(max_rel_error=err, baseline_rel_error=base)
+    if not err <= FACTOR * base + FLOOR[q.dtype]:
+        return {**out, "status": "wrong", "error": f"o: rel err {err:.2e} (tol {FACTOR * base + FLOOR[q.dtype]:.2e})"}
+    del o
+    leaves = [t.clone().requires_grad_(backward) for t in (ql, kl, vl)]
+
+    def timed(f):
+        if not backward:
+            return lambda: f(*leaves)
+        return lambda: f(*leaves).backward(dol)
+
+    if torch.cuda.is_available():
+        sync()
+        held = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+    ms, p20, p80 = time_call(timed(fn), reps, warmup, leaves if backward else ())
+    out.update(ms=ms, ms_p20=p20, ms_p80=p80)
+    if torch.cuda.is_available():  # the method's own peak beyond what was held, plus this rank's input shards
+        shards = sum(t.numel() * t.element_size() for t in (ql, kl, vl) + ((dol,) if backward else ()))
+        out["peak_mem_gb"] = max_over_ranks((torch.cuda.max_memory_allocated() - held + shards) / 2**30)
+    if method == "ring-fa2" and world > 1:
+        compute = time_call(timed(method_call(method, causal, impl, communicate=False)), reps, 1,
+                            leaves if backward else ())[0]
+        comm = time_call(lambda: _comm_only(kl, vl, backward), reps, 1)[0]
+        hidden = (compute + comm - ms) / comm if comm > 0 else float("nan")
+        out.update(ms_compute=compute, ms_comm=comm, comm_hidden_pct=100.0 * min(1.0, max(0.0, hidden)))
+    return out
+
+
+def _comm_only(k, v, backward):
+    """The ring's transfers alone: K/V world-1 times (forward; again in backward) and, in backward, the fp32
+    dK/dV accumulators world times."""
+    ring.ring_exchange_only([k, v])
+    if backward:
+        ring.ring_exchange_only([k, v])
+        acc = [torch.zeros(k.shape, dtype=torch.float32, device=k.device) for _ in range(2)]
+        ring.ring_exchange_only(acc, rounds=dist.get_world_size())

@@ -5,18 +5,22 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from fa2bench.distributed import launch, ring
 from fa2bench.core.precision import torch_dtype
+from fa2bench.core.presets import Point
+from fa2bench.distributed import ring
 from fa2bench.distributed.ringcalls import full_inputs, max_over_ranks, method_call
 
 
-def check_gradients(seqlen, heads, kv_heads, headdim, dtype, causal, impl, method="ring-fa2", batch=1) -> dict:
-    """Forward and backward of ``method`` on this rank's shards, gated against a float32 reference on the
-    query heads of the first K/V head (every rank its own shard), with the one-GPU kernel (``impl`` on the
-    whole sequence) as the baseline. Every rank returns the same row: the worst rank's verdict."""
+def check_gradients(point: Point, impl: str) -> dict:
+    """Forward and backward of ``point``'s method (its provider) on this rank's shards, gated against a float32
+    reference on the query heads of the first K/V head (every rank its own shard), with the one-GPU kernel
+    (``impl`` on the whole sequence) as the baseline. A collective: every rank calls it with the same point and
+    returns the same row, the worst rank's verdict."""
     from fa2bench.core.reference import attention_ref, judge
 
-    me, world = launch.current(), dist.get_world_size()
+    method, dtype, s = point.provider, point.dtype, point.shape
+    batch, heads, kv_heads, seqlen, headdim, causal = s.batch, s.heads, s.kv_heads, s.seqlen_q, s.headdim, s.causal
+    rank, world = dist.get_rank(), dist.get_world_size()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     q, k, v, do = full_inputs(batch, heads, kv_heads, seqlen, headdim, torch_dtype(dtype), device, seed=1)
     group = heads // kv_heads
@@ -28,7 +32,7 @@ def check_gradients(seqlen, heads, kv_heads, headdim, dtype, causal, impl, metho
         o.backward(do_.to(o.dtype))
         return {"o": o.detach(), "dq": leaves[0].grad, "dk": leaves[1].grad, "dv": leaves[2].grad}
 
-    shard = lambda t: ring.zigzag_shard(t, me.rank, world)  # noqa: E731
+    shard = lambda t: ring.zigzag_shard(t, rank, world)  # noqa: E731
     mine = grads(method_call(method, causal, impl), *(shard(t) for t in (q, k, v, do)))
     ref = grads(lambda a, b, c: attention_ref(a, b, c, causal=causal, upcast=True, dtype=torch.float32),
                 q[qs], k[ks], v[vs], do[qs])
@@ -42,10 +46,8 @@ def check_gradients(seqlen, heads, kv_heads, headdim, dtype, causal, impl, metho
     ok = max_over_ranks(0.0 if verdict.ok else 1.0) == 0.0
     details = [None] * world
     dist.all_gather_object(details, verdict.detail)
-    return {"provider": method, "world_size": world, "mode": "fwd_bwd", "dtype": dtype, "batch": batch,
-            "heads": heads, "kv_heads": kv_heads, "seqlen_q": seqlen, "seqlen_k": seqlen, "headdim": headdim,
-            "causal": causal, "impl": impl,
-            "status": "ok" if ok else "wrong", "max_rel_error": worst,
+    return {**point.fields(), "world_size": world, "impl": impl, "status": "ok" if ok else "wrong",
+            "max_rel_error": worst,
             "detail": " | ".join(f"rank {r}: {d}" for r, d in enumerate(details))}
 
 

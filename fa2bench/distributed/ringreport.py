@@ -1,13 +1,16 @@
-"""The scaling report of a context-parallel run: ring.csv -> scaling.csv (scaling efficiency against the same
-method on one GPU) and scaling.png (TFLOP/s per GPU, efficiency, communication hidden)."""
+"""The report of a ring run (``fa2bench report R``, through ``api.report``, as every kind of run): ring.csv ->
+scaling.csv (scaling efficiency = time on 1 GPU / (N x time on N GPUs), per method; all-gather shares ring-fa2's
+one-GPU time: on one GPU both are one fa2 call), scaling.png (TFLOP/s per GPU, efficiency, communication hidden)
+and report.md. Torch-free: it reads the folder only."""
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
-from fa2bench.distributed import ring
+from fa2bench.distributed.methods import METHODS
 
-CSV_NAME = "ring.csv"
+CSV_NAME, REPORT_NAME = "ring.csv", "report.md"
+KIND = "ring"  # meta.json's "kind" of a ring run
 STORE_NAMES = {"provider": "method", "seqlen_q": "seqlen"}  # ring.csv's columns in the results store -> the report's
 
 
@@ -43,7 +46,7 @@ def figure(table):
         part = table[table["mode"] == mode]
         ax_t, ax_e, ax_h = axes[i]
         for (method, seqlen), g in part.groupby(["method", "seqlen"]):
-            m = ring.METHODS[method]
+            m = METHODS[method]
             style = styles[seqlens.index(seqlen) % len(styles)]
             label = f"{m.label}, {seqlen // 1024}k"
             ax_t.plot(g["world_size"], g["tflops_per_gpu"], style, marker="o", color=m.color, label=label)
@@ -72,39 +75,86 @@ def figure(table):
     return fig
 
 
-def report(out: Path) -> int:
+def is_ring(run_dir: Path) -> bool:
+    """Whether a folder holds a ring run: meta.json says so, or (a run from before it did) it holds ring.csv and
+    no sweep results."""
+    from fa2bench.run.results import CSV_NAME as SWEEP_CSV, read_meta
+
+    run_dir = Path(run_dir)
+    kind = (read_meta(run_dir) if run_dir.is_dir() else {}).get("kind")
+    return kind == KIND if kind else (run_dir / CSV_NAME).exists() and not (run_dir / SWEEP_CSV).exists()
+
+
+def load(out: Path):
+    """ring.csv as the report reads it (the results store's column names renamed: ``STORE_NAMES``)."""
     import pandas as pd
 
-    path = out / CSV_NAME
+    from fa2bench.run.results import ResultsError
+
+    path = Path(out) / CSV_NAME
     if not path.exists():
-        print(f"fa2bench: error: no {CSV_NAME} in {out}", file=sys.stderr)
-        return 2
+        raise ResultsError(f"no {CSV_NAME} in {out}")
     frame = pd.read_csv(path, keep_default_na=False, na_values=[""]).rename(columns=STORE_NAMES)
     frame["causal"] = frame["causal"].astype(str).str.lower().isin(["true", "1"])
+    return frame
+
+
+SHOWN = ["method", "mode", "seqlen", "world_size", "ms", "tflops_per_gpu", "scaling_efficiency_pct",
+         "comm_hidden_pct", "peak_mem_gb"]
+
+
+def write_report(out: Path, formats=("png",)) -> Path:
+    """The ring run's report (what ``fa2bench report`` writes for it): scaling.csv, the figure (scaling.png and
+    any other ``formats``) and report.md (the scaling table, the points that did not run, the figure)."""
+    out = Path(out)
+    frame = load(out)
     table = scaling(frame)
     table.to_csv(out / "scaling.csv", index=False)
     if len(table):
-        figure(table).savefig(out / "scaling.png", dpi=120)
-    cols = ["method", "mode", "seqlen", "world_size", "ms", "tflops_per_gpu", "scaling_efficiency_pct",
-            "comm_hidden_pct", "peak_mem_gb"]
-    with pd.option_context("display.width", 200, "display.max_columns", 20):
-        print(table[cols].to_string(index=False, float_format=lambda x: f"{x:.1f}") if len(table) else "no ok rows")
+        fig = figure(table)
+        for fmt in dict.fromkeys(("png", *formats)):
+            fig.savefig(out / f"scaling.{fmt}", dpi=120, format=fmt)
+    path = out / REPORT_NAME
+    path.write_text(render(frame, table, out.name))
+    return path
+
+
+def render(frame, table, name: str) -> str:
+    from fa2bench.read.markdown import md_table
+
+    def cell(value):
+        return "" if value != value else f"{value:.1f}" if isinstance(value, float) else value
+
+    sections = [f"# fa2bench ring run `{name}`",
+                "Context-parallel attention over GPUs (docs/multigpu.md): time, TFLOP/s per GPU, scaling efficiency "
+                "against the same method on one GPU, communication hidden behind compute (ring-fa2) and memory per "
+                "GPU; every row is in scaling.csv."]
+    if len(table):
+        sections += ["## Scaling", md_table([[cell(r[c]) for c in SHOWN] for r in table[SHOWN].to_dict("records")],
+                                             SHOWN, "ll" + "r" * (len(SHOWN) - 2)), "![scaling](scaling.png)"]
     bad = frame[frame["status"] != "ok"]
-    for r in bad.to_dict("records"):
+    if len(bad):
+        sections += ["## Points that did not run", md_table(
+            [[r["status"], r["method"], r["mode"], r["seqlen"], r["world_size"], r["error"]]
+             for r in bad.to_dict("records")], ["status", "method", "mode", "seqlen", "world_size", "error"])]
+    return "\n\n".join(sections) + "\n"
+
+
+def report(out: Path) -> int:
+    """``write_report``, then the scaling table and the points that did not run on the terminal (what
+    ``fa2bench ring`` shows after its last world size)."""
+    import pandas as pd
+
+    from fa2bench.run.results import ResultsError
+
+    try:
+        write_report(out)
+    except ResultsError as exc:
+        print(f"fa2bench: error: {exc}", file=sys.stderr)
+        return 2
+    frame, table = load(out), pd.read_csv(Path(out) / "scaling.csv")
+    with pd.option_context("display.width", 200, "display.max_columns", 20):
+        print(table[SHOWN].to_string(index=False, float_format=lambda x: f"{x:.1f}") if len(table) else "no ok rows")
+    for r in frame[frame["status"] != "ok"].to_dict("records"):
         print(f"{r['status']}: {r['method']} {r['mode']} s{r['seqlen']} x{r['world_size']}: {r['error']}")
     return 0
-
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m fa2bench.distributed.ringreport OUT``: scaling.csv and scaling.png from OUT's ring.csv again
-    (``fa2bench ring`` writes them after its last world size)."""
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1:
-        print("usage: python -m fa2bench.distributed.ringreport RUN_DIR", file=sys.stderr)
-        return 2
-    return report(Path(args[0]))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

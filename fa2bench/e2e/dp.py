@@ -118,42 +118,30 @@ def run_ranks(spec: train.E2ESpec, out: str | Path, resume: bool = False, opts: 
               on_row: Callable[[tuple, dict | None], None] | None = None, extend: bool = False) -> pd.DataFrame | None:
     """This torchrun rank's part of a data-parallel e2e run; rank 0 writes the folder and returns its table
     (the other ranks None). ``on_row`` is called on rank 0 only."""
-    from fa2bench.run.results import ResultsError
-
     spec.validate()
     opts = opts or train.E2EOptions()
     with launch.process_group() as me:  # NCCL with CUDA, gloo without
         group = Group(me, spec.parallel or "ddp", opts.device)
         ranks = group._gather(_rank_gpu(me))
         peak = train.this_peak(opts)
-        writer, box = None, [None, None]
-        if me.is_leader:
-            distributed = {"world_size": me.world_size, "parallel": group.parallel, "backend": dist.get_backend(),
-                           "step_time": "per step the slowest rank's, then the median", "ranks": ranks}
-            try:
-                writer = train.start_writer(spec, opts, peak, out, resume, extend, distributed=distributed)
-                box = [None, sorted(writer.done)]
-            except ResultsError as exc:
-                box = [str(exc), None]
-        dist.broadcast_object_list(box, src=0)
-        if box[0]:
-            raise ResultsError(box[0])
-        done = set(map(tuple, box[1]))
+        distributed = {"world_size": me.world_size, "parallel": group.parallel, "backend": dist.get_backend(),
+                       "step_time": "per step the slowest rank's, then the median", "ranks": ranks}
+        store = launch.LeaderWriter(me, lambda: train.start_writer(spec, opts, peak, out, resume, extend,
+                                                                   distributed=distributed))
         memory, cache, interrupted = train.device_memory(opts), {}, False
         try:
             for configuration in spec.configurations():
-                if spec.key(configuration) in done:
+                if spec.key(configuration) in store.done:
                     if on_row and me.is_leader:
                         on_row(configuration, None)
                     continue
                 row = group.agree(train.run_config(*configuration, spec, opts, peak.tflops, memory, cache, group))
-                if me.is_leader:
-                    writer.append(row)
-                    if on_row:
-                        on_row(configuration, row)
+                store.append(row)
+                if on_row and me.is_leader:
+                    on_row(configuration, row)
         except KeyboardInterrupt:
             interrupted = True
-        frame = writer.close(complete=not interrupted) if writer is not None else None
+        frame = store.writer.close(complete=not interrupted) if store.writer is not None else None
         if interrupted:
             raise KeyboardInterrupt
         return frame

@@ -58,14 +58,15 @@ class ResultsError(Exception):
 class RunWriter:
     """Appends rows to ``results.csv`` in ``out_dir`` as points finish.
 
-    A table is described by ``columns`` and ``key`` (a row's identity for ``--resume``), by default the sweep's;
+    A table is described by ``columns`` and ``key`` (a row's identity for ``--resume``, or None for a row of
+    the table that is not one of this run's points: a ring row of another world size), by default the sweep's;
     other tables of the same store pass their own: ``csv_name`` names another file (the IO study's
     ``io_study.csv``), and another kind of run (``fa2bench e2e``) writes its own columns into results.csv.
     ``RunWriter.start`` begins a run (meta.json checked and written), ``close`` ends it.
     """
 
     def __init__(self, out_dir: Path, resume: bool = False, *, csv_name: str = CSV_NAME,
-                 columns: tuple[str, ...] = COLUMNS, key: Callable[[dict], tuple] | None = None):
+                 columns: tuple[str, ...] = COLUMNS, key: Callable[[dict], tuple | None] | None = None):
         self.out_dir = Path(out_dir)
         self.csv_path = self.out_dir / csv_name
         self.columns = tuple(columns)
@@ -336,11 +337,12 @@ def _damaged_path(csv_path: Path) -> Path:
     return Path(csv_path).with_name(Path(csv_path).name + ".damaged")
 
 
-def _finished_keys(csv_path: Path, key: Callable[[dict], tuple]) -> set[tuple]:
+def _finished_keys(csv_path: Path, key: Callable[[dict], tuple | None]) -> set[tuple]:
+    """The keys of the rows in ``csv_path`` (a key of None: a row that is not one of this run's points)."""
     if not csv_path.exists() or csv_path.stat().st_size == 0:
         return set()
     frame = read_csv(csv_path)
-    return {key(r) for r in frame.to_dict("records")}
+    return {k for r in frame.to_dict("records") if (k := key(r)) is not None}
 
 
 def row_key(row: dict) -> tuple:

@@ -1,15 +1,18 @@
-"""Runs sweep points: each not already in the results store is run (``point.run_point``) and its row appended
-at once. With ``RunOptions.isolate`` the points run in a worker process (``fa2bench.run.worker``), so a
-crash, a broken CUDA context or a hang costs one point (``error`` / ``timeout``), not the sweep. Also the
-run's provenance for meta.json (``collect_meta``, ``git_state``).
+"""Runs points: each not already in the results store is run and its row appended at once (``run_points``,
+the one loop). How one point runs is the caller's: a sweep's (``sweep_points``) runs ``point.run_point``, with
+``RunOptions.isolate`` in a worker process (``fa2bench.run.worker``), so a crash, a broken CUDA context or a
+hang costs one point (``error`` / ``timeout``), not the sweep; the ring's runs a collective that every rank
+of its process group calls in lockstep (``fa2bench.distributed.ringbench``). Also the run's provenance for
+meta.json (``collect_meta``, ``git_state``).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import sys
 from dataclasses import asdict
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 import torch
 
@@ -20,43 +23,55 @@ from fa2bench.run.results import RunWriter
 from fa2bench.core.presets import Point, SweepSpec
 
 
+RunOne = Callable[[Point], dict]  # how one point runs: its row, a failure being a row with a status
+
+
+def run_points(points: Iterable[Point], writer, run_one: RunOne,
+               on_point: Callable[[Point, dict | None], None] | None = None) -> int:
+    """The one loop every kind of point goes through (a sweep's, a sharded sweep's share, the ring's
+    collectives): each point not already in ``writer.done`` is run (``run_one(point)``, which records a failure
+    as a row with its status) and its row appended at once (``writer.append``). Returns rows written.
+
+    ``on_point(point, row)`` is called after each point (row None when skipped on resume)."""
+    written = 0
+    for point in points:
+        if point.key() in writer.done:
+            if on_point:
+                on_point(point, None)
+            continue
+        row = run_one(point)
+        writer.append(row)
+        written += 1
+        if on_point:
+            on_point(point, row)
+    return written
+
+
+@contextlib.contextmanager
+def sweep_points(opts: RunOptions, device_peaks: dict, meta: dict | None = None) -> Iterator[RunOne]:
+    """How a sweep runs one point: ``point.run_point`` in this process, or with ``opts.isolate`` in a
+    ``fa2bench.run.worker.Worker``, restarted after a crash, a broken CUDA context or a point past
+    ``opts.point_timeout_s`` (closed when the block ends). ``meta``: the run's meta.json, whose measured copy
+    rate fills each row's pct_copy_bw."""
+    copy_rate = ((meta or {}).get("ceilings") or {}).get("copy_tb_per_s")
+    if opts.copy_tb_per_s is None and copy_rate:
+        opts = dataclasses.replace(opts, copy_tb_per_s=copy_rate)
+    if not opts.isolate:
+        yield lambda point: run_point(point, opts, device_peaks)
+        return
+    from fa2bench.run.worker import Worker
+
+    # the worker uses this process's GPU (a torchrun rank's own, say), not GPU 0
+    pinned = torch.cuda.current_device() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    with Worker(opts.plugins, cuda_device=pinned) as worker:
+        yield lambda point: worker.run(point, opts, device_peaks, opts.point_timeout_s)
+
+
 def run_sweep(points: Iterable[Point], writer: RunWriter, opts: RunOptions, device_peaks: dict,
               on_point: Callable[[Point, dict | None], None] | None = None) -> int:
-    """Run each point not already in ``writer.done`` and append its row at once. Returns rows written.
-
-    ``on_point(point, row)`` is called after each point (row None when skipped on resume). With
-    ``opts.isolate`` the points run in a ``fa2bench.run.worker.Worker``, restarted after a crash, a broken CUDA
-    context or a point past ``opts.point_timeout_s``.
-    """
-    written = 0
-    worker = None
-    copy_rate = ((getattr(writer, "meta", None) or {}).get("ceilings") or {}).get("copy_tb_per_s")
-    if opts.copy_tb_per_s is None and copy_rate:  # the run's measured copy rate, for each row's pct_copy_bw
-        opts = dataclasses.replace(opts, copy_tb_per_s=copy_rate)
-    if opts.isolate:
-        from fa2bench.run.worker import Worker
-
-        # the worker uses this process's GPU (a torchrun rank's own, say), not GPU 0
-        pinned = torch.cuda.current_device() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
-        worker = Worker(opts.plugins, cuda_device=pinned)
-    try:
-        for point in points:
-            if point.key() in writer.done:
-                if on_point:
-                    on_point(point, None)
-                continue
-            if worker is not None:
-                row = worker.run(point, opts, device_peaks, opts.point_timeout_s)
-            else:
-                row = run_point(point, opts, device_peaks)
-            writer.append(row)
-            written += 1
-            if on_point:
-                on_point(point, row)
-    finally:
-        if worker is not None:
-            worker.close()
-    return written
+    """``run_points`` with the sweep's way of running a point (``sweep_points``). Returns rows written."""
+    with sweep_points(opts, device_peaks, getattr(writer, "meta", None)) as run_one:
+        return run_points(points, writer, run_one, on_point)
 
 
 def collect_meta(spec: SweepSpec, providers_run: tuple[str, ...], opts: RunOptions,
