@@ -8,7 +8,7 @@ All share one API::
 
 q: (batch, heads, seqlen_q, headdim); k, v: (batch, kv_heads, seqlen_k, headdim); differentiable. Decoding
 against a KV cache has its own API, ``decode_attention`` (kernels/decode.py); ``fa3_attention`` (kernels/fa3.py,
-Gluon, Hopper only) is forward only.
+Gluon, Hopper only) has its backward in kernels/fa3_bwd.py.
 The functions load lazily (PEP 562), so ``fa2bench.kernels.configs`` (the autotune spaces, which the IO model
 reads) imports neither torch nor Triton. Every kernel module imports ``_common`` first, which, without a CUDA
 device, switches on Triton's CPU interpreter (``fa2bench.core.device.prepare_triton``) before Triton is imported.

@@ -44,7 +44,7 @@ from triton.experimental import gluon  # noqa: E402
 from triton.experimental.gluon import language as gl  # noqa: E402
 from triton.experimental.gluon.language.nvidia.hopper import mbarrier, warpgroup_mma, warpgroup_mma_wait  # noqa: E402
 
-from .fa3 import LOG2E, _kv_blocks, _tma_heads, smem_layout, tma_load, unsupported  # noqa: E402
+from .fa3 import LOG2E, _kv_blocks, _last, _tma_heads, smem_layout, tma_load, unsupported  # noqa: E402
 
 CONSUMER_WARPS = 8  # two consumer warpgroups; the producer warp comes on top
 PRODUCER_REGS = gl.constexpr(24)  # the producer warp's registers under setmaxnreg
@@ -117,11 +117,16 @@ def _dkdv_steps(dk, dv, k, v, q_bufs, do_bufs, q_ready, do_ready, q_empty, lse_r
     BLOCK_N: gl.constexpr = k.shape[0]
     a_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=dk.type.layout, k_width=2)
     q_cols: gl.constexpr = gl.SliceLayout(0, s_layout)
+    # the statistics are loaded one per thread and spread to the columns through shared memory: loaded straight
+    # into q_cols, each thread holds 16 64-bit pointers per vector, which LLVM hoists out of the loop (spills)
+    flat: gl.constexpr = gl.BlockedLayout([1], [32], [gl.num_warps()], [0])
     for mb in range(lo, hi):
         s = it % STAGES
         phase = it // STAGES & 1
         cols = mb * BLOCK_M + gl.arange(0, BLOCK_M, q_cols)  # query rows, on the columns here
-        lse = gl.load(lse_row + cols, mask=cols < N_CTX_Q, other=float("inf"))
+        rows_1 = mb * BLOCK_M + gl.arange(0, BLOCK_M, flat)
+        lse = gl.convert_layout(gl.load(lse_row + rows_1, mask=rows_1 < N_CTX_Q, other=float("inf")), q_cols)
+        delta = gl.convert_layout(gl.load(delta_row + rows_1, mask=rows_1 < N_CTX_Q, other=0.0), q_cols)
         mbarrier.wait(q_ready.index(s), phase)
         q = q_bufs.index(s).reshape([BLOCK_M, HEAD_DIM])
         zeros = gl.zeros([BLOCK_N, BLOCK_M], gl.float32, s_layout)
@@ -134,11 +139,10 @@ def _dkdv_steps(dk, dv, k, v, q_bufs, do_bufs, q_ready, do_ready, q_empty, lse_r
         if MASK:
             keys = n0 + gl.arange(0, BLOCK_N, gl.SliceLayout(1, s_layout))
             pt = gl.where(keys[:, None] <= cols[None, :] + (N_CTX_K - N_CTX_Q), pt, 0.0)
+        dpt = warpgroup_mma_wait(num_outstanding=0, deps=(dpt,))
+        dsa = gl.convert_layout((pt * (dpt - delta[None, :])).to(q_bufs.dtype), a_layout)  # dS^T
         pa = gl.convert_layout(pt.to(q_bufs.dtype), a_layout)
         dv = warpgroup_mma(pa, do, dv, is_async=True)  # dV += P^T dO
-        delta = gl.load(delta_row + cols, mask=cols < N_CTX_Q, other=0.0)
-        dpt = warpgroup_mma_wait(num_outstanding=1, deps=(dpt,))
-        dsa = gl.convert_layout((pt * (dpt - delta[None, :])).to(q_bufs.dtype), a_layout)  # dS^T
         dk = warpgroup_mma(dsa, q, dk, is_async=True)  # dK += dS^T Q (sm_scale at the end)
         dv, dk, pa, dsa = warpgroup_mma_wait(num_outstanding=0, deps=(dv, dk, pa, dsa))
         mbarrier.arrive(q_empty.index(s), count=1)
@@ -342,7 +346,6 @@ def _fa3_dq_kernel(q_desc, do_desc, k_desc, v_desc, DQ, LSE, Delta, sm_scale, qk
 
 
 TRITON_KERNELS = {"bwd_dkdv": _fa3_dkdv_kernel, "bwd_dq": _fa3_dq_kernel}  # with fa2's Delta kernel first
-_last: dict = {}
 
 
 def fa3_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor, lse: torch.Tensor,

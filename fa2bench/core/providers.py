@@ -313,13 +313,17 @@ def _fa2_varlen(shape: Shape) -> AttnFn:
     return call
 
 
-# fa3's kernels are Gluon (Triton's Hopper dialect), Hopper and forward only so far: not run by the interpreter.
+# fa3's kernels are Gluon (Triton's Hopper dialect), Hopper only: not run by the interpreter. fa3 runs the backward
+# too (kernels/fa3_bwd.py, the same for every forward rung); fa3-pingpong and fa3-overlap are registered forward only,
+# so the ablation's backward shows no rung-9 or rung-10 gain that is not in a backward kernel (their functions are
+# differentiable all the same).
 _FA3 = dict(io_model="fa2", devices=frozenset({"cuda"}), sm=90, dtypes=frozenset({"fp16", "bf16"}),
             headdims=frozenset({64, 128}), max_headdim=128, modes=frozenset({"fwd"}))
 _ours("fa3", "fa3_attention", name="fa3", label="R8: + TMA producer, wgmma consumers (Gluon)", color="#e377c2",
-      rung=8, **_FA3,
+      rung=8, **{**_FA3, "modes": frozenset({"fwd", "bwd", "fwd_bwd"})},
       description="ablation rung 8: persistent, warp-specialised (TMA producer warp, two wgmma consumer "
-                  "warpgroups, mbarrier K/V ring, setmaxnreg); Hopper, forward only")
+                  "warpgroups, mbarrier K/V ring, setmaxnreg); Hopper. Backward: the same machinery (not "
+                  "persistent): a dK/dV kernel and a deterministic dQ kernel")
 _ours("fa3", "fa3_pingpong_attention", name="fa3-pingpong", label="R9: + ping-pong consumer warpgroups (Gluon)",
       color="#c49c94", rung=9, **_FA3,
       description="ablation rung 9: rung 8 with two 4-warp consumer partitions (64 rows each) whose wgmma "
