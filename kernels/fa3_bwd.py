@@ -108,10 +108,12 @@ def _dkdv_producer(q_desc, do_desc, k_desc, v_desc, q_bufs, do_bufs, k_buf, v_bu
 
 
 @gluon.jit
-def _dkdv_steps(dk, dv, k, v, q_bufs, do_bufs, q_ready, do_ready, q_empty, lse_row, delta_row, it, lo, hi, n0,
+def _dkdv_steps(dk, dv, k, v, q_bufs, do_bufs, q_ready, do_ready, q_empty, lse_row, delta_row, it, lo, mid, hi, n0,
                 qk_scale, N_CTX_Q, N_CTX_K, s_layout: gl.constexpr, MASK: gl.constexpr, STAGES: gl.constexpr):
-    """Query blocks [lo, hi) of one query head against the CTA's keys (transposed: keys on the rows). MASK: the
-    causal diagonal band (rows past seqlen_q need no mask: their L is +inf, so P = 0)."""
+    """Query blocks [lo, hi) of one query head against the CTA's keys (transposed: keys on the rows). MASK (causal):
+    blocks [lo, mid) are the diagonal band, masked under a runtime branch (two loops, masked and unmasked, as in
+    the forward, spilled at head dim 128). Rows past seqlen_q need no mask: their L is +inf, so P = 0. Delta is
+    spread to the columns only after P (its registers are not live across the S^T wgmma: d128 spilled)."""
     BLOCK_M: gl.constexpr = q_bufs.shape[2]
     HEAD_DIM: gl.constexpr = q_bufs.shape[3]
     BLOCK_N: gl.constexpr = k.shape[0]
@@ -126,7 +128,7 @@ def _dkdv_steps(dk, dv, k, v, q_bufs, do_bufs, q_ready, do_ready, q_empty, lse_r
         cols = mb * BLOCK_M + gl.arange(0, BLOCK_M, q_cols)  # query rows, on the columns here
         rows_1 = mb * BLOCK_M + gl.arange(0, BLOCK_M, flat)
         lse = gl.convert_layout(gl.load(lse_row + rows_1, mask=rows_1 < N_CTX_Q, other=float("inf")), q_cols)
-        delta = gl.convert_layout(gl.load(delta_row + rows_1, mask=rows_1 < N_CTX_Q, other=0.0), q_cols)
+        delta_1 = gl.load(delta_row + rows_1, mask=rows_1 < N_CTX_Q, other=0.0)
         mbarrier.wait(q_ready.index(s), phase)
         q = q_bufs.index(s).reshape([BLOCK_M, HEAD_DIM])
         zeros = gl.zeros([BLOCK_N, BLOCK_M], gl.float32, s_layout)
@@ -137,8 +139,10 @@ def _dkdv_steps(dk, dv, k, v, q_bufs, do_bufs, q_ready, do_ready, q_empty, lse_r
         st = warpgroup_mma_wait(num_outstanding=1, deps=(st,))
         pt = gl.exp2(st * qk_scale - lse[None, :])
         if MASK:
-            keys = n0 + gl.arange(0, BLOCK_N, gl.SliceLayout(1, s_layout))
-            pt = gl.where(keys[:, None] <= cols[None, :] + (N_CTX_K - N_CTX_Q), pt, 0.0)
+            if mb < mid:  # the diagonal band
+                keys = n0 + gl.arange(0, BLOCK_N, gl.SliceLayout(1, s_layout))
+                pt = gl.where(keys[:, None] <= cols[None, :] + (N_CTX_K - N_CTX_Q), pt, 0.0)
+        delta = gl.convert_layout(delta_1, q_cols)
         dpt = warpgroup_mma_wait(num_outstanding=0, deps=(dpt,))
         dsa = gl.convert_layout((pt * (dpt - delta[None, :])).to(q_bufs.dtype), a_layout)  # dS^T
         pa = gl.convert_layout(pt.to(q_bufs.dtype), a_layout)
@@ -183,11 +187,9 @@ def _dkdv_consumer(q_bufs, do_bufs, k_buf, v_buf, kv_ready, q_ready, do_ready, q
     it = 0
     for g in range(GROUP):  # the query heads sharing this kv head: dK, dV are their sums
         row0 = (bh0 + g).to(gl.int64) * N_CTX_Q  # this query head's statistics
-        if CAUSAL:
-            dk, dv, it = _dkdv_steps(dk, dv, k, v, q_bufs, do_bufs, q_ready, do_ready, q_empty, LSE + row0,
-                                     Delta + row0, it, lo, mid, n0, qk_scale, N_CTX_Q, N_CTX_K, s_layout, True, STAGES)
         dk, dv, it = _dkdv_steps(dk, dv, k, v, q_bufs, do_bufs, q_ready, do_ready, q_empty, LSE + row0,
-                                 Delta + row0, it, mid, hi, n0, qk_scale, N_CTX_Q, N_CTX_K, s_layout, False, STAGES)
+                                 Delta + row0, it, lo, mid, hi, n0, qk_scale, N_CTX_Q, N_CTX_K, s_layout, CAUSAL,
+                                 STAGES)
     _store_rows(DK, (dk * sm_scale).to(q_bufs.dtype), bhkv, n0, N_CTX_K, BLOCK_N, HEAD_DIM)
     _store_rows(DV, dv.to(q_bufs.dtype), bhkv, n0, N_CTX_K, BLOCK_N, HEAD_DIM)
 
