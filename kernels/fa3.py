@@ -538,13 +538,13 @@ def fa3_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool 
     return o, lse
 
 
-def _attention(q, k, v, causal, sm_scale, rung: int) -> torch.Tensor:
+def _attention(q, k, v, causal, sm_scale, rung: int, deterministic: bool = True) -> torch.Tensor:
     """Rung ``rung``'s forward; differentiable through ``kernels/fa3_bwd.py``'s backward (the same for every rung)
-    when autograd needs it."""
+    when autograd needs it (``deterministic``: dQ from its own kernel, else by atomics from the dK/dV kernel)."""
     if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
         from .fa3_bwd import Fa3Attention
 
-        return Fa3Attention.apply(q, k, v, bool(causal), sm_scale, rung)
+        return Fa3Attention.apply(q, k, v, bool(causal), sm_scale, rung, deterministic)
     return fa3_forward(q, k, v, causal, sm_scale, rung)[0]
 
 
@@ -553,6 +553,13 @@ def fa3_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: boo
     """softmax(q k^T * sm_scale) v with rung 8's Hopper forward, differentiable (the Gluon backward of
     ``kernels/fa3_bwd.py``). Layout (batch, heads, seq, headdim); causal aligned bottom-right."""
     return _attention(q, k, v, causal, sm_scale, rung=8)
+
+
+def fa3_atomic_dq_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = False,
+                            sm_scale: float | None = None) -> torch.Tensor:
+    """As ``fa3_attention`` with dQ added by fp32 atomics from the dK/dV kernel in the backward (no dQ kernel;
+    not bit-reproducible)."""
+    return _attention(q, k, v, causal, sm_scale, rung=8, deterministic=False)
 
 
 def fa3_pingpong_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = False,

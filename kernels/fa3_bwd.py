@@ -17,7 +17,13 @@ Section 3 and Appendix B.1:
   K/V blocks of 64 keys streamed through a ring as in the forward (``k_ready``, ``v_ready``, ``kv_empty``); two
   consumer warpgroups of 64 rows each: S = Q K^T and dP = dO V^T, P = exp2(S * scale - L), dS = P * (dP - Delta),
   dQ += dS K. Deterministic (no atomics): repeated runs are bit-equal. It recomputes S and dP, two of the
-  backward's seven matmuls (fa2's choice too; atomics from the dK/dV kernel would save them, not built).
+  backward's seven matmuls (fa2's choice too).
+- **dQ by atomics** (``fa3_backward(deterministic=False)``, provider ``fa3-dq-atomic``): instead of the dQ kernel,
+  the dK/dV kernel (``ATOMIC_DQ``) stores dS^T to shared memory and computes each step's dQ_i = dS K by wgmma (the
+  64 query rows as M, the head dim split between the two warpgroups), added with fp32 ``atomic_add`` (SASS REDG)
+  into a zeroed buffer, scaled and cast at the end: five matmuls, not seven, and not bit-reproducible. Gluon 3.6's
+  ``tma`` module has no reduce-add copy (FA3's route), so these are 32 (d128) or 16 (d64) atomics per thread per
+  step.
 - Register reallocation as in the forward: the producer warp gives its registers up (``worker_num_regs`` 24),
   the consumers rise to 240 (``setmaxnreg``).
 
@@ -42,10 +48,13 @@ import torch  # noqa: E402,I001
 import triton  # noqa: E402
 from triton.experimental import gluon  # noqa: E402
 from triton.experimental.gluon import language as gl  # noqa: E402
-from triton.experimental.gluon.language.nvidia.hopper import mbarrier, warpgroup_mma, warpgroup_mma_wait  # noqa: E402
+from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, warpgroup_mma,  # noqa: E402
+                                                             warpgroup_mma_wait)
 
 from .fa3 import LOG2E, _kv_blocks, _last, _tma_heads, smem_layout, tma_load, unsupported  # noqa: E402
 
+# Triton 3.6 names the CTA barrier (a partition's, inside warp_specialize) thread_barrier; later versions barrier
+thread_barrier = gl.thread_barrier if hasattr(gl, "thread_barrier") else gl.barrier
 CONSUMER_WARPS = 8  # two consumer warpgroups; the producer warp comes on top
 PRODUCER_REGS = gl.constexpr(24)  # the producer warp's registers under setmaxnreg
 
@@ -108,12 +117,15 @@ def _dkdv_producer(q_desc, do_desc, k_desc, v_desc, q_bufs, do_bufs, k_buf, v_bu
 
 
 @gluon.jit
-def _dkdv_steps(dk, dv, k, v, q_bufs, do_bufs, q_ready, do_ready, q_empty, lse_row, delta_row, it, lo, mid, hi, n0,
-                qk_scale, N_CTX_Q, N_CTX_K, s_layout: gl.constexpr, MASK: gl.constexpr, STAGES: gl.constexpr):
+def _dkdv_steps(dk, dv, k, v, q_bufs, do_bufs, q_ready, do_ready, q_empty, lse_row, delta_row, dq_rows, ds_smem, it,
+                lo, mid, hi, n0, qk_scale, N_CTX_Q, N_CTX_K, s_layout: gl.constexpr, MASK: gl.constexpr,
+                STAGES: gl.constexpr, ATOMIC_DQ: gl.constexpr):
     """Query blocks [lo, hi) of one query head against the CTA's keys (transposed: keys on the rows). MASK (causal):
     blocks [lo, mid) are the diagonal band, masked under a runtime branch (two loops, masked and unmasked, as in
     the forward, spilled at head dim 128). Rows past seqlen_q need no mask: their L is +inf, so P = 0. Delta is
-    spread to the columns only after P (its registers are not live across the S^T wgmma: d128 spilled)."""
+    spread to the columns only after P (its registers are not live across the S^T wgmma: d128 spilled).
+    ATOMIC_DQ: dS^T also goes to shared memory, dQ_i = dS K by wgmma (M = the 64 query rows, the head dim split
+    between the warpgroups) and fp32 atomic adds into ``dq_rows`` (this query head's fp32 dQ rows)."""
     BLOCK_M: gl.constexpr = q_bufs.shape[2]
     HEAD_DIM: gl.constexpr = q_bufs.shape[3]
     BLOCK_N: gl.constexpr = k.shape[0]
@@ -122,6 +134,8 @@ def _dkdv_steps(dk, dv, k, v, q_bufs, do_bufs, q_ready, do_ready, q_empty, lse_r
     # the statistics are loaded one per thread and spread to the columns through shared memory: loaded straight
     # into q_cols, each thread holds 16 64-bit pointers per vector, which LLVM hoists out of the loop (spills)
     flat: gl.constexpr = gl.BlockedLayout([1], [32], [gl.num_warps()], [0])
+    dq_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[gl.num_warps() // 2, 2],
+                                                        instr_shape=[16, HEAD_DIM // 2, 16])
     for mb in range(lo, hi):
         s = it % STAGES
         phase = it // STAGES & 1
@@ -142,13 +156,31 @@ def _dkdv_steps(dk, dv, k, v, q_bufs, do_bufs, q_ready, do_ready, q_empty, lse_r
             if mb < mid:  # the diagonal band
                 keys = n0 + gl.arange(0, BLOCK_N, gl.SliceLayout(1, s_layout))
                 pt = gl.where(keys[:, None] <= cols[None, :] + (N_CTX_K - N_CTX_Q), pt, 0.0)
+        if ATOMIC_DQ:
+            if n0 + BLOCK_N > N_CTX_K:  # keys past the end: their P may overflow, and dQ sums over the keys
+                keys = n0 + gl.arange(0, BLOCK_N, gl.SliceLayout(1, s_layout))
+                pt = gl.where(keys[:, None] < N_CTX_K, pt, 0.0)
         delta = gl.convert_layout(delta_1, q_cols)
         dpt = warpgroup_mma_wait(num_outstanding=0, deps=(dpt,))
-        dsa = gl.convert_layout((pt * (dpt - delta[None, :])).to(q_bufs.dtype), a_layout)  # dS^T
+        ds = (pt * (dpt - delta[None, :])).to(q_bufs.dtype)  # dS^T
+        if ATOMIC_DQ:
+            ds_smem.store(ds)
+            fence_async_shared()
+            thread_barrier()  # both warpgroups' halves of dS^T are in shared memory
+        dsa = gl.convert_layout(ds, a_layout)
         pa = gl.convert_layout(pt.to(q_bufs.dtype), a_layout)
         dv = warpgroup_mma(pa, do, dv, is_async=True)  # dV += P^T dO
         dk = warpgroup_mma(dsa, q, dk, is_async=True)  # dK += dS^T Q (sm_scale at the end)
-        dv, dk, pa, dsa = warpgroup_mma_wait(num_outstanding=0, deps=(dv, dk, pa, dsa))
+        if ATOMIC_DQ:
+            dq = warpgroup_mma(ds_smem.permute((1, 0)), k, gl.zeros([BLOCK_M, HEAD_DIM], gl.float32, dq_layout),
+                               use_acc=False, is_async=True)  # dQ_i = dS K
+            dv, dk, dq, pa, dsa = warpgroup_mma_wait(num_outstanding=0, deps=(dv, dk, dq, pa, dsa))
+            rows = mb * BLOCK_M + gl.arange(0, BLOCK_M, gl.SliceLayout(1, dq_layout))
+            d_cols = gl.arange(0, HEAD_DIM, gl.SliceLayout(0, dq_layout))
+            gl.atomic_add(dq_rows + (rows * HEAD_DIM)[:, None] + d_cols[None, :], dq, mask=(rows < N_CTX_Q)[:, None],
+                          sem="relaxed")
+        else:
+            dv, dk, pa, dsa = warpgroup_mma_wait(num_outstanding=0, deps=(dv, dk, pa, dsa))
         mbarrier.arrive(q_empty.index(s), count=1)
         it += 1
     return dk, dv, it
@@ -165,9 +197,9 @@ def _store_rows(ptr, acc, bh, r0, N_ROWS, ROWS: gl.constexpr, HEAD_DIM: gl.const
 
 
 @gluon.jit
-def _dkdv_consumer(q_bufs, do_bufs, k_buf, v_buf, kv_ready, q_ready, do_ready, q_empty, DK, DV, LSE, Delta,
-                   sm_scale, qk_scale, H, GROUP, N_CTX_Q, N_CTX_K, CAUSAL: gl.constexpr, STAGES: gl.constexpr,
-                   num_warps: gl.constexpr):
+def _dkdv_consumer(q_bufs, do_bufs, k_buf, v_buf, ds_smem, kv_ready, q_ready, do_ready, q_empty, DK, DV, DQ, LSE,
+                   Delta, sm_scale, qk_scale, H, GROUP, N_CTX_Q, N_CTX_K, CAUSAL: gl.constexpr, STAGES: gl.constexpr,
+                   ATOMIC_DQ: gl.constexpr, num_warps: gl.constexpr):
     BLOCK_M: gl.constexpr = q_bufs.shape[2]
     HEAD_DIM: gl.constexpr = q_bufs.shape[3]
     BLOCK_N: gl.constexpr = k_buf.shape[1]
@@ -188,21 +220,28 @@ def _dkdv_consumer(q_bufs, do_bufs, k_buf, v_buf, kv_ready, q_ready, do_ready, q
     for g in range(GROUP):  # the query heads sharing this kv head: dK, dV are their sums
         row0 = (bh0 + g).to(gl.int64) * N_CTX_Q  # this query head's statistics
         dk, dv, it = _dkdv_steps(dk, dv, k, v, q_bufs, do_bufs, q_ready, do_ready, q_empty, LSE + row0,
-                                 Delta + row0, it, lo, mid, hi, n0, qk_scale, N_CTX_Q, N_CTX_K, s_layout, CAUSAL,
-                                 STAGES)
+                                 Delta + row0, DQ + row0 * HEAD_DIM, ds_smem, it, lo, mid, hi, n0, qk_scale, N_CTX_Q,
+                                 N_CTX_K, s_layout, CAUSAL, STAGES, ATOMIC_DQ)
     _store_rows(DK, (dk * sm_scale).to(q_bufs.dtype), bhkv, n0, N_CTX_K, BLOCK_N, HEAD_DIM)
     _store_rows(DV, dv.to(q_bufs.dtype), bhkv, n0, N_CTX_K, BLOCK_N, HEAD_DIM)
 
 
 @gluon.jit
-def _fa3_dkdv_kernel(q_desc, do_desc, k_desc, v_desc, DK, DV, LSE, Delta, sm_scale, qk_scale, H, GROUP, N_CTX_Q,
-                     N_CTX_K, CAUSAL: gl.constexpr, STAGES: gl.constexpr, num_warps: gl.constexpr):
-    """Grid (key blocks, batch * kv_heads). Shared memory: K and V of the block, STAGES Q and dO buffers."""
+def _fa3_dkdv_kernel(q_desc, do_desc, k_desc, v_desc, DK, DV, DQ, LSE, Delta, sm_scale, qk_scale, H, GROUP,
+                     N_CTX_Q, N_CTX_K, CAUSAL: gl.constexpr, STAGES: gl.constexpr, ATOMIC_DQ: gl.constexpr,
+                     num_warps: gl.constexpr):
+    """Grid (key blocks, batch * kv_heads). Shared memory: K and V of the block, STAGES Q and dO buffers (and, with
+    ATOMIC_DQ, one dS^T tile; DQ is then the zeroed fp32 dQ, unscaled; otherwise unused)."""
     dtype: gl.constexpr = q_desc.dtype
     q_bufs = gl.allocate_shared_memory(dtype, [STAGES] + q_desc.block_type.shape, q_desc.layout)
     do_bufs = gl.allocate_shared_memory(dtype, [STAGES] + do_desc.block_type.shape, do_desc.layout)
     k_buf = gl.allocate_shared_memory(dtype, k_desc.block_type.shape, k_desc.layout)
     v_buf = gl.allocate_shared_memory(dtype, v_desc.block_type.shape, v_desc.layout)
+    if ATOMIC_DQ:
+        ds_shape: gl.constexpr = [k_desc.block_type.shape[1], q_desc.block_type.shape[1]]
+        ds_smem = gl.allocate_shared_memory(dtype, ds_shape, gl.NVMMASharedLayout.get_default_for(ds_shape, dtype))
+    else:
+        ds_smem = k_buf  # unused
     kv_ready = gl.allocate_shared_memory(gl.int64, [1, 1], mbarrier.MBarrierLayout())
     q_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     do_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
@@ -213,8 +252,9 @@ def _fa3_dkdv_kernel(q_desc, do_desc, k_desc, v_desc, DK, DV, LSE, Delta, sm_sca
         mbarrier.init(do_ready.index(i), count=1)
         mbarrier.init(q_empty.index(i), count=1)
     gl.warp_specialize([  # (tuples written inline: bound to a name first, their constexprs become tensors)
-        (_dkdv_consumer, (q_bufs, do_bufs, k_buf, v_buf, kv_ready, q_ready, do_ready, q_empty, DK, DV, LSE, Delta,
-                          sm_scale, qk_scale, H, GROUP, N_CTX_Q, N_CTX_K, CAUSAL, STAGES, num_warps)),
+        (_dkdv_consumer, (q_bufs, do_bufs, k_buf, v_buf, ds_smem, kv_ready, q_ready, do_ready, q_empty, DK, DV, DQ,
+                          LSE, Delta, sm_scale, qk_scale, H, GROUP, N_CTX_Q, N_CTX_K, CAUSAL, STAGES, ATOMIC_DQ,
+                          num_warps)),
         (_dkdv_producer, (q_desc, do_desc, k_desc, v_desc, q_bufs, do_bufs, k_buf, v_buf, kv_ready, q_ready,
                           do_ready, q_empty, H, GROUP, N_CTX_Q, N_CTX_K, CAUSAL, STAGES)),
     ], [1], [PRODUCER_REGS])
@@ -351,9 +391,12 @@ TRITON_KERNELS = {"bwd_dkdv": _fa3_dkdv_kernel, "bwd_dq": _fa3_dq_kernel}  # wit
 
 
 def fa3_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor, lse: torch.Tensor,
-                 do: torch.Tensor, causal: bool = False, sm_scale: float | None = None):
+                 do: torch.Tensor, causal: bool = False, sm_scale: float | None = None, deterministic: bool = True):
     """``(dq, dk, dv)`` of the attention whose output is ``o``, given its log2-domain ``lse`` (fp32, (batch,
-    heads, seqlen_q), from ``fa3_forward`` or ``flash2_forward``) and the output gradient ``do``."""
+    heads, seqlen_q), from ``fa3_forward`` or ``flash2_forward``) and the output gradient ``do``.
+    ``deterministic``: dQ from its own kernel (bit-equal runs); otherwise the dK/dV kernel adds each step's dQ
+    into a zeroed fp32 buffer with atomics (two matmuls fewer, summation order left to the hardware), scaled and
+    cast afterwards."""
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
     shape = check_inputs(q, k, v)
@@ -376,15 +419,22 @@ def fa3_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Ten
     dv = torch.empty(v.shape, device=q.device, dtype=q.dtype)
     tail = (scale, scale * LOG2E, shape.heads, shape.group, shape.seqlen_q, shape.seqlen_k)
     bm, bn = cfg["BLOCK_M"], cfg["BLOCK_N"]
+    dq_acc = delta if deterministic else torch.zeros(q.shape, device=q.device, dtype=torch.float32)
     _fa3_dkdv_kernel[(triton.cdiv(shape.seqlen_k, bn), shape.batch * shape.kv_heads)](
-        desc(q3, bm), desc(do3, bm), desc(k3, bn), desc(v3, bn), dk, dv, lse, delta, *tail, CAUSAL=bool(causal),
-        STAGES=cfg["STAGES"], num_warps=CONSUMER_WARPS)
-    qm, kn = cfg["DQ_BLOCK_M"], cfg["DQ_BLOCK_N"]
-    _fa3_dq_kernel[(triton.cdiv(shape.seqlen_q, qm), shape.batch * shape.heads)](
-        desc(q3, qm), desc(do3, qm), desc(k3, kn), desc(v3, kn), dq, lse, delta, *tail, CAUSAL=bool(causal),
-        STAGES=cfg["DQ_STAGES"], num_warps=CONSUMER_WARPS)
-    _last["bwd"] = (f"dkdv BLOCK_N={bn} BLOCK_M={bm} STAGES={cfg['STAGES']} w{CONSUMER_WARPS}+1, "
-                    f"dq BLOCK_M={qm} BLOCK_N={kn} STAGES={cfg['DQ_STAGES']} w{CONSUMER_WARPS}+1")
+        desc(q3, bm), desc(do3, bm), desc(k3, bn), desc(v3, bn), dk, dv, dq_acc, lse, delta, *tail,
+        CAUSAL=bool(causal), STAGES=cfg["STAGES"], ATOMIC_DQ=not deterministic, num_warps=CONSUMER_WARPS)
+    config = f"dkdv BLOCK_N={bn} BLOCK_M={bm} STAGES={cfg['STAGES']} w{CONSUMER_WARPS}+1"
+    if deterministic:
+        qm, kn = cfg["DQ_BLOCK_M"], cfg["DQ_BLOCK_N"]
+        _fa3_dq_kernel[(triton.cdiv(shape.seqlen_q, qm), shape.batch * shape.heads)](
+            desc(q3, qm), desc(do3, qm), desc(k3, kn), desc(v3, kn), dq, lse, delta, *tail, CAUSAL=bool(causal),
+            STAGES=cfg["DQ_STAGES"], num_warps=CONSUMER_WARPS)
+        config += f", dq BLOCK_M={qm} BLOCK_N={kn} STAGES={cfg['DQ_STAGES']} w{CONSUMER_WARPS}+1"
+    else:
+        torch.mul(dq_acc, scale, out=dq_acc)
+        dq.copy_(dq_acc)
+        config += " + dq by fp32 atomics"
+    _last["bwd"] = config
     return dq, dk, dv
 
 
@@ -392,16 +442,16 @@ class Fa3Attention(torch.autograd.Function):
     """The forward of rung ``rung`` (kernels/fa3.py) and this module's backward (the same for every rung)."""
 
     @staticmethod
-    def forward(ctx, q, k, v, causal, sm_scale, rung):
+    def forward(ctx, q, k, v, causal, sm_scale, rung, deterministic=True):
         from .fa3 import fa3_forward
 
         o, lse = fa3_forward(q, k, v, causal, sm_scale, rung)
         ctx.save_for_backward(q, k, v, o, lse)
-        ctx.causal, ctx.sm_scale = causal, sm_scale
+        ctx.causal, ctx.sm_scale, ctx.deterministic = causal, sm_scale, deterministic
         return o
 
     @staticmethod
     def backward(ctx, do):
         q, k, v, o, lse = ctx.saved_tensors
-        dq, dk, dv = fa3_backward(q, k, v, o, lse, do, ctx.causal, ctx.sm_scale)
-        return dq, dk, dv, None, None, None
+        dq, dk, dv = fa3_backward(q, k, v, o, lse, do, ctx.causal, ctx.sm_scale, ctx.deterministic)
+        return dq, dk, dv, None, None, None, None

@@ -99,7 +99,22 @@ def test_backward_compiles_for_sm90_with_wgmma_tma_and_register_reallocation(arg
         assert int(line.split("smem ")[1].split()[0]) <= 227 * 1024, out
 
 
+@pytest.mark.skipif(_gluon_hopper_problem() is not None, reason=str(_gluon_hopper_problem()))
+@pytest.mark.parametrize("args,stack", [(("--headdim", "128", "--causal"), 72),  # 64 B under Triton 3.6, 72 under 3.8
+                                        (("--headdim", "64", "--dtype", "bf16"), 0)],
+                         ids=["d128-fp16-causal", "d64-bf16-full"])
+def test_atomic_dq_variant_compiles_with_fp32_reductions(args, stack):
+    """The dK/dV kernel that also adds dQ (fa3-dq-atomic): REDG (fp32 reductions) in the SASS; at head dim 128 it
+    spills a few scalars (stack bytes recorded in docs/fa3.md section 7), which must not grow."""
+    out = compile_fa3(*args, "--atomic-dq", kernel="fa3-bwd")
+    assert out.startswith("fa3 bwd_dkdv") and "sass HGMMA,REDG,USETMAXREG,UTMALDG" in out, out
+    assert int(out.split("stack ")[1].split()[0]) <= stack, out
+    assert int(out.split("smem ")[1].split()[0]) <= 227 * 1024, out
+
+
 @pytest.mark.parametrize("name,rung,function,modes", [("fa3", 8, "fa3_attention", {"fwd", "bwd", "fwd_bwd"}),
+                                                      ("fa3-dq-atomic", None, "fa3_atomic_dq_attention",
+                                                       {"bwd", "fwd_bwd"}),
                                                       ("fa3-pingpong", 9, "fa3_pingpong_attention", {"fwd"}),
                                                       ("fa3-overlap", None, "fa3_overlap_attention", {"fwd"})])
 def test_providers_are_their_rungs_and_hopper_only(name, rung, function, modes):
@@ -111,11 +126,11 @@ def test_providers_are_their_rungs_and_hopper_only(name, rung, function, modes):
     if not torch.cuda.is_available() or torch.cuda.get_device_capability() != (9, 0):
         assert p.availability("cuda") == "needs a Hopper GPU (sm_90)"
     gpu = "cuda"
-    assert p.unsupported_reason(Shape(1, 2, 2, 64, 64, 96, False), "fp16", "fwd", gpu) in (
-        "head dim 96 not supported (64, 128)", p.availability(gpu))
-    if "bwd" not in modes:
-        assert p.unsupported_reason(Shape(1, 2, 2, 64, 64, 64, False), "fp16", "bwd", gpu) in (
-            "mode bwd not supported", p.availability(gpu))
+    assert p.unsupported_reason(Shape(1, 2, 2, 64, 64, 96, False), "fp16", "bwd" if "fwd" not in modes else "fwd",
+                                gpu) in ("head dim 96 not supported (64, 128)", p.availability(gpu))
+    for mode in {"fwd", "bwd"} - modes:
+        assert p.unsupported_reason(Shape(1, 2, 2, 64, 64, 64, False), "fp16", mode, gpu) in (
+            f"mode {mode} not supported", p.availability(gpu))
 
 
 def test_unsupported_inputs_are_one_line_errors():
@@ -236,7 +251,23 @@ def test_gradients_match_the_float64_reference(shape, dtype, causal):
 @pytest.mark.gpu
 @pytest.mark.timeout(60)
 @pytest.mark.skipif(not _hopper(), reason="needs a Hopper GPU (sm_90)")
-@pytest.mark.parametrize("name", ["fa3", "fa3-pingpong"])
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("shape", [SHAPES[1], SHAPES[2], SHAPES[3], SHAPES[4]], ids=shape_id)
+def test_atomic_dq_gradients_match_the_float64_reference(shape, dtype, causal):
+    """fa3-dq-atomic: dQ added by fp32 atomics from the dK/dV kernel (ragged, GQA/MQA, rows that see no key, one
+    query row), through the same gate (not bit-reproducible, so no repeat check)."""
+    from fa2bench.kernels import fa3_atomic_dq_attention
+
+    q, k, v = make_qkv(shape, dtype, "cuda")
+    verdict = check_attention(lambda q, k, v, c: fa3_atomic_dq_attention(q, k, v, causal=c), q, k, v, causal)
+    assert verdict.ok, verdict.detail
+
+
+@pytest.mark.gpu
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(not _hopper(), reason="needs a Hopper GPU (sm_90)")
+@pytest.mark.parametrize("name", ["fa3", "fa3-pingpong", "fa3-dq-atomic"])
 def test_backward_of_non_contiguous_inputs_with_custom_scale(name):
     """(b, s, h, d) inputs viewed as (b, h, s, d) and a scale that is not 1/sqrt(d), through the same gate as
     check_attention (float64 reference, plain fp16 PyTorch as the baseline); the rung-9 forward shares the

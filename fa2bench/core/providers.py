@@ -324,6 +324,12 @@ _ours("fa3", "fa3_attention", name="fa3", label="R8: + TMA producer, wgmma consu
       description="ablation rung 8: persistent, warp-specialised (TMA producer warp, two wgmma consumer "
                   "warpgroups, mbarrier K/V ring, setmaxnreg); Hopper. Backward: the same machinery (not "
                   "persistent): a dK/dV kernel and a deterministic dQ kernel")
+# Not a rung: fa3 with the other dQ route (issue 23: "dQ by the cheapest measured route, deterministic mode kept")
+_ours("fa3", "fa3_atomic_dq_attention", name="fa3-dq-atomic", label="R8, dQ by fp32 atomics (Gluon)",
+      color="#ce6dbd", **{**_FA3, "modes": frozenset({"bwd", "fwd_bwd"})},
+      description="fa3 (rung 8) whose backward adds dQ from the dK/dV kernel with fp32 atomics (dS^T through "
+                  "shared memory, dQ_i = dS K by wgmma) instead of a separate dQ kernel: two matmuls fewer, "
+                  "not bit-reproducible")
 _ours("fa3", "fa3_pingpong_attention", name="fa3-pingpong", label="R9: + ping-pong consumer warpgroups (Gluon)",
       color="#c49c94", rung=9, **_FA3,
       description="ablation rung 9: rung 8 with two 4-warp consumer partitions (64 rows each) whose wgmma "
