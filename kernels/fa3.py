@@ -542,7 +542,7 @@ def _attention(q, k, v, causal, sm_scale, rung: int, deterministic: bool = True)
     """Rung ``rung``'s forward; differentiable through ``kernels/fa3_bwd.py``'s backward (the same for every rung)
     when autograd needs it (``deterministic``: dQ from its own kernel, else by atomics from the dK/dV kernel)."""
     if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
-        from .fa3_bwd import Fa3Attention
+        from .fa3_bwd import Fa3Attention  # (it imports this module's helpers)
 
         return Fa3Attention.apply(q, k, v, bool(causal), sm_scale, rung, deterministic)
     return fa3_forward(q, k, v, causal, sm_scale, rung)[0]
@@ -573,3 +573,4 @@ def fa3_overlap_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cau
     """As ``fa3_attention`` with rung 10's forward: ping-pong plus the softmax overlapped with P V (backward:
     fa3's)."""
     return _attention(q, k, v, causal, sm_scale, rung=10)
+

@@ -51,6 +51,8 @@ from triton.experimental.gluon import language as gl  # noqa: E402
 from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, warpgroup_mma,  # noqa: E402
                                                              warpgroup_mma_wait)
 
+from . import fa3  # noqa: E402
+from ._common import bwd_preprocess  # noqa: E402
 from .fa3 import LOG2E, _kv_blocks, _last, _tma_heads, smem_layout, tma_load, unsupported  # noqa: E402
 
 # Triton 3.6 names the CTA barrier (a partition's, inside warp_specialize) thread_barrier; later versions barrier
@@ -388,6 +390,9 @@ def _fa3_dq_kernel(q_desc, do_desc, k_desc, v_desc, DQ, LSE, Delta, sm_scale, qk
 
 
 TRITON_KERNELS = {"bwd_dkdv": _fa3_dkdv_kernel, "bwd_dq": _fa3_dq_kernel}  # with fa2's Delta kernel first
+# listed with the forward's too: profiling reads the provider module's (fa3's) kernels; this module is imported by
+# the first backward, before any of its kernels is compiled
+fa3.TRITON_KERNELS.update(TRITON_KERNELS, bwd_preprocess=bwd_preprocess)
 
 
 def fa3_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor, lse: torch.Tensor,
