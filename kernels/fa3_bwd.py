@@ -11,8 +11,9 @@ Section 3 and Appendix B.1:
   two warpgroups of 64 keys each, so each holds half of dK and dV) works transposed, keys on the rows:
   S^T = K Q^T and dP^T = V dO^T (wgmma, both operands in shared memory, issued together), P^T = exp2(S^T * scale -
   L), dV += P^T dO (wgmma, P^T from registers), dS^T = P^T * (dP^T - Delta), dK += dS^T Q (dS^T from registers).
-  The softmax statistics L and Delta of the block's query rows are loaded straight from global memory (L2) by the
-  consumers (a TMA row of them would need seqlen_q % 4 == 0). dK and dV are stored once, dK scaled by sm_scale.
+  The softmax statistics L and Delta of the block's query rows are loaded from global memory (L2) by the
+  consumers, one value per thread, and spread to the columns through shared memory (a TMA row of them would need
+  seqlen_q % 4 == 0). dK and dV are stored once, dK scaled by sm_scale.
 - **dQ kernel** (``_fa3_dq_kernel``): one CTA per (block of 128 query rows, batch x head), Q and dO loaded once,
   K/V blocks of 64 keys streamed through a ring as in the forward (``k_ready``, ``v_ready``, ``kv_empty``); two
   consumer warpgroups of 64 rows each: S = Q K^T and dP = dO V^T, P = exp2(S * scale - L), dS = P * (dP - Delta),
@@ -29,7 +30,7 @@ Section 3 and Appendix B.1:
 
 What it is not (yet): not persistent (one CTA per tile, causal tiles with the most work launched first), no
 ping-pong between the two consumer warpgroups, no overlap of the exponentials with the wgmmas beyond issuing
-dV's wgmma before dS is computed. The backward is the same for all three forward kernels (rungs 8, 9, and the
+S^T and dP^T together (P^T is computed while dP^T runs). The backward is the same for all three forward kernels (rungs 8, 9, and the
 fa3-overlap attempt): it needs only O and the log-sum-exp, which all three store alike.
 
 Conventions (fa2's): L is the forward's log2-domain log-sum-exp (+inf for a row that sees no key, which makes
