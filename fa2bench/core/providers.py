@@ -324,9 +324,15 @@ _ours("fa3", "fa3_attention", name="fa3", label="R8: + TMA producer, wgmma consu
       description="ablation rung 8: persistent, warp-specialised (TMA producer warp, two wgmma consumer "
                   "warpgroups, mbarrier K/V ring, setmaxnreg); Hopper. Backward: the same machinery (not "
                   "persistent): a dK/dV kernel and a deterministic dQ kernel")
+def _fp32_dq_workspace(shape: Shape, dtype: str, mode: str) -> int:
+    """streaming_workspace plus the fp32 dQ that atomics accumulate into (backward)."""
+    extra = 0 if mode == "fwd" else 4 * shape.batch * shape.heads * shape.seqlen_q * shape.headdim
+    return streaming_workspace(shape, dtype, mode) + extra
+
+
 # Not a rung: fa3 with the other dQ route (issue 23: "dQ by the cheapest measured route, deterministic mode kept")
 _ours("fa3", "fa3_atomic_dq_attention", name="fa3-dq-atomic", label="R8, dQ by fp32 atomics (Gluon)",
-      color="#ce6dbd", **{**_FA3, "modes": frozenset({"bwd", "fwd_bwd"})},
+      color="#ce6dbd", workspace_bytes=_fp32_dq_workspace, **{**_FA3, "modes": frozenset({"bwd", "fwd_bwd"})},
       description="fa3 (rung 8) whose backward adds dQ from the dK/dV kernel with fp32 atomics (dS^T through "
                   "shared memory, dQ_i = dS K by wgmma) instead of a separate dQ kernel: two matmuls fewer, "
                   "not bit-reproducible")
