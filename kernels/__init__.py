@@ -8,7 +8,7 @@ All share one API::
 
 q: (batch, heads, seqlen_q, headdim); k, v: (batch, kv_heads, seqlen_k, headdim); differentiable. Decoding
 against a KV cache has its own API, ``decode_attention`` (kernels/decode.py); ``fa3_attention`` (kernels/fa3.py,
-Gluon, Hopper only) is forward only.
+Gluon, Hopper only) has its backward in kernels/fa3_bwd.py.
 The functions load lazily (PEP 562), so ``fa2bench.kernels.configs`` (the autotune spaces, which the IO model
 reads) imports neither torch nor Triton. Every kernel module imports ``_common`` first, which, without a CUDA
 device, switches on Triton's CPU interpreter (``fa2bench.core.device.prepare_triton``) before Triton is imported.
@@ -21,7 +21,7 @@ import importlib
 _EXPORTS = {"naive_attention": "naive", "flash1_attention": "flash1", "flash1_split_attention": "flash1",
             "r3_attention": "ladder", "r4_attention": "ladder", "r5_attention": "ladder", "r6_attention": "ladder",
             "flash2_attention": "flash2", "flash2_varlen_attention": "flash2",
-            "fa3_attention": "fa3", "fa3_pingpong_attention": "fa3",
+            "fa3_attention": "fa3", "fa3_atomic_dq_attention": "fa3", "fa3_pingpong_attention": "fa3",
             "fa3_overlap_attention": "fa3", "decode_attention": "decode"}
 __all__ = [*_EXPORTS, "clear_autotune_cache"]
 _MODULES = ("naive", "flash1", "flash2", "ladder")

@@ -27,7 +27,8 @@ partitions with their own 64-row Q slices, whose wgmma groups (P_{j-1} V_{j-1} w
 ``turn`` mbarriers, so one's softmax runs under the other's GEMMs. The same kernel with ``OVERLAP`` (provider
 ``fa3-overlap``, not a rung) issues S_j first and waits for it alone before the softmax, FA3's intra-warpgroup
 overlap (rung 10) in the PTX; Triton 3.6's ptxas moves the second wait above the softmax, so the SASS does not
-overlap (docs/fa3.md, section 5). Backward: none (the ``*_attention`` functions refuse inputs that require grad).
+overlap (docs/fa3.md, section 5). Backward: ``kernels/fa3_bwd.py`` (Gluon dK/dV and dQ kernels), the same for every
+rung: the ``*_attention`` functions are differentiable through it.
 
 Layout and limits: q (batch, heads, seqlen_q, headdim), k and v (batch, kv_heads, seqlen_k, headdim), heads a
 multiple of kv_heads (GQA/MQA); fp16 or bf16; head dim 64 or 128; any sequence lengths; an H100/H200 (sm_90).
@@ -537,28 +538,39 @@ def fa3_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool 
     return o, lse
 
 
-def _forward_only(name: str, q, k, v) -> None:
+def _attention(q, k, v, causal, sm_scale, rung: int, deterministic: bool = True) -> torch.Tensor:
+    """Rung ``rung``'s forward; differentiable through ``kernels/fa3_bwd.py``'s backward (the same for every rung)
+    when autograd needs it (``deterministic``: dQ from its own kernel, else by atomics from the dK/dV kernel)."""
     if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
-        raise ValueError(f"{name} is forward-only (no backward yet): call it under torch.no_grad() or detach inputs")
+        from .fa3_bwd import Fa3Attention  # (it imports this module's helpers)
+
+        return Fa3Attention.apply(q, k, v, bool(causal), sm_scale, rung, deterministic)
+    return fa3_forward(q, k, v, causal, sm_scale, rung)[0]
 
 
 def fa3_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = False,
                   sm_scale: float | None = None) -> torch.Tensor:
-    """softmax(q k^T * sm_scale) v with rung 8's Hopper forward (forward only: inputs that require grad under
-    autograd are refused). Layout (batch, heads, seq, headdim); causal aligned bottom-right."""
-    _forward_only("fa3", q, k, v)
-    return fa3_forward(q, k, v, causal, sm_scale)[0]
+    """softmax(q k^T * sm_scale) v with rung 8's Hopper forward, differentiable (the Gluon backward of
+    ``kernels/fa3_bwd.py``). Layout (batch, heads, seq, headdim); causal aligned bottom-right."""
+    return _attention(q, k, v, causal, sm_scale, rung=8)
+
+
+def fa3_atomic_dq_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = False,
+                            sm_scale: float | None = None) -> torch.Tensor:
+    """As ``fa3_attention`` with dQ added by fp32 atomics from the dK/dV kernel in the backward (no dQ kernel;
+    not bit-reproducible)."""
+    return _attention(q, k, v, causal, sm_scale, rung=8, deterministic=False)
 
 
 def fa3_pingpong_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = False,
                            sm_scale: float | None = None) -> torch.Tensor:
-    """As ``fa3_attention`` with rung 9's forward: two consumer warpgroups in ping-pong."""
-    _forward_only("fa3-pingpong", q, k, v)
-    return fa3_forward(q, k, v, causal, sm_scale, rung=9)[0]
+    """As ``fa3_attention`` with rung 9's forward: two consumer warpgroups in ping-pong (backward: fa3's)."""
+    return _attention(q, k, v, causal, sm_scale, rung=9)
 
 
 def fa3_overlap_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = False,
                           sm_scale: float | None = None) -> torch.Tensor:
-    """As ``fa3_attention`` with rung 10's forward: ping-pong plus the softmax overlapped with P V."""
-    _forward_only("fa3-overlap", q, k, v)
-    return fa3_forward(q, k, v, causal, sm_scale, rung=10)[0]
+    """As ``fa3_attention`` with rung 10's forward: ping-pong plus the softmax overlapped with P V (backward:
+    fa3's)."""
+    return _attention(q, k, v, causal, sm_scale, rung=10)
+

@@ -6,7 +6,7 @@ import torch
 
 import fa2bench.kernels
 from fa2bench.core import providers
-# Kernels tied to one GPU architecture (fa3: Hopper-only Gluon, no interpreter, forward only) have their own tests
+# Kernels tied to one GPU architecture (fa3: Hopper-only Gluon, no interpreter) have their own tests
 KERNEL_PROVIDERS = tuple(n for n in providers.triton_providers() if providers.get(n).sm is None)
 KERNELS = {name: getattr(fa2bench.kernels, providers.get(name).function) for name in KERNEL_PROVIDERS}
 MODULES = {name: providers.kernel_module(name) for name in KERNEL_PROVIDERS}

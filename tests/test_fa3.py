@@ -1,11 +1,12 @@
 """fa3 (kernels/fa3.py): rung 8's Hopper forward in Gluon, rung 9's ping-pong variant (fa3-pingpong) and the
-rung-10 attempt (fa3-overlap).
+rung-10 attempt (fa3-overlap); and their one backward (kernels/fa3_bwd.py: a dK/dV kernel and a dQ kernel).
 
-On the CPU: the kernel compiles for sm_90 (Gluon does not run in the interpreter) with wgmma, TMA and register
-reallocation in its SASS and no spills; the provider and the function refuse what they cannot run, in one line.
+On the CPU: the kernels compile for sm_90 (Gluon does not run in the interpreter) with wgmma, TMA and register
+reallocation in their SASS and no spills; the provider and the functions refuse what they cannot run, in one line.
 On a Hopper GPU (``-m gpu``): output and log-sum-exp against the float64 reference, fp16 and bf16, head dims 64
-and 128, causal or not, GQA/MQA, ragged and unequal lengths; repeated runs bit-equal. A wrong mbarrier phase
-hangs rather than fails: each GPU test has a 60 s limit (pytest-timeout, on the GPU image).
+and 128, causal or not, GQA/MQA, ragged and unequal lengths; repeated runs bit-equal; the same for dQ, dK, dV of
+the backward. A wrong mbarrier phase hangs rather than fails: each GPU test has a 60 s limit (pytest-timeout, on
+the GPU image).
 """
 import math
 import os
@@ -34,9 +35,9 @@ def _gluon_hopper_problem() -> str | None:
     return None
 
 
-def compile_fa3(*args: str) -> str:
+def compile_fa3(*args: str, kernel: str = "fa3") -> str:
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    out = subprocess.run([sys.executable, "-m", "fa2bench.profiling.compile_sm90", "--kernel", "fa3", *args],
+    out = subprocess.run([sys.executable, "-m", "fa2bench.profiling.compile_sm90", "--kernel", kernel, *args],
                          capture_output=True, text=True, env=env, timeout=300)
     return out.stdout + out.stderr[-2000:] * (out.returncode != 0)
 
@@ -81,23 +82,61 @@ def test_pingpong_kernel_gives_each_consumer_warpgroup_240_registers_and_waits_a
             assert not any("MUFU.EX2" in line for line in sass[i:nxt])
 
 
-@pytest.mark.parametrize("name,rung,function", [("fa3", 8, "fa3_attention"),
-                                                ("fa3-pingpong", 9, "fa3_pingpong_attention"),
-                                                ("fa3-overlap", None, "fa3_overlap_attention")])
-def test_providers_are_their_rungs_forward_only_and_hopper_only(name, rung, function):
+@pytest.mark.skipif(_gluon_hopper_problem() is not None, reason=str(_gluon_hopper_problem()))
+@pytest.mark.parametrize("args", [("--headdim", "128", "--causal"), ("--headdim", "128", "--dtype", "bf16"),
+                                  ("--headdim", "64", "--causal", "--dtype", "bf16"), ("--headdim", "64")],
+                         ids=["d128-fp16-causal", "d128-bf16-full", "d64-bf16-causal", "d64-fp16-full"])
+def test_backward_compiles_for_sm90_with_wgmma_tma_and_register_reallocation(args):
+    """Both backward kernels (dK/dV, dQ): HGMMA, UTMALDG and USETMAXREG in the SASS, no spills (the dK/dV kernel's
+    two accumulators take 128 of the consumers' 240 registers at head dim 128: it spilled until its statistics and
+    its causal mask were rearranged, docs/fa3.md section 7), shared memory within an H100's."""
+    out = compile_fa3(*args, kernel="fa3-bwd")
+    lines = {line.split()[1]: line for line in out.splitlines() if line.startswith("fa3 bwd_")}
+    assert set(lines) == {"bwd_dkdv", "bwd_dq"}, out
+    for line in lines.values():
+        assert "FAILED" not in line and "sass HGMMA,USETMAXREG,UTMALDG" in line, out
+        assert "stack 0 " in line, out  # no spills
+        assert int(line.split("smem ")[1].split()[0]) <= 227 * 1024, out
+
+
+@pytest.mark.skipif(_gluon_hopper_problem() is not None, reason=str(_gluon_hopper_problem()))
+@pytest.mark.parametrize("args,stack", [(("--headdim", "128", "--causal"), 72),  # 64 B under Triton 3.6, 72 under 3.8
+                                        (("--headdim", "64", "--dtype", "bf16"), 0)],
+                         ids=["d128-fp16-causal", "d64-bf16-full"])
+def test_atomic_dq_variant_compiles_with_fp32_reductions(args, stack):
+    """The dK/dV kernel that also adds dQ (fa3-dq-atomic): REDG (fp32 reductions) in the SASS; at head dim 128 it
+    spills a few scalars (stack bytes recorded in docs/fa3.md section 7), which must not grow."""
+    out = compile_fa3(*args, "--atomic-dq", kernel="fa3-bwd")
+    assert out.startswith("fa3 bwd_dkdv") and "sass HGMMA,REDG,USETMAXREG,UTMALDG" in out, out
+    assert int(out.split("stack ")[1].split()[0]) <= stack, out
+    assert int(out.split("smem ")[1].split()[0]) <= 227 * 1024, out
+
+
+@pytest.mark.parametrize("name,rung,function,modes", [("fa3", 8, "fa3_attention", {"fwd", "bwd", "fwd_bwd"}),
+                                                      ("fa3-dq-atomic", None, "fa3_atomic_dq_attention",
+                                                       {"bwd", "fwd_bwd"}),
+                                                      ("fa3-pingpong", 9, "fa3_pingpong_attention", {"fwd"}),
+                                                      ("fa3-overlap", None, "fa3_overlap_attention", {"fwd"})])
+def test_providers_are_their_rungs_and_hopper_only(name, rung, function, modes):
+    """fa3 runs the backward (kernels/fa3_bwd.py); the other forward rungs share it, so they are registered forward
+    only: a rung-9 backward point would time rung 8's backward kernels."""
     p = providers.get(name)
-    assert (p.rung, p.kind, p.module, p.function, set(p.modes)) == (rung, "ours", "fa3", function, {"fwd"})
+    assert (p.rung, p.kind, p.module, p.function, set(p.modes)) == (rung, "ours", "fa3", function, modes)
     assert p.availability("cpu") == "needs a Hopper GPU (sm_90)"
     if not torch.cuda.is_available() or torch.cuda.get_device_capability() != (9, 0):
         assert p.availability("cuda") == "needs a Hopper GPU (sm_90)"
     gpu = "cuda"
-    assert p.unsupported_reason(Shape(1, 2, 2, 64, 64, 96, False), "fp16", "fwd", gpu) in (
-        "head dim 96 not supported (64, 128)", p.availability(gpu))
+    assert p.unsupported_reason(Shape(1, 2, 2, 64, 64, 96, False), "fp16", "bwd" if "fwd" not in modes else "fwd",
+                                gpu) in ("head dim 96 not supported (64, 128)", p.availability(gpu))
+    for mode in {"fwd", "bwd"} - modes:
+        assert p.unsupported_reason(Shape(1, 2, 2, 64, 64, 64, False), "fp16", mode, gpu) in (
+            f"mode {mode} not supported", p.availability(gpu))
 
 
 def test_unsupported_inputs_are_one_line_errors():
     from fa2bench.kernels import fa3_attention, fa3_pingpong_attention
     from fa2bench.kernels.fa3 import fa3_forward
+    from fa2bench.kernels.fa3_bwd import fa3_backward
 
     h = torch.randn(1, 2, 16, 96, dtype=torch.float16)
     with pytest.raises(ValueError, match=r"^fa3-pingpong: head dim 96 not supported \(64, 128\)$"):
@@ -110,9 +149,13 @@ def test_unsupported_inputs_are_one_line_errors():
     h = torch.randn(1, 2, 16, 96, dtype=torch.float16)
     with pytest.raises(ValueError, match=r"^fa3: head dim 96 not supported \(64, 128\)$"):
         fa3_attention(h, h, h)
-    g = torch.randn(1, 2, 16, 64, dtype=torch.float16, requires_grad=True)
-    with pytest.raises(ValueError, match="forward-only"):
+    with pytest.raises(ValueError, match=r"^fa3 backward: head dim 96 not supported \(64, 128\)$"):
+        fa3_backward(h, h, h, h, torch.zeros(1, 2, 16), h)
+    g = torch.randn(1, 2, 16, 64, dtype=torch.float16, requires_grad=True)  # differentiable now: refused on the CPU
+    with pytest.raises(ValueError, match=r"^fa3: needs a Hopper GPU \(sm_90\)$"):
         fa3_attention(g, g, g)
+    with pytest.raises(ValueError, match=r"^fa3 backward: needs a Hopper GPU \(sm_90\)$"):
+        fa3_backward(g, g, g, g, torch.zeros(1, 2, 16), g)
 
 
 # --- on a Hopper GPU ---------------------------------------------------------------------------------------------
@@ -176,3 +219,71 @@ def test_non_contiguous_inputs_and_custom_scale(name):
     o = getattr(kernels, providers.get(name).function)(q, k, v, causal=True, sm_scale=0.05)
     ref = attention_ref(q, k, v, causal=True, sm_scale=0.05).to(o.dtype)
     torch.testing.assert_close(o, ref, atol=2e-3, rtol=0)
+
+
+# --- the backward on a Hopper GPU --------------------------------------------------------------------------------
+
+
+@pytest.mark.gpu
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(not _hopper(), reason="needs a Hopper GPU (sm_90)")
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("shape", SHAPES, ids=shape_id)
+def test_gradients_match_the_float64_reference(shape, dtype, causal):
+    """dQ, dK, dV (and O) of fa3_attention against the float64 reference, through check_attention's gate (the
+    kernel's error at most a small multiple of plain PyTorch's in the same dtype); GQA's dK, dV summed over the
+    group; repeated backward passes bit-equal (no atomics)."""
+    from fa2bench.kernels import fa3_attention
+
+    q, k, v = make_qkv(shape, dtype, "cuda")
+    verdict = check_attention(lambda q, k, v, c: fa3_attention(q, k, v, causal=c), q, k, v, causal)
+    assert verdict.ok, verdict.detail
+    grads = []
+    do = torch.randn(q.shape, dtype=dtype, device="cuda")
+    for _ in range(2):
+        leaves = [t.detach().clone().requires_grad_() for t in (q, k, v)]
+        fa3_attention(*leaves, causal=causal).backward(do)
+        grads.append([t.grad for t in leaves])
+    assert all(torch.equal(a, b) for a, b in zip(*grads)), "repeated backward passes differ"
+
+
+@pytest.mark.gpu
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(not _hopper(), reason="needs a Hopper GPU (sm_90)")
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("shape", [SHAPES[1], SHAPES[2], SHAPES[3], SHAPES[4]], ids=shape_id)
+def test_atomic_dq_gradients_match_the_float64_reference(shape, dtype, causal):
+    """fa3-dq-atomic: dQ added by fp32 atomics from the dK/dV kernel (ragged, GQA/MQA, rows that see no key, one
+    query row), through the same gate (not bit-reproducible, so no repeat check)."""
+    from fa2bench.kernels import fa3_atomic_dq_attention
+
+    q, k, v = make_qkv(shape, dtype, "cuda")
+    verdict = check_attention(lambda q, k, v, c: fa3_atomic_dq_attention(q, k, v, causal=c), q, k, v, causal)
+    assert verdict.ok, verdict.detail
+
+
+@pytest.mark.gpu
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(not _hopper(), reason="needs a Hopper GPU (sm_90)")
+@pytest.mark.parametrize("name", ["fa3", "fa3-pingpong", "fa3-dq-atomic"])
+def test_backward_of_non_contiguous_inputs_with_custom_scale(name):
+    """(b, s, h, d) inputs viewed as (b, h, s, d) and a scale that is not 1/sqrt(d), through the same gate as
+    check_attention (float64 reference, plain fp16 PyTorch as the baseline); the rung-9 forward shares the
+    backward."""
+    import fa2bench.kernels as kernels
+    from fa2bench.core.reference import judge
+
+    fn = getattr(kernels, providers.get(name).function)
+    q, k, v = make_qkv((2, 4, 2, 300, 300, 128), torch.float16, "cuda", bshd=True)
+    do = torch.randn(q.shape, dtype=q.dtype, device="cuda")
+
+    def run(f, **kw):
+        leaves = [t.detach().clone().requires_grad_() for t in (q, k, v)]
+        o = f(*leaves, causal=True, sm_scale=0.05, **kw)
+        o.backward(do.to(o.dtype))
+        return dict(o=o.detach(), dq=leaves[0].grad, dk=leaves[1].grad, dv=leaves[2].grad)
+
+    verdict = judge(run(fn), run(attention_ref, upcast=True), run(attention_ref, upcast=False), q.dtype)
+    assert verdict.ok, verdict.detail

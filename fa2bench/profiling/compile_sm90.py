@@ -10,6 +10,7 @@ Sequence lengths stay runtime ints in these kernels, so one compile per (kernel,
 class differs, and ``sass`` disassembles a compiled kernel (to look for HGMMA or SETMAXNREG):
 
     python3 tools/compile_sm90.py --kernel fa3 --headdim 128 --causal
+    python3 tools/compile_sm90.py --kernel fa3-bwd --headdim 128 --causal   # fa3's dK/dV and dQ kernels
 """
 from __future__ import annotations
 
@@ -130,6 +131,34 @@ def compile_fa3(headdim: int, causal: bool, dtype: str = "fp16", capability: int
                          fa3.PP_NUM_WARPS, capability)
 
 
+def compile_fa3_bwd(headdim: int, causal: bool, dtype: str = "fp16", capability: int = 90, kernel: str = "bwd_dkdv",
+                    atomic_dq: bool = False):
+    """fa3's Gluon backward kernel ``kernel`` (kernels/fa3_bwd.py: ``bwd_dkdv`` or ``bwd_dq``) for
+    ``sm_<capability>`` at its tiles; ``atomic_dq``: the dK/dV kernel that also adds dQ with fp32 atomics."""
+    import torch
+
+    from fa2bench.kernels import fa3, fa3_bwd
+
+    cfg = fa3_bwd.tiles(headdim)
+    torch_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
+
+    def desc(rows: int) -> str:
+        return f"tensordesc<{dtype}[1, {rows}, {headdim}],{fa3.smem_layout([1, rows, headdim], torch_dtype)!r}>"
+
+    if kernel == "bwd_dkdv":
+        q_rows, k_rows, stages = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["STAGES"]
+        out, consts = dict(DK="*" + dtype, DV="*" + dtype, DQ="*fp32"), dict(ATOMIC_DQ=atomic_dq)
+    else:
+        q_rows, k_rows, stages = cfg["DQ_BLOCK_M"], cfg["DQ_BLOCK_N"], cfg["DQ_STAGES"]
+        out, consts = dict(DQ="*" + dtype), {}
+    sig = dict(q_desc=desc(q_rows), do_desc=desc(q_rows), k_desc=desc(k_rows), v_desc=desc(k_rows),
+               LSE="*fp32", Delta="*fp32", sm_scale="fp32", qk_scale="fp32", H="i32", GROUP="i32", N_CTX_Q="i32",
+               N_CTX_K="i32", **out)
+    return compile_gluon(fa3_bwd.TRITON_KERNELS[kernel], sig,
+                         dict(CAUSAL=causal, STAGES=stages, num_warps=fa3_bwd.CONSUMER_WARPS, **consts),
+                         fa3_bwd.CONSUMER_WARPS, capability)
+
+
 def resources(kernel) -> str:
     """Registers, spill stores and shared memory of a compiled kernel, from cuobjdump on its cubin."""
     tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
@@ -153,12 +182,15 @@ def root_cause(exc: BaseException) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--kernel", default="fwd", choices=[*flash2.JIT_KERNELS, "fa3"])
+    ap.add_argument("--kernel", default="fwd", choices=[*flash2.JIT_KERNELS, "fa3", "fa3-bwd"],
+                    help="fa3-bwd: fa3's two Gluon backward kernels (dK/dV, dQ), one line each")
     ap.add_argument("--headdim", type=int, default=128)
     ap.add_argument("--causal", action="store_true")
     ap.add_argument("--tma", action="store_true")
     ap.add_argument("--dtype", default="fp16")
     ap.add_argument("--rung", type=int, default=8, choices=(8, 9, 10), help="fa3's rung (--kernel fa3)")
+    ap.add_argument("--atomic-dq", action="store_true",
+                    help="--kernel fa3-bwd: the dK/dV kernel that adds dQ with fp32 atomics (no dQ kernel)")
     ap.add_argument("--configs", default="", help="comma list like 128x64w4s3; default: the candidate list")
     ap.add_argument("--variants", default="", help=f"fa2's variant switches to turn on, comma list of {list(VARIANTS)}")
     a = ap.parse_args()
@@ -166,6 +198,16 @@ def main() -> None:
     unknown = sorted(set(variants) - set(VARIANTS))
     if unknown:
         ap.error(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
+    if a.kernel == "fa3-bwd":  # two Gluon kernels (one with --atomic-dq), tiles fixed
+        for kernel in ("bwd_dkdv",) if a.atomic_dq else ("bwd_dkdv", "bwd_dq"):
+            name = f"fa3 {kernel} d{a.headdim} {a.dtype}{' causal' if a.causal else ''}{' atomic-dq' * a.atomic_dq}"
+            try:
+                k = compile_fa3_bwd(a.headdim, a.causal, a.dtype, kernel=kernel, atomic_dq=a.atomic_dq)
+                units = sorted(set(re.findall(r"\b(HGMMA|REDG|USETMAXREG|UTMALDG)", sass(k))))
+                print(f"{name}: {resources(k)} sass {','.join(units)}", flush=True)
+            except Exception as exc:
+                print(f"{name}: FAILED {root_cause(exc)}", flush=True)
+        return
     if a.kernel == "fa3":  # one Gluon kernel, its tiles fixed per head dim
         name = f"fa3 rung {a.rung} d{a.headdim} {a.dtype}{' causal' if a.causal else ''}"
         try:

@@ -1,0 +1,463 @@
+"""FlashAttention-3-style backward for Hopper (sm_90) in Gluon: the backward of the ``fa3`` provider.
+
+FlashAttention-2's backward (``kernels/flash2.py``: Delta = rowsum(dO * O), a dK/dV kernel, a separate dQ kernel, no
+atomics) rebuilt with rung 8's Hopper machinery (``kernels/fa3.py``), after Shah et al., "FlashAttention-3" (2024),
+Section 3 and Appendix B.1:
+
+- **dK/dV kernel** (``_fa3_dkdv_kernel``): one CTA per (block of ``BLOCK_N`` = 128 keys, batch x kv head). A
+  1-warp TMA producer partition loads the CTA's K and V block once, then streams the query blocks that see it
+  (every query head of the GQA group in turn) through a ring of ``STAGES`` Q and dO buffers (``q_ready``,
+  ``do_ready`` completed by the TMA engine, ``q_empty`` arrived by the consumers). The consumer partition (8 warps:
+  two warpgroups of 64 keys each, so each holds half of dK and dV) works transposed, keys on the rows:
+  S^T = K Q^T and dP^T = V dO^T (wgmma, both operands in shared memory, issued together), P^T = exp2(S^T * scale -
+  L), dV += P^T dO (wgmma, P^T from registers), dS^T = P^T * (dP^T - Delta), dK += dS^T Q (dS^T from registers).
+  The softmax statistics L and Delta of the block's query rows are loaded from global memory (L2) by the
+  consumers, one value per thread, and spread to the columns through shared memory (a TMA row of them would need
+  seqlen_q % 4 == 0). dK and dV are stored once, dK scaled by sm_scale.
+- **dQ kernel** (``_fa3_dq_kernel``): one CTA per (block of 128 query rows, batch x head), Q and dO loaded once,
+  K/V blocks of 64 keys streamed through a ring as in the forward (``k_ready``, ``v_ready``, ``kv_empty``); two
+  consumer warpgroups of 64 rows each: S = Q K^T and dP = dO V^T, P = exp2(S * scale - L), dS = P * (dP - Delta),
+  dQ += dS K. Deterministic (no atomics): repeated runs are bit-equal. It recomputes S and dP, two of the
+  backward's seven matmuls (fa2's choice too).
+- **dQ by atomics** (``fa3_backward(deterministic=False)``, provider ``fa3-dq-atomic``): instead of the dQ kernel,
+  the dK/dV kernel (``ATOMIC_DQ``) stores dS^T to shared memory and computes each step's dQ_i = dS K by wgmma (the
+  64 query rows as M, the head dim split between the two warpgroups), added with fp32 ``atomic_add`` (SASS REDG)
+  into a zeroed buffer, scaled and cast at the end: five matmuls, not seven, and not bit-reproducible. Gluon 3.6's
+  ``tma`` module has no reduce-add copy (FA3's route), so these are 32 (d128) or 16 (d64) atomics per thread per
+  step.
+- Register reallocation as in the forward: the producer warp gives its registers up (``worker_num_regs`` 24),
+  the consumers rise to 240 (``setmaxnreg``).
+
+What it is not (yet): not persistent (one CTA per tile, causal tiles with the most work launched first), no
+ping-pong between the two consumer warpgroups, no overlap of the exponentials with the wgmmas beyond issuing
+S^T and dP^T together (P^T is computed while dP^T runs). The backward is the same for all three forward kernels (rungs 8, 9, and the
+fa3-overlap attempt): it needs only O and the log-sum-exp, which all three store alike.
+
+Conventions (fa2's): L is the forward's log2-domain log-sum-exp (+inf for a row that sees no key, which makes
+its P exactly 0); causal aligned bottom-right (query i sees keys j <= i + seqlen_k - seqlen_q); GQA's dK, dV are
+the sums over the query heads of the group; any sequence lengths (rows past the end load as TMA's zeros; query rows
+past seqlen_q get L = +inf, so P = 0; keys past seqlen_k are masked in the dQ kernel and never stored by the dK/dV
+kernel); fp16 and bf16; head dims 64 and 128; sm_90 only.
+
+Tested: compiles for sm_90 under Triton 3.6 on a CPU machine (tests/test_fa3.py). Not run on a GPU when written.
+"""
+from __future__ import annotations
+
+from ._common import check_inputs, check_scale, launch_preprocess  # first: the interpreter switch
+
+import torch  # noqa: E402,I001
+import triton  # noqa: E402
+from triton.experimental import gluon  # noqa: E402
+from triton.experimental.gluon import language as gl  # noqa: E402
+from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, warpgroup_mma,  # noqa: E402
+                                                             warpgroup_mma_wait)
+
+from . import fa3  # noqa: E402
+from ._common import bwd_preprocess  # noqa: E402
+from .fa3 import LOG2E, _kv_blocks, _last, _tma_heads, smem_layout, tma_load, unsupported  # noqa: E402
+
+# Triton 3.6 names the CTA barrier (a partition's, inside warp_specialize) thread_barrier; later versions barrier
+thread_barrier = gl.thread_barrier if hasattr(gl, "thread_barrier") else gl.barrier
+CONSUMER_WARPS = 8  # two consumer warpgroups; the producer warp comes on top
+PRODUCER_REGS = gl.constexpr(24)  # the producer warp's registers under setmaxnreg
+
+
+def tiles(headdim: int) -> dict:
+    """dK/dV kernel: 128 keys x 64 query rows per step, ``STAGES`` Q and dO buffers (d128: K, V 64 KiB + 2 x 32
+    KiB); dQ kernel: 128 query rows x 64 keys per step, ``DQ_STAGES`` K/V stages (d128: Q, dO 64 KiB + 2 x 32 KiB).
+    Both head dims use the same tiles (the dK/dV accumulators' registers set them: 64 + 64 per thread at d128)."""
+    return dict(BLOCK_N=128, BLOCK_M=64, STAGES=2, DQ_BLOCK_M=128, DQ_BLOCK_N=64, DQ_STAGES=2)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# dK/dV: K and V of one block stay in shared memory; Q and dO blocks stream past them
+
+
+@gluon.jit
+def _q_blocks(n0, N_CTX_Q, N_CTX_K, CAUSAL: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr):
+    """The query blocks that see keys [n0, n0 + BLOCK_N): [lo, mid) masked (the diagonal band), [mid, hi) whole."""
+    hi = gl.cdiv(N_CTX_Q, BLOCK_M)
+    if CAUSAL:
+        diag = N_CTX_K - N_CTX_Q  # query i sees key j iff j <= i + diag
+        lo = gl.minimum(gl.maximum(n0 - diag, 0) // BLOCK_M, hi)
+        full = gl.maximum(n0 + BLOCK_N - 1 - diag, 0)  # the first row that sees every key of the block
+        mid = gl.minimum(gl.maximum(gl.cdiv(full, BLOCK_M), lo), hi)
+    else:
+        lo = hi * 0
+        mid = lo
+    return lo, mid, hi
+
+
+@gluon.jit
+def _first_q_head(bhkv, H, GROUP):
+    """batch * heads index of the first query head of kv head ``bhkv`` (batch * kv_heads index)."""
+    H_KV = H // GROUP
+    return bhkv // H_KV * H + bhkv % H_KV * GROUP
+
+
+@gluon.jit
+def _dkdv_producer(q_desc, do_desc, k_desc, v_desc, q_bufs, do_bufs, k_buf, v_buf, kv_ready, q_ready, do_ready,
+                   q_empty, H, GROUP, N_CTX_Q, N_CTX_K, CAUSAL: gl.constexpr, STAGES: gl.constexpr):
+    BLOCK_M: gl.constexpr = q_desc.block_type.shape[1]
+    BLOCK_N: gl.constexpr = k_desc.block_type.shape[1]
+    n0 = gl.program_id(0) * BLOCK_N
+    bhkv = gl.program_id(1)
+    mbarrier.expect(kv_ready.index(0), k_desc.block_type.nbytes + v_desc.block_type.nbytes)
+    tma_load(k_desc, [bhkv, n0, 0], kv_ready.index(0), k_buf)
+    tma_load(v_desc, [bhkv, n0, 0], kv_ready.index(0), v_buf)
+    lo, mid, hi = _q_blocks(n0, N_CTX_Q, N_CTX_K, CAUSAL, BLOCK_M, BLOCK_N)
+    bh0 = _first_q_head(bhkv, H, GROUP)
+    it = 0  # Q/dO blocks issued so far: stage it % STAGES, its use number it // STAGES
+    for g in range(GROUP):
+        for mb in range(lo, hi):
+            s = it % STAGES
+            mbarrier.wait(q_empty.index(s), (it // STAGES & 1) ^ 1)  # a fresh barrier passes phase 1 at once
+            mbarrier.expect(q_ready.index(s), q_desc.block_type.nbytes)
+            tma_load(q_desc, [bh0 + g, mb * BLOCK_M, 0], q_ready.index(s), q_bufs.index(s))
+            mbarrier.expect(do_ready.index(s), do_desc.block_type.nbytes)
+            tma_load(do_desc, [bh0 + g, mb * BLOCK_M, 0], do_ready.index(s), do_bufs.index(s))
+            it += 1
+
+
+@gluon.jit
+def _dkdv_steps(dk, dv, k, v, q_bufs, do_bufs, q_ready, do_ready, q_empty, lse_row, delta_row, dq_rows, ds_smem, it,
+                lo, mid, hi, n0, qk_scale, N_CTX_Q, N_CTX_K, s_layout: gl.constexpr, MASK: gl.constexpr,
+                STAGES: gl.constexpr, ATOMIC_DQ: gl.constexpr):
+    """Query blocks [lo, hi) of one query head against the CTA's keys (transposed: keys on the rows). MASK (causal):
+    blocks [lo, mid) are the diagonal band, masked under a runtime branch (two loops, masked and unmasked, as in
+    the forward, spilled at head dim 128). Rows past seqlen_q need no mask: their L is +inf, so P = 0. Delta is
+    spread to the columns only after P (its registers are not live across the S^T wgmma: d128 spilled).
+    ATOMIC_DQ: dS^T also goes to shared memory, dQ_i = dS K by wgmma (M = the 64 query rows, the head dim split
+    between the warpgroups) and fp32 atomic adds into ``dq_rows`` (this query head's fp32 dQ rows)."""
+    BLOCK_M: gl.constexpr = q_bufs.shape[2]
+    HEAD_DIM: gl.constexpr = q_bufs.shape[3]
+    BLOCK_N: gl.constexpr = k.shape[0]
+    a_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=dk.type.layout, k_width=2)
+    q_cols: gl.constexpr = gl.SliceLayout(0, s_layout)
+    # the statistics are loaded one per thread and spread to the columns through shared memory: loaded straight
+    # into q_cols, each thread holds 16 64-bit pointers per vector, which LLVM hoists out of the loop (spills)
+    flat: gl.constexpr = gl.BlockedLayout([1], [32], [gl.num_warps()], [0])
+    dq_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[gl.num_warps() // 2, 2],
+                                                        instr_shape=[16, HEAD_DIM // 2, 16])
+    for mb in range(lo, hi):
+        s = it % STAGES
+        phase = it // STAGES & 1
+        cols = mb * BLOCK_M + gl.arange(0, BLOCK_M, q_cols)  # query rows, on the columns here
+        rows_1 = mb * BLOCK_M + gl.arange(0, BLOCK_M, flat)
+        lse = gl.convert_layout(gl.load(lse_row + rows_1, mask=rows_1 < N_CTX_Q, other=float("inf")), q_cols)
+        delta_1 = gl.load(delta_row + rows_1, mask=rows_1 < N_CTX_Q, other=0.0)
+        mbarrier.wait(q_ready.index(s), phase)
+        q = q_bufs.index(s).reshape([BLOCK_M, HEAD_DIM])
+        zeros = gl.zeros([BLOCK_N, BLOCK_M], gl.float32, s_layout)
+        st = warpgroup_mma(k, q.permute((1, 0)), zeros, use_acc=False, is_async=True)  # S^T = K Q^T
+        mbarrier.wait(do_ready.index(s), phase)
+        do = do_bufs.index(s).reshape([BLOCK_M, HEAD_DIM])
+        dpt = warpgroup_mma(v, do.permute((1, 0)), zeros, use_acc=False, is_async=True)  # dP^T = V dO^T
+        st = warpgroup_mma_wait(num_outstanding=1, deps=(st,))
+        pt = gl.exp2(st * qk_scale - lse[None, :])
+        if MASK:
+            if mb < mid:  # the diagonal band
+                keys = n0 + gl.arange(0, BLOCK_N, gl.SliceLayout(1, s_layout))
+                pt = gl.where(keys[:, None] <= cols[None, :] + (N_CTX_K - N_CTX_Q), pt, 0.0)
+        if ATOMIC_DQ:
+            if n0 + BLOCK_N > N_CTX_K:  # keys past the end: their P may overflow, and dQ sums over the keys
+                keys = n0 + gl.arange(0, BLOCK_N, gl.SliceLayout(1, s_layout))
+                pt = gl.where(keys[:, None] < N_CTX_K, pt, 0.0)
+        delta = gl.convert_layout(delta_1, q_cols)
+        dpt = warpgroup_mma_wait(num_outstanding=0, deps=(dpt,))
+        ds = (pt * (dpt - delta[None, :])).to(q_bufs.dtype)  # dS^T
+        if ATOMIC_DQ:
+            ds_smem.store(ds)
+            fence_async_shared()
+            thread_barrier()  # both warpgroups' halves of dS^T are in shared memory
+        dsa = gl.convert_layout(ds, a_layout)
+        pa = gl.convert_layout(pt.to(q_bufs.dtype), a_layout)
+        dv = warpgroup_mma(pa, do, dv, is_async=True)  # dV += P^T dO
+        dk = warpgroup_mma(dsa, q, dk, is_async=True)  # dK += dS^T Q (sm_scale at the end)
+        if ATOMIC_DQ:
+            dq = warpgroup_mma(ds_smem.permute((1, 0)), k, gl.zeros([BLOCK_M, HEAD_DIM], gl.float32, dq_layout),
+                               use_acc=False, is_async=True)  # dQ_i = dS K
+            dv, dk, dq, pa, dsa = warpgroup_mma_wait(num_outstanding=0, deps=(dv, dk, dq, pa, dsa))
+            rows = mb * BLOCK_M + gl.arange(0, BLOCK_M, gl.SliceLayout(1, dq_layout))
+            d_cols = gl.arange(0, HEAD_DIM, gl.SliceLayout(0, dq_layout))
+            gl.atomic_add(dq_rows + (rows * HEAD_DIM)[:, None] + d_cols[None, :], dq, mask=(rows < N_CTX_Q)[:, None],
+                          sem="relaxed")
+        else:
+            dv, dk, pa, dsa = warpgroup_mma_wait(num_outstanding=0, deps=(dv, dk, pa, dsa))
+        mbarrier.arrive(q_empty.index(s), count=1)
+        it += 1
+    return dk, dv, it
+
+
+@gluon.jit
+def _store_rows(ptr, acc, bh, r0, N_ROWS, ROWS: gl.constexpr, HEAD_DIM: gl.constexpr):
+    """Rows r0.. of head ``bh`` of a contiguous (batch * heads, N_ROWS, HEAD_DIM) tensor, rows past N_ROWS left."""
+    layout: gl.constexpr = acc.type.layout
+    rows = r0 + gl.arange(0, ROWS, gl.SliceLayout(1, layout))
+    cols = gl.arange(0, HEAD_DIM, gl.SliceLayout(0, layout))
+    off = (bh * N_ROWS + rows).to(gl.int64) * HEAD_DIM
+    gl.store(ptr + off[:, None] + cols[None, :], acc, mask=(rows < N_ROWS)[:, None])
+
+
+@gluon.jit
+def _dkdv_consumer(q_bufs, do_bufs, k_buf, v_buf, ds_smem, kv_ready, q_ready, do_ready, q_empty, DK, DV, DQ, LSE,
+                   Delta, sm_scale, qk_scale, H, GROUP, N_CTX_Q, N_CTX_K, CAUSAL: gl.constexpr, STAGES: gl.constexpr,
+                   ATOMIC_DQ: gl.constexpr, num_warps: gl.constexpr):
+    BLOCK_M: gl.constexpr = q_bufs.shape[2]
+    HEAD_DIM: gl.constexpr = q_bufs.shape[3]
+    BLOCK_N: gl.constexpr = k_buf.shape[1]
+    s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
+                                                       instr_shape=[16, BLOCK_M, 16])
+    o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
+                                                       instr_shape=[16, HEAD_DIM, 16])
+    n0 = gl.program_id(0) * BLOCK_N
+    bhkv = gl.program_id(1)
+    lo, mid, hi = _q_blocks(n0, N_CTX_Q, N_CTX_K, CAUSAL, BLOCK_M, BLOCK_N)
+    bh0 = _first_q_head(bhkv, H, GROUP)
+    dk = gl.zeros([BLOCK_N, HEAD_DIM], gl.float32, o_layout)
+    dv = gl.zeros([BLOCK_N, HEAD_DIM], gl.float32, o_layout)
+    mbarrier.wait(kv_ready.index(0), 0)
+    k = k_buf.reshape([BLOCK_N, HEAD_DIM])
+    v = v_buf.reshape([BLOCK_N, HEAD_DIM])
+    it = 0
+    for g in range(GROUP):  # the query heads sharing this kv head: dK, dV are their sums
+        row0 = (bh0 + g).to(gl.int64) * N_CTX_Q  # this query head's statistics
+        dk, dv, it = _dkdv_steps(dk, dv, k, v, q_bufs, do_bufs, q_ready, do_ready, q_empty, LSE + row0,
+                                 Delta + row0, DQ + row0 * HEAD_DIM, ds_smem, it, lo, mid, hi, n0, qk_scale, N_CTX_Q,
+                                 N_CTX_K, s_layout, CAUSAL, STAGES, ATOMIC_DQ)
+    _store_rows(DK, (dk * sm_scale).to(q_bufs.dtype), bhkv, n0, N_CTX_K, BLOCK_N, HEAD_DIM)
+    _store_rows(DV, dv.to(q_bufs.dtype), bhkv, n0, N_CTX_K, BLOCK_N, HEAD_DIM)
+
+
+@gluon.jit
+def _fa3_dkdv_kernel(q_desc, do_desc, k_desc, v_desc, DK, DV, DQ, LSE, Delta, sm_scale, qk_scale, H, GROUP,
+                     N_CTX_Q, N_CTX_K, CAUSAL: gl.constexpr, STAGES: gl.constexpr, ATOMIC_DQ: gl.constexpr,
+                     num_warps: gl.constexpr):
+    """Grid (key blocks, batch * kv_heads). Shared memory: K and V of the block, STAGES Q and dO buffers (and, with
+    ATOMIC_DQ, one dS^T tile; DQ is then the zeroed fp32 dQ, unscaled; otherwise unused)."""
+    dtype: gl.constexpr = q_desc.dtype
+    q_bufs = gl.allocate_shared_memory(dtype, [STAGES] + q_desc.block_type.shape, q_desc.layout)
+    do_bufs = gl.allocate_shared_memory(dtype, [STAGES] + do_desc.block_type.shape, do_desc.layout)
+    k_buf = gl.allocate_shared_memory(dtype, k_desc.block_type.shape, k_desc.layout)
+    v_buf = gl.allocate_shared_memory(dtype, v_desc.block_type.shape, v_desc.layout)
+    if ATOMIC_DQ:
+        ds_shape: gl.constexpr = [k_desc.block_type.shape[1], q_desc.block_type.shape[1]]
+        ds_smem = gl.allocate_shared_memory(dtype, ds_shape, gl.NVMMASharedLayout.get_default_for(ds_shape, dtype))
+    else:
+        ds_smem = k_buf  # unused
+    kv_ready = gl.allocate_shared_memory(gl.int64, [1, 1], mbarrier.MBarrierLayout())
+    q_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    do_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    q_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    mbarrier.init(kv_ready.index(0), count=1)
+    for i in gl.static_range(STAGES):
+        mbarrier.init(q_ready.index(i), count=1)
+        mbarrier.init(do_ready.index(i), count=1)
+        mbarrier.init(q_empty.index(i), count=1)
+    gl.warp_specialize([  # (tuples written inline: bound to a name first, their constexprs become tensors)
+        (_dkdv_consumer, (q_bufs, do_bufs, k_buf, v_buf, ds_smem, kv_ready, q_ready, do_ready, q_empty, DK, DV, DQ,
+                          LSE, Delta, sm_scale, qk_scale, H, GROUP, N_CTX_Q, N_CTX_K, CAUSAL, STAGES, ATOMIC_DQ,
+                          num_warps)),
+        (_dkdv_producer, (q_desc, do_desc, k_desc, v_desc, q_bufs, do_bufs, k_buf, v_buf, kv_ready, q_ready,
+                          do_ready, q_empty, H, GROUP, N_CTX_Q, N_CTX_K, CAUSAL, STAGES)),
+    ], [1], [PRODUCER_REGS])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# dQ: Q and dO of one block stay in shared memory; K and V blocks stream past them (the forward's loop)
+
+
+@gluon.jit
+def _dq_block_index(CAUSAL: gl.constexpr, N_CTX_Q, BLOCK_M: gl.constexpr):
+    """This CTA's query block: under causal masking the last (longest) blocks are launched first."""
+    if CAUSAL:
+        return gl.cdiv(N_CTX_Q, BLOCK_M) - 1 - gl.program_id(0)
+    else:
+        return gl.program_id(0)
+
+
+@gluon.jit
+def _dq_producer(q_desc, do_desc, k_desc, v_desc, q_buf, do_buf, k_bufs, v_bufs, q_ready, k_ready, v_ready,
+                 kv_empty, H, GROUP, N_CTX_Q, N_CTX_K, CAUSAL: gl.constexpr, STAGES: gl.constexpr):
+    BLOCK_M: gl.constexpr = q_desc.block_type.shape[1]
+    BLOCK_N: gl.constexpr = k_desc.block_type.shape[1]
+    m0 = _dq_block_index(CAUSAL, N_CTX_Q, BLOCK_M) * BLOCK_M
+    bh = gl.program_id(1)
+    kv_bh = bh // H * (H // GROUP) + bh % H // GROUP  # batch * kv_heads index of query head bh
+    mbarrier.expect(q_ready.index(0), q_desc.block_type.nbytes + do_desc.block_type.nbytes)
+    tma_load(q_desc, [bh, m0, 0], q_ready.index(0), q_buf)
+    tma_load(do_desc, [bh, m0, 0], q_ready.index(0), do_buf)
+    n_full, n_blocks = _kv_blocks(m0, N_CTX_Q, N_CTX_K, CAUSAL, BLOCK_M, BLOCK_N)
+    for j in range(n_blocks):
+        s = j % STAGES
+        mbarrier.wait(kv_empty.index(s), (j // STAGES & 1) ^ 1)
+        mbarrier.expect(k_ready.index(s), k_desc.block_type.nbytes)
+        tma_load(k_desc, [kv_bh, j * BLOCK_N, 0], k_ready.index(s), k_bufs.index(s))
+        mbarrier.expect(v_ready.index(s), v_desc.block_type.nbytes)
+        tma_load(v_desc, [kv_bh, j * BLOCK_N, 0], v_ready.index(s), v_bufs.index(s))
+
+
+@gluon.jit
+def _dq_steps(dq, q, do, lse, delta, k_bufs, v_bufs, k_ready, v_ready, kv_empty, lo, hi, m0, qk_scale, N_CTX_Q,
+              N_CTX_K, s_layout: gl.constexpr, MASK: gl.constexpr, CAUSAL: gl.constexpr, STAGES: gl.constexpr):
+    """K/V blocks [lo, hi) against the CTA's query rows. MASK: keys past seqlen_k and, if CAUSAL, the diagonal."""
+    BLOCK_M: gl.constexpr = q.shape[0]
+    BLOCK_N: gl.constexpr = k_bufs.shape[2]
+    HEAD_DIM: gl.constexpr = k_bufs.shape[3]
+    a_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=dq.type.layout, k_width=2)
+    for j in range(lo, hi):
+        s = j % STAGES
+        phase = j // STAGES & 1
+        mbarrier.wait(k_ready.index(s), phase)
+        k = k_bufs.index(s).reshape([BLOCK_N, HEAD_DIM])
+        zeros = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, s_layout)
+        qk = warpgroup_mma(q, k.permute((1, 0)), zeros, use_acc=False, is_async=True)  # S = Q K^T
+        mbarrier.wait(v_ready.index(s), phase)
+        v = v_bufs.index(s).reshape([BLOCK_N, HEAD_DIM])
+        dp = warpgroup_mma(do, v.permute((1, 0)), zeros, use_acc=False, is_async=True)  # dP = dO V^T
+        qk = warpgroup_mma_wait(num_outstanding=1, deps=(qk,))
+        p = gl.exp2(qk * qk_scale - lse[:, None])
+        if MASK:
+            cols = j * BLOCK_N + gl.arange(0, BLOCK_N, gl.SliceLayout(0, s_layout))
+            keep = cols[None, :] < N_CTX_K
+            if CAUSAL:
+                rows = m0 + gl.arange(0, BLOCK_M, gl.SliceLayout(1, s_layout))
+                keep = keep & (cols[None, :] <= rows[:, None] + (N_CTX_K - N_CTX_Q))
+            p = gl.where(keep, p, 0.0)
+        dp = warpgroup_mma_wait(num_outstanding=0, deps=(dp,))
+        dsa = gl.convert_layout((p * (dp - delta[:, None])).to(k_bufs.dtype), a_layout)  # dS
+        dq = warpgroup_mma(dsa, k, dq, is_async=True)  # dQ += dS K (sm_scale at the end)
+        dq, dsa = warpgroup_mma_wait(num_outstanding=0, deps=(dq, dsa))
+        mbarrier.arrive(kv_empty.index(s), count=1)
+    return dq
+
+
+@gluon.jit
+def _dq_consumer(q_buf, do_buf, k_bufs, v_bufs, q_ready, k_ready, v_ready, kv_empty, DQ, LSE, Delta, sm_scale,
+                 qk_scale, N_CTX_Q, N_CTX_K, CAUSAL: gl.constexpr, STAGES: gl.constexpr, num_warps: gl.constexpr):
+    BLOCK_M: gl.constexpr = q_buf.shape[1]
+    HEAD_DIM: gl.constexpr = q_buf.shape[2]
+    BLOCK_N: gl.constexpr = k_bufs.shape[2]
+    s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
+                                                       instr_shape=[16, BLOCK_N, 16])
+    o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
+                                                       instr_shape=[16, HEAD_DIM, 16])
+    m0 = _dq_block_index(CAUSAL, N_CTX_Q, BLOCK_M) * BLOCK_M
+    bh = gl.program_id(1)
+    n_full, n_blocks = _kv_blocks(m0, N_CTX_Q, N_CTX_K, CAUSAL, BLOCK_M, BLOCK_N)
+    rows = m0 + gl.arange(0, BLOCK_M, gl.SliceLayout(1, s_layout))
+    row0 = bh.to(gl.int64) * N_CTX_Q
+    lse = gl.load(LSE + row0 + rows, mask=rows < N_CTX_Q, other=float("inf"))
+    delta = gl.load(Delta + row0 + rows, mask=rows < N_CTX_Q, other=0.0)
+    dq = gl.zeros([BLOCK_M, HEAD_DIM], gl.float32, o_layout)
+    mbarrier.wait(q_ready.index(0), 0)
+    q = q_buf.reshape([BLOCK_M, HEAD_DIM])
+    do = do_buf.reshape([BLOCK_M, HEAD_DIM])
+    dq = _dq_steps(dq, q, do, lse, delta, k_bufs, v_bufs, k_ready, v_ready, kv_empty, 0, n_full, m0, qk_scale,
+                   N_CTX_Q, N_CTX_K, s_layout, False, CAUSAL, STAGES)
+    dq = _dq_steps(dq, q, do, lse, delta, k_bufs, v_bufs, k_ready, v_ready, kv_empty, n_full, n_blocks, m0,
+                   qk_scale, N_CTX_Q, N_CTX_K, s_layout, True, CAUSAL, STAGES)
+    _store_rows(DQ, (dq * sm_scale).to(q_buf.dtype), bh, m0, N_CTX_Q, BLOCK_M, HEAD_DIM)
+
+
+@gluon.jit
+def _fa3_dq_kernel(q_desc, do_desc, k_desc, v_desc, DQ, LSE, Delta, sm_scale, qk_scale, H, GROUP, N_CTX_Q, N_CTX_K,
+                   CAUSAL: gl.constexpr, STAGES: gl.constexpr, num_warps: gl.constexpr):
+    """Grid (query blocks, batch * heads). Shared memory: Q and dO of the block, STAGES K and V buffers."""
+    dtype: gl.constexpr = q_desc.dtype
+    q_buf = gl.allocate_shared_memory(dtype, q_desc.block_type.shape, q_desc.layout)
+    do_buf = gl.allocate_shared_memory(dtype, do_desc.block_type.shape, do_desc.layout)
+    k_bufs = gl.allocate_shared_memory(dtype, [STAGES] + k_desc.block_type.shape, k_desc.layout)
+    v_bufs = gl.allocate_shared_memory(dtype, [STAGES] + v_desc.block_type.shape, v_desc.layout)
+    q_ready = gl.allocate_shared_memory(gl.int64, [1, 1], mbarrier.MBarrierLayout())
+    k_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    v_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    kv_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    mbarrier.init(q_ready.index(0), count=1)
+    for i in gl.static_range(STAGES):
+        mbarrier.init(k_ready.index(i), count=1)
+        mbarrier.init(v_ready.index(i), count=1)
+        mbarrier.init(kv_empty.index(i), count=1)
+    gl.warp_specialize([
+        (_dq_consumer, (q_buf, do_buf, k_bufs, v_bufs, q_ready, k_ready, v_ready, kv_empty, DQ, LSE, Delta, sm_scale,
+                        qk_scale, N_CTX_Q, N_CTX_K, CAUSAL, STAGES, num_warps)),
+        (_dq_producer, (q_desc, do_desc, k_desc, v_desc, q_buf, do_buf, k_bufs, v_bufs, q_ready, k_ready, v_ready,
+                        kv_empty, H, GROUP, N_CTX_Q, N_CTX_K, CAUSAL, STAGES)),
+    ], [1], [PRODUCER_REGS])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Host side
+
+
+TRITON_KERNELS = {"bwd_dkdv": _fa3_dkdv_kernel, "bwd_dq": _fa3_dq_kernel}  # with fa2's Delta kernel first
+# listed with the forward's too: profiling reads the provider module's (fa3's) kernels; this module is imported by
+# the first backward, before any of its kernels is compiled
+fa3.TRITON_KERNELS.update(TRITON_KERNELS, bwd_preprocess=bwd_preprocess)
+
+
+def fa3_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor, lse: torch.Tensor,
+                 do: torch.Tensor, causal: bool = False, sm_scale: float | None = None, deterministic: bool = True):
+    """``(dq, dk, dv)`` of the attention whose output is ``o``, given its log2-domain ``lse`` (fp32, (batch,
+    heads, seqlen_q), from ``fa3_forward`` or ``flash2_forward``) and the output gradient ``do``.
+    ``deterministic``: dQ from its own kernel (bit-equal runs); otherwise the dK/dV kernel adds each step's dQ
+    into a zeroed fp32 buffer with atomics (two matmuls fewer, summation order left to the hardware), scaled and
+    cast afterwards."""
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+    shape = check_inputs(q, k, v)
+    scale = check_scale(shape.headdim, sm_scale)
+    reason = unsupported(q, k, v)
+    if reason:
+        raise ValueError(f"fa3 backward: {reason}")
+    cfg = tiles(shape.headdim)
+    d = shape.headdim
+    q3, k3, v3, do3 = _tma_heads(q), _tma_heads(k), _tma_heads(v), _tma_heads(do)
+    lse = lse.float().contiguous()
+    delta = torch.empty_like(lse)
+    launch_preprocess(o, do, delta, d)  # Delta = rowsum(dO * O), fa2's Triton kernel
+
+    def desc(t, rows):
+        return TensorDescriptor.from_tensor(t, [1, rows, d], smem_layout([1, rows, d], q.dtype))
+
+    dq = torch.empty(q.shape, device=q.device, dtype=q.dtype)
+    dk = torch.empty(k.shape, device=q.device, dtype=q.dtype)
+    dv = torch.empty(v.shape, device=q.device, dtype=q.dtype)
+    tail = (scale, scale * LOG2E, shape.heads, shape.group, shape.seqlen_q, shape.seqlen_k)
+    bm, bn = cfg["BLOCK_M"], cfg["BLOCK_N"]
+    dq_acc = delta if deterministic else torch.zeros(q.shape, device=q.device, dtype=torch.float32)
+    _fa3_dkdv_kernel[(triton.cdiv(shape.seqlen_k, bn), shape.batch * shape.kv_heads)](
+        desc(q3, bm), desc(do3, bm), desc(k3, bn), desc(v3, bn), dk, dv, dq_acc, lse, delta, *tail,
+        CAUSAL=bool(causal), STAGES=cfg["STAGES"], ATOMIC_DQ=not deterministic, num_warps=CONSUMER_WARPS)
+    config = f"dkdv BLOCK_N={bn} BLOCK_M={bm} STAGES={cfg['STAGES']} w{CONSUMER_WARPS}+1"
+    if deterministic:
+        qm, kn = cfg["DQ_BLOCK_M"], cfg["DQ_BLOCK_N"]
+        _fa3_dq_kernel[(triton.cdiv(shape.seqlen_q, qm), shape.batch * shape.heads)](
+            desc(q3, qm), desc(do3, qm), desc(k3, kn), desc(v3, kn), dq, lse, delta, *tail, CAUSAL=bool(causal),
+            STAGES=cfg["DQ_STAGES"], num_warps=CONSUMER_WARPS)
+        config += f", dq BLOCK_M={qm} BLOCK_N={kn} STAGES={cfg['DQ_STAGES']} w{CONSUMER_WARPS}+1"
+    else:
+        torch.mul(dq_acc, scale, out=dq_acc)
+        dq.copy_(dq_acc)
+        config += " + dq by fp32 atomics"
+    _last["bwd"] = config
+    return dq, dk, dv
+
+
+class Fa3Attention(torch.autograd.Function):
+    """The forward of rung ``rung`` (kernels/fa3.py) and this module's backward (the same for every rung)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, causal, sm_scale, rung, deterministic=True):
+        from .fa3 import fa3_forward
+
+        o, lse = fa3_forward(q, k, v, causal, sm_scale, rung)
+        ctx.save_for_backward(q, k, v, o, lse)
+        ctx.causal, ctx.sm_scale, ctx.deterministic = causal, sm_scale, deterministic
+        return o
+
+    @staticmethod
+    def backward(ctx, do):
+        q, k, v, o, lse = ctx.saved_tensors
+        dq, dk, dv = fa3_backward(q, k, v, o, lse, do, ctx.causal, ctx.sm_scale, ctx.deterministic)
+        return dq, dk, dv, None, None, None, None
