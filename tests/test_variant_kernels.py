@@ -105,6 +105,17 @@ def docs(batch, lengths_per_row):
                                                 torch.tensor(ls)) for ls in lengths_per_row]).to(DEVICE)
 
 
+# ---- no variant: the dK/dV kernel's one loop -------------------------------------------------------------------------
+@pytest.mark.parametrize("shape", [(1, 2, 1, 75, 75, 16), (1, 2, 2, 45, 70, 16), (1, 2, 2, 70, 45, 16)],
+                         ids=["self-gqa", "q<k", "q>k"])
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_dense_steps_masked_only_in_the_band_and_at_the_ragged_end(shape, causal):
+    """16 x 16 tiles: each K/V block's loop over the query rows has masked steps (the causal band, the ragged last
+    step) and unmasked ones between, decided per step; every kind of step must give the reference's gradients."""
+    check(shape, torch.float32, causal)
+    check(shape, torch.float16, causal)
+
+
 # ---- sliding windows -----------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("window", [(0, 0), (3, 5), (0, 7), (20, 2), (1000, 1000)], ids=str)
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
