@@ -12,22 +12,19 @@ fp32 accumulator ``acc``. For each block it rescales ``acc`` and ``l_i`` by ``ex
 (batch, heads, seqlen_q), in the **log2 domain**: ``L = m_i + log2(l_i) = log2(sum_j exp2(qk_scale * q.k_j))``
 (the natural-log LSE times log2(e)), so that backward recomputes ``P = exp2(qk_scale * q.k - L)``.
 
-Causal masking is aligned to the bottom-right corner (query i sees keys j <= i + seqlen_k - seqlen_q). The
-forward's loop is split in two stages: the K/V blocks every row of the Q block sees in full run without any mask,
-then the few blocks crossing the diagonal (and the ragged last block of K) run masked; blocks entirely above the
-diagonal are never visited (the loop bound stops early). Causal Q blocks are scheduled longest first. A row that
-sees no key (seqlen_q > seqlen_k) outputs 0 and stores L = +inf, so backward's ``exp2(s - L)`` is exactly 0 for it:
-zero gradients, no NaN (the running max starts at a finite -1e30, never -inf - -inf).
+Causal masking is aligned to the bottom-right corner (query i sees keys j <= i + seqlen_k - seqlen_q). Each
+loop is split in two stages: the K/V blocks every row of the Q block sees in full run without any mask, then
+the few blocks crossing the diagonal (and the ragged last block of K) run masked; blocks entirely above the
+diagonal are never visited (the loop bound stops early). Causal Q blocks are scheduled longest first. A row
+that sees no key (seqlen_q > seqlen_k) outputs 0 and stores L = +inf, so backward's ``exp2(s - L)`` is exactly
+0 for it: zero gradients, no NaN (the running max starts at a finite -1e30, never -inf - -inf).
 
 Backward (Algorithm 2), three kernels, none with atomics:
 1. ``bwd_preprocess``: ``Delta = rowsum(dO * O)`` in fp32.
 2. ``bwd_dkdv``: grid (K/V blocks) x (batch * kv_heads). A program keeps its K and V block on chip, loops over
    the query heads of its GQA group and, for each, over the Q blocks that can see this K/V block (those fully
-   masked by causal are skipped), recomputes P from Q, K and L, and accumulates dK and dV in fp32 on chip; both
-   are written once. Its Q blocks run in one loop that decides per step whether to mask (the diagonal band and
-   the ragged last Q block do), not in one loop per stage as the forward and dQ kernels do, and it loads clamped
-   rows without bounds checks: at head dim 128 the copies of the body and the checked loads cost registers and
-   spills in the loop (docs/performance.md, "The dK/dV kernel at d128 spills").
+   masked by causal are skipped; the diagonal band and the ragged last Q block run masked), recomputes P from
+   Q, K and L, and accumulates dK and dV in fp32 on chip; both are written once.
 3. ``bwd_dq``: grid (Q blocks) x (batch * heads), loops over the K/V blocks a Q block sees and accumulates dQ on
    chip, written once. dQ uses this second kernel rather than atomic adds from the dK/dV kernel (the paper's
    Algorithm 2 adds dQ_i to HBM with atomics) for determinism: repeated runs are bit-equal, and there is no
@@ -421,26 +418,27 @@ def _attn_fwd_kernel(Q, K, V, sm_scale, LSE, LSUM, Out,
 # Backward (Algorithm 2): dK, dV per K/V block (Q blocks inner); dQ per Q block (K/V blocks inner)
 # ----------------------------------------------------------------------------------------------------------------
 @triton.jit
-def _attn_bwd_dkdv_inner(dk, dv, k, v, Q, DO, LSE, LSUM, Delta, lo, full_lo, full_hi, hi, offs_n, offs_m0, offs_d,
-                         sm_scale, diag, N_CTX_Q, mods, ds_k, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-                         BLOCK_M: tl.constexpr, CAUSAL: tl.constexpr, DEFER: tl.constexpr, DOT_PRECISION: tl.constexpr,
-                         TMA: tl.constexpr, WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, ALIBI: tl.constexpr,
-                         DOCS: tl.constexpr):
+def _attn_bwd_dkdv_inner(dk, dv, k, v, Q, DO, LSE, LSUM, Delta, lo, hi, offs_n, offs_m0, offs_d, sm_scale, diag,
+                         N_CTX_Q, mods, ds_k, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
+                         MASK: tl.constexpr, CAUSAL: tl.constexpr, DEFER: tl.constexpr,
+                         DOT_PRECISION: tl.constexpr, TMA: tl.constexpr, WINDOW: tl.constexpr, SOFTCAP: tl.constexpr,
+                         ALIBI: tl.constexpr, DOCS: tl.constexpr):
     """Q rows [lo, hi) against one K/V block, everything transposed (keys on the rows): accumulate dK_j, dV_j
     (Algorithm 2, lines 11-20; dQ is left to the dQ kernel).
 
-    One loop over the row blocks; each step decides whether it needs the mask. The steps from full_lo to full_hi
-    are seen in full (every row in range, every key of the block visible to every row); the steps before full_lo
-    (the causal diagonal band, a window's or a document's near edge) and from full_hi on (the ragged last step, the
-    far edge) are masked: rows past seqlen_q and the variants' masks (_keep). The loads have no bounds checks: a
-    step's rows past seqlen_q (the ragged last step, always masked) read the last row again, and the mask drops them.
+    MASK=False: every row is in range and sees every key of the block. MASK=True: rows past seqlen_q and,
+    if CAUSAL, the diagonal band.
     """
     qk_scale = sm_scale * LOG2E
+    q_cur = row_cursor(Q, lo + offs_m0, offs_d, TMA)
+    do_cur = row_cursor(DO, lo + offs_m0, offs_d, TMA)
     for start_m in range(lo, hi, BLOCK_M):
         offs_m = start_m + offs_m0
-        rows = tl.minimum(offs_m, N_CTX_Q - 1)  # in bounds: past the end, the last row again (masked below)
-        q = load_rows(row_cursor(Q, rows, offs_d, TMA), start_m, rows, N_CTX_Q, offs_d, HEAD_DIM, BLOCK_D, False, TMA)
-        lse = tl.load(LSE + rows)
+        q = load_rows(q_cur, start_m, offs_m, N_CTX_Q, offs_d, HEAD_DIM, BLOCK_D, MASK, TMA)
+        if MASK:
+            lse = tl.load(LSE + offs_m, mask=offs_m < N_CTX_Q, other=0.0)
+        else:
+            lse = tl.load(LSE + offs_m)
         # recompute P^T = exp2(qk_scale * K Q^T - L) from the stored statistics
         qkT = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION)
         if SOFTCAP or ALIBI:
@@ -450,15 +448,17 @@ def _attn_bwd_dkdv_inner(dk, dv, k, v, Q, DO, LSE, LSUM, Delta, lo, full_lo, ful
         else:
             pT = tl.math.exp2(qkT * qk_scale - lse[None, :])
         if not DEFER:  # rung 3 stores m and l: P = exp2(s - m) / l
-            pT = pT * (1.0 / tl.load(LSUM + rows))[None, :]
-        if (start_m < full_lo) | (start_m >= full_hi):  # a masked step; transposed: keys on the rows
+            pT = pT * (1.0 / tl.load(LSUM + offs_m, mask=offs_m < N_CTX_Q, other=1.0))[None, :]
+        if MASK:  # transposed: keys on the rows
             keep = _keep(offs_m[None, :] < N_CTX_Q, offs_m[None, :], offs_n[:, None], diag, mods,
                          _doc_starts(mods, offs_m, N_CTX_Q, -1, DOCS)[None, :], ds_k[:, None], CAUSAL, WINDOW, DOCS)
             pT = tl.where(keep, pT, 0.0)
-        do = load_rows(row_cursor(DO, rows, offs_d, TMA), start_m, rows, N_CTX_Q, offs_d, HEAD_DIM, BLOCK_D, False,
-                       TMA)
+        do = load_rows(do_cur, start_m, offs_m, N_CTX_Q, offs_d, HEAD_DIM, BLOCK_D, MASK, TMA)
         dv = tl.dot(pT.to(do.dtype), do, dv, input_precision=DOT_PRECISION)  # dV_j += P^T dO_i
-        delta = tl.load(Delta + rows)
+        if MASK:
+            delta = tl.load(Delta + offs_m, mask=offs_m < N_CTX_Q, other=0.0)
+        else:
+            delta = tl.load(Delta + offs_m)
         # dS^T = P^T * (dP^T - Delta), dP^T = V dO^T
         dpT = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
         dsT = pT * (dpT - delta[None, :])
@@ -466,6 +466,8 @@ def _attn_bwd_dkdv_inner(dk, dv, k, v, Q, DO, LSE, LSUM, Delta, lo, full_lo, ful
             dsT = dsT * dtanhT
         dsT = dsT.to(q.dtype)
         dk = tl.dot(dsT, q, dk, input_precision=DOT_PRECISION)  # dK_j += dS^T Q_i (sm_scale at the end)
+        q_cur = advance(q_cur, Q, BLOCK_M, TMA)
+        do_cur = advance(do_cur, DO, BLOCK_M, TMA)
     return dk, dv
 
 
@@ -494,25 +496,25 @@ def _attn_bwd_dkdv_block(start_n, Q, q_strides, DO, do_strides, K, V, DK, DV, LS
     diag = N_CTX_K - N_CTX_Q  # query i sees keys j <= i + diag
     ds_k = _doc_starts(mods, offs_n, N_CTX_K, -2, DOCS)  # -2: keys past the end match no row
     if WINDOW or DOCS:  # the Q rows that see this block: i sees key j iff j - diag - right <= i <= j - diag + left
-        lo, full_lo, full_hi, hi = _band(start_n * BLOCK_N, tl.minimum(start_n * BLOCK_N + BLOCK_N, N_CTX_K) - 1,
-                                         N_CTX_Q, -diag, mods[2], mods[1], mods[5], mods[6], DOCS, BLOCK_M)
+        lo, mid, end, stop = _band(start_n * BLOCK_N, tl.minimum(start_n * BLOCK_N + BLOCK_N, N_CTX_K) - 1, N_CTX_Q,
+                                   -diag, mods[2], mods[1], mods[5], mods[6], DOCS, BLOCK_M)
     elif SKIP:
         if CAUSAL:
-            # rows before lo see no key of this block (skipped); rows from full see all of it. [lo, full_lo) is the
+            # rows before lo see no key of this block (skipped); rows from full see all of it. [lo, mid) is the
             # masked band, rounded up to whole steps of BLOCK_M.
             lo = tl.maximum(start_n * BLOCK_N - diag, 0)
             full = tl.maximum(start_n * BLOCK_N + BLOCK_N - 1 - diag, 0)
-            full_lo = lo + (full - lo + BLOCK_M - 1) // BLOCK_M * BLOCK_M
+            mid = lo + (full - lo + BLOCK_M - 1) // BLOCK_M * BLOCK_M
         else:
             lo = 0
-            full_lo = 0
+            mid = 0
     else:  # rungs 3-5: every Q block is visited, every one masked
         lo = 0
-        full_lo = tl.cdiv(N_CTX_Q, BLOCK_M) * BLOCK_M
+        mid = tl.cdiv(N_CTX_Q, BLOCK_M) * BLOCK_M
     if not (WINDOW or DOCS):
-        # [full_lo, full_hi): whole unmasked steps; [full_hi, N_CTX_Q): the ragged last step, masked
-        full_hi = full_lo + tl.maximum(N_CTX_Q - full_lo, 0) // BLOCK_M * BLOCK_M
-        hi = N_CTX_Q
+        # [mid, end): whole unmasked steps; [end, N_CTX_Q): the ragged last step, masked
+        end = mid + tl.maximum(N_CTX_Q - mid, 0) // BLOCK_M * BLOCK_M
+        stop = N_CTX_Q
     for g in range(GROUP):  # the query heads sharing this kv head
         off_h = off_hkv * GROUP + g
         if VARLEN:
@@ -523,11 +525,17 @@ def _attn_bwd_dkdv_block(start_n, Q, q_strides, DO, do_strides, K, V, DK, DV, LS
             mods = (mods[0], mods[1], mods[2], mods[3], tl.load(ALIBI_SLOPES + off_h), mods[5], mods[6])
         Qh = head_source(Q, q_strides, off_z, off_h, N_CTX_Q, HEAD_DIM, BLOCK_M, BLOCK_D, TMA)
         DOh = head_source(DO, do_strides, off_z, off_h, N_CTX_Q, HEAD_DIM, BLOCK_M, BLOCK_D, TMA)
-        # its rows that see this block, in one loop: masked steps in the band and at the end, unmasked between
-        dk, dv = _attn_bwd_dkdv_inner(dk, dv, k, v, Qh, DOh, LSE + rows, LSUM + rows, Delta + rows, lo, full_lo,
-                                      full_hi, hi, offs_n, offs_m0, offs_d, sm_scale, diag, N_CTX_Q, mods, ds_k,
-                                      HEAD_DIM, BLOCK_D, BLOCK_M, CAUSAL, DEFER, DOT_PRECISION, TMA, WINDOW, SOFTCAP,
-                                      ALIBI, DOCS)
+        for stage in tl.static_range(3):  # the masked band, the unmasked rows, the ragged last step
+            if stage == 0:
+                s_lo, s_hi = lo, mid
+            elif stage == 1:
+                s_lo, s_hi = mid, end
+            else:
+                s_lo, s_hi = end, stop
+            dk, dv = _attn_bwd_dkdv_inner(dk, dv, k, v, Qh, DOh, LSE + rows, LSUM + rows, Delta + rows, s_lo, s_hi,
+                                          offs_n, offs_m0, offs_d, sm_scale, diag, N_CTX_Q, mods, ds_k, HEAD_DIM,
+                                          BLOCK_D, BLOCK_M, stage != 1, CAUSAL, DEFER, DOT_PRECISION, TMA, WINDOW,
+                                          SOFTCAP, ALIBI, DOCS)
     dk *= sm_scale  # S = sm_scale * Q K^T
     store_rows(row_cursor(DK, offs_n, offs_d, False), dk.to(k.dtype), start_n * BLOCK_N, offs_n, N_CTX_K, offs_d,
                HEAD_DIM, BLOCK_D, False)
