@@ -211,20 +211,28 @@ def sm_count(device: torch.device) -> int:
 def choose_tile(programs: int, capacity: int, page_size: int, elt: int, block_d: int, sms: int) -> tuple[int, int]:
     """(BLOCK_N, stages) for a decode launch of ``programs`` (batch * kv_heads * m_tiles) over ``capacity`` keys.
 
-    Measured on an H200 (results/h200-decode-tiles, bf16, d128, one query): 128-key blocks with 3 stages (one
-    program per SM, 192 KiB of K/V in flight) stream fastest once every SM gets at least one block; when the
-    cache is too short for that, 64-key blocks with 2 stages (two programs per SM) give the splits more blocks
-    to share. fp32 keeps 32-key blocks. Pages of 64 keys and more leave the block as it is (a 128-key block reads
-    two 64-key pages, each key row finding its page: 1.00-1.24x faster than 64-key blocks on 64-key pages,
-    results/h200-decode-tiles-paged64); smaller pages cap the block at the page (not measured across them). The
-    stages shrink to fit the shared-memory budget (head dim 256: 64-key blocks, 2 stages)."""
+    Measured on an H200 (bf16, d128, one query; docs/performance.md, "Decode: tiles and splits"):
+    - 128-key blocks with 3 stages (one program per SM, 192 KiB of K/V in flight) stream fastest once every SM
+      gets at least one block (results/h200-decode-tiles); when the cache is too short for that, 64-key blocks
+      with 2 stages (two programs per SM) give the splits more blocks to share. fp32 keeps 32-key blocks.
+    - A short contiguous cache (at most 8 blocks of 128 keys) with at least two programs per SM: 64-key blocks,
+      2 stages, several programs resident per SM (1k keys, batch 64: 65 us against 73 us for 128/3;
+      results/h200-decode-tiles-1k).
+    - A paged cache caps the block at its page (a block never spans pages), except pages of 64 keys and more
+      when the programs fill every SM: there a 128-key block reads two pages, each key row finding its own, at
+      1.00-1.03x the contiguous cache's time against 1.06-1.26x for page-sized blocks (batch 64 and 256,
+      results/h200-decode-v3 against h200-decode-v2). With fewer programs the split programs need the page-sized
+      blocks' two programs per SM: 128-key blocks made those points 1.4-1.6x slower (h200-decode-v3).
+    The stages shrink to fit the shared-memory budget (head dim 256: 64-key blocks, 2 stages)."""
     if elt >= 4:
         block_n, stages = 32, 3
-    elif programs * triton.cdiv(capacity, 128) >= sms:
-        block_n, stages = 128, 3
-    else:
+    elif programs * triton.cdiv(capacity, 128) < sms:
         block_n, stages = 64, 2
-    if page_size and page_size < 64:
+    elif not page_size and capacity <= 8 * 128 and programs >= 2 * sms:
+        block_n, stages = 64, 2
+    else:
+        block_n, stages = 128, 3
+    if page_size and (page_size < 64 or programs < sms):
         block_n = min(block_n, page_size)
         stages = stages if block_n >= 128 else min(stages, 2 if elt < 4 else 3)
     while stages * 2 * block_n * block_d * elt > SMEM_BUDGET:  # fewer stages down to 2, then smaller blocks

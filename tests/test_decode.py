@@ -110,9 +110,14 @@ def test_tiles_follow_the_cache_and_fit_shared_memory():
     assert choose_tile(programs=8, capacity=1024, page_size=0, elt=2, block_d=128, sms=132) == (64, 2)
     assert choose_tile(programs=8, capacity=16384, page_size=0, elt=4, block_d=128, sms=132) == (32, 3)
     assert choose_tile(programs=512, capacity=4096, page_size=16, elt=2, block_d=128, sms=132) == (16, 2)
-    # pages of 64 keys and more do not cap the block: a 128-key block reads two 64-key pages
+    # pages of 64 keys and more do not cap the block once the programs fill the SMs: 128 keys read two pages
     assert choose_tile(programs=512, capacity=4096, page_size=64, elt=2, block_d=128, sms=132) == (128, 3)
+    # fewer programs (split over the keys): the page caps the block, two programs per SM
+    assert choose_tile(programs=128, capacity=16384, page_size=64, elt=2, block_d=128, sms=132) == (64, 2)
     assert choose_tile(programs=8, capacity=1024, page_size=64, elt=2, block_d=128, sms=132) == (64, 2)
+    # a short contiguous cache with many programs: 64-key blocks, 2 stages (several programs per SM)
+    assert choose_tile(programs=512, capacity=1024, page_size=0, elt=2, block_d=128, sms=132) == (64, 2)
+    assert choose_tile(programs=128, capacity=1024, page_size=0, elt=2, block_d=128, sms=132) == (128, 3)
     # head dim 256: 3 stages of 128 x 256 K and V would not fit, nor 2; 2 stages of 64 keys do
     block_n, stages = choose_tile(programs=512, capacity=4096, page_size=0, elt=2, block_d=256, sms=132)
     assert (block_n, stages) == (64, 2) and stages * 2 * block_n * 256 * 2 <= SMEM_BUDGET
