@@ -14,6 +14,8 @@ VARIANTS = "h200-variants"  # issue 18: the variants preset, fp16 and bf16
 HEADLINE = "h200-headline"  # issue 20: the paper's shapes at d64-256 on the H200, six providers
 LADDER = "h200-ablation-2"  # issue 20: the FA1 -> FA2 -> FA3 ladder on the H200 (the graph timer fixed)
 RERUN = "h200-headline-rerun-2"  # issue 20: its fp16 d128 fa2 and cuDNN points again, on the same card
+SAME_CARD = ("h200-headline-rerun-3", "h200-headline-rerun-4")  # issue 20: the subset twice in one lease
+FA3_BWD = "h200-fa3-bwd"  # issue 23: the Gluon backward against fa2 and cuDNN
 NAMES = {"fa2": "fa2", "sdpa-cudnn": "cuDNN", "sdpa-flash": "flash"}
 
 

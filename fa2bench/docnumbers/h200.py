@@ -1,13 +1,13 @@
-"""Blocks from the H200 runs: the headline (the paper's shapes, six providers) and its rerun, the first result
-on a fresh machine, and decoding."""
+"""Blocks from the H200 runs: the headline (the paper's shapes, six providers) and its rerun, the ladder to FA3 and
+fa3's backward, the first result on a fresh machine, and decoding."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import pandas as pd
 
-from fa2bench.docnumbers.data import (DECODE, DECODE_BEFORE, FIRST, HEADLINE, LADDER, PLAIN, RERUN, SECOND, SPLITS, TOP,
-                                      kilo, load, ok_rows, read_meta)
+from fa2bench.docnumbers.data import (DECODE, DECODE_BEFORE, FA3_BWD, FIRST, HEADLINE, LADDER, PLAIN, RERUN,
+                                      SAME_CARD, SECOND, SPLITS, TOP, kilo, load, ok_rows, read_meta)
 from fa2bench.docnumbers.h100 import ablation_fa1, ablation_steps, ablation_versus, top_table, versus_cudnn
 from fa2bench.read.summary import geomean
 
@@ -29,31 +29,45 @@ def headline_table(root: Path) -> str:
 
 def headline_rerun(root: Path) -> str:
     """The rerun's points against the headline's (``fa2bench compare``), split by how each was timed."""
-    from fa2bench.read.compare import compare
-
-    result = compare(load(root, HEADLINE), load(root, RERUN))
-    table, regraphed = result.table, result.retimed
-    alike = table.drop(regraphed.index)
-    agree = alike["verdict"].isin(("same", "noise"))
-    off = alike.loc[~agree]
-    worst = (alike["ratio"] - 1).abs().max()
     cards = [read_meta(root, run)["gpus"][0].get("uuid") for run in (HEADLINE, RERUN)]
     card = ("the same card" if None not in cards and cards[0] == cards[1] else
             "another H200" if None not in cards else "an H200 (meta.json does not record whether the same card)")
-    parts = [f"Rerun on {card} (`{RERUN}`, {len(table)} points: fp16, head dim 128, fa2 and cuDNN, fwd and "
-             f"bwd, causal both, 512 to 16k tokens): of the {len(alike)} points timed the same way both times, "
-             f"{int(agree.sum())} agree within 5% or within the spreads the suite reports (`fa2bench compare`: same "
-             f"or noise), the largest difference {100 * worst:.1f}%"]
+    return _agreement(root, HEADLINE, RERUN, f"Rerun on {card} (`{RERUN}`")
+
+
+def same_card(root: Path) -> str:
+    """Two reruns of the subset back to back, on a card both meta.json files name by its UUID."""
+    cards = {read_meta(root, run)["gpus"][0].get("uuid") for run in SAME_CARD}
+    card = "one card (the same GPU UUID in both meta.json files)" if len(cards) == 1 and None not in cards else \
+        "one lease (meta.json does not show the same card)"
+    return _agreement(root, *SAME_CARD, f"Two reruns back to back on {card} (`{SAME_CARD[0]}`, `{SAME_CARD[1]}`")
+
+
+def _agreement(root: Path, first: str, second: str, opening: str) -> str:
+    """``second``'s points against ``first``'s (``fa2bench compare``): the points timed alike, how many agree within
+    the noise the suite reports and which do not, and the points the two runs timed differently."""
+    from fa2bench.read.compare import compare
+
+    result = compare(load(root, first), load(root, second))
+    table, retimed = result.table, result.retimed
+    alike = table.drop(retimed.index)
+    agree = alike["verdict"].isin(("same", "noise"))
+    off = alike.loc[~agree]
+    worst = (alike["ratio"] - 1).abs().max()
+    parts = [f"{opening}, {len(table)} points: fp16, head dim 128, fa2 and cuDNN, fwd and bwd, causal both, 512 to "
+             f"16k tokens): of the {len(alike)} points timed the same way both times, {int(agree.sum())} agree within "
+             f"5% or within the spreads the suite reports (`fa2bench compare`: same or noise), the largest difference "
+             f"{100 * worst:.1f}%"]
     if len(off):
         parts.append(("the other: " if len(off) == 1 else "the others: ") + ", ".join(
             f"{r.provider} {r.mode} {r.seqlen_q} tokens{' causal' if r.causal else ''} {r.ratio:.2f}x"
             for r in off.itertuples()))
-    if len(regraphed):
+    if len(retimed):
         spans = [f"its {len(f)} {mode} points {f['ratio'].min():.2f}x to {f['ratio'].max():.2f}x"
-                 for mode, f in regraphed.groupby("mode", sort=False)]
-        parts.append(f"the rerun timed {len(regraphed)} points with the CUDA graph instead (the host could not keep "
-                     f"up with them under the current `auto` rule), against the first run's plain times: "
-                     + " and ".join(spans))
+                 for mode, f in retimed.groupby("mode", sort=False)]
+        parts.append(f"{len(retimed)} points were timed with the CUDA graph in one run and plainly in the other (the "
+                     f"`auto` rule switches where the host's time to issue a call nears the call's), the second "
+                     f"against the first: " + " and ".join(spans))
     return "; ".join(parts) + "."
 
 
@@ -79,6 +93,22 @@ def ladder_fa1(root: Path) -> str:
 
 def ladder_steps(root: Path) -> str:
     return ablation_steps(root, LADDER)
+
+
+def fa3_backward(root: Path) -> str:
+    """fa3's Gluon backward against fa2's and cuDNN's, per head dim: the range of the time ratios over the run's
+    points (fp16, both masks, 2k and 8k)."""
+    frame = ok_rows(load(root, FA3_BWD))
+    ms = frame.pivot_table(index=["headdim", "causal", "seqlen_q"], columns="provider", values="ms")
+    parts = []
+    for d, sub in ms.groupby(level="headdim"):
+        fa2, cudnn, atomic = (sub[p] / sub["fa3"] for p in ("fa2", "sdpa-cudnn", "fa3-dq-atomic"))
+        parts.append(f"head dim {d}: {fa2.min():.2f}-{fa2.max():.2f}x the speed of `fa2`, {cudnn.min():.2f}-"
+                     f"{cudnn.max():.2f}x cuDNN's; its atomic-dQ variant {atomic.min():.2f}-{atomic.max():.2f}x the "
+                     f"deterministic one's time")
+    return (f"In [`results/{FA3_BWD}`](results/{FA3_BWD}) ({len(frame)} points ok: fp16, fwd pass not timed, "
+            f"{', '.join(kilo(n) for n in sorted(set(frame['seqlen_q'])))} tokens, causal both) fa3's backward runs at "
+            + "; ".join(parts))
 
 
 # --- the first result (results/h200-default-run1, -run2) --------------------------------------------------
