@@ -106,9 +106,11 @@ def fa3_backward(root: Path) -> str:
         parts.append(f"head dim {d}: {fa2.min():.2f}-{fa2.max():.2f}x the speed of `fa2`, {cudnn.min():.2f}-"
                      f"{cudnn.max():.2f}x cuDNN's; its atomic-dQ variant {atomic.min():.2f}-{atomic.max():.2f}x the "
                      f"deterministic one's time")
-    return (f"In [`results/{FA3_BWD}`](results/{FA3_BWD}) ({len(frame)} points ok: fp16, fwd pass not timed, "
-            f"{', '.join(kilo(n) for n in sorted(set(frame['seqlen_q'])))} tokens, causal both) fa3's backward runs at "
-            + "; ".join(parts))
+    commit = read_meta(root, FA3_BWD)["git"]["commit"][:7]
+    lengths = " and ".join(kilo(n) for n in sorted(set(frame["seqlen_q"])))
+    return (f"In [`results/{FA3_BWD}`](results/{FA3_BWD}) ({len(frame)} points ok: fp16, the backward pass alone, "
+            f"{lengths} tokens, causal both; at `{commit}`, whose fa2 backward held the one-loop dK/dV kernel, since "
+            f"reverted as slower) fa3's backward runs at " + "; ".join(parts))
 
 
 # --- the first result (results/h200-default-run1, -run2) --------------------------------------------------
