@@ -84,7 +84,8 @@ sequence lengths, GQA/MQA, head dims 16..256, causal and not, non-contiguous inp
 80GB HBM3 with Triton 3.6 and torch 2.11 passes tests/test_kernels_gpu.py (fp16 and bf16 up to seqlen 8k, head
 dims 64/128/256, GQA/MQA, every autotune config forced, repeated runs bit-equal; every Variant path at
 d64/128/256 in fp16 and bf16, every config on the TMA path). Those GPU runs predate the tile-loader redesign,
-which compiles for sm_90 (tools/compile_sm90.py, Triton 3.6) to the same registers and spills as before.
+which compiles for sm_90 (`python -m fa2bench.profiling.compile_sm90`, Triton 3.6) to the same registers and spills
+as before.
 Autotune spaces and the shared-memory budget live in kernels/configs.py (read by the IO model too).
 """
 from __future__ import annotations

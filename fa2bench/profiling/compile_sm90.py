@@ -9,8 +9,8 @@ Sequence lengths stay runtime ints in these kernels, so one compile per (kernel,
 ``compile_gluon`` does the same for a Gluon kernel (``triton.experimental.gluon``, Triton >= 3.6), whose source
 class differs, and ``sass`` disassembles a compiled kernel (to look for HGMMA or SETMAXNREG):
 
-    python3 tools/compile_sm90.py --kernel fa3 --headdim 128 --causal
-    python3 tools/compile_sm90.py --kernel fa3-bwd --headdim 128 --causal   # fa3's dK/dV and dQ kernels
+    python -m fa2bench.profiling.compile_sm90 --kernel fa3 --headdim 128 --causal
+    python -m fa2bench.profiling.compile_sm90 --kernel fa3-bwd --headdim 128 --causal   # fa3's dK/dV and dQ kernels
 """
 from __future__ import annotations
 
