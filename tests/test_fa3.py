@@ -35,6 +35,14 @@ def _gluon_hopper_problem() -> str | None:
     return None
 
 
+def _stack_budget(on_triton36: int, newer: int) -> int:
+    """Spill-stack bytes a compiled kernel may have: its budget under Triton 3.6 (the GPU image's, where the kernels
+    run), or the largest a newer Triton's bundled ptxas was seen to need (recorded, not to grow)."""
+    import triton
+
+    return on_triton36 if triton.__version__.startswith("3.6.") else newer
+
+
 def compile_fa3(*args: str, kernel: str = "fa3") -> str:
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     out = subprocess.run([sys.executable, "-m", "fa2bench.profiling.compile_sm90", "--kernel", kernel, *args],
@@ -87,28 +95,29 @@ def test_pingpong_kernel_gives_each_consumer_warpgroup_240_registers_and_waits_a
                                   ("--headdim", "64", "--causal", "--dtype", "bf16"), ("--headdim", "64")],
                          ids=["d128-fp16-causal", "d128-bf16-full", "d64-bf16-causal", "d64-fp16-full"])
 def test_backward_compiles_for_sm90_with_wgmma_tma_and_register_reallocation(args):
-    """Both backward kernels (dK/dV, dQ): HGMMA, UTMALDG and USETMAXREG in the SASS, no spills (the dK/dV kernel's
-    two accumulators take 128 of the consumers' 240 registers at head dim 128: it spilled until its statistics and
-    its causal mask were rearranged, docs/fa3.md section 7), shared memory within an H100's."""
+    """Both backward kernels (dK/dV, dQ): HGMMA, UTMALDG and USETMAXREG in the SASS, no spills under Triton 3.6, the
+    GPU image's (the dK/dV kernel's two accumulators take 128 of the consumers' 240 registers at head dim 128: it
+    spilled until its statistics and its causal mask were rearranged, docs/fa3.md section 7; Triton 3.9's ptxas
+    spills 8 B of it at d128 causal, which must not grow), shared memory within an H100's."""
     out = compile_fa3(*args, kernel="fa3-bwd")
     lines = {line.split()[1]: line for line in out.splitlines() if line.startswith("fa3 bwd_")}
     assert set(lines) == {"bwd_dkdv", "bwd_dq"}, out
     for line in lines.values():
         assert "FAILED" not in line and "sass HGMMA,USETMAXREG,UTMALDG" in line, out
-        assert "stack 0 " in line, out  # no spills
+        assert int(line.split("stack ")[1].split()[0]) <= _stack_budget(0, 8), out
         assert int(line.split("smem ")[1].split()[0]) <= 227 * 1024, out
 
 
 @pytest.mark.skipif(_gluon_hopper_problem() is not None, reason=str(_gluon_hopper_problem()))
-@pytest.mark.parametrize("args,stack", [(("--headdim", "128", "--causal"), 72),  # 64 B under Triton 3.6, 72 under 3.8
-                                        (("--headdim", "64", "--dtype", "bf16"), 0)],
+@pytest.mark.parametrize("args,stack", [(("--headdim", "128", "--causal"), (64, 152)),  # 72 B under 3.8, 152 under 3.9
+                                        (("--headdim", "64", "--dtype", "bf16"), (0, 0))],
                          ids=["d128-fp16-causal", "d64-bf16-full"])
 def test_atomic_dq_variant_compiles_with_fp32_reductions(args, stack):
     """The dK/dV kernel that also adds dQ (fa3-dq-atomic): REDG (fp32 reductions) in the SASS; at head dim 128 it
     spills a few scalars (stack bytes recorded in docs/fa3.md section 7), which must not grow."""
     out = compile_fa3(*args, "--atomic-dq", kernel="fa3-bwd")
     assert out.startswith("fa3 bwd_dkdv") and "sass HGMMA,REDG,USETMAXREG,UTMALDG" in out, out
-    assert int(out.split("stack ")[1].split()[0]) <= stack, out
+    assert int(out.split("stack ")[1].split()[0]) <= _stack_budget(*stack), out
     assert int(out.split("smem ")[1].split()[0]) <= 227 * 1024, out
 
 
