@@ -29,18 +29,22 @@ def headline_table(root: Path) -> str:
 
 def headline_rerun(root: Path) -> str:
     """The rerun's points against the headline's (``fa2bench compare``), split by how each was timed."""
-    cards = [read_meta(root, run)["gpus"][0].get("uuid") for run in (HEADLINE, RERUN)]
-    card = ("the same card" if None not in cards and cards[0] == cards[1] else
-            "another H200" if None not in cards else "an H200 (meta.json does not record whether the same card)")
+    card = {True: "the same card", False: "another H200",
+            None: "an H200 (meta.json does not record whether the same card)"}[_one_card(root, HEADLINE, RERUN)]
     return _agreement(root, HEADLINE, RERUN, f"Rerun on {card} (`{RERUN}`")
 
 
 def same_card(root: Path) -> str:
     """Two reruns of the subset back to back, on a card both meta.json files name by its UUID."""
-    cards = {read_meta(root, run)["gpus"][0].get("uuid") for run in SAME_CARD}
-    card = "one card (the same GPU UUID in both meta.json files)" if len(cards) == 1 and None not in cards else \
-        "one lease (meta.json does not show the same card)"
+    card = ("one card (the same GPU UUID in both meta.json files)" if _one_card(root, *SAME_CARD) else
+            "one lease (meta.json does not show the same card)")
     return _agreement(root, *SAME_CARD, f"Two reruns back to back on {card} (`{SAME_CARD[0]}`, `{SAME_CARD[1]}`")
+
+
+def _one_card(root: Path, *runs: str) -> bool | None:
+    """Whether the runs ran on one GPU, by the UUID meta.json records (None where a run predates the record)."""
+    cards = [read_meta(root, run)["gpus"][0].get("uuid") for run in runs]
+    return None if None in cards else len(set(cards)) == 1
 
 
 def _agreement(root: Path, first: str, second: str, opening: str) -> str:
