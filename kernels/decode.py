@@ -220,7 +220,7 @@ def choose_tile(programs: int, capacity: int, page_size: int, elt: int, block_d:
       results/h200-decode-tiles-1k).
     - A paged cache caps the block at its page (a block never spans pages), except pages of 64 keys and more
       when the programs fill every SM: there a 128-key block reads two pages, each key row finding its own, at
-      1.00-1.03x the contiguous cache's time against 1.06-1.26x for page-sized blocks (batch 64 and 256,
+      0.99-1.04x the contiguous cache's time against 1.02-1.26x for page-sized blocks (batch 64 and 256,
       results/h200-decode-v3 against h200-decode-v2). With fewer programs the split programs need the page-sized
       blocks' two programs per SM: 128-key blocks made those points 1.4-1.6x slower (h200-decode-v3).
     The stages shrink to fit the shared-memory budget (head dim 256: 64-key blocks, 2 stages)."""
