@@ -110,6 +110,14 @@ def test_the_ncu_command_profiles_only_the_childs_timed_calls_at_the_gpus_own_cl
     assert child[child.index("--seqlen-q") + 1] == "4096" and child[child.index("--batch") + 1] == "4"
 
 
+@pytest.mark.parametrize("shape", [Shape(4, 32, 8, 1, 16384, 128, True, page_size=64, ragged=True),
+                                   Shape(2, 16, 16, 2048, 2048, 64, True, variant="window256+softcap50")])
+def test_the_child_profiles_the_point_it_was_given_paged_ragged_or_a_variant(shape):
+    point = Point("fa2", "fwd", "bf16", shape)
+    _, parsed = ncu.parse_child(ncu.child_args(point, calls=1, warmup=3)[3:])
+    assert parsed == point
+
+
 def test_the_export_reads_the_report_back_as_one_csv_row_per_kernel_in_base_units():
     cmd = ncu.export_command("ncu", Path("r.ncu-rep"))
     assert cmd == ["ncu", "--import", "r.ncu-rep", "--csv", "--page", "raw", "--print-units", "base"]

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from fa2bench.core import providers
+from fa2bench.core import providers, variants
 from fa2bench.core.presets import Point, Shape
 
 
@@ -98,8 +98,8 @@ def child_args(point: Point, calls: int, warmup: int) -> list[str]:
     return ["-m", "fa2bench.profiling.ncu", "child", "--provider", point.provider, "--mode", point.mode,
             "--dtype", point.dtype, "--batch", str(s.batch), "--heads", str(s.heads), "--kv-heads",
             str(s.kv_heads), "--seqlen-q", str(s.seqlen_q), "--seqlen-k", str(s.seqlen_k), "--headdim",
-            str(s.headdim), "--causal", "on" if s.causal else "off", "--calls", str(calls), "--warmup",
-            str(warmup)]
+            str(s.headdim), "--causal", "on" if s.causal else "off", "--page-size", str(s.page_size), "--ragged",
+            "on" if s.ragged else "off", "--variant", s.variant, "--calls", str(calls), "--warmup", str(warmup)]
 
 
 def ncu_command(ncu: str, point: Point, report: Path, metrics: Iterable[str], calls: int = 1, warmup: int = 3,
@@ -298,25 +298,32 @@ def _child_report(output: str) -> dict:
     return {}
 
 
-def child_main(argv: Sequence[str] | None = None) -> int:
-    """The process ncu profiles: warm up (compile, autotune), then ``calls`` calls inside cudaProfilerStart /
-    cudaProfilerStop, then one ``FA2BENCH_PROFILE_CHILD {json}`` line (the provider's config, or the error)."""
+def parse_child(argv: Sequence[str] | None) -> tuple[argparse.Namespace, Point]:
+    """The child's arguments (``child_args`` less its first three) and the point they name."""
     parser = argparse.ArgumentParser(prog="python -m fa2bench.profiling.ncu child")
     for name in ("--provider", "--mode", "--dtype"):
         parser.add_argument(name, required=True)
     for name in ("--batch", "--heads", "--kv-heads", "--seqlen-q", "--seqlen-k", "--headdim"):
         parser.add_argument(name, type=int, required=True)
     parser.add_argument("--causal", choices=("off", "on"), default="off")  # one point: fa2bench's spelling
+    parser.add_argument("--page-size", type=int, default=0)
+    parser.add_argument("--ragged", choices=("off", "on"), default="off")
+    parser.add_argument("--variant", default=variants.DENSE)
     parser.add_argument("--calls", type=int, default=1)
     parser.add_argument("--warmup", type=int, default=3)
     a = parser.parse_args(argv)
-    a.causal = a.causal == "on"
+    a.causal, a.ragged = a.causal == "on", a.ragged == "on"
+    return a, Point(a.provider, a.mode, a.dtype, Shape.from_row(vars(a)))
+
+
+def child_main(argv: Sequence[str] | None = None) -> int:
+    """The process ncu profiles: warm up (compile, autotune), then ``calls`` calls inside cudaProfilerStart /
+    cudaProfilerStop, then one ``FA2BENCH_PROFILE_CHILD {json}`` line (the provider's config, or the error)."""
+    a, point = parse_child(argv)
     import torch
 
     from fa2bench.profiling.profile import call_once, prepare
 
-    shape = Shape.from_row(a)
-    point = Point(a.provider, a.mode, a.dtype, shape)
     try:
         call, grads = prepare(point)
         for _ in range(max(a.warmup - 1, 0)):
