@@ -17,6 +17,7 @@ import torch
 import triton
 from typer.testing import CliRunner
 
+from tests.conftest import DEVICE
 from fa2bench import cli
 from fa2bench.cli import profile as cli_profile
 
@@ -108,6 +109,14 @@ def test_the_ncu_command_profiles_only_the_childs_timed_calls_at_the_gpus_own_cl
     assert child[:3] == ["-m", "fa2bench.profiling.ncu", "child"]
     assert "--causal" in child and child[child.index("--calls") + 1] == "2"
     assert child[child.index("--seqlen-q") + 1] == "4096" and child[child.index("--batch") + 1] == "4"
+
+
+@pytest.mark.parametrize("provider", ["fa2-decode", "torch-eager"])
+def test_a_profiled_decode_point_calls_the_provider_on_a_kv_cache(provider):
+    shape = Shape(2, 4, 2, 1, 40, 16, True, page_size=16 if provider == "fa2-decode" else 0)
+    call, grads = prof.prepare(Point(provider, "decode", "fp32", shape), device=DEVICE)
+    out = call()
+    assert grads is None and tuple(out.shape) == (2, 1, 4, 16)
 
 
 @pytest.mark.parametrize("shape", [Shape(4, 32, 8, 1, 16384, 128, True, page_size=64, ragged=True),

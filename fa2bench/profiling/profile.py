@@ -109,9 +109,14 @@ def default_out(point: Point) -> Path:
 
 def prepare(point: Point, device: str = "cuda"):
     """``(call, grads)`` for ``point`` as the runner times it, after one call (compilation, autotuning)."""
-    from fa2bench.run.point import make_inputs, timed_call
+    from fa2bench.run.point import decode_call, make_inputs, timed_call
 
     provider = providers.get(point.provider)
+    if point.mode == "decode":  # fn(cache) on a KV cache, as the runner times it
+        fn, inputs = decode_call(point, provider, device)
+        cache = inputs()
+        call_once(lambda: fn(cache), None)
+        return (lambda: fn(cache)), None
     fn = provider.make(point.shape)
     q, k, v = make_inputs(point.shape, point.dtype, device, point.mode != "fwd", provider.layout)
     call, grads = timed_call(fn, q, k, v, point.mode)

@@ -212,6 +212,21 @@ def _check_and_time(point: Point, provider: providers.Provider, row: dict, opts:
         release()
 
 
+def decode_call(point: Point, provider: providers.Provider, device: str):
+    """``(fn, inputs)`` for a decode point: ``fn(cache)`` runs the provider on a cache, ``inputs()`` draws a fresh
+    cache (contiguous or paged, uniform or ragged) of the point's shape."""
+    shape = point.shape
+
+    def inputs():
+        return make_decode_inputs(shape.batch, shape.heads, shape.kv_heads, shape.seqlen_q, shape.seqlen_k,
+                                  shape.headdim, shape.page_size, shape.ragged, precision.torch_dtype(point.dtype),
+                                  device)
+
+    if provider.decode == "native":
+        return provider.make(shape), inputs
+    return decode_adapter(provider.make(attention_shape(shape))), inputs
+
+
 def _check_and_time_decode(point: Point, provider: providers.Provider, row: dict, opts: RunOptions,
                            device_peaks: dict[str, float | None]) -> dict:
     """A decode point: a fresh KV cache (contiguous or paged, uniform or ragged), the check against the decode
@@ -219,18 +234,10 @@ def _check_and_time_decode(point: Point, provider: providers.Provider, row: dict
     shape = point.shape
     caught: list[warnings.WarningMessage] = []
     started = time.perf_counter()
-
-    def inputs():
-        return make_decode_inputs(shape.batch, shape.heads, shape.kv_heads, shape.seqlen_q, shape.seqlen_k,
-                                  shape.headdim, shape.page_size, shape.ragged, precision.torch_dtype(point.dtype), opts.device)
-
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            if provider.decode == "native":
-                fn = provider.make(shape)
-            else:
-                fn = decode_adapter(provider.make(attention_shape(shape)))
+            fn, inputs = decode_call(point, provider, opts.device)
             if opts.check:
                 verdict = check_decode(fn, inputs(), shape.causal, tf32=point.dtype == "tf32")
                 row["max_rel_error"] = verdict.max_rel_error
