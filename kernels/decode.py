@@ -27,9 +27,10 @@ query blocks has nothing to split:
    never visited. The cache is either contiguous, (batch, kv_len, kv_heads, head_dim), or paged,
    (num_pages, page_size, kv_heads, head_dim) with a ``block_table`` (batch, max_pages_per_seq) int32: page
    ``p`` of sequence ``b`` holds its keys ``[p * page_size, (p + 1) * page_size)``. Both layouts index a key by
-   (page or batch, row, kv head): the constexpr ``PAGED`` switch only changes where a key row is. A block no
-   larger than the page lies in one page (both are powers of two) and reads one table entry; a larger block
-   spans several pages and each key row reads its own. Page sizes: powers of two from 16 to 256.
+   (page or batch, row, kv head): the constexpr ``PAGED`` switch only changes where a key row is, each row
+   reading its page id from the table, so a block may span pages (a block inside one page loads one entry for
+   all its rows; a scalar load for that case spilled a register at page 256 under Triton 3.6 with the deeper
+   pipeline below). Page sizes: powers of two from 16 to 256.
    The K/V address then depends on a block-table load in the same loop iteration, and Triton's pipeliner
    shares ``num_stages - 1`` among such a chain of loads: the paged launch asks for ``2 * stages - 1`` so that
    its K/V blocks are buffered as deeply as the contiguous cache's (``triton_stages``).
@@ -71,12 +72,7 @@ def _decode_inner(acc, l_i, m_i, q, K, V, table_row, lo, hi, limit, seqlen, off_
     d_ok = offs_d[None, :] < HEAD_DIM
     for start_n in range(lo, hi, BLOCK_N):
         cols = start_n + offs_n
-        if PAGED and BLOCK_N <= PAGE_SIZE:  # BLOCK_N divides PAGE_SIZE: the block lies in one page
-            page = tl.load(table_row + start_n // PAGE_SIZE).to(tl.int64)
-            rows = (start_n % PAGE_SIZE + offs_n).to(tl.int64)
-            k_off = page * stride_kb + rows[:, None] * stride_kn + offs_d[None, :]
-            v_off = page * stride_vb + rows[:, None] * stride_vn + offs_d[None, :]
-        elif PAGED:  # the block spans BLOCK_N // PAGE_SIZE pages: each key row finds its page in the table
+        if PAGED:  # each key row finds its page in the table (a block may span pages)
             pages = tl.load(table_row + cols // PAGE_SIZE, mask=cols < seqlen, other=0).to(tl.int64)
             rows = (cols % PAGE_SIZE).to(tl.int64)
             k_off = pages[:, None] * stride_kb + rows[:, None] * stride_kn + offs_d[None, :]
@@ -221,9 +217,11 @@ def choose_tile(programs: int, capacity: int, elt: int, block_d: int, sms: int) 
     - 128-key blocks with 3 stages (one program per SM, two 64 KiB K/V buffers) stream fastest once every SM
       gets at least one block (results/h200-decode-tiles); when the cache is too short for that, 64-key blocks
       with 2 stages (two programs per SM) give the splits more blocks to share. fp32 keeps 32-key blocks.
-    - A short cache (at most 8 blocks of 128 keys) with at least two programs per SM: 64-key blocks, 2 stages,
-      several programs resident per SM (1k keys, batch 64: 65 us against 73 us for 128/3;
-      results/h200-decode-tiles-1k).
+    - A short cache (at most 8 blocks of 128 keys): 64-key blocks, 2 stages, several programs resident per SM,
+      unless the programs come to about one per SM (more than half the SMs, fewer than twice them), where
+      128/3 with no split is fastest. 1k keys (results/h200-decode-tiles-1k): batch 64, 65 us against 73 us
+      for 128/3; batch 4 (32 programs, 8 splits), 11.3 us against 12.0 us for 128/3 with 4 splits; batch 16
+      (128 programs), 128/3 20.9 us, every 64-key tiling 21.1 us or more.
     - A paged cache takes the same tiles: a block larger than a page reads several (each key row finds its
       own), and with the K/V loads buffered as deeply as the contiguous path's (``triton_stages``) nothing in
       the tiling depends on the page. Earlier, page-capped blocks cost 1.02-1.26x the contiguous time and
@@ -234,7 +232,7 @@ def choose_tile(programs: int, capacity: int, elt: int, block_d: int, sms: int) 
         block_n, stages = 32, 3
     elif programs * triton.cdiv(capacity, 128) < sms:
         block_n, stages = 64, 2
-    elif capacity <= 8 * 128 and programs >= 2 * sms:
+    elif capacity <= 8 * 128 and not sms // 2 < programs < 2 * sms:
         block_n, stages = 64, 2
     else:
         block_n, stages = 128, 3
@@ -255,8 +253,8 @@ def triton_stages(stages: int, paged: bool) -> int:
     each: K and V are single-buffered and the copy of block i+1 is issued after block i is read, then awaited
     at once (nothing overlaps it); with 2 the table load is not pipelined at all and stays synchronous inside
     the loop. ``2 * stages - 1`` gives both ``stages - 1``: the K/V buffers and the ``async_wait`` depth then
-    match the contiguous launch at ``stages`` (tools/decode_ttgir.py counts them in the TTGIR), for 32 more
-    bytes of shared memory per stage at most (the page ids)."""
+    match the contiguous launch at ``stages`` (tools/decode_ttgir.py counts them in the TTGIR), for BLOCK_N * 4
+    more bytes of shared memory per buffer (the page ids)."""
     return 2 * stages - 1 if paged else stages
 
 

@@ -110,9 +110,11 @@ def test_tiles_follow_the_cache_and_fit_shared_memory():
     assert choose_tile(programs=8, capacity=1024, elt=2, block_d=128, sms=132) == (64, 2)
     assert choose_tile(programs=8, capacity=16384, elt=4, block_d=128, sms=132) == (32, 3)
     assert choose_tile(programs=512, capacity=4096, elt=2, block_d=128, sms=132) == (128, 3)
-    # a short cache with many programs: 64-key blocks, 2 stages (several programs per SM)
+    # a short cache: 64-key blocks, 2 stages (several programs per SM), except about one program per SM
     assert choose_tile(programs=512, capacity=1024, elt=2, block_d=128, sms=132) == (64, 2)
+    assert choose_tile(programs=32, capacity=1024, elt=2, block_d=128, sms=132) == (64, 2)
     assert choose_tile(programs=128, capacity=1024, elt=2, block_d=128, sms=132) == (128, 3)
+    assert choose_tile(programs=32, capacity=2048, elt=2, block_d=128, sms=132) == (128, 3)
     # head dim 256: 3 stages of 128 x 256 K and V would not fit, nor 2; 2 stages of 64 keys do
     block_n, stages = choose_tile(programs=512, capacity=4096, elt=2, block_d=256, sms=132)
     assert (block_n, stages) == (64, 2) and stages * 2 * block_n * 256 * 2 <= SMEM_BUDGET
