@@ -5,9 +5,9 @@
 
 ``before`` is kernels/decode.py as of a git revision, loaded beside today's (same package, so its relative
 imports resolve); ``after`` is the working tree's. A contiguous cache is timed with today's kernel only (its
-launch did not change), and each paged row carries its time over that one (``vs_contiguous``). ``--tiles`` adds
-rows for fixed (BLOCK_N, warps, stages) tilings of today's kernel on contiguous caches (the short-cache study),
-at the split count the plan gives each tiling.
+launch is unchanged above 1k keys), and each paged row carries its time over that one (``vs_contiguous``).
+``--tiles`` adds rows on contiguous caches for the short-cache study: each kernel's own plan, and fixed
+(BLOCK_N, warps, stages) tilings of today's kernel at the split count the plan gives each tiling.
 """
 from __future__ import annotations
 
@@ -116,7 +116,9 @@ def main(argv=None) -> None:
             batches, kv_len, tiles = a.tiles.split(":")
             for batch in ints(batches):
                 time_it = timer(after, batch, a.heads, a.kv_heads, int(kv_len), 0, a.rep_ms)
-                rows.append({**time_it(), "kernel": "plan"})
+                rows.append({**timer(before, batch, a.heads, a.kv_heads, int(kv_len), 0, a.rep_ms)(),
+                             "kernel": "plan before"})
+                rows.append({**time_it(), "kernel": "plan after"})
                 for tile in tiles.split(","):
                     rows.append({**time_it(tuple(ints(tile.replace("/", ",")))), "kernel": f"tiles {tile}"})
                 save()
