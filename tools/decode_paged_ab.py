@@ -23,6 +23,7 @@ import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+DEVICE = "cuda"  # a CPU dry run of the script's plumbing sets "cpu" (with TRITON_INTERPRET=1)
 
 
 def load_before(rev: str, folder: Path):
@@ -51,7 +52,8 @@ def timer(module, batch: int, heads: int, kv_heads: int, kv_len: int, page: int,
     nbytes = compulsory_bytes(batch, heads, kv_heads, 1, kv_len, 128, False, 2)
 
     def inputs():
-        return make_inputs(batch, heads, kv_heads, 1, kv_len, 128, page, False, torch.bfloat16, "cuda")
+        return make_inputs(batch, heads, kv_heads, 1, kv_len, 128, page, False, torch.bfloat16 if DEVICE == "cuda"
+                           else torch.float16, DEVICE)
 
     def time_it(tiles=None) -> dict:
         def run(c):
@@ -62,7 +64,8 @@ def timer(module, batch: int, heads: int, kv_heads: int, kv_len: int, page: int,
         run(cache)
         t = bench(lambda: run(cache), timer="graph", input_bytes=nbytes, rep_ms=rep_ms,
                   rotate=lambda n: [((lambda c=c: run(c)), None) for c in (inputs() for _ in range(n))])
-        torch.cuda.synchronize()
+        if DEVICE == "cuda":
+            torch.cuda.synchronize()
         return dict(batch=batch, heads=heads, kv_heads=kv_heads, kv_len=kv_len, page_size=page, us=t.ms * 1e3,
                     gbps=nbytes / (t.ms * 1e-3) / 1e9, spread=t.spread, noisy=t.noisy, timer=t.timer,
                     config=module.last_config())
