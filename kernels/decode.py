@@ -210,8 +210,8 @@ def sm_count(device: torch.device) -> int:
 
 def choose_tile(programs: int, capacity: int, elt: int, block_d: int, sms: int) -> tuple[int, int]:
     """(BLOCK_N, stages) for a decode launch of ``programs`` (batch * kv_heads * m_tiles) over ``capacity`` keys;
-    ``stages`` counts the K/V pipeline's stages (Triton keeps ``stages - 1`` K and V buffers in shared memory)
-    on either layout (``triton_stages`` turns it into Triton's ``num_stages``).
+    ``stages`` is the depth of the K/V software pipeline (at BLOCK_M 16, Triton keeps ``stages - 1`` K and V
+    buffers), the same on either layout (``triton_stages`` turns it into Triton's ``num_stages``).
 
     Measured on an H200 (bf16, d128, one query; docs/performance.md, "Decode: tiles and splits"):
     - 128-key blocks with 3 stages (one program per SM, two 64 KiB K/V buffers) stream fastest once every SM
