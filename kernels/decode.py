@@ -22,13 +22,18 @@ query blocks has nothing to split:
    each (n_blocks from the cache's capacity, not the lengths, so no host sync), at most 128, 1 when the grid
    already fills a wave. A second wave of splits costs more than it hides: at batch 1 and 16k keys, 16 splits
    ran in 23 us and 32 in 29 us. ``num_splits=`` forces a count and ``tiles=`` a tiling (the studies use them).
+   A paged cache gets the contiguous cache's tiles.
 4. **Ragged and paged caches.** Each sequence has its own length (``seqlens_k``, int32); blocks past it are
    never visited. The cache is either contiguous, (batch, kv_len, kv_heads, head_dim), or paged,
    (num_pages, page_size, kv_heads, head_dim) with a ``block_table`` (batch, max_pages_per_seq) int32: page
    ``p`` of sequence ``b`` holds its keys ``[p * page_size, (p + 1) * page_size)``. Both layouts index a key by
-   (page or batch, row, kv head): the constexpr ``PAGED`` switch only changes where a block's row 0 is. The
-   K/V block is at most the page, so it divides the page (both powers of two), a block never straddles two
-   pages and one table entry is read per block. Page sizes: powers of two from 16 to 256.
+   (page or batch, row, kv head): the constexpr ``PAGED`` switch only changes where a key row is, each row
+   reading its page id from the table, so a block may span pages (a block inside one page loads one entry for
+   all its rows; a scalar load for that case spilled a register at page 256 under Triton 3.6 with the deeper
+   pipeline below). Page sizes: powers of two from 16 to 256.
+   The K/V address then depends on a block-table load in the same loop iteration, and Triton's pipeliner
+   shares ``num_stages - 1`` among such a chain of loads: the paged launch asks for ``2 * stages - 1`` so that
+   its K/V blocks are buffered as deeply as the contiguous cache's (``triton_stages``).
 5. **Causal, bottom-right.** Query i of q_len sees keys ``j <= seqlen - q_len + i``; keys
    ``< seqlen - q_len + 1`` are seen by every row and run without a mask, the rest (the last block or two) run
    masked, as in FA2's two-stage loop. ``causal=False`` lets every query see the whole sequence.
@@ -67,12 +72,7 @@ def _decode_inner(acc, l_i, m_i, q, K, V, table_row, lo, hi, limit, seqlen, off_
     d_ok = offs_d[None, :] < HEAD_DIM
     for start_n in range(lo, hi, BLOCK_N):
         cols = start_n + offs_n
-        if PAGED and BLOCK_N <= PAGE_SIZE:  # BLOCK_N divides PAGE_SIZE: the block lies in one page
-            page = tl.load(table_row + start_n // PAGE_SIZE).to(tl.int64)
-            rows = (start_n % PAGE_SIZE + offs_n).to(tl.int64)
-            k_off = page * stride_kb + rows[:, None] * stride_kn + offs_d[None, :]
-            v_off = page * stride_vb + rows[:, None] * stride_vn + offs_d[None, :]
-        elif PAGED:  # the block spans BLOCK_N // PAGE_SIZE pages: each key row finds its page in the table
+        if PAGED:  # each key row finds its page in the table (a block may span pages)
             pages = tl.load(table_row + cols // PAGE_SIZE, mask=cols < seqlen, other=0).to(tl.int64)
             rows = (cols % PAGE_SIZE).to(tl.int64)
             k_off = pages[:, None] * stride_kb + rows[:, None] * stride_kn + offs_d[None, :]
@@ -208,39 +208,54 @@ def sm_count(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-def choose_tile(programs: int, capacity: int, page_size: int, elt: int, block_d: int, sms: int) -> tuple[int, int]:
-    """(BLOCK_N, stages) for a decode launch of ``programs`` (batch * kv_heads * m_tiles) over ``capacity`` keys.
+def choose_tile(programs: int, capacity: int, elt: int, block_d: int, sms: int) -> tuple[int, int]:
+    """(BLOCK_N, stages) for a decode launch of ``programs`` (batch * kv_heads * m_tiles) over ``capacity`` keys;
+    ``stages`` is the depth of the K/V software pipeline (at BLOCK_M 16, Triton keeps ``stages - 1`` K and V
+    buffers), the same on either layout (``triton_stages`` turns it into Triton's ``num_stages``).
 
     Measured on an H200 (bf16, d128, one query; docs/performance.md, "Decode: tiles and splits"):
-    - 128-key blocks with 3 stages (one program per SM, 192 KiB of K/V in flight) stream fastest once every SM
+    - 128-key blocks with 3 stages (one program per SM, two 64 KiB K/V buffers) stream fastest once every SM
       gets at least one block (results/h200-decode-tiles); when the cache is too short for that, 64-key blocks
       with 2 stages (two programs per SM) give the splits more blocks to share. fp32 keeps 32-key blocks.
-    - A short contiguous cache (at most 8 blocks of 128 keys) with at least two programs per SM: 64-key blocks,
-      2 stages, several programs resident per SM (1k keys, batch 64: 65 us against 73 us for 128/3;
-      results/h200-decode-tiles-1k).
-    - A paged cache caps the block at its page (a block never spans pages), except pages of 64 keys and more
-      when the programs fill every SM: there a 128-key block reads two pages, each key row finding its own, at
-      0.99-1.04x the contiguous cache's time against 1.02-1.26x for page-sized blocks (batch 64 and 256,
-      results/h200-decode-v3 against h200-decode-v2). With fewer programs the split programs need the page-sized
-      blocks' two programs per SM: 128-key blocks made those points 1.4-1.6x slower (h200-decode-v3).
+    - A short cache (at most 8 blocks of 128 keys): 64-key blocks, 2 stages, several programs resident per SM,
+      unless the programs come to about one per SM (more than half the SMs, fewer than twice them), where
+      128/3 with no split is fastest. 1k keys (results/h200-decode-tiles-1k): batch 64, 65 us against 73 us
+      for 128/3; batch 4 (32 programs, 8 splits), 11.3 us against 12.0 us for 128/3 with 4 splits; batch 16
+      (128 programs), 128/3 20.9 us, every 64-key tiling 21.1 us or more.
+    - A paged cache takes the same tiles: a block larger than a page reads several (each key row finds its
+      own), and with the K/V loads buffered as deeply as the contiguous path's (``triton_stages``) nothing in
+      the tiling depends on the page. Earlier, page-capped blocks cost 1.02-1.26x the contiguous time and
+      128-key blocks at too few stages 1.4-1.6x at small batches (results/h200-decode-v2, -v3): those paged
+      launches had one K/V buffer, not two.
     The stages shrink to fit the shared-memory budget (head dim 256: 64-key blocks, 2 stages)."""
     if elt >= 4:
         block_n, stages = 32, 3
     elif programs * triton.cdiv(capacity, 128) < sms:
         block_n, stages = 64, 2
-    elif not page_size and capacity <= 8 * 128 and programs >= 2 * sms:
+    elif capacity <= 8 * 128 and not sms // 2 < programs < 2 * sms:
         block_n, stages = 64, 2
     else:
         block_n, stages = 128, 3
-    if page_size and (page_size < 64 or programs < sms):
-        block_n = min(block_n, page_size)
-        stages = stages if block_n >= 128 else min(stages, 2 if elt < 4 else 3)
     while stages * 2 * block_n * block_d * elt > SMEM_BUDGET:  # fewer stages down to 2, then smaller blocks
         if stages > 2 or block_n <= 16:
             stages -= 1
         else:
             block_n //= 2
     return block_n, stages
+
+
+def triton_stages(stages: int, paged: bool) -> int:
+    """Triton's ``num_stages`` that gives a decode launch's K/V loads ``stages`` pipeline stages.
+
+    Triton's software pipeliner (AssignLatencies; Triton 3.6 to 3.9 alike) splits ``num_stages - 1`` evenly over
+    a chain of dependent loads. In the paged kernel the K/V address comes from a block-table load of the same
+    iteration (indirection level 1), so with ``num_stages`` 3 the table load and the K/V loads get one stage
+    each: K and V are single-buffered and the copy of block i+1 is issued after block i is read, then awaited
+    at once (nothing overlaps it); with 2 the table load is not pipelined at all and stays synchronous inside
+    the loop. ``2 * stages - 1`` gives both ``stages - 1``: the K/V buffers and the ``async_wait`` depth then
+    match the contiguous launch at ``stages`` (tools/decode_ttgir.py counts them in the TTGIR), for BLOCK_N * 4
+    more bytes of shared memory per buffer (the page ids)."""
+    return 2 * stages - 1 if paged else stages
 
 
 def num_splits_heuristic(programs: int, n_blocks: int, sms: int, per_sm: int = 1) -> int:
@@ -261,20 +276,21 @@ class Plan(NamedTuple):
     splits: int
 
 
-def plan(batch: int, q_len: int, heads: int, kv_heads: int, headdim: int, capacity: int, page_size: int, elt: int,
-         sms: int, num_splits: int | None = None, tiles: tuple[int, int, int] | None = None) -> Plan:
-    """The launch ``decode_attention`` makes for a cache of ``capacity`` keys per sequence (``page_size`` 0: a
-    contiguous cache) of ``elt``-byte elements on ``sms`` SMs; the split study asks it the same question.
+def plan(batch: int, q_len: int, heads: int, kv_heads: int, headdim: int, capacity: int, elt: int, sms: int,
+         num_splits: int | None = None, tiles: tuple[int, int, int] | None = None) -> Plan:
+    """The launch ``decode_attention`` makes for a cache of ``capacity`` keys per sequence (contiguous or paged:
+    the same plan) of ``elt``-byte elements on ``sms`` SMs; the split study asks it the same question.
 
     GQA-packed rows in tiles of at most MAX_TILE_ROWS, ``choose_tile``'s key block and stages, and
     ``num_splits_heuristic``'s count with one resident program per SM for 128-key blocks, two for smaller ones.
     ``tiles`` = (BLOCK_N, warps, stages) overrides the tiling (a block larger than a page spans several: the
-    kernel finds each key row's page), ``num_splits`` the count."""
+    kernel finds each key row's page), ``num_splits`` the count. ``stages`` counts the K/V pipeline's stages
+    (``triton_stages`` gives the launch's ``num_stages``)."""
     rows = q_len * (heads // kv_heads)
     block_m = min(MAX_TILE_ROWS, max(16, triton.next_power_of_2(rows)))
     m_tiles = triton.cdiv(rows, block_m)
     programs = batch * kv_heads * m_tiles
-    block_n, stages = choose_tile(programs, capacity, page_size, elt, block_d(headdim), sms)
+    block_n, stages = choose_tile(programs, capacity, elt, block_d(headdim), sms)
     warps = 4 if block_m <= 64 else 8  # a 128-row tile keeps a 128 x d fp32 accumulator
     if tiles:
         block_n = tiles[0]
@@ -361,7 +377,8 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     seqlens_k. Causal masking is aligned bottom-right. ``num_splits`` forces the split count (default: the
     heuristic). ``validate`` checks lengths and table entries against the cache (one host sync; a caller that
     built them itself, or a CUDA-graph capture, passes False). ``tiles`` = (BLOCK_N, warps, stages) overrides
-    the kernel's tiling (a study of the choice: fa2bench.profiling.decode_splits); BLOCK_N must divide the page.
+    the kernel's tiling (a study of the choice: fa2bench.profiling.decode_splits); a block larger than a page
+    spans several, and ``stages`` counts K/V pipeline stages on either layout (``triton_stages``).
     """
     _check(q, k_cache, v_cache, seqlens_k, block_table, causal, num_splits)
     batch, q_len, heads, headdim = q.shape
@@ -376,8 +393,7 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     precision = dot_precision(q.dtype, tf32)
     capacity = k_cache.shape[1] * (block_table.shape[1] if paged else 1)
     block_m, m_tiles, block_n, stages, warps, splits = plan(
-        batch, q_len, heads, kv_heads, headdim, capacity, k_cache.shape[1] if paged else 0, q.element_size(),
-        sm_count(q.device), num_splits, tiles)
+        batch, q_len, heads, kv_heads, headdim, capacity, q.element_size(), sm_count(q.device), num_splits, tiles)
     BLOCK_D = block_d(headdim)
     out = torch.empty_like(q)
     f32 = dict(device=q.device, dtype=torch.float32)
@@ -391,12 +407,12 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
         table.stride(0), batch, heads, kv_heads, q_len, splits,
         GROUP=group, CAUSAL=bool(causal), PAGED=paged, PAGE_SIZE=k_cache.shape[1] if paged else 1,
         SPLIT=splits > 1, HEAD_DIM=headdim, BLOCK_D=BLOCK_D, BLOCK_M=block_m, BLOCK_N=block_n,
-        DOT_PRECISION=precision, num_warps=warps, num_stages=stages)
+        DOT_PRECISION=precision, num_warps=warps, num_stages=triton_stages(stages, paged))
     if splits > 1:
         _combine_kernel[(batch * q_len * heads,)](
             o_part, lse_part, out, out.stride(0), out.stride(1), out.stride(2), batch * q_len * heads, heads, q_len,
             splits, HEAD_DIM=headdim, BLOCK_D=BLOCK_D, BLOCK_S=max(2, triton.next_power_of_2(splits)), num_warps=4)
     global _last_config
     _last_config = (f"decode: BLOCK_M={block_m} BLOCK_N={block_n} w{warps} s{stages} splits={splits}"
-                    f"{f' page={k_cache.shape[1]}' if paged else ''}")
+                    f"{f' page={k_cache.shape[1]} num_stages={triton_stages(stages, paged)}' if paged else ''}")
     return out

@@ -13,7 +13,7 @@ import torch
 from tests.conftest import DEVICE
 from fa2bench.kernels.configs import SMEM_BUDGET
 from fa2bench.kernels.decode import (MAX_SPLITS, choose_tile, decode_attention, last_config, num_splits_heuristic,
-                                     plan, sm_count)
+                                     plan, sm_count, triton_stages)
 from fa2bench.core.decode import compulsory_bytes, kv_lengths, shape_problem
 from fa2bench.core.decode_ref import DecodeInputs, check_decode, decode_ref, gather_kv, make_inputs
 
@@ -106,31 +106,38 @@ def test_heuristic():
 
 def test_tiles_follow_the_cache_and_fit_shared_memory():
     # every SM gets a 128-key block: 128 keys, 3 stages; a short cache: 64 keys, 2 stages; fp32: 32 keys
-    assert choose_tile(programs=8, capacity=16384, page_size=0, elt=2, block_d=128, sms=132) == (128, 3)
-    assert choose_tile(programs=8, capacity=1024, page_size=0, elt=2, block_d=128, sms=132) == (64, 2)
-    assert choose_tile(programs=8, capacity=16384, page_size=0, elt=4, block_d=128, sms=132) == (32, 3)
-    assert choose_tile(programs=512, capacity=4096, page_size=16, elt=2, block_d=128, sms=132) == (16, 2)
-    # pages of 64 keys and more do not cap the block once the programs fill the SMs: 128 keys read two pages
-    assert choose_tile(programs=512, capacity=4096, page_size=64, elt=2, block_d=128, sms=132) == (128, 3)
-    # fewer programs (split over the keys): the page caps the block, two programs per SM
-    assert choose_tile(programs=128, capacity=16384, page_size=64, elt=2, block_d=128, sms=132) == (64, 2)
-    assert choose_tile(programs=8, capacity=1024, page_size=64, elt=2, block_d=128, sms=132) == (64, 2)
-    # a short contiguous cache with many programs: 64-key blocks, 2 stages (several programs per SM)
-    assert choose_tile(programs=512, capacity=1024, page_size=0, elt=2, block_d=128, sms=132) == (64, 2)
-    assert choose_tile(programs=128, capacity=1024, page_size=0, elt=2, block_d=128, sms=132) == (128, 3)
+    assert choose_tile(programs=8, capacity=16384, elt=2, block_d=128, sms=132) == (128, 3)
+    assert choose_tile(programs=8, capacity=1024, elt=2, block_d=128, sms=132) == (64, 2)
+    assert choose_tile(programs=8, capacity=16384, elt=4, block_d=128, sms=132) == (32, 3)
+    assert choose_tile(programs=512, capacity=4096, elt=2, block_d=128, sms=132) == (128, 3)
+    # a short cache: 64-key blocks, 2 stages (several programs per SM), except about one program per SM
+    assert choose_tile(programs=512, capacity=1024, elt=2, block_d=128, sms=132) == (64, 2)
+    assert choose_tile(programs=32, capacity=1024, elt=2, block_d=128, sms=132) == (64, 2)
+    assert choose_tile(programs=128, capacity=1024, elt=2, block_d=128, sms=132) == (128, 3)
+    assert choose_tile(programs=32, capacity=2048, elt=2, block_d=128, sms=132) == (128, 3)
     # head dim 256: 3 stages of 128 x 256 K and V would not fit, nor 2; 2 stages of 64 keys do
-    block_n, stages = choose_tile(programs=512, capacity=4096, page_size=0, elt=2, block_d=256, sms=132)
+    block_n, stages = choose_tile(programs=512, capacity=4096, elt=2, block_d=256, sms=132)
     assert (block_n, stages) == (64, 2) and stages * 2 * block_n * 256 * 2 <= SMEM_BUDGET
+
+
+def test_paged_launches_pipeline_k_and_v_as_deeply_as_contiguous_ones():
+    """The paged K/V address depends on a block-table load, and Triton splits num_stages - 1 over that chain of
+    two loads: the paged launch asks for 2 * stages - 1 (tools/decode_ttgir.py shows the buffers in the TTGIR)."""
+    assert [triton_stages(s, paged=False) for s in (2, 3, 4)] == [2, 3, 4]
+    assert [triton_stages(s, paged=True) for s in (2, 3, 4)] == [3, 5, 7]
+    inputs = make_inputs(2, 4, 2, 1, 130, 32, 16, False, torch.float32, DEVICE)
+    run(inputs, num_splits=2, tiles=(32, 4, 3))
+    assert last_config().endswith("s3 splits=2 page=16 num_stages=5")
 
 
 def test_one_launch_plan_for_the_kernel_and_the_split_study():
     # batch 1, 8 KV groups of 4 heads, 16k keys on 132 SMs: 128-key blocks, one program per SM, so 132 // 8 splits
-    assert plan(1, 1, 32, 8, 128, 16384, 0, 2, 132) == (16, 1, 128, 3, 4, 16)
+    assert plan(1, 1, 32, 8, 128, 16384, 2, 132) == (16, 1, 128, 3, 4, 16)
     # a short cache: 64-key blocks, two programs per SM, at most one split per block
-    assert plan(1, 1, 32, 8, 128, 1024, 0, 2, 132).splits == 16
-    assert plan(1, 16, 128, 1, 64, 4096, 64, 2, 132, tiles=(128, 8, 2))[:5] == (128, 16, 128, 2, 8)
+    assert plan(1, 1, 32, 8, 128, 1024, 2, 132).splits == 16
+    assert plan(1, 16, 128, 1, 64, 4096, 2, 132, tiles=(128, 8, 2))[:5] == (128, 16, 128, 2, 8)
     run(make_inputs(2, 4, 2, 2, 130, 32, 0, False, torch.float32, DEVICE))  # the kernel launches as planned
-    block_m, _, block_n, stages, warps, splits = plan(2, 2, 4, 2, 32, 130, 0, 4, sm_count(torch.device(DEVICE)))
+    block_m, _, block_n, stages, warps, splits = plan(2, 2, 4, 2, 32, 130, 4, sm_count(torch.device(DEVICE)))
     assert last_config() == f"decode: BLOCK_M={block_m} BLOCK_N={block_n} w{warps} s{stages} splits={splits}"
 
 
@@ -226,6 +233,19 @@ def test_gpu_llama8b_shapes(dtype, page, ragged, q_len):
     for splits in (None, 1, 7):
         verdict = check_decode(lambda i: run(i, num_splits=splits), inputs)
         assert verdict.ok, f"splits {splits}: {verdict.detail}"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("page", [16, 64, 256])
+@pytest.mark.parametrize("tiles", [None, (64, 4, 2), (128, 4, 3)], ids=["plan", "64-2", "128-3"])
+def test_gpu_paged_gives_the_contiguous_bits(page, tiles):
+    """Same tiles and splits, only the addresses differ: a paged cache (pages in reverse order, blocks spanning
+    pages or not, K/V pipelined behind the table load at 2 * stages - 1 Triton stages) returns the contiguous
+    cache's output bit for bit, over many blocks per program and ragged ends."""
+    inputs = make_inputs(4, 32, 8, 1, 8192, 128, 0, True, torch.bfloat16, "cuda")
+    paged = paged_copy(inputs, page)
+    for splits in (1, 3):
+        assert torch.equal(run(paged, num_splits=splits, tiles=tiles), run(inputs, num_splits=splits, tiles=tiles))
 
 
 @pytest.mark.gpu

@@ -10,7 +10,7 @@ caches (L2 cold, as decode sweep points are timed), and writes ``decode_splits.c
 Each row is one (shape, split count); ``heuristic`` marks the heuristic's own count, ``vs_best`` its time over
 the fastest count's. ``--study tiles`` writes ``decode_tiles.csv``: every (BLOCK_N, warps, stages) of ``TILES``
 at split counts 1-32, the data behind the kernel's tiling and heuristic; ``--page-size N`` runs either study on a
-cache in pages of N keys (a block larger than a page spans several; the plan caps it at the page).
+cache in pages of N keys (a block larger than a page spans several; the plan is the contiguous cache's).
 """
 from __future__ import annotations
 
@@ -72,16 +72,16 @@ def _timer(batch: int, heads: int, kv_heads: int, kv_len: int, page: int = 0):
     return time
 
 
-def heuristic_splits(batch: int, heads: int, kv_heads: int, kv_len: int, page: int = 0) -> int:
-    """The split count decode_attention picks for one query per sequence (its launch plan, ``decode.plan``)."""
+def heuristic_splits(batch: int, heads: int, kv_heads: int, kv_len: int) -> int:
+    """The split count decode_attention picks for one query per sequence (its launch plan, ``decode.plan``, the
+    same for a contiguous and a paged cache)."""
     import torch
 
     from fa2bench.core import precision
     from fa2bench.kernels import decode
 
     elt = precision.torch_dtype(DTYPE).itemsize
-    return decode.plan(batch, 1, heads, kv_heads, HEADDIM, kv_len, page, elt,
-                       decode.sm_count(torch.device("cuda"))).splits
+    return decode.plan(batch, 1, heads, kv_heads, HEADDIM, kv_len, elt, decode.sm_count(torch.device("cuda"))).splits
 
 
 def study(shapes=SHAPES, splits=SPLITS, save=None, page: int = 0) -> pd.DataFrame:
@@ -89,7 +89,7 @@ def study(shapes=SHAPES, splits=SPLITS, save=None, page: int = 0) -> pd.DataFram
     rows = []
     for batch, heads, kv_heads, kv_len in shapes:
         time = _timer(batch, heads, kv_heads, kv_len, page)
-        chosen = heuristic_splits(batch, heads, kv_heads, kv_len, page)
+        chosen = heuristic_splits(batch, heads, kv_heads, kv_len)
         rows += [{**time(count), "heuristic": count == chosen} for count in sorted({*splits, chosen})]
     frame = pd.DataFrame(rows)
     frame["vs_best"] = frame["us"] / frame.groupby(["batch", "heads", "kv_len"])["us"].transform("min")
@@ -104,7 +104,7 @@ def tile_study(shapes=TILE_SHAPES, tiles=TILES, splits=TILE_SPLITS, save=None, p
     rows = []
     for batch, heads, kv_heads, kv_len in shapes:
         time = _timer(batch, heads, kv_heads, kv_len, page)
-        chosen = heuristic_splits(batch, heads, kv_heads, kv_len, page)
+        chosen = heuristic_splits(batch, heads, kv_heads, kv_len)
         for tile in tiles:
             for count in sorted({*splits, chosen}):
                 try:
