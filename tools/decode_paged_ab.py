@@ -30,8 +30,11 @@ def load_before(rev: str, folder: Path):
     """kernels/decode.py at ``rev`` as the module fa2bench.kernels._decode_before."""
     import fa2bench.kernels  # noqa: F401  (the package its relative imports resolve against)
 
-    source = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:kernels/decode.py"], check=True,
-                            capture_output=True, text=True).stdout
+    if Path(rev).is_file():  # a saved copy (a machine without the repository's history)
+        source = Path(rev).read_text()
+    else:
+        source = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:kernels/decode.py"], check=True,
+                                capture_output=True, text=True).stdout
     path = folder / "_decode_before.py"
     path.write_text(source)
     spec = importlib.util.spec_from_file_location("fa2bench.kernels._decode_before", path)
@@ -80,7 +83,7 @@ def ints(text: str) -> list[int]:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--before", default="5f64b9d", help="git revision of the kernel to compare against")
+    ap.add_argument("--before", default="5f64b9d", help="git revision of the kernel to compare against, or a file holding it")
     ap.add_argument("--batch", type=ints, default=[1, 4, 16, 64])
     ap.add_argument("--kv", type=ints, default=[4096, 16384, 131072])
     ap.add_argument("--pages", type=ints, default=[64, 128, 256])
