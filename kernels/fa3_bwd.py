@@ -24,7 +24,11 @@ Section 3 and Appendix B.1:
   64 query rows as M, the head dim split between the two warpgroups), added with fp32 ``atomic_add`` (SASS REDG)
   into a zeroed buffer, scaled and cast at the end: five matmuls, not seven, and not bit-reproducible. Gluon 3.6's
   ``tma`` module has no reduce-add copy (FA3's route), so these are 32 (d128) or 16 (d64) atomics per thread per
-  step.
+  step. That route measured slower than the dQ kernel (docs/fa3.md section 8); with ``DQ_ATOMICS = "tma"`` (the
+  default) the step's dQ tile goes to shared memory instead and one TMA reduce-add (``tma_reduce_add``: Gluon 3.6's
+  builder has the op, 3.9 exports it as ``tma.async_atomic_add``; SASS UTMAREDG, as cuDNN's backward) adds it to
+  the fp32 dQ; the wgmma for dQ is issued after dV and dK are done (their operands' registers freed) and the
+  exponent is clamped at 0 instead of masking keys past seqlen_k (no register-heavy mask; a zero row of K adds 0).
 - Register reallocation as in the forward: the producer warp gives its registers up (``worker_num_regs`` 24),
   the consumers rise to 240 (``setmaxnreg``).
 
@@ -49,8 +53,10 @@ import torch  # noqa: E402,I001
 import triton  # noqa: E402
 from triton.experimental import gluon  # noqa: E402
 from triton.experimental.gluon import language as gl  # noqa: E402
-from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, warpgroup_mma,  # noqa: E402
-                                                             warpgroup_mma_wait)
+from triton._C.libtriton import ir  # noqa: E402
+from triton.experimental.gluon.language._core import builtin  # noqa: E402
+from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma,  # noqa: E402
+                                                             warpgroup_mma, warpgroup_mma_wait)
 
 from . import fa3  # noqa: E402
 from ._common import bwd_preprocess  # noqa: E402
@@ -60,6 +66,23 @@ from .fa3 import LOG2E, _kv_blocks, _last, _tma_heads, smem_layout, tma_load, un
 thread_barrier = gl.thread_barrier if hasattr(gl, "thread_barrier") else gl.barrier
 CONSUMER_WARPS = 8  # two consumer warpgroups; the producer warp comes on top
 PRODUCER_REGS = gl.constexpr(24)  # the producer warp's registers under setmaxnreg
+# How fa3_backward(deterministic=False) adds each step's dQ tile into the fp32 dQ: "tma", one TMA reduce-add
+# (cp.reduce.async.bulk.tensor, SASS UTMAREDG: what cuDNN's and FA3's backwards do) of the tile staged in shared
+# memory; "redg", fp32 atomics from registers (SASS REDG, 32 per thread per step at d128: measured slower than the
+# dQ kernel, docs/fa3.md section 8). A module switch so both can be timed in one process.
+DQ_ATOMICS = "tma"
+
+if hasattr(tma, "async_atomic_add"):  # the public name in later Gluon (3.9)
+    tma_reduce_add = tma.async_atomic_add
+else:
+    @builtin
+    def tma_reduce_add(tensor_desc, coord, src, _semantic=None):
+        """Add the shared-memory tile ``src`` into global memory at ``coord`` of ``tensor_desc`` (TMA reduce-add,
+        asynchronous: ``tma.store_wait`` before ``src`` is written again). Triton 3.6's Gluon builder has the op
+        (``ttng.async_tma_reduce``), its ``tma`` module not yet the function: this is 3.9's ``async_atomic_add``."""
+        coord = _semantic._convert_to_ir_values(coord, require_i64=False)
+        _semantic.builder.create_async_tma_reduce(ir.DESCRIPTOR_REDUCE_KIND.ADD, tensor_desc.handle, coord,
+                                                  src.handle)
 
 
 def tiles(headdim: int) -> dict:
@@ -120,15 +143,16 @@ def _dkdv_producer(q_desc, do_desc, k_desc, v_desc, q_bufs, do_bufs, k_buf, v_bu
 
 
 @gluon.jit
-def _dkdv_steps(dk, dv, k, v, q_bufs, do_bufs, q_ready, do_ready, q_empty, lse_row, delta_row, dq_rows, ds_smem, it,
-                lo, mid, hi, n0, qk_scale, N_CTX_Q, N_CTX_K, s_layout: gl.constexpr, MASK: gl.constexpr,
-                STAGES: gl.constexpr, ATOMIC_DQ: gl.constexpr):
+def _dkdv_steps(dk, dv, k, v, q_bufs, do_bufs, q_ready, do_ready, q_empty, lse_row, delta_row, dq_rows, ds_smem,
+                dq_desc, dq_smem, bh, it, lo, mid, hi, n0, qk_scale, N_CTX_Q, N_CTX_K, s_layout: gl.constexpr,
+                MASK: gl.constexpr, STAGES: gl.constexpr, ATOMIC_DQ: gl.constexpr, DQ_TMA: gl.constexpr):
     """Query blocks [lo, hi) of one query head against the CTA's keys (transposed: keys on the rows). MASK (causal):
     blocks [lo, mid) are the diagonal band, masked under a runtime branch (two loops, masked and unmasked, as in
     the forward, spilled at head dim 128). Rows past seqlen_q need no mask: their L is +inf, so P = 0. Delta is
     spread to the columns only after P (its registers are not live across the S^T wgmma: d128 spilled).
     ATOMIC_DQ: dS^T also goes to shared memory, dQ_i = dS K by wgmma (M = the 64 query rows, the head dim split
-    between the warpgroups) and fp32 atomic adds into ``dq_rows`` (this query head's fp32 dQ rows)."""
+    between the warpgroups) and fp32 atomic adds into ``dq_rows`` (this query head's fp32 dQ rows), or with DQ_TMA
+    the tile staged in ``dq_smem`` and added by one TMA reduce-add at rows of query head ``bh`` of ``dq_desc``."""
     BLOCK_M: gl.constexpr = q_bufs.shape[2]
     HEAD_DIM: gl.constexpr = q_bufs.shape[3]
     BLOCK_N: gl.constexpr = k.shape[0]
@@ -154,12 +178,15 @@ def _dkdv_steps(dk, dv, k, v, q_bufs, do_bufs, q_ready, do_ready, q_empty, lse_r
         do = do_bufs.index(s).reshape([BLOCK_M, HEAD_DIM])
         dpt = warpgroup_mma(v, do.permute((1, 0)), zeros, use_acc=False, is_async=True)  # dP^T = V dO^T
         st = warpgroup_mma_wait(num_outstanding=1, deps=(st,))
-        pt = gl.exp2(st * qk_scale - lse[None, :])
+        if DQ_TMA:  # exponent <= 0 (P <= 1, as it is for every real key): a key past seqlen_k (a zero row of K)
+            pt = gl.exp2(gl.minimum(st * qk_scale - lse[None, :], 0.0))  # then has a finite P and adds 0 to dQ
+        else:
+            pt = gl.exp2(st * qk_scale - lse[None, :])
         if MASK:
             if mb < mid:  # the diagonal band
                 keys = n0 + gl.arange(0, BLOCK_N, gl.SliceLayout(1, s_layout))
                 pt = gl.where(keys[:, None] <= cols[None, :] + (N_CTX_K - N_CTX_Q), pt, 0.0)
-        if ATOMIC_DQ:
+        if ATOMIC_DQ and not DQ_TMA:
             if n0 + BLOCK_N > N_CTX_K:  # keys past the end: their P may overflow, and dQ sums over the keys
                 keys = n0 + gl.arange(0, BLOCK_N, gl.SliceLayout(1, s_layout))
                 pt = gl.where(keys[:, None] < N_CTX_K, pt, 0.0)
@@ -169,12 +196,26 @@ def _dkdv_steps(dk, dv, k, v, q_bufs, do_bufs, q_ready, do_ready, q_empty, lse_r
         if ATOMIC_DQ:
             ds_smem.store(ds)
             fence_async_shared()
-            thread_barrier()  # both warpgroups' halves of dS^T are in shared memory
+            if DQ_TMA:  # the previous step's reduce has read dq_smem (long done: it had the whole S^T/dP^T phase)
+                tma.store_wait(0)
+            thread_barrier()  # both warpgroups' halves of dS^T are in shared memory (and dq_smem is free)
         dsa = gl.convert_layout(ds, a_layout)
         pa = gl.convert_layout(pt.to(q_bufs.dtype), a_layout)
         dv = warpgroup_mma(pa, do, dv, is_async=True)  # dV += P^T dO
         dk = warpgroup_mma(dsa, q, dk, is_async=True)  # dK += dS^T Q (sm_scale at the end)
-        if ATOMIC_DQ:
+        if DQ_TMA:
+            # dV and dK first, so P^T's and dS^T's registers are free before dQ's tile is allocated (all at once
+            # they are 64 + 64 + 32 + 16 + 16 per thread at d128: spilled); the stage is free once they are done
+            dv, dk, pa, dsa = warpgroup_mma_wait(num_outstanding=0, deps=(dv, dk, pa, dsa))
+            mbarrier.arrive(q_empty.index(s), count=1)
+            dq = warpgroup_mma(ds_smem.permute((1, 0)), k, gl.zeros([BLOCK_M, HEAD_DIM], gl.float32, dq_layout),
+                               use_acc=False, is_async=True)  # dQ_i = dS K
+            dq = warpgroup_mma_wait(num_outstanding=0, deps=(dq,))
+            dq_smem.reshape([BLOCK_M, HEAD_DIM]).store(dq)  # rows past seqlen_q fall outside the head's box
+            fence_async_shared()
+            thread_barrier()  # the whole tile is in shared memory before one thread issues the reduce
+            tma_reduce_add(dq_desc, [bh, mb * BLOCK_M, 0], dq_smem)
+        elif ATOMIC_DQ:
             dq = warpgroup_mma(ds_smem.permute((1, 0)), k, gl.zeros([BLOCK_M, HEAD_DIM], gl.float32, dq_layout),
                                use_acc=False, is_async=True)  # dQ_i = dS K
             dv, dk, dq, pa, dsa = warpgroup_mma_wait(num_outstanding=0, deps=(dv, dk, dq, pa, dsa))
@@ -182,9 +223,10 @@ def _dkdv_steps(dk, dv, k, v, q_bufs, do_bufs, q_ready, do_ready, q_empty, lse_r
             d_cols = gl.arange(0, HEAD_DIM, gl.SliceLayout(0, dq_layout))
             gl.atomic_add(dq_rows + (rows * HEAD_DIM)[:, None] + d_cols[None, :], dq, mask=(rows < N_CTX_Q)[:, None],
                           sem="relaxed")
+            mbarrier.arrive(q_empty.index(s), count=1)
         else:
             dv, dk, pa, dsa = warpgroup_mma_wait(num_outstanding=0, deps=(dv, dk, pa, dsa))
-        mbarrier.arrive(q_empty.index(s), count=1)
+            mbarrier.arrive(q_empty.index(s), count=1)
         it += 1
     return dk, dv, it
 
@@ -200,9 +242,9 @@ def _store_rows(ptr, acc, bh, r0, N_ROWS, ROWS: gl.constexpr, HEAD_DIM: gl.const
 
 
 @gluon.jit
-def _dkdv_consumer(q_bufs, do_bufs, k_buf, v_buf, ds_smem, kv_ready, q_ready, do_ready, q_empty, DK, DV, DQ, LSE,
-                   Delta, sm_scale, qk_scale, H, GROUP, N_CTX_Q, N_CTX_K, CAUSAL: gl.constexpr, STAGES: gl.constexpr,
-                   ATOMIC_DQ: gl.constexpr, num_warps: gl.constexpr):
+def _dkdv_consumer(q_bufs, do_bufs, k_buf, v_buf, ds_smem, dq_desc, dq_smem, kv_ready, q_ready, do_ready, q_empty, DK,
+                   DV, DQ, LSE, Delta, sm_scale, qk_scale, H, GROUP, N_CTX_Q, N_CTX_K, CAUSAL: gl.constexpr,
+                   STAGES: gl.constexpr, ATOMIC_DQ: gl.constexpr, DQ_TMA: gl.constexpr, num_warps: gl.constexpr):
     BLOCK_M: gl.constexpr = q_bufs.shape[2]
     HEAD_DIM: gl.constexpr = q_bufs.shape[3]
     BLOCK_N: gl.constexpr = k_buf.shape[1]
@@ -223,18 +265,22 @@ def _dkdv_consumer(q_bufs, do_bufs, k_buf, v_buf, ds_smem, kv_ready, q_ready, do
     for g in range(GROUP):  # the query heads sharing this kv head: dK, dV are their sums
         row0 = (bh0 + g).to(gl.int64) * N_CTX_Q  # this query head's statistics
         dk, dv, it = _dkdv_steps(dk, dv, k, v, q_bufs, do_bufs, q_ready, do_ready, q_empty, LSE + row0,
-                                 Delta + row0, DQ + row0 * HEAD_DIM, ds_smem, it, lo, mid, hi, n0, qk_scale, N_CTX_Q,
-                                 N_CTX_K, s_layout, CAUSAL, STAGES, ATOMIC_DQ)
+                                 Delta + row0, DQ + row0 * HEAD_DIM, ds_smem, dq_desc, dq_smem, bh0 + g, it, lo, mid,
+                                 hi, n0, qk_scale, N_CTX_Q, N_CTX_K, s_layout, CAUSAL, STAGES, ATOMIC_DQ, DQ_TMA)
+    if DQ_TMA:
+        tma.store_wait(0)  # the last reduce has read dq_smem before the CTA's shared memory is given up
     _store_rows(DK, (dk * sm_scale).to(q_bufs.dtype), bhkv, n0, N_CTX_K, BLOCK_N, HEAD_DIM)
     _store_rows(DV, dv.to(q_bufs.dtype), bhkv, n0, N_CTX_K, BLOCK_N, HEAD_DIM)
 
 
 @gluon.jit
-def _fa3_dkdv_kernel(q_desc, do_desc, k_desc, v_desc, DK, DV, DQ, LSE, Delta, sm_scale, qk_scale, H, GROUP,
+def _fa3_dkdv_kernel(q_desc, do_desc, k_desc, v_desc, dq_desc, DK, DV, DQ, LSE, Delta, sm_scale, qk_scale, H, GROUP,
                      N_CTX_Q, N_CTX_K, CAUSAL: gl.constexpr, STAGES: gl.constexpr, ATOMIC_DQ: gl.constexpr,
-                     num_warps: gl.constexpr):
+                     DQ_TMA: gl.constexpr, num_warps: gl.constexpr):
     """Grid (key blocks, batch * kv_heads). Shared memory: K and V of the block, STAGES Q and dO buffers (and, with
-    ATOMIC_DQ, one dS^T tile; DQ is then the zeroed fp32 dQ, unscaled; otherwise unused)."""
+    ATOMIC_DQ, one dS^T tile; DQ is then the zeroed fp32 dQ, unscaled; otherwise unused). DQ_TMA (with ATOMIC_DQ):
+    dQ added through ``dq_desc`` (the same fp32 dQ, blocks of BLOCK_M rows) from one fp32 tile in shared memory
+    instead of atomics on ``DQ``; otherwise ``dq_desc`` is unused."""
     dtype: gl.constexpr = q_desc.dtype
     q_bufs = gl.allocate_shared_memory(dtype, [STAGES] + q_desc.block_type.shape, q_desc.layout)
     do_bufs = gl.allocate_shared_memory(dtype, [STAGES] + do_desc.block_type.shape, do_desc.layout)
@@ -245,6 +291,10 @@ def _fa3_dkdv_kernel(q_desc, do_desc, k_desc, v_desc, DK, DV, DQ, LSE, Delta, sm
         ds_smem = gl.allocate_shared_memory(dtype, ds_shape, gl.NVMMASharedLayout.get_default_for(ds_shape, dtype))
     else:
         ds_smem = k_buf  # unused
+    if DQ_TMA:
+        dq_smem = gl.allocate_shared_memory(dq_desc.dtype, dq_desc.block_type.shape, dq_desc.layout)
+    else:
+        dq_smem = k_buf  # unused
     kv_ready = gl.allocate_shared_memory(gl.int64, [1, 1], mbarrier.MBarrierLayout())
     q_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     do_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
@@ -255,9 +305,9 @@ def _fa3_dkdv_kernel(q_desc, do_desc, k_desc, v_desc, DK, DV, DQ, LSE, Delta, sm
         mbarrier.init(do_ready.index(i), count=1)
         mbarrier.init(q_empty.index(i), count=1)
     gl.warp_specialize([  # (tuples written inline: bound to a name first, their constexprs become tensors)
-        (_dkdv_consumer, (q_bufs, do_bufs, k_buf, v_buf, ds_smem, kv_ready, q_ready, do_ready, q_empty, DK, DV, DQ,
-                          LSE, Delta, sm_scale, qk_scale, H, GROUP, N_CTX_Q, N_CTX_K, CAUSAL, STAGES, ATOMIC_DQ,
-                          num_warps)),
+        (_dkdv_consumer, (q_bufs, do_bufs, k_buf, v_buf, ds_smem, dq_desc, dq_smem, kv_ready, q_ready, do_ready,
+                          q_empty, DK, DV, DQ, LSE, Delta, sm_scale, qk_scale, H, GROUP, N_CTX_Q, N_CTX_K, CAUSAL,
+                          STAGES, ATOMIC_DQ, DQ_TMA, num_warps)),
         (_dkdv_producer, (q_desc, do_desc, k_desc, v_desc, q_bufs, do_bufs, k_buf, v_buf, kv_ready, q_ready,
                           do_ready, q_empty, H, GROUP, N_CTX_Q, N_CTX_K, CAUSAL, STAGES)),
     ], [1], [PRODUCER_REGS])
@@ -426,9 +476,19 @@ def fa3_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Ten
     tail = (scale, scale * LOG2E, shape.heads, shape.group, shape.seqlen_q, shape.seqlen_k)
     bm, bn = cfg["BLOCK_M"], cfg["BLOCK_N"]
     dq_acc = delta if deterministic else torch.zeros(q.shape, device=q.device, dtype=torch.float32)
+    if DQ_ATOMICS not in ("tma", "redg"):
+        raise ValueError(f"fa3 backward: DQ_ATOMICS must be 'tma' or 'redg', not {DQ_ATOMICS!r}")
+    dq_tma = not deterministic and DQ_ATOMICS == "tma"
+    if dq_tma:  # the fp32 dQ as (batch * heads, seqlen_q, d), BLOCK_M-row tiles
+        block = [1, bm, d]
+        dq_desc = TensorDescriptor.from_tensor(dq_acc.view(-1, shape.seqlen_q, d), block,
+                                               gl.NVMMASharedLayout.get_default_for(block, gl.float32))
+    else:
+        dq_desc = desc(q3, bm)  # unused
     _fa3_dkdv_kernel[(triton.cdiv(shape.seqlen_k, bn), shape.batch * shape.kv_heads)](
-        desc(q3, bm), desc(do3, bm), desc(k3, bn), desc(v3, bn), dk, dv, dq_acc, lse, delta, *tail,
-        CAUSAL=bool(causal), STAGES=cfg["STAGES"], ATOMIC_DQ=not deterministic, num_warps=CONSUMER_WARPS)
+        desc(q3, bm), desc(do3, bm), desc(k3, bn), desc(v3, bn), dq_desc, dk, dv, dq_acc, lse, delta, *tail,
+        CAUSAL=bool(causal), STAGES=cfg["STAGES"], ATOMIC_DQ=not deterministic, DQ_TMA=dq_tma,
+        num_warps=CONSUMER_WARPS)
     config = f"dkdv BLOCK_N={bn} BLOCK_M={bm} STAGES={cfg['STAGES']} w{CONSUMER_WARPS}+1"
     if deterministic:
         qm, kn = cfg["DQ_BLOCK_M"], cfg["DQ_BLOCK_N"]
@@ -437,9 +497,8 @@ def fa3_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Ten
             STAGES=cfg["DQ_STAGES"], num_warps=CONSUMER_WARPS)
         config += f", dq BLOCK_M={qm} BLOCK_N={kn} STAGES={cfg['DQ_STAGES']} w{CONSUMER_WARPS}+1"
     else:
-        torch.mul(dq_acc, scale, out=dq_acc)
-        dq.copy_(dq_acc)
-        config += " + dq by fp32 atomics"
+        torch.mul(dq_acc, scale, out=dq)  # scaled and cast in one pass
+        config += " + dq by fp32 TMA reduce-add" if dq_tma else " + dq by fp32 atomics"
     _last["bwd"] = config
     return dq, dk, dv
 

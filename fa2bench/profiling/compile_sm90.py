@@ -132,9 +132,12 @@ def compile_fa3(headdim: int, causal: bool, dtype: str = "fp16", capability: int
 
 
 def compile_fa3_bwd(headdim: int, causal: bool, dtype: str = "fp16", capability: int = 90, kernel: str = "bwd_dkdv",
-                    atomic_dq: bool = False):
+                    atomic_dq: bool = False, tma_dq: bool = False):
     """fa3's Gluon backward kernel ``kernel`` (kernels/fa3_bwd.py: ``bwd_dkdv`` or ``bwd_dq``) for
-    ``sm_<capability>`` at its tiles; ``atomic_dq``: the dK/dV kernel that also adds dQ with fp32 atomics."""
+    ``sm_<capability>`` at its tiles; ``atomic_dq``: the dK/dV kernel that also adds dQ with fp32 atomics;
+    ``tma_dq``: that kernel adding dQ by TMA reduce-adds instead (fa3_bwd.DQ_ATOMICS "tma")."""
+    from triton.experimental.gluon import language as gl
+
     import torch
 
     from fa2bench.kernels import fa3, fa3_bwd
@@ -147,7 +150,11 @@ def compile_fa3_bwd(headdim: int, causal: bool, dtype: str = "fp16", capability:
 
     if kernel == "bwd_dkdv":
         q_rows, k_rows, stages = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["STAGES"]
-        out, consts = dict(DK="*" + dtype, DV="*" + dtype, DQ="*fp32"), dict(ATOMIC_DQ=atomic_dq)
+        dq_block = [1, q_rows, headdim]
+        dq_desc = (f"tensordesc<fp32{dq_block},{gl.NVMMASharedLayout.get_default_for(dq_block, gl.float32)!r}>"
+                   if tma_dq else desc(q_rows))  # the fp32 dQ's tiles (unused without tma_dq)
+        out = dict(DK="*" + dtype, DV="*" + dtype, DQ="*fp32", dq_desc=dq_desc)
+        consts = dict(ATOMIC_DQ=atomic_dq or tma_dq, DQ_TMA=tma_dq)
     else:
         q_rows, k_rows, stages = cfg["DQ_BLOCK_M"], cfg["DQ_BLOCK_N"], cfg["DQ_STAGES"]
         out, consts = dict(DQ="*" + dtype), {}
@@ -191,6 +198,8 @@ def main() -> None:
     ap.add_argument("--rung", type=int, default=8, choices=(8, 9, 10), help="fa3's rung (--kernel fa3)")
     ap.add_argument("--atomic-dq", action="store_true",
                     help="--kernel fa3-bwd: the dK/dV kernel that adds dQ with fp32 atomics (no dQ kernel)")
+    ap.add_argument("--tma-dq", action="store_true",
+                    help="--kernel fa3-bwd: the dK/dV kernel that adds dQ by TMA reduce-adds (no dQ kernel)")
     ap.add_argument("--configs", default="", help="comma list like 128x64w4s3; default: the candidate list")
     ap.add_argument("--variants", default="", help=f"fa2's variant switches to turn on, comma list of {list(VARIANTS)}")
     a = ap.parse_args()
@@ -199,11 +208,13 @@ def main() -> None:
     if unknown:
         ap.error(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
     if a.kernel == "fa3-bwd":  # two Gluon kernels (one with --atomic-dq), tiles fixed
-        for kernel in ("bwd_dkdv",) if a.atomic_dq else ("bwd_dkdv", "bwd_dq"):
-            name = f"fa3 {kernel} d{a.headdim} {a.dtype}{' causal' if a.causal else ''}{' atomic-dq' * a.atomic_dq}"
+        for kernel in ("bwd_dkdv",) if a.atomic_dq or a.tma_dq else ("bwd_dkdv", "bwd_dq"):
+            name = (f"fa3 {kernel} d{a.headdim} {a.dtype}{' causal' if a.causal else ''}{' atomic-dq' * a.atomic_dq}"
+                    f"{' tma-dq' * a.tma_dq}")
             try:
-                k = compile_fa3_bwd(a.headdim, a.causal, a.dtype, kernel=kernel, atomic_dq=a.atomic_dq)
-                units = sorted(set(re.findall(r"\b(HGMMA|REDG|USETMAXREG|UTMALDG)", sass(k))))
+                k = compile_fa3_bwd(a.headdim, a.causal, a.dtype, kernel=kernel, atomic_dq=a.atomic_dq,
+                                    tma_dq=a.tma_dq)
+                units = sorted(set(re.findall(r"\b(HGMMA|REDG|USETMAXREG|UTMALDG|UTMAREDG)", sass(k))))
                 print(f"{name}: {resources(k)} sass {','.join(units)}", flush=True)
             except Exception as exc:
                 print(f"{name}: FAILED {root_cause(exc)}", flush=True)

@@ -1,0 +1,126 @@
+"""fa3's backward with dQ added by TMA reduce-adds (kernels/fa3_bwd.py, ``DQ_ATOMICS = "tma"``): the dK/dV kernel
+computes each step's dQ tile (dS K, the fifth matmul) and adds it into the fp32 dQ with one TMA reduce-add from
+shared memory (SASS UTMAREDG, as cuDNN's backward), instead of the dQ kernel that recomputes S and dP (two more
+matmuls) or per-element fp32 atomics (REDG, measured slower: docs/fa3.md section 8).
+
+On the CPU: the kernel compiles for sm_90 with UTMAREDG and no REDG, within its recorded spill budget, with no
+local-memory access inside the step loop (the spilled values are the query-head loop's, reloaded once per head),
+and within an H100's shared memory. On a Hopper GPU (``-m gpu``): dQ, dK, dV against the float64 reference
+through check_attention's gate, on the shapes of tests/test_fa3.py (GQA/MQA, ragged and unequal lengths, one
+query row, rows that see no key), fp16 and bf16, causal or not.
+"""
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from tests.kernel_cases import make_qkv, shape_id
+from tests.test_fa3 import SHAPES, _gluon_hopper_problem, _hopper
+
+CASES = [(128, True, "fp16"), (128, False, "bf16"), (64, True, "bf16"), (64, False, "fp16")]
+
+
+def _budget(headdim: int, causal: bool) -> tuple[int, int]:
+    """(spill-stack bytes, local loads inside the step loop) the TMA-dQ dK/dV kernel may have, recorded so they
+    cannot grow: under Triton 3.6 (the GPU image's) a stack of 0 at d64 and 8 at d128 (48 causal), all of it the
+    query-head loop's, none in the step loop; newer Tritons' ptxas were seen at 24 B (32 causal) at d128, with one
+    reload per step (two causal) in 3.9's step loop."""
+    import triton
+
+    if headdim == 64:
+        return 0, 0
+    if triton.__version__.startswith("3.6."):
+        return (48 if causal else 8), 0
+    return (32, 2) if causal else (24, 1)
+
+
+def _compile(headdim: int, causal: bool, dtype: str) -> dict:
+    """Resources and SASS of the TMA-dQ dK/dV kernel, compiled in a fresh process (this one may have imported the
+    kernels under Triton's interpreter)."""
+    code = ("import json, sys; from fa2bench.profiling import compile_sm90 as c; "
+            "k = c.compile_fa3_bwd(int(sys.argv[1]), sys.argv[2] == '1', sys.argv[3], tma_dq=True); "
+            "print(json.dumps({'resources': c.resources(k), 'sass': c.sass(k)}))")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, "-c", code, str(headdim), str(int(causal)), dtype], capture_output=True,
+                          text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _step_loop(sass: str) -> list[str]:
+    """The instructions of the loop that issues the TMA reduce-add: from the target of the first backward branch
+    after UTMAREDG to that branch."""
+    ins = [(int(m.group(1), 16), m.group(2)) for m in re.finditer(r"/\*([0-9a-f]{4,})\*/\s+([^;]*);", sass)]
+    red = next(addr for addr, text in ins if "UTMAREDG" in text)
+    for addr, text in ins:
+        jump = re.search(r"\bBRA (0x[0-9a-f]+)", text)
+        if addr > red and jump and int(jump.group(1), 16) < red:
+            start = int(jump.group(1), 16)
+            return [text for a, text in ins if start <= a <= addr]
+    raise AssertionError("no loop around UTMAREDG")
+
+
+@pytest.mark.skipif(_gluon_hopper_problem() is not None, reason=str(_gluon_hopper_problem()))
+@pytest.mark.parametrize("headdim,causal,dtype", CASES, ids=[f"d{d}-{t}-{'causal' if c else 'full'}"
+                                                              for d, c, t in CASES])
+def test_tma_dq_kernel_reduces_by_tma_without_spills_in_its_step_loop(headdim, causal, dtype):
+    out = _compile(headdim, causal, dtype)
+    sass, res = out["sass"], out["resources"]
+    assert "UTMAREDG" in sass and "HGMMA" in sass, res
+    assert not re.search(r"\bREDG\b", sass), "per-element fp32 atomics in the TMA route"
+    stack, loads = _budget(headdim, causal)
+    assert int(res.split("stack ")[1].split()[0]) <= stack, res
+    assert int(res.split("smem ")[1].split()[0]) <= 227 * 1024, res
+    loop = _step_loop(sass)
+    assert sum("UTMAREDG" in text for text in loop) == 1, "one reduce-add per step"
+    assert sum("HGMMA" in text and "gsb0" in text for text in loop) >= 5, "the five wgmma groups of a step"
+    assert not [text for text in loop if re.search(r"\bSTL\b", text)], "spill stores in the step loop"
+    reloads = [text for text in loop if re.search(r"\bLDL\b", text)]
+    assert len(reloads) <= loads, reloads
+
+
+# --- on a Hopper GPU ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.gpu
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(not _hopper(), reason="needs a Hopper GPU (sm_90)")
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("shape", SHAPES, ids=shape_id)
+def test_tma_dq_gradients_match_the_float64_reference(shape, dtype, causal, monkeypatch):
+    """fa3-dq-atomic with the TMA route: ragged lengths (rows past seqlen_q must fall outside the TMA box, not into
+    the next head's dQ), keys past seqlen_k (zero rows of K under a clamped exponent), GQA's heads each adding into
+    their own dQ, rows that see no key; through the same gate as fa3 (not bit-reproducible, so no repeat check)."""
+    from fa2bench.core.reference import check_attention
+    from fa2bench.kernels import fa3_atomic_dq_attention, fa3_bwd
+
+    monkeypatch.setattr(fa3_bwd, "DQ_ATOMICS", "tma")
+    q, k, v = make_qkv(shape, dtype, "cuda")
+    verdict = check_attention(lambda q, k, v, c: fa3_atomic_dq_attention(q, k, v, causal=c), q, k, v, causal)
+    assert verdict.ok, verdict.detail
+    assert "TMA reduce-add" in fa3_bwd._last["bwd"], fa3_bwd._last["bwd"]
+
+
+@pytest.mark.gpu
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(not _hopper(), reason="needs a Hopper GPU (sm_90)")
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_tma_dq_route_agrees_with_the_dq_kernel(causal, monkeypatch):
+    """Same inputs, both routes: dK and dV come from the same dK/dV loop (the clamp changes no real key's P), so
+    they agree to rounding; dQ summed in another order agrees to fp32 accumulation error."""
+    from fa2bench.kernels import fa3_bwd
+    from fa2bench.kernels.fa3 import fa3_forward
+
+    monkeypatch.setattr(fa3_bwd, "DQ_ATOMICS", "tma")
+    q, k, v = make_qkv((2, 8, 4, 1000, 1000, 128), torch.float16, "cuda")
+    do = torch.randn_like(q)
+    o, lse = fa3_forward(q, k, v, causal)
+    ref = fa3_bwd.fa3_backward(q, k, v, o, lse, do, causal, deterministic=True)
+    got = fa3_bwd.fa3_backward(q, k, v, o, lse, do, causal, deterministic=False)
+    for name, a, b in zip(("dq", "dk", "dv"), got, ref):
+        torch.testing.assert_close(a, b, atol=2e-3, rtol=2e-3, msg=name)
