@@ -65,12 +65,13 @@ instructions are the dense/causal kernel's (only three unused scalar parameters 
   program reads its (sequence, block) from a table built once per cu_seqlens tensor (``varlen_blocks``, the last
   blocks first) and its sequence's rows from cu_seqlens; statistics are (heads, total_q).
 
-One-loop backward (``FA2_BWD_FLAT``, read at every launch; default 0 = off): the dK/dV kernel walks every (query
-head of its GQA group, Q block) step in one loop and the dQ kernel its three stages in one loop, each step deciding
-whether it is masked; the per-head, per-stage loops of the default restart Triton's software pipeline (an exposed
-load, a drained MMA) up to 3 x GROUP times per program, which weighs where the loops are a few steps long
-(documents, window edges). Same steps in the same order, so the same sums. ``1``: for windows, documents and packed
-batches; ``all``: every backward (tools/bench_bwd_flat.py times 0, 1 and all in one process).
+One-loop kernels (``FA2_FWD_FLAT``, ``FA2_BWD_FLAT``, read at every launch; default 0 = off): the forward and dQ
+kernels walk their three stages in one loop and the dK/dV kernel every (query head of its GQA group, Q block) step in
+one loop, each step deciding whether it is masked; the per-head, per-stage loops of the default restart Triton's
+software pipeline (an exposed load, a drained MMA) up to 3 x GROUP times per program, which weighs where the loops are
+a few steps long (documents, window edges). The backward's steps run in the same order, so the same sums. ``1``: for
+windows, documents and packed batches; ``all``: every launch (tools/bench_bwd_flat.py times 0, 1 and all in one
+process).
 
 Not supported: dropout, arbitrary attention bias tensors, paged or cached KV, returning the LSE or the softmax, FP8,
 zero or negative ``sm_scale``; documents with varlen (one packed sequence per document does the same); TMA tiles
@@ -328,11 +329,45 @@ def _attn_fwd_inner(acc, l_i, m_i, q, K, V, lo, hi, offs_m, offs_n, offs_d, qk_s
 
 
 @triton.jit
+def _attn_fwd_flat(acc, l_i, m_i, q, K, V, lo, full_lo, full_hi, hi, offs_m, offs_n, offs_d, qk_scale, diag, N_CTX_K,
+                   mods, ds_q, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+                   CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr, TMA: tl.constexpr, WINDOW: tl.constexpr,
+                   SOFTCAP: tl.constexpr, ALIBI: tl.constexpr, DOCS: tl.constexpr):
+    """_attn_fwd_inner's stages in ONE loop (FLAT, FA2's deferred normalisation only): K/V rows [lo, hi), each step
+    masked when it lies before full_lo or from full_hi on, so the software pipeline starts once per program. Loads
+    read clamped rows without bounds checks (TMA: zeros past the end); the ragged last step is always masked."""
+    for start_n in range(lo, hi, BLOCK_N):
+        cols = start_n + offs_n
+        cols_in = tl.minimum(cols, N_CTX_K - 1)  # in bounds: past the end, the last key again (masked below)
+        k = load_rows(row_cursor(K, cols_in, offs_d, TMA), start_n, cols_in, N_CTX_K, offs_d, HEAD_DIM, BLOCK_D, False,
+                      TMA)
+        qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)  # S_ij = Q_i K_j^T
+        if SOFTCAP or ALIBI:  # the score in the log2 domain, scaled already
+            qk, _ = _score_mod(qk, offs_m[:, None], cols[None, :], mods[0], diag, mods[3], mods[4], SOFTCAP, ALIBI)
+        else:
+            qk = qk * qk_scale
+        if (start_n < full_lo) | (start_n >= full_hi):  # a masked step
+            keep = _keep(cols[None, :] < N_CTX_K, offs_m[:, None], cols[None, :], diag, mods, ds_q[:, None],
+                         _doc_starts(mods, cols, N_CTX_K, -1, DOCS)[None, :], CAUSAL, WINDOW, DOCS)
+            qk = tl.where(keep, qk, float("-inf"))
+        m_ij = tl.maximum(m_i, tl.max(qk, 1))
+        p = tl.math.exp2(qk - m_ij[:, None])  # P~_ij = exp(S_ij - m_ij)
+        alpha = tl.math.exp2(m_i - m_ij)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = load_rows(row_cursor(V, cols_in, offs_d, TMA), start_n, cols_in, N_CTX_K, offs_d, HEAD_DIM, BLOCK_D, False,
+                      TMA)
+        acc = acc * alpha[:, None]  # O_i <- diag(e^{m_old - m_new}) O_i + P~_ij V_j: unnormalised
+        acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PRECISION)
+        m_i = m_ij
+    return acc, l_i, m_i
+
+
+@triton.jit
 def _attn_fwd_block(start_m, Q, K, V, O, LSE, LSUM, sm_scale, N_CTX_Q, N_CTX_K, mods,
                     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr, DEFER: tl.constexpr,
                     SKIP: tl.constexpr, DOT_PRECISION: tl.constexpr, TMA: tl.constexpr, BLOCK_M: tl.constexpr,
                     BLOCK_N: tl.constexpr, WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, ALIBI: tl.constexpr,
-                    DOCS: tl.constexpr):
+                    DOCS: tl.constexpr, FLAT: tl.constexpr):
     """Q block start_m of one (batch, head) against every K/V block it sees (Algorithm 1, lines 3-15): writes
     O_i and the statistics. Q, K, V, O are tile sources of this (batch, head); LSE, LSUM point at its rows."""
     offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -347,22 +382,29 @@ def _attn_fwd_block(start_m, Q, K, V, O, LSE, LSUM, sm_scale, N_CTX_Q, N_CTX_K, 
     qk_scale = sm_scale * LOG2E
     diag = N_CTX_K - N_CTX_Q
     ds_q = _doc_starts(mods, offs_m, N_CTX_Q, -1, DOCS)  # a key is in a row's document iff their starts are equal
+    # the K/V blocks this Q block sees: masked [lo, full_lo), unmasked [full_lo, full_hi), masked [full_hi, hi)
     if WINDOW or DOCS:  # the K/V blocks the band of this Q block touches: masked edges around an unmasked middle
         lo, full_lo, full_hi, hi = _band(start_m * BLOCK_M, tl.minimum(start_m * BLOCK_M + BLOCK_M, N_CTX_Q) - 1,
                                          N_CTX_K, diag, mods[1], mods[2], mods[5], mods[6], DOCS, BLOCK_N)
-        acc, l_i, m_i = _attn_fwd_inner(acc, l_i, m_i, q, K, V, lo, full_lo, offs_m, offs_n, offs_d, qk_scale, diag,
-                                        N_CTX_K, mods, ds_q, HEAD_DIM, BLOCK_D, BLOCK_N, True, CAUSAL, DEFER,
-                                        DOT_PRECISION, TMA, WINDOW, SOFTCAP, ALIBI, DOCS)
     else:
         full_hi, hi = _kv_stages(start_m, N_CTX_Q, N_CTX_K, CAUSAL, SKIP, BLOCK_M, BLOCK_N)
+        lo = 0
         full_lo = 0
-    # the blocks seen in full, without a mask; then the masked ones
-    acc, l_i, m_i = _attn_fwd_inner(acc, l_i, m_i, q, K, V, full_lo, full_hi, offs_m, offs_n, offs_d, qk_scale, diag,
-                                    N_CTX_K, mods, ds_q, HEAD_DIM, BLOCK_D, BLOCK_N, False, CAUSAL, DEFER,
-                                    DOT_PRECISION, TMA, WINDOW, SOFTCAP, ALIBI, DOCS)
-    acc, l_i, m_i = _attn_fwd_inner(acc, l_i, m_i, q, K, V, full_hi, hi, offs_m, offs_n, offs_d, qk_scale, diag,
-                                    N_CTX_K, mods, ds_q, HEAD_DIM, BLOCK_D, BLOCK_N, True, CAUSAL, DEFER,
-                                    DOT_PRECISION, TMA, WINDOW, SOFTCAP, ALIBI, DOCS)
+    if FLAT and DEFER:  # the stages in one loop
+        acc, l_i, m_i = _attn_fwd_flat(acc, l_i, m_i, q, K, V, lo, full_lo, full_hi, hi, offs_m, offs_n, offs_d,
+                                       qk_scale, diag, N_CTX_K, mods, ds_q, HEAD_DIM, BLOCK_D, BLOCK_N, CAUSAL,
+                                       DOT_PRECISION, TMA, WINDOW, SOFTCAP, ALIBI, DOCS)
+    else:  # one loop per stage: the near masked edge, the blocks seen in full without a mask, the masked rest
+        if WINDOW or DOCS:
+            acc, l_i, m_i = _attn_fwd_inner(acc, l_i, m_i, q, K, V, lo, full_lo, offs_m, offs_n, offs_d, qk_scale,
+                                            diag, N_CTX_K, mods, ds_q, HEAD_DIM, BLOCK_D, BLOCK_N, True, CAUSAL, DEFER,
+                                            DOT_PRECISION, TMA, WINDOW, SOFTCAP, ALIBI, DOCS)
+        acc, l_i, m_i = _attn_fwd_inner(acc, l_i, m_i, q, K, V, full_lo, full_hi, offs_m, offs_n, offs_d, qk_scale,
+                                        diag, N_CTX_K, mods, ds_q, HEAD_DIM, BLOCK_D, BLOCK_N, False, CAUSAL, DEFER,
+                                        DOT_PRECISION, TMA, WINDOW, SOFTCAP, ALIBI, DOCS)
+        acc, l_i, m_i = _attn_fwd_inner(acc, l_i, m_i, q, K, V, full_hi, hi, offs_m, offs_n, offs_d, qk_scale, diag,
+                                        N_CTX_K, mods, ds_q, HEAD_DIM, BLOCK_D, BLOCK_N, True, CAUSAL, DEFER,
+                                        DOT_PRECISION, TMA, WINDOW, SOFTCAP, ALIBI, DOCS)
     # rows that saw no key output 0 and store statistics for which backward's P is exactly 0
     dead = l_i == 0.0
     l_i = tl.where(dead, 1.0, l_i)
@@ -388,7 +430,8 @@ def _attn_fwd_kernel(Q, K, V, sm_scale, LSE, LSUM, Out,
                      HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr,
                      DEFER: tl.constexpr, SEQ_PAR: tl.constexpr, SKIP: tl.constexpr, DOT_PRECISION: tl.constexpr,
                      TMA: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, WINDOW: tl.constexpr,
-                     SOFTCAP: tl.constexpr, ALIBI: tl.constexpr, DOCS: tl.constexpr, VARLEN: tl.constexpr):
+                     SOFTCAP: tl.constexpr, ALIBI: tl.constexpr, DOCS: tl.constexpr, VARLEN: tl.constexpr,
+                     FLAT: tl.constexpr):
     off_hz = tl.program_id(1)
     off_z = (off_hz // H).to(tl.int64)
     off_h = (off_hz % H).to(tl.int64)
@@ -420,7 +463,7 @@ def _attn_fwd_kernel(Q, K, V, sm_scale, LSE, LSUM, Out,
     for i in range(count):
         _attn_fwd_block(first + i, Qs, Ks, Vs, Os, LSE + rows, LSUM + rows, sm_scale, N_CTX_Q, N_CTX_K, mods,
                         HEAD_DIM, BLOCK_D, CAUSAL, DEFER, SKIP, DOT_PRECISION, TMA, BLOCK_M, BLOCK_N, WINDOW, SOFTCAP,
-                        ALIBI, DOCS)
+                        ALIBI, DOCS, FLAT)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -994,6 +1037,28 @@ def _strides(t: torch.Tensor, packed) -> tuple:
     return t.stride() if packed is None else (0, *t.stride()[1:])
 
 
+# The one-loop kernels (FLAT), switchable at launch for timing old against new in one process, the backward's
+# (FA2_BWD_FLAT) and the forward's (FA2_FWD_FLAT) apart: 0 (the per-stage loops), 1 (one loop where the variant masks
+# many steps: windows, documents, packed batches), all (dense too).
+FLAT_ENV = "FA2_BWD_FLAT"
+FWD_FLAT_ENV = "FA2_FWD_FLAT"
+
+
+def flat_backward(mods: "Mods") -> bool:
+    """Whether this backward runs its one-loop kernels (FA2_BWD_FLAT, read at every launch)."""
+    return flat_loops(FLAT_ENV, mods)
+
+
+def flat_loops(env: str, mods: "Mods") -> bool:
+    """Whether a launch runs its one-loop kernel, by the environment variable ``env`` (0, 1 or all)."""
+    mode = os.environ.get(env, "0").strip().lower()
+    if mode not in ("0", "1", "all"):
+        raise ValueError(f"{env} must be 0, 1 or all, got {mode!r}")
+    if mode == "all":
+        return True
+    return mode == "1" and (mods.window is not None or mods.doc_bounds is not None or mods.cu_seqlens is not None)
+
+
 def _forward(q, k, v, sm_scale, meta, variant, mods: Mods = DENSE, packed=None):
     """Launch the forward: (o, lse, lsum); lse in the log2 domain (the running max m when not variant.defer,
     with lsum = l; lsum is lse itself when variant.defer). ``packed``: a packed batch's ``Packed``, whose q, k, v are
@@ -1017,24 +1082,8 @@ def _forward(q, k, v, sm_scale, meta, variant, mods: Mods = DENSE, packed=None):
     variant.launcher.launch("fwd", grid, q, k, v, sm_scale, lse, lsum, o,
                             *_strides(q, packed), *_strides(k, packed), *_strides(v, packed), *_strides(o, packed),
                             H, H // H_KV, N_CTX_Q, N_CTX_K, _bucket(max_q), _bucket(max_k), *mods.args(), **meta,
-                            TMA=tma)
+                            TMA=tma, FLAT=flat_loops(FWD_FLAT_ENV, mods))
     return o, lse, lsum
-
-
-# The backward's one-loop kernels (FLAT), switchable at launch for timing old against new in one process:
-# FA2_BWD_FLAT=0 (the per-stage loops), 1 (one loop where the variant masks many steps: windows, documents, packed
-# batches), all (every backward, dense too).
-FLAT_ENV = "FA2_BWD_FLAT"
-
-
-def flat_backward(mods: "Mods") -> bool:
-    """Whether this backward runs its one-loop kernels (FA2_BWD_FLAT, read at every launch)."""
-    mode = os.environ.get(FLAT_ENV, "0").strip().lower()
-    if mode not in ("0", "1", "all"):
-        raise ValueError(f"{FLAT_ENV} must be 0, 1 or all, got {mode!r}")
-    if mode == "all":
-        return True
-    return mode == "1" and (mods.window is not None or mods.doc_bounds is not None or mods.cu_seqlens is not None)
 
 
 def _backward(q, k, v, o, lse, lsum, do, sm_scale, meta, variant, mods: Mods = DENSE, packed=None):

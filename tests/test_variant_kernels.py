@@ -116,7 +116,7 @@ def test_dense_steps_masked_only_in_the_band_and_at_the_ragged_end(shape, causal
     check(shape, torch.float16, causal)
 
 
-# ---- the backward's one-loop kernels (FA2_BWD_FLAT) ----------------------------------------------------------------
+# ---- the one-loop kernels (FA2_FWD_FLAT, FA2_BWD_FLAT) ---------------------------------------------------------------
 FLAT_CASES = {  # (shape, dtype, causal, variant): every kind of bound the flat loops take
     "dense-gqa-ragged": ((1, 4, 2, 75, 75, 16), torch.float32, True, {}),
     "dense-full-q<k": ((1, 2, 2, 45, 70, 16), torch.float16, False, {}),
@@ -132,11 +132,13 @@ FLAT_CASES = {  # (shape, dtype, causal, variant): every kind of bound the flat 
 
 @pytest.mark.parametrize("mode", ["1", "all"])
 @pytest.mark.parametrize("case", list(FLAT_CASES))
-def test_flat_backward_matches_reference(case, mode, monkeypatch):
-    """FA2_BWD_FLAT: the dK/dV kernel's steps of every query head of a GQA group in one loop, and the dQ kernel's
-    stages in one loop, each step masked or not by itself; output and gradients as the reference's."""
+def test_flat_loops_match_reference(case, mode, monkeypatch):
+    """FA2_FWD_FLAT and FA2_BWD_FLAT: the forward's and the dQ kernel's stages in one loop, the dK/dV kernel's steps
+    of every query head of a GQA group in one loop, each step masked or not by itself; output and gradients as the
+    reference's."""
     shape, dtype, causal, variant = FLAT_CASES[case]
     monkeypatch.setenv(flash2.FLAT_ENV, mode)
+    monkeypatch.setenv(flash2.FWD_FLAT_ENV, mode)
     variant = dict(variant)
     if "doc_ids" in variant:
         variant["doc_ids"] = docs(shape[0], variant["doc_ids"])
@@ -152,8 +154,10 @@ def test_flat_backward_switch(mode, variant, flat, monkeypatch):
     """FA2_BWD_FLAT=1 turns the one loops on where the variant masks many steps (windows, documents, packed batches),
     all everywhere, 0 (the default) nowhere; anything else is one clear error."""
     monkeypatch.setenv(flash2.FLAT_ENV, mode)
+    monkeypatch.setenv(flash2.FWD_FLAT_ENV, "0")
     m = flash2.mods(True, 64, 64, 2, 1, DEVICE, **variant)
     assert flash2.flat_backward(m) is flat
+    assert flash2.flat_loops(flash2.FWD_FLAT_ENV, m) is False  # the forward's switch is its own
     monkeypatch.delenv(flash2.FLAT_ENV)
     assert flash2.flat_backward(m) is False
     monkeypatch.setenv(flash2.FLAT_ENV, "yes")
@@ -440,10 +444,11 @@ def test_tile_fractions_of_the_variants():
 
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
 @pytest.mark.parametrize("case", list(VARLEN))
-def test_flat_backward_varlen(case, causal, monkeypatch):
-    """Packed batches (empty sequences too) through the backward's one loops (FA2_BWD_FLAT=1): each sequence's
-    gradients as the per-sequence reference's."""
+def test_flat_loops_varlen(case, causal, monkeypatch):
+    """Packed batches (empty sequences too) through the one loops (FA2_FWD_FLAT=1, FA2_BWD_FLAT=1): each
+    sequence's output and gradients as the per-sequence reference's."""
     monkeypatch.setenv(flash2.FLAT_ENV, "1")
+    monkeypatch.setenv(flash2.FWD_FLAT_ENV, "1")
     test_varlen_matches_reference_per_sequence(case, causal, {"window": (4, 2)})
 
 
@@ -468,9 +473,10 @@ def test_variants_on_the_gpu(variant, dtype, headdim):
 @pytest.mark.gpu
 @pytest.mark.parametrize("headdim", [64, 128])
 @pytest.mark.parametrize("variant", ["dense", "window", "docs", "all"])
-def test_flat_backward_on_the_gpu(variant, headdim, monkeypatch):
-    """The backward's one loops (FA2_BWD_FLAT=all) compiled for the GPU, autotuned, bf16: as the reference."""
+def test_flat_loops_on_the_gpu(variant, headdim, monkeypatch):
+    """The one loops (FA2_FWD_FLAT=all, FA2_BWD_FLAT=all) compiled for the GPU, autotuned, bf16: as the reference."""
     monkeypatch.setenv(flash2.FLAT_ENV, "all")
+    monkeypatch.setenv(flash2.FWD_FLAT_ENV, "all")
     n, heads = 1500, 4
     kwargs = {
         "dense": {},

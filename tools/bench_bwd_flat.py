@@ -1,12 +1,13 @@
-"""Time fa2's backward with its one-loop kernels off and on (FA2_BWD_FLAT=0 / 1 / all) in one process, per variant:
-the A/B for the flat dK/dV and dQ loops (kernels/flash2.py, ``flat_backward``), on the same inputs and tiles.
+"""Time fa2's forward and backward with the one-loop kernels off and on (FA2_FWD_FLAT and FA2_BWD_FLAT = 0 / 1 / all)
+in one process, per variant: the A/B for the flat forward, dK/dV and dQ loops (kernels/flash2.py, ``flat_loops``), on
+the same inputs and tiles.
 
     python tools/bench_bwd_flat.py                      # bf16, d128, batch 4 x 16 heads / 8 KV heads, 8k, causal
     python tools/bench_bwd_flat.py --seqlen 32768 --batch 1 --autotune
 
 Tiles are forced to the autotuner's picks in results/h200-variants-2 (dK/dV 64x128 w8 s2, dQ 128x64 w8 s3) unless
 ``--autotune``, so both modes run the same tiles and no time goes to tuning. Prints one line per (variant, mode):
-median backward ms (dK/dV + dQ + Delta, from autograd.grad), and new / old.
+median forward ms, median backward ms (dK/dV + dQ + Delta, from autograd.grad), and speed against mode 0.
 """
 from __future__ import annotations
 
@@ -58,18 +59,23 @@ def main() -> None:
             o = flash2.flash2_attention(q, k, v, True, **kwargs)
         do = torch.randn_like(o)
         times, grads = {}, {}
+        fwd, outs = {}, {}
         for mode in ("0", "1", "all"):
-            os.environ[flash2.FLAT_ENV] = mode
+            os.environ[flash2.FLAT_ENV] = os.environ[flash2.FWD_FLAT_ENV] = mode
             with forced():
+                outs[mode] = flash2.flash2_attention(q, k, v, True, **kwargs).detach()
+                fwd[mode] = do_bench(lambda: flash2.flash2_attention(q, k, v, True, **kwargs), warmup=100, rep=1000,
+                                     return_mode="median")
                 grads[mode] = torch.autograd.grad(o, (q, k, v), do, retain_graph=True)
                 times[mode] = do_bench(lambda: torch.autograd.grad(o, (q, k, v), do, retain_graph=True),
                                        warmup=100, rep=1000, return_mode="median")
-        os.environ[flash2.FLAT_ENV] = "0"
+        os.environ[flash2.FLAT_ENV] = os.environ[flash2.FWD_FLAT_ENV] = "0"
         diff = max((a_ - b_).abs().max().item() for a_, b_ in zip(grads["all"], grads["0"]))
         for mode in ("0", "1", "all"):
-            print(f"{name:24s} FA2_BWD_FLAT={mode:3s} bwd {times[mode]:8.3f} ms  x{times['0'] / times[mode]:.3f} "
-                  f"speed vs 0", flush=True)
-        print(f"{name:24s} max |grad(all) - grad(0)| = {diff:.3e}", flush=True)
+            print(f"{name:24s} FLAT={mode:3s} fwd {fwd[mode]:8.3f} ms x{fwd['0'] / fwd[mode]:.3f}   bwd "
+                  f"{times[mode]:8.3f} ms x{times['0'] / times[mode]:.3f}  (speed vs 0)", flush=True)
+        print(f"{name:24s} max |o(all) - o(0)| = {(outs['all'] - outs['0']).abs().max().item():.3e}, "
+              f"max |grad(all) - grad(0)| = {diff:.3e}", flush=True)
 
 
 if __name__ == "__main__":
