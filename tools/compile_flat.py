@@ -1,4 +1,4 @@
-"""Compile fa2's backward kernels for sm_90 with the one-loop switch FLAT off and on (the CPU, no GPU): registers,
+"""Compile fa2's kernels for sm_90 with the one-loop switch FLAT off and on (the CPU, no GPU): registers,
 spill stack and shared memory side by side, per config and variant set.
 
     python tools/compile_flat.py --kernel bwd_dkdv --variants docs --configs 64x128w8s2,64x128w8s3
@@ -17,7 +17,7 @@ from fa2bench.profiling import compile_sm90 as c
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--kernel", default="bwd_dkdv", choices=["bwd_dkdv", "bwd_dq"])
+    ap.add_argument("--kernel", default="bwd_dkdv", choices=["fwd", "bwd_dkdv", "bwd_dq"])
     ap.add_argument("--headdim", type=int, default=128)
     ap.add_argument("--dtype", default="bf16")
     ap.add_argument("--full", action="store_true", help="not causal")
