@@ -65,6 +65,14 @@ instructions are the dense/causal kernel's (only three unused scalar parameters 
   program reads its (sequence, block) from a table built once per cu_seqlens tensor (``varlen_blocks``, the last
   blocks first) and its sequence's rows from cu_seqlens; statistics are (heads, total_q).
 
+One-loop kernels (``FA2_FWD_FLAT``, ``FA2_BWD_FLAT``, read at every launch; default 0 = off): the forward and dQ
+kernels walk their three stages in one loop and the dK/dV kernel every (query head of its GQA group, Q block) step in
+one loop, each step deciding whether it is masked; the per-head, per-stage loops of the default restart Triton's
+software pipeline (an exposed load, a drained MMA) up to 3 x GROUP times per program, which weighs where the loops are
+a few steps long (documents, window edges). The backward's steps run in the same order, so the same sums. ``1``: for
+windows, documents and packed batches; ``all``: every launch (tools/bench_bwd_flat.py times 0, 1 and all in one
+process).
+
 Not supported: dropout, arbitrary attention bias tensors, paged or cached KV, returning the LSE or the softmax, FP8,
 zero or negative ``sm_scale``; documents with varlen (one packed sequence per document does the same); TMA tiles
 for packed batches (they take the pointer path).
@@ -91,6 +99,7 @@ Autotune spaces and the shared-memory budget live in kernels/configs.py (read by
 from __future__ import annotations
 
 import math
+import os
 import weakref
 from dataclasses import dataclass
 
@@ -101,8 +110,8 @@ import triton.language as tl
 
 from . import configs as spaces
 from ._common import (LOG2E, Launcher, advance, autotune, bwd_preprocess, check_inputs, check_scale, dot_precision,
-                      ensure_tma_allocator, head_source, ieee_configs, launch_preprocess, load_rows, row_cursor,
-                      store_rows, tma_layout_ok)
+                      ensure_tma_allocator, head_source, ieee_configs, launch_preprocess, load_rows, load_tile,
+                      row_cursor, store_rows, tile_ptrs, tma_layout_ok)
 from .configs import block_d
 
 
@@ -320,11 +329,45 @@ def _attn_fwd_inner(acc, l_i, m_i, q, K, V, lo, hi, offs_m, offs_n, offs_d, qk_s
 
 
 @triton.jit
+def _attn_fwd_flat(acc, l_i, m_i, q, K, V, lo, full_lo, full_hi, hi, offs_m, offs_n, offs_d, qk_scale, diag, N_CTX_K,
+                   mods, ds_q, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+                   CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr, TMA: tl.constexpr, WINDOW: tl.constexpr,
+                   SOFTCAP: tl.constexpr, ALIBI: tl.constexpr, DOCS: tl.constexpr):
+    """_attn_fwd_inner's stages in ONE loop (FLAT, FA2's deferred normalisation only): K/V rows [lo, hi), each step
+    masked when it lies before full_lo or from full_hi on, so the software pipeline starts once per program. Loads
+    read clamped rows without bounds checks (TMA: zeros past the end); the ragged last step is always masked."""
+    for start_n in range(lo, hi, BLOCK_N):
+        cols = start_n + offs_n
+        cols_in = tl.minimum(cols, N_CTX_K - 1)  # in bounds: past the end, the last key again (masked below)
+        k = load_rows(row_cursor(K, cols_in, offs_d, TMA), start_n, cols_in, N_CTX_K, offs_d, HEAD_DIM, BLOCK_D, False,
+                      TMA)
+        qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)  # S_ij = Q_i K_j^T
+        if SOFTCAP or ALIBI:  # the score in the log2 domain, scaled already
+            qk, _ = _score_mod(qk, offs_m[:, None], cols[None, :], mods[0], diag, mods[3], mods[4], SOFTCAP, ALIBI)
+        else:
+            qk = qk * qk_scale
+        if (start_n < full_lo) | (start_n >= full_hi):  # a masked step
+            keep = _keep(cols[None, :] < N_CTX_K, offs_m[:, None], cols[None, :], diag, mods, ds_q[:, None],
+                         _doc_starts(mods, cols, N_CTX_K, -1, DOCS)[None, :], CAUSAL, WINDOW, DOCS)
+            qk = tl.where(keep, qk, float("-inf"))
+        m_ij = tl.maximum(m_i, tl.max(qk, 1))
+        p = tl.math.exp2(qk - m_ij[:, None])  # P~_ij = exp(S_ij - m_ij)
+        alpha = tl.math.exp2(m_i - m_ij)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = load_rows(row_cursor(V, cols_in, offs_d, TMA), start_n, cols_in, N_CTX_K, offs_d, HEAD_DIM, BLOCK_D, False,
+                      TMA)
+        acc = acc * alpha[:, None]  # O_i <- diag(e^{m_old - m_new}) O_i + P~_ij V_j: unnormalised
+        acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PRECISION)
+        m_i = m_ij
+    return acc, l_i, m_i
+
+
+@triton.jit
 def _attn_fwd_block(start_m, Q, K, V, O, LSE, LSUM, sm_scale, N_CTX_Q, N_CTX_K, mods,
                     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr, DEFER: tl.constexpr,
                     SKIP: tl.constexpr, DOT_PRECISION: tl.constexpr, TMA: tl.constexpr, BLOCK_M: tl.constexpr,
                     BLOCK_N: tl.constexpr, WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, ALIBI: tl.constexpr,
-                    DOCS: tl.constexpr):
+                    DOCS: tl.constexpr, FLAT: tl.constexpr):
     """Q block start_m of one (batch, head) against every K/V block it sees (Algorithm 1, lines 3-15): writes
     O_i and the statistics. Q, K, V, O are tile sources of this (batch, head); LSE, LSUM point at its rows."""
     offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -339,22 +382,29 @@ def _attn_fwd_block(start_m, Q, K, V, O, LSE, LSUM, sm_scale, N_CTX_Q, N_CTX_K, 
     qk_scale = sm_scale * LOG2E
     diag = N_CTX_K - N_CTX_Q
     ds_q = _doc_starts(mods, offs_m, N_CTX_Q, -1, DOCS)  # a key is in a row's document iff their starts are equal
+    # the K/V blocks this Q block sees: masked [lo, full_lo), unmasked [full_lo, full_hi), masked [full_hi, hi)
     if WINDOW or DOCS:  # the K/V blocks the band of this Q block touches: masked edges around an unmasked middle
         lo, full_lo, full_hi, hi = _band(start_m * BLOCK_M, tl.minimum(start_m * BLOCK_M + BLOCK_M, N_CTX_Q) - 1,
                                          N_CTX_K, diag, mods[1], mods[2], mods[5], mods[6], DOCS, BLOCK_N)
-        acc, l_i, m_i = _attn_fwd_inner(acc, l_i, m_i, q, K, V, lo, full_lo, offs_m, offs_n, offs_d, qk_scale, diag,
-                                        N_CTX_K, mods, ds_q, HEAD_DIM, BLOCK_D, BLOCK_N, True, CAUSAL, DEFER,
-                                        DOT_PRECISION, TMA, WINDOW, SOFTCAP, ALIBI, DOCS)
     else:
         full_hi, hi = _kv_stages(start_m, N_CTX_Q, N_CTX_K, CAUSAL, SKIP, BLOCK_M, BLOCK_N)
+        lo = 0
         full_lo = 0
-    # the blocks seen in full, without a mask; then the masked ones
-    acc, l_i, m_i = _attn_fwd_inner(acc, l_i, m_i, q, K, V, full_lo, full_hi, offs_m, offs_n, offs_d, qk_scale, diag,
-                                    N_CTX_K, mods, ds_q, HEAD_DIM, BLOCK_D, BLOCK_N, False, CAUSAL, DEFER,
-                                    DOT_PRECISION, TMA, WINDOW, SOFTCAP, ALIBI, DOCS)
-    acc, l_i, m_i = _attn_fwd_inner(acc, l_i, m_i, q, K, V, full_hi, hi, offs_m, offs_n, offs_d, qk_scale, diag,
-                                    N_CTX_K, mods, ds_q, HEAD_DIM, BLOCK_D, BLOCK_N, True, CAUSAL, DEFER,
-                                    DOT_PRECISION, TMA, WINDOW, SOFTCAP, ALIBI, DOCS)
+    if FLAT and DEFER:  # the stages in one loop
+        acc, l_i, m_i = _attn_fwd_flat(acc, l_i, m_i, q, K, V, lo, full_lo, full_hi, hi, offs_m, offs_n, offs_d,
+                                       qk_scale, diag, N_CTX_K, mods, ds_q, HEAD_DIM, BLOCK_D, BLOCK_N, CAUSAL,
+                                       DOT_PRECISION, TMA, WINDOW, SOFTCAP, ALIBI, DOCS)
+    else:  # one loop per stage: the near masked edge, the blocks seen in full without a mask, the masked rest
+        if WINDOW or DOCS:
+            acc, l_i, m_i = _attn_fwd_inner(acc, l_i, m_i, q, K, V, lo, full_lo, offs_m, offs_n, offs_d, qk_scale,
+                                            diag, N_CTX_K, mods, ds_q, HEAD_DIM, BLOCK_D, BLOCK_N, True, CAUSAL, DEFER,
+                                            DOT_PRECISION, TMA, WINDOW, SOFTCAP, ALIBI, DOCS)
+        acc, l_i, m_i = _attn_fwd_inner(acc, l_i, m_i, q, K, V, full_lo, full_hi, offs_m, offs_n, offs_d, qk_scale,
+                                        diag, N_CTX_K, mods, ds_q, HEAD_DIM, BLOCK_D, BLOCK_N, False, CAUSAL, DEFER,
+                                        DOT_PRECISION, TMA, WINDOW, SOFTCAP, ALIBI, DOCS)
+        acc, l_i, m_i = _attn_fwd_inner(acc, l_i, m_i, q, K, V, full_hi, hi, offs_m, offs_n, offs_d, qk_scale, diag,
+                                        N_CTX_K, mods, ds_q, HEAD_DIM, BLOCK_D, BLOCK_N, True, CAUSAL, DEFER,
+                                        DOT_PRECISION, TMA, WINDOW, SOFTCAP, ALIBI, DOCS)
     # rows that saw no key output 0 and store statistics for which backward's P is exactly 0
     dead = l_i == 0.0
     l_i = tl.where(dead, 1.0, l_i)
@@ -380,7 +430,8 @@ def _attn_fwd_kernel(Q, K, V, sm_scale, LSE, LSUM, Out,
                      HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr,
                      DEFER: tl.constexpr, SEQ_PAR: tl.constexpr, SKIP: tl.constexpr, DOT_PRECISION: tl.constexpr,
                      TMA: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, WINDOW: tl.constexpr,
-                     SOFTCAP: tl.constexpr, ALIBI: tl.constexpr, DOCS: tl.constexpr, VARLEN: tl.constexpr):
+                     SOFTCAP: tl.constexpr, ALIBI: tl.constexpr, DOCS: tl.constexpr, VARLEN: tl.constexpr,
+                     FLAT: tl.constexpr):
     off_hz = tl.program_id(1)
     off_z = (off_hz // H).to(tl.int64)
     off_h = (off_hz % H).to(tl.int64)
@@ -412,7 +463,7 @@ def _attn_fwd_kernel(Q, K, V, sm_scale, LSE, LSUM, Out,
     for i in range(count):
         _attn_fwd_block(first + i, Qs, Ks, Vs, Os, LSE + rows, LSUM + rows, sm_scale, N_CTX_Q, N_CTX_K, mods,
                         HEAD_DIM, BLOCK_D, CAUSAL, DEFER, SKIP, DOT_PRECISION, TMA, BLOCK_M, BLOCK_N, WINDOW, SOFTCAP,
-                        ALIBI, DOCS)
+                        ALIBI, DOCS, FLAT)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -473,12 +524,71 @@ def _attn_bwd_dkdv_inner(dk, dv, k, v, Q, DO, LSE, LSUM, Delta, lo, hi, offs_n, 
 
 
 @triton.jit
+def _attn_bwd_dkdv_flat(dk, dv, k, v, Q, q_strides, DO, do_strides, LSE, LSUM, Delta, lo, full_lo, full_hi, hi,
+                        off_z, off_hkv, H, GROUP, N_CTX_Q, stats, offs_n, offs_m0, offs_d, sm_scale, diag, mods, ds_k,
+                        ALIBI_SLOPES, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
+                        CAUSAL: tl.constexpr, DEFER: tl.constexpr, DOT_PRECISION: tl.constexpr, WINDOW: tl.constexpr,
+                        SOFTCAP: tl.constexpr, ALIBI: tl.constexpr, DOCS: tl.constexpr, VARLEN: tl.constexpr):
+    """_attn_bwd_dkdv_inner's steps for every query head of the GQA group, in ONE loop (FLAT): step it is row block
+    it % n_steps of the group's head it // n_steps. The per-head, per-stage loops restart the software pipeline
+    (an exposed load) up to 3 * GROUP times per program; where the variant's loops are a few steps long (documents,
+    window edges) those restarts are a large share of the program. Each step decides whether it is masked (rows
+    [lo, full_lo) and [full_hi, hi)); loads read clamped rows without bounds checks (the rows past seqlen_q are in
+    the ragged last step, always masked). Pointer tiles only (the per-step head changes the base)."""
+    qk_scale = sm_scale * LOG2E
+    n_steps = tl.cdiv(tl.maximum(hi - lo, 0), BLOCK_M)
+    Qz = Q + off_z * q_strides[0]
+    DOz = DO + off_z * do_strides[0]
+    slope = mods[4]
+    for it in range(GROUP * n_steps):
+        g = it // n_steps
+        start_m = lo + (it - g * n_steps) * BLOCK_M
+        off_h = off_hkv * GROUP + g
+        if VARLEN:
+            srow = stats[0] + off_h * stats[1]
+        else:
+            srow = (off_z * H + off_h) * N_CTX_Q  # this query head's statistics
+        if ALIBI:
+            slope = tl.load(ALIBI_SLOPES + off_h)
+        offs_m = start_m + offs_m0
+        rows = tl.minimum(offs_m, N_CTX_Q - 1)  # in bounds: past the end, the last row again (masked below)
+        q = load_tile(tile_ptrs(Qz + off_h * q_strides[1], rows, q_strides[2], offs_d, q_strides[3]), rows, N_CTX_Q,
+                      offs_d, HEAD_DIM, BLOCK_D, False)
+        lse = tl.load(LSE + srow + rows)
+        # recompute P^T = exp2(qk_scale * K Q^T - L) from the stored statistics
+        qkT = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION)
+        if SOFTCAP or ALIBI:
+            sT, dtanhT = _score_mod(qkT, offs_m[None, :], offs_n[:, None], sm_scale, diag, mods[3], slope, SOFTCAP,
+                                    ALIBI)
+            pT = tl.math.exp2(sT - lse[None, :])
+        else:
+            pT = tl.math.exp2(qkT * qk_scale - lse[None, :])
+        if not DEFER:  # rung 3 stores m and l: P = exp2(s - m) / l
+            pT = pT * (1.0 / tl.load(LSUM + srow + rows))[None, :]
+        if (start_m < full_lo) | (start_m >= full_hi):  # a masked step; transposed: keys on the rows
+            keep = _keep(offs_m[None, :] < N_CTX_Q, offs_m[None, :], offs_n[:, None], diag, mods,
+                         _doc_starts(mods, offs_m, N_CTX_Q, -1, DOCS)[None, :], ds_k[:, None], CAUSAL, WINDOW, DOCS)
+            pT = tl.where(keep, pT, 0.0)
+        do = load_tile(tile_ptrs(DOz + off_h * do_strides[1], rows, do_strides[2], offs_d, do_strides[3]), rows,
+                       N_CTX_Q, offs_d, HEAD_DIM, BLOCK_D, False)
+        dv = tl.dot(pT.to(do.dtype), do, dv, input_precision=DOT_PRECISION)  # dV_j += P^T dO_i
+        delta = tl.load(Delta + srow + rows)
+        # dS^T = P^T * (dP^T - Delta), dP^T = V dO^T
+        dpT = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
+        dsT = pT * (dpT - delta[None, :])
+        if SOFTCAP:  # through the tanh: dS_raw = dS * (1 - tanh^2)
+            dsT = dsT * dtanhT
+        dk = tl.dot(dsT.to(q.dtype), q, dk, input_precision=DOT_PRECISION)  # dK_j += dS^T Q_i (sm_scale at the end)
+    return dk, dv
+
+
+@triton.jit
 def _attn_bwd_dkdv_block(start_n, Q, q_strides, DO, do_strides, K, V, DK, DV, LSE, LSUM, Delta, sm_scale, off_z,
                          off_hkv, H, GROUP, N_CTX_Q, N_CTX_K, stats, mods, ALIBI_SLOPES, HEAD_DIM: tl.constexpr,
                          BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr, DEFER: tl.constexpr, SKIP: tl.constexpr,
                          DOT_PRECISION: tl.constexpr, TMA: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                          WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, ALIBI: tl.constexpr, DOCS: tl.constexpr,
-                         VARLEN: tl.constexpr):
+                         VARLEN: tl.constexpr, FLAT: tl.constexpr):
     """K/V block start_n of one (batch, kv head) against the rows of every query head of its GQA group that see
     it (Algorithm 2, lines 5-23): writes dK_j and dV_j once. K, V, DK, DV are pointer sources of this (batch, kv
     head); Q and dO are found per query head from their (z, h, row, d) strides. VARLEN: stats = (first row, rows
@@ -516,27 +626,33 @@ def _attn_bwd_dkdv_block(start_n, Q, q_strides, DO, do_strides, K, V, DK, DV, LS
         # [mid, end): whole unmasked steps; [end, N_CTX_Q): the ragged last step, masked
         end = mid + tl.maximum(N_CTX_Q - mid, 0) // BLOCK_M * BLOCK_M
         stop = N_CTX_Q
-    for g in range(GROUP):  # the query heads sharing this kv head
-        off_h = off_hkv * GROUP + g
-        if VARLEN:
-            rows = stats[0] + off_h * stats[1]
-        else:
-            rows = (off_z * H + off_h) * N_CTX_Q  # this query head's statistics
-        if ALIBI:
-            mods = (mods[0], mods[1], mods[2], mods[3], tl.load(ALIBI_SLOPES + off_h), mods[5], mods[6])
-        Qh = head_source(Q, q_strides, off_z, off_h, N_CTX_Q, HEAD_DIM, BLOCK_M, BLOCK_D, TMA)
-        DOh = head_source(DO, do_strides, off_z, off_h, N_CTX_Q, HEAD_DIM, BLOCK_M, BLOCK_D, TMA)
-        for stage in tl.static_range(3):  # the masked band, the unmasked rows, the ragged last step
-            if stage == 0:
-                s_lo, s_hi = lo, mid
-            elif stage == 1:
-                s_lo, s_hi = mid, end
+    if FLAT and not TMA:  # every (head, row block) step of the group in one loop
+        dk, dv = _attn_bwd_dkdv_flat(dk, dv, k, v, Q, q_strides, DO, do_strides, LSE, LSUM, Delta, lo, mid, end, stop,
+                                     off_z, off_hkv, H, GROUP, N_CTX_Q, stats, offs_n, offs_m0, offs_d, sm_scale, diag,
+                                     mods, ds_k, ALIBI_SLOPES, HEAD_DIM, BLOCK_D, BLOCK_M, CAUSAL, DEFER,
+                                     DOT_PRECISION, WINDOW, SOFTCAP, ALIBI, DOCS, VARLEN)
+    else:
+        for g in range(GROUP):  # the query heads sharing this kv head
+            off_h = off_hkv * GROUP + g
+            if VARLEN:
+                rows = stats[0] + off_h * stats[1]
             else:
-                s_lo, s_hi = end, stop
-            dk, dv = _attn_bwd_dkdv_inner(dk, dv, k, v, Qh, DOh, LSE + rows, LSUM + rows, Delta + rows, s_lo, s_hi,
-                                          offs_n, offs_m0, offs_d, sm_scale, diag, N_CTX_Q, mods, ds_k, HEAD_DIM,
-                                          BLOCK_D, BLOCK_M, stage != 1, CAUSAL, DEFER, DOT_PRECISION, TMA, WINDOW,
-                                          SOFTCAP, ALIBI, DOCS)
+                rows = (off_z * H + off_h) * N_CTX_Q  # this query head's statistics
+            if ALIBI:
+                mods = (mods[0], mods[1], mods[2], mods[3], tl.load(ALIBI_SLOPES + off_h), mods[5], mods[6])
+            Qh = head_source(Q, q_strides, off_z, off_h, N_CTX_Q, HEAD_DIM, BLOCK_M, BLOCK_D, TMA)
+            DOh = head_source(DO, do_strides, off_z, off_h, N_CTX_Q, HEAD_DIM, BLOCK_M, BLOCK_D, TMA)
+            for stage in tl.static_range(3):  # the masked band, the unmasked rows, the ragged last step
+                if stage == 0:
+                    s_lo, s_hi = lo, mid
+                elif stage == 1:
+                    s_lo, s_hi = mid, end
+                else:
+                    s_lo, s_hi = end, stop
+                dk, dv = _attn_bwd_dkdv_inner(dk, dv, k, v, Qh, DOh, LSE + rows, LSUM + rows, Delta + rows, s_lo, s_hi,
+                                              offs_n, offs_m0, offs_d, sm_scale, diag, N_CTX_Q, mods, ds_k, HEAD_DIM,
+                                              BLOCK_D, BLOCK_M, stage != 1, CAUSAL, DEFER, DOT_PRECISION, TMA, WINDOW,
+                                              SOFTCAP, ALIBI, DOCS)
     dk *= sm_scale  # S = sm_scale * Q K^T
     store_rows(row_cursor(DK, offs_n, offs_d, False), dk.to(k.dtype), start_n * BLOCK_N, offs_n, N_CTX_K, offs_d,
                HEAD_DIM, BLOCK_D, False)
@@ -559,7 +675,7 @@ def _attn_bwd_dkdv_kernel(Q, K, V, sm_scale, DO, DK, DV, LSE, LSUM, Delta,
                           DEFER: tl.constexpr, SEQ_PAR: tl.constexpr, SKIP: tl.constexpr,
                           DOT_PRECISION: tl.constexpr, TMA: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                           WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, ALIBI: tl.constexpr, DOCS: tl.constexpr,
-                          VARLEN: tl.constexpr):
+                          VARLEN: tl.constexpr, FLAT: tl.constexpr):
     off_hkvz = tl.program_id(1)  # over batch * kv_heads
     H_KV = H // GROUP
     off_z = (off_hkvz // H_KV).to(tl.int64)
@@ -596,7 +712,7 @@ def _attn_bwd_dkdv_kernel(Q, K, V, sm_scale, DO, DK, DV, LSE, LSUM, Delta,
                              (stride_doz, stride_doh, stride_dom, stride_dok), Ks, Vs, DKs, DVs, LSE, LSUM, Delta,
                              sm_scale, off_z, off_hkv, H, GROUP, N_CTX_Q, N_CTX_K, stats, mods, ALIBI_SLOPES, HEAD_DIM,
                              BLOCK_D, CAUSAL, DEFER, SKIP, DOT_PRECISION, TMA, BLOCK_M, BLOCK_N, WINDOW, SOFTCAP,
-                             ALIBI, DOCS, VARLEN)
+                             ALIBI, DOCS, VARLEN, FLAT)
 
 
 @triton.jit
@@ -636,11 +752,46 @@ def _attn_bwd_dq_inner(dq, q, do, lse, inv_l, delta, K, V, lo, hi, offs_m, offs_
 
 
 @triton.jit
+def _attn_bwd_dq_flat(dq, q, do, lse, inv_l, delta, K, V, lo, full_lo, full_hi, hi, offs_m, offs_n, offs_d, qk_scale,
+                      diag, N_CTX_K, mods, ds_q, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+                      CAUSAL: tl.constexpr, DEFER: tl.constexpr, DOT_PRECISION: tl.constexpr, TMA: tl.constexpr,
+                      WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, ALIBI: tl.constexpr, DOCS: tl.constexpr):
+    """_attn_bwd_dq_inner's three stages in ONE loop (FLAT): K/V rows [lo, hi), each step masked when it lies
+    before full_lo or from full_hi on, so the software pipeline starts once per program, not once per stage. Loads
+    read clamped rows without bounds checks (TMA: zeros past the end); the ragged last step is always masked."""
+    for start_n in range(lo, hi, BLOCK_N):
+        cols = start_n + offs_n
+        cols_in = tl.minimum(cols, N_CTX_K - 1)  # in bounds: past the end, the last key again (masked below)
+        k = load_rows(row_cursor(K, cols_in, offs_d, TMA), start_n, cols_in, N_CTX_K, offs_d, HEAD_DIM, BLOCK_D, False,
+                      TMA)
+        qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
+        if SOFTCAP or ALIBI:
+            s, dtanh = _score_mod(qk, offs_m[:, None], cols[None, :], mods[0], diag, mods[3], mods[4], SOFTCAP, ALIBI)
+            p = tl.math.exp2(s - lse[:, None])
+        else:
+            p = tl.math.exp2(qk * qk_scale - lse[:, None])
+        if not DEFER:
+            p = p * inv_l[:, None]
+        if (start_n < full_lo) | (start_n >= full_hi):  # a masked step
+            keep = _keep(cols[None, :] < N_CTX_K, offs_m[:, None], cols[None, :], diag, mods, ds_q[:, None],
+                         _doc_starts(mods, cols, N_CTX_K, -1, DOCS)[None, :], CAUSAL, WINDOW, DOCS)
+            p = tl.where(keep, p, 0.0)
+        v = load_rows(row_cursor(V, cols_in, offs_d, TMA), start_n, cols_in, N_CTX_K, offs_d, HEAD_DIM, BLOCK_D, False,
+                      TMA)
+        dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
+        ds = p * (dp - delta[:, None])
+        if SOFTCAP:  # through the tanh: dS_raw = dS * (1 - tanh^2)
+            ds = ds * dtanh
+        dq = tl.dot(ds.to(k.dtype), k, dq, input_precision=DOT_PRECISION)
+    return dq
+
+
+@triton.jit
 def _attn_bwd_dq_block(start_m, Q, K, V, DO, DQ, LSE, LSUM, Delta, sm_scale, N_CTX_Q, N_CTX_K, mods,
                        HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr, DEFER: tl.constexpr,
                        SKIP: tl.constexpr, DOT_PRECISION: tl.constexpr, TMA: tl.constexpr,
                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, WINDOW: tl.constexpr, SOFTCAP: tl.constexpr,
-                       ALIBI: tl.constexpr, DOCS: tl.constexpr):
+                       ALIBI: tl.constexpr, DOCS: tl.constexpr, FLAT: tl.constexpr):
     """Q block start_m of one (batch, head) against every K/V block it sees: writes dQ_i once. Sources and
     statistics as in _attn_fwd_block; DQ is a pointer source."""
     offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -661,22 +812,29 @@ def _attn_bwd_dq_block(start_m, Q, K, V, DO, DQ, LSE, LSUM, Delta, sm_scale, N_C
     qk_scale = sm_scale * LOG2E
     diag = N_CTX_K - N_CTX_Q
     ds_q = _doc_starts(mods, offs_m, N_CTX_Q, -1, DOCS)
-    # the forward's stages
+    # the K/V blocks this Q block sees: masked [lo, full_lo), unmasked [full_lo, full_hi), masked [full_hi, hi)
     if WINDOW or DOCS:
         lo, full_lo, full_hi, hi = _band(start_m * BLOCK_M, tl.minimum(start_m * BLOCK_M + BLOCK_M, N_CTX_Q) - 1,
                                          N_CTX_K, diag, mods[1], mods[2], mods[5], mods[6], DOCS, BLOCK_N)
-        dq = _attn_bwd_dq_inner(dq, q, do, lse, inv_l, delta, K, V, lo, full_lo, offs_m, offs_n, offs_d, qk_scale,
-                                diag, N_CTX_K, mods, ds_q, HEAD_DIM, BLOCK_D, BLOCK_N, True, CAUSAL, DEFER,
-                                DOT_PRECISION, TMA, WINDOW, SOFTCAP, ALIBI, DOCS)
     else:
         full_hi, hi = _kv_stages(start_m, N_CTX_Q, N_CTX_K, CAUSAL, SKIP, BLOCK_M, BLOCK_N)
+        lo = 0
         full_lo = 0
-    dq = _attn_bwd_dq_inner(dq, q, do, lse, inv_l, delta, K, V, full_lo, full_hi, offs_m, offs_n, offs_d, qk_scale,
-                            diag, N_CTX_K, mods, ds_q, HEAD_DIM, BLOCK_D, BLOCK_N, False, CAUSAL, DEFER,
-                            DOT_PRECISION, TMA, WINDOW, SOFTCAP, ALIBI, DOCS)
-    dq = _attn_bwd_dq_inner(dq, q, do, lse, inv_l, delta, K, V, full_hi, hi, offs_m, offs_n, offs_d, qk_scale,
-                            diag, N_CTX_K, mods, ds_q, HEAD_DIM, BLOCK_D, BLOCK_N, True, CAUSAL, DEFER,
-                            DOT_PRECISION, TMA, WINDOW, SOFTCAP, ALIBI, DOCS)
+    if FLAT:  # the stages in one loop
+        dq = _attn_bwd_dq_flat(dq, q, do, lse, inv_l, delta, K, V, lo, full_lo, full_hi, hi, offs_m, offs_n, offs_d,
+                               qk_scale, diag, N_CTX_K, mods, ds_q, HEAD_DIM, BLOCK_D, BLOCK_N, CAUSAL, DEFER,
+                               DOT_PRECISION, TMA, WINDOW, SOFTCAP, ALIBI, DOCS)
+    else:  # the forward's stages, one loop each
+        if WINDOW or DOCS:
+            dq = _attn_bwd_dq_inner(dq, q, do, lse, inv_l, delta, K, V, lo, full_lo, offs_m, offs_n, offs_d,
+                                    qk_scale, diag, N_CTX_K, mods, ds_q, HEAD_DIM, BLOCK_D, BLOCK_N, True, CAUSAL,
+                                    DEFER, DOT_PRECISION, TMA, WINDOW, SOFTCAP, ALIBI, DOCS)
+        dq = _attn_bwd_dq_inner(dq, q, do, lse, inv_l, delta, K, V, full_lo, full_hi, offs_m, offs_n, offs_d,
+                                qk_scale, diag, N_CTX_K, mods, ds_q, HEAD_DIM, BLOCK_D, BLOCK_N, False, CAUSAL, DEFER,
+                                DOT_PRECISION, TMA, WINDOW, SOFTCAP, ALIBI, DOCS)
+        dq = _attn_bwd_dq_inner(dq, q, do, lse, inv_l, delta, K, V, full_hi, hi, offs_m, offs_n, offs_d, qk_scale,
+                                diag, N_CTX_K, mods, ds_q, HEAD_DIM, BLOCK_D, BLOCK_N, True, CAUSAL, DEFER,
+                                DOT_PRECISION, TMA, WINDOW, SOFTCAP, ALIBI, DOCS)
     dq *= sm_scale  # S = sm_scale * Q K^T
     store_rows(row_cursor(DQ, offs_m, offs_d, False), dq.to(q.dtype), start_m * BLOCK_M, offs_m, N_CTX_Q, offs_d,
                HEAD_DIM, BLOCK_D, False)
@@ -696,7 +854,7 @@ def _attn_bwd_dq_kernel(Q, K, V, sm_scale, DO, DQ, LSE, LSUM, Delta,
                         DEFER: tl.constexpr, SEQ_PAR: tl.constexpr, SKIP: tl.constexpr,
                         DOT_PRECISION: tl.constexpr, TMA: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                         WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, ALIBI: tl.constexpr, DOCS: tl.constexpr,
-                        VARLEN: tl.constexpr):
+                        VARLEN: tl.constexpr, FLAT: tl.constexpr):
     off_hz = tl.program_id(1)
     off_z = (off_hz // H).to(tl.int64)
     off_h = (off_hz % H).to(tl.int64)
@@ -731,7 +889,7 @@ def _attn_bwd_dq_kernel(Q, K, V, sm_scale, DO, DQ, LSE, LSUM, Delta,
     for i in range(count):
         _attn_bwd_dq_block(first + i, Qs, Ks, Vs, DOs, DQs, LSE + rows, LSUM + rows, Delta + rows, sm_scale,
                            N_CTX_Q, N_CTX_K, mods, HEAD_DIM, BLOCK_D, CAUSAL, DEFER, SKIP, DOT_PRECISION, TMA, BLOCK_M,
-                           BLOCK_N, WINDOW, SOFTCAP, ALIBI, DOCS)
+                           BLOCK_N, WINDOW, SOFTCAP, ALIBI, DOCS, FLAT)
 
 
 JIT_KERNELS = {"fwd": _attn_fwd_kernel, "bwd_dkdv": _attn_bwd_dkdv_kernel, "bwd_dq": _attn_bwd_dq_kernel}
@@ -777,7 +935,7 @@ def early_prune(kernel):
 
 # dtypes join the key automatically; the rung switches and the dot precision are part of it
 TUNE_KEY = ["HEAD_DIM", "CAUSAL", "DEFER", "SEQ_PAR", "SKIP", "DOT_PRECISION", "TMA", "N_CTX_Q_BUCKET",
-            "N_CTX_K_BUCKET", "WINDOW", "SOFTCAP", "ALIBI", "DOCS", "VARLEN"]
+            "N_CTX_K_BUCKET", "WINDOW", "SOFTCAP", "ALIBI", "DOCS", "VARLEN", "FLAT"]
 
 
 def autotuned(tiles: dict, prune=early_prune) -> dict:
@@ -879,6 +1037,28 @@ def _strides(t: torch.Tensor, packed) -> tuple:
     return t.stride() if packed is None else (0, *t.stride()[1:])
 
 
+# The one-loop kernels (FLAT), switchable at launch for timing old against new in one process, the backward's
+# (FA2_BWD_FLAT) and the forward's (FA2_FWD_FLAT) apart: 0 (the per-stage loops), 1 (one loop where the variant masks
+# many steps: windows, documents, packed batches), all (dense too).
+FLAT_ENV = "FA2_BWD_FLAT"
+FWD_FLAT_ENV = "FA2_FWD_FLAT"
+
+
+def flat_backward(mods: "Mods") -> bool:
+    """Whether this backward runs its one-loop kernels (FA2_BWD_FLAT, read at every launch)."""
+    return flat_loops(FLAT_ENV, mods)
+
+
+def flat_loops(env: str, mods: "Mods") -> bool:
+    """Whether a launch runs its one-loop kernel, by the environment variable ``env`` (0, 1 or all)."""
+    mode = os.environ.get(env, "0").strip().lower()
+    if mode not in ("0", "1", "all"):
+        raise ValueError(f"{env} must be 0, 1 or all, got {mode!r}")
+    if mode == "all":
+        return True
+    return mode == "1" and (mods.window is not None or mods.doc_bounds is not None or mods.cu_seqlens is not None)
+
+
 def _forward(q, k, v, sm_scale, meta, variant, mods: Mods = DENSE, packed=None):
     """Launch the forward: (o, lse, lsum); lse in the log2 domain (the running max m when not variant.defer,
     with lsum = l; lsum is lse itself when variant.defer). ``packed``: a packed batch's ``Packed``, whose q, k, v are
@@ -902,7 +1082,7 @@ def _forward(q, k, v, sm_scale, meta, variant, mods: Mods = DENSE, packed=None):
     variant.launcher.launch("fwd", grid, q, k, v, sm_scale, lse, lsum, o,
                             *_strides(q, packed), *_strides(k, packed), *_strides(v, packed), *_strides(o, packed),
                             H, H // H_KV, N_CTX_Q, N_CTX_K, _bucket(max_q), _bucket(max_k), *mods.args(), **meta,
-                            TMA=tma)
+                            TMA=tma, FLAT=flat_loops(FWD_FLAT_ENV, mods))
     return o, lse, lsum
 
 
@@ -926,8 +1106,9 @@ def _backward(q, k, v, o, lse, lsum, do, sm_scale, meta, variant, mods: Mods = D
         return (triton.cdiv(max_k, META["BLOCK_N"]) if variant.seq_par else 1, Z * H_KV)
 
     st = [_strides(t, packed) for t in (q, k, v, do, dk, dv, dq)]
+    flat = flat_backward(mods)
     variant.launcher.launch("bwd_dkdv", grid_dkdv, q, k, v, sm_scale, do, dk, dv, lse, lsum, delta,
-                            *st[0], *st[1], *st[2], *st[3], *st[4], *st[5], *tail, **meta, TMA=tma)
+                            *st[0], *st[1], *st[2], *st[3], *st[4], *st[5], *tail, **meta, TMA=tma, FLAT=flat)
 
     def grid_dq(META):
         if packed is not None:
@@ -935,7 +1116,7 @@ def _backward(q, k, v, o, lse, lsum, do, sm_scale, meta, variant, mods: Mods = D
         return (triton.cdiv(max_q, META["BLOCK_M"]) if variant.seq_par else 1, Z * H)
 
     variant.launcher.launch("bwd_dq", grid_dq, q, k, v, sm_scale, do, dq, lse, lsum, delta,
-                            *st[0], *st[1], *st[2], *st[3], *st[6], *tail, **meta, TMA=tma)
+                            *st[0], *st[1], *st[2], *st[3], *st[6], *tail, **meta, TMA=tma, FLAT=flat)
     return dq, dk, dv
 
 

@@ -116,6 +116,55 @@ def test_dense_steps_masked_only_in_the_band_and_at_the_ragged_end(shape, causal
     check(shape, torch.float16, causal)
 
 
+# ---- the one-loop kernels (FA2_FWD_FLAT, FA2_BWD_FLAT) ---------------------------------------------------------------
+FLAT_CASES = {  # (shape, dtype, causal, variant): every kind of bound the flat loops take
+    "dense-gqa-ragged": ((1, 4, 2, 75, 75, 16), torch.float32, True, {}),
+    "dense-full-q<k": ((1, 2, 2, 45, 70, 16), torch.float16, False, {}),
+    "dense-causal-q>k": ((1, 2, 2, 70, 45, 16), torch.float32, True, {}),
+    "window-gqa": ((2, 4, 2, 61, 61, 16), torch.float16, True, {"window": (17, 0)}),
+    "window-two-sided": ((1, 2, 1, 45, 45, 16), torch.float32, False, {"window": (3, 5)}),
+    "docs-gqa": ((2, 4, 2, 70, 70, 16), torch.float32, True, {"doc_ids": [[1, 15, 16, 17, 21], [70]]}),
+    "docs-window-softcap-alibi": ((2, 4, 2, 70, 70, 16), torch.float16, True,
+                                  {"doc_ids": [[33, 5, 32], [1, 69]], "window": (20, 0), "softcap": 5.0,
+                                   "alibi_slopes": "geometric"}),
+}
+
+
+@pytest.mark.parametrize("mode", ["1", "all"])
+@pytest.mark.parametrize("case", list(FLAT_CASES))
+def test_flat_loops_match_reference(case, mode, monkeypatch):
+    """FA2_FWD_FLAT and FA2_BWD_FLAT: the forward's and the dQ kernel's stages in one loop, the dK/dV kernel's steps
+    of every query head of a GQA group in one loop, each step masked or not by itself; output and gradients as the
+    reference's."""
+    shape, dtype, causal, variant = FLAT_CASES[case]
+    monkeypatch.setenv(flash2.FLAT_ENV, mode)
+    monkeypatch.setenv(flash2.FWD_FLAT_ENV, mode)
+    variant = dict(variant)
+    if "doc_ids" in variant:
+        variant["doc_ids"] = docs(shape[0], variant["doc_ids"])
+    if variant.get("alibi_slopes") == "geometric":
+        variant["alibi_slopes"] = torch.tensor([2.0 ** -(i + 1) for i in range(shape[1])], device=DEVICE)
+    check(shape, dtype, causal, **variant)
+
+
+@pytest.mark.parametrize("mode, variant, flat", [
+    ("0", {"window": (4, 0)}, False), ("1", {}, False), ("1", {"window": (4, 0)}, True),
+    ("1", {"softcap": 2.0}, False), ("all", {}, True), ("all", {"softcap": 2.0}, True)])
+def test_flat_backward_switch(mode, variant, flat, monkeypatch):
+    """FA2_BWD_FLAT=1 turns the one loops on where the variant masks many steps (windows, documents, packed batches),
+    all everywhere, 0 (the default) nowhere; anything else is one clear error."""
+    monkeypatch.setenv(flash2.FLAT_ENV, mode)
+    monkeypatch.setenv(flash2.FWD_FLAT_ENV, "0")
+    m = flash2.mods(True, 64, 64, 2, 1, DEVICE, **variant)
+    assert flash2.flat_backward(m) is flat
+    assert flash2.flat_loops(flash2.FWD_FLAT_ENV, m) is False  # the forward's switch is its own
+    monkeypatch.delenv(flash2.FLAT_ENV)
+    assert flash2.flat_backward(m) is False
+    monkeypatch.setenv(flash2.FLAT_ENV, "yes")
+    with pytest.raises(ValueError, match="FA2_BWD_FLAT"):
+        flash2.flat_backward(m)
+
+
 # ---- sliding windows -----------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("window", [(0, 0), (3, 5), (0, 7), (20, 2), (1000, 1000)], ids=str)
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
@@ -393,6 +442,16 @@ def test_tile_fractions_of_the_variants():
     assert tile_fraction(n, n, 128, 64, doc_lengths=[n]) == 1.0
 
 
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("case", list(VARLEN))
+def test_flat_loops_varlen(case, causal, monkeypatch):
+    """Packed batches (empty sequences too) through the one loops (FA2_FWD_FLAT=1, FA2_BWD_FLAT=1): each
+    sequence's output and gradients as the per-sequence reference's."""
+    monkeypatch.setenv(flash2.FLAT_ENV, "1")
+    monkeypatch.setenv(flash2.FWD_FLAT_ENV, "1")
+    test_varlen_matches_reference_per_sequence(case, causal, {"window": (4, 2)})
+
+
 # ---- the GPU: bf16 and longer sequences ----------------------------------------------------------------------------
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
@@ -409,6 +468,28 @@ def test_variants_on_the_gpu(variant, dtype, headdim):
                     doc_ids=docs(2, [[100] * 15, [1, 1499]])),
     }[variant]
     check((2, heads, 2, n, n, headdim), dtype, causal=True, tiles=False, **kwargs)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("headdim", [64, 128])
+@pytest.mark.parametrize("variant", ["dense", "window", "docs", "all"])
+def test_flat_loops_on_the_gpu(variant, headdim, monkeypatch):
+    """The one loops (FA2_FWD_FLAT=all, FA2_BWD_FLAT=all) compiled for the GPU, bf16, at the autotuner's usual picks
+    (results/h200-variants-2; forced, so that no time goes to tuning): as the reference."""
+    monkeypatch.setenv(flash2.FLAT_ENV, "all")
+    monkeypatch.setenv(flash2.FWD_FLAT_ENV, "all")
+    n, heads = 1500, 4
+    kwargs = {
+        "dense": {},
+        "window": dict(window=(256, 0)),
+        "docs": dict(doc_ids=docs(2, [[700, 1, 799], [1500]])),
+        "all": dict(window=(300, 0), softcap=30.0, alibi_slopes=torch.rand(heads, device=DEVICE) * 0.01,
+                    doc_ids=docs(2, [[100] * 15, [1, 1499]])),
+    }[variant]
+    with flash2.forced_configs(fwd=triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=4, num_stages=3),
+                               bwd_dkdv=triton.Config({"BLOCK_M": 64, "BLOCK_N": 128}, num_warps=8, num_stages=2),
+                               bwd_dq=triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=8, num_stages=3)):
+        check((2, heads, 2, n, n, headdim), torch.bfloat16, causal=True, tiles=False, **kwargs)
 
 
 @pytest.mark.gpu

@@ -1,0 +1,82 @@
+"""Time fa2's forward and backward with the one-loop kernels off and on (FA2_FWD_FLAT and FA2_BWD_FLAT = 0 / 1 / all)
+in one process, per variant: the A/B for the flat forward, dK/dV and dQ loops (kernels/flash2.py, ``flat_loops``), on
+the same inputs and tiles.
+
+    python tools/bench_bwd_flat.py                      # bf16, d128, batch 4 x 16 heads / 8 KV heads, 8k, causal
+    python tools/bench_bwd_flat.py --seqlen 32768 --batch 1 --autotune
+
+Tiles are forced to the autotuner's picks in results/h200-variants-2 (dK/dV 64x128 w8 s2, dQ 128x64 w8 s3) unless
+``--autotune``, so both modes run the same tiles and no time goes to tuning. Prints one line per (variant, mode):
+median forward ms, median backward ms (dK/dV + dQ + Delta, from autograd.grad), and speed against mode 0.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+
+import torch
+import triton
+from triton.testing import do_bench
+
+from fa2bench.core import variants as V
+from fa2bench.kernels import flash2
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--variants", default="dense,window4096,docs,window4096+softcap50")
+    ap.add_argument("--seqlen", type=int, default=8192)
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--heads", type=int, default=16)
+    ap.add_argument("--kv-heads", type=int, default=8)
+    ap.add_argument("--headdim", type=int, default=128)
+    ap.add_argument("--dtype", default="bf16", choices=["bf16", "fp16"])
+    ap.add_argument("--autotune", action="store_true", help="let each mode autotune instead of forcing the tiles")
+    ap.add_argument("--device", default="cuda")
+    a = ap.parse_args()
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[a.dtype]
+    dev = a.device
+
+    def forced():
+        if a.autotune:
+            return contextlib.nullcontext()
+        return flash2.forced_configs(
+            fwd=triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=4, num_stages=3),
+            bwd_dkdv=triton.Config({"BLOCK_M": 64, "BLOCK_N": 128}, num_warps=8, num_stages=2),
+            bwd_dq=triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=8, num_stages=3))
+    torch.manual_seed(0)
+    shape = (a.batch, a.heads, a.kv_heads, a.seqlen, a.headdim)
+    print(f"shape (batch, heads, kv heads, seqlen, d) {shape} {a.dtype} causal; tiles "
+          f"{'autotuned' if a.autotune else 'forced dK/dV 64x128w8s2, dQ 128x64w8s3'}", flush=True)
+    for name in a.variants.split(","):
+        variant = V.parse(name)
+        kwargs = V.kernel_kwargs(variant, a.batch, a.heads, a.seqlen, dev)
+        q = torch.randn(a.batch, a.heads, a.seqlen, a.headdim, device=dev, dtype=dtype, requires_grad=True)
+        k, v = (torch.randn(a.batch, a.kv_heads, a.seqlen, a.headdim, device=dev, dtype=dtype, requires_grad=True)
+                for _ in range(2))
+        with forced():
+            o = flash2.flash2_attention(q, k, v, True, **kwargs)
+        do = torch.randn_like(o)
+        times, grads = {}, {}
+        fwd, outs = {}, {}
+        for mode in ("0", "1", "all"):
+            os.environ[flash2.FLAT_ENV] = os.environ[flash2.FWD_FLAT_ENV] = mode
+            with forced():
+                outs[mode] = flash2.flash2_attention(q, k, v, True, **kwargs).detach()
+                fwd[mode] = do_bench(lambda: flash2.flash2_attention(q, k, v, True, **kwargs), warmup=100, rep=1000,
+                                     return_mode="median")
+                grads[mode] = torch.autograd.grad(o, (q, k, v), do, retain_graph=True)
+                times[mode] = do_bench(lambda: torch.autograd.grad(o, (q, k, v), do, retain_graph=True),
+                                       warmup=100, rep=1000, return_mode="median")
+        os.environ[flash2.FLAT_ENV] = os.environ[flash2.FWD_FLAT_ENV] = "0"
+        diff = max((a_ - b_).abs().max().item() for a_, b_ in zip(grads["all"], grads["0"]))
+        for mode in ("0", "1", "all"):
+            print(f"{name:24s} FLAT={mode:3s} fwd {fwd[mode]:8.3f} ms x{fwd['0'] / fwd[mode]:.3f}   bwd "
+                  f"{times[mode]:8.3f} ms x{times['0'] / times[mode]:.3f}  (speed vs 0)", flush=True)
+        print(f"{name:24s} max |o(all) - o(0)| = {(outs['all'] - outs['0']).abs().max().item():.3e}, "
+              f"max |grad(all) - grad(0)| = {diff:.3e}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
