@@ -60,7 +60,7 @@ def compile_one(kernel: str, cfg: triton.Config, headdim: int, causal: bool, tma
     switches = {flag: name in variants for name, (flag, _) in VARIANTS.items()}
     used = {arg: t for name in variants for arg, t in VARIANTS[name][1].items()}
     consts = dict(HEAD_DIM=headdim, BLOCK_D=block_d(headdim), CAUSAL=causal, DEFER=True, SEQ_PAR=True, SKIP=True,
-                  DOT_PRECISION="tf32", TMA=tma, **switches, **cfg.kwargs)
+                  FLAT=False, DOT_PRECISION="tf32", TMA=tma, **switches, **cfg.kwargs)  # FLAT: the launch default
     consts.update({arg: value for arg, value in UNUSED.items() if arg not in used and value is None})
     consts = {k: v for k, v in consts.items() if k in fn.arg_names}
     sig = {}
