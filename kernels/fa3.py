@@ -98,7 +98,9 @@ def _producer(q_desc, k_desc, v_desc, q_bufs, k_bufs, v_bufs, q_ready, q_empty, 
               H, GROUP, N_CTX_Q, N_CTX_K, n_tiles, CAUSAL: gl.constexpr, STAGES: gl.constexpr,
               Q_PARTS: gl.constexpr = 1, Q_BUFS: gl.constexpr = 2):
     """Per tile: its Q (in ``Q_PARTS`` row slices, one per consumer partition, behind one barrier, into buffer
-    ``done % Q_BUFS``), then every K/V block the tile sees, K and V behind separate barriers."""
+    ``done % Q_BUFS``), then every K/V block the tile sees, K and V behind separate barriers. ``kv_empty`` has
+    one barrier per stage (rung 8: K and V freed together) or two (rungs 9, 10: K's at ``s``, V's at
+    ``STAGES + s``, freed separately)."""
     Q_ROWS: gl.constexpr = q_desc.block_type.shape[1]
     BLOCK_M: gl.constexpr = Q_ROWS * Q_PARTS
     BLOCK_N: gl.constexpr = k_desc.block_type.shape[1]
@@ -121,6 +123,8 @@ def _producer(q_desc, k_desc, v_desc, q_bufs, k_bufs, v_bufs, q_ready, q_empty, 
             mbarrier.wait(kv_empty.index(s), (it // STAGES & 1) ^ 1)
             mbarrier.expect(k_ready.index(s), k_desc.block_type.nbytes)
             tma_load(k_desc, [kv_bh, j * BLOCK_N, 0], k_ready.index(s), k_bufs.index(s))
+            if kv_empty.shape[0] > STAGES:
+                mbarrier.wait(kv_empty.index(STAGES + s), (it // STAGES & 1) ^ 1)
             mbarrier.expect(v_ready.index(s), v_desc.block_type.nbytes)
             tma_load(v_desc, [kv_bh, j * BLOCK_N, 0], v_ready.index(s), v_bufs.index(s))
             it += 1
@@ -225,7 +229,8 @@ def _buffers(q_desc, k_desc, v_desc, STAGES: gl.constexpr, PINGPONG: gl.constexp
     loads under this tile's loop), a ring of ``STAGES`` K and V blocks, and their mbarriers: ``*_ready`` completed
     by the TMA loads, ``q_empty`` and ``kv_empty`` by each consumer partition that reads the buffer. ``PINGPONG``
     (rungs 9, 10): two consumer partitions, each with its own Q slice of a tile, and two ``turn`` barriers that
-    order their wgmma groups (returned last)."""
+    order their wgmma groups (returned last); K's and V's halves of a stage are freed apart there (``kv_empty``
+    2 x STAGES), as a block's K is done with one step before its V."""
     dtype: gl.constexpr = q_desc.dtype
     CONSUMERS: gl.constexpr = 2 if PINGPONG else 1
     q_bufs = gl.allocate_shared_memory(dtype, [Q_BUFS * CONSUMERS] + q_desc.block_type.shape, q_desc.layout)
@@ -235,7 +240,7 @@ def _buffers(q_desc, k_desc, v_desc, STAGES: gl.constexpr, PINGPONG: gl.constexp
     q_empty = gl.allocate_shared_memory(gl.int64, [Q_BUFS, 1], mbarrier.MBarrierLayout())
     k_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     v_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    kv_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    kv_empty = gl.allocate_shared_memory(gl.int64, [STAGES * CONSUMERS, 1], mbarrier.MBarrierLayout())
     if PINGPONG:
         turn = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
     for i in gl.static_range(Q_BUFS):
@@ -247,6 +252,7 @@ def _buffers(q_desc, k_desc, v_desc, STAGES: gl.constexpr, PINGPONG: gl.constexp
     for i in gl.static_range(STAGES):
         mbarrier.init(k_ready.index(i), count=1)
         mbarrier.init(v_ready.index(i), count=1)
+    for i in gl.static_range(STAGES * CONSUMERS):
         mbarrier.init(kv_empty.index(i), count=CONSUMERS)
     if PINGPONG:
         return q_bufs, k_bufs, v_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty, turn
@@ -304,11 +310,11 @@ def _my_turn(turn, g, WG: gl.constexpr):
 
 @gluon.jit
 def _release(kv_empty, it, it0, STAGES: gl.constexpr):
-    """Give the producer back the stage of block ``it - 2`` once its P V has been waited for (blocks ``it0 + 1``
-    on; block ``it - 1`` is still in use). Done at the top of the next step, not right after that wait: ptxas
+    """Give the producer back the V of block ``it - 2`` once its P V has been waited for (blocks ``it0 + 1``
+    on; block ``it - 1``'s V is still in use). Done at the top of the next step, not right after that wait: ptxas
     hoists an mbarrier arrive, and the wgmma wait before it, above the softmax in the same basic block, which
     would undo rung 10's overlap (seen in the SASS: WARPGROUP.DEPBAR.LE gsb0, 0x0 ahead of every MUFU.EX2)."""
-    mbarrier.arrive(kv_empty.index((it + STAGES - 2) % STAGES), count=1, pred=it >= it0 + 2)
+    mbarrier.arrive(kv_empty.index(STAGES + (it + STAGES - 2) % STAGES), count=1, pred=it >= it0 + 2)
 
 
 @gluon.jit
@@ -365,6 +371,9 @@ def _pp_blocks(acc, m_i, l_i, p, q, k_bufs, v_bufs, p_bufs, k_ready, v_ready, kv
             qk = warpgroup_mma(q, k, zeros, use_acc=False, is_async=True)
             mbarrier.arrive(turn.index(1 - WG), count=1)
             acc, qk = warpgroup_mma_wait(num_outstanding=0, deps=(acc, qk))
+        # K_j has been read: its half of the stage is free now, a step before V_j's (with 2 stages, freeing
+        # them together left the producer to load K_{j+1} only once the consumer already waited for it)
+        mbarrier.arrive(kv_empty.index(s), count=1)
         g += 1
         p_new, m_i, l_i, alpha = _softmax_step(qk, m_i, l_i, j, r0, qk_scale, N_CTX_Q, N_CTX_K, MASK, CAUSAL)
         p_new = _stage_p(p_new, p_bufs, it, v_bufs.dtype, p_layout, OVERLAP, WG)
@@ -380,7 +389,7 @@ def _pp_consumer(q_bufs, k_bufs, v_bufs, p_bufs, q_ready, q_empty, k_ready, v_re
                  qk_scale, N_CTX_Q, N_CTX_K, n_tiles, CAUSAL: gl.constexpr, STAGES: gl.constexpr,
                  OVERLAP: gl.constexpr, WG: gl.constexpr):
     """One consumer warpgroup (4 warps): rows [WG * 64, WG * 64 + 64) of every 128-row tile, its own Q slice,
-    the K/V ring shared with the other warpgroup (each arrives once on ``kv_empty``). Both warpgroups walk the
+    the K/V ring shared with the other warpgroup (each arrives once on each ``kv_empty``). Both warpgroups walk the
     same K/V blocks (the tile's), so their turn counters stay in step. ``p_bufs``: rung 10's P buffers (two per
     warpgroup; unused by rung 9)."""
     ROWS: gl.constexpr = q_bufs.shape[2]
@@ -421,6 +430,7 @@ def _pp_consumer(q_bufs, k_bufs, v_bufs, p_bufs, q_ready, q_empty, k_ready, v_re
             mbarrier.arrive(turn.index(1 - WG), count=1)
             g += 1
             qk = warpgroup_mma_wait(num_outstanding=0, deps=(qk,))
+            mbarrier.arrive(kv_empty.index(s), count=1)  # K_0 read
             p, m_i, l_i, alpha = _softmax_step(qk, m_i, l_i, 0, r0, qk_scale, N_CTX_Q, N_CTX_K, True, CAUSAL)
             p = _stage_p(p, p_bufs, it, v_bufs.dtype, p_layout, OVERLAP, WG)
             it += 1
@@ -442,7 +452,7 @@ def _pp_consumer(q_bufs, k_bufs, v_bufs, p_bufs, q_ready, q_empty, k_ready, v_re
             mbarrier.arrive(turn.index(1 - WG), count=1)
             g += 1
             acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
-            mbarrier.arrive(kv_empty.index(s_prev), count=1)
+            mbarrier.arrive(kv_empty.index(STAGES + s_prev), count=1)
         else:
             mbarrier.arrive(q_empty.index(qb), count=1)
         done += 1
