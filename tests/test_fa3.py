@@ -146,7 +146,7 @@ def test_atomic_dq_variant_compiles_with_fp32_reductions(args, stack):
                                                       ("fa3-dq-atomic", None, "fa3_atomic_dq_attention",
                                                        {"bwd", "fwd_bwd"}),
                                                       ("fa3-pingpong", 9, "fa3_pingpong_attention", {"fwd"}),
-                                                      ("fa3-overlap", None, "fa3_overlap_attention", {"fwd"})])
+                                                      ("fa3-overlap", 10, "fa3_overlap_attention", {"fwd"})])
 def test_providers_are_their_rungs_and_hopper_only(name, rung, function, modes):
     """fa3 runs the backward (kernels/fa3_bwd.py); the other forward rungs share it, so they are registered forward
     only: a rung-9 backward point would time rung 8's backward kernels."""
