@@ -24,11 +24,13 @@ above the diagonal never visited, and a row that sees no key giving O = 0 and L 
 
 Rung 9 (``_fa3_pp_fwd_kernel``, provider ``fa3-pingpong``): the two consumer warpgroups become two 4-warp
 partitions with their own 64-row Q slices, whose wgmma groups (P_{j-1} V_{j-1} with S_j) alternate through two
-``turn`` mbarriers, so one's softmax runs under the other's GEMMs. The same kernel with ``OVERLAP`` (provider
-``fa3-overlap``, not a rung) issues S_j first and waits for it alone before the softmax, FA3's intra-warpgroup
-overlap (rung 10) in the PTX; Triton 3.6's ptxas moves the second wait above the softmax, so the SASS does not
-overlap (docs/fa3.md, section 5). Backward: ``kernels/fa3_bwd.py`` (Gluon dK/dV and dQ kernels), the same for every
-rung: the ``*_attention`` functions are differentiable through it.
+``turn`` mbarriers, so one's softmax runs under the other's GEMMs. Rung 10, the same kernel with ``OVERLAP``
+(provider ``fa3-overlap``): FA3's intra-warpgroup overlap. S_j is issued first and waited for alone before the
+softmax of block j, which runs under the warpgroup's own P_{j-1} V_{j-1}; P goes to that wgmma through shared
+memory (two buffers per warpgroup), because with P in registers ptxas waits for the P V before the first
+exponential (it writes the next P into the registers the in-flight wgmma reads: docs/fa3.md, sections 5 and 9).
+Backward: ``kernels/fa3_bwd.py`` (Gluon dK/dV and dQ kernels), the same for every rung: the ``*_attention``
+functions are differentiable through it.
 
 Layout and limits: q (batch, heads, seqlen_q, headdim), k and v (batch, kv_heads, seqlen_k, headdim), heads a
 multiple of kv_heads (GQA/MQA); fp16 or bf16; head dim 64 or 128; any sequence lengths; an H100/H200 (sm_90).
@@ -38,7 +40,8 @@ keys past seqlen_k are also masked to -inf. Query rows past seqlen_q are compute
 through masked pointer stores.
 
 Tested: compiles for sm_90 under Triton 3.6 on a CPU machine (tests/test_fa3.py; SASS has HGMMA, UTMALDG and
-USETMAXREG). Not yet run on a GPU at the time of writing: see docs/fa3.md.
+USETMAXREG; rung 10's exponentials between its two wgmma waits). Rungs 8 and 9 run on an H200 (docs/fa3.md);
+rung 10 as rebuilt with P in shared memory had not run on a GPU when written.
 """
 from __future__ import annotations
 
@@ -48,7 +51,8 @@ import torch  # noqa: E402,I001
 import triton  # noqa: E402
 from triton.experimental import gluon  # noqa: E402
 from triton.experimental.gluon import language as gl  # noqa: E402
-from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma, warpgroup_mma, warpgroup_mma_wait  # noqa: E402
+from triton.experimental.gluon.language.nvidia.hopper import (  # noqa: E402
+    fence_async_shared, mbarrier, tma, warpgroup_mma, warpgroup_mma_wait)
 
 # Triton 3.6 names the TMA load async_copy_global_to_shared; later versions call it async_load
 tma_load = tma.async_load if hasattr(tma, "async_load") else tma.async_copy_global_to_shared
@@ -92,23 +96,25 @@ def _kv_blocks(m0, N_CTX_Q, N_CTX_K, CAUSAL: gl.constexpr, BLOCK_M: gl.constexpr
 @gluon.jit
 def _producer(q_desc, k_desc, v_desc, q_bufs, k_bufs, v_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty,
               H, GROUP, N_CTX_Q, N_CTX_K, n_tiles, CAUSAL: gl.constexpr, STAGES: gl.constexpr,
-              Q_PARTS: gl.constexpr = 1):
-    """Per tile: its Q (in ``Q_PARTS`` row slices, one per consumer partition, behind one barrier), then every
-    K/V block the tile sees, K and V behind separate barriers."""
+              Q_PARTS: gl.constexpr = 1, Q_BUFS: gl.constexpr = 2):
+    """Per tile: its Q (in ``Q_PARTS`` row slices, one per consumer partition, behind one barrier, into buffer
+    ``done % Q_BUFS``), then every K/V block the tile sees, K and V behind separate barriers. ``kv_empty`` has
+    one barrier per stage (rung 8: K and V freed together) or two (rungs 9, 10: K's at ``s``, V's at
+    ``STAGES + s``, freed separately)."""
     Q_ROWS: gl.constexpr = q_desc.block_type.shape[1]
     BLOCK_M: gl.constexpr = Q_ROWS * Q_PARTS
     BLOCK_N: gl.constexpr = k_desc.block_type.shape[1]
     n_m = gl.cdiv(N_CTX_Q, BLOCK_M)
     BH = n_tiles // n_m
     it = 0  # K/V blocks issued so far: stage it % STAGES, its use number it // STAGES
-    done = 0  # tiles issued so far: Q buffer done % 2
+    done = 0  # tiles issued so far: Q buffer done % Q_BUFS
     for t in range(gl.program_id(0), n_tiles, gl.num_programs(0)):
         mb, bh = _tile(t, n_m, BH, CAUSAL)
         m0 = mb * BLOCK_M
         n_full, n_blocks = _kv_blocks(m0, N_CTX_Q, N_CTX_K, CAUSAL, BLOCK_M, BLOCK_N)
         kv_bh = bh // H * (H // GROUP) + bh % H // GROUP  # batch * kv_heads index of query head bh
-        qb = done % 2
-        mbarrier.wait(q_empty.index(qb), (done // 2 & 1) ^ 1)  # a fresh barrier passes phase 1 at once
+        qb = done % Q_BUFS
+        mbarrier.wait(q_empty.index(qb), (done // Q_BUFS & 1) ^ 1)  # a fresh barrier passes phase 1 at once
         mbarrier.expect(q_ready.index(qb), Q_PARTS * q_desc.block_type.nbytes)
         for h in gl.static_range(Q_PARTS):
             tma_load(q_desc, [bh, m0 + h * Q_ROWS, 0], q_ready.index(qb), q_bufs.index(qb * Q_PARTS + h))
@@ -117,6 +123,8 @@ def _producer(q_desc, k_desc, v_desc, q_bufs, k_bufs, v_bufs, q_ready, q_empty, 
             mbarrier.wait(kv_empty.index(s), (it // STAGES & 1) ^ 1)
             mbarrier.expect(k_ready.index(s), k_desc.block_type.nbytes)
             tma_load(k_desc, [kv_bh, j * BLOCK_N, 0], k_ready.index(s), k_bufs.index(s))
+            if kv_empty.shape[0] > STAGES:
+                mbarrier.wait(kv_empty.index(STAGES + s), (it // STAGES & 1) ^ 1)
             mbarrier.expect(v_ready.index(s), v_desc.block_type.nbytes)
             tma_load(v_desc, [kv_bh, j * BLOCK_N, 0], v_ready.index(s), v_bufs.index(s))
             it += 1
@@ -216,31 +224,35 @@ def _consumer(q_bufs, k_bufs, v_bufs, q_ready, q_empty, k_ready, v_ready, kv_emp
 
 
 @gluon.jit
-def _buffers(q_desc, k_desc, v_desc, STAGES: gl.constexpr, PINGPONG: gl.constexpr):
-    """The shared memory the producer fills and the consumers read: two Q tiles, a ring of ``STAGES`` K and V
-    blocks, and their mbarriers: ``*_ready`` completed by the TMA loads, ``q_empty`` and ``kv_empty`` by each
-    consumer partition that reads the buffer. ``PINGPONG`` (rungs 9, 10): two consumer partitions, each with its
-    own Q slice of a tile, and two ``turn`` barriers that order their wgmma groups (returned last)."""
+def _buffers(q_desc, k_desc, v_desc, STAGES: gl.constexpr, PINGPONG: gl.constexpr, Q_BUFS: gl.constexpr = 2):
+    """The shared memory the producer fills and the consumers read: ``Q_BUFS`` Q tiles (two: the next tile's Q
+    loads under this tile's loop), a ring of ``STAGES`` K and V blocks, and their mbarriers: ``*_ready`` completed
+    by the TMA loads, ``q_empty`` and ``kv_empty`` by each consumer partition that reads the buffer. ``PINGPONG``
+    (rungs 9, 10): two consumer partitions, each with its own Q slice of a tile, and two ``turn`` barriers that
+    order their wgmma groups (returned last); K's and V's halves of a stage are freed apart there (``kv_empty``
+    2 x STAGES), as a block's K is done with one step before its V."""
     dtype: gl.constexpr = q_desc.dtype
     CONSUMERS: gl.constexpr = 2 if PINGPONG else 1
-    q_bufs = gl.allocate_shared_memory(dtype, [2 * CONSUMERS] + q_desc.block_type.shape, q_desc.layout)
+    q_bufs = gl.allocate_shared_memory(dtype, [Q_BUFS * CONSUMERS] + q_desc.block_type.shape, q_desc.layout)
     k_bufs = gl.allocate_shared_memory(dtype, [STAGES] + k_desc.block_type.shape, k_desc.layout)
     v_bufs = gl.allocate_shared_memory(dtype, [STAGES] + v_desc.block_type.shape, v_desc.layout)
-    q_ready = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
-    q_empty = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+    q_ready = gl.allocate_shared_memory(gl.int64, [Q_BUFS, 1], mbarrier.MBarrierLayout())
+    q_empty = gl.allocate_shared_memory(gl.int64, [Q_BUFS, 1], mbarrier.MBarrierLayout())
     k_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     v_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    kv_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    kv_empty = gl.allocate_shared_memory(gl.int64, [STAGES * CONSUMERS, 1], mbarrier.MBarrierLayout())
     if PINGPONG:
         turn = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
-    for i in gl.static_range(2):
+    for i in gl.static_range(Q_BUFS):
         mbarrier.init(q_ready.index(i), count=1)
         mbarrier.init(q_empty.index(i), count=CONSUMERS)
-        if PINGPONG:
+    if PINGPONG:
+        for i in gl.static_range(2):
             mbarrier.init(turn.index(i), count=1)
     for i in gl.static_range(STAGES):
         mbarrier.init(k_ready.index(i), count=1)
         mbarrier.init(v_ready.index(i), count=1)
+    for i in gl.static_range(STAGES * CONSUMERS):
         mbarrier.init(kv_empty.index(i), count=CONSUMERS)
     if PINGPONG:
         return q_bufs, k_bufs, v_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty, turn
@@ -298,30 +310,47 @@ def _my_turn(turn, g, WG: gl.constexpr):
 
 @gluon.jit
 def _release(kv_empty, it, it0, STAGES: gl.constexpr):
-    """Give the producer back the stage of block ``it - 2`` once its P V has been waited for (blocks ``it0 + 1``
-    on; block ``it - 1`` is still in use). Done at the top of the next step, not right after that wait: ptxas
+    """Give the producer back the V of block ``it - 2`` once its P V has been waited for (blocks ``it0 + 1``
+    on; block ``it - 1``'s V is still in use). Done at the top of the next step, not right after that wait: ptxas
     hoists an mbarrier arrive, and the wgmma wait before it, above the softmax in the same basic block, which
     would undo rung 10's overlap (seen in the SASS: WARPGROUP.DEPBAR.LE gsb0, 0x0 ahead of every MUFU.EX2)."""
-    mbarrier.arrive(kv_empty.index((it + STAGES - 2) % STAGES), count=1, pred=it >= it0 + 2)
+    mbarrier.arrive(kv_empty.index(STAGES + (it + STAGES - 2) % STAGES), count=1, pred=it >= it0 + 2)
 
 
 @gluon.jit
-def _pp_blocks(acc, m_i, l_i, p, q, k_bufs, v_bufs, k_ready, v_ready, kv_empty, turn, it, it0, g, lo, hi, r0,
-               qk_scale,
-               N_CTX_Q, N_CTX_K, MASK: gl.constexpr, CAUSAL: gl.constexpr, STAGES: gl.constexpr,
+def _stage_p(p, p_bufs, it, dtype: gl.constexpr, p_layout: gl.constexpr, OVERLAP: gl.constexpr, WG: gl.constexpr):
+    """Block ``it``'s P (fp32, the S layout) as the P V wgmma will take it. Rung 9: in registers, in the
+    A-operand layout. Rung 10: stored to this warpgroup's shared buffer ``it % 2`` (the other buffer may still be
+    read by the P V in flight), fenced for the wgmma's async proxy. Why not registers there: with P in registers
+    ptxas packs the next P into the registers the in-flight P V reads, so it waits for that P V before the first
+    exponential (docs/fa3.md section 9); from shared memory the in-flight wgmma holds only the O accumulator."""
+    if OVERLAP:
+        buf = p_bufs.index(WG * 2 + it % 2)
+        buf.store(p.to(dtype))
+        fence_async_shared()
+        return buf
+    else:
+        return gl.convert_layout(p.to(dtype), p_layout)
+
+
+@gluon.jit
+def _pp_blocks(acc, m_i, l_i, p, q, k_bufs, v_bufs, p_bufs, k_ready, v_ready, kv_empty, turn, it, it0, g, lo, hi,
+               r0, qk_scale, N_CTX_Q, N_CTX_K, MASK: gl.constexpr, CAUSAL: gl.constexpr, STAGES: gl.constexpr,
                OVERLAP: gl.constexpr, WG: gl.constexpr):
     """K/V blocks [lo, hi) of one warpgroup's rows. On entry ``p`` holds block lo-1's P (for the rows' current
-    max) and ``acc`` O without it. Each step issues, in this warpgroup's turn, O += P_{j-1} V_{j-1} and
-    S_j = Q K_j^T as one group (ping-pong: the other warpgroup's group runs while this one does its softmax).
-    OVERLAP (rung 10): S_j is issued first and only S_j is waited for before the softmax of block j, so the
-    softmax runs under this warpgroup's own P V; without it (rung 9) both are waited for first.
-    ``it0``: the counter of the tile's block 0 (see ``_release``)."""
+    max; registers for rung 9, a shared buffer for rung 10, see ``_stage_p``) and ``acc`` O without it. Each
+    step issues, in this warpgroup's turn, O += P_{j-1} V_{j-1} and S_j = Q K_j^T as one group (ping-pong: the
+    other warpgroup's group runs while this one does its softmax). OVERLAP (rung 10): S_j is issued first and
+    only S_j is waited for before the softmax of block j, so the softmax (and P_j's store) runs under this
+    warpgroup's own P V; without it (rung 9) both are waited for first. ``it0``: the counter of the tile's
+    block 0 (see ``_release``)."""
     BLOCK_N: gl.constexpr = k_bufs.shape[2]
     HEAD_DIM: gl.constexpr = k_bufs.shape[3]
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                        instr_shape=[16, BLOCK_N, 16])
     ROWS: gl.constexpr = q.shape[0]
     o_rows: gl.constexpr = gl.SliceLayout(1, acc.type.layout)
+    p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=acc.type.layout, k_width=2)
     for j in range(lo, hi):
         _release(kv_empty, it, it0, STAGES)
         s = it % STAGES
@@ -342,10 +371,13 @@ def _pp_blocks(acc, m_i, l_i, p, q, k_bufs, v_bufs, k_ready, v_ready, kv_empty, 
             qk = warpgroup_mma(q, k, zeros, use_acc=False, is_async=True)
             mbarrier.arrive(turn.index(1 - WG), count=1)
             acc, qk = warpgroup_mma_wait(num_outstanding=0, deps=(acc, qk))
+        # K_j has been read: its half of the stage is free now, a step before V_j's (with 2 stages, freeing
+        # them together left the producer to load K_{j+1} only once the consumer already waited for it)
+        mbarrier.arrive(kv_empty.index(s), count=1)
         g += 1
         p_new, m_i, l_i, alpha = _softmax_step(qk, m_i, l_i, j, r0, qk_scale, N_CTX_Q, N_CTX_K, MASK, CAUSAL)
-        p_new = gl.convert_layout(p_new.to(v_bufs.dtype), p.type.layout)
-        acc, p = warpgroup_mma_wait(num_outstanding=0, deps=(acc, p))
+        p_new = _stage_p(p_new, p_bufs, it, v_bufs.dtype, p_layout, OVERLAP, WG)
+        acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
         acc = acc * gl.convert_layout(alpha, o_rows)[:, None]
         p = p_new
         it += 1
@@ -353,16 +385,18 @@ def _pp_blocks(acc, m_i, l_i, p, q, k_bufs, v_bufs, k_ready, v_ready, kv_empty, 
 
 
 @gluon.jit
-def _pp_consumer(q_bufs, k_bufs, v_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty, turn, O, LSE, qk_scale,
-                 N_CTX_Q, N_CTX_K, n_tiles, CAUSAL: gl.constexpr, STAGES: gl.constexpr, OVERLAP: gl.constexpr,
-                 WG: gl.constexpr):
+def _pp_consumer(q_bufs, k_bufs, v_bufs, p_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty, turn, O, LSE,
+                 qk_scale, N_CTX_Q, N_CTX_K, n_tiles, CAUSAL: gl.constexpr, STAGES: gl.constexpr,
+                 OVERLAP: gl.constexpr, WG: gl.constexpr):
     """One consumer warpgroup (4 warps): rows [WG * 64, WG * 64 + 64) of every 128-row tile, its own Q slice,
-    the K/V ring shared with the other warpgroup (each arrives once on ``kv_empty``). Both warpgroups walk the
-    same K/V blocks (the tile's), so their turn counters stay in step."""
+    the K/V ring shared with the other warpgroup (each arrives once on each ``kv_empty``). Both warpgroups walk the
+    same K/V blocks (the tile's), so their turn counters stay in step. ``p_bufs``: rung 10's P buffers (two per
+    warpgroup; unused by rung 9)."""
     ROWS: gl.constexpr = q_bufs.shape[2]
     HEAD_DIM: gl.constexpr = q_bufs.shape[3]
     BLOCK_N: gl.constexpr = k_bufs.shape[2]
     BLOCK_M: gl.constexpr = 2 * ROWS
+    Q_BUFS: gl.constexpr = q_bufs.shape[0] // 2
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                        instr_shape=[16, BLOCK_N, 16])
     o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
@@ -379,8 +413,8 @@ def _pp_consumer(q_bufs, k_bufs, v_bufs, q_ready, q_empty, k_ready, v_ready, kv_
         m0 = mb * BLOCK_M
         r0 = m0 + WG * ROWS
         n_full, n_blocks = _kv_blocks(m0, N_CTX_Q, N_CTX_K, CAUSAL, BLOCK_M, BLOCK_N)
-        qb = done % 2
-        mbarrier.wait(q_ready.index(qb), done // 2 & 1)
+        qb = done % Q_BUFS
+        mbarrier.wait(q_ready.index(qb), done // Q_BUFS & 1)
         q = q_bufs.index(qb * 2 + WG).reshape([ROWS, HEAD_DIM])
         m_i = gl.full([ROWS], -1.0e30, gl.float32, s_rows)  # finite: never -inf - -inf
         l_i = gl.zeros([ROWS], gl.float32, s_rows)
@@ -396,15 +430,19 @@ def _pp_consumer(q_bufs, k_bufs, v_bufs, q_ready, q_empty, k_ready, v_ready, kv_
             mbarrier.arrive(turn.index(1 - WG), count=1)
             g += 1
             qk = warpgroup_mma_wait(num_outstanding=0, deps=(qk,))
+            mbarrier.arrive(kv_empty.index(s), count=1)  # K_0 read
             p, m_i, l_i, alpha = _softmax_step(qk, m_i, l_i, 0, r0, qk_scale, N_CTX_Q, N_CTX_K, True, CAUSAL)
-            p = gl.convert_layout(p.to(v_bufs.dtype), p_layout)
+            p = _stage_p(p, p_bufs, it, v_bufs.dtype, p_layout, OVERLAP, WG)
             it += 1
-            acc, m_i, l_i, p, it, g = _pp_blocks(acc, m_i, l_i, p, q, k_bufs, v_bufs, k_ready, v_ready, kv_empty,
-                                                 turn, it, it0, g, 1, n_full, r0, qk_scale, N_CTX_Q, N_CTX_K, False,
-                                                 CAUSAL, STAGES, OVERLAP, WG)
-            acc, m_i, l_i, p, it, g = _pp_blocks(acc, m_i, l_i, p, q, k_bufs, v_bufs, k_ready, v_ready, kv_empty,
-                                                 turn, it, it0, g, gl.maximum(n_full, 1), n_blocks, r0, qk_scale,
-                                                 N_CTX_Q, N_CTX_K, True, CAUSAL, STAGES, OVERLAP, WG)
+            acc, m_i, l_i, p, it, g = _pp_blocks(acc, m_i, l_i, p, q, k_bufs, v_bufs, p_bufs, k_ready, v_ready,
+                                                 kv_empty, turn, it, it0, g, 1, n_full, r0, qk_scale, N_CTX_Q,
+                                                 N_CTX_K, False, CAUSAL, STAGES, OVERLAP, WG)
+            acc, m_i, l_i, p, it, g = _pp_blocks(acc, m_i, l_i, p, q, k_bufs, v_bufs, p_bufs, k_ready, v_ready,
+                                                 kv_empty, turn, it, it0, g, gl.maximum(n_full, 1), n_blocks, r0,
+                                                 qk_scale, N_CTX_Q, N_CTX_K, True, CAUSAL, STAGES, OVERLAP, WG)
+            # every S of the tile has been waited for: Q's buffer is free (with one buffer, the next tile's Q
+            # loads under this P V and the epilogue)
+            mbarrier.arrive(q_empty.index(qb), count=1)
             # the last block's P V alone
             _release(kv_empty, it, it0, STAGES)
             s_prev = (it - 1) % STAGES
@@ -414,24 +452,27 @@ def _pp_consumer(q_bufs, k_bufs, v_bufs, q_ready, q_empty, k_ready, v_ready, kv_
             mbarrier.arrive(turn.index(1 - WG), count=1)
             g += 1
             acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
-            mbarrier.arrive(kv_empty.index(s_prev), count=1)
-        mbarrier.arrive(q_empty.index(qb), count=1)
+            mbarrier.arrive(kv_empty.index(STAGES + s_prev), count=1)
+        else:
+            mbarrier.arrive(q_empty.index(qb), count=1)
         done += 1
         _epilogue(acc, m_i, l_i, O, LSE, bh, r0, N_CTX_Q, ROWS, HEAD_DIM, q_bufs.dtype)
 
 
 @gluon.jit
-def _pp_consumer_0(q_bufs, k_bufs, v_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty, turn, O, LSE, qk_scale,
-                   N_CTX_Q, N_CTX_K, n_tiles, CAUSAL: gl.constexpr, STAGES: gl.constexpr, OVERLAP: gl.constexpr):
-    _pp_consumer(q_bufs, k_bufs, v_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty, turn, O, LSE, qk_scale,
-                 N_CTX_Q, N_CTX_K, n_tiles, CAUSAL, STAGES, OVERLAP, 0)
+def _pp_consumer_0(q_bufs, k_bufs, v_bufs, p_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty, turn, O, LSE,
+                   qk_scale, N_CTX_Q, N_CTX_K, n_tiles, CAUSAL: gl.constexpr, STAGES: gl.constexpr,
+                   OVERLAP: gl.constexpr):
+    _pp_consumer(q_bufs, k_bufs, v_bufs, p_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty, turn, O, LSE,
+                 qk_scale, N_CTX_Q, N_CTX_K, n_tiles, CAUSAL, STAGES, OVERLAP, 0)
 
 
 @gluon.jit
-def _pp_consumer_1(q_bufs, k_bufs, v_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty, turn, O, LSE, qk_scale,
-                   N_CTX_Q, N_CTX_K, n_tiles, CAUSAL: gl.constexpr, STAGES: gl.constexpr, OVERLAP: gl.constexpr):
-    _pp_consumer(q_bufs, k_bufs, v_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty, turn, O, LSE, qk_scale,
-                 N_CTX_Q, N_CTX_K, n_tiles, CAUSAL, STAGES, OVERLAP, 1)
+def _pp_consumer_1(q_bufs, k_bufs, v_bufs, p_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty, turn, O, LSE,
+                   qk_scale, N_CTX_Q, N_CTX_K, n_tiles, CAUSAL: gl.constexpr, STAGES: gl.constexpr,
+                   OVERLAP: gl.constexpr):
+    _pp_consumer(q_bufs, k_bufs, v_bufs, p_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty, turn, O, LSE,
+                 qk_scale, N_CTX_Q, N_CTX_K, n_tiles, CAUSAL, STAGES, OVERLAP, 1)
 
 
 @gluon.jit
@@ -439,16 +480,26 @@ def _fa3_pp_fwd_kernel(q_desc, k_desc, v_desc, O, LSE, qk_scale, H, GROUP, N_CTX
                        CAUSAL: gl.constexpr, STAGES: gl.constexpr, OVERLAP: gl.constexpr, num_warps: gl.constexpr):
     """Rung 9 (OVERLAP=False) and rung 10 (OVERLAP=True): the default partition and a 4-warp worker are the two
     consumer warpgroups (64 rows each of a 128-row tile), a 1-warp worker the TMA producer. Q descriptor blocks
-    are 64 rows (one warpgroup's slice); two Q buffers of two slices each."""
+    are 64 rows (one warpgroup's slice); two Q buffers of two slices each. Rung 10 adds two 64 x BLOCK_N P
+    buffers per warpgroup (64 KiB at fp16); at head dim 128 that only fits with one Q buffer (224 KiB in all)."""
+    ROWS: gl.constexpr = q_desc.block_type.shape[1]
+    HEAD_DIM: gl.constexpr = q_desc.block_type.shape[2]
+    BLOCK_N: gl.constexpr = k_desc.block_type.shape[1]
+    Q_BUFS: gl.constexpr = 1 if OVERLAP and HEAD_DIM > 64 else 2
     q_bufs, k_bufs, v_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty, turn = _buffers(
-        q_desc, k_desc, v_desc, STAGES, PINGPONG=True)
+        q_desc, k_desc, v_desc, STAGES, PINGPONG=True, Q_BUFS=Q_BUFS)
+    if OVERLAP:
+        p_bufs = gl.allocate_shared_memory(q_desc.dtype, [4, ROWS, BLOCK_N],
+                                           gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16))
+    else:
+        p_bufs = v_bufs  # a stand-in (warp_specialize takes no None): rung 9 keeps P in registers
     gl.warp_specialize([  # (a tuple bound to a name first would turn the constexprs in it into tensors)
-        (_pp_consumer_0, (q_bufs, k_bufs, v_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty, turn, O, LSE,
-                          qk_scale, N_CTX_Q, N_CTX_K, n_tiles, CAUSAL, STAGES, OVERLAP)),
-        (_pp_consumer_1, (q_bufs, k_bufs, v_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty, turn, O, LSE,
-                          qk_scale, N_CTX_Q, N_CTX_K, n_tiles, CAUSAL, STAGES, OVERLAP)),
+        (_pp_consumer_0, (q_bufs, k_bufs, v_bufs, p_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty, turn, O,
+                          LSE, qk_scale, N_CTX_Q, N_CTX_K, n_tiles, CAUSAL, STAGES, OVERLAP)),
+        (_pp_consumer_1, (q_bufs, k_bufs, v_bufs, p_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty, turn, O,
+                          LSE, qk_scale, N_CTX_Q, N_CTX_K, n_tiles, CAUSAL, STAGES, OVERLAP)),
         (_producer, (q_desc, k_desc, v_desc, q_bufs, k_bufs, v_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty,
-                     H, GROUP, N_CTX_Q, N_CTX_K, n_tiles, CAUSAL, STAGES, 2)),
+                     H, GROUP, N_CTX_Q, N_CTX_K, n_tiles, CAUSAL, STAGES, 2, Q_BUFS)),
     ], [4, 1], [PP_CONSUMER_REGS, 24])
 
 
@@ -465,7 +516,8 @@ RUNGS = {8: "fa3", 9: "fa3-pingpong", 10: "fa3-overlap"}
 def tiles(headdim: int, rung: int = 8) -> dict:
     """Tile sizes and ring depth per head dim (shared memory: 2 Q buffers + STAGES x (K + V) stages, fp16/bf16):
     d64: 128 x 128, 3 stages (128 KiB); d128: 128 x 128, 2 stages (192 KiB). Rungs 9 and 10 split the 128 query
-    rows into two 64-row slices (Q_ROWS), one per consumer warpgroup."""
+    rows into two 64-row slices (Q_ROWS), one per consumer warpgroup; rung 10 adds 64 KiB of P buffers and, at
+    d128, keeps one Q buffer (the kernel decides: 192 KiB at d64, 224 KiB at d128)."""
     return dict(BLOCK_M=128, BLOCK_N=128, STAGES=3 if headdim <= 64 else 2, Q_ROWS=128 if rung == 8 else 64)
 
 
@@ -502,9 +554,9 @@ def _tma_heads(t: torch.Tensor) -> torch.Tensor:
 def fa3_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = False,
                 sm_scale: float | None = None, rung: int = 8):
     """The forward of rung ``rung`` (8: one 8-warp consumer partition; 9: ping-pong of two 4-warp consumer
-    partitions; 10: ping-pong plus the softmax overlapped with the warpgroup's own P V): ``(o, lse)``, lse the
-    log2-domain log-sum-exp (fp32, (batch, heads, seqlen_q), +inf for a row that sees no key), the same
-    convention as ``flash2_forward``."""
+    partitions; 10: ping-pong plus the softmax overlapped with the warpgroup's own P V, P through shared memory):
+    ``(o, lse)``, lse the log2-domain log-sum-exp (fp32, (batch, heads, seqlen_q), +inf for a row that sees no
+    key), the same convention as ``flash2_forward``."""
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
     name = RUNGS.get(rung)

@@ -314,9 +314,9 @@ def _fa2_varlen(shape: Shape) -> AttnFn:
 
 
 # fa3's kernels are Gluon (Triton's Hopper dialect), Hopper only: not run by the interpreter. fa3 runs the backward
-# too (kernels/fa3_bwd.py, the same for every forward rung); fa3-pingpong and fa3-overlap are registered forward only,
-# so the ablation's backward shows no rung-9 or rung-10 gain that is not in a backward kernel (their functions are
-# differentiable all the same).
+# too (kernels/fa3_bwd.py, the same for every forward rung); fa3-pingpong and fa3-overlap (rungs 9, 10) are
+# registered forward only, so the ablation's backward shows no rung-9 or rung-10 gain that is not in a backward
+# kernel (their functions are differentiable all the same).
 _FA3 = dict(io_model="fa2", devices=frozenset({"cuda"}), sm=90, dtypes=frozenset({"fp16", "bf16"}),
             headdims=frozenset({64, 128}), max_headdim=128, modes=frozenset({"fwd"}))
 _ours("fa3", "fa3_attention", name="fa3", label="R8: + TMA producer, wgmma consumers (Gluon)", color="#e377c2",
@@ -340,12 +340,13 @@ _ours("fa3", "fa3_pingpong_attention", name="fa3-pingpong", label="R9: + ping-po
       color="#c49c94", rung=9, **_FA3,
       description="ablation rung 9: rung 8 with two 4-warp consumer partitions (64 rows each) whose wgmma "
                   "groups alternate through mbarriers, so one's softmax runs under the other's matmuls")
-# Not rung 10: its PTX waits for S before the softmax and for P V after it, but Triton 3.6's ptxas schedules the
-# P V wait (WARPGROUP.DEPBAR 0x0) above the softmax's exp2s, so the SASS does not overlap them (docs/fa3.md).
-_ours("fa3", "fa3_overlap_attention", name="fa3-overlap", label="R9 + P V issued before the softmax (Gluon)",
-      color="#9c755f", **_FA3,
-      description="rung 9 with S_j and P_{j-1} V issued together and only S_j waited for before the softmax "
-                  "(FA3's intra-warpgroup overlap in PTX; ptxas serialises it in SASS, so not rung 10)")
+# Rung 10 since P reaches P V through shared memory: with P in registers ptxas put the P V wait above the softmax's
+# exp2s; now the SASS runs them between the two waits (docs/fa3.md section 9; tests/test_fa3.py checks the order).
+_ours("fa3", "fa3_overlap_attention", name="fa3-overlap", label="R10: + softmax under its own P V (Gluon)",
+      color="#9c755f", rung=10, **_FA3,
+      description="ablation rung 10: rung 9 with S_j and P_{j-1} V issued together and only S_j waited for "
+                  "before the softmax, which runs under the warpgroup's own P V (FA3's intra-warpgroup "
+                  "overlap; P through shared memory, two buffers per warpgroup)")
 
 
 # --- PyTorch ---------------------------------------------------------------------------------------------
