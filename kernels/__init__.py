@@ -1,6 +1,6 @@
 """Triton attention kernels: naive (materialised S and P), FlashAttention-1-style (as published and split as
 released), the ablation ladder's rungs 3-6, FlashAttention-2, and rung 8's Hopper forward in Gluon (fa3), rung 9's
-ping-pong variant of it (fa3-pingpong) and an attempt at rung 10 (fa3-overlap).
+ping-pong variant of it (fa3-pingpong, rung 9) and rung 10 (fa3-overlap: the softmax under its own P V).
 
 All share one API::
 
@@ -21,7 +21,7 @@ import importlib
 _EXPORTS = {"naive_attention": "naive", "flash1_attention": "flash1", "flash1_split_attention": "flash1",
             "r3_attention": "ladder", "r4_attention": "ladder", "r5_attention": "ladder", "r6_attention": "ladder",
             "flash2_attention": "flash2", "flash2_varlen_attention": "flash2",
-            "fa3_attention": "fa3", "fa3_atomic_dq_attention": "fa3", "fa3_pingpong_attention": "fa3",
+            "fa3_attention": "fa3", "fa3_deterministic_attention": "fa3", "fa3_pingpong_attention": "fa3",
             "fa3_overlap_attention": "fa3", "decode_attention": "decode"}
 __all__ = [*_EXPORTS, "clear_autotune_cache"]
 _MODULES = ("naive", "flash1", "flash2", "ladder")

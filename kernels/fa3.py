@@ -590,9 +590,10 @@ def fa3_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool 
     return o, lse
 
 
-def _attention(q, k, v, causal, sm_scale, rung: int, deterministic: bool = True) -> torch.Tensor:
+def _attention(q, k, v, causal, sm_scale, rung: int, deterministic: bool = False) -> torch.Tensor:
     """Rung ``rung``'s forward; differentiable through ``kernels/fa3_bwd.py``'s backward (the same for every rung)
-    when autograd needs it (``deterministic``: dQ from its own kernel, else by atomics from the dK/dV kernel)."""
+    when autograd needs it: dQ added into fp32 by the dK/dV kernel (TMA reduce-add, the faster route measured:
+    docs/fa3.md section 9), or with ``deterministic`` from its own kernel (bit-equal runs, two matmuls more)."""
     if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
         from .fa3_bwd import Fa3Attention  # (it imports this module's helpers)
 
@@ -603,15 +604,16 @@ def _attention(q, k, v, causal, sm_scale, rung: int, deterministic: bool = True)
 def fa3_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = False,
                   sm_scale: float | None = None) -> torch.Tensor:
     """softmax(q k^T * sm_scale) v with rung 8's Hopper forward, differentiable (the Gluon backward of
-    ``kernels/fa3_bwd.py``). Layout (batch, heads, seq, headdim); causal aligned bottom-right."""
+    ``kernels/fa3_bwd.py``, dQ by TMA reduce-add: not bit-reproducible). Layout (batch, heads, seq, headdim);
+    causal aligned bottom-right."""
     return _attention(q, k, v, causal, sm_scale, rung=8)
 
 
-def fa3_atomic_dq_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = False,
-                            sm_scale: float | None = None) -> torch.Tensor:
-    """As ``fa3_attention`` with dQ added by fp32 atomics from the dK/dV kernel in the backward (no dQ kernel;
-    not bit-reproducible)."""
-    return _attention(q, k, v, causal, sm_scale, rung=8, deterministic=False)
+def fa3_deterministic_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = False,
+                                sm_scale: float | None = None) -> torch.Tensor:
+    """As ``fa3_attention`` with dQ from its own kernel in the backward (recomputes S and dP; repeated backward
+    passes are bit-equal)."""
+    return _attention(q, k, v, causal, sm_scale, rung=8, deterministic=True)
 
 
 def fa3_pingpong_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = False,

@@ -19,7 +19,8 @@ Section 3 and Appendix B.1:
   consumer warpgroups of 64 rows each: S = Q K^T and dP = dO V^T, P = exp2(S * scale - L), dS = P * (dP - Delta),
   dQ += dS K. Deterministic (no atomics): repeated runs are bit-equal. It recomputes S and dP, two of the
   backward's seven matmuls (fa2's choice too).
-- **dQ by atomics** (``fa3_backward(deterministic=False)``, provider ``fa3-dq-atomic``): instead of the dQ kernel,
+- **dQ by atomics** (``fa3_backward(deterministic=False)``, provider ``fa3``'s backward; ``fa3-deterministic``
+  keeps the dQ kernel above): instead of the dQ kernel,
   the dK/dV kernel (``ATOMIC_DQ``) stores dS^T to shared memory and computes each step's dQ_i = dS K by wgmma (the
   64 query rows as M, the head dim split between the two warpgroups), added with fp32 ``atomic_add`` (SASS REDG)
   into a zeroed buffer, scaled and cast at the end: five matmuls, not seven, and not bit-reproducible. Gluon 3.6's

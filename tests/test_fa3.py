@@ -134,7 +134,7 @@ def test_backward_compiles_for_sm90_with_wgmma_tma_and_register_reallocation(arg
                                         (("--headdim", "64", "--dtype", "bf16"), (0, 0))],
                          ids=["d128-fp16-causal", "d64-bf16-full"])
 def test_atomic_dq_variant_compiles_with_fp32_reductions(args, stack):
-    """The dK/dV kernel that also adds dQ (fa3-dq-atomic): REDG (fp32 reductions) in the SASS; at head dim 128 it
+    """The dK/dV kernel that also adds dQ by per-element atomics (DQ_ATOMICS = "redg"): REDG (fp32 reductions) in the SASS; at head dim 128 it
     spills a few scalars (stack bytes recorded in docs/fa3.md section 7), which must not grow."""
     out = compile_fa3(*args, "--atomic-dq", kernel="fa3-bwd")
     assert out.startswith("fa3 bwd_dkdv") and "sass HGMMA,REDG,USETMAXREG,UTMALDG" in out, out
@@ -143,7 +143,7 @@ def test_atomic_dq_variant_compiles_with_fp32_reductions(args, stack):
 
 
 @pytest.mark.parametrize("name,rung,function,modes", [("fa3", 8, "fa3_attention", {"fwd", "bwd", "fwd_bwd"}),
-                                                      ("fa3-dq-atomic", None, "fa3_atomic_dq_attention",
+                                                      ("fa3-deterministic", None, "fa3_deterministic_attention",
                                                        {"bwd", "fwd_bwd"}),
                                                       ("fa3-pingpong", 9, "fa3_pingpong_attention", {"fwd"}),
                                                       ("fa3-overlap", 10, "fa3_overlap_attention", {"fwd"})])
@@ -261,19 +261,19 @@ def test_non_contiguous_inputs_and_custom_scale(name):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
 @pytest.mark.parametrize("shape", SHAPES, ids=shape_id)
 def test_gradients_match_the_float64_reference(shape, dtype, causal):
-    """dQ, dK, dV (and O) of fa3_attention against the float64 reference, through check_attention's gate (the
+    """dQ, dK, dV (and O) of fa3-deterministic against the float64 reference, through check_attention's gate (the
     kernel's error at most a small multiple of plain PyTorch's in the same dtype); GQA's dK, dV summed over the
-    group; repeated backward passes bit-equal (no atomics)."""
-    from fa2bench.kernels import fa3_attention
+    group; repeated backward passes bit-equal (dQ from its own kernel, no atomics)."""
+    from fa2bench.kernels import fa3_deterministic_attention
 
     q, k, v = make_qkv(shape, dtype, "cuda")
-    verdict = check_attention(lambda q, k, v, c: fa3_attention(q, k, v, causal=c), q, k, v, causal)
+    verdict = check_attention(lambda q, k, v, c: fa3_deterministic_attention(q, k, v, causal=c), q, k, v, causal)
     assert verdict.ok, verdict.detail
     grads = []
     do = torch.randn(q.shape, dtype=dtype, device="cuda")
     for _ in range(2):
         leaves = [t.detach().clone().requires_grad_() for t in (q, k, v)]
-        fa3_attention(*leaves, causal=causal).backward(do)
+        fa3_deterministic_attention(*leaves, causal=causal).backward(do)
         grads.append([t.grad for t in leaves])
     assert all(torch.equal(a, b) for a, b in zip(*grads)), "repeated backward passes differ"
 
@@ -285,19 +285,19 @@ def test_gradients_match_the_float64_reference(shape, dtype, causal):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
 @pytest.mark.parametrize("shape", [SHAPES[1], SHAPES[2], SHAPES[3], SHAPES[4]], ids=shape_id)
 def test_atomic_dq_gradients_match_the_float64_reference(shape, dtype, causal):
-    """fa3-dq-atomic: dQ added by fp32 atomics from the dK/dV kernel (ragged, GQA/MQA, rows that see no key, one
-    query row), through the same gate (not bit-reproducible, so no repeat check)."""
-    from fa2bench.kernels import fa3_atomic_dq_attention
+    """fa3: dQ added into fp32 by the dK/dV kernel (ragged, GQA/MQA, rows that see no key, one query row),
+    through the same gate (not bit-reproducible, so no repeat check)."""
+    from fa2bench.kernels import fa3_attention
 
     q, k, v = make_qkv(shape, dtype, "cuda")
-    verdict = check_attention(lambda q, k, v, c: fa3_atomic_dq_attention(q, k, v, causal=c), q, k, v, causal)
+    verdict = check_attention(lambda q, k, v, c: fa3_attention(q, k, v, causal=c), q, k, v, causal)
     assert verdict.ok, verdict.detail
 
 
 @pytest.mark.gpu
 @pytest.mark.timeout(60)
 @pytest.mark.skipif(not _hopper(), reason="needs a Hopper GPU (sm_90)")
-@pytest.mark.parametrize("name", ["fa3", "fa3-pingpong", "fa3-dq-atomic"])
+@pytest.mark.parametrize("name", ["fa3", "fa3-pingpong", "fa3-deterministic"])
 def test_backward_of_non_contiguous_inputs_with_custom_scale(name):
     """(b, s, h, d) inputs viewed as (b, h, s, d) and a scale that is not 1/sqrt(d), through the same gate as
     check_attention (float64 reference, plain fp16 PyTorch as the baseline); the rung-9 forward shares the

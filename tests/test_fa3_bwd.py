@@ -93,15 +93,15 @@ def test_tma_dq_kernel_reduces_by_tma_without_spills_in_its_step_loop(headdim, c
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
 @pytest.mark.parametrize("shape", SHAPES, ids=shape_id)
 def test_tma_dq_gradients_match_the_float64_reference(shape, dtype, causal, monkeypatch):
-    """fa3-dq-atomic with the TMA route: ragged lengths (rows past seqlen_q must fall outside the TMA box, not into
+    """fa3 (its dQ by the TMA route): ragged lengths (rows past seqlen_q must fall outside the TMA box, not into
     the next head's dQ), keys past seqlen_k (zero rows of K under a clamped exponent), GQA's heads each adding into
     their own dQ, rows that see no key; through the same gate as fa3 (not bit-reproducible, so no repeat check)."""
     from fa2bench.core.reference import check_attention
-    from fa2bench.kernels import fa3_atomic_dq_attention, fa3_bwd
+    from fa2bench.kernels import fa3_attention, fa3_bwd
 
     monkeypatch.setattr(fa3_bwd, "DQ_ATOMICS", "tma")
     q, k, v = make_qkv(shape, dtype, "cuda")
-    verdict = check_attention(lambda q, k, v, c: fa3_atomic_dq_attention(q, k, v, causal=c), q, k, v, causal)
+    verdict = check_attention(lambda q, k, v, c: fa3_attention(q, k, v, causal=c), q, k, v, causal)
     assert verdict.ok, verdict.detail
     assert "TMA reduce-add" in fa3_bwd._last["bwd"], fa3_bwd._last["bwd"]
 

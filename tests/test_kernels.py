@@ -191,5 +191,5 @@ def test_fa1_split_uses_flash_attn_v1_heuristics():
 
 def test_ladder_is_ordered_by_rung():
     assert providers.ladder() == ("fa1", "fa1-split", "r3-swap", "r4-defer", "r5-seqpar", "r6-skip", "fa2", "fa3",
-                                  "fa3-pingpong")
-    assert [providers.get(n).rung for n in providers.ladder()] == [1, 2, 3, 4, 5, 6, 7, 8, 9]
+                                  "fa3-pingpong", "fa3-overlap")
+    assert [providers.get(n).rung for n in providers.ladder()] == [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]

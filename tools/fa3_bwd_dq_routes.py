@@ -1,9 +1,9 @@
 """Time fa3's backward by its three dQ routes against cuDNN's, in one process on a Hopper GPU (kernels/fa3_bwd.py):
 
-- ``kernel``: the deterministic dQ kernel (recomputes S and dP: 7 matmuls), provider fa3's backward;
+- ``kernel``: the deterministic dQ kernel (recomputes S and dP: 7 matmuls), provider fa3-deterministic's backward;
 - ``redg``: dQ added from the dK/dV kernel with fp32 atomics from registers (``DQ_ATOMICS = "redg"``);
-- ``tma``: dQ added from the dK/dV kernel by one TMA reduce-add per step (``DQ_ATOMICS = "tma"``, provider
-  fa3-dq-atomic's default).
+- ``tma``: dQ added from the dK/dV kernel by one TMA reduce-add per step (``DQ_ATOMICS = "tma"``,
+  provider fa3's backward).
 
     python tools/fa3_bwd_dq_routes.py                       # paper shapes: 16k tokens, hidden 2048, fp16
     python tools/fa3_bwd_dq_routes.py --seqlen 8192 --headdim 128 --causal full

@@ -317,25 +317,29 @@ def _fa2_varlen(shape: Shape) -> AttnFn:
 # too (kernels/fa3_bwd.py, the same for every forward rung); fa3-pingpong and fa3-overlap (rungs 9, 10) are
 # registered forward only, so the ablation's backward shows no rung-9 or rung-10 gain that is not in a backward
 # kernel (their functions are differentiable all the same).
-_FA3 = dict(io_model="fa2", devices=frozenset({"cuda"}), sm=90, dtypes=frozenset({"fp16", "bf16"}),
-            headdims=frozenset({64, 128}), max_headdim=128, modes=frozenset({"fwd"}))
-_ours("fa3", "fa3_attention", name="fa3", label="R8: + TMA producer, wgmma consumers (Gluon)", color="#e377c2",
-      rung=8, **{**_FA3, "modes": frozenset({"fwd", "bwd", "fwd_bwd"})},
-      description="ablation rung 8: persistent, warp-specialised (TMA producer warp, two wgmma consumer "
-                  "warpgroups, mbarrier K/V ring, setmaxnreg); Hopper. Backward: the same machinery (not "
-                  "persistent): a dK/dV kernel and a deterministic dQ kernel")
 def _fp32_dq_workspace(shape: Shape, dtype: str, mode: str) -> int:
     """streaming_workspace plus the fp32 dQ that atomics accumulate into (backward)."""
     extra = 0 if mode == "fwd" else 4 * shape.batch * shape.heads * shape.seqlen_q * shape.headdim
     return streaming_workspace(shape, dtype, mode) + extra
 
 
-# Not a rung: fa3 with the other dQ route (issue 23: "dQ by the cheapest measured route, deterministic mode kept")
-_ours("fa3", "fa3_atomic_dq_attention", name="fa3-dq-atomic", label="R8, dQ by fp32 atomics (Gluon)",
-      color="#ce6dbd", workspace_bytes=_fp32_dq_workspace, **{**_FA3, "modes": frozenset({"bwd", "fwd_bwd"})},
-      description="fa3 (rung 8) whose backward adds dQ from the dK/dV kernel with fp32 atomics (dS^T through "
-                  "shared memory, dQ_i = dS K by wgmma) instead of a separate dQ kernel: two matmuls fewer, "
-                  "not bit-reproducible")
+_FA3 = dict(io_model="fa2", devices=frozenset({"cuda"}), sm=90, dtypes=frozenset({"fp16", "bf16"}),
+            headdims=frozenset({64, 128}), max_headdim=128, modes=frozenset({"fwd"}))
+_ours("fa3", "fa3_attention", name="fa3", label="R8: + TMA producer, wgmma consumers (Gluon)", color="#e377c2",
+      rung=8, workspace_bytes=_fp32_dq_workspace,
+      **{**_FA3, "modes": frozenset({"fwd", "bwd", "fwd_bwd"})},
+      description="ablation rung 8: persistent, warp-specialised (TMA producer warp, two wgmma consumer "
+                  "warpgroups, mbarrier K/V ring, setmaxnreg); Hopper. Backward: the same machinery (not "
+                  "persistent): a dK/dV kernel that also adds dQ into fp32 by TMA reduce-add (not "
+                  "bit-reproducible)")
+
+
+# Not a rung: fa3 with the deterministic dQ route (issue 23: "dQ by the cheapest measured route, deterministic
+# mode kept available"; the TMA reduce-add route measured 1.03-1.10x its speed, docs/fa3.md section 9)
+_ours("fa3", "fa3_deterministic_attention", name="fa3-deterministic", label="R8, dQ by its own kernel (Gluon)",
+      color="#ce6dbd", **{**_FA3, "modes": frozenset({"bwd", "fwd_bwd"})},
+      description="fa3 (rung 8) whose backward computes dQ in a separate kernel that recomputes S and dP (two "
+                  "matmuls more than fa3's TMA reduce-add route): repeated backward passes are bit-equal")
 _ours("fa3", "fa3_pingpong_attention", name="fa3-pingpong", label="R9: + ping-pong consumer warpgroups (Gluon)",
       color="#c49c94", rung=9, **_FA3,
       description="ablation rung 9: rung 8 with two 4-warp consumer partitions (64 rows each) whose wgmma "
