@@ -1038,8 +1038,9 @@ def _strides(t: torch.Tensor, packed) -> tuple:
 
 
 # The one-loop kernels (FLAT), switchable at launch for timing old against new in one process, the backward's
-# (FA2_BWD_FLAT) and the forward's (FA2_FWD_FLAT) apart: 0 (the per-stage loops), 1 (one loop where the variant masks
-# many steps: windows, documents, packed batches), all (dense too).
+# (FA2_BWD_FLAT) and the forward's (FA2_FWD_FLAT) apart: 0 (the per-stage loops), 1, the default (one loop where the
+# variant masks many steps: windows, documents, packed batches, without softcap, whose one loop measured slower in
+# an earlier form: docs/performance.md), all (every launch).
 FLAT_ENV = "FA2_BWD_FLAT"
 FWD_FLAT_ENV = "FA2_FWD_FLAT"
 
@@ -1051,12 +1052,13 @@ def flat_backward(mods: "Mods") -> bool:
 
 def flat_loops(env: str, mods: "Mods") -> bool:
     """Whether a launch runs its one-loop kernel, by the environment variable ``env`` (0, 1 or all)."""
-    mode = os.environ.get(env, "0").strip().lower()
+    mode = os.environ.get(env, "1").strip().lower()
     if mode not in ("0", "1", "all"):
         raise ValueError(f"{env} must be 0, 1 or all, got {mode!r}")
     if mode == "all":
         return True
-    return mode == "1" and (mods.window is not None or mods.doc_bounds is not None or mods.cu_seqlens is not None)
+    masked = mods.window is not None or mods.doc_bounds is not None or mods.cu_seqlens is not None
+    return mode == "1" and masked and mods.softcap is None
 
 
 def _forward(q, k, v, sm_scale, meta, variant, mods: Mods = DENSE, packed=None):

@@ -149,17 +149,18 @@ def test_flat_loops_match_reference(case, mode, monkeypatch):
 
 @pytest.mark.parametrize("mode, variant, flat", [
     ("0", {"window": (4, 0)}, False), ("1", {}, False), ("1", {"window": (4, 0)}, True),
-    ("1", {"softcap": 2.0}, False), ("all", {}, True), ("all", {"softcap": 2.0}, True)])
+    ("1", {"softcap": 2.0}, False), ("1", {"window": (4, 0), "softcap": 2.0}, False), ("all", {}, True),
+    ("all", {"softcap": 2.0}, True)])
 def test_flat_backward_switch(mode, variant, flat, monkeypatch):
-    """FA2_BWD_FLAT=1 turns the one loops on where the variant masks many steps (windows, documents, packed batches),
-    all everywhere, 0 (the default) nowhere; anything else is one clear error."""
+    """FA2_BWD_FLAT=1 (the default) turns the one loops on where the variant masks many steps (windows, documents,
+    packed batches) and has no softcap, all everywhere, 0 nowhere; anything else is one clear error."""
     monkeypatch.setenv(flash2.FLAT_ENV, mode)
     monkeypatch.setenv(flash2.FWD_FLAT_ENV, "0")
     m = flash2.mods(True, 64, 64, 2, 1, DEVICE, **variant)
     assert flash2.flat_backward(m) is flat
     assert flash2.flat_loops(flash2.FWD_FLAT_ENV, m) is False  # the forward's switch is its own
     monkeypatch.delenv(flash2.FLAT_ENV)
-    assert flash2.flat_backward(m) is False
+    assert flash2.flat_backward(m) is (("window" in variant) and ("softcap" not in variant))
     monkeypatch.setenv(flash2.FLAT_ENV, "yes")
     with pytest.raises(ValueError, match="FA2_BWD_FLAT"):
         flash2.flat_backward(m)
