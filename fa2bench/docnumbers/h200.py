@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from fa2bench.docnumbers.data import (DECODE, DECODE_BEFORE, FA3_BWD, FIRST, HEADLINE, LADDER, PLAIN, RERUN,
+from fa2bench.docnumbers.data import (DECODE, DECODE_BEFORE, FA3_ACCEPT, FA3_BWD, FIRST, HEADLINE, LADDER, PLAIN, RERUN,
                                       SAME_CARD, SECOND, SPLITS, TOP, kilo, load, ok_rows, read_meta)
 from fa2bench.docnumbers.h100 import ablation_fa1, ablation_steps, ablation_versus, top_table, versus_cudnn
 from fa2bench.read.summary import geomean
@@ -116,6 +116,26 @@ def fa3_backward(root: Path) -> str:
             f"{lengths} tokens, causal both; at `{commit}`, whose fa2 backward held the one-loop dK/dV kernel, since "
             f"reverted as slower) fa3's backward runs at " + "; ".join(parts))
 
+
+
+def fa3_accept(root: Path) -> str:
+    """fa3 against cuDNN, fa2 and FlexAttention per (mode, head dim, dtype, mask): the median over the run's sequence
+    lengths of the speed ratios (time of the other over fa3's), and fa3's TFLOP/s at the longest."""
+    frame = ok_rows(load(root, FA3_ACCEPT))
+    ms = frame.pivot_table(index=["mode", "headdim", "dtype", "causal", "seqlen_q"], columns="provider", values="ms")
+    tf = frame[frame["provider"] == "fa3"].set_index(["mode", "headdim", "dtype", "causal", "seqlen_q"])["tflops"]
+    longest = int(ms.index.get_level_values("seqlen_q").max())
+    lines = ["| mode | head dim | dtype | mask | fa3 TFLOP/s "
+             f"({kilo(longest)}) | fa3 / cuDNN | fa3 / fa2 | fa3 / flex |", "| --- | --- | --- | --- |" + " ---: |" * 4]
+    for (mode, d, dtype, causal), sub in ms.groupby(level=["mode", "headdim", "dtype", "causal"]):
+        ratios = [float((sub[p] / sub["fa3"]).median()) for p in ("sdpa-cudnn", "fa2", "flex")]
+        lines.append(f"| {mode} | {d} | {dtype} | {'causal' if causal else 'full'} | "
+                     f"{tf[(mode, d, dtype, causal, longest)]:.0f} | " + " | ".join(f"{r:.2f}" for r in ratios) + " |")
+    commit = read_meta(root, FA3_ACCEPT)["git"]["commit"][:7]
+    lengths = sorted(set(frame["seqlen_q"]))
+    return (f"\n[`results/{FA3_ACCEPT}`](results/{FA3_ACCEPT}) ({len(frame)} points ok, at `{commit}`; "
+            f"{kilo(lengths[0])}-{kilo(lengths[-1])} tokens per sequence, 16k tokens per batch, hidden 2048; "
+            f"ratios are medians over those lengths, above 1 fa3 is faster):\n\n" + "\n".join(lines) + "\n")
 
 # --- the first result (results/h200-default-run1, -run2) --------------------------------------------------
 
