@@ -475,7 +475,10 @@ def _pp_consumer_1(q_bufs, k_bufs, v_bufs, p_bufs, q_ready, q_empty, k_ready, v_
                  qk_scale, N_CTX_Q, N_CTX_K, n_tiles, CAUSAL, STAGES, OVERLAP, 1)
 
 
-@gluon.jit
+# seqlen_q is not specialised: Triton would compile a seqlen_q of 1 as the constant 1, and for rung 10 without the
+# causal mask that kernel crashes ptxas (SIGSEGV in the ptxas of Triton 3.6 and 3.9, CUDA 12.8 and 12.9; not
+# at -O0); tests/test_fa3.py compiles each test shape as its launch specialises it
+@gluon.jit(do_not_specialize=["N_CTX_Q"])
 def _fa3_pp_fwd_kernel(q_desc, k_desc, v_desc, O, LSE, qk_scale, H, GROUP, N_CTX_Q, N_CTX_K, n_tiles,
                        CAUSAL: gl.constexpr, STAGES: gl.constexpr, OVERLAP: gl.constexpr, num_warps: gl.constexpr):
     """Rung 9 (OVERLAP=False) and rung 10 (OVERLAP=True): the default partition and a 4-warp worker are the two

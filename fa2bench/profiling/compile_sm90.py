@@ -86,15 +86,40 @@ def compile_one(kernel: str, cfg: triton.Config, headdim: int, causal: bool, tma
                           options=dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages))
 
 
-def compile_gluon(fn, signature: dict, constexprs: dict, num_warps: int, capability: int = 90, **options):
+def compile_gluon(fn, signature: dict, constexprs: dict, num_warps: int, capability: int = 90,
+                  attrs: dict | None = None, **options):
     """Compile the Gluon kernel ``fn`` for ``sm_<capability>``: ``signature`` maps each runtime argument to its
     Triton type string (``"*fp16"``, ``"i32"``, ``"tensordesc<fp16[128, 64],NVMMASharedLayout(...)>"``),
-    ``constexprs`` maps the compile-time arguments to their values."""
+    ``constexprs`` maps the compile-time arguments to their values, ``attrs`` (optional) runtime arguments to
+    their specialisation string (``"D"``: divisible by 16), as ``launch_specialisation`` gives them."""
+    from triton.backends.compiler import BaseBackend
     from triton.experimental.gluon._runtime import GluonASTSource
     sig = {name: ("constexpr" if name in constexprs else signature[name]) for name in fn.arg_names}
     src = GluonASTSource(fn=fn, signature=sig,
-                         constexprs={(fn.arg_names.index(k),): v for k, v in constexprs.items()})
+                         constexprs={(fn.arg_names.index(k),): v for k, v in constexprs.items()},
+                         attrs={(fn.arg_names.index(k),): BaseBackend.parse_attr(v) for k, v in (attrs or {}).items()})
     return triton.compile(src, target=GPUTarget("cuda", capability, 32), options=dict(num_warps=num_warps, **options))
+
+
+def launch_specialisation(fn, ints: dict, pointers: tuple[str, ...] = ()) -> tuple[dict, dict]:
+    """What a launch of ``fn`` compiles for these runtime int values, by Triton's own rule (``native_specialize_impl``
+    with the kernel's ``do_not_specialize`` flags, as the JIT calls it): an int equal to 1 becomes the constant 1,
+    one divisible by 16 gets ``tt.divisibility = 16``; torch's pointers are 16-byte aligned (also ``"D"``). Returns
+    (constexprs, attrs) for ``compile_gluon``. A kernel compiled without this is the launch's only where every int
+    is > 1 and not a multiple of 16: fa3-overlap's seqlen_q = 1 kernel crashed ptxas on the H200."""
+    from triton._C.libtriton import native_specialize_impl
+    from triton.backends.nvidia.compiler import CUDABackend
+
+    params = {p.name: p for p in fn.params}
+    constexprs, attrs = {}, {name: "D" for name in pointers}
+    for name, value in ints.items():
+        kind, attr = native_specialize_impl(CUDABackend, value, False, not params[name].do_not_specialize,
+                                            not params[name].do_not_specialize_on_alignment)
+        if kind == "constexpr":
+            constexprs[name] = value
+        elif attr:
+            attrs[name] = attr
+    return constexprs, attrs
 
 
 def sass(kernel) -> str:
@@ -106,9 +131,20 @@ def sass(kernel) -> str:
         return subprocess.run([tool, "--dump-sass", f.name], capture_output=True, text=True).stdout
 
 
-def compile_fa3(headdim: int, causal: bool, dtype: str = "fp16", capability: int = 90, rung: int = 8):
+def fa3_launch_ints(batch: int, heads: int, kv_heads: int, seqlen_q: int, seqlen_k: int, rung: int = 8) -> dict:
+    """The runtime ints fa3_forward passes its forward kernel for this shape (H, GROUP, N_CTX_Q, N_CTX_K,
+    n_tiles)."""
+    from fa2bench.kernels import fa3
+
+    n_tiles = -(-seqlen_q // fa3.tiles(64, rung)["BLOCK_M"]) * batch * heads
+    return dict(H=heads, GROUP=heads // kv_heads, N_CTX_Q=seqlen_q, N_CTX_K=seqlen_k, n_tiles=n_tiles)
+
+
+def compile_fa3(headdim: int, causal: bool, dtype: str = "fp16", capability: int = 90, rung: int = 8,
+                shape: tuple[int, ...] | None = None):
     """Rung ``rung``'s Gluon forward (kernels/fa3.py: 8, 9 ping-pong, 10 overlap) for ``sm_<capability>`` at its
-    tiles for ``headdim``."""
+    tiles for ``headdim``; with ``shape`` (batch, heads, kv_heads, seqlen_q, seqlen_k) specialised as a launch of
+    that shape would be (``launch_specialisation``), else with every int a plain i32."""
     import torch
 
     from fa2bench.kernels import fa3
@@ -122,13 +158,17 @@ def compile_fa3(headdim: int, causal: bool, dtype: str = "fp16", capability: int
     sig = dict(q_desc=desc(cfg["Q_ROWS"]), k_desc=desc(cfg["BLOCK_N"]), v_desc=desc(cfg["BLOCK_N"]),
                O="*" + dtype, LSE="*fp32", qk_scale="fp32", H="i32", GROUP="i32", N_CTX_Q="i32", N_CTX_K="i32",
                n_tiles="i32")
+    fn = fa3.TRITON_KERNELS["fwd" if rung == 8 else "fwd_pp"]
+    ints, attrs = {}, {}
+    if shape is not None:
+        ints, attrs = launch_specialisation(fn, fa3_launch_ints(*shape, rung=rung), pointers=("O", "LSE"))
     if rung == 8:
-        return compile_gluon(fa3.TRITON_KERNELS["fwd"], sig,
-                             dict(CAUSAL=causal, STAGES=cfg["STAGES"], num_warps=fa3.NUM_WARPS), fa3.NUM_WARPS,
-                             capability)
-    return compile_gluon(fa3.TRITON_KERNELS["fwd_pp"], sig,
-                         dict(CAUSAL=causal, STAGES=cfg["STAGES"], OVERLAP=rung == 10, num_warps=fa3.PP_NUM_WARPS),
-                         fa3.PP_NUM_WARPS, capability)
+        return compile_gluon(fn, sig,
+                             dict(CAUSAL=causal, STAGES=cfg["STAGES"], num_warps=fa3.NUM_WARPS, **ints),
+                             fa3.NUM_WARPS, capability, attrs=attrs)
+    return compile_gluon(fn, sig,
+                         dict(CAUSAL=causal, STAGES=cfg["STAGES"], OVERLAP=rung == 10, num_warps=fa3.PP_NUM_WARPS,
+                              **ints), fa3.PP_NUM_WARPS, capability, attrs=attrs)
 
 
 def compile_fa3_bwd(headdim: int, causal: bool, dtype: str = "fp16", capability: int = 90, kernel: str = "bwd_dkdv",
@@ -196,6 +236,8 @@ def main() -> None:
     ap.add_argument("--tma", action="store_true")
     ap.add_argument("--dtype", default="fp16")
     ap.add_argument("--rung", type=int, default=8, choices=(8, 9, 10), help="fa3's rung (--kernel fa3)")
+    ap.add_argument("--shape", default="", help="--kernel fa3: BATCH,HEADS,KV_HEADS,SEQLEN_Q,SEQLEN_K; compile the "
+                    "kernel a launch of this shape compiles (ints equal to 1 constant, multiples of 16 marked)")
     ap.add_argument("--atomic-dq", action="store_true",
                     help="--kernel fa3-bwd: the dK/dV kernel that adds dQ with fp32 atomics (no dQ kernel)")
     ap.add_argument("--tma-dq", action="store_true",
@@ -220,9 +262,11 @@ def main() -> None:
                 print(f"{name}: FAILED {root_cause(exc)}", flush=True)
         return
     if a.kernel == "fa3":  # one Gluon kernel, its tiles fixed per head dim
-        name = f"fa3 rung {a.rung} d{a.headdim} {a.dtype}{' causal' if a.causal else ''}"
+        shape = tuple(int(x) for x in a.shape.split(",")) if a.shape else None
+        name = (f"fa3 rung {a.rung} d{a.headdim} {a.dtype}{' causal' if a.causal else ''}"
+                f"{f' shape {a.shape}' * bool(shape)}")
         try:
-            k = compile_fa3(a.headdim, a.causal, a.dtype, rung=a.rung)
+            k = compile_fa3(a.headdim, a.causal, a.dtype, rung=a.rung, shape=shape)
             units = sorted(set(re.findall(r"\b(HGMMA|USETMAXREG|UTMALDG)", sass(k))))
             print(f"{name}: {resources(k)} sass {','.join(units)}", flush=True)
         except Exception as exc:
