@@ -21,8 +21,8 @@ import importlib
 _EXPORTS = {"naive_attention": "naive", "flash1_attention": "flash1", "flash1_split_attention": "flash1",
             "r3_attention": "ladder", "r4_attention": "ladder", "r5_attention": "ladder", "r6_attention": "ladder",
             "flash2_attention": "flash2", "flash2_varlen_attention": "flash2",
-            "fa3_attention": "fa3", "fa3_deterministic_attention": "fa3", "fa3_pingpong_attention": "fa3",
-            "fa3_overlap_attention": "fa3", "decode_attention": "decode"}
+            "fa3_attention": "fa3_bwd", "fa3_deterministic_attention": "fa3_bwd",
+            "fa3_pingpong_attention": "fa3_bwd", "fa3_overlap_attention": "fa3_bwd", "decode_attention": "decode"}
 __all__ = [*_EXPORTS, "clear_autotune_cache"]
 _MODULES = ("naive", "flash1", "flash2", "ladder")
 

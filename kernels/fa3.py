@@ -29,8 +29,8 @@ partitions with their own 64-row Q slices, whose wgmma groups (P_{j-1} V_{j-1} w
 softmax of block j, which runs under the warpgroup's own P_{j-1} V_{j-1}; P goes to that wgmma through shared
 memory (two buffers per warpgroup), because with P in registers ptxas waits for the P V before the first
 exponential (it writes the next P into the registers the in-flight wgmma reads: docs/fa3.md, sections 5 and 9).
-Backward: ``kernels/fa3_bwd.py`` (Gluon dK/dV and dQ kernels), the same for every rung: the ``*_attention``
-functions are differentiable through it.
+Backward: ``kernels/fa3_bwd.py`` (Gluon dK/dV and dQ kernels), the same for every rung; the differentiable
+``*_attention`` functions live there too, on top of this module's ``fa3_forward``.
 
 Layout and limits: q (batch, heads, seqlen_q, headdim), k and v (batch, kv_heads, seqlen_k, headdim), heads a
 multiple of kv_heads (GQA/MQA); fp16 or bf16; head dim 64 or 128; any sequence lengths; an H100/H200 (sm_90).
@@ -591,43 +591,3 @@ def fa3_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool 
         warps = f"w{PP_NUM_WARPS}+{PP_NUM_WARPS}+1"
     _last["fwd"] = f"{name} BLOCK_M={bm} BLOCK_N={bn} STAGES={cfg['STAGES']} {warps}"
     return o, lse
-
-
-def _attention(q, k, v, causal, sm_scale, rung: int, deterministic: bool = False) -> torch.Tensor:
-    """Rung ``rung``'s forward; differentiable through ``kernels/fa3_bwd.py``'s backward (the same for every rung)
-    when autograd needs it: dQ added into fp32 by the dK/dV kernel (TMA reduce-add, the faster route measured:
-    docs/fa3.md section 9), or with ``deterministic`` from its own kernel (bit-equal runs, two matmuls more)."""
-    if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
-        from .fa3_bwd import Fa3Attention  # (it imports this module's helpers)
-
-        return Fa3Attention.apply(q, k, v, bool(causal), sm_scale, rung, deterministic)
-    return fa3_forward(q, k, v, causal, sm_scale, rung)[0]
-
-
-def fa3_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = False,
-                  sm_scale: float | None = None) -> torch.Tensor:
-    """softmax(q k^T * sm_scale) v with rung 8's Hopper forward, differentiable (the Gluon backward of
-    ``kernels/fa3_bwd.py``, dQ by TMA reduce-add: not bit-reproducible). Layout (batch, heads, seq, headdim);
-    causal aligned bottom-right."""
-    return _attention(q, k, v, causal, sm_scale, rung=8)
-
-
-def fa3_deterministic_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = False,
-                                sm_scale: float | None = None) -> torch.Tensor:
-    """As ``fa3_attention`` with dQ from its own kernel in the backward (recomputes S and dP; repeated backward
-    passes are bit-equal)."""
-    return _attention(q, k, v, causal, sm_scale, rung=8, deterministic=True)
-
-
-def fa3_pingpong_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = False,
-                           sm_scale: float | None = None) -> torch.Tensor:
-    """As ``fa3_attention`` with rung 9's forward: two consumer warpgroups in ping-pong (backward: fa3's)."""
-    return _attention(q, k, v, causal, sm_scale, rung=9)
-
-
-def fa3_overlap_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = False,
-                          sm_scale: float | None = None) -> torch.Tensor:
-    """As ``fa3_attention`` with rung 10's forward: ping-pong plus the softmax overlapped with P V (backward:
-    fa3's)."""
-    return _attention(q, k, v, causal, sm_scale, rung=10)
-

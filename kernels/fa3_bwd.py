@@ -509,9 +509,7 @@ class Fa3Attention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, causal, sm_scale, rung, deterministic=True):
-        from .fa3 import fa3_forward
-
-        o, lse = fa3_forward(q, k, v, causal, sm_scale, rung)
+        o, lse = fa3.fa3_forward(q, k, v, causal, sm_scale, rung)
         ctx.save_for_backward(q, k, v, o, lse)
         ctx.causal, ctx.sm_scale, ctx.deterministic = causal, sm_scale, deterministic
         return o
@@ -521,3 +519,43 @@ class Fa3Attention(torch.autograd.Function):
         q, k, v, o, lse = ctx.saved_tensors
         dq, dk, dv = fa3_backward(q, k, v, o, lse, do, ctx.causal, ctx.sm_scale, ctx.deterministic)
         return dq, dk, dv, None, None, None, None
+
+
+# --- the differentiable entry points: a rung's forward (kernels/fa3.py) with this module's backward ----------
+
+
+def _attention(q, k, v, causal, sm_scale, rung: int, deterministic: bool = False) -> torch.Tensor:
+    """Rung ``rung``'s forward; differentiable through ``kernels/fa3_bwd.py``'s backward (the same for every rung)
+    when autograd needs it: dQ added into fp32 by the dK/dV kernel (TMA reduce-add, the faster route measured:
+    docs/fa3.md section 9), or with ``deterministic`` from its own kernel (bit-equal runs, two matmuls more)."""
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
+        return Fa3Attention.apply(q, k, v, bool(causal), sm_scale, rung, deterministic)
+    return fa3.fa3_forward(q, k, v, causal, sm_scale, rung)[0]
+
+
+def fa3_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = False,
+                  sm_scale: float | None = None) -> torch.Tensor:
+    """softmax(q k^T * sm_scale) v with rung 8's Hopper forward, differentiable (the Gluon backward of
+    ``kernels/fa3_bwd.py``, dQ by TMA reduce-add: not bit-reproducible). Layout (batch, heads, seq, headdim);
+    causal aligned bottom-right."""
+    return _attention(q, k, v, causal, sm_scale, rung=8)
+
+
+def fa3_deterministic_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = False,
+                                sm_scale: float | None = None) -> torch.Tensor:
+    """As ``fa3_attention`` with dQ from its own kernel in the backward (recomputes S and dP; repeated backward
+    passes are bit-equal)."""
+    return _attention(q, k, v, causal, sm_scale, rung=8, deterministic=True)
+
+
+def fa3_pingpong_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = False,
+                           sm_scale: float | None = None) -> torch.Tensor:
+    """As ``fa3_attention`` with rung 9's forward: two consumer warpgroups in ping-pong (backward: fa3's)."""
+    return _attention(q, k, v, causal, sm_scale, rung=9)
+
+
+def fa3_overlap_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = False,
+                          sm_scale: float | None = None) -> torch.Tensor:
+    """As ``fa3_attention`` with rung 10's forward: ping-pong plus the softmax overlapped with P V (backward:
+    fa3's)."""
+    return _attention(q, k, v, causal, sm_scale, rung=10)
