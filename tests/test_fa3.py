@@ -297,22 +297,6 @@ def test_gradients_match_the_float64_reference(shape, dtype, causal):
 @pytest.mark.gpu
 @pytest.mark.timeout(60)
 @pytest.mark.skipif(not _hopper(), reason="needs a Hopper GPU (sm_90)")
-@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
-@pytest.mark.parametrize("shape", [SHAPES[1], SHAPES[2], SHAPES[3], SHAPES[4]], ids=shape_id)
-def test_atomic_dq_gradients_match_the_float64_reference(shape, dtype, causal):
-    """fa3: dQ added into fp32 by the dK/dV kernel (ragged, GQA/MQA, rows that see no key, one query row),
-    through the same gate (not bit-reproducible, so no repeat check)."""
-    from fa2bench.kernels import fa3_attention
-
-    q, k, v = make_qkv(shape, dtype, "cuda")
-    verdict = check_attention(lambda q, k, v, c: fa3_attention(q, k, v, causal=c), q, k, v, causal)
-    assert verdict.ok, verdict.detail
-
-
-@pytest.mark.gpu
-@pytest.mark.timeout(60)
-@pytest.mark.skipif(not _hopper(), reason="needs a Hopper GPU (sm_90)")
 @pytest.mark.parametrize("name", ["fa3", "fa3-pingpong", "fa3-deterministic"])
 def test_backward_of_non_contiguous_inputs_with_custom_scale(name):
     """(b, s, h, d) inputs viewed as (b, h, s, d) and a scale that is not 1/sqrt(d), through the same gate as
