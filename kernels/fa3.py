@@ -47,7 +47,10 @@ from __future__ import annotations
 
 from ._common import check_inputs, check_scale  # first: Triton's interpreter switch, before Triton is imported
 
-import torch  # noqa: E402,I001
+import functools  # noqa: E402,I001
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 import triton  # noqa: E402
 from triton.experimental import gluon  # noqa: E402
 from triton.experimental.gluon import language as gl  # noqa: E402
@@ -67,11 +70,17 @@ PP_CONSUMER_REGS = gl.constexpr(240)  # the worker consumer warpgroup's register
 
 
 @gluon.jit
-def _tile(t, n_m, BH, CAUSAL: gl.constexpr):
-    """Tile ``t`` -> (query block, batch * head). Causal: query blocks from the last (longest) down, every head
-    at one block before the next block; otherwise the heads outer, so CTAs running together share K and V."""
+def _tile(t, n_m, BH, BAND, CAUSAL: gl.constexpr):
+    """Tile ``t`` -> (query block, batch * head). Causal: the heads in bands of ``BAND`` (``causal_band``), each
+    band's query blocks from the last (longest) down, every head of the band at one block before the next block
+    (longest first balances the CTAs; the band keeps the K/V that CTAs running together read within L2);
+    otherwise the heads outer, so CTAs running together share K and V."""
     if CAUSAL:
-        return n_m - 1 - t // BH, t % BH
+        span = BAND * n_m
+        band = t // span
+        r = t - band * span
+        width = gl.minimum(BAND, BH - band * BAND)
+        return n_m - 1 - r // width, band * BAND + r % width
     else:
         return t % n_m, t // n_m
 
@@ -95,7 +104,7 @@ def _kv_blocks(m0, N_CTX_Q, N_CTX_K, CAUSAL: gl.constexpr, BLOCK_M: gl.constexpr
 
 @gluon.jit
 def _producer(q_desc, k_desc, v_desc, q_bufs, k_bufs, v_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty,
-              H, GROUP, N_CTX_Q, N_CTX_K, n_tiles, CAUSAL: gl.constexpr, STAGES: gl.constexpr,
+              H, GROUP, N_CTX_Q, N_CTX_K, n_tiles, BAND, CAUSAL: gl.constexpr, STAGES: gl.constexpr,
               Q_PARTS: gl.constexpr = 1, Q_BUFS: gl.constexpr = 2):
     """Per tile: its Q (in ``Q_PARTS`` row slices, one per consumer partition, behind one barrier, into buffer
     ``done % Q_BUFS``), then every K/V block the tile sees, K and V behind separate barriers. ``kv_empty`` has
@@ -109,7 +118,7 @@ def _producer(q_desc, k_desc, v_desc, q_bufs, k_bufs, v_bufs, q_ready, q_empty, 
     it = 0  # K/V blocks issued so far: stage it % STAGES, its use number it // STAGES
     done = 0  # tiles issued so far: Q buffer done % Q_BUFS
     for t in range(gl.program_id(0), n_tiles, gl.num_programs(0)):
-        mb, bh = _tile(t, n_m, BH, CAUSAL)
+        mb, bh = _tile(t, n_m, BH, BAND, CAUSAL)
         m0 = mb * BLOCK_M
         n_full, n_blocks = _kv_blocks(m0, N_CTX_Q, N_CTX_K, CAUSAL, BLOCK_M, BLOCK_N)
         kv_bh = bh // H * (H // GROUP) + bh % H // GROUP  # batch * kv_heads index of query head bh
@@ -185,7 +194,8 @@ def _epilogue(acc, m_i, l_i, O, LSE, bh, r0, N_CTX_Q, ROWS: gl.constexpr, HEAD_D
 
 @gluon.jit
 def _consumer(q_bufs, k_bufs, v_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty, O, LSE, qk_scale,
-              N_CTX_Q, N_CTX_K, n_tiles, CAUSAL: gl.constexpr, STAGES: gl.constexpr, num_warps: gl.constexpr):
+              N_CTX_Q, N_CTX_K, n_tiles, BAND, CAUSAL: gl.constexpr, STAGES: gl.constexpr,
+              num_warps: gl.constexpr):
     BLOCK_M: gl.constexpr = q_bufs.shape[2]
     HEAD_DIM: gl.constexpr = q_bufs.shape[3]
     BLOCK_N: gl.constexpr = k_bufs.shape[2]
@@ -200,7 +210,7 @@ def _consumer(q_bufs, k_bufs, v_bufs, q_ready, q_empty, k_ready, v_ready, kv_emp
     it = 0
     done = 0
     for t in range(gl.program_id(0), n_tiles, gl.num_programs(0)):
-        mb, bh = _tile(t, n_m, BH, CAUSAL)
+        mb, bh = _tile(t, n_m, BH, BAND, CAUSAL)
         m0 = mb * BLOCK_M
         n_full, n_blocks = _kv_blocks(m0, N_CTX_Q, N_CTX_K, CAUSAL, BLOCK_M, BLOCK_N)
         qb = done % 2
@@ -260,16 +270,16 @@ def _buffers(q_desc, k_desc, v_desc, STAGES: gl.constexpr, PINGPONG: gl.constexp
         return q_bufs, k_bufs, v_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty
 
 
-@gluon.jit
-def _fa3_fwd_kernel(q_desc, k_desc, v_desc, O, LSE, qk_scale, H, GROUP, N_CTX_Q, N_CTX_K, n_tiles,
+@gluon.jit(do_not_specialize=["BAND"])
+def _fa3_fwd_kernel(q_desc, k_desc, v_desc, O, LSE, qk_scale, H, GROUP, N_CTX_Q, N_CTX_K, n_tiles, BAND,
                     CAUSAL: gl.constexpr, STAGES: gl.constexpr, num_warps: gl.constexpr):
     q_bufs, k_bufs, v_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty = _buffers(
         q_desc, k_desc, v_desc, STAGES, PINGPONG=False)
     gl.warp_specialize([
         (_consumer, (q_bufs, k_bufs, v_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty, O, LSE, qk_scale,
-                     N_CTX_Q, N_CTX_K, n_tiles, CAUSAL, STAGES, num_warps)),
+                     N_CTX_Q, N_CTX_K, n_tiles, BAND, CAUSAL, STAGES, num_warps)),
         (_producer, (q_desc, k_desc, v_desc, q_bufs, k_bufs, v_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty,
-                     H, GROUP, N_CTX_Q, N_CTX_K, n_tiles, CAUSAL, STAGES)),
+                     H, GROUP, N_CTX_Q, N_CTX_K, n_tiles, BAND, CAUSAL, STAGES)),
     ], [1], [24])
 
 
@@ -386,7 +396,7 @@ def _pp_blocks(acc, m_i, l_i, p, q, k_bufs, v_bufs, p_bufs, k_ready, v_ready, kv
 
 @gluon.jit
 def _pp_consumer(q_bufs, k_bufs, v_bufs, p_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty, turn, O, LSE,
-                 qk_scale, N_CTX_Q, N_CTX_K, n_tiles, CAUSAL: gl.constexpr, STAGES: gl.constexpr,
+                 qk_scale, N_CTX_Q, N_CTX_K, n_tiles, BAND, CAUSAL: gl.constexpr, STAGES: gl.constexpr,
                  OVERLAP: gl.constexpr, WG: gl.constexpr):
     """One consumer warpgroup (4 warps): rows [WG * 64, WG * 64 + 64) of every 128-row tile, its own Q slice,
     the K/V ring shared with the other warpgroup (each arrives once on each ``kv_empty``). Both warpgroups walk the
@@ -409,7 +419,7 @@ def _pp_consumer(q_bufs, k_bufs, v_bufs, p_bufs, q_ready, q_empty, k_ready, v_re
     g = 0  # wgmma groups this warpgroup has issued (its turns)
     done = 0
     for t in range(gl.program_id(0), n_tiles, gl.num_programs(0)):
-        mb, bh = _tile(t, n_m, BH, CAUSAL)
+        mb, bh = _tile(t, n_m, BH, BAND, CAUSAL)
         m0 = mb * BLOCK_M
         r0 = m0 + WG * ROWS
         n_full, n_blocks = _kv_blocks(m0, N_CTX_Q, N_CTX_K, CAUSAL, BLOCK_M, BLOCK_N)
@@ -461,25 +471,25 @@ def _pp_consumer(q_bufs, k_bufs, v_bufs, p_bufs, q_ready, q_empty, k_ready, v_re
 
 @gluon.jit
 def _pp_consumer_0(q_bufs, k_bufs, v_bufs, p_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty, turn, O, LSE,
-                   qk_scale, N_CTX_Q, N_CTX_K, n_tiles, CAUSAL: gl.constexpr, STAGES: gl.constexpr,
+                   qk_scale, N_CTX_Q, N_CTX_K, n_tiles, BAND, CAUSAL: gl.constexpr, STAGES: gl.constexpr,
                    OVERLAP: gl.constexpr):
     _pp_consumer(q_bufs, k_bufs, v_bufs, p_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty, turn, O, LSE,
-                 qk_scale, N_CTX_Q, N_CTX_K, n_tiles, CAUSAL, STAGES, OVERLAP, 0)
+                 qk_scale, N_CTX_Q, N_CTX_K, n_tiles, BAND, CAUSAL, STAGES, OVERLAP, 0)
 
 
 @gluon.jit
 def _pp_consumer_1(q_bufs, k_bufs, v_bufs, p_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty, turn, O, LSE,
-                   qk_scale, N_CTX_Q, N_CTX_K, n_tiles, CAUSAL: gl.constexpr, STAGES: gl.constexpr,
+                   qk_scale, N_CTX_Q, N_CTX_K, n_tiles, BAND, CAUSAL: gl.constexpr, STAGES: gl.constexpr,
                    OVERLAP: gl.constexpr):
     _pp_consumer(q_bufs, k_bufs, v_bufs, p_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty, turn, O, LSE,
-                 qk_scale, N_CTX_Q, N_CTX_K, n_tiles, CAUSAL, STAGES, OVERLAP, 1)
+                 qk_scale, N_CTX_Q, N_CTX_K, n_tiles, BAND, CAUSAL, STAGES, OVERLAP, 1)
 
 
 # seqlen_q is not specialised: Triton would compile a seqlen_q of 1 as the constant 1, and for rung 10 without the
 # causal mask that kernel crashes ptxas (SIGSEGV in the ptxas of Triton 3.6 and 3.9, CUDA 12.8 and 12.9; not
 # at -O0); tests/test_fa3.py compiles each test shape as its launch specialises it
-@gluon.jit(do_not_specialize=["N_CTX_Q"])
-def _fa3_pp_fwd_kernel(q_desc, k_desc, v_desc, O, LSE, qk_scale, H, GROUP, N_CTX_Q, N_CTX_K, n_tiles,
+@gluon.jit(do_not_specialize=["N_CTX_Q", "BAND"])
+def _fa3_pp_fwd_kernel(q_desc, k_desc, v_desc, O, LSE, qk_scale, H, GROUP, N_CTX_Q, N_CTX_K, n_tiles, BAND,
                        CAUSAL: gl.constexpr, STAGES: gl.constexpr, OVERLAP: gl.constexpr, num_warps: gl.constexpr):
     """Rung 9 (OVERLAP=False) and rung 10 (OVERLAP=True): the default partition and a 4-warp worker are the two
     consumer warpgroups (64 rows each of a 128-row tile), a 1-warp worker the TMA producer. Q descriptor blocks
@@ -498,11 +508,11 @@ def _fa3_pp_fwd_kernel(q_desc, k_desc, v_desc, O, LSE, qk_scale, H, GROUP, N_CTX
         p_bufs = v_bufs  # a stand-in (warp_specialize takes no None): rung 9 keeps P in registers
     gl.warp_specialize([  # (a tuple bound to a name first would turn the constexprs in it into tensors)
         (_pp_consumer_0, (q_bufs, k_bufs, v_bufs, p_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty, turn, O,
-                          LSE, qk_scale, N_CTX_Q, N_CTX_K, n_tiles, CAUSAL, STAGES, OVERLAP)),
+                          LSE, qk_scale, N_CTX_Q, N_CTX_K, n_tiles, BAND, CAUSAL, STAGES, OVERLAP)),
         (_pp_consumer_1, (q_bufs, k_bufs, v_bufs, p_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty, turn, O,
-                          LSE, qk_scale, N_CTX_Q, N_CTX_K, n_tiles, CAUSAL, STAGES, OVERLAP)),
+                          LSE, qk_scale, N_CTX_Q, N_CTX_K, n_tiles, BAND, CAUSAL, STAGES, OVERLAP)),
         (_producer, (q_desc, k_desc, v_desc, q_bufs, k_bufs, v_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty,
-                     H, GROUP, N_CTX_Q, N_CTX_K, n_tiles, CAUSAL, STAGES, 2, Q_BUFS)),
+                     H, GROUP, N_CTX_Q, N_CTX_K, n_tiles, BAND, CAUSAL, STAGES, 2, Q_BUFS)),
     ], [4, 1], [PP_CONSUMER_REGS, 24])
 
 
@@ -522,6 +532,56 @@ def tiles(headdim: int, rung: int = 8) -> dict:
     rows into two 64-row slices (Q_ROWS), one per consumer warpgroup; rung 10 adds 64 KiB of P buffers and, at
     d128, keeps one Q buffer (the kernel decides: 192 KiB at d64, 224 KiB at d128)."""
     return dict(BLOCK_M=128, BLOCK_N=128, STAGES=3 if headdim <= 64 else 2, Q_ROWS=128 if rung == 8 else 64)
+
+
+def _tile_blocks(n_m: int, seqlen_q: int, seqlen_k: int) -> np.ndarray:
+    """K/V blocks each causal query block visits (``_kv_blocks``'s count, on the host)."""
+    bm, bn = tiles(64)["BLOCK_M"], tiles(64)["BLOCK_N"]
+    hi = np.clip(np.arange(n_m) * bm + bm + seqlen_k - seqlen_q, 0, seqlen_k)
+    return -(-hi // bn)
+
+
+def causal_order(n_m: int, bh: int, band: int) -> tuple[np.ndarray, np.ndarray]:
+    """``_tile``'s causal order on the host: (query block, batch * head) of tiles 0, 1, ..."""
+    t = np.arange(n_m * bh)
+    start = t // (band * n_m) * band  # the band's first head
+    r = t - start * n_m
+    width = np.minimum(band, bh - start)
+    return n_m - 1 - r // width, start + r % width
+
+
+@functools.lru_cache(maxsize=256)
+def causal_band(n_m: int, bh: int, sms: int, kv_head_bytes: int, l2_bytes: int, seqlen_q: int, seqlen_k: int,
+                per_tile: float = 1.0) -> int:
+    """How many heads share one causal sweep (``_tile``'s ``BAND``): the persistent grid hands CTA ``i`` tiles
+    ``i``, ``i + grid``, ..., so the order decides both the balance (each CTA's sum of blocks, plus ``per_tile``
+    for a tile's prologue and epilogue) and how many heads' K and V the CTAs running together read. With every
+    head in one band (the longest-first order over all heads), a 2k-token causal forward had 128 heads in
+    flight and read DRAM at 68% of its peak against cuDNN's 20% (ncu, docs/fa3.md section 12). The band is the
+    best-balanced one whose heads' K/V fit in half the L2, unless no such band comes within 10% of the best
+    balance over all bands."""
+    cost = _tile_blocks(n_m, seqlen_q, seqlen_k).astype(float) + per_tile
+    grid = min(sms, n_m * bh)
+    t = np.arange(n_m * bh)
+    best = {}
+    for band in sorted({*range(1, min(bh, 64) + 1), bh}):
+        mb, head = causal_order(n_m, bh, band)
+        per_cta = np.bincount(t % grid, weights=cost[mb], minlength=grid)
+        heads = max(len(np.unique(head[i:i + grid])) for i in range(0, len(t), grid))
+        best[band] = (per_cta.mean() / per_cta.max(), heads * kv_head_bytes <= l2_bytes // 2)
+    top = max(b for b, _ in best.values())
+    fits = [band for band, (b, ok) in best.items() if ok and b >= 0.9 * top]
+    return max(fits or best, key=lambda band: (best[band][0], -band))
+
+
+def launch_ints(batch: int, heads: int, group: int, seqlen_q: int, seqlen_k: int, headdim: int, causal: bool,
+                sms: int, l2_bytes: int, elt: int = 2) -> dict:
+    """The forward kernels' runtime ints after ``qk_scale``, in their order: H, GROUP, N_CTX_Q, N_CTX_K, n_tiles
+    (query blocks x batch x heads) and BAND (``causal_band``; 1 without the mask, where it is not read)."""
+    n_m = triton.cdiv(seqlen_q, tiles(headdim)["BLOCK_M"])
+    band = causal_band(n_m, batch * heads, sms, 2 * seqlen_k * headdim * elt, l2_bytes, seqlen_q,
+                       seqlen_k) if causal else 1
+    return dict(H=heads, GROUP=group, N_CTX_Q=seqlen_q, N_CTX_K=seqlen_k, n_tiles=n_m * batch * heads, BAND=band)
 
 
 def smem_layout(block: list[int], dtype: torch.dtype) -> gl.NVMMASharedLayout:
@@ -555,11 +615,11 @@ def _tma_heads(t: torch.Tensor) -> torch.Tensor:
 
 
 def fa3_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = False,
-                sm_scale: float | None = None, rung: int = 8):
+                sm_scale: float | None = None, rung: int = 8, band: int | None = None):
     """The forward of rung ``rung`` (8: one 8-warp consumer partition; 9: ping-pong of two 4-warp consumer
     partitions; 10: ping-pong plus the softmax overlapped with the warpgroup's own P V, P through shared memory):
     ``(o, lse)``, lse the log2-domain log-sum-exp (fp32, (batch, heads, seqlen_q), +inf for a row that sees no
-    key), the same convention as ``flash2_forward``."""
+    key), the same convention as ``flash2_forward``. ``band`` overrides ``causal_band`` (tests)."""
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
     name = RUNGS.get(rung)
@@ -578,16 +638,20 @@ def fa3_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool 
     v_desc = TensorDescriptor.from_tensor(v3, [1, bn, d], smem_layout([1, bn, d], q.dtype))
     o = torch.empty(q.shape, device=q.device, dtype=q.dtype)
     lse = torch.empty(q.shape[:3], device=q.device, dtype=torch.float32)
-    n_tiles = triton.cdiv(shape.seqlen_q, bm) * shape.batch * shape.heads
     sms = torch.cuda.get_device_properties(q.device).multi_processor_count
-    args = (q_desc, k_desc, v_desc, o, lse, scale * LOG2E, shape.heads, shape.group, shape.seqlen_q,
-            shape.seqlen_k, n_tiles)
+    ints = launch_ints(shape.batch, shape.heads, shape.group, shape.seqlen_q, shape.seqlen_k, shape.headdim,
+                       bool(causal), sms, torch.cuda.get_device_properties(q.device).L2_cache_size)
+    if band is not None:
+        ints["BAND"] = band
+    grid = (min(sms, ints["n_tiles"]),)
+    args = (q_desc, k_desc, v_desc, o, lse, scale * LOG2E, *ints.values())
     if rung == 8:
-        _fa3_fwd_kernel[(min(sms, n_tiles),)](*args, CAUSAL=bool(causal), STAGES=cfg["STAGES"], num_warps=NUM_WARPS)
+        _fa3_fwd_kernel[grid](*args, CAUSAL=bool(causal), STAGES=cfg["STAGES"], num_warps=NUM_WARPS)
         warps = f"w{NUM_WARPS}+1"
     else:
-        _fa3_pp_fwd_kernel[(min(sms, n_tiles),)](*args, CAUSAL=bool(causal), STAGES=cfg["STAGES"],
-                                                 OVERLAP=rung == 10, num_warps=PP_NUM_WARPS)
+        _fa3_pp_fwd_kernel[grid](*args, CAUSAL=bool(causal), STAGES=cfg["STAGES"], OVERLAP=rung == 10,
+                                 num_warps=PP_NUM_WARPS)
         warps = f"w{PP_NUM_WARPS}+{PP_NUM_WARPS}+1"
-    _last["fwd"] = f"{name} BLOCK_M={bm} BLOCK_N={bn} STAGES={cfg['STAGES']} {warps}"
+    band = f" band={ints['BAND']}" if causal else ""
+    _last["fwd"] = f"{name} BLOCK_M={bm} BLOCK_N={bn} STAGES={cfg['STAGES']} {warps}{band}"
     return o, lse

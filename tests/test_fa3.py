@@ -16,6 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -188,6 +189,32 @@ def test_unsupported_inputs_are_one_line_errors():
         fa3_backward(g, g, g, g, torch.zeros(1, 2, 16), g)
 
 
+@pytest.mark.parametrize("n_m,bh,band", [(16, 128, 12), (16, 128, 128), (5, 7, 3), (1, 9, 4), (64, 2, 1)])
+def test_causal_order_visits_every_tile_once_longest_first_in_each_band(n_m, bh, band):
+    from fa2bench.kernels.fa3 import causal_order
+
+    mb, head = causal_order(n_m, bh, band)
+    assert sorted(zip(mb.tolist(), head.tolist())) == [(m, h) for m in range(n_m) for h in range(bh)]
+    for start in range(0, bh, band):  # a band is a run of tiles of its own heads, query blocks descending
+        run = slice(start * n_m, min(start + band, bh) * n_m)
+        assert set(head[run].tolist()) == set(range(start, min(start + band, bh)))
+        assert (np.diff(mb[run]) <= 0).all()
+
+
+def test_causal_band_keeps_a_2k_sweep_in_l2_and_a_long_one_balanced():
+    """Paper shapes on an H200 (132 SMs, 60 MiB L2), d128 fp16: at 2k (128 heads of 1 MiB K/V each) a band of
+    heads whose K/V fit in half the L2; at 16k (16 heads of 8 MiB) one head per band would leave CTAs idle (the
+    stride-132 walk of 128 query blocks), so every head shares the sweep, as before bands."""
+    from fa2bench.kernels.fa3 import causal_band, launch_ints
+
+    mib = 2**20
+    short = launch_ints(8, 16, 1, 2048, 2048, 128, True, 132, 60 * mib)
+    assert 1 < short["BAND"] < 128 and short["BAND"] * 1 * mib <= 30 * mib
+    assert launch_ints(1, 16, 1, 16384, 16384, 128, True, 132, 60 * mib)["BAND"] == 16
+    assert launch_ints(8, 16, 1, 2048, 2048, 128, False, 132, 60 * mib)["BAND"] == 1
+    assert causal_band(16, 128, 132, mib, 10**12, 2048, 2048) >= 1  # an L2 that holds everything: any band
+
+
 # --- on a Hopper GPU ---------------------------------------------------------------------------------------------
 
 SHAPES = [  # (batch, heads, kv_heads, seqlen_q, seqlen_k, headdim)
@@ -252,6 +279,23 @@ def test_output_and_lse_match_the_float64_reference(shape, dtype, causal, rung):
     torch.testing.assert_close(lse.double(), lse_ref(q, k, causal), atol=1e-3, rtol=1e-5)
     o2, lse2 = fa3_forward(q, k, v, causal=causal, rung=rung)
     assert torch.equal(o, o2) and torch.equal(lse, lse2), "repeated runs differ"
+
+
+@pytest.mark.gpu
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(not _hopper(), reason="needs a Hopper GPU (sm_90)")
+@pytest.mark.parametrize("rung", [8, 9])
+@pytest.mark.parametrize("band", [1, 3, 8])
+def test_every_causal_band_gives_the_reference_output(band, rung):
+    """The band only reorders tiles: any band (here 1, 3 and all 8 heads of 2 x 4) computes the same O and LSE."""
+    from fa2bench.kernels.fa3 import fa3_forward
+
+    q, k, v = make_qkv((2, 4, 2, 1000, 1000, 128), torch.float16, "cuda")
+    o, lse = fa3_forward(q, k, v, causal=True, rung=rung, band=band)
+    verdict = check_attention(lambda q, k, v, c: fa3_forward(q, k, v, causal=c, rung=rung, band=band)[0], q, k, v,
+                              True, backward=False)
+    assert verdict.ok, verdict.detail
+    torch.testing.assert_close(lse.double(), lse_ref(q, k, True), atol=1e-3, rtol=1e-5)
 
 
 @pytest.mark.gpu

@@ -131,13 +131,13 @@ def sass(kernel) -> str:
         return subprocess.run([tool, "--dump-sass", f.name], capture_output=True, text=True).stdout
 
 
-def fa3_launch_ints(batch: int, heads: int, kv_heads: int, seqlen_q: int, seqlen_k: int, rung: int = 8) -> dict:
-    """The runtime ints fa3_forward passes its forward kernel for this shape (H, GROUP, N_CTX_Q, N_CTX_K,
-    n_tiles)."""
+def fa3_launch_ints(batch: int, heads: int, kv_heads: int, seqlen_q: int, seqlen_k: int, headdim: int = 128,
+                    causal: bool = False, sms: int = 132, l2_bytes: int = 60 * 2**20) -> dict:
+    """The runtime ints fa3_forward passes its forward kernel for this shape (``fa3.launch_ints``; an H200's
+    SM count and L2 unless told)."""
     from fa2bench.kernels import fa3
 
-    n_tiles = -(-seqlen_q // fa3.tiles(64, rung)["BLOCK_M"]) * batch * heads
-    return dict(H=heads, GROUP=heads // kv_heads, N_CTX_Q=seqlen_q, N_CTX_K=seqlen_k, n_tiles=n_tiles)
+    return fa3.launch_ints(batch, heads, heads // kv_heads, seqlen_q, seqlen_k, headdim, causal, sms, l2_bytes)
 
 
 def compile_fa3(headdim: int, causal: bool, dtype: str = "fp16", capability: int = 90, rung: int = 8,
@@ -157,11 +157,11 @@ def compile_fa3(headdim: int, causal: bool, dtype: str = "fp16", capability: int
 
     sig = dict(q_desc=desc(cfg["Q_ROWS"]), k_desc=desc(cfg["BLOCK_N"]), v_desc=desc(cfg["BLOCK_N"]),
                O="*" + dtype, LSE="*fp32", qk_scale="fp32", H="i32", GROUP="i32", N_CTX_Q="i32", N_CTX_K="i32",
-               n_tiles="i32")
+               n_tiles="i32", BAND="i32")
     fn = fa3.TRITON_KERNELS["fwd" if rung == 8 else "fwd_pp"]
     ints, attrs = {}, {}
     if shape is not None:
-        ints, attrs = launch_specialisation(fn, fa3_launch_ints(*shape, rung=rung), pointers=("O", "LSE"))
+        ints, attrs = launch_specialisation(fn, fa3_launch_ints(*shape, headdim, causal), pointers=("O", "LSE"))
     if rung == 8:
         return compile_gluon(fn, sig,
                              dict(CAUSAL=causal, STAGES=cfg["STAGES"], num_warps=fa3.NUM_WARPS, **ints),
