@@ -146,11 +146,13 @@ def test_atomic_dq_variant_compiles_with_fp32_reductions(args, stack):
 @pytest.mark.parametrize("name,rung,function,modes", [("fa3", 8, "fa3_attention", {"fwd", "bwd", "fwd_bwd"}),
                                                       ("fa3-deterministic", None, "fa3_deterministic_attention",
                                                        {"bwd", "fwd_bwd"}),
-                                                      ("fa3-pingpong", 9, "fa3_pingpong_attention", {"fwd"}),
-                                                      ("fa3-overlap", 10, "fa3_overlap_attention", {"fwd"})])
+                                                      ("fa3-pingpong", 9, "fa3_pingpong_attention",
+                                                       {"fwd", "fwd_bwd"}),
+                                                      ("fa3-overlap", 10, "fa3_overlap_attention",
+                                                       {"fwd", "fwd_bwd"})])
 def test_providers_are_their_rungs_and_hopper_only(name, rung, function, modes):
-    """fa3 runs the backward (kernels/fa3_bwd.py); the other forward rungs share it, so they are registered forward
-    only: a rung-9 backward point would time rung 8's backward kernels."""
+    """fa3 runs the backward (kernels/fa3_bwd.py); the other forward rungs share it, so they run fwd and fwd_bwd
+    (their forward, then that backward) but not bwd alone: a rung-9 bwd point would time rung 8's backward kernels."""
     p = providers.get(name)
     assert (p.rung, p.kind, p.module, p.function, set(p.modes)) == (rung, "ours", "fa3", function, modes)
     assert p.availability("cpu") == "needs a Hopper GPU (sm_90)"

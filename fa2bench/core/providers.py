@@ -314,9 +314,9 @@ def _fa2_varlen(shape: Shape) -> AttnFn:
 
 
 # fa3's kernels are Gluon (Triton's Hopper dialect), Hopper only: not run by the interpreter. fa3 runs the backward
-# too (kernels/fa3_bwd.py, the same for every forward rung); fa3-pingpong and fa3-overlap (rungs 9, 10) are
-# registered forward only, so the ablation's backward shows no rung-9 or rung-10 gain that is not in a backward
-# kernel (their functions are differentiable all the same).
+# too (kernels/fa3_bwd.py, the same for every forward rung); fa3-pingpong and fa3-overlap (rungs 9, 10) run fwd and
+# fwd_bwd (their own forward, then that backward) but not bwd alone, which would time rung 8's backward kernels
+# under their name.
 def _fp32_dq_workspace(shape: Shape, dtype: str, mode: str) -> int:
     """streaming_workspace plus the fp32 dQ that atomics accumulate into (backward)."""
     extra = 0 if mode == "fwd" else 4 * shape.batch * shape.heads * shape.seqlen_q * shape.headdim
@@ -324,10 +324,10 @@ def _fp32_dq_workspace(shape: Shape, dtype: str, mode: str) -> int:
 
 
 _FA3 = dict(io_model="fa2", devices=frozenset({"cuda"}), sm=90, dtypes=frozenset({"fp16", "bf16"}),
-            headdims=frozenset({64, 128}), max_headdim=128, modes=frozenset({"fwd"}))
+            headdims=frozenset({64, 128}), max_headdim=128, modes=frozenset({"fwd", "fwd_bwd"}),
+            workspace_bytes=_fp32_dq_workspace)
 _ours("fa3", "fa3_attention", name="fa3", label="R8: + TMA producer, wgmma consumers (Gluon)", color="#e377c2",
-      rung=8, workspace_bytes=_fp32_dq_workspace,
-      **{**_FA3, "modes": frozenset({"fwd", "bwd", "fwd_bwd"})},
+      rung=8, **{**_FA3, "modes": frozenset({"fwd", "bwd", "fwd_bwd"})},
       description="ablation rung 8: persistent, warp-specialised (TMA producer warp, two wgmma consumer "
                   "warpgroups, mbarrier K/V ring, setmaxnreg); Hopper. Backward: the same machinery (not "
                   "persistent): a dK/dV kernel that also adds dQ into fp32 by TMA reduce-add (not "
