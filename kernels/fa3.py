@@ -86,6 +86,25 @@ def _tile(t, n_m, BH, BAND, CAUSAL: gl.constexpr):
 
 
 @gluon.jit
+def _slot(r, CAUSAL: gl.constexpr):
+    """This CTA's place in round ``r`` of the persistent walk (round r runs tiles r * grid ... r * grid + grid - 1):
+    its program id, and under the causal mask every other round in reverse (a snake), so that a CTA that took a
+    long tile in one round takes a short one in the next (``causal_band`` simulates the same walk)."""
+    pid = gl.program_id(0)
+    if CAUSAL:
+        pid = pid + (r % 2) * (gl.num_programs(0) - 1 - 2 * pid)
+    return pid
+
+
+@gluon.jit
+def _rounds(n_tiles, CAUSAL: gl.constexpr):
+    """How many rounds of the walk give this CTA a tile: every full round, and the last, partial one if this CTA's
+    slot there is below the tiles left."""
+    full = n_tiles // gl.num_programs(0)
+    return full + gl.where(_slot(full, CAUSAL) < n_tiles - full * gl.num_programs(0), 1, 0)
+
+
+@gluon.jit
 def _kv_blocks(m0, N_CTX_Q, N_CTX_K, CAUSAL: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr):
     """(blocks every row of the query block [m0, m0 + BLOCK_M) sees in full, blocks it sees at all)."""
     if CAUSAL:
@@ -117,7 +136,8 @@ def _producer(q_desc, k_desc, v_desc, q_bufs, k_bufs, v_bufs, q_ready, q_empty, 
     BH = n_tiles // n_m
     it = 0  # K/V blocks issued so far: stage it % STAGES, its use number it // STAGES
     done = 0  # tiles issued so far: Q buffer done % Q_BUFS
-    for t in range(gl.program_id(0), n_tiles, gl.num_programs(0)):
+    for r in range(0, _rounds(n_tiles, CAUSAL)):
+        t = r * gl.num_programs(0) + _slot(r, CAUSAL)
         mb, bh = _tile(t, n_m, BH, BAND, CAUSAL)
         m0 = mb * BLOCK_M
         n_full, n_blocks = _kv_blocks(m0, N_CTX_Q, N_CTX_K, CAUSAL, BLOCK_M, BLOCK_N)
@@ -209,7 +229,8 @@ def _consumer(q_bufs, k_bufs, v_bufs, q_ready, q_empty, k_ready, v_ready, kv_emp
     BH = n_tiles // n_m
     it = 0
     done = 0
-    for t in range(gl.program_id(0), n_tiles, gl.num_programs(0)):
+    for r in range(0, _rounds(n_tiles, CAUSAL)):
+        t = r * gl.num_programs(0) + _slot(r, CAUSAL)
         mb, bh = _tile(t, n_m, BH, BAND, CAUSAL)
         m0 = mb * BLOCK_M
         n_full, n_blocks = _kv_blocks(m0, N_CTX_Q, N_CTX_K, CAUSAL, BLOCK_M, BLOCK_N)
@@ -418,7 +439,8 @@ def _pp_consumer(q_bufs, k_bufs, v_bufs, p_bufs, q_ready, q_empty, k_ready, v_re
     it = 0  # K/V blocks consumed so far (the producer's count)
     g = 0  # wgmma groups this warpgroup has issued (its turns)
     done = 0
-    for t in range(gl.program_id(0), n_tiles, gl.num_programs(0)):
+    for r in range(0, _rounds(n_tiles, CAUSAL)):
+        t = r * gl.num_programs(0) + _slot(r, CAUSAL)
         mb, bh = _tile(t, n_m, BH, BAND, CAUSAL)
         m0 = mb * BLOCK_M
         r0 = m0 + WG * ROWS
@@ -553,9 +575,9 @@ def causal_order(n_m: int, bh: int, band: int) -> tuple[np.ndarray, np.ndarray]:
 @functools.lru_cache(maxsize=256)
 def causal_band(n_m: int, bh: int, sms: int, kv_head_bytes: int, l2_bytes: int, seqlen_q: int, seqlen_k: int,
                 per_tile: float = 1.0) -> int:
-    """How many heads share one causal sweep (``_tile``'s ``BAND``): the persistent grid hands CTA ``i`` tiles
-    ``i``, ``i + grid``, ..., so the order decides both the balance (each CTA's sum of blocks, plus ``per_tile``
-    for a tile's prologue and epilogue) and how many heads' K and V the CTAs running together read. With every
+    """How many heads share one causal sweep (``_tile``'s ``BAND``): the persistent grid walks the tiles in
+    rounds of ``grid``, every other round in reverse (``_slot``), so the order decides both the balance (each
+    CTA's sum of blocks, plus ``per_tile`` for a tile's prologue and epilogue) and how many heads' K and V the CTAs running together read. With every
     head in one band (the longest-first order over all heads), a 2k-token causal forward had 128 heads in
     flight and read DRAM at 68% of its peak against cuDNN's 20% (ncu, docs/fa3.md section 12). The band is the
     best-balanced one whose heads' K/V fit in half the L2, unless no such band comes within 10% of the best
@@ -563,10 +585,11 @@ def causal_band(n_m: int, bh: int, sms: int, kv_head_bytes: int, l2_bytes: int, 
     cost = _tile_blocks(n_m, seqlen_q, seqlen_k).astype(float) + per_tile
     grid = min(sms, n_m * bh)
     t = np.arange(n_m * bh)
+    walk = np.where(t // grid % 2 == 1, grid - 1 - t % grid, t % grid)  # the CTA of each tile (``_slot``)
     best = {}
     for band in sorted({*range(1, min(bh, 64) + 1), bh}):
         mb, head = causal_order(n_m, bh, band)
-        per_cta = np.bincount(t % grid, weights=cost[mb], minlength=grid)
+        per_cta = np.bincount(walk, weights=cost[mb], minlength=grid)
         heads = max(len(np.unique(head[i:i + grid])) for i in range(0, len(t), grid))
         best[band] = (per_cta.mean() / per_cta.max(), heads * kv_head_bytes <= l2_bytes // 2)
     top = max(b for b, _ in best.values())
