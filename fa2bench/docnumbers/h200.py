@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from fa2bench.docnumbers.data import (DECODE, DECODE_BEFORE, FA3_ACCEPT, FA3_BWD, FIRST, HEADLINE, LADDER, PLAIN, RERUN,
+from fa2bench.docnumbers.data import (DECODE, DECODE_BEFORE, FA3_ACCEPT, FA3_BWD, FA3_RUNGS, FIRST, HEADLINE, LADDER, PLAIN, RERUN,
                                       SAME_CARD, SECOND, SPLITS, TOP, kilo, load, ok_rows, read_meta)
 from fa2bench.docnumbers.h100 import ablation_fa1, ablation_steps, ablation_versus, top_table, versus_cudnn
 from fa2bench.read.summary import geomean
@@ -136,6 +136,31 @@ def fa3_accept(root: Path) -> str:
     return (f"\n[`results/{FA3_ACCEPT}`](results/{FA3_ACCEPT}) ({len(frame)} points ok, at `{commit}`; "
             f"{kilo(lengths[0])}-{kilo(lengths[-1])} tokens per sequence, 16k tokens per batch, hidden 2048; "
             f"ratios are medians over those lengths, above 1 fa3 is faster):\n\n" + "\n".join(lines) + "\n")
+
+def fa3_rungs(root: Path) -> str:
+    """fa3's forward rungs against cuDNN per (head dim, dtype, mask), all timed in one device call: each rung's
+    TFLOP/s at the longest sequence and its median speed over cuDNN's across the run's lengths."""
+    frame = ok_rows(load(root, FA3_RUNGS))
+    key = ["headdim", "dtype", "causal", "seqlen_q"]
+    ms = frame.pivot_table(index=key, columns="provider", values="ms")
+    tf = frame.pivot_table(index=key, columns="provider", values="tflops")
+    rungs = ("fa3", "fa3-pingpong", "fa3-overlap")
+    longest = int(ms.index.get_level_values("seqlen_q").max())
+    lines = [f"| head dim | dtype | mask | TFLOP/s ({kilo(longest)}): " + " / ".join(f"`{r}`" for r in rungs)
+             + " / cuDNN | " + " | ".join(f"`{r}` / cuDNN" for r in rungs) + " |", "| --- | --- | --- | --- |"
+             + " ---: |" * len(rungs)]
+    for (d, dtype, causal), sub in ms.groupby(level=["headdim", "dtype", "causal"]):
+        speeds = [float((sub["sdpa-cudnn"] / sub[r]).median()) for r in rungs]
+        at = tf.loc[(d, dtype, causal, longest)]
+        lines.append(f"| {d} | {dtype} | {'causal' if causal else 'full'} | "
+                     + " / ".join(f"{at[p]:.0f}" for p in (*rungs, "sdpa-cudnn")) + " | "
+                     + " | ".join(f"{r:.2f}" for r in speeds) + " |")
+    commit = read_meta(root, FA3_RUNGS)["git"]["commit"][:7]
+    lengths = sorted(set(frame["seqlen_q"]))
+    return (f"\n[`results/{FA3_RUNGS}`](results/{FA3_RUNGS}) ({len(frame)} points ok, at `{commit}`, one device call; "
+            f"forward, {kilo(lengths[0])}-{kilo(lengths[-1])} tokens per sequence, 16k tokens per batch, hidden "
+            f"2048; speeds are medians over those lengths, above 1 the rung is faster):\n\n" + "\n".join(lines) + "\n")
+
 
 # --- the first result (results/h200-default-run1, -run2) --------------------------------------------------
 
