@@ -7,13 +7,17 @@ the same inputs and tiles.
 
 Tiles are forced to the autotuner's picks in results/h200-variants-2 (dK/dV 64x128 w8 s2, dQ 128x64 w8 s3) unless
 ``--autotune``, so both modes run the same tiles and no time goes to tuning. Prints one line per (variant, mode):
-median forward ms, median backward ms (dK/dV + dQ + Delta, from autograd.grad), and speed against mode 0.
+median forward ms, median backward ms (dK/dV + dQ + Delta, from autograd.grad), and speed against mode 0; with
+``--out DIR`` the same rows go to ``bench_bwd_flat.csv`` there, beside a tool-written meta.json (GPU, versions,
+commit), so the numbers are a results run rather than a console log.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
+from pathlib import Path
 
 import torch
 import triton
@@ -34,7 +38,16 @@ def main() -> None:
     ap.add_argument("--dtype", default="bf16", choices=["bf16", "fp16"])
     ap.add_argument("--autotune", action="store_true", help="let each mode autotune instead of forcing the tiles")
     ap.add_argument("--device", default="cuda")
+    ap.add_argument("--out", type=Path, help="a folder for the rows (CSV) and meta.json")
     a = ap.parse_args()
+    rows = []
+    if a.out:
+        from fa2bench.run.runner import environment_meta
+
+        a.out.mkdir(parents=True, exist_ok=True)
+        meta = {**environment_meta(a.device), "study": "fa2 one-loop (FLAT) kernels off and on, per variant",
+                "args": {k: str(v) for k, v in vars(a).items()}}
+        (a.out / "meta.json").write_text(json.dumps(meta, indent=1, default=str))
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[a.dtype]
     dev = a.device
 
@@ -72,10 +85,17 @@ def main() -> None:
         os.environ[flash2.FLAT_ENV] = os.environ[flash2.FWD_FLAT_ENV] = "0"
         diff = max((a_ - b_).abs().max().item() for a_, b_ in zip(grads["all"], grads["0"]))
         for mode in ("0", "1", "all"):
+            rows.append(dict(variant=name, flat=mode, fwd_ms=fwd[mode], bwd_ms=times[mode],
+                             fwd_speed_vs_0=fwd["0"] / fwd[mode], bwd_speed_vs_0=times["0"] / times[mode],
+                             max_grad_diff_all_vs_0=diff, tiles="autotuned" if a.autotune else "forced"))
             print(f"{name:24s} FLAT={mode:3s} fwd {fwd[mode]:8.3f} ms x{fwd['0'] / fwd[mode]:.3f}   bwd "
                   f"{times[mode]:8.3f} ms x{times['0'] / times[mode]:.3f}  (speed vs 0)", flush=True)
         print(f"{name:24s} max |o(all) - o(0)| = {(outs['all'] - outs['0']).abs().max().item():.3e}, "
               f"max |grad(all) - grad(0)| = {diff:.3e}", flush=True)
+        if a.out:
+            import pandas as pd
+
+            pd.DataFrame(rows).to_csv(a.out / "bench_bwd_flat.csv", index=False)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,10 @@
   provider fa3's backward).
 
     python tools/fa3_bwd_dq_routes.py                       # paper shapes: 16k tokens, hidden 2048, fp16
-    python tools/fa3_bwd_dq_routes.py --seqlen 8192 --headdim 128 --causal full
+    python tools/fa3_bwd_dq_routes.py --seqlen 8192 --headdim 128 --causal full --out results/<name>
+
+With ``--out`` the rows also go to ``fa3_bwd_dq_routes.csv`` there, beside a tool-written meta.json (GPU, versions,
+commit), so the numbers are a results run rather than a console log.
 
 Only the backward is timed (Delta, the dK/dV and dQ kernels, the fp32 dQ's zeroing and cast: what
 ``fa3_backward`` launches; cuDNN's through ``torch.autograd.grad`` on a saved forward). Each route's dQ, dK, dV
@@ -16,6 +19,7 @@ TFLOP/s as the suite counts the backward (2.5x the forward's FLOPs, causal: the 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -37,7 +41,16 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=16384, help="batch x seqlen (the paper preset's 16k)")
     ap.add_argument("--hidden", type=int, default=2048, help="heads x headdim (the paper preset's 2048)")
     ap.add_argument("--rep-ms", type=int, default=200)
+    ap.add_argument("--out", type=Path, help="a folder for the rows (CSV) and meta.json")
     a = ap.parse_args()
+    rows = []
+    if a.out:
+        from fa2bench.run.runner import environment_meta
+
+        a.out.mkdir(parents=True, exist_ok=True)
+        meta = {**environment_meta("cuda"), "study": "fa3 backward dQ routes against cuDNN",
+                "args": {k: str(v) for k, v in vars(a).items()}}
+        (a.out / "meta.json").write_text(json.dumps(meta, indent=1, default=str))
 
     from fa2bench.kernels import fa3_bwd
     from fa2bench.kernels.fa3 import fa3_forward
@@ -74,10 +87,19 @@ def main() -> None:
                     lambda: torch.autograd.grad(oc, (qc, kc, vc), do, retain_graph=True), rep=a.rep_ms)
                 mask = "causal" if causal else "full"
                 for route, (ms, diff) in results.items():
+                    rows.append(dict(headdim=d, causal=causal, seqlen=n, batch=b, heads=h, dtype=a.dtype, route=route,
+                                     ms=ms, tflops=tflops(flops, ms), vs_kernel=results["kernel"][0] / ms,
+                                     vs_cudnn=cudnn_ms / ms, max_diff_dq_dk_dv=diff))
                     print(f"{d:>4} {mask:>6} {n:>6} | {route:>6} {ms:7.3f} {tflops(flops, ms):8.1f} "
                           f"{results['kernel'][0] / ms:8.3f} {cudnn_ms / ms:7.3f} | {diff}", flush=True)
                 print(f"{d:>4} {mask:>6} {n:>6} | {'cudnn':>6} {cudnn_ms:7.3f} {tflops(flops, cudnn_ms):8.1f}",
                       flush=True)
+                rows.append(dict(headdim=d, causal=causal, seqlen=n, batch=b, heads=h, dtype=a.dtype, route="cudnn",
+                                 ms=cudnn_ms, tflops=tflops(flops, cudnn_ms), vs_cudnn=1.0))
+                if a.out:
+                    import pandas as pd
+
+                    pd.DataFrame(rows).to_csv(a.out / "fa3_bwd_dq_routes.csv", index=False)
 
 
 if __name__ == "__main__":
