@@ -607,6 +607,15 @@ def launch_ints(batch: int, heads: int, group: int, seqlen_q: int, seqlen_k: int
     return dict(H=heads, GROUP=group, N_CTX_Q=seqlen_q, N_CTX_K=seqlen_k, n_tiles=n_m * batch * heads, BAND=band)
 
 
+def forward_kernel(rung: int, headdim: int, causal: bool) -> tuple:
+    """Rung ``rung``'s forward kernel and its compile-time arguments (constexprs and warps), as ``fa3_forward``
+    launches it and ``compile_sm90`` compiles it."""
+    stages = tiles(headdim, rung)["STAGES"]
+    if rung == 8:
+        return _fa3_fwd_kernel, dict(CAUSAL=causal, STAGES=stages, num_warps=NUM_WARPS)
+    return _fa3_pp_fwd_kernel, dict(CAUSAL=causal, STAGES=stages, OVERLAP=rung == 10, num_warps=PP_NUM_WARPS)
+
+
 def smem_layout(block: list[int], dtype: torch.dtype) -> gl.NVMMASharedLayout:
     return gl.NVMMASharedLayout.get_default_for(block, DTYPES[dtype])
 
@@ -668,13 +677,9 @@ def fa3_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool 
         ints["BAND"] = band
     grid = (min(sms, ints["n_tiles"]),)
     args = (q_desc, k_desc, v_desc, o, lse, scale * LOG2E, *ints.values())
-    if rung == 8:
-        _fa3_fwd_kernel[grid](*args, CAUSAL=bool(causal), STAGES=cfg["STAGES"], num_warps=NUM_WARPS)
-        warps = f"w{NUM_WARPS}+1"
-    else:
-        _fa3_pp_fwd_kernel[grid](*args, CAUSAL=bool(causal), STAGES=cfg["STAGES"], OVERLAP=rung == 10,
-                                 num_warps=PP_NUM_WARPS)
-        warps = f"w{PP_NUM_WARPS}+{PP_NUM_WARPS}+1"
+    kernel, consts = forward_kernel(rung, shape.headdim, bool(causal))
+    kernel[grid](*args, **consts)
+    warps = f"w{NUM_WARPS}+1" if rung == 8 else f"w{PP_NUM_WARPS}+{PP_NUM_WARPS}+1"
     band = f" band={ints['BAND']}" if causal else ""
     _last["fwd"] = f"{name} BLOCK_M={bm} BLOCK_N={bn} STAGES={cfg['STAGES']} {warps}{band}"
     return o, lse

@@ -158,17 +158,11 @@ def compile_fa3(headdim: int, causal: bool, dtype: str = "fp16", capability: int
     sig = dict(q_desc=desc(cfg["Q_ROWS"]), k_desc=desc(cfg["BLOCK_N"]), v_desc=desc(cfg["BLOCK_N"]),
                O="*" + dtype, LSE="*fp32", qk_scale="fp32", H="i32", GROUP="i32", N_CTX_Q="i32", N_CTX_K="i32",
                n_tiles="i32", BAND="i32")
-    fn = fa3.TRITON_KERNELS["fwd" if rung == 8 else "fwd_pp"]
+    fn, consts = fa3.forward_kernel(rung, headdim, causal)
     ints, attrs = {}, {}
     if shape is not None:
         ints, attrs = launch_specialisation(fn, fa3_launch_ints(*shape, headdim, causal), pointers=("O", "LSE"))
-    if rung == 8:
-        return compile_gluon(fn, sig,
-                             dict(CAUSAL=causal, STAGES=cfg["STAGES"], num_warps=fa3.NUM_WARPS, **ints),
-                             fa3.NUM_WARPS, capability, attrs=attrs)
-    return compile_gluon(fn, sig,
-                         dict(CAUSAL=causal, STAGES=cfg["STAGES"], OVERLAP=rung == 10, num_warps=fa3.PP_NUM_WARPS,
-                              **ints), fa3.PP_NUM_WARPS, capability, attrs=attrs)
+    return compile_gluon(fn, sig, {**consts, **ints}, consts["num_warps"], capability, attrs=attrs)
 
 
 def compile_fa3_bwd(headdim: int, causal: bool, dtype: str = "fp16", capability: int = 90, kernel: str = "bwd_dkdv",
