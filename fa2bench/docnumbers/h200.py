@@ -131,11 +131,18 @@ def fa3_accept(root: Path) -> str:
         ratios = [float((sub[p] / sub["fa3"]).median()) for p in ("sdpa-cudnn", "fa2", "flex")]
         lines.append(f"| {mode} | {d} | {dtype} | {'causal' if causal else 'full'} | "
                      f"{tf[(mode, d, dtype, causal, longest)]:.0f} | " + " | ".join(f"{r:.2f}" for r in ratios) + " |")
-    commit = read_meta(root, FA3_ACCEPT)["git"]["commit"][:7]
+    return _paper_run(root, FA3_ACCEPT, frame, "", "ratios are medians over those lengths, above 1 fa3 is faster",
+                      lines)
+
+
+def _paper_run(root: Path, run: str, frame: pd.DataFrame, how: str, reading: str, lines: list[str]) -> str:
+    """A table of a paper-shape run under one line naming the run: points, commit, ``how`` it ran, the lengths
+    and how to read it."""
+    commit = read_meta(root, run)["git"]["commit"][:7]
     lengths = sorted(set(frame["seqlen_q"]))
-    return (f"\n[`results/{FA3_ACCEPT}`](results/{FA3_ACCEPT}) ({len(frame)} points ok, at `{commit}`; "
+    return (f"\n[`results/{run}`](results/{run}) ({len(frame)} points ok, at `{commit}`{how}; "
             f"{kilo(lengths[0])}-{kilo(lengths[-1])} tokens per sequence, 16k tokens per batch, hidden 2048; "
-            f"ratios are medians over those lengths, above 1 fa3 is faster):\n\n" + "\n".join(lines) + "\n")
+            f"{reading}):\n\n" + "\n".join(lines) + "\n")
 
 def fa3_rungs(root: Path) -> str:
     """fa3's forward rungs against cuDNN per (head dim, dtype, mask), all timed in one device call: each rung's
@@ -155,11 +162,8 @@ def fa3_rungs(root: Path) -> str:
         lines.append(f"| {d} | {dtype} | {'causal' if causal else 'full'} | "
                      + " / ".join(f"{at[p]:.0f}" for p in (*rungs, "sdpa-cudnn")) + " | "
                      + " | ".join(f"{r:.2f}" for r in speeds) + " |")
-    commit = read_meta(root, FA3_RUNGS)["git"]["commit"][:7]
-    lengths = sorted(set(frame["seqlen_q"]))
-    return (f"\n[`results/{FA3_RUNGS}`](results/{FA3_RUNGS}) ({len(frame)} points ok, at `{commit}`, one device call; "
-            f"forward, {kilo(lengths[0])}-{kilo(lengths[-1])} tokens per sequence, 16k tokens per batch, hidden "
-            f"2048; speeds are medians over those lengths, above 1 the rung is faster):\n\n" + "\n".join(lines) + "\n")
+    return _paper_run(root, FA3_RUNGS, frame, ", one device call, forward",
+                      "speeds are medians over those lengths, above 1 the rung is faster", lines)
 
 
 # --- the first result (results/h200-default-run1, -run2) --------------------------------------------------
