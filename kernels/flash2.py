@@ -275,6 +275,27 @@ def _keep(in_range, r, c, diag, mods, ds_r, ds_c, CAUSAL: tl.constexpr, WINDOW: 
     return keep
 
 
+@triton.jit
+def _keep_keys(offs_m, cols, N_CTX_K, diag, mods, ds_q, CAUSAL: tl.constexpr, WINDOW: tl.constexpr,
+               DOCS: tl.constexpr):
+    """_keep for a step of the forward loops: Q rows offs_m (document starts ds_q) against the key columns cols of
+    this step, those past N_CTX_K out of range. The dQ and dK/dV loops spell this call out: through a helper,
+    ptxas (which reads the line info Triton emits) compiled two of their softcap kernels differently."""
+    return _keep(cols[None, :] < N_CTX_K, offs_m[:, None], cols[None, :], diag, mods, ds_q[:, None],
+                 _doc_starts(mods, cols, N_CTX_K, -1, DOCS)[None, :], CAUSAL, WINDOW, DOCS)
+
+
+@triton.jit
+def _scores(qk, r, c, sm_scale, qk_scale, diag, softcap, slope, SOFTCAP: tl.constexpr, ALIBI: tl.constexpr):
+    """The scores in the log2 domain and softcap's derivative, as _score_mod gives them; without a score mod,
+    qk * qk_scale (qk_scale = sm_scale * log2(e): one multiply, which fuses with the - m or - L that follows) and a
+    placeholder derivative."""
+    if SOFTCAP or ALIBI:
+        return _score_mod(qk, r, c, sm_scale, diag, softcap, slope, SOFTCAP, ALIBI)
+    else:
+        return qk * qk_scale, qk
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Forward (Algorithm 1): the inner loop over K/V blocks, one Q block, the kernel
 # ----------------------------------------------------------------------------------------------------------------
@@ -302,9 +323,8 @@ def _attn_fwd_inner(acc, l_i, m_i, q, K, V, lo, hi, offs_m, offs_n, offs_d, qk_s
         else:
             scale = qk_scale
         if MASK:
-            keep = _keep(cols[None, :] < N_CTX_K, offs_m[:, None], cols[None, :], diag, mods, ds_q[:, None],
-                         _doc_starts(mods, cols, N_CTX_K, -1, DOCS)[None, :], CAUSAL, WINDOW, DOCS)
-            qk = tl.where(keep, qk * scale, float("-inf"))
+            qk = tl.where(_keep_keys(offs_m, cols, N_CTX_K, diag, mods, ds_q, CAUSAL, WINDOW, DOCS), qk * scale,
+                          float("-inf"))
             m_ij = tl.maximum(m_i, tl.max(qk, 1))
             qk = qk - m_ij[:, None]
         else:
@@ -342,14 +362,10 @@ def _attn_fwd_flat(acc, l_i, m_i, q, K, V, lo, full_lo, full_hi, hi, offs_m, off
         k = load_rows(row_cursor(K, cols_in, offs_d, TMA), start_n, cols_in, N_CTX_K, offs_d, HEAD_DIM, BLOCK_D, False,
                       TMA)
         qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)  # S_ij = Q_i K_j^T
-        if SOFTCAP or ALIBI:  # the score in the log2 domain, scaled already
-            qk, _ = _score_mod(qk, offs_m[:, None], cols[None, :], mods[0], diag, mods[3], mods[4], SOFTCAP, ALIBI)
-        else:
-            qk = qk * qk_scale
+        qk, _ = _scores(qk, offs_m[:, None], cols[None, :], mods[0], qk_scale, diag, mods[3], mods[4], SOFTCAP, ALIBI)
         if (start_n < full_lo) | (start_n >= full_hi):  # a masked step
-            keep = _keep(cols[None, :] < N_CTX_K, offs_m[:, None], cols[None, :], diag, mods, ds_q[:, None],
-                         _doc_starts(mods, cols, N_CTX_K, -1, DOCS)[None, :], CAUSAL, WINDOW, DOCS)
-            qk = tl.where(keep, qk, float("-inf"))
+            qk = tl.where(_keep_keys(offs_m, cols, N_CTX_K, diag, mods, ds_q, CAUSAL, WINDOW, DOCS), qk,
+                          float("-inf"))
         m_ij = tl.maximum(m_i, tl.max(qk, 1))
         p = tl.math.exp2(qk - m_ij[:, None])  # P~_ij = exp(S_ij - m_ij)
         alpha = tl.math.exp2(m_i - m_ij)
@@ -493,12 +509,9 @@ def _attn_bwd_dkdv_inner(dk, dv, k, v, Q, DO, LSE, LSUM, Delta, lo, hi, offs_n, 
             lse = tl.load(LSE + offs_m)
         # recompute P^T = exp2(qk_scale * K Q^T - L) from the stored statistics
         qkT = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION)
-        if SOFTCAP or ALIBI:
-            sT, dtanhT = _score_mod(qkT, offs_m[None, :], offs_n[:, None], sm_scale, diag, mods[3], mods[4], SOFTCAP,
-                                    ALIBI)
-            pT = tl.math.exp2(sT - lse[None, :])
-        else:
-            pT = tl.math.exp2(qkT * qk_scale - lse[None, :])
+        sT, dtanhT = _scores(qkT, offs_m[None, :], offs_n[:, None], sm_scale, qk_scale, diag, mods[3], mods[4], SOFTCAP,
+                             ALIBI)
+        pT = tl.math.exp2(sT - lse[None, :])
         if not DEFER:  # rung 3 stores m and l: P = exp2(s - m) / l
             pT = pT * (1.0 / tl.load(LSUM + offs_m, mask=offs_m < N_CTX_Q, other=1.0))[None, :]
         if MASK:  # transposed: keys on the rows
@@ -557,12 +570,9 @@ def _attn_bwd_dkdv_flat(dk, dv, k, v, Q, q_strides, DO, do_strides, LSE, LSUM, D
         lse = tl.load(LSE + srow + rows)
         # recompute P^T = exp2(qk_scale * K Q^T - L) from the stored statistics
         qkT = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION)
-        if SOFTCAP or ALIBI:
-            sT, dtanhT = _score_mod(qkT, offs_m[None, :], offs_n[:, None], sm_scale, diag, mods[3], slope, SOFTCAP,
-                                    ALIBI)
-            pT = tl.math.exp2(sT - lse[None, :])
-        else:
-            pT = tl.math.exp2(qkT * qk_scale - lse[None, :])
+        sT, dtanhT = _scores(qkT, offs_m[None, :], offs_n[:, None], sm_scale, qk_scale, diag, mods[3], slope, SOFTCAP,
+                             ALIBI)
+        pT = tl.math.exp2(sT - lse[None, :])
         if not DEFER:  # rung 3 stores m and l: P = exp2(s - m) / l
             pT = pT * (1.0 / tl.load(LSUM + srow + rows))[None, :]
         if (start_m < full_lo) | (start_m >= full_hi):  # a masked step; transposed: keys on the rows
@@ -729,11 +739,9 @@ def _attn_bwd_dq_inner(dq, q, do, lse, inv_l, delta, K, V, lo, hi, offs_m, offs_
         cols = start_n + offs_n
         k = load_rows(k_cur, start_n, cols, N_CTX_K, offs_d, HEAD_DIM, BLOCK_D, MASK, TMA)
         qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
-        if SOFTCAP or ALIBI:
-            s, dtanh = _score_mod(qk, offs_m[:, None], cols[None, :], mods[0], diag, mods[3], mods[4], SOFTCAP, ALIBI)
-            p = tl.math.exp2(s - lse[:, None])
-        else:
-            p = tl.math.exp2(qk * qk_scale - lse[:, None])
+        s, dtanh = _scores(qk, offs_m[:, None], cols[None, :], mods[0], qk_scale, diag, mods[3], mods[4], SOFTCAP,
+                           ALIBI)
+        p = tl.math.exp2(s - lse[:, None])
         if not DEFER:
             p = p * inv_l[:, None]
         if MASK:
@@ -765,11 +773,9 @@ def _attn_bwd_dq_flat(dq, q, do, lse, inv_l, delta, K, V, lo, full_lo, full_hi, 
         k = load_rows(row_cursor(K, cols_in, offs_d, TMA), start_n, cols_in, N_CTX_K, offs_d, HEAD_DIM, BLOCK_D, False,
                       TMA)
         qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
-        if SOFTCAP or ALIBI:
-            s, dtanh = _score_mod(qk, offs_m[:, None], cols[None, :], mods[0], diag, mods[3], mods[4], SOFTCAP, ALIBI)
-            p = tl.math.exp2(s - lse[:, None])
-        else:
-            p = tl.math.exp2(qk * qk_scale - lse[:, None])
+        s, dtanh = _scores(qk, offs_m[:, None], cols[None, :], mods[0], qk_scale, diag, mods[3], mods[4], SOFTCAP,
+                           ALIBI)
+        p = tl.math.exp2(s - lse[:, None])
         if not DEFER:
             p = p * inv_l[:, None]
         if (start_n < full_lo) | (start_n >= full_hi):  # a masked step
