@@ -556,9 +556,9 @@ def tiles(headdim: int, rung: int = 8) -> dict:
     return dict(BLOCK_M=128, BLOCK_N=128, STAGES=3 if headdim <= 64 else 2, Q_ROWS=128 if rung == 8 else 64)
 
 
-def _tile_blocks(n_m: int, seqlen_q: int, seqlen_k: int) -> np.ndarray:
+def _tile_blocks(n_m: int, seqlen_q: int, seqlen_k: int, headdim: int) -> np.ndarray:
     """K/V blocks each causal query block visits (``_kv_blocks``'s count, on the host)."""
-    bm, bn = tiles(64)["BLOCK_M"], tiles(64)["BLOCK_N"]
+    bm, bn = tiles(headdim)["BLOCK_M"], tiles(headdim)["BLOCK_N"]
     hi = np.clip(np.arange(n_m) * bm + bm + seqlen_k - seqlen_q, 0, seqlen_k)
     return -(-hi // bn)
 
@@ -574,15 +574,15 @@ def causal_order(n_m: int, bh: int, band: int) -> tuple[np.ndarray, np.ndarray]:
 
 @functools.lru_cache(maxsize=256)
 def causal_band(n_m: int, bh: int, sms: int, kv_head_bytes: int, l2_bytes: int, seqlen_q: int, seqlen_k: int,
-                per_tile: float = 1.0) -> int:
+                headdim: int, per_tile: float = 1.0) -> int:
     """How many heads share one causal sweep (``_tile``'s ``BAND``): the persistent grid walks the tiles in
     rounds of ``grid``, every other round in reverse (``_slot``), so the order decides both the balance (each
-    CTA's sum of blocks, plus ``per_tile`` for a tile's prologue and epilogue) and how many heads' K and V the CTAs running together read. With every
-    head in one band (the longest-first order over all heads), a 2k-token causal forward had 128 heads in
-    flight and read DRAM at 68% of its peak against cuDNN's 20% (ncu, docs/fa3.md section 12). The band is the
-    best-balanced one whose heads' K/V fit in half the L2, unless no such band comes within 10% of the best
-    balance over all bands."""
-    cost = _tile_blocks(n_m, seqlen_q, seqlen_k).astype(float) + per_tile
+    CTA's sum of blocks, plus ``per_tile`` for a tile's prologue and epilogue) and how many heads' K and V the
+    CTAs running together read. With every head in one band (the longest-first order over all heads), a 2k-token
+    causal forward had 128 heads in flight and read DRAM at 68% of its peak against cuDNN's 20% (ncu,
+    docs/fa3.md section 12). The band is the best-balanced one whose heads' K/V fit in half the L2, unless no
+    such band comes within 10% of the best balance over all bands."""
+    cost = _tile_blocks(n_m, seqlen_q, seqlen_k, headdim).astype(float) + per_tile
     grid = min(sms, n_m * bh)
     t = np.arange(n_m * bh)
     walk = np.where(t // grid % 2 == 1, grid - 1 - t % grid, t % grid)  # the CTA of each tile (``_slot``)
@@ -602,8 +602,8 @@ def launch_ints(batch: int, heads: int, group: int, seqlen_q: int, seqlen_k: int
     """The forward kernels' runtime ints after ``qk_scale``, in their order: H, GROUP, N_CTX_Q, N_CTX_K, n_tiles
     (query blocks x batch x heads) and BAND (``causal_band``; 1 without the mask, where it is not read)."""
     n_m = triton.cdiv(seqlen_q, tiles(headdim)["BLOCK_M"])
-    band = causal_band(n_m, batch * heads, sms, 2 * seqlen_k * headdim * elt, l2_bytes, seqlen_q,
-                       seqlen_k) if causal else 1
+    band = causal_band(n_m, batch * heads, sms, 2 * seqlen_k * headdim * elt, l2_bytes, seqlen_q, seqlen_k,
+                       headdim) if causal else 1
     return dict(H=heads, GROUP=group, N_CTX_Q=seqlen_q, N_CTX_K=seqlen_k, n_tiles=n_m * batch * heads, BAND=band)
 
 
@@ -670,16 +670,16 @@ def fa3_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool 
     v_desc = TensorDescriptor.from_tensor(v3, [1, bn, d], smem_layout([1, bn, d], q.dtype))
     o = torch.empty(q.shape, device=q.device, dtype=q.dtype)
     lse = torch.empty(q.shape[:3], device=q.device, dtype=torch.float32)
-    sms = torch.cuda.get_device_properties(q.device).multi_processor_count
+    props = torch.cuda.get_device_properties(q.device)
     ints = launch_ints(shape.batch, shape.heads, shape.group, shape.seqlen_q, shape.seqlen_k, shape.headdim,
-                       bool(causal), sms, torch.cuda.get_device_properties(q.device).L2_cache_size)
+                       bool(causal), props.multi_processor_count, props.L2_cache_size)
     if band is not None:
         ints["BAND"] = band
-    grid = (min(sms, ints["n_tiles"]),)
+    grid = (min(props.multi_processor_count, ints["n_tiles"]),)
     args = (q_desc, k_desc, v_desc, o, lse, scale * LOG2E, *ints.values())
     kernel, consts = forward_kernel(rung, shape.headdim, bool(causal))
     kernel[grid](*args, **consts)
     warps = f"w{NUM_WARPS}+1" if rung == 8 else f"w{PP_NUM_WARPS}+{PP_NUM_WARPS}+1"
-    band = f" band={ints['BAND']}" if causal else ""
-    _last["fwd"] = f"{name} BLOCK_M={bm} BLOCK_N={bn} STAGES={cfg['STAGES']} {warps}{band}"
+    order = f" band={ints['BAND']}" if causal else ""
+    _last["fwd"] = f"{name} BLOCK_M={bm} BLOCK_N={bn} STAGES={cfg['STAGES']} {warps}{order}"
     return o, lse

@@ -214,7 +214,10 @@ def test_causal_band_keeps_a_2k_sweep_in_l2_and_a_long_one_balanced():
     assert 1 < short["BAND"] < 128 and short["BAND"] * 1 * mib <= 30 * mib
     assert launch_ints(1, 16, 1, 16384, 16384, 128, True, 132, 60 * mib)["BAND"] == 16
     assert launch_ints(8, 16, 1, 2048, 2048, 128, False, 132, 60 * mib)["BAND"] == 1
-    assert causal_band(16, 128, 132, mib, 10**12, 2048, 2048) >= 1  # an L2 that holds everything: any band
+    # nothing fits (no L2) and everything fits (a huge one) reduce the rule to the same: the best-balanced band
+    best_balanced = causal_band(16, 128, 132, mib, 10**12, 2048, 2048, 128)
+    assert causal_band(16, 128, 132, mib, 0, 2048, 2048, 128) == best_balanced
+    assert causal_band(128, 16, 132, 8 * mib, 0, 16384, 16384, 128) == 16
 
 
 # --- on a Hopper GPU ---------------------------------------------------------------------------------------------
