@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 from pathlib import Path
 
@@ -42,12 +41,12 @@ def main() -> None:
     a = ap.parse_args()
     rows = []
     if a.out:
+        from fa2bench.run.results import write_meta
         from fa2bench.run.runner import environment_meta
 
         a.out.mkdir(parents=True, exist_ok=True)
-        meta = {**environment_meta(a.device), "study": "fa2 one-loop (FLAT) kernels off and on, per variant",
-                "args": {k: str(v) for k, v in vars(a).items()}}
-        (a.out / "meta.json").write_text(json.dumps(meta, indent=1, default=str))
+        write_meta(a.out, {**environment_meta(a.device), "study": "fa2 one-loop (FLAT) kernels off and on, per variant",
+                           "args": {k: str(v) for k, v in vars(a).items()}})
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[a.dtype]
     dev = a.device
 

@@ -12,7 +12,6 @@ launch is unchanged above 1k keys), and each paged row carries its time over tha
 from __future__ import annotations
 
 import argparse
-import json
 import importlib.util
 import subprocess
 import sys
@@ -98,11 +97,12 @@ def main(argv=None) -> None:
     from fa2bench.kernels import decode as after
 
     a.out.mkdir(parents=True, exist_ok=True)
+    from fa2bench.run.results import write_meta
     from fa2bench.run.runner import environment_meta
 
     meta = {**environment_meta(DEVICE), "study": "decode paged against contiguous, kernel before and after",
             "before": a.before, "args": {k: str(v) for k, v in vars(a).items()}}
-    (a.out / "meta.json").write_text(json.dumps(meta, indent=1, default=str))
+    write_meta(a.out, meta)
     rows, start = [], time.time()
 
     def save():

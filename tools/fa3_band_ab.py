@@ -8,7 +8,6 @@ before each call), and meta.json.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -35,15 +34,16 @@ def main(argv=None) -> None:
     import torch
 
     from fa2bench.core import precision
-    from fa2bench.core.flops import attention_flops
+    from fa2bench.core.flops import attention_flops, tflops
     from fa2bench.kernels import fa3
+    from fa2bench.run.results import write_meta
     from fa2bench.run.runner import environment_meta
     from fa2bench.run.timing import bench
 
     a.out.mkdir(parents=True, exist_ok=True)
-    meta = {**environment_meta("cuda"), "study": "fa3 causal band against one band of every head",
-            "args": {k: str(v) for k, v in vars(a).items()}}
-    (a.out / "meta.json").write_text(json.dumps(meta, indent=1, default=str))
+    write_meta(a.out, {**environment_meta("cuda"), "study": "fa3 causal band against one band of every head",
+                       "args": {k: str(v) for k, v in vars(a).items()}})
+    props = torch.cuda.get_device_properties(0)
     rows, start = [], time.time()
     for dtype_name in a.dtype.split(","):
         dtype = precision.torch_dtype(dtype_name)
@@ -54,8 +54,7 @@ def main(argv=None) -> None:
                 flops = attention_flops(batch, heads, seqlen, seqlen, headdim, True, "fwd")
                 for rung in a.rungs:
                     auto = fa3.launch_ints(batch, heads, 1, seqlen, seqlen, headdim, True,
-                                           torch.cuda.get_device_properties(0).multi_processor_count,
-                                           torch.cuda.get_device_properties(0).L2_cache_size)["BAND"]
+                                           props.multi_processor_count, props.L2_cache_size)["BAND"]
                     for label, band in (("all heads", batch * heads), ("causal_band", auto)):
                         def run(band=band):
                             return fa3.fa3_forward(q, k, v, causal=True, rung=rung, band=band)
@@ -63,7 +62,7 @@ def main(argv=None) -> None:
                         t = bench(run, timer="plain", rep_ms=a.rep_ms)
                         rows.append(dict(dtype=dtype_name, headdim=headdim, seqlen=seqlen, batch=batch, heads=heads,
                                          rung=rung, order=label, band=band, ms=t.ms, spread=t.spread,
-                                         noisy=t.noisy, tflops=flops / (t.ms * 1e-3) / 1e12))
+                                         noisy=t.noisy, tflops=tflops(flops, t.ms)))
                         print(rows[-1], f"{time.time() - start:.0f} s", flush=True)
                 pd.DataFrame(rows).to_csv(a.out / "fa3_band_ab.csv", index=False)
     frame = pd.DataFrame(rows)

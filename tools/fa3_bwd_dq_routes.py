@@ -19,7 +19,6 @@ TFLOP/s as the suite counts the backward (2.5x the forward's FLOPs, causal: the 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -45,12 +44,12 @@ def main() -> None:
     a = ap.parse_args()
     rows = []
     if a.out:
+        from fa2bench.run.results import write_meta
         from fa2bench.run.runner import environment_meta
 
         a.out.mkdir(parents=True, exist_ok=True)
-        meta = {**environment_meta("cuda"), "study": "fa3 backward dQ routes against cuDNN",
-                "args": {k: str(v) for k, v in vars(a).items()}}
-        (a.out / "meta.json").write_text(json.dumps(meta, indent=1, default=str))
+        write_meta(a.out, {**environment_meta("cuda"), "study": "fa3 backward dQ routes against cuDNN",
+                           "args": {k: str(v) for k, v in vars(a).items()}})
 
     from fa2bench.kernels import fa3_bwd
     from fa2bench.kernels.fa3 import fa3_forward

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from fa2bench.docnumbers.data import (DECODE, DECODE_BEFORE, FA3_ACCEPT, FA3_BWD, FA3_RUNGS, FIRST, HEADLINE, LADDER, PLAIN, RERUN,
-                                      SAME_CARD, SECOND, SPLITS, TOP, kilo, load, ok_rows, read_meta)
+from fa2bench.docnumbers.data import (DECODE, DECODE_BEFORE, FA3_ACCEPT, FA3_BWD, FA3_RUNGS, FIRST, HEADLINE, LADDER,
+                                      PLAIN, RERUN, SAME_CARD, SECOND, SPLITS, TOP, kilo, load, ok_rows, read_meta)
 from fa2bench.docnumbers.h100 import ablation_fa1, ablation_steps, ablation_versus, top_table, versus_cudnn
 from fa2bench.read.summary import geomean
 
@@ -143,6 +143,7 @@ def _paper_run(root: Path, run: str, frame: pd.DataFrame, how: str, reading: str
     return (f"\n[`results/{run}`](results/{run}) ({len(frame)} points ok, at `{commit}`{how}; "
             f"{kilo(lengths[0])}-{kilo(lengths[-1])} tokens per sequence, 16k tokens per batch, hidden 2048; "
             f"{reading}):\n\n" + "\n".join(lines) + "\n")
+
 
 def fa3_rungs(root: Path) -> str:
     """fa3's forward rungs against cuDNN per (head dim, dtype, mask), all timed in one device call: each rung's

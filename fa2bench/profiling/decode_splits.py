@@ -15,7 +15,6 @@ cache in pages of N keys (a block larger than a page spans several; the plan is 
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import pandas as pd
@@ -140,12 +139,13 @@ def main(argv=None) -> None:
                         help="study these shapes instead of the study's own (repeat the option for several)")
     args = parser.parse_args(argv)
     from fa2bench.run import hardware
+    from fa2bench.run.results import write_meta
     from fa2bench.run.runner import environment_meta
 
     args.out.mkdir(parents=True, exist_ok=True)
     meta = {**environment_meta("cuda"), "study": f"decode {args.study}", "page_size": args.page_size,
             "ceilings": hardware.measure_ceilings()}
-    (args.out / "meta.json").write_text(json.dumps(meta, indent=1, default=str))
+    write_meta(args.out, meta)
     copy_gbps = 1e3 * (meta["ceilings"].get("copy_tb_per_s") or float("nan"))
     def saver(csv):
         def save(frame):
