@@ -24,7 +24,9 @@ above the diagonal never visited, and a row that sees no key giving O = 0 and L 
 
 Rung 9 (``_fa3_pp_fwd_kernel``, provider ``fa3-pingpong``): the two consumer warpgroups become two 4-warp
 partitions with their own 64-row Q slices, whose wgmma groups (P_{j-1} V_{j-1} with S_j) alternate through two
-``turn`` mbarriers, so one's softmax runs under the other's GEMMs. Rung 10, the same kernel with ``OVERLAP``
+``turn`` mbarriers, so one's softmax runs under the other's GEMMs. At head dim 64 a 64 x 128 block's softmax
+outlasts one warpgroup's two GEMMs, so rung 9 runs three consumer warpgroups there (192-row tiles, the turns
+round robin, 160 registers each; FA3 does the same at d64). Rung 10, the same kernel with ``OVERLAP``
 (provider ``fa3-overlap``): FA3's intra-warpgroup overlap. S_j is issued first and waited for alone before the
 softmax of block j, which runs under the warpgroup's own P_{j-1} V_{j-1}; P goes to that wgmma through shared
 memory (two buffers per warpgroup), because with P in registers ptxas waits for the P V before the first
@@ -63,6 +65,7 @@ LOG2E = 1.4426950408889634
 HEAD_DIMS = (64, 128)
 DTYPES = {torch.float16: gl.float16, torch.bfloat16: gl.bfloat16}
 PP_CONSUMER_REGS = gl.constexpr(240)  # the worker consumer warpgroup's registers under setmaxnreg (rungs 9, 10)
+PP3_CONSUMER_REGS = gl.constexpr(160)  # each worker consumer's with three consumer warpgroups (rung 9, d64)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -255,15 +258,16 @@ def _consumer(q_bufs, k_bufs, v_bufs, q_ready, q_empty, k_ready, v_ready, kv_emp
 
 
 @gluon.jit
-def _buffers(q_desc, k_desc, v_desc, STAGES: gl.constexpr, PINGPONG: gl.constexpr, Q_BUFS: gl.constexpr = 2):
+def _buffers(q_desc, k_desc, v_desc, STAGES: gl.constexpr, CONSUMERS: gl.constexpr, Q_BUFS: gl.constexpr = 2):
     """The shared memory the producer fills and the consumers read: ``Q_BUFS`` Q tiles (two: the next tile's Q
     loads under this tile's loop), a ring of ``STAGES`` K and V blocks, and their mbarriers: ``*_ready`` completed
-    by the TMA loads, ``q_empty`` and ``kv_empty`` by each consumer partition that reads the buffer. ``PINGPONG``
-    (rungs 9, 10): two consumer partitions, each with its own Q slice of a tile, and two ``turn`` barriers that
-    order their wgmma groups (returned last); K's and V's halves of a stage are freed apart there (``kv_empty``
-    2 x STAGES), as a block's K is done with one step before its V."""
+    by the TMA loads, ``q_empty`` and ``kv_empty`` by each of the ``CONSUMERS`` consumer partitions that read the
+    buffer. Rung 8 has one consumer partition; rungs 9 and 10 have two or three (``CONSUMERS`` > 1), each with its
+    own Q slice of a tile, and one ``turn`` barrier each that orders their wgmma groups (returned last); K's and
+    V's halves of a stage are freed apart there (``kv_empty`` 2 x STAGES), as a block's K is done with one step
+    before its V."""
     dtype: gl.constexpr = q_desc.dtype
-    CONSUMERS: gl.constexpr = 2 if PINGPONG else 1
+    KV_EMPTY: gl.constexpr = STAGES if CONSUMERS == 1 else 2 * STAGES
     q_bufs = gl.allocate_shared_memory(dtype, [Q_BUFS * CONSUMERS] + q_desc.block_type.shape, q_desc.layout)
     k_bufs = gl.allocate_shared_memory(dtype, [STAGES] + k_desc.block_type.shape, k_desc.layout)
     v_bufs = gl.allocate_shared_memory(dtype, [STAGES] + v_desc.block_type.shape, v_desc.layout)
@@ -271,21 +275,21 @@ def _buffers(q_desc, k_desc, v_desc, STAGES: gl.constexpr, PINGPONG: gl.constexp
     q_empty = gl.allocate_shared_memory(gl.int64, [Q_BUFS, 1], mbarrier.MBarrierLayout())
     k_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     v_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    kv_empty = gl.allocate_shared_memory(gl.int64, [STAGES * CONSUMERS, 1], mbarrier.MBarrierLayout())
-    if PINGPONG:
-        turn = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+    kv_empty = gl.allocate_shared_memory(gl.int64, [KV_EMPTY, 1], mbarrier.MBarrierLayout())
+    if CONSUMERS > 1:
+        turn = gl.allocate_shared_memory(gl.int64, [CONSUMERS, 1], mbarrier.MBarrierLayout())
     for i in gl.static_range(Q_BUFS):
         mbarrier.init(q_ready.index(i), count=1)
         mbarrier.init(q_empty.index(i), count=CONSUMERS)
-    if PINGPONG:
-        for i in gl.static_range(2):
+    if CONSUMERS > 1:
+        for i in gl.static_range(CONSUMERS):
             mbarrier.init(turn.index(i), count=1)
     for i in gl.static_range(STAGES):
         mbarrier.init(k_ready.index(i), count=1)
         mbarrier.init(v_ready.index(i), count=1)
-    for i in gl.static_range(STAGES * CONSUMERS):
+    for i in gl.static_range(KV_EMPTY):
         mbarrier.init(kv_empty.index(i), count=CONSUMERS)
-    if PINGPONG:
+    if CONSUMERS > 1:
         return q_bufs, k_bufs, v_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty, turn
     else:
         return q_bufs, k_bufs, v_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty
@@ -295,7 +299,7 @@ def _buffers(q_desc, k_desc, v_desc, STAGES: gl.constexpr, PINGPONG: gl.constexp
 def _fa3_fwd_kernel(q_desc, k_desc, v_desc, O, LSE, qk_scale, H, GROUP, N_CTX_Q, N_CTX_K, n_tiles, BAND,
                     CAUSAL: gl.constexpr, STAGES: gl.constexpr, num_warps: gl.constexpr):
     q_bufs, k_bufs, v_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty = _buffers(
-        q_desc, k_desc, v_desc, STAGES, PINGPONG=False)
+        q_desc, k_desc, v_desc, STAGES, CONSUMERS=1)
     gl.warp_specialize([
         (_consumer, (q_bufs, k_bufs, v_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty, O, LSE, qk_scale,
                      N_CTX_Q, N_CTX_K, n_tiles, BAND, CAUSAL, STAGES, num_warps)),
@@ -334,9 +338,15 @@ def _softmax_step(qk, m_i, l_i, j, r0, qk_scale, N_CTX_Q, N_CTX_K, MASK: gl.cons
 
 @gluon.jit
 def _my_turn(turn, g, WG: gl.constexpr):
-    """Wait until this warpgroup may issue its ``g``-th group of wgmmas: the groups of the two consumer
-    partitions alternate, warpgroup 0 first (a fresh barrier passes a wait on phase 1 at once)."""
-    mbarrier.wait(turn.index(WG), (g & 1) ^ (1 - WG))
+    """Wait until this warpgroup may issue its ``g``-th group of wgmmas: the groups of the consumer partitions
+    take turns in order, warpgroup 0 first (a fresh barrier passes a wait on phase 1 at once)."""
+    mbarrier.wait(turn.index(WG), (g & 1) ^ (1 if WG == 0 else 0))
+
+
+@gluon.jit
+def _pass_turn(turn, WG: gl.constexpr):
+    """Hand the tensor cores to the next consumer warpgroup (this one's wgmmas are issued)."""
+    mbarrier.arrive(turn.index((WG + 1) % turn.shape[0]), count=1)
 
 
 @gluon.jit
@@ -395,12 +405,12 @@ def _pp_blocks(acc, m_i, l_i, p, q, k_bufs, v_bufs, p_bufs, k_ready, v_ready, kv
         if OVERLAP:
             qk = warpgroup_mma(q, k, zeros, use_acc=False, is_async=True)
             acc = warpgroup_mma(p, v, acc, is_async=True)
-            mbarrier.arrive(turn.index(1 - WG), count=1)
+            _pass_turn(turn, WG)
             qk = warpgroup_mma_wait(num_outstanding=1, deps=(qk,))
         else:
             acc = warpgroup_mma(p, v, acc, is_async=True)
             qk = warpgroup_mma(q, k, zeros, use_acc=False, is_async=True)
-            mbarrier.arrive(turn.index(1 - WG), count=1)
+            _pass_turn(turn, WG)
             acc, qk = warpgroup_mma_wait(num_outstanding=0, deps=(acc, qk))
         # K_j has been read: its half of the stage is free now, a step before V_j's (with 2 stages, freeing
         # them together left the producer to load K_{j+1} only once the consumer already waited for it)
@@ -419,15 +429,16 @@ def _pp_blocks(acc, m_i, l_i, p, q, k_bufs, v_bufs, p_bufs, k_ready, v_ready, kv
 def _pp_consumer(q_bufs, k_bufs, v_bufs, p_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty, turn, O, LSE,
                  qk_scale, N_CTX_Q, N_CTX_K, n_tiles, BAND, CAUSAL: gl.constexpr, STAGES: gl.constexpr,
                  OVERLAP: gl.constexpr, WG: gl.constexpr):
-    """One consumer warpgroup (4 warps): rows [WG * 64, WG * 64 + 64) of every 128-row tile, its own Q slice,
-    the K/V ring shared with the other warpgroup (each arrives once on each ``kv_empty``). Both warpgroups walk the
-    same K/V blocks (the tile's), so their turn counters stay in step. ``p_bufs``: rung 10's P buffers (two per
-    warpgroup; unused by rung 9)."""
+    """One consumer warpgroup (4 warps): rows [WG * 64, WG * 64 + 64) of every tile of CONSUMERS x 64 rows (one
+    ``turn`` barrier per consumer), its own Q slice, the K/V ring shared with the other warpgroups (each arrives
+    once on each ``kv_empty``). All walk the same K/V blocks (the tile's), so their turn counters stay in step.
+    ``p_bufs``: rung 10's P buffers (two per warpgroup; unused by rung 9)."""
     ROWS: gl.constexpr = q_bufs.shape[2]
     HEAD_DIM: gl.constexpr = q_bufs.shape[3]
     BLOCK_N: gl.constexpr = k_bufs.shape[2]
-    BLOCK_M: gl.constexpr = 2 * ROWS
-    Q_BUFS: gl.constexpr = q_bufs.shape[0] // 2
+    CONSUMERS: gl.constexpr = turn.shape[0]
+    BLOCK_M: gl.constexpr = CONSUMERS * ROWS
+    Q_BUFS: gl.constexpr = q_bufs.shape[0] // CONSUMERS
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                        instr_shape=[16, BLOCK_N, 16])
     o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
@@ -447,7 +458,7 @@ def _pp_consumer(q_bufs, k_bufs, v_bufs, p_bufs, q_ready, q_empty, k_ready, v_re
         n_full, n_blocks = _kv_blocks(m0, N_CTX_Q, N_CTX_K, CAUSAL, BLOCK_M, BLOCK_N)
         qb = done % Q_BUFS
         mbarrier.wait(q_ready.index(qb), done // Q_BUFS & 1)
-        q = q_bufs.index(qb * 2 + WG).reshape([ROWS, HEAD_DIM])
+        q = q_bufs.index(qb * CONSUMERS + WG).reshape([ROWS, HEAD_DIM])
         m_i = gl.full([ROWS], -1.0e30, gl.float32, s_rows)  # finite: never -inf - -inf
         l_i = gl.zeros([ROWS], gl.float32, s_rows)
         acc = gl.zeros([ROWS, HEAD_DIM], gl.float32, o_layout)
@@ -459,7 +470,7 @@ def _pp_consumer(q_bufs, k_bufs, v_bufs, p_bufs, q_ready, q_empty, k_ready, v_re
             _my_turn(turn, g, WG)
             qk = warpgroup_mma(q, k_bufs.index(s).reshape([BLOCK_N, HEAD_DIM]).permute((1, 0)),
                                gl.zeros([ROWS, BLOCK_N], gl.float32, s_layout), use_acc=False, is_async=True)
-            mbarrier.arrive(turn.index(1 - WG), count=1)
+            _pass_turn(turn, WG)
             g += 1
             qk = warpgroup_mma_wait(num_outstanding=0, deps=(qk,))
             mbarrier.arrive(kv_empty.index(s), count=1)  # K_0 read
@@ -481,7 +492,7 @@ def _pp_consumer(q_bufs, k_bufs, v_bufs, p_bufs, q_ready, q_empty, k_ready, v_re
             mbarrier.wait(v_ready.index(s_prev), (it - 1) // STAGES & 1)
             _my_turn(turn, g, WG)
             acc = warpgroup_mma(p, v_bufs.index(s_prev).reshape([BLOCK_N, HEAD_DIM]), acc, is_async=True)
-            mbarrier.arrive(turn.index(1 - WG), count=1)
+            _pass_turn(turn, WG)
             g += 1
             acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
             mbarrier.arrive(kv_empty.index(STAGES + s_prev), count=1)
@@ -507,35 +518,60 @@ def _pp_consumer_1(q_bufs, k_bufs, v_bufs, p_bufs, q_ready, q_empty, k_ready, v_
                  qk_scale, N_CTX_Q, N_CTX_K, n_tiles, BAND, CAUSAL, STAGES, OVERLAP, 1)
 
 
+@gluon.jit
+def _pp_consumer_2(q_bufs, k_bufs, v_bufs, p_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty, turn, O, LSE,
+                   qk_scale, N_CTX_Q, N_CTX_K, n_tiles, BAND, CAUSAL: gl.constexpr, STAGES: gl.constexpr,
+                   OVERLAP: gl.constexpr):
+    _pp_consumer(q_bufs, k_bufs, v_bufs, p_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty, turn, O, LSE,
+                 qk_scale, N_CTX_Q, N_CTX_K, n_tiles, BAND, CAUSAL, STAGES, OVERLAP, 2)
+
+
 # seqlen_q is not specialised: Triton would compile a seqlen_q of 1 as the constant 1, and for rung 10 without the
 # causal mask that kernel crashes ptxas (SIGSEGV in the ptxas of Triton 3.6 and 3.9, CUDA 12.8 and 12.9; not
 # at -O0); tests/test_fa3.py compiles each test shape as its launch specialises it
 @gluon.jit(do_not_specialize=["N_CTX_Q", "BAND"])
 def _fa3_pp_fwd_kernel(q_desc, k_desc, v_desc, O, LSE, qk_scale, H, GROUP, N_CTX_Q, N_CTX_K, n_tiles, BAND,
-                       CAUSAL: gl.constexpr, STAGES: gl.constexpr, OVERLAP: gl.constexpr, num_warps: gl.constexpr):
-    """Rung 9 (OVERLAP=False) and rung 10 (OVERLAP=True): the default partition and a 4-warp worker are the two
-    consumer warpgroups (64 rows each of a 128-row tile), a 1-warp worker the TMA producer. Q descriptor blocks
-    are 64 rows (one warpgroup's slice); two Q buffers of two slices each. Rung 10 adds two 64 x BLOCK_N P
-    buffers per warpgroup (64 KiB at fp16); at head dim 128 that only fits with one Q buffer (224 KiB in all)."""
+                       CAUSAL: gl.constexpr, STAGES: gl.constexpr, OVERLAP: gl.constexpr, CONSUMERS: gl.constexpr,
+                       num_warps: gl.constexpr):
+    """Rung 9 (OVERLAP=False) and rung 10 (OVERLAP=True): the default partition and one or two 4-warp workers are
+    the CONSUMERS consumer warpgroups (64 rows each of a tile of CONSUMERS x 64 rows), a 1-warp worker the TMA
+    producer. Q descriptor blocks are 64 rows (one warpgroup's slice); two Q buffers of CONSUMERS slices each.
+    Three consumers (rung 9 at head dim 64, ``tiles``) take turns round robin: with 64-row slices a softmax takes
+    longer than one warpgroup's two GEMMs there, and two other warpgroups' GEMMs hide it where one did not; each
+    then gets 160 registers, where two get 240. Rung 10 adds two 64 x BLOCK_N P buffers per warpgroup (64 KiB at
+    fp16, two consumers); at head dim 128 that only fits with one Q buffer (224 KiB in all)."""
     ROWS: gl.constexpr = q_desc.block_type.shape[1]
     HEAD_DIM: gl.constexpr = q_desc.block_type.shape[2]
     BLOCK_N: gl.constexpr = k_desc.block_type.shape[1]
     Q_BUFS: gl.constexpr = 1 if OVERLAP and HEAD_DIM > 64 else 2
     q_bufs, k_bufs, v_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty, turn = _buffers(
-        q_desc, k_desc, v_desc, STAGES, PINGPONG=True, Q_BUFS=Q_BUFS)
+        q_desc, k_desc, v_desc, STAGES, CONSUMERS, Q_BUFS)
     if OVERLAP:
-        p_bufs = gl.allocate_shared_memory(q_desc.dtype, [4, ROWS, BLOCK_N],
+        p_bufs = gl.allocate_shared_memory(q_desc.dtype, [2 * CONSUMERS, ROWS, BLOCK_N],
                                            gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16))
     else:
         p_bufs = v_bufs  # a stand-in (warp_specialize takes no None): rung 9 keeps P in registers
-    gl.warp_specialize([  # (a tuple bound to a name first would turn the constexprs in it into tensors)
-        (_pp_consumer_0, (q_bufs, k_bufs, v_bufs, p_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty, turn, O,
-                          LSE, qk_scale, N_CTX_Q, N_CTX_K, n_tiles, BAND, CAUSAL, STAGES, OVERLAP)),
-        (_pp_consumer_1, (q_bufs, k_bufs, v_bufs, p_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty, turn, O,
-                          LSE, qk_scale, N_CTX_Q, N_CTX_K, n_tiles, BAND, CAUSAL, STAGES, OVERLAP)),
-        (_producer, (q_desc, k_desc, v_desc, q_bufs, k_bufs, v_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty,
-                     H, GROUP, N_CTX_Q, N_CTX_K, n_tiles, BAND, CAUSAL, STAGES, 2, Q_BUFS)),
-    ], [4, 1], [PP_CONSUMER_REGS, 24])
+    # (a tuple bound to a name first would turn the constexprs in it into tensors: each call spells its list out)
+    if CONSUMERS == 3:
+        gl.warp_specialize([
+            (_pp_consumer_0, (q_bufs, k_bufs, v_bufs, p_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty, turn,
+                              O, LSE, qk_scale, N_CTX_Q, N_CTX_K, n_tiles, BAND, CAUSAL, STAGES, OVERLAP)),
+            (_pp_consumer_1, (q_bufs, k_bufs, v_bufs, p_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty, turn,
+                              O, LSE, qk_scale, N_CTX_Q, N_CTX_K, n_tiles, BAND, CAUSAL, STAGES, OVERLAP)),
+            (_pp_consumer_2, (q_bufs, k_bufs, v_bufs, p_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty, turn,
+                              O, LSE, qk_scale, N_CTX_Q, N_CTX_K, n_tiles, BAND, CAUSAL, STAGES, OVERLAP)),
+            (_producer, (q_desc, k_desc, v_desc, q_bufs, k_bufs, v_bufs, q_ready, q_empty, k_ready, v_ready,
+                         kv_empty, H, GROUP, N_CTX_Q, N_CTX_K, n_tiles, BAND, CAUSAL, STAGES, 3, Q_BUFS)),
+        ], [4, 4, 1], [PP3_CONSUMER_REGS, PP3_CONSUMER_REGS, 24])
+    else:
+        gl.warp_specialize([
+            (_pp_consumer_0, (q_bufs, k_bufs, v_bufs, p_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty, turn,
+                              O, LSE, qk_scale, N_CTX_Q, N_CTX_K, n_tiles, BAND, CAUSAL, STAGES, OVERLAP)),
+            (_pp_consumer_1, (q_bufs, k_bufs, v_bufs, p_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty, turn,
+                              O, LSE, qk_scale, N_CTX_Q, N_CTX_K, n_tiles, BAND, CAUSAL, STAGES, OVERLAP)),
+            (_producer, (q_desc, k_desc, v_desc, q_bufs, k_bufs, v_bufs, q_ready, q_empty, k_ready, v_ready,
+                         kv_empty, H, GROUP, N_CTX_Q, N_CTX_K, n_tiles, BAND, CAUSAL, STAGES, 2, Q_BUFS)),
+        ], [4, 1], [PP_CONSUMER_REGS, 24])
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -548,17 +584,23 @@ PP_NUM_WARPS = 4  # rungs 9, 10: the default partition is one consumer warpgroup
 RUNGS = {8: "fa3", 9: "fa3-pingpong", 10: "fa3-overlap"}
 
 
-def tiles(headdim: int, rung: int = 8) -> dict:
+def tiles(headdim: int, rung: int = 8, consumers: int | None = None) -> dict:
     """Tile sizes and ring depth per head dim (shared memory: 2 Q buffers + STAGES x (K + V) stages, fp16/bf16):
-    d64: 128 x 128, 3 stages (128 KiB); d128: 128 x 128, 2 stages (192 KiB). Rungs 9 and 10 split the 128 query
-    rows into two 64-row slices (Q_ROWS), one per consumer warpgroup; rung 10 adds 64 KiB of P buffers and, at
-    d128, keeps one Q buffer (the kernel decides: 192 KiB at d64, 224 KiB at d128)."""
-    return dict(BLOCK_M=128, BLOCK_N=128, STAGES=3 if headdim <= 64 else 2, Q_ROWS=128 if rung == 8 else 64)
+    d64: 128 x 128, 3 stages (128 KiB); d128: 128 x 128, 2 stages (192 KiB). Rungs 9 and 10 split the query
+    rows into 64-row slices (Q_ROWS), one per consumer warpgroup (CONSUMERS of them; rung 8 has one consumer
+    partition): two, and three for rung 9 at d64 (192-row tiles, 144 KiB); rung 10 adds 64 KiB of P buffers
+    and, at d128, keeps one Q buffer (the kernel decides: 192 KiB at d64, 224 KiB at d128). ``consumers``
+    overrides the count (studies and tests)."""
+    if rung == 8:
+        return dict(BLOCK_M=128, BLOCK_N=128, STAGES=3 if headdim <= 64 else 2, Q_ROWS=128, CONSUMERS=1)
+    consumers = consumers or (3 if rung == 9 and headdim <= 64 else 2)
+    return dict(BLOCK_M=64 * consumers, BLOCK_N=128, STAGES=3 if headdim <= 64 else 2, Q_ROWS=64,
+                CONSUMERS=consumers)
 
 
-def _tile_blocks(n_m: int, seqlen_q: int, seqlen_k: int, headdim: int) -> np.ndarray:
+def _tile_blocks(n_m: int, seqlen_q: int, seqlen_k: int, block_m: int, block_n: int = 128) -> np.ndarray:
     """K/V blocks each causal query block visits (``_kv_blocks``'s count, on the host)."""
-    bm, bn = tiles(headdim)["BLOCK_M"], tiles(headdim)["BLOCK_N"]
+    bm, bn = block_m, block_n
     hi = np.clip(np.arange(n_m) * bm + bm + seqlen_k - seqlen_q, 0, seqlen_k)
     return -(-hi // bn)
 
@@ -574,15 +616,15 @@ def causal_order(n_m: int, bh: int, band: int) -> tuple[np.ndarray, np.ndarray]:
 
 @functools.lru_cache(maxsize=256)
 def causal_band(n_m: int, bh: int, sms: int, kv_head_bytes: int, l2_bytes: int, seqlen_q: int, seqlen_k: int,
-                headdim: int, per_tile: float = 1.0) -> int:
+                block_m: int, per_tile: float = 1.0) -> int:
     """How many heads share one causal sweep (``_tile``'s ``BAND``): the persistent grid walks the tiles in
     rounds of ``grid``, every other round in reverse (``_slot``), so the order decides both the balance (each
     CTA's sum of blocks, plus ``per_tile`` for a tile's prologue and epilogue) and how many heads' K and V the
     CTAs running together read. With every head in one band (the longest-first order over all heads), a 2k-token
     causal forward had 128 heads in flight and read DRAM at 68% of its peak against cuDNN's 20% (ncu,
     docs/fa3.md section 12). The band is the best-balanced one whose heads' K/V fit in half the L2, unless no
-    such band comes within 10% of the best balance over all bands."""
-    cost = _tile_blocks(n_m, seqlen_q, seqlen_k, headdim).astype(float) + per_tile
+    such band comes within 10% of the best balance over all bands. ``block_m``: the tile's query rows."""
+    cost = _tile_blocks(n_m, seqlen_q, seqlen_k, block_m).astype(float) + per_tile
     grid = min(sms, n_m * bh)
     t = np.arange(n_m * bh)
     walk = np.where(t // grid % 2 == 1, grid - 1 - t % grid, t % grid)  # the CTA of each tile (``_slot``)
@@ -598,22 +640,25 @@ def causal_band(n_m: int, bh: int, sms: int, kv_head_bytes: int, l2_bytes: int, 
 
 
 def launch_ints(batch: int, heads: int, group: int, seqlen_q: int, seqlen_k: int, headdim: int, causal: bool,
-                sms: int, l2_bytes: int, elt: int = 2) -> dict:
-    """The forward kernels' runtime ints after ``qk_scale``, in their order: H, GROUP, N_CTX_Q, N_CTX_K, n_tiles
-    (query blocks x batch x heads) and BAND (``causal_band``; 1 without the mask, where it is not read)."""
-    n_m = triton.cdiv(seqlen_q, tiles(headdim)["BLOCK_M"])
+                sms: int, l2_bytes: int, elt: int = 2, rung: int = 8, consumers: int | None = None) -> dict:
+    """Rung ``rung``'s forward kernel's runtime ints after ``qk_scale``, in their order: H, GROUP, N_CTX_Q,
+    N_CTX_K, n_tiles (query blocks x batch x heads) and BAND (``causal_band``; 1 without the mask, where it is
+    not read)."""
+    block_m = tiles(headdim, rung, consumers)["BLOCK_M"]
+    n_m = triton.cdiv(seqlen_q, block_m)
     band = causal_band(n_m, batch * heads, sms, 2 * seqlen_k * headdim * elt, l2_bytes, seqlen_q, seqlen_k,
-                       headdim) if causal else 1
+                       block_m) if causal else 1
     return dict(H=heads, GROUP=group, N_CTX_Q=seqlen_q, N_CTX_K=seqlen_k, n_tiles=n_m * batch * heads, BAND=band)
 
 
-def forward_kernel(rung: int, headdim: int, causal: bool) -> tuple:
+def forward_kernel(rung: int, headdim: int, causal: bool, consumers: int | None = None) -> tuple:
     """Rung ``rung``'s forward kernel and its compile-time arguments (constexprs and warps), as ``fa3_forward``
     launches it and ``compile_sm90`` compiles it."""
-    stages = tiles(headdim, rung)["STAGES"]
+    cfg = tiles(headdim, rung, consumers)
     if rung == 8:
-        return _fa3_fwd_kernel, dict(CAUSAL=causal, STAGES=stages, num_warps=NUM_WARPS)
-    return _fa3_pp_fwd_kernel, dict(CAUSAL=causal, STAGES=stages, OVERLAP=rung == 10, num_warps=PP_NUM_WARPS)
+        return _fa3_fwd_kernel, dict(CAUSAL=causal, STAGES=cfg["STAGES"], num_warps=NUM_WARPS)
+    return _fa3_pp_fwd_kernel, dict(CAUSAL=causal, STAGES=cfg["STAGES"], OVERLAP=rung == 10,
+                                    CONSUMERS=cfg["CONSUMERS"], num_warps=PP_NUM_WARPS)
 
 
 def smem_layout(block: list[int], dtype: torch.dtype) -> gl.NVMMASharedLayout:
@@ -647,11 +692,13 @@ def _tma_heads(t: torch.Tensor) -> torch.Tensor:
 
 
 def fa3_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = False,
-                sm_scale: float | None = None, rung: int = 8, band: int | None = None):
+                sm_scale: float | None = None, rung: int = 8, band: int | None = None,
+                consumers: int | None = None):
     """The forward of rung ``rung`` (8: one 8-warp consumer partition; 9: ping-pong of two 4-warp consumer
-    partitions; 10: ping-pong plus the softmax overlapped with the warpgroup's own P V, P through shared memory):
+    partitions, three at head dim 64; 10: ping-pong of two plus the softmax overlapped with the warpgroup's own P V, P through shared memory):
     ``(o, lse)``, lse the log2-domain log-sum-exp (fp32, (batch, heads, seqlen_q), +inf for a row that sees no
-    key), the same convention as ``flash2_forward``. ``band`` overrides ``causal_band`` (tests)."""
+    key), the same convention as ``flash2_forward``. ``band`` overrides ``causal_band``, ``consumers`` the
+    consumer warpgroups of rungs 9 and 10 (``tiles``; tests and studies)."""
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
     name = RUNGS.get(rung)
@@ -662,7 +709,7 @@ def fa3_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool 
     reason = unsupported(q, k, v)
     if reason:
         raise ValueError(f"{name}: {reason}")
-    cfg = tiles(shape.headdim, rung)
+    cfg = tiles(shape.headdim, rung, consumers)
     bm, bn, qr, d = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["Q_ROWS"], shape.headdim
     q3, k3, v3 = _tma_heads(q), _tma_heads(k), _tma_heads(v)
     q_desc = TensorDescriptor.from_tensor(q3, [1, qr, d], smem_layout([1, qr, d], q.dtype))
@@ -672,14 +719,15 @@ def fa3_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool 
     lse = torch.empty(q.shape[:3], device=q.device, dtype=torch.float32)
     props = torch.cuda.get_device_properties(q.device)
     ints = launch_ints(shape.batch, shape.heads, shape.group, shape.seqlen_q, shape.seqlen_k, shape.headdim,
-                       bool(causal), props.multi_processor_count, props.L2_cache_size)
+                       bool(causal), props.multi_processor_count, props.L2_cache_size, rung=rung,
+                       consumers=consumers)
     if band is not None:
         ints["BAND"] = band
     grid = (min(props.multi_processor_count, ints["n_tiles"]),)
     args = (q_desc, k_desc, v_desc, o, lse, scale * LOG2E, *ints.values())
-    kernel, consts = forward_kernel(rung, shape.headdim, bool(causal))
+    kernel, consts = forward_kernel(rung, shape.headdim, bool(causal), consumers)
     kernel[grid](*args, **consts)
-    warps = f"w{NUM_WARPS}+1" if rung == 8 else f"w{PP_NUM_WARPS}+{PP_NUM_WARPS}+1"
+    warps = f"w{NUM_WARPS}+1" if rung == 8 else f"w{PP_NUM_WARPS}" + f"+{PP_NUM_WARPS}" * (cfg["CONSUMERS"] - 1) + "+1"
     order = f" band={ints['BAND']}" if causal else ""
     _last["fwd"] = f"{name} BLOCK_M={bm} BLOCK_N={bn} STAGES={cfg['STAGES']} {warps}{order}"
     return o, lse

@@ -54,7 +54,7 @@ def main(argv=None) -> None:
                 flops = attention_flops(batch, heads, seqlen, seqlen, headdim, True, "fwd")
                 for rung in a.rungs:
                     auto = fa3.launch_ints(batch, heads, 1, seqlen, seqlen, headdim, True,
-                                           props.multi_processor_count, props.L2_cache_size)["BAND"]
+                                           props.multi_processor_count, props.L2_cache_size, rung=rung)["BAND"]
                     for label, band in (("all heads", batch * heads), ("causal_band", auto)):
                         def run(band=band):
                             return fa3.fa3_forward(q, k, v, causal=True, rung=rung, band=band)

@@ -132,12 +132,13 @@ def sass(kernel) -> str:
 
 
 def fa3_launch_ints(batch: int, heads: int, kv_heads: int, seqlen_q: int, seqlen_k: int, headdim: int = 128,
-                    causal: bool = False, sms: int = 132, l2_bytes: int = 60 * 2**20) -> dict:
-    """The runtime ints fa3_forward passes its forward kernel for this shape (``fa3.launch_ints``; an H200's
-    SM count and L2 unless told)."""
+                    causal: bool = False, sms: int = 132, l2_bytes: int = 60 * 2**20, rung: int = 8) -> dict:
+    """The runtime ints fa3_forward passes rung ``rung``'s forward kernel for this shape (``fa3.launch_ints``; an
+    H200's SM count and L2 unless told)."""
     from fa2bench.kernels import fa3
 
-    return fa3.launch_ints(batch, heads, heads // kv_heads, seqlen_q, seqlen_k, headdim, causal, sms, l2_bytes)
+    return fa3.launch_ints(batch, heads, heads // kv_heads, seqlen_q, seqlen_k, headdim, causal, sms, l2_bytes,
+                           rung=rung)
 
 
 def compile_fa3(headdim: int, causal: bool, dtype: str = "fp16", capability: int = 90, rung: int = 8,
@@ -161,7 +162,7 @@ def compile_fa3(headdim: int, causal: bool, dtype: str = "fp16", capability: int
     fn, consts = fa3.forward_kernel(rung, headdim, causal)
     ints, attrs = {}, {}
     if shape is not None:
-        ints, attrs = launch_specialisation(fn, fa3_launch_ints(*shape, headdim, causal), pointers=("O", "LSE"))
+        ints, attrs = launch_specialisation(fn, fa3_launch_ints(*shape, headdim, causal, rung=rung), pointers=("O", "LSE"))
     return compile_gluon(fn, sig, {**consts, **ints}, consts["num_warps"], capability, attrs=attrs)
 
 
