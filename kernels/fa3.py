@@ -25,8 +25,8 @@ above the diagonal never visited, and a row that sees no key giving O = 0 and L 
 Rung 9 (``_fa3_pp_fwd_kernel``, provider ``fa3-pingpong``): the two consumer warpgroups become two 4-warp
 partitions with their own 64-row Q slices, whose wgmma groups (P_{j-1} V_{j-1} with S_j) alternate through two
 ``turn`` mbarriers, so one's softmax runs under the other's GEMMs. At head dim 64 a 64 x 128 block's softmax
-outlasts one warpgroup's two GEMMs, so rung 9 runs three consumer warpgroups there (192-row tiles, the turns
-round robin, 160 registers each; FA3 does the same at d64). Rung 10, the same kernel with ``OVERLAP``
+outlasts one warpgroup's two GEMMs, so rung 9 runs three consumer warpgroups there without the causal mask
+(192-row tiles, the turns round robin, 160 registers each; FA3 also runs three at d64). Rung 10, the same kernel with ``OVERLAP``
 (provider ``fa3-overlap``): FA3's intra-warpgroup overlap. S_j is issued first and waited for alone before the
 softmax of block j, which runs under the warpgroup's own P_{j-1} V_{j-1}; P goes to that wgmma through shared
 memory (two buffers per warpgroup), because with P in registers ptxas waits for the P V before the first
@@ -584,16 +584,17 @@ PP_NUM_WARPS = 4  # rungs 9, 10: the default partition is one consumer warpgroup
 RUNGS = {8: "fa3", 9: "fa3-pingpong", 10: "fa3-overlap"}
 
 
-def tiles(headdim: int, rung: int = 8, consumers: int | None = None) -> dict:
+def tiles(headdim: int, rung: int = 8, consumers: int | None = None, causal: bool = False) -> dict:
     """Tile sizes and ring depth per head dim (shared memory: 2 Q buffers + STAGES x (K + V) stages, fp16/bf16):
     d64: 128 x 128, 3 stages (128 KiB); d128: 128 x 128, 2 stages (192 KiB). Rungs 9 and 10 split the query
     rows into 64-row slices (Q_ROWS), one per consumer warpgroup (CONSUMERS of them; rung 8 has one consumer
-    partition): two, and three for rung 9 at d64 (192-row tiles, 144 KiB); rung 10 adds 64 KiB of P buffers
-    and, at d128, keeps one Q buffer (the kernel decides: 192 KiB at d64, 224 KiB at d128). ``consumers``
-    overrides the count (studies and tests)."""
+    partition): two, and three for rung 9 at d64 without the causal mask (192-row tiles, 144 KiB; 1.07-1.17x
+    two there, but 0.87-1.00x two under the mask at 2k-8k: results/h200-fa3-consumers-ab); rung 10 adds 64 KiB
+    of P buffers and, at d128, keeps one Q buffer (the kernel decides: 192 KiB at d64, 224 KiB at d128).
+    ``consumers`` overrides the count (studies and tests)."""
     if rung == 8:
         return dict(BLOCK_M=128, BLOCK_N=128, STAGES=3 if headdim <= 64 else 2, Q_ROWS=128, CONSUMERS=1)
-    consumers = consumers or (3 if rung == 9 and headdim <= 64 else 2)
+    consumers = consumers or (3 if rung == 9 and headdim <= 64 and not causal else 2)
     return dict(BLOCK_M=64 * consumers, BLOCK_N=128, STAGES=3 if headdim <= 64 else 2, Q_ROWS=64,
                 CONSUMERS=consumers)
 
@@ -644,7 +645,7 @@ def launch_ints(batch: int, heads: int, group: int, seqlen_q: int, seqlen_k: int
     """Rung ``rung``'s forward kernel's runtime ints after ``qk_scale``, in their order: H, GROUP, N_CTX_Q,
     N_CTX_K, n_tiles (query blocks x batch x heads) and BAND (``causal_band``; 1 without the mask, where it is
     not read)."""
-    block_m = tiles(headdim, rung, consumers)["BLOCK_M"]
+    block_m = tiles(headdim, rung, consumers, causal)["BLOCK_M"]
     n_m = triton.cdiv(seqlen_q, block_m)
     band = causal_band(n_m, batch * heads, sms, 2 * seqlen_k * headdim * elt, l2_bytes, seqlen_q, seqlen_k,
                        block_m) if causal else 1
@@ -654,7 +655,7 @@ def launch_ints(batch: int, heads: int, group: int, seqlen_q: int, seqlen_k: int
 def forward_kernel(rung: int, headdim: int, causal: bool, consumers: int | None = None) -> tuple:
     """Rung ``rung``'s forward kernel and its compile-time arguments (constexprs and warps), as ``fa3_forward``
     launches it and ``compile_sm90`` compiles it."""
-    cfg = tiles(headdim, rung, consumers)
+    cfg = tiles(headdim, rung, consumers, causal)
     if rung == 8:
         return _fa3_fwd_kernel, dict(CAUSAL=causal, STAGES=cfg["STAGES"], num_warps=NUM_WARPS)
     return _fa3_pp_fwd_kernel, dict(CAUSAL=causal, STAGES=cfg["STAGES"], OVERLAP=rung == 10,
@@ -695,7 +696,7 @@ def fa3_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool 
                 sm_scale: float | None = None, rung: int = 8, band: int | None = None,
                 consumers: int | None = None):
     """The forward of rung ``rung`` (8: one 8-warp consumer partition; 9: ping-pong of two 4-warp consumer
-    partitions, three at head dim 64; 10: ping-pong of two plus the softmax overlapped with the warpgroup's own P V, P through shared memory):
+    partitions, three at head dim 64 without the mask; 10: ping-pong of two plus the softmax overlapped with the warpgroup's own P V, P through shared memory):
     ``(o, lse)``, lse the log2-domain log-sum-exp (fp32, (batch, heads, seqlen_q), +inf for a row that sees no
     key), the same convention as ``flash2_forward``. ``band`` overrides ``causal_band``, ``consumers`` the
     consumer warpgroups of rungs 9 and 10 (``tiles``; tests and studies)."""
@@ -709,7 +710,7 @@ def fa3_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool 
     reason = unsupported(q, k, v)
     if reason:
         raise ValueError(f"{name}: {reason}")
-    cfg = tiles(shape.headdim, rung, consumers)
+    cfg = tiles(shape.headdim, rung, consumers, bool(causal))
     bm, bn, qr, d = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["Q_ROWS"], shape.headdim
     q3, k3, v3 = _tma_heads(q), _tma_heads(k), _tma_heads(v)
     q_desc = TensorDescriptor.from_tensor(q3, [1, qr, d], smem_layout([1, qr, d], q.dtype))

@@ -70,14 +70,15 @@ def test_compiles_for_sm90_with_wgmma_tma_and_register_reallocation(args, rung):
     assert smem <= 227 * 1024, out  # fits an H100's shared memory per block
 
 
-def _compiled_asm(headdim: int, causal: bool, rung: int) -> dict:
-    """PTX and SASS of a forward rung, compiled in a fresh process (this one may have imported the kernels under
-    Triton's interpreter)."""
+def _compiled_asm(headdim: int, causal: bool, rung: int, consumers: int = 0) -> dict:
+    """PTX and SASS of a forward rung (``consumers``: rungs 9/10's consumer warpgroups, 0 for ``fa3.tiles``'
+    choice), compiled in a fresh process (this one may have imported the kernels under Triton's interpreter)."""
     code = ("import json, sys; from fa2bench.profiling import compile_sm90; "
-            "k = compile_sm90.compile_fa3(int(sys.argv[1]), sys.argv[2] == '1', rung=int(sys.argv[3])); "
+            "k = compile_sm90.compile_fa3(int(sys.argv[1]), sys.argv[2] == '1', rung=int(sys.argv[3]), "
+            "consumers=int(sys.argv[4]) or None); "
             "print(json.dumps({'ptx': k.asm['ptx'], 'sass': compile_sm90.sass(k)}))")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run([sys.executable, "-c", code, str(headdim), str(int(causal)), str(rung)],
+    proc = subprocess.run([sys.executable, "-c", code, str(headdim), str(int(causal)), str(rung), str(consumers)],
                           capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -119,8 +120,10 @@ def test_rung9_at_head_dim_64_runs_three_consumer_warpgroups_without_spills_in_t
     from fa2bench.kernels import fa3
 
     assert fa3.tiles(64, 9)["CONSUMERS"] == 3 and fa3.tiles(64, 9)["BLOCK_M"] == 192
-    assert fa3.tiles(128, 9)["CONSUMERS"] == 2 and fa3.tiles(64, 10)["CONSUMERS"] == 2
-    asm = _compiled_asm(64, causal, 9)
+    # two where three measured slower (the causal mask) and where three do not fit (d128) or are not built (rung 10)
+    assert [fa3.tiles(64, 9, causal=True)["CONSUMERS"], fa3.tiles(128, 9)["CONSUMERS"],
+            fa3.tiles(64, 10)["CONSUMERS"]] == [2, 2, 2]
+    asm = _compiled_asm(64, causal, 9, consumers=3)
     # the default partition: up to 256 while it sets up, then down to 168; the two workers up to 160; the producer
     # down to 24 (128 x (168 + 2 x 160 + 24) = 65,536)
     regs = re.findall(r"setmaxnreg\.(inc|dec)\.sync\.aligned\.u32\s+(\d+)", asm["ptx"])
@@ -348,13 +351,15 @@ def test_every_causal_band_gives_the_reference_output(band, rung, headdim):
 @pytest.mark.skipif(not _hopper(), reason="needs a Hopper GPU (sm_90)")
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
 @pytest.mark.parametrize("shape", [s for s in SHAPES if s[-1] == 64], ids=shape_id)
-def test_rung9_with_two_consumers_at_head_dim_64_gives_the_reference_output(shape, causal):
-    """The two-consumer rung 9 that ``consumers=2`` keeps at d64 (for the A/B against three) is still correct."""
+def test_rung9_with_the_other_consumer_count_at_head_dim_64_gives_the_reference_output(shape, causal):
+    """The consumer count rung 9 does not pick at d64 (two without the mask, three with it), which ``consumers``
+    keeps for the A/B (tools/fa3_consumers_ab.py), still computes attention."""
     from fa2bench.kernels.fa3 import fa3_forward
 
+    other = 3 if causal else 2
     q, k, v = make_qkv(shape, torch.float16, "cuda")
-    verdict = check_attention(lambda q, k, v, c: fa3_forward(q, k, v, causal=c, rung=9, consumers=2)[0], q, k, v,
-                              causal, backward=False)
+    verdict = check_attention(lambda q, k, v, c: fa3_forward(q, k, v, causal=c, rung=9, consumers=other)[0], q, k,
+                              v, causal, backward=False)
     assert verdict.ok, verdict.detail
 
 

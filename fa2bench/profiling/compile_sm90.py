@@ -132,20 +132,22 @@ def sass(kernel) -> str:
 
 
 def fa3_launch_ints(batch: int, heads: int, kv_heads: int, seqlen_q: int, seqlen_k: int, headdim: int = 128,
-                    causal: bool = False, sms: int = 132, l2_bytes: int = 60 * 2**20, rung: int = 8) -> dict:
+                    causal: bool = False, sms: int = 132, l2_bytes: int = 60 * 2**20, rung: int = 8,
+                    consumers: int | None = None) -> dict:
     """The runtime ints fa3_forward passes rung ``rung``'s forward kernel for this shape (``fa3.launch_ints``; an
     H200's SM count and L2 unless told)."""
     from fa2bench.kernels import fa3
 
     return fa3.launch_ints(batch, heads, heads // kv_heads, seqlen_q, seqlen_k, headdim, causal, sms, l2_bytes,
-                           rung=rung)
+                           rung=rung, consumers=consumers)
 
 
 def compile_fa3(headdim: int, causal: bool, dtype: str = "fp16", capability: int = 90, rung: int = 8,
-                shape: tuple[int, ...] | None = None):
+                shape: tuple[int, ...] | None = None, consumers: int | None = None):
     """Rung ``rung``'s Gluon forward (kernels/fa3.py: 8, 9 ping-pong, 10 overlap) for ``sm_<capability>`` at its
     tiles for ``headdim``; with ``shape`` (batch, heads, kv_heads, seqlen_q, seqlen_k) specialised as a launch of
-    that shape would be (``launch_specialisation``), else with every int a plain i32."""
+    that shape would be (``launch_specialisation``), else with every int a plain i32; ``consumers`` overrides
+    rungs 9/10's consumer warpgroups (``fa3.tiles``)."""
     import torch
 
     from fa2bench.kernels import fa3
@@ -159,10 +161,11 @@ def compile_fa3(headdim: int, causal: bool, dtype: str = "fp16", capability: int
     sig = dict(q_desc=desc(cfg["Q_ROWS"]), k_desc=desc(cfg["BLOCK_N"]), v_desc=desc(cfg["BLOCK_N"]),
                O="*" + dtype, LSE="*fp32", qk_scale="fp32", H="i32", GROUP="i32", N_CTX_Q="i32", N_CTX_K="i32",
                n_tiles="i32", BAND="i32")
-    fn, consts = fa3.forward_kernel(rung, headdim, causal)
+    fn, consts = fa3.forward_kernel(rung, headdim, causal, consumers)
     ints, attrs = {}, {}
     if shape is not None:
-        ints, attrs = launch_specialisation(fn, fa3_launch_ints(*shape, headdim, causal, rung=rung), pointers=("O", "LSE"))
+        ints, attrs = launch_specialisation(fn, fa3_launch_ints(*shape, headdim, causal, rung=rung,
+                                                                   consumers=consumers), pointers=("O", "LSE"))
     return compile_gluon(fn, sig, {**consts, **ints}, consts["num_warps"], capability, attrs=attrs)
 
 
