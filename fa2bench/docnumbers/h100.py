@@ -133,12 +133,13 @@ def ablation_fa1(root: Path, run: str = ABLATION) -> str:
 CHANGES = {3: "Q outer, K/V inner, O on chip (from `fa1`)", 4: "+ deferred normalisation, LSE only",
            5: "+ sequence parallelism", 6: "+ causal block skipping", 7: "tuned (`fa2`)",
            8: "+ TMA producer warp, wgmma consumers, persistent grid (`fa3`, Gluon)",
-           9: "+ ping-pong consumer warpgroups (`fa3-pingpong`)"}
+           9: "+ ping-pong consumer warpgroups (`fa3-pingpong`)",
+           10: "+ softmax under the warpgroup's own P V, P through shared memory (`fa3-overlap`)"}
 
 
 def ablation_steps(root: Path, run: str = ABLATION) -> str:
     """Speedup of each rung over the one before, head dim 128, at 2k and 16k ("-": the rung does not run that
-    mode, as fa3's rungs have no backward)."""
+    mode: rungs 9 and 10 have no backward of their own)."""
     from fa2bench.read.ablation import steps
 
     table = steps(load(root, run))

@@ -76,15 +76,17 @@ def _agreement(root: Path, first: str, second: str, opening: str) -> str:
 
 
 def ladder_state(root: Path) -> str:
-    """What the H200 ablation holds: points, statuses, completeness, the commit."""
+    """What the H200 ablation holds: points, statuses, completeness, the commit of each call (a resumed run)."""
     frame, meta = load(root, LADDER), read_meta(root, LADDER)
     counts = frame["status"].value_counts()
     others = ", ".join(f"{n} `{status}`" for status, n in counts.items() if status != "ok")
     missing = sorted(set(frame.loc[frame["status"] == "unsupported", "provider"]))
+    commits = list(dict.fromkeys(m["git"]["commit"][:7] for m in [meta, *meta.get("resumed", [])]))
     return (f"[`results/{LADDER}`](results/{LADDER}/ablation.md): {len(frame)} points, {counts.get('ok', 0)} ok"
             + (f", {others} ({', '.join(f'`{p}`' for p in missing)} backward)" if others else "")
-            + f"; meta.json `complete: {str(bool(meta.get('complete'))).lower()}`, commit "
-            f"`{meta['git']['commit'][:7]}`")
+            + f"; meta.json `complete: {str(bool(meta.get('complete'))).lower()}`, "
+            + (f"commit `{commits[0]}`" if len(commits) == 1 else
+               f"{len(commits)} calls at commits " + ", ".join(f"`{c}`" for c in commits)))
 
 
 def ladder_versus(root: Path) -> str:
@@ -118,19 +120,26 @@ def fa3_backward(root: Path) -> str:
 
 
 
+FA3_FASTEST = {"fwd": "fa3-pingpong", "bwd": "fa3"}  # fa3's fastest forward rung (9); its one backward
+
+
 def fa3_accept(root: Path) -> str:
     """fa3 against cuDNN, fa2 and FlexAttention per (mode, head dim, dtype, mask): the median over the run's sequence
-    lengths of the speed ratios (time of the other over fa3's), and fa3's TFLOP/s at the longest."""
+    lengths of the speed ratios (time of the other over fa3's), and fa3's TFLOP/s at the longest; fa3 is its
+    fastest forward rung in the forward rows (``FA3_FASTEST``), named in the row."""
     frame = ok_rows(load(root, FA3_ACCEPT))
-    ms = frame.pivot_table(index=["mode", "headdim", "dtype", "causal", "seqlen_q"], columns="provider", values="ms")
-    tf = frame[frame["provider"] == "fa3"].set_index(["mode", "headdim", "dtype", "causal", "seqlen_q"])["tflops"]
+    key = ["mode", "headdim", "dtype", "causal", "seqlen_q"]
+    ms = frame.pivot_table(index=key, columns="provider", values="ms")
+    tf = frame.pivot_table(index=key, columns="provider", values="tflops")
     longest = int(ms.index.get_level_values("seqlen_q").max())
-    lines = ["| mode | head dim | dtype | mask | fa3 TFLOP/s "
-             f"({kilo(longest)}) | fa3 / cuDNN | fa3 / fa2 | fa3 / flex |", "| --- | --- | --- | --- |" + " ---: |" * 4]
+    lines = [f"| mode | head dim | dtype | mask | fa3 as | TFLOP/s ({kilo(longest)}) | / cuDNN | / fa2 | / flex |",
+             "| --- | --- | --- | --- | --- |" + " ---: |" * 4]
     for (mode, d, dtype, causal), sub in ms.groupby(level=["mode", "headdim", "dtype", "causal"]):
-        ratios = [float((sub[p] / sub["fa3"]).median()) for p in ("sdpa-cudnn", "fa2", "flex")]
-        lines.append(f"| {mode} | {d} | {dtype} | {'causal' if causal else 'full'} | "
-                     f"{tf[(mode, d, dtype, causal, longest)]:.0f} | " + " | ".join(f"{r:.2f}" for r in ratios) + " |")
+        fa3 = FA3_FASTEST[mode]
+        ratios = [float((sub[p] / sub[fa3]).median()) for p in ("sdpa-cudnn", "fa2", "flex")]
+        lines.append(f"| {mode} | {d} | {dtype} | {'causal' if causal else 'full'} | `{fa3}` | "
+                     f"{tf.loc[(mode, d, dtype, causal, longest), fa3]:.0f} | "
+                     + " | ".join(f"{r:.2f}" for r in ratios) + " |")
     return _paper_run(root, FA3_ACCEPT, frame, "", "ratios are medians over those lengths, above 1 fa3 is faster",
                       lines)
 
