@@ -65,7 +65,6 @@ LOG2E = 1.4426950408889634
 HEAD_DIMS = (64, 128)
 DTYPES = {torch.float16: gl.float16, torch.bfloat16: gl.bfloat16}
 PP_CONSUMER_REGS = gl.constexpr(240)  # the worker consumer warpgroup's registers under setmaxnreg (rungs 9, 10)
-ROW_SPLIT = 4  # rungs 9, 10: the softmax's row reductions as 4 independent chains (``_row_reduce``)
 PP3_CONSUMER_REGS = gl.constexpr(160)  # each worker consumer's with three consumer warpgroups (rung 9, d64)
 
 
@@ -314,11 +313,9 @@ def _fa3_fwd_kernel(q_desc, k_desc, v_desc, O, LSE, qk_scale, H, GROUP, N_CTX_Q,
 
 
 @gluon.jit
-def _softmax_step(qk, m_i, l_i, j, r0, qk_scale, N_CTX_Q, N_CTX_K, MASK: gl.constexpr, CAUSAL: gl.constexpr,
-                  ROW_SPLIT: gl.constexpr = 1):
+def _softmax_step(qk, m_i, l_i, j, r0, qk_scale, N_CTX_Q, N_CTX_K, MASK: gl.constexpr, CAUSAL: gl.constexpr):
     """One block's online-softmax update (FA2's, log2 domain) on the scores ``qk`` of rows [r0, r0 + rows) and
-    keys of block ``j``: (P, new m, new l, alpha = the factor that rescales O to the new m). ``ROW_SPLIT``: the
-    row max and sum as that many independent partial chains (``_row_reduce``)."""
+    keys of block ``j``: (P, new m, new l, alpha = the factor that rescales O to the new m)."""
     s_layout: gl.constexpr = qk.type.layout
     ROWS: gl.constexpr = qk.shape[0]
     BLOCK_N: gl.constexpr = qk.shape[1]
@@ -329,33 +326,14 @@ def _softmax_step(qk, m_i, l_i, j, r0, qk_scale, N_CTX_Q, N_CTX_K, MASK: gl.cons
             rows = r0 + gl.arange(0, ROWS, gl.SliceLayout(1, s_layout))
             keep = keep & (cols[None, :] <= rows[:, None] + (N_CTX_K - N_CTX_Q))
         qk = gl.where(keep, qk * qk_scale, float("-inf"))
-        m_new = gl.maximum(m_i, _row_reduce(qk, m_i, ROW_SPLIT, True))
+        m_new = gl.maximum(m_i, gl.max(qk, 1))
         qk = qk - m_new[:, None]
     else:
-        m_new = gl.maximum(m_i, _row_reduce(qk, m_i, ROW_SPLIT, True) * qk_scale)
+        m_new = gl.maximum(m_i, gl.max(qk, 1) * qk_scale)
         qk = qk * qk_scale - m_new[:, None]
     p = gl.exp2(qk)
     alpha = gl.exp2(m_i - m_new)
-    return p, m_new, l_i * alpha + _row_reduce(p, m_i, ROW_SPLIT, False), alpha
-
-
-@gluon.jit
-def _row_reduce(x, like, SPLIT: gl.constexpr, MAX: gl.constexpr):
-    """Each row's max (MAX) or sum of ``x``, in ``like``'s layout. SPLIT > 1: the row's columns as SPLIT groups
-    combined element by element first (columns 64 apart sit in one thread's registers in the wgmma layout), so a
-    thread's part of a row is reduced by SPLIT-wide independent chains instead of one chain through all of them
-    (ptxas keeps the order it is given: a 32-deep chain of dependent FMNMX per row at BLOCK_N = 128)."""
-    if SPLIT == 1:
-        if MAX:
-            return gl.max(x, 1)
-        else:
-            return gl.sum(x, 1)
-    else:
-        x3 = gl.reshape(x, [x.shape[0], SPLIT, x.shape[1] // SPLIT])
-        if MAX:
-            return gl.convert_layout(gl.max(gl.max(x3, 1), 1), like.type.layout)
-        else:
-            return gl.convert_layout(gl.sum(gl.sum(x3, 1), 1), like.type.layout)
+    return p, m_new, l_i * alpha + gl.sum(p, 1), alpha
 
 
 @gluon.jit
@@ -399,7 +377,7 @@ def _stage_p(p, p_bufs, it, dtype: gl.constexpr, p_layout: gl.constexpr, OVERLAP
 @gluon.jit
 def _pp_blocks(acc, m_i, l_i, p, q, k_bufs, v_bufs, p_bufs, k_ready, v_ready, kv_empty, turn, it, it0, g, lo, hi,
                r0, qk_scale, N_CTX_Q, N_CTX_K, MASK: gl.constexpr, CAUSAL: gl.constexpr, STAGES: gl.constexpr,
-               OVERLAP: gl.constexpr, WG: gl.constexpr, ROW_SPLIT: gl.constexpr):
+               OVERLAP: gl.constexpr, WG: gl.constexpr):
     """K/V blocks [lo, hi) of one warpgroup's rows. On entry ``p`` holds block lo-1's P (for the rows' current
     max; registers for rung 9, a shared buffer for rung 10, see ``_stage_p``) and ``acc`` O without it. Each
     step issues, in this warpgroup's turn, O += P_{j-1} V_{j-1} and S_j = Q K_j^T as one group (ping-pong: the
@@ -438,8 +416,7 @@ def _pp_blocks(acc, m_i, l_i, p, q, k_bufs, v_bufs, p_bufs, k_ready, v_ready, kv
         # them together left the producer to load K_{j+1} only once the consumer already waited for it)
         mbarrier.arrive(kv_empty.index(s), count=1)
         g += 1
-        p_new, m_i, l_i, alpha = _softmax_step(qk, m_i, l_i, j, r0, qk_scale, N_CTX_Q, N_CTX_K, MASK, CAUSAL,
-                                                ROW_SPLIT)
+        p_new, m_i, l_i, alpha = _softmax_step(qk, m_i, l_i, j, r0, qk_scale, N_CTX_Q, N_CTX_K, MASK, CAUSAL)
         p_new = _stage_p(p_new, p_bufs, it, v_bufs.dtype, p_layout, OVERLAP, WG)
         acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
         acc = acc * gl.convert_layout(alpha, o_rows)[:, None]
@@ -451,7 +428,7 @@ def _pp_blocks(acc, m_i, l_i, p, q, k_bufs, v_bufs, p_bufs, k_ready, v_ready, kv
 @gluon.jit
 def _pp_consumer(q_bufs, k_bufs, v_bufs, p_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty, turn, O, LSE,
                  qk_scale, N_CTX_Q, N_CTX_K, n_tiles, BAND, CAUSAL: gl.constexpr, STAGES: gl.constexpr,
-                 OVERLAP: gl.constexpr, WG: gl.constexpr, ROW_SPLIT: gl.constexpr):
+                 OVERLAP: gl.constexpr, WG: gl.constexpr):
     """One consumer warpgroup (4 warps): rows [WG * 64, WG * 64 + 64) of every tile of CONSUMERS x 64 rows (one
     ``turn`` barrier per consumer), its own Q slice, the K/V ring shared with the other warpgroups (each arrives
     once on each ``kv_empty``). All walk the same K/V blocks (the tile's), so their turn counters stay in step.
@@ -497,18 +474,15 @@ def _pp_consumer(q_bufs, k_bufs, v_bufs, p_bufs, q_ready, q_empty, k_ready, v_re
             g += 1
             qk = warpgroup_mma_wait(num_outstanding=0, deps=(qk,))
             mbarrier.arrive(kv_empty.index(s), count=1)  # K_0 read
-            p, m_i, l_i, alpha = _softmax_step(qk, m_i, l_i, 0, r0, qk_scale, N_CTX_Q, N_CTX_K, True, CAUSAL,
-                                                ROW_SPLIT)
+            p, m_i, l_i, alpha = _softmax_step(qk, m_i, l_i, 0, r0, qk_scale, N_CTX_Q, N_CTX_K, True, CAUSAL)
             p = _stage_p(p, p_bufs, it, v_bufs.dtype, p_layout, OVERLAP, WG)
             it += 1
             acc, m_i, l_i, p, it, g = _pp_blocks(acc, m_i, l_i, p, q, k_bufs, v_bufs, p_bufs, k_ready, v_ready,
                                                  kv_empty, turn, it, it0, g, 1, n_full, r0, qk_scale, N_CTX_Q,
-                                                 N_CTX_K, False, CAUSAL, STAGES, OVERLAP, WG,
-                                                 ROW_SPLIT)
+                                                 N_CTX_K, False, CAUSAL, STAGES, OVERLAP, WG)
             acc, m_i, l_i, p, it, g = _pp_blocks(acc, m_i, l_i, p, q, k_bufs, v_bufs, p_bufs, k_ready, v_ready,
                                                  kv_empty, turn, it, it0, g, gl.maximum(n_full, 1), n_blocks, r0,
-                                                 qk_scale, N_CTX_Q, N_CTX_K, True, CAUSAL, STAGES, OVERLAP, WG,
-                                                 ROW_SPLIT)
+                                                 qk_scale, N_CTX_Q, N_CTX_K, True, CAUSAL, STAGES, OVERLAP, WG)
             # every S of the tile has been waited for: Q's buffer is free (with one buffer, the next tile's Q
             # loads under this P V and the epilogue)
             mbarrier.arrive(q_empty.index(qb), count=1)
@@ -531,25 +505,25 @@ def _pp_consumer(q_bufs, k_bufs, v_bufs, p_bufs, q_ready, q_empty, k_ready, v_re
 @gluon.jit
 def _pp_consumer_0(q_bufs, k_bufs, v_bufs, p_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty, turn, O, LSE,
                    qk_scale, N_CTX_Q, N_CTX_K, n_tiles, BAND, CAUSAL: gl.constexpr, STAGES: gl.constexpr,
-                   OVERLAP: gl.constexpr, ROW_SPLIT: gl.constexpr):
+                   OVERLAP: gl.constexpr):
     _pp_consumer(q_bufs, k_bufs, v_bufs, p_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty, turn, O, LSE,
-                 qk_scale, N_CTX_Q, N_CTX_K, n_tiles, BAND, CAUSAL, STAGES, OVERLAP, 0, ROW_SPLIT)
+                 qk_scale, N_CTX_Q, N_CTX_K, n_tiles, BAND, CAUSAL, STAGES, OVERLAP, 0)
 
 
 @gluon.jit
 def _pp_consumer_1(q_bufs, k_bufs, v_bufs, p_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty, turn, O, LSE,
                    qk_scale, N_CTX_Q, N_CTX_K, n_tiles, BAND, CAUSAL: gl.constexpr, STAGES: gl.constexpr,
-                   OVERLAP: gl.constexpr, ROW_SPLIT: gl.constexpr):
+                   OVERLAP: gl.constexpr):
     _pp_consumer(q_bufs, k_bufs, v_bufs, p_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty, turn, O, LSE,
-                 qk_scale, N_CTX_Q, N_CTX_K, n_tiles, BAND, CAUSAL, STAGES, OVERLAP, 1, ROW_SPLIT)
+                 qk_scale, N_CTX_Q, N_CTX_K, n_tiles, BAND, CAUSAL, STAGES, OVERLAP, 1)
 
 
 @gluon.jit
 def _pp_consumer_2(q_bufs, k_bufs, v_bufs, p_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty, turn, O, LSE,
                    qk_scale, N_CTX_Q, N_CTX_K, n_tiles, BAND, CAUSAL: gl.constexpr, STAGES: gl.constexpr,
-                   OVERLAP: gl.constexpr, ROW_SPLIT: gl.constexpr):
+                   OVERLAP: gl.constexpr):
     _pp_consumer(q_bufs, k_bufs, v_bufs, p_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty, turn, O, LSE,
-                 qk_scale, N_CTX_Q, N_CTX_K, n_tiles, BAND, CAUSAL, STAGES, OVERLAP, 2, ROW_SPLIT)
+                 qk_scale, N_CTX_Q, N_CTX_K, n_tiles, BAND, CAUSAL, STAGES, OVERLAP, 2)
 
 
 # seqlen_q is not specialised: Triton would compile a seqlen_q of 1 as the constant 1, and for rung 10 without the
@@ -558,7 +532,7 @@ def _pp_consumer_2(q_bufs, k_bufs, v_bufs, p_bufs, q_ready, q_empty, k_ready, v_
 @gluon.jit(do_not_specialize=["N_CTX_Q", "BAND"])
 def _fa3_pp_fwd_kernel(q_desc, k_desc, v_desc, O, LSE, qk_scale, H, GROUP, N_CTX_Q, N_CTX_K, n_tiles, BAND,
                        CAUSAL: gl.constexpr, STAGES: gl.constexpr, OVERLAP: gl.constexpr, CONSUMERS: gl.constexpr,
-                       ROW_SPLIT: gl.constexpr, num_warps: gl.constexpr):
+                       num_warps: gl.constexpr):
     """Rung 9 (OVERLAP=False) and rung 10 (OVERLAP=True): the default partition and one or two 4-warp workers are
     the CONSUMERS consumer warpgroups (64 rows each of a tile of CONSUMERS x 64 rows), a 1-warp worker the TMA
     producer. Q descriptor blocks are 64 rows (one warpgroup's slice); two Q buffers of CONSUMERS slices each.
@@ -581,20 +555,20 @@ def _fa3_pp_fwd_kernel(q_desc, k_desc, v_desc, O, LSE, qk_scale, H, GROUP, N_CTX
     if CONSUMERS == 3:
         gl.warp_specialize([
             (_pp_consumer_0, (q_bufs, k_bufs, v_bufs, p_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty, turn,
-                              O, LSE, qk_scale, N_CTX_Q, N_CTX_K, n_tiles, BAND, CAUSAL, STAGES, OVERLAP, ROW_SPLIT)),
+                              O, LSE, qk_scale, N_CTX_Q, N_CTX_K, n_tiles, BAND, CAUSAL, STAGES, OVERLAP)),
             (_pp_consumer_1, (q_bufs, k_bufs, v_bufs, p_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty, turn,
-                              O, LSE, qk_scale, N_CTX_Q, N_CTX_K, n_tiles, BAND, CAUSAL, STAGES, OVERLAP, ROW_SPLIT)),
+                              O, LSE, qk_scale, N_CTX_Q, N_CTX_K, n_tiles, BAND, CAUSAL, STAGES, OVERLAP)),
             (_pp_consumer_2, (q_bufs, k_bufs, v_bufs, p_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty, turn,
-                              O, LSE, qk_scale, N_CTX_Q, N_CTX_K, n_tiles, BAND, CAUSAL, STAGES, OVERLAP, ROW_SPLIT)),
+                              O, LSE, qk_scale, N_CTX_Q, N_CTX_K, n_tiles, BAND, CAUSAL, STAGES, OVERLAP)),
             (_producer, (q_desc, k_desc, v_desc, q_bufs, k_bufs, v_bufs, q_ready, q_empty, k_ready, v_ready,
                          kv_empty, H, GROUP, N_CTX_Q, N_CTX_K, n_tiles, BAND, CAUSAL, STAGES, 3, Q_BUFS)),
         ], [4, 4, 1], [PP3_CONSUMER_REGS, PP3_CONSUMER_REGS, 24])
     else:
         gl.warp_specialize([
             (_pp_consumer_0, (q_bufs, k_bufs, v_bufs, p_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty, turn,
-                              O, LSE, qk_scale, N_CTX_Q, N_CTX_K, n_tiles, BAND, CAUSAL, STAGES, OVERLAP, ROW_SPLIT)),
+                              O, LSE, qk_scale, N_CTX_Q, N_CTX_K, n_tiles, BAND, CAUSAL, STAGES, OVERLAP)),
             (_pp_consumer_1, (q_bufs, k_bufs, v_bufs, p_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty, turn,
-                              O, LSE, qk_scale, N_CTX_Q, N_CTX_K, n_tiles, BAND, CAUSAL, STAGES, OVERLAP, ROW_SPLIT)),
+                              O, LSE, qk_scale, N_CTX_Q, N_CTX_K, n_tiles, BAND, CAUSAL, STAGES, OVERLAP)),
             (_producer, (q_desc, k_desc, v_desc, q_bufs, k_bufs, v_bufs, q_ready, q_empty, k_ready, v_ready,
                          kv_empty, H, GROUP, N_CTX_Q, N_CTX_K, n_tiles, BAND, CAUSAL, STAGES, 2, Q_BUFS)),
         ], [4, 1], [PP_CONSUMER_REGS, 24])
@@ -622,7 +596,7 @@ def tiles(headdim: int, rung: int = 8, consumers: int | None = None, causal: boo
         return dict(BLOCK_M=128, BLOCK_N=128, STAGES=3 if headdim <= 64 else 2, Q_ROWS=128, CONSUMERS=1)
     consumers = consumers or (3 if rung == 9 and headdim <= 64 and not causal else 2)
     return dict(BLOCK_M=64 * consumers, BLOCK_N=128, STAGES=3 if headdim <= 64 else 2, Q_ROWS=64,
-                CONSUMERS=consumers, ROW_SPLIT=ROW_SPLIT)
+                CONSUMERS=consumers)
 
 
 def _tile_blocks(n_m: int, seqlen_q: int, seqlen_k: int, block_m: int, block_n: int = 128) -> np.ndarray:
@@ -685,7 +659,7 @@ def forward_kernel(rung: int, headdim: int, causal: bool, consumers: int | None 
     if rung == 8:
         return _fa3_fwd_kernel, dict(CAUSAL=causal, STAGES=cfg["STAGES"], num_warps=NUM_WARPS)
     return _fa3_pp_fwd_kernel, dict(CAUSAL=causal, STAGES=cfg["STAGES"], OVERLAP=rung == 10,
-                                    CONSUMERS=cfg["CONSUMERS"], ROW_SPLIT=cfg["ROW_SPLIT"], num_warps=PP_NUM_WARPS)
+                                    CONSUMERS=cfg["CONSUMERS"], num_warps=PP_NUM_WARPS)
 
 
 def smem_layout(block: list[int], dtype: torch.dtype) -> gl.NVMMASharedLayout:
@@ -756,6 +730,5 @@ def fa3_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool 
     kernel[grid](*args, **consts)
     warps = f"w{NUM_WARPS}+1" if rung == 8 else f"w{PP_NUM_WARPS}" + f"+{PP_NUM_WARPS}" * (cfg["CONSUMERS"] - 1) + "+1"
     order = f" band={ints['BAND']}" if causal else ""
-    split = f" ROW_SPLIT={cfg['ROW_SPLIT']}" if rung != 8 else ""
-    _last["fwd"] = f"{name} BLOCK_M={bm} BLOCK_N={bn} STAGES={cfg['STAGES']}{split} {warps}{order}"
+    _last["fwd"] = f"{name} BLOCK_M={bm} BLOCK_N={bn} STAGES={cfg['STAGES']} {warps}{order}"
     return o, lse
