@@ -410,10 +410,15 @@ def _table(run, who: str) -> pd.DataFrame:
 
 def plot_run(run, out: str | Path | None = None, formats: Iterable[str] = ("png",), kinds=None) -> "Plotted":
     """Draw a run's figures (a Run, a results frame or a folder) into ``out`` (default: the run's
-    ``figures/``); see ``plots.plot_run``."""
+    ``figures/``); see ``plots.plot_run``. A ring run's folder: its scaling figure (``ringreport.write_figure``)."""
+    from fa2bench.distributed import ringreport
     from fa2bench.e2e import figures as e2e_figures
     from fa2bench.read import plots
 
+    if isinstance(run, (str, Path)) and ringreport.is_ring(Path(run)):
+        folder = Path(out) if out is not None else Path(run) / "figures"
+        files = ringreport.write_figure(Path(run), folder, tuple(formats))
+        return plots.Plotted({"scaling": files} if files else {}, {} if files else {"scaling": "no point ran"})
     frame = _frame(run)
     if out is None:
         if not frame.attrs.get("run_dir"):
@@ -472,20 +477,25 @@ def find_run(root: str | Path = "results", env: str = RUN_ENV, kind: str | None 
 
 def list_runs(root: str | Path = "results", kind: str | None = "sweep") -> list[Path]:
     """Run folders directly under ``root`` (meta.json and results), newest first; only those of ``kind``
-    (meta.json's ``kind``: "sweep" when absent, "e2e" for ``fa2bench e2e``), or every kind with None, so a
-    committed e2e run is never taken for the newest sweep."""
+    (meta.json's ``kind``: "sweep" when absent, "e2e" for ``fa2bench e2e``, "ring" for ``fa2bench ring``, whose
+    rows are ring.csv), or every kind with None, so a committed e2e run is never taken for the newest sweep."""
+    from fa2bench.distributed import ringreport
+
     root = Path(root)
     if not root.is_dir():
         return []
     found = []
     for folder in root.iterdir():
-        if not (folder / META_NAME).exists() or not ((folder / CSV_NAME).exists() or (folder / PARQUET_NAME).exists()):
+        rows = (CSV_NAME, PARQUET_NAME, ringreport.CSV_NAME)
+        if not (folder / META_NAME).exists() or not any((folder / name).exists() for name in rows):
             continue
         try:
             meta = read_meta(folder)
         except ResultsError:
             continue
-        if kind is not None and meta.get("kind", "sweep") != kind:
+        if kind is not None and ("ring" if ringreport.is_ring(folder) else meta.get("kind", "sweep")) != kind:
             continue
-        found.append((str(meta.get("started_utc") or ""), folder.stat().st_mtime, folder))
+        # a ring run's meta.json has one entry per job: the first job's start
+        started = meta.get("started_utc") or (meta.get("runs") or [{}])[0].get("started_utc")
+        found.append((str(started or ""), folder.stat().st_mtime, folder))
     return [f for *_, f in sorted(found, reverse=True)]

@@ -22,17 +22,17 @@ deferred normalisation (one division at the end), the log-sum-exp stored as ``L 
 the loop split into unmasked blocks and masked blocks (the diagonal band and the ragged last block of K), blocks
 above the diagonal never visited, and a row that sees no key giving O = 0 and L = +inf.
 
-Rung 9 (``_fa3_pp_fwd_kernel``, provider ``fa3-pingpong``): the two consumer warpgroups become two 4-warp
-partitions with their own 64-row Q slices, whose wgmma groups (P_{j-1} V_{j-1} with S_j) alternate through two
-``turn`` mbarriers, so one's softmax runs under the other's GEMMs. At head dim 64 a 64 x 128 block's softmax
-outlasts one warpgroup's two GEMMs, so rung 9 runs three consumer warpgroups there without the causal mask
-(192-row tiles, the turns round robin, 160 registers each; FA3 also runs three at d64). Rung 10, the same kernel with ``OVERLAP``
-(provider ``fa3-overlap``): FA3's intra-warpgroup overlap. S_j is issued first and waited for alone before the
-softmax of block j, which runs under the warpgroup's own P_{j-1} V_{j-1}; P goes to that wgmma through shared
-memory (two buffers per warpgroup), because with P in registers ptxas waits for the P V before the first
-exponential (it writes the next P into the registers the in-flight wgmma reads: docs/fa3.md, sections 5 and 9).
-Backward: ``kernels/fa3_bwd.py`` (Gluon dK/dV and dQ kernels), the same for every rung; the differentiable
-``*_attention`` functions live there too, on top of this module's ``fa3_forward``.
+Rung 9 (``_fa3_pp_fwd_kernel``, provider ``fa3-pingpong``): the two consumer warpgroups become two 4-warp partitions
+with their own 64-row Q slices, whose wgmma groups (P_{j-1} V_{j-1} with S_j) alternate through two ``turn``
+mbarriers, so one's softmax runs under the other's GEMMs. At head dim 64 a 64 x 128 block's softmax outlasts one
+warpgroup's two GEMMs, so rung 9 runs three consumer warpgroups there without the causal mask (192-row tiles, the
+turns round robin, 160 registers each; FA3 also runs three at d64). Rung 10, the same kernel with ``OVERLAP``
+(provider ``fa3-overlap``): FA3's intra-warpgroup overlap. S_j is issued first and waited for alone before the softmax
+of block j, which runs under the warpgroup's own P_{j-1} V_{j-1}; P goes to that wgmma through shared memory (two
+buffers per warpgroup), because with P in registers ptxas waits for the P V before the first exponential (it writes
+the next P into the registers the in-flight wgmma reads: docs/fa3.md, sections 5 and 9). Backward:
+``kernels/fa3_bwd.py`` (Gluon dK/dV and dQ kernels), the same for every rung; the differentiable ``*_attention``
+functions live there too, on top of this module's ``fa3_forward``.
 
 Layout and limits: q (batch, heads, seqlen_q, headdim), k and v (batch, kv_heads, seqlen_k, headdim), heads a
 multiple of kv_heads (GQA/MQA); fp16 or bf16; head dim 64 or 128; any sequence lengths; an H100/H200 (sm_90).
@@ -696,7 +696,8 @@ def fa3_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool 
                 sm_scale: float | None = None, rung: int = 8, band: int | None = None,
                 consumers: int | None = None):
     """The forward of rung ``rung`` (8: one 8-warp consumer partition; 9: ping-pong of two 4-warp consumer
-    partitions, three at head dim 64 without the mask; 10: ping-pong of two plus the softmax overlapped with the warpgroup's own P V, P through shared memory):
+    partitions, three at head dim 64 without the mask; 10: ping-pong of two plus the softmax overlapped with the
+    warpgroup's own P V, P through shared memory):
     ``(o, lse)``, lse the log2-domain log-sum-exp (fp32, (batch, heads, seqlen_q), +inf for a row that sees no
     key), the same convention as ``flash2_forward``. ``band`` overrides ``causal_band``, ``consumers`` the
     consumer warpgroups of rungs 9 and 10 (``tiles``; tests and studies)."""

@@ -408,6 +408,32 @@ def test_ring_report_computes_scaling_efficiency_against_one_gpu(tmp_path):
         again.release()
 
 
+def test_a_ring_run_is_listed_as_a_ring_run_and_plotted_by_the_plot_command(tmp_path):
+    """``list_runs`` finds a ring folder (its rows are ring.csv) under its own kind and never as a sweep, and
+    ``fa2bench plot`` draws its scaling figure into RUN_DIR/figures instead of failing on a missing results.csv."""
+    from typer.testing import CliRunner
+
+    from fa2bench import api
+    from fa2bench.cli import app
+    from fa2bench.distributed import ringbench
+
+    ring, sweep = tmp_path / "ring", tmp_path / "sweep"
+    point = Point("ring-fa2", "fwd", "bf16", Shape(1, 16, 16, 65536, 65536, 128, True))
+    writer = ringbench.open_store(ring, 1, options={"seqlens": [65536]})  # meta.json as a ring job writes it
+    for world, ms in ((1, 100.0), (2, 55.0)):
+        writer.append({**point.fields(), "world_size": world, "status": "ok", "error": "", "gpu": "H100",
+                       "flops": 1e15, "ms": ms, "tflops_per_gpu": 1e15 / (ms * 1e-3) / 1e12 / world})
+    writer.release()
+    sweep.mkdir()
+    (sweep / "meta.json").write_text('{"started_utc": "2020-01-01T00:00:00+00:00"}')
+    (sweep / "results.csv").write_text("")
+    assert api.list_runs(tmp_path) == [sweep] and api.list_runs(tmp_path, kind="ring") == [ring]
+    assert set(api.list_runs(tmp_path, kind=None)) == {ring, sweep}
+    result = CliRunner().invoke(app, ["plot", str(ring)])
+    assert result.exit_code == 0, result.output
+    assert "scaling:" in result.output and (ring / "figures" / "scaling.png").stat().st_size > 0
+
+
 def test_cli_gpu_options_fail_in_one_line_without_a_traceback(tmp_path):
     from typer.testing import CliRunner
 

@@ -44,14 +44,23 @@ def plot_run(
                        "RUN_DIR/figures).", rich_help_panel=OUTPUT)] = None,
     fmt: Formats = "png",
 ):
-    """Figures of a run: throughput bars, speedups, fraction of peak, peak memory, roofline."""
+    """Figures of a run: throughput bars, speedups, fraction of peak, peak memory, roofline (a ring run: its
+    scaling figure)."""
     from fa2bench import api
+    from fa2bench.distributed import ringreport
+    from fa2bench.run.results import ResultsError
 
     formats = _formats(fmt)
-    frame = _load(run_dir)
-    folder = out_dir or Path(frame.attrs["run_dir"]) / "figures"
     try:
-        plotted = api.plot_run(frame, folder, formats)
+        ring = ringreport.is_ring(run_dir)
+    except ResultsError as exc:
+        fail(str(exc))
+    frame = None if ring else _load(run_dir)
+    folder = out_dir or (Path(run_dir) if ring else Path(frame.attrs["run_dir"])) / "figures"
+    try:
+        plotted = api.plot_run(run_dir if ring else frame, folder, formats)
+    except ResultsError as exc:
+        fail(str(exc))
     except OSError as exc:
         fail(f"cannot write figures to {folder}: {exc.strerror or exc}")
     console = out()

@@ -103,6 +103,22 @@ SHOWN = ["method", "mode", "seqlen", "world_size", "ms", "tflops_per_gpu", "scal
          "comm_hidden_pct", "peak_mem_gb"]
 
 
+def write_figure(out: Path, folder: Path | None = None, formats=("png",), table=None) -> list[Path]:
+    """The ring run's scaling figure (what ``fa2bench plot`` draws for it): scaling.png and any other
+    ``formats`` in ``folder`` (default: the run folder); none when no point ran."""
+    out = Path(out)
+    folder = Path(folder) if folder is not None else out
+    table = scaling(load(out)) if table is None else table
+    if not len(table):
+        return []
+    folder.mkdir(parents=True, exist_ok=True)
+    fig = figure(table)
+    paths = [folder / f"scaling.{fmt}" for fmt in dict.fromkeys(("png", *formats))]
+    for path in paths:
+        fig.savefig(path, dpi=120, format=path.suffix[1:])
+    return paths
+
+
 def write_report(out: Path, formats=("png",)) -> Path:
     """The ring run's report (what ``fa2bench report`` writes for it): scaling.csv, the figure (scaling.png and
     any other ``formats``) and report.md (the scaling table, the points that did not run, the figure)."""
@@ -110,10 +126,7 @@ def write_report(out: Path, formats=("png",)) -> Path:
     frame = load(out)
     table = scaling(frame)
     table.to_csv(out / "scaling.csv", index=False)
-    if len(table):
-        fig = figure(table)
-        for fmt in dict.fromkeys(("png", *formats)):
-            fig.savefig(out / f"scaling.{fmt}", dpi=120, format=fmt)
+    write_figure(out, out, formats, table)
     path = out / REPORT_NAME
     path.write_text(render(frame, table, out.name))
     return path
