@@ -484,16 +484,15 @@ def list_runs(root: str | Path = "results", kind: str | None = "sweep") -> list[
     root = Path(root)
     if not root.is_dir():
         return []
-    found = []
+    found, rows = [], (CSV_NAME, PARQUET_NAME, ringreport.CSV_NAME)
     for folder in root.iterdir():
-        rows = (CSV_NAME, PARQUET_NAME, ringreport.CSV_NAME)
         if not (folder / META_NAME).exists() or not any((folder / name).exists() for name in rows):
             continue
         try:
             meta = read_meta(folder)
         except ResultsError:
             continue
-        if kind is not None and ("ring" if ringreport.is_ring(folder) else meta.get("kind", "sweep")) != kind:
+        if kind is not None and ("ring" if ringreport.is_ring(folder, meta) else meta.get("kind", "sweep")) != kind:
             continue
         # a ring run's meta.json has one entry per job: the first job's start
         started = meta.get("started_utc") or (meta.get("runs") or [{}])[0].get("started_utc")

@@ -592,18 +592,17 @@ def tiles(headdim: int, rung: int = 8, consumers: int | None = None, causal: boo
     two there, but 0.87-1.00x two under the mask at 2k-8k: results/h200-fa3-consumers-ab); rung 10 adds 64 KiB
     of P buffers and, at d128, keeps one Q buffer (the kernel decides: 192 KiB at d64, 224 KiB at d128).
     ``consumers`` overrides the count (studies and tests)."""
+    stages = 3 if headdim <= 64 else 2
     if rung == 8:
-        return dict(BLOCK_M=128, BLOCK_N=128, STAGES=3 if headdim <= 64 else 2, Q_ROWS=128, CONSUMERS=1)
+        return dict(BLOCK_M=128, BLOCK_N=128, STAGES=stages, Q_ROWS=128, CONSUMERS=1)
     consumers = consumers or (3 if rung == 9 and headdim <= 64 and not causal else 2)
-    return dict(BLOCK_M=64 * consumers, BLOCK_N=128, STAGES=3 if headdim <= 64 else 2, Q_ROWS=64,
-                CONSUMERS=consumers)
+    return dict(BLOCK_M=64 * consumers, BLOCK_N=128, STAGES=stages, Q_ROWS=64, CONSUMERS=consumers)
 
 
 def _tile_blocks(n_m: int, seqlen_q: int, seqlen_k: int, block_m: int, block_n: int = 128) -> np.ndarray:
     """K/V blocks each causal query block visits (``_kv_blocks``'s count, on the host)."""
-    bm, bn = block_m, block_n
-    hi = np.clip(np.arange(n_m) * bm + bm + seqlen_k - seqlen_q, 0, seqlen_k)
-    return -(-hi // bn)
+    hi = np.clip(np.arange(n_m) * block_m + block_m + seqlen_k - seqlen_q, 0, seqlen_k)
+    return -(-hi // block_n)
 
 
 def causal_order(n_m: int, bh: int, band: int) -> tuple[np.ndarray, np.ndarray]:

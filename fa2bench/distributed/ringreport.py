@@ -75,13 +75,15 @@ def figure(table):
     return fig
 
 
-def is_ring(run_dir: Path) -> bool:
-    """Whether a folder holds a ring run: meta.json says so, or (a run from before it did) it holds ring.csv and
-    no sweep results."""
+def is_ring(run_dir: Path, meta: dict | None = None) -> bool:
+    """Whether a folder holds a ring run: meta.json (``meta`` if the caller has read it) says so, or (a run from
+    before it did) it holds ring.csv and no sweep results."""
     from fa2bench.run.results import CSV_NAME as SWEEP_CSV, read_meta
 
     run_dir = Path(run_dir)
-    kind = (read_meta(run_dir) if run_dir.is_dir() else {}).get("kind")
+    if meta is None:
+        meta = read_meta(run_dir) if run_dir.is_dir() else {}
+    kind = meta.get("kind")
     return kind == KIND if kind else (run_dir / CSV_NAME).exists() and not (run_dir / SWEEP_CSV).exists()
 
 
