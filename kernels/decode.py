@@ -17,7 +17,8 @@ query blocks has nothing to split:
    itself and no combine runs.
 3. **Tiles and splits** (``plan``: ``choose_tile``, ``num_splits_heuristic``), from a measured study
    (results/h200-decode-tiles): 128-key blocks, 3 stages, one program per SM when the cache gives every SM a
-   block, else 64-key blocks, 2 stages, two per SM; then as many splits as keep the grid within one wave of
+   block, else 64-key blocks, 2 stages, two per SM (32-key blocks, 3 stages for a short cache with two programs
+   per SM or more); then as many splits as keep the grid within one wave of
    resident programs, ``splits = (per_sm * sm_count) // (batch * kv_heads * m_tiles)``, at least one block
    each (n_blocks from the cache's capacity, not the lengths, so no host sync), at most 128, 1 when the grid
    already fills a wave. A second wave of splits costs more than it hides: at batch 1 and 16k keys, 16 splits
@@ -217,11 +218,15 @@ def choose_tile(programs: int, capacity: int, elt: int, block_d: int, sms: int) 
     - 128-key blocks with 3 stages (one program per SM, two 64 KiB K/V buffers) stream fastest once every SM
       gets at least one block (results/h200-decode-tiles); when the cache is too short for that, 64-key blocks
       with 2 stages (two programs per SM) give the splits more blocks to share. fp32 keeps 32-key blocks.
-    - A short cache (at most 8 blocks of 128 keys): 64-key blocks, 2 stages, several programs resident per SM,
-      unless the programs come to about one per SM (more than half the SMs, fewer than twice them), where
-      128/3 with no split is fastest. 1k keys (results/h200-decode-tiles-1k): batch 64, 65 us against 73 us
+    - A short cache (at most 8 blocks of 128 keys) with at most half as many programs as SMs: 64-key blocks,
+      2 stages, split; where the programs come to about one per SM (more than half the SMs, fewer than twice
+      them), 128/3 with no split is fastest. 1k keys (results/h200-decode-tiles-1k): batch 64, 65 us against 73 us
       for 128/3; batch 4 (32 programs, 8 splits), 11.3 us against 12.0 us for 128/3 with 4 splits; batch 16
       (128 programs), 128/3 20.9 us, every 64-key tiling 21.1 us or more.
+    - A short cache with at least two programs per SM: 32-key blocks, 3 stages (four programs resident per SM).
+      At batch 64 with 64 query heads (results/h200-decode-tiles-64h) 32/4/3 takes 67.2 us against 78.7 us for
+      64/4/2; with 32 heads (h200-decode-tiles-1k) 66.1 against 65.3 at batch 64 and 247.2 against 248.2 at 256:
+      the one tiling within 1.2% of the best at all three shapes.
     - A paged cache takes the same tiles: a block larger than a page reads several (each key row finds its
       own), and with the K/V loads buffered as deeply as the contiguous path's (``triton_stages``) nothing in
       the tiling depends on the page. Earlier, page-capped blocks cost 1.02-1.26x the contiguous time and
@@ -232,7 +237,9 @@ def choose_tile(programs: int, capacity: int, elt: int, block_d: int, sms: int) 
         block_n, stages = 32, 3
     elif programs * triton.cdiv(capacity, 128) < sms:
         block_n, stages = 64, 2
-    elif capacity <= 8 * 128 and not sms // 2 < programs < 2 * sms:
+    elif capacity <= 8 * 128 and programs >= 2 * sms:
+        block_n, stages = 32, 3
+    elif capacity <= 8 * 128 and programs <= sms // 2:
         block_n, stages = 64, 2
     else:
         block_n, stages = 128, 3

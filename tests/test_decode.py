@@ -110,8 +110,12 @@ def test_tiles_follow_the_cache_and_fit_shared_memory():
     assert choose_tile(programs=8, capacity=1024, elt=2, block_d=128, sms=132) == (64, 2)
     assert choose_tile(programs=8, capacity=16384, elt=4, block_d=128, sms=132) == (32, 3)
     assert choose_tile(programs=512, capacity=4096, elt=2, block_d=128, sms=132) == (128, 3)
-    # a short cache: 64-key blocks, 2 stages (several programs per SM), except about one program per SM
-    assert choose_tile(programs=512, capacity=1024, elt=2, block_d=128, sms=132) == (64, 2)
+    # a short cache: 64-key blocks, 2 stages with few programs; 32-key blocks, 3 stages with two per SM and more;
+    # 128 keys, 3 stages at about one program per SM
+    assert choose_tile(programs=512, capacity=1024, elt=2, block_d=128, sms=132) == (32, 3)
+    assert choose_tile(programs=264, capacity=1024, elt=2, block_d=128, sms=132) == (32, 3)
+    assert choose_tile(programs=263, capacity=1024, elt=2, block_d=128, sms=132) == (128, 3)
+    assert choose_tile(programs=66, capacity=1024, elt=2, block_d=128, sms=132) == (64, 2)
     assert choose_tile(programs=32, capacity=1024, elt=2, block_d=128, sms=132) == (64, 2)
     assert choose_tile(programs=128, capacity=1024, elt=2, block_d=128, sms=132) == (128, 3)
     assert choose_tile(programs=32, capacity=2048, elt=2, block_d=128, sms=132) == (128, 3)
