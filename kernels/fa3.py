@@ -426,12 +426,38 @@ def _pp_blocks(acc, m_i, l_i, p, q, k_bufs, v_bufs, p_bufs, k_ready, v_ready, kv
 
 
 @gluon.jit
+def _skip_blocks(k_ready, v_ready, kv_empty, turn, it, g, n_own, n_blocks, STAGES: gl.constexpr, WG: gl.constexpr):
+    """Under the causal mask a warpgroup whose rows see ``n_own`` of the tile's ``n_blocks`` K/V blocks computes
+    only those and passes the rest: it takes the turns the other warpgroups' groups for them come round to
+    without issuing a wgmma (a tile takes n_blocks + 1 groups, a warpgroup's own part n_own + 1, or none), and
+    at each frees the dead block before it in both halves of its stage once it has landed (freeing a stage
+    earlier would count toward its previous use). Each wait is one the warpgroup would make in that turn if it
+    computed the block, so the turns cannot deadlock."""
+    first = gl.where(n_own > 0, n_own + 1, 0)
+    last = gl.where(n_blocks > 0, n_blocks + 1, 0)
+    for j in range(first, last):
+        if j > 0:
+            s = it % STAGES
+            mbarrier.wait(k_ready.index(s), it // STAGES & 1)
+            mbarrier.arrive(kv_empty.index(s), count=1)
+            mbarrier.wait(v_ready.index(s), it // STAGES & 1)
+            mbarrier.arrive(kv_empty.index(STAGES + s), count=1)
+            it += 1
+        _my_turn(turn, g, WG)
+        _pass_turn(turn, WG)
+        g += 1
+    return it, g
+
+
+@gluon.jit
 def _pp_consumer(q_bufs, k_bufs, v_bufs, p_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty, turn, O, LSE,
                  qk_scale, N_CTX_Q, N_CTX_K, n_tiles, BAND, CAUSAL: gl.constexpr, STAGES: gl.constexpr,
                  OVERLAP: gl.constexpr, WG: gl.constexpr):
     """One consumer warpgroup (4 warps): rows [WG * 64, WG * 64 + 64) of every tile of CONSUMERS x 64 rows (one
     ``turn`` barrier per consumer), its own Q slice, the K/V ring shared with the other warpgroups (each arrives
-    once on each ``kv_empty``). All walk the same K/V blocks (the tile's), so their turn counters stay in step.
+    once on each ``kv_empty``). All walk the same K/V blocks (the tile's), so their turn counters stay in step;
+    under the causal mask a warpgroup computes only the blocks its own rows see and passes the rest
+    (``_skip_blocks``).
     ``p_bufs``: rung 10's P buffers (two per warpgroup; unused by rung 9)."""
     ROWS: gl.constexpr = q_bufs.shape[2]
     HEAD_DIM: gl.constexpr = q_bufs.shape[3]
@@ -455,14 +481,14 @@ def _pp_consumer(q_bufs, k_bufs, v_bufs, p_bufs, q_ready, q_empty, k_ready, v_re
         mb, bh = _tile(t, n_m, BH, BAND, CAUSAL)
         m0 = mb * BLOCK_M
         r0 = m0 + WG * ROWS
-        n_full, n_blocks = _kv_blocks(m0, N_CTX_Q, N_CTX_K, CAUSAL, BLOCK_M, BLOCK_N)
+        n_full, n_own = _kv_blocks(r0, N_CTX_Q, N_CTX_K, CAUSAL, ROWS, BLOCK_N)  # this warpgroup's rows
         qb = done % Q_BUFS
         mbarrier.wait(q_ready.index(qb), done // Q_BUFS & 1)
         q = q_bufs.index(qb * CONSUMERS + WG).reshape([ROWS, HEAD_DIM])
         m_i = gl.full([ROWS], -1.0e30, gl.float32, s_rows)  # finite: never -inf - -inf
         l_i = gl.zeros([ROWS], gl.float32, s_rows)
         acc = gl.zeros([ROWS, HEAD_DIM], gl.float32, o_layout)
-        if n_blocks > 0:
+        if n_own > 0:
             # block 0 alone (S only, masked: it may hold the diagonal or the ragged end)
             it0 = it
             s = it % STAGES
@@ -481,7 +507,7 @@ def _pp_consumer(q_bufs, k_bufs, v_bufs, p_bufs, q_ready, q_empty, k_ready, v_re
                                                  kv_empty, turn, it, it0, g, 1, n_full, r0, qk_scale, N_CTX_Q,
                                                  N_CTX_K, False, CAUSAL, STAGES, OVERLAP, WG)
             acc, m_i, l_i, p, it, g = _pp_blocks(acc, m_i, l_i, p, q, k_bufs, v_bufs, p_bufs, k_ready, v_ready,
-                                                 kv_empty, turn, it, it0, g, gl.maximum(n_full, 1), n_blocks, r0,
+                                                 kv_empty, turn, it, it0, g, gl.maximum(n_full, 1), n_own, r0,
                                                  qk_scale, N_CTX_Q, N_CTX_K, True, CAUSAL, STAGES, OVERLAP, WG)
             # every S of the tile has been waited for: Q's buffer is free (with one buffer, the next tile's Q
             # loads under this P V and the epilogue)
@@ -498,6 +524,10 @@ def _pp_consumer(q_bufs, k_bufs, v_bufs, p_bufs, q_ready, q_empty, k_ready, v_re
             mbarrier.arrive(kv_empty.index(STAGES + s_prev), count=1)
         else:
             mbarrier.arrive(q_empty.index(qb), count=1)
+        if CAUSAL:
+            # the tile's blocks past this warpgroup's diagonal: no rows of its own see them
+            _, n_blocks = _kv_blocks(m0, N_CTX_Q, N_CTX_K, CAUSAL, BLOCK_M, BLOCK_N)
+            it, g = _skip_blocks(k_ready, v_ready, kv_empty, turn, it, g, n_own, n_blocks, STAGES, WG)
         done += 1
         _epilogue(acc, m_i, l_i, O, LSE, bh, r0, N_CTX_Q, ROWS, HEAD_DIM, q_bufs.dtype)
 
