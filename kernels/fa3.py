@@ -109,14 +109,15 @@ def _rounds(n_tiles, CAUSAL: gl.constexpr):
 
 @gluon.jit
 def _kv_blocks(m0, N_CTX_Q, N_CTX_K, CAUSAL: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr):
-    """(blocks every row of the query block [m0, m0 + BLOCK_M) sees in full, blocks it sees at all)."""
+    """(blocks every row of the query block [m0, m0 + BLOCK_M) sees in full, blocks its rows below seqlen_q see
+    at all: none for a block of rows wholly past seqlen_q, such as a consumer warpgroup's slice of a last tile)."""
     if CAUSAL:
         diag = N_CTX_K - N_CTX_Q
         n_full = gl.maximum(gl.minimum(m0 + diag + 1, N_CTX_K), 0) // BLOCK_N
-        hi = gl.maximum(gl.minimum(m0 + BLOCK_M + diag, N_CTX_K), 0)
+        hi = gl.maximum(gl.minimum(gl.minimum(m0 + BLOCK_M, N_CTX_Q) + diag, N_CTX_K), 0)
     else:
         n_full = N_CTX_K // BLOCK_N
-        hi = N_CTX_K
+        hi = gl.where(m0 < N_CTX_Q, N_CTX_K, 0)
     return n_full, gl.cdiv(hi, BLOCK_N)
 
 
@@ -427,8 +428,8 @@ def _pp_blocks(acc, m_i, l_i, p, q, k_bufs, v_bufs, p_bufs, k_ready, v_ready, kv
 
 @gluon.jit
 def _skip_blocks(k_ready, v_ready, kv_empty, turn, it, g, n_own, n_blocks, STAGES: gl.constexpr, WG: gl.constexpr):
-    """Under the causal mask a warpgroup whose rows see ``n_own`` of the tile's ``n_blocks`` K/V blocks computes
-    only those and passes the rest: it takes the turns the other warpgroups' groups for them come round to
+    """A warpgroup whose rows see ``n_own`` of the tile's ``n_blocks`` K/V blocks (fewer under the causal mask,
+    none where its rows lie past seqlen_q) computes only those and passes the rest: it takes the turns the other warpgroups' groups for them come round to
     without issuing a wgmma (a tile takes n_blocks + 1 groups, a warpgroup's own part n_own + 1, or none), and
     at each frees the dead block before it in both halves of its stage once it has landed (freeing a stage
     earlier would count toward its previous use). Each wait is one the warpgroup would make in that turn if it
@@ -456,8 +457,8 @@ def _pp_consumer(q_bufs, k_bufs, v_bufs, p_bufs, q_ready, q_empty, k_ready, v_re
     """One consumer warpgroup (4 warps): rows [WG * 64, WG * 64 + 64) of every tile of CONSUMERS x 64 rows (one
     ``turn`` barrier per consumer), its own Q slice, the K/V ring shared with the other warpgroups (each arrives
     once on each ``kv_empty``). All walk the same K/V blocks (the tile's), so their turn counters stay in step;
-    under the causal mask a warpgroup computes only the blocks its own rows see and passes the rest
-    (``_skip_blocks``).
+    a warpgroup computes only the blocks its own rows see and passes the rest (``_skip_blocks``: under the causal
+    mask, and for a slice of rows past seqlen_q).
     ``p_bufs``: rung 10's P buffers (two per warpgroup; unused by rung 9)."""
     ROWS: gl.constexpr = q_bufs.shape[2]
     HEAD_DIM: gl.constexpr = q_bufs.shape[3]
@@ -524,10 +525,9 @@ def _pp_consumer(q_bufs, k_bufs, v_bufs, p_bufs, q_ready, q_empty, k_ready, v_re
             mbarrier.arrive(kv_empty.index(STAGES + s_prev), count=1)
         else:
             mbarrier.arrive(q_empty.index(qb), count=1)
-        if CAUSAL:
-            # the tile's blocks past this warpgroup's diagonal: no rows of its own see them
-            _, n_blocks = _kv_blocks(m0, N_CTX_Q, N_CTX_K, CAUSAL, BLOCK_M, BLOCK_N)
-            it, g = _skip_blocks(k_ready, v_ready, kv_empty, turn, it, g, n_own, n_blocks, STAGES, WG)
+        # the tile's blocks no row of this warpgroup's own sees (past its diagonal, or its rows past seqlen_q)
+        _, n_blocks = _kv_blocks(m0, N_CTX_Q, N_CTX_K, CAUSAL, BLOCK_M, BLOCK_N)
+        it, g = _skip_blocks(k_ready, v_ready, kv_empty, turn, it, g, n_own, n_blocks, STAGES, WG)
         done += 1
         _epilogue(acc, m_i, l_i, O, LSE, bh, r0, N_CTX_Q, ROWS, HEAD_DIM, q_bufs.dtype)
 
@@ -614,24 +614,31 @@ PP_NUM_WARPS = 4  # rungs 9, 10: the default partition is one consumer warpgroup
 RUNGS = {8: "fa3", 9: "fa3-pingpong", 10: "fa3-overlap"}
 
 
-def tiles(headdim: int, rung: int = 8, consumers: int | None = None, causal: bool = False) -> dict:
+THREE_CAUSAL_FROM = 4096  # rung 9 at d64 under the causal mask: three consumers from this many query rows
+
+
+def tiles(headdim: int, rung: int = 8, consumers: int | None = None, causal: bool = False,
+          seqlen_q: int = 0) -> dict:
     """Tile sizes and ring depth per head dim (shared memory: 2 Q buffers + STAGES x (K + V) stages, fp16/bf16):
     d64: 128 x 128, 3 stages (128 KiB); d128: 128 x 128, 2 stages (192 KiB). Rungs 9 and 10 split the query
     rows into 64-row slices (Q_ROWS), one per consumer warpgroup (CONSUMERS of them; rung 8 has one consumer
-    partition): two, and three for rung 9 at d64 without the causal mask (192-row tiles, 144 KiB; 1.07-1.17x
-    two there, but 0.87-1.00x two under the mask at 2k-8k: results/h200-fa3-consumers-ab); rung 10 adds 64 KiB
-    of P buffers and, at d128, keeps one Q buffer (the kernel decides: 192 KiB at d64, 224 KiB at d128).
-    ``consumers`` overrides the count (studies and tests)."""
+    partition): two, and three for rung 9 at d64 (192-row tiles, 144 KiB) without the causal mask, and under it
+    from THREE_CAUSAL_FROM query rows. Three / two, in one process: without the mask 1.04-1.19x; under it, once
+    each warpgroup skips the blocks past its own diagonal (``_skip_blocks``), 0.89-0.92x at 2k, 0.99-1.05x at
+    4k-8k and 1.04-1.10x at 16k (results/h200-fa3-consumers-ab-2; before the skip, h200-fa3-consumers-ab: 0.87x
+    at 2k). Rung 10 adds 64 KiB of P buffers and, at d128, keeps one Q buffer (the kernel decides: 192 KiB at
+    d64, 224 KiB at d128). ``consumers`` overrides the count (studies and tests)."""
     stages = 3 if headdim <= 64 else 2
     if rung == 8:
         return dict(BLOCK_M=128, BLOCK_N=128, STAGES=stages, Q_ROWS=128, CONSUMERS=1)
-    consumers = consumers or (3 if rung == 9 and headdim <= 64 and not causal else 2)
+    three = rung == 9 and headdim <= 64 and (not causal or seqlen_q >= THREE_CAUSAL_FROM)
+    consumers = consumers or (3 if three else 2)
     return dict(BLOCK_M=64 * consumers, BLOCK_N=128, STAGES=stages, Q_ROWS=64, CONSUMERS=consumers)
 
 
 def _tile_blocks(n_m: int, seqlen_q: int, seqlen_k: int, block_m: int, block_n: int = 128) -> np.ndarray:
     """K/V blocks each causal query block visits (``_kv_blocks``'s count, on the host)."""
-    hi = np.clip(np.arange(n_m) * block_m + block_m + seqlen_k - seqlen_q, 0, seqlen_k)
+    hi = np.clip(np.minimum(np.arange(n_m) * block_m + block_m, seqlen_q) + seqlen_k - seqlen_q, 0, seqlen_k)
     return -(-hi // block_n)
 
 
@@ -674,7 +681,7 @@ def launch_ints(batch: int, heads: int, group: int, seqlen_q: int, seqlen_k: int
     """Rung ``rung``'s forward kernel's runtime ints after ``qk_scale``, in their order: H, GROUP, N_CTX_Q,
     N_CTX_K, n_tiles (query blocks x batch x heads) and BAND (``causal_band``; 1 without the mask, where it is
     not read)."""
-    block_m = tiles(headdim, rung, consumers, causal)["BLOCK_M"]
+    block_m = tiles(headdim, rung, consumers, causal, seqlen_q)["BLOCK_M"]
     n_m = triton.cdiv(seqlen_q, block_m)
     band = causal_band(n_m, batch * heads, sms, 2 * seqlen_k * headdim * elt, l2_bytes, seqlen_q, seqlen_k,
                        block_m) if causal else 1
@@ -683,7 +690,7 @@ def launch_ints(batch: int, heads: int, group: int, seqlen_q: int, seqlen_k: int
 
 def forward_kernel(rung: int, headdim: int, causal: bool, consumers: int | None = None) -> tuple:
     """Rung ``rung``'s forward kernel and its compile-time arguments (constexprs and warps), as ``fa3_forward``
-    launches it and ``compile_sm90`` compiles it."""
+    launches it and ``compile_sm90`` compiles it (``consumers`` None: ``tiles``' count at short sequences)."""
     cfg = tiles(headdim, rung, consumers, causal)
     if rung == 8:
         return _fa3_fwd_kernel, dict(CAUSAL=causal, STAGES=cfg["STAGES"], num_warps=NUM_WARPS)
@@ -725,7 +732,7 @@ def fa3_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool 
                 sm_scale: float | None = None, rung: int = 8, band: int | None = None,
                 consumers: int | None = None):
     """The forward of rung ``rung`` (8: one 8-warp consumer partition; 9: ping-pong of two 4-warp consumer
-    partitions, three at head dim 64 without the mask; 10: ping-pong of two plus the softmax overlapped with the
+    partitions, three at head dim 64 (under the mask from 4k query rows); 10: ping-pong of two plus the softmax overlapped with the
     warpgroup's own P V, P through shared memory):
     ``(o, lse)``, lse the log2-domain log-sum-exp (fp32, (batch, heads, seqlen_q), +inf for a row that sees no
     key), the same convention as ``flash2_forward``. ``band`` overrides ``causal_band``, ``consumers`` the
@@ -740,7 +747,8 @@ def fa3_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool 
     reason = unsupported(q, k, v)
     if reason:
         raise ValueError(f"{name}: {reason}")
-    cfg = tiles(shape.headdim, rung, consumers, bool(causal))
+    cfg = tiles(shape.headdim, rung, consumers, bool(causal), shape.seqlen_q)
+    consumers = cfg["CONSUMERS"]  # the launch's count, for the two helpers below
     bm, bn, qr, d = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["Q_ROWS"], shape.headdim
     q3, k3, v3 = _tma_heads(q), _tma_heads(k), _tma_heads(v)
     q_desc = TensorDescriptor.from_tensor(q3, [1, qr, d], smem_layout([1, qr, d], q.dtype))

@@ -121,9 +121,11 @@ def test_rung9_at_head_dim_64_runs_three_consumer_warpgroups_without_spills_in_t
     from fa2bench.kernels import fa3
 
     assert fa3.tiles(64, 9)["CONSUMERS"] == 3 and fa3.tiles(64, 9)["BLOCK_M"] == 192
-    # two where three measured slower (the causal mask) and where three do not fit (d128) or are not built (rung 10)
-    assert [fa3.tiles(64, 9, causal=True)["CONSUMERS"], fa3.tiles(128, 9)["CONSUMERS"],
-            fa3.tiles(64, 10)["CONSUMERS"]] == [2, 2, 2]
+    assert fa3.tiles(64, 9, causal=True, seqlen_q=fa3.THREE_CAUSAL_FROM)["CONSUMERS"] == 3
+    # two where three measured slower (the causal mask on short sequences) and where three do not fit (d128) or
+    # are not built (rung 10)
+    assert [fa3.tiles(64, 9, causal=True, seqlen_q=fa3.THREE_CAUSAL_FROM - 1)["CONSUMERS"],
+            fa3.tiles(128, 9)["CONSUMERS"], fa3.tiles(64, 10)["CONSUMERS"]] == [2, 2, 2]
     asm = _compiled_asm(64, causal, 9, consumers=3)
     # the default partition: up to 256 while it sets up, then down to 168; the two workers up to 160; the producer
     # down to 24 (128 x (168 + 2 x 160 + 24) = 65,536)
@@ -353,8 +355,8 @@ def test_every_causal_band_gives_the_reference_output(band, rung, headdim):
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
 @pytest.mark.parametrize("shape", [s for s in SHAPES if s[-1] == 64], ids=shape_id)
 def test_rung9_with_the_other_consumer_count_at_head_dim_64_gives_the_reference_output(shape, causal):
-    """The consumer count rung 9 does not pick at d64 (two without the mask, three with it), which ``consumers``
-    keeps for the A/B (tools/fa3_consumers_ab.py), still computes attention."""
+    """The consumer count rung 9 does not pick at d64 on these shorter sequences (two without the mask, three
+    with it), which ``consumers`` keeps for the A/B (tools/fa3_consumers_ab.py), still computes attention."""
     from fa2bench.kernels.fa3 import fa3_forward
 
     other = 3 if causal else 2
@@ -362,6 +364,27 @@ def test_rung9_with_the_other_consumer_count_at_head_dim_64_gives_the_reference_
     verdict = check_attention(lambda q, k, v, c: fa3_forward(q, k, v, causal=c, rung=9, consumers=other)[0], q, k,
                               v, causal, backward=False)
     assert verdict.ok, verdict.detail
+
+
+@pytest.mark.gpu
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(not _hopper(), reason="needs a Hopper GPU (sm_90)")
+@pytest.mark.parametrize("shape", [(1, 2, 1, 4100, 4100, 64), (2, 2, 2, 4097, 6000, 64), (1, 2, 2, 4224, 300, 64)],
+                         ids=shape_id)
+def test_rung9_under_the_mask_from_4k_rows_runs_three_consumers_and_gives_the_reference_output(shape):
+    """From THREE_CAUSAL_FROM query rows the causal d64 forward takes 192-row tiles of three consumers, whose
+    warpgroups pass the blocks past their own diagonals and, in a ragged last tile, every block for rows past
+    seqlen_q (here 4100 = 21 x 192 + 68: the second warpgroup keeps 4 rows, the third none); with seqlen_q >
+    seqlen_k the first rows see no key (O = 0, L = +inf)."""
+    from fa2bench.kernels import fa3
+
+    q, k, v = make_qkv(shape, torch.float16, "cuda")
+    o, lse = fa3.fa3_forward(q, k, v, causal=True, rung=9)
+    assert "BLOCK_M=192" in fa3.last_config()
+    verdict = check_attention(lambda q, k, v, c: fa3.fa3_forward(q, k, v, causal=c, rung=9)[0], q, k, v, True,
+                              backward=False)
+    assert verdict.ok, verdict.detail
+    torch.testing.assert_close(lse.double(), lse_ref(q, k, True), atol=1e-3, rtol=1e-5)
 
 
 @pytest.mark.gpu
