@@ -25,8 +25,9 @@ above the diagonal never visited, and a row that sees no key giving O = 0 and L 
 Rung 9 (``_fa3_pp_fwd_kernel``, provider ``fa3-pingpong``): the two consumer warpgroups become two 4-warp partitions
 with their own 64-row Q slices, whose wgmma groups (P_{j-1} V_{j-1} with S_j) alternate through two ``turn``
 mbarriers, so one's softmax runs under the other's GEMMs. At head dim 64 a 64 x 128 block's softmax outlasts one
-warpgroup's two GEMMs, so rung 9 runs three consumer warpgroups there without the causal mask (192-row tiles, the
-turns round robin, 160 registers each; FA3 also runs three at d64). Rung 10, the same kernel with ``OVERLAP``
+warpgroup's two GEMMs, so rung 9 runs three consumer warpgroups there (192-row tiles, the turns round robin, 160
+registers each; FA3 also runs three at d64), under the causal mask from 4k query rows; each warpgroup computes only
+the K/V blocks its own rows see and passes the others (``_skip_blocks``). Rung 10, the same kernel with ``OVERLAP``
 (provider ``fa3-overlap``): FA3's intra-warpgroup overlap. S_j is issued first and waited for alone before the softmax
 of block j, which runs under the warpgroup's own P_{j-1} V_{j-1}; P goes to that wgmma through shared memory (two
 buffers per warpgroup), because with P in registers ptxas waits for the P V before the first exponential (it writes
