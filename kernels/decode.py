@@ -386,7 +386,6 @@ def _check(q, k_cache, v_cache, seqlens_k, block_table, causal, num_splits):
 
 
 _arrivals: dict[tuple, torch.Tensor] = {}
-_outgrown: list[torch.Tensor] = []  # counters a larger launch replaced, kept alive for graphs that captured them
 
 
 def _arrival_counters(device: torch.device, n: int) -> torch.Tensor:
@@ -398,8 +397,6 @@ def _arrival_counters(device: torch.device, n: int) -> torch.Tensor:
     key = (str(device), stream)
     buf = _arrivals.get(key)
     if buf is None or buf.numel() < n:
-        if buf is not None:
-            _outgrown.append(buf)
         buf = _arrivals[key] = torch.zeros(max(n, 1024), dtype=torch.int32, device=device)
     return buf
 
