@@ -391,8 +391,7 @@ _arrivals: dict[tuple, torch.Tensor] = {}
 def _arrival_counters(device: torch.device, n: int) -> torch.Tensor:
     """``n`` int32 counters at zero, one per (batch, kv head, row tile), that a merging launch counts its splits'
     arrivals in and leaves at zero again (the merging program resets its tile's). Kept per (device, stream), so
-    that no allocation or memset runs per call and two launches sharing counters run one after the other; never
-    freed (4 KiB a stream), since a captured CUDA graph keeps their address."""
+    that no allocation or memset runs per call; two launches on one stream run one after the other."""
     stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
     key = (str(device), stream)
     buf = _arrivals.get(key)
