@@ -12,10 +12,9 @@ query blocks has nothing to split:
 2. **Split-KV (flash-decoding).** The grid is (splits, batch * kv_heads, m_tiles). Split s of a sequence with
    ``n`` K/V blocks takes the contiguous blocks ``[s * ceil(n / S), (s + 1) * ceil(n / S))``; it writes its
    partial output, *normalised by its own row sum*, in fp32 and its log-sum-exp ``L_s`` (log2 domain; -inf for
-   a split with no key). The last split of a tile to finish (counted by an atomic per tile) merges them in the
-   same launch: ``O = sum_s 2^(L_s - L) O_s`` with ``L = log2 sum_s 2^L_s`` (``_merge_splits``); ``merge="kernel"``
-   runs the merge as a second launch instead (``_combine_kernel``, one program per output row). With one split
-   the kernel writes O itself and nothing merges.
+   a split with no key). A second kernel (``_combine_kernel``, one program per output row) merges them:
+   ``O = sum_s 2^(L_s - L) O_s`` with ``L = log2 sum_s 2^L_s``. With one split the first kernel writes O
+   itself and no combine runs.
 3. **Tiles and splits** (``plan``: ``choose_tile``, ``num_splits_heuristic``), from a measured study
    (results/h200-decode-tiles): 128-key blocks, 3 stages, one program per SM when the cache gives every SM a
    block, else 64-key blocks, 2 stages, two per SM (32-key blocks, 3 stages for a short cache with two programs
@@ -106,13 +105,13 @@ def _decode_inner(acc, l_i, m_i, q, K, V, table_row, lo, hi, limit, seqlen, off_
 
 
 @triton.jit
-def _decode_kernel(Q, K, V, Out, OPart, LsePart, Arrived, SeqlensK, BlockTable, qk_scale,
+def _decode_kernel(Q, K, V, Out, OPart, LsePart, SeqlensK, BlockTable, qk_scale,
                    stride_qb, stride_qm, stride_qh, stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh,
                    stride_ob, stride_om, stride_oh, stride_tb,
                    BATCH, HEADS, KV_HEADS, Q_LEN, NUM_SPLITS,
                    GROUP: tl.constexpr, CAUSAL: tl.constexpr, PAGED: tl.constexpr, PAGE_SIZE: tl.constexpr,
-                   SPLIT: tl.constexpr, MERGE_LAST: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr):
+                   SPLIT: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
+                   BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr):
     split = tl.program_id(0)
     off_b = tl.program_id(1) // KV_HEADS
     off_hkv = tl.program_id(1) % KV_HEADS
@@ -164,44 +163,9 @@ def _decode_kernel(Q, K, V, Out, OPart, LsePart, Arrived, SeqlensK, BlockTable, 
         lse = tl.where(seen, m_i + tl.math.log2(tl.where(seen, l_i, 1.0)), float("-inf"))
         tl.store(LsePart + row, lse, mask=row_ok)
         tl.store(OPart + row[:, None] * HEAD_DIM + offs_d[None, :], o, mask=mask)
-        if MERGE_LAST:
-            # the last of this tile's splits to arrive merges them all: its acquire orders the others' partials
-            # (each released by its own arrival, after a barrier over its threads) before its loads
-            tile = tl.program_id(1) * tl.num_programs(2) + tl.program_id(2)
-            tl.debug_barrier()
-            if tl.atomic_add(Arrived + tile, 1, sem="acq_rel") == NUM_SPLITS - 1:
-                _merge_splits(OPart, LsePart, Out, row - split * (BATCH * Q_LEN * HEADS), BATCH * Q_LEN * HEADS,
-                              NUM_SPLITS, off_b * stride_ob + q_idx[:, None] * stride_om
-                              + head[:, None] * stride_oh + offs_d[None, :], row_ok, offs_d, HEAD_DIM)
-                tl.store(Arrived + tile, 0)  # zero again for the next call
     else:
         o_off = off_b * stride_ob + q_idx[:, None] * stride_om + head[:, None] * stride_oh + offs_d[None, :]
         tl.store(Out + o_off, o.to(Out.dtype.element_ty), mask=mask)
-
-
-@triton.jit
-def _merge_splits(OPart, LsePart, Out, row0, split_stride, NUM_SPLITS, o_off, row_ok, offs_d,
-                  HEAD_DIM: tl.constexpr):
-    """O of a tile's rows (``row0``: their rows of split 0's partials, ``split_stride`` apart per split) merged
-    from the splits' partials by their log-sum-exps, one split at a time (a running max keeps exp2 finite), and
-    stored at ``Out + o_off``."""
-    mask = row_ok[:, None] & (offs_d[None, :] < HEAD_DIM)
-    m = tl.zeros_like(row0).to(tl.float32) - float("inf")
-    w_sum = tl.zeros_like(m)
-    acc = tl.zeros([row0.shape[0], offs_d.shape[0]], dtype=tl.float32)
-    for s in tl.range(0, NUM_SPLITS, num_stages=6):
-        row = row0 + s * split_stride
-        lse = tl.where(row_ok, tl.load(LsePart + row, mask=row_ok, other=0.0), float("-inf"))
-        m_new = tl.maximum(m, lse)
-        shift = tl.where(m_new == float("-inf"), 0.0, m_new)  # no split with a key yet: weights stay 0
-        alpha = tl.math.exp2(m - shift)
-        w = tl.math.exp2(lse - shift)
-        part = tl.load(OPart + row[:, None] * HEAD_DIM + offs_d[None, :], mask=mask, other=0.0)
-        acc = acc * alpha[:, None] + part * w[:, None]
-        w_sum = w_sum * alpha + w
-        m = m_new
-    o = acc / tl.where(w_sum > 0.0, w_sum, 1.0)[:, None]
-    tl.store(Out + o_off, o.to(Out.dtype.element_ty), mask=mask)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -385,21 +349,6 @@ def _check(q, k_cache, v_cache, seqlens_k, block_table, causal, num_splits):
                          f"{block_table.dtype} {tuple(block_table.shape)}")
 
 
-_arrivals: dict[tuple, torch.Tensor] = {}
-
-
-def _arrival_counters(device: torch.device, n: int) -> torch.Tensor:
-    """``n`` int32 counters at zero, one per (batch, kv head, row tile), that a merging launch counts its splits'
-    arrivals in and leaves at zero again (the merging program resets its tile's). Kept per (device, stream), so
-    that no allocation or memset runs per call; two launches on one stream run one after the other."""
-    stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
-    key = (str(device), stream)
-    buf = _arrivals.get(key)
-    if buf is None or buf.numel() < n:
-        buf = _arrivals[key] = torch.zeros(max(n, 1024), dtype=torch.int32, device=device)
-    return buf
-
-
 def _check_values(q, k_cache, seqlens_k, block_table, causal):
     """What depends on the values (one host sync): lengths within the cache and pages inside it."""
     q_len = q.shape[1]
@@ -425,8 +374,8 @@ def _check_values(q, k_cache, seqlens_k, block_table, causal):
 def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                      seqlens_k: torch.Tensor | None = None, block_table: torch.Tensor | None = None, *,
                      causal: bool = True, sm_scale: float | None = None, num_splits: int | None = None,
-                     tf32: bool = False, validate: bool = True, tiles: tuple[int, int, int] | None = None,
-                     merge: str = "last") -> torch.Tensor:
+                     tf32: bool = False, validate: bool = True, tiles: tuple[int, int, int] | None = None
+                     ) -> torch.Tensor:
     """softmax(q k^T * sm_scale) v for decoding, split over the keys; returns (batch, q_len, heads, head_dim).
 
     q: (batch, q_len <= 16, heads, head_dim). Contiguous cache (block_table None): k_cache, v_cache
@@ -436,13 +385,9 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     heuristic). ``validate`` checks lengths and table entries against the cache (one host sync; a caller that
     built them itself, or a CUDA-graph capture, passes False). ``tiles`` = (BLOCK_N, warps, stages) overrides
     the kernel's tiling (a study of the choice: fa2bench.profiling.decode_splits); a block larger than a page
-    spans several, and ``stages`` counts K/V pipeline stages on either layout (``triton_stages``). ``merge``:
-    how split partials become O: "last" (the last split of each tile to finish merges them, in the same launch) or
-    "kernel" (a second launch, ``_combine_kernel``; kept for the A/B, tools/decode_merge_ab.py).
+    spans several, and ``stages`` counts K/V pipeline stages on either layout (``triton_stages``).
     """
     _check(q, k_cache, v_cache, seqlens_k, block_table, causal, num_splits)
-    if merge not in ("last", "kernel"):
-        raise ValueError(f"merge must be 'last' or 'kernel', got {merge!r}")
     batch, q_len, heads, headdim = q.shape
     kv_heads = k_cache.shape[2]
     group = heads // kv_heads
@@ -462,17 +407,15 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     o_part = torch.empty((splits, batch, q_len, heads, headdim) if splits > 1 else (1,), **f32)
     lse_part = torch.empty((splits, batch, q_len, heads) if splits > 1 else (1,), **f32)
     table = block_table if paged else seqlens_k  # unread when not PAGED
-    merge_last = splits > 1 and merge == "last"
-    arrived = _arrival_counters(q.device, batch * kv_heads * m_tiles) if merge_last else seqlens_k  # else unread
     _decode_kernel[(splits, batch * kv_heads, m_tiles)](
-        q, k_cache, v_cache, out, o_part, lse_part, arrived, seqlens_k, table, scale * 1.4426950408889634,
+        q, k_cache, v_cache, out, o_part, lse_part, seqlens_k, table, scale * 1.4426950408889634,
         q.stride(0), q.stride(1), q.stride(2), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), out.stride(0), out.stride(1), out.stride(2),
         table.stride(0), batch, heads, kv_heads, q_len, splits,
         GROUP=group, CAUSAL=bool(causal), PAGED=paged, PAGE_SIZE=k_cache.shape[1] if paged else 1,
-        SPLIT=splits > 1, MERGE_LAST=merge_last, HEAD_DIM=headdim, BLOCK_D=BLOCK_D, BLOCK_M=block_m, BLOCK_N=block_n,
+        SPLIT=splits > 1, HEAD_DIM=headdim, BLOCK_D=BLOCK_D, BLOCK_M=block_m, BLOCK_N=block_n,
         DOT_PRECISION=precision, num_warps=warps, num_stages=triton_stages(stages, paged))
-    if splits > 1 and not merge_last:
+    if splits > 1:
         _combine_kernel[(batch * q_len * heads,)](
             o_part, lse_part, out, out.stride(0), out.stride(1), out.stride(2), batch * q_len * heads, heads, q_len,
             splits, HEAD_DIM=headdim, BLOCK_D=BLOCK_D, BLOCK_S=max(2, triton.next_power_of_2(splits)), num_warps=4)

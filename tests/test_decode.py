@@ -88,21 +88,6 @@ def test_paged_equals_contiguous(page):
     torch.testing.assert_close(paged, contiguous, rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("splits", [2, 5, 64], ids=lambda s: f"splits{s}")
-def test_the_last_split_merges_as_the_combine_kernel_does_and_leaves_its_counters_at_zero(splits):
-    """merge="last" (the last split of a tile to arrive merges them in the same launch) against merge="kernel"
-    (a second launch), on a paged ragged GQA batch with more row tiles than one and, at 64, more splits than
-    blocks (splits with no key); the arrival counters are zero after each call, so the next call counts afresh."""
-    from fa2bench.kernels import decode
-
-    inputs = make_inputs(3, 8, 2, 4, 75, 24, 16, True, torch.float32, DEVICE)
-    kernel = run(inputs, num_splits=splits, merge="kernel")
-    for _ in range(2):
-        last = run(inputs, num_splits=splits, merge="last")
-        torch.testing.assert_close(last, kernel, rtol=1e-6, atol=1e-6)
-        assert decode._arrivals and all(int(c.abs().sum()) == 0 for c in decode._arrivals.values())
-
-
 def test_split_counts_agree():
     inputs = make_inputs(2, 4, 2, 2, 130, 32, 16, True, torch.float32, DEVICE)
     outs = [run(inputs, num_splits=s) for s in (1, 2, 3, 5, 9, 20)]
@@ -225,7 +210,6 @@ BAD = [
     pytest.param(_with(q=torch.randn(2, 17, 4, 16)), "decode takes 1..16 queries", id="q-len-17"),
     pytest.param(_with(seqlens_k=torch.tensor([20, 40])), "seqlens_k must be int32", id="lengths-int64"),
     pytest.param(_with(seqlens_k=None), "a paged cache .* needs seqlens_k", id="paged-without-lengths"),
-    pytest.param(_with(merge="both"), "merge must be 'last' or 'kernel'", id="merge"),
 ]
 
 
@@ -266,15 +250,6 @@ def test_gpu_paged_gives_the_contiguous_bits(page, tiles):
     paged = paged_copy(inputs, page)
     for splits in (1, 3):
         assert torch.equal(run(paged, num_splits=splits, tiles=tiles), run(inputs, num_splits=splits, tiles=tiles))
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("page", [0, 64])
-def test_gpu_the_two_merges_agree(page):
-    inputs = make_inputs(1, 64, 8, 1, 4096, 128, page, False, torch.bfloat16, "cuda")
-    for splits in (None, 128):
-        torch.testing.assert_close(run(inputs, num_splits=splits), run(inputs, num_splits=splits, merge="kernel"),
-                                   rtol=1e-2, atol=1e-3)
 
 
 @pytest.mark.gpu

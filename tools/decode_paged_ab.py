@@ -45,7 +45,7 @@ def load_before(rev: str, folder: Path):
 
 
 def timer(module, batch: int, heads: int, kv_heads: int, kv_len: int, page: int, rep_ms: float):
-    """time(tiles=None, **kw) -> row: ``module.decode_attention(..., **kw)`` on fresh caches of this shape, graph timer, L2 cold."""
+    """time(tiles=None) -> row: ``module.decode_attention`` on fresh caches of this shape, graph timer, L2 cold."""
     import torch
 
     from fa2bench.core.decode import compulsory_bytes
@@ -58,10 +58,10 @@ def timer(module, batch: int, heads: int, kv_heads: int, kv_len: int, page: int,
         return make_inputs(batch, heads, kv_heads, 1, kv_len, 128, page, False, torch.bfloat16 if DEVICE == "cuda"
                            else torch.float16, DEVICE)
 
-    def time_it(tiles=None, **kw) -> dict:
+    def time_it(tiles=None) -> dict:
         def run(c):
             return module.decode_attention(c.q, c.k_cache, c.v_cache, c.seqlens_k, c.block_table, validate=False,
-                                           tiles=tiles, **kw)
+                                           tiles=tiles)
 
         cache = inputs()
         run(cache)
