@@ -430,11 +430,11 @@ def _pp_blocks(acc, m_i, l_i, p, q, k_bufs, v_bufs, p_bufs, k_ready, v_ready, kv
 @gluon.jit
 def _skip_blocks(k_ready, v_ready, kv_empty, turn, it, g, n_own, n_blocks, STAGES: gl.constexpr, WG: gl.constexpr):
     """A warpgroup whose rows see ``n_own`` of the tile's ``n_blocks`` K/V blocks (fewer under the causal mask,
-    none where its rows lie past seqlen_q) computes only those and passes the rest: it takes the turns the other warpgroups' groups for them come round to
-    without issuing a wgmma (a tile takes n_blocks + 1 groups, a warpgroup's own part n_own + 1, or none), and
-    at each frees the dead block before it in both halves of its stage once it has landed (freeing a stage
-    earlier would count toward its previous use). Each wait is one the warpgroup would make in that turn if it
-    computed the block, so the turns cannot deadlock."""
+    none where its rows lie past seqlen_q) computes only those and passes the rest: it takes the turns the other
+    warpgroups' groups for them come round to without issuing a wgmma (a tile takes n_blocks + 1 groups, a
+    warpgroup's own part n_own + 1, or none), and at each frees the dead block before it in both halves of its
+    stage once it has landed (freeing a stage earlier would count toward its previous use). Each wait is one the
+    warpgroup would make in that turn if it computed the block, so the turns cannot deadlock."""
     first = gl.where(n_own > 0, n_own + 1, 0)
     last = gl.where(n_blocks > 0, n_blocks + 1, 0)
     for j in range(first, last):
@@ -624,10 +624,10 @@ def tiles(headdim: int, rung: int = 8, consumers: int | None = None, causal: boo
     d64: 128 x 128, 3 stages (128 KiB); d128: 128 x 128, 2 stages (192 KiB). Rungs 9 and 10 split the query
     rows into 64-row slices (Q_ROWS), one per consumer warpgroup (CONSUMERS of them; rung 8 has one consumer
     partition): two, and three for rung 9 at d64 (192-row tiles, 144 KiB) without the causal mask, and under it
-    from THREE_CAUSAL_FROM query rows. Three / two, in one process: without the mask 1.04-1.19x; under it, once
-    each warpgroup skips the blocks past its own diagonal (``_skip_blocks``), 0.89-0.92x at 2k, 0.99-1.05x at
-    4k-8k and 1.04-1.10x at 16k (results/h200-fa3-consumers-ab-2; before the skip, h200-fa3-consumers-ab: 0.87x
-    at 2k). Rung 10 adds 64 KiB of P buffers and, at d128, keeps one Q buffer (the kernel decides: 192 KiB at
+    from THREE_CAUSAL_FROM query rows. Three / two, in one process, once each warpgroup skips the blocks its rows
+    do not see (``_skip_blocks``): without the mask 1.10-1.17x; under it 0.92x at 2k, 1.01-1.03x at 4k, 1.00-1.05x
+    at 8k, 1.08x at 16k (results/h200-fa3-consumers-ab-3; before the skip, h200-fa3-consumers-ab: 0.87x at 2k).
+    Rung 10 adds 64 KiB of P buffers and, at d128, keeps one Q buffer (the kernel decides: 192 KiB at
     d64, 224 KiB at d128). ``consumers`` overrides the count (studies and tests)."""
     stages = 3 if headdim <= 64 else 2
     if rung == 8:
@@ -733,8 +733,8 @@ def fa3_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool 
                 sm_scale: float | None = None, rung: int = 8, band: int | None = None,
                 consumers: int | None = None):
     """The forward of rung ``rung`` (8: one 8-warp consumer partition; 9: ping-pong of two 4-warp consumer
-    partitions, three at head dim 64 (under the mask from 4k query rows); 10: ping-pong of two plus the softmax overlapped with the
-    warpgroup's own P V, P through shared memory):
+    partitions, three at head dim 64 (under the mask from 4k query rows); 10: ping-pong of two plus the softmax
+    overlapped with the warpgroup's own P V, P through shared memory):
     ``(o, lse)``, lse the log2-domain log-sum-exp (fp32, (batch, heads, seqlen_q), +inf for a row that sees no
     key), the same convention as ``flash2_forward``. ``band`` overrides ``causal_band``, ``consumers`` the
     consumer warpgroups of rungs 9 and 10 (``tiles``; tests and studies)."""
