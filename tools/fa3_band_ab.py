@@ -4,6 +4,7 @@ shapes (16k tokens, hidden 2048). One CSV row per (shape, dtype, rung, band), th
 before each call), and meta.json.
 
     python tools/fa3_band_ab.py --out results/<name> [--seqlen 2048,4096,8192,16384] [--headdim 64,128]
+                                [--rungs 9] [--bands 1,2,4,8,16]   # fixed bands besides those two
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from fa3_ab import Rows, ints, paper_inputs, parser
 def main(argv=None) -> None:
     ap = parser(__doc__, headdim=[64, 128])
     ap.add_argument("--rungs", type=ints, default=[8, 9, 10])
+    ap.add_argument("--bands", type=ints, default=[], help="fixed bands to time as well")
     a = ap.parse_args(argv)
     import torch
 
@@ -27,13 +29,15 @@ def main(argv=None) -> None:
         for rung in a.rungs:
             auto = fa3.launch_ints(batch, heads, 1, seqlen, seqlen, headdim, True, props.multi_processor_count,
                                    props.L2_cache_size, rung=rung)["BAND"]
-            for label, band in (("all heads", batch * heads), ("causal_band", auto)):
+            fixed = [(f"band {b}", b) for b in a.bands if b < batch * heads]
+            for label, band in (("all heads", batch * heads), ("causal_band", auto), *fixed):
                 rows.time(lambda: fa3.fa3_forward(q, k, v, causal=True, rung=rung, band=band), flops, a.rep_ms,
                           dtype=dtype, headdim=headdim, seqlen=seqlen, batch=batch, heads=heads, rung=rung,
                           order=label, band=band)
         rows.save()
     table = rows.save().pivot_table(index=["dtype", "headdim", "seqlen", "rung"], columns="order", values="tflops")
-    print((table.assign(gain=table["causal_band"] / table["all heads"])).round(3).to_string())
+    print(table.div(table["all heads"], axis=0).round(3).assign(**{"all heads TFLOP/s": table["all heads"]})
+          .to_string())
 
 
 if __name__ == "__main__":
