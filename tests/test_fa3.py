@@ -283,13 +283,17 @@ def test_every_gpu_test_shape_compiles_as_its_launch_specialises_it(shape, rung)
     """The kernel a launch of each GPU test shape compiles (Triton makes an int argument equal to 1 a constant and
     marks multiples of 16), not only the all-i32 one: rung 10's kernel for seqlen_q = 1 without the causal mask
     crashed ptxas on the H200 (SIGSEGV), which the all-i32 compiles above did not show. No spills under Triton
-    3.6 (a newer ptxas: at most the 8 B recorded above) but rung 9's per-tile scalars at d64."""
+    3.6 but rung 9's per-tile scalars at d64. A newer ptxas: at most the 8 B recorded above, except rung 10 at
+    d128 for 77 query rows against 1000 keys, where Triton 3.9's keeps 64 B since its consumers pass the blocks
+    their rows do not see (``_skip_blocks``): 62 local accesses, one in each consumer's masked step loop
+    (recorded, not to grow; Triton 3.6: none)."""
     batch, heads, kv_heads, seqlen_q, seqlen_k, headdim = shape
     out = compile_fa3("--headdim", str(headdim), "--rung", rung, "--shape",
                       ",".join(map(str, (batch, heads, kv_heads, seqlen_q, seqlen_k))))
     assert "FAILED" not in out and "sass HGMMA,USETMAXREG,UTMALDG" in out, out
     three = rung == "9" and headdim == 64  # three consumers: a few per-tile scalars on the stack (test above)
-    assert int(out.split("stack ")[1].split()[0]) <= (_stack_budget(16, 104) if three else _stack_budget(0, 8)), out
+    newer = 104 if three else 64 if rung == "10" and headdim == 128 else 8
+    assert int(out.split("stack ")[1].split()[0]) <= _stack_budget(16 if three else 0, newer), out
 
 
 def _hopper() -> bool:
