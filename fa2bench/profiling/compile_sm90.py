@@ -152,9 +152,9 @@ def compile_fa3(headdim: int, causal: bool, dtype: str = "fp16", capability: int
 
     from fa2bench.kernels import fa3
 
-    cfg = fa3.tiles(headdim, rung)
-    if shape is not None and consumers is None:  # the count a launch of this shape takes (seqlen_q is 4th)
-        consumers = fa3.tiles(headdim, rung, causal=causal, seqlen_q=shape[3])["CONSUMERS"]
+    # the tiles a launch of this shape takes (seqlen_q is the shape's 4th): its consumer count for the two below
+    cfg = fa3.tiles(headdim, rung, consumers, causal, shape[3] if shape is not None else 0)
+    consumers = cfg["CONSUMERS"]
     torch_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
 
     def desc(rows: int) -> str:
