@@ -533,30 +533,6 @@ def _pp_consumer(q_bufs, k_bufs, v_bufs, p_bufs, q_ready, q_empty, k_ready, v_re
         _epilogue(acc, m_i, l_i, O, LSE, bh, r0, N_CTX_Q, ROWS, HEAD_DIM, q_bufs.dtype)
 
 
-@gluon.jit
-def _pp_consumer_0(q_bufs, k_bufs, v_bufs, p_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty, turn, O, LSE,
-                   qk_scale, N_CTX_Q, N_CTX_K, n_tiles, BAND, CAUSAL: gl.constexpr, STAGES: gl.constexpr,
-                   OVERLAP: gl.constexpr):
-    _pp_consumer(q_bufs, k_bufs, v_bufs, p_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty, turn, O, LSE,
-                 qk_scale, N_CTX_Q, N_CTX_K, n_tiles, BAND, CAUSAL, STAGES, OVERLAP, 0)
-
-
-@gluon.jit
-def _pp_consumer_1(q_bufs, k_bufs, v_bufs, p_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty, turn, O, LSE,
-                   qk_scale, N_CTX_Q, N_CTX_K, n_tiles, BAND, CAUSAL: gl.constexpr, STAGES: gl.constexpr,
-                   OVERLAP: gl.constexpr):
-    _pp_consumer(q_bufs, k_bufs, v_bufs, p_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty, turn, O, LSE,
-                 qk_scale, N_CTX_Q, N_CTX_K, n_tiles, BAND, CAUSAL, STAGES, OVERLAP, 1)
-
-
-@gluon.jit
-def _pp_consumer_2(q_bufs, k_bufs, v_bufs, p_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty, turn, O, LSE,
-                   qk_scale, N_CTX_Q, N_CTX_K, n_tiles, BAND, CAUSAL: gl.constexpr, STAGES: gl.constexpr,
-                   OVERLAP: gl.constexpr):
-    _pp_consumer(q_bufs, k_bufs, v_bufs, p_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty, turn, O, LSE,
-                 qk_scale, N_CTX_Q, N_CTX_K, n_tiles, BAND, CAUSAL, STAGES, OVERLAP, 2)
-
-
 # seqlen_q is not specialised: Triton would compile a seqlen_q of 1 as the constant 1, and for rung 10 without the
 # causal mask that kernel crashes ptxas (SIGSEGV in the ptxas of Triton 3.6 and 3.9, CUDA 12.8 and 12.9; not
 # at -O0); tests/test_fa3.py compiles each test shape as its launch specialises it
@@ -585,21 +561,21 @@ def _fa3_pp_fwd_kernel(q_desc, k_desc, v_desc, O, LSE, qk_scale, H, GROUP, N_CTX
     # (a tuple bound to a name first would turn the constexprs in it into tensors: each call spells its list out)
     if CONSUMERS == 3:
         gl.warp_specialize([
-            (_pp_consumer_0, (q_bufs, k_bufs, v_bufs, p_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty, turn,
-                              O, LSE, qk_scale, N_CTX_Q, N_CTX_K, n_tiles, BAND, CAUSAL, STAGES, OVERLAP)),
-            (_pp_consumer_1, (q_bufs, k_bufs, v_bufs, p_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty, turn,
-                              O, LSE, qk_scale, N_CTX_Q, N_CTX_K, n_tiles, BAND, CAUSAL, STAGES, OVERLAP)),
-            (_pp_consumer_2, (q_bufs, k_bufs, v_bufs, p_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty, turn,
-                              O, LSE, qk_scale, N_CTX_Q, N_CTX_K, n_tiles, BAND, CAUSAL, STAGES, OVERLAP)),
+            (_pp_consumer, (q_bufs, k_bufs, v_bufs, p_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty, turn,
+                            O, LSE, qk_scale, N_CTX_Q, N_CTX_K, n_tiles, BAND, CAUSAL, STAGES, OVERLAP, 0)),
+            (_pp_consumer, (q_bufs, k_bufs, v_bufs, p_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty, turn,
+                            O, LSE, qk_scale, N_CTX_Q, N_CTX_K, n_tiles, BAND, CAUSAL, STAGES, OVERLAP, 1)),
+            (_pp_consumer, (q_bufs, k_bufs, v_bufs, p_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty, turn,
+                            O, LSE, qk_scale, N_CTX_Q, N_CTX_K, n_tiles, BAND, CAUSAL, STAGES, OVERLAP, 2)),
             (_producer, (q_desc, k_desc, v_desc, q_bufs, k_bufs, v_bufs, q_ready, q_empty, k_ready, v_ready,
                          kv_empty, H, GROUP, N_CTX_Q, N_CTX_K, n_tiles, BAND, CAUSAL, STAGES, 3, Q_BUFS)),
         ], [4, 4, 1], [PP3_CONSUMER_REGS, PP3_CONSUMER_REGS, 24])
     else:
         gl.warp_specialize([
-            (_pp_consumer_0, (q_bufs, k_bufs, v_bufs, p_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty, turn,
-                              O, LSE, qk_scale, N_CTX_Q, N_CTX_K, n_tiles, BAND, CAUSAL, STAGES, OVERLAP)),
-            (_pp_consumer_1, (q_bufs, k_bufs, v_bufs, p_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty, turn,
-                              O, LSE, qk_scale, N_CTX_Q, N_CTX_K, n_tiles, BAND, CAUSAL, STAGES, OVERLAP)),
+            (_pp_consumer, (q_bufs, k_bufs, v_bufs, p_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty, turn,
+                            O, LSE, qk_scale, N_CTX_Q, N_CTX_K, n_tiles, BAND, CAUSAL, STAGES, OVERLAP, 0)),
+            (_pp_consumer, (q_bufs, k_bufs, v_bufs, p_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty, turn,
+                            O, LSE, qk_scale, N_CTX_Q, N_CTX_K, n_tiles, BAND, CAUSAL, STAGES, OVERLAP, 1)),
             (_producer, (q_desc, k_desc, v_desc, q_bufs, k_bufs, v_bufs, q_ready, q_empty, k_ready, v_ready,
                          kv_empty, H, GROUP, N_CTX_Q, N_CTX_K, n_tiles, BAND, CAUSAL, STAGES, 2, Q_BUFS)),
         ], [4, 1], [PP_CONSUMER_REGS, 24])
