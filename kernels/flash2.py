@@ -119,11 +119,14 @@ from .configs import block_d
 # Shared by the three kernels: which blocks a program computes, and which K/V blocks a Q block sees
 # ----------------------------------------------------------------------------------------------------------------
 @triton.jit
-def _program_blocks(n_blocks, SEQ_PAR: tl.constexpr, LONGEST_FIRST: tl.constexpr):
+def _program_blocks(n_blocks, varlen_block, SEQ_PAR: tl.constexpr, LONGEST_FIRST: tl.constexpr,
+                    VARLEN: tl.constexpr):
     """(first, count) of the blocks this program computes: its own one when SEQ_PAR (LONGEST_FIRST: in reverse
     order, so that under causal masking the blocks that see the most keys start first), otherwise all of them in
-    turn (rungs 3-4: one program per (batch, head))."""
-    if SEQ_PAR:
+    turn (rungs 3-4: one program per (batch, head)); VARLEN: ``varlen_block``, its block of a packed batch."""
+    if VARLEN:
+        return varlen_block, 1
+    elif SEQ_PAR:
         if LONGEST_FIRST:
             return tl.num_programs(0) - 1 - tl.program_id(0), 1
         else:
@@ -222,6 +225,41 @@ def _varlen_block(BLOCKS, REVERSE: tl.constexpr, BLOCK: tl.constexpr):
         pid = tl.num_programs(0) - 1 - pid
     at = BLOCKS + tl.load(BLOCKS + table) + 2 * pid
     return tl.load(at).to(tl.int64), tl.load(at + 1)
+
+
+@triton.jit
+def _varlen_program(BLOCKS, CU_SEQLENS_Q, CU_SEQLENS_K, REVERSE: tl.constexpr, BLOCK: tl.constexpr):
+    """This program's place in a packed batch: (sequence, block, first query row, query rows, first key row, key
+    rows) for its entry of the block table (``_varlen_block``)."""
+    off_z, start = _varlen_block(BLOCKS, REVERSE, BLOCK)
+    q_start, n_q = _packed(CU_SEQLENS_Q, off_z)
+    k_start, n_k = _packed(CU_SEQLENS_K, off_z)
+    return off_z, start, q_start, n_q, k_start, n_k
+
+
+@triton.jit
+def _query_program(H, GROUP, N_CTX_Q, N_CTX_K, BLOCKS_Q, CU_SEQLENS_Q, CU_SEQLENS_K, BLOCK_M: tl.constexpr,
+                   VARLEN: tl.constexpr):
+    """Who a forward or dQ program is (grid: query blocks x batch * heads): (batch, head, kv head (GQA: query head
+    h reads kv head h // GROUP), first row of its
+    statistics, query rows, key rows, first query and first key row of its sequence, its query block). Without
+    VARLEN the last three are 0 (the block comes from ``_program_blocks``); with it the program computes block
+    ``block`` of sequence ``batch`` of a packed batch (batch strides 0; grid: the packed batch's blocks x heads;
+    the statistics are (heads, total_q))."""
+    off_hz = tl.program_id(1)
+    off_z = (off_hz // H).to(tl.int64)
+    off_h = (off_hz % H).to(tl.int64)
+    off_hkv = off_h // GROUP
+    rows = off_hz.to(tl.int64) * N_CTX_Q
+    q_start = 0
+    k_start = 0
+    block = 0
+    if VARLEN:
+        off_z, block, q_start, n_q, k_start, N_CTX_K = _varlen_program(BLOCKS_Q, CU_SEQLENS_Q, CU_SEQLENS_K, False,
+                                                                        BLOCK_M)
+        rows = off_h * N_CTX_Q + q_start
+        N_CTX_Q = n_q
+    return off_z, off_h, off_hkv, rows, N_CTX_Q, N_CTX_K, q_start, k_start, block
 
 
 @triton.jit
@@ -448,17 +486,9 @@ def _attn_fwd_kernel(Q, K, V, sm_scale, LSE, LSUM, Out,
                      TMA: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, WINDOW: tl.constexpr,
                      SOFTCAP: tl.constexpr, ALIBI: tl.constexpr, DOCS: tl.constexpr, VARLEN: tl.constexpr,
                      FLAT: tl.constexpr):
-    off_hz = tl.program_id(1)
-    off_z = (off_hz // H).to(tl.int64)
-    off_h = (off_hz % H).to(tl.int64)
-    off_hkv = off_h // GROUP  # GQA: query head h reads kv head h // GROUP
-    rows = off_hz.to(tl.int64) * N_CTX_Q  # this (batch, head)'s statistics
-    if VARLEN:  # block `start` of sequence off_z of a packed batch (batch strides 0; grid: blocks x heads)
-        off_z, start = _varlen_block(BLOCKS_Q, False, BLOCK_M)
-        q_start, n_q = _packed(CU_SEQLENS_Q, off_z)
-        k_start, N_CTX_K = _packed(CU_SEQLENS_K, off_z)
-        rows = off_h * N_CTX_Q + q_start  # the statistics are (heads, total_q)
-        N_CTX_Q = n_q
+    off_z, off_h, off_hkv, rows, N_CTX_Q, N_CTX_K, q_start, k_start, start = _query_program(
+        H, GROUP, N_CTX_Q, N_CTX_K, BLOCKS_Q, CU_SEQLENS_Q, CU_SEQLENS_K, BLOCK_M, VARLEN)
+    if VARLEN:
         Q += q_start * stride_qm
         Out += q_start * stride_om
         K += k_start * stride_kn
@@ -473,9 +503,7 @@ def _attn_fwd_kernel(Q, K, V, sm_scale, LSE, LSUM, Out,
                      BLOCK_D, TMA)
     Os = head_source(Out, (stride_oz, stride_oh, stride_om, stride_ok), off_z, off_h, N_CTX_Q, HEAD_DIM, BLOCK_M,
                      BLOCK_D, TMA)
-    first, count = _program_blocks(tl.cdiv(N_CTX_Q, BLOCK_M), SEQ_PAR, CAUSAL)
-    if VARLEN:
-        first, count = start, 1
+    first, count = _program_blocks(tl.cdiv(N_CTX_Q, BLOCK_M), start, SEQ_PAR, CAUSAL, VARLEN)
     for i in range(count):
         _attn_fwd_block(first + i, Qs, Ks, Vs, Os, LSE + rows, LSUM + rows, sm_scale, N_CTX_Q, N_CTX_K, mods,
                         HEAD_DIM, BLOCK_D, CAUSAL, DEFER, SKIP, DOT_PRECISION, TMA, BLOCK_M, BLOCK_N, WINDOW, SOFTCAP,
@@ -691,10 +719,10 @@ def _attn_bwd_dkdv_kernel(Q, K, V, sm_scale, DO, DK, DV, LSE, LSUM, Delta,
     off_z = (off_hkvz // H_KV).to(tl.int64)
     off_hkv = (off_hkvz % H_KV).to(tl.int64)
     stats = (0, 0)
+    start = 0
     if VARLEN:  # as in the forward kernel (first blocks first: under causal masking they see the most rows)
-        off_z, start = _varlen_block(BLOCKS_K, True, BLOCK_N)
-        q_start, n_q = _packed(CU_SEQLENS_Q, off_z)
-        k_start, N_CTX_K = _packed(CU_SEQLENS_K, off_z)
+        off_z, start, q_start, n_q, k_start, N_CTX_K = _varlen_program(BLOCKS_K, CU_SEQLENS_Q, CU_SEQLENS_K, True,
+                                                                        BLOCK_N)
         stats = (q_start, N_CTX_Q)
         N_CTX_Q = n_q
         Q += q_start * stride_qm
@@ -712,9 +740,7 @@ def _attn_bwd_dkdv_kernel(Q, K, V, sm_scale, DO, DK, DV, LSE, LSUM, Delta,
                       BLOCK_N, BLOCK_D, False)
     DVs = head_source(DV, (stride_dvz, stride_dvh, stride_dvn, stride_dvk), off_z, off_hkv, N_CTX_K, HEAD_DIM,
                       BLOCK_N, BLOCK_D, False)
-    first, count = _program_blocks(tl.cdiv(N_CTX_K, BLOCK_N), SEQ_PAR, False)
-    if VARLEN:
-        first, count = start, 1
+    first, count = _program_blocks(tl.cdiv(N_CTX_K, BLOCK_N), start, SEQ_PAR, False, VARLEN)
     mods = _variant_args(sm_scale, win_left, win_right, softcap, ALIBI_SLOPES, DOC_START, DOC_END, off_z,
                          off_hkv * GROUP, N_CTX_K, ALIBI, DOCS)
     for i in range(count):
@@ -861,17 +887,9 @@ def _attn_bwd_dq_kernel(Q, K, V, sm_scale, DO, DQ, LSE, LSUM, Delta,
                         DOT_PRECISION: tl.constexpr, TMA: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                         WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, ALIBI: tl.constexpr, DOCS: tl.constexpr,
                         VARLEN: tl.constexpr, FLAT: tl.constexpr):
-    off_hz = tl.program_id(1)
-    off_z = (off_hz // H).to(tl.int64)
-    off_h = (off_hz % H).to(tl.int64)
-    off_hkv = off_h // GROUP
-    rows = off_hz.to(tl.int64) * N_CTX_Q  # this (batch, head)'s statistics
-    if VARLEN:  # as in the forward kernel
-        off_z, start = _varlen_block(BLOCKS_Q, False, BLOCK_M)
-        q_start, n_q = _packed(CU_SEQLENS_Q, off_z)
-        k_start, N_CTX_K = _packed(CU_SEQLENS_K, off_z)
-        rows = off_h * N_CTX_Q + q_start
-        N_CTX_Q = n_q
+    off_z, off_h, off_hkv, rows, N_CTX_Q, N_CTX_K, q_start, k_start, start = _query_program(
+        H, GROUP, N_CTX_Q, N_CTX_K, BLOCKS_Q, CU_SEQLENS_Q, CU_SEQLENS_K, BLOCK_M, VARLEN)
+    if VARLEN:
         Q += q_start * stride_qm
         DO += q_start * stride_dom
         DQ += q_start * stride_dqm
@@ -889,9 +907,7 @@ def _attn_bwd_dq_kernel(Q, K, V, sm_scale, DO, DQ, LSE, LSUM, Delta,
                       BLOCK_M, BLOCK_D, TMA)
     DQs = head_source(DQ, (stride_dqz, stride_dqh, stride_dqm, stride_dqk), off_z, off_h, N_CTX_Q, HEAD_DIM,
                       BLOCK_M, BLOCK_D, False)
-    first, count = _program_blocks(tl.cdiv(N_CTX_Q, BLOCK_M), SEQ_PAR, CAUSAL)
-    if VARLEN:
-        first, count = start, 1
+    first, count = _program_blocks(tl.cdiv(N_CTX_Q, BLOCK_M), start, SEQ_PAR, CAUSAL, VARLEN)
     for i in range(count):
         _attn_bwd_dq_block(first + i, Qs, Ks, Vs, DOs, DQs, LSE + rows, LSUM + rows, Delta + rows, sm_scale,
                            N_CTX_Q, N_CTX_K, mods, HEAD_DIM, BLOCK_D, CAUSAL, DEFER, SKIP, DOT_PRECISION, TMA, BLOCK_M,
