@@ -628,6 +628,21 @@ def causal_order(n_m: int, bh: int, band: int) -> tuple[np.ndarray, np.ndarray]:
     return n_m - 1 - r // width, start + r % width
 
 
+def walk_balance(cost: np.ndarray, grid: int) -> float:
+    """How evenly the persistent grid's walk spreads tiles of these costs (in tile order) over its CTAs: the mean
+    over the largest of the CTAs' sums, when the tiles go out in rounds of ``grid``, every other round in reverse
+    (``_slot``). 1.0: every CTA finishes together."""
+    t = np.arange(len(cost))
+    cta = np.where(t // grid % 2 == 1, grid - 1 - t % grid, t % grid)
+    per_cta = np.bincount(cta, weights=cost, minlength=grid)
+    return float(per_cta.mean() / per_cta.max())
+
+
+def heads_in_flight(head: np.ndarray, grid: int) -> int:
+    """The most (batch, head)s whose K/V one round of the walk reads (``head``: each tile's, in tile order)."""
+    return max(len(np.unique(head[i:i + grid])) for i in range(0, len(head), grid))
+
+
 @functools.lru_cache(maxsize=256)
 def causal_band(n_m: int, bh: int, sms: int, kv_head_bytes: int, l2_bytes: int, seqlen_q: int, seqlen_k: int,
                 block_m: int, per_tile: float = 1.0) -> int:
@@ -640,14 +655,10 @@ def causal_band(n_m: int, bh: int, sms: int, kv_head_bytes: int, l2_bytes: int, 
     such band comes within 10% of the best balance over all bands. ``block_m``: the tile's query rows."""
     cost = _tile_blocks(n_m, seqlen_q, seqlen_k, block_m).astype(float) + per_tile
     grid = min(sms, n_m * bh)
-    t = np.arange(n_m * bh)
-    walk = np.where(t // grid % 2 == 1, grid - 1 - t % grid, t % grid)  # the CTA of each tile (``_slot``)
     best = {}
     for band in sorted({*range(1, min(bh, 64) + 1), bh}):
         mb, head = causal_order(n_m, bh, band)
-        per_cta = np.bincount(walk, weights=cost[mb], minlength=grid)
-        heads = max(len(np.unique(head[i:i + grid])) for i in range(0, len(t), grid))
-        best[band] = (per_cta.mean() / per_cta.max(), heads * kv_head_bytes <= l2_bytes // 2)
+        best[band] = (walk_balance(cost[mb], grid), heads_in_flight(head, grid) * kv_head_bytes <= l2_bytes // 2)
     top = max(b for b, _ in best.values())
     fits = [band for band, (b, ok) in best.items() if ok and b >= 0.9 * top]
     return max(fits or best, key=lambda band: (best[band][0], -band))

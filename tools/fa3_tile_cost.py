@@ -1,0 +1,61 @@
+"""Where a short causal forward's time goes, per provider: the cost of a tile's prologue and epilogue, of each K/V
+block, and of the masked diagonal block, measured in one process.
+
+Why: at head dim 64 and 2k tokens fa3's rung 9 matches cuDNN without the mask (433 / 435 TFLOP/s, fp16,
+results/h200-fa3-accept-3) and trails it under the mask (330 / 385): what the mask adds is short tiles (a tile
+of causal 2k sees 8.5 K/V blocks on average, not 16) and one masked block per tile. This study tells the two
+apart. Without the mask, at a fixed query length, time is about tiles x (per-tile + blocks x per-block); so for
+each provider it times seqlen_k = 128 .. seqlen_q (every tile sees seqlen_k / 128 blocks), fits that line, and
+then times the causal forward at seqlen_k = seqlen_q: what the line does not explain is the mask's own cost.
+Shapes: the paper's (16k tokens per batch at seqlen_q, hidden 2048), fresh inputs, the suite's timer (L2
+flushed before each call). Rows -> <out>/fa3_tile_cost.csv, with meta.json.
+
+    python tools/fa3_tile_cost.py --out results/<name> [--seqlen 2048] [--headdim 64,128] [--dtype fp16]
+                                  [--providers fa3-pingpong,sdpa-cudnn] [--kv 128,256,512,1024,2048]
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from fa3_ab import Rows, ints, paper_inputs, parser
+
+BLOCK_N = 128  # the K/V block every provider is counted in (fa3's; a unit for the fit, not a claim about cuDNN)
+
+
+def main(argv=None) -> None:
+    ap = parser(__doc__, headdim=[64, 128])
+    ap.set_defaults(seqlen=[2048], dtype="fp16")
+    ap.add_argument("--providers", default="fa3-pingpong,sdpa-cudnn")
+    ap.add_argument("--kv", type=ints, default=[128, 256, 512, 1024, 2048], help="key lengths of the fit")
+    a = ap.parse_args(argv)
+    import torch
+
+    from fa2bench.core import providers
+    from fa2bench.core.flops import attention_flops
+    from fa2bench.core.presets import Shape
+
+    names = [n for n in a.providers.split(",") if n]
+    rows = Rows(a.out / "fa3_tile_cost.csv")
+    for dtype, headdim, seqlen, batch, heads, q, _, _ in paper_inputs(a, "per-tile, per-block and mask costs"):
+        for name in names:
+            for causal, kv in [(False, n) for n in a.kv if n <= seqlen] + [(True, seqlen)]:
+                k, v = (torch.randn(batch, heads, kv, headdim, device="cuda", dtype=q.dtype) for _ in range(2))
+                fn = providers.get(name).make(Shape(batch, heads, heads, seqlen, kv, headdim, causal))
+                rows.time(lambda: fn(q, k, v), attention_flops(batch, heads, seqlen, kv, headdim, causal, "fwd"),
+                          a.rep_ms, provider=name, dtype=dtype, headdim=headdim, seqlen_q=seqlen, seqlen_k=kv,
+                          causal=causal, blocks=kv / BLOCK_N)
+        rows.save()
+    frame = rows.save()
+    for (name, dtype, headdim), g in frame.groupby(["provider", "dtype", "headdim"]):
+        line = g[~g.causal]
+        slope, intercept = np.polyfit(line.blocks, line.ms, 1)
+        causal = g[g.causal].iloc[0]
+        n_m = -(-int(causal.seqlen_q) // BLOCK_N)
+        mean_blocks = (np.arange(1, n_m + 1)).mean()  # a causal 128-row tile's blocks, on average
+        predicted = intercept + slope * mean_blocks  # the line at the causal tiles' mean length
+        print(f"{name} {dtype} d{headdim}: per-tile {intercept / slope:.2f} blocks, causal {causal.ms:.3f} ms "
+              f"against {predicted:.3f} ms from the line (mask's own cost {causal.ms / predicted - 1:+.1%})")
+
+
+if __name__ == "__main__":
+    main()
