@@ -246,6 +246,17 @@ def test_causal_order_visits_every_tile_once_longest_first_in_each_band(n_m, bh,
         assert (np.diff(mb[run]) <= 0).all()
 
 
+def test_the_walk_reverses_every_other_round_and_counts_the_heads_a_round_reads():
+    """Two CTAs, two rounds: round 1 runs backwards (``_slot``), so the long tile of round 1 goes to the CTA that
+    took round 0's short one; a round reads the K/V of the distinct heads among its tiles."""
+    from fa2bench.kernels.fa3 import heads_in_flight, walk_balance
+
+    assert walk_balance(np.array([3.0, 1.0, 3.0, 1.0]), 2) == 1.0  # CTA 0: 3 + 1, CTA 1: 1 + 3
+    assert walk_balance(np.array([3.0, 1.0, 1.0, 3.0]), 2) == pytest.approx(4 / 6)  # CTA 0: 3 + 3, CTA 1: 1 + 1
+    assert walk_balance(np.array([2.0, 2.0, 2.0]), 2) == pytest.approx(3 / 4)  # a partial last round
+    assert heads_in_flight(np.array([0, 0, 1, 2, 2, 2]), 3) == 2
+
+
 def test_causal_band_keeps_a_2k_sweep_in_l2_and_a_long_one_balanced():
     """Paper shapes on an H200 (132 SMs, 60 MiB L2), d128 fp16: at 2k (128 heads of 1 MiB K/V each) a band of
     heads whose K/V fit in half the L2; at 16k (16 heads of 8 MiB) one head per band would leave CTAs idle (the
