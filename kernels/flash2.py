@@ -240,12 +240,12 @@ def _varlen_program(BLOCKS, CU_SEQLENS_Q, CU_SEQLENS_K, REVERSE: tl.constexpr, B
 @triton.jit
 def _query_program(H, GROUP, N_CTX_Q, N_CTX_K, BLOCKS_Q, CU_SEQLENS_Q, CU_SEQLENS_K, BLOCK_M: tl.constexpr,
                    VARLEN: tl.constexpr):
-    """Who a forward or dQ program is (grid: query blocks x batch * heads): (batch, head, kv head (GQA: query head
-    h reads kv head h // GROUP), first row of its
-    statistics, query rows, key rows, first query and first key row of its sequence, its query block). Without
-    VARLEN the last three are 0 (the block comes from ``_program_blocks``); with it the program computes block
-    ``block`` of sequence ``batch`` of a packed batch (batch strides 0; grid: the packed batch's blocks x heads;
-    the statistics are (heads, total_q))."""
+    """Who a forward or dQ program is (grid: query blocks x batch * heads): (batch, head, kv head (GQA: query
+    head h reads kv head h // GROUP), first row of its statistics, query rows, key rows, first query row and
+    first key row of its sequence, its query block). Without VARLEN the last three are 0 (the block comes from
+    ``_program_blocks``); with it the program computes block ``block`` of sequence ``batch`` of a packed batch
+    (batch strides 0; grid: the packed batch's blocks x heads; the statistics are (heads, total_q)).
+    """
     off_hz = tl.program_id(1)
     off_z = (off_hz // H).to(tl.int64)
     off_h = (off_hz % H).to(tl.int64)
