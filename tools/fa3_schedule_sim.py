@@ -20,9 +20,7 @@ import heapq
 
 import numpy as np
 
-
-def ints(text: str) -> list[int]:
-    return [int(x) for x in text.split(",") if x]
+from fa3_ab import ints
 
 
 def list_schedule_balance(cost: np.ndarray, grid: int) -> float:

@@ -45,16 +45,29 @@ def main(argv=None) -> None:
                           a.rep_ms, provider=name, dtype=dtype, headdim=headdim, seqlen_q=seqlen, seqlen_k=kv,
                           causal=causal, blocks=kv / BLOCK_N)
         rows.save()
-    frame = rows.save()
-    for (name, dtype, headdim), g in frame.groupby(["provider", "dtype", "headdim"]):
+    print("\n".join(summary(rows.save())))
+
+
+def summary(frame) -> list[str]:
+    """Per (provider, dtype, head dim, seqlen_q): the fitted per-tile cost in blocks, and the causal time against
+    the line at the causal tiles' mean length."""
+    from fa2bench.kernels import fa3
+
+    rungs = {name: rung for rung, name in fa3.RUNGS.items()}
+    lines = []
+    for (name, dtype, headdim, seqlen), g in frame.groupby(["provider", "dtype", "headdim", "seqlen_q"]):
         line = g[~g.causal]
         slope, intercept = np.polyfit(line.blocks, line.ms, 1)
         causal = g[g.causal].iloc[0]
-        n_m = -(-int(causal.seqlen_q) // BLOCK_N)
-        mean_blocks = (np.arange(1, n_m + 1)).mean()  # a causal 128-row tile's blocks, on average
+        # a causal tile's blocks, on average: fa3's rungs at their own tile rows, anyone else's taken as 128
+        block_m = (fa3.tiles(headdim, rungs[name], causal=True, seqlen_q=seqlen)["BLOCK_M"] if name in rungs
+                   else 128)
+        mean_blocks = fa3._tile_blocks(-(-seqlen // block_m), seqlen, seqlen, block_m, BLOCK_N).mean()
         predicted = intercept + slope * mean_blocks  # the line at the causal tiles' mean length
-        print(f"{name} {dtype} d{headdim}: per-tile {intercept / slope:.2f} blocks, causal {causal.ms:.3f} ms "
-              f"against {predicted:.3f} ms from the line (mask's own cost {causal.ms / predicted - 1:+.1%})")
+        lines.append(f"{name} {dtype} d{headdim} {seqlen}: per-tile {intercept / slope:.2f} blocks, causal "
+                     f"{causal.ms:.3f} ms against {predicted:.3f} ms from the line "
+                     f"(mask's own cost {causal.ms / predicted - 1:+.1%})")
+    return lines
 
 
 if __name__ == "__main__":
