@@ -68,5 +68,6 @@ for stage in ${*:-env tests sweep}; do
     *) echo "unknown stage $stage (env, tests, sweep, report, jobs)"; exit 2 ;;
   esac
 done
-[ -n "${KEEP_TRITON:-}" ] && (cd "$TRITON_CACHE" && find . -name '*.json' -o -name '*.cubin' -o -name '*.so' \
-  | tar czf "$OUT/triton.tgz" -T -)
+if [ -n "${KEEP_TRITON:-}" ]; then  # an `if`, not `&&`: the script's status is the last stage's, not this test's
+  (cd "$TRITON_CACHE" && find . -name '*.json' -o -name '*.cubin' -o -name '*.so' | tar czf "$OUT/triton.tgz" -T -)
+fi
