@@ -428,27 +428,74 @@ def _pp_blocks(acc, m_i, l_i, p, q, k_bufs, v_bufs, p_bufs, k_ready, v_ready, kv
 
 
 @gluon.jit
+def _free_block(k_ready, v_ready, kv_empty, it, STAGES: gl.constexpr):
+    """Free block ``it``, which this warpgroup's rows do not see, in both halves of its stage, once it has landed
+    (freeing a stage earlier would count toward its previous use)."""
+    s = it % STAGES
+    mbarrier.wait(k_ready.index(s), it // STAGES & 1)
+    mbarrier.arrive(kv_empty.index(s), count=1)
+    mbarrier.wait(v_ready.index(s), it // STAGES & 1)
+    mbarrier.arrive(kv_empty.index(STAGES + s), count=1)
+    return it + 1
+
+
+@gluon.jit
 def _skip_blocks(k_ready, v_ready, kv_empty, turn, it, g, n_own, n_blocks, STAGES: gl.constexpr, WG: gl.constexpr):
     """A warpgroup whose rows see ``n_own`` of the tile's ``n_blocks`` K/V blocks (fewer under the causal mask,
-    none where its rows lie past seqlen_q) computes only those and passes the rest: it takes the turns the other
-    warpgroups' groups for them come round to without issuing a wgmma (a tile takes n_blocks + 1 groups, a
-    warpgroup's own part n_own + 1, or none), and at each frees the dead block before it in both halves of its
-    stage once it has landed (freeing a stage earlier would count toward its previous use). Each wait is one the
-    warpgroup would make in that turn if it computed the block, so the turns cannot deadlock."""
-    first = gl.where(n_own > 0, n_own + 1, 0)
-    last = gl.where(n_blocks > 0, n_blocks + 1, 0)
-    for j in range(first, last):
-        if j > 0:
-            s = it % STAGES
-            mbarrier.wait(k_ready.index(s), it // STAGES & 1)
-            mbarrier.arrive(kv_empty.index(s), count=1)
-            mbarrier.wait(v_ready.index(s), it // STAGES & 1)
-            mbarrier.arrive(kv_empty.index(STAGES + s), count=1)
-            it += 1
+    none where its rows lie past seqlen_q) computes only those and passes the rest. A tile takes n_blocks groups
+    of every warpgroup (at least one: its boundary group, ``_boundary_group``); a warpgroup's own part is groups
+    0 ... n_own (its last P V alone in group n_own) or, where it sees every block, 0 ... n_own - 1 (its last P V
+    goes into the next boundary group). Here it takes the turns of the groups left without issuing a wgmma, freeing
+    at each the dead block before it, and then the last dead block. Each wait is one the warpgroup would make in
+    that turn if it computed the block, so the turns cannot deadlock."""
+    first = gl.where(n_own > 0, n_own + 1, 1)
+    for j in range(first, n_blocks):
+        it = _free_block(k_ready, v_ready, kv_empty, it, STAGES)
         _my_turn(turn, g, WG)
         _pass_turn(turn, WG)
         g += 1
+    if n_own < n_blocks:
+        it = _free_block(k_ready, v_ready, kv_empty, it, STAGES)
     return it, g
+
+
+@gluon.jit
+def _boundary_group(acc, p, q, k_bufs, v_bufs, k_ready, v_ready, kv_empty, turn, it, it0, g,
+                    s_layout: gl.constexpr, LAST_PV: gl.constexpr, FIRST_S: gl.constexpr, STAGES: gl.constexpr,
+                    WG: gl.constexpr):
+    """One turn at a tile boundary: the last P V of the tile before (LAST_PV; ``p`` its last P, ``it0`` its first
+    block's counter) with S_0 = Q K_0^T of this tile (FIRST_S), both waited for. One group where there were two
+    half groups, each with only the other warpgroups' halves under its softmax or epilogue (docs/fa3.md section
+    16). Returns (O, S_0, turns taken)."""
+    ROWS: gl.constexpr = q.shape[0]
+    BLOCK_N: gl.constexpr = k_bufs.shape[2]
+    HEAD_DIM: gl.constexpr = k_bufs.shape[3]
+    qk = gl.zeros([ROWS, BLOCK_N], gl.float32, s_layout)
+    s = it % STAGES
+    s_prev = (it - 1) % STAGES
+    if LAST_PV:
+        _release(kv_empty, it, it0, STAGES)
+        mbarrier.wait(v_ready.index(s_prev), (it - 1) // STAGES & 1)
+    if FIRST_S:
+        mbarrier.wait(k_ready.index(s), it // STAGES & 1)
+    _my_turn(turn, g, WG)
+    if LAST_PV:
+        acc = warpgroup_mma(p, v_bufs.index(s_prev).reshape([BLOCK_N, HEAD_DIM]), acc, is_async=True)
+    if FIRST_S:
+        qk = warpgroup_mma(q, k_bufs.index(s).reshape([BLOCK_N, HEAD_DIM]).permute((1, 0)), qk, use_acc=False,
+                           is_async=True)
+    _pass_turn(turn, WG)
+    if LAST_PV:
+        if FIRST_S:
+            acc, qk = warpgroup_mma_wait(num_outstanding=0, deps=(acc, qk))
+        else:
+            acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
+        mbarrier.arrive(kv_empty.index(STAGES + s_prev), count=1)
+    if FIRST_S:
+        if not LAST_PV:
+            qk = warpgroup_mma_wait(num_outstanding=0, deps=(qk,))
+        mbarrier.arrive(kv_empty.index(s), count=1)
+    return acc, qk, g + 1
 
 
 @gluon.jit
@@ -459,7 +506,9 @@ def _pp_consumer(q_bufs, k_bufs, v_bufs, p_bufs, q_ready, q_empty, k_ready, v_re
     ``turn`` barrier per consumer), its own Q slice, the K/V ring shared with the other warpgroups (each arrives
     once on each ``kv_empty``). All walk the same K/V blocks (the tile's), so their turn counters stay in step;
     a warpgroup computes only the blocks its own rows see and passes the rest (``_skip_blocks``: under the causal
-    mask, and for a slice of rows past seqlen_q).
+    mask, and for a slice of rows past seqlen_q). A tile starts with its boundary group: the last P V of the tile
+    before, if this warpgroup's rows there saw every block (``pend``; its epilogue follows that group), with this
+    tile's S_0; one more pass after the last tile issues the last P V alone.
     ``p_bufs``: rung 10's P buffers (two per warpgroup; unused by rung 9)."""
     ROWS: gl.constexpr = q_bufs.shape[2]
     HEAD_DIM: gl.constexpr = q_bufs.shape[3]
@@ -467,6 +516,7 @@ def _pp_consumer(q_bufs, k_bufs, v_bufs, p_bufs, q_ready, q_empty, k_ready, v_re
     CONSUMERS: gl.constexpr = turn.shape[0]
     BLOCK_M: gl.constexpr = CONSUMERS * ROWS
     Q_BUFS: gl.constexpr = q_bufs.shape[0] // CONSUMERS
+    DTYPE: gl.constexpr = q_bufs.dtype
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                        instr_shape=[16, BLOCK_N, 16])
     o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
@@ -475,35 +525,59 @@ def _pp_consumer(q_bufs, k_bufs, v_bufs, p_bufs, q_ready, q_empty, k_ready, v_re
     s_rows: gl.constexpr = gl.SliceLayout(1, s_layout)
     n_m = gl.cdiv(N_CTX_Q, BLOCK_M)
     BH = n_tiles // n_m
+    rounds = _rounds(n_tiles, CAUSAL)
     it = 0  # K/V blocks consumed so far (the producer's count)
     g = 0  # wgmma groups this warpgroup has issued (its turns)
     done = 0
-    for r in range(0, _rounds(n_tiles, CAUSAL)):
+    pend = 0  # 1: the last tile's last P V waits for this tile's boundary group (its rows saw every block)
+    it0 = 0  # the counter of the last tile's block 0 (see ``_release``)
+    bh_p = 0  # the last tile's batch * head and first row
+    r0_p = 0
+    m_i = gl.full([ROWS], -1.0e30, gl.float32, s_rows)
+    l_i = gl.zeros([ROWS], gl.float32, s_rows)
+    acc = gl.zeros([ROWS, HEAD_DIM], gl.float32, o_layout)
+    p = _stage_p(gl.zeros([ROWS, BLOCK_N], gl.float32, s_layout), p_bufs, 0, DTYPE, p_layout, OVERLAP, WG)
+    for r in range(0, rounds + 1):  # the last pass takes no tile: its boundary group ends the last tile
+        live = r < rounds
         t = r * gl.num_programs(0) + _slot(r, CAUSAL)
         mb, bh = _tile(t, n_m, BH, BAND, CAUSAL)
         m0 = mb * BLOCK_M
         r0 = m0 + WG * ROWS
         n_full, n_own = _kv_blocks(r0, N_CTX_Q, N_CTX_K, CAUSAL, ROWS, BLOCK_N)  # this warpgroup's rows
+        _, n_blocks = _kv_blocks(m0, N_CTX_Q, N_CTX_K, CAUSAL, BLOCK_M, BLOCK_N)  # the tile's
+        n_own = gl.where(live, n_own, 0)
+        n_blocks = gl.where(live, n_blocks, 0)
         qb = done % Q_BUFS
-        mbarrier.wait(q_ready.index(qb), done // Q_BUFS & 1)
+        mbarrier.wait(q_ready.index(qb), done // Q_BUFS & 1, pred=live)
         q = q_bufs.index(qb * CONSUMERS + WG).reshape([ROWS, HEAD_DIM])
-        m_i = gl.full([ROWS], -1.0e30, gl.float32, s_rows)  # finite: never -inf - -inf
-        l_i = gl.zeros([ROWS], gl.float32, s_rows)
+        if pend > 0:
+            if n_own > 0:
+                acc, qk, g = _boundary_group(acc, p, q, k_bufs, v_bufs, k_ready, v_ready, kv_empty, turn, it, it0,
+                                             g, s_layout, True, True, STAGES, WG)
+            else:
+                acc, qk, g = _boundary_group(acc, p, q, k_bufs, v_bufs, k_ready, v_ready, kv_empty, turn, it, it0,
+                                             g, s_layout, True, False, STAGES, WG)
+        else:
+            if n_own > 0:
+                acc, qk, g = _boundary_group(acc, p, q, k_bufs, v_bufs, k_ready, v_ready, kv_empty, turn, it, it0,
+                                             g, s_layout, False, True, STAGES, WG)
+            else:
+                acc, qk, g = _boundary_group(acc, p, q, k_bufs, v_bufs, k_ready, v_ready, kv_empty, turn, it, it0,
+                                             g, s_layout, False, False, STAGES, WG)
+        # block 0's softmax (masked: it may hold the diagonal or the ragged end), then the last tile's epilogue:
+        # in this order the last tile's O waits beside P_0, not beside S_0 (three consumers spilled otherwise)
+        m_0 = gl.full([ROWS], -1.0e30, gl.float32, s_rows)  # finite: never -inf - -inf
+        l_0 = gl.zeros([ROWS], gl.float32, s_rows)
+        if n_own > 0:
+            p, m_0, l_0, alpha = _softmax_step(qk, m_0, l_0, 0, r0, qk_scale, N_CTX_Q, N_CTX_K, True, CAUSAL)
+            p = _stage_p(p, p_bufs, it, DTYPE, p_layout, OVERLAP, WG)
+        if pend > 0:
+            _epilogue(acc, m_i, l_i, O, LSE, bh_p, r0_p, N_CTX_Q, ROWS, HEAD_DIM, DTYPE)
+        m_i = m_0
+        l_i = l_0
         acc = gl.zeros([ROWS, HEAD_DIM], gl.float32, o_layout)
         if n_own > 0:
-            # block 0 alone (S only, masked: it may hold the diagonal or the ragged end)
             it0 = it
-            s = it % STAGES
-            mbarrier.wait(k_ready.index(s), it // STAGES & 1)
-            _my_turn(turn, g, WG)
-            qk = warpgroup_mma(q, k_bufs.index(s).reshape([BLOCK_N, HEAD_DIM]).permute((1, 0)),
-                               gl.zeros([ROWS, BLOCK_N], gl.float32, s_layout), use_acc=False, is_async=True)
-            _pass_turn(turn, WG)
-            g += 1
-            qk = warpgroup_mma_wait(num_outstanding=0, deps=(qk,))
-            mbarrier.arrive(kv_empty.index(s), count=1)  # K_0 read
-            p, m_i, l_i, alpha = _softmax_step(qk, m_i, l_i, 0, r0, qk_scale, N_CTX_Q, N_CTX_K, True, CAUSAL)
-            p = _stage_p(p, p_bufs, it, v_bufs.dtype, p_layout, OVERLAP, WG)
             it += 1
             acc, m_i, l_i, p, it, g = _pp_blocks(acc, m_i, l_i, p, q, k_bufs, v_bufs, p_bufs, k_ready, v_ready,
                                                  kv_empty, turn, it, it0, g, 1, n_full, r0, qk_scale, N_CTX_Q,
@@ -511,26 +585,23 @@ def _pp_consumer(q_bufs, k_bufs, v_bufs, p_bufs, q_ready, q_empty, k_ready, v_re
             acc, m_i, l_i, p, it, g = _pp_blocks(acc, m_i, l_i, p, q, k_bufs, v_bufs, p_bufs, k_ready, v_ready,
                                                  kv_empty, turn, it, it0, g, gl.maximum(n_full, 1), n_own, r0,
                                                  qk_scale, N_CTX_Q, N_CTX_K, True, CAUSAL, STAGES, OVERLAP, WG)
-            # every S of the tile has been waited for: Q's buffer is free (with one buffer, the next tile's Q
-            # loads under this P V and the epilogue)
-            mbarrier.arrive(q_empty.index(qb), count=1)
-            # the last block's P V alone
-            _release(kv_empty, it, it0, STAGES)
-            s_prev = (it - 1) % STAGES
-            mbarrier.wait(v_ready.index(s_prev), (it - 1) // STAGES & 1)
-            _my_turn(turn, g, WG)
-            acc = warpgroup_mma(p, v_bufs.index(s_prev).reshape([BLOCK_N, HEAD_DIM]), acc, is_async=True)
-            _pass_turn(turn, WG)
-            g += 1
-            acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
-            mbarrier.arrive(kv_empty.index(STAGES + s_prev), count=1)
-        else:
-            mbarrier.arrive(q_empty.index(qb), count=1)
+        # every S of the tile has been waited for: Q's buffer is free
+        mbarrier.arrive(q_empty.index(qb), count=1, pred=live)
+        # rows that saw every block of the tile leave their last P V to the next boundary group; the others end
+        # here: their last P V alone if the tile goes on without them, then the epilogue (O = 0, L = +inf for rows
+        # that see no key: past their diagonal, or past seqlen_q). (The epilogue sits at this level, not inside
+        # the branch above: nested there, Triton 3.6's lowering to LLVM fails an assertion.)
+        pend = gl.where((n_own > 0) & (n_own == n_blocks), 1, 0)
+        if (n_own > 0) & (n_own < n_blocks):
+            acc, no_s, g = _boundary_group(acc, p, q, k_bufs, v_bufs, k_ready, v_ready, kv_empty, turn, it, it0, g,
+                                           s_layout, True, False, STAGES, WG)
+        if live & (pend == 0):
+            _epilogue(acc, m_i, l_i, O, LSE, bh, r0, N_CTX_Q, ROWS, HEAD_DIM, DTYPE)
+        bh_p = bh
+        r0_p = r0
         # the tile's blocks no row of this warpgroup's own sees (past its diagonal, or its rows past seqlen_q)
-        _, n_blocks = _kv_blocks(m0, N_CTX_Q, N_CTX_K, CAUSAL, BLOCK_M, BLOCK_N)
         it, g = _skip_blocks(k_ready, v_ready, kv_empty, turn, it, g, n_own, n_blocks, STAGES, WG)
         done += 1
-        _epilogue(acc, m_i, l_i, O, LSE, bh, r0, N_CTX_Q, ROWS, HEAD_DIM, q_bufs.dtype)
 
 
 # seqlen_q is not specialised: Triton would compile a seqlen_q of 1 as the constant 1, and for rung 10 without the
@@ -643,36 +714,37 @@ def heads_in_flight(head: np.ndarray, grid: int) -> int:
     return max(len(np.unique(head[i:i + grid])) for i in range(0, len(head), grid))
 
 
+BALANCED = 0.95  # causal_band: a band the static walk balances this well (mean over largest CTA) is good enough
+
+
 @functools.lru_cache(maxsize=256)
-def causal_band(n_m: int, bh: int, sms: int, kv_head_bytes: int, l2_bytes: int, seqlen_q: int, seqlen_k: int,
-                block_m: int, per_tile: float = 1.0) -> int:
+def causal_band(n_m: int, bh: int, sms: int, seqlen_q: int, seqlen_k: int, block_m: int,
+                per_tile: float = 1.0) -> int:
     """How many heads share one causal sweep (``_tile``'s ``BAND``): the persistent grid walks the tiles in
     rounds of ``grid``, every other round in reverse (``_slot``), so the order decides both the balance (each
-    CTA's sum of blocks, plus ``per_tile`` for a tile's prologue and epilogue) and how many heads' K and V the
-    CTAs running together read. With every head in one band (the longest-first order over all heads), a 2k-token
-    causal forward had 128 heads in flight and read DRAM at 68% of its peak against cuDNN's 20% (ncu,
-    docs/fa3.md section 12). The band is the best-balanced one whose heads' K/V fit in half the L2, unless no
-    such band comes within 10% of the best balance over all bands. ``block_m``: the tile's query rows."""
+    CTA's sum of blocks, plus ``per_tile`` for a tile's prologue and epilogue; ``walk_balance``) and how many
+    heads' K and V the CTAs running together read. The band is the narrowest one the walk balances within 5%
+    (``BALANCED``), else the best-balanced one. Why the narrowest: in one process on an H200 (rung 9, d64 causal,
+    fp16, results/h200-fa3-band3-ab) the time per unit of balance grew with the band's K/V at every length, from
+    4k to 16k: at 4k bands of 2-4 heads (2-4 MiB) ran 1.13x every head in one band and 1.04x the 24 of the rule
+    before (which took the best-balanced band whose heads in flight fit half the L2); at 8k and 16k 8-16 heads
+    ran 1.02-1.07x the bands of every head that rule picked. ``block_m``: the tile's query rows."""
     cost = _tile_blocks(n_m, seqlen_q, seqlen_k, block_m).astype(float) + per_tile
     grid = min(sms, n_m * bh)
-    best = {}
-    for band in sorted({*range(1, min(bh, 64) + 1), bh}):
-        mb, head = causal_order(n_m, bh, band)
-        best[band] = (walk_balance(cost[mb], grid), heads_in_flight(head, grid) * kv_head_bytes <= l2_bytes // 2)
-    top = max(b for b, _ in best.values())
-    fits = [band for band, (b, ok) in best.items() if ok and b >= 0.9 * top]
-    return max(fits or best, key=lambda band: (best[band][0], -band))
+    balance = {band: walk_balance(cost[causal_order(n_m, bh, band)[0]], grid)
+               for band in sorted({*range(1, min(bh, 64) + 1), bh})}
+    balanced = [band for band, b in balance.items() if b >= BALANCED]
+    return min(balanced) if balanced else max(balance, key=lambda band: (balance[band], -band))
 
 
 def launch_ints(batch: int, heads: int, group: int, seqlen_q: int, seqlen_k: int, headdim: int, causal: bool,
-                sms: int, l2_bytes: int, elt: int = 2, rung: int = 8, consumers: int | None = None) -> dict:
+                sms: int, rung: int = 8, consumers: int | None = None) -> dict:
     """Rung ``rung``'s forward kernel's runtime ints after ``qk_scale``, in their order: H, GROUP, N_CTX_Q,
     N_CTX_K, n_tiles (query blocks x batch x heads) and BAND (``causal_band``; 1 without the mask, where it is
     not read)."""
     block_m = tiles(headdim, rung, consumers, causal, seqlen_q)["BLOCK_M"]
     n_m = triton.cdiv(seqlen_q, block_m)
-    band = causal_band(n_m, batch * heads, sms, 2 * seqlen_k * headdim * elt, l2_bytes, seqlen_q, seqlen_k,
-                       block_m) if causal else 1
+    band = causal_band(n_m, batch * heads, sms, seqlen_q, seqlen_k, block_m) if causal else 1
     return dict(H=heads, GROUP=group, N_CTX_Q=seqlen_q, N_CTX_K=seqlen_k, n_tiles=n_m * batch * heads, BAND=band)
 
 
@@ -746,8 +818,7 @@ def fa3_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool 
     lse = torch.empty(q.shape[:3], device=q.device, dtype=torch.float32)
     props = torch.cuda.get_device_properties(q.device)
     ints = launch_ints(shape.batch, shape.heads, shape.group, shape.seqlen_q, shape.seqlen_k, shape.headdim,
-                       bool(causal), props.multi_processor_count, props.L2_cache_size, rung=rung,
-                       consumers=consumers)
+                       bool(causal), props.multi_processor_count, rung=rung, consumers=consumers)
     if band is not None:
         ints["BAND"] = band
     grid = (min(props.multi_processor_count, ints["n_tiles"]),)
