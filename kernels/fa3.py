@@ -460,13 +460,15 @@ def _skip_blocks(k_ready, v_ready, kv_empty, turn, it, g, n_own, n_blocks, STAGE
 
 
 @gluon.jit
-def _boundary_group(acc, p, q, k_bufs, v_bufs, k_ready, v_ready, kv_empty, turn, it, it0, g,
+def _boundary_group(acc, p, q, k_bufs, v_bufs, p_bufs, k_ready, v_ready, kv_empty, turn, it, it0, g,
                     s_layout: gl.constexpr, LAST_PV: gl.constexpr, FIRST_S: gl.constexpr, STAGES: gl.constexpr,
-                    WG: gl.constexpr):
+                    OVERLAP: gl.constexpr, WG: gl.constexpr):
     """One turn at a tile boundary: the last P V of the tile before (LAST_PV; ``p`` its last P, ``it0`` its first
     block's counter) with S_0 = Q K_0^T of this tile (FIRST_S), both waited for. One group where there were two
     half groups, each with only the other warpgroups' halves under its softmax or epilogue (docs/fa3.md section
-    16). Returns (O, S_0, turns taken)."""
+    16). Rung 10 takes that P from its shared buffer by index (block ``it - 1``'s, ``_stage_p``): carried out of
+    the tile's branch and across the tile loop as a shared-memory descriptor, it read the wrong buffer on the GPU.
+    Returns (O, S_0, turns taken)."""
     ROWS: gl.constexpr = q.shape[0]
     BLOCK_N: gl.constexpr = k_bufs.shape[2]
     HEAD_DIM: gl.constexpr = k_bufs.shape[3]
@@ -480,6 +482,8 @@ def _boundary_group(acc, p, q, k_bufs, v_bufs, k_ready, v_ready, kv_empty, turn,
         mbarrier.wait(k_ready.index(s), it // STAGES & 1)
     _my_turn(turn, g, WG)
     if LAST_PV:
+        if OVERLAP:
+            p = p_bufs.index(WG * 2 + (it - 1) % 2)
         acc = warpgroup_mma(p, v_bufs.index(s_prev).reshape([BLOCK_N, HEAD_DIM]), acc, is_async=True)
     if FIRST_S:
         qk = warpgroup_mma(q, k_bufs.index(s).reshape([BLOCK_N, HEAD_DIM]).permute((1, 0)), qk, use_acc=False,
@@ -550,20 +554,21 @@ def _pp_consumer(q_bufs, k_bufs, v_bufs, p_bufs, q_ready, q_empty, k_ready, v_re
         qb = done % Q_BUFS
         mbarrier.wait(q_ready.index(qb), done // Q_BUFS & 1, pred=live)
         q = q_bufs.index(qb * CONSUMERS + WG).reshape([ROWS, HEAD_DIM])
+        # the boundary group: the last tile's last P V if it waits (pend), this tile's S_0 if its rows see a block
         if pend > 0:
             if n_own > 0:
-                acc, qk, g = _boundary_group(acc, p, q, k_bufs, v_bufs, k_ready, v_ready, kv_empty, turn, it, it0,
-                                             g, s_layout, True, True, STAGES, WG)
+                acc, qk, g = _boundary_group(acc, p, q, k_bufs, v_bufs, p_bufs, k_ready, v_ready, kv_empty, turn,
+                                             it, it0, g, s_layout, True, True, STAGES, OVERLAP, WG)
             else:
-                acc, qk, g = _boundary_group(acc, p, q, k_bufs, v_bufs, k_ready, v_ready, kv_empty, turn, it, it0,
-                                             g, s_layout, True, False, STAGES, WG)
+                acc, qk, g = _boundary_group(acc, p, q, k_bufs, v_bufs, p_bufs, k_ready, v_ready, kv_empty, turn,
+                                             it, it0, g, s_layout, True, False, STAGES, OVERLAP, WG)
         else:
             if n_own > 0:
-                acc, qk, g = _boundary_group(acc, p, q, k_bufs, v_bufs, k_ready, v_ready, kv_empty, turn, it, it0,
-                                             g, s_layout, False, True, STAGES, WG)
+                acc, qk, g = _boundary_group(acc, p, q, k_bufs, v_bufs, p_bufs, k_ready, v_ready, kv_empty, turn,
+                                             it, it0, g, s_layout, False, True, STAGES, OVERLAP, WG)
             else:
-                acc, qk, g = _boundary_group(acc, p, q, k_bufs, v_bufs, k_ready, v_ready, kv_empty, turn, it, it0,
-                                             g, s_layout, False, False, STAGES, WG)
+                acc, qk, g = _boundary_group(acc, p, q, k_bufs, v_bufs, p_bufs, k_ready, v_ready, kv_empty, turn,
+                                             it, it0, g, s_layout, False, False, STAGES, OVERLAP, WG)
         # block 0's softmax (masked: it may hold the diagonal or the ragged end), then the last tile's epilogue:
         # in this order the last tile's O waits beside P_0, not beside S_0 (three consumers spilled otherwise)
         m_0 = gl.full([ROWS], -1.0e30, gl.float32, s_rows)  # finite: never -inf - -inf
@@ -593,8 +598,8 @@ def _pp_consumer(q_bufs, k_bufs, v_bufs, p_bufs, q_ready, q_empty, k_ready, v_re
         # the branch above: nested there, Triton 3.6's lowering to LLVM fails an assertion.)
         pend = gl.where((n_own > 0) & (n_own == n_blocks), 1, 0)
         if (n_own > 0) & (n_own < n_blocks):
-            acc, no_s, g = _boundary_group(acc, p, q, k_bufs, v_bufs, k_ready, v_ready, kv_empty, turn, it, it0, g,
-                                           s_layout, True, False, STAGES, WG)
+            acc, no_s, g = _boundary_group(acc, p, q, k_bufs, v_bufs, p_bufs, k_ready, v_ready, kv_empty, turn,
+                                           it, it0, g, s_layout, True, False, STAGES, OVERLAP, WG)
         if live & (pend == 0):
             _epilogue(acc, m_i, l_i, O, LSE, bh, r0, N_CTX_Q, ROWS, HEAD_DIM, DTYPE)
         bh_p = bh
@@ -714,37 +719,36 @@ def heads_in_flight(head: np.ndarray, grid: int) -> int:
     return max(len(np.unique(head[i:i + grid])) for i in range(0, len(head), grid))
 
 
-BALANCED = 0.95  # causal_band: a band the static walk balances this well (mean over largest CTA) is good enough
-
-
 @functools.lru_cache(maxsize=256)
-def causal_band(n_m: int, bh: int, sms: int, seqlen_q: int, seqlen_k: int, block_m: int,
-                per_tile: float = 1.0) -> int:
+def causal_band(n_m: int, bh: int, sms: int, kv_head_bytes: int, l2_bytes: int, seqlen_q: int, seqlen_k: int,
+                block_m: int, per_tile: float = 1.0) -> int:
     """How many heads share one causal sweep (``_tile``'s ``BAND``): the persistent grid walks the tiles in
     rounds of ``grid``, every other round in reverse (``_slot``), so the order decides both the balance (each
-    CTA's sum of blocks, plus ``per_tile`` for a tile's prologue and epilogue; ``walk_balance``) and how many
-    heads' K and V the CTAs running together read. The band is the narrowest one the walk balances within 5%
-    (``BALANCED``), else the best-balanced one. Why the narrowest: in one process on an H200 (rung 9, d64 causal,
-    fp16, results/h200-fa3-band3-ab) the time per unit of balance grew with the band's K/V at every length, from
-    4k to 16k: at 4k bands of 2-4 heads (2-4 MiB) ran 1.13x every head in one band and 1.04x the 24 of the rule
-    before (which took the best-balanced band whose heads in flight fit half the L2); at 8k and 16k 8-16 heads
-    ran 1.02-1.07x the bands of every head that rule picked. ``block_m``: the tile's query rows."""
+    CTA's sum of blocks, plus ``per_tile`` for a tile's prologue and epilogue) and how many heads' K and V the
+    CTAs running together read. With every head in one band (the longest-first order over all heads), a 2k-token
+    causal forward had 128 heads in flight and read DRAM at 68% of its peak against cuDNN's 20% (ncu,
+    docs/fa3.md section 12). The band is the best-balanced one whose heads' K/V fit in half the L2, unless no
+    such band comes within 10% of the best balance over all bands. ``block_m``: the tile's query rows."""
     cost = _tile_blocks(n_m, seqlen_q, seqlen_k, block_m).astype(float) + per_tile
     grid = min(sms, n_m * bh)
-    balance = {band: walk_balance(cost[causal_order(n_m, bh, band)[0]], grid)
-               for band in sorted({*range(1, min(bh, 64) + 1), bh})}
-    balanced = [band for band, b in balance.items() if b >= BALANCED]
-    return min(balanced) if balanced else max(balance, key=lambda band: (balance[band], -band))
+    best = {}
+    for band in sorted({*range(1, min(bh, 64) + 1), bh}):
+        mb, head = causal_order(n_m, bh, band)
+        best[band] = (walk_balance(cost[mb], grid), heads_in_flight(head, grid) * kv_head_bytes <= l2_bytes // 2)
+    top = max(b for b, _ in best.values())
+    fits = [band for band, (b, ok) in best.items() if ok and b >= 0.9 * top]
+    return max(fits or best, key=lambda band: (best[band][0], -band))
 
 
 def launch_ints(batch: int, heads: int, group: int, seqlen_q: int, seqlen_k: int, headdim: int, causal: bool,
-                sms: int, rung: int = 8, consumers: int | None = None) -> dict:
+                sms: int, l2_bytes: int, elt: int = 2, rung: int = 8, consumers: int | None = None) -> dict:
     """Rung ``rung``'s forward kernel's runtime ints after ``qk_scale``, in their order: H, GROUP, N_CTX_Q,
     N_CTX_K, n_tiles (query blocks x batch x heads) and BAND (``causal_band``; 1 without the mask, where it is
     not read)."""
     block_m = tiles(headdim, rung, consumers, causal, seqlen_q)["BLOCK_M"]
     n_m = triton.cdiv(seqlen_q, block_m)
-    band = causal_band(n_m, batch * heads, sms, seqlen_q, seqlen_k, block_m) if causal else 1
+    band = causal_band(n_m, batch * heads, sms, 2 * seqlen_k * headdim * elt, l2_bytes, seqlen_q, seqlen_k,
+                       block_m) if causal else 1
     return dict(H=heads, GROUP=group, N_CTX_Q=seqlen_q, N_CTX_K=seqlen_k, n_tiles=n_m * batch * heads, BAND=band)
 
 
@@ -818,7 +822,8 @@ def fa3_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool 
     lse = torch.empty(q.shape[:3], device=q.device, dtype=torch.float32)
     props = torch.cuda.get_device_properties(q.device)
     ints = launch_ints(shape.batch, shape.heads, shape.group, shape.seqlen_q, shape.seqlen_k, shape.headdim,
-                       bool(causal), props.multi_processor_count, rung=rung, consumers=consumers)
+                       bool(causal), props.multi_processor_count, props.L2_cache_size, rung=rung,
+                       consumers=consumers)
     if band is not None:
         ints["BAND"] = band
     grid = (min(props.multi_processor_count, ints["n_tiles"]),)

@@ -258,30 +258,21 @@ def test_the_walk_reverses_every_other_round_and_counts_the_heads_a_round_reads(
     assert heads_in_flight(np.array([0, 0, 1, 2, 2, 2]), 3) == 2
 
 
-def test_causal_band_is_the_narrowest_the_walk_balances_within_5_percent():
-    """Paper shapes on an H200 (132 SMs), causal: at 2k and d128 (128 heads, 16 query blocks each) one head per
-    band already balances (its 16 tiles of 1-16 blocks, longest first, snake the 132 CTAs well), so one head's
-    K/V is in flight at a time; at 16k (16 heads of 128 query blocks) a narrow band leaves CTAs idle in its last
-    rounds, so every head shares the sweep, as before bands; without the mask the band is not read (1)."""
-    from fa2bench.kernels.fa3 import BALANCED, causal_band, causal_order, launch_ints, walk_balance
+def test_causal_band_keeps_a_2k_sweep_in_l2_and_a_long_one_balanced():
+    """Paper shapes on an H200 (132 SMs, 60 MiB L2), d128 fp16: at 2k (128 heads of 1 MiB K/V each) a band of
+    heads whose K/V fit in half the L2; at 16k (16 heads of 8 MiB) one head per band would leave CTAs idle (the
+    stride-132 walk of 128 query blocks), so every head shares the sweep, as before bands."""
+    from fa2bench.kernels.fa3 import causal_band, launch_ints
 
-    assert launch_ints(8, 16, 1, 2048, 2048, 128, True, 132, rung=9)["BAND"] == 1
-    assert launch_ints(1, 16, 1, 16384, 16384, 128, True, 132, rung=9)["BAND"] == 16
-    assert launch_ints(8, 16, 1, 2048, 2048, 128, False, 132, rung=9)["BAND"] == 1
-    # rung 9 at d64 from 4k (192-row tiles): the narrowest band at or above BALANCED, and every narrower one below
-    n_m, bh = 43, 64  # 8k: 43 tiles of 192 rows, 2 x 32 heads
-    cost = fa3_tile_costs(n_m, 8192)
-    band = causal_band(n_m, bh, 132, 8192, 8192, 192)
-    assert 1 < band < bh
-    assert walk_balance(cost[causal_order(n_m, bh, band)[0]], 132) >= BALANCED
-    assert all(walk_balance(cost[causal_order(n_m, bh, b)[0]], 132) < BALANCED for b in range(1, band))
-
-
-def fa3_tile_costs(n_m: int, seqlen: int, block_m: int = 192) -> np.ndarray:
-    """Each causal query tile's K/V blocks plus one (the per-tile cost causal_band assumes), counted here apart
-    from ``_tile_blocks``: the tile's last row sees keys 0 ... its index, in 128-key blocks."""
-    last_row = np.minimum((np.arange(n_m) + 1) * block_m, seqlen) - 1
-    return (last_row // 128 + 1).astype(float) + 1.0
+    mib = 2**20
+    short = launch_ints(8, 16, 1, 2048, 2048, 128, True, 132, 60 * mib)
+    assert 1 < short["BAND"] < 128 and short["BAND"] * 1 * mib <= 30 * mib
+    assert launch_ints(1, 16, 1, 16384, 16384, 128, True, 132, 60 * mib)["BAND"] == 16
+    assert launch_ints(8, 16, 1, 2048, 2048, 128, False, 132, 60 * mib)["BAND"] == 1
+    # nothing fits (no L2) and everything fits (a huge one) reduce the rule to the same: the best-balanced band
+    best_balanced = causal_band(16, 128, 132, mib, 10**12, 2048, 2048, 128)
+    assert causal_band(16, 128, 132, mib, 0, 2048, 2048, 128) == best_balanced
+    assert causal_band(128, 16, 132, 8 * mib, 0, 16384, 16384, 128) == 16
 
 
 # --- on a Hopper GPU ---------------------------------------------------------------------------------------------

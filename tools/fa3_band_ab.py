@@ -28,7 +28,7 @@ def main(argv=None) -> None:
         flops = attention_flops(batch, heads, seqlen, seqlen, headdim, True, "fwd")
         for rung in a.rungs:
             auto = fa3.launch_ints(batch, heads, 1, seqlen, seqlen, headdim, True, props.multi_processor_count,
-                                   rung=rung)["BAND"]
+                                   props.L2_cache_size, rung=rung)["BAND"]
             fixed = [(f"band {b}", b) for b in a.bands if b < batch * heads]
             for label, band in (("all heads", batch * heads), ("causal_band", auto), *fixed):
                 rows.time(lambda: fa3.fa3_forward(q, k, v, causal=True, rung=rung, band=band), flops, a.rep_ms,

@@ -8,7 +8,7 @@
 
 A tile costs its K/V blocks plus ``--per-tile`` (prologue and epilogue, in blocks). Balance is the mean over the
 largest of the CTAs' sums (1.0: all finish together); "K/V in flight" is the most heads one round reads, times a
-head's K and V bytes, against the L2 (``causal_band`` takes the narrowest band the static walk balances within 5%).
+head's K and V bytes, against the L2 (``causal_band`` wants it within half).
 
     python tools/fa3_schedule_sim.py [--headdim 64,128] [--seqlen 2048,4096,8192,16384] [--rung 9]
                                      [--bands 1,2,4,8,16] [--per-tile 1.0] [--sms 132] [--l2-mib 60]
@@ -56,7 +56,7 @@ def main(argv=None) -> None:
             kv_head = 2 * seqlen * headdim * 2
             cost = fa3._tile_blocks(n_m, seqlen, seqlen, block_m).astype(float) + a.per_tile
             grid = min(a.sms, n_m * bh)
-            picked = fa3.causal_band(n_m, bh, a.sms, seqlen, seqlen, block_m, a.per_tile)
+            picked = fa3.causal_band(n_m, bh, a.sms, kv_head, l2, seqlen, seqlen, block_m, a.per_tile)
             cells = []
             for band in sorted({b for b in a.bands if b < bh} | {picked, bh}):
                 mb, head = fa3.causal_order(n_m, bh, band)

@@ -132,13 +132,14 @@ def sass(kernel) -> str:
 
 
 def fa3_launch_ints(batch: int, heads: int, kv_heads: int, seqlen_q: int, seqlen_k: int, headdim: int = 128,
-                    causal: bool = False, sms: int = 132, rung: int = 8, consumers: int | None = None) -> dict:
+                    causal: bool = False, sms: int = 132, l2_bytes: int = 60 * 2**20, rung: int = 8,
+                    consumers: int | None = None) -> dict:
     """The runtime ints fa3_forward passes rung ``rung``'s forward kernel for this shape (``fa3.launch_ints``; an
-    H200's SM count unless told)."""
+    H200's SM count and L2 unless told)."""
     from fa2bench.kernels import fa3
 
-    return fa3.launch_ints(batch, heads, heads // kv_heads, seqlen_q, seqlen_k, headdim, causal, sms, rung=rung,
-                           consumers=consumers)
+    return fa3.launch_ints(batch, heads, heads // kv_heads, seqlen_q, seqlen_k, headdim, causal, sms, l2_bytes,
+                           rung=rung, consumers=consumers)
 
 
 def compile_fa3(headdim: int, causal: bool, dtype: str = "fp16", capability: int = 90, rung: int = 8,
