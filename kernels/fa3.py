@@ -440,21 +440,23 @@ def _free_block(k_ready, v_ready, kv_empty, it, STAGES: gl.constexpr):
 
 
 @gluon.jit
-def _skip_blocks(k_ready, v_ready, kv_empty, turn, it, g, n_own, n_blocks, STAGES: gl.constexpr, WG: gl.constexpr):
+def _skip_blocks(k_ready, v_ready, kv_empty, turn, it, g, n_own, n_blocks, FUSE, STAGES: gl.constexpr,
+                 WG: gl.constexpr):
     """A warpgroup whose rows see ``n_own`` of the tile's ``n_blocks`` K/V blocks (fewer under the causal mask,
-    none where its rows lie past seqlen_q) computes only those and passes the rest. A tile takes n_blocks groups
-    of every warpgroup (at least one: its boundary group, ``_boundary_group``); a warpgroup's own part is groups
-    0 ... n_own (its last P V alone in group n_own) or, where it sees every block, 0 ... n_own - 1 (its last P V
-    goes into the next boundary group). Here it takes the turns of the groups left without issuing a wgmma, freeing
-    at each the dead block before it, and then the last dead block. Each wait is one the warpgroup would make in
-    that turn if it computed the block, so the turns cannot deadlock."""
+    none where its rows lie past seqlen_q) computes only those and passes the rest. With FUSE a tile takes
+    n_blocks groups of every warpgroup (at least one: its boundary group, ``_boundary_group``); a warpgroup's own
+    part is groups 0 ... n_own (its last P V alone in group n_own) or, where it sees every block, 0 ... n_own - 1
+    (its last P V goes into the next boundary group). Without FUSE every last P V goes alone and a tile takes
+    n_blocks + 1 groups. Here the warpgroup takes the turns of the groups left without issuing a wgmma, freeing at
+    each the dead block before it, and then (FUSE) the last dead block. Each wait is one the warpgroup would make
+    in that turn if it computed the block, so the turns cannot deadlock."""
     first = gl.where(n_own > 0, n_own + 1, 1)
-    for j in range(first, n_blocks):
+    for j in range(first, n_blocks + 1 - FUSE):
         it = _free_block(k_ready, v_ready, kv_empty, it, STAGES)
         _my_turn(turn, g, WG)
         _pass_turn(turn, WG)
         g += 1
-    if n_own < n_blocks:
+    if (FUSE > 0) & (n_own < n_blocks):
         it = _free_block(k_ready, v_ready, kv_empty, it, STAGES)
     return it, g
 
@@ -504,15 +506,17 @@ def _boundary_group(acc, p, q, k_bufs, v_bufs, p_bufs, k_ready, v_ready, kv_empt
 
 @gluon.jit
 def _pp_consumer(q_bufs, k_bufs, v_bufs, p_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty, turn, O, LSE,
-                 qk_scale, N_CTX_Q, N_CTX_K, n_tiles, BAND, CAUSAL: gl.constexpr, STAGES: gl.constexpr,
+                 qk_scale, N_CTX_Q, N_CTX_K, n_tiles, BAND, FUSE, CAUSAL: gl.constexpr, STAGES: gl.constexpr,
                  OVERLAP: gl.constexpr, WG: gl.constexpr):
     """One consumer warpgroup (4 warps): rows [WG * 64, WG * 64 + 64) of every tile of CONSUMERS x 64 rows (one
     ``turn`` barrier per consumer), its own Q slice, the K/V ring shared with the other warpgroups (each arrives
     once on each ``kv_empty``). All walk the same K/V blocks (the tile's), so their turn counters stay in step;
     a warpgroup computes only the blocks its own rows see and passes the rest (``_skip_blocks``: under the causal
-    mask, and for a slice of rows past seqlen_q). A tile starts with its boundary group: the last P V of the tile
-    before, if this warpgroup's rows there saw every block (``pend``; its epilogue follows that group), with this
-    tile's S_0; one more pass after the last tile issues the last P V alone.
+    mask, and for a slice of rows past seqlen_q). A tile starts with its boundary group: with FUSE (a runtime
+    int, 1 or 0: ``launch_ints``), the last P V of the tile before, if this warpgroup's rows there saw every block
+    (``pend``; its epilogue follows that group), with this tile's S_0; one more pass after the last tile issues the
+    last P V alone. Without FUSE every last P V goes alone, in its own group (FUSE is not a constexpr: with the
+    branches folded away, Triton 3.6 fails to lower the causal kernel: the assertion of the note at the epilogue).
     ``p_bufs``: rung 10's P buffers (two per warpgroup; unused by rung 9)."""
     ROWS: gl.constexpr = q_bufs.shape[2]
     HEAD_DIM: gl.constexpr = q_bufs.shape[3]
@@ -596,8 +600,8 @@ def _pp_consumer(q_bufs, k_bufs, v_bufs, p_bufs, q_ready, q_empty, k_ready, v_re
         # here: their last P V alone if the tile goes on without them, then the epilogue (O = 0, L = +inf for rows
         # that see no key: past their diagonal, or past seqlen_q). (The epilogue sits at this level, not inside
         # the branch above: nested there, Triton 3.6's lowering to LLVM fails an assertion.)
-        pend = gl.where((n_own > 0) & (n_own == n_blocks), 1, 0)
-        if (n_own > 0) & (n_own < n_blocks):
+        pend = gl.where((n_own > 0) & (n_own == n_blocks) & (FUSE > 0), 1, 0)
+        if (n_own > 0) & (pend == 0):
             acc, no_s, g = _boundary_group(acc, p, q, k_bufs, v_bufs, p_bufs, k_ready, v_ready, kv_empty, turn,
                                            it, it0, g, s_layout, True, False, STAGES, OVERLAP, WG)
         if live & (pend == 0):
@@ -605,15 +609,15 @@ def _pp_consumer(q_bufs, k_bufs, v_bufs, p_bufs, q_ready, q_empty, k_ready, v_re
         bh_p = bh
         r0_p = r0
         # the tile's blocks no row of this warpgroup's own sees (past its diagonal, or its rows past seqlen_q)
-        it, g = _skip_blocks(k_ready, v_ready, kv_empty, turn, it, g, n_own, n_blocks, STAGES, WG)
+        it, g = _skip_blocks(k_ready, v_ready, kv_empty, turn, it, g, n_own, n_blocks, FUSE, STAGES, WG)
         done += 1
 
 
 # seqlen_q is not specialised: Triton would compile a seqlen_q of 1 as the constant 1, and for rung 10 without the
 # causal mask that kernel crashes ptxas (SIGSEGV in the ptxas of Triton 3.6 and 3.9, CUDA 12.8 and 12.9; not
 # at -O0); tests/test_fa3.py compiles each test shape as its launch specialises it
-@gluon.jit(do_not_specialize=["N_CTX_Q", "BAND"])
-def _fa3_pp_fwd_kernel(q_desc, k_desc, v_desc, O, LSE, qk_scale, H, GROUP, N_CTX_Q, N_CTX_K, n_tiles, BAND,
+@gluon.jit(do_not_specialize=["N_CTX_Q", "BAND", "FUSE"])
+def _fa3_pp_fwd_kernel(q_desc, k_desc, v_desc, O, LSE, qk_scale, H, GROUP, N_CTX_Q, N_CTX_K, n_tiles, BAND, FUSE,
                        CAUSAL: gl.constexpr, STAGES: gl.constexpr, OVERLAP: gl.constexpr, CONSUMERS: gl.constexpr,
                        num_warps: gl.constexpr):
     """Rung 9 (OVERLAP=False) and rung 10 (OVERLAP=True): the default partition and one or two 4-warp workers are
@@ -638,20 +642,20 @@ def _fa3_pp_fwd_kernel(q_desc, k_desc, v_desc, O, LSE, qk_scale, H, GROUP, N_CTX
     if CONSUMERS == 3:
         gl.warp_specialize([
             (_pp_consumer, (q_bufs, k_bufs, v_bufs, p_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty, turn,
-                            O, LSE, qk_scale, N_CTX_Q, N_CTX_K, n_tiles, BAND, CAUSAL, STAGES, OVERLAP, 0)),
+                            O, LSE, qk_scale, N_CTX_Q, N_CTX_K, n_tiles, BAND, FUSE, CAUSAL, STAGES, OVERLAP, 0)),
             (_pp_consumer, (q_bufs, k_bufs, v_bufs, p_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty, turn,
-                            O, LSE, qk_scale, N_CTX_Q, N_CTX_K, n_tiles, BAND, CAUSAL, STAGES, OVERLAP, 1)),
+                            O, LSE, qk_scale, N_CTX_Q, N_CTX_K, n_tiles, BAND, FUSE, CAUSAL, STAGES, OVERLAP, 1)),
             (_pp_consumer, (q_bufs, k_bufs, v_bufs, p_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty, turn,
-                            O, LSE, qk_scale, N_CTX_Q, N_CTX_K, n_tiles, BAND, CAUSAL, STAGES, OVERLAP, 2)),
+                            O, LSE, qk_scale, N_CTX_Q, N_CTX_K, n_tiles, BAND, FUSE, CAUSAL, STAGES, OVERLAP, 2)),
             (_producer, (q_desc, k_desc, v_desc, q_bufs, k_bufs, v_bufs, q_ready, q_empty, k_ready, v_ready,
                          kv_empty, H, GROUP, N_CTX_Q, N_CTX_K, n_tiles, BAND, CAUSAL, STAGES, 3, Q_BUFS)),
         ], [4, 4, 1], [PP3_CONSUMER_REGS, PP3_CONSUMER_REGS, 24])
     else:
         gl.warp_specialize([
             (_pp_consumer, (q_bufs, k_bufs, v_bufs, p_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty, turn,
-                            O, LSE, qk_scale, N_CTX_Q, N_CTX_K, n_tiles, BAND, CAUSAL, STAGES, OVERLAP, 0)),
+                            O, LSE, qk_scale, N_CTX_Q, N_CTX_K, n_tiles, BAND, FUSE, CAUSAL, STAGES, OVERLAP, 0)),
             (_pp_consumer, (q_bufs, k_bufs, v_bufs, p_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty, turn,
-                            O, LSE, qk_scale, N_CTX_Q, N_CTX_K, n_tiles, BAND, CAUSAL, STAGES, OVERLAP, 1)),
+                            O, LSE, qk_scale, N_CTX_Q, N_CTX_K, n_tiles, BAND, FUSE, CAUSAL, STAGES, OVERLAP, 1)),
             (_producer, (q_desc, k_desc, v_desc, q_bufs, k_bufs, v_bufs, q_ready, q_empty, k_ready, v_ready,
                          kv_empty, H, GROUP, N_CTX_Q, N_CTX_K, n_tiles, BAND, CAUSAL, STAGES, 2, Q_BUFS)),
         ], [4, 1], [PP_CONSUMER_REGS, 24])
@@ -740,16 +744,23 @@ def causal_band(n_m: int, bh: int, sms: int, kv_head_bytes: int, l2_bytes: int, 
     return max(fits or best, key=lambda band: (best[band][0], -band))
 
 
+# rungs 9 and 10: a tile's last P V in the next tile's first group (1) or alone (0). On the H200 (docs/fa3.md
+# section 16) the fused boundary ran d128 full 0.958 -> 0.990x cuDNN (fp16 medians) and d64 full 1.047 -> 1.079x;
+# under the causal mask it did not help at d128 and cost d64 4-5% at 4k-8k (three consumers with unequal blocks)
+FUSE_FULL, FUSE_CAUSAL = 1, 0
+
+
 def launch_ints(batch: int, heads: int, group: int, seqlen_q: int, seqlen_k: int, headdim: int, causal: bool,
                 sms: int, l2_bytes: int, elt: int = 2, rung: int = 8, consumers: int | None = None) -> dict:
     """Rung ``rung``'s forward kernel's runtime ints after ``qk_scale``, in their order: H, GROUP, N_CTX_Q,
     N_CTX_K, n_tiles (query blocks x batch x heads) and BAND (``causal_band``; 1 without the mask, where it is
-    not read)."""
+    not read); rungs 9 and 10 also FUSE (``FUSE_FULL``, ``FUSE_CAUSAL``)."""
     block_m = tiles(headdim, rung, consumers, causal, seqlen_q)["BLOCK_M"]
     n_m = triton.cdiv(seqlen_q, block_m)
     band = causal_band(n_m, batch * heads, sms, 2 * seqlen_k * headdim * elt, l2_bytes, seqlen_q, seqlen_k,
                        block_m) if causal else 1
-    return dict(H=heads, GROUP=group, N_CTX_Q=seqlen_q, N_CTX_K=seqlen_k, n_tiles=n_m * batch * heads, BAND=band)
+    ints = dict(H=heads, GROUP=group, N_CTX_Q=seqlen_q, N_CTX_K=seqlen_k, n_tiles=n_m * batch * heads, BAND=band)
+    return ints if rung == 8 else {**ints, "FUSE": FUSE_FULL if not causal else FUSE_CAUSAL}
 
 
 def forward_kernel(rung: int, headdim: int, causal: bool, consumers: int | None = None) -> tuple:
@@ -794,13 +805,13 @@ def _tma_heads(t: torch.Tensor) -> torch.Tensor:
 
 def fa3_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = False,
                 sm_scale: float | None = None, rung: int = 8, band: int | None = None,
-                consumers: int | None = None):
+                consumers: int | None = None, fuse: int | None = None):
     """The forward of rung ``rung`` (8: one 8-warp consumer partition; 9: ping-pong of two 4-warp consumer
     partitions, three at head dim 64 (under the mask from 4k query rows); 10: ping-pong of two plus the softmax
     overlapped with the warpgroup's own P V, P through shared memory):
     ``(o, lse)``, lse the log2-domain log-sum-exp (fp32, (batch, heads, seqlen_q), +inf for a row that sees no
     key), the same convention as ``flash2_forward``. ``band`` overrides ``causal_band``, ``consumers`` the
-    consumer warpgroups of rungs 9 and 10 (``tiles``; tests and studies)."""
+    consumer warpgroups of rungs 9 and 10 (``tiles``), ``fuse`` their FUSE (tests and studies)."""
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
     name = RUNGS.get(rung)
@@ -826,6 +837,8 @@ def fa3_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool 
                        consumers=consumers)
     if band is not None:
         ints["BAND"] = band
+    if fuse is not None and rung > 8:
+        ints["FUSE"] = fuse
     grid = (min(props.multi_processor_count, ints["n_tiles"]),)
     args = (q_desc, k_desc, v_desc, o, lse, scale * LOG2E, *ints.values())
     kernel, consts = forward_kernel(rung, shape.headdim, bool(causal), consumers)

@@ -369,6 +369,28 @@ def test_every_causal_band_gives_the_reference_output(band, rung, headdim):
 @pytest.mark.timeout(60)
 @pytest.mark.skipif(not _hopper(), reason="needs a Hopper GPU (sm_90)")
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("rung", [9, 10])
+@pytest.mark.parametrize("fuse", [0, 1], ids=["last-pv-alone", "boundary-group"])
+@pytest.mark.parametrize("shape", [(2, 4, 2, 333, 517, 128), (1, 4, 1, 1000, 77, 64), (2, 3, 3, 700, 700, 64)],
+                         ids=shape_id)
+def test_both_tile_boundaries_give_the_reference_output(shape, fuse, rung, causal):
+    """A tile's last P V alone or in the next tile's first group (``FUSE``, whichever the launch would pick): the
+    same O and LSE, with and without the mask, where warpgroups see unequal blocks (causal, ragged) and rows see
+    no key (seqlen_q > seqlen_k), over several tiles per CTA."""
+    from fa2bench.kernels.fa3 import fa3_forward
+
+    q, k, v = make_qkv(shape, torch.float16, "cuda")
+    o, lse = fa3_forward(q, k, v, causal=causal, rung=rung, fuse=fuse)
+    verdict = check_attention(lambda q, k, v, c: fa3_forward(q, k, v, causal=c, rung=rung, fuse=fuse)[0], q, k, v,
+                              causal, backward=False)
+    assert verdict.ok, verdict.detail
+    torch.testing.assert_close(lse.double(), lse_ref(q, k, causal), atol=1e-3, rtol=1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(not _hopper(), reason="needs a Hopper GPU (sm_90)")
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
 @pytest.mark.parametrize("shape", [s for s in SHAPES if s[-1] == 64], ids=shape_id)
 def test_rung9_with_the_other_consumer_count_at_head_dim_64_gives_the_reference_output(shape, causal):
     """The consumer count rung 9 does not pick at d64 on these shorter sequences (two without the mask, three

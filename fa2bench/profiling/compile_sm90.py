@@ -162,7 +162,7 @@ def compile_fa3(headdim: int, causal: bool, dtype: str = "fp16", capability: int
 
     sig = dict(q_desc=desc(cfg["Q_ROWS"]), k_desc=desc(cfg["BLOCK_N"]), v_desc=desc(cfg["BLOCK_N"]),
                O="*" + dtype, LSE="*fp32", qk_scale="fp32", H="i32", GROUP="i32", N_CTX_Q="i32", N_CTX_K="i32",
-               n_tiles="i32", BAND="i32")
+               n_tiles="i32", BAND="i32", **({"FUSE": "i32"} if rung > 8 else {}))
     fn, consts = fa3.forward_kernel(rung, headdim, causal, consumers)
     ints, attrs = {}, {}
     if shape is not None:
