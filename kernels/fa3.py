@@ -744,6 +744,13 @@ def causal_band(n_m: int, bh: int, sms: int, kv_head_bytes: int, l2_bytes: int, 
     return max(fits or best, key=lambda band: (best[band][0], -band))
 
 
+# rung 9's causal tiles of three consumers (d64, from 4k query rows): at most this many heads per band. Chosen
+# from three A/Bs on the H200 (fp16, paper shapes; results/h200-fa3-band3-ab, -band4-ab, -band5-ab), where band 8
+# was within 2-5% of the best band at 4k, 8k and 16k and above causal_band's pick (24, 64, 32 heads) by 6-12% at
+# 4k, 2-6% at 8k and 1-5% at 16k: the walk's simulated balance, which makes the rule pick wide bands there, is
+# worth less than the L2 hits of a narrow one (docs/fa3.md section 16). At d128 the rule's picks measured well.
+THREE_BAND_MAX = 8
+
 # rungs 9 and 10: a tile's last P V in the next tile's first group (1) or alone (0). On the H200 (docs/fa3.md
 # section 16) the fused boundary ran d128 full 0.958 -> 0.990x cuDNN (fp16 medians) and d64 full 1.047 -> 1.079x;
 # under the causal mask it did not help at d128 and cost d64 4-5% at 4k-8k (three consumers with unequal blocks)
@@ -755,10 +762,13 @@ def launch_ints(batch: int, heads: int, group: int, seqlen_q: int, seqlen_k: int
     """Rung ``rung``'s forward kernel's runtime ints after ``qk_scale``, in their order: H, GROUP, N_CTX_Q,
     N_CTX_K, n_tiles (query blocks x batch x heads) and BAND (``causal_band``; 1 without the mask, where it is
     not read); rungs 9 and 10 also FUSE (``FUSE_FULL``, ``FUSE_CAUSAL``)."""
-    block_m = tiles(headdim, rung, consumers, causal, seqlen_q)["BLOCK_M"]
+    cfg = tiles(headdim, rung, consumers, causal, seqlen_q)
+    block_m = cfg["BLOCK_M"]
     n_m = triton.cdiv(seqlen_q, block_m)
     band = causal_band(n_m, batch * heads, sms, 2 * seqlen_k * headdim * elt, l2_bytes, seqlen_q, seqlen_k,
                        block_m) if causal else 1
+    if cfg["CONSUMERS"] == 3:
+        band = min(band, THREE_BAND_MAX)
     ints = dict(H=heads, GROUP=group, N_CTX_Q=seqlen_q, N_CTX_K=seqlen_k, n_tiles=n_m * batch * heads, BAND=band)
     return ints if rung == 8 else {**ints, "FUSE": FUSE_FULL if not causal else FUSE_CAUSAL}
 

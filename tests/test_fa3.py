@@ -275,6 +275,23 @@ def test_causal_band_keeps_a_2k_sweep_in_l2_and_a_long_one_balanced():
     assert causal_band(128, 16, 132, 8 * mib, 0, 16384, 16384, 128) == 16
 
 
+def test_three_consumer_causal_tiles_take_narrow_bands():
+    """Rung 9's 192-row causal tiles (d64 from 4k query rows) take at most THREE_BAND_MAX heads per band, where
+    causal_band would take every head at 8k and 16k; two-consumer tiles keep causal_band's pick."""
+    from fa2bench.kernels.fa3 import THREE_BAND_MAX, causal_band, launch_ints
+
+    mib = 2**20
+    for seqlen in (4096, 8192, 16384):
+        ints = launch_ints(16384 // seqlen, 32, 1, seqlen, seqlen, 64, True, 132, 60 * mib, rung=9)
+        n_m = -(-seqlen // 192)
+        assert ints["n_tiles"] == n_m * 16384 // seqlen * 32  # 192-row tiles: three consumers
+        picked = causal_band(n_m, 16384 // seqlen * 32, 132, 2 * seqlen * 64 * 2, 60 * mib, seqlen, seqlen, 192)
+        assert ints["BAND"] == min(picked, THREE_BAND_MAX)
+    assert launch_ints(1, 32, 1, 16384, 16384, 64, True, 132, 60 * mib, rung=9)["BAND"] == THREE_BAND_MAX < 32
+    two = launch_ints(8, 32, 1, 2048, 2048, 64, True, 132, 60 * mib, rung=9)  # 2k: two consumers, 128-row tiles
+    assert two["BAND"] == causal_band(16, 256, 132, 2 * 2048 * 64 * 2, 60 * mib, 2048, 2048, 128) > THREE_BAND_MAX
+
+
 # --- on a Hopper GPU ---------------------------------------------------------------------------------------------
 
 SHAPES = [  # (batch, heads, kv_heads, seqlen_q, seqlen_k, headdim)
