@@ -17,6 +17,7 @@ RERUN = "h200-headline-rerun-2"  # issue 20: its fp16 d128 fa2 and cuDNN points 
 SAME_CARD = ("h200-headline-rerun-3", "h200-headline-rerun-4")  # issue 20: the subset twice in one lease
 FA3_BWD = "h200-fa3-bwd"  # issue 23: the Gluon backward against fa2 and cuDNN
 FA3_ACCEPT = "h200-fa3-accept-3"  # issue 23: the acceptance run (paper shapes 2k-16k, fp16/bf16, d64/128, both modes)
+FA3_FORWARD = "h200-fa3-fwd-6"  # issue 23: rung 9 and cuDNN forward after the boundary group (session 15)
 FA3_RUNGS = "h200-fa3-rungs-3"  # issue 23: the three forward rungs and cuDNN, one call (causal bands, snake walk)
 VARIANTS_LATEST = "h200-variants-3"  # issue 18: bf16 d128 variants at the one-loop forward (and backward) default
 NAMES = {"fa2": "fa2", "sdpa-cudnn": "cuDNN", "sdpa-flash": "flash"}

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from fa2bench.docnumbers.data import (DECODE, DECODE_BEFORE, FA3_ACCEPT, FA3_BWD, FA3_RUNGS, FIRST, HEADLINE, LADDER,
-                                      PLAIN, RERUN, SAME_CARD, SECOND, SPLITS, TOP, kilo, load, ok_rows, read_meta)
+from fa2bench.docnumbers.data import (DECODE, DECODE_BEFORE, FA3_ACCEPT, FA3_BWD, FA3_FORWARD, FA3_RUNGS, FIRST,
+                                      HEADLINE, LADDER, PLAIN, RERUN, SAME_CARD, SECOND, SPLITS, TOP, kilo, load, ok_rows, read_meta)
 from fa2bench.docnumbers.h100 import ablation_fa1, ablation_steps, ablation_versus, top_table, versus_cudnn
 from fa2bench.read.summary import geomean
 
@@ -142,6 +142,26 @@ def fa3_accept(root: Path) -> str:
                      + " | ".join(f"{r:.2f}" for r in ratios) + " |")
     return _paper_run(root, FA3_ACCEPT, frame, "", "ratios are medians over those lengths, above 1 fa3 is faster",
                       lines)
+
+
+def fa3_forward(root: Path) -> str:
+    """fa3's fastest forward rung against cuDNN per (head dim, dtype, mask), one device call: the speed ratio at
+    each sequence length and their median, and fa3's TFLOP/s at the longest."""
+    frame = ok_rows(load(root, FA3_FORWARD))
+    fa3 = FA3_FASTEST["fwd"]
+    key = ["headdim", "dtype", "causal", "seqlen_q"]
+    ms = frame.pivot_table(index=key, columns="provider", values="ms")
+    tf = frame.pivot_table(index=key, columns="provider", values="tflops")
+    lengths = sorted(set(frame["seqlen_q"]))
+    lines = [f"| head dim | dtype | mask | `{fa3}` TFLOP/s ({kilo(lengths[-1])}) | / cuDNN: "
+             + " / ".join(kilo(n) for n in lengths) + " | median |", "| --- | --- | --- | ---: | ---: | ---: |"]
+    for (d, dtype, causal), sub in ms.groupby(level=["headdim", "dtype", "causal"]):
+        speed = sub["sdpa-cudnn"] / sub[fa3]
+        lines.append(f"| {d} | {dtype} | {'causal' if causal else 'full'} | "
+                     f"{tf.loc[(d, dtype, causal, lengths[-1]), fa3]:.0f} | "
+                     + " / ".join(f"{r:.2f}" for r in speed) + f" | {float(speed.median()):.3f} |")
+    return _paper_run(root, FA3_FORWARD, frame, ", one device call, forward",
+                      "speeds over cuDNN's, above 1 fa3 is faster", lines)
 
 
 def _paper_run(root: Path, run: str, frame: pd.DataFrame, how: str, reading: str, lines: list[str]) -> str:
