@@ -27,13 +27,14 @@ with their own 64-row Q slices, whose wgmma groups (P_{j-1} V_{j-1} with S_j) al
 mbarriers, so one's softmax runs under the other's GEMMs. At head dim 64 a 64 x 128 block's softmax outlasts one
 warpgroup's two GEMMs, so rung 9 runs three consumer warpgroups there (192-row tiles, the turns round robin, 160
 registers each; FA3 also runs three at d64), under the causal mask from 4k query rows; each warpgroup computes only
-the K/V blocks its own rows see and passes the others (``_skip_blocks``). Rung 10, the same kernel with ``OVERLAP``
-(provider ``fa3-overlap``): FA3's intra-warpgroup overlap. S_j is issued first and waited for alone before the softmax
-of block j, which runs under the warpgroup's own P_{j-1} V_{j-1}; P goes to that wgmma through shared memory (two
-buffers per warpgroup), because with P in registers ptxas waits for the P V before the first exponential (it writes
-the next P into the registers the in-flight wgmma reads: docs/fa3.md, sections 5 and 9). Backward:
-``kernels/fa3_bwd.py`` (Gluon dK/dV and dQ kernels), the same for every rung; the differentiable ``*_attention``
-functions live there too, on top of this module's ``fa3_forward``.
+the K/V blocks its own rows see and passes the others (``_skip_blocks``). Without the causal mask a tile's last
+P V goes into the next tile's first group, with its S_0 (``_boundary_group``, ``FUSE``). Rung 10, the same kernel
+with ``OVERLAP`` (provider ``fa3-overlap``): FA3's intra-warpgroup overlap. S_j is issued first and waited for alone
+before the softmax of block j, which runs under the warpgroup's own P_{j-1} V_{j-1}; P goes to that wgmma through
+shared memory (two buffers per warpgroup), because with P in registers ptxas waits for the P V before the first
+exponential (it writes the next P into the registers the in-flight wgmma reads: docs/fa3.md, sections 5 and 9).
+Backward: ``kernels/fa3_bwd.py`` (Gluon dK/dV and dQ kernels), the same for every rung; the differentiable
+``*_attention`` functions live there too, on top of this module's ``fa3_forward``.
 
 Layout and limits: q (batch, heads, seqlen_q, headdim), k and v (batch, kv_heads, seqlen_k, headdim), heads a
 multiple of kv_heads (GQA/MQA); fp16 or bf16; head dim 64 or 128; any sequence lengths; an H100/H200 (sm_90).
@@ -746,9 +747,10 @@ def causal_band(n_m: int, bh: int, sms: int, kv_head_bytes: int, l2_bytes: int, 
 
 # rung 9's causal tiles of three consumers (d64, from 4k query rows): at most this many heads per band. Chosen
 # from three A/Bs on the H200 (fp16, paper shapes; results/h200-fa3-band3-ab, -band4-ab, -band5-ab), where band 8
-# was within 2-5% of the best band at 4k, 8k and 16k and above causal_band's pick (24, 64, 32 heads) by 6-12% at
-# 4k, 2-6% at 8k and 1-5% at 16k: the walk's simulated balance, which makes the rule pick wide bands there, is
-# worth less than the L2 hits of a narrow one (docs/fa3.md section 16). At d128 the rule's picks measured well.
+# was within 0-5% of the best band at 4k, 8k and 16k and above causal_band's pick (24, 64, 32 heads) by 2-6% at
+# 4k and 8k and 1-7% at 16k (in the two A/Bs that timed the pick): the walk's simulated balance, which makes the
+# rule pick wide bands there, is worth less than the L2 hits of a narrow one (docs/fa3.md section 16). The sweep
+# after it (results/h200-fa3-fwd-6) ran 4k level with the pick's run before. At d128 the rule's picks measured well.
 THREE_BAND_MAX = 8
 
 # rungs 9 and 10: a tile's last P V in the next tile's first group (1) or alone (0). On the H200 (docs/fa3.md

@@ -7,7 +7,8 @@ from pathlib import Path
 import pandas as pd
 
 from fa2bench.docnumbers.data import (DECODE, DECODE_BEFORE, FA3_ACCEPT, FA3_BWD, FA3_FORWARD, FA3_RUNGS, FIRST,
-                                      HEADLINE, LADDER, PLAIN, RERUN, SAME_CARD, SECOND, SPLITS, TOP, kilo, load, ok_rows, read_meta)
+                                      HEADLINE, LADDER, PLAIN, RERUN, SAME_CARD, SECOND, SPLITS, TOP, kilo, load,
+                                      ok_rows, read_meta)
 from fa2bench.docnumbers.h100 import ablation_fa1, ablation_steps, ablation_versus, top_table, versus_cudnn
 from fa2bench.read.summary import geomean
 
