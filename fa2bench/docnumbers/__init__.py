@@ -21,8 +21,8 @@ from typing import Callable
 from fa2bench.docnumbers.h100 import (ablation_fa1, ablation_steps, ablation_versus, e2e_table, e2e_tokens,
                                       e2e_versus, top_points, top_table, top_versus)
 from fa2bench.docnumbers.h200 import (decode_splits, decode_timers, decode_versus, fa3_accept, fa3_backward,
-                                      fa3_forward, fa3_rungs, first_run, headline_rerun, headline_table, ladder_fa1, ladder_state,
-                                      ladder_steps, ladder_versus, same_card)
+                                      fa3_forward, fa3_rungs, first_run, headline_rerun, headline_table, ladder_fa1,
+                                      ladder_state, ladder_steps, ladder_versus, same_card)
 from fa2bench.docnumbers.variants import (variants_cost, variants_latest, variants_power, variants_profile,
                                           variants_table, variants_tiles, variants_varlen)
 
