@@ -122,13 +122,18 @@ def launch_specialisation(fn, ints: dict, pointers: tuple[str, ...] = ()) -> tup
     return constexprs, attrs
 
 
-def sass(kernel) -> str:
-    """The SASS of a compiled kernel, from the bundled cuobjdump."""
+def cuobjdump(kernel, option: str) -> str:
+    """The bundled cuobjdump's output for a compiled kernel's cubin (``option``: ``--dump-sass``, ...)."""
     tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(kernel.asm["cubin"])
         f.flush()
-        return subprocess.run([tool, "--dump-sass", f.name], capture_output=True, text=True).stdout
+        return subprocess.run([tool, option, f.name], capture_output=True, text=True).stdout
+
+
+def sass(kernel) -> str:
+    """The SASS of a compiled kernel, from the bundled cuobjdump."""
+    return cuobjdump(kernel, "--dump-sass")
 
 
 def fa3_launch_ints(batch: int, heads: int, kv_heads: int, seqlen_q: int, seqlen_k: int, headdim: int = 128,
@@ -208,11 +213,7 @@ def compile_fa3_bwd(headdim: int, causal: bool, dtype: str = "fp16", capability:
 
 def resources(kernel) -> str:
     """Registers, spill stores and shared memory of a compiled kernel, from cuobjdump on its cubin."""
-    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
-    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
-        f.write(kernel.asm["cubin"])
-        f.flush()
-        out = subprocess.run([tool, "--dump-resource-usage", f.name], capture_output=True, text=True).stdout
+    out = cuobjdump(kernel, "--dump-resource-usage")
     regs = re.search(r"REG:(\d+)", out)
     stack = re.search(r"STACK:(\d+)", out)
     return (f"regs {regs.group(1) if regs else '?'} stack {stack.group(1) if stack else '?'} "
