@@ -72,6 +72,11 @@ PRODUCER_REGS = gl.constexpr(24)  # the producer warp's registers under setmaxnr
 # memory; "redg", fp32 atomics from registers (SASS REDG, 32 per thread per step at d128: measured slower than the
 # dQ kernel, docs/fa3.md section 8). A module switch so both can be timed in one process.
 DQ_ATOMICS = "tma"
+# Query rows per dK/dV step, by head dim. 128 at head dim 64 is a study (docs/fa3.md section 17; not yet run on a GPU
+# when written): the same barriers, statistics loads and reduce-add per step for twice the rows, each warpgroup's S^T
+# and dP^T wgmmas 128 wide instead of 64, as FlashAttention-3's head-dim-64 backward tiles it (128 x 128). At head dim
+# 128 it does not fit (295 KB of shared memory).
+DKDV_BLOCK_M = {64: 64, 128: 64}
 
 if hasattr(tma, "async_atomic_add"):  # the public name in later Gluon (3.9)
     tma_reduce_add = tma.async_atomic_add
@@ -86,11 +91,20 @@ else:
                                                   src.handle)
 
 
-def tiles(headdim: int) -> dict:
-    """dK/dV kernel: 128 keys x 64 query rows per step, ``STAGES`` Q and dO buffers (d128: K, V 64 KiB + 2 x 32
-    KiB); dQ kernel: 128 query rows x 64 keys per step, ``DQ_STAGES`` K/V stages (d128: Q, dO 64 KiB + 2 x 32 KiB).
-    Both head dims use the same tiles (the dK/dV accumulators' registers set them: 64 + 64 per thread at d128)."""
-    return dict(BLOCK_N=128, BLOCK_M=64, STAGES=2, DQ_BLOCK_M=128, DQ_BLOCK_N=64, DQ_STAGES=2)
+def tiles(headdim: int, block_m: int | None = None) -> dict:
+    """dK/dV kernel: 128 keys x ``DKDV_BLOCK_M[headdim]`` query rows per step (64 by default), ``STAGES`` Q and dO
+    buffers (d128: K, V 64 KiB + 2 x 32 KiB); dQ kernel: 128 query rows x 64 keys per step, ``DQ_STAGES`` K/V
+    stages (d128: Q, dO 64 KiB + 2 x 32 KiB). The dK/dV accumulators' registers set the tiles (64 + 64 per thread at
+    d128). ``LEAN_STATS`` with 128 query rows: the softmax statistics, one value per query column and so 32
+    registers per thread each there, are held for the shortest time: L is spread to the columns after S^T's wait,
+    and Delta starts dP^T's accumulator (the wgmma computes dP^T - Delta) instead of being subtracted after it.
+    Held as at 64 rows they spilled in the step loop (Triton 3.6: 20 stores and 27 reloads per step at head dim
+    64, none this way). ``block_m`` overrides ``DKDV_BLOCK_M``."""
+    block_m = block_m or DKDV_BLOCK_M[headdim]
+    if block_m not in (64, 128) or block_m * headdim > 128 * 64:
+        raise ValueError(f"fa3 backward: {block_m} query rows per dK/dV step at head dim {headdim} (64, or 128 at 64)")
+    return dict(BLOCK_N=128, BLOCK_M=block_m, STAGES=2, LEAN_STATS=block_m > 64, DQ_BLOCK_M=128, DQ_BLOCK_N=64,
+                DQ_STAGES=2)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -146,14 +160,16 @@ def _dkdv_producer(q_desc, do_desc, k_desc, v_desc, q_bufs, do_bufs, k_buf, v_bu
 @gluon.jit
 def _dkdv_steps(dk, dv, k, v, q_bufs, do_bufs, q_ready, do_ready, q_empty, lse_row, delta_row, dq_rows, ds_smem,
                 dq_desc, dq_smem, bh, it, lo, mid, hi, n0, qk_scale, N_CTX_Q, N_CTX_K, s_layout: gl.constexpr,
-                MASK: gl.constexpr, STAGES: gl.constexpr, ATOMIC_DQ: gl.constexpr, DQ_TMA: gl.constexpr):
+                MASK: gl.constexpr, STAGES: gl.constexpr, ATOMIC_DQ: gl.constexpr, DQ_TMA: gl.constexpr,
+                LEAN_STATS: gl.constexpr):
     """Query blocks [lo, hi) of one query head against the CTA's keys (transposed: keys on the rows). MASK (causal):
     blocks [lo, mid) are the diagonal band, masked under a runtime branch (two loops, masked and unmasked, as in
     the forward, spilled at head dim 128). Rows past seqlen_q need no mask: their L is +inf, so P = 0. Delta is
     spread to the columns only after P (its registers are not live across the S^T wgmma: d128 spilled).
-    ATOMIC_DQ: dS^T also goes to shared memory, dQ_i = dS K by wgmma (M = the 64 query rows, the head dim split
+    ATOMIC_DQ: dS^T also goes to shared memory, dQ_i = dS K by wgmma (M = the step's query rows, the head dim split
     between the warpgroups) and fp32 atomic adds into ``dq_rows`` (this query head's fp32 dQ rows), or with DQ_TMA
-    the tile staged in ``dq_smem`` and added by one TMA reduce-add at rows of query head ``bh`` of ``dq_desc``."""
+    the tile staged in ``dq_smem`` and added by one TMA reduce-add at rows of query head ``bh`` of ``dq_desc``.
+    LEAN_STATS (``tiles``): L spread to the columns after S^T's wait, and dP^T's wgmma started from -Delta."""
     BLOCK_M: gl.constexpr = q_bufs.shape[2]
     HEAD_DIM: gl.constexpr = q_bufs.shape[3]
     BLOCK_N: gl.constexpr = k.shape[0]
@@ -169,7 +185,10 @@ def _dkdv_steps(dk, dv, k, v, q_bufs, do_bufs, q_ready, do_ready, q_empty, lse_r
         phase = it // STAGES & 1
         cols = mb * BLOCK_M + gl.arange(0, BLOCK_M, q_cols)  # query rows, on the columns here
         rows_1 = mb * BLOCK_M + gl.arange(0, BLOCK_M, flat)
-        lse = gl.convert_layout(gl.load(lse_row + rows_1, mask=rows_1 < N_CTX_Q, other=float("inf")), q_cols)
+        if LEAN_STATS:  # L goes to the columns after S^T's wait (below)
+            lse_1 = gl.load(lse_row + rows_1, mask=rows_1 < N_CTX_Q, other=float("inf"))
+        else:
+            lse = gl.convert_layout(gl.load(lse_row + rows_1, mask=rows_1 < N_CTX_Q, other=float("inf")), q_cols)
         delta_1 = gl.load(delta_row + rows_1, mask=rows_1 < N_CTX_Q, other=0.0)
         mbarrier.wait(q_ready.index(s), phase)
         q = q_bufs.index(s).reshape([BLOCK_M, HEAD_DIM])
@@ -177,8 +196,14 @@ def _dkdv_steps(dk, dv, k, v, q_bufs, do_bufs, q_ready, do_ready, q_empty, lse_r
         st = warpgroup_mma(k, q.permute((1, 0)), zeros, use_acc=False, is_async=True)  # S^T = K Q^T
         mbarrier.wait(do_ready.index(s), phase)
         do = do_bufs.index(s).reshape([BLOCK_M, HEAD_DIM])
-        dpt = warpgroup_mma(v, do.permute((1, 0)), zeros, use_acc=False, is_async=True)  # dP^T = V dO^T
+        if LEAN_STATS:  # dP^T - Delta = V dO^T - Delta: Delta starts the accumulator
+            dpt = warpgroup_mma(v, do.permute((1, 0)), zeros - gl.convert_layout(delta_1, q_cols)[None, :],
+                                is_async=True)
+        else:
+            dpt = warpgroup_mma(v, do.permute((1, 0)), zeros, use_acc=False, is_async=True)  # dP^T = V dO^T
         st = warpgroup_mma_wait(num_outstanding=1, deps=(st,))
+        if LEAN_STATS:
+            lse = gl.convert_layout(lse_1, q_cols)
         if DQ_TMA:  # exponent <= 0 (P <= 1, as it is for every real key): a key past seqlen_k (a zero row of K)
             pt = gl.exp2(gl.minimum(st * qk_scale - lse[None, :], 0.0))  # then has a finite P and adds 0 to dQ
         else:
@@ -191,9 +216,13 @@ def _dkdv_steps(dk, dv, k, v, q_bufs, do_bufs, q_ready, do_ready, q_empty, lse_r
             if n0 + BLOCK_N > N_CTX_K:  # keys past the end: their P may overflow, and dQ sums over the keys
                 keys = n0 + gl.arange(0, BLOCK_N, gl.SliceLayout(1, s_layout))
                 pt = gl.where(keys[:, None] < N_CTX_K, pt, 0.0)
-        delta = gl.convert_layout(delta_1, q_cols)
-        dpt = warpgroup_mma_wait(num_outstanding=0, deps=(dpt,))
-        ds = (pt * (dpt - delta[None, :])).to(q_bufs.dtype)  # dS^T
+        if LEAN_STATS:
+            dpt = warpgroup_mma_wait(num_outstanding=0, deps=(dpt,))
+            ds = (pt * dpt).to(q_bufs.dtype)  # dS^T
+        else:
+            delta = gl.convert_layout(delta_1, q_cols)
+            dpt = warpgroup_mma_wait(num_outstanding=0, deps=(dpt,))
+            ds = (pt * (dpt - delta[None, :])).to(q_bufs.dtype)  # dS^T
         if ATOMIC_DQ:
             ds_smem.store(ds)
             fence_async_shared()
@@ -245,7 +274,8 @@ def _store_rows(ptr, acc, bh, r0, N_ROWS, ROWS: gl.constexpr, HEAD_DIM: gl.const
 @gluon.jit
 def _dkdv_consumer(q_bufs, do_bufs, k_buf, v_buf, ds_smem, dq_desc, dq_smem, kv_ready, q_ready, do_ready, q_empty, DK,
                    DV, DQ, LSE, Delta, sm_scale, qk_scale, H, GROUP, N_CTX_Q, N_CTX_K, CAUSAL: gl.constexpr,
-                   STAGES: gl.constexpr, ATOMIC_DQ: gl.constexpr, DQ_TMA: gl.constexpr, num_warps: gl.constexpr):
+                   STAGES: gl.constexpr, ATOMIC_DQ: gl.constexpr, DQ_TMA: gl.constexpr, LEAN_STATS: gl.constexpr,
+                   num_warps: gl.constexpr):
     BLOCK_M: gl.constexpr = q_bufs.shape[2]
     HEAD_DIM: gl.constexpr = q_bufs.shape[3]
     BLOCK_N: gl.constexpr = k_buf.shape[1]
@@ -267,7 +297,8 @@ def _dkdv_consumer(q_bufs, do_bufs, k_buf, v_buf, ds_smem, dq_desc, dq_smem, kv_
         row0 = (bh0 + g).to(gl.int64) * N_CTX_Q  # this query head's statistics
         dk, dv, it = _dkdv_steps(dk, dv, k, v, q_bufs, do_bufs, q_ready, do_ready, q_empty, LSE + row0,
                                  Delta + row0, DQ + row0 * HEAD_DIM, ds_smem, dq_desc, dq_smem, bh0 + g, it, lo, mid,
-                                 hi, n0, qk_scale, N_CTX_Q, N_CTX_K, s_layout, CAUSAL, STAGES, ATOMIC_DQ, DQ_TMA)
+                                 hi, n0, qk_scale, N_CTX_Q, N_CTX_K, s_layout, CAUSAL, STAGES, ATOMIC_DQ, DQ_TMA,
+                                 LEAN_STATS)
     if DQ_TMA:
         tma.store_wait(0)  # the last reduce has read dq_smem before the CTA's shared memory is given up
     _store_rows(DK, (dk * sm_scale).to(q_bufs.dtype), bhkv, n0, N_CTX_K, BLOCK_N, HEAD_DIM)
@@ -277,7 +308,7 @@ def _dkdv_consumer(q_bufs, do_bufs, k_buf, v_buf, ds_smem, dq_desc, dq_smem, kv_
 @gluon.jit
 def _fa3_dkdv_kernel(q_desc, do_desc, k_desc, v_desc, dq_desc, DK, DV, DQ, LSE, Delta, sm_scale, qk_scale, H, GROUP,
                      N_CTX_Q, N_CTX_K, CAUSAL: gl.constexpr, STAGES: gl.constexpr, ATOMIC_DQ: gl.constexpr,
-                     DQ_TMA: gl.constexpr, num_warps: gl.constexpr):
+                     DQ_TMA: gl.constexpr, LEAN_STATS: gl.constexpr, num_warps: gl.constexpr):
     """Grid (key blocks, batch * kv_heads). Shared memory: K and V of the block, STAGES Q and dO buffers (and, with
     ATOMIC_DQ, one dS^T tile; DQ is then the zeroed fp32 dQ, unscaled; otherwise unused). DQ_TMA (with ATOMIC_DQ):
     dQ added through ``dq_desc`` (the same fp32 dQ, blocks of BLOCK_M rows) from one fp32 tile in shared memory
@@ -308,7 +339,7 @@ def _fa3_dkdv_kernel(q_desc, do_desc, k_desc, v_desc, dq_desc, DK, DV, DQ, LSE, 
     gl.warp_specialize([  # (tuples written inline: bound to a name first, their constexprs become tensors)
         (_dkdv_consumer, (q_bufs, do_bufs, k_buf, v_buf, ds_smem, dq_desc, dq_smem, kv_ready, q_ready, do_ready,
                           q_empty, DK, DV, DQ, LSE, Delta, sm_scale, qk_scale, H, GROUP, N_CTX_Q, N_CTX_K, CAUSAL,
-                          STAGES, ATOMIC_DQ, DQ_TMA, num_warps)),
+                          STAGES, ATOMIC_DQ, DQ_TMA, LEAN_STATS, num_warps)),
         (_dkdv_producer, (q_desc, do_desc, k_desc, v_desc, q_bufs, do_bufs, k_buf, v_buf, kv_ready, q_ready,
                           do_ready, q_empty, H, GROUP, N_CTX_Q, N_CTX_K, CAUSAL, STAGES)),
     ], [1], [PRODUCER_REGS])
@@ -489,7 +520,7 @@ def fa3_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Ten
     _fa3_dkdv_kernel[(triton.cdiv(shape.seqlen_k, bn), shape.batch * shape.kv_heads)](
         desc(q3, bm), desc(do3, bm), desc(k3, bn), desc(v3, bn), dq_desc, dk, dv, dq_acc, lse, delta, *tail,
         CAUSAL=bool(causal), STAGES=cfg["STAGES"], ATOMIC_DQ=not deterministic, DQ_TMA=dq_tma,
-        num_warps=CONSUMER_WARPS)
+        LEAN_STATS=cfg["LEAN_STATS"], num_warps=CONSUMER_WARPS)
     config = f"dkdv BLOCK_N={bn} BLOCK_M={bm} STAGES={cfg['STAGES']} w{CONSUMER_WARPS}+1"
     if deterministic:
         qm, kn = cfg["DQ_BLOCK_M"], cfg["DQ_BLOCK_N"]

@@ -3,11 +3,12 @@ computes each step's dQ tile (dS K, the fifth matmul) and adds it into the fp32 
 shared memory (SASS UTMAREDG, as cuDNN's backward), instead of the dQ kernel that recomputes S and dP (two more
 matmuls) or per-element fp32 atomics (REDG, measured slower: docs/fa3.md section 8).
 
-On the CPU: the kernel compiles for sm_90 with UTMAREDG and no REDG, within its recorded spill budget, with no
-local-memory access inside the step loop (the spilled values are the query-head loop's, reloaded once per head),
-and within an H100's shared memory. On a Hopper GPU (``-m gpu``): dQ, dK, dV against the float64 reference
-through check_attention's gate, on the shapes of tests/test_fa3.py (GQA/MQA, ragged and unequal lengths, one
-query row, rows that see no key), fp16 and bf16, causal or not.
+On the CPU: the kernel compiles for sm_90 with UTMAREDG and no REDG, within its recorded spill budgets (the stack,
+and the local loads and stores inside the step loop: none there at the default tiles under Triton 3.6), and within
+an H100's shared memory; so does the study of 128 query rows per step at head dim 64 (``DKDV_BLOCK_M``). On a
+Hopper GPU (``-m gpu``): dQ, dK, dV against the float64 reference through check_attention's gate, on the shapes of
+tests/test_fa3.py (GQA/MQA, ragged and unequal lengths, one query row, rows that see no key), fp16 and bf16, causal
+or not, at the default tiles and at 128 query rows per step.
 """
 import json
 import os
@@ -21,32 +22,41 @@ import torch
 from tests.kernel_cases import make_qkv, shape_id
 from tests.test_fa3 import SHAPES, _gluon_hopper_problem, _hopper
 
-CASES = [(128, True, "fp16"), (128, False, "bf16"), (64, True, "bf16"), (64, False, "fp16")]
+# (head dim, causal, dtype, query rows per dK/dV step): the default tiles, and the 128-row study at head dim 64
+CASES = [(128, True, "fp16", 64), (128, False, "bf16", 64), (64, True, "bf16", 64), (64, False, "fp16", 64),
+         (64, True, "fp16", 128), (64, False, "bf16", 128)]
 
 
-def _budget(headdim: int, causal: bool) -> tuple[int, int]:
-    """(spill-stack bytes, local loads inside the step loop) the TMA-dQ dK/dV kernel may have, recorded so they
-    cannot grow: under Triton 3.6 (the GPU image's) a stack of 0 at d64 and 8 at d128 (48 causal), all of it the
-    query-head loop's, none in the step loop; newer Tritons' ptxas were seen at 24 B (32 causal) at d128, with one
-    reload per step (two causal) in 3.9's step loop."""
+def _budget(headdim: int, causal: bool, block_m: int) -> tuple[int, int, int]:
+    """(spill-stack bytes, local loads, local stores inside the step loop) the TMA-dQ dK/dV kernel may have,
+    recorded so they cannot grow. Under Triton 3.6 (the GPU image's), 64 query rows per step: a stack of 0 at d64
+    and 8 at d128 (48 causal), all of it the query-head loop's, none in the step loop; 128 rows at d64: 16 B (48
+    causal, with two reloads per step). Newer Tritons' ptxas: 24 B (32 causal) at d128 with one reload per step
+    (two causal) in 3.9's step loop; 128 rows at d64 112 B with 14 reloads and 4 stores per step (96 causal, 12
+    reloads)."""
     import triton
 
+    old = triton.__version__.startswith("3.6.")
+    if block_m == 128:
+        if old:
+            return (48, 2, 0) if causal else (16, 0, 0)
+        return (96, 12, 0) if causal else (112, 14, 4)
     if headdim == 64:
-        return 0, 0
-    if triton.__version__.startswith("3.6."):
-        return (48 if causal else 8), 0
-    return (32, 2) if causal else (24, 1)
+        return 0, 0, 0
+    if old:
+        return (48 if causal else 8), 0, 0
+    return (32, 2, 0) if causal else (24, 1, 0)
 
 
-def _compile(headdim: int, causal: bool, dtype: str) -> dict:
+def _compile(headdim: int, causal: bool, dtype: str, block_m: int) -> dict:
     """Resources and SASS of the TMA-dQ dK/dV kernel, compiled in a fresh process (this one may have imported the
     kernels under Triton's interpreter)."""
     code = ("import json, sys; from fa2bench.profiling import compile_sm90 as c; "
-            "k = c.compile_fa3_bwd(int(sys.argv[1]), sys.argv[2] == '1', sys.argv[3], tma_dq=True); "
-            "print(json.dumps({'resources': c.resources(k), 'sass': c.sass(k)}))")
+            "k = c.compile_fa3_bwd(int(sys.argv[1]), sys.argv[2] == '1', sys.argv[3], tma_dq=True, "
+            "block_m=int(sys.argv[4])); print(json.dumps({'resources': c.resources(k), 'sass': c.sass(k)}))")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run([sys.executable, "-c", code, str(headdim), str(int(causal)), dtype], capture_output=True,
-                          text=True, env=env, timeout=600)
+    proc = subprocess.run([sys.executable, "-c", code, str(headdim), str(int(causal)), dtype, str(block_m)],
+                          capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -65,20 +75,21 @@ def _step_loop(sass: str) -> list[str]:
 
 
 @pytest.mark.skipif(_gluon_hopper_problem() is not None, reason=str(_gluon_hopper_problem()))
-@pytest.mark.parametrize("headdim,causal,dtype", CASES, ids=[f"d{d}-{t}-{'causal' if c else 'full'}"
-                                                              for d, c, t in CASES])
-def test_tma_dq_kernel_reduces_by_tma_without_spills_in_its_step_loop(headdim, causal, dtype):
-    out = _compile(headdim, causal, dtype)
+@pytest.mark.parametrize("headdim,causal,dtype,block_m", CASES,
+                         ids=[f"d{d}-{t}-{'causal' if c else 'full'}-m{m}" for d, c, t, m in CASES])
+def test_tma_dq_kernel_reduces_by_tma_within_its_spill_budget(headdim, causal, dtype, block_m):
+    out = _compile(headdim, causal, dtype, block_m)
     sass, res = out["sass"], out["resources"]
     assert "UTMAREDG" in sass and "HGMMA" in sass, res
     assert not re.search(r"\bREDG\b", sass), "per-element fp32 atomics in the TMA route"
-    stack, loads = _budget(headdim, causal)
+    stack, loads, stores = _budget(headdim, causal, block_m)
     assert int(res.split("stack ")[1].split()[0]) <= stack, res
     assert int(res.split("smem ")[1].split()[0]) <= 227 * 1024, res
     loop = _step_loop(sass)
     assert sum("UTMAREDG" in text for text in loop) == 1, "one reduce-add per step"
     assert sum("HGMMA" in text and "gsb0" in text for text in loop) >= 5, "the five wgmma groups of a step"
-    assert not [text for text in loop if re.search(r"\bSTL\b", text)], "spill stores in the step loop"
+    spills = [text for text in loop if re.search(r"\bSTL\b", text)]
+    assert len(spills) <= stores, spills
     reloads = [text for text in loop if re.search(r"\bLDL\b", text)]
     assert len(reloads) <= loads, reloads
 
@@ -104,6 +115,38 @@ def test_tma_dq_gradients_match_the_float64_reference(shape, dtype, causal, monk
     verdict = check_attention(lambda q, k, v, c: fa3_attention(q, k, v, causal=c), q, k, v, causal)
     assert verdict.ok, verdict.detail
     assert "TMA reduce-add" in fa3_bwd._last["bwd"], fa3_bwd._last["bwd"]
+
+
+def test_128_query_rows_per_step_hold_the_statistics_briefly_and_fit_only_head_dim_64():
+    from fa2bench.kernels import fa3_bwd
+
+    assert fa3_bwd.tiles(64)["BLOCK_M"] == fa3_bwd.DKDV_BLOCK_M[64]
+    assert fa3_bwd.tiles(64, 128)["LEAN_STATS"] and not fa3_bwd.tiles(64, 64)["LEAN_STATS"]
+    with pytest.raises(ValueError, match="head dim 128"):
+        fa3_bwd.tiles(128, 128)
+
+
+@pytest.mark.gpu
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(not _hopper(), reason="needs a Hopper GPU (sm_90)")
+@pytest.mark.parametrize("deterministic", [False, True], ids=["tma-dq", "dq-kernel"])
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("shape", [s for s in SHAPES if s[-1] == 64] + [(2, 4, 2, 700, 1100, 64)], ids=shape_id)
+def test_128_query_rows_per_step_give_the_float64_reference_gradients(shape, dtype, causal, deterministic,
+                                                                      monkeypatch):
+    """The head-dim-64 study tiles (``DKDV_BLOCK_M`` 128: Delta in dP^T's accumulator, a 128-row dQ tile per
+    reduce-add), by both dQ routes, through the same gate as the default tiles."""
+    from fa2bench.core.reference import check_attention
+    from fa2bench.kernels import fa3_attention, fa3_bwd, fa3_deterministic_attention
+
+    monkeypatch.setattr(fa3_bwd, "DQ_ATOMICS", "tma")
+    monkeypatch.setattr(fa3_bwd, "DKDV_BLOCK_M", {**fa3_bwd.DKDV_BLOCK_M, 64: 128})
+    attention = fa3_deterministic_attention if deterministic else fa3_attention
+    q, k, v = make_qkv(shape, dtype, "cuda")
+    verdict = check_attention(lambda q, k, v, c: attention(q, k, v, causal=c), q, k, v, causal)
+    assert verdict.ok, verdict.detail
+    assert "BLOCK_M=128" in fa3_bwd._last["bwd"], fa3_bwd._last["bwd"]
 
 
 @pytest.mark.gpu

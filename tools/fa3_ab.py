@@ -53,14 +53,15 @@ class Rows(list):
         super().__init__()
         self.path, self.start = path, time.time()
 
-    def time(self, run, flops: float, rep_ms: float, **labels) -> None:
+    def time(self, run, flops: float, rep_ms: float, config: str | None = None, **labels) -> None:
+        """Time ``run`` and add its row; ``config`` defaults to fa3's latest launch (``fa3.last_config``)."""
         from fa2bench.core.flops import tflops
         from fa2bench.kernels import fa3
         from fa2bench.run.timing import bench
 
         run()
         t = bench(run, timer="plain", rep_ms=rep_ms)
-        self.append(dict(**labels, config=fa3.last_config(), ms=t.ms, spread=t.spread, noisy=t.noisy,
+        self.append(dict(**labels, config=config or fa3.last_config(), ms=t.ms, spread=t.spread, noisy=t.noisy,
                          tflops=tflops(flops, t.ms)))
         print(self[-1], f"{time.time() - self.start:.0f} s", flush=True)
 
