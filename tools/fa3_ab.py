@@ -53,16 +53,19 @@ class Rows(list):
         super().__init__()
         self.path, self.start = path, time.time()
 
-    def time(self, run, flops: float, rep_ms: float, config: str | None = None, **labels) -> None:
-        """Time ``run`` and add its row; ``config`` defaults to fa3's latest launch (``fa3.last_config``)."""
+    def time(self, run, flops: float, rep_ms: float, config: str | None = None, timer: str = "plain",
+             rotate=None, input_bytes: int = 0, **labels) -> None:
+        """Time ``run`` and add its row; ``config`` defaults to fa3's latest launch (``fa3.last_config``).
+        ``timer``, ``rotate`` and ``input_bytes`` as ``fa2bench.run.timing.bench`` takes them (the plain timer by
+        default; the graph timer keeps L2 cold only through ``rotate``)."""
         from fa2bench.core.flops import tflops
         from fa2bench.kernels import fa3
         from fa2bench.run.timing import bench
 
         run()
-        t = bench(run, timer="plain", rep_ms=rep_ms)
-        self.append(dict(**labels, config=config or fa3.last_config(), ms=t.ms, spread=t.spread, noisy=t.noisy,
-                         tflops=tflops(flops, t.ms)))
+        t = bench(run, timer=timer, rotate=rotate, input_bytes=input_bytes, rep_ms=rep_ms)
+        self.append(dict(**labels, config=config or fa3.last_config(), timer=t.timer, ms=t.ms, spread=t.spread,
+                         noisy=t.noisy, tflops=tflops(flops, t.ms)))
         print(self[-1], f"{time.time() - self.start:.0f} s", flush=True)
 
     def save(self):

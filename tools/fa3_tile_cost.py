@@ -7,11 +7,15 @@ of causal 2k sees 8.5 K/V blocks on average, not 16) and one masked block per ti
 apart. Without the mask, at a fixed query length, time is about tiles x (per-tile + blocks x per-block); so for
 each provider it times seqlen_k = 128 .. seqlen_q (every tile sees seqlen_k / 128 blocks), fits that line, and
 then times the causal forward at seqlen_k = seqlen_q: what the line does not explain is the mask's own cost.
-Shapes: the paper's (16k tokens per batch at seqlen_q, hidden 2048), fresh inputs, the suite's timer (L2
-flushed before each call). Rows -> <out>/fa3_tile_cost.csv, with meta.json.
+Shapes: the paper's (16k tokens per batch at seqlen_q, hidden 2048), fresh inputs. Timer: the suite's ``auto``
+by default, which replays a CUDA graph where the host's issue time would show in a call this short (the plain
+timer's 0.1-0.3 ms points spread up to 47% in results/h200-fa3-tile-cost-2), over enough copies of the inputs to
+keep L2 cold between replays; ``--timer plain`` for the L2-flushed plain timer alone. Each row records its
+timer. Rows -> <out>/fa3_tile_cost.csv, with meta.json.
 
     python tools/fa3_tile_cost.py --out results/<name> [--seqlen 2048] [--headdim 64,128] [--dtype fp16]
                                   [--providers fa3-pingpong,sdpa-cudnn] [--kv 128,256,512,1024,2048]
+                                  [--timer auto|plain|graph]
 """
 from __future__ import annotations
 
@@ -27,6 +31,7 @@ def main(argv=None) -> None:
     ap.set_defaults(seqlen=[2048], dtype="fp16")
     ap.add_argument("--providers", default="fa3-pingpong,sdpa-cudnn")
     ap.add_argument("--kv", type=ints, default=[128, 256, 512, 1024, 2048], help="key lengths of the fit")
+    ap.add_argument("--timer", default="auto", choices=("auto", "plain", "graph"))
     a = ap.parse_args(argv)
     import torch
 
@@ -41,9 +46,16 @@ def main(argv=None) -> None:
             for causal, kv in [(False, n) for n in a.kv if n <= seqlen] + [(True, seqlen)]:
                 k, v = (torch.randn(batch, heads, kv, headdim, device="cuda", dtype=q.dtype) for _ in range(2))
                 fn = providers.get(name).make(Shape(batch, heads, heads, seqlen, kv, headdim, causal))
+
+                def rotate(n, fn=fn, q=q, k=k, v=v):  # the same call over n fresh copies of its inputs
+                    copies = [tuple(t.clone() for t in (q, k, v)) for _ in range(n)]
+                    return [((lambda c=c: fn(*c)), None) for c in copies]
+
                 rows.time(lambda: fn(q, k, v), attention_flops(batch, heads, seqlen, kv, headdim, causal, "fwd"),
-                          a.rep_ms, provider=name, dtype=dtype, headdim=headdim, seqlen_q=seqlen, seqlen_k=kv,
-                          causal=causal, blocks=kv / BLOCK_N)
+                          a.rep_ms, timer=a.timer, rotate=rotate,
+                          input_bytes=sum(t.numel() * t.element_size() for t in (q, k, v)), provider=name,
+                          dtype=dtype, headdim=headdim, seqlen_q=seqlen, seqlen_k=kv, causal=causal,
+                          blocks=kv / BLOCK_N)
         rows.save()
     print("\n".join(summary(rows.save())))
 
