@@ -577,8 +577,11 @@ def _pp_consumer(q_bufs, k_bufs, v_bufs, p_bufs, q_ready, q_empty, k_ready, v_re
         m_0 = gl.full([ROWS], -1.0e30, gl.float32, s_rows)  # finite: never -inf - -inf
         l_0 = gl.zeros([ROWS], gl.float32, s_rows)
         if n_own > 0:
-            p, m_0, l_0, alpha = _softmax_step(qk, m_0, l_0, 0, r0, qk_scale, N_CTX_Q, N_CTX_K, True, CAUSAL)
-            p = _stage_p(p, p_bufs, it, DTYPE, p_layout, OVERLAP, WG)
+            if n_full > 0:  # every row sees all of block 0 (every tile but a causal walk's first): no mask
+                p_0, m_0, l_0, a_0 = _softmax_step(qk, m_0, l_0, 0, r0, qk_scale, N_CTX_Q, N_CTX_K, False, CAUSAL)
+            else:
+                p_0, m_0, l_0, a_0 = _softmax_step(qk, m_0, l_0, 0, r0, qk_scale, N_CTX_Q, N_CTX_K, True, CAUSAL)
+            p = _stage_p(p_0, p_bufs, it, DTYPE, p_layout, OVERLAP, WG)
         if pend > 0:
             _epilogue(acc, m_i, l_i, O, LSE, bh_p, r0_p, N_CTX_Q, ROWS, HEAD_DIM, DTYPE)
         m_i = m_0

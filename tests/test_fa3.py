@@ -64,10 +64,11 @@ def test_compiles_for_sm90_with_wgmma_tma_and_register_reallocation(args, rung):
     # causal) on the stack, stored once per CTA and loaded once per tile: recorded, not to grow (3.9: none)
     # rung 9 at d64 (three consumers at 160 registers): a few per-tile scalars, see the three-consumer test below
     # (since the boundary group keeps the last tile's O beside the next tile's S_0: 16 B under Triton 3.6, up to
-    # 168 B under 3.9, whose ptxas the GPU image does not run)
+    # 168 B under 3.9, whose ptxas the GPU image does not run; 184 B and rung 9's d128 causal 24 B under 3.9
+    # since block 0 of a tile has its own unmasked softmax, all outside the step loops)
     three = rung == "9" and "64" in args
-    assert int(out.split("stack ")[1].split()[0]) <= (_stack_budget(16, 168) if three else
-                                                     _stack_budget(0, 8 if rung == "10" else 0)), out
+    newer = 184 if three else {"8": 0, "9": 24, "10": 8}[rung]
+    assert int(out.split("stack ")[1].split()[0]) <= _stack_budget(16 if three else 0, newer), out
     smem = int(out.split("smem ")[1].split()[0])
     assert smem <= 227 * 1024, out  # fits an H100's shared memory per block
 
