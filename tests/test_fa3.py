@@ -104,12 +104,9 @@ def test_pingpong_kernels_give_each_consumer_warpgroup_240_registers(rung):
 
 def _step_loops(sass: str) -> list[list[str]]:
     """The innermost loops of a compiled forward that run exponentials: the consumers' per-block steps."""
-    ins = [(int(m.group(1), 16), m.group(2)) for m in re.finditer(r"/\*([0-9a-f]{4,})\*/\s+([^;]*);", sass)]
-    loops = [(int(m.group(1), 16), addr) for addr, text in ins
-             if (m := re.search(r"\bBRA (0x[0-9a-f]+)", text)) and int(m.group(1), 16) < addr]
-    inner = [(lo, hi) for lo, hi in loops if not any(lo < a <= b < hi for a, b in loops)]
-    bodies = [[text for a, text in ins if lo <= a <= hi] for lo, hi in inner]
-    return [body for body in bodies if any("MUFU.EX2" in text for text in body)]
+    from fa2bench.profiling.compile_sm90 import step_loops
+
+    return step_loops(sass)
 
 
 @pytest.mark.skipif(_gluon_hopper_problem() is not None, reason=str(_gluon_hopper_problem()))

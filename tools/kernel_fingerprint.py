@@ -1,5 +1,6 @@
 """What the compiled kernels are, without a GPU: each build's registers, spill stack and shared memory and the
-count of each SASS opcode (HGMMA, MUFU, LDL, STL, BAR, PRMT, ...), compiled for sm_90 with Triton's bundled ptxas
+count of each SASS opcode (HGMMA, MUFU, LDL, STL, BAR, PRMT, ...) and the length of each step loop (the innermost
+loops that run exponentials, in instructions), compiled for sm_90 with Triton's bundled ptxas
 (``fa2bench.profiling.compile_sm90``), written to a JSON file; with ``--against`` an earlier file, what changed.
 Run it before and after a change that should not change the compiled code (a refactor), in a Triton 3.6 venv to
 match the GPU image:
@@ -38,6 +39,7 @@ def fingerprint(kernel, gluon: bool) -> dict:
     regs, stack, smem = re.findall(r"regs (\S+) stack (\S+) smem (\S+)", c.resources(kernel))[0]
     body = "\n".join(line for line in text.splitlines() if "Function :" not in line and ".text." not in line)
     return dict(regs=regs, stack=stack, smem=smem, ops=dict(sorted(collections.Counter(OPCODE.findall(text)).items())),
+                loops=sorted(len(loop) for loop in c.step_loops(text)),
                 sha1=hashlib.sha1(body.encode()).hexdigest()[:16] if gluon else None)
 
 
@@ -76,7 +78,8 @@ def differences(old: dict, new: dict) -> list[str]:
     lines += [f"only after: {name}" for name in new if name not in old]
     for name in (n for n in new if n in old):
         a, b = old[name], new[name]
-        changed = [f"{key} {a[key]} -> {b[key]}" for key in ("regs", "stack", "smem") if a[key] != b[key]]
+        changed = [f"{key} {a.get(key)} -> {b.get(key)}" for key in ("regs", "stack", "smem", "loops")
+                   if a.get(key) != b.get(key)]
         ops = sorted(set(a["ops"]) | set(b["ops"]))
         changed += [f"{op} {a['ops'].get(op, 0)} -> {b['ops'].get(op, 0)}" for op in ops
                     if a["ops"].get(op, 0) != b["ops"].get(op, 0)]
@@ -99,7 +102,7 @@ def main(argv=None) -> None:
         try:
             result[name] = fingerprint(build(), gluon)
         except Exception as exc:  # a build that fails is part of the picture
-            result[name] = dict(regs="-", stack="-", smem="-", ops={}, sha1=None, error=c.root_cause(exc))
+            result[name] = dict(regs="-", stack="-", smem="-", ops={}, loops=[], sha1=None, error=c.root_cause(exc))
         print(name, {k: v for k, v in result[name].items() if k != "ops"}, flush=True)
     a.out.write_text(json.dumps(result, indent=1))
     if a.against:
