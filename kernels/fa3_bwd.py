@@ -77,6 +77,9 @@ DQ_ATOMICS = "tma"
 # and dP^T wgmmas 128 wide instead of 64, as FlashAttention-3's head-dim-64 backward tiles it (128 x 128). At head dim
 # 128 it does not fit (295 KB of shared memory).
 DKDV_BLOCK_M = {64: 64, 128: 64}
+# The TMA-dQ route's steps overlapped (``_dkdv_steps_pipelined``), by head dim: a study (docs/fa3.md section 17), off
+# by default; at 64 query rows and head dim 64 only (at d128, or 128 rows, it spills and ptxas serialises the wgmmas).
+DKDV_PIPELINE = {64: False, 128: False}
 
 if hasattr(tma, "async_atomic_add"):  # the public name in later Gluon (3.9)
     tma_reduce_add = tma.async_atomic_add
@@ -91,7 +94,7 @@ else:
                                                   src.handle)
 
 
-def tiles(headdim: int, block_m: int | None = None) -> dict:
+def tiles(headdim: int, block_m: int | None = None, pipeline: bool | None = None) -> dict:
     """dK/dV kernel: 128 keys x ``DKDV_BLOCK_M[headdim]`` query rows per step (64 by default), ``STAGES`` Q and dO
     buffers (d128: K, V 64 KiB + 2 x 32 KiB); dQ kernel: 128 query rows x 64 keys per step, ``DQ_STAGES`` K/V
     stages (d128: Q, dO 64 KiB + 2 x 32 KiB). The dK/dV accumulators' registers set the tiles (64 + 64 per thread at
@@ -99,12 +102,16 @@ def tiles(headdim: int, block_m: int | None = None) -> dict:
     registers per thread each there, are held for the shortest time: L is spread to the columns after S^T's wait,
     and Delta starts dP^T's accumulator (the wgmma computes dP^T - Delta) instead of being subtracted after it.
     Held as at 64 rows they spilled in the step loop (Triton 3.6: 20 stores and 27 reloads per step at head dim
-    64, none this way). ``block_m`` overrides ``DKDV_BLOCK_M``."""
+    64, none this way). ``PIPELINE``: the TMA-dQ route's steps overlapped (``_dkdv_steps_pipelined``). ``block_m``
+    and ``pipeline`` override ``DKDV_BLOCK_M`` and ``DKDV_PIPELINE``."""
     block_m = block_m or DKDV_BLOCK_M[headdim]
+    pipeline = DKDV_PIPELINE[headdim] if pipeline is None else pipeline
     if block_m not in (64, 128) or block_m * headdim > 128 * 64:
         raise ValueError(f"fa3 backward: {block_m} query rows per dK/dV step at head dim {headdim} (64, or 128 at 64)")
-    return dict(BLOCK_N=128, BLOCK_M=block_m, STAGES=2, LEAN_STATS=block_m > 64, DQ_BLOCK_M=128, DQ_BLOCK_N=64,
-                DQ_STAGES=2)
+    if pipeline and block_m * headdim > 64 * 64:
+        raise ValueError(f"fa3 backward: overlapped steps at {block_m} query rows and head dim {headdim} (only 64, 64)")
+    return dict(BLOCK_N=128, BLOCK_M=block_m, STAGES=2, LEAN_STATS=block_m > 64, PIPELINE=pipeline, DQ_BLOCK_M=128,
+                DQ_BLOCK_N=64, DQ_STAGES=2)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -262,6 +269,109 @@ def _dkdv_steps(dk, dv, k, v, q_bufs, do_bufs, q_ready, do_ready, q_empty, lse_r
 
 
 @gluon.jit
+def _dkdv_issue(k, v, q_bufs, do_bufs, q_ready, do_ready, lse_row, delta_row, it, mb, N_CTX_Q,
+                s_layout: gl.constexpr, STAGES: gl.constexpr, LEAN_STATS: gl.constexpr):
+    """Step ``it`` (query block ``mb``): load its rows' L and Delta (one per thread) and issue S^T = K Q^T and dP^T =
+    V dO^T (dP^T - Delta with LEAN_STATS) once its Q and dO have landed. Returns (S^T, dP^T, L, Delta), the two
+    wgmmas in flight."""
+    BLOCK_M: gl.constexpr = q_bufs.shape[2]
+    HEAD_DIM: gl.constexpr = q_bufs.shape[3]
+    BLOCK_N: gl.constexpr = k.shape[0]
+    flat: gl.constexpr = gl.BlockedLayout([1], [32], [gl.num_warps()], [0])
+    s = it % STAGES
+    phase = it // STAGES & 1
+    rows_1 = mb * BLOCK_M + gl.arange(0, BLOCK_M, flat)
+    lse_1 = gl.load(lse_row + rows_1, mask=rows_1 < N_CTX_Q, other=float("inf"))
+    delta_1 = gl.load(delta_row + rows_1, mask=rows_1 < N_CTX_Q, other=0.0)
+    zeros = gl.zeros([BLOCK_N, BLOCK_M], gl.float32, s_layout)
+    mbarrier.wait(q_ready.index(s), phase)
+    st = warpgroup_mma(k, q_bufs.index(s).reshape([BLOCK_M, HEAD_DIM]).permute((1, 0)), zeros, use_acc=False,
+                       is_async=True)
+    mbarrier.wait(do_ready.index(s), phase)
+    do_t = do_bufs.index(s).reshape([BLOCK_M, HEAD_DIM]).permute((1, 0))
+    if LEAN_STATS:
+        dpt = warpgroup_mma(v, do_t, zeros - gl.convert_layout(delta_1, gl.SliceLayout(0, s_layout))[None, :],
+                            is_async=True)
+    else:
+        dpt = warpgroup_mma(v, do_t, zeros, use_acc=False, is_async=True)
+    return st, dpt, lse_1, delta_1
+
+
+@gluon.jit
+def _dq_reduce(dq, dq_smem, dq_desc, bh, m0):
+    """Stage step's dQ tile (rows m0.. of query head ``bh``) in shared memory and add it into the fp32 dQ with one TMA
+    reduce-add (rows past seqlen_q fall outside the head's box)."""
+    dq_smem.reshape(dq.shape).store(dq)
+    fence_async_shared()
+    thread_barrier()  # the whole tile is in shared memory before one thread issues the reduce
+    tma_reduce_add(dq_desc, [bh, m0, 0], dq_smem)
+
+
+@gluon.jit
+def _dkdv_steps_pipelined(dk, dv, k, v, q_bufs, do_bufs, q_ready, do_ready, q_empty, lse_row, delta_row, ds_smem,
+                          dq_desc, dq_smem, bh, it, lo, mid, hi, n0, qk_scale, N_CTX_Q, N_CTX_K,
+                          s_layout: gl.constexpr, MASK: gl.constexpr, STAGES: gl.constexpr,
+                          LEAN_STATS: gl.constexpr):
+    """``_dkdv_steps`` by the TMA-dQ route with the steps overlapped (PIPELINE, ``tiles``): step i+1's S^T and dP^T
+    are issued right after step i's dQ wgmma, so they run while step i's dQ tile is waited for, staged in shared
+    memory and handed to the reduce-add, instead of after it (the first step's before the loop). Each wgmma is
+    waited for in the branch that issued it (Gluon's in-flight accumulators do not cross a branch or an iteration).
+    The arithmetic is ``_dkdv_steps``'."""
+    BLOCK_M: gl.constexpr = q_bufs.shape[2]
+    HEAD_DIM: gl.constexpr = q_bufs.shape[3]
+    BLOCK_N: gl.constexpr = k.shape[0]
+    a_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=dk.type.layout, k_width=2)
+    q_cols: gl.constexpr = gl.SliceLayout(0, s_layout)
+    flat: gl.constexpr = gl.BlockedLayout([1], [32], [gl.num_warps()], [0])
+    dq_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[gl.num_warps() // 2, 2],
+                                                        instr_shape=[16, HEAD_DIM // 2, 16])
+    st = gl.zeros([BLOCK_N, BLOCK_M], gl.float32, s_layout)
+    dpt = gl.zeros([BLOCK_N, BLOCK_M], gl.float32, s_layout)
+    lse_1 = gl.zeros([BLOCK_M], gl.float32, flat)
+    delta_1 = gl.zeros([BLOCK_M], gl.float32, flat)
+    if lo < hi:
+        st_f, dpt_f, lse_1, delta_1 = _dkdv_issue(k, v, q_bufs, do_bufs, q_ready, do_ready, lse_row, delta_row, it,
+                                                  lo, N_CTX_Q, s_layout, STAGES, LEAN_STATS)
+        st, dpt = warpgroup_mma_wait(num_outstanding=0, deps=(st_f, dpt_f))
+    for mb in range(lo, hi):
+        s = it % STAGES
+        q = q_bufs.index(s).reshape([BLOCK_M, HEAD_DIM])
+        do = do_bufs.index(s).reshape([BLOCK_M, HEAD_DIM])
+        lse = gl.convert_layout(lse_1, q_cols)
+        pt = gl.exp2(gl.minimum(st * qk_scale - lse[None, :], 0.0))  # as _dkdv_steps' TMA route
+        if MASK:
+            if mb < mid:  # the diagonal band
+                cols = mb * BLOCK_M + gl.arange(0, BLOCK_M, q_cols)
+                keys = n0 + gl.arange(0, BLOCK_N, gl.SliceLayout(1, s_layout))
+                pt = gl.where(keys[:, None] <= cols[None, :] + (N_CTX_K - N_CTX_Q), pt, 0.0)
+        if LEAN_STATS:
+            ds = (pt * dpt).to(q_bufs.dtype)  # dS^T (dP^T - Delta from the wgmma)
+        else:
+            ds = (pt * (dpt - gl.convert_layout(delta_1, q_cols)[None, :])).to(q_bufs.dtype)  # dS^T
+        ds_smem.store(ds)
+        fence_async_shared()
+        tma.store_wait(0)  # the previous step's reduce has read dq_smem
+        thread_barrier()  # both warpgroups' halves of dS^T are in shared memory (and dq_smem is free)
+        dsa = gl.convert_layout(ds, a_layout)
+        pa = gl.convert_layout(pt.to(q_bufs.dtype), a_layout)
+        dv = warpgroup_mma(pa, do, dv, is_async=True)  # dV += P^T dO
+        dk = warpgroup_mma(dsa, q, dk, is_async=True)  # dK += dS^T Q (sm_scale at the end)
+        dv, dk, pa, dsa = warpgroup_mma_wait(num_outstanding=0, deps=(dv, dk, pa, dsa))
+        mbarrier.arrive(q_empty.index(s), count=1)
+        dq_f = warpgroup_mma(ds_smem.permute((1, 0)), k, gl.zeros([BLOCK_M, HEAD_DIM], gl.float32, dq_layout),
+                             use_acc=False, is_async=True)  # dQ_i = dS K
+        if mb + 1 < hi:  # the next step's S^T and dP^T run under this step's dQ and its reduce-add
+            st_f, dpt_f, lse_1, delta_1 = _dkdv_issue(k, v, q_bufs, do_bufs, q_ready, do_ready, lse_row, delta_row,
+                                                      it + 1, mb + 1, N_CTX_Q, s_layout, STAGES, LEAN_STATS)
+            _dq_reduce(warpgroup_mma_wait(num_outstanding=2, deps=(dq_f,)), dq_smem, dq_desc, bh, mb * BLOCK_M)
+            st, dpt = warpgroup_mma_wait(num_outstanding=0, deps=(st_f, dpt_f))
+        else:
+            _dq_reduce(warpgroup_mma_wait(num_outstanding=0, deps=(dq_f,)), dq_smem, dq_desc, bh, mb * BLOCK_M)
+        it += 1
+    return dk, dv, it
+
+
+@gluon.jit
 def _store_rows(ptr, acc, bh, r0, N_ROWS, ROWS: gl.constexpr, HEAD_DIM: gl.constexpr):
     """Rows r0.. of head ``bh`` of a contiguous (batch * heads, N_ROWS, HEAD_DIM) tensor, rows past N_ROWS left."""
     layout: gl.constexpr = acc.type.layout
@@ -275,7 +385,7 @@ def _store_rows(ptr, acc, bh, r0, N_ROWS, ROWS: gl.constexpr, HEAD_DIM: gl.const
 def _dkdv_consumer(q_bufs, do_bufs, k_buf, v_buf, ds_smem, dq_desc, dq_smem, kv_ready, q_ready, do_ready, q_empty, DK,
                    DV, DQ, LSE, Delta, sm_scale, qk_scale, H, GROUP, N_CTX_Q, N_CTX_K, CAUSAL: gl.constexpr,
                    STAGES: gl.constexpr, ATOMIC_DQ: gl.constexpr, DQ_TMA: gl.constexpr, LEAN_STATS: gl.constexpr,
-                   num_warps: gl.constexpr):
+                   PIPELINE: gl.constexpr, num_warps: gl.constexpr):
     BLOCK_M: gl.constexpr = q_bufs.shape[2]
     HEAD_DIM: gl.constexpr = q_bufs.shape[3]
     BLOCK_N: gl.constexpr = k_buf.shape[1]
@@ -295,10 +405,15 @@ def _dkdv_consumer(q_bufs, do_bufs, k_buf, v_buf, ds_smem, dq_desc, dq_smem, kv_
     it = 0
     for g in range(GROUP):  # the query heads sharing this kv head: dK, dV are their sums
         row0 = (bh0 + g).to(gl.int64) * N_CTX_Q  # this query head's statistics
-        dk, dv, it = _dkdv_steps(dk, dv, k, v, q_bufs, do_bufs, q_ready, do_ready, q_empty, LSE + row0,
-                                 Delta + row0, DQ + row0 * HEAD_DIM, ds_smem, dq_desc, dq_smem, bh0 + g, it, lo, mid,
-                                 hi, n0, qk_scale, N_CTX_Q, N_CTX_K, s_layout, CAUSAL, STAGES, ATOMIC_DQ, DQ_TMA,
-                                 LEAN_STATS)
+        if PIPELINE:
+            dk, dv, it = _dkdv_steps_pipelined(dk, dv, k, v, q_bufs, do_bufs, q_ready, do_ready, q_empty, LSE + row0,
+                                               Delta + row0, ds_smem, dq_desc, dq_smem, bh0 + g, it, lo, mid, hi, n0,
+                                               qk_scale, N_CTX_Q, N_CTX_K, s_layout, CAUSAL, STAGES, LEAN_STATS)
+        else:
+            dk, dv, it = _dkdv_steps(dk, dv, k, v, q_bufs, do_bufs, q_ready, do_ready, q_empty, LSE + row0,
+                                     Delta + row0, DQ + row0 * HEAD_DIM, ds_smem, dq_desc, dq_smem, bh0 + g, it, lo,
+                                     mid, hi, n0, qk_scale, N_CTX_Q, N_CTX_K, s_layout, CAUSAL, STAGES, ATOMIC_DQ,
+                                     DQ_TMA, LEAN_STATS)
     if DQ_TMA:
         tma.store_wait(0)  # the last reduce has read dq_smem before the CTA's shared memory is given up
     _store_rows(DK, (dk * sm_scale).to(q_bufs.dtype), bhkv, n0, N_CTX_K, BLOCK_N, HEAD_DIM)
@@ -308,7 +423,8 @@ def _dkdv_consumer(q_bufs, do_bufs, k_buf, v_buf, ds_smem, dq_desc, dq_smem, kv_
 @gluon.jit
 def _fa3_dkdv_kernel(q_desc, do_desc, k_desc, v_desc, dq_desc, DK, DV, DQ, LSE, Delta, sm_scale, qk_scale, H, GROUP,
                      N_CTX_Q, N_CTX_K, CAUSAL: gl.constexpr, STAGES: gl.constexpr, ATOMIC_DQ: gl.constexpr,
-                     DQ_TMA: gl.constexpr, LEAN_STATS: gl.constexpr, num_warps: gl.constexpr):
+                     DQ_TMA: gl.constexpr, LEAN_STATS: gl.constexpr, PIPELINE: gl.constexpr,
+                     num_warps: gl.constexpr):
     """Grid (key blocks, batch * kv_heads). Shared memory: K and V of the block, STAGES Q and dO buffers (and, with
     ATOMIC_DQ, one dS^T tile; DQ is then the zeroed fp32 dQ, unscaled; otherwise unused). DQ_TMA (with ATOMIC_DQ):
     dQ added through ``dq_desc`` (the same fp32 dQ, blocks of BLOCK_M rows) from one fp32 tile in shared memory
@@ -339,7 +455,7 @@ def _fa3_dkdv_kernel(q_desc, do_desc, k_desc, v_desc, dq_desc, DK, DV, DQ, LSE, 
     gl.warp_specialize([  # (tuples written inline: bound to a name first, their constexprs become tensors)
         (_dkdv_consumer, (q_bufs, do_bufs, k_buf, v_buf, ds_smem, dq_desc, dq_smem, kv_ready, q_ready, do_ready,
                           q_empty, DK, DV, DQ, LSE, Delta, sm_scale, qk_scale, H, GROUP, N_CTX_Q, N_CTX_K, CAUSAL,
-                          STAGES, ATOMIC_DQ, DQ_TMA, LEAN_STATS, num_warps)),
+                          STAGES, ATOMIC_DQ, DQ_TMA, LEAN_STATS, PIPELINE, num_warps)),
         (_dkdv_producer, (q_desc, do_desc, k_desc, v_desc, q_bufs, do_bufs, k_buf, v_buf, kv_ready, q_ready,
                           do_ready, q_empty, H, GROUP, N_CTX_Q, N_CTX_K, CAUSAL, STAGES)),
     ], [1], [PRODUCER_REGS])
@@ -520,8 +636,9 @@ def fa3_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Ten
     _fa3_dkdv_kernel[(triton.cdiv(shape.seqlen_k, bn), shape.batch * shape.kv_heads)](
         desc(q3, bm), desc(do3, bm), desc(k3, bn), desc(v3, bn), dq_desc, dk, dv, dq_acc, lse, delta, *tail,
         CAUSAL=bool(causal), STAGES=cfg["STAGES"], ATOMIC_DQ=not deterministic, DQ_TMA=dq_tma,
-        LEAN_STATS=cfg["LEAN_STATS"], num_warps=CONSUMER_WARPS)
-    config = f"dkdv BLOCK_N={bn} BLOCK_M={bm} STAGES={cfg['STAGES']} w{CONSUMER_WARPS}+1"
+        LEAN_STATS=cfg["LEAN_STATS"], PIPELINE=cfg["PIPELINE"] and dq_tma, num_warps=CONSUMER_WARPS)
+    config = (f"dkdv BLOCK_N={bn} BLOCK_M={bm} STAGES={cfg['STAGES']} w{CONSUMER_WARPS}+1"
+              f"{' pipelined' if cfg['PIPELINE'] and dq_tma else ''}")
     if deterministic:
         qm, kn = cfg["DQ_BLOCK_M"], cfg["DQ_BLOCK_N"]
         _fa3_dq_kernel[(triton.cdiv(shape.seqlen_q, qm), shape.batch * shape.heads)](

@@ -22,12 +22,14 @@ import torch
 from tests.kernel_cases import make_qkv, shape_id
 from tests.test_fa3 import SHAPES, _gluon_hopper_problem, _hopper
 
-# (head dim, causal, dtype, query rows per dK/dV step): the default tiles, and the 128-row study at head dim 64
-CASES = [(128, True, "fp16", 64), (128, False, "bf16", 64), (64, True, "bf16", 64), (64, False, "fp16", 64),
-         (64, True, "fp16", 128), (64, False, "bf16", 128)]
+# (head dim, causal, dtype, query rows per dK/dV step, steps overlapped): the default tiles, and the two studies at
+# head dim 64 (128 rows; the steps overlapped)
+CASES = [(128, True, "fp16", 64, False), (128, False, "bf16", 64, False), (64, True, "bf16", 64, False),
+         (64, False, "fp16", 64, False), (64, True, "fp16", 128, False), (64, False, "bf16", 128, False),
+         (64, True, "bf16", 64, True), (64, False, "fp16", 64, True)]
 
 
-def _budget(headdim: int, causal: bool, block_m: int) -> tuple[int, int, int]:
+def _budget(headdim: int, causal: bool, block_m: int) -> tuple[int, int, int]:  # (the overlapped steps: as 64 rows)
     """(spill-stack bytes, local loads, local stores inside the step loop) the TMA-dQ dK/dV kernel may have,
     recorded so they cannot grow. Under Triton 3.6 (the GPU image's), 64 query rows per step: a stack of 0 at d64
     and 8 at d128 (48 causal), all of it the query-head loop's, none in the step loop; 128 rows at d64: 16 B (48
@@ -48,15 +50,16 @@ def _budget(headdim: int, causal: bool, block_m: int) -> tuple[int, int, int]:
     return (32, 2, 0) if causal else (24, 1, 0)
 
 
-def _compile(headdim: int, causal: bool, dtype: str, block_m: int) -> dict:
+def _compile(headdim: int, causal: bool, dtype: str, block_m: int, pipeline: bool) -> dict:
     """Resources and SASS of the TMA-dQ dK/dV kernel, compiled in a fresh process (this one may have imported the
     kernels under Triton's interpreter)."""
     code = ("import json, sys; from fa2bench.profiling import compile_sm90 as c; "
             "k = c.compile_fa3_bwd(int(sys.argv[1]), sys.argv[2] == '1', sys.argv[3], tma_dq=True, "
-            "block_m=int(sys.argv[4])); print(json.dumps({'resources': c.resources(k), 'sass': c.sass(k)}))")
+            "block_m=int(sys.argv[4]), pipeline=sys.argv[5] == '1'); "
+            "print(json.dumps({'resources': c.resources(k), 'sass': c.sass(k)}))")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run([sys.executable, "-c", code, str(headdim), str(int(causal)), dtype, str(block_m)],
-                          capture_output=True, text=True, env=env, timeout=600)
+    proc = subprocess.run([sys.executable, "-c", code, str(headdim), str(int(causal)), dtype, str(block_m),
+                           str(int(pipeline))], capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -75,10 +78,11 @@ def _step_loop(sass: str) -> list[str]:
 
 
 @pytest.mark.skipif(_gluon_hopper_problem() is not None, reason=str(_gluon_hopper_problem()))
-@pytest.mark.parametrize("headdim,causal,dtype,block_m", CASES,
-                         ids=[f"d{d}-{t}-{'causal' if c else 'full'}-m{m}" for d, c, t, m in CASES])
-def test_tma_dq_kernel_reduces_by_tma_within_its_spill_budget(headdim, causal, dtype, block_m):
-    out = _compile(headdim, causal, dtype, block_m)
+@pytest.mark.parametrize("headdim,causal,dtype,block_m,pipeline", CASES,
+                         ids=[f"d{d}-{t}-{'causal' if c else 'full'}-m{m}{'-pipelined' * p}"
+                              for d, c, t, m, p in CASES])
+def test_tma_dq_kernel_reduces_by_tma_within_its_spill_budget(headdim, causal, dtype, block_m, pipeline):
+    out = _compile(headdim, causal, dtype, block_m, pipeline)
     sass, res = out["sass"], out["resources"]
     assert "UTMAREDG" in sass and "HGMMA" in sass, res
     assert not re.search(r"\bREDG\b", sass), "per-element fp32 atomics in the TMA route"
@@ -86,7 +90,10 @@ def test_tma_dq_kernel_reduces_by_tma_within_its_spill_budget(headdim, causal, d
     assert int(res.split("stack ")[1].split()[0]) <= stack, res
     assert int(res.split("smem ")[1].split()[0]) <= 227 * 1024, res
     loop = _step_loop(sass)
-    assert sum("UTMAREDG" in text for text in loop) == 1, "one reduce-add per step"
+    # one reduce-add per step (overlapped: one in each branch, with the next step's S^T and dP^T or without)
+    assert sum("UTMAREDG" in text for text in loop) == 1 + pipeline, "one reduce-add per step"
+    if pipeline:  # the overlap survived ptxas: the dQ wgmma waited for with the next step's two still in flight
+        assert "WARPGROUP.DEPBAR.LE gsb0, 0x2" in "\n".join(loop), "the steps' wgmmas serialised"
     assert sum("HGMMA" in text and "gsb0" in text for text in loop) >= 5, "the five wgmma groups of a step"
     spills = [text for text in loop if re.search(r"\bSTL\b", text)]
     assert len(spills) <= stores, spills
@@ -117,36 +124,47 @@ def test_tma_dq_gradients_match_the_float64_reference(shape, dtype, causal, monk
     assert "TMA reduce-add" in fa3_bwd._last["bwd"], fa3_bwd._last["bwd"]
 
 
-def test_128_query_rows_per_step_hold_the_statistics_briefly_and_fit_only_head_dim_64():
+def test_the_head_dim_64_studies_fit_only_there_and_128_rows_hold_the_statistics_briefly():
     from fa2bench.kernels import fa3_bwd
 
     assert fa3_bwd.tiles(64)["BLOCK_M"] == fa3_bwd.DKDV_BLOCK_M[64]
     assert fa3_bwd.tiles(64, 128)["LEAN_STATS"] and not fa3_bwd.tiles(64, 64)["LEAN_STATS"]
     with pytest.raises(ValueError, match="head dim 128"):
         fa3_bwd.tiles(128, 128)
+    assert fa3_bwd.tiles(64, 64, True)["PIPELINE"] and not fa3_bwd.tiles(64)["PIPELINE"]
+    with pytest.raises(ValueError, match="overlapped"):
+        fa3_bwd.tiles(128, 64, True)
+
+
+STUDIES = [(128, False, False), (128, False, True), (64, True, False)]  # (query rows, overlapped, deterministic)
 
 
 @pytest.mark.gpu
 @pytest.mark.timeout(60)
 @pytest.mark.skipif(not _hopper(), reason="needs a Hopper GPU (sm_90)")
-@pytest.mark.parametrize("deterministic", [False, True], ids=["tma-dq", "dq-kernel"])
+@pytest.mark.parametrize("block_m,pipeline,deterministic", STUDIES,
+                         ids=["m128-tma-dq", "m128-dq-kernel", "m64-pipelined"])
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
 @pytest.mark.parametrize("shape", [s for s in SHAPES if s[-1] == 64] + [(2, 4, 2, 700, 1100, 64)], ids=shape_id)
-def test_128_query_rows_per_step_give_the_float64_reference_gradients(shape, dtype, causal, deterministic,
-                                                                      monkeypatch):
-    """The head-dim-64 study tiles (``DKDV_BLOCK_M`` 128: Delta in dP^T's accumulator, a 128-row dQ tile per
-    reduce-add), by both dQ routes, through the same gate as the default tiles."""
+def test_the_head_dim_64_studies_give_the_float64_reference_gradients(shape, dtype, causal, block_m, pipeline,
+                                                                      deterministic, monkeypatch):
+    """The head-dim-64 study tiles through the same gate as the default tiles: 128 query rows per step
+    (``DKDV_BLOCK_M``: Delta in dP^T's accumulator, a 128-row dQ tile per reduce-add) by both dQ routes, and the
+    TMA-dQ route's steps overlapped (``DKDV_PIPELINE``: each step's S^T and dP^T issued under the previous step's
+    dQ)."""
     from fa2bench.core.reference import check_attention
     from fa2bench.kernels import fa3_attention, fa3_bwd, fa3_deterministic_attention
 
     monkeypatch.setattr(fa3_bwd, "DQ_ATOMICS", "tma")
-    monkeypatch.setattr(fa3_bwd, "DKDV_BLOCK_M", {**fa3_bwd.DKDV_BLOCK_M, 64: 128})
+    monkeypatch.setattr(fa3_bwd, "DKDV_BLOCK_M", {**fa3_bwd.DKDV_BLOCK_M, 64: block_m})
+    monkeypatch.setattr(fa3_bwd, "DKDV_PIPELINE", {**fa3_bwd.DKDV_PIPELINE, 64: pipeline})
     attention = fa3_deterministic_attention if deterministic else fa3_attention
     q, k, v = make_qkv(shape, dtype, "cuda")
     verdict = check_attention(lambda q, k, v, c: attention(q, k, v, causal=c), q, k, v, causal)
     assert verdict.ok, verdict.detail
-    assert "BLOCK_M=128" in fa3_bwd._last["bwd"], fa3_bwd._last["bwd"]
+    config = fa3_bwd._last["bwd"]
+    assert f"BLOCK_M={block_m}" in config and ("pipelined" in config) == pipeline, config
 
 
 @pytest.mark.gpu

@@ -188,18 +188,20 @@ def compile_fa3(headdim: int, causal: bool, dtype: str = "fp16", capability: int
 
 
 def compile_fa3_bwd(headdim: int, causal: bool, dtype: str = "fp16", capability: int = 90, kernel: str = "bwd_dkdv",
-                    atomic_dq: bool = False, tma_dq: bool = False, block_m: int | None = None):
+                    atomic_dq: bool = False, tma_dq: bool = False, block_m: int | None = None,
+                    pipeline: bool | None = None):
     """fa3's Gluon backward kernel ``kernel`` (kernels/fa3_bwd.py: ``bwd_dkdv`` or ``bwd_dq``) for
     ``sm_<capability>`` at its tiles; ``atomic_dq``: the dK/dV kernel that also adds dQ with fp32 atomics;
     ``tma_dq``: that kernel adding dQ by TMA reduce-adds instead (fa3_bwd.DQ_ATOMICS "tma"); ``block_m``: the dK/dV
-    kernel's query rows per step (default ``fa3_bwd.DKDV_BLOCK_M``)."""
+    kernel's query rows per step (default ``fa3_bwd.DKDV_BLOCK_M``); ``pipeline``: its TMA-dQ steps overlapped
+    (default ``fa3_bwd.DKDV_PIPELINE``)."""
     from triton.experimental.gluon import language as gl
 
     import torch
 
     from fa2bench.kernels import fa3, fa3_bwd
 
-    cfg = fa3_bwd.tiles(headdim, block_m)
+    cfg = fa3_bwd.tiles(headdim, block_m, pipeline)
     torch_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
 
     def desc(rows: int) -> str:
@@ -211,7 +213,8 @@ def compile_fa3_bwd(headdim: int, causal: bool, dtype: str = "fp16", capability:
         dq_desc = (f"tensordesc<fp32{dq_block},{gl.NVMMASharedLayout.get_default_for(dq_block, gl.float32)!r}>"
                    if tma_dq else desc(q_rows))  # the fp32 dQ's tiles (unused without tma_dq)
         out = dict(DK="*" + dtype, DV="*" + dtype, DQ="*fp32", dq_desc=dq_desc)
-        consts = dict(ATOMIC_DQ=atomic_dq or tma_dq, DQ_TMA=tma_dq, LEAN_STATS=cfg["LEAN_STATS"])
+        consts = dict(ATOMIC_DQ=atomic_dq or tma_dq, DQ_TMA=tma_dq, LEAN_STATS=cfg["LEAN_STATS"],
+                      PIPELINE=cfg["PIPELINE"] and tma_dq)
     else:
         q_rows, k_rows, stages = cfg["DQ_BLOCK_M"], cfg["DQ_BLOCK_N"], cfg["DQ_STAGES"]
         out, consts = dict(DQ="*" + dtype), {}
@@ -257,6 +260,7 @@ def main() -> None:
                     help="--kernel fa3-bwd: the dK/dV kernel that adds dQ by TMA reduce-adds (no dQ kernel)")
     ap.add_argument("--block-m", type=int, help="--kernel fa3-bwd: the dK/dV kernel's query rows per step "
                     "(default: fa3_bwd.DKDV_BLOCK_M)")
+    ap.add_argument("--pipeline", action="store_true", help="--kernel fa3-bwd --tma-dq: the dK/dV steps overlapped")
     ap.add_argument("--configs", default="", help="comma list like 128x64w4s3; default: the candidate list")
     ap.add_argument("--variants", default="", help=f"fa2's variant switches to turn on, comma list of {list(VARIANTS)}")
     a = ap.parse_args()
@@ -267,10 +271,10 @@ def main() -> None:
     if a.kernel == "fa3-bwd":  # two Gluon kernels (one with --atomic-dq), tiles fixed
         for kernel in ("bwd_dkdv",) if a.atomic_dq or a.tma_dq else ("bwd_dkdv", "bwd_dq"):
             name = (f"fa3 {kernel} d{a.headdim} {a.dtype}{' causal' if a.causal else ''}{' atomic-dq' * a.atomic_dq}"
-                    f"{' tma-dq' * a.tma_dq}{f' block-m {a.block_m}' * bool(a.block_m)}")
+                    f"{' tma-dq' * a.tma_dq}{f' block-m {a.block_m}' * bool(a.block_m)}{' pipelined' * a.pipeline}")
             try:
                 k = compile_fa3_bwd(a.headdim, a.causal, a.dtype, kernel=kernel, atomic_dq=a.atomic_dq,
-                                    tma_dq=a.tma_dq, block_m=a.block_m)
+                                    tma_dq=a.tma_dq, block_m=a.block_m, pipeline=a.pipeline or None)
                 units = sorted(set(re.findall(r"\b(HGMMA|REDG|USETMAXREG|UTMALDG|UTMAREDG)", sass(k))))
                 print(f"{name}: {resources(k)} sass {','.join(units)}", flush=True)
             except Exception as exc:
