@@ -24,6 +24,7 @@ import torch
 from fa2bench.core import providers
 from fa2bench.core.presets import Shape
 from fa2bench.core.reference import attention_ref, check_attention
+from fa2bench.profiling.sass import step_loops
 from tests.kernel_cases import make_qkv, shape_id
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -102,13 +103,6 @@ def test_pingpong_kernels_give_each_consumer_warpgroup_240_registers(rung):
     assert bool(register_a) == (rung == 9)
 
 
-def _step_loops(sass: str) -> list[list[str]]:
-    """The innermost loops of a compiled forward that run exponentials: the consumers' per-block steps."""
-    from fa2bench.profiling.compile_sm90 import step_loops
-
-    return step_loops(sass)
-
-
 @pytest.mark.skipif(_gluon_hopper_problem() is not None, reason=str(_gluon_hopper_problem()))
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
 def test_rung9_at_head_dim_64_runs_three_consumer_warpgroups_without_spills_in_their_steps(causal):
@@ -132,7 +126,7 @@ def test_rung9_at_head_dim_64_runs_three_consumer_warpgroups_without_spills_in_t
     # down to 24 (128 x (168 + 2 x 160 + 24) = 65,536)
     regs = re.findall(r"setmaxnreg\.(inc|dec)\.sync\.aligned\.u32\s+(\d+)", asm["ptx"])
     assert {("dec", "168"), ("inc", "160"), ("dec", "24")} <= set(regs), regs
-    loops = _step_loops(asm["sass"])
+    loops = step_loops(asm["sass"])  # the consumers' per-block steps
     assert len(loops) == 6, len(loops)  # 3 consumers x (unmasked, masked)
     local = sorted(sum(bool(re.search(r"\b(LDL|STL)\b", text)) for text in body) for body in loops)
     # (Triton 3.9: 22 since masked scores are scaled with the unmasked ones, 20 since the boundary group, 19 before)

@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from fa2bench.profiling import compile_sm90 as c  # noqa: E402  (before fa2bench.kernels: no interpreter)
+from fa2bench.profiling.sass import step_loops  # noqa: E402
 
 OPCODE = re.compile(r"^\s*/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P[T\d]+\s+)?([A-Z][A-Z0-9_]*)", re.M)
 FA2_VARIANTS = ((), ("window", "softcap"), ("alibi",), ("docs",), ("varlen",))
@@ -39,7 +40,7 @@ def fingerprint(kernel, gluon: bool) -> dict:
     regs, stack, smem = re.findall(r"regs (\S+) stack (\S+) smem (\S+)", c.resources(kernel))[0]
     body = "\n".join(line for line in text.splitlines() if "Function :" not in line and ".text." not in line)
     return dict(regs=regs, stack=stack, smem=smem, ops=dict(sorted(collections.Counter(OPCODE.findall(text)).items())),
-                loops=sorted(len(loop) for loop in c.step_loops(text)),
+                loops=sorted(len(loop) for loop in step_loops(text)),
                 sha1=hashlib.sha1(body.encode()).hexdigest()[:16] if gluon else None)
 
 

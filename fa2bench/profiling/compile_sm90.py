@@ -136,17 +136,6 @@ def sass(kernel) -> str:
     return cuobjdump(kernel, "--dump-sass")
 
 
-def step_loops(sass_text: str) -> list[list[str]]:
-    """The innermost loops of a compiled attention kernel that run exponentials (its per-block steps: a forward's
-    unmasked and masked loops, a backward's), each as the list of its instructions, in address order."""
-    ins = [(int(m.group(1), 16), m.group(2)) for m in re.finditer(r"/\*([0-9a-f]{4,})\*/\s+([^;]*);", sass_text)]
-    loops = [(int(m.group(1), 16), addr) for addr, text in ins
-             if (m := re.search(r"\bBRA (0x[0-9a-f]+)", text)) and int(m.group(1), 16) < addr]
-    inner = [(lo, hi) for lo, hi in loops if not any(lo < a <= b < hi for a, b in loops)]
-    bodies = [[text for a, text in ins if lo <= a <= hi] for lo, hi in inner]
-    return [body for body in bodies if any("MUFU.EX2" in text for text in body)]
-
-
 def fa3_launch_ints(batch: int, heads: int, kv_heads: int, seqlen_q: int, seqlen_k: int, headdim: int = 128,
                     causal: bool = False, sms: int = 132, l2_bytes: int = 60 * 2**20, rung: int = 8,
                     consumers: int | None = None) -> dict:
