@@ -9,7 +9,10 @@ match the GPU image:
     python tools/kernel_fingerprint.py /tmp/after.json --against /tmp/before.json
 
 Builds: fa3's forward (rungs 8, 9, 10; d64, d128; causal both; rung 9's three-consumer causal tile), fa3's two
-backward kernels (d64, d128, causal both), and fa2's three kernels at d64 and d128, causal both, dense and with
+backward kernels (d64, d128, causal both), each as a launch of the paper's shape at ``--seqlen`` compiles it (16k
+tokens, hidden 2048: ints equal to 1 constant, multiples of 16 and pointers marked divisible by 16, so the output
+stores are as wide as the GPU's; ``--seqlen 0``: every int a plain i32 and no pointer aligned, the builds before
+2026-12-05), and fa2's three kernels at d64 and d128, causal both, dense and with
 each variant switch, at one config each (``--fa2-configs all``: every autotune candidate; about 9x longer).
 A Gluon kernel's SASS is also compared byte for byte (its sha1). A Triton kernel's is not: its instruction
 schedule moves with its source lines (the same kernel with a comment line added above it compiled to another
@@ -44,22 +47,34 @@ def fingerprint(kernel, gluon: bool) -> dict:
                 sha1=hashlib.sha1(body.encode()).hexdigest()[:16] if gluon else None)
 
 
-def builds(groups: set[str], fa2_configs: str):
+def paper_shape(headdim: int, seqlen: int) -> tuple[int, ...] | None:
+    """(batch, heads, kv_heads, seqlen_q, seqlen_k) of the paper's preset at ``seqlen`` (None for 0)."""
+    if not seqlen:
+        return None
+    heads = 2048 // headdim
+    return (max(1, 16384 // seqlen), heads, heads, seqlen, seqlen)
+
+
+def builds(groups: set[str], fa2_configs: str, seqlen: int):
     """(name, thunk that compiles it, is Gluon) for each build of the groups."""
     if "fa3" in groups:
         for rung in (8, 9, 10):
             for d in (64, 128):
                 for causal in (False, True):
                     yield (f"fa3 r{rung} d{d}{' causal' * causal}",
-                           lambda rung=rung, d=d, causal=causal: c.compile_fa3(d, causal, rung=rung), True)
-        yield "fa3 r9 d64 causal 3 consumers", lambda: c.compile_fa3(64, True, rung=9, consumers=3), True
+                           lambda rung=rung, d=d, causal=causal:
+                           c.compile_fa3(d, causal, rung=rung, shape=paper_shape(d, seqlen)), True)
+        yield ("fa3 r9 d64 causal 3 consumers",
+               lambda: c.compile_fa3(64, True, rung=9, consumers=3, shape=paper_shape(64, seqlen)), True)
     if "fa3-bwd" in groups:
         for d in (64, 128):
             for causal in (False, True):
                 yield (f"fa3 dkdv d{d}{' causal' * causal}",
-                       lambda d=d, causal=causal: c.compile_fa3_bwd(d, causal, tma_dq=True), True)
+                       lambda d=d, causal=causal: c.compile_fa3_bwd(d, causal, tma_dq=True,
+                                                                    shape=paper_shape(d, seqlen)), True)
                 yield (f"fa3 dq d{d}{' causal' * causal}",
-                       lambda d=d, causal=causal: c.compile_fa3_bwd(d, causal, kernel="bwd_dq"), True)
+                       lambda d=d, causal=causal: c.compile_fa3_bwd(d, causal, kernel="bwd_dq",
+                                                                    shape=paper_shape(d, seqlen)), True)
     if "fa2" in groups:
         from fa2bench.kernels import flash2
 
@@ -96,10 +111,12 @@ def main(argv=None) -> None:
     ap.add_argument("out", type=Path)
     ap.add_argument("--groups", default="fa3,fa3-bwd,fa2", help="any of fa3, fa3-bwd, fa2")
     ap.add_argument("--fa2-configs", choices=("first", "all"), default="first")
+    ap.add_argument("--seqlen", type=int, default=2048, help="fa3's builds as a launch of the paper's shape at this "
+                    "length compiles them; 0: plain ints, no pointer aligned")
     ap.add_argument("--against", type=Path, help="an earlier file: print what changed")
     a = ap.parse_args(argv)
     result = {}
-    for name, build, gluon in builds(set(a.groups.split(",")), a.fa2_configs):
+    for name, build, gluon in builds(set(a.groups.split(",")), a.fa2_configs, a.seqlen):
         try:
             result[name] = fingerprint(build(), gluon)
         except Exception as exc:  # a build that fails is part of the picture

@@ -178,12 +178,13 @@ def compile_fa3(headdim: int, causal: bool, dtype: str = "fp16", capability: int
 
 def compile_fa3_bwd(headdim: int, causal: bool, dtype: str = "fp16", capability: int = 90, kernel: str = "bwd_dkdv",
                     atomic_dq: bool = False, tma_dq: bool = False, block_m: int | None = None,
-                    pipeline: bool | None = None):
+                    pipeline: bool | None = None, shape: tuple[int, ...] | None = None):
     """fa3's Gluon backward kernel ``kernel`` (kernels/fa3_bwd.py: ``bwd_dkdv`` or ``bwd_dq``) for
     ``sm_<capability>`` at its tiles; ``atomic_dq``: the dK/dV kernel that also adds dQ with fp32 atomics;
     ``tma_dq``: that kernel adding dQ by TMA reduce-adds instead (fa3_bwd.DQ_ATOMICS "tma"); ``block_m``: the dK/dV
     kernel's query rows per step (default ``fa3_bwd.DKDV_BLOCK_M``); ``pipeline``: its TMA-dQ steps overlapped
-    (default ``fa3_bwd.DKDV_PIPELINE``)."""
+    (default ``fa3_bwd.DKDV_PIPELINE``); ``shape`` (batch, heads, kv_heads, seqlen_q, seqlen_k): specialised as a
+    launch of that shape would be (``launch_specialisation``), else every int a plain i32 and no pointer aligned."""
     from triton.experimental.gluon import language as gl
 
     import torch
@@ -210,9 +211,15 @@ def compile_fa3_bwd(headdim: int, causal: bool, dtype: str = "fp16", capability:
     sig = dict(q_desc=desc(q_rows), do_desc=desc(q_rows), k_desc=desc(k_rows), v_desc=desc(k_rows),
                LSE="*fp32", Delta="*fp32", sm_scale="fp32", qk_scale="fp32", H="i32", GROUP="i32", N_CTX_Q="i32",
                N_CTX_K="i32", **out)
-    return compile_gluon(fa3_bwd.TRITON_KERNELS[kernel], sig,
-                         dict(CAUSAL=causal, STAGES=stages, num_warps=fa3_bwd.CONSUMER_WARPS, **consts),
-                         fa3_bwd.CONSUMER_WARPS, capability)
+    fn = fa3_bwd.TRITON_KERNELS[kernel]
+    ints, attrs = {}, {}
+    if shape is not None:
+        batch, heads, kv_heads, seqlen_q, seqlen_k = shape
+        pointers = tuple(name for name in sig if sig[name].startswith("*"))
+        ints, attrs = launch_specialisation(fn, dict(H=heads, GROUP=heads // kv_heads, N_CTX_Q=seqlen_q,
+                                                     N_CTX_K=seqlen_k), pointers=pointers)
+    return compile_gluon(fn, sig, dict(CAUSAL=causal, STAGES=stages, num_warps=fa3_bwd.CONSUMER_WARPS, **consts,
+                                       **ints), fa3_bwd.CONSUMER_WARPS, capability, attrs=attrs)
 
 
 def resources(kernel) -> str:
