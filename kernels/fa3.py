@@ -323,12 +323,16 @@ def _softmax_step(qk, m_i, l_i, j, r0, qk_scale, N_CTX_Q, N_CTX_K, MASK: gl.cons
     ROWS: gl.constexpr = qk.shape[0]
     BLOCK_N: gl.constexpr = qk.shape[1]
     if MASK:
-        cols = j * BLOCK_N + gl.arange(0, BLOCK_N, gl.SliceLayout(0, s_layout))
-        keep = cols[None, :] < N_CTX_K
-        if CAUSAL:  # (the diagonal alone would do for the rows that are stored; as one compare per score, ptxas
-            # 12.8 turned the masked step into bit-mask arithmetic, 100 instructions longer at head dim 64)
+        # one compare per score, of the key's offset in the block against the row's last key: the keys' and the
+        # diagonal's tests as two compares (and an and) per score took 861 instructions at d64 as a launch compiles
+        # it (lengths divisible by 16), where ptxas turned them into bit-mask arithmetic; this takes 562
+        offs = gl.arange(0, BLOCK_N, gl.SliceLayout(0, s_layout))
+        last = N_CTX_K - 1 - j * BLOCK_N  # the last key, as an offset in the block
+        if CAUSAL:
             rows = r0 + gl.arange(0, ROWS, gl.SliceLayout(1, s_layout))
-            keep = keep & (cols[None, :] <= rows[:, None] + (N_CTX_K - N_CTX_Q))
+            keep = offs[None, :] <= gl.minimum(rows + (N_CTX_K - N_CTX_Q - j * BLOCK_N), last)[:, None]
+        else:
+            keep = (offs <= last)[None, :]
         qk = gl.where(keep, qk, float("-inf"))  # scaled below with the unmasked scores: -inf * qk_scale - m = -inf
     m_new = gl.maximum(m_i, gl.max(qk, 1) * qk_scale)
     qk = qk * qk_scale - m_new[:, None]
