@@ -316,24 +316,32 @@ def _fa3_fwd_kernel(q_desc, k_desc, v_desc, O, LSE, qk_scale, H, GROUP, N_CTX_Q,
 
 
 @gluon.jit
+def seen_keys(r0, j, N_CTX_Q, N_CTX_K, ROWS: gl.constexpr, BLOCK_N: gl.constexpr, CAUSAL: gl.constexpr,
+              s_layout: gl.constexpr):
+    """Which keys of block ``j`` the rows [r0, r0 + ROWS) see (keys past seqlen_k none; with CAUSAL, those up to
+    the diagonal, aligned bottom-right), in ``s_layout`` ([1, BLOCK_N] without CAUSAL). Under CAUSAL one compare
+    per score, of the key's offset in the block against one limit per row: the keys' and the diagonal's tests as
+    two compares per score took 861 instructions per masked step at d64 as a launch compiles it (lengths divisible
+    by 16: ptxas 12.8 turned them into bit-mask arithmetic), this 562."""
+    offs = gl.arange(0, BLOCK_N, gl.SliceLayout(0, s_layout))
+    if CAUSAL:
+        rows = r0 + gl.arange(0, ROWS, gl.SliceLayout(1, s_layout))
+        last = N_CTX_K - 1 - j * BLOCK_N  # the last key, as an offset in the block
+        keep = offs[None, :] <= gl.minimum(rows + (N_CTX_K - N_CTX_Q - j * BLOCK_N), last)[:, None]
+    else:
+        keep = (j * BLOCK_N + offs < N_CTX_K)[None, :]
+    return keep
+
+
+@gluon.jit
 def _softmax_step(qk, m_i, l_i, j, r0, qk_scale, N_CTX_Q, N_CTX_K, MASK: gl.constexpr, CAUSAL: gl.constexpr):
     """One block's online-softmax update (FA2's, log2 domain) on the scores ``qk`` of rows [r0, r0 + rows) and
     keys of block ``j``: (P, new m, new l, alpha = the factor that rescales O to the new m)."""
     s_layout: gl.constexpr = qk.type.layout
     ROWS: gl.constexpr = qk.shape[0]
     BLOCK_N: gl.constexpr = qk.shape[1]
-    if MASK:
-        # one compare per score, of the key's offset in the block against the row's last key: the keys' and the
-        # diagonal's tests as two compares (and an and) per score took 861 instructions at d64 as a launch compiles
-        # it (lengths divisible by 16), where ptxas turned them into bit-mask arithmetic; this takes 562
-        offs = gl.arange(0, BLOCK_N, gl.SliceLayout(0, s_layout))
-        last = N_CTX_K - 1 - j * BLOCK_N  # the last key, as an offset in the block
-        if CAUSAL:
-            rows = r0 + gl.arange(0, ROWS, gl.SliceLayout(1, s_layout))
-            keep = offs[None, :] <= gl.minimum(rows + (N_CTX_K - N_CTX_Q - j * BLOCK_N), last)[:, None]
-        else:
-            keep = (offs <= last)[None, :]
-        qk = gl.where(keep, qk, float("-inf"))  # scaled below with the unmasked scores: -inf * qk_scale - m = -inf
+    if MASK:  # scaled below with the unmasked scores: -inf * qk_scale - m = -inf
+        qk = gl.where(seen_keys(r0, j, N_CTX_Q, N_CTX_K, ROWS, BLOCK_N, CAUSAL, s_layout), qk, float("-inf"))
     m_new = gl.maximum(m_i, gl.max(qk, 1) * qk_scale)
     qk = qk * qk_scale - m_new[:, None]
     p = gl.exp2(qk)
