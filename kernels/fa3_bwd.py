@@ -72,14 +72,15 @@ PRODUCER_REGS = gl.constexpr(24)  # the producer warp's registers under setmaxnr
 # memory; "redg", fp32 atomics from registers (SASS REDG, 32 per thread per step at d128: measured slower than the
 # dQ kernel, docs/fa3.md section 8). A module switch so both can be timed in one process.
 DQ_ATOMICS = "tma"
-# Query rows per dK/dV step, by head dim. 128 at head dim 64 is a study (docs/fa3.md section 17; not yet run on a GPU
-# when written): the same barriers, statistics loads and reduce-add per step for twice the rows, each warpgroup's S^T
-# and dP^T wgmmas 128 wide instead of 64, as FlashAttention-3's head-dim-64 backward tiles it (128 x 128). At head dim
-# 128 it does not fit (295 KB of shared memory).
-DKDV_BLOCK_M = {64: 64, 128: 64}
-# The TMA-dQ route's steps overlapped (``_dkdv_steps_pipelined``), by head dim: a study (docs/fa3.md section 17), off
-# by default; at 64 query rows and head dim 64 only (at d128, or 128 rows, it spills and ptxas serialises the wgmmas).
-DKDV_PIPELINE = {64: False, 128: False}
+# Query rows per dK/dV step, by (head dim, causal). At head dim 64 two studies (docs/fa3.md sections 17-18) beat the
+# 64-row steps in every cell of an A/B (H100, `results/h100-fa3-bwd-tiles-ab`): 128 rows per step (the same
+# barriers, statistics loads and reduce-add per step for twice the rows, each warpgroup's S^T and dP^T wgmmas 128
+# wide, as FlashAttention-3's head-dim-64 backward tiles it) 1.09-1.27x, the larger gain and so the default under
+# the causal mask; and the TMA-dQ route's steps overlapped (``_dkdv_steps_pipelined``: each step's S^T and dP^T
+# under the previous step's dQ) 1.07-1.17x, the steadier of the two without the mask (128 rows there: 0.93-1.12x).
+# At head dim 128 neither fits (128 rows: 295 KB of shared memory; overlapped: spills and serialised wgmmas).
+DKDV_BLOCK_M = {(64, False): 64, (64, True): 128, (128, False): 64, (128, True): 64}
+DKDV_PIPELINE = {(64, False): True, (64, True): False, (128, False): False, (128, True): False}
 
 if hasattr(tma, "async_atomic_add"):  # the public name in later Gluon (3.9)
     tma_reduce_add = tma.async_atomic_add
@@ -94,8 +95,9 @@ else:
                                                   src.handle)
 
 
-def tiles(headdim: int, block_m: int | None = None, pipeline: bool | None = None) -> dict:
-    """dK/dV kernel: 128 keys x ``DKDV_BLOCK_M[headdim]`` query rows per step (64 by default), ``STAGES`` Q and dO
+def tiles(headdim: int, causal: bool = False, block_m: int | None = None, pipeline: bool | None = None,
+          tma_dq: bool = True) -> dict:
+    """dK/dV kernel: 128 keys x ``DKDV_BLOCK_M[headdim, causal]`` query rows per step, ``STAGES`` Q and dO
     buffers (d128: K, V 64 KiB + 2 x 32 KiB); dQ kernel: 128 query rows x 64 keys per step, ``DQ_STAGES`` K/V
     stages (d128: Q, dO 64 KiB + 2 x 32 KiB). The dK/dV accumulators' registers set the tiles (64 + 64 per thread at
     d128). ``LEAN_STATS`` with 128 query rows: the softmax statistics, one value per query column and so 32
@@ -103,9 +105,11 @@ def tiles(headdim: int, block_m: int | None = None, pipeline: bool | None = None
     and Delta starts dP^T's accumulator (the wgmma computes dP^T - Delta) instead of being subtracted after it.
     Held as at 64 rows they spilled in the step loop (Triton 3.6: 20 stores and 27 reloads per step at head dim
     64, none this way). ``PIPELINE``: the TMA-dQ route's steps overlapped (``_dkdv_steps_pipelined``). ``block_m``
-    and ``pipeline`` override ``DKDV_BLOCK_M`` and ``DKDV_PIPELINE``."""
-    block_m = block_m or DKDV_BLOCK_M[headdim]
-    pipeline = DKDV_PIPELINE[headdim] if pipeline is None else pipeline
+    and ``pipeline`` override ``DKDV_BLOCK_M`` and ``DKDV_PIPELINE``, which are the TMA-dQ route's (``tma_dq``); the
+    other routes keep 64 rows (the dQ-kernel route's 128-row step spills: 40 B, 3 local accesses per step)."""
+    block_m = block_m or (DKDV_BLOCK_M[headdim, bool(causal)] if tma_dq else 64)
+    if pipeline is None:  # the default where it fits (64 rows at head dim 64)
+        pipeline = DKDV_PIPELINE[headdim, bool(causal)] and tma_dq and block_m * headdim <= 64 * 64
     if block_m not in (64, 128) or block_m * headdim > 128 * 64:
         raise ValueError(f"fa3 backward: {block_m} query rows per dK/dV step at head dim {headdim} (64, or 128 at 64)")
     if pipeline and block_m * headdim > 64 * 64:
@@ -166,15 +170,16 @@ def _dkdv_producer(q_desc, do_desc, k_desc, v_desc, q_bufs, do_bufs, k_buf, v_bu
 
 @gluon.jit
 def _diagonal(pt, n0, mb, N_CTX_Q, N_CTX_K):
-    """P^T of keys n0.. (rows) and query block ``mb`` (columns) with the causal mask: key k sees the queries at
-    offsets in the block from k - diagonal - mb * BLOCK_M on, one compare per score against a limit per key (the
-    keys against the queries' indices took 484 instructions per step at d64 as launched, this 455)."""
+    """P^T of keys n0.. (rows) and query block ``mb`` (columns) with the causal mask (key k sees query q iff
+    k <= q + seqlen_k - seqlen_q). As one limit per key on the query's offset in the block (the forward's form,
+    ``seen_keys``) the 64-row step was 29 instructions shorter at d64, but the 128-row step spilled (72 B, 34 local
+    accesses per step, as launched; none this way)."""
     s_layout: gl.constexpr = pt.type.layout
     BLOCK_N: gl.constexpr = pt.shape[0]
     BLOCK_M: gl.constexpr = pt.shape[1]
     keys = n0 + gl.arange(0, BLOCK_N, gl.SliceLayout(1, s_layout))
-    offs = gl.arange(0, BLOCK_M, gl.SliceLayout(0, s_layout))
-    return gl.where(offs[None, :] >= (keys + (N_CTX_Q - N_CTX_K) - mb * BLOCK_M)[:, None], pt, 0.0)
+    cols = mb * BLOCK_M + gl.arange(0, BLOCK_M, gl.SliceLayout(0, s_layout))
+    return gl.where(keys[:, None] <= cols[None, :] + (N_CTX_K - N_CTX_Q), pt, 0.0)
 
 
 @gluon.jit
@@ -612,7 +617,6 @@ def fa3_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Ten
     reason = unsupported(q, k, v)
     if reason:
         raise ValueError(f"fa3 backward: {reason}")
-    cfg = tiles(shape.headdim)
     d = shape.headdim
     q3, k3, v3, do3 = _tma_heads(q), _tma_heads(k), _tma_heads(v), _tma_heads(do)
     lse = lse.float().contiguous()
@@ -626,11 +630,12 @@ def fa3_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Ten
     dk = torch.empty(k.shape, device=q.device, dtype=q.dtype)
     dv = torch.empty(v.shape, device=q.device, dtype=q.dtype)
     tail = (scale, scale * LOG2E, shape.heads, shape.group, shape.seqlen_q, shape.seqlen_k)
-    bm, bn = cfg["BLOCK_M"], cfg["BLOCK_N"]
     dq_acc = delta if deterministic else torch.zeros(q.shape, device=q.device, dtype=torch.float32)
     if DQ_ATOMICS not in ("tma", "redg"):
         raise ValueError(f"fa3 backward: DQ_ATOMICS must be 'tma' or 'redg', not {DQ_ATOMICS!r}")
     dq_tma = not deterministic and DQ_ATOMICS == "tma"
+    cfg = tiles(d, causal, tma_dq=dq_tma)
+    bm, bn = cfg["BLOCK_M"], cfg["BLOCK_N"]
     if dq_tma:  # the fp32 dQ as (batch * heads, seqlen_q, d), BLOCK_M-row tiles
         block = [1, bm, d]
         dq_desc = TensorDescriptor.from_tensor(dq_acc.view(-1, shape.seqlen_q, d), block,
@@ -640,9 +645,9 @@ def fa3_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Ten
     _fa3_dkdv_kernel[(triton.cdiv(shape.seqlen_k, bn), shape.batch * shape.kv_heads)](
         desc(q3, bm), desc(do3, bm), desc(k3, bn), desc(v3, bn), dq_desc, dk, dv, dq_acc, lse, delta, *tail,
         CAUSAL=bool(causal), STAGES=cfg["STAGES"], ATOMIC_DQ=not deterministic, DQ_TMA=dq_tma,
-        LEAN_STATS=cfg["LEAN_STATS"], PIPELINE=cfg["PIPELINE"] and dq_tma, num_warps=CONSUMER_WARPS)
+        LEAN_STATS=cfg["LEAN_STATS"], PIPELINE=cfg["PIPELINE"], num_warps=CONSUMER_WARPS)
     config = (f"dkdv BLOCK_N={bn} BLOCK_M={bm} STAGES={cfg['STAGES']} w{CONSUMER_WARPS}+1"
-              f"{' pipelined' if cfg['PIPELINE'] and dq_tma else ''}")
+              f"{' pipelined' if cfg['PIPELINE'] else ''}")
     if deterministic:
         qm, kn = cfg["DQ_BLOCK_M"], cfg["DQ_BLOCK_N"]
         _fa3_dq_kernel[(triton.cdiv(shape.seqlen_q, qm), shape.batch * shape.heads)](

@@ -127,13 +127,15 @@ def test_tma_dq_gradients_match_the_float64_reference(shape, dtype, causal, monk
 def test_the_head_dim_64_studies_fit_only_there_and_128_rows_hold_the_statistics_briefly():
     from fa2bench.kernels import fa3_bwd
 
-    assert fa3_bwd.tiles(64)["BLOCK_M"] == fa3_bwd.DKDV_BLOCK_M[64]
-    assert fa3_bwd.tiles(64, 128)["LEAN_STATS"] and not fa3_bwd.tiles(64, 64)["LEAN_STATS"]
+    assert fa3_bwd.tiles(64, causal=True)["BLOCK_M"] == fa3_bwd.DKDV_BLOCK_M[64, True] == 128  # measured faster
+    assert fa3_bwd.tiles(64)["PIPELINE"] and not fa3_bwd.tiles(64, causal=True)["PIPELINE"]
+    assert fa3_bwd.tiles(128)["BLOCK_M"] == fa3_bwd.tiles(128, causal=True)["BLOCK_M"] == 64
+    assert fa3_bwd.tiles(64, False, 128)["LEAN_STATS"] and not fa3_bwd.tiles(64, False, 64)["LEAN_STATS"]
     with pytest.raises(ValueError, match="head dim 128"):
-        fa3_bwd.tiles(128, 128)
-    assert fa3_bwd.tiles(64, 64, True)["PIPELINE"] and not fa3_bwd.tiles(64)["PIPELINE"]
+        fa3_bwd.tiles(128, False, 128)
+    assert fa3_bwd.tiles(64, False, 64, True)["PIPELINE"] and not fa3_bwd.tiles(64, False, 64, False)["PIPELINE"]
     with pytest.raises(ValueError, match="overlapped"):
-        fa3_bwd.tiles(128, 64, True)
+        fa3_bwd.tiles(128, False, 64, True)
 
 
 STUDIES = [(128, False, False), (128, False, True), (64, True, False)]  # (query rows, overlapped, deterministic)
@@ -157,8 +159,8 @@ def test_the_head_dim_64_studies_give_the_float64_reference_gradients(shape, dty
     from fa2bench.kernels import fa3_attention, fa3_bwd, fa3_deterministic_attention
 
     monkeypatch.setattr(fa3_bwd, "DQ_ATOMICS", "tma")
-    monkeypatch.setattr(fa3_bwd, "DKDV_BLOCK_M", {**fa3_bwd.DKDV_BLOCK_M, 64: block_m})
-    monkeypatch.setattr(fa3_bwd, "DKDV_PIPELINE", {**fa3_bwd.DKDV_PIPELINE, 64: pipeline})
+    monkeypatch.setattr(fa3_bwd, "DKDV_BLOCK_M", {**fa3_bwd.DKDV_BLOCK_M, (64, causal): block_m})
+    monkeypatch.setattr(fa3_bwd, "DKDV_PIPELINE", {**fa3_bwd.DKDV_PIPELINE, (64, causal): pipeline})
     attention = fa3_deterministic_attention if deterministic else fa3_attention
     q, k, v = make_qkv(shape, dtype, "cuda")
     verdict = check_attention(lambda q, k, v, c: attention(q, k, v, causal=c), q, k, v, causal)

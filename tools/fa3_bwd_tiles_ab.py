@@ -45,8 +45,8 @@ def main(argv=None) -> None:
             first = None
             for variant in variants:
                 block_m, pipeline = VARIANTS[variant]
-                fa3_bwd.DKDV_BLOCK_M = {**default[0], headdim: block_m}
-                fa3_bwd.DKDV_PIPELINE = {**default[1], headdim: pipeline}
+                fa3_bwd.DKDV_BLOCK_M = {**default[0], (headdim, causal): block_m}
+                fa3_bwd.DKDV_PIPELINE = {**default[1], (headdim, causal): pipeline}
 
                 def run():
                     return fa3_bwd.fa3_backward(q, k, v, o, lse, do, causal, deterministic=False)

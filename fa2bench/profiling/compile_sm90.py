@@ -191,7 +191,7 @@ def compile_fa3_bwd(headdim: int, causal: bool, dtype: str = "fp16", capability:
 
     from fa2bench.kernels import fa3, fa3_bwd
 
-    cfg = fa3_bwd.tiles(headdim, block_m, pipeline)
+    cfg = fa3_bwd.tiles(headdim, causal, block_m, pipeline, tma_dq)
     torch_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
 
     def desc(rows: int) -> str:
