@@ -106,7 +106,7 @@ def tiles(headdim: int, causal: bool = False, block_m: int | None = None, pipeli
     Held as at 64 rows they spilled in the step loop (Triton 3.6: 20 stores and 27 reloads per step at head dim
     64, none this way). ``PIPELINE``: the TMA-dQ route's steps overlapped (``_dkdv_steps_pipelined``). ``block_m``
     and ``pipeline`` override ``DKDV_BLOCK_M`` and ``DKDV_PIPELINE``, which are the TMA-dQ route's (``tma_dq``); the
-    other routes keep 64 rows (the dQ-kernel route's 128-row step spills: 6 local accesses per step as launched)."""
+    other routes keep 64 rows (the dQ-kernel route's 128-row step spills: 3 local accesses per step as launched)."""
     block_m = block_m or (DKDV_BLOCK_M[headdim, bool(causal)] if tma_dq else 64)
     if pipeline is None:  # the default where it fits (64 rows at head dim 64)
         pipeline = DKDV_PIPELINE[headdim, bool(causal)] and tma_dq and block_m * headdim <= 64 * 64
@@ -170,17 +170,16 @@ def _dkdv_producer(q_desc, do_desc, k_desc, v_desc, q_bufs, do_bufs, k_buf, v_bu
 
 @gluon.jit
 def _diagonal(pt, n0, mb, N_CTX_Q, N_CTX_K):
-    """P^T of keys n0.. (rows) and query block ``mb`` (columns) with the causal mask: key k sees the query offsets
-    in the block from k - diagonal - mb * BLOCK_M on, one compare per score against a limit per key (as launched at
-    d64: the 64-row step 484 -> 455 instructions against the keys compared with the queries' indices; the 128-row
-    step keeps 34 local accesses this way and none that way, but this is the form the GPU tests and the A/B of
-    docs/fa3.md section 18 ran: the other is the next measurement)."""
+    """P^T of keys n0.. (rows) and query block ``mb`` (columns) with the causal mask (key k sees query q iff
+    k <= q + seqlen_k - seqlen_q). As one limit per key on the query's offset in the block (the forward's form,
+    ``seen_keys``) the 64-row step was 29 instructions shorter at d64 as launched, but the 128-row step kept 34
+    local accesses per step (none this way) and the plain-int builds spilled at d128 causal."""
     s_layout: gl.constexpr = pt.type.layout
     BLOCK_N: gl.constexpr = pt.shape[0]
     BLOCK_M: gl.constexpr = pt.shape[1]
     keys = n0 + gl.arange(0, BLOCK_N, gl.SliceLayout(1, s_layout))
-    offs = gl.arange(0, BLOCK_M, gl.SliceLayout(0, s_layout))
-    return gl.where(offs[None, :] >= (keys + (N_CTX_Q - N_CTX_K) - mb * BLOCK_M)[:, None], pt, 0.0)
+    cols = mb * BLOCK_M + gl.arange(0, BLOCK_M, gl.SliceLayout(0, s_layout))
+    return gl.where(keys[:, None] <= cols[None, :] + (N_CTX_K - N_CTX_Q), pt, 0.0)
 
 
 @gluon.jit
