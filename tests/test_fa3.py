@@ -80,10 +80,9 @@ def _compiled_asm(headdim: int, causal: bool, rung: int, consumers: int = 0, seq
     ``seqlen`` as a launch of the paper's shape at that length compiles it (its ints divisible by 16, as the GPU runs
     it), else with plain ints."""
     code = ("import json, sys; from fa2bench.profiling import compile_sm90; "
-            "d, n = int(sys.argv[1]), int(sys.argv[5]); "
-            "shape = (max(1, 16384 // n), 2048 // d, 2048 // d, n, n) if n else None; "
+            "from fa2bench.core.presets import paper_shape; d = int(sys.argv[1]); "
             "k = compile_sm90.compile_fa3(d, sys.argv[2] == '1', rung=int(sys.argv[3]), "
-            "consumers=int(sys.argv[4]) or None, shape=shape); "
+            "consumers=int(sys.argv[4]) or None, shape=paper_shape(d, int(sys.argv[5]))); "
             "print(json.dumps({'ptx': k.asm['ptx'], 'sass': compile_sm90.sass(k)}))")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     proc = subprocess.run([sys.executable, "-c", code, str(headdim), str(int(causal)), str(rung), str(consumers),

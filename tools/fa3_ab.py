@@ -32,6 +32,7 @@ def paper_inputs(a: argparse.Namespace, study: str):
     import torch
 
     from fa2bench.core import precision
+    from fa2bench.core.presets import paper_shape
     from fa2bench.run.results import write_meta
     from fa2bench.run.runner import environment_meta
 
@@ -41,7 +42,7 @@ def paper_inputs(a: argparse.Namespace, study: str):
         dtype = precision.torch_dtype(dtype_name)
         for headdim in a.headdim:
             for seqlen in a.seqlen:
-                batch, heads = 16384 // seqlen, 2048 // headdim
+                batch, heads = paper_shape(headdim, seqlen)[:2]
                 q, k, v = (torch.randn(batch, heads, seqlen, headdim, device="cuda", dtype=dtype) for _ in range(3))
                 yield dtype_name, headdim, seqlen, batch, heads, q, k, v
 

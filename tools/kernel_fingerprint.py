@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from fa2bench.profiling import compile_sm90 as c  # noqa: E402  (before fa2bench.kernels: no interpreter)
+from fa2bench.core.presets import paper_shape  # noqa: E402
 from fa2bench.profiling.sass import step_loops  # noqa: E402
 
 OPCODE = re.compile(r"^\s*/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P[T\d]+\s+)?([A-Z][A-Z0-9_]*)", re.M)
@@ -45,14 +46,6 @@ def fingerprint(kernel, gluon: bool) -> dict:
     return dict(regs=regs, stack=stack, smem=smem, ops=dict(sorted(collections.Counter(OPCODE.findall(text)).items())),
                 loops=sorted(len(loop) for loop in step_loops(text)),
                 sha1=hashlib.sha1(body.encode()).hexdigest()[:16] if gluon else None)
-
-
-def paper_shape(headdim: int, seqlen: int) -> tuple[int, ...] | None:
-    """(batch, heads, kv_heads, seqlen_q, seqlen_k) of the paper's preset at ``seqlen`` (None for 0)."""
-    if not seqlen:
-        return None
-    heads = 2048 // headdim
-    return (max(1, 16384 // seqlen), heads, heads, seqlen, seqlen)
 
 
 def builds(groups: set[str], fa2_configs: str, seqlen: int):

@@ -257,6 +257,16 @@ PRESETS = {
 }
 
 
+def paper_shape(headdim: int, seqlen: int) -> tuple[int, int, int, int, int] | None:
+    """(batch, heads, kv_heads, seqlen_q, seqlen_k) of the paper preset at ``seqlen`` (its tokens per batch and
+    hidden size; None for 0): what the studies of one shape run, and the shape a kernel is compiled as a launch of."""
+    if not seqlen:
+        return None
+    spec = PRESETS["paper"]
+    heads = spec.hidden // headdim
+    return (max(1, spec.tokens // seqlen), heads, heads, seqlen, seqlen)
+
+
 def parse_ints(text: str, name: str) -> tuple[int, ...]:
     """'512,1024' -> (512, 1024); '512..4096' -> powers of two from 512 to 4096; '64:256:64' -> 64, 128, ... 256."""
     values: list[int] = []
