@@ -248,7 +248,7 @@ def main() -> None:
     ap.add_argument("--tma", action="store_true")
     ap.add_argument("--dtype", default="fp16")
     ap.add_argument("--rung", type=int, default=8, choices=(8, 9, 10), help="fa3's rung (--kernel fa3)")
-    ap.add_argument("--shape", default="", help="--kernel fa3: BATCH,HEADS,KV_HEADS,SEQLEN_Q,SEQLEN_K; compile the "
+    ap.add_argument("--shape", default="", help="--kernel fa3, fa3-bwd: BATCH,HEADS,KV_HEADS,SEQLEN_Q,SEQLEN_K; compile the "
                     "kernel a launch of this shape compiles (ints equal to 1 constant, multiples of 16 marked)")
     ap.add_argument("--atomic-dq", action="store_true",
                     help="--kernel fa3-bwd: the dK/dV kernel that adds dQ with fp32 atomics (no dQ kernel)")
@@ -256,7 +256,8 @@ def main() -> None:
                     help="--kernel fa3-bwd: the dK/dV kernel that adds dQ by TMA reduce-adds (no dQ kernel)")
     ap.add_argument("--block-m", type=int, help="--kernel fa3-bwd: the dK/dV kernel's query rows per step "
                     "(default: fa3_bwd.DKDV_BLOCK_M)")
-    ap.add_argument("--pipeline", action="store_true", help="--kernel fa3-bwd --tma-dq: the dK/dV steps overlapped")
+    ap.add_argument("--pipeline", action=argparse.BooleanOptionalAction,
+                    help="--kernel fa3-bwd --tma-dq: the dK/dV steps overlapped, or not (default: fa3_bwd.DKDV_PIPELINE)")
     ap.add_argument("--configs", default="", help="comma list like 128x64w4s3; default: the candidate list")
     ap.add_argument("--variants", default="", help=f"fa2's variant switches to turn on, comma list of {list(VARIANTS)}")
     a = ap.parse_args()
@@ -264,20 +265,22 @@ def main() -> None:
     unknown = sorted(set(variants) - set(VARIANTS))
     if unknown:
         ap.error(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
+    shape = tuple(int(x) for x in a.shape.split(",")) if a.shape else None
     if a.kernel == "fa3-bwd":  # two Gluon kernels (one with --atomic-dq), tiles fixed
+        pipelined = {True: " pipelined", False: " not pipelined", None: ""}[a.pipeline]
         for kernel in ("bwd_dkdv",) if a.atomic_dq or a.tma_dq else ("bwd_dkdv", "bwd_dq"):
             name = (f"fa3 {kernel} d{a.headdim} {a.dtype}{' causal' if a.causal else ''}{' atomic-dq' * a.atomic_dq}"
-                    f"{' tma-dq' * a.tma_dq}{f' block-m {a.block_m}' * bool(a.block_m)}{' pipelined' * a.pipeline}")
+                    f"{' tma-dq' * a.tma_dq}{f' block-m {a.block_m}' * bool(a.block_m)}{pipelined}"
+                    f"{f' shape {a.shape}' * bool(shape)}")
             try:
                 k = compile_fa3_bwd(a.headdim, a.causal, a.dtype, kernel=kernel, atomic_dq=a.atomic_dq,
-                                    tma_dq=a.tma_dq, block_m=a.block_m, pipeline=a.pipeline or None)
+                                    tma_dq=a.tma_dq, block_m=a.block_m, pipeline=a.pipeline, shape=shape)
                 units = sorted(set(re.findall(r"\b(HGMMA|REDG|USETMAXREG|UTMALDG|UTMAREDG)", sass(k))))
                 print(f"{name}: {resources(k)} sass {','.join(units)}", flush=True)
             except Exception as exc:
                 print(f"{name}: FAILED {root_cause(exc)}", flush=True)
         return
     if a.kernel == "fa3":  # one Gluon kernel, its tiles fixed per head dim
-        shape = tuple(int(x) for x in a.shape.split(",")) if a.shape else None
         name = (f"fa3 rung {a.rung} d{a.headdim} {a.dtype}{' causal' if a.causal else ''}"
                 f"{f' shape {a.shape}' * bool(shape)}")
         try:
