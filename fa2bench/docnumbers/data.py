@@ -18,6 +18,7 @@ SAME_CARD = ("h200-headline-rerun-3", "h200-headline-rerun-4")  # issue 20: the 
 FA3_BWD = "h200-fa3-bwd"  # issue 23: the Gluon backward against fa2 and cuDNN
 FA3_ACCEPT = "h200-fa3-accept-3"  # issue 23: the acceptance run (paper shapes 2k-16k, fp16/bf16, d64/128, both modes)
 FA3_FORWARD = "h200-fa3-fwd-6"  # issue 23: rung 9 and cuDNN forward after the boundary group (session 15)
+FA3_BACKWARD_H100 = "h100-fa3-bwd-8"  # issue 23: the backward at the d64 defaults of session 17, on an H100
 FA3_FORWARD_H100 = "h100-fa3-fwd-7"  # issue 23: the same sweep after the one-compare mask, on an H100 (session 17)
 FA3_RUNGS = "h200-fa3-rungs-3"  # issue 23: the three forward rungs and cuDNN, one call (causal bands, snake walk)
 VARIANTS_LATEST = "h200-variants-3"  # issue 18: bf16 d128 variants at the one-loop forward (and backward) default

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from fa2bench.docnumbers.data import (DECODE, DECODE_BEFORE, FA3_ACCEPT, FA3_BWD, FA3_FORWARD, FA3_FORWARD_H100,
-                                      FA3_RUNGS, FIRST, HEADLINE, LADDER, PLAIN, RERUN, SAME_CARD, SECOND, SPLITS, TOP,
-                                      kilo, load, ok_rows, read_meta)
+from fa2bench.docnumbers.data import (DECODE, DECODE_BEFORE, FA3_ACCEPT, FA3_BACKWARD_H100, FA3_BWD, FA3_FORWARD,
+                                      FA3_FORWARD_H100, FA3_RUNGS, FIRST, HEADLINE, LADDER, PLAIN, RERUN, SAME_CARD,
+                                      SECOND, SPLITS, TOP, kilo, load, ok_rows, read_meta)
 from fa2bench.docnumbers.h100 import ablation_fa1, ablation_steps, ablation_versus, top_table, versus_cudnn
 from fa2bench.read.summary import geomean
 
@@ -145,12 +145,18 @@ def fa3_accept(root: Path) -> str:
                       lines)
 
 
-def fa3_forward(root: Path, run: str = FA3_FORWARD, card: str = "") -> str:
-    """fa3's fastest forward rung against cuDNN per (head dim, dtype, mask), one device call (on ``card`` where
+def fa3_forward(root: Path) -> str:
+    """``fa3_against_cudnn`` of the H200 forward run after the boundary group (session 15)."""
+    return fa3_against_cudnn(root, FA3_FORWARD)
+
+
+def fa3_against_cudnn(root: Path, run: str, card: str = "", mode: str = "fwd") -> str:
+    """fa3's fastest rung of ``mode`` against cuDNN per (head dim, dtype, mask), one device call (on ``card`` where
     it is not the H200): the speed ratio at each sequence length and their median, and fa3's TFLOP/s at the
     longest."""
     frame = ok_rows(load(root, run))
-    fa3 = FA3_FASTEST["fwd"]
+    frame = frame[frame["mode"] == mode]
+    fa3 = FA3_FASTEST[mode]
     key = ["headdim", "dtype", "causal", "seqlen_q"]
     ms = frame.pivot_table(index=key, columns="provider", values="ms")
     tf = frame.pivot_table(index=key, columns="provider", values="tflops")
@@ -162,13 +168,19 @@ def fa3_forward(root: Path, run: str = FA3_FORWARD, card: str = "") -> str:
         lines.append(f"| {d} | {dtype} | {'causal' if causal else 'full'} | "
                      f"{tf.loc[(d, dtype, causal, lengths[-1]), fa3]:.0f} | "
                      + " / ".join(f"{r:.2f}" for r in speed) + f" | {float(speed.median()):.3f} |")
-    return _paper_run(root, run, frame, f", one device call{f' on an {card}' if card else ''}, forward",
+    how = {"fwd": "forward", "bwd": "the backward pass alone"}[mode]
+    return _paper_run(root, run, frame, f", one device call{f' on an {card}' if card else ''}, {how}",
                       "speeds over cuDNN's, above 1 fa3 is faster", lines)
 
 
 def fa3_forward_h100(root: Path) -> str:
-    """``fa3_forward`` of the H100 run (no H200 was lent that session)."""
-    return fa3_forward(root, FA3_FORWARD_H100, "H100")
+    """``fa3_against_cudnn`` of the H100 forward run (no H200 was lent that session)."""
+    return fa3_against_cudnn(root, FA3_FORWARD_H100, "H100")
+
+
+def fa3_backward_h100(root: Path) -> str:
+    """fa3's backward against cuDNN at the d64 defaults of session 17, on an H100 (no H200 was lent)."""
+    return fa3_against_cudnn(root, FA3_BACKWARD_H100, "H100", mode="bwd")
 
 
 def _paper_run(root: Path, run: str, frame: pd.DataFrame, how: str, reading: str, lines: list[str]) -> str:
