@@ -248,8 +248,9 @@ def main() -> None:
     ap.add_argument("--tma", action="store_true")
     ap.add_argument("--dtype", default="fp16")
     ap.add_argument("--rung", type=int, default=8, choices=(8, 9, 10), help="fa3's rung (--kernel fa3)")
-    ap.add_argument("--shape", default="", help="--kernel fa3, fa3-bwd: BATCH,HEADS,KV_HEADS,SEQLEN_Q,SEQLEN_K; compile the "
-                    "kernel a launch of this shape compiles (ints equal to 1 constant, multiples of 16 marked)")
+    ap.add_argument("--shape", default="", help="--kernel fa3, fa3-bwd: BATCH,HEADS,KV_HEADS,SEQLEN_Q,SEQLEN_K; "
+                    "compile the kernel a launch of this shape compiles (ints equal to 1 constant, multiples of 16 "
+                    "marked)")
     ap.add_argument("--atomic-dq", action="store_true",
                     help="--kernel fa3-bwd: the dK/dV kernel that adds dQ with fp32 atomics (no dQ kernel)")
     ap.add_argument("--tma-dq", action="store_true",
@@ -257,7 +258,8 @@ def main() -> None:
     ap.add_argument("--block-m", type=int, help="--kernel fa3-bwd: the dK/dV kernel's query rows per step "
                     "(default: fa3_bwd.DKDV_BLOCK_M)")
     ap.add_argument("--pipeline", action=argparse.BooleanOptionalAction,
-                    help="--kernel fa3-bwd --tma-dq: the dK/dV steps overlapped, or not (default: fa3_bwd.DKDV_PIPELINE)")
+                    help="--kernel fa3-bwd --tma-dq: the dK/dV steps overlapped, or not "
+                    "(default: fa3_bwd.DKDV_PIPELINE)")
     ap.add_argument("--configs", default="", help="comma list like 128x64w4s3; default: the candidate list")
     ap.add_argument("--variants", default="", help=f"fa2's variant switches to turn on, comma list of {list(VARIANTS)}")
     a = ap.parse_args()
