@@ -20,10 +20,10 @@ from typing import Callable
 
 from fa2bench.docnumbers.h100 import (ablation_fa1, ablation_steps, ablation_versus, e2e_table, e2e_tokens,
                                       e2e_versus, top_points, top_table, top_versus)
-from fa2bench.docnumbers.h200 import (decode_splits, decode_timers, decode_versus, fa3_accept, fa3_backward,
-                                      fa3_backward_h100, fa3_forward, fa3_forward_h100, fa3_rungs, first_run,
-                                      headline_rerun, headline_table, ladder_fa1, ladder_state, ladder_steps,
-                                      ladder_versus, same_card)
+from fa2bench.docnumbers.h200 import (decode_splits, decode_timers, decode_versus, fa3_accept, fa3_accept_h100,
+                                      fa3_backward, fa3_forward, fa3_rungs, first_run, headline_rerun,
+                                      headline_table, ladder_fa1, ladder_state, ladder_steps, ladder_versus,
+                                      same_card)
 from fa2bench.docnumbers.variants import (variants_cost, variants_latest, variants_power, variants_profile,
                                           variants_table, variants_tiles, variants_varlen)
 
@@ -40,8 +40,8 @@ BLOCKS: dict[str, Callable[[Path], str]] = {
     "variants-profile": variants_profile, "headline-table": headline_table,
     "headline-rerun": headline_rerun, "ladder-state": ladder_state, "ladder-versus": ladder_versus,
     "ladder-fa1": ladder_fa1, "ladder-steps": ladder_steps, "fa3-backward": fa3_backward,
-    "same-card": same_card, "fa3-accept": fa3_accept, "variants-latest": variants_latest, "fa3-rungs": fa3_rungs,
-    "fa3-forward": fa3_forward, "fa3-forward-h100": fa3_forward_h100, "fa3-backward-h100": fa3_backward_h100,
+    "same-card": same_card, "fa3-accept": fa3_accept, "fa3-accept-h100": fa3_accept_h100,
+    "variants-latest": variants_latest, "fa3-rungs": fa3_rungs, "fa3-forward": fa3_forward,
 }
 
 

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from fa2bench.docnumbers.data import (DECODE, DECODE_BEFORE, FA3_ACCEPT, FA3_BACKWARD_H100, FA3_BWD, FA3_FORWARD,
-                                      FA3_FORWARD_H100, FA3_RUNGS, FIRST, HEADLINE, LADDER, PLAIN, RERUN, SAME_CARD,
-                                      SECOND, SPLITS, TOP, kilo, load, ok_rows, read_meta)
+from fa2bench.docnumbers.data import (DECODE, DECODE_BEFORE, FA3_ACCEPT, FA3_ACCEPT_H100, FA3_BWD, FA3_FORWARD,
+                                      FA3_RUNGS, FIRST, HEADLINE, LADDER, PLAIN, RERUN, SAME_CARD, SECOND, SPLITS,
+                                      TOP, kilo, load, ok_rows, read_meta)
 from fa2bench.docnumbers.h100 import ablation_fa1, ablation_steps, ablation_versus, top_table, versus_cudnn
 from fa2bench.read.summary import geomean
 
@@ -124,11 +124,12 @@ def fa3_backward(root: Path) -> str:
 FA3_FASTEST = {"fwd": "fa3-pingpong", "bwd": "fa3"}  # fa3's fastest forward rung (9); its one backward
 
 
-def fa3_accept(root: Path) -> str:
-    """fa3 against cuDNN, fa2 and FlexAttention per (mode, head dim, dtype, mask): the median over the run's sequence
-    lengths of the speed ratios (time of the other over fa3's), and fa3's TFLOP/s at the longest; fa3 is its
-    fastest forward rung in the forward rows (``FA3_FASTEST``), named in the row."""
-    frame = ok_rows(load(root, FA3_ACCEPT))
+def fa3_accept(root: Path, run: str = FA3_ACCEPT, card: str = "") -> str:
+    """fa3 against cuDNN, fa2 and FlexAttention per (mode, head dim, dtype, mask) in acceptance run ``run`` (on
+    ``card`` where it is not the H200): the median over the run's sequence lengths of the speed ratios (time of the
+    other over fa3's), and fa3's TFLOP/s at the longest; fa3 is its fastest forward rung in the forward rows
+    (``FA3_FASTEST``), named in the row."""
+    frame = ok_rows(load(root, run))
     key = ["mode", "headdim", "dtype", "causal", "seqlen_q"]
     ms = frame.pivot_table(index=key, columns="provider", values="ms")
     tf = frame.pivot_table(index=key, columns="provider", values="tflops")
@@ -141,8 +142,13 @@ def fa3_accept(root: Path) -> str:
         lines.append(f"| {mode} | {d} | {dtype} | {'causal' if causal else 'full'} | `{fa3}` | "
                      f"{tf.loc[(mode, d, dtype, causal, longest), fa3]:.0f} | "
                      + " | ".join(f"{r:.2f}" for r in ratios) + " |")
-    return _paper_run(root, FA3_ACCEPT, frame, "", "ratios are medians over those lengths, above 1 fa3 is faster",
-                      lines)
+    return _paper_run(root, run, frame, f", on an {card}" if card else "",
+                      "ratios are medians over those lengths, above 1 fa3 is faster", lines)
+
+
+def fa3_accept_h100(root: Path) -> str:
+    """``fa3_accept`` of the acceptance run on an H100 (session 19: no H200 came for it)."""
+    return fa3_accept(root, FA3_ACCEPT_H100, "H100")
 
 
 def fa3_forward(root: Path) -> str:
@@ -173,22 +179,14 @@ def fa3_against_cudnn(root: Path, run: str, card: str = "", mode: str = "fwd") -
                       "speeds over cuDNN's, above 1 fa3 is faster", lines)
 
 
-def fa3_forward_h100(root: Path) -> str:
-    """``fa3_against_cudnn`` of the H100 forward run (no H200 was lent that session)."""
-    return fa3_against_cudnn(root, FA3_FORWARD_H100, "H100")
-
-
-def fa3_backward_h100(root: Path) -> str:
-    """fa3's backward against cuDNN at the d64 defaults of session 17, on an H100 (no H200 was lent)."""
-    return fa3_against_cudnn(root, FA3_BACKWARD_H100, "H100", mode="bwd")
-
-
 def _paper_run(root: Path, run: str, frame: pd.DataFrame, how: str, reading: str, lines: list[str]) -> str:
     """A table of a paper-shape run under one line naming the run: points, commit, ``how`` it ran, the lengths
     and how to read it."""
-    commit = read_meta(root, run)["git"]["commit"][:7]
+    meta = read_meta(root, run)
+    commits = list(dict.fromkeys(m["git"]["commit"][:7] for m in [meta, *meta.get("resumed", [])]))
+    at = f"`{commits[0]}`" + "".join(f", resumed at `{c}`" for c in commits[1:])
     lengths = sorted(set(frame["seqlen_q"]))
-    return (f"\n[`results/{run}`](results/{run}) ({len(frame)} points ok, at `{commit}`{how}; "
+    return (f"\n[`results/{run}`](results/{run}) ({len(frame)} points ok, at {at}{how}; "
             f"{kilo(lengths[0])}-{kilo(lengths[-1])} tokens per sequence, 16k tokens per batch, hidden 2048; "
             f"{reading}):\n\n" + "\n".join(lines) + "\n")
 
