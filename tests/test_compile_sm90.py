@@ -43,6 +43,17 @@ def test_variant_switches_compile_for_sm90(kernel, variants):
 
 
 @pytest.mark.slow
+def test_flat_compiles_the_one_loop_kernel():
+    """--flat builds the one-loop dK/dV kernel windows and documents launch (FLAT a compile-time constant): one loop
+    where the three-stage build has its masked and unmasked stages, so another build with another spill stack."""
+    spec = ("--kernel", "bwd_dkdv", "--headdim", "64", "--configs", "64x64w4s3", "--causal", "--variants", "docs")
+    staged, flat = compile_sm90(*spec), compile_sm90(*spec, "--flat")
+    assert "FAILED" not in staged + flat, staged + flat
+    assert flat.startswith("bwd_dkdv d64 64x64w4s3 docs flat: regs"), flat
+    assert staged.split(": ")[1] != flat.split(": ")[1], (staged, flat)
+
+
+@pytest.mark.slow
 def test_a_config_that_cannot_compile_is_one_failed_line():
     """A 48-row tile is not a power of two (tl.arange refuses it): the tool prints FAILED and the reason
     instead of resources, one line."""

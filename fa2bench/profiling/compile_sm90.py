@@ -55,12 +55,12 @@ def parse(spec: str) -> triton.Config:
 
 
 def compile_one(kernel: str, cfg: triton.Config, headdim: int, causal: bool, tma: bool, dtype: str = "fp16",
-                capability: int = 90, variants: tuple[str, ...] = ()):
+                capability: int = 90, variants: tuple[str, ...] = (), flat: bool = False):
     fn = flash2.JIT_KERNELS[kernel]
     switches = {flag: name in variants for name, (flag, _) in VARIANTS.items()}
     used = {arg: t for name in variants for arg, t in VARIANTS[name][1].items()}
     consts = dict(HEAD_DIM=headdim, BLOCK_D=block_d(headdim), CAUSAL=causal, DEFER=True, SEQ_PAR=True, SKIP=True,
-                  FLAT=False, DOT_PRECISION="tf32", TMA=tma, **switches, **cfg.kwargs)  # FLAT: the launch default
+                  FLAT=flat, DOT_PRECISION="tf32", TMA=tma, **switches, **cfg.kwargs)
     consts.update({arg: value for arg, value in UNUSED.items() if arg not in used and value is None})
     consts = {k: v for k, v in consts.items() if k in fn.arg_names}
     sig = {}
@@ -262,6 +262,8 @@ def main() -> None:
                     "(default: fa3_bwd.DKDV_PIPELINE)")
     ap.add_argument("--configs", default="", help="comma list like 128x64w4s3; default: the candidate list")
     ap.add_argument("--variants", default="", help=f"fa2's variant switches to turn on, comma list of {list(VARIANTS)}")
+    ap.add_argument("--flat", action="store_true", help="fa2's one-loop kernel (FLAT, flash2.flat_loops: what "
+                    "windows and documents launch without softcap), not the three-stage loops")
     a = ap.parse_args()
     variants = tuple(v for v in a.variants.split(",") if v)
     unknown = sorted(set(variants) - set(VARIANTS))
@@ -296,8 +298,9 @@ def main() -> None:
     for cfg in cfgs:
         name = f"{cfg.kwargs['BLOCK_M']}x{cfg.kwargs['BLOCK_N']}w{cfg.num_warps}s{cfg.num_stages}"
         try:
-            k = compile_one(a.kernel, cfg, a.headdim, a.causal, a.tma, a.dtype, variants=variants)
-            print(f"{a.kernel} d{a.headdim} {name} {'+'.join(variants) or 'dense'}: {resources(k)}", flush=True)
+            k = compile_one(a.kernel, cfg, a.headdim, a.causal, a.tma, a.dtype, variants=variants, flat=a.flat)
+            print(f"{a.kernel} d{a.headdim} {name} {'+'.join(variants) or 'dense'}{' flat' * a.flat}: {resources(k)}",
+                  flush=True)
         except Exception as exc:
             print(f"{a.kernel} d{a.headdim} {name}: FAILED {root_cause(exc)}", flush=True)
 
