@@ -25,7 +25,8 @@ from fa2bench.docnumbers.h200 import (decode_splits, decode_timers, decode_versu
                                       headline_table, ladder_fa1, ladder_state, ladder_steps, ladder_versus,
                                       same_card)
 from fa2bench.docnumbers.variants import (variants_cost, variants_latest, variants_power, variants_profile,
-                                          variants_table, variants_tiles, variants_varlen)
+                                          variants_table, variants_tiles, variants_varlen,
+                                          variants_varlen_h100)
 
 BEGIN, END = "<!-- fa2bench:begin {} -->", "<!-- fa2bench:end {} -->"
 _BLOCK = re.compile(r"<!-- fa2bench:begin ([\w-]+) -->(.*?)<!-- fa2bench:end \1 -->", re.S)
@@ -36,6 +37,7 @@ BLOCKS: dict[str, Callable[[Path], str]] = {
     "e2e-tokens": e2e_tokens, "e2e-table": e2e_table, "e2e-versus": e2e_versus,
     "first-run": first_run, "decode-versus": decode_versus, "decode-splits": decode_splits,
     "decode-timers": decode_timers, "variants-table": variants_table, "variants-varlen": variants_varlen,
+    "variants-varlen-h100": variants_varlen_h100,
     "variants-power": variants_power, "variants-cost": variants_cost, "variants-tiles": variants_tiles,
     "variants-profile": variants_profile, "headline-table": headline_table,
     "headline-rerun": headline_rerun, "ladder-state": ladder_state, "ladder-versus": ladder_versus,

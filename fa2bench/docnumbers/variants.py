@@ -7,17 +7,18 @@ from pathlib import Path
 
 import pandas as pd
 
-from fa2bench.docnumbers.data import VARIANTS, VARIANTS_LATEST, kilo, load, ok_rows, read_meta
+from fa2bench.docnumbers.data import VARIANTS, VARIANTS_LATEST, VARLEN_H100, kilo, load, ok_rows, read_meta
 from fa2bench.read.summary import SHAPE_COLUMNS, geomean
 
 
 # --- results/h200-variants -------------------------------------------------------------------------------
 
 
-def _variant_ms(root: Path) -> pd.DataFrame:
-    """Time per ok point of the variants run: one column per provider, one row per (shape, variant)."""
-    return ok_rows(load(root, VARIANTS)).pivot_table(index=SHAPE_COLUMNS + ["variant"], columns="provider",
-                                                  values="ms")
+def _variant_ms(root: Path, runs: tuple[str, ...] = (VARIANTS,)) -> pd.DataFrame:
+    """Time per ok point of the variants run (or ``runs`` together): one column per provider, one row per (shape,
+    variant)."""
+    frame = pd.concat([ok_rows(load(root, run)) for run in runs])
+    return frame.pivot_table(index=SHAPE_COLUMNS + ["variant"], columns="provider", values="ms")
 
 
 def _median_ratio(ms: pd.DataFrame, slow: str, fast: str, **where) -> float:
@@ -51,9 +52,9 @@ def variants_table(root: Path) -> str:
     return "\n" + "\n".join(lines) + "\n"
 
 
-def variants_varlen(root: Path) -> str:
-    """fa2's varlen path against its padded document mask on the same packed documents."""
-    ms = _variant_ms(root)
+def variants_varlen(root: Path, runs: tuple[str, ...] = (VARIANTS,)) -> str:
+    """fa2's varlen path against its padded document mask on the same packed documents (of ``runs``)."""
+    ms = _variant_ms(root, runs)
     parts = []
     for mode in ("fwd", "bwd"):
         ratios = [_median_ratio(ms, "fa2", "fa2-varlen", mode=mode, headdim=d, dtype=t)
@@ -63,6 +64,11 @@ def variants_varlen(root: Path) -> str:
     return (f"on the packed documents, `fa2-varlen` runs at {' and '.join(parts)} the speed of `fa2`'s padded "
             f"document mask (above 1: varlen faster; per head dim and dtype, the median over the sequence lengths; "
             f"{len(both)} points in all)")
+
+
+def variants_varlen_h100(root: Path) -> str:
+    """``variants_varlen`` of the rerun on an H100 (session 19), bf16 and fp16 in a run each."""
+    return variants_varlen(root, VARLEN_H100)
 
 
 def variants_power(root: Path) -> str:
