@@ -17,7 +17,9 @@
 #
 # A Triton cache packed by an earlier call ($TRITON_TGZ, default .carry/triton.tgz, carried with the tree) is
 # unpacked first, so a fresh machine skips the compiles and autotuning that call already did; with KEEP_TRITON=1
-# the cache is packed again -> $OUT/triton.tgz (about 25 MB; more than a call may return when it grows).
+# what this call added to it (newer than the restore) is packed -> $OUT/triton-new.tgz (the whole cache grew past
+# the 16 MiB a returned file may have), to fold into the carried one on the machine that calls:
+#   d=$(mktemp -d) && tar xzf .carry/triton.tgz -C $d && tar xzf triton-new.tgz -C $d && tar czf .carry/triton.tgz -C $d .
 #
 # On a lent GPU machine (a copy of the work tree, one command of at most 10 minutes per call):
 # - the copy may carry a stale .git (HEAD = the commit the session started from): pass the commit in as a literal
@@ -34,7 +36,8 @@ SWEEP=${SWEEP:---preset quick}
 [ -n "${FA2BENCH_GIT_COMMIT:-}" ] || echo "warning: FA2BENCH_GIT_COMMIT is not set; meta.json may record a stale commit"
 python3 -m pip install -q --no-deps --no-build-isolation -e . >"$OUT/install.log" 2>&1 || { cat "$OUT/install.log"; exit 1; }
 TRITON_CACHE=$HOME/.triton/cache; TRITON_TGZ=${TRITON_TGZ:-.carry/triton.tgz}
-[ -f "$TRITON_TGZ" ] && mkdir -p "$TRITON_CACHE" && tar xzf "$TRITON_TGZ" -C "$TRITON_CACHE" \
+mkdir -p "$TRITON_CACHE"; RESTORED=$(mktemp)  # tar keeps the archive's times: files newer than this are new
+[ -f "$TRITON_TGZ" ] && tar xzf "$TRITON_TGZ" -C "$TRITON_CACHE" \
   && echo "Triton cache restored: $(ls "$TRITON_CACHE" | wc -l) entries"
 for stage in ${*:-env tests sweep}; do
   echo "=== $stage ($(date -u +%T))"
@@ -69,5 +72,6 @@ for stage in ${*:-env tests sweep}; do
   esac
 done
 if [ -n "${KEEP_TRITON:-}" ]; then  # an `if`, not `&&`: the script's status is the last stage's, not this test's
-  (cd "$TRITON_CACHE" && find . -name '*.json' -o -name '*.cubin' -o -name '*.so' | tar czf "$OUT/triton.tgz" -T -)
+  (cd "$TRITON_CACHE" && find . -newer "$RESTORED" \( -name '*.json' -o -name '*.cubin' -o -name '*.so' \) \
+     | tar czf "$OUT/triton-new.tgz" -T -)
 fi
