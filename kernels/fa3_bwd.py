@@ -81,6 +81,11 @@ DQ_ATOMICS = "tma"
 # At head dim 128 neither fits (128 rows: 295 KB of shared memory; overlapped: spills and serialised wgmmas).
 DKDV_BLOCK_M = {(64, False): 64, (64, True): 128, (128, False): 64, (128, True): 64}
 DKDV_PIPELINE = {(64, False): True, (64, True): False, (128, False): False, (128, True): False}
+# The study of docs/fa3.md section 21 (the steps that are not overlapped, TMA-dQ route): each step's dQ wgmma issued
+# first, dV's and dK's behind it (dK's dS^T read from shared memory, where dQ's already is, not from a register
+# copy), and the dQ tile staged and handed to the reduce-add while dV's and dK's wgmmas run, instead of after them.
+# Off until an A/B on the GPU says otherwise (tools/fa3_bwd_tiles_ab.py, variant dq-first).
+DKDV_DQ_FIRST = {(64, False): False, (64, True): False, (128, False): False, (128, True): False}
 
 if hasattr(tma, "async_atomic_add"):  # the public name in later Gluon (3.9)
     tma_reduce_add = tma.async_atomic_add
@@ -96,7 +101,7 @@ else:
 
 
 def tiles(headdim: int, causal: bool = False, block_m: int | None = None, pipeline: bool | None = None,
-          tma_dq: bool = True) -> dict:
+          tma_dq: bool = True, dq_first: bool | None = None) -> dict:
     """dK/dV kernel: 128 keys x ``DKDV_BLOCK_M[headdim, causal]`` query rows per step, ``STAGES`` Q and dO
     buffers (d128: K, V 64 KiB + 2 x 32 KiB); dQ kernel: 128 query rows x 64 keys per step, ``DQ_STAGES`` K/V
     stages (d128: Q, dO 64 KiB + 2 x 32 KiB). The dK/dV accumulators' registers set the tiles (64 + 64 per thread at
@@ -106,7 +111,9 @@ def tiles(headdim: int, causal: bool = False, block_m: int | None = None, pipeli
     Held as at 64 rows they spilled in the step loop (Triton 3.6: 20 stores and 27 reloads per step at head dim
     64, none this way). ``PIPELINE``: the TMA-dQ route's steps overlapped (``_dkdv_steps_pipelined``). ``block_m``
     and ``pipeline`` override ``DKDV_BLOCK_M`` and ``DKDV_PIPELINE``, which are the TMA-dQ route's (``tma_dq``); the
-    other routes keep 64 rows (the dQ-kernel route's 128-row step spills: 3 local accesses per step as launched)."""
+    other routes keep 64 rows (the dQ-kernel route's 128-row step spills: 3 local accesses per step as launched).
+    ``DQ_FIRST`` (``dq_first`` overrides ``DKDV_DQ_FIRST``): the TMA-dQ route's steps that are not overlapped issue
+    dQ's wgmma first and reduce it under dV's and dK's."""
     block_m = block_m or (DKDV_BLOCK_M[headdim, bool(causal)] if tma_dq else 64)
     if pipeline is None:  # the default where it fits (64 rows at head dim 64)
         pipeline = DKDV_PIPELINE[headdim, bool(causal)] and tma_dq and block_m * headdim <= 64 * 64
@@ -114,8 +121,12 @@ def tiles(headdim: int, causal: bool = False, block_m: int | None = None, pipeli
         raise ValueError(f"fa3 backward: {block_m} query rows per dK/dV step at head dim {headdim} (64, or 128 at 64)")
     if pipeline and block_m * headdim > 64 * 64:
         raise ValueError(f"fa3 backward: overlapped steps at {block_m} query rows and head dim {headdim} (only 64, 64)")
-    return dict(BLOCK_N=128, BLOCK_M=block_m, STAGES=2, LEAN_STATS=block_m > 64, PIPELINE=pipeline, DQ_BLOCK_M=128,
-                DQ_BLOCK_N=64, DQ_STAGES=2)
+    if dq_first is None:
+        dq_first = DKDV_DQ_FIRST[headdim, bool(causal)] and tma_dq and not pipeline
+    if dq_first and (pipeline or not tma_dq):
+        raise ValueError("fa3 backward: dQ first is a step of the TMA-dQ route that is not overlapped")
+    return dict(BLOCK_N=128, BLOCK_M=block_m, STAGES=2, LEAN_STATS=block_m > 64, PIPELINE=pipeline,
+                DQ_FIRST=dq_first, DQ_BLOCK_M=128, DQ_BLOCK_N=64, DQ_STAGES=2)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -186,7 +197,7 @@ def _diagonal(pt, n0, mb, N_CTX_Q, N_CTX_K):
 def _dkdv_steps(dk, dv, k, v, q_bufs, do_bufs, q_ready, do_ready, q_empty, lse_row, delta_row, dq_rows, ds_smem,
                 dq_desc, dq_smem, bh, it, lo, mid, hi, n0, qk_scale, N_CTX_Q, N_CTX_K, s_layout: gl.constexpr,
                 MASK: gl.constexpr, STAGES: gl.constexpr, ATOMIC_DQ: gl.constexpr, DQ_TMA: gl.constexpr,
-                LEAN_STATS: gl.constexpr):
+                LEAN_STATS: gl.constexpr, DQ_FIRST: gl.constexpr):
     """Query blocks [lo, hi) of one query head against the CTA's keys (transposed: keys on the rows). MASK (causal):
     blocks [lo, mid) are the diagonal band, masked under a runtime branch (two loops, masked and unmasked, as in
     the forward, spilled at head dim 128). Rows past seqlen_q need no mask: their L is +inf, so P = 0. Delta is
@@ -194,7 +205,8 @@ def _dkdv_steps(dk, dv, k, v, q_bufs, do_bufs, q_ready, do_ready, q_empty, lse_r
     ATOMIC_DQ: dS^T also goes to shared memory, dQ_i = dS K by wgmma (M = the step's query rows, the head dim split
     between the warpgroups) and fp32 atomic adds into ``dq_rows`` (this query head's fp32 dQ rows), or with DQ_TMA
     the tile staged in ``dq_smem`` and added by one TMA reduce-add at rows of query head ``bh`` of ``dq_desc``.
-    LEAN_STATS (``tiles``): L spread to the columns after S^T's wait, and dP^T's wgmma started from -Delta."""
+    LEAN_STATS (``tiles``): L spread to the columns after S^T's wait, and dP^T's wgmma started from -Delta.
+    DQ_FIRST (with DQ_TMA, ``tiles``): dQ's wgmma before dV's and dK's, its tile staged and reduced under them."""
     BLOCK_M: gl.constexpr = q_bufs.shape[2]
     HEAD_DIM: gl.constexpr = q_bufs.shape[3]
     BLOCK_N: gl.constexpr = k.shape[0]
@@ -246,40 +258,54 @@ def _dkdv_steps(dk, dv, k, v, q_bufs, do_bufs, q_ready, do_ready, q_empty, lse_r
             delta = gl.convert_layout(delta_1, q_cols)
             dpt = warpgroup_mma_wait(num_outstanding=0, deps=(dpt,))
             ds = (pt * (dpt - delta[None, :])).to(q_bufs.dtype)  # dS^T
+        if DQ_FIRST:  # P^T's operand before the barrier, so its fp32 registers are free across it
+            pa = gl.convert_layout(pt.to(q_bufs.dtype), a_layout)
         if ATOMIC_DQ:
             ds_smem.store(ds)
             fence_async_shared()
             if DQ_TMA:  # the previous step's reduce has read dq_smem (long done: it had the whole S^T/dP^T phase)
                 tma.store_wait(0)
             thread_barrier()  # both warpgroups' halves of dS^T are in shared memory (and dq_smem is free)
-        dsa = gl.convert_layout(ds, a_layout)
-        pa = gl.convert_layout(pt.to(q_bufs.dtype), a_layout)
-        dv = warpgroup_mma(pa, do, dv, is_async=True)  # dV += P^T dO
-        dk = warpgroup_mma(dsa, q, dk, is_async=True)  # dK += dS^T Q (sm_scale at the end)
-        if DQ_TMA:
-            # dV and dK first, so P^T's and dS^T's registers are free before dQ's tile is allocated (all at once
-            # they are 64 + 64 + 32 + 16 + 16 per thread at d128: spilled); the stage is free once they are done
-            dv, dk, pa, dsa = warpgroup_mma_wait(num_outstanding=0, deps=(dv, dk, pa, dsa))
-            mbarrier.arrive(q_empty.index(s), count=1)
+        if DQ_FIRST:  # dQ_i = dS K before dK's wgmma, so dK's runs while dQ's tile is staged and reduced
+            dv = warpgroup_mma(pa, do, dv, is_async=True)  # dV += P^T dO
             dq = warpgroup_mma(ds_smem.permute((1, 0)), k, gl.zeros([BLOCK_M, HEAD_DIM], gl.float32, dq_layout),
-                               use_acc=False, is_async=True)  # dQ_i = dS K
-            dq = warpgroup_mma_wait(num_outstanding=0, deps=(dq,))
-            dq_smem.reshape([BLOCK_M, HEAD_DIM]).store(dq)  # rows past seqlen_q fall outside the head's box
-            fence_async_shared()
-            thread_barrier()  # the whole tile is in shared memory before one thread issues the reduce
-            tma_reduce_add(dq_desc, [bh, mb * BLOCK_M, 0], dq_smem)
-        elif ATOMIC_DQ:
-            dq = warpgroup_mma(ds_smem.permute((1, 0)), k, gl.zeros([BLOCK_M, HEAD_DIM], gl.float32, dq_layout),
-                               use_acc=False, is_async=True)  # dQ_i = dS K
-            dv, dk, dq, pa, dsa = warpgroup_mma_wait(num_outstanding=0, deps=(dv, dk, dq, pa, dsa))
-            rows = mb * BLOCK_M + gl.arange(0, BLOCK_M, gl.SliceLayout(1, dq_layout))
-            d_cols = gl.arange(0, HEAD_DIM, gl.SliceLayout(0, dq_layout))
-            gl.atomic_add(dq_rows + (rows * HEAD_DIM)[:, None] + d_cols[None, :], dq, mask=(rows < N_CTX_Q)[:, None],
-                          sem="relaxed")
+                               use_acc=False, is_async=True)
+            dk = warpgroup_mma(ds_smem, q, dk, is_async=True)  # dK += dS^T Q, dS^T from shared memory
+            dv, dq, pa = warpgroup_mma_wait(num_outstanding=1, deps=(dv, dq, pa))
+            _dq_reduce(dq, dq_smem, dq_desc, bh, mb * BLOCK_M)
+            dk = warpgroup_mma_wait(num_outstanding=0, deps=(dk,))
             mbarrier.arrive(q_empty.index(s), count=1)
         else:
-            dv, dk, pa, dsa = warpgroup_mma_wait(num_outstanding=0, deps=(dv, dk, pa, dsa))
-            mbarrier.arrive(q_empty.index(s), count=1)
+            dsa = gl.convert_layout(ds, a_layout)
+            pa = gl.convert_layout(pt.to(q_bufs.dtype), a_layout)
+            dv = warpgroup_mma(pa, do, dv, is_async=True)  # dV += P^T dO
+            dk = warpgroup_mma(dsa, q, dk, is_async=True)  # dK += dS^T Q (sm_scale at the end)
+            if DQ_TMA:
+                # dV and dK first, so P^T's and dS^T's registers are free before dQ's tile is allocated (all at once
+                # they are 64 + 64 + 32 + 16 + 16 per thread at d128: spilled); the stage is free once they are done
+                dv, dk, pa, dsa = warpgroup_mma_wait(num_outstanding=0, deps=(dv, dk, pa, dsa))
+                mbarrier.arrive(q_empty.index(s), count=1)
+                dq = warpgroup_mma(ds_smem.permute((1, 0)), k,
+                                   gl.zeros([BLOCK_M, HEAD_DIM], gl.float32, dq_layout), use_acc=False,
+                                   is_async=True)  # dQ_i = dS K
+                dq = warpgroup_mma_wait(num_outstanding=0, deps=(dq,))
+                dq_smem.reshape([BLOCK_M, HEAD_DIM]).store(dq)  # rows past seqlen_q fall outside the head's box
+                fence_async_shared()
+                thread_barrier()  # the whole tile is in shared memory before one thread issues the reduce
+                tma_reduce_add(dq_desc, [bh, mb * BLOCK_M, 0], dq_smem)
+            elif ATOMIC_DQ:
+                dq = warpgroup_mma(ds_smem.permute((1, 0)), k,
+                                   gl.zeros([BLOCK_M, HEAD_DIM], gl.float32, dq_layout), use_acc=False,
+                                   is_async=True)  # dQ_i = dS K
+                dv, dk, dq, pa, dsa = warpgroup_mma_wait(num_outstanding=0, deps=(dv, dk, dq, pa, dsa))
+                rows = mb * BLOCK_M + gl.arange(0, BLOCK_M, gl.SliceLayout(1, dq_layout))
+                d_cols = gl.arange(0, HEAD_DIM, gl.SliceLayout(0, dq_layout))
+                gl.atomic_add(dq_rows + (rows * HEAD_DIM)[:, None] + d_cols[None, :], dq,
+                              mask=(rows < N_CTX_Q)[:, None], sem="relaxed")
+                mbarrier.arrive(q_empty.index(s), count=1)
+            else:
+                dv, dk, pa, dsa = warpgroup_mma_wait(num_outstanding=0, deps=(dv, dk, pa, dsa))
+                mbarrier.arrive(q_empty.index(s), count=1)
         it += 1
     return dk, dv, it
 
@@ -399,7 +425,7 @@ def _store_rows(ptr, acc, bh, r0, N_ROWS, ROWS: gl.constexpr, HEAD_DIM: gl.const
 def _dkdv_consumer(q_bufs, do_bufs, k_buf, v_buf, ds_smem, dq_desc, dq_smem, kv_ready, q_ready, do_ready, q_empty, DK,
                    DV, DQ, LSE, Delta, sm_scale, qk_scale, H, GROUP, N_CTX_Q, N_CTX_K, CAUSAL: gl.constexpr,
                    STAGES: gl.constexpr, ATOMIC_DQ: gl.constexpr, DQ_TMA: gl.constexpr, LEAN_STATS: gl.constexpr,
-                   PIPELINE: gl.constexpr, num_warps: gl.constexpr):
+                   PIPELINE: gl.constexpr, DQ_FIRST: gl.constexpr, num_warps: gl.constexpr):
     BLOCK_M: gl.constexpr = q_bufs.shape[2]
     HEAD_DIM: gl.constexpr = q_bufs.shape[3]
     BLOCK_N: gl.constexpr = k_buf.shape[1]
@@ -427,7 +453,7 @@ def _dkdv_consumer(q_bufs, do_bufs, k_buf, v_buf, ds_smem, dq_desc, dq_smem, kv_
             dk, dv, it = _dkdv_steps(dk, dv, k, v, q_bufs, do_bufs, q_ready, do_ready, q_empty, LSE + row0,
                                      Delta + row0, DQ + row0 * HEAD_DIM, ds_smem, dq_desc, dq_smem, bh0 + g, it, lo,
                                      mid, hi, n0, qk_scale, N_CTX_Q, N_CTX_K, s_layout, CAUSAL, STAGES, ATOMIC_DQ,
-                                     DQ_TMA, LEAN_STATS)
+                                     DQ_TMA, LEAN_STATS, DQ_FIRST)
     if DQ_TMA:
         tma.store_wait(0)  # the last reduce has read dq_smem before the CTA's shared memory is given up
     _store_rows(DK, (dk * sm_scale).to(q_bufs.dtype), bhkv, n0, N_CTX_K, BLOCK_N, HEAD_DIM)
@@ -438,7 +464,7 @@ def _dkdv_consumer(q_bufs, do_bufs, k_buf, v_buf, ds_smem, dq_desc, dq_smem, kv_
 def _fa3_dkdv_kernel(q_desc, do_desc, k_desc, v_desc, dq_desc, DK, DV, DQ, LSE, Delta, sm_scale, qk_scale, H, GROUP,
                      N_CTX_Q, N_CTX_K, CAUSAL: gl.constexpr, STAGES: gl.constexpr, ATOMIC_DQ: gl.constexpr,
                      DQ_TMA: gl.constexpr, LEAN_STATS: gl.constexpr, PIPELINE: gl.constexpr,
-                     num_warps: gl.constexpr):
+                     DQ_FIRST: gl.constexpr, num_warps: gl.constexpr):
     """Grid (key blocks, batch * kv_heads). Shared memory: K and V of the block, STAGES Q and dO buffers (and, with
     ATOMIC_DQ, one dS^T tile; DQ is then the zeroed fp32 dQ, unscaled; otherwise unused). DQ_TMA (with ATOMIC_DQ):
     dQ added through ``dq_desc`` (the same fp32 dQ, blocks of BLOCK_M rows) from one fp32 tile in shared memory
@@ -469,7 +495,7 @@ def _fa3_dkdv_kernel(q_desc, do_desc, k_desc, v_desc, dq_desc, DK, DV, DQ, LSE, 
     gl.warp_specialize([  # (tuples written inline: bound to a name first, their constexprs become tensors)
         (_dkdv_consumer, (q_bufs, do_bufs, k_buf, v_buf, ds_smem, dq_desc, dq_smem, kv_ready, q_ready, do_ready,
                           q_empty, DK, DV, DQ, LSE, Delta, sm_scale, qk_scale, H, GROUP, N_CTX_Q, N_CTX_K, CAUSAL,
-                          STAGES, ATOMIC_DQ, DQ_TMA, LEAN_STATS, PIPELINE, num_warps)),
+                          STAGES, ATOMIC_DQ, DQ_TMA, LEAN_STATS, PIPELINE, DQ_FIRST, num_warps)),
         (_dkdv_producer, (q_desc, do_desc, k_desc, v_desc, q_bufs, do_bufs, k_buf, v_buf, kv_ready, q_ready,
                           do_ready, q_empty, H, GROUP, N_CTX_Q, N_CTX_K, CAUSAL, STAGES)),
     ], [1], [PRODUCER_REGS])
@@ -645,9 +671,9 @@ def fa3_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Ten
     _fa3_dkdv_kernel[(triton.cdiv(shape.seqlen_k, bn), shape.batch * shape.kv_heads)](
         desc(q3, bm), desc(do3, bm), desc(k3, bn), desc(v3, bn), dq_desc, dk, dv, dq_acc, lse, delta, *tail,
         CAUSAL=bool(causal), STAGES=cfg["STAGES"], ATOMIC_DQ=not deterministic, DQ_TMA=dq_tma,
-        LEAN_STATS=cfg["LEAN_STATS"], PIPELINE=cfg["PIPELINE"], num_warps=CONSUMER_WARPS)
+        LEAN_STATS=cfg["LEAN_STATS"], PIPELINE=cfg["PIPELINE"], DQ_FIRST=cfg["DQ_FIRST"], num_warps=CONSUMER_WARPS)
     config = (f"dkdv BLOCK_N={bn} BLOCK_M={bm} STAGES={cfg['STAGES']} w{CONSUMER_WARPS}+1"
-              f"{' pipelined' if cfg['PIPELINE'] else ''}")
+              f"{' pipelined' if cfg['PIPELINE'] else ''}{' dq-first' if cfg['DQ_FIRST'] else ''}")
     if deterministic:
         qm, kn = cfg["DQ_BLOCK_M"], cfg["DQ_BLOCK_N"]
         _fa3_dq_kernel[(triton.cdiv(shape.seqlen_q, qm), shape.batch * shape.heads)](

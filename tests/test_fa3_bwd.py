@@ -50,16 +50,20 @@ def _budget(headdim: int, causal: bool, block_m: int) -> tuple[int, int, int]:  
     return (32, 2, 0) if causal else (24, 1, 0)
 
 
-def _compile(headdim: int, causal: bool, dtype: str, block_m: int, pipeline: bool) -> dict:
+def _compile(headdim: int, causal: bool, dtype: str, block_m: int, pipeline: bool, dq_first: bool = False,
+             seqlen: int = 0) -> dict:
     """Resources and SASS of the TMA-dQ dK/dV kernel, compiled in a fresh process (this one may have imported the
-    kernels under Triton's interpreter)."""
+    kernels under Triton's interpreter); with ``seqlen`` the build a launch of the paper's shape at that length
+    compiles, else every int a plain i32."""
     code = ("import json, sys; from fa2bench.profiling import compile_sm90 as c; "
-            "k = c.compile_fa3_bwd(int(sys.argv[1]), sys.argv[2] == '1', sys.argv[3], tma_dq=True, "
-            "block_m=int(sys.argv[4]), pipeline=sys.argv[5] == '1'); "
+            "from fa2bench.core.presets import paper_shape; d, n = int(sys.argv[1]), int(sys.argv[7]); "
+            "k = c.compile_fa3_bwd(d, sys.argv[2] == '1', sys.argv[3], tma_dq=True, block_m=int(sys.argv[4]), "
+            "pipeline=sys.argv[5] == '1', dq_first=sys.argv[6] == '1', shape=paper_shape(d, n) if n else None); "
             "print(json.dumps({'resources': c.resources(k), 'sass': c.sass(k)}))")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     proc = subprocess.run([sys.executable, "-c", code, str(headdim), str(int(causal)), dtype, str(block_m),
-                           str(int(pipeline))], capture_output=True, text=True, env=env, timeout=600)
+                           str(int(pipeline)), str(int(dq_first)), str(seqlen)], capture_output=True, text=True,
+                          env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -99,6 +103,39 @@ def test_tma_dq_kernel_reduces_by_tma_within_its_spill_budget(headdim, causal, d
     assert len(spills) <= stores, spills
     reloads = [text for text in loop if re.search(r"\bLDL\b", text)]
     assert len(reloads) <= loads, reloads
+
+
+@pytest.mark.skipif(_gluon_hopper_problem() is not None, reason=str(_gluon_hopper_problem()))
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_dq_first_reduces_dq_while_dks_wgmma_runs_within_its_spill_budget(causal):
+    """The dQ-first study at head dim 128 (``DKDV_DQ_FIRST``, docs/fa3.md section 21), as a launch of the paper's
+    shape at 4k compiles it: in each step dV's, dQ's and dK's wgmmas go out in that order, dK's dS^T from shared
+    memory, and the reduce-add is issued before the wait for dK's (the step's last full wait comes after UTMAREDG,
+    where the default waits for everything before dQ's tile is staged). Local loads and stores in the step loop,
+    recorded so they cannot grow: none under Triton 3.6 (the GPU image's); under newer Tritons' ptxas (3.9) 6
+    reloads and 1 store without the mask, none with it."""
+    import triton
+
+    loop = _step_loop(_compile(128, causal, "fp16", 64, False, dq_first=True, seqlen=4096)["sass"])
+    reduce_at = next(i for i, text in enumerate(loop) if "UTMAREDG" in text)
+    assert any("WARPGROUP.DEPBAR.LE gsb0, 0x0" in text for text in loop[reduce_at:]), "dK waited before the reduce"
+    assert sum("UTMAREDG" in text for text in loop) == 1
+    assert any(re.search(r"HGMMA.64x128x16.F32 R\d+, gdesc", text) for text in loop), "dK's dS^T not from smem"
+    old = triton.__version__.startswith("3.6.")
+    loads, stores = (0, 0) if old or causal else (6, 1)
+    assert sum(bool(re.search(r"\bLDL\b", text)) for text in loop) <= loads
+    assert sum(bool(re.search(r"\bSTL\b", text)) for text in loop) <= stores
+
+
+def test_dq_first_is_a_step_of_the_tma_dq_route_that_is_not_overlapped():
+    from fa2bench.kernels import fa3_bwd
+
+    assert not any(fa3_bwd.tiles(d, c)["DQ_FIRST"] for d in (64, 128) for c in (False, True))  # off until measured
+    assert fa3_bwd.tiles(128, True, dq_first=True)["DQ_FIRST"]
+    with pytest.raises(ValueError, match="dQ first"):
+        fa3_bwd.tiles(64, False, 64, True, dq_first=True)
+    with pytest.raises(ValueError, match="dQ first"):
+        fa3_bwd.tiles(128, False, tma_dq=False, dq_first=True)
 
 
 # --- on a Hopper GPU ---------------------------------------------------------------------------------------------
@@ -167,6 +204,26 @@ def test_the_head_dim_64_studies_give_the_float64_reference_gradients(shape, dty
     assert verdict.ok, verdict.detail
     config = fa3_bwd._last["bwd"]
     assert f"BLOCK_M={block_m}" in config and ("pipelined" in config) == pipeline, config
+
+
+@pytest.mark.gpu
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(not _hopper(), reason="needs a Hopper GPU (sm_90)")
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("shape", [s for s in SHAPES if s[-1] == 128] + [(2, 4, 2, 700, 1100, 128)], ids=shape_id)
+def test_the_dq_first_study_gives_the_float64_reference_gradients(shape, dtype, causal, monkeypatch):
+    """The dQ-first steps (``DKDV_DQ_FIRST`` at head dim 128: dK's dS^T from shared memory, dQ's tile reduced
+    while dK's wgmma runs) through the same gate as the default steps."""
+    from fa2bench.core.reference import check_attention
+    from fa2bench.kernels import fa3_attention, fa3_bwd
+
+    monkeypatch.setattr(fa3_bwd, "DQ_ATOMICS", "tma")
+    monkeypatch.setattr(fa3_bwd, "DKDV_DQ_FIRST", {**fa3_bwd.DKDV_DQ_FIRST, (128, causal): True})
+    q, k, v = make_qkv(shape, dtype, "cuda")
+    verdict = check_attention(lambda q, k, v, c: fa3_attention(q, k, v, causal=c), q, k, v, causal)
+    assert verdict.ok, verdict.detail
+    assert "dq-first" in fa3_bwd._last["bwd"], fa3_bwd._last["bwd"]
 
 
 @pytest.mark.gpu

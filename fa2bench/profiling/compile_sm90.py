@@ -178,12 +178,13 @@ def compile_fa3(headdim: int, causal: bool, dtype: str = "fp16", capability: int
 
 def compile_fa3_bwd(headdim: int, causal: bool, dtype: str = "fp16", capability: int = 90, kernel: str = "bwd_dkdv",
                     atomic_dq: bool = False, tma_dq: bool = False, block_m: int | None = None,
-                    pipeline: bool | None = None, shape: tuple[int, ...] | None = None):
+                    pipeline: bool | None = None, shape: tuple[int, ...] | None = None, dq_first: bool | None = None):
     """fa3's Gluon backward kernel ``kernel`` (kernels/fa3_bwd.py: ``bwd_dkdv`` or ``bwd_dq``) for
     ``sm_<capability>`` at its tiles; ``atomic_dq``: the dK/dV kernel that also adds dQ with fp32 atomics;
     ``tma_dq``: that kernel adding dQ by TMA reduce-adds instead (fa3_bwd.DQ_ATOMICS "tma"); ``block_m``: the dK/dV
     kernel's query rows per step (default ``fa3_bwd.DKDV_BLOCK_M``); ``pipeline``: its TMA-dQ steps overlapped
-    (default ``fa3_bwd.DKDV_PIPELINE``); ``shape`` (batch, heads, kv_heads, seqlen_q, seqlen_k): specialised as a
+    (default ``fa3_bwd.DKDV_PIPELINE``); ``dq_first``: its TMA-dQ steps with dQ's wgmma first (default
+    ``fa3_bwd.DKDV_DQ_FIRST``); ``shape`` (batch, heads, kv_heads, seqlen_q, seqlen_k): specialised as a
     launch of that shape would be (``launch_specialisation``), else every int a plain i32 and no pointer aligned."""
     from triton.experimental.gluon import language as gl
 
@@ -191,7 +192,7 @@ def compile_fa3_bwd(headdim: int, causal: bool, dtype: str = "fp16", capability:
 
     from fa2bench.kernels import fa3, fa3_bwd
 
-    cfg = fa3_bwd.tiles(headdim, causal, block_m, pipeline, tma_dq)
+    cfg = fa3_bwd.tiles(headdim, causal, block_m, pipeline, tma_dq, dq_first)
     torch_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
 
     def desc(rows: int) -> str:
@@ -204,7 +205,7 @@ def compile_fa3_bwd(headdim: int, causal: bool, dtype: str = "fp16", capability:
                    if tma_dq else desc(q_rows))  # the fp32 dQ's tiles (unused without tma_dq)
         out = dict(DK="*" + dtype, DV="*" + dtype, DQ="*fp32", dq_desc=dq_desc)
         consts = dict(ATOMIC_DQ=atomic_dq or tma_dq, DQ_TMA=tma_dq, LEAN_STATS=cfg["LEAN_STATS"],
-                      PIPELINE=cfg["PIPELINE"] and tma_dq)
+                      PIPELINE=cfg["PIPELINE"] and tma_dq, DQ_FIRST=cfg["DQ_FIRST"] and tma_dq)
     else:
         q_rows, k_rows, stages = cfg["DQ_BLOCK_M"], cfg["DQ_BLOCK_N"], cfg["DQ_STAGES"]
         out, consts = dict(DQ="*" + dtype), {}
@@ -260,6 +261,9 @@ def main() -> None:
     ap.add_argument("--pipeline", action=argparse.BooleanOptionalAction,
                     help="--kernel fa3-bwd --tma-dq: the dK/dV steps overlapped, or not "
                     "(default: fa3_bwd.DKDV_PIPELINE)")
+    ap.add_argument("--dq-first", action=argparse.BooleanOptionalAction,
+                    help="--kernel fa3-bwd --tma-dq: the dK/dV steps with dQ's wgmma first, or not "
+                    "(default: fa3_bwd.DKDV_DQ_FIRST)")
     ap.add_argument("--configs", default="", help="comma list like 128x64w4s3; default: the candidate list")
     ap.add_argument("--variants", default="", help=f"fa2's variant switches to turn on, comma list of {list(VARIANTS)}")
     ap.add_argument("--flat", action="store_true", help="fa2's one-loop kernel (FLAT, flash2.flat_loops: what "
@@ -272,13 +276,15 @@ def main() -> None:
     shape = tuple(int(x) for x in a.shape.split(",")) if a.shape else None
     if a.kernel == "fa3-bwd":  # two Gluon kernels (one with --atomic-dq), tiles fixed
         pipelined = {True: " pipelined", False: " not pipelined", None: ""}[a.pipeline]
+        pipelined += {True: " dq-first", False: " not dq-first", None: ""}[a.dq_first]
         for kernel in ("bwd_dkdv",) if a.atomic_dq or a.tma_dq else ("bwd_dkdv", "bwd_dq"):
             name = (f"fa3 {kernel} d{a.headdim} {a.dtype}{' causal' if a.causal else ''}{' atomic-dq' * a.atomic_dq}"
                     f"{' tma-dq' * a.tma_dq}{f' block-m {a.block_m}' * bool(a.block_m)}{pipelined}"
                     f"{f' shape {a.shape}' * bool(shape)}")
             try:
                 k = compile_fa3_bwd(a.headdim, a.causal, a.dtype, kernel=kernel, atomic_dq=a.atomic_dq,
-                                    tma_dq=a.tma_dq, block_m=a.block_m, pipeline=a.pipeline, shape=shape)
+                                    tma_dq=a.tma_dq, block_m=a.block_m, pipeline=a.pipeline, shape=shape,
+                                    dq_first=a.dq_first)
                 units = sorted(set(re.findall(r"\b(HGMMA|REDG|USETMAXREG|UTMALDG|UTMAREDG)", sass(k))))
                 print(f"{name}: {resources(k)} sass {','.join(units)}", flush=True)
             except Exception as exc:
