@@ -81,10 +81,10 @@ DQ_ATOMICS = "tma"
 # At head dim 128 neither fits (128 rows: 295 KB of shared memory; overlapped: spills and serialised wgmmas).
 DKDV_BLOCK_M = {(64, False): 64, (64, True): 128, (128, False): 64, (128, True): 64}
 DKDV_PIPELINE = {(64, False): True, (64, True): False, (128, False): False, (128, True): False}
-# The study of docs/fa3.md section 21 (the steps that are not overlapped, TMA-dQ route): each step's dQ wgmma issued
-# first, dV's and dK's behind it (dK's dS^T read from shared memory, where dQ's already is, not from a register
-# copy), and the dQ tile staged and handed to the reduce-add while dV's and dK's wgmmas run, instead of after them.
-# Off until an A/B on the GPU says otherwise (tools/fa3_bwd_tiles_ab.py, variant dq-first).
+# The study of docs/fa3.md section 21 (the TMA-dQ route's steps that are not overlapped): each step issues dV's, dQ's
+# and dK's wgmmas in that order (dK's dS^T read from shared memory, where dQ's already is, not from a register copy)
+# and stages dQ's tile and hands it to the reduce-add while dK's runs, instead of after all three. Off until an A/B
+# on the GPU says otherwise (tools/fa3_bwd_tiles_ab.py, variant dq-first).
 DKDV_DQ_FIRST = {(64, False): False, (64, True): False, (128, False): False, (128, True): False}
 
 if hasattr(tma, "async_atomic_add"):  # the public name in later Gluon (3.9)
@@ -113,7 +113,7 @@ def tiles(headdim: int, causal: bool = False, block_m: int | None = None, pipeli
     and ``pipeline`` override ``DKDV_BLOCK_M`` and ``DKDV_PIPELINE``, which are the TMA-dQ route's (``tma_dq``); the
     other routes keep 64 rows (the dQ-kernel route's 128-row step spills: 3 local accesses per step as launched).
     ``DQ_FIRST`` (``dq_first`` overrides ``DKDV_DQ_FIRST``): the TMA-dQ route's steps that are not overlapped issue
-    dQ's wgmma first and reduce it under dV's and dK's."""
+    dQ's wgmma before dK's and reduce its tile while dK's runs."""
     block_m = block_m or (DKDV_BLOCK_M[headdim, bool(causal)] if tma_dq else 64)
     if pipeline is None:  # the default where it fits (64 rows at head dim 64)
         pipeline = DKDV_PIPELINE[headdim, bool(causal)] and tma_dq and block_m * headdim <= 64 * 64
@@ -206,7 +206,8 @@ def _dkdv_steps(dk, dv, k, v, q_bufs, do_bufs, q_ready, do_ready, q_empty, lse_r
     between the warpgroups) and fp32 atomic adds into ``dq_rows`` (this query head's fp32 dQ rows), or with DQ_TMA
     the tile staged in ``dq_smem`` and added by one TMA reduce-add at rows of query head ``bh`` of ``dq_desc``.
     LEAN_STATS (``tiles``): L spread to the columns after S^T's wait, and dP^T's wgmma started from -Delta.
-    DQ_FIRST (with DQ_TMA, ``tiles``): dQ's wgmma before dV's and dK's, its tile staged and reduced under them."""
+    DQ_FIRST (with DQ_TMA, ``tiles``): dQ's wgmma before dK's (dS^T from shared memory), its tile staged and
+    reduced while dK's runs."""
     BLOCK_M: gl.constexpr = q_bufs.shape[2]
     HEAD_DIM: gl.constexpr = q_bufs.shape[3]
     BLOCK_N: gl.constexpr = k.shape[0]

@@ -183,7 +183,7 @@ def compile_fa3_bwd(headdim: int, causal: bool, dtype: str = "fp16", capability:
     ``sm_<capability>`` at its tiles; ``atomic_dq``: the dK/dV kernel that also adds dQ with fp32 atomics;
     ``tma_dq``: that kernel adding dQ by TMA reduce-adds instead (fa3_bwd.DQ_ATOMICS "tma"); ``block_m``: the dK/dV
     kernel's query rows per step (default ``fa3_bwd.DKDV_BLOCK_M``); ``pipeline``: its TMA-dQ steps overlapped
-    (default ``fa3_bwd.DKDV_PIPELINE``); ``dq_first``: its TMA-dQ steps with dQ's wgmma first (default
+    (default ``fa3_bwd.DKDV_PIPELINE``); ``dq_first``: its TMA-dQ steps with dQ's wgmma before dK's (default
     ``fa3_bwd.DKDV_DQ_FIRST``); ``shape`` (batch, heads, kv_heads, seqlen_q, seqlen_k): specialised as a
     launch of that shape would be (``launch_specialisation``), else every int a plain i32 and no pointer aligned."""
     from triton.experimental.gluon import language as gl
@@ -262,7 +262,7 @@ def main() -> None:
                     help="--kernel fa3-bwd --tma-dq: the dK/dV steps overlapped, or not "
                     "(default: fa3_bwd.DKDV_PIPELINE)")
     ap.add_argument("--dq-first", action=argparse.BooleanOptionalAction,
-                    help="--kernel fa3-bwd --tma-dq: the dK/dV steps with dQ's wgmma first, or not "
+                    help="--kernel fa3-bwd --tma-dq: the dK/dV steps with dQ's wgmma before dK's, or not "
                     "(default: fa3_bwd.DKDV_DQ_FIRST)")
     ap.add_argument("--configs", default="", help="comma list like 128x64w4s3; default: the candidate list")
     ap.add_argument("--variants", default="", help=f"fa2's variant switches to turn on, comma list of {list(VARIANTS)}")
