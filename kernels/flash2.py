@@ -1074,13 +1074,19 @@ def flat_backward(mods: "Mods") -> bool:
 
 def flat_loops(env: str, mods: "Mods") -> bool:
     """Whether a launch runs its one-loop kernel, by the environment variable ``env`` (0, 1 or all)."""
+    return flat_switches(env, mods.switches())
+
+
+def flat_switches(env: str, switches: dict) -> bool:
+    """``flat_loops`` by the variant's compile-time switches (``Mods.switches``): with ``env`` 1 (the default),
+    windows, documents and packed batches without softcap."""
     mode = os.environ.get(env, "1").strip().lower()
     if mode not in ("0", "1", "all"):
         raise ValueError(f"{env} must be 0, 1 or all, got {mode!r}")
     if mode == "all":
         return True
-    masked = mods.window is not None or mods.doc_bounds is not None or mods.cu_seqlens is not None
-    return mode == "1" and masked and mods.softcap is None
+    masked = switches["WINDOW"] or switches["DOCS"] or switches["VARLEN"]
+    return mode == "1" and masked and not switches["SOFTCAP"]
 
 
 def _forward(q, k, v, sm_scale, meta, variant, mods: Mods = DENSE, packed=None):

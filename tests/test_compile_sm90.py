@@ -43,14 +43,16 @@ def test_variant_switches_compile_for_sm90(kernel, variants):
 
 
 @pytest.mark.slow
-def test_flat_compiles_the_one_loop_kernel():
-    """--flat builds the one-loop dK/dV kernel windows and documents launch (FLAT a compile-time constant): one loop
-    where the three-stage build has its masked and unmasked stages, so another build with another spill stack."""
+def test_flat_compiles_the_one_loop_kernel_and_the_default_is_what_a_launch_runs():
+    """--flat / --no-flat build the one-loop dK/dV kernel or the three-stage loops (FLAT a compile-time constant):
+    different builds with different spill stacks; without either, the build a launch runs (documents without
+    softcap: the one loop, ``flash2.flat_loops``)."""
     spec = ("--kernel", "bwd_dkdv", "--headdim", "64", "--configs", "64x64w4s3", "--causal", "--variants", "docs")
-    staged, flat = compile_sm90(*spec), compile_sm90(*spec, "--flat")
-    assert "FAILED" not in staged + flat, staged + flat
+    staged, flat, launched = compile_sm90(*spec, "--no-flat"), compile_sm90(*spec, "--flat"), compile_sm90(*spec)
+    assert "FAILED" not in staged + flat + launched, staged + flat + launched
     assert flat.startswith("bwd_dkdv d64 64x64w4s3 docs flat: regs"), flat
     assert staged.split(": ")[1] != flat.split(": ")[1], (staged, flat)
+    assert launched.split(": ")[1] == flat.split(": ")[1], (launched, flat)
 
 
 @pytest.mark.slow

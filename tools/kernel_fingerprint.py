@@ -12,8 +12,10 @@ Builds: fa3's forward (rungs 8, 9, 10; d64, d128; causal both; rung 9's three-co
 backward kernels (d64, d128, causal both), each as a launch of the paper's shape at ``--seqlen`` compiles it (16k
 tokens, hidden 2048: ints equal to 1 constant, multiples of 16 and pointers marked divisible by 16, so the output
 stores are as wide as the GPU's; ``--seqlen 0``: every int a plain i32 and no pointer aligned, the builds before
-2026-12-05), and fa2's three kernels at d64 and d128, causal both, dense and with
-each variant switch, at one config each (``--fa2-configs all``: every autotune candidate; about 9x longer).
+2026-12-05), and fa2's three kernels at d64 and d128, causal both, dense and with each variant switch, at one
+config each (``--fa2-configs all``: every autotune candidate; about 9x longer), each as a launch builds it: the
+one-loop kernel for windows, documents and packed batches without softcap (``flash2.flat_loops``; files written
+before 2026-12-05 hold the three-stage loops there).
 A Gluon kernel's SASS is also compared byte for byte (its sha1). A Triton kernel's is not: its instruction
 schedule moves with its source lines (the same kernel with a comment line added above it compiled to another
 schedule, same registers, stack and opcode counts), so for fa2 the resources and counts are the check.

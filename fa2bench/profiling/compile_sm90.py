@@ -55,9 +55,11 @@ def parse(spec: str) -> triton.Config:
 
 
 def compile_one(kernel: str, cfg: triton.Config, headdim: int, causal: bool, tma: bool, dtype: str = "fp16",
-                capability: int = 90, variants: tuple[str, ...] = (), flat: bool = False):
+                capability: int = 90, variants: tuple[str, ...] = (), flat: bool | None = None):
     fn = flash2.JIT_KERNELS[kernel]
     switches = {flag: name in variants for name, (flag, _) in VARIANTS.items()}
+    if flat is None:  # as a launch decides it (flash2.flat_loops), the one-loop kernel or the three-stage loops
+        flat = flash2.flat_switches(flash2.FWD_FLAT_ENV if kernel == "fwd" else flash2.FLAT_ENV, switches)
     used = {arg: t for name in variants for arg, t in VARIANTS[name][1].items()}
     consts = dict(HEAD_DIM=headdim, BLOCK_D=block_d(headdim), CAUSAL=causal, DEFER=True, SEQ_PAR=True, SKIP=True,
                   FLAT=flat, DOT_PRECISION="tf32", TMA=tma, **switches, **cfg.kwargs)
@@ -266,8 +268,9 @@ def main() -> None:
                     "(default: fa3_bwd.DKDV_DQ_FIRST)")
     ap.add_argument("--configs", default="", help="comma list like 128x64w4s3; default: the candidate list")
     ap.add_argument("--variants", default="", help=f"fa2's variant switches to turn on, comma list of {list(VARIANTS)}")
-    ap.add_argument("--flat", action="store_true", help="fa2's one-loop kernel (FLAT, flash2.flat_loops: what "
-                    "windows and documents launch without softcap), not the three-stage loops")
+    ap.add_argument("--flat", action=argparse.BooleanOptionalAction,
+                    help="fa2's one-loop kernel (FLAT) or the three-stage loops (default: as a launch decides, "
+                    "flash2.flat_loops: one loop for windows, documents and packed batches without softcap)")
     a = ap.parse_args()
     variants = tuple(v for v in a.variants.split(",") if v)
     unknown = sorted(set(variants) - set(VARIANTS))
@@ -305,8 +308,8 @@ def main() -> None:
         name = f"{cfg.kwargs['BLOCK_M']}x{cfg.kwargs['BLOCK_N']}w{cfg.num_warps}s{cfg.num_stages}"
         try:
             k = compile_one(a.kernel, cfg, a.headdim, a.causal, a.tma, a.dtype, variants=variants, flat=a.flat)
-            print(f"{a.kernel} d{a.headdim} {name} {'+'.join(variants) or 'dense'}{' flat' * a.flat}: {resources(k)}",
-                  flush=True)
+            flat = {True: " flat", False: " staged", None: ""}[a.flat]
+            print(f"{a.kernel} d{a.headdim} {name} {'+'.join(variants) or 'dense'}{flat}: {resources(k)}", flush=True)
         except Exception as exc:
             print(f"{a.kernel} d{a.headdim} {name}: FAILED {root_cause(exc)}", flush=True)
 
