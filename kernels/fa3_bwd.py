@@ -289,11 +289,7 @@ def _dkdv_steps(dk, dv, k, v, q_bufs, do_bufs, q_ready, do_ready, q_empty, lse_r
                 dq = warpgroup_mma(ds_smem.permute((1, 0)), k,
                                    gl.zeros([BLOCK_M, HEAD_DIM], gl.float32, dq_layout), use_acc=False,
                                    is_async=True)  # dQ_i = dS K
-                dq = warpgroup_mma_wait(num_outstanding=0, deps=(dq,))
-                dq_smem.reshape([BLOCK_M, HEAD_DIM]).store(dq)  # rows past seqlen_q fall outside the head's box
-                fence_async_shared()
-                thread_barrier()  # the whole tile is in shared memory before one thread issues the reduce
-                tma_reduce_add(dq_desc, [bh, mb * BLOCK_M, 0], dq_smem)
+                _dq_reduce(warpgroup_mma_wait(num_outstanding=0, deps=(dq,)), dq_smem, dq_desc, bh, mb * BLOCK_M)
             elif ATOMIC_DQ:
                 dq = warpgroup_mma(ds_smem.permute((1, 0)), k,
                                    gl.zeros([BLOCK_M, HEAD_DIM], gl.float32, dq_layout), use_acc=False,
