@@ -83,9 +83,9 @@ DKDV_BLOCK_M = {(64, False): 64, (64, True): 128, (128, False): 64, (128, True):
 DKDV_PIPELINE = {(64, False): True, (64, True): False, (128, False): False, (128, True): False}
 # The study of docs/fa3.md section 21 (the TMA-dQ route's steps that are not overlapped): each step issues dV's, dQ's
 # and dK's wgmmas in that order (dK's dS^T read from shared memory, where dQ's already is, not from a register copy)
-# and stages dQ's tile and hands it to the reduce-add while dK's runs, instead of after all three: on at head dim
-# 128 by section 22's rule (tools/fa3_bwd_tiles_ab.py, variant dq-first: 1.04x on an H100); at 64 it spills.
-DKDV_DQ_FIRST = {(64, False): False, (64, True): False, (128, False): True, (128, True): True}
+# and stages dQ's tile and hands it to the reduce-add while dK's runs, instead of after all three. Off until an A/B
+# on the GPU says otherwise (tools/fa3_bwd_tiles_ab.py, variant dq-first).
+DKDV_DQ_FIRST = {(64, False): False, (64, True): False, (128, False): False, (128, True): False}
 
 if hasattr(tma, "async_atomic_add"):  # the public name in later Gluon (3.9)
     tma_reduce_add = tma.async_atomic_add

@@ -130,9 +130,8 @@ def test_dq_first_reduces_dq_while_dks_wgmma_runs_within_its_spill_budget(causal
 def test_dq_first_is_a_step_of_the_tma_dq_route_that_is_not_overlapped():
     from fa2bench.kernels import fa3_bwd
 
-    assert [fa3_bwd.tiles(d, c)["DQ_FIRST"] for d in (64, 128) for c in (False, True)] == [False, False, True, True]
-    assert not fa3_bwd.tiles(128, True, dq_first=False)["DQ_FIRST"]
-    assert fa3_bwd.tiles(64, True, dq_first=True)["DQ_FIRST"]
+    assert not any(fa3_bwd.tiles(d, c)["DQ_FIRST"] for d in (64, 128) for c in (False, True))  # off until measured
+    assert fa3_bwd.tiles(128, True, dq_first=True)["DQ_FIRST"]
     with pytest.raises(ValueError, match="dQ first"):
         fa3_bwd.tiles(64, False, 64, True, dq_first=True)
     with pytest.raises(ValueError, match="dQ first"):
