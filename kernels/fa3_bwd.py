@@ -216,8 +216,6 @@ def _dkdv_steps(dk, dv, k, v, q_bufs, do_bufs, q_ready, do_ready, q_empty, lse_r
     # the statistics are loaded one per thread and spread to the columns through shared memory: loaded straight
     # into q_cols, each thread holds 16 64-bit pointers per vector, which LLVM hoists out of the loop (spills)
     flat: gl.constexpr = gl.BlockedLayout([1], [32], [gl.num_warps()], [0])
-    dq_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[gl.num_warps() // 2, 2],
-                                                        instr_shape=[16, HEAD_DIM // 2, 16])
     for mb in range(lo, hi):
         s = it % STAGES
         phase = it // STAGES & 1
@@ -269,8 +267,7 @@ def _dkdv_steps(dk, dv, k, v, q_bufs, do_bufs, q_ready, do_ready, q_empty, lse_r
             thread_barrier()  # both warpgroups' halves of dS^T are in shared memory (and dq_smem is free)
         if DQ_FIRST:  # dQ_i = dS K before dK's wgmma, so dK's runs while dQ's tile is staged and reduced
             dv = warpgroup_mma(pa, do, dv, is_async=True)  # dV += P^T dO
-            dq = warpgroup_mma(ds_smem.permute((1, 0)), k, gl.zeros([BLOCK_M, HEAD_DIM], gl.float32, dq_layout),
-                               use_acc=False, is_async=True)
+            dq = _dq_issue(ds_smem, k)
             dk = warpgroup_mma(ds_smem, q, dk, is_async=True)  # dK += dS^T Q, dS^T from shared memory
             dv, dq, pa = warpgroup_mma_wait(num_outstanding=1, deps=(dv, dq, pa))
             _dq_reduce(dq, dq_smem, dq_desc, bh, mb * BLOCK_M)
@@ -286,17 +283,13 @@ def _dkdv_steps(dk, dv, k, v, q_bufs, do_bufs, q_ready, do_ready, q_empty, lse_r
                 # they are 64 + 64 + 32 + 16 + 16 per thread at d128: spilled); the stage is free once they are done
                 dv, dk, pa, dsa = warpgroup_mma_wait(num_outstanding=0, deps=(dv, dk, pa, dsa))
                 mbarrier.arrive(q_empty.index(s), count=1)
-                dq = warpgroup_mma(ds_smem.permute((1, 0)), k,
-                                   gl.zeros([BLOCK_M, HEAD_DIM], gl.float32, dq_layout), use_acc=False,
-                                   is_async=True)  # dQ_i = dS K
+                dq = _dq_issue(ds_smem, k)
                 _dq_reduce(warpgroup_mma_wait(num_outstanding=0, deps=(dq,)), dq_smem, dq_desc, bh, mb * BLOCK_M)
             elif ATOMIC_DQ:
-                dq = warpgroup_mma(ds_smem.permute((1, 0)), k,
-                                   gl.zeros([BLOCK_M, HEAD_DIM], gl.float32, dq_layout), use_acc=False,
-                                   is_async=True)  # dQ_i = dS K
+                dq = _dq_issue(ds_smem, k)
                 dv, dk, dq, pa, dsa = warpgroup_mma_wait(num_outstanding=0, deps=(dv, dk, dq, pa, dsa))
-                rows = mb * BLOCK_M + gl.arange(0, BLOCK_M, gl.SliceLayout(1, dq_layout))
-                d_cols = gl.arange(0, HEAD_DIM, gl.SliceLayout(0, dq_layout))
+                rows = mb * BLOCK_M + gl.arange(0, BLOCK_M, gl.SliceLayout(1, dq.type.layout))
+                d_cols = gl.arange(0, HEAD_DIM, gl.SliceLayout(0, dq.type.layout))
                 gl.atomic_add(dq_rows + (rows * HEAD_DIM)[:, None] + d_cols[None, :], dq,
                               mask=(rows < N_CTX_Q)[:, None], sem="relaxed")
                 mbarrier.arrive(q_empty.index(s), count=1)
@@ -337,6 +330,18 @@ def _dkdv_issue(k, v, q_bufs, do_bufs, q_ready, do_ready, lse_row, delta_row, it
 
 
 @gluon.jit
+def _dq_issue(ds_smem, k):
+    """Issue dQ_i = dS K, dS read as the transpose of the step's dS^T in shared memory (M = the step's query rows,
+    the head dim split between the two consumer warpgroups); returns the wgmma in flight."""
+    BLOCK_M: gl.constexpr = ds_smem.shape[1]
+    HEAD_DIM: gl.constexpr = k.shape[1]
+    layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[gl.num_warps() // 2, 2],
+                                                     instr_shape=[16, HEAD_DIM // 2, 16])
+    return warpgroup_mma(ds_smem.permute((1, 0)), k, gl.zeros([BLOCK_M, HEAD_DIM], gl.float32, layout),
+                         use_acc=False, is_async=True)
+
+
+@gluon.jit
 def _dq_reduce(dq, dq_smem, dq_desc, bh, m0):
     """Stage step's dQ tile (rows m0.. of query head ``bh``) in shared memory and add it into the fp32 dQ with one TMA
     reduce-add (rows past seqlen_q fall outside the head's box)."""
@@ -362,8 +367,6 @@ def _dkdv_steps_pipelined(dk, dv, k, v, q_bufs, do_bufs, q_ready, do_ready, q_em
     a_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=dk.type.layout, k_width=2)
     q_cols: gl.constexpr = gl.SliceLayout(0, s_layout)
     flat: gl.constexpr = gl.BlockedLayout([1], [32], [gl.num_warps()], [0])
-    dq_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[gl.num_warps() // 2, 2],
-                                                        instr_shape=[16, HEAD_DIM // 2, 16])
     st = gl.zeros([BLOCK_N, BLOCK_M], gl.float32, s_layout)
     dpt = gl.zeros([BLOCK_N, BLOCK_M], gl.float32, s_layout)
     lse_1 = gl.zeros([BLOCK_M], gl.float32, flat)
@@ -395,8 +398,7 @@ def _dkdv_steps_pipelined(dk, dv, k, v, q_bufs, do_bufs, q_ready, do_ready, q_em
         dk = warpgroup_mma(dsa, q, dk, is_async=True)  # dK += dS^T Q (sm_scale at the end)
         dv, dk, pa, dsa = warpgroup_mma_wait(num_outstanding=0, deps=(dv, dk, pa, dsa))
         mbarrier.arrive(q_empty.index(s), count=1)
-        dq_f = warpgroup_mma(ds_smem.permute((1, 0)), k, gl.zeros([BLOCK_M, HEAD_DIM], gl.float32, dq_layout),
-                             use_acc=False, is_async=True)  # dQ_i = dS K
+        dq_f = _dq_issue(ds_smem, k)
         if mb + 1 < hi:  # the next step's S^T and dP^T run under this step's dQ and its reduce-add
             st_f, dpt_f, lse_1, delta_1 = _dkdv_issue(k, v, q_bufs, do_bufs, q_ready, do_ready, lse_row, delta_row,
                                                       it + 1, mb + 1, N_CTX_Q, s_layout, STAGES, LEAN_STATS)
