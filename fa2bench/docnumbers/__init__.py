@@ -9,8 +9,8 @@ It reads every kind of run (sweeps, the ablation, e2e's Table 1), so it sits abo
 time of one 8192 x 8192 x 8192 ``torch.matmul`` timed at the start of that run (``hardware.measure_ceilings``).
 No block reads a legacy folder (one without a tool-written meta.json; ``results/README.md``).
 
-The blocks live by the runs they read: ``h100`` (top, ablation, e2e), ``h200`` (headline, first result,
-decoding), ``variants``; ``data`` names the runs.
+The blocks live by the runs they read: ``h100`` (top, ablation, e2e, fa3's dQ-first study), ``h200`` (headline,
+first result, decoding), ``variants``; ``data`` names the runs.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Callable
 
 from fa2bench.docnumbers.h100 import (ablation_fa1, ablation_steps, ablation_versus, e2e_table, e2e_tokens,
-                                      e2e_versus, top_points, top_table, top_versus)
+                                      e2e_versus, fa3_dq_first, top_points, top_table, top_versus)
 from fa2bench.docnumbers.h200 import (decode_splits, decode_timers, decode_versus, fa3_accept, fa3_accept_h100,
                                       fa3_backward, fa3_forward, fa3_rungs, first_run, headline_rerun,
                                       headline_table, ladder_fa1, ladder_state, ladder_steps, ladder_versus,
@@ -44,6 +44,7 @@ BLOCKS: dict[str, Callable[[Path], str]] = {
     "ladder-fa1": ladder_fa1, "ladder-steps": ladder_steps, "fa3-backward": fa3_backward,
     "same-card": same_card, "fa3-accept": fa3_accept, "fa3-accept-h100": fa3_accept_h100,
     "variants-latest": variants_latest, "fa3-rungs": fa3_rungs, "fa3-forward": fa3_forward,
+    "fa3-dq-first": fa3_dq_first,
 }
 
 

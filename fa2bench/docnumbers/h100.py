@@ -1,12 +1,12 @@
-"""Blocks from the H100 runs: the top sweep (fa2 against cuDNN and flash), the FA1 -> FA2 ablation, and e2e's
-Table 1."""
+"""Blocks from the H100 runs: the top sweep (fa2 against cuDNN and flash), the FA1 -> FA2 ablation, e2e's Table 1,
+and fa3's dQ-first study."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import pandas as pd
 
-from fa2bench.docnumbers.data import ABLATION, E2E, NAMES, TOP, kilo, load, ok_rows, read_meta
+from fa2bench.docnumbers.data import ABLATION, DQ_FIRST_AB, E2E, NAMES, TOP, kilo, load, ok_rows, read_meta
 from fa2bench.read.summary import geomean, ratio_table, speedup
 
 
@@ -188,3 +188,31 @@ def e2e_versus(root: Path) -> str:
             f"a smaller share of the step.")
 
 
+# --- results/h100-fa3-dqfirst-ab* --------------------------------------------------------------------------
+
+
+def fa3_dq_first(root: Path) -> str:
+    """fa3's d128 dQ-first study (docs/fa3.md section 22), one-process A/B runs of ``tools/fa3_bwd_tiles_ab.py``:
+    dQ-first's speed over the default (the default's time over dQ-first's) per (dtype, mask, length), run by run;
+    each run's geometric mean; how many cells have a median over the runs of at least 1.02x (the study's rule); and
+    fa3 / cuDNN in the same runs."""
+    frames = [pd.read_csv(root / run / "fa3_bwd_tiles_ab.csv").assign(run=i) for i, run in enumerate(DQ_FIRST_AB)]
+    ms = pd.concat(frames).pivot_table(index=["dtype", "causal", "seqlen", "run"], columns="variant", values="ms")
+    speed = ms["m64"] / ms["dq-first"]
+    lengths = sorted(set(speed.index.get_level_values("seqlen")))
+    lines = ["| dtype | mask | " + " | ".join(kilo(n) for n in lengths) + " |",
+             "| --- | --- |" + " ---: |" * len(lengths)]
+    for (dtype, causal), sub in speed.groupby(level=["dtype", "causal"]):
+        cells = [" / ".join(f"{r:.3f}" for r in sub.xs(n, level="seqlen")) for n in lengths]
+        lines.append(f"| {dtype} | {'causal' if causal else 'full'} | " + " | ".join(cells) + " |")
+    means = " and ".join(f"{geomean(sub):.3f}" for _, sub in speed.groupby(level="run"))
+    medians = speed.groupby(level=["dtype", "causal", "seqlen"]).median()
+    below = ", ".join(f"{dtype} {'causal' if causal else 'full'} {kilo(n)} {m:.3f}"
+                      for (dtype, causal, n), m in medians[medians < 1.02].items())
+    versus = {v: (ms["cudnn"] / ms[v]).groupby(level=["dtype", "causal"]).median() for v in ("m64", "dq-first")}
+    runs = ", ".join(f"[`{run}`](../results/{run})" for run in DQ_FIRST_AB)
+    return (f"\n{runs}, dQ-first's speed over the default's (above 1 dQ-first is faster), run by run:\n\n"
+            + "\n".join(lines) + f"\n\nGeometric mean per run: {means}. Cells whose median over the runs is at "
+            f"least 1.02x: {int((medians >= 1.02).sum())} of {len(medians)}{f' (below it: {below})' if below else ''}. fa3 / cuDNN in the same runs (medians per "
+            f"dtype and mask): default {versus['m64'].min():.2f}-{versus['m64'].max():.2f}, dQ-first "
+            f"{versus['dq-first'].min():.2f}-{versus['dq-first'].max():.2f}.\n")
