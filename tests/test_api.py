@@ -1,7 +1,6 @@
 """The public API: imported lazily (no torch for reading, plotting, reporting, comparing, exporting), a sweep
 from a notebook cell on the CPU interpreter, and the CLI's export."""
 import json
-import os
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ from fa2bench.core import providers
 from fa2bench.cli import app
 from fa2bench.core.presets import SpecError
 from fa2bench.core.reference import attention_ref
+from tests import fresh
 from tests.synthetic import REPO, copy_of_committed_run, results_frame, write_run
 
 
@@ -202,8 +202,6 @@ def test_without_a_gpu_the_library_switches_on_the_interpreter_before_triton_is_
             f"run = fa2bench.sweep(seqlen=[32], headdim=[16], provider=['fa2'], mode=['fwd'], causal='off', "
             f"rep_ms=1, warmup_ms=0, out={str(tmp_path / 'run')!r}); "
             "print(run.frame['status'].tolist(), os.environ.get('TRITON_INTERPRET'))")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, env=env,
-                          timeout=300)
+    done = fresh.python("-c", code, cwd=REPO)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().splitlines()[-1] == "['ok'] 1"

@@ -1,19 +1,15 @@
 """fa2bench.profiling.compile_sm90 compiles fa2's kernels for an H100 (sm_90) on a machine without a GPU, with
 Triton's bundled ptxas: a compile error on the Hopper target is caught on the CPU, before any device time is spent."""
-import os
-import subprocess
-import sys
 
 import pytest
 
 from fa2bench.kernels import flash2
+from tests import fresh
 
 
 def compile_sm90(*args: str) -> str:
     """compile_sm90's output for ``args``, compiled for real (not through the interpreter)."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    return subprocess.run([sys.executable, "-m", "fa2bench.profiling.compile_sm90", *args],
-                          capture_output=True, text=True, env=env, timeout=300).stdout
+    return fresh.python("-m", "fa2bench.profiling.compile_sm90", *args).stdout
 
 
 def compile_first_config(kernel: str, *flags: str) -> str:

@@ -1,14 +1,14 @@
 """The environment explains itself: importing triton before fa2bench on a CPU-only machine is one clear line
 (and fa2bench's kernel providers say why they are unavailable), not a cryptic InterpreterError later; the
 package declares what it imports."""
-import os
 import subprocess
-import sys
 import tomllib
 from pathlib import Path
 
 import pytest
 import torch
+
+from tests import fresh
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -17,8 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 def test_triton_imported_first_on_cpu_is_explained_in_one_line():
     code = ("import triton\nimport fa2bench\nfrom fa2bench.core import providers\n"
             "print(providers.get('fa2').availability('cpu'))")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    proc = fresh.python("-c", code)
     assert proc.returncode == 0, proc.stderr
     warning = [line for line in proc.stderr.splitlines() if "RuntimeWarning" in line]
     assert len(warning) == 1 and "import fa2bench.kernels first or set TRITON_INTERPRET=1" in warning[0]

@@ -10,11 +10,7 @@ the backward. A wrong mbarrier phase hangs rather than fails: each GPU test has 
 the GPU image).
 """
 import math
-import os
 import re
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +21,7 @@ from fa2bench.core import providers
 from fa2bench.core.presets import Shape
 from fa2bench.core.reference import attention_ref, check_attention
 from fa2bench.profiling.sass import step_loops
+from tests import fresh
 from tests.kernel_cases import make_qkv, shape_id
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,9 +52,7 @@ def _paper_shape_args(args: tuple[str, ...], seqlen: int = 4096) -> tuple[str, s
 
 
 def compile_fa3(*args: str, kernel: str = "fa3") -> str:
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    out = subprocess.run([sys.executable, "-m", "fa2bench.profiling.compile_sm90", "--kernel", kernel, *args],
-                         capture_output=True, text=True, env=env, timeout=300)
+    out = fresh.python("-m", "fa2bench.profiling.compile_sm90", "--kernel", kernel, *args)
     return out.stdout + out.stderr[-2000:] * (out.returncode != 0)
 
 
@@ -88,11 +83,7 @@ def _compiled_asm(headdim: int, causal: bool, rung: int, consumers: int = 0, seq
             "k = compile_sm90.compile_fa3(d, sys.argv[2] == '1', rung=int(sys.argv[3]), "
             "consumers=int(sys.argv[4]) or None, shape=paper_shape(d, int(sys.argv[5]))); "
             "print(json.dumps({'ptx': k.asm['ptx'], 'sass': compile_sm90.sass(k)}))")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run([sys.executable, "-c", code, str(headdim), str(int(causal)), str(rung), str(consumers),
-                           str(seqlen)], capture_output=True, text=True, env=env, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return fresh.json_of(code, headdim, int(causal), rung, consumers, seqlen)
 
 
 @pytest.mark.skipif(_gluon_hopper_problem() is not None, reason=str(_gluon_hopper_problem()))

@@ -10,15 +10,12 @@ Hopper GPU (``-m gpu``): dQ, dK, dV against the float64 reference through check_
 tests/test_fa3.py (GQA/MQA, ragged and unequal lengths, one query row, rows that see no key), fp16 and bf16, causal
 or not, at the default tiles and at 128 query rows per step.
 """
-import json
-import os
 import re
-import subprocess
-import sys
 
 import pytest
 import torch
 
+from tests import fresh
 from tests.kernel_cases import make_qkv, shape_id
 from tests.test_fa3 import SHAPES, _gluon_hopper_problem, _hopper
 
@@ -60,12 +57,7 @@ def _compile(headdim: int, causal: bool, dtype: str, block_m: int, pipeline: boo
             "k = c.compile_fa3_bwd(d, sys.argv[2] == '1', sys.argv[3], tma_dq=True, block_m=int(sys.argv[4]), "
             "pipeline=sys.argv[5] == '1', dq_first=sys.argv[6] == '1', shape=paper_shape(d, n) if n else None); "
             "print(json.dumps({'resources': c.resources(k), 'sass': c.sass(k)}))")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run([sys.executable, "-c", code, str(headdim), str(int(causal)), dtype, str(block_m),
-                           str(int(pipeline)), str(int(dq_first)), str(seqlen)], capture_output=True, text=True,
-                          env=env, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return fresh.json_of(code, headdim, int(causal), dtype, block_m, int(pipeline), int(dq_first), seqlen)
 
 
 def _step_loop(sass: str) -> list[str]:
