@@ -211,8 +211,9 @@ def fa3_dq_first(root: Path) -> str:
                       for (dtype, causal, n), m in medians[medians < 1.02].items())
     versus = {v: (ms["cudnn"] / ms[v]).groupby(level=["dtype", "causal"]).median() for v in ("m64", "dq-first")}
     runs = ", ".join(f"[`{run}`](../results/{run})" for run in DQ_FIRST_AB)
+    below = f" (below it: {below})" if below else ""
     return (f"\n{runs}, dQ-first's speed over the default's (above 1 dQ-first is faster), run by run:\n\n"
             + "\n".join(lines) + f"\n\nGeometric mean per run: {means}. Cells whose median over the runs is at "
-            f"least 1.02x: {int((medians >= 1.02).sum())} of {len(medians)}{f' (below it: {below})' if below else ''}. fa3 / cuDNN in the same runs (medians per "
-            f"dtype and mask): default {versus['m64'].min():.2f}-{versus['m64'].max():.2f}, dQ-first "
+            f"least 1.02x: {int((medians >= 1.02).sum())} of {len(medians)}{below}. fa3 / cuDNN in the same runs "
+            f"(medians per dtype and mask): default {versus['m64'].min():.2f}-{versus['m64'].max():.2f}, dQ-first "
             f"{versus['dq-first'].min():.2f}-{versus['dq-first'].max():.2f}.\n")
