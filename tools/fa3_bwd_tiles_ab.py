@@ -1,8 +1,8 @@
 """fa3's backward, A/B in one process: the dK/dV kernel's steps of 64 query rows against the studies of docs/fa3.md
 sections 17 and 21: at head dim 64, 128 query rows per step (``fa3_bwd.DKDV_BLOCK_M``) and the steps overlapped
-(``fa3_bwd.DKDV_PIPELINE``: each step's S^T and dP^T under the previous step's dQ); at head dim 128, dQ's
-wgmma before dK's and its tile reduced while dK's runs (``fa3_bwd.DKDV_DQ_FIRST``); beside cuDNN's backward, on the paper's
-shapes (16k tokens, hidden 2048), causal both. Only the backward is timed (fa3: Delta, the dK/dV kernel
+(``fa3_bwd.DKDV_PIPELINE``: each step's S^T and dP^T under the previous step's dQ); at head dim 128, dQ's wgmma
+before dK's and its tile reduced while dK's runs (``fa3_bwd.DKDV_DQ_FIRST``); beside cuDNN's backward, on the
+paper's shapes (16k tokens, hidden 2048), causal both. Only the backward is timed (fa3: Delta, the dK/dV kernel
 with dQ by TMA reduce-add, the fp32 dQ's zeroing and cast; cuDNN: ``torch.autograd.grad`` on a saved forward), the
 suite's timer with L2 flushed before each call, TFLOP/s by the suite's FLOP count (2.5x the forward's). Before
 timing, each study's gradients are compared with the default's (max |difference| of dQ, dK, dV in the row), so a

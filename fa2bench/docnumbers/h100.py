@@ -207,11 +207,11 @@ def fa3_dq_first(root: Path) -> str:
         lines.append(f"| {dtype} | {'causal' if causal else 'full'} | " + " | ".join(cells) + " |")
     means = " and ".join(f"{geomean(sub):.3f}" for _, sub in speed.groupby(level="run"))
     medians = speed.groupby(level=["dtype", "causal", "seqlen"]).median()
-    below = ", ".join(f"{dtype} {'causal' if causal else 'full'} {kilo(n)} {m:.3f}"
+    under = ", ".join(f"{dtype} {'causal' if causal else 'full'} {kilo(n)} {m:.3f}"
                       for (dtype, causal, n), m in medians[medians < 1.02].items())
     versus = {v: (ms["cudnn"] / ms[v]).groupby(level=["dtype", "causal"]).median() for v in ("m64", "dq-first")}
     runs = ", ".join(f"[`{run}`](../results/{run})" for run in DQ_FIRST_AB)
-    below = f" (below it: {below})" if below else ""
+    below = f" (below it: {under})" if under else ""
     return (f"\n{runs}, dQ-first's speed over the default's (above 1 dQ-first is faster), run by run:\n\n"
             + "\n".join(lines) + f"\n\nGeometric mean per run: {means}. Cells whose median over the runs is at "
             f"least 1.02x: {int((medians >= 1.02).sum())} of {len(medians)}{below}. fa3 / cuDNN in the same runs "

@@ -207,7 +207,7 @@ def compile_fa3_bwd(headdim: int, causal: bool, dtype: str = "fp16", capability:
                    if tma_dq else desc(q_rows))  # the fp32 dQ's tiles (unused without tma_dq)
         out = dict(DK="*" + dtype, DV="*" + dtype, DQ="*fp32", dq_desc=dq_desc)
         consts = dict(ATOMIC_DQ=atomic_dq or tma_dq, DQ_TMA=tma_dq, LEAN_STATS=cfg["LEAN_STATS"],
-                      PIPELINE=cfg["PIPELINE"] and tma_dq, DQ_FIRST=cfg["DQ_FIRST"] and tma_dq)
+                      PIPELINE=cfg["PIPELINE"] and tma_dq, DQ_FIRST=cfg["DQ_FIRST"])  # tiles: dQ first only with tma_dq
     else:
         q_rows, k_rows, stages = cfg["DQ_BLOCK_M"], cfg["DQ_BLOCK_N"], cfg["DQ_STAGES"]
         out, consts = dict(DQ="*" + dtype), {}
@@ -278,11 +278,11 @@ def main() -> None:
         ap.error(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
     shape = tuple(int(x) for x in a.shape.split(",")) if a.shape else None
     if a.kernel == "fa3-bwd":  # two Gluon kernels (one with --atomic-dq), tiles fixed
-        pipelined = {True: " pipelined", False: " not pipelined", None: ""}[a.pipeline]
-        pipelined += {True: " dq-first", False: " not dq-first", None: ""}[a.dq_first]
+        steps = ({True: " pipelined", False: " not pipelined", None: ""}[a.pipeline]
+                 + {True: " dq-first", False: " not dq-first", None: ""}[a.dq_first])
         for kernel in ("bwd_dkdv",) if a.atomic_dq or a.tma_dq else ("bwd_dkdv", "bwd_dq"):
             name = (f"fa3 {kernel} d{a.headdim} {a.dtype}{' causal' if a.causal else ''}{' atomic-dq' * a.atomic_dq}"
-                    f"{' tma-dq' * a.tma_dq}{f' block-m {a.block_m}' * bool(a.block_m)}{pipelined}"
+                    f"{' tma-dq' * a.tma_dq}{f' block-m {a.block_m}' * bool(a.block_m)}{steps}"
                     f"{f' shape {a.shape}' * bool(shape)}")
             try:
                 k = compile_fa3_bwd(a.headdim, a.causal, a.dtype, kernel=kernel, atomic_dq=a.atomic_dq,
