@@ -21,7 +21,8 @@ FA3_ACCEPT_H100 = "h100-fa3-accept-1"  # issue 23: the same sweep on an H100 (se
 FA3_FORWARD = "h200-fa3-fwd-6"  # issue 23: rung 9 and cuDNN forward after the boundary group (session 15)
 FA3_RUNGS = "h200-fa3-rungs-3"  # issue 23: the three forward rungs and cuDNN, one call (causal bands, snake walk)
 VARLEN_H100 = ("h100-varlen-1", "h100-varlen-1-fp16")  # issue 18: varlen against the padded document mask (H100)
-DQ_FIRST_AB = ("h100-fa3-dqfirst-ab", "h100-fa3-dqfirst-ab-2")  # issue 23: fa3's d128 dQ-first study, one A/B each
+DQ_FIRST_AB = ("h100-fa3-dqfirst-ab", "h100-fa3-dqfirst-ab-2", "h100-fa3-dqfirst-ab-3", "h100-fa3-dqfirst-ab-4",
+               "h100-fa3-dqfirst-ab-5")  # issue 23: fa3's d128 dQ-first study, one A/B each
 VARIANTS_LATEST = "h200-variants-3"  # issue 18: bf16 d128 variants at the one-loop forward (and backward) default
 NAMES = {"fa2": "fa2", "sdpa-cudnn": "cuDNN", "sdpa-flash": "flash"}
 

@@ -205,7 +205,7 @@ def fa3_dq_first(root: Path) -> str:
     for (dtype, causal), sub in speed.groupby(level=["dtype", "causal"]):
         cells = [" / ".join(f"{r:.3f}" for r in sub.xs(n, level="seqlen")) for n in lengths]
         lines.append(f"| {dtype} | {'causal' if causal else 'full'} | " + " | ".join(cells) + " |")
-    means = " and ".join(f"{geomean(sub):.3f}" for _, sub in speed.groupby(level="run"))
+    means = ", ".join(f"{geomean(sub):.3f}" for _, sub in speed.groupby(level="run"))
     medians = speed.groupby(level=["dtype", "causal", "seqlen"]).median()
     under = ", ".join(f"{dtype} {'causal' if causal else 'full'} {kilo(n)} {m:.3f}"
                       for (dtype, causal, n), m in medians[medians < 1.02].items())
