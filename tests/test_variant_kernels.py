@@ -124,6 +124,7 @@ FLAT_CASES = {  # (shape, dtype, causal, variant): every kind of bound the flat 
     "window-gqa": ((2, 4, 2, 61, 61, 16), torch.float16, True, {"window": (17, 0)}),
     "window-two-sided": ((1, 2, 1, 45, 45, 16), torch.float32, False, {"window": (3, 5)}),
     "docs-gqa": ((2, 4, 2, 70, 70, 16), torch.float32, True, {"doc_ids": [[1, 15, 16, 17, 21], [70]]}),
+    "docs-softcap": ((2, 4, 2, 70, 70, 16), torch.float16, True, {"doc_ids": [[17, 1, 52], [70]], "softcap": 3.0}),
     "docs-window-softcap-alibi": ((2, 4, 2, 70, 70, 16), torch.float16, True,
                                   {"doc_ids": [[33, 5, 32], [1, 69]], "window": (20, 0), "softcap": 5.0,
                                    "alibi_slopes": "geometric"}),
@@ -149,18 +150,24 @@ def test_flat_loops_match_reference(case, mode, monkeypatch):
 
 @pytest.mark.parametrize("mode, variant, flat", [
     ("0", {"window": (4, 0)}, False), ("1", {}, False), ("1", {"window": (4, 0)}, True),
-    ("1", {"softcap": 2.0}, False), ("1", {"window": (4, 0), "softcap": 2.0}, False), ("all", {}, True),
+    ("1", {"softcap": 2.0}, False), ("1", {"window": (4, 0), "softcap": 2.0}, False),
+    ("1", {"doc_ids": [[30, 34]], "softcap": 2.0}, True), ("1", {"doc_ids": [[30, 34]], "window": (4, 0)}, True),
+    ("1", {"doc_ids": [[30, 34]], "window": (4, 0), "softcap": 2.0}, False), ("all", {}, True),
     ("all", {"softcap": 2.0}, True)])
 def test_flat_backward_switch(mode, variant, flat, monkeypatch):
     """FA2_BWD_FLAT=1 (the default) turns the one loops on where the variant masks many steps (windows, documents,
-    packed batches) and has no softcap, all everywhere, 0 nowhere; anything else is one clear error."""
+    packed batches), but not for a window with softcap (docs/variants.md section 4), all everywhere, 0 nowhere;
+    anything else is one clear error."""
     monkeypatch.setenv(flash2.FLAT_ENV, mode)
     monkeypatch.setenv(flash2.FWD_FLAT_ENV, "0")
-    m = flash2.mods(True, 64, 64, 2, 1, DEVICE, **variant)
+    if "doc_ids" in variant:
+        variant = {**variant, "doc_ids": docs(1, variant["doc_ids"])}
+    m = flash2.mods(True, 64, 64, 2, 1, torch.device(DEVICE), **variant)
     assert flash2.flat_backward(m) is flat
     assert flash2.flat_loops(flash2.FWD_FLAT_ENV, m) is False  # the forward's switch is its own
     monkeypatch.delenv(flash2.FLAT_ENV)
-    assert flash2.flat_backward(m) is (("window" in variant) and ("softcap" not in variant))
+    if mode == "1":  # 1 is the default
+        assert flash2.flat_backward(m) is flat
     monkeypatch.setenv(flash2.FLAT_ENV, "yes")
     with pytest.raises(ValueError, match="FA2_BWD_FLAT"):
         flash2.flat_backward(m)
@@ -473,7 +480,7 @@ def test_variants_on_the_gpu(variant, dtype, headdim):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("headdim", [64, 128])
-@pytest.mark.parametrize("variant", ["dense", "window", "docs", "all"])
+@pytest.mark.parametrize("variant", ["dense", "window", "docs", "docs-softcap", "all"])
 def test_flat_loops_on_the_gpu(variant, headdim, monkeypatch):
     """The one loops (FA2_FWD_FLAT=all, FA2_BWD_FLAT=all) compiled for the GPU, bf16, at the autotuner's usual picks
     (results/h200-variants-2; forced, so that no time goes to tuning): as the reference."""
@@ -484,6 +491,7 @@ def test_flat_loops_on_the_gpu(variant, headdim, monkeypatch):
         "dense": {},
         "window": dict(window=(256, 0)),
         "docs": dict(doc_ids=docs(2, [[700, 1, 799], [1500]])),
+        "docs-softcap": dict(doc_ids=docs(2, [[700, 1, 799], [1500]]), softcap=30.0),
         "all": dict(window=(300, 0), softcap=30.0, alibi_slopes=torch.rand(heads, device=DEVICE) * 0.01,
                     doc_ids=docs(2, [[100] * 15, [1, 1499]])),
     }[variant]
