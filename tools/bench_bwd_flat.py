@@ -9,13 +9,16 @@ Tiles are forced to the autotuner's picks in results/h200-variants-2 (dK/dV 64x1
 ``--autotune``, so both modes run the same tiles and no time goes to tuning. Prints one line per (variant, mode):
 median forward ms, median backward ms (dK/dV + dQ + Delta, from autograd.grad), and speed against mode 0; with
 ``--out DIR`` the same rows go to ``bench_bwd_flat.csv`` there, beside a tool-written meta.json (GPU, versions,
-commit), so the numbers are a results run rather than a console log.
+commit), so the numbers are a results run rather than a console log. ``--rounds R`` times the modes R times, each
+round's order rotated by one, and keeps each mode's median: a kernel that heats the card at its power cap reads
+slower when timed later (docs/variants.md section 4), and rotation gives every mode every position.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
 import os
+import statistics
 from pathlib import Path
 
 import torch
@@ -36,6 +39,8 @@ def main() -> None:
     ap.add_argument("--headdim", type=int, default=128)
     ap.add_argument("--dtype", default="bf16", choices=["bf16", "fp16"])
     ap.add_argument("--autotune", action="store_true", help="let each mode autotune instead of forcing the tiles")
+    ap.add_argument("--rounds", type=int, default=1, help="time the three modes this many times, each round in the "
+                    "order rotated by one (0, 1, all; 1, all, 0; ...), and keep each mode's median over the rounds")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--out", type=Path, help="a folder for the rows (CSV) and meta.json")
     a = ap.parse_args()
@@ -70,21 +75,28 @@ def main() -> None:
         with forced():
             o = flash2.flash2_attention(q, k, v, True, **kwargs)
         do = torch.randn_like(o)
-        times, grads = {}, {}
-        fwd, outs = {}, {}
-        for mode in ("0", "1", "all"):
+        modes = ("0", "1", "all")
+        outs, grads = {}, {}
+        for mode in modes:  # outputs and gradients, and each mode's autotuning, before any timing
             os.environ[flash2.FLAT_ENV] = os.environ[flash2.FWD_FLAT_ENV] = mode
             with forced():
                 outs[mode] = flash2.flash2_attention(q, k, v, True, **kwargs).detach()
-                fwd[mode] = do_bench(lambda: flash2.flash2_attention(q, k, v, True, **kwargs), warmup=100, rep=1000,
-                                     return_mode="median")
                 grads[mode] = torch.autograd.grad(o, (q, k, v), do, retain_graph=True)
-                times[mode] = do_bench(lambda: torch.autograd.grad(o, (q, k, v), do, retain_graph=True),
-                                       warmup=100, rep=1000, return_mode="median")
+        samples = {mode: ([], []) for mode in modes}  # (forward ms, backward ms) per round
+        for r in range(a.rounds):
+            for mode in modes[r % 3:] + modes[:r % 3]:
+                os.environ[flash2.FLAT_ENV] = os.environ[flash2.FWD_FLAT_ENV] = mode
+                with forced():
+                    samples[mode][0].append(do_bench(lambda: flash2.flash2_attention(q, k, v, True, **kwargs),
+                                                     warmup=100, rep=1000, return_mode="median"))
+                    samples[mode][1].append(do_bench(lambda: torch.autograd.grad(o, (q, k, v), do, retain_graph=True),
+                                                     warmup=100, rep=1000, return_mode="median"))
         os.environ[flash2.FLAT_ENV] = os.environ[flash2.FWD_FLAT_ENV] = "0"
+        fwd = {mode: statistics.median(f) for mode, (f, _) in samples.items()}
+        times = {mode: statistics.median(b) for mode, (_, b) in samples.items()}
         diff = max((a_ - b_).abs().max().item() for a_, b_ in zip(grads["all"], grads["0"]))
-        for mode in ("0", "1", "all"):
-            rows.append(dict(variant=name, flat=mode, fwd_ms=fwd[mode], bwd_ms=times[mode],
+        for mode in modes:
+            rows.append(dict(variant=name, flat=mode, rounds=a.rounds, fwd_ms=fwd[mode], bwd_ms=times[mode],
                              fwd_speed_vs_0=fwd["0"] / fwd[mode], bwd_speed_vs_0=times["0"] / times[mode],
                              max_grad_diff_all_vs_0=diff, tiles="autotuned" if a.autotune else "forced"))
             print(f"{name:24s} FLAT={mode:3s} fwd {fwd[mode]:8.3f} ms x{fwd['0'] / fwd[mode]:.3f}   bwd "
