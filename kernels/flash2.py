@@ -1061,8 +1061,8 @@ def _strides(t: torch.Tensor, packed) -> tuple:
 
 # The one-loop kernels (FLAT), switchable at launch for timing old against new in one process, the backward's
 # (FA2_BWD_FLAT) and the forward's (FA2_FWD_FLAT) apart: 0 (the per-stage loops), 1, the default (one loop where the
-# variant masks many steps: windows, documents, packed batches; with softcap only documents and packed batches
-# without a window, where the one loop measured faster: docs/variants.md section 4), all (every launch).
+# variant masks many steps: windows, documents, packed batches; but the backward of a window with softcap stays
+# staged, where the one loop measured slower: docs/variants.md section 4), all (every launch).
 FLAT_ENV = "FA2_BWD_FLAT"
 FWD_FLAT_ENV = "FA2_FWD_FLAT"
 
@@ -1079,14 +1079,15 @@ def flat_loops(env: str, mods: "Mods") -> bool:
 
 def flat_switches(env: str, switches: dict) -> bool:
     """``flat_loops`` by the variant's compile-time switches (``Mods.switches``): with ``env`` 1 (the default),
-    windows, documents and packed batches, and with softcap documents and packed batches without a window."""
+    windows, documents and packed batches, but not the backward of a window with softcap."""
     mode = os.environ.get(env, "1").strip().lower()
     if mode not in ("0", "1", "all"):
         raise ValueError(f"{env} must be 0, 1 or all, got {mode!r}")
     if mode == "all":
         return True
     masked = switches["WINDOW"] or switches["DOCS"] or switches["VARLEN"]
-    return mode == "1" and masked and not (switches["SOFTCAP"] and switches["WINDOW"])
+    staged = env == FLAT_ENV and switches["SOFTCAP"] and switches["WINDOW"]
+    return mode == "1" and masked and not staged
 
 
 def _forward(q, k, v, sm_scale, meta, variant, mods: Mods = DENSE, packed=None):

@@ -125,6 +125,7 @@ FLAT_CASES = {  # (shape, dtype, causal, variant): every kind of bound the flat 
     "window-two-sided": ((1, 2, 1, 45, 45, 16), torch.float32, False, {"window": (3, 5)}),
     "docs-gqa": ((2, 4, 2, 70, 70, 16), torch.float32, True, {"doc_ids": [[1, 15, 16, 17, 21], [70]]}),
     "docs-softcap": ((2, 4, 2, 70, 70, 16), torch.float16, True, {"doc_ids": [[17, 1, 52], [70]], "softcap": 3.0}),
+    "window-softcap": ((1, 2, 1, 61, 61, 16), torch.float16, True, {"window": (17, 0), "softcap": 3.0}),
     "docs-window-softcap-alibi": ((2, 4, 2, 70, 70, 16), torch.float16, True,
                                   {"doc_ids": [[33, 5, 32], [1, 69]], "window": (20, 0), "softcap": 5.0,
                                    "alibi_slopes": "geometric"}),
@@ -171,6 +172,22 @@ def test_flat_backward_switch(mode, variant, flat, monkeypatch):
     monkeypatch.setenv(flash2.FLAT_ENV, "yes")
     with pytest.raises(ValueError, match="FA2_BWD_FLAT"):
         flash2.flat_backward(m)
+
+
+@pytest.mark.parametrize("variant, flat", [
+    ({}, False), ({"softcap": 2.0}, False), ({"window": (4, 0)}, True), ({"window": (4, 0), "softcap": 2.0}, True),
+    ({"doc_ids": [[30, 34]], "softcap": 2.0}, True), ({"doc_ids": [[30, 34]], "window": (4, 0), "softcap": 2.0}, True)])
+def test_flat_forward_switch(variant, flat, monkeypatch):
+    """FA2_FWD_FLAT=1 (the default) runs the forward's one loop for every masked variant, a window with softcap
+    included, whose backward stays staged (docs/variants.md section 4)."""
+    monkeypatch.delenv(flash2.FWD_FLAT_ENV, raising=False)
+    monkeypatch.delenv(flash2.FLAT_ENV, raising=False)
+    if "doc_ids" in variant:
+        variant = {**variant, "doc_ids": docs(1, variant["doc_ids"])}
+    m = flash2.mods(True, 64, 64, 2, 1, torch.device(DEVICE), **variant)
+    assert flash2.flat_loops(flash2.FWD_FLAT_ENV, m) is flat
+    monkeypatch.setenv(flash2.FWD_FLAT_ENV, "0")
+    assert flash2.flat_loops(flash2.FWD_FLAT_ENV, m) is False
 
 
 # ---- sliding windows -----------------------------------------------------------------------------------------------
@@ -480,7 +497,7 @@ def test_variants_on_the_gpu(variant, dtype, headdim):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("headdim", [64, 128])
-@pytest.mark.parametrize("variant", ["dense", "window", "docs", "docs-softcap", "all"])
+@pytest.mark.parametrize("variant", ["dense", "window", "window-softcap", "docs", "docs-softcap", "all"])
 def test_flat_loops_on_the_gpu(variant, headdim, monkeypatch):
     """The one loops (FA2_FWD_FLAT=all, FA2_BWD_FLAT=all) compiled for the GPU, bf16, at the autotuner's usual picks
     (results/h200-variants-2; forced, so that no time goes to tuning): as the reference."""
@@ -492,6 +509,7 @@ def test_flat_loops_on_the_gpu(variant, headdim, monkeypatch):
         "window": dict(window=(256, 0)),
         "docs": dict(doc_ids=docs(2, [[700, 1, 799], [1500]])),
         "docs-softcap": dict(doc_ids=docs(2, [[700, 1, 799], [1500]]), softcap=30.0),
+        "window-softcap": dict(window=(256, 0), softcap=30.0),
         "all": dict(window=(300, 0), softcap=30.0, alibi_slopes=torch.rand(heads, device=DEVICE) * 0.01,
                     doc_ids=docs(2, [[100] * 15, [1, 1499]])),
     }[variant]
