@@ -1283,7 +1283,9 @@ def _find_doc_bounds(doc_ids, batch: int, seqlen_q: int, seqlen_k: int, device) 
 
 def mods(causal, seqlen_q, seqlen_k, heads, batch, device, window=None, softcap=None, alibi_slopes=None,
          doc_ids=None, cu_seqlens=None, blocks=None) -> Mods:
-    """The checked ``Mods`` of the public arguments (ValueError naming the problem otherwise)."""
+    """The checked ``Mods`` of the public arguments (ValueError naming the problem otherwise); ``device`` a
+    torch.device or its name."""
+    device = torch.device(device)
     window = _check_window(window)
     softcap = _check_softcap(softcap)
     alibi_slopes = _check_alibi(alibi_slopes, heads, device)

@@ -369,6 +369,14 @@ def test_bad_variant_raises_value_error(case):
         flash2_attention(q, q, q, **kwargs)
 
 
+def test_mods_take_a_device_by_name():
+    """A device named by a string is the same device as its tensors' (not "must be on cpu, got cpu")."""
+    slopes = torch.ones(2, dtype=torch.float32, device=DEVICE)
+    doc_ids = torch.zeros(1, 16, dtype=torch.int32, device=DEVICE)
+    m = flash2.mods(True, 16, 16, 2, 1, str(slopes.device), alibi_slopes=slopes, doc_ids=doc_ids)
+    assert m.switches()["ALIBI"] and m.switches()["DOCS"]
+
+
 def test_doc_ids_need_self_attention():
     q, k = torch.randn(1, 2, 16, 16, device=DEVICE), torch.randn(1, 2, 20, 16, device=DEVICE)
     with pytest.raises(ValueError, match="self-attention"):
