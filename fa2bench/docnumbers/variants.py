@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from fa2bench.docnumbers.data import VARIANTS, VARIANTS_LATEST, VARLEN_H100, kilo, load, ok_rows, read_meta
+from fa2bench.docnumbers.data import VARIANTS, VARIANTS_H100, VARIANTS_LATEST, VARLEN_H100, kilo, load, ok_rows, read_meta
 from fa2bench.read.summary import SHAPE_COLUMNS, geomean
 
 
@@ -144,10 +144,10 @@ def variants_profile(root: Path) -> str:
 # --- results/h200-variants-3: bf16, head dim 128, at the one-loop forward ---------------------------------------
 
 
-def variants_latest(root: Path) -> str:
+def variants_latest(root: Path, run: str = VARIANTS_LATEST) -> str:
     """fa2 against FlexAttention per (variant, mode) in the later bf16 d128 run, and varlen against the padded
     document mask there: medians over the run's sequence lengths of the time ratios (above 1: fa2 is faster)."""
-    frame = ok_rows(load(root, VARIANTS_LATEST))
+    frame = ok_rows(load(root, run))
     ms = frame.pivot_table(index=SHAPE_COLUMNS + ["variant"], columns="provider", values="ms")
     parts = []
     for variant in ("dense", "window4096", "window4096+softcap50", "docs"):
@@ -155,8 +155,13 @@ def variants_latest(root: Path) -> str:
                  for mode in ("fwd", "bwd")]
         parts.append(f"{variant} {', '.join(cells)}")
     varlen = [f"{mode} {_median_ratio(ms, 'fa2', 'fa2-varlen', mode=mode):.2f}x" for mode in ("fwd", "bwd")]
-    commit = read_meta(root, VARIANTS_LATEST)["git"]["commit"][:7]
+    commit = read_meta(root, run)["git"]["commit"][:7]
     lengths = " and ".join(kilo(n) for n in sorted(set(frame["seqlen_q"])))
-    return (f"[`results/{VARIANTS_LATEST}`](results/{VARIANTS_LATEST}) (bf16, head dim 128, {lengths}, "
+    return (f"[`results/{run}`](results/{run}) (bf16, head dim 128, {lengths}, "
             f"{len(frame)} points ok, at `{commit}`): fa2 / Flex {'; '.join(parts)}; `fa2-varlen` against the padded "
             f"document mask {' and '.join(varlen)}")
+
+
+def variants_h100(root: Path) -> str:
+    """``variants_latest`` of the H100 rerun at the current defaults."""
+    return variants_latest(root, VARIANTS_H100)
