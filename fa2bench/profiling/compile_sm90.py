@@ -270,7 +270,8 @@ def main() -> None:
     ap.add_argument("--variants", default="", help=f"fa2's variant switches to turn on, comma list of {list(VARIANTS)}")
     ap.add_argument("--flat", action=argparse.BooleanOptionalAction,
                     help="fa2's one-loop kernel (FLAT) or the three-stage loops (default: as a launch decides, "
-                    "flash2.flat_loops: one loop for windows, documents and packed batches, not window + softcap)")
+                    "flash2.flat_loops: one loop for windows, documents and packed batches, but the backward of "
+                    "window + softcap)")
     a = ap.parse_args()
     variants = tuple(v for v in a.variants.split(",") if v)
     unknown = sorted(set(variants) - set(VARIANTS))
