@@ -149,6 +149,13 @@ def test_flat_loops_match_reference(case, mode, monkeypatch):
     check(shape, dtype, causal, **variant)
 
 
+def _switch_mods(variant: dict) -> "flash2.Mods":
+    """A causal 64-token launch's Mods with ``variant`` (documents given as lengths)."""
+    if "doc_ids" in variant:
+        variant = {**variant, "doc_ids": docs(1, variant["doc_ids"])}
+    return flash2.mods(True, 64, 64, 2, 1, torch.device(DEVICE), **variant)
+
+
 @pytest.mark.parametrize("mode, variant, flat", [
     ("0", {"window": (4, 0)}, False), ("1", {}, False), ("1", {"window": (4, 0)}, True),
     ("1", {"softcap": 2.0}, False), ("1", {"window": (4, 0), "softcap": 2.0}, False),
@@ -161,9 +168,7 @@ def test_flat_backward_switch(mode, variant, flat, monkeypatch):
     anything else is one clear error."""
     monkeypatch.setenv(flash2.FLAT_ENV, mode)
     monkeypatch.setenv(flash2.FWD_FLAT_ENV, "0")
-    if "doc_ids" in variant:
-        variant = {**variant, "doc_ids": docs(1, variant["doc_ids"])}
-    m = flash2.mods(True, 64, 64, 2, 1, torch.device(DEVICE), **variant)
+    m = _switch_mods(variant)
     assert flash2.flat_backward(m) is flat
     assert flash2.flat_loops(flash2.FWD_FLAT_ENV, m) is False  # the forward's switch is its own
     monkeypatch.delenv(flash2.FLAT_ENV)
@@ -182,9 +187,7 @@ def test_flat_forward_switch(variant, flat, monkeypatch):
     included, whose backward stays staged (docs/variants.md section 4)."""
     monkeypatch.delenv(flash2.FWD_FLAT_ENV, raising=False)
     monkeypatch.delenv(flash2.FLAT_ENV, raising=False)
-    if "doc_ids" in variant:
-        variant = {**variant, "doc_ids": docs(1, variant["doc_ids"])}
-    m = flash2.mods(True, 64, 64, 2, 1, torch.device(DEVICE), **variant)
+    m = _switch_mods(variant)
     assert flash2.flat_loops(flash2.FWD_FLAT_ENV, m) is flat
     monkeypatch.setenv(flash2.FWD_FLAT_ENV, "0")
     assert flash2.flat_loops(flash2.FWD_FLAT_ENV, m) is False
