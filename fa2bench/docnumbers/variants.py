@@ -142,7 +142,7 @@ def variants_profile(root: Path) -> str:
 
 
 
-# --- results/h200-variants-3: bf16, head dim 128, at the one-loop forward ---------------------------------------
+# --- results/h200-variants-3 and h100-variants-4: bf16, head dim 128, at the one-loop forward --------------------
 
 
 def variants_latest(root: Path, run: str = VARIANTS_LATEST) -> str:
