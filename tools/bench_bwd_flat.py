@@ -6,7 +6,8 @@ the same inputs and tiles.
     python tools/bench_bwd_flat.py --seqlen 32768 --batch 1 --autotune
 
 Tiles are forced to the autotuner's picks in results/h200-variants-2 (dK/dV 64x128 w8 s2, dQ 128x64 w8 s3) unless
-``--autotune``, so both modes run the same tiles and no time goes to tuning. Prints one line per (variant, mode):
+``--autotune``, so both modes run the same tiles and no time goes to tuning; ``--tiles bwd_dkdv=64x128w8s3`` (comma-
+separated, per kernel: fwd, bwd_dkdv, bwd_dq) forces others. Prints one line per (variant, mode):
 median forward ms, median backward ms (dK/dV + dQ + Delta, from autograd.grad), and speed against mode 0; with
 ``--out DIR`` the same rows go to ``bench_bwd_flat.csv`` there, beside a tool-written meta.json (GPU, versions,
 commit), so the numbers are a results run rather than a console log. ``--rounds R`` times the modes R times, each
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
 import statistics
 from pathlib import Path
 
@@ -41,6 +43,8 @@ def main() -> None:
     ap.add_argument("--autotune", action="store_true", help="let each mode autotune instead of forcing the tiles")
     ap.add_argument("--rounds", type=int, default=1, help="time the three modes this many times, each round in the "
                     "order rotated by one (0, 1, all; 1, all, 0; ...), and keep each mode's median over the rounds")
+    ap.add_argument("--tiles", default="", help="forced tiles per kernel, e.g. bwd_dkdv=64x128w8s3,bwd_dq=128x64w8s2 "
+                    "(the others keep the defaults)")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--out", type=Path, help="a folder for the rows (CSV) and meta.json")
     a = ap.parse_args()
@@ -58,14 +62,13 @@ def main() -> None:
     def forced():
         if a.autotune:
             return contextlib.nullcontext()
-        return flash2.forced_configs(
-            fwd=triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=4, num_stages=3),
-            bwd_dkdv=triton.Config({"BLOCK_M": 64, "BLOCK_N": 128}, num_warps=8, num_stages=2),
-            bwd_dq=triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=8, num_stages=3))
+        return flash2.forced_configs(**{kernel: tile_config(t) for kernel, t in tiles.items()})
+    tiles = dict(fwd="128x64w4s3", bwd_dkdv="64x128w8s2", bwd_dq="128x64w8s3")
+    tiles.update(kv.split("=") for kv in a.tiles.split(",") if kv)
     torch.manual_seed(0)
     shape = (a.batch, a.heads, a.kv_heads, a.seqlen, a.headdim)
     print(f"shape (batch, heads, kv heads, seqlen, d) {shape} {a.dtype} causal; tiles "
-          f"{'autotuned' if a.autotune else 'forced dK/dV 64x128w8s2, dQ 128x64w8s3'}", flush=True)
+          f"{'autotuned' if a.autotune else f'forced {tiles}'}", flush=True)
     for name in a.variants.split(","):
         variant = V.parse(name)
         kwargs = V.kernel_kwargs(variant, a.batch, a.heads, a.seqlen, dev)
@@ -98,7 +101,8 @@ def main() -> None:
         for mode in modes:
             rows.append(dict(variant=name, flat=mode, rounds=a.rounds, fwd_ms=fwd[mode], bwd_ms=times[mode],
                              fwd_speed_vs_0=fwd["0"] / fwd[mode], bwd_speed_vs_0=times["0"] / times[mode],
-                             max_grad_diff_all_vs_0=diff, tiles="autotuned" if a.autotune else "forced"))
+                             max_grad_diff_all_vs_0=diff,
+                             tiles="autotuned" if a.autotune else " ".join(f"{k}={t}" for k, t in tiles.items())))
             print(f"{name:24s} FLAT={mode:3s} fwd {fwd[mode]:8.3f} ms x{fwd['0'] / fwd[mode]:.3f}   bwd "
                   f"{times[mode]:8.3f} ms x{times['0'] / times[mode]:.3f}  (speed vs 0)", flush=True)
         print(f"{name:24s} max |o(all) - o(0)| = {(outs['all'] - outs['0']).abs().max().item():.3e}, "
@@ -107,6 +111,15 @@ def main() -> None:
             import pandas as pd
 
             pd.DataFrame(rows).to_csv(a.out / "bench_bwd_flat.csv", index=False)
+
+
+def tile_config(text: str) -> triton.Config:
+    """'64x128w8s2' -> BLOCK_M=64, BLOCK_N=128, 8 warps, 2 stages."""
+    m = re.fullmatch(r"(\d+)x(\d+)w(\d+)s(\d+)", text.strip())
+    if m is None:
+        raise SystemExit(f"a tile is BLOCK_MxBLOCK_NwWARPSsSTAGES, e.g. 64x128w8s2; got {text!r}")
+    bm, bn, w, st = map(int, m.groups())
+    return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=st)
 
 
 if __name__ == "__main__":
