@@ -65,13 +65,13 @@ instructions are the dense/causal kernel's (only three unused scalar parameters 
   program reads its (sequence, block) from a table built once per cu_seqlens tensor (``varlen_blocks``, the last
   blocks first) and its sequence's rows from cu_seqlens; statistics are (heads, total_q).
 
-One-loop kernels (``FA2_FWD_FLAT``, ``FA2_BWD_FLAT``, read at every launch; default 0 = off): the forward and dQ
+One-loop kernels (``FA2_FWD_FLAT``, ``FA2_BWD_FLAT``, ``FA2_DQ_FLAT``, read at every launch; default 1): the forward and dQ
 kernels walk their three stages in one loop and the dK/dV kernel every (query head of its GQA group, Q block) step in
 one loop, each step deciding whether it is masked; the per-head, per-stage loops of the default restart Triton's
 software pipeline (an exposed load, a drained MMA) up to 3 x GROUP times per program, which weighs where the loops are
 a few steps long (documents, window edges). The backward's steps run in the same order, so the same sums. ``1``: for
-windows, documents and packed batches; ``all``: every launch (tools/bench_bwd_flat.py times 0, 1 and all in one
-process).
+windows, documents and packed batches, but not the backward of a window that documents do not cut (``flat_switches``);
+``all``: every launch; ``0``: none (tools/bench_bwd_flat.py times 0, 1 and all in one process).
 
 Not supported: dropout, arbitrary attention bias tensors, paged or cached KV, returning the LSE or the softmax, FP8,
 zero or negative ``sm_scale``; documents with varlen (one packed sequence per document does the same); TMA tiles
@@ -1060,16 +1060,28 @@ def _strides(t: torch.Tensor, packed) -> tuple:
 
 
 # The one-loop kernels (FLAT), switchable at launch for timing old against new in one process, the backward's
-# (FA2_BWD_FLAT) and the forward's (FA2_FWD_FLAT) apart: 0 (the per-stage loops), 1, the default (one loop where the
-# variant masks many steps: windows, documents, packed batches; but the backward of a window with softcap stays
-# staged, where the one loop measured slower: docs/variants.md section 4), all (every launch).
+# (FA2_BWD_FLAT; FA2_DQ_FLAT, when set, for the dQ kernel apart) and the forward's (FA2_FWD_FLAT) apart: 0 (the
+# per-stage loops), 1, the default (one loop where the variant masks many steps: windows, documents, packed batches;
+# but the backward of a window stays staged unless documents cut it, where the one loop measured slower:
+# docs/variants.md section 4), all (every launch).
 FLAT_ENV = "FA2_BWD_FLAT"
+DQ_FLAT_ENV = "FA2_DQ_FLAT"
 FWD_FLAT_ENV = "FA2_FWD_FLAT"
 
 
-def flat_backward(mods: "Mods") -> bool:
-    """Whether this backward runs its one-loop kernels (FA2_BWD_FLAT, read at every launch)."""
-    return flat_loops(FLAT_ENV, mods)
+def flat_env(kernel: str) -> str:
+    """The environment variable that switches ``kernel``'s one loop (a JIT_KERNELS name): FA2_FWD_FLAT for the
+    forward, FA2_BWD_FLAT for both backward kernels, FA2_DQ_FLAT for the dQ kernel's instead when it is set."""
+    if kernel == "fwd":
+        return FWD_FLAT_ENV
+    if kernel == "bwd_dq" and os.environ.get(DQ_FLAT_ENV, "").strip():
+        return DQ_FLAT_ENV
+    return FLAT_ENV
+
+
+def flat_backward(mods: "Mods") -> tuple[bool, bool]:
+    """Whether this backward's dK/dV and dQ kernels run their one loops (``flat_env``, read at every launch)."""
+    return flat_loops(flat_env("bwd_dkdv"), mods), flat_loops(flat_env("bwd_dq"), mods)
 
 
 def flat_loops(env: str, mods: "Mods") -> bool:
@@ -1079,14 +1091,16 @@ def flat_loops(env: str, mods: "Mods") -> bool:
 
 def flat_switches(env: str, switches: dict) -> bool:
     """``flat_loops`` by the variant's compile-time switches (``Mods.switches``): with ``env`` 1 (the default),
-    windows, documents and packed batches, but not the backward of a window with softcap."""
+    windows, documents and packed batches, but not the backward of a window unless documents or packing cut it
+    without softcap (the one-loop backward measured slower for a window, with softcap or without)."""
     mode = os.environ.get(env, "1").strip().lower()
     if mode not in ("0", "1", "all"):
         raise ValueError(f"{env} must be 0, 1 or all, got {mode!r}")
     if mode == "all":
         return True
-    masked = switches["WINDOW"] or switches["DOCS"] or switches["VARLEN"]
-    staged = env == FLAT_ENV and switches["SOFTCAP"] and switches["WINDOW"]
+    cut = switches["DOCS"] or switches["VARLEN"]
+    masked = switches["WINDOW"] or cut
+    staged = env != FWD_FLAT_ENV and switches["WINDOW"] and (switches["SOFTCAP"] or not cut)
     return mode == "1" and masked and not staged
 
 
@@ -1113,7 +1127,7 @@ def _forward(q, k, v, sm_scale, meta, variant, mods: Mods = DENSE, packed=None):
     variant.launcher.launch("fwd", grid, q, k, v, sm_scale, lse, lsum, o,
                             *_strides(q, packed), *_strides(k, packed), *_strides(v, packed), *_strides(o, packed),
                             H, H // H_KV, N_CTX_Q, N_CTX_K, _bucket(max_q), _bucket(max_k), *mods.args(), **meta,
-                            TMA=tma, FLAT=flat_loops(FWD_FLAT_ENV, mods))
+                            TMA=tma, FLAT=flat_loops(flat_env("fwd"), mods))
     return o, lse, lsum
 
 
@@ -1137,9 +1151,9 @@ def _backward(q, k, v, o, lse, lsum, do, sm_scale, meta, variant, mods: Mods = D
         return (triton.cdiv(max_k, META["BLOCK_N"]) if variant.seq_par else 1, Z * H_KV)
 
     st = [_strides(t, packed) for t in (q, k, v, do, dk, dv, dq)]
-    flat = flat_backward(mods)
+    flat_dkdv, flat_dq = flat_backward(mods)
     variant.launcher.launch("bwd_dkdv", grid_dkdv, q, k, v, sm_scale, do, dk, dv, lse, lsum, delta,
-                            *st[0], *st[1], *st[2], *st[3], *st[4], *st[5], *tail, **meta, TMA=tma, FLAT=flat)
+                            *st[0], *st[1], *st[2], *st[3], *st[4], *st[5], *tail, **meta, TMA=tma, FLAT=flat_dkdv)
 
     def grid_dq(META):
         if packed is not None:
@@ -1147,7 +1161,7 @@ def _backward(q, k, v, o, lse, lsum, do, sm_scale, meta, variant, mods: Mods = D
         return (triton.cdiv(max_q, META["BLOCK_M"]) if variant.seq_par else 1, Z * H)
 
     variant.launcher.launch("bwd_dq", grid_dq, q, k, v, sm_scale, do, dq, lse, lsum, delta,
-                            *st[0], *st[1], *st[2], *st[3], *st[6], *tail, **meta, TMA=tma, FLAT=flat)
+                            *st[0], *st[1], *st[2], *st[3], *st[6], *tail, **meta, TMA=tma, FLAT=flat_dq)
     return dq, dk, dv
 
 

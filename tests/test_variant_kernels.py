@@ -157,26 +157,40 @@ def _switch_mods(variant: dict) -> "flash2.Mods":
 
 
 @pytest.mark.parametrize("mode, variant, flat", [
-    ("0", {"window": (4, 0)}, False), ("1", {}, False), ("1", {"window": (4, 0)}, True),
+    ("0", {"window": (4, 0)}, False), ("1", {}, False), ("1", {"window": (4, 0)}, False),
+    ("1", {"doc_ids": [[30, 34]]}, True),
     ("1", {"softcap": 2.0}, False), ("1", {"window": (4, 0), "softcap": 2.0}, False),
     ("1", {"doc_ids": [[30, 34]], "softcap": 2.0}, True), ("1", {"doc_ids": [[30, 34]], "window": (4, 0)}, True),
     ("1", {"doc_ids": [[30, 34]], "window": (4, 0), "softcap": 2.0}, False), ("all", {}, True),
     ("all", {"softcap": 2.0}, True)])
 def test_flat_backward_switch(mode, variant, flat, monkeypatch):
-    """FA2_BWD_FLAT=1 (the default) turns the one loops on where the variant masks many steps (windows, documents,
-    packed batches), but not for a window with softcap (docs/variants.md section 4), all everywhere, 0 nowhere;
-    anything else is one clear error."""
+    """FA2_BWD_FLAT=1 (the default) turns both backward kernels' one loops on where the variant masks many steps
+    (documents, packed batches), but not for a window unless documents cut it without softcap (docs/variants.md
+    section 4), all everywhere, 0 nowhere; anything else is one clear error."""
     monkeypatch.setenv(flash2.FLAT_ENV, mode)
     monkeypatch.setenv(flash2.FWD_FLAT_ENV, "0")
+    monkeypatch.delenv(flash2.DQ_FLAT_ENV, raising=False)
     m = _switch_mods(variant)
-    assert flash2.flat_backward(m) is flat
+    assert flash2.flat_backward(m) == (flat, flat)
     assert flash2.flat_loops(flash2.FWD_FLAT_ENV, m) is False  # the forward's switch is its own
     monkeypatch.delenv(flash2.FLAT_ENV)
     if mode == "1":  # 1 is the default
-        assert flash2.flat_backward(m) is flat
+        assert flash2.flat_backward(m) == (flat, flat)
     monkeypatch.setenv(flash2.FLAT_ENV, "yes")
     with pytest.raises(ValueError, match="FA2_BWD_FLAT"):
         flash2.flat_backward(m)
+
+
+@pytest.mark.parametrize("dq_mode, dq_flat", [("0", False), ("all", True), ("", True)])
+def test_flat_dq_switch(dq_mode, dq_flat, monkeypatch):
+    """FA2_DQ_FLAT, when set, decides the dQ kernel's loop apart from the dK/dV kernel's; unset (or empty), the dQ
+    kernel follows FA2_BWD_FLAT."""
+    monkeypatch.setenv(flash2.FLAT_ENV, "all")
+    monkeypatch.setenv(flash2.DQ_FLAT_ENV, dq_mode)
+    assert flash2.flat_backward(_switch_mods({"window": (4, 0)})) == (True, dq_flat)
+    monkeypatch.setenv(flash2.DQ_FLAT_ENV, "sometimes")
+    with pytest.raises(ValueError, match="FA2_DQ_FLAT"):
+        flash2.flat_backward(_switch_mods({}))
 
 
 @pytest.mark.parametrize("variant, flat", [

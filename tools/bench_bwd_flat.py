@@ -10,9 +10,10 @@ Tiles are forced to the autotuner's picks in results/h200-variants-2 (dK/dV 64x1
 separated, per kernel: fwd, bwd_dkdv, bwd_dq) forces others. Prints one line per (variant, mode):
 median forward ms, median backward ms (dK/dV + dQ + Delta, from autograd.grad), and speed against mode 0; with
 ``--out DIR`` the same rows go to ``bench_bwd_flat.csv`` there, beside a tool-written meta.json (GPU, versions,
-commit), so the numbers are a results run rather than a console log. ``--rounds R`` times the modes R times, each
-round's order rotated by one, and keeps each mode's median: a kernel that heats the card at its power cap reads
-slower when timed later (docs/variants.md section 4), and rotation gives every mode every position.
+commit), so the numbers are a results run rather than a console log. ``--dq-mode M`` holds the dQ kernel at mode M
+(FA2_DQ_FLAT). ``--rounds R`` times the modes R times, each round's order rotated by one, and keeps each mode's
+median: a kernel that heats the card at its power cap reads slower when timed later (docs/variants.md section 4), and
+rotation gives every mode every position.
 """
 from __future__ import annotations
 
@@ -45,10 +46,14 @@ def main() -> None:
                     "order rotated by one (0, 1, all; 1, all, 0; ...), and keep each mode's median over the rounds")
     ap.add_argument("--tiles", default="", help="forced tiles per kernel, e.g. bwd_dkdv=64x128w8s3,bwd_dq=128x64w8s2 "
                     "(the others keep the defaults)")
+    ap.add_argument("--dq-mode", choices=["0", "1", "all"], help="hold the dQ kernel's loop (FA2_DQ_FLAT) at this "
+                    "mode while the forward and dK/dV kernels take each mode in turn")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--out", type=Path, help="a folder for the rows (CSV) and meta.json")
     a = ap.parse_args()
     rows = []
+    if a.dq_mode:
+        os.environ[flash2.DQ_FLAT_ENV] = a.dq_mode
     if a.out:
         from fa2bench.run.results import write_meta
         from fa2bench.run.runner import environment_meta
@@ -68,7 +73,8 @@ def main() -> None:
     torch.manual_seed(0)
     shape = (a.batch, a.heads, a.kv_heads, a.seqlen, a.headdim)
     print(f"shape (batch, heads, kv heads, seqlen, d) {shape} {a.dtype} causal; tiles "
-          f"{'autotuned' if a.autotune else f'forced {tiles}'}", flush=True)
+          f"{'autotuned' if a.autotune else f'forced {tiles}'}"
+          f"{f'; dQ held at FA2_DQ_FLAT={a.dq_mode}' if a.dq_mode else ''}", flush=True)
     for name in a.variants.split(","):
         variant = V.parse(name)
         kwargs = V.kernel_kwargs(variant, a.batch, a.heads, a.seqlen, dev)
@@ -101,7 +107,7 @@ def main() -> None:
         for mode in modes:
             rows.append(dict(variant=name, flat=mode, rounds=a.rounds, fwd_ms=fwd[mode], bwd_ms=times[mode],
                              fwd_speed_vs_0=fwd["0"] / fwd[mode], bwd_speed_vs_0=times["0"] / times[mode],
-                             max_grad_diff_all_vs_0=diff,
+                             max_grad_diff_all_vs_0=diff, dq_mode=a.dq_mode or mode,
                              tiles="autotuned" if a.autotune else " ".join(f"{k}={t}" for k, t in tiles.items())))
             print(f"{name:24s} FLAT={mode:3s} fwd {fwd[mode]:8.3f} ms x{fwd['0'] / fwd[mode]:.3f}   bwd "
                   f"{times[mode]:8.3f} ms x{times['0'] / times[mode]:.3f}  (speed vs 0)", flush=True)

@@ -59,7 +59,7 @@ def compile_one(kernel: str, cfg: triton.Config, headdim: int, causal: bool, tma
     fn = flash2.JIT_KERNELS[kernel]
     switches = {flag: name in variants for name, (flag, _) in VARIANTS.items()}
     if flat is None:  # as a launch decides it (flash2.flat_loops), the one-loop kernel or the three-stage loops
-        flat = flash2.flat_switches(flash2.FWD_FLAT_ENV if kernel == "fwd" else flash2.FLAT_ENV, switches)
+        flat = flash2.flat_switches(flash2.flat_env(kernel), switches)
     used = {arg: t for name in variants for arg, t in VARIANTS[name][1].items()}
     consts = dict(HEAD_DIM=headdim, BLOCK_D=block_d(headdim), CAUSAL=causal, DEFER=True, SEQ_PAR=True, SKIP=True,
                   FLAT=flat, DOT_PRECISION="tf32", TMA=tma, **switches, **cfg.kwargs)
@@ -271,7 +271,7 @@ def main() -> None:
     ap.add_argument("--flat", action=argparse.BooleanOptionalAction,
                     help="fa2's one-loop kernel (FLAT) or the three-stage loops (default: as a launch decides, "
                     "flash2.flat_loops: one loop for windows, documents and packed batches, but the backward of "
-                    "window + softcap)")
+                    "a window that documents do not cut)")
     a = ap.parse_args()
     variants = tuple(v for v in a.variants.split(",") if v)
     unknown = sorted(set(variants) - set(VARIANTS))
