@@ -65,12 +65,12 @@ instructions are the dense/causal kernel's (only three unused scalar parameters 
   program reads its (sequence, block) from a table built once per cu_seqlens tensor (``varlen_blocks``, the last
   blocks first) and its sequence's rows from cu_seqlens; statistics are (heads, total_q).
 
-One-loop kernels (``FA2_FWD_FLAT``, ``FA2_BWD_FLAT``, ``FA2_DQ_FLAT``, read at every launch; default 1): the forward and dQ
-kernels walk their three stages in one loop and the dK/dV kernel every (query head of its GQA group, Q block) step in
-one loop, each step deciding whether it is masked; the per-head, per-stage loops of the default restart Triton's
-software pipeline (an exposed load, a drained MMA) up to 3 x GROUP times per program, which weighs where the loops are
-a few steps long (documents, window edges). The backward's steps run in the same order, so the same sums. ``1``: for
-windows, documents and packed batches, but not the backward of a window that documents do not cut (``flat_switches``);
+One-loop kernels (``FA2_FWD_FLAT``, ``FA2_BWD_FLAT``, ``FA2_DQ_FLAT``, read at every launch; default 1): the forward
+and dQ kernels walk their three stages in one loop and the dK/dV kernel every (query head of its GQA group, Q block)
+step in one loop, each step deciding whether it is masked; the per-head, per-stage loops of the staged kernels restart
+Triton's software pipeline (an exposed load, a drained MMA) up to 3 x GROUP times per program, which weighs where the
+loops are a few steps long (documents, window edges). The backward's steps run in the same order, so the same sums.
+``1``: for windows, documents and packed batches, but not every backward kernel of a window (``flat_switches``);
 ``all``: every launch; ``0``: none (tools/bench_bwd_flat.py times 0, 1 and all in one process).
 
 Not supported: dropout, arbitrary attention bias tensors, paged or cached KV, returning the LSE or the softmax, FP8,
@@ -1059,11 +1059,10 @@ def _strides(t: torch.Tensor, packed) -> tuple:
     return t.stride() if packed is None else (0, *t.stride()[1:])
 
 
-# The one-loop kernels (FLAT), switchable at launch for timing old against new in one process, the backward's
-# (FA2_BWD_FLAT; FA2_DQ_FLAT, when set, for the dQ kernel apart) and the forward's (FA2_FWD_FLAT) apart: 0 (the
-# per-stage loops), 1, the default (one loop where the variant masks many steps: windows, documents, packed batches;
-# but the backward of a window stays staged unless documents cut it, where the one loop measured slower:
-# docs/variants.md section 4), all (every launch).
+# The one-loop kernels (FLAT), switchable at launch for timing old against new in one process, per kernel
+# (``flat_env``): 0 (the per-stage loops), 1, the default (one loop where the variant masks many steps: windows,
+# documents, packed batches; but a window's backward keeps some staged loops, where the one loop measured slower:
+# ``flat_switches``, docs/variants.md section 4), all (every launch).
 FLAT_ENV = "FA2_BWD_FLAT"
 DQ_FLAT_ENV = "FA2_DQ_FLAT"
 FWD_FLAT_ENV = "FA2_FWD_FLAT"
@@ -1080,28 +1079,31 @@ def flat_env(kernel: str) -> str:
 
 
 def flat_backward(mods: "Mods") -> tuple[bool, bool]:
-    """Whether this backward's dK/dV and dQ kernels run their one loops (``flat_env``, read at every launch)."""
-    return flat_loops(flat_env("bwd_dkdv"), mods), flat_loops(flat_env("bwd_dq"), mods)
+    """Whether this backward's dK/dV and dQ kernels run their one loops (``flat_loops``)."""
+    return flat_loops("bwd_dkdv", mods), flat_loops("bwd_dq", mods)
 
 
-def flat_loops(env: str, mods: "Mods") -> bool:
-    """Whether a launch runs its one-loop kernel, by the environment variable ``env`` (0, 1 or all)."""
-    return flat_switches(env, mods.switches())
+def flat_loops(kernel: str, mods: "Mods") -> bool:
+    """Whether a launch of ``kernel`` (a JIT_KERNELS name) runs its one loop, by ``flat_env(kernel)`` (0, 1 or all,
+    read at every launch)."""
+    return flat_switches(kernel, mods.switches())
 
 
-def flat_switches(env: str, switches: dict) -> bool:
-    """``flat_loops`` by the variant's compile-time switches (``Mods.switches``): with ``env`` 1 (the default),
-    windows, documents and packed batches, but not the backward of a window unless documents or packing cut it
-    without softcap (the one-loop backward measured slower for a window, with softcap or without)."""
+def flat_switches(kernel: str, switches: dict) -> bool:
+    """``flat_loops`` by the variant's compile-time switches (``Mods.switches``). At 1 (the default): windows,
+    documents and packed batches run the one loops, except where it measured slower (docs/variants.md section 4):
+    a window with softcap keeps both backward kernels staged, and a window that documents or packing do not cut
+    keeps its dQ kernel staged."""
+    env = flat_env(kernel)
     mode = os.environ.get(env, "1").strip().lower()
     if mode not in ("0", "1", "all"):
         raise ValueError(f"{env} must be 0, 1 or all, got {mode!r}")
     if mode == "all":
         return True
     cut = switches["DOCS"] or switches["VARLEN"]
-    masked = switches["WINDOW"] or cut
-    staged = env != FWD_FLAT_ENV and switches["WINDOW"] and (switches["SOFTCAP"] or not cut)
-    return mode == "1" and masked and not staged
+    window, softcap = switches["WINDOW"], switches["SOFTCAP"]
+    staged = {"fwd": False, "bwd_dkdv": window and softcap, "bwd_dq": window and (softcap or not cut)}[kernel]
+    return mode == "1" and (window or cut) and not staged
 
 
 def _forward(q, k, v, sm_scale, meta, variant, mods: Mods = DENSE, packed=None):
@@ -1127,7 +1129,7 @@ def _forward(q, k, v, sm_scale, meta, variant, mods: Mods = DENSE, packed=None):
     variant.launcher.launch("fwd", grid, q, k, v, sm_scale, lse, lsum, o,
                             *_strides(q, packed), *_strides(k, packed), *_strides(v, packed), *_strides(o, packed),
                             H, H // H_KV, N_CTX_Q, N_CTX_K, _bucket(max_q), _bucket(max_k), *mods.args(), **meta,
-                            TMA=tma, FLAT=flat_loops(flat_env("fwd"), mods))
+                            TMA=tma, FLAT=flat_loops("fwd", mods))
     return o, lse, lsum
 
 

@@ -156,29 +156,42 @@ def _switch_mods(variant: dict) -> "flash2.Mods":
     return flash2.mods(True, 64, 64, 2, 1, torch.device(DEVICE), **variant)
 
 
-@pytest.mark.parametrize("mode, variant, flat", [
-    ("0", {"window": (4, 0)}, False), ("1", {}, False), ("1", {"window": (4, 0)}, False),
-    ("1", {"doc_ids": [[30, 34]]}, True),
-    ("1", {"softcap": 2.0}, False), ("1", {"window": (4, 0), "softcap": 2.0}, False),
-    ("1", {"doc_ids": [[30, 34]], "softcap": 2.0}, True), ("1", {"doc_ids": [[30, 34]], "window": (4, 0)}, True),
-    ("1", {"doc_ids": [[30, 34]], "window": (4, 0), "softcap": 2.0}, False), ("all", {}, True),
-    ("all", {"softcap": 2.0}, True)])
-def test_flat_backward_switch(mode, variant, flat, monkeypatch):
-    """FA2_BWD_FLAT=1 (the default) turns both backward kernels' one loops on where the variant masks many steps
-    (documents, packed batches), but not for a window unless documents cut it without softcap (docs/variants.md
-    section 4), all everywhere, 0 nowhere; anything else is one clear error."""
-    monkeypatch.setenv(flash2.FLAT_ENV, mode)
-    monkeypatch.setenv(flash2.FWD_FLAT_ENV, "0")
-    monkeypatch.delenv(flash2.DQ_FLAT_ENV, raising=False)
+W, SC, D = {"window": (4, 0)}, {"softcap": 2.0}, {"doc_ids": [[30, 34]]}
+
+
+@pytest.mark.parametrize("variant, fwd, dkdv, dq", [
+    ({}, False, False, False), (SC, False, False, False), (W, True, True, False), ({**W, **SC}, True, False, False),
+    (D, True, True, True), ({**D, **SC}, True, True, True), ({**D, **W}, True, True, True),
+    ({**D, **W, **SC}, True, False, False)], ids=str)
+def test_flat_switches_by_default(variant, fwd, dkdv, dq, monkeypatch):
+    """At the default (1), every masked variant runs the one loops, except the backward kernels that measured slower
+    with them (docs/variants.md section 4): a window's dQ kernel unless documents cut the window without softcap,
+    and with softcap the window's dK/dV kernel too. Dense attention and softcap alone stay staged."""
+    for env in (flash2.FWD_FLAT_ENV, flash2.FLAT_ENV, flash2.DQ_FLAT_ENV):
+        monkeypatch.delenv(env, raising=False)
     m = _switch_mods(variant)
-    assert flash2.flat_backward(m) == (flat, flat)
-    assert flash2.flat_loops(flash2.FWD_FLAT_ENV, m) is False  # the forward's switch is its own
-    monkeypatch.delenv(flash2.FLAT_ENV)
-    if mode == "1":  # 1 is the default
-        assert flash2.flat_backward(m) == (flat, flat)
-    monkeypatch.setenv(flash2.FLAT_ENV, "yes")
-    with pytest.raises(ValueError, match="FA2_BWD_FLAT"):
-        flash2.flat_backward(m)
+    assert (flash2.flat_loops("fwd", m), *flash2.flat_backward(m)) == (fwd, dkdv, dq)
+
+
+@pytest.mark.parametrize("mode, flat", [("0", False), ("all", True), ("1", None)])
+def test_flat_switch_modes(mode, flat, monkeypatch):
+    """0 runs no one loop, all every one (dense too), 1 the default's; each kernel's variable is its own: the
+    forward's FA2_FWD_FLAT, both backward kernels' FA2_BWD_FLAT; anything else is one clear error."""
+    monkeypatch.delenv(flash2.DQ_FLAT_ENV, raising=False)
+    for variant in ({}, W, D, {**W, **SC}):
+        m = _switch_mods(variant)
+        monkeypatch.delenv(flash2.FWD_FLAT_ENV, raising=False)
+        monkeypatch.delenv(flash2.FLAT_ENV, raising=False)
+        default = (flash2.flat_loops("fwd", m), *flash2.flat_backward(m))
+        monkeypatch.setenv(flash2.FLAT_ENV, mode)
+        expect = default[1:] if flat is None else (flat, flat)
+        assert (flash2.flat_loops("fwd", m), *flash2.flat_backward(m)) == (default[0], *expect)
+        monkeypatch.setenv(flash2.FWD_FLAT_ENV, mode)
+        assert flash2.flat_loops("fwd", m) is (default[0] if flat is None else flat)
+    for env in (flash2.FWD_FLAT_ENV, flash2.FLAT_ENV):
+        monkeypatch.setenv(env, "yes")
+        with pytest.raises(ValueError, match=env):
+            flash2.flat_loops("fwd" if env == flash2.FWD_FLAT_ENV else "bwd_dkdv", _switch_mods(W))
 
 
 @pytest.mark.parametrize("dq_mode, dq_flat", [("0", False), ("all", True), ("", True)])
@@ -187,24 +200,10 @@ def test_flat_dq_switch(dq_mode, dq_flat, monkeypatch):
     kernel follows FA2_BWD_FLAT."""
     monkeypatch.setenv(flash2.FLAT_ENV, "all")
     monkeypatch.setenv(flash2.DQ_FLAT_ENV, dq_mode)
-    assert flash2.flat_backward(_switch_mods({"window": (4, 0)})) == (True, dq_flat)
+    assert flash2.flat_backward(_switch_mods(W)) == (True, dq_flat)
     monkeypatch.setenv(flash2.DQ_FLAT_ENV, "sometimes")
     with pytest.raises(ValueError, match="FA2_DQ_FLAT"):
         flash2.flat_backward(_switch_mods({}))
-
-
-@pytest.mark.parametrize("variant, flat", [
-    ({}, False), ({"softcap": 2.0}, False), ({"window": (4, 0)}, True), ({"window": (4, 0), "softcap": 2.0}, True),
-    ({"doc_ids": [[30, 34]], "softcap": 2.0}, True), ({"doc_ids": [[30, 34]], "window": (4, 0), "softcap": 2.0}, True)])
-def test_flat_forward_switch(variant, flat, monkeypatch):
-    """FA2_FWD_FLAT=1 (the default) runs the forward's one loop for every masked variant, a window with softcap
-    included, whose backward stays staged (docs/variants.md section 4)."""
-    monkeypatch.delenv(flash2.FWD_FLAT_ENV, raising=False)
-    monkeypatch.delenv(flash2.FLAT_ENV, raising=False)
-    m = _switch_mods(variant)
-    assert flash2.flat_loops(flash2.FWD_FLAT_ENV, m) is flat
-    monkeypatch.setenv(flash2.FWD_FLAT_ENV, "0")
-    assert flash2.flat_loops(flash2.FWD_FLAT_ENV, m) is False
 
 
 # ---- sliding windows -----------------------------------------------------------------------------------------------

@@ -59,7 +59,7 @@ def compile_one(kernel: str, cfg: triton.Config, headdim: int, causal: bool, tma
     fn = flash2.JIT_KERNELS[kernel]
     switches = {flag: name in variants for name, (flag, _) in VARIANTS.items()}
     if flat is None:  # as a launch decides it (flash2.flat_loops), the one-loop kernel or the three-stage loops
-        flat = flash2.flat_switches(flash2.flat_env(kernel), switches)
+        flat = flash2.flat_switches(kernel, switches)
     used = {arg: t for name in variants for arg, t in VARIANTS[name][1].items()}
     consts = dict(HEAD_DIM=headdim, BLOCK_D=block_d(headdim), CAUSAL=causal, DEFER=True, SEQ_PAR=True, SKIP=True,
                   FLAT=flat, DOT_PRECISION="tf32", TMA=tma, **switches, **cfg.kwargs)
@@ -270,8 +270,8 @@ def main() -> None:
     ap.add_argument("--variants", default="", help=f"fa2's variant switches to turn on, comma list of {list(VARIANTS)}")
     ap.add_argument("--flat", action=argparse.BooleanOptionalAction,
                     help="fa2's one-loop kernel (FLAT) or the three-stage loops (default: as a launch decides, "
-                    "flash2.flat_loops: one loop for windows, documents and packed batches, but the backward of "
-                    "a window that documents do not cut)")
+                    "flash2.flat_switches: one loop for windows, documents and packed batches, but some backward "
+                    "kernels of a window)")
     a = ap.parse_args()
     variants = tuple(v for v in a.variants.split(",") if v)
     unknown = sorted(set(variants) - set(VARIANTS))
