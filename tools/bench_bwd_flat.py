@@ -7,13 +7,14 @@ the same inputs and tiles.
 
 Tiles are forced to the autotuner's picks in results/h200-variants-2 (dK/dV 64x128 w8 s2, dQ 128x64 w8 s3) unless
 ``--autotune``, so both modes run the same tiles and no time goes to tuning; ``--tiles bwd_dkdv=64x128w8s3`` (comma-
-separated, per kernel: fwd, bwd_dkdv, bwd_dq) forces others. Prints one line per (variant, mode):
-median forward ms, median backward ms (dK/dV + dQ + Delta, from autograd.grad), and speed against mode 0; with
-``--out DIR`` the same rows go to ``bench_bwd_flat.csv`` there, beside a tool-written meta.json (GPU, versions,
-commit), so the numbers are a results run rather than a console log. ``--dq-mode M`` holds the dQ kernel at mode M
-(FA2_DQ_FLAT). ``--rounds R`` times the modes R times, each round's order rotated by one, and keeps each mode's
-median: a kernel that heats the card at its power cap reads slower when timed later (docs/variants.md section 4), and
-rotation gives every mode every position.
+separated, per kernel: fwd, bwd_dkdv, bwd_dq) forces others. Prints one line per (variant, mode): median forward ms,
+median backward ms (dK/dV + dQ + Delta, from autograd.grad), and speed against the first mode (columns ``*_vs_first``;
+the runs up to results/h100-dq-hybrid named them ``*_vs_0``); with ``--out DIR`` the same rows go to
+``bench_bwd_flat.csv`` there, beside a tool-written meta.json (GPU, versions, commit), so the numbers are a results
+run rather than a console log. ``--modes 0,1,1/dq0`` times other modes (``/dqD`` sets FA2_DQ_FLAT, the dQ kernel's own
+switch; ``--dq-mode D`` sets it in every mode). ``--rounds R`` times the modes R times, each round's order rotated by
+one, and keeps each mode's median: a kernel that heats the card at its power cap reads slower when timed later
+(docs/variants.md section 4), and rotation gives every mode every position.
 """
 from __future__ import annotations
 
@@ -42,18 +43,21 @@ def main() -> None:
     ap.add_argument("--headdim", type=int, default=128)
     ap.add_argument("--dtype", default="bf16", choices=["bf16", "fp16"])
     ap.add_argument("--autotune", action="store_true", help="let each mode autotune instead of forcing the tiles")
-    ap.add_argument("--rounds", type=int, default=1, help="time the three modes this many times, each round in the "
+    ap.add_argument("--modes", default="0,1,all", help="the modes to time, the first the baseline: F sets "
+                    "FA2_FWD_FLAT and FA2_BWD_FLAT to F, F/dqD also FA2_DQ_FLAT to D (e.g. 0,1,1/dq0)")
+    ap.add_argument("--rounds", type=int, default=1, help="time the modes this many times, each round in the "
                     "order rotated by one (0, 1, all; 1, all, 0; ...), and keep each mode's median over the rounds")
     ap.add_argument("--tiles", default="", help="forced tiles per kernel, e.g. bwd_dkdv=64x128w8s3,bwd_dq=128x64w8s2 "
                     "(the others keep the defaults)")
     ap.add_argument("--dq-mode", choices=["0", "1", "all"], help="hold the dQ kernel's loop (FA2_DQ_FLAT) at this "
-                    "mode while the forward and dK/dV kernels take each mode in turn")
+                    "mode in every mode that does not set it")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--out", type=Path, help="a folder for the rows (CSV) and meta.json")
     a = ap.parse_args()
     rows = []
-    if a.dq_mode:
-        os.environ[flash2.DQ_FLAT_ENV] = a.dq_mode
+    modes = [m.strip() for m in a.modes.split(",") if m.strip()]
+    envs = {mode: mode_env(mode, a.dq_mode) for mode in modes}
+    base, last = modes[0], modes[-1]
     if a.out:
         from fa2bench.run.results import write_meta
         from fa2bench.run.runner import environment_meta
@@ -74,7 +78,7 @@ def main() -> None:
     shape = (a.batch, a.heads, a.kv_heads, a.seqlen, a.headdim)
     print(f"shape (batch, heads, kv heads, seqlen, d) {shape} {a.dtype} causal; tiles "
           f"{'autotuned' if a.autotune else f'forced {tiles}'}"
-          f"{f'; dQ held at FA2_DQ_FLAT={a.dq_mode}' if a.dq_mode else ''}", flush=True)
+          f"{f'; dQ held at FA2_DQ_FLAT={a.dq_mode}' if a.dq_mode else ''}; modes {modes}", flush=True)
     for name in a.variants.split(","):
         variant = V.parse(name)
         kwargs = V.kernel_kwargs(variant, a.batch, a.heads, a.seqlen, dev)
@@ -84,39 +88,47 @@ def main() -> None:
         with forced():
             o = flash2.flash2_attention(q, k, v, True, **kwargs)
         do = torch.randn_like(o)
-        modes = ("0", "1", "all")
         outs, grads = {}, {}
         for mode in modes:  # outputs and gradients, and each mode's autotuning, before any timing
-            os.environ[flash2.FLAT_ENV] = os.environ[flash2.FWD_FLAT_ENV] = mode
+            os.environ.update(envs[mode])
             with forced():
                 outs[mode] = flash2.flash2_attention(q, k, v, True, **kwargs).detach()
                 grads[mode] = torch.autograd.grad(o, (q, k, v), do, retain_graph=True)
         samples = {mode: ([], []) for mode in modes}  # (forward ms, backward ms) per round
         for r in range(a.rounds):
-            for mode in modes[r % 3:] + modes[:r % 3]:
-                os.environ[flash2.FLAT_ENV] = os.environ[flash2.FWD_FLAT_ENV] = mode
+            for mode in modes[r % len(modes):] + modes[:r % len(modes)]:
+                os.environ.update(envs[mode])
                 with forced():
                     samples[mode][0].append(do_bench(lambda: flash2.flash2_attention(q, k, v, True, **kwargs),
                                                      warmup=100, rep=1000, return_mode="median"))
                     samples[mode][1].append(do_bench(lambda: torch.autograd.grad(o, (q, k, v), do, retain_graph=True),
                                                      warmup=100, rep=1000, return_mode="median"))
-        os.environ[flash2.FLAT_ENV] = os.environ[flash2.FWD_FLAT_ENV] = "0"
+        os.environ.update(mode_env("0", "0"))
         fwd = {mode: statistics.median(f) for mode, (f, _) in samples.items()}
         times = {mode: statistics.median(b) for mode, (_, b) in samples.items()}
-        diff = max((a_ - b_).abs().max().item() for a_, b_ in zip(grads["all"], grads["0"]))
+        diff = max((a_ - b_).abs().max().item() for a_, b_ in zip(grads[last], grads[base]))
         for mode in modes:
             rows.append(dict(variant=name, flat=mode, rounds=a.rounds, fwd_ms=fwd[mode], bwd_ms=times[mode],
-                             fwd_speed_vs_0=fwd["0"] / fwd[mode], bwd_speed_vs_0=times["0"] / times[mode],
-                             max_grad_diff_all_vs_0=diff, dq_mode=a.dq_mode or mode,
+                             fwd_speed_vs_first=fwd[base] / fwd[mode], bwd_speed_vs_first=times[base] / times[mode],
+                             max_grad_diff_last_vs_first=diff, dq_mode=envs[mode][flash2.DQ_FLAT_ENV] or mode,
                              tiles="autotuned" if a.autotune else " ".join(f"{k}={t}" for k, t in tiles.items())))
-            print(f"{name:24s} FLAT={mode:3s} fwd {fwd[mode]:8.3f} ms x{fwd['0'] / fwd[mode]:.3f}   bwd "
-                  f"{times[mode]:8.3f} ms x{times['0'] / times[mode]:.3f}  (speed vs 0)", flush=True)
-        print(f"{name:24s} max |o(all) - o(0)| = {(outs['all'] - outs['0']).abs().max().item():.3e}, "
-              f"max |grad(all) - grad(0)| = {diff:.3e}", flush=True)
+            print(f"{name:24s} FLAT={mode:7s} fwd {fwd[mode]:8.3f} ms x{fwd[base] / fwd[mode]:.3f}   bwd "
+                  f"{times[mode]:8.3f} ms x{times[base] / times[mode]:.3f}  (speed vs {base})", flush=True)
+        print(f"{name:24s} max |o({last}) - o({base})| = {(outs[last] - outs[base]).abs().max().item():.3e}, "
+              f"max |grad({last}) - grad({base})| = {diff:.3e}", flush=True)
         if a.out:
             import pandas as pd
 
             pd.DataFrame(rows).to_csv(a.out / "bench_bwd_flat.csv", index=False)
+
+
+def mode_env(mode: str, dq_mode: str | None) -> dict[str, str]:
+    """The one-loop switches a mode sets: '1' -> FA2_FWD_FLAT = FA2_BWD_FLAT = 1 (FA2_DQ_FLAT = dq_mode, or unset:
+    the dQ kernel follows FA2_BWD_FLAT); '1/dq0' -> the same with FA2_DQ_FLAT = 0."""
+    flat, _, dq = mode.partition("/dq")
+    if flat not in ("0", "1", "all") or (dq or "0") not in ("0", "1", "all"):
+        raise SystemExit(f"a mode is 0, 1 or all, optionally with /dq0, /dq1 or /dqall; got {mode!r}")
+    return {flash2.FLAT_ENV: flat, flash2.FWD_FLAT_ENV: flat, flash2.DQ_FLAT_ENV: dq or dq_mode or ""}
 
 
 def tile_config(text: str) -> triton.Config:

@@ -24,7 +24,7 @@ from fa2bench.docnumbers.h200 import (decode_splits, decode_timers, decode_versu
                                       fa3_backward, fa3_forward, fa3_rungs, first_run, headline_rerun,
                                       headline_table, ladder_fa1, ladder_state, ladder_steps, ladder_versus,
                                       same_card)
-from fa2bench.docnumbers.variants import (variants_cost, variants_h100, variants_latest, variants_power,
+from fa2bench.docnumbers.variants import (variants_cost, variants_h100, variants_h100_4, variants_latest, variants_power,
                                           variants_profile, variants_table, variants_tiles, variants_varlen,
                                           variants_varlen_h100)
 
@@ -44,7 +44,7 @@ BLOCKS: dict[str, Callable[[Path], str]] = {
     "ladder-fa1": ladder_fa1, "ladder-steps": ladder_steps, "fa3-backward": fa3_backward,
     "same-card": same_card, "fa3-accept": fa3_accept, "fa3-accept-h100": fa3_accept_h100,
     "variants-latest": variants_latest, "fa3-rungs": fa3_rungs, "fa3-forward": fa3_forward,
-    "fa3-dq-first": fa3_dq_first, "variants-h100": variants_h100,
+    "fa3-dq-first": fa3_dq_first, "variants-h100": variants_h100, "variants-h100-4": variants_h100_4,
 }
 
 
