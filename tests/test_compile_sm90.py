@@ -2,6 +2,7 @@
 Triton's bundled ptxas: a compile error on the Hopper target is caught on the CPU, before any device time is spent."""
 
 import pytest
+import torch
 
 from fa2bench.kernels import flash2
 from tests import fresh
@@ -57,3 +58,32 @@ def test_a_config_that_cannot_compile_is_one_failed_line():
     instead of resources, one line."""
     out = compile_sm90("--kernel", "fwd", "--headdim", "64", "--configs", "48x64w4s3")
     assert out == "fwd d64 48x64w4s3: FAILED ValueError: arange's range must be a power of 2\n", out
+
+
+def test_fa2_launch_ints_are_what_a_launch_passes():
+    """--shape's ints for fa2 are a launch's: contiguous (batch, heads, rows, d) strides, the GQA group, the
+    sequence lengths and their power-of-two buckets, the variants preset's band."""
+    from fa2bench.profiling.compile_sm90 import fa2_launch_ints
+
+    ints = fa2_launch_ints("bwd_dq", 64, (2, 4, 2, 96, 80), ("window",))
+    q, k = torch.empty(2, 4, 96, 64), torch.empty(2, 2, 80, 64)
+    assert [ints[f"stride_q{a}"] for a in "zhm"] == list(q.stride()[:3])
+    assert [ints[f"stride_dq{a}"] for a in "zhm"] == list(q.stride()[:3])
+    assert [ints[f"stride_k{a}"] for a in "zhn"] == list(k.stride()[:3])
+    assert (ints["H"], ints["GROUP"], ints["N_CTX_Q"], ints["N_CTX_K"]) == (4, 2, 96, 80)
+    assert (ints["N_CTX_Q_BUCKET"], ints["N_CTX_K_BUCKET"], ints["win_left"], ints["win_right"]) == (128, 128, 4096, 0)
+    assert "stride_dkz" not in ints  # the dQ kernel has no dK
+
+
+@pytest.mark.slow
+def test_shape_compiles_the_build_a_launch_makes():
+    """Without --shape, fa2's dQ kernel (d128, 128x64 w8 s3, bf16, causal) is built with plain ints and unaligned
+    pointers and spills; with the shape of a launch it is the launch's build, which the H100's profile read at 234
+    registers and no spills (docs/logs/h100-bwd-profiles-49b06e4.txt)."""
+    spec = ("--kernel", "bwd_dq", "--headdim", "128", "--causal", "--dtype", "bf16", "--configs", "128x64w8s3")
+    plain, launched = compile_sm90(*spec), compile_sm90(*spec, "--shape", "4,16,8,8192,8192")
+    assert "FAILED" not in plain + launched, plain + launched
+    assert launched.startswith("bwd_dq d128 128x64w8s3 dense shape 4,16,8,8192,8192: regs"), launched
+    assert int(plain.split("stack ")[1].split()[0]) > 0, plain
+    assert int(launched.split("stack ")[1].split()[0]) == 0, launched
+    assert int(launched.split("regs ")[1].split()[0]) < 255, launched

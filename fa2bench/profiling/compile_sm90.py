@@ -25,7 +25,7 @@ os.environ.pop("TRITON_INTERPRET", None)
 warnings.filterwarnings("ignore", message="triton was imported before fa2bench")
 
 import triton  # noqa: E402
-from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.backends.compiler import BaseBackend, GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
 from fa2bench.kernels import flash2  # noqa: E402
@@ -54,8 +54,30 @@ def parse(spec: str) -> triton.Config:
     return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
 
 
+def fa2_launch_ints(kernel: str, headdim: int, shape: tuple[int, ...], variants: tuple[str, ...] = ()) -> dict:
+    """The int arguments a launch of fa2's ``kernel`` passes for ``shape`` = (batch, heads, kv heads, seqlen_q,
+    seqlen_k) on contiguous (batch, heads, rows, head dim) tensors; the band (win_left, win_right) as the variants
+    preset's: (4096, 0) with a window, (2 * seqlen_k, 0) with documents, (0, 0) without either."""
+    batch, heads, kv_heads, n_q, n_k = shape
+    rows = {"q": (heads, n_q), "o": (heads, n_q), "do": (heads, n_q), "dq": (heads, n_q),
+            "k": (kv_heads, n_k), "v": (kv_heads, n_k), "dk": (kv_heads, n_k), "dv": (kv_heads, n_k)}
+    left = 4096 if "window" in variants else 2 * n_k if "docs" in variants else 0
+    ints = dict(H=heads, GROUP=heads // kv_heads, N_CTX_Q=n_q, N_CTX_K=n_k, N_CTX_Q_BUCKET=triton.next_power_of_2(n_q),
+                N_CTX_K_BUCKET=triton.next_power_of_2(n_k), win_left=left, win_right=0)
+    for name in flash2.JIT_KERNELS[kernel].arg_names:
+        if name.startswith("stride_") and name[-1] in "zhmn":
+            h, n = rows[name[len("stride_"):-1]]
+            ints[name] = {"z": h * n * headdim, "h": n * headdim, "m": headdim, "n": headdim}[name[-1]]
+    return {k: v for k, v in ints.items() if k in flash2.JIT_KERNELS[kernel].arg_names}
+
+
 def compile_one(kernel: str, cfg: triton.Config, headdim: int, causal: bool, tma: bool, dtype: str = "fp16",
-                capability: int = 90, variants: tuple[str, ...] = (), flat: bool | None = None):
+                capability: int = 90, variants: tuple[str, ...] = (), flat: bool | None = None,
+                shape: tuple[int, ...] | None = None):
+    """fa2's ``kernel`` at ``cfg`` compiled for sm_<capability>. Without ``shape`` every int is a plain i32 and no
+    pointer is aligned; with it (batch, heads, kv heads, seqlen_q, seqlen_k), the build a launch of that shape makes
+    (``launch_specialisation``: ints equal to 1 constant, multiples of 16 and the pointers marked divisible by 16),
+    whose registers and spills are the GPU's."""
     fn = flash2.JIT_KERNELS[kernel]
     switches = {flag: name in variants for name, (flag, _) in VARIANTS.items()}
     if flat is None:  # as a launch decides it (flash2.flat_loops), the one-loop kernel or the three-stage loops
@@ -83,7 +105,14 @@ def compile_one(kernel: str, cfg: triton.Config, headdim: int, causal: bool, tma
             consts[name] = 1
         else:
             sig[name] = "i32"
-    src = ASTSource(fn=fn, signature=sig, constexprs={(fn.arg_names.index(k),): v for k, v in consts.items()})
+    attrs = {}
+    if shape is not None:
+        pointers = tuple(name for name, t in sig.items() if t.startswith("*"))
+        fixed, attrs = launch_specialisation(fn, fa2_launch_ints(kernel, headdim, shape, variants), pointers)
+        for name, value in fixed.items():
+            sig[name], consts[name] = "constexpr", value
+    src = ASTSource(fn=fn, signature=sig, constexprs={(fn.arg_names.index(k),): v for k, v in consts.items()},
+                    attrs={(fn.arg_names.index(k),): BaseBackend.parse_attr(v) for k, v in attrs.items()})
     return triton.compile(src, target=GPUTarget("cuda", capability, 32),
                           options=dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages))
 
@@ -94,7 +123,6 @@ def compile_gluon(fn, signature: dict, constexprs: dict, num_warps: int, capabil
     Triton type string (``"*fp16"``, ``"i32"``, ``"tensordesc<fp16[128, 64],NVMMASharedLayout(...)>"``),
     ``constexprs`` maps the compile-time arguments to their values, ``attrs`` (optional) runtime arguments to
     their specialisation string (``"D"``: divisible by 16), as ``launch_specialisation`` gives them."""
-    from triton.backends.compiler import BaseBackend
     from triton.experimental.gluon._runtime import GluonASTSource
     sig = {name: ("constexpr" if name in constexprs else signature[name]) for name in fn.arg_names}
     src = GluonASTSource(fn=fn, signature=sig,
@@ -251,9 +279,9 @@ def main() -> None:
     ap.add_argument("--tma", action="store_true")
     ap.add_argument("--dtype", default="fp16")
     ap.add_argument("--rung", type=int, default=8, choices=(8, 9, 10), help="fa3's rung (--kernel fa3)")
-    ap.add_argument("--shape", default="", help="--kernel fa3, fa3-bwd: BATCH,HEADS,KV_HEADS,SEQLEN_Q,SEQLEN_K; "
-                    "compile the kernel a launch of this shape compiles (ints equal to 1 constant, multiples of 16 "
-                    "marked)")
+    ap.add_argument("--shape", default="", help="BATCH,HEADS,KV_HEADS,SEQLEN_Q,SEQLEN_K: compile the kernel a launch "
+                    "of this shape compiles (ints equal to 1 constant, multiples of 16 marked; fa2: contiguous "
+                    "tensors, the variants preset's band)")
     ap.add_argument("--atomic-dq", action="store_true",
                     help="--kernel fa3-bwd: the dK/dV kernel that adds dQ with fp32 atomics (no dQ kernel)")
     ap.add_argument("--tma-dq", action="store_true",
@@ -308,9 +336,11 @@ def main() -> None:
     for cfg in cfgs:
         name = f"{cfg.kwargs['BLOCK_M']}x{cfg.kwargs['BLOCK_N']}w{cfg.num_warps}s{cfg.num_stages}"
         try:
-            k = compile_one(a.kernel, cfg, a.headdim, a.causal, a.tma, a.dtype, variants=variants, flat=a.flat)
+            k = compile_one(a.kernel, cfg, a.headdim, a.causal, a.tma, a.dtype, variants=variants, flat=a.flat,
+                            shape=shape)
             flat = {True: " flat", False: " staged", None: ""}[a.flat]
-            print(f"{a.kernel} d{a.headdim} {name} {'+'.join(variants) or 'dense'}{flat}: {resources(k)}", flush=True)
+            print(f"{a.kernel} d{a.headdim} {name} {'+'.join(variants) or 'dense'}{flat}"
+                  f"{f' shape {a.shape}' * bool(shape)}: {resources(k)}", flush=True)
         except Exception as exc:
             print(f"{a.kernel} d{a.headdim} {name}: FAILED {root_cause(exc)}", flush=True)
 
