@@ -66,6 +66,26 @@ def test_resume_refuses_another_device_class(recorded, here):
         results.continue_meta({"device": recorded, "sweep": {}}, {"device": here, "sweep": {}})
 
 
+@pytest.mark.parametrize("recorded, here, said", [
+    ({}, {"FA2_BWD_FLAT": "0"}, "--resume with FA2_BWD_FLAT=0 where the run was measured with no kernel switch set"),
+    ({"FA2_DQ_FLAT": "0"}, {}, "--resume with no kernel switch set where the run was measured with FA2_DQ_FLAT=0")])
+def test_resume_refuses_other_kernel_switches(recorded, here, said):
+    """The FA2_* variables that switch the kernels' loops are recorded in meta.json, and a resume under others
+    would mix two builds of the kernels in one run; runs that did not record them resume as before."""
+    with pytest.raises(ResultsError, match=said):
+        results.continue_meta({"kernel_env": recorded, "sweep": {}}, {"kernel_env": here, "sweep": {}})
+    results.continue_meta({"sweep": {}}, {"kernel_env": here, "sweep": {}})
+
+
+def test_a_run_records_its_kernel_switches_and_resumes_only_under_them(run, monkeypatch):
+    assert read_meta(run)["kernel_env"] == {}
+    monkeypatch.setenv("FA2_FWD_FLAT", "0")
+    before = (run / "results.csv").read_bytes()
+    one_line_error(invoke(*SWEEP, "--seqlen", "16,33", "--out", run, "--resume"),
+                   "--resume with FA2_FWD_FLAT=0 where the run was measured with no kernel switch set")
+    assert (run / "results.csv").read_bytes() == before
+
+
 def test_a_gpu_run_resumed_on_a_cpu_machine_is_refused_and_untouched(run):
     meta = read_meta(run)
     results.write_meta(run, {**meta, "device": "cuda"})

@@ -454,6 +454,11 @@ def continue_meta(earlier: dict, meta: dict, extend: bool = False) -> dict:
         raise ResultsError(f"--resume of a run measured on {devices[0]} from a {devices[1]} machine: its rows would "
                            f"mix {devices[1]} timings into a {devices[0]} run; resume it on a {devices[0]} machine, or "
                            "choose another --out")
+    envs = earlier.get("kernel_env"), meta.get("kernel_env")  # runs before session 23 did not record it
+    if None not in envs and envs[0] != envs[1]:
+        said = [", ".join(f"{k}={v}" for k, v in env.items()) or "no kernel switch set" for env in envs]
+        raise ResultsError(f"--resume with {said[1]} where the run was measured with {said[0]}: its rows would mix two "
+                           "builds of the kernels; set the environment as before, or choose another --out")
     sweeps = earlier.get("sweeps") or ([earlier["sweep"]] if earlier.get("sweep") else [])
     new = meta.get("sweep")
     known = not sweeps or new is None or any(sweep_difference(s, new) is None for s in sweeps)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
+import os
 import sys
 from dataclasses import asdict
 from typing import Callable, Iterable, Iterator
@@ -87,13 +88,23 @@ def collect_meta(spec: SweepSpec, providers_run: tuple[str, ...], opts: RunOptio
     }
 
 
+KERNEL_ENV_PREFIX = "FA2_"  # environment variables that switch the kernels' code (kernels/flash2.py: FA2_FWD_FLAT, ...)
+
+
+def kernel_env() -> dict[str, str]:
+    """The kernel switches set in this process's environment (``FA2_*``): a run's rows are those kernels'."""
+    return {k: v for k, v in sorted(os.environ.items()) if k.startswith(KERNEL_ENV_PREFIX)}
+
+
 def environment_meta(device: str) -> dict:
     """Where and from what a measurement came (start time, command line, GPUs, versions, commit and whether the
-    tree was dirty): the part of meta.json that every tool writing results shares."""
+    tree was dirty, the kernel switches set in the environment): the part of meta.json that every tool writing
+    results shares."""
     return {
         "started_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "argv": sys.argv,
         "device": device,
+        "kernel_env": kernel_env(),
         "interpreter": device == "cpu",
         "gpus": hardware.gpu_info(),
         "versions": hardware.software_versions(),
