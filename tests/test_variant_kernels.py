@@ -132,15 +132,18 @@ FLAT_CASES = {  # (shape, dtype, causal, variant): every kind of bound the flat 
 }
 
 
-@pytest.mark.parametrize("mode", ["1", "all"])
+@pytest.mark.parametrize("mode", ["1", "all", "all/dq0"])
 @pytest.mark.parametrize("case", list(FLAT_CASES))
 def test_flat_loops_match_reference(case, mode, monkeypatch):
     """FA2_FWD_FLAT and FA2_BWD_FLAT: the forward's and the dQ kernel's stages in one loop, the dK/dV kernel's steps
-    of every query head of a GQA group in one loop, each step masked or not by itself; output and gradients as the
+    of every query head of a GQA group in one loop, each step masked or not by itself (``1``: as the default picks
+    per kernel; ``all/dq0``: every kernel but the dQ kernel, FA2_DQ_FLAT=0); output and gradients as the
     reference's."""
     shape, dtype, causal, variant = FLAT_CASES[case]
-    monkeypatch.setenv(flash2.FLAT_ENV, mode)
-    monkeypatch.setenv(flash2.FWD_FLAT_ENV, mode)
+    flat, _, dq = mode.partition("/dq")
+    monkeypatch.setenv(flash2.FLAT_ENV, flat)
+    monkeypatch.setenv(flash2.FWD_FLAT_ENV, flat)
+    monkeypatch.setenv(flash2.DQ_FLAT_ENV, dq)
     variant = dict(variant)
     if "doc_ids" in variant:
         variant["doc_ids"] = docs(shape[0], variant["doc_ids"])
