@@ -73,7 +73,12 @@ def main() -> None:
             return contextlib.nullcontext()
         return flash2.forced_configs(**{kernel: tile_config(t) for kernel, t in tiles.items()})
     tiles = dict(fwd="128x64w4s3", bwd_dkdv="64x128w8s2", bwd_dq="128x64w8s3")
-    tiles.update(kv.split("=") for kv in a.tiles.split(",") if kv)
+    for item in filter(None, a.tiles.split(",")):
+        kernel, _, tile = item.partition("=")
+        if kernel not in tiles:
+            raise SystemExit(f"--tiles: {item!r} names no kernel; use {', '.join(tiles)}=BLOCK_MxBLOCK_NwWARPSsSTAGES")
+        tile_config(tile)  # one clear line for a malformed tile, before any GPU work
+        tiles[kernel] = tile
     torch.manual_seed(0)
     shape = (a.batch, a.heads, a.kv_heads, a.seqlen, a.headdim)
     print(f"shape (batch, heads, kv heads, seqlen, d) {shape} {a.dtype} causal; tiles "
