@@ -792,13 +792,18 @@ def _attn_bwd_dq_flat(dq, q, do, lse, inv_l, delta, K, V, lo, full_lo, full_hi, 
                       WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, ALIBI: tl.constexpr, DOCS: tl.constexpr):
     """_attn_bwd_dq_inner's three stages in ONE loop (FLAT): K/V rows [lo, hi), each step masked when it lies
     before full_lo or from full_hi on, so the software pipeline starts once per program, not once per stage. Loads
-    read clamped rows without bounds checks (TMA: zeros past the end); the ragged last step is always masked."""
+    read clamped rows without bounds checks (TMA: zeros past the end); the ragged last step is always masked.
+    dP = dO V^T is issued before P and the mask branch: the branch would otherwise keep the compiler from starting
+    that matmul while the exponentials run, as it does in the staged loops (their SASS interleaves the two)."""
     for start_n in range(lo, hi, BLOCK_N):
         cols = start_n + offs_n
         cols_in = tl.minimum(cols, N_CTX_K - 1)  # in bounds: past the end, the last key again (masked below)
         k = load_rows(row_cursor(K, cols_in, offs_d, TMA), start_n, cols_in, N_CTX_K, offs_d, HEAD_DIM, BLOCK_D, False,
                       TMA)
         qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
+        v = load_rows(row_cursor(V, cols_in, offs_d, TMA), start_n, cols_in, N_CTX_K, offs_d, HEAD_DIM, BLOCK_D, False,
+                      TMA)
+        dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
         s, dtanh = _scores(qk, offs_m[:, None], cols[None, :], mods[0], qk_scale, diag, mods[3], mods[4], SOFTCAP,
                            ALIBI)
         p = tl.math.exp2(s - lse[:, None])
@@ -808,9 +813,6 @@ def _attn_bwd_dq_flat(dq, q, do, lse, inv_l, delta, K, V, lo, full_lo, full_hi, 
             keep = _keep(cols[None, :] < N_CTX_K, offs_m[:, None], cols[None, :], diag, mods, ds_q[:, None],
                          _doc_starts(mods, cols, N_CTX_K, -1, DOCS)[None, :], CAUSAL, WINDOW, DOCS)
             p = tl.where(keep, p, 0.0)
-        v = load_rows(row_cursor(V, cols_in, offs_d, TMA), start_n, cols_in, N_CTX_K, offs_d, HEAD_DIM, BLOCK_D, False,
-                      TMA)
-        dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
         ds = p * (dp - delta[:, None])
         if SOFTCAP:  # through the tanh: dS_raw = dS * (1 - tanh^2)
             ds = ds * dtanh
