@@ -62,10 +62,10 @@ def test_a_config_that_cannot_compile_is_one_failed_line():
 
 def test_fa2_launch_ints_are_what_a_launch_passes():
     """--shape's ints for fa2 are a launch's: contiguous (batch, heads, rows, d) strides, the GQA group, the
-    sequence lengths and their power-of-two buckets, the variants preset's band."""
-    from fa2bench.profiling.compile_sm90 import fa2_launch_ints
-
-    ints = fa2_launch_ints("bwd_dq", 64, (2, 4, 2, 96, 80), ("window",))
+    sequence lengths and their power-of-two buckets, the variants preset's band. (In a fresh process: importing
+    compile_sm90 turns this process's interpreter off.)"""
+    ints = fresh.json_of("import json; from fa2bench.profiling.compile_sm90 import fa2_launch_ints; "
+                         "print(json.dumps(fa2_launch_ints('bwd_dq', 64, (2, 4, 2, 96, 80), ('window',))))")
     q, k = torch.empty(2, 4, 96, 64), torch.empty(2, 2, 80, 64)
     assert [ints[f"stride_q{a}"] for a in "zhm"] == list(q.stride()[:3])
     assert [ints[f"stride_dq{a}"] for a in "zhm"] == list(q.stride()[:3])
