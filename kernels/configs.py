@@ -10,6 +10,8 @@ cannot benchmark) runs its first entry.
 """
 from __future__ import annotations
 
+import re
+
 # Shared memory one program may use, for every estimate below: an H100 or H200 gives a block up to 227 KiB;
 # 3 KiB stay for what the estimates leave out (Triton's barriers and reduction scratch).
 SMEM_BUDGET = 224 * 1024
@@ -26,6 +28,16 @@ IEEE_MAX_TILE = 64 * 64
 def block_d(headdim: int) -> int:
     """Head dims are padded to a power of two >= 16 (masked on d)."""
     return max(16, 1 << (max(headdim, 1) - 1).bit_length())
+
+
+def parse_tile(spec: str) -> tuple[int, int, int, int]:
+    """A tile as the tools write it, ``BLOCK_MxBLOCK_NwWARPSsSTAGES`` ('64x128w8s2' -> (64, 128, 8, 2)); anything
+    else is a ValueError naming the form."""
+    m = re.fullmatch(r"(\d+)x(\d+)w(\d+)s(\d+)", spec.strip())
+    if m is None:
+        raise ValueError(f"a tile is BLOCK_MxBLOCK_NwWARPSsSTAGES, e.g. 64x128w8s2; got {spec!r}")
+    bm, bn, warps, stages = map(int, m.groups())
+    return bm, bn, warps, stages
 
 
 def fits_smem(nbytes: int) -> bool:

@@ -926,6 +926,11 @@ def _config(tile) -> triton.Config:
     return triton.Config({"BLOCK_M": block_m, "BLOCK_N": block_n}, num_warps=warps, num_stages=stages)
 
 
+def tile_config(spec: str) -> triton.Config:
+    """The config of a tile written '64x128w8s2' (``configs.parse_tile``: ValueError for anything else)."""
+    return _config(spaces.parse_tile(spec))
+
+
 def _tile(conf: triton.Config) -> tuple:
     return conf.kwargs["BLOCK_M"], conf.kwargs["BLOCK_N"], conf.num_warps, conf.num_stages
 

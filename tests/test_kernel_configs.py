@@ -15,6 +15,17 @@ def test_configs_import_neither_torch_nor_triton():
     assert out.stdout.split() == ["False", "False"], out.stderr
 
 
+@pytest.mark.parametrize("spec, tile", [("64x128w8s2", (64, 128, 8, 2)), (" 128x32w4s3 ", (128, 32, 4, 3))])
+def test_a_tile_is_read_as_the_tools_write_it(spec, tile):
+    assert configs.parse_tile(spec) == tile
+
+
+@pytest.mark.parametrize("spec", ["64x", "64x128w8", "64x128s2w8", "a64x128w8s2", ""])
+def test_a_tile_it_cannot_read_is_one_error_naming_the_form(spec):
+    with pytest.raises(ValueError, match="a tile is BLOCK_MxBLOCK_NwWARPSsSTAGES"):
+        configs.parse_tile(spec)
+
+
 def test_block_d_is_the_next_power_of_two_at_least_16():
     for headdim in range(1, 257):
         want = 16

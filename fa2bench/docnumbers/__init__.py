@@ -24,9 +24,9 @@ from fa2bench.docnumbers.h200 import (decode_splits, decode_timers, decode_versu
                                       fa3_backward, fa3_forward, fa3_rungs, first_run, headline_rerun,
                                       headline_table, ladder_fa1, ladder_state, ladder_steps, ladder_versus,
                                       same_card)
-from fa2bench.docnumbers.variants import (variants_cost, variants_h100, variants_h100_4, variants_latest, variants_power,
-                                          variants_profile, variants_table, variants_tiles, variants_varlen,
-                                          variants_varlen_h100)
+from fa2bench.docnumbers.variants import (variants_cost, variants_h100, variants_h100_4, variants_latest,
+                                          variants_power, variants_profile, variants_table, variants_tiles,
+                                          variants_varlen, variants_varlen_h100)
 
 BEGIN, END = "<!-- fa2bench:begin {} -->", "<!-- fa2bench:end {} -->"
 _BLOCK = re.compile(r"<!-- fa2bench:begin ([\w-]+) -->(.*?)<!-- fa2bench:end \1 -->", re.S)

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from fa2bench.docnumbers.data import (VARIANTS, VARIANTS_H100, VARIANTS_H100_4, VARIANTS_LATEST, VARLEN_H100, kilo, load, ok_rows,
-                                      read_meta)
+from fa2bench.docnumbers.data import (VARIANTS, VARIANTS_H100, VARIANTS_H100_4, VARIANTS_LATEST, VARLEN_H100, kilo,
+                                      load, ok_rows, read_meta)
 from fa2bench.read.summary import SHAPE_COLUMNS, geomean
 
 

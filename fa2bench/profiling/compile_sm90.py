@@ -49,9 +49,7 @@ UNUSED = {"softcap": 0.0, "ALIBI_SLOPES": None, "DOC_START": None, "DOC_END": No
           "CU_SEQLENS_K": None, "BLOCKS_Q": None, "BLOCKS_K": None}  # what a launch passes for the arguments of switches that are off
 
 
-def parse(spec: str) -> triton.Config:
-    bm, bn, w, s = map(int, re.fullmatch(r"(\d+)x(\d+)w(\d+)s(\d+)", spec).groups())
-    return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
+parse = flash2.tile_config  # '128x64w4s3' -> its triton.Config
 
 
 def fa2_launch_ints(kernel: str, headdim: int, shape: tuple[int, ...], variants: tuple[str, ...] = ()) -> dict:
