@@ -518,7 +518,7 @@ def _attn_bwd_dkdv_inner(dk, dv, k, v, Q, DO, LSE, LSUM, Delta, lo, hi, offs_n, 
                          N_CTX_Q, mods, ds_k, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
                          MASK: tl.constexpr, CAUSAL: tl.constexpr, DEFER: tl.constexpr,
                          DOT_PRECISION: tl.constexpr, TMA: tl.constexpr, WINDOW: tl.constexpr, SOFTCAP: tl.constexpr,
-                         ALIBI: tl.constexpr, DOCS: tl.constexpr, DP_FIRST: tl.constexpr):
+                         ALIBI: tl.constexpr, DOCS: tl.constexpr):
     """Q rows [lo, hi) against one K/V block, everything transposed (keys on the rows): accumulate dK_j, dV_j
     (Algorithm 2, lines 11-20; dQ is left to the dQ kernel).
 
@@ -537,9 +537,9 @@ def _attn_bwd_dkdv_inner(dk, dv, k, v, Q, DO, LSE, LSUM, Delta, lo, hi, offs_n, 
             lse = tl.load(LSE + offs_m)
         # recompute P^T = exp2(qk_scale * K Q^T - L) from the stored statistics
         qkT = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION)
-        if DP_FIRST:  # dP^T = V dO^T issued before P^T, so its wgmmas can overlap the exponentials
-            do = load_rows(do_cur, start_m, offs_m, N_CTX_Q, offs_d, HEAD_DIM, BLOCK_D, MASK, TMA)
-            dpT = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
+        # dP^T = V dO^T before P^T: its wgmmas overlap P^T's exponentials (docs/variants.md section 4)
+        do = load_rows(do_cur, start_m, offs_m, N_CTX_Q, offs_d, HEAD_DIM, BLOCK_D, MASK, TMA)
+        dpT = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
         sT, dtanhT = _scores(qkT, offs_m[None, :], offs_n[:, None], sm_scale, qk_scale, diag, mods[3], mods[4], SOFTCAP,
                              ALIBI)
         pT = tl.math.exp2(sT - lse[None, :])
@@ -549,16 +549,12 @@ def _attn_bwd_dkdv_inner(dk, dv, k, v, Q, DO, LSE, LSUM, Delta, lo, hi, offs_n, 
             keep = _keep(offs_m[None, :] < N_CTX_Q, offs_m[None, :], offs_n[:, None], diag, mods,
                          _doc_starts(mods, offs_m, N_CTX_Q, -1, DOCS)[None, :], ds_k[:, None], CAUSAL, WINDOW, DOCS)
             pT = tl.where(keep, pT, 0.0)
-        if not DP_FIRST:
-            do = load_rows(do_cur, start_m, offs_m, N_CTX_Q, offs_d, HEAD_DIM, BLOCK_D, MASK, TMA)
         dv = tl.dot(pT.to(do.dtype), do, dv, input_precision=DOT_PRECISION)  # dV_j += P^T dO_i
         if MASK:
             delta = tl.load(Delta + offs_m, mask=offs_m < N_CTX_Q, other=0.0)
         else:
             delta = tl.load(Delta + offs_m)
-        # dS^T = P^T * (dP^T - Delta), dP^T = V dO^T
-        if not DP_FIRST:
-            dpT = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
+        # dS^T = P^T * (dP^T - Delta)
         dsT = pT * (dpT - delta[None, :])
         if SOFTCAP:  # through the tanh: dS_raw = dS * (1 - tanh^2)
             dsT = dsT * dtanhT
@@ -574,8 +570,7 @@ def _attn_bwd_dkdv_flat(dk, dv, k, v, Q, q_strides, DO, do_strides, LSE, LSUM, D
                         off_z, off_hkv, H, GROUP, N_CTX_Q, stats, offs_n, offs_m0, offs_d, sm_scale, diag, mods, ds_k,
                         ALIBI_SLOPES, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
                         CAUSAL: tl.constexpr, DEFER: tl.constexpr, DOT_PRECISION: tl.constexpr, WINDOW: tl.constexpr,
-                        SOFTCAP: tl.constexpr, ALIBI: tl.constexpr, DOCS: tl.constexpr, VARLEN: tl.constexpr,
-                        DP_FIRST: tl.constexpr):
+                        SOFTCAP: tl.constexpr, ALIBI: tl.constexpr, DOCS: tl.constexpr, VARLEN: tl.constexpr):
     """_attn_bwd_dkdv_inner's steps for every query head of the GQA group, in ONE loop (FLAT): step it is row block
     it % n_steps of the group's head it // n_steps. The per-head, per-stage loops restart the software pipeline
     (an exposed load) up to 3 * GROUP times per program; where the variant's loops are a few steps long (documents,
@@ -604,10 +599,10 @@ def _attn_bwd_dkdv_flat(dk, dv, k, v, Q, q_strides, DO, do_strides, LSE, LSUM, D
         lse = tl.load(LSE + srow + rows)
         # recompute P^T = exp2(qk_scale * K Q^T - L) from the stored statistics
         qkT = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION)
-        if DP_FIRST:  # as in _attn_bwd_dkdv_inner
-            do = load_tile(tile_ptrs(DOz + off_h * do_strides[1], rows, do_strides[2], offs_d, do_strides[3]), rows,
-                           N_CTX_Q, offs_d, HEAD_DIM, BLOCK_D, False)
-            dpT = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
+        # dP^T = V dO^T before P^T, as in _attn_bwd_dkdv_inner
+        do = load_tile(tile_ptrs(DOz + off_h * do_strides[1], rows, do_strides[2], offs_d, do_strides[3]), rows,
+                       N_CTX_Q, offs_d, HEAD_DIM, BLOCK_D, False)
+        dpT = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
         sT, dtanhT = _scores(qkT, offs_m[None, :], offs_n[:, None], sm_scale, qk_scale, diag, mods[3], slope, SOFTCAP,
                              ALIBI)
         pT = tl.math.exp2(sT - lse[None, :])
@@ -617,14 +612,9 @@ def _attn_bwd_dkdv_flat(dk, dv, k, v, Q, q_strides, DO, do_strides, LSE, LSUM, D
             keep = _keep(offs_m[None, :] < N_CTX_Q, offs_m[None, :], offs_n[:, None], diag, mods,
                          _doc_starts(mods, offs_m, N_CTX_Q, -1, DOCS)[None, :], ds_k[:, None], CAUSAL, WINDOW, DOCS)
             pT = tl.where(keep, pT, 0.0)
-        if not DP_FIRST:
-            do = load_tile(tile_ptrs(DOz + off_h * do_strides[1], rows, do_strides[2], offs_d, do_strides[3]), rows,
-                           N_CTX_Q, offs_d, HEAD_DIM, BLOCK_D, False)
         dv = tl.dot(pT.to(do.dtype), do, dv, input_precision=DOT_PRECISION)  # dV_j += P^T dO_i
         delta = tl.load(Delta + srow + rows)
-        # dS^T = P^T * (dP^T - Delta), dP^T = V dO^T
-        if not DP_FIRST:
-            dpT = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
+        # dS^T = P^T * (dP^T - Delta)
         dsT = pT * (dpT - delta[None, :])
         if SOFTCAP:  # through the tanh: dS_raw = dS * (1 - tanh^2)
             dsT = dsT * dtanhT
@@ -638,7 +628,7 @@ def _attn_bwd_dkdv_block(start_n, Q, q_strides, DO, do_strides, K, V, DK, DV, LS
                          BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr, DEFER: tl.constexpr, SKIP: tl.constexpr,
                          DOT_PRECISION: tl.constexpr, TMA: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                          WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, ALIBI: tl.constexpr, DOCS: tl.constexpr,
-                         VARLEN: tl.constexpr, FLAT: tl.constexpr, DP_FIRST: tl.constexpr):
+                         VARLEN: tl.constexpr, FLAT: tl.constexpr):
     """K/V block start_n of one (batch, kv head) against the rows of every query head of its GQA group that see
     it (Algorithm 2, lines 5-23): writes dK_j and dV_j once. K, V, DK, DV are pointer sources of this (batch, kv
     head); Q and dO are found per query head from their (z, h, row, d) strides. VARLEN: stats = (first row, rows
@@ -680,7 +670,7 @@ def _attn_bwd_dkdv_block(start_n, Q, q_strides, DO, do_strides, K, V, DK, DV, LS
         dk, dv = _attn_bwd_dkdv_flat(dk, dv, k, v, Q, q_strides, DO, do_strides, LSE, LSUM, Delta, lo, mid, end, stop,
                                      off_z, off_hkv, H, GROUP, N_CTX_Q, stats, offs_n, offs_m0, offs_d, sm_scale, diag,
                                      mods, ds_k, ALIBI_SLOPES, HEAD_DIM, BLOCK_D, BLOCK_M, CAUSAL, DEFER,
-                                     DOT_PRECISION, WINDOW, SOFTCAP, ALIBI, DOCS, VARLEN, DP_FIRST)
+                                     DOT_PRECISION, WINDOW, SOFTCAP, ALIBI, DOCS, VARLEN)
     else:
         for g in range(GROUP):  # the query heads sharing this kv head
             off_h = off_hkv * GROUP + g
@@ -702,7 +692,7 @@ def _attn_bwd_dkdv_block(start_n, Q, q_strides, DO, do_strides, K, V, DK, DV, LS
                 dk, dv = _attn_bwd_dkdv_inner(dk, dv, k, v, Qh, DOh, LSE + rows, LSUM + rows, Delta + rows, s_lo, s_hi,
                                               offs_n, offs_m0, offs_d, sm_scale, diag, N_CTX_Q, mods, ds_k, HEAD_DIM,
                                               BLOCK_D, BLOCK_M, stage != 1, CAUSAL, DEFER, DOT_PRECISION, TMA, WINDOW,
-                                              SOFTCAP, ALIBI, DOCS, DP_FIRST)
+                                              SOFTCAP, ALIBI, DOCS)
     dk *= sm_scale  # S = sm_scale * Q K^T
     store_rows(row_cursor(DK, offs_n, offs_d, False), dk.to(k.dtype), start_n * BLOCK_N, offs_n, N_CTX_K, offs_d,
                HEAD_DIM, BLOCK_D, False)
@@ -725,7 +715,7 @@ def _attn_bwd_dkdv_kernel(Q, K, V, sm_scale, DO, DK, DV, LSE, LSUM, Delta,
                           DEFER: tl.constexpr, SEQ_PAR: tl.constexpr, SKIP: tl.constexpr,
                           DOT_PRECISION: tl.constexpr, TMA: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                           WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, ALIBI: tl.constexpr, DOCS: tl.constexpr,
-                          VARLEN: tl.constexpr, FLAT: tl.constexpr, DP_FIRST: tl.constexpr):
+                          VARLEN: tl.constexpr, FLAT: tl.constexpr):
     off_hkvz = tl.program_id(1)  # over batch * kv_heads
     H_KV = H // GROUP
     off_z = (off_hkvz // H_KV).to(tl.int64)
@@ -760,7 +750,7 @@ def _attn_bwd_dkdv_kernel(Q, K, V, sm_scale, DO, DK, DV, LSE, LSUM, Delta,
                              (stride_doz, stride_doh, stride_dom, stride_dok), Ks, Vs, DKs, DVs, LSE, LSUM, Delta,
                              sm_scale, off_z, off_hkv, H, GROUP, N_CTX_Q, N_CTX_K, stats, mods, ALIBI_SLOPES, HEAD_DIM,
                              BLOCK_D, CAUSAL, DEFER, SKIP, DOT_PRECISION, TMA, BLOCK_M, BLOCK_N, WINDOW, SOFTCAP,
-                             ALIBI, DOCS, VARLEN, FLAT, DP_FIRST)
+                             ALIBI, DOCS, VARLEN, FLAT)
 
 
 @triton.jit
@@ -1085,17 +1075,6 @@ def _strides(t: torch.Tensor, packed) -> tuple:
 FLAT_ENV = "FA2_BWD_FLAT"
 DQ_FLAT_ENV = "FA2_DQ_FLAT"
 FWD_FLAT_ENV = "FA2_FWD_FLAT"
-DP_FIRST_ENV = "FA2_DKDV_DP_FIRST"
-
-
-def dp_first() -> bool:
-    """Whether the dK/dV kernels compute dP^T = V dO^T before P^T (FA2_DKDV_DP_FIRST=1; default 0, read at every
-    launch): an experiment on the order of a step's work, timed against the default by tools/bench_bwd_flat.py
-    (docs/variants.md section 4). Both orders run the tiles autotuned for the default (DP_FIRST is not a tuning key)."""
-    mode = os.environ.get(DP_FIRST_ENV, "0").strip()
-    if mode not in ("0", "1"):
-        raise ValueError(f"{DP_FIRST_ENV} must be 0 or 1, got {mode!r}")
-    return mode == "1"
 
 
 def flat_env(kernel: str) -> str:
@@ -1185,8 +1164,7 @@ def _backward(q, k, v, o, lse, lsum, do, sm_scale, meta, variant, mods: Mods = D
     st = [_strides(t, packed) for t in (q, k, v, do, dk, dv, dq)]
     flat_dkdv, flat_dq = flat_backward(mods)
     variant.launcher.launch("bwd_dkdv", grid_dkdv, q, k, v, sm_scale, do, dk, dv, lse, lsum, delta,
-                            *st[0], *st[1], *st[2], *st[3], *st[4], *st[5], *tail, **meta, TMA=tma, FLAT=flat_dkdv,
-                            DP_FIRST=dp_first())
+                            *st[0], *st[1], *st[2], *st[3], *st[4], *st[5], *tail, **meta, TMA=tma, FLAT=flat_dkdv)
 
     def grid_dq(META):
         if packed is not None:

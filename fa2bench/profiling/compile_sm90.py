@@ -75,15 +75,14 @@ def compile_one(kernel: str, cfg: triton.Config, headdim: int, causal: bool, tma
     """fa2's ``kernel`` at ``cfg`` compiled for sm_<capability>. Without ``shape`` every int is a plain i32 and no
     pointer is aligned; with it (batch, heads, kv heads, seqlen_q, seqlen_k), the build a launch of that shape makes
     (``launch_specialisation``: ints equal to 1 constant, multiples of 16 and the pointers marked divisible by 16),
-    whose registers and spills are the GPU's. The dK/dV kernel's step order follows FA2_DKDV_DP_FIRST as a launch's
-    does (``flash2.dp_first``)."""
+    whose registers and spills are the GPU's."""
     fn = flash2.JIT_KERNELS[kernel]
     switches = {flag: name in variants for name, (flag, _) in VARIANTS.items()}
     if flat is None:  # as a launch decides it (flash2.flat_loops), the one-loop kernel or the three-stage loops
         flat = flash2.flat_switches(kernel, switches)
     used = {arg: t for name in variants for arg, t in VARIANTS[name][1].items()}
     consts = dict(HEAD_DIM=headdim, BLOCK_D=block_d(headdim), CAUSAL=causal, DEFER=True, SEQ_PAR=True, SKIP=True,
-                  FLAT=flat, DP_FIRST=flash2.dp_first(), DOT_PRECISION="tf32", TMA=tma, **switches, **cfg.kwargs)
+                  FLAT=flat, DOT_PRECISION="tf32", TMA=tma, **switches, **cfg.kwargs)
     consts.update({arg: value for arg, value in UNUSED.items() if arg not in used and value is None})
     consts = {k: v for k, v in consts.items() if k in fn.arg_names}
     sig = {}
