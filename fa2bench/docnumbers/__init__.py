@@ -15,16 +15,18 @@ first result, decoding), ``variants``; ``data`` names the runs.
 from __future__ import annotations
 
 import re
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
+from fa2bench.docnumbers.data import VARIANTS_H100_BEFORE
 from fa2bench.docnumbers.h100 import (ablation_fa1, ablation_steps, ablation_versus, e2e_table, e2e_tokens,
                                       e2e_versus, fa3_dq_first, top_points, top_table, top_versus)
 from fa2bench.docnumbers.h200 import (decode_splits, decode_timers, decode_versus, fa3_accept, fa3_accept_h100,
                                       fa3_backward, fa3_forward, fa3_rungs, first_run, headline_rerun,
                                       headline_table, ladder_fa1, ladder_state, ladder_steps, ladder_versus,
                                       same_card)
-from fa2bench.docnumbers.variants import (variants_cost, variants_h100, variants_h100_4, variants_latest,
+from fa2bench.docnumbers.variants import (variants_cost, variants_h100, variants_latest,
                                           variants_power, variants_profile, variants_table, variants_tiles,
                                           variants_varlen, variants_varlen_h100)
 
@@ -44,7 +46,8 @@ BLOCKS: dict[str, Callable[[Path], str]] = {
     "ladder-fa1": ladder_fa1, "ladder-steps": ladder_steps, "fa3-backward": fa3_backward,
     "same-card": same_card, "fa3-accept": fa3_accept, "fa3-accept-h100": fa3_accept_h100,
     "variants-latest": variants_latest, "fa3-rungs": fa3_rungs, "fa3-forward": fa3_forward,
-    "fa3-dq-first": fa3_dq_first, "variants-h100": variants_h100, "variants-h100-4": variants_h100_4,
+    "fa3-dq-first": fa3_dq_first, "variants-h100": variants_h100,
+    **{name: partial(variants_latest, run=run) for name, run in VARIANTS_H100_BEFORE.items()},
 }
 
 

@@ -24,8 +24,11 @@ VARLEN_H100 = ("h100-varlen-1", "h100-varlen-1-fp16")  # issue 18: varlen agains
 DQ_FIRST_AB = ("h100-fa3-dqfirst-ab", "h100-fa3-dqfirst-ab-2", "h100-fa3-dqfirst-ab-3", "h100-fa3-dqfirst-ab-4",
                "h100-fa3-dqfirst-ab-5")  # issue 23: fa3's d128 dQ-first study, one A/B each
 VARIANTS_LATEST = "h200-variants-3"  # issue 18: bf16 d128 variants at the one-loop forward (and backward) default
-VARIANTS_H100_4 = "h100-variants-4"  # issue 18: the same command on an H100, softcap in the one loops (session 22)
-VARIANTS_H100 = "h100-variants-5"  # issue 18: again, a window's backward on the one-loop dK/dV, staged dQ (session 23)
+VARIANTS_H100_BEFORE = {  # issue 18: the same command on an H100 at earlier defaults, by block name
+    "variants-h100-4": "h100-variants-4",  # softcap in the one loops (session 22)
+    "variants-h100-5": "h100-variants-5",  # a window's backward on the one-loop dK/dV, staged dQ (session 23)
+}
+VARIANTS_H100 = "h100-variants-6"  # issue 18: again, the dK/dV kernels computing dP^T before P^T (session 24)
 NAMES = {"fa2": "fa2", "sdpa-cudnn": "cuDNN", "sdpa-flash": "flash"}
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from fa2bench.docnumbers.data import (VARIANTS, VARIANTS_H100, VARIANTS_H100_4, VARIANTS_LATEST, VARLEN_H100, kilo,
+from fa2bench.docnumbers.data import (VARIANTS, VARIANTS_H100, VARIANTS_LATEST, VARLEN_H100, kilo,
                                       load, ok_rows, read_meta)
 from fa2bench.read.summary import SHAPE_COLUMNS, geomean
 
@@ -166,8 +166,3 @@ def variants_latest(root: Path, run: str = VARIANTS_LATEST) -> str:
 def variants_h100(root: Path) -> str:
     """``variants_latest`` of the H100 rerun at the current defaults."""
     return variants_latest(root, VARIANTS_H100)
-
-
-def variants_h100_4(root: Path) -> str:
-    """``variants_latest`` of the H100 run before a window's backward changed loops (session 22's defaults)."""
-    return variants_latest(root, VARIANTS_H100_4)
