@@ -24,7 +24,23 @@ def test_every_block_is_quoted_in_the_readme_or_docs():
 @pytest.mark.parametrize("path", DOCS, ids=lambda p: p.name)
 def test_marked_blocks_agree_with_the_committed_runs(path):
     text = path.read_text()
-    assert docnumbers.stale(text, ROOT / "results") == [], f"run `fa2bench report --readme` and commit {path.name}"
+    links = docnumbers.links_from(path, ROOT)
+    assert docnumbers.stale(text, ROOT / "results", links) == [], f"run `fa2bench report --readme`, commit {path.name}"
+
+
+@pytest.mark.parametrize("path", DOCS, ids=lambda p: p.name)
+def test_every_results_link_resolves_from_its_file(path):
+    """A link to a run, in a block or in prose, opens that run's folder from where the file sits (docs/ links go
+    up one level)."""
+    targets = re.findall(r"\]\(((?:\.\./)*results/[^)#\s]*)\)", path.read_text())
+    missing = sorted({t for t in targets if not (path.parent / t).exists()})
+    assert targets or path.name != "README.md"
+    assert missing == [], f"{path.name}: links that do not resolve: {missing[:5]}"
+
+
+def test_links_from_the_readme_and_from_docs():
+    assert docnumbers.links_from(ROOT / "README.md", ROOT) == ""
+    assert docnumbers.links_from(ROOT / "docs" / "variants.md", ROOT) == "../"
 
 
 def test_an_edited_number_is_caught(readme):

@@ -105,7 +105,7 @@ def _readme() -> None:
         fail("--readme: run it from the repository root (README.md and results/ not found here)")
     paths = [Path("README.md"), *sorted(Path("docs").glob("*.md"))]
     try:
-        changed = docnumbers.update(paths, "results")
+        changed = docnumbers.update(paths, "results", ".")
     except (ValueError, KeyError, OSError) as exc:
         fail(f"--readme: {exc}")
     out().print(f"{len(changed)} of {len(paths)} files rewritten" + (f": {', '.join(map(str, changed))}"

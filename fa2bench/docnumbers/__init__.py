@@ -14,6 +14,7 @@ first result, decoding), ``variants``; ``data`` names the runs.
 """
 from __future__ import annotations
 
+import os
 import re
 from functools import partial
 from pathlib import Path
@@ -56,9 +57,10 @@ def blocks(text: str) -> list[tuple[str, str]]:
     return [(m.group(1), m.group(2)) for m in _BLOCK.finditer(text)]
 
 
-def render(text: str, root: str | Path = "results") -> str:
+def render(text: str, root: str | Path = "results", links: str = "") -> str:
     """``text`` with every marked block's contents recomputed from the runs under ``root``; an unknown block
-    name is a ValueError."""
+    name is a ValueError. ``links``: the path from the text's file to the repository root (``links_from``), put
+    before the blocks' ``results/...`` links so that they resolve from that file."""
     root, cache = Path(root), {}
 
     def fill(match: re.Match) -> str:
@@ -66,24 +68,32 @@ def render(text: str, root: str | Path = "results") -> str:
         if name not in BLOCKS:
             raise ValueError(f"unknown block {name!r} (known: {', '.join(BLOCKS)})")
         if name not in cache:
-            cache[name] = BLOCKS[name](root)
+            cache[name] = BLOCKS[name](root).replace("](results/", f"]({links}results/")
         return BEGIN.format(name) + cache[name] + END.format(name)
 
     return _BLOCK.sub(fill, text)
 
 
-def stale(text: str, root: str | Path = "results") -> list[str]:
-    """Names of the blocks whose text differs from what the data gives."""
-    fresh = dict(blocks(render(text, root)))
+def links_from(path: str | Path, repo: str | Path = ".") -> str:
+    """The prefix that takes a link in the file ``path`` to the repository root ``repo``: '' for README.md,
+    '../' for docs/*.md."""
+    up = os.path.relpath(Path(repo).resolve(), Path(path).resolve().parent)
+    return "" if up == "." else up.replace(os.sep, "/") + "/"
+
+
+def stale(text: str, root: str | Path = "results", links: str = "") -> list[str]:
+    """Names of the blocks whose text differs from what the data gives (``links`` as in ``render``)."""
+    fresh = dict(blocks(render(text, root, links)))
     return [name for name, body in blocks(text) if fresh[name] != body]
 
 
-def update(paths, root: str | Path = "results") -> list[Path]:
-    """Rewrite the marked blocks of each file in ``paths``; returns the files that changed."""
+def update(paths, root: str | Path = "results", repo: str | Path = ".") -> list[Path]:
+    """Rewrite the marked blocks of each file in ``paths`` (their links made relative to each file, ``repo`` the
+    repository root); returns the files that changed."""
     changed = []
     for path in map(Path, paths):
         text = path.read_text()
-        new = render(text, root)
+        new = render(text, root, links_from(path, repo))
         if new != text:
             path.write_text(new)
             changed.append(path)
