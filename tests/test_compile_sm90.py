@@ -87,3 +87,23 @@ def test_shape_compiles_the_build_a_launch_makes():
     assert int(plain.split("stack ")[1].split()[0]) > 0, plain
     assert int(launched.split("stack ")[1].split()[0]) == 0, launched
     assert int(launched.split("regs ")[1].split()[0]) < 255, launched
+
+
+LONGEST_EXP_RUN = """
+import json, re, sys
+from fa2bench.profiling.compile_sm90 import compile_one, flash2, sass  # first: it turns the interpreter off
+kernel = compile_one("bwd_dkdv", flash2.tile_config("64x128w8s3"), 128, True, False, "bf16",
+                     variants=tuple(v for v in sys.argv[1:] if v), shape=(4, 16, 8, 8192, 8192))
+units = "".join("E" if "MUFU.EX2" in line else "G" if "HGMMA" in line else "" for line in sass(kernel).splitlines())
+print(json.dumps(max(map(len, re.findall("E+", units)))))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", ["", "window", "docs"], ids=["dense", "window", "docs"])
+def test_dkdv_steps_issue_dp_among_the_exponentials(variant):
+    """Both dK/dV kernels (staged: dense; one loop: window, documents) compute dP^T = V dO^T before P^T, so in
+    the launch's build (d128, bf16, causal, 64x128 w8 s3) dP^T's wgmmas sit among P^T's exponentials: no run of
+    MUFU.EX2 in the SASS is a step's whole 32 (64 x 64 per warp group over 128 threads). With dP^T after P^T
+    every step ran all 32 first (docs/variants.md section 4; the order measured 1.01-1.02x in the backward)."""
+    assert fresh.json_of(LONGEST_EXP_RUN, variant) < 32
