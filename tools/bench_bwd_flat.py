@@ -57,6 +57,7 @@ def main() -> None:
     modes = [m.strip() for m in a.modes.split(",") if m.strip()]
     envs = {mode: mode_env(mode, a.dq_mode) for mode in modes}
     base, last = modes[0], modes[-1]
+    caller = {key: os.environ.get(key) for key in envs[base]}  # the switches as the caller set them
     if a.out:
         from fa2bench.run.results import write_meta
         from fa2bench.run.runner import environment_meta
@@ -107,7 +108,7 @@ def main() -> None:
                                                      warmup=100, rep=1000, return_mode="median"))
                     samples[mode][1].append(do_bench(lambda: torch.autograd.grad(o, (q, k, v), do, retain_graph=True),
                                                      warmup=100, rep=1000, return_mode="median"))
-        os.environ.update(mode_env("0", "0"))
+        restore(caller)
         fwd = {mode: statistics.median(f) for mode, (f, _) in samples.items()}
         times = {mode: statistics.median(b) for mode, (_, b) in samples.items()}
         diff = max((a_ - b_).abs().max().item() for a_, b_ in zip(grads[last], grads[base]))
@@ -133,6 +134,15 @@ def mode_env(mode: str, dq_mode: str | None) -> dict[str, str]:
     if flat not in ("0", "1", "all") or (dq or "0") not in ("0", "1", "all"):
         raise SystemExit(f"a mode is 0, 1 or all, optionally with /dq0, /dq1 or /dqall; got {mode!r}")
     return {flash2.FLAT_ENV: flat, flash2.FWD_FLAT_ENV: flat, flash2.DQ_FLAT_ENV: dq or dq_mode or ""}
+
+
+def restore(env: dict[str, str | None]) -> None:
+    """Put the variables of ``env`` back as it holds them (None: unset)."""
+    for key, value in env.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 def tile_config(text: str) -> triton.Config:

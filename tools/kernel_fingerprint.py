@@ -14,8 +14,9 @@ tokens, hidden 2048: ints equal to 1 constant, multiples of 16 and pointers mark
 stores are as wide as the GPU's; ``--seqlen 0``: every int a plain i32 and no pointer aligned, the builds before
 2026-12-05), and fa2's three kernels at d64 and d128, causal both, dense and with each variant switch, at one
 config each (``--fa2-configs all``: every autotune candidate; about 9x longer), each as a launch builds it: the
-one-loop kernel for windows, documents and packed batches, not a window's backward unless documents cut it
-(``flash2.flat_loops``; files written before 2026-12-05 hold the three-stage loops there).
+one-loop kernel for windows, documents and packed batches, except the backward kernels ``flash2.flat_switches``
+keeps staged (a window's dQ kernel where documents or packing do not cut it; both backward kernels of a window with
+softcap); files written before 2026-12-05 hold the three-stage loops there.
 A Gluon kernel's SASS is also compared byte for byte (its sha1). A Triton kernel's is not: its instruction
 schedule moves with its source lines (the same kernel with a comment line added above it compiled to another
 schedule, same registers, stack and opcode counts), so for fa2 the resources and counts are the check.
