@@ -1,0 +1,106 @@
+"""Time fa2's forward at forced tiles, per provider, with the SM clock each timing ran at: is a provider slower
+because of its kernel or because the card clocked it down?
+
+    python tools/fwd_tiles_ab.py                 # fa2 (padded document mask) and fa2-varlen, bf16, d128, 8k docs
+    python tools/fwd_tiles_ab.py --tiles 64x64w4s3,128x128w8s3 --rounds 6 --out results/<name>
+
+Every (provider, tile) pair is one arm; the arms run ``--rounds`` times, each round's order rotated by one, so every
+arm is timed at every position (a kernel that heats the card at its power cap slows what runs after it). Each arm
+is timed as the sweep times a point (``fa2bench.run.timing.bench``, the plain timer, L2 flushed) inside an NVML
+window (``fa2bench.run.telemetry.Window``). The rows keep each round; the summary prints each arm's median ms, mean
+SM clock and throttled fraction, the speed over the first provider at the same tile, and ``ms_at_max_clock`` (the
+time scaled to the card's highest clock seen: what is left of a difference once the clock is taken out).
+``--out DIR`` writes ``fwd_tiles_ab.csv`` beside a tool-written meta.json.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+from pathlib import Path
+
+import torch
+
+from fa2bench.core import providers
+from fa2bench.core.presets import Shape
+from fa2bench.kernels import flash2
+from fa2bench.run import telemetry, timing
+from fa2bench.run.point import make_inputs
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--providers", default="fa2,fa2-varlen", help="fa2's providers to time (the first the baseline)")
+    ap.add_argument("--tiles", default="64x64w4s3,128x128w8s3,128x64w8s3",
+                    help="forward tiles BLOCK_MxBLOCK_NwWARPSsSTAGES, comma-separated")
+    ap.add_argument("--variant", default="docs")
+    ap.add_argument("--seqlen", type=int, default=8192)
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--heads", type=int, default=16)
+    ap.add_argument("--kv-heads", type=int, default=8)
+    ap.add_argument("--headdim", type=int, default=128)
+    ap.add_argument("--dtype", default="bf16", choices=["bf16", "fp16"])
+    ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--device", default="cuda", help="cuda; cpu runs the interpreter (TRITON_INTERPRET=1): a check")
+    ap.add_argument("--out", type=Path, help="a folder for the rows (CSV) and meta.json")
+    a = ap.parse_args()
+    try:
+        configs = {tile: flash2.tile_config(tile) for tile in a.tiles.split(",") if tile}
+        names = [name for name in a.providers.split(",") if name]
+        made = {name: providers.get(name) for name in names}
+    except (ValueError, KeyError) as exc:
+        raise SystemExit(f"fwd_tiles_ab: {exc}") from None
+    if a.out:
+        from fa2bench.run.results import write_meta
+        from fa2bench.run.runner import environment_meta
+
+        a.out.mkdir(parents=True, exist_ok=True)
+        write_meta(a.out, {**environment_meta(a.device), "study": "fa2 forward at forced tiles, per provider, with "
+                           "the SM clock", "args": {k: str(v) for k, v in vars(a).items()}})
+    shape = Shape(a.batch, a.heads, a.kv_heads, a.seqlen, a.seqlen, a.headdim, True, variant=a.variant)
+    torch.manual_seed(0)
+    qkv = make_inputs(shape, a.dtype, a.device)  # one set of inputs, laid out as each provider takes them
+    calls = {}
+    for name, provider in made.items():
+        fn, (q, k, v) = provider.make(shape), (laid_out(t, provider.layout) for t in qkv)
+        calls[name] = (lambda fn=fn, q=q, k=k, v=v: fn(q, k, v))
+    arms = [(name, tile) for tile in configs for name in names]
+    outs = {}
+    for name, tile in arms:  # compile every arm and check each provider agrees with the first, before any timing
+        with flash2.forced_configs(fwd=configs[tile]):
+            outs[name, tile] = calls[name]().float()
+    first = outs[arms[0]]
+    worst = max((o - first).abs().max().item() for o in outs.values())
+    print(f"{shape.label()} {a.dtype} {a.variant}; arms {arms}; max |o - o(first arm)| = {worst:.3e}", flush=True)
+    rows = []
+    for r in range(a.rounds):
+        for name, tile in arms[r % len(arms):] + arms[:r % len(arms)]:
+            with flash2.forced_configs(fwd=configs[tile]):
+                with telemetry.Window() as window:
+                    t = timing.bench(calls[name], timer="plain")
+            rows.append(dict(provider=name, tile=tile, round=r, **t.row(), **window.columns(t.ms, None)))
+    import pandas as pd
+
+    df = pd.DataFrame(rows)
+    top = df.sm_clock_mhz.max()
+    df["ms_at_max_clock"] = df.ms * df.sm_clock_mhz / top
+    if a.out:
+        df.to_csv(a.out / "fwd_tiles_ab.csv", index=False)
+    summary = df.groupby(["tile", "provider"], sort=False).agg(
+        ms=("ms", "median"), clock=("sm_clock_mhz", "mean"), throttled=("throttled_frac", "mean"),
+        ms_at_max_clock=("ms_at_max_clock", "median")).reset_index()
+    base = summary[summary.provider == names[0]].set_index("tile")
+    summary["speed_vs_first"] = [base.ms[t] / ms for t, ms in zip(summary.tile, summary.ms)]
+    summary["speed_vs_first_at_max_clock"] = [base.ms_at_max_clock[t] / ms
+                                              for t, ms in zip(summary.tile, summary.ms_at_max_clock)]
+    print(summary.to_string(index=False, float_format=lambda x: f"{x:.3f}"), flush=True)
+    print(f"median over rounds; clock = mean SM MHz in the timing window; highest clock seen {top:.0f} MHz; "
+          f"{statistics.median(df.spread):.3f} median spread", flush=True)
+
+
+def laid_out(t: torch.Tensor, layout: str) -> torch.Tensor:
+    """The same (batch, heads, seq, d) values in ``layout``'s memory order ("bshd": tokens outermost)."""
+    return t.transpose(1, 2).contiguous().transpose(1, 2) if layout == "bshd" else t
+
+
+if __name__ == "__main__":
+    main()
