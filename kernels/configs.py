@@ -59,6 +59,18 @@ FA2 = {
     "bwd_dq": [(128, 32, 4, 3), (128, 64, 8, 3), (64, 64, 4, 3), (128, 32, 8, 3), (64, 32, 4, 4), (64, 32, 4, 2),
                (128, 32, 8, 2), (64, 64, 8, 2)],
 }
+# The smallest BLOCK_M a packed (varlen) batch's forward may autotune to, per head dim. At head dim 128 the autotuner's
+# 20 ms per candidate put 64x64 w4 s3 first on an H100 (0.857 ms against 0.870-0.885 for the 128-row tiles), yet over
+# a sweep point's seconds that tile ran the packed forward 1.09x slower than 128x128 w8 s3 at 8k and at 32k
+# (results/h100-varlen-tiles-8k, -32k; docs/variants.md section 4).
+VARLEN_FWD_MIN_BLOCK_M = {128: 128}
+
+
+def varlen_fwd_allows(tile: tuple, headdim: int) -> bool:
+    """Whether a packed batch's forward may run this fa2 tile (VARLEN_FWD_MIN_BLOCK_M)."""
+    return tile[0] >= VARLEN_FWD_MIN_BLOCK_M.get(headdim, 0)
+
+
 # Used only when no candidate fits (fp32 inputs, whose tiles take twice the memory, at head dim 256).
 FA2_FALLBACK = {"fwd": (64, 32, 4, 1), "bwd_dkdv": (16, 32, 4, 1), "bwd_dq": (32, 32, 4, 1)}
 # One small list for every rung and head dim, so that the ladder isolates the algorithm, not the tuning.

@@ -959,7 +959,10 @@ def early_prune(kernel):
         if args.get("DOT_PRECISION") == "ieee":  # FMA dot products: one small config (configs.IEEE_MAX_TILE)
             return ieee_configs(pruned(kernel, confs, args["HEAD_DIM"], elt, limit=len(confs))) or [
                 _config(spaces.FA2_FALLBACK[kernel])]
-        return pruned(kernel, confs, args["HEAD_DIM"], elt)
+        kept = pruned(kernel, confs, args["HEAD_DIM"], elt)
+        if kernel == "fwd" and args.get("VARLEN"):  # a packed forward: its space less the tiles it may not run
+            kept = [c for c in kept if spaces.varlen_fwd_allows(_tile(c), args["HEAD_DIM"])] or kept
+        return kept
     prune.__name__ = f"prune_{kernel}"
     return prune
 
