@@ -39,6 +39,7 @@ def main() -> None:
     ap.add_argument("--kv-heads", type=int, default=8)
     ap.add_argument("--headdim", type=int, default=128)
     ap.add_argument("--dtype", default="bf16", choices=["bf16", "fp16"])
+    ap.add_argument("--causal", default="on", choices=["on", "off"])
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--device", default="cuda", help="cuda; cpu runs the interpreter (TRITON_INTERPRET=1): a check")
     ap.add_argument("--out", type=Path, help="a folder for the rows (CSV) and meta.json")
@@ -56,7 +57,8 @@ def main() -> None:
         a.out.mkdir(parents=True, exist_ok=True)
         write_meta(a.out, {**environment_meta(a.device), "study": "fa2 forward at forced tiles, per provider, with "
                            "the SM clock", "args": {k: str(v) for k, v in vars(a).items()}})
-    shape = Shape(a.batch, a.heads, a.kv_heads, a.seqlen, a.seqlen, a.headdim, True, variant=a.variant)
+    shape = Shape(a.batch, a.heads, a.kv_heads, a.seqlen, a.seqlen, a.headdim, a.causal == "on",
+                  variant=a.variant)
     torch.manual_seed(0)
     qkv = make_inputs(shape, a.dtype, a.device)  # one set of inputs, laid out as each provider takes them
     calls = {}

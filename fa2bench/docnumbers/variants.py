@@ -68,7 +68,7 @@ def variants_varlen(root: Path, runs: tuple[str, ...] = (VARIANTS,)) -> str:
 
 
 def variants_varlen_h100(root: Path) -> str:
-    """``variants_varlen`` of the rerun on an H100 (session 19), bf16 and fp16 in a run each."""
+    """``variants_varlen`` of the latest rerun on an H100, bf16 and fp16 in a run each."""
     return variants_varlen(root, VARLEN_H100)
 
 
