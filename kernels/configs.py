@@ -59,16 +59,17 @@ FA2 = {
     "bwd_dq": [(128, 32, 4, 3), (128, 64, 8, 3), (64, 64, 4, 3), (128, 32, 8, 3), (64, 32, 4, 4), (64, 32, 4, 2),
                (128, 32, 8, 2), (64, 64, 8, 2)],
 }
-# The smallest BLOCK_M a packed (varlen) batch's forward may autotune to, per head dim. At head dim 128 the autotuner's
-# 20 ms per candidate put 64x64 w4 s3 first on an H100 (0.857 ms against 0.870-0.885 for the 128-row tiles), yet over
-# a sweep point's seconds that tile ran the packed forward 1.09x slower than 128x128 w8 s3 at 8k and at 32k
-# (results/h100-varlen-tiles-8k, -32k; docs/variants.md section 4).
-VARLEN_FWD_MIN_BLOCK_M = {128: 128}
+# The smallest BLOCK_M the forward of a document mask (padded, DOCS, or packed, VARLEN) may autotune to, per head dim.
+# At head dim 128 the autotuner's 20 ms per candidate put 64x64 w4 s3 first on an H100 (for the packed batch 0.857 ms
+# against 0.870-0.885 for the 128-row tiles), yet over a sweep point's seconds that tile ran both paths 1.04-1.09x
+# slower than 128x128 w8 s3 at 8k and 32k, bf16 and fp16 (results/h100-varlen-tiles-8k, -32k,
+# h100-fwd-tiles-docs-32k-fp16; docs/variants.md section 4). The dense forward keeps its tiles (h100-fwd-tiles-dense-*).
+DOCS_FWD_MIN_BLOCK_M = {128: 128}
 
 
-def varlen_fwd_allows(tile: tuple, headdim: int) -> bool:
-    """Whether a packed batch's forward may run this fa2 tile (VARLEN_FWD_MIN_BLOCK_M)."""
-    return tile[0] >= VARLEN_FWD_MIN_BLOCK_M.get(headdim, 0)
+def docs_fwd_allows(tile: tuple, headdim: int) -> bool:
+    """Whether a document mask's forward may run this fa2 tile (DOCS_FWD_MIN_BLOCK_M)."""
+    return tile[0] >= DOCS_FWD_MIN_BLOCK_M.get(headdim, 0)
 
 
 # Used only when no candidate fits (fp32 inputs, whose tiles take twice the memory, at head dim 256).

@@ -960,8 +960,8 @@ def early_prune(kernel):
             return ieee_configs(pruned(kernel, confs, args["HEAD_DIM"], elt, limit=len(confs))) or [
                 _config(spaces.FA2_FALLBACK[kernel])]
         kept = pruned(kernel, confs, args["HEAD_DIM"], elt)
-        if kernel == "fwd" and args.get("VARLEN"):  # a packed forward: its space less the tiles it may not run
-            kept = [c for c in kept if spaces.varlen_fwd_allows(_tile(c), args["HEAD_DIM"])] or kept
+        if kernel == "fwd" and (args.get("DOCS") or args.get("VARLEN")):  # less the tiles a document mask may not run
+            kept = [c for c in kept if spaces.docs_fwd_allows(_tile(c), args["HEAD_DIM"])] or kept
         return kept
     prune.__name__ = f"prune_{kernel}"
     return prune

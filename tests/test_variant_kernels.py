@@ -352,17 +352,19 @@ def test_the_varlen_grid_covers_each_block_of_each_sequence_once_the_last_blocks
 
 
 @pytest.mark.parametrize("headdim", [64, 128])
-def test_a_packed_forward_at_head_dim_128_autotunes_over_128_row_tiles_only(headdim):
-    """The tuner's 20 ms per candidate ranked 64x64 first for the packed forward at d128 on an H100, where a sweep's
-    timing ran it 1.09x slower (configs.VARLEN_FWD_MIN_BLOCK_M); the padded forward and other head dims keep theirs."""
+@pytest.mark.parametrize("switch", ["DOCS", "VARLEN"])
+def test_a_document_masks_forward_at_head_dim_128_autotunes_over_128_row_tiles_only(headdim, switch):
+    """The tuner's 20 ms per candidate ranked 64x64 first for the document masks' forward at d128 on an H100, where a
+    sweep's timing ran it 1.04-1.09x slower (configs.DOCS_FWD_MIN_BLOCK_M); the dense forward and other head dims
+    keep their tiles."""
     prune = flash2.early_prune("fwd")
     q = torch.empty(1, dtype=torch.float16)
 
-    def rows(varlen):
+    def rows(**switches):
         return {c.kwargs["BLOCK_M"] for c in prune(flash2.autotuned(flash2.spaces.FA2)["fwd"].configs,
-                                                     dict(Q=q, HEAD_DIM=headdim, VARLEN=varlen))}
-    assert 64 in rows(False)
-    assert rows(True) == ({128} if headdim == 128 else rows(False))
+                                                     dict(Q=q, HEAD_DIM=headdim, **switches))}
+    assert 64 in rows()
+    assert rows(**{switch: True}) == ({128} if headdim == 128 else rows())
 
 
 def test_varlen_fp16_causal_window():
