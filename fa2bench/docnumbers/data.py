@@ -20,7 +20,7 @@ FA3_ACCEPT = "h200-fa3-accept-3"  # issue 23: the acceptance run (paper shapes 2
 FA3_ACCEPT_H100 = "h100-fa3-accept-1"  # issue 23: the same sweep on an H100 (session 19), every provider, both modes
 FA3_FORWARD = "h200-fa3-fwd-6"  # issue 23: rung 9 and cuDNN forward after the boundary group (session 15)
 FA3_RUNGS = "h200-fa3-rungs-3"  # issue 23: the three forward rungs and cuDNN, one call (causal bands, snake walk)
-VARLEN_H100 = ("h100-varlen-2", "h100-varlen-2-fp16")  # issue 18: varlen against the padded document mask (H100)
+VARLEN_H100 = ("h100-varlen-3", "h100-varlen-3-fp16")  # issue 18: varlen against the padded document mask (H100)
 VARLEN_H100_BEFORE = {  # issue 18: the same on an H100 before the packed forward's 128-row tiles, by block name
     "variants-varlen-h100-1": ("h100-varlen-1", "h100-varlen-1-fp16"),  # session 19
 }
@@ -32,7 +32,7 @@ VARIANTS_H100_BEFORE = {  # issue 18: the same command on an H100 at earlier def
     "variants-h100-5": "h100-variants-5",  # a window's backward on the one-loop dK/dV, staged dQ (session 23)
     "variants-h100-6": "h100-variants-6",  # the dK/dV kernels computing dP^T before P^T (session 24)
 }
-VARIANTS_H100 = "h100-variants-7"  # issue 18: again, the packed forward on its 128-row tiles (session 25)
+VARIANTS_H100 = "h100-variants-8"  # issue 18: again, document masks forward on 128-row tiles at d128 (session 25)
 NAMES = {"fa2": "fa2", "sdpa-cudnn": "cuDNN", "sdpa-flash": "flash"}
 
 
