@@ -9,7 +9,8 @@ arm is timed at every position (a kernel that heats the card at its power cap sl
 is timed as the sweep times a point (``fa2bench.run.timing.bench``, the plain timer, L2 flushed) inside an NVML
 window (``fa2bench.run.telemetry.Window``). The rows keep each round; the summary prints each arm's median ms, mean
 SM clock and throttled fraction, the speed over the first provider at the same tile, and ``ms_at_max_clock`` (the
-time scaled to the card's highest clock seen: what is left of a difference once the clock is taken out).
+time scaled to the card's highest clock seen at that shape: what is left of a difference once the clock is taken
+out). ``--paper --seqlen 2048,4096 --dtype fp16,bf16 --causal both`` runs the paper preset's shapes, one after another.
 ``--out DIR`` writes ``fwd_tiles_ab.csv`` beside a tool-written meta.json.
 """
 from __future__ import annotations
@@ -18,10 +19,11 @@ import argparse
 import statistics
 from pathlib import Path
 
+import pandas as pd
 import torch
 
 from fa2bench.core import providers
-from fa2bench.core.presets import Shape
+from fa2bench.core.presets import Shape, paper_shape, parse_ints
 from fa2bench.kernels import flash2
 from fa2bench.run import telemetry, timing
 from fa2bench.run.point import make_inputs
@@ -33,13 +35,15 @@ def main() -> None:
     ap.add_argument("--tiles", default="64x64w4s3,128x128w8s3,128x64w8s3",
                     help="forward tiles BLOCK_MxBLOCK_NwWARPSsSTAGES, comma-separated")
     ap.add_argument("--variant", default="docs")
-    ap.add_argument("--seqlen", type=int, default=8192)
+    ap.add_argument("--seqlen", default="8192", help="sequence lengths, comma-separated")
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--heads", type=int, default=16)
     ap.add_argument("--kv-heads", type=int, default=8)
+    ap.add_argument("--paper", action="store_true", help="the paper preset's batch and heads at each length and "
+                    "head dim (presets.paper_shape) instead of --batch, --heads, --kv-heads")
     ap.add_argument("--headdim", type=int, default=128)
-    ap.add_argument("--dtype", default="bf16", choices=["bf16", "fp16"])
-    ap.add_argument("--causal", default="on", choices=["on", "off"])
+    ap.add_argument("--dtype", default="bf16", help="bf16, fp16 or both, comma-separated")
+    ap.add_argument("--causal", default="on", choices=["on", "off", "both"])
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--device", default="cuda", help="cuda; cpu runs the interpreter (TRITON_INTERPRET=1): a check")
     ap.add_argument("--out", type=Path, help="a folder for the rows (CSV) and meta.json")
@@ -48,6 +52,10 @@ def main() -> None:
         configs = {tile: flash2.tile_config(tile) for tile in a.tiles.split(",") if tile}
         names = [name for name in a.providers.split(",") if name]
         made = {name: providers.get(name) for name in names}
+        seqlens = parse_ints(a.seqlen, "--seqlen")
+        dtypes = [t for t in a.dtype.split(",") if t]
+        if not set(dtypes) <= {"bf16", "fp16"}:
+            raise ValueError(f"--dtype takes bf16 and fp16, got {a.dtype!r}")
     except (ValueError, KeyError) as exc:
         raise SystemExit(f"fwd_tiles_ab: {exc}") from None
     if a.out:
@@ -57,10 +65,22 @@ def main() -> None:
         a.out.mkdir(parents=True, exist_ok=True)
         write_meta(a.out, {**environment_meta(a.device), "study": "fa2 forward at forced tiles, per provider, with "
                            "the SM clock", "args": {k: str(v) for k, v in vars(a).items()}})
-    shape = Shape(a.batch, a.heads, a.kv_heads, a.seqlen, a.seqlen, a.headdim, a.causal == "on",
-                  variant=a.variant)
+    rows = []
+    for n in seqlens:
+        batch, heads, kv_heads = paper_shape(a.headdim, n)[:3] if a.paper else (a.batch, a.heads, a.kv_heads)
+        for dtype in dtypes:
+            for causal in {"on": [True], "off": [False], "both": [False, True]}[a.causal]:
+                shape = Shape(batch, heads, kv_heads, n, n, a.headdim, causal, variant=a.variant)
+                rows += study(shape, dtype, made, configs, a.rounds, a.device)
+                if a.out:
+                    pd.DataFrame(rows).to_csv(a.out / "fwd_tiles_ab.csv", index=False)
+
+
+def study(shape: Shape, dtype: str, made: dict, configs: dict, rounds: int, device: str) -> list[dict]:
+    """Every (provider, tile) arm at one shape, ``rounds`` times in rotated order; prints the summary, returns rows."""
+    names = list(made)
     torch.manual_seed(0)
-    qkv = make_inputs(shape, a.dtype, a.device)  # one set of inputs, laid out as each provider takes them
+    qkv = make_inputs(shape, dtype, device)  # one set of inputs, laid out as each provider takes them
     calls = {}
     for name, provider in made.items():
         fn, (q, k, v) = provider.make(shape), (laid_out(t, provider.layout) for t in qkv)
@@ -72,31 +92,32 @@ def main() -> None:
             outs[name, tile] = calls[name]().float()
     first = outs[arms[0]]
     worst = max((o - first).abs().max().item() for o in outs.values())
-    print(f"{shape.label()} {a.dtype} {a.variant}; arms {arms}; max |o - o(first arm)| = {worst:.3e}", flush=True)
+    print(f"{shape.label()} {dtype}; arms {arms}; max |o - o(first arm)| = {worst:.3e}", flush=True)
     rows = []
-    for r in range(a.rounds):
+    for r in range(rounds):
         for name, tile in arms[r % len(arms):] + arms[:r % len(arms)]:
             with flash2.forced_configs(fwd=configs[tile]):
                 with telemetry.Window() as window:
                     t = timing.bench(calls[name], timer="plain")
-            rows.append(dict(provider=name, tile=tile, round=r, **t.row(), **window.columns(t.ms, None)))
-    import pandas as pd
-
+            rows.append(dict(seqlen=shape.seqlen_q, batch=shape.batch, heads=shape.heads, kv_heads=shape.kv_heads,
+                             headdim=shape.headdim, causal=shape.causal, dtype=dtype, variant=shape.variant,
+                             provider=name, tile=tile, round=r, **t.row(), **window.columns(t.ms, None)))
     df = pd.DataFrame(rows)
     top = df.sm_clock_mhz.max()
     df["ms_at_max_clock"] = df.ms * df.sm_clock_mhz / top
-    if a.out:
-        df.to_csv(a.out / "fwd_tiles_ab.csv", index=False)
     summary = df.groupby(["tile", "provider"], sort=False).agg(
         ms=("ms", "median"), clock=("sm_clock_mhz", "mean"), throttled=("throttled_frac", "mean"),
         ms_at_max_clock=("ms_at_max_clock", "median")).reset_index()
     base = summary[summary.provider == names[0]].set_index("tile")
+    first_tile = summary.set_index(["provider", "tile"]).ms
     summary["speed_vs_first"] = [base.ms[t] / ms for t, ms in zip(summary.tile, summary.ms)]
+    summary["speed_vs_first_tile"] = [first_tile[p, arms[0][1]] / ms for p, ms in zip(summary.provider, summary.ms)]
     summary["speed_vs_first_at_max_clock"] = [base.ms_at_max_clock[t] / ms
                                               for t, ms in zip(summary.tile, summary.ms_at_max_clock)]
     print(summary.to_string(index=False, float_format=lambda x: f"{x:.3f}"), flush=True)
     print(f"median over rounds; clock = mean SM MHz in the timing window; highest clock seen {top:.0f} MHz; "
           f"{statistics.median(df.spread):.3f} median spread", flush=True)
+    return df.to_dict("records")
 
 
 def laid_out(t: torch.Tensor, layout: str) -> torch.Tensor:
