@@ -73,15 +73,34 @@ def default_scale(headdim: int, sm_scale: float | None) -> float:
     return 1.0 / math.sqrt(headdim) if sm_scale is None else float(sm_scale)
 
 
+TUNE_WARMUP_MS = 5  # the tuner's warm-up per candidate, before its 20 ms of timed calls
+TUNE_WARMUP_ENV = "FA2_TUNE_WARMUP_MS"  # overrides it for every autotuner (a study's switch; recorded in kernel_env)
+
+
+def tune_warmup_ms() -> float:
+    """The tuner's warm-up per candidate: FA2_TUNE_WARMUP_MS if set, else TUNE_WARMUP_MS."""
+    text = os.environ.get(TUNE_WARMUP_ENV, "").strip()
+    try:
+        value = float(text) if text else TUNE_WARMUP_MS
+    except ValueError:
+        raise ValueError(f"{TUNE_WARMUP_ENV} must be a number of milliseconds, got {text!r}") from None
+    if value < 0:
+        raise ValueError(f"{TUNE_WARMUP_ENV} must be at least 0, got {text!r}")
+    return value
+
+
 def tune_bench(kernel_call, quantiles):
-    """The autotuners' timer: Triton's do_bench on short budgets (5 ms warm-up, 20 ms of repetitions).
+    """The autotuners' timer: Triton's do_bench on short budgets (``tune_warmup_ms()`` of warm-up, 5 by default,
+    then 20 ms of repetitions).
 
     The default budgets (25 + 100 ms per config) would spend minutes of a sweep choosing configs; a ranking
-    needs far fewer repetitions than a reported measurement.
+    needs far fewer repetitions than a reported measurement. A longer warm-up runs each candidate until the card
+    reaches the clock it holds that kernel at (at its power cap, a kernel that draws more power runs slower than a
+    cool card shows: docs/variants.md section 4).
     """
     from triton.testing import do_bench
 
-    return do_bench(kernel_call, warmup=5, rep=20, quantiles=quantiles)
+    return do_bench(kernel_call, warmup=tune_warmup_ms(), rep=20, quantiles=quantiles)
 
 
 def describe_config(cfg) -> str:
@@ -201,7 +220,8 @@ def _persist(tuner) -> None:
     tuner.pending = None  # (grid, args, kwargs) of the launch in progress, for _precompile
 
     def check_disk_cache(tuning_key, configs, bench_fn):
-        extended = (*tuning_key, machine_key())
+        warmup = tune_warmup_ms()  # another warm-up makes another decision (the default's keys stay as they were)
+        extended = (*tuning_key, machine_key(), *(() if warmup == TUNE_WARMUP_MS else (f"tune warm-up {warmup} ms",)))
 
         def search():
             _precompile(tuner, configs)

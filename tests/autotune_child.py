@@ -5,6 +5,7 @@ the driver is told the target is an H100 (sm_90), since there is no GPU to ask; 
 
     python tests/autotune_child.py search                 # one lookup
     python tests/autotune_child.py lookup-other-clear     # a lookup, one as another GPU, clear, a lookup again
+    python tests/autotune_child.py warmups                # lookups at the default warm-up, at 200 ms twice, default
 """
 import json
 import os
@@ -47,6 +48,11 @@ def lookup() -> dict:
 def main(step: str) -> None:
     if step == "search":
         print(json.dumps(lookup()))
+        return
+    if step == "warmups":
+        for warmup in ("", "200", "200", ""):
+            os.environ[_common.TUNE_WARMUP_ENV] = warmup
+            print(json.dumps(lookup()))
         return
     print(json.dumps(lookup()))
     real = _common.machine_key

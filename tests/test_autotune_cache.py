@@ -42,6 +42,25 @@ def test_a_second_process_reads_the_decision_from_disk_and_another_gpu_does_not(
     assert list(tmp_path.glob("*/_attn_fwd_kernel.autotune.json"))  # written again by the last search
 
 
+def test_a_decision_made_with_another_tuner_warm_up_is_its_own(tmp_path):
+    default, hot, hot_again, default_again = child("warmups", tmp_path)
+    assert default["searched"] and hot["searched"] and not hot["hit"]  # 200 ms: not the 5 ms decision
+    assert hot_again["hit"] and default_again["hit"] and not default_again["searched"]
+
+
+@pytest.mark.parametrize("text, ms", [("", 5), (" 200 ", 200.0), ("0", 0.0)])
+def test_the_tuner_warm_up_is_5_ms_unless_the_environment_says(monkeypatch, text, ms):
+    monkeypatch.setenv(_common.TUNE_WARMUP_ENV, text)
+    assert _common.tune_warmup_ms() == ms
+
+
+@pytest.mark.parametrize("text", ["fast", "-1"])
+def test_a_tuner_warm_up_it_cannot_use_is_one_clear_error(monkeypatch, text):
+    monkeypatch.setenv(_common.TUNE_WARMUP_ENV, text)
+    with pytest.raises(ValueError, match="FA2_TUNE_WARMUP_MS must be"):
+        _common.tune_warmup_ms()
+
+
 def test_every_fa2bench_autotuner_persists_its_decisions():
     from fa2bench.kernels import flash1, ladder, naive
 
