@@ -64,12 +64,7 @@ FA2 = {
 # against 0.870-0.885 for the 128-row tiles), yet over a sweep point's seconds that tile ran both paths 1.04-1.09x
 # slower than 128x128 w8 s3 at 8k and 32k, bf16 and fp16 (results/h100-varlen-tiles-8k, -32k,
 # h100-fwd-tiles-docs-32k-fp16; docs/variants.md section 4). The dense forward keeps its tiles (h100-fwd-tiles-dense-*).
-DOCS_FWD_MIN_BLOCK_M = {128: 128}
-
-
-def docs_fwd_allows(tile: tuple, headdim: int) -> bool:
-    """Whether a document mask's forward may run this fa2 tile (DOCS_FWD_MIN_BLOCK_M)."""
-    return tile[0] >= DOCS_FWD_MIN_BLOCK_M.get(headdim, 0)
+DOCS_FWD_MIN_BLOCK_M = {128: 128}  # read by flash2.fwd_min_block_m
 
 
 # Used only when no candidate fits (fp32 inputs, whose tiles take twice the memory, at head dim 256).

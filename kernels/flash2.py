@@ -960,11 +960,26 @@ def early_prune(kernel):
             return ieee_configs(pruned(kernel, confs, args["HEAD_DIM"], elt, limit=len(confs))) or [
                 _config(spaces.FA2_FALLBACK[kernel])]
         kept = pruned(kernel, confs, args["HEAD_DIM"], elt)
-        if kernel == "fwd" and (args.get("DOCS") or args.get("VARLEN")):  # less the tiles a document mask may not run
-            kept = [c for c in kept if spaces.docs_fwd_allows(_tile(c), args["HEAD_DIM"])] or kept
+        if kernel == "fwd":  # less the tiles of fewer rows than the forward may run
+            floor = fwd_min_block_m(args["HEAD_DIM"], bool(args.get("DOCS") or args.get("VARLEN")))
+            kept = [c for c in kept if c.kwargs["BLOCK_M"] >= floor] or kept
         return kept
     prune.__name__ = f"prune_{kernel}"
     return prune
+
+
+FWD_MIN_BLOCK_M_ENV = "FA2_FWD_MIN_BLOCK_M"  # a study's switch (recorded in meta.json's kernel_env)
+
+
+def fwd_min_block_m(headdim: int, docs: bool) -> int:
+    """The fewest query rows a forward tile may have: configs.DOCS_FWD_MIN_BLOCK_M for a document mask (padded or
+    packed), raised for every variant by FA2_FWD_MIN_BLOCK_M where set."""
+    text = os.environ.get(FWD_MIN_BLOCK_M_ENV, "").strip()
+    try:
+        study = int(text) if text else 0
+    except ValueError:
+        raise ValueError(f"{FWD_MIN_BLOCK_M_ENV} must be a whole number of rows, got {text!r}") from None
+    return max(study, spaces.DOCS_FWD_MIN_BLOCK_M.get(headdim, 0) if docs else 0)
 
 
 # dtypes join the key automatically; the rung switches and the dot precision are part of it

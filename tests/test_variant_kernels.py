@@ -367,6 +367,23 @@ def test_a_document_masks_forward_at_head_dim_128_autotunes_over_128_row_tiles_o
     assert rows(**{switch: True}) == ({128} if headdim == 128 else rows())
 
 
+@pytest.mark.parametrize("headdim", [64, 128])
+def test_a_study_can_hold_every_forward_to_128_row_tiles(headdim, monkeypatch):
+    """FA2_FWD_MIN_BLOCK_M (a study's switch) cuts the smaller tiles from every variant's forward space; the
+    backward kernels keep theirs."""
+    q = torch.empty(1, dtype=torch.float16)
+
+    def rows(kernel):
+        confs = flash2.candidates(flash2.spaces.FA2)[kernel]
+        return {c.kwargs["BLOCK_M"] for c in flash2.early_prune(kernel)(confs, dict(Q=q, HEAD_DIM=headdim))}
+    before = rows("bwd_dq")
+    monkeypatch.setenv(flash2.FWD_MIN_BLOCK_M_ENV, "128")
+    assert rows("fwd") == {128} and rows("bwd_dq") == before
+    monkeypatch.setenv(flash2.FWD_MIN_BLOCK_M_ENV, "wide")
+    with pytest.raises(ValueError, match="FA2_FWD_MIN_BLOCK_M must be a whole number"):
+        rows("fwd")
+
+
 def test_varlen_fp16_causal_window():
     (q, cu_q), (k, cu_k), (v, _) = packed([30, 1, 18], 2, 32), packed([30, 1, 18], 2, 32), packed([30, 1, 18], 2, 32)
     with small_tiles():
