@@ -77,15 +77,23 @@ TUNE_WARMUP_MS = 5  # the tuner's warm-up per candidate, before its 20 ms of tim
 TUNE_WARMUP_ENV = "FA2_TUNE_WARMUP_MS"  # overrides it for every autotuner (a study's switch; recorded in kernel_env)
 
 
+def env_number(name: str, default, parse=float, unit: str = "a number"):
+    """The environment variable ``name`` read by ``parse``, ``default`` when unset or blank; a value ``parse``
+    cannot read is a ValueError of one line naming the variable and ``unit``."""
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        return parse(text)
+    except ValueError:
+        raise ValueError(f"{name} must be {unit}, got {text!r}") from None
+
+
 def tune_warmup_ms() -> float:
     """The tuner's warm-up per candidate: FA2_TUNE_WARMUP_MS if set, else TUNE_WARMUP_MS."""
-    text = os.environ.get(TUNE_WARMUP_ENV, "").strip()
-    try:
-        value = float(text) if text else TUNE_WARMUP_MS
-    except ValueError:
-        raise ValueError(f"{TUNE_WARMUP_ENV} must be a number of milliseconds, got {text!r}") from None
+    value = env_number(TUNE_WARMUP_ENV, TUNE_WARMUP_MS, float, "a number of milliseconds")
     if value < 0:
-        raise ValueError(f"{TUNE_WARMUP_ENV} must be at least 0, got {text!r}")
+        raise ValueError(f"{TUNE_WARMUP_ENV} must be at least 0, got {os.environ[TUNE_WARMUP_ENV].strip()!r}")
     return value
 
 

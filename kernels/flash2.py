@@ -110,8 +110,8 @@ import triton.language as tl
 
 from . import configs as spaces
 from ._common import (LOG2E, Launcher, advance, autotune, bwd_preprocess, check_inputs, check_scale, dot_precision,
-                      ensure_tma_allocator, head_source, ieee_configs, launch_preprocess, load_rows, load_tile,
-                      row_cursor, store_rows, tile_ptrs, tma_layout_ok)
+                      ensure_tma_allocator, env_number, head_source, ieee_configs, launch_preprocess, load_rows,
+                      load_tile, row_cursor, store_rows, tile_ptrs, tma_layout_ok)
 from .configs import block_d
 
 
@@ -974,11 +974,7 @@ FWD_MIN_BLOCK_M_ENV = "FA2_FWD_MIN_BLOCK_M"  # a study's switch (recorded in met
 def fwd_min_block_m(headdim: int, docs: bool) -> int:
     """The fewest query rows a forward tile may have: configs.DOCS_FWD_MIN_BLOCK_M for a document mask (padded or
     packed), raised for every variant by FA2_FWD_MIN_BLOCK_M where set."""
-    text = os.environ.get(FWD_MIN_BLOCK_M_ENV, "").strip()
-    try:
-        study = int(text) if text else 0
-    except ValueError:
-        raise ValueError(f"{FWD_MIN_BLOCK_M_ENV} must be a whole number of rows, got {text!r}") from None
+    study = env_number(FWD_MIN_BLOCK_M_ENV, 0, int, "a whole number of rows")
     return max(study, spaces.DOCS_FWD_MIN_BLOCK_M.get(headdim, 0) if docs else 0)
 
 
