@@ -9,8 +9,9 @@ query blocks has nothing to split:
    has ``q_len * group`` rows (row r is query ``r // group`` of head ``kv_head * group + r % group``) and K/V
    are read once per group, not once per query head. Tiles of more than 128 rows (MQA with many heads) are
    split over extra programs (``m_tiles``).
-2. **Split-KV (flash-decoding).** The grid is (splits, batch * kv_heads, m_tiles). Split s of a sequence with
-   ``n`` K/V blocks takes the contiguous blocks ``[s * ceil(n / S), (s + 1) * ceil(n / S))``; it writes its
+2. **Split-KV (flash-decoding).** The grid is (splits, batch * kv_heads, m_tiles). Split s of a cache of ``n``
+   K/V blocks per sequence (its capacity) takes the contiguous blocks ``[s * ceil(n / S), (s + 1) * ceil(n / S))``
+   that the sequence's length reaches (a shorter sequence leaves its last splits empty); it writes its
    partial output, *normalised by its own row sum*, in fp32 and its log-sum-exp ``L_s`` (log2 domain; -inf for
    a split with no key). A second kernel (``_combine_kernel``, one program per output row) merges them:
    ``O = sum_s 2^(L_s - L) O_s`` with ``L = log2 sum_s 2^L_s``. With one split the first kernel writes O
@@ -32,9 +33,11 @@ query blocks has nothing to split:
    reading its page id from the table, so a block may span pages (a block inside one page loads one entry for
    all its rows; a scalar load for that case spilled a register at page 256 under Triton 3.6 with the deeper
    pipeline below). Page sizes: powers of two from 16 to 256.
-   The K/V address then depends on a block-table load in the same loop iteration, and Triton's pipeliner
-   shares ``num_stages - 1`` among such a chain of loads: the paged launch asks for ``2 * stages - 1`` so that
-   its K/V blocks are buffered as deeply as the contiguous cache's (``triton_stages``).
+   The table is read a block ahead: each step loads the next block's page ids while its own K/V come in, and a
+   split's first ids load beside its sequence's length. So no K/V address waits on a table load of its own
+   step, and Triton's pipeliner buffers paged K/V blocks as deeply as contiguous ones at the same
+   ``num_stages`` (tools/decode_ttgir.py; before, a table load in the K/V loads' own step took a share of the
+   pipeline's stages and the paged launch asked for ``2 * stages - 1``).
 5. **Causal, bottom-right.** Query i of q_len sees keys ``j <= seqlen - q_len + i``; keys
    ``< seqlen - q_len + 1`` are seen by every row and run without a mask, the rest (the last block or two) run
    masked, as in FA2's two-stage loop. ``causal=False`` lets every query see the whole sequence.
@@ -64,20 +67,29 @@ INTERPRETER_SMS = 8  # the SM count the heuristic assumes on the CPU interpreter
 # The split kernel: one (split, batch, kv head, row tile) per program
 # ----------------------------------------------------------------------------------------------------------------
 @triton.jit
-def _decode_inner(acc, l_i, m_i, q, K, V, table_row, lo, hi, limit, seqlen, off_b, offs_n, offs_d, qk_scale,
-                  stride_kb, stride_kn, stride_vb, stride_vn,
+def _page_ids(table_row, start, offs_n, CAPACITY, PAGE_SIZE: tl.constexpr):
+    """The page of each key row of the block at ``start`` (int64; 0 past the table's capacity)."""
+    cols = start + offs_n
+    return tl.load(table_row + cols // PAGE_SIZE, mask=cols < CAPACITY, other=0).to(tl.int64)
+
+
+@triton.jit
+def _decode_inner(acc, l_i, m_i, pages, q, K, V, table_row, lo, hi, limit, seqlen, off_b, offs_n, offs_d, qk_scale,
+                  stride_kb, stride_kn, stride_vb, stride_vn, CAPACITY,
                   PAGE_SIZE: tl.constexpr, PAGED: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
                   BLOCK_N: tl.constexpr, MASK: tl.constexpr, DOT_PRECISION: tl.constexpr):
     """Online softmax over the K/V blocks [lo, hi) of one sequence. MASK=False: every row sees every key here.
-    MASK=True: row r sees key j iff j <= limit[r] (limit < seqlen: the ragged end and the causal band)."""
+    MASK=True: row r sees key j iff j <= limit[r] (limit < seqlen: the ragged end and the causal band).
+    PAGED: ``pages`` holds the page ids of block ``lo``'s key rows; each step loads the next block's while this
+    one's K/V come in, and the ids of block ``hi`` are returned (unused otherwise)."""
     d_ok = offs_d[None, :] < HEAD_DIM
     for start_n in range(lo, hi, BLOCK_N):
         cols = start_n + offs_n
-        if PAGED:  # each key row finds its page in the table (a block may span pages)
-            pages = tl.load(table_row + cols // PAGE_SIZE, mask=cols < seqlen, other=0).to(tl.int64)
+        if PAGED:  # each key row finds its page (a block may span pages); the table is read a block ahead
             rows = (cols % PAGE_SIZE).to(tl.int64)
             k_off = pages[:, None] * stride_kb + rows[:, None] * stride_kn + offs_d[None, :]
             v_off = pages[:, None] * stride_vb + rows[:, None] * stride_vn + offs_d[None, :]
+            pages = _page_ids(table_row, start_n + BLOCK_N, offs_n, CAPACITY, PAGE_SIZE)
         else:
             k_off = off_b * stride_kb + cols.to(tl.int64)[:, None] * stride_kn + offs_d[None, :]
             v_off = off_b * stride_vb + cols.to(tl.int64)[:, None] * stride_vn + offs_d[None, :]
@@ -101,14 +113,14 @@ def _decode_inner(acc, l_i, m_i, q, K, V, table_row, lo, hi, limit, seqlen, off_
         acc = acc * alpha[:, None]
         acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PRECISION)
         m_i = m_new
-    return acc, l_i, m_i
+    return acc, l_i, m_i, pages
 
 
 @triton.jit
 def _decode_kernel(Q, K, V, Out, OPart, LsePart, SeqlensK, BlockTable, qk_scale,
                    stride_qb, stride_qm, stride_qh, stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh,
                    stride_ob, stride_om, stride_oh, stride_tb,
-                   BATCH, HEADS, KV_HEADS, Q_LEN, NUM_SPLITS,
+                   BATCH, HEADS, KV_HEADS, Q_LEN, NUM_SPLITS, CAPACITY,
                    GROUP: tl.constexpr, CAUSAL: tl.constexpr, PAGED: tl.constexpr, PAGE_SIZE: tl.constexpr,
                    SPLIT: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
                    BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr):
@@ -121,12 +133,19 @@ def _decode_kernel(Q, K, V, Out, OPart, LsePart, SeqlensK, BlockTable, qk_scale,
     q_idx = offs_r // GROUP
     head = off_hkv * GROUP + offs_r % GROUP
     row_ok = offs_r < Q_LEN * GROUP
+    # split s takes the blocks [s * per_split, (s + 1) * per_split) of the cache's capacity, cut at the sequence's
+    # length (empty past it): where a split starts does not wait for the length, so a paged cache's first page ids
+    # load beside it
+    per_split = tl.cdiv(tl.cdiv(CAPACITY, BLOCK_N), NUM_SPLITS)
+    if PAGED:
+        table_row = BlockTable + off_b.to(tl.int64) * stride_tb
+        pages = _page_ids(table_row, split * per_split * BLOCK_N, offs_n, CAPACITY, PAGE_SIZE)
+    else:
+        table_row = BlockTable
+        pages = offs_n.to(tl.int64)  # unused
     seqlen = tl.load(SeqlensK + off_b)
     off_b = off_b.to(tl.int64)
-
-    # this split's contiguous range of K/V blocks of this sequence
     n_blocks = tl.cdiv(seqlen, BLOCK_N)
-    per_split = tl.cdiv(n_blocks, NUM_SPLITS)
     lo = tl.minimum(split * per_split, n_blocks) * BLOCK_N
     hi = tl.minimum((split + 1) * per_split, n_blocks) * BLOCK_N
     # keys every row sees (no mask) end at full_end; row r sees keys <= limit[r]
@@ -144,17 +163,16 @@ def _decode_kernel(Q, K, V, Out, OPart, LsePart, SeqlensK, BlockTable, qk_scale,
     q = tl.load(Q + q_off, mask=row_ok[:, None] & d_ok, other=0.0)  # q stays on chip throughout
     K += off_hkv * stride_kh
     V += off_hkv * stride_vh
-    table_row = BlockTable + off_b * stride_tb
 
     m_i = tl.zeros([BLOCK_M], dtype=tl.float32) - float("inf")
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-    acc, l_i, m_i = _decode_inner(acc, l_i, m_i, q, K, V, table_row, lo, mid, limit, seqlen, off_b, offs_n, offs_d,
-                                  qk_scale, stride_kb, stride_kn, stride_vb, stride_vn, PAGE_SIZE, PAGED, HEAD_DIM,
-                                  BLOCK_D, BLOCK_N, False, DOT_PRECISION)
-    acc, l_i, m_i = _decode_inner(acc, l_i, m_i, q, K, V, table_row, mid, hi, limit, seqlen, off_b, offs_n, offs_d,
-                                  qk_scale, stride_kb, stride_kn, stride_vb, stride_vn, PAGE_SIZE, PAGED, HEAD_DIM,
-                                  BLOCK_D, BLOCK_N, True, DOT_PRECISION)
+    acc, l_i, m_i, pages = _decode_inner(acc, l_i, m_i, pages, q, K, V, table_row, lo, mid, limit, seqlen, off_b,
+                                         offs_n, offs_d, qk_scale, stride_kb, stride_kn, stride_vb, stride_vn,
+                                         CAPACITY, PAGE_SIZE, PAGED, HEAD_DIM, BLOCK_D, BLOCK_N, False, DOT_PRECISION)
+    acc, l_i, m_i, pages = _decode_inner(acc, l_i, m_i, pages, q, K, V, table_row, mid, hi, limit, seqlen, off_b,
+                                         offs_n, offs_d, qk_scale, stride_kb, stride_kn, stride_vb, stride_vn,
+                                         CAPACITY, PAGE_SIZE, PAGED, HEAD_DIM, BLOCK_D, BLOCK_N, True, DOT_PRECISION)
     seen = l_i > 0.0
     o = acc / tl.where(seen, l_i, 1.0)[:, None]
     mask = row_ok[:, None] & d_ok
@@ -211,8 +229,8 @@ def sm_count(device: torch.device) -> int:
 
 def choose_tile(programs: int, capacity: int, elt: int, block_d: int, sms: int) -> tuple[int, int]:
     """(BLOCK_N, stages) for a decode launch of ``programs`` (batch * kv_heads * m_tiles) over ``capacity`` keys;
-    ``stages`` is the depth of the K/V software pipeline (at BLOCK_M 16, Triton keeps ``stages - 1`` K and V
-    buffers), the same on either layout (``triton_stages`` turns it into Triton's ``num_stages``).
+    ``stages`` is the depth of the K/V software pipeline, Triton's ``num_stages`` (at BLOCK_M 16, Triton keeps
+    ``stages - 1`` K and V buffers), the same on either layout.
 
     Measured on an H200 (bf16, d128, one query; docs/performance.md, "Decode: tiles and splits"):
     - 128-key blocks with 3 stages (one program per SM, two 64 KiB K/V buffers) stream fastest once every SM
@@ -228,8 +246,8 @@ def choose_tile(programs: int, capacity: int, elt: int, block_d: int, sms: int) 
       64/4/2; with 32 heads (h200-decode-tiles-1k) 66.1 against 65.3 at batch 64 and 247.2 against 248.2 at 256:
       the one tiling within 1.2% of the best at all three shapes.
     - A paged cache takes the same tiles: a block larger than a page reads several (each key row finds its
-      own), and with the K/V loads buffered as deeply as the contiguous path's (``triton_stages``) nothing in
-      the tiling depends on the page. Earlier, page-capped blocks cost 1.02-1.26x the contiguous time and
+      own), and with the K/V loads buffered as deeply as the contiguous path's nothing in the tiling depends on
+      the page. Earlier, page-capped blocks cost 1.02-1.26x the contiguous time and
       128-key blocks at too few stages 1.4-1.6x at small batches (results/h200-decode-v2, -v3): those paged
       launches had one K/V buffer, not two.
     The stages shrink to fit the shared-memory budget (head dim 256: 64-key blocks, 2 stages)."""
@@ -249,20 +267,6 @@ def choose_tile(programs: int, capacity: int, elt: int, block_d: int, sms: int) 
         else:
             block_n //= 2
     return block_n, stages
-
-
-def triton_stages(stages: int, paged: bool) -> int:
-    """Triton's ``num_stages`` that gives a decode launch's K/V loads ``stages`` pipeline stages.
-
-    Triton's software pipeliner (AssignLatencies; Triton 3.6 to 3.9 alike) splits ``num_stages - 1`` evenly over
-    a chain of dependent loads. In the paged kernel the K/V address comes from a block-table load of the same
-    iteration (indirection level 1), so with ``num_stages`` 3 the table load and the K/V loads get one stage
-    each: K and V are single-buffered and the copy of block i+1 is issued after block i is read, then awaited
-    at once (nothing overlaps it); with 2 the table load is not pipelined at all and stays synchronous inside
-    the loop. ``2 * stages - 1`` gives both ``stages - 1``: the K/V buffers and the ``async_wait`` depth then
-    match the contiguous launch at ``stages`` (tools/decode_ttgir.py counts them in the TTGIR), for BLOCK_N * 4
-    more bytes of shared memory per buffer (the page ids)."""
-    return 2 * stages - 1 if paged else stages
 
 
 def num_splits_heuristic(programs: int, n_blocks: int, sms: int, per_sm: int = 1) -> int:
@@ -292,7 +296,7 @@ def plan(batch: int, q_len: int, heads: int, kv_heads: int, headdim: int, capaci
     ``num_splits_heuristic``'s count with one resident program per SM for 128-key blocks, two for smaller ones.
     ``tiles`` = (BLOCK_N, warps, stages) overrides the tiling (a block larger than a page spans several: the
     kernel finds each key row's page), ``num_splits`` the count. ``stages`` counts the K/V pipeline's stages
-    (``triton_stages`` gives the launch's ``num_stages``)."""
+    (the launch's ``num_stages``)."""
     rows = q_len * (heads // kv_heads)
     block_m = min(MAX_TILE_ROWS, max(16, triton.next_power_of_2(rows)))
     m_tiles = triton.cdiv(rows, block_m)
@@ -385,7 +389,7 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     heuristic). ``validate`` checks lengths and table entries against the cache (one host sync; a caller that
     built them itself, or a CUDA-graph capture, passes False). ``tiles`` = (BLOCK_N, warps, stages) overrides
     the kernel's tiling (a study of the choice: fa2bench.profiling.decode_splits); a block larger than a page
-    spans several, and ``stages`` counts K/V pipeline stages on either layout (``triton_stages``).
+    spans several, and ``stages`` counts K/V pipeline stages on either layout.
     """
     _check(q, k_cache, v_cache, seqlens_k, block_table, causal, num_splits)
     batch, q_len, heads, headdim = q.shape
@@ -411,15 +415,15 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
         q, k_cache, v_cache, out, o_part, lse_part, seqlens_k, table, scale * 1.4426950408889634,
         q.stride(0), q.stride(1), q.stride(2), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), out.stride(0), out.stride(1), out.stride(2),
-        table.stride(0), batch, heads, kv_heads, q_len, splits,
+        table.stride(0), batch, heads, kv_heads, q_len, splits, capacity,
         GROUP=group, CAUSAL=bool(causal), PAGED=paged, PAGE_SIZE=k_cache.shape[1] if paged else 1,
         SPLIT=splits > 1, HEAD_DIM=headdim, BLOCK_D=BLOCK_D, BLOCK_M=block_m, BLOCK_N=block_n,
-        DOT_PRECISION=precision, num_warps=warps, num_stages=triton_stages(stages, paged))
+        DOT_PRECISION=precision, num_warps=warps, num_stages=stages)
     if splits > 1:
         _combine_kernel[(batch * q_len * heads,)](
             o_part, lse_part, out, out.stride(0), out.stride(1), out.stride(2), batch * q_len * heads, heads, q_len,
             splits, HEAD_DIM=headdim, BLOCK_D=BLOCK_D, BLOCK_S=max(2, triton.next_power_of_2(splits)), num_warps=4)
     global _last_config
     _last_config = (f"decode: BLOCK_M={block_m} BLOCK_N={block_n} w{warps} s{stages} splits={splits}"
-                    f"{f' page={k_cache.shape[1]} num_stages={triton_stages(stages, paged)}' if paged else ''}")
+                    f"{f' page={k_cache.shape[1]}' if paged else ''}")
     return out

@@ -3,10 +3,8 @@
 shared memory: whether the paged path's K/V loads are multi-buffered like the contiguous path's.
 
     PYTHONPATH=. /work/venv36/bin/python tools/decode_ttgir.py --page 0,64 --block-n 64,128 --stages 2,3
-    PYTHONPATH=. /work/venv36/bin/python tools/decode_ttgir.py --page 64 --stages 3 --raw   # num_stages as given
 
-``--stages`` are the plan's K/V stages, launched as ``decode.triton_stages`` does (paged: 2 * stages - 1);
-``--raw`` passes them to Triton as they are (the launch before that rule). Each line gives, per K/V loop,
+``--stages`` are the plan's K/V stages, Triton's ``num_stages`` on either layout. Each line gives, per K/V loop,
 (async copies, async waits, synchronous tt.loads), and the K/V buffers Triton allocated.
 """
 from __future__ import annotations
@@ -84,12 +82,11 @@ def main():
     ap.add_argument("--block-m", type=int, default=16)
     ap.add_argument("--headdim", type=int, default=128)
     ap.add_argument("--dtype", default="bf16")
-    ap.add_argument("--raw", action="store_true", help="--stages is Triton's num_stages (no paged rule)")
     ap.add_argument("--dump", help="write each TTGIR and PTX under this folder")
     a = ap.parse_args()
     for page, bn, st in itertools.product(*(map(int, s.split(",")) for s in (a.page, a.block_n, a.stages))):
         try:
-            ns = st if a.raw else decode.triton_stages(st, page > 0)
+            ns = st
             k = compile_decode(page, bn, ns, a.warps, a.block_m, dtype=a.dtype, headdim=a.headdim)
         except Exception as e:  # noqa: BLE001
             print(f"page={page:<3} BLOCK_N={bn:<3} s{st}: FAILED {type(e).__name__}: {str(e).splitlines()[0][:120]}")
