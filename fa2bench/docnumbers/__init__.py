@@ -20,7 +20,7 @@ from functools import partial
 from pathlib import Path
 from typing import Callable
 
-from fa2bench.docnumbers.data import VARIANTS_H100_BEFORE, VARLEN_H100_BEFORE
+from fa2bench.docnumbers.data import DECODE_H100, VARIANTS_H100_BEFORE, VARLEN_H100_BEFORE
 from fa2bench.docnumbers.h100 import (ablation_fa1, ablation_steps, ablation_versus, e2e_table, e2e_tokens,
                                       e2e_versus, fa3_dq_first, top_points, top_table, top_versus)
 from fa2bench.docnumbers.h200 import (decode_splits, decode_timers, decode_versus, fa3_accept, fa3_accept_h100,
@@ -48,6 +48,7 @@ BLOCKS: dict[str, Callable[[Path], str]] = {
     "same-card": same_card, "fa3-accept": fa3_accept, "fa3-accept-h100": fa3_accept_h100,
     "variants-latest": variants_latest, "fa3-rungs": fa3_rungs, "fa3-forward": fa3_forward,
     "fa3-dq-first": fa3_dq_first, "variants-h100": variants_h100,
+    "decode-versus-h100": partial(decode_versus, run=DECODE_H100),
     **{name: partial(variants_latest, run=run) for name, run in VARIANTS_H100_BEFORE.items()},
     **{name: partial(variants_varlen, runs=runs) for name, runs in VARLEN_H100_BEFORE.items()},
 }

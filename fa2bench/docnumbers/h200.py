@@ -250,9 +250,9 @@ def _decode_fa2(root: Path, run: str = DECODE) -> tuple[pd.DataFrame, pd.DataFra
     return frame[frame["provider"] == "fa2-decode"], frame[frame["provider"] != "fa2-decode"]
 
 
-def decode_versus(root: Path) -> str:
+def decode_versus(root: Path, run: str = DECODE) -> str:
     """fa2-decode's share of the copy bandwidth, its rank among the providers, and what paging costs it."""
-    fa2, others = _decode_fa2(root)
+    fa2, others = _decode_fa2(root, run)
     big = fa2[(fa2["page_size"] == 0) & (fa2["seqlen_k"] >= 8192) & (fa2["batch"] * fa2["kv_heads"] >= 64)]
     best = others.groupby(_DECODE_KEYS)["us"].min().rename("best")
     fastest = others.loc[others.groupby(_DECODE_KEYS)["us"].idxmin(), "provider"].value_counts()
