@@ -1005,7 +1005,8 @@ forced_configs, last_config, config_cached = _LAUNCHER.forced_configs, _LAUNCHER
 
 
 def configs(headdim: int) -> dict[str, list[triton.Config]]:
-    """The autotune space after pruning, per autotuned kernel, for fp16/bf16 inputs of this head dim."""
+    """The autotune space after pruning, per autotuned kernel, for fp16/bf16 inputs of this head dim, dense (a
+    document mask's forward also drops the tiles under ``fwd_min_block_m``, as ``early_prune`` does at launch)."""
     return {name: pruned(name, cands, headdim) for name, cands in _CANDIDATES.items()}
 
 
