@@ -241,6 +241,10 @@ def choose_tile(programs: int, capacity: int, elt: int, block_d: int, sms: int) 
       them), 128/3 with no split is fastest. 1k keys (results/h200-decode-tiles-1k): batch 64, 65 us against 73 us
       for 128/3; batch 4 (32 programs, 8 splits), 11.3 us against 12.0 us for 128/3 with 4 splits; batch 16
       (128 programs), 128/3 20.9 us, every 64-key tiling 21.1 us or more.
+    - Splits of at most two 128-key blocks (batch 1 at 4k keys: 16 splits of 32 blocks): 64-key blocks, 3
+      stages, at the same split count (one program per SM). On an H100 (results/h100-decode-tiles-short and
+      -paged64) 12.5-12.7 us contiguous and 13.2-13.4 us paged against 13.3 and 15.3 us for 128/3; 32 splits of
+      64-key blocks 14.3 us paged.
     - A short cache with at least two programs per SM: 32-key blocks, 3 stages (four programs resident per SM).
       At batch 64 with 64 query heads (results/h200-decode-tiles-64h) 32/4/3 takes 67.2 us against 78.7 us for
       64/4/2; with 32 heads (h200-decode-tiles-1k) 66.1 against 65.3 at batch 64 and 247.2 against 248.2 at 256:
@@ -259,6 +263,9 @@ def choose_tile(programs: int, capacity: int, elt: int, block_d: int, sms: int) 
         block_n, stages = 32, 3
     elif capacity <= 8 * 128 and programs <= sms // 2:
         block_n, stages = 64, 2
+    elif block_d <= 128 and 1 < (splits := num_splits_heuristic(programs, triton.cdiv(capacity, 128), sms)) \
+            and triton.cdiv(capacity, 128) <= 2 * splits:
+        block_n, stages = 64, 3  # splits of at most two 128-key blocks: four of 64, one program per SM
     else:
         block_n, stages = 128, 3
     while stages * 2 * block_n * block_d * elt > SMEM_BUDGET:  # fewer stages down to 2, then smaller blocks
@@ -293,7 +300,8 @@ def plan(batch: int, q_len: int, heads: int, kv_heads: int, headdim: int, capaci
     the same plan) of ``elt``-byte elements on ``sms`` SMs; the split study asks it the same question.
 
     GQA-packed rows in tiles of at most MAX_TILE_ROWS, ``choose_tile``'s key block and stages, and
-    ``num_splits_heuristic``'s count with one resident program per SM for 128-key blocks, two for smaller ones.
+    ``num_splits_heuristic``'s count with one resident program per SM for 128-key blocks and for 64-key blocks at
+    3 stages, two for the other smaller ones.
     ``tiles`` = (BLOCK_N, warps, stages) overrides the tiling (a block larger than a page spans several: the
     kernel finds each key row's page), ``num_splits`` the count. ``stages`` counts the K/V pipeline's stages
     (the launch's ``num_stages``)."""
@@ -307,7 +315,7 @@ def plan(batch: int, q_len: int, heads: int, kv_heads: int, headdim: int, capaci
         block_n = tiles[0]
         warps, stages = tiles[1], tiles[2]
     splits = int(num_splits) if num_splits is not None else num_splits_heuristic(
-        programs, triton.cdiv(capacity, block_n), sms, per_sm=1 if block_n >= 128 else 2)
+        programs, triton.cdiv(capacity, block_n), sms, per_sm=1 if block_n >= 128 or (block_n, stages) == (64, 3) else 2)
     return Plan(block_m, m_tiles, block_n, stages, warps, splits)
 
 

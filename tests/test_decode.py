@@ -119,6 +119,12 @@ def test_tiles_follow_the_cache_and_fit_shared_memory():
     assert choose_tile(programs=32, capacity=1024, elt=2, block_d=128, sms=132) == (64, 2)
     assert choose_tile(programs=128, capacity=1024, elt=2, block_d=128, sms=132) == (128, 3)
     assert choose_tile(programs=32, capacity=2048, elt=2, block_d=128, sms=132) == (128, 3)
+    # splits of at most two 128-key blocks (batch 1, 8 KV heads, 4k keys: 16 splits) take four 64-key blocks, 3 stages,
+    # at the same split count (one program per SM); with more blocks per split, 128/3 again
+    assert choose_tile(programs=8, capacity=4096, elt=2, block_d=128, sms=132) == (64, 3)
+    assert plan(1, 1, 32, 8, 128, 4096, 2, 132)[2:] == (64, 3, 4, 16)
+    assert choose_tile(programs=8, capacity=4096 + 128, elt=2, block_d=128, sms=132) == (128, 3)
+    assert choose_tile(programs=8, capacity=4096, elt=2, block_d=256, sms=132) != (64, 3)
     # head dim 256: 3 stages of 128 x 256 K and V would not fit, nor 2; 2 stages of 64 keys do
     block_n, stages = choose_tile(programs=512, capacity=4096, elt=2, block_d=256, sms=132)
     assert (block_n, stages) == (64, 2) and stages * 2 * block_n * 256 * 2 <= SMEM_BUDGET
