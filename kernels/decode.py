@@ -255,16 +255,16 @@ def choose_tile(programs: int, capacity: int, elt: int, block_d: int, sms: int) 
       128-key blocks at too few stages 1.4-1.6x at small batches (results/h200-decode-v2, -v3): those paged
       launches had one K/V buffer, not two.
     The stages shrink to fit the shared-memory budget (head dim 256: 64-key blocks, 2 stages)."""
+    blocks = triton.cdiv(capacity, 128)  # 128-key blocks per sequence
     if elt >= 4:
         block_n, stages = 32, 3
-    elif programs * triton.cdiv(capacity, 128) < sms:
+    elif programs * blocks < sms:
         block_n, stages = 64, 2
     elif capacity <= 8 * 128 and programs >= 2 * sms:
         block_n, stages = 32, 3
     elif capacity <= 8 * 128 and programs <= sms // 2:
         block_n, stages = 64, 2
-    elif block_d <= 128 and 1 < (splits := num_splits_heuristic(programs, triton.cdiv(capacity, 128), sms)) \
-            and triton.cdiv(capacity, 128) <= 2 * splits:
+    elif block_d <= 128 and 1 < (splits := num_splits_heuristic(programs, blocks, sms)) and blocks <= 2 * splits:
         block_n, stages = 64, 3  # splits of at most two 128-key blocks: four of 64, one program per SM
     else:
         block_n, stages = 128, 3
@@ -278,8 +278,8 @@ def choose_tile(programs: int, capacity: int, elt: int, block_d: int, sms: int) 
 
 def num_splits_heuristic(programs: int, n_blocks: int, sms: int, per_sm: int = 1) -> int:
     """Splits per sequence: as many as keep every program in the first wave (``per_sm`` resident programs per
-    SM: 1 for 128-key tiles, 2 for 64-key ones), at least one K/V block each, at most MAX_SPLITS; 1 when
-    ``programs`` (batch * kv_heads * m_tiles) already fill a wave."""
+    SM: 1 for 128-key tiles and 64-key ones at 3 stages, 2 for the other smaller ones), at least one K/V block
+    each, at most MAX_SPLITS; 1 when ``programs`` (batch * kv_heads * m_tiles) already fill a wave."""
     return max(1, min(per_sm * sms // programs, n_blocks, MAX_SPLITS))
 
 
@@ -314,8 +314,9 @@ def plan(batch: int, q_len: int, heads: int, kv_heads: int, headdim: int, capaci
     if tiles:
         block_n = tiles[0]
         warps, stages = tiles[1], tiles[2]
+    per_sm = 1 if block_n >= 128 or (block_n, stages) == (64, 3) else 2
     splits = int(num_splits) if num_splits is not None else num_splits_heuristic(
-        programs, triton.cdiv(capacity, block_n), sms, per_sm=1 if block_n >= 128 or (block_n, stages) == (64, 3) else 2)
+        programs, triton.cdiv(capacity, block_n), sms, per_sm=per_sm)
     return Plan(block_m, m_tiles, block_n, stages, warps, splits)
 
 

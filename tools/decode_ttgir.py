@@ -86,20 +86,19 @@ def main():
     a = ap.parse_args()
     for page, bn, st in itertools.product(*(map(int, s.split(",")) for s in (a.page, a.block_n, a.stages))):
         try:
-            ns = st
-            k = compile_decode(page, bn, ns, a.warps, a.block_m, dtype=a.dtype, headdim=a.headdim)
+            k = compile_decode(page, bn, st, a.warps, a.block_m, dtype=a.dtype, headdim=a.headdim)
         except Exception as e:  # noqa: BLE001
             print(f"page={page:<3} BLOCK_N={bn:<3} s{st}: FAILED {type(e).__name__}: {str(e).splitlines()[0][:120]}")
             continue
         ttgir = k.asm["ttgir"]
         loops = loop_stats(ttgir)
         bufs = sorted(set(re.findall(r"%[kv]_\d+ = ttg.local_alloc : \(\) -> !ttg.memdesc<(\d+)x", ttgir)))
-        print(f"page={page:<3} BLOCK_N={bn:<3} s{st} (num_stages {ns}) w{a.warps} d{a.headdim}: {resources(k)} "
+        print(f"page={page:<3} BLOCK_N={bn:<3} s{st} w{a.warps} d{a.headdim}: {resources(k)} "
               f"K/V buffers {','.join(bufs)} "
               f"loops={[(l['async_copy'], l['async_wait'], l['tt_load']) for l in loops]}")
         if a.dump:
             os.makedirs(a.dump, exist_ok=True)
-            stem = f"{a.dump}/p{page}_n{bn}_ns{ns}"
+            stem = f"{a.dump}/p{page}_n{bn}_ns{st}"
             open(stem + ".ttgir", "w").write(ttgir)
             open(stem + ".ptx", "w").write(k.asm["ptx"])
 
