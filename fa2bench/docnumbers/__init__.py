@@ -20,13 +20,14 @@ from functools import partial
 from pathlib import Path
 from typing import Callable
 
-from fa2bench.docnumbers.data import DECODE_H100, VARIANTS_H100_BEFORE, VARLEN_H100_BEFORE
+from fa2bench.docnumbers.data import (DECODE_AB, DECODE_H100, DECODE_H100_SHORT, VARIANTS_H100_BEFORE,
+                                      VARLEN_H100_BEFORE)
 from fa2bench.docnumbers.h100 import (ablation_fa1, ablation_steps, ablation_versus, e2e_table, e2e_tokens,
                                       e2e_versus, fa3_dq_first, top_points, top_table, top_versus)
-from fa2bench.docnumbers.h200 import (decode_splits, decode_timers, decode_versus, fa3_accept, fa3_accept_h100,
-                                      fa3_backward, fa3_forward, fa3_rungs, first_run, headline_rerun,
-                                      headline_table, ladder_fa1, ladder_state, ladder_steps, ladder_versus,
-                                      same_card)
+from fa2bench.docnumbers.h200 import (decode_ab, decode_rerun, decode_splits, decode_timers, decode_versus,
+                                      fa3_accept, fa3_accept_h100, fa3_backward, fa3_forward, fa3_rungs, first_run,
+                                      headline_rerun, headline_table, ladder_fa1, ladder_state, ladder_steps,
+                                      ladder_versus, same_card)
 from fa2bench.docnumbers.variants import (variants_cost, variants_h100, variants_latest,
                                           variants_power, variants_profile, variants_table, variants_tiles,
                                           variants_varlen, variants_varlen_h100)
@@ -49,6 +50,10 @@ BLOCKS: dict[str, Callable[[Path], str]] = {
     "variants-latest": variants_latest, "fa3-rungs": fa3_rungs, "fa3-forward": fa3_forward,
     "fa3-dq-first": fa3_dq_first, "variants-h100": variants_h100,
     "decode-versus-h100": partial(decode_versus, run=DECODE_H100),
+    "decode-versus-h100-short": partial(decode_versus, run=DECODE_H100_SHORT),
+    "decode-rerun-h100": partial(decode_rerun, before=DECODE_H100, after=DECODE_H100_SHORT),
+    **{name: partial(decode_ab, run=run, batches=batches, keys=keys)
+       for name, (run, batches, keys) in DECODE_AB.items()},
     **{name: partial(variants_latest, run=run) for name, run in VARIANTS_H100_BEFORE.items()},
     **{name: partial(variants_varlen, runs=runs) for name, runs in VARLEN_H100_BEFORE.items()},
 }

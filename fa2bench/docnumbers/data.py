@@ -10,6 +10,11 @@ TOP, E2E, ABLATION = "h100-top", "h100-e2e", "h100-ablation"
 FIRST, SECOND = "h200-default-run1", "h200-default-run2"  # issue 21: the default sweep twice on a fresh machine
 DECODE, SPLITS = "h200-decode-v5", "h200-decode-splits-v2"  # the decode preset (1k tile rule of 894571e) and split study
 DECODE_H100 = "h100-decode"  # the decode preset on an H100, the block table read a block ahead (64a93c7)
+DECODE_H100_SHORT = "h100-decode-2"  # again, 64-key blocks where a split has at most two of 128 (8edbe04)
+DECODE_AB = {  # one-process A/Bs of kernels/decode.py (tools/decode_paged_ab.py): block name -> (run, batches, keys)
+    "decode-table-ahead": ("h100-decode-table-ahead", (1, 4), (1024, 4096)),  # the block table a block ahead
+    "decode-short-ab": ("h100-decode-short-ab", (1, 1), (4096, 4096)),  # the short corner's 64-key blocks
+}
 DECODE_BEFORE, PLAIN = "h200-decode", "h200-decode-plain"  # before the retuning; the plain-timer subset of it
 VARIANTS = "h200-variants"  # issue 18: the variants preset, fp16 and bf16
 HEADLINE = "h200-headline"  # issue 20: the paper's shapes at d64-256 on the H200, six providers

@@ -280,6 +280,46 @@ def decode_versus(root: Path, run: str = DECODE) -> str:
             f"{cost.max():.0f}%, {len(cost)} points).")
 
 
+def decode_ab(root: Path, run: str, batches: tuple[int, int], keys: tuple[int, int]) -> str:
+    """A one-process A/B of the decode kernel (``tools/decode_paged_ab.py``): what paging costs before and after
+    the change at the batches and key lengths it was made for, and the paged time after over before there and at
+    the run's other points."""
+    frame = pd.read_csv(root / run / "decode_paged_ab.csv")
+    paged = frame[frame["page_size"] > 0].pivot_table(index=["batch", "heads", "kv_len", "page_size"],
+                                                       columns="kernel", values=["vs_contiguous", "us"])
+    shape = paged.index.to_frame()
+    inside = (shape["batch"].between(*batches) & shape["kv_len"].between(*keys)).to_numpy()
+    cost = (paged["vs_contiguous"][inside] - 1) * 100
+    speed = paged["us"]["after"] / paged["us"]["before"]
+    where = (f"batch {batches[0]}" if batches[0] == batches[1] else f"batch {batches[0]}-{batches[1]}") + (
+        f", {kilo(keys[0])} keys" if keys[0] == keys[1] else f", {kilo(keys[0])}-{kilo(keys[1])} keys")
+    pages = "/".join(str(p) for p in sorted(shape["page_size"].unique()))
+    n, rest = int(inside.sum()), speed[~inside]
+    median = "" if n == 1 else "a median "
+    return (f"at {where} ({n} paged point{'s' * (n > 1)}, {pages}-token pages) the paged launch took {median}"
+            f"{cost['before'].median():.0f}% longer than the contiguous one before the change and "
+            f"{cost['after'].median():.0f}% after (both against the contiguous launch after it), in one process "
+            f"under the graph timer "
+            f"([`{run}`](results/{run})); the paged time after over before {_span(speed[inside])} there"
+            + (f", {_span(rest)} at the run's {len(rest)} other paged points" if len(rest) else ""))
+
+
+def decode_rerun(root: Path, before: str, after: str) -> str:
+    """How a rerun of the decode preset moved the points of the providers that did not change (not fa2-decode)."""
+    keys = ["provider"] + _DECODE_KEYS
+    times = [ok_rows(load(root, run)).set_index(keys)["us"] for run in (before, after)]
+    ratio = (times[1] / times[0].reindex(times[1].index)).dropna()
+    ratio = ratio[ratio.index.get_level_values("provider") != "fa2-decode"]
+    providers = ", ".join(f"`{p}`" for p in sorted(ratio.index.get_level_values("provider").unique()))
+    return (f"the other providers' points ({providers}; {len(ratio)} points) took a median "
+            f"{ratio.median():.3f}x their time in [`{before}`](results/{before}), {_span(ratio)}")
+
+
+def _span(ratios: pd.Series) -> str:
+    lo, hi = ratios.min(), ratios.max()
+    return f"{lo:.2f}x" if f"{lo:.2f}" == f"{hi:.2f}" else f"{lo:.2f}-{hi:.2f}x"
+
+
 def decode_timers(root: Path) -> str:
     """How far the plain timer (events around each call) and the graph timer disagree on fa2-decode's points."""
     fa2 = _decode_fa2(root, DECODE_BEFORE)[0].set_index(_DECODE_KEYS)["us"]
