@@ -7,7 +7,8 @@
 # Stages (default: env tests sweep), in the order given:
 #   env          GPU, driver, clocks and power limit, versions, ncu, fa2bench's peaks and measured ceilings
 #   tests        pytest -m gpu with 8 workers on the one GPU (Triton's autotuning compiles in parallel), then the
-#                big-memory tests (tens of GB each) alone -> $OUT/gpu-tests.log, $OUT/gpu-tests-big.log
+#                big-memory tests (tens of GB each) and those that compare timings with one worker
+#                -> $OUT/gpu-tests.log, $OUT/gpu-tests-alone.log
 #   sweep        fa2bench sweep $SWEEP (default: the quick preset) into results/$NAME, stopped with SIGINT after
 #                $SECS seconds (default 500) so it ends cleanly; run the stage again to --resume -> $OUT/$NAME.tgz
 #   report       fa2bench report results/$NAME, packed with the run -> $OUT/$NAME.tgz
@@ -48,10 +49,11 @@ for stage in ${*:-env tests sweep}; do
       command -v ncu >/dev/null && ncu --version | tail -1
       fa2bench info --measure ;;
     tests)
-      python3 -m pytest -q -n 8 -m "gpu and not big_memory" -p no:cacheprovider tests >"$OUT/gpu-tests.log" 2>&1
+      python3 -m pytest -q -n 8 -m "gpu and not big_memory and not alone" -p no:cacheprovider tests \
+        >"$OUT/gpu-tests.log" 2>&1
       echo "gpu tests exit $?"; tail -1 "$OUT/gpu-tests.log"; grep -E "^(FAILED|ERROR)" "$OUT/gpu-tests.log" | head -30
-      python3 -m pytest -q -m "gpu and big_memory" -p no:cacheprovider tests >"$OUT/gpu-tests-big.log" 2>&1
-      echo "big-memory tests exit $?"; tail -1 "$OUT/gpu-tests-big.log" ;;
+      python3 -m pytest -q -m "gpu and (big_memory or alone)" -p no:cacheprovider tests >"$OUT/gpu-tests-alone.log" 2>&1
+      echo "big-memory and timing tests (one worker) exit $?"; tail -1 "$OUT/gpu-tests-alone.log" ;;
     sweep)
       # shellcheck disable=SC2086  # $SWEEP is a list of options
       timeout -s INT -k 60 "$SECS" fa2bench sweep $SWEEP --out "results/$NAME" --resume >"$OUT/$NAME.log" 2>&1
