@@ -93,7 +93,7 @@ def tune_warmup_ms() -> float:
     """The tuner's warm-up per candidate: FA2_TUNE_WARMUP_MS if set, else TUNE_WARMUP_MS."""
     value = env_number(TUNE_WARMUP_ENV, TUNE_WARMUP_MS, float, "a number of milliseconds")
     if value < 0:
-        raise ValueError(f"{TUNE_WARMUP_ENV} must be at least 0, got {os.environ[TUNE_WARMUP_ENV].strip()!r}")
+        raise ValueError(f"{TUNE_WARMUP_ENV} must be at least 0, got {value:g}")
     return value
 
 
