@@ -29,10 +29,10 @@ query blocks has nothing to split:
    never visited. The cache is either contiguous, (batch, kv_len, kv_heads, head_dim), or paged,
    (num_pages, page_size, kv_heads, head_dim) with a ``block_table`` (batch, max_pages_per_seq) int32: page
    ``p`` of sequence ``b`` holds its keys ``[p * page_size, (p + 1) * page_size)``. Both layouts index a key by
-   (page or batch, row, kv head): the constexpr ``PAGED`` switch only changes where a key row is, each row
-   reading its page id from the table, so a block may span pages (a block inside one page loads one entry for
-   all its rows; a scalar load for that case spilled a register at page 256 under Triton 3.6 with the deeper
-   pipeline below). Page sizes: powers of two from 16 to 256.
+   (page or batch, row, kv head): the constexpr ``PAGED`` switch only changes where a key row is. A block inside
+   one page (``BLOCK_N <= page_size``) reads one table entry, its rows offset from that page's start as a
+   contiguous cache's from its sequence's; a block spanning pages reads one entry per key row. Page sizes:
+   powers of two from 16 to 256.
    The table is read a block ahead: each step loads the next block's page ids while its own K/V come in, and a
    split's first ids load beside its sequence's length. So no K/V address waits on a table load of its own
    step, and Triton's pipeliner buffers paged K/V blocks as deeply as contiguous ones at the same
@@ -67,10 +67,26 @@ INTERPRETER_SMS = 8  # the SM count the heuristic assumes on the CPU interpreter
 # The split kernel: one (split, batch, kv head, row tile) per program
 # ----------------------------------------------------------------------------------------------------------------
 @triton.jit
-def _page_ids(table_row, start, offs_n, CAPACITY, PAGE_SIZE: tl.constexpr):
-    """The page of each key row of the block at ``start`` (int64; 0 past the table's capacity)."""
-    cols = start + offs_n
-    return tl.load(table_row + cols // PAGE_SIZE, mask=cols < CAPACITY, other=0).to(tl.int64)
+def _page_ids(table_row, start, offs_n, CAPACITY, PAGE_SIZE: tl.constexpr, BLOCK_N: tl.constexpr):
+    """The page of the block at ``start`` (int64; 0 past the table's capacity): one id when the block lies inside
+    one page (``BLOCK_N <= PAGE_SIZE``), else one per key row."""
+    if BLOCK_N <= PAGE_SIZE:
+        ids = tl.load(table_row + start // PAGE_SIZE, mask=start < CAPACITY, other=0)
+    else:
+        cols = start + offs_n
+        ids = tl.load(table_row + cols // PAGE_SIZE, mask=cols < CAPACITY, other=0)
+    return ids.to(tl.int64)
+
+
+@triton.jit
+def _paged_offsets(pages, cols, offs_d, stride_b, stride_n, PAGE_SIZE: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Offsets of the block's key rows ``cols`` in a paged cache, from ``_page_ids``'s ids."""
+    in_page = (cols % PAGE_SIZE).to(tl.int64)[:, None] * stride_n + offs_d[None, :]
+    if BLOCK_N <= PAGE_SIZE:
+        offsets = pages * stride_b + in_page
+    else:
+        offsets = pages[:, None] * stride_b + in_page
+    return offsets
 
 
 @triton.jit
@@ -85,11 +101,10 @@ def _decode_inner(acc, l_i, m_i, pages, q, K, V, table_row, lo, hi, limit, seqle
     d_ok = offs_d[None, :] < HEAD_DIM
     for start_n in range(lo, hi, BLOCK_N):
         cols = start_n + offs_n
-        if PAGED:  # each key row finds its page (a block may span pages); the table is read a block ahead
-            rows = (cols % PAGE_SIZE).to(tl.int64)
-            k_off = pages[:, None] * stride_kb + rows[:, None] * stride_kn + offs_d[None, :]
-            v_off = pages[:, None] * stride_vb + rows[:, None] * stride_vn + offs_d[None, :]
-            pages = _page_ids(table_row, start_n + BLOCK_N, offs_n, CAPACITY, PAGE_SIZE)
+        if PAGED:  # the block's page (or each row's, where it spans pages), read from the table a block ahead
+            k_off = _paged_offsets(pages, cols, offs_d, stride_kb, stride_kn, PAGE_SIZE, BLOCK_N)
+            v_off = _paged_offsets(pages, cols, offs_d, stride_vb, stride_vn, PAGE_SIZE, BLOCK_N)
+            pages = _page_ids(table_row, start_n + BLOCK_N, offs_n, CAPACITY, PAGE_SIZE, BLOCK_N)
         else:
             k_off = off_b * stride_kb + cols.to(tl.int64)[:, None] * stride_kn + offs_d[None, :]
             v_off = off_b * stride_vb + cols.to(tl.int64)[:, None] * stride_vn + offs_d[None, :]
@@ -139,7 +154,7 @@ def _decode_kernel(Q, K, V, Out, OPart, LsePart, SeqlensK, BlockTable, qk_scale,
     per_split = tl.cdiv(tl.cdiv(CAPACITY, BLOCK_N), NUM_SPLITS)
     if PAGED:
         table_row = BlockTable + off_b.to(tl.int64) * stride_tb
-        pages = _page_ids(table_row, split * per_split * BLOCK_N, offs_n, CAPACITY, PAGE_SIZE)
+        pages = _page_ids(table_row, split * per_split * BLOCK_N, offs_n, CAPACITY, PAGE_SIZE, BLOCK_N)
     else:
         table_row = BlockTable
         pages = offs_n.to(tl.int64)  # unused

@@ -154,6 +154,9 @@ def test_paged_k_and_v_are_buffered_as_deeply_as_contiguous_ones_at_the_same_sta
     assert len(found) == 4, out
     for tiling, pages in found.items():
         assert pages["page=0"] == pages["page=64"], (tiling, pages)
+    # and a step reads one table entry for a block inside one page, one per key row for a block spanning two
+    ids = {" ".join(line.split()[:2]): line.split("table ids per step ")[1] for line in out.splitlines()}
+    assert ids["page=64 BLOCK_N=64"] == "1,1" and ids["page=64 BLOCK_N=128"] == "128,128", ids
 
 
 def test_one_launch_plan_for_the_kernel_and_the_split_study():

@@ -5,7 +5,8 @@ shared memory: whether the paged path's K/V loads are multi-buffered like the co
     PYTHONPATH=. /work/venv36/bin/python tools/decode_ttgir.py --page 0,64 --block-n 64,128 --stages 2,3
 
 ``--stages`` are the plan's K/V stages, Triton's ``num_stages`` on either layout. Each line gives, per K/V loop,
-(async copies, async waits, synchronous tt.loads), and the K/V buffers Triton allocated.
+(async copies, async waits, synchronous tt.loads), the K/V buffers Triton allocated, and how many block-table
+entries each step loads (one for a block inside one page, one per key row for a block spanning pages).
 """
 from __future__ import annotations
 
@@ -54,7 +55,8 @@ def compile_decode(page: int, block_n: int, stages: int, warps: int = 4, block_m
 
 
 def loop_stats(ttgir: str) -> list[dict]:
-    """Per scf.for in the TTGIR: async copies, commit groups and waits inside it, and plain global loads."""
+    """Per scf.for in the TTGIR: async copies, commit groups and waits inside it, plain global loads, and the
+    block-table entries those loads read per step (``table_ids``: 1 for a block inside one page)."""
     out = []
     lines = ttgir.splitlines()
     for i, line in enumerate(lines):
@@ -67,9 +69,10 @@ def loop_stats(ttgir: str) -> list[dict]:
             if depth <= 0 and len(body) > 1:
                 break
         text = "\n".join(body)
+        ids = sum(int(n or 1) for n in re.findall(r"= tt\.load [^\n]*?: (?:tensor<(\d+)x)?!tt\.ptr<i32>", text))
         out.append(dict(line=i, async_copy=text.count("ttg.async_copy_global_to_local"),
                         async_wait=text.count("ttg.async_wait"), tt_load=len(re.findall(r"= tt\.load ", text)),
-                        local_alloc=text.count("ttg.local_alloc")))
+                        table_ids=ids, local_alloc=text.count("ttg.local_alloc")))
     return out
 
 
@@ -95,7 +98,8 @@ def main():
         bufs = sorted(set(re.findall(r"%[kv]_\d+ = ttg.local_alloc : \(\) -> !ttg.memdesc<(\d+)x", ttgir)))
         print(f"page={page:<3} BLOCK_N={bn:<3} s{st} w{a.warps} d{a.headdim}: {resources(k)} "
               f"K/V buffers {','.join(bufs)} "
-              f"loops={[(l['async_copy'], l['async_wait'], l['tt_load']) for l in loops]}")
+              f"loops={[(l['async_copy'], l['async_wait'], l['tt_load']) for l in loops]} "
+              f"table ids per step {','.join(str(l['table_ids']) for l in loops)}")
         if a.dump:
             os.makedirs(a.dump, exist_ok=True)
             stem = f"{a.dump}/p{page}_n{bn}_ns{st}"
