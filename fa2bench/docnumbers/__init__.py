@@ -20,8 +20,8 @@ from functools import partial
 from pathlib import Path
 from typing import Callable
 
-from fa2bench.docnumbers.data import (DECODE_AB, DECODE_H100, DECODE_H100_SHORT, VARIANTS_H100_BEFORE,
-                                      VARLEN_H100_BEFORE)
+from fa2bench.docnumbers.data import (DECODE_AB, DECODE_H100, DECODE_H100_ONE_ID, DECODE_H100_SHORT,
+                                      VARIANTS_H100_BEFORE, VARLEN_H100_BEFORE)
 from fa2bench.docnumbers.h100 import (ablation_fa1, ablation_steps, ablation_versus, e2e_table, e2e_tokens,
                                       e2e_versus, fa3_dq_first, top_points, top_table, top_versus)
 from fa2bench.docnumbers.h200 import (decode_ab, decode_rerun, decode_splits, decode_timers, decode_versus,
@@ -52,8 +52,10 @@ BLOCKS: dict[str, Callable[[Path], str]] = {
     "decode-versus-h100": partial(decode_versus, run=DECODE_H100),
     "decode-versus-h100-short": partial(decode_versus, run=DECODE_H100_SHORT),
     "decode-rerun-h100": partial(decode_rerun, before=DECODE_H100, after=DECODE_H100_SHORT),
-    **{name: partial(decode_ab, run=run, batches=batches, keys=keys)
-       for name, (run, batches, keys) in DECODE_AB.items()},
+    "decode-versus-h100-one-id": partial(decode_versus, run=DECODE_H100_ONE_ID),
+    "decode-rerun-h100-one-id": partial(decode_rerun, before=DECODE_H100_SHORT, after=DECODE_H100_ONE_ID),
+    **{name: partial(decode_ab, run=run, points=points, pages=pages)
+       for name, (run, points, pages) in DECODE_AB.items()},
     **{name: partial(variants_latest, run=run) for name, run in VARIANTS_H100_BEFORE.items()},
     **{name: partial(variants_varlen, runs=runs) for name, runs in VARLEN_H100_BEFORE.items()},
 }

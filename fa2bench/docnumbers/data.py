@@ -11,9 +11,12 @@ FIRST, SECOND = "h200-default-run1", "h200-default-run2"  # issue 21: the defaul
 DECODE, SPLITS = "h200-decode-v5", "h200-decode-splits-v2"  # the decode preset (1k tile rule of 894571e) and split study
 DECODE_H100 = "h100-decode"  # the decode preset on an H100, the block table read a block ahead (64a93c7)
 DECODE_H100_SHORT = "h100-decode-2"  # again, 64-key blocks where a split has at most two of 128 (8edbe04)
-DECODE_AB = {  # one-process A/Bs of kernels/decode.py (tools/decode_paged_ab.py): block name -> (run, batches, keys)
-    "decode-table-ahead": ("h100-decode-table-ahead", (1, 4), (1024, 4096)),  # the block table a block ahead
-    "decode-short-ab": ("h100-decode-short-ab", (1, 1), (4096, 4096)),  # the short corner's 64-key blocks
+DECODE_H100_ONE_ID = "h100-decode-3"  # again, a block inside one page reads one table entry (b4cc0da)
+DECODE_AB = {  # one-process A/Bs of kernels/decode.py (tools/decode_paged_ab.py): block name -> (run, the
+    # (batch, keys) points the change was made for, the page sizes it was judged at; None: all)
+    "decode-table-ahead": ("h100-decode-table-ahead", ((1, 1024), (1, 4096), (4, 1024), (4, 4096)), None),
+    "decode-short-ab": ("h100-decode-short-ab", ((1, 4096),), None),  # the short corner's 64-key blocks
+    "decode-one-id-ab": ("h100-decode-one-id-ab", ((1, 1024), (1, 4096), (4, 1024)), (64,)),  # its 64-key blocks
 }
 DECODE_BEFORE, PLAIN = "h200-decode", "h200-decode-plain"  # before the retuning; the plain-timer subset of it
 VARIANTS = "h200-variants"  # issue 18: the variants preset, fp16 and bf16

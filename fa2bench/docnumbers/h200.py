@@ -280,28 +280,28 @@ def decode_versus(root: Path, run: str = DECODE) -> str:
             f"{cost.max():.0f}%, {len(cost)} points).")
 
 
-def decode_ab(root: Path, run: str, batches: tuple[int, int], keys: tuple[int, int]) -> str:
+def decode_ab(root: Path, run: str, points: tuple[tuple[int, int], ...], pages: tuple[int, ...] | None) -> str:
     """A one-process A/B of the decode kernel (``tools/decode_paged_ab.py``): what paging costs before and after
-    the change at the batches and key lengths it was made for, and the paged time after over before there and at
-    the run's other points."""
+    the change at the (batch, keys) ``points`` and ``pages`` it was made for, and the paged time after over before
+    there and at the run's other points."""
     frame = pd.read_csv(root / run / "decode_paged_ab.csv")
     paged = frame[frame["page_size"] > 0].pivot_table(index=["batch", "heads", "kv_len", "page_size"],
                                                        columns="kernel", values=["vs_contiguous", "us"])
     shape = paged.index.to_frame()
-    inside = (shape["batch"].between(*batches) & shape["kv_len"].between(*keys)).to_numpy()
+    inside = (pd.Series(list(zip(shape["batch"], shape["kv_len"])), index=paged.index).isin(points)
+              & (shape["page_size"].isin(pages) if pages else True)).to_numpy()
     cost = (paged["vs_contiguous"][inside] - 1) * 100
     speed = paged["us"]["after"] / paged["us"]["before"]
-    where = (f"batch {batches[0]}" if batches[0] == batches[1] else f"batch {batches[0]}-{batches[1]}") + (
-        f", {kilo(keys[0])} keys" if keys[0] == keys[1] else f", {kilo(keys[0])}-{kilo(keys[1])} keys")
-    pages = "/".join(str(p) for p in sorted(shape["page_size"].unique()))
+    where = ", ".join(f"batch {b} / {kilo(k)} keys" for b, k in points)
+    sizes = "/".join(str(p) for p in sorted(shape["page_size"][inside].unique()))
     n, rest = int(inside.sum()), speed[~inside]
     median = "" if n == 1 else "a median "
-    return (f"at {where} ({n} paged point{'s' * (n > 1)}, {pages}-token pages) the paged launch took {median}"
+    return (f"at {where} ({n} paged point{'s' * (n > 1)}, {sizes}-token pages) the paged launch took {median}"
             f"{cost['before'].median():.0f}% longer than the contiguous one before the change and "
             f"{cost['after'].median():.0f}% after (both against the contiguous launch after it), in one process "
-            f"under the graph timer "
-            f"([`{run}`](results/{run})); the paged time after over before {_span(speed[inside])} there"
-            + (f", {_span(rest)} at the run's {len(rest)} other paged points" if len(rest) else ""))
+            f"under the graph timer ([`{run}`](results/{run})); the paged time after over before "
+            f"{_span(speed[inside])} there" + (f", {_span(rest)} at the run's {len(rest)} other paged points"
+                                              if len(rest) else ""))
 
 
 def decode_rerun(root: Path, before: str, after: str) -> str:
