@@ -6,7 +6,7 @@
 ``before`` is kernels/decode.py as of a git revision, loaded beside today's (same package, so its relative
 imports resolve); ``after`` is the working tree's. A contiguous cache is timed with today's kernel only (its
 launch is unchanged above 1k keys), and each paged row carries its time over that one (``vs_contiguous``).
-``--tiles`` adds rows on contiguous caches for the short-cache study: each kernel's own plan, and fixed
+``--tiles`` (repeatable) adds rows on contiguous caches for a tile study: each kernel's own plan, and fixed
 (BLOCK_N, warps, stages) tilings of today's kernel at the split count the plan gives each tiling.
 """
 from __future__ import annotations
@@ -91,8 +91,8 @@ def main(argv=None) -> None:
     ap.add_argument("--kv-heads", type=int, default=8)
     ap.add_argument("--max-gib", type=float, default=4.0, help="skip shapes whose K and V exceed this")
     ap.add_argument("--rep-ms", type=float, default=50.0)
-    ap.add_argument("--tiles", default="", help="short-cache study: BATCH,...:KV:BN/W/S,... e.g. "
-                                               "4,16,64,256:1024:128/4/3,128/4/4,64/4/2,64/4/3")
+    ap.add_argument("--tiles", action="append", default=[], help="tile study (repeatable): BATCH,...:KV:BN/W/S,... "
+                                                                "e.g. 4,16,64,256:1024:128/4/3,128/4/4,64/4/2,64/4/3")
     a = ap.parse_args(argv)
     from fa2bench.kernels import decode as after
 
@@ -124,8 +124,8 @@ def main(argv=None) -> None:
                         rows.append({**row, "kernel": name, "vs_contiguous": row["us"] / base["us"]})
                 save()
                 print(f"batch {batch} kv {kv_len}: {time.time() - start:.0f} s", flush=True)
-        if a.tiles:
-            batches, kv_len, tiles = a.tiles.split(":")
+        for study in a.tiles:
+            batches, kv_len, tiles = study.split(":")
             for batch in ints(batches):
                 time_it = timer(after, batch, a.heads, a.kv_heads, int(kv_len), 0, a.rep_ms)
                 rows.append({**timer(before, batch, a.heads, a.kv_heads, int(kv_len), 0, a.rep_ms)(),
