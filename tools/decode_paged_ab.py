@@ -4,8 +4,9 @@
     python tools/decode_paged_ab.py --out results/_scratch/decode-paged-ab [--before 5f64b9d]
 
 ``before`` is kernels/decode.py as of a git revision, loaded beside today's (same package, so its relative
-imports resolve); ``after`` is the working tree's. A contiguous cache is timed with today's kernel only (its
-launch is unchanged above 1k keys), and each paged row carries its time over that one (``vs_contiguous``).
+imports resolve); ``after`` is the working tree's. A contiguous cache is timed with today's kernel only, and
+each paged row carries its time over that one (``vs_contiguous``); where a change moves the contiguous launch too,
+``--tiles``' ``plan before`` and ``plan after`` rows time both kernels' contiguous launches.
 ``--tiles`` (repeatable) adds rows on contiguous caches for a tile study: each kernel's own plan, and fixed
 (BLOCK_N, warps, stages) tilings of today's kernel at the split count the plan gives each tiling.
 """
