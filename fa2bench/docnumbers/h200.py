@@ -307,9 +307,8 @@ def decode_ab(root: Path, run: str, points: tuple[tuple[int, int], ...], pages: 
 def decode_rerun(root: Path, before: str, after: str) -> str:
     """How a rerun of the decode preset moved the points of the providers that did not change (not fa2-decode)."""
     keys = ["provider"] + _DECODE_KEYS
-    times = [ok_rows(load(root, run)).set_index(keys)["us"] for run in (before, after)]
+    times = [_decode_fa2(root, run)[1].set_index(keys)["us"] for run in (before, after)]
     ratio = (times[1] / times[0].reindex(times[1].index)).dropna()
-    ratio = ratio[ratio.index.get_level_values("provider") != "fa2-decode"]
     providers = ", ".join(f"`{p}`" for p in sorted(ratio.index.get_level_values("provider").unique()))
     return (f"the other providers' points ({providers}; {len(ratio)} points) took a median "
             f"{ratio.median():.3f}x their time in [`{before}`](results/{before}), {_span(ratio)}")
