@@ -59,10 +59,19 @@ def timer(module, batch: int, heads: int, kv_heads: int, kv_len: int, page: int,
         return make_inputs(batch, heads, kv_heads, 1, kv_len, 128, page, False, torch.bfloat16 if DEVICE == "cuda"
                            else torch.float16, DEVICE)
 
-    def time_it(tiles=None) -> dict:
-        def run(c):
-            return module.decode_attention(c.q, c.k_cache, c.v_cache, c.seqlens_k, c.block_table, validate=False,
-                                           tiles=tiles)
+    def time_it(tiles=None, lengths=True, provider=None) -> dict:
+        """``module``'s kernel (``lengths=False``: called without seqlens_k), or ``provider`` as the sweep runs it."""
+        if provider is not None:
+            from fa2bench.core import providers
+            from fa2bench.core.decode_ref import attention_shape, decode_adapter
+            from fa2bench.core.presets import Shape
+
+            run = decode_adapter(providers.get(provider).make(attention_shape(
+                Shape(batch, heads, kv_heads, 1, kv_len, 128, True, page_size=page))))
+        else:
+            def run(c):
+                return module.decode_attention(c.q, c.k_cache, c.v_cache, c.seqlens_k if lengths else None,
+                                               c.block_table, validate=False, tiles=tiles)
 
         cache = inputs()
         run(cache)
@@ -72,7 +81,7 @@ def timer(module, batch: int, heads: int, kv_heads: int, kv_len: int, page: int,
             torch.cuda.synchronize()
         return dict(batch=batch, heads=heads, kv_heads=kv_heads, kv_len=kv_len, page_size=page, us=t.ms * 1e3,
                     gbps=nbytes / (t.ms * 1e-3) / 1e9, spread=t.spread, noisy=t.noisy, timer=t.timer,
-                    config=module.last_config())
+                    config=provider or module.last_config())
 
     return time_it
 
@@ -94,6 +103,8 @@ def main(argv=None) -> None:
     ap.add_argument("--rep-ms", type=float, default=50.0)
     ap.add_argument("--tiles", action="append", default=[], help="tile study (repeatable): BATCH,...:KV:BN/W/S,... "
                                                                 "e.g. 4,16,64,256:1024:128/4/3,128/4/4,64/4/2,64/4/3")
+    ap.add_argument("--no-lengths", action="store_true", help="tile study: also today's plan called without "
+                    "seqlens_k (uniform lengths), and sdpa-cudnn as the sweep runs it")
     a = ap.parse_args(argv)
     from fa2bench.kernels import decode as after
 
@@ -132,6 +143,9 @@ def main(argv=None) -> None:
                 rows.append({**timer(before, batch, a.heads, a.kv_heads, int(kv_len), 0, a.rep_ms)(),
                              "kernel": "plan before"})
                 rows.append({**time_it(), "kernel": "plan after"})
+                if a.no_lengths:
+                    rows.append({**time_it(lengths=False), "kernel": "plan after, no lengths"})
+                    rows.append({**time_it(provider="sdpa-cudnn"), "kernel": "sdpa-cudnn"})
                 for tile in tiles.split(","):
                     rows.append({**time_it(tuple(ints(tile.replace("/", ",")))), "kernel": f"tiles {tile}"})
                 save()
