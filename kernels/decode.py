@@ -136,8 +136,7 @@ def _decode_kernel(Q, K, V, Out, OPart, LsePart, SeqlensK, BlockTable, qk_scale,
                    stride_qb, stride_qm, stride_qh, stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh,
                    stride_ob, stride_om, stride_oh, stride_tb,
                    BATCH, HEADS, KV_HEADS, Q_LEN, NUM_SPLITS, CAPACITY,
-                   GROUP: tl.constexpr, CAUSAL: tl.constexpr, UNIFORM: tl.constexpr, PAGED: tl.constexpr,
-                   PAGE_SIZE: tl.constexpr,
+                   GROUP: tl.constexpr, CAUSAL: tl.constexpr, PAGED: tl.constexpr, PAGE_SIZE: tl.constexpr,
                    SPLIT: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
                    BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr):
     split = tl.program_id(0)
@@ -159,10 +158,7 @@ def _decode_kernel(Q, K, V, Out, OPart, LsePart, SeqlensK, BlockTable, qk_scale,
     else:
         table_row = BlockTable
         pages = offs_n.to(tl.int64)  # unused
-    if UNIFORM:  # every sequence fills the contiguous cache: the first K/V loads wait for no length from memory
-        seqlen = CAPACITY
-    else:
-        seqlen = tl.load(SeqlensK + off_b)
+    seqlen = tl.load(SeqlensK + off_b)
     off_b = off_b.to(tl.int64)
     n_blocks = tl.cdiv(seqlen, BLOCK_N)
     lo = tl.minimum(split * per_split, n_blocks) * BLOCK_N
@@ -411,8 +407,7 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     """softmax(q k^T * sm_scale) v for decoding, split over the keys; returns (batch, q_len, heads, head_dim).
 
     q: (batch, q_len <= 16, heads, head_dim). Contiguous cache (block_table None): k_cache, v_cache
-    (batch, kv_len, kv_heads, head_dim), seqlens_k (batch,) int32, or None for kv_len everywhere (then the
-    kernel reads no lengths, and its first K/V loads wait for none). Paged cache:
+    (batch, kv_len, kv_heads, head_dim), seqlens_k (batch,) int32 or None for kv_len everywhere. Paged cache:
     (num_pages, page_size, kv_heads, head_dim) with block_table (batch, max_pages_per_seq) int32 and
     seqlens_k. Causal masking is aligned bottom-right. ``num_splits`` forces the split count (default: the
     heuristic). ``validate`` checks lengths and table entries against the cache (one host sync; a caller that
@@ -425,10 +420,9 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     kv_heads = k_cache.shape[2]
     group = heads // kv_heads
     paged = block_table is not None
-    uniform = seqlens_k is None  # contiguous only (_check): every length is kv_len
-    if uniform and causal and k_cache.shape[1] < q_len:
-        raise ValueError(f"kv_len {k_cache.shape[1]}: causal decoding of {q_len} queries needs kv length >= q_len")
-    if validate and not uniform:
+    if seqlens_k is None:
+        seqlens_k = torch.full((batch,), k_cache.shape[1], dtype=torch.int32, device=q.device)
+    if validate:
         _check_values(q, k_cache, seqlens_k, block_table, bool(causal))
     scale = check_scale(headdim, sm_scale)
     precision = dot_precision(q.dtype, tf32)
@@ -440,14 +434,13 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     f32 = dict(device=q.device, dtype=torch.float32)
     o_part = torch.empty((splits, batch, q_len, heads, headdim) if splits > 1 else (1,), **f32)
     lse_part = torch.empty((splits, batch, q_len, heads) if splits > 1 else (1,), **f32)
-    lengths = q if uniform else seqlens_k  # unread when UNIFORM
-    table = block_table if paged else lengths  # unread when not PAGED
+    table = block_table if paged else seqlens_k  # unread when not PAGED
     _decode_kernel[(splits, batch * kv_heads, m_tiles)](
-        q, k_cache, v_cache, out, o_part, lse_part, lengths, table, scale * 1.4426950408889634,
+        q, k_cache, v_cache, out, o_part, lse_part, seqlens_k, table, scale * 1.4426950408889634,
         q.stride(0), q.stride(1), q.stride(2), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), out.stride(0), out.stride(1), out.stride(2),
         table.stride(0), batch, heads, kv_heads, q_len, splits, capacity,
-        GROUP=group, CAUSAL=bool(causal), UNIFORM=uniform, PAGED=paged, PAGE_SIZE=k_cache.shape[1] if paged else 1,
+        GROUP=group, CAUSAL=bool(causal), PAGED=paged, PAGE_SIZE=k_cache.shape[1] if paged else 1,
         SPLIT=splits > 1, HEAD_DIM=headdim, BLOCK_D=BLOCK_D, BLOCK_M=block_m, BLOCK_N=block_n,
         DOT_PRECISION=precision, num_warps=warps, num_stages=stages)
     if splits > 1:
