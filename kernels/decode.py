@@ -90,10 +90,10 @@ def _paged_offsets(pages, cols, offs_d, stride_b, stride_n, PAGE_SIZE: tl.conste
 
 
 @triton.jit
-def _decode_inner(acc, l_i, m_i, pages, q, K, V, table_row, lo, hi, limit, seqlen, off_b, offs_n, offs_d, qk_scale,
-                  stride_kb, stride_kn, stride_vb, stride_vn, CAPACITY,
-                  PAGE_SIZE: tl.constexpr, PAGED: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-                  BLOCK_N: tl.constexpr, MASK: tl.constexpr, DOT_PRECISION: tl.constexpr):
+def _decode_inner(acc, l_i, m_i, pages, q, K, V, KD, VD, table_row, lo, hi, limit, seqlen, off_b, off_hkv, offs_n,
+                  offs_d, qk_scale, stride_kb, stride_kn, stride_vb, stride_vn, CAPACITY,
+                  PAGE_SIZE: tl.constexpr, PAGED: tl.constexpr, TMA: tl.constexpr, HEAD_DIM: tl.constexpr,
+                  BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, MASK: tl.constexpr, DOT_PRECISION: tl.constexpr):
     """Online softmax over the K/V blocks [lo, hi) of one sequence. MASK=False: every row sees every key here.
     MASK=True: row r sees key j iff j <= limit[r] (limit < seqlen: the ragged end and the causal band).
     PAGED: ``pages`` holds the page ids of block ``lo``'s key rows; each step loads the next block's while this
@@ -112,7 +112,10 @@ def _decode_inner(acc, l_i, m_i, pages, q, K, V, table_row, lo, hi, limit, seqle
             live = (cols[:, None] < seqlen) & d_ok
         else:
             live = d_ok
-        k = tl.load(K + k_off, mask=live, other=0.0)
+        if TMA:  # the block as one box of the cache's (batch * kv_len, kv_heads * head_dim) view
+            k = KD.load([(off_b * CAPACITY + start_n).to(tl.int32), off_hkv * HEAD_DIM])
+        else:
+            k = tl.load(K + k_off, mask=live, other=0.0)
         qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
         if MASK:
             qk = tl.where(cols[None, :] <= limit[:, None], qk, float("-inf"))
@@ -124,7 +127,12 @@ def _decode_inner(acc, l_i, m_i, pages, q, K, V, table_row, lo, hi, limit, seqle
         p = tl.math.exp2(qk - shift[:, None])
         alpha = tl.math.exp2(m_i - shift)
         l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(V + v_off, mask=live, other=0.0)
+        if TMA:
+            v = VD.load([(off_b * CAPACITY + start_n).to(tl.int32), off_hkv * HEAD_DIM])
+            if MASK:  # a box reads past the length: those rows must not reach the sum (p is 0, the row may be NaN)
+                v = tl.where(cols[:, None] < seqlen, v, 0.0)
+        else:
+            v = tl.load(V + v_off, mask=live, other=0.0)
         acc = acc * alpha[:, None]
         acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PRECISION)
         m_i = m_new
@@ -132,12 +140,12 @@ def _decode_inner(acc, l_i, m_i, pages, q, K, V, table_row, lo, hi, limit, seqle
 
 
 @triton.jit
-def _decode_kernel(Q, K, V, Out, OPart, LsePart, SeqlensK, BlockTable, qk_scale,
+def _decode_kernel(Q, K, V, KD, VD, Out, OPart, LsePart, SeqlensK, BlockTable, qk_scale,
                    stride_qb, stride_qm, stride_qh, stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh,
                    stride_ob, stride_om, stride_oh, stride_tb,
                    BATCH, HEADS, KV_HEADS, Q_LEN, NUM_SPLITS, CAPACITY,
                    GROUP: tl.constexpr, CAUSAL: tl.constexpr, PAGED: tl.constexpr, PAGE_SIZE: tl.constexpr,
-                   SPLIT: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
+                   SPLIT: tl.constexpr, TMA: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
                    BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr):
     split = tl.program_id(0)
     off_b = tl.program_id(1) // KV_HEADS
@@ -182,12 +190,14 @@ def _decode_kernel(Q, K, V, Out, OPart, LsePart, SeqlensK, BlockTable, qk_scale,
     m_i = tl.zeros([BLOCK_M], dtype=tl.float32) - float("inf")
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-    acc, l_i, m_i, pages = _decode_inner(acc, l_i, m_i, pages, q, K, V, table_row, lo, mid, limit, seqlen, off_b,
-                                         offs_n, offs_d, qk_scale, stride_kb, stride_kn, stride_vb, stride_vn,
-                                         CAPACITY, PAGE_SIZE, PAGED, HEAD_DIM, BLOCK_D, BLOCK_N, False, DOT_PRECISION)
-    acc, l_i, m_i, pages = _decode_inner(acc, l_i, m_i, pages, q, K, V, table_row, mid, hi, limit, seqlen, off_b,
-                                         offs_n, offs_d, qk_scale, stride_kb, stride_kn, stride_vb, stride_vn,
-                                         CAPACITY, PAGE_SIZE, PAGED, HEAD_DIM, BLOCK_D, BLOCK_N, True, DOT_PRECISION)
+    acc, l_i, m_i, pages = _decode_inner(acc, l_i, m_i, pages, q, K, V, KD, VD, table_row, lo, mid, limit, seqlen,
+                                         off_b, off_hkv, offs_n, offs_d, qk_scale, stride_kb, stride_kn, stride_vb,
+                                         stride_vn, CAPACITY, PAGE_SIZE, PAGED, TMA, HEAD_DIM, BLOCK_D, BLOCK_N, False,
+                                         DOT_PRECISION)
+    acc, l_i, m_i, pages = _decode_inner(acc, l_i, m_i, pages, q, K, V, KD, VD, table_row, mid, hi, limit, seqlen,
+                                         off_b, off_hkv, offs_n, offs_d, qk_scale, stride_kb, stride_kn, stride_vb,
+                                         stride_vn, CAPACITY, PAGE_SIZE, PAGED, TMA, HEAD_DIM, BLOCK_D, BLOCK_N, True,
+                                         DOT_PRECISION)
     seen = l_i > 0.0
     o = acc / tl.where(seen, l_i, 1.0)[:, None]
     mask = row_ok[:, None] & d_ok
@@ -402,8 +412,8 @@ def _check_values(q, k_cache, seqlens_k, block_table, causal):
 def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                      seqlens_k: torch.Tensor | None = None, block_table: torch.Tensor | None = None, *,
                      causal: bool = True, sm_scale: float | None = None, num_splits: int | None = None,
-                     tf32: bool = False, validate: bool = True, tiles: tuple[int, int, int] | None = None
-                     ) -> torch.Tensor:
+                     tf32: bool = False, validate: bool = True, tiles: tuple[int, int, int] | None = None,
+                     tma: bool = False) -> torch.Tensor:
     """softmax(q k^T * sm_scale) v for decoding, split over the keys; returns (batch, q_len, heads, head_dim).
 
     q: (batch, q_len <= 16, heads, head_dim). Contiguous cache (block_table None): k_cache, v_cache
@@ -435,13 +445,20 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     o_part = torch.empty((splits, batch, q_len, heads, headdim) if splits > 1 else (1,), **f32)
     lse_part = torch.empty((splits, batch, q_len, heads) if splits > 1 else (1,), **f32)
     table = block_table if paged else seqlens_k  # unread when not PAGED
+    kd, vd = k_cache, v_cache  # unread unless TMA
+    tma = bool(tma) and not paged and headdim == BLOCK_D and k_cache.is_contiguous() and v_cache.is_contiguous()
+    if tma:
+        from triton.tools.tensor_descriptor import TensorDescriptor
+
+        kd, vd = (TensorDescriptor.from_tensor(c.view(batch * c.shape[1], kv_heads * headdim), [block_n, BLOCK_D])
+                  for c in (k_cache, v_cache))
     _decode_kernel[(splits, batch * kv_heads, m_tiles)](
-        q, k_cache, v_cache, out, o_part, lse_part, seqlens_k, table, scale * 1.4426950408889634,
+        q, k_cache, v_cache, kd, vd, out, o_part, lse_part, seqlens_k, table, scale * 1.4426950408889634,
         q.stride(0), q.stride(1), q.stride(2), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), out.stride(0), out.stride(1), out.stride(2),
         table.stride(0), batch, heads, kv_heads, q_len, splits, capacity,
         GROUP=group, CAUSAL=bool(causal), PAGED=paged, PAGE_SIZE=k_cache.shape[1] if paged else 1,
-        SPLIT=splits > 1, HEAD_DIM=headdim, BLOCK_D=BLOCK_D, BLOCK_M=block_m, BLOCK_N=block_n,
+        SPLIT=splits > 1, TMA=tma, HEAD_DIM=headdim, BLOCK_D=BLOCK_D, BLOCK_M=block_m, BLOCK_N=block_n,
         DOT_PRECISION=precision, num_warps=warps, num_stages=stages)
     if splits > 1:
         _combine_kernel[(batch * q_len * heads,)](
@@ -449,5 +466,6 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
             splits, HEAD_DIM=headdim, BLOCK_D=BLOCK_D, BLOCK_S=max(2, triton.next_power_of_2(splits)), num_warps=4)
     global _last_config
     _last_config = (f"decode: BLOCK_M={block_m} BLOCK_N={block_n} w{warps} s{stages} splits={splits}"
+                    f"{' tma' if tma else ''}"
                     f"{f' page={k_cache.shape[1]}' if paged else ''}")
     return out

@@ -292,6 +292,40 @@ def test_gpu_paged_gives_the_contiguous_bits(page, tiles):
         assert torch.equal(run(paged, num_splits=splits, tiles=tiles), run(inputs, num_splits=splits, tiles=tiles))
 
 
+def _poison_past_lengths(inputs: DecodeInputs) -> DecodeInputs:
+    """A contiguous cache whose rows past each sequence's length are NaN: a kernel that reads them into the sum
+    returns NaN."""
+    k, v = inputs.k_cache.clone(), inputs.v_cache.clone()
+    for b, length in enumerate(inputs.seqlens_k.tolist()):
+        k[b, length:] = float("nan")
+        v[b, length:] = float("nan")
+    return DecodeInputs(inputs.q, k, v, inputs.seqlens_k, None)
+
+
+@pytest.mark.parametrize("splits", [1, 3])
+def test_tma_boxes_match_the_reference_with_nan_past_the_lengths(splits):
+    """tma=True reads whole (BLOCK_N, head_dim) boxes, rows past a sequence's length included; NaN there must not
+    reach the output."""
+    inputs = _poison_past_lengths(make_inputs(3, 8, 2, 2, 75, 16, 0, True, torch.float16, DEVICE))
+    verdict = check_decode(lambda i: run(i, num_splits=splits, tma=True), inputs)
+    assert verdict.ok, verdict.detail
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("shape", [(16, 1024), (4, 4096), (2, 20000)], ids=["b16-1k", "b4-4k", "b2-20000"])
+def test_gpu_tma_gives_the_pointer_loads_bits(dtype, shape):
+    """The same tiles read through TMA boxes: the reference's answer, and the pointer loads' output bit for bit
+    (ragged lengths, NaN past them)."""
+    batch, kv_len = shape
+    inputs = _poison_past_lengths(make_inputs(batch, 32, 8, 1, kv_len, 128, 0, True, dtype, "cuda"))
+    for splits in (None, 1, 3):
+        verdict = check_decode(lambda i: run(i, num_splits=splits, tma=True), inputs)
+        assert verdict.ok, f"splits {splits}: {verdict.detail}"
+        assert last_config().endswith(" tma")
+        assert torch.equal(run(inputs, num_splits=splits, tma=True), run(inputs, num_splits=splits))
+
+
 @pytest.mark.gpu
 def test_gpu_repeated_runs_are_bit_equal():
     inputs = make_inputs(4, 64, 8, 1, 20000, 128, 64, True, torch.bfloat16, "cuda")

@@ -59,8 +59,9 @@ def timer(module, batch: int, heads: int, kv_heads: int, kv_len: int, page: int,
         return make_inputs(batch, heads, kv_heads, 1, kv_len, 128, page, False, torch.bfloat16 if DEVICE == "cuda"
                            else torch.float16, DEVICE)
 
-    def time_it(tiles=None, lengths=True, provider=None) -> dict:
-        """``module``'s kernel (``lengths=False``: called without seqlens_k), or ``provider`` as the sweep runs it."""
+    def time_it(tiles=None, lengths=True, provider=None, **options) -> dict:
+        """``module``'s kernel (``lengths=False``: called without seqlens_k; ``options``: more keyword arguments,
+        e.g. ``tma=True``), or ``provider`` as the sweep runs it."""
         if provider is not None:
             from fa2bench.core import providers
             from fa2bench.core.decode_ref import attention_shape, decode_adapter
@@ -71,7 +72,7 @@ def timer(module, batch: int, heads: int, kv_heads: int, kv_len: int, page: int,
         else:
             def run(c):
                 return module.decode_attention(c.q, c.k_cache, c.v_cache, c.seqlens_k if lengths else None,
-                                               c.block_table, validate=False, tiles=tiles)
+                                               c.block_table, validate=False, tiles=tiles, **options)
 
         cache = inputs()
         run(cache)
@@ -104,7 +105,9 @@ def main(argv=None) -> None:
     ap.add_argument("--tiles", action="append", default=[], help="tile study (repeatable): BATCH,...:KV:BN/W/S,... "
                                                                 "e.g. 4,16,64,256:1024:128/4/3,128/4/4,64/4/2,64/4/3")
     ap.add_argument("--no-lengths", action="store_true", help="tile study: also today's plan called without "
-                    "seqlens_k (uniform lengths), and sdpa-cudnn as the sweep runs it")
+                    "seqlens_k (uniform lengths)")
+    ap.add_argument("--cudnn", action="store_true", help="tile study: also sdpa-cudnn as the sweep runs it")
+    ap.add_argument("--tma", action="store_true", help="tile study: each of today's rows again with tma=True")
     a = ap.parse_args(argv)
     from fa2bench.kernels import decode as after
 
@@ -143,11 +146,17 @@ def main(argv=None) -> None:
                 rows.append({**timer(before, batch, a.heads, a.kv_heads, int(kv_len), 0, a.rep_ms)(),
                              "kernel": "plan before"})
                 rows.append({**time_it(), "kernel": "plan after"})
+                if a.tma:
+                    rows.append({**time_it(tma=True), "kernel": "plan after, tma"})
                 if a.no_lengths:
                     rows.append({**time_it(lengths=False), "kernel": "plan after, no lengths"})
+                if a.cudnn:
                     rows.append({**time_it(provider="sdpa-cudnn"), "kernel": "sdpa-cudnn"})
                 for tile in tiles.split(","):
                     rows.append({**time_it(tuple(ints(tile.replace("/", ",")))), "kernel": f"tiles {tile}"})
+                    if a.tma:
+                        rows.append({**time_it(tuple(ints(tile.replace("/", ","))), tma=True),
+                                     "kernel": f"tiles {tile}, tma"})
                 save()
     frame = save()
     pd.set_option("display.width", 200)
