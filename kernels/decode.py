@@ -101,10 +101,16 @@ def _decode_inner(acc, l_i, m_i, pages, q, K, V, KD, VD, table_row, lo, hi, limi
     d_ok = offs_d[None, :] < HEAD_DIM
     for start_n in range(lo, hi, BLOCK_N):
         cols = start_n + offs_n
+        # TMA: the block is one box of the cache viewed as (pages or batch * rows, kv_heads * head_dim), at ``row``
         if PAGED:  # the block's page (or each row's, where it spans pages), read from the table a block ahead
-            k_off = _paged_offsets(pages, cols, offs_d, stride_kb, stride_kn, PAGE_SIZE, BLOCK_N)
-            v_off = _paged_offsets(pages, cols, offs_d, stride_vb, stride_vn, PAGE_SIZE, BLOCK_N)
+            if TMA:  # BLOCK_N <= PAGE_SIZE: one page
+                row = (pages * PAGE_SIZE + start_n % PAGE_SIZE).to(tl.int32)
+            else:
+                k_off = _paged_offsets(pages, cols, offs_d, stride_kb, stride_kn, PAGE_SIZE, BLOCK_N)
+                v_off = _paged_offsets(pages, cols, offs_d, stride_vb, stride_vn, PAGE_SIZE, BLOCK_N)
             pages = _page_ids(table_row, start_n + BLOCK_N, offs_n, CAPACITY, PAGE_SIZE, BLOCK_N)
+        elif TMA:
+            row = (off_b * CAPACITY + start_n).to(tl.int32)
         else:
             k_off = off_b * stride_kb + cols.to(tl.int64)[:, None] * stride_kn + offs_d[None, :]
             v_off = off_b * stride_vb + cols.to(tl.int64)[:, None] * stride_vn + offs_d[None, :]
@@ -112,8 +118,8 @@ def _decode_inner(acc, l_i, m_i, pages, q, K, V, KD, VD, table_row, lo, hi, limi
             live = (cols[:, None] < seqlen) & d_ok
         else:
             live = d_ok
-        if TMA:  # the block as one box of the cache's (batch * kv_len, kv_heads * head_dim) view
-            k = KD.load([(off_b * CAPACITY + start_n).to(tl.int32), off_hkv * HEAD_DIM])
+        if TMA:
+            k = KD.load([row, off_hkv * HEAD_DIM])
         else:
             k = tl.load(K + k_off, mask=live, other=0.0)
         qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
@@ -128,7 +134,7 @@ def _decode_inner(acc, l_i, m_i, pages, q, K, V, KD, VD, table_row, lo, hi, limi
         alpha = tl.math.exp2(m_i - shift)
         l_i = l_i * alpha + tl.sum(p, 1)
         if TMA:
-            v = VD.load([(off_b * CAPACITY + start_n).to(tl.int32), off_hkv * HEAD_DIM])
+            v = VD.load([row, off_hkv * HEAD_DIM])
             if MASK:  # a box reads past the length: those rows must not reach the sum (p is 0, the row may be NaN)
                 v = tl.where(cols[:, None] < seqlen, v, 0.0)
         else:
@@ -446,11 +452,12 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     lse_part = torch.empty((splits, batch, q_len, heads) if splits > 1 else (1,), **f32)
     table = block_table if paged else seqlens_k  # unread when not PAGED
     kd, vd = k_cache, v_cache  # unread unless TMA
-    tma = bool(tma) and not paged and headdim == BLOCK_D and k_cache.is_contiguous() and v_cache.is_contiguous()
+    tma = (bool(tma) and headdim == BLOCK_D and k_cache.is_contiguous() and v_cache.is_contiguous()
+           and (not paged or block_n <= k_cache.shape[1]))
     if tma:
         from triton.tools.tensor_descriptor import TensorDescriptor
 
-        kd, vd = (TensorDescriptor.from_tensor(c.view(batch * c.shape[1], kv_heads * headdim), [block_n, BLOCK_D])
+        kd, vd = (TensorDescriptor.from_tensor(c.view(-1, kv_heads * headdim), [block_n, BLOCK_D])
                   for c in (k_cache, v_cache))
     _decode_kernel[(splits, batch * kv_heads, m_tiles)](
         q, k_cache, v_cache, kd, vd, out, o_part, lse_part, seqlens_k, table, scale * 1.4426950408889634,

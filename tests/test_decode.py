@@ -311,18 +311,31 @@ def test_tma_boxes_match_the_reference_with_nan_past_the_lengths(splits):
     assert verdict.ok, verdict.detail
 
 
+@pytest.mark.parametrize("page", [16, 32])
+def test_tma_boxes_on_pages_match_the_reference(page):
+    """A paged cache read in boxes of one page each where a block fits in a page (fp32 takes 32-key blocks, so
+    16-key pages fall back to pointer loads)."""
+    inputs = make_inputs(2, 8, 2, 1, 90, 16, 0, True, torch.float32, DEVICE)
+    verdict = check_decode(lambda i: run(paged_copy(i, page), num_splits=2, tma=True), inputs)
+    assert verdict.ok, verdict.detail
+    assert last_config().endswith("tma page=%d" % page) == (page >= 32)
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
 @pytest.mark.parametrize("shape", [(16, 1024), (4, 4096), (2, 20000)], ids=["b16-1k", "b4-4k", "b2-20000"])
-def test_gpu_tma_gives_the_pointer_loads_bits(dtype, shape):
+@pytest.mark.parametrize("page", [0, 256])
+def test_gpu_tma_gives_the_pointer_loads_bits(dtype, shape, page):
     """The same tiles read through TMA boxes: the reference's answer, and the pointer loads' output bit for bit
-    (ragged lengths, NaN past them)."""
+    (ragged lengths, NaN past them; contiguous, and 256-key pages that hold a whole block)."""
     batch, kv_len = shape
     inputs = _poison_past_lengths(make_inputs(batch, 32, 8, 1, kv_len, 128, 0, True, dtype, "cuda"))
+    if page:
+        inputs = paged_copy(inputs, page)
     for splits in (None, 1, 3):
         verdict = check_decode(lambda i: run(i, num_splits=splits, tma=True), inputs)
         assert verdict.ok, f"splits {splits}: {verdict.detail}"
-        assert last_config().endswith(" tma")
+        assert " tma" in last_config()
         assert torch.equal(run(inputs, num_splits=splits, tma=True), run(inputs, num_splits=splits))
 
 

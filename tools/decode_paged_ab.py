@@ -137,6 +137,9 @@ def main(argv=None) -> None:
                     for name, module in (("before", before), ("after", after)):
                         row = timer(module, batch, a.heads, a.kv_heads, kv_len, page, a.rep_ms)()
                         rows.append({**row, "kernel": name, "vs_contiguous": row["us"] / base["us"]})
+                    if a.tma:
+                        row = timer(after, batch, a.heads, a.kv_heads, kv_len, page, a.rep_ms)(tma=True)
+                        rows.append({**row, "kernel": "after, tma", "vs_contiguous": row["us"] / base["us"]})
                 save()
                 print(f"batch {batch} kv {kv_len}: {time.time() - start:.0f} s", flush=True)
         for study in a.tiles:
