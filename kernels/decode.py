@@ -60,6 +60,7 @@ import triton.language as tl  # noqa: E402
 PAGE_SIZES = (16, 32, 64, 128, 256)
 MAX_SPLITS = 128
 MAX_TILE_ROWS = 128  # q_len * group rows per program at most; more go to extra programs
+TMA_DEFAULT = True  # K/V blocks as TMA boxes where they can be (decode_attention's ``tma``)
 INTERPRETER_SMS = 8  # the SM count the heuristic assumes on the CPU interpreter (so its split path runs in tests)
 
 
@@ -419,7 +420,7 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
                      seqlens_k: torch.Tensor | None = None, block_table: torch.Tensor | None = None, *,
                      causal: bool = True, sm_scale: float | None = None, num_splits: int | None = None,
                      tf32: bool = False, validate: bool = True, tiles: tuple[int, int, int] | None = None,
-                     tma: bool = False) -> torch.Tensor:
+                     tma: bool | None = None) -> torch.Tensor:
     """softmax(q k^T * sm_scale) v for decoding, split over the keys; returns (batch, q_len, heads, head_dim).
 
     q: (batch, q_len <= 16, heads, head_dim). Contiguous cache (block_table None): k_cache, v_cache
@@ -429,7 +430,9 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     heuristic). ``validate`` checks lengths and table entries against the cache (one host sync; a caller that
     built them itself, or a CUDA-graph capture, passes False). ``tiles`` = (BLOCK_N, warps, stages) overrides
     the kernel's tiling (a study of the choice: fa2bench.profiling.decode_splits); a block larger than a page
-    spans several, and ``stages`` counts K/V pipeline stages on either layout.
+    spans several, and ``stages`` counts K/V pipeline stages on either layout. ``tma`` (default TMA_DEFAULT)
+    reads each K/V block as one TMA box where it can: head_dim a power of two, caches contiguous in memory, a
+    block inside one page; elsewhere pointer loads.
     """
     _check(q, k_cache, v_cache, seqlens_k, block_table, causal, num_splits)
     batch, q_len, heads, headdim = q.shape
@@ -452,8 +455,8 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     lse_part = torch.empty((splits, batch, q_len, heads) if splits > 1 else (1,), **f32)
     table = block_table if paged else seqlens_k  # unread when not PAGED
     kd, vd = k_cache, v_cache  # unread unless TMA
-    tma = (bool(tma) and headdim == BLOCK_D and k_cache.is_contiguous() and v_cache.is_contiguous()
-           and (not paged or block_n <= k_cache.shape[1]))
+    tma = ((TMA_DEFAULT if tma is None else bool(tma)) and headdim == BLOCK_D and k_cache.is_contiguous()
+           and v_cache.is_contiguous() and (not paged or block_n <= k_cache.shape[1]))
     if tma:
         from triton.tools.tensor_descriptor import TensorDescriptor
 

@@ -12,8 +12,8 @@ import torch
 
 from tests.conftest import DEVICE
 from fa2bench.kernels.configs import SMEM_BUDGET
-from fa2bench.kernels.decode import (MAX_SPLITS, choose_tile, decode_attention, last_config, num_splits_heuristic,
-                                     plan, sm_count)
+from fa2bench.kernels.decode import (MAX_SPLITS, TMA_DEFAULT, choose_tile, decode_attention, last_config,
+                                     num_splits_heuristic, plan, sm_count)
 from fa2bench.core.decode import compulsory_bytes, kv_lengths, shape_problem
 from fa2bench.core.decode_ref import DecodeInputs, check_decode, decode_ref, gather_kv, make_inputs
 
@@ -179,7 +179,8 @@ def test_one_launch_plan_for_the_kernel_and_the_split_study():
     assert plan(1, 16, 128, 1, 64, 4096, 2, 132, tiles=(128, 8, 2))[:5] == (128, 16, 128, 2, 8)
     run(make_inputs(2, 4, 2, 2, 130, 32, 0, False, torch.float32, DEVICE))  # the kernel launches as planned
     block_m, _, block_n, stages, warps, splits = plan(2, 2, 4, 2, 32, 130, 4, sm_count(torch.device(DEVICE)))
-    assert last_config() == f"decode: BLOCK_M={block_m} BLOCK_N={block_n} w{warps} s{stages} splits={splits}"
+    assert last_config() == (f"decode: BLOCK_M={block_m} BLOCK_N={block_n} w{warps} s{stages} splits={splits}"
+                             + (" tma" if TMA_DEFAULT else ""))
 
 
 @pytest.mark.parametrize("page", [16, 32])

@@ -107,7 +107,7 @@ def main(argv=None) -> None:
     ap.add_argument("--no-lengths", action="store_true", help="tile study: also today's plan called without "
                     "seqlens_k (uniform lengths)")
     ap.add_argument("--cudnn", action="store_true", help="tile study: also sdpa-cudnn as the sweep runs it")
-    ap.add_argument("--tma", action="store_true", help="tile study: each of today's rows again with tma=True")
+    ap.add_argument("--tma", action="store_true", help="today's rows again with tma=True and with tma=False")
     a = ap.parse_args(argv)
     from fa2bench.kernels import decode as after
 
@@ -138,8 +138,10 @@ def main(argv=None) -> None:
                         row = timer(module, batch, a.heads, a.kv_heads, kv_len, page, a.rep_ms)()
                         rows.append({**row, "kernel": name, "vs_contiguous": row["us"] / base["us"]})
                     if a.tma:
-                        row = timer(after, batch, a.heads, a.kv_heads, kv_len, page, a.rep_ms)(tma=True)
-                        rows.append({**row, "kernel": "after, tma", "vs_contiguous": row["us"] / base["us"]})
+                        for tma in (True, False):
+                            row = timer(after, batch, a.heads, a.kv_heads, kv_len, page, a.rep_ms)(tma=tma)
+                            rows.append({**row, "kernel": f"after, {'tma' if tma else 'pointers'}",
+                                         "vs_contiguous": row["us"] / base["us"]})
                 save()
                 print(f"batch {batch} kv {kv_len}: {time.time() - start:.0f} s", flush=True)
         for study in a.tiles:
@@ -151,6 +153,7 @@ def main(argv=None) -> None:
                 rows.append({**time_it(), "kernel": "plan after"})
                 if a.tma:
                     rows.append({**time_it(tma=True), "kernel": "plan after, tma"})
+                    rows.append({**time_it(tma=False), "kernel": "plan after, pointers"})
                 if a.no_lengths:
                     rows.append({**time_it(lengths=False), "kernel": "plan after, no lengths"})
                 if a.cudnn:
@@ -158,8 +161,9 @@ def main(argv=None) -> None:
                 for tile in tiles.split(","):
                     rows.append({**time_it(tuple(ints(tile.replace("/", ",")))), "kernel": f"tiles {tile}"})
                     if a.tma:
-                        rows.append({**time_it(tuple(ints(tile.replace("/", ","))), tma=True),
-                                     "kernel": f"tiles {tile}, tma"})
+                        for tma in (True, False):
+                            rows.append({**time_it(tuple(ints(tile.replace("/", ","))), tma=tma),
+                                         "kernel": f"tiles {tile}, {'tma' if tma else 'pointers'}"})
                 save()
     frame = save()
     pd.set_option("display.width", 200)
