@@ -327,22 +327,27 @@ class Plan(NamedTuple):
 
 
 def plan(batch: int, q_len: int, heads: int, kv_heads: int, headdim: int, capacity: int, elt: int, sms: int,
-         num_splits: int | None = None, tiles: tuple[int, int, int] | None = None) -> Plan:
-    """The launch ``decode_attention`` makes for a cache of ``capacity`` keys per sequence (contiguous or paged:
-    the same plan) of ``elt``-byte elements on ``sms`` SMs; the split study asks it the same question.
+         num_splits: int | None = None, tiles: tuple[int, int, int] | None = None, page: int = 0,
+         tma: bool = False) -> Plan:
+    """The launch ``decode_attention`` makes for a cache of ``capacity`` keys per sequence (contiguous, or paged
+    in pages of ``page`` keys) of ``elt``-byte elements on ``sms`` SMs; the split study asks it the same question.
 
     GQA-packed rows in tiles of at most MAX_TILE_ROWS, ``choose_tile``'s key block and stages, and
     ``num_splits_heuristic``'s count with one resident program per SM for 128-key blocks and for 64-key blocks at
     3 stages, two for the other smaller ones.
+    A paged cache takes the contiguous cache's tiles, except that where its K/V blocks are read as TMA boxes
+    (``tma``) a block never spans pages of 64 keys or more: such pages cap it (a box is one page's rows).
     ``tiles`` = (BLOCK_N, warps, stages) overrides the tiling (a block larger than a page spans several: the
-    kernel finds each key row's page), ``num_splits`` the count. ``stages`` counts the K/V pipeline's stages
-    (the launch's ``num_stages``)."""
+    kernel finds each key row's page, through pointer loads), ``num_splits`` the count. ``stages`` counts the K/V
+    pipeline's stages (the launch's ``num_stages``)."""
     rows = q_len * (heads // kv_heads)
     block_m = min(MAX_TILE_ROWS, max(16, triton.next_power_of_2(rows)))
     m_tiles = triton.cdiv(rows, block_m)
     programs = batch * kv_heads * m_tiles
     block_n, stages = choose_tile(programs, capacity, elt, block_d(headdim), sms)
     warps = 4 if block_m <= 64 else 8  # a 128-row tile keeps a 128 x d fp32 accumulator
+    if tma and page >= 64:
+        block_n = min(block_n, page)
     if tiles:
         block_n = tiles[0]
         warps, stages = tiles[1], tiles[2]
@@ -446,17 +451,20 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     scale = check_scale(headdim, sm_scale)
     precision = dot_precision(q.dtype, tf32)
     capacity = k_cache.shape[1] * (block_table.shape[1] if paged else 1)
-    block_m, m_tiles, block_n, stages, warps, splits = plan(
-        batch, q_len, heads, kv_heads, headdim, capacity, q.element_size(), sm_count(q.device), num_splits, tiles)
     BLOCK_D = block_d(headdim)
+    tma = ((TMA_DEFAULT if tma is None else bool(tma)) and headdim == BLOCK_D and k_cache.is_contiguous()
+           and v_cache.is_contiguous())
+    page = k_cache.shape[1] if paged else 0
+    block_m, m_tiles, block_n, stages, warps, splits = plan(
+        batch, q_len, heads, kv_heads, headdim, capacity, q.element_size(), sm_count(q.device), num_splits, tiles,
+        page, tma)
+    tma = tma and (not paged or block_n <= page)
     out = torch.empty_like(q)
     f32 = dict(device=q.device, dtype=torch.float32)
     o_part = torch.empty((splits, batch, q_len, heads, headdim) if splits > 1 else (1,), **f32)
     lse_part = torch.empty((splits, batch, q_len, heads) if splits > 1 else (1,), **f32)
     table = block_table if paged else seqlens_k  # unread when not PAGED
     kd, vd = k_cache, v_cache  # unread unless TMA
-    tma = ((TMA_DEFAULT if tma is None else bool(tma)) and headdim == BLOCK_D and k_cache.is_contiguous()
-           and v_cache.is_contiguous() and (not paged or block_n <= k_cache.shape[1]))
     if tma:
         from triton.tools.tensor_descriptor import TensorDescriptor
 

@@ -183,6 +183,17 @@ def test_one_launch_plan_for_the_kernel_and_the_split_study():
                              + (" tma" if TMA_DEFAULT else ""))
 
 
+def test_tma_boxes_never_span_pages_of_64_keys_or_more():
+    # batch 16, 8 KV groups, 1k keys: 128-key blocks; TMA on 64-key pages takes 64-key blocks (a box is one page's
+    # rows) at the same stages and splits; smaller pages and pointer loads keep the contiguous cache's tiles
+    contiguous = plan(16, 1, 32, 8, 128, 1024, 2, 132)
+    assert contiguous.block_n == 128
+    assert plan(16, 1, 32, 8, 128, 1024, 2, 132, page=64, tma=True) == contiguous._replace(block_n=64)
+    assert plan(16, 1, 32, 8, 128, 1024, 2, 132, page=256, tma=True) == contiguous
+    assert plan(16, 1, 32, 8, 128, 1024, 2, 132, page=32, tma=True) == contiguous
+    assert plan(16, 1, 32, 8, 128, 1024, 2, 132, page=64, tma=False) == contiguous
+
+
 @pytest.mark.parametrize("page", [16, 32])
 def test_a_block_may_span_pages(page):
     """tiles= asks for 64-key blocks over smaller pages: each key row is read from its own page (pages handed out
@@ -325,19 +336,23 @@ def test_tma_boxes_on_pages_match_the_reference(page):
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
 @pytest.mark.parametrize("shape", [(16, 1024), (4, 4096), (2, 20000)], ids=["b16-1k", "b4-4k", "b2-20000"])
-@pytest.mark.parametrize("page", [0, 256])
+@pytest.mark.parametrize("page", [0, 64, 256])
 def test_gpu_tma_gives_the_pointer_loads_bits(dtype, shape, page):
-    """The same tiles read through TMA boxes: the reference's answer, and the pointer loads' output bit for bit
-    (ragged lengths, NaN past them; contiguous, and 256-key pages that hold a whole block)."""
+    """The same tiles read through TMA boxes: the reference's answer, and the pointer loads' output at the same
+    tiles bit for bit (ragged lengths, NaN past them; contiguous, 64-key pages with page-sized blocks, 256-key
+    pages that hold a whole block)."""
     batch, kv_len = shape
     inputs = _poison_past_lengths(make_inputs(batch, 32, 8, 1, kv_len, 128, 0, True, dtype, "cuda"))
     if page:
         inputs = paged_copy(inputs, page)
+    tiles = (64, 4, 3) if page == 64 else None  # pointer loads would take 128-key blocks there
     for splits in (None, 1, 3):
         verdict = check_decode(lambda i: run(i, num_splits=splits, tma=True), inputs)
         assert verdict.ok, f"splits {splits}: {verdict.detail}"
         assert " tma" in last_config()
-        assert torch.equal(run(inputs, num_splits=splits, tma=True), run(inputs, num_splits=splits))
+        boxes = run(inputs, num_splits=splits, tma=True, tiles=tiles)
+        assert " tma" in last_config()
+        assert torch.equal(boxes, run(inputs, num_splits=splits, tma=False, tiles=tiles))
 
 
 @pytest.mark.gpu

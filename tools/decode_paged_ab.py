@@ -7,8 +7,9 @@
 imports resolve); ``after`` is the working tree's. A contiguous cache is timed with today's kernel only, and
 each paged row carries its time over that one (``vs_contiguous``); where a change moves the contiguous launch too,
 ``--tiles``' ``plan before`` and ``plan after`` rows time both kernels' contiguous launches.
-``--tiles`` (repeatable) adds rows on contiguous caches for a tile study: each kernel's own plan, and fixed
-(BLOCK_N, warps, stages) tilings of today's kernel at the split count the plan gives each tiling.
+``--tiles`` (repeatable) adds rows on contiguous caches (or paged ones, ``--tile-pages``) for a tile study: each
+kernel's own plan, and fixed (BLOCK_N, warps, stages) tilings of today's kernel at the split count the plan gives
+each tiling. ``--tma`` times today's rows with TMA boxes and with pointer loads, ``--cudnn`` adds sdpa-cudnn.
 """
 from __future__ import annotations
 
@@ -75,7 +76,11 @@ def timer(module, batch: int, heads: int, kv_heads: int, kv_len: int, page: int,
                                                c.block_table, validate=False, tiles=tiles, **options)
 
         cache = inputs()
-        run(cache)
+        try:
+            run(cache)
+        except Exception as exc:  # a tiling that cannot launch (shared memory): a row that says so
+            return dict(batch=batch, heads=heads, kv_heads=kv_heads, kv_len=kv_len, page_size=page,
+                        error=f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
         t = bench(lambda: run(cache), timer="graph", input_bytes=nbytes, rep_ms=rep_ms,
                   rotate=lambda n: [((lambda c=c: run(c)), None) for c in (inputs() for _ in range(n))])
         if DEVICE == "cuda":
@@ -107,6 +112,8 @@ def main(argv=None) -> None:
     ap.add_argument("--no-lengths", action="store_true", help="tile study: also today's plan called without "
                     "seqlens_k (uniform lengths)")
     ap.add_argument("--cudnn", action="store_true", help="tile study: also sdpa-cudnn as the sweep runs it")
+    ap.add_argument("--tile-pages", type=ints, default=[0], help="the tile study's caches: 0 contiguous, else "
+                    "paged in pages of this many keys (default 0)")
     ap.add_argument("--tma", action="store_true", help="today's rows again with tma=True and with tma=False")
     a = ap.parse_args(argv)
     from fa2bench.kernels import decode as after
@@ -136,19 +143,19 @@ def main(argv=None) -> None:
                 for page in a.pages:
                     for name, module in (("before", before), ("after", after)):
                         row = timer(module, batch, a.heads, a.kv_heads, kv_len, page, a.rep_ms)()
-                        rows.append({**row, "kernel": name, "vs_contiguous": row["us"] / base["us"]})
+                        rows.append({**row, "kernel": name, "vs_contiguous": row.get("us", float("nan")) / base["us"]})
                     if a.tma:
                         for tma in (True, False):
                             row = timer(after, batch, a.heads, a.kv_heads, kv_len, page, a.rep_ms)(tma=tma)
                             rows.append({**row, "kernel": f"after, {'tma' if tma else 'pointers'}",
-                                         "vs_contiguous": row["us"] / base["us"]})
+                                         "vs_contiguous": row.get("us", float("nan")) / base["us"]})
                 save()
                 print(f"batch {batch} kv {kv_len}: {time.time() - start:.0f} s", flush=True)
-        for study in a.tiles:
+        for study, page in ((study, page) for study in a.tiles for page in a.tile_pages):
             batches, kv_len, tiles = study.split(":")
             for batch in ints(batches):
-                time_it = timer(after, batch, a.heads, a.kv_heads, int(kv_len), 0, a.rep_ms)
-                rows.append({**timer(before, batch, a.heads, a.kv_heads, int(kv_len), 0, a.rep_ms)(),
+                time_it = timer(after, batch, a.heads, a.kv_heads, int(kv_len), page, a.rep_ms)
+                rows.append({**timer(before, batch, a.heads, a.kv_heads, int(kv_len), page, a.rep_ms)(),
                              "kernel": "plan before"})
                 rows.append({**time_it(), "kernel": "plan after"})
                 if a.tma:
