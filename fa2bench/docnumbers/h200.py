@@ -304,6 +304,21 @@ def decode_ab(root: Path, run: str, points: tuple[tuple[int, int], ...], pages: 
                                               if len(rest) else ""))
 
 
+def decode_tma_ab(root: Path, run: str) -> str:
+    """TMA boxes against pointer loads at the plan's tiles in one process (``decode_paged_ab.py --tma --cudnn``,
+    contiguous caches), and the TMA launch against sdpa-cudnn timed beside it."""
+    frame = pd.read_csv(root / run / "decode_paged_ab.csv")
+    us = frame.pivot_table(index=["batch", "kv_len"], columns="kernel", values="us")
+    speed = us["plan after, tma"] / us["plan after, pointers"]
+    versus = us["sdpa-cudnn"] / us["plan after, tma"]
+    fast = speed.idxmin()
+    return (f"with TMA boxes the plan's launch took {_span(speed)} the time of the same tiles through pointer loads "
+            f"(median {speed.median():.2f}x, {len(speed)} contiguous shapes; the largest gain at batch {fast[0]} / "
+            f"{kilo(fast[1])} keys), in one process under the graph timer ([`{run}`](results/{run})); against "
+            f"`sdpa-cudnn` timed beside it, {int((versus >= 1).sum())} of the {len(versus)} shapes at least as fast "
+            f"({_span(versus)} cuDNN's speed)")
+
+
 def decode_rerun(root: Path, before: str, after: str) -> str:
     """How a rerun of the decode preset moved the points of the providers that did not change (not fa2-decode)."""
     keys = ["provider"] + _DECODE_KEYS
