@@ -38,8 +38,8 @@ query blocks has nothing to split:
    step, and Triton's pipeliner buffers paged K/V blocks as deeply as contiguous ones at the same
    ``num_stages`` (tools/decode_ttgir.py; before, a table load in the K/V loads' own step took a share of the
    pipeline's stages and the paged launch asked for ``2 * stages - 1``).
-5. **K/V as TMA boxes** (``tma``, on by default where it can be: a power-of-two head dim, caches contiguous in
-   memory). A block is one (BLOCK_N, head_dim) box of the cache viewed as (rows, kv_heads * head_dim), at its
+5. **K/V as TMA boxes** (``tma=True``; off by default, TMA_DEFAULT, until its study's rule is met; where it can
+   be: a power-of-two head dim, caches contiguous in memory). A block is one (BLOCK_N, head_dim) box of the cache viewed as (rows, kv_heads * head_dim), at its
    sequence's row (contiguous) or its page's (paged), loaded by the Hopper tensor-memory accelerator through
    Triton's descriptor loads and pipelined on mbarriers, instead of 16 bytes a thread through ``cp.async``. A
    box reads whole blocks, rows past a sequence's length too: V's are zeroed before PV (K's are masked out of
@@ -68,7 +68,8 @@ import triton.language as tl  # noqa: E402
 PAGE_SIZES = (16, 32, 64, 128, 256)
 MAX_SPLITS = 128
 MAX_TILE_ROWS = 128  # q_len * group rows per program at most; more go to extra programs
-TMA_DEFAULT = True  # K/V blocks as TMA boxes where they can be (decode_attention's ``tma``)
+TMA_DEFAULT = False  # K/V blocks as TMA boxes where they can be (decode_attention's ``tma``): off until its A/B rule
+# is met in one process (docs/performance.md, "K/V through TMA boxes")
 INTERPRETER_SMS = 8  # the SM count the heuristic assumes on the CPU interpreter (so its split path runs in tests)
 
 
@@ -443,8 +444,8 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     heuristic). ``validate`` checks lengths and table entries against the cache (one host sync; a caller that
     built them itself, or a CUDA-graph capture, passes False). ``tiles`` = (BLOCK_N, warps, stages) overrides
     the kernel's tiling (a study of the choice: fa2bench.profiling.decode_splits); a block larger than a page
-    spans several, and ``stages`` counts K/V pipeline stages on either layout. ``tma`` (default TMA_DEFAULT)
-    reads each K/V block as one TMA box where it can: head_dim a power of two, caches contiguous in memory, a
+    spans several, and ``stages`` counts K/V pipeline stages on either layout. ``tma`` (default TMA_DEFAULT,
+    off) reads each K/V block as one TMA box where it can: head_dim a power of two, caches contiguous in memory, a
     block inside one page; elsewhere pointer loads.
     """
     _check(q, k_cache, v_cache, seqlens_k, block_table, causal, num_splits)

@@ -12,6 +12,7 @@ DECODE, SPLITS = "h200-decode-v5", "h200-decode-splits-v2"  # the decode preset 
 DECODE_H100 = "h100-decode"  # the decode preset on an H100, the block table read a block ahead (64a93c7)
 DECODE_H100_SHORT = "h100-decode-2"  # again, 64-key blocks where a split has at most two of 128 (8edbe04)
 DECODE_H100_ONE_ID = "h100-decode-3"  # again, a block inside one page reads one table entry (b4cc0da)
+DECODE_TMA = "h100-decode-tma"  # K/V as TMA boxes against pointer loads, one process (d0386d2)
 DECODE_AB = {  # one-process A/Bs of kernels/decode.py (tools/decode_paged_ab.py): block name -> (run, the
     # (batch, keys) points the change was made for, the page sizes it was judged at; None: all)
     "decode-table-ahead": ("h100-decode-table-ahead", ((1, 1024), (1, 4096), (4, 1024), (4, 4096)), None),
