@@ -38,14 +38,14 @@ query blocks has nothing to split:
    step, and Triton's pipeliner buffers paged K/V blocks as deeply as contiguous ones at the same
    ``num_stages`` (tools/decode_ttgir.py; before, a table load in the K/V loads' own step took a share of the
    pipeline's stages and the paged launch asked for ``2 * stages - 1``).
-5. **K/V as TMA boxes** (``tma=True``; off by default, TMA_DEFAULT, until its study's rule is met; where it can
-   be: a power-of-two head dim, caches contiguous in memory). A block is one (BLOCK_N, head_dim) box of the cache viewed as (rows, kv_heads * head_dim), at its
-   sequence's row (contiguous) or its page's (paged), loaded by the Hopper tensor-memory accelerator through
-   Triton's descriptor loads and pipelined on mbarriers, instead of 16 bytes a thread through ``cp.async``. A
-   box reads whole blocks, rows past a sequence's length too: V's are zeroed before PV (K's are masked out of
-   the scores). A box never spans pages, so with TMA a page of 64 keys or more caps the block (``plan``); smaller
-   pages, and blocks that span pages, keep pointer loads. Nsight Compute put the loss against cuDNN at equal
-   grids and bytes in how the loads are issued (docs/performance.md).
+5. **K/V as TMA boxes** (``tma=True``; off by default, TMA_DEFAULT, until its study's rule is met; where it can be: a
+   power-of-two head dim, caches contiguous in memory). A block is one (BLOCK_N, head_dim) box of the cache viewed as
+   (rows, kv_heads * head_dim), at its sequence's row (contiguous) or its page's (paged), loaded by the Hopper
+   tensor-memory accelerator through Triton's descriptor loads and pipelined on mbarriers, instead of 16 bytes a
+   thread through ``cp.async``. A box reads whole blocks, rows past a sequence's length too: V's are zeroed before PV
+   (K's are masked out of the scores). A box never spans pages, so with TMA a page of 64 keys or more caps the block
+   (``plan``); smaller pages, and blocks that span pages, keep pointer loads. Nsight Compute put the loss against
+   cuDNN at equal grids and bytes in how the loads are issued (docs/performance.md).
 6. **Causal, bottom-right.** Query i of q_len sees keys ``j <= seqlen - q_len + i``; keys
    ``< seqlen - q_len + 1`` are seen by every row and run without a mask, the rest (the last block or two) run
    masked, as in FA2's two-stage loop. ``causal=False`` lets every query see the whole sequence.
@@ -161,8 +161,8 @@ def _decode_kernel(Q, K, V, KD, VD, Out, OPart, LsePart, SeqlensK, BlockTable, q
                    stride_ob, stride_om, stride_oh, stride_tb,
                    BATCH, HEADS, KV_HEADS, Q_LEN, NUM_SPLITS, CAPACITY,
                    GROUP: tl.constexpr, CAUSAL: tl.constexpr, PAGED: tl.constexpr, PAGE_SIZE: tl.constexpr,
-                   SPLIT: tl.constexpr, TMA: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
-                   BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr):
+                   SPLIT: tl.constexpr, TMA: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr):
     split = tl.program_id(0)
     off_b = tl.program_id(1) // KV_HEADS
     off_hkv = tl.program_id(1) % KV_HEADS
@@ -291,10 +291,10 @@ def choose_tile(programs: int, capacity: int, elt: int, block_d: int, sms: int) 
       64/4/2; with 32 heads (h200-decode-tiles-1k) 66.1 against 65.3 at batch 64 and 247.2 against 248.2 at 256:
       the one tiling within 1.2% of the best at all three shapes.
     - A paged cache takes the same tiles (with TMA, ``plan`` caps the block at a page of 64 keys or more): a
-      block larger than a page reads several through pointer loads (each key row finds its own), and with the K/V loads buffered as deeply as the contiguous path's nothing in the tiling depends on
-      the page. Earlier, page-capped blocks cost 1.02-1.26x the contiguous time and
-      128-key blocks at too few stages 1.4-1.6x at small batches (results/h200-decode-v2, -v3): those paged
-      launches had one K/V buffer, not two.
+      block larger than a page reads several through pointer loads (each key row finds its own), and with the
+      K/V loads buffered as deeply as the contiguous path's nothing in the tiling depends on the page. Earlier,
+      page-capped blocks cost 1.02-1.26x the contiguous time and 128-key blocks at too few stages 1.4-1.6x at
+      small batches (results/h200-decode-v2, -v3): those paged launches had one K/V buffer, not two.
     The stages shrink to fit the shared-memory budget (head dim 256: 64-key blocks, 2 stages)."""
     blocks = triton.cdiv(capacity, 128)  # 128-key blocks per sequence
     if elt >= 4:
