@@ -68,8 +68,8 @@ import triton.language as tl  # noqa: E402
 PAGE_SIZES = (16, 32, 64, 128, 256)
 MAX_SPLITS = 128
 MAX_TILE_ROWS = 128  # q_len * group rows per program at most; more go to extra programs
-TMA_DEFAULT = True  # K/V blocks as TMA boxes where they can be (decode_attention's ``tma``): on by its A/B rule
-# is met in one process (docs/performance.md, "K/V through TMA boxes")
+TMA_DEFAULT = True  # K/V blocks as TMA boxes where they can be (decode_attention's ``tma``), by the rule of its
+# one-process A/B (docs/performance.md, "K/V through TMA boxes")
 INTERPRETER_SMS = 8  # the SM count the heuristic assumes on the CPU interpreter (so its split path runs in tests)
 
 
@@ -333,6 +333,7 @@ class Plan(NamedTuple):
     stages: int
     warps: int
     splits: int
+    tma: bool = False  # K/V blocks as TMA boxes (each inside one page where the cache is paged)
 
 
 def plan(batch: int, q_len: int, heads: int, kv_heads: int, headdim: int, capacity: int, elt: int, sms: int,
@@ -345,7 +346,8 @@ def plan(batch: int, q_len: int, heads: int, kv_heads: int, headdim: int, capaci
     ``num_splits_heuristic``'s count with one resident program per SM for 128-key blocks and for 64-key blocks at
     3 stages, two for the other smaller ones.
     A paged cache takes the contiguous cache's tiles, except that where its K/V blocks are read as TMA boxes
-    (``tma``) a block never spans pages of 64 keys or more: such pages cap it (a box is one page's rows).
+    (``tma``: the caller has checked that the cache can be) a block never spans pages of 64 keys or more: such
+    pages cap it (a box is one page's rows). The plan reads through TMA where every block lies inside one page.
     ``tiles`` = (BLOCK_N, warps, stages) overrides the tiling (a block larger than a page spans several: the
     kernel finds each key row's page, through pointer loads), ``num_splits`` the count. ``stages`` counts the K/V
     pipeline's stages (the launch's ``num_stages``)."""
@@ -363,7 +365,7 @@ def plan(batch: int, q_len: int, heads: int, kv_heads: int, headdim: int, capaci
     per_sm = 1 if block_n >= 128 or (block_n, stages) == (64, 3) else 2
     splits = int(num_splits) if num_splits is not None else num_splits_heuristic(
         programs, triton.cdiv(capacity, block_n), sms, per_sm=per_sm)
-    return Plan(block_m, m_tiles, block_n, stages, warps, splits)
+    return Plan(block_m, m_tiles, block_n, stages, warps, splits, tma and (not page or block_n <= page))
 
 
 def _check(q, k_cache, v_cache, seqlens_k, block_table, causal, num_splits):
@@ -464,10 +466,9 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     tma = ((TMA_DEFAULT if tma is None else bool(tma)) and headdim == BLOCK_D and k_cache.is_contiguous()
            and v_cache.is_contiguous())
     page = k_cache.shape[1] if paged else 0
-    block_m, m_tiles, block_n, stages, warps, splits = plan(
+    block_m, m_tiles, block_n, stages, warps, splits, tma = plan(
         batch, q_len, heads, kv_heads, headdim, capacity, q.element_size(), sm_count(q.device), num_splits, tiles,
         page, tma)
-    tma = tma and (not paged or block_n <= page)
     out = torch.empty_like(q)
     f32 = dict(device=q.device, dtype=torch.float32)
     o_part = torch.empty((splits, batch, q_len, heads, headdim) if splits > 1 else (1,), **f32)

@@ -134,7 +134,7 @@ def test_tiles_follow_the_cache_and_fit_shared_memory():
     # splits of at most two 128-key blocks (batch 1, 8 KV heads, 4k keys: 16 splits) take four 64-key blocks, 3 stages,
     # at the same split count (one program per SM); with more blocks per split, 128/3 again
     assert choose_tile(programs=8, capacity=4096, elt=2, block_d=128, sms=132) == (64, 3)
-    assert plan(1, 1, 32, 8, 128, 4096, 2, 132)[2:] == (64, 3, 4, 16)
+    assert plan(1, 1, 32, 8, 128, 4096, 2, 132)[2:6] == (64, 3, 4, 16)
     assert choose_tile(programs=8, capacity=4096 + 128, elt=2, block_d=128, sms=132) == (128, 3)
     assert choose_tile(programs=8, capacity=4096, elt=2, block_d=256, sms=132) == (64, 2)  # 128/3, shrunk
     # head dim 256: 3 stages of 128 x 256 K and V would not fit, nor 2; 2 stages of 64 keys do
@@ -173,23 +173,24 @@ def test_paged_k_and_v_are_buffered_as_deeply_as_contiguous_ones_at_the_same_sta
 
 def test_one_launch_plan_for_the_kernel_and_the_split_study():
     # batch 1, 8 KV groups of 4 heads, 16k keys on 132 SMs: 128-key blocks, one program per SM, so 132 // 8 splits
-    assert plan(1, 1, 32, 8, 128, 16384, 2, 132) == (16, 1, 128, 3, 4, 16)
+    assert plan(1, 1, 32, 8, 128, 16384, 2, 132) == (16, 1, 128, 3, 4, 16, False)
     # a short cache: 64-key blocks, two programs per SM, at most one split per block
     assert plan(1, 1, 32, 8, 128, 1024, 2, 132).splits == 16
     assert plan(1, 16, 128, 1, 64, 4096, 2, 132, tiles=(128, 8, 2))[:5] == (128, 16, 128, 2, 8)
     run(make_inputs(2, 4, 2, 2, 130, 32, 0, False, torch.float32, DEVICE))  # the kernel launches as planned
-    block_m, _, block_n, stages, warps, splits = plan(2, 2, 4, 2, 32, 130, 4, sm_count(torch.device(DEVICE)))
-    assert last_config() == (f"decode: BLOCK_M={block_m} BLOCK_N={block_n} w{warps} s{stages} splits={splits}"
-                             + (" tma" if TMA_DEFAULT else ""))
+    p = plan(2, 2, 4, 2, 32, 130, 4, sm_count(torch.device(DEVICE)), tma=TMA_DEFAULT)
+    assert last_config() == (f"decode: BLOCK_M={p.block_m} BLOCK_N={p.block_n} w{p.warps} s{p.stages} "
+                             f"splits={p.splits}" + (" tma" if p.tma else ""))
 
 
 def test_tma_boxes_never_span_pages_of_64_keys_or_more():
     # batch 16, 8 KV groups, 1k keys: 128-key blocks; TMA on 64-key pages takes 64-key blocks (a box is one page's
-    # rows) at the same stages and splits; smaller pages and pointer loads keep the contiguous cache's tiles
+    # rows) at the same stages and splits; smaller pages and pointer loads keep the contiguous cache's tiles, and
+    # where a block spans pages it is read through pointer loads
     contiguous = plan(16, 1, 32, 8, 128, 1024, 2, 132)
-    assert contiguous.block_n == 128
-    assert plan(16, 1, 32, 8, 128, 1024, 2, 132, page=64, tma=True) == contiguous._replace(block_n=64)
-    assert plan(16, 1, 32, 8, 128, 1024, 2, 132, page=256, tma=True) == contiguous
+    assert contiguous.block_n == 128 and not contiguous.tma
+    assert plan(16, 1, 32, 8, 128, 1024, 2, 132, page=64, tma=True) == contiguous._replace(block_n=64, tma=True)
+    assert plan(16, 1, 32, 8, 128, 1024, 2, 132, page=256, tma=True) == contiguous._replace(tma=True)
     assert plan(16, 1, 32, 8, 128, 1024, 2, 132, page=32, tma=True) == contiguous
     assert plan(16, 1, 32, 8, 128, 1024, 2, 132, page=64, tma=False) == contiguous
 
