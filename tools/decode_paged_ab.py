@@ -166,10 +166,11 @@ def main(argv=None) -> None:
                 if a.cudnn:
                     rows.append({**time_it(provider="sdpa-cudnn"), "kernel": "sdpa-cudnn"})
                 for tile in tiles.split(","):
-                    rows.append({**time_it(tuple(ints(tile.replace("/", ",")))), "kernel": f"tiles {tile}"})
+                    tiling = tuple(ints(tile.replace("/", ",")))
+                    rows.append({**time_it(tiling), "kernel": f"tiles {tile}"})
                     if a.tma:
                         for tma in (True, False):
-                            rows.append({**time_it(tuple(ints(tile.replace("/", ","))), tma=tma),
+                            rows.append({**time_it(tiling, tma=tma),
                                          "kernel": f"tiles {tile}, {'tma' if tma else 'pointers'}"})
                 save()
     frame = save()
