@@ -26,15 +26,15 @@ from triton.compiler import ASTSource  # noqa: E402
 from fa2bench.kernels import decode  # noqa: E402
 from fa2bench.profiling.compile_sm90 import resources  # noqa: E402
 
-PTRS = {"Q": "dt", "K": "dt", "V": "dt", "KD": "dt", "VD": "dt", "Out": "dt", "OPart": "fp32", "LsePart": "fp32", "SeqlensK": "i32",
-        "BlockTable": "i32"}
+PTRS = {"Q": "dt", "K": "dt", "V": "dt", "KD": "dt", "VD": "dt", "Out": "dt", "OPart": "fp32", "LsePart": "fp32",
+        "SeqlensK": "i32", "BlockTable": "i32"}
 
 
 def compile_decode(page: int, block_n: int, stages: int, warps: int = 4, block_m: int = 16, group: int = 4,
                    split: bool = True, causal: bool = True, dtype: str = "bf16", headdim: int = 128):
     fn = decode._decode_kernel
-    consts = dict(GROUP=group, CAUSAL=causal, PAGED=page > 0, PAGE_SIZE=page or 1, SPLIT=split, TMA=False, HEAD_DIM=headdim,
-                  BLOCK_D=headdim, BLOCK_M=block_m, BLOCK_N=block_n, DOT_PRECISION="ieee")
+    consts = dict(GROUP=group, CAUSAL=causal, PAGED=page > 0, PAGE_SIZE=page or 1, SPLIT=split, TMA=False,
+                  HEAD_DIM=headdim, BLOCK_D=headdim, BLOCK_M=block_m, BLOCK_N=block_n, DOT_PRECISION="ieee")
     sig = {}
     for name in fn.arg_names:
         if name in consts:
