@@ -68,8 +68,8 @@ import triton.language as tl  # noqa: E402
 PAGE_SIZES = (16, 32, 64, 128, 256)
 MAX_SPLITS = 128
 MAX_TILE_ROWS = 128  # q_len * group rows per program at most; more go to extra programs
-TMA_DEFAULT = False  # K/V blocks as TMA boxes where they can be (decode_attention's ``tma``): off until the rule
-# of its one-process A/B keeps it (docs/performance.md, "K/V through TMA boxes")
+TMA_DEFAULT = True  # K/V blocks as TMA boxes where they can be (decode_attention's ``tma``), by the rule of its
+# one-process A/B (docs/performance.md, "K/V through TMA boxes")
 INTERPRETER_SMS = 8  # the SM count the heuristic assumes on the CPU interpreter (so its split path runs in tests)
 
 
