@@ -38,7 +38,7 @@ query blocks has nothing to split:
    step, and Triton's pipeliner buffers paged K/V blocks as deeply as contiguous ones at the same
    ``num_stages`` (tools/decode_ttgir.py; before, a table load in the K/V loads' own step took a share of the
    pipeline's stages and the paged launch asked for ``2 * stages - 1``).
-5. **K/V as TMA boxes** (``tma=True``; off by default, TMA_DEFAULT, until its study's rule is met; where it can be: a
+5. **K/V as TMA boxes** (``tma``; the default, TMA_DEFAULT, is what its study's rule keeps; where it can be: a
    power-of-two head dim, caches contiguous in memory). A block is one (BLOCK_N, head_dim) box of the cache viewed as
    (rows, kv_heads * head_dim), at its sequence's row (contiguous) or its page's (paged), loaded by the Hopper
    tensor-memory accelerator through Triton's descriptor loads and pipelined on mbarriers, instead of 16 bytes a
@@ -446,8 +446,8 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     heuristic). ``validate`` checks lengths and table entries against the cache (one host sync; a caller that
     built them itself, or a CUDA-graph capture, passes False). ``tiles`` = (BLOCK_N, warps, stages) overrides
     the kernel's tiling (a study of the choice: fa2bench.profiling.decode_splits); a block larger than a page
-    spans several, and ``stages`` counts K/V pipeline stages on either layout. ``tma`` (default TMA_DEFAULT,
-    off) reads each K/V block as one TMA box where it can: head_dim a power of two, caches contiguous in memory, a
+    spans several, and ``stages`` counts K/V pipeline stages on either layout. ``tma`` (default TMA_DEFAULT)
+    reads each K/V block as one TMA box where it can: head_dim a power of two, caches contiguous in memory, a
     block inside one page; elsewhere pointer loads.
     """
     _check(q, k_cache, v_cache, seqlens_k, block_table, causal, num_splits)
@@ -461,11 +461,11 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
         _check_values(q, k_cache, seqlens_k, block_table, bool(causal))
     scale = check_scale(headdim, sm_scale)
     precision = dot_precision(q.dtype, tf32)
+    page = k_cache.shape[1] if paged else 0
     capacity = k_cache.shape[1] * (block_table.shape[1] if paged else 1)
     BLOCK_D = block_d(headdim)
     tma = ((TMA_DEFAULT if tma is None else bool(tma)) and headdim == BLOCK_D and k_cache.is_contiguous()
            and v_cache.is_contiguous())
-    page = k_cache.shape[1] if paged else 0
     block_m, m_tiles, block_n, stages, warps, splits, tma = plan(
         batch, q_len, heads, kv_heads, headdim, capacity, q.element_size(), sm_count(q.device), num_splits, tiles,
         page, tma)
@@ -485,7 +485,7 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
         q.stride(0), q.stride(1), q.stride(2), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), out.stride(0), out.stride(1), out.stride(2),
         table.stride(0), batch, heads, kv_heads, q_len, splits, capacity,
-        GROUP=group, CAUSAL=bool(causal), PAGED=paged, PAGE_SIZE=k_cache.shape[1] if paged else 1,
+        GROUP=group, CAUSAL=bool(causal), PAGED=paged, PAGE_SIZE=page or 1,
         SPLIT=splits > 1, TMA=tma, HEAD_DIM=headdim, BLOCK_D=BLOCK_D, BLOCK_M=block_m, BLOCK_N=block_n,
         DOT_PRECISION=precision, num_warps=warps, num_stages=stages)
     if splits > 1:
@@ -495,5 +495,5 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     global _last_config
     _last_config = (f"decode: BLOCK_M={block_m} BLOCK_N={block_n} w{warps} s{stages} splits={splits}"
                     f"{' tma' if tma else ''}"
-                    f"{f' page={k_cache.shape[1]}' if paged else ''}")
+                    f"{f' page={page}' if paged else ''}")
     return out
