@@ -378,9 +378,10 @@ def sweep(spec: SweepSpec | str | None = None, *, out: str | Path | None = None,
           extend: bool = False, on_point: OnPoint | None = None, **overrides) -> Run:
     """Run a sweep and return its ``Run``: ``spec`` (a SweepSpec or preset name; default: the default preset on a
     GPU, smoke without) with keyword ``overrides`` named like ``fa2bench sweep``'s options (``seqlen=[1024, 4096]``,
-    ``headdim=[64]``, ``provider=["fa2"]``, ``mode=["fwd"]``, ``causal="on"``, ``variant=["window4096"]``, ``rep_ms=50``, ``isolate=False``,
-    ``point_timeout=60``, ``timer="graph"``, ...). ``out`` defaults to ``results/<UTC time>-<gpu>``;
-    ``resume=True`` continues the run in ``out`` (``extend=True`` adds a different sweep's points to it)."""
+    ``headdim=[64]``, ``provider=["fa2"]``, ``mode=["fwd"]``, ``causal="on"``, ``variant=["window4096"]``,
+    ``rep_ms=50``, ``isolate=False``, ``point_timeout=60``, ``timer="graph"``, ...). ``out`` defaults to
+    ``results/<UTC time>-<gpu>``; ``resume=True`` continues the run in ``out`` (``extend=True`` adds a different
+    sweep's points to it)."""
     return execute(plan_sweep(spec, out=out, resume=resume, extend=extend, **overrides), on_point)
 
 

@@ -35,8 +35,8 @@ Section 3 and Appendix B.1:
 
 What it is not (yet): not persistent (one CTA per tile, causal tiles with the most work launched first), no
 ping-pong between the two consumer warpgroups, no overlap of the exponentials with the wgmmas beyond issuing
-S^T and dP^T together (P^T is computed while dP^T runs). The backward is the same for all three forward kernels (rungs 8, 9, and the
-fa3-overlap attempt): it needs only O and the log-sum-exp, which all three store alike.
+S^T and dP^T together (P^T is computed while dP^T runs). The backward is the same for all three forward kernels (rungs
+8, 9, and the fa3-overlap attempt): it needs only O and the log-sum-exp, which all three store alike.
 
 Conventions (fa2's): L is the forward's log2-domain log-sum-exp (+inf for a row that sees no key, which makes
 its P exactly 0); causal aligned bottom-right (query i sees keys j <= i + seqlen_k - seqlen_q); GQA's dK, dV are

@@ -28,9 +28,9 @@ blocks inner). Rungs 3-4 run them with one program per (batch, kv head) and (bat
 turn; rung 5 gives each K/V block (dK, dV) and each Q block (dQ) its own program; rung 6 skips causal blocks.
 
 Autotuning: rungs 3-6 share one small config list (``LADDER`` in kernels/configs.py: three configs per kernel, the
-same for every rung and head dim, pruned only where shared memory or registers would not fit), so that the ladder isolates the
-algorithm, not the tuning, and GPU autotuning stays cheap. fa1 and fa1-split keep flash1.py's space; fa2 keeps its
-own tuned space. Warp partitioning (the FA2 paper's third change, split-Q instead of split-K) is not a rung:
+same for every rung and head dim, pruned only where shared memory or registers would not fit), so that the ladder
+isolates the algorithm, not the tuning, and GPU autotuning stays cheap. fa1 and fa1-split keep flash1.py's space; fa2
+keeps its own tuned space. Warp partitioning (the FA2 paper's third change, split-Q instead of split-K) is not a rung:
 Triton's compiler lays a Q tile over warps, not the kernel author; see docs/ablation.md.
 
 Tested on: the CPU through Triton 3.9's interpreter (tests/test_kernels.py, fp16 and fp32, every rung forward and

@@ -1,7 +1,8 @@
 """Redraw every committed run's figures into a folder and fingerprint them (decoded pixels, sha256).
 
 Used to prove a refactor of the figure code draws the same pixels (``--save`` a manifest before, ``--check``
-it after: ``python -m tests.replot_runs --save before.json``) and by ``tests/test_replot.py`` to compare the committed figures with what the code draws now.
+it after: ``python -m tests.replot_runs --save before.json``) and by ``tests/test_replot.py`` to compare the committed
+figures with what the code draws now.
 Covers the sweep figures (``api.plot_run``), the e2e figure, the ablation waterfalls and the IO study.
 """
 from __future__ import annotations

@@ -124,7 +124,8 @@ def test_points_timed_with_another_timer_are_named(base, tmp_path):
     assert fa2_ok and len(result.retimed) == fa2_ok and set(result.retimed["provider"]) == {"fa2"}
     assert compare.compare(base, base).retimed.empty  # runs that do not record the timer claim nothing
 
-    shown = runner.invoke(app, ["compare", str(write_run(first, tmp_path / "a")), str(write_run(again, tmp_path / "b"))],
+    shown = runner.invoke(app, ["compare", str(write_run(first, tmp_path / "a")),
+                                str(write_run(again, tmp_path / "b"))],
                           terminal_width=200)
     assert f"{fa2_ok} of them timed with another timer in B (plain -> graph: {fa2_ok})" in shown.output, shown.output
     assert shown.output.count("graph*") == fa2_ok

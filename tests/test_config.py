@@ -123,9 +123,9 @@ def test_the_committed_sweep_files_are_valid(path):
 @pytest.mark.parametrize("spec", [*PRESETS.values(), config.spec_from(
     {"seqlen": [64], "seqlen_k": [128], "batch": [1, 2], "heads": [4], "kv_heads": [1, 2], "causal": "on",
      "dtype": ["tf32"], "mode": ["fwd"], "provider": ["fa2", "naive"]}, SMOKE)])
-# The decode preset sets seqlens_k and kv_heads, the variants preset kv_heads, and the default preset its providers, which the fields of a spec
-# without them (seqlen_k = seqlen, kv_heads = heads, every provider) cannot unset; a sharded sweep names its
-# providers and shapes explicitly on the ranks' command line, so this never reaches a real run.
+# The decode preset sets seqlens_k and kv_heads, the variants preset kv_heads, and the default preset its providers,
+# which the fields of a spec without them (seqlen_k = seqlen, kv_heads = heads, every provider) cannot unset; a sharded
+# sweep names its providers and shapes explicitly on the ranks' command line, so this never reaches a real run.
 @pytest.mark.parametrize("base", [p for p in PRESETS if p not in ("decode", "default", "variants")])
 def test_a_specs_fields_describe_it_on_any_base(spec, base):
     # what a sharded sweep's ranks rebuild; "every provider here" (no list) has no field, so a base with its own

@@ -32,8 +32,8 @@ def shape(variant="docs:16/24", causal=True, kv_heads=4, n=40):
 # ---- the split: one registry, imports one way ----------------------------------------------------------------------
 def test_importing_the_registry_registers_every_provider_in_its_order():
     assert providers.names() == ("naive", "fa1", "fa1-split", "r3-swap", "r4-defer", "r5-seqpar", "r6-skip", "fa2",
-                                 "fa2-varlen", "fa3", "fa3-deterministic", "fa3-pingpong", "fa3-overlap", *TORCH_PROVIDERS,
-                                 "fa2-decode")
+                                 "fa2-varlen", "fa3", "fa3-deterministic", "fa3-pingpong", "fa3-overlap",
+                                 *TORCH_PROVIDERS, "fa2-decode")
     assert all(providers.get(n).make.__module__ == "fa2bench.core.providers_torch" for n in TORCH_PROVIDERS)
     assert [make for make, _ in providers_torch.PROVIDERS] == [providers.get(n).make for n in TORCH_PROVIDERS]
 

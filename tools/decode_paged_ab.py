@@ -99,7 +99,8 @@ def ints(text: str) -> list[int]:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--before", default="5f64b9d", help="git revision of the kernel to compare against, or a file holding it")
+    ap.add_argument("--before", default="5f64b9d",
+                    help="git revision of the kernel to compare against, or a file holding it")
     ap.add_argument("--batch", type=ints, default=[1, 4, 16, 64])
     ap.add_argument("--kv", type=ints, default=[4096, 16384, 131072])
     ap.add_argument("--pages", type=ints, default=[64, 128, 256])

@@ -2,7 +2,8 @@
 one module per group of commands, options declared once (``common``), terminal output in one place (``render``).
 Importing it imports no torch: ``fa2bench --help`` is quick. Bad input is one line on stderr and exit code 2.
 """
-from fa2bench.cli import sweep, info, profile, runs, train  # noqa: F401, I001  (each registers its commands, in this order)
+# each registers its commands, in this order
+from fa2bench.cli import sweep, info, profile, runs, train  # noqa: F401, I001
 from fa2bench.cli.common import app
 
 __all__ = ["app"]

@@ -199,7 +199,8 @@ def print_comparison(result, run_a, run_b, threshold, changes_only) -> None:
             continue
         style = styles.get(r["verdict"], "")
         rows.append((f"[{style}]{r['verdict']}[/]" if style else r["verdict"], r["provider"], r["mode"], r["dtype"],
-                     shape_label(r), timing_cell(r, "a"), timing_cell(r, "b"), f"{r['ratio']:.3g}x" if r["ratio"] > 0 else "-"))
+                     shape_label(r), timing_cell(r, "a"), timing_cell(r, "b"),
+                     f"{r['ratio']:.3g}x" if r["ratio"] > 0 else "-"))
     cols = ("verdict", "provider", "mode", "dtype", "shape", "A ms (p20-p80)", "B ms (p20-p80)", "B/A")
     console = out()
     console.print(display.table(f"B/A time per point (B: {run_b}, A: {run_a}; threshold {threshold:.0%}; noise: "

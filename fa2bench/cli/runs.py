@@ -72,7 +72,8 @@ def plot_run(
 
 @app.command("report")
 def report_run(
-    run_dir: Annotated[Optional[Path], typer.Argument(help="A results folder (of `fa2bench sweep`, `e2e` or `ring`).")] = None,
+    run_dir: Annotated[Optional[Path], typer.Argument(help="A results folder (of `fa2bench sweep`, `e2e` "
+                       "or `ring`).")] = None,
     fmt: Formats = "png",
     readme: Annotated[bool, typer.Option("--readme", help="Instead: rewrite the marked result blocks of README.md "
                       "and docs/*.md from the runs under results/ (run from the repository root).")] = False,

@@ -76,10 +76,10 @@ def sweep(
 
     given = shape_options(preset=preset, seqlen=seqlen, seqlen_k=seqlen_k, headdim=headdim, batch=batch,
                            tokens=tokens, heads=heads, hidden=hidden, kv_heads=kv_heads, causal=causal,
-                           page_size=page_size, ragged=ragged, variant=variant, max_kv_tokens=max_kv_tokens, dtype=dtype,
-                           mode=mode, provider=provider, out=out_dir, resume=resume, extend=extend, check=check,
-                           isolate=isolate, point_timeout=point_timeout, warmup_ms=warmup_ms, rep_ms=rep_ms,
-                           peak_tflops=peak_tflops, ceilings=ceilings, gpus=gpus, timer=timer)
+                           page_size=page_size, ragged=ragged, variant=variant, max_kv_tokens=max_kv_tokens,
+                           dtype=dtype, mode=mode, provider=provider, out=out_dir, resume=resume, extend=extend,
+                           check=check, isolate=isolate, point_timeout=point_timeout, warmup_ms=warmup_ms,
+                           rep_ms=rep_ms, peak_tflops=peak_tflops, ceilings=ceilings, gpus=gpus, timer=timer)
     try:
         options = sweep_config.merge(sweep_config.load(config) if config else {},
                                      {k: getattr(v, "value", v) for k, v in given.items()})

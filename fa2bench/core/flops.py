@@ -8,7 +8,8 @@ forward (five matmuls instead of two); forward + backward, 3.5 times. Softmax an
 ``fwd``; attention variants (fa2bench.core.variants) count only the pairs they attend (a window of w at seqlen
 n about n * w, documents the sum over documents), for every provider alike; softcap's tanh and ALiBi's add are
 element-wise work on the score like softmax and are not counted (they are not matmul FLOPs). Report tables show
-the dense-equivalent rate beside it (``read.markdown``). Decode is memory-bound, so its headline is bandwidth (``gbps``, ``pct_copy_bw``), not TFLOP/s.
+the dense-equivalent rate beside it (``read.markdown``). Decode is memory-bound, so its headline is bandwidth (``gbps``,
+``pct_copy_bw``), not TFLOP/s.
 """
 from __future__ import annotations
 

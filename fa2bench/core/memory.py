@@ -3,9 +3,9 @@
 A point's estimate is its tensors (q, k, v, the output, and for backward dO and the three gradients) and the
 provider's own workspace (``Provider.workspace_bytes``: a streaming kernel keeps O(N) row statistics, one that
 materialises the score matrix S and probabilities P needs O(N^2)) or the correctness check's reference
-(float64, on at most ``reference.FULL_CHECK_LIMIT`` score elements), whichever is larger. The runner records a point whose
-estimate exceeds the free memory of its device as ``oom`` without trying it: an allocation that would fail
-(or, on the CPU, send the machine into swap) is not worth attempting.
+(float64, on at most ``reference.FULL_CHECK_LIMIT`` score elements), whichever is larger. The runner records a point
+whose estimate exceeds the free memory of its device as ``oom`` without trying it: an allocation that would fail (or, on
+the CPU, send the machine into swap) is not worth attempting.
 """
 from __future__ import annotations
 

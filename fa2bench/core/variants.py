@@ -67,7 +67,8 @@ class Variant:
 
     def features(self) -> frozenset[str]:
         """The parts it uses, by name (what a provider declares it can express): window, softcap, alibi, docs."""
-        return frozenset(name for name, on in (("window", self.window is not None), ("softcap", self.softcap is not None),
+        return frozenset(name for name, on in (("window", self.window is not None),
+                                               ("softcap", self.softcap is not None),
                                                ("alibi", self.alibi), ("docs", self.docs is not None)) if on)
 
     def __str__(self) -> str:

@@ -26,8 +26,8 @@ import pandas as pd
 
 from fa2bench.core.flops import attention_flops
 from fa2bench.core.presets import KEY_COLUMNS, Point, Shape
-from fa2bench.run.results import (COLUMNS, CSV_NAME, PARQUET_NAME, ResultsError, RunWriter, continue_meta, describe_damage,
-                              read_csv, read_meta, rerun_refused, row_key, write_meta)
+from fa2bench.run.results import (COLUMNS, CSV_NAME, PARQUET_NAME, ResultsError, RunWriter, continue_meta,
+                                  describe_damage, read_csv, read_meta, rerun_refused, row_key, write_meta)
 
 PLAN_NAME, MISSING_NAME = "plan.csv", "missing.csv"
 # Cost model, in estimated seconds: every point pays a fixed price (reference check, warm-up and timing

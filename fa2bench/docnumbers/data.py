@@ -8,7 +8,8 @@ import pandas as pd
 
 TOP, E2E, ABLATION = "h100-top", "h100-e2e", "h100-ablation"
 FIRST, SECOND = "h200-default-run1", "h200-default-run2"  # issue 21: the default sweep twice on a fresh machine
-DECODE, SPLITS = "h200-decode-v5", "h200-decode-splits-v2"  # the decode preset (1k tile rule of 894571e) and split study
+# the decode preset (1k tile rule of 894571e) and split study
+DECODE, SPLITS = "h200-decode-v5", "h200-decode-splits-v2"
 DECODE_H100 = "h100-decode"  # the decode preset on an H100, the block table read a block ahead (64a93c7)
 DECODE_H100_SHORT = "h100-decode-2"  # again, 64-key blocks where a split has at most two of 128 (8edbe04)
 DECODE_H100_ONE_ID = "h100-decode-3"  # again, a block inside one page reads one table entry (b4cc0da)

@@ -17,7 +17,8 @@ def top_points(root: Path) -> str:
     frame = load(root, TOP)
     wrong = int((frame["status"] == "wrong").sum())
     throttled = frame[frame["throttled"].astype(str) == "True"]
-    share = {p: 100 * (throttled["provider"] == p).sum() / (frame["provider"] == p).sum() for p in ("sdpa-cudnn", "fa2")}
+    share = {p: 100 * (throttled["provider"] == p).sum() / (frame["provider"] == p).sum()
+             for p in ("sdpa-cudnn", "fa2")}
     return (f"{len(ok_rows(frame))} ok of {len(frame)}, {wrong or 'none'} wrong. In the telemetry window sampled right "
             f"after each point's timed calls (not during them), the GPU was at its software power cap for "
             f"{len(throttled)} of them (the `throttled` column): {share['sdpa-cudnn']:.0f}% of cuDNN's points, "

@@ -45,8 +45,9 @@ VARIANTS = {  # fa2's variant switches (flash2.Mods), the runtime arguments each
     "docs": ("DOCS", {"DOC_START": "*i32", "DOC_END": "*i32"}),
     "varlen": ("VARLEN", {"CU_SEQLENS_Q": "*i32", "CU_SEQLENS_K": "*i32", "BLOCKS_Q": "*i32", "BLOCKS_K": "*i32"}),
 }
+# what a launch passes for the arguments of switches that are off
 UNUSED = {"softcap": 0.0, "ALIBI_SLOPES": None, "DOC_START": None, "DOC_END": None, "CU_SEQLENS_Q": None,
-          "CU_SEQLENS_K": None, "BLOCKS_Q": None, "BLOCKS_K": None}  # what a launch passes for the arguments of switches that are off
+          "CU_SEQLENS_K": None, "BLOCKS_Q": None, "BLOCKS_K": None}
 
 
 parse = flash2.tile_config  # '128x64w4s3' -> its triton.Config

@@ -98,8 +98,9 @@ def headline_section(frame: pd.DataFrame) -> str:
     table = table.assign(_o=table["provider"].map(order), _m=table["mode"].map(modes))
     table = table.sort_values(["_m", "dtype", "_o"], kind="stable")
     rows = [[plots.label(r["provider"]), r["mode"], r["dtype"], f"{r['ok']}/{r['points']}",
-             display.sig(r["best_tflops"]), display.sig(r["pct_a100_peak"], "%"), display.sig(r["pct_device_peak"], "%"),
-             display.sig(r[baseline_col], "×")] for r in table.to_dict("records")]
+             display.sig(r["best_tflops"]), display.sig(r["pct_a100_peak"], "%"),
+             display.sig(r["pct_device_peak"], "%"), display.sig(r[baseline_col], "×")]
+            for r in table.to_dict("records")]
     return md_table(rows, ["provider", "mode", "dtype", "ok/points", "best TFLOP/s", "% A100 peak",
                            "% device peak", f"× {baseline_col.removeprefix('speedup_vs_')} (geomean)"], "lllrrrrr")
 
@@ -120,8 +121,8 @@ def variants_section(frame: pd.DataFrame) -> str:
     order = {p: i for i, p in enumerate(plots.ordered_providers(frame))}
     rows = []
     for (variant, mode, dtype, provider), group in sorted(
-            ok.groupby(["variant", "mode", "dtype", "provider"]), key=lambda kv: (kv[0][0] != "dense", kv[0][0],
-                                                                              kv[0][1], kv[0][2], order.get(kv[0][3], 0))):
+            ok.groupby(["variant", "mode", "dtype", "provider"]),
+            key=lambda kv: (kv[0][0] != "dense", kv[0][0], kv[0][1], kv[0][2], order.get(kv[0][3], 0))):
         best = group.loc[group["tflops"].idxmax()]
         rows.append([f"`{variant}`", plots.label(provider), mode, dtype, display.sig(best["tflops"]),
                      display.sig(best["tflops_dense_equiv"]), shape_label(best.to_dict())])

@@ -3,8 +3,8 @@
 A run folder holds ``results.csv`` (appended and flushed row by row, so a crash or Ctrl-C loses nothing and
 ``--resume`` skips what is there), ``results.parquet`` (written when the sweep ends) and ``meta.json``
 (machine, versions, commit, the sweep as resolved). One writer at a time: a ``RunWriter`` holds an exclusive
-lock on its folder (``.fa2bench.lock``, released by ``close``) and a second writer is refused with one line. ``load_run`` reads a folder back into a DataFrame;
-plots, reports, comparisons and notebooks read runs only through it.
+lock on its folder (``.fa2bench.lock``, released by ``close``) and a second writer is refused with one line.
+``load_run`` reads a folder back into a DataFrame; plots, reports, comparisons and notebooks read runs only through it.
 """
 from __future__ import annotations
 
@@ -46,7 +46,8 @@ _TEXT_COLUMNS = ("provider", "mode", "dtype", "causal", "ragged", "variant", "st
                  "throttle_reason", "throttled", "timer", "noisy", "report", "model", "note", "checkpointing",
                  "parallel", "impl", "gpu", "detail")
 CSV_NAME, PARQUET_NAME, META_NAME = "results.csv", "results.parquet", "meta.json"
-IO_STUDY_CSV = "io_study.csv"  # Nsight Compute's DRAM bytes per point (fa2bench.profiling.iostudy), in a run folder or its own
+# Nsight Compute's DRAM bytes per point (fa2bench.profiling.iostudy), in a run folder or its own
+IO_STUDY_CSV = "io_study.csv"
 LOCK_NAME = ".fa2bench.lock"
 DAMAGED_NAME = "results.csv.damaged"  # rows dropped on resume, kept for inspection (<table>.damaged for others)
 

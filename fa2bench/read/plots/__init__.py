@@ -42,11 +42,11 @@ from fa2bench.read.plots.memory import memory
 from fa2bench.read.plots.roofline import intensity, measured_intensity, roofline
 
 __all__ = ["DPI", "FIGURES", "FIGURE_TITLES", "FORMATS", "MARKS", "MODE_TITLES", "PER_MODE", "Ceilings",
-           "NothingToPlot", "Plotted", "a100_peak", "ceilings", "color", "decode_bandwidth", "decode_latency", "describe_workload",
-           "device_peak",
+           "NothingToPlot", "Plotted", "a100_peak", "ceilings", "color", "decode_bandwidth", "decode_latency",
+           "describe_workload", "device_peak",
            "fraction_of_peak", "gpu_name", "intensity", "io_study", "label", "memory", "modes_of",
-           "measured_intensity", "ordered_providers", "parse_formats", "plot_run", "roofline", "save_io_study", "seqlen_label", "speedup",
-           "speedups", "split", "throughput", "tidy"]
+           "measured_intensity", "ordered_providers", "parse_formats", "plot_run", "roofline", "save_io_study",
+           "seqlen_label", "speedup", "speedups", "split", "throughput", "tidy"]
 
 
 FIGURES: dict[str, Callable[..., Figure]] = {
