@@ -20,14 +20,15 @@ from functools import partial
 from pathlib import Path
 from typing import Callable
 
-from fa2bench.docnumbers.data import (DECODE_AB, DECODE_H100, DECODE_H100_ONE_ID, DECODE_H100_SHORT, DECODE_TMA,
-                                      VARIANTS_H100_BEFORE, VARLEN_H100_BEFORE)
+from fa2bench.docnumbers.data import (DECODE_AB, DECODE_H100, DECODE_H100_ONE_ID, DECODE_H100_SHORT,
+                                      DECODE_H100_TMA, DECODE_TMA, DECODE_TMA_CONTIGUOUS, VARIANTS_H100_BEFORE,
+                                      VARLEN_H100_BEFORE)
 from fa2bench.docnumbers.h100 import (ablation_fa1, ablation_steps, ablation_versus, e2e_table, e2e_tokens,
                                       e2e_versus, fa3_dq_first, top_points, top_table, top_versus)
-from fa2bench.docnumbers.h200 import (decode_ab, decode_rerun, decode_splits, decode_timers, decode_tma_paged,
-                                      decode_versus, fa3_accept, fa3_accept_h100, fa3_backward, fa3_forward, fa3_rungs,
-                                      first_run, headline_rerun, headline_table, ladder_fa1, ladder_state, ladder_steps,
-                                      ladder_versus, same_card)
+from fa2bench.docnumbers.h200 import (decode_ab, decode_rerun, decode_splits, decode_timers,
+                                      decode_tma_contiguous, decode_tma_paged, decode_versus, fa3_accept,
+                                      fa3_accept_h100, fa3_backward, fa3_forward, fa3_rungs, first_run, headline_rerun,
+                                      headline_table, ladder_fa1, ladder_state, ladder_steps, ladder_versus, same_card)
 from fa2bench.docnumbers.variants import (variants_cost, variants_h100, variants_latest,
                                           variants_power, variants_profile, variants_table, variants_tiles,
                                           variants_varlen, variants_varlen_h100)
@@ -55,6 +56,9 @@ BLOCKS: dict[str, Callable[[Path], str]] = {
     "decode-versus-h100-one-id": partial(decode_versus, run=DECODE_H100_ONE_ID),
     "decode-rerun-h100-one-id": partial(decode_rerun, before=DECODE_H100_SHORT, after=DECODE_H100_ONE_ID),
     "decode-tma-paged": partial(decode_tma_paged, run=DECODE_TMA),
+    "decode-tma-contiguous": partial(decode_tma_contiguous, run=DECODE_TMA_CONTIGUOUS),
+    "decode-versus-h100-tma": partial(decode_versus, run=DECODE_H100_TMA),
+    "decode-rerun-h100-tma": partial(decode_rerun, before=DECODE_H100_ONE_ID, after=DECODE_H100_TMA),
     **{name: partial(decode_ab, run=run, points=points, pages=pages)
        for name, (run, points, pages) in DECODE_AB.items()},
     **{name: partial(variants_latest, run=run) for name, run in VARIANTS_H100_BEFORE.items()},

@@ -14,11 +14,14 @@ DECODE_H100 = "h100-decode"  # the decode preset on an H100, the block table rea
 DECODE_H100_SHORT = "h100-decode-2"  # again, 64-key blocks where a split has at most two of 128 (8edbe04)
 DECODE_H100_ONE_ID = "h100-decode-3"  # again, a block inside one page reads one table entry (b4cc0da)
 DECODE_TMA = "h100-decode-tma"  # K/V as TMA boxes against pointer loads, one process (d0386d2)
+DECODE_TMA_CONTIGUOUS = "h100-decode-tma-2"  # again on contiguous caches, beside cuDNN (10d51ed)
+DECODE_H100_TMA = "h100-decode-5"  # the preset with K/V as TMA boxes by default, page-sized blocks (10d51ed)
 DECODE_AB = {  # one-process A/Bs of kernels/decode.py (tools/decode_paged_ab.py): block name -> (run, the
     # (batch, keys) points the change was made for, the page sizes it was judged at; None: all)
     "decode-table-ahead": ("h100-decode-table-ahead", ((1, 1024), (1, 4096), (4, 1024), (4, 4096)), None),
     "decode-short-ab": ("h100-decode-short-ab", ((1, 4096),), None),  # the short corner's 64-key blocks
     "decode-one-id-ab": ("h100-decode-one-id-ab", ((1, 1024), (1, 4096), (4, 1024)), (64,)),  # its 64-key blocks
+    "decode-tma-page-cap": ("h100-decode-tma-paged", ((4, 1024), (4, 4096), (16, 1024), (16, 4096)), (64,)),
 }
 DECODE_BEFORE, PLAIN = "h200-decode", "h200-decode-plain"  # before the retuning; the plain-timer subset of it
 VARIANTS = "h200-variants"  # issue 18: the variants preset, fp16 and bf16

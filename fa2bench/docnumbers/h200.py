@@ -320,6 +320,20 @@ def decode_tma_paged(root: Path, run: str) -> str:
             f"graph timer ([`{run}`](results/{run}))")
 
 
+def decode_tma_contiguous(root: Path, run: str) -> str:
+    """TMA boxes against pointer loads at the plan's tiles on contiguous caches, and each against cuDNN, in one
+    process (``decode_paged_ab.py --tma --cudnn``)."""
+    frame = pd.read_csv(root / run / "decode_paged_ab.csv")
+    us = frame[frame["page_size"] == 0].pivot_table(index=["batch", "kv_len"], columns="kernel", values="us")
+    speed = us["plan after, tma"] / us["plan after, pointers"]
+    before, after = (us["sdpa-cudnn"] / us[f"plan after, {way}"] for way in ("pointers", "tma"))
+    where = ", ".join(f"batch {b} / {kilo(k)}" for b, k in us.index)
+    return (f"on contiguous caches ({where} keys) the plan's tiles read as TMA boxes took {_span(speed)} the time "
+            f"of pointer loads (median {speed.median():.2f}x), and cuDNN's time over `fa2-decode`'s went from "
+            f"{_span(before)} with pointer loads to {_span(after)} with TMA boxes (at or above 1.00x at "
+            f"{int((after >= 1).sum())} of {len(after)} shapes), in one process under the graph timer "
+            f"([`{run}`](results/{run}))")
+
 def decode_rerun(root: Path, before: str, after: str) -> str:
     """How a rerun of the decode preset moved the points of the providers that did not change (not fa2-decode)."""
     keys = ["provider"] + _DECODE_KEYS
