@@ -281,11 +281,16 @@ def decode_versus(root: Path, run: str = DECODE) -> str:
             f"{cost.max():.0f}%, {len(cost)} points).")
 
 
+def _decode_ab_frame(root: Path, run: str) -> pd.DataFrame:
+    """The rows of a one-process decode A/B (``tools/decode_paged_ab.py``)."""
+    return pd.read_csv(root / run / "decode_paged_ab.csv")
+
+
 def decode_ab(root: Path, run: str, points: tuple[tuple[int, int], ...], pages: tuple[int, ...] | None) -> str:
     """A one-process A/B of the decode kernel (``tools/decode_paged_ab.py``): what paging costs before and after
     the change at the (batch, keys) ``points`` and ``pages`` it was made for, and the paged time after over before
     there and at the run's other points."""
-    frame = pd.read_csv(root / run / "decode_paged_ab.csv")
+    frame = _decode_ab_frame(root, run)
     paged = frame[frame["page_size"] > 0].pivot_table(index=["batch", "heads", "kv_len", "page_size"],
                                                        columns="kernel", values=["vs_contiguous", "us"])
     shape = paged.index.to_frame()
@@ -308,7 +313,7 @@ def decode_ab(root: Path, run: str, points: tuple[tuple[int, int], ...], pages: 
 def decode_tma_paged(root: Path, run: str) -> str:
     """TMA boxes against pointer loads at the same tiles on the same paged caches, in one process
     (``decode_paged_ab.py --tma``): the launches where a block fits in a page."""
-    frame = pd.read_csv(root / run / "decode_paged_ab.csv")
+    frame = _decode_ab_frame(root, run)
     us = frame[frame["page_size"] > 0].pivot_table(index=["batch", "kv_len", "page_size"], columns="kernel",
                                                     values="us")
     boxed = frame[(frame["kernel"] == "after, tma") & frame["config"].str.contains(" tma")]
@@ -323,7 +328,7 @@ def decode_tma_paged(root: Path, run: str) -> str:
 def decode_tma_contiguous(root: Path, run: str) -> str:
     """TMA boxes against pointer loads at the plan's tiles on contiguous caches, and each against cuDNN, in one
     process (``decode_paged_ab.py --tma --cudnn``)."""
-    frame = pd.read_csv(root / run / "decode_paged_ab.csv")
+    frame = _decode_ab_frame(root, run)
     us = frame[frame["page_size"] == 0].pivot_table(index=["batch", "kv_len"], columns="kernel", values="us")
     speed = us["plan after, tma"] / us["plan after, pointers"]
     before, after = (us["sdpa-cudnn"] / us[f"plan after, {way}"] for way in ("pointers", "tma"))
