@@ -1,8 +1,15 @@
-"""Time fa2's forward at forced tiles, per provider, with the SM clock each timing ran at: is a provider slower
-because of its kernel or because the card clocked it down?
+"""Time one of fa2's autotuned kernels at forced tiles, per provider, with the SM clock each timing ran at: is a
+provider slower because of its kernel or because the card clocked it down, and which tile is fastest over a sweep
+point's time rather than the autotuner's 20 ms?
 
-    python tools/fwd_tiles_ab.py                 # fa2 (padded document mask) and fa2-varlen, bf16, d128, 8k docs
-    python tools/fwd_tiles_ab.py --tiles 64x64w4s3,128x128w8s3 --rounds 6 --out results/<name>
+    python tools/tiles_ab.py                 # the forward: fa2 (padded document mask) and fa2-varlen, bf16, d128, 8k docs
+    python tools/tiles_ab.py --tiles 64x64w4s3,128x128w8s3 --rounds 6 --out results/<name>
+    python tools/tiles_ab.py --kernel bwd_dkdv --providers fa2 --variant window4096 --tiles 64x128w8s2,64x64w8s2
+
+``--kernel`` (fwd, bwd_dkdv or bwd_dq) picks the kernel whose tiles are forced; for a backward kernel the timed call
+is the backward alone on one forward graph (as the sweep times mode bwd), the other kernels at the autotuner's picks
+(the same in every arm), and each provider's arms are checked against its first tile on dQ, dK and dV. Named fwd_tiles_ab.py, with
+``fwd_tiles_ab.csv``, before the backward kernels came in (session 31).
 
 Every (provider, tile) pair is one arm; the arms run ``--rounds`` times, each round's order rotated by one, so every
 arm is timed at every position (a kernel that heats the card at its power cap slows what runs after it). Each arm
@@ -26,14 +33,16 @@ from fa2bench.core import providers
 from fa2bench.core.presets import Shape, paper_shape, parse_ints
 from fa2bench.kernels import flash2
 from fa2bench.run import telemetry, timing
-from fa2bench.run.point import make_inputs
+from fa2bench.run.point import make_inputs, timed_call
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--providers", default="fa2,fa2-varlen", help="fa2's providers to time (the first the baseline)")
+    ap.add_argument("--kernel", default="fwd", choices=["fwd", "bwd_dkdv", "bwd_dq"], help="whose tiles are forced")
     ap.add_argument("--tiles", default="64x64w4s3,128x128w8s3,128x64w8s3",
-                    help="forward tiles BLOCK_MxBLOCK_NwWARPSsSTAGES, comma-separated")
+                    help="tiles BLOCK_MxBLOCK_NwWARPSsSTAGES, comma-separated (bwd_dkdv: BLOCK_N keys per program, "
+                    "BLOCK_M rows per step, written as the configs name them: 64x128w8s2 is BLOCK_M 64, BLOCK_N 128)")
     ap.add_argument("--variant", default="docs")
     ap.add_argument("--seqlen", default="8192", help="sequence lengths, comma-separated")
     ap.add_argument("--batch", type=int, default=4)
@@ -57,51 +66,65 @@ def main() -> None:
         if not set(dtypes) <= {"bf16", "fp16"}:
             raise ValueError(f"--dtype takes bf16 and fp16, got {a.dtype!r}")
     except (ValueError, KeyError) as exc:
-        raise SystemExit(f"fwd_tiles_ab: {exc}") from None
+        raise SystemExit(f"tiles_ab: {exc}") from None
     if a.out:
         from fa2bench.run.results import write_meta
         from fa2bench.run.runner import environment_meta
 
         a.out.mkdir(parents=True, exist_ok=True)
-        write_meta(a.out, {**environment_meta(a.device), "study": "fa2 forward at forced tiles, per provider, with "
-                           "the SM clock", "args": {k: str(v) for k, v in vars(a).items()}})
+        write_meta(a.out, {**environment_meta(a.device), "study": f"fa2's {a.kernel} kernel at forced tiles, per "
+                           "provider, with the SM clock", "args": {k: str(v) for k, v in vars(a).items()}})
     rows = []
     for n in seqlens:
         batch, heads, kv_heads = paper_shape(a.headdim, n)[:3] if a.paper else (a.batch, a.heads, a.kv_heads)
         for dtype in dtypes:
             for causal in {"on": [True], "off": [False], "both": [False, True]}[a.causal]:
                 shape = Shape(batch, heads, kv_heads, n, n, a.headdim, causal, variant=a.variant)
-                rows += study(shape, dtype, made, configs, a.rounds, a.device)
+                rows += study(shape, dtype, made, configs, a.rounds, a.device, a.kernel)
                 if a.out:
-                    pd.DataFrame(rows).to_csv(a.out / "fwd_tiles_ab.csv", index=False)
+                    pd.DataFrame(rows).to_csv(a.out / "tiles_ab.csv", index=False)
 
 
-def study(shape: Shape, dtype: str, made: dict, configs: dict, rounds: int, device: str) -> list[dict]:
-    """Every (provider, tile) arm at one shape, ``rounds`` times in rotated order; prints the summary, returns rows."""
-    names = list(made)
+def study(shape: Shape, dtype: str, made: dict, configs: dict, rounds: int, device: str,
+          kernel: str = "fwd") -> list[dict]:
+    """Every (provider, tile) arm at one shape, ``rounds`` times in rotated order, ``kernel``'s tiles forced;
+    prints the summary, returns rows."""
+    names, mode = list(made), "fwd" if kernel == "fwd" else "bwd"
     torch.manual_seed(0)
     qkv = make_inputs(shape, dtype, device)  # one set of inputs, laid out as each provider takes them
     calls = {}
     for name, provider in made.items():
-        fn, (q, k, v) = provider.make(shape), (laid_out(t, provider.layout) for t in qkv)
-        calls[name] = (lambda fn=fn, q=q, k=k, v=v: fn(q, k, v))
+        q, k, v = (laid_out(t, provider.layout).detach().requires_grad_(mode == "bwd") for t in qkv)
+        calls[name] = timed_call(provider.make(shape), q, k, v, mode) + ((q, k, v),)
     arms = [(name, tile) for tile in configs for name in names]
     outs = {}
-    for name, tile in arms:  # compile every arm and check each provider agrees with the first, before any timing
-        with flash2.forced_configs(fwd=configs[tile]):
-            outs[name, tile] = calls[name]().float()
-    first = outs[arms[0]]
-    worst = max((o - first).abs().max().item() for o in outs.values())
-    print(f"{shape.label()} {dtype}; arms {arms}; max |o - o(first arm)| = {worst:.3e}", flush=True)
+    for name, tile in arms:  # compile every arm and check each agrees with the first, before any timing
+        call, grads, qkv_ = calls[name]
+        with flash2.forced_configs(**{kernel: configs[tile]}):
+            if grads is None:
+                outs[name, tile] = [call().float()]
+            else:
+                for t in grads:
+                    t.grad = None
+                call()
+                outs[name, tile] = [t.grad.float() for t in qkv_]
+    # the forward's arms share their inputs; each provider's backward draws its own dO, so its arms are checked
+    # against its own first tile
+    first = {name: outs[arms[0] if mode == "fwd" else (name, arms[0][1])] for name in names}
+    worst = max((o - f).abs().max().item() for (name, _), out in outs.items() for o, f in zip(out, first[name]))
+    against = "the first arm" if mode == "fwd" else "its provider's first tile"
+    print(f"{shape.label()} {dtype} {kernel}; arms {arms}; max |out - out({against})| = {worst:.3e}", flush=True)
     rows = []
     for r in range(rounds):
         for name, tile in arms[r % len(arms):] + arms[:r % len(arms)]:
-            with flash2.forced_configs(fwd=configs[tile]):
+            call, grads, _ = calls[name]
+            with flash2.forced_configs(**{kernel: configs[tile]}):
                 with telemetry.Window() as window:
-                    t = timing.bench(calls[name], timer="plain")
+                    t = timing.bench(call, grads, timer="plain")
             rows.append(dict(seqlen=shape.seqlen_q, batch=shape.batch, heads=shape.heads, kv_heads=shape.kv_heads,
                              headdim=shape.headdim, causal=shape.causal, dtype=dtype, variant=shape.variant,
-                             provider=name, tile=tile, round=r, **t.row(), **window.columns(t.ms, None)))
+                             kernel=kernel, provider=name, tile=tile, round=r, **t.row(),
+                             **window.columns(t.ms, None)))
     df = pd.DataFrame(rows)
     top = df.sm_clock_mhz.max()
     df["ms_at_max_clock"] = df.ms * df.sm_clock_mhz / top
