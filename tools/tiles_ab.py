@@ -97,7 +97,7 @@ def study(shape: Shape, dtype: str, made: dict, configs: dict, rounds: int, devi
         q, k, v = (laid_out(t, provider.layout).detach().requires_grad_(mode == "bwd") for t in qkv)
         calls[name] = timed_call(provider.make(shape), q, k, v, mode) + ((q, k, v),)
     arms = [(name, tile) for tile in configs for name in names]
-    outs = {}
+    outs, launched = {}, {}
     for name, tile in arms:  # compile every arm and check each agrees with the first, before any timing
         call, grads, qkv_ = calls[name]
         with flash2.forced_configs(**{kernel: configs[tile]}):
@@ -108,6 +108,7 @@ def study(shape: Shape, dtype: str, made: dict, configs: dict, rounds: int, devi
                     t.grad = None
                 call()
                 outs[name, tile] = [t.grad.float() for t in qkv_]
+        launched[name, tile] = flash2.last_config()  # every kernel's tile as launched, the forced one among them
     # the forward's arms share their inputs; each provider's backward draws its own dO, so its arms are checked
     # against its own first tile
     first = {name: outs[arms[0] if mode == "fwd" else (name, arms[0][1])] for name in names}
@@ -123,7 +124,7 @@ def study(shape: Shape, dtype: str, made: dict, configs: dict, rounds: int, devi
                     t = timing.bench(call, grads, timer="plain")
             rows.append(dict(seqlen=shape.seqlen_q, batch=shape.batch, heads=shape.heads, kv_heads=shape.kv_heads,
                              headdim=shape.headdim, causal=shape.causal, dtype=dtype, variant=shape.variant,
-                             kernel=kernel, provider=name, tile=tile, round=r, **t.row(),
+                             kernel=kernel, provider=name, tile=tile, config=launched[name, tile], round=r, **t.row(),
                              **window.columns(t.ms, None)))
     df = pd.DataFrame(rows)
     top = df.sm_clock_mhz.max()
