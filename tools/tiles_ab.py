@@ -2,14 +2,14 @@
 provider slower because of its kernel or because the card clocked it down, and which tile is fastest over a sweep
 point's time rather than the autotuner's 20 ms?
 
-    python tools/tiles_ab.py                 # the forward: fa2 (padded document mask) and fa2-varlen, bf16, d128, 8k docs
+    python tools/tiles_ab.py         # the forward: fa2 (padded document mask) and fa2-varlen, bf16, d128, 8k docs
     python tools/tiles_ab.py --tiles 64x64w4s3,128x128w8s3 --rounds 6 --out results/<name>
     python tools/tiles_ab.py --kernel bwd_dkdv --providers fa2 --variant window4096 --tiles 64x128w8s2,64x64w8s2
 
 ``--kernel`` (fwd, bwd_dkdv or bwd_dq) picks the kernel whose tiles are forced; for a backward kernel the timed call
 is the backward alone on one forward graph (as the sweep times mode bwd), the other kernels at the autotuner's picks
-(the same in every arm), and each provider's arms are checked against its first tile on dQ, dK and dV. Named fwd_tiles_ab.py, with
-``fwd_tiles_ab.csv``, before the backward kernels came in (session 31).
+(the same in every arm), and each provider's arms are checked against its first tile on dQ, dK and dV. The tool
+was named fwd_tiles_ab.py, writing ``fwd_tiles_ab.csv``, before the backward kernels came in (session 31).
 
 Every (provider, tile) pair is one arm; the arms run ``--rounds`` times, each round's order rotated by one, so every
 arm is timed at every position (a kernel that heats the card at its power cap slows what runs after it). Each arm
@@ -18,7 +18,8 @@ window (``fa2bench.run.telemetry.Window``). The rows keep each round; the summar
 SM clock and throttled fraction, the speed over the first provider at the same tile, and ``ms_at_max_clock`` (the
 time scaled to the card's highest clock seen at that shape: what is left of a difference once the clock is taken
 out). ``--paper --seqlen 2048,4096 --dtype fp16,bf16 --causal both`` runs the paper preset's shapes, one after another.
-``--out DIR`` writes ``fwd_tiles_ab.csv`` beside a tool-written meta.json.
+``--out DIR`` writes ``tiles_ab.csv`` (each row with the tiles its kernels launched with) beside a tool-written
+meta.json.
 """
 from __future__ import annotations
 
@@ -124,8 +125,8 @@ def study(shape: Shape, dtype: str, made: dict, configs: dict, rounds: int, devi
                     t = timing.bench(call, grads, timer="plain")
             rows.append(dict(seqlen=shape.seqlen_q, batch=shape.batch, heads=shape.heads, kv_heads=shape.kv_heads,
                              headdim=shape.headdim, causal=shape.causal, dtype=dtype, variant=shape.variant,
-                             kernel=kernel, provider=name, tile=tile, config=launched[name, tile], round=r, **t.row(),
-                             **window.columns(t.ms, None)))
+                             kernel=kernel, provider=name, tile=tile, config=launched[name, tile], round=r,
+                             **t.row(), **window.columns(t.ms, None)))
     df = pd.DataFrame(rows)
     top = df.sm_clock_mhz.max()
     df["ms_at_max_clock"] = df.ms * df.sm_clock_mhz / top
