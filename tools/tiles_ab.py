@@ -96,11 +96,11 @@ def study(shape: Shape, dtype: str, made: dict, configs: dict, rounds: int, devi
     calls = {}
     for name, provider in made.items():
         q, k, v = (laid_out(t, provider.layout).detach().requires_grad_(mode == "bwd") for t in qkv)
-        calls[name] = timed_call(provider.make(shape), q, k, v, mode) + ((q, k, v),)
+        calls[name] = timed_call(provider.make(shape), q, k, v, mode)  # (call, [q, k, v] for bwd, else None)
     arms = [(name, tile) for tile in configs for name in names]
     outs, launched = {}, {}
     for name, tile in arms:  # compile every arm and check each agrees with the first, before any timing
-        call, grads, qkv_ = calls[name]
+        call, grads = calls[name]
         with flash2.forced_configs(**{kernel: configs[tile]}):
             if grads is None:
                 outs[name, tile] = [call().float()]
@@ -108,7 +108,7 @@ def study(shape: Shape, dtype: str, made: dict, configs: dict, rounds: int, devi
                 for t in grads:
                     t.grad = None
                 call()
-                outs[name, tile] = [t.grad.float() for t in qkv_]
+                outs[name, tile] = [t.grad.float() for t in grads]
         launched[name, tile] = flash2.last_config()  # every kernel's tile as launched, the forced one among them
     # the forward's arms share their inputs; each provider's backward draws its own dO, so its arms are checked
     # against its own first tile
@@ -119,7 +119,7 @@ def study(shape: Shape, dtype: str, made: dict, configs: dict, rounds: int, devi
     rows = []
     for r in range(rounds):
         for name, tile in arms[r % len(arms):] + arms[:r % len(arms)]:
-            call, grads, _ = calls[name]
+            call, grads = calls[name]
             with flash2.forced_configs(**{kernel: configs[tile]}):
                 with telemetry.Window() as window:
                     t = timing.bench(call, grads, timer="plain")
