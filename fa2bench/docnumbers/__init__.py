@@ -29,9 +29,9 @@ from fa2bench.docnumbers.h200 import (decode_ab, decode_rerun, decode_splits, de
                                       decode_tma_contiguous, decode_tma_paged, decode_versus, fa3_accept,
                                       fa3_accept_h100, fa3_backward, fa3_forward, fa3_rungs, first_run, headline_rerun,
                                       headline_table, ladder_fa1, ladder_state, ladder_steps, ladder_versus, same_card)
-from fa2bench.docnumbers.variants import (variants_cost, variants_h100, variants_latest,
+from fa2bench.docnumbers.variants import (variants_cost, variants_dkdv_tiles, variants_h100, variants_latest,
                                           variants_power, variants_profile, variants_table, variants_tiles,
-                                          variants_varlen, variants_varlen_h100)
+                                          variants_torch_varlen, variants_varlen, variants_varlen_h100)
 
 BEGIN, END = "<!-- fa2bench:begin {} -->", "<!-- fa2bench:end {} -->"
 _BLOCK = re.compile(r"<!-- fa2bench:begin ([\w-]+) -->(.*?)<!-- fa2bench:end \1 -->", re.S)
@@ -50,6 +50,7 @@ BLOCKS: dict[str, Callable[[Path], str]] = {
     "same-card": same_card, "fa3-accept": fa3_accept, "fa3-accept-h100": fa3_accept_h100,
     "variants-latest": variants_latest, "fa3-rungs": fa3_rungs, "fa3-forward": fa3_forward,
     "fa3-dq-first": fa3_dq_first, "variants-h100": variants_h100,
+    "variants-torch-varlen": variants_torch_varlen, "variants-dkdv-tiles": variants_dkdv_tiles,
     "decode-versus-h100": partial(decode_versus, run=DECODE_H100),
     "decode-versus-h100-short": partial(decode_versus, run=DECODE_H100_SHORT),
     "decode-rerun-h100": partial(decode_rerun, before=DECODE_H100, after=DECODE_H100_SHORT),

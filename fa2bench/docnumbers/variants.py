@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from fa2bench.docnumbers.data import (VARIANTS, VARIANTS_H100, VARIANTS_LATEST, VARLEN_H100, kilo,
-                                      load, ok_rows, read_meta)
+from fa2bench.docnumbers.data import (DKDV_TILES, TORCH_VARLEN, VARIANTS, VARIANTS_H100, VARIANTS_LATEST,
+                                      VARLEN_H100, kilo, load, ok_rows, read_meta)
 from fa2bench.read.summary import SHAPE_COLUMNS, geomean
 
 
@@ -166,3 +166,45 @@ def variants_latest(root: Path, run: str = VARIANTS_LATEST) -> str:
 def variants_h100(root: Path) -> str:
     """``variants_latest`` of the H100 rerun at the current defaults."""
     return variants_latest(root, VARIANTS_H100)
+
+
+# --- session 32 on an H100: PyTorch's varlen_attn, and fa2's dK/dV tiles forced ----------------------------------
+
+
+def variants_torch_varlen(root: Path) -> str:
+    """``torch-varlen`` beside ``fa2-varlen`` on the preset's packed documents: first on its GQA heads, then with as
+    many K/V heads as query heads; per (head dim, mode), torch's speed over fa2-varlen's at each sequence length."""
+    gqa, mha = (load(root, run) for run in TORCH_VARLEN)
+    torch_gqa = gqa[gqa["provider"] == "torch-varlen"]
+    reasons = "; ".join(sorted(set(torch_gqa.loc[torch_gqa["status"] == "unsupported", "error"])))
+    unsupported = int((torch_gqa["status"] == "unsupported").sum())
+    ms = ok_rows(mha).pivot_table(index=SHAPE_COLUMNS + ["variant"], columns="provider", values="ms")
+    ran = int(ms["torch-varlen"].notna().sum())
+    cells = []
+    for d in sorted(ms.index.get_level_values("headdim").unique()):
+        for mode in ("fwd", "bwd"):
+            rows = ms[(ms.index.get_level_values("headdim") == d) & (ms.index.get_level_values("mode") == mode)]
+            ratios = (rows["fa2-varlen"] / rows["torch-varlen"]).sort_index(level="seqlen_q")
+            shown = " and ".join(f"{r:.2f}x" for r in ratios)
+            cells.append(f"d{d} {mode} {shown}")
+    lengths = " and ".join(kilo(n) for n in sorted(set(mha["seqlen_q"])))
+    return (f"with {int(gqa['heads'].iloc[0])} query heads over {int(gqa['kv_heads'].iloc[0])} K/V heads "
+            f"([`{TORCH_VARLEN[0]}`](results/{TORCH_VARLEN[0]})) {unsupported} of {len(torch_gqa)} `torch-varlen` "
+            f"points are unsupported: \"{reasons}\"; with as many K/V heads as query heads "
+            f"([`{TORCH_VARLEN[1]}`](results/{TORCH_VARLEN[1]})) {ran} of its points ran and passed the float64 check, and "
+            f"`torch-varlen` runs at {'; '.join(cells)} the speed of `fa2-varlen` (at {lengths})")
+
+
+def variants_dkdv_tiles(root: Path) -> str:
+    """The dK/dV tile A/B (``tools/tiles_ab.py --kernel bwd_dkdv``): the backward's median time over the rounds per
+    forced tile, and its speed against the first tile (the autotuner's pick)."""
+    parts = []
+    for run in DKDV_TILES:
+        frame = pd.read_csv(root / run / "tiles_ab.csv")
+        ms = frame.groupby("tile", sort=False)["ms"].median()
+        first = ms.iloc[0]
+        shown = [f"{tile} {t:.2f} ms" + ("" if i == 0 else f" ({first / t:.2f}x)")
+                 for i, (tile, t) in enumerate(ms.items())]
+        rounds = frame["round"].nunique()
+        parts.append(f"[`{run}`](results/{run}) ({frame['variant'].iloc[0]}, {rounds} rounds): " + ", ".join(shown))
+    return "; ".join(parts)
