@@ -191,8 +191,8 @@ def variants_torch_varlen(root: Path) -> str:
     return (f"with {int(gqa['heads'].iloc[0])} query heads over {int(gqa['kv_heads'].iloc[0])} K/V heads "
             f"([`{TORCH_VARLEN[0]}`](results/{TORCH_VARLEN[0]})) {unsupported} of {len(torch_gqa)} `torch-varlen` "
             f"points are unsupported: \"{reasons}\"; with as many K/V heads as query heads "
-            f"([`{TORCH_VARLEN[1]}`](results/{TORCH_VARLEN[1]})) {ran} of its points ran and passed the float64 check, and "
-            f"`torch-varlen` runs at {'; '.join(cells)} the speed of `fa2-varlen` (at {lengths})")
+            f"([`{TORCH_VARLEN[1]}`](results/{TORCH_VARLEN[1]})) {ran} of its points ran and passed the float64 "
+            f"check, and `torch-varlen` runs at {'; '.join(cells)} the speed of `fa2-varlen` (at {lengths})")
 
 
 def variants_dkdv_tiles(root: Path) -> str:
