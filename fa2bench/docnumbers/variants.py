@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from fa2bench.docnumbers.data import (DKDV_TILES, TORCH_VARLEN, VARIANTS, VARIANTS_H100, VARIANTS_LATEST,
-                                      VARLEN_H100, kilo, load, ok_rows, read_meta)
+from fa2bench.docnumbers.data import (DKDV_TILES, TORCH_VARLEN, VARIANTS, VARIANTS_H100, VARIANTS_H100_FULL,
+                                      VARIANTS_LATEST, VARLEN_H100, kilo, load, ok_rows, read_meta)
 from fa2bench.read.summary import SHAPE_COLUMNS, geomean
 
 
@@ -31,14 +31,16 @@ def _median_ratio(ms: pd.DataFrame, slow: str, fast: str, **where) -> float:
     return float(ratio.median()) if len(ratio) else float("nan")
 
 
-def variants_table(root: Path) -> str:
-    """fa2 against FlexAttention and SDPA's efficient backend per (variant, mode, head dim, dtype): the median over
-    the run's sequence lengths of the time ratios (FLOPs count the same attended pairs for every provider)."""
-    ms = _variant_ms(root)
-    tflops = ok_rows(load(root, VARIANTS)).set_index(SHAPE_COLUMNS + ["variant", "provider"])["tflops"]
+def variants_table(root: Path, run: str = VARIANTS) -> str:
+    """fa2 against FlexAttention (and SDPA's efficient backend, where the run has it) per (variant, mode, head dim,
+    dtype): the median over the run's sequence lengths of the time ratios (FLOPs count the same attended pairs for
+    every provider)."""
+    ms = _variant_ms(root, (run,))
+    tflops = ok_rows(load(root, run)).set_index(SHAPE_COLUMNS + ["variant", "provider"])["tflops"]
     longest = int(ms.index.get_level_values("seqlen_q").max())
-    head = ["variant", "mode", "head dim", f"fa2 TFLOP/s (bf16, {kilo(longest)})", "fa2 / flex bf16", "fa2 / flex fp16",
-            "fa2 / sdpa-efficient bf16"]
+    others = [("flex", "bf16"), ("flex", "fp16")] + [("sdpa-efficient", "bf16")] * ("sdpa-efficient" in ms)
+    head = ["variant", "mode", "head dim", f"fa2 TFLOP/s (bf16, {kilo(longest)})",
+            *(f"fa2 / {other} {dtype}" for other, dtype in others)]
     lines = ["| " + " | ".join(head) + " |", "| --- | --- | --- |" + " ---: |" * (len(head) - 3)]
     for variant in ("dense", "window4096", "window4096+softcap50", "docs"):
         for mode in ("fwd", "bwd"):
@@ -46,11 +48,27 @@ def variants_table(root: Path) -> str:
                 key = dict(variant=variant, mode=mode, headdim=d)
                 fa2 = tflops.xs((mode, "bf16", longest, d, variant, "fa2"),
                                 level=("mode", "dtype", "seqlen_q", "headdim", "variant", "provider"))
-                cells = [_median_ratio(ms, other, "fa2", dtype=dtype, **key)
-                         for other, dtype in (("flex", "bf16"), ("flex", "fp16"), ("sdpa-efficient", "bf16"))]
+                cells = [_median_ratio(ms, other, "fa2", dtype=dtype, **key) for other, dtype in others]
                 shown = ["-" if c != c else f"{c:.2f}" for c in cells]
                 lines.append(f"| {variant} | {mode} | {d} | {fa2.iloc[0]:.0f} | " + " | ".join(shown) + " |")
     return "\n" + "\n".join(lines) + "\n"
+
+
+def variants_misses(root: Path, run: str = VARIANTS_H100_FULL) -> str:
+    """The cells of ``run`` under issue 18's target, fa2 at least 1.10x FlexAttention (median over the sequence
+    lengths per variant, mode, head dim and dtype), and how many cells there are."""
+    ms = _variant_ms(root, (run,))
+    cells, missed = 0, []
+    for variant in ("dense", "window4096", "window4096+softcap50", "docs"):
+        for mode in ("fwd", "bwd"):
+            for d in sorted(ms.index.get_level_values("headdim").unique()):
+                for dtype in ("bf16", "fp16"):
+                    ratio = _median_ratio(ms, "flex", "fa2", variant=variant, mode=mode, headdim=d, dtype=dtype)
+                    cells += 1
+                    if ratio < 1.10:
+                        missed.append(f"{variant} {mode} d{d} {dtype} {ratio:.2f}x")
+    return (f"{cells - len(missed)} of {cells} cells reach 1.10x Flex; under it: " + "; ".join(missed)
+            if missed else f"all {cells} cells reach 1.10x Flex")
 
 
 def variants_varlen(root: Path, runs: tuple[str, ...] = (VARIANTS,)) -> str:
