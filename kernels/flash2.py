@@ -1130,6 +1130,32 @@ def flat_switches(kernel: str, switches: dict) -> bool:
     return mode == "1" and (window or cut) and not staged
 
 
+STREAMS_ENV = "FA2_BWD_STREAMS"
+
+
+def dq_beside_dkdv(q: torch.Tensor) -> torch.cuda.Stream | None:
+    """The stream the dQ kernel runs on beside the dK/dV kernel (FA2_BWD_STREAMS=1 on a CUDA device), or None: both
+    on the caller's stream, one after the other (the default). The two kernels read the same inputs and write
+    disjoint outputs, so on a second stream the dQ kernel's programs can take the SMs the dK/dV kernel's last wave
+    leaves idle, as FlexAttention's one launch for both roles does (docs/variants.md section 3)."""
+    mode = os.environ.get(STREAMS_ENV, "0").strip()
+    if mode not in ("0", "1"):
+        raise ValueError(f"{STREAMS_ENV} must be 0 or 1, got {mode!r}")
+    if mode == "0" or not q.is_cuda:
+        return None
+    return _side_stream(q.device.index if q.device.index is not None else torch.cuda.current_device())
+
+
+_SIDE_STREAMS: dict[int, torch.cuda.Stream] = {}
+
+
+def _side_stream(device: int) -> torch.cuda.Stream:
+    """One side stream per device, made on first use (outside any graph capture: the warm-up call comes first)."""
+    if device not in _SIDE_STREAMS:
+        _SIDE_STREAMS[device] = torch.cuda.Stream(device)
+    return _SIDE_STREAMS[device]
+
+
 def _forward(q, k, v, sm_scale, meta, variant, mods: Mods = DENSE, packed=None):
     """Launch the forward: (o, lse, lsum); lse in the log2 domain (the running max m when not variant.defer,
     with lsum = l; lsum is lse itself when variant.defer). ``packed``: a packed batch's ``Packed``, whose q, k, v are
@@ -1178,6 +1204,9 @@ def _backward(q, k, v, o, lse, lsum, do, sm_scale, meta, variant, mods: Mods = D
 
     st = [_strides(t, packed) for t in (q, k, v, do, dk, dv, dq)]
     flat_dkdv, flat_dq = flat_backward(mods)
+    side = dq_beside_dkdv(q)
+    if side is not None:  # the dQ kernel waits for Delta only, not for the dK/dV kernel
+        side.wait_stream(torch.cuda.current_stream())
     variant.launcher.launch("bwd_dkdv", grid_dkdv, q, k, v, sm_scale, do, dk, dv, lse, lsum, delta,
                             *st[0], *st[1], *st[2], *st[3], *st[4], *st[5], *tail, **meta, TMA=tma, FLAT=flat_dkdv)
 
@@ -1186,8 +1215,11 @@ def _backward(q, k, v, o, lse, lsum, do, sm_scale, meta, variant, mods: Mods = D
             return (packed.blocks_q[META["BLOCK_M"]], H)
         return (triton.cdiv(max_q, META["BLOCK_M"]) if variant.seq_par else 1, Z * H)
 
-    variant.launcher.launch("bwd_dq", grid_dq, q, k, v, sm_scale, do, dq, lse, lsum, delta,
-                            *st[0], *st[1], *st[2], *st[3], *st[6], *tail, **meta, TMA=tma, FLAT=flat_dq)
+    with torch.cuda.stream(side):  # None: the current stream
+        variant.launcher.launch("bwd_dq", grid_dq, q, k, v, sm_scale, do, dq, lse, lsum, delta,
+                                *st[0], *st[1], *st[2], *st[3], *st[6], *tail, **meta, TMA=tma, FLAT=flat_dq)
+    if side is not None:  # the caller's stream sees dQ written before anything it runs next
+        torch.cuda.current_stream().wait_stream(side)
     return dq, dk, dv
 
 

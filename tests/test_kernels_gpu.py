@@ -162,3 +162,30 @@ def test_every_autotune_config_is_correct_on_the_tma_path(headdim):
             assert paths == expected_paths(True), f"{name} {cfg}"
             tried += 1
     assert tried > 0
+
+
+@pytest.mark.parametrize("variant", [{}, {"window": (1024, 0)}], ids=["dense", "window"])
+def test_dq_on_a_second_stream_gives_the_same_bits_eagerly_and_from_a_graph(variant, monkeypatch):
+    """FA2_BWD_STREAMS=1 runs the dQ kernel on a second stream beside the dK/dV kernel: the same kernels, so the
+    same gradients to the bit, called eagerly and replayed from a CUDA graph (as the graph timer captures a
+    backward: its forward on the capture stream, since autograd runs each backward op on its forward's stream)."""
+    q, k, v = (t.requires_grad_() for t in make_qkv((2, 8, 4, 4096, 4096, 128), torch.bfloat16, "cuda"))
+    capture = torch.cuda.Stream()
+    capture.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(capture):
+        o = flash2.flash2_attention(q, k, v, True, **variant)
+        do = torch.randn_like(o)
+        monkeypatch.setenv(flash2.STREAMS_ENV, "0")
+        alone = torch.autograd.grad(o, (q, k, v), do, retain_graph=True)
+        monkeypatch.setenv(flash2.STREAMS_ENV, "1")
+        beside = torch.autograd.grad(o, (q, k, v), do, retain_graph=True)
+    torch.cuda.current_stream().wait_stream(capture)
+    assert all(torch.equal(a, b) for a, b in zip(alone, beside))
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, stream=capture):
+        replayed = torch.autograd.grad(o, (q, k, v), do, retain_graph=True)
+    for g in replayed:
+        g.zero_()
+    graph.replay()
+    torch.cuda.synchronize()
+    assert all(torch.equal(a, b) for a, b in zip(alone, replayed))

@@ -197,6 +197,19 @@ def test_flat_switch_modes(mode, flat, monkeypatch):
             flash2.flat_loops("fwd" if env == flash2.FWD_FLAT_ENV else "bwd_dkdv", _switch_mods(W))
 
 
+def test_dq_beside_dkdv_is_off_by_default_and_needs_a_gpu(monkeypatch):
+    """FA2_BWD_STREAMS: 1 runs the dQ kernel on a second stream beside the dK/dV kernel, on a CUDA device only
+    (elsewhere, and at the default 0, both run on the caller's stream); anything else is one clear error."""
+    q = torch.zeros(1, 1, 8, 16)
+    monkeypatch.delenv(flash2.STREAMS_ENV, raising=False)
+    assert flash2.dq_beside_dkdv(q) is None
+    monkeypatch.setenv(flash2.STREAMS_ENV, "1")
+    assert flash2.dq_beside_dkdv(q) is None
+    monkeypatch.setenv(flash2.STREAMS_ENV, "on")
+    with pytest.raises(ValueError, match=f"{flash2.STREAMS_ENV} must be 0 or 1, got 'on'"):
+        flash2.dq_beside_dkdv(q)
+
+
 @pytest.mark.parametrize("dq_mode, dq_flat", [("0", False), ("all", True), ("", True)])
 def test_flat_dq_switch(dq_mode, dq_flat, monkeypatch):
     """FA2_DQ_FLAT, when set, decides the dQ kernel's loop apart from the dK/dV kernel's; unset (or empty), the dQ

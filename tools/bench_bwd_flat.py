@@ -12,7 +12,8 @@ median backward ms (dK/dV + dQ + Delta, from autograd.grad), and speed against t
 the runs up to results/h100-dq-hybrid named them ``*_vs_0``); with ``--out DIR`` the same rows go to
 ``bench_bwd_flat.csv`` there, beside a tool-written meta.json (GPU, versions, commit), so the numbers are a results
 run rather than a console log. ``--modes 0,1,1/dq0`` times other modes (``/dqD`` sets FA2_DQ_FLAT, the dQ kernel's own
-switch; ``--dq-mode D`` sets it in every mode). ``--rounds R`` times the modes R times, each round's order rotated by
+switch; ``--dq-mode D`` sets it in every mode; ``1+s`` runs the dQ kernel on a second stream beside the dK/dV
+kernel, FA2_BWD_STREAMS=1). ``--rounds R`` times the modes R times, each round's order rotated by
 one, and keeps each mode's median: a kernel that heats the card at its power cap reads slower when timed later
 (docs/variants.md section 4), and rotation gives every mode every position.
 """
@@ -115,7 +116,9 @@ def main() -> None:
         for mode in modes:
             rows.append(dict(variant=name, flat=mode, rounds=a.rounds, fwd_ms=fwd[mode], bwd_ms=times[mode],
                              fwd_speed_vs_first=fwd[base] / fwd[mode], bwd_speed_vs_first=times[base] / times[mode],
-                             max_grad_diff_last_vs_first=diff, dq_mode=envs[mode][flash2.DQ_FLAT_ENV] or mode,
+                             max_grad_diff_last_vs_first=diff,
+                             dq_mode=envs[mode][flash2.DQ_FLAT_ENV] or mode.partition("+")[0],
+                             streams=envs[mode][flash2.STREAMS_ENV],
                              tiles="autotuned" if a.autotune else " ".join(f"{k}={t}" for k, t in tiles.items())))
             print(f"{name:24s} FLAT={mode:7s} fwd {fwd[mode]:8.3f} ms x{fwd[base] / fwd[mode]:.3f}   bwd "
                   f"{times[mode]:8.3f} ms x{times[base] / times[mode]:.3f}  (speed vs {base})", flush=True)
@@ -128,12 +131,16 @@ def main() -> None:
 
 
 def mode_env(mode: str, dq_mode: str | None) -> dict[str, str]:
-    """The one-loop switches a mode sets: '1' -> FA2_FWD_FLAT = FA2_BWD_FLAT = 1 (FA2_DQ_FLAT = dq_mode, or unset:
-    the dQ kernel follows FA2_BWD_FLAT); '1/dq0' -> the same with FA2_DQ_FLAT = 0."""
-    flat, _, dq = mode.partition("/dq")
-    if flat not in ("0", "1", "all") or (dq or "0") not in ("0", "1", "all"):
-        raise SystemExit(f"a mode is 0, 1 or all, optionally with /dq0, /dq1 or /dqall; got {mode!r}")
-    return {flash2.FLAT_ENV: flat, flash2.FWD_FLAT_ENV: flat, flash2.DQ_FLAT_ENV: dq or dq_mode or ""}
+    """The switches a mode sets: '1' -> FA2_FWD_FLAT = FA2_BWD_FLAT = 1 (FA2_DQ_FLAT = dq_mode, or unset: the dQ
+    kernel follows FA2_BWD_FLAT); '1/dq0' -> the same with FA2_DQ_FLAT = 0; a trailing '+s' (e.g. '1+s') also runs
+    the dQ kernel on a second stream beside the dK/dV kernel (FA2_BWD_STREAMS = 1; 0 otherwise)."""
+    loops, plus, streams = mode.partition("+")
+    flat, _, dq = loops.partition("/dq")
+    if flat not in ("0", "1", "all") or (dq or "0") not in ("0", "1", "all") or (plus and streams != "s"):
+        raise SystemExit(f"a mode is 0, 1 or all, optionally with /dq0, /dq1 or /dqall, then optionally +s; "
+                         f"got {mode!r}")
+    return {flash2.FLAT_ENV: flat, flash2.FWD_FLAT_ENV: flat, flash2.DQ_FLAT_ENV: dq or dq_mode or "",
+            flash2.STREAMS_ENV: "1" if plus else "0"}
 
 
 def restore(env: dict[str, str | None]) -> None:
