@@ -189,3 +189,12 @@ def test_dq_on_a_second_stream_gives_the_same_bits_eagerly_and_from_a_graph(vari
     graph.replay()
     torch.cuda.synchronize()
     assert all(torch.equal(a, b) for a, b in zip(alone, replayed))
+
+
+def test_dq_runs_beside_dkdv_by_default(monkeypatch):
+    """On a CUDA device the backward's dQ kernel runs on its second stream unless FA2_BWD_STREAMS=0."""
+    q = torch.zeros(1, 1, 8, 16, device="cuda")
+    monkeypatch.delenv(flash2.STREAMS_ENV, raising=False)
+    assert isinstance(flash2.dq_beside_dkdv(q), torch.cuda.Stream)
+    monkeypatch.setenv(flash2.STREAMS_ENV, "0")
+    assert flash2.dq_beside_dkdv(q) is None

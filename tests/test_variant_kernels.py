@@ -197,14 +197,17 @@ def test_flat_switch_modes(mode, flat, monkeypatch):
             flash2.flat_loops("fwd" if env == flash2.FWD_FLAT_ENV else "bwd_dkdv", _switch_mods(W))
 
 
-def test_dq_beside_dkdv_is_off_by_default_and_needs_a_gpu(monkeypatch):
-    """FA2_BWD_STREAMS: 1 runs the dQ kernel on a second stream beside the dK/dV kernel, on a CUDA device only
-    (elsewhere, and at the default 0, both run on the caller's stream); anything else is one clear error."""
+def test_dq_beside_dkdv_needs_a_gpu_and_takes_0_or_1(monkeypatch):
+    """FA2_BWD_STREAMS: 1 (the default) runs the dQ kernel on a second stream beside the dK/dV kernel on a CUDA
+    device (tests/test_kernels_gpu.py checks it there); elsewhere, and at 0, both run on the caller's stream;
+    anything else is one clear error."""
     q = torch.zeros(1, 1, 8, 16)
-    monkeypatch.delenv(flash2.STREAMS_ENV, raising=False)
-    assert flash2.dq_beside_dkdv(q) is None
-    monkeypatch.setenv(flash2.STREAMS_ENV, "1")
-    assert flash2.dq_beside_dkdv(q) is None
+    for mode in (None, "1", "0"):
+        if mode is None:
+            monkeypatch.delenv(flash2.STREAMS_ENV, raising=False)
+        else:
+            monkeypatch.setenv(flash2.STREAMS_ENV, mode)
+        assert flash2.dq_beside_dkdv(q) is None
     monkeypatch.setenv(flash2.STREAMS_ENV, "on")
     with pytest.raises(ValueError, match=f"{flash2.STREAMS_ENV} must be 0 or 1, got 'on'"):
         flash2.dq_beside_dkdv(q)
