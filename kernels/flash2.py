@@ -30,7 +30,8 @@ Backward (Algorithm 2), three kernels, none with atomics:
    Algorithm 2 adds dQ_i to HBM with atomics) for determinism: repeated runs are bit-equal, and there is no
    fp32 dQ scratch buffer to zero and convert afterwards. The cost is recomputing Q K^T and dP = dO V^T a
    second time. Adding dQ from the dK/dV kernel instead (fp32 atomics, or TMA reductions) measured no faster on
-   an H100 and was removed (docs/performance.md keeps the numbers).
+   an H100 and was removed (docs/performance.md keeps the numbers). The dQ kernel waits for Delta only, so it runs
+   on a second stream beside the dK/dV kernel (``dq_beside_dkdv``; ``FA2_BWD_STREAMS=0`` runs them in turn).
 
 How it differs from its neighbour, ``kernels/flash1.py`` (FlashAttention-1 style, Dao et al. 2022): FA1 keeps
 the output normalised inside the loop (rescaling O by l_old / l_new every block) and stores both l and m;

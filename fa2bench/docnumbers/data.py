@@ -50,6 +50,7 @@ TORCH_VARLEN = ("h100-varlen-torch", "h100-varlen-torch-mha")  # issue 18: torch
 DKDV_TILES = ("h100-dkdv-tiles-window", "h100-dkdv-tiles-docs")  # issue 18: fa2's dK/dV tiles forced (session 32)
 VARIANTS_H100 = "h100-variants-8"  # issue 18: again, document masks forward on 128-row tiles at d128 (session 25)
 VARIANTS_H100_FULL = "h100-variants-9"  # issue 18: the whole preset (fp16, bf16, d128, d256) at one commit (session 32)
+DQ_STREAMS_AB = "h100-dq-streams-ab"  # issue 18: the dQ kernel on a second stream beside the dK/dV kernel (s. 32)
 NAMES = {"fa2": "fa2", "sdpa-cudnn": "cuDNN", "sdpa-flash": "flash"}
 
 

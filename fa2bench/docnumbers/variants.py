@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from fa2bench.docnumbers.data import (DKDV_TILES, TORCH_VARLEN, VARIANTS, VARIANTS_H100, VARIANTS_H100_FULL,
-                                      VARIANTS_LATEST, VARLEN_H100, kilo, load, ok_rows, read_meta)
+from fa2bench.docnumbers.data import (DKDV_TILES, DQ_STREAMS_AB, TORCH_VARLEN, VARIANTS, VARIANTS_H100,
+                                      VARIANTS_H100_FULL, VARIANTS_LATEST, VARLEN_H100, kilo, load, ok_rows,
+                                      read_meta)
 from fa2bench.read.summary import SHAPE_COLUMNS, geomean
 
 PRESET_VARIANTS = ("dense", "window4096", "window4096+softcap50", "docs")  # the variants preset's, in table order
@@ -231,3 +232,16 @@ def variants_dkdv_tiles(root: Path) -> str:
         rounds = frame["round"].nunique()
         parts.append(f"[`{run}`](results/{run}) ({frame['variant'].iloc[0]}, {rounds} rounds): " + ", ".join(shown))
     return "; ".join(parts)
+
+
+def variants_dq_streams(root: Path) -> str:
+    """The A/B of the dQ kernel on a second stream (``tools/bench_bwd_flat.py --modes 1,1+s``): per variant, the
+    backward's median time in each mode and the speed of ``1+s`` over ``1``, and whether the gradients agreed."""
+    frame = pd.read_csv(root / DQ_STREAMS_AB / "bench_bwd_flat.csv")
+    parts = []
+    for variant, rows in frame.groupby("variant", sort=False):
+        alone, beside = rows.set_index("flat")["bwd_ms"].loc[["1", "1+s"]]
+        parts.append(f"{variant} {alone:.2f} -> {beside:.2f} ms ({alone / beside:.3f}x)")
+    same = "bit-identical" if (frame["max_grad_diff_last_vs_first"] == 0).all() else "not identical"
+    return (f"[`{DQ_STREAMS_AB}`](results/{DQ_STREAMS_AB}) ({int(frame['rounds'].iloc[0])} rotated rounds, "
+            f"autotuned), the backward one stream -> two: {'; '.join(parts)}; gradients {same}")
