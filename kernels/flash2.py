@@ -1186,8 +1186,8 @@ def _forward(q, k, v, sm_scale, meta, variant, mods: Mods = DENSE, packed=None):
 
 
 def _backward(q, k, v, o, lse, lsum, do, sm_scale, meta, variant, mods: Mods = DENSE, packed=None):
-    """Launch the backward (Delta, then dK/dV, then dQ): (dq, dk, dv). lse and lsum are indexed as contiguous
-    rows. ``packed`` as in _forward."""
+    """Launch the backward (Delta, then dK/dV and dQ, the dQ kernel on a second stream: ``dq_beside_dkdv``):
+    (dq, dk, dv). lse and lsum are indexed as contiguous rows. ``packed`` as in _forward."""
     Z, H, N_CTX_Q, HEAD_DIM = q.shape
     H_KV, N_CTX_K = k.shape[1], k.shape[2]
     max_q, max_k = (N_CTX_Q, N_CTX_K) if packed is None else (packed.max_q, packed.max_k)
