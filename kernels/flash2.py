@@ -1217,11 +1217,16 @@ def _backward(q, k, v, o, lse, lsum, do, sm_scale, meta, variant, mods: Mods = D
             return (packed.blocks_q[META["BLOCK_M"]], H)
         return (triton.cdiv(max_q, META["BLOCK_M"]) if variant.seq_par else 1, Z * H)
 
-    with torch.cuda.stream(side):  # None: the current stream
+    def launch_dq():
         variant.launcher.launch("bwd_dq", grid_dq, q, k, v, sm_scale, do, dq, lse, lsum, delta,
                                 *st[0], *st[1], *st[2], *st[3], *st[6], *tail, **meta, TMA=tma, FLAT=flat_dq)
-    if side is not None:  # the caller's stream sees dQ written before anything it runs next
-        torch.cuda.current_stream().wait_stream(side)
+
+    if side is None:
+        launch_dq()
+    else:
+        with torch.cuda.stream(side):
+            launch_dq()
+        torch.cuda.current_stream().wait_stream(side)  # the caller's stream sees dQ written before it runs on
     return dq, dk, dv
 
 
