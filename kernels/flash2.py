@@ -1025,6 +1025,9 @@ class Variant:
     # Tensor descriptors (TMA) for the tiles: "on" (every kernel), "off", or "auto": where they measured faster on
     # an H100 (docs/performance.md): the backward kernels at head dims <= TMA_AUTO_MAX_HEADDIM on sm_90+.
     tma: str = "off"
+    # The dQ kernel on a second stream beside the dK/dV kernel (``dq_beside_dkdv``): a scheduling choice, not one of
+    # the paper's changes, so the ladder's rungs run without it and it does not blur their steps.
+    dq_stream: bool = True
 
 
 FA2 = Variant(tma="auto")
@@ -1206,7 +1209,7 @@ def _backward(q, k, v, o, lse, lsum, do, sm_scale, meta, variant, mods: Mods = D
 
     st = [_strides(t, packed) for t in (q, k, v, do, dk, dv, dq)]
     flat_dkdv, flat_dq = flat_backward(mods)
-    side = dq_beside_dkdv(q)
+    side = dq_beside_dkdv(q) if variant.dq_stream else None
     if side is not None:  # the dQ kernel waits for Delta only, not for the dK/dV kernel
         side.wait_stream(torch.cuda.current_stream())
     variant.launcher.launch("bwd_dkdv", grid_dkdv, q, k, v, sm_scale, do, dk, dv, lse, lsum, delta,

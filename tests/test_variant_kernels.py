@@ -213,6 +213,15 @@ def test_dq_beside_dkdv_needs_a_gpu_and_takes_0_or_1(monkeypatch):
         flash2.dq_beside_dkdv(q)
 
 
+def test_only_fa2_runs_its_dq_kernel_beside_dkdv_not_the_ladders_rungs():
+    """The second stream is a scheduling choice, not one of the paper's changes: fa2 (and the packed and ring paths
+    that launch its kernels) takes it, the ablation ladder's rungs 3-6 do not, so it does not blur their steps."""
+    from fa2bench.kernels import ladder
+
+    assert flash2.FA2.dq_stream
+    assert [rung.dq_stream for rung in ladder.RUNGS.values()] == [False] * 4
+
+
 @pytest.mark.parametrize("dq_mode, dq_flat", [("0", False), ("all", True), ("", True)])
 def test_flat_dq_switch(dq_mode, dq_flat, monkeypatch):
     """FA2_DQ_FLAT, when set, decides the dQ kernel's loop apart from the dK/dV kernel's; unset (or empty), the dQ
