@@ -99,6 +99,7 @@ Autotune spaces and the shared-memory budget live in kernels/configs.py (read by
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 import weakref
@@ -1151,14 +1152,10 @@ def dq_beside_dkdv(q: torch.Tensor) -> torch.cuda.Stream | None:
     return _side_stream(q.device.index if q.device.index is not None else torch.cuda.current_device())
 
 
-_SIDE_STREAMS: dict[int, torch.cuda.Stream] = {}
-
-
+@functools.cache
 def _side_stream(device: int) -> torch.cuda.Stream:
     """One side stream per device, made on first use (outside any graph capture: the warm-up call comes first)."""
-    if device not in _SIDE_STREAMS:
-        _SIDE_STREAMS[device] = torch.cuda.Stream(device)
-    return _SIDE_STREAMS[device]
+    return torch.cuda.Stream(device)
 
 
 def _forward(q, k, v, sm_scale, meta, variant, mods: Mods = DENSE, packed=None):

@@ -117,7 +117,7 @@ def main() -> None:
             rows.append(dict(variant=name, flat=mode, rounds=a.rounds, fwd_ms=fwd[mode], bwd_ms=times[mode],
                              fwd_speed_vs_first=fwd[base] / fwd[mode], bwd_speed_vs_first=times[base] / times[mode],
                              max_grad_diff_last_vs_first=diff,
-                             dq_mode=envs[mode][flash2.DQ_FLAT_ENV] or mode.partition("+")[0],
+                             dq_mode=envs[mode][flash2.DQ_FLAT_ENV] or envs[mode][flash2.FLAT_ENV],
                              streams=envs[mode][flash2.STREAMS_ENV],
                              tiles="autotuned" if a.autotune else " ".join(f"{k}={t}" for k, t in tiles.items())))
             print(f"{name:24s} FLAT={mode:7s} fwd {fwd[mode]:8.3f} ms x{fwd[base] / fwd[mode]:.3f}   bwd "

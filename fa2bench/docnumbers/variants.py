@@ -198,11 +198,11 @@ def variants_h100(root: Path) -> str:
 def variants_torch_varlen(root: Path) -> str:
     """``torch-varlen`` beside ``fa2-varlen`` on the preset's packed documents: first on its GQA heads, then with as
     many K/V heads as query heads; per (head dim, mode), torch's speed over fa2-varlen's at each sequence length."""
-    gqa, mha = (load(root, run) for run in TORCH_VARLEN)
+    gqa = load(root, TORCH_VARLEN[0])
     torch_gqa = gqa[gqa["provider"] == "torch-varlen"]
     reasons = "; ".join(sorted(set(torch_gqa.loc[torch_gqa["status"] == "unsupported", "error"])))
     unsupported = int((torch_gqa["status"] == "unsupported").sum())
-    ms = ok_rows(mha).pivot_table(index=SHAPE_COLUMNS + ["variant"], columns="provider", values="ms")
+    ms = _variant_ms(root, TORCH_VARLEN[1:])
     ran = int(ms["torch-varlen"].notna().sum())
     cells = []
     for d in sorted(ms.index.get_level_values("headdim").unique()):
@@ -211,7 +211,7 @@ def variants_torch_varlen(root: Path) -> str:
             ratios = (rows["fa2-varlen"] / rows["torch-varlen"]).sort_index(level="seqlen_q")
             shown = " and ".join(f"{r:.2f}x" for r in ratios)
             cells.append(f"d{d} {mode} {shown}")
-    lengths = " and ".join(kilo(n) for n in sorted(set(mha["seqlen_q"])))
+    lengths = " and ".join(kilo(n) for n in sorted(set(ms.index.get_level_values("seqlen_q"))))
     return (f"with {int(gqa['heads'].iloc[0])} query heads over {int(gqa['kv_heads'].iloc[0])} K/V heads "
             f"([`{TORCH_VARLEN[0]}`](results/{TORCH_VARLEN[0]})) {unsupported} of {len(torch_gqa)} `torch-varlen` "
             f"points are unsupported: \"{reasons}\"; with as many K/V heads as query heads "
