@@ -14,7 +14,7 @@ from fa2bench import api
 from fa2bench.cli import app
 from fa2bench.core import config, providers
 from fa2bench.core.presets import SpecError
-from fa2bench.run import results
+from fa2bench.run import provenance, results
 from fa2bench.run.results import ResultsError, RunWriter, load_run, read_meta
 
 runner = CliRunner()
@@ -83,6 +83,27 @@ def test_a_run_records_its_kernel_switches_and_resumes_only_under_them(run, monk
     before = (run / "results.csv").read_bytes()
     one_line_error(invoke(*SWEEP, "--seqlen", "16,33", "--out", run, "--resume"),
                    "--resume with FA2_FWD_FLAT=0 where the run was measured with no kernel switch set")
+    assert (run / "results.csv").read_bytes() == before
+
+
+def test_resume_refuses_other_kernel_sources():
+    """The kernels' sources are hashed into meta.json (``git.kernels_hash``): a default changed in kernels/ between
+    two calls (no switch set in either) would mix two builds of the kernels in one run; runs that did not record the
+    hash resume as before."""
+    earlier = {"git": {"commit": "a" * 40, "kernels_hash": "1" * 64}, "sweep": {}}
+    with pytest.raises(ResultsError, match=f"kernels/ at {'b' * 12} differs from {'a' * 12}'s"):
+        results.continue_meta(earlier, {"git": {"commit": "b" * 40, "kernels_hash": "2" * 64}, "sweep": {}})
+    same = {"git": {"commit": "b" * 40, "kernels_hash": "1" * 64}, "sweep": {}}
+    assert results.continue_meta(earlier, same)["resumed"][0]["git"]["commit"] == "b" * 40
+    results.continue_meta({"git": {"commit": "a" * 40}, "sweep": {}}, same)
+
+
+def test_a_run_resumed_after_its_kernels_changed_is_refused_and_untouched(run, monkeypatch):
+    assert read_meta(run)["git"]["kernels_hash"] == provenance.kernels_hash()
+    monkeypatch.setattr(provenance, "kernels_hash", lambda root=None: "0" * 64)
+    before = (run / "results.csv").read_bytes()
+    one_line_error(invoke(*SWEEP, "--seqlen", "16,33", "--out", run, "--resume"),
+                   "--resume with other kernel sources than the run was measured with")
     assert (run / "results.csv").read_bytes() == before
 
 

@@ -24,11 +24,17 @@ def _digest(files: list[tuple[str, bytes]]) -> str:
     return h.hexdigest()
 
 
-def tree_hash(root: Path = ROOT) -> str:
-    """The content hash of the source files on disk under ``root``."""
-    files = [(p.relative_to(root).as_posix(), p.read_bytes()) for top in SOURCES
+def tree_hash(root: Path = ROOT, tops: tuple[str, ...] = SOURCES) -> str:
+    """The content hash of the source files on disk under ``root`` (of ``tops``, its top folders)."""
+    files = [(p.relative_to(root).as_posix(), p.read_bytes()) for top in tops
              for p in (root / top).rglob("*.py") if "__pycache__" not in p.parts]
     return _digest(files)
+
+
+def kernels_hash(root: Path = ROOT) -> str:
+    """``tree_hash`` of ``kernels/`` alone: two runs with the same one ran the same kernels, their defaults
+    included (a resume compares it, ``results.continue_meta``)."""
+    return tree_hash(root, ("kernels",))
 
 
 def _git(root: Path, *args: str, data: bytes | None = None) -> subprocess.CompletedProcess:
@@ -62,7 +68,8 @@ def git_state(root: Path = ROOT) -> dict:
             commit, source = None, None
     known = commit_tree_hash(commit, root) if commit else None
     dirty = (here != known) if known else None
-    state = {"commit": commit, "dirty": dirty, "tree_hash": here, "source": source, "verified": known is not None}
+    state = {"commit": commit, "dirty": dirty, "tree_hash": here, "kernels_hash": kernels_hash(root),
+             "source": source, "verified": known is not None}
     if known is None and os.environ.get("FA2BENCH_GIT_DIRTY") in ("0", "1"):  # what the launcher said, kept apart
         state["dirty_claimed"] = os.environ["FA2BENCH_GIT_DIRTY"] == "1"
     return state

@@ -460,6 +460,12 @@ def continue_meta(earlier: dict, meta: dict, extend: bool = False) -> dict:
         said = [", ".join(f"{k}={v}" for k, v in env.items()) or "no kernel switch set" for env in envs]
         raise ResultsError(f"--resume with {said[1]} where the run was measured with {said[0]}: its rows would mix two "
                            "builds of the kernels; set the environment as before, or choose another --out")
+    kernels = [(m.get("git") or {}).get("kernels_hash") for m in (earlier, meta)]  # recorded since session 33
+    if None not in kernels and kernels[0] != kernels[1]:
+        commits = [(m.get("git") or {}).get("commit") or "an unknown commit" for m in (earlier, meta)]
+        raise ResultsError(f"--resume with other kernel sources than the run was measured with (kernels/ at "
+                           f"{commits[1][:12]} differs from {commits[0][:12]}'s): its rows would mix two builds of "
+                           "the kernels or their defaults; resume at the run's commit, or choose another --out")
     sweeps = earlier.get("sweeps") or ([earlier["sweep"]] if earlier.get("sweep") else [])
     new = meta.get("sweep")
     known = not sweeps or new is None or any(sweep_difference(s, new) is None for s in sweeps)
