@@ -71,9 +71,8 @@ and dQ kernels walk their three stages in one loop and the dK/dV kernel every (q
 step in one loop, each step deciding whether it is masked; the per-head, per-stage loops of the staged kernels restart
 Triton's software pipeline (an exposed load, a drained MMA) up to 3 x GROUP times per program, which weighs where the
 loops are a few steps long (documents, window edges). The backward's steps run in the same order, so the same sums.
-``1``: for windows, documents and packed batches, but not every backward kernel of a window, and for fa2's dense causal
-attention at the head dims ``DENSE_FLAT_HEADDIMS`` names per kernel (``flat_switches``); ``all``: every launch;
-``0``: none (tools/bench_bwd_flat.py times 0, 1 and all in one process).
+``1``: for windows, documents and packed batches, but not every backward kernel of a window (``flat_switches``);
+``all``: every launch; ``0``: none (tools/bench_bwd_flat.py times 0, 1 and all in one process).
 
 Not supported: dropout, arbitrary attention bias tensors, paged or cached KV, returning the LSE or the softmax, FP8,
 zero or negative ``sm_scale``; documents with varlen (one packed sequence per document does the same); TMA tiles
@@ -1027,10 +1026,9 @@ class Variant:
     # Tensor descriptors (TMA) for the tiles: "on" (every kernel), "off", or "auto": where they measured faster on
     # an H100 (docs/performance.md): the backward kernels at head dims <= TMA_AUTO_MAX_HEADDIM on sm_90+.
     tma: str = "off"
-    # fa2's scheduling choices that are not the paper's changes: the dQ kernel on a second stream beside the dK/dV
-    # kernel (``dq_beside_dkdv``) and dense causal attention's one loops (``DENSE_FLAT_HEADDIMS``). The ladder's
-    # rungs run without them, so they do not blur the paper's steps.
-    tuned_schedule: bool = True
+    # The dQ kernel on a second stream beside the dK/dV kernel (``dq_beside_dkdv``): a scheduling choice, not one of
+    # the paper's changes, so the ladder's rungs run without it and it does not blur their steps.
+    dq_stream: bool = True
 
 
 FA2 = Variant(tma="auto")
@@ -1109,34 +1107,22 @@ def flat_env(kernel: str) -> str:
     return FLAT_ENV
 
 
-def flat_backward(mods: "Mods", dense: tuple[bool, int] | None = None) -> tuple[bool, bool]:
+def flat_backward(mods: "Mods") -> tuple[bool, bool]:
     """Whether this backward's dK/dV and dQ kernels run their one loops (``flat_loops``)."""
-    return flat_loops("bwd_dkdv", mods, dense), flat_loops("bwd_dq", mods, dense)
+    return flat_loops("bwd_dkdv", mods), flat_loops("bwd_dq", mods)
 
 
-def flat_loops(kernel: str, mods: "Mods", dense: tuple[bool, int] | None = None) -> bool:
+def flat_loops(kernel: str, mods: "Mods") -> bool:
     """Whether a launch of ``kernel`` (a JIT_KERNELS name) runs its one loop, by ``flat_env(kernel)`` (0, 1 or all,
-    read at every launch). ``dense``: (causal, head dim) where the launch's variant takes dense attention's one
-    loops (``_dense``)."""
-    return flat_switches(kernel, mods.switches(), dense)
+    read at every launch)."""
+    return flat_switches(kernel, mods.switches())
 
 
-# Dense attention's one loops at the default (1), per kernel: the head dims where they measured faster under the
-# causal mask on an H100 (docs/variants.md section 3, "The dense backward in one loop"). Elsewhere, and without the
-# causal mask, dense attention runs the staged loops.
-DENSE_FLAT_HEADDIMS = {"fwd": (128,), "bwd_dkdv": (), "bwd_dq": (64, 128)}
-
-
-def _dense(meta: dict, variant: Variant) -> tuple[bool, int] | None:
-    return (meta["CAUSAL"], meta["HEAD_DIM"]) if variant.tuned_schedule else None
-
-
-def flat_switches(kernel: str, switches: dict, dense: tuple[bool, int] | None = None) -> bool:
+def flat_switches(kernel: str, switches: dict) -> bool:
     """``flat_loops`` by the variant's compile-time switches (``Mods.switches``). At 1 (the default): windows,
     documents and packed batches run the one loops, except where it measured slower (docs/variants.md section 4):
     a window with softcap keeps both backward kernels staged, and a window that documents or packing do not cut
-    keeps its dQ kernel staged. Dense attention (softcap and ALiBi alone included) runs them where ``dense`` is
-    causal at a head dim of ``DENSE_FLAT_HEADDIMS[kernel]``."""
+    keeps its dQ kernel staged."""
     env = flat_env(kernel)
     mode = os.environ.get(env, "1").strip().lower()
     if mode not in ("0", "1", "all"):
@@ -1145,10 +1131,8 @@ def flat_switches(kernel: str, switches: dict, dense: tuple[bool, int] | None = 
         return True
     cut = switches["DOCS"] or switches["VARLEN"]
     window, softcap = switches["WINDOW"], switches["SOFTCAP"]
-    if not (window or cut):
-        return mode == "1" and dense is not None and dense[0] and dense[1] in DENSE_FLAT_HEADDIMS[kernel]
     staged = {"fwd": False, "bwd_dkdv": window and softcap, "bwd_dq": window and (softcap or not cut)}[kernel]
-    return mode == "1" and not staged
+    return mode == "1" and (window or cut) and not staged
 
 
 STREAMS_ENV = "FA2_BWD_STREAMS"
@@ -1197,7 +1181,7 @@ def _forward(q, k, v, sm_scale, meta, variant, mods: Mods = DENSE, packed=None):
     variant.launcher.launch("fwd", grid, q, k, v, sm_scale, lse, lsum, o,
                             *_strides(q, packed), *_strides(k, packed), *_strides(v, packed), *_strides(o, packed),
                             H, H // H_KV, N_CTX_Q, N_CTX_K, _bucket(max_q), _bucket(max_k), *mods.args(), **meta,
-                            TMA=tma, FLAT=flat_loops("fwd", mods, _dense(meta, variant)))
+                            TMA=tma, FLAT=flat_loops("fwd", mods))
     return o, lse, lsum
 
 
@@ -1221,8 +1205,8 @@ def _backward(q, k, v, o, lse, lsum, do, sm_scale, meta, variant, mods: Mods = D
         return (triton.cdiv(max_k, META["BLOCK_N"]) if variant.seq_par else 1, Z * H_KV)
 
     st = [_strides(t, packed) for t in (q, k, v, do, dk, dv, dq)]
-    flat_dkdv, flat_dq = flat_backward(mods, _dense(meta, variant))
-    side = dq_beside_dkdv(q) if variant.tuned_schedule else None
+    flat_dkdv, flat_dq = flat_backward(mods)
+    side = dq_beside_dkdv(q) if variant.dq_stream else None
     if side is not None:  # the dQ kernel waits for Delta only, not for the dK/dV kernel
         side.wait_stream(torch.cuda.current_stream())
     variant.launcher.launch("bwd_dkdv", grid_dkdv, q, k, v, sm_scale, do, dk, dv, lse, lsum, delta,

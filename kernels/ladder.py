@@ -13,9 +13,8 @@ set as below, so the rungs differ only where a switch is tested.
                       and K/V blocks (dK, dV) too = FA2's algorithm
     6     r6-skip     as rung 5                                   once at the end           skipped; unmasked
                                                                                             off-diagonal stage
-    7     fa2         rung 6 with its own tuned autotune space (flash2.py), and (not changes of the paper's) its
+    7     fa2         rung 6 with its own tuned autotune space (flash2.py), and (not a change of the paper's) its
                       dQ kernel on a second stream beside the dK/dV kernel (FA2_BWD_STREAMS=0: in turn, as rung 6)
-                      and, under the causal mask, one-loop kernels where they measured faster (FA2_*_FLAT=0: staged)
 
 Rung 3 keeps FA1's normalised output inside the loop (``O <- diag(l_new)^-1 (diag(l_old) e^{m_old - m_new} O +
 P V)``) and stores both the running max m and the sum l, as FA1 does; its backward recomputes
@@ -56,11 +55,11 @@ _AUTOTUNED = _LAUNCHER.kernels
 TRITON_KERNELS = {**_AUTOTUNED, "bwd_preprocess": bwd_preprocess}  # every kernel a launch runs (for profiling)
 forced_configs, last_config, config_cached = _LAUNCHER.forced_configs, _LAUNCHER.last_config, _LAUNCHER.config_cached
 
-RUNGS = {  # without fa2's tuned schedule: dK/dV and dQ in turn on one stream (Algorithm 2), dense loops staged
-    3: Variant(defer=False, seq_par=False, skip=False, launcher=_LAUNCHER, tuned_schedule=False),
-    4: Variant(defer=True, seq_par=False, skip=False, launcher=_LAUNCHER, tuned_schedule=False),
-    5: Variant(defer=True, seq_par=True, skip=False, launcher=_LAUNCHER, tuned_schedule=False),
-    6: Variant(defer=True, seq_par=True, skip=True, launcher=_LAUNCHER, tuned_schedule=False),
+RUNGS = {  # each runs its dK/dV and dQ kernels in turn on one stream (dq_stream off), as the paper's Algorithm 2
+    3: Variant(defer=False, seq_par=False, skip=False, launcher=_LAUNCHER, dq_stream=False),
+    4: Variant(defer=True, seq_par=False, skip=False, launcher=_LAUNCHER, dq_stream=False),
+    5: Variant(defer=True, seq_par=True, skip=False, launcher=_LAUNCHER, dq_stream=False),
+    6: Variant(defer=True, seq_par=True, skip=True, launcher=_LAUNCHER, dq_stream=False),
 }
 
 

@@ -169,8 +169,7 @@ W, SC, D = {"window": (4, 0)}, {"softcap": 2.0}, {"doc_ids": [[30, 34]]}
 def test_flat_switches_by_default(variant, fwd, dkdv, dq, monkeypatch):
     """At the default (1), every masked variant runs the one loops, except the backward kernels that measured slower
     with them (docs/variants.md section 4): a window's dQ kernel unless documents cut the window without softcap,
-    and with softcap the window's dK/dV kernel too. Dense attention and softcap alone stay staged here (no
-    ``dense`` given: the next spec covers fa2's dense one loops)."""
+    and with softcap the window's dK/dV kernel too. Dense attention and softcap alone stay staged."""
     for env in (flash2.FWD_FLAT_ENV, flash2.FLAT_ENV, flash2.DQ_FLAT_ENV):
         monkeypatch.delenv(env, raising=False)
     m = _switch_mods(variant)
@@ -214,37 +213,13 @@ def test_dq_beside_dkdv_needs_a_gpu_and_takes_0_or_1(monkeypatch):
         flash2.dq_beside_dkdv(q)
 
 
-def test_only_fa2_takes_its_tuned_schedule_not_the_ladders_rungs():
-    """The second stream and dense attention's one loops are scheduling choices, not the paper's changes: fa2 (and
-    the packed and ring paths that launch its kernels) takes them, the ablation ladder's rungs 3-6 do not, so they
-    do not blur the rungs' steps."""
+def test_only_fa2_runs_its_dq_kernel_beside_dkdv_not_the_ladders_rungs():
+    """The second stream is a scheduling choice, not one of the paper's changes: fa2 (and the packed and ring paths
+    that launch its kernels) takes it, the ablation ladder's rungs 3-6 do not, so it does not blur their steps."""
     from fa2bench.kernels import ladder
 
-    meta = {"CAUSAL": True, "HEAD_DIM": 128}
-    assert flash2.FA2.tuned_schedule and flash2._dense(meta, flash2.FA2) == (True, 128)
-    assert [rung.tuned_schedule for rung in ladder.RUNGS.values()] == [False] * 4
-    assert [flash2._dense(meta, rung) for rung in ladder.RUNGS.values()] == [None] * 4
-
-
-@pytest.mark.parametrize("kernel", list(flash2.JIT_KERNELS))
-def test_dense_attention_runs_the_one_loops_where_they_measured_faster(kernel, monkeypatch):
-    """At the default (1), dense attention (softcap alone too) runs a kernel's one loop only under the causal mask at
-    the head dims ``DENSE_FLAT_HEADDIMS`` names for that kernel (docs/variants.md section 3), and only for a variant
-    with fa2's tuned schedule (``dense`` given); 0 runs none, all every one; the masked variants are unaffected."""
-    for env in (flash2.FWD_FLAT_ENV, flash2.FLAT_ENV, flash2.DQ_FLAT_ENV):
-        monkeypatch.delenv(env, raising=False)
-    for variant in ({}, SC):
-        m = _switch_mods(variant)
-        for headdim in (64, 128, 256):
-            measured = headdim in flash2.DENSE_FLAT_HEADDIMS[kernel]
-            assert flash2.flat_loops(kernel, m, (True, headdim)) is measured
-            assert flash2.flat_loops(kernel, m, (False, headdim)) is False
-            assert flash2.flat_loops(kernel, m, None) is False
-    assert flash2.flat_loops(kernel, _switch_mods(W), (True, 128)) is flash2.flat_loops(kernel, _switch_mods(W))
-    for mode, expect in (("0", False), ("all", True)):
-        monkeypatch.setenv(flash2.FWD_FLAT_ENV, mode)
-        monkeypatch.setenv(flash2.FLAT_ENV, mode)
-        assert flash2.flat_loops(kernel, _switch_mods({}), (True, 128)) is expect
+    assert flash2.FA2.dq_stream
+    assert [rung.dq_stream for rung in ladder.RUNGS.values()] == [False] * 4
 
 
 @pytest.mark.parametrize("dq_mode, dq_flat", [("0", False), ("all", True), ("", True)])

@@ -29,10 +29,10 @@ from fa2bench.docnumbers.h200 import (decode_ab, decode_rerun, decode_splits, de
                                       decode_tma_contiguous, decode_tma_paged, decode_versus, fa3_accept,
                                       fa3_accept_h100, fa3_backward, fa3_forward, fa3_rungs, first_run, headline_rerun,
                                       headline_table, ladder_fa1, ladder_state, ladder_steps, ladder_versus, same_card)
-from fa2bench.docnumbers.variants import (variants_cost, variants_dkdv_tiles, variants_dq_streams, variants_h100,
-                                          variants_latest, variants_misses, variants_power, variants_profile,
-                                          variants_table, variants_tiles, variants_torch_varlen, variants_varlen,
-                                          variants_varlen_h100)
+from fa2bench.docnumbers.variants import (variants_cost, variants_dense_flat, variants_dkdv_tiles, variants_dq_streams,
+                                          variants_h100, variants_latest, variants_misses, variants_partial,
+                                          variants_power, variants_profile, variants_table, variants_tiles,
+                                          variants_torch_varlen, variants_varlen, variants_varlen_h100)
 
 BEGIN, END = "<!-- fa2bench:begin {} -->", "<!-- fa2bench:end {} -->"
 _BLOCK = re.compile(r"<!-- fa2bench:begin ([\w-]+) -->(.*?)<!-- fa2bench:end \1 -->", re.S)
@@ -54,7 +54,8 @@ BLOCKS: dict[str, Callable[[Path], str]] = {
     "variants-torch-varlen": variants_torch_varlen, "variants-dkdv-tiles": variants_dkdv_tiles,
     "variants-table-h100": partial(variants_table, run=VARIANTS_H100_FULL), "variants-misses-h100": variants_misses,
     "variants-varlen-h100-9": partial(variants_varlen, runs=(VARIANTS_H100_FULL,)),
-    "variants-dq-streams": variants_dq_streams,
+    "variants-dq-streams": variants_dq_streams, "variants-dense-flat": variants_dense_flat,
+    "variants-partial-h100-10": variants_partial,
     "decode-versus-h100": partial(decode_versus, run=DECODE_H100),
     "decode-versus-h100-short": partial(decode_versus, run=DECODE_H100_SHORT),
     "decode-rerun-h100": partial(decode_rerun, before=DECODE_H100, after=DECODE_H100_SHORT),

@@ -51,6 +51,11 @@ DKDV_TILES = ("h100-dkdv-tiles-window", "h100-dkdv-tiles-docs")  # issue 18: fa2
 VARIANTS_H100 = "h100-variants-8"  # issue 18: again, document masks forward on 128-row tiles at d128 (session 25)
 VARIANTS_H100_FULL = "h100-variants-9"  # issue 18: the whole preset (fp16, bf16, d128, d256) at one commit (session 32)
 DQ_STREAMS_AB = "h100-dq-streams-ab"  # issue 18: the dQ kernel on a second stream beside the dK/dV kernel (s. 32)
+# issue 18: dense causal attention's one loops against the staged ones, two calls (session 33; the second with the
+# candidate defaults as mode 1+s against the old ones as 0+s)
+DENSE_FLAT_AB = ("h100-dense-flat-ab", "h100-dense-flat-ab-d64", "h100-dense-flat-ab-2", "h100-dense-flat-ab-d64-2",
+                 "h100-dense-flat-ab-mha")
+VARIANTS_H100_STREAMS = "h100-variants-10"  # issue 18: the preset with the second stream, cut short (session 33)
 NAMES = {"fa2": "fa2", "sdpa-cudnn": "cuDNN", "sdpa-flash": "flash"}
 
 

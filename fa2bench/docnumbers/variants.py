@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from fa2bench.docnumbers.data import (DKDV_TILES, DQ_STREAMS_AB, TORCH_VARLEN, VARIANTS, VARIANTS_H100,
-                                      VARIANTS_H100_FULL, VARIANTS_LATEST, VARLEN_H100, kilo, load, ok_rows,
+from fa2bench.docnumbers.data import (DENSE_FLAT_AB, DKDV_TILES, DQ_STREAMS_AB, TORCH_VARLEN, VARIANTS, VARIANTS_H100,
+                                      VARIANTS_H100_FULL, VARIANTS_H100_STREAMS, VARIANTS_LATEST, VARLEN_H100, kilo,
+                                      load, ok_rows,
                                       read_meta)
 from fa2bench.read.summary import SHAPE_COLUMNS, geomean
 
@@ -245,3 +246,38 @@ def variants_dq_streams(root: Path) -> str:
     same = "bit-identical" if (frame["max_grad_diff_last_vs_first"] == 0).all() else "not identical"
     return (f"[`{DQ_STREAMS_AB}`](results/{DQ_STREAMS_AB}) ({int(frame['rounds'].iloc[0])} rotated rounds, "
             f"autotuned), the backward one stream -> two: {'; '.join(parts)}; gradients {same}")
+
+
+def variants_dense_flat(root: Path) -> str:
+    """The dense one-loop A/Bs (``tools/bench_bwd_flat.py --variants dense``), one table row per (run, mode): the
+    shape from the run's meta.json, the forward's and the backward's speed over the first mode, and whether the
+    gradients agreed."""
+    lines = ["| run | head dim, heads | mode | fwd | bwd |", "| --- | --- | --- | ---: | ---: |"]
+    for run in DENSE_FLAT_AB:
+        frame = pd.read_csv(root / run / "bench_bwd_flat.csv")
+        a = read_meta(root, run)["args"]
+        shape = f"d{a['headdim']}, {a['batch']} x {a['heads']} / {a['kv_heads']}, {kilo(int(a['seqlen']))}"
+        for _, row in frame.iloc[1:].iterrows():
+            lines.append(f"| [`{run}`](results/{run}) | {shape} | `{row['flat']}` over `{frame['flat'].iloc[0]}` | "
+                         f"{row['fwd_speed_vs_first']:.3f}x | {row['bwd_speed_vs_first']:.3f}x |")
+    same = all((pd.read_csv(root / run / "bench_bwd_flat.csv")["max_grad_diff_last_vs_first"] == 0).all()
+               for run in DENSE_FLAT_AB)
+    return "\n" + "\n".join(lines) + f"\n\nIn every run the last mode's gradients {'are bit-identical to' if same else 'differ from'} the first's.\n"
+
+
+def variants_partial(root: Path, skip: tuple[str, ...] = ("dense",), headdim: int = 128) -> str:
+    """fa2 against FlexAttention in a preset run cut short (``VARIANTS_H100_STREAMS``), for the cells at ``headdim``
+    whose every point ran, leaving out the variants in ``skip``: the median over the sequence lengths of
+    time(Flex) / time(fa2), per (variant, mode), bf16 / fp16, beside the same cells of ``VARIANTS_H100_FULL``."""
+    now, before = _variant_ms(root, (VARIANTS_H100_STREAMS,)), _variant_ms(root, (VARIANTS_H100_FULL,))
+    done = len(ok_rows(load(root, VARIANTS_H100_STREAMS)))
+    cells = []
+    for variant in (v for v in PRESET_VARIANTS if v not in skip):
+        for mode in ("fwd", "bwd"):
+            key = dict(variant=variant, mode=mode, headdim=headdim)
+            pair = [[_median_ratio(ms, "flex", "fa2", dtype=dtype, **key) for dtype in ("bf16", "fp16")]
+                    for ms in (now, before)]
+            cells.append(f"{variant} {mode} {pair[0][0]:.2f} / {pair[0][1]:.2f} "
+                         f"({pair[1][0]:.2f} / {pair[1][1]:.2f})")
+    return (f"[`{VARIANTS_H100_STREAMS}`](results/{VARIANTS_H100_STREAMS}) ({done} points ok before the call ended), "
+            f"fa2 / Flex at head dim {headdim}, bf16 / fp16 (in `{VARIANTS_H100_FULL}`): " + "; ".join(cells))

@@ -80,7 +80,7 @@ def compile_one(kernel: str, cfg: triton.Config, headdim: int, causal: bool, tma
     fn = flash2.JIT_KERNELS[kernel]
     switches = {flag: name in variants for name, (flag, _) in VARIANTS.items()}
     if flat is None:  # as a launch decides it (flash2.flat_loops), the one-loop kernel or the three-stage loops
-        flat = flash2.flat_switches(kernel, switches, (causal, headdim))  # fa2's, with its dense one loops
+        flat = flash2.flat_switches(kernel, switches)
     used = {arg: t for name in variants for arg, t in VARIANTS[name][1].items()}
     consts = dict(HEAD_DIM=headdim, BLOCK_D=block_d(headdim), CAUSAL=causal, DEFER=True, SEQ_PAR=True, SKIP=True,
                   FLAT=flat, DOT_PRECISION="tf32", TMA=tma, **switches, **cfg.kwargs)
