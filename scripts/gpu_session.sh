@@ -15,6 +15,8 @@
 #   jobs         each line of $JOBS (default .carry/jobs.txt) is `NAME SECONDS COMMAND...`: the command runs under
 #                `timeout -s INT` (a sweep stops cleanly and resumes next time) and results/NAME is packed after
 #                it -> $OUT/NAME.tgz, every job's output in $OUT/jobs.log. Several runs fit one call this way.
+#                SECONDS `rest`: what is left of $CALL_SECS (default 540) since the script started, less 20 s
+#                for packing, so a last sweep takes the rest of a call and still ends cleanly inside it.
 #
 # A Triton cache packed by an earlier call ($TRITON_TGZ, default .carry/triton.tgz, carried with the tree) is
 # unpacked first, so a fresh machine skips the compiles and autotuning that call already did; with KEEP_TRITON=1
@@ -30,6 +32,7 @@
 # - see CONTRIBUTING.md for the lessons behind each step.
 set -uo pipefail
 export PYTHONUNBUFFERED=1
+STARTED=$(date +%s); CALL_SECS=${CALL_SECS:-540}
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 NAME=${NAME:-gpu-session}
 SECS=${SECS:-500}
@@ -64,6 +67,8 @@ for stage in ${*:-env tests sweep}; do
     jobs)
       while read -r job secs cmd; do
         [[ -z "$job" || "$job" == \#* ]] && continue
+        [ "$secs" = rest ] && secs=$(( CALL_SECS - 20 - ($(date +%s) - STARTED) ))
+        [ "$secs" -gt 0 ] || { echo "$job skipped: no time left of CALL_SECS=$CALL_SECS"; continue; }
         echo "--- $job ($secs s) $(date -u +%T)"
         # shellcheck disable=SC2086  # $cmd is a command line
         timeout -s INT -k 30 "$secs" $cmd >>"$OUT/jobs.log" 2>&1 </dev/null
