@@ -9,7 +9,8 @@ Tiles are forced to the autotuner's picks in results/h200-variants-2 (dK/dV 64x1
 ``--autotune``, so both modes run the same tiles and no time goes to tuning; ``--tiles bwd_dkdv=64x128w8s3`` (comma-
 separated, per kernel: fwd, bwd_dkdv, bwd_dq) forces others. Prints one line per (variant, mode): median forward ms,
 median backward ms (dK/dV + dQ + Delta, from autograd.grad), and speed against the first mode (columns ``*_vs_first``;
-the runs up to results/h100-dq-hybrid named them ``*_vs_0``); with ``--out DIR`` the same rows go to
+the runs up to results/h100-dq-hybrid named them ``*_vs_0``; since session 33 also round by round, ``*_by_round``:
+two calls' A/Bs disagreed there, and the rounds show a run's own spread); with ``--out DIR`` the same rows go to
 ``bench_bwd_flat.csv`` there, beside a tool-written meta.json (GPU, versions, commit), so the numbers are a results
 run rather than a console log. ``--modes 0,1,1/dq0`` times other modes (``/dqD`` sets FA2_DQ_FLAT, the dQ kernel's own
 switch; ``--dq-mode D`` sets it in every mode; ``1+s`` runs the dQ kernel on a second stream beside the dK/dV
@@ -113,15 +114,21 @@ def main() -> None:
         fwd = {mode: statistics.median(f) for mode, (f, _) in samples.items()}
         times = {mode: statistics.median(b) for mode, (_, b) in samples.items()}
         diff = max((a_ - b_).abs().max().item() for a_, b_ in zip(grads[last], grads[base]))
+
+        def by_round(mode: str, which: int) -> str:  # the first mode's time over this mode's, round by round
+            return " ".join(f"{x / y:.3f}" for x, y in zip(samples[base][which], samples[mode][which]))
+
         for mode in modes:
             rows.append(dict(variant=name, flat=mode, rounds=a.rounds, fwd_ms=fwd[mode], bwd_ms=times[mode],
                              fwd_speed_vs_first=fwd[base] / fwd[mode], bwd_speed_vs_first=times[base] / times[mode],
+                             fwd_speed_by_round=by_round(mode, 0), bwd_speed_by_round=by_round(mode, 1),
                              max_grad_diff_last_vs_first=diff,
                              dq_mode=envs[mode][flash2.DQ_FLAT_ENV] or envs[mode][flash2.FLAT_ENV],
                              streams=envs[mode][flash2.STREAMS_ENV],
                              tiles="autotuned" if a.autotune else " ".join(f"{k}={t}" for k, t in tiles.items())))
             print(f"{name:24s} FLAT={mode:7s} fwd {fwd[mode]:8.3f} ms x{fwd[base] / fwd[mode]:.3f}   bwd "
-                  f"{times[mode]:8.3f} ms x{times[base] / times[mode]:.3f}  (speed vs {base})", flush=True)
+                  f"{times[mode]:8.3f} ms x{times[base] / times[mode]:.3f}  (speed vs {base}; bwd by round "
+                  f"{by_round(mode, 1)})", flush=True)
         print(f"{name:24s} max |o({last}) - o({base})| = {(outs[last] - outs[base]).abs().max().item():.3e}, "
               f"max |grad({last}) - grad({base})| = {diff:.3e}", flush=True)
         if a.out:
