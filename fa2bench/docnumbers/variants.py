@@ -9,8 +9,7 @@ import pandas as pd
 
 from fa2bench.docnumbers.data import (DENSE_FLAT_AB, DKDV_TILES, DQ_STREAMS_AB, TORCH_VARLEN, VARIANTS, VARIANTS_H100,
                                       VARIANTS_H100_FULL, VARIANTS_H100_STREAMS, VARIANTS_LATEST, VARLEN_H100, kilo,
-                                      load, ok_rows,
-                                      read_meta)
+                                      load, ok_rows, read_meta)
 from fa2bench.read.summary import SHAPE_COLUMNS, geomean
 
 PRESET_VARIANTS = ("dense", "window4096", "window4096+softcap50", "docs")  # the variants preset's, in table order
@@ -262,7 +261,8 @@ def variants_dense_flat(root: Path) -> str:
                          f"{row['fwd_speed_vs_first']:.3f}x | {row['bwd_speed_vs_first']:.3f}x |")
     same = all((pd.read_csv(root / run / "bench_bwd_flat.csv")["max_grad_diff_last_vs_first"] == 0).all()
                for run in DENSE_FLAT_AB)
-    return "\n" + "\n".join(lines) + f"\n\nIn every run the last mode's gradients {'are bit-identical to' if same else 'differ from'} the first's.\n"
+    said = "are bit-identical to" if same else "differ from"
+    return "\n" + "\n".join(lines) + f"\n\nIn every run the last mode's gradients {said} the first's.\n"
 
 
 def variants_partial(root: Path, skip: tuple[str, ...] = ("dense",), headdim: int = 128) -> str:
@@ -277,6 +277,11 @@ def variants_partial(root: Path, skip: tuple[str, ...] = ("dense",), headdim: in
             key = dict(variant=variant, mode=mode, headdim=headdim)
             pair = [[_median_ratio(ms, "flex", "fa2", dtype=dtype, **key) for dtype in ("bf16", "fp16")]
                     for ms in (now, before)]
+            cell = [(ms.xs((mode, variant, headdim), level=("mode", "variant", "headdim"))[["fa2", "flex"]]
+                     .notna().all(axis=1).sum()) for ms in (now, before)]
+            if cell[0] != cell[1]:
+                raise ValueError(f"{VARIANTS_H100_STREAMS}: {variant} {mode} d{headdim} has {cell[0]} of "
+                                 f"{cell[1]} points; only whole cells are shown")
             cells.append(f"{variant} {mode} {pair[0][0]:.2f} / {pair[0][1]:.2f} "
                          f"({pair[1][0]:.2f} / {pair[1][1]:.2f})")
     return (f"[`{VARIANTS_H100_STREAMS}`](results/{VARIANTS_H100_STREAMS}) ({done} points ok before the call ended), "
