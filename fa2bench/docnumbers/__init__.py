@@ -22,7 +22,7 @@ from typing import Callable
 
 from fa2bench.docnumbers.data import (DECODE_AB, DECODE_H100, DECODE_H100_ONE_ID, DECODE_H100_SHORT,
                                       DECODE_H100_TMA, DECODE_TMA, DECODE_TMA_CONTIGUOUS, VARIANTS_H100_BEFORE,
-                                      VARIANTS_H100_FULL, VARLEN_H100_BEFORE)
+                                      VARIANTS_H100_FULL, VARIANTS_H100_ONE_STREAM, VARLEN_H100_BEFORE)
 from fa2bench.docnumbers.h100 import (ablation_fa1, ablation_steps, ablation_versus, e2e_table, e2e_tokens,
                                       e2e_versus, fa3_dq_first, top_points, top_table, top_versus)
 from fa2bench.docnumbers.h200 import (decode_ab, decode_rerun, decode_splits, decode_timers,
@@ -30,9 +30,9 @@ from fa2bench.docnumbers.h200 import (decode_ab, decode_rerun, decode_splits, de
                                       fa3_accept_h100, fa3_backward, fa3_forward, fa3_rungs, first_run, headline_rerun,
                                       headline_table, ladder_fa1, ladder_state, ladder_steps, ladder_versus, same_card)
 from fa2bench.docnumbers.variants import (variants_cost, variants_dense_flat, variants_dkdv_tiles, variants_dq_streams,
-                                          variants_h100, variants_latest, variants_misses, variants_partial,
-                                          variants_power, variants_profile, variants_table, variants_tiles,
-                                          variants_torch_varlen, variants_varlen, variants_varlen_h100)
+                                          variants_h100, variants_latest, variants_misses, variants_power,
+                                          variants_profile, variants_table, variants_tiles, variants_torch_varlen,
+                                          variants_varlen, variants_varlen_h100, variants_versus)
 
 BEGIN, END = "<!-- fa2bench:begin {} -->", "<!-- fa2bench:end {} -->"
 _BLOCK = re.compile(r"<!-- fa2bench:begin ([\w-]+) -->(.*?)<!-- fa2bench:end \1 -->", re.S)
@@ -53,9 +53,13 @@ BLOCKS: dict[str, Callable[[Path], str]] = {
     "fa3-dq-first": fa3_dq_first, "variants-h100": variants_h100,
     "variants-torch-varlen": variants_torch_varlen, "variants-dkdv-tiles": variants_dkdv_tiles,
     "variants-table-h100": partial(variants_table, run=VARIANTS_H100_FULL), "variants-misses-h100": variants_misses,
-    "variants-varlen-h100-9": partial(variants_varlen, runs=(VARIANTS_H100_FULL,)),
+    "variants-varlen-h100-11": partial(variants_varlen, runs=(VARIANTS_H100_FULL,)),
+    "variants-table-h100-9": partial(variants_table, run=VARIANTS_H100_ONE_STREAM),
+    "variants-misses-h100-9": partial(variants_misses, run=VARIANTS_H100_ONE_STREAM),
+    "variants-varlen-h100-9": partial(variants_varlen, runs=(VARIANTS_H100_ONE_STREAM,)),
+    "variants-versus-h100-11": partial(variants_versus, run=VARIANTS_H100_FULL, headdims=(128, 256), skip=()),
     "variants-dq-streams": variants_dq_streams, "variants-dense-flat": variants_dense_flat,
-    "variants-partial-h100-10": variants_partial,
+    "variants-partial-h100-10": variants_versus,
     "decode-versus-h100": partial(decode_versus, run=DECODE_H100),
     "decode-versus-h100-short": partial(decode_versus, run=DECODE_H100_SHORT),
     "decode-rerun-h100": partial(decode_rerun, before=DECODE_H100, after=DECODE_H100_SHORT),

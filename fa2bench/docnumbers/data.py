@@ -49,7 +49,8 @@ VARIANTS_H100_BEFORE = {  # issue 18: the same command on an H100 at earlier def
 TORCH_VARLEN = ("h100-varlen-torch", "h100-varlen-torch-mha")  # issue 18: torch's varlen_attn, GQA then MHA (s. 32)
 DKDV_TILES = ("h100-dkdv-tiles-window", "h100-dkdv-tiles-docs")  # issue 18: fa2's dK/dV tiles forced (session 32)
 VARIANTS_H100 = "h100-variants-8"  # issue 18: again, document masks forward on 128-row tiles at d128 (session 25)
-VARIANTS_H100_FULL = "h100-variants-9"  # issue 18: the whole preset (fp16, bf16, d128, d256) at one commit (session 32)
+VARIANTS_H100_ONE_STREAM = "h100-variants-9"  # issue 18: the whole preset (fp16, bf16, d128, d256) at one commit (s. 32)
+VARIANTS_H100_FULL = "h100-variants-11"  # issue 18: the same with the dQ kernel on a second stream (session 34)
 DQ_STREAMS_AB = "h100-dq-streams-ab"  # issue 18: the dQ kernel on a second stream beside the dK/dV kernel (s. 32)
 # issue 18: dense causal attention's one loops against the staged ones, two calls (session 33; the second with the
 # candidate defaults as mode 1+s against the old ones as 0+s)

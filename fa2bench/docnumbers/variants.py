@@ -8,8 +8,8 @@ from pathlib import Path
 import pandas as pd
 
 from fa2bench.docnumbers.data import (DENSE_FLAT_AB, DKDV_TILES, DQ_STREAMS_AB, TORCH_VARLEN, VARIANTS, VARIANTS_H100,
-                                      VARIANTS_H100_FULL, VARIANTS_H100_STREAMS, VARIANTS_LATEST, VARLEN_H100, kilo,
-                                      load, ok_rows, read_meta)
+                                      VARIANTS_H100_FULL, VARIANTS_H100_ONE_STREAM, VARIANTS_H100_STREAMS,
+                                      VARIANTS_LATEST, VARLEN_H100, kilo, load, ok_rows, read_meta)
 from fa2bench.read.summary import SHAPE_COLUMNS, geomean
 
 PRESET_VARIANTS = ("dense", "window4096", "window4096+softcap50", "docs")  # the variants preset's, in table order
@@ -265,24 +265,27 @@ def variants_dense_flat(root: Path) -> str:
     return "\n" + "\n".join(lines) + f"\n\nIn every run the last mode's gradients {said} the first's.\n"
 
 
-def variants_partial(root: Path, skip: tuple[str, ...] = ("dense",), headdim: int = 128) -> str:
-    """fa2 against FlexAttention in a preset run cut short (``VARIANTS_H100_STREAMS``), for the cells at ``headdim``
-    whose every point ran, leaving out the variants in ``skip``: the median over the sequence lengths of
-    time(Flex) / time(fa2), per (variant, mode), bf16 / fp16, beside the same cells of ``VARIANTS_H100_FULL``."""
-    now, before = _variant_ms(root, (VARIANTS_H100_STREAMS,)), _variant_ms(root, (VARIANTS_H100_FULL,))
+def variants_versus(root: Path, run: str = VARIANTS_H100_STREAMS, before: str = VARIANTS_H100_ONE_STREAM,
+                    headdims: tuple[int, ...] = (128,), skip: tuple[str, ...] = ("dense",)) -> str:
+    """fa2 against FlexAttention in ``run`` beside ``before``, for the cells at ``headdims`` whose every point ran in
+    both, leaving out the variants in ``skip``: the median over the sequence lengths of time(Flex) / time(fa2), per
+    (variant, mode, head dim), bf16 / fp16. A cell with fewer points in ``run`` (a run cut short) is an error."""
+    now, then = _variant_ms(root, (run,)), _variant_ms(root, (before,))
     done = int(now.notna().to_numpy().sum())  # one cell per ok point: a point is one (shape, variant, provider)
     cells = []
-    for variant in (v for v in PRESET_VARIANTS if v not in skip):
-        for mode in ("fwd", "bwd"):
-            key = dict(variant=variant, mode=mode, headdim=headdim)
-            pair = [[_median_ratio(ms, "flex", "fa2", dtype=dtype, **key) for dtype in ("bf16", "fp16")]
-                    for ms in (now, before)]
-            cell = [(ms.xs((mode, variant, headdim), level=("mode", "variant", "headdim"))[["fa2", "flex"]]
-                     .notna().all(axis=1).sum()) for ms in (now, before)]
-            if cell[0] != cell[1]:
-                raise ValueError(f"{VARIANTS_H100_STREAMS}: {variant} {mode} d{headdim} has {cell[0]} of "
-                                 f"{cell[1]} points; only whole cells are shown")
-            cells.append(f"{variant} {mode} {pair[0][0]:.2f} / {pair[0][1]:.2f} "
-                         f"({pair[1][0]:.2f} / {pair[1][1]:.2f})")
-    return (f"[`{VARIANTS_H100_STREAMS}`](results/{VARIANTS_H100_STREAMS}) ({done} points ok before the call ended), "
-            f"fa2 / Flex at head dim {headdim}, bf16 / fp16 (in `{VARIANTS_H100_FULL}`): " + "; ".join(cells))
+    for headdim in headdims:
+        for variant in (v for v in PRESET_VARIANTS if v not in skip):
+            for mode in ("fwd", "bwd"):
+                key = dict(variant=variant, mode=mode, headdim=headdim)
+                pair = [[_median_ratio(ms, "flex", "fa2", dtype=dtype, **key) for dtype in ("bf16", "fp16")]
+                        for ms in (now, then)]
+                cell = [(ms.xs((mode, variant, headdim), level=("mode", "variant", "headdim"))[["fa2", "flex"]]
+                         .notna().all(axis=1).sum()) for ms in (now, then)]
+                if cell[0] != cell[1]:
+                    raise ValueError(f"{run}: {variant} {mode} d{headdim} has {cell[0]} of "
+                                     f"{cell[1]} points; only whole cells are shown")
+                name = f"{variant} {mode}" + (f" d{headdim}" if len(headdims) > 1 else "")
+                cells.append(f"{name} {pair[0][0]:.2f} / {pair[0][1]:.2f} ({pair[1][0]:.2f} / {pair[1][1]:.2f})")
+    dims = " and ".join(str(d) for d in headdims)
+    return (f"[`{run}`](results/{run}) ({done} points ok), fa2 / Flex at head dim {dims}, bf16 / fp16 (in "
+            f"`{before}`): " + "; ".join(cells))
