@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from fa2bench import docnumbers
+from fa2bench.docnumbers.variants import variants_versus
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -68,3 +69,11 @@ def test_no_block_reads_a_legacy_folder():
     source = "".join(p.read_text() for p in Path(docnumbers.__file__).parent.glob("*.py"))
     runs = set(re.findall(r'"(h[12]00-[\w-]+|io-[\w-]+|ncu-[\w-]+)"', source))
     assert runs and all((ROOT / "results" / run / "meta.json").exists() for run in runs)
+
+
+def test_a_run_cut_short_is_compared_by_its_whole_cells_only():
+    """``variants_versus`` quotes a cell only where the run timed every point the run before it did: the d128 cells
+    of the cut-short ``h100-variants-10`` are whole, its head dim 256 cells are not, and asking for them is an error."""
+    assert "docs bwd" in variants_versus(ROOT / "results", run="h100-variants-10", headdims=(128,))
+    with pytest.raises(ValueError, match="only whole cells"):
+        variants_versus(ROOT / "results", run="h100-variants-10", headdims=(256,))
