@@ -22,7 +22,8 @@ from typing import Callable
 
 from fa2bench.docnumbers.data import (DECODE_AB, DECODE_H100, DECODE_H100_ONE_ID, DECODE_H100_SHORT,
                                       DECODE_H100_TMA, DECODE_TMA, DECODE_TMA_CONTIGUOUS, VARIANTS_H100_BEFORE,
-                                      VARIANTS_H100_FULL, VARIANTS_H100_ONE_STREAM, VARLEN_H100_BEFORE)
+                                      VARIANTS_H100_FULL, VARIANTS_H100_ONE_STREAM, VARIANTS_H100_STREAMS,
+                                      VARLEN_H100_BEFORE)
 from fa2bench.docnumbers.h100 import (ablation_fa1, ablation_steps, ablation_versus, e2e_table, e2e_tokens,
                                       e2e_versus, fa3_dq_first, top_points, top_table, top_versus)
 from fa2bench.docnumbers.h200 import (decode_ab, decode_rerun, decode_splits, decode_timers,
@@ -57,9 +58,10 @@ BLOCKS: dict[str, Callable[[Path], str]] = {
     "variants-table-h100-9": partial(variants_table, run=VARIANTS_H100_ONE_STREAM),
     "variants-misses-h100-9": partial(variants_misses, run=VARIANTS_H100_ONE_STREAM),
     "variants-varlen-h100-9": partial(variants_varlen, runs=(VARIANTS_H100_ONE_STREAM,)),
-    "variants-versus-h100-11": partial(variants_versus, run=VARIANTS_H100_FULL, headdims=(128, 256), skip=()),
+    "variants-versus-h100-11": partial(variants_versus, run=VARIANTS_H100_FULL, headdims=(128, 256)),
     "variants-dq-streams": variants_dq_streams, "variants-dense-flat": variants_dense_flat,
-    "variants-partial-h100-10": variants_versus,
+    # the cut-short run: its d128 cells only, and not dense (that ran a candidate the same call rejected)
+    "variants-partial-h100-10": partial(variants_versus, run=VARIANTS_H100_STREAMS, skip=("dense",)),
     "decode-versus-h100": partial(decode_versus, run=DECODE_H100),
     "decode-versus-h100-short": partial(decode_versus, run=DECODE_H100_SHORT),
     "decode-rerun-h100": partial(decode_rerun, before=DECODE_H100, after=DECODE_H100_SHORT),

@@ -8,8 +8,8 @@ from pathlib import Path
 import pandas as pd
 
 from fa2bench.docnumbers.data import (DENSE_FLAT_AB, DKDV_TILES, DQ_STREAMS_AB, TORCH_VARLEN, VARIANTS, VARIANTS_H100,
-                                      VARIANTS_H100_FULL, VARIANTS_H100_ONE_STREAM, VARIANTS_H100_STREAMS,
-                                      VARIANTS_LATEST, VARLEN_H100, kilo, load, ok_rows, read_meta)
+                                      VARIANTS_H100_FULL, VARIANTS_H100_ONE_STREAM, VARIANTS_LATEST, VARLEN_H100, kilo,
+                                      load, ok_rows, read_meta)
 from fa2bench.read.summary import SHAPE_COLUMNS, geomean
 
 PRESET_VARIANTS = ("dense", "window4096", "window4096+softcap50", "docs")  # the variants preset's, in table order
@@ -265,8 +265,8 @@ def variants_dense_flat(root: Path) -> str:
     return "\n" + "\n".join(lines) + f"\n\nIn every run the last mode's gradients {said} the first's.\n"
 
 
-def variants_versus(root: Path, run: str = VARIANTS_H100_STREAMS, before: str = VARIANTS_H100_ONE_STREAM,
-                    headdims: tuple[int, ...] = (128,), skip: tuple[str, ...] = ("dense",)) -> str:
+def variants_versus(root: Path, run: str, before: str = VARIANTS_H100_ONE_STREAM, headdims: tuple[int, ...] = (128,),
+                    skip: tuple[str, ...] = ()) -> str:
     """fa2 against FlexAttention in ``run`` beside ``before``, for the cells at ``headdims`` whose every point ran in
     both, leaving out the variants in ``skip``: the median over the sequence lengths of time(Flex) / time(fa2), per
     (variant, mode, head dim), bf16 / fp16. A cell with fewer points in ``run`` (a run cut short) is an error."""
