@@ -61,8 +61,12 @@ from triton.experimental.gluon import language as gl  # noqa: E402
 from triton.experimental.gluon.language.nvidia.hopper import (  # noqa: E402
     fence_async_shared, mbarrier, tma, warpgroup_mma, warpgroup_mma_wait)
 
-# Triton 3.6 names the TMA load async_copy_global_to_shared; later versions call it async_load
+# Triton 3.6 names the TMA load async_copy_global_to_shared and the store async_copy_shared_to_global; later
+# versions call them async_load and async_store
 tma_load = tma.async_load if hasattr(tma, "async_load") else tma.async_copy_global_to_shared
+tma_store = tma.async_store if hasattr(tma, "async_store") else tma.async_copy_shared_to_global
+# Triton 3.6 names the CTA barrier (a partition's, inside warp_specialize) thread_barrier; later versions barrier
+thread_barrier = gl.thread_barrier if hasattr(gl, "thread_barrier") else gl.barrier
 LOG2E = 1.4426950408889634
 HEAD_DIMS = (64, 128)
 DTYPES = {torch.float16: gl.float16, torch.bfloat16: gl.bfloat16}
@@ -200,22 +204,59 @@ def _attend(acc, m_i, l_i, q, k_bufs, v_bufs, k_ready, v_ready, kv_empty, it, lo
 
 
 @gluon.jit
-def _epilogue(acc, m_i, l_i, O, LSE, bh, r0, N_CTX_Q, ROWS: gl.constexpr, HEAD_DIM: gl.constexpr,
-              DTYPE: gl.constexpr):
-    """One division per row (a row that saw no key has l = 0: O = 0, L = +inf), then rows r0.. of O and L."""
-    o_layout: gl.constexpr = acc.type.layout
-    o_rows: gl.constexpr = gl.SliceLayout(1, o_layout)
-    s_rows: gl.constexpr = m_i.type.layout
+def _normalise(acc, m_i, l_i, DTYPE: gl.constexpr):
+    """One division per row (a row that saw no key has l = 0: O = 0, L = +inf): (O in ``DTYPE``, L)."""
+    o_rows: gl.constexpr = gl.SliceLayout(1, acc.type.layout)
     seen = l_i > 0.0
     lse = gl.where(seen, m_i + gl.log2(gl.where(seen, l_i, 1.0)), float("inf"))
     inv_l = gl.convert_layout(1.0 / gl.where(seen, l_i, 1.0), o_rows)
-    out = (acc * inv_l[:, None]).to(DTYPE)
+    return (acc * inv_l[:, None]).to(DTYPE), lse
+
+
+@gluon.jit
+def _store_lse(lse, LSE, bh, r0, N_CTX_Q, ROWS: gl.constexpr):
+    lse_rows = r0 + gl.arange(0, ROWS, lse.type.layout)
+    gl.store(LSE + bh.to(gl.int64) * N_CTX_Q + lse_rows, lse, mask=lse_rows < N_CTX_Q)
+
+
+@gluon.jit
+def _epilogue(acc, m_i, l_i, O, LSE, bh, r0, N_CTX_Q, ROWS: gl.constexpr, HEAD_DIM: gl.constexpr,
+              DTYPE: gl.constexpr):
+    """Rows r0.. of O and L, O through masked pointer stores from the accumulator's registers."""
+    o_layout: gl.constexpr = acc.type.layout
+    o_rows: gl.constexpr = gl.SliceLayout(1, o_layout)
+    out, lse = _normalise(acc, m_i, l_i, DTYPE)
     rows = r0 + gl.arange(0, ROWS, o_rows)
     cols = gl.arange(0, HEAD_DIM, gl.SliceLayout(0, o_layout))
     row_off = (bh * N_CTX_Q + rows).to(gl.int64) * HEAD_DIM
     gl.store(O + row_off[:, None] + cols[None, :], out, mask=(rows < N_CTX_Q)[:, None])
-    lse_rows = r0 + gl.arange(0, ROWS, s_rows)
-    gl.store(LSE + bh.to(gl.int64) * N_CTX_Q + lse_rows, lse, mask=lse_rows < N_CTX_Q)
+    _store_lse(lse, LSE, bh, r0, N_CTX_Q, ROWS)
+
+
+@gluon.jit
+def _epilogue_tma(acc, m_i, l_i, o_desc, o_smem, LSE, bh, r0, N_CTX_Q):
+    """Rows r0.. of O and L, O staged in this warpgroup's shared buffer ``o_smem`` and written by one TMA copy
+    (rows past seqlen_q fall outside the descriptor and are not written), which runs on while the warpgroup goes on
+    to its next turn (``O_TMA``). The buffer is written again only after the copy before has read it."""
+    ROWS: gl.constexpr = o_smem.shape[1]
+    HEAD_DIM: gl.constexpr = o_smem.shape[2]
+    out, lse = _normalise(acc, m_i, l_i, o_smem.dtype)
+    tma.store_wait(0)  # in the thread that issued the last copy (a tile ago) ...
+    thread_barrier()  # ... before any thread of the warpgroup writes its buffer
+    o_smem.reshape([ROWS, HEAD_DIM]).store(out)
+    fence_async_shared()
+    thread_barrier()  # the whole tile is in shared memory before one thread issues the copy
+    tma_store(o_desc, [bh, r0, 0], o_smem)
+    _store_lse(lse, LSE, bh, r0, N_CTX_Q, ROWS)
+
+
+@gluon.jit
+def _finish(acc, m_i, l_i, O, o_desc, o_smem, LSE, bh, r0, N_CTX_Q, O_TMA: gl.constexpr):
+    """A warpgroup's epilogue for its rows r0.. of a tile: O by TMA (``O_TMA``) or by pointer stores."""
+    if O_TMA:
+        _epilogue_tma(acc, m_i, l_i, o_desc, o_smem, LSE, bh, r0, N_CTX_Q)
+    else:
+        _epilogue(acc, m_i, l_i, O, LSE, bh, r0, N_CTX_Q, acc.shape[0], acc.shape[1], o_smem.dtype)
 
 
 @gluon.jit
@@ -516,9 +557,9 @@ def _boundary_group(acc, p, q, k_bufs, v_bufs, p_bufs, k_ready, v_ready, kv_empt
 
 
 @gluon.jit
-def _pp_consumer(q_bufs, k_bufs, v_bufs, p_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty, turn, O, LSE,
-                 qk_scale, N_CTX_Q, N_CTX_K, n_tiles, BAND, FUSE, CAUSAL: gl.constexpr, STAGES: gl.constexpr,
-                 OVERLAP: gl.constexpr, WG: gl.constexpr):
+def _pp_consumer(q_bufs, k_bufs, v_bufs, p_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty, turn, O, o_desc,
+                 o_bufs, LSE, qk_scale, N_CTX_Q, N_CTX_K, n_tiles, BAND, FUSE, CAUSAL: gl.constexpr,
+                 STAGES: gl.constexpr, OVERLAP: gl.constexpr, O_TMA: gl.constexpr, WG: gl.constexpr):
     """One consumer warpgroup (4 warps): rows [WG * 64, WG * 64 + 64) of every tile of CONSUMERS x 64 rows (one
     ``turn`` barrier per consumer), its own Q slice, the K/V ring shared with the other warpgroups (each arrives
     once on each ``kv_empty``). All walk the same K/V blocks (the tile's), so their turn counters stay in step;
@@ -528,7 +569,8 @@ def _pp_consumer(q_bufs, k_bufs, v_bufs, p_bufs, q_ready, q_empty, k_ready, v_re
     (``pend``; its epilogue follows that group), with this tile's S_0; one more pass after the last tile issues the
     last P V alone. Without FUSE every last P V goes alone, in its own group (FUSE is not a constexpr: with the
     branches folded away, Triton 3.6 fails to lower the causal kernel: the assertion of the note at the epilogue).
-    ``p_bufs``: rung 10's P buffers (two per warpgroup; unused by rung 9)."""
+    ``p_bufs``: rung 10's P buffers (two per warpgroup; unused by rung 9); ``o_bufs``: with O_TMA, each warpgroup's
+    buffer for its O tile on the way out (``_epilogue_tma``)."""
     ROWS: gl.constexpr = q_bufs.shape[2]
     HEAD_DIM: gl.constexpr = q_bufs.shape[3]
     BLOCK_N: gl.constexpr = k_bufs.shape[2]
@@ -542,6 +584,7 @@ def _pp_consumer(q_bufs, k_bufs, v_bufs, p_bufs, q_ready, q_empty, k_ready, v_re
                                                        instr_shape=[16, HEAD_DIM, 16])
     p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
     s_rows: gl.constexpr = gl.SliceLayout(1, s_layout)
+    o_smem = o_bufs.index(WG)
     n_m = gl.cdiv(N_CTX_Q, BLOCK_M)
     BH = n_tiles // n_m
     rounds = _rounds(n_tiles, CAUSAL)
@@ -595,7 +638,7 @@ def _pp_consumer(q_bufs, k_bufs, v_bufs, p_bufs, q_ready, q_empty, k_ready, v_re
                 p_0, m_0, l_0, a_0 = _softmax_step(qk, m_0, l_0, 0, r0, qk_scale, N_CTX_Q, N_CTX_K, True, CAUSAL)
             p = _stage_p(p_0, p_bufs, it, DTYPE, p_layout, OVERLAP, WG)
         if pend > 0:
-            _epilogue(acc, m_i, l_i, O, LSE, bh_p, r0_p, N_CTX_Q, ROWS, HEAD_DIM, DTYPE)
+            _finish(acc, m_i, l_i, O, o_desc, o_smem, LSE, bh_p, r0_p, N_CTX_Q, O_TMA)
         m_i = m_0
         l_i = l_0
         acc = gl.zeros([ROWS, HEAD_DIM], gl.float32, o_layout)
@@ -619,28 +662,32 @@ def _pp_consumer(q_bufs, k_bufs, v_bufs, p_bufs, q_ready, q_empty, k_ready, v_re
             acc, no_s, g = _boundary_group(acc, p, q, k_bufs, v_bufs, p_bufs, k_ready, v_ready, kv_empty, turn,
                                            it, it0, g, s_layout, True, False, STAGES, OVERLAP, WG)
         if live & (pend == 0):
-            _epilogue(acc, m_i, l_i, O, LSE, bh, r0, N_CTX_Q, ROWS, HEAD_DIM, DTYPE)
+            _finish(acc, m_i, l_i, O, o_desc, o_smem, LSE, bh, r0, N_CTX_Q, O_TMA)
         bh_p = bh
         r0_p = r0
         # the tile's blocks no row of this warpgroup's own sees (past its diagonal, or its rows past seqlen_q)
         it, g = _skip_blocks(k_ready, v_ready, kv_empty, turn, it, g, n_own, n_blocks, FUSE, STAGES, WG)
         done += 1
+    if O_TMA:
+        tma.store_wait(0)  # the last copy has read its buffer before the CTA's shared memory is given up
 
 
 # seqlen_q is not specialised: Triton would compile a seqlen_q of 1 as the constant 1, and for rung 10 without the
 # causal mask that kernel crashes ptxas (SIGSEGV in the ptxas of Triton 3.6 and 3.9, CUDA 12.8 and 12.9; not
 # at -O0); tests/test_fa3.py compiles each test shape as its launch specialises it
 @gluon.jit(do_not_specialize=["N_CTX_Q", "BAND", "FUSE"])
-def _fa3_pp_fwd_kernel(q_desc, k_desc, v_desc, O, LSE, qk_scale, H, GROUP, N_CTX_Q, N_CTX_K, n_tiles, BAND, FUSE,
-                       CAUSAL: gl.constexpr, STAGES: gl.constexpr, OVERLAP: gl.constexpr, CONSUMERS: gl.constexpr,
-                       num_warps: gl.constexpr):
+def _fa3_pp_fwd_kernel(q_desc, k_desc, v_desc, o_desc, O, LSE, qk_scale, H, GROUP, N_CTX_Q, N_CTX_K, n_tiles, BAND,
+                       FUSE, CAUSAL: gl.constexpr, STAGES: gl.constexpr, OVERLAP: gl.constexpr,
+                       CONSUMERS: gl.constexpr, O_TMA: gl.constexpr, num_warps: gl.constexpr):
     """Rung 9 (OVERLAP=False) and rung 10 (OVERLAP=True): the default partition and one or two 4-warp workers are
     the CONSUMERS consumer warpgroups (64 rows each of a tile of CONSUMERS x 64 rows), a 1-warp worker the TMA
     producer. Q descriptor blocks are 64 rows (one warpgroup's slice); two Q buffers of CONSUMERS slices each.
     Three consumers (rung 9 at head dim 64, ``tiles``) take turns round robin: with 64-row slices a softmax takes
     longer than one warpgroup's two GEMMs there, and two other warpgroups' GEMMs hide it where one did not; each
     then gets 160 registers, where two get 240. Rung 10 adds two 64 x BLOCK_N P buffers per warpgroup (64 KiB at
-    fp16, two consumers); at head dim 128 that only fits with one Q buffer (224 KiB in all)."""
+    fp16, two consumers); at head dim 128 that only fits with one Q buffer (224 KiB in all). O_TMA (rung 9, a
+    study: ``O_TMA``) writes O through one 64-row shared buffer per warpgroup and a TMA copy (``o_desc``: O's
+    64-row blocks, as Q's) instead of pointer stores: 32 KiB at head dim 128 (224 KiB in all)."""
     ROWS: gl.constexpr = q_desc.block_type.shape[1]
     HEAD_DIM: gl.constexpr = q_desc.block_type.shape[2]
     BLOCK_N: gl.constexpr = k_desc.block_type.shape[1]
@@ -652,24 +699,33 @@ def _fa3_pp_fwd_kernel(q_desc, k_desc, v_desc, O, LSE, qk_scale, H, GROUP, N_CTX
                                            gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16))
     else:
         p_bufs = v_bufs  # a stand-in (warp_specialize takes no None): rung 9 keeps P in registers
+    if O_TMA:
+        o_bufs = gl.allocate_shared_memory(o_desc.dtype, [CONSUMERS] + o_desc.block_type.shape, o_desc.layout)
+    else:
+        o_bufs = q_bufs  # a stand-in: O goes out through pointer stores
     # (a tuple bound to a name first would turn the constexprs in it into tensors: each call spells its list out)
     if CONSUMERS == 3:
         gl.warp_specialize([
             (_pp_consumer, (q_bufs, k_bufs, v_bufs, p_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty, turn,
-                            O, LSE, qk_scale, N_CTX_Q, N_CTX_K, n_tiles, BAND, FUSE, CAUSAL, STAGES, OVERLAP, 0)),
+                            O, o_desc, o_bufs, LSE, qk_scale, N_CTX_Q, N_CTX_K, n_tiles, BAND, FUSE, CAUSAL,
+                            STAGES, OVERLAP, O_TMA, 0)),
             (_pp_consumer, (q_bufs, k_bufs, v_bufs, p_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty, turn,
-                            O, LSE, qk_scale, N_CTX_Q, N_CTX_K, n_tiles, BAND, FUSE, CAUSAL, STAGES, OVERLAP, 1)),
+                            O, o_desc, o_bufs, LSE, qk_scale, N_CTX_Q, N_CTX_K, n_tiles, BAND, FUSE, CAUSAL,
+                            STAGES, OVERLAP, O_TMA, 1)),
             (_pp_consumer, (q_bufs, k_bufs, v_bufs, p_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty, turn,
-                            O, LSE, qk_scale, N_CTX_Q, N_CTX_K, n_tiles, BAND, FUSE, CAUSAL, STAGES, OVERLAP, 2)),
+                            O, o_desc, o_bufs, LSE, qk_scale, N_CTX_Q, N_CTX_K, n_tiles, BAND, FUSE, CAUSAL,
+                            STAGES, OVERLAP, O_TMA, 2)),
             (_producer, (q_desc, k_desc, v_desc, q_bufs, k_bufs, v_bufs, q_ready, q_empty, k_ready, v_ready,
                          kv_empty, H, GROUP, N_CTX_Q, N_CTX_K, n_tiles, BAND, CAUSAL, STAGES, 3, Q_BUFS)),
         ], [4, 4, 1], [PP3_CONSUMER_REGS, PP3_CONSUMER_REGS, 24])
     else:
         gl.warp_specialize([
             (_pp_consumer, (q_bufs, k_bufs, v_bufs, p_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty, turn,
-                            O, LSE, qk_scale, N_CTX_Q, N_CTX_K, n_tiles, BAND, FUSE, CAUSAL, STAGES, OVERLAP, 0)),
+                            O, o_desc, o_bufs, LSE, qk_scale, N_CTX_Q, N_CTX_K, n_tiles, BAND, FUSE, CAUSAL,
+                            STAGES, OVERLAP, O_TMA, 0)),
             (_pp_consumer, (q_bufs, k_bufs, v_bufs, p_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty, turn,
-                            O, LSE, qk_scale, N_CTX_Q, N_CTX_K, n_tiles, BAND, FUSE, CAUSAL, STAGES, OVERLAP, 1)),
+                            O, o_desc, o_bufs, LSE, qk_scale, N_CTX_Q, N_CTX_K, n_tiles, BAND, FUSE, CAUSAL,
+                            STAGES, OVERLAP, O_TMA, 1)),
             (_producer, (q_desc, k_desc, v_desc, q_bufs, k_bufs, v_bufs, q_ready, q_empty, k_ready, v_ready,
                          kv_empty, H, GROUP, N_CTX_Q, N_CTX_K, n_tiles, BAND, CAUSAL, STAGES, 2, Q_BUFS)),
         ], [4, 1], [PP_CONSUMER_REGS, 24])
@@ -771,6 +827,10 @@ THREE_BAND_MAX = 8
 # under the causal mask it did not help at d128 and cost d64 4-5% at 4k-8k (three consumers with unequal blocks)
 FUSE_FULL, FUSE_CAUSAL = 1, 0
 
+# rung 9: each warpgroup's O tile out through a shared buffer and one TMA copy (True), or through pointer stores from
+# its registers (False). A study (docs/fa3.md section 25; tools/fa3_epilogue_ab.py) until an A/B says otherwise
+O_TMA = {(64, False): False, (64, True): False, (128, False): False, (128, True): False}
+
 
 def launch_ints(batch: int, heads: int, group: int, seqlen_q: int, seqlen_k: int, headdim: int, causal: bool,
                 sms: int, l2_bytes: int, elt: int = 2, rung: int = 8, consumers: int | None = None) -> dict:
@@ -788,14 +848,17 @@ def launch_ints(batch: int, heads: int, group: int, seqlen_q: int, seqlen_k: int
     return ints if rung == 8 else {**ints, "FUSE": FUSE_FULL if not causal else FUSE_CAUSAL}
 
 
-def forward_kernel(rung: int, headdim: int, causal: bool, consumers: int | None = None) -> tuple:
+def forward_kernel(rung: int, headdim: int, causal: bool, consumers: int | None = None,
+                   o_tma: bool | None = None) -> tuple:
     """Rung ``rung``'s forward kernel and its compile-time arguments (constexprs and warps), as ``fa3_forward``
-    launches it and ``compile_sm90`` compiles it (``consumers`` None: ``tiles``' count at short sequences)."""
+    launches it and ``compile_sm90`` compiles it (``consumers`` None: ``tiles``' count at short sequences;
+    ``o_tma`` None: ``O_TMA``'s choice; rung 9 only, rung 10's shared memory has no room for the buffers)."""
     cfg = tiles(headdim, rung, consumers, causal)
     if rung == 8:
         return _fa3_fwd_kernel, dict(CAUSAL=causal, STAGES=cfg["STAGES"], num_warps=NUM_WARPS)
+    o_tma = rung == 9 and (O_TMA[headdim, causal] if o_tma is None else o_tma)
     return _fa3_pp_fwd_kernel, dict(CAUSAL=causal, STAGES=cfg["STAGES"], OVERLAP=rung == 10,
-                                    CONSUMERS=cfg["CONSUMERS"], num_warps=PP_NUM_WARPS)
+                                    CONSUMERS=cfg["CONSUMERS"], O_TMA=o_tma, num_warps=PP_NUM_WARPS)
 
 
 def smem_layout(block: list[int], dtype: torch.dtype) -> gl.NVMMASharedLayout:
@@ -830,13 +893,14 @@ def _tma_heads(t: torch.Tensor) -> torch.Tensor:
 
 def fa3_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = False,
                 sm_scale: float | None = None, rung: int = 8, band: int | None = None,
-                consumers: int | None = None, fuse: int | None = None):
+                consumers: int | None = None, fuse: int | None = None, o_tma: bool | None = None):
     """The forward of rung ``rung`` (8: one 8-warp consumer partition; 9: ping-pong of two 4-warp consumer
     partitions, three at head dim 64 (under the mask from 4k query rows); 10: ping-pong of two plus the softmax
     overlapped with the warpgroup's own P V, P through shared memory):
     ``(o, lse)``, lse the log2-domain log-sum-exp (fp32, (batch, heads, seqlen_q), +inf for a row that sees no
     key), the same convention as ``flash2_forward``. ``band`` overrides ``causal_band``, ``consumers`` the
-    consumer warpgroups of rungs 9 and 10 (``tiles``), ``fuse`` their FUSE (tests and studies)."""
+    consumer warpgroups of rungs 9 and 10 (``tiles``), ``fuse`` their FUSE, ``o_tma`` rung 9's ``O_TMA`` (tests and
+    studies)."""
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
     name = RUNGS.get(rung)
@@ -865,10 +929,15 @@ def fa3_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool 
     if fuse is not None and rung > 8:
         ints["FUSE"] = fuse
     grid = (min(props.multi_processor_count, ints["n_tiles"]),)
-    args = (q_desc, k_desc, v_desc, o, lse, scale * LOG2E, *ints.values())
-    kernel, consts = forward_kernel(rung, shape.headdim, bool(causal), consumers)
+    kernel, consts = forward_kernel(rung, shape.headdim, bool(causal), consumers, o_tma)
+    descs = (q_desc, k_desc, v_desc)
+    if rung > 8:  # O's descriptor, where the kernel writes through it (else Q's as a stand-in of the same type)
+        descs += (TensorDescriptor.from_tensor(o.view(-1, shape.seqlen_q, d), [1, qr, d],
+                                               smem_layout([1, qr, d], q.dtype)) if consts["O_TMA"] else q_desc,)
+    args = (*descs, o, lse, scale * LOG2E, *ints.values())
     kernel[grid](*args, **consts)
     warps = f"w{NUM_WARPS}+1" if rung == 8 else f"w{PP_NUM_WARPS}" + f"+{PP_NUM_WARPS}" * (cfg["CONSUMERS"] - 1) + "+1"
     order = f" band={ints['BAND']}" if causal else ""
-    _last["fwd"] = f"{name} BLOCK_M={bm} BLOCK_N={bn} STAGES={cfg['STAGES']} {warps}{order}"
+    epilogue = " o_tma" if consts.get("O_TMA") else ""
+    _last["fwd"] = f"{name} BLOCK_M={bm} BLOCK_N={bn} STAGES={cfg['STAGES']} {warps}{order}{epilogue}"
     return o, lse

@@ -61,10 +61,9 @@ from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared
 
 from . import fa3  # noqa: E402
 from ._common import bwd_preprocess  # noqa: E402
-from .fa3 import LOG2E, _kv_blocks, _last, _tma_heads, seen_keys, smem_layout, tma_load, unsupported  # noqa: E402
+from .fa3 import (LOG2E, _kv_blocks, _last, _tma_heads, seen_keys, smem_layout, thread_barrier,  # noqa: E402
+                  tma_load, unsupported)
 
-# Triton 3.6 names the CTA barrier (a partition's, inside warp_specialize) thread_barrier; later versions barrier
-thread_barrier = gl.thread_barrier if hasattr(gl, "thread_barrier") else gl.barrier
 CONSUMER_WARPS = 8  # two consumer warpgroups; the producer warp comes on top
 PRODUCER_REGS = gl.constexpr(24)  # the producer warp's registers under setmaxnreg
 # How fa3_backward(deterministic=False) adds each step's dQ tile into the fp32 dQ: "tma", one TMA reduce-add

@@ -73,6 +73,21 @@ def test_compiles_for_sm90_with_wgmma_tma_and_register_reallocation(args, rung):
     assert smem <= 227 * 1024, out  # fits an H100's shared memory per block
 
 
+@pytest.mark.skipif(_gluon_hopper_problem() is not None, reason=str(_gluon_hopper_problem()))
+@pytest.mark.parametrize("args", [("--headdim", "128"), ("--headdim", "128", "--causal"), ("--headdim", "64")],
+                         ids=["d128-full", "d128-causal", "d64-full"])
+def test_rung9_writes_o_by_tma_copies_within_shared_memory_and_without_spills(args):
+    """Rung 9 with ``O_TMA`` (the epilogue study, docs/fa3.md section 25), as a launch of the paper's shape at 4k
+    compiles it: TMA stores (UTMASTG) in the SASS, shared memory within an H100's with the two 16 KiB O buffers at
+    d128 (224 KiB with Q's and the K/V ring), and no spills under Triton 3.6. Triton 3.9 keeps 64 B at d128 causal
+    (recorded, not to grow)."""
+    out = compile_fa3(*args, "--rung", "9", "--o-tma", *_paper_shape_args(args))
+    assert "FAILED" not in out and "UTMASTG" in out, out
+    newer = 64 if "--causal" in args else 0
+    assert int(out.split("stack ")[1].split()[0]) <= _stack_budget(0, newer), out
+    assert int(out.split("smem ")[1].split()[0]) <= 227 * 1024, out
+
+
 def _compiled_asm(headdim: int, causal: bool, rung: int, consumers: int = 0, seqlen: int = 0) -> dict:
     """PTX and SASS of a forward rung (``consumers``: rungs 9/10's consumer warpgroups, 0 for ``fa3.tiles``'
     choice), compiled in a fresh process (this one may have imported the kernels under Triton's interpreter); with
@@ -360,6 +375,25 @@ def test_output_and_lse_match_the_float64_reference(shape, dtype, causal, rung):
     torch.testing.assert_close(lse.double(), lse_ref(q, k, causal), atol=1e-3, rtol=1e-5)
     o2, lse2 = fa3_forward(q, k, v, causal=causal, rung=rung)
     assert torch.equal(o, o2) and torch.equal(lse, lse2), "repeated runs differ"
+
+
+@pytest.mark.gpu
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(not _hopper(), reason="needs a Hopper GPU (sm_90)")
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("shape", SHAPES, ids=shape_id)
+def test_o_written_by_tma_copies_matches_the_float64_reference(shape, dtype, causal):
+    """Rung 9 with its O tiles written through shared memory and TMA copies (``o_tma``): the reference's O and
+    LSE on every GPU test shape (rows past seqlen_q are left out by the copy's bounds: one query row, 77 rows)."""
+    from fa2bench.kernels.fa3 import fa3_forward
+
+    q, k, v = make_qkv(shape, dtype, "cuda")
+    verdict = check_attention(lambda q, k, v, c: fa3_forward(q, k, v, causal=c, rung=9, o_tma=True)[0], q, k, v,
+                              causal, backward=False)
+    assert verdict.ok, verdict.detail
+    lse = fa3_forward(q, k, v, causal=causal, rung=9, o_tma=True)[1]
+    torch.testing.assert_close(lse.double(), lse_ref(q, k, causal), atol=1e-3, rtol=1e-5)
 
 
 @pytest.mark.gpu

@@ -177,11 +177,11 @@ def fa3_launch_ints(batch: int, heads: int, kv_heads: int, seqlen_q: int, seqlen
 
 
 def compile_fa3(headdim: int, causal: bool, dtype: str = "fp16", capability: int = 90, rung: int = 8,
-                shape: tuple[int, ...] | None = None, consumers: int | None = None):
+                shape: tuple[int, ...] | None = None, consumers: int | None = None, o_tma: bool | None = None):
     """Rung ``rung``'s Gluon forward (kernels/fa3.py: 8, 9 ping-pong, 10 overlap) for ``sm_<capability>`` at its
     tiles for ``headdim``; with ``shape`` (batch, heads, kv_heads, seqlen_q, seqlen_k) specialised as a launch of
     that shape would be (``launch_specialisation``), else with every int a plain i32; ``consumers`` overrides
-    rungs 9/10's consumer warpgroups (``fa3.tiles``)."""
+    rungs 9/10's consumer warpgroups (``fa3.tiles``), ``o_tma`` rung 9's epilogue (``fa3.O_TMA``)."""
     import torch
 
     from fa2bench.kernels import fa3
@@ -195,9 +195,9 @@ def compile_fa3(headdim: int, causal: bool, dtype: str = "fp16", capability: int
         return f"tensordesc<{dtype}[1, {rows}, {headdim}],{fa3.smem_layout([1, rows, headdim], torch_dtype)!r}>"
 
     sig = dict(q_desc=desc(cfg["Q_ROWS"]), k_desc=desc(cfg["BLOCK_N"]), v_desc=desc(cfg["BLOCK_N"]),
-               O="*" + dtype, LSE="*fp32", qk_scale="fp32", H="i32", GROUP="i32", N_CTX_Q="i32", N_CTX_K="i32",
+               **({"o_desc": desc(cfg["Q_ROWS"])} if rung > 8 else {}), O="*" + dtype, LSE="*fp32", qk_scale="fp32", H="i32", GROUP="i32", N_CTX_Q="i32", N_CTX_K="i32",
                n_tiles="i32", BAND="i32", **({"FUSE": "i32"} if rung > 8 else {}))
-    fn, consts = fa3.forward_kernel(rung, headdim, causal, consumers)
+    fn, consts = fa3.forward_kernel(rung, headdim, causal, consumers, o_tma)
     ints, attrs = {}, {}
     if shape is not None:
         ints, attrs = launch_specialisation(fn, fa3_launch_ints(*shape, headdim, causal, rung=rung,
@@ -293,6 +293,9 @@ def main() -> None:
     ap.add_argument("--dq-first", action=argparse.BooleanOptionalAction,
                     help="--kernel fa3-bwd --tma-dq: the dK/dV steps with dQ's wgmma before dK's, or not "
                     "(default: fa3_bwd.DKDV_DQ_FIRST)")
+    ap.add_argument("--o-tma", action=argparse.BooleanOptionalAction,
+                    help="--kernel fa3 --rung 9: O written through shared memory and TMA copies, or by pointer "
+                    "stores (default: fa3.O_TMA)")
     ap.add_argument("--configs", default="", help="comma list like 128x64w4s3; default: the candidate list")
     ap.add_argument("--variants", default="", help=f"fa2's variant switches to turn on, comma list of {list(VARIANTS)}")
     ap.add_argument("--flat", action=argparse.BooleanOptionalAction,
@@ -323,10 +326,10 @@ def main() -> None:
         return
     if a.kernel == "fa3":  # one Gluon kernel, its tiles fixed per head dim
         name = (f"fa3 rung {a.rung} d{a.headdim} {a.dtype}{' causal' if a.causal else ''}"
-                f"{f' shape {a.shape}' * bool(shape)}")
+                f"{f' shape {a.shape}' * bool(shape)}{' o-tma' * bool(a.o_tma)}")
         try:
-            k = compile_fa3(a.headdim, a.causal, a.dtype, rung=a.rung, shape=shape)
-            units = sorted(set(re.findall(r"\b(HGMMA|USETMAXREG|UTMALDG)", sass(k))))
+            k = compile_fa3(a.headdim, a.causal, a.dtype, rung=a.rung, shape=shape, o_tma=a.o_tma)
+            units = sorted(set(re.findall(r"\b(HGMMA|USETMAXREG|UTMALDG|UTMASTG)", sass(k))))
             print(f"{name}: {resources(k)} sass {','.join(units)}", flush=True)
         except Exception as exc:
             print(f"{name}: FAILED {root_cause(exc)}", flush=True)
