@@ -828,10 +828,11 @@ THREE_BAND_MAX = 8
 FUSE_FULL, FUSE_CAUSAL = 1, 0
 
 # rung 9: each warpgroup's O tile out through a shared buffer and one TMA copy (True), or through pointer stores from
-# its registers (False). On at d128 without the mask by the rule of docs/fa3.md section 25: on an H100 the copy ran
-# 1.001-1.070x the pointer stores' speed there (results/h100-fa3-epilogue-ab; 1.06-1.07x at 2k); under the mask one
-# cell of eight read 0.965 (the others 1.016-1.102), so the rule kept it off there until more rounds decide
-O_TMA = {(64, False): False, (64, True): False, (128, False): True, (128, True): False}
+# its registers (False). On at d128 by the rule of docs/fa3.md section 25 (on an H100, four rounds of each epilogue in
+# one process: at least 1.005x the pointer stores' speed in six of eight cells, none below 0.995x): without the mask
+# 1.02-1.09x (results/h100-fa3-epilogue-ab-2), under it 1.00-1.11x (-ab-3). Off at d64, where the rule failed by a
+# cell (three consumers without the mask: 0.995x at bf16 16k in -ab-3, 0.974x in -ab-2; under the mask five of eight)
+O_TMA = {(64, False): False, (64, True): False, (128, False): True, (128, True): True}
 
 
 def launch_ints(batch: int, heads: int, group: int, seqlen_q: int, seqlen_k: int, headdim: int, causal: bool,
