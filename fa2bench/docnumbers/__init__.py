@@ -28,7 +28,7 @@ from fa2bench.docnumbers.h100 import (ablation_fa1, ablation_steps, ablation_ver
                                       e2e_versus, fa3_dq_first, top_points, top_table, top_versus)
 from fa2bench.docnumbers.h200 import (decode_ab, decode_rerun, decode_splits, decode_timers,
                                       decode_tma_contiguous, decode_tma_paged, decode_versus, fa3_accept,
-                                      fa3_accept_h100, fa3_backward, fa3_forward, fa3_rungs, first_run, headline_rerun,
+                                      fa3_accept_h100, fa3_backward, fa3_forward, fa3_forward_h100, fa3_rungs, first_run, headline_rerun,
                                       headline_table, ladder_fa1, ladder_state, ladder_steps, ladder_versus, same_card)
 from fa2bench.docnumbers.variants import (variants_cost, variants_dense_flat, variants_dkdv_tiles, variants_dq_streams,
                                           variants_h100, variants_latest, variants_misses, variants_power,
@@ -51,6 +51,7 @@ BLOCKS: dict[str, Callable[[Path], str]] = {
     "ladder-fa1": ladder_fa1, "ladder-steps": ladder_steps, "fa3-backward": fa3_backward,
     "same-card": same_card, "fa3-accept": fa3_accept, "fa3-accept-h100": fa3_accept_h100,
     "variants-latest": variants_latest, "fa3-rungs": fa3_rungs, "fa3-forward": fa3_forward,
+    "fa3-forward-h100": fa3_forward_h100,
     "fa3-dq-first": fa3_dq_first, "variants-h100": variants_h100,
     "variants-torch-varlen": variants_torch_varlen, "variants-dkdv-tiles": variants_dkdv_tiles,
     "variants-table-h100": partial(variants_table, run=VARIANTS_H100_FULL), "variants-misses-h100": variants_misses,

@@ -33,6 +33,7 @@ FA3_BWD = "h200-fa3-bwd"  # issue 23: the Gluon backward against fa2 and cuDNN
 FA3_ACCEPT = "h200-fa3-accept-3"  # issue 23: the acceptance run (paper shapes 2k-16k, fp16/bf16, d64/128, both modes)
 FA3_ACCEPT_H100 = "h100-fa3-accept-1"  # issue 23: the same sweep on an H100 (session 19), every provider, both modes
 FA3_FORWARD = "h200-fa3-fwd-6"  # issue 23: rung 9 and cuDNN forward after the boundary group (session 15)
+FA3_FORWARD_H100 = "h100-fa3-fwd-9"  # issue 23: the same on an H100, O by TMA copies at d128 (session 35)
 FA3_RUNGS = "h200-fa3-rungs-3"  # issue 23: the three forward rungs and cuDNN, one call (causal bands, snake walk)
 VARLEN_H100 = ("h100-varlen-3", "h100-varlen-3-fp16")  # issue 18: varlen against the padded document mask (H100)
 VARLEN_H100_BEFORE = {  # issue 18: the same on an H100 before the packed forward's 128-row tiles, by block name

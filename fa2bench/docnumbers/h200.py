@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from fa2bench.docnumbers.data import (DECODE, DECODE_BEFORE, FA3_ACCEPT, FA3_ACCEPT_H100, FA3_BWD, FA3_FORWARD,
-                                      FA3_RUNGS, FIRST, HEADLINE, LADDER, PLAIN, RERUN, SAME_CARD, SECOND, SPLITS,
+                                      FA3_FORWARD_H100, FA3_RUNGS, FIRST, HEADLINE, LADDER, PLAIN, RERUN, SAME_CARD, SECOND, SPLITS,
                                       TOP, kilo, load, ok_rows, read_meta)
 from fa2bench.docnumbers.h100 import ablation_fa1, ablation_steps, ablation_versus, top_table, versus_cudnn
 from fa2bench.read.summary import geomean
@@ -156,9 +156,14 @@ def fa3_forward(root: Path) -> str:
     return fa3_against_cudnn(root, FA3_FORWARD)
 
 
-def fa3_against_cudnn(root: Path, run: str) -> str:
-    """fa3's fastest forward rung against cuDNN per (head dim, dtype, mask), one device call on the H200: the speed
-    ratio at each sequence length and their median, and fa3's TFLOP/s at the longest."""
+def fa3_forward_h100(root: Path) -> str:
+    """``fa3_against_cudnn`` of the H100 forward run with O written by TMA copies at d128 (session 35)."""
+    return fa3_against_cudnn(root, FA3_FORWARD_H100, "H100")
+
+
+def fa3_against_cudnn(root: Path, run: str, card: str = "") -> str:
+    """fa3's fastest forward rung against cuDNN per (head dim, dtype, mask), one device call (on ``card`` where it
+    is not the H200): the speed ratio at each sequence length and their median, and fa3's TFLOP/s at the longest."""
     frame = ok_rows(load(root, run))
     frame = frame[frame["mode"] == "fwd"]
     fa3 = FA3_FASTEST["fwd"]
@@ -173,8 +178,8 @@ def fa3_against_cudnn(root: Path, run: str) -> str:
         lines.append(f"| {d} | {dtype} | {'causal' if causal else 'full'} | "
                      f"{tf.loc[(d, dtype, causal, lengths[-1]), fa3]:.0f} | "
                      + " / ".join(f"{r:.2f}" for r in speed) + f" | {float(speed.median()):.3f} |")
-    return _paper_run(root, run, frame, ", one device call, forward", "speeds over cuDNN's, above 1 fa3 is faster",
-                      lines)
+    return _paper_run(root, run, frame, f", one device call{f' on an {card}' if card else ''}, forward",
+                      "speeds over cuDNN's, above 1 fa3 is faster", lines)
 
 
 def _paper_run(root: Path, run: str, frame: pd.DataFrame, how: str, reading: str, lines: list[str]) -> str:
