@@ -360,40 +360,27 @@ def lse_ref(q, k, causal):
 @pytest.mark.gpu
 @pytest.mark.timeout(60)
 @pytest.mark.skipif(not _hopper(), reason="needs a Hopper GPU (sm_90)")
-@pytest.mark.parametrize("rung", [8, 9, 10], ids=["fa3", "fa3-pingpong", "fa3-overlap"])
+@pytest.mark.parametrize("rung, o_tma", [(8, None), (9, False), (9, True), (10, None)],
+                         ids=["fa3", "fa3-pingpong-stores", "fa3-pingpong-tma", "fa3-overlap"])
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
 @pytest.mark.parametrize("shape", SHAPES, ids=shape_id)
-def test_output_and_lse_match_the_float64_reference(shape, dtype, causal, rung):
+def test_output_and_lse_match_the_float64_reference(shape, dtype, causal, rung, o_tma):
+    """Each rung's O and LSE on every GPU test shape, rung 9 with either epilogue (``o_tma``: O through pointer
+    stores, or through shared memory and TMA copies, whose bounds leave out rows past seqlen_q), and the same bits
+    when run again."""
     from fa2bench.kernels.fa3 import fa3_forward
 
+    def run(q, k, v, c):
+        return fa3_forward(q, k, v, causal=c, rung=rung, o_tma=o_tma)
+
     q, k, v = make_qkv(shape, dtype, "cuda")
-    verdict = check_attention(lambda q, k, v, c: fa3_forward(q, k, v, causal=c, rung=rung)[0], q, k, v, causal,
-                              backward=False)
+    verdict = check_attention(lambda q, k, v, c: run(q, k, v, c)[0], q, k, v, causal, backward=False)
     assert verdict.ok, verdict.detail
-    o, lse = fa3_forward(q, k, v, causal=causal, rung=rung)
+    o, lse = run(q, k, v, causal)
     torch.testing.assert_close(lse.double(), lse_ref(q, k, causal), atol=1e-3, rtol=1e-5)
-    o2, lse2 = fa3_forward(q, k, v, causal=causal, rung=rung)
+    o2, lse2 = run(q, k, v, causal)
     assert torch.equal(o, o2) and torch.equal(lse, lse2), "repeated runs differ"
-
-
-@pytest.mark.gpu
-@pytest.mark.timeout(60)
-@pytest.mark.skipif(not _hopper(), reason="needs a Hopper GPU (sm_90)")
-@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
-@pytest.mark.parametrize("shape", SHAPES, ids=shape_id)
-def test_o_written_by_tma_copies_matches_the_float64_reference(shape, dtype, causal):
-    """Rung 9 with its O tiles written through shared memory and TMA copies (``o_tma``): the reference's O and
-    LSE on every GPU test shape (rows past seqlen_q are left out by the copy's bounds: one query row, 77 rows)."""
-    from fa2bench.kernels.fa3 import fa3_forward
-
-    q, k, v = make_qkv(shape, dtype, "cuda")
-    verdict = check_attention(lambda q, k, v, c: fa3_forward(q, k, v, causal=c, rung=9, o_tma=True)[0], q, k, v,
-                              causal, backward=False)
-    assert verdict.ok, verdict.detail
-    lse = fa3_forward(q, k, v, causal=causal, rung=9, o_tma=True)[1]
-    torch.testing.assert_close(lse.double(), lse_ref(q, k, causal), atol=1e-3, rtol=1e-5)
 
 
 @pytest.mark.gpu
