@@ -41,7 +41,8 @@ multiple of kv_heads (GQA/MQA); fp16 or bf16; head dim 64 or 128; any sequence l
 Inputs are viewed as 3-D (batch * heads, seqlen, headdim) for host-side TMA descriptors with [1, rows, headdim]
 blocks (made contiguous first if they are not), so rows past the end of a head's sequence load as TMA's zeros;
 keys past seqlen_k are also masked to -inf. Query rows past seqlen_q are computed and never stored. O is written
-through masked pointer stores.
+through masked pointer stores, except by rung 9 at head dim 128, which stages each warpgroup's O tile in shared memory
+and writes it with one TMA copy (``O_TMA``; docs/fa3.md section 25: 1.02-1.11x the pointer stores' speed there).
 
 Tested: compiles for sm_90 under Triton 3.6 on a CPU machine (tests/test_fa3.py; SASS has HGMMA, UTMALDG and
 USETMAXREG; rung 10's exponentials between its two wgmma waits). Rungs 8 and 9 run on an H200 (docs/fa3.md);
@@ -685,9 +686,9 @@ def _fa3_pp_fwd_kernel(q_desc, k_desc, v_desc, o_desc, O, LSE, qk_scale, H, GROU
     Three consumers (rung 9 at head dim 64, ``tiles``) take turns round robin: with 64-row slices a softmax takes
     longer than one warpgroup's two GEMMs there, and two other warpgroups' GEMMs hide it where one did not; each
     then gets 160 registers, where two get 240. Rung 10 adds two 64 x BLOCK_N P buffers per warpgroup (64 KiB at
-    fp16, two consumers); at head dim 128 that only fits with one Q buffer (224 KiB in all). O_TMA (rung 9, a
-    study: ``O_TMA``) writes O through one 64-row shared buffer per warpgroup and a TMA copy (``o_desc``: O's
-    64-row blocks, as Q's) instead of pointer stores: 32 KiB at head dim 128 (224 KiB in all)."""
+    fp16, two consumers); at head dim 128 that only fits with one Q buffer (224 KiB in all). O_TMA (rung 9; by
+    default at head dim 128, ``O_TMA``) writes O through one 64-row shared buffer per warpgroup and a TMA copy
+    (``o_desc``: O's 64-row blocks, as Q's) instead of pointer stores: 32 KiB at head dim 128 (224 KiB in all)."""
     ROWS: gl.constexpr = q_desc.block_type.shape[1]
     HEAD_DIM: gl.constexpr = q_desc.block_type.shape[2]
     BLOCK_N: gl.constexpr = k_desc.block_type.shape[1]

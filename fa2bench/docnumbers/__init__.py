@@ -28,8 +28,9 @@ from fa2bench.docnumbers.h100 import (ablation_fa1, ablation_steps, ablation_ver
                                       e2e_versus, fa3_dq_first, top_points, top_table, top_versus)
 from fa2bench.docnumbers.h200 import (decode_ab, decode_rerun, decode_splits, decode_timers,
                                       decode_tma_contiguous, decode_tma_paged, decode_versus, fa3_accept,
-                                      fa3_accept_h100, fa3_backward, fa3_forward, fa3_forward_h100, fa3_rungs, first_run, headline_rerun,
-                                      headline_table, ladder_fa1, ladder_state, ladder_steps, ladder_versus, same_card)
+                                      fa3_accept_h100, fa3_backward, fa3_forward, fa3_forward_h100, fa3_rungs,
+                                      first_run, headline_rerun, headline_table, ladder_fa1, ladder_state,
+                                      ladder_steps, ladder_versus, same_card)
 from fa2bench.docnumbers.variants import (variants_cost, variants_dense_flat, variants_dkdv_tiles, variants_dq_streams,
                                           variants_h100, variants_latest, variants_misses, variants_power,
                                           variants_profile, variants_table, variants_tiles, variants_torch_varlen,

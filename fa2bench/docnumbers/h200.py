@@ -7,8 +7,8 @@ from pathlib import Path
 import pandas as pd
 
 from fa2bench.docnumbers.data import (DECODE, DECODE_BEFORE, FA3_ACCEPT, FA3_ACCEPT_H100, FA3_BWD, FA3_FORWARD,
-                                      FA3_FORWARD_H100, FA3_RUNGS, FIRST, HEADLINE, LADDER, PLAIN, RERUN, SAME_CARD, SECOND, SPLITS,
-                                      TOP, kilo, load, ok_rows, read_meta)
+                                      FA3_FORWARD_H100, FA3_RUNGS, FIRST, HEADLINE, LADDER, PLAIN, RERUN, SAME_CARD,
+                                      SECOND, SPLITS, TOP, kilo, load, ok_rows, read_meta)
 from fa2bench.docnumbers.h100 import ablation_fa1, ablation_steps, ablation_versus, top_table, versus_cudnn
 from fa2bench.read.summary import geomean
 
@@ -157,7 +157,8 @@ def fa3_forward(root: Path) -> str:
 
 
 def fa3_forward_h100(root: Path) -> str:
-    """``fa3_against_cudnn`` of the H100 forward run with O written by TMA copies at d128 (session 35)."""
+    """``fa3_against_cudnn`` of the H100 forward run with O written by TMA copies at d128 without the mask (session
+    35)."""
     return fa3_against_cudnn(root, FA3_FORWARD_H100, "H100")
 
 

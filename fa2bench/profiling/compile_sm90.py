@@ -195,8 +195,9 @@ def compile_fa3(headdim: int, causal: bool, dtype: str = "fp16", capability: int
         return f"tensordesc<{dtype}[1, {rows}, {headdim}],{fa3.smem_layout([1, rows, headdim], torch_dtype)!r}>"
 
     sig = dict(q_desc=desc(cfg["Q_ROWS"]), k_desc=desc(cfg["BLOCK_N"]), v_desc=desc(cfg["BLOCK_N"]),
-               **({"o_desc": desc(cfg["Q_ROWS"])} if rung > 8 else {}), O="*" + dtype, LSE="*fp32", qk_scale="fp32", H="i32", GROUP="i32", N_CTX_Q="i32", N_CTX_K="i32",
-               n_tiles="i32", BAND="i32", **({"FUSE": "i32"} if rung > 8 else {}))
+               **({"o_desc": desc(cfg["Q_ROWS"])} if rung > 8 else {}), O="*" + dtype, LSE="*fp32",
+               qk_scale="fp32", H="i32", GROUP="i32", N_CTX_Q="i32", N_CTX_K="i32", n_tiles="i32", BAND="i32",
+               **({"FUSE": "i32"} if rung > 8 else {}))
     fn, consts = fa3.forward_kernel(rung, headdim, causal, consumers, o_tma)
     ints, attrs = {}, {}
     if shape is not None:
