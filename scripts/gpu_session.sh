@@ -12,11 +12,11 @@
 #   sweep        fa2bench sweep $SWEEP (default: the quick preset) into results/$NAME, stopped with SIGINT after
 #                $SECS seconds (default 500) so it ends cleanly; run the stage again to --resume -> $OUT/$NAME.tgz
 #   report       fa2bench report results/$NAME, packed with the run -> $OUT/$NAME.tgz
-#   jobs         each line of $JOBS (default .carry/jobs.txt) is `NAME SECONDS COMMAND...`: the command runs under
-#                `timeout -s INT` (a sweep stops cleanly and resumes next time) and results/NAME is packed after
-#                it -> $OUT/NAME.tgz, every job's output in $OUT/jobs.log. Several runs fit one call this way.
-#                SECONDS `rest`: what is left of $CALL_SECS (default 540) since the script started, less 20 s
-#                for packing, so a last sweep takes the rest of a call and still ends cleanly inside it.
+#   jobs         each line of $JOBS (default .carry/jobs.txt) is `NAME SECONDS COMMAND...` (a shell command line, quotes
+#                and all): the command runs under `timeout -s INT` (a sweep stops cleanly and resumes next time) and
+#                results/NAME is packed after it -> $OUT/NAME.tgz, every job's output in $OUT/jobs.log. Several runs
+#                fit one call this way. SECONDS `rest`: what is left of $CALL_SECS (default 540) since the script
+#                started, less 20 s for packing, so a last sweep takes the rest of a call and still ends cleanly.
 #
 # A Triton cache packed by an earlier call ($TRITON_TGZ, default .carry/triton.tgz, carried with the tree) is
 # unpacked first, so a fresh machine skips the compiles and autotuning that call already did; with KEEP_TRITON=1
@@ -70,8 +70,9 @@ for stage in ${*:-env tests sweep}; do
         [ "$secs" = rest ] && secs=$(( CALL_SECS - 20 - ($(date +%s) - STARTED) ))
         [ "$secs" -gt 0 ] || { echo "$job skipped: no time left of CALL_SECS=$CALL_SECS"; continue; }
         echo "--- $job ($secs s) $(date -u +%T)"
-        # shellcheck disable=SC2086  # $cmd is a command line
-        timeout -s INT -k 30 "$secs" $cmd >>"$OUT/jobs.log" 2>&1 </dev/null
+        # the line through bash, so its quotes hold (pytest -k "a and b"); bash runs a lone command in its place, so
+        # timeout's SIGINT reaches the sweep itself
+        timeout -s INT -k 30 "$secs" bash -c "$cmd" >>"$OUT/jobs.log" 2>&1 </dev/null
         echo "$job exit $?"; [ -d "results/$job" ] && tar czf "$OUT/$job.tgz" -C results "$job"
       done <"${JOBS:-.carry/jobs.txt}"
       tail -c 4000 "$OUT/jobs.log" ;;
