@@ -17,32 +17,26 @@ def main(argv=None) -> None:
     ap.add_argument("--causal", type=ints, default=[0, 1], help="0: no mask, 1: causal (comma list)")
     ap.add_argument("--rounds", type=int, default=2)
     a = ap.parse_args(argv)
-    import torch.nn.functional as F
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
+    from fa2bench.core import providers
     from fa2bench.core.flops import attention_flops
+    from fa2bench.core.presets import Shape
     from fa2bench.kernels import fa3
 
-    def cudnn(q, k, v, causal):
-        with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
-            return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
-
-    variants = {"pointer": lambda q, k, v, c: fa3.fa3_forward(q, k, v, causal=c, rung=9, o_tma=False),
-                "tma": lambda q, k, v, c: fa3.fa3_forward(q, k, v, causal=c, rung=9, o_tma=True),
-                "cudnn": cudnn}
     rows = Rows(a.out / "fa3_epilogue_ab.csv")
     for dtype, headdim, seqlen, batch, heads, q, k, v in paper_inputs(
             a, "fa3 forward (rung 9): O by TMA copies against pointer stores, and cuDNN"):
         for causal in map(bool, a.causal):
+            cudnn = providers.get("sdpa-cudnn").make(Shape(batch, heads, heads, seqlen, seqlen, headdim, causal))
+            variants = {"pointer": lambda: fa3.fa3_forward(q, k, v, causal=causal, rung=9, o_tma=False),
+                        "tma": lambda: fa3.fa3_forward(q, k, v, causal=causal, rung=9, o_tma=True),
+                        "cudnn": lambda: cudnn(q, k, v)}
             flops = attention_flops(batch, heads, seqlen, seqlen, headdim, causal, "fwd")
-            o_ptr = variants["pointer"](q, k, v, causal)[0]
-            diff = float((variants["tma"](q, k, v, causal)[0] - o_ptr).abs().max())  # before any time counts
+            diff = float((variants["tma"]()[0] - variants["pointer"]()[0]).abs().max())  # before any time counts
             for rnd in range(a.rounds):
                 order = list(variants) if rnd % 2 == 0 else list(variants)[::-1]
                 for name in order:
-                    rows.time(lambda: variants[name](q, k, v, causal), flops, a.rep_ms,
-                              config="cuDNN" if name == "cudnn" else None, dtype=dtype, headdim=headdim,
-                              seqlen=seqlen, batch=batch, heads=heads, causal=causal, round=rnd, variant=name,
+                    rows.time(variants[name], flops, a.rep_ms, config="cuDNN" if name == "cudnn" else None,
+                              dtype=dtype, headdim=headdim, seqlen=seqlen, batch=batch, heads=heads, causal=causal, round=rnd, variant=name,
                               max_diff=diff)
         rows.save()
     table = rows.save().pivot_table(index=["dtype", "headdim", "causal", "seqlen"], columns="variant",
