@@ -12,11 +12,13 @@
 #   sweep        fa2bench sweep $SWEEP (default: the quick preset) into results/$NAME, stopped with SIGINT after
 #                $SECS seconds (default 500) so it ends cleanly; run the stage again to --resume -> $OUT/$NAME.tgz
 #   report       fa2bench report results/$NAME, packed with the run -> $OUT/$NAME.tgz
-#   jobs         each line of $JOBS (default .carry/jobs.txt) is `NAME SECONDS COMMAND...` (a shell command line, quotes
-#                and all): the command runs under `timeout -s INT` (a sweep stops cleanly and resumes next time) and
-#                results/NAME is packed after it -> $OUT/NAME.tgz, every job's output in $OUT/jobs.log. Several runs
-#                fit one call this way. SECONDS `rest`: what is left of $CALL_SECS (default 540) since the script
-#                started, less 20 s for packing, so a last sweep takes the rest of a call and still ends cleanly.
+#   jobs         each line of $JOBS is `NAME SECONDS COMMAND...` (a shell command line, quotes and all); by default
+#                .carry/jobs-CARD.txt where there is one for this GPU (CARD from nvidia-smi's name: h100, h200, a100),
+#                so a call can plan for whichever card comes, else .carry/jobs.txt. Each command runs under
+#                `timeout -s INT` (a sweep stops cleanly and resumes next time) and results/NAME is packed after it
+#                -> $OUT/NAME.tgz, every job's output in $OUT/jobs.log. Several runs fit one call this way. SECONDS
+#                `rest`: what is left of $CALL_SECS (default 540) since the script started, less 20 s for packing,
+#                so a last sweep takes the rest of a call and still ends cleanly.
 #
 # A Triton cache packed by an earlier call ($TRITON_TGZ, default .carry/triton.tgz, carried with the tree) is
 # unpacked first, so a fresh machine skips the compiles and autotuning that call already did; with KEEP_TRITON=1
@@ -65,6 +67,9 @@ for stage in ${*:-env tests sweep}; do
     report)
       fa2bench report "results/$NAME" && tar czf "$OUT/$NAME.tgz" -C results "$NAME" ;;
     jobs)
+      card=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | grep -oiE '[a-z][0-9]{2,3}' | head -1)
+      if [ -z "${JOBS:-}" ]; then JOBS=.carry/jobs-${card,,}.txt; [ -f "$JOBS" ] || JOBS=.carry/jobs.txt; fi
+      echo "jobs from $JOBS"
       while read -r job secs cmd; do
         [[ -z "$job" || "$job" == \#* ]] && continue
         [ "$secs" = rest ] && secs=$(( CALL_SECS - 20 - ($(date +%s) - STARTED) ))
@@ -74,7 +79,7 @@ for stage in ${*:-env tests sweep}; do
         # timeout's SIGINT reaches the sweep itself
         timeout -s INT -k 30 "$secs" bash -c "$cmd" >>"$OUT/jobs.log" 2>&1 </dev/null
         echo "$job exit $?"; [ -d "results/$job" ] && tar czf "$OUT/$job.tgz" -C results "$job"
-      done <"${JOBS:-.carry/jobs.txt}"
+      done <"$JOBS"
       tail -c 4000 "$OUT/jobs.log" ;;
     *) echo "unknown stage $stage (env, tests, sweep, report, jobs)"; exit 2 ;;
   esac
