@@ -1,4 +1,7 @@
 """Sweep options as data: keywords, command-line options and sweep files share fields and one-line errors."""
+import dataclasses
+import json
+
 import pytest
 from typer.testing import CliRunner
 
@@ -118,6 +121,17 @@ def test_the_committed_sweep_files_are_valid(path):
     spec = config.spec_from({k: v for k, v in options.items() if k not in config.RUN_OPTIONS}, SMOKE)
     config.run_options(options)
     assert spec.points()
+
+
+@pytest.mark.parametrize("run", ["h200-fa3-accept-3", "h100-fa3-accept-1"])
+def test_the_fa3_acceptance_file_is_the_sweep_the_acceptance_runs_ran(run):
+    """sweeps/fa3-accept.toml resolves to the sweep that issue 23's acceptance runs recorded in their meta.json, so
+    ``fa2bench sweep --config sweeps/fa3-accept.toml`` repeats it on another GPU."""
+    options = config.load(REPO / "sweeps" / "fa3-accept.toml")
+    spec = config.spec_from({k: v for k, v in options.items() if k not in config.RUN_OPTIONS}, SMOKE)
+    recorded = json.loads((REPO / "results" / run / "meta.json").read_text())["sweep"]
+    assert json.loads(json.dumps(dataclasses.asdict(spec))) == recorded
+    assert config.run_options(options)["point_timeout"] == 60
 
 
 @pytest.mark.parametrize("spec", [*PRESETS.values(), config.spec_from(
