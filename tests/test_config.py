@@ -123,15 +123,18 @@ def test_the_committed_sweep_files_are_valid(path):
     assert spec.points()
 
 
-@pytest.mark.parametrize("run", ["h200-fa3-accept-3", "h100-fa3-accept-1"])
-def test_the_fa3_acceptance_file_is_the_sweep_the_acceptance_runs_ran(run):
-    """sweeps/fa3-accept.toml resolves to the sweep that issue 23's acceptance runs recorded in their meta.json, so
-    ``fa2bench sweep --config sweeps/fa3-accept.toml`` repeats it on another GPU."""
-    options = config.load(REPO / "sweeps" / "fa3-accept.toml")
+@pytest.mark.parametrize("name, run", [("fa3-accept", "h200-fa3-accept-3"), ("fa3-accept", "h100-fa3-accept-1"),
+                                       ("fa3-fwd-cudnn", "h100-fa3-fwd-8"), ("fa3-bwd-cudnn", "h100-fa3-bwd-8")])
+def test_the_fa3_sweep_files_are_the_sweeps_the_committed_runs_ran(name, run):
+    """sweeps/fa3-*.toml resolve to the sweeps that issue 23's committed runs recorded in their meta.json, so
+    ``fa2bench sweep --config sweeps/NAME.toml`` repeats one on another GPU."""
+    options = config.load(REPO / "sweeps" / f"{name}.toml")
     spec = config.spec_from({k: v for k, v in options.items() if k not in config.RUN_OPTIONS}, SMOKE)
-    recorded = json.loads((REPO / "results" / run / "meta.json").read_text())["sweep"]
-    assert json.loads(json.dumps(dataclasses.asdict(spec))) == recorded
-    assert config.run_options(options)["point_timeout"] == 60
+    meta = json.loads((REPO / "results" / run / "meta.json").read_text())
+    assert json.loads(json.dumps(dataclasses.asdict(spec))) == meta["sweep"]
+    ran = {k: meta["options"][k] for k in ("check", "warmup_ms", "rep_ms", "timer")}
+    assert {**ran, "point_timeout": meta["options"]["point_timeout_s"]} == {
+        k: v for k, v in config.run_options(options).items() if k in (*ran, "point_timeout")}
 
 
 @pytest.mark.parametrize("spec", [*PRESETS.values(), config.spec_from(
