@@ -124,9 +124,11 @@ def test_the_committed_sweep_files_are_valid(path):
 
 
 @pytest.mark.parametrize("name, run", [("fa3-accept", "h200-fa3-accept-3"), ("fa3-accept", "h100-fa3-accept-1"),
-                                       ("fa3-fwd-cudnn", "h100-fa3-fwd-8"), ("fa3-bwd-cudnn", "h100-fa3-bwd-8")])
-def test_the_fa3_sweep_files_are_the_sweeps_the_committed_runs_ran(name, run):
-    """sweeps/fa3-*.toml resolve to the sweeps that issue 23's committed runs recorded in their meta.json, so
+                                       ("fa3-fwd-cudnn", "h100-fa3-fwd-8"), ("fa3-bwd-cudnn", "h100-fa3-bwd-8"),
+                                       ("decode-peers", "h200-decode-v6"), ("decode-peers", "h100-decode-5"),
+                                       ("variants-peers", "h100-variants-11")])
+def test_the_sweep_files_are_the_sweeps_the_committed_runs_ran(name, run):
+    """The sweep files of the issues' runs resolve to the sweeps their committed runs recorded in meta.json, so
     ``fa2bench sweep --config sweeps/NAME.toml`` repeats one on another GPU."""
     options = config.load(REPO / "sweeps" / f"{name}.toml")
     spec = config.spec_from({k: v for k, v in options.items() if k not in config.RUN_OPTIONS}, SMOKE)
