@@ -64,8 +64,8 @@ def test_compiles_for_sm90_with_wgmma_tma_and_register_reallocation(args, rung):
     """Each forward rung as a launch of the paper's shape at 4k compiles it (ints divisible by 16, as the GPU runs
     it): HGMMA, UTMALDG and USETMAXREG in the SASS, TMA stores (UTMASTG) where O goes out by TMA copies (rung 9's
     default at d128, ``fa3.O_TMA``), no spills under Triton 3.6 (the GPU image's), shared memory within an H100's.
-    A newer ptxas, recorded, not to grow: Triton 3.9 keeps 64 B of rung 9 (8 B before its O went
-    out by TMA copies at d128, docs/fa3.md section 25) and 48 B of rung 10 at d128 causal (per-tile scalars).
+    A newer ptxas, recorded, not to grow: Triton 3.9 keeps 64 B of rung 9 (8 B before its O went out by TMA
+    copies at d128, docs/fa3.md section 25) and 48 B of rung 10 at d128 causal (per-tile scalars).
     Compiled with plain ints these builds kept up to 16 B (3.6) and 184 B (3.9) of rung 9's three consumers at d64:
     the launch build has none."""
     out = compile_fa3(*args, "--rung", rung, *_paper_shape_args(args))

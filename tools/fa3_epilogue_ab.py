@@ -36,8 +36,8 @@ def main(argv=None) -> None:
                 order = list(variants) if rnd % 2 == 0 else list(variants)[::-1]
                 for name in order:
                     rows.time(variants[name], flops, a.rep_ms, config="cuDNN" if name == "cudnn" else None,
-                              dtype=dtype, headdim=headdim, seqlen=seqlen, batch=batch, heads=heads, causal=causal, round=rnd, variant=name,
-                              max_diff=diff)
+                              dtype=dtype, headdim=headdim, seqlen=seqlen, batch=batch, heads=heads, causal=causal,
+                              round=rnd, variant=name, max_diff=diff)
         rows.save()
     table = rows.save().pivot_table(index=["dtype", "headdim", "causal", "seqlen"], columns="variant",
                                     values="tflops", aggfunc="median")
