@@ -67,8 +67,10 @@ for stage in ${*:-env tests sweep}; do
     report)
       fa2bench report "results/$NAME" && tar czf "$OUT/$NAME.tgz" -C results "$NAME" ;;
     jobs)
-      card=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | grep -oiE '[a-z][0-9]{2,3}' | head -1)
-      if [ -z "${JOBS:-}" ]; then JOBS=.carry/jobs-${card,,}.txt; [ -f "$JOBS" ] || JOBS=.carry/jobs.txt; fi
+      if [ -z "${JOBS:-}" ]; then
+        card=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | grep -oiE '[a-z][0-9]{2,3}' | head -1)
+        JOBS=.carry/jobs-${card,,}.txt; [ -f "$JOBS" ] || JOBS=.carry/jobs.txt
+      fi
       echo "jobs from $JOBS"
       while read -r job secs cmd; do
         [[ -z "$job" || "$job" == \#* ]] && continue

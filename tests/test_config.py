@@ -8,6 +8,7 @@ from typer.testing import CliRunner
 from fa2bench.core import config
 from fa2bench.cli import app
 from fa2bench.core.presets import PRESETS, SpecError
+from fa2bench.run.point import RunOptions
 from fa2bench.run.results import load_run
 from tests.synthetic import REPO
 
@@ -115,10 +116,15 @@ def test_sweep_config_runs_the_files_sweep_and_reports_bad_files_in_one_line(tmp
     assert bad.exit_code == 2 and "--seqlen: cannot read 'lots'" in bad.output and "Traceback" not in bad.output
 
 
+def _sweep_file(path):
+    """A sweep file's options and the sweep they resolve to."""
+    options = config.load(path)
+    return options, config.spec_from({k: v for k, v in options.items() if k not in config.RUN_OPTIONS}, SMOKE)
+
+
 @pytest.mark.parametrize("path", sorted((REPO / "sweeps").glob("*.toml")), ids=lambda p: p.name)
 def test_the_committed_sweep_files_are_valid(path):
-    options = config.load(path)
-    spec = config.spec_from({k: v for k, v in options.items() if k not in config.RUN_OPTIONS}, SMOKE)
+    options, spec = _sweep_file(path)
     config.run_options(options)
     assert spec.points()
 
@@ -130,13 +136,12 @@ def test_the_committed_sweep_files_are_valid(path):
 def test_the_sweep_files_are_the_sweeps_the_committed_runs_ran(name, run):
     """The sweep files of the issues' runs resolve to the sweeps their committed runs recorded in meta.json, so
     ``fa2bench sweep --config sweeps/NAME.toml`` repeats one on another GPU."""
-    options = config.load(REPO / "sweeps" / f"{name}.toml")
-    spec = config.spec_from({k: v for k, v in options.items() if k not in config.RUN_OPTIONS}, SMOKE)
+    options, spec = _sweep_file(REPO / "sweeps" / f"{name}.toml")
     meta = json.loads((REPO / "results" / run / "meta.json").read_text())
     assert json.loads(json.dumps(dataclasses.asdict(spec))) == meta["sweep"]
-    ran = {k: meta["options"][k] for k in ("check", "warmup_ms", "rep_ms", "timer")}
-    assert {**ran, "point_timeout": meta["options"]["point_timeout_s"]} == {
-        k: v for k, v in config.run_options(options).items() if k in (*ran, "point_timeout")}
+    ran = RunOptions.of(meta["options"]["device"], {**config.run_options(options), "isolate": True})
+    fields = ("check", "warmup_ms", "rep_ms", "peak_tflops", "point_timeout_s", "timer")  # what a sweep file sets
+    assert {f: getattr(ran, f) for f in fields} == {f: meta["options"][f] for f in fields}
 
 
 @pytest.mark.parametrize("spec", [*PRESETS.values(), config.spec_from(
