@@ -130,7 +130,7 @@ def test_the_committed_sweep_files_are_valid(path):
 
 
 @pytest.mark.parametrize("name, run", [("fa3-accept", "h200-fa3-accept-3"), ("fa3-accept", "h100-fa3-accept-1"),
-                                       ("fa3-fwd-cudnn", "h100-fa3-fwd-8"), ("fa3-bwd-cudnn", "h100-fa3-bwd-8"),
+                                       ("fa3-fwd-cudnn", "h100-fa3-fwd-9"), ("fa3-bwd-cudnn", "h100-fa3-bwd-8"),
                                        ("decode-peers", "h200-decode-v6"), ("decode-peers", "h100-decode-5"),
                                        ("variants-peers", "h100-variants-11")])
 def test_the_sweep_files_are_the_sweeps_the_committed_runs_ran(name, run):

@@ -157,8 +157,7 @@ def fa3_forward(root: Path) -> str:
 
 
 def fa3_forward_h100(root: Path) -> str:
-    """``fa3_against_cudnn`` of the H100 forward run with O written by TMA copies at d128 without the mask (session
-    35)."""
+    """``fa3_against_cudnn`` of the H100 forward run with O written by TMA copies at d128, both masks (session 37)."""
     return fa3_against_cudnn(root, FA3_FORWARD_H100, "H100")
 
 
